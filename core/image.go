@@ -1,0 +1,437 @@
+package core
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ImageVersion is the version of the image metadata written by this build.
+// A reader refuses any other version.
+const ImageVersion = 1
+
+// Names of the files in an image directory.
+const (
+	MetaFile  = "image.json" // Image, JSON, written last
+	PagesFile = "pages.img"  // pagestream of memory pages
+	FilesDir  = "files"      // contents of deleted files, memfds, pipe buffers
+	ImageKind = "migrate-image"
+)
+
+// Image is the metadata of a checkpoint: everything but page contents and
+// blobs, which live in files next to it and are named by Blob entries.
+type Image struct {
+	Kind    string    `json:"kind"`    // always ImageKind
+	Version int       `json:"version"` // ImageVersion
+	Created time.Time `json:"created"`
+	Host    string    `json:"host"`
+	Kernel  string    `json:"kernel"` // uname release of the dumping host
+	Arch    string    `json:"arch"`   // "amd64"
+
+	// Pages describes the page stream file.
+	Pages PagesInfo `json:"pages"`
+
+	Process Process `json:"process"`
+}
+
+// PagesInfo describes the page data of an image.
+type PagesInfo struct {
+	File   string `json:"file"`   // relative to the image directory
+	Size   int64  `json:"size"`   // bytes in the file
+	Pages  uint64 `json:"pages"`  // pages stored, zero pages included
+	Codec  string `json:"codec"`  // codec used for page frames
+	SHA256 string `json:"sha256"` // of the whole file, hex
+}
+
+// Process is one process of the image.
+type Process struct {
+	PID  int    `json:"pid"`
+	PPID int    `json:"ppid"`
+	PGID int    `json:"pgid"`
+	SID  int    `json:"sid"`
+	Comm string `json:"comm"`
+
+	Exe     FileRef  `json:"exe"`
+	Cmdline []string `json:"cmdline,omitempty"` // informational
+	Cwd     string   `json:"cwd"`
+	Root    string   `json:"root"`
+	Umask   uint32   `json:"umask"`
+
+	Personality uint64   `json:"personality"`
+	Creds       Creds    `json:"creds"`
+	Rlimits     []Rlimit `json:"rlimits"`
+	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+
+	MM   MM    `json:"mm"`
+	VMAs []VMA `json:"vmas"`
+
+	Threads    []Thread    `json:"threads"`
+	Sigactions []Sigaction `json:"sigactions"` // signals 1..64, index = signo-1
+	// SharedPending are the process-wide pending signals.
+	SharedPending []Siginfo `json:"shared_pending,omitempty"`
+
+	FDs []FD `json:"fds"`
+}
+
+// FileRef names a file on the dumping host and how to check that the file
+// found at restore time is the same one.
+type FileRef struct {
+	Path  string `json:"path"`
+	Size  int64  `json:"size"`
+	Mtime int64  `json:"mtime_ns"`
+	Mode  uint32 `json:"mode"`
+	Dev   uint64 `json:"dev,omitempty"`
+	Ino   uint64 `json:"ino,omitempty"`
+	// Deleted is true when the file was unlinked while open; its contents
+	// are then stored in Blob.
+	Deleted bool   `json:"deleted,omitempty"`
+	Blob    string `json:"blob,omitempty"`
+}
+
+// Creds are the process credentials.
+type Creds struct {
+	UID    [3]uint32 `json:"uid"` // real, effective, saved
+	GID    [3]uint32 `json:"gid"`
+	FSUID  uint32    `json:"fsuid"`
+	FSGID  uint32    `json:"fsgid"`
+	Groups []uint32  `json:"groups,omitempty"`
+	CapInh uint64    `json:"cap_inh"`
+	CapPrm uint64    `json:"cap_prm"`
+	CapEff uint64    `json:"cap_eff"`
+	CapBnd uint64    `json:"cap_bnd"`
+	CapAmb uint64    `json:"cap_amb"`
+}
+
+// Rlimit is one resource limit.
+type Rlimit struct {
+	Resource int    `json:"resource"`
+	Cur      uint64 `json:"cur"`
+	Max      uint64 `json:"max"`
+}
+
+// Itimer is the state of one interval timer (getitimer).
+type Itimer struct {
+	Which       int   `json:"which"`
+	IntervalUS  int64 `json:"interval_us"`
+	RemainingUS int64 `json:"remaining_us"`
+}
+
+// MM holds the fields of struct prctl_mm_map.
+type MM struct {
+	StartCode  uint64   `json:"start_code"`
+	EndCode    uint64   `json:"end_code"`
+	StartData  uint64   `json:"start_data"`
+	EndData    uint64   `json:"end_data"`
+	StartBrk   uint64   `json:"start_brk"`
+	Brk        uint64   `json:"brk"`
+	StartStack uint64   `json:"start_stack"`
+	ArgStart   uint64   `json:"arg_start"`
+	ArgEnd     uint64   `json:"arg_end"`
+	EnvStart   uint64   `json:"env_start"`
+	EnvEnd     uint64   `json:"env_end"`
+	Auxv       []uint64 `json:"auxv"`
+}
+
+// VMA kinds.
+const (
+	VMAAnon       = "anon"        // private anonymous (heap, stack, malloc)
+	VMASharedAnon = "shared-anon" // MAP_SHARED|MAP_ANONYMOUS, or /dev/zero shared
+	VMAFile       = "file"        // private file mapping
+	VMASharedFile = "shared-file" // shared file mapping
+	VMAVDSO       = "vdso"        // [vdso]
+	VMAVVar       = "vvar"        // [vvar], [vvar_vclock]
+)
+
+// VMA is one memory area.
+type VMA struct {
+	Start  uint64 `json:"start"`
+	End    uint64 `json:"end"`
+	Prot   int    `json:"prot"`  // PROT_*
+	Flags  int    `json:"flags"` // MAP_SHARED or MAP_PRIVATE, plus MAP_GROWSDOWN
+	Kind   string `json:"kind"`
+	Name   string `json:"name,omitempty"` // [heap], [stack], [vdso] ...
+	Offset uint64 `json:"offset,omitempty"`
+	// File is set for file mappings.
+	File *FileRef `json:"file,omitempty"`
+	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
+	Madvise []int `json:"madvise,omitempty"`
+	// Pages is the number of pages of this area stored in the page stream.
+	Pages uint64 `json:"pages"`
+}
+
+// Len is the length of the area in bytes.
+func (v *VMA) Len() uint64 { return v.End - v.Start }
+
+// Thread is the state of one thread.
+type Thread struct {
+	TID  int    `json:"tid"`
+	Comm string `json:"comm"`
+	// Regs is struct user_regs_struct (x86-64) as 27 words.
+	Regs Regs `json:"regs"`
+	// Xstate is the NT_X86_XSTATE register set.
+	Xstate []byte `json:"xstate"`
+	// SigMask is the blocked signal mask.
+	SigMask    uint64    `json:"sigmask"`
+	Pending    []Siginfo `json:"pending,omitempty"`
+	AltStack   AltStack  `json:"altstack"`
+	ClearTID   uint64    `json:"clear_child_tid"`
+	RobustList uint64    `json:"robust_list"`
+	RobustLen  uint64    `json:"robust_list_len"`
+	// Restart says how the thread's interrupted system call, if any, is to be
+	// continued at restore: "" (not in a syscall), "restart", or "eintr".
+	Restart string `json:"restart,omitempty"`
+}
+
+// Regs mirrors struct user_regs_struct on x86-64.
+type Regs struct {
+	R15, R14, R13, R12, RBP, RBX, R11, R10 uint64
+	R9, R8, RAX, RCX, RDX, RSI, RDI        uint64
+	OrigRAX, RIP, CS, EFLAGS, RSP, SS      uint64
+	FSBase, GSBase, DS, ES, FS, GS         uint64
+}
+
+// AltStack is a stack_t.
+type AltStack struct {
+	SP    uint64 `json:"sp"`
+	Flags int32  `json:"flags"`
+	Size  uint64 `json:"size"`
+}
+
+// Sigaction is a kernel struct sigaction (x86-64 layout).
+type Sigaction struct {
+	Handler  uint64 `json:"handler"`
+	Flags    uint64 `json:"flags"`
+	Restorer uint64 `json:"restorer"`
+	Mask     uint64 `json:"mask"`
+}
+
+// Siginfo is a raw 128-byte siginfo_t of a pending signal.
+type Siginfo struct {
+	Signo int    `json:"signo"`
+	Raw   []byte `json:"raw"`
+}
+
+// FD kinds.
+const (
+	FDFile    = "file"    // regular file
+	FDDir     = "dir"     // directory
+	FDChar    = "chardev" // character device, reopened by path
+	FDPipe    = "pipe"    // anonymous pipe end
+	FDFIFO    = "fifo"    // named pipe
+	FDEventfd = "eventfd"
+	FDMemfd   = "memfd"
+)
+
+// FD is one open file descriptor.
+type FD struct {
+	FD      int    `json:"fd"`
+	Kind    string `json:"kind"`
+	Flags   int    `json:"flags"`   // file status flags (O_*), from fdinfo
+	Cloexec bool   `json:"cloexec"` // FD_CLOEXEC
+	Pos     int64  `json:"pos"`
+	// File is set for files, directories, devices, FIFOs and memfds.
+	File *FileRef `json:"file,omitempty"`
+	// Pipe is the pipe inode, shared by the two ends of one pipe.
+	Pipe uint64 `json:"pipe,omitempty"`
+	// Data names a blob holding buffered pipe data, stored once per pipe
+	// (on the read end).
+	Data string `json:"data,omitempty"`
+	// PipeSize is F_GETPIPE_SZ.
+	PipeSize int `json:"pipe_size,omitempty"`
+	// Eventfd state.
+	Count     uint64 `json:"count,omitempty"`
+	Semaphore bool   `json:"semaphore,omitempty"`
+	// Memfd state.
+	MemfdName string `json:"memfd_name,omitempty"`
+	Seals     int    `json:"seals,omitempty"`
+	// Key identifies the open file description (dev:ino:pos-independent id),
+	// so fds sharing one description are restored sharing it.
+	Key string `json:"key,omitempty"`
+}
+
+// Sentinel errors of image decoding.
+var (
+	ErrNotImage   = errors.New("not a migrate image")
+	ErrBadVersion = errors.New("unsupported image version")
+)
+
+// ImageError reports a problem with one file of an image.
+type ImageError struct {
+	File   string
+	Reason string
+	Err    error
+}
+
+func (e *ImageError) Error() string {
+	s := e.File + ": " + e.Reason
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *ImageError) Unwrap() error { return e.Err }
+
+// maxMetaSize caps the metadata file; a real one is a few hundred KiB.
+const maxMetaSize = 64 << 20
+
+// DecodeImage reads and validates image metadata.
+func DecodeImage(r io.Reader) (*Image, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxMetaSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxMetaSize {
+		return nil, fmt.Errorf("metadata larger than %d bytes", maxMetaSize)
+	}
+	var img Image
+	if err := json.Unmarshal(data, &img); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotImage, err)
+	}
+	if img.Kind != ImageKind {
+		return nil, fmt.Errorf("%w: kind %q", ErrNotImage, img.Kind)
+	}
+	if img.Version != ImageVersion {
+		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrBadVersion, img.Version, ImageVersion)
+	}
+	if err := img.Validate(); err != nil {
+		return nil, err
+	}
+	return &img, nil
+}
+
+// Validate checks the internal consistency of the metadata, so that a
+// restore never acts on a hostile or corrupt image.
+func (img *Image) Validate() error {
+	p := &img.Process
+	if p.PID <= 0 || p.PID > 1<<22 {
+		return fmt.Errorf("bad pid %d", p.PID)
+	}
+	if len(p.Threads) == 0 {
+		return errors.New("no threads")
+	}
+	for i, t := range p.Threads {
+		if t.TID <= 0 || t.TID > 1<<22 {
+			return fmt.Errorf("thread %d: bad tid %d", i, t.TID)
+		}
+		if len(t.Xstate) > 1<<16 {
+			return fmt.Errorf("thread %d: xstate of %d bytes", t.TID, len(t.Xstate))
+		}
+	}
+	if p.Threads[0].TID != p.PID {
+		return fmt.Errorf("first thread %d is not the leader %d", p.Threads[0].TID, p.PID)
+	}
+	if len(p.Sigactions) != 0 && len(p.Sigactions) != 64 {
+		return fmt.Errorf("%d sigactions, want 64", len(p.Sigactions))
+	}
+	var prev uint64
+	for i, v := range p.VMAs {
+		if v.Start%4096 != 0 || v.End%4096 != 0 || v.End <= v.Start {
+			return fmt.Errorf("vma %d: bad range %#x-%#x", i, v.Start, v.End)
+		}
+		if v.Start < prev {
+			return fmt.Errorf("vma %d: %#x-%#x overlaps or is out of order", i, v.Start, v.End)
+		}
+		if v.End > 1<<47 {
+			return fmt.Errorf("vma %d: %#x beyond user address space", i, v.End)
+		}
+		prev = v.End
+		switch v.Kind {
+		case VMAAnon, VMASharedAnon, VMAVDSO, VMAVVar:
+		case VMAFile, VMASharedFile:
+			if v.File == nil || v.File.Path == "" {
+				return fmt.Errorf("vma %d: file mapping without a file", i)
+			}
+		default:
+			return fmt.Errorf("vma %d: unknown kind %q", i, v.Kind)
+		}
+		if v.Pages > v.Len()/4096 {
+			return fmt.Errorf("vma %d: %d pages in %d-byte area", i, v.Pages, v.Len())
+		}
+	}
+	seen := map[int]bool{}
+	for _, f := range p.FDs {
+		if f.FD < 0 || f.FD > 1<<20 {
+			return fmt.Errorf("bad fd %d", f.FD)
+		}
+		if seen[f.FD] {
+			return fmt.Errorf("fd %d listed twice", f.FD)
+		}
+		seen[f.FD] = true
+		for _, b := range []string{f.Data, blobOf(f.File)} {
+			if b != "" && !validBlob(b) {
+				return fmt.Errorf("fd %d: bad blob name %q", f.FD, b)
+			}
+		}
+	}
+	for _, v := range p.VMAs {
+		if b := blobOf(v.File); b != "" && !validBlob(b) {
+			return fmt.Errorf("vma %#x: bad blob name %q", v.Start, b)
+		}
+	}
+	if img.Pages.File != PagesFile {
+		return fmt.Errorf("pages file %q, want %q", img.Pages.File, PagesFile)
+	}
+	return nil
+}
+
+func blobOf(f *FileRef) string {
+	if f == nil {
+		return ""
+	}
+	return f.Blob
+}
+
+// validBlob accepts only plain names under FilesDir, so a hostile image
+// cannot make a restore read outside its directory.
+func validBlob(name string) bool {
+	dir, base := filepath.Split(name)
+	return dir == FilesDir+"/" && base != "" && base != "." && base != ".." && filepath.Clean(name) == name
+}
+
+// ReadImage reads DIR/image.json.
+func ReadImage(dir string) (*Image, error) {
+	path := filepath.Join(dir, MetaFile)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &ImageError{File: path, Reason: "cannot open", Err: err}
+	}
+	defer f.Close()
+	img, err := DecodeImage(f)
+	if err != nil {
+		return nil, &ImageError{File: path, Reason: "invalid metadata", Err: err}
+	}
+	return img, nil
+}
+
+// WriteImage writes DIR/image.json atomically (temporary file, fsync, rename).
+func WriteImage(dir string, img *Image) error {
+	data, err := json.MarshalIndent(img, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+MetaFile+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(data, '\n')); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, MetaFile))
+}

@@ -1,0 +1,42 @@
+package source
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// DumpOptions configure a dump to a directory.
+type DumpOptions struct {
+	PID          int
+	Dir          string
+	LeaveRunning bool   // let the process run on after the dump (default: kill it)
+	Codec        string // page codec: "zstd", "s2" or "none"; "" picks the default
+	Logger       *slog.Logger
+}
+
+// DumpReport says what a dump did.
+type DumpReport struct {
+	PID         int           `json:"pid"`
+	Dir         string        `json:"dir"`
+	Comm        string        `json:"comm"`
+	Threads     int           `json:"threads"`
+	VMAs        int           `json:"vmas"`
+	FDs         int           `json:"fds"`
+	Pages       uint64        `json:"pages"`      // pages stored
+	ZeroPages   uint64        `json:"zero_pages"` // of which all-zero (not compressed)
+	BytesRaw    uint64        `json:"bytes_raw"`  // page bytes before compression
+	BytesImage  int64         `json:"bytes_image"`
+	Codec       string        `json:"codec"`
+	LeftRunning bool          `json:"left_running"`
+	Frozen      time.Duration `json:"-"`
+	Total       time.Duration `json:"-"`
+	FrozenMS    float64       `json:"frozen_ms"`
+	TotalMS     float64       `json:"total_ms"`
+	MemoryMS    float64       `json:"memory_ms"` // time spent reading and writing pages
+}
+
+// Dump checkpoints the process opts.PID into opts.Dir.
+func Dump(ctx context.Context, opts DumpOptions) (*DumpReport, error) {
+	return dump(ctx, opts)
+}

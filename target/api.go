@@ -1,0 +1,32 @@
+package target
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// RestoreOptions configure a restore from a directory.
+type RestoreOptions struct {
+	Dir    string
+	Logger *slog.Logger
+}
+
+// RestoreReport says what a restore did.
+type RestoreReport struct {
+	PID      int           `json:"pid"`
+	Comm     string        `json:"comm"`
+	Pages    uint64        `json:"pages"`
+	Total    time.Duration `json:"-"`
+	TotalMS  float64       `json:"total_ms"`
+	MemoryMS float64       `json:"memory_ms"`
+	// Warnings lists what could not be restored exactly (for example a hard
+	// rlimit above this host's, or a session that cannot be re-joined).
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Restore recreates the process stored in opts.Dir. It returns once the
+// process runs, detached from the caller.
+func Restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
+	return restore(ctx, opts)
+}
