@@ -1,0 +1,141 @@
+package ptrace
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoGadget means no syscall instruction was found in the tracee.
+var ErrNoGadget = errors.New("no syscall instruction found in the tracee's [vdso] or code")
+
+// SyscallError is a failed injected system call.
+type SyscallError struct {
+	PID   int
+	Name  string
+	Errno unix.Errno
+}
+
+func (e *SyscallError) Error() string {
+	return fmt.Sprintf("injected %s in process %d: %v", e.Name, e.PID, e.Errno)
+}
+
+func (e *SyscallError) Unwrap() error { return e.Errno }
+
+// SetGadget tells the Proc where a syscall instruction (0f 05) lies in the
+// tracee's address space.
+func (p *Proc) SetGadget(addr uint64) { p.gadget = addr }
+
+// Gadget returns the address injected system calls run at.
+func (p *Proc) Gadget() uint64 { return p.gadget }
+
+// FindGadget looks for a syscall instruction in the tracee's [vdso], then in
+// its other executable mappings, and remembers it for Syscall.
+func (p *Proc) FindGadget() error {
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.PID))
+	if err != nil {
+		return err
+	}
+	type area struct{ start, end uint64 }
+	var vdso, exec []area
+	for _, l := range strings.Split(string(maps), "\n") {
+		var a area
+		var perms string
+		if n, _ := fmt.Sscanf(l, "%x-%x %s", &a.start, &a.end, &perms); n != 3 || !strings.Contains(perms, "x") {
+			continue
+		}
+		if strings.HasSuffix(l, "[vdso]") {
+			vdso = append(vdso, a)
+		} else if !strings.HasSuffix(l, "[vsyscall]") {
+			exec = append(exec, a)
+		}
+	}
+	for _, a := range append(vdso, exec...) {
+		n := min(a.end-a.start, 1<<20)
+		buf := make([]byte, n)
+		if _, err := ReadMemForce(p.PID, a.start, buf); err != nil {
+			continue
+		}
+		if i := bytes.Index(buf, []byte{0x0f, 0x05}); i >= 0 {
+			p.gadget = a.start + uint64(i)
+			return nil
+		}
+	}
+	return ErrNoGadget
+}
+
+// Syscall runs system call nr with args in thread th of the stopped tracee
+// and returns its result. The thread's registers are restored afterwards.
+// A signal that arrives meanwhile is kept in th.Stolen and given back on
+// detach. Fork events (clone3 in a process traced with PTRACE_O_TRACEFORK)
+// are passed over; the child's PID is the return value.
+func (p *Proc) Syscall(th *Thread, name string, nr uintptr, args ...uint64) (uint64, error) {
+	if p.gadget == 0 {
+		return 0, ErrNoGadget
+	}
+	if len(args) > 6 {
+		return 0, fmt.Errorf("syscall %s: %d arguments", name, len(args))
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	var ret uint64
+	err := p.t.Do(func() error {
+		saved := th.Regs
+		r := saved
+		r.Rip = p.gadget
+		r.Rax = uint64(nr)
+		r.Orig_rax = ^uint64(0)
+		r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+		if err := unix.PtraceSetRegs(th.TID, &r); err != nil {
+			return fmt.Errorf("inject %s: set registers of %d: %w", name, th.TID, err)
+		}
+		// Whatever happens next, the thread gets its registers back.
+		th.regsChanged = true
+		for phase := 0; phase < 2; {
+			if err := rawPtrace(unix.PTRACE_SYSCALL, th.TID, 0, 0); err != nil {
+				return fmt.Errorf("inject %s: resume %d: %w", name, th.TID, err)
+			}
+			ws, err := wait(th.TID)
+			if err != nil {
+				return fmt.Errorf("inject %s: wait for %d: %w", name, th.TID, err)
+			}
+			if ws.Exited() || ws.Signaled() {
+				th.TID = 0
+				return fmt.Errorf("inject %s: thread exited (%v)", name, ws)
+			}
+			if !ws.Stopped() {
+				continue
+			}
+			switch {
+			case ws.StopSignal() == unix.SIGTRAP|0x80:
+				phase++
+			case ws.TrapCause() > 0:
+				// Fork, clone or an event stop: go on.
+			default:
+				if si, err := getSiginfo(th.TID); err == nil {
+					th.Stolen = append(th.Stolen, si)
+				}
+			}
+		}
+		var out unix.PtraceRegs
+		if err := unix.PtraceGetRegs(th.TID, &out); err != nil {
+			return fmt.Errorf("inject %s: get registers of %d: %w", name, th.TID, err)
+		}
+		ret = out.Rax
+		if err := unix.PtraceSetRegs(th.TID, &saved); err != nil {
+			return fmt.Errorf("inject %s: restore registers of %d: %w", name, th.TID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if e := int64(ret); e < 0 && e > -4096 {
+		return 0, &SyscallError{PID: p.PID, Name: name, Errno: unix.Errno(-e)}
+	}
+	return ret, nil
+}

@@ -1,0 +1,62 @@
+package ptrace
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReadMem reads len(buf) bytes at addr of process pid with
+// process_vm_readv. It fails on pages the process cannot read.
+func ReadMem(pid int, addr uint64, buf []byte) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
+	n, err := unix.ProcessVMReadv(pid, local, remote, 0)
+	if err != nil {
+		return n, fmt.Errorf("process_vm_readv %d at %#x+%d: %w", pid, addr, len(buf), err)
+	}
+	return n, nil
+}
+
+// WriteMem writes buf at addr of process pid with process_vm_writev. It
+// fails on pages that are not writable.
+func WriteMem(pid int, addr uint64, buf []byte) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
+	n, err := unix.ProcessVMWritev(pid, local, remote, 0)
+	if err != nil {
+		return n, fmt.Errorf("process_vm_writev %d at %#x+%d: %w", pid, addr, len(buf), err)
+	}
+	return n, nil
+}
+
+// ReadMemForce reads through /proc/PID/mem, which also reads pages the
+// process itself may not read (PROT_NONE, execute-only).
+func ReadMemForce(pid int, addr uint64, buf []byte) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.ReadAt(buf, int64(addr))
+}
+
+// WriteMemForce writes through /proc/PID/mem, which also writes read-only
+// pages (copy-on-write, as a debugger's breakpoint would).
+func WriteMemForce(pid int, addr uint64, buf []byte) (int, error) {
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", pid), os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.WriteAt(buf, int64(addr))
+}

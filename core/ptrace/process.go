@@ -1,0 +1,385 @@
+package ptrace
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kernel error numbers seen in rax of a thread stopped inside a system call.
+const (
+	errRestartSys         = 512
+	errRestartNoIntr      = 513
+	errRestartNoHand      = 514
+	errRestartRestartBlk  = 516
+	syscallInstructionLen = 2
+)
+
+// seizeOptions: syscall stops are told apart by SIGTRAP|0x80.
+const seizeOptions = unix.PTRACE_O_TRACESYSGOOD
+
+// TracedError says the process is already traced by another tracer.
+type TracedError struct {
+	PID    int
+	Tracer int
+}
+
+func (e *TracedError) Error() string {
+	return fmt.Sprintf("process %d is already traced by process %d (a debugger or another migrate?)", e.PID, e.Tracer)
+}
+
+// Thread is one seized thread of a Proc.
+type Thread struct {
+	TID int
+	// Regs are the thread's registers as they must be restored: if the
+	// thread was stopped inside an interrupted system call, rip points back
+	// at the syscall instruction and rax holds its number again, so the
+	// call runs anew when the thread resumes.
+	Regs unix.PtraceRegs
+	// Restart is "" if the thread was not inside a system call, else
+	// "restart" (the call is re-executed).
+	Restart string
+	// Stolen holds the siginfo of signals the freeze or an injection took
+	// off the thread's queue; they are given back on detach.
+	Stolen [][]byte
+
+	regsChanged bool
+	stopped     bool
+}
+
+// Proc is a process whose threads are all seized and stopped.
+type Proc struct {
+	t       *Tracer
+	PID     int
+	Threads []*Thread // leader first
+	gadget  uint64    // address of a syscall instruction in the tracee
+	// Options used at seize; kept for threads added later.
+	opts int
+}
+
+// Tracer returns the tracer thread that owns the process.
+func (p *Proc) Tracer() *Tracer { return p.t }
+
+// Leader returns the thread whose TID is the PID.
+func (p *Proc) Leader() *Thread { return p.Threads[0] }
+
+func readTIDs(pid int) ([]int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, n)
+		}
+	}
+	sort.Ints(tids)
+	return tids, nil
+}
+
+func tracerOf(tid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// Seize attaches to every thread of pid and stops them all. Threads created
+// while it works are found by re-reading /proc/PID/task until the set of
+// threads is stable with every thread stopped. On error every thread seized
+// so far is detached again.
+func (t *Tracer) Seize(pid int) (*Proc, error) {
+	return t.seize(pid, seizeOptions)
+}
+
+// SeizeOwned is Seize with PTRACE_O_EXITKILL: the tracee dies with the
+// tracer. For processes migrate builds itself.
+func (t *Tracer) SeizeOwned(pid int) (*Proc, error) {
+	return t.seize(pid, seizeOptions|unix.PTRACE_O_EXITKILL)
+}
+
+func (t *Tracer) seize(pid, opts int) (*Proc, error) {
+	p := &Proc{t: t, PID: pid, opts: opts}
+	err := t.Do(func() error {
+		seized := map[int]*Thread{}
+		for round := 0; ; round++ {
+			if round > 1000 {
+				return fmt.Errorf("process %d: thread set does not settle", pid)
+			}
+			tids, err := readTIDs(pid)
+			if err != nil {
+				if len(seized) == 0 {
+					return fmt.Errorf("process %d: %w", pid, err)
+				}
+				return fmt.Errorf("process %d vanished while being seized: %w", pid, err)
+			}
+			fresh := 0
+			for _, tid := range tids {
+				if seized[tid] != nil {
+					continue
+				}
+				if err := seize(tid, opts); err != nil {
+					if errors.Is(err, unix.ESRCH) {
+						continue // exited meanwhile
+					}
+					if errors.Is(err, unix.EPERM) {
+						if tr := tracerOf(tid); tr != 0 && tr != os.Getpid() {
+							return &TracedError{PID: pid, Tracer: tr}
+						}
+					}
+					return fmt.Errorf("seize thread %d of process %d: %w", tid, pid, err)
+				}
+				th := &Thread{TID: tid}
+				seized[tid] = th
+				p.Threads = append(p.Threads, th)
+				if err := rawPtrace(reqInterrupt, tid, 0, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+					return fmt.Errorf("interrupt thread %d: %w", tid, err)
+				}
+				fresh++
+			}
+			// Wait for the new ones to stop before re-reading: a running
+			// thread could still be cloning.
+			for _, th := range p.Threads {
+				if th.stopped || th.TID == 0 {
+					continue
+				}
+				alive, err := p.waitEventStop(th)
+				if err != nil {
+					return err
+				}
+				if !alive {
+					th.TID = 0
+					continue
+				}
+				th.stopped = true
+				if err := th.loadRegs(); err != nil {
+					return err
+				}
+			}
+			if fresh == 0 {
+				break
+			}
+		}
+		// Drop threads that exited; the leader goes first.
+		live := p.Threads[:0]
+		for _, th := range p.Threads {
+			if th.TID != 0 {
+				live = append(live, th)
+			}
+		}
+		p.Threads = live
+		sort.Slice(p.Threads, func(i, j int) bool {
+			if p.Threads[i].TID == pid {
+				return true
+			}
+			if p.Threads[j].TID == pid {
+				return false
+			}
+			return p.Threads[i].TID < p.Threads[j].TID
+		})
+		if len(p.Threads) == 0 || p.Threads[0].TID != pid {
+			return fmt.Errorf("process %d: thread group leader is gone", pid)
+		}
+		return nil
+	})
+	if err != nil {
+		p.detachAll(0)
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitEventStop waits until th is in a ptrace event stop (the result of
+// PTRACE_INTERRUPT), stealing any signal delivered on the way. It returns
+// false if the thread exited.
+//
+// Preconditions: on the tracer thread.
+func (p *Proc) waitEventStop(th *Thread) (bool, error) {
+	for {
+		ws, err := wait(th.TID)
+		if err != nil {
+			if errors.Is(err, unix.ECHILD) {
+				return false, nil
+			}
+			return false, fmt.Errorf("wait for thread %d: %w", th.TID, err)
+		}
+		switch {
+		case ws.Exited() || ws.Signaled():
+			return false, nil
+		case !ws.Stopped():
+			continue
+		}
+		sig := ws.StopSignal()
+		if ws.TrapCause() == unix.PTRACE_EVENT_STOP {
+			return true, nil
+		}
+		if sig == unix.SIGTRAP|0x80 || ws.TrapCause() > 0 {
+			// A syscall or other event stop: go on to the interrupt.
+			if err := rawPtrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
+				return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
+			}
+			continue
+		}
+		// Signal-delivery stop: keep the signal for later, go on to the
+		// pending interrupt.
+		if si, err := getSiginfo(th.TID); err == nil {
+			th.Stolen = append(th.Stolen, si)
+		}
+		if err := rawPtrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
+			return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
+		}
+	}
+}
+
+func wait(tid int) (unix.WaitStatus, error) {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		return ws, err
+	}
+}
+
+// loadRegs reads the registers and undoes an interrupted system call so that
+// it runs again when the thread resumes (or when its image is restored).
+//
+// -ERESTART_RESTARTBLOCK (nanosleep, clock_nanosleep, poll and futex waits
+// with a timeout) is re-executed with its original arguments too: exact for
+// absolute sleeps, a slightly longer wait for relative ones, where turning it
+// into -EINTR (CRIU's choice) kills programs that treat EINTR as fatal.
+func (th *Thread) loadRegs() error {
+	if err := unix.PtraceGetRegs(th.TID, &th.Regs); err != nil {
+		return fmt.Errorf("get registers of thread %d: %w", th.TID, err)
+	}
+	if int64(th.Regs.Orig_rax) < 0 {
+		return nil
+	}
+	switch -int64(th.Regs.Rax) {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartRestartBlk:
+		th.Regs.Rax = th.Regs.Orig_rax
+		th.Regs.Rip -= syscallInstructionLen
+		th.Restart = "restart"
+		// Keep the kernel from restarting it a second time on resume.
+		th.Regs.Orig_rax = ^uint64(0)
+		th.regsChanged = true
+	}
+	return nil
+}
+
+// Sigmask returns the blocked-signal mask of th.
+func (p *Proc) Sigmask(th *Thread) (uint64, error) {
+	var m uint64
+	err := p.t.Do(func() (err error) { m, err = getSigmask(th.TID); return })
+	return m, err
+}
+
+// SetSigmask sets the blocked-signal mask of th.
+func (p *Proc) SetSigmask(th *Thread, m uint64) error {
+	return p.t.Do(func() error { return setSigmask(th.TID, m) })
+}
+
+// Xstate returns the NT_X86_XSTATE register set of th.
+func (p *Proc) Xstate(th *Thread) ([]byte, error) {
+	var x []byte
+	err := p.t.Do(func() (err error) { x, err = getXstate(th.TID); return })
+	return x, err
+}
+
+// SetXstate writes the NT_X86_XSTATE register set of th.
+func (p *Proc) SetXstate(th *Thread, x []byte) error {
+	return p.t.Do(func() error { return setXstate(th.TID, x) })
+}
+
+// SetRegs sets the registers th resumes with.
+func (p *Proc) SetRegs(th *Thread, r *unix.PtraceRegs) error {
+	th.Regs = *r
+	th.regsChanged = true
+	return nil
+}
+
+// PendingSignals returns the queued signals of th, and, if shared, those
+// of the whole process.
+func (p *Proc) PendingSignals(th *Thread, shared bool) ([][]byte, error) {
+	var out [][]byte
+	err := p.t.Do(func() (err error) { out, err = peekSiginfo(th.TID, shared); return })
+	return out, err
+}
+
+// Rseq returns the rseq registration of th (address, length, signature).
+func (p *Proc) Rseq(th *Thread) (addr uint64, length, sig uint32, err error) {
+	var c rseqConfig
+	err = p.t.Do(func() (err error) { c, err = getRseq(th.TID); return })
+	return c.Addr, c.Len, c.Sig, err
+}
+
+// Detach lets every thread run on from where it stopped, with the registers
+// in Thread.Regs, and gives back stolen signals.
+func (p *Proc) Detach() error {
+	var err error
+	p.t.Do(func() error { err = p.detachAll(0); return nil })
+	return err
+}
+
+// detachAll detaches every thread. Preconditions: on the tracer thread.
+func (p *Proc) detachAll(_ int) error {
+	var first error
+	for _, th := range p.Threads {
+		if th.TID == 0 {
+			continue
+		}
+		if th.regsChanged {
+			if err := unix.PtraceSetRegs(th.TID, &th.Regs); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+				first = fmt.Errorf("restore registers of thread %d: %w", th.TID, err)
+			}
+		}
+		sig := 0
+		if len(th.Stolen) > 0 {
+			sig = int(int32(nativeEndianUint32(th.Stolen[0])))
+		}
+		if err := rawPtrace(unix.PTRACE_DETACH, th.TID, 0, uintptr(sig)); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
+		}
+		for _, si := range th.Stolen[min(1, len(th.Stolen)):] {
+			unix.Tgkill(p.PID, th.TID, syscall.Signal(nativeEndianUint32(si)))
+		}
+	}
+	return first
+}
+
+// Kill kills the process with SIGKILL and waits until every thread is gone.
+func (p *Proc) Kill() error {
+	return p.t.Do(func() error {
+		if err := unix.Kill(p.PID, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("kill %d: %w", p.PID, err)
+		}
+		for _, th := range p.Threads {
+			for th.TID != 0 {
+				ws, err := wait(th.TID)
+				if err != nil || ws.Exited() || ws.Signaled() {
+					th.TID = 0
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func nativeEndianUint32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}

@@ -1,0 +1,114 @@
+package ptrace
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (ptrace of other processes)")
+	}
+}
+
+func startChild(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func state(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "gone"
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[0]
+}
+
+func TestInjectGetpid(t *testing.T) {
+	needRoot(t)
+	if err := ProbeInjection(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A thread interrupted in nanosleep must show the restart fix-up and run on
+// normally after an injection and a detach.
+func TestSeizeSleepingRestart(t *testing.T) {
+	needRoot(t)
+	cmd := startChild(t, "sleep", "1")
+	time.Sleep(100 * time.Millisecond)
+	tr := NewTracer()
+	defer tr.Close()
+	p, err := tr.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := p.Leader()
+	if th.Restart != "restart" {
+		t.Errorf("thread in nanosleep: Restart=%q, want restart", th.Restart)
+	}
+	if th.Regs.Rax != unix.SYS_CLOCK_NANOSLEEP && th.Regs.Rax != unix.SYS_NANOSLEEP {
+		t.Errorf("rax=%d, want a nanosleep syscall number", th.Regs.Rax)
+	}
+	if st := state(cmd.Process.Pid); st != "t" {
+		t.Errorf("state %q while seized, want t", st)
+	}
+	if err := p.FindGadget(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Syscall(th, "getppid", unix.SYS_GETPPID); err != nil {
+		t.Fatal(err)
+	}
+	// A failing injected call reports its errno.
+	_, err = p.Syscall(th, "close", unix.SYS_CLOSE, 12345)
+	if se, ok := err.(*SyscallError); !ok || se.Errno != unix.EBADF {
+		t.Fatalf("close(12345): %v, want EBADF", err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sleep exited with %v after detach", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sleep did not finish after detach")
+	}
+}
+
+func TestSeizeMissingAndTraced(t *testing.T) {
+	needRoot(t)
+	tr := NewTracer()
+	defer tr.Close()
+	if _, err := tr.Seize(1 << 22); err == nil {
+		t.Fatal("seize of a missing pid succeeded")
+	}
+	cmd := startChild(t, "sleep", "30")
+	p, err := tr.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	other := NewTracer()
+	defer other.Close()
+	// Same process, so TracerPid is us: a plain error rather than TracedError.
+	if _, err := other.Seize(cmd.Process.Pid); err == nil {
+		t.Fatal("second seize succeeded")
+	}
+}
