@@ -1,0 +1,217 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain fails the run if the tests leave an fd open or a child process
+// behind: probes must clean up after themselves.
+func TestMain(m *testing.M) {
+	before := openFDs()
+	code := m.Run()
+	if code == 0 {
+		if leaked := newFDs(before, openFDs()); len(leaked) > 0 {
+			fmt.Fprintf(os.Stderr, "FAIL: tests leaked fds: %s\n", strings.Join(leaked, ", "))
+			code = 1
+		}
+		if kids := children(); kids != "" {
+			fmt.Fprintf(os.Stderr, "FAIL: tests left child processes: %s\n", kids)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// openFDs maps each open fd to what it points at.
+func openFDs() map[string]string {
+	out := map[string]string{}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil {
+			out[e.Name()] = target
+		}
+	}
+	return out
+}
+
+// newFDs lists fds open now that were not before, except the Go runtime's
+// own netpoller fds, which it opens once on first use.
+func newFDs(before, after map[string]string) []string {
+	var out []string
+	for fd, target := range after {
+		if before[fd] == target || target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" {
+			continue
+		}
+		out = append(out, fd+" -> "+target)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func children() string {
+	var out []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, t := range tasks {
+		b, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if s := strings.TrimSpace(string(b)); s != "" {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// required reports whether CI demands the feature: MIGRATE_REQUIRE_FEATURES
+// is a comma-separated list of feature names, or "all".
+func required(name string) bool {
+	for _, n := range strings.Split(os.Getenv("MIGRATE_REQUIRE_FEATURES"), ",") {
+		if n = strings.TrimSpace(n); n == "all" || n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// checkProbe runs a probe and judges its answer: a probe must either work
+// or say why the feature is missing; failing to run is a test failure, and
+// a missing feature skips the test unless it is required.
+func checkProbe(t *testing.T, name string, run func(context.Context) (string, error)) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	detail, err := run(ctx)
+	switch {
+	case err == nil:
+		if detail == "" {
+			t.Errorf("%s works but gives no detail", name)
+		}
+		t.Logf("%s: %s", name, detail)
+		return detail
+	case errors.Is(err, ErrNotSupported):
+		var uf *UnsupportedFeatureError
+		if !errors.As(err, &uf) || uf.Name != name || uf.Reason == "" {
+			t.Fatalf("%s: unsupported error without name and reason: %#v", name, err)
+		}
+		if required(name) {
+			t.Fatalf("%s is required (MIGRATE_REQUIRE_FEATURES) but missing: %v", name, err)
+		}
+		t.Skipf("%s missing in this kernel: %v", name, err)
+	default:
+		t.Fatalf("%s probe could not run: %v", name, err)
+	}
+	return ""
+}
+
+func TestProbePtraceSeize(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeaturePtraceSeize, ProbePtraceSeize)
+}
+
+func TestProbePidfdGetfd(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeaturePidfdGetfd, ProbePidfdGetfd)
+}
+
+func TestProbeClone3SetTID(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureClone3, ProbeClone3SetTID)
+}
+
+func TestProbeMMMap(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureMMMap, ProbeMMMap)
+}
+
+func TestProbeProcessVM(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureProcessVM, ProbeProcessVM)
+}
+
+func TestProbeSoftDirty(t *testing.T) {
+	checkProbe(t, FeatureSoftDirty, ProbeSoftDirty)
+}
+
+func TestProbeUffdWP(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureUffdWP, ProbeUffdWP)
+}
+
+func TestProbeTCPRepair(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureTCPRepair, ProbeTCPRepair)
+}
+
+func TestProbeVDSO(t *testing.T) {
+	d := checkProbe(t, FeatureVDSO, ProbeVDSO)
+	if !strings.Contains(d, "[vdso]") {
+		t.Errorf("detail %q does not name [vdso]", d)
+	}
+}
+
+// A cancelled context stops a probe with the context's error, and kills
+// and reaps its helper (TestMain checks the reaping).
+func TestProbeCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := ProbeProcessVM(ctx)
+	if err == nil || errors.Is(err, ErrNotSupported) {
+		t.Fatalf("cancelled probe: got %v, want a probe failure", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	needRoot(t)
+	injected := errors.New("no tracer here")
+	feats := Check(context.Background(), CheckOptions{Inject: func() error { return injected }})
+	var names []string
+	for _, f := range feats {
+		names = append(names, f.Name)
+		if f.ProbeFailed() {
+			t.Errorf("%s: probe failed: %v", f.Name, f.Err)
+		}
+		if f.OK != (f.Err == nil) {
+			t.Errorf("%s: OK=%v with Err=%v", f.Name, f.OK, f.Err)
+		}
+		if f.Detail == "" {
+			t.Errorf("%s: no detail", f.Name)
+		}
+	}
+	want := []string{FeaturePtraceSeize, FeatureInjection, FeaturePidfdGetfd, FeatureClone3, FeatureMMMap,
+		FeatureProcessVM, FeatureSoftDirty, FeatureUffdWP, FeatureTCPRepair, FeatureVDSO}
+	if !slices.Equal(names, want) {
+		t.Fatalf("features %q, want %q", names, want)
+	}
+	inj := feats[1]
+	if inj.OK || !errors.Is(inj.Err, ErrNotSupported) || !errors.Is(inj.Err, injected) {
+		t.Errorf("failing injector: got %+v, want unsupported wrapping the injector's error", inj)
+	}
+
+	feats = Check(context.Background(), CheckOptions{})
+	if s := feats[1].Status(); s != "not probed" {
+		t.Errorf("nil injector: status %q, want not probed", s)
+	}
+}
+
+func TestCheckCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, f := range Check(ctx, CheckOptions{}) {
+		if !f.ProbeFailed() || !errors.Is(f.Err, context.Canceled) {
+			t.Errorf("%s: got %s (%v), want a failed probe with context.Canceled", f.Name, f.Status(), f.Err)
+		}
+	}
+}
