@@ -1,0 +1,57 @@
+package pagestream
+
+import (
+	"math/bits"
+	"sync"
+)
+
+// Page buffers are pooled by size class: class c holds buffers of capacity
+// at least PageSize<<c. Buffers above the largest class are not pooled.
+const (
+	numBufClasses = 15 // up to 64 MiB
+	maxPooledCap  = PageSize << (numBufClasses - 1)
+)
+
+var bufPools [numBufClasses]sync.Pool
+
+// GetBuffer returns a buffer of len n for page data, from a pool when one is
+// free. n must be a positive multiple of PageSize. The contents are
+// undefined. Hand it back with PutBuffer, or give it to Writer.WritePages,
+// which does.
+func GetBuffer(n int) []byte {
+	if n <= 0 || n%PageSize != 0 {
+		panic("pagestream: GetBuffer: size " + itoa(uint64(n)) + " is not a positive multiple of PageSize")
+	}
+	if n > maxPooledCap {
+		return make([]byte, n)
+	}
+	c := bits.Len(uint(n/PageSize - 1))
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		b := *p
+		*p = nil
+		holders.Put(p)
+		return b[:n]
+	}
+	return make([]byte, n, PageSize<<c)
+}
+
+// PutBuffer hands b back for reuse by GetBuffer. The caller must not use b
+// afterwards. Buffers of any origin are accepted; those too small or too
+// large to pool are left to the garbage collector.
+func PutBuffer(b []byte) {
+	pages := cap(b) / PageSize
+	if pages == 0 || cap(b) > maxPooledCap {
+		return
+	}
+	c := bits.Len(uint(pages)) - 1 // largest class that fits
+	p, _ := holders.Get().(*[]byte)
+	if p == nil {
+		p = new([]byte)
+	}
+	*p = b[:0]
+	bufPools[c].Put(p)
+}
+
+// holders recycles the *[]byte boxes the pools hold, so that PutBuffer does
+// not allocate.
+var holders sync.Pool

@@ -1,0 +1,398 @@
+package pagestream
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// ReaderOptions configure a Reader.
+type ReaderOptions struct {
+	Workers int // decompression goroutines; 0 means runtime.GOMAXPROCS(0)
+}
+
+// Frame is a frame returned by Reader.Next: a batch of pages or a barrier.
+type Frame struct {
+	Kind   FrameKind // FramePages or FrameBarrier
+	Round  uint32
+	Seq    uint64 // the frame's number in the stream, from 0
+	Offset int64  // the frame's byte offset in the stream
+	Addr   uint64 // address of the first page (page frames)
+	Pages  int    // pages in the frame (page frames)
+
+	// Data holds Pages*PageSize bytes, decompressed, with the zero pages
+	// filled with zeros. It is valid until the next call to Next or Close,
+	// unless the caller takes it with Keep.
+	Data []byte
+	// Zero is a bitmap of the all-zero pages: bit i%64 of Zero[i/64] is set
+	// when page i is all zeros. A caller writing into fresh (zeroed) memory
+	// can skip those pages.
+	Zero []uint64
+
+	buf  []byte // the pooled buffer behind Data
+	kept bool
+}
+
+// IsZero reports whether page i of the frame is all zeros.
+func (f *Frame) IsZero(i int) bool {
+	return f.Zero[i>>6]&(1<<(i&63)) != 0
+}
+
+// Keep hands Data over to the caller: it stays valid after the next call to
+// Next, and the caller may pass it to PutBuffer when done with it.
+func (f *Frame) Keep() { f.kept = true }
+
+// Reader reads a page stream.
+//
+// Concurrency: a Reader is used from one goroutine at a time (Next, Close);
+// Stats may be called from any goroutine. Inside, one goroutine reads and
+// checks frames from the underlying reader and Workers goroutines
+// decompress page frames; Next returns them in stream order. A frame is
+// returned only after its checksums, its place in the sequence and round
+// order, and its decompressed size and content checksum all verified; the
+// bytes of a bad frame are never returned.
+//
+// The Reader reads nothing past the end frame. Its goroutines stop by
+// themselves once Next has returned an error or io.EOF; a caller that stops
+// earlier must call Close. Close waits for the read goroutine, so if the
+// underlying reader can block forever (a network stream), unblock it first
+// (close it or set a deadline).
+type Reader struct {
+	r        io.Reader
+	streamID uint64
+
+	ordered chan *rjob // frames in stream order, to Next
+	work    chan *rjob // page frames, to the workers
+	stop    chan struct{}
+	stopped sync.Once
+	wg      sync.WaitGroup
+
+	// Owned by the goroutine calling Next.
+	cur    *rjob
+	err    error // sticky: io.EOF, the stream's error, or ErrClosed
+	closed bool
+
+	frames, pages, zeroPages, wire atomic.Uint64
+}
+
+// rjob is one frame on its way through the Reader.
+type rjob struct {
+	Frame
+	hdr     frameHeader
+	size    int64   // bytes on the wire
+	payload *[]byte // pooled; page frames only
+	zero    [MaxFramePages / 64]uint64
+	err     *FrameError
+	done    chan struct{} // closed when decoded; page frames only
+}
+
+var payloads = sync.Pool{New: func() any {
+	b := make([]byte, maxPayload+trailerSize)
+	return &b
+}}
+
+// NewReader reads and checks the stream header and starts the Reader's
+// goroutines.
+func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
+	if opts.Workers < 0 {
+		return nil, errors.New("pagestream: negative Workers")
+	}
+	workers := opts.Workers
+	if workers == 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	var hb [streamHeaderSize]byte
+	if _, err := io.ReadFull(r, hb[:]); err != nil {
+		return nil, readErr(0, err, "stream header")
+	}
+	h, chain, fe := parseStreamHeader(hb[:])
+	if fe != nil {
+		return nil, fe
+	}
+	inflight := 4 * workers
+	pr := &Reader{
+		r:        r,
+		streamID: h.streamID,
+		ordered:  make(chan *rjob, inflight),
+		work:     make(chan *rjob, inflight),
+		stop:     make(chan struct{}),
+	}
+	pr.wire.Store(streamHeaderSize)
+	pr.wg.Add(1 + workers)
+	go pr.readLoop(chain)
+	for range workers {
+		go pr.worker()
+	}
+	return pr, nil
+}
+
+// StreamID returns the stream ID from the stream header.
+func (r *Reader) StreamID() uint64 { return r.streamID }
+
+func readErr(off int64, err error, what string) *FrameError {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return frameErr(off, ErrTruncated, "%s cut short", what)
+	}
+	return &FrameError{Offset: off, Reason: "reading " + what, Err: err}
+}
+
+// send passes j on, unless the Reader is being closed.
+func (r *Reader) send(ch chan<- *rjob, j *rjob) bool {
+	select {
+	case ch <- j:
+		return true
+	case <-r.stop:
+		return false
+	}
+}
+
+// readLoop reads frames and checks everything that can be checked without
+// decompressing, in stream order. It ends after the end frame, at the first
+// error (which it sends to Next as a frame), or when the Reader is closed.
+func (r *Reader) readLoop(chain uint32) {
+	defer r.wg.Done()
+	defer close(r.work)
+	var (
+		off        = int64(streamHeaderSize)
+		seq        uint64
+		round      uint32
+		barrier    uint32
+		hasBarrier bool
+		totals     endTotals
+		hb         [frameHeaderSize]byte
+		small      [endPayloadSize + trailerSize]byte
+	)
+	fail := func(fe *FrameError) { r.send(r.ordered, &rjob{err: fe}) }
+	for {
+		if _, err := io.ReadFull(r.r, hb[:]); err != nil {
+			if err == io.EOF {
+				fail(frameErr(off, ErrTruncated, "stream ends after %d frames without an end frame", seq))
+			} else {
+				fail(readErr(off, err, "frame header"))
+			}
+			return
+		}
+		h, fe := parseFrameHeader(hb[:], off)
+		if fe != nil {
+			fail(fe)
+			return
+		}
+		if h.seq != seq {
+			fail(frameErr(off, ErrSequence, "frame %d where frame %d belongs", h.seq, seq))
+			return
+		}
+		if h.kind != FrameEnd {
+			if h.round < round {
+				fail(frameErr(off, ErrOutOfOrder, "frame %d: %v of round %d after round %d", h.seq, h.kind, h.round, round))
+				return
+			}
+			if hasBarrier && h.round <= barrier {
+				fail(frameErr(off, ErrOutOfOrder, "frame %d: %v of round %d after the barrier of round %d", h.seq, h.kind, h.round, barrier))
+				return
+			}
+		}
+
+		j := &rjob{hdr: h, size: frameHeaderSize + int64(h.payloadLen) + trailerSize}
+		j.Offset = off
+		var buf []byte
+		if h.kind == FramePages {
+			j.payload = payloads.Get().(*[]byte)
+			buf = (*j.payload)[:h.payloadLen+trailerSize]
+		} else {
+			buf = small[:h.payloadLen+trailerSize]
+		}
+		if _, err := io.ReadFull(r.r, buf); err != nil {
+			fail(readErr(off, err, h.kind.String()+" frame "+itoa(h.seq)))
+			return
+		}
+		body := buf[:h.payloadLen]
+		want := binary.LittleEndian.Uint32(buf[h.payloadLen:])
+		if got := crcUpdate(crcUpdate(chain, hb[:]), body); got != want {
+			fail(frameErr(off, ErrChecksum, "frame %d crc %08x, computed %08x (chained from the frame before)", h.seq, want, got))
+			return
+		}
+		chain = want
+
+		switch h.kind {
+		case FramePages:
+			zero := h.pages - h.stored
+			if !checkBitmap(body[:bitmapLen(int(h.pages))], int(h.pages), int(zero)) {
+				fail(frameErr(off, ErrMalformed, "frame %d: zero bitmap does not match %d zero pages of %d", h.seq, zero, h.pages))
+				return
+			}
+			totals.pages += uint64(h.pages)
+			totals.zeroPages += uint64(zero)
+			round = h.round
+			j.done = make(chan struct{})
+		case FrameBarrier:
+			round, barrier, hasBarrier = h.round, h.round, true
+			j.Frame = Frame{Kind: FrameBarrier, Round: h.round, Seq: h.seq, Offset: off}
+		case FrameEnd:
+			totals.frames = seq
+			if got := parseEndTotals(body); got != totals {
+				fail(frameErr(off, ErrTotals, "end frame says %d frames, %d pages, %d zero; stream has %d, %d, %d",
+					got.frames, got.pages, got.zeroPages, totals.frames, totals.pages, totals.zeroPages))
+				return
+			}
+		}
+		seq++
+		off += j.size
+
+		if !r.send(r.ordered, j) {
+			return
+		}
+		if h.kind == FramePages && !r.send(r.work, j) {
+			return
+		}
+		if h.kind == FrameEnd {
+			return
+		}
+	}
+}
+
+func (r *Reader) worker() {
+	defer r.wg.Done()
+	var d decompressor
+	defer d.release()
+	for j := range r.work {
+		decodePages(&d, j)
+		close(j.done)
+	}
+}
+
+// decodePages decompresses page frame j into a pooled buffer, checks it, and
+// fills in j.Frame, or sets j.err.
+func decodePages(d *decompressor, j *rjob) {
+	h := j.hdr
+	pages, stored := int(h.pages), int(h.stored)
+	body := (*j.payload)[:h.payloadLen]
+	defer func() {
+		payloads.Put(j.payload)
+		j.payload = nil
+	}()
+	bl := bitmapLen(pages)
+	bm := body[:bl]
+	want := binary.LittleEndian.Uint32(body[bl:])
+	comp := body[bl+contentCRCSize:]
+
+	n := pages * PageSize
+	buf := GetBuffer(n)
+	data := buf[:n:n]
+	if err := d.decompress(h.codec, data[:stored*PageSize], comp); err != nil {
+		PutBuffer(buf)
+		j.err = frameErr(j.Offset, ErrCorrupt, "frame %d: %v: %v", h.seq, h.codec, err)
+		return
+	}
+	if got := crc32c(data[:stored*PageSize]); got != want {
+		PutBuffer(buf)
+		j.err = frameErr(j.Offset, ErrChecksum, "frame %d: content crc %08x, computed %08x", h.seq, want, got)
+		return
+	}
+	// Move the stored pages to their places, last first (a page never moves
+	// down), and zero the zero pages.
+	if stored < pages {
+		s := stored
+		for i := pages - 1; i >= 0; i-- {
+			p := data[i*PageSize : (i+1)*PageSize]
+			if bm[i>>3]&(1<<(i&7)) != 0 {
+				clear(p)
+				continue
+			}
+			s--
+			if s != i {
+				copy(p, data[s*PageSize:(s+1)*PageSize])
+			}
+		}
+	}
+	for i, b := range bm {
+		j.zero[i/8] |= uint64(b) << (8 * (i % 8))
+	}
+	j.Frame = Frame{
+		Kind:   FramePages,
+		Round:  h.round,
+		Seq:    h.seq,
+		Offset: j.Offset,
+		Addr:   h.addr,
+		Pages:  pages,
+		Data:   data,
+		Zero:   j.zero[:(pages+63)/64],
+		buf:    buf,
+	}
+}
+
+// Next returns the next frame in stream order: page frames and barriers. It
+// returns io.EOF after a valid end frame whose totals match the stream, and
+// a *FrameError for anything wrong, including a stream that ends without an
+// end frame (ErrTruncated). After an error, Next returns the same error
+// again.
+func (r *Reader) Next() (*Frame, error) {
+	if c := r.cur; c != nil {
+		r.cur = nil
+		if c.buf != nil && !c.kept {
+			PutBuffer(c.buf)
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	j := <-r.ordered
+	if j.done != nil {
+		<-j.done
+	}
+	if j.err != nil {
+		r.err = j.err
+		r.stopped.Do(func() { close(r.stop) })
+		return nil, r.err
+	}
+	r.frames.Add(1)
+	r.wire.Add(uint64(j.size))
+	switch j.hdr.kind {
+	case FrameEnd:
+		r.err = io.EOF
+		return nil, io.EOF
+	case FramePages:
+		r.pages.Add(uint64(j.hdr.pages))
+		r.zeroPages.Add(uint64(j.hdr.pages - j.hdr.stored))
+	}
+	r.cur = j
+	return &j.Frame, nil
+}
+
+// Close stops the Reader's goroutines and releases its buffers; the current
+// frame's Data is invalid afterwards unless kept. It does not close the
+// underlying reader. Next after Close returns the error or io.EOF the
+// stream ended with, or ErrClosed.
+func (r *Reader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	r.stopped.Do(func() { close(r.stop) })
+	r.wg.Wait()
+	if c := r.cur; c != nil {
+		r.cur = nil
+		if c.buf != nil && !c.kept {
+			PutBuffer(c.buf)
+		}
+	}
+	if r.err == nil {
+		r.err = ErrClosed
+	}
+	return nil
+}
+
+// Stats returns the counts of the frames Next returned so far, the end
+// frame included once Next returned io.EOF.
+func (r *Reader) Stats() Stats {
+	p := r.pages.Load()
+	return Stats{
+		Frames:    r.frames.Load(),
+		Pages:     p,
+		ZeroPages: r.zeroPages.Load(),
+		BytesRaw:  p * PageSize,
+		BytesWire: r.wire.Load(),
+	}
+}

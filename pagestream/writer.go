@@ -1,0 +1,467 @@
+package pagestream
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/s2"
+)
+
+// WriterOptions configure a Writer. Note that the zero value writes pages
+// uncompressed (CodecNone is 0): set Codec, to DefaultCodec or to what
+// ParseCodec returns.
+type WriterOptions struct {
+	Codec   Codec
+	Workers int // compression goroutines; 0 means runtime.GOMAXPROCS(0)
+	Level   int // 0 means the codec's fast default; see compress.go
+
+	// StreamID goes into the stream header and seeds the checksum chain, so
+	// that frames of one stream fail to verify in another. 0 picks a random
+	// one; tests that want identical bytes set it.
+	StreamID uint64
+}
+
+// Stats counts what went through a Writer or Reader.
+type Stats struct {
+	Frames    uint64 // frames, counting barrier frames and the end frame
+	Pages     uint64 // pages in page frames
+	ZeroPages uint64 // of those, all-zero pages (sent as one bit each)
+	BytesRaw  uint64 // Pages*PageSize
+	BytesWire uint64 // bytes of the stream, stream header included
+}
+
+// Writer writes a page stream.
+//
+// Concurrency: a Writer is used from one goroutine at a time; WritePages,
+// Barrier, Flush, Close and Abort must not be called concurrently. Stats may
+// be called from any goroutine at any time. Inside, WritePages hands frames
+// to Workers compression goroutines and one output goroutine that checksums
+// and writes them to the underlying writer in the order they were queued;
+// at most a few frames per worker are in flight, and WritePages blocks only
+// when that many are. Errors of the underlying writer are reported by the
+// next call (WritePages, Barrier, Flush or Close); after one, nothing more is
+// written.
+//
+// A Writer must be finished with Close (a complete stream) or Abort (a stream
+// that reads as truncated); either stops its goroutines.
+type Writer struct {
+	w     io.Writer
+	codec Codec
+	level int
+
+	work    chan *wjob // to the workers
+	ordered chan *wjob // to the output goroutine, in stream order
+	workers sync.WaitGroup
+	outDone chan struct{} // closed when the output goroutine returns
+
+	failed atomic.Bool // an error is set; workers skip compression
+	errMu  sync.Mutex
+	err    error // first asynchronous error
+
+	// Owned by the goroutine calling the Writer's methods.
+	seq        uint64 // of the next frame
+	round      uint32 // highest round queued
+	barrier    uint32 // round of the last barrier, if hasBarrier
+	hasBarrier bool
+	closed     bool
+	closeErr   error
+
+	// Owned by the output goroutine.
+	chain  uint32 // CRC of the last frame written (or of the stream header)
+	totals endTotals
+
+	frames, pages, zeroPages, wire atomic.Uint64
+}
+
+// wjob is one frame on its way through the Writer.
+type wjob struct {
+	hdr  frameHeader
+	src  []byte  // page data, for page frames
+	ref  *srcRef // the caller's buffer src is part of
+	out  []byte  // the encoded frame: header, payload, room for the trailer
+	done chan struct{}
+	// flushed, for flush markers (hdr.kind == 0): closed by the output
+	// goroutine when it gets there.
+	flushed chan struct{}
+}
+
+// srcRef counts the frames still reading a buffer given to WritePages.
+type srcRef struct {
+	n   atomic.Int32
+	buf []byte
+}
+
+func (r *srcRef) release() {
+	if r.n.Add(-1) == 0 {
+		PutBuffer(r.buf)
+	}
+}
+
+// outCap fits the largest page frame any codec produces (s2's bound is the
+// largest) and its trailer.
+const outCap = frameHeaderSize + maxBitmapLen + contentCRCSize + (32 + MaxFramePages*PageSize + MaxFramePages*PageSize/6) + trailerSize
+
+func init() {
+	if s2.MaxEncodedLen(MaxFramePages*PageSize) > outCap-frameHeaderSize-maxBitmapLen-contentCRCSize-trailerSize {
+		panic("pagestream: outCap too small for s2.MaxEncodedLen")
+	}
+}
+
+var wjobs = sync.Pool{New: func() any {
+	return &wjob{out: make([]byte, 0, outCap), done: make(chan struct{}, 1)}
+}}
+
+// NewWriter writes the stream header to w and starts the Writer's
+// goroutines.
+func NewWriter(w io.Writer, opts WriterOptions) (*Writer, error) {
+	if !opts.Codec.valid() {
+		return nil, fmt.Errorf("%w: %v", ErrUnknownCodec, opts.Codec)
+	}
+	if err := checkLevel(opts.Codec, opts.Level); err != nil {
+		return nil, err
+	}
+	if opts.Workers < 0 {
+		return nil, fmt.Errorf("pagestream: %d workers", opts.Workers)
+	}
+	workers := opts.Workers
+	if workers == 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	id := opts.StreamID
+	for id == 0 {
+		id = rand.Uint64()
+	}
+	hdr := streamHeader{streamID: id}.appendTo(make([]byte, 0, streamHeaderSize))
+	n, err := w.Write(hdr)
+	if err == nil && n < len(hdr) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pagestream: write stream header: %w", err)
+	}
+	// Enough frames in flight to keep every worker busy while the output
+	// goroutine writes and the caller fills the next buffer.
+	inflight := 4 * workers
+	pw := &Writer{
+		w:       w,
+		codec:   opts.Codec,
+		level:   opts.Level,
+		work:    make(chan *wjob, inflight),
+		ordered: make(chan *wjob, inflight),
+		outDone: make(chan struct{}),
+		chain:   binary.LittleEndian.Uint32(hdr[streamHeaderSize-4:]),
+	}
+	pw.wire.Store(uint64(n))
+	pw.workers.Add(workers)
+	for range workers {
+		go pw.worker()
+	}
+	go pw.output()
+	return pw, nil
+}
+
+func (w *Writer) setErr(err error) {
+	w.errMu.Lock()
+	if w.err == nil {
+		w.err = err
+		w.failed.Store(true)
+	}
+	w.errMu.Unlock()
+}
+
+func (w *Writer) asyncErr() error {
+	if !w.failed.Load() {
+		return nil
+	}
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	return w.err
+}
+
+// usable reports why the Writer cannot take more frames, if it cannot.
+func (w *Writer) usable() error {
+	if w.closed {
+		return ErrClosed
+	}
+	return w.asyncErr()
+}
+
+// checkRound enforces the round order the reader checks: rounds never go
+// down, and a barrier closes its round and all before it.
+func (w *Writer) checkRound(round uint32) error {
+	if round < w.round {
+		return fmt.Errorf("%w: round %d after round %d", ErrOutOfOrder, round, w.round)
+	}
+	if w.hasBarrier && round <= w.barrier {
+		return fmt.Errorf("%w: round %d after the barrier of round %d", ErrOutOfOrder, round, w.barrier)
+	}
+	return nil
+}
+
+// WritePages queues len(data)/PageSize pages starting at addr for round
+// round. addr must be page aligned, and len(data) a non-zero multiple of
+// PageSize. Calls larger than MaxFramePages pages are split into several
+// frames. Rounds must not go down, and a round closed by Barrier takes no
+// more pages.
+//
+// If WritePages returns nil, data belongs to the Writer: the caller must not
+// touch it again, and the Writer passes it (up to its length, never beyond)
+// to PutBuffer when done with it. If WritePages returns an error, it kept
+// nothing. The error is either about the arguments or an earlier
+// asynchronous failure (of the underlying writer), after which the Writer
+// takes nothing more.
+func (w *Writer) WritePages(round uint32, addr uint64, data []byte) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	if len(data) == 0 || len(data)%PageSize != 0 {
+		return fmt.Errorf("pagestream: WritePages: %d bytes is not a positive multiple of the page size", len(data))
+	}
+	if addr%PageSize != 0 || addr > MaxAddress || uint64(len(data)) > MaxAddress-addr {
+		return fmt.Errorf("%w: WritePages: %d bytes at %#x", ErrBadAddress, len(data), addr)
+	}
+	if err := w.checkRound(round); err != nil {
+		return err
+	}
+	w.round = round
+	pages := len(data) / PageSize
+	ref := &srcRef{buf: data[:len(data):len(data)]}
+	ref.n.Store(int32((pages + MaxFramePages - 1) / MaxFramePages))
+	for first := 0; first < pages; first += MaxFramePages {
+		n := min(MaxFramePages, pages-first)
+		j := wjobs.Get().(*wjob)
+		j.hdr = frameHeader{
+			kind:  FramePages,
+			round: round,
+			seq:   w.seq,
+			addr:  addr + uint64(first)*PageSize,
+			pages: uint32(n),
+		}
+		w.seq++
+		j.src = data[first*PageSize : (first+n)*PageSize]
+		j.ref = ref
+		w.ordered <- j
+		w.work <- j
+	}
+	return nil
+}
+
+// Barrier queues a barrier frame for round: every page of round, and of the
+// rounds before it, comes before it in the stream, and no page of those
+// rounds may follow. Barrier does not wait for the frame to be written; see
+// Flush.
+func (w *Writer) Barrier(round uint32) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	if err := w.checkRound(round); err != nil {
+		return err
+	}
+	w.round, w.barrier, w.hasBarrier = round, round, true
+	j := wjobs.Get().(*wjob)
+	j.hdr = frameHeader{kind: FrameBarrier, round: round, seq: w.seq}
+	w.seq++
+	w.ordered <- j
+	return nil
+}
+
+// Flush waits until every frame queued so far has been handed to the
+// underlying writer (it does not flush that writer), and returns the first
+// asynchronous error, if any. Use it where the other side must see a frame
+// before the caller goes on, as after the barrier of a round.
+func (w *Writer) Flush() error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	j := &wjob{flushed: make(chan struct{})}
+	w.ordered <- j
+	<-j.flushed
+	return w.asyncErr()
+}
+
+// Close writes the frames still queued and the end frame, waits for them to
+// be written, and stops the Writer's goroutines. It does not close the
+// underlying writer. It returns the first error of the Writer's life, if
+// any; then the stream has no end frame. Close after Close or Abort returns
+// the same result again.
+func (w *Writer) Close() error {
+	if w.closed {
+		return w.closeErr
+	}
+	w.closed = true
+	if w.asyncErr() == nil {
+		j := wjobs.Get().(*wjob)
+		j.hdr = frameHeader{kind: FrameEnd, seq: w.seq, payloadLen: endPayloadSize}
+		w.seq++
+		w.ordered <- j
+	}
+	w.shutdown()
+	w.closeErr = w.asyncErr()
+	return w.closeErr
+}
+
+// Abort stops the Writer without finishing the stream: queued frames are
+// dropped (a frame being written may still complete) and no end frame is
+// written, so a reader sees a truncated stream. Use it when a dump fails
+// half-way, so that what was written can never pass for a whole one. Abort
+// after Close does nothing.
+func (w *Writer) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.setErr(ErrAborted)
+	w.shutdown()
+	w.closeErr = w.asyncErr()
+}
+
+func (w *Writer) shutdown() {
+	close(w.work)
+	close(w.ordered)
+	w.workers.Wait()
+	<-w.outDone
+}
+
+// Stats returns the counts so far; after Close they are final.
+func (w *Writer) Stats() Stats {
+	p := w.pages.Load()
+	return Stats{
+		Frames:    w.frames.Load(),
+		Pages:     p,
+		ZeroPages: w.zeroPages.Load(),
+		BytesRaw:  p * PageSize,
+		BytesWire: w.wire.Load(),
+	}
+}
+
+func (w *Writer) worker() {
+	defer w.workers.Done()
+	c := newCompressor(w.codec, w.level)
+	defer c.release()
+	var scratch []byte
+	for j := range w.work {
+		if !w.failed.Load() {
+			if scratch == nil {
+				scratch = make([]byte, 0, MaxFramePages*PageSize)
+			}
+			encodePages(c, j, scratch)
+		}
+		j.ref.release()
+		j.src, j.ref = nil, nil
+		j.done <- struct{}{}
+	}
+}
+
+var zeroPage [PageSize]byte
+
+func isZeroPage(p []byte) bool { return bytes.Equal(p, zeroPage[:]) }
+
+// encodePages builds the page frame of j in j.out, all but the trailer.
+// scratch has room for MaxFramePages pages.
+func encodePages(c *compressor, j *wjob, scratch []byte) {
+	n := int(j.hdr.pages)
+	src := j.src
+	bl := bitmapLen(n)
+	out := j.out[:frameHeaderSize+bl+contentCRCSize]
+	bm := out[frameHeaderSize : frameHeaderSize+bl]
+	clear(bm)
+	zero := 0
+	for i := range n {
+		if isZeroPage(src[i*PageSize : (i+1)*PageSize]) {
+			bm[i>>3] |= 1 << (i & 7)
+			zero++
+		}
+	}
+	// The stored pages, gathered in one piece if there are holes.
+	raw := src
+	if zero > 0 {
+		raw = scratch[:0]
+		for i := 0; i < n; {
+			if bm[i>>3]&(1<<(i&7)) != 0 {
+				i++
+				continue
+			}
+			k := i + 1
+			for k < n && bm[k>>3]&(1<<(k&7)) == 0 {
+				k++
+			}
+			raw = append(raw, src[i*PageSize:k*PageSize]...)
+			i = k
+		}
+	}
+	binary.LittleEndian.PutUint32(out[frameHeaderSize+bl:], crc32c(raw))
+	codec := CodecNone
+	base := len(out)
+	if len(raw) > 0 && c.codec != CodecNone {
+		comp := c.compress(out, raw)
+		if len(comp)-base < len(raw) {
+			out, codec = comp, c.codec
+		}
+	}
+	if codec == CodecNone {
+		out = append(out[:base], raw...)
+	}
+	j.hdr.codec = codec
+	j.hdr.stored = uint32(n - zero)
+	j.hdr.payloadLen = uint32(len(out) - frameHeaderSize)
+	j.hdr.put(out)
+	j.out = out
+}
+
+// output writes the frames in order: it waits for each page frame's
+// compression, chains and appends the trailer, and writes it.
+func (w *Writer) output() {
+	defer close(w.outDone)
+	for j := range w.ordered {
+		switch j.hdr.kind {
+		case 0:
+			close(j.flushed)
+			continue
+		case FramePages:
+			<-j.done
+		}
+		if !w.failed.Load() {
+			w.writeFrame(j)
+		}
+		j.out = j.out[:0]
+		wjobs.Put(j)
+	}
+}
+
+func (w *Writer) writeFrame(j *wjob) {
+	switch j.hdr.kind {
+	case FrameBarrier:
+		j.out = j.out[:frameHeaderSize]
+		j.hdr.put(j.out)
+	case FrameEnd:
+		w.totals.frames = j.hdr.seq
+		j.out = w.totals.appendTo(j.out[:frameHeaderSize])
+		j.hdr.put(j.out)
+	}
+	crc := crcUpdate(w.chain, j.out)
+	j.out = binary.LittleEndian.AppendUint32(j.out, crc)
+	n, err := w.w.Write(j.out)
+	w.wire.Add(uint64(n))
+	if err == nil && n < len(j.out) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		w.setErr(fmt.Errorf("pagestream: write %v frame %d: %w", j.hdr.kind, j.hdr.seq, err))
+		return
+	}
+	w.chain = crc
+	w.frames.Add(1)
+	if j.hdr.kind == FramePages {
+		zero := uint64(j.hdr.pages - j.hdr.stored)
+		w.totals.pages += uint64(j.hdr.pages)
+		w.totals.zeroPages += zero
+		w.pages.Add(uint64(j.hdr.pages))
+		w.zeroPages.Add(zero)
+	}
+}
