@@ -40,11 +40,10 @@ type Image struct {
 
 // PagesInfo describes the page data of an image.
 type PagesInfo struct {
-	File   string `json:"file"`   // relative to the image directory
-	Size   int64  `json:"size"`   // bytes in the file
-	Pages  uint64 `json:"pages"`  // pages stored, zero pages included
-	Codec  string `json:"codec"`  // codec used for page frames
-	SHA256 string `json:"sha256"` // of the whole file, hex
+	File  string `json:"file"`  // relative to the image directory
+	Size  int64  `json:"size"`  // bytes in the file
+	Pages uint64 `json:"pages"` // pages stored, zero pages included
+	Codec string `json:"codec"` // codec used for page frames
 }
 
 // Process is one process of the image.
@@ -159,6 +158,9 @@ type VMA struct {
 	File *FileRef `json:"file,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
+	// Hash is the SHA-256 of the contents of a [vdso] area: a restore is
+	// refused on a kernel whose vdso differs.
+	Hash string `json:"hash,omitempty"`
 	// Pages is the number of pages of this area stored in the page stream.
 	Pages uint64 `json:"pages"`
 }
@@ -181,6 +183,7 @@ type Thread struct {
 	ClearTID   uint64    `json:"clear_child_tid"`
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
+	Rseq       Rseq      `json:"rseq"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
@@ -192,6 +195,13 @@ type Regs struct {
 	R9, R8, RAX, RCX, RDX, RSI, RDI        uint64
 	OrigRAX, RIP, CS, EFLAGS, RSP, SS      uint64
 	FSBase, GSBase, DS, ES, FS, GS         uint64
+}
+
+// Rseq is a thread's rseq registration (zero if none).
+type Rseq struct {
+	Addr uint64 `json:"addr"`
+	Len  uint32 `json:"len"`
+	Sig  uint32 `json:"sig"`
 }
 
 // AltStack is a stack_t.

@@ -106,10 +106,34 @@ func (t *Tracer) Seize(pid int) (*Proc, error) {
 	return t.seize(pid, seizeOptions)
 }
 
-// SeizeOwned is Seize with PTRACE_O_EXITKILL: the tracee dies with the
-// tracer. For processes migrate builds itself.
+// SeizeOwned is Seize with PTRACE_O_EXITKILL (the tracee dies with the
+// tracer) and PTRACE_O_TRACEFORK (its children are traced from birth). For
+// processes migrate builds itself.
 func (t *Tracer) SeizeOwned(pid int) (*Proc, error) {
-	return t.seize(pid, seizeOptions|unix.PTRACE_O_EXITKILL)
+	return t.seize(pid, seizeOptions|unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACEFORK)
+}
+
+// Adopt takes over a child that a Proc seized with SeizeOwned forked: the
+// child is already traced and stops on its own.
+func (p *Proc) Adopt(pid int) (*Proc, error) {
+	c := &Proc{t: p.t, PID: pid, opts: p.opts, gadget: p.gadget}
+	th := &Thread{TID: pid}
+	err := p.t.Do(func() error {
+		alive, err := c.waitEventStop(th)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return fmt.Errorf("child %d exited before it could be adopted", pid)
+		}
+		th.stopped = true
+		return th.loadRegs()
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.Threads = []*Thread{th}
+	return c, nil
 }
 
 func (t *Tracer) seize(pid, opts int) (*Proc, error) {

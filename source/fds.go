@@ -1,0 +1,321 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+)
+
+const kcmpFile = 0 // KCMP_FILE
+
+// fdSet holds the agent's duplicates of the tracee's fds while the image is
+// written.
+type fdSet struct {
+	pidfd int
+	dups  map[int]*os.File // tracee fd -> duplicate in the agent
+	// pending blobs: image fd index -> what to store
+	blobs []pendingBlob
+}
+
+type pendingBlob struct {
+	idx  int    // index in Process.FDs
+	kind string // "file", "memfd", "pipe"
+	what string // "file" (FileRef.Blob) or "data" (FD.Data)
+	src  func() (io.Reader, error)
+}
+
+func (s *fdSet) close() {
+	for _, f := range s.dups {
+		f.Close()
+	}
+	if s.pidfd >= 0 {
+		unix.Close(s.pidfd)
+	}
+}
+
+// collectFDs describes every open fd. An fd of a kind migrate cannot
+// restore fails the dump here, before anything was injected.
+//
+// Preconditions: the process is frozen.
+func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
+	set := &fdSet{pidfd: -1, dups: map[int]*os.File{}}
+	links, err := proc.ReadFDs(d.pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", d.pid, err)
+	}
+	set.pidfd, err = unix.PidfdOpen(d.pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: pidfd_open: %w", d.pid, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			set.close()
+		}
+	}()
+	p := &d.img.Process
+	type pipeEnd struct{ idx, fd int }
+	pipes := map[uint64][]pipeEnd{}
+	for _, l := range links {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		info, err := proc.ReadFDInfo(d.pid, l.FD)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+		}
+		nfd, err := unix.PidfdGetfd(set.pidfd, l.FD, 0)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: pidfd_getfd of fd %d: %w", d.pid, l.FD, err)
+		}
+		dup := os.NewFile(uintptr(nfd), l.Target)
+		set.dups[l.FD] = dup
+		var st unix.Stat_t
+		if err := unix.Fstat(nfd, &st); err != nil {
+			return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+		}
+		fd := core.FD{
+			FD:      l.FD,
+			Flags:   info.Flags &^ unix.O_CLOEXEC,
+			Cloexec: info.Flags&unix.O_CLOEXEC != 0,
+			Pos:     info.Pos,
+		}
+		// fds sharing one open file description stay shared.
+		for _, prev := range p.FDs {
+			pf := set.dups[prev.FD]
+			var pst unix.Stat_t
+			if unix.Fstat(int(pf.Fd()), &pst) != nil || pst.Dev != st.Dev || pst.Ino != st.Ino {
+				continue
+			}
+			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(d.pid), uintptr(d.pid), kcmpFile, uintptr(prev.FD), uintptr(l.FD), 0); e == 0 && r == 0 {
+				fd.Key = "fd" + strconv.Itoa(prev.FD)
+				if prev.Key != "" {
+					fd.Key = prev.Key
+				}
+				break
+			}
+		}
+		idx := len(p.FDs)
+		target := l.Target
+		unsupported := func(reason string) error {
+			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
+		}
+		ref := func() *core.FileRef {
+			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
+			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
+				r.Path, r.Deleted = s, true
+			}
+			return r
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			if name, ok := strings.CutPrefix(target, "/memfd:"); ok {
+				fd.Kind = core.FDMemfd
+				fd.MemfdName = strings.TrimSuffix(name, " (deleted)")
+				fd.File = ref()
+				seals, err := unix.FcntlInt(uintptr(nfd), unix.F_GET_SEALS, 0)
+				if err == nil {
+					fd.Seals = seals
+				}
+				if fd.Key == "" {
+					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: wholeFile(dup)})
+				}
+				break
+			}
+			if !strings.HasPrefix(target, "/") {
+				return nil, unsupported("a regular file without a path")
+			}
+			fd.Kind = core.FDFile
+			fd.File = ref()
+			if fd.File.Deleted && fd.Key == "" {
+				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: wholeFile(dup)})
+			}
+		case unix.S_IFDIR:
+			fd.Kind = core.FDDir
+			fd.File = ref()
+			if fd.File.Deleted {
+				return nil, unsupported("a deleted directory")
+			}
+		case unix.S_IFCHR:
+			if !strings.HasPrefix(target, "/dev/") {
+				return nil, unsupported("a character device outside /dev")
+			}
+			fd.Kind = core.FDChar
+			fd.File = ref()
+		case unix.S_IFIFO:
+			if strings.HasPrefix(target, "pipe:[") {
+				fd.Kind = core.FDPipe
+				fd.Pipe = st.Ino
+				pipes[st.Ino] = append(pipes[st.Ino], pipeEnd{idx, l.FD})
+			} else {
+				fd.Kind = core.FDFIFO
+				fd.File = ref()
+				if fd.File.Deleted {
+					return nil, unsupported("a deleted FIFO")
+				}
+				pipes[st.Ino] = append(pipes[st.Ino], pipeEnd{idx, l.FD})
+			}
+			sz, err := unix.FcntlInt(uintptr(nfd), unix.F_GETPIPE_SZ, 0)
+			if err != nil {
+				return nil, fmt.Errorf("process %d: fd %d: F_GETPIPE_SZ: %w", d.pid, l.FD, err)
+			}
+			fd.PipeSize = sz
+		default:
+			switch {
+			case target == "anon_inode:[eventfd]":
+				if !info.HasEventfd {
+					return nil, unsupported("eventfd without a count in fdinfo")
+				}
+				fd.Kind = core.FDEventfd
+				fd.Count = info.EventfdCount
+				fd.Semaphore = info.EventfdSemaphore
+			case strings.HasPrefix(target, "socket:"):
+				return nil, unsupported("sockets are not supported yet")
+			default:
+				return nil, unsupported("this kind of file is not supported yet")
+			}
+		}
+		p.FDs = append(p.FDs, fd)
+	}
+
+	// Pipes: both ends must be inside the process (the other end of a pipe
+	// shared with another process cannot be reconnected from an image);
+	// buffered bytes are stored once, with the first read end.
+	for ino, ends := range pipes {
+		first := p.FDs[ends[0].idx]
+		if first.Kind == core.FDFIFO {
+			if err := d.pipeData(set, ends[0].idx, ends[0].fd, true); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var r, w *pipeEnd
+		for i := range ends {
+			switch p.FDs[ends[i].idx].Flags & unix.O_ACCMODE {
+			case unix.O_RDONLY:
+				if r == nil {
+					r = &ends[i]
+				}
+			case unix.O_WRONLY:
+				if w == nil {
+					w = &ends[i]
+				}
+			}
+		}
+		if r == nil || w == nil {
+			e := ends[0]
+			side := "write"
+			if r == nil {
+				side = "read"
+			}
+			return nil, &UnsupportedFDError{PID: d.pid, FD: e.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
+				Reason: "its " + side + " end is held by another process; start the process with stdio on files or /dev/null"}
+		}
+		if err := d.pipeData(set, r.idx, r.fd, false); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return set, nil
+}
+
+func wholeFile(f *os.File) func() (io.Reader, error) {
+	return func() (io.Reader, error) { return io.NewSectionReader(f, 0, 1<<62), nil }
+}
+
+// pipeData copies the bytes buffered in a pipe without consuming them: tee(2)
+// duplicates them into a pipe of our own, which we then drain.
+func (d *dumper) pipeData(set *fdSet, idx, fd int, fifo bool) error {
+	src := set.dups[fd]
+	var pp [2]int
+	if err := unix.Pipe2(pp[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return err
+	}
+	defer unix.Close(pp[0])
+	defer unix.Close(pp[1])
+	size := d.img.Process.FDs[idx].PipeSize
+	if _, err := unix.FcntlInt(uintptr(pp[1]), unix.F_SETPIPE_SZ, size); err != nil {
+		return fmt.Errorf("process %d: fd %d: cannot make a %d-byte pipe to copy its buffer: %w", d.pid, fd, size, err)
+	}
+	n, err := unix.Tee(int(src.Fd()), pp[1], size, unix.SPLICE_F_NONBLOCK)
+	if err != nil && !errors.Is(err, unix.EAGAIN) {
+		if fifo && errors.Is(err, unix.EINVAL) {
+			return nil
+		}
+		return fmt.Errorf("process %d: fd %d: tee: %w", d.pid, fd, err)
+	}
+	if n <= 0 {
+		return nil
+	}
+	buf := make([]byte, n)
+	for got := int64(0); got < n; {
+		m, err := unix.Read(pp[0], buf[got:])
+		if err != nil || m <= 0 {
+			return fmt.Errorf("process %d: fd %d: read copied pipe buffer: %v", d.pid, fd, err)
+		}
+		got += int64(m)
+	}
+	set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "pipe", what: "data",
+		src: func() (io.Reader, error) { return strings.NewReader(string(buf)), nil }})
+	return nil
+}
+
+// writeBlobs stores file contents and pipe buffers under files/, and the
+// contents of deleted files that are mapped but not open.
+func (s *fdSet) writeBlobs(d *dumper) error {
+	open := map[[2]uint64]bool{}
+	for _, fd := range d.img.Process.FDs {
+		if fd.File != nil {
+			open[[2]uint64{fd.File.Dev, fd.File.Ino}] = true
+		}
+	}
+	stored := map[[2]uint64]string{}
+	for i := range d.img.Process.VMAs {
+		v := &d.img.Process.VMAs[i]
+		if v.File == nil || !v.File.Deleted || open[[2]uint64{v.File.Dev, v.File.Ino}] {
+			continue
+		}
+		key := [2]uint64{v.File.Dev, v.File.Ino}
+		if name, ok := stored[key]; ok {
+			v.File.Blob = name
+			continue
+		}
+		f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", d.pid, v.Start, v.End))
+		if err != nil {
+			return fmt.Errorf("process %d: deleted file mapped at %#x: %w", d.pid, v.Start, err)
+		}
+		name, err := d.copyBlob("mapped", f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		v.File.Blob = name
+		stored[key] = name
+	}
+	for _, b := range s.blobs {
+		r, err := b.src()
+		if err != nil {
+			return err
+		}
+		name, err := d.copyBlob(b.kind, r)
+		if err != nil {
+			return err
+		}
+		fd := &d.img.Process.FDs[b.idx]
+		if b.what == "data" {
+			fd.Data = name
+		} else {
+			fd.File.Blob = name
+		}
+	}
+	return nil
+}

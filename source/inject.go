@@ -1,0 +1,104 @@
+package source
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/ptrace"
+)
+
+const scratchSize = 4096
+
+// mapScratch maps one private page in the tracee for the results of
+// injected calls. Preconditions: the process is frozen.
+func (d *dumper) mapScratch() error {
+	addr, err := d.p.Syscall(d.p.Leader(), "mmap", unix.SYS_MMAP, 0, scratchSize,
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return err
+	}
+	d.scratch = addr
+	return nil
+}
+
+func (d *dumper) unmapScratch() error {
+	if d.scratch == 0 {
+		return nil
+	}
+	_, err := d.p.Syscall(d.p.Leader(), "munmap", unix.SYS_MUNMAP, d.scratch, scratchSize)
+	if err == nil {
+		d.scratch = 0
+	}
+	return err
+}
+
+// call injects a system call whose result lands in the scratch page and
+// returns the first n bytes of it.
+func (d *dumper) call(th *ptrace.Thread, name string, n int, nr uintptr, args ...uint64) (uint64, []byte, error) {
+	ret, err := d.p.Syscall(th, name, nr, args...)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := make([]byte, n)
+	if n > 0 {
+		if _, err := ptrace.ReadMem(d.pid, d.scratch, buf); err != nil {
+			return 0, nil, err
+		}
+	}
+	return ret, buf, nil
+}
+
+// collectInjected gathers the state only the process itself can tell, by
+// running system calls inside it.
+//
+// Preconditions: the process is frozen and the scratch page is mapped.
+func (d *dumper) collectInjected() error {
+	p := &d.img.Process
+	le := binary.LittleEndian
+	lead := d.p.Leader()
+	p.Sigactions = make([]core.Sigaction, 64)
+	for sig := 1; sig <= 64; sig++ {
+		_, b, err := d.call(lead, "rt_sigaction", 32, unix.SYS_RT_SIGACTION, uint64(sig), 0, d.scratch, 8)
+		if err != nil {
+			return fmt.Errorf("signal %d: %w", sig, err)
+		}
+		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
+	}
+	for i, th := range d.p.Threads {
+		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		p.Threads[i].AltStack = core.AltStack{SP: le.Uint64(b), Flags: int32(le.Uint32(b[8:])), Size: le.Uint64(b[16:])}
+		_, b, err = d.call(th, "prctl(PR_GET_TID_ADDRESS)", 8, unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, d.scratch)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		p.Threads[i].ClearTID = le.Uint64(b)
+	}
+	p.Itimers = nil
+	for which := 0; which < 3; which++ {
+		_, b, err := d.call(lead, "getitimer", 32, unix.SYS_GETITIMER, uint64(which), d.scratch)
+		if err != nil {
+			return err
+		}
+		tv := func(o int) int64 { return int64(le.Uint64(b[o:]))*1e6 + int64(le.Uint64(b[o+8:])) }
+		if iv, rem := tv(0), tv(16); iv != 0 || rem != 0 {
+			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
+		}
+	}
+	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
+	if err != nil {
+		return err
+	}
+	p.Personality = pers
+	brk, err := d.p.Syscall(lead, "brk", unix.SYS_BRK, 0)
+	if err != nil {
+		return err
+	}
+	p.MM.Brk = brk
+	return nil
+}

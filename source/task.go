@@ -1,0 +1,162 @@
+package source
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+	"migrate/core/ptrace"
+)
+
+// collectTask gathers what /proc and ptrace tell without injecting anything.
+//
+// Preconditions: the process is frozen.
+func (d *dumper) collectTask() error {
+	p := &d.img.Process
+	st, status := d.stat, d.status
+	p.PID = d.pid
+	p.PPID, p.PGID, p.SID = st.PPID, st.PGRP, st.Session
+	p.Comm = st.Comm
+	if status.HasUmask {
+		p.Umask = status.Umask
+	}
+	p.Creds = core.Creds{
+		UID:    [3]uint32{status.UID[0], status.UID[1], status.UID[2]},
+		GID:    [3]uint32{status.GID[0], status.GID[1], status.GID[2]},
+		FSUID:  status.UID[3],
+		FSGID:  status.GID[3],
+		Groups: status.Groups,
+		CapInh: status.CapInh, CapPrm: status.CapPrm, CapEff: status.CapEff,
+		CapBnd: status.CapBnd, CapAmb: status.CapAmb,
+	}
+	var err error
+	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
+		return fmt.Errorf("process %d: cwd: %w", d.pid, err)
+	}
+	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
+		return fmt.Errorf("process %d: root: %w", d.pid, err)
+	}
+	exe, err := fileRef(fmt.Sprintf("/proc/%d/exe", d.pid))
+	if err != nil {
+		return fmt.Errorf("process %d: executable: %w", d.pid, err)
+	}
+	if exe.Deleted {
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its executable %s was deleted", exe.Path)}
+	}
+	p.Exe = *exe
+	p.Cmdline, _ = proc.ReadCmdline(d.pid)
+
+	for r := 0; r < 16; r++ {
+		var lim unix.Rlimit
+		if err := unix.Prlimit(d.pid, r, nil, &lim); err != nil {
+			return fmt.Errorf("process %d: rlimit %d: %w", d.pid, r, err)
+		}
+		p.Rlimits = append(p.Rlimits, core.Rlimit{Resource: r, Cur: lim.Cur, Max: lim.Max})
+	}
+
+	auxv, err := proc.ReadAuxv(d.pid)
+	if err != nil {
+		return fmt.Errorf("process %d: auxv: %w", d.pid, err)
+	}
+	p.MM = core.MM{
+		StartCode: st.StartCode, EndCode: st.EndCode,
+		StartData: st.StartData, EndData: st.EndData,
+		StartBrk: st.StartBrk, StartStack: st.StartStack,
+		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd,
+		EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
+		Auxv: auxv,
+	}
+
+	for _, th := range d.p.Threads {
+		t, err := d.collectThread(th)
+		if err != nil {
+			return err
+		}
+		p.Threads = append(p.Threads, t)
+	}
+	shared, err := d.p.PendingSignals(d.p.Leader(), true)
+	if err != nil {
+		return fmt.Errorf("process %d: shared pending signals: %w", d.pid, err)
+	}
+	p.SharedPending = siginfos(shared)
+	return nil
+}
+
+func siginfos(raw [][]byte) []core.Siginfo {
+	var out []core.Siginfo
+	for _, si := range raw {
+		out = append(out, core.Siginfo{Signo: int(int32(binary.LittleEndian.Uint32(si))), Raw: si})
+	}
+	return out
+}
+
+func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
+	t := core.Thread{TID: th.TID, Regs: regsToCore(&th.Regs), Restart: th.Restart}
+	var err error
+	if t.Xstate, err = d.p.Xstate(th); err != nil {
+		return t, fmt.Errorf("thread %d: xstate: %w", th.TID, err)
+	}
+	if t.SigMask, err = d.p.Sigmask(th); err != nil {
+		return t, fmt.Errorf("thread %d: signal mask: %w", th.TID, err)
+	}
+	pend, err := d.p.PendingSignals(th, false)
+	if err != nil {
+		return t, fmt.Errorf("thread %d: pending signals: %w", th.TID, err)
+	}
+	// Signals the freeze took off the queue count as pending.
+	t.Pending = siginfos(append(pend, th.Stolen...))
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", d.pid, th.TID)); err == nil {
+		t.Comm = string(trimNL(b))
+	}
+	// get_robust_list works from outside with ptrace access.
+	var head, size uint64
+	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(th.TID),
+		uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&size))); e != 0 {
+		return t, fmt.Errorf("thread %d: get_robust_list: %w", th.TID, e)
+	}
+	t.RobustList, t.RobustLen = head, size
+	if addr, length, sig, err := d.p.Rseq(th); err == nil && addr != 0 {
+		t.Rseq = core.Rseq{Addr: addr, Len: length, Sig: sig}
+	}
+	return t, nil
+}
+
+func regsToCore(r *unix.PtraceRegs) core.Regs {
+	return core.Regs{
+		R15: r.R15, R14: r.R14, R13: r.R13, R12: r.R12, RBP: r.Rbp, RBX: r.Rbx, R11: r.R11, R10: r.R10,
+		R9: r.R9, R8: r.R8, RAX: r.Rax, RCX: r.Rcx, RDX: r.Rdx, RSI: r.Rsi, RDI: r.Rdi,
+		OrigRAX: r.Orig_rax, RIP: r.Rip, CS: r.Cs, EFLAGS: r.Eflags, RSP: r.Rsp, SS: r.Ss,
+		FSBase: r.Fs_base, GSBase: r.Gs_base, DS: r.Ds, ES: r.Es, FS: r.Fs, GS: r.Gs,
+	}
+}
+
+// fileRef describes the file a /proc link (exe, map_files, fd) points to.
+func fileRef(link string) (*core.FileRef, error) {
+	path, err := os.Readlink(link)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(link, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", link, err)
+	}
+	ref := &core.FileRef{
+		Path:  path,
+		Size:  st.Size,
+		Mtime: st.Mtim.Nano(),
+		Mode:  st.Mode,
+		Dev:   st.Dev,
+		Ino:   st.Ino,
+	}
+	if strings.HasSuffix(path, " (deleted)") && st.Nlink == 0 {
+		ref.Path = strings.TrimSuffix(path, " (deleted)")
+		ref.Deleted = true
+	}
+	return ref, nil
+}

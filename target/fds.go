@@ -1,0 +1,311 @@
+package target
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+)
+
+// prepareDeleted recreates, in the agent, every deleted file and memfd the
+// process had open or mapped, once per original inode.
+func (r *restorer) prepareDeleted(context.Context) error {
+	r.deletedFiles = map[fileKey]*os.File{}
+	var refs []*core.FileRef
+	p := &r.img.Process
+	for i := range p.FDs {
+		if f := p.FDs[i].File; f != nil && (f.Deleted || p.FDs[i].Kind == core.FDMemfd) && f.Blob != "" {
+			refs = append(refs, f)
+		}
+	}
+	for i := range p.VMAs {
+		if f := p.VMAs[i].File; f != nil && f.Deleted && f.Blob != "" {
+			refs = append(refs, f)
+		}
+	}
+	for _, ref := range refs {
+		key := fileKey{ref.Dev, ref.Ino, false}
+		if r.deletedFiles[key] != nil {
+			continue
+		}
+		f, err := r.recreate(ref)
+		if err != nil {
+			return fmt.Errorf("recreate %s: %w", ref.Path, err)
+		}
+		r.deletedFiles[key] = r.keep(f)
+	}
+	return nil
+}
+
+// recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
+// original directory otherwise) holding the stored contents.
+func (r *restorer) recreate(ref *core.FileRef) (*os.File, error) {
+	src, err := os.Open(filepath.Join(r.dir, ref.Blob))
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	var f *os.File
+	if name, ok := strings.CutPrefix(ref.Path, "/memfd:"); ok {
+		fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			return nil, err
+		}
+		f = os.NewFile(uintptr(fd), ref.Path)
+	} else {
+		dir := filepath.Dir(ref.Path)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777)
+		if err != nil {
+			// The directory is gone or does not take O_TMPFILE.
+			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777); err != nil {
+				return nil, err
+			}
+			r.warn("deleted file %s recreated in %s", ref.Path, os.TempDir())
+		}
+		f = os.NewFile(uintptr(fd), ref.Path)
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// openFD opens, in the agent, the file description fd had.
+func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
+	// File status flags that open(2) takes; the rest are set with F_SETFL.
+	flags := fd.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC)
+	switch fd.Kind {
+	case core.FDFile, core.FDDir, core.FDChar:
+		var f *os.File
+		var err error
+		if fd.File.Deleted {
+			src := r.deletedFiles[fileKey{fd.File.Dev, fd.File.Ino, false}]
+			if src == nil {
+				return nil, fmt.Errorf("deleted file %s has no copy in the image", fd.File.Path)
+			}
+			// Reopen for the original access mode and flags.
+			f, err = os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", src.Fd()), flags|unix.O_CLOEXEC, 0)
+		} else {
+			f, err = os.OpenFile(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := setFlags(f, fd.Flags); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if fd.Kind != core.FDChar || fd.Pos != 0 {
+			if _, err := f.Seek(fd.Pos, io.SeekStart); err != nil && fd.Kind != core.FDChar {
+				f.Close()
+				return nil, fmt.Errorf("seek to %d: %w", fd.Pos, err)
+			}
+		}
+		return f, nil
+	case core.FDMemfd:
+		src := r.deletedFiles[fileKey{fd.File.Dev, fd.File.Ino, false}]
+		if src == nil {
+			return nil, fmt.Errorf("memfd %s has no copy in the image", fd.MemfdName)
+		}
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", src.Fd()), flags|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := f.Seek(fd.Pos, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	case core.FDPipe:
+		ends, ok := pipes[fd.Pipe]
+		if !ok {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				return nil, err
+			}
+			ends = [2]*os.File{r.keep(os.NewFile(uintptr(p[0]), "pipe-r")), r.keep(os.NewFile(uintptr(p[1]), "pipe-w"))}
+			pipes[fd.Pipe] = ends
+			if fd.PipeSize > 0 {
+				if _, err := unix.FcntlInt(ends[1].Fd(), unix.F_SETPIPE_SZ, fd.PipeSize); err != nil {
+					r.warn("pipe:[%d]: cannot set its size to %d: %v", fd.Pipe, fd.PipeSize, err)
+				}
+			}
+		}
+		end := ends[0]
+		if fd.Flags&unix.O_ACCMODE == unix.O_WRONLY {
+			end = ends[1]
+		}
+		if fd.Data != "" {
+			if err := r.fillPipe(ends[1], fd.Data); err != nil {
+				return nil, err
+			}
+		}
+		// O_NONBLOCK and friends belong to the end, set on the shared
+		// description: open a new description of the same end? No: a pipe
+		// end's flags live in its one description, so set them here.
+		if err := setFlags(end, fd.Flags); err != nil {
+			return nil, err
+		}
+		return dupFile(end)
+	case core.FDFIFO:
+		// A holder open for both directions keeps open(2) from blocking and
+		// the pipe (with its buffered data) alive until the process holds it.
+		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		r.keep(holder)
+		if fd.Data != "" {
+			if err := r.fillPipe(holder, fd.Data); err != nil {
+				return nil, err
+			}
+		}
+		f, err := os.OpenFile(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, err
+		}
+		if err := setFlags(f, fd.Flags); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	case core.FDEventfd:
+		efl := unix.EFD_CLOEXEC
+		if fd.Semaphore {
+			efl |= unix.EFD_SEMAPHORE
+		}
+		efd, err := unix.Eventfd(0, efl)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(efd), "eventfd")
+		if fd.Count > 0 {
+			var b [8]byte
+			for i := range b {
+				b[i] = byte(fd.Count >> (8 * i))
+			}
+			if _, err := unix.Write(efd, b[:]); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("eventfd count %d: %w", fd.Count, err)
+			}
+		}
+		if err := setFlags(f, fd.Flags); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	}
+	return nil, fmt.Errorf("unknown fd kind %q", fd.Kind)
+}
+
+// setFlags sets the file status flags F_SETFL can change.
+func setFlags(f *os.File, flags int) error {
+	const settable = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
+	cur, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	want := cur&^settable | flags&settable
+	if want == cur {
+		return nil
+	}
+	_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, want)
+	return err
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// fillPipe writes stored pipe contents into the write side w.
+func (r *restorer) fillPipe(w *os.File, blob string) error {
+	data, err := os.ReadFile(filepath.Join(r.dir, blob))
+	if err != nil {
+		return err
+	}
+	fl, _ := unix.FcntlInt(w.Fd(), unix.F_GETFL, 0)
+	unix.FcntlInt(w.Fd(), unix.F_SETFL, fl|unix.O_NONBLOCK)
+	defer unix.FcntlInt(w.Fd(), unix.F_SETFL, fl)
+	if _, err := unix.Write(int(w.Fd()), data); err != nil {
+		return fmt.Errorf("refill pipe with %d bytes: %w", len(data), err)
+	}
+	return nil
+}
+
+// restoreFDs gives the child every fd of the image at its number, with its
+// flags and offset; fds that shared an open file description share one
+// again.
+//
+// Preconditions: the child has no fds but the agent's pidfd (layout closed
+// the husk's and its own temporaries).
+func (r *restorer) restoreFDs(context.Context) error {
+	p := &r.img.Process
+	pipes := map[uint64][2]*os.File{}
+	byKey := map[string]int{}
+	for i := range p.FDs {
+		fd := &p.FDs[i]
+		var cloexec uint64
+		if fd.Cloexec {
+			cloexec = unix.O_CLOEXEC
+		}
+		if src, ok := byKey[fd.Key]; ok && fd.Key != "" {
+			if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(src), uint64(fd.FD), cloexec); err != nil {
+				return fmt.Errorf("fd %d: %w", fd.FD, err)
+			}
+			continue
+		}
+		f, err := r.openFD(fd, pipes)
+		if err != nil {
+			return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
+		}
+		r.keep(f)
+		tmp, err := r.install(f)
+		if err != nil {
+			return fmt.Errorf("fd %d: %w", fd.FD, err)
+		}
+		if tmp == fd.FD {
+			// pidfd_getfd sets close-on-exec; clear it if the fd had none.
+			if !fd.Cloexec {
+				if _, err := r.sys("fcntl(F_SETFD)", unix.SYS_FCNTL, uint64(tmp), unix.F_SETFD, 0); err != nil {
+					return fmt.Errorf("fd %d: %w", fd.FD, err)
+				}
+			}
+		} else {
+			if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(tmp), uint64(fd.FD), cloexec); err != nil {
+				return fmt.Errorf("fd %d: %w", fd.FD, err)
+			}
+			if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
+				return fmt.Errorf("fd %d: %w", fd.FD, err)
+			}
+		}
+		if fd.Key != "" {
+			byKey[fd.Key] = fd.FD
+		}
+		if fd.Key == "" {
+			byKey["fd"+fmt.Sprint(fd.FD)] = fd.FD
+		}
+	}
+	// Seals last: a write seal would have refused the writable mappings.
+	for i := range p.FDs {
+		fd := &p.FDs[i]
+		if fd.Kind == core.FDMemfd && fd.Seals != 0 {
+			if f := r.deletedFiles[fileKey{fd.File.Dev, fd.File.Ino, false}]; f != nil {
+				if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, fd.Seals); err != nil {
+					r.warn("memfd %s: cannot restore seals %#x: %v", fd.MemfdName, fd.Seals, err)
+				}
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package target
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/ptrace"
+)
+
+// prctlMMMap is struct prctl_mm_map.
+type prctlMMMap struct {
+	StartCode, EndCode, StartData, EndData, StartBrk, Brk, StartStack uint64
+	ArgStart, ArgEnd, EnvStart, EnvEnd                                uint64
+	Auxv                                                              uint64
+	AuxvSize                                                          uint32
+	ExeFD                                                             uint32
+}
+
+// restoreState restores the process-wide state: signal handlers, umask,
+// cwd and root, personality, interval timers, session, the mm fields and
+// executable, rlimits, and last the credentials.
+func (r *restorer) restoreState(context.Context) error {
+	p := &r.img.Process
+	le := binary.LittleEndian
+
+	for i, sa := range p.Sigactions {
+		sig := i + 1
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || sa == (core.Sigaction{}) {
+			continue
+		}
+		var b [32]byte
+		le.PutUint64(b[0:], sa.Handler)
+		le.PutUint64(b[8:], sa.Flags)
+		le.PutUint64(b[16:], sa.Restorer)
+		le.PutUint64(b[24:], sa.Mask)
+		addr, err := r.put(0, b[:])
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), addr, 0, 8); err != nil {
+			return fmt.Errorf("signal %d: %w", sig, err)
+		}
+	}
+	if _, err := r.sys("umask", unix.SYS_UMASK, uint64(p.Umask)); err != nil {
+		return err
+	}
+	if p.Root != "/" {
+		addr, err := r.put(0, cstring(p.Root))
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("chroot", unix.SYS_CHROOT, addr); err != nil {
+			return fmt.Errorf("chroot %s: %w", p.Root, err)
+		}
+	}
+	addr, err := r.put(0, cstring(p.Cwd))
+	if err != nil {
+		return err
+	}
+	if _, err := r.sys("chdir", unix.SYS_CHDIR, addr); err != nil {
+		return fmt.Errorf("chdir %s: %w", p.Cwd, err)
+	}
+	if _, err := r.sys("personality", unix.SYS_PERSONALITY, p.Personality); err != nil {
+		return err
+	}
+	for _, it := range p.Itimers {
+		var b [32]byte
+		le.PutUint64(b[0:], uint64(it.IntervalUS/1e6))
+		le.PutUint64(b[8:], uint64(it.IntervalUS%1e6))
+		rem := it.RemainingUS
+		if rem == 0 {
+			rem = 1 // zero would disarm a timer that was about to fire
+		}
+		le.PutUint64(b[16:], uint64(rem/1e6))
+		le.PutUint64(b[24:], uint64(rem%1e6))
+		addr, err := r.put(0, b[:])
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("setitimer", unix.SYS_SETITIMER, uint64(it.Which), addr, 0); err != nil {
+			return fmt.Errorf("itimer %d: %w", it.Which, err)
+		}
+	}
+	switch {
+	case p.SID == p.PID:
+		if _, err := r.sys("setsid", unix.SYS_SETSID); err != nil {
+			return err
+		}
+	case p.PGID == p.PID:
+		// Its own group in migrate's session: the session cannot be joined.
+		if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, 0); err != nil {
+			return err
+		}
+		r.warn("session %d cannot be re-joined; the process leads group %d in a new place", p.SID, p.PGID)
+	default:
+		if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, uint64(p.PGID)); err != nil {
+			// Detach from migrate's session and terminal rather than stay in it.
+			if _, err := r.sys("setsid", unix.SYS_SETSID); err != nil {
+				return err
+			}
+			r.warn("process group %d and session %d are gone; the process got a session of its own", p.PGID, p.SID)
+		}
+	}
+	for _, l := range p.Rlimits {
+		lim := unix.Rlimit{Cur: l.Cur, Max: l.Max}
+		if err := unix.Prlimit(r.pid, l.Resource, &lim, nil); err != nil {
+			var old unix.Rlimit
+			unix.Prlimit(r.pid, l.Resource, nil, &old)
+			lim.Max = min(lim.Max, old.Max)
+			lim.Cur = min(lim.Cur, lim.Max)
+			if err2 := unix.Prlimit(r.pid, l.Resource, &lim, nil); err2 != nil {
+				return fmt.Errorf("rlimit %d: %w", l.Resource, err2)
+			}
+			r.warn("rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
+		}
+	}
+	if err := r.setMM(); err != nil {
+		return err
+	}
+	return r.setCreds()
+}
+
+// setMM sets the mm fields and the executable with PR_SET_MM_MAP.
+func (r *restorer) setMM() error {
+	p := &r.img.Process
+	exe, err := os.Open(p.Exe.Path)
+	if err != nil {
+		return fmt.Errorf("executable: %w", err)
+	}
+	r.keep(exe)
+	exeFD, err := r.install(exe)
+	if err != nil {
+		return err
+	}
+	defer r.sys("close", unix.SYS_CLOSE, uint64(exeFD))
+	auxv := make([]byte, 8*len(p.MM.Auxv))
+	for i, w := range p.MM.Auxv {
+		binary.LittleEndian.PutUint64(auxv[8*i:], w)
+	}
+	auxvAddr, err := r.put(1024, auxv)
+	if err != nil {
+		return err
+	}
+	mm := prctlMMMap{
+		StartCode: p.MM.StartCode, EndCode: p.MM.EndCode,
+		StartData: p.MM.StartData, EndData: p.MM.EndData,
+		StartBrk: p.MM.StartBrk, Brk: p.MM.Brk, StartStack: p.MM.StartStack,
+		ArgStart: p.MM.ArgStart, ArgEnd: p.MM.ArgEnd,
+		EnvStart: p.MM.EnvStart, EnvEnd: p.MM.EnvEnd,
+		Auxv: auxvAddr, AuxvSize: uint32(len(auxv)), ExeFD: uint32(exeFD),
+	}
+	addr, err := r.put(0, ptrace.Bytes(&mm))
+	if err != nil {
+		return err
+	}
+	if _, err := r.sys("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, uint64(len(ptrace.Bytes(&mm))), 0); err != nil {
+		return err
+	}
+	return nil
+}
+
+// setCreds sets groups, gids and uids, in that order (each step may drop
+// the right to do the next).
+func (r *restorer) setCreds() error {
+	c := &r.img.Process.Creds
+	groups := make([]byte, 4*len(c.Groups))
+	for i, g := range c.Groups {
+		binary.LittleEndian.PutUint32(groups[4*i:], g)
+	}
+	addr := r.scratch
+	if len(groups) > 0 {
+		var err error
+		if addr, err = r.put(0, groups); err != nil {
+			return err
+		}
+	}
+	if _, err := r.sys("setgroups", unix.SYS_SETGROUPS, uint64(len(c.Groups)), addr); err != nil {
+		return err
+	}
+	if _, err := r.sys("setresgid", unix.SYS_SETRESGID, uint64(c.GID[0]), uint64(c.GID[1]), uint64(c.GID[2])); err != nil {
+		return err
+	}
+	if _, err := r.sys("setresuid", unix.SYS_SETRESUID, uint64(c.UID[0]), uint64(c.UID[1]), uint64(c.UID[2])); err != nil {
+		return err
+	}
+	return nil
+}
+
+func cstring(s string) []byte { return append([]byte(s), 0) }
+
+// restoreThreads restores each thread's own state and registers, queues
+// the pending signals, and removes migrate's scratch area and pidfd.
+func (r *restorer) restoreThreads(context.Context) error {
+	p := &r.img.Process
+	le := binary.LittleEndian
+	for i, t := range p.Threads {
+		th := r.p.Threads[i]
+		if th.TID != t.TID {
+			return fmt.Errorf("thread %d built as %d", t.TID, th.TID)
+		}
+		call := func(name string, nr uintptr, args ...uint64) error {
+			_, err := r.p.Syscall(th, name, nr, args...)
+			if err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
+			return nil
+		}
+		if t.AltStack.Flags&ssDisable == 0 && t.AltStack.SP != 0 {
+			var b [24]byte
+			le.PutUint64(b[0:], t.AltStack.SP)
+			le.PutUint32(b[8:], uint32(t.AltStack.Flags&^ssOnstack))
+			le.PutUint64(b[16:], t.AltStack.Size)
+			addr, err := r.put(0, b[:])
+			if err != nil {
+				return err
+			}
+			if err := call("sigaltstack", unix.SYS_SIGALTSTACK, addr, 0); err != nil {
+				return err
+			}
+		}
+		if err := call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTID); err != nil {
+			return err
+		}
+		if t.RobustList != 0 {
+			if err := call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
+				return err
+			}
+		}
+		if t.Rseq.Addr != 0 {
+			if err := call("rseq", unix.SYS_RSEQ, t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)); err != nil {
+				r.warn("thread %d: rseq not re-registered: %v", t.TID, err)
+			}
+		}
+		if t.Comm != "" {
+			// /proc/PID/comm takes writes only from the thread group itself.
+			addr, err := r.put(0, cstring(t.Comm))
+			if err != nil {
+				return err
+			}
+			if err := call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
+				return err
+			}
+		}
+		if err := r.p.SetSigmask(th, t.SigMask); err != nil {
+			return fmt.Errorf("thread %d: signal mask: %w", t.TID, err)
+		}
+	}
+	// Pending signals, now that the masks keep blocked ones pending.
+	for _, si := range p.SharedPending {
+		addr, err := r.put(0, si.Raw)
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("rt_sigqueueinfo", unix.SYS_RT_SIGQUEUEINFO, uint64(r.pid), uint64(si.Signo), addr); err != nil {
+			return fmt.Errorf("pending signal %d: %w", si.Signo, err)
+		}
+	}
+	for i, t := range p.Threads {
+		for _, si := range t.Pending {
+			addr, err := r.put(0, si.Raw)
+			if err != nil {
+				return err
+			}
+			if _, err := r.p.Syscall(r.p.Threads[i], "rt_tgsigqueueinfo", unix.SYS_RT_TGSIGQUEUEINFO, uint64(r.pid), uint64(t.TID), uint64(si.Signo), addr); err != nil {
+				return fmt.Errorf("thread %d: pending signal %d: %w", t.TID, si.Signo, err)
+			}
+		}
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(r.agentFD)); err != nil {
+		return err
+	}
+	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
+		return err
+	}
+	for i, t := range p.Threads {
+		th := r.p.Threads[i]
+		if err := r.p.SetXstate(th, t.Xstate); err != nil {
+			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
+		}
+		regs := regsFromCore(&t.Regs)
+		r.p.SetRegs(th, &regs)
+	}
+	return nil
+}
+
+func regsFromCore(c *core.Regs) unix.PtraceRegs {
+	return unix.PtraceRegs{
+		R15: c.R15, R14: c.R14, R13: c.R13, R12: c.R12, Rbp: c.RBP, Rbx: c.RBX, R11: c.R11, R10: c.R10,
+		R9: c.R9, R8: c.R8, Rax: c.RAX, Rcx: c.RCX, Rdx: c.RDX, Rsi: c.RSI, Rdi: c.RDI,
+		Orig_rax: c.OrigRAX, Rip: c.RIP, Cs: c.CS, Eflags: c.EFLAGS, Rsp: c.RSP, Ss: c.SS,
+		Fs_base: c.FSBase, Gs_base: c.GSBase, Ds: c.DS, Es: c.ES, Fs: c.FS, Gs: c.GS,
+	}
+}
+
+// sigaltstack flags.
+const (
+	ssOnstack = 1
+	ssDisable = 2
+)

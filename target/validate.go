@@ -1,0 +1,164 @@
+package target
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+	"migrate/core/ptrace"
+)
+
+// validate checks everything a restore needs before anything is created:
+// the files of the image, the files the process maps, the vdso, and that
+// its PID is free.
+func validate(dir string, img *core.Image) error {
+	pages := filepath.Join(dir, img.Pages.File)
+	fi, err := os.Stat(pages)
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
+	}
+	if fi.Size() != img.Pages.Size {
+		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), img.Pages.Size)}
+	}
+	p := &img.Process
+	blobs := map[string]bool{}
+	for _, fd := range p.FDs {
+		if fd.Data != "" {
+			blobs[fd.Data] = true
+		}
+		if fd.File != nil && fd.File.Blob != "" {
+			blobs[fd.File.Blob] = true
+		}
+	}
+	for _, v := range p.VMAs {
+		if v.File != nil && v.File.Blob != "" {
+			blobs[v.File.Blob] = true
+		}
+	}
+	for b := range blobs {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return &core.ImageError{File: filepath.Join(dir, b), Reason: "file of the image missing", Err: err}
+		}
+	}
+	if err := sameFile(&p.Exe, "executable"); err != nil {
+		return err
+	}
+	for _, v := range p.VMAs {
+		if v.File == nil || v.File.Deleted {
+			continue
+		}
+		if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
+			return err
+		}
+	}
+	for _, fd := range p.FDs {
+		switch fd.Kind {
+		case core.FDFile, core.FDDir, core.FDChar, core.FDFIFO:
+			if fd.File.Deleted {
+				continue
+			}
+			if _, err := os.Stat(fd.File.Path); err != nil {
+				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
+			}
+		case core.FDPipe, core.FDEventfd, core.FDMemfd:
+		default:
+			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
+		}
+	}
+	if err := checkVDSO(p.VMAs); err != nil {
+		return err
+	}
+	for _, t := range p.Threads {
+		if err := pidFree(t.TID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameFile checks that the file at ref.Path is the one that was dumped.
+func sameFile(ref *core.FileRef, what string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(ref.Path, &st); err != nil {
+		return fmt.Errorf("%s %s: %w", what, ref.Path, err)
+	}
+	if st.Size != ref.Size || st.Mtim.Nano() != ref.Mtime {
+		return fmt.Errorf("%s %s changed since the dump (size %d, was %d; mtime %d, was %d)",
+			what, ref.Path, st.Size, ref.Size, st.Mtim.Nano(), ref.Mtime)
+	}
+	return nil
+}
+
+func pidFree(pid int) error {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	holder := strings.TrimSpace(string(b))
+	if err != nil {
+		holder = "?"
+	}
+	return &PIDInUseError{PID: pid, Holder: holder}
+}
+
+// specialAreas returns this process's [vdso] and [vvar*] areas.
+func specialAreas(maps []proc.Mapping) []proc.Mapping {
+	var out []proc.Mapping
+	for _, m := range maps {
+		if m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// checkVDSO compares the image's vdso areas with this kernel's: the same
+// areas, sizes and relative layout, and the same vdso code.
+func checkVDSO(vmas []core.VMA) error {
+	maps, err := proc.ReadMaps(os.Getpid())
+	if err != nil {
+		return err
+	}
+	ours := specialAreas(maps)
+	var theirs []core.VMA
+	for _, v := range vmas {
+		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
+			theirs = append(theirs, v)
+		}
+	}
+	if len(theirs) == 0 {
+		return &VDSOMismatchError{Reason: "the image has no [vdso]"}
+	}
+	if len(theirs) != len(ours) {
+		return &VDSOMismatchError{Reason: fmt.Sprintf("%d vdso/vvar areas here, %d in the image", len(ours), len(theirs))}
+	}
+	for i := range ours {
+		o, t := ours[i], theirs[i]
+		if o.Path != t.Name || o.End-o.Start != t.Len() ||
+			o.Start-ours[0].Start != t.Start-theirs[0].Start {
+			return &VDSOMismatchError{Reason: fmt.Sprintf("%s of %d bytes at +%#x here, %s of %d bytes at +%#x in the image",
+				o.Path, o.End-o.Start, o.Start-ours[0].Start, t.Name, t.Len(), t.Start-theirs[0].Start)}
+		}
+		if t.Kind == core.VMAVDSO {
+			buf := make([]byte, o.End-o.Start)
+			if _, err := ptrace.ReadMem(os.Getpid(), o.Start, buf); err != nil {
+				return err
+			}
+			sum := sha256.Sum256(buf)
+			if hex.EncodeToString(sum[:]) != t.Hash {
+				return &VDSOMismatchError{Reason: "the vdso code differs (another kernel build)"}
+			}
+		}
+	}
+	return nil
+}
