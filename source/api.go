@@ -13,6 +13,11 @@ type DumpOptions struct {
 	LeaveRunning bool   // let the process run on after the dump (default: kill it)
 	Codec        string // page codec: "zstd", "s2" or "none"; "" picks the default
 	Logger       *slog.Logger
+
+	// testHook, when set (by tests in this package), is called at named
+	// stages of the dump; an error it returns fails the dump there, so that
+	// every rollback path can be exercised.
+	testHook func(stage string) error
 }
 
 // DumpReport says what a dump did.

@@ -46,6 +46,22 @@ type dumper struct {
 	blobs   int
 }
 
+// Stages at which DumpOptions.testHook is called.
+const (
+	stageSeized   = "seized"   // all threads stopped, nothing changed yet
+	stageScratch  = "scratch"  // scratch page mapped in the tracee
+	stageInjected = "injected" // injected calls done, scratch page gone
+	stageMemory   = "memory"   // after the first pages are written
+	stageMeta     = "meta"     // before the metadata file is written
+)
+
+func (d *dumper) hook(stage string) error {
+	if d.opts.testHook == nil {
+		return nil
+	}
+	return d.opts.testHook(stage)
+}
+
 func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	start := time.Now()
 	log := opts.Logger
@@ -93,6 +109,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		}
 	})
 	log.Info("frozen", "pid", d.pid, "threads", len(d.p.Threads))
+	if err := d.hook(stageSeized); err != nil {
+		return nil, err
+	}
 
 	if err := d.p.FindGadget(); err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, err)
@@ -141,10 +160,16 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 			log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
 		}
 	})
+	if err := d.hook(stageScratch); err != nil {
+		return nil, err
+	}
 	if err := d.collectInjected(); err != nil {
 		return nil, err
 	}
 	if err := unmap(); err != nil {
+		return nil, err
+	}
+	if err := d.hook(stageInjected); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -158,6 +183,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 	memTime := time.Since(memStart)
 	if err := fds.writeBlobs(d); err != nil {
+		return nil, err
+	}
+	if err := d.hook(stageMeta); err != nil {
 		return nil, err
 	}
 	if err := core.WriteImage(d.dir, d.img); err != nil {

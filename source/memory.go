@@ -229,6 +229,7 @@ func (d *dumper) dumpMemory(ctx context.Context, codec pagestream.Codec) (pagest
 	defer pm.Close()
 
 	var ents []proc.PagemapEntry
+	hooked := false
 	vmas := d.img.Process.VMAs
 	for i := range vmas {
 		v := &vmas[i]
@@ -261,6 +262,12 @@ func (d *dumper) dumpMemory(ctx context.Context, codec pagestream.Codec) (pagest
 					return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
 				}
 				v.Pages += n / pageSize
+				if !hooked {
+					hooked = true
+					if err := d.hook(stageMemory); err != nil {
+						return pagestream.Stats{}, err
+					}
+				}
 			}
 		}
 	}
