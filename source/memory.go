@@ -1,7 +1,6 @@
 package source
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -210,8 +209,8 @@ func (d *dumper) dumpMemory(ctx context.Context, codec pagestream.Codec) (pagest
 		return pagestream.Stats{}, err
 	}
 	defer f.Close()
-	bw := bufio.NewWriterSize(f, 4<<20)
-	cw := &countingWriter{w: bw}
+	// Frames are large: no buffering, which would only copy them again.
+	cw := &countingWriter{w: f}
 	w, err := pagestream.NewWriter(cw, pagestream.WriterOptions{Codec: codec})
 	if err != nil {
 		return pagestream.Stats{}, err
@@ -276,9 +275,6 @@ func (d *dumper) dumpMemory(ctx context.Context, codec pagestream.Codec) (pagest
 	}
 	closed = true
 	if err := w.Close(); err != nil {
-		return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := bw.Flush(); err != nil {
 		return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
