@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"migrate/core"
+	"migrate/core/kernel"
+	"migrate/core/ptrace"
+	"migrate/source"
+	"migrate/target"
+)
+
+// ops are the library entry points the commands call; tests replace them.
+type ops struct {
+	dump    func(context.Context, source.DumpOptions) (*source.DumpReport, error)
+	restore func(context.Context, target.RestoreOptions) (*target.RestoreReport, error)
+	check   func(context.Context, kernel.CheckOptions) []kernel.Feature
+	inject  func() error // the syscall injection probe
+}
+
+func realOps() ops {
+	return ops{dump: source.Dump, restore: target.Restore, check: kernel.Check, inject: ptrace.ProbeInjection}
+}
+
+var codecs = []string{"zstd", "s2", "none"}
+
+var dumpCmd = &command{
+	name:    "dump",
+	usage:   "--dir DIR [FLAGS] PID",
+	summary: "freeze a process and write its image to a directory",
+	desc: `
+Freeze process PID (every thread seized and interrupted), write its image to
+DIR, then kill the process, or let it run on with --leave-running. The image
+is the metadata file image.json, the page data pages.img, and the folder
+files/ for contents that cannot be found again at restore (deleted files,
+pipe buffers, memfds).
+
+DIR is created if it does not exist. It must be empty, unless --force is
+given: then an image already in DIR is removed first.
+
+If the dump fails, or migrate gets SIGINT or SIGTERM before it is done, the
+process is left running exactly as it was and no image is left in DIR.
+
+Prints a one-line summary on stdout (--json: the full report as JSON).`,
+	examples: `  migrate dump --dir /var/tmp/img 1234
+  migrate dump --dir /var/tmp/img --leave-running --codec s2 "$(pidof redis-server)"
+  migrate dump --dir /var/tmp/img --json 1234 | python3 -m json.tool`,
+	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var (
+			dir          string
+			leaveRunning bool
+			codec        string
+			asJSON       bool
+			force        bool
+		)
+		fs.StringVarP(&dir, "dir", "d", "", "write the image to `DIR` (required)")
+		boolFlag(fs, &leaveRunning, "leave-running", "", "let the process run on after the dump instead of killing it")
+		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none (default: the dumper's choice, named in the summary)")
+		boolFlag(fs, &asJSON, "json", "", "print the dump report as JSON instead of the summary line")
+		boolFlag(fs, &force, "force", "f", "write into a non-empty DIR, replacing an image there")
+		return func(ctx context.Context, e *env, args []string) error {
+			pid, err := pidArg(args)
+			if err != nil {
+				return err
+			}
+			if dir == "" {
+				return usagef("--dir is required")
+			}
+			if codec != "" && !contains(codecs, codec) {
+				return usagef("bad --codec %q: want %s", codec, strings.Join(codecs, ", "))
+			}
+			undo, err := prepareDir(dir, force)
+			if err != nil {
+				return err
+			}
+			rep, err := e.ops.dump(ctx, source.DumpOptions{
+				PID:          pid,
+				Dir:          dir,
+				LeaveRunning: leaveRunning,
+				Codec:        codec,
+				Logger:       e.logger,
+			})
+			if err != nil {
+				undo()
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted, process %d left running: %w", pid, err)
+				}
+				return err
+			}
+			if asJSON {
+				return writeJSON(e.stdout, rep)
+			}
+			fmt.Fprintln(e.stdout, dumpSummary(rep, dir))
+			return nil
+		}
+	},
+}
+
+// pidArg takes the one PID argument.
+func pidArg(args []string) (int, error) {
+	switch len(args) {
+	case 0:
+		return 0, usagef("missing PID")
+	case 1:
+	default:
+		return 0, usagef("too many arguments: %q (want one PID)", args)
+	}
+	pid, err := strconv.Atoi(args[0])
+	if err != nil || pid <= 0 {
+		return 0, usagef("bad PID %q: want a positive number", args[0])
+	}
+	return pid, nil
+}
+
+// imageNames are the entries a dump writes into its directory.
+var imageNames = []string{core.MetaFile, core.PagesFile, core.FilesDir, "." + core.MetaFile + ".tmp"}
+
+// prepareDir makes dir ready for a dump: created if missing, else empty
+// (or, with force, rid of an image). The returned undo removes what the
+// failed dump may have left: the directory if it was created here, else
+// the image entries.
+func prepareDir(dir string, force bool) (undo func(), err error) {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		return func() { os.RemoveAll(dir) }, nil
+	case err != nil:
+		return nil, err
+	case !fi.IsDir():
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
+	removeImage := func() {
+		for _, n := range imageNames {
+			os.RemoveAll(filepath.Join(dir, n))
+		}
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(3)
+	f.Close()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if len(names) > 0 {
+		if !force {
+			return nil, fmt.Errorf("%s is not empty (holds %s); use an empty or new directory, or --force", dir, strings.Join(names, ", "))
+		}
+		removeImage()
+	}
+	return removeImage, nil
+}
+
+func dumpSummary(r *source.DumpReport, dir string) string {
+	total := msDuration(r.Total, r.TotalMS)
+	frozen := msDuration(r.Frozen, r.FrozenMS)
+	fate := "process killed"
+	if r.LeftRunning {
+		fate = "process left running"
+	}
+	comm := ""
+	if r.Comm != "" {
+		comm = " (" + r.Comm + ")"
+	}
+	codec := ""
+	if r.Codec != "" {
+		codec = " " + r.Codec
+	}
+	return fmt.Sprintf("dumped pid %d%s: %s, %s, %s, %s (%s raw, %s%s image) in %s (frozen %s) -> %s; %s",
+		r.PID, comm,
+		plural(r.Threads, "thread"), plural(r.VMAs, "vma"), plural(r.FDs, "fd"), plural(int(r.Pages), "page"),
+		humanBytes(r.BytesRaw), humanBytes(uint64(max(r.BytesImage, 0))), codec,
+		formatMS(total), formatMS(frozen), dir, fate)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

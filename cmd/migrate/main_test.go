@@ -1,0 +1,421 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"migrate/core"
+	"migrate/core/kernel"
+	"migrate/source"
+	"migrate/target"
+)
+
+// fakeOps returns library entry points that fail the test if called.
+func fakeOps(t *testing.T) ops {
+	return ops{
+		dump: func(context.Context, source.DumpOptions) (*source.DumpReport, error) {
+			t.Error("dump called")
+			return nil, errors.New("unexpected")
+		},
+		restore: func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
+			t.Error("restore called")
+			return nil, errors.New("unexpected")
+		},
+		check: func(context.Context, kernel.CheckOptions) []kernel.Feature {
+			t.Error("check called")
+			return nil
+		},
+	}
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runWith(o ops, args ...string) result {
+	var out, errb bytes.Buffer
+	e := newEnv(&out, &errb)
+	e.ops = o
+	code := run(context.Background(), args, e)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{},
+		{"frob"},
+		{"--frob"},
+		{"--log-level", "loud", "check"},
+		{"dump"},
+		{"dump", "--dir", dir},
+		{"dump", "--dir", dir, "abc"},
+		{"dump", "--dir", dir, "0"},
+		{"dump", "--dir", dir, "-5"},
+		{"dump", "--dir", dir, "1", "2"},
+		{"dump", "123"},
+		{"dump", "--dir", dir, "--codec", "lz4", "1"},
+		{"dump", "--bogus", "1"},
+		{"restore"},
+		{"restore", "--dir", dir, "extra"},
+		{"show"},
+		{"check", "extra"},
+		{"help", "frob"},
+		{"version", "x"},
+	} {
+		r := runWith(fakeOps(t), args...)
+		if r.code != exitUsage {
+			t.Errorf("migrate %q: exit %d, want %d (stderr %q)", args, r.code, exitUsage, r.stderr)
+			continue
+		}
+		if r.stdout != "" {
+			t.Errorf("migrate %q: wrote to stdout: %q", args, r.stdout)
+		}
+		if len(args) > 0 && !strings.HasPrefix(r.stderr, "migrate: ") {
+			t.Errorf("migrate %q: stderr %q does not start with \"migrate: \"", args, r.stderr)
+		}
+		if len(args) > 0 && !strings.Contains(r.stderr, "Run 'migrate help") {
+			t.Errorf("migrate %q: stderr %q does not point to help", args, r.stderr)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	main := runWith(fakeOps(t), "--help")
+	if main.code != 0 || main.stderr != "" {
+		t.Fatalf("--help: exit %d, stderr %q", main.code, main.stderr)
+	}
+	for _, want := range []string{"Usage: migrate", "dump", "restore", "show", "check", "version", "Exit status", "--log-level LEVEL", "-v, --verbose"} {
+		if !strings.Contains(main.stdout, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	// Commands that do not exist yet are not advertised.
+	for _, no := range []string{"serve", "recover", "--to", "[=true|false]"} {
+		if strings.Contains(main.stdout, no) {
+			t.Errorf("--help mentions %q", no)
+		}
+	}
+	if r := runWith(fakeOps(t), "help"); r.stdout != main.stdout || r.code != 0 {
+		t.Errorf("'help' differs from '--help'")
+	}
+	if r := runWith(fakeOps(t)); r.code != exitUsage || r.stderr != main.stdout {
+		t.Errorf("no arguments: exit %d, want usage on stderr", r.code)
+	}
+
+	for _, c := range commands {
+		h := runWith(fakeOps(t), "help", c.name)
+		if h.code != 0 || !strings.HasPrefix(h.stdout, "Usage: migrate "+c.name) || !strings.Contains(h.stdout, "Flags:") {
+			t.Errorf("help %s: exit %d, output %q", c.name, h.code, h.stdout)
+		}
+		if strings.Contains(h.stdout, "[=true|false]") {
+			t.Errorf("help %s: pflag's bool suffix in %q", c.name, h.stdout)
+		}
+		for _, form := range [][]string{{c.name, "--help"}, {c.name, "-h"}} {
+			if r := runWith(fakeOps(t), form...); r.code != 0 || r.stdout != h.stdout {
+				t.Errorf("%q: exit %d, output differs from 'help %s'", form, r.code, c.name)
+			}
+		}
+	}
+	dump := runWith(fakeOps(t), "help", "dump").stdout
+	for _, want := range []string{"--dir DIR", "--leave-running", "--codec CODEC", "--json", "--force", `(default "warn")`, "Examples:"} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("help dump lacks %q", want)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		r := runWith(fakeOps(t), args...)
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "migrate ") {
+			t.Errorf("%q: exit %d, %q", args, r.code, r.stdout)
+		}
+	}
+}
+
+func TestLogLevel(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "WARN"},
+		{[]string{"-v"}, "INFO"},
+		{[]string{"-vv"}, "DEBUG"},
+		{[]string{"-v", "--log-level", "error"}, "ERROR"},
+	} {
+		var out, errb bytes.Buffer
+		e := newEnv(&out, &errb)
+		o := fakeOps(t)
+		o.restore = func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
+			return &target.RestoreReport{PID: 1}, nil
+		}
+		e.ops = o
+		args := append([]string{"restore", "--dir", "x"}, c.args...)
+		if code := run(context.Background(), args, e); code != 0 {
+			t.Fatalf("%q: exit %d", args, code)
+		}
+		if got := e.level.Level().String(); got != c.want {
+			t.Errorf("%q: level %s, want %s", args, got, c.want)
+		}
+	}
+}
+
+func sampleReport() *source.DumpReport {
+	return &source.DumpReport{
+		PID: 1234, Comm: "redis-server", Threads: 1, VMAs: 23, FDs: 8,
+		Pages: 262144, BytesRaw: 1 << 30, BytesImage: 412 << 20, Codec: "zstd",
+		Frozen: 380 * time.Millisecond, Total: 380 * time.Millisecond, FrozenMS: 380, TotalMS: 380,
+	}
+}
+
+func TestDump(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "img")
+	var got source.DumpOptions
+	o := fakeOps(t)
+	o.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
+		got = opts
+		if fi, err := os.Stat(opts.Dir); err != nil || !fi.IsDir() {
+			t.Errorf("dump dir not created: %v", err)
+		}
+		r := sampleReport()
+		r.Dir = opts.Dir
+		return r, nil
+	}
+	r := runWith(o, "dump", "--dir", dir, "--codec", "s2", "--leave-running", "1234")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if got.PID != 1234 || got.Dir != dir || got.Codec != "s2" || !got.LeaveRunning || got.Logger == nil {
+		t.Errorf("options %+v", got)
+	}
+	want := "dumped pid 1234 (redis-server): 1 thread, 23 vmas, 8 fds, 262144 pages (1.0 GiB raw, 412 MiB zstd image) in 380 ms (frozen 380 ms) -> " + dir + "; process killed\n"
+	if r.stdout != want {
+		t.Errorf("summary\n got %q\nwant %q", r.stdout, want)
+	}
+
+	r = runWith(o, "dump", "--dir", filepath.Join(t.TempDir(), "j"), "--json", "1234")
+	var rep source.DumpReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.PID != 1234 || rep.TotalMS != 380 {
+		t.Errorf("--json: %v, %+v", err, rep)
+	}
+}
+
+func TestDumpDir(t *testing.T) {
+	ok := fakeOps(t)
+	ok.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
+		os.WriteFile(filepath.Join(opts.Dir, core.MetaFile), []byte("{}"), 0o600)
+		return sampleReport(), nil
+	}
+	failing := fakeOps(t)
+	failing.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
+		os.WriteFile(filepath.Join(opts.Dir, core.PagesFile), []byte("partial"), 0o600)
+		return nil, errors.New("boom")
+	}
+
+	// A non-empty directory is refused, and left alone.
+	full := t.TempDir()
+	os.WriteFile(filepath.Join(full, "mine.txt"), []byte("x"), 0o600)
+	r := runWith(fakeOps(t), "dump", "--dir", full, "1")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "not empty") || !strings.Contains(r.stderr, "mine.txt") {
+		t.Errorf("non-empty dir: exit %d, %q", r.code, r.stderr)
+	}
+	// --force accepts it, replaces the image and keeps other files.
+	os.WriteFile(filepath.Join(full, core.PagesFile), []byte("old"), 0o600)
+	if r := runWith(ok, "dump", "--dir", full, "--force", "1"); r.code != 0 {
+		t.Errorf("--force: exit %d, %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(full, core.PagesFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("--force left the old pages file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(full, "mine.txt")); err != nil {
+		t.Errorf("--force removed a file that is not part of an image: %v", err)
+	}
+
+	// A file is not a directory.
+	file := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(file, nil, 0o600)
+	if r := runWith(fakeOps(t), "dump", "--dir", file, "1"); r.code != exitFailure || !strings.Contains(r.stderr, "not a directory") {
+		t.Errorf("file as dir: exit %d, %q", r.code, r.stderr)
+	}
+
+	// A failed dump into a new directory removes the directory.
+	fresh := filepath.Join(t.TempDir(), "new")
+	r = runWith(failing, "dump", "--dir", fresh, "1")
+	if r.code != exitFailure || r.stderr != "migrate: dump: boom\n" {
+		t.Errorf("failed dump: exit %d, %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed dump left its new directory: %v", err)
+	}
+	// ... and into an existing empty one, removes what it wrote there.
+	empty := t.TempDir()
+	runWith(failing, "dump", "--dir", empty, "1")
+	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
+		t.Errorf("failed dump left %v", ents)
+	}
+}
+
+func TestRestore(t *testing.T) {
+	o := fakeOps(t)
+	o.restore = func(_ context.Context, opts target.RestoreOptions) (*target.RestoreReport, error) {
+		if opts.Dir != "img" || opts.Logger == nil {
+			t.Errorf("options %+v", opts)
+		}
+		return &target.RestoreReport{PID: 4321, Comm: "sleep", Pages: 12, TotalMS: 20, Warnings: []string{"RLIMIT_NOFILE hard limit lowered"}}, nil
+	}
+	r := runWith(o, "restore", "--dir", "img")
+	if r.code != 0 || r.stdout != "4321\n" {
+		t.Errorf("exit %d, stdout %q", r.code, r.stdout)
+	}
+	if !strings.Contains(r.stderr, "warning: RLIMIT_NOFILE") || !strings.Contains(r.stderr, "restored pid 4321 (sleep)") {
+		t.Errorf("stderr %q", r.stderr)
+	}
+	r = runWith(o, "restore", "--dir", "img", "--json")
+	var rep target.RestoreReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.PID != 4321 || len(rep.Warnings) != 1 {
+		t.Errorf("--json: %v %+v", err, rep)
+	}
+
+	o.restore = func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
+		return nil, errors.New("pid 4321 is taken by process 99 (bash)")
+	}
+	r = runWith(o, "restore", "--dir", "img")
+	if r.code != exitFailure || r.stdout != "" || r.stderr != "migrate: restore: pid 4321 is taken by process 99 (bash)\n" {
+		t.Errorf("failure: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func sampleImage() *core.Image {
+	exe := core.FileRef{Path: "/usr/bin/sleep", Size: 43888, Mode: 0o755}
+	sig := make([]core.Sigaction, 64)
+	sig[1] = core.Sigaction{Handler: 0x401000, Flags: 0x14000004, Restorer: 0x7f0000001000, Mask: 1 << 9}
+	sig[12] = core.Sigaction{Handler: 1}
+	return &core.Image{
+		Kind: core.ImageKind, Version: core.ImageVersion,
+		Created: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), Host: "vm", Kernel: "6.18.44", Arch: "amd64",
+		Pages: core.PagesInfo{File: core.PagesFile, Size: 5000, Pages: 3, Codec: "zstd"},
+		Process: core.Process{
+			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
+			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
+			Creds:   core.Creds{Groups: []uint32{0}, CapEff: 0x1ff},
+			Rlimits: []core.Rlimit{{Resource: 7, Cur: 1024, Max: 4096}, {Resource: 4, Cur: 1 << 20, Max: ^uint64(0)}},
+			VMAs: []core.VMA{
+				{Start: 0x400000, End: 0x402000, Prot: 5, Flags: 2, Kind: core.VMAFile, File: &exe, Pages: 0},
+				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
+				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
+			},
+			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0}, SigMask: 1 << 9, Restart: "restart"}},
+			Sigactions: sig,
+			FDs: []core.FD{
+				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
+				{FD: 3, Kind: core.FDFile, Flags: 0o2000 | 1, Cloexec: true, Pos: 4096,
+					File: &core.FileRef{Path: "/tmp/log (deleted)", Deleted: true, Blob: "files/3"}},
+				{FD: 4, Kind: core.FDPipe, Pipe: 777, Data: "files/pipe-777"},
+			},
+		},
+	}
+}
+
+func TestShow(t *testing.T) {
+	dir := t.TempDir()
+	img := sampleImage()
+	if err := core.WriteImage(dir, img); err != nil {
+		t.Fatal(err)
+	}
+	r := runWith(fakeOps(t), "show", "--dir", dir)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{
+		"pid      4321 (ppid 1",
+		"/usr/bin/sleep",
+		"sleep 100",
+		"r-xp", "[heap]", "[stack]",
+		"SIGINT", "SIGUSR1", "SIGPIPE", "SIG_IGN", "SIGINFO|RESTORER|RESTART",
+		"/tmp/log (deleted) (deleted, contents in files/3)", "O_WRONLY|O_APPEND  ", "pipe:[777]",
+		"RLIMIT_NOFILE", // 1024/4096 is the default: not shown
+		"RLIMIT_CORE",
+		"restart",
+		"zstd",
+	} {
+		if want == "RLIMIT_NOFILE" {
+			if strings.Contains(r.stdout, want) {
+				t.Errorf("show prints the default RLIMIT_NOFILE")
+			}
+			continue
+		}
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("show lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(r.stdout)
+	}
+
+	r = runWith(fakeOps(t), "show", "--dir", dir, "--json")
+	back, err := core.DecodeImage(strings.NewReader(r.stdout))
+	if err != nil || back.Process.PID != 4321 {
+		t.Errorf("--json does not decode as an image: %v", err)
+	}
+
+	r = runWith(fakeOps(t), "show", "--dir", t.TempDir())
+	if r.code != exitFailure || !strings.Contains(r.stderr, core.MetaFile) {
+		t.Errorf("missing image: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+func TestCheckOutput(t *testing.T) {
+	o := fakeOps(t)
+	feats := []kernel.Feature{
+		{Name: "a", OK: true, Detail: "works"},
+		{Name: "b", Detail: "missing", Err: &kernel.UnsupportedFeatureError{Name: "b", Reason: "missing"}},
+	}
+	o.check = func(context.Context, kernel.CheckOptions) []kernel.Feature { return feats }
+	r := runWith(o, "check")
+	if r.code != 0 || !strings.Contains(r.stdout, "MECHANISM") || !strings.Contains(r.stdout, "b          no     missing") {
+		t.Errorf("exit %d, table %q", r.code, r.stdout)
+	}
+	feats = append(feats, kernel.Feature{Name: "c", Detail: "probe failed: x", Err: errors.New("x")})
+	r = runWith(o, "check", "--json")
+	var decoded []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &decoded); err != nil || len(decoded) != 3 || decoded[2]["status"] != "unknown" {
+		t.Errorf("--json: %v %v", err, decoded)
+	}
+	if r.code != exitFailure || !strings.Contains(r.stderr, "c: x") {
+		t.Errorf("a failed probe: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// TestCheckReal runs the real probes through the command (their helper
+// children are this test binary, re-executed).
+func TestCheckReal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	o := realOps()
+	r := runWith(o, "check", "--json")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var feats []struct {
+		Name   string `json:"name"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &feats); err != nil || len(feats) != 10 {
+		t.Fatalf("%v, %d features", err, len(feats))
+	}
+	for _, f := range feats {
+		if f.Status != "yes" && f.Status != "no" {
+			t.Errorf("%s: status %q", f.Name, f.Status)
+		}
+	}
+}

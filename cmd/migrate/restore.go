@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"migrate/target"
+)
+
+var restoreCmd = &command{
+	name:    "restore",
+	usage:   "--dir DIR [FLAGS]",
+	summary: "recreate a process from an image directory",
+	desc: `
+Recreate the process stored in DIR with its original PID, memory, registers,
+signal state and open files, and let it run. The whole image is checked
+before anything is created: a missing or damaged file, a version this build
+does not read, or a mapped file that changed since the dump is refused with
+an error naming the file, and nothing is left behind.
+
+The restored process does not belong to migrate: it outlives it, and its
+parent becomes init (or the nearest child subreaper). migrate exits 0 only
+once the process runs.
+
+Prints the PID on its own line on stdout; details and warnings (what could
+not be restored exactly, such as a hard rlimit above this host's) go to
+stderr. With --json the full report goes to stdout instead.`,
+	examples: `  migrate restore --dir /var/tmp/img
+  pid=$(migrate restore --dir /var/tmp/img) && grep State /proc/"$pid"/status`,
+	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var (
+			dir    string
+			asJSON bool
+		)
+		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
+		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
+		return func(ctx context.Context, e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected arguments: %q", args)
+			}
+			if dir == "" {
+				return usagef("--dir is required")
+			}
+			rep, err := e.ops.restore(ctx, target.RestoreOptions{Dir: dir, Logger: e.logger})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(e.stdout, rep)
+			}
+			for _, w := range rep.Warnings {
+				fmt.Fprintf(e.stderr, "migrate: restore: warning: %s\n", w)
+			}
+			comm := ""
+			if rep.Comm != "" {
+				comm = " (" + rep.Comm + ")"
+			}
+			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s\n",
+				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)))
+			fmt.Fprintln(e.stdout, rep.PID)
+			return nil
+		}
+	},
+}
