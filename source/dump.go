@@ -206,7 +206,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if opts.LeaveRunning {
 		err = d.p.Detach()
 	} else {
-		err = d.p.Kill()
+		err = d.p.Kill(false)
 	}
 	rep.Frozen = time.Since(frozen)
 	rep.Total = time.Since(start)

@@ -96,6 +96,9 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 		return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
 	}
 	ok = true
+	if st, err := proc.ReadStat(r.pid); err != nil || st.State == 'Z' || st.State == 'X' {
+		return nil, fmt.Errorf("restore pid %d: the process died as soon as it resumed", r.pid)
+	}
 	rep = &RestoreReport{
 		PID:      r.pid,
 		Comm:     img.Process.Comm,
@@ -117,10 +120,10 @@ func (r *restorer) warn(format string, args ...any) {
 // abort kills whatever was built. Nothing of a failed restore runs on.
 func (r *restorer) abort() {
 	if r.p != nil {
-		r.p.Kill()
+		r.p.Kill(true)
 	}
 	if r.hp != nil {
-		r.hp.Kill()
+		r.hp.Kill(true)
 	}
 	if r.husk != nil {
 		r.husk.Process.Kill()
@@ -190,7 +193,7 @@ func (r *restorer) create(context.Context) error {
 	}
 	// The husk has done its job. Its death reparents the child to init
 	// (or the nearest subreaper), so the process outlives migrate.
-	if err := r.hp.Kill(); err != nil {
+	if err := r.hp.Kill(true); err != nil {
 		return err
 	}
 	r.hp = nil

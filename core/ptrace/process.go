@@ -386,19 +386,39 @@ func (p *Proc) detachAll(_ int) error {
 	return first
 }
 
-// Kill kills the process with SIGKILL and waits until every thread is gone.
-func (p *Proc) Kill() error {
+// Kill kills the process with SIGKILL and waits until every thread is
+// dead. With reap, the process is collected too (only for a child of this
+// process that nobody else waits for); otherwise it stays a zombie for its
+// parent to reap once the tracer lets go of it.
+func (p *Proc) Kill(reap bool) error {
 	return p.t.Do(func() error {
 		if err := unix.Kill(p.PID, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("kill %d: %w", p.PID, err)
 		}
-		for _, th := range p.Threads {
-			for th.TID != 0 {
-				ws, err := wait(th.TID)
-				if err != nil || ws.Exited() || ws.Signaled() {
-					th.TID = 0
+		wait := func(tid, opts int) {
+			for {
+				var info unix.Siginfo
+				if err := unix.Waitid(unix.P_PID, tid, &info, opts, nil); err != unix.EINTR {
+					return
 				}
 			}
+		}
+		// Other threads first, always collected: a traced thread stays a
+		// zombie until its tracer waits for it, and the leader's death is
+		// reported only once the others are gone.
+		for _, th := range p.Threads[1:] {
+			if th.TID != 0 {
+				wait(th.TID, unix.WEXITED|unix.WALL)
+				th.TID = 0
+			}
+		}
+		if lead := p.Threads[0]; lead.TID != 0 {
+			opts := unix.WEXITED | unix.WALL
+			if !reap {
+				opts |= unix.WNOWAIT
+			}
+			wait(lead.TID, opts)
+			lead.TID = 0
 		}
 		return nil
 	})
