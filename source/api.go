@@ -39,6 +39,14 @@ type DumpReport struct {
 	FrozenMS    float64       `json:"frozen_ms"`
 	TotalMS     float64       `json:"total_ms"`
 	MemoryMS    float64       `json:"memory_ms"` // time spent reading and writing pages
+	// Steps says where the time went.
+	Steps []Step `json:"steps"`
+}
+
+// Step is the duration of one step of a dump.
+type Step struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
 }
 
 // Dump checkpoints the process opts.PID into opts.Dir.

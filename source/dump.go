@@ -44,6 +44,15 @@ type dumper struct {
 	// scratch is a page mapped in the tracee for results of injected calls.
 	scratch uint64
 	blobs   int
+	steps   []Step
+	lapped  time.Time
+}
+
+// lap records the time since the previous lap as step name.
+func (d *dumper) lap(name string) {
+	now := time.Now()
+	d.steps = append(d.steps, Step{Name: name, MS: ms(now.Sub(d.lapped))})
+	d.lapped = now
 }
 
 // Stages at which DumpOptions.testHook is called.
@@ -75,7 +84,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if opts.Dir == "" {
 		return nil, errors.New("no image directory given")
 	}
-	d := &dumper{opts: opts, log: log, pid: opts.PID, dir: opts.Dir}
+	d := &dumper{opts: opts, log: log, pid: opts.PID, dir: opts.Dir, lapped: start}
 	d.stat, d.status, err = checkTarget(opts.PID)
 	if err != nil {
 		return nil, err
@@ -103,6 +112,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 	frozen := time.Now()
+	d.lap("freeze")
 	cu.Add(func() {
 		if err := d.p.Detach(); err != nil {
 			log.Error("rollback: detach", "pid", d.pid, "err", err)
@@ -142,6 +152,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	d.lap("read state")
 
 	// Injected calls: a scratch page for their results, gone on every path.
 	if err := d.mapScratch(); err != nil {
@@ -176,12 +187,14 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 
+	d.lap("injected calls")
 	memStart := time.Now()
 	stats, err := d.dumpMemory(ctx, codec)
 	if err != nil {
 		return nil, err
 	}
 	memTime := time.Since(memStart)
+	d.lap("memory")
 	if err := fds.writeBlobs(d); err != nil {
 		return nil, err
 	}
@@ -197,6 +210,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 
 	// The image is complete: from here on nothing is undone.
 	cu.Release()
+	d.lap("files and metadata")
 	rep = &DumpReport{
 		PID: d.pid, Dir: d.dir, Comm: d.img.Process.Comm,
 		Threads: len(d.img.Process.Threads), VMAs: len(d.img.Process.VMAs), FDs: len(d.img.Process.FDs),
@@ -208,6 +222,8 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	} else {
 		err = d.p.Kill(false)
 	}
+	d.lap("release")
+	rep.Steps = d.steps
 	rep.Frozen = time.Since(frozen)
 	rep.Total = time.Since(start)
 	rep.FrozenMS = ms(rep.Frozen)

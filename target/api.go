@@ -20,6 +20,8 @@ type RestoreReport struct {
 	Total    time.Duration `json:"-"`
 	TotalMS  float64       `json:"total_ms"`
 	MemoryMS float64       `json:"memory_ms"`
+	// Steps says where the time went.
+	Steps []Step `json:"steps"`
 	// Warnings lists what could not be restored exactly (for example a hard
 	// rlimit above this host's, or a session that cannot be re-joined).
 	Warnings []string `json:"warnings,omitempty"`
@@ -29,4 +31,10 @@ type RestoreReport struct {
 // process runs, detached from the caller.
 func Restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	return restore(ctx, opts)
+}
+
+// Step is the duration of one step of a restore.
+type Step struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
 }

@@ -69,7 +69,8 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 			r.abort()
 		}
 	}()
-	steps := []struct {
+	var steps []Step
+	todo := []struct {
 		name string
 		fn   func(context.Context) error
 	}{
@@ -82,7 +83,7 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 		{"restore process state", r.restoreState},
 		{"restore threads", r.restoreThreads},
 	}
-	for _, s := range steps {
+	for _, s := range todo {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -90,6 +91,7 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 		if err := s.fn(ctx); err != nil {
 			return nil, fmt.Errorf("restore pid %d: %s: %w", r.pid, s.name, err)
 		}
+		steps = append(steps, Step{Name: s.name, MS: float64(time.Since(t).Microseconds()) / 1000})
 		log.Info("restore step", "step", s.name, "ms", time.Since(t).Milliseconds())
 	}
 	if err := r.p.Detach(); err != nil {
@@ -106,6 +108,7 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 		Total:    time.Since(start),
 		MemoryMS: float64(r.memTime.Microseconds()) / 1000,
 		Warnings: r.warnings,
+		Steps:    steps,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
