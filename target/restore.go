@@ -56,9 +56,6 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 	if err := validate(opts.Dir, img); err != nil {
 		return nil, err
 	}
-	if len(img.Process.Threads) > 1 {
-		return nil, fmt.Errorf("process %d has %d threads: restoring multi-threaded processes is not supported yet", img.Process.PID, len(img.Process.Threads))
-	}
 	r := &restorer{dir: opts.Dir, img: img, log: log, pid: img.Process.PID, agentFD: -1}
 	r.tr = ptrace.NewTracer()
 	defer r.tr.Close()

@@ -193,11 +193,47 @@ func (r *restorer) setCreds() error {
 
 func cstring(s string) []byte { return append([]byte(s), 0) }
 
+// threadFlags are the clone flags of a thread of the same process.
+const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+	unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+
+// createThreads creates every thread but the leader with its original TID
+// (clone3 with set_tid, injected into the leader). They start stopped and
+// traced, and get their registers with the rest of their state.
+func (r *restorer) createThreads() error {
+	for _, t := range r.img.Process.Threads[1:] {
+		tid := int32(t.TID)
+		tidAddr, err := r.put(256, ptrace.Bytes(&tid))
+		if err != nil {
+			return err
+		}
+		ca := cloneArgs{Flags: threadFlags, SetTID: tidAddr, SetTIDSize: 1}
+		addr, err := r.put(0, ptrace.Bytes(&ca))
+		if err != nil {
+			return err
+		}
+		got, err := r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(ptrace.Bytes(&ca))))
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
+		if int(got) != t.TID {
+			return fmt.Errorf("clone3 made thread %d, want %d", got, t.TID)
+		}
+		if _, err := r.p.AdoptThread(t.TID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // restoreThreads restores each thread's own state and registers, queues
 // the pending signals, and removes migrate's scratch area and pidfd.
 func (r *restorer) restoreThreads(context.Context) error {
 	p := &r.img.Process
 	le := binary.LittleEndian
+	if err := r.createThreads(); err != nil {
+		return err
+	}
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]
 		if th.TID != t.TID {

@@ -107,10 +107,32 @@ func (t *Tracer) Seize(pid int) (*Proc, error) {
 }
 
 // SeizeOwned is Seize with PTRACE_O_EXITKILL (the tracee dies with the
-// tracer) and PTRACE_O_TRACEFORK (its children are traced from birth). For
-// processes migrate builds itself.
+// tracer) and PTRACE_O_TRACEFORK and TRACECLONE (its children and threads
+// are traced from birth). For processes migrate builds itself.
 func (t *Tracer) SeizeOwned(pid int) (*Proc, error) {
-	return t.seize(pid, seizeOptions|unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACEFORK)
+	return t.seize(pid, seizeOptions|unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACEFORK|unix.PTRACE_O_TRACECLONE)
+}
+
+// AdoptThread adds a thread that a traced thread of p created (with
+// PTRACE_O_TRACECLONE it is traced from birth and stops on its own).
+func (p *Proc) AdoptThread(tid int) (*Thread, error) {
+	th := &Thread{TID: tid}
+	err := p.t.Do(func() error {
+		alive, err := p.waitEventStop(th)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return fmt.Errorf("thread %d exited before it could be adopted", tid)
+		}
+		th.stopped = true
+		return th.loadRegs()
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.Threads = append(p.Threads, th)
+	return th, nil
 }
 
 // Adopt takes over a child that a Proc seized with SeizeOwned forked: the
