@@ -1,0 +1,59 @@
+# migrate: build, test, benchmark, demo. Meant to run as root on Debian with
+# Go installed; `make test` and `make demo` install the rest with apt-get.
+
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+
+GO        ?= go
+BIN       := bin/migrate
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+PKGS      ?= ./...
+# make bench BENCH=Dump BENCHTIME=10x
+BENCH     ?= .
+BENCHTIME ?= 5x
+
+# command:package pairs for the tools tests and the demo need.
+DEPS := gcc:gcc python3:python3 sleep:coreutils
+
+.PHONY: all build deps test vet fmt fmt-check bench demo clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '-X main.version=$(VERSION)' -o $(BIN) ./cmd/migrate
+
+# Install what is missing, and only that.
+deps:
+	@missing=""; \
+	for d in $(DEPS); do \
+		command -v "$${d%%:*}" >/dev/null 2>&1 || missing="$$missing $${d#*:}"; \
+	done; \
+	[ -e /usr/include/stdio.h ] || missing="$$missing libc6-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+# Unit and integration tests; the integration tests need root.
+test: deps vet fmt-check
+	$(GO) test -count=1 $(PKGS)
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -l -w .
+
+fmt-check:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Benchmarks only (-run '^$$' skips the tests).
+bench: deps
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count=1 $(PKGS)
+
+# Dump a running C program to a directory and restore it.
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin
