@@ -217,14 +217,17 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
 		BytesImage: d.img.Pages.Size, Codec: codec.String(), LeftRunning: opts.LeaveRunning,
 	}
+	// Frozen time ends when the process runs again, or, when it is to die,
+	// once its image is complete.
+	rep.Frozen = time.Since(frozen)
 	if opts.LeaveRunning {
 		err = d.p.Detach()
+		rep.Frozen = time.Since(frozen)
 	} else {
 		err = d.p.Kill(false)
 	}
 	d.lap("release")
 	rep.Steps = d.steps
-	rep.Frozen = time.Since(frozen)
 	rep.Total = time.Since(start)
 	rep.FrozenMS = ms(rep.Frozen)
 	rep.TotalMS = ms(rep.Total)
