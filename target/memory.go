@@ -1,7 +1,6 @@
 package target
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,18 +24,20 @@ const pageSize = 4096
 // A frame that fails its checks stops the restore before any of its bytes
 // are written.
 func (r *restorer) fillPages(ctx context.Context) error {
-	start := time.Now()
-	defer func() { r.memTime = time.Since(start) }()
+	begin := time.Now()
+	defer func() { r.memTime = time.Since(begin) }()
 	path := filepath.Join(r.dir, r.img.Pages.File)
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	rd, err := pagestream.NewReader(bufio.NewReaderSize(f, 4<<20), pagestream.ReaderOptions{})
+	// Frames are large: no bufio, which would only copy them once more.
+	rd, err := pagestream.NewReader(f, pagestream.ReaderOptions{})
 	if err != nil {
 		return &core.ImageError{File: path, Reason: "bad page data", Err: err}
 	}
+	defer rd.Close()
 	vmas := r.img.Process.VMAs
 	find := func(addr uint64) *core.VMA {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > addr })
@@ -44,8 +46,50 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		}
 		return nil
 	}
+	// Writers: writing into fresh memory is mostly page faults, which run
+	// in parallel. Frames of one round may be written in any order; a
+	// barrier waits for all of them before the next round's pages.
+	type job struct {
+		fr   *pagestream.Frame
+		skip bool // leave zero pages alone: the memory is fresh and zero
+	}
+	var (
+		jobs chan job
+		wg   sync.WaitGroup
+		errc = make(chan error, 1)
+	)
+	start := func() {
+		jobs = make(chan job, 2*writers)
+		for range writers {
+			wg.Add(1)
+			go func(jobs <-chan job) {
+				defer wg.Done()
+				for j := range jobs {
+					if err := writeFrame(r.pid, j.fr, j.skip); err != nil {
+						select {
+						case errc <- err:
+						default:
+						}
+					}
+					pagestream.PutBuffer(j.fr.Data)
+				}
+			}(jobs)
+		}
+	}
+	stop := func() error {
+		close(jobs)
+		wg.Wait()
+		select {
+		case err := <-errc:
+			return err
+		default:
+			return nil
+		}
+	}
+	start()
 	for {
 		if err := ctx.Err(); err != nil {
+			stop()
 			return err
 		}
 		fr, err := rd.Next()
@@ -53,37 +97,57 @@ func (r *restorer) fillPages(ctx context.Context) error {
 			break
 		}
 		if err != nil {
+			stop()
 			return &core.ImageError{File: path, Reason: "bad page data", Err: err}
 		}
 		if fr.Kind != pagestream.FramePages {
+			// A barrier: everything before it must land first.
+			if err := stop(); err != nil {
+				return err
+			}
+			start()
 			continue
 		}
 		end := fr.Addr + uint64(fr.Pages)*pageSize
 		v := find(fr.Addr)
 		if v == nil || end > v.End || v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar || v.Kind == core.VMASharedFile {
+			stop()
 			return &core.ImageError{File: path, Reason: fmt.Sprintf("pages at %#x-%#x lie outside the areas that hold pages", fr.Addr, end)}
 		}
+		fr.Keep()
+		r.pages += uint64(fr.Pages)
 		// Fresh anonymous memory is already zero; a private file mapping
 		// needs its zero pages written over the file's data.
-		skipZero := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon
-		for i := 0; i < fr.Pages; {
-			if skipZero && fr.IsZero(i) {
-				i++
-				continue
-			}
-			j := i + 1
-			for j < fr.Pages && !(skipZero && fr.IsZero(j)) {
-				j++
-			}
-			if _, err := ptrace.WriteMem(r.pid, fr.Addr+uint64(i)*pageSize, fr.Data[i*pageSize:j*pageSize]); err != nil {
-				return err
-			}
-			i = j
-		}
-		r.pages += uint64(fr.Pages)
+		jobs <- job{fr, v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon}
+	}
+	if err := stop(); err != nil {
+		return err
 	}
 	if r.pages != r.img.Pages.Pages {
 		return &core.ImageError{File: path, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", r.pages, r.img.Pages.Pages)}
+	}
+	return nil
+}
+
+// writers is the number of goroutines writing pages into the process.
+const writers = 2
+
+// writeFrame writes the pages of fr into process pid, in runs between the
+// zero pages when skipZero.
+func writeFrame(pid int, fr *pagestream.Frame, skipZero bool) error {
+	for i := 0; i < fr.Pages; {
+		if skipZero && fr.IsZero(i) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < fr.Pages && !(skipZero && fr.IsZero(j)) {
+			j++
+		}
+		if _, err := ptrace.WriteMem(pid, fr.Addr+uint64(i)*pageSize, fr.Data[i*pageSize:j*pageSize]); err != nil {
+			return err
+		}
+		i = j
 	}
 	return nil
 }
