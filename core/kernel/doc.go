@@ -20,6 +20,6 @@
 // Probes start, end and reap their helpers; they leave no process, fd or
 // mapping behind.
 //
-// The package is Linux and x86-64 only. It knows nothing of the image
-// model, of networking or of compression.
+// The package is Linux and x86-64 only. It uses core/proc to read /proc and
+// knows nothing of the image model, of networking or of compression.
 package kernel

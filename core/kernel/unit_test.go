@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"migrate/core/proc"
 )
 
 func TestParseStatMM(t *testing.T) {
@@ -43,15 +45,16 @@ func TestParseStatMM(t *testing.T) {
 func TestVDSOLayout(t *testing.T) {
 	read := func(name string) VDSO {
 		t.Helper()
-		data, err := os.ReadFile("testdata/" + name)
+		f, err := os.Open("testdata/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		areas, err := parseMapsSpecial(data)
+		defer f.Close()
+		maps, err := proc.ParseMaps(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := VDSOLayout(areas)
+		v, err := VDSOLayout(MapsAreas(maps))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,14 @@
 package kernel
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
+
+	"migrate/core/proc"
 )
 
 // The kernel maps code and data of its own into every process: [vdso] (the
@@ -143,39 +142,20 @@ func (v VDSO) Compatible(here VDSO) error {
 
 // ReadVDSO reads the vdso layout of process pid from /proc/PID/maps.
 func ReadVDSO(pid int) (VDSO, error) {
-	path := "/proc/" + strconv.Itoa(pid) + "/maps"
-	data, err := os.ReadFile(path)
+	maps, err := proc.ReadMaps(pid)
 	if err != nil {
 		return VDSO{}, err
 	}
-	areas, err := parseMapsSpecial(data)
-	if err != nil {
-		return VDSO{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return VDSOLayout(areas)
+	return VDSOLayout(MapsAreas(maps))
 }
 
-// parseMapsSpecial takes the areas with a bracketed name ([heap], [vdso],
-// ...) from the text of /proc/PID/maps. Lines are
-// "start-end perms offset dev inode   name".
-func parseMapsSpecial(data []byte) ([]Area, error) {
-	var out []Area
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) < 6 || !strings.HasPrefix(fields[5], "[") {
-			continue
-		}
-		lo, hi, ok := strings.Cut(fields[0], "-")
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("line %d: bad range %q", n, fields[0])
-		}
-		out = append(out, Area{Name: fields[5], Start: start, End: end})
+// MapsAreas turns parsed /proc/PID/maps lines into Areas.
+func MapsAreas(maps []proc.Mapping) []Area {
+	out := make([]Area, len(maps))
+	for i, m := range maps {
+		out[i] = Area{Name: m.Path, Start: m.Start, End: m.End}
 	}
-	return out, sc.Err()
+	return out
 }
 
 // ProbeVDSO reports the vdso layout of this process, which is what has to
