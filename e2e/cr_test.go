@@ -1,0 +1,640 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/e2e/fixture"
+	"migrate/source"
+)
+
+// TestHeapChecksum: a counter over a 256 MiB malloc'ed heap and a 32 MiB
+// brk heap. After restore the memory checksum is the same, the counter goes
+// on, and malloc from the brk heap still works (brk grows).
+func TestHeapChecksum(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "counter")
+	p := fixture.Start(t, bin, "-m", "256", "-b", "32")
+	ready, _ := p.WaitLine(t, long, 0, "ready")
+	sum0 := field(t, ready, "sum")
+	p.WaitTick(t, short, 5)
+	before := fixture.FDs(t, p.PID)
+
+	dir, img := dumpKill(t, p, "")
+	last := p.LastTick(t)
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	checkFDsSame(t, before, r.PID, 1, 2)
+	r.WaitTick(t, short, last+5)
+
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	sum, _ := r.WaitLine(t, long, n, "sum ")
+	if got := strings.TrimPrefix(sum, "sum "); got != sum0 {
+		t.Errorf("heap checksum after restore %s, before dump %s", got, sum0)
+	}
+	brk, _ := r.WaitLine(t, short, n, "brk ")
+	if !strings.HasSuffix(brk, " ok") {
+		t.Errorf("malloc from the brk heap after restore: %s (want the break to grow and the memory to hold)", brk)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+3)
+	checkTicksContinuous(t, r.Lines(t), last+5)
+}
+
+// TestPipeBuffered: the process reads back, slowly, 200000 bytes it wrote
+// into its own 256 KiB pipe. Dumped in the middle, restored, the rest
+// arrives intact and in order, and the pipe keeps its size.
+func TestPipeBuffered(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "pipe"), "buffered")
+	p.WaitLine(t, short, 0, "chunk 5 ok")
+	before := fixture.FDs(t, p.PID)
+	dir, img := dumpKill(t, p, "")
+	if lines := p.Lines(t); strings.HasPrefix(lines[len(lines)-1], "done") {
+		t.Fatal("the workload finished before the dump; nothing was tested")
+	}
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	checkFDsSame(t, before, r.PID, 1, 2)
+	done, _ := r.WaitLine(t, long, 0, "done")
+	if ws := r.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("restored process ended with %v, want exit 0", ws)
+	}
+	if want := "done bytes=200000 pipesize=262144 ok"; done != want {
+		t.Errorf("got %q, want %q", done, want)
+	}
+	var chunks []int
+	for _, l := range r.Lines(t) {
+		var i int
+		if _, err := fmt.Sscanf(l, "chunk %d ok", &i); err == nil {
+			chunks = append(chunks, i)
+		}
+	}
+	for i, c := range chunks {
+		if c != i {
+			t.Fatalf("chunk %d logged at position %d: chunks lost or repeated", c, i)
+		}
+	}
+	if len(chunks) != 100 {
+		t.Errorf("%d chunks read, want 100", len(chunks))
+	}
+}
+
+// TestPipeBlockedRead: the process is blocked in read() on an empty pipe
+// when it is dumped; after restore its alarm (an itimer) fires, the handler
+// writes into the pipe, and the read returns the message.
+func TestPipeBlockedRead(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "pipe"), "block")
+	p.WaitLine(t, short, 0, "ready")
+	fixture.WaitSyscall(t, short, p.PID, unix.SYS_READ)
+	dir, _ := dumpKill(t, p, "")
+	if got := p.Lines(t); len(got) != 1 {
+		t.Fatalf("the alarm fired before the dump; log %q", got)
+	}
+	r := restoreOK(t, dir, p.Log)
+	got, _ := r.WaitLine(t, short, 0, "got ")
+	if want := "got wake-up-message-from-sigalrm"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if ws := r.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("restored process ended with %v, want exit 0", ws)
+	}
+}
+
+// TestFileOffsets: a file read from and one written to at their offsets
+// (not O_APPEND), and a file deleted while open. After restore reading and
+// writing go on at the right offsets, and the deleted file's contents and
+// offset are there, while its name stays gone.
+func TestFileOffsets(t *testing.T) {
+	fixture.RequireRoot(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "data.txt")
+	var b bytes.Buffer
+	for i := range 1000 {
+		fmt.Fprintf(&b, "line %04d\n", i)
+	}
+	if err := os.WriteFile(data, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(work, "out.txt")
+	p := fixture.Start(t, fixture.Build(t, "files"), data, out, work)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var in, outFD, del int
+	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &outFD, &del); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 5)
+	dir, img := dumpKill(t, p, "")
+	last := p.LastTick(t)
+	var delFD *core.FD
+	for i, f := range img.Process.FDs {
+		if f.FD == del {
+			delFD = &img.Process.FDs[i]
+		}
+	}
+	if delFD == nil || delFD.File == nil || !delFD.File.Deleted || delFD.File.Blob == "" {
+		t.Fatalf("image fd %d (deleted file): %+v, want a deleted file with its contents stored", del, delFD)
+	}
+
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	r.WaitTick(t, short, last+5)
+	if _, err := os.Stat(filepath.Join(work, "deleted.dat")); !os.IsNotExist(err) {
+		t.Errorf("the deleted file came back under its name (stat: %v)", err)
+	}
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", r.PID, del)); err != nil || !strings.HasSuffix(l, " (deleted)") {
+		t.Errorf("fd %d of the restored process -> %q (%v), want a deleted file", del, l, err)
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	got, _ := r.WaitLine(t, short, n, "deleted")
+	if want := "deleted ok size=300000 pos=12345 nlink=0"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+2)
+	r.Kill(t)
+
+	lines := r.Lines(t)
+	checkTicksContinuous(t, lines, last+5)
+	for _, l := range lines {
+		var tick, line int
+		if _, err := fmt.Sscanf(l, "tick %d read=%d", &tick, &line); err == nil && line != tick+9 {
+			t.Errorf("%q: read line %d at tick %d, want line %d (the read offset moved)", l, line, tick, tick+9)
+		}
+	}
+	content, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks := fixture.Ticks(lines)
+	var want strings.Builder
+	want.WriteString("header\n")
+	for i := 1; i <= ticks[len(ticks)-1]; i++ {
+		fmt.Fprintf(&want, "rec %d\n", i)
+	}
+	if string(content) != want.String() {
+		t.Errorf("%s is not header + rec 1..%d in order:\n%s", out, ticks[len(ticks)-1], firstDiff(string(content), want.String()))
+	}
+}
+
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range max(len(g), len(w)) {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(w) {
+			b = w[i]
+		}
+		if a != b {
+			return fmt.Sprintf("line %d: got %q, want %q", i+1, a, b)
+		}
+	}
+	return "(same lines)"
+}
+
+// TestSignals: handlers with their flags, a blocked SIGUSR1 pending on the
+// thread, two queued real-time signals pending on the process with their
+// values, a sigaltstack, and an itimer. After restore the itimer keeps
+// firing; once unblocked the pending signals are delivered, in order, with
+// their siginfo; SIGUSR2 runs on the alternate stack.
+func TestSignals(t *testing.T) {
+	fixture.RequireRoot(t)
+	trigger := filepath.Join(t.TempDir(), "unblock")
+	p := fixture.Start(t, fixture.Build(t, "signals"), trigger)
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	before := fixture.Take(t, p.PID)
+	if before.Status["SigPnd"] == "0000000000000000" || before.Status["ShdPnd"] == "0000000000000000" {
+		t.Fatalf("the workload has no pending signals: %v", before.Status)
+	}
+
+	dir, _ := dumpKill(t, p, "")
+	last := p.LastTick(t)
+	r := restoreOK(t, dir, p.Log)
+	after := fixture.Take(t, r.PID)
+	for _, f := range []string{"SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"} {
+		if before.Status[f] != after.Status[f] {
+			t.Errorf("%s: %s before the dump, %s after restore", f, before.Status[f], after.Status[f])
+		}
+	}
+
+	alarmsAt := func(from int) (int, int) {
+		lines := r.Lines(t)
+		var tick, alarms int
+		for _, l := range lines[from:] {
+			fmt.Sscanf(l, "tick %d alarms %d", &tick, &alarms)
+		}
+		return tick, alarms
+	}
+	r.WaitTick(t, short, last+1)
+	_, a0 := alarmsAt(0)
+	fixture.WaitFor(t, short, "the itimer to keep firing after restore", func() bool {
+		_, a := alarmsAt(0)
+		return a >= a0+5
+	})
+
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR2)
+	if got, _ := r.WaitLine(t, short, n, "usr2"); got != "usr2 onstack=1" {
+		t.Errorf("SIGUSR2 handler: %q, want it on the alternate stack", got)
+	}
+
+	n = len(r.Lines(t))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, ui := r.WaitLine(t, short, n, "unblocked")
+	r.WaitTick(t, short, r.LastTick(t)+2)
+	var handled []string
+	for _, l := range r.Lines(t)[n:] {
+		if strings.HasPrefix(l, "usr1") || strings.HasPrefix(l, "rt ") {
+			handled = append(handled, l)
+		}
+	}
+	// The kernel sets up all three frames at once, so the handlers run in
+	// an order of its choosing; what must hold is that each runs once, with
+	// its siginfo, and the queued values keep their order.
+	want := []string{
+		fmt.Sprintf("usr1 handled code=%d pid=%d", -6 /* SI_TKILL */, r.PID),
+		"rt value=42 code=-1", // SI_QUEUE
+		"rt value=43 code=-1",
+	}
+	sorted := slices.Sorted(slices.Values(handled))
+	if !slices.Equal(sorted, slices.Sorted(slices.Values(want))) ||
+		slices.Index(handled, want[1]) > slices.Index(handled, want[2]) {
+		t.Errorf("signals delivered after unblocking (line %d): %q, want %q in some order, 42 before 43", ui, handled, want)
+	}
+}
+
+// smapsFlags returns the VmFlags of the area starting at addr.
+func smapsFlags(t *testing.T, pid int, addr uint64) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		var start, end uint64
+		if n, _ := fmt.Sscanf(l, "%x-%x ", &start, &end); n == 2 && strings.Contains(strings.Fields(l)[0], "-") {
+			in = start == addr
+			continue
+		}
+		if v, ok := strings.CutPrefix(l, "VmFlags:"); ok && in {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no area at %#x in process %d", addr, pid)
+	return ""
+}
+
+// TestMappings: a private file mapping written to (the changed pages
+// survive, the file does not change, only changed pages are stored), a
+// shared file mapping (still shared with the file after restore), shared
+// anonymous memory with data, and areas with madvise flags.
+func TestMappings(t *testing.T) {
+	fixture.RequireRoot(t)
+	work := t.TempDir()
+	priv := filepath.Join(work, "private.dat")
+	shared := filepath.Join(work, "shared.dat")
+	pattern := make([]byte, 1<<20)
+	for i := range pattern {
+		pattern[i] = byte(i*7 + i>>12)
+	}
+	if err := os.WriteFile(priv, pattern, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(shared, make([]byte, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	privHash := fixture.FileHash(t, priv)
+	p := fixture.Start(t, fixture.Build(t, "mem"), priv, shared)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	sums0, _ := p.WaitLine(t, short, 0, "sums")
+	p.WaitTick(t, short, 3)
+	areas := map[string]uint64{}
+	for _, k := range []string{"priv", "dontfork", "wipeonfork", "nohuge"} {
+		v, err := strconv.ParseUint(strings.TrimPrefix(field(t, ready, k), "0x"), 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		areas[k] = v
+	}
+	vmflags := map[string]string{}
+	for _, k := range []string{"dontfork", "wipeonfork", "nohuge"} {
+		vmflags[k] = smapsFlags(t, p.PID, areas[k])
+	}
+
+	dir, img := dumpKill(t, p, "")
+	for _, v := range img.Process.VMAs {
+		if v.Start == areas["priv"] {
+			if v.Kind != core.VMAFile || v.Pages != 2 {
+				t.Errorf("private file mapping in the image: kind %s with %d pages stored, want %s with the 2 written pages", v.Kind, v.Pages, core.VMAFile)
+			}
+		}
+	}
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	for k, want := range vmflags {
+		if got := smapsFlags(t, r.PID, areas[k]); got != want {
+			t.Errorf("%s area: VmFlags %q after restore, %q before", k, got, want)
+		}
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	sums, _ := r.WaitLine(t, short, n, "sums")
+	if sums != sums0 {
+		t.Errorf("after restore %q, before dump %q", sums, sums0)
+	}
+	if !strings.Contains(sums, "page3=a3 page0=ok") {
+		t.Errorf("private mapping after restore: %q", sums)
+	}
+	r.WaitLine(t, short, n, "wrote shared")
+	if got := fixture.FileHash(t, priv); got != privHash {
+		t.Errorf("the privately mapped file changed")
+	}
+	sb, err := os.ReadFile(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(sb[:8]) != "shared-1" || string(sb[4096:4104]) != "shared-2" {
+		t.Errorf("shared file mapping: file holds %q at 0 and %q at 4096, want shared-1 and shared-2 (a write after restore must reach the file)", sb[:8], sb[4096:4104])
+	}
+}
+
+// nanosleep and friends: the system calls a sleeping process may be in.
+var sleepCalls = []int{unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP, unix.SYS_POLL, unix.SYS_PPOLL, unix.SYS_PAUSE, unix.SYS_RT_SIGSUSPEND}
+
+// TestSleeps: a process dumped inside nanosleep, an absolute
+// clock_nanosleep, poll or pause finishes that call after restore as it
+// would have without the dump: no EINTR, not early.
+func TestSleeps(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "sleeper")
+	for _, tc := range []struct{ mode, want string }{
+		{"rel", "slept rc=0 errno=0"},
+		{"abs", "slept rc=0"},
+		{"poll", "polled rc=0 errno=0"},
+		{"pause", "paused rc=-1 errno=4 handled=1"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			p := fixture.Start(t, bin, tc.mode)
+			p.WaitLine(t, short, 0, "sleeping")
+			fixture.WaitSyscall(t, short, p.PID, sleepCalls...)
+			dir, img := dumpKill(t, p, "")
+			if l := p.Lines(t); len(l) != 1 {
+				t.Fatalf("the sleep ended before the dump: %q", l)
+			}
+			r := restoreOK(t, dir, p.Log)
+			checkLayout(t, img, r.PID)
+			if tc.mode == "pause" {
+				fixture.WaitSyscall(t, short, r.PID, sleepCalls...)
+				r.Signal(t, unix.SIGUSR1)
+			}
+			line, _ := r.WaitLine(t, long, 1, tc.want[:strings.IndexByte(tc.want, ' ')])
+			if !strings.HasPrefix(line, tc.want) {
+				t.Errorf("got %q, want %q...", line, tc.want)
+			}
+			if ws := r.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Errorf("restored process ended with %v, want exit 0 (%s)", ws, line)
+			}
+		})
+	}
+}
+
+// TestFDKinds: eventfds with their counts, a sealed memfd with data and an
+// offset, fds sharing one offset, a directory, a non-blocking pipe, and
+// close-on-exec per fd, all at their numbers after restore.
+func TestFDKinds(t *testing.T) {
+	fixture.RequireRoot(t)
+	work := t.TempDir()
+	p := fixture.Start(t, fixture.Build(t, "fds"), filepath.Join(work, "shared-offset.txt"), work)
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	before := fixture.FDs(t, p.PID)
+	dir, img := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	checkFDsSame(t, before, r.PID, 1, 2)
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	got, _ := r.WaitLine(t, short, n, "check")
+	want := fmt.Sprintf("check eventfd=12 sem=1 memfd=ok memfdpos=1000 seals=%d shared=ok pos=10,10,13,13 cloexec=10010011 pipenonblock=1 pipeempty=1", unix.F_SEAL_SHRINK)
+	if got != want {
+		t.Errorf("the restored process sees\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestCoreutilsSleep: `sleep 1000` comes back sleeping, with the same PID,
+// command line and executable.
+func TestCoreutilsSleep(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skipf("coreutils sleep: %v", err)
+	}
+	p := fixture.Start(t, bin, "1000")
+	fixture.WaitSyscall(t, short, p.PID, sleepCalls...)
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+	before := fixture.FDs(t, p.PID)
+	dir, img := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	checkFDsSame(t, before, r.PID)
+	fixture.WaitSyscall(t, short, r.PID, sleepCalls...)
+	c2, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.PID))
+	e2, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", r.PID))
+	if !bytes.Equal(c2, cmdline) || e2 != exe {
+		t.Errorf("cmdline %q exe %q after restore, %q %q before", c2, e2, cmdline, exe)
+	}
+	if st, _ := fixture.State(r.PID); st != 'S' {
+		t.Errorf("restored sleep is in state %c, want S", st)
+	}
+}
+
+// TestPython: a python3 script keeps a counter and a dict in memory and
+// appends a line per tick to a file it keeps open; after restore the
+// counter and the dict carry on.
+func TestPython(t *testing.T) {
+	fixture.RequireRoot(t)
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skipf("python3: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "state.out")
+	p := fixture.Start(t, py, filepath.Join(fixture.Testdata(), "state.py"), out)
+	count := func() int {
+		if _, err := os.Stat(out); err != nil {
+			return 0
+		}
+		return len(fixture.LogLines(t, out)) - 1
+	}
+	fixture.WaitFor(t, long, "python to count to 10", func() bool { return count() >= 10 })
+	before := fixture.FDs(t, p.PID)
+	dir, _ := dumpKill(t, p, "")
+	last := count()
+	r := restoreOK(t, dir, p.Log)
+	// python may change its memory layout while it runs: the layout is not
+	// compared, the fds are.
+	checkFDsSame(t, before, r.PID, 1, 2, fdOf(t, before, out))
+	fixture.WaitFor(t, long, "python to count on after restore", func() bool { return count() >= last+10 })
+	r.Kill(t)
+	lines := fixture.LogLines(t, out)
+	if lines[0] != "ready" {
+		t.Fatalf("first line %q", lines[0])
+	}
+	total := 0
+	for i, l := range lines[1:] {
+		n := i + 1
+		total += n * n
+		if want := fmt.Sprintf("%d %d", n, total); l != want {
+			t.Fatalf("line %d: %q, want %q (restored at %d)", n, l, want, last)
+		}
+	}
+	if out, _ := os.ReadFile(p.Log); len(out) > 0 {
+		t.Errorf("python wrote to stderr:\n%s", out)
+	}
+}
+
+func fdOf(t *testing.T, fds map[int]fixture.FDView, path string) int {
+	t.Helper()
+	for n, v := range fds {
+		if v.Target == path {
+			return n
+		}
+	}
+	t.Fatalf("no fd for %s", path)
+	return -1
+}
+
+// TestLeaveRunning: with LeaveRunning the original runs on, untouched and
+// untraced; the image then restores (once the original is gone) to the
+// state at the dump, not to the state the original reached later.
+func TestLeaveRunning(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "16")
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 5)
+	before := fixture.Take(t, p.PID)
+	dir := t.TempDir()
+	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, LeaveRunning: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.LeftRunning {
+		t.Errorf("report says the process was not left running")
+	}
+	fixture.RequireRunning(t, p.PID)
+	after := fixture.Take(t, p.PID)
+	if d := before.Diff(after, 1, 2); d != "" {
+		t.Errorf("the original changed across a dump that left it running:\n%s", d)
+	}
+	at := p.LastTick(t)
+	p.WaitTick(t, short, at+5)
+
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumped := tickAtOffset(t, p.Log, img, 1)
+	p.Kill(t)
+	killedAt := len(p.Lines(t))
+	lastOrig := p.LastTick(t)
+	if lastOrig <= dumped {
+		t.Fatalf("the original did not run on after the dump (tick %d at dump, %d at kill)", dumped, lastOrig)
+	}
+	r := restoreOK(t, dir, p.Log)
+	fixture.WaitFor(t, short, "ticks of the restored process", func() bool { return len(r.Lines(t)) > killedAt+3 })
+	got := fixture.Ticks(r.Lines(t)[killedAt:])
+	for i, n := range got {
+		if n != dumped+1+i {
+			t.Fatalf("restored process ticks %v, want %d, %d, ... (the state at the dump)", got, dumped+1, dumped+2)
+		}
+	}
+}
+
+// tickAtOffset returns the last tick the log held at the offset the image
+// recorded for fd (the log is O_APPEND, so that is its size at the dump).
+func tickAtOffset(t *testing.T, log string, img *core.Image, fd int) int {
+	t.Helper()
+	for _, f := range img.Process.FDs {
+		if f.FD != fd {
+			continue
+		}
+		b, err := os.ReadFile(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Pos > int64(len(b)) || f.Pos == 0 {
+			t.Fatalf("fd %d offset %d in the image, log has %d bytes", fd, f.Pos, len(b))
+		}
+		ticks := fixture.Ticks(strings.Split(string(b[:f.Pos]), "\n"))
+		return ticks[len(ticks)-1]
+	}
+	t.Fatalf("no fd %d in the image", fd)
+	return 0
+}
+
+// TestAttributes: umask, cwd, rlimits (a soft limit below its hard one),
+// comm, personality, credentials and the process group survive.
+func TestAttributes(t *testing.T) {
+	fixture.RequireRoot(t)
+	cwd := t.TempDir()
+	p := fixture.StartWith(t, fixture.Options{Setpgid: true}, fixture.Build(t, "creds"), cwd)
+	p.WaitLine(t, short, 0, "ready")
+	creds0, _ := p.WaitLine(t, short, 0, "creds")
+	p.WaitTick(t, short, 3)
+	view := func(pid int) map[string]string {
+		m := map[string]string{}
+		for _, f := range []string{"Umask", "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"} {
+			m[f] = fixture.StatusField(t, pid, f)
+		}
+		for _, f := range []string{"limits", "comm", "personality"} {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[f] = string(b)
+		}
+		m["cwd"], _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		m["root"], _ = os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
+		pgid, sid := fixture.PGID(t, pid)
+		m["pgid"] = strconv.Itoa(pgid - pid) // relative: the same PID comes back
+		m["sid"] = strconv.Itoa(sid)
+		return m
+	}
+	before := view(p.PID)
+	if !strings.Contains(creds0, "nofile=200/") || !strings.Contains(creds0, "umask=027") {
+		t.Fatalf("workload did not set its attributes: %s", creds0)
+	}
+	dir, img := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	after := view(r.PID)
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s: %q before the dump, %q after restore", k, v, after[k])
+		}
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	creds, _ := r.WaitLine(t, short, n, "creds")
+	if creds != creds0 {
+		t.Errorf("the restored process sees\n%s\nit saw before the dump\n%s", creds, creds0)
+	}
+}

@@ -1,0 +1,64 @@
+/* sleeper: sleeps in one blocking system call, then reports how it ended.
+ *
+ *   sleeper rel|abs|poll|pause
+ *
+ * rel    nanosleep 3 s:                       "slept rc=R errno=E ms=M"
+ * abs    clock_nanosleep to now+3 s absolute: "slept rc=R late_ms=L"
+ * poll   poll with no fds, 3 s timeout:       "polled rc=R errno=E ms=M"
+ * pause  pause() until SIGUSR1:               "paused rc=R errno=E handled=H"
+ * It logs "sleeping pid=P" first and exits 0 if the call ended as it would
+ * have without a dump (no EINTR, not early), else 1. */
+#include "common.h"
+#include <poll.h>
+
+static volatile sig_atomic_t handled;
+static void on_usr1(int sig) { (void)sig; handled = 1; }
+
+static long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2)
+		return 2;
+	signal(SIGUSR1, on_usr1);
+	long t0 = now_ms();
+	say("sleeping pid=%d", getpid());
+	if (!strcmp(argv[1], "rel")) {
+		struct timespec req = {3, 0}, rem = {0, 0};
+		int rc = nanosleep(&req, &rem);
+		int e = rc ? errno : 0;
+		long ms = now_ms() - t0;
+		say("slept rc=%d errno=%d ms=%ld", rc, e, ms);
+		return rc == 0 && ms >= 3000 ? 0 : 1;
+	}
+	if (!strcmp(argv[1], "abs")) {
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += 3;
+		int rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long late = (now.tv_sec - until.tv_sec) * 1000 + (now.tv_nsec - until.tv_nsec) / 1000000;
+		say("slept rc=%d late_ms=%ld", rc, late);
+		return rc == 0 && late >= 0 ? 0 : 1;
+	}
+	if (!strcmp(argv[1], "poll")) {
+		int rc = poll(NULL, 0, 3000);
+		int e = rc < 0 ? errno : 0;
+		long ms = now_ms() - t0;
+		say("polled rc=%d errno=%d ms=%ld", rc, e, ms);
+		return rc == 0 && ms >= 3000 ? 0 : 1;
+	}
+	if (!strcmp(argv[1], "pause")) {
+		int rc = pause();
+		int e = errno;
+		say("paused rc=%d errno=%d handled=%d", rc, e, (int)handled);
+		return rc == -1 && e == EINTR && handled ? 0 : 1;
+	}
+	return 2;
+}
