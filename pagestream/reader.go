@@ -83,16 +83,11 @@ type rjob struct {
 	Frame
 	hdr     frameHeader
 	size    int64   // bytes on the wire
-	payload *[]byte // pooled; page frames only
+	payload []byte // payload and trailer, from frameBuf; page frames only
 	zero    [MaxFramePages / 64]uint64
 	err     *FrameError
 	done    chan struct{} // closed when decoded; page frames only
 }
-
-var payloads = sync.Pool{New: func() any {
-	b := make([]byte, maxPayload+trailerSize)
-	return &b
-}}
 
 // NewReader reads and checks the stream header and starts the Reader's
 // goroutines.
@@ -199,10 +194,17 @@ func (r *Reader) readLoop(chain uint32) {
 		j.Offset = off
 		var buf []byte
 		if h.kind == FramePages {
-			j.payload = payloads.Get().(*[]byte)
-			buf = (*j.payload)[:h.payloadLen+trailerSize]
+			j.payload = frameBuf(int(h.payloadLen) + trailerSize)
+			buf = j.payload
 		} else {
 			buf = small[:h.payloadLen+trailerSize]
+		}
+		// From here on, a failing frame hands its payload buffer back.
+		fail := func(fe *FrameError) {
+			if j.payload != nil {
+				putFrameBuf(j.payload)
+			}
+			fail(fe)
 		}
 		if _, err := io.ReadFull(r.r, buf); err != nil {
 			fail(readErr(off, err, h.kind.String()+" frame "+itoa(h.seq)))
@@ -268,9 +270,9 @@ func (r *Reader) worker() {
 func decodePages(d *decompressor, j *rjob) {
 	h := j.hdr
 	pages, stored := int(h.pages), int(h.stored)
-	body := (*j.payload)[:h.payloadLen]
+	body := j.payload[:h.payloadLen]
 	defer func() {
-		payloads.Put(j.payload)
+		putFrameBuf(j.payload)
 		j.payload = nil
 	}()
 	bl := bitmapLen(pages)

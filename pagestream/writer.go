@@ -84,7 +84,7 @@ type wjob struct {
 	hdr  frameHeader
 	src  []byte  // page data, for page frames
 	ref  *srcRef // the caller's buffer src is part of
-	out  []byte  // the encoded frame: header, payload, room for the trailer
+	out  []byte  // the encoded frame: header, payload, trailer (frameBuf)
 	done chan struct{}
 	// flushed, for flush markers (hdr.kind == 0): closed by the output
 	// goroutine when it gets there.
@@ -103,19 +103,20 @@ func (r *srcRef) release() {
 	}
 }
 
-// outCap fits the largest page frame any codec produces (s2's bound is the
-// largest) and its trailer.
-const outCap = frameHeaderSize + maxBitmapLen + contentCRCSize + (32 + MaxFramePages*PageSize + MaxFramePages*PageSize/6) + trailerSize
-
 func init() {
-	if s2.MaxEncodedLen(MaxFramePages*PageSize) > outCap-frameHeaderSize-maxBitmapLen-contentCRCSize-trailerSize {
-		panic("pagestream: outCap too small for s2.MaxEncodedLen")
+	if s2.MaxEncodedLen(MaxFramePages*PageSize) > frameBufCap-frameHeaderSize-maxBitmapLen-contentCRCSize-trailerSize {
+		panic("pagestream: frameBufCap too small for s2.MaxEncodedLen")
 	}
 }
 
-var wjobs = sync.Pool{New: func() any {
-	return &wjob{out: make([]byte, 0, outCap), done: make(chan struct{}, 1)}
-}}
+var wjobs = sync.Pool{New: func() any { return &wjob{done: make(chan struct{}, 1)} }}
+
+// outLen is the buffer a page frame of n pages needs at most: header,
+// bitmap, content CRC, the pages as s2 may encode them (the largest bound of
+// the codecs) and the trailer.
+func outLen(n int) int {
+	return frameHeaderSize + bitmapLen(n) + contentCRCSize + s2.MaxEncodedLen(n*PageSize) + trailerSize
+}
 
 // NewWriter writes the stream header to w and starts the Writer's
 // goroutines.
@@ -368,7 +369,7 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 	n := int(j.hdr.pages)
 	src := j.src
 	bl := bitmapLen(n)
-	out := j.out[:frameHeaderSize+bl+contentCRCSize]
+	out := frameBuf(outLen(n))[:frameHeaderSize+bl+contentCRCSize]
 	bm := out[frameHeaderSize : frameHeaderSize+bl]
 	clear(bm)
 	zero := 0
@@ -429,7 +430,10 @@ func (w *Writer) output() {
 		if !w.failed.Load() {
 			w.writeFrame(j)
 		}
-		j.out = j.out[:0]
+		if j.out != nil {
+			putFrameBuf(j.out)
+			j.out = nil
+		}
 		wjobs.Put(j)
 	}
 }
@@ -437,11 +441,11 @@ func (w *Writer) output() {
 func (w *Writer) writeFrame(j *wjob) {
 	switch j.hdr.kind {
 	case FrameBarrier:
-		j.out = j.out[:frameHeaderSize]
+		j.out = frameBuf(frameHeaderSize + trailerSize)[:frameHeaderSize]
 		j.hdr.put(j.out)
 	case FrameEnd:
 		w.totals.frames = j.hdr.seq
-		j.out = w.totals.appendTo(j.out[:frameHeaderSize])
+		j.out = w.totals.appendTo(frameBuf(frameHeaderSize + endPayloadSize + trailerSize)[:frameHeaderSize])
 		j.hdr.put(j.out)
 	}
 	crc := crcUpdate(w.chain, j.out)
