@@ -82,7 +82,7 @@ type Reader struct {
 type rjob struct {
 	Frame
 	hdr     frameHeader
-	size    int64   // bytes on the wire
+	size    int64  // bytes on the wire
 	payload []byte // payload and trailer, from frameBuf; page frames only
 	zero    [MaxFramePages / 64]uint64
 	err     *FrameError
