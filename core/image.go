@@ -227,13 +227,17 @@ type Siginfo struct {
 
 // FD kinds.
 const (
-	FDFile    = "file"    // regular file
-	FDDir     = "dir"     // directory
-	FDChar    = "chardev" // character device, reopened by path
-	FDPipe    = "pipe"    // anonymous pipe end
-	FDFIFO    = "fifo"    // named pipe
-	FDEventfd = "eventfd"
-	FDMemfd   = "memfd"
+	FDFile     = "file"    // regular file
+	FDDir      = "dir"     // directory
+	FDChar     = "chardev" // character device, reopened by path
+	FDPipe     = "pipe"    // anonymous pipe end
+	FDFIFO     = "fifo"    // named pipe
+	FDEventfd  = "eventfd"
+	FDMemfd    = "memfd"
+	FDSocket   = "socket"
+	FDEpoll    = "epoll"
+	FDTimerfd  = "timerfd"
+	FDSignalfd = "signalfd"
 )
 
 // FD is one open file descriptor.
@@ -258,9 +262,33 @@ type FD struct {
 	// Memfd state.
 	MemfdName string `json:"memfd_name,omitempty"`
 	Seals     int    `json:"seals,omitempty"`
+	// Socket is set for sockets (see socket.go).
+	Socket *Socket `json:"socket,omitempty"`
+	// Epoll lists the registrations of an epoll fd.
+	Epoll []EpollTarget `json:"epoll,omitempty"`
+	// Timerfd is the state of a timerfd.
+	Timerfd *Timerfd `json:"timerfd,omitempty"`
+	// SigMask is the mask of a signalfd.
+	SigMask uint64 `json:"sigmask,omitempty"`
 	// Key identifies the open file description (dev:ino:pos-independent id),
 	// so fds sharing one description are restored sharing it.
 	Key string `json:"key,omitempty"`
+}
+
+// EpollTarget is one registration of an epoll instance.
+type EpollTarget struct {
+	FD     int    `json:"fd"`
+	Events uint32 `json:"events"`
+	Data   uint64 `json:"data"`
+}
+
+// Timerfd is the state of a timerfd.
+type Timerfd struct {
+	Clock      int    `json:"clock"`
+	Flags      int    `json:"settime_flags"` // TFD_TIMER_ABSTIME ...
+	Ticks      uint64 `json:"ticks"`         // expirations not yet read
+	ValueNS    int64  `json:"value_ns"`      // time to the next expiry, 0 if disarmed
+	IntervalNS int64  `json:"interval_ns"`
 }
 
 // Sentinel errors of image decoding.
@@ -372,7 +400,11 @@ func (img *Image) Validate() error {
 			return fmt.Errorf("fd %d listed twice", f.FD)
 		}
 		seen[f.FD] = true
-		for _, b := range []string{f.Data, blobOf(f.File)} {
+		var queue string
+		if f.Socket != nil {
+			queue = f.Socket.Queue
+		}
+		for _, b := range []string{f.Data, blobOf(f.File), queue} {
 			if b != "" && !validBlob(b) {
 				return fmt.Errorf("fd %d: bad blob name %q", f.FD, b)
 			}

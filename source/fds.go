@@ -179,7 +179,35 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				fd.Count = info.EventfdCount
 				fd.Semaphore = info.EventfdSemaphore
 			case strings.HasPrefix(target, "socket:"):
-				return nil, unsupported("sockets are not supported yet")
+				fd.Kind = core.FDSocket
+				if err := d.dumpSocket(set, &fd, dup); err != nil {
+					return nil, err
+				}
+			case target == "anon_inode:[eventpoll]":
+				fd.Kind = core.FDEpoll
+				targets, err := info.EpollTargets()
+				if err != nil {
+					return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+				}
+				for _, t := range targets {
+					fd.Epoll = append(fd.Epoll, core.EpollTarget{FD: t.FD, Events: t.Events, Data: t.Data})
+				}
+			case target == "anon_inode:[timerfd]":
+				tf, err := info.Timerfd()
+				if err != nil {
+					return nil, unsupported("timerfd without its state in fdinfo")
+				}
+				ns := func(t proc.Timespec) int64 { return int64(t.Sec)*1e9 + int64(t.Nsec) }
+				fd.Kind = core.FDTimerfd
+				fd.Timerfd = &core.Timerfd{Clock: tf.ClockID, Flags: tf.SettimeFlags, Ticks: tf.Ticks,
+					ValueNS: ns(tf.Value), IntervalNS: ns(tf.Interval)}
+			case target == "anon_inode:[signalfd]":
+				mask, err := info.SignalfdMask()
+				if err != nil {
+					return nil, unsupported("signalfd without its mask in fdinfo")
+				}
+				fd.Kind = core.FDSignalfd
+				fd.SigMask = mask
 			default:
 				return nil, unsupported("this kind of file is not supported yet")
 			}

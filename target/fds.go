@@ -2,6 +2,8 @@ package target
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -201,8 +203,95 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 			return nil, err
 		}
 		return f, nil
+	case core.FDEpoll:
+		// Registrations name the process's fd numbers: they are added by
+		// epoll_ctl in the process once every fd is in place.
+		efd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return nil, err
+		}
+		return os.NewFile(uintptr(efd), "epoll"), nil
+	case core.FDTimerfd:
+		t := fd.Timerfd
+		if t == nil {
+			return nil, errors.New("timerfd without its state")
+		}
+		tfd, err := unix.TimerfdCreate(t.Clock, unix.TFD_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("timerfd_create(clock %d): %w", t.Clock, err)
+		}
+		f := os.NewFile(uintptr(tfd), "timerfd")
+		// fdinfo gives the time left even for absolute timers: re-arm it
+		// relative to now.
+		spec := unix.ItimerSpec{Interval: unix.NsecToTimespec(t.IntervalNS), Value: unix.NsecToTimespec(t.ValueNS)}
+		if t.ValueNS > 0 {
+			if err := unix.TimerfdSettime(tfd, 0, &spec, nil); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("timerfd_settime: %w", err)
+			}
+		}
+		if t.Ticks > 0 {
+			ticks := t.Ticks
+			if err := ioctlPtr(tfd, tfdIocSetTicks, unsafePointer(&ticks)); err != nil {
+				r.warn("timerfd: %d unread expirations lost: %v", t.Ticks, err)
+			}
+		}
+		if err := setFlags(f, fd.Flags); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	case core.FDSignalfd:
+		set := unix.Sigset_t{Val: [16]uint64{fd.SigMask}}
+		sfd, err := unix.Signalfd(-1, &set, unix.SFD_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("signalfd: %w", err)
+		}
+		f := os.NewFile(uintptr(sfd), "signalfd")
+		if err := setFlags(f, fd.Flags); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	case core.FDSocket:
+		return r.openSocket(fd)
 	}
 	return nil, fmt.Errorf("unknown fd kind %q", fd.Kind)
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
+const tfdIocSetTicks = 0x40085400
+
+// restoreEpoll adds each epoll fd's registrations, in the process, once
+// all its fds exist.
+func (r *restorer) restoreEpoll() error {
+	have := map[int]bool{}
+	for _, fd := range r.img.Process.FDs {
+		have[fd.FD] = true
+	}
+	for _, fd := range r.img.Process.FDs {
+		if fd.Kind != core.FDEpoll {
+			continue
+		}
+		for _, t := range fd.Epoll {
+			if !have[t.FD] {
+				r.warn("epoll fd %d: target fd %d is closed; its registration is dropped", fd.FD, t.FD)
+				continue
+			}
+			// struct epoll_event is packed on x86-64: events, then data.
+			var ev [12]byte
+			binary.LittleEndian.PutUint32(ev[0:], t.Events)
+			binary.LittleEndian.PutUint64(ev[4:], t.Data)
+			addr, err := r.put(0, ev[:])
+			if err != nil {
+				return err
+			}
+			if _, err := r.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(fd.FD), unix.EPOLL_CTL_ADD, uint64(t.FD), addr); err != nil {
+				return fmt.Errorf("epoll fd %d: add fd %d: %w", fd.FD, t.FD, err)
+			}
+		}
+	}
+	return nil
 }
 
 // setFlags sets the file status flags F_SETFL can change.
@@ -295,6 +384,9 @@ func (r *restorer) restoreFDs(context.Context) error {
 		if fd.Key == "" {
 			byKey["fd"+fmt.Sprint(fd.FD)] = fd.FD
 		}
+	}
+	if err := r.restoreEpoll(); err != nil {
+		return err
 	}
 	// Seals last: a write seal would have refused the writable mappings.
 	for i := range p.FDs {

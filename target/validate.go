@@ -39,6 +39,9 @@ func validate(dir string, img *core.Image) error {
 		if fd.File != nil && fd.File.Blob != "" {
 			blobs[fd.File.Blob] = true
 		}
+		if fd.Socket != nil && fd.Socket.Queue != "" {
+			blobs[fd.Socket.Queue] = true
+		}
 	}
 	for _, v := range p.VMAs {
 		if v.File != nil && v.File.Blob != "" {
@@ -70,7 +73,7 @@ func validate(dir string, img *core.Image) error {
 			if _, err := os.Stat(fd.File.Path); err != nil {
 				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
 			}
-		case core.FDPipe, core.FDEventfd, core.FDMemfd:
+		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd:
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}
