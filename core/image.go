@@ -64,6 +64,8 @@ type Process struct {
 	Creds       Creds    `json:"creds"`
 	Rlimits     []Rlimit `json:"rlimits"`
 	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	// PosixTimers are the timers of timer_create(2), by ID.
+	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
@@ -117,6 +119,19 @@ type Itimer struct {
 	Which       int   `json:"which"`
 	IntervalUS  int64 `json:"interval_us"`
 	RemainingUS int64 `json:"remaining_us"`
+}
+
+// PosixTimer is one timer of timer_create(2).
+type PosixTimer struct {
+	ID     int    `json:"id"`
+	Clock  int    `json:"clock"`
+	Signo  int    `json:"signo"`
+	Value  uint64 `json:"sigev_value"`
+	Notify int    `json:"notify"` // SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
+	TID    int    `json:"tid,omitempty"`
+	// Time to the next expiry (0: disarmed) and the interval.
+	ValueNS    int64 `json:"value_ns"`
+	IntervalNS int64 `json:"interval_ns"`
 }
 
 // MM holds the fields of struct prctl_mm_map.

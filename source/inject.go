@@ -90,6 +90,9 @@ func (d *dumper) collectInjected() error {
 			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
 		}
 	}
+	if err := d.collectTimers(); err != nil {
+		return err
+	}
 	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
 	if err != nil {
 		return err

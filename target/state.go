@@ -286,6 +286,9 @@ func (r *restorer) restoreThreads(context.Context) error {
 			return fmt.Errorf("thread %d: signal mask: %w", t.TID, err)
 		}
 	}
+	if err := r.restoreTimers(); err != nil {
+		return err
+	}
 	// Pending signals, now that the masks keep blocked ones pending.
 	for _, si := range p.SharedPending {
 		addr, err := r.put(0, si.Raw)
@@ -338,3 +341,61 @@ const (
 	ssOnstack = 1
 	ssDisable = 2
 )
+
+// prctl(PR_TIMER_CREATE_RESTORE_IDS): timer_create takes the timer ID from
+// its timerid argument (Linux 6.15+).
+const (
+	prTimerCreateRestoreIDs   = 77
+	prTimerCreateRestoreIDsOn = 1
+)
+
+// restoreTimers recreates the POSIX timers with their IDs, notification and
+// remaining time. Done late, so that the time left is measured from close
+// to the moment the process resumes.
+func (r *restorer) restoreTimers() error {
+	timers := r.img.Process.PosixTimers
+	if len(timers) == 0 {
+		return nil
+	}
+	le := binary.LittleEndian
+	if _, err := r.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, prTimerCreateRestoreIDsOn, 0, 0, 0); err != nil {
+		return fmt.Errorf("this kernel cannot create POSIX timers with given IDs (Linux 6.15+ needed): %w", err)
+	}
+	for _, t := range timers {
+		var ev [64]byte // struct sigevent
+		le.PutUint64(ev[0:], t.Value)
+		le.PutUint32(ev[8:], uint32(t.Signo))
+		le.PutUint32(ev[12:], uint32(t.Notify))
+		le.PutUint32(ev[16:], uint32(t.TID))
+		evAddr, err := r.put(0, ev[:])
+		if err != nil {
+			return err
+		}
+		var id [4]byte
+		le.PutUint32(id[:], uint32(t.ID))
+		idAddr, err := r.put(128, id[:])
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("timer_create", unix.SYS_TIMER_CREATE, uint64(t.Clock), evAddr, idAddr); err != nil {
+			return fmt.Errorf("timer %d: %w", t.ID, err)
+		}
+		if t.ValueNS == 0 {
+			continue
+		}
+		var spec [32]byte
+		le.PutUint64(spec[0:], uint64(t.IntervalNS/1e9))
+		le.PutUint64(spec[8:], uint64(t.IntervalNS%1e9))
+		le.PutUint64(spec[16:], uint64(t.ValueNS/1e9))
+		le.PutUint64(spec[24:], uint64(t.ValueNS%1e9))
+		specAddr, err := r.put(256, spec[:])
+		if err != nil {
+			return err
+		}
+		if _, err := r.sys("timer_settime", unix.SYS_TIMER_SETTIME, uint64(t.ID), 0, specAddr, 0); err != nil {
+			return fmt.Errorf("timer %d: %w", t.ID, err)
+		}
+	}
+	_, err := r.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 0, 0, 0, 0)
+	return err
+}
