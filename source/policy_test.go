@@ -1,0 +1,104 @@
+package source
+
+import (
+	"testing"
+	"time"
+)
+
+// simulate runs the policy against a process that dirties pages at a given
+// rate while each round sends at a given throughput.
+func simulate(p Policy, totalPages uint64, dirtyPerSec float64, bytesPerSec float64) (rounds int, v Verdict) {
+	var hist []RoundStat
+	send := totalPages
+	for {
+		took := time.Duration(float64(send*pageSize) / bytesPerSec * float64(time.Second))
+		hist = append(hist, RoundStat{Dirty: send, Bytes: send * pageSize, Duration: took})
+		dirty := uint64(dirtyPerSec * took.Seconds())
+		if dirty > totalPages {
+			dirty = totalPages
+		}
+		v = p.Next(hist, dirty)
+		if v.Stop {
+			return len(hist), v
+		}
+		send = dirty
+	}
+}
+
+func TestPolicyIdleConverges(t *testing.T) {
+	n, v := simulate(DefaultPolicy, 262144, 0, 3e9)
+	if n != 1 || v.Reason != "converged" {
+		t.Fatalf("idle process: %d rounds, %q; want 1, converged", n, v.Reason)
+	}
+}
+
+func TestPolicySlowWriterConverges(t *testing.T) {
+	// 1 GiB, 50 MB/s of writes, 3 GB/s to send: shrinks ~60x a round.
+	n, v := simulate(DefaultPolicy, 262144, 50e6/pageSize, 3e9)
+	if v.Reason != "converged" || n > 3 {
+		t.Fatalf("slow writer: %d rounds, %q; want converged within 3", n, v.Reason)
+	}
+	if v.Estimate > DefaultPolicy.TargetDowntime {
+		t.Fatalf("converged with estimate %v over target %v", v.Estimate, DefaultPolicy.TargetDowntime)
+	}
+}
+
+func TestPolicyFastWriterStalls(t *testing.T) {
+	// Writes as fast as the link: the dirty set never shrinks.
+	n, v := simulate(DefaultPolicy, 262144, 3e9/pageSize, 3e9)
+	if v.Reason != "stalled" {
+		t.Fatalf("fast writer: %q after %d rounds, want stalled", v.Reason, n)
+	}
+	if n != 1+DefaultPolicy.Patience {
+		t.Fatalf("fast writer stopped after %d rounds, want %d", n, 1+DefaultPolicy.Patience)
+	}
+}
+
+func TestPolicyMaxRounds(t *testing.T) {
+	p := DefaultPolicy
+	p.MaxRounds = 3
+	p.TargetDowntime = 0
+	p.MinShrink = 0.01
+	// Shrinks by half each round but never reaches zero quickly.
+	n, v := simulate(p, 1<<30, 0.5*3e9/pageSize, 3e9)
+	if v.Reason != "max rounds" || n != 3 {
+		t.Fatalf("%d rounds, %q; want 3, max rounds", n, v.Reason)
+	}
+}
+
+func TestPolicySequences(t *testing.T) {
+	r := func(dirty uint64) RoundStat {
+		return RoundStat{Dirty: dirty, Bytes: dirty * pageSize, Duration: time.Duration(dirty) * time.Microsecond}
+	}
+	p := Policy{MaxRounds: 10, TargetDowntime: time.Millisecond, MinShrink: 0.2, Patience: 2}
+	cases := []struct {
+		hist []RoundStat
+		now  uint64
+		stop bool
+		why  string
+	}{
+		{[]RoundStat{r(1000)}, 0, true, "converged"},
+		{[]RoundStat{r(1000)}, 500, true, "converged"},       // 1 µs a page: 500 µs <= 1 ms
+		{[]RoundStat{r(100000)}, 50000, false, ""},           // 50 ms estimate, first dirty set
+		{[]RoundStat{r(100000), r(50000)}, 49000, false, ""}, // one flat round is within patience
+		{[]RoundStat{r(100000), r(50000), r(49000)}, 48000, true, "stalled"},
+		{[]RoundStat{r(100000), r(50000), r(49000)}, 30000, false, ""}, // shrank enough
+	}
+	for i, c := range cases {
+		v := p.Next(c.hist, c.now)
+		if v.Stop != c.stop || v.Reason != c.why {
+			t.Errorf("case %d: got stop=%v %q, want %v %q (estimate %v)", i, v.Stop, v.Reason, c.stop, c.why, v.Estimate)
+		}
+	}
+}
+
+func TestPolicyValidate(t *testing.T) {
+	for _, p := range []Policy{{MaxRounds: 0, Patience: 1}, {MaxRounds: 1, MinShrink: 1, Patience: 1}, {MaxRounds: 1, TargetDowntime: -1, Patience: 1}, {MaxRounds: 1}} {
+		if p.Validate() == nil {
+			t.Errorf("%+v validated", p)
+		}
+	}
+	if err := DefaultPolicy.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
