@@ -1,0 +1,369 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"migrate/core"
+	"migrate/e2e/fixture"
+	"migrate/pagestream"
+	"migrate/source"
+	"migrate/target"
+)
+
+// copyTree copies the image directory src to a new directory.
+func copyTree(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		to := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(to, 0o700)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// treeListing lists every file under dir with its size.
+func treeListing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, _ := d.Info()
+		rel, _ := filepath.Rel(dir, path)
+		out = append(out, fmt.Sprintf("%s %d", rel, info.Size()))
+		return nil
+	})
+	return out
+}
+
+// editMeta rewrites image.json through a generic map.
+func editMeta(t *testing.T, dir string, edit func(m map[string]any)) {
+	t.Helper()
+	path := filepath.Join(dir, core.MetaFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// json.Number keeps 64-bit values (RLIM_INFINITY) exact.
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restoreFails restores dir, which must fail, and checks that nothing was
+// left behind and that no process with the image's PID was ever created:
+// the image must be validated before anything is built. It returns the
+// error.
+func restoreFails(t *testing.T, dir string, pid int) error {
+	t.Helper()
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Fatalf("pid %d is taken before the restore", pid)
+	}
+	kids := fixture.Children()
+	listing := treeListing(t, dir)
+
+	// Watch for a process with the PID while the restore runs.
+	var seen atomic.Bool
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				seen.Store(true)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+		}
+	}()
+	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+	close(stop)
+	<-done
+
+	if err == nil {
+		t.Errorf("restore of a bad image succeeded: %+v", rep)
+	} else {
+		t.Logf("refused as expected: %v", err)
+	}
+	if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr == nil {
+		if fixture.Parent(t, pid) == os.Getpid() {
+			fixture.Adopt(t, pid, "").Kill(t)
+		}
+		t.Errorf("a process with pid %d exists after the failed restore", pid)
+	} else if seen.Load() {
+		t.Errorf("the restore created a process with pid %d before it found the image bad (the image must be validated before anything is created)", pid)
+	}
+	if got := fixture.Children(); !slices.Equal(got, kids) {
+		t.Errorf("children of the test process after the failed restore: %v, before %v (a husk left behind?)", got, kids)
+	}
+	if got := treeListing(t, dir); !slices.Equal(got, listing) {
+		t.Errorf("the failed restore changed the image directory:\nbefore %v\nafter  %v", listing, got)
+	}
+	return err
+}
+
+// requireFileError wants an error that names path in a typed field: a
+// *core.ImageError or a *fs.PathError.
+func requireFileError(t *testing.T, err error, path string) {
+	t.Helper()
+	var ie *core.ImageError
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &ie):
+		if ie.File != path {
+			t.Errorf("ImageError names %q, want %q", ie.File, path)
+		}
+	case errors.As(err, &pe):
+		if pe.Path != path {
+			t.Errorf("PathError names %q, want %q", pe.Path, path)
+		}
+	default:
+		t.Errorf("error %v (%T) names no file in a typed field (*core.ImageError or *fs.PathError), want %s", err, err, path)
+	}
+}
+
+// requireImageError wants a *core.ImageError about the file path.
+func requireImageError(t *testing.T, err error, path string) {
+	t.Helper()
+	var ie *core.ImageError
+	if !errors.As(err, &ie) {
+		t.Errorf("error %v (%T) is not a *core.ImageError", err, err)
+		return
+	}
+	if ie.File != path {
+		t.Errorf("ImageError names %q, want %q", ie.File, path)
+	}
+}
+
+// TestRestoreRefusesBadImages: damaged or stale images are refused with a
+// typed error naming the file and the problem, before anything is created.
+func TestRestoreRefusesBadImages(t *testing.T) {
+	fixture.RequireRoot(t)
+	// The workload runs from a copy of its binary, which the test may change.
+	exe := fixture.CopyBinary(t, fixture.Build(t, "counter"), t.TempDir())
+	p := fixture.Start(t, exe, "-m", "16")
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	// Uncompressed pages: a flipped byte lands in page data, not in a
+	// compressed block whose decoder might notice first.
+	orig, img := dumpKill(t, p, "none")
+	pid := img.Process.PID
+	meta := func(dir string) string { return filepath.Join(dir, core.MetaFile) }
+	pages := func(dir string) string { return filepath.Join(dir, core.PagesFile) }
+
+	t.Run("image.json missing", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		os.Remove(meta(dir))
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v is not fs.ErrNotExist", err)
+		}
+	})
+	t.Run("image.json not JSON", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		os.WriteFile(meta(dir), []byte("{\"kind\": \"migrate-image\", \"version\": 1,"), 0o600)
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		if !errors.Is(err, core.ErrNotImage) {
+			t.Errorf("error %v is not core.ErrNotImage", err)
+		}
+	})
+	t.Run("image.json of another kind", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { m["kind"] = "criu-image" })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		if !errors.Is(err, core.ErrNotImage) {
+			t.Errorf("error %v is not core.ErrNotImage", err)
+		}
+	})
+	t.Run("image.json wrong version", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { m["version"] = core.ImageVersion + 1 })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		if !errors.Is(err, core.ErrBadVersion) {
+			t.Errorf("error %v is not core.ErrBadVersion", err)
+		}
+	})
+	t.Run("image.json from another architecture", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { m["arch"] = "arm64" })
+		requireImageError(t, restoreFails(t, dir, pid), meta(dir))
+	})
+	t.Run("vdso of another kernel", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) {
+			for _, v := range m["process"].(map[string]any)["vmas"].([]any) {
+				if v := v.(map[string]any); v["kind"] == core.VMAVDSO {
+					v["hash"] = strings.Repeat("0", 64)
+				}
+			}
+		})
+		err := restoreFails(t, dir, pid)
+		var ve *target.VDSOMismatchError
+		if !errors.As(err, &ve) {
+			t.Errorf("error %v (%T) is not a *target.VDSOMismatchError", err, err)
+		}
+	})
+	t.Run("pages.img missing", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		os.Remove(pages(dir))
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, pages(dir))
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v is not fs.ErrNotExist", err)
+		}
+	})
+	t.Run("pages.img truncated", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		if err := os.Truncate(pages(dir), img.Pages.Size/2); err != nil {
+			t.Fatal(err)
+		}
+		requireImageError(t, restoreFails(t, dir, pid), pages(dir))
+	})
+	t.Run("pages.img truncated, size in image.json matching", func(t *testing.T) {
+		// The recorded size cannot be the only defence: the stream itself
+		// must be found short.
+		dir := copyTree(t, orig)
+		size := img.Pages.Size * 3 / 5
+		if err := os.Truncate(pages(dir), size); err != nil {
+			t.Fatal(err)
+		}
+		editMeta(t, dir, func(m map[string]any) { m["pages"].(map[string]any)["size"] = size })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, pages(dir))
+		if !errors.Is(err, pagestream.ErrTruncated) {
+			t.Errorf("error %v is not pagestream.ErrTruncated", err)
+		}
+	})
+	t.Run("pages.img with a flipped byte", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		b, err := os.ReadFile(pages(dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Late in the stream, so that a restore that checks as it goes
+		// would have built most of the process by then.
+		b[len(b)*9/10] ^= 0x10
+		if err := os.WriteFile(pages(dir), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err = restoreFails(t, dir, pid)
+		requireImageError(t, err, pages(dir))
+		var fe *pagestream.FrameError
+		if !errors.As(err, &fe) {
+			t.Errorf("error %v carries no *pagestream.FrameError", err)
+		} else if !errors.Is(err, pagestream.ErrChecksum) {
+			t.Logf("flipped byte reported as %v (not a checksum error)", fe.Err)
+		}
+	})
+	t.Run("executable changed since the dump", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		fi, err := os.Stat(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(exe, time.Time{}, fi.ModTime().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chtimes(exe, time.Time{}, fi.ModTime()) })
+		requireImageError(t, restoreFails(t, dir, pid), exe)
+	})
+	t.Run("executable gone", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		moved := exe + ".moved"
+		if err := os.Rename(exe, moved); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(moved, exe) })
+		err := restoreFails(t, dir, pid)
+		requireFileError(t, err, exe)
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v is not fs.ErrNotExist", err)
+		}
+	})
+	// The undamaged image still restores: the refusals above were about
+	// the damage, not the image.
+	t.Run("intact image", func(t *testing.T) {
+		r := restoreOK(t, copyTree(t, orig), p.Log)
+		r.WaitTick(t, short, p.LastTick(t))
+	})
+}
+
+// TestRestorePIDInUse: restoring while the original still runs (dumped
+// with LeaveRunning) is refused with a *target.PIDInUseError naming the
+// holder, which is left alone, and nothing is created.
+func TestRestorePIDInUse(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, LeaveRunning: true, Logger: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
+	before := fixture.Take(t, p.PID)
+	kids := fixture.Children()
+	listing := treeListing(t, dir)
+	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+	var pe *target.PIDInUseError
+	if !errors.As(err, &pe) {
+		t.Fatalf("restore error %v (%T), want *target.PIDInUseError", err, err)
+	}
+	if pe.PID != p.PID || pe.Holder != "counter" {
+		t.Errorf("PIDInUseError %+v, want pid %d held by %q", pe, p.PID, "counter")
+	}
+	fixture.RequireRunning(t, p.PID)
+	if d := before.Diff(fixture.Take(t, p.PID), 1, 2); d != "" {
+		t.Errorf("the process holding the pid changed:\n%s", d)
+	}
+	p.WaitTick(t, short, p.LastTick(t)+3)
+	if got := fixture.Children(); !slices.Equal(got, kids) {
+		t.Errorf("children after the refused restore: %v, before %v", got, kids)
+	}
+	if got := treeListing(t, dir); !slices.Equal(got, listing) {
+		t.Errorf("the refused restore changed the image directory:\nbefore %v\nafter  %v", listing, got)
+	}
+}

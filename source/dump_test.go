@@ -1,0 +1,133 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"migrate/e2e/fixture"
+)
+
+// TestMain makes the test process a child subreaper and checks that the
+// tests leave no child process behind.
+func TestMain(m *testing.M) { fixture.Main(m) }
+
+const short = 10 * time.Second
+
+// fixtureLogger sends the dumper's log to the test log, shown on failure.
+func fixtureLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// dirEntries lists the names in dir.
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// requireBadTarget dumps pid and wants a *BadTargetError for it, with
+// nothing written to the image directory.
+func requireBadTarget(t *testing.T, pid int) {
+	t.Helper()
+	dir := t.TempDir()
+	rep, err := Dump(context.Background(), DumpOptions{PID: pid, Dir: dir})
+	var bt *BadTargetError
+	if !errors.As(err, &bt) {
+		t.Fatalf("dump of %d: report %+v, error %v (%T), want a *BadTargetError", pid, rep, err, err)
+	}
+	if bt.PID != pid {
+		t.Errorf("BadTargetError names pid %d, want %d", bt.PID, pid)
+	}
+	if ents := dirEntries(t, dir); len(ents) != 0 {
+		t.Errorf("refused dump left %v in the image directory", ents)
+	}
+	t.Logf("refused as expected: %v", err)
+}
+
+// TestDumpBadTargets: a PID that does not exist, a kernel thread, a
+// zombie, the dumping process itself, its parent, and init are refused
+// with a *BadTargetError before anything is touched.
+func TestDumpBadTargets(t *testing.T) {
+	fixture.RequireRoot(t)
+	t.Run("no such process", func(t *testing.T) { requireBadTarget(t, fixture.FreePID(t)) })
+	t.Run("invalid pid", func(t *testing.T) {
+		requireBadTarget(t, 0)
+		requireBadTarget(t, -5)
+	})
+	t.Run("kernel thread", func(t *testing.T) {
+		pid := fixture.KernelThread()
+		if pid == 0 {
+			t.Skip("no kernel thread visible in this PID namespace")
+		}
+		requireBadTarget(t, pid)
+	})
+	t.Run("zombie", func(t *testing.T) {
+		bin, err := exec.LookPath("true")
+		if err != nil {
+			t.Skip(err)
+		}
+		p := fixture.Start(t, bin) // not reaped until the cleanup
+		fixture.WaitFor(t, short, "the child to become a zombie", func() bool {
+			st, err := fixture.State(p.PID)
+			return err == nil && st == 'Z'
+		})
+		requireBadTarget(t, p.PID)
+		if st, _ := fixture.State(p.PID); st != 'Z' {
+			t.Errorf("zombie %d is now in state %c", p.PID, st)
+		}
+	})
+	t.Run("itself", func(t *testing.T) { requireBadTarget(t, os.Getpid()) })
+	t.Run("its parent", func(t *testing.T) { requireBadTarget(t, os.Getppid()) })
+	t.Run("init", func(t *testing.T) { requireBadTarget(t, 1) })
+}
+
+// TestDumpTracedProcess: a process that a debugger (here its own parent)
+// traces is refused with a clear error, and left traced and running.
+func TestDumpTracedProcess(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "traced"))
+	line, _ := p.WaitLine(t, short, 0, "traced")
+	var child int
+	if _, err := fmt.Sscanf(line, "traced pid=%d", &child); err != nil {
+		t.Fatal(err)
+	}
+	// The traced child dies with its parent (PR_SET_PDEATHSIG) and is then
+	// reparented to the test process: reap it after the parent.
+	t.Cleanup(func() {
+		p.Stop(t)
+		fixture.ReapOrphan(t, child)
+	})
+	tracer := fixture.StatusField(t, child, "TracerPid")
+	if tracer != strconv.Itoa(p.PID) {
+		t.Fatalf("child %d traced by %s, want its parent %d", child, tracer, p.PID)
+	}
+	requireBadTarget(t, child)
+	fixture.RequireRunning(t, child)
+	if got := fixture.StatusField(t, child, "TracerPid"); got != tracer {
+		t.Errorf("after the refused dump the child is traced by %s, was %s", got, tracer)
+	}
+	p.Kill(t)
+}
