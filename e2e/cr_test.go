@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -591,50 +592,129 @@ func tickAtOffset(t *testing.T, log string, img *core.Image, fd int) int {
 }
 
 // TestAttributes: umask, cwd, rlimits (a soft limit below its hard one),
-// comm, personality, credentials and the process group survive.
+// comm, personality, credentials, the process group and the session
+// survive: for a process in a group of its own, one leading its own
+// session, and one running as another user.
 func TestAttributes(t *testing.T) {
 	fixture.RequireRoot(t)
-	cwd := t.TempDir()
-	p := fixture.StartWith(t, fixture.Options{Setpgid: true}, fixture.Build(t, "creds"), cwd)
-	p.WaitLine(t, short, 0, "ready")
-	creds0, _ := p.WaitLine(t, short, 0, "creds")
-	p.WaitTick(t, short, 3)
-	view := func(pid int) map[string]string {
-		m := map[string]string{}
-		for _, f := range []string{"Umask", "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"} {
-			m[f] = fixture.StatusField(t, pid, f)
-		}
-		for _, f := range []string{"limits", "comm", "personality"} {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+	bin := fixture.Build(t, "creds")
+	for _, tc := range []struct {
+		name string
+		opts fixture.Options
+	}{
+		{"process group", fixture.Options{Setpgid: true}},
+		{"session", fixture.Options{Setsid: true}},
+		{"other user", fixture.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534, 100}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A directory every user can enter (t.TempDir's parent is 0700).
+			cwd, err := os.MkdirTemp("", "migrate-cwd-")
 			if err != nil {
 				t.Fatal(err)
 			}
-			m[f] = string(b)
-		}
-		m["cwd"], _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-		m["root"], _ = os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
-		pgid, sid := fixture.PGID(t, pid)
-		m["pgid"] = strconv.Itoa(pgid - pid) // relative: the same PID comes back
-		m["sid"] = strconv.Itoa(sid)
-		return m
+			t.Cleanup(func() { os.RemoveAll(cwd) })
+			if err := os.Chmod(cwd, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			tc.opts.Dir = cwd
+			p := fixture.StartWith(t, tc.opts, bin, cwd)
+			p.WaitLine(t, short, 0, "ready")
+			creds0, _ := p.WaitLine(t, short, 0, "creds")
+			p.WaitTick(t, short, 3)
+			view := func(pid int) map[string]string {
+				m := map[string]string{}
+				for _, f := range []string{"Umask", "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"} {
+					m[f] = fixture.StatusField(t, pid, f)
+				}
+				for _, f := range []string{"limits", "comm", "personality"} {
+					b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+					if err != nil {
+						t.Fatal(err)
+					}
+					m[f] = string(b)
+				}
+				m["cwd"], _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+				m["root"], _ = os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
+				pgid, sid := fixture.PGID(t, pid)
+				m["pgid"] = strconv.Itoa(pgid)
+				m["sid"] = strconv.Itoa(sid)
+				return m
+			}
+			before := view(p.PID)
+			if !strings.Contains(creds0, "nofile=200/") || !strings.Contains(creds0, "umask=027") {
+				t.Fatalf("workload did not set its attributes: %s", creds0)
+			}
+			dir, img := dumpKill(t, p, "")
+			r := restoreOK(t, dir, p.Log)
+			checkLayout(t, img, r.PID)
+			after := view(r.PID)
+			for k, v := range before {
+				if after[k] != v {
+					t.Errorf("%s: %q before the dump, %q after restore", k, v, after[k])
+				}
+			}
+			n := len(r.Lines(t))
+			r.Signal(t, unix.SIGUSR1)
+			creds, _ := r.WaitLine(t, short, n, "creds")
+			if creds != creds0 {
+				t.Errorf("the restored process sees\n%s\nit saw before the dump\n%s", creds, creds0)
+			}
+		})
 	}
-	before := view(p.PID)
-	if !strings.Contains(creds0, "nofile=200/") || !strings.Contains(creds0, "umask=027") {
-		t.Fatalf("workload did not set its attributes: %s", creds0)
+}
+
+// TestTwice: a restored process can itself be dumped and restored, and
+// still holds its memory and counts on: nothing the first restore left
+// (layout, mm fields, fds) gets in the way of the second.
+func TestTwice(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "32", "-b", "8")
+	ready, _ := p.WaitLine(t, long, 0, "ready")
+	sum0 := field(t, ready, "sum")
+	p.WaitTick(t, short, 3)
+	dir, _ := dumpKill(t, p, "")
+	r1 := restoreOK(t, dir, p.Log)
+	r1.WaitTick(t, short, r1.LastTick(t)+3)
+
+	dir2, img2 := dumpKill(t, r1, "")
+	last := r1.LastTick(t)
+	r2 := restoreOK(t, dir2, p.Log)
+	checkLayout(t, img2, r2.PID)
+	r2.WaitTick(t, short, last+3)
+	n := len(r2.Lines(t))
+	r2.Signal(t, unix.SIGUSR1)
+	sum, _ := r2.WaitLine(t, long, n, "sum ")
+	if got := strings.TrimPrefix(sum, "sum "); got != sum0 {
+		t.Errorf("heap checksum after two restores %s, at start %s", got, sum0)
 	}
-	dir, img := dumpKill(t, p, "")
-	r := restoreOK(t, dir, p.Log)
-	checkLayout(t, img, r.PID)
-	after := view(r.PID)
-	for k, v := range before {
-		if after[k] != v {
-			t.Errorf("%s: %q before the dump, %q after restore", k, v, after[k])
-		}
+	if brk, _ := r2.WaitLine(t, short, n, "brk "); !strings.HasSuffix(brk, " ok") {
+		t.Errorf("malloc after two restores: %s", brk)
 	}
-	n := len(r.Lines(t))
-	r.Signal(t, unix.SIGUSR1)
-	creds, _ := r.WaitLine(t, short, n, "creds")
-	if creds != creds0 {
-		t.Errorf("the restored process sees\n%s\nit saw before the dump\n%s", creds, creds0)
+	r2.WaitTick(t, short, r2.LastTick(t)+2)
+	checkTicksContinuous(t, r2.Lines(t), last+3)
+}
+
+// TestCodecs: images written with each page codec restore to the same
+// memory.
+func TestCodecs(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "counter")
+	for _, codec := range []string{"none", "s2", "zstd"} {
+		t.Run(codec, func(t *testing.T) {
+			p := fixture.Start(t, bin, "-m", "24", "-b", "4")
+			ready, _ := p.WaitLine(t, long, 0, "ready")
+			p.WaitTick(t, short, 2)
+			dir, img := dumpKill(t, p, codec)
+			if img.Pages.Codec != codec {
+				t.Errorf("image codec %q, want %q", img.Pages.Codec, codec)
+			}
+			r := restoreOK(t, dir, p.Log)
+			n := len(r.Lines(t))
+			r.Signal(t, unix.SIGUSR1)
+			sum, _ := r.WaitLine(t, long, n, "sum ")
+			if got, want := strings.TrimPrefix(sum, "sum "), field(t, ready, "sum"); got != want {
+				t.Errorf("heap checksum after restore %s, before dump %s", got, want)
+			}
+		})
 	}
 }
