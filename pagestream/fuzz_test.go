@@ -1,0 +1,142 @@
+package pagestream
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"runtime"
+	"testing"
+)
+
+// fuzzSeeds are valid and nearly valid streams to start the fuzzers from.
+// They are kept small (pages that compress well, zero pages): the fuzzer
+// minimizes every input that finds new code, at a cost that grows with its
+// size.
+func fuzzSeeds(f *testing.F) [][]byte {
+	page := compressible
+	two := append(bytes.Clone(page), page...)
+	ops := []op{
+		{0, 0x10000, append(append(bytes.Clone(page), make([]byte, PageSize)...), page...)},
+		{0, 0x20000, page},
+		{round: 0},
+		{2, 0x30000, make([]byte, 2*PageSize)},
+		{2, 0x7fff0000, two},
+		{round: 2},
+	}
+	var seeds [][]byte
+	for _, c := range []Codec{CodecZstd, CodecS2} {
+		s, _ := writeStream(f, WriterOptions{Codec: c, Workers: 1, StreamID: 1}, ops)
+		seeds = append(seeds, s)
+	}
+	seeds = append(seeds,
+		newCrafter(1).pages(1, 0x1000, CodecNone, page).barrier(1).end(endTotals{2, 1, 0}).b,
+		newCrafter(1).pages(1, 0x1000, CodecS2, page).barrier(1).end(endTotals{2, 1, 0}).b,
+		newCrafter(1).pages(1, 0x1000, CodecZstd, two).end(endTotals{1, 2, 0}).b,
+		newCrafter(1).pages(1, 0x1000, CodecNone, make([]byte, 9*PageSize)).end(endTotals{1, 9, 9}).b,
+		newCrafter(1).b,
+		nil,
+	)
+	return seeds
+}
+
+// checkRead reads data as a stream to its end and checks what comes out:
+// errors are *FrameErrors with a sentinel, frames are well formed, and
+// memory stays bounded.
+func checkRead(t *testing.T, data []byte) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r, err := NewReader(bytes.NewReader(data), ReaderOptions{Workers: 2})
+	if err != nil {
+		checkSentinel(t, err, "NewReader")
+		return
+	}
+	frames := 0
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			checkSentinel(t, err, "Next")
+			break
+		}
+		frames++
+		switch f.Kind {
+		case FramePages:
+			if f.Pages < 1 || f.Pages > MaxFramePages || len(f.Data) != f.Pages*PageSize || f.Addr%PageSize != 0 ||
+				f.Addr+uint64(len(f.Data)) > MaxAddress || len(f.Zero) != (f.Pages+63)/64 {
+				t.Fatalf("bad frame: %d pages at %#x, %d bytes, %d bitmap words", f.Pages, f.Addr, len(f.Data), len(f.Zero))
+			}
+			for i := range f.Pages {
+				if f.IsZero(i) && !isZeroPage(f.Data[i*PageSize:(i+1)*PageSize]) {
+					t.Fatalf("page %d marked zero is not", i)
+				}
+			}
+		case FrameBarrier:
+			if f.Data != nil || f.Pages != 0 {
+				t.Fatal("barrier with pages")
+			}
+		default:
+			t.Fatalf("frame of kind %v", f.Kind)
+		}
+	}
+	r.Close()
+	runtime.ReadMemStats(&after)
+	// Each frame may take a payload and a page buffer of about 1 MiB if the
+	// pools are empty; nothing may take more.
+	if n, limit := after.TotalAlloc-before.TotalAlloc, uint64(16<<20+frames*(3<<20)); n > limit {
+		t.Fatalf("allocated %d bytes for %d frames from %d bytes of input", n, frames, len(data))
+	}
+}
+
+// FuzzReader feeds arbitrary bytes to the Reader.
+func FuzzReader(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(checkRead)
+}
+
+// FuzzReaderChecksummed feeds arbitrary bytes to the Reader after fixing up
+// the stream header CRC and every frame's header CRC and chained trailer,
+// so that the fuzzer gets past the checksums to the checks and the
+// decompression behind them. (Content CRCs are left alone; they are
+// checked after decompression.)
+func FuzzReaderChecksummed(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkRead(t, fixChecksums(bytes.Clone(data)))
+	})
+}
+
+// fixChecksums rewrites the checksums of b, read as a stream, to match.
+func fixChecksums(b []byte) []byte {
+	if len(b) < streamHeaderSize {
+		return b
+	}
+	chain := crc32c(b[:streamHeaderSize-4])
+	binary.LittleEndian.PutUint32(b[streamHeaderSize-4:], chain)
+	off := streamHeaderSize
+	for len(b)-off >= frameHeaderSize {
+		h := b[off : off+frameHeaderSize]
+		binary.LittleEndian.PutUint32(h[36:], crc32c(h[:36]))
+		n := int(binary.LittleEndian.Uint32(h[32:]))
+		if n > len(b)-off-frameHeaderSize-trailerSize {
+			return b
+		}
+		end := off + frameHeaderSize + n
+		chain = crcUpdate(chain, b[off:end])
+		binary.LittleEndian.PutUint32(b[end:], chain)
+		off = end + trailerSize
+	}
+	return b
+}
+
+func TestFixChecksums(t *testing.T) {
+	s, _ := writeStream(t, WriterOptions{Codec: CodecS2, StreamID: 1}, smallOps())
+	if got := fixChecksums(bytes.Clone(s)); !bytes.Equal(got, s) {
+		t.Error("fixChecksums changed a valid stream")
+	}
+}
