@@ -44,6 +44,10 @@ type PagesInfo struct {
 	Size  int64  `json:"size"`  // bytes in the file
 	Pages uint64 `json:"pages"` // pages stored, zero pages included
 	Codec string `json:"codec"` // codec used for page frames
+	// Rounds is the number of rounds in the stream (pre-copy rounds plus
+	// the final one). A page sent in several rounds counts in Pages once
+	// per round; the newest copy wins.
+	Rounds int `json:"rounds"`
 }
 
 // Process is one process of the image.

@@ -12,7 +12,12 @@ type DumpOptions struct {
 	Dir          string
 	LeaveRunning bool   // let the process run on after the dump (default: kill it)
 	Codec        string // page codec: "zstd", "s2" or "none"; "" picks the default
-	Logger       *slog.Logger
+	// PreCopy copies memory in rounds while the process runs, then freezes
+	// it for a final round with only what changed since.
+	PreCopy bool
+	Tracker string // dirty tracker for pre-copy: "auto", "uffd-wp", "soft-dirty", "hash"
+	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
+	Logger  *slog.Logger
 
 	// testHook, when set (by tests in this package), is called at named
 	// stages of the dump; an error it returns fails the dump there, so that
@@ -39,6 +44,13 @@ type DumpReport struct {
 	FrozenMS    float64       `json:"frozen_ms"`
 	TotalMS     float64       `json:"total_ms"`
 	MemoryMS    float64       `json:"memory_ms"` // time spent reading and writing pages
+	// BytesWire is what the page stream took on its way out (here: the
+	// size of the page file).
+	BytesWire uint64 `json:"bytes_wire"`
+	// Tracker is the dirty tracker pre-copy used ("" without pre-copy).
+	Tracker string `json:"tracker,omitempty"`
+	// Rounds lists the rounds: pre-copy ones, then the frozen final one.
+	Rounds []RoundReport `json:"rounds"`
 	// Steps says where the time went.
 	Steps []Step `json:"steps"`
 }

@@ -46,6 +46,8 @@ type dumper struct {
 	blobs   int
 	steps   []Step
 	lapped  time.Time
+	tracker Tracker
+	rounds  []RoundReport
 }
 
 // lap records the time since the previous lap as step name.
@@ -92,6 +94,10 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := os.MkdirAll(filepath.Join(d.dir, core.FilesDir), 0o700); err != nil {
 		return nil, fmt.Errorf("image directory: %w", err)
 	}
+	// The tracer outlives every rollback step (defers run last-in, first
+	// out): detaching needs it.
+	d.tr = ptrace.NewTracer()
+	defer d.tr.Close()
 	var cu undo
 	defer cu.Clean()
 	// Files this dump creates go away if it fails.
@@ -101,8 +107,30 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		os.Remove(filepath.Join(d.dir, "."+core.MetaFile+".tmp"))
 	})
 
-	d.tr = ptrace.NewTracer()
-	defer d.tr.Close()
+	sink, err := d.openSink(codec)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			sink.abort()
+		}
+	}()
+	var pending []PageRange
+	if opts.PreCopy {
+		cu.Add(func() {
+			if d.tracker != nil {
+				if err := d.tracker.Close(); err != nil {
+					log.Error("rollback: stop dirty tracking", "pid", d.pid, "err", err)
+				}
+			}
+		})
+		if pending, err = d.precopy(ctx, sink); err != nil {
+			return nil, err
+		}
+		d.lap("pre-copy")
+	}
+
 	d.p, err = d.tr.Seize(d.pid)
 	if err != nil {
 		var te *ptrace.TracedError
@@ -189,7 +217,27 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 
 	d.lap("injected calls")
 	memStart := time.Now()
-	stats, err := d.dumpMemory(ctx, codec)
+	if d.tracker != nil {
+		if err = d.finalRound(ctx, sink, pending, frozen); err != nil {
+			return nil, err
+		}
+		// Tracking is over: the process is left with nothing of it.
+		if err = d.tracker.Close(); err != nil {
+			return nil, err
+		}
+	} else {
+		m := sink.meter(0)
+		if err = d.dumpMemory(ctx, sink, 0); err != nil {
+			return nil, err
+		}
+		rep, err := m.done(sink.pages)
+		if err != nil {
+			return nil, err
+		}
+		rep.Frozen = true
+		d.rounds = append(d.rounds, rep)
+	}
+	stats, err := d.finishPages(sink, len(d.rounds))
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +247,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 	if err := d.hook(stageMeta); err != nil {
+		return nil, err
+	}
+	// Last chance to give up: once the metadata is written, the image is
+	// whole and the process is gone.
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if err := core.WriteImage(d.dir, d.img); err != nil {
@@ -215,7 +268,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		PID: d.pid, Dir: d.dir, Comm: d.img.Process.Comm,
 		Threads: len(d.img.Process.Threads), VMAs: len(d.img.Process.VMAs), FDs: len(d.img.Process.FDs),
 		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
-		BytesImage: d.img.Pages.Size, Codec: codec.String(), LeftRunning: opts.LeaveRunning,
+		BytesImage: d.img.Pages.Size, BytesWire: uint64(d.img.Pages.Size), Codec: codec.String(),
+		LeftRunning: opts.LeaveRunning, Rounds: d.rounds,
+	}
+	if d.tracker != nil {
+		rep.Tracker = d.tracker.Name()
 	}
 	// Frozen time ends when the process runs again, or, when it is to die,
 	// once its image is complete.

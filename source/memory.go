@@ -34,14 +34,27 @@ var vmFlagAdvice = []struct {
 	{"mg", unix.MADV_MERGEABLE},
 }
 
-// collectVMAs reads the memory layout. Page contents are read later.
+// collectVMAs reads the memory layout into the image. Page contents are
+// read later.
 //
 // Preconditions: the process is frozen and no scratch page is mapped.
 func (d *dumper) collectVMAs() error {
-	maps, err := proc.ReadSmaps(d.pid)
+	vmas, err := readVMAs(d.pid)
 	if err != nil {
-		return fmt.Errorf("process %d: %w", d.pid, err)
+		return err
 	}
+	d.img.Process.VMAs = vmas
+	return nil
+}
+
+// readVMAs reads the memory layout of pid. The process may be running
+// (pre-copy rounds re-read it); then the layout is a snapshot.
+func readVMAs(pid int) ([]core.VMA, error) {
+	maps, err := proc.ReadSmaps(pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	var vmas []core.VMA
 	for i := range maps {
 		m := &maps[i]
 		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Offset: m.Offset}
@@ -65,8 +78,8 @@ func (d *dumper) collectVMAs() error {
 		case name == "[vdso]":
 			v.Kind, v.Name = core.VMAVDSO, name
 			buf := make([]byte, v.Len())
-			if _, err := ptrace.ReadMemForce(d.pid, v.Start, buf); err != nil {
-				return fmt.Errorf("process %d: read [vdso]: %w", d.pid, err)
+			if _, err := ptrace.ReadMemForce(pid, v.Start, buf); err != nil {
+				return nil, fmt.Errorf("process %d: read [vdso]: %w", pid, err)
 			}
 			sum := sha256.Sum256(buf)
 			v.Hash = hex.EncodeToString(sum[:])
@@ -81,13 +94,13 @@ func (d *dumper) collectVMAs() error {
 			}
 		case m.Shared && m.Deleted && (name == "/dev/zero" || strings.HasPrefix(name, "/SYSV")):
 			if strings.HasPrefix(name, "/SYSV") {
-				return &UnsupportedMappingError{PID: d.pid, Start: m.Start, End: m.End, Name: name + " (System V shared memory)"}
+				return nil, &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: name + " (System V shared memory)"}
 			}
 			v.Kind, v.Name = core.VMASharedAnon, name
 		case strings.HasPrefix(name, "/"):
-			ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", d.pid, m.Start, m.End))
+			ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
 			if err != nil {
-				return fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", d.pid, m.Start, m.End, name, err)
+				return nil, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, name, err)
 			}
 			ref.Path = name
 			ref.Deleted = m.Deleted
@@ -97,54 +110,15 @@ func (d *dumper) collectVMAs() error {
 				v.Kind = core.VMASharedFile
 			}
 		default:
-			return &UnsupportedMappingError{PID: d.pid, Start: m.Start, End: m.End, Name: name}
+			return nil, &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: name}
 		}
-		d.img.Process.VMAs = append(d.img.Process.VMAs, v)
+		vmas = append(vmas, v)
 	}
-	return nil
+	return vmas, nil
 }
 
 // run is a range of pages to store.
 type run struct{ start, end uint64 }
-
-// pagesToStore returns the runs of pages of v whose contents belong in the
-// image: pages never touched are skipped, and so are pages a private file
-// mapping still shares with its file.
-func pagesToStore(pm *proc.Pagemap, v *core.VMA, buf []proc.PagemapEntry) ([]run, []proc.PagemapEntry, error) {
-	switch v.Kind {
-	case core.VMAVDSO, core.VMAVVar, core.VMASharedFile:
-		return nil, buf, nil
-	}
-	var runs []run
-	const chunk = 1 << 30 // bytes of address space per pagemap read
-	for at := v.Start; at < v.End; at += chunk {
-		end := min(at+chunk, v.End)
-		ents, err := pm.Read(at, end, buf)
-		if err != nil {
-			return nil, buf, err
-		}
-		buf = ents
-		for i, e := range ents {
-			var store bool
-			switch v.Kind {
-			case core.VMAFile:
-				store = e.Swapped() || (e.Present() && !e.FileOrShared())
-			default:
-				store = e.Present() || e.Swapped()
-			}
-			if !store {
-				continue
-			}
-			addr := at + uint64(i)*pageSize
-			if n := len(runs); n > 0 && runs[n-1].end == addr {
-				runs[n-1].end += pageSize
-			} else {
-				runs = append(runs, run{addr, addr + pageSize})
-			}
-		}
-	}
-	return runs, buf, nil
-}
 
 // sharedRuns finds the data of a shared anonymous mapping through its
 // shmem file (SEEK_DATA/SEEK_HOLE), which also finds pages this process
@@ -199,89 +173,279 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // maxRead is the size of one process_vm_readv.
 const maxRead = 1 << 20
 
-// dumpMemory writes the pages of every VMA to the page stream file.
-//
-// Preconditions: the process is frozen.
-func (d *dumper) dumpMemory(ctx context.Context, codec pagestream.Codec) (pagestream.Stats, error) {
-	path := filepath.Join(d.dir, core.PagesFile)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return pagestream.Stats{}, err
-	}
-	defer f.Close()
-	// Frames are large: no buffering, which would only copy them again.
-	cw := &countingWriter{w: f}
-	w, err := pagestream.NewWriter(cw, pagestream.WriterOptions{Codec: codec})
-	if err != nil {
-		return pagestream.Stats{}, err
-	}
-	closed := false
-	defer func() {
-		if !closed {
-			w.Close()
-		}
-	}()
-	pm, err := proc.OpenPagemap(d.pid)
-	if err != nil {
-		return pagestream.Stats{}, fmt.Errorf("process %d: %w", d.pid, err)
-	}
-	defer pm.Close()
+// pageSink writes pages of the process into the image's page stream,
+// round after round, and remembers which pages it has sent.
+type pageSink struct {
+	d    *dumper
+	path string
+	f    *os.File
+	cw   *countingWriter
+	w    *pagestream.Writer
+	pm   *proc.Pagemap
+	ents []proc.PagemapEntry
+	// sent holds every page sent in any round: a page that is gone later
+	// (unmapped and mapped again, MADV_DONTNEED) is sent as zeros so that
+	// no stale copy survives in the image.
+	sent  core.PageSet
+	pages uint64 // pages written, all rounds
+	// onSent, if set, sees every page sent (the hash tracker keeps hashes).
+	onSent func(addr uint64, data []byte)
+	hooked bool
+	closed bool
+}
 
-	var ents []proc.PagemapEntry
-	hooked := false
-	vmas := d.img.Process.VMAs
-	for i := range vmas {
-		v := &vmas[i]
-		var runs []run
-		if v.Kind == core.VMASharedAnon {
-			runs, err = sharedRuns(d.pid, v)
-		} else {
-			runs, ents, err = pagesToStore(pm, v, ents)
+func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
+	s := &pageSink{d: d, path: filepath.Join(d.dir, core.PagesFile)}
+	var err error
+	if s.f, err = os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+		return nil, err
+	}
+	// Frames are large: no buffering, which would only copy them again.
+	s.cw = &countingWriter{w: s.f}
+	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec}); err != nil {
+		s.f.Close()
+		return nil, err
+	}
+	if s.pm, err = proc.OpenPagemap(d.pid); err != nil {
+		s.abort()
+		return nil, fmt.Errorf("process %d: %w", d.pid, err)
+	}
+	return s, nil
+}
+
+// abort stops the writer and closes everything; the file is removed by
+// the dump's rollback.
+func (s *pageSink) abort() {
+	if !s.closed {
+		s.closed = true
+		s.w.Close()
+	}
+	if s.pm != nil {
+		s.pm.Close()
+	}
+	s.f.Close()
+}
+
+// finish ends the stream and syncs the file.
+func (s *pageSink) finish() (pagestream.Stats, error) {
+	s.closed = true
+	defer s.pm.Close()
+	defer s.f.Close()
+	if err := s.w.Close(); err != nil {
+		return pagestream.Stats{}, fmt.Errorf("write %s: %w", s.path, err)
+	}
+	if err := s.f.Sync(); err != nil {
+		return pagestream.Stats{}, fmt.Errorf("sync %s: %w", s.path, err)
+	}
+	return s.w.Stats(), nil
+}
+
+// stored says whether page e of an area of kind belongs in the image.
+func stored(kind string, e proc.PagemapEntry) bool {
+	swapped := e.Swapped() && !isMarker(e)
+	switch kind {
+	case core.VMAFile:
+		// Pages a private file mapping still shares with its file are not.
+		return swapped || (e.Present() && !e.FileOrShared())
+	case core.VMAAnon, core.VMASharedAnon:
+		return e.Present() || swapped
+	}
+	return false
+}
+
+// swpPTEMarker is the swap type of a PTE marker: the last of the 5-bit swap
+// types (SWP_PTE_MARKER), as pagemap shows it in the low bits of a swap
+// entry's frame field.
+const swpPTEMarker = 31
+
+// isMarker says whether a swap entry is a PTE marker, which holds no data:
+// uffd-wp with WP_UNPOPULATED marks untouched pages this way, and pagemap
+// reports them as swapped. (Without CAP_SYS_ADMIN the frame reads 0 and the
+// page is taken as swapped: read for nothing, but never lost.)
+func isMarker(e proc.PagemapEntry) bool {
+	return e.PFN()&31 == swpPTEMarker
+}
+
+// holdsPages says whether pages of an area of this kind go into the image.
+func holdsPages(kind string) bool {
+	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile
+}
+
+// sendArea sends every stored page of v: untouched pages are skipped.
+func (s *pageSink) sendArea(ctx context.Context, round uint32, v *core.VMA) error {
+	if !holdsPages(v.Kind) {
+		return nil
+	}
+	if v.Kind == core.VMASharedAnon {
+		// The shmem file also knows pages this process has not faulted in.
+		if runs, err := sharedRuns(s.d.pid, v); err == nil {
+			for _, r := range runs {
+				if err := s.send(ctx, round, v, r.start, r.end); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
+	}
+	return s.sendRange(ctx, round, v, v.Start, v.End, false)
+}
+
+// sendRange sends the stored pages of [start, end) within v. With dirty,
+// pages no longer there (unmapped and mapped again, or dropped by
+// MADV_DONTNEED) that an earlier round sent go as zeros.
+func (s *pageSink) sendRange(ctx context.Context, round uint32, v *core.VMA, start, end uint64, dirty bool) error {
+	const chunk = 1 << 30 // bytes of address space per pagemap read
+	for at := start; at < end; at += chunk {
+		stop := min(at+chunk, end)
+		ents, err := s.pm.Read(at, stop, s.ents)
 		if err != nil {
-			return pagestream.Stats{}, fmt.Errorf("process %d: pages of %#x-%#x: %w", d.pid, v.Start, v.End, err)
+			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, at, stop, err)
 		}
-		readable := v.Prot&unix.PROT_READ != 0
-		for _, r := range runs {
-			for at := r.start; at < r.end; at += maxRead {
-				if err := ctx.Err(); err != nil {
-					return pagestream.Stats{}, err
+		s.ents = ents
+		var runStart, zeroStart uint64
+		inRun, inZero := false, false
+		flush := func(addr uint64) error {
+			if inRun {
+				inRun = false
+				if err := s.send(ctx, round, v, runStart, addr); err != nil {
+					return err
 				}
-				n := min(r.end-at, maxRead)
-				buf := pagestream.GetBuffer(int(n))
-				if readable {
-					_, err = ptrace.ReadMem(d.pid, at, buf)
-				} else {
-					_, err = ptrace.ReadMemForce(d.pid, at, buf)
+			}
+			if inZero {
+				inZero = false
+				if err := s.sendZeros(round, zeroStart, addr); err != nil {
+					return err
 				}
-				if err != nil {
-					return pagestream.Stats{}, fmt.Errorf("process %d: read %#x-%#x: %w", d.pid, at, at+n, err)
-				}
-				if err := w.WritePages(0, at, buf); err != nil {
-					return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
-				}
-				v.Pages += n / pageSize
-				if !hooked {
-					hooked = true
-					if err := d.hook(stageMemory); err != nil {
-						return pagestream.Stats{}, err
+			}
+			return nil
+		}
+		for i, e := range ents {
+			addr := at + uint64(i)*pageSize
+			switch {
+			case stored(v.Kind, e):
+				if inZero {
+					if err := flush(addr); err != nil {
+						return err
 					}
+				}
+				if !inRun {
+					runStart, inRun = addr, true
+				}
+			case dirty && s.sent.Has(addr):
+				if inRun {
+					if err := flush(addr); err != nil {
+						return err
+					}
+				}
+				if !inZero {
+					zeroStart, inZero = addr, true
+				}
+			default:
+				if err := flush(addr); err != nil {
+					return err
 				}
 			}
 		}
+		if err := flush(stop); err != nil {
+			return err
+		}
 	}
-	if err := w.Barrier(0); err != nil {
-		return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
+	return nil
+}
+
+// send reads [start, end) of the process and queues it.
+func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, end uint64) error {
+	readable := v.Prot&unix.PROT_READ != 0
+	for at := start; at < end; at += maxRead {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(end-at, maxRead)
+		buf := pagestream.GetBuffer(int(n))
+		var err error
+		if readable {
+			_, err = ptrace.ReadMem(s.d.pid, at, buf)
+		} else {
+			_, err = ptrace.ReadMemForce(s.d.pid, at, buf)
+		}
+		if err != nil {
+			pagestream.PutBuffer(buf)
+			return fmt.Errorf("process %d: read %#x-%#x: %w", s.d.pid, at, at+n, err)
+		}
+		if err := s.write(round, at, buf); err != nil {
+			return err
+		}
+		if !s.hooked {
+			s.hooked = true
+			if err := s.d.hook(stageMemory); err != nil {
+				return err
+			}
+		}
 	}
-	closed = true
-	if err := w.Close(); err != nil {
-		return pagestream.Stats{}, fmt.Errorf("write %s: %w", path, err)
+	return nil
+}
+
+func (s *pageSink) sendZeros(round uint32, start, end uint64) error {
+	for at := start; at < end; at += maxRead {
+		n := min(end-at, maxRead)
+		buf := pagestream.GetBuffer(int(n))
+		clear(buf)
+		if err := s.write(round, at, buf); err != nil {
+			return err
+		}
 	}
-	if err := f.Sync(); err != nil {
-		return pagestream.Stats{}, fmt.Errorf("sync %s: %w", path, err)
+	return nil
+}
+
+func (s *pageSink) write(round uint32, addr uint64, buf []byte) error {
+	if s.onSent != nil {
+		s.onSent(addr, buf)
 	}
-	st := w.Stats()
-	d.img.Pages.Size = cw.n
+	if err := s.w.WritePages(round, addr, buf); err != nil {
+		return fmt.Errorf("write %s: %w", s.path, err)
+	}
+	n := uint64(len(buf)) / pageSize
+	s.pages += n
+	s.sent.AddRange(addr, addr+uint64(len(buf)))
+	return nil
+}
+
+// endRound closes round with a barrier frame.
+func (s *pageSink) endRound(round uint32) error {
+	if err := s.w.Barrier(round); err != nil {
+		return fmt.Errorf("write %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// dumpMemory writes every stored page of the frozen process as one round.
+//
+// Preconditions: the process is frozen.
+func (d *dumper) dumpMemory(ctx context.Context, s *pageSink, round uint32) error {
+	vmas := d.img.Process.VMAs
+	for i := range vmas {
+		if err := s.sendArea(ctx, round, &vmas[i]); err != nil {
+			return err
+		}
+	}
+	return s.endRound(round)
+}
+
+// finishPages ends the page stream and records it in the image, with the
+// number of pages each area got.
+func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) {
+	st, err := s.finish()
+	if err != nil {
+		return st, err
+	}
+	for i := range d.img.Process.VMAs {
+		v := &d.img.Process.VMAs[i]
+		if holdsPages(v.Kind) {
+			v.Pages = s.sent.Count(v.Start, v.End)
+		}
+	}
+	d.img.Pages.Size = s.cw.n
 	d.img.Pages.Pages = st.Pages
+	d.img.Pages.Rounds = rounds
 	return st, nil
 }

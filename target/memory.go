@@ -38,6 +38,11 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		return &core.ImageError{File: path, Reason: "bad page data", Err: err}
 	}
 	defer rd.Close()
+	// Pages written so far, needed only when several rounds may write the
+	// same page.
+	var written core.PageSet
+	rounds := max(r.img.Pages.Rounds, 1)
+	final := rounds - 1
 	vmas := r.img.Process.VMAs
 	find := func(addr uint64) *core.VMA {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > addr })
@@ -51,7 +56,7 @@ func (r *restorer) fillPages(ctx context.Context) error {
 	// barrier waits for all of them before the next round's pages.
 	type job struct {
 		fr   *pagestream.Frame
-		skip bool // leave zero pages alone: the memory is fresh and zero
+		skip []bool // zero pages to leave alone: that memory is fresh, so zero
 	}
 	var (
 		jobs chan job
@@ -109,16 +114,31 @@ func (r *restorer) fillPages(ctx context.Context) error {
 			continue
 		}
 		end := fr.Addr + uint64(fr.Pages)*pageSize
+		r.pages += uint64(fr.Pages)
 		v := find(fr.Addr)
-		if v == nil || end > v.End || v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar || v.Kind == core.VMASharedFile {
+		if v == nil || end > v.End || v.Pages == 0 {
+			if int(fr.Round) < final {
+				// Pre-copy sent these before the layout changed; the final
+				// layout has no place for them.
+				continue
+			}
 			stop()
 			return &core.ImageError{File: path, Reason: fmt.Sprintf("pages at %#x-%#x lie outside the areas that hold pages", fr.Addr, end)}
 		}
 		fr.Keep()
-		r.pages += uint64(fr.Pages)
-		// Fresh anonymous memory is already zero; a private file mapping
-		// needs its zero pages written over the file's data.
-		jobs <- job{fr, v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon}
+		// Fresh anonymous memory is already zero, so zero pages need no
+		// write there, unless an earlier round wrote the page; a private
+		// file mapping needs its zero pages written over the file's data.
+		fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon
+		skip := make([]bool, fr.Pages)
+		for i := range fr.Pages {
+			addr := fr.Addr + uint64(i)*pageSize
+			skip[i] = fresh && fr.IsZero(i) && !written.Has(addr)
+			if !skip[i] && rounds > 1 {
+				written.Add(addr)
+			}
+		}
+		jobs <- job{fr, skip}
 	}
 	if err := stop(); err != nil {
 		return err
@@ -133,15 +153,15 @@ func (r *restorer) fillPages(ctx context.Context) error {
 const writers = 2
 
 // writeFrame writes the pages of fr into process pid, in runs between the
-// zero pages when skipZero.
-func writeFrame(pid int, fr *pagestream.Frame, skipZero bool) error {
+// pages skip says to leave alone.
+func writeFrame(pid int, fr *pagestream.Frame, skip []bool) error {
 	for i := 0; i < fr.Pages; {
-		if skipZero && fr.IsZero(i) {
+		if skip[i] {
 			i++
 			continue
 		}
 		j := i + 1
-		for j < fr.Pages && !(skipZero && fr.IsZero(j)) {
+		for j < fr.Pages && !skip[j] {
 			j++
 		}
 		if _, err := ptrace.WriteMem(pid, fr.Addr+uint64(i)*pageSize, fr.Data[i*pageSize:j*pageSize]); err != nil {

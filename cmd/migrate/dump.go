@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -51,10 +52,20 @@ given: then an image already in DIR is removed first.
 If the dump fails, or migrate gets SIGINT or SIGTERM before it is done, the
 process is left running exactly as it was and no image is left in DIR.
 
-Prints a one-line summary on stdout (--json: the full report as JSON).`,
+With --pre-copy the process keeps running while its memory is copied in
+rounds: the first round copies every page, each later round the pages
+written since the previous one (found by the dirty-page tracker). Pre-copy
+stops when the pages left could be copied within --target-downtime at the
+speed measured so far, when a round no longer shrinks the dirty set, or
+after --rounds rounds; then the process is frozen and a final round copies
+what changed since, with the rest of its state.
+
+Prints a one-line summary on stdout (--json: the full report as JSON); with
+--pre-copy also one line per round.`,
 	examples: `  migrate dump --dir /var/tmp/img 1234
   migrate dump --dir /var/tmp/img --leave-running --codec s2 "$(pidof redis-server)"
-  migrate dump --dir /var/tmp/img --json 1234 | python3 -m json.tool`,
+  migrate dump --dir /var/tmp/img --json 1234 | python3 -m json.tool
+  migrate dump --dir /var/tmp/img --pre-copy --target-downtime 20ms 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var (
 			dir          string
@@ -62,12 +73,20 @@ Prints a one-line summary on stdout (--json: the full report as JSON).`,
 			codec        string
 			asJSON       bool
 			force        bool
+			preCopy      bool
+			tracker      string
+			rounds       int
+			downtime     time.Duration
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "write the image to `DIR` (required)")
 		boolFlag(fs, &leaveRunning, "leave-running", "", "let the process run on after the dump instead of killing it")
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none (default: the dumper's choice, named in the summary)")
 		boolFlag(fs, &asJSON, "json", "", "print the dump report as JSON instead of the summary line")
 		boolFlag(fs, &force, "force", "f", "write into a non-empty DIR, replacing an image there")
+		boolFlag(fs, &preCopy, "pre-copy", "", "copy memory in rounds while the process runs, then freeze it for a short final round")
+		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
+		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
+		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -79,6 +98,16 @@ Prints a one-line summary on stdout (--json: the full report as JSON).`,
 			if codec != "" && !contains(codecs, codec) {
 				return usagef("bad --codec %q: want %s", codec, strings.Join(codecs, ", "))
 			}
+			if !contains(source.TrackerNames(), tracker) {
+				return usagef("bad --tracker %q: want %s", tracker, strings.Join(source.TrackerNames(), ", "))
+			}
+			pol := source.DefaultPolicy
+			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			if preCopy {
+				if err := pol.Validate(); err != nil {
+					return usagef("%v", err)
+				}
+			}
 			undo, err := prepareDir(dir, force)
 			if err != nil {
 				return err
@@ -88,6 +117,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON).`,
 				Dir:          dir,
 				LeaveRunning: leaveRunning,
 				Codec:        codec,
+				PreCopy:      preCopy,
+				Tracker:      tracker,
+				Policy:       pol,
 				Logger:       e.logger,
 			})
 			if err != nil {
@@ -101,6 +133,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON).`,
 				return writeJSON(e.stdout, rep)
 			}
 			fmt.Fprintln(e.stdout, dumpSummary(rep, dir))
+			if preCopy {
+				printRounds(e.stdout, rep)
+			}
 			return nil
 		}
 	},
@@ -185,6 +220,20 @@ func dumpSummary(r *source.DumpReport, dir string) string {
 		plural(r.Threads, "thread"), plural(r.VMAs, "vma"), plural(r.FDs, "fd"), plural(int(r.Pages), "page"),
 		humanBytes(r.BytesRaw), humanBytes(uint64(max(r.BytesImage, 0))), codec,
 		formatMS(total), formatMS(frozen), dir, fate)
+}
+
+// printRounds prints one line per round of a pre-copy dump.
+func printRounds(w io.Writer, r *source.DumpReport) {
+	fmt.Fprintf(w, "tracker %s\n", r.Tracker)
+	fmt.Fprintf(w, "%5s %12s %12s %10s %10s %9s %9s  %s\n", "ROUND", "PAGES_DIRTY", "PAGES_SENT", "RAW", "WIRE", "MS", "HELD_MS", "NOTE")
+	for _, rd := range r.Rounds {
+		note := rd.Stop
+		if rd.Frozen {
+			note = "final, frozen"
+		}
+		fmt.Fprintf(w, "%5d %12d %12d %10s %10s %9.1f %9.1f  %s\n", rd.Round, rd.PagesDirty, rd.PagesSent,
+			humanBytes(rd.BytesRaw), humanBytes(rd.BytesWire), rd.MS, rd.HeldMS, note)
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {
