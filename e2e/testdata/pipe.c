@@ -5,7 +5,7 @@
  *                   pause after each chunk: "chunk I ok" per chunk, then
  *                   "done bytes=N pipesize=S ok" and exit 0.
  *   pipe block      blocks in read() on an empty pipe; a SIGALRM handler
- *                   (alarm in 2 s) writes a message into it: "got MSG",
+ *                   (alarm in 3 s) writes a message into it: "got MSG",
  *                   then exit 0.
  * A chunk out of order or corrupt prints "FAIL ..." and exits 1. */
 #include "common.h"
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
 		sa.sa_handler = on_alrm;
 		sa.sa_flags = SA_RESTART;
 		sigaction(SIGALRM, &sa, NULL);
-		alarm(2);
+		alarm(3);
 		say("ready pid=%d", getpid());
 		char msg[64] = {0};
 		ssize_t n;
