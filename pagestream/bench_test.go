@@ -38,18 +38,29 @@ func BenchmarkWriteRead(b *testing.B) {
 	const chunk = 1 << 20
 	const base = 0x7f0000000000
 	dst := make([]byte, len(src))
-	for _, c := range allCodecs {
-		b.Run(c.String(), func(b *testing.B) {
+	configs := []struct {
+		name string
+		opts WriterOptions
+	}{
+		{"none", WriterOptions{Codec: CodecNone}},
+		{"zstd", WriterOptions{Codec: CodecZstd}},
+		{"s2", WriterOptions{Codec: CodecS2}},
+		{"s2-adaptive", WriterOptions{Codec: CodecS2, Adaptive: true}},
+		{"zstd-adaptive", WriterOptions{Codec: CodecZstd, Adaptive: true}},
+	}
+	for _, cf := range configs {
+		b.Run(cf.name, func(b *testing.B) {
 			var stream bytes.Buffer
 			stream.Grow(len(src) + len(src)/16)
 			var wdur, rdur, wcpu, rcpu time.Duration
 			var wire int
+			var st Stats
 			first := true
 			b.SetBytes(int64(len(src)))
 			for b.Loop() {
 				stream.Reset()
 				t0, c0 := time.Now(), cpuTime()
-				w, err := NewWriter(&stream, WriterOptions{Codec: c})
+				w, err := NewWriter(&stream, cf.opts)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -89,6 +100,7 @@ func BenchmarkWriteRead(b *testing.B) {
 				wcpu += c1 - c0
 				rcpu += c2 - c1
 				wire = stream.Len()
+				st = w.Stats()
 				if first {
 					first = false
 					b.StopTimer()
@@ -107,6 +119,7 @@ func BenchmarkWriteRead(b *testing.B) {
 			b.ReportMetric(perGiB(wcpu), "write-cpu-ms/GiB")
 			b.ReportMetric(perGiB(rcpu), "read-cpu-ms/GiB")
 			b.ReportMetric(float64(wire)/float64(len(src)), "ratio")
+			b.ReportMetric(float64(st.RawFrames)/float64(st.Frames), "raw-frames")
 		})
 	}
 }

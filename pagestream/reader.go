@@ -75,7 +75,7 @@ type Reader struct {
 	err    error // sticky: io.EOF, the stream's error, or ErrClosed
 	closed bool
 
-	frames, pages, zeroPages, wire atomic.Uint64
+	frames, rawFrames, pages, zeroPages, wire atomic.Uint64
 }
 
 // rjob is one frame on its way through the Reader.
@@ -358,6 +358,9 @@ func (r *Reader) Next() (*Frame, error) {
 	case FramePages:
 		r.pages.Add(uint64(j.hdr.pages))
 		r.zeroPages.Add(uint64(j.hdr.pages - j.hdr.stored))
+		if j.hdr.codec == CodecNone && j.hdr.stored > 0 {
+			r.rawFrames.Add(1)
+		}
 	}
 	r.cur = j
 	return &j.Frame, nil
@@ -392,6 +395,7 @@ func (r *Reader) Stats() Stats {
 	p := r.pages.Load()
 	return Stats{
 		Frames:    r.frames.Load(),
+		RawFrames: r.rawFrames.Load(),
 		Pages:     p,
 		ZeroPages: r.zeroPages.Load(),
 		BytesRaw:  p * PageSize,

@@ -37,13 +37,19 @@ func mixedOps() []op {
 func TestRoundTrip(t *testing.T) {
 	ops := mixedOps()
 	ws := expect(ops)
-	var pages, zero uint64
+	var pages, zero, storedFrames uint64
 	for _, w := range ws {
+		stored := false
 		for i := 0; i < len(w.data); i += PageSize {
 			pages++
 			if isZeroPage(w.data[i : i+PageSize]) {
 				zero++
+			} else {
+				stored = true
 			}
+		}
+		if stored {
+			storedFrames++
 		}
 	}
 	for _, c := range allCodecs {
@@ -56,6 +62,12 @@ func TestRoundTrip(t *testing.T) {
 					ZeroPages: zero,
 					BytesRaw:  pages * PageSize,
 					BytesWire: uint64(len(stream)),
+				}
+				// Which frames go uncompressed depends on the codec; the
+				// reader must count the same.
+				wantStats.RawFrames = ws1.RawFrames
+				if c == CodecNone && ws1.RawFrames != storedFrames {
+					t.Errorf("RawFrames %d, want %d", ws1.RawFrames, storedFrames)
 				}
 				if ws1 != wantStats {
 					t.Errorf("writer stats %+v, want %+v", ws1, wantStats)

@@ -21,6 +21,16 @@ type WriterOptions struct {
 	Workers int // compression goroutines; 0 means runtime.GOMAXPROCS(0)
 	Level   int // 0 means the codec's fast default; see compress.go
 
+	// Adaptive lets the Writer store a frame's pages uncompressed instead of
+	// compressing them when the compression workers fall behind the caller
+	// (at least Workers frames waiting for one), so that compression never
+	// slows the stream below what the CPUs can move: the compressed share
+	// adjusts itself to the CPU left over. When the underlying writer is
+	// the slow part, the workers keep up and every frame is compressed. The
+	// stream's bytes then depend on timing; Stats.RawFrames counts the frames
+	// stored uncompressed.
+	Adaptive bool
+
 	// StreamID goes into the stream header and seeds the checksum chain, so
 	// that frames of one stream fail to verify in another. 0 picks a random
 	// one; tests that want identical bytes set it.
@@ -30,6 +40,7 @@ type WriterOptions struct {
 // Stats counts what went through a Writer or Reader.
 type Stats struct {
 	Frames    uint64 // frames, counting barrier frames and the end frame
+	RawFrames uint64 // page frames whose pages are stored uncompressed
 	Pages     uint64 // pages in page frames
 	ZeroPages uint64 // of those, all-zero pages (sent as one bit each)
 	BytesRaw  uint64 // Pages*PageSize
@@ -51,9 +62,11 @@ type Stats struct {
 // A Writer must be finished with Close (a complete stream) or Abort (a stream
 // that reads as truncated); either stops its goroutines.
 type Writer struct {
-	w     io.Writer
-	codec Codec
-	level int
+	w        io.Writer
+	codec    Codec
+	level    int
+	adaptive bool
+	busy     int // Adaptive: frames waiting for a worker that mean "behind"
 
 	work    chan *wjob // to the workers
 	ordered chan *wjob // to the output goroutine, in stream order
@@ -76,16 +89,20 @@ type Writer struct {
 	chain  uint32 // CRC of the last frame written (or of the stream header)
 	totals endTotals
 
-	frames, pages, zeroPages, wire atomic.Uint64
+	frames, rawFrames, pages, zeroPages, wire atomic.Uint64
 }
 
 // wjob is one frame on its way through the Writer.
 type wjob struct {
-	hdr  frameHeader
-	src  []byte  // page data, for page frames
-	ref  *srcRef // the caller's buffer src is part of
-	out  []byte  // the encoded frame: header, payload, trailer (frameBuf)
-	done chan struct{}
+	hdr frameHeader
+	src []byte  // page data, for page frames
+	ref *srcRef // the caller's buffer src is part of
+	// noCompress asks the worker to store the pages uncompressed (Adaptive).
+	noCompress bool
+	// rawFrame is set by the worker when it stored pages uncompressed.
+	rawFrame bool
+	out      []byte // the encoded frame: header, payload, trailer (frameBuf)
+	done     chan struct{}
 	// flushed, for flush markers (hdr.kind == 0): closed by the output
 	// goroutine when it gets there.
 	flushed chan struct{}
@@ -150,13 +167,15 @@ func NewWriter(w io.Writer, opts WriterOptions) (*Writer, error) {
 	// goroutine writes and the caller fills the next buffer.
 	inflight := 4 * workers
 	pw := &Writer{
-		w:       w,
-		codec:   opts.Codec,
-		level:   opts.Level,
-		work:    make(chan *wjob, inflight),
-		ordered: make(chan *wjob, inflight),
-		outDone: make(chan struct{}),
-		chain:   binary.LittleEndian.Uint32(hdr[streamHeaderSize-4:]),
+		w:        w,
+		codec:    opts.Codec,
+		level:    opts.Level,
+		adaptive: opts.Adaptive,
+		busy:     workers,
+		work:     make(chan *wjob, inflight),
+		ordered:  make(chan *wjob, inflight),
+		outDone:  make(chan struct{}),
+		chain:    binary.LittleEndian.Uint32(hdr[streamHeaderSize-4:]),
 	}
 	pw.wire.Store(uint64(n))
 	pw.workers.Add(workers)
@@ -247,6 +266,7 @@ func (w *Writer) WritePages(round uint32, addr uint64, data []byte) error {
 		w.seq++
 		j.src = data[first*PageSize : (first+n)*PageSize]
 		j.ref = ref
+		j.noCompress = w.adaptive && len(w.work) >= w.busy
 		w.ordered <- j
 		w.work <- j
 	}
@@ -334,6 +354,7 @@ func (w *Writer) Stats() Stats {
 	p := w.pages.Load()
 	return Stats{
 		Frames:    w.frames.Load(),
+		RawFrames: w.rawFrames.Load(),
 		Pages:     p,
 		ZeroPages: w.zeroPages.Load(),
 		BytesRaw:  p * PageSize,
@@ -379,40 +400,60 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 			zero++
 		}
 	}
-	// The stored pages, gathered in one piece if there are holes.
-	raw := src
-	if zero > 0 {
-		raw = scratch[:0]
-		for i := 0; i < n; {
-			if bm[i>>3]&(1<<(i&7)) != 0 {
-				i++
-				continue
-			}
-			k := i + 1
-			for k < n && bm[k>>3]&(1<<(k&7)) == 0 {
-				k++
-			}
-			raw = append(raw, src[i*PageSize:k*PageSize]...)
-			i = k
-		}
+	stored := n - zero
+	compress := stored > 0 && c.codec != CodecNone && !j.noCompress
+	// raw is the stored pages in one piece: src itself if there are no
+	// holes, else gathered into scratch for the compressor, or straight
+	// into place in out when they go uncompressed.
+	base := len(out)
+	var raw []byte
+	switch {
+	case zero == 0:
+		raw = src
+	case compress:
+		raw = gather(scratch[:0], src, bm, n)
+	default:
+		out = gather(out, src, bm, n)
+		raw = out[base:]
 	}
 	binary.LittleEndian.PutUint32(out[frameHeaderSize+bl:], crc32c(raw))
 	codec := CodecNone
-	base := len(out)
-	if len(raw) > 0 && c.codec != CodecNone {
+	if compress {
 		comp := c.compress(out, raw)
 		if len(comp)-base < len(raw) {
 			out, codec = comp, c.codec
+		} else {
+			out = append(out[:base], raw...)
 		}
+	} else if zero == 0 {
+		out = append(out, raw...)
 	}
-	if codec == CodecNone {
-		out = append(out[:base], raw...)
+	if codec == CodecNone && stored > 0 {
+		j.rawFrame = true
 	}
 	j.hdr.codec = codec
-	j.hdr.stored = uint32(n - zero)
+	j.hdr.stored = uint32(stored)
 	j.hdr.payloadLen = uint32(len(out) - frameHeaderSize)
 	j.hdr.put(out)
 	j.out = out
+}
+
+// gather appends the pages of src (n of them) whose bit in the zero bitmap
+// bm is clear to dst, in runs.
+func gather(dst, src, bm []byte, n int) []byte {
+	for i := 0; i < n; {
+		if bm[i>>3]&(1<<(i&7)) != 0 {
+			i++
+			continue
+		}
+		k := i + 1
+		for k < n && bm[k>>3]&(1<<(k&7)) == 0 {
+			k++
+		}
+		dst = append(dst, src[i*PageSize:k*PageSize]...)
+		i = k
+	}
+	return dst
 }
 
 // output writes the frames in order: it waits for each page frame's
@@ -434,6 +475,7 @@ func (w *Writer) output() {
 			putFrameBuf(j.out)
 			j.out = nil
 		}
+		j.rawFrame = false
 		wjobs.Put(j)
 	}
 }
@@ -467,5 +509,8 @@ func (w *Writer) writeFrame(j *wjob) {
 		w.totals.zeroPages += zero
 		w.pages.Add(uint64(j.hdr.pages))
 		w.zeroPages.Add(zero)
+		if j.rawFrame {
+			w.rawFrames.Add(1)
+		}
 	}
 }
