@@ -391,6 +391,15 @@ func TestParseCodec(t *testing.T) {
 }
 
 func TestBuffers(t *testing.T) {
+	for pages := 1; pages <= maxPooledPages; pages++ {
+		c, size := classUp(pages)
+		if size < pages || c < 0 || c >= numBufClasses || classDown(size) != c {
+			t.Fatalf("classUp(%d) = %d, %d; classDown(%d) = %d", pages, c, size, size, classDown(size))
+		}
+		if d := classDown(pages); d > c || (d == c) != (size == pages) {
+			t.Fatalf("classDown(%d) = %d, classUp = %d, %d", pages, d, c, size)
+		}
+	}
 	for _, n := range []int{PageSize, 3 * PageSize, 1 << 20, 5 << 20} {
 		b := GetBuffer(n)
 		if len(b) != n {

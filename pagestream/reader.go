@@ -83,7 +83,7 @@ type rjob struct {
 	Frame
 	hdr     frameHeader
 	size    int64  // bytes on the wire
-	payload []byte // payload and trailer, from frameBuf; page frames only
+	payload []byte // payload and trailer, from getBuf; page frames only
 	zero    [MaxFramePages / 64]uint64
 	err     *FrameError
 	done    chan struct{} // closed when decoded; page frames only
@@ -194,7 +194,7 @@ func (r *Reader) readLoop(chain uint32) {
 		j.Offset = off
 		var buf []byte
 		if h.kind == FramePages {
-			j.payload = frameBuf(int(h.payloadLen) + trailerSize)
+			j.payload = getBuf(int(h.payloadLen) + trailerSize)
 			buf = j.payload
 		} else {
 			buf = small[:h.payloadLen+trailerSize]
@@ -202,7 +202,7 @@ func (r *Reader) readLoop(chain uint32) {
 		// From here on, a failing frame hands its payload buffer back.
 		fail := func(fe *FrameError) {
 			if j.payload != nil {
-				putFrameBuf(j.payload)
+				putBuf(j.payload)
 			}
 			fail(fe)
 		}
@@ -272,7 +272,7 @@ func decodePages(d *decompressor, j *rjob) {
 	pages, stored := int(h.pages), int(h.stored)
 	body := j.payload[:h.payloadLen]
 	defer func() {
-		putFrameBuf(j.payload)
+		putBuf(j.payload)
 		j.payload = nil
 	}()
 	bl := bitmapLen(pages)

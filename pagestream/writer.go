@@ -101,7 +101,7 @@ type wjob struct {
 	noCompress bool
 	// rawFrame is set by the worker when it stored pages uncompressed.
 	rawFrame bool
-	out      []byte // the encoded frame: header, payload, trailer (frameBuf)
+	out      []byte // the encoded frame: header, payload, trailer (getBuf)
 	done     chan struct{}
 	// flushed, for flush markers (hdr.kind == 0): closed by the output
 	// goroutine when it gets there.
@@ -117,12 +117,6 @@ type srcRef struct {
 func (r *srcRef) release() {
 	if r.n.Add(-1) == 0 {
 		PutBuffer(r.buf)
-	}
-}
-
-func init() {
-	if s2.MaxEncodedLen(MaxFramePages*PageSize) > frameBufCap-frameHeaderSize-maxBitmapLen-contentCRCSize-trailerSize {
-		panic("pagestream: frameBufCap too small for s2.MaxEncodedLen")
 	}
 }
 
@@ -390,7 +384,7 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 	n := int(j.hdr.pages)
 	src := j.src
 	bl := bitmapLen(n)
-	out := frameBuf(outLen(n))[:frameHeaderSize+bl+contentCRCSize]
+	out := getBuf(outLen(n))[:frameHeaderSize+bl+contentCRCSize]
 	bm := out[frameHeaderSize : frameHeaderSize+bl]
 	clear(bm)
 	zero := 0
@@ -472,7 +466,7 @@ func (w *Writer) output() {
 			w.writeFrame(j)
 		}
 		if j.out != nil {
-			putFrameBuf(j.out)
+			putBuf(j.out)
 			j.out = nil
 		}
 		j.rawFrame = false
@@ -483,11 +477,11 @@ func (w *Writer) output() {
 func (w *Writer) writeFrame(j *wjob) {
 	switch j.hdr.kind {
 	case FrameBarrier:
-		j.out = frameBuf(frameHeaderSize + trailerSize)[:frameHeaderSize]
+		j.out = getBuf(frameHeaderSize + trailerSize)[:frameHeaderSize]
 		j.hdr.put(j.out)
 	case FrameEnd:
 		w.totals.frames = j.hdr.seq
-		j.out = w.totals.appendTo(frameBuf(frameHeaderSize + endPayloadSize + trailerSize)[:frameHeaderSize])
+		j.out = w.totals.appendTo(getBuf(frameHeaderSize + endPayloadSize + trailerSize)[:frameHeaderSize])
 		j.hdr.put(j.out)
 	}
 	crc := crcUpdate(w.chain, j.out)
