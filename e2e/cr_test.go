@@ -446,7 +446,7 @@ func TestCoreutilsSleep(t *testing.T) {
 	fixture.RequireRoot(t)
 	bin, err := exec.LookPath("sleep")
 	if err != nil {
-		t.Skipf("coreutils sleep: %v", err)
+		fixture.Unavailable(t, "coreutils sleep: %v", err)
 	}
 	p := fixture.Start(t, bin, "1000")
 	fixture.WaitSyscall(t, short, p.PID, sleepCalls...)
@@ -475,7 +475,7 @@ func TestPython(t *testing.T) {
 	fixture.RequireRoot(t)
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
-		t.Skipf("python3: %v", err)
+		fixture.Unavailable(t, "python3: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "state.out")
 	p := fixture.Start(t, py, filepath.Join(fixture.Testdata(), "state.py"), out)

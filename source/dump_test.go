@@ -87,7 +87,7 @@ func TestDumpBadTargets(t *testing.T) {
 	t.Run("zombie", func(t *testing.T) {
 		bin, err := exec.LookPath("true")
 		if err != nil {
-			t.Skip(err)
+			fixture.Unavailable(t, "true: %v", err)
 		}
 		p := fixture.Start(t, bin) // not reaped until the cleanup
 		fixture.WaitFor(t, short, "the child to become a zombie", func() bool {

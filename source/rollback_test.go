@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -157,24 +159,78 @@ func TestRollbackAtEachStage(t *testing.T) {
 	}
 }
 
-// TestRollbackUnsupportedFD: a socket makes the dump fail with an
-// *UnsupportedFDError naming that fd, and the process is untouched.
+// TestRollbackUnsupportedFD: an fd of a kind migrate cannot dump (a
+// netlink socket, an inotify instance, a pipe whose other end is held by
+// another process) makes the dump fail with an *UnsupportedFDError naming
+// that fd, before anything was changed: the process is untouched.
 func TestRollbackUnsupportedFD(t *testing.T) {
 	fixture.RequireRoot(t)
-	v := startVictim(t, "-s")
-	line, _ := v.p.WaitLine(t, short, 0, "socket fd")
-	var fd int
-	if _, err := fmt.Sscanf(line, "socket fd %d", &fd); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct{ kind, prefix string }{
+		{"netlink", "socket:"},
+		{"inotify", "anon_inode:inotify"},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			v := startVictim(t, "-s", tc.kind)
+			line, _ := v.p.WaitLine(t, short, 0, "unsupported fd")
+			var fd int
+			if _, err := fmt.Sscanf(line, "unsupported fd %d", &fd); err != nil {
+				t.Fatal(err)
+			}
+			requireUnsupported(t, v, fd, tc.prefix)
+		})
 	}
+	t.Run("pipe to another process", func(t *testing.T) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		p := fixture.StartWith(t, fixture.Options{Stdout: w}, fixture.Build(t, "counter"))
+		w.Close()
+		// The counter writes its lines to the pipe: read them (the pipe
+		// must not fill up) and note when it is counting.
+		var ticking atomic.Bool
+		go func() {
+			sc := bufio.NewScanner(r)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "tick 3") {
+					ticking.Store(true)
+				}
+			}
+		}()
+		fixture.WaitFor(t, short, "the counter to count", ticking.Load)
+		v := &victim{p: p, snap: fixture.Take(t, p.PID), fds: ownFDs(t)}
+		dir := t.TempDir()
+		_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: dir, Logger: fixtureLogger(t)})
+		var ue *UnsupportedFDError
+		if !errors.As(err, &ue) {
+			t.Fatalf("dump error %v (%T), want *UnsupportedFDError", err, err)
+		}
+		if ue.FD != 1 || ue.PID != p.PID || !strings.HasPrefix(ue.Kind, "pipe:") {
+			t.Errorf("UnsupportedFDError %+v, want pid %d fd 1 kind pipe:[...]", ue, p.PID)
+		}
+		fixture.RequireRunning(t, p.PID)
+		if d := v.snap.Diff(fixture.Take(t, p.PID), 1); d != "" {
+			t.Errorf("the process changed across the refused dump:\n%s", d)
+		}
+		if ents := dirEntries(t, dir); len(ents) != 0 {
+			t.Errorf("the refused dump left %v in the image directory", ents)
+		}
+	})
+}
+
+// requireUnsupported dumps v, wants an *UnsupportedFDError for fd, and
+// the process untouched.
+func requireUnsupported(t *testing.T, v *victim, fd int, kindPrefix string) {
+	t.Helper()
 	dir := t.TempDir()
 	_, err := Dump(context.Background(), DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t)})
 	var ue *UnsupportedFDError
 	if !errors.As(err, &ue) {
 		t.Fatalf("dump error %v (%T), want *UnsupportedFDError", err, err)
 	}
-	if ue.FD != fd || ue.PID != v.p.PID || !strings.HasPrefix(ue.Kind, "socket:") {
-		t.Errorf("UnsupportedFDError %+v, want pid %d fd %d kind socket:[...]", ue, v.p.PID, fd)
+	if ue.FD != fd || ue.PID != v.p.PID || !strings.HasPrefix(ue.Kind, kindPrefix) {
+		t.Errorf("UnsupportedFDError %+v, want pid %d fd %d kind %s...", ue, v.p.PID, fd, kindPrefix)
 	}
 	v.requireUntouched(t, dir)
 }
@@ -186,7 +242,7 @@ func TestRollbackDiskFull(t *testing.T) {
 	fixture.RequireRoot(t)
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2m"); err != nil {
-		t.Skipf("cannot mount a small tmpfs for the full-disk test: %v", err)
+		fixture.Unavailable(t, "cannot mount a small tmpfs for the full-disk test: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := unix.Unmount(dir, 0); err != nil {

@@ -1,11 +1,12 @@
 /* counter: a process that counts, with optional large heaps.
  *
- *   counter [-m MiB] [-b MiB] [-t ms] [-s] [-n]
+ *   counter [-m MiB] [-b MiB] [-t ms] [-s KIND]
  *
  * -m MiB  malloc a heap of that size (glibc maps it) and fill it
  * -b MiB  grow the brk heap by that much with sbrk and fill it
  * -t ms   tick interval (default 20)
- * -s      also hold a socketpair (an fd kind migrate refuses)
+ * -s KIND also hold an fd of a kind migrate refuses: "netlink" (a
+ *         NETLINK_ROUTE socket) or "inotify"; logs "unsupported fd N"
  *
  * Lines: "ready pid=P sum=S" once set up, then "tick N" per tick.
  * SIGUSR1: recompute the heap checksum ("sum S"), then malloc and free
@@ -15,6 +16,8 @@
  * handlers with flags, a blocked and pending SIGWINCH, a sigaltstack, and
  * SIGPIPE ignored. */
 #include "common.h"
+#include <linux/netlink.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -89,13 +92,14 @@ static void brk_test(void)
 int main(int argc, char **argv)
 {
 	long mmib = 0, bmib = 0, tick_ms = 20;
-	int sock = 0, opt;
-	while ((opt = getopt(argc, argv, "m:b:t:s")) != -1) {
+	const char *odd = NULL;
+	int opt;
+	while ((opt = getopt(argc, argv, "m:b:t:s:")) != -1) {
 		switch (opt) {
 		case 'm': mmib = atol(optarg); break;
 		case 'b': bmib = atol(optarg); break;
 		case 't': tick_ms = atol(optarg); break;
-		case 's': sock = 1; break;
+		case 's': odd = optarg; break;
 		default: return 2;
 		}
 	}
@@ -137,11 +141,17 @@ int main(int argc, char **argv)
 			die("malloc");
 		fill(mheap, mlen, 1);
 	}
-	int sv[2] = {-1, -1};
-	if (sock) {
-		if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
-			die("socketpair");
-		say("socket fd %d", sv[0]);
+	if (odd) {
+		int fd = -1;
+		if (!strcmp(odd, "netlink"))
+			fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+		else if (!strcmp(odd, "inotify"))
+			fd = inotify_init1(IN_CLOEXEC);
+		else
+			return 2;
+		if (fd < 0)
+			die(odd);
+		say("unsupported fd %d", fd);
 	}
 
 	say("ready pid=%d sum=%016llx", getpid(), (unsigned long long)heap_sum());
