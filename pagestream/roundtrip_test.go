@@ -110,3 +110,25 @@ func TestEmptyStream(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAdaptive checks that a stream whose frames are partly stored
+// uncompressed, by timing, reads back right, with the same count of raw
+// frames on both sides.
+func TestAdaptive(t *testing.T) {
+	heap := heapLike(2048, 9)
+	var ops []op
+	for i := range 8 {
+		ops = append(ops, op{uint32(i), uint64(i) << 32, heap})
+	}
+	for _, c := range []Codec{CodecZstd, CodecS2} {
+		stream, ws := writeStream(t, WriterOptions{Codec: c, Workers: 1, Adaptive: true}, ops)
+		_, r, err := readStream(t, stream, expect(ops), 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs := r.Stats(); rs != ws {
+			t.Errorf("%v: reader stats %+v, writer %+v", c, rs, ws)
+		}
+		t.Logf("%v: %d of %d frames raw, ratio %.3f", c, ws.RawFrames, ws.Frames, float64(ws.BytesWire)/float64(ws.BytesRaw))
+	}
+}
