@@ -645,13 +645,20 @@ func TestAttributes(t *testing.T) {
 				t.Fatalf("workload did not set its attributes: %s", creds0)
 			}
 			dir, img := dumpKill(t, p, "")
-			r := restoreOK(t, dir, p.Log)
+			r, rep := restoreWithReport(t, dir, p.Log)
 			checkLayout(t, img, r.PID)
 			after := view(r.PID)
 			for k, v := range before {
-				if after[k] != v {
-					t.Errorf("%s: %q before the dump, %q after restore", k, v, after[k])
+				if after[k] == v {
+					continue
 				}
+				// A session led by a process outside the image cannot be
+				// counted on: the restored process may get a session of
+				// its own, but the restore must say so.
+				if k == "sid" && img.Process.SID != img.Process.PID && after[k] == strconv.Itoa(r.PID) && len(rep.Warnings) > 0 {
+					continue
+				}
+				t.Errorf("%s: %q before the dump, %q after restore", k, v, after[k])
 			}
 			n := len(r.Lines(t))
 			r.Signal(t, unix.SIGUSR1)

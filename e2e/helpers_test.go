@@ -52,6 +52,17 @@ func dumpKill(t *testing.T, p *fixture.Proc, codec string) (string, *core.Image)
 		t.Fatalf("dump report %+v", rep)
 	}
 	p.Reap(t)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		switch e.Name() {
+		case core.MetaFile, core.PagesFile, core.FilesDir:
+		default:
+			t.Errorf("stray file %s in the image directory after the dump", e.Name())
+		}
+	}
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatalf("read the image just written: %v", err)
@@ -67,6 +78,13 @@ func dumpKill(t *testing.T, p *fixture.Proc, codec string) (string, *core.Image)
 // subreaper), no husk or other new child left, and only the fds of the
 // image. log is the workload's log file.
 func restoreOK(t *testing.T, dir, log string) *fixture.Proc {
+	t.Helper()
+	p, _ := restoreWithReport(t, dir, log)
+	return p
+}
+
+// restoreWithReport is restoreOK that also returns the restore's report.
+func restoreWithReport(t *testing.T, dir, log string) (*fixture.Proc, *target.RestoreReport) {
 	t.Helper()
 	img, err := core.ReadImage(dir)
 	if err != nil {
@@ -99,7 +117,7 @@ func restoreOK(t *testing.T, dir, log string) *fixture.Proc {
 		t.Errorf("children of the test process after restore: %v, want %v (a husk left behind?)", got, want)
 	}
 	checkFDsMatchImage(t, img, pid)
-	return p
+	return p, rep
 }
 
 // checkRunningUntraced checks that pid runs on its own: not stopped, not
