@@ -328,7 +328,7 @@ func TestMappings(t *testing.T) {
 	sums0, _ := p.WaitLine(t, short, 0, "sums")
 	p.WaitTick(t, short, 3)
 	areas := map[string]uint64{}
-	for _, k := range []string{"priv", "dontfork", "wipeonfork", "nohuge"} {
+	for _, k := range []string{"priv", "dontfork", "wipeonfork", "nohuge", "dontdump", "huge"} {
 		v, err := strconv.ParseUint(strings.TrimPrefix(field(t, ready, k), "0x"), 16, 64)
 		if err != nil {
 			t.Fatal(err)
@@ -336,8 +336,11 @@ func TestMappings(t *testing.T) {
 		areas[k] = v
 	}
 	vmflags := map[string]string{}
-	for _, k := range []string{"dontfork", "wipeonfork", "nohuge"} {
+	for k, flag := range map[string]string{"dontfork": "dc", "wipeonfork": "wf", "nohuge": "nh", "dontdump": "dd", "huge": "hg"} {
 		vmflags[k] = smapsFlags(t, p.PID, areas[k])
+		if !slices.Contains(strings.Fields(vmflags[k]), flag) {
+			t.Fatalf("%s area has VmFlags %q, no %s", k, vmflags[k], flag)
+		}
 	}
 
 	dir, img := dumpKill(t, p, "")
@@ -418,8 +421,9 @@ func TestSleeps(t *testing.T) {
 }
 
 // TestFDKinds: eventfds with their counts, a sealed memfd with data and an
-// offset, fds sharing one offset, a directory, a non-blocking pipe, and
-// close-on-exec per fd, all at their numbers after restore.
+// offset, fds sharing one offset, a directory, a non-blocking pipe, a FIFO
+// with data in it, and close-on-exec per fd, all at their numbers after
+// restore.
 func TestFDKinds(t *testing.T) {
 	fixture.RequireRoot(t)
 	work := t.TempDir()
@@ -434,7 +438,7 @@ func TestFDKinds(t *testing.T) {
 	n := len(r.Lines(t))
 	r.Signal(t, unix.SIGUSR1)
 	got, _ := r.WaitLine(t, short, n, "check")
-	want := fmt.Sprintf("check eventfd=12 sem=1 memfd=ok memfdpos=1000 seals=%d shared=ok pos=10,10,13,13 cloexec=10010011 pipenonblock=1 pipeempty=1", unix.F_SEAL_SHRINK)
+	want := fmt.Sprintf("check eventfd=12 sem=1 memfd=ok memfdpos=1000 seals=%d shared=ok pos=10,10,13,13 cloexec=10010011 pipenonblock=1 pipeempty=1 fifo=fifo-data-123", unix.F_SEAL_SHRINK)
 	if got != want {
 		t.Errorf("the restored process sees\n%s\nwant\n%s", got, want)
 	}
@@ -724,4 +728,67 @@ func TestCodecs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSparseMemory: of a 256 MiB area only every 16th page was touched:
+// only those pages are stored, and the restored area is as large as the
+// original, with the untouched pages still untouched (no memory spent).
+func TestSparseMemory(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-u", "256")
+	line, _ := p.WaitLine(t, short, 0, "sparse")
+	addr, err := strconv.ParseUint(strings.TrimPrefix(field(t, line, "addr"), "0x"), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	touched, _ := strconv.ParseUint(field(t, line, "touched"), 10, 64)
+	p.WaitTick(t, short, 2)
+	dir, img := dumpKill(t, p, "")
+	found := false
+	for _, v := range img.Process.VMAs {
+		if v.Start == addr {
+			found = true
+			if v.Len() != 256<<20 || v.Pages != touched {
+				t.Errorf("sparse area in the image: %d bytes with %d pages stored, want %d bytes with the %d touched pages", v.Len(), v.Pages, 256<<20, touched)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no area at %#x in the image", addr)
+	}
+	if max := (touched + 4096) * 4096; uint64(img.Pages.Size) > max {
+		t.Errorf("page data of %d bytes for %d touched pages", img.Pages.Size, touched)
+	}
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	if rss := smapsField(t, r.PID, addr, "Rss:"); rss > (touched+64)*4 {
+		t.Errorf("restored sparse area has %d KiB resident, want about %d KiB (only the touched pages)", rss, touched*4)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+3)
+}
+
+// smapsField returns a kB field ("Rss:") of the area starting at addr.
+func smapsField(t *testing.T, pid int, addr uint64, name string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		var start, end uint64
+		if n, _ := fmt.Sscanf(l, "%x-%x ", &start, &end); n == 2 {
+			in = start == addr
+			continue
+		}
+		if v, ok := strings.CutPrefix(l, name); ok && in {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb
+		}
+	}
+	t.Fatalf("no area at %#x in process %d", addr, pid)
+	return 0
 }

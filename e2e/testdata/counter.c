@@ -5,6 +5,8 @@
  * -m MiB  malloc a heap of that size (glibc maps it) and fill it
  * -b MiB  grow the brk heap by that much with sbrk and fill it
  * -t ms   tick interval (default 20)
+ * -u MiB  map that much anonymous memory and touch only every 16th page:
+ *         logs "sparse addr=ADDR touched=N"
  * -s KIND also hold an fd of a kind migrate refuses: "netlink" (a
  *         NETLINK_ROUTE socket) or "inotify"; logs "unsupported fd N"
  *
@@ -91,14 +93,15 @@ static void brk_test(void)
 
 int main(int argc, char **argv)
 {
-	long mmib = 0, bmib = 0, tick_ms = 20;
+	long mmib = 0, bmib = 0, umib = 0, tick_ms = 20;
 	const char *odd = NULL;
 	int opt;
-	while ((opt = getopt(argc, argv, "m:b:t:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:b:t:s:u:")) != -1) {
 		switch (opt) {
 		case 'm': mmib = atol(optarg); break;
 		case 'b': bmib = atol(optarg); break;
 		case 't': tick_ms = atol(optarg); break;
+		case 'u': umib = atol(optarg); break;
 		case 's': odd = optarg; break;
 		default: return 2;
 		}
@@ -140,6 +143,18 @@ int main(int argc, char **argv)
 		if (!mheap)
 			die("malloc");
 		fill(mheap, mlen, 1);
+	}
+	if (umib) {
+		size_t len = (size_t)umib << 20;
+		char *sp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (sp == MAP_FAILED)
+			die("mmap");
+		/* No transparent huge pages: a touch must fault in one page. */
+		madvise(sp, len, MADV_NOHUGEPAGE);
+		long touched = 0;
+		for (size_t off = 0; off < len; off += 16 * 4096, touched++)
+			sp[off] = 1 + touched % 200;
+		say("sparse addr=%p touched=%ld", sp, touched);
 	}
 	if (odd) {
 		int fd = -1;

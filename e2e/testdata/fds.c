@@ -6,7 +6,8 @@
  * with count 3 (non-blocking), a sealed memfd "mydata" holding 64 KiB at
  * offset 1000, /dev/null twice (one close-on-exec), FILE with "0123456789"
  * written and two dups sharing its offset (one at fd 50, close-on-exec),
- * DIR as a directory fd, and a non-blocking pipe.
+ * DIR as a directory fd, a non-blocking pipe, and DIR/fifo, a FIFO opened
+ * read-write holding "fifo-data-123".
  *
  * Lines: "ready pid=P", "tick N"; on SIGUSR1 "check ..." with what the
  * process sees, each item "ok" or a value. */
@@ -57,6 +58,13 @@ int main(int argc, char **argv)
 	int pp[2];
 	if (g < 0 || h != 50 || d < 0 || pipe2(pp, O_NONBLOCK))
 		die("dup/open/pipe");
+	char fifo[4096];
+	snprintf(fifo, sizeof fifo, "%s/fifo", argv[2]);
+	if (mkfifo(fifo, 0600))
+		die("mkfifo");
+	int ff = open(fifo, O_RDWR | O_NONBLOCK);
+	if (ff < 0 || write(ff, "fifo-data-123", 13) != 13)
+		die("fifo");
 	signal(SIGUSR1, on_usr1);
 	say("ready pid=%d ev=%d sem=%d memfd=%d nullc=%d nullw=%d f=%d g=%d h=%d dir=%d pipe=%d,%d",
 	    getpid(), ev, sem, mfd, nullc, nullw, f, g, h, d, pp[0], pp[1]);
@@ -82,13 +90,16 @@ int main(int argc, char **argv)
 			int fl = fcntl(pp[0], F_GETFL);
 			char rd;
 			int empty = read(pp[0], &rd, 1) < 0 && errno == EAGAIN;
+			char fdata[64] = {0};
+			if (read(ff, fdata, sizeof fdata - 1) < 0)
+				strcpy(fdata, "EMPTY");
 			say("check eventfd=%llu sem=%llu memfd=%s memfdpos=%ld seals=%d shared=%s pos=%ld,%ld,%ld,%ld "
-			    "cloexec=%d%d%d%d%d%d%d%d pipenonblock=%d pipeempty=%d",
+			    "cloexec=%d%d%d%d%d%d%d%d pipenonblock=%d pipeempty=%d fifo=%s",
 			    (unsigned long long)v, (unsigned long long)s, memok ? "ok" : "FAIL", mpos, seals,
 			    shared ? "ok" : "FAIL", pf, pg, pf2, ph2,
 			    fcntl(ev, F_GETFD), fcntl(sem, F_GETFD), fcntl(mfd, F_GETFD), fcntl(nullc, F_GETFD),
 			    fcntl(nullw, F_GETFD), fcntl(f, F_GETFD), fcntl(h, F_GETFD), fcntl(d, F_GETFD),
-			    !!(fl & O_NONBLOCK), empty);
+			    !!(fl & O_NONBLOCK), empty, fdata);
 		}
 		say("tick %lu", tick);
 		msleep(20);

@@ -9,7 +9,7 @@
  * 64 KiB anonymous areas carry MADV_DONTFORK, MADV_WIPEONFORK and
  * MADV_NOHUGEPAGE.
  *
- * Lines: "ready pid=P priv=ADDR dontfork=ADDR wipeonfork=ADDR nohuge=ADDR",
+ * Lines: "ready pid=P priv=ADDR dontfork=ADDR ... huge=ADDR",
  * "sums priv=X anon=Y page3=B page0=ok|FAIL" at start and on SIGUSR1;
  * SIGUSR1 also writes "shared-2" at offset 4096 of SHARED ("wrote shared");
  * "tick N" per tick. */
@@ -34,14 +34,14 @@ static void sums(void)
 	    priv[3 * 4096 + 17], ok ? "ok" : "FAIL");
 }
 
-static void *area(int advice)
+static void *area(int advice, size_t len)
 {
-	void *p = mmap(NULL, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		die("mmap");
-	if (madvise(p, 64 << 10, advice))
+	if (madvise(p, len, advice))
 		die("madvise");
-	memset(p, 0x5a, 64 << 10);
+	memset(p, 0x5a, len);
 	return p;
 }
 
@@ -73,9 +73,11 @@ int main(int argc, char **argv)
 		die("mmap shared anon");
 	fill(shanon, SHANON, 5);
 
-	void *df = area(MADV_DONTFORK), *wf = area(MADV_WIPEONFORK), *nh = area(MADV_NOHUGEPAGE);
+	void *df = area(MADV_DONTFORK, 64 << 10), *wf = area(MADV_WIPEONFORK, 64 << 10);
+	void *nh = area(MADV_NOHUGEPAGE, 64 << 10), *dd = area(MADV_DONTDUMP, 64 << 10);
+	void *hg = area(MADV_HUGEPAGE, 4 << 20);
 	signal(SIGUSR1, on_usr1);
-	say("ready pid=%d priv=%p dontfork=%p wipeonfork=%p nohuge=%p", getpid(), priv, df, wf, nh);
+	say("ready pid=%d priv=%p dontfork=%p wipeonfork=%p nohuge=%p dontdump=%p huge=%p", getpid(), priv, df, wf, nh, dd, hg);
 	sums();
 	for (unsigned long tick = 1;; tick++) {
 		if (got_usr1) {
