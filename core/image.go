@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 )
 
@@ -35,7 +36,12 @@ type Image struct {
 	// Pages describes the page stream file.
 	Pages PagesInfo `json:"pages"`
 
+	// Process is the process the dump was asked for (the root of the tree).
+	// Its pages are in Pages.
 	Process Process `json:"process"`
+	// Tree holds the root's descendants, each after its parent, with their
+	// own page streams (Process.Pages).
+	Tree []Process `json:"tree,omitempty"`
 }
 
 // PagesInfo describes the page data of an image.
@@ -80,6 +86,18 @@ type Process struct {
 	SharedPending []Siginfo `json:"shared_pending,omitempty"`
 
 	FDs []FD `json:"fds"`
+
+	// Pages describes the page stream of a process of Image.Tree (the
+	// root's is Image.Pages).
+	Pages *PagesInfo `json:"pages,omitempty"`
+	// Zombie is set for a process of the tree that had exited and was
+	// not yet reaped by its parent: nothing else of it is kept.
+	Zombie *Zombie `json:"zombie,omitempty"`
+}
+
+// Zombie is how a zombie process of the tree ended.
+type Zombie struct {
+	ExitCode int `json:"exit_code"` // as wait(2) reports it: status<<8, or the signal
 }
 
 // FileRef names a file on the dumping host and how to check that the file
@@ -314,6 +332,7 @@ type Timerfd struct {
 var (
 	ErrNotImage   = errors.New("not a migrate image")
 	ErrBadVersion = errors.New("unsupported image version")
+	ErrWrongArch  = errors.New("image of another architecture")
 )
 
 // ImageError reports a problem with one file of an image.
@@ -355,6 +374,9 @@ func DecodeImage(r io.Reader) (*Image, error) {
 	if img.Version != ImageVersion {
 		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrBadVersion, img.Version, ImageVersion)
 	}
+	if img.Arch != runtime.GOARCH {
+		return nil, fmt.Errorf("%w: dumped on %q, this is %q", ErrWrongArch, img.Arch, runtime.GOARCH)
+	}
 	if err := img.Validate(); err != nil {
 		return nil, err
 	}
@@ -364,7 +386,44 @@ func DecodeImage(r io.Reader) (*Image, error) {
 // Validate checks the internal consistency of the metadata, so that a
 // restore never acts on a hostile or corrupt image.
 func (img *Image) Validate() error {
-	p := &img.Process
+	if err := validateProcess(&img.Process); err != nil {
+		return err
+	}
+	if img.Pages.File != PagesFile {
+		return fmt.Errorf("pages file %q, want %q", img.Pages.File, PagesFile)
+	}
+	if img.Process.Pages != nil || img.Process.Zombie != nil {
+		return errors.New("the root process has pages of its own or is a zombie")
+	}
+	// The tree: unique PIDs, each parent before its children.
+	pids := map[int]bool{img.Process.PID: true}
+	for i := range img.Tree {
+		p := &img.Tree[i]
+		if pids[p.PID] {
+			return fmt.Errorf("process %d listed twice", p.PID)
+		}
+		if !pids[p.PPID] {
+			return fmt.Errorf("process %d: parent %d is not before it in the image", p.PID, p.PPID)
+		}
+		if p.Zombie != nil {
+			if p.PID <= 0 || p.PID > 1<<22 || len(p.Threads) != 0 || len(p.VMAs) != 0 || len(p.FDs) != 0 || p.Pages != nil {
+				return fmt.Errorf("zombie %d has state of a live process", p.PID)
+			}
+		} else {
+			if err := validateProcess(p); err != nil {
+				return fmt.Errorf("process %d: %w", p.PID, err)
+			}
+			if p.Pages == nil || p.Pages.File != fmt.Sprintf("pages-%d.img", p.PID) {
+				return fmt.Errorf("process %d: pages file missing or misnamed", p.PID)
+			}
+		}
+		pids[p.PID] = true
+	}
+	return nil
+}
+
+// validateProcess checks one live process of an image.
+func validateProcess(p *Process) error {
 	if p.PID <= 0 || p.PID > 1<<22 {
 		return fmt.Errorf("bad pid %d", p.PID)
 	}
@@ -434,9 +493,6 @@ func (img *Image) Validate() error {
 			return fmt.Errorf("vma %#x: bad blob name %q", v.Start, b)
 		}
 	}
-	if img.Pages.File != PagesFile {
-		return fmt.Errorf("pages file %q, want %q", img.Pages.File, PagesFile)
-	}
 	return nil
 }
 
@@ -495,4 +551,22 @@ func WriteImage(dir string, img *Image) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, MetaFile))
+}
+
+// Processes returns the live processes of the image with their page
+// streams, the root first, parents before children.
+func (img *Image) Processes() []ProcessPages {
+	out := []ProcessPages{{&img.Process, &img.Pages}}
+	for i := range img.Tree {
+		if p := &img.Tree[i]; p.Zombie == nil {
+			out = append(out, ProcessPages{p, p.Pages})
+		}
+	}
+	return out
+}
+
+// ProcessPages is a process with its page stream.
+type ProcessPages struct {
+	Process *Process
+	Pages   *PagesInfo
 }

@@ -12,6 +12,10 @@ import (
 // ReaderOptions configure a Reader.
 type ReaderOptions struct {
 	Workers int // decompression goroutines; 0 means runtime.GOMAXPROCS(0)
+	// Structure checks the stream's structure only: headers, sizes, the
+	// chained frame checksums, order and totals, but does not decompress
+	// page frames (their Data is nil). It is what Verify uses.
+	Structure bool
 }
 
 // Frame is a frame returned by Reader.Next: a batch of pages or a barrier.
@@ -61,8 +65,9 @@ func (f *Frame) Keep() { f.kept = true }
 // underlying reader can block forever (a network stream), unblock it first
 // (close it or set a deadline).
 type Reader struct {
-	r        io.Reader
-	streamID uint64
+	r         io.Reader
+	streamID  uint64
+	structure bool // check structure only, see ReaderOptions
 
 	ordered chan *rjob // frames in stream order, to Next
 	work    chan *rjob // page frames, to the workers
@@ -109,11 +114,12 @@ func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
 	}
 	inflight := 4 * workers
 	pr := &Reader{
-		r:        r,
-		streamID: h.streamID,
-		ordered:  make(chan *rjob, inflight),
-		work:     make(chan *rjob, inflight),
-		stop:     make(chan struct{}),
+		r:         r,
+		structure: opts.Structure,
+		streamID:  h.streamID,
+		ordered:   make(chan *rjob, inflight),
+		work:      make(chan *rjob, inflight),
+		stop:      make(chan struct{}),
 	}
 	pr.wire.Store(streamHeaderSize)
 	pr.wg.Add(1 + workers)
@@ -260,7 +266,14 @@ func (r *Reader) worker() {
 	var d decompressor
 	defer d.release()
 	for j := range r.work {
-		decodePages(&d, j)
+		if r.structure {
+			putBuf(j.payload)
+			j.payload = nil
+			h := j.hdr
+			j.Frame = Frame{Kind: FramePages, Round: h.round, Seq: h.seq, Offset: j.Offset, Addr: h.addr, Pages: int(h.pages)}
+		} else {
+			decodePages(&d, j)
+		}
 		close(j.done)
 	}
 }
@@ -400,5 +413,27 @@ func (r *Reader) Stats() Stats {
 		ZeroPages: r.zeroPages.Load(),
 		BytesRaw:  p * PageSize,
 		BytesWire: r.wire.Load(),
+	}
+}
+
+// Verify reads a whole stream and checks its structure without
+// decompressing it: every frame's header, size, chained checksum, sequence
+// and round order, and the end frame's totals. A truncated stream or a
+// flipped byte fails here, cheaply, before anything acts on the stream;
+// the content checksum of each page frame is checked when it is read for
+// real.
+func Verify(r io.Reader) (Stats, error) {
+	rd, err := NewReader(r, ReaderOptions{Structure: true, Workers: 1})
+	if err != nil {
+		return Stats{}, err
+	}
+	defer rd.Close()
+	for {
+		if _, err := rd.Next(); err != nil {
+			if err == io.EOF {
+				return rd.Stats(), nil
+			}
+			return rd.Stats(), err
+		}
 	}
 }

@@ -15,6 +15,8 @@ type DumpOptions struct {
 	// PreCopy copies memory in rounds while the process runs, then freezes
 	// it for a final round with only what changed since.
 	PreCopy bool
+	// Tree dumps the process with all its descendants (the CLI's default).
+	Tree    bool
 	Tracker string // dirty tracker for pre-copy: "auto", "uffd-wp", "soft-dirty", "hash"
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
@@ -30,6 +32,7 @@ type DumpReport struct {
 	PID         int           `json:"pid"`
 	Dir         string        `json:"dir"`
 	Comm        string        `json:"comm"`
+	Processes   int           `json:"processes"` // in the tree, zombies included
 	Threads     int           `json:"threads"`
 	VMAs        int           `json:"vmas"`
 	FDs         int           `json:"fds"`

@@ -30,31 +30,44 @@ func (u *undo) Clean() {
 	u.fns = nil
 }
 
-// dumper holds the state of one dump.
-type dumper struct {
+// session is the state one dump shares among the processes of the tree.
+type session struct {
 	opts   DumpOptions
 	log    *slog.Logger
-	pid    int
-	tr     *ptrace.Tracer
-	p      *ptrace.Proc
-	img    *core.Image
 	dir    string
+	tr     *ptrace.Tracer
+	codec  pagestream.Codec
+	blobs  int
+	steps  []Step
+	lapped time.Time
+	// fds seen so far in the tree, to find open file descriptions shared
+	// between fds and processes, and pipe ends.
+	fds   []fdRecord
+	pipes map[uint64][]pipeEnd
+}
+
+// dumper holds the state of the dump of one process of the tree.
+type dumper struct {
+	*session
+	pid    int
+	p      *ptrace.Proc
+	proc   *core.Process
+	pages  *core.PagesInfo
 	stat   *proc.Stat
 	status *proc.Status
+	fdset  *fdSet
+	sink   *pageSink
 	// scratch is a page mapped in the tracee for results of injected calls.
 	scratch uint64
-	blobs   int
-	steps   []Step
-	lapped  time.Time
 	tracker Tracker
 	rounds  []RoundReport
 }
 
 // lap records the time since the previous lap as step name.
-func (d *dumper) lap(name string) {
+func (s *session) lap(name string) {
 	now := time.Now()
-	d.steps = append(d.steps, Step{Name: name, MS: ms(now.Sub(d.lapped))})
-	d.lapped = now
+	s.steps = append(s.steps, Step{Name: name, MS: ms(now.Sub(s.lapped))})
+	s.lapped = now
 }
 
 // Stages at which DumpOptions.testHook is called.
@@ -66,11 +79,20 @@ const (
 	stageMeta     = "meta"     // before the metadata file is written
 )
 
-func (d *dumper) hook(stage string) error {
-	if d.opts.testHook == nil {
+func (s *session) hook(stage string) error {
+	if s.opts.testHook == nil {
 		return nil
 	}
-	return d.opts.testHook(stage)
+	return s.opts.testHook(stage)
+}
+
+// pagesFile names the page stream of a process: the root's is
+// core.PagesFile, each descendant's carries its PID.
+func pagesFile(pid int, root bool) string {
+	if root {
+		return core.PagesFile
+	}
+	return fmt.Sprintf("pages-%d.img", pid)
 }
 
 func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
@@ -86,167 +108,200 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if opts.Dir == "" {
 		return nil, errors.New("no image directory given")
 	}
-	d := &dumper{opts: opts, log: log, pid: opts.PID, dir: opts.Dir, lapped: start}
-	d.stat, d.status, err = checkTarget(opts.PID)
+	ss := &session{opts: opts, log: log, dir: opts.Dir, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}}
+	root := &dumper{session: ss, pid: opts.PID}
+	root.stat, root.status, err = checkTarget(opts.PID)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(d.dir, core.FilesDir), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {
 		return nil, fmt.Errorf("image directory: %w", err)
 	}
-	// The tracer outlives every rollback step (defers run last-in, first
-	// out): detaching needs it.
-	d.tr = ptrace.NewTracer()
-	defer d.tr.Close()
-	var cu undo
-	defer cu.Clean()
-	// Files this dump creates go away if it fails.
-	cu.Add(func() {
-		os.Remove(filepath.Join(d.dir, core.PagesFile))
-		os.RemoveAll(filepath.Join(d.dir, core.FilesDir))
-		os.Remove(filepath.Join(d.dir, "."+core.MetaFile+".tmp"))
-	})
-
-	sink, err := d.openSink(codec)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			sink.abort()
-		}
-	}()
-	var pending []PageRange
-	if opts.PreCopy {
-		cu.Add(func() {
-			if d.tracker != nil {
-				if err := d.tracker.Close(); err != nil {
-					log.Error("rollback: stop dirty tracking", "pid", d.pid, "err", err)
-				}
-			}
-		})
-		if pending, err = d.precopy(ctx, sink); err != nil {
-			return nil, err
-		}
-		d.lap("pre-copy")
-	}
-
-	d.p, err = d.tr.Seize(d.pid)
-	if err != nil {
-		var te *ptrace.TracedError
-		if errors.As(err, &te) {
-			return nil, &BadTargetError{PID: d.pid, Reason: te.Error()}
-		}
-		return nil, err
-	}
-	frozen := time.Now()
-	d.lap("freeze")
-	cu.Add(func() {
-		if err := d.p.Detach(); err != nil {
-			log.Error("rollback: detach", "pid", d.pid, "err", err)
-		}
-	})
-	log.Info("frozen", "pid", d.pid, "threads", len(d.p.Threads))
-	if err := d.hook(stageSeized); err != nil {
-		return nil, err
-	}
-
-	if err := d.p.FindGadget(); err != nil {
-		return nil, fmt.Errorf("process %d: %w", d.pid, err)
-	}
-	d.img = &core.Image{
+	img := &core.Image{
 		Kind:    core.ImageKind,
 		Version: core.ImageVersion,
 		Created: time.Now().UTC(),
 		Arch:    runtime.GOARCH,
 		Pages:   core.PagesInfo{File: core.PagesFile, Codec: codec.String()},
 	}
-	d.img.Host, _ = os.Hostname()
-	d.img.Kernel = kernelRelease()
+	img.Host, _ = os.Hostname()
+	img.Kernel = kernelRelease()
+	root.proc, root.pages = &img.Process, &img.Pages
+
+	// The tracer outlives every rollback step (defers run last-in, first
+	// out): detaching needs it.
+	ss.tr = ptrace.NewTracer()
+	defer ss.tr.Close()
+	var cu undo
+	defer cu.Clean()
+	var all []*dumper // the tree, parents first; grows as it is frozen
+	// Files this dump creates go away if it fails.
+	cu.Add(func() {
+		for _, d := range all {
+			if d.sink != nil {
+				d.sink.abort()
+			}
+			os.Remove(filepath.Join(ss.dir, d.pages.File))
+		}
+		os.RemoveAll(filepath.Join(ss.dir, core.FilesDir))
+		os.Remove(filepath.Join(ss.dir, "."+core.MetaFile+".tmp"))
+	})
+	all = append(all, root)
+	if root.sink, err = root.openSink(codec); err != nil {
+		return nil, err
+	}
+
+	var pending []PageRange
+	if opts.PreCopy {
+		if kids, _ := childrenOf(root.pid); opts.Tree && len(kids) > 0 {
+			return nil, &BadTargetError{PID: root.pid, Reason: "it has child processes: pre-copy of process trees is not supported yet (dump the tree without --pre-copy)"}
+		}
+		cu.Add(func() {
+			if root.tracker != nil {
+				if err := root.tracker.Close(); err != nil {
+					log.Error("rollback: stop dirty tracking", "pid", root.pid, "err", err)
+				}
+			}
+		})
+		if pending, err = root.precopy(ctx, root.sink); err != nil {
+			return nil, err
+		}
+		ss.lap("pre-copy")
+	}
+
+	// Freeze: the root, then (with opts.Tree) its descendants, until no
+	// process of the tree has a child that is not frozen.
+	cu.Add(func() {
+		for _, d := range all {
+			if d.p != nil {
+				if err := d.p.Detach(); err != nil {
+					log.Error("rollback: detach", "pid", d.pid, "err", err)
+				}
+			}
+		}
+	})
+	zombies, err := freezeTree(ss, &all, img)
+	if err != nil {
+		return nil, err
+	}
+	frozen := time.Now()
+	ss.lap("freeze")
+	log.Info("frozen", "pid", root.pid, "processes", len(all), "threads", len(root.p.Threads))
+	if err := ss.hook(stageSeized); err != nil {
+		return nil, err
+	}
 
 	// Everything that cannot fail on the process itself comes first, so an
 	// unsupported fd or mapping is refused before any injection.
-	if err := d.collectTask(); err != nil {
+	for _, d := range all {
+		if err := d.p.FindGadget(); err != nil {
+			return nil, fmt.Errorf("process %d: %w", d.pid, err)
+		}
+		if err := d.collectTask(); err != nil {
+			return nil, err
+		}
+		if err := d.collectVMAs(); err != nil {
+			return nil, err
+		}
+		if d.fdset, err = d.collectFDs(ctx); err != nil {
+			return nil, err
+		}
+		defer d.fdset.close()
+	}
+	if err := ss.resolvePipes(); err != nil {
 		return nil, err
 	}
-	if err := d.collectVMAs(); err != nil {
-		return nil, err
-	}
-	fds, err := d.collectFDs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer fds.close()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	d.lap("read state")
+	ss.lap("read state")
 
 	// Injected calls: a scratch page for their results, gone on every path.
-	if err := d.mapScratch(); err != nil {
-		return nil, err
-	}
-	unmapped := false
-	unmap := func() error {
-		if unmapped {
-			return nil
+	for _, d := range all {
+		d := d
+		if err := d.mapScratch(); err != nil {
+			return nil, err
 		}
-		unmapped = true
-		return d.unmapScratch()
-	}
-	cu.Add(func() {
+		unmapped := false
+		unmap := func() error {
+			if unmapped {
+				return nil
+			}
+			unmapped = true
+			return d.unmapScratch()
+		}
+		cu.Add(func() {
+			if err := unmap(); err != nil {
+				log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
+			}
+		})
+		if err := ss.hook(stageScratch); err != nil {
+			return nil, err
+		}
+		if err := d.collectInjected(); err != nil {
+			return nil, err
+		}
 		if err := unmap(); err != nil {
-			log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
+			return nil, err
 		}
-	})
-	if err := d.hook(stageScratch); err != nil {
-		return nil, err
 	}
-	if err := d.collectInjected(); err != nil {
-		return nil, err
-	}
-	if err := unmap(); err != nil {
-		return nil, err
-	}
-	if err := d.hook(stageInjected); err != nil {
+	if err := ss.hook(stageInjected); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	ss.lap("injected calls")
 
-	d.lap("injected calls")
 	memStart := time.Now()
-	if d.tracker != nil {
-		if err = d.finalRound(ctx, sink, pending, frozen); err != nil {
-			return nil, err
+	var stats pagestream.Stats
+	for _, d := range all {
+		if d.tracker != nil {
+			if err = d.finalRound(ctx, d.sink, pending, frozen); err != nil {
+				return nil, err
+			}
+			// Tracking is over: the process is left with nothing of it.
+			if err = d.tracker.Close(); err != nil {
+				return nil, err
+			}
+		} else {
+			if d.sink == nil {
+				if d.sink, err = d.openSink(codec); err != nil {
+					return nil, err
+				}
+			}
+			m := d.sink.meter(0)
+			if err = d.dumpMemory(ctx, d.sink, 0); err != nil {
+				return nil, err
+			}
+			rep, err := m.done(d.sink.pages)
+			if err != nil {
+				return nil, err
+			}
+			rep.Frozen = true
+			d.rounds = append(d.rounds, rep)
 		}
-		// Tracking is over: the process is left with nothing of it.
-		if err = d.tracker.Close(); err != nil {
-			return nil, err
-		}
-	} else {
-		m := sink.meter(0)
-		if err = d.dumpMemory(ctx, sink, 0); err != nil {
-			return nil, err
-		}
-		rep, err := m.done(sink.pages)
+		st, err := d.finishPages(d.sink, len(d.rounds))
 		if err != nil {
 			return nil, err
 		}
-		rep.Frozen = true
-		d.rounds = append(d.rounds, rep)
-	}
-	stats, err := d.finishPages(sink, len(d.rounds))
-	if err != nil {
-		return nil, err
+		stats.Pages += st.Pages
+		stats.ZeroPages += st.ZeroPages
+		stats.BytesRaw += st.BytesRaw
+		stats.BytesWire += st.BytesWire
 	}
 	memTime := time.Since(memStart)
-	d.lap("memory")
-	if err := fds.writeBlobs(d); err != nil {
-		return nil, err
+	ss.lap("memory")
+	for _, d := range all {
+		if err := d.fdset.writeBlobs(d); err != nil {
+			return nil, err
+		}
 	}
-	if err := d.hook(stageMeta); err != nil {
+	for _, d := range all[1:] {
+		img.Tree = append(img.Tree, *d.proc)
+	}
+	img.Tree = append(img.Tree, zombies...)
+	if err := ss.hook(stageMeta); err != nil {
 		return nil, err
 	}
 	// Last chance to give up: once the metadata is written, the image is
@@ -254,37 +309,52 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := core.WriteImage(d.dir, d.img); err != nil {
+	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}
-	if err := syncDir(d.dir); err != nil {
+	if err := syncDir(ss.dir); err != nil {
 		return nil, err
 	}
 
 	// The image is complete: from here on nothing is undone.
 	cu.Release()
-	d.lap("files and metadata")
-	rep = &DumpReport{
-		PID: d.pid, Dir: d.dir, Comm: d.img.Process.Comm,
-		Threads: len(d.img.Process.Threads), VMAs: len(d.img.Process.VMAs), FDs: len(d.img.Process.FDs),
-		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
-		BytesImage: d.img.Pages.Size, BytesWire: uint64(d.img.Pages.Size), Codec: codec.String(),
-		LeftRunning: opts.LeaveRunning, Rounds: d.rounds,
+	ss.lap("files and metadata")
+	var size int64
+	for _, d := range all {
+		size += d.pages.Size
 	}
-	if d.tracker != nil {
-		rep.Tracker = d.tracker.Name()
+	rep = &DumpReport{
+		PID: root.pid, Dir: ss.dir, Comm: root.proc.Comm, Processes: len(all) + len(zombies),
+		Threads: len(root.proc.Threads), VMAs: len(root.proc.VMAs), FDs: len(root.proc.FDs),
+		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
+		BytesImage: size, BytesWire: uint64(size), Codec: codec.String(),
+		LeftRunning: opts.LeaveRunning, Rounds: root.rounds,
+	}
+	if root.tracker != nil {
+		rep.Tracker = root.tracker.Name()
 	}
 	// Frozen time ends when the process runs again, or, when it is to die,
 	// once its image is complete.
 	rep.Frozen = time.Since(frozen)
-	if opts.LeaveRunning {
-		err = d.p.Detach()
-		rep.Frozen = time.Since(frozen)
-	} else {
-		err = d.p.Kill(false)
+	// Children first when killing, so no parent sees a child die and acts
+	// on it; any order when letting them run.
+	for i := len(all) - 1; i >= 0; i-- {
+		d := all[i]
+		var e error
+		if opts.LeaveRunning {
+			e = d.p.Detach()
+		} else {
+			e = d.p.Kill(false)
+		}
+		if err == nil {
+			err = e
+		}
 	}
-	d.lap("release")
-	rep.Steps = d.steps
+	if opts.LeaveRunning {
+		rep.Frozen = time.Since(frozen)
+	}
+	ss.lap("release")
+	rep.Steps = ss.steps
 	rep.Total = time.Since(start)
 	rep.FrozenMS = ms(rep.Frozen)
 	rep.TotalMS = ms(rep.Total)
@@ -325,7 +395,7 @@ func syncDir(dir string) error {
 }
 
 // newBlob creates a fresh file under files/ and returns its image name.
-func (d *dumper) newBlob(kind string) (string, *os.File, error) {
+func (d *session) newBlob(kind string) (string, *os.File, error) {
 	d.blobs++
 	name := fmt.Sprintf("%s/%s-%d", core.FilesDir, kind, d.blobs)
 	f, err := os.OpenFile(filepath.Join(d.dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -336,7 +406,7 @@ func (d *dumper) newBlob(kind string) (string, *os.File, error) {
 }
 
 // copyBlob stores everything r yields as a blob.
-func (d *dumper) copyBlob(kind string, r io.Reader) (string, error) {
+func (d *session) copyBlob(kind string, r io.Reader) (string, error) {
 	name, f, err := d.newBlob(kind)
 	if err != nil {
 		return "", err

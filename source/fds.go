@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -62,9 +63,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			set.close()
 		}
 	}()
-	p := &d.img.Process
-	type pipeEnd struct{ idx, fd int }
-	pipes := map[uint64][]pipeEnd{}
+	p := d.proc
 	for _, l := range links {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -89,21 +88,22 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			Cloexec: info.Flags&unix.O_CLOEXEC != 0,
 			Pos:     info.Pos,
 		}
-		// fds sharing one open file description stay shared.
-		for _, prev := range p.FDs {
-			pf := set.dups[prev.FD]
-			var pst unix.Stat_t
-			if unix.Fstat(int(pf.Fd()), &pst) != nil || pst.Dev != st.Dev || pst.Ino != st.Ino {
+		// fds sharing one open file description, in this process or another
+		// of the tree, stay shared: the first one names the description.
+		for _, prev := range d.fds {
+			if prev.dev != st.Dev || prev.ino != st.Ino {
 				continue
 			}
-			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(d.pid), uintptr(d.pid), kcmpFile, uintptr(prev.FD), uintptr(l.FD), 0); e == 0 && r == 0 {
-				fd.Key = "fd" + strconv.Itoa(prev.FD)
-				if prev.Key != "" {
-					fd.Key = prev.Key
-				}
+			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(prev.pid), uintptr(d.pid), kcmpFile, uintptr(prev.fd), uintptr(l.FD), 0); e == 0 && r == 0 {
+				fd.Key = prev.key
 				break
 			}
 		}
+		rec := fdRecord{pid: d.pid, fd: l.FD, dev: st.Dev, ino: st.Ino, key: fd.Key}
+		if rec.key == "" {
+			rec.key = descKey(d.pid, l.FD)
+		}
+		d.fds = append(d.fds, rec)
 		idx := len(p.FDs)
 		target := l.Target
 		unsupported := func(reason string) error {
@@ -155,14 +155,14 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			if strings.HasPrefix(target, "pipe:[") {
 				fd.Kind = core.FDPipe
 				fd.Pipe = st.Ino
-				pipes[st.Ino] = append(pipes[st.Ino], pipeEnd{idx, l.FD})
+				d.pipes[st.Ino] = append(d.pipes[st.Ino], pipeEnd{d, idx, l.FD})
 			} else {
 				fd.Kind = core.FDFIFO
 				fd.File = ref()
 				if fd.File.Deleted {
 					return nil, unsupported("a deleted FIFO")
 				}
-				pipes[st.Ino] = append(pipes[st.Ino], pipeEnd{idx, l.FD})
+				d.pipes[st.Ino] = append(d.pipes[st.Ino], pipeEnd{d, idx, l.FD})
 			}
 			sz, err := unix.FcntlInt(uintptr(nfd), unix.F_GETPIPE_SZ, 0)
 			if err != nil {
@@ -215,20 +215,48 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
-	// Pipes: both ends must be inside the process (the other end of a pipe
-	// shared with another process cannot be reconnected from an image);
-	// buffered bytes are stored once, with the first read end.
-	for ino, ends := range pipes {
-		first := p.FDs[ends[0].idx]
-		if first.Kind == core.FDFIFO {
-			if err := d.pipeData(set, ends[0].idx, ends[0].fd, true); err != nil {
-				return nil, err
+	ok = true
+	return set, nil
+}
+
+// fdRecord is an fd seen in the tree, for finding shared descriptions.
+type fdRecord struct {
+	pid, fd  int
+	dev, ino uint64
+	key      string // the description's key: "PID:FD" of its first fd
+}
+
+func descKey(pid, fd int) string { return strconv.Itoa(pid) + ":" + strconv.Itoa(fd) }
+
+// pipeEnd is an fd of a pipe or FIFO in some process of the tree.
+type pipeEnd struct {
+	d       *dumper
+	idx, fd int // index in the process's FDs, fd number
+}
+
+// resolvePipes checks that each pipe has both ends inside the tree (the
+// other end of a pipe held by a process outside cannot be reconnected from
+// an image) and stores its buffered bytes once, with its first read end.
+//
+// Preconditions: every process of the tree is frozen and its fds collected.
+func (ss *session) resolvePipes() error {
+	inos := make([]uint64, 0, len(ss.pipes))
+	for ino := range ss.pipes {
+		inos = append(inos, ino)
+	}
+	sort.Slice(inos, func(i, j int) bool { return inos[i] < inos[j] })
+	for _, ino := range inos {
+		ends := ss.pipes[ino]
+		first := ends[0]
+		if first.d.proc.FDs[first.idx].Kind == core.FDFIFO {
+			if err := first.d.pipeData(first.d.fdset, first.idx, first.fd, true); err != nil {
+				return err
 			}
 			continue
 		}
 		var r, w *pipeEnd
 		for i := range ends {
-			switch p.FDs[ends[i].idx].Flags & unix.O_ACCMODE {
+			switch ends[i].d.proc.FDs[ends[i].idx].Flags & unix.O_ACCMODE {
 			case unix.O_RDONLY:
 				if r == nil {
 					r = &ends[i]
@@ -240,20 +268,18 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			}
 		}
 		if r == nil || w == nil {
-			e := ends[0]
 			side := "write"
 			if r == nil {
 				side = "read"
 			}
-			return nil, &UnsupportedFDError{PID: d.pid, FD: e.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
-				Reason: "its " + side + " end is held by another process; start the process with stdio on files or /dev/null"}
+			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
+				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null"}
 		}
-		if err := d.pipeData(set, r.idx, r.fd, false); err != nil {
-			return nil, err
+		if err := r.d.pipeData(r.d.fdset, r.idx, r.fd, false); err != nil {
+			return err
 		}
 	}
-	ok = true
-	return set, nil
+	return nil
 }
 
 func wholeFile(f *os.File) func() (io.Reader, error) {
@@ -270,7 +296,7 @@ func (d *dumper) pipeData(set *fdSet, idx, fd int, fifo bool) error {
 	}
 	defer unix.Close(pp[0])
 	defer unix.Close(pp[1])
-	size := d.img.Process.FDs[idx].PipeSize
+	size := d.proc.FDs[idx].PipeSize
 	if _, err := unix.FcntlInt(uintptr(pp[1]), unix.F_SETPIPE_SZ, size); err != nil {
 		return fmt.Errorf("process %d: fd %d: cannot make a %d-byte pipe to copy its buffer: %w", d.pid, fd, size, err)
 	}
@@ -301,14 +327,14 @@ func (d *dumper) pipeData(set *fdSet, idx, fd int, fifo bool) error {
 // contents of deleted files that are mapped but not open.
 func (s *fdSet) writeBlobs(d *dumper) error {
 	open := map[[2]uint64]bool{}
-	for _, fd := range d.img.Process.FDs {
+	for _, fd := range d.proc.FDs {
 		if fd.File != nil {
 			open[[2]uint64{fd.File.Dev, fd.File.Ino}] = true
 		}
 	}
 	stored := map[[2]uint64]string{}
-	for i := range d.img.Process.VMAs {
-		v := &d.img.Process.VMAs[i]
+	for i := range d.proc.VMAs {
+		v := &d.proc.VMAs[i]
 		if v.File == nil || !v.File.Deleted || open[[2]uint64{v.File.Dev, v.File.Ino}] {
 			continue
 		}
@@ -338,7 +364,7 @@ func (s *fdSet) writeBlobs(d *dumper) error {
 		if err != nil {
 			return err
 		}
-		fd := &d.img.Process.FDs[b.idx]
+		fd := &d.proc.FDs[b.idx]
 		if b.what == "data" {
 			fd.Data = name
 		} else {

@@ -56,7 +56,7 @@ func (d *dumper) call(th *ptrace.Thread, name string, n int, nr uintptr, args ..
 //
 // Preconditions: the process is frozen and the scratch page is mapped.
 func (d *dumper) collectInjected() error {
-	p := &d.img.Process
+	p := d.proc
 	le := binary.LittleEndian
 	lead := d.p.Leader()
 	p.Sigactions = make([]core.Sigaction, 64)
@@ -89,6 +89,16 @@ func (d *dumper) collectInjected() error {
 		if iv, rem := tv(0), tv(16); iv != 0 || rem != 0 {
 			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
 		}
+	}
+	// Resource limits from inside: reading another user's limits from
+	// outside needs CAP_SYS_RESOURCE, which root here does not have.
+	p.Rlimits = nil
+	for res := 0; res < 16; res++ {
+		_, b, err := d.call(lead, "prlimit64", 16, unix.SYS_PRLIMIT64, 0, uint64(res), 0, d.scratch)
+		if err != nil {
+			return fmt.Errorf("rlimit %d: %w", res, err)
+		}
+		p.Rlimits = append(p.Rlimits, core.Rlimit{Resource: res, Cur: le.Uint64(b), Max: le.Uint64(b[8:])})
 	}
 	if err := d.collectTimers(); err != nil {
 		return err

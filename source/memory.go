@@ -43,7 +43,7 @@ func (d *dumper) collectVMAs() error {
 	if err != nil {
 		return err
 	}
-	d.img.Process.VMAs = vmas
+	d.proc.VMAs = vmas
 	return nil
 }
 
@@ -195,7 +195,7 @@ type pageSink struct {
 }
 
 func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
-	s := &pageSink{d: d, path: filepath.Join(d.dir, core.PagesFile)}
+	s := &pageSink{d: d, path: filepath.Join(d.dir, d.pages.File)}
 	var err error
 	if s.f, err = os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
 		return nil, err
@@ -218,7 +218,7 @@ func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
 func (s *pageSink) abort() {
 	if !s.closed {
 		s.closed = true
-		s.w.Close()
+		s.w.Abort() // no end frame: the stream reads as cut short
 	}
 	if s.pm != nil {
 		s.pm.Close()
@@ -422,7 +422,7 @@ func (s *pageSink) endRound(round uint32) error {
 //
 // Preconditions: the process is frozen.
 func (d *dumper) dumpMemory(ctx context.Context, s *pageSink, round uint32) error {
-	vmas := d.img.Process.VMAs
+	vmas := d.proc.VMAs
 	for i := range vmas {
 		if err := s.sendArea(ctx, round, &vmas[i]); err != nil {
 			return err
@@ -438,14 +438,14 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 	if err != nil {
 		return st, err
 	}
-	for i := range d.img.Process.VMAs {
-		v := &d.img.Process.VMAs[i]
+	for i := range d.proc.VMAs {
+		v := &d.proc.VMAs[i]
 		if holdsPages(v.Kind) {
 			v.Pages = s.sent.Count(v.Start, v.End)
 		}
 	}
-	d.img.Pages.Size = s.cw.n
-	d.img.Pages.Pages = st.Pages
-	d.img.Pages.Rounds = rounds
+	d.pages.Size = s.cw.n
+	d.pages.Pages = st.Pages
+	d.pages.Rounds = rounds
 	return st, nil
 }

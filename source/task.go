@@ -18,7 +18,7 @@ import (
 //
 // Preconditions: the process is frozen.
 func (d *dumper) collectTask() error {
-	p := &d.img.Process
+	p := d.proc
 	st, status := d.stat, d.status
 	p.PID = d.pid
 	p.PPID, p.PGID, p.SID = st.PPID, st.PGRP, st.Session
@@ -51,14 +51,6 @@ func (d *dumper) collectTask() error {
 	}
 	p.Exe = *exe
 	p.Cmdline, _ = proc.ReadCmdline(d.pid)
-
-	for r := 0; r < 16; r++ {
-		var lim unix.Rlimit
-		if err := unix.Prlimit(d.pid, r, nil, &lim); err != nil {
-			return fmt.Errorf("process %d: rlimit %d: %w", d.pid, r, err)
-		}
-		p.Rlimits = append(p.Rlimits, core.Rlimit{Resource: r, Cur: lim.Cur, Max: lim.Max})
-	}
 
 	auxv, err := proc.ReadAuxv(d.pid)
 	if err != nil {

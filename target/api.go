@@ -14,12 +14,14 @@ type RestoreOptions struct {
 
 // RestoreReport says what a restore did.
 type RestoreReport struct {
-	PID      int           `json:"pid"`
-	Comm     string        `json:"comm"`
-	Pages    uint64        `json:"pages"`
-	Total    time.Duration `json:"-"`
-	TotalMS  float64       `json:"total_ms"`
-	MemoryMS float64       `json:"memory_ms"`
+	PID  int    `json:"pid"`
+	Comm string `json:"comm"`
+	// Processes is the number of processes restored (the tree).
+	Processes int           `json:"processes"`
+	Pages     uint64        `json:"pages"`
+	Total     time.Duration `json:"-"`
+	TotalMS   float64       `json:"total_ms"`
+	MemoryMS  float64       `json:"memory_ms"`
 	// Steps says where the time went.
 	Steps []Step `json:"steps"`
 	// Warnings lists what could not be restored exactly (for example a hard

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -17,18 +18,23 @@ import (
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
 // process had open or mapped, once per original inode.
-func (r *restorer) prepareDeleted(context.Context) error {
+func (r *session) prepareDeleted(context.Context) error {
 	r.deletedFiles = map[fileKey]*os.File{}
 	var refs []*core.FileRef
-	p := &r.img.Process
-	for i := range p.FDs {
-		if f := p.FDs[i].File; f != nil && (f.Deleted || p.FDs[i].Kind == core.FDMemfd) && f.Blob != "" {
-			refs = append(refs, f)
-		}
+	procs := []*core.Process{&r.img.Process}
+	for i := range r.img.Tree {
+		procs = append(procs, &r.img.Tree[i])
 	}
-	for i := range p.VMAs {
-		if f := p.VMAs[i].File; f != nil && f.Deleted && f.Blob != "" {
-			refs = append(refs, f)
+	for _, p := range procs {
+		for i := range p.FDs {
+			if f := p.FDs[i].File; f != nil && (f.Deleted || p.FDs[i].Kind == core.FDMemfd) && f.Blob != "" {
+				refs = append(refs, f)
+			}
+		}
+		for i := range p.VMAs {
+			if f := p.VMAs[i].File; f != nil && f.Deleted && f.Blob != "" {
+				refs = append(refs, f)
+			}
 		}
 	}
 	for _, ref := range refs {
@@ -47,7 +53,7 @@ func (r *restorer) prepareDeleted(context.Context) error {
 
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
 // original directory otherwise) holding the stored contents.
-func (r *restorer) recreate(ref *core.FileRef) (*os.File, error) {
+func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
 	src, err := os.Open(filepath.Join(r.dir, ref.Blob))
 	if err != nil {
 		return nil, err
@@ -266,10 +272,10 @@ const tfdIocSetTicks = 0x40085400
 // all its fds exist.
 func (r *restorer) restoreEpoll() error {
 	have := map[int]bool{}
-	for _, fd := range r.img.Process.FDs {
+	for _, fd := range r.proc.FDs {
 		have[fd.FD] = true
 	}
-	for _, fd := range r.img.Process.FDs {
+	for _, fd := range r.proc.FDs {
 		if fd.Kind != core.FDEpoll {
 			continue
 		}
@@ -318,7 +324,7 @@ func dupFile(f *os.File) (*os.File, error) {
 }
 
 // fillPipe writes stored pipe contents into the write side w.
-func (r *restorer) fillPipe(w *os.File, blob string) error {
+func (r *session) fillPipe(w *os.File, blob string) error {
 	data, err := os.ReadFile(filepath.Join(r.dir, blob))
 	if err != nil {
 		return err
@@ -339,26 +345,24 @@ func (r *restorer) fillPipe(w *os.File, blob string) error {
 // Preconditions: the child has no fds but the agent's pidfd (layout closed
 // the husk's and its own temporaries).
 func (r *restorer) restoreFDs(context.Context) error {
-	p := &r.img.Process
-	pipes := map[uint64][2]*os.File{}
-	byKey := map[string]int{}
+	p := r.proc
 	for i := range p.FDs {
 		fd := &p.FDs[i]
-		var cloexec uint64
-		if fd.Cloexec {
-			cloexec = unix.O_CLOEXEC
+		// The description: one opened before, for this fd's key (another fd
+		// of this or another process that shared it), or a new one.
+		key := fd.Key
+		if key == "" {
+			key = strconv.Itoa(p.PID) + ":" + strconv.Itoa(fd.FD)
 		}
-		if src, ok := byKey[fd.Key]; ok && fd.Key != "" {
-			if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(src), uint64(fd.FD), cloexec); err != nil {
-				return fmt.Errorf("fd %d: %w", fd.FD, err)
+		f := r.descs[key]
+		if f == nil {
+			var err error
+			if f, err = r.openFD(fd, r.pipes); err != nil {
+				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
 			}
-			continue
+			r.keep(f)
+			r.descs[key] = f
 		}
-		f, err := r.openFD(fd, pipes)
-		if err != nil {
-			return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
-		}
-		r.keep(f)
 		tmp, err := r.install(f)
 		if err != nil {
 			return fmt.Errorf("fd %d: %w", fd.FD, err)
@@ -370,19 +374,17 @@ func (r *restorer) restoreFDs(context.Context) error {
 					return fmt.Errorf("fd %d: %w", fd.FD, err)
 				}
 			}
-		} else {
-			if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(tmp), uint64(fd.FD), cloexec); err != nil {
-				return fmt.Errorf("fd %d: %w", fd.FD, err)
-			}
-			if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
-				return fmt.Errorf("fd %d: %w", fd.FD, err)
-			}
+			continue
 		}
-		if fd.Key != "" {
-			byKey[fd.Key] = fd.FD
+		var cloexec uint64
+		if fd.Cloexec {
+			cloexec = unix.O_CLOEXEC
 		}
-		if fd.Key == "" {
-			byKey["fd"+fmt.Sprint(fd.FD)] = fd.FD
+		if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(tmp), uint64(fd.FD), cloexec); err != nil {
+			return fmt.Errorf("fd %d: %w", fd.FD, err)
+		}
+		if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
+			return fmt.Errorf("fd %d: %w", fd.FD, err)
 		}
 	}
 	if err := r.restoreEpoll(); err != nil {

@@ -26,7 +26,7 @@ const pageSize = 4096
 func (r *restorer) fillPages(ctx context.Context) error {
 	begin := time.Now()
 	defer func() { r.memTime = time.Since(begin) }()
-	path := filepath.Join(r.dir, r.img.Pages.File)
+	path := filepath.Join(r.dir, r.pagesInfo.File)
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -41,9 +41,9 @@ func (r *restorer) fillPages(ctx context.Context) error {
 	// Pages written so far, needed only when several rounds may write the
 	// same page.
 	var written core.PageSet
-	rounds := max(r.img.Pages.Rounds, 1)
+	rounds := max(r.pagesInfo.Rounds, 1)
 	final := rounds - 1
-	vmas := r.img.Process.VMAs
+	vmas := r.proc.VMAs
 	find := func(addr uint64) *core.VMA {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > addr })
 		if i < len(vmas) && vmas[i].Start <= addr {
@@ -143,8 +143,8 @@ func (r *restorer) fillPages(ctx context.Context) error {
 	if err := stop(); err != nil {
 		return err
 	}
-	if r.pages != r.img.Pages.Pages {
-		return &core.ImageError{File: path, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", r.pages, r.img.Pages.Pages)}
+	if r.pages != r.pagesInfo.Pages {
+		return &core.ImageError{File: path, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", r.pages, r.pagesInfo.Pages)}
 	}
 	return nil
 }
@@ -175,7 +175,7 @@ func writeFrame(pid int, fr *pagestream.Frame, skip []bool) error {
 // protect sets each area's final protection and re-applies its madvise
 // advice.
 func (r *restorer) protect(context.Context) error {
-	for _, v := range r.img.Process.VMAs {
+	for _, v := range r.proc.VMAs {
 		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
 			continue
 		}

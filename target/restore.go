@@ -17,28 +17,43 @@ import (
 	"migrate/core/ptrace"
 )
 
-// restorer holds the state of one restore.
-type restorer struct {
-	dir  string
-	img  *core.Image
-	log  *slog.Logger
-	tr   *ptrace.Tracer
-	husk *exec.Cmd
-	hp   *ptrace.Proc // the husk
-	p    *ptrace.Proc // the process being built, with the original PID
-	pid  int
-
-	scratch uint64 // scratch area in the child for injected calls' arguments
-	// agentFD is the child's pidfd for this agent, used to pull in fds.
-	agentFD int
-	// files the agent opened for the child; closed when the restore ends.
+// session is the state a restore shares among the processes of the tree.
+type session struct {
+	dir string
+	img *core.Image
+	log *slog.Logger
+	tr  *ptrace.Tracer
+	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
 	// deletedFiles are the recreated deleted files and memfds, by dev/ino
 	// of the original, shared by the mappings and fds that used it.
 	deletedFiles map[fileKey]*os.File
-	pages        uint64
-	memTime      time.Duration
+	// descs are the open file descriptions by key (core.FD.Key, or
+	// "PID:FD" of their first fd), shared by every fd that had them.
+	descs map[string]*os.File
+	// pipes are the recreated pipes by inode: read end, write end.
+	pipes map[uint64][2]*os.File
+}
+
+// restorer holds the state of the restore of one process of the tree.
+type restorer struct {
+	*session
+	proc      *core.Process
+	pagesInfo *core.PagesInfo
+	parent    *restorer
+	husk      *exec.Cmd
+	hp        *ptrace.Proc // the husk
+	p         *ptrace.Proc // the process being built, with the original PID
+	pid       int
+
+	scratch uint64 // scratch area in the child for injected calls' arguments
+	// agentFD is the child's pidfd for this agent, used to pull in fds.
+	agentFD int
+	pages   uint64
+	memTime time.Duration
+	// sessionLeader is set once the process made its own session.
+	sessionLeader bool
 }
 
 const scratchLen = 64 << 10
@@ -56,62 +71,108 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 	if err := validate(opts.Dir, img); err != nil {
 		return nil, err
 	}
-	r := &restorer{dir: opts.Dir, img: img, log: log, pid: img.Process.PID, agentFD: -1}
-	r.tr = ptrace.NewTracer()
-	defer r.tr.Close()
-	defer r.closeFiles()
+	ss := &session{dir: opts.Dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
+	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1}
+	all := []*restorer{root}
+	byPID := map[int]*restorer{root.pid: root}
+	for i := range img.Tree {
+		p := &img.Tree[i]
+		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: byPID[p.PPID]}
+		all = append(all, r)
+		byPID[r.pid] = r
+	}
+	ss.tr = ptrace.NewTracer()
+	defer ss.tr.Close()
+	defer ss.closeFiles()
 	ok := false
 	defer func() {
 		if !ok {
-			r.abort()
+			// Children first: nothing of a failed restore runs on.
+			for i := len(all) - 1; i >= 0; i-- {
+				all[i].abort()
+			}
 		}
 	}()
 	var steps []Step
-	todo := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
-		{"recreate deleted files", r.prepareDeleted},
-		{"create process", r.create},
-		{"lay out memory", r.layout},
-		{"fill memory", r.fillPages},
-		{"set protections", r.protect},
-		{"restore files", r.restoreFDs},
-		{"restore process state", r.restoreState},
-		{"restore threads", r.restoreThreads},
-	}
-	for _, s := range todo {
+	step := func(name string, fn func() error) error {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		t := time.Now()
-		if err := s.fn(ctx); err != nil {
-			return nil, fmt.Errorf("restore pid %d: %s: %w", r.pid, s.name, err)
+		if err := fn(); err != nil {
+			return fmt.Errorf("restore pid %d: %s: %w", root.pid, name, err)
 		}
-		steps = append(steps, Step{Name: s.name, MS: float64(time.Since(t).Microseconds()) / 1000})
-		log.Info("restore step", "step", s.name, "ms", time.Since(t).Milliseconds())
+		steps = append(steps, Step{Name: name, MS: float64(time.Since(t).Microseconds()) / 1000})
+		log.Info("restore step", "step", name, "ms", time.Since(t).Milliseconds())
+		return nil
 	}
-	if err := r.p.Detach(); err != nil {
-		return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
+	// each runs fn for every live process of the tree.
+	each := func(fn func(*restorer, context.Context) error) func() error {
+		return func() error {
+			for _, r := range all {
+				if r.proc.Zombie != nil {
+					continue
+				}
+				if err := fn(r, ctx); err != nil {
+					if r != root {
+						return fmt.Errorf("process %d: %w", r.pid, err)
+					}
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	todo := []struct {
+		name string
+		fn   func() error
+	}{
+		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
+		{"create processes", func() error { return createTree(all) }},
+		{"lay out memory", each((*restorer).layout)},
+		{"fill memory", each((*restorer).fillPages)},
+		{"set protections", each((*restorer).protect)},
+		{"restore files", each((*restorer).restoreFDs)},
+		{"restore process state", each((*restorer).restoreState)},
+		{"restore threads", each((*restorer).restoreThreads)},
+	}
+	for _, s := range todo {
+		if err := step(s.name, s.fn); err != nil {
+			return nil, err
+		}
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if r := all[i]; r.p != nil {
+			if err := r.p.Detach(); err != nil {
+				return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
+			}
+		}
 	}
 	ok = true
-	if st, err := proc.ReadStat(r.pid); err != nil || st.State == 'Z' || st.State == 'X' {
-		return nil, fmt.Errorf("restore pid %d: the process died as soon as it resumed", r.pid)
+	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
+		return nil, fmt.Errorf("restore pid %d: the process died as soon as it resumed", root.pid)
+	}
+	var pages uint64
+	var memTime time.Duration
+	for _, r := range all {
+		pages += r.pages
+		memTime += r.memTime
 	}
 	rep = &RestoreReport{
-		PID:      r.pid,
-		Comm:     img.Process.Comm,
-		Pages:    r.pages,
-		Total:    time.Since(start),
-		MemoryMS: float64(r.memTime.Microseconds()) / 1000,
-		Warnings: r.warnings,
-		Steps:    steps,
+		PID:       root.pid,
+		Comm:      img.Process.Comm,
+		Processes: len(all),
+		Pages:     pages,
+		Total:     time.Since(start),
+		MemoryMS:  float64(memTime.Microseconds()) / 1000,
+		Warnings:  ss.warnings,
+		Steps:     steps,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
 }
 
-func (r *restorer) warn(format string, args ...any) {
+func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.warnings = append(r.warnings, msg)
 	r.log.Warn(msg)
@@ -120,7 +181,9 @@ func (r *restorer) warn(format string, args ...any) {
 // abort kills whatever was built. Nothing of a failed restore runs on.
 func (r *restorer) abort() {
 	if r.p != nil {
-		r.p.Kill(true)
+		// The process is a child of the husk, init or a restored parent:
+		// its tracer waits it dead, its parent reaps it.
+		r.p.Kill(r.parent == nil)
 	}
 	if r.hp != nil {
 		r.hp.Kill(true)
@@ -131,7 +194,7 @@ func (r *restorer) abort() {
 	}
 }
 
-func (r *restorer) closeFiles() {
+func (r *session) closeFiles() {
 	for _, f := range r.files {
 		f.Close()
 	}
@@ -159,9 +222,82 @@ type cloneArgs struct {
 	Flags, Pidfd, ChildTID, ParentTID, ExitSignal, Stack, StackSize, TLS, SetTID, SetTIDSize uint64
 }
 
-// create starts the husk and forks the process with the original PID out
-// of it; the husk then dies and the new process is reparented to init.
-func (r *restorer) create(context.Context) error {
+// forkPID makes the process p (still laid out as a husk: its data page at
+// huskData) fork a child with the given PID, and adopts the child, which is
+// traced from birth.
+func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
+	tid := int32(pid)
+	ca := cloneArgs{ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: 1}
+	if _, err := ptrace.WriteMemForce(p.PID, huskData, ptrace.Bytes(&ca)); err != nil {
+		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+	}
+	if _, err := ptrace.WriteMemForce(p.PID, huskData+128, ptrace.Bytes(&tid)); err != nil {
+		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+	}
+	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(ptrace.Bytes(&ca))))
+	if err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			if err := pidFree(pid); err != nil {
+				return nil, err
+			}
+		}
+		return nil, err
+	}
+	if int(child) != pid {
+		return nil, fmt.Errorf("clone3 made pid %d, want %d", child, pid)
+	}
+	return p.Adopt(pid)
+}
+
+// createTree creates every process of the tree with its PID while all are
+// still copies of the husk: the root forked out of a husk, which then dies
+// (so the root is reparented to init or the nearest subreaper and outlives
+// migrate), each other process forked out of its parent. A process that
+// led its own session makes it before its children are forked, so they
+// are born in it. Zombies are forked and made to exit as they had.
+func createTree(all []*restorer) error {
+	root := all[0]
+	if err := root.createRoot(); err != nil {
+		return err
+	}
+	if err := root.joinSession(); err != nil {
+		return err
+	}
+	for _, r := range all[1:] {
+		if r.parent == nil || r.parent.p == nil {
+			return fmt.Errorf("process %d: its parent %d is not in the image", r.pid, r.proc.PPID)
+		}
+		var err error
+		if r.p, err = forkPID(r.parent.p, r.pid); err != nil {
+			return fmt.Errorf("process %d: %w", r.pid, err)
+		}
+		if r.proc.Zombie != nil {
+			if err := r.exitAsZombie(); err != nil {
+				return fmt.Errorf("zombie %d: %w", r.pid, err)
+			}
+			continue
+		}
+		if err := r.joinSession(); err != nil {
+			return fmt.Errorf("process %d: %w", r.pid, err)
+		}
+	}
+	// Process groups once every process exists: a member joins a group its
+	// leader made.
+	for _, leaders := range []bool{true, false} {
+		for _, r := range all {
+			if r.proc.Zombie != nil || (r.proc.PGID == r.pid) != leaders || r.proc.SID == r.pid {
+				continue
+			}
+			if err := r.joinGroup(); err != nil {
+				return fmt.Errorf("process %d: %w", r.pid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// createRoot starts the husk and forks the root out of it.
+func (r *restorer) createRoot() error {
 	var err error
 	if r.husk, err = startHusk(); err != nil {
 		return err
@@ -170,25 +306,7 @@ func (r *restorer) create(context.Context) error {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
-	tid := int32(r.pid)
-	ca := cloneArgs{ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: 1}
-	if _, err := ptrace.WriteMemForce(r.husk.Process.Pid, huskData, ptrace.Bytes(&ca)); err != nil {
-		return fmt.Errorf("write clone_args into husk: %w", err)
-	}
-	if _, err := ptrace.WriteMemForce(r.husk.Process.Pid, huskData+128, ptrace.Bytes(&tid)); err != nil {
-		return fmt.Errorf("write clone_args into husk: %w", err)
-	}
-	child, err := r.hp.Syscall(r.hp.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(ptrace.Bytes(&ca))))
-	if err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return pidFree(r.pid)
-		}
-		return err
-	}
-	if int(child) != r.pid {
-		return fmt.Errorf("clone3 made pid %d, want %d", child, r.pid)
-	}
-	if r.p, err = r.hp.Adopt(r.pid); err != nil {
+	if r.p, err = forkPID(r.hp, r.pid); err != nil {
 		return err
 	}
 	// The husk has done its job. Its death reparents the child to init
@@ -199,6 +317,29 @@ func (r *restorer) create(context.Context) error {
 	r.hp = nil
 	r.husk.Wait()
 	r.husk = nil
+	return nil
+}
+
+// exitAsZombie makes a freshly forked process end as the zombie it was:
+// its parent finds it exited, with the same status.
+func (r *restorer) exitAsZombie() error {
+	status := r.proc.Zombie.ExitCode
+	if sig := status & 0x7f; sig != 0 {
+		// Killed by a signal: send it, still at its default action; the
+		// signal lands on detach.
+		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.pid), uint64(sig)); err != nil {
+			return err
+		}
+		err := r.p.Detach()
+		r.p = nil
+		return err
+	}
+	// exit_group does not return: the injection ends with the thread gone.
+	r.sys("exit_group", unix.SYS_EXIT_GROUP, uint64(status>>8&0xff))
+	if st, err := proc.ReadStat(r.pid); err == nil && st.State != 'Z' && st.State != 'X' {
+		return fmt.Errorf("still %c after exit_group", st.State)
+	}
+	r.p = nil
 	return nil
 }
 
@@ -236,7 +377,7 @@ func (r *restorer) layout(context.Context) error {
 	for _, m := range cur {
 		busy = append(busy, [2]uint64{m.Start, m.End})
 	}
-	for _, v := range r.img.Process.VMAs {
+	for _, v := range r.proc.VMAs {
 		busy = append(busy, [2]uint64{v.Start, v.End})
 	}
 	at, err := holeFor(scratchLen, busy)
@@ -311,7 +452,7 @@ func syscallOffset() (uint64, error) {
 // through a free range first if old and new places overlap.
 func (r *restorer) moveVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uint64) error {
 	var want []core.VMA
-	for _, v := range r.img.Process.VMAs {
+	for _, v := range r.proc.VMAs {
 		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
 			want = append(want, v)
 		}
@@ -381,8 +522,8 @@ func (r *restorer) mapAreas() error {
 	if err := r.openAgentPidfd(); err != nil {
 		return err
 	}
-	for i := range r.img.Process.VMAs {
-		v := &r.img.Process.VMAs[i]
+	for i := range r.proc.VMAs {
+		v := &r.proc.VMAs[i]
 		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
 			continue
 		}
@@ -434,7 +575,7 @@ func (r *restorer) openAgentPidfd() error {
 		return err
 	}
 	high := 64
-	for _, f := range r.img.Process.FDs {
+	for _, f := range r.proc.FDs {
 		high = max(high, f.FD+16)
 	}
 	moved, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, uint64(high))
@@ -459,7 +600,7 @@ func (r *restorer) install(f *os.File) (int, error) {
 }
 
 // keep remembers a file the agent opened for the child.
-func (r *restorer) keep(f *os.File) *os.File {
+func (r *session) keep(f *os.File) *os.File {
 	r.files = append(r.files, f)
 	return f
 }

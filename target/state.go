@@ -25,7 +25,7 @@ type prctlMMMap struct {
 // cwd and root, personality, interval timers, session, the mm fields and
 // executable, rlimits, and last the credentials.
 func (r *restorer) restoreState(context.Context) error {
-	p := &r.img.Process
+	p := r.proc
 	le := binary.LittleEndian
 
 	for i, sa := range p.Sigactions {
@@ -86,26 +86,6 @@ func (r *restorer) restoreState(context.Context) error {
 			return fmt.Errorf("itimer %d: %w", it.Which, err)
 		}
 	}
-	switch {
-	case p.SID == p.PID:
-		if _, err := r.sys("setsid", unix.SYS_SETSID); err != nil {
-			return err
-		}
-	case p.PGID == p.PID:
-		// Its own group in migrate's session: the session cannot be joined.
-		if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, 0); err != nil {
-			return err
-		}
-		r.warn("session %d cannot be re-joined; the process leads group %d in a new place", p.SID, p.PGID)
-	default:
-		if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, uint64(p.PGID)); err != nil {
-			// Detach from migrate's session and terminal rather than stay in it.
-			if _, err := r.sys("setsid", unix.SYS_SETSID); err != nil {
-				return err
-			}
-			r.warn("process group %d and session %d are gone; the process got a session of its own", p.PGID, p.SID)
-		}
-	}
 	for _, l := range p.Rlimits {
 		lim := unix.Rlimit{Cur: l.Cur, Max: l.Max}
 		if err := unix.Prlimit(r.pid, l.Resource, &lim, nil); err != nil {
@@ -127,7 +107,7 @@ func (r *restorer) restoreState(context.Context) error {
 
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
 func (r *restorer) setMM() error {
-	p := &r.img.Process
+	p := r.proc
 	exe, err := os.Open(p.Exe.Path)
 	if err != nil {
 		return fmt.Errorf("executable: %w", err)
@@ -167,7 +147,7 @@ func (r *restorer) setMM() error {
 // setCreds sets groups, gids and uids, in that order (each step may drop
 // the right to do the next).
 func (r *restorer) setCreds() error {
-	c := &r.img.Process.Creds
+	c := &r.proc.Creds
 	groups := make([]byte, 4*len(c.Groups))
 	for i, g := range c.Groups {
 		binary.LittleEndian.PutUint32(groups[4*i:], g)
@@ -201,7 +181,7 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // (clone3 with set_tid, injected into the leader). They start stopped and
 // traced, and get their registers with the rest of their state.
 func (r *restorer) createThreads() error {
-	for _, t := range r.img.Process.Threads[1:] {
+	for _, t := range r.proc.Threads[1:] {
 		tid := int32(t.TID)
 		tidAddr, err := r.put(256, ptrace.Bytes(&tid))
 		if err != nil {
@@ -229,7 +209,7 @@ func (r *restorer) createThreads() error {
 // restoreThreads restores each thread's own state and registers, queues
 // the pending signals, and removes migrate's scratch area and pidfd.
 func (r *restorer) restoreThreads(context.Context) error {
-	p := &r.img.Process
+	p := r.proc
 	le := binary.LittleEndian
 	if err := r.createThreads(); err != nil {
 		return err
@@ -353,7 +333,7 @@ const (
 // remaining time. Done late, so that the time left is measured from close
 // to the moment the process resumes.
 func (r *restorer) restoreTimers() error {
-	timers := r.img.Process.PosixTimers
+	timers := r.proc.PosixTimers
 	if len(timers) == 0 {
 		return nil
 	}
@@ -398,4 +378,47 @@ func (r *restorer) restoreTimers() error {
 	}
 	_, err := r.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 0, 0, 0, 0)
 	return err
+}
+
+// joinSession gives a process that led a session a new one, before its
+// children are forked (they are born in it). The root stays in migrate's
+// session if that was its session; otherwise it gets one of its own, so
+// that it does not hang on migrate's terminal, and a warning says so.
+func (r *restorer) joinSession() error {
+	p := r.proc
+	if p.SID != p.PID && r.parent != nil {
+		return nil // born into its parent's session, as before
+	}
+	if sid, err := unix.Getsid(0); err == nil && p.SID != p.PID && sid == p.SID {
+		return nil // the root's session is migrate's own: it stays in it
+	}
+	if _, err := r.sys("setsid", unix.SYS_SETSID); err != nil {
+		return err
+	}
+	r.sessionLeader = true
+	if p.SID != p.PID {
+		if p.PGID == p.PID {
+			r.warn("process %d: session %d is not in the image; the process leads a session of its own", p.PID, p.SID)
+		} else {
+			r.warn("process %d: process group %d and session %d are not in the image; the process got a session of its own", p.PID, p.PGID, p.SID)
+		}
+	}
+	return nil
+}
+
+// joinGroup puts a process that does not lead a session in its process
+// group: its own if it led one, else its leader's, made before.
+func (r *restorer) joinGroup() error {
+	if r.sessionLeader {
+		return nil
+	}
+	p := r.proc
+	pgid := uint64(p.PGID)
+	if p.PGID == p.PID {
+		pgid = 0
+	}
+	if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, pgid); err != nil {
+		r.warn("process %d: cannot join process group %d: %v", p.PID, p.PGID, err)
+	}
+	return nil
 }

@@ -10,27 +10,62 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
 	"migrate/core/proc"
 	"migrate/core/ptrace"
+	"migrate/pagestream"
 )
 
 // validate checks everything a restore needs before anything is created:
 // the files of the image, the files the process maps, the vdso, and that
 // its PID is free.
 func validate(dir string, img *core.Image) error {
-	pages := filepath.Join(dir, img.Pages.File)
+	for _, pp := range img.Processes() {
+		if err := validateProcess(dir, pp.Process, pp.Pages); err != nil {
+			if pp.Process != &img.Process {
+				return fmt.Errorf("process %d: %w", pp.Process.PID, err)
+			}
+			return err
+		}
+	}
+	for _, p := range img.Tree {
+		if p.Zombie != nil {
+			if err := pidFree(p.PID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// validateProcess checks what the restore of one process needs.
+func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
+	pages := filepath.Join(dir, info.File)
 	fi, err := os.Stat(pages)
 	if err != nil {
 		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
 	}
-	if fi.Size() != img.Pages.Size {
-		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), img.Pages.Size)}
+	if fi.Size() != info.Size {
+		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
 	}
-	p := &img.Process
+	// The whole stream's structure and checksums, without decompressing:
+	// a cut or a flipped byte is found before any process exists.
+	f, err := os.Open(pages)
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "cannot open page data", Err: err}
+	}
+	st, err := pagestream.Verify(f)
+	f.Close()
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
+	}
+	if st.Pages != info.Pages {
+		return &core.ImageError{File: pages, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", st.Pages, info.Pages)}
+	}
 	blobs := map[string]bool{}
 	for _, fd := range p.FDs {
 		if fd.Data != "" {
@@ -93,11 +128,11 @@ func validate(dir string, img *core.Image) error {
 func sameFile(ref *core.FileRef, what string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(ref.Path, &st); err != nil {
-		return fmt.Errorf("%s %s: %w", what, ref.Path, err)
+		return &core.ImageError{File: ref.Path, Reason: what + " is gone", Err: &fs.PathError{Op: "stat", Path: ref.Path, Err: err}}
 	}
 	if st.Size != ref.Size || st.Mtim.Nano() != ref.Mtime {
-		return fmt.Errorf("%s %s changed since the dump (size %d, was %d; mtime %d, was %d)",
-			what, ref.Path, st.Size, ref.Size, st.Mtim.Nano(), ref.Mtime)
+		return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s changed since the dump (size %d, was %d; mtime %s, was %s)",
+			what, st.Size, ref.Size, time.Unix(0, st.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, ref.Mtime).UTC().Format(time.RFC3339Nano))}
 	}
 	return nil
 }

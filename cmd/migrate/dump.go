@@ -40,8 +40,11 @@ var dumpCmd = &command{
 	usage:   "--dir DIR [FLAGS] PID",
 	summary: "freeze a process and write its image to a directory",
 	desc: `
-Freeze process PID (every thread seized and interrupted), write its image to
-DIR, then kill the process, or let it run on with --leave-running. The image
+Freeze process PID and its descendants (every thread seized and
+interrupted), write their image to DIR, then kill them, or let them run on
+with --leave-running. Children come back with their PIDs, parents, process
+groups and sessions, pipes between them and shared open files; zombies come
+back as zombies. --tree=false dumps the process alone. The image
 is the metadata file image.json, the page data pages.img, and the folder
 files/ for contents that cannot be found again at restore (deleted files,
 pipe buffers, memfds).
@@ -74,6 +77,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			asJSON       bool
 			force        bool
 			preCopy      bool
+			tree         bool
 			tracker      string
 			rounds       int
 			downtime     time.Duration
@@ -83,6 +87,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none (default: the dumper's choice, named in the summary)")
 		boolFlag(fs, &asJSON, "json", "", "print the dump report as JSON instead of the summary line")
 		boolFlag(fs, &force, "force", "f", "write into a non-empty DIR, replacing an image there")
+		tree = true
+		treeFlag := fs.VarPF((*switchValue)(&tree), "tree", "", "dump the process with all its descendants; --tree=false: the process alone")
+		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		boolFlag(fs, &preCopy, "pre-copy", "", "copy memory in rounds while the process runs, then freeze it for a short final round")
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
 		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
@@ -118,6 +125,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				LeaveRunning: leaveRunning,
 				Codec:        codec,
 				PreCopy:      preCopy,
+				Tree:         tree,
 				Tracker:      tracker,
 				Policy:       pol,
 				Logger:       e.logger,
@@ -157,8 +165,9 @@ func pidArg(args []string) (int, error) {
 	return pid, nil
 }
 
-// imageNames are the entries a dump writes into its directory.
-var imageNames = []string{core.MetaFile, core.PagesFile, core.FilesDir, "." + core.MetaFile + ".tmp"}
+// imageNames are the entries a dump writes into its directory (patterns:
+// descendants' page streams are pages-PID.img).
+var imageNames = []string{core.MetaFile, core.PagesFile, "pages-*.img", core.FilesDir, "." + core.MetaFile + ".tmp"}
 
 // prepareDir makes dir ready for a dump: created if missing, else empty
 // (or, with force, rid of an image). The returned undo removes what the
@@ -179,7 +188,10 @@ func prepareDir(dir string, force bool) (undo func(), err error) {
 	}
 	removeImage := func() {
 		for _, n := range imageNames {
-			os.RemoveAll(filepath.Join(dir, n))
+			matches, _ := filepath.Glob(filepath.Join(dir, n))
+			for _, m := range matches {
+				os.RemoveAll(m)
+			}
 		}
 	}
 	f, err := os.Open(dir)

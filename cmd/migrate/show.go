@@ -57,10 +57,32 @@ With --json the metadata is printed as indented JSON.`,
 }
 
 func showImage(w io.Writer, dir string, img *core.Image) {
-	p := &img.Process
 	fmt.Fprintf(w, "image %s: %s version %d, dumped %s on %s (kernel %s, %s)\n",
 		dir, img.Kind, img.Version, img.Created.UTC().Format(time.DateTime+" MST"), img.Host, img.Kernel, img.Arch)
+	if len(img.Tree) > 0 {
+		section(w, "process tree")
+		tw := table(w)
+		fmt.Fprintf(tw, "  PID	PPID	PGID	SID	COMM	STATE\n")
+		fmt.Fprintf(tw, "  %d	%d	%d	%d	%s	root\n", img.Process.PID, img.Process.PPID, img.Process.PGID, img.Process.SID, img.Process.Comm)
+		for _, p := range img.Tree {
+			state := fmt.Sprintf("%d threads, %d fds", len(p.Threads), len(p.FDs))
+			if p.Zombie != nil {
+				state = fmt.Sprintf("zombie, wait status %#x", p.Zombie.ExitCode)
+			}
+			fmt.Fprintf(tw, "  %d	%d	%d	%d	%s	%s\n", p.PID, p.PPID, p.PGID, p.SID, p.Comm, state)
+		}
+		tw.Flush()
+	}
+	showProcess(w, &img.Process, &img.Pages)
+	for i := range img.Tree {
+		if p := &img.Tree[i]; p.Zombie == nil {
+			fmt.Fprintf(w, "\n== process %d (%s), child of %d ==\n", p.PID, p.Comm, p.PPID)
+			showProcess(w, p, p.Pages)
+		}
+	}
+}
 
+func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {
 	section(w, "process")
 	tw := table(w)
 	fmt.Fprintf(tw, "  pid\t%d (ppid %d, pgid %d, sid %d)\n", p.PID, p.PPID, p.PGID, p.SID)
@@ -93,9 +115,9 @@ func showImage(w io.Writer, dir string, img *core.Image) {
 
 	section(w, "pages")
 	tw = table(w)
-	fmt.Fprintf(tw, "  file\t%s, %s\n", img.Pages.File, humanBytes(uint64(max(img.Pages.Size, 0))))
-	fmt.Fprintf(tw, "  pages\t%d (%s)\n", img.Pages.Pages, humanBytes(img.Pages.Pages*4096))
-	fmt.Fprintf(tw, "  codec\t%s\n", img.Pages.Codec)
+	fmt.Fprintf(tw, "  file\t%s, %s\n", pages.File, humanBytes(uint64(max(pages.Size, 0))))
+	fmt.Fprintf(tw, "  pages\t%d (%s), %d round(s)\n", pages.Pages, humanBytes(pages.Pages*4096), max(pages.Rounds, 1))
+	fmt.Fprintf(tw, "  codec\t%s\n", pages.Codec)
 	tw.Flush()
 }
 
