@@ -200,11 +200,11 @@ func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
 // finalRound sends, with the process frozen, the pages dirtied since the
 // last pre-copy round plus those the policy stopped on.
 //
-// Preconditions: the process is frozen; d.img.Process.VMAs is its layout.
+// Preconditions: the process is frozen; d.proc.VMAs is its layout.
 func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRange, frozen time.Time) error {
 	round := len(d.rounds)
 	m := s.meter(round)
-	vmas := d.img.Process.VMAs
+	vmas := d.proc.VMAs
 	ranges, err := d.tracker.Dirty(vmas)
 	if err != nil {
 		return fmt.Errorf("final round: %w", err)

@@ -118,7 +118,7 @@ func (d *dumper) collectTimers() error {
 		ts := func(o int) int64 { return int64(le64(b[o:]))*1e9 + int64(le64(b[o+8:])) }
 		t.IntervalNS, t.ValueNS = ts(0), ts(16)
 	}
-	d.img.Process.PosixTimers = timers
+	d.proc.PosixTimers = timers
 	return nil
 }
 
