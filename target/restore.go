@@ -175,7 +175,7 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.warnings = append(r.warnings, msg)
-	r.log.Warn(msg)
+	r.log.Info("warning", "msg", msg) // the report carries it to the user
 }
 
 // abort kills whatever was built. Nothing of a failed restore runs on.
