@@ -1,28 +1,99 @@
 package core
 
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
 // Socket describes a socket fd. Its fields are filled by source's socket
 // dumper and read by target's socket restorer.
+//
+// What an image holds, by kind:
+//
+//   - unix stream/seqpacket pair (socketpair, or a connection whose two ends
+//     are both in the process): State "connected", Peer, the bytes queued
+//     for reading in Queue, Shutdown. PeerGone when the other end was closed
+//     (the socket reads its queue, then end of file).
+//   - unix datagram socket: State "connected" with Peer (a socket of the
+//     image) or PeerName (a named socket outside the process, such as
+//     /dev/log, connected to again by name), or "bound" / "unbound"; queued
+//     datagrams in Queue.
+//   - unix listener: State "listen", Name, Backlog.
+//   - TCP: State "listen" (Backlog) or "bound" / "unbound"; UDP: "bound",
+//     "unbound" or "connected" (Remote); Local, Options.
 type Socket struct {
 	Family   int    `json:"family"`   // AF_UNIX, AF_INET, AF_INET6
 	Type     int    `json:"type"`     // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 	Protocol int    `json:"protocol"` // IPPROTO_*
 	Ino      uint64 `json:"ino"`      // socket inode on the dumping host
-	State    string `json:"state"`    // "listen", "bound", "unbound", "connected"
+	State    string `json:"state"`    // SockListen, SockBound, SockUnbound, SockConnected
 	// Peer is the inode of the connected peer for unix sockets inside the
 	// image (socketpairs and connected pairs).
 	Peer uint64 `json:"peer,omitempty"`
 	// Local and Remote addresses, as text ("/path", "@abstract", "1.2.3.4:80", "[::1]:80").
+	// For inet sockets they are exact (net/netip syntax); for unix sockets
+	// they are for people, and Name and PeerName are exact.
 	Local  string `json:"local,omitempty"`
 	Remote string `json:"remote,omitempty"`
 	// Backlog of a listening socket.
 	Backlog int `json:"backlog,omitempty"`
-	// Options are socket options as level/name/value triples.
+	// Options are socket options as level/name/value triples, only those
+	// that differ from a new socket's.
 	Options []SockOpt `json:"options,omitempty"`
-	// Queue names a blob with the bytes queued for reading (unix sockets),
-	// as length-prefixed records for datagram sockets.
+	// Queue names a blob with the bytes queued for reading (unix sockets):
+	// the bytes themselves for stream sockets, records made by AppendDgram
+	// for datagram and seqpacket sockets.
 	Queue string `json:"queue,omitempty"`
-	// Shutdown is the SHUT_* state of a connected socket.
+	// Shutdown holds the socket's shutdown bits: ShutRecv (no more
+	// receives), ShutSend (no more sends).
 	Shutdown int `json:"shutdown,omitempty"`
+
+	// Name is the sun_path a unix socket is bound to, exactly (an abstract
+	// name starts with a NUL byte).
+	Name []byte `json:"name,omitempty"`
+	// File describes the file a unix socket bound to a path made.
+	File *SockFile `json:"file,omitempty"`
+	// PeerName is the sun_path of the socket outside the process a unix
+	// datagram socket is connected to.
+	PeerName []byte `json:"peer_name,omitempty"`
+	// PeerGone is set for a connected unix stream or seqpacket socket whose
+	// peer was closed.
+	PeerGone bool `json:"peer_gone,omitempty"`
+	// Reset is set when a PeerGone stream socket's peer was closed with
+	// bytes it had not read: once the queue is read, reads fail with
+	// ECONNRESET.
+	Reset bool `json:"reset,omitempty"`
+	// Unread counts the datagrams an inet socket held unread at the dump.
+	// They are not kept: their senders' addresses could not be restored.
+	Unread int `json:"unread,omitempty"`
+}
+
+// Socket states.
+const (
+	SockListen    = "listen"
+	SockBound     = "bound"
+	SockUnbound   = "unbound"
+	SockConnected = "connected"
+)
+
+// Shutdown bits (the kernel's RCV_SHUTDOWN and SEND_SHUTDOWN).
+const (
+	ShutRecv = 1
+	ShutSend = 2
+)
+
+// SockFile is the file a unix socket bound to a path made.
+type SockFile struct {
+	// Path is where to bind, as the dumping agent saw it: absolute, with
+	// the process's root and working directory resolved.
+	Path string `json:"path"`
+	Mode uint32 `json:"mode"` // st_mode, S_IFSOCK included
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+	// Gone is set when the file was unlinked (or replaced) after the bind:
+	// the socket keeps its name but no file leads to it.
+	Gone bool `json:"gone,omitempty"`
 }
 
 // SockOpt is one integer socket option.
@@ -33,4 +104,37 @@ type SockOpt struct {
 	Label string `json:"label,omitempty"` // for people: "SO_REUSEADDR"
 	// Bytes holds a non-integer value (TCP_CONGESTION, SO_BINDTODEVICE).
 	Bytes []byte `json:"bytes,omitempty"`
+}
+
+// MaxDgram caps one datagram record of a Queue blob: a unix datagram is at
+// most the sender's send buffer, itself capped by net.core.wmem_max.
+const MaxDgram = 64 << 20
+
+// ErrBadDgrams reports a malformed datagram queue blob.
+var ErrBadDgrams = errors.New("malformed datagram queue")
+
+// AppendDgram appends one datagram record to a Queue blob: the length as
+// 4 bytes little-endian, then the bytes.
+func AppendDgram(blob, msg []byte) []byte {
+	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(msg)))
+	return append(blob, msg...)
+}
+
+// SplitDgrams returns the datagrams of a Queue blob, in order. The
+// datagrams share blob's memory.
+func SplitDgrams(blob []byte) ([][]byte, error) {
+	var out [][]byte
+	for off := 0; off < len(blob); {
+		if len(blob)-off < 4 {
+			return nil, fmt.Errorf("%w: %d bytes left at offset %d, a record header takes 4", ErrBadDgrams, len(blob)-off, off)
+		}
+		n := binary.LittleEndian.Uint32(blob[off:])
+		off += 4
+		if n > MaxDgram || int(n) > len(blob)-off {
+			return nil, fmt.Errorf("%w: record of %d bytes at offset %d, %d bytes left", ErrBadDgrams, n, off-4, len(blob)-off)
+		}
+		out = append(out, blob[off:off+int(n)])
+		off += int(n)
+	}
+	return out, nil
 }
