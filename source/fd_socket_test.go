@@ -2,6 +2,7 @@ package source
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -9,8 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/e2e/fixture"
 )
 
 var recordDiag = flag.Bool("record-diag", false, "record sock_diag replies of live sockets into testdata/unix_diag")
@@ -603,60 +605,60 @@ func FuzzParseUnixDiag(f *testing.F) {
 	})
 }
 
-// The sock_diag socket is opened in the network namespace of the process
-// (here: of a thread moved into a new namespace), where its sockets are.
-func TestDiagOtherNetns(t *testing.T) {
-	type made struct {
-		tid int
-		ino uint64
-		err error
+// The sock_diag socket is opened in the network namespace of the process,
+// where its sockets are: a process started in a new network namespace is
+// dumped (and left running) with all its unix sockets.
+func TestDumpOtherNetns(t *testing.T) {
+	fixture.RequireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skipf("no unshare(1) to start a process in a new network namespace: %v", err)
 	}
-	ch := make(chan made)
-	done := make(chan struct{})
-	go func() {
-		// The thread stays locked and dies with this goroutine: it is in
-		// another namespace.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- made{err: err}
-			return
-		}
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			ch <- made{err: err}
-			return
-		}
-		var st unix.Stat_t
-		unix.Fstat(fds[0], &st)
-		ch <- made{tid: unix.Gettid(), ino: st.Ino}
-		<-done
-		unix.Close(fds[0])
-		unix.Close(fds[1])
-	}()
-	m := <-ch
-	if m.err != nil {
-		t.Skipf("cannot make a network namespace: %v", m.err)
+	p := fixture.Start(t, unshare, "--net", fixture.Build(t, "sock_pair"), t.TempDir())
+	p.WaitLine(t, short, 0, "ready")
+	if same, err := sameNetns(p.PID); err != nil || same {
+		t.Fatalf("process %d in the test's network namespace (%v)", p.PID, err)
 	}
-	defer close(done)
+	socks, err := processSockets(p.PID)
+	if err != nil || len(socks) == 0 {
+		t.Fatalf("sockets of %d: %v %v", p.PID, socks, err)
+	}
 	ours, err := openDiag(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ours.Close()
-	if _, err := ours.lookupUnix(uint32(m.ino), unixDiagShowAll); !errors.Is(err, errNoSocket) {
-		t.Errorf("lookup in the test's namespace: %v, want errNoSocket", err)
+	for ino := range socks {
+		if _, err := ours.lookupUnix(uint32(ino), unixDiagShowAll); !errors.Is(err, errNoSocket) {
+			t.Errorf("socket:[%d] found in the test's namespace: %v", ino, err)
+		}
 	}
-	theirs, err := openDiag(m.tid)
+	dir := t.TempDir()
+	if _, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: dir, LeaveRunning: true, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer theirs.Close()
-	got, err := theirs.lookupUnix(uint32(m.ino), unixDiagShowAll)
-	if err != nil || uint64(got.Ino) != m.ino || !got.HasPeer || got.Peer == 0 {
-		t.Errorf("lookup in the thread's namespace: %+v, %v", got, err)
+	queues := 0
+	for _, fd := range img.Process.FDs {
+		if fd.Socket != nil && fd.Socket.Queue != "" {
+			queues++
+		}
 	}
-	// The agent's own threads are all back in its namespace.
+	if queues != 8 {
+		t.Errorf("%d socket queues in the image, want 8", queues)
+	}
 	if same, err := sameNetns(os.Getpid()); err != nil || !same {
-		t.Errorf("the test process left its namespace: %v %v", same, err)
+		t.Errorf("a thread of the test process was left in another namespace")
+	}
+	fixture.RequireRunning(t, p.PID)
+	// The dump consumed nothing: the process finds every queue whole.
+	n := len(p.Lines(t))
+	p.Signal(t, unix.SIGUSR1)
+	want := "check pair=ok half=ok seqpacket=ok dgram=ok gone=ok named=ok listener=ok"
+	if got, _ := p.WaitLine(t, short, n, "check"); got != want {
+		t.Errorf("after the dump the process sees\n%s\nwant\n%s", got, want)
 	}
 }
