@@ -1,0 +1,404 @@
+package source
+
+// Dirty-page tracking for pre-copy: which pages a running process wrote
+// since the last look. One interface, three backends (DESIGN.md, "Dirty
+// tracking"):
+//
+//   - uffd-wp (track_uffd.go): userfaultfd in async write-protect mode,
+//     read and re-protected atomically with PAGEMAP_SCAN. Linux 6.7+.
+//   - soft-dirty (track_softdirty.go): clear_refs 4 and pagemap bit 55.
+//     Needs CONFIG_MEM_SOFT_DIRTY; stops the process briefly each round.
+//   - hash (track_hash.go): a 64-bit hash per page, compared each round.
+//     Any kernel; costs a read of every present page per round.
+//
+// The layout bookkeeping shared by all three lives here: each Dirty call
+// gets the current layout, keeps tracking the parts of it that were
+// tracked before with the same attributes, and reports the rest whole.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"migrate/core"
+	"migrate/core/kernel"
+	"migrate/core/proc"
+	"migrate/core/ptrace"
+)
+
+// trackPage is the page size dirty tracking works in (x86-64 base pages).
+const trackPage = 4096
+
+// PageRange is a run of pages [Start, End), page aligned.
+type PageRange struct{ Start, End uint64 }
+
+// Pages is the number of pages in r.
+func (r PageRange) Pages() uint64 { return (r.End - r.Start) / trackPage }
+
+func (r PageRange) String() string { return fmt.Sprintf("%#x-%#x", r.Start, r.End) }
+
+// Tracker records which pages a process writes.
+//
+// A reported page is one whose contents may differ from what they were when
+// it was last reported (or, for the first Dirty, at Start). That includes
+// pages that no longer hold data of their own: an anonymous page dropped
+// with MADV_DONTNEED, or one that maps the shared zero page now, reads as
+// zeros, and a private file page dropped that way reads as the file again.
+// The caller must send such a page as what it reads now (zeros), not skip it
+// because pagemap says it is not present.
+type Tracker interface {
+	// Name is "soft-dirty", "uffd-wp" or "hash".
+	Name() string
+	// Start begins tracking. p is seized and all its threads are stopped
+	// (backends may inject system calls through p); vmas is the current
+	// layout. After Start returns, the caller may Detach p: tracking goes
+	// on while the process runs un-traced.
+	Start(p *ptrace.Proc, vmas []core.VMA) error
+	// Dirty returns the pages written since Start or the previous Dirty,
+	// sorted and merged, and re-arms tracking: a write racing with the call
+	// is reported now or by the next call, never lost. vmas is the current
+	// layout: areas new, moved, grown or re-protected since the last call
+	// are reported whole and tracked from now on; unmapped ones are
+	// dropped. Only areas whose pages go into an image count (core.VMAAnon,
+	// core.VMASharedAnon, core.VMAFile); vdso, vvar and shared file
+	// mappings are skipped.
+	//
+	// Dirty may be called while the caller keeps the process frozen (the
+	// final round); backends that must stop the process then use the
+	// caller's stop instead of their own.
+	Dirty(vmas []core.VMA) ([]PageRange, error)
+	// Held is how long the last Dirty stopped the process (0 for backends
+	// that never stop it).
+	Held() time.Duration
+	// Close tears tracking down; the process is left with no userfaultfd
+	// registration, no extra fd, nothing changed. Safe on every exit path
+	// and when called twice.
+	Close() error
+}
+
+// ContentTracker is a Tracker that judges pages by their contents (the
+// hash backend). The pre-copy loop should call Sent with every page it
+// sends: the tracker then compares each page with the copy the target has.
+// Without it, the tracker compares with what Dirty itself read, and a page
+// written between Dirty and the caller's read and later written back to
+// exactly what Dirty read (a lock word taken and released, say) is not
+// reported again, though the target holds the in-between contents.
+type ContentTracker interface {
+	Tracker
+	// Sent records that the pages at addr, len(data)/4096 of them, were
+	// sent with these contents. addr and len(data) are page aligned.
+	Sent(addr uint64, data []byte)
+}
+
+// Names of the trackers.
+const (
+	TrackerAuto      = "auto"
+	TrackerUffdWP    = "uffd-wp"
+	TrackerSoftDirty = "soft-dirty"
+	TrackerHash      = "hash"
+)
+
+// TrackerNames lists the names NewTracker accepts, "auto" first, then the
+// backends from best to last resort.
+func TrackerNames() []string {
+	return []string{TrackerAuto, TrackerUffdWP, TrackerSoftDirty, TrackerHash}
+}
+
+// UnknownTrackerError is a tracker name NewTracker does not know.
+type UnknownTrackerError struct{ Name string }
+
+func (e *UnknownTrackerError) Error() string {
+	return fmt.Sprintf("unknown dirty tracker %q (want one of %s)", e.Name, strings.Join(TrackerNames(), ", "))
+}
+
+// probeTimeout bounds the kernel probe NewTracker runs.
+const probeTimeout = 15 * time.Second
+
+// NewTracker returns the named backend for process pid. "auto" picks the
+// best that works on this kernel: uffd-wp, then soft-dirty, then hash. Each
+// backend's mechanism is exercised for real first (core/kernel's probes, in
+// a helper child), so a missing one fails here with an error that matches
+// kernel.ErrNotSupported and says what is missing.
+func NewTracker(name string, pid int) (Tracker, error) {
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		return nil, fmt.Errorf("dirty tracker for process %d: %w", pid, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	switch name {
+	case TrackerAuto:
+		for _, n := range []string{TrackerUffdWP, TrackerSoftDirty} {
+			if t, err := newTracker(ctx, n, pid); err == nil {
+				return t, nil
+			}
+			// Not supported, or the probe could not run: either way the
+			// next backend is the safe choice.
+		}
+		return newHashTracker(pid), nil
+	case TrackerUffdWP, TrackerSoftDirty, TrackerHash:
+		return newTracker(ctx, name, pid)
+	}
+	return nil, &UnknownTrackerError{Name: name}
+}
+
+func newTracker(ctx context.Context, name string, pid int) (Tracker, error) {
+	switch name {
+	case TrackerUffdWP:
+		if _, err := kernel.ProbeUffdWP(ctx); err != nil {
+			return nil, err
+		}
+		return newUffdTracker(pid), nil
+	case TrackerSoftDirty:
+		if _, err := kernel.ProbeSoftDirty(ctx); err != nil {
+			return nil, err
+		}
+		return newSoftDirtyTracker(pid), nil
+	case TrackerHash:
+		return newHashTracker(pid), nil
+	}
+	return nil, &UnknownTrackerError{Name: name}
+}
+
+// ErrTrackerState is returned by Start called twice, or Dirty before Start
+// or after Close.
+var ErrTrackerState = errors.New("dirty tracker used out of order")
+
+// trackable reports whether the pages of v go into an image, so that
+// writes to them matter.
+func trackable(v *core.VMA) bool {
+	switch v.Kind {
+	case core.VMAAnon, core.VMASharedAnon, core.VMAFile: // VMAFile is private
+		return true
+	}
+	return false
+}
+
+// areaAttrs are what must not change for a page to stay tracked: a page
+// whose area changed protection, kind, file, or file offset (moved) is
+// reported whole.
+type areaAttrs struct {
+	prot, flags int
+	kind        string
+	dev, ino    uint64
+	path        string
+}
+
+// area is a part of the layout that is tracked.
+type area struct {
+	start, end uint64
+	pgoff      int64 // offset/4096 - start/4096: the same for all pages of one mapping
+	attrs      areaAttrs
+}
+
+func areaOf(v *core.VMA) area {
+	a := area{
+		start: v.Start, end: v.End,
+		pgoff: int64(v.Offset/trackPage) - int64(v.Start/trackPage),
+		attrs: areaAttrs{prot: v.Prot, flags: v.Flags, kind: v.Kind},
+	}
+	if v.File != nil {
+		a.attrs.dev, a.attrs.ino, a.attrs.path = v.File.Dev, v.File.Ino, v.File.Path
+	}
+	return a
+}
+
+// layoutPlan sorts the trackable part of a new layout into the pages that
+// were tracked before with the same attributes (kept) and the rest (fresh),
+// which is reported whole.
+type layoutPlan struct {
+	areas []area      // the new tracked layout, sorted
+	kept  []PageRange // sorted, merged
+	fresh []PageRange // sorted, merged
+}
+
+// planLayout compares vmas with the areas tracked so far (sorted, not
+// overlapping).
+func planLayout(old []area, vmas []core.VMA) layoutPlan {
+	var pl layoutPlan
+	for i := range vmas {
+		v := &vmas[i]
+		if !trackable(v) || v.End <= v.Start || v.Start%trackPage != 0 || v.End%trackPage != 0 {
+			continue
+		}
+		pl.areas = append(pl.areas, areaOf(v))
+	}
+	slices.SortFunc(pl.areas, func(a, b area) int { return cmpU64(a.start, b.start) })
+	for _, a := range pl.areas {
+		at := a.start
+		// Old areas overlapping a, in order.
+		j, _ := slices.BinarySearchFunc(old, a.start, func(o area, s uint64) int {
+			if o.end <= s {
+				return -1
+			}
+			return 1
+		})
+		for ; j < len(old) && old[j].start < a.end; j++ {
+			o := old[j]
+			if o.attrs != a.attrs || o.pgoff != a.pgoff {
+				continue
+			}
+			s, e := max(o.start, a.start), min(o.end, a.end)
+			if s > at {
+				pl.fresh = appendRange(pl.fresh, at, s)
+			}
+			pl.kept = appendRange(pl.kept, s, e)
+			at = e
+		}
+		if at < a.end {
+			pl.fresh = appendRange(pl.fresh, at, a.end)
+		}
+	}
+	return pl
+}
+
+// areaAt returns the area of the plan holding addr.
+func (pl *layoutPlan) areaAt(addr uint64) *area {
+	i, ok := slices.BinarySearchFunc(pl.areas, addr, func(a area, x uint64) int {
+		switch {
+		case a.end <= x:
+			return -1
+		case a.start > x:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return nil
+	}
+	return &pl.areas[i]
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// appendRange appends [s, e) to rs, merging it with the last range when
+// they touch. Callers append in ascending order.
+func appendRange(rs []PageRange, s, e uint64) []PageRange {
+	if s >= e {
+		return rs
+	}
+	if n := len(rs); n > 0 && rs[n-1].End >= s {
+		rs[n-1].End = max(rs[n-1].End, e)
+		return rs
+	}
+	return append(rs, PageRange{s, e})
+}
+
+// normalize sorts rs and merges overlapping and touching ranges.
+func normalize(rs []PageRange) []PageRange {
+	slices.SortFunc(rs, func(a, b PageRange) int { return cmpU64(a.Start, b.Start) })
+	out := rs[:0]
+	for _, r := range rs {
+		out = appendRange(out, r.Start, r.End)
+	}
+	return out
+}
+
+// subtract returns the parts of a (sorted, merged) not in b (sorted,
+// merged).
+func subtract(a, b []PageRange) []PageRange {
+	var out []PageRange
+	j := 0
+	for _, r := range a {
+		at := r.Start
+		for j < len(b) && b[j].End <= at {
+			j++
+		}
+		for k := j; k < len(b) && b[k].Start < r.End; k++ {
+			if b[k].Start > at {
+				out = append(out, PageRange{at, b[k].Start})
+			}
+			at = max(at, b[k].End)
+		}
+		if at < r.End {
+			out = append(out, PageRange{at, r.End})
+		}
+	}
+	return out
+}
+
+// intersect returns the parts of a (sorted, merged) that are in b (sorted,
+// merged).
+func intersect(a, b []PageRange) []PageRange {
+	var out []PageRange
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		s, e := max(a[i].Start, b[j].Start), min(a[i].End, b[j].End)
+		if s < e {
+			out = append(out, PageRange{s, e})
+		}
+		if a[i].End < b[j].End {
+			i++
+		} else {
+			j++
+		}
+	}
+	return out
+}
+
+// pageData says whether a page, as pagemap shows it, holds data of its
+// own, which a tracker must report when it goes away: an anonymous or
+// shared page present or in swap, a private file page copied on write.
+// The shared zero page is no data. zero tells the zero page's frames.
+func pageData(kind string, e proc.PagemapEntry, zero *zeroPFNs) bool {
+	switch {
+	case e.Swapped():
+		return !pteMarker(e)
+	case !e.Present():
+		return false
+	case kind == core.VMAFile && e.FileOrShared():
+		return false // the file's page, not a copy
+	case kind != core.VMASharedAnon && zero.is(e.PFN()):
+		return false
+	}
+	return true
+}
+
+// swapTypeMarker is the swap type of a pte marker (SWP_PTE_MARKER, the last
+// of the 32 swap types): a non-present entry that holds no page, left by a
+// zap of a userfaultfd write-protected file page. Pagemap shows it as
+// swapped, with the type in the low 5 bits of the frame (when frames are
+// shown at all, which needs CAP_SYS_ADMIN).
+const swapTypeMarker = 31
+
+// pteMarker reports whether a swapped pagemap entry is a pte marker.
+func pteMarker(e proc.PagemapEntry) bool { return e.PFN()&31 == swapTypeMarker }
+
+// zeroPFNs are the page frames of the shared zero page and of the huge zero
+// page, as this process sees them in pagemap (PFNs read as 0 without
+// CAP_SYS_ADMIN; then nothing is taken for the zero page).
+type zeroPFNs struct {
+	small    uint64 // 0 if unknown
+	huge     uint64 // first frame of the huge zero page, 0 if unknown
+	hugeSize uint64 // in pages
+}
+
+func (z *zeroPFNs) is(pfn uint64) bool {
+	if z == nil || pfn == 0 {
+		return false
+	}
+	return pfn == z.small || (z.huge != 0 && pfn >= z.huge && pfn < z.huge+z.hugeSize)
+}
+
+// readZeroPFNs finds the zero pages' frames by reading, from this process,
+// fresh anonymous memory that was only read, never written.
+func readZeroPFNs() *zeroPFNs {
+	z := &zeroPFNs{}
+	small, huge := zeroProbe()
+	z.small = small
+	if huge != 0 {
+		z.huge, z.hugeSize = huge, 512
+	}
+	return z
+}

@@ -1,0 +1,424 @@
+package source
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/kernel"
+	"migrate/core/proc"
+	"migrate/core/ptrace"
+)
+
+// uffdTracker tracks writes with a userfaultfd of the tracee in async
+// write-protect mode (Linux 6.7+), driven from this process:
+//
+//   - Start injects userfaultfd(O_CLOEXEC|O_NONBLOCK) into the tracee, takes
+//     the new fd with pidfd_getfd, and injects close() of the tracee's copy,
+//     so the tracee ends up with no extra fd. Ioctls on our copy act on the
+//     tracee's mm.
+//   - UFFDIO_API enables UFFD_FEATURE_WP_ASYNC (and WP_UNPOPULATED, which
+//     the kernel turns on with it): a write to a protected page is resolved
+//     by the kernel itself, which just drops the protection. Nobody reads
+//     the userfaultfd.
+//   - Each trackable area is registered in MODE_WP and its present pages
+//     are write-protected with a PAGEMAP_SCAN that matches every written
+//     page. (UFFDIO_WRITEPROTECT would also install markers in every empty
+//     page table slot, allocating page tables for the whole range, which
+//     costs a lot for large reservations and buys nothing here: a page
+//     that was never there and is written shows as written anyway.)
+//   - Dirty runs PAGEMAP_SCAN with PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC
+//     and category PAGE_IS_WRITTEN over each tracked part: the kernel
+//     reports and re-protects the written pages under the page table lock,
+//     so a racing write is either reported now or leaves the page written
+//     for the next scan. A VMA that lost its registration (mapped anew,
+//     moved by mremap) makes the scan fail with EPERM: it is then reported
+//     whole and registered again.
+//   - Pages that stopped holding data (MADV_DONTNEED, MADV_FREE reclaimed,
+//     now the zero page) are not "written" for the kernel; a second scan
+//     without write-protection reads which pages hold data, and pages that
+//     did at the last look and do not now are reported too.
+//   - Close closes our copy of the userfaultfd, which unregisters every
+//     area and drops every protection.
+type uffdTracker struct {
+	pid int
+	// userModeOnly forces UFFD_USER_MODE_ONLY on the injected
+	// userfaultfd, as used when the plain call is refused (tests).
+	userModeOnly bool
+
+	uffd  int // our copy of the tracee's userfaultfd, -1 when closed
+	pm    *proc.Pagemap
+	areas []area      // tracked parts of the layout, sorted
+	data  []PageRange // pages that held data at the last look
+	vec   []kernel.PageRegion
+	state trackerState
+}
+
+// trackerState is where a tracker is in its life.
+type trackerState int
+
+const (
+	trackerNew trackerState = iota
+	trackerStarted
+	trackerClosed
+)
+
+func newUffdTracker(pid int) *uffdTracker {
+	return &uffdTracker{pid: pid, uffd: -1}
+}
+
+func (u *uffdTracker) Name() string { return TrackerUffdWP }
+
+// Held is always 0: the process is never stopped.
+func (u *uffdTracker) Held() time.Duration { return 0 }
+
+// Start sets up the userfaultfd and protects every trackable area.
+//
+// Preconditions: p is seized and all its threads are stopped.
+func (u *uffdTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
+	if u.state != trackerNew {
+		return ErrTrackerState
+	}
+	if p.PID != u.pid {
+		return fmt.Errorf("uffd-wp tracker for process %d started on process %d", u.pid, p.PID)
+	}
+	u.state = trackerStarted
+	defer func() {
+		if err != nil {
+			u.Close()
+		}
+	}()
+	if u.uffd, err = u.takeUffd(p); err != nil {
+		return err
+	}
+	want := uint64(kernel.UFFD_FEATURE_WP_ASYNC | kernel.UFFD_FEATURE_WP_UNPOPULATED)
+	if uffdSupported()&kernel.UFFD_FEATURE_WP_HUGETLBFS_SHMEM != 0 {
+		want |= kernel.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+	}
+	api := kernel.UffdioAPI{API: kernel.UFFD_API, Features: want}
+	if _, err := trackIoctl(u.uffd, kernel.UFFDIO_API, &api); err != nil {
+		return &kernel.UnsupportedFeatureError{Name: kernel.FeatureUffdWP,
+			Reason: fmt.Sprintf("UFFDIO_API with features %#x: %v", want, err), Err: err}
+	}
+	if u.pm, err = proc.OpenPagemap(u.pid); err != nil {
+		return fmt.Errorf("uffd-wp tracker: %w", err)
+	}
+	pl := planLayout(nil, vmas)
+	armed, err := u.arm(pl.areas, pl.fresh)
+	if err != nil {
+		return err
+	}
+	u.areas = clipAreas(pl.areas, armed)
+	if u.data, err = u.scanData(u.areas); err != nil {
+		return err
+	}
+	return nil
+}
+
+// takeUffd creates a userfaultfd inside the tracee and moves it here.
+func (u *uffdTracker) takeUffd(p *ptrace.Proc) (fd int, err error) {
+	if p.Gadget() == 0 {
+		if err := p.FindGadget(); err != nil {
+			return -1, fmt.Errorf("uffd-wp tracker: %w", err)
+		}
+	}
+	th := p.Leader()
+	flags := uint64(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	if u.userModeOnly {
+		flags |= kernel.UFFD_USER_MODE_ONLY
+	}
+	r, err := p.Syscall(th, "userfaultfd", unix.SYS_USERFAULTFD, flags)
+	if errors.Is(err, unix.EPERM) && !u.userModeOnly {
+		// vm.unprivileged_userfaultfd=0 and a tracee without
+		// CAP_SYS_PTRACE. Kernel-mode faults only matter for a
+		// userfaultfd that someone reads; async write-protect faults
+		// are resolved by the kernel either way, so user-mode-only
+		// misses nothing here.
+		flags |= kernel.UFFD_USER_MODE_ONLY
+		r, err = p.Syscall(th, "userfaultfd", unix.SYS_USERFAULTFD, flags)
+	}
+	if err != nil {
+		return -1, &kernel.UnsupportedFeatureError{Name: kernel.FeatureUffdWP,
+			Reason: fmt.Sprintf("userfaultfd injected into process %d: %v", u.pid, err), Err: err}
+	}
+	remote := r
+	// The tracee's copy is closed on every path.
+	defer func() {
+		if _, cerr := p.Syscall(th, "close", unix.SYS_CLOSE, remote); cerr != nil && err == nil {
+			unix.Close(fd)
+			fd, err = -1, fmt.Errorf("uffd-wp tracker: close the userfaultfd left in process %d: %w", u.pid, cerr)
+		}
+	}()
+	pidfd, err := unix.PidfdOpen(u.pid, 0)
+	if err != nil {
+		return -1, &kernel.UnsupportedFeatureError{Name: kernel.FeatureUffdWP,
+			Reason: fmt.Sprintf("pidfd_open(%d): %v", u.pid, err), Err: err}
+	}
+	defer unix.Close(pidfd)
+	fd, err = unix.PidfdGetfd(pidfd, int(remote), 0) // O_CLOEXEC is implied
+	if err != nil {
+		return -1, &kernel.UnsupportedFeatureError{Name: kernel.FeatureUffdWP,
+			Reason: fmt.Sprintf("pidfd_getfd of fd %d of process %d: %v", remote, u.pid, err), Err: err}
+	}
+	return fd, nil
+}
+
+// uffdSupported asks the kernel which userfaultfd features it has, with a
+// throwaway userfaultfd of this process (0 if that fails).
+func uffdSupported() uint64 {
+	for _, flags := range []uintptr{unix.O_CLOEXEC, unix.O_CLOEXEC | kernel.UFFD_USER_MODE_ONLY} {
+		r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
+		if e != 0 {
+			continue
+		}
+		fd := int(r)
+		api := kernel.UffdioAPI{API: kernel.UFFD_API}
+		_, err := trackIoctl(fd, kernel.UFFDIO_API, &api)
+		unix.Close(fd)
+		if err == nil {
+			return api.Features
+		}
+	}
+	return 0
+}
+
+// Dirty scans the tracked parts, re-protecting what was written, and arms
+// the rest of the layout.
+func (u *uffdTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
+	if u.state != trackerStarted {
+		return nil, ErrTrackerState
+	}
+	pl := planLayout(u.areas, vmas)
+	var out []PageRange
+	var lost []PageRange // kept parts whose registration is gone
+	for _, piece := range piecesOf(pl.areas, pl.kept) {
+		written, err := u.scanWritten(piece.r, piece.a.attrs.kind, true)
+		switch {
+		case errors.Is(err, unix.EPERM):
+			lost = append(lost, piece.r)
+			continue
+		case err != nil:
+			return nil, err
+		}
+		out = append(out, written...)
+	}
+	fresh := normalize(append(lost, pl.fresh...))
+	kept := subtract(pl.kept, fresh)
+	armed, err := u.arm(pl.areas, fresh)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, fresh...)
+	tracked := normalize(append(kept, armed...))
+	areas := clipAreas(pl.areas, tracked)
+	data, err := u.scanData(areas)
+	if err != nil {
+		return nil, err
+	}
+	// Pages that held data at the last look and do not now read as zeros
+	// (or as their file) now.
+	out = append(out, intersect(subtract(u.data, data), kept)...)
+	u.areas, u.data = areas, data
+	return normalize(out), nil
+}
+
+// piece is a part of one area.
+type piece struct {
+	r PageRange
+	a *area
+}
+
+// piecesOf cuts rs (sorted, merged) at area boundaries.
+func piecesOf(areas []area, rs []PageRange) []piece {
+	var out []piece
+	for i := range areas {
+		a := &areas[i]
+		for _, r := range intersect([]PageRange{{a.start, a.end}}, rs) {
+			out = append(out, piece{r, a})
+		}
+	}
+	return out
+}
+
+// clipAreas returns the parts of areas inside rs (sorted, merged).
+func clipAreas(areas []area, rs []PageRange) []area {
+	var out []area
+	for _, p := range piecesOf(areas, rs) {
+		a := *p.a
+		a.start, a.end = p.r.Start, p.r.End
+		out = append(out, a)
+	}
+	return out
+}
+
+// arm registers and write-protects the fresh ranges, area by area, and
+// returns the ranges it armed. A range the kernel refuses (another
+// userfaultfd has it, or the layout changed under us) is left unarmed: it
+// is fresh again at the next call and reported whole again.
+func (u *uffdTracker) arm(areas []area, fresh []PageRange) ([]PageRange, error) {
+	var armed []PageRange
+	for _, p := range piecesOf(areas, fresh) {
+		reg := kernel.UffdioRegister{
+			Range: kernel.UffdioRange{Start: p.r.Start, Len: p.r.End - p.r.Start},
+			Mode:  kernel.UFFDIO_REGISTER_MODE_WP,
+		}
+		if _, err := trackIoctl(u.uffd, kernel.UFFDIO_REGISTER, &reg); err != nil {
+			if isRefusal(err) {
+				continue
+			}
+			return nil, fmt.Errorf("uffd-wp tracker: UFFDIO_REGISTER %v of process %d: %w", p.r, u.pid, err)
+		}
+		if _, err := u.scanWritten(p.r, p.a.attrs.kind, false); err != nil {
+			if isRefusal(err) {
+				continue
+			}
+			return nil, err
+		}
+		armed = append(armed, p.r)
+	}
+	return armed, nil
+}
+
+// isRefusal tells the errors of a range that cannot be tracked now
+// (layout changed meanwhile, another userfaultfd owns it, no VM_MAYWRITE)
+// from those that end tracking.
+func isRefusal(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EBUSY) ||
+		errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOENT)
+}
+
+// scanVec is the number of regions one PAGEMAP_SCAN returns at most.
+const scanVec = 4096
+
+// scanWritten reports the written pages of r, in an area of kind, and
+// write-protects them, atomically per page. With keep false the result is
+// not collected (the range is being armed and is reported whole anyway).
+//
+// A "written" page that maps the zero page reads as zeros, as it did at
+// the last look or else scanData reports it as gone: it is left out.
+// (The kernel drops the page table entry of an anonymous page on
+// MADV_DONTNEED, protection and all, and a read then maps the zero page
+// unprotected.)
+func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) ([]PageRange, error) {
+	if u.vec == nil {
+		u.vec = make([]kernel.PageRegion, scanVec)
+	}
+	var out []PageRange
+	for at := r.Start; at < r.End; {
+		regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
+			Flags:        kernel.PM_SCAN_WP_MATCHING | kernel.PM_SCAN_CHECK_WPASYNC,
+			Start:        at,
+			End:          r.End,
+			CategoryMask: kernel.PAGE_IS_WRITTEN,
+			ReturnMask:   kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO,
+		}, u.vec)
+		if err != nil {
+			return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
+		}
+		if keep {
+			for _, g := range regs {
+				if g.Categories&kernel.PAGE_IS_PFNZERO != 0 && kind != core.VMASharedAnon {
+					continue
+				}
+				out = appendRange(out, g.Start, g.End)
+			}
+		}
+		if end <= at {
+			return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d made no progress", at, r.End, u.pid)
+		}
+		at = end
+	}
+	return out, nil
+}
+
+// scanData returns the pages of areas that hold data (see pageData), from
+// PAGEMAP_SCAN's categories, without touching any protection.
+func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
+	if u.vec == nil {
+		u.vec = make([]kernel.PageRegion, scanVec)
+	}
+	var out []PageRange
+	for _, a := range areas {
+		for at := a.start; at < a.end; {
+			regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
+				Start:             at,
+				End:               a.end,
+				CategoryAnyofMask: kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED,
+				ReturnMask:        kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED | kernel.PAGE_IS_FILE | kernel.PAGE_IS_PFNZERO,
+			}, u.vec)
+			if err != nil {
+				return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, a.end, u.pid, err)
+			}
+			for _, g := range regs {
+				if g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED {
+					// Swapped out, or a pte marker: only pagemap tells.
+					if out, err = u.swappedData(out, g.Start, g.End); err != nil {
+						return nil, err
+					}
+					continue
+				}
+				if regionData(a.attrs.kind, g.Categories) {
+					out = appendRange(out, g.Start, g.End)
+				}
+			}
+			if end <= at {
+				break
+			}
+			at = end
+		}
+	}
+	return out, nil
+}
+
+// swappedData appends the pages of [start, end), all shown as swapped by
+// PAGEMAP_SCAN, that are really in swap rather than pte markers.
+func (u *uffdTracker) swappedData(out []PageRange, start, end uint64) ([]PageRange, error) {
+	ents, err := u.pm.Read(start, end, nil)
+	if err != nil {
+		return nil, fmt.Errorf("uffd-wp tracker: %w", err)
+	}
+	for i, e := range ents {
+		if e.Swapped() && !pteMarker(e) {
+			addr := start + uint64(i)*trackPage
+			out = appendRange(out, addr, addr+trackPage)
+		}
+	}
+	return out, nil
+}
+
+// regionData is pageData for PAGEMAP_SCAN categories.
+func regionData(kind string, c uint64) bool {
+	switch {
+	case c&kernel.PAGE_IS_SWAPPED != 0:
+		return true
+	case c&kernel.PAGE_IS_PRESENT == 0:
+		return false
+	case kind == core.VMAFile && c&kernel.PAGE_IS_FILE != 0:
+		return false
+	case kind != core.VMASharedAnon && c&kernel.PAGE_IS_PFNZERO != 0:
+		return false
+	}
+	return true
+}
+
+// Close closes our copy of the userfaultfd: the kernel unregisters every
+// area and drops the protections.
+func (u *uffdTracker) Close() error {
+	u.state = trackerClosed
+	var errs []error
+	if u.uffd >= 0 {
+		if err := unix.Close(u.uffd); err != nil {
+			errs = append(errs, fmt.Errorf("uffd-wp tracker: close userfaultfd: %w", err))
+		}
+		u.uffd = -1
+	}
+	if u.pm != nil {
+		u.pm.Close()
+		u.pm = nil
+	}
+	u.areas, u.data = nil, nil
+	return errors.Join(errs...)
+}
