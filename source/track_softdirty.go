@@ -100,22 +100,35 @@ func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 		return nil, ErrTrackerState
 	}
 	pl := planLayout(s.areas, vmas)
-	keptAreas := clipAreas(pl.areas, pl.kept)
+	// Only writable areas can get new soft-dirty bits (an area made
+	// writable since is fresh), so only they are read while the process
+	// is stopped. Which pages hold data is read for the rest afterwards:
+	// that needs no stop, as a page that loses its data later is seen
+	// then.
+	var writable, others []area
+	for _, a := range clipAreas(pl.areas, pl.kept) {
+		if a.attrs.prot&unix.PROT_WRITE != 0 {
+			writable = append(writable, a)
+		} else {
+			others = append(others, a)
+		}
+	}
+	others = append(others, clipAreas(pl.areas, pl.fresh)...)
 
-	var out, keptData []PageRange
+	var out, data []PageRange
 	t0 := time.Now()
 	resume, borrowed, err := s.stop()
 	if err != nil {
 		return nil, err
 	}
 	rerr := func() error {
-		for _, a := range keptAreas {
-			err := s.walk(a, func(addr uint64, e proc.PagemapEntry, data bool) {
+		for _, a := range writable {
+			err := s.walk(a, func(addr uint64, e proc.PagemapEntry, has bool) {
 				if e.SoftDirty() {
 					out = appendRange(out, addr, addr+trackPage)
 				}
-				if data {
-					keptData = appendRange(keptData, addr, addr+trackPage)
+				if has {
+					data = appendRange(data, addr, addr+trackPage)
 				}
 			})
 			if err != nil {
@@ -131,11 +144,11 @@ func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if borrowed {
 		s.held = 0
 	}
-	freshData, err := s.readData(clipAreas(pl.areas, pl.fresh))
+	more, err := s.readData(others)
 	if err != nil {
 		return nil, err
 	}
-	data := normalize(append(keptData, freshData...))
+	data = normalize(append(data, more...))
 	// Pages that held data at the last look and do not now.
 	out = append(out, intersect(subtract(s.data, data), pl.kept)...)
 	out = append(out, pl.fresh...)
@@ -185,7 +198,11 @@ func frozenByUs(pid int) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("soft-dirty tracker: %w", err)
 	}
-	if st.TracerPID != os.Getpid() {
+	// TracerPid is the tracing thread, one of ours if we trace it.
+	if st.TracerPID == 0 {
+		return false, nil
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", st.TracerPID)); err != nil {
 		return false, nil
 	}
 	tids, err := proc.ReadTIDs(pid)

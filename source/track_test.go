@@ -108,18 +108,15 @@ func syscallErr(_ uintptr, _ uintptr, e syscall.Errno) error {
 const pg = trackPage
 
 // reserveGuarded maps pages+gap+2 pages PROT_NONE and returns where the
-// region proper starts: one guard page before it, the gap and a guard page
-// after it. Guards keep the region from merging with its neighbours.
+// region proper starts: one guard page before it, then the region, gap
+// pages to grow into, and a guard page. Guards keep the region from
+// merging with its neighbours; the gap stays reserved until the region
+// grows, so that nothing else is mapped there meanwhile.
 func reserveGuarded(pages, gap int) (uintptr, error) {
 	total := uintptr(pages+gap+2) * pg
 	base, err := mmapRaw(0, total, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE, -1)
 	if err != nil {
 		return 0, err
-	}
-	if gap > 0 {
-		if err := syscallErr(unix.Syscall(unix.SYS_MUNMAP, base+uintptr(1+pages)*pg, uintptr(gap)*pg, 0)); err != nil {
-			return 0, err
-		}
 	}
 	return base + pg, nil
 }
@@ -281,6 +278,11 @@ func (w *workloadState) do(f []string) (string, error) {
 			return "", err
 		}
 		n := atoi(f[2])
+		// Free the reserved gap, then grow into it at once.
+		end := r.addr + uintptr(r.pages)*pg
+		if err := syscallErr(unix.Syscall(unix.SYS_MUNMAP, end, uintptr(n-r.pages)*pg, 0)); err != nil {
+			return "", err
+		}
 		at, _, e := unix.Syscall6(unix.SYS_MREMAP, r.addr, uintptr(r.pages)*pg, uintptr(n)*pg, 0, 0, 0)
 		if e != 0 {
 			return "", e
