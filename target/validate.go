@@ -52,20 +52,6 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 	if fi.Size() != info.Size {
 		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
 	}
-	// The whole stream's structure and checksums, without decompressing:
-	// a cut or a flipped byte is found before any process exists.
-	f, err := os.Open(pages)
-	if err != nil {
-		return &core.ImageError{File: pages, Reason: "cannot open page data", Err: err}
-	}
-	st, err := pagestream.Verify(f)
-	f.Close()
-	if err != nil {
-		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
-	}
-	if st.Pages != info.Pages {
-		return &core.ImageError{File: pages, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", st.Pages, info.Pages)}
-	}
 	blobs := map[string]bool{}
 	for _, fd := range p.FDs {
 		if fd.Data != "" {
@@ -87,6 +73,20 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return &core.ImageError{File: filepath.Join(dir, b), Reason: "file of the image missing", Err: err}
 		}
+	}
+	// The whole stream's structure and checksums, without decompressing:
+	// a cut or a flipped byte is found before any process exists.
+	f, err := os.Open(pages)
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "cannot open page data", Err: err}
+	}
+	st, err := pagestream.Verify(f)
+	f.Close()
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
+	}
+	if st.Pages != info.Pages {
+		return &core.ImageError{File: pages, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", st.Pages, info.Pages)}
 	}
 	if err := sameFile(&p.Exe, "executable"); err != nil {
 		return err
