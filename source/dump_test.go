@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"migrate/e2e/fixture"
 )
 
@@ -130,4 +132,56 @@ func TestDumpTracedProcess(t *testing.T) {
 		t.Errorf("after the refused dump the child is traced by %s, was %s", got, tracer)
 	}
 	p.Kill(t)
+}
+
+// TestDumpStoppedProcess: a process stopped by SIGSTOP (job control) is
+// either dumped and left stopped, or refused with a *BadTargetError; in no
+// case does the dump resume it or hang, and the process is left untraced.
+func TestDumpStoppedProcess(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"))
+	p.WaitTick(t, short, 3)
+	p.Signal(t, unix.SIGSTOP)
+	fixture.WaitFor(t, short, "the process to stop", func() bool {
+		st, _ := fixture.State(p.PID)
+		return st == 'T'
+	})
+	stopped := p.LastTick(t)
+
+	// A guard against a hang, not a speed limit: a dump of a small process
+	// takes a fraction of a second.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Dump(ctx, DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: fixtureLogger(t)})
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(40 * time.Second):
+		st, _ := fixture.State(p.PID)
+		t.Errorf("dump of a stopped process hangs (ignoring its context); the process is in state %c, traced by %s, and logged ticks %d..%d since it was stopped",
+			st, fixture.StatusField(t, p.PID, "TracerPid"), stopped, p.LastTick(t))
+		p.Kill(t) // unblocks the dump
+		<-done
+		return
+	}
+	var bt *BadTargetError
+	if err != nil && !errors.As(err, &bt) {
+		t.Errorf("dump error %v (%T), want success or a *BadTargetError", err, err)
+	}
+	t.Logf("dump: %v", err)
+	if st, _ := fixture.State(p.PID); st != 'T' {
+		t.Errorf("the stopped process is in state %c after the dump, want T (still stopped)", st)
+	}
+	if tr := fixture.StatusField(t, p.PID, "TracerPid"); tr != "0" {
+		t.Errorf("the process is traced by %s after the dump", tr)
+	}
+	if got := p.LastTick(t); got != stopped {
+		t.Errorf("the stopped process ran during the dump: ticks %d..%d", stopped, got)
+	}
+	p.Signal(t, unix.SIGCONT)
+	p.WaitTick(t, short, stopped+3)
 }
