@@ -181,7 +181,11 @@ func TestRestoreRefusesBadImages(t *testing.T) {
 	fixture.RequireRoot(t)
 	// The workload runs from a copy of its binary, which the test may change.
 	exe := fixture.CopyBinary(t, fixture.Build(t, "counter"), t.TempDir())
-	p := fixture.Start(t, exe, "-m", "16")
+	cwd := filepath.Join(t.TempDir(), "cwd")
+	if err := os.Mkdir(cwd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.StartWith(t, fixture.Options{Dir: cwd}, exe, "-m", "16")
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	// Uncompressed pages: a flipped byte lands in page data, not in a
@@ -320,6 +324,32 @@ func TestRestoreRefusesBadImages(t *testing.T) {
 		t.Cleanup(func() { os.Rename(moved, exe) })
 		err := restoreFails(t, dir, pid)
 		requireFileError(t, err, exe)
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v is not fs.ErrNotExist", err)
+		}
+	})
+	t.Run("working directory gone", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		moved := cwd + ".moved"
+		if err := os.Rename(cwd, moved); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(moved, cwd) })
+		err := restoreFails(t, dir, pid)
+		requireFileError(t, err, cwd)
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v is not fs.ErrNotExist", err)
+		}
+	})
+	t.Run("open file gone", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		moved := p.Log + ".moved"
+		if err := os.Rename(p.Log, moved); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(moved, p.Log) })
+		err := restoreFails(t, dir, pid)
+		requireFileError(t, err, p.Log)
 		if !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("error %v is not fs.ErrNotExist", err)
 		}
