@@ -129,6 +129,11 @@ func (h *hashTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 	for _, p := range piecesOf(pl.areas, pl.kept) {
 		a := *p.a
 		a.start, a.end = p.r.Start, p.r.End
+		if a.attrs.prot&unix.PROT_WRITE == 0 && !h.anyData(a.start, a.end) {
+			// Not writable (an area made writable is fresh) and no data
+			// to lose: large reservations cost nothing.
+			continue
+		}
 		err := h.scan(a, next, func(addr, sum uint64) {
 			if sum != h.get(h.hashes, addr, a.attrs.kind) {
 				out = appendRange(out, addr, addr+trackPage)
@@ -160,6 +165,23 @@ func (h *hashTracker) Sent(addr uint64, data []byte) {
 	for off := 0; off+trackPage <= len(data); off += trackPage {
 		h.set(h.hashes, addr+uint64(off), h.sum(data[off:off+trackPage]))
 	}
+}
+
+// anyData reports whether a hash is recorded for a page in [start, end).
+func (h *hashTracker) anyData(start, end uint64) bool {
+	for c := start >> hashChunkShift; c <= (end-1)>>hashChunkShift; c++ {
+		chunk := h.hashes[c]
+		if chunk == nil {
+			continue
+		}
+		for i, v := range chunk {
+			addr := c<<hashChunkShift + uint64(i)*trackPage
+			if v != 0 && addr >= start && addr < end {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // get returns the hash recorded for the page at addr, or what a page with

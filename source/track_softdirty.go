@@ -113,6 +113,9 @@ func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 			others = append(others, a)
 		}
 	}
+	// Of the rest, only pages that held data can lose it: look at those
+	// (small gaps filled) and at the fresh parts.
+	others = clipAreas(others, intersect(coalesce(s.data, scanGap), pl.kept))
 	others = append(others, clipAreas(pl.areas, pl.fresh)...)
 
 	var out, data []PageRange

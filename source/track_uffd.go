@@ -192,10 +192,14 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 		return nil, ErrTrackerState
 	}
 	pl := planLayout(u.areas, vmas)
-	var out []PageRange
+	var out, written, writtenData []PageRange
 	var lost []PageRange // kept parts whose registration is gone
 	for _, piece := range piecesOf(pl.areas, pl.kept) {
-		written, err := u.scanWritten(piece.r, piece.a.attrs.kind, true)
+		if piece.a.attrs.prot&unix.PROT_WRITE == 0 {
+			// Nothing writes here (an area made writable is fresh).
+			continue
+		}
+		ws, wd, err := u.scanWritten(piece.r, piece.a.attrs.kind, true)
 		switch {
 		case errors.Is(err, unix.EPERM):
 			lost = append(lost, piece.r)
@@ -203,8 +207,11 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 		case err != nil:
 			return nil, err
 		}
-		out = append(out, written...)
+		written = append(written, ws...)
+		writtenData = append(writtenData, wd...)
 	}
+	written = normalize(written)
+	out = append(out, written...)
 	fresh := normalize(append(lost, pl.fresh...))
 	kept := subtract(pl.kept, fresh)
 	armed, err := u.arm(pl.areas, fresh)
@@ -212,17 +219,46 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 		return nil, err
 	}
 	out = append(out, fresh...)
-	tracked := normalize(append(kept, armed...))
-	areas := clipAreas(pl.areas, tracked)
-	data, err := u.scanData(areas)
+	areas := clipAreas(pl.areas, normalize(append(kept, armed...)))
+
+	// Which pages hold data now. Only pages that held data at the last
+	// look can have lost it, so only they are looked at again (with small
+	// gaps filled, to keep the number of scans down; large empty
+	// reservations are skipped); elsewhere in the kept parts, a page holds
+	// data now only if it was written. Armed parts get a first look.
+	before := intersect(u.data, kept)
+	still, err := u.scanData(clipAreas(pl.areas, intersect(coalesce(before, scanGap), kept)))
 	if err != nil {
 		return nil, err
 	}
-	// Pages that held data at the last look and do not now read as zeros
-	// (or as their file) now.
-	out = append(out, intersect(subtract(u.data, data), kept)...)
-	u.areas, u.data = areas, data
+	base, err := u.scanData(clipAreas(pl.areas, armed))
+	if err != nil {
+		return nil, err
+	}
+	// Pages that held data at the last look and do not now: they read
+	// as zeros (or as their file) now.
+	out = append(out, subtract(before, still)...)
+	u.areas = areas
+	u.data = normalize(append(append(still, base...), intersect(normalize(writtenData), kept)...))
 	return normalize(out), nil
+}
+
+// scanGap is the widest gap between ranges of pages with data that one
+// PAGEMAP_SCAN looks across rather than splitting the scan.
+const scanGap = 2 << 20
+
+// coalesce merges ranges of rs (sorted, merged) less than gap bytes
+// apart.
+func coalesce(rs []PageRange, gap uint64) []PageRange {
+	var out []PageRange
+	for _, r := range rs {
+		if n := len(out); n > 0 && r.Start-out[n-1].End < gap {
+			out[n-1].End = r.End
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // piece is a part of one area.
@@ -271,7 +307,7 @@ func (u *uffdTracker) arm(areas []area, fresh []PageRange) ([]PageRange, error) 
 			}
 			return nil, fmt.Errorf("uffd-wp tracker: UFFDIO_REGISTER %v of process %d: %w", p.r, u.pid, err)
 		}
-		if _, err := u.scanWritten(p.r, p.a.attrs.kind, false); err != nil {
+		if _, _, err := u.scanWritten(p.r, p.a.attrs.kind, false); err != nil {
 			if isRefusal(err) {
 				continue
 			}
@@ -294,44 +330,51 @@ func isRefusal(err error) bool {
 const scanVec = 4096
 
 // scanWritten reports the written pages of r, in an area of kind, and
-// write-protects them, atomically per page. With keep false the result is
-// not collected (the range is being armed and is reported whole anyway).
+// write-protects them, atomically per page; data are the written pages
+// that hold data (see pageData). With keep false nothing is collected (the
+// range is being armed and is reported whole anyway).
 //
 // A "written" page that maps the zero page reads as zeros, as it did at
 // the last look or else scanData reports it as gone: it is left out.
 // (The kernel drops the page table entry of an anonymous page on
 // MADV_DONTNEED, protection and all, and a read then maps the zero page
 // unprotected.)
-func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) ([]PageRange, error) {
+func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) (written, data []PageRange, err error) {
 	if u.vec == nil {
 		u.vec = make([]kernel.PageRegion, scanVec)
 	}
-	var out []PageRange
+	ret := uint64(kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED)
+	if kind == core.VMAFile {
+		ret |= kernel.PAGE_IS_FILE
+	}
 	for at := r.Start; at < r.End; {
 		regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
 			Flags:        kernel.PM_SCAN_WP_MATCHING | kernel.PM_SCAN_CHECK_WPASYNC,
 			Start:        at,
 			End:          r.End,
 			CategoryMask: kernel.PAGE_IS_WRITTEN,
-			ReturnMask:   kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO,
+			ReturnMask:   ret,
 		}, u.vec)
 		if err != nil {
-			return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
+			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
 		}
 		if keep {
 			for _, g := range regs {
 				if g.Categories&kernel.PAGE_IS_PFNZERO != 0 && kind != core.VMASharedAnon {
 					continue
 				}
-				out = appendRange(out, g.Start, g.End)
+				written = appendRange(written, g.Start, g.End)
+				if regionData(kind, g.Categories) {
+					data = appendRange(data, g.Start, g.End)
+				}
 			}
 		}
 		if end <= at {
-			return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d made no progress", at, r.End, u.pid)
+			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d made no progress", at, r.End, u.pid)
 		}
 		at = end
 	}
-	return out, nil
+	return written, data, nil
 }
 
 // scanData returns the pages of areas that hold data (see pageData), from
@@ -343,11 +386,16 @@ func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
 	var out []PageRange
 	for _, a := range areas {
 		for at := a.start; at < a.end; {
+			ret := uint64(kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED | kernel.PAGE_IS_PFNZERO)
+			if a.attrs.kind == core.VMAFile {
+				// Costs a page lookup per entry: only where it matters.
+				ret |= kernel.PAGE_IS_FILE
+			}
 			regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
 				Start:             at,
 				End:               a.end,
 				CategoryAnyofMask: kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED,
-				ReturnMask:        kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED | kernel.PAGE_IS_FILE | kernel.PAGE_IS_PFNZERO,
+				ReturnMask:        ret,
 			}, u.vec)
 			if err != nil {
 				return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, a.end, u.pid, err)
