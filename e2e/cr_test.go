@@ -792,3 +792,52 @@ func smapsField(t *testing.T, pid int, addr uint64, name string) uint64 {
 	t.Fatalf("no area at %#x in process %d", addr, pid)
 	return 0
 }
+
+// TestThreads: a process with three worker threads, each counting under
+// its own mutex, comes back with every thread at its TID, and all of them
+// count on.
+func TestThreads(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "threads"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 5)
+	tasks := func(pid int) []string {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	before := tasks(p.PID)
+	if len(before) != 4 {
+		t.Fatalf("workload has tasks %v, want 4 (%s)", before, ready)
+	}
+	dir, img := dumpKill(t, p, "")
+	counts := func(line string) [3]int {
+		var tick int
+		var c [3]int
+		fmt.Sscanf(line, "tick %d %d %d %d", &tick, &c[0], &c[1], &c[2])
+		return c
+	}
+	lines := p.Lines(t)
+	atDump := counts(lines[len(lines)-1])
+	last := p.LastTick(t)
+	r := restoreOK(t, dir, p.Log)
+	checkLayout(t, img, r.PID)
+	if got := tasks(r.PID); !slices.Equal(got, before) {
+		t.Errorf("restored tasks %v, want %v (the same TIDs)", got, before)
+	}
+	r.WaitTick(t, short, last+10)
+	checkTicksContinuous(t, r.Lines(t), last+10)
+	lines = r.Lines(t)
+	now := counts(lines[len(lines)-1])
+	for i := range now {
+		if now[i] <= atDump[i] {
+			t.Errorf("worker %d counted %d at the dump and %d now: it does not run after restore", i, atDump[i], now[i])
+		}
+	}
+}
