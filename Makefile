@@ -17,7 +17,7 @@ BENCHTIME ?= 1s
 # command:package pairs for the tools tests and the demo need.
 DEPS := gcc:gcc python3:python3 sleep:coreutils
 
-.PHONY: all build deps test vet fmt fmt-check bench demo clean
+.PHONY: all build deps test fuzz vet fmt fmt-check bench demo clean
 
 all: build
 
@@ -36,9 +36,24 @@ deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
-# Unit and integration tests; the integration tests need root.
+# Unit and integration tests; the integration tests need root. Then every
+# fuzz target for a few seconds (FUZZTIME; longer by hand, e.g.
+# make fuzz FUZZTIME=5m).
 test: deps vet fmt-check
 	$(GO) test -count=1 $(PKGS)
+	$(MAKE) --no-print-directory fuzz
+
+FUZZTIME ?= 3s
+# Each Fuzz function of each package, one at a time (go test -fuzz takes one).
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		dir=$$(dirname $$f); \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$dir $$fn ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./$$dir >/dev/null || \
+				{ echo "fuzz: $$dir $$fn failed; rerun: go test -run '^$$' -fuzz '^$$fn\$$' ./$$dir"; exit 1; }; \
+		done; \
+	done; echo "fuzz: every target ran $(FUZZTIME) without a failure"
 
 vet:
 	$(GO) vet $(PKGS)
