@@ -19,10 +19,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"migrate/core"
 	"migrate/core/kernel"
@@ -166,6 +169,22 @@ func newTracker(ctx context.Context, name string, pid int) (Tracker, error) {
 // ErrTrackerState is returned by Start called twice, or Dirty before Start
 // or after Close.
 var ErrTrackerState = errors.New("dirty tracker used out of order")
+
+// alive fails with an error matching unix.ESRCH if process pid has exited
+// (gone, or a zombie).
+func alive(pid int) error {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("process %d: %w", pid, unix.ESRCH)
+		}
+		return err
+	}
+	if st.State == 'Z' || st.State == 'X' || st.State == 'x' {
+		return fmt.Errorf("process %d has exited: %w", pid, unix.ESRCH)
+	}
+	return nil
+}
 
 // trackable reports whether the pages of v go into an image, so that
 // writes to them matter.

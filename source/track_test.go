@@ -1154,6 +1154,31 @@ func TestTrackFrozenDirty(t *testing.T) {
 	}
 }
 
+// TestTrackProcessGone: Dirty on a process that has exited fails (with an
+// error matching ESRCH where the kernel says so), and Close still works.
+func TestTrackProcessGone(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			w := startWorkload(t)
+			w.mapRegion("map", "A", 16, 0)
+			w.call("populate A")
+			tr := newTestTracker(t, name, w)
+			startTracking(t, tr, w)
+			vmas := layout(t, w.pid)
+			w.cmd.Process.Kill()
+			w.cmd.Wait()
+			rs, err := tr.Dirty(vmas)
+			if err == nil {
+				t.Fatalf("Dirty on a dead process: no error, %d ranges", len(rs))
+			}
+			t.Logf("Dirty on a dead process: %v (ESRCH: %v)", err, errors.Is(err, unix.ESRCH))
+			if err := tr.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+}
+
 // TestTrackHashSent: with Sent, the hash backend compares with what was
 // sent, so a page that changes back to what Dirty read is reported.
 func TestTrackHashSent(t *testing.T) {
@@ -1217,19 +1242,36 @@ func TestTrackLayoutPlan(t *testing.T) {
 }
 
 // BenchmarkTrackDirty measures one Dirty over a populated region (256 MiB,
-// or MIGRATE_TRACK_BENCH_MB) with 1% of its pages written in between.
+// or MIGRATE_TRACK_BENCH_MB) with 1% of its pages written in between, and
+// how long it held the process. soft-dirty-stop runs the soft-dirty
+// backend's stop on a kernel without soft-dirty, where it reports nothing
+// but costs what it costs.
 func BenchmarkTrackDirty(b *testing.B) {
 	mb := 256
 	if s := os.Getenv("MIGRATE_TRACK_BENCH_MB"); s != "" {
 		mb = atoi(s)
 	}
 	pages := mb << 20 / pg
-	for _, name := range backends {
+	names := append(slices.Clone(backends), "soft-dirty-stop")
+	for _, name := range names {
 		b.Run(name, func(b *testing.B) {
 			w := startWorkload(b)
 			a := w.mapRegion("map", "A", pages, 0)
 			w.call("populate A")
-			tr := newTestTracker(b, name, w)
+			var tr Tracker
+			if name == "soft-dirty-stop" {
+				// What the soft-dirty backend's stop costs (seize, pagemap,
+				// clear_refs, detach), on a kernel without soft-dirty,
+				// where no bit is ever set: only where the real backend
+				// cannot run.
+				if _, err := NewTracker(TrackerSoftDirty, w.pid); err == nil {
+					b.Skip("soft-dirty works here: see the soft-dirty benchmark")
+				}
+				tr = newSoftDirtyTracker(w.pid)
+				b.Cleanup(func() { tr.Close() })
+			} else {
+				tr = newTestTracker(b, name, w)
+			}
 			startTracking(b, tr, w)
 			vmas := layout(b, w.pid)
 			dirty(b, tr, w)

@@ -238,6 +238,11 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 	// Pages that held data at the last look and do not now: they read
 	// as zeros (or as their file) now.
 	out = append(out, subtract(before, still)...)
+	// A process that is gone makes scans find nothing and registrations
+	// fail, which would look like a layout reported whole.
+	if err := alive(u.pid); err != nil {
+		return nil, fmt.Errorf("uffd-wp tracker: %w", err)
+	}
 	u.areas = areas
 	u.data = normalize(append(append(still, base...), intersect(normalize(writtenData), kept)...))
 	return normalize(out), nil
