@@ -53,6 +53,8 @@ func (r PageRange) String() string { return fmt.Sprintf("%#x-%#x", r.Start, r.En
 // zeros, and a private file page dropped that way reads as the file again.
 // The caller must send such a page as what it reads now (zeros), not skip it
 // because pagemap says it is not present.
+//
+// A Tracker is not safe for concurrent use (ContentTracker.Sent excepted).
 type Tracker interface {
 	// Name is "soft-dirty", "uffd-wp" or "hash".
 	Name() string
