@@ -160,14 +160,14 @@ func TestRollbackAtEachStage(t *testing.T) {
 }
 
 // TestRollbackUnsupportedFD: an fd of a kind migrate cannot dump (a
-// netlink socket, an inotify instance, a pipe whose other end is held by
+// netlink socket, a perf event, a pipe whose other end is held by
 // another process) makes the dump fail with an *UnsupportedFDError naming
 // that fd, before anything was changed: the process is untouched.
 func TestRollbackUnsupportedFD(t *testing.T) {
 	fixture.RequireRoot(t)
 	for _, tc := range []struct{ kind, prefix string }{
 		{"netlink", "socket:"},
-		{"inotify", "anon_inode:inotify"},
+		{"perf", "anon_inode:[perf_event]"},
 	} {
 		t.Run(tc.kind, func(t *testing.T) {
 			v := startVictim(t, "-s", tc.kind)

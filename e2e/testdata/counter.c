@@ -8,7 +8,8 @@
  * -u MiB  map that much anonymous memory and touch only every 16th page:
  *         logs "sparse addr=ADDR touched=N"
  * -s KIND also hold an fd of a kind migrate refuses: "netlink" (a
- *         NETLINK_ROUTE socket) or "inotify"; logs "unsupported fd N"
+ *         NETLINK_ROUTE socket) or "perf" (a perf event counting the
+ *         process's task clock); logs "unsupported fd N"
  *
  * Lines: "ready pid=P sum=S" once set up, then "tick N" per tick.
  * SIGUSR1: recompute the heap checksum ("sum S"), then malloc and free
@@ -19,7 +20,7 @@
  * SIGPIPE ignored. */
 #include "common.h"
 #include <linux/netlink.h>
-#include <sys/inotify.h>
+#include <linux/perf_event.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -160,8 +161,13 @@ int main(int argc, char **argv)
 		int fd = -1;
 		if (!strcmp(odd, "netlink"))
 			fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-		else if (!strcmp(odd, "inotify"))
-			fd = inotify_init1(IN_CLOEXEC);
+		else if (!strcmp(odd, "perf")) {
+			struct perf_event_attr pa = {0};
+			pa.size = sizeof pa;
+			pa.type = PERF_TYPE_SOFTWARE;
+			pa.config = PERF_COUNT_SW_TASK_CLOCK;
+			fd = syscall(SYS_perf_event_open, &pa, 0, -1, -1, PERF_FLAG_FD_CLOEXEC);
+		}
 		else
 			return 2;
 		if (fd < 0)
