@@ -275,6 +275,7 @@ const (
 	FDEpoll    = "epoll"
 	FDTimerfd  = "timerfd"
 	FDSignalfd = "signalfd"
+	FDInotify  = "inotify"
 )
 
 // FD is one open file descriptor.
@@ -305,6 +306,8 @@ type FD struct {
 	Epoll []EpollTarget `json:"epoll,omitempty"`
 	// Timerfd is the state of a timerfd.
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
+	// Inotify lists the watches of an inotify fd, by watch descriptor.
+	Inotify []InotifyWatch `json:"inotify,omitempty"`
 	// SigMask is the mask of a signalfd.
 	SigMask uint64 `json:"sigmask,omitempty"`
 	// Key identifies the open file description (dev:ino:pos-independent id),
@@ -317,6 +320,13 @@ type EpollTarget struct {
 	FD     int    `json:"fd"`
 	Events uint32 `json:"events"`
 	Data   uint64 `json:"data"`
+}
+
+// InotifyWatch is one watch of an inotify instance.
+type InotifyWatch struct {
+	WD   int    `json:"wd"`
+	Path string `json:"path"`
+	Mask uint32 `json:"mask"`
 }
 
 // Timerfd is the state of a timerfd.

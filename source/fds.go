@@ -183,6 +183,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				if err := d.dumpSocket(set, &fd, dup); err != nil {
 					return nil, err
 				}
+			case target == "anon_inode:inotify":
+				fd.Kind = core.FDInotify
+				if fd.Inotify, err = inotifyWatches(info); err != nil {
+					return nil, unsupported(err.Error())
+				}
 			case target == "anon_inode:[eventpoll]":
 				fd.Kind = core.FDEpoll
 				targets, err := info.EpollTargets()

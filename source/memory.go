@@ -202,7 +202,10 @@ func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
 	}
 	// Frames are large: no buffering, which would only copy them again.
 	s.cw = &countingWriter{w: s.f}
-	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec}); err != nil {
+	// Adaptive: a frame the compressors cannot take right away goes out
+	// raw, so reading memory never waits for compression (incompressible
+	// memory would otherwise make a frozen dump run at s2's speed).
+	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec, Adaptive: true}); err != nil {
 		s.f.Close()
 		return nil, err
 	}

@@ -261,6 +261,8 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 		return f, nil
 	case core.FDSocket:
 		return r.openSocket(fd)
+	case core.FDInotify:
+		return r.openInotify(fd)
 	}
 	return nil, fmt.Errorf("unknown fd kind %q", fd.Kind)
 }

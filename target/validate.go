@@ -108,7 +108,7 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 			if _, err := os.Stat(fd.File.Path); err != nil {
 				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
 			}
-		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd:
+		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify:
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}
