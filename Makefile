@@ -38,10 +38,12 @@ deps:
 
 # Unit and integration tests; the integration tests need root. Then every
 # fuzz target for a few seconds (FUZZTIME; longer by hand, e.g.
-# make fuzz FUZZTIME=5m).
+# make fuzz FUZZTIME=5m). Then the dirty-tracker tests under Debian's 6.1
+# cloud kernel in qemu, the one kernel here with soft-dirty.
 test: deps vet fmt-check
 	$(GO) test -count=1 $(PKGS)
 	$(MAKE) --no-print-directory fuzz
+	./scripts/vmtest.sh
 
 FUZZTIME ?= 3s
 # Each Fuzz function of each package, one at a time (go test -fuzz takes one).

@@ -98,6 +98,13 @@ func tracerOf(tid int) int {
 	return 0
 }
 
+// isOurThread says whether tid is a thread of this process: TracerPid in
+// /proc names the tracing thread, not its process.
+func isOurThread(tid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+	return err == nil
+}
+
 // Seize attaches to every thread of pid and stops them all. Threads created
 // while it works are found by re-reading /proc/PID/task until the set of
 // threads is stable with every thread stopped. On error every thread seized
@@ -183,7 +190,7 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 						continue // exited meanwhile
 					}
 					if errors.Is(err, unix.EPERM) {
-						if tr := tracerOf(tid); tr != 0 && tr != os.Getpid() {
+						if tr := tracerOf(tid); tr != 0 && !isOurThread(tr) {
 							return &TracedError{PID: pid, Tracer: tr}
 						}
 					}
@@ -198,8 +205,22 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 				fresh++
 			}
 			// Wait for the new ones to stop before re-reading: a running
-			// thread could still be cloning.
+			// thread could still be cloning. The leader last: if the process
+			// dies meanwhile, its death is reported only once the other
+			// threads, traced by us, have been waited for.
+			order := make([]*Thread, 0, len(p.Threads))
+			var leader *Thread
 			for _, th := range p.Threads {
+				if th.TID == pid {
+					leader = th
+				} else {
+					order = append(order, th)
+				}
+			}
+			if leader != nil {
+				order = append(order, leader)
+			}
+			for _, th := range order {
 				if th.stopped || th.TID == 0 {
 					continue
 				}
