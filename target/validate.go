@@ -88,6 +88,14 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 	if st.Pages != info.Pages {
 		return &core.ImageError{File: pages, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", st.Pages, info.Pages)}
 	}
+	for _, d := range []struct{ what, path string }{{"working directory", p.Cwd}, {"root directory", p.Root}} {
+		if fi, err := os.Stat(d.path); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = &fs.PathError{Op: "stat", Path: d.path, Err: unix.ENOTDIR}
+			}
+			return &core.ImageError{File: d.path, Reason: d.what + " of the process is gone", Err: err}
+		}
+	}
 	if err := sameFile(&p.Exe, "executable"); err != nil {
 		return err
 	}

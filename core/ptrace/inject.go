@@ -113,7 +113,7 @@ func (p *Proc) Syscall(th *Thread, name string, nr uintptr, args ...uint64) (uin
 			switch {
 			case ws.StopSignal() == unix.SIGTRAP|0x80:
 				phase++
-			case ws.TrapCause() > 0:
+			case event(ws) > 0:
 				// Fork, clone or an event stop: go on.
 			default:
 				if si, err := getSiginfo(th.TID); err == nil {

@@ -51,6 +51,20 @@ type Thread struct {
 
 	regsChanged bool
 	stopped     bool
+	// groupStop is the signal that had the thread stopped by job control
+	// when it was seized, 0 if it was running.
+	groupStop unix.Signal
+}
+
+// Stopped says whether the process was stopped by job control (SIGSTOP,
+// SIGTSTP, ...) when it was seized. Detach leaves it stopped again.
+func (p *Proc) Stopped() bool {
+	for _, th := range p.Threads {
+		if th.groupStop != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Proc is a process whose threads are all seized and stopped.
@@ -291,10 +305,16 @@ func (p *Proc) waitEventStop(th *Thread) (bool, error) {
 			continue
 		}
 		sig := ws.StopSignal()
-		if ws.TrapCause() == unix.PTRACE_EVENT_STOP {
+		if event(ws) == unix.PTRACE_EVENT_STOP {
+			// An interrupt, or a group stop (SIGSTOP and friends): the
+			// process was stopped by job control and stays so on detach.
+			switch sig {
+			case unix.SIGSTOP, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+				th.groupStop = sig
+			}
 			return true, nil
 		}
-		if sig == unix.SIGTRAP|0x80 || ws.TrapCause() > 0 {
+		if sig == unix.SIGTRAP|0x80 || event(ws) > 0 {
 			// A syscall or other event stop: go on to the interrupt.
 			if err := rawPtrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
 				return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
@@ -310,6 +330,16 @@ func (p *Proc) waitEventStop(th *Thread) (bool, error) {
 			return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
 		}
 	}
+}
+
+// event returns the PTRACE_EVENT_* of a ptrace stop (0 if none). Unlike
+// WaitStatus.TrapCause it also sees group stops, reported under
+// PTRACE_SEIZE as PTRACE_EVENT_STOP with the stopping signal.
+func event(ws unix.WaitStatus) int {
+	if !ws.Stopped() {
+		return 0
+	}
+	return int(ws>>16) & 0xff
 }
 
 func wait(tid int) (unix.WaitStatus, error) {
@@ -396,11 +426,10 @@ func (p *Proc) Rseq(th *Thread) (addr uint64, length, sig uint32, err error) {
 }
 
 // Detach lets every thread run on from where it stopped, with the registers
-// in Thread.Regs, and gives back stolen signals.
+// in Thread.Regs, and gives back stolen signals. A process that was stopped
+// by job control is stopped again.
 func (p *Proc) Detach() error {
-	var err error
-	p.t.Do(func() error { err = p.detachAll(0); return nil })
-	return err
+	return p.t.Do(func() error { return p.detachAll(0) })
 }
 
 // detachAll detaches every thread. Preconditions: on the tracer thread.
@@ -415,15 +444,21 @@ func (p *Proc) detachAll(_ int) error {
 				first = fmt.Errorf("restore registers of thread %d: %w", th.TID, err)
 			}
 		}
-		sig := 0
-		if len(th.Stolen) > 0 {
-			sig = int(int32(nativeEndianUint32(th.Stolen[0])))
-		}
-		if err := rawPtrace(unix.PTRACE_DETACH, th.TID, 0, uintptr(sig)); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
-			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
-		}
-		for _, si := range th.Stolen[min(1, len(th.Stolen)):] {
+		// Signals go back before the detach, queued while the thread is
+		// still stopped, so it meets them before running a single
+		// instruction: PTRACE_DETACH's own signal argument is ignored in a
+		// syscall stop, where an injection leaves the thread. (The
+		// siginfo of a stolen signal is lost here; a dump keeps it in the
+		// image.)
+		for _, si := range th.Stolen {
 			unix.Tgkill(p.PID, th.TID, syscall.Signal(nativeEndianUint32(si)))
+		}
+		th.Stolen = nil
+		if th.groupStop != 0 {
+			unix.Tgkill(p.PID, th.TID, th.groupStop)
+		}
+		if err := rawPtrace(unix.PTRACE_DETACH, th.TID, 0, 0); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
 		}
 	}
 	return first
