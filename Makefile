@@ -14,8 +14,10 @@ PKGS      ?= ./...
 BENCH     ?= .
 BENCHTIME ?= 1s
 
-# command:package pairs for the tools tests and the demo need.
-DEPS := gcc:gcc python3:python3 sleep:coreutils
+# command:package pairs for the tools tests and the demo need. The e2e
+# tests run Debian's python3 by its path, and redis-server (redis-cli,
+# redis-benchmark) as a real program to dump and restore.
+DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools
 
 .PHONY: all build deps test fuzz vet fmt fmt-check bench demo clean
 
