@@ -313,3 +313,59 @@ func TestSocketRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestSocketPairTree: a stream and a datagram socketpair between a parent
+// and its child, with unread data both ways, and a listening socket they
+// share. After a dump of the tree and restore, each process finds its
+// bytes, the pairs join the two processes again, and the listener is one
+// socket in both.
+func TestSocketPairTree(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "sock_tree"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var child int
+	fmt.Sscanf(field(t, ready, "child"), "%d", &child)
+	p.WaitTick(t, short, 3)
+	// Without its child the parent's ends lead outside the dump.
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) || ue.PID != p.PID {
+		t.Fatalf("dump of the parent alone: %v (%T), want *source.UnsupportedFDError", err, err)
+	}
+	t.Logf("refused as expected: %v", err)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	p.Reap(t)
+	fixture.ReapOrphan(t, child)
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Tree) != 1 || img.Tree[0].PID != child {
+		t.Fatalf("image tree %d processes, want the child %d", len(img.Tree), child)
+	}
+	// The restored child is the restored parent's; once the parent is
+	// stopped it comes to the test process, which reaps it.
+	t.Cleanup(func() { fixture.ReapOrphan(t, child) })
+	r := restoreOK(t, dir, p.Log)
+	both := func(sig unix.Signal, lines ...string) {
+		t.Helper()
+		n := len(r.Lines(t))
+		r.Signal(t, sig)
+		if err := unix.Kill(child, sig); err != nil {
+			t.Fatalf("signal the restored child %d: %v", child, err)
+		}
+		for _, want := range lines {
+			f := strings.Fields(want)
+			if got, _ := r.WaitLine(t, short, n, f[0]+" "+f[1]); got != want {
+				t.Errorf("%q, want %q", got, want)
+			}
+		}
+	}
+	both(unix.SIGUSR1, "check parent got=to-parent,dgram-to-parent listening=1", "check child got=to-child,dgram-to-child listening=1")
+	both(unix.SIGUSR2, "sent parent", "sent child")
+	both(unix.SIGUSR1, "check parent got=again-child,again-child listening=1", "check child got=again-parent,again-parent listening=1")
+}

@@ -236,7 +236,7 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 		s.PeerGone = true
 		return nil
 	}
-	in, err := processSockets(sd.d.pid)
+	in, err := sd.d.dumpedSockets()
 	if err != nil {
 		return sd.fail(err)
 	}
@@ -274,7 +274,11 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 		s.Remote = unixText(pname)
 		return nil
 	}
-	return sd.refuse("connected to a socket outside the process: %s", desc)
+	outside := "the process"
+	if sd.d.opts.Tree {
+		outside = "the process and its descendants"
+	}
+	return sd.refuse("connected to a socket outside %s: %s", outside, desc)
 }
 
 // unixQueue stores the bytes queued for reading.
@@ -327,6 +331,39 @@ func (sd *sockDump) unixQueue(s *core.Socket, m *unixDiag) error {
 	}
 	s.Queue = name
 	return nil
+}
+
+// dumpedSockets returns the inodes of the sockets held by the processes
+// of the dump: the root, and with DumpOptions.Tree its descendants.
+//
+// Preconditions: every process of the dump is frozen.
+func (d *dumper) dumpedSockets() (map[uint64]bool, error) {
+	root := d.opts.PID
+	if root == 0 {
+		root = d.pid
+	}
+	pids := []int{root}
+	if d.opts.Tree {
+		for i := 0; i < len(pids); i++ {
+			kids, err := childrenOf(pids[i])
+			if err != nil {
+				return nil, fmt.Errorf("children of process %d: %w", pids[i], err)
+			}
+			pids = append(pids, kids...)
+		}
+	}
+	out := map[uint64]bool{}
+	for _, pid := range pids {
+		socks, err := processSockets(pid)
+		if err != nil && pid == root {
+			return nil, err
+		}
+		// A zombie of the tree has no fds.
+		for ino := range socks {
+			out[ino] = true
+		}
+	}
+	return out, nil
 }
 
 // processSockets returns the inodes of the sockets the process holds.

@@ -35,7 +35,8 @@ type sockDumper struct {
 
 func newSockDumper(t *testing.T) *sockDumper {
 	t.Helper()
-	d := &dumper{pid: os.Getpid(), dir: t.TempDir(), img: &core.Image{}, log: slog.New(slog.DiscardHandler)}
+	ss := &session{dir: t.TempDir(), log: slog.New(slog.DiscardHandler)}
+	d := &dumper{session: ss, pid: os.Getpid(), proc: &core.Process{}}
 	if err := os.MkdirAll(filepath.Join(d.dir, core.FilesDir), 0o700); err != nil {
 		t.Fatal(err)
 	}

@@ -45,17 +45,19 @@ func (r *restorer) openSocket(fd *core.FD) (*os.File, error) {
 
 // AddrError says that a socket's address cannot be had on this host.
 type AddrError struct {
+	PID  int // the process of the image holding the socket
 	FD   int
 	Addr string
 	Err  error // why, when the kernel said
 }
 
 func (e *AddrError) Error() string {
-	s := fmt.Sprintf("fd %d: address %s not available on this host", e.FD, e.Addr)
+	what := "not available on"
 	if errors.Is(e.Err, unix.EADDRINUSE) {
-		s = fmt.Sprintf("fd %d: address %s is in use on this host", e.FD, e.Addr)
+		what = "in use on"
 	}
-	if e.Err != nil {
+	s := fmt.Sprintf("process %d fd %d: address %s %s this host", e.PID, e.FD, e.Addr, what)
+	if e.Err != nil && e.Err != unix.EADDRINUSE {
 		s += ": " + e.Err.Error()
 	}
 	return s

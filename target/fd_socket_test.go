@@ -33,8 +33,10 @@ func newSockRestore(t *testing.T) *sockRestore {
 	if err := os.MkdirAll(filepath.Join(dir, core.FilesDir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	r := &restorer{dir: dir, img: &core.Image{}, log: slog.New(slog.DiscardHandler)}
-	t.Cleanup(r.closeFiles)
+	img := &core.Image{Process: core.Process{PID: os.Getpid()}}
+	ss := &session{dir: dir, img: img, log: slog.New(slog.DiscardHandler)}
+	r := &restorer{session: ss, proc: &img.Process, pid: img.Process.PID}
+	t.Cleanup(ss.closeFiles)
 	return &sockRestore{t: t, r: r}
 }
 
@@ -58,13 +60,13 @@ func (sr *sockRestore) dgrams(msgs ...string) string {
 }
 
 func (sr *sockRestore) add(fd int, s *core.Socket) {
-	sr.r.img.Process.FDs = append(sr.r.img.Process.FDs, core.FD{FD: fd, Kind: core.FDSocket, Flags: unix.O_RDWR, Socket: s})
+	sr.r.proc.FDs = append(sr.r.proc.FDs, core.FD{FD: fd, Kind: core.FDSocket, Flags: unix.O_RDWR, Socket: s})
 }
 
 func (sr *sockRestore) open(fd int) (*os.File, error) {
 	sr.t.Helper()
-	for i := range sr.r.img.Process.FDs {
-		if f := &sr.r.img.Process.FDs[i]; f.FD == fd {
+	for i := range sr.r.proc.FDs {
+		if f := &sr.r.proc.FDs[i]; f.FD == fd {
 			file, err := sr.r.openSocket(f)
 			if file != nil {
 				sr.t.Cleanup(func() { file.Close() })
@@ -118,7 +120,7 @@ func TestRestoreUnixStreamPair(t *testing.T) {
 		Queue: sr.blob([]byte("to-a")), Shutdown: core.ShutRecv})
 	sr.add(4, &core.Socket{Family: unix.AF_UNIX, Type: unix.SOCK_STREAM, Ino: 101, Peer: 100, State: core.SockConnected,
 		Queue: sr.blob([]byte("to-b:more")), Shutdown: core.ShutSend})
-	sr.r.img.Process.FDs[1].Flags |= unix.O_NONBLOCK
+	sr.r.proc.FDs[1].Flags |= unix.O_NONBLOCK
 	a, b := sr.mustOpen(3), sr.mustOpen(4)
 	if got := recv(a); got != "to-a" {
 		t.Errorf("a reads %q, want to-a", got)
@@ -359,14 +361,14 @@ func TestRestoreTCPListeners(t *testing.T) {
 	sr.add(5, &core.Socket{Family: unix.AF_INET6, Type: unix.SOCK_STREAM, Protocol: unix.IPPROTO_TCP, State: core.SockUnbound})
 	for i, fdnum := range []int{3, 4} {
 		fd := sr.mustOpen(fdnum)
-		for _, o := range sr.r.img.Process.FDs[i].Socket.Options {
+		for _, o := range sr.r.proc.FDs[i].Socket.Options {
 			if got, err := unix.GetsockoptInt(fd, o.Level, o.Name); err != nil || got != o.Value {
 				t.Errorf("fd %d: %s reads %d (%v), want %d", fdnum, o.Label, got, err, o.Value)
 			}
 		}
 		ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil || ti.State != 10 || int(ti.Sacked) != sr.r.img.Process.FDs[i].Socket.Backlog {
-			t.Errorf("fd %d: tcp_info %+v %v, want LISTEN with backlog %d", fdnum, ti, err, sr.r.img.Process.FDs[i].Socket.Backlog)
+		if err != nil || ti.State != 10 || int(ti.Sacked) != sr.r.proc.FDs[i].Socket.Backlog {
+			t.Errorf("fd %d: tcp_info %+v %v, want LISTEN with backlog %d", fdnum, ti, err, sr.r.proc.FDs[i].Socket.Backlog)
 		}
 		if v, _ := unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND); v != 0 {
 			t.Errorf("fd %d: IP_FREEBIND left on", fdnum)

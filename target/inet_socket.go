@@ -55,7 +55,7 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 	// An address this host does not have is refused before anything is
 	// built, unless the process itself asked for IP_FREEBIND.
 	if s.State != core.SockUnbound && freebind == 0 && !addrLocal(local.Addr()) {
-		return nil, &AddrError{FD: fdnum, Addr: s.Local}
+		return nil, &AddrError{PID: r.pid, FD: fdnum, Addr: s.Local}
 	}
 	sa, err := inetSockaddr(s.Family, local)
 	if err != nil && s.State != core.SockUnbound {
@@ -72,7 +72,7 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 			f.Close()
 		}
 	}()
-	r.setOptions(fdnum, fd, s.Options)
+	r.setOptions(r.fdName(fdnum), fd, s.Options)
 	tmpReuse := false
 	if s.State != core.SockUnbound {
 		if err := unix.SetsockoptInt(fd, freeLevel, freeName, 1); err != nil {
@@ -89,7 +89,7 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 			}
 		}
 		if err != nil {
-			return nil, &AddrError{FD: fdnum, Addr: s.Local, Err: err}
+			return nil, &AddrError{PID: r.pid, FD: fdnum, Addr: s.Local, Err: err}
 		}
 		if err := unix.SetsockoptInt(fd, freeLevel, freeName, freebind); err != nil {
 			return nil, fmt.Errorf("put IP_FREEBIND back to %d: %w", freebind, err)
@@ -98,7 +98,7 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 	switch s.State {
 	case core.SockListen:
 		if err := unix.Listen(fd, s.Backlog); err != nil {
-			return nil, &AddrError{FD: fdnum, Addr: s.Local, Err: fmt.Errorf("listen: %w", err)}
+			return nil, &AddrError{PID: r.pid, FD: fdnum, Addr: s.Local, Err: fmt.Errorf("listen: %w", err)}
 		}
 	case core.SockConnected:
 		rsa, err := inetSockaddr(s.Family, remote)
@@ -113,13 +113,22 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 0); err != nil {
 			return nil, fmt.Errorf("clear SO_REUSEADDR: %w", err)
 		}
-		r.warn("fd %d: %s was in use (TIME_WAIT of the original's connections?); bound with SO_REUSEADDR, cleared afterwards", fdnum, s.Local)
+		r.warn("%s: %s was in use (TIME_WAIT of the original's connections?); bound with SO_REUSEADDR, cleared afterwards", r.fdName(fdnum), s.Local)
 	}
 	if s.Unread > 0 {
-		r.warn("fd %d: UDP socket %s: datagrams it had not read (%d bytes of buffer) are not kept", fdnum, s.Local, s.Unread)
+		r.warn("%s: UDP socket %s: datagrams it had not read (%d bytes of buffer) are not kept", r.fdName(fdnum), s.Local, s.Unread)
 	}
 	ok = true
 	return f, nil
+}
+
+// fdName names an fd of this process in warnings: "fd N", with the
+// process when it is not the root.
+func (r *restorer) fdName(fd int) string {
+	if r.img == nil || r.pid == r.img.Process.PID {
+		return fmt.Sprintf("fd %d", fd)
+	}
+	return fmt.Sprintf("process %d fd %d", r.pid, fd)
 }
 
 // inetSockaddr makes the sockaddr for ap on a socket of family.

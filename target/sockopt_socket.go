@@ -11,10 +11,11 @@ import (
 
 // setOptions sets a socket's recorded options, in their order, and warns
 // about each one the kernel refuses or reads back differently.
-func (r *restorer) setOptions(fdnum, sfd int, opts []core.SockOpt) {
+// where names the fd in warnings.
+func (r *restorer) setOptions(where string, sfd int, opts []core.SockOpt) {
 	for _, o := range opts {
 		if err := setOption(sfd, o); err != nil {
-			r.warn("fd %d: socket option %s not restored: %v", fdnum, optLabel(o), err)
+			r.warn("%s: socket option %s not restored: %v", where, optLabel(o), err)
 		}
 	}
 }

@@ -31,7 +31,7 @@ import (
 type unixBuilder struct {
 	r        *restorer
 	socks    map[uint64]*core.Socket
-	fdOf     map[uint64]int // the first fd holding each socket, for messages
+	fdOf     map[uint64]fdRef // the first fd holding each socket, for messages
 	order    []uint64
 	files    map[uint64]*os.File // the rebuilt sockets, kept in r.files
 	other    map[uint64]*os.File // the other end of a pair: a socket of the image or a partner
@@ -42,7 +42,7 @@ type unixBuilder struct {
 
 func (r *restorer) buildUnix() error {
 	b := &unixBuilder{
-		r: r, socks: map[uint64]*core.Socket{}, fdOf: map[uint64]int{},
+		r: r, socks: map[uint64]*core.Socket{}, fdOf: map[uint64]fdRef{},
 		files: map[uint64]*os.File{}, other: map[uint64]*os.File{},
 		partners: map[uint64]*os.File{}, filled: map[uint64]bool{},
 	}
@@ -51,13 +51,16 @@ func (r *restorer) buildUnix() error {
 			p.Close()
 		}
 	}()
-	for i := range r.img.Process.FDs {
-		fd := &r.img.Process.FDs[i]
-		if s := fd.Socket; s != nil && s.Family == unix.AF_UNIX {
-			if _, ok := b.socks[s.Ino]; !ok {
-				b.socks[s.Ino] = s
-				b.fdOf[s.Ino] = fd.FD
-				b.order = append(b.order, s.Ino)
+	// The sockets of every process of the tree: a pair may join two.
+	for _, pp := range r.img.Processes() {
+		for i := range pp.Process.FDs {
+			fd := &pp.Process.FDs[i]
+			if s := fd.Socket; s != nil && s.Family == unix.AF_UNIX {
+				if _, ok := b.socks[s.Ino]; !ok {
+					b.socks[s.Ino] = s
+					b.fdOf[s.Ino] = fdRef{pp.Process.PID, fd.FD}
+					b.order = append(b.order, s.Ino)
+				}
 			}
 		}
 	}
@@ -70,8 +73,21 @@ func (r *restorer) buildUnix() error {
 	return nil
 }
 
+// fdRef is an fd of a process of the image.
+type fdRef struct{ pid, fd int }
+
+// where names the fd holding a socket in messages: "fd N", with its
+// process when that is not the root.
+func (b *unixBuilder) where(ino uint64) string {
+	ref := b.fdOf[ino]
+	if ref.pid == b.r.img.Process.PID {
+		return fmt.Sprintf("fd %d", ref.fd)
+	}
+	return fmt.Sprintf("process %d fd %d", ref.pid, ref.fd)
+}
+
 func (b *unixBuilder) errorf(ino uint64, format string, args ...any) error {
-	return fmt.Errorf("fd %d: unix socket: %s", b.fdOf[ino], fmt.Sprintf(format, args...))
+	return fmt.Errorf("%s: unix socket: %s", b.where(ino), fmt.Sprintf(format, args...))
 }
 
 // connectedPair says whether s is one end of a connection the kernel
@@ -184,7 +200,7 @@ func (b *unixBuilder) bindOne(ino uint64, s *core.Socket) error {
 	fd := int(b.files[ino].Fd())
 	if s.Name[0] == 0 {
 		if err := unix.Bind(fd, address(s)); err != nil {
-			return &AddrError{FD: b.fdOf[ino], Addr: unixText(s.Name), Err: err}
+			return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: unixText(s.Name), Err: err}
 		}
 		return nil
 	}
@@ -193,7 +209,7 @@ func (b *unixBuilder) bindOne(ino uint64, s *core.Socket) error {
 	}
 	path := s.File.Path
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
-		return &AddrError{FD: b.fdOf[ino], Addr: path, Err: unix.ENAMETOOLONG}
+		return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: unix.ENAMETOOLONG}
 	}
 	if s.File.Gone {
 		// The name had no file any more: bind, then unlink (once every
@@ -202,22 +218,22 @@ func (b *unixBuilder) bindOne(ino uint64, s *core.Socket) error {
 			return b.bindTemp(ino, s)
 		}
 		if err := unix.Bind(fd, address(s)); err != nil {
-			return &AddrError{FD: b.fdOf[ino], Addr: path, Err: err}
+			return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: err}
 		}
 		b.unlink = append(b.unlink, path)
 		return nil
 	}
 	if err := clearStale(path, s.Type); err != nil {
-		return &AddrError{FD: b.fdOf[ino], Addr: path, Err: err}
+		return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: err}
 	}
 	if err := unix.Bind(fd, address(s)); err != nil {
-		return &AddrError{FD: b.fdOf[ino], Addr: path, Err: err}
+		return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: err}
 	}
 	if err := os.Chmod(path, os.FileMode(s.File.Mode&0o777)|modeBits(s.File.Mode)); err != nil {
-		b.r.warn("fd %d: %s: cannot set its mode %#o: %v", b.fdOf[ino], path, s.File.Mode&0o7777, err)
+		b.r.warn("%s: %s: cannot set its mode %#o: %v", b.where(ino), path, s.File.Mode&0o7777, err)
 	}
 	if err := os.Lchown(path, int(s.File.UID), int(s.File.GID)); err != nil {
-		b.r.warn("fd %d: %s: cannot set its owner %d:%d: %v", b.fdOf[ino], path, s.File.UID, s.File.GID, err)
+		b.r.warn("%s: %s: cannot set its owner %d:%d: %v", b.where(ino), path, s.File.UID, s.File.GID, err)
 	}
 	return nil
 }
@@ -249,7 +265,7 @@ func (b *unixBuilder) bindTemp(ino uint64, s *core.Socket) error {
 	if err := unix.Bind(int(b.files[ino].Fd()), &unix.SockaddrUnix{Name: p}); err != nil {
 		return b.errorf(ino, "bind %s: %v", p, err)
 	}
-	b.r.warn("fd %d: unix socket %s: its file was gone at the dump and the path is taken now; it is bound to a temporary name", b.fdOf[ino], s.Local)
+	b.r.warn("%s: unix socket %s: its file was gone at the dump and the path is taken now; it is bound to a temporary name", b.where(ino), s.Local)
 	return nil
 }
 
@@ -359,7 +375,7 @@ func (b *unixBuilder) connect() error {
 		}
 		// A peer outside the process: connect to it again by name.
 		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: string(s.PeerName)}); err != nil {
-			b.r.warn("fd %d: unix datagram socket: cannot connect to %s again (%v); it is left unconnected", b.fdOf[ino], unixText(s.PeerName), err)
+			b.r.warn("%s: unix datagram socket: cannot connect to %s again (%v); it is left unconnected", b.where(ino), unixText(s.PeerName), err)
 		}
 	}
 	return nil
@@ -401,7 +417,7 @@ func (b *unixBuilder) finish() error {
 			if s.Reset {
 				// Bytes left unread in the peer make its close reset us.
 				if _, err := unix.Write(int(b.files[ino].Fd()), []byte{0}); err != nil {
-					b.r.warn("fd %d: unix socket: its pending ECONNRESET is lost: %v", b.fdOf[ino], err)
+					b.r.warn("%s: unix socket: its pending ECONNRESET is lost: %v", b.where(ino), err)
 				}
 			}
 			p.Close()
@@ -421,7 +437,7 @@ func (b *unixBuilder) finish() error {
 		}
 		if how >= 0 && !(s.PeerGone && s.Type != unix.SOCK_DGRAM) {
 			if err := unix.Shutdown(int(b.files[ino].Fd()), how); err != nil {
-				b.r.warn("fd %d: unix socket: shutdown: %v", b.fdOf[ino], err)
+				b.r.warn("%s: unix socket: shutdown: %v", b.where(ino), err)
 			}
 		}
 	}
@@ -431,7 +447,7 @@ func (b *unixBuilder) finish() error {
 		}
 	}
 	for _, ino := range b.order {
-		b.r.setOptions(b.fdOf[ino], int(b.files[ino].Fd()), b.socks[ino].Options)
+		b.r.setOptions(b.where(ino), int(b.files[ino].Fd()), b.socks[ino].Options)
 	}
 	return nil
 }
