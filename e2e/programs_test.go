@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -321,7 +322,7 @@ func TestProgramGoHTTP(t *testing.T) {
 func runGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	port := freeSocketPort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	env := []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=4"}
+	env := []string{"PATH=/usr/bin:/bin"}
 	if godebug != "" {
 		env = append(env, "GODEBUG="+godebug)
 	}
@@ -353,7 +354,10 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("image: %d threads, %d fds", len(img.Process.Threads), len(img.Process.FDs))
+	t.Logf("image: %d threads", len(img.Process.Threads))
+	for n, v := range before {
+		t.Logf("fd %d: %s", n, v.Target)
+	}
 	var listeners int
 	for _, f := range img.Process.FDs {
 		if s := f.Socket; s != nil {
@@ -529,5 +533,269 @@ func TestProgramPythonThreads(t *testing.T) {
 	}
 	if len(totalBefore) > 0 && len(totalAfter) > 0 && totalAfter[0] < totalBefore[len(totalBefore)-1] {
 		t.Errorf("total %d after restore, %d before the dump: state lost", totalAfter[0], totalBefore[len(totalBefore)-1])
+	}
+}
+
+// childrenOf returns the children of pid (of its main thread).
+func childrenOf(t testing.TB, pid int) []int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// fdTarget is readlink of /proc/PID/fd/FD.
+func fdTarget(t testing.TB, pid, fd int) string {
+	t.Helper()
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// ioField returns a counter of /proc/PID/io ("rchar", "wchar").
+func ioField(t testing.TB, pid int, name string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+": "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("/proc/%d/io has no %s", pid, name)
+	return 0
+}
+
+// TestProgramShellPipeline: `sh -c 'yes | cat > /dev/null'`, a shell
+// waiting for a pipeline of two children joined by a pipe. The tree comes
+// back with its PIDs and its pipe, the data flows again, and when cat is
+// killed yes dies of SIGPIPE and the shell, waiting for both, exits with
+// cat's status: its wait4 and SIGCHLD work after the restore.
+func TestProgramShellPipeline(t *testing.T) {
+	fixture.RequireRoot(t)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		fixture.Unavailable(t, "sh: %v", err)
+	}
+	p := fixture.Start(t, sh, "-c", "yes | cat > /dev/null")
+	var kids []int
+	fixture.WaitFor(t, short, "the shell to start yes and cat", func() bool {
+		kids = childrenOf(t, p.PID)
+		return len(kids) == 2
+	})
+	yes, cat := kids[0], kids[1]
+	comm := func(pid int) string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		return strings.TrimSpace(string(b))
+	}
+	fixture.WaitFor(t, short, "yes and cat to run", func() bool {
+		if comm(yes) == "cat" {
+			yes, cat = cat, yes
+		}
+		return comm(yes) == "yes" && comm(cat) == "cat"
+	})
+	pipe := fdTarget(t, yes, 1)
+	if !strings.HasPrefix(pipe, "pipe:") || fdTarget(t, cat, 0) != pipe {
+		t.Fatalf("yes's stdout %s, cat's stdin %s: not one pipe", pipe, fdTarget(t, cat, 0))
+	}
+	fixture.WaitFor(t, short, "cat to read", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
+
+	dir := t.TempDir()
+	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if rep.Processes != 3 {
+		t.Errorf("dump report: %d processes, want 3", rep.Processes)
+	}
+	p.Reap(t)
+	fixture.ReapOrphan(t, yes)
+	fixture.ReapOrphan(t, cat)
+	// Once the restored shell is gone, its children come to the test
+	// process, which reaps them.
+	t.Cleanup(func() { fixture.ReapOrphan(t, yes); fixture.ReapOrphan(t, cat) })
+
+	r := restoreOK(t, dir, p.Log)
+	if got := childrenOf(t, r.PID); !slices.Equal(got, kids) {
+		t.Fatalf("children of the restored shell %v, want %v", got, kids)
+	}
+	if comm(yes) != "yes" || comm(cat) != "cat" {
+		t.Errorf("restored children: %d is %q, %d is %q", yes, comm(yes), cat, comm(cat))
+	}
+	pipe = fdTarget(t, yes, 1)
+	if !strings.HasPrefix(pipe, "pipe:") || fdTarget(t, cat, 0) != pipe {
+		t.Errorf("after restore yes's stdout %s, cat's stdin %s: not one pipe", pipe, fdTarget(t, cat, 0))
+	}
+	fixture.WaitFor(t, short, "cat to read after restore", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
+	fixture.RequireRunning(t, yes)
+	fixture.RequireRunning(t, cat)
+
+	if err := unix.Kill(cat, unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ws := r.WaitExit(t, short)
+	if !ws.Exited() || ws.ExitStatus() != 128+int(unix.SIGTERM) {
+		t.Errorf("the restored shell ended with %v, want exit %d (cat's SIGTERM)", ws, 128+int(unix.SIGTERM))
+	}
+	for _, pid := range kids {
+		if _, err := fixture.State(pid); err == nil {
+			t.Errorf("process %d is left after the shell exited (state %c)", pid, stateLetter(pid))
+		}
+	}
+}
+
+func stateLetter(pid int) byte {
+	st, _ := fixture.State(pid)
+	return st
+}
+
+// TestProgramPreforkServer: a pre-fork TCP server, a parent and 3 workers
+// sharing one listening socket, the workers reporting to the parent
+// through one pipe and listening to it through one pipe each. After the
+// restore of the tree, new connections are served, every worker answers a
+// ping, the served count goes on from where it was, and on SIGTERM the
+// parent kills and reaps its workers and exits 0.
+func TestProgramPreforkServer(t *testing.T) {
+	fixture.RequireRoot(t)
+	port := freeSocketPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := fixture.Start(t, fixture.Build(t, "prog_prefork"), fmt.Sprint(port))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var workers []int
+	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		workers = append(workers, n)
+	}
+	slices.Sort(workers)
+	ask := func() string {
+		t.Helper()
+		c, err := net.DialTimeout("tcp4", addr, short)
+		if err != nil {
+			t.Fatalf("connect %s: %v", addr, err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(short))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read from %s: %v", addr, err)
+		}
+		return string(b)
+	}
+	for range 30 {
+		if got := ask(); !strings.HasPrefix(got, "worker ") {
+			t.Fatalf("answer %q", got)
+		}
+	}
+	fixture.WaitFor(t, short, "30 connections served", func() bool {
+		ls := p.Lines(t)
+		for i := len(ls) - 1; i >= 0; i-- {
+			if strings.HasPrefix(ls[i], "tick ") {
+				n, _ := strconv.Atoi(field(t, ls[i], "served"))
+				return n >= 30
+			}
+		}
+		return false
+	})
+	pings := func(pr *fixture.Proc, gen int) {
+		t.Helper()
+		n := len(pr.Lines(t))
+		pr.Signal(t, unix.SIGUSR1)
+		for w := range 3 {
+			pr.WaitLine(t, short, n, fmt.Sprintf("pong %d gen=%d", w, gen))
+		}
+	}
+	pings(p, 1)
+	for _, pid := range append([]int{p.PID}, workers...) {
+		waitSockets(t, pid, 1)
+	}
+	listener := fdTarget(t, workers[0], 3)
+
+	dir := t.TempDir()
+	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if rep.Processes != 4 {
+		t.Errorf("dump report: %d processes, want 4", rep.Processes)
+	}
+	p.Reap(t)
+	for _, w := range workers {
+		fixture.ReapOrphan(t, w)
+	}
+	t.Cleanup(func() {
+		for _, w := range workers {
+			fixture.ReapOrphan(t, w)
+		}
+	})
+	lines := p.Lines(t)
+	last := p.LastTick(t)
+	servedBefore := valuesAfter(t, lines, 0, "tick ", "served")
+
+	r := restoreOK(t, dir, p.Log)
+	if got := childrenOf(t, r.PID); !slices.Equal(got, workers) {
+		t.Fatalf("children of the restored parent %v, want %v", got, workers)
+	}
+	// One listening socket, shared by the four processes.
+	l0 := fdTarget(t, r.PID, 3)
+	for _, w := range workers {
+		if l := fdTarget(t, w, 3); l != l0 || !strings.HasPrefix(l, "socket:") {
+			t.Errorf("worker %d fd 3 is %s, the parent's %s: not one shared socket", w, l, l0)
+		}
+	}
+	t.Logf("listener %s before, %s after restore", listener, l0)
+	r.WaitTick(t, short, last+3)
+	seen := map[string]bool{}
+	for range 60 {
+		got := ask()
+		if !strings.HasPrefix(got, "worker ") {
+			t.Fatalf("answer after restore %q", got)
+		}
+		seen[strings.Fields(got)[1]] = true
+	}
+	t.Logf("workers that answered after restore: %v", slices.Sorted(maps.Keys(seen)))
+	pings(r, 2)
+	fixture.WaitFor(t, short, "90 connections served", func() bool {
+		v := valuesAfter(t, r.Lines(t), 0, "tick ", "served")
+		return len(v) > 0 && v[len(v)-1] >= 90
+	})
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGTERM)
+	bye, _ := r.WaitLine(t, short, n, "bye")
+	if bye != "bye reaped=3" {
+		t.Errorf("%q, want the parent to reap its 3 workers", bye)
+	}
+	if ws := r.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("the restored parent ended with %v, want exit 0", ws)
+	}
+	logHasFail(t, r)
+	lines = r.Lines(t)
+	checkTicksContinuous(t, lines, last+3)
+	served := valuesAfter(t, lines, 0, "tick ", "served")
+	for i := 1; i < len(served); i++ {
+		if served[i] < served[i-1] {
+			t.Fatalf("served count went back from %d to %d (before the dump: %v)", served[i-1], served[i], servedBefore[len(servedBefore)-1])
+		}
 	}
 }

@@ -20,8 +20,10 @@ import (
 // 1,000,000 keys (DEBUG POPULATE), image on tmpfs, and prints the median,
 // min and max of 5 runs after one warm-up run, each with a fresh redis:
 // dump total and frozen time, restore total, image size, and redis's RSS
-// before the dump and after restore. Each restored redis must answer with
-// the same DBSIZE and DEBUG DIGEST. Run it with
+// before the dump and after restore; once with a plain dump (frozen from
+// the start) and once with pre-copy (memory copied while redis runs, then
+// a short frozen round). Each restored redis must answer with the same
+// DBSIZE and DEBUG DIGEST. Run it with
 //
 //	go test -run '^$' -bench RedisCheckpoint -benchtime 1x ./e2e/
 func BenchmarkRedisCheckpoint(b *testing.B) {
@@ -38,9 +40,9 @@ func BenchmarkRedisCheckpoint(b *testing.B) {
 		dump, frozen, dumpMem, restore, restoreMem float64
 		image, raw                                 float64 // MiB
 		rss, rssAfter                              float64 // MiB
+		rounds                                     float64
 	}
-	var runs []run
-	for i := range 6 {
+	one := func(i int, preCopy bool) run {
 		work := b.TempDir()
 		port := freeTCPPort(b)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -59,9 +61,9 @@ func BenchmarkRedisCheckpoint(b *testing.B) {
 		rss := statusKB(b, p.PID, "VmRSS")
 
 		dir := filepath.Join(tmp, fmt.Sprint("img", i))
-		drep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir})
+		drep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, PreCopy: preCopy, Tracker: source.TrackerAuto})
 		if err != nil {
-			b.Fatalf("dump: %v", err)
+			b.Fatalf("dump (pre-copy %v): %v", preCopy, err)
 		}
 		p.Reap(b)
 		rrep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir})
@@ -80,41 +82,61 @@ func BenchmarkRedisCheckpoint(b *testing.B) {
 		rssAfter := statusKB(b, r.PID, "VmRSS")
 		r.Kill(b)
 		os.RemoveAll(dir)
-		if i == 0 {
-			continue // warm-up
+		return run{drep.TotalMS, drep.FrozenMS, drep.MemoryMS, rrep.TotalMS, rrep.MemoryMS,
+			float64(drep.BytesImage) / (1 << 20), float64(drep.BytesRaw) / (1 << 20), rss / 1024, rssAfter / 1024,
+			float64(len(drep.Rounds))}
+	}
+	for _, preCopy := range []bool{false, true} {
+		var runs []run
+		for i := range 6 {
+			r := one(i, preCopy)
+			if i > 0 { // the first is a warm-up
+				runs = append(runs, r)
+			}
 		}
-		runs = append(runs, run{drep.TotalMS, drep.FrozenMS, drep.MemoryMS, rrep.TotalMS, rrep.MemoryMS,
-			float64(drep.BytesImage) / (1 << 20), float64(drep.BytesRaw) / (1 << 20), rss / 1024, rssAfter / 1024})
-	}
-	col := func(f func(run) float64) (med, lo, hi float64) {
-		v := make([]float64, len(runs))
-		for i, r := range runs {
-			v[i] = f(r)
+		col := func(f func(run) float64) (med, lo, hi float64) {
+			v := make([]float64, len(runs))
+			for i, r := range runs {
+				v[i] = f(r)
+			}
+			sort.Float64s(v)
+			return v[len(v)/2], v[0], v[len(v)-1]
 		}
-		sort.Float64s(v)
-		return v[len(v)/2], v[0], v[len(v)-1]
+		mode := "plain dump (frozen throughout)"
+		if preCopy {
+			mode = "pre-copy dump"
+		}
+		fmt.Printf("\nredis-server with %d keys (DEBUG POPULATE), %s, image on tmpfs, default codec, %d runs (+1 warm-up)\n", keys, mode, len(runs))
+		fmt.Printf("%-26s %10s %10s %10s\n", "", "median", "min", "max")
+		row := func(name, unit string, f func(run) float64) {
+			m, lo, hi := col(f)
+			fmt.Printf("%-26s %8.1f%-2s %8.1f%-2s %8.1f%-2s\n", name, m, unit, lo, unit, hi, unit)
+		}
+		row("dump total", "ms", func(r run) float64 { return r.dump })
+		row("  frozen", "ms", func(r run) float64 { return r.frozen })
+		row("  memory", "ms", func(r run) float64 { return r.dumpMem })
+		if preCopy {
+			row("  rounds", "", func(r run) float64 { return r.rounds })
+		}
+		row("restore total", "ms", func(r run) float64 { return r.restore })
+		row("  memory", "ms", func(r run) float64 { return r.restoreMem })
+		row("image size", "Mi", func(r run) float64 { return r.image })
+		row("  pages raw", "Mi", func(r run) float64 { return r.raw })
+		row("RSS of redis at dump", "Mi", func(r run) float64 { return r.rss })
+		row("RSS after restore", "Mi", func(r run) float64 { return r.rssAfter })
+		dm, _, _ := col(func(r run) float64 { return r.dump })
+		fm, _, _ := col(func(r run) float64 { return r.frozen })
+		rm, _, _ := col(func(r run) float64 { return r.restore })
+		im, _, _ := col(func(r run) float64 { return r.image })
+		unit := ""
+		if preCopy {
+			unit = "precopy-"
+		}
+		b.ReportMetric(dm, unit+"dump-ms")
+		b.ReportMetric(fm, unit+"frozen-ms")
+		b.ReportMetric(rm, unit+"restore-ms")
+		b.ReportMetric(im, unit+"image-MiB")
 	}
-	fmt.Printf("\nredis-server with %d keys (DEBUG POPULATE), image on tmpfs, codec default, %d runs (+1 warm-up)\n", keys, len(runs))
-	fmt.Printf("%-26s %10s %10s %10s\n", "", "median", "min", "max")
-	row := func(name, unit string, f func(run) float64) {
-		m, lo, hi := col(f)
-		fmt.Printf("%-26s %8.1f%-2s %8.1f%-2s %8.1f%-2s\n", name, m, unit, lo, unit, hi, unit)
-	}
-	row("dump total", "ms", func(r run) float64 { return r.dump })
-	row("  frozen", "ms", func(r run) float64 { return r.frozen })
-	row("  memory", "ms", func(r run) float64 { return r.dumpMem })
-	row("restore total", "ms", func(r run) float64 { return r.restore })
-	row("  memory", "ms", func(r run) float64 { return r.restoreMem })
-	row("image size", "Mi", func(r run) float64 { return r.image })
-	row("  pages raw", "Mi", func(r run) float64 { return r.raw })
-	row("RSS of redis at dump", "Mi", func(r run) float64 { return r.rss })
-	row("RSS after restore", "Mi", func(r run) float64 { return r.rssAfter })
-	dm, _, _ := col(func(r run) float64 { return r.dump })
-	rm, _, _ := col(func(r run) float64 { return r.restore })
-	im, _, _ := col(func(r run) float64 { return r.image })
-	b.ReportMetric(dm, "dump-ms")
-	b.ReportMetric(rm, "restore-ms")
-	b.ReportMetric(im, "image-MiB")
 }
 
 // statusKB reads a "NNN kB" field of /proc/PID/status.
