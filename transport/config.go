@@ -1,0 +1,350 @@
+package transport
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"time"
+)
+
+// Defaults of the Config fields left zero.
+const (
+	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultAuthTimeout       = 10 * time.Second
+	DefaultKeepAliveInterval = 2 * time.Second
+	DefaultKeepAliveTimeout  = 5 * time.Second
+	DefaultStreamWindow      = 16 << 20
+	DefaultMaxHandshakes     = 32
+
+	// MinSecretLen is the shortest shared secret accepted. The proofs are
+	// HMACs a peer without the secret can record and attack offline, so the
+	// secret must be random and long enough to make that hopeless: 16 bytes
+	// at least, 32 random bytes recommended (openssl rand -hex 32).
+	MinSecretLen = 16
+)
+
+// AuthMode is how the two ends of a session authenticate each other. It is
+// a set of bits; AuthNone (Insecure) is the empty set.
+type AuthMode uint8
+
+const (
+	// AuthNone: no authentication (Config.Insecure). The connection is
+	// still TLS-encrypted, but anyone can be at the other end.
+	AuthNone AuthMode = 0
+	// AuthSecret: each end proves it knows the shared secret, bound to the
+	// TLS session.
+	AuthSecret AuthMode = 1 << 0
+	// AuthCert: mutual TLS with certificates signed by a common CA.
+	AuthCert AuthMode = 1 << 1
+
+	authKnown = AuthSecret | AuthCert
+)
+
+func (m AuthMode) String() string {
+	switch m {
+	case AuthNone:
+		return "none (insecure)"
+	case AuthSecret:
+		return "shared secret"
+	case AuthCert:
+		return "certificates"
+	case AuthSecret | AuthCert:
+		return "certificates and shared secret"
+	}
+	return fmt.Sprintf("mode(%#x)", uint8(m))
+}
+
+// Config configures both Dial and Listen; a few fields apply to one side
+// only, as their comments say. The authentication mode must be chosen
+// explicitly: Secret, the three certificate files, or both, or Insecure.
+// The two ends must choose the same mode.
+type Config struct {
+	// Secret is the shared secret (LoadSecret reads --secret-file). Both
+	// ends must hold the same one. At least MinSecretLen bytes.
+	Secret []byte
+
+	// CertFile, KeyFile and CAFile (PEM) select mutual TLS: this end's
+	// certificate and key, and the CA that must have signed the peer's
+	// certificate. All three or none.
+	CertFile, KeyFile, CAFile string
+
+	// ServerName (Dial with certificates) is the name the listener's
+	// certificate must carry. Empty: the host part of the dialed address.
+	ServerName string
+
+	// Insecure runs without authentication. It must be set on both ends,
+	// and cannot be combined with Secret or certificates. Sessions say so
+	// (Session.Auth returns AuthNone) and a warning is logged.
+	Insecure bool
+
+	// SessionID (Dial only) is the session ID to announce: 32 lower-case
+	// hex digits. Empty: a random one.
+	SessionID string
+
+	// Logger receives the package's log records (never stdout or stderr).
+	// Nil: discard.
+	Logger *slog.Logger
+
+	// HandshakeTimeout bounds the TCP connect and the TLS handshake.
+	HandshakeTimeout time.Duration
+	// AuthTimeout bounds the authentication exchange after TLS.
+	AuthTimeout time.Duration
+	// KeepAliveInterval is the time between keepalive pings. A peer that
+	// goes silent is detected within KeepAliveInterval+KeepAliveTimeout.
+	KeepAliveInterval time.Duration
+	// KeepAliveTimeout is how long a ping may go unanswered, and how long a
+	// frame may wait to be written to the connection, before the session
+	// is declared dead (yamux's ConnectionWriteTimeout).
+	KeepAliveTimeout time.Duration
+	// StreamWindow is the largest receive window of a stream, in bytes; a
+	// stream carries at most StreamWindow/RTT bytes per second, and a
+	// reader that falls behind holds at most this much in memory per
+	// stream.
+	StreamWindow uint32
+	// MaxHandshakes (Listen only) caps the connections being handshaken at
+	// once; more are closed as they arrive.
+	MaxHandshakes int
+}
+
+// LoadSecret reads a shared secret from a file. Leading and trailing white
+// space is dropped. The file must not be readable or writable by group or
+// others, and the secret must be at least MinSecretLen bytes long.
+func LoadSecret(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret file: %w", ErrConfig, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret file: %w", ErrConfig, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: secret file %s is not a regular file", ErrConfig, path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%w: secret file %s has mode %#o: it must not be accessible by group or others (chmod 600)", ErrConfig, path, perm)
+	}
+	const maxSecretFile = 64 << 10
+	buf, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret file: %w", ErrConfig, err)
+	}
+	n := len(buf)
+	if n > maxSecretFile {
+		return nil, fmt.Errorf("%w: secret file %s is larger than %d bytes", ErrConfig, path, maxSecretFile)
+	}
+	secret := bytes.TrimSpace(buf[:n])
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("%w: secret in %s is %d bytes, want at least %d random bytes (openssl rand -hex 32 > %s)", ErrConfig, path, len(secret), MinSecretLen, path)
+	}
+	return bytes.Clone(secret), nil
+}
+
+// NewSessionID returns a random session ID: 128 bits, 32 hex digits.
+func NewSessionID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ValidSessionID reports whether id is a session ID: 32 lower-case hex
+// digits.
+func ValidSessionID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// settings is a validated Config with defaults applied and files loaded.
+type settings struct {
+	Config
+	mode   AuthMode
+	logger *slog.Logger
+	cert   tls.Certificate // ours: from CertFile/KeyFile, or ephemeral
+	roots  *x509.CertPool  // CAFile, for AuthCert
+}
+
+func (c Config) settings() (*settings, error) {
+	s := &settings{Config: c}
+	if s.Logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	} else {
+		s.logger = s.Logger
+	}
+	if s.HandshakeTimeout <= 0 {
+		s.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if s.AuthTimeout <= 0 {
+		s.AuthTimeout = DefaultAuthTimeout
+	}
+	if s.KeepAliveInterval <= 0 {
+		s.KeepAliveInterval = DefaultKeepAliveInterval
+	}
+	if s.KeepAliveTimeout <= 0 {
+		s.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
+	if s.StreamWindow == 0 {
+		s.StreamWindow = DefaultStreamWindow
+	}
+	if s.MaxHandshakes <= 0 {
+		s.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if s.SessionID != "" && !ValidSessionID(s.SessionID) {
+		return nil, fmt.Errorf("%w: session ID %q is not 32 lower-case hex digits", ErrConfig, s.SessionID)
+	}
+
+	files := 0
+	for _, f := range []string{s.CertFile, s.KeyFile, s.CAFile} {
+		if f != "" {
+			files++
+		}
+	}
+	if files != 0 && files != 3 {
+		return nil, fmt.Errorf("%w: mutual TLS needs a certificate, its key and a CA file, all three", ErrConfig)
+	}
+	if s.Secret != nil {
+		if len(s.Secret) < MinSecretLen {
+			return nil, fmt.Errorf("%w: shared secret is %d bytes, want at least %d", ErrConfig, len(s.Secret), MinSecretLen)
+		}
+		s.mode |= AuthSecret
+	}
+	if files == 3 {
+		s.mode |= AuthCert
+	}
+	switch {
+	case s.Insecure && s.mode != AuthNone:
+		return nil, fmt.Errorf("%w: Insecure cannot be combined with a secret or certificates", ErrConfig)
+	case !s.Insecure && s.mode == AuthNone:
+		return nil, fmt.Errorf("%w: no authentication configured: give a shared secret or certificates, or ask for Insecure explicitly", ErrConfig)
+	}
+
+	if s.mode&AuthCert != 0 {
+		cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: certificate: %w", ErrConfig, err)
+		}
+		ca, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: CA file: %w", ErrConfig, err)
+		}
+		s.roots = x509.NewCertPool()
+		if !s.roots.AppendCertsFromPEM(ca) {
+			return nil, fmt.Errorf("%w: CA file %s holds no PEM certificate", ErrConfig, s.CAFile)
+		}
+		s.cert = cert
+	} else {
+		cert, err := ephemeralCert()
+		if err != nil {
+			return nil, fmt.Errorf("transport: ephemeral certificate: %w", err)
+		}
+		s.cert = cert
+	}
+	return s, nil
+}
+
+// alpn is the TLS application protocol, so that a migrate peer never talks
+// to another TLS service by mistake, nor the other way round.
+const alpn = "migrate/1"
+
+func (s *settings) baseTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{alpn},
+		Certificates: []tls.Certificate{s.cert},
+		// Full-size records from the first byte: throughput matters here,
+		// the first-packet latency of a web page does not.
+		DynamicRecordSizingDisabled: true,
+	}
+}
+
+// clientTLS is the TLS config of Dial. Without certificates the client does
+// not check the server's (ephemeral, self-signed) certificate: the secret
+// proofs, bound to the TLS session, authenticate it instead; in insecure
+// mode nothing does.
+func (s *settings) clientTLS(addr string) (*tls.Config, error) {
+	tc := s.baseTLS()
+	if s.mode&AuthCert == 0 {
+		tc.InsecureSkipVerify = true
+		return tc, nil
+	}
+	tc.RootCAs = s.roots
+	tc.ServerName = s.ServerName
+	if tc.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: address %q: %w", ErrConfig, addr, err)
+		}
+		tc.ServerName = host
+	}
+	return tc, nil
+}
+
+func (s *settings) serverTLS() *tls.Config {
+	tc := s.baseTLS()
+	tc.SessionTicketsDisabled = true
+	if s.mode&AuthCert != 0 {
+		// RequireAndVerifyClientCert, except that a dialer without a
+		// certificate from our CA (Go's client sends none when it has
+		// none the CA list accepts) fails with an error we can type,
+		// not with crypto/tls's untyped "client didn't provide a
+		// certificate".
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+		tc.ClientCAs = s.roots
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
+				return errNoClientCert
+			}
+			return nil
+		}
+	}
+	return tc
+}
+
+var errNoClientCert = errors.New("the dialer presented no certificate signed by our CA")
+
+// ephemeralCert makes a self-signed ECDSA P-256 certificate that lives as
+// long as the process. It identifies nothing; it only lets TLS run.
+func ephemeralCert() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "migrate ephemeral"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}

@@ -1,0 +1,118 @@
+// Package transport connects a migration source to its target: dialing and
+// listening, TLS 1.3 and mutual authentication, the yamux session, typed
+// streams, and the control-message codec.
+//
+// transport knows nothing of processes or pages: it moves authenticated
+// bytes and control messages whose opaque bodies the source and target
+// state machines define. It must never import core, pagestream, source or
+// target (TestDeps checks this), and only transport imports yamux.
+//
+// # Connection
+//
+// Dial and Listen run, in order, each step under a deadline:
+//
+//  1. TCP connect (Config.HandshakeTimeout, and the caller's context).
+//  2. TLS 1.3 (HandshakeTimeout), ALPN "migrate/1".
+//  3. The authentication exchange (Config.AuthTimeout), below.
+//  4. yamux over the TLS connection, configured in one place (yamux.go):
+//     stream window Config.StreamWindow (16 MiB), keepalive pings every
+//     Config.KeepAliveInterval (2 s) that must be answered within
+//     Config.KeepAliveTimeout (5 s), which also bounds every write to the
+//     connection; so a peer that goes silent is found within 7 s.
+//
+// # Authentication
+//
+// The mode is chosen explicitly in Config, and both ends must choose the
+// same:
+//
+//   - Shared secret (Config.Secret, from --secret-file): each end uses an
+//     ephemeral self-signed certificate and does not verify the other's
+//     (there is no PKI); instead each proves it holds the secret, bound to
+//     this TLS session through the TLS exporter (RFC 8446 §7.5). A man in
+//     the middle runs two TLS sessions with two exporter values, so it can
+//     neither relay a proof nor make one.
+//   - Certificates (Config.CertFile, KeyFile, CAFile): mutual TLS; the
+//     listener requires and verifies a client certificate, the dialer
+//     checks the listener's name (Config.ServerName, else the dialed
+//     host). Both may be combined with a secret.
+//   - Insecure (Config.Insecure): TLS without authentication, on request
+//     only; a warning is logged and Session.Auth returns AuthNone.
+//
+// The proofs are
+//
+//	proof(role, transcript) = HMAC-SHA256(secret,
+//	    "migrate auth v1" 0x00 role 0x00 EKM transcript)
+//	EKM = TLS exporter, label "migrate auth", no context, 32 bytes
+//
+// where role is "dialer" or "listener". The exchange (integers
+// little-endian):
+//
+//	dialer → listener, hello, 60 bytes:
+//	  off size
+//	    0    8 magic "MIGRAUTH"
+//	    8    1 version, 1
+//	    9    1 mode: bit 0 shared secret, bit 1 certificates (0 insecure)
+//	   10    2 reserved, 0
+//	   12   16 session ID
+//	   28   32 proof("dialer", hello[0:28]), or zeros without a secret
+//
+//	listener → dialer, reply, 44 bytes:
+//	    0    8 magic "MIGRAUTH"
+//	    8    1 version, 1
+//	    9    1 mode of the listener
+//	   10    1 status: 0 ok, 1 bad version, 2 mode mismatch,
+//	                   3 bad proof, 4 malformed hello
+//	   11    1 reserved, 0
+//	   12   32 proof("listener", hello[0:28] reply[0:12]) if the status is
+//	           ok and there is a secret, else zeros
+//
+//	dialer → listener, final status, 1 byte: 0 ok, 2 mode mismatch,
+//	  3 bad proof
+//
+// The listener checks the dialer's proof before it sends its own, so a
+// dialer without the secret learns only "rejected". A listener without the
+// secret (an impostor) does receive the dialer's proof, which it can attack
+// offline: that is why secrets must be random and at least MinSecretLen
+// bytes. Proofs are compared with hmac.Equal. A failure is an *AuthError
+// (errors.Is(err, ErrAuth)) on both ends, naming the reason. After the final
+// status, the connection carries yamux and nothing else.
+//
+// # Streams
+//
+// The opening side (by convention the dialer) writes one byte on every new
+// stream, its kind: 1 control (at most one per session), 2 pages (several
+// in parallel), 3 bulk state. A stream of another kind, a second control
+// stream, or one whose kind byte does not come within HandshakeTimeout is a
+// protocol violation: the session is closed with ErrProtocol. Streams are
+// written in yamux frames of at most 256 KiB, so that keepalive pings never
+// wait long behind page data.
+//
+// When the session ends, Done is closed and Err says why (ErrPeerGone,
+// ErrPeerTimeout, ErrProtocol or ErrSessionClosed); reads and writes on its
+// streams then fail with that error, never io.EOF.
+//
+// # Control messages
+//
+// The control stream carries frames (integers little-endian; CRC is CRC32C,
+// Castagnoli):
+//
+//	off  size field
+//	  0     1 version, 1 (MsgVersion)
+//	  1     1 flags, 0 (a reader rejects any bit)
+//	  2     2 type (TypeHello ... TypeError)
+//	  4     4 payload length n: at most MaxMsgPayload (16 MiB) for Layout
+//	          and State, MaxSmallPayload (64 KiB) for the others
+//	  8     4 CRC of bytes 0..7
+//	 12     n payload: one JSON object, the message's fields
+//	12+n    4 CRC of bytes 0..12+n-1
+//
+// The header CRC is checked before the length is trusted, the length
+// against its type's cap before anything is allocated, and the payload is
+// read into a buffer that grows only as bytes arrive, so a lying length
+// costs at most 64 KiB. The payload is decoded strictly (no unknown fields,
+// nothing after the object) and each message is validated (session IDs,
+// roles, PIDs, name and text lengths). Every decoding error is a *MsgError
+// with the offset in the frame and a sentinel (ErrMsgTruncated,
+// ErrMsgTooLarge, ErrMsgChecksum, ErrMsgType, ...). Deadlines are the
+// caller's, set on the stream.
+package transport
