@@ -63,6 +63,9 @@ type Process struct {
 	PGID int    `json:"pgid"`
 	SID  int    `json:"sid"`
 	Comm string `json:"comm"`
+	// Stopped is set if job control (SIGSTOP, SIGTSTP...) had the process
+	// stopped: it comes back stopped.
+	Stopped bool `json:"stopped,omitempty"`
 
 	Exe     FileRef  `json:"exe"`
 	Cmdline []string `json:"cmdline,omitempty"` // informational

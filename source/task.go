@@ -23,6 +23,7 @@ func (d *dumper) collectTask() error {
 	p.PID = d.pid
 	p.PPID, p.PGID, p.SID = st.PPID, st.PGRP, st.Session
 	p.Comm = st.Comm
+	p.Stopped = d.p.Stopped()
 	if status.HasUmask {
 		p.Umask = status.Umask
 	}

@@ -143,6 +143,9 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 	}
 	for i := len(all) - 1; i >= 0; i-- {
 		if r := all[i]; r.p != nil {
+			if r.proc.Stopped {
+				r.p.StopOnDetach()
+			}
 			if err := r.p.Detach(); err != nil {
 				return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
 			}
@@ -150,6 +153,7 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 	}
 	ok = true
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
+		// (A stopped process shows 'T': alive.)
 		return nil, fmt.Errorf("restore pid %d: the process died as soon as it resumed", root.pid)
 	}
 	var pages uint64

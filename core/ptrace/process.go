@@ -56,6 +56,10 @@ type Thread struct {
 	groupStop unix.Signal
 }
 
+// StopOnDetach makes Detach leave the process stopped by SIGSTOP, as a
+// restored process that was stopped when it was dumped.
+func (p *Proc) StopOnDetach() { p.Threads[0].groupStop = unix.SIGSTOP }
+
 // Stopped says whether the process was stopped by job control (SIGSTOP,
 // SIGTSTP, ...) when it was seized. Detach leaves it stopped again.
 func (p *Proc) Stopped() bool {
