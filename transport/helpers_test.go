@@ -246,6 +246,10 @@ type proxy struct {
 	// (the man in the middle terminates TLS on both).
 	wrap func(client, server net.Conn) (net.Conn, net.Conn, error)
 
+	// delay, if set, holds every chunk that long before relaying it (one
+	// way), like a long link: the RTT is twice the delay.
+	delay time.Duration
+
 	mu     sync.Mutex
 	conns  []net.Conn
 	frozen bool
@@ -253,15 +257,15 @@ type proxy struct {
 	wg     sync.WaitGroup
 }
 
-func newProxy(t testing.TB, target string) *proxy { return startProxy(t, target, nil) }
+func newProxy(t testing.TB, target string) *proxy { return startProxy(t, target, nil, 0) }
 
-func startProxy(t testing.TB, target string, wrap func(client, server net.Conn) (net.Conn, net.Conn, error)) *proxy {
+func startProxy(t testing.TB, target string, wrap func(client, server net.Conn) (net.Conn, net.Conn, error), delay time.Duration) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target, wrap: wrap, thaw: make(chan struct{})}
+	p := &proxy{ln: ln, target: target, wrap: wrap, delay: delay, thaw: make(chan struct{})}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(p.close)
@@ -313,6 +317,10 @@ func (p *proxy) track(cs ...net.Conn) {
 
 // relay copies src to dst, holding each chunk while the proxy is frozen.
 func (p *proxy) relay(dst, src net.Conn) {
+	if p.delay > 0 {
+		p.relayDelayed(dst, src)
+		return
+	}
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -328,6 +336,39 @@ func (p *proxy) relay(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
+			return
+		}
+	}
+}
+
+// relayDelayed copies src to dst, each chunk p.delay after it was read;
+// reading goes on meanwhile, so the link holds a delay's worth of bytes in
+// flight, as a real one does.
+func (p *proxy) relayDelayed(dst, src net.Conn) {
+	type chunk struct {
+		at time.Time
+		b  []byte
+	}
+	line := make(chan chunk, 1<<14)
+	go func() {
+		defer close(line)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				line <- chunk{time.Now().Add(p.delay), buf[:n]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range line {
+		time.Sleep(time.Until(c.at))
+		if _, err := dst.Write(c.b); err != nil {
+			src.Close()
+			for range line {
+			}
 			return
 		}
 	}
@@ -383,7 +424,7 @@ func newMITM(t testing.TB, target string) *proxy {
 			return nil, nil, err
 		}
 		return tc, ts, nil
-	})
+	}, 0)
 }
 
 // rng is xorshift64*: fast, deterministic test data.

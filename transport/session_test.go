@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"log/slog"
@@ -266,29 +267,74 @@ func transfer(client, server *Session, streams, n int, pattern []byte) (sent, go
 }
 
 // BenchmarkStreams measures throughput over loopback with TLS: four page
-// streams in parallel, 64 MiB each per iteration.
+// streams in parallel, 64 MiB each per iteration, with the default stream
+// window (16 MiB) and with yamux's own default (256 KiB) for comparison.
 //
 //	go test -run '^$' -bench Streams -benchtime 5x ./transport
 func BenchmarkStreams(b *testing.B) {
-	client, server := pair(b, secretConfig(), secretConfig())
-	const streams = 4
-	const perStream = 64 << 20
 	pattern := make([]byte, 16<<20)
 	r := rng(1)
 	r.fill(pattern)
-	b.SetBytes(streams * perStream)
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		sent, got, err := transfer(client, server, streams, perStream, pattern)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !slices.Equal(sent, got) {
-			b.Fatalf("checksums: sent %x, received %x", sent, got)
-		}
+	for _, window := range []uint32{DefaultStreamWindow, 256 << 10} {
+		b.Run(fmt.Sprintf("window=%dKiB", window>>10), func(b *testing.B) {
+			cfg := secretConfig()
+			cfg.StreamWindow = window
+			client, server := pair(b, cfg, cfg)
+			const streams = 4
+			const perStream = 64 << 20
+			b.SetBytes(streams * perStream)
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				sent, got, err := transfer(client, server, streams, perStream, pattern)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if !slices.Equal(sent, got) {
+					b.Fatalf("checksums: sent %x, received %x", sent, got)
+				}
+			}
+			b.ReportMetric(float64(b.N*streams*perStream)/time.Since(start).Seconds()/1e6, "MB/s")
+		})
 	}
-	b.ReportMetric(float64(b.N*streams*perStream)/time.Since(start).Seconds()/1e6, "MB/s")
+}
+
+// BenchmarkStreamsRTT is BenchmarkStreams over a link with a 10 ms RTT
+// (a delaying proxy): there a stream carries at most window/RTT, which is
+// why the stream window is 16 MiB and not yamux's 256 KiB.
+//
+//	go test -run '^$' -bench StreamsRTT -benchtime 3x ./transport
+func BenchmarkStreamsRTT(b *testing.B) {
+	pattern := make([]byte, 16<<20)
+	r := rng(1)
+	r.fill(pattern)
+	for _, window := range []uint32{DefaultStreamWindow, 256 << 10} {
+		b.Run(fmt.Sprintf("window=%dKiB", window>>10), func(b *testing.B) {
+			cfg := secretConfig()
+			cfg.StreamWindow = window
+			l := listen(b, cfg)
+			p := startProxy(b, l.Addr().String(), nil, 5*time.Millisecond)
+			client, cerr, server, serr := connect(b, l, p.addr(), cfg)
+			if cerr != nil || serr != nil {
+				b.Fatal(cerr, serr)
+			}
+			const streams = 4
+			const perStream = 16 << 20
+			b.SetBytes(streams * perStream)
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				sent, got, err := transfer(client, server, streams, perStream, pattern)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if !slices.Equal(sent, got) {
+					b.Fatalf("checksums: sent %x, received %x", sent, got)
+				}
+			}
+			b.ReportMetric(float64(b.N*streams*perStream)/time.Since(start).Seconds()/1e6, "MB/s")
+		})
+	}
 }
 
 // TestPeerDisappears cuts the connection in the middle of a stream: reads
