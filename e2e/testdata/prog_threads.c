@@ -144,6 +144,7 @@ static void *epoller(void *arg)
 	ev.data.u64 = 2;
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev))
 		die("epoll_ctl timerfd");
+	say("epoll fd=%d", ep);
 	uint64_t total = 0;
 	for (;;) {
 		struct epoll_event got[4];
@@ -251,7 +252,7 @@ int main(void)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	signal(SIGUSR1, on_usr1);
 	signal(SIGUSR2, on_usr2);
-	say("ready pid=%d static=%016llx", getpid(), (unsigned long long)static_sum);
+	say("ready pid=%d static=%016llx efd=%d tfd=%d", getpid(), (unsigned long long)static_sum, efd, tfd);
 
 	for (unsigned long tick = 1;; tick++) {
 		if (got_usr1) {
