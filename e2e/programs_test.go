@@ -372,11 +372,14 @@ func getCount(t testing.TB, base string) int {
 func TestProgramGoHTTP(t *testing.T) {
 	fixture.RequireRoot(t)
 	bin := buildGoHTTP(t)
-	t.Run("tcp", func(t *testing.T) { runGoHTTP(t, bin, "multipathtcp=0", unix.IPPROTO_TCP) })
-	t.Run("mptcp", func(t *testing.T) { runGoHTTP(t, bin, "", unix.IPPROTO_MPTCP) })
+	t.Run("tcp", func(t *testing.T) { runGoHTTP(t, bin, "multipathtcp=0", unix.IPPROTO_TCP, source.DumpOptions{}) })
+	t.Run("tcp-pre-copy", func(t *testing.T) {
+		runGoHTTP(t, bin, "multipathtcp=0", unix.IPPROTO_TCP, source.DumpOptions{PreCopy: true, Tracker: source.TrackerAuto})
+	})
+	t.Run("mptcp", func(t *testing.T) { runGoHTTP(t, bin, "", unix.IPPROTO_MPTCP, source.DumpOptions{}) })
 }
 
-func runGoHTTP(t *testing.T, bin, godebug string, proto int) {
+func runGoHTTP(t *testing.T, bin, godebug string, proto int, o source.DumpOptions) {
 	port := freeSocketPort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	env := []string{"PATH=/usr/bin:/bin"}
@@ -397,7 +400,8 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	before := fixture.FDs(t, p.PID)
 
 	dir := t.TempDir()
-	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)})
+	o.PID, o.Dir, o.Logger = p.PID, dir, testLogger(t)
+	rep, err := source.Dump(context.Background(), o)
 	var ue *source.UnsupportedFDError
 	if proto == unix.IPPROTO_MPTCP && errors.As(err, &ue) && ue.PID == p.PID && strings.HasPrefix(ue.Kind, "socket:") {
 		fixture.RequireRunning(t, p.PID)
@@ -411,7 +415,7 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("image: %d threads", len(img.Process.Threads))
+	t.Logf("image: %d threads; dump: %d rounds, frozen %.1f ms of %.1f ms", len(img.Process.Threads), len(rep.Rounds), rep.FrozenMS, rep.TotalMS)
 	for n, v := range before {
 		t.Logf("fd %d: %s", n, v.Target)
 	}
@@ -553,6 +557,13 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 func TestProgramPythonThreads(t *testing.T) {
 	fixture.RequireRoot(t)
 	requirePython(t)
+	t.Run("plain", func(t *testing.T) { runPythonThreads(t, source.DumpOptions{}) })
+	t.Run("pre-copy", func(t *testing.T) {
+		runPythonThreads(t, source.DumpOptions{PreCopy: true, Tracker: source.TrackerAuto})
+	})
+}
+
+func runPythonThreads(t *testing.T, o source.DumpOptions) {
 	p := fixture.Start(t, python3, filepath.Join(fixture.Testdata(), "threads.py"))
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitTick(t, long, 10)
@@ -560,7 +571,7 @@ func TestProgramPythonThreads(t *testing.T) {
 	if len(threads) < 6 {
 		t.Fatalf("python has %d threads %v, want 6", len(threads), threads)
 	}
-	dir, _ := dumpKill(t, p, "")
+	dir, _, _ := dumpWith(t, p, o)
 	last := p.LastTick(t)
 	lines := p.Lines(t)
 	totalBefore := valuesAfter(t, lines, 0, "tick ", "total")

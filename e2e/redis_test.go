@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"migrate/e2e/fixture"
+	"migrate/source"
 )
 
 // resp is a connection to redis speaking RESP2.
@@ -261,9 +262,17 @@ var redisThreads = []string{"bio_close_file", "bio_aof_fsync", "bio_lazy_free", 
 // big set after UNLINK, BGSAVE forks a child that writes a sound RDB
 // file, and turning the append-only file on rewrites it (a fork) and
 // appends and syncs writes (the bio threads).
+//
+// Subtests: a plain dump, and a pre-copy dump (uffd-wp, or what the kernel
+// has) while redis runs.
 func TestProgramRedis(t *testing.T) {
 	fixture.RequireRoot(t)
 	redisServer(t)
+	t.Run("plain", func(t *testing.T) { runRedis(t, source.DumpOptions{}) })
+	t.Run("pre-copy", func(t *testing.T) { runRedis(t, source.DumpOptions{PreCopy: true, Tracker: source.TrackerAuto}) })
+}
+
+func runRedis(t *testing.T, o source.DumpOptions) {
 	work := t.TempDir()
 	port := freeSocketPort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -325,7 +334,7 @@ func TestProgramRedis(t *testing.T) {
 		tidNamed(t, threads, name)
 	}
 	fds := fixture.FDs(t, p.PID)
-	dir, img := dumpKill(t, p, "")
+	dir, img, _ := dumpWith(t, p, o)
 	for _, f := range img.Process.FDs {
 		t.Logf("image fd %d: %s", f.FD, f.Kind)
 	}
