@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"migrate/core"
 	"migrate/e2e/fixture"
 	"migrate/source"
 )
@@ -459,5 +461,68 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 			t.Errorf("redis crashed:\n%s", strings.Join(r.Lines(t), "\n"))
 			break
 		}
+	}
+}
+
+// TestProgramRedisClientConnected: with a client connected (an established
+// TCP connection, which a dump does not take yet), the dump of redis is
+// refused naming redis and the socket's fd, and redis runs on untouched:
+// the connected client is still served on the same connection, new
+// clients too, and its threads and fds are as they were.
+func TestProgramRedisClientConnected(t *testing.T) {
+	fixture.RequireRoot(t)
+	redisServer(t)
+	port := freeSocketPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := startRedis(t, port, t.TempDir())
+	c, err := dialRedis(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.do(t, "DEBUG", "POPULATE", "10000")
+	c.do(t, "SET", "mine", "before")
+	fixture.WaitFor(t, short, "redis to hold the client's connection", func() bool {
+		n, err := socketFDs(p.PID)
+		return err == nil && n == 2
+	})
+	threads := threadNames(t, p.PID)
+	fds := fixture.FDs(t, p.PID)
+
+	dir := t.TempDir()
+	_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)})
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) || ue.PID != p.PID || !strings.HasPrefix(ue.Kind, "socket:[") {
+		t.Fatalf("dump of redis with a client connected: %v (%T), want *source.UnsupportedFDError for the connection", err, err)
+	}
+	if v, ok := fds[ue.FD]; !ok || v.Target != ue.Kind {
+		t.Errorf("the error names fd %d (%s); redis has %v", ue.FD, ue.Kind, fds)
+	}
+	t.Logf("refused as expected: %v", err)
+	checkRunningUntraced(t, p.PID)
+	if got := threadNames(t, p.PID); !maps.Equal(got, threads) {
+		t.Errorf("threads after the refused dump %v, before %v", got, threads)
+	}
+	if d := (&fixture.Snapshot{FDs: fds}).Diff(&fixture.Snapshot{FDs: fixture.FDs(t, p.PID)}, 1, 2); d != "" {
+		t.Errorf("redis's fds changed after the refused dump:\n%s", d)
+	}
+	if _, err := os.Stat(filepath.Join(dir, core.MetaFile)); err == nil {
+		t.Errorf("a refused dump wrote %s", core.MetaFile)
+	}
+	// The same connection still works, and new ones.
+	if got := c.str(t, "GET", "mine"); got != "before" {
+		t.Errorf("GET on the connection open during the dump: %q", got)
+	}
+	c.do(t, "SET", "mine", "after")
+	c2, err := dialRedis(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if got := c2.str(t, "GET", "mine"); got != "after" {
+		t.Errorf("GET on a new connection: %q", got)
+	}
+	if got := c2.int(t, "DBSIZE"); got != 10001 {
+		t.Errorf("DBSIZE %d, want 10001", got)
 	}
 }
