@@ -50,12 +50,17 @@ test: deps vet fmt-check
 FUZZTIME ?= 3s
 # Each Fuzz function of each package, one at a time (go test -fuzz takes one).
 fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+	@set -e; out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		dir=$$(dirname $$f); \
 		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 			echo "fuzz $$dir $$fn ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./$$dir >/dev/null || \
-				{ echo "fuzz: $$dir $$fn failed; rerun: go test -run '^$$' -fuzz '^$$fn\$$' ./$$dir"; exit 1; }; \
+			run() { $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./$$dir >$$out 2>&1; }; \
+			if ! run; then \
+				if grep -q 'Failing input written to' $$out; then cat $$out; exit 1; fi; \
+				echo "fuzz: $$dir $$fn stopped without a failing input (a busy machine?); once more"; \
+				run || { cat $$out; echo "fuzz: $$dir $$fn failed"; exit 1; }; \
+			fi; \
 		done; \
 	done; echo "fuzz: every target ran $(FUZZTIME) without a failure"
 
