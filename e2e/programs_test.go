@@ -1,8 +1,11 @@
 package e2e
 
 // Real programs that must survive a dump and a restore on the same host
-// (issue 3): a multi-threaded C program, a Go HTTP server, python3's
-// http.server and a threaded python3 program. Redis is in redis_test.go.
+// (issue 3): a multi-threaded C program (mutexes, a timed condition wait,
+// epoll on an eventfd and a timerfd), a Go HTTP server built by the test,
+// python3's http.server and a threaded python3 program, a shell pipeline
+// and a pre-fork server (process trees joined by pipes), and timerfds
+// read only now and then. Redis is in redis_test.go.
 
 import (
 	"context"

@@ -49,12 +49,11 @@ func dialRedis(addr string) (*resp, error) {
 }
 
 // send queues a command (pipelining); flush sends what is queued.
-func (c *resp) send(args ...string) error {
+func (c *resp) send(args ...string) {
 	fmt.Fprintf(c.w, "*%d\r\n", len(args))
 	for _, a := range args {
 		fmt.Fprintf(c.w, "$%d\r\n%s\r\n", len(a), a)
 	}
-	return nil
 }
 
 func (c *resp) flush() error { return c.w.Flush() }
