@@ -202,10 +202,10 @@ func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
 	}
 	// Frames are large: no buffering, which would only copy them again.
 	s.cw = &countingWriter{w: s.f}
-	// Adaptive: a frame the compressors cannot take right away goes out
-	// raw, so reading memory never waits for compression (incompressible
-	// memory would otherwise make a frozen dump run at s2's speed).
-	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec, Adaptive: true}); err != nil {
+	// Not Adaptive: storing frames raw when the compressors fall behind
+	// made the 1 GiB benchmark's image 1.8x larger and its restore slower
+	// (more to read and check) for a dump no faster on 2 cores.
+	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec}); err != nil {
 		s.f.Close()
 		return nil, err
 	}
