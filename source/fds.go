@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -203,6 +204,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					return nil, unsupported("timerfd without its state in fdinfo")
 				}
 				ns := func(t proc.Timespec) int64 { return int64(t.Sec)*1e9 + int64(t.Nsec) }
+				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 {
+					if tf, err = settleTimerfd(d.pid, l.FD, nfd, tf); err != nil {
+						return nil, unsupported(err.Error())
+					}
+				}
 				fd.Kind = core.FDTimerfd
 				fd.Timerfd = &core.Timerfd{Clock: tf.ClockID, Flags: tf.SettimeFlags, Ticks: tf.Ticks,
 					ValueNS: ns(tf.Value), IntervalNS: ns(tf.Interval)}
@@ -377,4 +383,40 @@ func (s *fdSet) writeBlobs(d *dumper) error {
 		}
 	}
 	return nil
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
+const tfdIocSetTicks = 0x40085400
+
+// settleTimerfd brings the true state of a periodic timerfd that expired
+// and was not read: fdinfo then shows one tick and no time left, since the
+// kernel counts the intervals that passed since and re-arms the timer only
+// on a read. So read it (through our duplicate: the count, and the timer
+// moves on to its next expiry), put the count back with TFD_IOC_SET_TICKS,
+// and read fdinfo again. The process sees the same count, and a timer
+// armed as it would be.
+//
+// Preconditions: the process is frozen.
+func settleTimerfd(pid, fd, dup int, tf *proc.Timerfd) (*proc.Timerfd, error) {
+	// First make sure the count can be put back: set it to what it is.
+	ticks := tf.Ticks
+	if err := ioctlU64(dup, tfdIocSetTicks, &ticks); err != nil {
+		// No TFD_IOC_SET_TICKS (CONFIG_CHECKPOINT_RESTORE): keep the
+		// timer as fdinfo shows it.
+		return tf, nil
+	}
+	var b [8]byte
+	n, err := unix.Read(dup, b[:])
+	if err != nil || n != 8 {
+		return nil, fmt.Errorf("timerfd: read its expirations: %v", err)
+	}
+	ticks = binary.LittleEndian.Uint64(b[:])
+	if err := ioctlU64(dup, tfdIocSetTicks, &ticks); err != nil {
+		return nil, fmt.Errorf("timerfd: put back %d expirations: %w", ticks, err)
+	}
+	info, err := proc.ReadFDInfo(pid, fd)
+	if err != nil {
+		return nil, err
+	}
+	return info.Timerfd()
 }

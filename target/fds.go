@@ -229,8 +229,15 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 		f := os.NewFile(uintptr(tfd), "timerfd")
 		// fdinfo gives the time left even for absolute timers: re-arm it
 		// relative to now.
-		spec := unix.ItimerSpec{Interval: unix.NsecToTimespec(t.IntervalNS), Value: unix.NsecToTimespec(t.ValueNS)}
-		if t.ValueNS > 0 {
+		value := t.ValueNS
+		if value <= 0 && t.IntervalNS > 0 {
+			// A periodic timer that fired and was not read yet shows no
+			// time left: the kernel moves it on only when it is read. Its
+			// next expiry is an interval away.
+			value = t.IntervalNS
+		}
+		spec := unix.ItimerSpec{Interval: unix.NsecToTimespec(t.IntervalNS), Value: unix.NsecToTimespec(value)}
+		if value > 0 {
 			if err := unix.TimerfdSettime(tfd, 0, &spec, nil); err != nil {
 				f.Close()
 				return nil, fmt.Errorf("timerfd_settime: %w", err)
