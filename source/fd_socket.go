@@ -407,7 +407,9 @@ func printable(b []byte) string {
 // inetSocket fills in a TCP or UDP socket.
 func (sd *sockDump) inetSocket(s *core.Socket) error {
 	switch {
-	case s.Type == unix.SOCK_STREAM && s.Protocol == unix.IPPROTO_TCP:
+	case s.Type == unix.SOCK_STREAM && (s.Protocol == unix.IPPROTO_TCP || s.Protocol == unix.IPPROTO_MPTCP):
+		// MPTCP (Go makes its listeners so since 1.24) answers TCP_INFO
+		// with its first subflow's, a TCP socket's.
 		ti, err := unix.GetsockoptTCPInfo(sd.sfd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			return sd.fail(fmt.Errorf("TCP_INFO: %w", err))

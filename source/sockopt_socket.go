@@ -131,7 +131,7 @@ func optionSpecs(family, typ, proto int) []sockOptSpec {
 			out = append(out, ip6Opts...)
 		}
 		switch proto {
-		case unix.IPPROTO_TCP:
+		case unix.IPPROTO_TCP, unix.IPPROTO_MPTCP:
 			out = append(out, tcpOpts...)
 		case unix.IPPROTO_UDP:
 			out = append(out, udpOpts...)

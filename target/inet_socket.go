@@ -18,7 +18,7 @@ import (
 // (so that a socket can be rebuilt before its address arrives), listen or
 // connect.
 func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
-	tcp := s.Type == unix.SOCK_STREAM && s.Protocol == unix.IPPROTO_TCP
+	tcp := s.Type == unix.SOCK_STREAM && (s.Protocol == unix.IPPROTO_TCP || s.Protocol == unix.IPPROTO_MPTCP)
 	udp := s.Type == unix.SOCK_DGRAM && s.Protocol == unix.IPPROTO_UDP
 	switch {
 	case tcp && (s.State == core.SockListen || s.State == core.SockBound || s.State == core.SockUnbound):
