@@ -17,7 +17,7 @@ type DumpOptions struct {
 	PreCopy bool
 	// Tree dumps the process with all its descendants (the CLI's default).
 	Tree    bool
-	Tracker string // dirty tracker for pre-copy: "auto", "uffd-wp", "soft-dirty", "hash"
+	Tracker string // dirty tracker for pre-copy: "auto" (also ""), "uffd-wp", "soft-dirty", "hash"
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
 

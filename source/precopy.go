@@ -94,7 +94,11 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 	if err := pol.Validate(); err != nil {
 		return nil, err
 	}
-	d.tracker, err = NewTracker(d.opts.Tracker, d.pid)
+	name := d.opts.Tracker
+	if name == "" {
+		name = TrackerAuto
+	}
+	d.tracker, err = NewTracker(name, d.pid)
 	if err != nil {
 		return nil, err
 	}
