@@ -39,6 +39,27 @@ func init() {
 	}
 }
 
+// askHelper starts a helper child in mode and returns it with its answer
+// as key=value pairs. A helper that reports a failure makes feature
+// unsupported, what saying what it tried. On success the caller owns the
+// helper (defer h.kill()).
+func askHelper(ctx context.Context, mode, feature, what string) (*helper, map[string]string, error) {
+	h, line, err := startHelper(ctx, mode)
+	if err != nil {
+		return nil, nil, err
+	}
+	kv, err := parseAnswer(line)
+	if err != nil {
+		h.kill()
+		var he *helperError
+		if errors.As(err, &he) {
+			return nil, nil, unsupported(feature, what, err)
+		}
+		return nil, nil, err
+	}
+	return h, kv, nil
+}
+
 // helper is a running helper process, seen from the parent.
 type helper struct {
 	mode   string

@@ -17,19 +17,11 @@ import (
 // process back its PID. The raw clone3 runs in the helper, never in the
 // calling process.
 func ProbeClone3SetTID(ctx context.Context) (string, error) {
-	h, line, err := startHelper(ctx, "clone3")
+	h, kv, err := askHelper(ctx, "clone3", FeatureClone3, "clone3 with set_tid")
 	if err != nil {
 		return "", err
 	}
 	defer h.kill()
-	kv, err := parseAnswer(line)
-	if err != nil {
-		var he *helperError
-		if errors.As(err, &he) {
-			return "", unsupported(FeatureClone3, "clone3 with set_tid", err)
-		}
-		return "", err
-	}
 	if err := h.close(); err != nil {
 		return "", err
 	}

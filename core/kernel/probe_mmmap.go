@@ -17,19 +17,11 @@ import (
 // the values it already has, which is how restore makes brk() and
 // /proc/PID/cmdline work in the rebuilt process.
 func ProbeMMMap(ctx context.Context) (string, error) {
-	h, line, err := startHelper(ctx, "mm-map")
+	h, kv, err := askHelper(ctx, "mm-map", FeatureMMMap, "PR_SET_MM_MAP")
 	if err != nil {
 		return "", err
 	}
 	defer h.kill()
-	kv, err := parseAnswer(line)
-	if err != nil {
-		var he *helperError
-		if errors.As(err, &he) {
-			return "", unsupported(FeatureMMMap, "PR_SET_MM_MAP", err)
-		}
-		return "", err
-	}
 	if err := h.close(); err != nil {
 		return "", err
 	}

@@ -15,19 +15,11 @@ import (
 // the page's pagemap entry. The write to clear_refs succeeds even on a
 // kernel without CONFIG_MEM_SOFT_DIRTY, so only the bit tells.
 func ProbeSoftDirty(ctx context.Context) (string, error) {
-	h, line, err := startHelper(ctx, "soft-dirty")
+	h, kv, err := askHelper(ctx, "soft-dirty", FeatureSoftDirty, "soft-dirty in a child")
 	if err != nil {
 		return "", err
 	}
 	defer h.kill()
-	kv, err := parseAnswer(line)
-	if err != nil {
-		var he *helperError
-		if errors.As(err, &he) {
-			return "", unsupported(FeatureSoftDirty, "soft-dirty in a child", err)
-		}
-		return "", err
-	}
 	if err := h.close(); err != nil {
 		return "", err
 	}

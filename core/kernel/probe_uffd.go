@@ -32,23 +32,15 @@ func ProbeUffdWP(ctx context.Context) (string, error) {
 		return "", unsupported(FeatureUffdWP, fmt.Sprintf("UFFD_FEATURE_WP_ASYNC missing (features %#x); needs Linux 6.7", supported), nil)
 	}
 
-	h, line, err := startHelper(ctx, "uffd")
+	h, kv, err := askHelper(ctx, "uffd", FeatureUffdWP, "userfaultfd in a child")
 	if err != nil {
 		return "", err
 	}
 	defer h.kill()
-	kv, err := parseAnswer(line)
-	if err != nil {
-		var he *helperError
-		if errors.As(err, &he) {
-			return "", unsupported(FeatureUffdWP, "userfaultfd in a child", err)
-		}
-		return "", err
-	}
 	addr, err1 := strconv.ParseUint(kv["addr"], 0, 64)
 	childFD, err2 := strconv.Atoi(kv["fd"])
 	if err := errors.Join(err1, err2); err != nil {
-		return "", fmt.Errorf("helper answer %q: %w", line, err)
+		return "", fmt.Errorf("helper answer %v: %w", kv, err)
 	}
 	pageSize := uint64(os.Getpagesize())
 	length := uffdPages * pageSize
