@@ -245,7 +245,7 @@ func (s *pageSink) finish() (pagestream.Stats, error) {
 
 // stored says whether page e of an area of kind belongs in the image.
 func stored(kind string, e proc.PagemapEntry) bool {
-	swapped := e.Swapped() && !isMarker(e)
+	swapped := e.Swapped() && !pteMarker(e) // uffd-wp marks untouched pages with markers
 	switch kind {
 	case core.VMAFile:
 		// Pages a private file mapping still shares with its file are not.
@@ -256,18 +256,6 @@ func stored(kind string, e proc.PagemapEntry) bool {
 	return false
 }
 
-// swpPTEMarker is the swap type of a PTE marker: the last of the 5-bit swap
-// types (SWP_PTE_MARKER), as pagemap shows it in the low bits of a swap
-// entry's frame field.
-const swpPTEMarker = 31
-
-// isMarker says whether a swap entry is a PTE marker, which holds no data:
-// uffd-wp with WP_UNPOPULATED marks untouched pages this way, and pagemap
-// reports them as swapped. (Without CAP_SYS_ADMIN the frame reads 0 and the
-// page is taken as swapped: read for nothing, but never lost.)
-func isMarker(e proc.PagemapEntry) bool {
-	return e.PFN()&31 == swpPTEMarker
-}
 
 // holdsPages says whether pages of an area of this kind go into the image.
 func holdsPages(kind string) bool {
