@@ -42,6 +42,15 @@ func (s *PageSet) AddRange(start, end uint64) {
 	}
 }
 
+// RemoveRange takes the pages of [start, end) out of the set.
+func (s *PageSet) RemoveRange(start, end uint64) {
+	for a := start; a < end; a += 1 << pageShift {
+		if c, i, ok := s.bit(a); ok {
+			c[i/64] &^= 1 << (i % 64)
+		}
+	}
+}
+
 // Has says whether the page at addr is in the set.
 func (s *PageSet) Has(addr uint64) bool {
 	c, i, ok := s.bit(addr)

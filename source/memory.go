@@ -256,7 +256,6 @@ func stored(kind string, e proc.PagemapEntry) bool {
 	return false
 }
 
-
 // holdsPages says whether pages of an area of this kind go into the image.
 func holdsPages(kind string) bool {
 	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile

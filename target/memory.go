@@ -38,12 +38,9 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		return &core.ImageError{File: path, Reason: "bad page data", Err: err}
 	}
 	defer rd.Close()
-	// Pages written so far, needed only when several rounds may write the
-	// same page.
-	var written core.PageSet
 	rounds := max(r.pagesInfo.Rounds, 1)
 	final := rounds - 1
-	vmas := r.proc.VMAs
+	vmas := r.mapped // the layout built so far
 	find := func(addr uint64) *core.VMA {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > addr })
 		if i < len(vmas) && vmas[i].Start <= addr {
@@ -116,7 +113,7 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		end := fr.Addr + uint64(fr.Pages)*pageSize
 		r.pages += uint64(fr.Pages)
 		v := find(fr.Addr)
-		if v == nil || end > v.End || v.Pages == 0 {
+		if v == nil || end > v.End || !holdsPages(v.Kind) || v.Pages == 0 {
 			if int(fr.Round) < final {
 				// Pre-copy sent these before the layout changed; the final
 				// layout has no place for them.
@@ -126,19 +123,7 @@ func (r *restorer) fillPages(ctx context.Context) error {
 			return &core.ImageError{File: path, Reason: fmt.Sprintf("pages at %#x-%#x lie outside the areas that hold pages", fr.Addr, end)}
 		}
 		fr.Keep()
-		// Fresh anonymous memory is already zero, so zero pages need no
-		// write there, unless an earlier round wrote the page; a private
-		// file mapping needs its zero pages written over the file's data.
-		fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon
-		skip := make([]bool, fr.Pages)
-		for i := range fr.Pages {
-			addr := fr.Addr + uint64(i)*pageSize
-			skip[i] = fresh && fr.IsZero(i) && !written.Has(addr)
-			if !skip[i] && rounds > 1 {
-				written.Add(addr)
-			}
-		}
-		jobs <- job{fr, skip}
+		jobs <- job{fr, r.skipZeros(fr, v, rounds > 1)}
 	}
 	if err := stop(); err != nil {
 		return err
@@ -147,6 +132,24 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		return &core.ImageError{File: path, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", r.pages, r.pagesInfo.Pages)}
 	}
 	return nil
+}
+
+// skipZeros says which pages of frame fr (in area v) need no write: zero
+// pages where the memory is fresh (anonymous, never written before), so
+// zero already. A private file mapping needs its zero pages written over
+// the file's data. With track, the pages written are remembered, for
+// frames of later rounds.
+func (r *restorer) skipZeros(fr *pagestream.Frame, v *core.VMA, track bool) []bool {
+	fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon
+	skip := make([]bool, fr.Pages)
+	for i := range fr.Pages {
+		addr := fr.Addr + uint64(i)*pageSize
+		skip[i] = fresh && fr.IsZero(i) && !r.written.Has(addr)
+		if !skip[i] && track {
+			r.written.Add(addr)
+		}
+	}
+	return skip
 }
 
 // writers is the number of goroutines writing pages into the process.
@@ -179,7 +182,7 @@ func (r *restorer) protect(context.Context) error {
 		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
 			continue
 		}
-		if v.Pages > 0 && v.Prot != v.Prot|unix.PROT_WRITE|unix.PROT_READ {
+		if holdsPages(v.Kind) && v.Prot != v.Prot|unix.PROT_WRITE|unix.PROT_READ {
 			if _, err := r.sys("mprotect", unix.SYS_MPROTECT, v.Start, v.Len(), uint64(v.Prot)); err != nil {
 				return fmt.Errorf("area %#x-%#x: %w", v.Start, v.End, err)
 			}

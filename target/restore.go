@@ -54,97 +54,194 @@ type restorer struct {
 	memTime time.Duration
 	// sessionLeader is set once the process made its own session.
 	sessionLeader bool
+	// mapped is the layout built so far (without [vdso] and [vvar]);
+	// written holds the pages written into it, whose zero copies must be
+	// written too (elsewhere fresh memory is zero already).
+	mapped  []core.VMA
+	written core.PageSet
 }
 
 const scratchLen = 64 << 10
 
-func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err error) {
-	start := time.Now()
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	img, err := core.ReadImage(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
-	checked := time.Now()
-	if err := validate(opts.Dir, img); err != nil {
+	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.FillFromImage(ctx); err != nil {
+		b.Discard()
+		return nil, err
+	}
+	if err := b.Finish(ctx, img); err != nil {
+		b.Discard()
+		return nil, err
+	}
+	return b.Resume()
+}
+
+// Builder builds the processes of an image in stages: NewBuilder checks
+// the image and creates the processes, stopped, with their memory laid
+// out; Relayout follows a layout that changed (between pre-copy rounds);
+// pages are written as they come (FillFromImage reads them from the
+// image's page streams); Finish restores everything else; Resume lets
+// the processes run. Discard kills whatever was built. A restore from
+// files runs all stages at once; a live migration spreads them over its
+// rounds, so that the frozen time grows with the last round, not with the
+// size of the process.
+type Builder struct {
+	ss      *session
+	all     []*restorer // the tree, parents first
+	byPID   map[int]*restorer
+	start   time.Time
+	steps   []Step
+	log     *slog.Logger
+	done    bool // resumed or discarded
+	memTime time.Duration
+}
+
+// NewBuilder checks the image in dir (everything it names, before anything
+// is created) and creates its processes, laid out as img says.
+func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Builder{start: time.Now(), log: log, byPID: map[int]*restorer{}}
+	if err := validate(dir, img); err != nil {
 		return nil, err
 	}
 	// Reading every page stream through is most of this step.
-	steps := []Step{{Name: "check image", MS: float64(time.Since(checked).Microseconds()) / 1000}}
-	ss := &session{dir: opts.Dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
+	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
+	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1}
-	all := []*restorer{root}
-	byPID := map[int]*restorer{root.pid: root}
+	b.all = []*restorer{root}
+	b.byPID[root.pid] = root
 	for i := range img.Tree {
 		p := &img.Tree[i]
-		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: byPID[p.PPID]}
-		all = append(all, r)
-		byPID[r.pid] = r
+		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID]}
+		b.all = append(b.all, r)
+		b.byPID[r.pid] = r
 	}
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
-	defer ss.closeFiles()
-	ok := false
-	defer func() {
-		if !ok {
-			// Children first: nothing of a failed restore runs on.
-			for i := len(all) - 1; i >= 0; i-- {
-				all[i].abort()
-			}
-		}
-	}()
-	step := func(name string, fn func() error) error {
+	err := b.run(ctx, []stage{
+		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
+		{"create processes", func() error { return createTree(b.all) }},
+		{"lay out memory", b.each(ctx, (*restorer).layout)},
+	})
+	if err != nil {
+		b.Discard()
+		return nil, err
+	}
+	return b, nil
+}
+
+type stage struct {
+	name string
+	fn   func() error
+}
+
+// run runs stages in order, timing each.
+func (b *Builder) run(ctx context.Context, stages []stage) error {
+	for _, s := range stages {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		t := time.Now()
-		if err := fn(); err != nil {
-			return fmt.Errorf("restore pid %d: %s: %w", root.pid, name, err)
+		if err := s.fn(); err != nil {
+			return fmt.Errorf("restore pid %d: %s: %w", b.all[0].pid, s.name, err)
 		}
-		steps = append(steps, Step{Name: name, MS: float64(time.Since(t).Microseconds()) / 1000})
-		log.Info("restore step", "step", name, "ms", time.Since(t).Milliseconds())
+		b.steps = append(b.steps, Step{Name: s.name, MS: float64(time.Since(t).Microseconds()) / 1000})
+		b.log.Info("restore step", "step", s.name, "ms", time.Since(t).Milliseconds())
+	}
+	return nil
+}
+
+// each runs fn for every live process of the tree.
+func (b *Builder) each(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
+	return func() error {
+		for _, r := range b.all {
+			if r.proc.Zombie != nil {
+				continue
+			}
+			if err := fn(r, ctx); err != nil {
+				if r != b.all[0] {
+					return fmt.Errorf("process %d: %w", r.pid, err)
+				}
+				return err
+			}
+		}
 		return nil
 	}
-	// each runs fn for every live process of the tree.
-	each := func(fn func(*restorer, context.Context) error) func() error {
-		return func() error {
-			for _, r := range all {
-				if r.proc.Zombie != nil {
-					continue
-				}
-				if err := fn(r, ctx); err != nil {
-					if r != root {
-						return fmt.Errorf("process %d: %w", r.pid, err)
-					}
-					return err
-				}
+}
+
+// Relayout changes the memory of process pid to the layout vmas, keeping
+// the pages written into areas that did not change.
+func (b *Builder) Relayout(pid int, vmas []core.VMA) error {
+	r := b.byPID[pid]
+	if r == nil || r.p == nil {
+		return fmt.Errorf("no process %d being built", pid)
+	}
+	return r.relayout(vmas)
+}
+
+// FillFromImage writes the pages of every process from its page stream.
+func (b *Builder) FillFromImage(ctx context.Context) error {
+	t := time.Now()
+	defer func() { b.memTime += time.Since(t) }()
+	return b.run(ctx, []stage{{"fill memory", b.each(ctx, (*restorer).fillPages)}})
+}
+
+// Finish restores all but the memory, from img (the final image: its
+// layout replaces the one built so far): protections, files, process and
+// thread state. The processes stay stopped until Resume.
+func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
+	if img != b.ss.img {
+		if err := b.adopt(img); err != nil {
+			return err
+		}
+	}
+	return b.run(ctx, []stage{
+		{"set protections", b.each(ctx, (*restorer).protect)},
+		{"restore files", b.each(ctx, (*restorer).restoreFDs)},
+		{"restore process state", b.each(ctx, (*restorer).restoreState)},
+		{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
+	})
+}
+
+// adopt takes the final image's description of each process, and its
+// layout, for the processes built from an earlier one.
+func (b *Builder) adopt(img *core.Image) error {
+	procs := map[int]*core.Process{img.Process.PID: &img.Process}
+	for i := range img.Tree {
+		procs[img.Tree[i].PID] = &img.Tree[i]
+	}
+	for _, r := range b.all {
+		p := procs[r.pid]
+		if p == nil || (p.Zombie == nil) != (r.proc.Zombie == nil) {
+			return fmt.Errorf("the final image has no process %d as the first one had", r.pid)
+		}
+		if p.Zombie == nil {
+			if err := r.relayout(p.VMAs); err != nil {
+				return fmt.Errorf("process %d: %w", r.pid, err)
 			}
-			return nil
 		}
+		r.proc = p
 	}
-	todo := []struct {
-		name string
-		fn   func() error
-	}{
-		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
-		{"create processes", func() error { return createTree(all) }},
-		{"lay out memory", each((*restorer).layout)},
-		{"fill memory", each((*restorer).fillPages)},
-		{"set protections", each((*restorer).protect)},
-		{"restore files", each((*restorer).restoreFDs)},
-		{"restore process state", each((*restorer).restoreState)},
-		{"restore threads", each((*restorer).restoreThreads)},
-	}
-	for _, s := range todo {
-		if err := step(s.name, s.fn); err != nil {
-			return nil, err
-		}
-	}
-	for i := len(all) - 1; i >= 0; i-- {
-		if r := all[i]; r.p != nil {
+	b.ss.img = img
+	return nil
+}
+
+// Resume lets every process run, children first, and reports.
+func (b *Builder) Resume() (*RestoreReport, error) {
+	defer b.release()
+	b.done = true
+	root := b.all[0]
+	for i := len(b.all) - 1; i >= 0; i-- {
+		if r := b.all[i]; r.p != nil {
 			if r.proc.Stopped {
 				r.p.StopOnDetach()
 			}
@@ -153,29 +250,47 @@ func restore(ctx context.Context, opts RestoreOptions) (rep *RestoreReport, err 
 			}
 		}
 	}
-	ok = true
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
 		// (A stopped process shows 'T': alive.)
 		return nil, fmt.Errorf("restore pid %d: the process died as soon as it resumed", root.pid)
 	}
 	var pages uint64
-	var memTime time.Duration
-	for _, r := range all {
+	for _, r := range b.all {
 		pages += r.pages
-		memTime += r.memTime
 	}
-	rep = &RestoreReport{
+	rep := &RestoreReport{
 		PID:       root.pid,
-		Comm:      img.Process.Comm,
-		Processes: len(all),
+		Comm:      root.proc.Comm,
+		Processes: len(b.all),
 		Pages:     pages,
-		Total:     time.Since(start),
-		MemoryMS:  float64(memTime.Microseconds()) / 1000,
-		Warnings:  ss.warnings,
-		Steps:     steps,
+		Total:     time.Since(b.start),
+		MemoryMS:  float64(b.memTime.Microseconds()) / 1000,
+		Warnings:  b.ss.warnings,
+		Steps:     b.steps,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
+}
+
+// Discard kills whatever was built, children first: nothing of a failed
+// restore runs on.
+func (b *Builder) Discard() {
+	if b.done {
+		return
+	}
+	b.done = true
+	for i := len(b.all) - 1; i >= 0; i-- {
+		b.all[i].abort()
+	}
+	b.release()
+}
+
+// release lets go of the tracer and the agent's files.
+func (b *Builder) release() {
+	b.ss.closeFiles()
+	if b.ss.tr != nil {
+		b.ss.tr.Close()
+	}
 }
 
 func (r *session) warn(format string, args ...any) {
@@ -427,7 +542,11 @@ func (r *restorer) layout(context.Context) error {
 	if err := r.moveVDSO(special, busy, off); err != nil {
 		return err
 	}
-	return r.mapAreas()
+	if err := r.openAgentPidfd(); err != nil {
+		return err
+	}
+	r.mapped = ordinary(r.proc.VMAs)
+	return r.mapAreas(r.mapped)
 }
 
 // syscallOffset finds a syscall instruction in this process's vdso, which
@@ -515,9 +634,11 @@ type fileKey struct {
 	write    bool
 }
 
-// mapAreas maps every area of the image, writable where pages will be
-// written into it (protect sets the final protections).
-func (r *restorer) mapAreas() error {
+// mapAreas maps the areas vmas (none of them [vdso] or [vvar]). Areas with
+// pages to write are mapped writable; protect sets the final protections.
+// (Not every area: a PROT_NONE reservation of many GiB mapped writable
+// would be charged to the commit limit and could be refused.)
+func (r *restorer) mapAreas(vmas []core.VMA) error {
 	childFD := map[fileKey]int{}
 	var temps []int
 	defer func() {
@@ -525,16 +646,10 @@ func (r *restorer) mapAreas() error {
 			r.sys("close", unix.SYS_CLOSE, uint64(fd))
 		}
 	}()
-	if err := r.openAgentPidfd(); err != nil {
-		return err
-	}
-	for i := range r.proc.VMAs {
-		v := &r.proc.VMAs[i]
-		if v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar {
-			continue
-		}
+	for i := range vmas {
+		v := &vmas[i]
 		prot := v.Prot
-		if v.Pages > 0 {
+		if holdsPages(v.Kind) && v.Pages > 0 {
 			prot |= unix.PROT_WRITE | unix.PROT_READ
 		}
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN) | unix.MAP_FIXED
@@ -568,6 +683,11 @@ func (r *restorer) mapAreas() error {
 		}
 	}
 	return nil
+}
+
+// holdsPages says whether an area of this kind has pages in an image.
+func holdsPages(kind string) bool {
+	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile
 }
 
 // openAgentPidfd gives the child a pidfd for this agent, at a high fd

@@ -1,0 +1,119 @@
+package target
+
+import (
+	"fmt"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+)
+
+// Relayout: while pre-copy runs, the process being built must follow the
+// source's memory layout, round after round, without losing the pages
+// already written into areas that did not change. An area keeps its
+// mapping when its backing is the same (same kind, same file at the same
+// offset); only its protection may differ, and protections are set at the
+// end. Boundaries alone do not matter: a split or a merge keeps the pages.
+
+// addrRange is [start, end).
+type addrRange struct{ start, end uint64 }
+
+// sameBacking says whether one page at addr is backed alike in a and b.
+func sameBacking(a, b *core.VMA, addr uint64) bool {
+	if a.Kind != b.Kind || a.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE) != b.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE) {
+		return false
+	}
+	if a.File == nil || b.File == nil {
+		return a.File == nil && b.File == nil
+	}
+	return a.File.Dev == b.File.Dev && a.File.Ino == b.File.Ino && a.File.Path == b.File.Path &&
+		a.Offset+(addr-a.Start) == b.Offset+(addr-b.Start)
+}
+
+// layoutDiff says how to turn the areas have into want (both sorted, not
+// overlapping, special areas left out by the caller): the ranges to unmap,
+// and the parts of want to map anew (File offsets adjusted).
+func layoutDiff(have, want []core.VMA) (unmap []addrRange, mapNew []core.VMA) {
+	// Every boundary of either layout cuts the address space into pieces
+	// that lie wholly inside or outside each area.
+	var cuts []uint64
+	for _, v := range have {
+		cuts = append(cuts, v.Start, v.End)
+	}
+	for _, v := range want {
+		cuts = append(cuts, v.Start, v.End)
+	}
+	sort.Slice(cuts, func(i, j int) bool { return cuts[i] < cuts[j] })
+	find := func(vs []core.VMA, addr uint64) *core.VMA {
+		i := sort.Search(len(vs), func(i int) bool { return vs[i].End > addr })
+		if i < len(vs) && vs[i].Start <= addr {
+			return &vs[i]
+		}
+		return nil
+	}
+	for i := 0; i+1 < len(cuts); i++ {
+		s, e := cuts[i], cuts[i+1]
+		if s == e {
+			continue
+		}
+		h, w := find(have, s), find(want, s)
+		switch {
+		case h == nil && w == nil:
+		case h != nil && w != nil && sameBacking(h, w, s):
+		default:
+			if h != nil {
+				if n := len(unmap); n > 0 && unmap[n-1].end == s {
+					unmap[n-1].end = e
+				} else {
+					unmap = append(unmap, addrRange{s, e})
+				}
+			}
+			if w != nil {
+				piece := *w
+				piece.Start, piece.End = s, e
+				if piece.File != nil {
+					piece.Offset = w.Offset + (s - w.Start)
+				}
+				if n := len(mapNew); n > 0 && mapNew[n-1].End == s && sameBacking(&mapNew[n-1], &piece, s) && mapNew[n-1].Prot == piece.Prot {
+					mapNew[n-1].End = e
+				} else {
+					mapNew = append(mapNew, piece)
+				}
+			}
+		}
+	}
+	return unmap, mapNew
+}
+
+// ordinary returns the areas of vmas that migrate maps itself (not the
+// kernel's [vdso] and [vvar]).
+func ordinary(vmas []core.VMA) []core.VMA {
+	out := make([]core.VMA, 0, len(vmas))
+	for _, v := range vmas {
+		if v.Kind != core.VMAVDSO && v.Kind != core.VMAVVar {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// relayout changes the process's memory from the layout built so far to
+// want: areas gone or backed otherwise are unmapped, new ones mapped.
+// Pages of unchanged areas stay.
+//
+// Preconditions: the process was laid out (layout), and is stopped.
+func (r *restorer) relayout(want []core.VMA) error {
+	unmap, mapNew := layoutDiff(r.mapped, ordinary(want))
+	for _, u := range unmap {
+		if _, err := r.sys("munmap", unix.SYS_MUNMAP, u.start, u.end-u.start); err != nil {
+			return fmt.Errorf("unmap %#x-%#x: %w", u.start, u.end, err)
+		}
+		r.written.RemoveRange(u.start, u.end)
+	}
+	if err := r.mapAreas(mapNew); err != nil {
+		return err
+	}
+	r.mapped = ordinary(want)
+	return nil
+}

@@ -1,0 +1,49 @@
+package target
+
+import (
+	"reflect"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+)
+
+func TestLayoutDiff(t *testing.T) {
+	const P = 0x1000
+	anon := func(s, e uint64) core.VMA {
+		return core.VMA{Start: s * P, End: e * P, Kind: core.VMAAnon, Flags: unix.MAP_PRIVATE, Prot: unix.PROT_READ | unix.PROT_WRITE}
+	}
+	lib := &core.FileRef{Path: "/lib/x.so", Dev: 1, Ino: 2}
+	file := func(s, e, off uint64) core.VMA {
+		return core.VMA{Start: s * P, End: e * P, Kind: core.VMAFile, Flags: unix.MAP_PRIVATE, File: lib, Offset: off * P, Prot: unix.PROT_READ}
+	}
+	r := func(s, e uint64) addrRange { return addrRange{s * P, e * P} }
+	cases := []struct {
+		name       string
+		have, want []core.VMA
+		unmap      []addrRange
+		mapNew     []core.VMA
+	}{
+		{"same", []core.VMA{anon(1, 4), file(8, 10, 0)}, []core.VMA{anon(1, 4), file(8, 10, 0)}, nil, nil},
+		{"gone", []core.VMA{anon(1, 4), anon(6, 8)}, []core.VMA{anon(1, 4)}, []addrRange{r(6, 8)}, nil},
+		{"new", []core.VMA{anon(1, 4)}, []core.VMA{anon(1, 4), file(8, 10, 3)}, nil, []core.VMA{file(8, 10, 3)}},
+		{"split and re-protected", []core.VMA{anon(1, 8)},
+			[]core.VMA{anon(1, 3), func() core.VMA { v := anon(3, 8); v.Prot = unix.PROT_READ; return v }()}, nil, nil},
+		{"grown", []core.VMA{anon(1, 4)}, []core.VMA{anon(1, 6)}, nil, []core.VMA{anon(4, 6)}},
+		{"moved", []core.VMA{anon(0, 4)}, []core.VMA{anon(2, 6)}, []addrRange{r(0, 2)}, []core.VMA{anon(4, 6)}},
+		{"file now at another offset", []core.VMA{file(8, 10, 0)}, []core.VMA{file(8, 10, 1)}, []addrRange{r(8, 10)}, []core.VMA{file(8, 10, 1)}},
+		{"anon replaced by file, in part", []core.VMA{anon(1, 6)}, []core.VMA{anon(1, 3), file(3, 6, 7)},
+			[]addrRange{r(3, 6)}, []core.VMA{file(3, 6, 7)}},
+		{"file grown keeps offsets", []core.VMA{file(8, 10, 2)}, []core.VMA{file(8, 12, 2)}, nil, []core.VMA{file(10, 12, 4)}},
+	}
+	for _, c := range cases {
+		unmap, mapNew := layoutDiff(c.have, c.want)
+		if !reflect.DeepEqual(unmap, c.unmap) {
+			t.Errorf("%s: unmap %v, want %v", c.name, unmap, c.unmap)
+		}
+		if !reflect.DeepEqual(mapNew, c.mapNew) {
+			t.Errorf("%s: map %+v, want %+v", c.name, mapNew, c.mapNew)
+		}
+	}
+}
