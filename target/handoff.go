@@ -463,3 +463,6 @@ func clipText(s string) string {
 	}
 	return s[:cut]
 }
+
+// The transport's control channel is what a live migration hands over.
+var _ ControlConn = (*transport.Control)(nil)
