@@ -61,6 +61,24 @@ type dumper struct {
 	scratch uint64
 	tracker Tracker
 	rounds  []RoundReport
+	// onRoundStart and onRoundEnd, if set, see each round begin (with its
+	// layout) and end: a live migration announces rounds to the target.
+	onRoundStart func(vmas []core.VMA) error
+	onRoundEnd   func(rep RoundReport) error
+}
+
+func (d *dumper) roundStart(vmas []core.VMA) error {
+	if d.onRoundStart == nil {
+		return nil
+	}
+	return d.onRoundStart(vmas)
+}
+
+func (d *dumper) roundEnd(rep RoundReport) error {
+	if d.onRoundEnd == nil {
+		return nil
+	}
+	return d.onRoundEnd(rep)
 }
 
 // lap records the time since the previous lap as step name.

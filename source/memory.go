@@ -195,22 +195,35 @@ type pageSink struct {
 }
 
 func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
-	s := &pageSink{d: d, path: filepath.Join(d.dir, d.pages.File)}
-	var err error
-	if s.f, err = os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+	path := filepath.Join(d.dir, d.pages.File)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
 		return nil, err
 	}
+	s, err := d.newSink(codec, f, path)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.f = f
+	return s, nil
+}
+
+// newSink makes a sink that writes the page stream to w (a file, or a
+// stream to the target of a live migration), named name in errors.
+func (d *dumper) newSink(codec pagestream.Codec, w io.Writer, name string) (*pageSink, error) {
+	s := &pageSink{d: d, path: name}
 	// Frames are large: no buffering, which would only copy them again.
-	s.cw = &countingWriter{w: s.f}
+	s.cw = &countingWriter{w: w}
 	// Not Adaptive: storing frames raw when the compressors fall behind
 	// made the 1 GiB benchmark's image 1.8x larger and its restore slower
 	// (more to read and check) for a dump no faster on 2 cores.
+	var err error
 	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec}); err != nil {
-		s.f.Close()
 		return nil, err
 	}
 	if s.pm, err = proc.OpenPagemap(d.pid); err != nil {
-		s.abort()
+		s.w.Abort()
 		return nil, fmt.Errorf("process %d: %w", d.pid, err)
 	}
 	return s, nil
@@ -226,19 +239,23 @@ func (s *pageSink) abort() {
 	if s.pm != nil {
 		s.pm.Close()
 	}
-	s.f.Close()
+	if s.f != nil {
+		s.f.Close()
+	}
 }
 
 // finish ends the stream and syncs the file.
 func (s *pageSink) finish() (pagestream.Stats, error) {
 	s.closed = true
 	defer s.pm.Close()
-	defer s.f.Close()
 	if err := s.w.Close(); err != nil {
 		return pagestream.Stats{}, fmt.Errorf("write %s: %w", s.path, err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return pagestream.Stats{}, fmt.Errorf("sync %s: %w", s.path, err)
+	if s.f != nil {
+		defer s.f.Close()
+		if err := s.f.Sync(); err != nil {
+			return pagestream.Stats{}, fmt.Errorf("sync %s: %w", s.path, err)
+		}
 	}
 	return s.w.Stats(), nil
 }

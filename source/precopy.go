@@ -127,6 +127,9 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 	heldStart := time.Since(held)
 
 	var hist []RoundStat
+	if err := d.roundStart(vmas); err != nil {
+		return nil, err
+	}
 	m := s.meter(0)
 	var present uint64
 	for i := range vmas {
@@ -145,6 +148,9 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 	}
 	rep.HeldMS = ms(heldStart)
 	d.rounds = append(d.rounds, rep)
+	if err := d.roundEnd(rep); err != nil {
+		return nil, err
+	}
 	hist = append(hist, RoundStat{Dirty: present, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
 	d.log.Info("pre-copy round", "round", 0, "pages", rep.PagesSent, "ms", rep.MS)
 
@@ -170,6 +176,9 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 			d.log.Info("pre-copy done", "reason", v.Reason, "dirty", dirty, "estimate", v.Estimate)
 			return ranges, nil
 		}
+		if err := d.roundStart(vmas); err != nil {
+			return nil, err
+		}
 		if _, err := s.sendDirty(ctx, uint32(round), vmas, ranges); err != nil {
 			return nil, err
 		}
@@ -182,6 +191,9 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 		}
 		rep.HeldMS = ms(d.tracker.Held())
 		d.rounds = append(d.rounds, rep)
+		if err := d.roundEnd(rep); err != nil {
+			return nil, err
+		}
 		hist = append(hist, RoundStat{Dirty: dirty, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
 		d.log.Info("pre-copy round", "round", round, "dirty", dirty, "pages", rep.PagesSent, "ms", rep.MS)
 	}
@@ -207,8 +219,11 @@ func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
 // Preconditions: the process is frozen; d.proc.VMAs is its layout.
 func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRange, frozen time.Time) error {
 	round := len(d.rounds)
-	m := s.meter(round)
 	vmas := d.proc.VMAs
+	if err := d.roundStart(vmas); err != nil {
+		return err
+	}
+	m := s.meter(round)
 	ranges, err := d.tracker.Dirty(vmas)
 	if err != nil {
 		return fmt.Errorf("final round: %w", err)
@@ -227,7 +242,7 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 	rep.Frozen = true
 	rep.HeldMS = ms(time.Since(frozen))
 	d.rounds = append(d.rounds, rep)
-	return nil
+	return d.roundEnd(rep)
 }
 
 // mergeRanges sorts ranges and merges those that overlap or touch, so no

@@ -66,6 +66,7 @@ func (d *dumper) collectTask() error {
 		Auxv: auxv,
 	}
 
+	p.Threads = nil // (a live migration announced a placeholder leader)
 	for _, th := range d.p.Threads {
 		t, err := d.collectThread(th)
 		if err != nil {

@@ -59,6 +59,8 @@ type restorer struct {
 	// written too (elsewhere fresh memory is zero already).
 	mapped  []core.VMA
 	written core.PageSet
+	// live: pages come while pre-copy runs, before their counts are known.
+	live bool
 }
 
 const scratchLen = 64 << 10
@@ -101,23 +103,30 @@ type Builder struct {
 	log     *slog.Logger
 	done    bool // resumed or discarded
 	memTime time.Duration
+	tmp     string // a directory of the builder's own, removed at the end
 }
 
 // NewBuilder checks the image in dir (everything it names, before anything
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
+	return newBuilder(ctx, dir, img, log, validate, false)
+}
+
+// newBuilder is NewBuilder with the check of the image given; live
+// builders map every area that may get pages writable.
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live bool) (*Builder, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Builder{start: time.Now(), log: log, byPID: map[int]*restorer{}}
-	if err := validate(dir, img); err != nil {
+	if err := check(dir, img); err != nil {
 		return nil, err
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
 	b.ss = ss
-	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1}
+	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
 	b.byPID[root.pid] = root
 	for i := range img.Tree {
@@ -290,6 +299,9 @@ func (b *Builder) release() {
 	b.ss.closeFiles()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
+	}
+	if b.tmp != "" {
+		os.RemoveAll(b.tmp)
 	}
 }
 
@@ -649,7 +661,7 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 	for i := range vmas {
 		v := &vmas[i]
 		prot := v.Prot
-		if holdsPages(v.Kind) && v.Pages > 0 {
+		if holdsPages(v.Kind) && (v.Pages > 0 || r.live && v.Prot != unix.PROT_NONE) {
 			prot |= unix.PROT_WRITE | unix.PROT_READ
 		}
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN) | unix.MAP_FIXED

@@ -25,7 +25,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{dumpCmd, restoreCmd, showCmd, checkCmd, versionCmd, helpCmd}
+	commands = []*command{toCmd, serveCmd, dumpCmd, restoreCmd, showCmd, checkCmd, versionCmd, helpCmd}
 }
 
 func lookup(name string) *command {
@@ -38,10 +38,12 @@ func lookup(name string) *command {
 }
 
 const mainHelp = `Usage: migrate [-v] [--log-level LEVEL] COMMAND [FLAGS] [ARGS]
+       migrate --to HOST:PORT [FLAGS] PID
 
-migrate checkpoints a running Linux process into a directory of files and
-restores it from them: the process continues where it stopped, with the same
-PID, memory, registers, signal state and open files.
+migrate moves a running Linux process to another host (live migration) or
+checkpoints it into a directory of files and restores it from them: the
+process continues where it stopped, with the same PID, memory, registers,
+signal state and open files.
 
 Commands:
 %s

@@ -103,6 +103,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	boolFlag(fs, &showVersion, "version", "", "print the version and exit")
 	boolFlag(fs, &help, "help", "h", "show this help")
 
+	if isTo(args) {
+		return runCommand(ctx, toCmd, args, &common, e)
+	}
 	if err := fs.Parse(args); err != nil {
 		return report(e, "", usagef("%v", err))
 	}

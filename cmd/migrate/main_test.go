@@ -93,13 +93,13 @@ func TestHelp(t *testing.T) {
 	if main.code != 0 || main.stderr != "" {
 		t.Fatalf("--help: exit %d, stderr %q", main.code, main.stderr)
 	}
-	for _, want := range []string{"Usage: migrate", "dump", "restore", "show", "check", "version", "Exit status", "--log-level LEVEL", "-v, --verbose"} {
+	for _, want := range []string{"Usage: migrate", "--to HOST:PORT", "serve", "dump", "restore", "show", "check", "version", "Exit status", "--log-level LEVEL", "-v, --verbose"} {
 		if !strings.Contains(main.stdout, want) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
 	// Commands that do not exist yet are not advertised.
-	for _, no := range []string{"serve", "recover", "--to", "[=true|false]"} {
+	for _, no := range []string{"recover", "[=true|false]"} {
 		if strings.Contains(main.stdout, no) {
 			t.Errorf("--help mentions %q", no)
 		}

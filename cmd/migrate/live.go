@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"migrate/source"
+	"migrate/target"
+	"migrate/transport"
+)
+
+// authFlags are the flags that choose how the two ends authenticate.
+type authFlags struct {
+	secretFile, cert, key, ca string
+	insecure                  bool
+}
+
+func (a *authFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&a.secretFile, "secret-file", "", "authenticate with the shared secret in `FILE` (both ends; mode 0600)")
+	fs.StringVar(&a.cert, "tls-cert", "", "mutual TLS: this end's certificate `FILE` (PEM)")
+	fs.StringVar(&a.key, "tls-key", "", "mutual TLS: this end's key `FILE` (PEM)")
+	fs.StringVar(&a.ca, "tls-ca", "", "mutual TLS: the CA `FILE` (PEM) the peer's certificate must chain to")
+	boolFlag(fs, &a.insecure, "insecure", "", "no authentication at all (both ends must say so; prints a warning)")
+}
+
+func (a *authFlags) config() (transport.Config, error) {
+	var c transport.Config
+	switch {
+	case a.secretFile != "":
+		s, err := transport.LoadSecret(a.secretFile)
+		if err != nil {
+			return c, err
+		}
+		c.Secret = s
+	case a.cert != "" || a.key != "" || a.ca != "":
+	case a.insecure:
+	default:
+		return c, usagef("say how to authenticate: --secret-file FILE, --tls-cert/--tls-key/--tls-ca, or --insecure")
+	}
+	c.CertFile, c.KeyFile, c.CAFile, c.Insecure = a.cert, a.key, a.ca, a.insecure
+	return c, nil
+}
+
+var serveCmd = &command{
+	name:    "serve",
+	usage:   "--listen ADDR [FLAGS]",
+	summary: "accept live migrations (the target's service)",
+	desc: `
+Run the target service: accept migrations from 'migrate --to', build each
+incoming process while its source copies memory, restore the rest when the
+source freezes it, and let it run on commit. A process whose PID is taken
+here is refused before its source freezes anything. Ctrl-C or SIGTERM aborts
+the sessions that have not committed (their sources resume their originals)
+and exits.
+
+Run it as PID 1 of a PID namespace of its own to receive processes whose
+PIDs are taken on this host: restored processes become its children, and it
+reaps them when they exit.`,
+	examples: `  migrate serve --listen :7070 --secret-file /etc/migrate/secret
+  unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s`,
+	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var listen string
+		var auth authFlags
+		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
+		auth.add(fs)
+		return func(ctx context.Context, e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected arguments %q", args)
+			}
+			if listen == "" {
+				return usagef("--listen is required")
+			}
+			cfg, err := auth.config()
+			if err != nil {
+				return err
+			}
+			cfg.Logger = e.logger
+			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger,
+				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
+		}
+	},
+}
+
+// toCmd is `migrate --to HOST:PORT PID`, also `migrate to HOST:PORT PID`.
+var toCmd = &command{
+	name:    "to",
+	usage:   "HOST:PORT [FLAGS] PID   (or: migrate --to HOST:PORT [FLAGS] PID)",
+	summary: "move a running process to a 'migrate serve' target (live migration)",
+	desc: `
+Move process PID to the target at HOST:PORT while it runs: pre-copy rounds
+copy its memory, then it is frozen for a final round with its state, the
+target restores it with the same PID, and once the target says it runs, the
+original is killed. Any failure before the commit leaves the original
+running as it was.`,
+	examples: `  migrate --to 10.0.0.2:7070 --secret-file /etc/migrate/secret 1234
+  migrate --to 10.0.0.2:7070 --insecure --json 1234`,
+	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var (
+			to       string
+			auth     authFlags
+			tracker  string
+			codec    string
+			rounds   int
+			downtime time.Duration
+			asJSON   bool
+		)
+		fs.StringVar(&to, "to", "", "the target's `HOST:PORT`")
+		auth.add(fs)
+		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker: auto, uffd-wp, soft-dirty or hash")
+		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none")
+		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
+		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
+		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
+		return func(ctx context.Context, e *env, args []string) error {
+			if to == "" && len(args) == 2 {
+				to, args = args[0], args[1:]
+			}
+			if to == "" {
+				return usagef("the target's HOST:PORT is required")
+			}
+			pid, err := pidArg(args)
+			if err != nil {
+				return err
+			}
+			cfg, err := auth.config()
+			if err != nil {
+				return err
+			}
+			cfg.Logger = e.logger
+			pol := source.DefaultPolicy
+			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			if err := pol.Validate(); err != nil {
+				return usagef("%v", err)
+			}
+			var progress func(source.RoundReport)
+			if !asJSON {
+				progress = func(r source.RoundReport) { printRoundLine(e.stderr, r) }
+			}
+			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: to, Transport: cfg, Codec: codec,
+				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress})
+			if rep != nil {
+				if asJSON {
+					writeJSON(e.stdout, rep)
+				} else {
+					fmt.Fprintln(e.stdout, migrateSummary(rep))
+				}
+			}
+			return err
+		}
+	},
+}
+
+func printRoundLine(w io.Writer, r source.RoundReport) {
+	what := "pre-copy"
+	if r.Frozen {
+		what = "final, frozen"
+	}
+	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire, %.1f ms\n",
+		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), r.MS)
+}
+
+func migrateSummary(r *source.MigrateReport) string {
+	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s, total %s (session %s)",
+		r.PID, r.Comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
+		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS),
+		formatMS(r.TotalMS), r.Session)
+}
+
+// isTo says whether the arguments ask for a live migration: --to among
+// the flags before the first plain argument.
+func isTo(args []string) bool {
+	for _, a := range args {
+		if a == "--to" || strings.HasPrefix(a, "--to=") {
+			return true
+		}
+		if !strings.HasPrefix(a, "-") {
+			return false
+		}
+	}
+	return false
+}

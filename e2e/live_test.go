@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/e2e/fixture"
+	"migrate/source"
+	"migrate/transport"
+)
+
+var (
+	migrateOnce sync.Once
+	migrateBin  string
+	migrateErr  error
+)
+
+// buildMigrate builds bin/migrate once per test binary.
+func buildMigrate(t testing.TB) string {
+	t.Helper()
+	migrateOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "migrate-bin-")
+		if err != nil {
+			migrateErr = err
+			return
+		}
+		migrateBin = filepath.Join(dir, "migrate")
+		out, err := exec.Command("go", "build", "-o", migrateBin, "migrate/cmd/migrate").CombinedOutput()
+		if err != nil {
+			migrateErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if migrateErr != nil {
+		t.Fatal(migrateErr)
+	}
+	return migrateBin
+}
+
+// startServe runs `migrate serve` as PID 1 of a new PID namespace (with its
+// own /proc), on a free loopback port: there the PIDs of the test's
+// processes are free, as on another host. Killing it ends the namespace
+// and every process in it.
+func startServe(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		fixture.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "--insecure", "-v")
+	log, err := os.Create(filepath.Join(t.TempDir(), "serve.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = log
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// unshare's child, the service, is PID 1 of the namespace: when it
+		// dies, so does every process in there. It becomes ours to reap.
+		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		cmd.Process.Kill()
+		cmd.Wait()
+		for _, f := range strings.Fields(string(kids)) {
+			var pid int
+			if _, err := fmt.Sscan(f, &pid); err == nil {
+				fixture.ReapOrphan(t, pid)
+			}
+		}
+		log.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("serve log:\n%s", b)
+		}
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "listening on ") {
+		t.Fatalf("serve said %q, %v", line, err)
+	}
+	return addr
+}
+
+// TestLiveMigration moves a running counter with a large heap into another
+// PID namespace over the network: it goes on counting there with the same
+// PID (as that namespace sees it), its heap intact, and the original is
+// gone.
+func TestLiveMigration(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "64", "-b", "8")
+	ready, _ := p.WaitLine(t, long, 0, "ready")
+	sum0 := field(t, ready, "sum")
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" || len(rep.Rounds) < 2 || rep.Session == "" {
+		t.Fatalf("report: %+v", rep)
+	}
+	t.Logf("migrated %d: %d rounds, %d pages, downtime %.1f ms, total %.1f ms", rep.PID, len(rep.Rounds), rep.Pages, rep.DowntimeMS, rep.TotalMS)
+	// The original is dead: its parent (the test) reaps it.
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the original ended with %v, want killed", ws)
+	}
+	// The migrated one counts on in the same log, and its heap is intact
+	// (SIGUSR1 would need its PID in the other namespace: the ticks and
+	// the memory it keeps using show it runs; the checksum is asked for
+	// through the namespace's PID below).
+	lastTick := func() int {
+		ticks := fixture.Ticks(fixture.LogLines(t, p.Log))
+		if len(ticks) == 0 {
+			return 0
+		}
+		return ticks[len(ticks)-1]
+	}
+	last := lastTick()
+	fixture.WaitFor(t, short, "the migrated process to tick on", func() bool { return lastTick() >= last+5 })
+	inner := findInNamespace(t, p.PID)
+	if err := unix.Kill(inner, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	n := len(fixture.LogLines(t, p.Log))
+	fixture.WaitFor(t, long, "the heap checksum", func() bool {
+		for _, l := range fixture.LogLines(t, p.Log)[n:] {
+			if strings.HasPrefix(l, "sum ") {
+				if got := strings.TrimPrefix(l, "sum "); got != sum0 {
+					t.Fatalf("heap checksum after migration %s, before %s", got, sum0)
+				}
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// findInNamespace returns the PID, as this namespace sees it, of the
+// process that is pid in a child PID namespace.
+func findInNamespace(t *testing.T, pid int) int {
+	t.Helper()
+	var found int
+	fixture.WaitFor(t, short, fmt.Sprintf("a process that is %d in a child namespace", pid), func() bool {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			var outer int
+			if _, err := fmt.Sscan(e.Name(), &outer); err != nil || outer == pid {
+				continue
+			}
+			b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if f, ok := strings.CutPrefix(l, "NSpid:"); ok {
+					ids := strings.Fields(f)
+					if len(ids) == 2 && ids[1] == fmt.Sprint(pid) {
+						found = outer
+						return true
+					}
+				}
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// TestLiveMigrationRollback: failures before the commit leave the original
+// running as it was: no target listening, and a process the target cannot
+// take (an fd kind migrate refuses, found only at the freeze).
+func TestLiveMigrationRollback(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-s", "netlink")
+	p.WaitLine(t, long, 0, "ready")
+	before := fixture.Take(t, p.PID)
+
+	// Nobody listens.
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: dead, Transport: transport.Config{Insecure: true}}); err == nil {
+		t.Fatal("migration to a closed port succeeded")
+	}
+	fixture.RequireRunning(t, p.PID)
+
+	// The target is there, but the fd is refused at the freeze.
+	addr := startServe(t)
+	_, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
+	var he *source.HandoffError
+	if !errors.As(err, &he) {
+		t.Fatalf("migration of a process with a netlink socket: %v (%T), want a *source.HandoffError", err, err)
+	}
+	if he.Rollback != nil {
+		t.Fatalf("rollback failed: %v", he.Rollback)
+	}
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) {
+		t.Errorf("error %v does not name the refused fd", err)
+	}
+	fixture.RequireRunning(t, p.PID)
+	if diff := before.Diff(fixture.Take(t, p.PID), 1, 2); diff != "" {
+		t.Errorf("the process changed across the failed migration:\n%s", diff)
+	}
+	last := p.LastTick(t)
+	p.WaitTick(t, short, last+3)
+}

@@ -1,0 +1,341 @@
+package source
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"migrate/core"
+	"migrate/core/ptrace"
+	"migrate/pagestream"
+	"migrate/transport"
+)
+
+// MigrateOptions configure a live migration to a target service.
+type MigrateOptions struct {
+	PID       int
+	To        string           // HOST:PORT of `migrate serve`
+	Transport transport.Config // authentication, timeouts
+	Codec     string
+	Tracker   string
+	Policy    Policy
+	Logger    *slog.Logger
+	// Progress, if set, sees each round as it ends.
+	Progress func(RoundReport)
+}
+
+// MigrateReport says what a live migration did.
+type MigrateReport struct {
+	PID        int           `json:"pid"`
+	Comm       string        `json:"comm"`
+	Target     string        `json:"target"`
+	Session    string        `json:"session"`
+	Outcome    string        `json:"outcome"`
+	Tracker    string        `json:"tracker"`
+	Codec      string        `json:"codec"`
+	Rounds     []RoundReport `json:"rounds"`
+	Pages      uint64        `json:"pages"`
+	BytesRaw   uint64        `json:"bytes_raw"`
+	BytesWire  uint64        `json:"bytes_wire"`
+	RSSBytes   uint64        `json:"rss_bytes"`
+	Total      time.Duration `json:"-"`
+	Downtime   time.Duration `json:"-"`
+	TotalMS    float64       `json:"total_ms"`
+	DowntimeMS float64       `json:"downtime_ms"` // freeze to resumed, as the source saw it
+}
+
+// LiveLayout is the body of a round's Layout message: the process as far
+// as it is known before the freeze (identity, executable, directories) and
+// the round's memory layout.
+type LiveLayout struct {
+	Process core.Process `json:"process"`
+}
+
+// LiveState is the body of the State message: the final image and the
+// contents of its blobs (files/...).
+type LiveState struct {
+	Image core.Image        `json:"image"`
+	Blobs map[string][]byte `json:"blobs,omitempty"`
+}
+
+// maxLiveBlobs caps the blobs carried in the State message.
+const maxLiveBlobs = 12 << 20
+
+// Migrate moves process opts.PID to the target: pre-copy rounds while it
+// runs, then the freeze, the final round and its state, and the handoff
+// (DESIGN.md: never two copies, never none).
+func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
+	start := time.Now()
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	codec, err := pagestream.ParseCodec(opts.Codec)
+	if err != nil {
+		return nil, err
+	}
+	stat, status, err := checkTarget(opts.PID)
+	if err != nil {
+		return nil, err
+	}
+	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
+		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
+	}
+	tmp, err := os.MkdirTemp("", "migrate-send-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Mkdir(filepath.Join(tmp, core.FilesDir), 0o700); err != nil {
+		return nil, err
+	}
+
+	sess, err := transport.Dial(ctx, opts.To, opts.Transport)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	ctrl, err := sess.OpenStream(transport.KindControl)
+	if err != nil {
+		return nil, err
+	}
+	pages, err := sess.OpenStream(transport.KindPages)
+	if err != nil {
+		return nil, err
+	}
+	defer pages.Close()
+
+	dopts := DumpOptions{PID: opts.PID, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
+	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}}
+	ss.tr = ptrace.NewTracer()
+	defer ss.tr.Close()
+	img := &core.Image{
+		Kind: core.ImageKind, Version: core.ImageVersion, Created: time.Now().UTC(), Arch: runtime.GOARCH,
+		Pages: core.PagesInfo{File: core.PagesFile, Codec: codec.String()},
+	}
+	img.Host, _ = os.Hostname()
+	img.Kernel = kernelRelease()
+	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
+	a := &liveSource{d: d, img: img, pagesConn: pages, progress: opts.Progress}
+	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
+	cfg := HandoffConfig{
+		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
+		Redial: func(ctx context.Context) (ControlConn, error) {
+			c := opts.Transport
+			c.SessionID = ""
+			s2, err := transport.Dial(ctx, opts.To, c)
+			if err != nil {
+				return nil, err
+			}
+			st, err := s2.OpenStream(transport.KindControl)
+			if err != nil {
+				s2.Close()
+				return nil, err
+			}
+			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
+		},
+	}
+	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
+	rep.Outcome = outcome.String()
+	rep.Rounds = d.rounds
+	if d.tracker != nil {
+		rep.Tracker = d.tracker.Name()
+	}
+	for _, r := range d.rounds {
+		rep.Pages += r.PagesSent
+		rep.BytesRaw += r.BytesRaw
+		rep.BytesWire += r.BytesWire
+	}
+	rep.Total = time.Since(start)
+	if !a.frozen.IsZero() {
+		rep.Downtime = a.resumed.Sub(a.frozen)
+		if a.resumed.IsZero() {
+			rep.Downtime = time.Since(a.frozen)
+		}
+	}
+	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
+	return rep, err
+}
+
+// sessionControl is a control channel that owns its session.
+type sessionControl struct {
+	*transport.Control
+	s *transport.Session
+}
+
+func (c *sessionControl) Close() error {
+	err := c.Control.Close()
+	c.s.Close()
+	return err
+}
+
+// liveSource does the process work of a live migration for the handoff.
+type liveSource struct {
+	d         *dumper
+	img       *core.Image
+	pagesConn interface{ Write([]byte) (int, error) }
+	sink      *pageSink
+	pending   []PageRange
+	progress  func(RoundReport)
+	frozen    time.Time
+	resumed   time.Time
+}
+
+// announce ties the dumper's rounds to the handoff's.
+func (a *liveSource) announce(r *Rounds) {
+	a.d.onRoundStart = func(vmas []core.VMA) error {
+		p := *a.d.proc
+		p.VMAs = vmas
+		body, err := json.Marshal(LiveLayout{Process: p})
+		if err != nil {
+			return err
+		}
+		return r.Layout(body)
+	}
+	a.d.onRoundEnd = func(rep RoundReport) error {
+		if a.progress != nil {
+			a.progress(rep)
+		}
+		return r.Done(nil)
+	}
+}
+
+// PreCopy sends pages in rounds while the process runs.
+func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
+	d := a.d
+	// What the target needs to create the process before the freeze.
+	p := d.proc
+	p.PID, p.PPID, p.PGID, p.SID, p.Comm = d.pid, d.stat.PPID, d.stat.PGRP, d.stat.Session, d.stat.Comm
+	exe, err := fileRef(fmt.Sprintf("/proc/%d/exe", d.pid))
+	if err != nil {
+		return err
+	}
+	p.Exe = *exe
+	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
+		return err
+	}
+	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
+		return err
+	}
+	p.Threads = []core.Thread{{TID: d.pid}}
+	a.announce(r)
+	if a.sink, err = d.newSink(d.codec, a.pagesConn, "the page stream to the target"); err != nil {
+		return err
+	}
+	a.pending, err = d.precopy(ctx, a.sink)
+	return err
+}
+
+// Freeze stops every thread.
+func (a *liveSource) Freeze(ctx context.Context) error {
+	p, err := a.d.tr.Seize(a.d.pid)
+	if err != nil {
+		return err
+	}
+	a.d.p = p
+	a.frozen = time.Now()
+	return nil
+}
+
+// FinalState collects the frozen process, sends the final round and
+// returns the image with its blobs.
+func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage, error) {
+	d := a.d
+	if err := d.p.FindGadget(); err != nil {
+		return nil, err
+	}
+	if err := d.collectTask(); err != nil {
+		return nil, err
+	}
+	if err := d.collectVMAs(); err != nil {
+		return nil, err
+	}
+	var err error
+	if d.fdset, err = d.collectFDs(ctx); err != nil {
+		return nil, err
+	}
+	defer d.fdset.close()
+	if err := d.resolvePipes(); err != nil {
+		return nil, err
+	}
+	if err := d.mapScratch(); err != nil {
+		return nil, err
+	}
+	ierr := d.collectInjected()
+	if err := d.unmapScratch(); err != nil {
+		return nil, errors.Join(ierr, err)
+	}
+	if ierr != nil {
+		return nil, ierr
+	}
+	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
+		return nil, err
+	}
+	if _, err := d.finishPages(a.sink, len(d.rounds)); err != nil {
+		return nil, err
+	}
+	if err := d.tracker.Close(); err != nil {
+		return nil, err
+	}
+	if err := d.fdset.writeBlobs(d); err != nil {
+		return nil, err
+	}
+	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
+	total := 0
+	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if total += len(b); total > maxLiveBlobs {
+			return fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
+		}
+		st.Blobs[core.FilesDir+"/"+e.Name()] = b
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(st)
+}
+
+// ResumeOriginal undoes everything: the original runs on.
+func (a *liveSource) ResumeOriginal() error {
+	var errs []error
+	if a.sink != nil && !a.sink.closed {
+		a.sink.abort()
+	}
+	if a.d.tracker != nil {
+		errs = append(errs, a.d.tracker.Close())
+	}
+	if a.d.p != nil {
+		errs = append(errs, a.d.p.Detach())
+	}
+	return errors.Join(errs...)
+}
+
+// KillOriginal kills the frozen original: the target runs the process.
+func (a *liveSource) KillOriginal() error {
+	a.resumed = time.Now()
+	return a.d.p.Kill(false)
+}
+
+// LeaveFrozen keeps the original stopped (SIGSTOP) after this process
+// lets go of it, for an operator to settle with `migrate recover`.
+func (a *liveSource) LeaveFrozen() error {
+	if a.d.p == nil {
+		return nil
+	}
+	a.d.p.StopOnDetach()
+	return a.d.p.Detach()
+}

@@ -1,0 +1,285 @@
+package target
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/pagestream"
+	"migrate/transport"
+)
+
+// LiveLayout and LiveState are the bodies of the Layout and State messages
+// of a live migration (the source's source.LiveLayout and
+// source.LiveState, decoded here without importing the source).
+type LiveLayout struct {
+	Process core.Process `json:"process"`
+}
+
+// LiveState is the final image and the contents of its blobs.
+type LiveState struct {
+	Image core.Image        `json:"image"`
+	Blobs map[string][]byte `json:"blobs,omitempty"`
+}
+
+// newLiveBuilder creates the process a live migration announces in its
+// first layout: what can be checked before the freeze is (executable,
+// mapped files, directories, vdso, PID free); blobs come with the state.
+func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Builder, error) {
+	img := &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: *p,
+		Pages: core.PagesInfo{File: core.PagesFile}}
+	if err := img.Validate(); err != nil {
+		return nil, fmt.Errorf("layout from the source: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "migrate-recv-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(filepath.Join(dir, core.FilesDir), 0o700); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	b.tmp = dir
+	return b, nil
+}
+
+// validateLive is validate without the files of an image directory.
+func validateLive(img *core.Image) error {
+	p := &img.Process
+	for _, d := range []string{p.Cwd, p.Root} {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return &core.ImageError{File: d, Reason: "directory of the process is missing here", Err: err}
+		}
+	}
+	if err := sameFile(&p.Exe, "executable"); err != nil {
+		return err
+	}
+	for _, v := range p.VMAs {
+		if v.File != nil && !v.File.Deleted {
+			if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := checkVDSO(p.VMAs); err != nil {
+		return err
+	}
+	return pidFree(p.PID)
+}
+
+// WriteFrame writes the pages of a live frame into process pid. An area
+// that was not writable (PROT_NONE, mapped so as not to charge a large
+// reservation) is made writable for it; protections are set at the end.
+func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
+	r := b.byPID[pid]
+	if r == nil || r.p == nil {
+		return fmt.Errorf("no process %d being built", pid)
+	}
+	end := fr.Addr + uint64(fr.Pages)*pageSize
+	i := sort.Search(len(r.mapped), func(i int) bool { return r.mapped[i].End > fr.Addr })
+	if i == len(r.mapped) || r.mapped[i].Start > fr.Addr || end > r.mapped[i].End || !holdsPages(r.mapped[i].Kind) {
+		return fmt.Errorf("pages at %#x-%#x of round %d lie outside the areas that hold pages", fr.Addr, end, fr.Round)
+	}
+	v := &r.mapped[i]
+	skip := r.skipZeros(fr, v, true)
+	err := writeFrame(r.pid, fr, skip)
+	if err != nil && errors.Is(err, unix.EFAULT) {
+		if _, perr := r.sys("mprotect", unix.SYS_MPROTECT, fr.Addr, end-fr.Addr, unix.PROT_READ|unix.PROT_WRITE); perr == nil {
+			err = writeFrame(r.pid, fr, skip)
+		}
+	}
+	return err
+}
+
+// liveTarget does the process work of one incoming live migration.
+type liveTarget struct {
+	sess *transport.Session
+	log  *slog.Logger
+	pid  int
+	b    *Builder
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	layout  int   // latest round whose layout is in place, -1 before any
+	barrier int   // latest round whose pages are all in, -1 before any
+	err     error // of the page stream
+	done    chan struct{}
+}
+
+func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
+	t := &liveTarget{sess: sess, log: log, layout: -1, barrier: -1, done: make(chan struct{})}
+	t.cond = sync.NewCond(&t.mu)
+	return t
+}
+
+func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
+	t.pid = h.PID
+	return pidFree(h.PID)
+}
+
+func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
+	var ll LiveLayout
+	if err := json.Unmarshal(l.Body, &ll); err != nil {
+		return fmt.Errorf("layout of round %d: %w", l.Round, err)
+	}
+	if ll.Process.PID != t.pid {
+		return fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, t.pid)
+	}
+	if t.b == nil {
+		b, err := newLiveBuilder(ctx, &ll.Process, t.log)
+		if err != nil {
+			return err
+		}
+		t.b = b
+		kind, pages, err := t.sess.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		if kind != transport.KindPages {
+			pages.Close()
+			return fmt.Errorf("expected the page stream, got a %v stream", kind)
+		}
+		go t.apply(pages)
+	} else if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.layout = int(l.Round)
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	return nil
+}
+
+// apply writes the page stream into the process, round by round: the pages
+// of a round wait for its layout.
+func (t *liveTarget) apply(r io.ReadCloser) {
+	defer close(t.done)
+	defer r.Close()
+	fail := func(err error) {
+		t.mu.Lock()
+		if t.err == nil {
+			t.err = err
+		}
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	}
+	rd, err := pagestream.NewReader(r, pagestream.ReaderOptions{})
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer rd.Close()
+	for {
+		fr, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			fail(io.EOF)
+			return
+		}
+		if err != nil {
+			fail(fmt.Errorf("page stream: %w", err))
+			return
+		}
+		t.mu.Lock()
+		for t.layout < int(fr.Round) && t.err == nil {
+			t.cond.Wait()
+		}
+		stop := t.err
+		t.mu.Unlock()
+		if stop != nil {
+			return
+		}
+		switch fr.Kind {
+		case pagestream.FramePages:
+			if err := t.b.WriteFrame(t.pid, fr); err != nil {
+				fail(err)
+				return
+			}
+		case pagestream.FrameBarrier:
+			t.mu.Lock()
+			t.barrier = int(fr.Round)
+			t.cond.Broadcast()
+			t.mu.Unlock()
+		}
+	}
+}
+
+func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) error {
+	stop := context.AfterFunc(ctx, func() {
+		t.mu.Lock()
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	})
+	defer stop()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for t.barrier < int(rd.Round) {
+		if t.err != nil && !errors.Is(t.err, io.EOF) {
+			return t.err
+		}
+		if t.err != nil || ctx.Err() != nil {
+			return fmt.Errorf("round %d: the page stream ended before its barrier (%v)", rd.Round, errors.Join(t.err, ctx.Err()))
+		}
+		t.cond.Wait()
+	}
+	return nil
+}
+
+func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
+	var ls LiveState
+	if err := json.Unmarshal(st.Body, &ls); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	if t.b == nil {
+		return errors.New("state before any layout")
+	}
+	img := &ls.Image
+	if err := img.Validate(); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	for name, data := range ls.Blobs {
+		if strings.Contains(name, "..") || !strings.HasPrefix(name, core.FilesDir+"/") || strings.Count(name, "/") != 1 {
+			return fmt.Errorf("state: bad blob name %q", name)
+		}
+		if err := os.WriteFile(filepath.Join(t.b.ss.dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return t.b.Finish(ctx, img)
+}
+
+func (t *liveTarget) Resume() error {
+	if t.b == nil {
+		return errors.New("nothing to resume")
+	}
+	_, err := t.b.Resume()
+	return err
+}
+
+func (t *liveTarget) Discard() error {
+	if t.b != nil {
+		t.b.Discard()
+	}
+	t.mu.Lock()
+	if t.err == nil {
+		t.err = errors.New("discarded")
+	}
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,127 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/transport"
+)
+
+// ServeOptions configure the target service.
+type ServeOptions struct {
+	Listen    string
+	Transport transport.Config
+	Logger    *slog.Logger
+	// Ready, if set, is called with the listening address once the service
+	// accepts sessions.
+	Ready func(addr net.Addr)
+}
+
+// Serve runs the target service until ctx ends: it accepts migrations,
+// builds each incoming process while the source's pre-copy runs, restores
+// the rest at the freeze and resumes it on commit. Sessions that have not
+// committed when ctx ends are aborted (their sources resume their
+// originals). When the service is PID 1 of its PID namespace, restored
+// processes become its children: it reaps them when they exit.
+func Serve(ctx context.Context, opts ServeOptions) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if opts.Ready != nil {
+		opts.Ready(ln.Addr())
+	}
+	log.Info("serving", "addr", ln.Addr().String())
+	if os.Getpid() == 1 {
+		go reapOrphans(ctx)
+	}
+	outcomes := NewOutcomes(0, nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		sess, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			log.Warn("refused a connection", "err", err)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer sess.Close()
+			serveSession(ctx, sess, outcomes, log.With("session", sess.ID(), "peer", sess.Peer().String()))
+		}()
+	}
+}
+
+// serveSession handles one connection: a migration, or a question about
+// the outcome of an earlier one.
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, log *slog.Logger) {
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	kind, ctrl, err := sess.AcceptStream(actx)
+	cancel()
+	if err != nil {
+		log.Warn("no control stream", "err", err)
+		return
+	}
+	if kind != transport.KindControl {
+		ctrl.Close()
+		log.Warn("first stream is not the control stream", "kind", kind)
+		return
+	}
+	t := newLiveTarget(sess, log)
+	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	switch {
+	case res.Query:
+		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
+	case err != nil:
+		log.Warn("migration failed", "pid", t.pid, "outcome", res.Outcome, "err", err)
+	default:
+		log.Info("migration done", "pid", t.pid, "outcome", res.Outcome)
+	}
+}
+
+// reapOrphans collects the processes that end up children of this PID 1
+// (restored processes, once they exit) without taking the exit status of
+// a child some other code waits for: it only looks (WNOWAIT), and reaps
+// processes it did not start... which, for this service, are all but the
+// husks, whose waits tolerate a child already gone.
+func reapOrphans(ctx context.Context) {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for {
+			var info unix.Siginfo
+			if err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
+				break
+			}
+			pid := int(siginfoPID(&info))
+			if pid == 0 {
+				break
+			}
+			var ws unix.WaitStatus
+			if _, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err != nil {
+				break
+			}
+		}
+	}
+}
