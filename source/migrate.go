@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"migrate/core"
 	"migrate/core/ptrace"
 	"migrate/pagestream"
@@ -186,6 +188,67 @@ type liveSource struct {
 	progress  func(RoundReport)
 	frozen    time.Time
 	resumed   time.Time
+	// released are the listening sockets let go at the freeze (to be
+	// listened on again on a rollback).
+	released []releasedListener
+}
+
+// releasedListener is a TCP listener of the original stopped at the
+// freeze, so that the target can listen on its address (on the same host,
+// or once the address moves). Its fd stays open and bound.
+type releasedListener struct {
+	fd      int // the agent's duplicate
+	backlog int
+	reuse   int // SO_REUSEADDR as it was
+}
+
+// releaseListeners stops the original's TCP listeners from listening,
+// with SO_REUSEADDR on so that another socket may bind their address.
+// Connections waiting in their accept queues were refused by the dump.
+//
+// Preconditions: the process is frozen and its fds collected.
+func (a *liveSource) releaseListeners() error {
+	for _, fd := range a.d.proc.FDs {
+		s := fd.Socket
+		if fd.Kind != core.FDSocket || s == nil || s.State != core.SockListen || (s.Family != unix.AF_INET && s.Family != unix.AF_INET6) {
+			continue
+		}
+		dup := a.d.fdset.dups[fd.FD]
+		if dup == nil {
+			continue
+		}
+		n := int(dup.Fd())
+		reuse, err := unix.GetsockoptInt(n, unix.SOL_SOCKET, unix.SO_REUSEADDR)
+		if err != nil {
+			return fmt.Errorf("fd %d: %w", fd.FD, err)
+		}
+		// A duplicate of our own, kept open to listen again on a rollback.
+		own, err := unix.FcntlInt(dup.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		unix.SetsockoptInt(own, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.Shutdown(own, unix.SHUT_RD); err != nil {
+			unix.Close(own)
+			return fmt.Errorf("fd %d: stop listening: %w", fd.FD, err)
+		}
+		a.released = append(a.released, releasedListener{fd: own, backlog: max(s.Backlog, 1), reuse: reuse})
+	}
+	return nil
+}
+
+// relisten makes the released listeners listen again (a rollback).
+func (a *liveSource) relisten() error {
+	var errs []error
+	for _, l := range a.released {
+		if err := unix.Listen(l.fd, l.backlog); err != nil {
+			errs = append(errs, fmt.Errorf("listen again: %w", err))
+		}
+		unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, l.reuse)
+		unix.Close(l.fd)
+	}
+	a.released = nil
+	return errors.Join(errs...)
 }
 
 // announce ties the dumper's rounds to the handoff's.
@@ -265,6 +328,9 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if err := d.resolvePipes(); err != nil {
 		return nil, err
 	}
+	if err := a.releaseListeners(); err != nil {
+		return nil, err
+	}
 	if err := d.mapScratch(); err != nil {
 		return nil, err
 	}
@@ -318,6 +384,7 @@ func (a *liveSource) ResumeOriginal() error {
 	if a.d.tracker != nil {
 		errs = append(errs, a.d.tracker.Close())
 	}
+	errs = append(errs, a.relisten())
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
@@ -327,6 +394,10 @@ func (a *liveSource) ResumeOriginal() error {
 // KillOriginal kills the frozen original: the target runs the process.
 func (a *liveSource) KillOriginal() error {
 	a.resumed = time.Now()
+	for _, l := range a.released {
+		unix.Close(l.fd)
+	}
+	a.released = nil
 	return a.d.p.Kill(false)
 }
 
