@@ -407,6 +407,50 @@ func (a *liveSource) LeaveFrozen() error {
 	if a.d.p == nil {
 		return nil
 	}
+	// Its listeners listen again (it stays stopped): if the operator
+	// finds the migration aborted, the original resumes whole.
+	err := a.relisten()
 	a.d.p.StopOnDetach()
-	return a.d.p.Detach()
+	return errors.Join(err, a.d.p.Detach())
+}
+
+// Recover settles a migration whose outcome the source could not learn
+// (it left the original stopped): it asks the target, then kills the
+// original if the target runs the process, or lets it run on (SIGCONT) if
+// the migration was aborted. Anything else leaves it stopped and says so.
+func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
+	redial := func(ctx context.Context) (ControlConn, error) {
+		c := cfg
+		s, err := transport.Dial(ctx, to, c)
+		if err != nil {
+			return nil, err
+		}
+		st, err := s.OpenStream(transport.KindControl)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+	}
+	out, err := QueryOutcome(ctx, HandoffConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
+	if err != nil {
+		return out.String(), err
+	}
+	switch out {
+	case transport.OutcomeResumed:
+		if pid > 0 {
+			if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
+			}
+		}
+	case transport.OutcomeAborted:
+		if pid > 0 {
+			if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
+			}
+		}
+	default:
+		return out.String(), fmt.Errorf("the target says %v: the original %d is left stopped", out, pid)
+	}
+	return out.String(), nil
 }

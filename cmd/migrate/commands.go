@@ -25,7 +25,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{toCmd, serveCmd, dumpCmd, restoreCmd, showCmd, checkCmd, versionCmd, helpCmd}
+	commands = []*command{toCmd, serveCmd, recoverCmd, dumpCmd, restoreCmd, showCmd, checkCmd, versionCmd, helpCmd}
 }
 
 func lookup(name string) *command {

@@ -185,3 +185,41 @@ func isTo(args []string) bool {
 	}
 	return false
 }
+
+var recoverCmd = &command{
+	name:    "recover",
+	usage:   "--to HOST:PORT --session ID [FLAGS] PID",
+	summary: "settle a migration whose outcome the source could not learn",
+	desc: `
+When the link to the target fails after the commit and the source cannot
+learn what became of the migration, 'migrate --to' leaves the original
+process stopped and prints its session ID. 'migrate recover' asks the target
+about that session: if the target runs the process, the original is killed;
+if the migration was aborted, the original runs on (SIGCONT). If the target
+cannot tell, the original stays stopped and the command says so (exit 1).`,
+	examples: `  migrate recover --to 10.0.0.2:7070 --secret-file /etc/migrate/secret --session 3f9c... 1234`,
+	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var to, session string
+		var auth authFlags
+		fs.StringVar(&to, "to", "", "the target's `HOST:PORT` (required)")
+		fs.StringVar(&session, "session", "", "the migration's session `ID` (required)")
+		auth.add(fs)
+		return func(ctx context.Context, e *env, args []string) error {
+			pid, err := pidArg(args)
+			if err != nil {
+				return err
+			}
+			if to == "" || session == "" {
+				return usagef("--to and --session are required")
+			}
+			cfg, err := auth.config()
+			if err != nil {
+				return err
+			}
+			cfg.Logger = e.logger
+			out, err := source.Recover(ctx, to, session, pid, cfg, e.logger)
+			fmt.Fprintf(e.stdout, "session %s: %s\n", session, out)
+			return err
+		}
+	},
+}
