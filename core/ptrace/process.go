@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -433,7 +434,34 @@ func (p *Proc) Rseq(th *Thread) (addr uint64, length, sig uint32, err error) {
 // in Thread.Regs, and gives back stolen signals. A process that was stopped
 // by job control is stopped again.
 func (p *Proc) Detach() error {
-	return p.t.Do(func() error { return p.detachAll(0) })
+	stopped := p.Stopped()
+	if err := p.t.Do(func() error { return p.detachAll(0) }); err != nil {
+		return err
+	}
+	if stopped {
+		// The stop takes effect as the thread leaves the kernel: wait for
+		// it, so that the caller sees the process stopped as before.
+		for i := 0; i < 200; i++ {
+			if st := stateOf(p.PID); st == 'T' || st == 0 || st == 'Z' {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// stateOf returns the state letter of /proc/PID/stat, 0 if it is gone.
+func stateOf(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
 }
 
 // detachAll detaches every thread. Preconditions: on the tracer thread.
