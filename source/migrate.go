@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -31,6 +32,8 @@ type MigrateOptions struct {
 	Logger    *slog.Logger
 	// Progress, if set, sees each round as it ends.
 	Progress func(RoundReport)
+	// Bandwidth caps the page stream in bytes a second (0: no cap).
+	Bandwidth int64
 }
 
 // MigrateReport says what a live migration did.
@@ -125,7 +128,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{d: d, img: img, pagesConn: pages, progress: opts.Progress}
+	var pagesOut io.Writer = pages
+	if opts.Bandwidth > 0 {
+		pagesOut = &limitedWriter{w: pages, rate: float64(opts.Bandwidth), start: time.Now()}
+	}
+	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
 	cfg := HandoffConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
@@ -166,6 +173,23 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	return rep, err
 }
 
+// limitedWriter writes at most rate bytes a second on average: a write
+// that runs ahead of the budget sleeps until it is due.
+type limitedWriter struct {
+	w     io.Writer
+	rate  float64
+	start time.Time
+	sent  float64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	l.sent += float64(len(p))
+	if due := l.start.Add(time.Duration(l.sent / l.rate * float64(time.Second))); time.Until(due) > 0 {
+		time.Sleep(time.Until(due))
+	}
+	return l.w.Write(p)
+}
+
 // sessionControl is a control channel that owns its session.
 type sessionControl struct {
 	*transport.Control
@@ -182,7 +206,7 @@ func (c *sessionControl) Close() error {
 type liveSource struct {
 	d         *dumper
 	img       *core.Image
-	pagesConn interface{ Write([]byte) (int, error) }
+	pagesConn io.Writer
 	sink      *pageSink
 	pending   []PageRange
 	progress  func(RoundReport)

@@ -109,6 +109,7 @@ running as it was.`,
 			rounds   int
 			downtime time.Duration
 			asJSON   bool
+			bwlimit  float64
 		)
 		fs.StringVar(&to, "to", "", "the target's `HOST:PORT`")
 		auth.add(fs)
@@ -117,7 +118,11 @@ running as it was.`,
 		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
 		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
+		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		return func(ctx context.Context, e *env, args []string) error {
+			if bwlimit < 0 {
+				return usagef("bad --bandwidth %v", bwlimit)
+			}
 			if to == "" && len(args) == 2 {
 				to, args = args[0], args[1:]
 			}
@@ -143,7 +148,7 @@ running as it was.`,
 				progress = func(r source.RoundReport) { printRoundLine(e.stderr, r) }
 			}
 			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: to, Transport: cfg, Codec: codec,
-				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress})
+				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress, Bandwidth: int64(bwlimit * 1e6)})
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
@@ -161,8 +166,15 @@ func printRoundLine(w io.Writer, r source.RoundReport) {
 	if r.Frozen {
 		what = "final, frozen"
 	}
-	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire, %.1f ms\n",
-		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), r.MS)
+	rate, ratio := 0.0, 0.0
+	if r.MS > 0 {
+		rate = float64(r.BytesWire) / (r.MS / 1000) / 1e6
+	}
+	if r.BytesRaw > 0 {
+		ratio = float64(r.BytesWire) / float64(r.BytesRaw)
+	}
+	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire (ratio %.2f), %.1f ms, %.0f MB/s, process held %.1f ms\n",
+		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS)
 }
 
 func migrateSummary(r *source.MigrateReport) string {

@@ -63,17 +63,27 @@ func usagef(format string, args ...any) error {
 
 // commonFlags are accepted before the command and after it.
 type commonFlags struct {
-	verbose  int
-	logLevel string
+	verbose   int
+	logLevel  string
+	logFormat string
 }
 
 func (c *commonFlags) add(fs *pflag.FlagSet) {
 	countFlag(fs, &c.verbose, "verbose", "v", "log progress to stderr (-v info, -vv debug); same as --log-level")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log messages of `LEVEL` and above to stderr: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log as `FORMAT`: text or json")
 }
 
-// apply sets the log level: --log-level if given, else -v, else warn.
+// apply sets the log format, and the log level: --log-level if given,
+// else -v, else warn.
 func (c *commonFlags) apply(fs *pflag.FlagSet, e *env) error {
+	switch c.logFormat {
+	case "text":
+	case "json":
+		e.logger = slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: e.level}))
+	default:
+		return usagef("bad --log-format %q: want text or json", c.logFormat)
+	}
 	if fs.Changed("log-level") {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
