@@ -75,7 +75,7 @@ fmt-check:
 
 # Benchmarks only (-run '^$$' skips the tests).
 bench: deps
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count=1 $(PKGS)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count=1 -timeout 60m $(PKGS)
 
 # Dump a running C program to a directory and restore it.
 demo: deps build

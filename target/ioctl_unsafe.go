@@ -16,9 +16,10 @@ func ioctlPtr(fd int, req uint, arg unsafe.Pointer) error {
 	return nil
 }
 
-// siginfoPID returns si_pid of a siginfo_t: after si_signo, si_errno and
-// si_code, three int32s.
+// siginfoPID returns si_pid of a siginfo_t: on 64-bit Linux the union that
+// holds it starts at offset 16, after si_signo, si_errno, si_code and
+// padding.
 func siginfoPID(info *unix.Siginfo) int32 {
 	b := (*[128]byte)(unsafe.Pointer(info))
-	return int32(uint32(b[12]) | uint32(b[13])<<8 | uint32(b[14])<<16 | uint32(b[15])<<24)
+	return int32(uint32(b[16]) | uint32(b[17])<<8 | uint32(b[18])<<16 | uint32(b[19])<<24)
 }
