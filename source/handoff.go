@@ -594,8 +594,12 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 		case err != nil:
 			why = err
 		default:
-			if _, ok := m.(*transport.Resumed); ok {
+			if r, ok := m.(*transport.Resumed); ok {
 				s.stopReader()
+				// Actions that want what the target measured get it.
+				if rb, ok := s.act.(interface{ Resumed(json.RawMessage) }); ok && len(r.Body) > 0 {
+					rb.Resumed(r.Body)
+				}
 				return s.killOriginal()
 			}
 			why = unexpected(m, "resumed")

@@ -54,6 +54,9 @@ type MigrateReport struct {
 	Downtime   time.Duration `json:"-"`
 	TotalMS    float64       `json:"total_ms"`
 	DowntimeMS float64       `json:"downtime_ms"` // freeze to resumed, as the source saw it
+	// TargetDowntimeMS is the target's own measure: from the state's
+	// arrival to the process running.
+	TargetDowntimeMS float64 `json:"target_downtime_ms"`
 }
 
 // LiveLayout is the body of a round's Layout message: the process as far
@@ -170,6 +173,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		}
 	}
 	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
+	rep.TargetDowntimeMS = a.targetDowntime
 	return rep, err
 }
 
@@ -215,6 +219,18 @@ type liveSource struct {
 	// released are the listening sockets let go at the freeze (to be
 	// listened on again on a rollback).
 	released []releasedListener
+	// targetDowntime is what the target measured (its Resumed message).
+	targetDowntime float64
+}
+
+// Resumed takes what the target measured.
+func (a *liveSource) Resumed(body json.RawMessage) {
+	var m struct {
+		DowntimeMS float64 `json:"target_downtime_ms"`
+	}
+	if json.Unmarshal(body, &m) == nil {
+		a.targetDowntime = m.DowntimeMS
+	}
 }
 
 // releasedListener is a TCP listener of the original stopped at the

@@ -29,6 +29,7 @@ package target
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -365,7 +366,11 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 	}
 	t.out.settle(t.cfg.SessionID, transport.OutcomeResumed)
 	t.log.Info("handoff: resumed")
-	if err := t.send(&transport.Resumed{}); err != nil {
+	resumed := &transport.Resumed{}
+	if rb, ok := t.act.(interface{ ResumedBody() json.RawMessage }); ok {
+		resumed.Body = rb.ResumedBody()
+	}
+	if err := t.send(resumed); err != nil {
 		t.log.Warn("handoff: could not say resumed; the source will ask", "err", err)
 		return transport.OutcomeResumed, nil
 	}

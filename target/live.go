@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -120,6 +121,17 @@ type liveTarget struct {
 	barrier int   // latest round whose pages are all in, -1 before any
 	err     error // of the page stream
 	done    chan struct{}
+
+	stateAt   time.Time // when the state arrived (the source froze just before)
+	resumedAt time.Time
+}
+
+// ResumedBody is what the target measured, sent with Resumed.
+func (t *liveTarget) ResumedBody() json.RawMessage {
+	b, _ := json.Marshal(struct {
+		DowntimeMS float64 `json:"target_downtime_ms"` // state received to resumed
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000})
+	return b
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
@@ -241,6 +253,7 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 }
 
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
+	t.stateAt = time.Now()
 	var ls LiveState
 	if err := json.Unmarshal(st.Body, &ls); err != nil {
 		return fmt.Errorf("state: %w", err)
@@ -268,6 +281,7 @@ func (t *liveTarget) Resume() error {
 		return errors.New("nothing to resume")
 	}
 	_, err := t.b.Resume()
+	t.resumedAt = time.Now()
 	return err
 }
 

@@ -178,9 +178,9 @@ func printRoundLine(w io.Writer, r source.RoundReport) {
 }
 
 func migrateSummary(r *source.MigrateReport) string {
-	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s, total %s (session %s)",
+	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s (target: %s), total %s (session %s)",
 		r.PID, r.Comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
-		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS),
+		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
 		formatMS(r.TotalMS), r.Session)
 }
 
