@@ -65,6 +65,8 @@ type dumper struct {
 	// layout) and end: a live migration announces rounds to the target.
 	onRoundStart func(vmas []core.VMA) error
 	onRoundEnd   func(rep RoundReport) error
+	// estimate is the policy's last estimate of the final round's time.
+	estimate time.Duration
 }
 
 func (d *dumper) roundStart(vmas []core.VMA) error {

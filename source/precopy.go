@@ -25,6 +25,9 @@ type RoundReport struct {
 	Frozen bool    `json:"frozen"`
 	// Stop is why pre-copy ended after this round, on the last pre-copy one.
 	Stop string `json:"stop,omitempty"`
+	// EstimateMS is the policy's estimate, when the round began, of how
+	// long a final round would take (the downtime if frozen then).
+	EstimateMS float64 `json:"estimate_ms,omitempty"`
 }
 
 // roundMeter measures one round through the sink's counters.
@@ -171,6 +174,7 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 			dirty += r.Pages()
 		}
 		v := pol.Next(hist, dirty)
+		d.estimate = v.Estimate
 		if v.Stop {
 			d.rounds[len(d.rounds)-1].Stop = v.Reason
 			d.log.Info("pre-copy done", "reason", v.Reason, "dirty", dirty, "estimate", v.Estimate)
@@ -190,6 +194,7 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 			return nil, err
 		}
 		rep.HeldMS = ms(d.tracker.Held())
+		rep.EstimateMS = ms(v.Estimate)
 		d.rounds = append(d.rounds, rep)
 		if err := d.roundEnd(rep); err != nil {
 			return nil, err
@@ -241,6 +246,7 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 	}
 	rep.Frozen = true
 	rep.HeldMS = ms(time.Since(frozen))
+	rep.EstimateMS = ms(d.estimate)
 	d.rounds = append(d.rounds, rep)
 	return d.roundEnd(rep)
 }

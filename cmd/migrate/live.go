@@ -173,8 +173,12 @@ func printRoundLine(w io.Writer, r source.RoundReport) {
 	if r.BytesRaw > 0 {
 		ratio = float64(r.BytesWire) / float64(r.BytesRaw)
 	}
-	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire (ratio %.2f), %.1f ms, %.0f MB/s, process held %.1f ms\n",
-		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS)
+	est := ""
+	if r.EstimateMS > 0 {
+		est = fmt.Sprintf(", estimated downtime %.1f ms", r.EstimateMS)
+	}
+	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire (ratio %.2f), %.1f ms, %.0f MB/s, process held %.1f ms%s\n",
+		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS, est)
 }
 
 func migrateSummary(r *source.MigrateReport) string {
