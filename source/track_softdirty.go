@@ -162,17 +162,25 @@ func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 // stop stops every thread of the process, unless the caller already holds
 // it stopped (borrowed), and returns how to let it run on.
 func (s *softDirtyTracker) stop() (resume func() error, borrowed bool, err error) {
-	if frozen, err := frozenByUs(s.pid); err != nil {
+	return pauseProcess(s.pid, &s.tracer, "soft-dirty tracker")
+}
+
+// pauseProcess stops every thread of pid with the tracer *tr (made on
+// first use), unless the caller already holds it stopped (borrowed), and
+// returns how to let it run on. A thread interrupted in a system call
+// resumes it as the kernel would (a sleep with the time it has left).
+func pauseProcess(pid int, tr **ptrace.Tracer, who string) (resume func() error, borrowed bool, err error) {
+	if frozen, err := frozenByUs(pid); err != nil {
 		return nil, false, err
 	} else if frozen {
 		return func() error { return nil }, true, nil
 	}
-	if s.tracer == nil {
-		s.tracer = ptrace.NewTracer()
+	if *tr == nil {
+		*tr = ptrace.NewTracer()
 	}
-	p, err := s.tracer.Seize(s.pid)
+	p, err := (*tr).Seize(pid)
 	if err != nil {
-		return nil, false, fmt.Errorf("soft-dirty tracker: stop process %d: %w", s.pid, err)
+		return nil, false, fmt.Errorf("%s: stop process %d: %w", who, pid, err)
 	}
 	// Seize prepares interrupted system calls to be run anew from the
 	// start (right for a restore, where the kernel's restart block is
@@ -184,9 +192,9 @@ func (s *softDirtyTracker) stop() (resume func() error, borrowed bool, err error
 			continue
 		}
 		var regs unix.PtraceRegs
-		if err := s.tracer.Do(func() error { return unix.PtraceGetRegs(th.TID, &regs) }); err != nil {
+		if err := (*tr).Do(func() error { return unix.PtraceGetRegs(th.TID, &regs) }); err != nil {
 			p.Detach()
-			return nil, false, fmt.Errorf("soft-dirty tracker: registers of thread %d: %w", th.TID, err)
+			return nil, false, fmt.Errorf("%s: registers of thread %d: %w", who, th.TID, err)
 		}
 		p.SetRegs(th, &regs)
 	}
