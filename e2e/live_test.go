@@ -54,17 +54,51 @@ func buildMigrate(t testing.TB) string {
 // and every process in it.
 func startServe(t *testing.T) string {
 	t.Helper()
+	return startServeWith(t, serveOptions{}).Addr
+}
+
+// serveOptions configure startServeWith.
+type serveOptions struct {
+	// Listen is the address to listen on; default: a free loopback port.
+	Listen string
+	// SecretFile authenticates with a shared secret instead of --insecure.
+	SecretFile string
+}
+
+// serveProc is a `migrate serve` started by startServeWith.
+type serveProc struct {
+	Addr string
+	// PID is the service's PID as the test sees it (it is PID 1 of its
+	// namespace).
+	PID int
+	Log string // its stderr
+
+	cmd    *exec.Cmd // unshare
+	killed bool
+}
+
+// startServeWith is startServe with options.
+func startServeWith(t *testing.T, o serveOptions) *serveProc {
+	t.Helper()
 	if _, err := exec.LookPath("unshare"); err != nil {
 		fixture.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addr := o.Listen
+	if addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = l.Addr().String()
+		l.Close()
 	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "--insecure", "-v")
-	log, err := os.Create(filepath.Join(t.TempDir(), "serve.log"))
+	auth := []string{"--insecure"}
+	if o.SecretFile != "" {
+		auth = []string{"--secret-file", o.SecretFile}
+	}
+	args := append([]string{"--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "-v"}, auth...)
+	cmd := exec.Command("unshare", args...)
+	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,18 +110,9 @@ func startServe(t *testing.T) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	s := &serveProc{Addr: addr, Log: log.Name(), cmd: cmd}
 	t.Cleanup(func() {
-		// unshare's child, the service, is PID 1 of the namespace: when it
-		// dies, so does every process in there. It becomes ours to reap.
-		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
-		cmd.Process.Kill()
-		cmd.Wait()
-		for _, f := range strings.Fields(string(kids)) {
-			var pid int
-			if _, err := fmt.Sscan(f, &pid); err == nil {
-				fixture.ReapOrphan(t, pid)
-			}
-		}
+		s.Kill(t)
 		log.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(log.Name())
@@ -98,7 +123,29 @@ func startServe(t *testing.T) string {
 	if err != nil || !strings.HasPrefix(line, "listening on ") {
 		t.Fatalf("serve said %q, %v", line, err)
 	}
-	return addr
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	fmt.Sscan(string(kids), &s.PID)
+	return s
+}
+
+// Kill kills the service, and with it every process of its namespace,
+// and reaps it. It may be called more than once.
+func (s *serveProc) Kill(t testing.TB) {
+	if s.killed {
+		return
+	}
+	s.killed = true
+	// unshare's child, the service, is PID 1 of the namespace: when it
+	// dies, so does every process in there. It becomes ours to reap.
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", s.cmd.Process.Pid, s.cmd.Process.Pid))
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	for _, f := range strings.Fields(string(kids)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil {
+			fixture.ReapOrphan(t, pid)
+		}
+	}
 }
 
 // TestLiveMigration moves a running counter with a large heap into another

@@ -286,39 +286,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 
 	// Load: redis-benchmark's SETs (key:000000NNNNNN = "xxx"), DEBUG
 	// POPULATE (pop:N = value:N), and keys with distinct values.
-	if bench, err := exec.LookPath("redis-benchmark"); err == nil {
-		out, err := exec.Command(bench, "-h", "127.0.0.1", "-p", fmt.Sprint(port), "-t", "set", "-n", "100000", "-r", "50000", "-P", "64", "-q").CombinedOutput()
-		if err != nil {
-			t.Fatalf("redis-benchmark: %v\n%s", err, out)
-		}
-		t.Logf("redis-benchmark: %s", benchSummary(out))
-	} else {
-		t.Logf("redis-benchmark not installed (redis-tools): loading with DEBUG POPULATE and SET only")
-	}
-	c.do(t, "DEBUG", "POPULATE", "200000", "pop", "64")
-	var sample []string
-	for i := range 2000 {
-		k := fmt.Sprintf("k:%d", i)
-		c.send("SET", k, fmt.Sprintf("%x", sha256.Sum256([]byte(k))))
-		sample = append(sample, k)
-	}
-	c.flush()
-	for range 2000 {
-		if v, err := c.read(); err != nil || v != "OK" {
-			t.Fatalf("SET: %v %v", v, err)
-		}
-	}
-	for i := range 1000 {
-		sample = append(sample, fmt.Sprintf("pop:%d", i*197))
-	}
-	for i := range 300 {
-		c.do(t, "HSET", "hash", fmt.Sprintf("f%d", i), fmt.Sprint(i*i))
-		c.do(t, "RPUSH", "list", fmt.Sprint(i))
-		c.do(t, "SADD", "set", fmt.Sprintf("member-%d", i))
-		c.do(t, "ZADD", "zset", fmt.Sprint(i), fmt.Sprintf("z%d", i))
-	}
-	c.do(t, "SET", "ttl", "expires later", "EX", "100000")
-	c.do(t, "SET", "counter", "41")
+	sample := loadRedis(t, c, port)
 	before := readRedisState(t, c, sample)
 	t.Logf("before the dump: %s", before)
 	if before.dbsize < 240000 {
