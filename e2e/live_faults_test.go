@@ -439,7 +439,7 @@ func runLiveFault(t *testing.T, at, do string) {
 	// Where the fault goes.
 	var flipped atomic.Int64
 	flipped.Store(-1)
-	const preCopyAt, finalAfter = 8 << 20, 1 << 20
+	const preCopyAt, finalAfter = 8 << 20, 8 << 10 // the final round with its state is always larger than 8 KiB
 	switch at {
 	case atPreCopy:
 		px.setHook(func(before int64, b []byte) bool {
