@@ -96,10 +96,12 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 }
 
 // reapOrphans collects the processes that end up children of this PID 1
-// (restored processes, once they exit) without taking the exit status of
-// a child some other code waits for: it only looks (WNOWAIT), and reaps
-// processes it did not start... which, for this service, are all but the
-// husks, whose waits tolerate a child already gone.
+// (restored processes, once they exit). It must never touch a process the
+// builder traces: waitid reports a tracee's ptrace stops to its tracer's
+// process whatever the flags (CLD_TRAPPED), and reaping with wait4 would
+// consume the stop the builder waits for and hang its build. So it only
+// looks (WNOWAIT), and collects a child only when that look says it
+// exited, with a waitid that takes exits alone.
 func reapOrphans(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -115,13 +117,19 @@ func reapOrphans(ctx context.Context) {
 				break
 			}
 			pid := int(siginfoPID(&info))
-			if pid == 0 {
-				break
+			if pid == 0 || !exited(siginfoCode(&info)) {
+				break // nothing, or a ptrace stop: the builder's business
 			}
-			var ws unix.WaitStatus
-			if _, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err != nil {
+			var done unix.Siginfo
+			if err := unix.Waitid(unix.P_PID, pid, &done, unix.WEXITED|unix.WNOHANG, nil); err != nil {
 				break
 			}
 		}
 	}
+}
+
+// exited says whether a SIGCHLD si_code reports the child's end.
+func exited(code int32) bool {
+	const cldExited, cldKilled, cldDumped = 1, 2, 3
+	return code == cldExited || code == cldKilled || code == cldDumped
 }

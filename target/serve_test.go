@@ -21,5 +21,8 @@ func TestSiginfoPID(t *testing.T) {
 	if got := int(siginfoPID(&info)); got != cmd.Process.Pid {
 		t.Fatalf("siginfoPID = %d, want %d", got, cmd.Process.Pid)
 	}
+	if code := siginfoCode(&info); !exited(code) {
+		t.Fatalf("siginfoCode = %d for an exited child", code)
+	}
 	cmd.Wait()
 }
