@@ -37,10 +37,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"migrate/transport"
 )
@@ -573,7 +571,7 @@ func (s *sourceRun) rollback(phase string, cause error) (transport.Outcome, erro
 	}
 	s.log.Warn("handoff: failed before the commit; resuming the original", "phase", phase, "err", cause)
 	if s.dead == nil {
-		s.conn.Send(&transport.Abort{Reason: clipText(fmt.Sprintf("source: %s: %v", phase, cause))}) // best effort
+		s.conn.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("source: %s: %v", phase, cause))}) // best effort
 	}
 	s.stopReader()
 	rerr := s.act.ResumeOriginal()
@@ -730,20 +728,6 @@ func unexpected(m transport.Msg, want string) error {
 		return &PeerError{Code: m.Code, Text: m.Text}
 	}
 	return fmt.Errorf("%w: %v while expecting %s", ErrPeerProtocol, m.MsgType(), want)
-}
-
-// clipText makes s fit a message's text field: valid UTF-8 of at most
-// transport.MaxTextLen bytes, cut at a rune boundary.
-func clipText(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) <= transport.MaxTextLen {
-		return s
-	}
-	cut := transport.MaxTextLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
 }
 
 // The transport's control channel is what a live migration hands over.

@@ -1253,9 +1253,9 @@ func TestHandoffSourceRoundsMisuse(t *testing.T) {
 
 func TestHandoffSourceClipText(t *testing.T) {
 	long := strings.Repeat("é", transport.MaxTextLen) + "\xff"
-	got := clipText(long)
+	got := transport.ClipText(long)
 	if len(got) > transport.MaxTextLen || !utf8Valid(got) {
-		t.Errorf("clipText: %d bytes, valid %v", len(got), utf8Valid(got))
+		t.Errorf("ClipText: %d bytes, valid %v", len(got), utf8Valid(got))
 	}
 	if _, err := transport.AppendMsg(nil, &transport.Abort{Reason: got}); err != nil {
 		t.Error(err)

@@ -33,9 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"migrate/transport"
 )
@@ -206,7 +204,7 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 	}
 	refuse := func(err error) (HandoffResult, error) {
 		log.Warn("handoff: refused", "err", err)
-		conn.Send(&transport.Abort{Reason: clipText("target: " + err.Error())}) // best effort
+		conn.Send(&transport.Abort{Reason: transport.ClipText("target: " + err.Error())}) // best effort
 		return res, &HandoffError{Session: cfg.SessionID, Phase: PhaseHello, Err: err}
 	}
 
@@ -355,12 +353,12 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 		// the source (through Outcomes) that its original may run.
 		t.log.Error("handoff: resume failed; killing the husk", "err", err)
 		if derr := t.act.Discard(); derr != nil {
-			t.conn.Send(&transport.Error{Code: "resume-failed", Text: clipText(err.Error())}) // best effort
+			t.conn.Send(&transport.Error{Code: "resume-failed", Text: transport.ClipText(err.Error())}) // best effort
 			return transport.OutcomeCommitted, &HandoffError{Session: t.cfg.SessionID, Phase: PhaseResume,
 				Outcome: transport.OutcomeCommitted, Err: err, Discard: derr}
 		}
 		t.out.settle(t.cfg.SessionID, transport.OutcomeAborted)
-		t.conn.Send(&transport.Abort{Reason: clipText("target: resume failed, the husk is killed: " + err.Error())}) // best effort
+		t.conn.Send(&transport.Abort{Reason: transport.ClipText("target: resume failed, the husk is killed: " + err.Error())}) // best effort
 		return transport.OutcomeAborted, &HandoffError{Session: t.cfg.SessionID, Phase: PhaseResume,
 			Outcome: transport.OutcomeAborted, Err: err}
 	}
@@ -392,7 +390,7 @@ func (t *targetRun) fail(ctx context.Context, phase string, cause error) (transp
 			Outcome: transport.OutcomeCommitted, Err: cause}
 	}
 	t.log.Warn("handoff: aborted; discarding the husk", "phase", phase, "err", cause)
-	t.conn.Send(&transport.Abort{Reason: clipText(fmt.Sprintf("target: %s: %v", phase, cause))}) // best effort
+	t.conn.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %s: %v", phase, cause))}) // best effort
 	derr := t.act.Discard()
 	if derr != nil {
 		t.log.Error("handoff: discarding the husk failed", "err", derr)
@@ -453,20 +451,6 @@ func unexpected(m transport.Msg, want string) error {
 		return &PeerError{Code: m.Code, Text: m.Text}
 	}
 	return fmt.Errorf("%w: %v while expecting %s", ErrPeerProtocol, m.MsgType(), want)
-}
-
-// clipText makes s fit a message's text field: valid UTF-8 of at most
-// transport.MaxTextLen bytes, cut at a rune boundary.
-func clipText(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) <= transport.MaxTextLen {
-		return s
-	}
-	cut := transport.MaxTextLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
 }
 
 // The transport's control channel is what a live migration hands over.

@@ -3,6 +3,8 @@ package transport
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 )
 
 // MsgType is the type of a control message, the type field of its frame.
@@ -299,4 +301,18 @@ func (o *Outcome) UnmarshalText(b []byte) error {
 		}
 	}
 	return fmt.Errorf("unknown outcome %q", clip(string(b)))
+}
+
+// ClipText makes s fit a message's text field: valid UTF-8 of at most
+// MaxTextLen bytes, cut at a rune boundary.
+func ClipText(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= MaxTextLen {
+		return s
+	}
+	cut := MaxTextLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
