@@ -1,0 +1,72 @@
+// Package cluster builds a small cluster of "nodes" on one Linux machine for
+// migrate's end-to-end tests and its demo: two agent nodes, A and B, each
+// running `migrate serve`, and a client node, joined by a switch.
+//
+// # Layout
+//
+//	        switch netns (bridge br0, no addresses)
+//	       /              |                \
+//	 veth port-a      veth port-b       veth port-client
+//	     |                |                  |
+//	node A: eth0      node B: eth0      client: eth0
+//	10.231.0.1/24     10.231.0.2/24     10.231.0.3/24
+//	fd00:231::1/64    fd00:231::2/64    fd00:231::3/64
+//	+ VIP 10.231.0.100/32, fd00:231::100/128 (on one agent node at a time)
+//
+// Each node is a network namespace of its own. A and B also have a PID and
+// a mount namespace: their `migrate serve` runs as PID 1 there (ip netns
+// exec NS unshare --pid --fork --kill-child --mount-proc migrate serve
+// ...), so a PID used on A is free on B, /proc inside a node shows that
+// node's processes, and killing the service ends every process of the node.
+// The client node has a network namespace only. The bridge lives in a
+// "switch" namespace of its own: nothing (no address, no device) is added
+// to the machine's own network namespace. Each node hands out PIDs from a
+// range of its own (A from 10001, B from 20001), as separate hosts would:
+// the husk `migrate serve` creates for an incoming process must not take
+// the PID that process wants.
+//
+// # Names and cleanup
+//
+// Every namespace is named Prefix + run id + "-" + node, where the run id
+// holds the PID and start time of the process that built the cluster. New
+// first removes the namespaces of earlier runs whose process is gone (a
+// crashed test or demo): it kills the processes `ip netns pids` lists in
+// them, only those, and deletes them. Close tears everything down; it is
+// idempotent, and tests call it from t.Cleanup.
+//
+// # The service address (VIP)
+//
+// The VIP starts on A. Moving it is the operator's job, done with the
+// migration hooks of `migrate serve --hook` and `migrate --to --hook`
+// (when the migrate binary has them, see Cluster.Hooks): the source's
+// post-dump hook removes the VIP (the original is frozen and its network
+// locked by then), its abort hook puts it back if it had removed it; the
+// target's pre-resume hook adds it while the restored process is still
+// stopped (its sockets, bound with IP_FREEBIND, exist already) and
+// announces it, its abort hook removes it again. Without hooks,
+// Cluster.Migrate moves the VIP itself once the target runs the process.
+//
+// The client must learn the VIP's new link-layer address at once, or its
+// packets go on to the old node for seconds (a stale neighbour entry is
+// only re-probed after delay_first_probe_time, 5 s). The new holder
+// announces it: for IPv4 an unsolicited ARP (arping -U, package
+// iputils-arping; in the background, since arping waits a second after
+// sending), for IPv6 an unsolicited neighbour advertisement, which the
+// kernel sends itself when an address is added with ndisc_notify=1 and
+// accept_dad=0 on the node (an address added with "nodad" would skip it).
+// Both carry the override flag, so the client's existing entry is updated,
+// whatever its state. A short base_reachable_time on the client was the
+// other way; it only shortens the wait, and makes every client pay for it.
+//
+// # Processes on nodes
+//
+// Node.Command runs a command inside a node (nsenter into the service's
+// network, PID and mount namespaces; ip netns exec for the client).
+// Node.Start runs a long-lived one and reports its PID both as the machine
+// sees it and as the node sees it (NSpid). Cluster.Migrate runs `migrate
+// --to` on a node and returns its JSON report. Node.Dial and Node.Listen
+// open sockets inside a node from the calling Go process.
+//
+// The package prints nothing: what it runs and what that said go to
+// Options.Log.
+package cluster
