@@ -42,6 +42,10 @@ type Image struct {
 	// Tree holds the root's descendants, each after its parent, with their
 	// own page streams (Process.Pages).
 	Tree []Process `json:"tree,omitempty"`
+	// NetLock names the nftables table (core/netlock) that keeps the
+	// dumping host from answering the image's TCP connections and
+	// listening ports; the restore removes it once the process runs.
+	NetLock string `json:"net_lock,omitempty"`
 }
 
 // PagesInfo describes the page data of an image.
@@ -491,11 +495,17 @@ func validateProcess(p *Process) error {
 			return fmt.Errorf("fd %d listed twice", f.FD)
 		}
 		seen[f.FD] = true
-		var queue string
+		var queue, sendq, recvq string
 		if f.Socket != nil {
 			queue = f.Socket.Queue
+			if t := f.Socket.TCP; t != nil {
+				if err := t.Validate(); err != nil {
+					return fmt.Errorf("fd %d: %w", f.FD, err)
+				}
+				sendq, recvq = t.SendQueue, t.RecvQueue
+			}
 		}
-		for _, b := range []string{f.Data, blobOf(f.File), queue} {
+		for _, b := range []string{f.Data, blobOf(f.File), queue, sendq, recvq} {
 			if b != "" && !validBlob(b) {
 				return fmt.Errorf("fd %d: bad blob name %q", f.FD, b)
 			}

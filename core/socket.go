@@ -67,6 +67,88 @@ type Socket struct {
 	// Unread counts the datagrams an inet socket held unread at the dump.
 	// They are not kept: their senders' addresses could not be restored.
 	Unread int `json:"unread,omitempty"`
+	// TCP is the repair state of a TCP connection (State "connected").
+	TCP *TCPConn `json:"tcp,omitempty"`
+}
+
+// TCPConn is a TCP connection taken apart in repair mode: enough to build
+// it again, in repair mode, on another host, without the peer noticing.
+//
+// Sequence numbers are the kernel's: SendSeq is snd_una, the first byte
+// the peer has not acknowledged, which starts SendQueue; RecvSeq is the
+// first byte the process has not read, which starts RecvQueue. A FIN sent
+// (FinSent) follows SendQueue and takes one sequence number; a FIN received
+// (FinRecv) follows RecvQueue.
+type TCPConn struct {
+	// State is the kernel's name of the connection's state: ESTABLISHED,
+	// FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK or CLOSING.
+	State   string `json:"state"`
+	SendSeq uint32 `json:"send_seq"`
+	RecvSeq uint32 `json:"recv_seq"`
+	// SendQueue names the blob of bytes written but not acknowledged, of
+	// which the last Unsent were never sent; SendLen is its size.
+	SendQueue string `json:"send_queue,omitempty"`
+	SendLen   int    `json:"send_len,omitempty"`
+	Unsent    int    `json:"unsent,omitempty"`
+	// RecvQueue names the blob of bytes received and not read yet.
+	RecvQueue string `json:"recv_queue,omitempty"`
+	RecvLen   int    `json:"recv_len,omitempty"`
+	FinSent   bool   `json:"fin_sent,omitempty"`
+	FinAcked  bool   `json:"fin_acked,omitempty"`
+	FinRecv   bool   `json:"fin_recv,omitempty"`
+	// Options negotiated at the handshake.
+	MSS        uint32 `json:"mss"` // mss_clamp
+	Wscale     bool   `json:"wscale,omitempty"`
+	SndWscale  uint8  `json:"snd_wscale,omitempty"`
+	RcvWscale  uint8  `json:"rcv_wscale,omitempty"`
+	SACK       bool   `json:"sack,omitempty"`
+	Timestamps bool   `json:"timestamps,omitempty"`
+	// Timestamp is the connection's TCP timestamp clock at the dump
+	// (TCP_TIMESTAMP), so the peer sees it go on, not jump back.
+	Timestamp uint32 `json:"timestamp,omitempty"`
+	// Window is TCP_REPAIR_WINDOW: what each side last advertised.
+	Window TCPWindow `json:"window"`
+}
+
+// TCPWindow is struct tcp_repair_window.
+type TCPWindow struct {
+	SndWl1    uint32 `json:"snd_wl1"`
+	SndWnd    uint32 `json:"snd_wnd"`
+	MaxWindow uint32 `json:"max_window"`
+	RcvWnd    uint32 `json:"rcv_wnd"`
+	RcvWup    uint32 `json:"rcv_wup"`
+}
+
+// TCP connection states a dump takes (include/net/tcp_states.h names).
+var tcpStates = map[string]bool{"ESTABLISHED": true, "FIN_WAIT1": true, "FIN_WAIT2": true,
+	"CLOSE_WAIT": true, "LAST_ACK": true, "CLOSING": true}
+
+// Validate checks that c is a connection a restore can rebuild.
+func (c *TCPConn) Validate() error {
+	if !tcpStates[c.State] {
+		return fmt.Errorf("TCP state %q", c.State)
+	}
+	if c.SendLen < 0 || c.RecvLen < 0 || c.Unsent < 0 || c.Unsent > c.SendLen {
+		return fmt.Errorf("TCP queues of %d bytes (%d unsent) and %d bytes", c.SendLen, c.Unsent, c.RecvLen)
+	}
+	if (c.SendLen > 0) != (c.SendQueue != "") || (c.RecvLen > 0) != (c.RecvQueue != "") {
+		return errors.New("TCP queue lengths and blobs disagree")
+	}
+	finSent := c.State == "FIN_WAIT1" || c.State == "FIN_WAIT2" || c.State == "LAST_ACK" || c.State == "CLOSING"
+	finRecv := c.State == "CLOSE_WAIT" || c.State == "LAST_ACK" || c.State == "CLOSING"
+	if finSent != c.FinSent || finRecv != c.FinRecv {
+		return fmt.Errorf("TCP state %s with fin_sent=%v fin_recv=%v", c.State, c.FinSent, c.FinRecv)
+	}
+	if c.FinAcked && (!c.FinSent || c.Unsent > 0 || c.SendLen > 0) {
+		return errors.New("TCP FIN acknowledged before the bytes it follows")
+	}
+	if c.SndWscale > 14 || c.RcvWscale > 14 {
+		return fmt.Errorf("TCP window scale %d/%d", c.SndWscale, c.RcvWscale)
+	}
+	if c.MSS == 0 || c.MSS > 65535 {
+		return fmt.Errorf("TCP MSS %d", c.MSS)
+	}
+	return nil
 }
 
 // Socket states.

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"time"
 
 	"migrate/core"
+	"migrate/core/netlock"
 	"migrate/core/proc"
 	"migrate/core/ptrace"
 	"migrate/pagestream"
@@ -44,6 +46,11 @@ type session struct {
 	// between fds and processes, and pipe ends.
 	fds   []fdRecord
 	pipes map[uint64][]pipeEnd
+	// tcp are the TCP connections of the tree, noted while collecting
+	// fds; lock keeps the host from answering them (and the listening
+	// ports) while they are taken apart and until they run elsewhere.
+	tcp  []*tcpPending
+	lock *netlock.Lock
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -236,6 +243,31 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 	ss.lap("read state")
 
+	// TCP connections: the network lock, then their state in repair mode.
+	// A lock whose process is to die outlives this dump: the restore
+	// removes it.
+	defer ss.closeTCP()
+	cu.Add(func() {
+		if err := ss.unrepairTCP(); err != nil {
+			log.Error("rollback: TCP connections", "err", err)
+		}
+		ss.unlock()
+	})
+	var listeners []netip.AddrPort
+	if !opts.LeaveRunning {
+		listeners = tcpListeners(all)
+	}
+	if err := ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning); err != nil {
+		return nil, err
+	}
+	if err := ss.repairTCP(); err != nil {
+		return nil, err
+	}
+	img.NetLock = lockName(ss.lock)
+	if len(ss.tcp) > 0 {
+		ss.lap("tcp repair")
+	}
+
 	// Injected calls: a scratch page for their results, gone on every path.
 	for _, d := range all {
 		d := d
@@ -356,6 +388,14 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// Frozen time ends when the process runs again, or, when it is to die,
 	// once its image is complete.
 	rep.Frozen = time.Since(frozen)
+	if opts.LeaveRunning {
+		// Connections back to their process before it runs.
+		err = ss.unrepairTCP()
+		ss.unlock()
+	} else if ss.lock != nil {
+		log.Info("network lock stays on until the restore", "table", ss.lock.Name())
+		ss.lock.Disown()
+	}
 	// Children first when killing, so no parent sees a child die and acts
 	// on it; any order when letting them run.
 	for i := len(all) - 1; i >= 0; i-- {

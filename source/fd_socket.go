@@ -430,9 +430,10 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 				sd.d.log.Warn("a TCP socket whose connection ended comes back as a new, unconnected socket",
 					"pid", sd.d.pid, "fd", sd.fd.FD, "socket", sd.kind)
 			}
-		case tcpStateEstablished:
-			return sd.refuse("established TCP connections are not supported yet")
 		default:
+			if tcpConnState(ti.State) {
+				return sd.noteTCP(s, ti.State)
+			}
 			return sd.refuse("TCP connections (this one is in state %s) are not supported yet", tcpStateName(ti.State))
 		}
 	case s.Type == unix.SOCK_DGRAM && s.Protocol == unix.IPPROTO_UDP:

@@ -371,6 +371,15 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if err := a.releaseListeners(); err != nil {
 		return nil, err
 	}
+	// The network lock (the source's connections and listening ports fall
+	// silent until the original is killed, or resumes), then the
+	// connections in repair mode.
+	if err := d.lockNetwork(d.pid, tcpListeners([]*dumper{d}), false); err != nil {
+		return nil, err
+	}
+	if err := d.repairTCP(); err != nil {
+		return nil, err
+	}
 	if err := d.mapScratch(); err != nil {
 		return nil, err
 	}
@@ -425,6 +434,9 @@ func (a *liveSource) ResumeOriginal() error {
 		errs = append(errs, a.d.tracker.Close())
 	}
 	errs = append(errs, a.relisten())
+	errs = append(errs, a.d.unrepairTCP())
+	a.d.closeTCP()
+	a.d.unlock()
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
@@ -438,7 +450,12 @@ func (a *liveSource) KillOriginal() error {
 		unix.Close(l.fd)
 	}
 	a.released = nil
-	return a.d.p.Kill(false)
+	// Killed in repair mode, its connections close without a word to their
+	// peers; then the lock can go.
+	err := a.d.p.Kill(false)
+	a.d.closeTCP()
+	a.d.unlock()
+	return err
 }
 
 // LeaveFrozen keeps the original stopped (SIGSTOP) after this process
@@ -449,7 +466,12 @@ func (a *liveSource) LeaveFrozen() error {
 	}
 	// Its listeners listen again (it stays stopped): if the operator
 	// finds the migration aborted, the original resumes whole.
+	// Its connections stay in repair mode, silent: if the target runs the
+	// process, a word from the original would reset them; if not, `migrate
+	// recover` turns repair mode off before it lets the original run.
 	err := a.relisten()
+	a.d.closeTCP()
+	a.d.unlock()
 	a.d.p.StopOnDetach()
 	return errors.Join(err, a.d.p.Detach())
 }
@@ -485,6 +507,9 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
+			if err := UnrepairProcess(pid); err != nil {
+				log.Warn("the original's TCP connections", "pid", pid, "err", err)
+			}
 			if err := unix.Kill(pid, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
 			}

@@ -20,6 +20,9 @@ import (
 func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 	tcp := s.Type == unix.SOCK_STREAM && (s.Protocol == unix.IPPROTO_TCP || s.Protocol == unix.IPPROTO_MPTCP)
 	udp := s.Type == unix.SOCK_DGRAM && s.Protocol == unix.IPPROTO_UDP
+	if s.Type == unix.SOCK_STREAM && s.Protocol == unix.IPPROTO_TCP && s.State == core.SockConnected && s.TCP != nil {
+		return r.tcpConn(fdnum, s)
+	}
 	switch {
 	case tcp && (s.State == core.SockListen || s.State == core.SockBound || s.State == core.SockUnbound):
 	case udp && (s.State == core.SockConnected || s.State == core.SockBound || s.State == core.SockUnbound):

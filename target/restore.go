@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/netlock"
 	"migrate/core/proc"
 	"migrate/core/ptrace"
 )
@@ -34,6 +35,9 @@ type session struct {
 	descs map[string]*os.File
 	// pipes are the recreated pipes by inode: read end, write end.
 	pipes map[uint64][2]*os.File
+	// atResume run just before the processes run: TCP connections leave
+	// repair mode.
+	atResume []func() error
 }
 
 // restorer holds the state of the restore of one process of the tree.
@@ -82,7 +86,18 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 		b.Discard()
 		return nil, err
 	}
-	return b.Resume()
+	// The dump's network lock, if this is its host: the connections are
+	// here now, and go live at resume. (A failed restore leaves it, for
+	// another try.)
+	var lockErr error
+	if img.NetLock != "" {
+		lockErr = netlock.Remove("", img.NetLock)
+	}
+	rep, err := b.Resume()
+	if err == nil && lockErr != nil {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("network lock %s: %v", img.NetLock, lockErr))
+	}
+	return rep, err
 }
 
 // Builder builds the processes of an image in stages: NewBuilder checks
@@ -249,6 +264,13 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	defer b.release()
 	b.done = true
 	root := b.all[0]
+	// The connections go live first, while the processes are still
+	// stopped. A failure leaves that connection dead, not the process.
+	for _, fn := range b.ss.atResume {
+		if err := fn(); err != nil {
+			b.ss.warn("%v", err)
+		}
+	}
 	for i := len(b.all) - 1; i >= 0; i-- {
 		if r := b.all[i]; r.p != nil {
 			if r.proc.Stopped {

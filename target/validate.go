@@ -63,6 +63,13 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 		if fd.Socket != nil && fd.Socket.Queue != "" {
 			blobs[fd.Socket.Queue] = true
 		}
+		if fd.Socket != nil && fd.Socket.TCP != nil {
+			for _, q := range []string{fd.Socket.TCP.SendQueue, fd.Socket.TCP.RecvQueue} {
+				if q != "" {
+					blobs[q] = true
+				}
+			}
+		}
 	}
 	for _, v := range p.VMAs {
 		if v.File != nil && v.File.Blob != "" {
