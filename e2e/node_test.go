@@ -213,9 +213,6 @@ func TestNodeCounterRoundTrip(t *testing.T) {
 // client's neighbour entry, which points at the old holder.
 func TestNodeVIP(t *testing.T) {
 	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOff})
-	if _, err := exec.LookPath("arping"); err != nil {
-		fixture.Unavailable(t, "arping (iputils-arping) announces the moved VIP: %v", err)
-	}
 	// Each agent node answers with its name on port 9000.
 	for _, n := range []*cluster.Node{c.A, c.B} {
 		l, err := n.Listen("tcp", ":9000")

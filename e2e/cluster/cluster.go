@@ -102,8 +102,7 @@ type Cluster struct {
 	mu         sync.Mutex
 	procs      []*Proc
 	migrations []*Migration
-	netns      []string       // created, in order
-	bg         sync.WaitGroup // short-lived helpers (arping)
+	netns      []string // created, in order
 	closed     bool
 	closeErr   error
 }
@@ -326,7 +325,6 @@ func (c *Cluster) Close() error {
 	for _, p := range procs {
 		errs = append(errs, p.Stop())
 	}
-	c.bg.Wait()
 	c.mu.Lock()
 	netns := c.netns
 	c.mu.Unlock()

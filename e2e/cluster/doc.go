@@ -49,14 +49,17 @@
 // The client must learn the VIP's new link-layer address at once, or its
 // packets go on to the old node for seconds (a stale neighbour entry is
 // only re-probed after delay_first_probe_time, 5 s). The new holder
-// announces it: for IPv4 an unsolicited ARP (arping -U, package
-// iputils-arping; in the background, since arping waits a second after
-// sending), for IPv6 an unsolicited neighbour advertisement, which the
-// kernel sends itself when an address is added with ndisc_notify=1 and
-// accept_dad=0 on the node (an address added with "nodad" would skip it).
-// Both carry the override flag, so the client's existing entry is updated,
-// whatever its state. A short base_reachable_time on the client was the
-// other way; it only shortens the wait, and makes every client pay for it.
+// announces it. For IPv4, an unsolicited ARP request (sender and target
+// both the VIP): the hooks run arping -U (package iputils-arping) in the
+// background, since arping waits a second after sending; MoveVIP sends
+// the same frame itself, from a packet socket, before it returns. For
+// IPv6, an unsolicited neighbour advertisement, which the kernel sends by
+// itself when an address is added with ndisc_notify=1 and accept_dad=0 on
+// the node (an address added with "nodad" would skip it). Both override
+// the client's existing entry, whatever its state (TestNodeVIP: the client
+// reaches the new holder within milliseconds). A short base_reachable_time
+// on the client was the other way; it only shortens the wait, and makes
+// every client of a real network pay for it.
 //
 // # Processes on nodes
 //

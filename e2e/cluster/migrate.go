@@ -293,26 +293,14 @@ func (c *Cluster) MoveVIP(from, to *Node) error {
 	return c.addVIP(to)
 }
 
-// addVIP adds the VIP to n and announces it: the unsolicited ARP is sent
-// by an arping the cluster reaps (and Close waits for).
+// addVIP adds the VIP to n and announces it: the kernel sends the
+// unsolicited neighbour advertisement for the IPv6 VIP, the cluster the
+// unsolicited ARP for the IPv4 one, before it returns.
 func (c *Cluster) addVIP(n *Node) error {
 	if err := c.run("ip", "netns", "exec", n.NetNS, "sh", "-c", c.addVIPcmd()); err != nil {
 		return err
 	}
-	if _, err := exec.LookPath("arping"); err != nil {
-		c.logf("cluster: no arping (iputils-arping): the VIP is not announced")
-		return nil
-	}
-	cmd := exec.Command("ip", "netns", "exec", n.NetNS, "arping", "-q", "-U", "-c", "1", "-I", "eth0", c.VIP.String())
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("node %s: arping: %w", n.Name, err)
-	}
-	c.bg.Add(1)
-	go func() {
-		defer c.bg.Done()
-		cmd.Wait()
-	}()
-	return nil
+	return n.Do(func() error { return announce("eth0", c.VIP) })
 }
 
 // Shell commands the hooks are made of; they run inside a node.
@@ -324,9 +312,10 @@ func (c *Cluster) delVIP() string {
 	return fmt.Sprintf("ip addr del %s/32 dev eth0 2>/dev/null; ip -6 addr del %s/128 dev eth0 2>/dev/null", c.VIP, c.VIP6)
 }
 
-// announce sends an unsolicited ARP for the VIP in the background (arping
-// waits a second after it sent); the kernel announces the IPv6 VIP itself
-// (ndisc_notify).
+// announce is the hooks' way to send an unsolicited ARP for the VIP: an
+// arping in the background (it waits a second after it sent; the
+// service, PID 1 of the node, reaps it). The kernel announces the IPv6
+// VIP itself (ndisc_notify).
 func (c *Cluster) announce() string {
 	return fmt.Sprintf("{ arping -q -U -c 1 -I eth0 %s </dev/null >/dev/null 2>&1 & }", c.VIP)
 }
