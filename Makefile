@@ -16,8 +16,11 @@ BENCHTIME ?= 1s
 
 # command:package pairs for the tools tests and the demo need. The e2e
 # tests run Debian's python3 by its path, and redis-server (redis-cli,
-# redis-benchmark) as a real program to dump and restore.
-DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools
+# redis-benchmark) as a real program to dump and restore. The two-node
+# cluster (e2e/cluster: the node tests and the demo) needs ip, nsenter,
+# unshare, and arping for the hooks that move its service address.
+DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
+	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping
 
 .PHONY: all build deps test fuzz vet fmt fmt-check bench demo clean
 
@@ -77,9 +80,12 @@ fmt-check:
 bench: deps
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count=1 -timeout 60m $(PKGS)
 
-# Dump a running C program to a directory and restore it.
+# Move a loaded redis from node A to node B of a two-node cluster on this
+# machine while a client on a third node writes and reads through the
+# service address (e2e/cmd/demo). Ends with "demo: ok ..." or fails.
 demo: deps build
-	./scripts/demo.sh
+	$(GO) build -o bin/demo ./e2e/cmd/demo
+	bin/demo -migrate $(BIN)
 
 clean:
 	rm -rf bin
