@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Socket describes a socket fd. Its fields are filled by source's socket
@@ -220,3 +221,36 @@ func SplitDgrams(blob []byte) ([][]byte, error) {
 	}
 	return out, nil
 }
+
+// LocalAddrs lists, once each and in order, the local IP addresses the
+// image's inet sockets are bound to: the addresses a service must find on
+// the host it moves to (wildcards and loopback left out).
+func LocalAddrs(img *Image) []string {
+	seen := map[netip.Addr]bool{}
+	var out []string
+	for _, p := range img.Processes() {
+		for _, f := range p.Process.FDs {
+			s := f.Socket
+			if s == nil || s.Local == "" || (s.Family != afInet && s.Family != afInet6) {
+				continue
+			}
+			ap, err := netip.ParseAddrPort(s.Local)
+			if err != nil {
+				continue
+			}
+			a := ap.Addr().Unmap().WithZone("")
+			if a.IsUnspecified() || a.IsLoopback() || seen[a] {
+				continue
+			}
+			seen[a] = true
+			out = append(out, a.String())
+		}
+	}
+	return out
+}
+
+// Address families (the values of AF_INET and AF_INET6 on Linux).
+const (
+	afInet  = 2
+	afInet6 = 10
+)

@@ -440,6 +440,12 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 	if err := s.send(&transport.State{Body: state}); err != nil {
 		return s.rollback(PhaseFinal, err)
 	}
+	if h, ok := act.(interface{ StateSent(context.Context) error }); ok {
+		// The operator's post-dump hook (the target restores meanwhile).
+		if err := h.StateSent(ctx); err != nil {
+			return s.rollback(PhaseFinal, err)
+		}
+	}
 
 	// The target restores.
 	m, err = s.next(ctx, cfg.ReadyTimeout, "ready")

@@ -8,9 +8,14 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
+	"migrate/core/hook"
+	"migrate/core/netlock"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -34,6 +39,9 @@ type MigrateOptions struct {
 	Progress func(RoundReport)
 	// Bandwidth caps the page stream in bytes a second (0: no cap).
 	Bandwidth int64
+	// Hooks run at the source's stages: pre-freeze, post-dump,
+	// post-resume, abort.
+	Hooks *hook.Set
 }
 
 // MigrateReport says what a live migration did.
@@ -93,6 +101,10 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Network locks left by a crashed migrate in the process's namespace.
+	if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", opts.PID)); err == nil && len(gone) > 0 {
+		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
+	}
 	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
 		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
 	}
@@ -135,7 +147,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if opts.Bandwidth > 0 {
 		pagesOut = &limitedWriter{w: pages, rate: float64(opts.Bandwidth), start: time.Now()}
 	}
-	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress}
+	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, hooks: opts.Hooks,
+		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
 	cfg := HandoffConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
@@ -221,6 +234,24 @@ type liveSource struct {
 	released []releasedListener
 	// targetDowntime is what the target measured (its Resumed message).
 	targetDowntime float64
+	hooks          *hook.Set
+	hookEnv        map[string]string
+}
+
+// runHook runs the hooks of a stage with the session's environment.
+func (a *liveSource) runHook(ctx context.Context, stage hook.Stage) error {
+	if !a.hooks.Has(stage) {
+		return nil
+	}
+	env := maps.Clone(a.hookEnv)
+	env["MIGRATE_LOCAL_ADDRS"] = strings.Join(core.LocalAddrs(a.img), " ")
+	return a.hooks.Run(ctx, stage, env)
+}
+
+// StateSent runs the post-dump hook: the state is on its way, the
+// original frozen, the network lock on.
+func (a *liveSource) StateSent(ctx context.Context) error {
+	return a.runHook(ctx, hook.PostDump)
 }
 
 // Resumed takes what the target measured.
@@ -338,6 +369,9 @@ func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
 
 // Freeze stops every thread.
 func (a *liveSource) Freeze(ctx context.Context) error {
+	if err := a.runHook(ctx, hook.PreFreeze); err != nil {
+		return err
+	}
 	p, err := a.d.tr.Seize(a.d.pid)
 	if err != nil {
 		return err
@@ -440,6 +474,9 @@ func (a *liveSource) ResumeOriginal() error {
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
+	if err := a.runHook(context.Background(), hook.Abort); err != nil {
+		a.d.log.Warn("abort hook", "err", err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -455,6 +492,9 @@ func (a *liveSource) KillOriginal() error {
 	err := a.d.p.Kill(false)
 	a.d.closeTCP()
 	a.d.unlock()
+	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
+		a.d.log.Warn("post-resume hook", "err", err)
+	}
 	return err
 }
 

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"migrate/core/hook"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,6 +126,25 @@ type liveTarget struct {
 
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
+	hooks     *hook.Set
+	img       *core.Image // the state's image, once restored
+	aborted   bool
+}
+
+// hookEnv describes the session to the hooks.
+func (t *liveTarget) hookEnv(extra ...string) map[string]string {
+	env := map[string]string{
+		"MIGRATE_PID":     strconv.Itoa(t.pid),
+		"MIGRATE_SESSION": t.sess.ID(),
+		"MIGRATE_SOURCE":  t.sess.Peer().String(),
+	}
+	if t.img != nil {
+		env["MIGRATE_LOCAL_ADDRS"] = strings.Join(core.LocalAddrs(t.img), " ")
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
 }
 
 // ResumedBody is what the target measured, sent with Resumed.
@@ -273,7 +294,13 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 			return err
 		}
 	}
-	return t.b.Finish(ctx, img)
+	if err := t.b.Finish(ctx, img); err != nil {
+		return err
+	}
+	t.img = img
+	// The process is whole and stopped: the operator's pre-resume hook
+	// (bring the service address here, say). A failure aborts.
+	return t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
 }
 
 func (t *liveTarget) Resume() error {
@@ -282,12 +309,25 @@ func (t *liveTarget) Resume() error {
 	}
 	_, err := t.b.Resume()
 	t.resumedAt = time.Now()
+	if err == nil && t.hooks.Has(hook.PostResume) {
+		go func() {
+			if err := t.hooks.Run(context.Background(), hook.PostResume, t.hookEnv()); err != nil {
+				t.log.Warn("post-resume hook", "err", err)
+			}
+		}()
+	}
 	return err
 }
 
 func (t *liveTarget) Discard() error {
 	if t.b != nil {
 		t.b.Discard()
+	}
+	if !t.aborted && t.pid != 0 {
+		t.aborted = true
+		if err := t.hooks.Run(context.Background(), hook.Abort, t.hookEnv()); err != nil {
+			t.log.Warn("abort hook", "err", err)
+		}
 	}
 	t.mu.Lock()
 	if t.err == nil {

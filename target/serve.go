@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"migrate/core/hook"
+	"migrate/core/netlock"
 	"net"
 	"os"
 	"sync"
@@ -22,6 +24,9 @@ type ServeOptions struct {
 	// Ready, if set, is called with the listening address once the service
 	// accepts sessions.
 	Ready func(addr net.Addr)
+	// Hooks run at the target's stages of each migration: pre-resume,
+	// post-resume, abort.
+	Hooks *hook.Set
 }
 
 // Serve runs the target service until ctx ends: it accepts migrations,
@@ -34,6 +39,12 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	// Network locks left by a crashed migrate of this namespace.
+	if gone, err := netlock.CleanStale(""); err != nil {
+		log.Debug("stale network locks not checked", "err", err)
+	} else if len(gone) > 0 {
+		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
 	ln, err := transport.Listen(opts.Listen, opts.Transport)
 	if err != nil {
@@ -63,14 +74,14 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		go func() {
 			defer wg.Done()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, log.With("session", sess.ID(), "peer", sess.Peer().String()))
+			serveSession(ctx, sess, outcomes, opts.Hooks, log.With("session", sess.ID(), "peer", sess.Peer().String()))
 		}()
 	}
 }
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, log *slog.Logger) {
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	kind, ctrl, err := sess.AcceptStream(actx)
 	cancel()
@@ -84,6 +95,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 		return
 	}
 	t := newLiveTarget(sess, log)
+	t.hooks = hooks
 	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
 	switch {
 	case res.Query:

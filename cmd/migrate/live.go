@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"migrate/core/hook"
 	"net"
 	"strings"
 	"time"
@@ -63,12 +64,17 @@ Run it as PID 1 of a PID namespace of its own to receive processes whose
 PIDs are taken on this host: restored processes become its children, and it
 reaps them when they exit.`,
 	examples: `  migrate serve --listen :7070 --secret-file /etc/migrate/secret
-  unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s`,
+  unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s
+  migrate serve --listen :7070 --secret-file s \
+      --hook 'pre-resume=ip addr add 10.0.0.100/24 dev eth0 && arping -U -c1 -I eth0 10.0.0.100' \
+      --hook 'abort=ip addr del 10.0.0.100/24 dev eth0 || true'`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var listen string
 		var auth authFlags
+		var hooks []string
 		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
 		auth.add(fs)
+		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected arguments %q", args)
@@ -76,12 +82,17 @@ reaps them when they exit.`,
 			if listen == "" {
 				return usagef("--listen is required")
 			}
+			hs, err := hook.Parse(hooks, hook.Target)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			hs.SetLogger(e.logger)
 			cfg, err := auth.config()
 			if err != nil {
 				return err
 			}
 			cfg.Logger = e.logger
-			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger,
+			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
 		}
 	},
@@ -110,6 +121,7 @@ running as it was.`,
 			downtime time.Duration
 			asJSON   bool
 			bwlimit  float64
+			hooks    []string
 		)
 		fs.StringVar(&to, "to", "", "the target's `HOST:PORT`")
 		auth.add(fs)
@@ -119,10 +131,16 @@ running as it was.`,
 		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
+		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
 			}
+			hs, err := hook.Parse(hooks, hook.Source)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			hs.SetLogger(e.logger)
 			if to == "" && len(args) == 2 {
 				to, args = args[0], args[1:]
 			}
@@ -148,7 +166,7 @@ running as it was.`,
 				progress = func(r source.RoundReport) { printRoundLine(e.stderr, r) }
 			}
 			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: to, Transport: cfg, Codec: codec,
-				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress, Bandwidth: int64(bwlimit * 1e6)})
+				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress, Bandwidth: int64(bwlimit * 1e6), Hooks: hs})
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
