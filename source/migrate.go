@@ -236,6 +236,21 @@ type liveSource struct {
 	targetDowntime float64
 	hooks          *hook.Set
 	hookEnv        map[string]string
+	// hold keeps the packets the network lock drops, to send them on
+	// once the process runs.
+	hold *packetHold
+}
+
+// replayHeld sends on the packets the lock dropped (the lock is off): the
+// process, here or on the target, takes them at once.
+func (a *liveSource) replayHeld() {
+	if a.hold == nil {
+		return
+	}
+	pkts, dropped := a.hold.finish()
+	a.hold = nil
+	n, err := replay(a.d.pid, pkts)
+	a.d.log.Info("packets held during the freeze sent on", "held", len(pkts), "sent", n, "no_room", dropped, "err", err)
 }
 
 // runHook runs the hooks of a stage with the session's environment.
@@ -408,8 +423,14 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	// The network lock (the source's connections and listening ports fall
 	// silent until the original is killed, or resumes), then the
 	// connections in repair mode.
-	if err := d.lockNetwork(d.pid, tcpListeners([]*dumper{d}), false); err != nil {
+	listeners := tcpListeners([]*dumper{d})
+	if err := d.lockNetwork(d.pid, listeners, false); err != nil {
 		return nil, err
+	}
+	if d.lock != nil {
+		if a.hold, err = startHold(d.pid, d.tcp, listeners); err != nil {
+			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
+		}
 	}
 	if err := d.repairTCP(); err != nil {
 		return nil, err
@@ -474,9 +495,12 @@ func (a *liveSource) ResumeOriginal() error {
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
+	// The operator's abort hook first (the service address back here, say),
+	// then the held packets.
 	if err := a.runHook(context.Background(), hook.Abort); err != nil {
 		a.d.log.Warn("abort hook", "err", err)
 	}
+	a.replayHeld()
 	return errors.Join(errs...)
 }
 
@@ -492,6 +516,7 @@ func (a *liveSource) KillOriginal() error {
 	err := a.d.p.Kill(false)
 	a.d.closeTCP()
 	a.d.unlock()
+	a.replayHeld()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
 	}
@@ -512,6 +537,10 @@ func (a *liveSource) LeaveFrozen() error {
 	err := a.relisten()
 	a.d.closeTCP()
 	a.d.unlock()
+	if a.hold != nil {
+		a.hold.finish()
+		a.hold = nil
+	}
 	a.d.p.StopOnDetach()
 	return errors.Join(err, a.d.p.Detach())
 }

@@ -1,0 +1,247 @@
+package source
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// While the network lock is on, the peers' segments to the frozen
+// connections are dropped, and a peer sends them again only when its
+// retransmission timer fires: 200 ms at the very least, more after a
+// backoff. So the source keeps a copy of each (a packet socket sees a
+// packet before netfilter drops it) and, once the process runs again (on
+// the target, or here after an abort) and the lock is off, sends them on
+// as they came, from the peer's address: the restored socket takes the
+// data and acknowledges it at once, and the peer never waits out its
+// timer. A SYN to a listening port is held and sent on the same way, so a
+// client that connected during the freeze gets its answer at once. Segments
+// the connection has already (retransmissions) are acknowledged and
+// dropped by the receiver: sending one twice costs nothing.
+
+// maxHeld caps what a hold keeps: bytes and packets.
+const (
+	maxHeldBytes   = 8 << 20
+	maxHeldPackets = 8192
+)
+
+// packetHold keeps copies of the packets the lock drops.
+type packetHold struct {
+	fd    int
+	conns map[tcpKey]bool // remote -> local
+	ports map[uint16]bool // listening ports (SYNs)
+	addrs map[netip.Addr]bool
+
+	mu      sync.Mutex
+	pkts    [][]byte
+	bytes   int
+	dropped int
+	stop    bool
+	done    chan struct{}
+}
+
+type tcpKey struct{ src, dst netip.AddrPort }
+
+// startHold starts keeping the packets of the connections (peer to
+// process) and the SYNs to the listeners that arrive in pid's network
+// namespace.
+func startHold(pid int, conns []*tcpPending, listeners []netip.AddrPort) (*packetHold, error) {
+	h := &packetHold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}, done: make(chan struct{})}
+	for _, c := range conns {
+		h.conns[tcpKey{unmapPort(c.remote), unmapPort(c.local)}] = true
+	}
+	for _, l := range listeners {
+		h.ports[l.Port()] = true
+		if a := l.Addr().Unmap(); !a.IsUnspecified() {
+			h.addrs[a] = true
+		}
+	}
+	fd, err := inNetns(pid, func() (int, error) {
+		return unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	tv := unix.NsecToTimeval(int64(20 * time.Millisecond))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	h.fd = fd
+	go h.run()
+	return h, nil
+}
+
+func unmapPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (h *packetHold) run() {
+	defer close(h.done)
+	buf := make([]byte, 65536)
+	for {
+		h.mu.Lock()
+		stop := h.stop
+		h.mu.Unlock()
+		if stop {
+			return
+		}
+		n, from, err := unix.Recvfrom(h.fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		if !h.wanted(buf[:n]) {
+			continue
+		}
+		h.mu.Lock()
+		if len(h.pkts) >= maxHeldPackets || h.bytes+n > maxHeldBytes {
+			h.dropped++
+		} else {
+			h.pkts = append(h.pkts, append([]byte(nil), buf[:n]...))
+			h.bytes += n
+		}
+		h.mu.Unlock()
+	}
+}
+
+// wanted tells whether an IP packet is a TCP segment to hold.
+func (h *packetHold) wanted(p []byte) bool {
+	src, dst, tcp, ok := parseTCP(p)
+	if !ok {
+		return false
+	}
+	sp, dp := binary.BigEndian.Uint16(tcp), binary.BigEndian.Uint16(tcp[2:])
+	if h.conns[tcpKey{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}] {
+		return true
+	}
+	flags := tcp[13]
+	const syn, ack = 0x02, 0x10
+	return flags&(syn|ack) == syn && h.ports[dp] && (len(h.addrs) == 0 || h.addrs[dst])
+}
+
+// parseTCP finds the addresses and TCP header of an IPv4 or IPv6 packet
+// (IPv6 without extension headers).
+func parseTCP(p []byte) (src, dst netip.Addr, tcp []byte, ok bool) {
+	if len(p) < 20 {
+		return
+	}
+	switch p[0] >> 4 {
+	case 4:
+		ihl := int(p[0]&0xf) * 4
+		total := int(binary.BigEndian.Uint16(p[2:]))
+		if p[9] != unix.IPPROTO_TCP || ihl < 20 || total > len(p) || total < ihl+20 {
+			return
+		}
+		if binary.BigEndian.Uint16(p[6:])&0x3fff != 0 {
+			return // a fragment
+		}
+		src, dst = netip.AddrFrom4([4]byte(p[12:16])), netip.AddrFrom4([4]byte(p[16:20]))
+		return src, dst, p[ihl:total], true
+	case 6:
+		if len(p) < 60 || p[6] != unix.IPPROTO_TCP {
+			return
+		}
+		plen := int(binary.BigEndian.Uint16(p[4:]))
+		if 40+plen > len(p) || plen < 20 {
+			return
+		}
+		src, dst = netip.AddrFrom16([16]byte(p[8:24])), netip.AddrFrom16([16]byte(p[24:40]))
+		return src, dst, p[40 : 40+plen], true
+	}
+	return
+}
+
+// finish stops keeping packets and returns those kept, with the number
+// dropped for want of room.
+func (h *packetHold) finish() ([][]byte, int) {
+	h.mu.Lock()
+	h.stop = true
+	h.mu.Unlock()
+	<-h.done
+	unix.Close(h.fd)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pkts, h.dropped
+}
+
+// replay sends the held packets on from pid's network namespace, as they
+// came (the peer's addresses), with their TCP checksums made whole (a
+// packet taken off a veth may carry only the pseudo-header's sum, the rest
+// left to an offload that will not happen now). It returns how many went.
+func replay(pid int, pkts [][]byte) (int, error) {
+	if len(pkts) == 0 {
+		return 0, nil
+	}
+	sent := 0
+	var errs []error
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		fd := -1
+		for _, p := range pkts {
+			src, dst, tcp, ok := parseTCP(p)
+			if !ok || (fam == unix.AF_INET) != src.Is4() {
+				continue
+			}
+			if fd < 0 {
+				var err error
+				fd, err = inNetns(pid, func() (int, error) {
+					return unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+				})
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+			}
+			fixTCPChecksum(src, dst, tcp)
+			var sa unix.Sockaddr
+			if src.Is4() {
+				sa = &unix.SockaddrInet4{Addr: dst.As4()}
+			} else {
+				sa = &unix.SockaddrInet6{Addr: dst.As16()}
+			}
+			if err := unix.Sendto(fd, p, 0, sa); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			sent++
+		}
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	return sent, errors.Join(errs...)
+}
+
+// fixTCPChecksum computes a segment's checksum afresh.
+func fixTCPChecksum(src, dst netip.Addr, tcp []byte) {
+	tcp[16], tcp[17] = 0, 0
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src.AsSlice())
+	add(dst.AsSlice())
+	sum += unix.IPPROTO_TCP + uint32(len(tcp))
+	add(tcp)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
+}
