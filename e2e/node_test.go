@@ -54,7 +54,15 @@ func newCluster(t *testing.T, o cluster.Options) *cluster.Cluster {
 				b, _ := os.ReadFile(n.ServeLog)
 				t.Logf("serve log of node %s:\n%s", n.Name, b)
 			}
-			t.Logf("cluster log:\n%s", log)
+			// What happened after the setup (the setup's commands start
+			// with "$ ").
+			var lines []string
+			for _, l := range strings.Split(log.String(), "\n") {
+				if !strings.HasPrefix(l, "$ ") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("cluster log (without the setup):\n%s", strings.Join(lines, "\n"))
 		}
 		if err := c.Close(); err != nil {
 			t.Errorf("cluster close: %v", err)
@@ -117,20 +125,26 @@ func waitLogTick(t *testing.T, log string, n int) {
 }
 
 // onlyCopy checks that exactly one live process named comm with PID nspid
-// runs in the cluster, on node want, and that it is running (not stopped,
-// not traced), and returns it.
+// runs on the agent nodes, on node want, that nothing else of that name
+// is there, and that it is running (not stopped, not traced), and returns
+// it.
 func onlyCopy(t *testing.T, c *cluster.Cluster, comm string, nspid int, want *cluster.Node) cluster.Located {
 	t.Helper()
 	var locs []cluster.Located
 	fixture.WaitFor(t, short, fmt.Sprintf("one %s with pid %d, on node %s", comm, nspid, want), func() bool {
-		var err error
-		locs, err = c.Locate(comm, nspid)
+		all, err := c.Locate(comm, nspid)
 		if err != nil {
 			t.Fatal(err)
 		}
+		locs = nil
+		for _, l := range all {
+			if l.Node != c.Client {
+				locs = append(locs, l)
+			}
+		}
 		return len(locs) == 1 && locs[0].Node == want
 	})
-	for _, n := range []*cluster.Node{c.A, c.B, c.Client} {
+	for _, n := range []*cluster.Node{c.A, c.B} {
 		ps, err := n.Find(comm)
 		if err != nil {
 			t.Fatal(err)
@@ -163,12 +177,19 @@ func checkVIPOn(t *testing.T, c *cluster.Cluster, n *cluster.Node) {
 // TestNodeCounterRoundTrip: the counter (with a 16 MiB heap) moves from A
 // to B and back while it runs: each time exactly one copy runs, on the
 // target, with the same PID in its node, counting on without a gap, and
-// the VIP follows it.
+// the VIP follows it (moved by the hooks, or by the cluster without them)
+// and answers the client from there at once.
 func TestNodeCounterRoundTrip(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
+	ask := nameServers(t, c)
 	p := nodeCounter(t, c.A, "-m", "16")
 	onlyCopy(t, c, "counter", p.NSPID, c.A)
 	checkVIPOn(t, c, c.A)
+	for _, vip := range []string{c.VIP.String(), c.VIP6.String()} {
+		if got, err := ask(vip); err != nil || got != "a" {
+			t.Fatalf("the VIP %s answers %q, %v; want a", vip, got, err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i, to := range []*cluster.Node{c.B, c.A} {
@@ -199,6 +220,13 @@ func TestNodeCounterRoundTrip(t *testing.T) {
 		onlyCopy(t, c, "counter", p.NSPID, to)
 		waitLogTick(t, p.Log, last+5)
 		checkVIPOn(t, c, to)
+		// The client reaches the VIP on its new node at once (within the
+		// dial's second: no SYN lost to a stale neighbour entry).
+		for _, vip := range []string{c.VIP.String(), c.VIP6.String()} {
+			if got, err := ask(vip); err != nil || got != to.Name {
+				t.Errorf("after the migration to %s, the VIP %s answers %q, %v", to, vip, got, err)
+			}
+		}
 	}
 	l := onlyCopy(t, c, "counter", p.NSPID, c.A)
 	if l.PPID != c.A.ServePID {
@@ -207,13 +235,12 @@ func TestNodeCounterRoundTrip(t *testing.T) {
 	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
 }
 
-// TestNodeVIP: the VIP moved from A to B and back is reachable from the
-// client at once, over IPv4 and IPv6: the new holder's announcement
-// (unsolicited ARP, unsolicited neighbour advertisement) updates the
-// client's neighbour entry, which points at the old holder.
-func TestNodeVIP(t *testing.T) {
-	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOff})
-	// Each agent node answers with its name on port 9000.
+// nameServers makes each agent node answer with its name on port 9000
+// (listeners of the test process in the nodes' network namespaces), and
+// returns a function that asks, from the client node, whoever holds the
+// VIP (either family) there, within a second.
+func nameServers(t *testing.T, c *cluster.Cluster) func(vip string) (string, error) {
+	t.Helper()
 	for _, n := range []*cluster.Node{c.A, c.B} {
 		l, err := n.Listen("tcp", ":9000")
 		if err != nil {
@@ -231,7 +258,7 @@ func TestNodeVIP(t *testing.T) {
 			}
 		}()
 	}
-	ask := func(vip string) (string, error) {
+	return func(vip string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		conn, err := c.Client.Dial(ctx, "tcp", net.JoinHostPort(vip, "9000"))
@@ -243,6 +270,15 @@ func TestNodeVIP(t *testing.T) {
 		b, err := io.ReadAll(conn)
 		return string(b), err
 	}
+}
+
+// TestNodeVIP: the VIP moved from A to B and back is reachable from the
+// client at once, over IPv4 and IPv6: the new holder's announcement
+// (unsolicited ARP, unsolicited neighbour advertisement) updates the
+// client's neighbour entry, which points at the old holder.
+func TestNodeVIP(t *testing.T) {
+	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOff})
+	ask := nameServers(t, c)
 	neigh := func(vip string) string {
 		out, _ := exec.Command("ip", "-n", c.Client.NetNS, "neigh", "show", vip, "dev", "eth0").Output()
 		return string(out)

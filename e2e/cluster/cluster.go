@@ -417,7 +417,7 @@ func (c *Cluster) run(name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	line := name + " " + strings.Join(args, " ")
+	line := strings.ReplaceAll(name+" "+strings.Join(args, " "), "\n", "; ")
 	if len(out) > 0 {
 		c.logf("$ %s\n%s", line, bytes.TrimRight(out, "\n"))
 	} else {
