@@ -85,11 +85,24 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	if s.Family == unix.AF_INET6 {
 		freeLevel, freeName = unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
 	}
-	freebind := 0
+	transLevel, transName := unix.IPPROTO_IP, unix.IP_TRANSPARENT
+	if s.Family == unix.AF_INET6 {
+		transLevel, transName = unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT
+	}
+	freebind, transparent := 0, 0
 	for _, o := range s.Options {
 		if o.Level == freeLevel && o.Name == freeName {
 			freebind = o.Value
 		}
+		if o.Level == transLevel && o.Name == transName {
+			transparent = o.Value
+		}
+	}
+	// IP_TRANSPARENT lets the connection route from an address this host
+	// does not have yet (IP_FREEBIND only lets it bind): the service
+	// address arrives with the pre-resume hook. It is put back at resume.
+	if err := unix.SetsockoptInt(fd, transLevel, transName, 1); err != nil {
+		return nil, fmt.Errorf("set IP_TRANSPARENT: %w", err)
 	}
 	if err := unix.SetsockoptInt(fd, freeLevel, freeName, 1); err != nil {
 		return nil, fmt.Errorf("set IP_FREEBIND: %w", err)
@@ -207,6 +220,9 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 		}
 		if reuse {
 			unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		}
+		if err := unix.SetsockoptInt(lfd, transLevel, transName, transparent); err != nil {
+			return fmt.Errorf("%s: put IP_TRANSPARENT back to %d: %w", name, transparent, err)
 		}
 		if len(unsent) > 0 {
 			if err := sendAll(lfd, unsent); err != nil {
