@@ -146,7 +146,7 @@ func New(opts Options) (*Cluster, error) {
 	if err := c.removeLeftovers(); err != nil {
 		return nil, err
 	}
-	if c.Dir, err = os.MkdirTemp("", "migrate-cluster-"); err != nil {
+	if c.Dir, err = os.MkdirTemp("", Prefix+c.ID+"-"); err != nil {
 		return nil, err
 	}
 	ok := false
@@ -343,45 +343,53 @@ func (c *Cluster) Close() error {
 	return c.closeErr
 }
 
-// removeLeftovers deletes the namespaces (and kills their processes) that
-// earlier runs left behind: those named with Prefix whose creating process
-// (PID and start time in the name) is gone.
+// removeLeftovers deletes what earlier runs left behind, if their
+// creating process (PID and start time in the run id) is gone: their
+// namespaces named with Prefix (after killing their processes) and their
+// directories.
 func (c *Cluster) removeLeftovers() error {
+	var errs []error
 	ents, err := os.ReadDir("/run/netns")
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	var stale []string
 	for _, e := range ents {
-		id, ok := strings.CutPrefix(e.Name(), Prefix)
-		if !ok {
-			continue
+		if id, ok := strings.CutPrefix(e.Name(), Prefix); ok && staleRun(id) {
+			stale = append(stale, e.Name())
 		}
-		var pid int
-		var start uint64
-		if f := strings.SplitN(id, ".", 3); len(f) == 3 {
-			pid, _ = strconv.Atoi(f[0])
-			start, _ = strconv.ParseUint(f[1], 10, 64)
-		}
-		if pid > 0 {
-			if st, err := startTime(pid); err == nil && st == start {
-				continue // a live run's
-			}
-		}
-		stale = append(stale, e.Name())
 	}
 	for _, ns := range stale {
 		c.logf("cluster: removing %s, left by a run that is gone", ns)
 		c.killNetNSPids(ns)
 	}
-	var errs []error
 	for _, ns := range stale {
 		errs = append(errs, c.run("ip", "netns", "del", ns))
 	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+"*"))
+	for _, d := range dirs {
+		if staleRun(strings.TrimPrefix(filepath.Base(d), Prefix)) {
+			c.logf("cluster: removing %s, left by a run that is gone", d)
+			errs = append(errs, os.RemoveAll(d))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// staleRun says whether the run whose id starts s (PID.START.SEQ) is
+// gone: its process no longer exists, or the PID is another process's.
+func staleRun(s string) bool {
+	f := strings.SplitN(s, ".", 3)
+	if len(f) != 3 {
+		return true
+	}
+	pid, err1 := strconv.Atoi(f[0])
+	start, err2 := strconv.ParseUint(f[1], 10, 64)
+	if err1 != nil || err2 != nil || pid <= 0 {
+		return true
+	}
+	st, err := startTime(pid)
+	return err != nil || st != start
 }
 
 // killNetNSPids kills, with SIGKILL, the processes that `ip netns pids`
