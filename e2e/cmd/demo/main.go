@@ -50,12 +50,16 @@ func main() {
 	flag.Parse()
 	closeOnExec()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx)
+	line, err := run(ctx) // cleans up before it returns
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("interrupted (%v)", err)
+	}
 	stop()
 	if err != nil {
 		fmt.Printf("demo: FAILED: %v\n", err)
 		os.Exit(1)
 	}
+	fmt.Println("demo: ok " + line)
 }
 
 // closeOnExec marks every fd this process inherited above stderr
@@ -82,13 +86,15 @@ type summary struct {
 	digestBefore, digestAfter string
 }
 
-func run(ctx context.Context) (err error) {
+// run runs the demo and returns the summary (the part of the last line
+// after "demo: ok "); it has cleaned up when it returns.
+func run(ctx context.Context) (_ string, err error) {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root (namespaces, ptrace, clone3 with a chosen PID)")
+		return "", errors.New("needs root (namespaces, ptrace, clone3 with a chosen PID)")
 	}
 	redis, err := exec.LookPath("redis-server")
 	if err != nil {
-		return fmt.Errorf("redis-server is needed (apt-get install redis-server): %w", err)
+		return "", fmt.Errorf("redis-server is needed (apt-get install redis-server): %w", err)
 	}
 	opts := cluster.Options{Migrate: *migrateBin}
 	if *verbose {
@@ -98,7 +104,7 @@ func run(ctx context.Context) (err error) {
 	say("building a cluster: nodes A and B with migrate serve, a client node, the service address on A")
 	c, err := cluster.New(opts)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer func() {
 		if *verbose || err != nil {
@@ -126,24 +132,24 @@ func run(ctx context.Context) (err error) {
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
 		"--dir", c.Dir, "--enable-debug-command", "yes")
 	if err != nil {
-		return err
+		return "", err
 	}
 	say("redis-server runs on A: pid %d there (%d on this machine)", p.NSPID, p.PID)
 
 	admin, err := dialWait(ctx, c.Client, addr)
 	if err != nil {
 		b, _ := os.ReadFile(log)
-		return fmt.Errorf("redis does not answer at %s: %w\n%s", addr, err, b)
+		return "", fmt.Errorf("redis does not answer at %s: %w\n%s", addr, err, b)
 	}
 	var s summary
 	if _, err := admin.str("DEBUG", "POPULATE", strconv.Itoa(*keys), "key", "64"); err != nil {
-		return err
+		return "", err
 	}
 	if s.keysBefore, err = admin.int("DBSIZE"); err != nil {
-		return err
+		return "", err
 	}
 	if s.digestBefore, err = admin.str("DEBUG", "DIGEST"); err != nil {
-		return err
+		return "", err
 	}
 	mem, _ := admin.info("memory", "used_memory_human")
 	admin.Close()
@@ -162,7 +168,7 @@ func run(ctx context.Context) (err error) {
 		wg.Wait()
 	}()
 	if err := cl.waitOps(ctx, 200); err != nil {
-		return err
+		return "", err
 	}
 	time.Sleep(500 * time.Millisecond)
 	say("client on the client node: %s", cl.status())
@@ -183,7 +189,7 @@ func run(ctx context.Context) (err error) {
 		if res != nil {
 			say("migrate said: %s", cluster.LastLine(res.Stderr))
 		}
-		return fmt.Errorf("migration: %w", merr)
+		return "", fmt.Errorf("migration: %w", merr)
 	}
 	s.rounds, s.downtimeMS, s.targetMS = len(res.Rounds), res.DowntimeMS, res.TargetDowntimeMS
 	for _, r := range res.Rounds {
@@ -199,7 +205,7 @@ func run(ctx context.Context) (err error) {
 	// The client goes on a while against B.
 	ops := cl.snapshot().ops
 	if err := cl.waitOps(ctx, ops+200); err != nil {
-		return err
+		return "", err
 	}
 	time.Sleep(500 * time.Millisecond)
 	cancel()
@@ -212,13 +218,13 @@ func run(ctx context.Context) (err error) {
 	// address on B.
 	locs, err := c.Locate("redis-server", p.NSPID)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if len(locs) != 1 || locs[0].Node != c.B {
-		return fmt.Errorf("redis-server with pid %d runs %d times (%v), want once, on B", p.NSPID, len(locs), locs)
+		return "", fmt.Errorf("redis-server with pid %d runs %d times (%v), want once, on B", p.NSPID, len(locs), locs)
 	}
 	if holders, err := c.VIPHolders(); err != nil || len(holders) != 1 || holders[0] != c.B {
-		return fmt.Errorf("the service address is on %v (%v), want B", holders, err)
+		return "", fmt.Errorf("the service address is on %v (%v), want B", holders, err)
 	}
 	say("one redis-server runs, on B (pid %d there, %d on this machine)", locs[0].NSPID, locs[0].PID)
 
@@ -226,39 +232,38 @@ func run(ctx context.Context) (err error) {
 	// wrote; without it, the data set is the one before.
 	admin, err = dialWait(ctx, c.Client, addr)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer admin.Close()
 	if pid, err := admin.info("server", "process_id"); err != nil || pid != strconv.Itoa(p.NSPID) {
-		return fmt.Errorf("the service address reaches redis process %s (%v), want %d", pid, err, p.NSPID)
+		return "", fmt.Errorf("the service address reaches redis process %s (%v), want %d", pid, err, p.NSPID)
 	}
 	got, err := admin.str("GET", "counter")
 	if err != nil {
-		return err
+		return "", err
 	}
 	if got != strconv.FormatInt(st.last, 10) {
-		return fmt.Errorf("counter is %q after the migration, the client last wrote %d", got, st.last)
+		return "", fmt.Errorf("counter is %q after the migration, the client last wrote %d", got, st.last)
 	}
 	if _, err := admin.int("DEL", "counter"); err != nil {
-		return err
+		return "", err
 	}
 	if s.keysAfter, err = admin.int("DBSIZE"); err != nil {
-		return err
+		return "", err
 	}
 	if s.digestAfter, err = admin.str("DEBUG", "DIGEST"); err != nil {
-		return err
+		return "", err
 	}
 	say("after: %d keys, digest %s (the client's counter, %s, removed first)", s.keysAfter, s.digestAfter, got)
 	line := fmt.Sprintf("rounds=%d downtime_ms=%.0f client_max_gap_ms=%.0f errors=%d keys_before=%d keys_after=%d",
 		s.rounds, s.downtimeMS, s.maxGapMS, s.errors, s.keysBefore, s.keysAfter)
 	switch {
 	case s.keysAfter != s.keysBefore || s.digestAfter != s.digestBefore:
-		return fmt.Errorf("the data set changed: %s digest before %s after %s", line, s.digestBefore, s.digestAfter)
+		return "", fmt.Errorf("the data set changed: %s digest before %s after %s", line, s.digestBefore, s.digestAfter)
 	case s.errors > 0:
-		return fmt.Errorf("the client saw errors: %s (last: %v)", line, st.lastErr)
+		return "", fmt.Errorf("the client saw errors: %s (last: %v)", line, st.lastErr)
 	}
-	fmt.Println("demo: ok " + line)
-	return nil
+	return line, nil
 }
 
 // dialWait connects to addr from node n, retrying for up to 10 s, and
