@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -418,14 +419,51 @@ func TestDumpInet(t *testing.T) {
 	defer c.Close()
 	_, err = sd.dump(l)
 	requireRefused(t, err, l)
-	// Established: refused.
+	// Established: noted for repair, then read in repair mode, then given
+	// back working.
 	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(a)
-	_, err = sd.dump(a)
-	requireRefused(t, err, a)
+	if _, err := c.Write([]byte("unread by a")); err != nil {
+		t.Fatal(err)
+	}
+	fixturePoll(t, func() bool { n, _ := unix.IoctlGetInt(a, unix.SIOCINQ); return n == 11 })
+	es := sd.mustDump(a)
+	defer sd.d.closeTCP()
+	if es.State != core.SockConnected || es.TCP == nil || es.Remote != c.LocalAddr().String() {
+		t.Fatalf("established socket: %+v", es)
+	}
+	if err := sd.d.repairTCP(); err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	tc := es.TCP
+	if tc.State != "ESTABLISHED" || tc.RecvLen != 11 || tc.SendLen != 0 || tc.MSS == 0 || !tc.SACK || !tc.Timestamps || !tc.Wscale {
+		t.Errorf("repair state: %+v", tc)
+	}
+	if q, err := os.ReadFile(filepath.Join(sd.d.dir, tc.RecvQueue)); err != nil || string(q) != "unread by a" {
+		t.Errorf("receive queue %q, %v", q, err)
+	}
+	if err := tc.Validate(); err != nil {
+		t.Errorf("validate: %v", err)
+	}
+	if err := sd.d.unrepairTCP(); err != nil {
+		t.Fatalf("unrepair: %v", err)
+	}
+	// The connection works as before: the queue is still there, and
+	// both ways carry data.
+	buf := make([]byte, 64)
+	if n, err := unix.Read(a, buf); err != nil || string(buf[:n]) != "unread by a" {
+		t.Errorf("read after repair: %q, %v", buf[:n], err)
+	}
+	if _, err := unix.Write(a, []byte("back")); err != nil {
+		t.Errorf("write after repair: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "back" {
+		t.Errorf("peer read after repair: %q, %v", buf[:n], err)
+	}
 
 	// IPv6, bound, not listening; unbound TCP; UDP connected.
 	b6 := sock(t, unix.AF_INET6, unix.SOCK_STREAM, 0)
@@ -662,4 +700,15 @@ func TestDumpOtherNetns(t *testing.T) {
 	if got, _ := p.WaitLine(t, short, n, "check"); got != want {
 		t.Errorf("after the dump the process sees\n%s\nwant\n%s", got, want)
 	}
+}
+
+// fixturePoll waits up to 5 s for cond.
+func fixturePoll(t *testing.T, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("timed out")
 }

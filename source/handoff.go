@@ -455,6 +455,13 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 	if _, ok := m.(*transport.Ready); !ok {
 		return s.rollback(PhaseReady, unexpected(m, "ready"))
 	}
+	if h, ok := act.(interface{ GotReady(context.Context) error }); ok {
+		// Whatever ran alongside the target's restore (the post-dump
+		// hook) must have gone well.
+		if err := h.GotReady(ctx); err != nil {
+			return s.rollback(PhaseReady, err)
+		}
+	}
 	if err := context.Cause(ctx); err != nil {
 		return s.rollback(PhaseReady, err)
 	}

@@ -65,6 +65,14 @@ type MigrateReport struct {
 	// TargetDowntimeMS is the target's own measure: from the state's
 	// arrival to the process running.
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`
+	// FrozenSteps is where the source's part of the downtime went, from
+	// the freeze to the state being ready to send.
+	FrozenSteps []Step `json:"frozen_steps,omitempty"`
+	// TargetSteps is where the target's time went (its restore steps, as
+	// it reported them), and Handoff the rest of the downtime: state sent
+	// to ready, commit to resumed, as the source saw it.
+	TargetSteps []Step `json:"target_steps,omitempty"`
+	Handoff     []Step `json:"handoff_steps,omitempty"`
 }
 
 // LiveLayout is the body of a round's Layout message: the process as far
@@ -187,6 +195,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
 	rep.TargetDowntimeMS = a.targetDowntime
+	rep.FrozenSteps = d.steps
+	rep.TargetSteps = a.targetSteps
+	if !a.stateSent.IsZero() && !a.ready.IsZero() {
+		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
+		if !a.resumed.IsZero() {
+			rep.Handoff = append(rep.Handoff, Step{Name: "ready to resumed", MS: ms(a.resumed.Sub(a.ready))})
+		}
+	}
 	return rep, err
 }
 
@@ -239,6 +255,11 @@ type liveSource struct {
 	// hold keeps the packets the network lock drops, to send them on
 	// once the process runs.
 	hold *packetHold
+	// targetSteps: the target's restore steps; stateSent and ready time
+	// the handoff.
+	targetSteps      []Step
+	stateSent, ready time.Time
+	postDump         chan error // the post-dump hook's result, while it runs
 }
 
 // replayHeld sends on the packets the lock dropped (the lock is off): the
@@ -263,19 +284,48 @@ func (a *liveSource) runHook(ctx context.Context, stage hook.Stage) error {
 	return a.hooks.Run(ctx, stage, env)
 }
 
-// StateSent runs the post-dump hook: the state is on its way, the
-// original frozen, the network lock on.
+// StateSent starts the post-dump hook: the state is on its way, the
+// original frozen, the network lock on. It runs while the target
+// restores, not in the downtime's path; GotReady waits for it.
 func (a *liveSource) StateSent(ctx context.Context) error {
-	return a.runHook(ctx, hook.PostDump)
+	a.stateSent = time.Now()
+	if !a.hooks.Has(hook.PostDump) {
+		return nil
+	}
+	ch := make(chan error, 1)
+	a.postDump = ch
+	go func() { ch <- a.runHook(ctx, hook.PostDump) }()
+	return nil
+}
+
+// GotReady notes when the target said ready, and waits for the post-dump
+// hook: a failed hook aborts the migration.
+func (a *liveSource) GotReady(ctx context.Context) error {
+	a.ready = time.Now()
+	if a.postDump == nil {
+		return nil
+	}
+	select {
+	case err := <-a.postDump:
+		a.postDump = nil
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 }
 
 // Resumed takes what the target measured.
 func (a *liveSource) Resumed(body json.RawMessage) {
 	var m struct {
 		DowntimeMS float64 `json:"target_downtime_ms"`
+		Steps      []Step  `json:"target_steps"`
 	}
 	if json.Unmarshal(body, &m) == nil {
 		a.targetDowntime = m.DowntimeMS
+		if len(m.Steps) > 64 {
+			m.Steps = m.Steps[:64]
+		}
+		a.targetSteps = m.Steps
 	}
 }
 
@@ -400,6 +450,9 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 // returns the image with its blobs.
 func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage, error) {
 	d := a.d
+	d.lapped = a.frozen
+	d.steps = nil
+	defer d.lap("encode state")
 	if err := d.p.FindGadget(); err != nil {
 		return nil, err
 	}
@@ -417,6 +470,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if err := d.resolvePipes(); err != nil {
 		return nil, err
 	}
+	d.lap("read state")
 	if err := a.releaseListeners(); err != nil {
 		return nil, err
 	}
@@ -435,6 +489,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if err := d.repairTCP(); err != nil {
 		return nil, err
 	}
+	d.lap("network lock, tcp repair")
 	if err := d.mapScratch(); err != nil {
 		return nil, err
 	}
@@ -445,18 +500,21 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if ierr != nil {
 		return nil, ierr
 	}
+	d.lap("injected calls")
 	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
 		return nil, err
 	}
 	if _, err := d.finishPages(a.sink, len(d.rounds)); err != nil {
 		return nil, err
 	}
+	d.lap("final round")
 	if err := d.tracker.Close(); err != nil {
 		return nil, err
 	}
 	if err := d.fdset.writeBlobs(d); err != nil {
 		return nil, err
 	}
+	d.lap("tracker off, blobs")
 	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
 	total := 0
 	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {
@@ -494,6 +552,10 @@ func (a *liveSource) ResumeOriginal() error {
 	a.d.unlock()
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
+	}
+	if a.postDump != nil {
+		<-a.postDump // the abort hook undoes what it did: after it
+		a.postDump = nil
 	}
 	// The operator's abort hook first (the service address back here, say),
 	// then the held packets.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"migrate/core/hook"
+	"migrate/core/proc"
 	"os"
 	"path/filepath"
 	"sort"
@@ -149,9 +150,14 @@ func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 
 // ResumedBody is what the target measured, sent with Resumed.
 func (t *liveTarget) ResumedBody() json.RawMessage {
+	var steps []Step
+	if t.b != nil {
+		steps = t.b.steps
+	}
 	b, _ := json.Marshal(struct {
 		DowntimeMS float64 `json:"target_downtime_ms"` // state received to resumed
-	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000})
+		Steps      []Step  `json:"target_steps,omitempty"`
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps})
 	return b
 }
 
@@ -163,7 +169,20 @@ func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
 
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
-	return pidFree(h.PID)
+	// A process that left this host a moment ago (migrated away, killed)
+	// may still hold the PID as a zombie until its parent (this service,
+	// as PID 1 of its namespace) reaps it: worth a short wait.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := pidFree(h.PID)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if st, serr := proc.ReadStat(h.PID); serr != nil || (st.State != 'Z' && st.State != 'X') {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
