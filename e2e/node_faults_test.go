@@ -219,3 +219,39 @@ func exitCode(err error) int {
 	}
 	return -1
 }
+
+// TestNodeFaultAfterFreeze: the migration fails after the freeze, once
+// the source's post-dump hook took the VIP off A: an extra post-dump hook
+// of the operator fails (exit 1). The source rolls back, its abort hook
+// puts the VIP back on A, where the client reaches it again, and the
+// target's abort hook leaves B without it.
+//
+// (Killing B's service at that point instead leaves the original frozen:
+// the target's "ready" was already read, the commit's send then fails,
+// and the source, which does not decide once a commit was attempted,
+// asks the gone target for two minutes, then leaves it to `migrate
+// recover`.)
+func TestNodeFaultAfterFreeze(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	if !c.Hooks {
+		t.Skip("migrate takes no --hook: nothing takes the VIP off A at the freeze")
+	}
+	ask := nameServers(t, c)
+	p := nodeCounter(t, c.A, "-m", "16")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The cluster's own post-dump hook runs first (the flags' order).
+	res, err := c.Migrate(ctx, c.A, c.B, p.NSPID, "-v", "--hook", "post-dump=echo failing post-dump hook >&2; exit 1")
+	msg := checkFailed(t, res, err)
+	t.Logf("migrate: %s", msg)
+	if !strings.Contains(res.Stderr, "stage=post-dump") || !strings.Contains(res.Stderr, "stage=abort") {
+		t.Errorf("migrate's log does not show its post-dump and abort hooks:\n%s", res.Stderr)
+	}
+	checkOriginalOnA(t, c, p)
+	for _, vip := range []string{c.VIP.String(), c.VIP6.String()} {
+		if got, err := ask(vip); err != nil || got != "a" {
+			t.Errorf("after the rollback, the VIP %s answers %q, %v; want a", vip, got, err)
+		}
+	}
+	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 5)
+}
