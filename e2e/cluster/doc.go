@@ -28,11 +28,15 @@
 // # Names and cleanup
 //
 // Every namespace is named Prefix + run id + "-" + node, where the run id
-// holds the PID and start time of the process that built the cluster. New
-// first removes the namespaces of earlier runs whose process is gone (a
-// crashed test or demo): it kills the processes `ip netns pids` lists in
-// them, only those, and deletes them. Close tears everything down; it is
-// idempotent, and tests call it from t.Cleanup.
+// holds the PID and start time of the process that built the cluster; the
+// cluster's directory (secret, logs) is $TMPDIR/Prefix + run id + "-*".
+// New first removes what earlier runs whose process is gone (a crashed
+// test or demo) left: it kills the processes `ip netns pids` lists in
+// their namespaces, only those, deletes the namespaces, and removes their
+// directories. A live run's are left alone, so clusters of several
+// processes can coexist (their addresses are the same, but each cluster's
+// network is its own). Close tears everything down; it is idempotent, and
+// tests call it from t.Cleanup.
 //
 // # The service address (VIP)
 //
@@ -42,9 +46,13 @@
 // post-dump hook removes the VIP (the original is frozen and its network
 // locked by then), its abort hook puts it back if it had removed it; the
 // target's pre-resume hook adds it while the restored process is still
-// stopped (its sockets, bound with IP_FREEBIND, exist already) and
-// announces it, its abort hook removes it again. Without hooks,
-// Cluster.Migrate moves the VIP itself once the target runs the process.
+// stopped (its sockets exist already: the target binds them with
+// IP_FREEBIND and routes them with IP_TRANSPARENT until the address
+// arrives) and announces it, its abort hook removes it again. The hooks
+// remember what they did in a mark file per node, so one migration at a
+// time per node. Without hooks, Cluster.Migrate moves the VIP itself once
+// the target runs the process: too late for established connections (the
+// old node answers the client with resets meanwhile).
 //
 // The client must learn the VIP's new link-layer address at once, or its
 // packets go on to the old node for seconds (a stale neighbour entry is
@@ -65,10 +73,23 @@
 //
 // Node.Command runs a command inside a node (nsenter into the service's
 // network, PID and mount namespaces; ip netns exec for the client).
-// Node.Start runs a long-lived one and reports its PID both as the machine
-// sees it and as the node sees it (NSpid). Cluster.Migrate runs `migrate
-// --to` on a node and returns its JSON report. Node.Dial and Node.Listen
-// open sockets inside a node from the calling Go process.
+// Node.Start runs a long-lived one, optionally at a chosen PID
+// (StartOptions.PID, to take a PID on the target), and reports its PID
+// both as the machine sees it and as the node sees it (NSpid); Node.Procs,
+// Node.Find and Cluster.Locate list what runs where. Like os/exec, Start
+// passes on the caller's file descriptors that are not close-on-exec: a
+// caller that inherited some marks them first (fixture.Main and the demo
+// do), or migrate would rightly refuse a workload holding a pipe to an
+// outside process. Node.Dial and Node.Listen open sockets inside a node
+// from the calling Go process (on a thread switched into the node's
+// network namespace).
+//
+// Cluster.Migrate runs `migrate --to` on a node and returns its JSON
+// report (Result), with an *ExitError if migrate failed;
+// Cluster.StartMigration lets a test watch its stderr (WaitStderr) and
+// strike meanwhile: Cluster.CutLink (the node's switch port down: no
+// reset, silence), Node.KillServe (the node's service and everything on
+// the node killed; StartServe starts a new one).
 //
 // The package prints nothing: what it runs and what that said go to
 // Options.Log.
