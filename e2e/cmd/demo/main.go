@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -41,7 +42,8 @@ var (
 	interval   = flag.Duration("interval", 2*time.Millisecond, "the client's pause between two requests")
 	ipv6       = flag.Bool("6", false, "the client uses the IPv6 service address")
 	holdConn   = flag.Bool("hold-conn", true, "keep the client's one connection open across the migration; with false it closes it before the migration and connects again after (for a migrate that cannot move established TCP connections)")
-	verbose    = flag.Bool("v", false, "print the commands the cluster runs, and the services' logs at the end")
+	verbose    = flag.Bool("v", false, "print the commands the cluster runs, migrate's log, and the services' logs at the end")
+	extra      = flag.String("migrate-flags", "", "more `FLAGS` for migrate --to (split at spaces), e.g. \"--bandwidth 50 -vv\"")
 )
 
 const port = "6379"
@@ -178,7 +180,10 @@ func run(ctx context.Context) (_ string, err error) {
 	}
 
 	say("migrating redis-server from A to B: migrate --to %s %d (on A)", c.B.ServeAddr, p.NSPID)
-	res, merr := c.Migrate(ctx, c.A, c.B, p.NSPID)
+	res, merr := c.Migrate(ctx, c.A, c.B, p.NSPID, strings.Fields(*extra)...)
+	if *verbose && res != nil {
+		fmt.Fprintf(os.Stderr, "--- migrate's stderr:\n%s", res.Stderr)
+	}
 	if !*holdConn {
 		cl.resume()
 	}
