@@ -453,20 +453,32 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	d.lapped = a.frozen
 	d.steps = nil
 	defer d.lap("encode state")
-	if err := d.p.FindGadget(); err != nil {
-		return nil, err
-	}
-	if err := d.collectTask(); err != nil {
-		return nil, err
-	}
-	if err := d.collectVMAs(); err != nil {
-		return nil, err
+	// The ptrace work runs on the tracer thread in one go, next to the
+	// process's threads (Pin): see ptrace.Proc.Pin.
+	if err := d.p.Pin(); err != nil {
+		d.log.Debug("threads not pinned", "err", err)
 	}
 	var err error
-	if d.fdset, err = d.collectFDs(ctx); err != nil {
+	err = d.tr.Do(func() error {
+		if err := d.p.FindGadget(); err != nil {
+			return err
+		}
+		if err := d.collectTask(); err != nil {
+			return err
+		}
+		if err := d.collectVMAs(); err != nil {
+			return err
+		}
+		var err error
+		d.fdset, err = d.collectFDs(ctx)
+		return err
+	})
+	if d.fdset != nil {
+		defer d.fdset.close()
+	}
+	if err != nil {
 		return nil, err
 	}
-	defer d.fdset.close()
 	if err := d.resolvePipes(); err != nil {
 		return nil, err
 	}
@@ -490,15 +502,17 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("network lock, tcp repair")
-	if err := d.mapScratch(); err != nil {
+	if err := d.tr.Do(func() error {
+		if err := d.mapScratch(); err != nil {
+			return err
+		}
+		ierr := d.collectInjected()
+		if err := d.unmapScratch(); err != nil {
+			return errors.Join(ierr, err)
+		}
+		return ierr
+	}); err != nil {
 		return nil, err
-	}
-	ierr := d.collectInjected()
-	if err := d.unmapScratch(); err != nil {
-		return nil, errors.Join(ierr, err)
-	}
-	if ierr != nil {
-		return nil, ierr
 	}
 	d.lap("injected calls")
 	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {

@@ -128,8 +128,11 @@ type liveTarget struct {
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
 	hooks     *hook.Set
-	img       *core.Image // the state's image, once restored
-	aborted   bool
+	// steps time the downtime's part here, from the state's arrival.
+	steps   []Step
+	lapped  time.Time
+	img     *core.Image // the state's image, once restored
+	aborted bool
 }
 
 // hookEnv describes the session to the hooks.
@@ -150,10 +153,7 @@ func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 
 // ResumedBody is what the target measured, sent with Resumed.
 func (t *liveTarget) ResumedBody() json.RawMessage {
-	var steps []Step
-	if t.b != nil {
-		steps = t.b.steps
-	}
+	steps := t.steps
 	b, _ := json.Marshal(struct {
 		DowntimeMS float64 `json:"target_downtime_ms"` // state received to resumed
 		Steps      []Step  `json:"target_steps,omitempty"`
@@ -292,8 +292,16 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 	return nil
 }
 
+// lap ends a step of the downtime.
+func (t *liveTarget) lap(name string) {
+	now := time.Now()
+	t.steps = append(t.steps, Step{Name: name, MS: float64(now.Sub(t.lapped).Microseconds()) / 1000})
+	t.lapped = now
+}
+
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
+	t.lapped = t.stateAt
 	var ls LiveState
 	if err := json.Unmarshal(st.Body, &ls); err != nil {
 		return fmt.Errorf("state: %w", err)
@@ -313,21 +321,31 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 			return err
 		}
 	}
+	t.lap("decode state")
+	n := len(t.b.steps)
 	if err := t.b.Finish(ctx, img); err != nil {
 		return err
 	}
+	t.steps = append(t.steps, t.b.steps[n:]...)
+	t.lapped = time.Now()
 	t.img = img
 	// The process is whole and stopped: the operator's pre-resume hook
 	// (bring the service address here, say). A failure aborts.
-	return t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
+	err := t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
+	if t.hooks.Has(hook.PreResume) {
+		t.lap("pre-resume hook")
+	}
+	return err
 }
 
 func (t *liveTarget) Resume() error {
 	if t.b == nil {
 		return errors.New("nothing to resume")
 	}
+	t.lap("ready, wait for commit")
 	_, err := t.b.Resume()
 	t.resumedAt = time.Now()
+	t.lap("resume")
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
 			if err := t.hooks.Run(context.Background(), hook.PostResume, t.hookEnv()); err != nil {

@@ -228,11 +228,22 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 			return err
 		}
 	}
-	return b.run(ctx, []stage{
-		{"set protections", b.each(ctx, (*restorer).protect)},
-		{"restore files", b.each(ctx, (*restorer).restoreFDs)},
-		{"restore process state", b.each(ctx, (*restorer).restoreState)},
-		{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
+	// The ptrace work runs on the tracer thread in one go, next to the
+	// processes' threads: see ptrace.Proc.Pin.
+	for _, r := range b.all {
+		if r.p != nil && r.proc.Zombie == nil {
+			if err := r.p.Pin(); err != nil {
+				b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
+			}
+		}
+	}
+	return b.ss.tr.Do(func() error {
+		return b.run(ctx, []stage{
+			{"set protections", b.each(ctx, (*restorer).protect)},
+			{"restore files", b.each(ctx, (*restorer).restoreFDs)},
+			{"restore process state", b.each(ctx, (*restorer).restoreState)},
+			{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
+		})
 	})
 }
 

@@ -80,10 +80,28 @@ func (p *Proc) Syscall(th *Thread, name string, nr uintptr, args ...uint64) (uin
 	if len(args) > 6 {
 		return 0, fmt.Errorf("syscall %s: %d arguments", name, len(args))
 	}
+	var ret uint64
+	err := p.t.Do(func() error {
+		var err error
+		ret, err = p.syscallLocked(th, name, nr, args...)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if e := int64(ret); e < 0 && e > -4096 {
+		return 0, &SyscallError{PID: p.PID, Name: name, Errno: unix.Errno(-e)}
+	}
+	return ret, nil
+}
+
+// syscallLocked is Syscall on the tracer thread: it returns the raw result
+// (a negative errno is not turned into an error).
+func (p *Proc) syscallLocked(th *Thread, name string, nr uintptr, args ...uint64) (uint64, error) {
 	var a [6]uint64
 	copy(a[:], args)
 	var ret uint64
-	err := p.t.Do(func() error {
+	err := func() error {
 		saved := th.Regs
 		r := saved
 		r.Rip = p.gadget
@@ -130,12 +148,6 @@ func (p *Proc) Syscall(th *Thread, name string, nr uintptr, args ...uint64) (uin
 			return fmt.Errorf("inject %s: restore registers of %d: %w", name, th.TID, err)
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	if e := int64(ret); e < 0 && e > -4096 {
-		return 0, &SyscallError{PID: p.PID, Name: name, Errno: unix.Errno(-e)}
-	}
-	return ret, nil
+	}()
+	return ret, err
 }

@@ -80,6 +80,71 @@ type Proc struct {
 	gadget  uint64    // address of a syscall instruction in the tracee
 	// Options used at seize; kept for threads added later.
 	opts int
+	// affinity holds the CPU masks of the threads Pin moved, to be put
+	// back before they run.
+	affinity map[int]unix.CPUSet
+}
+
+// Pin moves every thread of the process, and the tracer thread, to one CPU
+// (the leader's last) while it is stopped: on virtual machines a ptrace
+// stop or resume that wakes a thread on another CPU is several times
+// dearer than one on the same CPU, and the frozen window is mostly such
+// round trips. The threads' own CPU masks come back at Detach, or with
+// Unpin. Threads added later (AdoptThread) inherit the leader's pinned
+// mask, and get the leader's original one back.
+func (p *Proc) Pin() error {
+	if p.affinity != nil {
+		return nil
+	}
+	cpu, err := LastCPU(p.PID)
+	if err != nil {
+		return err
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	saved := map[int]unix.CPUSet{}
+	for _, th := range p.Threads {
+		var old unix.CPUSet
+		if err := unix.SchedGetaffinity(th.TID, &old); err != nil {
+			p.affinity = saved
+			p.Unpin()
+			return fmt.Errorf("CPU mask of thread %d: %w", th.TID, err)
+		}
+		if err := unix.SchedSetaffinity(th.TID, &one); err != nil {
+			p.affinity = saved
+			p.Unpin()
+			return fmt.Errorf("pin thread %d: %w", th.TID, err)
+		}
+		saved[th.TID] = old
+	}
+	p.affinity = saved
+	return p.t.PinTo(cpu)
+}
+
+// Unpin gives the threads their CPU masks back.
+func (p *Proc) Unpin() error {
+	if p.affinity == nil {
+		return nil
+	}
+	var first error
+	lead, hasLead := p.affinity[p.PID]
+	for _, th := range p.Threads {
+		if th.TID == 0 {
+			continue
+		}
+		m, ok := p.affinity[th.TID]
+		if !ok {
+			if !hasLead {
+				continue
+			}
+			m = lead
+		}
+		if err := unix.SchedSetaffinity(th.TID, &m); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+			first = fmt.Errorf("CPU mask of thread %d back: %w", th.TID, err)
+		}
+	}
+	p.affinity = nil
+	return first
 }
 
 // Tracer returns the tracer thread that owns the process.
@@ -466,7 +531,7 @@ func stateOf(pid int) byte {
 
 // detachAll detaches every thread. Preconditions: on the tracer thread.
 func (p *Proc) detachAll(_ int) error {
-	var first error
+	first := p.Unpin()
 	for _, th := range p.Threads {
 		if th.TID == 0 {
 			continue
