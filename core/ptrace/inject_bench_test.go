@@ -1,9 +1,9 @@
 package ptrace
 
 import (
-	"time"
 	"os/exec"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
