@@ -218,22 +218,36 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 
+	// The ptrace work runs on the tracer thread in one go per phase, next
+	// to the processes' threads: see ptrace.Proc.Pin.
+	for _, d := range all {
+		if err := d.p.Pin(); err != nil {
+			log.Debug("threads not pinned", "pid", d.pid, "err", err)
+		}
+	}
 	// Everything that cannot fail on the process itself comes first, so an
 	// unsupported fd or mapping is refused before any injection.
 	for _, d := range all {
-		if err := d.p.FindGadget(); err != nil {
-			return nil, fmt.Errorf("process %d: %w", d.pid, err)
+		err := ss.tr.Do(func() error {
+			if err := d.p.FindGadget(); err != nil {
+				return fmt.Errorf("process %d: %w", d.pid, err)
+			}
+			if err := d.collectTask(); err != nil {
+				return err
+			}
+			if err := d.collectVMAs(); err != nil {
+				return err
+			}
+			var err error
+			d.fdset, err = d.collectFDs(ctx)
+			return err
+		})
+		if d.fdset != nil {
+			defer d.fdset.close()
 		}
-		if err := d.collectTask(); err != nil {
+		if err != nil {
 			return nil, err
 		}
-		if err := d.collectVMAs(); err != nil {
-			return nil, err
-		}
-		if d.fdset, err = d.collectFDs(ctx); err != nil {
-			return nil, err
-		}
-		defer d.fdset.close()
 	}
 	if err := ss.resolvePipes(); err != nil {
 		return nil, err
@@ -290,7 +304,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		if err := ss.hook(stageScratch); err != nil {
 			return nil, err
 		}
-		if err := d.collectInjected(); err != nil {
+		if err := ss.tr.Do(d.collectInjected); err != nil {
 			return nil, err
 		}
 		if err := unmap(); err != nil {
