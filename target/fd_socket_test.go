@@ -445,8 +445,10 @@ func TestRestoreAddrErrors(t *testing.T) {
 		ok      bool
 		errno   error
 	}{
-		{"not here v4", unix.AF_INET, "192.0.2.1:80", nil, false, nil},
-		{"not here v6", unix.AF_INET6, "[2001:db8::1]:80", nil, false, nil},
+		// An address not (yet) here is bound all the same, with a warning:
+		// the service address comes with a pre-resume hook.
+		{"not here v4", unix.AF_INET, "192.0.2.1:80", nil, true, nil},
+		{"not here v6", unix.AF_INET6, "[2001:db8::1]:80", nil, true, nil},
 		{"not here, freebind", unix.AF_INET, "192.0.2.1:80", []core.SockOpt{opt(unix.IPPROTO_IP, unix.IP_FREEBIND, 1, "IP_FREEBIND")}, true, nil},
 		{"in use", unix.AF_INET, busy.Addr().String(), nil, false, unix.EADDRINUSE},
 	} {
@@ -458,6 +460,10 @@ func TestRestoreAddrErrors(t *testing.T) {
 			if tc.ok {
 				if err != nil {
 					t.Fatalf("open: %v", err)
+				}
+				freebind := len(tc.options) > 0
+				if warned := len(sr.r.warnings) > 0; warned == freebind {
+					t.Errorf("warnings %q (the process asked for IP_FREEBIND: %v)", sr.r.warnings, freebind)
 				}
 				return
 			}

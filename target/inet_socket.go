@@ -55,10 +55,12 @@ func (r *restorer) inetSocket(fdnum int, s *core.Socket) (*os.File, error) {
 			reuse = o.Value != 0
 		}
 	}
-	// An address this host does not have is refused before anything is
-	// built, unless the process itself asked for IP_FREEBIND.
+	// An address this host does not have (yet) is bound all the same, with
+	// IP_FREEBIND: a service address typically arrives with the operator's
+	// pre-resume hook, after the sockets are built. Said, in case it never
+	// comes.
 	if s.State != core.SockUnbound && freebind == 0 && !addrLocal(local.Addr()) {
-		return nil, &AddrError{PID: r.pid, FD: fdnum, Addr: s.Local}
+		r.warn("%s: %s is not an address of this host (yet): bound all the same; it must arrive before clients can reach it (a pre-resume hook moves a service address)", r.fdName(fdnum), s.Local)
 	}
 	sa, err := inetSockaddr(s.Family, local)
 	if err != nil && s.State != core.SockUnbound {
