@@ -32,6 +32,9 @@ const (
 // packetHold keeps copies of the packets the lock drops.
 type packetHold struct {
 	fd    int
+	// raw4 and raw6 send the packets on: made with the packet socket, in
+	// the process's namespace, for the process may be gone by then.
+	raw4, raw6 int
 	conns map[tcpKey]bool // remote -> local
 	ports map[uint16]bool // listening ports (SYNs)
 	addrs map[netip.Addr]bool
@@ -66,9 +69,26 @@ func startHold(pid int, conns []*tcpPending, listeners []netip.AddrPort) (*packe
 	if err != nil {
 		return nil, err
 	}
+	h.raw4, h.raw6 = -1, -1
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		raw, err := inNetns(pid, func() (int, error) {
+			return unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		})
+		if err != nil {
+			unix.Close(fd)
+			h.closeRaw()
+			return nil, err
+		}
+		if fam == unix.AF_INET {
+			h.raw4 = raw
+		} else {
+			h.raw6 = raw
+		}
+	}
 	tv := unix.NsecToTimeval(int64(20 * time.Millisecond))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
+		h.closeRaw()
 		return nil, err
 	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
@@ -164,8 +184,17 @@ func parseTCP(p []byte) (src, dst netip.Addr, tcp []byte, ok bool) {
 	return
 }
 
+func (h *packetHold) closeRaw() {
+	for _, fd := range []int{h.raw4, h.raw6} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	h.raw4, h.raw6 = -1, -1
+}
+
 // finish stops keeping packets and returns those kept, with the number
-// dropped for want of room.
+// dropped for want of room. The raw sockets stay open for replay.
 func (h *packetHold) finish() ([][]byte, int) {
 	h.mu.Lock()
 	h.stop = true
@@ -177,49 +206,32 @@ func (h *packetHold) finish() ([][]byte, int) {
 	return h.pkts, h.dropped
 }
 
-// replay sends the held packets on from pid's network namespace, as they
-// came (the peer's addresses), with their TCP checksums made whole (a
-// packet taken off a veth may carry only the pseudo-header's sum, the rest
-// left to an offload that will not happen now). It returns how many went.
-func replay(pid int, pkts [][]byte) (int, error) {
-	if len(pkts) == 0 {
-		return 0, nil
-	}
+// replay sends the held packets on, from the process's network namespace,
+// as they came (the peer's addresses), with their TCP checksums made whole
+// (a packet taken off a veth may carry only the pseudo-header's sum, the
+// rest left to an offload that will not happen now), and closes the hold's
+// raw sockets. It returns how many went.
+func (h *packetHold) replay(pkts [][]byte) (int, error) {
+	defer h.closeRaw()
 	sent := 0
 	var errs []error
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		fd := -1
-		for _, p := range pkts {
-			src, dst, tcp, ok := parseTCP(p)
-			if !ok || (fam == unix.AF_INET) != src.Is4() {
-				continue
-			}
-			if fd < 0 {
-				var err error
-				fd, err = inNetns(pid, func() (int, error) {
-					return unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-				})
-				if err != nil {
-					errs = append(errs, err)
-					break
-				}
-			}
-			fixTCPChecksum(src, dst, tcp)
-			var sa unix.Sockaddr
-			if src.Is4() {
-				sa = &unix.SockaddrInet4{Addr: dst.As4()}
-			} else {
-				sa = &unix.SockaddrInet6{Addr: dst.As16()}
-			}
-			if err := unix.Sendto(fd, p, 0, sa); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			sent++
+	for _, p := range pkts {
+		src, dst, tcp, ok := parseTCP(p)
+		if !ok {
+			continue
 		}
-		if fd >= 0 {
-			unix.Close(fd)
+		fixTCPChecksum(src, dst, tcp)
+		var err error
+		if src.Is4() {
+			err = unix.Sendto(h.raw4, p, 0, &unix.SockaddrInet4{Addr: dst.As4()})
+		} else {
+			err = unix.Sendto(h.raw6, p, 0, &unix.SockaddrInet6{Addr: dst.As16()})
 		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sent++
 	}
 	return sent, errors.Join(errs...)
 }

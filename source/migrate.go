@@ -269,8 +269,8 @@ func (a *liveSource) replayHeld() {
 		return
 	}
 	pkts, dropped := a.hold.finish()
+	n, err := a.hold.replay(pkts)
 	a.hold = nil
-	n, err := replay(a.d.pid, pkts)
 	a.d.log.Info("packets held during the freeze sent on", "held", len(pkts), "sent", n, "no_room", dropped, "err", err)
 }
 
@@ -615,6 +615,7 @@ func (a *liveSource) LeaveFrozen() error {
 	a.d.unlock()
 	if a.hold != nil {
 		a.hold.finish()
+		a.hold.closeRaw()
 		a.hold = nil
 	}
 	a.d.p.StopOnDetach()

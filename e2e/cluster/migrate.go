@@ -333,10 +333,23 @@ func (c *Cluster) mark(n *Node, name string) (string, error) {
 // serveHooks are the --hook flags of a node's service (the target side):
 // pre-resume adds and announces the VIP (the restored process is still
 // stopped), abort removes it if pre-resume had added it.
+// vipBatch writes (once) and returns an `ip -batch` file that adds (or
+// deletes) both service addresses: one ip process instead of two, and
+// no touch, keep the hooks in the downtime's path cheap (each process
+// started costs milliseconds here).
+func (c *Cluster) vipBatch(op string) string {
+	p := filepath.Join(c.Dir, "vip-"+op+".batch")
+	if _, err := os.Stat(p); err != nil {
+		body := fmt.Sprintf("addr %s %s/32 dev eth0\naddr %s %s/128 dev eth0\n", op, c.VIP, op, c.VIP6)
+		os.WriteFile(p, []byte(body), 0o644)
+	}
+	return p
+}
+
 func (c *Cluster) serveHooks(n *Node) []string {
 	m, _ := c.mark(n, "vip-added")
 	return []string{
-		"--hook", fmt.Sprintf("pre-resume=%s && touch %s; %s; exit 0", c.addVIPcmd(), m, c.announce()),
+		"--hook", fmt.Sprintf("pre-resume=ip -batch %s && : > %s; %s; exit 0", c.vipBatch("add"), m, c.announce()),
 		"--hook", fmt.Sprintf("post-resume=rm -f %s", m),
 		"--hook", fmt.Sprintf("abort=if [ -e %s ]; then rm -f %s; %s; fi; exit 0", m, m, c.delVIP()),
 	}
@@ -347,7 +360,7 @@ func (c *Cluster) serveHooks(n *Node) []string {
 // it back if post-dump had removed it.
 func (c *Cluster) sourceHooks(n *Node) []string {
 	m, _ := c.mark(n, "vip-released")
-	del := fmt.Sprintf("ip addr del %s/32 dev eth0 2>/dev/null && touch %s; ip -6 addr del %s/128 dev eth0 2>/dev/null; exit 0", c.VIP, m, c.VIP6)
+	del := fmt.Sprintf("ip -force -batch %s 2>/dev/null && : > %s; exit 0", c.vipBatch("del"), m)
 	return []string{
 		"--hook", "post-dump=" + del,
 		"--hook", fmt.Sprintf("post-resume=rm -f %s", m),
