@@ -7,7 +7,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -23,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"migrate/core"
 	"migrate/e2e/fixture"
 	"migrate/source"
 )
@@ -432,10 +430,10 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 }
 
 // TestProgramRedisClientConnected: with a client connected (an established
-// TCP connection, which a dump does not take yet), the dump of redis is
-// refused naming redis and the socket's fd, and redis runs on untouched:
-// the connected client is still served on the same connection, new
-// clients too, and its threads and fds are as they were.
+// TCP connection), redis is dumped to files (killed, its connection silent
+// in repair mode, the network lock on) and restored: the client goes on on
+// the same connection, with every key there, its own write included, and
+// new clients are served too.
 func TestProgramRedisClientConnected(t *testing.T) {
 	fixture.RequireRoot(t)
 	redisServer(t)
@@ -453,32 +451,26 @@ func TestProgramRedisClientConnected(t *testing.T) {
 		n, err := socketFDs(p.PID)
 		return err == nil && n == 2
 	})
-	threads := threadNames(t, p.PID)
-	fds := fixture.FDs(t, p.PID)
+	digest := c.str(t, "DEBUG", "DIGEST")
 
-	dir := t.TempDir()
-	_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)})
-	var ue *source.UnsupportedFDError
-	if !errors.As(err, &ue) || ue.PID != p.PID || !strings.HasPrefix(ue.Kind, "socket:[") {
-		t.Fatalf("dump of redis with a client connected: %v (%T), want *source.UnsupportedFDError for the connection", err, err)
+	dir, img := dumpKill(t, p, "")
+	conns := 0
+	for _, f := range img.Process.FDs {
+		if f.Socket != nil && f.Socket.TCP != nil {
+			conns++
+		}
 	}
-	if v, ok := fds[ue.FD]; !ok || v.Target != ue.Kind {
-		t.Errorf("the error names fd %d (%s); redis has %v", ue.FD, ue.Kind, fds)
+	if conns != 1 {
+		t.Errorf("the image holds %d TCP connections, want the client's one", conns)
 	}
-	t.Logf("refused as expected: %v", err)
-	checkRunningUntraced(t, p.PID)
-	if got := threadNames(t, p.PID); !maps.Equal(got, threads) {
-		t.Errorf("threads after the refused dump %v, before %v", got, threads)
-	}
-	if d := (&fixture.Snapshot{FDs: fds}).Diff(&fixture.Snapshot{FDs: fixture.FDs(t, p.PID)}, 1, 2); d != "" {
-		t.Errorf("redis's fds changed after the refused dump:\n%s", d)
-	}
-	if _, err := os.Stat(filepath.Join(dir, core.MetaFile)); err == nil {
-		t.Errorf("a refused dump wrote %s", core.MetaFile)
-	}
-	// The same connection still works, and new ones.
+	r := restoreOK(t, dir, p.Log)
+	defer r.Kill(t)
+	// The same connection works: the keys are there, and writes go on.
 	if got := c.str(t, "GET", "mine"); got != "before" {
-		t.Errorf("GET on the connection open during the dump: %q", got)
+		t.Errorf("GET on the connection open across the dump and restore: %q", got)
+	}
+	if got := c.str(t, "DEBUG", "DIGEST"); got != digest {
+		t.Errorf("digest after the restore %s, before %s", got, digest)
 	}
 	c.do(t, "SET", "mine", "after")
 	c2, err := dialRedis(addr)
@@ -492,4 +484,5 @@ func TestProgramRedisClientConnected(t *testing.T) {
 	if got := c2.int(t, "DBSIZE"); got != 10001 {
 		t.Errorf("DBSIZE %d, want 10001", got)
 	}
+	checkLockGone(t, img.NetLock)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,7 +67,9 @@ func TestTCPCheckpoint(t *testing.T) {
 			_, at := srv.WaitLine(t, 10*time.Second, 0, tc.dumpWhen)
 			if tc.queues {
 				// Let the queues fill up while both sides stall.
-				time.Sleep(300 * time.Millisecond)
+				fixture.WaitFor(t, 5*time.Second, "bytes in both queues of a server connection", func() bool {
+					return bothQueues(t, port)
+				})
 			}
 			dir, img := dumpKill(t, srv, "")
 			checkTCPImage(t, img, tc)
@@ -163,4 +166,33 @@ func lockTables(string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// bothQueues says whether a TCP connection on local port (as
+// /proc/net/tcp and tcp6 list it) holds bytes in both its send and its
+// receive queue.
+func bothQueues(t *testing.T, port string) bool {
+	p, _ := strconv.Atoi(port)
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(l)
+			if len(fs) < 5 || fs[3] != "01" { // ESTABLISHED
+				continue
+			}
+			local := fs[1]
+			lp, err := strconv.ParseUint(local[strings.LastIndexByte(local, ':')+1:], 16, 16)
+			if err != nil || int(lp) != p {
+				continue
+			}
+			q := strings.Split(fs[4], ":") // tx_queue:rx_queue
+			if len(q) == 2 && q[0] != "00000000" && q[1] != "00000000" {
+				return true
+			}
+		}
+	}
+	return false
 }
