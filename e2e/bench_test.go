@@ -20,7 +20,7 @@ import (
 // BenchmarkCheckpoint dumps and restores a process with 1 GiB of touched,
 // heap-like memory, images on tmpfs, and prints a table with the median and
 // spread of 5 runs after one warm-up run (fresh memory is slow to touch the
-// first time on these VMs). Run it with `make bench`.
+// first time on these VMs). Run it with `make bench-go`.
 func BenchmarkCheckpoint(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root (ptrace, clone3 set_tid)")

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"migrate/e2e/cluster"
+	"migrate/e2e/resp"
+)
+
+// scenario is a workload to migrate, and the targets its figures have.
+type scenario struct {
+	name string
+	// comm is the workload's process name (to find and kill it).
+	comm string
+	// start starts a fresh workload on node n and returns once it is in
+	// its steady state.
+	start func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error)
+	// targets apply to the live runs.
+	targets []target
+}
+
+// target is a figure the project aims at: the median of metric (the
+// maximum, for worst) at most max.
+type target struct {
+	metric string
+	max    float64
+	worst  bool
+}
+
+var allScenarios = []*scenario{
+	{
+		name:    "idle",
+		comm:    "bench_heap",
+		start:   startHeap,
+		targets: []target{{metric: "downtime_ms", max: 20}, {metric: "wire_rss", max: 0.4}},
+	},
+	{
+		name:    "write50",
+		comm:    "bench_writer",
+		start:   startWriter(50),
+		targets: []target{{metric: "downtime_ms", max: 50}},
+	},
+	{
+		name:  "write200",
+		comm:  "bench_writer",
+		start: startWriter(200),
+	},
+	{
+		name:  "redis",
+		comm:  "redis-server",
+		start: startRedis,
+		targets: []target{
+			{metric: "downtime_ms", max: 30},
+			{metric: "client_gap_ms", max: 50},
+			{metric: "client_errors", max: 0, worst: true},
+		},
+	},
+}
+
+// describe says what the scenario runs, with the flags' values.
+func (sc *scenario) describe() string {
+	switch sc.name {
+	case "idle":
+		return fmt.Sprintf("%d MiB idle process, heap-like memory (bench_heap: 30%% zero, 40%% text, 30%% random pages)", *mib)
+	case "write50", "write200":
+		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at %s MB/s (bench_writer)", *mib, sc.name[len("write"):])
+	case "redis":
+		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
+	}
+	return sc.name
+}
+
+func scenarioNames() []string {
+	var out []string
+	for _, sc := range allScenarios {
+		out = append(out, sc.name)
+	}
+	return out
+}
+
+// workload is a running workload.
+type workload struct {
+	proc *cluster.Proc
+	comm string
+	// For redis: the load on it, the address it uses, and how to stop it.
+	load     *resp.Load
+	addr     string
+	stopLoad func()
+	// settleFor is how long to let it run before it is moved.
+	settleFor time.Duration
+	// progress, if set, is a file the workload keeps writing to while
+	// it runs.
+	progress string
+}
+
+// stop stops the client load, if any, and the process if it still runs
+// where it was started.
+func (w *workload) stop() {
+	if w.stopLoad != nil {
+		w.stopLoad()
+	}
+	w.proc.Stop()
+}
+
+// settle lets the workload run a while before it is moved; with a client
+// load, it records the longest gap the client saw meanwhile.
+func (w *workload) settle(ctx context.Context, r *Run) error {
+	if err := sleep(ctx, w.settleFor); err != nil {
+		return err
+	}
+	if w.load != nil {
+		st := w.load.Window()
+		r.Client = true
+		r.ClientBaselineGapMS = ms(st.MaxGap)
+		r.ClientErrors = st.Errors
+		r.ClientRequests = st.Requests
+	}
+	return nil
+}
+
+// check checks that the workload runs on node n, once: with a client,
+// that the client goes on (then records what it saw since settle, and
+// checks the keys are all there); for a writer, that it writes on.
+func (w *workload) check(ctx context.Context, b *bench, n *cluster.Node, r *Run) error {
+	comm, nspid := w.comm, w.proc.NSPID
+	var locs []cluster.Located
+	err := waitFor(ctx, 10*time.Second, fmt.Sprintf("one %s with pid %d, on node %s", comm, nspid, n), func() bool {
+		var err error
+		locs, err = b.c.Locate(comm, nspid)
+		return err == nil && len(locs) == 1 && locs[0].Node == n && locs[0].State != 'T' && locs[0].State != 't'
+	})
+	if err != nil {
+		return fmt.Errorf("%w (found %+v)", err, locs)
+	}
+	if w.progress != "" {
+		size := fileSize(w.progress)
+		if err := waitFor(ctx, 5*time.Second, "the writer writes on after the move", func() bool {
+			return fileSize(w.progress) > size
+		}); err != nil {
+			return err
+		}
+	}
+	if w.load == nil {
+		return nil
+	}
+	// Enough requests after the move that the gap it caused has ended.
+	if err := w.load.WaitRequests(ctx, w.load.Total().Requests+500, 30*time.Second); err != nil {
+		return err
+	}
+	st := w.load.Window()
+	r.ClientGapMS = ms(st.MaxGap)
+	r.ClientErrors += st.Errors
+	r.ClientRequests += st.Requests
+	if st.LastErr != nil {
+		r.ClientLastError = st.LastErr.Error()
+	}
+	admin, err := dialRedis(ctx, b.c.Client, w.addr)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if got, err := admin.Int("DBSIZE"); err != nil {
+		return err
+	} else if got != int64(*keys) {
+		return fmt.Errorf("DBSIZE %d after the move, want %d", got, *keys)
+	}
+	return nil
+}
+
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return st.Size()
+}
+
+// waitReady waits until the workload's log holds "ready".
+func waitReady(ctx context.Context, p *cluster.Proc) error {
+	return waitFor(ctx, 2*time.Minute, "the workload to say ready", func() bool {
+		select {
+		case <-p.Done():
+			return true
+		default:
+		}
+		data, _ := os.ReadFile(p.Log)
+		return bytes.Contains(data, []byte("ready"))
+	})
+}
+
+func startHeap(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+	p, err := n.Start(cluster.StartOptions{}, b.heapBin, strconv.Itoa(*mib))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(ctx, p); err != nil || !p.Running() {
+		p.Stop()
+		return nil, fmt.Errorf("bench_heap on %s: %v (running %v)", n, err, p.Running())
+	}
+	return &workload{proc: p, comm: "bench_heap", settleFor: 200 * time.Millisecond}, nil
+}
+
+func startWriter(rate int) func(context.Context, *bench, *cluster.Node) (*workload, error) {
+	return func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+		// The lifetime is a safety net: the run kills it long before.
+		p, err := n.Start(cluster.StartOptions{}, b.writerBin, strconv.Itoa(*mib), strconv.Itoa(rate), "3600")
+		if err != nil {
+			return nil, err
+		}
+		if err := waitReady(ctx, p); err != nil || !p.Running() {
+			p.Stop()
+			return nil, fmt.Errorf("bench_writer on %s: %v (running %v)", n, err, p.Running())
+		}
+		// A second of writing: the steady state.
+		return &workload{proc: p, comm: "bench_writer", settleFor: time.Second, progress: p.Log}, nil
+	}
+}
+
+const redisPort = "6379"
+
+// startRedis starts redis-server on n (no persistence), fills it through
+// the service address, and starts the client's load on it.
+func startRedis(ctx context.Context, b *bench, n *cluster.Node) (_ *workload, err error) {
+	p, err := n.Start(cluster.StartOptions{}, b.redisBin,
+		"--port", redisPort, "--bind", "0.0.0.0", "::", "--protected-mode", "no",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
+		"--dir", b.c.Dir, "--enable-debug-command", "yes")
+	if err != nil {
+		return nil, err
+	}
+	w := &workload{proc: p, comm: "redis-server", addr: net.JoinHostPort(b.c.VIP.String(), redisPort), settleFor: time.Second}
+	defer func() {
+		if err != nil {
+			w.stop()
+		}
+	}()
+	admin, err := dialRedis(ctx, b.c.Client, w.addr)
+	if err != nil {
+		data, _ := os.ReadFile(p.Log)
+		return nil, fmt.Errorf("redis does not answer at %s: %w\n%s", w.addr, err, data)
+	}
+	defer admin.Close()
+	if pid, err := admin.Info("server", "process_id"); err != nil || pid != strconv.Itoa(p.NSPID) {
+		return nil, fmt.Errorf("the service address reaches redis process %s (%v), want %d on %s", pid, err, p.NSPID, n)
+	}
+	if _, err := admin.Str("DEBUG", "POPULATE", strconv.Itoa(*keys)); err != nil {
+		return nil, err
+	}
+	if got, err := admin.Int("DBSIZE"); err != nil || got != int64(*keys) {
+		return nil, fmt.Errorf("DBSIZE %d (%v) after DEBUG POPULATE %d", got, err, *keys)
+	}
+	w.load = &resp.Load{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return b.c.Client.Dial(ctx, "tcp", w.addr)
+		},
+		Conns:       *conns,
+		Interval:    *interval,
+		Keys:        *keys,
+		MaxDuration: 10 * time.Minute,
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.load.Run(lctx)
+	}()
+	w.stopLoad = func() {
+		cancel()
+		<-done
+	}
+	if err := w.load.WaitRequests(ctx, 100, 10*time.Second); err != nil {
+		return nil, err
+	}
+	w.load.Window() // the start is not the steady state
+	return w, nil
+}
+
+// dialRedis connects to addr from node n, retrying for up to 10 s, and
+// checks the service answers PING.
+func dialRedis(ctx context.Context, n *cluster.Node, addr string) (*resp.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		nc, err := n.Dial(ctx, "tcp", addr)
+		if err == nil {
+			c := resp.NewConn(nc)
+			if _, err = c.Str("PING"); err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		if serr := sleep(ctx, 50*time.Millisecond); serr != nil {
+			return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
+		}
+	}
+}
