@@ -43,11 +43,13 @@ var tcpStreamCases = []tcpStreamCase{
 	// Both stop reading for a while as fast senders fill the queues: the
 	// server is dumped with bytes unread in its receive queues and unsent
 	// in its send queues.
-	{name: "full-queues", addr: "127.0.0.1", server: []string{"1", "400000", "400000", "0", "100", "3000"}, client: []string{"1", "400000", "400000", "0", "100", "3000"}, dumpWhen: "conn 0 recv 100", queues: true, wantStates: []string{"ESTABLISHED"}},
+	// (The client's small receive buffer closes its window early, so that
+	// the server's send queue stays full.)
+	{name: "full-queues", addr: "127.0.0.1", server: []string{"1", "400000", "400000", "0", "100", "3000"}, client: []string{"1", "400000", "400000", "0", "100", "3000", "16384"}, dumpWhen: "conn 0 recv 100", queues: true, wantStates: []string{"ESTABLISHED"}},
 	// The client's few messages and its FIN all arrived, the server sent
 	// everything and its FIN, which waits behind bytes the stalled client
 	// has no room for: LAST_ACK with a queue.
-	{name: "last-ack", addr: "127.0.0.1", server: []string{"1", "60000", "5000", "0", "100", "3000"}, client: []string{"1", "5000", "60000", "0", "100", "3000"}, dumpWhen: "conn 0 recv 100", queues: true, wantStates: []string{"CLOSING|LAST_ACK"}},
+	{name: "last-ack", addr: "127.0.0.1", server: []string{"1", "60000", "1500", "0", "100", "3000"}, client: []string{"1", "1500", "60000", "0", "100", "3000", "16384"}, dumpWhen: "conn 0 sent 60000", queues: true, wantStates: []string{"CLOSING|LAST_ACK"}},
 }
 
 // TestTCPCheckpoint dumps a server with established TCP connections to
@@ -168,7 +170,7 @@ func lockTables(string) ([]string, error) {
 	return out, nil
 }
 
-// bothQueues says whether a TCP connection on local port (as
+// bothQueues says whether a TCP connection (or a half-closed one) on local port (as
 // /proc/net/tcp and tcp6 list it) holds bytes in both its send and its
 // receive queue.
 func bothQueues(t *testing.T, port string) bool {
@@ -180,7 +182,8 @@ func bothQueues(t *testing.T, port string) bool {
 		}
 		for _, l := range strings.Split(string(b), "\n")[1:] {
 			fs := strings.Fields(l)
-			if len(fs) < 5 || fs[3] != "01" { // ESTABLISHED
+			// ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING
+			if len(fs) < 5 || !strings.Contains(" 01 04 05 08 09 0B ", " "+fs[3]+" ") {
 				continue
 			}
 			local := fs[1]

@@ -54,6 +54,49 @@ func readVMAs(pid int) ([]core.VMA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
+	return vmasOf(pid, maps)
+}
+
+// readVMAsQuick reads the layout from /proc/PID/maps, without the flags
+// only smaps has (madvise advice, growsdown): smaps walks the page tables
+// to count pages, a dozen milliseconds for a GiB, which the frozen window
+// should not wait for. addVmFlags adds them.
+func readVMAsQuick(pid int) ([]core.VMA, error) {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return vmasOf(pid, maps)
+}
+
+// addVmFlags sets, on a layout read with readVMAsQuick, the flags read from
+// /proc/PID/smaps of the same (frozen) process.
+func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping) error {
+	byStart := make(map[uint64]*proc.Mapping, len(smaps))
+	for i := range smaps {
+		byStart[smaps[i].Start] = &smaps[i]
+	}
+	for i := range vmas {
+		v := &vmas[i]
+		m := byStart[v.Start]
+		if m == nil || m.End != v.End {
+			return fmt.Errorf("process %d: area %#x-%#x changed between maps and smaps", pid, v.Start, v.End)
+		}
+		if m.HasFlag("gd") {
+			v.Flags |= unix.MAP_GROWSDOWN
+		}
+		v.Madvise = nil
+		for _, a := range vmFlagAdvice {
+			if m.HasFlag(a.flag) {
+				v.Madvise = append(v.Madvise, a.advice)
+			}
+		}
+	}
+	return nil
+}
+
+// vmasOf turns maps (or smaps) lines into the image's areas.
+func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 	var vmas []core.VMA
 	for i := range maps {
 		m := &maps[i]

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/proc"
 	"migrate/core/ptrace"
 	"migrate/pagestream"
 	"migrate/transport"
@@ -466,13 +467,28 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		if err := d.collectTask(); err != nil {
 			return err
 		}
-		if err := d.collectVMAs(); err != nil {
+		var err error
+		if d.proc.VMAs, err = readVMAsQuick(d.pid); err != nil {
 			return err
 		}
-		var err error
 		d.fdset, err = d.collectFDs(ctx)
 		return err
 	})
+	// The flags only smaps has come from another thread, while the
+	// frozen window goes on (see readVMAsQuick).
+	type smapsResult struct {
+		maps []proc.Mapping
+		err  error
+	}
+	smapsc := make(chan smapsResult, 1)
+	if err == nil {
+		go func() {
+			m, err := proc.ReadSmaps(d.pid)
+			smapsc <- smapsResult{m, err}
+		}()
+	} else {
+		smapsc <- smapsResult{}
+	}
 	if d.fdset != nil {
 		defer d.fdset.close()
 	}
@@ -522,13 +538,20 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("final round")
-	if err := d.tracker.Close(); err != nil {
-		return nil, err
-	}
+	// The tracker stays on: the original is killed once the target runs
+	// the process, and a rollback (ResumeOriginal) turns it off. Taking
+	// it off a GiB of memory costs tens of milliseconds.
 	if err := d.fdset.writeBlobs(d); err != nil {
 		return nil, err
 	}
-	d.lap("tracker off, blobs")
+	sm := <-smapsc
+	if sm.err != nil {
+		return nil, fmt.Errorf("process %d: %w", d.pid, sm.err)
+	}
+	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps); err != nil {
+		return nil, err
+	}
+	d.lap("blobs, smaps")
 	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
 	total := 0
 	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {
@@ -590,6 +613,9 @@ func (a *liveSource) KillOriginal() error {
 	// Killed in repair mode, its connections close without a word to their
 	// peers; then the lock can go.
 	err := a.d.p.Kill(false)
+	if a.d.tracker != nil {
+		a.d.tracker.Close() // of a dead process: only the agent's fds
+	}
 	a.d.closeTCP()
 	a.d.unlock()
 	a.replayHeld()

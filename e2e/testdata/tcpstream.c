@@ -1,14 +1,15 @@
 /* tcpstream: numbered messages both ways over TCP connections, one thread
  * pair per connection, every message checked on arrival.
  *
- *   tcpstream server|client ADDR PORT CONNS COUNT PEER_COUNT INTERVAL_US [STALL_AT STALL_MS]
+ *   tcpstream server|client ADDR PORT CONNS COUNT PEER_COUNT INTERVAL_US [STALL_AT STALL_MS [RCVBUF]]
  *
  * Each side sends COUNT messages on each connection ("%015d\n", 16 bytes,
  * numbered from 0), one every INTERVAL_US, then shuts its sending half
  * (so the other side sees a half-closed connection), and reads until end
  * of file, checking that message i is i and that PEER_COUNT came. A receiver stops reading for
  * STALL_MS once it has read STALL_AT messages (its peer's send queue and
- * its own receive queue fill meanwhile). Lines on stdout:
+ * its own receive queue fill meanwhile); a client's RCVBUF (SO_RCVBUF, set
+ * before connecting) makes its window close early. Lines on stdout:
  *   ready PORT                  (server: listening)
  *   conn I sent N / conn I recv N   (every 100 messages)
  *   done I sent=N recv=N          (a connection's both halves finished)
@@ -139,8 +140,8 @@ static void sockaddr_of(const char *addr, int port, struct sockaddr_storage *ss,
 
 int main(int argc, char **argv)
 {
-	if (argc != 8 && argc != 10) {
-		fprintf(stderr, "usage: tcpstream server|client ADDR PORT CONNS COUNT PEER_COUNT INTERVAL_US [STALL_AT STALL_MS]\n");
+	if (argc != 8 && argc != 10 && argc != 11) {
+		fprintf(stderr, "usage: tcpstream server|client ADDR PORT CONNS COUNT PEER_COUNT INTERVAL_US [STALL_AT STALL_MS [RCVBUF]]\n");
 		return 2;
 	}
 	int server = strcmp(argv[1], "server") == 0;
@@ -148,10 +149,13 @@ int main(int argc, char **argv)
 	count = atoi(argv[5]);
 	peer_count = atoi(argv[6]);
 	interval_us = atoi(argv[7]);
-	if (argc == 10) {
+	int rcvbuf = 0;
+	if (argc >= 10) {
 		stall_at = atoi(argv[8]);
 		stall_ms = atoi(argv[9]);
 	}
+	if (argc == 11)
+		rcvbuf = atoi(argv[10]);
 	struct sockaddr_storage ss;
 	socklen_t len;
 	int family;
@@ -174,6 +178,8 @@ int main(int argc, char **argv)
 	} else {
 		for (int i = 0; i < conns; i++) {
 			int fd = socket(family, SOCK_STREAM, 0);
+			if (fd >= 0 && rcvbuf > 0)
+				setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
 			if (fd < 0 || connect(fd, (struct sockaddr *)&ss, len) < 0)
 				fail("connect to %s port %d", argv[2], port);
 			cs[i].idx = i;
