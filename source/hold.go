@@ -31,13 +31,13 @@ const (
 
 // packetHold keeps copies of the packets the lock drops.
 type packetHold struct {
-	fd    int
+	fd int
 	// raw4 and raw6 send the packets on: made with the packet socket, in
 	// the process's namespace, for the process may be gone by then.
 	raw4, raw6 int
-	conns map[tcpKey]bool // remote -> local
-	ports map[uint16]bool // listening ports (SYNs)
-	addrs map[netip.Addr]bool
+	conns      map[tcpKey]bool // remote -> local
+	ports      map[uint16]bool // listening ports (SYNs)
+	addrs      map[netip.Addr]bool
 
 	mu      sync.Mutex
 	pkts    [][]byte
