@@ -144,7 +144,10 @@ func (h *packetHold) wanted(p []byte) bool {
 		return false
 	}
 	sp, dp := binary.BigEndian.Uint16(tcp), binary.BigEndian.Uint16(tcp[2:])
-	if h.conns[tcpKey{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}] {
+	h.mu.Lock()
+	conn := h.conns[tcpKey{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}]
+	h.mu.Unlock()
+	if conn {
 		return true
 	}
 	flags := tcp[13]
@@ -191,6 +194,16 @@ func (h *packetHold) closeRaw() {
 		}
 	}
 	h.raw4, h.raw6 = -1, -1
+}
+
+// addConns keeps the packets of these connections too (a hold started
+// for the listeners before the freeze learns the connections after it).
+func (h *packetHold) addConns(conns []*tcpPending) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range conns {
+		h.conns[tcpKey{unmapPort(c.remote), unmapPort(c.local)}] = true
+	}
 }
 
 // finish stops keeping packets and returns those kept, with the number

@@ -256,6 +256,9 @@ type liveSource struct {
 	// hold keeps the packets the network lock drops, to send them on
 	// once the process runs.
 	hold *packetHold
+	// preLock holds the listening ports from just before the freeze
+	// until the full lock is on (quiesce.go).
+	preLock *netlock.Lock
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
@@ -438,6 +441,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	if err := a.runHook(ctx, hook.PreFreeze); err != nil {
 		return err
 	}
+	a.quiesceListeners(300 * time.Millisecond)
 	p, err := a.d.tr.Seize(a.d.pid)
 	if err != nil {
 		return err
@@ -510,10 +514,13 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	if d.lock != nil {
-		if a.hold, err = startHold(d.pid, d.tcp, listeners); err != nil {
+		if a.hold != nil {
+			a.hold.addConns(d.tcp)
+		} else if a.hold, err = startHold(d.pid, d.tcp, listeners); err != nil {
 			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
 		}
 	}
+	a.dropPreLock() // the full lock holds the listening ports now
 	if err := d.repairTCP(); err != nil {
 		return nil, err
 	}
@@ -587,6 +594,7 @@ func (a *liveSource) ResumeOriginal() error {
 	errs = append(errs, a.d.unrepairTCP())
 	a.d.closeTCP()
 	a.d.unlock()
+	a.dropPreLock()
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
@@ -618,6 +626,7 @@ func (a *liveSource) KillOriginal() error {
 	}
 	a.d.closeTCP()
 	a.d.unlock()
+	a.dropPreLock()
 	a.replayHeld()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
@@ -639,6 +648,7 @@ func (a *liveSource) LeaveFrozen() error {
 	err := a.relisten()
 	a.d.closeTCP()
 	a.d.unlock()
+	a.dropPreLock()
 	if a.hold != nil {
 		a.hold.finish()
 		a.hold.closeRaw()
