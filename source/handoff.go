@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -342,6 +343,10 @@ type sourceRun struct {
 	conn ControlConn
 	log  *slog.Logger
 
+	// acks: the target answers pre-copy rounds (FeatureRoundAcks);
+	// acked counts the rounds it answered.
+	acks       bool
+	acked      uint32
 	in         chan inbound  // from the reader
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
@@ -390,7 +395,8 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 
 	// Hello, both ways.
 	s.log.Debug("handoff: hello")
-	if err := s.send(&transport.Hello{Version: HandoffVersion, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID}); err != nil {
+	if err := s.send(&transport.Hello{Version: HandoffVersion, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID,
+		Features: []string{transport.FeatureRoundAcks}}); err != nil {
 		return s.rollback(PhaseHello, err)
 	}
 	m, err := s.next(ctx, cfg.HelloTimeout, "hello")
@@ -400,6 +406,7 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 	if err := checkHello(m, cfg.SessionID); err != nil {
 		return s.rollback(PhaseHello, err)
 	}
+	s.acks = m.(*transport.Hello).HasFeature(transport.FeatureRoundAcks)
 
 	// Pre-copy, while the process runs.
 	s.log.Debug("handoff: pre-copy")
@@ -410,6 +417,13 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 		return act.PreCopy(ctx, r)
 	}); err != nil {
 		return s.rollback(PhasePreCopy, err)
+	}
+	// The target has every pre-copy page in place before the freeze: what
+	// it has not applied yet would be applied in the downtime.
+	if s.acks && r.next > 0 {
+		if err := s.waitAcks(ctx, r.next-1); err != nil {
+			return s.rollback(PhasePreCopy, err)
+		}
 	}
 
 	// Freeze, final round, core state.
@@ -522,14 +536,62 @@ func (s *sourceRun) next(ctx context.Context, d time.Duration, want string) (tra
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case r := <-s.in:
-		return s.take(r)
-	case <-t.C:
-		return nil, fmt.Errorf("%w: no %s within %v", ErrTimeout, want, d)
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+	for {
+		select {
+		case r := <-s.in:
+			if s.isAck(r) {
+				continue
+			}
+			return s.take(r)
+		case <-t.C:
+			return nil, fmt.Errorf("%w: no %s within %v", ErrTimeout, want, d)
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
 	}
+}
+
+// isAck takes a target's answer to a pre-copy round (FeatureRoundAcks).
+// Preconditions: one goroutine at a time reads s.in.
+func (s *sourceRun) isAck(r inbound) bool {
+	rd, ok := r.m.(*transport.RoundDone)
+	if r.err != nil || !ok || !s.acks {
+		return false
+	}
+	if rd.Round+1 > s.acked {
+		s.acked = rd.Round + 1
+	}
+	return true
+}
+
+// waitAcks waits until the target has answered round last.
+func (s *sourceRun) waitAcks(ctx context.Context, last uint32) error {
+	if s.acked > last {
+		return nil
+	}
+	if s.dead != nil {
+		return s.dead
+	}
+	t := time.NewTimer(s.cfg.ReadyTimeout)
+	defer t.Stop()
+	for s.acked <= last {
+		select {
+		case r := <-s.in:
+			if s.isAck(r) {
+				continue
+			}
+			m, err := s.take(r)
+			if err != nil {
+				return err
+			}
+			return unexpected(m, "the answer to round "+strconv.Itoa(int(last)))
+		case <-t.C:
+			return fmt.Errorf("%w: the target did not apply round %d within %v", ErrTimeout, last, s.cfg.ReadyTimeout)
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
 }
 
 // watch runs f while watching the link: anything the target sends
@@ -544,16 +606,22 @@ func (s *sourceRun) watch(ctx context.Context, f func(context.Context) error) er
 	stop := make(chan struct{})
 	got := make(chan *inbound, 1)
 	go func() {
-		select {
-		case r := <-s.in:
-			if r.err != nil {
-				cancel(fmt.Errorf("control link lost: %w", r.err))
-			} else {
-				cancel(unexpected(r.m, "nothing"))
+		for {
+			select {
+			case r := <-s.in:
+				if s.isAck(r) {
+					continue
+				}
+				if r.err != nil {
+					cancel(fmt.Errorf("control link lost: %w", r.err))
+				} else {
+					cancel(unexpected(r.m, "nothing"))
+				}
+				got <- &r
+			case <-stop:
+				got <- nil
 			}
-			got <- &r
-		case <-stop:
-			got <- nil
+			return
 		}
 	}()
 	err := f(wctx)

@@ -478,21 +478,6 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		d.fdset, err = d.collectFDs(ctx)
 		return err
 	})
-	// The flags only smaps has come from another thread, while the
-	// frozen window goes on (see readVMAsQuick).
-	type smapsResult struct {
-		maps []proc.Mapping
-		err  error
-	}
-	smapsc := make(chan smapsResult, 1)
-	if err == nil {
-		go func() {
-			m, err := proc.ReadSmaps(d.pid)
-			smapsc <- smapsResult{m, err}
-		}()
-	} else {
-		smapsc <- smapsResult{}
-	}
 	if d.fdset != nil {
 		defer d.fdset.close()
 	}
@@ -510,7 +495,14 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	// silent until the original is killed, or resumes), then the
 	// connections in repair mode.
 	listeners := tcpListeners([]*dumper{d})
-	if err := d.lockNetwork(d.pid, listeners, false); err != nil {
+	if a.preLock != nil {
+		// The lock on the listening ports taken before the freeze takes
+		// the connections too.
+		if err := a.preLock.Add(tcpLockSpec(d.tcp, listeners)); err != nil {
+			return nil, fmt.Errorf("network lock for %d TCP connections: %w", len(d.tcp), err)
+		}
+		d.lock, a.preLock = a.preLock, nil
+	} else if err := d.lockNetwork(d.pid, listeners, false); err != nil {
 		return nil, err
 	}
 	if d.lock != nil {
@@ -538,6 +530,18 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("injected calls")
+	// The flags only smaps has come from another thread, while the final
+	// round goes on (see readVMAsQuick); not earlier, for smaps holds the
+	// process's mmap lock, which injected mmap and munmap calls need.
+	type smapsResult struct {
+		maps []proc.Mapping
+		err  error
+	}
+	smapsc := make(chan smapsResult, 1)
+	go func() {
+		m, err := proc.ReadSmaps(d.pid)
+		smapsc <- smapsResult{m, err}
+	}()
 	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
 		return nil, err
 	}

@@ -249,6 +249,8 @@ type targetRun struct {
 	conn ControlConn
 	out  *Outcomes
 	log  *slog.Logger
+	// acks: both ends speak FeatureRoundAcks.
+	acks bool
 }
 
 func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.Outcome, error) {
@@ -256,7 +258,12 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 	if err := t.act.Prepare(ctx, hello); err != nil {
 		return t.fail(ctx, PhasePrepare, err)
 	}
-	if err := t.send(&transport.Hello{Version: HandoffVersion, SessionID: t.cfg.SessionID, Role: transport.RoleTarget}); err != nil {
+	reply := &transport.Hello{Version: HandoffVersion, SessionID: t.cfg.SessionID, Role: transport.RoleTarget}
+	if hello.HasFeature(transport.FeatureRoundAcks) {
+		reply.Features = []string{transport.FeatureRoundAcks}
+		t.acks = true
+	}
+	if err := t.send(reply); err != nil {
 		return t.fail(ctx, PhaseHello, err)
 	}
 	st, phase, err := t.rounds(ctx)
@@ -319,6 +326,11 @@ func (t *targetRun) rounds(ctx context.Context) (*transport.State, string, error
 			}
 			if err := t.act.RoundDone(ctx, m); err != nil {
 				return nil, PhaseRounds, err
+			}
+			if t.acks && !frozen {
+				if err := t.send(&transport.RoundDone{Round: m.Round}); err != nil {
+					return nil, PhaseRounds, err
+				}
 			}
 			next++
 			hasLayout = false

@@ -1192,10 +1192,26 @@ func wantOutcome(k msgKey, f faultKind) transport.Outcome {
 		}
 		return transport.OutcomeAborted // it did not; the question decides
 	case transport.TypeRoundDone:
+		if k.from == transport.RoleTarget {
+			// The target's answers to the pre-copy rounds (round-acks):
+			// the source freezes once round 1 is answered. A later
+			// answer stands for an earlier one; the last one lost (or
+			// held behind a message that never comes) is a timeout
+			// before the freeze.
+			switch f {
+			case fDuplicate:
+				return transport.OutcomeResumed
+			case fDrop, fHold, fLate:
+				if k.nth == 0 {
+					return transport.OutcomeResumed
+				}
+			}
+			return transport.OutcomeAborted
+		}
 		if k.nth == 1 && f == fHold {
-			// The last live round ends after the Freeze: still in order,
-			// still before the State.
-			return transport.OutcomeResumed
+			// The source waits for the answer to round 1 before it
+			// sends anything else: held behind nothing, it is a timeout.
+			return transport.OutcomeAborted
 		}
 	case transport.TypeReady:
 		if f == fDuplicate {
@@ -1219,7 +1235,7 @@ func TestHandoffBothHappyPath(t *testing.T) {
 		if d := time.Since(start); d != 0 {
 			t.Errorf("took %v of virtual time", d)
 		}
-		if keys := transcript(w.rec); len(keys) != 11 {
+		if keys := transcript(w.rec); len(keys) != 13 {
 			t.Errorf("transcript %v", keys)
 		}
 	})
@@ -1245,7 +1261,7 @@ func TestHandoffBothMessageFaults(t *testing.T) {
 			}
 		}
 	})
-	if len(main) != 11 || len(status) != 2 {
+	if len(main) != 13 || len(status) != 2 {
 		t.Fatalf("transcripts %v, %v", main, status)
 	}
 	for _, k := range append(main, status...) {

@@ -92,6 +92,23 @@ type Hello struct {
 	Features []string `json:"features,omitempty"`
 }
 
+// FeatureRoundAcks, in both Hellos, has the target answer each pre-copy
+// round's RoundDone with a RoundDone of its own once every page of the
+// round is in the process being built, and the source wait for the last
+// one before it freezes: pages sent but not yet applied would otherwise
+// be applied in the downtime.
+const FeatureRoundAcks = "round-acks"
+
+// HasFeature says whether h announces feature f.
+func (h *Hello) HasFeature(f string) bool {
+	for _, x := range h.Features {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
 // Layout is the process layout for a round (the first, or a round that
 // changed it).
 type Layout struct {

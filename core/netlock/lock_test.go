@@ -480,3 +480,42 @@ func redirect(t *testing.T, ns *testNS, from, to uint16) {
 		skipOrFail(t, "nat", err)
 	}
 }
+
+// TestLockAdd: a lock taken on a listening port alone, then given a
+// connection, holds the connection too, and only it.
+func TestLockAdd(t *testing.T) {
+	ns := newNetNS(t)
+	ln := ns.listen(t, "tcp", "127.0.0.1:0")
+	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
+	other, otherServer := ns.connect(t, "127.0.0.2", "tcp4", ln)
+	lp := netip.MustParseAddrPort(ln.Addr().String())
+	l, err := Install(ns.path, Spec{Listeners: []netip.AddrPort{lp}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "ping", 400*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("server read after the connection was added: %v, want a timeout", err)
+	}
+	if _, err := other.Write([]byte("free")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(otherServer, "free", time.Second); err != nil {
+		t.Fatalf("a connection not added: %v", err)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "ping", 5*time.Second); err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err == nil {
+		t.Errorf("add to a released lock: no error")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -288,6 +289,56 @@ func setSendBuffer(c *netlink.Conn, n int) error {
 	}
 	if serr != nil {
 		return c.SetWriteBuffer(n)
+	}
+	return nil
+}
+
+// Add puts more connections and listening ports under an installed lock,
+// in one netlink batch: cheaper than a second table (a lock taken on the
+// listening ports before a freeze learns the connections after it).
+func (l *Lock) Add(spec Spec) error {
+	e, err := buildElements(spec)
+	if err != nil {
+		return err
+	}
+	if e.count() == 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return fmt.Errorf("netlock: table %s: the lock is released", l.name)
+	}
+	c, err := dial(l.ns, 64*e.count()+16<<10)
+	if err != nil {
+		return err
+	}
+	defer runtime.KeepAlive(l.ns)
+	t := &nftables.Table{Name: l.name, Family: nftables.TableFamilyINet}
+	for _, s := range []struct {
+		set  *nftables.Set
+		keys [][]byte
+	}{
+		{&nftables.Set{Table: t, Name: "conn4", KeyType: connType4, Concatenation: true, KeyByteOrder: binaryutil.BigEndian}, e.conn4},
+		{&nftables.Set{Table: t, Name: "conn6", KeyType: connType6, Concatenation: true, KeyByteOrder: binaryutil.BigEndian}, e.conn6},
+		{&nftables.Set{Table: t, Name: "listen4", KeyType: listenType4, Concatenation: true, KeyByteOrder: binaryutil.BigEndian}, e.listen4},
+		{&nftables.Set{Table: t, Name: "listen6", KeyType: listenType6, Concatenation: true, KeyByteOrder: binaryutil.BigEndian}, e.listen6},
+		{&nftables.Set{Table: t, Name: "listenport", KeyType: nftables.TypeInetService, KeyByteOrder: binaryutil.BigEndian}, e.listenPort},
+	} {
+		for keys := s.keys; len(keys) > 0; {
+			n := min(len(keys), maxElemsPerMsg)
+			elems := make([]nftables.SetElement, n)
+			for i, k := range keys[:n] {
+				elems[i].Key = k
+			}
+			if err := c.SetAddElements(s.set, elems); err != nil {
+				return fmt.Errorf("netlock: set %s: %w", s.set.Name, err)
+			}
+			keys = keys[n:]
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netlock: add to table inet %s: %w", l.name, err)
 	}
 	return nil
 }
