@@ -74,6 +74,9 @@ type dumper struct {
 	onRoundEnd   func(rep RoundReport) error
 	// estimate is the policy's last estimate of the final round's time.
 	estimate time.Duration
+	// mmapDone, if set, is called once the injected calls that take the
+	// process's mmap lock are done.
+	mmapDone func()
 }
 
 func (d *dumper) roundStart(vmas []core.VMA) error {

@@ -59,6 +59,17 @@ func (d *dumper) collectInjected() error {
 	p := d.proc
 	le := binary.LittleEndian
 	lead := d.p.Leader()
+	// brk first: it takes the mmap lock for writing, the calls after it
+	// do not take it at all (see liveSource.FinalState, which reads smaps
+	// meanwhile).
+	brk, err := d.p.Syscall(lead, "brk", unix.SYS_BRK, 0)
+	if err != nil {
+		return err
+	}
+	p.MM.Brk = brk
+	if d.mmapDone != nil {
+		d.mmapDone()
+	}
 	p.Sigactions = make([]core.Sigaction, 64)
 	for sig := 1; sig <= 64; sig++ {
 		_, b, err := d.call(lead, "rt_sigaction", 32, unix.SYS_RT_SIGACTION, uint64(sig), 0, d.scratch, 8)
@@ -108,10 +119,5 @@ func (d *dumper) collectInjected() error {
 		return err
 	}
 	p.Personality = pers
-	brk, err := d.p.Syscall(lead, "brk", unix.SYS_BRK, 0)
-	if err != nil {
-		return err
-	}
-	p.MM.Brk = brk
 	return nil
 }

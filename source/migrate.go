@@ -517,31 +517,38 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("network lock, tcp repair")
-	if err := d.tr.Do(func() error {
-		if err := d.mapScratch(); err != nil {
-			return err
-		}
-		ierr := d.collectInjected()
-		if err := d.unmapScratch(); err != nil {
-			return errors.Join(ierr, err)
-		}
-		return ierr
-	}); err != nil {
-		return nil, err
-	}
-	d.lap("injected calls")
-	// The flags only smaps has come from another thread, while the final
-	// round goes on (see readVMAsQuick); not earlier, for smaps holds the
-	// process's mmap lock, which injected mmap and munmap calls need.
+	// The flags only smaps has come from another thread, while the
+	// injected calls and the final round go on (see readVMAsQuick); smaps
+	// holds the process's mmap lock, which the injected mmap and brk
+	// take, so it starts after them, and the scratch page stays until a
+	// rollback (a killed original needs no munmap).
 	type smapsResult struct {
 		maps []proc.Mapping
 		err  error
 	}
 	smapsc := make(chan smapsResult, 1)
-	go func() {
-		m, err := proc.ReadSmaps(d.pid)
-		smapsc <- smapsResult{m, err}
-	}()
+	started := false
+	d.mmapDone = func() {
+		started = true
+		go func() {
+			m, err := proc.ReadSmaps(d.pid)
+			smapsc <- smapsResult{m, err}
+		}()
+	}
+	err = d.tr.Do(func() error {
+		if err := d.mapScratch(); err != nil {
+			return err
+		}
+		return d.collectInjected()
+	})
+	d.mmapDone = nil
+	if !started {
+		smapsc <- smapsResult{err: errors.New("smaps not read")}
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.lap("injected calls")
 	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
 		return nil, err
 	}
@@ -593,6 +600,9 @@ func (a *liveSource) ResumeOriginal() error {
 	}
 	if a.d.tracker != nil {
 		errs = append(errs, a.d.tracker.Close())
+	}
+	if a.d.p != nil {
+		errs = append(errs, a.d.unmapScratch())
 	}
 	errs = append(errs, a.relisten())
 	errs = append(errs, a.d.unrepairTCP())
@@ -649,7 +659,7 @@ func (a *liveSource) LeaveFrozen() error {
 	// Its connections stay in repair mode, silent: if the target runs the
 	// process, a word from the original would reset them; if not, `migrate
 	// recover` turns repair mode off before it lets the original run.
-	err := a.relisten()
+	err := errors.Join(a.d.unmapScratch(), a.relisten())
 	a.d.closeTCP()
 	a.d.unlock()
 	a.dropPreLock()

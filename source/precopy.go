@@ -233,10 +233,12 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 	if err != nil {
 		return fmt.Errorf("final round: %w", err)
 	}
+	d.lap("final round: dirty pages")
 	dirty, err := s.sendDirty(ctx, uint32(round), vmas, append(ranges, pending...))
 	if err != nil {
 		return err
 	}
+	d.lap("final round: send")
 	if err := s.endRound(uint32(round)); err != nil {
 		return err
 	}
