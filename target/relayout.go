@@ -86,6 +86,35 @@ func layoutDiff(have, want []core.VMA) (unmap []addrRange, mapNew []core.VMA) {
 	return unmap, mapNew
 }
 
+// opened returns the parts of want kept from have (same backing) that were
+// PROT_NONE in have and are not in want: a reservation the process made
+// usable (glibc growing a thread arena, Go growing its heap), page by page
+// with mprotect. A PROT_NONE area is mapped so (mapAreas), and a kept area
+// is not mapped again, so these must be made writable for their pages to
+// be written, and for the final protections (protect) to hold.
+func opened(have, want []core.VMA) []addrRange {
+	var out []addrRange
+	for _, w := range want {
+		if w.Prot == unix.PROT_NONE || !holdsPages(w.Kind) {
+			continue
+		}
+		i := sort.Search(len(have), func(i int) bool { return have[i].End > w.Start })
+		for ; i < len(have) && have[i].Start < w.End; i++ {
+			h := &have[i]
+			s, e := max(h.Start, w.Start), min(h.End, w.End)
+			if h.Prot != unix.PROT_NONE || !sameBacking(h, &w, s) {
+				continue
+			}
+			if n := len(out); n > 0 && out[n-1].end == s {
+				out[n-1].end = e
+			} else {
+				out = append(out, addrRange{s, e})
+			}
+		}
+	}
+	return out
+}
+
 // ordinary returns the areas of vmas that migrate maps itself (not the
 // kernel's [vdso] and [vvar]).
 func ordinary(vmas []core.VMA) []core.VMA {
@@ -105,6 +134,11 @@ func ordinary(vmas []core.VMA) []core.VMA {
 // Preconditions: the process was laid out (layout), and is stopped.
 func (r *restorer) relayout(want []core.VMA) error {
 	unmap, mapNew := layoutDiff(r.mapped, ordinary(want))
+	for _, o := range opened(r.mapped, ordinary(want)) {
+		if _, err := r.sys("mprotect", unix.SYS_MPROTECT, o.start, o.end-o.start, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			return fmt.Errorf("open %#x-%#x for writing: %w", o.start, o.end, err)
+		}
+	}
 	for _, u := range unmap {
 		if _, err := r.sys("munmap", unix.SYS_MUNMAP, u.start, u.end-u.start); err != nil {
 			return fmt.Errorf("unmap %#x-%#x: %w", u.start, u.end, err)

@@ -47,3 +47,19 @@ func TestLayoutDiff(t *testing.T) {
 		}
 	}
 }
+
+func TestOpened(t *testing.T) {
+	anon := func(start, end uint64, prot int) core.VMA {
+		return core.VMA{Start: start, End: end, Prot: prot, Flags: unix.MAP_PRIVATE, Kind: core.VMAAnon}
+	}
+	rw := unix.PROT_READ | unix.PROT_WRITE
+	have := []core.VMA{anon(0x1000, 0x9000, unix.PROT_NONE), anon(0x10000, 0x12000, rw)}
+	// The first 3 pages of the reservation made read-write; a part of the
+	// writable area made PROT_NONE (nothing to open); a new area.
+	want := []core.VMA{anon(0x1000, 0x4000, rw), anon(0x4000, 0x9000, unix.PROT_NONE),
+		anon(0x10000, 0x11000, unix.PROT_NONE), anon(0x11000, 0x12000, rw), anon(0x20000, 0x21000, rw)}
+	got := opened(have, want)
+	if len(got) != 1 || got[0] != (addrRange{0x1000, 0x4000}) {
+		t.Errorf("opened %v, want [{0x1000 0x4000}]", got)
+	}
+}
