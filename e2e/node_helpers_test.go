@@ -144,11 +144,16 @@ func nodeHTTPGet(n *cluster.Node, url string, timeout time.Duration) (string, er
 }
 
 // logOnFailure logs, if the test failed, the TCP sockets of the agent
-// nodes (ss), the processes on them, and the workload's log.
+// nodes (ss), the processes on them, the workload's log, and the
+// segfaults the kernel logged since.
 func logOnFailure(t *testing.T, c *cluster.Cluster, workloadLog string) {
+	before := len(kernelLog("segfault"))
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
+		}
+		if segv := kernelLog("segfault"); len(segv) > before {
+			t.Logf("the kernel logged since the test began:\n%s", strings.Join(segv[before:], "\n"))
 		}
 		for _, n := range []*cluster.Node{c.A, c.B} {
 			out, err := exec.Command("ip", "netns", "exec", n.NetNS, "ss", "-tanoie").CombinedOutput()
@@ -196,17 +201,35 @@ func processAlive(c *cluster.Cluster, comm string, nspid int, log string) func()
 		var said []string
 		b, _ := os.ReadFile(log)
 		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "fatal error") || strings.HasPrefix(l, "[signal") || strings.Contains(l, "Segmentation") {
+			if strings.HasPrefix(l, "fatal error") || strings.HasPrefix(l, "[signal") || strings.HasPrefix(l, "Fatal Python error") {
 				said = append(said, l)
 			}
 		}
-		msg := fmt.Sprintf("%s (pid %d) runs on no node: it died; its log: %q; the kernel's segfaults of %s:\n%s",
-			comm, nspid, said, comm, kernelSegfaults(comm))
-		if len(said) > 0 || strings.Contains(kernelSegfaults(comm), "segfault") {
+		segv := kernelLog(" " + comm + "[")
+		segv = segv[max(0, len(segv)-3):]
+		msg := fmt.Sprintf("%s (pid %d) runs on no node: it died; its log says %q; the kernel's last segfaults of %s:\n%s",
+			comm, nspid, said, comm, strings.Join(segv, "\n"))
+		if len(said) > 0 || len(segv) > 0 {
 			msg += "\n(" + heapGrowthBug + ")"
 		}
 		return errors.New(msg)
 	}
+}
+
+// kernelLog returns the lines of the kernel's log (dmesg) with a segfault
+// report that contain s.
+func kernelLog(s string) []string {
+	out, err := exec.Command("dmesg").Output()
+	if err != nil {
+		return nil
+	}
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "segfault") && strings.Contains(l, s) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // procComm returns the comm of a process (PID as the machine sees it).
@@ -219,23 +242,14 @@ func procComm(t testing.TB, pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// acceptQueueBug is a migrate bug the cluster tests skip on, only when
-// they see it.
-const acceptQueueBug = "known migrate bug: a listener with connections in its accept queue at the freeze makes migrate refuse the whole migration " +
-	"(\"N connections wait in its accept queue; they would be lost\", then a rollback): the source freezes the process (Freeze, ptrace seize) " +
-	"before it takes the network lock (FinalState, after collectFDs and releaseListeners), so under a steady rate of new connections " +
-	"handshakes complete into the accept queue of the frozen process, and a busy server can hardly be migrated"
-
 // migrateStep moves the process nspid (named comm) from one node to the
 // other and checks the step: migrate succeeded (outcome resumed, the same
 // PID), exactly one copy runs, on the target, untraced, and the VIP is
 // there alone. It logs the report.
 //
-// If migrate refused because connections waited in an accept queue
-// (acceptQueueBug), it checks the rollback (the original alone on from,
-// with the VIP), runs rolledBack (the test's own checks of its clients)
-// if not nil, and skips the test.
-func migrateStep(t *testing.T, c *cluster.Cluster, from, to *cluster.Node, comm string, nspid int, rolledBack func()) *cluster.Result {
+// log is the process's log: if the process dies just after the migration,
+// the failure says what it and the kernel said (see processAlive).
+func migrateStep(t *testing.T, c *cluster.Cluster, from, to *cluster.Node, comm string, nspid int, log string) *cluster.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -243,19 +257,6 @@ func migrateStep(t *testing.T, c *cluster.Cluster, from, to *cluster.Node, comm 
 	res, err := c.Migrate(ctx, from, to, nspid)
 	took := time.Since(start)
 	if err != nil {
-		var ee *cluster.ExitError
-		if errors.As(err, &ee) && strings.Contains(cluster.LastLine(ee.Stderr), "connections wait in its accept queue") {
-			t.Logf("migrate %s -> %s refused: %s", from, to, cluster.LastLine(ee.Stderr))
-			onlyCopy(t, c, comm, nspid, from)
-			checkVIPOn(t, c, from)
-			checkNodeEmpty(t, to)
-			if rolledBack != nil {
-				rolledBack()
-			}
-			if !t.Failed() {
-				t.Skipf("%s (the rollback went well: the original runs on, on %s, with the VIP)", acceptQueueBug, from)
-			}
-		}
 		stderr := ""
 		if res != nil {
 			stderr = res.Stderr
@@ -268,6 +269,9 @@ func migrateStep(t *testing.T, c *cluster.Cluster, from, to *cluster.Node, comm 
 	t.Logf("%s -> %s: %d rounds, %d bytes on the wire (%d raw, RSS %d), downtime %.1f ms (target %.1f ms), total %.1f ms (%v with the command), VIP moved by %s",
 		from, to, len(res.Rounds), res.BytesWire, res.BytesRaw, res.RSSBytes, res.DowntimeMS, res.TargetDowntimeMS,
 		res.TotalMS, took.Round(time.Millisecond), res.VIPMovedBy)
+	if err := processAlive(c, comm, nspid, log)(); err != nil {
+		t.Fatalf("after %s -> %s: %v", from, to, err)
+	}
 	onlyCopy(t, c, comm, nspid, to)
 	checkVIPOn(t, c, to)
 	return res
@@ -527,18 +531,6 @@ func (l *httpLoad) finish() {
 	l.cancel()
 	for _, tr := range l.trs {
 		tr.CloseIdleConnections()
-	}
-}
-
-// afterRollback returns the checks of the clients after a migration that
-// was rolled back (see migrateStep): they go on, and none of their
-// requests failed.
-func (l *httpLoad) afterRollback(t *testing.T) func() {
-	return func() {
-		l.waitEach(t, 20)
-		l.finish()
-		t.Logf("clients: %s", l.status())
-		l.checkNoErrors(t)
 	}
 }
 
