@@ -544,7 +544,7 @@ func runLinkLossFrozen(t *testing.T, when string, phases []string, extra ...stri
 // growingHeap is a python program that grows a heap the way glibc grows
 // the heap of a thread's malloc arena: it reserves 256 MiB PROT_NONE
 // (printing "base=ADDR"), makes one page more of it readable and writable
-// (mprotect) every millisecond, and writes each page only 2000 pages
+// (mprotect) every millisecond, and writes each page only 1000 pages
 // later. Every 100 pages it prints "tick N granted=G written=W".
 const growingHeap = `
 import ctypes, sys, time
@@ -552,7 +552,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-PAGE, N, LAG = 4096, 65536, 2000
+PAGE, N, LAG = 4096, 65536, 1000
 base = libc.mmap(None, N * PAGE, 0, 0x22, -1, 0)
 if base in (None, ctypes.c_void_p(-1).value):
     print("FAIL mmap", ctypes.get_errno(), flush=True)
@@ -573,7 +573,7 @@ for granted in range(1, N + 1):
 
 // TestNodeProgramHeapGrowth: a process whose heap grows as glibc grows a
 // thread arena's (python: mprotect of a PROT_NONE reservation to
-// read-write, page by page, each page written 2 s after it became
+// read-write, page by page, each page written 1 s after it became
 // writable) moves to B and back. Each time, in the migrated process, the
 // whole grown part is readable and writable, the pages not yet written
 // included, and the process runs on. (python3 -m http.server, whose
@@ -619,7 +619,8 @@ func TestNodeProgramHeapGrowth(t *testing.T) {
 				step[0], step[1], base, end, granted, strings.Join(bad, "; "), heapGrowthBug)
 		}
 		last = lastLogTick(t, p.Log)
-		if !fixture.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+25 }) {
+		alive := processAlive(c, comm, p.NSPID, p.Log)
+		if !fixture.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+12 || alive() != nil }) || alive() != nil {
 			t.Fatalf("after %s -> %s the process ticks no more (at tick %d): %v",
 				step[0], step[1], lastLogTick(t, p.Log), processAlive(c, comm, p.NSPID, p.Log)())
 		}
