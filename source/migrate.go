@@ -256,6 +256,10 @@ type liveSource struct {
 	// hold keeps the packets the network lock drops, to send them on
 	// once the process runs.
 	hold *packetHold
+	// record is the file saying this migration is under way (record.go).
+	record string
+	// stopQueued: a SIGSTOP waits for the original (see FinalState).
+	stopQueued bool
 	// preLock holds the listening ports from just before the freeze
 	// until the full lock is on (quiesce.go).
 	preLock *netlock.Lock
@@ -448,7 +452,19 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	}
 	a.d.p = p
 	a.frozen = time.Now()
+	// From here a crash of this migrate leaves something to settle.
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
+		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
+	}
 	return nil
+}
+
+// dropRecord forgets the record: the migration is settled.
+func (a *liveSource) dropRecord() {
+	if a.record != "" {
+		os.Remove(a.record)
+		a.record = ""
+	}
 }
 
 // FinalState collects the frozen process, sends the final round and
@@ -548,6 +564,13 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if err != nil {
 		return nil, err
 	}
+	// No injection follows (but on a rollback): a SIGSTOP queued now stops
+	// the original where it is if this migrate dies before the end (the
+	// kernel then lets it go, its connections silent in repair mode), for
+	// `migrate recover` to settle. A rollback takes it back.
+	if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
+		a.stopQueued = true
+	}
 	d.lap("injected calls")
 	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
 		return nil, err
@@ -602,7 +625,19 @@ func (a *liveSource) ResumeOriginal() error {
 		errs = append(errs, a.d.tracker.Close())
 	}
 	if a.d.p != nil {
+		if a.stopQueued && a.d.scratch == 0 {
+			// An injection takes the queued SIGSTOP (the thread meets it
+			// as it returns to user space)...
+			if _, err := a.d.p.Syscall(a.d.p.Leader(), "getpid", unix.SYS_GETPID); err != nil {
+				errs = append(errs, fmt.Errorf("take back the SIGSTOP queued at the freeze: %w", err))
+			}
+		}
 		errs = append(errs, a.d.unmapScratch())
+		if a.stopQueued {
+			// ... which Detach must not give back.
+			a.d.p.DropStolen(unix.SIGSTOP)
+			a.stopQueued = false
+		}
 	}
 	errs = append(errs, a.relisten())
 	errs = append(errs, a.d.unrepairTCP())
@@ -616,6 +651,7 @@ func (a *liveSource) ResumeOriginal() error {
 		<-a.postDump // the abort hook undoes what it did: after it
 		a.postDump = nil
 	}
+	a.dropRecord()
 	// The operator's abort hook first (the service address back here, say),
 	// then the held packets.
 	if err := a.runHook(context.Background(), hook.Abort); err != nil {
@@ -641,6 +677,9 @@ func (a *liveSource) KillOriginal() error {
 	a.d.closeTCP()
 	a.d.unlock()
 	a.dropPreLock()
+	if err == nil {
+		a.dropRecord()
+	}
 	a.replayHeld()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
@@ -690,10 +729,16 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
 	}
+	if pid > 0 {
+		if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && len(gone) > 0 {
+			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
+		}
+	}
 	out, err := QueryOutcome(ctx, HandoffConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
 	if err != nil {
 		return out.String(), err
 	}
+	defer RemoveRecord(pid, session)
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {

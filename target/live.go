@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"migrate/core/hook"
+	"migrate/core/netlock"
 	"migrate/core/proc"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -131,7 +133,8 @@ type liveTarget struct {
 	// steps time the downtime's part here, from the state's arrival.
 	steps   []Step
 	lapped  time.Time
-	img     *core.Image // the state's image, once restored
+	img     *core.Image   // the state's image, once restored
+	lock    *netlock.Lock // this side's, on the connections until the resume
 	aborted bool
 }
 
@@ -322,6 +325,19 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		}
 	}
 	t.lap("decode state")
+	// Until the commit the rebuilt connections must not take a byte from
+	// their peers: once the service address is here (the pre-resume
+	// hook) a repair-mode socket would acknowledge data that an abort then
+	// throws away, while the original waits for it. A network lock on
+	// this side drops their packets until the process runs; the peers
+	// send them again.
+	if conns := imageConns(img); len(conns) > 0 {
+		l, err := netlock.Install("", netlock.Spec{Conns: conns}, netlock.Options{})
+		if err != nil {
+			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
+		}
+		t.lock = l
+	}
 	n := len(t.b.steps)
 	if err := t.b.Finish(ctx, img); err != nil {
 		return err
@@ -344,6 +360,7 @@ func (t *liveTarget) Resume() error {
 	}
 	t.lap("ready, wait for commit")
 	_, err := t.b.Resume()
+	t.unlock()
 	t.resumedAt = time.Now()
 	t.lap("resume")
 	if err == nil && t.hooks.Has(hook.PostResume) {
@@ -357,15 +374,19 @@ func (t *liveTarget) Resume() error {
 }
 
 func (t *liveTarget) Discard() error {
-	if t.b != nil {
-		t.b.Discard()
-	}
+	// The abort hook first: while the service address is here, a peer's
+	// packet for a connection of the process is answered with a reset
+	// once its socket is gone.
 	if !t.aborted && t.pid != 0 {
 		t.aborted = true
 		if err := t.hooks.Run(context.Background(), hook.Abort, t.hookEnv()); err != nil {
 			t.log.Warn("abort hook", "err", err)
 		}
 	}
+	if t.b != nil {
+		t.b.Discard()
+	}
+	t.unlock()
 	t.mu.Lock()
 	if t.err == nil {
 		t.err = errors.New("discarded")
@@ -373,4 +394,34 @@ func (t *liveTarget) Discard() error {
 	t.cond.Broadcast()
 	t.mu.Unlock()
 	return nil
+}
+
+// unlock removes this side's network lock, if on.
+func (t *liveTarget) unlock() {
+	if t.lock == nil {
+		return
+	}
+	if err := t.lock.Unlock(); err != nil {
+		t.log.Error("remove the network lock", "table", t.lock.Name(), "err", err)
+	}
+	t.lock = nil
+}
+
+// imageConns lists the TCP connections of the image's processes.
+func imageConns(img *core.Image) []netlock.Conn {
+	var out []netlock.Conn
+	for _, p := range img.Processes() {
+		for _, f := range p.Process.FDs {
+			s := f.Socket
+			if s == nil || s.TCP == nil {
+				continue
+			}
+			l, err1 := netip.ParseAddrPort(s.Local)
+			r, err2 := netip.ParseAddrPort(s.Remote)
+			if err1 == nil && err2 == nil {
+				out = append(out, netlock.Conn{Local: l, Remote: r})
+			}
+		}
+	}
+	return out
 }

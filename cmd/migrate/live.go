@@ -165,6 +165,7 @@ running as it was.`,
 			if !asJSON {
 				progress = func(r source.RoundReport) { printRoundLine(e.stderr, r) }
 			}
+			source.WarnStale(e.logger)
 			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: to, Transport: cfg, Codec: codec,
 				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress, Bandwidth: int64(bwlimit * 1e6), Hooks: hs})
 			if rep != nil {

@@ -602,3 +602,17 @@ func (p *Proc) Kill(reap bool) error {
 func nativeEndianUint32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }
+
+// DropStolen forgets the signals sig that injections took from the
+// threads, so that Detach does not give them back.
+func (p *Proc) DropStolen(sig unix.Signal) {
+	for _, th := range p.Threads {
+		kept := th.Stolen[:0]
+		for _, si := range th.Stolen {
+			if unix.Signal(nativeEndianUint32(si)) != sig {
+				kept = append(kept, si)
+			}
+		}
+		th.Stolen = kept
+	}
+}

@@ -1,0 +1,130 @@
+package source
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"migrate/core/proc"
+)
+
+// A migrate killed in the middle of a migration (SIGKILL, a crash, the
+// machine's OOM killer) cannot undo what it did: its network lock stays
+// (the next migrate removes it, see netlock.CleanStale), and the original,
+// let go by the kernel, runs on with its TCP connections in repair mode,
+// silent. Whether it should run at all depends on what the target did, which
+// only the target can say. So each migration, from the freeze to its end,
+// leaves a record under RecordDir; the next migrate finds the records of
+// dead migrations and says what to do (`migrate recover`, which asks the
+// target, then kills the original or gives it its connections back).
+
+// RecordDir holds the records of migrations in progress.
+var RecordDir = "/run/migrate"
+
+// Record is a migration in progress, as its record says.
+type Record struct {
+	PID        int       `json:"pid"`
+	PIDStart   uint64    `json:"pid_start"` // start time of the process, in ticks
+	Owner      int       `json:"owner"`     // the migrate process
+	OwnerStart uint64    `json:"owner_start"`
+	Session    string    `json:"session"`
+	Target     string    `json:"target"`
+	Frozen     time.Time `json:"frozen"`
+}
+
+func recordPath(pid int, session string) string {
+	return filepath.Join(RecordDir, fmt.Sprintf("%d-%s.json", pid, session))
+}
+
+// writeRecord notes the migration of pid (frozen now) in RecordDir.
+func writeRecord(pid int, session, target string) (string, error) {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return "", err
+	}
+	me, err := proc.ReadStat(os.Getpid())
+	if err != nil {
+		return "", err
+	}
+	r := Record{PID: pid, PIDStart: st.StartTime, Owner: os.Getpid(), OwnerStart: me.StartTime,
+		Session: session, Target: target, Frozen: time.Now().UTC()}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(RecordDir, 0o700); err != nil {
+		return "", err
+	}
+	path := recordPath(pid, session)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// StaleRecords returns the records of migrations whose migrate is gone, of
+// originals that still run, and removes the records of those gone too.
+func StaleRecords() ([]Record, error) {
+	ents, err := os.ReadDir(RecordDir)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(RecordDir, e.Name())
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var r Record
+		if json.Unmarshal(b, &r) != nil || r.PID <= 0 || r.Owner <= 0 {
+			os.Remove(path) // not ours to understand: not a record
+			continue
+		}
+		if running(r.Owner, r.OwnerStart) {
+			continue // that migration is still under way
+		}
+		if !running(r.PID, r.PIDStart) {
+			os.Remove(path) // the original is gone: nothing left to settle
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// running says whether process pid with that start time still exists (and
+// is not a zombie).
+func running(pid int, start uint64) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
+}
+
+// RemoveRecord forgets the migration of pid in session.
+func RemoveRecord(pid int, session string) {
+	os.Remove(recordPath(pid, session))
+}
+
+// WarnStale logs, for each migration whose migrate died, what to do.
+func WarnStale(log *slog.Logger) {
+	rs, err := StaleRecords()
+	if err != nil {
+		log.Debug("records of migrations not read", "dir", RecordDir, "err", err)
+		return
+	}
+	for _, r := range rs {
+		log.Warn(fmt.Sprintf("a migrate (pid %d) died migrating process %d to %s: the original may run with its TCP connections silent, or run twice; settle it with: migrate recover --to %s --session %s %d",
+			r.Owner, r.PID, r.Target, r.Target, r.Session, r.PID),
+			"pid", r.PID, "session", r.Session, "target", r.Target, "frozen", r.Frozen)
+	}
+}
