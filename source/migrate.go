@@ -642,11 +642,12 @@ func (a *liveSource) ResumeOriginal() error {
 	errs = append(errs, a.relisten())
 	errs = append(errs, a.d.unrepairTCP())
 	a.d.closeTCP()
-	a.d.unlock()
+	a.d.liftLock()
 	a.dropPreLock()
 	if a.d.p != nil {
 		errs = append(errs, a.d.p.Detach())
 	}
+	defer a.d.unlock()
 	if a.postDump != nil {
 		<-a.postDump // the abort hook undoes what it did: after it
 		a.postDump = nil
@@ -675,12 +676,15 @@ func (a *liveSource) KillOriginal() error {
 		a.d.tracker.Close() // of a dead process: only the agent's fds
 	}
 	a.d.closeTCP()
-	a.d.unlock()
+	// The lock is lifted (quick) for the held packets to go, and removed
+	// (a dozen milliseconds) after.
+	a.d.liftLock()
 	a.dropPreLock()
 	if err == nil {
 		a.dropRecord()
 	}
 	a.replayHeld()
+	a.d.unlock()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
 	}

@@ -348,6 +348,16 @@ func (ss *session) lockNetwork(pid int, listeners []netip.AddrPort, keep bool) e
 	return nil
 }
 
+// liftLock makes the network lock drop nothing (unlock removes it).
+func (ss *session) liftLock() {
+	if ss.lock == nil {
+		return
+	}
+	if err := ss.lock.Lift(); err != nil {
+		ss.log.Warn("lift the network lock", "table", ss.lock.Name(), "err", err)
+	}
+}
+
 // unlock removes the network lock, if on.
 func (ss *session) unlock() {
 	if ss.lock == nil {

@@ -360,7 +360,19 @@ func (t *liveTarget) Resume() error {
 	}
 	t.lap("ready, wait for commit")
 	_, err := t.b.Resume()
-	t.unlock()
+	// Lifted now (quick), removed after (a dozen milliseconds, off the
+	// downtime's path).
+	if l := t.lock; l != nil {
+		t.lock = nil
+		if lerr := l.Lift(); lerr != nil {
+			t.log.Warn("lift the network lock", "table", l.Name(), "err", lerr)
+		}
+		go func() {
+			if err := l.Unlock(); err != nil {
+				t.log.Error("remove the network lock", "table", l.Name(), "err", err)
+			}
+		}()
+	}
 	t.resumedAt = time.Now()
 	t.lap("resume")
 	if err == nil && t.hooks.Has(hook.PostResume) {

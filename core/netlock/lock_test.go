@@ -519,3 +519,41 @@ func TestLockAdd(t *testing.T) {
 		t.Errorf("add to a released lock: no error")
 	}
 }
+
+// TestLockLift: a lifted lock drops nothing, its table still there until
+// Unlock.
+func TestLockLift(t *testing.T) {
+	ns := newNetNS(t)
+	ln := ns.listen(t, "tcp", "127.0.0.1:0")
+	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
+	l, err := Install(ns.path, Spec{Conns: []Conn{serverSide(server)}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "ping", 300*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("server read while locked: %v, want a timeout", err)
+	}
+	start := time.Now()
+	if err := l.Lift(); err != nil {
+		t.Fatalf("lift: %v", err)
+	}
+	t.Logf("lift took %v", time.Since(start))
+	if got := tables(t, ns); !slices.Equal(got, []string{l.Name()}) {
+		t.Errorf("tables after lift: %q", got)
+	}
+	if err := readWithin(server, "ping", 5*time.Second); err != nil {
+		t.Fatalf("after lift: %v", err)
+	}
+	start = time.Now()
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("unlock took %v", time.Since(start))
+	if got := tables(t, ns); len(got) != 0 {
+		t.Errorf("tables after unlock: %q", got)
+	}
+}

@@ -52,6 +52,28 @@ type Lock struct {
 	mu   sync.Mutex
 	ns   *os.File // the namespace, held open until Unlock or Disown; nil: the caller's
 	done bool     // Unlock or Disown has run
+	// lasting is a netlink connection kept open from Install for Add and
+	// Lift: each new one enters the namespace on a locked thread first,
+	// milliseconds a migration's downtime should not pay.
+	lasting *nftables.Conn
+}
+
+// conn returns the lock's lasting connection, made on first use.
+// Preconditions: l.mu held.
+func (l *Lock) conn() (*nftables.Conn, error) {
+	if l.lasting != nil {
+		return l.lasting, nil
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if l.ns != nil {
+		opts = append(opts, nftables.WithNetNSFd(int(l.ns.Fd())))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("netlock: nftables: %w", err)
+	}
+	l.lasting = c
+	return c, nil
 }
 
 // Install installs a lock table in the network namespace at netnsPath ("" for
@@ -87,7 +109,11 @@ func Install(netnsPath string, spec Spec, opts Options) (*Lock, error) {
 		}
 		return nil, err
 	}
-	return &Lock{name: name, ns: ns}, nil
+	l := &Lock{name: name, ns: ns}
+	l.mu.Lock()
+	l.conn() // now, while nothing waits: a failure is tried again on use
+	l.mu.Unlock()
+	return l, nil
 }
 
 // install puts the table called name, holding e, into ns in one batch.
@@ -143,6 +169,10 @@ func (l *Lock) Disown() {
 
 func (l *Lock) release() {
 	l.done = true
+	if l.lasting != nil {
+		l.lasting.CloseLasting()
+		l.lasting = nil
+	}
 	if l.ns != nil {
 		l.ns.Close()
 		l.ns = nil
@@ -309,7 +339,12 @@ func (l *Lock) Add(spec Spec) error {
 	if l.done {
 		return fmt.Errorf("netlock: table %s: the lock is released", l.name)
 	}
-	c, err := dial(l.ns, 64*e.count()+16<<10)
+	var c *nftables.Conn
+	if e.count() < 1000 {
+		c, err = l.conn()
+	} else {
+		c, err = dial(l.ns, 64*e.count()+16<<10) // a bigger send buffer
+	}
 	if err != nil {
 		return err
 	}
@@ -339,6 +374,31 @@ func (l *Lock) Add(spec Spec) error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("netlock: add to table inet %s: %w", l.name, err)
+	}
+	return nil
+}
+
+// Lift empties the lock's sets: it drops nothing from then on, while its
+// table stays until Unlock. Removing a table unregisters its hooks, which
+// waits for an RCU grace period (a dozen milliseconds here); emptying sets
+// does not, so a migration lifts its lock in its downtime and removes it
+// afterwards.
+func (l *Lock) Lift() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return nil
+	}
+	c, err := l.conn()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: l.name, Family: nftables.TableFamilyINet}
+	for _, name := range []string{"conn4", "conn6", "listen4", "listen6", "listenport"} {
+		c.FlushSet(&nftables.Set{Table: t, Name: name})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netlock: lift table inet %s: %w", l.name, err)
 	}
 	return nil
 }
