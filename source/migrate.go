@@ -255,7 +255,7 @@ type liveSource struct {
 	hookEnv        map[string]string
 	// hold keeps the packets the network lock drops, to send them on
 	// once the process runs.
-	hold *packetHold
+	hold *netlock.Hold
 	// record is the file saying this migration is under way (record.go).
 	record string
 	// stopQueued: a SIGSTOP waits for the original (see FinalState).
@@ -276,8 +276,8 @@ func (a *liveSource) replayHeld() {
 	if a.hold == nil {
 		return
 	}
-	pkts, dropped := a.hold.finish()
-	n, err := a.hold.replay(pkts)
+	pkts, dropped := a.hold.Finish()
+	n, err := a.hold.Replay(pkts)
 	a.hold = nil
 	a.d.log.Info("packets held during the freeze sent on", "held", len(pkts), "sent", n, "no_room", dropped, "err", err)
 }
@@ -523,8 +523,8 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	}
 	if d.lock != nil {
 		if a.hold != nil {
-			a.hold.addConns(d.tcp)
-		} else if a.hold, err = startHold(d.pid, d.tcp, listeners); err != nil {
+			a.hold.AddConns(tcpLockSpec(d.tcp, nil).Conns)
+		} else if a.hold, err = netlock.StartHold(netnsSocket(d.pid), tcpLockSpec(d.tcp, nil).Conns, listeners); err != nil {
 			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
 		}
 	}
@@ -707,8 +707,8 @@ func (a *liveSource) LeaveFrozen() error {
 	a.d.unlock()
 	a.dropPreLock()
 	if a.hold != nil {
-		a.hold.finish()
-		a.hold.closeRaw()
+		a.hold.Finish()
+		a.hold.CloseRaw()
 		a.hold = nil
 	}
 	a.d.p.StopOnDetach()

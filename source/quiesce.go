@@ -213,7 +213,7 @@ func (a *liveSource) quiesceListeners(maxWait time.Duration) {
 		return
 	}
 	a.preLock = lock
-	if a.hold, err = startHold(d.pid, nil, spec.Listeners); err != nil {
+	if a.hold, err = netlock.StartHold(netnsSocket(d.pid), nil, spec.Listeners); err != nil {
 		d.log.Warn("SYNs dropped by the network lock are not kept", "err", err)
 	}
 	start := time.Now()

@@ -440,3 +440,10 @@ func UnrepairProcess(pid int) error {
 	}
 	return errors.Join(errs...)
 }
+
+// netnsSocket makes sockets in pid's network namespace.
+func netnsSocket(pid int) netlock.SocketFunc {
+	return func(domain, typ, proto int) (int, error) {
+		return inNetns(pid, func() (int, error) { return unix.Socket(domain, typ, proto) })
+	}
+}

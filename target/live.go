@@ -135,6 +135,7 @@ type liveTarget struct {
 	lapped  time.Time
 	img     *core.Image   // the state's image, once restored
 	lock    *netlock.Lock // this side's, on the connections until the resume
+	hold    *netlock.Hold // what lock drops
 	aborted bool
 }
 
@@ -337,6 +338,13 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
 		}
 		t.lock = l
+		// What the lock drops is kept and handed to the connections at
+		// the resume (a peer's tail-loss probe, sent as the service
+		// address arrives, would otherwise wait for its retransmission
+		// timer).
+		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
+			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
+		}
 	}
 	n := len(t.b.steps)
 	if err := t.b.Finish(ctx, img); err != nil {
@@ -359,14 +367,25 @@ func (t *liveTarget) Resume() error {
 		return errors.New("nothing to resume")
 	}
 	t.lap("ready, wait for commit")
-	_, err := t.b.Resume()
-	// Lifted now (quick), removed after (a dozen milliseconds, off the
-	// downtime's path).
-	if l := t.lock; l != nil {
-		t.lock = nil
+	// The lock is lifted (quick) before the connections leave repair
+	// mode, for what they send then to go out, and removed (a dozen
+	// milliseconds) off the downtime's path; what it dropped is handed to
+	// them once they are live.
+	l := t.lock
+	t.lock = nil
+	if l != nil {
 		if lerr := l.Lift(); lerr != nil {
 			t.log.Warn("lift the network lock", "table", l.Name(), "err", lerr)
 		}
+	}
+	_, err := t.b.Resume()
+	if t.hold != nil {
+		pkts, dropped := t.hold.Finish()
+		n, herr := t.hold.Replay(pkts)
+		t.hold = nil
+		t.log.Info("packets held during the restore sent on", "held", len(pkts), "sent", n, "no_room", dropped, "err", herr)
+	}
+	if l != nil {
 		go func() {
 			if err := l.Unlock(); err != nil {
 				t.log.Error("remove the network lock", "table", l.Name(), "err", err)
@@ -397,6 +416,11 @@ func (t *liveTarget) Discard() error {
 	}
 	if t.b != nil {
 		t.b.Discard()
+	}
+	if t.hold != nil {
+		t.hold.Finish()
+		t.hold.CloseRaw()
+		t.hold = nil
 	}
 	t.unlock()
 	t.mu.Lock()

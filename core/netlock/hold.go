@@ -1,16 +1,16 @@
-package source
+package netlock
 
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// While the network lock is on, the peers' segments to the frozen
+// While a network lock is on, the peers' segments to the frozen
 // connections are dropped, and a peer sends them again only when its
 // retransmission timer fires: 200 ms at the very least, more after a
 // backoff. So the source keeps a copy of each (a packet socket sees a
@@ -29,8 +29,8 @@ const (
 	maxHeldPackets = 8192
 )
 
-// packetHold keeps copies of the packets the lock drops.
-type packetHold struct {
+// Hold keeps copies of the packets the lock drops.
+type Hold struct {
 	fd int
 	// raw4 and raw6 send the packets on: made with the packet socket, in
 	// the process's namespace, for the process may be gone by then.
@@ -39,45 +39,44 @@ type packetHold struct {
 	ports      map[uint16]bool // listening ports (SYNs)
 	addrs      map[netip.Addr]bool
 
-	mu      sync.Mutex
-	pkts    [][]byte
-	bytes   int
-	dropped int
-	stop    bool
-	done    chan struct{}
+	mu         sync.Mutex
+	pkts       [][]byte
+	bytes      int
+	dropped    int
+	wake       int // an eventfd: Finish's word to run
+	finishOnce sync.Once
+	done       chan struct{}
 }
 
 type tcpKey struct{ src, dst netip.AddrPort }
 
-// startHold starts keeping the packets of the connections (peer to
-// process) and the SYNs to the listeners that arrive in pid's network
-// namespace.
-func startHold(pid int, conns []*tcpPending, listeners []netip.AddrPort) (*packetHold, error) {
-	h := &packetHold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}, done: make(chan struct{})}
-	for _, c := range conns {
-		h.conns[tcpKey{unmapPort(c.remote), unmapPort(c.local)}] = true
-	}
+// SocketFunc makes a socket in the network namespace to hold packets in:
+// unix.Socket for the caller's own.
+type SocketFunc func(domain, typ, proto int) (int, error)
+
+// StartHold starts keeping the packets of the connections (peer to
+// process) and the SYNs to the listeners that arrive in the namespace
+// where socket makes its sockets.
+func StartHold(socket SocketFunc, conns []Conn, listeners []netip.AddrPort) (*Hold, error) {
+	h := &Hold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}, done: make(chan struct{})}
+	h.AddConns(conns)
 	for _, l := range listeners {
 		h.ports[l.Port()] = true
 		if a := l.Addr().Unmap(); !a.IsUnspecified() {
 			h.addrs[a] = true
 		}
 	}
-	fd, err := inNetns(pid, func() (int, error) {
-		return unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
-	})
+	fd, err := socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("packet socket: %w", err)
 	}
 	h.raw4, h.raw6 = -1, -1
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		raw, err := inNetns(pid, func() (int, error) {
-			return unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-		})
+		raw, err := socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 		if err != nil {
 			unix.Close(fd)
-			h.closeRaw()
-			return nil, err
+			h.CloseRaw()
+			return nil, fmt.Errorf("raw socket: %w", err)
 		}
 		if fam == unix.AF_INET {
 			h.raw4 = raw
@@ -85,12 +84,13 @@ func startHold(pid int, conns []*tcpPending, listeners []netip.AddrPort) (*packe
 			h.raw6 = raw
 		}
 	}
-	tv := unix.NsecToTimeval(int64(20 * time.Millisecond))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
 		unix.Close(fd)
-		h.closeRaw()
-		return nil, err
+		h.CloseRaw()
+		return nil, fmt.Errorf("eventfd: %w", err)
 	}
+	h.wake = wake
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	h.fd = fd
 	go h.run()
@@ -103,42 +103,44 @@ func unmapPort(ap netip.AddrPort) netip.AddrPort {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func (h *packetHold) run() {
+func (h *Hold) run() {
 	defer close(h.done)
 	buf := make([]byte, 65536)
 	for {
-		h.mu.Lock()
-		stop := h.stop
-		h.mu.Unlock()
+		pfd := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}, {Fd: int32(h.wake), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
+			return
+		}
+		stop := pfd[1].Revents != 0
+		// Take what is queued; on stop, everything queued, then return.
+		for {
+			n, from, err := unix.Recvfrom(h.fd, buf, unix.MSG_DONTWAIT)
+			if err != nil {
+				break
+			}
+			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+				continue
+			}
+			if !h.wanted(buf[:n]) {
+				continue
+			}
+			h.mu.Lock()
+			if len(h.pkts) >= maxHeldPackets || h.bytes+n > maxHeldBytes {
+				h.dropped++
+			} else {
+				h.pkts = append(h.pkts, append([]byte(nil), buf[:n]...))
+				h.bytes += n
+			}
+			h.mu.Unlock()
+		}
 		if stop {
 			return
 		}
-		n, from, err := unix.Recvfrom(h.fd, buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-			continue
-		}
-		if !h.wanted(buf[:n]) {
-			continue
-		}
-		h.mu.Lock()
-		if len(h.pkts) >= maxHeldPackets || h.bytes+n > maxHeldBytes {
-			h.dropped++
-		} else {
-			h.pkts = append(h.pkts, append([]byte(nil), buf[:n]...))
-			h.bytes += n
-		}
-		h.mu.Unlock()
 	}
 }
 
 // wanted tells whether an IP packet is a TCP segment to hold.
-func (h *packetHold) wanted(p []byte) bool {
+func (h *Hold) wanted(p []byte) bool {
 	src, dst, tcp, ok := parseTCP(p)
 	if !ok {
 		return false
@@ -187,7 +189,8 @@ func parseTCP(p []byte) (src, dst netip.Addr, tcp []byte, ok bool) {
 	return
 }
 
-func (h *packetHold) closeRaw() {
+// CloseRaw closes the raw sockets Replay sends with.
+func (h *Hold) CloseRaw() {
 	for _, fd := range []int{h.raw4, h.raw6} {
 		if fd >= 0 {
 			unix.Close(fd)
@@ -196,36 +199,39 @@ func (h *packetHold) closeRaw() {
 	h.raw4, h.raw6 = -1, -1
 }
 
-// addConns keeps the packets of these connections too (a hold started
-// for the listeners before the freeze learns the connections after it).
-func (h *packetHold) addConns(conns []*tcpPending) {
+// AddConns keeps the packets of these connections too (a hold started
+// for the listeners before a freeze learns the connections after it).
+func (h *Hold) AddConns(conns []Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, c := range conns {
-		h.conns[tcpKey{unmapPort(c.remote), unmapPort(c.local)}] = true
+		h.conns[tcpKey{unmapPort(c.Remote), unmapPort(c.Local)}] = true
 	}
 }
 
-// finish stops keeping packets and returns those kept, with the number
-// dropped for want of room. The raw sockets stay open for replay.
-func (h *packetHold) finish() ([][]byte, int) {
-	h.mu.Lock()
-	h.stop = true
-	h.mu.Unlock()
-	<-h.done
-	unix.Close(h.fd)
+// Finish stops keeping packets and returns those kept, with the number
+// dropped for want of room. The raw sockets stay open for Replay.
+func (h *Hold) Finish() ([][]byte, int) {
+	h.finishOnce.Do(func() {
+		var one [8]byte
+		one[0] = 1
+		unix.Write(h.wake, one[:])
+		<-h.done
+		unix.Close(h.fd)
+		unix.Close(h.wake)
+	})
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.pkts, h.dropped
 }
 
-// replay sends the held packets on, from the process's network namespace,
+// Replay sends the held packets on, from the process's network namespace,
 // as they came (the peer's addresses), with their TCP checksums made whole
 // (a packet taken off a veth may carry only the pseudo-header's sum, the
 // rest left to an offload that will not happen now), and closes the hold's
 // raw sockets. It returns how many went.
-func (h *packetHold) replay(pkts [][]byte) (int, error) {
-	defer h.closeRaw()
+func (h *Hold) Replay(pkts [][]byte) (int, error) {
+	defer h.CloseRaw()
 	sent := 0
 	var errs []error
 	for _, p := range pkts {
