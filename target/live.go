@@ -378,7 +378,11 @@ func (t *liveTarget) Resume() error {
 			t.log.Warn("lift the network lock", "table", l.Name(), "err", lerr)
 		}
 	}
+	if l != nil {
+		t.lap("lift the lock")
+	}
 	_, err := t.b.Resume()
+	t.lap("resume")
 	if t.hold != nil {
 		pkts, dropped := t.hold.Finish()
 		n, herr := t.hold.Replay(pkts)
@@ -393,7 +397,7 @@ func (t *liveTarget) Resume() error {
 		}()
 	}
 	t.resumedAt = time.Now()
-	t.lap("resume")
+	t.lap("held packets")
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
 			if err := t.hooks.Run(context.Background(), hook.PostResume, t.hookEnv()); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,9 +44,8 @@ type Hold struct {
 	pkts       [][]byte
 	bytes      int
 	dropped    int
-	wake       int // an eventfd: Finish's word to run
+	finished   bool // Finish has taken the packets: no more
 	finishOnce sync.Once
-	done       chan struct{}
 }
 
 type tcpKey struct{ src, dst netip.AddrPort }
@@ -58,7 +58,7 @@ type SocketFunc func(domain, typ, proto int) (int, error)
 // process) and the SYNs to the listeners that arrive in the namespace
 // where socket makes its sockets.
 func StartHold(socket SocketFunc, conns []Conn, listeners []netip.AddrPort) (*Hold, error) {
-	h := &Hold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}, done: make(chan struct{})}
+	h := &Hold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}}
 	h.AddConns(conns)
 	for _, l := range listeners {
 		h.ports[l.Port()] = true
@@ -84,16 +84,22 @@ func StartHold(socket SocketFunc, conns []Conn, listeners []netip.AddrPort) (*Ho
 			h.raw6 = raw
 		}
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
+	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		h.CloseRaw()
-		return nil, fmt.Errorf("eventfd: %w", err)
+		return nil, err
 	}
-	h.wake = wake
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+	// Not the packets this namespace sends (Linux 4.20+; else run skips them).
+	unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+	h.mu.Lock()
 	h.fd = fd
-	go h.run()
+	h.setFilter()
+	h.mu.Unlock()
+	// Nothing reads the socket until Finish: its buffer, which the filter
+	// keeps to the connections' ports, holds the packets (a reader woken
+	// as they come could take milliseconds to get a processor back when
+	// Finish wants it done).
 	return h, nil
 }
 
@@ -103,39 +109,30 @@ func unmapPort(ap netip.AddrPort) netip.AddrPort {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func (h *Hold) run() {
-	defer close(h.done)
-	buf := make([]byte, 65536)
+// take moves the packets queued on the socket into the hold, without
+// waiting; false when the socket failed.
+func (h *Hold) take(fd uintptr, buf []byte) bool {
 	for {
-		pfd := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}, {Fd: int32(h.wake), Events: unix.POLLIN}}
-		if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return
+		n, from, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			return errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR)
 		}
-		stop := pfd[1].Revents != 0
-		// Take what is queued; on stop, everything queued, then return.
-		for {
-			n, from, err := unix.Recvfrom(h.fd, buf, unix.MSG_DONTWAIT)
-			if err != nil {
-				break
-			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-				continue
-			}
-			if !h.wanted(buf[:n]) {
-				continue
-			}
-			h.mu.Lock()
-			if len(h.pkts) >= maxHeldPackets || h.bytes+n > maxHeldBytes {
-				h.dropped++
-			} else {
-				h.pkts = append(h.pkts, append([]byte(nil), buf[:n]...))
-				h.bytes += n
-			}
-			h.mu.Unlock()
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
 		}
-		if stop {
-			return
+		if !h.wanted(buf[:n]) {
+			continue
 		}
+		h.mu.Lock()
+		switch {
+		case h.finished:
+		case len(h.pkts) >= maxHeldPackets || h.bytes+n > maxHeldBytes:
+			h.dropped++
+		default:
+			h.pkts = append(h.pkts, append([]byte(nil), buf[:n]...))
+			h.bytes += n
+		}
+		h.mu.Unlock()
 	}
 }
 
@@ -207,18 +204,24 @@ func (h *Hold) AddConns(conns []Conn) {
 	for _, c := range conns {
 		h.conns[tcpKey{unmapPort(c.Remote), unmapPort(c.Local)}] = true
 	}
+	h.setFilter()
 }
 
 // Finish stops keeping packets and returns those kept, with the number
 // dropped for want of room. The raw sockets stay open for Replay.
 func (h *Hold) Finish() ([][]byte, int) {
 	h.finishOnce.Do(func() {
-		var one [8]byte
-		one[0] = 1
-		unix.Write(h.wake, one[:])
-		<-h.done
+		buf := make([]byte, 65536)
+		h.take(uintptr(h.fd), buf)
+		// Packets the socket's buffer had no room for.
+		var st unix.TpacketStats
+		if n, err := getsockoptRaw(h.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS, unsafeBytes(&st)); err == nil && n >= 8 {
+			h.dropped += int(st.Drops)
+		}
 		unix.Close(h.fd)
-		unix.Close(h.wake)
+		h.mu.Lock()
+		h.finished = true
+		h.mu.Unlock()
 	})
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -275,4 +278,100 @@ func fixTCPChecksum(src, dst netip.Addr, tcp []byte) {
 		sum = sum&0xffff + sum>>16
 	}
 	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
+}
+
+// holdFilter is a classic BPF program for the hold's packet socket (its
+// offsets start at the network header): it passes only unfragmented TCP
+// segments over IPv4 or IPv6 (no extension headers) to one of ports, so
+// that the socket does not copy every packet of the namespace (a
+// migration's own page stream among them) while the process is frozen.
+func holdFilter(ports []uint16) []unix.SockFilter {
+	const (
+		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldIndH = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
+		ldxMsh = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
+		rsh    = unix.BPF_ALU | unix.BPF_RSH | unix.BPF_K
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+		ja     = unix.BPF_JMP | unix.BPF_JA
+		ret    = unix.BPF_RET | unix.BPF_K
+	)
+	n := len(ports)
+	// Layout: 0-3 version, 4-10 IPv4, 11-13 IPv6, 14.. ports, then drop,
+	// accept.
+	portsAt := 14
+	drop := portsAt + n
+	accept := drop + 1
+	rel := func(from, to int) uint8 { return uint8(to - from - 1) }
+	p := []unix.SockFilter{
+		{Code: ldAbsB, K: 0},
+		{Code: rsh, K: 4},
+		{Code: jeq, K: 4, Jt: rel(2, 4), Jf: 0},
+		{Code: jeq, K: 6, Jt: rel(3, 11), Jf: rel(3, drop)},
+		// IPv4
+		{Code: ldAbsB, K: 9},
+		{Code: jeq, K: unix.IPPROTO_TCP, Jt: 0, Jf: rel(5, drop)},
+		{Code: ldAbsH, K: 6},
+		{Code: jset, K: 0x1fff, Jt: rel(7, drop), Jf: 0},
+		{Code: ldxMsh, K: 0},
+		{Code: ldIndH, K: 2},
+		{Code: ja, K: uint32(portsAt - 10 - 1)},
+		// IPv6
+		{Code: ldAbsB, K: 6},
+		{Code: jeq, K: unix.IPPROTO_TCP, Jt: 0, Jf: rel(12, drop)},
+		{Code: ldAbsH, K: 40 + 2},
+	}
+	for i, port := range ports {
+		at := portsAt + i
+		p = append(p, unix.SockFilter{Code: jeq, K: uint32(port), Jt: rel(at, accept), Jf: 0})
+	}
+	p = append(p, unix.SockFilter{Code: ret, K: 0}, unix.SockFilter{Code: ret, K: 0xffff})
+	return p
+}
+
+// maxFilterPorts bounds the ports a filter tests one by one (the jumps of
+// classic BPF reach 255 instructions); past it the hold takes every TCP
+// packet and sorts them itself.
+const maxFilterPorts = 200
+
+// setFilter attaches the filter for the hold's ports.
+// Preconditions: h.mu held.
+func (h *Hold) setFilter() {
+	if h.fd == 0 {
+		return
+	}
+	ports := make([]uint16, 0, len(h.ports)+len(h.conns))
+	seen := map[uint16]bool{}
+	for port := range h.ports {
+		if !seen[port] {
+			seen[port] = true
+			ports = append(ports, port)
+		}
+	}
+	for k := range h.conns {
+		if port := k.dst.Port(); !seen[port] {
+			seen[port] = true
+			ports = append(ports, port)
+		}
+	}
+	if len(ports) == 0 || len(ports) > maxFilterPorts {
+		return
+	}
+	prog := holdFilter(ports)
+	unix.SetsockoptSockFprog(h.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+}
+
+func unsafeBytes(st *unix.TpacketStats) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(st)), unsafe.Sizeof(*st))
+}
+
+// getsockoptRaw reads a socket option into b.
+func getsockoptRaw(fd, level, name int, b []byte) (int, error) {
+	l := uint32(len(b))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(l), nil
 }
