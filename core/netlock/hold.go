@@ -44,7 +44,8 @@ type Hold struct {
 	pkts       [][]byte
 	bytes      int
 	dropped    int
-	finished   bool // Finish has taken the packets: no more
+	finished   bool          // Finish has taken the packets: no more
+	closed     chan struct{} // closed once Finish has closed the packet socket
 	finishOnce sync.Once
 }
 
@@ -58,7 +59,7 @@ type SocketFunc func(domain, typ, proto int) (int, error)
 // process) and the SYNs to the listeners that arrive in the namespace
 // where socket makes its sockets.
 func StartHold(socket SocketFunc, conns []Conn, listeners []netip.AddrPort) (*Hold, error) {
-	h := &Hold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}}
+	h := &Hold{conns: map[tcpKey]bool{}, ports: map[uint16]bool{}, addrs: map[netip.Addr]bool{}, closed: make(chan struct{})}
 	h.AddConns(conns)
 	for _, l := range listeners {
 		h.ports[l.Port()] = true
@@ -218,7 +219,12 @@ func (h *Hold) Finish() ([][]byte, int) {
 		if n, err := getsockoptRaw(h.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS, unsafeBytes(&st)); err == nil && n >= 8 {
 			h.dropped += int(st.Drops)
 		}
-		unix.Close(h.fd)
+		// Closing a packet socket waits for an RCU grace period (a dozen
+		// milliseconds): not on the caller's time.
+		go func() {
+			unix.Close(h.fd)
+			close(h.closed)
+		}()
 		h.mu.Lock()
 		h.finished = true
 		h.mu.Unlock()

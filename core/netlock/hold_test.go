@@ -153,6 +153,7 @@ func TestHoldLive(t *testing.T) {
 		t.Logf("finish took %v", d) // reported, not a limit
 	}
 	h.CloseRaw()
+	<-h.closed
 	found := false
 	for _, p := range pkts {
 		if _, _, tcp, ok := parseTCP(p); ok && strings.Contains(string(tcp), "held") {

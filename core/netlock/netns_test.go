@@ -249,6 +249,11 @@ func (ns *testNS) connect(t *testing.T, from, network string, ln net.Listener) (
 		accepted <- c
 	}()
 	c, err := ns.dialFrom(from, network, ln.Addr().String(), 2*time.Second)
+	// A new IPv6 address may take a moment to be routable.
+	for end := time.Now().Add(2 * time.Second); errors.Is(err, unix.ENETUNREACH) && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+		c, err = ns.dialFrom(from, network, ln.Addr().String(), 2*time.Second)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
