@@ -24,7 +24,7 @@ const (
 // repair mode: no SYN leaves, the peer learns nothing. The socket is bound
 // with IP_FREEBIND, so it can be built before the service address reaches
 // this host. It stays in repair mode, silent, until the process resumes:
-// then atResume turns repair off, sends the send queue (from snd_una), and replays
+// then atResume turns repair off, sends what was never sent, and replays
 // the FINs of a half-closed connection.
 func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	t := s.TCP
@@ -169,12 +169,20 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 			}
 		}
 	}
-	// The send queue is not refilled in repair mode, where its bytes would
-	// count as sent: they go at the resume, as new, from snd_una. A byte
-	// the original sent but the peer did not get (the network lock drops
-	// what the kernel sends after the freeze, a reply written just before
-	// it, say) then leaves at once instead of after a retransmission
-	// timeout; a byte the peer has already is acknowledged and dropped.
+	// The bytes the original sent go back in repair mode, as sent (the
+	// peer may have some: sending them anew would let its acknowledgment
+	// run ahead of snd_nxt, which the kernel rejects, and a peer with a
+	// closed window would never be heard again); those never sent are
+	// written at the resume.
+	sent := sendq[:len(sendq)-t.Unsent]
+	if len(sent) > 0 {
+		if err := set("TCP_REPAIR_QUEUE", unix.TCP_REPAIR_QUEUE, tcpSendQueue); err != nil {
+			return nil, err
+		}
+		if err := repairSend(fd, sent); err != nil {
+			return nil, fmt.Errorf("refill the send queue (%d bytes): %w", len(sent), err)
+		}
+	}
 	// The window as the original had it, but measured against this
 	// socket's rcv_nxt, which lacks a FIN received (replayed at resume):
 	// the kernel refuses a window update point past rcv_nxt.
@@ -207,7 +215,7 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	}
 	live := os.NewFile(uintptr(dup), "socket")
 	r.keep(live)
-	unsent := sendq
+	unsent := sendq[len(sendq)-t.Unsent:]
 	reuse := reuseAddr(s)
 	name := fmt.Sprintf("%s (TCP %s -> %s)", r.fdName(fdnum), s.Local, s.Remote)
 	r.atResume = append(r.atResume, func() error {
@@ -223,7 +231,7 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 		}
 		if len(unsent) > 0 {
 			if err := sendAll(lfd, unsent); err != nil {
-				return fmt.Errorf("%s: send the %d bytes of the send queue: %w", name, len(unsent), err)
+				return fmt.Errorf("%s: send the %d bytes never sent: %w", name, len(unsent), err)
 			}
 		}
 		if t.FinRecv {
