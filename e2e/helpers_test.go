@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/netlock"
 	"migrate/e2e/fixture"
 	"migrate/source"
 	"migrate/target"
@@ -66,6 +67,11 @@ func dumpKill(t *testing.T, p *fixture.Proc, codec string) (string, *core.Image)
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatalf("read the image just written: %v", err)
+	}
+	if img.NetLock != "" {
+		// A test that does not restore must not leave the lock behind:
+		// it would drop other tests' packets to those ports.
+		t.Cleanup(func() { netlock.Remove("", img.NetLock) })
 	}
 	if img.Process.PID != p.PID {
 		t.Fatalf("image of pid %d, dumped %d", img.Process.PID, p.PID)

@@ -270,8 +270,12 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		}
 		ss.unlock()
 	})
+	// The listening ports are locked too when connections are (the
+	// restore is expected soon, and a client then gets through instead of
+	// a reset); a dump with no connection leaves nothing locked behind it
+	// (its image may never be restored).
 	var listeners []netip.AddrPort
-	if !opts.LeaveRunning {
+	if !opts.LeaveRunning && len(ss.tcp) > 0 {
 		listeners = tcpListeners(all)
 	}
 	if err := ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning); err != nil {
