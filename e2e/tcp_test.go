@@ -68,7 +68,10 @@ func TestTCPCheckpoint(t *testing.T) {
 			cli := fixture.Start(t, bin, append([]string{"client", tc.addr, port}, tc.client...)...)
 			_, at := srv.WaitLine(t, 10*time.Second, 0, tc.dumpWhen)
 			if tc.queues {
-				// Let the queues fill up while both sides stall.
+				// Let the queues fill up while both sides stall: the
+				// client's reader too (else it may drain the server's
+				// send queue just as the dump reads it).
+				cli.WaitLine(t, 10*time.Second, 0, "conn 0 recv 100")
 				fixture.WaitFor(t, 5*time.Second, "bytes in both queues of a server connection", func() bool {
 					return bothQueues(t, port)
 				})
