@@ -254,3 +254,15 @@ const (
 	afInet  = 2
 	afInet6 = 10
 )
+
+// Option returns the recorded value of integer option level/name, and 0
+// (a new socket's value, for the options a dump leaves out) if the image
+// has none.
+func (s *Socket) Option(level, name int) int {
+	for _, o := range s.Options {
+		if o.Level == level && o.Name == name {
+			return o.Value
+		}
+	}
+	return 0
+}

@@ -109,7 +109,7 @@ func (ss *session) unrepairTCP() error {
 				continue
 			}
 			c.repaired = false
-			if reuseAddr(c.fdesc.Socket) {
+			if c.fdesc.Socket.Option(unix.SOL_SOCKET, unix.SO_REUSEADDR) != 0 {
 				unix.SetsockoptInt(int(c.sock.Fd()), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 			}
 		}
@@ -385,17 +385,6 @@ func tcpListeners(all []*dumper) []netip.AddrPort {
 		}
 	}
 	return out
-}
-
-// reuseAddr is the SO_REUSEADDR a socket had: turning repair mode off
-// clears it, so it is set again.
-func reuseAddr(s *core.Socket) bool {
-	for _, o := range s.Options {
-		if o.Level == unix.SOL_SOCKET && o.Name == unix.SO_REUSEADDR {
-			return o.Value != 0
-		}
-	}
-	return false
 }
 
 // UnrepairProcess turns repair mode off on every TCP connection of pid (a

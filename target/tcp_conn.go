@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/netlock"
 )
 
 // Repair queues (TCP_REPAIR_QUEUE).
@@ -89,15 +90,7 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	if s.Family == unix.AF_INET6 {
 		transLevel, transName = unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT
 	}
-	freebind, transparent := 0, 0
-	for _, o := range s.Options {
-		if o.Level == freeLevel && o.Name == freeName {
-			freebind = o.Value
-		}
-		if o.Level == transLevel && o.Name == transName {
-			transparent = o.Value
-		}
-	}
+	freebind, transparent := s.Option(freeLevel, freeName), s.Option(transLevel, transName)
 	// IP_TRANSPARENT lets the connection route from an address this host
 	// does not have yet (IP_FREEBIND only lets it bind): the service
 	// address arrives with the pre-resume hook. It is put back at resume.
@@ -216,7 +209,7 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	live := os.NewFile(uintptr(dup), "socket")
 	r.keep(live)
 	unsent := sendq[len(sendq)-t.Unsent:]
-	reuse := reuseAddr(s)
+	reuse := s.Option(unix.SOL_SOCKET, unix.SO_REUSEADDR) != 0 // repair mode off clears it
 	name := fmt.Sprintf("%s (TCP %s -> %s)", r.fdName(fdnum), s.Local, s.Remote)
 	r.atResume = append(r.atResume, func() error {
 		lfd := int(live.Fd())
@@ -248,17 +241,6 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	})
 	ok = true
 	return f, nil
-}
-
-// reuseAddr is the SO_REUSEADDR the socket had: turning repair mode off
-// clears it.
-func reuseAddr(s *core.Socket) bool {
-	for _, o := range s.Options {
-		if o.Level == unix.SOL_SOCKET && o.Name == unix.SO_REUSEADDR {
-			return o.Value != 0
-		}
-	}
-	return false
 }
 
 // repairSend writes b into the selected repair queue.
@@ -309,13 +291,8 @@ func injectFIN(local, remote netip.AddrPort, t *core.TCPConn) error {
 		win = 0xffff
 	}
 	be.PutUint16(tcp[14:], uint16(win))
-	var pseudo []byte
-	if la.Is4() {
-		pseudo = append(append(ra.AsSlice(), la.AsSlice()...), 0, unix.IPPROTO_TCP, 0, 20)
-	} else {
-		pseudo = append(append(ra.AsSlice(), la.AsSlice()...), 0, 0, 0, 20, 0, 0, 0, unix.IPPROTO_TCP)
-	}
-	be.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+	netlock.FixTCPChecksum(ra, la, tcp)
+	// (The kernel fills in an IPv4 header's checksum for IPPROTO_RAW.)
 	if la.Is4() {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 		if err != nil {
@@ -330,7 +307,6 @@ func injectFIN(local, remote netip.AddrPort, t *core.TCPConn) error {
 		ip[9] = unix.IPPROTO_TCP
 		copy(ip[12:], ra.AsSlice())
 		copy(ip[16:], la.AsSlice())
-		be.PutUint16(ip[10:], checksum(ip))
 		return unix.Sendto(fd, append(ip, tcp...), 0, &unix.SockaddrInet4{Addr: la.As4()})
 	}
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
@@ -346,19 +322,4 @@ func injectFIN(local, remote netip.AddrPort, t *core.TCPConn) error {
 	copy(ip[8:], ra.AsSlice())
 	copy(ip[24:], la.AsSlice())
 	return unix.Sendto(fd, append(ip, tcp...), 0, &unix.SockaddrInet6{Addr: la.As16()})
-}
-
-// checksum is the Internet checksum (RFC 1071).
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }

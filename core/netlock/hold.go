@@ -248,7 +248,7 @@ func (h *Hold) Replay(pkts [][]byte) (int, error) {
 		if !ok {
 			continue
 		}
-		fixTCPChecksum(src, dst, tcp)
+		FixTCPChecksum(src, dst, tcp)
 		var err error
 		if src.Is4() {
 			err = unix.Sendto(h.raw4, p, 0, &unix.SockaddrInet4{Addr: dst.As4()})
@@ -264,8 +264,9 @@ func (h *Hold) Replay(pkts [][]byte) (int, error) {
 	return sent, errors.Join(errs...)
 }
 
-// fixTCPChecksum computes a segment's checksum afresh.
-func fixTCPChecksum(src, dst netip.Addr, tcp []byte) {
+// FixTCPChecksum computes the checksum of segment tcp, sent from src to
+// dst, afresh.
+func FixTCPChecksum(src, dst netip.Addr, tcp []byte) {
 	tcp[16], tcp[17] = 0, 0
 	var sum uint32
 	add := func(b []byte) {

@@ -17,7 +17,7 @@ func segment(src, dst netip.AddrPort, flags byte, payload string) []byte {
 	tcp[12] = 5 << 4
 	tcp[13] = flags
 	copy(tcp[20:], payload)
-	fixTCPChecksum(src.Addr(), dst.Addr(), tcp)
+	FixTCPChecksum(src.Addr(), dst.Addr(), tcp)
 	if src.Addr().Is4() {
 		ip := make([]byte, 20)
 		ip[0] = 0x45
@@ -100,7 +100,7 @@ func TestFixTCPChecksum(t *testing.T) {
 				t.Fatalf("parseTCP(%v): %v %v %v", pair, s, d, ok)
 			}
 			tcp[16] ^= 0x55 // a partial sum, as an offload leaves it
-			fixTCPChecksum(s, d, tcp)
+			FixTCPChecksum(s, d, tcp)
 			if !checksumOK(s, d, tcp) {
 				t.Errorf("%v %q: checksum %#x does not verify", pair, payload, tcp[16:18])
 			}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"migrate/e2e/cluster"
+	"migrate/e2e/resp"
 )
 
 // opTimeout bounds one request: a connection that stalls longer counts as
@@ -27,7 +28,7 @@ type client struct {
 
 	mu    sync.Mutex
 	st    clientStats
-	conn  *conn
+	conn  *resp.Conn
 	since time.Time // of the last answered request
 }
 
@@ -105,19 +106,19 @@ func (cl *client) once(ctx context.Context, n int64) error {
 		if err != nil {
 			return err
 		}
-		c = newConn(nc)
+		c = resp.NewConn(nc)
 		cl.mu.Lock()
 		cl.conn = c
 		cl.st.connects++
 		cl.mu.Unlock()
 	}
 	v := strconv.FormatInt(n, 10)
-	if r, err := c.do(opTimeout, "SET", "counter", v); err != nil {
+	if r, err := c.Do(opTimeout, "SET", "counter", v); err != nil {
 		return fmt.Errorf("SET: %w", err)
 	} else if r != "OK" {
 		return fmt.Errorf("SET: reply %v", r)
 	}
-	r, err := c.do(opTimeout, "GET", "counter")
+	r, err := c.Do(opTimeout, "GET", "counter")
 	if err != nil {
 		return fmt.Errorf("GET: %w", err)
 	}

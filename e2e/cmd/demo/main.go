@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"migrate/e2e/cluster"
+	"migrate/e2e/resp"
 )
 
 var (
@@ -144,16 +145,16 @@ func run(ctx context.Context) (_ string, err error) {
 		return "", fmt.Errorf("redis does not answer at %s: %w\n%s", addr, err, b)
 	}
 	var s summary
-	if _, err := admin.str("DEBUG", "POPULATE", strconv.Itoa(*keys), "key", "64"); err != nil {
+	if _, err := admin.Str("DEBUG", "POPULATE", strconv.Itoa(*keys), "key", "64"); err != nil {
 		return "", err
 	}
-	if s.keysBefore, err = admin.int("DBSIZE"); err != nil {
+	if s.keysBefore, err = admin.Int("DBSIZE"); err != nil {
 		return "", err
 	}
-	if s.digestBefore, err = admin.str("DEBUG", "DIGEST"); err != nil {
+	if s.digestBefore, err = admin.Str("DEBUG", "DIGEST"); err != nil {
 		return "", err
 	}
-	mem, _ := admin.info("memory", "used_memory_human")
+	mem, _ := admin.Info("memory", "used_memory_human")
 	admin.Close()
 	say("filled: %d keys (%s), digest %s", s.keysBefore, mem, s.digestBefore)
 
@@ -240,23 +241,23 @@ func run(ctx context.Context) (_ string, err error) {
 		return "", err
 	}
 	defer admin.Close()
-	if pid, err := admin.info("server", "process_id"); err != nil || pid != strconv.Itoa(p.NSPID) {
+	if pid, err := admin.Info("server", "process_id"); err != nil || pid != strconv.Itoa(p.NSPID) {
 		return "", fmt.Errorf("the service address reaches redis process %s (%v), want %d", pid, err, p.NSPID)
 	}
-	got, err := admin.str("GET", "counter")
+	got, err := admin.Str("GET", "counter")
 	if err != nil {
 		return "", err
 	}
 	if got != strconv.FormatInt(st.last, 10) {
 		return "", fmt.Errorf("counter is %q after the migration, the client last wrote %d", got, st.last)
 	}
-	if _, err := admin.int("DEL", "counter"); err != nil {
+	if _, err := admin.Int("DEL", "counter"); err != nil {
 		return "", err
 	}
-	if s.keysAfter, err = admin.int("DBSIZE"); err != nil {
+	if s.keysAfter, err = admin.Int("DBSIZE"); err != nil {
 		return "", err
 	}
-	if s.digestAfter, err = admin.str("DEBUG", "DIGEST"); err != nil {
+	if s.digestAfter, err = admin.Str("DEBUG", "DIGEST"); err != nil {
 		return "", err
 	}
 	say("after: %d keys, digest %s (the client's counter, %s, removed first)", s.keysAfter, s.digestAfter, got)
@@ -273,14 +274,14 @@ func run(ctx context.Context) (_ string, err error) {
 
 // dialWait connects to addr from node n, retrying for up to 10 s, and
 // checks the service answers PING.
-func dialWait(ctx context.Context, n *cluster.Node, addr string) (*conn, error) {
+func dialWait(ctx context.Context, n *cluster.Node, addr string) (*resp.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for {
 		nc, err := n.Dial(ctx, "tcp", addr)
 		if err == nil {
-			c := newConn(nc)
-			if _, err = c.str("PING"); err == nil {
+			c := resp.NewConn(nc)
+			if _, err = c.Str("PING"); err == nil {
 				return c, nil
 			}
 			c.Close()
