@@ -446,16 +446,18 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 		return err
 	}
 	a.quiesceListeners(300 * time.Millisecond)
+	// From the freeze a crash of this migrate leaves something to settle:
+	// the record is written first, out of the downtime.
+	var err error
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
+		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
+	}
 	p, err := a.d.tr.Seize(a.d.pid)
 	if err != nil {
 		return err
 	}
 	a.d.p = p
 	a.frozen = time.Now()
-	// From here a crash of this migrate leaves something to settle.
-	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
-		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
-	}
 	return nil
 }
 
