@@ -372,6 +372,9 @@ func runLiveGoHTTP(t *testing.T, bin, godebug string, proto int) {
 
 	r, _ := migrateLive(t, p, srv, source.MigrateOptions{})
 	last := p.LastTick(t)
+	// A connection accepted around the freeze (any local program may dial
+	// a loopback port) moves with the process and closes once served.
+	waitSockets(t, r.PID, 1)
 	checkFDsSame(t, before, r.PID, 1, 2)
 	checkSoleListener(t, r.PID, port)
 	if got := listenerProtocol(t, r.PID); got != proto {
@@ -465,6 +468,7 @@ func TestLiveProgramPythonHTTPServer(t *testing.T) {
 	if wrote != nil {
 		t.Fatal(wrote)
 	}
+	waitSockets(t, r.PID, 1) // as in runLiveGoHTTP
 	checkFDsSame(t, before, r.PID, 1, 2)
 	checkSoleListener(t, r.PID, port)
 	for path, want := range map[string]string{"/hello.txt": "hello before\n", "/new.txt": "written during the migration\n"} {
