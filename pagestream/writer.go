@@ -231,38 +231,66 @@ func (w *Writer) checkRound(round uint32) error {
 // asynchronous failure (of the underlying writer), after which the Writer
 // takes nothing more.
 func (w *Writer) WritePages(round uint32, addr uint64, data []byte) error {
-	if err := w.usable(); err != nil {
-		return err
-	}
 	if len(data) == 0 || len(data)%PageSize != 0 {
 		return fmt.Errorf("pagestream: WritePages: %d bytes is not a positive multiple of the page size", len(data))
 	}
-	if addr%PageSize != 0 || addr > MaxAddress || uint64(len(data)) > MaxAddress-addr {
-		return fmt.Errorf("%w: WritePages: %d bytes at %#x", ErrBadAddress, len(data), addr)
+	return w.WriteRuns(round, []Run{{Addr: addr, Pages: len(data) / PageSize}}, data)
+}
+
+// Run is Pages contiguous pages from Addr.
+type Run struct {
+	Addr  uint64
+	Pages int
+}
+
+// WriteRuns queues runs of pages whose contents lie one after the other in
+// data (len(data) is their pages times PageSize), each as WritePages would:
+// one buffer read in one go from scattered places of a process serves
+// several frames. data belongs to the Writer as with WritePages.
+func (w *Writer) WriteRuns(round uint32, runs []Run, data []byte) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	total, frames := 0, 0
+	for _, r := range runs {
+		if r.Pages <= 0 {
+			return fmt.Errorf("pagestream: WriteRuns: a run of %d pages", r.Pages)
+		}
+		if r.Addr%PageSize != 0 || r.Addr > MaxAddress || uint64(r.Pages) > (MaxAddress-r.Addr)/PageSize {
+			return fmt.Errorf("%w: WriteRuns: %d pages at %#x", ErrBadAddress, r.Pages, r.Addr)
+		}
+		total += r.Pages
+		frames += (r.Pages + MaxFramePages - 1) / MaxFramePages
+	}
+	if total == 0 || len(data) != total*PageSize {
+		return fmt.Errorf("pagestream: WriteRuns: %d bytes for %d pages", len(data), total)
 	}
 	if err := w.checkRound(round); err != nil {
 		return err
 	}
 	w.round = round
-	pages := len(data) / PageSize
 	ref := &srcRef{buf: data[:len(data):len(data)]}
-	ref.n.Store(int32((pages + MaxFramePages - 1) / MaxFramePages))
-	for first := 0; first < pages; first += MaxFramePages {
-		n := min(MaxFramePages, pages-first)
-		j := wjobs.Get().(*wjob)
-		j.hdr = frameHeader{
-			kind:  FramePages,
-			round: round,
-			seq:   w.seq,
-			addr:  addr + uint64(first)*PageSize,
-			pages: uint32(n),
+	ref.n.Store(int32(frames))
+	off := 0
+	for _, r := range runs {
+		for first := 0; first < r.Pages; first += MaxFramePages {
+			n := min(MaxFramePages, r.Pages-first)
+			j := wjobs.Get().(*wjob)
+			j.hdr = frameHeader{
+				kind:  FramePages,
+				round: round,
+				seq:   w.seq,
+				addr:  r.Addr + uint64(first)*PageSize,
+				pages: uint32(n),
+			}
+			w.seq++
+			j.src = data[off : off+n*PageSize]
+			off += n * PageSize
+			j.ref = ref
+			j.noCompress = w.adaptive && len(w.work) >= w.busy
+			w.ordered <- j
+			w.work <- j
 		}
-		w.seq++
-		j.src = data[first*PageSize : (first+n)*PageSize]
-		j.ref = ref
-		j.noCompress = w.adaptive && len(w.work) >= w.busy
-		w.ordered <- j
-		w.work <- j
 	}
 	return nil
 }
@@ -450,20 +478,43 @@ func gather(dst, src, bm []byte, n int) []byte {
 	return dst
 }
 
+// batchSize is how many bytes of small frames the output goroutine gathers
+// into one write of the underlying writer.
+const batchSize = 256 << 10
+
 // output writes the frames in order: it waits for each page frame's
-// compression, chains and appends the trailer, and writes it.
+// compression, chains and appends the trailer, and writes it. Frames that
+// are ready one after the other go out in one write of up to batchSize
+// bytes: a frame of one scattered page costs a write (on a live stream, a
+// wake-up of yamux's send loop and a system call) otherwise. A frame is
+// never held back while nothing follows it.
 func (w *Writer) output() {
 	defer close(w.outDone)
+	batch := make([]byte, 0, batchSize)
 	for j := range w.ordered {
 		switch j.hdr.kind {
 		case 0:
+			batch = w.writeOut(batch)
 			close(j.flushed)
 			continue
 		case FramePages:
 			<-j.done
 		}
 		if !w.failed.Load() {
-			w.writeFrame(j)
+			w.seal(j)
+			switch {
+			case len(j.out) > batchSize/2:
+				batch = w.writeOut(batch)
+				w.writeOut(j.out)
+			default:
+				if len(batch)+len(j.out) > batchSize {
+					batch = w.writeOut(batch)
+				}
+				batch = append(batch, j.out...)
+				if len(w.ordered) == 0 {
+					batch = w.writeOut(batch)
+				}
+			}
 		}
 		if j.out != nil {
 			putBuf(j.out)
@@ -472,9 +523,31 @@ func (w *Writer) output() {
 		j.rawFrame = false
 		wjobs.Put(j)
 	}
+	w.writeOut(batch)
 }
 
-func (w *Writer) writeFrame(j *wjob) {
+// writeOut writes b (whole frames) to the underlying writer unless the
+// Writer failed, and returns b emptied.
+func (w *Writer) writeOut(b []byte) []byte {
+	if len(b) == 0 || w.failed.Load() {
+		return b[:0]
+	}
+	n, err := w.w.Write(b)
+	w.wire.Add(uint64(n))
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		w.setErr(fmt.Errorf("pagestream: write frames at byte %d of the stream: %w", w.wire.Load()-uint64(n), err))
+	}
+	return b[:0]
+}
+
+// seal finishes frame j in j.out (barrier and end frames are built here),
+// appends its trailer chained to the frame before, and counts it. The
+// counts run ahead of the writes by at most a batch; a failed write ends
+// the stream anyway.
+func (w *Writer) seal(j *wjob) {
 	switch j.hdr.kind {
 	case FrameBarrier:
 		j.out = getBuf(frameHeaderSize + trailerSize)[:frameHeaderSize]
@@ -486,15 +559,6 @@ func (w *Writer) writeFrame(j *wjob) {
 	}
 	crc := crcUpdate(w.chain, j.out)
 	j.out = binary.LittleEndian.AppendUint32(j.out, crc)
-	n, err := w.w.Write(j.out)
-	w.wire.Add(uint64(n))
-	if err == nil && n < len(j.out) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		w.setErr(fmt.Errorf("pagestream: write %v frame %d: %w", j.hdr.kind, j.hdr.seq, err))
-		return
-	}
 	w.chain = crc
 	w.frames.Add(1)
 	if j.hdr.kind == FramePages {

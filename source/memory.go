@@ -235,7 +235,16 @@ type pageSink struct {
 	onSent func(addr uint64, data []byte)
 	hooked bool
 	closed bool
+	// queued are runs of readable pages of one round waiting to be read
+	// from the process in one process_vm_readv (see queue).
+	queued      []pagestream.Run
+	queuedRound uint32
+	queuedPages int
 }
+
+// maxQueuedRuns is how many runs one process_vm_readv reads: the
+// kernel's IOV_MAX.
+const maxQueuedRuns = 1024
 
 func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
 	path := filepath.Join(d.dir, d.pages.File)
@@ -289,6 +298,10 @@ func (s *pageSink) abort() {
 
 // finish ends the stream and syncs the file.
 func (s *pageSink) finish() (pagestream.Stats, error) {
+	if err := s.drain(context.Background()); err != nil {
+		s.abort()
+		return pagestream.Stats{}, err
+	}
 	s.closed = true
 	defer s.pm.Close()
 	if err := s.w.Close(); err != nil {
@@ -337,12 +350,16 @@ func (s *pageSink) sendArea(ctx context.Context, round uint32, v *core.VMA) erro
 			return nil
 		}
 	}
-	return s.sendRange(ctx, round, v, v.Start, v.End, false)
+	if err := s.sendRange(ctx, round, v, v.Start, v.End, false); err != nil {
+		return err
+	}
+	return s.drain(ctx)
 }
 
 // sendRange sends the stored pages of [start, end) within v. With dirty,
 // pages no longer there (unmapped and mapped again, or dropped by
-// MADV_DONTNEED) that an earlier round sent go as zeros.
+// MADV_DONTNEED) that an earlier round sent go as zeros. Pages may wait
+// in the queue (see drain).
 func (s *pageSink) sendRange(ctx context.Context, round uint32, v *core.VMA, start, end uint64, dirty bool) error {
 	const chunk = 1 << 30 // bytes of address space per pagemap read
 	for at := start; at < end; at += chunk {
@@ -352,60 +369,73 @@ func (s *pageSink) sendRange(ctx context.Context, round uint32, v *core.VMA, sta
 			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, at, stop, err)
 		}
 		s.ents = ents
-		var runStart, zeroStart uint64
-		inRun, inZero := false, false
-		flush := func(addr uint64) error {
-			if inRun {
-				inRun = false
-				if err := s.send(ctx, round, v, runStart, addr); err != nil {
-					return err
-				}
-			}
-			if inZero {
-				inZero = false
-				if err := s.sendZeros(round, zeroStart, addr); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		for i, e := range ents {
-			addr := at + uint64(i)*pageSize
-			switch {
-			case stored(v.Kind, e):
-				if inZero {
-					if err := flush(addr); err != nil {
-						return err
-					}
-				}
-				if !inRun {
-					runStart, inRun = addr, true
-				}
-			case dirty && s.sent.Has(addr):
-				if inRun {
-					if err := flush(addr); err != nil {
-						return err
-					}
-				}
-				if !inZero {
-					zeroStart, inZero = addr, true
-				}
-			default:
-				if err := flush(addr); err != nil {
-					return err
-				}
-			}
-		}
-		if err := flush(stop); err != nil {
+		if err := s.sendEntries(ctx, round, v, at, ents, dirty); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// send reads [start, end) of the process and queues it.
+// sendEntries sends the stored pages among ents, the pagemap entries of
+// the pages from at on, within v (see sendRange).
+func (s *pageSink) sendEntries(ctx context.Context, round uint32, v *core.VMA, at uint64, ents []proc.PagemapEntry, dirty bool) error {
+	var runStart, zeroStart uint64
+	inRun, inZero := false, false
+	flush := func(addr uint64) error {
+		if inRun {
+			inRun = false
+			if err := s.send(ctx, round, v, runStart, addr); err != nil {
+				return err
+			}
+		}
+		if inZero {
+			inZero = false
+			if err := s.sendZeros(round, zeroStart, addr); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for i, e := range ents {
+		addr := at + uint64(i)*pageSize
+		switch {
+		case stored(v.Kind, e):
+			if inZero {
+				if err := flush(addr); err != nil {
+					return err
+				}
+			}
+			if !inRun {
+				runStart, inRun = addr, true
+			}
+		case dirty && s.sent.Has(addr):
+			if inRun {
+				if err := flush(addr); err != nil {
+					return err
+				}
+			}
+			if !inZero {
+				zeroStart, inZero = addr, true
+			}
+		default:
+			if err := flush(addr); err != nil {
+				return err
+			}
+		}
+	}
+	return flush(at + uint64(len(ents))*pageSize)
+}
+
+// send reads [start, end) of the process and queues it. Runs of readable
+// pages smaller than a read wait in the queue, to be read with others.
 func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, end uint64) error {
 	readable := v.Prot&unix.PROT_READ != 0
+	if readable && end-start < maxRead {
+		return s.queue(ctx, round, start, end)
+	}
+	if err := s.drain(ctx); err != nil {
+		return err
+	}
 	for at := start; at < end; at += maxRead {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -430,6 +460,79 @@ func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, e
 			if err := s.d.hook(stageMemory); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// queue adds the readable pages [start, end) of round to the runs read
+// together, reading them when the read is full.
+func (s *pageSink) queue(ctx context.Context, round uint32, start, end uint64) error {
+	pages := int((end - start) / pageSize)
+	if len(s.queued) > 0 && (round != s.queuedRound || len(s.queued) == maxQueuedRuns || (s.queuedPages+pages)*pageSize > maxRead) {
+		if err := s.drain(ctx); err != nil {
+			return err
+		}
+	}
+	s.queued = append(s.queued, pagestream.Run{Addr: start, Pages: pages})
+	s.queuedRound = round
+	s.queuedPages += pages
+	return nil
+}
+
+// drain reads the queued runs from the process with one process_vm_readv
+// and hands them to the page stream. Every path that ends a round (or
+// sends pages another way) drains first.
+func (s *pageSink) drain(ctx context.Context) error {
+	if len(s.queued) == 0 {
+		return nil
+	}
+	runs, round, pages := s.queued, s.queuedRound, s.queuedPages
+	s.queued, s.queuedPages = s.queued[:0], 0
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	buf := pagestream.GetBuffer(pages * pageSize)
+	iov := make([]unix.RemoteIovec, len(runs))
+	for i, r := range runs {
+		iov[i] = unix.RemoteIovec{Base: uintptr(r.Addr), Len: r.Pages * pageSize}
+	}
+	n, err := ptrace.ReadMemv(s.d.pid, buf, iov)
+	if err == nil && n < len(buf) {
+		// A run could not be read whole: find which, for the error.
+		off := 0
+		for _, r := range runs {
+			l := r.Pages * pageSize
+			if _, err = ptrace.ReadMem(s.d.pid, r.Addr, buf[off:off+l]); err != nil {
+				break
+			}
+			off += l
+		}
+		if err == nil {
+			err = fmt.Errorf("process_vm_readv read %d of %d bytes", n, len(buf))
+		}
+	}
+	if err != nil {
+		pagestream.PutBuffer(buf)
+		return fmt.Errorf("process %d: read %d runs of pages from %#x: %w", s.d.pid, len(runs), runs[0].Addr, err)
+	}
+	off := 0
+	for _, r := range runs {
+		l := r.Pages * pageSize
+		if s.onSent != nil {
+			s.onSent(r.Addr, buf[off:off+l])
+		}
+		s.sent.AddRange(r.Addr, r.Addr+uint64(l))
+		off += l
+	}
+	if err := s.w.WriteRuns(round, runs, buf); err != nil {
+		return fmt.Errorf("write %s: %w", s.path, err)
+	}
+	s.pages += uint64(pages)
+	if !s.hooked {
+		s.hooked = true
+		if err := s.d.hook(stageMemory); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -460,8 +563,12 @@ func (s *pageSink) write(round uint32, addr uint64, buf []byte) error {
 	return nil
 }
 
-// endRound closes round with a barrier frame.
+// endRound reads what waits in the queue and closes round with a
+// barrier frame.
 func (s *pageSink) endRound(round uint32) error {
+	if err := s.drain(context.Background()); err != nil {
+		return err
+	}
 	if err := s.w.Barrier(round); err != nil {
 		return fmt.Errorf("write %s: %w", s.path, err)
 	}

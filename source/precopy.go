@@ -63,10 +63,39 @@ func (m *roundMeter) done(dirty uint64) (RoundReport, error) {
 
 // sendDirty sends the stored pages of ranges that fall in vmas (sorted),
 // zeros for pages sent before that are gone. It returns the number of
-// dirty pages inside areas that hold pages.
+// dirty pages inside areas that hold pages. Nearby ranges of an area share
+// one read of the pagemap: scattered single pages would cost a read each.
 func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA, ranges []PageRange) (uint64, error) {
+	const maxGap = 64 * pageSize // of pagemap read for nothing, between two ranges
+	const maxSpan = 1 << 30      // of address space per pagemap read
 	ranges = mergeRanges(ranges)
 	var dirty uint64
+	// The ranges of one area, clipped to it, wait in group until a range
+	// too far from them (or in another area) comes.
+	var group []PageRange
+	var gv *core.VMA
+	sendGroup := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		defer func() { group = group[:0] }()
+		if len(group) == 1 {
+			return s.sendRange(ctx, round, gv, group[0].Start, group[0].End, true)
+		}
+		from, to := group[0].Start, group[len(group)-1].End
+		ents, err := s.pm.Read(from, to, s.ents)
+		if err != nil {
+			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, from, to, err)
+		}
+		s.ents = ents
+		for _, r := range group {
+			i, j := (r.Start-from)/pageSize, (r.End-from)/pageSize
+			if err := s.sendEntries(ctx, round, gv, r.Start, ents[i:j], true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	for _, r := range ranges {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
@@ -74,14 +103,21 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 			if !holdsPages(v.Kind) {
 				continue
 			}
-			start, end := max(r.Start, v.Start), min(r.End, v.End)
-			dirty += (end - start) / pageSize
-			if err := s.sendRange(ctx, round, v, start, end, true); err != nil {
-				return dirty, err
+			c := PageRange{max(r.Start, v.Start), min(r.End, v.End)}
+			dirty += c.Pages()
+			if len(group) > 0 && (gv != v || c.Start-group[len(group)-1].End > maxGap || c.End-group[0].Start > maxSpan) {
+				if err := sendGroup(); err != nil {
+					return dirty, err
+				}
 			}
+			gv = v
+			group = append(group, c)
 		}
 	}
-	return dirty, nil
+	if err := sendGroup(); err != nil {
+		return dirty, err
+	}
+	return dirty, s.drain(ctx)
 }
 
 // precopy copies memory while the process runs: a first round sends every

@@ -23,6 +23,23 @@ func ReadMem(pid int, addr uint64, buf []byte) (int, error) {
 	return n, nil
 }
 
+// ReadMemv reads the remote areas of process pid, one after the other,
+// into buf with one process_vm_readv (at most IOV_MAX areas). It returns
+// the bytes read: fewer than asked when an area is not readable (then the
+// areas before it were read whole).
+func ReadMemv(pid int, buf []byte, remote []unix.RemoteIovec) (int, error) {
+	if len(buf) == 0 || len(remote) == 0 {
+		return 0, nil
+	}
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	n, err := unix.ProcessVMReadv(pid, local, remote, 0)
+	if err != nil {
+		return n, fmt.Errorf("process_vm_readv %d of %d areas from %#x: %w", pid, len(remote), remote[0].Base, err)
+	}
+	return n, nil
+}
+
 // WriteMem writes buf at addr of process pid with process_vm_writev. It
 // fails on pages that are not writable.
 func WriteMem(pid int, addr uint64, buf []byte) (int, error) {
