@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -641,4 +642,53 @@ func TestLiveProgramRedis(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestLiveMappingsFlags: areas with madvise flags (dontfork, wipeonfork,
+// nohugepage, dontdump, hugepage) keep them through a live migration, and
+// the memory and the mapped files are intact. The flags come from smaps
+// read just before the freeze when the layout did not change since.
+func TestLiveMappingsFlags(t *testing.T) {
+	fixture.RequireRoot(t)
+	srv := startServeWith(t, serveOptions{})
+	work := t.TempDir()
+	priv := filepath.Join(work, "private.dat")
+	shared := filepath.Join(work, "shared.dat")
+	if err := os.WriteFile(priv, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(shared, make([]byte, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.Start(t, fixture.Build(t, "mem"), priv, shared)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	sums0, _ := p.WaitLine(t, short, 0, "sums")
+	p.WaitTick(t, short, 3)
+	vmflags := map[string]string{}
+	areas := map[string]uint64{}
+	for k, flag := range map[string]string{"dontfork": "dc", "wipeonfork": "wf", "nohuge": "nh", "dontdump": "dd", "huge": "hg"} {
+		v, err := strconv.ParseUint(strings.TrimPrefix(field(t, ready, k), "0x"), 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		areas[k] = v
+		vmflags[k] = smapsFlags(t, p.PID, v)
+		if !slices.Contains(strings.Fields(vmflags[k]), flag) {
+			t.Fatalf("%s area has VmFlags %q, no %s", k, vmflags[k], flag)
+		}
+	}
+	r, _ := migrateLive(t, p, srv, source.MigrateOptions{})
+	for k, want := range vmflags {
+		if got := smapsFlags(t, r.PID, areas[k]); got != want {
+			t.Errorf("%s area: VmFlags %q after the migration, %q before", k, got, want)
+		}
+	}
+	n := len(r.Lines(t))
+	if err := unix.Kill(r.PID, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if sums, _ := r.WaitLine(t, short, n, "sums"); sums != sums0 {
+		t.Errorf("after the migration %q, before %q", sums, sums0)
+	}
+	stopMigrated(t, r)
 }

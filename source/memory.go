@@ -95,6 +95,29 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping) error {
 	return nil
 }
 
+// sameAreas says whether every area of vmas is in smaps with the same
+// bounds, protection and mapping.
+func sameAreas(vmas []core.VMA, smaps []proc.Mapping) bool {
+	if len(smaps) == 0 {
+		return false
+	}
+	byStart := make(map[uint64]*proc.Mapping, len(smaps))
+	for i := range smaps {
+		byStart[smaps[i].Start] = &smaps[i]
+	}
+	for i := range vmas {
+		v := &vmas[i]
+		m := byStart[v.Start]
+		if m == nil || m.End != v.End || m.Prot != v.Prot || m.Offset != v.Offset || m.Shared != (v.Flags&unix.MAP_SHARED != 0) {
+			return false
+		}
+		if v.File != nil && (v.File.Ino != m.Inode || v.File.Path != m.Path) {
+			return false
+		}
+	}
+	return true
+}
+
 // vmasOf turns maps (or smaps) lines into the image's areas.
 func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 	var vmas []core.VMA

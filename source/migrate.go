@@ -263,6 +263,10 @@ type liveSource struct {
 	// preLock holds the listening ports from just before the freeze
 	// until the full lock is on (quiesce.go).
 	preLock *netlock.Lock
+	// preSmaps is /proc/PID/smaps read just before the freeze: its walk
+	// of the page tables (~15 ms a GiB) stays out of the downtime when the
+	// frozen layout is the same.
+	preSmaps []proc.Mapping
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
@@ -452,6 +456,11 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
+	// The flags only smaps shows, read now while the process runs (see
+	// FinalState); a failure only costs the read in the frozen window.
+	if a.preSmaps, err = proc.ReadSmaps(a.d.pid); err != nil {
+		a.preSmaps = nil
+	}
 	p, err := a.d.tr.Seize(a.d.pid)
 	if err != nil {
 		return err
@@ -552,6 +561,17 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 			m, err := proc.ReadSmaps(d.pid)
 			smapsc <- smapsResult{m, err}
 		}()
+	}
+	if sameAreas(d.proc.VMAs, a.preSmaps) {
+		// The areas are those smaps showed just before the freeze: its
+		// flags stand (only a madvise of a whole area in those few
+		// milliseconds would change one without changing the layout),
+		// and no walk of the page tables competes with the final round's.
+		started = true
+		smapsc <- smapsResult{maps: a.preSmaps}
+		d.mmapDone = nil
+	} else {
+		d.log.Debug("the layout changed at the freeze: smaps read again")
 	}
 	err = d.tr.Do(func() error {
 		if err := d.mapScratch(); err != nil {
