@@ -265,7 +265,13 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 		return err
 	}
 	m := s.meter(round)
-	ranges, err := d.tracker.Dirty(vmas)
+	var ranges []PageRange
+	var err error
+	if ft, ok := d.tracker.(FinalTracker); ok {
+		ranges, err = ft.FinalDirty(vmas)
+	} else {
+		ranges, err = d.tracker.Dirty(vmas)
+	}
 	if err != nil {
 		return fmt.Errorf("final round: %w", err)
 	}

@@ -85,6 +85,15 @@ type Tracker interface {
 	Close() error
 }
 
+// FinalTracker is a Tracker that finds the last dirty set (the final
+// round's, after which no Dirty follows) for less than Dirty costs: it
+// re-arms nothing. FinalDirty reports what Dirty would; the tracker is
+// only good for Close after it.
+type FinalTracker interface {
+	Tracker
+	FinalDirty(vmas []core.VMA) ([]PageRange, error)
+}
+
 // ContentTracker is a Tracker that judges pages by their contents (the
 // hash backend). The pre-copy loop should call Sent with every page it
 // sends: the tracker then compares each page with the copy the target has.

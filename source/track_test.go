@@ -1301,3 +1301,76 @@ func BenchmarkTrackDirty(b *testing.B) {
 		})
 	}
 }
+
+// TestTrackFinalDirty: the uffd-wp backend's FinalDirty (one walk, nothing
+// re-armed) reports what Dirty reports, page for page, after writes by the
+// process and the kernel, pages dropped (in writable and read-only areas),
+// a new area and a re-protected one.
+func TestTrackFinalDirty(t *testing.T) {
+	type run struct {
+		regions []region
+		got     []PageRange
+	}
+	scenario := func(final bool) run {
+		w := startWorkload(t)
+		file := filepath.Join(t.TempDir(), "data")
+		if err := os.WriteFile(file, []byte(strings.Repeat("x", 8*pg)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a := w.mapRegion("map", "A", 64, 0)
+		w.call("populate A")
+		s := w.mapRegion("mapshared", "S", 16, 0)
+		w.call("populate S")
+		f := region{"F", 0, 8}
+		ans := w.call("mapfile F %s 8", file)
+		f.start, _ = strconv.ParseUint(ans, 0, 64)
+		w.call("write F 5")
+		r := w.mapRegion("map", "R", 8, 0)
+		w.call("populate R")
+		w.call("protect R r")
+		e := w.mapRegion("map", "E", 8, 0)
+		w.call("populate E")
+		u := w.mapRegion("map", "U", 16, 0)
+		tr := newTestTracker(t, TrackerUffdWP, w)
+		startTracking(t, tr, w)
+		dirty(t, tr, w) // a first round
+
+		w.call("write A 1 5 63")
+		w.call("write S 3")
+		w.call("write F 2")
+		w.call("kwrite U 1")
+		w.call("dontneed A 9")
+		w.call("dontneed F 5")
+		w.call("dontneed R 2")
+		w.call("protect E r")
+		g := w.mapRegion("map", "G", 4, 0)
+		regions := []region{a, s, f, r, e, u, g}
+		if !final {
+			return run{regions, dirty(t, tr, w)}
+		}
+		ft, ok := tr.(FinalTracker)
+		if !ok {
+			t.Fatalf("the %s tracker has no FinalDirty", tr.Name())
+		}
+		rs, err := ft.FinalDirty(layout(t, w.pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Dirty(layout(t, w.pid)); !errors.Is(err, ErrTrackerState) {
+			t.Errorf("Dirty after FinalDirty: %v, want ErrTrackerState", err)
+		}
+		return run{regions, rs}
+	}
+	want := scenario(false)
+	got := scenario(true)
+	for i, wr := range want.regions {
+		gr := got.regions[i]
+		w, g := pagesIn(want.got, wr.start, wr.pages), pagesIn(got.got, gr.start, gr.pages)
+		if !slices.Equal(w, g) {
+			t.Errorf("region %s: FinalDirty reported %s, Dirty %s", wr.name, pageList(g), pageList(w))
+		}
+	}
+	expect(t, "FinalDirty", got.got, got.regions, map[string][]int{
+		"A": {1, 5, 9, 63}, "S": {3}, "F": {2, 5}, "R": {2}, "E": seq(0, 8), "U": {1}, "G": seq(0, 4),
+	})
+}

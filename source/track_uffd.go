@@ -67,6 +67,7 @@ type trackerState int
 const (
 	trackerNew trackerState = iota
 	trackerStarted
+	trackerFinal // FinalDirty ran: only Close is left
 	trackerClosed
 )
 
@@ -269,6 +270,104 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	u.areas = areas
 	u.data = normalize(append(append(still, base...), intersect(normalize(writtenData), kept)...))
 	return normalize(out), nil
+}
+
+// FinalDirty is Dirty for the last time: one walk of the page tables per
+// part of the layout finds both the pages written and those that still
+// hold data, where Dirty walks twice (once to re-protect what was
+// written, once for the data); new areas are reported whole without being
+// armed. With 1 GiB of memory that is a few milliseconds less of the
+// downtime.
+func (u *uffdTracker) FinalDirty(vmas []core.VMA) (_ []PageRange, err error) {
+	if u.state != trackerStarted {
+		return nil, ErrTrackerState
+	}
+	t0 := time.Now()
+	resume, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rerr := resume()
+		u.held = time.Since(t0)
+		if borrowed {
+			u.held = 0
+		}
+		if err == nil {
+			err = rerr
+		}
+	}()
+	u.state = trackerFinal
+	pl := planLayout(u.areas, vmas)
+	before := intersect(u.data, pl.kept)
+	var out, still []PageRange
+	for _, piece := range piecesOf(pl.areas, pl.kept) {
+		look := []PageRange{piece.r}
+		if piece.a.attrs.prot&unix.PROT_WRITE == 0 {
+			// Nothing writes here: only pages that held data can have
+			// lost it.
+			look = intersect(coalesce(intersect(before, look), scanGap), look)
+		}
+		for _, r := range look {
+			ws, data, err := u.scanFinal(r, piece.a.attrs.kind, piece.a.attrs.prot&unix.PROT_WRITE != 0)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ws...)
+			still = append(still, data...)
+		}
+	}
+	out = append(out, pl.fresh...)
+	out = append(out, subtract(before, normalize(still))...)
+	if err := alive(u.pid); err != nil {
+		return nil, fmt.Errorf("uffd-wp tracker: %w", err)
+	}
+	return normalize(out), nil
+}
+
+// scanFinal walks r (in an area of kind) once, changing nothing, and
+// returns its written pages (if writable) and the pages that hold data.
+// A part whose registration is gone shows every page written (the kernel
+// reports a page written unless it is write-protected), which sends it
+// whole, as Dirty does.
+func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (written, data []PageRange, err error) {
+	if u.vec == nil {
+		u.vec = make([]kernel.PageRegion, scanVec)
+	}
+	ret := uint64(kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED)
+	if kind == core.VMAFile {
+		ret |= kernel.PAGE_IS_FILE
+	}
+	for at := r.Start; at < r.End; {
+		regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
+			Start:             at,
+			End:               r.End,
+			CategoryAnyofMask: kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED,
+			ReturnMask:        ret,
+		}, u.vec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
+		}
+		for _, g := range regs {
+			if writable && g.Categories&kernel.PAGE_IS_WRITTEN != 0 && (g.Categories&kernel.PAGE_IS_PFNZERO == 0 || kind == core.VMASharedAnon) {
+				written = appendRange(written, g.Start, g.End)
+			}
+			switch {
+			case g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED:
+				// Swapped out, or a pte marker: only pagemap tells.
+				if data, err = u.swappedData(data, g.Start, g.End); err != nil {
+					return nil, nil, err
+				}
+			case regionData(kind, g.Categories):
+				data = appendRange(data, g.Start, g.End)
+			}
+		}
+		if end <= at {
+			break
+		}
+		at = end
+	}
+	return written, data, nil
 }
 
 // scanGap is the widest gap between ranges of pages with data that one
