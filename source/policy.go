@@ -23,7 +23,7 @@ type Policy struct {
 }
 
 // DefaultPolicy is what `migrate dump --pre-copy` uses unless told otherwise.
-var DefaultPolicy = Policy{MaxRounds: 8, TargetDowntime: 50 * time.Millisecond, MinShrink: 0.2, Patience: 2}
+var DefaultPolicy = Policy{MaxRounds: 8, TargetDowntime: 20 * time.Millisecond, MinShrink: 0.2, Patience: 2}
 
 // Validate refuses settings that cannot work.
 func (p Policy) Validate() error {
@@ -58,9 +58,17 @@ type Verdict struct {
 // Next looks at the rounds so far (oldest first, at least one) and the
 // number of pages dirty right now, and says whether to freeze.
 func (p Policy) Next(rounds []RoundStat, dirtyNow uint64) Verdict {
+	// The final round sends pages written since the last round: scattered
+	// ones, slower to read and send than round 0's whole areas (with
+	// their zero pages and long runs). Its rate is measured on the rounds
+	// that sent such pages, when there are any.
+	measured := rounds
+	if len(rounds) > 1 {
+		measured = rounds[1:]
+	}
 	var bytes uint64
 	var took time.Duration
-	for _, r := range rounds {
+	for _, r := range measured {
 		bytes += r.Bytes
 		took += r.Duration
 	}

@@ -92,6 +92,23 @@ func TestPolicySequences(t *testing.T) {
 	}
 }
 
+// TestPolicyRateOfDirtyRounds: the estimate uses the rate of the rounds
+// that sent dirty pages, not round 0's (whole areas, much faster).
+func TestPolicyRateOfDirtyRounds(t *testing.T) {
+	p := Policy{MaxRounds: 10, TargetDowntime: 20 * time.Millisecond, MinShrink: 0.2, Patience: 2}
+	hist := []RoundStat{
+		{Dirty: 262144, Bytes: 1 << 30, Duration: 350 * time.Millisecond},         // ~3 GB/s
+		{Dirty: 10000, Bytes: 10000 * pageSize, Duration: 100 * time.Millisecond}, // ~400 MB/s
+	}
+	v := p.Next(hist, 3000)
+	if v.Stop || v.Estimate < 25*time.Millisecond || v.Estimate > 35*time.Millisecond {
+		t.Fatalf("3000 pages at 100 pages/ms: stop=%v, estimate %v; want going on, ~30 ms", v.Stop, v.Estimate)
+	}
+	if v := p.Next(hist, 1500); !v.Stop || v.Reason != "converged" {
+		t.Fatalf("1500 pages at 100 pages/ms (15 ms): %+v, want converged", v)
+	}
+}
+
 func TestPolicyValidate(t *testing.T) {
 	for _, p := range []Policy{{MaxRounds: 0, Patience: 1}, {MaxRounds: 1, MinShrink: 1, Patience: 1}, {MaxRounds: 1, TargetDowntime: -1, Patience: 1}, {MaxRounds: 1}} {
 		if p.Validate() == nil {
