@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -313,5 +314,57 @@ func waitGone(t *testing.T, path string, n int) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// TestRunFuncs: built-in hooks run before the stage's commands, in order,
+// see the session's environment, and a failing one stops the stage with
+// an *Error naming it; a stage that never runs on the role is refused.
+func TestRunFuncs(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	t.Setenv("OUT", out)
+	s := mustParse(t, Target, `pre-resume=echo cmd >>"$OUT"`)
+	var ran []string
+	add := func(name string, err error) {
+		t.Helper()
+		if aerr := s.AddFunc(PreResume, name, func(ctx context.Context, env map[string]string) error {
+			ran = append(ran, name+":"+env["MIGRATE_SESSION"]+":"+env["MIGRATE_STAGE"])
+			return err
+		}); aerr != nil {
+			t.Fatal(aerr)
+		}
+	}
+	add("first", nil)
+	add("second", nil)
+	if err := s.Run(context.Background(), PreResume, map[string]string{"MIGRATE_SESSION": "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"first:s1:pre-resume", "second:s1:pre-resume"}; !slices.Equal(ran, want) {
+		t.Errorf("ran %q, want %q", ran, want)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "cmd\n" {
+		t.Errorf("the command after the functions: %q", b)
+	}
+	boom := errors.New("boom")
+	add("third", boom)
+	ran = nil
+	err := s.Run(context.Background(), PreResume, nil)
+	var he *Error
+	if !errors.As(err, &he) || he.Command != "third" || !errors.Is(err, boom) {
+		t.Fatalf("failing function: %v", err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "cmd\n" {
+		t.Errorf("the command ran after a failed function: %q", b)
+	}
+	if err := s.AddFunc(PostDump, "x", nil); err == nil {
+		t.Error("a target function at post-dump was taken")
+	}
+	empty := mustParse(t, Source)
+	if empty.Has(PostDump) {
+		t.Error("Has with nothing")
+	}
+	empty.AddFunc(PostDump, "x", func(context.Context, map[string]string) error { return nil })
+	if !empty.Has(PostDump) {
+		t.Error("Has misses a function")
 	}
 }
