@@ -147,10 +147,11 @@ func TestNodeProgramGoHTTPMPTCPRefused(t *testing.T) {
 // each (http.server speaks HTTP/1.0 and closes), every 5 ms. It moves to
 // B and back: no fetch fails (a connection attempt during the freeze is
 // not refused: its SYN is dropped by the network lock, then retransmitted
-// or replayed), every answer is whole.
+// or replayed), every answer is whole. Here the VIP moves with --hook
+// commands (ip, arping), the other node tests move it with --address.
 func TestNodeProgramPythonHTTPServer(t *testing.T) {
 	requirePython(t)
-	c := newCluster(t, cluster.Options{})
+	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOn})
 	requireHooks(t, c)
 	www := t.TempDir()
 	data := make([]byte, 64<<10)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"migrate/core/hook"
+	"migrate/core/netaddr"
 	"net"
 	"strings"
 	"time"
@@ -65,9 +66,10 @@ PIDs are taken on this host: restored processes become its children, and it
 reaps them when they exit.`,
 	examples: `  migrate serve --listen :7070 --secret-file /etc/migrate/secret
   unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s
+  migrate serve --listen :7070 --secret-file s --address 10.0.0.100/32@eth0
   migrate serve --listen :7070 --secret-file s \
-      --hook 'pre-resume=ip addr add 10.0.0.100/24 dev eth0 && arping -U -c1 -I eth0 10.0.0.100' \
-      --hook 'abort=ip addr del 10.0.0.100/24 dev eth0 || true'`,
+      --hook 'pre-resume=ip addr add 10.0.0.100/32 dev eth0 && arping -U -c1 -I eth0 10.0.0.100' \
+      --hook 'abort=ip addr del 10.0.0.100/32 dev eth0 || true'`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var listen string
 		var auth authFlags
@@ -75,6 +77,8 @@ reaps them when they exit.`,
 		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
 		auth.add(fs)
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
+		var addrs []string
+		addressFlag(fs, &addrs, "add it to LINK and announce it just before each migrated process resumes (an abort deletes it again)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected arguments %q", args)
@@ -82,11 +86,10 @@ reaps them when they exit.`,
 			if listen == "" {
 				return usagef("--listen is required")
 			}
-			hs, err := hook.Parse(hooks, hook.Target)
+			hs, err := hookSet(hooks, addrs, hook.Target, e)
 			if err != nil {
-				return usagef("%v", err)
+				return err
 			}
-			hs.SetLogger(e.logger)
 			cfg, err := auth.config()
 			if err != nil {
 				return err
@@ -132,15 +135,16 @@ running as it was.`,
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
+		var addrs []string
+		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
 			}
-			hs, err := hook.Parse(hooks, hook.Source)
+			hs, err := hookSet(hooks, addrs, hook.Source, e)
 			if err != nil {
-				return usagef("%v", err)
+				return err
 			}
-			hs.SetLogger(e.logger)
 			if to == "" && len(args) == 2 {
 				to, args = args[0], args[1:]
 			}
@@ -257,4 +261,31 @@ cannot tell, the original stays stopped and the command says so (exit 1).`,
 			return err
 		}
 	},
+}
+
+// addressFlag adds --address, the service address a migration moves.
+func addressFlag(fs *pflag.FlagSet, addrs *[]string, what string) {
+	fs.StringArrayVar(addrs, "address", nil, "the service address `ADDR[/PLEN]@LINK` moves with the process: "+what+
+		"; done in-process over netlink, before the hooks of the same stage (repeatable)")
+}
+
+// hookSet parses the --hook values of role and adds the --address moves.
+func hookSet(hooks, addrs []string, role hook.Role, e *env) (*hook.Set, error) {
+	hs, err := hook.Parse(hooks, role)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	hs.SetLogger(e.logger)
+	var as []netaddr.Addr
+	for _, s := range addrs {
+		a, err := netaddr.Parse(s)
+		if err != nil {
+			return nil, usagef("--address: %v", err)
+		}
+		as = append(as, a)
+	}
+	if err := netaddr.NewMover(as, e.logger).Install(hs); err != nil {
+		return nil, err
+	}
+	return hs, nil
 }

@@ -38,12 +38,15 @@ var (
 type HookMode int
 
 const (
-	// HooksAuto uses hooks if the migrate binary's help mentions --hook.
+	// HooksAuto moves the VIP with --address if the migrate binary's help
+	// mentions it, else with --hook commands if it mentions that.
 	HooksAuto HookMode = iota
 	// HooksOff never passes --hook; Migrate moves the VIP itself.
 	HooksOff
-	// HooksOn always passes --hook.
+	// HooksOn always moves the VIP with --hook commands (ip, arping).
 	HooksOn
+	// HooksAddress always moves it with --address (in-process).
+	HooksAddress
 )
 
 // Options configure New.
@@ -91,9 +94,12 @@ type Cluster struct {
 	A, B, Client *Node
 	// VIP and VIP6 are the service address, on A at first.
 	VIP, VIP6 netip.Addr
-	// Hooks says whether serve and Migrate pass --hook: then the hooks
-	// move the VIP, else Migrate does.
+	// Hooks says whether serve and Migrate pass --hook or --address: then
+	// the migration moves the VIP, else Migrate does.
 	Hooks bool
+	// Address says the VIP moves with --address (in-process), not with
+	// --hook commands.
+	Address bool
 
 	opts  Options
 	sw    string // the switch's network namespace
@@ -161,10 +167,13 @@ func New(opts Options) (*Cluster, error) {
 	switch opts.Hooks {
 	case HooksOn:
 		c.Hooks = true
+	case HooksAddress:
+		c.Hooks, c.Address = true, true
 	case HooksAuto:
-		c.Hooks = c.probeHooks()
+		c.Address = c.probeHelp("--address")
+		c.Hooks = c.Address || c.probeHelp("--hook")
 	}
-	c.logf("cluster %s: hooks %v", c.ID, c.Hooks)
+	c.logf("cluster %s: hooks %v, --address %v", c.ID, c.Hooks, c.Address)
 	c.A = c.newNode("a", 1, 10000)
 	c.B = c.newNode("b", 2, 20000)
 	c.Client = c.newNode("client", 3, 0)
@@ -215,14 +224,14 @@ func (c *Cluster) writeSecret() error {
 	return os.WriteFile(c.SecretFile, fmt.Appendf(nil, "%x\n", b), 0o600)
 }
 
-// probeHooks says whether both `migrate serve` and `migrate --to` take
-// --hook.
-func (c *Cluster) probeHooks() bool {
+// probeHelp says whether both `migrate serve` and `migrate --to` take
+// flag.
+func (c *Cluster) probeHelp(flag string) bool {
 	for _, cmd := range []string{"serve", "to"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		out, _ := exec.CommandContext(ctx, c.MigrateBin, "help", cmd).CombinedOutput()
 		cancel()
-		if !bytes.Contains(out, []byte("--hook")) {
+		if !bytes.Contains(out, []byte(flag)) {
 			return false
 		}
 	}

@@ -347,6 +347,9 @@ func (c *Cluster) vipBatch(op string) string {
 }
 
 func (c *Cluster) serveHooks(n *Node) []string {
+	if c.Address {
+		return c.addressFlags()
+	}
 	m, _ := c.mark(n, "vip-added")
 	return []string{
 		"--hook", fmt.Sprintf("pre-resume=ip -batch %s && : > %s; %s; exit 0", c.vipBatch("add"), m, c.announce()),
@@ -359,6 +362,9 @@ func (c *Cluster) serveHooks(n *Node) []string {
 // removes the VIP (the original is frozen, its network locked), abort puts
 // it back if post-dump had removed it.
 func (c *Cluster) sourceHooks(n *Node) []string {
+	if c.Address {
+		return c.addressFlags()
+	}
 	m, _ := c.mark(n, "vip-released")
 	del := fmt.Sprintf("ip -force -batch %s 2>/dev/null && : > %s; exit 0", c.vipBatch("del"), m)
 	return []string{
@@ -366,6 +372,12 @@ func (c *Cluster) sourceHooks(n *Node) []string {
 		"--hook", fmt.Sprintf("post-resume=rm -f %s", m),
 		"--hook", fmt.Sprintf("abort=if [ -e %s ]; then rm -f %s; %s; %s; fi; exit 0", m, m, c.addVIPcmd(), c.announce()),
 	}
+}
+
+// addressFlags move both service addresses in-process (--address): the
+// same on both sides, each does its part.
+func (c *Cluster) addressFlags() []string {
+	return []string{"--address", c.VIP.String() + "/32@eth0", "--address", c.VIP6.String() + "/128@eth0"}
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and readers at once.

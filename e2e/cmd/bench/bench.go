@@ -64,12 +64,14 @@ func newBench(ctx context.Context) (b *bench, err error) {
 	opts := cluster.Options{Migrate: *migrateBin, ServeArgs: []string{"-v", "--log-format", "json"}}
 	switch *hooks {
 	case "auto":
-	case "on":
+	case "on", "shell":
 		opts.Hooks = cluster.HooksOn
+	case "address":
+		opts.Hooks = cluster.HooksAddress
 	case "off":
 		opts.Hooks = cluster.HooksOff
 	default:
-		return nil, fmt.Errorf("-hooks %q: want auto, on or off", *hooks)
+		return nil, fmt.Errorf("-hooks %q: want auto, address, shell or off", *hooks)
 	}
 	if *verbose {
 		opts.Log = os.Stderr
@@ -78,7 +80,7 @@ func newBench(ctx context.Context) (b *bench, err error) {
 	if b.c, err = cluster.New(opts); err != nil {
 		return nil, err
 	}
-	say("A %s, B %s, client %s, service address %s; hooks move it: %v", b.c.A.Addr, b.c.B.Addr, b.c.Client.Addr, b.c.VIP, b.c.Hooks)
+	say("A %s, B %s, client %s, service address %s; the migration moves it: %v (in-process, --address: %v)", b.c.A.Addr, b.c.B.Addr, b.c.Client.Addr, b.c.VIP, b.c.Hooks, b.c.Address)
 	return b, nil
 }
 

@@ -60,7 +60,7 @@ var (
 	conns      = flag.Int("conns", 1, "redis client connections, each with its own load")
 	interval   = flag.Duration("interval", time.Millisecond, "the time between two requests of the redis client, per connection")
 	offline    = flag.Bool("offline", true, "pair each live run with an offline dump and restore")
-	hooks      = flag.String("hooks", "auto", "move the service address with the migration hooks (auto: if migrate has them; on; off: the harness moves it after the migration)")
+	hooks      = flag.String("hooks", "auto", "how the migration moves the service address: address (migrate --address, in-process), shell (--hook commands: ip, arping), auto (address if migrate has it, else shell), off (the harness moves it after the migration)")
 	logDir     = flag.String("logs", "", "keep migrate's logs (-v) of every run and the services' logs in `DIR`")
 	verbose    = flag.Bool("v", false, "print the commands the cluster runs")
 )

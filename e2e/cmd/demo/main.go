@@ -127,7 +127,7 @@ func run(ctx context.Context) (_ string, err error) {
 		vip = c.VIP6.String()
 	}
 	addr := net.JoinHostPort(vip, port)
-	say("A %s, B %s, client %s, service address %s and %s; hooks move it: %v", c.A.Addr, c.B.Addr, c.Client.Addr, c.VIP, c.VIP6, c.Hooks)
+	say("A %s, B %s, client %s, service address %s and %s; the migration moves it: %v (in-process, --address: %v)", c.A.Addr, c.B.Addr, c.Client.Addr, c.VIP, c.VIP6, c.Hooks, c.Address)
 
 	log := filepath.Join(c.Dir, "redis.log")
 	p, err := c.A.Start(cluster.StartOptions{Log: log}, redis,
