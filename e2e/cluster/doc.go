@@ -40,9 +40,11 @@
 //
 // # The service address (VIP)
 //
-// The VIP starts on A. Moving it is the operator's job, done with the
-// migration hooks of `migrate serve --hook` and `migrate --to --hook`
-// (when the migrate binary has them, see Cluster.Hooks): the source's
+// The VIP starts on A. The migration moves it: with `--address` on
+// `migrate serve` and `migrate --to` (Cluster.Address: in-process, over
+// netlink, with the announcements below sent by migrate itself), or with
+// shell hooks (Options.Hooks HooksOn, or a migrate without --address):
+// the source's
 // post-dump hook removes the VIP (the original is frozen and its network
 // locked by then), its abort hook puts it back if it had removed it; the
 // target's pre-resume hook adds it while the restored process is still
