@@ -263,6 +263,12 @@ type pageSink struct {
 	queued      []pagestream.Run
 	queuedRound uint32
 	queuedPages int
+	// racy: the process runs (pre-copy), so an area may be unmapped or
+	// protected between the pagemap read and the read of its pages. Such
+	// pages are skipped, not an error: the next round's layout shows the
+	// area gone or changed (and reports a changed one whole).
+	racy    bool
+	skipped uint64 // pages skipped so
 }
 
 // maxQueuedRuns is how many runs one process_vm_readv reads: the
@@ -471,6 +477,11 @@ func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, e
 		} else {
 			_, err = ptrace.ReadMemForce(s.d.pid, at, buf)
 		}
+		if err != nil && s.racy && (errors.Is(err, unix.EFAULT) || errors.Is(err, unix.EIO)) {
+			pagestream.PutBuffer(buf) // gone while the process runs: see racy
+			s.skipped += n / pageSize
+			continue
+		}
 		if err != nil {
 			pagestream.PutBuffer(buf)
 			return fmt.Errorf("process %d: read %#x-%#x: %w", s.d.pid, at, at+n, err)
@@ -521,19 +532,30 @@ func (s *pageSink) drain(ctx context.Context) error {
 		iov[i] = unix.RemoteIovec{Base: uintptr(r.Addr), Len: r.Pages * pageSize}
 	}
 	n, err := ptrace.ReadMemv(s.d.pid, buf, iov)
-	if err == nil && n < len(buf) {
-		// A run could not be read whole: find which, for the error.
-		off := 0
+	if (err == nil && n < len(buf)) || errors.Is(err, unix.EFAULT) {
+		// A run could not be read whole: read them one by one, to skip
+		// the ones gone while the process runs, or name the one that
+		// failed.
+		kept, off := runs[:0], 0
+		err = nil
 		for _, r := range runs {
 			l := r.Pages * pageSize
-			if _, err = ptrace.ReadMem(s.d.pid, r.Addr, buf[off:off+l]); err != nil {
+			if _, rerr := ptrace.ReadMem(s.d.pid, r.Addr, buf[off:off+l]); rerr != nil {
+				if s.racy && errors.Is(rerr, unix.EFAULT) {
+					s.skipped += uint64(r.Pages)
+					continue
+				}
+				err = rerr
 				break
 			}
+			kept = append(kept, r)
 			off += l
 		}
-		if err == nil {
-			err = fmt.Errorf("process_vm_readv read %d of %d bytes", n, len(buf))
+		if err == nil && len(kept) == 0 {
+			pagestream.PutBuffer(buf)
+			return nil
 		}
+		runs, buf, pages = kept, buf[:off], off/pageSize
 	}
 	if err != nil {
 		pagestream.PutBuffer(buf)

@@ -144,6 +144,15 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 	if ct, ok := d.tracker.(ContentTracker); ok {
 		s.onSent = ct.Sent
 	}
+	// The process runs until the final round: what it unmaps while a
+	// round reads is skipped (see pageSink.racy).
+	s.racy = true
+	defer func() {
+		s.racy = false
+		if s.skipped > 0 {
+			d.log.Debug("pre-copy: pages gone before they were read, skipped", "pages", s.skipped)
+		}
+	}()
 
 	// Start tracking with the process briefly stopped: backends inject.
 	held := time.Now()
