@@ -489,11 +489,8 @@ func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, e
 		if err := s.write(round, at, buf); err != nil {
 			return err
 		}
-		if !s.hooked {
-			s.hooked = true
-			if err := s.d.hook(stageMemory); err != nil {
-				return err
-			}
+		if err := s.firstPages(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -574,13 +571,17 @@ func (s *pageSink) drain(ctx context.Context) error {
 		return fmt.Errorf("write %s: %w", s.path, err)
 	}
 	s.pages += uint64(pages)
-	if !s.hooked {
-		s.hooked = true
-		if err := s.d.hook(stageMemory); err != nil {
-			return err
-		}
+	return s.firstPages()
+}
+
+// firstPages calls the dump's test hook once, after the first pages went
+// to the stream.
+func (s *pageSink) firstPages() error {
+	if s.hooked {
+		return nil
 	}
-	return nil
+	s.hooked = true
+	return s.d.hook(stageMemory)
 }
 
 func (s *pageSink) sendZeros(round uint32, start, end uint64) error {

@@ -200,21 +200,11 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	// the process's writes were seen to lose writes (pages written while
 	// the scan ran, reported by no scan: e2e TestTrackerRace). A scan of
 	// 256 MiB takes ~2 ms, which is what a round holds the process.
-	t0 := time.Now()
-	resume, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker")
+	resume, err := u.pause()
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		rerr := resume()
-		u.held = time.Since(t0)
-		if borrowed {
-			u.held = 0 // the caller's freeze, not ours
-		}
-		if err == nil {
-			err = rerr
-		}
-	}()
+	defer resume(&err)
 	pl := planLayout(u.areas, vmas)
 	var out, written, writtenData []PageRange
 	var lost []PageRange // kept parts whose registration is gone
@@ -272,6 +262,28 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	return normalize(out), nil
 }
 
+// pause stops the process for a scan (or borrows the caller's freeze);
+// the returned func resumes it, notes how long it was held (0 when
+// borrowed: the caller's freeze, not ours) and sets *err if that failed
+// and nothing else did.
+func (u *uffdTracker) pause() (resume func(*error), err error) {
+	t0 := time.Now()
+	res, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker")
+	if err != nil {
+		return nil, err
+	}
+	return func(err *error) {
+		rerr := res()
+		u.held = time.Since(t0)
+		if borrowed {
+			u.held = 0
+		}
+		if *err == nil {
+			*err = rerr
+		}
+	}, nil
+}
+
 // FinalDirty is Dirty for the last time: one walk of the page tables per
 // part of the layout finds both the pages written and those that still
 // hold data, where Dirty walks twice (once to re-protect what was
@@ -282,21 +294,11 @@ func (u *uffdTracker) FinalDirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
 		return nil, ErrTrackerState
 	}
-	t0 := time.Now()
-	resume, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker")
+	resume, err := u.pause()
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		rerr := resume()
-		u.held = time.Since(t0)
-		if borrowed {
-			u.held = 0
-		}
-		if err == nil {
-			err = rerr
-		}
-	}()
+	defer resume(&err)
 	u.state = trackerFinal
 	pl := planLayout(u.areas, vmas)
 	before := intersect(u.data, pl.kept)
@@ -352,14 +354,8 @@ func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (writte
 			if writable && g.Categories&kernel.PAGE_IS_WRITTEN != 0 && (g.Categories&kernel.PAGE_IS_PFNZERO == 0 || kind == core.VMASharedAnon) {
 				written = appendRange(written, g.Start, g.End)
 			}
-			switch {
-			case g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED:
-				// Swapped out, or a pte marker: only pagemap tells.
-				if data, err = u.swappedData(data, g.Start, g.End); err != nil {
-					return nil, nil, err
-				}
-			case regionData(kind, g.Categories):
-				data = appendRange(data, g.Start, g.End)
+			if data, err = u.appendData(data, kind, g); err != nil {
+				return nil, nil, err
 			}
 		}
 		if end <= at {
@@ -528,15 +524,8 @@ func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
 				return nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, a.end, u.pid, err)
 			}
 			for _, g := range regs {
-				if g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED {
-					// Swapped out, or a pte marker: only pagemap tells.
-					if out, err = u.swappedData(out, g.Start, g.End); err != nil {
-						return nil, err
-					}
-					continue
-				}
-				if regionData(a.attrs.kind, g.Categories) {
-					out = appendRange(out, g.Start, g.End)
+				if out, err = u.appendData(out, a.attrs.kind, g); err != nil {
+					return nil, err
 				}
 			}
 			if end <= at {
@@ -544,6 +533,19 @@ func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
 			}
 			at = end
 		}
+	}
+	return out, nil
+}
+
+// appendData appends the pages of region g (of an area of kind) that hold
+// data to out.
+func (u *uffdTracker) appendData(out []PageRange, kind string, g kernel.PageRegion) ([]PageRange, error) {
+	switch {
+	case g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED:
+		// Swapped out, or a pte marker: only pagemap tells.
+		return u.swappedData(out, g.Start, g.End)
+	case regionData(kind, g.Categories):
+		return appendRange(out, g.Start, g.End), nil
 	}
 	return out, nil
 }

@@ -10,6 +10,7 @@ package resp
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -138,4 +139,24 @@ func (c *Conn) Info(section, field string) (string, error) {
 		}
 	}
 	return "", errors.New("INFO " + section + " has no " + field)
+}
+
+// DialReady connects with dial, retrying every 50 ms for up to maxWait,
+// until the server answers PING (it may still be starting, or moving).
+func DialReady(ctx context.Context, dial func(context.Context) (net.Conn, error), maxWait time.Duration) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, maxWait)
+	defer cancel()
+	for {
+		nc, err := dial(ctx)
+		if err == nil {
+			c := NewConn(nc)
+			if _, err = c.Str("PING"); err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		if serr := sleep(ctx, 50*time.Millisecond); serr != nil {
+			return nil, fmt.Errorf("redis not ready: %w", errors.Join(err, serr))
+		}
+	}
 }

@@ -272,26 +272,14 @@ func run(ctx context.Context) (_ string, err error) {
 	return line, nil
 }
 
-// dialWait connects to addr from node n, retrying for up to 10 s, and
-// checks the service answers PING.
+// dialWait connects to addr from node n once redis answers PING (up to
+// 10 s).
 func dialWait(ctx context.Context, n *cluster.Node, addr string) (*resp.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		nc, err := n.Dial(ctx, "tcp", addr)
-		if err == nil {
-			c := resp.NewConn(nc)
-			if _, err = c.Str("PING"); err == nil {
-				return c, nil
-			}
-			c.Close()
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(50 * time.Millisecond):
-		}
+	c, err := resp.DialReady(ctx, func(ctx context.Context) (net.Conn, error) { return n.Dial(ctx, "tcp", addr) }, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
 	}
+	return c, nil
 }
 
 func human(b uint64) string {
