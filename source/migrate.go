@@ -553,7 +553,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	// rollback (a killed original needs no munmap).
 	type smapsResult struct {
 		maps []proc.Mapping
-		err  error
+		// scratch, scratchLen: the scratch page, mapped when maps was
+		// read (see addVmFlags).
+		scratch, scratchLen uint64
+		err                 error
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
@@ -568,9 +571,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		d.log.Debug("the layout changed at the freeze: smaps read again")
 		d.mmapDone = func() {
 			started = true
+			scratch := d.scratch
 			go func() {
 				m, err := proc.ReadSmaps(d.pid)
-				smapsc <- smapsResult{m, err}
+				smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
 			}()
 		}
 	}
@@ -612,7 +616,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if sm.err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, sm.err)
 	}
-	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps); err != nil {
+	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen); err != nil {
 		return nil, err
 	}
 	d.lap("blobs, smaps")
