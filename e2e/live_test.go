@@ -276,3 +276,88 @@ func TestLiveMigrationRollback(t *testing.T) {
 	last := p.LastTick(t)
 	p.WaitTick(t, short, last+3)
 }
+
+// TestLiveDeletedFile moves a process holding an open deleted file: the
+// file comes back unlinked on the target with its contents and offset (its
+// copy arrives only with the final state, after the first layout).
+func TestLiveDeletedFile(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "data.txt")
+	var b strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&b, "line %04d\n", i)
+	}
+	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.Start(t, fixture.Build(t, "files"), data, filepath.Join(work, "out.txt"), work)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var in, out, del int
+	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &out, &del); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the original ended with %v, want killed", ws)
+	}
+	r := migrated(findInNamespace(t, p.PID), p.Log)
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", r.PID, del)); err != nil || !strings.HasSuffix(l, " (deleted)") {
+		t.Errorf("fd %d of the migrated process -> %q (%v), want a deleted file", del, l, err)
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	got, _ := r.WaitLine(t, short, n, "deleted")
+	if want := "deleted ok size=300000 pos=12345 nlink=0"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	stopMigrated(t, r)
+}
+
+// TestLiveDeletedExecutableRefused: a process whose executable was deleted
+// after it started (a package upgrade replaces binaries under running
+// services) is refused by a live migration before its memory is sent (a
+// mapped deleted file has no copy until the freeze), and runs on.
+func TestLiveDeletedExecutableRefused(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	bin, err := os.ReadFile(fixture.Build(t, "counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "counter")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.Start(t, exe, "-m", "4")
+	p.WaitLine(t, long, 0, "ready")
+	if err := os.Remove(exe); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err == nil {
+		t.Fatalf("a process running a deleted executable moved: %+v", rep)
+	}
+	t.Logf("refused: %v", err)
+	if rep != nil && rep.Outcome == "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	if rep != nil && rep.Pages > 0 {
+		t.Errorf("%d pages were sent before the refusal", rep.Pages)
+	}
+	checkRunningUntraced(t, p.PID)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+}
