@@ -204,7 +204,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					return nil, unsupported("timerfd without its state in fdinfo")
 				}
 				ns := func(t proc.Timespec) int64 { return int64(t.Sec)*1e9 + int64(t.Nsec) }
-				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 {
+				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 && !d.probe {
 					if tf, err = settleTimerfd(d.pid, l.FD, nfd, tf); err != nil {
 						return nil, unsupported(err.Error())
 					}
@@ -260,6 +260,9 @@ func (ss *session) resolvePipes() error {
 		ends := ss.pipes[ino]
 		first := ends[0]
 		if first.d.proc.FDs[first.idx].Kind == core.FDFIFO {
+			if ss.probe {
+				continue
+			}
 			if err := first.d.pipeData(first.d.fdset, first.idx, first.fd, true); err != nil {
 				return err
 			}
@@ -285,6 +288,9 @@ func (ss *session) resolvePipes() error {
 			}
 			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
 				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null"}
+		}
+		if ss.probe {
+			continue
 		}
 		if err := r.d.pipeData(r.d.fdset, r.idx, r.fd, false); err != nil {
 			return err

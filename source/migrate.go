@@ -117,6 +117,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
 		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
 	}
+	// An fd that cannot move is refused now, before the target is even
+	// asked, not at the freeze after every page went over.
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID}); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err

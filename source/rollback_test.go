@@ -219,12 +219,17 @@ func TestRollbackUnsupportedFD(t *testing.T) {
 	})
 }
 
-// requireUnsupported dumps v, wants an *UnsupportedFDError for fd, and
-// the process untouched.
+// requireUnsupported dumps v, wants an *UnsupportedFDError for fd, found
+// before the process was frozen, and the process untouched.
 func requireUnsupported(t *testing.T, v *victim, fd int, kindPrefix string) {
 	t.Helper()
 	dir := t.TempDir()
-	_, err := Dump(context.Background(), DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t)})
+	var stages []string
+	hook := func(stage string) error { stages = append(stages, stage); return nil }
+	_, err := Dump(context.Background(), DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t), testHook: hook})
+	if len(stages) > 0 {
+		t.Errorf("the dump went through %v before refusing the fd: it must refuse before the freeze", stages)
+	}
 	var ue *UnsupportedFDError
 	if !errors.As(err, &ue) {
 		t.Fatalf("dump error %v (%T), want *UnsupportedFDError", err, err)
