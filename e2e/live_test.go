@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"migrate/core/hook"
 	"migrate/e2e/fixture"
 	"migrate/source"
 	"migrate/transport"
@@ -357,4 +360,39 @@ func TestLiveDeletedExecutableRefused(t *testing.T) {
 	}
 	checkRunningUntraced(t, p.PID)
 	p.WaitTick(t, short, p.LastTick(t)+3)
+}
+
+// TestLiveHookTimings: the report times each of the source's hooks, and a
+// post-dump hook (run with the process frozen) that outlasts the downtime
+// target is warned of.
+func TestLiveHookTimings(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p.WaitLine(t, long, 0, "ready")
+	p.WaitTick(t, short, 3)
+	hooks, err := hook.Parse([]string{"pre-freeze=true", "post-dump=sleep 0.1"}, hook.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: log, Hooks: hooks,
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	p.WaitExit(t, short)
+	stopMigrated(t, migrated(findInNamespace(t, p.PID), p.Log))
+	if len(rep.Hooks) != 2 || rep.Hooks[0].Stage != hook.PreFreeze || rep.Hooks[1].Stage != hook.PostDump ||
+		!rep.Hooks[0].OK || !rep.Hooks[1].OK || rep.Hooks[1].MS < 100 {
+		t.Fatalf("hooks in the report: %+v, want pre-freeze, then post-dump of at least 100 ms", rep.Hooks)
+	}
+	if rep.DowntimeMS < rep.Hooks[1].MS {
+		t.Errorf("downtime %.1f ms, shorter than the post-dump hook (%.1f ms) it waited for", rep.DowntimeMS, rep.Hooks[1].MS)
+	}
+	if !strings.Contains(logs.String(), "a post-dump hook ran longer than the downtime target") {
+		t.Error("no warning of the slow post-dump hook")
+	}
 }

@@ -74,6 +74,9 @@ type MigrateReport struct {
 	// to ready, commit to resumed, as the source saw it.
 	TargetSteps []Step `json:"target_steps,omitempty"`
 	Handoff     []Step `json:"handoff_steps,omitempty"`
+	// Hooks is how long each of the source's hooks ran (the target's
+	// pre-resume hooks are a step of TargetSteps).
+	Hooks []hook.Timing `json:"hooks,omitempty"`
 }
 
 // LiveLayout is the body of a round's Layout message: the process as far
@@ -181,6 +184,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
 		},
 	}
+	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
 	rep.Rounds = d.rounds
@@ -203,6 +207,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
+	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
 		if !a.resumed.IsZero() {
@@ -210,6 +216,26 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		}
 	}
 	return rep, err
+}
+
+// warnSlowHooks warns of each hook that ran in the frozen window (the
+// source's post-dump, the target's pre-resume) for longer than the
+// downtime target: the process waited for it.
+func warnSlowHooks(log *slog.Logger, rep *MigrateReport, pol Policy) {
+	if pol == (Policy{}) {
+		pol = DefaultPolicy
+	}
+	limit := ms(pol.TargetDowntime)
+	for _, h := range rep.Hooks {
+		if h.Stage == hook.PostDump && h.MS > limit {
+			log.Warn("a post-dump hook ran longer than the downtime target, with the process frozen", "hook", h.Hook, "ms", h.MS, "target_ms", limit)
+		}
+	}
+	for _, s := range rep.TargetSteps {
+		if s.Name == "pre-resume hook" && s.MS > limit {
+			log.Warn("the target's pre-resume hooks ran longer than the downtime target, with the process frozen", "ms", s.MS, "target_ms", limit)
+		}
+	}
 }
 
 // limitedWriter writes at most rate bytes a second on average: a write
