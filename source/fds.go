@@ -110,6 +110,12 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		unsupported := func(reason string) error {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
+		// A lock would not come back: the restored process would run
+		// without it, and whoever it kept out would get in (a database's
+		// lock lost is data corruption). Refused until locks are restored.
+		if locks := info.Locks(); len(locks) > 0 {
+			return nil, unsupported(fmt.Sprintf("it holds a file lock (%s), which migrate does not restore yet", strings.Join(locks, "; ")))
+		}
 		ref := func() *core.FileRef {
 			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
 			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
