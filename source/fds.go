@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strconv"
@@ -71,10 +72,16 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		}
 		info, err := proc.ReadFDInfo(d.pid, l.FD)
 		if err != nil {
+			if d.probe && errors.Is(err, fs.ErrNotExist) {
+				continue // closed since the listing: the process runs
+			}
 			return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 		}
 		nfd, err := unix.PidfdGetfd(set.pidfd, l.FD, 0)
 		if err != nil {
+			if d.probe && errors.Is(err, unix.EBADF) {
+				continue
+			}
 			return nil, fmt.Errorf("process %d: pidfd_getfd of fd %d: %w", d.pid, l.FD, err)
 		}
 		dup := os.NewFile(uintptr(nfd), l.Target)

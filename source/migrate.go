@@ -125,6 +125,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID}); err != nil {
 		return nil, err
 	}
+	if err := refuseDeletedMappings(opts.PID); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err
