@@ -38,6 +38,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
+
+	"migrate/core/reap"
 )
 
 // Stage names a point of a migration at which hooks run.
@@ -323,7 +325,12 @@ func (s *Set) run(ctx context.Context, stage Stage, command string, environ []st
 	cmd.WaitDelay = waitDelay
 
 	start := time.Now()
-	err := cmd.Run()
+	// A migrate serve that is PID 1 reaps orphans: reap.Start keeps this
+	// child's exit for Wait.
+	err := reap.Start(cmd)
+	if err == nil {
+		err = reap.Wait(cmd)
+	}
 	d := time.Since(start)
 	if errors.Is(err, exec.ErrWaitDelay) {
 		// The shell exited 0; something it left running held its output.
