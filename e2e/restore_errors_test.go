@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -396,4 +397,206 @@ func TestRestorePIDInUse(t *testing.T) {
 	if got := treeListing(t, dir); !slices.Equal(got, listing) {
 		t.Errorf("the refused restore changed the image directory:\nbefore %v\nafter  %v", listing, got)
 	}
+}
+
+// TestRestoreRefusesHostileFiles: files of an image that are not what the
+// dump wrote are refused before anything is created, with a typed error
+// naming the file: a blob that is a symlink (to /etc/shadow, whose
+// contents would become the process's), or reached through a symlinked
+// files/; a blob truncated, extended or with a flipped byte (its size and
+// SHA-256 are in image.json); a FIFO or a device in place of a blob, of
+// pages.img or of image.json, which once hung the restore; and image.json
+// keys this build does not know.
+func TestRestoreRefusesHostileFiles(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "pipe"), "buffered")
+	p.WaitLine(t, short, 0, "chunk 5 ok")
+	orig, img := dumpKill(t, p, "")
+	pid := img.Process.PID
+	var blob string
+	for _, fd := range img.Process.FDs {
+		if fd.Data != "" {
+			blob = fd.Data
+		}
+	}
+	if blob == "" {
+		t.Fatal("the image has no pipe data blob; nothing to test")
+	}
+	if _, ok := img.Blobs[blob]; !ok {
+		t.Fatalf("image.json does not list %s", blob)
+	}
+	meta := func(dir string) string { return filepath.Join(dir, core.MetaFile) }
+	requireIs := func(t *testing.T, err, target error) {
+		t.Helper()
+		if !errors.Is(err, target) {
+			t.Errorf("error %v is not %v", err, target)
+		}
+	}
+	replace := func(t *testing.T, path string, make func(string) error) {
+		t.Helper()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := make(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkfifo := func(path string) error { return syscall.Mkfifo(path, 0o600) }
+
+	t.Run("blob is a symlink to /etc/shadow", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		replace(t, path, func(p string) error { return os.Symlink("/etc/shadow", p) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob is a symlink to a copy of itself", func(t *testing.T) {
+		// Same contents, so only the symlink itself is refused.
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		elsewhere := filepath.Join(t.TempDir(), "copy")
+		if err := os.Rename(path, elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, path); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("files/ is a symlink", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		elsewhere := filepath.Join(t.TempDir(), "files")
+		if err := os.Rename(filepath.Join(dir, core.FilesDir), elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, filepath.Join(dir, core.FilesDir)); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, filepath.Join(dir, blob))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob truncated", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		if err := os.Truncate(path, img.Blobs[blob].Size/2); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob truncated, size in image.json matching", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		size := img.Blobs[blob].Size / 2
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		editMeta(t, dir, func(m map[string]any) {
+			m["blobs"].(map[string]any)[blob].(map[string]any)["size"] = size
+		})
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob with a flipped byte", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)*2/3] ^= 0x01
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err = restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		replace(t, path, mkfifo)
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob is /dev/zero", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		// The device itself (1:5), not a symlink to it.
+		replace(t, path, func(p string) error { return syscall.Mknod(p, syscall.S_IFCHR|0o600, 1<<8|5) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("pages.img is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, core.PagesFile)
+		replace(t, path, mkfifo)
+		editMeta(t, dir, func(m map[string]any) { m["pages"].(map[string]any)["size"] = 0 })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("image.json is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		replace(t, meta(dir), mkfifo)
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("image.json is a symlink", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		elsewhere := filepath.Join(t.TempDir(), core.MetaFile)
+		if err := os.Rename(meta(dir), elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, meta(dir)); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob not listed in image.json", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { delete(m["blobs"].(map[string]any), blob) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrInconsistent)
+	})
+	t.Run("blob named outside the image", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) {
+			for _, fd := range m["process"].(map[string]any)["fds"].([]any) {
+				if fd := fd.(map[string]any); fd["data"] == blob {
+					fd["data"] = "/etc/shadow"
+				}
+			}
+			bl := m["blobs"].(map[string]any)
+			bl["/etc/shadow"] = bl[blob]
+		})
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrInconsistent)
+	})
+	t.Run("unknown key in image.json", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { m["process"].(map[string]any)["fd_limit"] = 5 })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotImage)
+	})
+	t.Run("intact image", func(t *testing.T) {
+		r := restoreOK(t, copyTree(t, orig), p.Log)
+		if done, _ := r.WaitLine(t, long, 0, "done"); done != "done bytes=200000 pipesize=262144 ok" {
+			t.Errorf("restored process: %q", done)
+		}
+	})
 }

@@ -654,6 +654,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("blobs, smaps")
+	a.img.Blobs = d.blobSums
 	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
 	total := 0
 	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {

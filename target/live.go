@@ -318,7 +318,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		return fmt.Errorf("state: %w", err)
 	}
 	for name, data := range ls.Blobs {
-		if strings.Contains(name, "..") || !strings.HasPrefix(name, core.FilesDir+"/") || strings.Count(name, "/") != 1 {
+		if !core.ValidBlobName(name) {
 			return fmt.Errorf("state: bad blob name %q", name)
 		}
 		if err := os.WriteFile(filepath.Join(t.b.ss.dir, name), data, 0o600); err != nil {

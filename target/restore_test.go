@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,7 @@ func TestRestoreMissingBlob(t *testing.T) {
 	fixture.RequireRoot(t)
 	img := handMade(t)
 	img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDPipe, Pipe: 1, Data: core.FilesDir + "/pipe-1"}}
+	img.Blobs = map[string]core.Blob{core.FilesDir + "/pipe-1": {Size: 3, SHA256: strings.Repeat("0", 64)}}
 	dir := write(t, img)
 	err := refuse(t, dir, img.Process.PID)
 	requireImageError(t, err, filepath.Join(dir, core.FilesDir, "pipe-1"))

@@ -25,7 +25,7 @@ import (
 // its PID is free.
 func validate(dir string, img *core.Image) error {
 	for _, pp := range img.Processes() {
-		if err := validateProcess(dir, pp.Process, pp.Pages); err != nil {
+		if err := validateProcess(dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
 				return fmt.Errorf("process %d: %w", pp.Process.PID, err)
 			}
@@ -43,52 +43,34 @@ func validate(dir string, img *core.Image) error {
 }
 
 // validateProcess checks what the restore of one process needs.
-func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
+func validateProcess(dir string, img *core.Image, p *core.Process, info *core.PagesInfo) error {
 	pages := filepath.Join(dir, info.File)
-	fi, err := os.Stat(pages)
+	f, err := openImageFile(dir, info.File)
 	if err != nil {
-		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "cannot stat page data", Err: err}
 	}
 	if fi.Size() != info.Size {
 		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
 	}
-	blobs := map[string]bool{}
-	for _, fd := range p.FDs {
-		if fd.Data != "" {
-			blobs[fd.Data] = true
+	// Every blob whole: there, regular, of its recorded size and hash.
+	checked := map[string]bool{}
+	for _, b := range p.BlobNames() {
+		if checked[b] {
+			continue
 		}
-		if fd.File != nil && fd.File.Blob != "" {
-			blobs[fd.File.Blob] = true
-		}
-		if fd.Socket != nil && fd.Socket.Queue != "" {
-			blobs[fd.Socket.Queue] = true
-		}
-		if fd.Socket != nil && fd.Socket.TCP != nil {
-			for _, q := range []string{fd.Socket.TCP.SendQueue, fd.Socket.TCP.RecvQueue} {
-				if q != "" {
-					blobs[q] = true
-				}
-			}
-		}
-	}
-	for _, v := range p.VMAs {
-		if v.File != nil && v.File.Blob != "" {
-			blobs[v.File.Blob] = true
-		}
-	}
-	for b := range blobs {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return &core.ImageError{File: filepath.Join(dir, b), Reason: "file of the image missing", Err: err}
+		checked[b] = true
+		if err := checkBlob(dir, img, b); err != nil {
+			return err
 		}
 	}
 	// The whole stream's structure and checksums, without decompressing:
 	// a cut or a flipped byte is found before any process exists.
-	f, err := os.Open(pages)
-	if err != nil {
-		return &core.ImageError{File: pages, Reason: "cannot open page data", Err: err}
-	}
 	st, err := pagestream.Verify(f)
-	f.Close()
 	if err != nil {
 		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
 	}

@@ -303,6 +303,10 @@ func sampleImage() *core.Image {
 		Kind: core.ImageKind, Version: core.ImageVersion,
 		Created: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), Host: "vm", Kernel: "6.18.44", Arch: "amd64",
 		Pages: core.PagesInfo{File: core.PagesFile, Size: 5000, Pages: 3, Codec: "zstd"},
+		Blobs: map[string]core.Blob{
+			"files/3":        {Size: 10, SHA256: strings.Repeat("a", 64)},
+			"files/pipe-777": {Size: 0, SHA256: strings.Repeat("b", 64)},
+		},
 		Process: core.Process{
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
