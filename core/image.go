@@ -456,6 +456,26 @@ func (img *Image) Validate() error {
 	if img.Process.Pages != nil || img.Process.Zombie != nil {
 		return errors.New("the root process has pages of its own or is a zombie")
 	}
+	if len(img.Tree) > maxList {
+		return fmt.Errorf("%d processes in the tree", len(img.Tree))
+	}
+	// Every PID and TID once in the whole image: clone3 cannot make one
+	// twice.
+	ids := map[int]bool{}
+	for _, p := range append([]Process{img.Process}, img.Tree...) {
+		if p.Zombie != nil {
+			if ids[p.PID] {
+				return fmt.Errorf("pid %d used twice", p.PID)
+			}
+			ids[p.PID] = true
+		}
+		for _, t := range p.Threads {
+			if ids[t.TID] {
+				return fmt.Errorf("pid or tid %d used twice", t.TID)
+			}
+			ids[t.TID] = true
+		}
+	}
 	// The tree: unique PIDs, each parent before its children.
 	pids := map[int]bool{img.Process.PID: true}
 	for i := range img.Tree {
@@ -492,6 +512,9 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 	if len(p.Threads) == 0 {
 		return errors.New("no threads")
 	}
+	if len(p.Threads) > maxList || len(p.VMAs) > maxList || len(p.FDs) > maxList {
+		return fmt.Errorf("%d threads, %d areas, %d fds: more than %d", len(p.Threads), len(p.VMAs), len(p.FDs), maxList)
+	}
 	for i, t := range p.Threads {
 		if t.TID <= 0 || t.TID > 1<<22 {
 			return fmt.Errorf("thread %d: bad tid %d", i, t.TID)
@@ -502,6 +525,9 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 	}
 	if p.Threads[0].TID != p.PID {
 		return fmt.Errorf("first thread %d is not the leader %d", p.Threads[0].TID, p.PID)
+	}
+	if err := validateState(p); err != nil {
+		return err
 	}
 	if len(p.Sigactions) != 0 && len(p.Sigactions) != 64 {
 		return fmt.Errorf("%d sigactions, want 64", len(p.Sigactions))
@@ -530,11 +556,17 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 		if v.Pages > v.Len()/4096 {
 			return fmt.Errorf("vma %d: %d pages in %d-byte area", i, v.Pages, v.Len())
 		}
+		if err := validateVMA(&p.VMAs[i]); err != nil {
+			return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
+		}
 	}
 	seen := map[int]bool{}
 	for _, f := range p.FDs {
-		if f.FD < 0 || f.FD > 1<<20 {
+		if f.FD < 0 || f.FD >= MaxFD {
 			return fmt.Errorf("bad fd %d", f.FD)
+		}
+		if err := validateFD(&f); err != nil {
+			return fmt.Errorf("fd %d: %w", f.FD, err)
 		}
 		if seen[f.FD] {
 			return fmt.Errorf("fd %d listed twice", f.FD)
@@ -544,6 +576,14 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 			if t := f.Socket.TCP; t != nil {
 				if err := t.Validate(); err != nil {
 					return fmt.Errorf("fd %d: %w", f.FD, err)
+				}
+				for _, q := range []struct {
+					blob string
+					n    int
+				}{{t.SendQueue, t.SendLen}, {t.RecvQueue, t.RecvLen}} {
+					if b, ok := blobs[q.blob]; ok && b.Size != int64(q.n) {
+						return fmt.Errorf("fd %d: TCP queue of %d bytes in a %d-byte blob", f.FD, q.n, b.Size)
+					}
 				}
 			}
 		}

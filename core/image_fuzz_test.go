@@ -15,16 +15,18 @@ func validImage() *Image {
 		Pages: PagesInfo{File: PagesFile, Codec: "s2", Rounds: 1},
 		Process: Process{
 			PID: 100, PPID: 1, PGID: 100, SID: 100, Comm: "x",
+			Exe: FileRef{Path: "/bin/x"}, Cwd: "/", Root: "/",
 			Threads:    []Thread{{TID: 100}, {TID: 101}},
 			Sigactions: make([]Sigaction, 64),
 			VMAs: []VMA{
-				{Start: 0x10000, End: 0x20000, Kind: VMAAnon, Pages: 3},
-				{Start: 0x20000, End: 0x30000, Kind: VMAFile, File: &FileRef{Path: "/bin/true"}},
+				{Start: 0x10000, End: 0x20000, Flags: 2, Kind: VMAAnon, Pages: 3},
+				{Start: 0x20000, End: 0x30000, Flags: 2, Kind: VMAFile, File: &FileRef{Path: "/bin/true"}},
 			},
 			FDs: []FD{{FD: 0, Kind: FDPipe, Pipe: 7, Data: "files/pipe-1"}, {FD: 1, Kind: FDFile, File: &FileRef{Path: "/tmp/x"}}},
 		},
 		Tree: []Process{
-			{PID: 102, PPID: 100, Threads: []Thread{{TID: 102}}, Pages: &PagesInfo{File: "pages-102.img"}},
+			{PID: 102, PPID: 100, Threads: []Thread{{TID: 102}}, Pages: &PagesInfo{File: "pages-102.img"},
+				Exe: FileRef{Path: "/bin/x"}, Cwd: "/", Root: "/"},
 			{PID: 103, PPID: 102, Zombie: &Zombie{ExitCode: 7 << 8}},
 		},
 		Blobs: map[string]Blob{"files/pipe-1": {Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
@@ -62,6 +64,44 @@ func TestDecodeImage(t *testing.T) {
 		func(i *Image) { i.Blobs["files/pipe-1"] = Blob{Size: 3, SHA256: "xyz"} },
 		func(i *Image) { i.Blobs["/etc/shadow"] = i.Blobs["files/pipe-1"] },
 		func(i *Image) { i.Blobs["files/../x"] = i.Blobs["files/pipe-1"] },
+		// Values the restore hands to the kernel, each out of range.
+		func(i *Image) { i.Process.FDs[1].FD = MaxFD },
+		func(i *Image) { i.Process.FDs[1].Pos = -1 },
+		func(i *Image) { i.Process.Rlimits = []Rlimit{{Resource: 7, Cur: 10, Max: 5}} },
+		func(i *Image) { i.Process.Rlimits = []Rlimit{{Resource: 16}} },
+		func(i *Image) { i.Process.Rlimits = []Rlimit{{Resource: 7}, {Resource: 7}} },
+		func(i *Image) { i.Process.Itimers = []Itimer{{Which: 3}} },
+		func(i *Image) { i.Process.Itimers = []Itimer{{Which: 0, IntervalUS: -1}} },
+		func(i *Image) { i.Process.PosixTimers = []PosixTimer{{ID: 1, Notify: 4, Signo: 14, TID: 999}} },
+		func(i *Image) { i.Process.PosixTimers = []PosixTimer{{ID: 1, Notify: 0, Signo: 65}} },
+		func(i *Image) { i.Process.MM = MM{StartCode: 0x2000, EndCode: 0x1000} },
+		func(i *Image) { i.Process.MM = MM{StartCode: 0x1000, EndCode: 0x2000, Auxv: []uint64{6, 4096, 0}} },
+		func(i *Image) {
+			i.Process.MM = MM{StartCode: 0x1000, EndCode: 0x2000, Auxv: make([]uint64, MaxAuxvWords+2)}
+		},
+		func(i *Image) { i.Process.MM = MM{StartCode: 0x1000, EndCode: 0x2000, Auxv: []uint64{6, 4096}} },
+		func(i *Image) { i.Process.Creds.Groups = make([]uint32, MaxGroups+1) },
+		func(i *Image) { i.Process.Creds.UID[1] = ^uint32(0) },
+		func(i *Image) { i.Process.Personality = 0xffffffff },
+		func(i *Image) { i.Process.Umask = 0o1000 },
+		func(i *Image) { i.Process.Cwd = "relative" },
+		func(i *Image) { i.Process.Exe.Path = "" },
+		func(i *Image) { i.Process.VMAs[0].Prot = 8 },
+		func(i *Image) { i.Process.VMAs[0].Flags = 3 },
+		func(i *Image) { i.Process.VMAs[0].Madvise = []int{4} }, // MADV_DONTNEED
+		func(i *Image) { i.Process.VMAs[1].File.Path = "bin/true" },
+		func(i *Image) {
+			i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDInotify, Inotify: []InotifyWatch{{WD: 1 << 30, Path: "/"}}})
+		},
+		func(i *Image) {
+			i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDInotify, Inotify: []InotifyWatch{{WD: 1, Path: "/"}, {WD: 1, Path: "/"}}})
+		},
+		func(i *Image) { i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDEventfd, Count: ^uint64(0)}) },
+		func(i *Image) { i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: "device"}) },
+		func(i *Image) { i.Process.Threads[1].Pending = []Siginfo{{Signo: 10, Raw: make([]byte, 12)}} },
+		func(i *Image) { i.Process.Threads[1].Restart = "maybe" },
+		func(i *Image) { i.Tree[0].Threads[0].TID = 102; i.Tree[0].PID = 102; i.Process.Threads[1].TID = 102 },
+		func(i *Image) { i.Tree[1].PID = 101 }, // a zombie with a thread's TID
 	}
 	for n, mutate := range bad {
 		img := validImage()

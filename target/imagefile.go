@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,27 @@ func fileType(mode uint32) string {
 	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
 }
 
+// openMappable opens a file of the dumping host that the process maps or
+// executes. O_NONBLOCK: a FIFO or device put in its place is not waited
+// on; it is refused unless it is a regular file or a character device
+// (some devices are mapped).
+func openMappable(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if m := fi.Mode(); !m.IsRegular() && m&os.ModeCharDevice == 0 {
+		f.Close()
+		return nil, &core.ImageError{File: path, Reason: "is a " + core.FileType(m) + ", not a file to map", Err: core.ErrNotRegular}
+	}
+	return f, nil
+}
+
 // blobFile reads one blob of the image, checked against its recorded size
 // and SHA-256 as it is read: the error in place of io.EOF is a
 // *core.ImageError wrapping core.ErrBlobMismatch.
@@ -134,13 +156,27 @@ func readBlob(dir string, img *core.Image, name string) ([]byte, error) {
 }
 
 // checkBlob reads the blob name through: it is there, regular, and has the
-// recorded size and hash.
-func checkBlob(dir string, img *core.Image, name string) error {
+// recorded size and hash. It stops when ctx is done.
+func checkBlob(ctx context.Context, dir string, img *core.Image, name string) error {
 	b, err := openBlob(dir, img, name)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	_, err = io.Copy(io.Discard, b)
+	_, err = io.Copy(io.Discard, ctxReader{ctx, b})
 	return err
+}
+
+// ctxReader is r that fails with ctx's error once ctx is done: a long read
+// (a large blob, a page stream) stops on SIGTERM.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

@@ -36,6 +36,9 @@ func handMade(t *testing.T) *core.Image {
 			PID:     pid,
 			Comm:    "handmade",
 			Exe:     core.FileRef{Path: "/bin/true"},
+			Cwd:     "/",
+			Root:    "/",
+			MM:      core.MM{StartCode: 0x400000, EndCode: 0x401000},
 			Threads: []core.Thread{{TID: pid}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x401000, Prot: 5, Flags: 2, Kind: core.VMAAnon},

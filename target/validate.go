@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -23,9 +24,9 @@ import (
 // validate checks everything a restore needs before anything is created:
 // the files of the image, the files the process maps, the vdso, and that
 // its PID is free.
-func validate(dir string, img *core.Image) error {
+func validate(ctx context.Context, dir string, img *core.Image) error {
 	for _, pp := range img.Processes() {
-		if err := validateProcess(dir, img, pp.Process, pp.Pages); err != nil {
+		if err := validateProcess(ctx, dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
 				return fmt.Errorf("process %d: %w", pp.Process.PID, err)
 			}
@@ -42,8 +43,62 @@ func validate(dir string, img *core.Image) error {
 	return nil
 }
 
+// checkHostLimits checks the values of p that this host's kernel bounds
+// (core.Validate checks what every kernel bounds): every fd below
+// fs.nr_open, which neither dup3 nor a raised RLIMIT_NOFILE can pass, and
+// the mm fields PR_SET_MM_MAP needs. It is shared by the restore from
+// files and the live one.
+func checkHostLimits(p *core.Process) error {
+	if !p.MM.Set() {
+		return fmt.Errorf("%w: no mm fields (code, data, stack, auxv)", core.ErrInconsistent)
+	}
+	nrOpen, err := readSysctlInt("/proc/sys/fs/nr_open")
+	if err != nil {
+		return err
+	}
+	top := 64 + len(p.FDs) // the agent's pidfd (openAgentPidfd)
+	for _, fd := range p.FDs {
+		if fd.FD >= nrOpen {
+			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD) + 1, Limit: uint64(nrOpen)})
+		}
+		top = max(top, fd.FD)
+	}
+	// The child gets RLIMIT_NOFILE top+1 (roomForFDs): above migrate's
+	// hard limit only with CAP_SYS_RESOURCE.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	if uint64(top) >= lim.Max {
+		st, err := proc.ReadStatus(os.Getpid())
+		if err != nil {
+			return err
+		}
+		if st.CapEff&(1<<unix.CAP_SYS_RESOURCE) == 0 {
+			return fmt.Errorf("fd %d: %w", top, &HostLimitError{What: "RLIMIT_NOFILE", Need: uint64(top) + 1, Limit: lim.Max,
+				Hint: "the hard limit of migrate, which lacks CAP_SYS_RESOURCE to raise it"})
+		}
+	}
+	return nil
+}
+
+func readSysctlInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
 // validateProcess checks what the restore of one process needs.
-func validateProcess(dir string, img *core.Image, p *core.Process, info *core.PagesInfo) error {
+func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.Process, info *core.PagesInfo) error {
+	if err := checkHostLimits(p); err != nil {
+		return err
+	}
 	pages := filepath.Join(dir, info.File)
 	f, err := openImageFile(dir, info.File)
 	if err != nil {
@@ -64,13 +119,16 @@ func validateProcess(dir string, img *core.Image, p *core.Process, info *core.Pa
 			continue
 		}
 		checked[b] = true
-		if err := checkBlob(dir, img, b); err != nil {
+		if err := checkBlob(ctx, dir, img, b); err != nil {
 			return err
 		}
 	}
 	// The whole stream's structure and checksums, without decompressing:
 	// a cut or a flipped byte is found before any process exists.
-	st, err := pagestream.Verify(f)
+	st, err := pagestream.Verify(ctxReader{ctx, f})
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
 	if err != nil {
 		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
 	}
@@ -126,6 +184,9 @@ func sameFile(ref *core.FileRef, what string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(ref.Path, &st); err != nil {
 		return &core.ImageError{File: ref.Path, Reason: what + " is gone", Err: &fs.PathError{Op: "stat", Path: ref.Path, Err: err}}
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFCHR {
+		return &core.ImageError{File: ref.Path, Reason: what + " is a " + fileType(st.Mode), Err: core.ErrNotRegular}
 	}
 	if st.Size != ref.Size || st.Mtim.Nano() != ref.Mtime {
 		return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s changed since the dump (size %d, was %d; mtime %s, was %s)",
