@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"runtime"
 	"testing"
 )
@@ -120,6 +121,10 @@ func FuzzDecodeImage(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
+	// A real image (the target's seed).
+	if real, err := os.ReadFile("../target/testdata/image-sleep/image.json"); err == nil {
+		f.Add(real)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img, err := DecodeImage(bytes.NewReader(data))
 		if err != nil {
