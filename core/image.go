@@ -490,6 +490,9 @@ func (img *Image) Validate() error {
 			if p.PID <= 0 || p.PID > 1<<22 || len(p.Threads) != 0 || len(p.VMAs) != 0 || len(p.FDs) != 0 || p.Pages != nil {
 				return fmt.Errorf("zombie %d has state of a live process", p.PID)
 			}
+			if err := validZombieStatus(p.Zombie.ExitCode); err != nil {
+				return fmt.Errorf("zombie %d: %w", p.PID, err)
+			}
 		} else {
 			if err := validateProcess(p, img.Blobs); err != nil {
 				return fmt.Errorf("process %d: %w", p.PID, err)

@@ -101,6 +101,19 @@ func TestDecodeImage(t *testing.T) {
 		func(i *Image) { i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: "device"}) },
 		func(i *Image) { i.Process.Threads[1].Pending = []Siginfo{{Signo: 10, Raw: make([]byte, 12)}} },
 		func(i *Image) { i.Process.Threads[1].Restart = "maybe" },
+		func(i *Image) { i.Process.Threads[1].Regs = Regs{CS: 0x10, SS: 0x2b, RIP: 0x1000} },
+		func(i *Image) { i.Process.Threads[1].Regs = Regs{CS: 0x33, SS: 0x2b, FS: 0x10} },
+		func(i *Image) { i.Process.Threads[1].Regs = Regs{CS: 0x33, SS: 0x2b, FSBase: 1 << 63} },
+		func(i *Image) { i.Process.Threads[1].Xstate = make([]byte, 100) },
+		func(i *Image) { i.Process.Threads[1].RobustList, i.Process.Threads[1].RobustLen = 0x1000, 8 },
+		func(i *Image) { i.Process.Threads[1].AltStack = AltStack{SP: 0x1000, Size: 100} },
+		func(i *Image) { i.Process.PosixTimers = []PosixTimer{{ID: 1, Notify: 1, Clock: 4}} },
+		func(i *Image) { i.Tree[1].Zombie.ExitCode = 19 },      // SIGSTOP stops, does not end
+		func(i *Image) { i.Tree[1].Zombie.ExitCode = 0x7f },    // "stopped", not a death
+		func(i *Image) { i.Tree[1].Zombie.ExitCode = 1 << 16 }, // no such status
+		func(i *Image) {
+			i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDTimerfd, Timerfd: &Timerfd{Clock: 4}})
+		},
 		func(i *Image) { i.Tree[0].Threads[0].TID = 102; i.Tree[0].PID = 102; i.Process.Threads[1].TID = 102 },
 		func(i *Image) { i.Tree[1].PID = 101 }, // a zombie with a thread's TID
 	}

@@ -43,6 +43,39 @@ const (
 	noID = ^uint32(0)
 )
 
+// posixTimerClocks are the clocks timer_create takes: REALTIME,
+// MONOTONIC, the CPU clocks, BOOTTIME, the alarm clocks, TAI (the raw and
+// coarse clocks have no timers).
+var posixTimerClocks = map[int]bool{0: true, 1: true, 2: true, 3: true, 7: true, 8: true, 9: true, 11: true}
+
+// timerfdClocks are the clocks timerfd_create takes.
+var timerfdClocks = map[int]bool{0: true, 1: true, 7: true, 8: true, 9: true}
+
+// sigaltstack: SS_DISABLE, and MINSIGSTKSZ.
+const (
+	ssDisable   = 2
+	minSigStkSz = 2048
+)
+
+// validZombieStatus checks a zombie's wait status: an exit code, or a
+// signal whose default action ends the process (the restore sends it).
+func validZombieStatus(st int) error {
+	if st < 0 || st > 0xffff {
+		return fmt.Errorf("wait status %#x", st)
+	}
+	sig := st & 0x7f
+	if sig == 0 {
+		if st&0xff != 0 {
+			return fmt.Errorf("wait status %#x", st)
+		}
+		return nil
+	}
+	if sig > 64 || sig >= 17 && sig <= 23 || sig == 28 { // SIGCHLD..SIGURG, SIGWINCH
+		return fmt.Errorf("wait status %#x: signal %d does not end a process", st, sig)
+	}
+	return nil
+}
+
 // madviseRestored is the advice a restore re-applies (MADV_DONTFORK,
 // DONTDUMP, HUGEPAGE, NOHUGEPAGE, WIPEONFORK, MERGEABLE): nothing that
 // would drop the contents just written (MADV_DONTNEED, REMOVE, FREE...).
@@ -146,6 +179,10 @@ func validateState(p *Process) error {
 		if t.ValueNS < 0 || t.IntervalNS < 0 {
 			return fmt.Errorf("POSIX timer %d: negative time", t.ID)
 		}
+		// The clocks timer_create takes; a negative one is a CPU clock.
+		if t.Clock >= 0 && !posixTimerClocks[t.Clock] || t.Clock < -(1<<31) {
+			return fmt.Errorf("POSIX timer %d: clock %d", t.ID, t.Clock)
+		}
 	}
 	if err := validateMM(&p.MM); err != nil {
 		return err
@@ -164,6 +201,21 @@ func validateState(p *Process) error {
 		default:
 			return fmt.Errorf("thread %d: restart %q", t.TID, t.Restart)
 		}
+		// set_robust_list takes only sizeof(struct robust_list_head).
+		if t.RobustList != 0 && t.RobustLen != 24 {
+			return fmt.Errorf("thread %d: robust list of length %d", t.TID, t.RobustLen)
+		}
+		if t.AltStack.Flags&ssDisable == 0 && t.AltStack.SP != 0 && (t.AltStack.Size < minSigStkSz || t.AltStack.Size > 1<<40) {
+			return fmt.Errorf("thread %d: signal stack of %d bytes", t.TID, t.AltStack.Size)
+		}
+		if err := validateRegs(&t.Regs); err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
+		// The legacy area and the header, at least (the kernel checks the
+		// rest against this CPU).
+		if n := len(t.Xstate); n != 0 && n < 512+64 {
+			return fmt.Errorf("thread %d: xstate of %d bytes", t.TID, n)
+		}
 		if len(t.Pending) > MaxSignals {
 			return fmt.Errorf("thread %d: %d pending signals, at most %d", t.TID, len(t.Pending), MaxSignals)
 		}
@@ -179,6 +231,28 @@ func validateState(p *Process) error {
 // Set tells whether the mm fields were collected (a process always has
 // code).
 func (m *MM) Set() bool { return m.EndCode != 0 || len(m.Auxv) != 0 }
+
+// validateRegs checks the registers the kernel would refuse to set (or set
+// otherwise) for a 64-bit user process: its code and stack segments, data
+// selectors of user privilege, and TLS bases in user space.
+func validateRegs(r *Regs) error {
+	const userCS, userDS = 0x33, 0x2b // __USER_CS, __USER_DS
+	if r.CS == 0 && r.SS == 0 && r.RIP == 0 {
+		return nil // not collected yet (a live migration's first layouts)
+	}
+	if r.CS != userCS || r.SS != userDS {
+		return fmt.Errorf("segments cs %#x ss %#x, not a 64-bit user process's", r.CS, r.SS)
+	}
+	for _, sel := range []uint64{r.DS, r.ES, r.FS, r.GS} {
+		if sel > 0xffff || sel != 0 && sel&3 != 3 {
+			return fmt.Errorf("segment selector %#x", sel)
+		}
+	}
+	if r.FSBase >= userTop || r.GSBase >= userTop {
+		return fmt.Errorf("fs base %#x, gs base %#x beyond user space", r.FSBase, r.GSBase)
+	}
+	return nil
+}
 
 func validSiginfo(si Siginfo) error {
 	if si.Signo < 1 || si.Signo > 64 || len(si.Raw) != siginfoSize {
@@ -263,8 +337,8 @@ func validateFD(f *FD) error {
 			return fmt.Errorf("eventfd count %#x", f.Count)
 		}
 	case FDTimerfd:
-		if t := f.Timerfd; t == nil || t.ValueNS < 0 || t.IntervalNS < 0 {
-			return errors.New("timerfd without its state or with a negative time")
+		if t := f.Timerfd; t == nil || t.ValueNS < 0 || t.IntervalNS < 0 || !timerfdClocks[t.Clock] {
+			return errors.New("timerfd without its state, with a negative time or a clock it cannot have")
 		}
 	case FDInotify:
 		if len(f.Inotify) > MaxInotifyWD {

@@ -317,7 +317,7 @@ func sampleImage() *core.Image {
 				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
-			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0}, SigMask: 1 << 9, Restart: "restart"}},
+			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart"}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
