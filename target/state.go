@@ -28,9 +28,13 @@ func (r *restorer) restoreState(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
 
+	// Every disposition is set, SIG_DFL ones too: the process is a clone
+	// of the husk, whose dispositions are not all SIG_DFL when the service
+	// runs with a signal ignored (nohup, a supervisor): SIG_IGN survives
+	// exec, and a SIGTERM the original died of would be ignored.
 	for i, sa := range p.Sigactions {
 		sig := i + 1
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || sa == (core.Sigaction{}) {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
 		var b [32]byte
