@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/e2e/fixture"
+	"migrate/target"
 )
 
 // threadSignals returns, per thread of pid, its signal fields of
@@ -133,4 +135,124 @@ func ignoreWhile(sigs ...os.Signal) func() {
 		signal.Notify(c, sigs...)
 		signal.Stop(c)
 	}
+}
+
+// TestThreadSignals: per-thread signal state. Each thread keeps its own
+// alternate stack (one with SS_AUTODISARM), its blocked mask and its own
+// pending signals: a real-time signal queued twice to one thread with its
+// values and SI_QUEUE, a SIGUSR2 raised on the other. Once unblocked, each
+// is delivered to the thread it was queued to, with its siginfo, and SIGUSR1
+// runs on the alternate stack of the thread that raised it.
+func TestThreadSignals(t *testing.T) {
+	fixture.RequireRoot(t)
+	trigger := filepath.Join(t.TempDir(), "unblock")
+	p := fixture.Start(t, fixture.Build(t, "sigthreads"), trigger)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	tid := field(t, ready, "tid")
+	p.WaitTick(t, short, 2)
+	before := threadSignals(t, p.PID)
+
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if after := threadSignals(t, r.PID); fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("signal state per thread:\n before the dump %v\n after restore   %v", before, after)
+	}
+	n := len(r.Lines(t))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	main := strconv.Itoa(r.PID)
+	fixture.WaitFor(t, short, "both threads to be done", func() bool {
+		c := 0
+		for _, l := range r.Lines(t)[n:] {
+			if strings.HasPrefix(l, "done ") {
+				c++
+			}
+		}
+		return c == 2
+	})
+	var got []string
+	for _, l := range r.Lines(t)[n:] {
+		if !strings.HasPrefix(l, "tick ") {
+			got = append(got, l)
+		}
+	}
+	want := map[string][]string{
+		tid: {
+			"rt tid=" + tid + " value=7 code=-1",
+			"rt tid=" + tid + " value=8 code=-1",
+			"usr1 tid=" + tid + " stack=thread",
+			"done tid=" + tid,
+		},
+		main: {
+			"usr2 tid=" + main,
+			"usr1 tid=" + main + " stack=main",
+			"done tid=" + main,
+		},
+	}
+	for id, lines := range want {
+		var mine []string
+		for _, l := range got {
+			if strings.Contains(l, "tid="+id+" ") || strings.HasSuffix(l, "tid="+id) {
+				mine = append(mine, l)
+			}
+		}
+		if fmt.Sprint(mine) != fmt.Sprint(lines) {
+			t.Errorf("thread %s after unblocking: %q, want %q", id, mine, lines)
+		}
+	}
+}
+
+// TestStoppedStaysStopped: a process stopped by SIGSTOP (a group stop, both
+// threads) is restored stopped, not traced, and every thread runs on after
+// SIGCONT.
+func TestStoppedStaysStopped(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "sigthreads"), filepath.Join(t.TempDir(), "never"))
+	p.WaitLine(t, short, 0, "ready")
+	p.Signal(t, unix.SIGSTOP)
+	stopped := func(pid int) func() bool {
+		return func() bool {
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			if err != nil || len(ents) != 2 {
+				return false
+			}
+			for _, e := range ents {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, e.Name()))
+				if err != nil {
+					return false
+				}
+				s := string(b)
+				if i := strings.LastIndexByte(s, ')'); i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	fixture.WaitFor(t, short, "both threads to stop", stopped(p.PID))
+	dir, img := dumpKill(t, p, "")
+	if !img.Process.Stopped {
+		t.Errorf("the image does not say the process was stopped")
+	}
+	last := p.LastTick(t)
+
+	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if rep.PID != p.PID || fixture.Parent(t, p.PID) != os.Getpid() {
+		t.Fatalf("restored %d, parent %d", rep.PID, fixture.Parent(t, p.PID))
+	}
+	r := fixture.Adopt(t, p.PID, p.Log)
+	fixture.WaitFor(t, short, "the restored threads to be stopped", stopped(r.PID))
+	if tr := fixture.StatusField(t, r.PID, "TracerPid"); tr != "0" {
+		t.Errorf("restored process is traced by %s", tr)
+	}
+	if got := r.LastTick(t); got != last {
+		t.Errorf("a stopped process ticked after restore: %d, was %d", got, last)
+	}
+	r.Signal(t, unix.SIGCONT)
+	r.WaitTick(t, short, last+3)
+	checkRunningUntraced(t, r.PID)
 }
