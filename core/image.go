@@ -100,6 +100,9 @@ type Process struct {
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
+	// MlockAll holds the mlockall(2) flags in effect for areas mapped
+	// from now on: MCL_FUTURE, with MCL_ONFAULT or not; 0 if none.
+	MlockAll int `json:"mlockall,omitempty"`
 
 	Threads    []Thread    `json:"threads"`
 	Sigactions []Sigaction `json:"sigactions"` // signals 1..64, index = signo-1
@@ -216,6 +219,10 @@ type VMA struct {
 	File *FileRef `json:"file,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
+	// Lock is how the area is locked in memory: "" (it is not),
+	// LockAll (mlock: every page resident) or LockOnFault (mlock2 with
+	// MLOCK_ONFAULT: the pages faulted in stay).
+	Lock string `json:"lock,omitempty"`
 	// Hash is the SHA-256 of the contents of a [vdso] area: a restore is
 	// refused on a kernel whose vdso differs.
 	Hash string `json:"hash,omitempty"`
@@ -268,6 +275,18 @@ type AltStack struct {
 	Flags int32  `json:"flags"`
 	Size  uint64 `json:"size"`
 }
+
+// VMA.Lock values.
+const (
+	LockAll     = "locked"
+	LockOnFault = "onfault"
+)
+
+// mlockall(2) flags of Process.MlockAll.
+const (
+	MclFuture  = 2
+	MclOnfault = 4
+)
 
 // Sigaction is a kernel struct sigaction (x86-64 layout).
 type Sigaction struct {

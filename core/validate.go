@@ -114,6 +114,9 @@ func validateState(p *Process) error {
 		return fmt.Errorf("umask %#o", p.Umask)
 	}
 	// personality(0xffffffff) queries instead of setting.
+	if p.MlockAll != 0 && p.MlockAll != MclFuture && p.MlockAll != MclFuture|MclOnfault {
+		return fmt.Errorf("mlockall flags %#x (MCL_FUTURE, with MCL_ONFAULT or not)", p.MlockAll)
+	}
 	if p.Personality >= 0xffffffff {
 		return fmt.Errorf("personality %#x", p.Personality)
 	}
@@ -302,6 +305,9 @@ func validateVMA(v *VMA) error {
 		if err := validPath(v.File.Path); err != nil {
 			return err
 		}
+	}
+	if v.Lock != "" && v.Lock != LockAll && v.Lock != LockOnFault {
+		return fmt.Errorf("lock %q (one of %q and %q)", v.Lock, LockAll, LockOnFault)
 	}
 	if len(v.Madvise) > len(madviseRestored) {
 		return fmt.Errorf("%d madvise advices", len(v.Madvise))

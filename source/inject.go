@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/proc"
 	"migrate/core/ptrace"
 )
 
@@ -14,13 +15,42 @@ const scratchSize = 4096
 
 // mapScratch maps one private page in the tracee for the results of
 // injected calls. Preconditions: the process is frozen.
+//
+// It also reads the process's mlockall(MCL_FUTURE) flags, which /proc
+// does not show: a new area of a process with MCL_FUTURE in effect is
+// locked (it counts in VmLck), and populated at once unless MCL_ONFAULT
+// is set too.
 func (d *dumper) mapScratch() error {
+	before, err := proc.ReadStatus(d.pid)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", d.pid, err)
+	}
 	addr, err := d.p.Syscall(d.p.Leader(), "mmap", unix.SYS_MMAP, 0, scratchSize,
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
 	if err != nil {
 		return err
 	}
 	d.scratch = addr
+	after, err := proc.ReadStatus(d.pid)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", d.pid, err)
+	}
+	d.proc.MlockAll = 0
+	if after.VmLck > before.VmLck {
+		d.proc.MlockAll = core.MclFuture
+		pm, err := proc.OpenPagemap(d.pid)
+		if err != nil {
+			return fmt.Errorf("process %d: %w", d.pid, err)
+		}
+		defer pm.Close()
+		e, err := pm.Read(addr, addr+scratchSize, nil)
+		if err != nil {
+			return fmt.Errorf("process %d: pagemap of the scratch page: %w", d.pid, err)
+		}
+		if !e[0].Present() {
+			d.proc.MlockAll |= core.MclOnfault
+		}
+	}
 	return nil
 }
 

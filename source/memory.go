@@ -90,6 +90,7 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 		if m.HasFlag("gd") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
+		v.Lock = lockOf(m)
 		v.Madvise = nil
 		for _, a := range vmFlagAdvice {
 			if m.HasFlag(a.flag) {
@@ -98,6 +99,18 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 		}
 	}
 	return nil
+}
+
+// lockOf returns how the area m is locked in memory, from its smaps
+// VmFlags ("lo" for VM_LOCKED, "lf" for VM_LOCKONFAULT); "" from maps.
+func lockOf(m *proc.Mapping) string {
+	switch {
+	case m.HasFlag("lf"):
+		return core.LockOnFault
+	case m.HasFlag("lo"):
+		return core.LockAll
+	}
+	return ""
 }
 
 // withoutRange returns maps with [lo, hi) cut out. The scratch page an
@@ -166,6 +179,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		if m.HasFlag("gd") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
+		v.Lock = lockOf(m)
 		for _, a := range vmFlagAdvice {
 			if m.HasFlag(a.flag) {
 				v.Madvise = append(v.Madvise, a.advice)

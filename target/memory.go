@@ -191,6 +191,38 @@ func (r *restorer) protect(context.Context) error {
 				r.warn("area %#x-%#x: madvise(%d): %v", v.Start, v.End, a, err)
 			}
 		}
+		if err := r.lock(&v); err != nil {
+			return err
+		}
+	}
+	if p := r.proc.MlockAll; p != 0 {
+		// Areas the restore maps from now on are its own, and go.
+		if _, err := r.sys("mlockall", unix.SYS_MLOCKALL, uint64(p)); err != nil {
+			return fmt.Errorf("mlockall(%#x): %w", p, err)
+		}
+	}
+	return nil
+}
+
+// lock locks the area v in memory as it was (mlock, or mlock2 with
+// MLOCK_ONFAULT), now that it has its final protection.
+func (r *restorer) lock(v *core.VMA) error {
+	var flags uint64
+	switch v.Lock {
+	case "":
+		return nil
+	case core.LockOnFault:
+		flags = unix.MLOCK_ONFAULT
+	}
+	_, err := r.sys("mlock2", unix.SYS_MLOCK2, v.Start, v.Len(), flags)
+	if errors.Is(err, unix.ENOMEM) && v.Prot == unix.PROT_NONE && flags == 0 {
+		// The kernel marks the area locked, then cannot fault in pages
+		// of an inaccessible area: the state mlockall(MCL_CURRENT) left
+		// the original in (it ignores that error).
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("area %#x-%#x: lock in memory (%s): %w", v.Start, v.End, v.Lock, err)
 	}
 	return nil
 }

@@ -33,6 +33,7 @@ type Status struct {
 	// Additions.
 	NStgid         []int
 	VmSize, VmSwap uint64 // bytes
+	VmLck          uint64 // bytes: locked memory (mm->locked_vm)
 	SeccompFilters int
 	Kthread        bool // "Kthread: 1" (Linux 6.7+; see also Stat.Flags)
 }
@@ -167,6 +168,8 @@ func parseStatus(data []byte, file string) (*Status, error) {
 			st.VmSize, err = parseKB(value)
 		case "VmSwap":
 			st.VmSwap, err = parseKB(value)
+		case "VmLck":
+			st.VmLck, err = parseKB(value)
 		}
 		if err != nil {
 			return nil, parseErr(file, lineNo, string(key), value, err)

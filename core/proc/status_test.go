@@ -22,7 +22,7 @@ func TestParseStatusRecorded(t *testing.T) {
 		SigIgn:  1 << (13 - 1),         // SIGPIPE
 		SigCgt:  1<<(1-1) | 1<<(33-1),  // SIGHUP, and glibc's SIGCANCEL
 		CapPrm:  0x1fffeffffff, CapEff: 0x1fffeffffff, CapBnd: 0x1fffeffffff,
-		VmRSS: 1584 << 10, VmSize: 10836 << 10,
+		VmRSS: 1584 << 10, VmSize: 10836 << 10, VmLck: 8 << 10,
 	}
 	if !reflect.DeepEqual(*st, want) {
 		t.Errorf("got  %+v\nwant %+v", *st, want)

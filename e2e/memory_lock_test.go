@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"migrate/core"
+	"migrate/core/proc"
+	"migrate/e2e/fixture"
+)
+
+// memoryLocks returns, per area of pid, its "lo" and "lf" VmFlags (locked,
+// locked on fault), and VmLck.
+func memoryLocks(t *testing.T, pid int) (map[string]string, uint64) {
+	t.Helper()
+	maps, err := proc.ReadSmaps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, m := range maps {
+		var l []string
+		for _, f := range []string{"lo", "lf"} {
+			if m.HasFlag(f) {
+				l = append(l, f)
+			}
+		}
+		out[fmt.Sprintf("%x-%x %s", m.Start, m.End, m.Path)] = strings.Join(l, " ")
+	}
+	st, err := proc.ReadStatus(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, st.VmLck
+}
+
+// TestMemoryLocks: memory locked with mlock, mlock2(MLOCK_ONFAULT) and
+// mlockall(MCL_CURRENT|MCL_FUTURE[|MCL_ONFAULT]) is locked the same way
+// after restore, area by area (guard pages of PROT_NONE included), with the
+// same VmLck, and an area the process maps after restore is locked as
+// MCL_FUTURE (and MCL_ONFAULT) say.
+func TestMemoryLocks(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "mlock")
+	for _, tc := range []struct {
+		mode    string
+		future  int
+		newLock string
+	}{
+		{"areas", 0, ""},
+		{"all", core.MclFuture, "lo"},
+		{"onfault", core.MclFuture | core.MclOnfault, "lo lf"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			trigger := filepath.Join(t.TempDir(), "map")
+			p := fixture.Start(t, bin, tc.mode, trigger)
+			ready, _ := p.WaitLine(t, short, 0, "ready")
+			p.WaitTick(t, short, 2)
+			before, lck := memoryLocks(t, p.PID)
+			if lck == 0 {
+				t.Fatalf("the workload has no locked memory: %v", before)
+			}
+			dir, img := dumpKill(t, p, "")
+			if img.Process.MlockAll != tc.future {
+				t.Errorf("image: mlockall flags %#x, want %#x", img.Process.MlockAll, tc.future)
+			}
+			r := restoreOK(t, dir, p.Log)
+			after, lck2 := memoryLocks(t, r.PID)
+			for k, v := range before {
+				if after[k] != v {
+					t.Errorf("area %s: locks %q before the dump, %q after restore", k, v, after[k])
+				}
+			}
+			if lck2 != lck {
+				t.Errorf("VmLck: %d before the dump, %d after restore", lck, lck2)
+			}
+			if tc.mode == "areas" {
+				for k, want := range map[string]string{"a": "lo", "b": "lo lf", "c": ""} {
+					addr, err := strconv.ParseUint(field(t, ready, k), 16, 64)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := lockFlags(smapsFlags(t, r.PID, addr)); got != want {
+						t.Errorf("area %s at %#x: locks %q, want %q", k, addr, got, want)
+					}
+				}
+				return
+			}
+			n := len(r.Lines(t))
+			if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			line, _ := r.WaitLine(t, short, n, "new")
+			addr, err := strconv.ParseUint(field(t, line, "addr"), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// (The kernel may merge the new area with a neighbour of
+			// the same flags: look the flags up by address.)
+			if got := lockFlags(flagsAt(t, r.PID, addr)); got != tc.newLock {
+				t.Errorf("area mapped after restore: locks %q, want %q (MCL_FUTURE lost?)", got, tc.newLock)
+			}
+		})
+	}
+}
+
+// lockFlags keeps the "lo" and "lf" of VmFlags.
+func lockFlags(vmflags string) string {
+	var l []string
+	for _, f := range strings.Fields(vmflags) {
+		if f == "lo" || f == "lf" {
+			l = append(l, f)
+		}
+	}
+	return strings.Join(l, " ")
+}
+
+// flagsAt returns the VmFlags of the area of pid holding addr.
+func flagsAt(t *testing.T, pid int, addr uint64) string {
+	t.Helper()
+	maps, err := proc.ReadSmaps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range maps {
+		if m.Start <= addr && addr < m.End {
+			return strings.Join(m.VmFlags, " ")
+		}
+	}
+	t.Fatalf("no area holds %#x in process %d", addr, pid)
+	return ""
+}
