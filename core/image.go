@@ -219,6 +219,8 @@ type VMA struct {
 	File *FileRef `json:"file,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
+	// Seals are the F_SEAL_* seals of a mapped memfd.
+	Seals int `json:"seals,omitempty"`
 	// Lock is how the area is locked in memory: "" (it is not),
 	// LockAll (mlock: every page resident) or LockOnFault (mlock2 with
 	// MLOCK_ONFAULT: the pages faulted in stay).

@@ -289,6 +289,10 @@ func validateMM(m *MM) error {
 	return nil
 }
 
+// maxSeals holds every F_SEAL_* bit: SEAL, SHRINK, GROW, WRITE,
+// FUTURE_WRITE, EXEC.
+const maxSeals = 0x3f
+
 // validateVMA checks the values of an area the restore maps.
 func validateVMA(v *VMA) error {
 	if v.Prot&^7 != 0 {
@@ -305,6 +309,9 @@ func validateVMA(v *VMA) error {
 		if err := validPath(v.File.Path); err != nil {
 			return err
 		}
+	}
+	if v.Seals&^maxSeals != 0 || (v.Seals != 0 && (v.File == nil || !strings.HasPrefix(v.File.Path, "/memfd:"))) {
+		return fmt.Errorf("seals %#x (F_SEAL_* of a mapped memfd)", v.Seals)
 	}
 	if v.Lock != "" && v.Lock != LockAll && v.Lock != LockOnFault {
 		return fmt.Errorf("lock %q (one of %q and %q)", v.Lock, LockAll, LockOnFault)
@@ -325,6 +332,9 @@ func validateVMA(v *VMA) error {
 func validateFD(f *FD) error {
 	if f.Pos < 0 {
 		return fmt.Errorf("offset %d", f.Pos)
+	}
+	if f.Seals&^maxSeals != 0 || (f.Seals != 0 && f.Kind != FDMemfd) {
+		return fmt.Errorf("seals %#x (F_SEAL_* of a memfd)", f.Seals)
 	}
 	switch f.Kind {
 	case FDFile, FDDir, FDChar, FDFIFO, FDMemfd:

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"migrate/core"
 	"migrate/core/proc"
 	"migrate/e2e/fixture"
@@ -133,4 +135,64 @@ func flagsAt(t *testing.T, pid int, addr uint64) string {
 	}
 	t.Fatalf("no area holds %#x in process %d", addr, pid)
 	return ""
+}
+
+// TestMappedMemfdSeals: memfds the process maps but holds no fd of keep
+// their name and their seals (F_SEAL_SHRINK|GROW|SEAL on a shared mapping,
+// F_SEAL_WRITE|SEAL on a private one; none on a memfd made without
+// MFD_ALLOW_SEALING, which reports F_SEAL_SEAL), and their contents.
+func TestMappedMemfdSeals(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "memfdmap"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 2)
+	type area struct {
+		path  string
+		seals int
+		first byte
+	}
+	read := func(pid int) map[string]area {
+		out := map[string]area{}
+		maps, err := proc.ReadMaps(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"a", "b", "c"} {
+			addr, err := strconv.ParseUint(field(t, ready, k), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range maps {
+				if m.Start != addr {
+					continue
+				}
+				f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+				if err != nil {
+					t.Fatal(err)
+				}
+				seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+				f.Close()
+				if err != nil {
+					t.Fatalf("area %s: F_GET_SEALS: %v", k, err)
+				}
+				mem, err := os.ReadFile(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+				if err != nil || len(mem) == 0 {
+					t.Fatalf("area %s: read: %v", k, err)
+				}
+				out[k] = area{m.Path, seals, mem[0]}
+			}
+		}
+		return out
+	}
+	before := read(p.PID)
+	if len(before) != 3 || before["a"].seals != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL {
+		t.Fatalf("the workload's memfds: %+v", before)
+	}
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	after := read(r.PID)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("mapped memfds (path, seals, first byte of the file):\n before the dump %+v\n after restore   %+v", before, after)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+2)
 }

@@ -219,6 +219,11 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			ref.Path = name
 			ref.Deleted = m.Deleted
 			v.File = ref
+			if m.IsMemfd() {
+				if v.Seals, err = mappedSeals(pid, m); err != nil {
+					return nil, err
+				}
+			}
 			v.Kind = core.VMAFile
 			if m.Shared {
 				v.Kind = core.VMASharedFile
@@ -229,6 +234,24 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		vmas = append(vmas, v)
 	}
 	return vmas, nil
+}
+
+// mappedSeals returns the seals of the memfd m maps, which the process
+// may hold no fd of.
+func mappedSeals(pid int, m *proc.Mapping) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+	if err != nil {
+		return 0, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, m.Path, err)
+	}
+	defer f.Close()
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if errors.Is(err, unix.EINVAL) {
+		return 0, nil // a memfd made without MFD_ALLOW_SEALING: F_SEAL_SEAL
+	}
+	if err != nil {
+		return 0, fmt.Errorf("process %d: seals of %s mapped at %#x-%#x: %w", pid, m.Path, m.Start, m.End, err)
+	}
+	return seals, nil
 }
 
 // run is a range of pages to store.

@@ -441,12 +441,37 @@ func (r *restorer) restoreFDs(ctx context.Context) error {
 	for i := range p.FDs {
 		fd := &p.FDs[i]
 		if fd.Kind == core.FDMemfd && fd.Seals != 0 {
-			if f := r.deletedFiles[fileKey{fd.File.Dev, fd.File.Ino, false}]; f != nil {
-				if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, fd.Seals); err != nil {
-					r.warn("memfd %s: cannot restore seals %#x: %v", fd.MemfdName, fd.Seals, err)
-				}
+			if err := r.seal(fd.File, fd.Seals); err != nil {
+				return fmt.Errorf("fd %d: %w", fd.FD, err)
 			}
 		}
+	}
+	for i := range p.VMAs {
+		v := &p.VMAs[i]
+		if v.File != nil && v.Seals != 0 {
+			if err := r.seal(v.File, v.Seals); err != nil {
+				return fmt.Errorf("area %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
+	return nil
+}
+
+// seal adds seals to the recreated memfd ref. A memfd restored without
+// its seals would let the process (or whoever it passes the memfd to)
+// resize or write what it had sealed: it is an error, not a warning.
+func (r *restorer) seal(ref *core.FileRef, seals int) error {
+	f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]
+	if f == nil {
+		return fmt.Errorf("memfd %s with seals %#x: not recreated", ref.Path, seals)
+	}
+	// (A memfd both held and mapped, or mapped twice, comes here more
+	// than once; after F_SEAL_SEAL a second F_ADD_SEALS fails.)
+	if cur, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0); err == nil && cur&seals == seals {
+		return nil
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+		return fmt.Errorf("memfd %s: seals %#x: %w", ref.Path, seals, err)
 	}
 	return nil
 }
