@@ -219,6 +219,11 @@ type VMA struct {
 	File *FileRef `json:"file,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
+	// MayWrite is set for a shared file mapping whose file was opened for
+	// writing (VM_MAYWRITE): mprotect may make it writable, even if it is
+	// not now. Without it, a shared file mapping is mapped from a
+	// read-only open, and mprotect(PROT_WRITE) fails as it did.
+	MayWrite bool `json:"may_write,omitempty"`
 	// Seals are the F_SEAL_* seals of a mapped memfd.
 	Seals int `json:"seals,omitempty"`
 	// Lock is how the area is locked in memory: "" (it is not),

@@ -196,3 +196,48 @@ func TestMappedMemfdSeals(t *testing.T) {
 	}
 	r.WaitTick(t, short, r.LastTick(t)+2)
 }
+
+// TestMayWrite: a shared file mapping keeps what mprotect may later make of
+// it: read-only now, but writable later if its file was opened for writing
+// (VM_MAYWRITE), and never if it was opened read-only (a file, a memfd
+// reopened read-only).
+func TestMayWrite(t *testing.T) {
+	fixture.RequireRoot(t)
+	files := t.TempDir()
+	trigger := filepath.Join(t.TempDir(), "mprotect")
+	p := fixture.Start(t, fixture.Build(t, "mayprot"), files, trigger)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 2)
+	flags := func(pid int) map[string]string {
+		out := map[string]string{}
+		for _, k := range []string{"rw", "ro", "mro"} {
+			addr, err := strconv.ParseUint(field(t, ready, k), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[k] = smapsFlags(t, pid, addr)
+		}
+		return out
+	}
+	before := flags(p.PID)
+	if !strings.Contains(before["rw"], "mw") || strings.Contains(before["ro"], "mw") || strings.Contains(before["mro"], "mw") {
+		t.Fatalf("the workload's mappings: %v", before)
+	}
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if after := flags(r.PID); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("VmFlags:\n before the dump %v\n after restore   %v", before, after)
+	}
+	n := len(r.Lines(t))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r.WaitLine(t, short, n, "mprotect")
+	if want := fmt.Sprintf("mprotect rw=0 ro=%d mro=%d", unix.EACCES, unix.EACCES); got != want {
+		t.Errorf("mprotect to read-write after restore: %q, want %q", got, want)
+	}
+	fixture.WaitFor(t, short, "the write through the shared mapping to reach the file", func() bool {
+		b, err := os.ReadFile(filepath.Join(files, "rw"))
+		return err == nil && len(b) > 0 && b[0] == 'X'
+	})
+}

@@ -91,6 +91,7 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
 		v.Lock = lockOf(m)
+		v.MayWrite = v.Kind == core.VMASharedFile && m.HasFlag("mw")
 		v.Madvise = nil
 		for _, a := range vmFlagAdvice {
 			if m.HasFlag(a.flag) {
@@ -227,6 +228,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			v.Kind = core.VMAFile
 			if m.Shared {
 				v.Kind = core.VMASharedFile
+				v.MayWrite = m.HasFlag("mw")
 			}
 		default:
 			return nil, &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: name}

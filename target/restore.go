@@ -709,7 +709,9 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		case core.VMAAnon, core.VMASharedAnon:
 			flags |= unix.MAP_ANONYMOUS
 		case core.VMAFile, core.VMASharedFile:
-			write := v.Kind == core.VMASharedFile && v.Prot&unix.PROT_WRITE != 0
+			// A shared mapping may be made writable later only if its
+			// file was opened for writing: open it as it was.
+			write := v.Kind == core.VMASharedFile && (v.Prot&unix.PROT_WRITE != 0 || v.MayWrite)
 			key := fileKey{v.File.Dev, v.File.Ino, write}
 			cfd, ok := childFD[key]
 			if !ok {
@@ -794,10 +796,20 @@ func (r *session) keep(f *os.File) *os.File {
 // copy made from the image.
 func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
 	if ref.Deleted {
-		if f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]; f != nil {
+		f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]
+		if f == nil {
+			return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
+		}
+		if write {
 			return f, nil
 		}
-		return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
+		// The copy is open read-write; a read-only open of it keeps a
+		// shared mapping from becoming writable.
+		ro, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("reopen the copy of %s read-only: %w", ref.Path, err)
+		}
+		return r.keep(ro), nil
 	}
 	flag := os.O_RDONLY
 	if write {
