@@ -241,3 +241,31 @@ func TestMayWrite(t *testing.T) {
 		return err == nil && len(b) > 0 && b[0] == 'X'
 	})
 }
+
+// TestGrowsDown: an area mapped MAP_GROWSDOWN is restored growing down: a
+// write just below it after restore grows it instead of killing the process.
+func TestGrowsDown(t *testing.T) {
+	fixture.RequireRoot(t)
+	trigger := filepath.Join(t.TempDir(), "grow")
+	p := fixture.Start(t, fixture.Build(t, "growsdown"), trigger)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	addr, err := strconv.ParseUint(field(t, ready, "addr"), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 2)
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if f := smapsFlags(t, r.PID, addr); !strings.Contains(" "+f+" ", " gd ") {
+		t.Errorf("area %#x after restore: VmFlags %q, no gd", addr, f)
+	}
+	n := len(r.Lines(t))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.WaitLine(t, short, n, "grew")
+	if f := flagsAt(t, r.PID, addr-4096); !strings.Contains(" "+f+" ", " gd ") {
+		t.Errorf("the page below %#x after the write: VmFlags %q, want the grown area", addr, f)
+	}
+	checkRunningUntraced(t, r.PID)
+}
