@@ -59,7 +59,10 @@ func TestEndsOnSIGTERM(t *testing.T) {
 		signal syscall.Signal // the signal that ends it, or 0
 		exit   int            // else its exit code
 		twice  bool           // SIGTERM once, wait for "first", then again
+		group  bool           // in a process group of its own, SIGTERM sent to the group
 	}{
+		{mode: "dfl", signal: unix.SIGTERM, group: true},
+		{mode: "thread", signal: unix.SIGTERM, group: true},
 		{mode: "dfl", signal: unix.SIGTERM},
 		{mode: "ign", signal: unix.SIGTERM},
 		{mode: "handler", exit: 41},
@@ -71,9 +74,13 @@ func TestEndsOnSIGTERM(t *testing.T) {
 		{mode: "futex", signal: unix.SIGTERM},
 		{mode: "pending", signal: unix.SIGTERM},
 	} {
-		t.Run(tc.mode, func(t *testing.T) {
+		name := tc.mode
+		if tc.group {
+			name += " to the group"
+		}
+		t.Run(name, func(t *testing.T) {
 			trigger := filepath.Join(t.TempDir(), "unblock")
-			p := fixture.Start(t, bin, tc.mode, trigger)
+			p := fixture.StartWith(t, fixture.Options{Setpgid: tc.group}, bin, tc.mode, trigger)
 			p.WaitLine(t, short, 0, "ready")
 			fixture.WaitFor(t, short, "the workload to sleep", func() bool {
 				st, err := fixture.State(p.PID)
@@ -103,7 +110,15 @@ func TestEndsOnSIGTERM(t *testing.T) {
 			case tc.twice:
 				r.Signal(t, unix.SIGTERM)
 				r.WaitLine(t, short, n, "first")
-				fallthrough
+				r.Signal(t, unix.SIGTERM)
+			case tc.group:
+				pgid, _ := fixture.PGID(t, r.PID)
+				if pgid != r.PID {
+					t.Fatalf("restored process %d is in process group %d, was in its own", r.PID, pgid)
+				}
+				if err := unix.Kill(-pgid, unix.SIGTERM); err != nil {
+					t.Fatalf("kill -TERM -%d: %v", pgid, err)
+				}
 			default:
 				r.Signal(t, unix.SIGTERM)
 			}
