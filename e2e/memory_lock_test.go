@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +16,7 @@ import (
 	"migrate/core"
 	"migrate/core/proc"
 	"migrate/e2e/fixture"
+	"migrate/source"
 )
 
 // memoryLocks returns, per area of pid, its "lo" and "lf" VmFlags (locked,
@@ -268,4 +272,65 @@ func TestGrowsDown(t *testing.T) {
 		t.Errorf("the page below %#x after the write: VmFlags %q, want the grown area", addr, f)
 	}
 	checkRunningUntraced(t, r.PID)
+}
+
+// TestRefusedMemory: a process with memory a restore cannot give back as it
+// was (System V shared memory; hugetlb memory, which would come back as
+// normal pages) is refused before it is frozen, with an
+// *UnsupportedMappingError naming the area, and runs on untouched.
+func TestRefusedMemory(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "refusedmem")
+	for _, mode := range []string{"sysv", "hugetlb"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "hugetlb" {
+				ensureHugePage(t)
+			}
+			p := fixture.Start(t, bin, mode)
+			ready, _ := p.WaitLine(t, short, 0, "ready")
+			addr, err := strconv.ParseUint(field(t, ready, "addr"), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var log strings.Builder
+			_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(),
+				Logger: slog.New(slog.NewTextHandler(&log, nil))})
+			var ue *source.UnsupportedMappingError
+			if !errors.As(err, &ue) || ue.PID != p.PID || ue.Start != addr {
+				t.Fatalf("dump: %v (%T), want an UnsupportedMappingError for the area at %#x", err, err, addr)
+			}
+			if strings.Contains(log.String(), "msg=frozen") {
+				t.Errorf("refused after the freeze, not before:\n%s", log.String())
+			}
+			checkRunningUntraced(t, p.PID)
+			p.WaitTick(t, short, p.LastTick(t)+3)
+		})
+	}
+}
+
+// ensureHugePage makes one 2 MiB huge page available for MAP_HUGETLB, by
+// allowing one surplus page for the test's duration, or skips.
+func ensureHugePage(t *testing.T) {
+	t.Helper()
+	st, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(l, "HugePages_Free:"); ok && strings.TrimSpace(v) != "0" {
+			return
+		}
+	}
+	const knob = "/proc/sys/vm/nr_overcommit_hugepages"
+	old, err := os.ReadFile(knob)
+	if err != nil {
+		fixture.Unavailable(t, "hugetlb pages (%s: %v)", knob, err)
+	}
+	if strings.TrimSpace(string(old)) != "0" {
+		return
+	}
+	if err := os.WriteFile(knob, []byte("1"), 0o644); err != nil {
+		fixture.Unavailable(t, "hugetlb pages (cannot allow a surplus page: %v)", err)
+	}
+	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
 }

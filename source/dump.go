@@ -157,6 +157,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := precheckFDs(ctx, opts); err != nil {
 		return nil, err
 	}
+	if err := precheckMappings(opts); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {
 		return nil, fmt.Errorf("image directory: %w", err)
 	}

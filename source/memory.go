@@ -87,6 +87,9 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 		if m == nil || m.End != v.End {
 			return fmt.Errorf("process %d: area %#x-%#x changed between maps and smaps", pid, v.Start, v.End)
 		}
+		if err := refuseMapping(pid, m); err != nil {
+			return err
+		}
 		if m.HasFlag("gd") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
@@ -98,6 +101,22 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 				v.Madvise = append(v.Madvise, a.advice)
 			}
 		}
+	}
+	return nil
+}
+
+// refuseMapping returns an *UnsupportedMappingError for an area a restore
+// cannot give back as it was: hugetlb memory (MAP_HUGETLB, a hugetlbfs
+// file, SHM_HUGETLB), which would come back as small pages of another
+// file, and System V shared memory. m may come from maps (the hugetlb flag
+// of a hugetlbfs file shows only in smaps) or smaps.
+func refuseMapping(pid int, m *proc.Mapping) error {
+	switch {
+	case m.HasFlag("ht") || (m.Deleted && m.Path == "/anon_hugepage"):
+		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
+			Reason: "hugetlb memory is not carried (it would come back as normal pages)"}
+	case m.Shared && m.Deleted && strings.HasPrefix(m.Path, "/SYSV"):
+		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path + " (System V shared memory)"}
 	}
 	return nil
 }
@@ -186,6 +205,9 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 				v.Madvise = append(v.Madvise, a.advice)
 			}
 		}
+		if err := refuseMapping(pid, m); err != nil {
+			return nil, err
+		}
 		name := m.Path
 		switch {
 		case name == "[vsyscall]":
@@ -207,10 +229,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			if m.Shared {
 				v.Kind = core.VMASharedAnon
 			}
-		case m.Shared && m.Deleted && (name == "/dev/zero" || strings.HasPrefix(name, "/SYSV")):
-			if strings.HasPrefix(name, "/SYSV") {
-				return nil, &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: name + " (System V shared memory)"}
-			}
+		case m.Shared && m.Deleted && name == "/dev/zero":
 			v.Kind, v.Name = core.VMASharedAnon, name
 		case strings.HasPrefix(name, "/"):
 			ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))

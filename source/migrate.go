@@ -128,6 +128,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := refuseDeletedMappings(opts.PID); err != nil {
 		return nil, err
 	}
+	if err := precheckMappings(DumpOptions{PID: opts.PID}); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err

@@ -66,6 +66,34 @@ func refuseDeletedMappings(pid int) error {
 	return nil
 }
 
+// precheckMappings refuses, before anything is frozen, a process of the
+// dump (the root, and with opts.Tree its descendants) with an area that
+// refuseMapping refuses. It reads /proc/PID/maps, which does not walk the
+// page tables; a hugetlbfs file mapping shows as such only in smaps, which
+// the dump reads frozen.
+func precheckMappings(opts DumpOptions) error {
+	pids := []int{opts.PID}
+	for i := 0; opts.Tree && i < len(pids); i++ {
+		kids, err := childrenOf(pids[i])
+		if err != nil {
+			return nil // left to the dump
+		}
+		pids = append(pids, kids...)
+	}
+	for _, pid := range pids {
+		maps, err := proc.ReadMaps(pid)
+		if err != nil {
+			continue // gone or a zombie: left to the dump
+		}
+		for i := range maps {
+			if err := refuseMapping(pid, &maps[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // probeFDs is one pass of precheckFDs.
 func probeFDs(ctx context.Context, opts DumpOptions) error {
 	ss := &session{opts: opts, pipes: map[uint64][]pipeEnd{}, probe: true}
