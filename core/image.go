@@ -256,6 +256,10 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// PdeathSig is the signal the thread gets when its parent dies
+	// (PR_SET_PDEATHSIG), 0 if none. After a restore the parent of the
+	// root is the restoring service's subreaper (or init).
+	PdeathSig int `json:"pdeath_signal,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`

@@ -204,6 +204,9 @@ func validateState(p *Process) error {
 		default:
 			return fmt.Errorf("thread %d: restart %q", t.TID, t.Restart)
 		}
+		if t.PdeathSig < 0 || t.PdeathSig > 64 {
+			return fmt.Errorf("thread %d: parent-death signal %d", t.TID, t.PdeathSig)
+		}
 		// set_robust_list takes only sizeof(struct robust_list_head).
 		if t.RobustList != 0 && t.RobustLen != 24 {
 			return fmt.Errorf("thread %d: robust list of length %d", t.TID, t.RobustLen)

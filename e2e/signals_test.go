@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/e2e/fixture"
+	"migrate/source"
 	"migrate/target"
 )
 
@@ -270,4 +271,39 @@ func TestStoppedStaysStopped(t *testing.T) {
 	r.Signal(t, unix.SIGCONT)
 	r.WaitTick(t, short, last+3)
 	checkRunningUntraced(t, r.PID)
+}
+
+// TestParentDeathSignal: a child that asked for SIGTERM when its parent
+// dies (PR_SET_PDEATHSIG) still gets it after restore: the restored parent
+// is killed, and the child ends on SIGTERM instead of running on orphaned.
+func TestParentDeathSignal(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "pdeath"))
+	line, _ := p.WaitLine(t, short, 0, "child")
+	child, err := strconv.Atoi(field(t, line, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 2)
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	p.Reap(t)
+	fixture.ReapOrphan(t, child)
+	t.Cleanup(func() { fixture.ReapOrphan(t, child) })
+
+	r := restoreOK(t, dir, p.Log)
+	if fixture.Parent(t, child) != r.PID {
+		t.Fatalf("restored child %d has parent %d, want %d", child, fixture.Parent(t, child), r.PID)
+	}
+	r.Kill(t)
+	var ws unix.WaitStatus
+	fixture.WaitFor(t, short, "the orphaned child to end and come to the test process", func() bool {
+		got, err := unix.Wait4(child, &ws, unix.WNOHANG, nil)
+		return err == nil && got == child
+	})
+	if !ws.Signaled() || ws.Signal() != unix.SIGTERM {
+		t.Errorf("the child ended with wait status %#x, want killed by SIGTERM (its parent-death signal)", uint32(ws))
+	}
 }

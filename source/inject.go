@@ -119,6 +119,11 @@ func (d *dumper) collectInjected() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].ClearTID = le.Uint64(b)
+		_, b, err = d.call(th, "prctl(PR_GET_PDEATHSIG)", 4, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, d.scratch)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		p.Threads[i].PdeathSig = int(int32(le.Uint32(b)))
 	}
 	p.Itimers = nil
 	for which := 0; which < 3; which++ {

@@ -269,6 +269,13 @@ func (r *restorer) restoreThreads(context.Context) error {
 		if err := r.p.SetSigmask(th, t.SigMask); err != nil {
 			return fmt.Errorf("thread %d: signal mask: %w", t.TID, err)
 		}
+		// After the credentials (a change of them clears it) and after
+		// the husk's death (which would have sent it).
+		if t.PdeathSig != 0 {
+			if err := call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.PdeathSig)); err != nil {
+				return err
+			}
+		}
 	}
 	if err := r.restoreTimers(); err != nil {
 		return err
