@@ -108,8 +108,11 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 // refuseMapping returns an *UnsupportedMappingError for an area a restore
 // cannot give back as it was: hugetlb memory (MAP_HUGETLB, a hugetlbfs
 // file, SHM_HUGETLB), which would come back as small pages of another
-// file, and System V shared memory. m may come from maps (the hugetlb flag
-// of a hugetlbfs file shows only in smaps) or smaps.
+// file; System V shared memory; a shadow stack; an area under a memory
+// protection key (the key would be lost, and the PKRU register that the
+// thread state carries would then guard nothing). m may come from maps (the
+// flags and the key show only in smaps, which the frozen dump reads) or
+// smaps.
 func refuseMapping(pid int, m *proc.Mapping) error {
 	switch {
 	case m.HasFlag("ht") || (m.Deleted && m.Path == "/anon_hugepage"):
@@ -117,6 +120,12 @@ func refuseMapping(pid int, m *proc.Mapping) error {
 			Reason: "hugetlb memory is not carried (it would come back as normal pages)"}
 	case m.Shared && m.Deleted && strings.HasPrefix(m.Path, "/SYSV"):
 		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path + " (System V shared memory)"}
+	case m.HasFlag("ss"):
+		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
+			Reason: "a shadow stack (x86 CET) is not carried"}
+	case m.ProtectionKey != 0:
+		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
+			Reason: fmt.Sprintf("memory protection key %d (pkey_mprotect) is not carried", m.ProtectionKey)}
 	}
 	return nil
 }

@@ -50,6 +50,7 @@ type Mapping struct {
 	AnonHugePages              uint64
 	KernelPageSize             uint64 // 4096, or the huge page size of a hugetlb mapping
 	MMUPageSize                uint64
+	ProtectionKey              int // pkey_mprotect's key; 0 without memory protection keys
 }
 
 // Size is End-Start.
@@ -301,6 +302,14 @@ func parseSmapsField(m *Mapping, line []byte, file string, lineNo int) error {
 	key, value, _ := cutKey(line)
 	if string(key) == "VmFlags" {
 		m.VmFlags = parseVmFlags(value, m.VmFlags[:0])
+		return nil
+	}
+	if string(key) == "ProtectionKey" {
+		k, err := parseInt(bytes.TrimSpace(value), 32)
+		if err != nil {
+			return parseErr(file, lineNo, string(key), value, err)
+		}
+		m.ProtectionKey = int(k)
 		return nil
 	}
 	var dst *uint64

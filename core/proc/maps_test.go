@@ -208,7 +208,7 @@ func TestParseSmapsTricky(t *testing.T) {
 	if !reflect.DeepEqual(a.VmFlags, wantFlags) {
 		t.Errorf("VmFlags %q, want %q", a.VmFlags, wantFlags)
 	}
-	if a.Rss != 12<<10 || a.Anonymous != 12<<10 || a.Swap != 8<<10 || a.PrivateDirty != 12<<10 {
+	if a.Rss != 12<<10 || a.Anonymous != 12<<10 || a.Swap != 8<<10 || a.PrivateDirty != 12<<10 || a.ProtectionKey != 5 {
 		t.Errorf("anon mapping %+v", a)
 	}
 	for _, f := range wantFlags {
