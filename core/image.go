@@ -211,7 +211,7 @@ type VMA struct {
 	Start  uint64 `json:"start"`
 	End    uint64 `json:"end"`
 	Prot   int    `json:"prot"`  // PROT_*
-	Flags  int    `json:"flags"` // MAP_SHARED or MAP_PRIVATE, plus MAP_GROWSDOWN
+	Flags  int    `json:"flags"` // MAP_SHARED or MAP_PRIVATE, plus MAP_GROWSDOWN, MAP_NORESERVE
 	Kind   string `json:"kind"`
 	Name   string `json:"name,omitempty"` // [heap], [stack], [vdso] ...
 	Offset uint64 `json:"offset,omitempty"`

@@ -301,9 +301,9 @@ func validateVMA(v *VMA) error {
 	if v.Prot&^7 != 0 {
 		return fmt.Errorf("protection %#x", v.Prot)
 	}
-	const mapShared, mapPrivate, mapGrowsdown = 1, 2, 0x100
-	if sp := v.Flags &^ mapGrowsdown; sp != mapShared && sp != mapPrivate {
-		return fmt.Errorf("flags %#x (one of MAP_SHARED, MAP_PRIVATE, and MAP_GROWSDOWN)", v.Flags)
+	const mapShared, mapPrivate, mapGrowsdown, mapNoreserve = 1, 2, 0x100, 0x4000
+	if sp := v.Flags &^ (mapGrowsdown | mapNoreserve); sp != mapShared && sp != mapPrivate {
+		return fmt.Errorf("flags %#x (one of MAP_SHARED, MAP_PRIVATE, and MAP_GROWSDOWN, MAP_NORESERVE)", v.Flags)
 	}
 	if v.Offset%4096 != 0 || v.Offset > 1<<62 {
 		return fmt.Errorf("file offset %#x", v.Offset)

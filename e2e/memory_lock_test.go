@@ -334,3 +334,26 @@ func ensureHugePage(t *testing.T) {
 	}
 	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
 }
+
+// TestNoReserve: an area mapped MAP_NORESERVE keeps it (VmFlags nr): a
+// read-write area twice the size of RAM and swap, more than the heuristic
+// overcommit lets a mapping without it have, is restored and still runs.
+func TestNoReserve(t *testing.T) {
+	fixture.RequireRoot(t)
+	if b, err := os.ReadFile("/proc/sys/vm/overcommit_memory"); err != nil || strings.TrimSpace(string(b)) != "0" {
+		fixture.Unavailable(t, "heuristic overcommit (vm.overcommit_memory 0): %q %v", b, err)
+	}
+	p := fixture.Start(t, fixture.Build(t, "growsdown"), filepath.Join(t.TempDir(), "never"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	addr, err := strconv.ParseUint(field(t, ready, "nr"), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 2)
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if f := smapsFlags(t, r.PID, addr); !strings.Contains(" "+f+" ", " nr ") {
+		t.Errorf("area %#x after restore: VmFlags %q, no nr", addr, f)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+2)
+}

@@ -93,6 +93,9 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 		if m.HasFlag("gd") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
+		if m.HasFlag("nr") {
+			v.Flags |= unix.MAP_NORESERVE
+		}
 		v.Lock = lockOf(m)
 		v.MayWrite = v.Kind == core.VMASharedFile && m.HasFlag("mw")
 		v.Madvise = nil
@@ -207,6 +210,9 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		}
 		if m.HasFlag("gd") {
 			v.Flags |= unix.MAP_GROWSDOWN
+		}
+		if m.HasFlag("nr") {
+			v.Flags |= unix.MAP_NORESERVE
 		}
 		v.Lock = lockOf(m)
 		for _, a := range vmFlagAdvice {

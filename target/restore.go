@@ -703,7 +703,7 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		if holdsPages(v.Kind) && (v.Pages > 0 || r.live && v.Prot != unix.PROT_NONE) {
 			prot |= unix.PROT_WRITE | unix.PROT_READ
 		}
-		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN) | unix.MAP_FIXED
+		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN|unix.MAP_NORESERVE) | unix.MAP_FIXED
 		fd := ^uint64(0)
 		switch v.Kind {
 		case core.VMAAnon, core.VMASharedAnon:
