@@ -307,3 +307,40 @@ func TestParentDeathSignal(t *testing.T) {
 		t.Errorf("the child ended with wait status %#x, want killed by SIGTERM (its parent-death signal)", uint32(ws))
 	}
 }
+
+// TestZombieNoSpuriousSIGCHLD: a parent restored with its zombie child gets
+// no SIGCHLD from the restore (it had had its one, when the child exited:
+// the handler must not run again), and reaps the child with its status.
+func TestZombieNoSpuriousSIGCHLD(t *testing.T) {
+	fixture.RequireRoot(t)
+	trigger := filepath.Join(t.TempDir(), "reap")
+	p := fixture.Start(t, fixture.Build(t, "zombie"), trigger)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 2)
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	p.Reap(t)
+	fixture.ReapOrphan(t, child)
+	n := len(p.Lines(t))
+
+	r := restoreOK(t, dir, p.Log)
+	r.WaitTick(t, short, r.LastTick(t)+3)
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r.WaitLine(t, short, n, "reaped")
+	if want := fmt.Sprintf("reaped pid=%d exit=7", child); got != want {
+		t.Errorf("after restore: %q, want %q", got, want)
+	}
+	for _, l := range r.Lines(t)[n:] {
+		if strings.HasPrefix(l, "chld ") {
+			t.Errorf("SIGCHLD handler ran after restore: %q", l)
+		}
+	}
+}

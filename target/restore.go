@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -288,6 +289,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 			b.ss.warn("%v", err)
 		}
 	}
+	dropZombieSIGCHLD(b.all)
 	for i := len(b.all) - 1; i >= 0; i-- {
 		if r := b.all[i]; r.p != nil {
 			if r.proc.Stopped {
@@ -466,6 +468,41 @@ func createTree(all []*restorer) error {
 		}
 	}
 	return nil
+}
+
+// dropZombieSIGCHLD forgets the SIGCHLD each zombie the restore made
+// (exitAsZombie) sent its parent: an injection into the parent took it
+// (ptrace.Thread.Stolen), and Detach would give it back, running the
+// parent's handler for a child that had ended before the dump. A SIGCHLD
+// the original had pending is in the image and queued from there.
+func dropZombieSIGCHLD(all []*restorer) {
+	zombies := map[*restorer]map[int32]bool{}
+	for _, r := range all {
+		if r.proc.Zombie != nil && r.parent != nil {
+			if zombies[r.parent] == nil {
+				zombies[r.parent] = map[int32]bool{}
+			}
+			zombies[r.parent][int32(r.pid)] = true
+		}
+	}
+	le := binary.LittleEndian
+	for parent, pids := range zombies {
+		if parent.p == nil {
+			continue
+		}
+		for _, th := range parent.p.Threads {
+			kept := th.Stolen[:0]
+			for _, si := range th.Stolen {
+				// siginfo: si_signo at 0, si_code at 8, si_pid at 16.
+				if len(si) >= 20 && unix.Signal(le.Uint32(si)) == unix.SIGCHLD &&
+					int32(le.Uint32(si[8:])) > 0 && pids[int32(le.Uint32(si[16:]))] {
+					continue
+				}
+				kept = append(kept, si)
+			}
+			th.Stolen = kept
+		}
+	}
 }
 
 // createRoot starts the husk and forks the root out of it.
