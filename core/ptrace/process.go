@@ -544,11 +544,22 @@ func (p *Proc) detachAll(_ int) error {
 		// Signals go back before the detach, queued while the thread is
 		// still stopped, so it meets them before running a single
 		// instruction: PTRACE_DETACH's own signal argument is ignored in a
-		// syscall stop, where an injection leaves the thread. (The
-		// siginfo of a stolen signal is lost here; a dump keeps it in the
-		// image.)
+		// syscall stop, where an injection leaves the thread. One sent
+		// with sigqueue (or by a timer, an AIO completion...) goes back
+		// with its siginfo, value included; the kernel lets no one else
+		// forge a kill's or the kernel's, so those come back from tgkill,
+		// as sent by this process (a dump keeps their siginfo in the
+		// image).
 		for _, si := range th.Stolen {
-			unix.Tgkill(p.PID, th.TID, syscall.Signal(nativeEndianUint32(si)))
+			if len(si) < SiginfoSize {
+				continue // (getSiginfo makes them whole)
+			}
+			sig := nativeEndianUint32(si)
+			if code := int32(nativeEndianUint32(si[8:])); code < 0 && code != siTkill &&
+				tgsigqueueinfo(p.PID, th.TID, sig, si) == nil {
+				continue
+			}
+			unix.Tgkill(p.PID, th.TID, syscall.Signal(sig))
 		}
 		th.Stolen = nil
 		if th.groupStop != 0 {
@@ -598,6 +609,9 @@ func (p *Proc) Kill(reap bool) error {
 		return nil
 	})
 }
+
+// siTkill is the si_code of a signal sent with tgkill.
+const siTkill = -6
 
 func nativeEndianUint32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24

@@ -129,3 +129,18 @@ func getRseq(tid int) (rseqConfig, error) {
 func Bytes[T any](v *T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
 }
+
+// tgsigqueueinfo queues signal sig with the siginfo si (SiginfoSize bytes)
+// to thread tid of process pid (rt_tgsigqueueinfo). The kernel takes from
+// another process only si_codes below 0 other than SI_TKILL (a sigqueue,
+// a timer, ...).
+func tgsigqueueinfo(pid, tid int, sig uint32, si []byte) error {
+	if len(si) < SiginfoSize {
+		return unix.EINVAL
+	}
+	_, _, e := unix.Syscall6(unix.SYS_RT_TGSIGQUEUEINFO, uintptr(pid), uintptr(tid), uintptr(sig), uintptr(unsafe.Pointer(&si[0])), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
