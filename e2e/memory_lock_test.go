@@ -144,7 +144,8 @@ func flagsAt(t *testing.T, pid int, addr uint64) string {
 // TestMappedMemfdSeals: memfds the process maps but holds no fd of keep
 // their name and their seals (F_SEAL_SHRINK|GROW|SEAL on a shared mapping,
 // F_SEAL_WRITE|SEAL on a private one; none on a memfd made without
-// MFD_ALLOW_SEALING, which reports F_SEAL_SEAL), and their contents.
+// MFD_ALLOW_SEALING, which reports F_SEAL_SEAL; F_SEAL_EXEC and mode 0666
+// on one made with MFD_NOEXEC_SEAL), their mode and their contents.
 func TestMappedMemfdSeals(t *testing.T) {
 	fixture.RequireRoot(t)
 	p := fixture.Start(t, fixture.Build(t, "memfdmap"))
@@ -153,6 +154,7 @@ func TestMappedMemfdSeals(t *testing.T) {
 	type area struct {
 		path  string
 		seals int
+		mode  uint32
 		first byte
 	}
 	read := func(pid int) map[string]area {
@@ -161,7 +163,7 @@ func TestMappedMemfdSeals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []string{"a", "b", "c"} {
+		for _, k := range []string{"a", "b", "c", "d"} {
 			addr, err := strconv.ParseUint(field(t, ready, k), 16, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -175,6 +177,10 @@ func TestMappedMemfdSeals(t *testing.T) {
 					t.Fatal(err)
 				}
 				seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+				var st unix.Stat_t
+				if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+					t.Fatal(err)
+				}
 				f.Close()
 				if err != nil {
 					t.Fatalf("area %s: F_GET_SEALS: %v", k, err)
@@ -183,20 +189,20 @@ func TestMappedMemfdSeals(t *testing.T) {
 				if err != nil || len(mem) == 0 {
 					t.Fatalf("area %s: read: %v", k, err)
 				}
-				out[k] = area{m.Path, seals, mem[0]}
+				out[k] = area{m.Path, seals, st.Mode & 0o7777, mem[0]}
 			}
 		}
 		return out
 	}
 	before := read(p.PID)
-	if len(before) != 3 || before["a"].seals != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL {
+	if len(before) != 4 || before["a"].seals != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL || before["d"].mode&0o111 != 0 {
 		t.Fatalf("the workload's memfds: %+v", before)
 	}
 	dir, _ := dumpKill(t, p, "")
 	r := restoreOK(t, dir, p.Log)
 	after := read(r.PID)
 	if fmt.Sprint(before) != fmt.Sprint(after) {
-		t.Errorf("mapped memfds (path, seals, first byte of the file):\n before the dump %+v\n after restore   %+v", before, after)
+		t.Errorf("mapped memfds (path, seals, mode, first byte of the file):\n before the dump %+v\n after restore   %+v", before, after)
 	}
 	r.WaitTick(t, short, r.LastTick(t)+2)
 }

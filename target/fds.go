@@ -74,6 +74,13 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 			return nil, err
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
+		// Its mode as it was: a memfd made with MFD_NOEXEC_SEAL (or
+		// chmodded) is not executable, and its F_SEAL_EXEC, added
+		// later, keeps it so.
+		if err := unix.Fchmod(fd, ref.Mode&0o7777); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("memfd %s: mode %#o: %w", name, ref.Mode&0o7777, err)
+		}
 	} else {
 		dir := filepath.Dir(ref.Path)
 		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777)
