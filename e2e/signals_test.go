@@ -344,3 +344,39 @@ func TestZombieNoSpuriousSIGCHLD(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupGone: a process whose process group is gone by the time of the
+// restore (its leader was not in the image and has exited) leads a group
+// of its own, with a warning, instead of staying in the restoring
+// service's group, where a signal to that group (the service being
+// stopped) would reach it.
+func TestGroupGone(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "sigterm")
+	leader := fixture.StartWith(t, fixture.Options{Setpgid: true}, bin, "dfl")
+	leader.WaitLine(t, short, 0, "ready")
+	p := fixture.StartWith(t, fixture.Options{Setpgid: true, Pgid: leader.PID}, bin, "dfl")
+	p.WaitLine(t, short, 0, "ready")
+	if pgid, _ := fixture.PGID(t, p.PID); pgid != leader.PID {
+		t.Fatalf("the workload is in group %d, want %d", pgid, leader.PID)
+	}
+	dir, _ := dumpKill(t, p, "")
+	leader.Kill(t)
+
+	r, rep := restoreWithReport(t, dir, p.Log)
+	ours := unix.Getpgrp()
+	pgid, _ := fixture.PGID(t, r.PID)
+	if pgid == ours {
+		t.Fatalf("the restored process is in the restoring process's group %d", ours)
+	}
+	if pgid != r.PID {
+		t.Errorf("the restored process is in group %d, want its own (%d)", pgid, r.PID)
+	}
+	if len(rep.Warnings) == 0 {
+		t.Errorf("no warning that the group was not joined")
+	}
+	r.Signal(t, unix.SIGTERM)
+	if ws := r.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGTERM {
+		t.Errorf("ended with %#x on SIGTERM", uint32(ws))
+	}
+}

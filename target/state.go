@@ -429,7 +429,14 @@ func (r *restorer) joinGroup() error {
 		pgid = 0
 	}
 	if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, pgid); err != nil {
-		r.warn("process %d: cannot join process group %d: %v", p.PID, p.PGID, err)
+		// The group is gone (its processes were not in the image). The
+		// process would stay in the husk's, the restoring service's: a
+		// signal to the service's group would reach it. It leads a group
+		// of its own instead.
+		if _, err2 := r.sys("setpgid", unix.SYS_SETPGID, 0, 0); err2 != nil {
+			return fmt.Errorf("process %d: cannot join process group %d (%v), nor lead its own: %w", p.PID, p.PGID, err, err2)
+		}
+		r.warn("process %d: cannot join process group %d (%v); it leads a group of its own", p.PID, p.PGID, err)
 	}
 	return nil
 }
