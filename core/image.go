@@ -100,6 +100,12 @@ type Process struct {
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
+	// THPDisable is what PR_GET_THP_DISABLE said: 0, 1 (transparent huge
+	// pages off for the process), or 3 (off except where madvised,
+	// PR_THP_DISABLE_EXCEPT_ADVISED).
+	THPDisable int `json:"thp_disable,omitempty"`
+	// OOMScoreAdj is /proc/PID/oom_score_adj.
+	OOMScoreAdj int `json:"oom_score_adj,omitempty"`
 	// MlockAll holds the mlockall(2) flags in effect for areas mapped
 	// from now on: MCL_FUTURE, with MCL_ONFAULT or not; 0 if none.
 	MlockAll int `json:"mlockall,omitempty"`

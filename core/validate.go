@@ -114,6 +114,12 @@ func validateState(p *Process) error {
 		return fmt.Errorf("umask %#o", p.Umask)
 	}
 	// personality(0xffffffff) queries instead of setting.
+	if p.THPDisable != 0 && p.THPDisable != 1 && p.THPDisable != 3 {
+		return fmt.Errorf("THP disable %d (0, 1 or 3)", p.THPDisable)
+	}
+	if p.OOMScoreAdj < -1000 || p.OOMScoreAdj > 1000 {
+		return fmt.Errorf("oom_score_adj %d (-1000 to 1000)", p.OOMScoreAdj)
+	}
 	if p.MlockAll != 0 && p.MlockAll != MclFuture && p.MlockAll != MclFuture|MclOnfault {
 		return fmt.Errorf("mlockall flags %#x (MCL_FUTURE, with MCL_ONFAULT or not)", p.MlockAll)
 	}

@@ -363,3 +363,72 @@ func TestNoReserve(t *testing.T) {
 	}
 	r.WaitTick(t, short, r.LastTick(t)+2)
 }
+
+// TestMemoryAttributes: the transparent huge page switch (PR_SET_THP_DISABLE,
+// with PR_THP_DISABLE_EXCEPT_ADVISED or not) and oom_score_adj come back as
+// they were, not as the restoring process has them (the test process sets
+// its own to other values for the restore: the husk inherits them).
+// Lowering oom_score_adj below the restoring process's takes
+// CAP_SYS_RESOURCE, which the restore has as root outside containers.
+func TestMemoryAttributes(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "memattrs")
+	view := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "thp_enabled=" + fixture.StatusField(t, pid, "THP_enabled") + " oom_score_adj=" + strings.TrimSpace(string(b))
+	}
+	// (Raised values only: lowering one takes CAP_SYS_RESOURCE, which a
+	// test container may not give.)
+	for _, tc := range []struct{ thp, oom string }{{"3", "345"}, {"1", "1000"}, {"0", "0"}} {
+		t.Run(tc.thp+"/"+tc.oom, func(t *testing.T) {
+			p := fixture.Start(t, bin, tc.thp, tc.oom)
+			ready, _ := p.WaitLine(t, short, 0, "ready")
+			if got := field(t, ready, "thp"); got != tc.thp {
+				t.Fatalf("PR_GET_THP_DISABLE %s, want %s", got, tc.thp)
+			}
+			p.WaitTick(t, short, 2)
+			before := view(p.PID)
+			dir, img := dumpKill(t, p, "")
+			if strconv.Itoa(img.Process.THPDisable) != tc.thp {
+				t.Errorf("image: THP disable %d, want %s", img.Process.THPDisable, tc.thp)
+			}
+			r := func() *fixture.Proc {
+				defer restoreOwnAttributes(t, "1", "500")()
+				return restoreOK(t, dir, p.Log)
+			}()
+			if after := view(r.PID); after != before {
+				t.Errorf("before the dump %s, after restore %s", before, after)
+			}
+			r.WaitTick(t, short, r.LastTick(t)+2)
+		})
+	}
+}
+
+// restoreOwnAttributes gives the test process the THP switch thp and the
+// oom_score_adj oom until the function it returns puts back its own.
+func restoreOwnAttributes(t *testing.T, thp, oom string) func() {
+	t.Helper()
+	const adj = "/proc/self/oom_score_adj"
+	old, err := os.ReadFile(adj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldTHP, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := strconv.Atoi(thp)
+	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, uintptr(v&1), uintptr(v&^1), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(adj, []byte(oom), 0); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		unix.Prctl(unix.PR_SET_THP_DISABLE, uintptr(oldTHP&1), uintptr(oldTHP&^1), 0, 0)
+		os.WriteFile(adj, old, 0)
+	}
+}

@@ -108,6 +108,11 @@ func (d *dumper) collectInjected() error {
 		}
 		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
 	}
+	thp, err := d.p.Syscall(lead, "prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+	if err != nil {
+		return err
+	}
+	p.THPDisable = int(thp)
 	for i, th := range d.p.Threads {
 		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -103,10 +104,29 @@ func (r *restorer) restoreState(context.Context) error {
 			r.warn("rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
 		}
 	}
+	if err := r.setMMFlags(); err != nil {
+		return err
+	}
 	if err := r.setMM(); err != nil {
 		return err
 	}
 	return r.setCreds()
+}
+
+// setMMFlags sets the transparent huge page switch and the OOM score
+// adjustment, both set even when they are the defaults: the process is a
+// clone of the husk, which has those of the restoring service.
+func (r *restorer) setMMFlags() error {
+	p := r.proc
+	if _, err := r.sys("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
+		uint64(p.THPDisable&1), uint64(p.THPDisable&^1), 0, 0); err != nil {
+		return fmt.Errorf("THP disable %d: %w", p.THPDisable, err)
+	}
+	path := fmt.Sprintf("/proc/%d/oom_score_adj", r.pid)
+	if err := os.WriteFile(path, []byte(strconv.Itoa(p.OOMScoreAdj)), 0); err != nil {
+		return fmt.Errorf("oom_score_adj %d: %w", p.OOMScoreAdj, err)
+	}
+	return nil
 }
 
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
