@@ -100,6 +100,9 @@ type Process struct {
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
+	// ChildSubreaper is set for a process that made itself a child
+	// subreaper (PR_SET_CHILD_SUBREAPER): orphans below it come to it.
+	ChildSubreaper bool `json:"child_subreaper,omitempty"`
 	// THPDisable is what PR_GET_THP_DISABLE said: 0, 1 (transparent huge
 	// pages off for the process), or 3 (off except where madvised,
 	// PR_THP_DISABLE_EXCEPT_ADVISED).

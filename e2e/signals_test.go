@@ -380,3 +380,28 @@ func TestGroupGone(t *testing.T) {
 		t.Errorf("ended with %#x on SIGTERM", uint32(ws))
 	}
 }
+
+// TestChildSubreaper: a process that made itself a child subreaper is one
+// after restore: a grandchild orphaned after the restore comes to it, not
+// to the restoring service's subreaper.
+func TestChildSubreaper(t *testing.T) {
+	fixture.RequireRoot(t)
+	trigger := filepath.Join(t.TempDir(), "fork")
+	p := fixture.Start(t, fixture.Build(t, "subreaper"), trigger)
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 2)
+	dir, img := dumpKill(t, p, "")
+	if !img.Process.ChildSubreaper {
+		t.Errorf("the image does not say the process is a child subreaper")
+	}
+	r := restoreOK(t, dir, p.Log)
+	n := len(r.Lines(t))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r.WaitLine(t, short, n, "orphan")
+	if want := fmt.Sprintf("orphan ppid=%d", r.PID); got != want {
+		t.Errorf("grandchild orphaned after restore: %q, want %q", got, want)
+	}
+	r.WaitLine(t, short, n, "reaped")
+}

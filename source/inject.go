@@ -113,6 +113,11 @@ func (d *dumper) collectInjected() error {
 		return err
 	}
 	p.THPDisable = int(thp)
+	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, d.scratch)
+	if err != nil {
+		return err
+	}
+	p.ChildSubreaper = le.Uint32(b) != 0
 	for i, th := range d.p.Threads {
 		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
 		if err != nil {

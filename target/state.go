@@ -115,12 +115,18 @@ func (r *restorer) restoreState(context.Context) error {
 
 // setMMFlags sets the transparent huge page switch and the OOM score
 // adjustment, both set even when they are the defaults: the process is a
-// clone of the husk, which has those of the restoring service.
+// clone of the husk, which has those of the restoring service; and makes
+// a child subreaper one again (fork does not pass that on).
 func (r *restorer) setMMFlags() error {
 	p := r.proc
 	if _, err := r.sys("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
 		uint64(p.THPDisable&1), uint64(p.THPDisable&^1), 0, 0); err != nil {
 		return fmt.Errorf("THP disable %d: %w", p.THPDisable, err)
+	}
+	if p.ChildSubreaper {
+		if _, err := r.sys("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+			return err
+		}
 	}
 	path := fmt.Sprintf("/proc/%d/oom_score_adj", r.pid)
 	if err := os.WriteFile(path, []byte(strconv.Itoa(p.OOMScoreAdj)), 0); err != nil {
