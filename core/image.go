@@ -100,6 +100,11 @@ type Process struct {
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
+	// Dumpable is what PR_GET_DUMPABLE said: 1, or 0 for a process made
+	// non-dumpable (its /proc files owned by root, no core dump, no
+	// ptrace by its user), or 2 (suid_dumpable 2); nil in an image made
+	// before it was kept.
+	Dumpable *int `json:"dumpable,omitempty"`
 	// ChildSubreaper is set for a process that made itself a child
 	// subreaper (PR_SET_CHILD_SUBREAPER): orphans below it come to it.
 	ChildSubreaper bool `json:"child_subreaper,omitempty"`

@@ -114,6 +114,9 @@ func validateState(p *Process) error {
 		return fmt.Errorf("umask %#o", p.Umask)
 	}
 	// personality(0xffffffff) queries instead of setting.
+	if d := p.Dumpable; d != nil && (*d < 0 || *d > 2) {
+		return fmt.Errorf("dumpable %d (0, 1 or 2)", *d)
+	}
 	if p.THPDisable != 0 && p.THPDisable != 1 && p.THPDisable != 3 {
 		return fmt.Errorf("THP disable %d (0, 1 or 3)", p.THPDisable)
 	}

@@ -405,3 +405,51 @@ func TestChildSubreaper(t *testing.T) {
 	}
 	r.WaitLine(t, short, n, "reaped")
 }
+
+// TestDumpable: PR_SET_DUMPABLE comes back as it was: a process of another
+// user stays dumpable (the restore's change of credentials would have made
+// it not: its /proc files owned by root, no ptrace by its user, no core
+// dump), and a root process that made itself non-dumpable stays so.
+func TestDumpable(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "dumpable")
+	for _, tc := range []struct {
+		name string
+		cred *syscall.Credential
+		d    string
+	}{
+		{"other user", &syscall.Credential{Uid: 65534, Gid: 65534}, "1"},
+		{"root, not dumpable", nil, "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cwd, err := os.MkdirTemp("", "migrate-cwd-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(cwd) })
+			if err := os.Chmod(cwd, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			p := fixture.StartWith(t, fixture.Options{Dir: cwd, Credential: tc.cred}, bin, tc.d)
+			p.WaitLine(t, short, 0, "ready")
+			owner := func(pid int) uint32 {
+				var st unix.Stat_t
+				if err := unix.Stat(fmt.Sprintf("/proc/%d/environ", pid), &st); err != nil {
+					t.Fatal(err)
+				}
+				return st.Uid
+			}
+			before := owner(p.PID)
+			dir, _ := dumpKill(t, p, "")
+			r := restoreOK(t, dir, p.Log)
+			if after := owner(r.PID); after != before {
+				t.Errorf("/proc/PID/environ owned by %d before the dump, %d after restore", before, after)
+			}
+			n := len(r.Lines(t))
+			r.Signal(t, unix.SIGUSR1)
+			if got, _ := r.WaitLine(t, short, n, "dumpable"); got != "dumpable="+tc.d {
+				t.Errorf("after restore: %q, want dumpable=%s", got, tc.d)
+			}
+		})
+	}
+}

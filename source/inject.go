@@ -113,6 +113,12 @@ func (d *dumper) collectInjected() error {
 		return err
 	}
 	p.THPDisable = int(thp)
+	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	if err != nil {
+		return err
+	}
+	dm := int(dumpable)
+	p.Dumpable = &dm
 	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, d.scratch)
 	if err != nil {
 		return err

@@ -303,6 +303,15 @@ func (r *restorer) restoreThreads(context.Context) error {
 			}
 		}
 	}
+	// Dumpable after the credentials: a change of them made the process
+	// non-dumpable (fs.suid_dumpable), so a restored process of another
+	// user had its /proc files owned by root and could not be traced or
+	// dump core. prctl sets only 0 and 1; 2 is what the credentials left.
+	if d := p.Dumpable; d != nil && (*d == 0 || *d == 1) {
+		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*d)); err != nil {
+			return fmt.Errorf("dumpable %d: %w", *d, err)
+		}
+	}
 	if err := r.restoreTimers(); err != nil {
 		return err
 	}
