@@ -100,20 +100,6 @@ type Process struct {
 
 	MM   MM    `json:"mm"`
 	VMAs []VMA `json:"vmas"`
-	// Dumpable is what PR_GET_DUMPABLE said: 1, or 0 for a process made
-	// non-dumpable (its /proc files owned by root, no core dump, no
-	// ptrace by its user), or 2 (suid_dumpable 2); nil in an image made
-	// before it was kept.
-	Dumpable *int `json:"dumpable,omitempty"`
-	// ChildSubreaper is set for a process that made itself a child
-	// subreaper (PR_SET_CHILD_SUBREAPER): orphans below it come to it.
-	ChildSubreaper bool `json:"child_subreaper,omitempty"`
-	// THPDisable is what PR_GET_THP_DISABLE said: 0, 1 (transparent huge
-	// pages off for the process), or 3 (off except where madvised,
-	// PR_THP_DISABLE_EXCEPT_ADVISED).
-	THPDisable int `json:"thp_disable,omitempty"`
-	// OOMScoreAdj is /proc/PID/oom_score_adj.
-	OOMScoreAdj int `json:"oom_score_adj,omitempty"`
 	// MlockAll holds the mlockall(2) flags in effect for areas mapped
 	// from now on: MCL_FUTURE, with MCL_ONFAULT or not; 0 if none.
 	MlockAll int `json:"mlockall,omitempty"`
@@ -270,10 +256,6 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
-	// PdeathSig is the signal the thread gets when its parent dies
-	// (PR_SET_PDEATHSIG), 0 if none. After a restore the parent of the
-	// root is the restoring service's subreaper (or init).
-	PdeathSig int `json:"pdeath_signal,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`

@@ -114,15 +114,6 @@ func validateState(p *Process) error {
 		return fmt.Errorf("umask %#o", p.Umask)
 	}
 	// personality(0xffffffff) queries instead of setting.
-	if d := p.Dumpable; d != nil && (*d < 0 || *d > 2) {
-		return fmt.Errorf("dumpable %d (0, 1 or 2)", *d)
-	}
-	if p.THPDisable != 0 && p.THPDisable != 1 && p.THPDisable != 3 {
-		return fmt.Errorf("THP disable %d (0, 1 or 3)", p.THPDisable)
-	}
-	if p.OOMScoreAdj < -1000 || p.OOMScoreAdj > 1000 {
-		return fmt.Errorf("oom_score_adj %d (-1000 to 1000)", p.OOMScoreAdj)
-	}
 	if p.MlockAll != 0 && p.MlockAll != MclFuture && p.MlockAll != MclFuture|MclOnfault {
 		return fmt.Errorf("mlockall flags %#x (MCL_FUTURE, with MCL_ONFAULT or not)", p.MlockAll)
 	}
@@ -212,9 +203,6 @@ func validateState(p *Process) error {
 		case "", "restart", "eintr":
 		default:
 			return fmt.Errorf("thread %d: restart %q", t.TID, t.Restart)
-		}
-		if t.PdeathSig < 0 || t.PdeathSig > 64 {
-			return fmt.Errorf("thread %d: parent-death signal %d", t.TID, t.PdeathSig)
 		}
 		// set_robust_list takes only sizeof(struct robust_list_head).
 		if t.RobustList != 0 && t.RobustLen != 24 {

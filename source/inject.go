@@ -108,22 +108,6 @@ func (d *dumper) collectInjected() error {
 		}
 		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
 	}
-	thp, err := d.p.Syscall(lead, "prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE, 0, 0, 0, 0)
-	if err != nil {
-		return err
-	}
-	p.THPDisable = int(thp)
-	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
-	if err != nil {
-		return err
-	}
-	dm := int(dumpable)
-	p.Dumpable = &dm
-	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, d.scratch)
-	if err != nil {
-		return err
-	}
-	p.ChildSubreaper = le.Uint32(b) != 0
 	for i, th := range d.p.Threads {
 		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
 		if err != nil {
@@ -135,11 +119,6 @@ func (d *dumper) collectInjected() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].ClearTID = le.Uint64(b)
-		_, b, err = d.call(th, "prctl(PR_GET_PDEATHSIG)", 4, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, d.scratch)
-		if err != nil {
-			return fmt.Errorf("thread %d: %w", th.TID, err)
-		}
-		p.Threads[i].PdeathSig = int(int32(le.Uint32(b)))
 	}
 	p.Itimers = nil
 	for which := 0; which < 3; which++ {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"unsafe"
 
@@ -43,11 +42,6 @@ func (d *dumper) collectTask() error {
 	}
 	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
 		return fmt.Errorf("process %d: root: %w", d.pid, err)
-	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", d.pid)); err != nil {
-		return fmt.Errorf("process %d: oom_score_adj: %w", d.pid, err)
-	} else if p.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return fmt.Errorf("process %d: oom_score_adj %q: %w", d.pid, b, err)
 	}
 	exe, err := fileRef(fmt.Sprintf("/proc/%d/exe", d.pid))
 	if err != nil {

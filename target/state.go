@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -104,35 +103,10 @@ func (r *restorer) restoreState(context.Context) error {
 			r.warn("rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
 		}
 	}
-	if err := r.setMMFlags(); err != nil {
-		return err
-	}
 	if err := r.setMM(); err != nil {
 		return err
 	}
 	return r.setCreds()
-}
-
-// setMMFlags sets the transparent huge page switch and the OOM score
-// adjustment, both set even when they are the defaults: the process is a
-// clone of the husk, which has those of the restoring service; and makes
-// a child subreaper one again (fork does not pass that on).
-func (r *restorer) setMMFlags() error {
-	p := r.proc
-	if _, err := r.sys("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
-		uint64(p.THPDisable&1), uint64(p.THPDisable&^1), 0, 0); err != nil {
-		return fmt.Errorf("THP disable %d: %w", p.THPDisable, err)
-	}
-	if p.ChildSubreaper {
-		if _, err := r.sys("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
-			return err
-		}
-	}
-	path := fmt.Sprintf("/proc/%d/oom_score_adj", r.pid)
-	if err := os.WriteFile(path, []byte(strconv.Itoa(p.OOMScoreAdj)), 0); err != nil {
-		return fmt.Errorf("oom_score_adj %d: %w", p.OOMScoreAdj, err)
-	}
-	return nil
 }
 
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
@@ -294,22 +268,6 @@ func (r *restorer) restoreThreads(context.Context) error {
 		}
 		if err := r.p.SetSigmask(th, t.SigMask); err != nil {
 			return fmt.Errorf("thread %d: signal mask: %w", t.TID, err)
-		}
-		// After the credentials (a change of them clears it) and after
-		// the husk's death (which would have sent it).
-		if t.PdeathSig != 0 {
-			if err := call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.PdeathSig)); err != nil {
-				return err
-			}
-		}
-	}
-	// Dumpable after the credentials: a change of them made the process
-	// non-dumpable (fs.suid_dumpable), so a restored process of another
-	// user had its /proc files owned by root and could not be traced or
-	// dump core. prctl sets only 0 and 1; 2 is what the credentials left.
-	if d := p.Dumpable; d != nil && (*d == 0 || *d == 1) {
-		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*d)); err != nil {
-			return fmt.Errorf("dumpable %d: %w", *d, err)
 		}
 	}
 	if err := r.restoreTimers(); err != nil {
