@@ -12,8 +12,10 @@ import (
 )
 
 // ImageVersion is the version of the image metadata written by this build.
-// A reader refuses any other version.
-const ImageVersion = 1
+// A reader refuses any other version. Version 2 added the owners of files
+// (FileRef.UID, GID): a version 1 image lacks them, and restoring one
+// would make its recreated files root's.
+const ImageVersion = 2
 
 // Names of the files in an image directory.
 const (
@@ -114,8 +116,12 @@ type FileRef struct {
 	Size  int64  `json:"size"`
 	Mtime int64  `json:"mtime_ns"`
 	Mode  uint32 `json:"mode"`
-	Dev   uint64 `json:"dev,omitempty"`
-	Ino   uint64 `json:"ino,omitempty"`
+	// UID and GID own the file. A file the restore recreates (deleted
+	// file, memfd) gets them back, and its set-id bits only with them.
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
 	// Deleted is true when the file was unlinked while open; its contents
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`

@@ -111,7 +111,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
 		ref := func() *core.FileRef {
-			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
+			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Dev: st.Dev, Ino: st.Ino}
 			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
 				r.Path, r.Deleted = s, true
 			}

@@ -145,6 +145,8 @@ func fileRef(link string) (*core.FileRef, error) {
 		Size:  st.Size,
 		Mtime: st.Mtim.Nano(),
 		Mode:  st.Mode,
+		UID:   st.Uid,
+		GID:   st.Gid,
 		Dev:   st.Dev,
 		Ino:   st.Ino,
 	}
