@@ -7,14 +7,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"time"
 )
 
 // ImageVersion is the version of the image metadata written by this build.
 // A reader refuses any other version. Version 2 added the owners of files
-// (FileRef.UID, GID): a version 1 image lacks them, and restoring one
-// would make its recreated files root's.
+// (FileRef.UID, GID) and the securebits, no_new_privs and per-thread
+// credentials: a version 1 image lacks them, and restoring one would make
+// its recreated files root's and lose the process's privilege limits.
 const ImageVersion = 2
 
 // Names of the files in an image directory.
@@ -140,6 +142,28 @@ type Creds struct {
 	CapEff uint64    `json:"cap_eff"`
 	CapBnd uint64    `json:"cap_bnd"`
 	CapAmb uint64    `json:"cap_amb"`
+	// Securebits are the SECBIT_* flags (prctl PR_GET_SECUREBITS).
+	Securebits uint32 `json:"securebits,omitempty"`
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+}
+
+// MaxGroups is the most supplementary groups a process can have
+// (NGROUPS_MAX).
+const MaxGroups = 65536
+
+// Equal tells whether c and o are the same credentials.
+func (c *Creds) Equal(o *Creds) bool {
+	if len(c.Groups) != len(o.Groups) {
+		return false
+	}
+	for i := range c.Groups {
+		if c.Groups[i] != o.Groups[i] {
+			return false
+		}
+	}
+	a, b := *c, *o
+	a.Groups, b.Groups = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Rlimit is one resource limit.
@@ -234,6 +258,10 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Creds are the thread's credentials when they differ from the
+	// process's (Process.Creds, the leader's): credentials are per thread
+	// in Linux, and a raw setuid or capset changes only the caller's.
+	Creds *Creds `json:"creds,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
@@ -459,6 +487,14 @@ func validateProcess(p *Process) error {
 		}
 		if len(t.Xstate) > 1<<16 {
 			return fmt.Errorf("thread %d: xstate of %d bytes", t.TID, len(t.Xstate))
+		}
+	}
+	if len(p.Creds.Groups) > MaxGroups {
+		return fmt.Errorf("%d supplementary groups, at most %d", len(p.Creds.Groups), MaxGroups)
+	}
+	for _, t := range p.Threads {
+		if t.Creds != nil && len(t.Creds.Groups) > MaxGroups {
+			return fmt.Errorf("thread %d: %d supplementary groups, at most %d", t.TID, len(t.Creds.Groups), MaxGroups)
 		}
 	}
 	if p.Threads[0].TID != p.PID {

@@ -69,6 +69,95 @@ func TestRecreatedFileOwner(t *testing.T) {
 	r.WaitTick(t, short, r.LastTick(t)+2)
 }
 
+// TestCredsRestored: a process that dropped from root to a user and group
+// with two groups, kept a few capabilities (permitted, effective,
+// inheritable, ambient), cut its bounding set, set securebits and
+// no_new_privs, and started a thread that dropped capabilities of its own
+// (raw capset: that thread only), comes back with all of it, in each
+// thread, as the threads see it themselves and as /proc shows it. Its
+// thread is created again although the process runs as that user (the
+// credentials come after the threads).
+func TestCredsRestored(t *testing.T) {
+	fixture.RequireRoot(t)
+	bin := fixture.Build(t, "privs")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"one thread", []string{"drop", "4321", "4322", "single"}},
+		{"two threads", []string{"drop", "4321", "4322"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkCredsRestored(t, bin, tc.args, len(tc.args) == 3)
+		})
+	}
+}
+
+func checkCredsRestored(t *testing.T, bin string, args []string, threaded bool) {
+	dir := publicDir(t)
+	p := fixture.StartWith(t, fixture.Options{Dir: dir}, bin, args...)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	tid := field(t, ready, "tid")
+	main0, _ := p.WaitLine(t, short, 0, "self who=main")
+	var thread0 string
+	if threaded {
+		thread0, _ = p.WaitLine(t, short, 0, "self who=thread")
+		if field(t, main0, "CapPrm") == field(t, thread0, "CapPrm") {
+			t.Fatalf("the workload's thread did not drop its own capabilities:\n%s\n%s", main0, thread0)
+		}
+	}
+	fields := []string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"}
+	view := func(pid int, tid string) map[string]string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ":")
+			m[k] = strings.TrimSpace(v)
+		}
+		out := map[string]string{}
+		for _, f := range fields {
+			out[f] = m[f]
+		}
+		return out
+	}
+	pid := fmt.Sprint(p.PID)
+	tids := map[string]string{"main": pid}
+	if threaded {
+		tids["thread"] = tid
+	}
+	before := map[string]map[string]string{}
+	for who, tid := range tids {
+		before[who] = view(p.PID, tid)
+	}
+	p.WaitTick(t, short, 2)
+
+	imgDir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, imgDir, p.Log)
+	for who, tid := range tids {
+		after := view(r.PID, tid)
+		for _, f := range fields {
+			if after[f] != before[who][f] {
+				t.Errorf("%s thread: %s %q before the dump, %q after restore", who, f, before[who][f], after[f])
+			}
+		}
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	main1, _ := r.WaitLine(t, short, n, "self who=main")
+	if main1 != main0 {
+		t.Errorf("main thread sees\n%s\nafter restore, saw\n%s\nbefore", main1, main0)
+	}
+	if threaded {
+		thread1, _ := r.WaitLine(t, short, n, "self who=thread")
+		if thread1 != thread0 {
+			t.Errorf("second thread sees\n%s\nafter restore, saw\n%s\nbefore", thread1, thread0)
+		}
+	}
+}
+
 // publicDir is a temporary directory every user can enter (t.TempDir's
 // parent is 0700).
 func publicDir(t *testing.T) string {
