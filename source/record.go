@@ -2,14 +2,19 @@ package source
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"migrate/core/proc"
+	"migrate/transport"
 )
 
 // A migrate killed in the middle of a migration (SIGKILL, a crash, the
@@ -127,4 +132,73 @@ func WarnStale(log *slog.Logger) {
 			r.Owner, r.PID, r.Target, r.Target, r.Session, r.PID),
 			"pid", r.PID, "session", r.Session, "target", r.Target, "frozen", r.Frozen)
 	}
+}
+
+// NotRecordedError is why `migrate recover` refuses to act on a process:
+// no record of a migration names it, or the process with that PID is not
+// the one the record names.
+type NotRecordedError struct {
+	PID     int
+	Session string
+	Reason  string
+}
+
+func (e *NotRecordedError) Error() string {
+	return fmt.Sprintf("refusing to settle process %d for session %s: %s", e.PID, e.Session, e.Reason)
+}
+
+// recordedProcess returns the record of the migration of pid in session,
+// and fails with a *NotRecordedError unless it exists and pid is still the
+// process it names (same start time: a PID can be reused).
+func recordedProcess(pid int, session string) (*Record, error) {
+	refuse := func(format string, args ...any) (*Record, error) {
+		return nil, &NotRecordedError{PID: pid, Session: session, Reason: fmt.Sprintf(format, args...)}
+	}
+	if !transport.ValidSessionID(session) {
+		return refuse("not a session ID")
+	}
+	path := recordPath(pid, session)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return refuse("no migration of it in that session is recorded (%s): recover acts only on a process a migration left stopped", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("record of the migration: %w", err)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return refuse("its record %s is unreadable: %v", path, err)
+	}
+	if r.PID != pid || r.Session != session {
+		return refuse("its record %s names process %d in session %s", path, r.PID, r.Session)
+	}
+	st, err := proc.ReadStat(pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return refuse("no such process")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	if st.StartTime != r.PIDStart {
+		return refuse("it started at tick %d, the migrated process at tick %d: another process has its PID now", st.StartTime, r.PIDStart)
+	}
+	return &r, nil
+}
+
+// signalRecorded sends sig to the process r names, through a pidfd opened
+// after checking, once more, that the PID still names that process (the
+// pidfd then holds on to it: the signal cannot reach a successor).
+func signalRecorded(r *Record, sig unix.Signal) error {
+	fd, err := unix.PidfdOpen(r.PID, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", r.PID, err)
+	}
+	defer unix.Close(fd)
+	if !running(r.PID, r.PIDStart) {
+		return &NotRecordedError{PID: r.PID, Session: r.Session, Reason: "the migrated process is gone, and its PID names another"}
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+		return fmt.Errorf("signal %v to %d: %w", sig, r.PID, err)
+	}
+	return nil
 }

@@ -1,0 +1,140 @@
+package source
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/e2e/fixture"
+	"migrate/transport"
+)
+
+// fakeOutcomeTarget listens on loopback and answers every status query
+// with outcome. It counts the queries.
+func fakeOutcomeTarget(t *testing.T, outcome transport.Outcome) (string, *atomic.Int32) {
+	t.Helper()
+	l, err := transport.Listen("127.0.0.1:0", transport.Config{Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); l.Close(); <-done })
+	var queries atomic.Int32
+	go func() {
+		defer close(done)
+		for {
+			s, err := l.Accept(ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				defer s.Close()
+				_, c, err := s.AcceptStream(ctx)
+				if err != nil {
+					return
+				}
+				k := transport.NewControl(c)
+				defer k.Close()
+				m, err := k.Recv(ctx)
+				if q, ok := m.(*transport.StatusQuery); err == nil && ok {
+					queries.Add(1)
+					k.Send(&transport.StatusReply{SessionID: q.SessionID, Outcome: outcome})
+				}
+			}()
+		}
+	}()
+	return l.Addr().String(), &queries
+}
+
+// TestRecoverOnlyRecorded: `migrate recover --session S PID`, with a
+// target that says the session's process runs there (so the original is
+// to be killed), kills PID only if a record of a migration in session S
+// names it with its start time. An unrelated process (no record, or a
+// record of an older process with its PID) survives, and the target is
+// not even asked.
+func TestRecoverOnlyRecorded(t *testing.T) {
+	fixture.RequireRoot(t)
+	old := RecordDir
+	RecordDir = t.TempDir()
+	t.Cleanup(func() { RecordDir = old })
+	addr, queries := fakeOutcomeTarget(t, transport.OutcomeResumed)
+	session := transport.NewSessionID()
+	recover := func(pid int) error {
+		_, err := Recover(context.Background(), addr, session, pid, transport.Config{Insecure: true}, fixtureLogger(t))
+		return err
+	}
+	alive := func(p *fixture.Proc) bool {
+		st, err := fixture.State(p.PID)
+		return err == nil && st != 'Z' && st != 'X'
+	}
+
+	for _, tc := range []struct {
+		name   string
+		record func(t *testing.T, pid int)
+	}{
+		{"no record", func(*testing.T, int) {}},
+		{"record of an older process with that PID", func(t *testing.T, pid int) {
+			path, err := writeRecord(pid, session, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(path)
+			var r Record
+			json.Unmarshal(b, &r)
+			r.PIDStart--
+			b, _ = json.Marshal(r)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"record of another session", func(t *testing.T, pid int) {
+			if _, err := writeRecord(pid, transport.NewSessionID(), addr); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := fixture.Start(t, "/bin/sleep", "1000")
+			tc.record(t, p.PID)
+			err := recover(p.PID)
+			var nr *NotRecordedError
+			if !errors.As(err, &nr) || nr.PID != p.PID {
+				t.Errorf("recover of an unrelated process %d: %v, want a *NotRecordedError", p.PID, err)
+			} else {
+				t.Logf("refused: %v", err)
+			}
+			if !alive(p) {
+				t.Errorf("the unrelated process %d was killed", p.PID)
+			}
+			if n := queries.Load(); n != 0 {
+				t.Errorf("the target was asked %d times before the process was checked", n)
+			}
+		})
+	}
+	// Bad session IDs are no path to another file.
+	p := fixture.Start(t, "/bin/sleep", "1000")
+	var nr *NotRecordedError
+	if _, err := Recover(context.Background(), addr, "../x", p.PID, transport.Config{Insecure: true}, fixtureLogger(t)); !errors.As(err, &nr) {
+		t.Errorf("recover with session ../x: %v, want a *NotRecordedError", err)
+	}
+
+	// The process the record names is killed, as the target runs it.
+	if _, err := writeRecord(p.PID, session, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := recover(p.PID); err != nil {
+		t.Fatalf("recover of the recorded process: %v", err)
+	}
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the recorded process ended with %v, want killed", ws)
+	}
+	if _, err := os.Stat(recordPath(p.PID, session)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the record is still there after recover: %v", err)
+	}
+}
