@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -171,4 +172,63 @@ func publicDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// TestMigrateNotPermitted: migrate run by user nobody on a process of root
+// refuses it (exit status 3) without touching it, for a dump and for a
+// migration; a set-user-ID root copy of migrate run by nobody refuses to
+// run at all, where it used to dump (and kill) root's process.
+func TestMigrateNotPermitted(t *testing.T) {
+	fixture.RequireRoot(t)
+	const exitDenied = 3 // cmd/migrate
+	dir := publicDir(t)
+	plain := fixture.CopyBinary(t, buildMigrate(t), dir)
+	setuid := filepath.Join(dir, "migrate-setuid")
+	data, err := os.ReadFile(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(setuid, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(setuid, 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	// Where nobody could write an image.
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(out, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	victim := fixture.Start(t, "/bin/sleep", "1000")
+	pid := fmt.Sprint(victim.PID)
+	for _, tc := range []struct {
+		name string
+		bin  string
+		args []string
+	}{
+		{"dump", plain, []string{"dump", "--dir", filepath.Join(out, "a"), pid}},
+		{"migrate", plain, []string{"--to", "127.0.0.1:1", "--insecure", pid}},
+		{"set-user-ID dump", setuid, []string{"dump", "--dir", filepath.Join(out, "b"), pid}},
+		{"set-user-ID version", setuid, []string{"version"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(tc.bin, tc.args...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			got, err := cmd.CombinedOutput()
+			t.Logf("migrate %s as nobody: %v\n%s", strings.Join(tc.args, " "), err, got)
+			if code := cmd.ProcessState.ExitCode(); code != exitDenied {
+				t.Errorf("exit status %d, want %d (not permitted)", code, exitDenied)
+			}
+			st, err := fixture.State(victim.PID)
+			if err != nil || st != 'S' {
+				t.Fatalf("root's process after the refusal: state %c, %v; want it sleeping, untouched", st, err)
+			}
+			if tr := fixture.StatusField(t, victim.PID, "TracerPid"); tr != "0" {
+				t.Errorf("root's process is traced by %s", tr)
+			}
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"migrate/core/proc"
 	"migrate/e2e/fixture"
 	"migrate/transport"
 )
@@ -136,5 +137,46 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 	}
 	if _, err := os.Stat(recordPath(p.PID, session)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the record is still there after recover: %v", err)
+	}
+}
+
+// TestCheckAccess: a process is refused, with an *AccessError, to a caller
+// whose real ids differ from its real, effective and saved ids, or when it
+// is not dumpable, unless the caller has CAP_SYS_PTRACE.
+func TestCheckAccess(t *testing.T) {
+	fixture.RequireRoot(t)
+	rootProc := fixture.Start(t, "/bin/sleep", "1000")
+	// privs drop: started as root, then dropped to 65534: not dumpable.
+	dropped := fixture.Start(t, fixture.Build(t, "privs"), "drop", "65534", "65534", "single")
+	dropped.WaitLine(t, short, 0, "ready")
+	nobody := caller{UID: 65534, GID: 65534}
+	for _, tc := range []struct {
+		name string
+		p    *fixture.Proc
+		c    caller
+		ok   bool
+	}{
+		{"root's process, root", rootProc, caller{}, true},
+		{"root's process, nobody", rootProc, nobody, false},
+		{"root's process, nobody with CAP_SYS_PTRACE", rootProc, caller{UID: 65534, GID: 65534, SysPtrace: true}, true},
+		{"nobody's process, not dumpable, nobody", dropped, nobody, false},
+		{"nobody's process, other group", dropped, caller{UID: 65534, GID: 1}, false},
+		{"nobody's process, root", dropped, caller{}, false},
+		{"nobody's process, root with CAP_SYS_PTRACE", dropped, caller{SysPtrace: true}, true},
+	} {
+		status, err := proc.ReadStatus(tc.p.PID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkAccess(tc.p.PID, status, tc.c)
+		var ae *AccessError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%s: %v, want allowed", tc.name, err)
+		case !tc.ok && !errors.As(err, &ae):
+			t.Errorf("%s: %v, want an *AccessError", tc.name, err)
+		case !tc.ok:
+			t.Logf("%s: %v", tc.name, err)
+		}
 	}
 }
