@@ -38,6 +38,9 @@ type session struct {
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
+	// afterBind, set by tests, runs after a unix socket is bound to a
+	// path.
+	afterBind func(path string)
 }
 
 // restorer holds the state of the restore of one process of the tree.
