@@ -14,9 +14,10 @@ import (
 
 // ImageVersion is the version of the image metadata written by this build.
 // A reader refuses any other version. Version 2 added the owners of files
-// (FileRef.UID, GID) and the securebits, no_new_privs and per-thread
-// credentials: a version 1 image lacks them, and restoring one would make
-// its recreated files root's and lose the process's privilege limits.
+// (FileRef.UID, GID), the securebits, no_new_privs and per-thread
+// credentials, and Dumpable: a version 1 image lacks them, and restoring
+// one would make its recreated files root's and lose the process's
+// privilege limits.
 const ImageVersion = 2
 
 // Names of the files in an image directory.
@@ -81,10 +82,14 @@ type Process struct {
 	Root    string   `json:"root"`
 	Umask   uint32   `json:"umask"`
 
-	Personality uint64   `json:"personality"`
-	Creds       Creds    `json:"creds"`
-	Rlimits     []Rlimit `json:"rlimits"`
-	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Personality uint64 `json:"personality"`
+	Creds       Creds  `json:"creds"`
+	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
+	// trace it and its /proc files are the user's, 0 (or 2) if changing
+	// credentials made it not dumpable.
+	Dumpable int      `json:"dumpable"`
+	Rlimits  []Rlimit `json:"rlimits"`
+	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,7 +76,8 @@ func TestRecreatedFileOwner(t *testing.T) {
 // inheritable, ambient), cut its bounding set, set securebits and
 // no_new_privs, and started a thread that dropped capabilities of its own
 // (raw capset: that thread only), comes back with all of it, in each
-// thread, as the threads see it themselves and as /proc shows it. Its
+// thread, as the threads see it themselves and as /proc shows it; one
+// that made itself dumpable again after the drop stays dumpable. Its
 // thread is created again although the process runs as that user (the
 // credentials come after the threads).
 func TestCredsRestored(t *testing.T) {
@@ -87,9 +89,10 @@ func TestCredsRestored(t *testing.T) {
 	}{
 		{"one thread", []string{"drop", "4321", "4322", "single"}},
 		{"two threads", []string{"drop", "4321", "4322"}},
+		{"dumpable again", []string{"drop", "4321", "4322", "single", "dumpable"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkCredsRestored(t, bin, tc.args, len(tc.args) == 3)
+			checkCredsRestored(t, bin, tc.args, !slices.Contains(tc.args, "single"))
 		})
 	}
 }

@@ -122,6 +122,11 @@ func (d *dumper) collectInjected() error {
 	if err := d.collectTimers(); err != nil {
 		return err
 	}
+	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	if err != nil {
+		return err
+	}
+	p.Dumpable = int(dumpable)
 	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
 	if err != nil {
 		return err

@@ -44,6 +44,7 @@ func (r *restorer) restoreCreds() error {
 	if err != nil {
 		return err
 	}
+	changed := false
 	for i, t := range r.proc.Threads {
 		th := r.p.Threads[i]
 		want := &r.proc.Creds
@@ -56,8 +57,18 @@ func (r *restorer) restoreCreds() error {
 		}
 		cur := credsOfStatus(st)
 		cur.Securebits = uint32(own)
+		if !cur.Equal(want) {
+			changed = true
+		}
 		if err := r.setCreds(th, cur, want, last); err != nil {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
+	}
+	// Changing the ids made the process not dumpable (fs.suid_dumpable);
+	// the husk was. PR_SET_DUMPABLE takes 0 and 1 only.
+	if d := r.proc.Dumpable; (d == 0 || d == 1) && (changed || d == 0) {
+		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(d)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -2,7 +2,7 @@
  *
  *   privs id
  *   privs hold PATH
- *   privs drop UID GID [single]
+ *   privs drop UID GID [single] [dumpable]
  *
  * id    prints "id euid=U egid=G" and exits 0.
  * hold  opens PATH read-only and maps it, reports "ready fd=N", then
@@ -14,7 +14,8 @@
  *       NOROOT|NOROOT_LOCKED|KEEP_CAPS_LOCKED and no_new_privs; then starts
  *       a thread, which drops CAP_CHOWN from its own permitted set and
  *       CAP_NET_BIND_SERVICE from its effective set (raw capset: that
- *       thread only). With "single", no thread (tid=0).
+ *       thread only). With "single", no thread (tid=0); with "dumpable",
+ *       PR_SET_DUMPABLE 1 after the drop (which made it not dumpable).
  *       Lines: "ready pid=P tid=T" (T: the thread), then on start and on
  *       each SIGUSR1 one "self who=main|thread ..." line per thread with
  *       its own /proc/thread-self/status fields and securebits, and
@@ -50,7 +51,8 @@ static void report(const char *who)
 	if (n <= 0)
 		die("read status");
 	buf[n] = 0;
-	int o = snprintf(out, sizeof out, "self who=%s securebits=%#x", who, (unsigned)prctl(PR_GET_SECUREBITS));
+	int o = snprintf(out, sizeof out, "self who=%s securebits=%#x dumpable=%d", who, (unsigned)prctl(PR_GET_SECUREBITS),
+			 prctl(PR_GET_DUMPABLE));
 	static const char *keys[] = {"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"};
 	for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
 		size_t kl = strlen(keys[k]);
@@ -93,7 +95,7 @@ static void *thread_main(void *arg)
 	return NULL;
 }
 
-static __attribute__((noreturn)) void drop(uid_t uid, gid_t gid, int single)
+static __attribute__((noreturn)) void drop(uid_t uid, gid_t gid, int single, int dumpable)
 {
 	const uint64_t bind = 1ULL << CAP_NET_BIND_SERVICE, chown = 1ULL << CAP_CHOWN, raw = 1ULL << CAP_NET_RAW;
 	if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0))
@@ -129,6 +131,8 @@ static __attribute__((noreturn)) void drop(uid_t uid, gid_t gid, int single)
 		die("ambient");
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 		die("no_new_privs");
+	if (dumpable && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0))
+		die("dumpable");
 	signal(SIGUSR1, on_usr1);
 	pthread_t th;
 	if (!single && pthread_create(&th, NULL, thread_main, NULL))
@@ -168,7 +172,17 @@ int main(int argc, char **argv)
 			msleep(20);
 		}
 	}
-	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "drop"))
-		drop((uid_t)atoi(argv[2]), (gid_t)atoi(argv[3]), argc == 5 && !strcmp(argv[4], "single"));
+	if (argc >= 4 && !strcmp(argv[1], "drop")) {
+		int single = 0, dumpable = 0;
+		for (int i = 4; i < argc; i++) {
+			if (!strcmp(argv[i], "single"))
+				single = 1;
+			else if (!strcmp(argv[i], "dumpable"))
+				dumpable = 1;
+			else
+				return 2;
+		}
+		drop((uid_t)atoi(argv[2]), (gid_t)atoi(argv[3]), single, dumpable);
+	}
 	return 2;
 }
