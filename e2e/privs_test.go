@@ -77,7 +77,8 @@ func TestRecreatedFileOwner(t *testing.T) {
 // no_new_privs, and started a thread that dropped capabilities of its own
 // (raw capset: that thread only), comes back with all of it, in each
 // thread, as the threads see it themselves and as /proc shows it; one
-// that made itself dumpable again after the drop stays dumpable. Its
+// that made itself dumpable again after the drop stays dumpable, and one
+// of root that made itself not dumpable stays so. Its
 // thread is created again although the process runs as that user (the
 // credentials come after the threads).
 func TestCredsRestored(t *testing.T) {
@@ -90,6 +91,7 @@ func TestCredsRestored(t *testing.T) {
 		{"one thread", []string{"drop", "4321", "4322", "single"}},
 		{"two threads", []string{"drop", "4321", "4322"}},
 		{"dumpable again", []string{"drop", "4321", "4322", "single", "dumpable"}},
+		{"root, not dumpable", []string{"drop", "0", "0", "single", "undumpable"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkCredsRestored(t, bin, tc.args, !slices.Contains(tc.args, "single"))

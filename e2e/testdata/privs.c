@@ -2,7 +2,7 @@
  *
  *   privs id
  *   privs hold PATH
- *   privs drop UID GID [single] [dumpable]
+ *   privs drop UID GID [single] [dumpable|undumpable]
  *
  * id    prints "id euid=U egid=G" and exits 0.
  * hold  opens PATH read-only and maps it, reports "ready fd=N", then
@@ -15,7 +15,8 @@
  *       a thread, which drops CAP_CHOWN from its own permitted set and
  *       CAP_NET_BIND_SERVICE from its effective set (raw capset: that
  *       thread only). With "single", no thread (tid=0); with "dumpable",
- *       PR_SET_DUMPABLE 1 after the drop (which made it not dumpable).
+ *       PR_SET_DUMPABLE 1 after the drop (which made it not dumpable), with
+ *       "undumpable" PR_SET_DUMPABLE 0.
  *       Lines: "ready pid=P tid=T" (T: the thread), then on start and on
  *       each SIGUSR1 one "self who=main|thread ..." line per thread with
  *       its own /proc/thread-self/status fields and securebits, and
@@ -131,7 +132,7 @@ static __attribute__((noreturn)) void drop(uid_t uid, gid_t gid, int single, int
 		die("ambient");
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 		die("no_new_privs");
-	if (dumpable && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0))
+	if (dumpable >= 0 && prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0))
 		die("dumpable");
 	signal(SIGUSR1, on_usr1);
 	pthread_t th;
@@ -173,12 +174,14 @@ int main(int argc, char **argv)
 		}
 	}
 	if (argc >= 4 && !strcmp(argv[1], "drop")) {
-		int single = 0, dumpable = 0;
+		int single = 0, dumpable = -1;
 		for (int i = 4; i < argc; i++) {
 			if (!strcmp(argv[i], "single"))
 				single = 1;
 			else if (!strcmp(argv[i], "dumpable"))
 				dumpable = 1;
+			else if (!strcmp(argv[i], "undumpable"))
+				dumpable = 0;
 			else
 				return 2;
 		}
