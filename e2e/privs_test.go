@@ -6,12 +6,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"migrate/core"
 	"migrate/e2e/fixture"
 )
 
@@ -235,5 +237,54 @@ func TestMigrateNotPermitted(t *testing.T) {
 				t.Errorf("root's process is traced by %s", tr)
 			}
 		})
+	}
+}
+
+// TestCredsBeyondRestorer: an image whose process had a capability the
+// restorer lacks (edited in: root here has no CAP_SYS_RESOURCE) is
+// restored with the rest of its credentials, and the report warns.
+func TestCredsBeyondRestorer(t *testing.T) {
+	fixture.RequireRoot(t)
+	bnd, err := strconv.ParseUint(fixture.StatusField(t, os.Getpid(), "CapBnd"), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := -1
+	for c := 0; c <= last; c++ {
+		if bnd&(1<<c) == 0 {
+			missing = c
+			break
+		}
+	}
+	if missing < 0 {
+		t.Skip("the test process has every capability in its bounding set: none a restore could not give")
+	}
+	p := fixture.StartWith(t, fixture.Options{Dir: publicDir(t)}, fixture.Build(t, "privs"), "drop", "4321", "4322", "single")
+	p.WaitLine(t, short, 0, "ready")
+	main0, _ := p.WaitLine(t, short, 0, "self who=main")
+	dir, img := dumpKill(t, p, "")
+	c := &img.Process.Creds
+	c.CapPrm |= 1 << missing
+	c.CapEff |= 1 << missing
+	c.CapBnd |= 1 << missing
+	if err := core.WriteImage(dir, img); err != nil {
+		t.Fatal(err)
+	}
+	r, rep := restoreWithReport(t, dir, p.Log)
+	if len(rep.Warnings) == 0 {
+		t.Errorf("capability %d could not be given, and the restore did not warn", missing)
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	if main1, _ := r.WaitLine(t, short, n, "self who=main"); main1 != main0 {
+		t.Errorf("the process sees\n%s\nafter restore, saw\n%s\nbefore", main1, main0)
 	}
 }

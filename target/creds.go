@@ -100,13 +100,29 @@ func capLastCap() (int, error) {
 	return n, nil
 }
 
-// capList names the capability numbers of mask.
+// capNames are the capabilities by number (linux/capability.h).
+var capNames = [...]string{
+	"chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
+	"setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
+	"ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
+	"sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
+	"lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
+	"wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+}
+
+// capList names the capabilities of mask: CAP_SYS_RESOURCE, or the
+// number of one newer than this build.
 func capList(mask uint64) string {
 	var s []string
 	for ; mask != 0; mask &= mask - 1 {
-		s = append(s, strconv.Itoa(bits.TrailingZeros64(mask)))
+		c := bits.TrailingZeros64(mask)
+		if c < len(capNames) {
+			s = append(s, "CAP_"+strings.ToUpper(capNames[c]))
+		} else {
+			s = append(s, "capability "+strconv.Itoa(c))
+		}
 	}
-	return strings.Join(s, ",")
+	return strings.Join(s, ", ")
 }
 
 // setCreds changes thread th's credentials from cur to want, in an order
@@ -134,14 +150,17 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 	w := *want
 	all := uint64(1)<<(last+1) - 1
 	if lost := (w.CapPrm | w.CapBnd | w.CapInh) &^ all; lost != 0 {
-		r.warn("thread %d: capabilities %s unknown to this kernel are left out", th.TID, capList(lost))
+		r.warn("thread %d: %s unknown to this kernel: left out", th.TID, capList(lost))
 	}
 	w.CapPrm, w.CapBnd, w.CapInh = w.CapPrm&all, w.CapBnd&all, w.CapInh&all
 	if lost := w.CapPrm &^ cur.CapPrm; lost != 0 {
-		r.warn("thread %d: permitted capabilities %s not restored: the restorer does not have them", th.TID, capList(lost))
+		r.warn("thread %d: permitted %s not restored: the restorer does not have it", th.TID, capList(lost))
 	}
 	if lost := w.CapBnd &^ cur.CapBnd; lost != 0 {
-		r.warn("thread %d: capabilities %s not restored in the bounding set: the restorer's lacks them", th.TID, capList(lost))
+		r.warn("thread %d: %s not restored in the bounding set: the restorer's lacks it", th.TID, capList(lost))
+	}
+	if lost := w.CapInh &^ (cur.CapInh | cur.CapBnd); lost != 0 {
+		r.warn("thread %d: inheritable %s not restored: out of the restorer's bounding set", th.TID, capList(lost))
 	}
 	w.CapPrm &= cur.CapPrm
 	w.CapBnd &= cur.CapBnd
