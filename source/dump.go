@@ -51,6 +51,12 @@ type session struct {
 	// ports) while they are taken apart and until they run elsewhere.
 	tcp  []*tcpPending
 	lock *netlock.Lock
+	// probe: the fds are read only to find those the dump would refuse,
+	// from a process that runs (see precheckFDs): nothing is read that
+	// a read could change (queues, timers), nothing is kept, and what may
+	// change before the freeze (a connection still connecting, an accept
+	// queue) is left to the dump itself.
+	probe bool
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -142,6 +148,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	root := &dumper{session: ss, pid: opts.PID}
 	root.stat, root.status, err = checkTarget(opts.PID)
 	if err != nil {
+		return nil, err
+	}
+	// An fd that cannot move is refused before the process is frozen
+	// (and before pre-copy).
+	if err := precheckFDs(ctx, opts); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {

@@ -49,19 +49,29 @@ func checkTarget(pid int) (*proc.Stat, *proc.Status, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("process %d: %w", pid, err)
 	}
-	if err := checkAccess(pid, status, invoker()); err != nil {
-		return nil, nil, err
-	}
 	if status.Tgid != pid {
 		return nil, nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("it is a thread of process %d", status.Tgid)}
 	}
 	if status.TracerPID != 0 {
 		return nil, nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("it is traced by process %d (a debugger?)", status.TracerPID)}
 	}
-	if status.Seccomp != 0 {
-		return nil, nil, &BadTargetError{PID: pid, Reason: "it runs under seccomp, which migrate does not restore yet"}
+	if err := checkMember(pid, status); err != nil {
+		return nil, nil, err
 	}
 	return st, status, nil
+}
+
+// checkMember refuses a process of the dump (the root or a descendant)
+// that the user running migrate may not trace, or whose state the restore
+// would not bring back: a seccomp filter, or namespaces of its own.
+func checkMember(pid int, status *proc.Status) error {
+	if err := checkAccess(pid, status, invoker()); err != nil {
+		return err
+	}
+	if status.Seccomp != 0 {
+		return &BadTargetError{PID: pid, Reason: "it runs under seccomp, which migrate does not restore yet"}
+	}
+	return checkNamespaces(pid)
 }
 
 // capSysPtrace is CAP_SYS_PTRACE.
@@ -87,9 +97,9 @@ func invoker() caller {
 // as the kernel judges ptrace access with PTRACE_MODE_REALCREDS: with
 // CAP_SYS_PTRACE, or else only a process whose real, effective and saved
 // uids are the caller's real uid, whose gids its real gid, and which is
-// dumpable (the files of /proc/PID then belong to its user, not to root). Refused
-// here, the process is not touched; migrate would otherwise fail later on
-// a raw kernel error.
+// dumpable (the files of /proc/PID then belong to its user, not to
+// root). Refused here, the process is not touched; migrate would otherwise
+// fail later on a raw kernel error.
 func checkAccess(pid int, status *proc.Status, c caller) error {
 	if c.SysPtrace {
 		return nil

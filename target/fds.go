@@ -17,13 +17,18 @@ import (
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
-// process had open or mapped, once per original inode.
-func (r *session) prepareDeleted(context.Context) error {
-	r.deletedFiles = map[fileKey]*os.File{}
+// processes of img had open or mapped, once per original inode. It is
+// called again with a live migration's final image, whose fds (and the
+// blobs of their contents) the first layout did not have: what was
+// recreated then stays.
+func (r *session) prepareDeleted(ctx context.Context, img *core.Image) error {
+	if r.deletedFiles == nil {
+		r.deletedFiles = map[fileKey]*os.File{}
+	}
 	var refs []*core.FileRef
-	procs := []*core.Process{&r.img.Process}
-	for i := range r.img.Tree {
-		procs = append(procs, &r.img.Tree[i])
+	procs := []*core.Process{&img.Process}
+	for i := range img.Tree {
+		procs = append(procs, &img.Tree[i])
 	}
 	for _, p := range procs {
 		for i := range p.FDs {
@@ -38,6 +43,9 @@ func (r *session) prepareDeleted(context.Context) error {
 		}
 	}
 	for _, ref := range refs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		key := fileKey{ref.Dev, ref.Ino, false}
 		if r.deletedFiles[key] != nil {
 			continue

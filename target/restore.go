@@ -155,7 +155,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
-		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
+		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -227,6 +227,11 @@ func (b *Builder) FillFromImage(ctx context.Context) error {
 // thread state. The processes stay stopped until Resume.
 func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	if img != b.ss.img {
+		// The deleted files first: an area of the final layout may map
+		// one.
+		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
+			return err
+		}
 		if err := b.adopt(img); err != nil {
 			return err
 		}
