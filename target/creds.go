@@ -26,9 +26,9 @@ const (
 const capsetV3 = 0x20080522
 
 // restoreCreds gives every thread its credentials: ids, groups,
-// capabilities, securebits and no_new_privs. Each is per thread in the
-// kernel and a raw system call changes only the caller's, so each thread
-// runs its own.
+// capabilities, securebits and no_new_privs, and then the process its
+// dumpable flag. Credentials are per thread in the kernel and a raw system
+// call changes only the caller's, so each thread runs its own.
 //
 // Preconditions: the threads are created and every injected system call
 // that needs privilege is done (what follows is queueing signals to the
@@ -64,8 +64,8 @@ func (r *restorer) restoreCreds() error {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}
 	}
-	// Changing the ids made the process not dumpable (fs.suid_dumpable);
-	// the husk was. PR_SET_DUMPABLE takes 0 and 1 only.
+	// The husk is dumpable; changing credentials made the process
+	// fs.suid_dumpable (0 here). PR_SET_DUMPABLE takes 0 and 1 only.
 	if d := r.proc.Dumpable; (d == 0 || d == 1) && (changed || d == 0) {
 		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(d)); err != nil {
 			return err
@@ -74,6 +74,8 @@ func (r *restorer) restoreCreds() error {
 	return nil
 }
 
+// credsOfStatus is the credentials a status file shows (all but the
+// securebits, which it does not show).
 func credsOfStatus(st *proc.Status) *core.Creds {
 	return &core.Creds{
 		UID:    [3]uint32{st.UID[0], st.UID[1], st.UID[2]},
