@@ -39,6 +39,22 @@ type Record struct {
 	Session    string    `json:"session"`
 	Target     string    `json:"target"`
 	Frozen     time.Time `json:"frozen"`
+	// PIDNS is the PID namespace the PIDs are of (readlink
+	// /proc/self/ns/pid of the migrate that wrote it): a migrate in
+	// another one reads other processes under those numbers, and leaves
+	// the record alone.
+	PIDNS string `json:"pid_ns,omitempty"`
+}
+
+// pidNS is this process's PID namespace, as /proc/self/ns/pid names it.
+func pidNS() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}
+
+// foreign says whether r was written in another PID namespace.
+func (r *Record) foreign() bool {
+	return r.PIDNS != "" && r.PIDNS != pidNS()
 }
 
 func recordPath(pid int, session string) string {
@@ -56,7 +72,7 @@ func writeRecord(pid int, session, target string) (string, error) {
 		return "", err
 	}
 	r := Record{PID: pid, PIDStart: st.StartTime, Owner: os.Getpid(), OwnerStart: me.StartTime,
-		Session: session, Target: target, Frozen: time.Now().UTC()}
+		Session: session, Target: target, Frozen: time.Now().UTC(), PIDNS: pidNS()}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return "", err
@@ -95,6 +111,9 @@ func StaleRecords() ([]Record, error) {
 		if json.Unmarshal(b, &r) != nil || r.PID <= 0 || r.Owner <= 0 {
 			os.Remove(path) // not ours to understand: not a record
 			continue
+		}
+		if r.foreign() {
+			continue // its PIDs are not this namespace's
 		}
 		if running(r.Owner, r.OwnerStart) {
 			continue // that migration is still under way
@@ -171,6 +190,9 @@ func recordedProcess(pid int, session string) (*Record, error) {
 	}
 	if r.PID != pid || r.Session != session {
 		return refuse("its record %s names process %d in session %s", path, r.PID, r.Session)
+	}
+	if r.foreign() {
+		return refuse("its record %s was written in PID namespace %s, this is %s: run recover there", path, r.PIDNS, pidNS())
 	}
 	st, err := proc.ReadStat(pid)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -94,6 +94,20 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{"record of another PID namespace", func(t *testing.T, pid int) {
+			path, err := writeRecord(pid, session, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(path)
+			var r Record
+			json.Unmarshal(b, &r)
+			r.PIDNS = "pid:[1]"
+			b, _ = json.Marshal(r)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"record of another session", func(t *testing.T, pid int) {
 			if _, err := writeRecord(pid, transport.NewSessionID(), addr); err != nil {
 				t.Fatal(err)
@@ -178,5 +192,40 @@ func TestCheckAccess(t *testing.T) {
 		case !tc.ok:
 			t.Logf("%s: %v", tc.name, err)
 		}
+	}
+}
+
+// TestStaleRecordsOtherNamespace: a record written in another PID
+// namespace names processes this migrate cannot see under those numbers:
+// StaleRecords neither reports nor removes it (a migrate in a container
+// once removed the host's records, and recover then had none to go by).
+func TestStaleRecordsOtherNamespace(t *testing.T) {
+	old := RecordDir
+	RecordDir = t.TempDir()
+	t.Cleanup(func() { RecordDir = old })
+	session := transport.NewSessionID()
+	// PIDs no process has here: a record of this namespace would go.
+	r := Record{PID: 1 << 22, Owner: 1<<22 - 1, Session: session, PIDNS: "pid:[1]"}
+	b, _ := json.Marshal(r)
+	path := recordPath(r.PID, session)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mine := r
+	mine.PID, mine.PIDNS, mine.Session = 1<<22-2, pidNS(), transport.NewSessionID()
+	b, _ = json.Marshal(mine)
+	minePath := recordPath(mine.PID, mine.Session)
+	if err := os.WriteFile(minePath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := StaleRecords()
+	if err != nil || len(rs) != 0 {
+		t.Errorf("StaleRecords: %v, %v; want none", rs, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("the other namespace's record was removed: %v", err)
+	}
+	if _, err := os.Stat(minePath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("this namespace's record of a process gone was kept: %v", err)
 	}
 }
