@@ -66,6 +66,8 @@ type serveOptions struct {
 	Listen string
 	// SecretFile authenticates with a shared secret instead of --insecure.
 	SecretFile string
+	// Metrics, if set, is the --metrics address.
+	Metrics string
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -100,6 +102,9 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 		auth = []string{"--secret-file", o.SecretFile}
 	}
 	args := append([]string{"--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "-v"}, auth...)
+	if o.Metrics != "" {
+		args = append(args, "--metrics", o.Metrics)
+	}
 	cmd := exec.Command("unshare", args...)
 	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
 	if err != nil {

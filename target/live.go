@@ -126,6 +126,7 @@ type liveTarget struct {
 	barrier int   // latest round whose pages are all in, -1 before any
 	err     error // of the page stream
 	done    chan struct{}
+	stream  *pagestream.Reader // the page stream, once it began
 
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
@@ -241,6 +242,9 @@ func (t *liveTarget) apply(r io.ReadCloser) {
 		return
 	}
 	defer rd.Close()
+	t.mu.Lock()
+	t.stream = rd
+	t.mu.Unlock()
 	for {
 		fr, err := rd.Next()
 		if errors.Is(err, io.EOF) {
@@ -289,11 +293,22 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 			return t.err
 		}
 		if t.err != nil || ctx.Err() != nil {
-			return fmt.Errorf("round %d: the page stream ended before its barrier (%v)", rd.Round, errors.Join(t.err, ctx.Err()))
+			return fmt.Errorf("round %d: the page stream ended before its barrier: %w", rd.Round, errors.Join(t.err, ctx.Err()))
 		}
 		t.cond.Wait()
 	}
 	return nil
+}
+
+// received returns the counts of the page stream so far, if it began.
+func (t *liveTarget) received() (pagestream.Stats, bool) {
+	t.mu.Lock()
+	rd := t.stream
+	t.mu.Unlock()
+	if rd == nil {
+		return pagestream.Stats{}, false
+	}
+	return rd.Stats(), true
 }
 
 // lap ends a step of the downtime.

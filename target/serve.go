@@ -26,6 +26,11 @@ type ServeOptions struct {
 	// Hooks run at the target's stages of each migration: pre-resume,
 	// post-resume, abort.
 	Hooks *hook.Set
+	// Metrics, if set, count the service's sessions and their outcomes and
+	// hold its health (serving from the moment it listens until ctx ends).
+	// Serve does not serve them over HTTP: the caller does, with
+	// Metrics.Handler.
+	Metrics *Metrics
 }
 
 // Serve runs the target service until ctx ends: it accepts migrations,
@@ -50,6 +55,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		return err
 	}
 	defer ln.Close()
+	defer opts.Metrics.serving(ctx)()
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr())
 	}
@@ -66,6 +72,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
+			opts.Metrics.handshakeRefused(err)
 			log.Warn("refused a connection", "err", err)
 			continue
 		}
@@ -73,29 +80,39 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		go func() {
 			defer wg.Done()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, opts.Hooks, log.With("session", sess.ID(), "peer", sess.Peer().String()))
+			serveSession(ctx, sess, outcomes, opts.Hooks, opts.Metrics, log.With("session", sess.ID(), "peer", sess.Peer().String()))
 		}()
 	}
 }
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, m *Metrics, log *slog.Logger) {
+	start := time.Now()
+	m.sessionStarted()
+	defer m.sessionEnded()
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	kind, ctrl, err := sess.AcceptStream(actx)
 	cancel()
 	if err != nil {
+		reason := ReasonRefused
+		if ctx.Err() != nil {
+			reason = ReasonShutdown
+		}
+		m.sessionRefused(start, reason)
 		log.Warn("no control stream", "err", err)
 		return
 	}
 	if kind != transport.KindControl {
 		ctrl.Close()
+		m.sessionRefused(start, ReasonProtocol)
 		log.Warn("first stream is not the control stream", "kind", kind)
 		return
 	}
 	t := newLiveTarget(sess, log)
 	t.hooks = hooks
 	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	m.sessionDone(start, t, res, err)
 	switch {
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)

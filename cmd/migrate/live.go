@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"migrate/core/hook"
 	"migrate/core/netaddr"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -79,6 +82,8 @@ reaps them when they exit.`,
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		var addrs []string
 		addressFlag(fs, &addrs, "add it to LINK and announce it just before each migrated process resumes (an abort deletes it again)")
+		var metricsAddr string
+		fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the service's health on /healthz (HOST:PORT; plain HTTP, no authentication: a loopback or management address)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected arguments %q", args)
@@ -95,10 +100,47 @@ reaps them when they exit.`,
 				return err
 			}
 			cfg.Logger = e.logger
-			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
-				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
+			opts := target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
+				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
+			if metricsAddr != "" {
+				stop, err := serveMetrics(metricsAddr, &opts, e)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			return target.Serve(ctx, opts)
 		}
 	},
+}
+
+// serveMetrics serves the metrics of the target service on addr, over
+// plain HTTP, until stop; the service then observes into them (opts).
+func serveMetrics(addr string, opts *target.ServeOptions, e *env) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics: %w", err)
+	}
+	opts.Metrics = target.NewMetrics()
+	srv := &http.Server{Handler: opts.Metrics.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(e.logger.Handler(), slog.LevelWarn)}
+	e.logger.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			e.logger.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		// Scrapes in flight get a moment to finish; /healthz said
+		// "stopping" since the service began to stop.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+		<-done
+	}, nil
 }
 
 // toCmd is `migrate --to HOST:PORT PID`, also `migrate to HOST:PORT PID`.
