@@ -90,9 +90,19 @@ var helpCmd = &command{
 	desc: `
 Print the help of migrate, or of COMMAND: synopsis, description, flags with
 their defaults, and examples. 'migrate COMMAND --help' prints the same.`,
-	examples: `  migrate help dump`,
+	examples: `  migrate help dump
+  migrate help --man | gzip > migrate.1.gz`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var man bool
+		boolFlag(fs, &man, "man", "", "print the manual page migrate(1), every command's help, in roff")
 		return func(_ context.Context, e *env, args []string) error {
+			if man {
+				if len(args) > 0 {
+					return usagef("--man takes no command: it prints them all")
+				}
+				writeMan(e.stdout)
+				return nil
+			}
 			switch len(args) {
 			case 0:
 				printMainHelp(e.stdout)

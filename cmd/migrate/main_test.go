@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"migrate/core"
 	"migrate/core/kernel"
@@ -421,5 +424,42 @@ func TestCheckReal(t *testing.T) {
 		if f.Status != "yes" && f.Status != "no" {
 			t.Errorf("%s: status %q", f.Name, f.Status)
 		}
+	}
+}
+
+// TestManPage checks migrate(1) against the commands: every command has
+// its section with each of its flags, and groff finds nothing to warn
+// about.
+func TestManPage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"help", "--man"}, newEnv(&out, &errb)); code != exitOK {
+		t.Fatalf("help --man: exit %d: %s", code, errb.String())
+	}
+	man := out.String()
+	for _, c := range commands {
+		if !strings.Contains(man, `.SS "migrate `+c.name+" ") {
+			t.Errorf("no section for %s", c.name)
+		}
+		fs := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
+		c.setup(fs)
+		fs.VisitAll(func(f *pflag.Flag) {
+			if !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
+				t.Errorf("%s: flag --%s is not in the manual", c.name, f.Name)
+			}
+		})
+	}
+	for _, want := range []string{".TH MIGRATE 1", ".SH GLOBAL OPTIONS", `\fB\-\-log\-level\fR`, ".SH EXIT STATUS"} {
+		if !strings.Contains(man, want) {
+			t.Errorf("the manual lacks %q", want)
+		}
+	}
+	groff, err := exec.LookPath("groff")
+	if err != nil {
+		t.Skipf("groff is not installed (apt-get install groff-base): the manual is not checked for roff warnings")
+	}
+	cmd := exec.Command(groff, "-man", "-ww", "-z")
+	cmd.Stdin = strings.NewReader(man)
+	if msg, err := cmd.CombinedOutput(); err != nil || len(msg) > 0 {
+		t.Errorf("groff: %v\n%s", err, msg)
 	}
 }
