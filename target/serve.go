@@ -55,7 +55,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		return err
 	}
 	defer ln.Close()
-	defer opts.Metrics.serving(ctx)()
+	stopServing := opts.Metrics.serving(ctx)
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr())
 	}
@@ -66,6 +66,9 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	outcomes := NewOutcomes(0, nil)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Unhealthy from the moment no session is accepted any more, before
+	// the wait for those in progress.
+	defer stopServing()
 	for {
 		sess, err := ln.Accept(ctx)
 		if err != nil {
