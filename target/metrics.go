@@ -62,13 +62,6 @@ const (
 	ReasonOther        = "other"
 )
 
-var (
-	metricOutcomes = []string{MetricResumed, MetricFailed, MetricAborted, MetricRefused, MetricInDoubt}
-	metricReasons  = []string{ReasonPIDInUse, ReasonFileMissing, ReasonBadImage, ReasonHostMismatch, ReasonPeerLost,
-		ReasonPeerAborted, ReasonTimeout, ReasonProtocol, ReasonRefused, ReasonShutdown, ReasonOther}
-	handshakeReasons = []string{"auth", "timeout", "handshake", "other"}
-)
-
 // Health states of the service, as /healthz reports them.
 const (
 	healthStarting int32 = iota
@@ -143,14 +136,15 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Every label value from the start, at 0: a rate over a series that
 	// appears only with its first event misses that event.
-	for _, o := range metricOutcomes {
+	for _, o := range []string{MetricResumed, MetricFailed, MetricAborted, MetricRefused, MetricInDoubt} {
 		m.migrations.WithLabelValues(o)
 		m.duration.WithLabelValues(o)
 	}
-	for _, r := range metricReasons {
+	for _, r := range []string{ReasonPIDInUse, ReasonFileMissing, ReasonBadImage, ReasonHostMismatch, ReasonPeerLost,
+		ReasonPeerAborted, ReasonTimeout, ReasonProtocol, ReasonRefused, ReasonShutdown, ReasonOther} {
 		m.failures.WithLabelValues(r)
 	}
-	for _, r := range handshakeReasons {
+	for _, r := range []string{"auth", "timeout", "handshake", "other"} {
 		m.handshakes.WithLabelValues(r)
 	}
 	for _, o := range []transport.Outcome{transport.OutcomeUnknown, transport.OutcomeCommitted, transport.OutcomeResumed, transport.OutcomeAborted} {

@@ -91,14 +91,16 @@ func scrape(t *testing.T, h http.Handler) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// metric returns the value of the counter or gauge name{label=value}
-// (label "" for none), or for a histogram its count.
+// metric returns the value of the counter or gauge name{label=value},
+// or for a histogram its count; with label "" the sum over every series.
 func metric(t *testing.T, fams map[string]*dto.MetricFamily, name, label, value string) float64 {
 	t.Helper()
 	f := fams[name]
 	if f == nil {
 		t.Fatalf("no metric %s", name)
 	}
+	var v float64
+	found := false
 	for _, m := range f.Metric {
 		if label != "" {
 			match := false
@@ -109,17 +111,20 @@ func metric(t *testing.T, fams map[string]*dto.MetricFamily, name, label, value 
 				continue
 			}
 		}
+		found = true
 		switch {
 		case m.Counter != nil:
-			return m.Counter.GetValue()
+			v += m.Counter.GetValue()
 		case m.Gauge != nil:
-			return m.Gauge.GetValue()
+			v += m.Gauge.GetValue()
 		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
+			v += float64(m.Histogram.GetSampleCount())
 		}
 	}
-	t.Fatalf("no metric %s{%s=%q}", name, label, value)
-	return 0
+	if !found {
+		t.Fatalf("no metric %s{%s=%q}", name, label, value)
+	}
+	return v
 }
 
 func healthz(t *testing.T, h http.Handler) (int, string) {
@@ -253,6 +258,11 @@ func TestServeMetrics(t *testing.T) {
 		{"migrate_target_restore_failures_total", "reason", target.ReasonOther, 0},
 		{"migrate_target_received_pages_total", "", "", 0},
 		{"migrate_target_handshakes_refused_total", "reason", "handshake", 0},
+		{"migrate_target_handshakes_refused_total", "", "", 1},
+		// Each migration not resumed has exactly one reason.
+		{"migrate_target_migrations_total", "", "", 2},
+		{"migrate_target_restore_failures_total", "", "", 2},
+		{"migrate_target_status_queries_total", "", "", 1},
 	} {
 		if got := metric(t, fams, c.name, c.label, c.value); got != c.want {
 			t.Errorf("%s{%s=%q} = %v, want %v", c.name, c.label, c.value, got, c.want)
