@@ -46,7 +46,11 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	} else if len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	tcfg := opts.Transport
+	if tcfg.Logger == nil {
+		tcfg.Logger = log
+	}
+	ln, err := transport.Listen(opts.Listen, tcfg)
 	if err != nil {
 		return err
 	}
@@ -67,7 +71,9 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			log.Warn("refused a connection", "err", err)
+			// The listener logged it, at a bounded rate: a flood of
+			// hostile connections must not flood the log.
+			log.Debug("refused a connection", "err", err)
 			continue
 		}
 		wg.Add(1)

@@ -27,6 +27,7 @@ const (
 	DefaultKeepAliveTimeout  = 5 * time.Second
 	DefaultStreamWindow      = 16 << 20
 	DefaultMaxHandshakes     = 32
+	DefaultFirstByteTimeout  = 2 * time.Second
 
 	// MinSecretLen is the shortest shared secret accepted. The proofs are
 	// HMACs a peer without the secret can record and attack offline, so the
@@ -114,8 +115,12 @@ type Config struct {
 	// stream.
 	StreamWindow uint32
 	// MaxHandshakes (Listen only) caps the connections being handshaken at
-	// once; more are closed as they arrive.
+	// once. A connection beyond it evicts the oldest pending one that has
+	// sent nothing yet, else the oldest of all (see Listener).
 	MaxHandshakes int
+	// FirstByteTimeout (Listen only) bounds the wait for a connection's
+	// first bytes (its TLS hello, which a real dialer sends at once).
+	FirstByteTimeout time.Duration
 }
 
 // LoadSecret reads a shared secret from a file. Leading and trailing white
@@ -208,6 +213,9 @@ func (c Config) settings() (*settings, error) {
 	}
 	if s.MaxHandshakes <= 0 {
 		s.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if s.FirstByteTimeout <= 0 {
+		s.FirstByteTimeout = min(DefaultFirstByteTimeout, s.HandshakeTimeout)
 	}
 	if s.SessionID != "" && !ValidSessionID(s.SessionID) {
 		return nil, fmt.Errorf("%w: session ID %q is not 32 lower-case hex digits", ErrConfig, s.SessionID)

@@ -20,6 +20,17 @@
 //     Config.KeepAliveTimeout (5 s), which also bounds every write to the
 //     connection; so a peer that goes silent is found within 7 s.
 //
+// A listener handshakes each connection on its own goroutine. A connection
+// must send its first bytes (the TLS hello, which a real dialer sends at
+// once) within Config.FirstByteTimeout (2 s). At most Config.MaxHandshakes
+// (32) are in progress; a new connection beyond that evicts the oldest
+// pending one that has sent nothing yet, else the oldest of all (its
+// Accept error wraps ErrEvicted). So hundreds of silent or stalled
+// connections, even from the real source's own address, cost at most
+// MaxHandshakes goroutines and never keep out a dialer that completes its
+// handshake before MaxHandshakes newer connections arrive. Refused
+// connections are logged at most once a second, with a count of the rest.
+//
 // # Authentication
 //
 // The mode is chosen explicitly in Config, and both ends must choose the

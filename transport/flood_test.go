@@ -1,0 +1,127 @@
+package transport
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// checkFDs fails the test if, once it and its cleanups are done, the number
+// of open fds does not settle back to what it was when it started.
+func checkFDs(t testing.TB) {
+	t.Helper()
+	before := openFDs(t)
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for openFDs(t) > before {
+			if time.Now().After(deadline) {
+				t.Errorf("fds: %d before the test, %d after", before, openFDs(t))
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// acceptSession accepts until a session comes (handshake errors are
+// skipped) or ctx ends.
+func acceptSession(ctx context.Context, l *Listener) <-chan accepted {
+	ch := make(chan accepted, 1)
+	go func() {
+		for {
+			s, err := l.Accept(ctx)
+			if s != nil || ctx.Err() != nil {
+				ch <- accepted{s, err}
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// TestSilentFlood: hundreds of connections from the real source's own
+// address that send nothing (or the first bytes of a TLS record, then
+// nothing), opened before it dials, do not keep a real session out; the
+// refusals are logged at a bounded rate; and once they are gone the
+// listener holds no goroutine or fd more than before.
+func TestSilentFlood(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first []byte
+	}{
+		{"silent", nil},
+		{"slow", []byte{0x16, 0x03}}, // a TLS handshake record, cut short
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFlood(t, tc.first) })
+	}
+}
+
+func testFlood(t *testing.T, first []byte) {
+	checkGoroutines(t)
+	checkFDs(t)
+	const silent = 300
+	logs := &logBuffer{}
+	cfg := secretConfig()
+	cfg.Logger = slog.New(logs)
+	l := listen(t, cfg)
+	addr := l.Addr().String()
+
+	conns := make([]net.Conn, 0, silent)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range silent {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("silent connection %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+		if first != nil {
+			c.Write(first)
+		}
+	}
+	// Every silent connection has been taken from the accept queue (and
+	// the oldest evicted) before the real one dials.
+	waitFor(t, 10*time.Second, "the listener to accept the silent connections", func() bool {
+		return l.accepted.Load() >= silent
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ch := acceptSession(ctx, l)
+	start := time.Now()
+	client, err := Dial(ctx, addr, secretConfig())
+	if err != nil {
+		t.Fatalf("the real dialer, behind %d silent connections: %v", silent, err)
+	}
+	defer client.Close()
+	a := <-ch
+	if a.sess == nil {
+		t.Fatalf("Accept: %v", a.err)
+	}
+	defer a.sess.Close()
+	t.Logf("real session through %d silent connections in %v (%d goroutines)", silent, time.Since(start), runtime.NumGoroutine())
+
+	logs.mu.Lock()
+	n := len(logs.records)
+	logs.mu.Unlock()
+	if n > 10 {
+		t.Errorf("%d log records for %d refused connections, want a bounded few", n, silent)
+	}
+}
