@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -91,6 +92,9 @@ func queryOutcome(t *testing.T, addr string) (transport.Outcome, error) {
 	m, err := c.Recv(ctx)
 	if err != nil {
 		return 0, err
+	}
+	if a, ok := m.(*transport.Abort); ok {
+		return 0, &peerAbort{a.Reason}
 	}
 	r, ok := m.(*transport.StatusReply)
 	if !ok || r.SessionID != id {
@@ -197,3 +201,52 @@ func (h *countHandler) count(level slog.Level) int {
 	}
 	return n
 }
+
+// TestServeMaxSessions: a session beyond MaxSessions is told the service is
+// busy (an Abort answers its first message); once a slot is free the next
+// is served; nothing is left behind.
+func TestServeMaxSessions(t *testing.T) {
+	checkResources(t)
+	addr := startServe(t, ServeOptions{MaxSessions: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// The first session holds the only slot: its control stream is open
+	// and says nothing yet.
+	hold, err := transport.Dial(ctx, addr, transport.Config{Secret: serveSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := hold.OpenStream(transport.KindControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = queryOutcome(t, addr)
+	var pe *peerAbort
+	if !errors.As(err, &pe) {
+		t.Fatalf("second session: %v, want an abort", err)
+	}
+	t.Logf("second session: %v", err)
+	st.Close()
+	hold.Close()
+	waitFor(t, 10*time.Second, "a free slot", func() bool {
+		_, err = queryOutcome(t, addr)
+		return err == nil
+	})
+}
+
+// waitFor polls try until it returns true or maxWait passes.
+func waitFor(t testing.TB, maxWait time.Duration, what string, try func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(maxWait)
+	for !try() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", maxWait, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// peerAbort is an Abort the service answered with.
+type peerAbort struct{ reason string }
+
+func (e *peerAbort) Error() string { return "aborted: " + e.reason }

@@ -74,7 +74,9 @@ reaps them when they exit.`,
 		var listen string
 		var auth authFlags
 		var hooks []string
+		var maxSessions int
 		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
+		fs.IntVar(&maxSessions, "max-sessions", target.DefaultMaxSessions, "serve at most `N` sessions at once (migrations and status questions); more are told the service is busy")
 		auth.add(fs)
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		var addrs []string
@@ -86,6 +88,9 @@ reaps them when they exit.`,
 			if listen == "" {
 				return usagef("--listen is required")
 			}
+			if maxSessions < 1 {
+				return usagef("--max-sessions must be at least 1")
+			}
 			hs, err := hookSet(hooks, addrs, hook.Target, e)
 			if err != nil {
 				return err
@@ -95,7 +100,7 @@ reaps them when they exit.`,
 				return err
 			}
 			cfg.Logger = e.logger
-			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
+			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs, MaxSessions: maxSessions,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
 		}
 	},
