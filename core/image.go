@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -382,7 +383,10 @@ func DecodeImage(r io.Reader) (*Image, error) {
 		return nil, fmt.Errorf("metadata larger than %d bytes", maxMetaSize)
 	}
 	var img Image
-	if err := json.Unmarshal(data, &img); err != nil {
+	if err := DecodeBounded(data, &img, DefaultDecodeBudget); err != nil {
+		if errors.Is(err, ErrDecodeBudget) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %v", ErrNotImage, err)
 	}
 	if img.Kind != ImageKind {
@@ -516,7 +520,7 @@ func validateProcess(p *Process) error {
 			return fmt.Errorf("vma %#x: bad blob name %q", v.Start, b)
 		}
 	}
-	return nil
+	return validatePaths(p)
 }
 
 func blobOf(f *FileRef) string {
@@ -592,4 +596,88 @@ func (img *Image) Processes() []ProcessPages {
 type ProcessPages struct {
 	Process *Process
 	Pages   *PagesInfo
+}
+
+// ErrBadPath: a path of the image is not absolute and clean (or holds a
+// NUL byte). The restore opens these paths, binds and connects to them:
+// a relative or unclean one ("../../etc/shadow") would be resolved against
+// the restorer's own working directory.
+var ErrBadPath = errors.New("path is not absolute and clean")
+
+// checkPath checks one path the restore opens.
+func checkPath(what, p string) error {
+	if p == "" || p[0] != '/' || filepath.Clean(p) != p || strings.IndexByte(p, 0) >= 0 {
+		return fmt.Errorf("%s: %w: %q", what, ErrBadPath, p)
+	}
+	return nil
+}
+
+// checkFileRef checks the path of a file reference. A memfd's path
+// ("/memfd:NAME") is a name, never opened as a path.
+func checkFileRef(what string, f *FileRef) error {
+	if f == nil {
+		return nil
+	}
+	if name, ok := strings.CutPrefix(f.Path, "/memfd:"); ok {
+		if strings.IndexByte(name, 0) >= 0 {
+			return fmt.Errorf("%s: %w: %q", what, ErrBadPath, f.Path)
+		}
+		return nil
+	}
+	return checkPath(what, f.Path)
+}
+
+// checkSockName checks a unix socket address that is a path (not
+// abstract: those start with a NUL byte).
+func checkSockName(what string, name []byte) error {
+	if len(name) == 0 || name[0] == 0 {
+		return nil
+	}
+	return checkPath(what, string(name))
+}
+
+// validatePaths checks every path of p that a restore opens, binds or
+// connects to: the executable, the working and root directories, mapped
+// files, files of fds, inotify watches, unix socket files and peers.
+func validatePaths(p *Process) error {
+	if err := checkFileRef("executable", &p.Exe); err != nil {
+		return err
+	}
+	if err := checkPath("working directory", p.Cwd); err != nil {
+		return err
+	}
+	if err := checkPath("root directory", p.Root); err != nil {
+		return err
+	}
+	for _, v := range p.VMAs {
+		if err := checkFileRef(fmt.Sprintf("file mapped at %#x", v.Start), v.File); err != nil {
+			return err
+		}
+	}
+	for _, f := range p.FDs {
+		what := fmt.Sprintf("fd %d", f.FD)
+		if err := checkFileRef(what, f.File); err != nil {
+			return err
+		}
+		for _, w := range f.Inotify {
+			if err := checkPath(what+": inotify watch", w.Path); err != nil {
+				return err
+			}
+		}
+		if s := f.Socket; s != nil {
+			if s.File == nil {
+				if err := checkSockName(what+": unix socket name", s.Name); err != nil {
+					return err
+				}
+			} else {
+				if err := checkPath(what+": unix socket file", s.File.Path); err != nil {
+					return err
+				}
+			}
+			if err := checkSockName(what+": unix socket peer", s.PeerName); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -24,6 +24,9 @@ import (
 // the files of the image, the files the process maps, the vdso, and that
 // its PID is free.
 func validate(dir string, img *core.Image) error {
+	if err := checkIncoming(img); err != nil {
+		return err
+	}
 	for _, pp := range img.Processes() {
 		if err := validateProcess(dir, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
@@ -42,17 +45,81 @@ func validate(dir string, img *core.Image) error {
 	return nil
 }
 
-// validateProcess checks what the restore of one process needs.
-func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
-	pages := filepath.Join(dir, info.File)
-	fi, err := os.Stat(pages)
-	if err != nil {
-		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
+// checkIncoming is the one place where a process from outside (an image
+// directory's metadata, a live migration's layouts and final state) is
+// checked before the restore acts on it: the image model's own rules
+// (core.Image.Validate: ranges, counts, blob names, every path the restore
+// opens absolute and clean) and this host's kernel limits.
+func checkIncoming(img *core.Image) error {
+	if err := img.Validate(); err != nil {
+		return err
 	}
-	if fi.Size() != info.Size {
-		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
+	lim := readHostLimits()
+	for _, pp := range img.Processes() {
+		if err := lim.check(pp.Process); err != nil {
+			return fmt.Errorf("process %d: %w", pp.Process.PID, err)
+		}
 	}
-	blobs := map[string]bool{}
+	if n := len(img.Tree) + 1; n > lim.pidMax {
+		return fmt.Errorf("%w: %d processes, kernel.pid_max is %d", ErrHostLimit, n, lim.pidMax)
+	}
+	return nil
+}
+
+// ErrHostLimit: the process has more of something than this host's kernel
+// allows a process (so it could not be rebuilt here).
+var ErrHostLimit = errors.New("beyond this host's kernel limits")
+
+// hostLimits are the kernel limits a restored process must fit in. They
+// also bound what a hostile source can make the service build.
+type hostLimits struct {
+	maxMapCount int // vm.max_map_count: areas of one process (65530 by default)
+	threadsMax  int // kernel.threads-max: threads of the whole system
+	nrOpen      int // fs.nr_open: the highest fd number + 1 (1048576 by default)
+	pidMax      int // kernel.pid_max
+}
+
+// readHostLimits reads the limits from /proc/sys; one that cannot be read
+// takes the kernel's default.
+func readHostLimits() hostLimits {
+	read := func(name string, def int) int {
+		b, err := os.ReadFile("/proc/sys/" + name)
+		if err != nil {
+			return def
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || n <= 0 {
+			return def
+		}
+		return n
+	}
+	return hostLimits{
+		maxMapCount: read("vm/max_map_count", 65530),
+		threadsMax:  read("kernel/threads-max", 1<<15),
+		nrOpen:      read("fs/nr_open", 1<<20),
+		pidMax:      read("kernel/pid_max", 1<<22),
+	}
+}
+
+func (l hostLimits) check(p *core.Process) error {
+	switch {
+	case len(p.VMAs) > l.maxMapCount:
+		return fmt.Errorf("%w: %d memory areas, vm.max_map_count is %d", ErrHostLimit, len(p.VMAs), l.maxMapCount)
+	case len(p.Threads) > l.threadsMax:
+		return fmt.Errorf("%w: %d threads, kernel.threads-max is %d", ErrHostLimit, len(p.Threads), l.threadsMax)
+	case len(p.FDs) > l.nrOpen:
+		return fmt.Errorf("%w: %d fds, fs.nr_open is %d", ErrHostLimit, len(p.FDs), l.nrOpen)
+	}
+	for _, f := range p.FDs {
+		if f.FD >= l.nrOpen {
+			return fmt.Errorf("%w: fd %d, fs.nr_open is %d", ErrHostLimit, f.FD, l.nrOpen)
+		}
+	}
+	return nil
+}
+
+// processBlobs returns the names of the blobs p refers to.
+func processBlobs(p *core.Process, blobs map[string]bool) {
 	for _, fd := range p.FDs {
 		if fd.Data != "" {
 			blobs[fd.Data] = true
@@ -76,6 +143,20 @@ func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
 			blobs[v.File.Blob] = true
 		}
 	}
+}
+
+// validateProcess checks what the restore of one process needs.
+func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
+	pages := filepath.Join(dir, info.File)
+	fi, err := os.Stat(pages)
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
+	}
+	if fi.Size() != info.Size {
+		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
+	}
+	blobs := map[string]bool{}
+	processBlobs(p, blobs)
 	for b := range blobs {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return &core.ImageError{File: filepath.Join(dir, b), Reason: "file of the image missing", Err: err}
