@@ -38,7 +38,7 @@ func TestSiginfoPID(t *testing.T) {
 	cmd.Wait()
 }
 
-var serveSecret = []byte("4f1c9a7e2b6d8035c1e9f4a27b3d6e08")
+var serveSecret = []byte("60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752")
 
 // startServe runs Serve on loopback with a shared secret until the test
 // ends; it returns the service's address.
