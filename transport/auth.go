@@ -62,7 +62,7 @@ func handshakeErr(format string, args ...any) error {
 
 // readAuth reads exactly len(b) bytes of the exchange; a peer that hangs up
 // is an ErrHandshake, a TLS alert about certificates an *AuthError.
-func readAuth(c net.Conn, b []byte, what string) error {
+func readAuth(c io.Reader, b []byte, what string) error {
 	if _, err := io.ReadFull(c, b); err != nil {
 		if ae := certError(err); ae != nil {
 			return ae
@@ -75,7 +75,7 @@ func readAuth(c net.Conn, b []byte, what string) error {
 	return nil
 }
 
-func writeAuth(c net.Conn, b []byte, what string) error {
+func writeAuth(c io.Writer, b []byte, what string) error {
 	if _, err := c.Write(b); err != nil {
 		if ae := certError(err); ae != nil {
 			return ae
@@ -86,14 +86,20 @@ func writeAuth(c net.Conn, b []byte, what string) error {
 }
 
 // dialerAuth runs the dialer's side of the exchange. The caller has set the
-// connection's deadline. The dialer sends its proof only once the listener
-// has proved it holds the secret: an impostor listener gets nothing it
-// could attack offline.
+// connection's deadline.
 func dialerAuth(c *tls.Conn, s *settings, id [16]byte) error {
 	ekm, err := exporter(c)
 	if err != nil {
 		return err
 	}
+	return dialerExchange(c, s, id, ekm)
+}
+
+// dialerExchange is the dialer's side of the exchange over c, whose TLS
+// exporter value is ekm. The dialer sends its proof only once the listener
+// has proved it holds the secret: an impostor listener gets nothing it
+// could attack offline.
+func dialerExchange(c io.ReadWriter, s *settings, id [16]byte, ekm []byte) error {
 	var hello [helloSize]byte
 	copy(hello[0:8], authMagic[:])
 	hello[8] = authVersion
@@ -194,6 +200,12 @@ func listenerAuth(c *tls.Conn, s *settings) (id string, err error) {
 	if err != nil {
 		return "", err
 	}
+	return listenerExchange(c, s, ekm)
+}
+
+// listenerExchange is the listener's side of the exchange over c, whose
+// TLS exporter value is ekm.
+func listenerExchange(c io.ReadWriter, s *settings, ekm []byte) (id string, err error) {
 	var hello [helloSize]byte
 	if err := readAuth(c, hello[:], "hello"); err != nil {
 		return "", err
