@@ -153,3 +153,16 @@ func TestStateChecked(t *testing.T) {
 		t.Errorf("state of another process accepted")
 	}
 }
+
+// TestLaterLayoutFiles: a file a later round's layout maps must be here,
+// the same as the source's.
+func TestLaterLayoutFiles(t *testing.T) {
+	p := incomingProcess()
+	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Kind: core.VMAFile,
+		File: &core.FileRef{Path: t.TempDir() + "/gone"}})
+	err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p))
+	var ie *core.ImageError
+	if !errors.As(err, &ie) {
+		t.Fatalf("a missing mapped file in round 1's layout: %v, want an *ImageError", err)
+	}
+}

@@ -122,6 +122,18 @@ func validateLive(img *core.Image) error {
 	if err := sameFile(&p.Exe, "executable"); err != nil {
 		return err
 	}
+	if err := checkMappedFiles(p); err != nil {
+		return err
+	}
+	if err := checkVDSO(p.VMAs); err != nil {
+		return err
+	}
+	return pidFree(p.PID)
+}
+
+// checkMappedFiles checks that the files p maps are here, the same as
+// the source's (size and modification time).
+func checkMappedFiles(p *core.Process) error {
 	for _, v := range p.VMAs {
 		if v.File != nil && !v.File.Deleted {
 			if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
@@ -129,10 +141,7 @@ func validateLive(img *core.Image) error {
 			}
 		}
 	}
-	if err := checkVDSO(p.VMAs); err != nil {
-		return err
-	}
-	return pidFree(p.PID)
+	return nil
 }
 
 // WriteFrame writes the pages of a live frame into process pid. An area
@@ -255,8 +264,14 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			return fmt.Errorf("expected the page stream, got a %v stream", kind)
 		}
 		go t.apply(pages)
-	} else if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
-		return err
+	} else {
+		// A later round's layout may map files the first did not.
+		if err := checkMappedFiles(&ll.Process); err != nil {
+			return fmt.Errorf("layout of round %d: %w", l.Round, err)
+		}
+		if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
+			return err
+		}
 	}
 	t.mu.Lock()
 	t.layout = int(l.Round)

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"migrate/transport"
-
 	"golang.org/x/sys/unix"
+
+	"migrate/e2e/fixture"
+	"migrate/transport"
 )
 
 // TestSiginfoPID: the PID of an exited child, read from the siginfo that
@@ -118,6 +119,12 @@ func resources(t testing.TB) (goroutines, fds int) {
 // Register it first, so that its cleanup runs last.
 func checkResources(t *testing.T) {
 	t.Helper()
+	// The runtime's network poller opens its fds (an epoll fd and an
+	// eventfd, kept for the life of the process) at the first use of the
+	// network: not the test's.
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
 	g0, f0 := resources(t)
 	t.Cleanup(func() {
 		deadline := time.Now().Add(15 * time.Second)
@@ -210,8 +217,8 @@ func TestServeMaxSessions(t *testing.T) {
 	addr := startServe(t, ServeOptions{MaxSessions: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	// The first session holds the only slot: its control stream is open
-	// and says nothing yet.
+	// The first session holds the only slot: a migration the service
+	// answered (so it is being served), whose layout never comes.
 	hold, err := transport.Dial(ctx, addr, transport.Config{Secret: serveSecret})
 	if err != nil {
 		t.Fatal(err)
@@ -219,6 +226,15 @@ func TestServeMaxSessions(t *testing.T) {
 	st, err := hold.OpenStream(transport.KindControl)
 	if err != nil {
 		t.Fatal(err)
+	}
+	c := transport.NewControl(st)
+	if err := c.Send(&transport.Hello{Version: HandoffVersion, SessionID: hold.ID(), Role: transport.RoleSource, PID: fixture.FreePID(t)}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.Recv(ctx); err != nil {
+		t.Fatal(err)
+	} else if _, ok := m.(*transport.Hello); !ok {
+		t.Fatalf("the service answered %v to a hello", m.MsgType())
 	}
 	_, err = queryOutcome(t, addr)
 	var pe *peerAbort

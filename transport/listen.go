@@ -267,7 +267,22 @@ func (l *Listener) serverHandshake(p *pendingConn) (*Session, error) {
 	if err != nil {
 		return nil, &HandshakeError{Stage: "auth", Remote: remote, Err: err}
 	}
+	// Authenticated: no longer pending, so never evicted from here on.
+	if !l.leave(p) {
+		return nil, &HandshakeError{Stage: "auth", Remote: remote, Err: ErrEvicted}
+	}
 	return newSession(conn, p.Conn, l.s, id, false)
+}
+
+// leave takes p off the pending handshakes, unless it was evicted.
+func (l *Listener) leave(p *pendingConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.evicted.Load() {
+		return false
+	}
+	delete(l.pending, p)
+	return true
 }
 
 // refusalLogInterval is the least time between two log records of refused
