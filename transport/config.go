@@ -27,7 +27,7 @@ const (
 	DefaultKeepAliveInterval = 2 * time.Second
 	DefaultKeepAliveTimeout  = 5 * time.Second
 	DefaultStreamWindow      = 16 << 20
-	DefaultMaxHandshakes     = 32
+	DefaultMaxHandshakes     = 256
 	DefaultFirstByteTimeout  = 2 * time.Second
 
 	// MinSecretLen is the shortest shared secret accepted, in bytes (of
@@ -117,8 +117,9 @@ type Config struct {
 	// stream.
 	StreamWindow uint32
 	// MaxHandshakes (Listen only) caps the connections being handshaken at
-	// once. A connection beyond it evicts the oldest pending one that has
-	// sent nothing yet, else the oldest of all (see Listener).
+	// once (a goroutine, an fd and a few KiB each). A connection beyond it
+	// evicts the pending one that got least far, the oldest of those (see
+	// Listener).
 	MaxHandshakes int
 	// FirstByteTimeout (Listen only) bounds the wait for a connection's
 	// first bytes (its TLS hello, which a real dialer sends at once).

@@ -23,13 +23,15 @@
 // A listener handshakes each connection on its own goroutine. A connection
 // must send its first bytes (the TLS hello, which a real dialer sends at
 // once) within Config.FirstByteTimeout (2 s). At most Config.MaxHandshakes
-// (32) are in progress; a new connection beyond that evicts the oldest
-// pending one that has sent nothing yet, else the oldest of all (its
-// Accept error wraps ErrEvicted). So hundreds of silent or stalled
-// connections, even from the real source's own address, cost at most
-// MaxHandshakes goroutines and never keep out a dialer that completes its
-// handshake before MaxHandshakes newer connections arrive. Refused
-// connections are logged at most once a second, with a count of the rest.
+// (256: a goroutine, an fd and a few KiB each) are in progress; a new
+// connection beyond that evicts the one that got least far (nothing
+// received for 250 ms; part of the TLS hello; the whole hello; TLS done),
+// the oldest of those (its Accept error wraps ErrEvicted). So silent or
+// stalled connections, even from the real source's own address and
+// however fast they come, cost at most MaxHandshakes goroutines and never
+// keep out a dialer that completes its handshake: only peers that do as
+// much work as it does compete with it. Refused connections are logged at
+// most once a second, with a count of the rest.
 //
 // # Authentication
 //

@@ -2,9 +2,12 @@ package transport
 
 import (
 	"context"
+	"encoding/hex"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
 	"time"
@@ -136,5 +139,112 @@ func testFlood(t *testing.T, first []byte) {
 	logs.mu.Unlock()
 	if n > 10 {
 		t.Errorf("%d log records for %d refused connections, want a bounded few", n, silent)
+	}
+}
+
+// TestFloodDuringDial: connections keep coming, as fast as they can, while
+// the real source dials (each sends nothing, or the first bytes of a TLS
+// record, then stalls; 300 are kept open, the oldest closed): the real
+// handshake, which gets further, still gets through.
+func TestFloodDuringDial(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first []byte
+	}{
+		{"silent", nil},
+		{"slow", []byte{0x16, 0x03}},
+		{"short hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}}, // a record of 512 bytes, 1 sent
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFloodDuringDial(t, tc.first) })
+	}
+}
+
+func testFloodDuringDial(t *testing.T, first []byte) {
+	checkGoroutines(t)
+	checkFDs(t)
+	l := listen(t, secretConfig())
+	stop := startFlood(t, l.Addr().String(), first)
+	defer stop()
+	waitFor(t, 10*time.Second, "the flood to fill the handshake slots", func() bool {
+		return l.accepted.Load() >= 2*DefaultMaxHandshakes
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ch := acceptSession(ctx, l)
+	before := l.accepted.Load()
+	client, err := Dial(ctx, l.Addr().String(), secretConfig())
+	if err != nil {
+		t.Fatalf("the real dialer, during the flood: %v", err)
+	}
+	defer client.Close()
+	a := <-ch
+	if a.sess == nil {
+		t.Fatalf("Accept: %v", a.err)
+	}
+	defer a.sess.Close()
+	t.Logf("real session while %d connections came", l.accepted.Load()-before)
+}
+
+// The flood comes from another process, as it would: this test binary,
+// run with these variables set.
+const (
+	floodAddrEnv  = "MIGRATE_TEST_FLOOD_ADDR"
+	floodFirstEnv = "MIGRATE_TEST_FLOOD_FIRST"
+)
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(floodAddrEnv); addr != "" {
+		first, _ := hex.DecodeString(os.Getenv(floodFirstEnv))
+		flood(addr, first)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// startFlood starts a process that opens connections to addr as fast as
+// it can, each sending first and then nothing, 300 kept open; stop ends it.
+func startFlood(t *testing.T, addr string, first []byte) (stop func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), floodAddrEnv+"="+addr, floodFirstEnv+"="+hex.EncodeToString(first))
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		in.Close() // the flood stops at the end of its stdin
+		cmd.Wait()
+	}
+}
+
+// flood is the flooding process's work, until its stdin ends.
+func flood(addr string, first []byte) {
+	stop := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(stop)
+	}()
+	var conns []net.Conn
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			continue
+		}
+		if first != nil {
+			c.Write(first)
+		}
+		conns = append(conns, c)
+		if len(conns) > 300 {
+			conns[0].Close()
+			conns = conns[1:]
+		}
 	}
 }

@@ -12,17 +12,19 @@ import (
 )
 
 // ErrEvicted: a connection's handshake was cut short to make room for a
-// newer one (Config.MaxHandshakes were in progress, and this one was the
-// oldest that had sent nothing, or the oldest of all).
+// newer one (Config.MaxHandshakes were in progress, and this one had got
+// least far in its handshake, and was the oldest of those).
 var ErrEvicted = errors.New("transport: handshake evicted to make room for a newer connection")
 
 // Listener accepts sessions. Every connection is handshaken (TLS, then
 // authentication) on its own goroutine, each within
 // HandshakeTimeout+AuthTimeout, and must send its first bytes within
 // FirstByteTimeout. At most MaxHandshakes are in progress at once: a new
-// connection beyond that evicts the oldest one that has sent nothing yet,
-// else the oldest of all, so that silent or slow connections, however
-// many, never keep a real peer (which sends its TLS hello at once) out.
+// connection beyond that evicts the one that got least far (nothing
+// received; part of the TLS hello; the hello; TLS done), the oldest of
+// those, so that silent or stalled connections, however many and however
+// fast they come, never keep out a real peer, which sends its TLS hello
+// at once: only peers that do as much as it does compete with it.
 type Listener struct {
 	s  *settings
 	tc *tls.Config
@@ -38,6 +40,7 @@ type Listener struct {
 
 	mu        sync.Mutex
 	pending   map[*pendingConn]struct{} // connections being handshaken
+	peekBuf   []byte                    // for evictLocked
 	seq       uint64                    // of the last pending connection
 	fatalErr  error
 	closeOnce sync.Once
@@ -48,24 +51,69 @@ type result struct {
 	err  error
 }
 
-// pendingConn is a connection being handshaken. It notes when its first
-// bytes arrive, and lifts the first-byte deadline then.
+// pendingConn is a connection being handshaken. It notes how far the
+// handshake has come (see stage), and lifts the first-byte deadline when
+// the first bytes arrive.
 type pendingConn struct {
 	net.Conn
-	seq     uint64      // arrival order
-	heard   atomic.Bool // some bytes arrived
+	seq     uint64       // arrival order
+	born    time.Time    // when it was accepted
+	stage   atomic.Int32 // stageSilent ... stageTLS
 	evicted atomic.Bool
+
+	// Read by the handshake goroutine alone: the first TLS record's
+	// header, to tell when the whole record (the client's hello) is in.
+	hdr    [5]byte
+	got    int // bytes of the first record read so far
+	recLen int // its length, header included, once the header is in
 }
 
+// freshGrace is how long a connection that has sent nothing yet ranks with
+// those that sent part of their hello: the time a real dialer may take to
+// compute its hello and send it across (half a round trip).
+const freshGrace = 250 * time.Millisecond
+
+// How far a pending handshake has come. Eviction takes the connection at
+// the lowest stage, the oldest of them: a peer that stalls early never
+// pushes out one that got further, and a real dialer, which sends its
+// hello at once and answers within a round trip, only ever waits in
+// stages that stalled peers must pass too, doing the same work.
+const (
+	stageSilent  = iota // nothing received
+	stagePartial        // part of the first TLS record
+	stageHello          // the whole first record (the client's hello)
+	stageTLS            // TLS done, authenticating
+)
+
 func (p *pendingConn) Read(b []byte) (int, error) {
-	if p.heard.Load() {
+	if p.stage.Load() >= stageHello {
 		return p.Conn.Read(b)
 	}
 	n, err := p.Conn.Read(b)
-	if n > 0 && !p.heard.Swap(true) {
-		p.Conn.SetReadDeadline(time.Time{})
+	if n > 0 {
+		if p.stage.CompareAndSwap(stageSilent, stagePartial) {
+			p.Conn.SetReadDeadline(time.Time{})
+		}
+		p.note(b[:n])
 	}
 	return n, err
+}
+
+// note follows the first TLS record through the bytes read.
+func (p *pendingConn) note(b []byte) {
+	for _, c := range b {
+		if p.got < len(p.hdr) {
+			p.hdr[p.got] = c
+		}
+		p.got++
+		if p.got == len(p.hdr) {
+			p.recLen = len(p.hdr) + (int(p.hdr[3])<<8 | int(p.hdr[4]))
+		}
+		if p.recLen > 0 && p.got >= p.recLen {
+			p.stage.Store(stageHello)
+			return
+		}
+	}
 }
 
 // Listen listens on addr (host:port; ":0" picks a port, see Addr).
@@ -186,7 +234,7 @@ func (l *Listener) acceptLoop() {
 			l.evictLocked()
 		}
 		l.seq++
-		p := &pendingConn{Conn: c, seq: l.seq}
+		p := &pendingConn{Conn: c, seq: l.seq, born: time.Now()}
 		l.pending[p] = struct{}{}
 		l.mu.Unlock()
 		l.wg.Add(1)
@@ -194,24 +242,31 @@ func (l *Listener) acceptLoop() {
 	}
 }
 
-// evictLocked closes the pending connection that has waited longest
-// without sending a byte, or if all have sent some, the oldest. Its
-// handshake goroutine then fails at once and reports ErrEvicted.
+// evictLocked closes the pending connection that got least far in its
+// handshake (see stageSilent), the oldest of them. Its handshake
+// goroutine then fails at once and reports ErrEvicted.
 //
 // Preconditions: l.mu is held and l.pending is not empty.
 func (l *Listener) evictLocked() {
-	var silent, oldest *pendingConn
+	var victim *pendingConn
+	var vstage int32
+	now := time.Now()
 	for p := range l.pending {
-		if oldest == nil || p.seq < oldest.seq {
-			oldest = p
+		st := p.stage.Load()
+		if st == stageSilent {
+			if l.peekBuf == nil {
+				l.peekBuf = make([]byte, maxRecord)
+			}
+			st = waitingStage(p.Conn, l.peekBuf)
 		}
-		if !p.heard.Load() && (silent == nil || p.seq < silent.seq) {
-			silent = p
+		if st == stageSilent && now.Sub(p.born) < freshGrace {
+			// Its hello may be on its way: a real dialer computes it
+			// after the TCP handshake, and it takes half a round trip.
+			st = stagePartial
 		}
-	}
-	victim := silent
-	if victim == nil {
-		victim = oldest
+		if victim == nil || st < vstage || st == vstage && p.seq < victim.seq {
+			victim, vstage = p, st
+		}
 	}
 	victim.evicted.Store(true)
 	delete(l.pending, victim)
@@ -255,6 +310,7 @@ func (l *Listener) serverHandshake(p *pendingConn) (*Session, error) {
 		}
 		return nil, &HandshakeError{Stage: "tls", Remote: remote, Err: err}
 	}
+	p.stage.Store(stageTLS)
 	if pr := conn.ConnectionState().NegotiatedProtocol; pr != alpn {
 		return nil, &HandshakeError{Stage: "tls", Remote: remote, Err: handshakeErr("the dialer does not speak %s (ALPN %q)", alpn, pr)}
 	}
