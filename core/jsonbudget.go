@@ -34,23 +34,29 @@ const DefaultDecodeBudget = 128 << 20
 const maxJSONDepth = 32
 
 // DecodeBounded decodes the JSON in data into v (a pointer), after
-// checking that doing so allocates at most len(data)+budget bytes (as
-// estimated from the sizes of the Go types). An input over budget is
-// refused with an error wrapping ErrDecodeBudget before anything is
-// decoded; malformed JSON is left for json.Unmarshal to report.
+// CheckDecodeBudget. Malformed JSON is left for json.Unmarshal to report.
 func DecodeBounded(data []byte, v any, budget int64) error {
-	rv := reflect.ValueOf(v)
-	if rv.Kind() != reflect.Pointer || rv.IsNil() {
-		return fmt.Errorf("DecodeBounded: need a non-nil pointer, got %T", v)
-	}
-	s := &jsonScan{data: data, left: int64(len(data)) + budget}
-	if err := s.value(rv.Type().Elem(), 0); err != nil {
-		if errors.Is(err, ErrDecodeBudget) {
-			return err
-		}
-		// Malformed: json.Unmarshal says where, better than we would.
+	if err := CheckDecodeBudget(data, v, budget); err != nil {
+		return err
 	}
 	return json.Unmarshal(data, v)
+}
+
+// CheckDecodeBudget checks, without decoding, that decoding data into v (a
+// pointer) allocates at most len(data)+budget bytes, as estimated from the
+// sizes of the Go types; over budget, it returns an error wrapping
+// ErrDecodeBudget. Malformed JSON passes: the decoder says what is wrong
+// with it, better than this scan would.
+func CheckDecodeBudget(data []byte, v any, budget int64) error {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return fmt.Errorf("CheckDecodeBudget: need a non-nil pointer, got %T", v)
+	}
+	s := &jsonScan{data: data, left: int64(len(data)) + budget}
+	if err := s.value(rv.Type().Elem(), 0); errors.Is(err, ErrDecodeBudget) {
+		return err
+	}
+	return nil
 }
 
 type jsonScan struct {

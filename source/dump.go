@@ -34,14 +34,16 @@ func (u *undo) Clean() {
 
 // session is the state one dump shares among the processes of the tree.
 type session struct {
-	opts   DumpOptions
-	log    *slog.Logger
-	dir    string
-	tr     *ptrace.Tracer
-	codec  pagestream.Codec
-	blobs  int
-	steps  []Step
-	lapped time.Time
+	opts  DumpOptions
+	log   *slog.Logger
+	dir   string
+	tr    *ptrace.Tracer
+	codec pagestream.Codec
+	blobs int
+	// blobSums are the blobs stored so far, for Image.Blobs.
+	blobSums map[string]core.Blob
+	steps    []Step
+	lapped   time.Time
 	// fds seen so far in the tree, to find open file descriptions shared
 	// between fds and processes, and pipe ends.
 	fds   []fdRecord
@@ -51,6 +53,12 @@ type session struct {
 	// ports) while they are taken apart and until they run elsewhere.
 	tcp  []*tcpPending
 	lock *netlock.Lock
+	// probe: the fds are read only to find those the dump would refuse,
+	// from a process that runs (see precheckFDs): nothing is read that
+	// a read could change (queues, timers), nothing is kept, and what may
+	// change before the freeze (a connection still connecting, an accept
+	// queue) is left to the dump itself.
+	probe bool
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -142,6 +150,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	root := &dumper{session: ss, pid: opts.PID}
 	root.stat, root.status, err = checkTarget(opts.PID)
 	if err != nil {
+		return nil, err
+	}
+	// An fd that cannot move is refused before the process is frozen
+	// (and before pre-copy).
+	if err := precheckFDs(ctx, opts); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {
@@ -382,6 +395,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	img.Blobs = ss.blobSums
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}
@@ -492,10 +506,16 @@ func (d *session) copyBlob(kind string, r io.Reader) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	// What is written is hashed: the restore reads no blob that differs.
+	sum, err := core.HashBlob(io.TeeReader(r, f))
+	if err != nil {
 		f.Close()
 		return "", fmt.Errorf("store %s: %w", name, err)
 	}
+	if d.blobSums == nil {
+		d.blobSums = map[string]core.Blob{}
+	}
+	d.blobSums[name] = sum
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("store %s: %w", name, err)

@@ -30,12 +30,17 @@ func (e *BadTargetError) Error() string {
 
 // UnsupportedMappingError names a memory area migrate cannot dump.
 type UnsupportedMappingError struct {
-	PID   int
-	Start uint64
-	End   uint64
-	Name  string
+	PID    int
+	Start  uint64
+	End    uint64
+	Name   string
+	Reason string // why, when the name does not say it
 }
 
 func (e *UnsupportedMappingError) Error() string {
-	return fmt.Sprintf("process %d: mapping %#x-%#x %q is not supported", e.PID, e.Start, e.End, e.Name)
+	s := fmt.Sprintf("process %d: mapping %#x-%#x %q is not supported", e.PID, e.Start, e.End, e.Name)
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s
 }

@@ -74,6 +74,9 @@ type MigrateReport struct {
 	// to ready, commit to resumed, as the source saw it.
 	TargetSteps []Step `json:"target_steps,omitempty"`
 	Handoff     []Step `json:"handoff_steps,omitempty"`
+	// Hooks is how long each of the source's hooks ran (the target's
+	// pre-resume hooks are a step of TargetSteps).
+	Hooks []hook.Timing `json:"hooks,omitempty"`
 }
 
 // LiveLayout is the body of a round's Layout message: the process as far
@@ -116,6 +119,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
 		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
+	}
+	// An fd that cannot move is refused now, before the target is even
+	// asked, not at the freeze after every page went over.
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID}); err != nil {
+		return nil, err
+	}
+	if err := refuseDeletedMappings(opts.PID); err != nil {
+		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
@@ -176,6 +187,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
 		},
 	}
+	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
 	rep.Rounds = d.rounds
@@ -198,6 +210,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
+	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
 		if !a.resumed.IsZero() {
@@ -205,6 +219,26 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		}
 	}
 	return rep, err
+}
+
+// warnSlowHooks warns of each hook that ran in the frozen window (the
+// source's post-dump, the target's pre-resume) for longer than the
+// downtime target: the process waited for it.
+func warnSlowHooks(log *slog.Logger, rep *MigrateReport, pol Policy) {
+	if pol == (Policy{}) {
+		pol = DefaultPolicy
+	}
+	limit := ms(pol.TargetDowntime)
+	for _, h := range rep.Hooks {
+		if h.Stage == hook.PostDump && h.MS > limit {
+			log.Warn("a post-dump hook ran longer than the downtime target, with the process frozen", "hook", h.Hook, "ms", h.MS, "target_ms", limit)
+		}
+	}
+	for _, s := range rep.TargetSteps {
+		if s.Name == "pre-resume hook" && s.MS > limit {
+			log.Warn("the target's pre-resume hooks ran longer than the downtime target, with the process frozen", "ms", s.MS, "target_ms", limit)
+		}
+	}
 }
 
 // limitedWriter writes at most rate bytes a second on average: a write
@@ -553,7 +587,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	// rollback (a killed original needs no munmap).
 	type smapsResult struct {
 		maps []proc.Mapping
-		err  error
+		// scratch, scratchLen: the scratch page, mapped when maps was
+		// read (see addVmFlags).
+		scratch, scratchLen uint64
+		err                 error
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
@@ -568,9 +605,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		d.log.Debug("the layout changed at the freeze: smaps read again")
 		d.mmapDone = func() {
 			started = true
+			scratch := d.scratch
 			go func() {
 				m, err := proc.ReadSmaps(d.pid)
-				smapsc <- smapsResult{m, err}
+				smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
 			}()
 		}
 	}
@@ -612,10 +650,11 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if sm.err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, sm.err)
 	}
-	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps); err != nil {
+	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen); err != nil {
 		return nil, err
 	}
 	d.lap("blobs, smaps")
+	a.img.Blobs = d.blobSums
 	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
 	total := 0
 	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {

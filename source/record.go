@@ -1,15 +1,22 @@
 package source
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
+	"unicode"
 
+	"migrate/core"
 	"migrate/core/proc"
+	"migrate/transport"
 )
 
 // A migrate killed in the middle of a migration (SIGKILL, a crash, the
@@ -82,13 +89,15 @@ func StaleRecords() ([]Record, error) {
 			continue
 		}
 		path := filepath.Join(RecordDir, e.Name())
-		b, err := os.ReadFile(path)
+		r, err := readRecord(path)
 		if err != nil {
+			if errors.Is(err, errNotRecord) {
+				os.Remove(path) // not ours to understand: not a record
+			}
 			continue
 		}
-		var r Record
-		if json.Unmarshal(b, &r) != nil || r.PID <= 0 || r.Owner <= 0 {
-			os.Remove(path) // not ours to understand: not a record
+		if e.Name() != filepath.Base(recordPath(r.PID, r.Session)) {
+			os.Remove(path) // a record under another's name
 			continue
 		}
 		if running(r.Owner, r.OwnerStart) {
@@ -101,6 +110,70 @@ func StaleRecords() ([]Record, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// maxRecordSize caps a record file; a real one is about 250 bytes.
+const maxRecordSize = 4096
+
+// errNotRecord marks a file of RecordDir that is not a record.
+var errNotRecord = errors.New("not a migration record")
+
+// readRecord reads the record at path: a regular file (a symlink, FIFO or
+// device there is not opened, not waited on) of at most maxRecordSize
+// bytes, decoded by decodeRecord.
+func readRecord(path string) (Record, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return Record{}, fmt.Errorf("%s: %w: a symbolic link", path, errNotRecord)
+		}
+		return Record{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Record{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return Record{}, fmt.Errorf("%s: %w: not a regular file", path, errNotRecord)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	if err != nil {
+		return Record{}, err
+	}
+	r, err := decodeRecord(b)
+	if err != nil {
+		return Record{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
+}
+
+// decodeRecord decodes and checks a record: known keys only, nothing after
+// the object, PIDs in range, a session ID, and a target address with no
+// space or control character (it is printed in a command to run).
+func decodeRecord(b []byte) (Record, error) {
+	var r Record
+	if len(b) > maxRecordSize {
+		return r, fmt.Errorf("%w: larger than %d bytes", errNotRecord, maxRecordSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, fmt.Errorf("%w: %v", errNotRecord, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return r, fmt.Errorf("%w: data after the object", errNotRecord)
+	}
+	if r.PID <= 0 || r.PID > core.MaxPID || r.Owner <= 0 || r.Owner > core.MaxPID {
+		return r, fmt.Errorf("%w: pid %d, owner %d", errNotRecord, r.PID, r.Owner)
+	}
+	if !transport.ValidSessionID(r.Session) {
+		return r, fmt.Errorf("%w: session %q", errNotRecord, r.Session)
+	}
+	if r.Target == "" || len(r.Target) > 512 || strings.IndexFunc(r.Target, func(c rune) bool { return c <= ' ' || c == 0x7f || !unicode.IsPrint(c) }) >= 0 {
+		return r, fmt.Errorf("%w: target %q", errNotRecord, r.Target)
+	}
+	return r, nil
 }
 
 // running says whether process pid with that start time still exists (and

@@ -54,8 +54,18 @@ func checkTarget(pid int) (*proc.Stat, *proc.Status, error) {
 	if status.TracerPID != 0 {
 		return nil, nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("it is traced by process %d (a debugger?)", status.TracerPID)}
 	}
-	if status.Seccomp != 0 {
-		return nil, nil, &BadTargetError{PID: pid, Reason: "it runs under seccomp, which migrate does not restore yet"}
+	if err := checkMember(pid, status); err != nil {
+		return nil, nil, err
 	}
 	return st, status, nil
+}
+
+// checkMember refuses a process of the dump (the root or a descendant)
+// whose state the restore would not bring back: a seccomp filter, or
+// namespaces of its own.
+func checkMember(pid int, status *proc.Status) error {
+	if status.Seccomp != 0 {
+		return &BadTargetError{PID: pid, Reason: "it runs under seccomp, which migrate does not restore yet"}
+	}
+	return checkNamespaces(pid)
 }

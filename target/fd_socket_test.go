@@ -1,6 +1,7 @@
 package target
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,14 @@ func (sr *sockRestore) blob(data []byte) string {
 	if err := os.WriteFile(filepath.Join(sr.r.dir, name), data, 0o600); err != nil {
 		sr.t.Fatal(err)
 	}
+	sum, err := core.HashBlob(bytes.NewReader(data))
+	if err != nil {
+		sr.t.Fatal(err)
+	}
+	if sr.r.img.Blobs == nil {
+		sr.r.img.Blobs = map[string]core.Blob{}
+	}
+	sr.r.img.Blobs[name] = sum
 	return name
 }
 

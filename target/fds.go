@@ -17,13 +17,18 @@ import (
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
-// process had open or mapped, once per original inode.
-func (r *session) prepareDeleted(context.Context) error {
-	r.deletedFiles = map[fileKey]*os.File{}
+// processes of img had open or mapped, once per original inode. It is
+// called again with a live migration's final image, whose fds (and the
+// blobs of their contents) the first layout did not have: what was
+// recreated then stays.
+func (r *session) prepareDeleted(ctx context.Context, img *core.Image) error {
+	if r.deletedFiles == nil {
+		r.deletedFiles = map[fileKey]*os.File{}
+	}
 	var refs []*core.FileRef
-	procs := []*core.Process{&r.img.Process}
-	for i := range r.img.Tree {
-		procs = append(procs, &r.img.Tree[i])
+	procs := []*core.Process{&img.Process}
+	for i := range img.Tree {
+		procs = append(procs, &img.Tree[i])
 	}
 	for _, p := range procs {
 		for i := range p.FDs {
@@ -38,11 +43,14 @@ func (r *session) prepareDeleted(context.Context) error {
 		}
 	}
 	for _, ref := range refs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		key := fileKey{ref.Dev, ref.Ino, false}
 		if r.deletedFiles[key] != nil {
 			continue
 		}
-		f, err := r.recreate(ref)
+		f, err := r.recreate(ctx, img, ref)
 		if err != nil {
 			return fmt.Errorf("recreate %s: %w", ref.Path, err)
 		}
@@ -53,8 +61,8 @@ func (r *session) prepareDeleted(context.Context) error {
 
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
 // original directory otherwise) holding the stored contents.
-func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
-	src, err := os.Open(filepath.Join(r.dir, ref.Blob))
+func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileRef) (*os.File, error) {
+	src, err := openBlob(r.dir, img, ref.Blob)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +86,7 @@ func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
 	}
-	if _, err := io.Copy(f, src); err != nil {
+	if _, err := io.Copy(f, ctxReader{ctx, src}); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -86,7 +94,7 @@ func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
 }
 
 // openFD opens, in the agent, the file description fd had.
-func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
+func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
 	// File status flags that open(2) takes; the rest are set with F_SETFL.
 	flags := fd.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC)
 	switch fd.Kind {
@@ -165,11 +173,15 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 	case core.FDFIFO:
 		// A holder open for both directions keeps open(2) from blocking and
 		// the pipe (with its buffered data) alive until the process holds it.
-		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		// O_NONBLOCK: whatever the path is now, opening it does not wait.
+		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 		if err != nil {
 			return nil, err
 		}
 		r.keep(holder)
+		if fi, err := holder.Stat(); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+			return nil, &core.ImageError{File: fd.File.Path, Reason: "was a FIFO, is not one now", Err: err}
+		}
 		if fd.Data != "" {
 			if err := r.fillPipe(holder, fd.Data); err != nil {
 				return nil, err
@@ -269,9 +281,32 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 	case core.FDSocket:
 		return r.openSocket(fd)
 	case core.FDInotify:
-		return r.openInotify(fd)
+		return r.openInotify(ctx, fd)
 	}
 	return nil, fmt.Errorf("unknown fd kind %q", fd.Kind)
+}
+
+// roomForFDs raises the child's RLIMIT_NOFILE, if need be, so that dup3
+// can give it its highest fd (and the agent's pidfd its place): it has
+// migrate's own limit until the image's rlimits are set, after the fds.
+func (r *restorer) roomForFDs() error {
+	top := 64 + len(r.proc.FDs) // the agent's pidfd
+	for _, fd := range r.proc.FDs {
+		top = max(top, fd.FD)
+	}
+	var lim unix.Rlimit
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	if uint64(top) < lim.Cur {
+		return nil
+	}
+	lim.Cur = uint64(top) + 1
+	lim.Max = max(lim.Max, lim.Cur)
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE to %d for fd %d: %w", lim.Cur, top, err)
+	}
+	return nil
 }
 
 // tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
@@ -334,7 +369,7 @@ func dupFile(f *os.File) (*os.File, error) {
 
 // fillPipe writes stored pipe contents into the write side w.
 func (r *session) fillPipe(w *os.File, blob string) error {
-	data, err := os.ReadFile(filepath.Join(r.dir, blob))
+	data, err := readBlob(r.dir, r.img, blob)
 	if err != nil {
 		return err
 	}
@@ -353,9 +388,12 @@ func (r *session) fillPipe(w *os.File, blob string) error {
 //
 // Preconditions: the child has no fds but the agent's pidfd (layout closed
 // the husk's and its own temporaries).
-func (r *restorer) restoreFDs(context.Context) error {
+func (r *restorer) restoreFDs(ctx context.Context) error {
 	p := r.proc
 	for i := range p.FDs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
 		// of this or another process that shared it), or a new one.
@@ -366,7 +404,7 @@ func (r *restorer) restoreFDs(context.Context) error {
 		f := r.descs[key]
 		if f == nil {
 			var err error
-			if f, err = r.openFD(fd, r.pipes); err != nil {
+			if f, err = r.openFD(ctx, fd, r.pipes); err != nil {
 				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
 			}
 			r.keep(f)

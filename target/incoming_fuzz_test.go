@@ -1,6 +1,7 @@
 package target
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"runtime"
@@ -28,18 +29,18 @@ func selfProcess(t testing.TB) core.Process {
 	p := core.Process{
 		PID: pid, PPID: os.Getppid(), Comm: "target.test",
 		Exe: core.FileRef{Path: exe}, Cwd: cwd, Root: "/", Cmdline: os.Args,
-		Threads:    []core.Thread{{TID: pid, Xstate: make([]byte, 64)}},
+		Threads:    []core.Thread{{TID: pid, Xstate: make([]byte, 1024)}},
 		Sigactions: make([]core.Sigaction, 64),
 		FDs: []core.FD{
 			{FD: 0, Kind: core.FDChar, File: &core.FileRef{Path: "/dev/null"}},
-			{FD: 3, Kind: core.FDPipe, Pipe: 77, Data: core.FilesDir + "/pipe-77"},
+			{FD: 3, Kind: core.FDPipe, Pipe: 77},
 			{FD: 4, Kind: core.FDSocket, Socket: &core.Socket{Family: 1, Type: 1, State: core.SockListen,
 				Name: []byte("/run/x.sock"), File: &core.SockFile{Path: "/run/x.sock"}}},
 			{FD: 5, Kind: core.FDInotify, Inotify: []core.InotifyWatch{{WD: 1, Path: "/etc", Mask: 2}}},
 		},
 	}
 	for _, m := range maps {
-		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Flags: 2, Kind: core.VMAAnon, Offset: m.Offset}
+		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Flags: 2, Kind: core.VMAAnon, Offset: m.Offset &^ 4095}
 		switch {
 		case m.Path == "[vdso]":
 			v.Kind, v.Name = core.VMAVDSO, m.Path
@@ -59,6 +60,26 @@ func selfProcess(t testing.TB) core.Process {
 	return p
 }
 
+// selfState is the final state of p, a live source's: its pipe holds
+// queued bytes.
+func selfState(t testing.TB, p core.Process, queued []byte) LiveState {
+	t.Helper()
+	name := core.FilesDir + "/pipe-77"
+	for i := range p.FDs {
+		if p.FDs[i].Kind == core.FDPipe {
+			p.FDs[i].Data = name
+		}
+	}
+	blob, err := core.HashBlob(bytes.NewReader(queued))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
+		Pages: core.PagesInfo{File: core.PagesFile, Codec: "s2", Rounds: 2}, Process: p,
+		Blobs: map[string]core.Blob{name: blob}}
+	return LiveState{Image: img, Blobs: map[string][]byte{name: queued}}
+}
+
 // TestSelfProcessAccepted: the fuzz seeds are accepted (else fuzzing
 // would explore refusals only).
 func TestSelfProcessAccepted(t *testing.T) {
@@ -67,9 +88,7 @@ func TestSelfProcessAccepted(t *testing.T) {
 	if _, err := decodeLayout(b, p.PID); err != nil {
 		t.Fatalf("layout: %v", err)
 	}
-	img := core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
-		Pages: core.PagesInfo{File: core.PagesFile}, Process: p}
-	b, _ = json.Marshal(LiveState{Image: img, Blobs: map[string][]byte{core.FilesDir + "/pipe-77": []byte("q")}})
+	b, _ = json.Marshal(selfState(t, p, []byte("q")))
 	if _, err := decodeState(b, p.PID); err != nil {
 		t.Fatalf("state: %v", err)
 	}
@@ -106,9 +125,7 @@ func FuzzLiveLayout(f *testing.F) {
 // its blobs.
 func FuzzLiveState(f *testing.F) {
 	p := selfProcess(f)
-	img := core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
-		Pages: core.PagesInfo{File: core.PagesFile, Codec: "s2", Rounds: 2}, Process: p}
-	b, _ := json.Marshal(LiveState{Image: img, Blobs: map[string][]byte{core.FilesDir + "/pipe-77": []byte("queued")}})
+	b, _ := json.Marshal(selfState(f, p, []byte("queued")))
 	f.Add(b, p.PID)
 	f.Add([]byte(`{"image":{"kind":"migrate-image","version":1},"blobs":{"files/x":"eA=="}}`), 1)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
@@ -118,7 +135,9 @@ func FuzzLiveState(f *testing.F) {
 		}
 		refs := map[string]bool{}
 		for _, pp := range ls.Image.Processes() {
-			processBlobs(pp.Process, refs)
+			for _, b := range pp.Process.BlobNames() {
+				refs[b] = true
+			}
 		}
 		for name := range ls.Blobs {
 			if !refs[name] || strings.Contains(name, "..") {

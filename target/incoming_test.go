@@ -22,7 +22,7 @@ func incomingProcess() core.Process {
 		Exe: core.FileRef{Path: "/bin/true"}, Cwd: "/tmp", Root: "/",
 		Threads:    []core.Thread{{TID: testPID}},
 		Sigactions: make([]core.Sigaction, 64),
-		VMAs:       []core.VMA{{Start: 0x10000, End: 0x20000, Kind: core.VMAAnon}},
+		VMAs:       []core.VMA{{Start: 0x10000, End: 0x20000, Flags: 2, Kind: core.VMAAnon}},
 		FDs:        []core.FD{{FD: 0, Kind: core.FDFile, File: &core.FileRef{Path: "/dev/null"}}},
 	}
 }
@@ -84,7 +84,7 @@ func TestEveryLayoutChecked(t *testing.T) {
 		t.Errorf("relative cwd in round 1's layout: %v, want ErrBadPath", err)
 	}
 	p = incomingProcess()
-	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Kind: core.VMAFile, File: &core.FileRef{Path: "../../etc/shadow"}})
+	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Flags: 2, Kind: core.VMAFile, File: &core.FileRef{Path: "../../etc/shadow"}})
 	if err := laterRound().Layout(context.Background(), layoutMsg(t, 2, p)); !errors.Is(err, core.ErrBadPath) {
 		t.Errorf("relative mapped file in round 2's layout: %v, want ErrBadPath", err)
 	}
@@ -95,7 +95,7 @@ func TestEveryLayoutChecked(t *testing.T) {
 	}
 
 	// More areas than vm.max_map_count allows a process here.
-	lim := readHostLimits()
+	lim := readKernelLimits()
 	if lim.maxMapCount > 1<<20 {
 		t.Skipf("vm.max_map_count is %d: too many areas to build", lim.maxMapCount)
 	}
@@ -103,10 +103,11 @@ func TestEveryLayoutChecked(t *testing.T) {
 	p.VMAs = make([]core.VMA, lim.maxMapCount+1)
 	for i := range p.VMAs {
 		a := uint64(0x10000 + i*0x2000)
-		p.VMAs[i] = core.VMA{Start: a, End: a + 0x1000, Kind: core.VMAAnon}
+		p.VMAs[i] = core.VMA{Start: a, End: a + 0x1000, Flags: 2, Kind: core.VMAAnon}
 	}
-	if err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p)); !errors.Is(err, ErrHostLimit) {
-		t.Errorf("%d areas: %v, want ErrHostLimit", len(p.VMAs), err)
+	var he *HostLimitError
+	if err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p)); !errors.As(err, &he) || he.What != "vm.max_map_count" {
+		t.Errorf("%d areas: %v, want a *HostLimitError on vm.max_map_count", len(p.VMAs), err)
 	}
 }
 
@@ -158,7 +159,7 @@ func TestStateChecked(t *testing.T) {
 // the same as the source's.
 func TestLaterLayoutFiles(t *testing.T) {
 	p := incomingProcess()
-	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Kind: core.VMAFile,
+	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Flags: 2, Kind: core.VMAFile,
 		File: &core.FileRef{Path: t.TempDir() + "/gone"}})
 	err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p))
 	var ie *core.ImageError

@@ -95,7 +95,9 @@ func decodeState(body []byte, pid int) (*LiveState, error) {
 	}
 	refs := map[string]bool{}
 	for _, pp := range img.Processes() {
-		processBlobs(pp.Process, refs)
+		for _, b := range pp.Process.BlobNames() {
+			refs[b] = true
+		}
 	}
 	for name := range ls.Blobs {
 		if !refs[name] { // so every name was checked by core.Image.Validate

@@ -124,7 +124,8 @@ type Builder struct {
 // NewBuilder checks the image in dir (everything it names, before anything
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
-	return newBuilder(ctx, dir, img, log, validate, false)
+	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
+	return newBuilder(ctx, dir, img, log, check, false)
 }
 
 // newBuilder is NewBuilder with the check of the image given; live
@@ -152,7 +153,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
-		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
+		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -224,6 +225,11 @@ func (b *Builder) FillFromImage(ctx context.Context) error {
 // thread state. The processes stay stopped until Resume.
 func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	if img != b.ss.img {
+		// The deleted files first: an area of the final layout may map
+		// one.
+		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
+			return err
+		}
 		if err := b.adopt(img); err != nil {
 			return err
 		}
@@ -735,19 +741,27 @@ func holdsPages(kind string) bool {
 	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile
 }
 
-// openAgentPidfd gives the child a pidfd for this agent, at a high fd
-// number out of the way of the fds to restore.
+// openAgentPidfd gives the child a pidfd for this agent, at an fd number
+// (64 or above) that no fd to restore has, and the RLIMIT_NOFILE that its
+// highest fd needs.
 func (r *restorer) openAgentPidfd() error {
 	if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
+		return err
+	}
+	if err := r.roomForFDs(); err != nil {
 		return err
 	}
 	fd, err := r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
 	if err != nil {
 		return err
 	}
-	high := 64
+	taken := make(map[int]bool, len(r.proc.FDs))
 	for _, f := range r.proc.FDs {
-		high = max(high, f.FD+16)
+		taken[f.FD] = true
+	}
+	high := 64
+	for taken[high] {
+		high++
 	}
 	moved, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, uint64(high))
 	if err != nil {
@@ -789,7 +803,7 @@ func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
 	if write {
 		flag = os.O_RDWR
 	}
-	f, err := os.OpenFile(ref.Path, flag, 0)
+	f, err := openMappable(ref.Path, flag)
 	if err != nil {
 		return nil, err
 	}

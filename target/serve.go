@@ -7,12 +7,11 @@ import (
 	"log/slog"
 	"migrate/core/hook"
 	"migrate/core/netlock"
+	"migrate/core/reap"
 	"net"
 	"os"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"migrate/transport"
 )
@@ -75,7 +74,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	}
 	log.Info("serving", "addr", ln.Addr().String())
 	if os.Getpid() == 1 {
-		go reapOrphans(ctx)
+		go reap.Orphans(ctx, 500*time.Millisecond)
 	}
 	outcomes := NewOutcomes(0, nil)
 	maxSessions := opts.MaxSessions
@@ -177,43 +176,4 @@ func refuseBusy(ctx context.Context, sess *transport.Session, max int, log *slog
 	c.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %v (%d; migrate serve --max-sessions)", ErrBusy, max))})
 	// Until the source has read it and closed.
 	linger(ctx, c, DefaultLinger)
-}
-
-// reapOrphans collects the processes that end up children of this PID 1
-// (restored processes, once they exit). It must never touch a process the
-// builder traces: waitid reports a tracee's ptrace stops to its tracer's
-// process whatever the flags (CLD_TRAPPED), and reaping with wait4 would
-// consume the stop the builder waits for and hang its build. So it only
-// looks (WNOWAIT), and collects a child only when that look says it
-// exited, with a waitid that takes exits alone.
-func reapOrphans(ctx context.Context) {
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		for {
-			var info unix.Siginfo
-			if err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
-				break
-			}
-			pid := int(siginfoPID(&info))
-			if pid == 0 || !exited(siginfoCode(&info)) {
-				break // nothing, or a ptrace stop: the builder's business
-			}
-			var done unix.Siginfo
-			if err := unix.Waitid(unix.P_PID, pid, &done, unix.WEXITED|unix.WNOHANG, nil); err != nil {
-				break
-			}
-		}
-	}
-}
-
-// exited says whether a SIGCHLD si_code reports the child's end.
-func exited(code int32) bool {
-	const cldExited, cldKilled, cldDumped = 1, 2, 3
-	return code == cldExited || code == cldKilled || code == cldDumped
 }

@@ -7,37 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"migrate/e2e/fixture"
 	"migrate/transport"
 )
-
-// TestSiginfoPID: the PID of an exited child, read from the siginfo that
-// waitid fills, is the child's.
-func TestSiginfoPID(t *testing.T) {
-	cmd := exec.Command("true")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("no true(1): %v", err)
-	}
-	var info unix.Siginfo
-	if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
-		t.Fatal(err)
-	}
-	if got := int(siginfoPID(&info)); got != cmd.Process.Pid {
-		t.Fatalf("siginfoPID = %d, want %d", got, cmd.Process.Pid)
-	}
-	if code := siginfoCode(&info); !exited(code) {
-		t.Fatalf("siginfoCode = %d for an exited child", code)
-	}
-	cmd.Wait()
-}
 
 var serveSecret = []byte("60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752")
 

@@ -74,7 +74,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
   unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s
   migrate serve --listen :7070 --secret-file s --address 10.0.0.100/32@eth0
   migrate serve --listen :7070 --secret-file s \
-      --hook 'pre-resume=ip addr add 10.0.0.100/32 dev eth0 && arping -U -c1 -I eth0 10.0.0.100' \
+      --hook 'pre-resume=ip addr add 10.0.0.100/32 dev eth0 && setsid -f arping -q -U -c1 -I eth0 10.0.0.100 </dev/null >/dev/null 2>&1' \
       --hook 'abort=ip addr del 10.0.0.100/32 dev eth0 || true'`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var listen string

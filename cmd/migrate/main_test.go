@@ -304,6 +304,10 @@ func sampleImage() *core.Image {
 		Kind: core.ImageKind, Version: core.ImageVersion,
 		Created: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), Host: "vm", Kernel: "6.18.44", Arch: "amd64",
 		Pages: core.PagesInfo{File: core.PagesFile, Size: 5000, Pages: 3, Codec: "zstd"},
+		Blobs: map[string]core.Blob{
+			"files/3":        {Size: 10, SHA256: strings.Repeat("a", 64)},
+			"files/pipe-777": {Size: 0, SHA256: strings.Repeat("b", 64)},
+		},
 		Process: core.Process{
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
@@ -314,7 +318,7 @@ func sampleImage() *core.Image {
 				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
-			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0}, SigMask: 1 << 9, Restart: "restart"}},
+			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart"}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
