@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"syscall"
 	"time"
@@ -15,8 +16,12 @@ import (
 
 // ImageVersion is the version of the image metadata written by this build.
 // A reader refuses any other version. Version 2 added Image.Blobs (the size
-// and SHA-256 of every file under files/): a version 1 image cannot have its
-// blobs checked and is refused with ErrBadVersion; dump the process again.
+// and SHA-256 of every file under files/), the owners of files
+// (FileRef.UID, GID), the securebits, no_new_privs and per-thread
+// credentials, and Dumpable: a version 1 image cannot have its blobs
+// checked, and restoring one would make its recreated files root's and
+// lose the process's privilege limits. It is refused with ErrBadVersion:
+// dump the process again.
 const ImageVersion = 2
 
 // Names of the files in an image directory.
@@ -91,10 +96,14 @@ type Process struct {
 	Root    string   `json:"root"`
 	Umask   uint32   `json:"umask"`
 
-	Personality uint64   `json:"personality"`
-	Creds       Creds    `json:"creds"`
-	Rlimits     []Rlimit `json:"rlimits"`
-	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Personality uint64 `json:"personality"`
+	Creds       Creds  `json:"creds"`
+	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
+	// trace it and its /proc files are the user's, 0 (or 2) if changing
+	// credentials made it not dumpable.
+	Dumpable int      `json:"dumpable"`
+	Rlimits  []Rlimit `json:"rlimits"`
+	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
@@ -128,8 +137,12 @@ type FileRef struct {
 	Size  int64  `json:"size"`
 	Mtime int64  `json:"mtime_ns"`
 	Mode  uint32 `json:"mode"`
-	Dev   uint64 `json:"dev,omitempty"`
-	Ino   uint64 `json:"ino,omitempty"`
+	// UID and GID own the file. A file the restore recreates (deleted
+	// file, memfd) gets them back, and its set-id bits only with them.
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
 	// Deleted is true when the file was unlinked while open; its contents
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`
@@ -148,6 +161,24 @@ type Creds struct {
 	CapEff uint64    `json:"cap_eff"`
 	CapBnd uint64    `json:"cap_bnd"`
 	CapAmb uint64    `json:"cap_amb"`
+	// Securebits are the SECBIT_* flags (prctl PR_GET_SECUREBITS).
+	Securebits uint32 `json:"securebits,omitempty"`
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+}
+
+// Equal tells whether c and o are the same credentials.
+func (c *Creds) Equal(o *Creds) bool {
+	if len(c.Groups) != len(o.Groups) {
+		return false
+	}
+	for i := range c.Groups {
+		if c.Groups[i] != o.Groups[i] {
+			return false
+		}
+	}
+	a, b := *c, *o
+	a.Groups, b.Groups = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Rlimit is one resource limit.
@@ -242,6 +273,10 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Creds are the thread's credentials when they differ from the
+	// process's (Process.Creds, the leader's): credentials are per thread
+	// in Linux, and a raw setuid or capset changes only the caller's.
+	Creds *Creds `json:"creds,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`

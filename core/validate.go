@@ -148,18 +148,14 @@ func validateState(p *Process) error {
 	if p.Personality >= 0xffffffff {
 		return fmt.Errorf("personality %#x", p.Personality)
 	}
-	c := &p.Creds
-	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
-		if id == noID {
-			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
-		}
+	if err := validateCreds(&p.Creds); err != nil {
+		return err
 	}
-	if len(c.Groups) > MaxGroups {
-		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
-	}
-	for _, g := range c.Groups {
-		if g == noID {
-			return errors.New("supplementary group -1")
+	for _, t := range p.Threads {
+		if t.Creds != nil {
+			if err := validateCreds(t.Creds); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
 		}
 	}
 	seen := map[int]bool{}
@@ -420,6 +416,25 @@ func validateFD(f *FD) error {
 		}
 		if len(s.Options) > 256 {
 			return fmt.Errorf("%d socket options", len(s.Options))
+		}
+	}
+	return nil
+}
+
+// validateCreds checks credentials a restore hands to setresuid and
+// friends: no -1 ("unchanged" to the kernel), at most NGROUPS_MAX groups.
+func validateCreds(c *Creds) error {
+	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
+		if id == noID {
+			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
+		}
+	}
+	if len(c.Groups) > MaxGroups {
+		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
+	}
+	for _, g := range c.Groups {
+		if g == noID {
+			return errors.New("supplementary group -1")
 		}
 	}
 	return nil

@@ -124,7 +124,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			return nil, unsupported(fmt.Sprintf("it holds a file lock (%s), which migrate does not restore yet", strings.Join(locks, "; ")))
 		}
 		ref := func() *core.FileRef {
-			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
+			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Dev: st.Dev, Ino: st.Ino}
 			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
 				r.Path, r.Deleted = s, true
 			}

@@ -781,6 +781,9 @@ func (a *liveSource) LeaveFrozen() error {
 // (it left the original stopped): it asks the target, then kills the
 // original if the target runs the process, or lets it run on (SIGCONT) if
 // the migration was aborted. Anything else leaves it stopped and says so.
+// It acts only on a process a record in RecordDir names for that session,
+// with the same start time; otherwise it returns a *NotRecordedError
+// before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (ControlConn, error) {
 		c := cfg
@@ -795,7 +798,13 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
 	}
+	var rec *Record
 	if pid > 0 {
+		// Only a process a migration left: never whatever now has the PID.
+		var err error
+		if rec, err = recordedProcess(pid, session); err != nil {
+			return "", err
+		}
 		if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && len(gone) > 0 {
 			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 		}
@@ -808,7 +817,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {
-			if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
 			}
 		}
@@ -817,7 +826,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			if err := UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
-			if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
 			}
 		}

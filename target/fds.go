@@ -60,7 +60,8 @@ func (r *session) prepareDeleted(ctx context.Context, img *core.Image) error {
 }
 
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
-// original directory otherwise) holding the stored contents.
+// original directory otherwise) holding the stored contents, with the
+// original's owner and mode (see setOwnerMode).
 func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileRef) (*os.File, error) {
 	src, err := openBlob(r.dir, img, ref.Blob)
 	if err != nil {
@@ -75,11 +76,12 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
 	} else {
+		// Created 0600: the mode comes once the owner is right.
 		dir := filepath.Dir(ref.Path)
-		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			// The directory is gone or does not take O_TMPFILE.
-			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777); err != nil {
+			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err != nil {
 				return nil, err
 			}
 			r.warn("deleted file %s recreated in %s", ref.Path, os.TempDir())
@@ -90,7 +92,35 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 		f.Close()
 		return nil, err
 	}
+	if err := r.setOwnerMode(f, ref); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
+}
+
+// setIDBits are the mode bits that give privilege on exec.
+const setIDBits = unix.S_ISUID | unix.S_ISGID
+
+// setOwnerMode gives a file the restore created the owner and mode ref
+// recorded. The owner first: the file is the restorer's (root's) until
+// then, and must never carry set-id bits while it is. If the owner cannot
+// be set (an ID this user namespace does not map), the file keeps the
+// restorer's and gets the mode without its set-id bits.
+func (r *session) setOwnerMode(f *os.File, ref *core.FileRef) error {
+	mode := ref.Mode & 0o7777
+	if err := unix.Fchown(int(f.Fd()), int(ref.UID), int(ref.GID)); err != nil {
+		if mode&setIDBits != 0 {
+			mode &^= setIDBits
+			r.warn("%s recreated without its set-user/group-ID bits: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		} else {
+			r.warn("%s recreated owned by the restorer: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		}
+	}
+	if err := unix.Fchmod(int(f.Fd()), mode); err != nil {
+		return &os.PathError{Op: "fchmod", Path: ref.Path, Err: err}
+	}
+	return nil
 }
 
 // openFD opens, in the agent, the file description fd had.

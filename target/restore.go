@@ -38,6 +38,9 @@ type session struct {
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
+	// afterBind, set by tests, runs after a unix socket is bound to a
+	// path.
+	afterBind func(path string)
 }
 
 // restorer holds the state of the restore of one process of the tree.
@@ -793,15 +796,23 @@ func (r *session) keep(f *os.File) *os.File {
 // openMapped opens a mapped file: the file itself, or for a deleted one, a
 // copy made from the image.
 func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
-	if ref.Deleted {
-		if f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]; f != nil {
-			return f, nil
-		}
-		return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
-	}
 	flag := os.O_RDONLY
 	if write {
 		flag = os.O_RDWR
+	}
+	if ref.Deleted {
+		f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]
+		if f == nil {
+			return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
+		}
+		// Reopened for the access the mapping needs: a mapping holds its
+		// file, and one open for writing would keep the copy from being
+		// executed (ETXTBSY) as long as it lives.
+		g, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), flag|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		return r.keep(g), nil
 	}
 	f, err := openMappable(ref.Path, flag)
 	if err != nil {

@@ -255,7 +255,9 @@ learn what became of the migration, 'migrate --to' leaves the original
 process stopped and prints its session ID. 'migrate recover' asks the target
 about that session: if the target runs the process, the original is killed;
 if the migration was aborted, the original runs on (SIGCONT). If the target
-cannot tell, the original stays stopped and the command says so (exit 1).`,
+cannot tell, the original stays stopped and the command says so (exit 1).
+It acts only on the process that the migration's record in /run/migrate
+names (same PID, session and start time), and refuses any other.`,
 	examples: `  migrate recover --to 10.0.0.2:7070 --secret-file /etc/migrate/secret --session 3f9c... 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var to, session string
