@@ -350,7 +350,7 @@ const refusalLogInterval = time.Second
 // held back since the last record. A flood of hostile connections thus
 // costs a line a second, not a line each.
 type refusalLog struct {
-	log   interface{ Info(string, ...any) }
+	log   interface{ Warn(string, ...any) }
 	every time.Duration
 
 	mu      sync.Mutex
@@ -371,7 +371,7 @@ func (r *refusalLog) note(err error) {
 		return
 	}
 	r.last = now
-	r.log.Info("transport: connection refused", "err", err, "more_refused", r.held, "evicted", r.evicted)
+	r.log.Warn("transport: connection refused", "err", err, "more_refused", r.held, "evicted", r.evicted)
 	r.held, r.evicted = 0, 0
 }
 
@@ -380,7 +380,7 @@ func (r *refusalLog) flush() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.held > 0 {
-		r.log.Info("transport: connections refused", "count", r.held, "evicted", r.evicted)
+		r.log.Warn("transport: connections refused", "count", r.held, "evicted", r.evicted)
 		r.held, r.evicted = 0, 0
 	}
 }
