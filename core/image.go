@@ -454,6 +454,10 @@ func DecodeImage(r io.Reader) (*Image, error) {
 		return nil, fmt.Errorf("%w: version %d, this build reads %d (dump again with this build)", ErrBadVersion, head.Version, ImageVersion)
 	}
 	var img Image
+	// What decoding would allocate, before decoding (DecodeBounded).
+	if err := CheckDecodeBudget(data, &img, DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&img); err != nil {

@@ -33,13 +33,19 @@ CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-X main.version=$desc" -o "$STAGE/
 "$STAGE/migrate" help --man | gzip -9n > "$STAGE/migrate.1.gz"
 # The unit as packaged: the binary in /usr/bin, the secret the postinst
 # generated, and no install steps that the package does.
+# The "# Install:" paragraph (up to the next "#" line) is replaced.
 sed -e 's|/usr/local/bin/migrate|/usr/bin/migrate|g' \
-	-e '/^# Install:/,/^# systemctl enable --now migrate-serve\.$/c\
+	-e '/^# Install:/,/^#$/c\
 # Installed by the migrate package, which generated a secret in\
-# /etc/migrate/secret (mode 0600) if there was none: put the same one on\
-# every host, then systemctl enable --now migrate-serve.' \
+# /etc/migrate/secret (mode 0600, migrate serve --gen-secret) if there was\
+# none: put the same one on every host, by a channel you trust, then\
+# systemctl enable --now migrate-serve.\
+#' \
 	contrib/migrate-serve.service > "$STAGE/migrate-serve.service"
-grep -q '^ExecStart=/usr/bin/migrate ' "$STAGE/migrate-serve.service" || { echo "deb: the unit's ExecStart is not /usr/bin/migrate" >&2; exit 1; }
+for want in '^ExecStart=/usr/bin/migrate ' '^\[Service\]$' '^\[Install\]$' '^# Installed by the migrate package'; do
+	grep -q "$want" "$STAGE/migrate-serve.service" ||
+		{ echo "deb: the unit made from contrib/migrate-serve.service lacks $want (has its Install comment changed?)" >&2; exit 1; }
+done
 
 out="dist/migrate_${DEB_VERSION}_amd64.deb"
 rm -f "$out"

@@ -59,6 +59,7 @@ const (
 	ReasonProtocol     = "protocol"      // ErrPeerProtocol, transport.ErrProtocol, a control message that does not decode
 	ReasonRefused      = "refused"       // the hello was refused or never came
 	ReasonShutdown     = "shutdown"      // the service stopped (its context ended)
+	ReasonBusy         = "busy"          // ServeOptions.MaxSessions sessions were in progress
 	ReasonOther        = "other"
 )
 
@@ -95,11 +96,11 @@ func NewMetrics() *Metrics {
 		reg: prometheus.NewRegistry(),
 		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "migrate_target_migrations_total",
-			Help: "Incoming migrations that ended, by outcome: resumed, failed (this side could not restore), aborted (by the source, its link, a timeout or the service stopping), refused (no or a bad hello), in_doubt (resume failed after the commit and the husk could not be killed).",
+			Help: "Incoming migrations that ended, by outcome: resumed, failed (this side could not restore), aborted (by the source, its link, a timeout or the service stopping), refused (no or a bad hello, or the service busy), in_doubt (resume failed after the commit and the husk could not be killed).",
 		}, []string{"outcome"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "migrate_target_restore_failures_total",
-			Help: "Incoming migrations that did not end resumed, by reason: pid_in_use, file_missing, bad_image, host_mismatch, peer_lost, peer_aborted, timeout, protocol, refused, shutdown, other.",
+			Help: "Incoming migrations that did not end resumed, by reason: pid_in_use, file_missing, bad_image, host_mismatch, peer_lost, peer_aborted, timeout, protocol, refused, shutdown, busy, other.",
 		}, []string{"reason"}),
 		downtime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "migrate_target_downtime_seconds",
@@ -141,7 +142,7 @@ func NewMetrics() *Metrics {
 		m.duration.WithLabelValues(o)
 	}
 	for _, r := range []string{ReasonPIDInUse, ReasonFileMissing, ReasonBadImage, ReasonHostMismatch, ReasonPeerLost,
-		ReasonPeerAborted, ReasonTimeout, ReasonProtocol, ReasonRefused, ReasonShutdown, ReasonOther} {
+		ReasonPeerAborted, ReasonTimeout, ReasonProtocol, ReasonRefused, ReasonShutdown, ReasonBusy, ReasonOther} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, r := range []string{"auth", "timeout", "handshake", "other"} {

@@ -9,6 +9,8 @@ package target_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -157,7 +159,12 @@ func waitValue(t *testing.T, h http.Handler, name, label, value string, want flo
 }
 
 func TestServeMetrics(t *testing.T) {
-	secret := []byte("0123456789abcdef0123456789abcdef")
+	randomSecret := func() []byte {
+		var b [32]byte
+		rand.Read(b[:])
+		return []byte(hex.EncodeToString(b[:]))
+	}
+	secret := randomSecret()
 	m := target.NewMetrics()
 	h := m.Handler()
 	if code, body := healthz(t, h); code != http.StatusServiceUnavailable || body != "starting" {
@@ -184,7 +191,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 
 	// A wrong secret: a refused handshake, not a migration.
-	if s, err := transport.Dial(ctx, addr, transport.Config{Secret: []byte("another secret, just as long....")}); err == nil {
+	if s, err := transport.Dial(ctx, addr, transport.Config{Secret: randomSecret()}); err == nil {
 		s.Close()
 		t.Fatal("dial with another secret succeeded")
 	}
@@ -286,4 +293,59 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestServeMetricsBusy: a session beyond MaxSessions is counted refused,
+// for the reason busy, once.
+func TestServeMetricsBusy(t *testing.T) {
+	var b [32]byte
+	rand.Read(b[:])
+	secret := []byte(hex.EncodeToString(b[:]))
+	m := target.NewMetrics()
+	h := m.Handler()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- target.Serve(ctx, target.ServeOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Secret: secret},
+			Metrics: m, MaxSessions: 1, Ready: func(a net.Addr) { ready <- a }})
+	}()
+	defer func() {
+		cancel()
+		<-served
+	}()
+	var addr string
+	select {
+	case a := <-ready:
+		addr = a.String()
+	case err := <-served:
+		t.Fatalf("serve: %v", err)
+	}
+	// The one slot, held by a session that says nothing yet.
+	first, err := transport.Dial(ctx, addr, transport.Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	waitValue(t, h, "migrate_target_sessions_in_progress", "", "", 1, false)
+	second, err := transport.Dial(ctx, addr, transport.Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	waitMetric(t, h, "migrate_target_restore_failures_total", "reason", target.ReasonBusy, 1)
+	fams := scrape(t, h)
+	for _, c := range []struct {
+		name, label, value string
+		want               float64
+	}{
+		{"migrate_target_migrations_total", "outcome", target.MetricRefused, 1},
+		{"migrate_target_migrations_total", "", "", 1},
+		{"migrate_target_restore_failures_total", "", "", 1},
+		{"migrate_target_sessions_in_progress", "", "", 1},
+	} {
+		if got := metric(t, fams, c.name, c.label, c.value); got != c.want {
+			t.Errorf("%s{%s=%q} = %v, want %v", c.name, c.label, c.value, got, c.want)
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"migrate/core/kernel"
 	"migrate/source"
 	"migrate/target"
+	"migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.
@@ -461,5 +462,20 @@ func TestManPage(t *testing.T) {
 	cmd.Stdin = strings.NewReader(man)
 	if msg, err := cmd.CombinedOutput(); err != nil || len(msg) > 0 {
 		t.Errorf("groff: %v\n%s", err, msg)
+	}
+}
+
+// TestGenSecret: serve --gen-secret writes a secret that --secret-file
+// takes, and never overwrites one.
+func TestGenSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := transport.LoadSecret(path); err != nil {
+		t.Fatal(err)
+	}
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
+		t.Fatalf("an existing secret file was overwritten")
 	}
 }
