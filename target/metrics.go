@@ -126,7 +126,7 @@ func NewMetrics() *Metrics {
 		}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "migrate_target_handshakes_refused_total",
-			Help: "Connections that did not become sessions, by reason: auth (authentication failed), timeout, handshake (not a migrate peer, another handshake version), other.",
+			Help: "Connections that did not become sessions, by reason: auth (authentication failed), timeout, handshake (not a migrate peer, another handshake version), evicted (cut to make room for newer connections), other. Under a flood, refusals beyond the listener's queue of 16 are not counted (the listener's log has them).",
 		}, []string{"reason"}),
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "migrate_target_status_queries_total",
@@ -145,7 +145,7 @@ func NewMetrics() *Metrics {
 		ReasonPeerAborted, ReasonTimeout, ReasonProtocol, ReasonRefused, ReasonShutdown, ReasonBusy, ReasonOther} {
 		m.failures.WithLabelValues(r)
 	}
-	for _, r := range []string{"auth", "timeout", "handshake", "other"} {
+	for _, r := range []string{"auth", "timeout", "handshake", "evicted", "other"} {
 		m.handshakes.WithLabelValues(r)
 	}
 	for _, o := range []transport.Outcome{transport.OutcomeUnknown, transport.OutcomeCommitted, transport.OutcomeResumed, transport.OutcomeAborted} {
@@ -218,6 +218,8 @@ func (m *Metrics) handshakeRefused(err error) {
 	switch {
 	case errors.Is(err, transport.ErrAuth):
 		reason = "auth"
+	case errors.Is(err, transport.ErrEvicted):
+		reason = "evicted"
 	case errors.As(err, &he) && he.Timeout():
 		reason = "timeout"
 	case errors.Is(err, transport.ErrHandshake):

@@ -265,6 +265,7 @@ func TestServeMetrics(t *testing.T) {
 		{"migrate_target_restore_failures_total", "reason", target.ReasonOther, 0},
 		{"migrate_target_received_pages_total", "", "", 0},
 		{"migrate_target_handshakes_refused_total", "reason", "handshake", 0},
+		{"migrate_target_handshakes_refused_total", "reason", "evicted", 0},
 		{"migrate_target_handshakes_refused_total", "", "", 1},
 		// Each migration not resumed has exactly one reason.
 		{"migrate_target_migrations_total", "", "", 2},
