@@ -18,3 +18,18 @@ type VDSOMismatchError struct{ Reason string }
 func (e *VDSOMismatchError) Error() string {
 	return "this kernel's vdso differs from the one the process was dumped on: " + e.Reason
 }
+
+// FDLimitError says an fd of the process is above the RLIMIT_NOFILE hard
+// limit the restored process starts with here (the service's), which the
+// service cannot raise (no CAP_SYS_RESOURCE).
+type FDLimitError struct {
+	FD  int    // the highest fd number of the process
+	Max uint64 // the hard limit here
+	Err error
+}
+
+func (e *FDLimitError) Error() string {
+	return fmt.Sprintf("fd %d is above the RLIMIT_NOFILE hard limit %d of this service, which it cannot raise (%v); start the service with a higher limit (e.g. LimitNOFILE= of its unit)", e.FD, e.Max, e.Err)
+}
+
+func (e *FDLimitError) Unwrap() error { return e.Err }

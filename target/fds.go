@@ -347,6 +347,51 @@ func (r *session) fillPipe(w *os.File, blob string) error {
 	return nil
 }
 
+// makeRoomForFDs makes sure every fd number of the final image can be
+// taken: the child's RLIMIT_NOFILE (the husk's, until restoreState sets
+// the image's) lets it hold them, and the agent's pidfd, placed when the
+// layout was built (in a live migration, from a first layout that lists
+// no fds), sits above all of them. A dup3 onto the pidfd's number would
+// close it, and every later pidfd_getfd would fail with EBADF.
+func (r *restorer) makeRoomForFDs() error {
+	top := -1
+	for _, fd := range r.proc.FDs {
+		top = max(top, fd.FD)
+	}
+	if top < 0 {
+		return nil
+	}
+	// Room for the fds, the pidfd above them, and the temporary number
+	// pidfd_getfd gives one before its dup3 (the lowest free one, never
+	// above the pidfd).
+	need := uint64(max(top, r.agentFD) + 2)
+	var lim unix.Rlimit
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur < need {
+		hard := lim.Max
+		lim.Cur = need
+		lim.Max = max(lim.Max, need)
+		if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+			// Above the hard limit without CAP_SYS_RESOURCE.
+			return &FDLimitError{FD: top, Max: hard, Err: err}
+		}
+	}
+	if r.agentFD > top {
+		return nil
+	}
+	moved, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, uint64(r.agentFD), unix.F_DUPFD_CLOEXEC, uint64(top+1))
+	if err != nil {
+		return fmt.Errorf("move the agent's pidfd above fd %d: %w", top, err)
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(r.agentFD)); err != nil {
+		return err
+	}
+	r.agentFD = int(moved)
+	return nil
+}
+
 // restoreFDs gives the child every fd of the image at its number, with its
 // flags and offset; fds that shared an open file description share one
 // again.
@@ -355,6 +400,9 @@ func (r *session) fillPipe(w *os.File, blob string) error {
 // the husk's and its own temporaries).
 func (r *restorer) restoreFDs(context.Context) error {
 	p := r.proc
+	if err := r.makeRoomForFDs(); err != nil {
+		return err
+	}
 	for i := range p.FDs {
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
