@@ -162,8 +162,9 @@ func TestNodeManyConns(t *testing.T) {
 }
 
 // TestNodeManyConnsAbort: the same migration aborts once B rebuilt every
-// connection (B's pre-resume hook fails). The original server on A keeps
-// all 200: each sends a line and gets it back, and none was reset.
+// connection (B's pre-resume hook fails), while the client sends on every
+// connection throughout. The original server on A keeps all 200: each
+// answers every line, before, during and after, and none was reset.
 func TestNodeManyConnsAbort(t *testing.T) {
 	c := newCluster(t, cluster.Options{ServeArgs: []string{"--hook", "pre-resume=echo failing pre-resume hook >&2; exit 1"}})
 	if !c.Hooks {
@@ -172,9 +173,28 @@ func TestNodeManyConnsAbort(t *testing.T) {
 	srv := startEcho(t, c.A, 9200)
 	m := dialMany(t, c, net.JoinHostPort(c.VIP.String(), "9200"), manyConnsN)
 	resets := estabResets(t, c.Client)
+	stop, busy := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				busy <- nil
+				return
+			default:
+			}
+			if err := m.exchange(fmt.Sprintf("during-%d", i)); err != nil {
+				busy <- err
+				return
+			}
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := c.Migrate(ctx, c.A, c.B, srv.NSPID, "-v")
+	close(stop)
+	if err := <-busy; err != nil {
+		t.Errorf("during the migration: %v", err)
+	}
 	msg := checkFailed(t, res, err)
 	t.Logf("migrate: %s", msg)
 	if !strings.Contains(msg, "pre-resume") {
