@@ -26,7 +26,10 @@ import (
 //
 // Preconditions: the process is frozen.
 func (d *dumper) dumpSocket(set *fdSet, fd *core.FD, dup *os.File) error {
-	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd())}
+	if set.optDefaults == nil {
+		set.optDefaults = optDefaults{}
+	}
+	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd()), optDefaults: set.optDefaults}
 	s, err := sd.describe()
 	if err != nil {
 		return err
@@ -43,6 +46,8 @@ type sockDump struct {
 	sfd  int    // the agent's duplicate
 	// mutual: a unix socket whose peer is connected to it.
 	mutual bool
+	// optDefaults: the options of new sockets, shared by the dump's.
+	optDefaults optDefaults
 }
 
 // refuse is the error for a socket the dump does not take.
@@ -86,7 +91,7 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts, err := socketOptions(sd.sfd, family, typ, proto)
+	opts, err := socketOptions(sd.sfd, family, typ, proto, sd.optDefaults)
 	if errors.Is(err, errEBPFFilter) {
 		return nil, sd.refuse("%v", err)
 	}

@@ -26,6 +26,8 @@ type fdSet struct {
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
+	// optDefaults: the options of new sockets, read once per kind.
+	optDefaults optDefaults
 }
 
 type pendingBlob struct {

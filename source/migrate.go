@@ -81,6 +81,9 @@ type MigrateReport struct {
 // the round's memory layout.
 type LiveLayout struct {
 	Process core.Process `json:"process"`
+	// FDs is how many fds the process had open as the round began: the
+	// target makes room for their restore before the freeze.
+	FDs int `json:"fds,omitempty"`
 }
 
 // LiveState is the body of the State message: the final image and the
@@ -404,7 +407,8 @@ func (a *liveSource) announce(r *Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
 		p := *a.d.proc
 		p.VMAs = vmas
-		body, err := json.Marshal(LiveLayout{Process: p})
+		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
+		body, err := json.Marshal(LiveLayout{Process: p, FDs: nfds})
 		if err != nil {
 			return err
 		}
@@ -457,6 +461,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	if a.preSmaps, err = proc.ReadSmaps(a.d.pid); err != nil {
 		a.preSmaps = nil
 	}
+	a.reserveFDs()
 	a.quiesceListeners(300 * time.Millisecond)
 	// From the freeze a crash of this migrate leaves something to settle:
 	// the record is written first, out of the downtime.
@@ -470,6 +475,21 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	a.d.p = p
 	a.frozen = time.Now()
 	return nil
+}
+
+// reserveFDs makes room in this process's fd table, before the freeze,
+// for the duplicates the dump takes of the process's fds (one each, and one
+// more for a TCP connection): grown in the frozen window, the table would
+// cost an RCU grace period at each doubling (see proc.ReserveFDs), tens of
+// milliseconds with hundreds of connections.
+func (a *liveSource) reserveFDs() {
+	n, err := proc.CountFDs(a.d.pid)
+	if err == nil {
+		err = proc.ReserveFDs(3*n + 64)
+	}
+	if err != nil {
+		a.d.log.Debug("no room made for the process's fds", "err", err)
+	}
 }
 
 // dropRecord forgets the record: the migration is settled.

@@ -158,14 +158,17 @@ func readOpt(fd int, o sockOptSpec) (int, []byte, error) {
 var errEBPFFilter = errors.New("an eBPF socket filter is attached (it cannot be read back)")
 
 // socketOptions returns the options of the socket fd that differ from
-// those of a new socket of its kind. An option the kernel does not let us
-// read is skipped.
-func socketOptions(fd, family, typ, proto int) ([]core.SockOpt, error) {
-	fresh, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
+// those of a new socket of its kind (read once per kind into defaults, if
+// not nil). An option the kernel does not let us read is skipped.
+func socketOptions(fd, family, typ, proto int, defaults optDefaults) ([]core.SockOpt, error) {
+	if defaults == nil {
+		defaults = optDefaults{}
+	}
+	specs := optionSpecs(family, typ, proto)
+	fresh, err := defaults.of(family, typ, proto, specs)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fresh)
 	var out []core.SockOpt
 	// A classic BPF filter is read back and attached again, first.
 	f, err := socketFilter(fd)
@@ -180,18 +183,48 @@ func socketOptions(fd, family, typ, proto int) ([]core.SockOpt, error) {
 			}()
 		}
 	}
-	for _, o := range optionSpecs(family, typ, proto) {
+	for i, o := range specs {
 		v, b, err := readOpt(fd, o)
 		if err != nil {
 			continue
 		}
-		dv, db, err := readOpt(fresh, o)
-		if err == nil && dv == v && bytes.Equal(db, b) {
+		if d := fresh[i]; d.err == nil && d.v == v && bytes.Equal(d.b, b) {
 			continue
 		}
 		out = append(out, core.SockOpt{Level: o.level, Name: o.name, Value: v, Label: o.label, Bytes: b})
 	}
 	return out, nil
+}
+
+// optDefaults are the options of a new socket, by family, type and
+// protocol: read once for all the sockets of a kind (hundreds of
+// connections would each make and read a new socket otherwise).
+type optDefaults map[[3]int][]optValue
+
+// optValue is what readOpt read.
+type optValue struct {
+	v   int
+	b   []byte
+	err error
+}
+
+// of returns the options specs of a new socket of this kind.
+func (od optDefaults) of(family, typ, proto int, specs []sockOptSpec) ([]optValue, error) {
+	key := [3]int{family, typ, proto}
+	if d, ok := od[key]; ok {
+		return d, nil
+	}
+	fresh, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fresh)
+	d := make([]optValue, len(specs))
+	for i, o := range specs {
+		d[i].v, d[i].b, d[i].err = readOpt(fresh, o)
+	}
+	od[key] = d
+	return d, nil
 }
 
 // socketFilter returns the classic BPF filter attached to fd as struct

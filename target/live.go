@@ -31,6 +31,8 @@ import (
 // source.LiveState, decoded here without importing the source).
 type LiveLayout struct {
 	Process core.Process `json:"process"`
+	// FDs is how many fds the process had open as the round began.
+	FDs int `json:"fds,omitempty"`
 }
 
 // LiveState is the final image and the contents of its blobs.
@@ -196,6 +198,15 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	}
 	if ll.Process.PID != t.pid {
 		return fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, t.pid)
+	}
+	if ll.FDs > 0 {
+		// Room in this process's fd table for what the restore of the
+		// fds opens (a socket and its duplicate for a TCP connection):
+		// grown in the frozen window, the table would cost an RCU grace
+		// period at each doubling (see proc.ReserveFDs).
+		if err := proc.ReserveFDs(3*min(ll.FDs, 1<<20) + 64); err != nil {
+			t.log.Debug("no room made for the process's fds", "err", err)
+		}
 	}
 	if t.b == nil {
 		b, err := newLiveBuilder(ctx, &ll.Process, t.log)
