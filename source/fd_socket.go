@@ -26,10 +26,14 @@ import (
 //
 // Preconditions: the process is frozen.
 func (d *dumper) dumpSocket(set *fdSet, fd *core.FD, dup *os.File) error {
-	if set.optDefaults == nil {
-		set.optDefaults = optDefaults{}
+	var defaults optDefaults
+	if set != nil {
+		if set.optDefaults == nil {
+			set.optDefaults = optDefaults{}
+		}
+		defaults = set.optDefaults
 	}
-	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd()), optDefaults: set.optDefaults}
+	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd()), optDefaults: defaults}
 	s, err := sd.describe()
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"migrate/core/hook"
@@ -145,7 +144,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	defer pages.Close()
 
 	dopts := DumpOptions{PID: opts.PID, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
-	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}}
+	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
 	img := &core.Image{
@@ -636,24 +635,13 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		return nil, err
 	}
 	d.lap("blobs, smaps")
-	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
+	st := LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
-	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if total += len(b); total > maxLiveBlobs {
-			return fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
-		}
-		st.Blobs[core.FilesDir+"/"+e.Name()] = b
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	for _, b := range st.Blobs {
+		total += len(b)
+	}
+	if total > maxLiveBlobs {
+		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
 	}
 	return json.Marshal(st)
 }

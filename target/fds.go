@@ -54,7 +54,7 @@ func (r *session) prepareDeleted(context.Context) error {
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
 // original directory otherwise) holding the stored contents.
 func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
-	src, err := os.Open(filepath.Join(r.dir, ref.Blob))
+	src, err := r.openBlob(ref.Blob)
 	if err != nil {
 		return nil, err
 	}
@@ -334,7 +334,7 @@ func dupFile(f *os.File) (*os.File, error) {
 
 // fillPipe writes stored pipe contents into the write side w.
 func (r *session) fillPipe(w *os.File, blob string) error {
-	data, err := os.ReadFile(filepath.Join(r.dir, blob))
+	data, err := r.readBlob(blob)
 	if err != nil {
 		return err
 	}

@@ -328,14 +328,14 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if err := img.Validate(); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	for name, data := range ls.Blobs {
+	for name := range ls.Blobs {
 		if strings.Contains(name, "..") || !strings.HasPrefix(name, core.FilesDir+"/") || strings.Count(name, "/") != 1 {
 			return fmt.Errorf("state: bad blob name %q", name)
 		}
-		if err := os.WriteFile(filepath.Join(t.b.ss.dir, name), data, 0o600); err != nil {
-			return err
-		}
 	}
+	// The blobs stay in memory (a file each would cost hundreds of file
+	// creations with many connections, each with its queues).
+	t.b.ss.blobs = ls.Blobs
 	t.lap("decode state")
 	// Until the commit the rebuilt connections must not take a byte from
 	// their peers: once the service address is here (the pre-resume

@@ -1,12 +1,15 @@
 package target
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -38,6 +41,25 @@ type session struct {
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
+	// blobs are the image's blobs by name, when they came in memory (a
+	// live migration's state); otherwise they are files under dir.
+	blobs map[string][]byte
+}
+
+// readBlob returns the contents of the image's blob name.
+func (r *session) readBlob(name string) ([]byte, error) {
+	if b, ok := r.blobs[name]; ok {
+		return b, nil
+	}
+	return os.ReadFile(filepath.Join(r.dir, name))
+}
+
+// openBlob opens the image's blob name for reading.
+func (r *session) openBlob(name string) (io.ReadCloser, error) {
+	if b, ok := r.blobs[name]; ok {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	return os.Open(filepath.Join(r.dir, name))
 }
 
 // restorer holds the state of the restore of one process of the tree.

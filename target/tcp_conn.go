@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -47,12 +46,12 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	}
 	var sendq, recvq []byte
 	if t.SendQueue != "" {
-		if sendq, err = os.ReadFile(filepath.Join(r.dir, t.SendQueue)); err != nil {
+		if sendq, err = r.readBlob(t.SendQueue); err != nil {
 			return nil, fmt.Errorf("send queue: %w", err)
 		}
 	}
 	if t.RecvQueue != "" {
-		if recvq, err = os.ReadFile(filepath.Join(r.dir, t.RecvQueue)); err != nil {
+		if recvq, err = r.readBlob(t.RecvQueue); err != nil {
 			return nil, fmt.Errorf("receive queue: %w", err)
 		}
 	}

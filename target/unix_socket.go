@@ -322,7 +322,7 @@ func (b *unixBuilder) queue(ino uint64) ([]byte, error) {
 	if name == "" {
 		return nil, nil
 	}
-	data, err := os.ReadFile(filepath.Join(b.r.dir, name))
+	data, err := b.r.readBlob(name)
 	if err != nil {
 		return nil, b.errorf(ino, "its queue: %v", err)
 	}
