@@ -361,10 +361,9 @@ func (r *restorer) makeRoomForFDs() error {
 	if top < 0 {
 		return nil
 	}
-	// Room for the fds, the pidfd above them, and the temporary number
-	// pidfd_getfd gives one before its dup3 (the lowest free one, never
-	// above the pidfd).
-	need := uint64(max(top, r.agentFD) + 2)
+	// Room for the fds, and above them the pidfd and the socket that
+	// passes them (installFDs).
+	need := uint64(max(top, r.agentFD) + 3)
 	var lim unix.Rlimit
 	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
 		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
@@ -403,6 +402,7 @@ func (r *restorer) restoreFDs(context.Context) error {
 	if err := r.makeRoomForFDs(); err != nil {
 		return err
 	}
+	want := make([]pendingFD, 0, len(p.FDs))
 	for i := range p.FDs {
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
@@ -420,29 +420,10 @@ func (r *restorer) restoreFDs(context.Context) error {
 			r.keep(f)
 			r.descs[key] = f
 		}
-		tmp, err := r.install(f)
-		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
-		if tmp == fd.FD {
-			// pidfd_getfd sets close-on-exec; clear it if the fd had none.
-			if !fd.Cloexec {
-				if _, err := r.sys("fcntl(F_SETFD)", unix.SYS_FCNTL, uint64(tmp), unix.F_SETFD, 0); err != nil {
-					return fmt.Errorf("fd %d: %w", fd.FD, err)
-				}
-			}
-			continue
-		}
-		var cloexec uint64
-		if fd.Cloexec {
-			cloexec = unix.O_CLOEXEC
-		}
-		if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(tmp), uint64(fd.FD), cloexec); err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
-		if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
+		want = append(want, pendingFD{num: fd.FD, file: f, cloexec: fd.Cloexec})
+	}
+	if err := r.installFDs(want); err != nil {
+		return err
 	}
 	if err := r.restoreEpoll(); err != nil {
 		return err
