@@ -48,11 +48,12 @@ func checkManyFDs(t *testing.T, pid int, log string) {
 
 // TestManyFDsRestore: a process with 200 fds, at numbers well past 64 (the
 // first number the restorer once put its pidfd at) and past the agent's
-// own, and one at fd 1500, is dumped and restored: every fd is back at its
-// number and works.
+// own, with gaps in their numbers, and one at fd 6000 (past a gap wider
+// than the restorer fills), is dumped and restored: every fd is back at
+// its number and works.
 func TestManyFDsRestore(t *testing.T) {
 	fixture.RequireRoot(t)
-	p := manyFDs(t, 200, 1500)
+	p := manyFDs(t, 200, 6000)
 	before := fixture.FDs(t, p.PID)
 	dir, _ := dumpKill(t, p, "")
 	q := restoreOK(t, dir, p.Log)

@@ -14,14 +14,19 @@ import (
 // The fds of the image reach the child in batches: the agent sends up to
 // maxFDsPerMsg of its open files at once over a unix socket (SCM_RIGHTS),
 // and one injected recvmsg in the child takes them all. The kernel gives
-// received fds the lowest free numbers, in order, and the fds to restore
-// are taken in ascending order: those before any gap in the numbers land
-// where they belong; the others are moved (dup3, close). One injected
-// call for a batch, instead of one or three an fd: with hundreds of
-// connections the injections were most of the restore of the files.
+// received fds the lowest free numbers, in order: the fds are sent in
+// ascending order, and a gap in their numbers is filled with fillers
+// (duplicates of a spare fd of the agent) closed once all are in, one
+// close_range a gap. So every fd lands at its number: one injected call
+// for a batch instead of one to three an fd, which with hundreds of
+// connections were most of the restore of the files. An fd past a gap too
+// wide to fill (maxFill) is received alone and moved (dup3, close).
 
 // maxFDsPerMsg is below SCM_MAX_FD (253), the most one message carries.
 const maxFDsPerMsg = 250
+
+// maxFill is the widest gap between two fd numbers filled with fillers.
+const maxFill = 4096
 
 // pendingFD is an fd to restore: its number, the agent's file for its
 // description, and its close-on-exec flag.
@@ -68,15 +73,51 @@ func (r *restorer) installFDs(want []pendingFD) error {
 		return err
 	}
 	defer r.sys("close", unix.SYS_CLOSE, child)
-	for start := 0; start < len(want); {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("a filler fd: %w", err)
+	}
+	filler := os.NewFile(uintptr(efd), "filler")
+	defer filler.Close()
+
+	// The slots from 0 up: each fd to restore, fillers in the gaps.
+	var slots []pendingFD
+	var gaps [][2]int
+	var alone []pendingFD // past a gap too wide to fill
+	next := 0
+	for _, w := range want {
+		if len(alone) > 0 || w.num-next > maxFill {
+			alone = append(alone, w)
+			continue
+		}
+		if w.num > next {
+			gaps = append(gaps, [2]int{next, w.num - 1})
+		}
+		for ; next < w.num; next++ {
+			slots = append(slots, pendingFD{num: next, file: filler, cloexec: w.cloexec})
+		}
+		slots = append(slots, w)
+		next = w.num + 1
+	}
+	for start := 0; start < len(slots); {
 		end := start + 1
-		for end < len(want) && end-start < maxFDsPerMsg && want[end].cloexec == want[start].cloexec {
+		for end < len(slots) && end-start < maxFDsPerMsg && slots[end].cloexec == slots[start].cloexec {
 			end++
 		}
-		if err := r.installBatch(int(send.Fd()), int(child), want[start:end]); err != nil {
+		if err := r.installBatch(int(send.Fd()), int(child), slots[start:end]); err != nil {
 			return err
 		}
 		start = end
+	}
+	for _, g := range gaps {
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, uint64(g[0]), uint64(g[1]), 0); err != nil {
+			return fmt.Errorf("close the fillers of fds %d-%d: %w", g[0], g[1], err)
+		}
+	}
+	for _, w := range alone {
+		if err := r.installBatch(int(send.Fd()), int(child), []pendingFD{w}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -91,7 +132,8 @@ const (
 )
 
 // installBatch passes batch (all with the same close-on-exec flag) to the
-// child's socket child in one message and moves each fd to its number.
+// child's socket child in one message. Several fds must land at their
+// numbers (every lower number taken); one alone is moved to its number.
 func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
 	first, last := batch[0].num, batch[len(batch)-1].num
 	fail := func(err error) error {
@@ -154,23 +196,28 @@ func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
 	if len(got) != len(batch) {
 		return fail(fmt.Errorf("the child received %d fds of %d", len(got), len(batch)))
 	}
-	// From the last: the i-th received took the i-th lowest free number,
-	// at most the i-th number to restore, so a move never lands on a
-	// received fd still to move.
+	if len(batch) > 1 {
+		// Every lower number is taken: each fd took its own.
+		for i := range batch {
+			if got[i] != batch[i].num {
+				return fail(fmt.Errorf("fd %d landed at %d in the child (a number in the way?)", batch[i].num, got[i]))
+			}
+		}
+		return nil
+	}
+	// One fd, past a gap: it took the lowest free number.
+	if got[0] == first {
+		return nil
+	}
 	var cloexec uint64
 	if batch[0].cloexec {
 		cloexec = unix.O_CLOEXEC
 	}
-	for i := len(batch) - 1; i >= 0; i-- {
-		if got[i] == batch[i].num {
-			continue
-		}
-		if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(got[i]), uint64(batch[i].num), cloexec); err != nil {
-			return fmt.Errorf("fd %d: %w", batch[i].num, err)
-		}
-		if _, err := r.sys("close", unix.SYS_CLOSE, uint64(got[i])); err != nil {
-			return fmt.Errorf("fd %d: %w", batch[i].num, err)
-		}
+	if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(got[0]), uint64(first), cloexec); err != nil {
+		return fail(err)
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(got[0])); err != nil {
+		return fail(err)
 	}
 	return nil
 }

@@ -3,8 +3,9 @@
  *   manyfds FILE N HIGH
  *
  * Opens N fds from 3 up, in turn: a pipe (both ends), a unix socketpair
- * (both ends), FILE, /dev/null, an eventfd; then moves one /dev/null to
- * fd HIGH, raising its own RLIMIT_NOFILE above it first.
+ * (both ends), FILE, /dev/null, an eventfd, leaving a closed number after
+ * every 40th; then moves one /dev/null to fd HIGH, raising its own
+ * RLIMIT_NOFILE above it first.
  *
  * Lines: "ready pid=P fds=N top=T", "tick N"; on SIGUSR1 "check ok N" once
  * every pipe and socketpair carried a byte, every eventfd counted and every
@@ -20,7 +21,7 @@ static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 enum { PIPE_R, PIPE_W, SOCK_A, SOCK_B, FILE_FD, DEVNULL, EVENT };
 
-#define MAXFDS 4096
+#define MAXFDS 8192
 static int kind[MAXFDS], peer[MAXFDS];
 static dev_t dev[MAXFDS];
 static ino_t ino[MAXFDS];
@@ -81,9 +82,14 @@ int main(int argc, char **argv)
 	struct rlimit rl = {high + 16, high + 16};
 	if (setrlimit(RLIMIT_NOFILE, &rl))
 		die("setrlimit");
-	int opened = 0, top = 0;
+	int opened = 0, top = 0, spacers[MAXFDS], nspacers = 0;
 	for (int i = 0; opened < n; i++) {
 		int p[2], fd;
+		if (i % 40 == 39) {
+			/* A gap in the numbers: closed once all are open. */
+			if ((spacers[nspacers++] = open("/dev/null", O_RDONLY)) < 0)
+				die("open /dev/null");
+		}
 		switch (i % 5) {
 		case 0:
 			if (pipe(p))
@@ -119,6 +125,8 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
+	for (int i = 0; i < nspacers; i++)
+		close(spacers[i]);
 	int fd = open("/dev/null", O_RDWR);
 	if (fd < 0 || dup2(fd, high) != high)
 		die("dup2 to HIGH");
