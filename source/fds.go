@@ -26,7 +26,9 @@ type fdSet struct {
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
-	// optDefaults: the options of new sockets, read once per kind.
+	// optJobs are the sockets whose options readSocketOptions reads;
+	// optDefaults the options of new sockets, read once per kind.
+	optJobs     []optJob
 	optDefaults optDefaults
 }
 
@@ -228,6 +230,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
+	if err := set.readSocketOptions(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return set, nil
 }

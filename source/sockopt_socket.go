@@ -3,6 +3,7 @@ package source
 import (
 	"bytes"
 	"errors"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -140,12 +141,16 @@ func optionSpecs(family, typ, proto int) []sockOptSpec {
 	return append(out, commonOpts...)
 }
 
-func readOpt(fd int, o sockOptSpec) (int, []byte, error) {
+// readOpt reads an option; a raw one into buf (at least o.size bytes).
+func readOpt(fd int, o sockOptSpec, buf []byte) (int, []byte, error) {
 	if o.kind == optInt {
 		v, err := unix.GetsockoptInt(fd, o.level, o.name)
 		return v, nil, err
 	}
-	b := make([]byte, o.size)
+	if uint32(len(buf)) < o.size {
+		buf = make([]byte, o.size)
+	}
+	b := buf[:o.size]
 	n, err := getsockoptRaw(fd, o.level, o.name, b, o.size)
 	if err != nil {
 		return 0, nil, err
@@ -160,12 +165,11 @@ var errEBPFFilter = errors.New("an eBPF socket filter is attached (it cannot be 
 // socketOptions returns the options of the socket fd that differ from
 // those of a new socket of its kind (read once per kind into defaults, if
 // not nil). An option the kernel does not let us read is skipped.
-func socketOptions(fd, family, typ, proto int, defaults optDefaults) ([]core.SockOpt, error) {
+func socketOptions(fd, family, typ, proto int, defaults *optDefaults) ([]core.SockOpt, error) {
 	if defaults == nil {
-		defaults = optDefaults{}
+		defaults = &optDefaults{}
 	}
-	specs := optionSpecs(family, typ, proto)
-	fresh, err := defaults.of(family, typ, proto, specs)
+	kind, err := defaults.of(family, typ, proto)
 	if err != nil {
 		return nil, err
 	}
@@ -183,23 +187,37 @@ func socketOptions(fd, family, typ, proto int, defaults optDefaults) ([]core.Soc
 			}()
 		}
 	}
-	for i, o := range specs {
-		v, b, err := readOpt(fd, o)
+	var buf [16]byte
+	for i, o := range kind.specs {
+		v, b, err := readOpt(fd, o, buf[:])
 		if err != nil {
 			continue
 		}
-		if d := fresh[i]; d.err == nil && d.v == v && bytes.Equal(d.b, b) {
+		if d := kind.fresh[i]; d.err == nil && d.v == v && bytes.Equal(d.b, b) {
 			continue
+		}
+		if b != nil {
+			b = bytes.Clone(b)
 		}
 		out = append(out, core.SockOpt{Level: o.level, Name: o.name, Value: v, Label: o.label, Bytes: b})
 	}
 	return out, nil
 }
 
-// optDefaults are the options of a new socket, by family, type and
-// protocol: read once for all the sockets of a kind (hundreds of
-// connections would each make and read a new socket otherwise).
-type optDefaults map[[3]int][]optValue
+// optDefaults are, by family, type and protocol, the options worth
+// reading and their values on a new socket: read once for all the sockets
+// of a kind (hundreds of connections would each make and read a new socket
+// otherwise). Safe for concurrent use.
+type optDefaults struct {
+	mu    sync.Mutex
+	kinds map[[3]int]*optKindInfo
+}
+
+// optKindInfo is a kind's options and a new socket's values for them.
+type optKindInfo struct {
+	specs []sockOptSpec
+	fresh []optValue
+}
 
 // optValue is what readOpt read.
 type optValue struct {
@@ -208,23 +226,31 @@ type optValue struct {
 	err error
 }
 
-// of returns the options specs of a new socket of this kind.
-func (od optDefaults) of(family, typ, proto int, specs []sockOptSpec) ([]optValue, error) {
+// of returns the options of a socket kind.
+func (od *optDefaults) of(family, typ, proto int) (*optKindInfo, error) {
 	key := [3]int{family, typ, proto}
-	if d, ok := od[key]; ok {
-		return d, nil
+	od.mu.Lock()
+	defer od.mu.Unlock()
+	if k := od.kinds[key]; k != nil {
+		return k, nil
 	}
 	fresh, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fresh)
-	d := make([]optValue, len(specs))
-	for i, o := range specs {
-		d[i].v, d[i].b, d[i].err = readOpt(fresh, o)
+	k := &optKindInfo{specs: optionSpecs(family, typ, proto)}
+	k.fresh = make([]optValue, len(k.specs))
+	for i, o := range k.specs {
+		var buf [16]byte
+		v, b, err := readOpt(fresh, o, buf[:])
+		k.fresh[i] = optValue{v: v, b: bytes.Clone(b), err: err}
 	}
-	od[key] = d
-	return d, nil
+	if od.kinds == nil {
+		od.kinds = map[[3]int]*optKindInfo{}
+	}
+	od.kinds[key] = k
+	return k, nil
 }
 
 // socketFilter returns the classic BPF filter attached to fd as struct
