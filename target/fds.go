@@ -2,14 +2,16 @@ package target
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -277,38 +279,6 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 // tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
 const tfdIocSetTicks = 0x40085400
 
-// restoreEpoll adds each epoll fd's registrations, in the process, once
-// all its fds exist.
-func (r *restorer) restoreEpoll() error {
-	have := map[int]bool{}
-	for _, fd := range r.proc.FDs {
-		have[fd.FD] = true
-	}
-	for _, fd := range r.proc.FDs {
-		if fd.Kind != core.FDEpoll {
-			continue
-		}
-		for _, t := range fd.Epoll {
-			if !have[t.FD] {
-				r.warn("epoll fd %d: target fd %d is closed; its registration is dropped", fd.FD, t.FD)
-				continue
-			}
-			// struct epoll_event is packed on x86-64: events, then data.
-			var ev [12]byte
-			binary.LittleEndian.PutUint32(ev[0:], t.Events)
-			binary.LittleEndian.PutUint64(ev[4:], t.Data)
-			addr, err := r.put(0, ev[:])
-			if err != nil {
-				return err
-			}
-			if _, err := r.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(fd.FD), unix.EPOLL_CTL_ADD, uint64(t.FD), addr); err != nil {
-				return fmt.Errorf("epoll fd %d: add fd %d: %w", fd.FD, t.FD, err)
-			}
-		}
-	}
-	return nil
-}
-
 // setFlags sets the file status flags F_SETFL can change.
 func setFlags(f *os.File, flags int) error {
 	const settable = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
@@ -391,6 +361,64 @@ func (r *restorer) makeRoomForFDs() error {
 	return nil
 }
 
+// descKey is the key of fd's open file description in r.descs.
+func (r *restorer) descKey(fd *core.FD) string {
+	if fd.Key != "" {
+		return fd.Key
+	}
+	return strconv.Itoa(r.proc.PID) + ":" + strconv.Itoa(fd.FD)
+}
+
+// prebuildTCP rebuilds the process's TCP connections (some fifteen calls
+// each, in repair mode) a few at a time, into r.descs, ahead of the other
+// fds: hundreds of connections rebuilt one after the other are a good part
+// of the frozen window.
+func (r *restorer) prebuildTCP() error {
+	var todo []*core.FD
+	seen := map[string]bool{}
+	for i := range r.proc.FDs {
+		fd := &r.proc.FDs[i]
+		key := r.descKey(fd)
+		if fd.Kind != core.FDSocket || fd.Socket == nil || fd.Socket.TCP == nil || r.descs[key] != nil || seen[key] {
+			continue
+		}
+		seen[key] = true
+		todo = append(todo, fd)
+	}
+	if len(todo) < 16 {
+		return nil // not worth the goroutines: restoreFDs opens them
+	}
+	files := make([]*os.File, len(todo))
+	errs := make([]error, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) {
+					return
+				}
+				files[i], errs[i] = r.openFD(todo[i], nil)
+			}
+		}()
+	}
+	wg.Wait()
+	var first error
+	for i, fd := range todo {
+		if files[i] != nil {
+			r.keep(files[i])
+			r.descs[r.descKey(fd)] = files[i]
+		}
+		if errs[i] != nil && first == nil {
+			first = fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, errs[i])
+		}
+	}
+	return first
+}
+
 // restoreFDs gives the child every fd of the image at its number, with its
 // flags and offset; fds that shared an open file description share one
 // again.
@@ -402,15 +430,15 @@ func (r *restorer) restoreFDs(context.Context) error {
 	if err := r.makeRoomForFDs(); err != nil {
 		return err
 	}
+	if err := r.prebuildTCP(); err != nil {
+		return err
+	}
 	want := make([]pendingFD, 0, len(p.FDs))
 	for i := range p.FDs {
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
 		// of this or another process that shared it), or a new one.
-		key := fd.Key
-		if key == "" {
-			key = strconv.Itoa(p.PID) + ":" + strconv.Itoa(fd.FD)
-		}
+		key := r.descKey(fd)
 		f := r.descs[key]
 		if f == nil {
 			var err error

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +24,9 @@ import (
 
 // session is the state a restore shares among the processes of the tree.
 type session struct {
+	// mu guards files, warnings and atResume: TCP connections are
+	// rebuilt by several goroutines (prebuildTCP).
+	mu  sync.Mutex
 	dir string
 	img *core.Image
 	log *slog.Logger
@@ -362,7 +366,9 @@ func (b *Builder) release() {
 
 func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
 	r.warnings = append(r.warnings, msg)
+	r.mu.Unlock()
 	r.log.Info("warning", "msg", msg) // the report carries it to the user
 }
 
@@ -794,7 +800,9 @@ func (r *restorer) install(f *os.File) (int, error) {
 
 // keep remembers a file the agent opened for the child.
 func (r *session) keep(f *os.File) *os.File {
+	r.mu.Lock()
 	r.files = append(r.files, f)
+	r.mu.Unlock()
 	return f
 }
 

@@ -5,13 +5,16 @@
  * Opens N fds from 3 up, in turn: a pipe (both ends), a unix socketpair
  * (both ends), FILE, /dev/null, an eventfd, leaving a closed number after
  * every 40th; then moves one /dev/null to fd HIGH, raising its own
- * RLIMIT_NOFILE above it first.
+ * RLIMIT_NOFILE above it first. An epoll fd watches every pipe's read end
+ * (its data: the fd number, marked).
  *
  * Lines: "ready pid=P fds=N top=T", "tick N"; on SIGUSR1 "check ok N" once
- * every pipe and socketpair carried a byte, every eventfd counted and every
- * file is the one it was, or "check bad FD WHAT" for the first that is
- * not. */
+ * every pipe and socketpair carried a byte (the epoll fd saw each pipe's
+ * byte, and takes an EPOLL_CTL_MOD of its read end: the registration has
+ * the process's fd number), every eventfd counted and every file is the
+ * one it was, or "check bad FD WHAT" for the first that is not. */
 #include "common.h"
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -26,6 +29,8 @@ static int kind[MAXFDS], peer[MAXFDS];
 static dev_t dev[MAXFDS];
 static ino_t ino[MAXFDS];
 static int used[MAXFDS];
+static int ep = -1;
+#define EPOLL_MARK 0x5a00000000ULL
 
 static void note(int fd, int k, int p)
 {
@@ -50,12 +55,22 @@ static const char *check(int fd)
 	char c = (char)fd, got = 0;
 	uint64_t one = 1, n = 0;
 	switch (kind[fd]) {
-	case PIPE_W:
+	case PIPE_W: {
 		if (write(fd, &c, 1) != 1)
 			return "pipe write";
+		struct epoll_event ev;
+		if (epoll_wait(ep, &ev, 1, 0) != 1 || ev.data.u64 != (EPOLL_MARK | (uint64_t)peer[fd]))
+			return "epoll wait";
 		if (read(peer[fd], &got, 1) != 1 || got != c)
 			return "pipe read";
 		break;
+	}
+	case PIPE_R: {
+		struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EPOLL_MARK | (uint64_t)fd};
+		if (epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev))
+			return "epoll mod";
+		break;
+	}
 	case SOCK_A:
 		if (send(fd, &c, 1, 0) != 1)
 			return "socket send";
@@ -127,6 +142,15 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < nspacers; i++)
 		close(spacers[i]);
+	if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
+		die("epoll_create1");
+	for (int i = 0; i < MAXFDS; i++) {
+		if (!used[i] || kind[i] != PIPE_R)
+			continue;
+		struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EPOLL_MARK | (uint64_t)i};
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, i, &ev))
+			die("epoll_ctl");
+	}
 	int fd = open("/dev/null", O_RDWR);
 	if (fd < 0 || dup2(fd, high) != high)
 		die("dup2 to HIGH");
