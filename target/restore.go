@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -302,12 +304,27 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	b.done = true
 	root := b.all[0]
 	// The connections go live first, while the processes are still
-	// stopped. A failure leaves that connection dead, not the process.
-	for _, fn := range b.ss.atResume {
-		if err := fn(); err != nil {
-			b.ss.warn("%v", err)
-		}
+	// stopped, a few at a time (hundreds take milliseconds one after the
+	// other). A failure leaves that connection dead, not the process.
+	fns := b.ss.atResume
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, (len(fns)+15)/16) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(fns) {
+					return
+				}
+				if err := fns[i](); err != nil {
+					b.ss.warn("%v", err)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	for i := len(b.all) - 1; i >= 0; i-- {
 		if r := b.all[i]; r.p != nil {
 			if r.proc.Stopped {
