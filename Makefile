@@ -22,7 +22,7 @@ BENCHTIME ?= 1s
 DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
 	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping
 
-.PHONY: all build deps test fuzz vet fmt fmt-check bench bench-go demo clean
+.PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo clean
 
 all: build
 
@@ -49,6 +49,12 @@ test: deps vet fmt-check
 	$(GO) test -count=1 $(PKGS)
 	$(MAKE) --no-print-directory fuzz
 	./scripts/vmtest.sh
+
+# The two-node e2e tests, 5 times each, while e2e/cmd/hog keeps a CPU busy
+# and rewrites 2 GiB (scripts/stress.sh; STRESS_RUN, STRESS_COUNT, ...).
+# Any command under the same load: scripts/stress.sh -- make test.
+stress: deps
+	./scripts/stress.sh
 
 FUZZTIME ?= 3s
 # Each Fuzz function of each package, one at a time (go test -fuzz takes one).

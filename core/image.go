@@ -1,19 +1,28 @@
 package core
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
+	"syscall"
 	"time"
 )
 
 // ImageVersion is the version of the image metadata written by this build.
-// A reader refuses any other version.
-const ImageVersion = 1
+// A reader refuses any other version. Version 2 added Image.Blobs (the size
+// and SHA-256 of every file under files/), the owners of files
+// (FileRef.UID, GID), the securebits, no_new_privs and per-thread
+// credentials, and Dumpable: a version 1 image cannot have its blobs
+// checked, and restoring one would make its recreated files root's and
+// lose the process's privilege limits. It is refused with ErrBadVersion:
+// dump the process again.
+const ImageVersion = 2
 
 // Names of the files in an image directory.
 const (
@@ -46,6 +55,16 @@ type Image struct {
 	// dumping host from answering the image's TCP connections and
 	// listening ports; the restore removes it once the process runs.
 	NetLock string `json:"net_lock,omitempty"`
+	// Blobs are the files under FilesDir, by name (as Blob fields and
+	// FD.Data name them): every one a process names is listed, and a
+	// restore reads none whose size or hash differs.
+	Blobs map[string]Blob `json:"blobs,omitempty"`
+}
+
+// Blob is the size and SHA-256 (hex) of one file of the image.
+type Blob struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // PagesInfo describes the page data of an image.
@@ -77,10 +96,14 @@ type Process struct {
 	Root    string   `json:"root"`
 	Umask   uint32   `json:"umask"`
 
-	Personality uint64   `json:"personality"`
-	Creds       Creds    `json:"creds"`
-	Rlimits     []Rlimit `json:"rlimits"`
-	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Personality uint64 `json:"personality"`
+	Creds       Creds  `json:"creds"`
+	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
+	// trace it and its /proc files are the user's, 0 (or 2) if changing
+	// credentials made it not dumpable.
+	Dumpable int      `json:"dumpable"`
+	Rlimits  []Rlimit `json:"rlimits"`
+	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
@@ -114,8 +137,12 @@ type FileRef struct {
 	Size  int64  `json:"size"`
 	Mtime int64  `json:"mtime_ns"`
 	Mode  uint32 `json:"mode"`
-	Dev   uint64 `json:"dev,omitempty"`
-	Ino   uint64 `json:"ino,omitempty"`
+	// UID and GID own the file. A file the restore recreates (deleted
+	// file, memfd) gets them back, and its set-id bits only with them.
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
 	// Deleted is true when the file was unlinked while open; its contents
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`
@@ -134,6 +161,24 @@ type Creds struct {
 	CapEff uint64    `json:"cap_eff"`
 	CapBnd uint64    `json:"cap_bnd"`
 	CapAmb uint64    `json:"cap_amb"`
+	// Securebits are the SECBIT_* flags (prctl PR_GET_SECUREBITS).
+	Securebits uint32 `json:"securebits,omitempty"`
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+}
+
+// Equal tells whether c and o are the same credentials.
+func (c *Creds) Equal(o *Creds) bool {
+	if len(c.Groups) != len(o.Groups) {
+		return false
+	}
+	for i := range c.Groups {
+		if c.Groups[i] != o.Groups[i] {
+			return false
+		}
+	}
+	a, b := *c, *o
+	a.Groups, b.Groups = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Rlimit is one resource limit.
@@ -228,6 +273,10 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Creds are the thread's credentials when they differ from the
+	// process's (Process.Creds, the leader's): credentials are per thread
+	// in Linux, and a raw setuid or capset changes only the caller's.
+	Creds *Creds `json:"creds,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
@@ -350,6 +399,12 @@ var (
 	ErrNotImage   = errors.New("not a migrate image")
 	ErrBadVersion = errors.New("unsupported image version")
 	ErrWrongArch  = errors.New("image of another architecture")
+	// ErrInconsistent: the metadata decodes, but a value is out of range
+	// or contradicts another (Image.Validate).
+	ErrInconsistent = errors.New("inconsistent image")
+	// ErrNotRegular: a file of the image is a symlink, FIFO, device or
+	// anything but a regular file.
+	ErrNotRegular = errors.New("not a regular file")
 )
 
 // ImageError reports a problem with one file of an image.
@@ -372,7 +427,9 @@ func (e *ImageError) Unwrap() error { return e.Err }
 // maxMetaSize caps the metadata file; a real one is a few hundred KiB.
 const maxMetaSize = 64 << 20
 
-// DecodeImage reads and validates image metadata.
+// DecodeImage reads and validates image metadata. The decoding is strict:
+// an unknown key (a field this build would ignore) or anything after the
+// object is refused, so that nothing in the file goes unread.
 func DecodeImage(r io.Reader) (*Image, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxMetaSize+1))
 	if err != nil {
@@ -381,21 +438,39 @@ func DecodeImage(r io.Reader) (*Image, error) {
 	if len(data) > maxMetaSize {
 		return nil, fmt.Errorf("metadata larger than %d bytes", maxMetaSize)
 	}
-	var img Image
-	if err := json.Unmarshal(data, &img); err != nil {
+	// Kind and version first: a newer image is refused as such, not for
+	// the keys it added.
+	var head struct {
+		Kind    string `json:"kind"`
+		Version int    `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotImage, err)
 	}
-	if img.Kind != ImageKind {
-		return nil, fmt.Errorf("%w: kind %q", ErrNotImage, img.Kind)
+	if head.Kind != ImageKind {
+		return nil, fmt.Errorf("%w: kind %q", ErrNotImage, head.Kind)
 	}
-	if img.Version != ImageVersion {
-		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrBadVersion, img.Version, ImageVersion)
+	if head.Version != ImageVersion {
+		return nil, fmt.Errorf("%w: version %d, this build reads %d (dump again with this build)", ErrBadVersion, head.Version, ImageVersion)
+	}
+	var img Image
+	// What decoding would allocate, before decoding (DecodeBounded).
+	if err := CheckDecodeBudget(data, &img, DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&img); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotImage, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the metadata object", ErrNotImage)
 	}
 	if img.Arch != runtime.GOARCH {
 		return nil, fmt.Errorf("%w: dumped on %q, this is %q", ErrWrongArch, img.Arch, runtime.GOARCH)
 	}
 	if err := img.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrInconsistent, err)
 	}
 	return &img, nil
 }
@@ -403,7 +478,15 @@ func DecodeImage(r io.Reader) (*Image, error) {
 // Validate checks the internal consistency of the metadata, so that a
 // restore never acts on a hostile or corrupt image.
 func (img *Image) Validate() error {
-	if err := validateProcess(&img.Process); err != nil {
+	for name, b := range img.Blobs {
+		if !validBlob(name) {
+			return fmt.Errorf("bad blob name %q", name)
+		}
+		if err := validBlobInfo(b); err != nil {
+			return fmt.Errorf("blob %s: %w", name, err)
+		}
+	}
+	if err := validateProcess(&img.Process, img.Blobs); err != nil {
 		return err
 	}
 	if img.Pages.File != PagesFile {
@@ -411,6 +494,26 @@ func (img *Image) Validate() error {
 	}
 	if img.Process.Pages != nil || img.Process.Zombie != nil {
 		return errors.New("the root process has pages of its own or is a zombie")
+	}
+	if len(img.Tree) > maxList {
+		return fmt.Errorf("%d processes in the tree", len(img.Tree))
+	}
+	// Every PID and TID once in the whole image: clone3 cannot make one
+	// twice.
+	ids := map[int]bool{}
+	for _, p := range append([]Process{img.Process}, img.Tree...) {
+		if p.Zombie != nil {
+			if ids[p.PID] {
+				return fmt.Errorf("pid %d used twice", p.PID)
+			}
+			ids[p.PID] = true
+		}
+		for _, t := range p.Threads {
+			if ids[t.TID] {
+				return fmt.Errorf("pid or tid %d used twice", t.TID)
+			}
+			ids[t.TID] = true
+		}
 	}
 	// The tree: unique PIDs, each parent before its children.
 	pids := map[int]bool{img.Process.PID: true}
@@ -426,8 +529,11 @@ func (img *Image) Validate() error {
 			if p.PID <= 0 || p.PID > 1<<22 || len(p.Threads) != 0 || len(p.VMAs) != 0 || len(p.FDs) != 0 || p.Pages != nil {
 				return fmt.Errorf("zombie %d has state of a live process", p.PID)
 			}
+			if err := validZombieStatus(p.Zombie.ExitCode); err != nil {
+				return fmt.Errorf("zombie %d: %w", p.PID, err)
+			}
 		} else {
-			if err := validateProcess(p); err != nil {
+			if err := validateProcess(p, img.Blobs); err != nil {
 				return fmt.Errorf("process %d: %w", p.PID, err)
 			}
 			if p.Pages == nil || p.Pages.File != fmt.Sprintf("pages-%d.img", p.PID) {
@@ -439,13 +545,17 @@ func (img *Image) Validate() error {
 	return nil
 }
 
-// validateProcess checks one live process of an image.
-func validateProcess(p *Process) error {
+// validateProcess checks one live process of an image; blobs are the
+// image's.
+func validateProcess(p *Process, blobs map[string]Blob) error {
 	if p.PID <= 0 || p.PID > 1<<22 {
 		return fmt.Errorf("bad pid %d", p.PID)
 	}
 	if len(p.Threads) == 0 {
 		return errors.New("no threads")
+	}
+	if len(p.Threads) > maxList || len(p.VMAs) > maxList || len(p.FDs) > maxList {
+		return fmt.Errorf("%d threads, %d areas, %d fds: more than %d", len(p.Threads), len(p.VMAs), len(p.FDs), maxList)
 	}
 	for i, t := range p.Threads {
 		if t.TID <= 0 || t.TID > 1<<22 {
@@ -457,6 +567,9 @@ func validateProcess(p *Process) error {
 	}
 	if p.Threads[0].TID != p.PID {
 		return fmt.Errorf("first thread %d is not the leader %d", p.Threads[0].TID, p.PID)
+	}
+	if err := validateState(p); err != nil {
+		return err
 	}
 	if len(p.Sigactions) != 0 && len(p.Sigactions) != 64 {
 		return fmt.Errorf("%d sigactions, want 64", len(p.Sigactions))
@@ -485,35 +598,44 @@ func validateProcess(p *Process) error {
 		if v.Pages > v.Len()/4096 {
 			return fmt.Errorf("vma %d: %d pages in %d-byte area", i, v.Pages, v.Len())
 		}
+		if err := validateVMA(&p.VMAs[i]); err != nil {
+			return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
+		}
 	}
 	seen := map[int]bool{}
 	for _, f := range p.FDs {
-		if f.FD < 0 || f.FD > 1<<20 {
+		if f.FD < 0 || f.FD >= MaxFD {
 			return fmt.Errorf("bad fd %d", f.FD)
+		}
+		if err := validateFD(&f); err != nil {
+			return fmt.Errorf("fd %d: %w", f.FD, err)
 		}
 		if seen[f.FD] {
 			return fmt.Errorf("fd %d listed twice", f.FD)
 		}
 		seen[f.FD] = true
-		var queue, sendq, recvq string
 		if f.Socket != nil {
-			queue = f.Socket.Queue
 			if t := f.Socket.TCP; t != nil {
 				if err := t.Validate(); err != nil {
 					return fmt.Errorf("fd %d: %w", f.FD, err)
 				}
-				sendq, recvq = t.SendQueue, t.RecvQueue
-			}
-		}
-		for _, b := range []string{f.Data, blobOf(f.File), queue, sendq, recvq} {
-			if b != "" && !validBlob(b) {
-				return fmt.Errorf("fd %d: bad blob name %q", f.FD, b)
+				for _, q := range []struct {
+					blob string
+					n    int
+				}{{t.SendQueue, t.SendLen}, {t.RecvQueue, t.RecvLen}} {
+					if b, ok := blobs[q.blob]; ok && b.Size != int64(q.n) {
+						return fmt.Errorf("fd %d: TCP queue of %d bytes in a %d-byte blob", f.FD, q.n, b.Size)
+					}
+				}
 			}
 		}
 	}
-	for _, v := range p.VMAs {
-		if b := blobOf(v.File); b != "" && !validBlob(b) {
-			return fmt.Errorf("vma %#x: bad blob name %q", v.Start, b)
+	for _, b := range p.BlobNames() {
+		if !validBlob(b) {
+			return fmt.Errorf("bad blob name %q", b)
+		}
+		if _, ok := blobs[b]; !ok {
+			return fmt.Errorf("blob %s is not listed in the image", b)
 		}
 	}
 	return nil
@@ -526,26 +648,62 @@ func blobOf(f *FileRef) string {
 	return f.Blob
 }
 
-// validBlob accepts only plain names under FilesDir, so a hostile image
-// cannot make a restore read outside its directory.
+// ValidBlobName accepts only plain names under FilesDir ("files/NAME"), so
+// a hostile image cannot make a restore read outside its directory: no
+// absolute name, no "..", no further directory.
+func ValidBlobName(name string) bool { return validBlob(name) }
+
 func validBlob(name string) bool {
 	dir, base := filepath.Split(name)
 	return dir == FilesDir+"/" && base != "" && base != "." && base != ".." && filepath.Clean(name) == name
 }
 
-// ReadImage reads DIR/image.json.
+// ReadImage reads DIR/image.json. It opens no symlink and reads only a
+// regular file: a FIFO or a device there is refused, not waited on.
 func ReadImage(dir string) (*Image, error) {
 	path := filepath.Join(dir, MetaFile)
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO for reading does not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, &ImageError{File: path, Reason: "is a symbolic link", Err: ErrNotRegular}
+		}
 		return nil, &ImageError{File: path, Reason: "cannot open", Err: err}
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, &ImageError{File: path, Reason: "cannot stat", Err: err}
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &ImageError{File: path, Reason: "is a " + FileType(fi.Mode()), Err: ErrNotRegular}
+	}
 	img, err := DecodeImage(f)
 	if err != nil {
 		return nil, &ImageError{File: path, Reason: "invalid metadata", Err: err}
 	}
 	return img, nil
+}
+
+// FileType names the type of a file mode, for errors.
+func FileType(m os.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m&os.ModeSymlink != 0:
+		return "symbolic link"
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&os.ModeCharDevice != 0:
+		return "character device"
+	case m&os.ModeDevice != 0:
+		return "block device"
+	case m&os.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
 }
 
 // WriteImage writes DIR/image.json atomically (temporary file, fsync, rename).

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"migrate/core/hook"
 	"migrate/e2e/fixture"
 	"migrate/source"
 	"migrate/transport"
@@ -248,7 +251,8 @@ func findInNamespace(t *testing.T, pid int) int {
 
 // TestLiveMigrationRollback: failures before the commit leave the original
 // running as it was: no target listening, and a process the target cannot
-// take (an fd kind migrate refuses, found only at the freeze).
+// take (an fd kind migrate refuses) is refused before it is frozen or any
+// page sent: the target never hears of it.
 func TestLiveMigrationRollback(t *testing.T) {
 	fixture.RequireRoot(t)
 	p := fixture.Start(t, fixture.Build(t, "counter"), "-s", "netlink")
@@ -266,19 +270,15 @@ func TestLiveMigrationRollback(t *testing.T) {
 	}
 	fixture.RequireRunning(t, p.PID)
 
-	// The target is there, but the fd is refused at the freeze.
+	// The target is there, but the fd is refused before anything starts.
 	addr := startServe(t)
-	_, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
-	var he *source.HandoffError
-	if !errors.As(err, &he) {
-		t.Fatalf("migration of a process with a netlink socket: %v (%T), want a *source.HandoffError", err, err)
-	}
-	if he.Rollback != nil {
-		t.Fatalf("rollback failed: %v", he.Rollback)
-	}
+	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
 	var ue *source.UnsupportedFDError
 	if !errors.As(err, &ue) {
-		t.Errorf("error %v does not name the refused fd", err)
+		t.Fatalf("migration of a process with a netlink socket: %v (%T), want a *source.UnsupportedFDError", err, err)
+	}
+	if rep != nil {
+		t.Errorf("a report for a refused migration: %+v", rep)
 	}
 	fixture.RequireRunning(t, p.PID)
 	if diff := before.Diff(fixture.Take(t, p.PID), 1, 2); diff != "" {
@@ -286,4 +286,121 @@ func TestLiveMigrationRollback(t *testing.T) {
 	}
 	last := p.LastTick(t)
 	p.WaitTick(t, short, last+3)
+}
+
+// TestLiveDeletedFile moves a process holding an open deleted file: the
+// file comes back unlinked on the target with its contents and offset (its
+// copy arrives only with the final state, after the first layout).
+func TestLiveDeletedFile(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "data.txt")
+	var b strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&b, "line %04d\n", i)
+	}
+	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.Start(t, fixture.Build(t, "files"), data, filepath.Join(work, "out.txt"), work)
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var in, out, del int
+	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &out, &del); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the original ended with %v, want killed", ws)
+	}
+	r := migrated(findInNamespace(t, p.PID), p.Log)
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", r.PID, del)); err != nil || !strings.HasSuffix(l, " (deleted)") {
+		t.Errorf("fd %d of the migrated process -> %q (%v), want a deleted file", del, l, err)
+	}
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	got, _ := r.WaitLine(t, short, n, "deleted")
+	if want := "deleted ok size=300000 pos=12345 nlink=0"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	stopMigrated(t, r)
+}
+
+// TestLiveDeletedExecutableRefused: a process whose executable was deleted
+// after it started (a package upgrade replaces binaries under running
+// services) is refused by a live migration before its memory is sent (a
+// mapped deleted file has no copy until the freeze), and runs on.
+func TestLiveDeletedExecutableRefused(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	bin, err := os.ReadFile(fixture.Build(t, "counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "counter")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := fixture.Start(t, exe, "-m", "4")
+	p.WaitLine(t, long, 0, "ready")
+	if err := os.Remove(exe); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	var ue *source.UnsupportedMappingError
+	if !errors.As(err, &ue) || ue.PID != p.PID || ue.Name != exe {
+		t.Fatalf("migration of a process running a deleted executable: %v (%T), want an UnsupportedMappingError naming %s", err, err, exe)
+	}
+	if rep != nil {
+		t.Errorf("a report for a refused migration: %+v", rep)
+	}
+	checkRunningUntraced(t, p.PID)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+}
+
+// TestLiveHookTimings: the report times each of the source's hooks, and a
+// post-dump hook (run with the process frozen) that outlasts the downtime
+// target is warned of.
+func TestLiveHookTimings(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p.WaitLine(t, long, 0, "ready")
+	p.WaitTick(t, short, 3)
+	hooks, err := hook.Parse([]string{"pre-freeze=true", "post-dump=sleep 0.1"}, hook.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: log, Hooks: hooks,
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	p.WaitExit(t, short)
+	stopMigrated(t, migrated(findInNamespace(t, p.PID), p.Log))
+	if len(rep.Hooks) != 2 || rep.Hooks[0].Stage != hook.PreFreeze || rep.Hooks[1].Stage != hook.PostDump ||
+		!rep.Hooks[0].OK || !rep.Hooks[1].OK || rep.Hooks[1].MS < 100 {
+		t.Fatalf("hooks in the report: %+v, want pre-freeze, then post-dump of at least 100 ms", rep.Hooks)
+	}
+	if rep.DowntimeMS < rep.Hooks[1].MS {
+		t.Errorf("downtime %.1f ms, shorter than the post-dump hook (%.1f ms) it waited for", rep.DowntimeMS, rep.Hooks[1].MS)
+	}
+	if !strings.Contains(logs.String(), "a post-dump hook ran longer than the downtime target") {
+		t.Error("no warning of the slow post-dump hook")
+	}
 }

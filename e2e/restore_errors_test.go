@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -396,4 +399,450 @@ func TestRestorePIDInUse(t *testing.T) {
 	if got := treeListing(t, dir); !slices.Equal(got, listing) {
 		t.Errorf("the refused restore changed the image directory:\nbefore %v\nafter  %v", listing, got)
 	}
+}
+
+// TestRestoreRefusesHostileFiles: files of an image that are not what the
+// dump wrote are refused before anything is created, with a typed error
+// naming the file: a blob that is a symlink (to /etc/shadow, whose
+// contents would become the process's), or reached through a symlinked
+// files/; a blob truncated, extended or with a flipped byte (its size and
+// SHA-256 are in image.json); a FIFO or a device in place of a blob, of
+// pages.img or of image.json, which once hung the restore; and image.json
+// keys this build does not know.
+func TestRestoreRefusesHostileFiles(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "pipe"), "buffered")
+	p.WaitLine(t, short, 0, "chunk 5 ok")
+	orig, img := dumpKill(t, p, "")
+	pid := img.Process.PID
+	var blob string
+	for _, fd := range img.Process.FDs {
+		if fd.Data != "" {
+			blob = fd.Data
+		}
+	}
+	if blob == "" {
+		t.Fatal("the image has no pipe data blob; nothing to test")
+	}
+	if _, ok := img.Blobs[blob]; !ok {
+		t.Fatalf("image.json does not list %s", blob)
+	}
+	meta := func(dir string) string { return filepath.Join(dir, core.MetaFile) }
+	requireIs := func(t *testing.T, err, target error) {
+		t.Helper()
+		if !errors.Is(err, target) {
+			t.Errorf("error %v is not %v", err, target)
+		}
+	}
+	replace := func(t *testing.T, path string, make func(string) error) {
+		t.Helper()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := make(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkfifo := func(path string) error { return syscall.Mkfifo(path, 0o600) }
+
+	t.Run("blob is a symlink to /etc/shadow", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		replace(t, path, func(p string) error { return os.Symlink("/etc/shadow", p) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob is a symlink to a copy of itself", func(t *testing.T) {
+		// Same contents, so only the symlink itself is refused.
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		elsewhere := filepath.Join(t.TempDir(), "copy")
+		if err := os.Rename(path, elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, path); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("files/ is a symlink", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		elsewhere := filepath.Join(t.TempDir(), "files")
+		if err := os.Rename(filepath.Join(dir, core.FilesDir), elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, filepath.Join(dir, core.FilesDir)); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, filepath.Join(dir, blob))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob truncated", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		if err := os.Truncate(path, img.Blobs[blob].Size/2); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob truncated, size in image.json matching", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		size := img.Blobs[blob].Size / 2
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		editMeta(t, dir, func(m map[string]any) {
+			m["blobs"].(map[string]any)[blob].(map[string]any)["size"] = size
+		})
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob with a flipped byte", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)*2/3] ^= 0x01
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err = restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrBlobMismatch)
+	})
+	t.Run("blob is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		replace(t, path, mkfifo)
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob is /dev/zero", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, blob)
+		// The device itself (1:5), not a symlink to it.
+		replace(t, path, func(p string) error { return syscall.Mknod(p, syscall.S_IFCHR|0o600, 1<<8|5) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("pages.img is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		path := filepath.Join(dir, core.PagesFile)
+		replace(t, path, mkfifo)
+		editMeta(t, dir, func(m map[string]any) { m["pages"].(map[string]any)["size"] = 0 })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, path)
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("image.json is a FIFO", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		replace(t, meta(dir), mkfifo)
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("image.json is a symlink", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		elsewhere := filepath.Join(t.TempDir(), core.MetaFile)
+		if err := os.Rename(meta(dir), elsewhere); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(elsewhere, meta(dir)); err != nil {
+			t.Fatal(err)
+		}
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotRegular)
+	})
+	t.Run("blob not listed in image.json", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { delete(m["blobs"].(map[string]any), blob) })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrInconsistent)
+	})
+	t.Run("blob named outside the image", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) {
+			for _, fd := range m["process"].(map[string]any)["fds"].([]any) {
+				if fd := fd.(map[string]any); fd["data"] == blob {
+					fd["data"] = "/etc/shadow"
+				}
+			}
+			bl := m["blobs"].(map[string]any)
+			bl["/etc/shadow"] = bl[blob]
+		})
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrInconsistent)
+	})
+	t.Run("unknown key in image.json", func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) { m["process"].(map[string]any)["fd_limit"] = 5 })
+		err := restoreFails(t, dir, pid)
+		requireImageError(t, err, meta(dir))
+		requireIs(t, err, core.ErrNotImage)
+	})
+	t.Run("intact image", func(t *testing.T) {
+		r := restoreOK(t, copyTree(t, orig), p.Log)
+		if done, _ := r.WaitLine(t, long, 0, "done"); done != "done bytes=200000 pipesize=262144 ok" {
+			t.Errorf("restored process: %q", done)
+		}
+	})
+}
+
+// TestRestoreRefusesBadValues: values the restore hands to the kernel that
+// it would refuse, or take to mean something else, are refused before
+// anything is created (they were once found only once the process
+// existed, or never): rlimits, itimers, the auxiliary vector, groups, uid
+// -1, an fd at fs.nr_open, an inotify watch descriptor whose gap would take
+// 2^30 calls to make, madvise advice that would drop the pages written.
+func TestRestoreRefusesBadValues(t *testing.T) {
+	fixture.RequireRoot(t)
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 2)
+	orig, img := dumpKill(t, p, "")
+	pid := img.Process.PID
+	nrOpen := readInt(t, "/proc/sys/fs/nr_open")
+	proc := func(m map[string]any) map[string]any { return m["process"].(map[string]any) }
+	for _, tc := range []struct {
+		name string
+		edit func(m map[string]any)
+	}{
+		{"rlimit soft above hard", func(m map[string]any) {
+			proc(m)["rlimits"] = []any{map[string]any{"resource": 7, "cur": 4096, "max": 1024}}
+		}},
+		{"rlimit resource unknown", func(m map[string]any) {
+			proc(m)["rlimits"] = []any{map[string]any{"resource": 99, "cur": 1, "max": 1}}
+		}},
+		{"itimer unknown", func(m map[string]any) {
+			proc(m)["itimers"] = []any{map[string]any{"which": 7, "interval_us": 0, "remaining_us": 10}}
+		}},
+		{"itimer negative", func(m map[string]any) {
+			proc(m)["itimers"] = []any{map[string]any{"which": 0, "interval_us": -5, "remaining_us": 10}}
+		}},
+		{"auxv odd", func(m map[string]any) {
+			mm := proc(m)["mm"].(map[string]any)
+			mm["auxv"] = append(mm["auxv"].([]any), json.Number("6"))
+		}},
+		{"auxv too long", func(m map[string]any) {
+			mm := proc(m)["mm"].(map[string]any)
+			long := make([]any, core.MaxAuxvWords+2)
+			for i := range long {
+				long[i] = 0
+			}
+			mm["auxv"] = long
+		}},
+		{"too many groups", func(m map[string]any) {
+			g := make([]any, core.MaxGroups+1)
+			for i := range g {
+				g[i] = 0
+			}
+			proc(m)["creds"].(map[string]any)["groups"] = g
+		}},
+		{"uid -1", func(m map[string]any) {
+			proc(m)["creds"].(map[string]any)["uid"] = []any{0, uint32(1<<32 - 1), 0}
+		}},
+		{"mm out of order", func(m map[string]any) {
+			mm := proc(m)["mm"].(map[string]any)
+			mm["start_code"], mm["end_code"] = mm["end_code"], mm["start_code"]
+		}},
+		{"inotify watch 2^30", func(m map[string]any) {
+			proc(m)["fds"] = append(proc(m)["fds"].([]any), map[string]any{"fd": 50, "kind": "inotify", "flags": 0, "cloexec": false, "pos": 0,
+				"inotify": []any{map[string]any{"wd": 1 << 30, "path": "/", "mask": 2}}})
+		}},
+		{"madvise MADV_DONTNEED", func(m map[string]any) {
+			for _, v := range proc(m)["vmas"].([]any) {
+				if v := v.(map[string]any); v["kind"] == core.VMAAnon {
+					v["madvise"] = []any{4}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyTree(t, orig)
+			editMeta(t, dir, tc.edit)
+			err := restoreFails(t, dir, pid)
+			if !errors.Is(err, core.ErrInconsistent) {
+				t.Errorf("error %v is not core.ErrInconsistent", err)
+			}
+		})
+	}
+	// fd numbers: one at fs.nr_open, or above an RLIMIT_NOFILE migrate
+	// cannot raise, is refused first; the highest this host allows is
+	// restored (the child's RLIMIT_NOFILE is raised for it, then set to
+	// the image's).
+	high := nrOpen - 1
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	capEff, err := strconv.ParseUint(fixture.StatusField(t, os.Getpid(), "CapEff"), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if capEff&(1<<24) == 0 && lim.Max < uint64(nrOpen) { // CAP_SYS_RESOURCE
+		high = int(lim.Max) - 1
+	}
+	for _, bad := range []int{nrOpen, high + 1} {
+		t.Run(fmt.Sprintf("fd %d", bad), func(t *testing.T) {
+			dir := copyTree(t, orig)
+			editMeta(t, dir, func(m map[string]any) {
+				fds := proc(m)["fds"].([]any)
+				fds[len(fds)-1].(map[string]any)["fd"] = bad
+			})
+			err := restoreFails(t, dir, pid)
+			var he *target.HostLimitError
+			if !errors.As(err, &he) {
+				t.Errorf("error %v (%T) is not a *target.HostLimitError", err, err)
+			}
+		})
+	}
+	t.Run(fmt.Sprintf("fd %d", high), func(t *testing.T) {
+		dir := copyTree(t, orig)
+		editMeta(t, dir, func(m map[string]any) {
+			fds := proc(m)["fds"].([]any)
+			var last map[string]any
+			for _, f := range fds {
+				if f := f.(map[string]any); f["kind"] == core.FDFile || f["kind"] == core.FDChar {
+					last = f
+				}
+			}
+			if last == nil {
+				t.Fatal("no file fd in the image")
+			}
+			if last["key"] == nil {
+				last["key"] = "shared-high"
+			}
+			dup := map[string]any{}
+			for k, v := range last {
+				dup[k] = v
+			}
+			dup["fd"] = high
+			proc(m)["fds"] = append(fds, dup)
+		})
+		r := restoreOK(t, dir, p.Log)
+		if _, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", r.PID, high)); err != nil {
+			t.Errorf("fd %d of the restored process: %v", high, err)
+		}
+		r.WaitTick(t, short, p.LastTick(t)+1)
+	})
+}
+
+func readInt(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if _, err := fmt.Sscan(string(b), &n); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return n
+}
+
+// huskPIDs lists the processes running migrate's husk.
+func huskPIDs() []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); strings.Contains(exe, "migrate-husk") {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// TestRestoreSIGTERM: `migrate restore` stopped by SIGTERM in a slow step
+// (here: remaking inotify watch descriptors up to core.MaxInotifyWD for 8
+// inotify fds, some 8 x 4 s of inotify_add_watch) exits at once with an
+// error, and leaves nothing: no process with the image's PID, no husk.
+// (An inotify watch number of 2^30 once spun a restore for 10 minutes
+// that SIGTERM did not stop.)
+func TestRestoreSIGTERM(t *testing.T) {
+	fixture.RequireRoot(t)
+	watched := t.TempDir()
+	p := fixture.Start(t, fixture.Build(t, "inotify"), watched)
+	p.WaitLine(t, short, 0, "ready")
+	orig, img := dumpKill(t, p, "")
+	pid := img.Process.PID
+	dir := copyTree(t, orig)
+	editMeta(t, dir, func(m map[string]any) {
+		pm := m["process"].(map[string]any)
+		fds := pm["fds"].([]any)
+		for i := 0; i < 8; i++ {
+			fds = append(fds, map[string]any{"fd": 100 + i, "kind": core.FDInotify, "flags": 0, "cloexec": true, "pos": 0,
+				"inotify": []any{map[string]any{"wd": core.MaxInotifyWD, "path": watched, "mask": 2}}})
+		}
+		pm["fds"] = fds
+	})
+	husks := huskPIDs()
+	var stderr lockedBuffer
+	cmd := exec.Command(buildMigrate(t), "restore", "--dir", dir, "-v")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	// The fds are restored after the protections are set: wait for that
+	// step's log line, then for the restore to be in the inotify loop.
+	fixture.WaitFor(t, long, "the restore to reach its fds", func() bool {
+		return strings.Contains(stderr.String(), `step="set protections"`)
+	})
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		took := time.Since(sent)
+		t.Logf("exited %v after %v:\n%s", err, took, stderr.String())
+		if err == nil {
+			t.Error("migrate restore exited 0 after SIGTERM")
+		}
+		if took > 5*time.Second {
+			t.Errorf("migrate restore took %v to stop after SIGTERM", took)
+		}
+	case <-time.After(long):
+		t.Fatalf("migrate restore still runs %v after SIGTERM:\n%s", long, stderr.String())
+	}
+	// Killed: gone, or a zombie for its parent to reap (this test, the
+	// subreaper of what it starts).
+	if !fixture.Poll(short, func() bool {
+		st, err := fixture.State(pid)
+		return err != nil || st == 'Z'
+	}) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		t.Fatalf("pid %d is left after the restore stopped:\n%s", pid, st)
+	}
+	if fixture.Parent(t, pid) == os.Getpid() {
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+	}
+	fixture.WaitFor(t, short, "no husk left", func() bool { return slices.Equal(huskPIDs(), husks) })
 }

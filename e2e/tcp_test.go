@@ -76,6 +76,22 @@ func TestTCPCheckpoint(t *testing.T) {
 					return bothQueues(t, port)
 				})
 			}
+			// The states the case is about, reached: a FIN in flight when
+			// the line came (a busy machine) is not taken for another
+			// state.
+			fixture.WaitFor(t, 10*time.Second, fmt.Sprintf("the server's connections in states %v", tc.wantStates), func() bool {
+				have := portStates(port)
+				for _, s := range tc.wantStates {
+					n := 0
+					for _, a := range strings.Split(s, "|") {
+						n += have[a]
+					}
+					if n == 0 {
+						return false
+					}
+				}
+				return true
+			})
 			dir, img := dumpKill(t, srv, "")
 			checkTCPImage(t, img, tc)
 			if img.NetLock == "" {
@@ -176,6 +192,31 @@ func lockTables(string) ([]string, error) {
 // bothQueues says whether a TCP connection (or a half-closed one) on local port (as
 // /proc/net/tcp and tcp6 list it) holds bytes in both its send and its
 // receive queue.
+// portStates counts the TCP connections on local port port by state, as
+// /proc/net/tcp{,6} show them.
+func portStates(port string) map[string]int {
+	names := map[string]string{"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0B": "CLOSING"}
+	p, _ := strconv.Atoi(port)
+	out := map[string]int{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(l)
+			if len(fs) < 4 || names[fs[3]] == "" {
+				continue
+			}
+			local := fs[1]
+			if lp, err := strconv.ParseUint(local[strings.LastIndexByte(local, ':')+1:], 16, 16); err == nil && int(lp) == p {
+				out[names[fs[3]]]++
+			}
+		}
+	}
+	return out
+}
+
 func bothQueues(t *testing.T, port string) bool {
 	p, _ := strconv.Atoi(port)
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,14 +35,16 @@ func (u *undo) Clean() {
 
 // session is the state one dump shares among the processes of the tree.
 type session struct {
-	opts   DumpOptions
-	log    *slog.Logger
-	dir    string
-	tr     *ptrace.Tracer
-	codec  pagestream.Codec
-	blobs  int
-	steps  []Step
-	lapped time.Time
+	opts  DumpOptions
+	log   *slog.Logger
+	dir   string
+	tr    *ptrace.Tracer
+	codec pagestream.Codec
+	blobs int
+	// blobSums are the blobs stored so far, for Image.Blobs.
+	blobSums map[string]core.Blob
+	steps    []Step
+	lapped   time.Time
 	// fds seen so far in the tree, to find open file descriptions shared
 	// between fds and processes, and pipe ends.
 	fds   []fdRecord
@@ -56,6 +59,12 @@ type session struct {
 	// its fsync, a disk flush) cost ~0.4 ms a TCP connection with queued
 	// bytes.
 	memBlobs map[string][]byte
+	// probe: the fds are read only to find those the dump would refuse,
+	// from a process that runs (see precheckFDs): nothing is read that
+	// a read could change (queues, timers), nothing is kept, and what may
+	// change before the freeze (a connection still connecting, an accept
+	// queue) is left to the dump itself.
+	probe bool
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -147,6 +156,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	root := &dumper{session: ss, pid: opts.PID}
 	root.stat, root.status, err = checkTarget(opts.PID)
 	if err != nil {
+		return nil, err
+	}
+	// An fd that cannot move is refused before the process is frozen
+	// (and before pre-copy).
+	if err := precheckFDs(ctx, opts); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {
@@ -387,6 +401,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	img.Blobs = ss.blobSums
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}
@@ -500,20 +515,36 @@ func (d *session) copyBlob(kind string, r io.Reader) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("store %s: %w", name, err)
 		}
+		sum, err := core.HashBlob(bytes.NewReader(b))
+		if err != nil {
+			return "", fmt.Errorf("store %s: %w", name, err)
+		}
 		d.memBlobs[name] = b
+		d.noteBlob(name, sum)
 		return name, nil
 	}
 	name, f, err := d.newBlob(kind)
 	if err != nil {
 		return "", err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	// What is written is hashed: the restore reads no blob that differs.
+	sum, err := core.HashBlob(io.TeeReader(r, f))
+	if err != nil {
 		f.Close()
 		return "", fmt.Errorf("store %s: %w", name, err)
 	}
+	d.noteBlob(name, sum)
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("store %s: %w", name, err)
 	}
 	return name, f.Close()
+}
+
+// noteBlob records a stored blob's size and SHA-256 for Image.Blobs.
+func (d *session) noteBlob(name string, sum core.Blob) {
+	if d.blobSums == nil {
+		d.blobSums = map[string]core.Blob{}
+	}
+	d.blobSums[name] = sum
 }

@@ -185,3 +185,37 @@ func TestDumpStoppedProcess(t *testing.T) {
 	p.Signal(t, unix.SIGCONT)
 	p.WaitTick(t, short, stopped+3)
 }
+
+// TestDumpOtherNamespaces: a process in namespaces of its own (a
+// container's) is refused naming them, before anything touches it: a
+// restore would put it in migrate's namespaces.
+func TestDumpOtherNamespaces(t *testing.T) {
+	fixture.RequireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		fixture.Unavailable(t, "unshare (util-linux): %v", err)
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		fixture.Unavailable(t, "sleep: %v", err)
+	}
+	// unshare execs sleep in new UTS and IPC namespaces: the PID is sleep's.
+	p := fixture.Start(t, unshare, "--uts", "--ipc", sleep, "1000")
+	fixture.WaitFor(t, short, "sleep to run in its namespaces", func() bool {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+		return exe == sleep
+	})
+	_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir()})
+	var bt *BadTargetError
+	if !errors.As(err, &bt) || bt.PID != p.PID {
+		t.Fatalf("dump of a process in its own UTS and IPC namespaces: %v (%T), want a BadTargetError", err, err)
+	}
+	differ, err := otherNamespaces(p.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(differ, ",") != "ipc,uts" {
+		t.Errorf("namespaces found different: %v, want ipc, uts", differ)
+	}
+	fixture.RequireRunning(t, p.PID)
+}

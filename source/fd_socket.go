@@ -206,7 +206,7 @@ func (sd *sockDump) unixSocket(s *core.Socket) error {
 	}
 	switch state {
 	case tcpStateListen:
-		if m.HasRQLen && m.RQueue > 0 {
+		if m.HasRQLen && m.RQueue > 0 && !sd.d.probe {
 			return sd.refuse("%d connections wait in its accept queue; they would be lost (dump again once they are accepted)", m.RQueue)
 		}
 		s.State = core.SockListen
@@ -233,6 +233,9 @@ func (sd *sockDump) unixSocket(s *core.Socket) error {
 	if sd.fd.Key != "" {
 		// Another fd of the process shares this socket: the first one
 		// carries the queue.
+		return nil
+	}
+	if sd.d.probe {
 		return nil
 	}
 	return sd.unixQueue(s, m)
@@ -479,7 +482,7 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 			// For a listener tcp_info holds the accept queue in
 			// tcpi_unacked and the backlog in tcpi_sacked (the fields
 			// inet_diag reports as idiag_rqueue and idiag_wqueue).
-			if ti.Unacked > 0 {
+			if ti.Unacked > 0 && !sd.d.probe {
 				return sd.refuse("%d connections wait in its accept queue; they would be lost (dump again once they are accepted)", ti.Unacked)
 			}
 			s.State = core.SockListen
@@ -492,7 +495,16 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 			}
 		default:
 			if tcpConnState(ti.State) {
+				if sd.d.probe {
+					if s.Protocol == unix.IPPROTO_MPTCP {
+						return sd.noteTCP(s, ti.State) // refused
+					}
+					return nil
+				}
 				return sd.noteTCP(s, ti.State)
+			}
+			if sd.d.probe {
+				return nil // connecting now, maybe connected at the freeze
 			}
 			return sd.refuse("TCP connections (this one is in state %s) are not supported yet", tcpStateName(ti.State))
 		}

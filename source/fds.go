@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strconv"
@@ -75,10 +76,16 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		}
 		info, err := proc.ReadFDInfo(d.pid, l.FD)
 		if err != nil {
+			if d.probe && errors.Is(err, fs.ErrNotExist) {
+				continue // closed since the listing: the process runs
+			}
 			return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 		}
 		nfd, err := unix.PidfdGetfd(set.pidfd, l.FD, 0)
 		if err != nil {
+			if d.probe && errors.Is(err, unix.EBADF) {
+				continue
+			}
 			return nil, fmt.Errorf("process %d: pidfd_getfd of fd %d: %w", d.pid, l.FD, err)
 		}
 		dup := os.NewFile(uintptr(nfd), l.Target)
@@ -114,8 +121,14 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		unsupported := func(reason string) error {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
+		// A lock would not come back: the restored process would run
+		// without it, and whoever it kept out would get in (a database's
+		// lock lost is data corruption). Refused until locks are restored.
+		if locks := info.Locks(); len(locks) > 0 {
+			return nil, unsupported(fmt.Sprintf("it holds a file lock (%s), which migrate does not restore yet", strings.Join(locks, "; ")))
+		}
 		ref := func() *core.FileRef {
-			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
+			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Dev: st.Dev, Ino: st.Ino}
 			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
 				r.Path, r.Deleted = s, true
 			}
@@ -208,7 +221,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					return nil, unsupported("timerfd without its state in fdinfo")
 				}
 				ns := func(t proc.Timespec) int64 { return int64(t.Sec)*1e9 + int64(t.Nsec) }
-				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 {
+				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 && !d.probe {
 					if tf, err = settleTimerfd(d.pid, l.FD, nfd, tf); err != nil {
 						return nil, unsupported(err.Error())
 					}
@@ -267,6 +280,9 @@ func (ss *session) resolvePipes() error {
 		ends := ss.pipes[ino]
 		first := ends[0]
 		if first.d.proc.FDs[first.idx].Kind == core.FDFIFO {
+			if ss.probe {
+				continue
+			}
 			if err := first.d.pipeData(first.d.fdset, first.idx, first.fd, true); err != nil {
 				return err
 			}
@@ -292,6 +308,9 @@ func (ss *session) resolvePipes() error {
 			}
 			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
 				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null"}
+		}
+		if ss.probe {
+			continue
 		}
 		if err := r.d.pipeData(r.d.fdset, r.idx, r.fd, false); err != nil {
 			return err

@@ -70,8 +70,13 @@ func readVMAsQuick(pid int) ([]core.VMA, error) {
 }
 
 // addVmFlags sets, on a layout read with readVMAsQuick, the flags read from
-// /proc/PID/smaps of the same (frozen) process.
-func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping) error {
+// /proc/PID/smaps of the same (frozen) process. smaps may have been read
+// with the scratch page [scratch, scratch+scratchLen) mapped, which the
+// layout was read without: see withoutRange.
+func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratchLen uint64) error {
+	if scratchLen > 0 {
+		smaps = withoutRange(smaps, scratch, scratch+scratchLen)
+	}
 	byStart := make(map[uint64]*proc.Mapping, len(smaps))
 	for i := range smaps {
 		byStart[smaps[i].Start] = &smaps[i]
@@ -93,6 +98,35 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping) error {
 		}
 	}
 	return nil
+}
+
+// withoutRange returns maps with [lo, hi) cut out. The scratch page an
+// injection maps is anonymous and read-write: the kernel merges it with an
+// anonymous read-write neighbour just below or above it, so a smaps read
+// while it is mapped shows that neighbour grown by a page (or two areas
+// joined through it). Cutting the range out gives back the areas as they
+// were before the scratch page came, for the flags to be matched by their
+// bounds; the flags of the pieces are those of the merged area, which the
+// kernel merged only because they were the same.
+func withoutRange(maps []proc.Mapping, lo, hi uint64) []proc.Mapping {
+	out := make([]proc.Mapping, 0, len(maps)+1)
+	for _, m := range maps {
+		if m.End <= lo || m.Start >= hi {
+			out = append(out, m)
+			continue
+		}
+		if m.Start < lo {
+			below := m
+			below.End = lo
+			out = append(out, below)
+		}
+		if m.End > hi {
+			above := m
+			above.Start = hi
+			out = append(out, above)
+		}
+	}
+	return out
 }
 
 // sameAreas says whether every area of vmas is in smaps with the same

@@ -73,6 +73,9 @@ type MigrateReport struct {
 	// to ready, commit to resumed, as the source saw it.
 	TargetSteps []Step `json:"target_steps,omitempty"`
 	Handoff     []Step `json:"handoff_steps,omitempty"`
+	// Hooks is how long each of the source's hooks ran (the target's
+	// pre-resume hooks are a step of TargetSteps).
+	Hooks []hook.Timing `json:"hooks,omitempty"`
 }
 
 // LiveLayout is the body of a round's Layout message: the process as far
@@ -118,6 +121,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
 		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
+	}
+	// An fd that cannot move is refused now, before the target is even
+	// asked, not at the freeze after every page went over.
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID}); err != nil {
+		return nil, err
+	}
+	if err := refuseDeletedMappings(opts.PID); err != nil {
+		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
@@ -178,6 +189,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
 		},
 	}
+	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
 	rep.Rounds = d.rounds
@@ -200,6 +212,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
+	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
 		if !a.resumed.IsZero() {
@@ -207,6 +221,26 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		}
 	}
 	return rep, err
+}
+
+// warnSlowHooks warns of each hook that ran in the frozen window (the
+// source's post-dump, the target's pre-resume) for longer than the
+// downtime target: the process waited for it.
+func warnSlowHooks(log *slog.Logger, rep *MigrateReport, pol Policy) {
+	if pol == (Policy{}) {
+		pol = DefaultPolicy
+	}
+	limit := ms(pol.TargetDowntime)
+	for _, h := range rep.Hooks {
+		if h.Stage == hook.PostDump && h.MS > limit {
+			log.Warn("a post-dump hook ran longer than the downtime target, with the process frozen", "hook", h.Hook, "ms", h.MS, "target_ms", limit)
+		}
+	}
+	for _, s := range rep.TargetSteps {
+		if s.Name == "pre-resume hook" && s.MS > limit {
+			log.Warn("the target's pre-resume hooks ran longer than the downtime target, with the process frozen", "ms", s.MS, "target_ms", limit)
+		}
+	}
 }
 
 // limitedWriter writes at most rate bytes a second on average: a write
@@ -572,7 +606,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	// rollback (a killed original needs no munmap).
 	type smapsResult struct {
 		maps []proc.Mapping
-		err  error
+		// scratch, scratchLen: the scratch page, mapped when maps was
+		// read (see addVmFlags).
+		scratch, scratchLen uint64
+		err                 error
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
@@ -587,9 +624,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 		d.log.Debug("the layout changed at the freeze: smaps read again")
 		d.mmapDone = func() {
 			started = true
+			scratch := d.scratch
 			go func() {
 				m, err := proc.ReadSmaps(d.pid)
-				smapsc <- smapsResult{m, err}
+				smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
 			}()
 		}
 	}
@@ -631,10 +669,11 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	if sm.err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, sm.err)
 	}
-	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps); err != nil {
+	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen); err != nil {
 		return nil, err
 	}
 	d.lap("blobs, smaps")
+	a.img.Blobs = d.blobSums
 	st := LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
 	for _, b := range st.Blobs {
@@ -750,6 +789,9 @@ func (a *liveSource) LeaveFrozen() error {
 // (it left the original stopped): it asks the target, then kills the
 // original if the target runs the process, or lets it run on (SIGCONT) if
 // the migration was aborted. Anything else leaves it stopped and says so.
+// It acts only on a process a record in RecordDir names for that session,
+// with the same start time; otherwise it returns a *NotRecordedError
+// before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (ControlConn, error) {
 		c := cfg
@@ -764,7 +806,13 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
 	}
+	var rec *Record
 	if pid > 0 {
+		// Only a process a migration left: never whatever now has the PID.
+		var err error
+		if rec, err = recordedProcess(pid, session); err != nil {
+			return "", err
+		}
 		if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && len(gone) > 0 {
 			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 		}
@@ -777,7 +825,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {
-			if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
 			}
 		}
@@ -786,7 +834,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			if err := UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
-			if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
 			}
 		}

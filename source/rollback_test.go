@@ -219,12 +219,17 @@ func TestRollbackUnsupportedFD(t *testing.T) {
 	})
 }
 
-// requireUnsupported dumps v, wants an *UnsupportedFDError for fd, and
-// the process untouched.
+// requireUnsupported dumps v, wants an *UnsupportedFDError for fd, found
+// before the process was frozen, and the process untouched.
 func requireUnsupported(t *testing.T, v *victim, fd int, kindPrefix string) {
 	t.Helper()
 	dir := t.TempDir()
-	_, err := Dump(context.Background(), DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t)})
+	var stages []string
+	hook := func(stage string) error { stages = append(stages, stage); return nil }
+	_, err := Dump(context.Background(), DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t), testHook: hook})
+	if len(stages) > 0 {
+		t.Errorf("the dump went through %v before refusing the fd: it must refuse before the freeze", stages)
+	}
 	var ue *UnsupportedFDError
 	if !errors.As(err, &ue) {
 		t.Fatalf("dump error %v (%T), want *UnsupportedFDError", err, err)
@@ -348,6 +353,40 @@ func TestSignalArrivingDuringDump(t *testing.T) {
 			if tc.failAt != "" {
 				v.requireUntouched(t, dir)
 			}
+		})
+	}
+}
+
+// TestRefuseFileLocks: a process holding a POSIX, flock, OFD lock or a
+// lease is refused before it is frozen (the restore would not hold the
+// lock), naming the fd, and runs on untouched.
+func TestRefuseFileLocks(t *testing.T) {
+	fixture.RequireRoot(t)
+	for _, kind := range []string{"posix", "flock", "ofd", "lease"} {
+		t.Run(kind, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "locked")
+			if err := os.WriteFile(file, make([]byte, 100), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := fixture.Start(t, fixture.Build(t, "locks"), kind, file)
+			line, _ := p.WaitLine(t, short, 0, "ready")
+			var pid, fd int
+			if _, err := fmt.Sscanf(line, "ready pid=%d fd=%d", &pid, &fd); err != nil {
+				t.Fatal(err)
+			}
+			p.WaitTick(t, short, 2)
+			var stages []string
+			hook := func(stage string) error { stages = append(stages, stage); return nil }
+			_, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: fixtureLogger(t), testHook: hook})
+			var ue *UnsupportedFDError
+			if !errors.As(err, &ue) || ue.FD != fd || ue.PID != p.PID {
+				t.Fatalf("dump of a process holding a %s lock: %v (%T), want an UnsupportedFDError for fd %d", kind, err, err, fd)
+			}
+			if len(stages) > 0 {
+				t.Errorf("the dump went through %v before refusing the lock", stages)
+			}
+			fixture.RequireRunning(t, p.PID)
+			p.WaitTick(t, short, p.LastTick(t)+2)
 		})
 	}
 }

@@ -19,17 +19,20 @@ func (e *VDSOMismatchError) Error() string {
 	return "this kernel's vdso differs from the one the process was dumped on: " + e.Reason
 }
 
-// FDLimitError says an fd of the process is above the RLIMIT_NOFILE hard
-// limit the restored process starts with here (the service's), which the
-// service cannot raise (no CAP_SYS_RESOURCE).
-type FDLimitError struct {
-	FD  int    // the highest fd number of the process
-	Max uint64 // the hard limit here
-	Err error
+// HostLimitError says the image needs more of something than this host
+// allows (an fd number above fs.nr_open, or an RLIMIT_NOFILE above the
+// hard limit without CAP_SYS_RESOURCE to raise it).
+type HostLimitError struct {
+	What  string // "fs.nr_open", "RLIMIT_NOFILE"
+	Need  uint64
+	Limit uint64
+	Hint  string
 }
 
-func (e *FDLimitError) Error() string {
-	return fmt.Sprintf("fd %d is above the RLIMIT_NOFILE hard limit %d of this service, which it cannot raise (%v); start the service with a higher limit (e.g. LimitNOFILE= of its unit)", e.FD, e.Max, e.Err)
+func (e *HostLimitError) Error() string {
+	s := fmt.Sprintf("the image needs %s %d, this host allows %d", e.What, e.Need, e.Limit)
+	if e.Hint != "" {
+		s += " (" + e.Hint + ")"
+	}
+	return s
 }
-
-func (e *FDLimitError) Unwrap() error { return e.Err }

@@ -19,13 +19,18 @@ import (
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
-// process had open or mapped, once per original inode.
-func (r *session) prepareDeleted(context.Context) error {
-	r.deletedFiles = map[fileKey]*os.File{}
+// processes of img had open or mapped, once per original inode. It is
+// called again with a live migration's final image, whose fds (and the
+// blobs of their contents) the first layout did not have: what was
+// recreated then stays.
+func (r *session) prepareDeleted(ctx context.Context, img *core.Image) error {
+	if r.deletedFiles == nil {
+		r.deletedFiles = map[fileKey]*os.File{}
+	}
 	var refs []*core.FileRef
-	procs := []*core.Process{&r.img.Process}
-	for i := range r.img.Tree {
-		procs = append(procs, &r.img.Tree[i])
+	procs := []*core.Process{&img.Process}
+	for i := range img.Tree {
+		procs = append(procs, &img.Tree[i])
 	}
 	for _, p := range procs {
 		for i := range p.FDs {
@@ -40,11 +45,14 @@ func (r *session) prepareDeleted(context.Context) error {
 		}
 	}
 	for _, ref := range refs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		key := fileKey{ref.Dev, ref.Ino, false}
 		if r.deletedFiles[key] != nil {
 			continue
 		}
-		f, err := r.recreate(ref)
+		f, err := r.recreate(ctx, img, ref)
 		if err != nil {
 			return fmt.Errorf("recreate %s: %w", ref.Path, err)
 		}
@@ -54,9 +62,10 @@ func (r *session) prepareDeleted(context.Context) error {
 }
 
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
-// original directory otherwise) holding the stored contents.
-func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
-	src, err := r.openBlob(ref.Blob)
+// original directory otherwise) holding the stored contents, with the
+// original's owner and mode (see setOwnerMode).
+func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileRef) (*os.File, error) {
+	src, err := r.openBlob(img, ref.Blob)
 	if err != nil {
 		return nil, err
 	}
@@ -69,26 +78,55 @@ func (r *session) recreate(ref *core.FileRef) (*os.File, error) {
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
 	} else {
+		// Created 0600: the mode comes once the owner is right.
 		dir := filepath.Dir(ref.Path)
-		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			// The directory is gone or does not take O_TMPFILE.
-			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777); err != nil {
+			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err != nil {
 				return nil, err
 			}
 			r.warn("deleted file %s recreated in %s", ref.Path, os.TempDir())
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
 	}
-	if _, err := io.Copy(f, src); err != nil {
+	if _, err := io.Copy(f, ctxReader{ctx, src}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := r.setOwnerMode(f, ref); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
 }
 
+// setIDBits are the mode bits that give privilege on exec.
+const setIDBits = unix.S_ISUID | unix.S_ISGID
+
+// setOwnerMode gives a file the restore created the owner and mode ref
+// recorded. The owner first: the file is the restorer's (root's) until
+// then, and must never carry set-id bits while it is. If the owner cannot
+// be set (an ID this user namespace does not map), the file keeps the
+// restorer's and gets the mode without its set-id bits.
+func (r *session) setOwnerMode(f *os.File, ref *core.FileRef) error {
+	mode := ref.Mode & 0o7777
+	if err := unix.Fchown(int(f.Fd()), int(ref.UID), int(ref.GID)); err != nil {
+		if mode&setIDBits != 0 {
+			mode &^= setIDBits
+			r.warn("%s recreated without its set-user/group-ID bits: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		} else {
+			r.warn("%s recreated owned by the restorer: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		}
+	}
+	if err := unix.Fchmod(int(f.Fd()), mode); err != nil {
+		return &os.PathError{Op: "fchmod", Path: ref.Path, Err: err}
+	}
+	return nil
+}
+
 // openFD opens, in the agent, the file description fd had.
-func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
+func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
 	// File status flags that open(2) takes; the rest are set with F_SETFL.
 	flags := fd.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC)
 	switch fd.Kind {
@@ -167,11 +205,15 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 	case core.FDFIFO:
 		// A holder open for both directions keeps open(2) from blocking and
 		// the pipe (with its buffered data) alive until the process holds it.
-		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		// O_NONBLOCK: whatever the path is now, opening it does not wait.
+		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 		if err != nil {
 			return nil, err
 		}
 		r.keep(holder)
+		if fi, err := holder.Stat(); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+			return nil, &core.ImageError{File: fd.File.Path, Reason: "was a FIFO, is not one now", Err: err}
+		}
 		if fd.Data != "" {
 			if err := r.fillPipe(holder, fd.Data); err != nil {
 				return nil, err
@@ -271,9 +313,32 @@ func (r *restorer) openFD(fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, 
 	case core.FDSocket:
 		return r.openSocket(fd)
 	case core.FDInotify:
-		return r.openInotify(fd)
+		return r.openInotify(ctx, fd)
 	}
 	return nil, fmt.Errorf("unknown fd kind %q", fd.Kind)
+}
+
+// roomForFDs raises the child's RLIMIT_NOFILE, if need be, so that dup3
+// can give it its highest fd (and the agent's pidfd its place): it has
+// migrate's own limit until the image's rlimits are set, after the fds.
+func (r *restorer) roomForFDs() error {
+	top := 64 + len(r.proc.FDs) // the agent's pidfd
+	for _, fd := range r.proc.FDs {
+		top = max(top, fd.FD)
+	}
+	var lim unix.Rlimit
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	if uint64(top) < lim.Cur {
+		return nil
+	}
+	lim.Cur = uint64(top) + 1
+	lim.Max = max(lim.Max, lim.Cur)
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE to %d for fd %d: %w", lim.Cur, top, err)
+	}
+	return nil
 }
 
 // tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
@@ -304,7 +369,7 @@ func dupFile(f *os.File) (*os.File, error) {
 
 // fillPipe writes stored pipe contents into the write side w.
 func (r *session) fillPipe(w *os.File, blob string) error {
-	data, err := r.readBlob(blob)
+	data, err := r.readBlob(r.img, blob)
 	if err != nil {
 		return err
 	}
@@ -344,7 +409,8 @@ func (r *restorer) makeRoomForFDs() error {
 		lim.Max = max(lim.Max, need)
 		if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
 			// Above the hard limit without CAP_SYS_RESOURCE.
-			return &FDLimitError{FD: top, Max: hard, Err: err}
+			return fmt.Errorf("fd %d: %w (%v)", top, &HostLimitError{What: "RLIMIT_NOFILE", Need: need, Limit: hard,
+				Hint: "the service's hard limit, which it lacks CAP_SYS_RESOURCE to raise: start it with a higher one (LimitNOFILE= of its unit)"}, err)
 		}
 	}
 	if r.agentFD > top {
@@ -373,7 +439,7 @@ func (r *restorer) descKey(fd *core.FD) string {
 // each, in repair mode) a few at a time, into r.descs, ahead of the other
 // fds: hundreds of connections rebuilt one after the other are a good part
 // of the frozen window.
-func (r *restorer) prebuildTCP() error {
+func (r *restorer) prebuildTCP(ctx context.Context) error {
 	var todo []*core.FD
 	seen := map[string]bool{}
 	for i := range r.proc.FDs {
@@ -401,7 +467,7 @@ func (r *restorer) prebuildTCP() error {
 				if i >= len(todo) {
 					return
 				}
-				files[i], errs[i] = r.openFD(todo[i], nil)
+				files[i], errs[i] = r.openFD(ctx, todo[i], nil)
 			}
 		}()
 	}
@@ -425,16 +491,19 @@ func (r *restorer) prebuildTCP() error {
 //
 // Preconditions: the child has no fds but the agent's pidfd (layout closed
 // the husk's and its own temporaries).
-func (r *restorer) restoreFDs(context.Context) error {
+func (r *restorer) restoreFDs(ctx context.Context) error {
 	p := r.proc
 	if err := r.makeRoomForFDs(); err != nil {
 		return err
 	}
-	if err := r.prebuildTCP(); err != nil {
+	if err := r.prebuildTCP(ctx); err != nil {
 		return err
 	}
 	want := make([]pendingFD, 0, len(p.FDs))
 	for i := range p.FDs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
 		// of this or another process that shared it), or a new one.
@@ -442,7 +511,7 @@ func (r *restorer) restoreFDs(context.Context) error {
 		f := r.descs[key]
 		if f == nil {
 			var err error
-			if f, err = r.openFD(fd, r.pipes); err != nil {
+			if f, err = r.openFD(ctx, fd, r.pipes); err != nil {
 				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
 			}
 			r.keep(f)

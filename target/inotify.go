@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sort"
@@ -14,7 +15,10 @@ import (
 // old watch descriptors. The kernel hands out descriptors in increasing
 // order, so a gap is made by adding and removing a watch on a scratch file
 // as often as needed. Events queued at dump time are not kept.
-func (r *restorer) openInotify(fd *core.FD) (*os.File, error) {
+//
+// The image's watch descriptors are bounded (core.MaxInotifyWD) and ctx is
+// checked as the gaps are made.
+func (r *restorer) openInotify(ctx context.Context, fd *core.FD) (*os.File, error) {
 	ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -29,7 +33,13 @@ func (r *restorer) openInotify(fd *core.FD) (*os.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("inotify watch %d listed twice", w.WD)
 		}
-		for next < w.WD {
+		for n := 0; next < w.WD; n++ {
+			if n%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					f.Close()
+					return nil, err
+				}
+			}
 			if scratch == "" {
 				tmp, err := os.CreateTemp("", "migrate-inotify-")
 				if err != nil {

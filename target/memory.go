@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -27,7 +26,7 @@ func (r *restorer) fillPages(ctx context.Context) error {
 	begin := time.Now()
 	defer func() { r.memTime = time.Since(begin) }()
 	path := filepath.Join(r.dir, r.pagesInfo.File)
-	f, err := os.Open(path)
+	f, err := openImageFile(r.dir, r.pagesInfo.File)
 	if err != nil {
 		return err
 	}

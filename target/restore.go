@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
@@ -48,24 +47,30 @@ type session struct {
 	// repair mode.
 	atResume []func() error
 	// blobs are the image's blobs by name, when they came in memory (a
-	// live migration's state); otherwise they are files under dir.
+	// live migration's state, sizes checked against Image.Blobs);
+	// otherwise they are files under dir.
 	blobs map[string][]byte
+	// afterBind, set by tests, runs after a unix socket is bound to a
+	// path.
+	afterBind func(path string)
 }
 
-// readBlob returns the contents of the image's blob name.
-func (r *session) readBlob(name string) ([]byte, error) {
+// readBlob returns the contents of img's blob name: from memory, or read
+// whole from the image directory and checked (see readBlob).
+func (r *session) readBlob(img *core.Image, name string) ([]byte, error) {
 	if b, ok := r.blobs[name]; ok {
 		return b, nil
 	}
-	return os.ReadFile(filepath.Join(r.dir, name))
+	return readBlob(r.dir, img, name)
 }
 
-// openBlob opens the image's blob name for reading.
-func (r *session) openBlob(name string) (io.ReadCloser, error) {
+// openBlob opens img's blob name for reading: from memory, or from the
+// image directory, checked as it is read (see openBlob).
+func (r *session) openBlob(img *core.Image, name string) (io.ReadCloser, error) {
 	if b, ok := r.blobs[name]; ok {
 		return io.NopCloser(bytes.NewReader(b)), nil
 	}
-	return os.Open(filepath.Join(r.dir, name))
+	return openBlob(r.dir, img, name)
 }
 
 // restorer holds the state of the restore of one process of the tree.
@@ -152,7 +157,8 @@ type Builder struct {
 // NewBuilder checks the image in dir (everything it names, before anything
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
-	return newBuilder(ctx, dir, img, log, validate, false)
+	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
+	return newBuilder(ctx, dir, img, log, check, false)
 }
 
 // newBuilder is NewBuilder with the check of the image given; live
@@ -180,7 +186,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
-		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx) }},
+		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -252,6 +258,11 @@ func (b *Builder) FillFromImage(ctx context.Context) error {
 // thread state. The processes stay stopped until Resume.
 func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	if img != b.ss.img {
+		// The deleted files first: an area of the final layout may map
+		// one.
+		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
+			return err
+		}
 		if err := b.adopt(img); err != nil {
 			return err
 		}
@@ -780,19 +791,27 @@ func holdsPages(kind string) bool {
 	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile
 }
 
-// openAgentPidfd gives the child a pidfd for this agent, at a high fd
-// number out of the way of the fds to restore.
+// openAgentPidfd gives the child a pidfd for this agent, at an fd number
+// (64 or above) that no fd to restore has, and the RLIMIT_NOFILE that its
+// highest fd needs.
 func (r *restorer) openAgentPidfd() error {
 	if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
+		return err
+	}
+	if err := r.roomForFDs(); err != nil {
 		return err
 	}
 	fd, err := r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
 	if err != nil {
 		return err
 	}
-	high := 64
+	taken := make(map[int]bool, len(r.proc.FDs))
 	for _, f := range r.proc.FDs {
-		high = max(high, f.FD+16)
+		taken[f.FD] = true
+	}
+	high := 64
+	for taken[high] {
+		high++
 	}
 	moved, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, uint64(high))
 	if err != nil {
@@ -826,17 +845,25 @@ func (r *session) keep(f *os.File) *os.File {
 // openMapped opens a mapped file: the file itself, or for a deleted one, a
 // copy made from the image.
 func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
-	if ref.Deleted {
-		if f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]; f != nil {
-			return f, nil
-		}
-		return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
-	}
 	flag := os.O_RDONLY
 	if write {
 		flag = os.O_RDWR
 	}
-	f, err := os.OpenFile(ref.Path, flag, 0)
+	if ref.Deleted {
+		f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]
+		if f == nil {
+			return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
+		}
+		// Reopened for the access the mapping needs: a mapping holds its
+		// file, and one open for writing would keep the copy from being
+		// executed (ETXTBSY) as long as it lives.
+		g, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), flag|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		return r.keep(g), nil
+	}
+	f, err := openMappable(ref.Path, flag)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,9 @@ func handMade(t *testing.T) *core.Image {
 			PID:     pid,
 			Comm:    "handmade",
 			Exe:     core.FileRef{Path: "/bin/true"},
+			Cwd:     "/",
+			Root:    "/",
+			MM:      core.MM{StartCode: 0x400000, EndCode: 0x401000},
 			Threads: []core.Thread{{TID: pid}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x401000, Prot: 5, Flags: 2, Kind: core.VMAAnon},
@@ -142,6 +146,13 @@ func TestRestoreHostileMetadata(t *testing.T) {
 		}},
 		{"negative fd", func(img *core.Image) { img.Process.FDs = []core.FD{{FD: -1, Kind: core.FDEventfd}} }},
 		{"not 64 sigactions", func(img *core.Image) { img.Process.Sigactions = make([]core.Sigaction, 65) }},
+		{"relative working directory", func(img *core.Image) { img.Process.Cwd = "../.." }},
+		{"relative file of an fd", func(img *core.Image) {
+			img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDFile, File: &core.FileRef{Path: "../../etc/shadow"}}}
+		}},
+		{"unclean mapped file", func(img *core.Image) {
+			img.Process.VMAs[0].Kind, img.Process.VMAs[0].File = core.VMAFile, &core.FileRef{Path: "/tmp/../etc/shadow"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := handMade(t)
@@ -158,6 +169,7 @@ func TestRestoreMissingBlob(t *testing.T) {
 	fixture.RequireRoot(t)
 	img := handMade(t)
 	img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDPipe, Pipe: 1, Data: core.FilesDir + "/pipe-1"}}
+	img.Blobs = map[string]core.Blob{core.FilesDir + "/pipe-1": {Size: 3, SHA256: strings.Repeat("0", 64)}}
 	dir := write(t, img)
 	err := refuse(t, dir, img.Process.PID)
 	requireImageError(t, err, filepath.Join(dir, core.FilesDir, "pipe-1"))

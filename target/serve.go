@@ -3,15 +3,15 @@ package target
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"migrate/core/hook"
 	"migrate/core/netlock"
+	"migrate/core/reap"
 	"net"
 	"os"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"migrate/transport"
 )
@@ -27,7 +27,21 @@ type ServeOptions struct {
 	// Hooks run at the target's stages of each migration: pre-resume,
 	// post-resume, abort.
 	Hooks *hook.Set
+	// MaxSessions caps the sessions served at once (migrations and status
+	// questions); 0 means DefaultMaxSessions. A session beyond it is told
+	// the service is busy (an Abort, so its source resumes its original
+	// before freezing anything) and closed.
+	MaxSessions int
 }
+
+// DefaultMaxSessions is the default of ServeOptions.MaxSessions. Each
+// migration holds up to two control messages of transport.MaxMsgPayload
+// and their decoded form (core.DefaultDecodeBudget), besides the process
+// it builds.
+const DefaultMaxSessions = 8
+
+// ErrBusy: the service was serving MaxSessions sessions already.
+var ErrBusy = errors.New("target busy: too many sessions in progress")
 
 // Serve runs the target service until ctx ends: it accepts migrations,
 // builds each incoming process while the source's pre-copy runs, restores
@@ -46,7 +60,11 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	} else if len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	tcfg := opts.Transport
+	if tcfg.Logger == nil {
+		tcfg.Logger = log
+	}
+	ln, err := transport.Listen(opts.Listen, tcfg)
 	if err != nil {
 		return err
 	}
@@ -56,9 +74,17 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	}
 	log.Info("serving", "addr", ln.Addr().String())
 	if os.Getpid() == 1 {
-		go reapOrphans(ctx)
+		go reap.Orphans(ctx, 500*time.Millisecond)
 	}
 	outcomes := NewOutcomes(0, nil)
+	maxSessions := opts.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = DefaultMaxSessions
+	}
+	slots := make(chan struct{}, maxSessions)
+	// Sessions refused for want of a slot are told so by at most as many
+	// goroutines again; beyond that they are closed without a word.
+	busy := make(chan struct{}, maxSessions)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -67,14 +93,36 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			log.Warn("refused a connection", "err", err)
+			// The listener logged it, at a bounded rate: a flood of
+			// hostile connections must not flood the log.
+			log.Debug("refused a connection", "err", err)
+			continue
+		}
+		sessLog := log.With("session", sess.ID(), "peer", sess.Peer().String())
+		select {
+		case slots <- struct{}{}:
+		default:
+			select {
+			case busy <- struct{}{}:
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-busy }()
+					defer sess.Close()
+					refuseBusy(ctx, sess, maxSessions, sessLog)
+				}()
+			default:
+				sessLog.Debug("busy; session closed", "max_sessions", maxSessions)
+				sess.Close()
+			}
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, opts.Hooks, log.With("session", sess.ID(), "peer", sess.Peer().String()))
+			serveSession(ctx, sess, outcomes, opts.Hooks, sessLog)
 		}()
 	}
 }
@@ -107,41 +155,25 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 	}
 }
 
-// reapOrphans collects the processes that end up children of this PID 1
-// (restored processes, once they exit). It must never touch a process the
-// builder traces: waitid reports a tracee's ptrace stops to its tracer's
-// process whatever the flags (CLD_TRAPPED), and reaping with wait4 would
-// consume the stop the builder waits for and hang its build. So it only
-// looks (WNOWAIT), and collects a child only when that look says it
-// exited, with a waitid that takes exits alone.
-func reapOrphans(ctx context.Context) {
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		for {
-			var info unix.Siginfo
-			if err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
-				break
-			}
-			pid := int(siginfoPID(&info))
-			if pid == 0 || !exited(siginfoCode(&info)) {
-				break // nothing, or a ptrace stop: the builder's business
-			}
-			var done unix.Siginfo
-			if err := unix.Waitid(unix.P_PID, pid, &done, unix.WEXITED|unix.WNOHANG, nil); err != nil {
-				break
-			}
-		}
+// refuseBusy answers the first message of a session that found the
+// service busy with an Abort that says so.
+func refuseBusy(ctx context.Context, sess *transport.Session, max int, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kind, st, err := sess.AcceptStream(ctx)
+	if err != nil {
+		return
 	}
-}
-
-// exited says whether a SIGCHLD si_code reports the child's end.
-func exited(code int32) bool {
-	const cldExited, cldKilled, cldDumped = 1, 2, 3
-	return code == cldExited || code == cldKilled || code == cldDumped
+	defer st.Close()
+	if kind != transport.KindControl {
+		return
+	}
+	c := transport.NewControl(st)
+	if _, err := c.Recv(ctx); err != nil {
+		return
+	}
+	log.Warn("refused a session: busy", "max_sessions", max)
+	c.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %v (%d; migrate serve --max-sessions)", ErrBusy, max))})
+	// Until the source has read it and closed.
+	linger(ctx, c, DefaultLinger)
 }

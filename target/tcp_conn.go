@@ -46,12 +46,12 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	}
 	var sendq, recvq []byte
 	if t.SendQueue != "" {
-		if sendq, err = r.readBlob(t.SendQueue); err != nil {
+		if sendq, err = r.readBlob(r.img, t.SendQueue); err != nil {
 			return nil, fmt.Errorf("send queue: %w", err)
 		}
 	}
 	if t.RecvQueue != "" {
-		if recvq, err = r.readBlob(t.RecvQueue); err != nil {
+		if recvq, err = r.readBlob(r.img, t.RecvQueue); err != nil {
 			return nil, fmt.Errorf("receive queue: %w", err)
 		}
 	}

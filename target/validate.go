@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -23,9 +24,12 @@ import (
 // validate checks everything a restore needs before anything is created:
 // the files of the image, the files the process maps, the vdso, and that
 // its PID is free.
-func validate(dir string, img *core.Image) error {
+func validate(ctx context.Context, dir string, img *core.Image) error {
+	if err := checkIncoming(img); err != nil {
+		return err
+	}
 	for _, pp := range img.Processes() {
-		if err := validateProcess(dir, pp.Process, pp.Pages); err != nil {
+		if err := validateProcess(ctx, dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
 				return fmt.Errorf("process %d: %w", pp.Process.PID, err)
 			}
@@ -42,53 +46,154 @@ func validate(dir string, img *core.Image) error {
 	return nil
 }
 
-// validateProcess checks what the restore of one process needs.
-func validateProcess(dir string, p *core.Process, info *core.PagesInfo) error {
-	pages := filepath.Join(dir, info.File)
-	fi, err := os.Stat(pages)
+// checkIncoming is the one place where a process from outside (an image
+// directory's metadata, a live migration's layouts and final state) is
+// checked before the restore acts on it: the image model's own rules
+// (core.Image.Validate: ranges, counts, blob names, every path the restore
+// opens absolute and clean) and this host's kernel limits on how many
+// areas, threads, fds and processes it may have (checkKernelLimits).
+func checkIncoming(img *core.Image) error {
+	if err := img.Validate(); err != nil {
+		return err
+	}
+	lim := readKernelLimits()
+	for _, pp := range img.Processes() {
+		if err := lim.check(pp.Process); err != nil {
+			return fmt.Errorf("process %d: %w", pp.Process.PID, err)
+		}
+	}
+	if n := len(img.Tree) + 1; n > lim.pidMax {
+		return &HostLimitError{What: "kernel.pid_max", Need: uint64(n), Limit: uint64(lim.pidMax)}
+	}
+	return nil
+}
+
+// kernelLimits are the kernel limits a restored process must fit in. They
+// also bound what a hostile source can make the service build.
+type kernelLimits struct {
+	maxMapCount int // vm.max_map_count: areas of one process (65530 by default)
+	threadsMax  int // kernel.threads-max: threads of the whole system
+	nrOpen      int // fs.nr_open: the highest fd number + 1 (1048576 by default)
+	pidMax      int // kernel.pid_max
+}
+
+// readKernelLimits reads the limits from /proc/sys; one that cannot be
+// read takes the kernel's default.
+func readKernelLimits() kernelLimits {
+	read := func(name string, def int) int {
+		n, err := readSysctlInt("/proc/sys/" + name)
+		if err != nil || n <= 0 {
+			return def
+		}
+		return n
+	}
+	return kernelLimits{
+		maxMapCount: read("vm/max_map_count", 65530),
+		threadsMax:  read("kernel/threads-max", 1<<15),
+		nrOpen:      read("fs/nr_open", 1<<20),
+		pidMax:      read("kernel/pid_max", 1<<22),
+	}
+}
+
+// check checks the counts of p, and its fd numbers (fs.nr_open: neither
+// dup3 nor a raised RLIMIT_NOFILE can pass it).
+func (l kernelLimits) check(p *core.Process) error {
+	switch {
+	case len(p.VMAs) > l.maxMapCount:
+		return &HostLimitError{What: "vm.max_map_count", Need: uint64(len(p.VMAs)), Limit: uint64(l.maxMapCount)}
+	case len(p.Threads) > l.threadsMax:
+		return &HostLimitError{What: "kernel.threads-max", Need: uint64(len(p.Threads)), Limit: uint64(l.threadsMax)}
+	case len(p.FDs) > l.nrOpen:
+		return &HostLimitError{What: "fs.nr_open", Need: uint64(len(p.FDs)), Limit: uint64(l.nrOpen)}
+	}
+	for _, fd := range p.FDs {
+		if fd.FD >= l.nrOpen {
+			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD) + 1, Limit: uint64(l.nrOpen)})
+		}
+	}
+	return nil
+}
+
+// checkHostLimits checks the values of p that this host bounds beyond
+// checkIncoming (core.Validate checks what every kernel bounds): the
+// RLIMIT_NOFILE its highest fd needs, and the mm fields PR_SET_MM_MAP
+// needs. It is shared by the restore from
+// files and the live one.
+func checkHostLimits(p *core.Process) error {
+	if !p.MM.Set() {
+		return fmt.Errorf("%w: no mm fields (code, data, stack, auxv)", core.ErrInconsistent)
+	}
+	// Fd numbers below fs.nr_open: checkIncoming (kernelLimits.check).
+	top := 64 + len(p.FDs) // the agent's pidfd (openAgentPidfd)
+	for _, fd := range p.FDs {
+		top = max(top, fd.FD)
+	}
+	// The child gets RLIMIT_NOFILE top+1 (roomForFDs): above migrate's
+	// hard limit only with CAP_SYS_RESOURCE.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	if uint64(top) >= lim.Max {
+		st, err := proc.ReadStatus(os.Getpid())
+		if err != nil {
+			return err
+		}
+		if st.CapEff&(1<<unix.CAP_SYS_RESOURCE) == 0 {
+			return fmt.Errorf("fd %d: %w", top, &HostLimitError{What: "RLIMIT_NOFILE", Need: uint64(top) + 1, Limit: lim.Max,
+				Hint: "the hard limit of migrate, which lacks CAP_SYS_RESOURCE to raise it"})
+		}
+	}
+	return nil
+}
+
+func readSysctlInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return &core.ImageError{File: pages, Reason: "page data missing", Err: err}
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+// validateProcess checks what the restore of one process needs.
+func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.Process, info *core.PagesInfo) error {
+	if err := checkHostLimits(p); err != nil {
+		return err
+	}
+	pages := filepath.Join(dir, info.File)
+	f, err := openImageFile(dir, info.File)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return &core.ImageError{File: pages, Reason: "cannot stat page data", Err: err}
 	}
 	if fi.Size() != info.Size {
 		return &core.ImageError{File: pages, Reason: fmt.Sprintf("page data is %d bytes, the image says %d (truncated or replaced)", fi.Size(), info.Size)}
 	}
-	blobs := map[string]bool{}
-	for _, fd := range p.FDs {
-		if fd.Data != "" {
-			blobs[fd.Data] = true
+	// Every blob whole: there, regular, of its recorded size and hash.
+	checked := map[string]bool{}
+	for _, b := range p.BlobNames() {
+		if checked[b] {
+			continue
 		}
-		if fd.File != nil && fd.File.Blob != "" {
-			blobs[fd.File.Blob] = true
-		}
-		if fd.Socket != nil && fd.Socket.Queue != "" {
-			blobs[fd.Socket.Queue] = true
-		}
-		if fd.Socket != nil && fd.Socket.TCP != nil {
-			for _, q := range []string{fd.Socket.TCP.SendQueue, fd.Socket.TCP.RecvQueue} {
-				if q != "" {
-					blobs[q] = true
-				}
-			}
-		}
-	}
-	for _, v := range p.VMAs {
-		if v.File != nil && v.File.Blob != "" {
-			blobs[v.File.Blob] = true
-		}
-	}
-	for b := range blobs {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return &core.ImageError{File: filepath.Join(dir, b), Reason: "file of the image missing", Err: err}
+		checked[b] = true
+		if err := checkBlob(ctx, dir, img, b); err != nil {
+			return err
 		}
 	}
 	// The whole stream's structure and checksums, without decompressing:
 	// a cut or a flipped byte is found before any process exists.
-	f, err := os.Open(pages)
-	if err != nil {
-		return &core.ImageError{File: pages, Reason: "cannot open page data", Err: err}
+	st, err := pagestream.Verify(ctxReader{ctx, f})
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
 	}
-	st, err := pagestream.Verify(f)
-	f.Close()
 	if err != nil {
 		return &core.ImageError{File: pages, Reason: "bad page data", Err: err}
 	}
@@ -144,6 +249,9 @@ func sameFile(ref *core.FileRef, what string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(ref.Path, &st); err != nil {
 		return &core.ImageError{File: ref.Path, Reason: what + " is gone", Err: &fs.PathError{Op: "stat", Path: ref.Path, Err: err}}
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFCHR {
+		return &core.ImageError{File: ref.Path, Reason: what + " is a " + fileType(st.Mode), Err: core.ErrNotRegular}
 	}
 	if st.Size != ref.Size || st.Mtim.Nano() != ref.Mtime {
 		return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s changed since the dump (size %d, was %d; mtime %s, was %s)",

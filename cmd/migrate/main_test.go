@@ -15,6 +15,7 @@ import (
 	"migrate/core/kernel"
 	"migrate/source"
 	"migrate/target"
+	"migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.
@@ -303,6 +304,10 @@ func sampleImage() *core.Image {
 		Kind: core.ImageKind, Version: core.ImageVersion,
 		Created: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), Host: "vm", Kernel: "6.18.44", Arch: "amd64",
 		Pages: core.PagesInfo{File: core.PagesFile, Size: 5000, Pages: 3, Codec: "zstd"},
+		Blobs: map[string]core.Blob{
+			"files/3":        {Size: 10, SHA256: strings.Repeat("a", 64)},
+			"files/pipe-777": {Size: 0, SHA256: strings.Repeat("b", 64)},
+		},
 		Process: core.Process{
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
@@ -313,7 +318,7 @@ func sampleImage() *core.Image {
 				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
-			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0}, SigMask: 1 << 9, Restart: "restart"}},
+			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart"}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -417,5 +422,20 @@ func TestCheckReal(t *testing.T) {
 		if f.Status != "yes" && f.Status != "no" {
 			t.Errorf("%s: status %q", f.Name, f.Status)
 		}
+	}
+}
+
+// TestGenSecret: serve --gen-secret writes a secret that --secret-file
+// takes, and never overwrites one.
+func TestGenSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := transport.LoadSecret(path); err != nil {
+		t.Fatal(err)
+	}
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
+		t.Fatalf("an existing secret file was overwritten")
 	}
 }

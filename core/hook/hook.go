@@ -32,11 +32,14 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
+
+	"migrate/core/reap"
 )
 
 // Stage names a point of a migration at which hooks run.
@@ -108,6 +111,33 @@ type Set struct {
 	Timeout time.Duration
 
 	log *slog.Logger
+
+	mu   sync.Mutex
+	runs []Timing
+}
+
+// Timing is how long one hook of a stage ran.
+type Timing struct {
+	Stage Stage   `json:"stage"`
+	Hook  string  `json:"hook"` // the command as given, or the builtin's name
+	MS    float64 `json:"ms"`
+	OK    bool    `json:"ok"`
+}
+
+// Timings returns every hook Run ran so far, in the order they ended.
+func (s *Set) Timings() []Timing {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.runs)
+}
+
+func (s *Set) ran(stage Stage, name string, d time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.runs = append(s.runs, Timing{Stage: stage, Hook: clip(name, 200), MS: float64(d.Microseconds()) / 1000, OK: err == nil})
 }
 
 // SpecError is a --hook value that Parse rejects.
@@ -261,6 +291,7 @@ func (s *Set) Run(ctx context.Context, stage Stage, env map[string]string) error
 			start := time.Now()
 			err := f.fn(cctx, fenv)
 			cancel()
+			s.ran(stage, f.name, time.Since(start), err)
 			s.logger().Info("hook", "stage", stage, "builtin", f.name, "duration", time.Since(start), "err", err)
 			if err != nil {
 				return &Error{Stage: stage, Command: f.name, ExitCode: -1, Err: err}
@@ -294,7 +325,12 @@ func (s *Set) run(ctx context.Context, stage Stage, command string, environ []st
 	cmd.WaitDelay = waitDelay
 
 	start := time.Now()
-	err := cmd.Run()
+	// A migrate serve that is PID 1 reaps orphans: reap.Start keeps this
+	// child's exit for Wait.
+	err := reap.Start(cmd)
+	if err == nil {
+		err = reap.Wait(cmd)
+	}
 	d := time.Since(start)
 	if errors.Is(err, exec.ErrWaitDelay) {
 		// The shell exited 0; something it left running held its output.
@@ -304,6 +340,7 @@ func (s *Set) run(ctx context.Context, stage Stage, command string, environ []st
 	if err != nil && cmd.ProcessState == nil && cctx.Err() == nil {
 		err = fmt.Errorf("start: %w", err)
 	}
+	s.ran(stage, command, d, err)
 	s.logger().Info("hook", "stage", stage, "command", clip(command, 200), "duration", d, "err", err)
 	s.logger().Debug("hook output", "stage", stage, "command", clip(command, 200),
 		"stdout", stdout.String(), "stderr", stderr.String())

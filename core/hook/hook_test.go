@@ -368,3 +368,57 @@ func TestRunFuncs(t *testing.T) {
 		t.Error("Has misses a function")
 	}
 }
+
+// TestTimings: each hook that ran is timed, builtins and commands, failed
+// ones marked, in the order they ended.
+func TestTimings(t *testing.T) {
+	s := mustParse(t, Source, `post-dump=true`, `post-dump=exit 4`, `post-dump=true`)
+	if err := s.AddFunc(PostDump, "move address", func(context.Context, map[string]string) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// A command that waits on a file this test writes: its time is at
+	// least what the test waited, whatever the machine's load.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := mustParse(t, Target, `pre-resume=read x <"`+fifo+`"`)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background(), PreResume, nil) }()
+	start := time.Now()
+	f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the hook's run time, not a wait for a condition
+	f.WriteString("x\n")
+	f.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waited := time.Since(start)
+	if got := w.Timings(); len(got) != 1 || got[0].Stage != PreResume || !got[0].OK || got[0].MS < 50 || got[0].MS > float64(waited.Milliseconds())+1 {
+		t.Errorf("timings %+v, want one pre-resume hook of 50 to %v ms", got, waited.Milliseconds())
+	}
+
+	if err := s.Run(context.Background(), PostDump, nil); err == nil {
+		t.Fatal("a failing hook did not fail the stage")
+	}
+	got := s.Timings()
+	want := []struct {
+		hook string
+		ok   bool
+	}{{"move address", true}, {"true", true}, {"exit 4", false}}
+	if len(got) != len(want) {
+		t.Fatalf("timings %+v, want %d", got, len(want))
+	}
+	for i, w := range want {
+		if got[i].Hook != w.hook || got[i].OK != w.ok || got[i].Stage != PostDump || got[i].MS < 0 {
+			t.Errorf("timing %d: %+v, want %s ok=%v", i, got[i], w.hook, w.ok)
+		}
+	}
+	var nilSet *Set
+	if nilSet.Timings() != nil {
+		t.Error("a nil Set has timings")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 )
 
 // FDInfo is /proc/PID/fdinfo/N. Every file has pos, flags, mnt_id and ino;
@@ -402,4 +403,18 @@ func clip(s string) string {
 
 func fdinfoErr(line, field string, err error) error {
 	return &ParseError{File: "fdinfo", Field: field, Value: clip(line), Err: err}
+}
+
+// Locks returns the file locks held through this fd, one per "lock:" line,
+// as the kernel prints them in /proc/locks ("1: POSIX  ADVISORY  WRITE
+// 1234 00:1f:5678 10 19", "2: FLOCK ...", "3: OFDLCK ...", "4: LEASE ..."),
+// with the line's leading blanks removed.
+func (fi *FDInfo) Locks() []string {
+	var out []string
+	for _, line := range fi.Lines {
+		if v, ok := strings.CutPrefix(line, "lock:"); ok {
+			out = append(out, strings.Join(strings.Fields(v), " "))
+		}
+	}
+	return out
 }

@@ -1,0 +1,111 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"migrate/core"
+	"migrate/core/proc"
+)
+
+// precheckFDs reads the fds of the process opts.PID (and with opts.Tree,
+// of its descendants) while they run, the way the dump will read them
+// frozen, and returns the error the dump would give for the first fd it
+// cannot move (an *UnsupportedFDError: a pipe to a process outside, a
+// netlink socket, a pidfd, a file lock, ...) or a descendant it cannot take
+// (a *BadTargetError). It runs before anything is frozen and before
+// pre-copy sends a page, so a process migrate cannot move is refused at
+// once, not after all its memory went over.
+//
+// Nothing is kept and nothing the process could notice is read (see
+// session.probe). The process runs meanwhile: an fd closed or reused under
+// the probe is not held against it, and any other failure is left to the
+// dump itself, which reads every fd again once the process is frozen.
+func precheckFDs(ctx context.Context, opts DumpOptions) error {
+	for attempt := 0; attempt < 3; attempt++ {
+		err := probeFDs(ctx, opts)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		var bt *BadTargetError
+		if errors.As(err, &bt) {
+			return err
+		}
+		var ue *UnsupportedFDError
+		if !errors.As(err, &ue) {
+			return nil // a race with the running process: the freeze reads again
+		}
+		// The refusal stands if the fd is still what the probe saw.
+		if link, lerr := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", ue.PID, ue.FD)); lerr == nil && link == ue.Kind {
+			return err
+		}
+	}
+	return nil
+}
+
+// refuseDeletedMappings refuses, for a live migration, a process that maps
+// a deleted file or a memfd (its executable or a library replaced by an
+// upgrade, say): the target lays out the memory from the first round on,
+// but the file's copy is only made at the freeze. `migrate dump` carries
+// such mappings.
+func refuseDeletedMappings(pid int) error {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", pid, err)
+	}
+	for _, m := range maps {
+		if !m.Deleted || !strings.HasPrefix(m.Path, "/") || m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/SYSV") {
+			continue
+		}
+		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
+			Reason: "a deleted file (or memfd) mapped: live migration cannot carry it yet (migrate dump can)"}
+	}
+	return nil
+}
+
+// probeFDs is one pass of precheckFDs.
+func probeFDs(ctx context.Context, opts DumpOptions) error {
+	ss := &session{opts: opts, pipes: map[uint64][]pipeEnd{}, probe: true}
+	pids := []int{opts.PID}
+	if opts.Tree {
+		for i := 0; i < len(pids); i++ {
+			kids, err := childrenOf(pids[i])
+			if err != nil {
+				return fmt.Errorf("children of process %d: %w", pids[i], err)
+			}
+			pids = append(pids, kids...)
+		}
+	}
+	live := pids[:1]
+	for _, pid := range pids[1:] {
+		// The root was checked; a descendant is checked again as it is
+		// frozen. One gone meanwhile, or a zombie, has no fds.
+		st, err := proc.ReadStat(pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' {
+			continue
+		}
+		status, err := proc.ReadStatus(pid)
+		if err != nil {
+			continue
+		}
+		if err := checkMember(pid, status); err != nil {
+			return err
+		}
+		live = append(live, pid)
+	}
+	for _, pid := range live {
+		d := &dumper{session: ss, pid: pid, proc: &core.Process{}}
+		set, err := d.collectFDs(ctx)
+		if set != nil {
+			defer set.close()
+		}
+		if err != nil {
+			return err
+		}
+		d.fdset = set
+	}
+	return ss.resolvePipes()
+}
