@@ -440,6 +440,10 @@ func (a *liveSource) announce(r *Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
 		p := *a.d.proc
 		p.VMAs = vmas
+		// The fds go with the state (the final round's layout comes
+		// after the freeze read them, naming blobs that only the state
+		// lists and carries).
+		p.FDs = nil
 		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
 		body, err := json.Marshal(LiveLayout{Process: p, FDs: nfds})
 		if err != nil {
