@@ -27,6 +27,10 @@ type fdSet struct {
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
+	// optJobs are the sockets whose options readSocketOptions reads;
+	// optDefaults the options of new sockets, read once per kind.
+	optJobs     []optJob
+	optDefaults optDefaults
 }
 
 type pendingBlob struct {
@@ -239,6 +243,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
+	if err := set.readSocketOptions(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return set, nil
 }

@@ -31,6 +31,8 @@ import (
 // source.LiveState, decoded here without importing the source).
 type LiveLayout struct {
 	Process core.Process `json:"process"`
+	// FDs is how many fds the process had open as the round began.
+	FDs int `json:"fds,omitempty"`
 }
 
 // LiveState is the final image and the contents of its blobs.
@@ -252,6 +254,15 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
+	if ll.FDs > 0 {
+		// Room in this process's fd table for what the restore of the
+		// fds opens (a socket and its duplicate for a TCP connection):
+		// grown in the frozen window, the table would cost an RCU grace
+		// period at each doubling (see proc.ReserveFDs).
+		if err := proc.ReserveFDs(3*min(ll.FDs, 1<<20) + 64); err != nil {
+			t.log.Debug("no room made for the process's fds", "err", err)
+		}
+	}
 	if t.b == nil {
 		b, err := newLiveBuilder(ctx, &ll.Process, t.log)
 		if err != nil {
@@ -390,10 +401,16 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	}
 	img := &ls.Image
 	for name, data := range ls.Blobs {
-		if err := os.WriteFile(filepath.Join(t.b.ss.dir, name), data, 0o600); err != nil {
-			return err
+		// decodeState checked the names; the sizes here (a hash of a
+		// dozen MiB would cost the frozen window ~10 ms, and the session
+		// is authenticated and checksummed).
+		if info, ok := img.Blobs[name]; !ok || info.Size != int64(len(data)) {
+			return fmt.Errorf("state: blob %q of %d bytes, not as the image lists it (%+v)", name, len(data), info)
 		}
 	}
+	// The blobs stay in memory (a file each would cost hundreds of file
+	// creations with many connections, each with its queues).
+	t.b.ss.blobs = ls.Blobs
 	t.lap("decode state")
 	// Until the commit the rebuilt connections must not take a byte from
 	// their peers: once the service address is here (the pre-resume

@@ -368,7 +368,7 @@ func (b *unixBuilder) queue(ino uint64) ([]byte, error) {
 	if name == "" {
 		return nil, nil
 	}
-	data, err := readBlob(b.r.dir, b.r.img, name)
+	data, err := b.r.readBlob(b.r.img, name)
 	if err != nil {
 		return nil, b.errorf(ino, "its queue: %v", err)
 	}
