@@ -91,10 +91,14 @@ type Process struct {
 	Root    string   `json:"root"`
 	Umask   uint32   `json:"umask"`
 
-	Personality uint64   `json:"personality"`
-	Creds       Creds    `json:"creds"`
-	Rlimits     []Rlimit `json:"rlimits"`
-	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Personality uint64 `json:"personality"`
+	Creds       Creds  `json:"creds"`
+	// Attrs are the process-wide attributes of prctl, membarrier and
+	// /proc (nil: not collected, as in a live migration's first layouts;
+	// a restore refuses that).
+	Attrs   *ProcAttrs `json:"attrs,omitempty"`
+	Rlimits []Rlimit   `json:"rlimits"`
+	Itimers []Itimer   `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
@@ -242,9 +246,65 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Sched is the thread's scheduling state and the other attributes
+	// the kernel keeps per thread (nil: not collected; a restore refuses
+	// that).
+	Sched *Sched `json:"sched,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
+}
+
+// Scheduling policies (SCHED_DEADLINE, 6, is refused at the dump).
+const (
+	SchedOther = 0
+	SchedFIFO  = 1
+	SchedRR    = 2
+	SchedBatch = 3
+	SchedIdle  = 5
+)
+
+// Sched is what the kernel keeps per thread about its scheduling and
+// timers: sched_getattr, getpriority, sched_getaffinity,
+// /proc/TID/timerslack_ns and PR_GET_PDEATHSIG.
+type Sched struct {
+	Policy int `json:"policy"` // SCHED_OTHER, FIFO, RR, BATCH or IDLE
+	// Priority is the real-time priority: 1..99 for FIFO and RR, else 0.
+	Priority    int  `json:"priority"`
+	ResetOnFork bool `json:"reset_on_fork,omitempty"`
+	Nice        int  `json:"nice"` // -20..19, kept for every policy
+	// Affinity is the CPU mask, CPU i in bit i%64 of word i/64.
+	Affinity []uint64 `json:"affinity"`
+	// TimerSlackNS is the thread's timer slack (0 for a real-time
+	// thread, which has none).
+	TimerSlackNS uint64 `json:"timer_slack_ns"`
+	// PdeathSignal is the signal sent when the parent thread dies, 0 if
+	// none (PR_SET_PDEATHSIG).
+	PdeathSignal int `json:"pdeath_signal,omitempty"`
+}
+
+// THP_DISABLE values of PR_GET_THP_DISABLE: off, all areas, all but the
+// areas advised MADV_HUGEPAGE (Linux 6.18).
+const (
+	THPDisableAll           = 1
+	THPDisableExceptAdvised = 3
+)
+
+// Membarrier registrations (the commands MEMBARRIER_CMD_GET_REGISTRATIONS
+// reports): GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, ..._SYNC_CORE, ..._RSEQ.
+const MembarrierRegistrations = 1<<2 | 1<<4 | 1<<6 | 1<<8
+
+// ProcAttrs are the process-wide attributes a restore sets besides
+// credentials, limits and signals.
+type ProcAttrs struct {
+	OOMScoreAdj int `json:"oom_score_adj"` // -1000..1000
+	// THPDisable is PR_GET_THP_DISABLE: 0, THPDisableAll or
+	// THPDisableExceptAdvised.
+	THPDisable     int  `json:"thp_disable,omitempty"`
+	ChildSubreaper bool `json:"child_subreaper,omitempty"`
+	// Membarrier is the mask of membarrier registration commands the
+	// process issued (MembarrierRegistrations).
+	Membarrier int `json:"membarrier,omitempty"`
 }
 
 // Regs mirrors struct user_regs_struct on x86-64.

@@ -114,10 +114,6 @@ func (d *dumper) collectInjected() error {
 	if err := d.collectTimers(); err != nil {
 		return err
 	}
-	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
-	if err != nil {
-		return err
-	}
-	p.Personality = pers
-	return nil
+	// The personality came from /proc (collectTask).
+	return d.collectInjectedAttrs()
 }

@@ -317,6 +317,11 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if err := img.Validate(); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
+	for _, pp := range img.Processes() {
+		if err := checkAttrs(pp.Process); err != nil {
+			return fmt.Errorf("state: %w", err)
+		}
+	}
 	for name, data := range ls.Blobs {
 		if !core.ValidBlobName(name) {
 			return fmt.Errorf("state: bad blob name %q", name)

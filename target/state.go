@@ -23,7 +23,8 @@ type prctlMMMap struct {
 
 // restoreState restores the process-wide state: signal handlers, umask,
 // cwd and root, personality, interval timers, session, the mm fields and
-// executable, rlimits, and last the credentials.
+// executable, rlimits, THP disable, subreaper, membarrier, oom_score_adj,
+// and last the credentials.
 func (r *restorer) restoreState(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
@@ -100,6 +101,9 @@ func (r *restorer) restoreState(context.Context) error {
 		}
 	}
 	if err := r.setMM(); err != nil {
+		return err
+	}
+	if err := r.restoreProcAttrs(); err != nil {
 		return err
 	}
 	return r.setCreds()
@@ -249,7 +253,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 		}
 		if t.Rseq.Addr != 0 {
 			if err := call("rseq", unix.SYS_RSEQ, t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)); err != nil {
-				r.warn("thread %d: rseq not re-registered: %v", t.TID, err)
+				return fmt.Errorf("rseq area %#x (%d bytes) not registered again: %w", t.Rseq.Addr, t.Rseq.Len, err)
 			}
 		}
 		if t.Comm != "" {
@@ -259,6 +263,12 @@ func (r *restorer) restoreThreads(context.Context) error {
 				return err
 			}
 			if err := call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
+				return err
+			}
+		}
+		// After the credentials: a change of them clears it.
+		if t.Sched.PdeathSignal != 0 {
+			if err := call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.Sched.PdeathSignal)); err != nil {
 				return err
 			}
 		}
@@ -295,6 +305,13 @@ func (r *restorer) restoreThreads(context.Context) error {
 	}
 	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
 		return err
+	}
+	// Scheduling last: no call is injected into the threads after it
+	// (one of SCHED_IDLE would run it slowly).
+	for _, t := range p.Threads {
+		if err := r.restoreSched(t.TID, t.Sched); err != nil {
+			return err
+		}
 	}
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]

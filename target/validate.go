@@ -52,6 +52,9 @@ func checkHostLimits(p *core.Process) error {
 	if !p.MM.Set() {
 		return fmt.Errorf("%w: no mm fields (code, data, stack, auxv)", core.ErrInconsistent)
 	}
+	if err := checkAttrs(p); err != nil {
+		return err
+	}
 	nrOpen, err := readSysctlInt("/proc/sys/fs/nr_open")
 	if err != nil {
 		return err

@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+	"migrate/e2e/fixture"
+	"migrate/source"
+	"migrate/transport"
+)
+
+// attrsWant is what the attrs workload reports of itself on a host with
+// ncpu CPUs (see testdata/attrs.c): every value differs from what a fresh
+// thread or process has.
+func attrsWant(ncpu int) []string {
+	last := fmt.Sprint(ncpu - 1)
+	all := "0"
+	if ncpu > 1 {
+		all = "0-" + last
+	}
+	thp := core.THPDisableExceptAdvised
+	return []string{
+		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000", thp),
+		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 cpus=0 slack=123456 pdeath=%d", core.SchedBatch, unix.SIGWINCH),
+		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 cpus=%s slack=0 pdeath=%d", core.SchedRR, last, unix.SIGURG),
+		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 cpus=%s slack=777777 pdeath=0", core.SchedIdle, all),
+	}
+}
+
+// startAttrs starts the attrs workload and returns it with the state it
+// reports once ready; it skips if the kernel refuses SCHED_RR.
+func startAttrs(t *testing.T) (*fixture.Proc, []string) {
+	t.Helper()
+	p := fixture.Start(t, fixture.Build(t, "attrs"))
+	fixture.WaitFor(t, long, "the attrs workload to be ready", func() bool {
+		for _, l := range p.Lines(t) {
+			if strings.HasPrefix(l, "skip rt") {
+				p.Reap(t)
+				t.Skipf("the kernel refuses SCHED_RR here (CAP_SYS_NICE, RLIMIT_RTPRIO or sched_rt_runtime_us): %s", l)
+			}
+			if strings.HasPrefix(l, "state end") {
+				return true
+			}
+		}
+		return false
+	})
+	st := attrsState(t, fixture.LogLines(t, p.Log), 0)
+	ncpu := 1
+	if b, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+		if m, err := core.ParseCPUList(string(b)); err == nil {
+			ncpu = 0
+			for c := 0; c < len(m)*64; c++ {
+				if m[c/64]&(1<<(c%64)) != 0 {
+					ncpu = c + 1
+				}
+			}
+		}
+	}
+	if want := attrsWant(ncpu); !slices.Equal(st, want) {
+		if strings.HasPrefix(st[0], "P ") && !strings.Contains(st[0], fmt.Sprintf("thp=%d", core.THPDisableExceptAdvised)) {
+			t.Logf("this kernel has no PR_THP_DISABLE_EXCEPT_ADVISED (before 6.18)")
+		} else {
+			t.Fatalf("the workload set\n%s\nwant\n%s", strings.Join(st, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	return p, st
+}
+
+// attrsState returns the state block (the "P" line and the thread lines)
+// of the first report at or after line from.
+func attrsState(t *testing.T, lines []string, from int) []string {
+	t.Helper()
+	start := -1
+	for i := from; i < len(lines); i++ {
+		switch {
+		case strings.HasPrefix(lines[i], "P "):
+			start = i
+		case lines[i] == "state end" && start >= 0:
+			return lines[start:i]
+		}
+	}
+	t.Fatalf("no state report after line %d: %q", from, lines[from:])
+	return nil
+}
+
+// reportAgain asks the workload (pid as this namespace sees it) for its
+// state and returns it.
+func reportAgain(t *testing.T, log string, pid int) []string {
+	t.Helper()
+	n := len(fixture.LogLines(t, log))
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	fixture.WaitFor(t, long, "the state report", func() bool {
+		return slices.Contains(fixture.LogLines(t, log)[n:], "state end")
+	})
+	return attrsState(t, fixture.LogLines(t, log), n)
+}
+
+// outsideView is what another process reads of pid's threads and of the
+// process: the scheduling state of each thread, oom_score_adj and the
+// personality.
+func outsideView(t *testing.T, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		var tid int
+		fmt.Sscan(e.Name(), &tid)
+		s, err := proc.ReadSched(tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%+v", *s))
+	}
+	for _, f := range []string{"oom_score_adj", "personality"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, f+"="+strings.TrimSpace(string(b)))
+	}
+	return out
+}
+
+// TestSchedAttrs: scheduling policy and priority, reset-on-fork, nice, CPU
+// affinity, timer slack and parent-death signal, each different on three
+// threads, and oom_score_adj, THP disable, child subreaper, membarrier
+// registrations and personality of the process come back exactly after a
+// dump and restore, as the process reads them of itself and as another
+// process reads them. Before they came back as a fresh thread's.
+func TestSchedAttrs(t *testing.T) {
+	fixture.RequireRoot(t)
+	p, before := startAttrs(t)
+	outside := outsideView(t, p.PID)
+	dir, img := dumpKill(t, p, "")
+	if a := img.Process.Attrs; a == nil || a.OOMScoreAdj != 345 || !a.ChildSubreaper || a.Membarrier != 0x14 {
+		t.Errorf("image attributes %+v", img.Process.Attrs)
+	}
+	if s := img.Process.Threads[1].Sched; s == nil || s.Policy != core.SchedRR || s.Priority != 7 || !s.ResetOnFork {
+		t.Errorf("image: thread 1 scheduling %+v", s)
+	}
+	r := restoreOK(t, dir, p.Log)
+	after := reportAgain(t, p.Log, r.PID)
+	if !slices.Equal(after, before) {
+		t.Errorf("after restore the process reads\n%s\nbefore it read\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+	if got := outsideView(t, r.PID); !slices.Equal(got, outside) {
+		t.Errorf("after restore /proc and sched_getattr show\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(outside, "\n"))
+	}
+	r.WaitTick(t, short, r.LastTick(t)+3)
+}
+
+// TestLiveSchedAttrs: the same attributes survive a live migration into
+// another PID namespace.
+func TestLiveSchedAttrs(t *testing.T) {
+	fixture.RequireRoot(t)
+	addr := startServe(t)
+	p, before := startAttrs(t)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the original ended with %v, want killed", ws)
+	}
+	inner := findInNamespace(t, p.PID)
+	after := reportAgain(t, p.Log, inner)
+	if !slices.Equal(after, before) {
+		t.Errorf("after migration the process reads\n%s\nbefore it read\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+}

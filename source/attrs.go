@@ -1,0 +1,166 @@
+package source
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+)
+
+// schedDeadline is SCHED_DEADLINE: its runtime and period are a
+// reservation the target's admission control may refuse, and a restore
+// does not make it.
+const schedDeadline = 6
+
+// readSched reads the scheduling state of thread tid of process pid from
+// outside (sched_getattr, getpriority, sched_getaffinity and
+// /proc/TID/timerslack_ns need no injection). PdeathSignal is left to the
+// injected calls.
+//
+// Preconditions: the process is frozen (a thread may change all of it).
+// The CPU mask is the thread's own, not the one it has while pinned
+// (ptrace.Proc.Pin).
+func (d *dumper) readSched(tid int) (*core.Sched, error) {
+	pid := d.pid
+	ps, err := proc.ReadSched(tid)
+	if err != nil {
+		return nil, fmt.Errorf("thread %d: %w", tid, err)
+	}
+	set, err := d.p.Affinity(tid)
+	if err != nil {
+		return nil, fmt.Errorf("thread %d: CPU mask: %w", tid, err)
+	}
+	ps.Affinity = cpuMask(&set)
+	switch ps.Policy {
+	case schedDeadline:
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+	case core.SchedOther, core.SchedFIFO, core.SchedRR, core.SchedBatch, core.SchedIdle:
+	default:
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has scheduling policy %d, which migrate does not know", tid, ps.Policy)}
+	}
+	return &core.Sched{
+		Policy: ps.Policy, Priority: ps.Priority, ResetOnFork: ps.ResetOnFork, Nice: ps.Nice,
+		Affinity: ps.Affinity, TimerSlackNS: ps.TimerSlack,
+	}, nil
+}
+
+// cpuMask is a CPU set as words, without trailing zero words.
+func cpuMask(set *unix.CPUSet) []uint64 {
+	n := len(set)
+	for n > 1 && set[n-1] == 0 {
+		n--
+	}
+	m := make([]uint64, n)
+	for i := range n {
+		m[i] = uint64(set[i])
+	}
+	return m
+}
+
+// readProcAttrs reads the process-wide attributes /proc gives, and checks
+// that every thread has the leader's personality (a restore sets one for
+// the whole process).
+//
+// Preconditions: the process is frozen.
+func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
+	adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	if err != nil {
+		return nil, 0, fmt.Errorf("process %d: oom_score_adj: %w", pid, err)
+	}
+	a := &core.ProcAttrs{}
+	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
+		return nil, 0, fmt.Errorf("process %d: oom_score_adj %q: %w", pid, adj, err)
+	}
+	var pers uint64
+	for i, tid := range tids {
+		// /proc/TID/personality: reading it needs ptrace access, which a
+		// tracer has.
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/personality", pid, tid))
+		if err != nil {
+			return nil, 0, fmt.Errorf("thread %d: personality: %w", tid, err)
+		}
+		p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+		if err != nil {
+			return nil, 0, fmt.Errorf("thread %d: personality %q: %w", tid, b, err)
+		}
+		if i == 0 {
+			pers = p
+		} else if p != pers {
+			return nil, 0, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has personality %#x and the leader %#x; a restore sets one for the process", tid, p, pers)}
+		}
+	}
+	return a, pers, nil
+}
+
+// prctl and membarrier commands read by injection.
+const (
+	prGetChildSubreaper = unix.PR_GET_CHILD_SUBREAPER
+	prGetThpDisable     = unix.PR_GET_THP_DISABLE
+	prGetPdeathsig      = unix.PR_GET_PDEATHSIG
+	// membarrierGetRegistrations is MEMBARRIER_CMD_GET_REGISTRATIONS
+	// (Linux 6.3+).
+	membarrierGetRegistrations = 1 << 9
+)
+
+// collectInjectedAttrs reads what only the process itself can tell: each
+// thread's parent-death signal, and the process's child-subreaper flag,
+// THP disable and membarrier registrations.
+//
+// Preconditions: the process is frozen, the scratch page is mapped, and
+// collectTask has filled Threads[i].Sched and Attrs.
+func (d *dumper) collectInjectedAttrs() error {
+	p := d.proc
+	le := binary.LittleEndian
+	lead := d.p.Leader()
+	for i, th := range d.p.Threads {
+		_, b, err := d.call(th, "prctl(PR_GET_PDEATHSIG)", 4, unix.SYS_PRCTL, prGetPdeathsig, d.scratch)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
+	}
+	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, prGetChildSubreaper, d.scratch)
+	if err != nil {
+		return err
+	}
+	p.Attrs.ChildSubreaper = le.Uint32(b) != 0
+	thp, err := d.p.Syscall(lead, "prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, prGetThpDisable, 0, 0, 0, 0)
+	if err != nil {
+		return err
+	}
+	p.Attrs.THPDisable = int(thp)
+	mb, err := d.p.Syscall(lead, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierGetRegistrations, 0, 0)
+	if err != nil {
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its membarrier registrations cannot be read (Linux 6.3+ needed): %v", err)}
+	}
+	if mb&^core.MembarrierRegistrations != 0 {
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("membarrier registrations %#x include ones migrate does not know", mb)}
+	}
+	p.Attrs.Membarrier = int(mb)
+	return nil
+}
+
+// refuseDeadline refuses, before anything is frozen, a process a thread
+// of which runs under SCHED_DEADLINE (the dump checks again, frozen).
+func refuseDeadline(pid int) error {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil // gone or a zombie: the dump tells
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == schedDeadline {
+			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+		}
+	}
+	return nil
+}
