@@ -273,6 +273,9 @@ type Sched struct {
 	Priority    int  `json:"priority"`
 	ResetOnFork bool `json:"reset_on_fork,omitempty"`
 	Nice        int  `json:"nice"` // -20..19, kept for every policy
+	// SliceNS is a time slice of the thread's own (sched_attr.sched_runtime
+	// of a fair or idle thread, Linux 6.12+); 0: the kernel's default.
+	SliceNS uint64 `json:"slice_ns,omitempty"`
 	// Affinity is the CPU mask, CPU i in bit i%64 of word i/64.
 	Affinity []uint64 `json:"affinity"`
 	// TimerSlackNS is the thread's timer slack (0 for a real-time

@@ -248,6 +248,12 @@ func validateState(p *Process) error {
 // size of glibc's cpu_set_t).
 const MaxCPUs = 1024
 
+// A thread's own time slice is clamped to 0.1..100 ms by the kernel.
+const (
+	MinSliceNS = 100_000
+	MaxSliceNS = 100_000_000
+)
+
 // validateSched checks what sched_setattr, setpriority,
 // sched_setaffinity, timerslack_ns and PR_SET_PDEATHSIG take.
 func validateSched(s *Sched) error {
@@ -268,6 +274,9 @@ func validateSched(s *Sched) error {
 		}
 	default:
 		return fmt.Errorf("scheduling policy %d", s.Policy)
+	}
+	if s.SliceNS != 0 && (s.Policy == SchedFIFO || s.Policy == SchedRR || s.SliceNS < MinSliceNS || s.SliceNS > MaxSliceNS) {
+		return fmt.Errorf("time slice %d ns (%d..%d, fair and idle policies only)", s.SliceNS, MinSliceNS, MaxSliceNS)
 	}
 	if s.Nice < -20 || s.Nice > 19 {
 		return fmt.Errorf("nice %d out of -20..19", s.Nice)

@@ -44,10 +44,51 @@ func (d *dumper) readSched(tid int) (*core.Sched, error) {
 	default:
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has scheduling policy %d, which migrate does not know", tid, ps.Policy)}
 	}
-	return &core.Sched{
+	if !uclampDefault(ps) {
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has utilization clamps %d..%d of its own, which a restore does not make", tid, ps.UtilMin, ps.UtilMax)}
+	}
+	s := &core.Sched{
 		Policy: ps.Policy, Priority: ps.Priority, ResetOnFork: ps.ResetOnFork, Nice: ps.Nice,
 		Affinity: ps.Affinity, TimerSlackNS: ps.TimerSlack,
-	}, nil
+	}
+	// A slice that is not this host's default is the thread's own: the
+	// default is migrate's (which sets none).
+	if ps.Slice != 0 && ps.Slice != d.baseSlice() {
+		s.SliceNS = ps.Slice
+	}
+	return s, nil
+}
+
+// baseSlice is the time slice of a fair thread that did not choose one:
+// the calling thread's (0 on a kernel before 6.12, which reports none).
+func (d *dumper) baseSlice() uint64 {
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil || attr.Policy != core.SchedOther {
+		return 0
+	}
+	return attr.Runtime
+}
+
+// uclampDefault tells whether a thread's utilization clamps are those it
+// has without setting any: none at all (a kernel without
+// CONFIG_UCLAMP_TASK reports 0 and 0), else no cap (1024) and no boost, or
+// for a real-time thread the sysctl's default boost.
+func uclampDefault(s *proc.Sched) bool {
+	if s.UtilMin == 0 && s.UtilMax == 0 {
+		return true
+	}
+	if s.UtilMax != 1024 {
+		return false
+	}
+	if s.Policy != core.SchedFIFO && s.Policy != core.SchedRR {
+		return s.UtilMin == 0
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/sched_util_clamp_min_rt_default")
+	if err != nil {
+		return false
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	return err == nil && uint32(v) == s.UtilMin
 }
 
 // cpuMask is a CPU set as words, without trailing zero words.

@@ -99,9 +99,16 @@ func (r *restorer) restoreSched(tid int, s *core.Sched) error {
 	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, s.Nice); err != nil {
 		return fail("nice", strconv.Itoa(s.Nice), err)
 	}
-	attr := unix.SchedAttr{Policy: uint32(s.Policy), Priority: uint32(s.Priority), Nice: int32(s.Nice)}
+	attr := unix.SchedAttr{Policy: uint32(s.Policy), Priority: uint32(s.Priority), Nice: int32(s.Nice), Runtime: s.SliceNS}
 	if s.ResetOnFork {
 		attr.Flags |= unix.SCHED_FLAG_RESET_ON_FORK
+	}
+	if s.Policy == core.SchedIdle && s.SliceNS != 0 {
+		// SCHED_IDLE keeps the slice the thread had under a fair policy.
+		fair := unix.SchedAttr{Policy: core.SchedOther, Nice: int32(s.Nice), Runtime: s.SliceNS}
+		if err := unix.SchedSetAttr(tid, &fair, 0); err != nil {
+			return fail("time slice", strconv.FormatUint(s.SliceNS, 10), err)
+		}
 	}
 	if err := unix.SchedSetAttr(tid, &attr, 0); err != nil {
 		return fail("scheduling policy", fmt.Sprintf("%d priority %d", s.Policy, s.Priority), err)
@@ -132,10 +139,15 @@ func (r *restorer) restoreSched(tid int, s *core.Sched) error {
 	for i := range kset {
 		got.Affinity[i] = uint64(kset[i])
 	}
+	slice := got.Slice
+	if s.SliceNS == 0 {
+		slice = 0 // the kernel's default: this host's
+	}
 	for _, c := range []struct {
 		attr      string
 		want, got string
 	}{
+		{"time slice", strconv.FormatUint(s.SliceNS, 10), strconv.FormatUint(slice, 10)},
 		{"scheduling policy", fmt.Sprintf("%d priority %d reset-on-fork %t", s.Policy, s.Priority, s.ResetOnFork),
 			fmt.Sprintf("%d priority %d reset-on-fork %t", got.Policy, got.Priority, got.ResetOnFork)},
 		{"nice", strconv.Itoa(s.Nice), strconv.Itoa(got.Nice)},

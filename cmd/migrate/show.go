@@ -245,7 +245,7 @@ func showThreads(w io.Writer, p *core.Process) {
 	tw.Flush()
 	section(w, "scheduling")
 	tw = table(w)
-	fmt.Fprintln(tw, "  TID\tPOLICY\tPRIO\tNICE\tCPUS\tTIMER SLACK\tPDEATHSIG")
+	fmt.Fprintln(tw, "  TID\tPOLICY\tPRIO\tNICE\tSLICE\tCPUS\tTIMER SLACK\tPDEATHSIG")
 	for _, t := range p.Threads {
 		s := t.Sched
 		if s == nil {
@@ -260,7 +260,11 @@ func showThreads(w io.Writer, p *core.Process) {
 		if s.PdeathSignal != 0 {
 			pdeath = signalName(s.PdeathSignal)
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%d ns\t%s\n", t.TID, policy, s.Priority, s.Nice, core.CPUList(s.Affinity), s.TimerSlackNS, pdeath)
+		slice := "default"
+		if s.SliceNS != 0 {
+			slice = fmt.Sprintf("%d ns", s.SliceNS)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%s\t%d ns\t%s\n", t.TID, policy, s.Priority, s.Nice, slice, core.CPUList(s.Affinity), s.TimerSlackNS, pdeath)
 	}
 	tw.Flush()
 	if t := p.Threads[0]; t.Rseq.Addr != 0 {

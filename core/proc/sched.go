@@ -19,6 +19,13 @@ type Sched struct {
 	Nice        int      // -20..19, whatever the policy
 	Affinity    []uint64 // CPU i in bit i%64 of word i/64, without trailing zero words
 	TimerSlack  uint64   // ns
+	// Slice is the time slice of a thread of a fair or idle policy
+	// (sched_attr.sched_runtime, Linux 6.12+): the kernel's default, or
+	// one of its own.
+	Slice uint64 // ns
+	// UtilMin and UtilMax are the utilization clamps, 0 and 0 on a kernel
+	// without CONFIG_UCLAMP_TASK.
+	UtilMin, UtilMax uint32
 }
 
 // ReadSched reads the scheduling state of thread tid. Reading the timer
@@ -30,9 +37,14 @@ func ReadSched(tid int) (*Sched, error) {
 		return nil, fmt.Errorf("sched_getattr %d: %w", tid, err)
 	}
 	s := &Sched{Policy: int(attr.Policy), ResetOnFork: attr.Flags&unix.SCHED_FLAG_RESET_ON_FORK != 0}
-	if s.Policy == unix.SCHED_FIFO || s.Policy == unix.SCHED_RR {
+	switch s.Policy {
+	case unix.SCHED_FIFO, unix.SCHED_RR:
 		s.Priority = int(attr.Priority)
+	case unix.SCHED_DEADLINE:
+	default:
+		s.Slice = attr.Runtime
 	}
+	s.UtilMin, s.UtilMax = attr.Util_min, attr.Util_max
 	// sched_getattr tells the nice value of fair policies only; a
 	// real-time thread keeps one too, for when it leaves its policy. The
 	// system call returns 20-nice.

@@ -6,14 +6,17 @@
  * if the kernel knows that flag), child subreaper, membarrier
  * registrations (global and private expedited) and personality
  * ADDR_NO_RANDOMIZE. Then, each thread on itself:
- *   T0 (main): SCHED_BATCH nice 5, CPU 0, timer slack 123456, pdeath SIGWINCH
+ *   T0 (main): SCHED_BATCH nice 5, time slice 3 ms, CPU 0, timer slack
+ *       123456, pdeath SIGWINCH
  *   T1: SCHED_RR 7 with reset-on-fork, nice -3, the last CPU, pdeath SIGURG
- *   T2: SCHED_IDLE nice 7, every CPU, timer slack 777777, no pdeath signal
+ *   T2: SCHED_IDLE nice 7 (with the time slice 5 ms it had as SCHED_OTHER),
+ *       every CPU, timer slack 777777, no pdeath signal
+ * (time slices of their own: Linux 6.12+; before, slice=0)
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
  *   "P oom=N thp=N subreaper=N membarrier=0xN personality=0xN"
- *   "T<i> policy=N prio=N rof=N nice=N cpus=LIST slack=N pdeath=N"
+ *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N"
  *   "state end"
  * and the same again on every SIGUSR1. Ticks "tick N" every 20 ms. */
 #include "common.h"
@@ -28,6 +31,31 @@
 #ifndef PR_THP_DISABLE_EXCEPT_ADVISED
 #define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
 #endif
+
+/* struct sched_attr, under a name of its own (headers differ on it). */
+struct attr {
+	uint32_t size, policy;
+	uint64_t flags;
+	int32_t nice;
+	uint32_t priority;
+	uint64_t runtime, deadline, period;
+};
+
+/* setslice gives the calling thread a time slice of its own under policy. */
+static void setslice(uint32_t policy, int nice, uint64_t ns)
+{
+	struct attr a = {.size = sizeof a, .policy = policy, .nice = nice, .runtime = ns};
+	if (syscall(SYS_sched_setattr, 0, &a, 0))
+		die("sched_setattr");
+}
+
+static uint64_t slice(void)
+{
+	struct attr a = {0};
+	if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0))
+		die("sched_getattr");
+	return (a.policy == SCHED_FIFO || a.policy == SCHED_RR) ? 0 : a.runtime;
+}
 
 static pid_t tids[NT];
 static char lines[NT][256];
@@ -70,9 +98,9 @@ static void describe(int i)
 	cpulist(&set, cpus, sizeof cpus);
 	int pdeath = 0;
 	prctl(PR_GET_PDEATHSIG, &pdeath);
-	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d cpus=%s slack=%d pdeath=%d",
-		 i, policy & ~SCHED_RESET_ON_FORK, sp.sched_priority, !!(policy & SCHED_RESET_ON_FORK), nice, cpus,
-		 prctl(PR_GET_TIMERSLACK), pdeath);
+	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d slice=%llu cpus=%s slack=%d pdeath=%d",
+		 i, policy & ~SCHED_RESET_ON_FORK, sp.sched_priority, !!(policy & SCHED_RESET_ON_FORK), nice,
+		 (unsigned long long)slice(), cpus, prctl(PR_GET_TIMERSLACK), pdeath);
 }
 
 static void pin(int cpu_lo, int cpu_hi)
@@ -101,6 +129,7 @@ static void *worker(void *arg)
 		if (prctl(PR_SET_PDEATHSIG, SIGURG))
 			die("PR_SET_PDEATHSIG");
 	} else {
+		setslice(SCHED_OTHER, 0, 5000000);
 		struct sched_param sp = {0};
 		if (sched_setscheduler(0, SCHED_IDLE, &sp))
 			die("SCHED_IDLE");
@@ -172,11 +201,7 @@ int main(void)
 		if (pthread_create(&th, NULL, worker, (void *)i))
 			die("pthread_create");
 	tids[0] = gettid();
-	struct sched_param sp = {0};
-	if (sched_setscheduler(0, SCHED_BATCH, &sp))
-		die("SCHED_BATCH");
-	if (setpriority(PRIO_PROCESS, 0, 5))
-		die("setpriority");
+	setslice(SCHED_BATCH, 5, 3000000);
 	pin(0, 0);
 	if (prctl(PR_SET_TIMERSLACK, 123456))
 		die("PR_SET_TIMERSLACK");
