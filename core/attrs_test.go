@@ -10,7 +10,7 @@ func TestValidateAttrs(t *testing.T) {
 		return &Process{
 			PID: 10, Exe: FileRef{Path: "/bin/true"}, Cwd: "/", Root: "/",
 			Attrs:   &ProcAttrs{OOMScoreAdj: 100, THPDisable: THPDisableExceptAdvised, Membarrier: 1<<4 | 1<<2},
-			Threads: []Thread{{TID: 10, Sched: &Sched{Policy: SchedRR, Priority: 5, Nice: -3, Affinity: []uint64{2}, PdeathSignal: 9}}},
+			Threads: []Thread{{TID: 10, Sched: &Sched{Policy: SchedRR, Priority: 5, Nice: -3, Affinity: []uint64{2}, PdeathSignal: 9, IOPrio: 1<<13 | 4}}},
 		}
 	}
 	if err := validateState(good()); err != nil {
@@ -34,6 +34,9 @@ func TestValidateAttrs(t *testing.T) {
 		"affinity beyond 1024 CPUs":  func(p *Process) { p.Threads[0].Sched.Affinity = make([]uint64, MaxCPUs/64+1) },
 		"parent-death signal 65":     func(p *Process) { p.Threads[0].Sched.PdeathSignal = 65 },
 		"negative parent-death sig.": func(p *Process) { p.Threads[0].Sched.PdeathSignal = -1 },
+		"I/O priority class 0":       func(p *Process) { p.Threads[0].Sched.IOPrio = 4 },
+		"I/O priority class 4":       func(p *Process) { p.Threads[0].Sched.IOPrio = 4 << 13 },
+		"negative I/O priority":      func(p *Process) { p.Threads[0].Sched.IOPrio = -1 },
 	} {
 		p := good()
 		edit(p)

@@ -281,6 +281,9 @@ type Sched struct {
 	// TimerSlackNS is the thread's timer slack (0 for a real-time
 	// thread, which has none).
 	TimerSlackNS uint64 `json:"timer_slack_ns"`
+	// IOPrio is the I/O priority the thread set (ioprio_set: class<<13
+	// | hints<<3 | level); 0: none, it follows nice and policy.
+	IOPrio int `json:"ioprio,omitempty"`
 	// PdeathSignal is the signal sent when the parent thread dies, 0 if
 	// none (PR_SET_PDEATHSIG).
 	PdeathSignal int `json:"pdeath_signal,omitempty"`

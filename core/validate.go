@@ -294,6 +294,9 @@ func validateSched(s *Sched) error {
 	if s.TimerSlackNS > 1<<62 {
 		return fmt.Errorf("timer slack %d ns", s.TimerSlackNS)
 	}
+	if class := s.IOPrio >> 13; s.IOPrio != 0 && (s.IOPrio < 0 || class < 1 || class > 3) {
+		return fmt.Errorf("I/O priority %#x", s.IOPrio)
+	}
 	if s.PdeathSignal < 0 || s.PdeathSignal > 64 {
 		return fmt.Errorf("parent-death signal %d", s.PdeathSignal)
 	}

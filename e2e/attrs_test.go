@@ -34,9 +34,9 @@ func attrsWant(ncpu int, slices bool) []string {
 	}
 	return []string{
 		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000", thp),
-		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d", core.SchedBatch, s0, unix.SIGWINCH),
-		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d", core.SchedRR, last, unix.SIGURG),
-		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0", core.SchedIdle, s2, all),
+		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001", core.SchedBatch, s0, unix.SIGWINCH),
+		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000", core.SchedRR, last, unix.SIGURG),
+		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0", core.SchedIdle, s2, all),
 	}
 }
 
@@ -142,8 +142,9 @@ func outsideView(t *testing.T, pid int) []string {
 	return out
 }
 
-// TestSchedAttrs: scheduling policy and priority, reset-on-fork, nice, CPU
-// affinity, timer slack and parent-death signal, each different on three
+// TestSchedAttrs: scheduling policy and priority, reset-on-fork, nice, time
+// slice, CPU affinity, timer slack, parent-death signal and I/O priority
+// (or none), each different on three
 // threads, and oom_score_adj, THP disable, child subreaper, membarrier
 // registrations and personality of the process come back exactly after a
 // dump and restore, as the process reads them of itself and as another

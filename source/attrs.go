@@ -51,6 +51,7 @@ func (d *dumper) readSched(tid int) (*core.Sched, error) {
 		Policy: ps.Policy, Priority: ps.Priority, ResetOnFork: ps.ResetOnFork, Nice: ps.Nice,
 		Affinity: ps.Affinity, TimerSlackNS: ps.TimerSlack,
 	}
+	s.IOPrio = ps.OwnIOPrio()
 	// A slice that is not this host's default is the thread's own: the
 	// default is migrate's (which sets none).
 	if ps.Slice != 0 && ps.Slice != d.baseSlice() {

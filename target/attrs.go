@@ -43,6 +43,9 @@ func checkAttrs(p *core.Process) error {
 	return nil
 }
 
+// ioprioWhoProcess is IOPRIO_WHO_PROCESS: a thread, by TID.
+const ioprioWhoProcess = 1
+
 // prctl and membarrier commands of restoreProcAttrs.
 const (
 	prThpDisableExceptAdvised = 1 << 1
@@ -88,7 +91,7 @@ func (r *restorer) restoreProcAttrs() error {
 }
 
 // restoreSched sets the scheduling state of thread tid from outside:
-// nice, policy and priority, affinity, then the timer slack (which a
+// nice, policy and priority, affinity, I/O priority, then the timer slack (which a
 // real-time policy forces to 0), and reads it all back: a kernel that
 // quietly set something else (an affinity narrowed by a cpuset, say) fails
 // the restore.
@@ -131,6 +134,13 @@ func (r *restorer) restoreSched(tid int, s *core.Sched) error {
 			return fail("timer slack", strconv.FormatUint(s.TimerSlackNS, 10), err)
 		}
 	}
+	// Also 0 (none: it follows nice and policy) if the husk inherited one
+	// from migrate; else a thread without any stays without.
+	if cur, err := proc.ReadSched(tid); err != nil || s.IOPrio != 0 || cur.OwnIOPrio() != 0 {
+		if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(s.IOPrio)); e != 0 {
+			return fail("I/O priority", fmt.Sprintf("%#x", s.IOPrio), e)
+		}
+	}
 	got, err := proc.ReadSched(tid)
 	if err != nil {
 		return fmt.Errorf("thread %d: %w", tid, err)
@@ -139,6 +149,7 @@ func (r *restorer) restoreSched(tid int, s *core.Sched) error {
 	for i := range kset {
 		got.Affinity[i] = uint64(kset[i])
 	}
+	ioprio := got.OwnIOPrio()
 	slice := got.Slice
 	if s.SliceNS == 0 {
 		slice = 0 // the kernel's default: this host's
@@ -153,6 +164,7 @@ func (r *restorer) restoreSched(tid int, s *core.Sched) error {
 		{"nice", strconv.Itoa(s.Nice), strconv.Itoa(got.Nice)},
 		{"CPU affinity", core.CPUList(s.Affinity), core.CPUList(got.Affinity)},
 		{"timer slack", strconv.FormatUint(s.TimerSlackNS, 10), strconv.FormatUint(got.TimerSlack, 10)},
+		{"I/O priority", fmt.Sprintf("%#x", s.IOPrio), fmt.Sprintf("%#x", ioprio)},
 	} {
 		if c.want != c.got {
 			return &AttrError{PID: r.pid, TID: tid, Attr: c.attr, Want: c.want, Got: c.got}

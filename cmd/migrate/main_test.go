@@ -319,7 +319,7 @@ func sampleImage() *core.Image {
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
 			Threads: []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart",
-				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15}}},
+				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4}}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -353,7 +353,7 @@ func TestShow(t *testing.T) {
 		"restart",
 		"zstd",
 		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED",
-		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM",
+		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
 	} {
 		if want == "RLIMIT_NOFILE" {
 			if strings.Contains(r.stdout, want) {

@@ -245,7 +245,7 @@ func showThreads(w io.Writer, p *core.Process) {
 	tw.Flush()
 	section(w, "scheduling")
 	tw = table(w)
-	fmt.Fprintln(tw, "  TID\tPOLICY\tPRIO\tNICE\tSLICE\tCPUS\tTIMER SLACK\tPDEATHSIG")
+	fmt.Fprintln(tw, "  TID\tPOLICY\tPRIO\tNICE\tSLICE\tCPUS\tTIMER SLACK\tPDEATHSIG\tIOPRIO")
 	for _, t := range p.Threads {
 		s := t.Sched
 		if s == nil {
@@ -264,7 +264,7 @@ func showThreads(w io.Writer, p *core.Process) {
 		if s.SliceNS != 0 {
 			slice = fmt.Sprintf("%d ns", s.SliceNS)
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%s\t%d ns\t%s\n", t.TID, policy, s.Priority, s.Nice, slice, core.CPUList(s.Affinity), s.TimerSlackNS, pdeath)
+		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%s\t%d ns\t%s\t%s\n", t.TID, policy, s.Priority, s.Nice, slice, core.CPUList(s.Affinity), s.TimerSlackNS, pdeath, ioprio(s.IOPrio))
 	}
 	tw.Flush()
 	if t := p.Threads[0]; t.Rseq.Addr != 0 {
@@ -586,4 +586,16 @@ func membarrierRegs(m int) string {
 		}
 	}
 	return strings.Join(names, ", ")
+}
+
+// ioprio names an I/O priority as ionice does: class/level.
+func ioprio(v int) string {
+	if v == 0 {
+		return "-"
+	}
+	class := [...]string{"none", "rt", "be", "idle"}[v>>13&3]
+	if class == "idle" {
+		return class
+	}
+	return fmt.Sprintf("%s/%d", class, v&7)
 }

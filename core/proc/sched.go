@@ -26,7 +26,13 @@ type Sched struct {
 	// UtilMin and UtilMax are the utilization clamps, 0 and 0 on a kernel
 	// without CONFIG_UCLAMP_TASK.
 	UtilMin, UtilMax uint32
+	// IOPrio is what ioprio_get tells: the I/O priority the thread set,
+	// or the one its nice value and policy give it.
+	IOPrio int
 }
+
+// ioprioWhoProcess is IOPRIO_WHO_PROCESS: a thread, by TID.
+const ioprioWhoProcess = 1
 
 // ReadSched reads the scheduling state of thread tid. Reading the timer
 // slack of another process's thread needs CAP_SYS_NICE and ptrace access.
@@ -65,6 +71,11 @@ func ReadSched(tid int) (*Sched, error) {
 	for i := range n {
 		s.Affinity[i] = uint64(set[i])
 	}
+	r, _, e := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
+	if e != 0 {
+		return nil, fmt.Errorf("ioprio_get %d: %w", tid, e)
+	}
+	s.IOPrio = int(r)
 	// /proc/TID (not /proc/PID/task/TID, which has no such file) is the
 	// thread's own entry.
 	path := fmt.Sprintf("/proc/%d/timerslack_ns", tid)
@@ -76,4 +87,32 @@ func ReadSched(tid int) (*Sched, error) {
 		return nil, &ParseError{File: path, Field: "timerslack_ns", Value: clip(string(b)), Err: err}
 	}
 	return s, nil
+}
+
+// I/O priority classes.
+const (
+	ioprioClassRT   = 1
+	ioprioClassBE   = 2
+	ioprioClassIdle = 3
+)
+
+// OwnIOPrio returns the I/O priority the thread set itself, 0 if none:
+// ioprio_get reports 0 for a thread that did no I/O yet, else the class of
+// its policy at the level of its nice value, if it set none. (One that set
+// exactly that value counts as none.)
+func (s *Sched) OwnIOPrio() int {
+	if s.IOPrio == 0 {
+		return 0
+	}
+	class := ioprioClassBE
+	switch s.Policy {
+	case unix.SCHED_IDLE:
+		class = ioprioClassIdle
+	case unix.SCHED_FIFO, unix.SCHED_RR:
+		class = ioprioClassRT
+	}
+	if s.IOPrio == class<<13|(s.Nice+20)/5 {
+		return 0
+	}
+	return s.IOPrio
 }

@@ -7,16 +7,18 @@
  * registrations (global and private expedited) and personality
  * ADDR_NO_RANDOMIZE. Then, each thread on itself:
  *   T0 (main): SCHED_BATCH nice 5, time slice 3 ms, CPU 0, timer slack
- *       123456, pdeath SIGWINCH
- *   T1: SCHED_RR 7 with reset-on-fork, nice -3, the last CPU, pdeath SIGURG
+ *       123456, pdeath SIGWINCH, I/O priority best-effort 1
+ *   T1: SCHED_RR 7 with reset-on-fork, nice -3, the last CPU, pdeath SIGURG,
+ *       I/O priority idle
  *   T2: SCHED_IDLE nice 7 (with the time slice 5 ms it had as SCHED_OTHER),
- *       every CPU, timer slack 777777, no pdeath signal
+ *       every CPU, timer slack 777777, no pdeath signal, no I/O priority
+ *       (it follows nice and policy: idle 5)
  * (time slices of their own: Linux 6.12+; before, slice=0)
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
  *   "P oom=N thp=N subreaper=N membarrier=0xN personality=0xN"
- *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N"
+ *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N io=0xN"
  *   "state end"
  * and the same again on every SIGUSR1. Ticks "tick N" every 20 ms. */
 #include "common.h"
@@ -55,6 +57,14 @@ static uint64_t slice(void)
 	if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0))
 		die("sched_getattr");
 	return (a.policy == SCHED_FIFO || a.policy == SCHED_RR) ? 0 : a.runtime;
+}
+
+static int ioprio(void) { return syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, 0); }
+
+static void setioprio(int class, int level)
+{
+	if (syscall(SYS_ioprio_set, 1, 0, class << 13 | level))
+		die("ioprio_set");
 }
 
 static pid_t tids[NT];
@@ -98,9 +108,9 @@ static void describe(int i)
 	cpulist(&set, cpus, sizeof cpus);
 	int pdeath = 0;
 	prctl(PR_GET_PDEATHSIG, &pdeath);
-	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d slice=%llu cpus=%s slack=%d pdeath=%d",
+	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d slice=%llu cpus=%s slack=%d pdeath=%d io=%#x",
 		 i, policy & ~SCHED_RESET_ON_FORK, sp.sched_priority, !!(policy & SCHED_RESET_ON_FORK), nice,
-		 (unsigned long long)slice(), cpus, prctl(PR_GET_TIMERSLACK), pdeath);
+		 (unsigned long long)slice(), cpus, prctl(PR_GET_TIMERSLACK), pdeath, ioprio());
 }
 
 static void pin(int cpu_lo, int cpu_hi)
@@ -128,6 +138,7 @@ static void *worker(void *arg)
 		pin(ncpu - 1, ncpu - 1);
 		if (prctl(PR_SET_PDEATHSIG, SIGURG))
 			die("PR_SET_PDEATHSIG");
+		setioprio(3, 0);
 	} else {
 		setslice(SCHED_OTHER, 0, 5000000);
 		struct sched_param sp = {0};
@@ -207,6 +218,7 @@ int main(void)
 		die("PR_SET_TIMERSLACK");
 	if (prctl(PR_SET_PDEATHSIG, SIGWINCH))
 		die("PR_SET_PDEATHSIG");
+	setioprio(2, 1);
 	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < NT - 1)
 		msleep(1);
 	say("ready pid=%d tids=%d,%d,%d", getpid(), tids[0], tids[1], tids[2]);
