@@ -15,6 +15,7 @@ import (
 	"migrate/core/proc"
 	"migrate/e2e/fixture"
 	"migrate/source"
+	"migrate/target"
 	"migrate/transport"
 )
 
@@ -42,9 +43,9 @@ func attrsWant(ncpu int, slices bool) []string {
 
 // startAttrs starts the attrs workload and returns it with the state it
 // reports once ready; it skips if the kernel refuses SCHED_RR.
-func startAttrs(t *testing.T) (*fixture.Proc, []string) {
+func startAttrs(t *testing.T, args ...string) (*fixture.Proc, []string) {
 	t.Helper()
-	p := fixture.Start(t, fixture.Build(t, "attrs"))
+	p := fixture.Start(t, fixture.Build(t, "attrs"), args...)
 	fixture.WaitFor(t, long, "the attrs workload to be ready", func() bool {
 		for _, l := range p.Lines(t) {
 			if strings.HasPrefix(l, "skip rt") {
@@ -75,6 +76,9 @@ func startAttrs(t *testing.T) (*fixture.Proc, []string) {
 	want := attrsWant(ncpu, !strings.Contains(st[1], " slice=0 "))
 	if !strings.Contains(st[0], fmt.Sprintf("thp=%d", core.THPDisableExceptAdvised)) {
 		want[0] = strings.Replace(want[0], fmt.Sprintf("thp=%d", core.THPDisableExceptAdvised), fmt.Sprintf("thp=%d", core.THPDisableAll), 1)
+	}
+	if len(args) > 0 {
+		return p, st
 	}
 	if !slices.Equal(st, want) {
 		t.Fatalf("the workload set\n%s\nwant\n%s", strings.Join(st, "\n"), strings.Join(want, "\n"))
@@ -253,4 +257,51 @@ func TestDumpRefusesDeadline(t *testing.T) {
 	if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("the refused process ended with %v, want exit 0", ws)
 	}
+}
+
+// TestRestoreFailsOOMScoreAdj: an oom_score_adj below the minimum migrate
+// may set without CAP_SYS_RESOURCE (an image from a host where it had it)
+// fails the restore with a *target.AttrError naming the attribute, and
+// leaves nothing behind, rather than give back a process the OOM killer
+// treats otherwise. Each of the other values is refused before anything
+// is created (core.Validate, TestRestoreRefusesMissingCPUs).
+func TestRestoreFailsOOMScoreAdj(t *testing.T) {
+	fixture.RequireRoot(t)
+	if st, err := proc.ReadStatus(os.Getpid()); err != nil || st.CapEff&(1<<unix.CAP_SYS_RESOURCE) != 0 {
+		t.Skipf("migrate has CAP_SYS_RESOURCE here (or its status is unreadable: %v): any oom_score_adj can be set", err)
+	}
+	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p.WaitLine(t, short, 0, "ready")
+	dir, img := dumpKill(t, p, "")
+	editMeta(t, dir, func(m map[string]any) {
+		m["process"].(map[string]any)["attrs"].(map[string]any)["oom_score_adj"] = -500
+	})
+	kids := fixture.Children()
+	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+	var ae *target.AttrError
+	if !errors.As(err, &ae) || ae.Attr != "oom_score_adj" || ae.Want != "-500" || !errors.Is(err, unix.EACCES) {
+		t.Fatalf("restore: %v (%T), want a *target.AttrError for oom_score_adj -500 wrapping EACCES", err, err)
+	}
+	fixture.WaitFor(t, short, "the half-built process to be gone", func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", img.Process.PID))
+		return err != nil
+	})
+	if got := fixture.Children(); !slices.Equal(got, kids) {
+		t.Errorf("children after the failed restore: %v, before %v", got, kids)
+	}
+}
+
+// TestDumpRefusesMixedPersonality: threads of one process with different
+// personalities (a restore sets one for the process) are refused with a
+// *source.BadTargetError naming the thread; the process runs on.
+func TestDumpRefusesMixedPersonality(t *testing.T) {
+	fixture.RequireRoot(t)
+	p, _ := startAttrs(t, "mixed")
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+	var bt *source.BadTargetError
+	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "personality") {
+		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the personality", err, err)
+	}
+	fixture.RequireRunning(t, p.PID)
+	reportAgain(t, p.Log, p.PID)
 }

@@ -1,6 +1,6 @@
 /* attrs: scheduling and process attributes, different on each thread.
  *
- *   attrs
+ *   attrs [mixed]
  *
  * The process sets oom_score_adj 345, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
@@ -14,6 +14,8 @@
  *       every CPU, timer slack 777777, no pdeath signal, no I/O priority
  *       (it follows nice and policy: idle 5)
  * (time slices of their own: Linux 6.12+; before, slice=0)
+ * With "mixed", T2 also sets personality ADDR_NO_RANDOMIZE|UNAME26 on
+ * itself (the personality is per thread).
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
@@ -71,7 +73,7 @@ static pid_t tids[NT];
 static char lines[NT][256];
 static volatile int generation, done;
 static volatile sig_atomic_t asked;
-static int ncpu;
+static int ncpu, mixed;
 
 static void on_usr1(int sig) { (void)sig; asked = 1; }
 
@@ -149,6 +151,8 @@ static void *worker(void *arg)
 		pin(0, ncpu - 1);
 		if (prctl(PR_SET_TIMERSLACK, 777777))
 			die("PR_SET_TIMERSLACK");
+		if (mixed && personality(ADDR_NO_RANDOMIZE | UNAME26) < 0)
+			die("personality");
 	}
 	int seen = 0;
 	__atomic_add_fetch(&done, 1, __ATOMIC_SEQ_CST);
@@ -188,8 +192,9 @@ static void report(void)
 	say("state end");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	mixed = argc > 1 && !strcmp(argv[1], "mixed");
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	struct sigaction sa = {.sa_handler = on_usr1, .sa_flags = SA_RESTART};
 	if (sigaction(SIGUSR1, &sa, NULL))
