@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -45,7 +46,13 @@ func attrsWant(ncpu int, slices bool) []string {
 // reports once ready; it skips if the kernel refuses SCHED_RR.
 func startAttrs(t *testing.T, args ...string) (*fixture.Proc, []string) {
 	t.Helper()
-	p := fixture.Start(t, fixture.Build(t, "attrs"), args...)
+	return startAttrsWith(t, fixture.Options{}, args...)
+}
+
+// startAttrsWith is startAttrs with options.
+func startAttrsWith(t *testing.T, o fixture.Options, args ...string) (*fixture.Proc, []string) {
+	t.Helper()
+	p := fixture.StartWith(t, o, fixture.Build(t, "attrs"), args...)
 	fixture.WaitFor(t, long, "the attrs workload to be ready", func() bool {
 		for _, l := range p.Lines(t) {
 			if strings.HasPrefix(l, "skip rt") {
@@ -304,4 +311,33 @@ func TestDumpRefusesMixedPersonality(t *testing.T) {
 	}
 	fixture.RequireRunning(t, p.PID)
 	reportAgain(t, p.Log, p.PID)
+}
+
+// TestSchedAttrsOtherUser: the same for a process that runs as another
+// user (T0 alone: see the note on multi-threaded processes in the
+// report): the restore's change of credentials clears a parent-death
+// signal set before it, so it must be set after.
+func TestSchedAttrsOtherUser(t *testing.T) {
+	fixture.RequireRoot(t)
+	cwd, err := os.MkdirTemp("", "migrate-cwd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(cwd) })
+	if err := os.Chmod(cwd, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	p, before := startAttrsWith(t, fixture.Options{Dir: cwd, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, "user")
+	if len(before) != 2 || !strings.Contains(before[1], fmt.Sprintf("pdeath=%d", unix.SIGWINCH)) || !strings.Contains(before[1], "nice=5") {
+		t.Fatalf("the workload set\n%s", strings.Join(before, "\n"))
+	}
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if got := fixture.StatusField(t, r.PID, "Uid"); !strings.HasPrefix(got, "65534") {
+		t.Fatalf("restored process runs as %q", got)
+	}
+	after := reportAgain(t, p.Log, r.PID)
+	if !slices.Equal(after, before) {
+		t.Errorf("after restore the process reads\n%s\nbefore it read\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
 }

@@ -1,6 +1,6 @@
 /* attrs: scheduling and process attributes, different on each thread.
  *
- *   attrs [mixed]
+ *   attrs [mixed|user]
  *
  * The process sets oom_score_adj 345, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
@@ -15,7 +15,9 @@
  *       (it follows nice and policy: idle 5)
  * (time slices of their own: Linux 6.12+; before, slice=0)
  * With "mixed", T2 also sets personality ADDR_NO_RANDOMIZE|UNAME26 on
- * itself (the personality is per thread).
+ * itself (the personality is per thread). With "user" (for a process that
+ * runs as a user without privileges) there is T0 alone, and a time slice
+ * the kernel refuses is left at its default.
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
@@ -36,6 +38,8 @@
 #define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
 #endif
 
+static int user, nt = NT;
+
 /* struct sched_attr, under a name of its own (headers differ on it). */
 struct attr {
 	uint32_t size, policy;
@@ -49,7 +53,7 @@ struct attr {
 static void setslice(uint32_t policy, int nice, uint64_t ns)
 {
 	struct attr a = {.size = sizeof a, .policy = policy, .nice = nice, .runtime = ns};
-	if (syscall(SYS_sched_setattr, 0, &a, 0))
+	if (syscall(SYS_sched_setattr, 0, &a, 0) && !(user && errno == EPERM))
 		die("sched_setattr");
 }
 
@@ -173,7 +177,7 @@ static void report(void)
 	__atomic_store_n(&done, 0, __ATOMIC_SEQ_CST);
 	__atomic_add_fetch(&generation, 1, __ATOMIC_SEQ_CST);
 	describe(0);
-	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < NT - 1)
+	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < nt - 1)
 		msleep(1);
 	char oom[16] = "?";
 	int fd = open("/proc/self/oom_score_adj", O_RDONLY);
@@ -187,7 +191,7 @@ static void report(void)
 	say("P oom=%s thp=%d subreaper=%d membarrier=%#x personality=%#x", oom, prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0), sub,
 	    (unsigned)syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0),
 	    (unsigned)personality(0xffffffff));
-	for (int i = 0; i < NT; i++)
+	for (int i = 0; i < nt; i++)
 		say("%s", lines[i]);
 	say("state end");
 }
@@ -195,6 +199,9 @@ static void report(void)
 int main(int argc, char **argv)
 {
 	mixed = argc > 1 && !strcmp(argv[1], "mixed");
+	user = argc > 1 && !strcmp(argv[1], "user");
+	if (user)
+		nt = 1;
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	struct sigaction sa = {.sa_handler = on_usr1, .sa_flags = SA_RESTART};
 	if (sigaction(SIGUSR1, &sa, NULL))
@@ -213,7 +220,7 @@ int main(int argc, char **argv)
 	if (personality(ADDR_NO_RANDOMIZE) < 0)
 		die("personality");
 	pthread_t th;
-	for (long i = 1; i < NT; i++)
+	for (long i = 1; i < nt; i++)
 		if (pthread_create(&th, NULL, worker, (void *)i))
 			die("pthread_create");
 	tids[0] = gettid();
@@ -224,7 +231,7 @@ int main(int argc, char **argv)
 	if (prctl(PR_SET_PDEATHSIG, SIGWINCH))
 		die("PR_SET_PDEATHSIG");
 	setioprio(2, 1);
-	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < NT - 1)
+	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < nt - 1)
 		msleep(1);
 	say("ready pid=%d tids=%d,%d,%d", getpid(), tids[0], tids[1], tids[2]);
 	report();
