@@ -55,6 +55,10 @@ func startAttrsWith(t *testing.T, o fixture.Options, args ...string) (*fixture.P
 	p := fixture.StartWith(t, o, fixture.Build(t, "attrs"), args...)
 	fixture.WaitFor(t, long, "the attrs workload to be ready", func() bool {
 		for _, l := range p.Lines(t) {
+			if strings.HasPrefix(l, "skip numa") {
+				p.Reap(t)
+				t.Skipf("this kernel has no NUMA memory policies: %s", l)
+			}
 			if strings.HasPrefix(l, "skip rt") {
 				p.Reap(t)
 				t.Skipf("the kernel refuses SCHED_RR here (CAP_SYS_NICE, RLIMIT_RTPRIO or sched_rt_runtime_us): %s", l)
@@ -340,4 +344,19 @@ func TestSchedAttrsOtherUser(t *testing.T) {
 	if !slices.Equal(after, before) {
 		t.Errorf("after restore the process reads\n%s\nbefore it read\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
 	}
+}
+
+// TestDumpRefusesMemPolicy: a thread with a NUMA memory policy (which a
+// restore does not make) is refused with a *source.BadTargetError naming
+// it; the process runs on.
+func TestDumpRefusesMemPolicy(t *testing.T) {
+	fixture.RequireRoot(t)
+	p, _ := startAttrs(t, "mempolicy")
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+	var bt *source.BadTargetError
+	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "memory policy") {
+		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the memory policy", err, err)
+	}
+	fixture.RequireRunning(t, p.PID)
+	reportAgain(t, p.Log, p.PID)
 }

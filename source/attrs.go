@@ -2,6 +2,7 @@ package source
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -148,10 +149,12 @@ const (
 	// membarrierGetRegistrations is MEMBARRIER_CMD_GET_REGISTRATIONS
 	// (Linux 6.3+).
 	membarrierGetRegistrations = 1 << 9
+	// mpolDefault is MPOL_DEFAULT.
+	mpolDefault = 0
 )
 
 // collectInjectedAttrs reads what only the process itself can tell: each
-// thread's parent-death signal, and the process's child-subreaper flag,
+// thread's parent-death signal and memory policy, and the process's child-subreaper flag,
 // THP disable and membarrier registrations.
 //
 // Preconditions: the process is frozen, the scratch page is mapped, and
@@ -166,6 +169,17 @@ func (d *dumper) collectInjectedAttrs() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
+		// The NUMA memory policy is not carried: one that is not the
+		// default refuses the dump.
+		// (A kernel without NUMA has none: ENOSYS.)
+		_, b, err = d.call(th, "get_mempolicy", 4, unix.SYS_GET_MEMPOLICY, d.scratch, 0, 0, 0, 0)
+		switch {
+		case errors.Is(err, unix.ENOSYS):
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case le.Uint32(b) != mpolDefault:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has NUMA memory policy %d (set_mempolicy), which a restore does not make", th.TID, le.Uint32(b))}
+		}
 	}
 	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, prGetChildSubreaper, d.scratch)
 	if err != nil {

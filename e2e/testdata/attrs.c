@@ -1,6 +1,6 @@
 /* attrs: scheduling and process attributes, different on each thread.
  *
- *   attrs [mixed|user]
+ *   attrs [mixed|user|mempolicy]
  *
  * The process sets oom_score_adj 345, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
@@ -17,7 +17,9 @@
  * With "mixed", T2 also sets personality ADDR_NO_RANDOMIZE|UNAME26 on
  * itself (the personality is per thread). With "user" (for a process that
  * runs as a user without privileges) there is T0 alone, and a time slice
- * the kernel refuses is left at its default.
+ * the kernel refuses is left at its default. With "mempolicy" T2 binds its
+ * memory to node 0 (set_mempolicy MPOL_BIND), or logs "skip numa: REASON"
+ * and exits 77 on a kernel without NUMA.
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
@@ -77,7 +79,7 @@ static pid_t tids[NT];
 static char lines[NT][256];
 static volatile int generation, done;
 static volatile sig_atomic_t asked;
-static int ncpu, mixed;
+static int ncpu, mixed, mempolicy;
 
 static void on_usr1(int sig) { (void)sig; asked = 1; }
 
@@ -157,6 +159,11 @@ static void *worker(void *arg)
 			die("PR_SET_TIMERSLACK");
 		if (mixed && personality(ADDR_NO_RANDOMIZE | UNAME26) < 0)
 			die("personality");
+		unsigned long node0 = 1;
+		if (mempolicy && syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */, &node0, 64)) {
+			say("skip numa: set_mempolicy: %s", strerror(errno));
+			_exit(77);
+		}
 	}
 	int seen = 0;
 	__atomic_add_fetch(&done, 1, __ATOMIC_SEQ_CST);
@@ -200,6 +207,7 @@ int main(int argc, char **argv)
 {
 	mixed = argc > 1 && !strcmp(argv[1], "mixed");
 	user = argc > 1 && !strcmp(argv[1], "user");
+	mempolicy = argc > 1 && !strcmp(argv[1], "mempolicy");
 	if (user)
 		nt = 1;
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
