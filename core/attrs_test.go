@@ -21,6 +21,8 @@ func TestValidateAttrs(t *testing.T) {
 		"oom_score_adj -1001":        func(p *Process) { p.Attrs.OOMScoreAdj = -1001 },
 		"THP disable 2":              func(p *Process) { p.Attrs.THPDisable = 2 },
 		"membarrier unknown":         func(p *Process) { p.Attrs.Membarrier = 1 << 9 },
+		"MDWE no-inherit alone":      func(p *Process) { p.Attrs.MDWE = 2 },
+		"MDWE unknown flag":          func(p *Process) { p.Attrs.MDWE = 5 },
 		"SCHED_DEADLINE":             func(p *Process) { p.Threads[0].Sched.Policy = 6 },
 		"RR priority 0":              func(p *Process) { p.Threads[0].Sched.Priority = 0 },
 		"RR priority 100":            func(p *Process) { p.Threads[0].Sched.Priority = 100 },

@@ -311,6 +311,11 @@ type ProcAttrs struct {
 	// Membarrier is the mask of membarrier registration commands the
 	// process issued (MembarrierRegistrations).
 	Membarrier int `json:"membarrier,omitempty"`
+	// MDWE is PR_GET_MDWE: memory-deny-write-execute
+	// (PR_MDWE_REFUSE_EXEC_GAIN 1, PR_MDWE_NO_INHERIT 2).
+	MDWE int `json:"mdwe,omitempty"`
+	// MemoryMerge is PR_GET_MEMORY_MERGE: KSM merges every area.
+	MemoryMerge bool `json:"memory_merge,omitempty"`
 }
 
 // Regs mirrors struct user_regs_struct on x86-64.

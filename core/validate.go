@@ -127,6 +127,10 @@ func validateState(p *Process) error {
 		if a.Membarrier&^MembarrierRegistrations != 0 || a.Membarrier < 0 {
 			return fmt.Errorf("membarrier registrations %#x", a.Membarrier)
 		}
+		// PR_SET_MDWE takes NO_INHERIT only with REFUSE_EXEC_GAIN.
+		if a.MDWE != 0 && a.MDWE != 1 && a.MDWE != 3 {
+			return fmt.Errorf("memory-deny-write-execute flags %#x", a.MDWE)
+		}
 	}
 	c := &p.Creds
 	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {

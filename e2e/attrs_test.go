@@ -35,7 +35,7 @@ func attrsWant(ncpu int, slices bool) []string {
 		s0, s2 = 0, 0
 	}
 	return []string{
-		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000", thp),
+		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000 mdwe=1", thp),
 		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001", core.SchedBatch, s0, unix.SIGWINCH),
 		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000", core.SchedRR, last, unix.SIGURG),
 		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0", core.SchedIdle, s2, all),
@@ -87,6 +87,9 @@ func startAttrsWith(t *testing.T, o fixture.Options, args ...string) (*fixture.P
 	want := attrsWant(ncpu, !strings.Contains(st[1], " slice=0 "))
 	if !strings.Contains(st[0], fmt.Sprintf("thp=%d", core.THPDisableExceptAdvised)) {
 		want[0] = strings.Replace(want[0], fmt.Sprintf("thp=%d", core.THPDisableExceptAdvised), fmt.Sprintf("thp=%d", core.THPDisableAll), 1)
+	}
+	if strings.HasSuffix(st[0], " mdwe=-1") { // before Linux 6.3
+		want[0] = strings.TrimSuffix(want[0], "1") + "-1"
 	}
 	if len(args) > 0 {
 		return p, st

@@ -154,8 +154,9 @@ const (
 )
 
 // collectInjectedAttrs reads what only the process itself can tell: each
-// thread's parent-death signal and memory policy, and the process's child-subreaper flag,
-// THP disable and membarrier registrations.
+// thread's parent-death signal and memory policy, and the process's
+// child-subreaper flag, THP disable, membarrier registrations,
+// memory-deny-write-execute and KSM merge-any.
 //
 // Preconditions: the process is frozen, the scratch page is mapped, and
 // collectTask has filled Threads[i].Sched and Attrs.
@@ -199,6 +200,18 @@ func (d *dumper) collectInjectedAttrs() error {
 		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("membarrier registrations %#x include ones migrate does not know", mb)}
 	}
 	p.Attrs.Membarrier = int(mb)
+	// MDWE (Linux 6.3+) and KSM's merge-any (6.4+, CONFIG_KSM): a kernel
+	// that does not know the prctl (EINVAL) has neither set.
+	mdwe, err := d.p.Syscall(lead, "prctl(PR_GET_MDWE)", unix.SYS_PRCTL, unix.PR_GET_MDWE, 0, 0, 0, 0)
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	p.Attrs.MDWE = int(mdwe)
+	merge, err := d.p.Syscall(lead, "prctl(PR_GET_MEMORY_MERGE)", unix.SYS_PRCTL, unix.PR_GET_MEMORY_MERGE, 0, 0, 0, 0)
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	p.Attrs.MemoryMerge = merge == 1
 	return nil
 }
 

@@ -54,8 +54,8 @@ const (
 
 // restoreProcAttrs sets the process-wide attributes: THP disable (which
 // the husk inherited from migrate, so it is set either way), the
-// child-subreaper flag and the membarrier registrations by injection, and
-// oom_score_adj from outside.
+// child-subreaper flag, the membarrier registrations, KSM merge-any and
+// memory-deny-write-execute by injection, and oom_score_adj from outside.
 //
 // Preconditions: the credentials are not dropped yet (none of these needs
 // privileges the process has, but oom_score_adj is written by migrate
@@ -80,6 +80,19 @@ func (r *restorer) restoreProcAttrs() error {
 		}
 		if _, err := r.sys(fmt.Sprintf("membarrier(register %#x)", cmd), unix.SYS_MEMBARRIER, uint64(cmd), 0, 0); err != nil {
 			return fmt.Errorf("membarrier registration %#x: %w", cmd, err)
+		}
+	}
+	if a.MemoryMerge {
+		// Needs CAP_SYS_RESOURCE.
+		if _, err := r.sys("prctl(PR_SET_MEMORY_MERGE)", unix.SYS_PRCTL, unix.PR_SET_MEMORY_MERGE, 1, 0, 0, 0); err != nil {
+			return &AttrError{PID: r.pid, Attr: "KSM merge-any (PR_SET_MEMORY_MERGE)", Want: "1", Err: err}
+		}
+	}
+	// Last of these: it cannot be undone, and the areas have their
+	// protections already (the "set protections" step).
+	if a.MDWE != 0 {
+		if _, err := r.sys("prctl(PR_SET_MDWE)", unix.SYS_PRCTL, unix.PR_SET_MDWE, uint64(a.MDWE), 0, 0, 0); err != nil {
+			return &AttrError{PID: r.pid, Attr: "memory-deny-write-execute (PR_SET_MDWE)", Want: fmt.Sprint(a.MDWE), Err: err}
 		}
 	}
 	path := fmt.Sprintf("/proc/%d/oom_score_adj", r.pid)

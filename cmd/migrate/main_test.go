@@ -311,7 +311,7 @@ func sampleImage() *core.Image {
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
 			Creds:   core.Creds{Groups: []uint32{0}, CapEff: 0x1ff},
-			Attrs:   &core.ProcAttrs{OOMScoreAdj: -17, THPDisable: core.THPDisableExceptAdvised, ChildSubreaper: true, Membarrier: 1 << 4},
+			Attrs:   &core.ProcAttrs{OOMScoreAdj: -17, THPDisable: core.THPDisableExceptAdvised, ChildSubreaper: true, Membarrier: 1 << 4, MDWE: 1},
 			Rlimits: []core.Rlimit{{Resource: 7, Cur: 1024, Max: 4096}, {Resource: 4, Cur: 1 << 20, Max: ^uint64(0)}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x402000, Prot: 5, Flags: 2, Kind: core.VMAFile, File: &exe, Pages: 0},
@@ -352,7 +352,7 @@ func TestShow(t *testing.T) {
 		"RLIMIT_CORE",
 		"restart",
 		"zstd",
-		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED",
+		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED", "refuse exec gain",
 		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
 	} {
 		if want == "RLIMIT_NOFILE" {

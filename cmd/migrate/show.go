@@ -121,6 +121,16 @@ func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {
 		if a.Membarrier != 0 {
 			fmt.Fprintf(tw, "  membarrier\tregistered %s\n", membarrierRegs(a.Membarrier))
 		}
+		if a.MDWE != 0 {
+			mdwe := "refuse exec gain"
+			if a.MDWE&2 != 0 {
+				mdwe += ", not inherited"
+			}
+			fmt.Fprintf(tw, "  memory-deny-write-execute\t%s\n", mdwe)
+		}
+		if a.MemoryMerge {
+			fmt.Fprintf(tw, "  KSM\tmerges every area (PR_SET_MEMORY_MERGE)\n")
+		}
 	}
 	tw.Flush()
 

@@ -4,8 +4,9 @@
  *
  * The process sets oom_score_adj 345, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
- * registrations (global and private expedited) and personality
- * ADDR_NO_RANDOMIZE. Then, each thread on itself:
+ * registrations (global and private expedited), personality
+ * ADDR_NO_RANDOMIZE and memory-deny-write-execute (PR_SET_MDWE, if the
+ * kernel knows it). Then, each thread on itself:
  *   T0 (main): SCHED_BATCH nice 5, time slice 3 ms, CPU 0, timer slack
  *       123456, pdeath SIGWINCH, I/O priority best-effort 1
  *   T1: SCHED_RR 7 with reset-on-fork, nice -3, the last CPU, pdeath SIGURG,
@@ -23,7 +24,7 @@
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
- *   "P oom=N thp=N subreaper=N membarrier=0xN personality=0xN"
+ *   "P oom=N thp=N subreaper=N membarrier=0xN personality=0xN mdwe=N"
  *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N io=0xN"
  *   "state end"
  * and the same again on every SIGUSR1. Ticks "tick N" every 20 ms. */
@@ -195,9 +196,9 @@ static void report(void)
 	}
 	int sub = 0;
 	prctl(PR_GET_CHILD_SUBREAPER, &sub);
-	say("P oom=%s thp=%d subreaper=%d membarrier=%#x personality=%#x", oom, prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0), sub,
-	    (unsigned)syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0),
-	    (unsigned)personality(0xffffffff));
+	say("P oom=%s thp=%d subreaper=%d membarrier=%#x personality=%#x mdwe=%d", oom, prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0),
+	    sub, (unsigned)syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0),
+	    (unsigned)personality(0xffffffff), prctl(66 /* PR_GET_MDWE */, 0, 0, 0, 0));
 	for (int i = 0; i < nt; i++)
 		say("%s", lines[i]);
 	say("state end");
@@ -227,6 +228,8 @@ int main(int argc, char **argv)
 		die("membarrier register");
 	if (personality(ADDR_NO_RANDOMIZE) < 0)
 		die("personality");
+	if (prctl(65 /* PR_SET_MDWE */, 1 /* PR_MDWE_REFUSE_EXEC_GAIN */, 0, 0, 0) && errno != EINVAL)
+		die("PR_SET_MDWE");
 	pthread_t th;
 	for (long i = 1; i < nt; i++)
 		if (pthread_create(&th, NULL, worker, (void *)i))
