@@ -363,3 +363,20 @@ func TestDumpRefusesMemPolicy(t *testing.T) {
 	fixture.RequireRunning(t, p.PID)
 	reportAgain(t, p.Log, p.PID)
 }
+
+// TestDumpRefusesZeroSlack: a thread of a fair policy with timer slack 0
+// (created by a real-time thread: its default is its creator's slack, 0)
+// is refused: a restore can write no 0, which means "the default".
+func TestDumpRefusesZeroSlack(t *testing.T) {
+	fixture.RequireRoot(t)
+	p, st := startAttrs(t, "zeroslack")
+	if !strings.Contains(st[3], " slack=0 ") {
+		t.Fatalf("T2 has a timer slack: %s", st[3])
+	}
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+	var bt *source.BadTargetError
+	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "timer slack 0") {
+		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the timer slack", err, err)
+	}
+	fixture.RequireRunning(t, p.PID)
+}

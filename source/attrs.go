@@ -45,6 +45,12 @@ func (d *dumper) readSched(tid int) (*core.Sched, error) {
 	default:
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has scheduling policy %d, which migrate does not know", tid, ps.Policy)}
 	}
+	if ps.TimerSlack == 0 && ps.Policy != core.SchedFIFO && ps.Policy != core.SchedRR {
+		// Made by a real-time thread, and real-time since: a slack of 0
+		// written or set by prctl means "the default", which is the
+		// creator's slack at clone.
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has timer slack 0 under policy %d (it was created by a real-time thread), which a restore cannot set", tid, ps.Policy)}
+	}
 	if !uclampDefault(ps) {
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has utilization clamps %d..%d of its own, which a restore does not make", tid, ps.UtilMin, ps.UtilMax)}
 	}

@@ -1,6 +1,6 @@
 /* attrs: scheduling and process attributes, different on each thread.
  *
- *   attrs [mixed|user|mempolicy]
+ *   attrs [mixed|user|mempolicy|zeroslack]
  *
  * The process sets oom_score_adj 345, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
@@ -20,7 +20,9 @@
  * runs as a user without privileges) there is T0 alone, and a time slice
  * the kernel refuses is left at its default. With "mempolicy" T2 binds its
  * memory to node 0 (set_mempolicy MPOL_BIND), or logs "skip numa: REASON"
- * and exits 77 on a kernel without NUMA.
+ * and exits 77 on a kernel without NUMA. With "zeroslack" the main thread
+ * is SCHED_RR 1 while it creates the others, and T2 leaves its timer
+ * slack alone: leaving the real-time policy gives it its creator's, 0.
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
@@ -80,7 +82,7 @@ static pid_t tids[NT];
 static char lines[NT][256];
 static volatile int generation, done;
 static volatile sig_atomic_t asked;
-static int ncpu, mixed, mempolicy;
+static int ncpu, mixed, mempolicy, zeroslack;
 
 static void on_usr1(int sig) { (void)sig; asked = 1; }
 
@@ -156,7 +158,7 @@ static void *worker(void *arg)
 		if (setpriority(PRIO_PROCESS, 0, 7))
 			die("setpriority");
 		pin(0, ncpu - 1);
-		if (prctl(PR_SET_TIMERSLACK, 777777))
+		if (!zeroslack && prctl(PR_SET_TIMERSLACK, 777777))
 			die("PR_SET_TIMERSLACK");
 		if (mixed && personality(ADDR_NO_RANDOMIZE | UNAME26) < 0)
 			die("personality");
@@ -209,6 +211,14 @@ int main(int argc, char **argv)
 	mixed = argc > 1 && !strcmp(argv[1], "mixed");
 	user = argc > 1 && !strcmp(argv[1], "user");
 	mempolicy = argc > 1 && !strcmp(argv[1], "mempolicy");
+	zeroslack = argc > 1 && !strcmp(argv[1], "zeroslack");
+	if (zeroslack) {
+		struct sched_param rt = {.sched_priority = 1};
+		if (sched_setscheduler(0, SCHED_RR, &rt)) {
+			say("skip rt: SCHED_RR refused: %s", strerror(errno));
+			_exit(77);
+		}
+	}
 	if (user)
 		nt = 1;
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
