@@ -62,6 +62,9 @@ const (
 // while it may still).
 func (r *restorer) restoreProcAttrs() error {
 	a := r.proc.Attrs
+	if a == nil { // checkAttrs refuses such an image; never act on one
+		return fmt.Errorf("%w: no process attributes", core.ErrInconsistent)
+	}
 	var off, flags uint64
 	if a.THPDisable != 0 {
 		off, flags = 1, uint64(a.THPDisable&prThpDisableExceptAdvised)
@@ -109,6 +112,9 @@ func (r *restorer) restoreProcAttrs() error {
 // quietly set something else (an affinity narrowed by a cpuset, say) fails
 // the restore.
 func (r *restorer) restoreSched(tid int, s *core.Sched) error {
+	if s == nil {
+		return fmt.Errorf("%w: thread %d has no scheduling state", core.ErrInconsistent, tid)
+	}
 	fail := func(attr, want string, err error) error {
 		return &AttrError{PID: r.pid, TID: tid, Attr: attr, Want: want, Err: err}
 	}

@@ -267,7 +267,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 			}
 		}
 		// After the credentials: a change of them clears it.
-		if t.Sched.PdeathSignal != 0 {
+		if t.Sched != nil && t.Sched.PdeathSignal != 0 {
 			if err := call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.Sched.PdeathSignal)); err != nil {
 				return err
 			}
