@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"syscall"
 	"time"
@@ -15,8 +16,12 @@ import (
 
 // ImageVersion is the version of the image metadata written by this build.
 // A reader refuses any other version. Version 2 added Image.Blobs (the size
-// and SHA-256 of every file under files/): a version 1 image cannot have its
-// blobs checked and is refused with ErrBadVersion; dump the process again.
+// and SHA-256 of every file under files/), the owners of files
+// (FileRef.UID, GID), the securebits, no_new_privs and per-thread
+// credentials, and Dumpable: a version 1 image cannot have its blobs
+// checked, and restoring one would make its recreated files root's and
+// lose the process's privilege limits. It is refused with ErrBadVersion:
+// dump the process again.
 const ImageVersion = 2
 
 // Names of the files in an image directory.
@@ -96,9 +101,13 @@ type Process struct {
 	// Attrs are the process-wide attributes of prctl, membarrier and
 	// /proc (nil: not collected, as in a live migration's first layouts;
 	// a restore refuses that).
-	Attrs   *ProcAttrs `json:"attrs,omitempty"`
-	Rlimits []Rlimit   `json:"rlimits"`
-	Itimers []Itimer   `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Attrs *ProcAttrs `json:"attrs,omitempty"`
+	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
+	// trace it and its /proc files are the user's, 0 (or 2) if changing
+	// credentials made it not dumpable.
+	Dumpable int      `json:"dumpable"`
+	Rlimits  []Rlimit `json:"rlimits"`
+	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
@@ -132,8 +141,12 @@ type FileRef struct {
 	Size  int64  `json:"size"`
 	Mtime int64  `json:"mtime_ns"`
 	Mode  uint32 `json:"mode"`
-	Dev   uint64 `json:"dev,omitempty"`
-	Ino   uint64 `json:"ino,omitempty"`
+	// UID and GID own the file. A file the restore recreates (deleted
+	// file, memfd) gets them back, and its set-id bits only with them.
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
 	// Deleted is true when the file was unlinked while open; its contents
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`
@@ -152,6 +165,24 @@ type Creds struct {
 	CapEff uint64    `json:"cap_eff"`
 	CapBnd uint64    `json:"cap_bnd"`
 	CapAmb uint64    `json:"cap_amb"`
+	// Securebits are the SECBIT_* flags (prctl PR_GET_SECUREBITS).
+	Securebits uint32 `json:"securebits,omitempty"`
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+}
+
+// Equal tells whether c and o are the same credentials.
+func (c *Creds) Equal(o *Creds) bool {
+	if len(c.Groups) != len(o.Groups) {
+		return false
+	}
+	for i := range c.Groups {
+		if c.Groups[i] != o.Groups[i] {
+			return false
+		}
+	}
+	a, b := *c, *o
+	a.Groups, b.Groups = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Rlimit is one resource limit.
@@ -250,6 +281,10 @@ type Thread struct {
 	// the kernel keeps per thread (nil: not collected; a restore refuses
 	// that).
 	Sched *Sched `json:"sched,omitempty"`
+	// Creds are the thread's credentials when they differ from the
+	// process's (Process.Creds, the leader's): credentials are per thread
+	// in Linux, and a raw setuid or capset changes only the caller's.
+	Creds *Creds `json:"creds,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
@@ -490,6 +525,10 @@ func DecodeImage(r io.Reader) (*Image, error) {
 		return nil, fmt.Errorf("%w: version %d, this build reads %d (dump again with this build)", ErrBadVersion, head.Version, ImageVersion)
 	}
 	var img Image
+	// What decoding would allocate, before decoding (DecodeBounded).
+	if err := CheckDecodeBudget(data, &img, DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&img); err != nil {

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -81,19 +82,49 @@ func validZombieStatus(st int) error {
 // would drop the contents just written (MADV_DONTNEED, REMOVE, FREE...).
 var madviseRestored = map[int]bool{10: true, 16: true, 14: true, 15: true, 18: true, 12: true}
 
+// ErrBadPath: a path of the image is not absolute and clean, holds a NUL
+// byte or is longer than PATH_MAX. The restore opens these paths, binds and
+// connects to them: a relative one ("../../etc/shadow") would be resolved
+// against the restorer's own working directory.
+var ErrBadPath = errors.New("path is not absolute and clean")
+
 // validPath checks a path of the dumping host the restore opens: absolute,
-// no NUL byte, at most PATH_MAX.
+// clean (as the kernel reports paths: no "..", ".", "//" or trailing
+// slash), no NUL byte, shorter than PATH_MAX.
 func validPath(p string) error {
-	if !strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 || len(p) >= 4096 {
-		return fmt.Errorf("path %q is not an absolute path", p)
+	if !strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 || len(p) >= 4096 || filepath.Clean(p) != p {
+		return fmt.Errorf("%w: %q", ErrBadPath, p)
 	}
 	return nil
 }
 
 // ValidPath is the check of every path of the dumping host a restore
-// opens (executable, mapped and open files, directories, watches):
-// absolute, no NUL byte, shorter than PATH_MAX.
+// opens, binds or connects to (executable, directories, mapped and open
+// files, deleted files' directories, watches, unix socket files and
+// peers): absolute, clean, no NUL byte, shorter than PATH_MAX.
 func ValidPath(p string) error { return validPath(p) }
+
+// validFileRef checks the path of a file reference: a deleted file's path
+// too (its copy is made in the same directory), but not a memfd's
+// ("/memfd:NAME", a name, never opened as a path).
+func validFileRef(f *FileRef) error {
+	if name, ok := strings.CutPrefix(f.Path, "/memfd:"); ok && f.Deleted {
+		if strings.IndexByte(name, 0) >= 0 {
+			return fmt.Errorf("%w: %q", ErrBadPath, f.Path)
+		}
+		return nil
+	}
+	return validPath(f.Path)
+}
+
+// validSockName checks a unix socket address that is a path (an abstract
+// one starts with a NUL byte).
+func validSockName(name []byte) error {
+	if len(name) == 0 || name[0] == 0 {
+		return nil
+	}
+	return validPath(string(name))
+}
 
 // validateState checks the values of a live process that the restore
 // hands to the kernel, each against what the kernel takes.
@@ -132,18 +163,14 @@ func validateState(p *Process) error {
 			return fmt.Errorf("memory-deny-write-execute flags %#x", a.MDWE)
 		}
 	}
-	c := &p.Creds
-	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
-		if id == noID {
-			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
-		}
+	if err := validateCreds(&p.Creds); err != nil {
+		return err
 	}
-	if len(c.Groups) > MaxGroups {
-		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
-	}
-	for _, g := range c.Groups {
-		if g == noID {
-			return errors.New("supplementary group -1")
+	for _, t := range p.Threads {
+		if t.Creds != nil {
+			if err := validateCreds(t.Creds); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
 		}
 	}
 	seen := map[int]bool{}
@@ -377,8 +404,8 @@ func validateVMA(v *VMA) error {
 	if v.Offset%4096 != 0 || v.Offset > 1<<62 {
 		return fmt.Errorf("file offset %#x", v.Offset)
 	}
-	if v.File != nil && !v.File.Deleted {
-		if err := validPath(v.File.Path); err != nil {
+	if v.File != nil {
+		if err := validFileRef(v.File); err != nil {
 			return err
 		}
 	}
@@ -404,8 +431,8 @@ func validateFD(f *FD) error {
 		if f.File == nil {
 			return fmt.Errorf("%s without its file", f.Kind)
 		}
-		if !f.File.Deleted && f.Kind != FDMemfd {
-			if err := validPath(f.File.Path); err != nil {
+		if f.Kind != FDMemfd {
+			if err := validFileRef(f.File); err != nil {
 				return err
 			}
 		}
@@ -451,11 +478,42 @@ func validateFD(f *FD) error {
 		if len(s.Name) > 108 || len(s.PeerName) > 108 {
 			return errors.New("unix socket name longer than sun_path")
 		}
+		// Bound to s.File.Path, else to s.Name as it is; connected
+		// (datagrams) to s.PeerName.
+		if s.File != nil {
+			if err := validPath(s.File.Path); err != nil {
+				return fmt.Errorf("unix socket file: %w", err)
+			}
+		} else if err := validSockName(s.Name); err != nil {
+			return fmt.Errorf("unix socket name: %w", err)
+		}
+		if err := validSockName(s.PeerName); err != nil {
+			return fmt.Errorf("unix socket peer: %w", err)
+		}
 		if s.Backlog < 0 || s.Backlog > 1<<20 {
 			return fmt.Errorf("socket backlog %d", s.Backlog)
 		}
 		if len(s.Options) > 256 {
 			return fmt.Errorf("%d socket options", len(s.Options))
+		}
+	}
+	return nil
+}
+
+// validateCreds checks credentials a restore hands to setresuid and
+// friends: no -1 ("unchanged" to the kernel), at most NGROUPS_MAX groups.
+func validateCreds(c *Creds) error {
+	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
+		if id == noID {
+			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
+		}
+	}
+	if len(c.Groups) > MaxGroups {
+		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
+	}
+	for _, g := range c.Groups {
+		if g == noID {
+			return errors.New("supplementary group -1")
 		}
 	}
 	return nil

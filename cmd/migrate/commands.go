@@ -49,7 +49,8 @@ Commands:
 %s
 Global flags (also accepted after the command):
 %s
-Exit status: 0 on success, 1 on failure, 2 on a usage error.
+Exit status: 0 on success, 1 on failure, 2 on a usage error, 3 if not
+permitted (migrate runs set-user-ID, or the user may not trace the process).
 
 Run 'migrate help COMMAND' for the flags and examples of a command.
 `

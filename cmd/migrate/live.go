@@ -63,8 +63,14 @@ and exits.
 
 Run it as PID 1 of a PID namespace of its own to receive processes whose
 PIDs are taken on this host: restored processes become its children, and it
-reaps them when they exit.`,
-	examples: `  migrate serve --listen :7070 --secret-file /etc/migrate/secret
+reaps them when they exit.
+
+Whoever holds the shared secret (or a certificate of the CA) can run any
+program, as any user, on every host where 'migrate serve' runs with it: a
+migration builds whatever process its source describes. Guard the secret
+like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
+	examples: `  migrate serve --gen-secret /etc/migrate/secret
+  migrate serve --listen :7070 --secret-file /etc/migrate/secret
   unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s
   migrate serve --listen :7070 --secret-file s --address 10.0.0.100/32@eth0
   migrate serve --listen :7070 --secret-file s \
@@ -74,7 +80,11 @@ reaps them when they exit.`,
 		var listen string
 		var auth authFlags
 		var hooks []string
+		var maxSessions int
+		var genSecret string
 		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
+		fs.StringVar(&genSecret, "gen-secret", "", "write a new shared secret (32 random bytes, 64 hex digits) to `FILE`, mode 0600, and exit; an existing FILE is never overwritten")
+		fs.IntVar(&maxSessions, "max-sessions", target.DefaultMaxSessions, "serve at most `N` sessions at once (migrations and status questions); more are told the service is busy")
 		auth.add(fs)
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		var addrs []string
@@ -83,8 +93,18 @@ reaps them when they exit.`,
 			if len(args) > 0 {
 				return usagef("unexpected arguments %q", args)
 			}
+			if genSecret != "" {
+				if err := transport.GenerateSecret(genSecret); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "wrote a new shared secret to %s (mode 0600): copy it to every host, by a channel you trust\n", genSecret)
+				return nil
+			}
 			if listen == "" {
 				return usagef("--listen is required")
+			}
+			if maxSessions < 1 {
+				return usagef("--max-sessions must be at least 1")
 			}
 			hs, err := hookSet(hooks, addrs, hook.Target, e)
 			if err != nil {
@@ -95,7 +115,7 @@ reaps them when they exit.`,
 				return err
 			}
 			cfg.Logger = e.logger
-			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
+			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs, MaxSessions: maxSessions,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
 		}
 	},
@@ -235,7 +255,9 @@ learn what became of the migration, 'migrate --to' leaves the original
 process stopped and prints its session ID. 'migrate recover' asks the target
 about that session: if the target runs the process, the original is killed;
 if the migration was aborted, the original runs on (SIGCONT). If the target
-cannot tell, the original stays stopped and the command says so (exit 1).`,
+cannot tell, the original stays stopped and the command says so (exit 1).
+It acts only on the process that the migration's record in /run/migrate
+names (same PID, session and start time), and refuses any other.`,
 	examples: `  migrate recover --to 10.0.0.2:7070 --secret-file /etc/migrate/secret --session 3f9c... 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var to, session string

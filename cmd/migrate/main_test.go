@@ -15,6 +15,7 @@ import (
 	"migrate/core/kernel"
 	"migrate/source"
 	"migrate/target"
+	"migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.
@@ -425,5 +426,20 @@ func TestCheckReal(t *testing.T) {
 		if f.Status != "yes" && f.Status != "no" {
 			t.Errorf("%s: status %q", f.Name, f.Status)
 		}
+	}
+}
+
+// TestGenSecret: serve --gen-secret writes a secret that --secret-file
+// takes, and never overwrites one.
+func TestGenSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := transport.LoadSecret(path); err != nil {
+		t.Fatal(err)
+	}
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
+		t.Fatalf("an existing secret file was overwritten")
 	}
 }
