@@ -98,6 +98,10 @@ type Process struct {
 
 	Personality uint64 `json:"personality"`
 	Creds       Creds  `json:"creds"`
+	// Attrs are the process-wide attributes of prctl, membarrier and
+	// /proc (nil: not collected, as in a live migration's first layouts;
+	// a restore refuses that).
+	Attrs *ProcAttrs `json:"attrs,omitempty"`
 	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
 	// trace it and its /proc files are the user's, 0 (or 2) if changing
 	// credentials made it not dumpable.
@@ -273,6 +277,10 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Sched is the thread's scheduling state and the other attributes
+	// the kernel keeps per thread (nil: not collected; a restore refuses
+	// that).
+	Sched *Sched `json:"sched,omitempty"`
 	// Creds are the thread's credentials when they differ from the
 	// process's (Process.Creds, the leader's): credentials are per thread
 	// in Linux, and a raw setuid or capset changes only the caller's.
@@ -280,6 +288,69 @@ type Thread struct {
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
+}
+
+// Scheduling policies (SCHED_DEADLINE, 6, is refused at the dump).
+const (
+	SchedOther = 0
+	SchedFIFO  = 1
+	SchedRR    = 2
+	SchedBatch = 3
+	SchedIdle  = 5
+)
+
+// Sched is what the kernel keeps per thread about its scheduling and
+// timers: sched_getattr, getpriority, sched_getaffinity,
+// /proc/TID/timerslack_ns and PR_GET_PDEATHSIG.
+type Sched struct {
+	Policy int `json:"policy"` // SCHED_OTHER, FIFO, RR, BATCH or IDLE
+	// Priority is the real-time priority: 1..99 for FIFO and RR, else 0.
+	Priority    int  `json:"priority"`
+	ResetOnFork bool `json:"reset_on_fork,omitempty"`
+	Nice        int  `json:"nice"` // -20..19, kept for every policy
+	// SliceNS is a time slice of the thread's own (sched_attr.sched_runtime
+	// of a fair or idle thread, Linux 6.12+); 0: the kernel's default.
+	SliceNS uint64 `json:"slice_ns,omitempty"`
+	// Affinity is the CPU mask, CPU i in bit i%64 of word i/64.
+	Affinity []uint64 `json:"affinity"`
+	// TimerSlackNS is the thread's timer slack (0 for a real-time
+	// thread, which has none).
+	TimerSlackNS uint64 `json:"timer_slack_ns"`
+	// IOPrio is the I/O priority the thread set (ioprio_set: class<<13
+	// | hints<<3 | level); 0: none, it follows nice and policy.
+	IOPrio int `json:"ioprio,omitempty"`
+	// PdeathSignal is the signal sent when the parent thread dies, 0 if
+	// none (PR_SET_PDEATHSIG).
+	PdeathSignal int `json:"pdeath_signal,omitempty"`
+}
+
+// THP_DISABLE values of PR_GET_THP_DISABLE: off, all areas, all but the
+// areas advised MADV_HUGEPAGE (Linux 6.18).
+const (
+	THPDisableAll           = 1
+	THPDisableExceptAdvised = 3
+)
+
+// Membarrier registrations (the commands MEMBARRIER_CMD_GET_REGISTRATIONS
+// reports): GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, ..._SYNC_CORE, ..._RSEQ.
+const MembarrierRegistrations = 1<<2 | 1<<4 | 1<<6 | 1<<8
+
+// ProcAttrs are the process-wide attributes a restore sets besides
+// credentials, limits and signals.
+type ProcAttrs struct {
+	OOMScoreAdj int `json:"oom_score_adj"` // -1000..1000
+	// THPDisable is PR_GET_THP_DISABLE: 0, THPDisableAll or
+	// THPDisableExceptAdvised.
+	THPDisable     int  `json:"thp_disable,omitempty"`
+	ChildSubreaper bool `json:"child_subreaper,omitempty"`
+	// Membarrier is the mask of membarrier registration commands the
+	// process issued (MembarrierRegistrations).
+	Membarrier int `json:"membarrier,omitempty"`
+	// MDWE is PR_GET_MDWE: memory-deny-write-execute
+	// (PR_MDWE_REFUSE_EXEC_GAIN 1, PR_MDWE_NO_INHERIT 2).
+	MDWE int `json:"mdwe,omitempty"`
+	// MemoryMerge is PR_GET_MEMORY_MERGE: KSM merges every area.
+	MemoryMerge bool `json:"memory_merge,omitempty"`
 }
 
 // Regs mirrors struct user_regs_struct on x86-64.

@@ -148,6 +148,21 @@ func validateState(p *Process) error {
 	if p.Personality >= 0xffffffff {
 		return fmt.Errorf("personality %#x", p.Personality)
 	}
+	if a := p.Attrs; a != nil {
+		if a.OOMScoreAdj < -1000 || a.OOMScoreAdj > 1000 {
+			return fmt.Errorf("oom_score_adj %d out of -1000..1000", a.OOMScoreAdj)
+		}
+		if a.THPDisable != 0 && a.THPDisable != THPDisableAll && a.THPDisable != THPDisableExceptAdvised {
+			return fmt.Errorf("THP disable %d (0, 1 or 3)", a.THPDisable)
+		}
+		if a.Membarrier&^MembarrierRegistrations != 0 || a.Membarrier < 0 {
+			return fmt.Errorf("membarrier registrations %#x", a.Membarrier)
+		}
+		// PR_SET_MDWE takes NO_INHERIT only with REFUSE_EXEC_GAIN.
+		if a.MDWE != 0 && a.MDWE != 1 && a.MDWE != 3 {
+			return fmt.Errorf("memory-deny-write-execute flags %#x", a.MDWE)
+		}
+	}
 	if err := validateCreds(&p.Creds); err != nil {
 		return err
 	}
@@ -243,6 +258,11 @@ func validateState(p *Process) error {
 		if n := len(t.Xstate); n != 0 && n < 512+64 {
 			return fmt.Errorf("thread %d: xstate of %d bytes", t.TID, n)
 		}
+		if t.Sched != nil {
+			if err := validateSched(t.Sched); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
+		}
 		if len(t.Pending) > MaxSignals {
 			return fmt.Errorf("thread %d: %d pending signals, at most %d", t.TID, len(t.Pending), MaxSignals)
 		}
@@ -251,6 +271,65 @@ func validateState(p *Process) error {
 				return fmt.Errorf("thread %d: %w", t.TID, err)
 			}
 		}
+	}
+	return nil
+}
+
+// MaxCPUs bounds an affinity mask: a dump reads masks of 1024 CPUs (the
+// size of glibc's cpu_set_t).
+const MaxCPUs = 1024
+
+// A thread's own time slice is clamped to 0.1..100 ms by the kernel.
+const (
+	MinSliceNS = 100_000
+	MaxSliceNS = 100_000_000
+)
+
+// validateSched checks what sched_setattr, setpriority,
+// sched_setaffinity, timerslack_ns and PR_SET_PDEATHSIG take.
+func validateSched(s *Sched) error {
+	switch s.Policy {
+	case SchedFIFO, SchedRR:
+		if s.Priority < 1 || s.Priority > 99 {
+			return fmt.Errorf("real-time priority %d out of 1..99", s.Priority)
+		}
+		if s.TimerSlackNS != 0 {
+			return fmt.Errorf("real-time thread with timer slack %d ns", s.TimerSlackNS)
+		}
+	case SchedOther, SchedBatch, SchedIdle:
+		if s.Priority != 0 {
+			return fmt.Errorf("priority %d for policy %d", s.Priority, s.Policy)
+		}
+		if s.TimerSlackNS == 0 {
+			return errors.New("timer slack 0 for a thread that is not real-time")
+		}
+	default:
+		return fmt.Errorf("scheduling policy %d", s.Policy)
+	}
+	if s.SliceNS != 0 && (s.Policy == SchedFIFO || s.Policy == SchedRR || s.SliceNS < MinSliceNS || s.SliceNS > MaxSliceNS) {
+		return fmt.Errorf("time slice %d ns (%d..%d, fair and idle policies only)", s.SliceNS, MinSliceNS, MaxSliceNS)
+	}
+	if s.Nice < -20 || s.Nice > 19 {
+		return fmt.Errorf("nice %d out of -20..19", s.Nice)
+	}
+	if len(s.Affinity) == 0 || len(s.Affinity) > MaxCPUs/64 {
+		return fmt.Errorf("affinity mask of %d words", len(s.Affinity))
+	}
+	var any uint64
+	for _, w := range s.Affinity {
+		any |= w
+	}
+	if any == 0 {
+		return errors.New("empty affinity mask")
+	}
+	if s.TimerSlackNS > 1<<62 {
+		return fmt.Errorf("timer slack %d ns", s.TimerSlackNS)
+	}
+	if class := s.IOPrio >> 13; s.IOPrio != 0 && (s.IOPrio < 0 || class < 1 || class > 3) {
+		return fmt.Errorf("I/O priority %#x", s.IOPrio)
+	}
+	if s.PdeathSignal < 0 || s.PdeathSignal > 64 {
+		return fmt.Errorf("parent-death signal %d", s.PdeathSignal)
 	}
 	return nil
 }

@@ -127,10 +127,6 @@ func (d *dumper) collectInjected() error {
 		return err
 	}
 	p.Dumpable = int(dumpable)
-	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
-	if err != nil {
-		return err
-	}
-	p.Personality = pers
-	return nil
+	// The personality came from /proc (collectTask).
+	return d.collectInjectedAttrs()
 }

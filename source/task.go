@@ -65,6 +65,13 @@ func (d *dumper) collectTask() error {
 		}
 		p.Threads = append(p.Threads, t)
 	}
+	tids := make([]int, len(p.Threads))
+	for i, t := range p.Threads {
+		tids[i] = t.TID
+	}
+	if p.Attrs, p.Personality, err = readProcAttrs(d.pid, tids); err != nil {
+		return err
+	}
 	shared, err := d.p.PendingSignals(d.p.Leader(), true)
 	if err != nil {
 		return fmt.Errorf("process %d: shared pending signals: %w", d.pid, err)
@@ -141,8 +148,18 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 		return t, fmt.Errorf("thread %d: get_robust_list: %w", th.TID, e)
 	}
 	t.RobustList, t.RobustLen = head, size
-	if addr, length, sig, err := d.p.Rseq(th); err == nil && addr != 0 {
+	// A thread registered with rseq (glibc registers every thread) that
+	// came back unregistered would read a stale CPU number: the dump is
+	// refused if the registration cannot be read (Linux 5.13+).
+	addr, length, sig, err := d.p.Rseq(th)
+	if err != nil {
+		return t, fmt.Errorf("thread %d: rseq registration (PTRACE_GET_RSEQ_CONFIGURATION): %w", th.TID, err)
+	}
+	if addr != 0 {
 		t.Rseq = core.Rseq{Addr: addr, Len: length, Sig: sig}
+	}
+	if t.Sched, err = d.readSched(th.TID); err != nil {
+		return t, err
 	}
 	return t, nil
 }

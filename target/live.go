@@ -400,6 +400,13 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		return errors.New("state before any layout")
 	}
 	img := &ls.Image
+	// decodeState checked the image (checkIncoming); the attributes a
+	// restore needs too.
+	for _, pp := range img.Processes() {
+		if err := checkAttrs(pp.Process); err != nil {
+			return fmt.Errorf("state: %w", err)
+		}
+	}
 	for name, data := range ls.Blobs {
 		// decodeState checked the names; the sizes here (a hash of a
 		// dozen MiB would cost the frozen window ~10 ms, and the session

@@ -39,7 +39,8 @@ func handMade(t *testing.T) *core.Image {
 			Cwd:     "/",
 			Root:    "/",
 			MM:      core.MM{StartCode: 0x400000, EndCode: 0x401000},
-			Threads: []core.Thread{{TID: pid}},
+			Attrs:   &core.ProcAttrs{},
+			Threads: []core.Thread{{TID: pid, Sched: &core.Sched{Affinity: []uint64{1}, TimerSlackNS: 50000}}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x401000, Prot: 5, Flags: 2, Kind: core.VMAAnon},
 			},

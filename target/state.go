@@ -23,8 +23,8 @@ type prctlMMMap struct {
 
 // restoreState restores the process-wide state: signal handlers, umask,
 // cwd and root, personality, interval timers, session, the mm fields and
-// executable, rlimits. The credentials come last of all, in
-// restoreThreads (restoreCreds).
+// executable, rlimits, THP disable, subreaper, membarrier, oom_score_adj.
+// The credentials come last of all, in restoreThreads (restoreCreds).
 func (r *restorer) restoreState(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
@@ -100,7 +100,10 @@ func (r *restorer) restoreState(context.Context) error {
 			r.warn("rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
 		}
 	}
-	return r.setMM()
+	if err := r.setMM(); err != nil {
+		return err
+	}
+	return r.restoreProcAttrs()
 }
 
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
@@ -220,7 +223,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 		}
 		if t.Rseq.Addr != 0 {
 			if err := call("rseq", unix.SYS_RSEQ, t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)); err != nil {
-				r.warn("thread %d: rseq not re-registered: %v", t.TID, err)
+				return fmt.Errorf("rseq area %#x (%d bytes) not registered again: %w", t.Rseq.Addr, t.Rseq.Len, err)
 			}
 		}
 		if t.Comm != "" {
@@ -246,6 +249,14 @@ func (r *restorer) restoreThreads(context.Context) error {
 	// its own memory unmapped.
 	if err := r.restoreCreds(); err != nil {
 		return fmt.Errorf("credentials: %w", err)
+	}
+	// After the credentials: a change of them clears it.
+	for i, t := range p.Threads {
+		if t.Sched != nil && t.Sched.PdeathSignal != 0 {
+			if _, err := r.p.Syscall(r.p.Threads[i], "prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.Sched.PdeathSignal)); err != nil {
+				return fmt.Errorf("thread %d: parent-death signal: %w", t.TID, err)
+			}
+		}
 	}
 	// Pending signals, now that the masks keep blocked ones pending.
 	for _, si := range p.SharedPending {
@@ -273,6 +284,13 @@ func (r *restorer) restoreThreads(context.Context) error {
 	}
 	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
 		return err
+	}
+	// Scheduling last: no call is injected into the threads after it
+	// (one of SCHED_IDLE would run it slowly).
+	for _, t := range p.Threads {
+		if err := r.restoreSched(t.TID, t.Sched); err != nil {
+			return err
+		}
 	}
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]

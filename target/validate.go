@@ -107,12 +107,18 @@ func (l kernelLimits) check(p *core.Process) error {
 		return &HostLimitError{What: "fs.nr_open", Need: uint64(len(p.FDs)), Limit: uint64(l.nrOpen)}
 	}
 	for _, fd := range p.FDs {
-		if fd.FD >= l.nrOpen {
-			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD) + 1, Limit: uint64(l.nrOpen)})
+		if fd.FD+FDsAbove >= l.nrOpen {
+			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD+FDsAbove) + 1, Limit: uint64(l.nrOpen),
+				Hint: fmt.Sprintf("the restore needs %d fds of its own above the highest", FDsAbove)})
 		}
 	}
 	return nil
 }
+
+// FDsAbove is how many fd numbers a restore uses above the process's
+// highest fd while it puts the fds in place: the agent's pidfd and the
+// socket that passes the fds (makeRoomForFDs, installFDs).
+const FDsAbove = 2
 
 // checkHostLimits checks the values of p that this host bounds beyond
 // checkIncoming (core.Validate checks what every kernel bounds): the
@@ -123,13 +129,16 @@ func checkHostLimits(p *core.Process) error {
 	if !p.MM.Set() {
 		return fmt.Errorf("%w: no mm fields (code, data, stack, auxv)", core.ErrInconsistent)
 	}
+	if err := checkAttrs(p); err != nil {
+		return err
+	}
 	// Fd numbers below fs.nr_open: checkIncoming (kernelLimits.check).
 	top := 64 + len(p.FDs) // the agent's pidfd (openAgentPidfd)
 	for _, fd := range p.FDs {
-		top = max(top, fd.FD)
+		top = max(top, fd.FD+FDsAbove)
 	}
-	// The child gets RLIMIT_NOFILE top+1 (roomForFDs): above migrate's
-	// hard limit only with CAP_SYS_RESOURCE.
+	// The child gets RLIMIT_NOFILE top+1 (makeRoomForFDs): above
+	// migrate's hard limit only with CAP_SYS_RESOURCE.
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return fmt.Errorf("RLIMIT_NOFILE: %w", err)

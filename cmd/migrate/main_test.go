@@ -315,13 +315,15 @@ func sampleImage() *core.Image {
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
 			Creds:   core.Creds{Groups: []uint32{0}, CapEff: 0x1ff},
+			Attrs:   &core.ProcAttrs{OOMScoreAdj: -17, THPDisable: core.THPDisableExceptAdvised, ChildSubreaper: true, Membarrier: 1 << 4, MDWE: 1},
 			Rlimits: []core.Rlimit{{Resource: 7, Cur: 1024, Max: 4096}, {Resource: 4, Cur: 1 << 20, Max: ^uint64(0)}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x402000, Prot: 5, Flags: 2, Kind: core.VMAFile, File: &exe, Pages: 0},
 				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
-			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart"}},
+			Threads: []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart",
+				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4}}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -344,7 +346,7 @@ func TestShow(t *testing.T) {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	for _, want := range []string{
-		"pid      4321 (ppid 1",
+		"4321 (ppid 1, pgid 4321",
 		"/usr/bin/sleep",
 		"sleep 100",
 		"r-xp", "[heap]", "[stack]",
@@ -354,6 +356,8 @@ func TestShow(t *testing.T) {
 		"RLIMIT_CORE",
 		"restart",
 		"zstd",
+		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED", "refuse exec gain",
+		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
 	} {
 		if want == "RLIMIT_NOFILE" {
 			if strings.Contains(r.stdout, want) {
