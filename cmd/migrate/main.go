@@ -1,6 +1,11 @@
-// Command migrate checkpoints a running Linux process into a directory and
-// restores it from there. This package holds flags, output and exit codes
-// only; the work is done by packages source, target, core and core/kernel.
+// Command migrate moves a running Linux process to another host (`migrate
+// --to`, to a `migrate serve`), and checkpoints one into a directory and
+// restores it from there (`dump`, `restore`). This package holds flags,
+// output and exit codes only; the work is done by packages source (the
+// dumping side), target (the restoring side and the service), transport
+// (connections and their authentication), and core with core/kernel
+// (`check`), core/hook and core/netaddr (--hook, --address) and
+// core/ptrace.
 package main
 
 import (
