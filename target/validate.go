@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/kernel"
 	"migrate/core/proc"
 	"migrate/core/ptrace"
 	"migrate/pagestream"
@@ -81,7 +82,7 @@ type kernelLimits struct {
 // read takes the kernel's default.
 func readKernelLimits() kernelLimits {
 	read := func(name string, def int) int {
-		n, err := readSysctlInt("/proc/sys/" + name)
+		n, err := kernel.ReadProcInt("/proc/sys/" + name)
 		if err != nil || n <= 0 {
 			return def
 		}
@@ -154,18 +155,6 @@ func checkHostLimits(p *core.Process) error {
 		}
 	}
 	return nil
-}
-
-func readSysctlInt(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return n, nil
 }
 
 // validateProcess checks what the restore of one process needs.
