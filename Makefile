@@ -22,7 +22,7 @@ BENCHTIME ?= 1s
 DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
 	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping
 
-.PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo clean
+.PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean
 
 all: build
 
@@ -104,5 +104,19 @@ demo: deps build
 	$(GO) build -o bin/demo ./e2e/cmd/demo
 	bin/demo -migrate $(BIN)
 
+# The Debian package dist/migrate_VERSION_amd64.deb, made with nfpm (run
+# with go run at a fixed version; the first run fetches and builds it):
+# /usr/bin/migrate, migrate(1), the migrate-serve unit, /etc/migrate with
+# a secret generated at install (scripts/deb.sh, packaging/). DEB_VERSION
+# overrides the version.
+deb:
+	./scripts/deb.sh
+
+# Build the package, check it, install it into a scratch root with dpkg
+# --root, run it, verify its unit, remove and purge it (scripts/deb-test.sh;
+# root). Not part of make test: the first run builds nfpm (a minute).
+deb-test:
+	./scripts/deb-test.sh
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"syscall"
 	"time"
@@ -15,8 +16,12 @@ import (
 
 // ImageVersion is the version of the image metadata written by this build.
 // A reader refuses any other version. Version 2 added Image.Blobs (the size
-// and SHA-256 of every file under files/): a version 1 image cannot have its
-// blobs checked and is refused with ErrBadVersion; dump the process again.
+// and SHA-256 of every file under files/), the owners of files
+// (FileRef.UID, GID), the securebits, no_new_privs and per-thread
+// credentials, and Dumpable: a version 1 image cannot have its blobs
+// checked, and restoring one would make its recreated files root's and
+// lose the process's privilege limits. It is refused with ErrBadVersion:
+// dump the process again.
 const ImageVersion = 2
 
 // Names of the files in an image directory.
@@ -91,10 +96,18 @@ type Process struct {
 	Root    string   `json:"root"`
 	Umask   uint32   `json:"umask"`
 
-	Personality uint64   `json:"personality"`
-	Creds       Creds    `json:"creds"`
-	Rlimits     []Rlimit `json:"rlimits"`
-	Itimers     []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Personality uint64 `json:"personality"`
+	Creds       Creds  `json:"creds"`
+	// Attrs are the process-wide attributes of prctl, membarrier and
+	// /proc (nil: not collected, as in a live migration's first layouts;
+	// a restore refuses that).
+	Attrs *ProcAttrs `json:"attrs,omitempty"`
+	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
+	// trace it and its /proc files are the user's, 0 (or 2) if changing
+	// credentials made it not dumpable.
+	Dumpable int      `json:"dumpable"`
+	Rlimits  []Rlimit `json:"rlimits"`
+	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
@@ -131,8 +144,12 @@ type FileRef struct {
 	Size  int64  `json:"size"`
 	Mtime int64  `json:"mtime_ns"`
 	Mode  uint32 `json:"mode"`
-	Dev   uint64 `json:"dev,omitempty"`
-	Ino   uint64 `json:"ino,omitempty"`
+	// UID and GID own the file. A file the restore recreates (deleted
+	// file, memfd) gets them back, and its set-id bits only with them.
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
 	// Deleted is true when the file was unlinked while open; its contents
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`
@@ -151,6 +168,24 @@ type Creds struct {
 	CapEff uint64    `json:"cap_eff"`
 	CapBnd uint64    `json:"cap_bnd"`
 	CapAmb uint64    `json:"cap_amb"`
+	// Securebits are the SECBIT_* flags (prctl PR_GET_SECUREBITS).
+	Securebits uint32 `json:"securebits,omitempty"`
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+}
+
+// Equal tells whether c and o are the same credentials.
+func (c *Creds) Equal(o *Creds) bool {
+	if len(c.Groups) != len(o.Groups) {
+		return false
+	}
+	for i := range c.Groups {
+		if c.Groups[i] != o.Groups[i] {
+			return false
+		}
+	}
+	a, b := *c, *o
+	a.Groups, b.Groups = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Rlimit is one resource limit.
@@ -256,9 +291,80 @@ type Thread struct {
 	RobustList uint64    `json:"robust_list"`
 	RobustLen  uint64    `json:"robust_list_len"`
 	Rseq       Rseq      `json:"rseq"`
+	// Sched is the thread's scheduling state and the other attributes
+	// the kernel keeps per thread (nil: not collected; a restore refuses
+	// that).
+	Sched *Sched `json:"sched,omitempty"`
+	// Creds are the thread's credentials when they differ from the
+	// process's (Process.Creds, the leader's): credentials are per thread
+	// in Linux, and a raw setuid or capset changes only the caller's.
+	Creds *Creds `json:"creds,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
+}
+
+// Scheduling policies (SCHED_DEADLINE, 6, is refused at the dump).
+const (
+	SchedOther = 0
+	SchedFIFO  = 1
+	SchedRR    = 2
+	SchedBatch = 3
+	SchedIdle  = 5
+)
+
+// Sched is what the kernel keeps per thread about its scheduling and
+// timers: sched_getattr, getpriority, sched_getaffinity,
+// /proc/TID/timerslack_ns and PR_GET_PDEATHSIG.
+type Sched struct {
+	Policy int `json:"policy"` // SCHED_OTHER, FIFO, RR, BATCH or IDLE
+	// Priority is the real-time priority: 1..99 for FIFO and RR, else 0.
+	Priority    int  `json:"priority"`
+	ResetOnFork bool `json:"reset_on_fork,omitempty"`
+	Nice        int  `json:"nice"` // -20..19, kept for every policy
+	// SliceNS is a time slice of the thread's own (sched_attr.sched_runtime
+	// of a fair or idle thread, Linux 6.12+); 0: the kernel's default.
+	SliceNS uint64 `json:"slice_ns,omitempty"`
+	// Affinity is the CPU mask, CPU i in bit i%64 of word i/64.
+	Affinity []uint64 `json:"affinity"`
+	// TimerSlackNS is the thread's timer slack (0 for a real-time
+	// thread, which has none).
+	TimerSlackNS uint64 `json:"timer_slack_ns"`
+	// IOPrio is the I/O priority the thread set (ioprio_set: class<<13
+	// | hints<<3 | level); 0: none, it follows nice and policy.
+	IOPrio int `json:"ioprio,omitempty"`
+	// PdeathSignal is the signal sent when the parent thread dies, 0 if
+	// none (PR_SET_PDEATHSIG).
+	PdeathSignal int `json:"pdeath_signal,omitempty"`
+}
+
+// THP_DISABLE values of PR_GET_THP_DISABLE: off, all areas, all but the
+// areas advised MADV_HUGEPAGE (Linux 6.18).
+const (
+	THPDisableAll           = 1
+	THPDisableExceptAdvised = 3
+)
+
+// Membarrier registrations (the commands MEMBARRIER_CMD_GET_REGISTRATIONS
+// reports): GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, ..._SYNC_CORE, ..._RSEQ.
+const MembarrierRegistrations = 1<<2 | 1<<4 | 1<<6 | 1<<8
+
+// ProcAttrs are the process-wide attributes a restore sets besides
+// credentials, limits and signals.
+type ProcAttrs struct {
+	OOMScoreAdj int `json:"oom_score_adj"` // -1000..1000
+	// THPDisable is PR_GET_THP_DISABLE: 0, THPDisableAll or
+	// THPDisableExceptAdvised.
+	THPDisable     int  `json:"thp_disable,omitempty"`
+	ChildSubreaper bool `json:"child_subreaper,omitempty"`
+	// Membarrier is the mask of membarrier registration commands the
+	// process issued (MembarrierRegistrations).
+	Membarrier int `json:"membarrier,omitempty"`
+	// MDWE is PR_GET_MDWE: memory-deny-write-execute
+	// (PR_MDWE_REFUSE_EXEC_GAIN 1, PR_MDWE_NO_INHERIT 2).
+	MDWE int `json:"mdwe,omitempty"`
+	// MemoryMerge is PR_GET_MEMORY_MERGE: KSM merges every area.
+	MemoryMerge bool `json:"memory_merge,omitempty"`
 }
 
 // Regs mirrors struct user_regs_struct on x86-64.
@@ -445,6 +551,10 @@ func DecodeImage(r io.Reader) (*Image, error) {
 		return nil, fmt.Errorf("%w: version %d, this build reads %d (dump again with this build)", ErrBadVersion, head.Version, ImageVersion)
 	}
 	var img Image
+	// What decoding would allocate, before decoding (DecodeBounded).
+	if err := CheckDecodeBudget(data, &img, DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&img); err != nil {

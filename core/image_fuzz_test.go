@@ -125,6 +125,48 @@ func TestDecodeImage(t *testing.T) {
 			t.Errorf("case %d: bad image accepted", n)
 		}
 	}
+	// Every path the restore opens is absolute and clean.
+	badPaths := []func(*Image){
+		func(i *Image) { i.Process.Exe.Path = "bin/x" },
+		func(i *Image) { i.Process.Cwd = "" },
+		func(i *Image) { i.Process.Cwd = "/tmp/../etc" },
+		func(i *Image) { i.Process.Root = "." },
+		func(i *Image) { i.Process.VMAs[1].File.Path = "../../etc/shadow" },
+		func(i *Image) { i.Process.FDs[1].File.Path = "../../etc/shadow" },
+		func(i *Image) { i.Process.FDs[1].File.Path = "/tmp//x" },
+		func(i *Image) { i.Process.FDs[1].File.Path = "/tmp/x\x00y" },
+		func(i *Image) {
+			i.Process.FDs[1] = FD{FD: 1, Kind: FDInotify, Inotify: []InotifyWatch{{WD: 1, Path: "etc"}}}
+		},
+		func(i *Image) {
+			i.Process.FDs[1] = FD{FD: 1, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("sock"), File: &SockFile{Path: "sock"}}}
+		},
+		func(i *Image) {
+			i.Process.FDs[1] = FD{FD: 1, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("run/s")}}
+		},
+		func(i *Image) {
+			i.Process.FDs[1] = FD{FD: 1, Kind: FDSocket, Socket: &Socket{Family: 1, PeerName: []byte("../dev/log")}}
+		},
+		func(i *Image) { i.Tree[0].Cwd = "relative" },
+	}
+	for n, mutate := range badPaths {
+		img := validImage()
+		mutate(img)
+		b, _ := json.Marshal(img)
+		if _, err := DecodeImage(bytes.NewReader(b)); !errors.Is(err, ErrBadPath) {
+			t.Errorf("path case %d: %v, want ErrBadPath", n, err)
+		}
+	}
+	// Memfds, abstract and absolute socket names pass.
+	img := validImage()
+	img.Process.FDs = append(img.Process.FDs,
+		FD{FD: 2, Kind: FDMemfd, File: &FileRef{Path: "/memfd:a/b (deleted)", Deleted: true}},
+		FD{FD: 3, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("\x00abstract"), PeerName: []byte("/dev/log")}},
+		FD{FD: 4, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("/run/s"), File: &SockFile{Path: "/run/s"}}})
+	b, _ := json.Marshal(img)
+	if _, err := DecodeImage(bytes.NewReader(b)); err != nil {
+		t.Errorf("good paths refused: %v", err)
+	}
 }
 
 // FuzzDecodeImage: no input makes the decoder panic, and whatever it

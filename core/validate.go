@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -81,19 +82,49 @@ func validZombieStatus(st int) error {
 // would drop the contents just written (MADV_DONTNEED, REMOVE, FREE...).
 var madviseRestored = map[int]bool{10: true, 16: true, 14: true, 15: true, 18: true, 12: true}
 
+// ErrBadPath: a path of the image is not absolute and clean, holds a NUL
+// byte or is longer than PATH_MAX. The restore opens these paths, binds and
+// connects to them: a relative one ("../../etc/shadow") would be resolved
+// against the restorer's own working directory.
+var ErrBadPath = errors.New("path is not absolute and clean")
+
 // validPath checks a path of the dumping host the restore opens: absolute,
-// no NUL byte, at most PATH_MAX.
+// clean (as the kernel reports paths: no "..", ".", "//" or trailing
+// slash), no NUL byte, shorter than PATH_MAX.
 func validPath(p string) error {
-	if !strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 || len(p) >= 4096 {
-		return fmt.Errorf("path %q is not an absolute path", p)
+	if !strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 || len(p) >= 4096 || filepath.Clean(p) != p {
+		return fmt.Errorf("%w: %q", ErrBadPath, p)
 	}
 	return nil
 }
 
 // ValidPath is the check of every path of the dumping host a restore
-// opens (executable, mapped and open files, directories, watches):
-// absolute, no NUL byte, shorter than PATH_MAX.
+// opens, binds or connects to (executable, directories, mapped and open
+// files, deleted files' directories, watches, unix socket files and
+// peers): absolute, clean, no NUL byte, shorter than PATH_MAX.
 func ValidPath(p string) error { return validPath(p) }
+
+// validFileRef checks the path of a file reference: a deleted file's path
+// too (its copy is made in the same directory), but not a memfd's
+// ("/memfd:NAME", a name, never opened as a path).
+func validFileRef(f *FileRef) error {
+	if name, ok := strings.CutPrefix(f.Path, "/memfd:"); ok && f.Deleted {
+		if strings.IndexByte(name, 0) >= 0 {
+			return fmt.Errorf("%w: %q", ErrBadPath, f.Path)
+		}
+		return nil
+	}
+	return validPath(f.Path)
+}
+
+// validSockName checks a unix socket address that is a path (an abstract
+// one starts with a NUL byte).
+func validSockName(name []byte) error {
+	if len(name) == 0 || name[0] == 0 {
+		return nil
+	}
+	return validPath(string(name))
+}
 
 // validateState checks the values of a live process that the restore
 // hands to the kernel, each against what the kernel takes.
@@ -120,18 +151,29 @@ func validateState(p *Process) error {
 	if p.Personality >= 0xffffffff {
 		return fmt.Errorf("personality %#x", p.Personality)
 	}
-	c := &p.Creds
-	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
-		if id == noID {
-			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
+	if a := p.Attrs; a != nil {
+		if a.OOMScoreAdj < -1000 || a.OOMScoreAdj > 1000 {
+			return fmt.Errorf("oom_score_adj %d out of -1000..1000", a.OOMScoreAdj)
+		}
+		if a.THPDisable != 0 && a.THPDisable != THPDisableAll && a.THPDisable != THPDisableExceptAdvised {
+			return fmt.Errorf("THP disable %d (0, 1 or 3)", a.THPDisable)
+		}
+		if a.Membarrier&^MembarrierRegistrations != 0 || a.Membarrier < 0 {
+			return fmt.Errorf("membarrier registrations %#x", a.Membarrier)
+		}
+		// PR_SET_MDWE takes NO_INHERIT only with REFUSE_EXEC_GAIN.
+		if a.MDWE != 0 && a.MDWE != 1 && a.MDWE != 3 {
+			return fmt.Errorf("memory-deny-write-execute flags %#x", a.MDWE)
 		}
 	}
-	if len(c.Groups) > MaxGroups {
-		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
+	if err := validateCreds(&p.Creds); err != nil {
+		return err
 	}
-	for _, g := range c.Groups {
-		if g == noID {
-			return errors.New("supplementary group -1")
+	for _, t := range p.Threads {
+		if t.Creds != nil {
+			if err := validateCreds(t.Creds); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
 		}
 	}
 	seen := map[int]bool{}
@@ -219,6 +261,11 @@ func validateState(p *Process) error {
 		if n := len(t.Xstate); n != 0 && n < 512+64 {
 			return fmt.Errorf("thread %d: xstate of %d bytes", t.TID, n)
 		}
+		if t.Sched != nil {
+			if err := validateSched(t.Sched); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
+		}
 		if len(t.Pending) > MaxSignals {
 			return fmt.Errorf("thread %d: %d pending signals, at most %d", t.TID, len(t.Pending), MaxSignals)
 		}
@@ -227,6 +274,65 @@ func validateState(p *Process) error {
 				return fmt.Errorf("thread %d: %w", t.TID, err)
 			}
 		}
+	}
+	return nil
+}
+
+// MaxCPUs bounds an affinity mask: a dump reads masks of 1024 CPUs (the
+// size of glibc's cpu_set_t).
+const MaxCPUs = 1024
+
+// A thread's own time slice is clamped to 0.1..100 ms by the kernel.
+const (
+	MinSliceNS = 100_000
+	MaxSliceNS = 100_000_000
+)
+
+// validateSched checks what sched_setattr, setpriority,
+// sched_setaffinity, timerslack_ns and PR_SET_PDEATHSIG take.
+func validateSched(s *Sched) error {
+	switch s.Policy {
+	case SchedFIFO, SchedRR:
+		if s.Priority < 1 || s.Priority > 99 {
+			return fmt.Errorf("real-time priority %d out of 1..99", s.Priority)
+		}
+		if s.TimerSlackNS != 0 {
+			return fmt.Errorf("real-time thread with timer slack %d ns", s.TimerSlackNS)
+		}
+	case SchedOther, SchedBatch, SchedIdle:
+		if s.Priority != 0 {
+			return fmt.Errorf("priority %d for policy %d", s.Priority, s.Policy)
+		}
+		if s.TimerSlackNS == 0 {
+			return errors.New("timer slack 0 for a thread that is not real-time")
+		}
+	default:
+		return fmt.Errorf("scheduling policy %d", s.Policy)
+	}
+	if s.SliceNS != 0 && (s.Policy == SchedFIFO || s.Policy == SchedRR || s.SliceNS < MinSliceNS || s.SliceNS > MaxSliceNS) {
+		return fmt.Errorf("time slice %d ns (%d..%d, fair and idle policies only)", s.SliceNS, MinSliceNS, MaxSliceNS)
+	}
+	if s.Nice < -20 || s.Nice > 19 {
+		return fmt.Errorf("nice %d out of -20..19", s.Nice)
+	}
+	if len(s.Affinity) == 0 || len(s.Affinity) > MaxCPUs/64 {
+		return fmt.Errorf("affinity mask of %d words", len(s.Affinity))
+	}
+	var any uint64
+	for _, w := range s.Affinity {
+		any |= w
+	}
+	if any == 0 {
+		return errors.New("empty affinity mask")
+	}
+	if s.TimerSlackNS > 1<<62 {
+		return fmt.Errorf("timer slack %d ns", s.TimerSlackNS)
+	}
+	if class := s.IOPrio >> 13; s.IOPrio != 0 && (s.IOPrio < 0 || class < 1 || class > 3) {
+		return fmt.Errorf("I/O priority %#x", s.IOPrio)
+	}
+	if s.PdeathSignal < 0 || s.PdeathSignal > 64 {
+		return fmt.Errorf("parent-death signal %d", s.PdeathSignal)
 	}
 	return nil
 }
@@ -305,8 +411,8 @@ func validateVMA(v *VMA) error {
 	if v.Offset%4096 != 0 || v.Offset > 1<<62 {
 		return fmt.Errorf("file offset %#x", v.Offset)
 	}
-	if v.File != nil && !v.File.Deleted {
-		if err := validPath(v.File.Path); err != nil {
+	if v.File != nil {
+		if err := validFileRef(v.File); err != nil {
 			return err
 		}
 	}
@@ -344,8 +450,8 @@ func validateFD(f *FD) error {
 		if f.File == nil {
 			return fmt.Errorf("%s without its file", f.Kind)
 		}
-		if !f.File.Deleted && f.Kind != FDMemfd {
-			if err := validPath(f.File.Path); err != nil {
+		if f.Kind != FDMemfd {
+			if err := validFileRef(f.File); err != nil {
 				return err
 			}
 		}
@@ -391,11 +497,42 @@ func validateFD(f *FD) error {
 		if len(s.Name) > 108 || len(s.PeerName) > 108 {
 			return errors.New("unix socket name longer than sun_path")
 		}
+		// Bound to s.File.Path, else to s.Name as it is; connected
+		// (datagrams) to s.PeerName.
+		if s.File != nil {
+			if err := validPath(s.File.Path); err != nil {
+				return fmt.Errorf("unix socket file: %w", err)
+			}
+		} else if err := validSockName(s.Name); err != nil {
+			return fmt.Errorf("unix socket name: %w", err)
+		}
+		if err := validSockName(s.PeerName); err != nil {
+			return fmt.Errorf("unix socket peer: %w", err)
+		}
 		if s.Backlog < 0 || s.Backlog > 1<<20 {
 			return fmt.Errorf("socket backlog %d", s.Backlog)
 		}
 		if len(s.Options) > 256 {
 			return fmt.Errorf("%d socket options", len(s.Options))
+		}
+	}
+	return nil
+}
+
+// validateCreds checks credentials a restore hands to setresuid and
+// friends: no -1 ("unchanged" to the kernel), at most NGROUPS_MAX groups.
+func validateCreds(c *Creds) error {
+	for _, id := range []uint32{c.UID[0], c.UID[1], c.UID[2], c.GID[0], c.GID[1], c.GID[2], c.FSUID, c.FSGID} {
+		if id == noID {
+			return errors.New("credentials hold uid or gid -1 (\"unchanged\" to the kernel)")
+		}
+	}
+	if len(c.Groups) > MaxGroups {
+		return fmt.Errorf("%d supplementary groups, at most %d", len(c.Groups), MaxGroups)
+	}
+	for _, g := range c.Groups {
+		if g == noID {
+			return errors.New("supplementary group -1")
 		}
 	}
 	return nil

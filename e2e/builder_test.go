@@ -46,6 +46,10 @@ func TestBuilderRelayout(t *testing.T) {
 			mid := v.Start + (v.Len()/2)&^0xfff
 			a.End, b.Start = mid, mid
 			b.Prot = unix.PROT_READ
+			// The stored pages shared between the halves: each holds no
+			// more than it has room for (the builder checks).
+			a.Pages = min(v.Pages, a.Len()/4096)
+			b.Pages = min(v.Pages-a.Pages, b.Len()/4096)
 			first.Process.VMAs = append(first.Process.VMAs, a, b)
 			continue
 		}

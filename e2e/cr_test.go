@@ -596,7 +596,8 @@ func tickAtOffset(t *testing.T, log string, img *core.Image, fd int) int {
 }
 
 // TestAttributes: umask, cwd, rlimits (a soft limit below its hard one),
-// comm, personality, credentials, the process group and the session
+// comm, personality, credentials (and whether its user may trace it:
+// dumpable), the process group and the session
 // survive: for a process in a group of its own, one leading its own
 // session, and one running as another user.
 func TestAttributes(t *testing.T) {
@@ -637,6 +638,13 @@ func TestAttributes(t *testing.T) {
 					}
 					m[f] = string(b)
 				}
+				// Its user may trace a dumpable process, whose /proc
+				// files are then the user's, not root's.
+				var st unix.Stat_t
+				if err := unix.Stat(fmt.Sprintf("/proc/%d/stat", pid), &st); err != nil {
+					t.Fatal(err)
+				}
+				m["owner of /proc/PID/stat"] = strconv.Itoa(int(st.Uid))
 				m["cwd"], _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 				m["root"], _ = os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
 				pgid, sid := fixture.PGID(t, pid)

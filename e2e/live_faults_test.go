@@ -657,10 +657,10 @@ func runLiveFault(t *testing.T, at, do string) {
 	}
 }
 
-// writeSecret writes a secret file (mode 0600) of 32 random hex digits.
+// writeSecret writes a secret file (mode 0600) of 64 random hex digits.
 func writeSecret(t *testing.T, name string) string {
 	t.Helper()
-	var b [16]byte
+	var b [32]byte
 	if _, err := unix.Getrandom(b[:], 0); err != nil {
 		t.Fatal(err)
 	}

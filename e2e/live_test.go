@@ -66,6 +66,11 @@ type serveOptions struct {
 	Listen string
 	// SecretFile authenticates with a shared secret instead of --insecure.
 	SecretFile string
+	// Metrics, if set, is the --metrics address.
+	Metrics string
+	// NoFile, if not zero, is the service's RLIMIT_NOFILE (soft, hard),
+	// and so the one the processes it builds start with.
+	NoFile [2]int
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -100,7 +105,18 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 		auth = []string{"--secret-file", o.SecretFile}
 	}
 	args := append([]string{"--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "-v"}, auth...)
+	if o.Metrics != "" {
+		args = append(args, "--metrics", o.Metrics)
+	}
 	cmd := exec.Command("unshare", args...)
+	if o.NoFile[0] > 0 {
+		prlimit, err := exec.LookPath("prlimit")
+		if err != nil {
+			fixture.Unavailable(t, "prlimit (util-linux) is needed to start the service with RLIMIT_NOFILE %v: %v", o.NoFile, err)
+		}
+		// prlimit execs unshare: the PID stays unshare's.
+		cmd = exec.Command(prlimit, append([]string{fmt.Sprintf("--nofile=%d:%d", o.NoFile[0], o.NoFile[1]), "--", "unshare"}, args...)...)
+	}
 	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
 	if err != nil {
 		t.Fatal(err)

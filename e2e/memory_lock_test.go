@@ -392,8 +392,8 @@ func TestMemoryAttributes(t *testing.T) {
 			p.WaitTick(t, short, 2)
 			before := view(p.PID)
 			dir, img := dumpKill(t, p, "")
-			if strconv.Itoa(img.Process.THPDisable) != tc.thp {
-				t.Errorf("image: THP disable %d, want %s", img.Process.THPDisable, tc.thp)
+			if a := img.Process.Attrs; a == nil || strconv.Itoa(a.THPDisable) != tc.thp {
+				t.Errorf("image: attributes %+v, want THP disable %s", a, tc.thp)
 			}
 			r := func() *fixture.Proc {
 				defer restoreOwnAttributes(t, "1", "500")()

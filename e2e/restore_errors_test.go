@@ -682,10 +682,10 @@ func TestRestoreRefusesBadValues(t *testing.T) {
 		})
 	}
 	// fd numbers: one at fs.nr_open, or above an RLIMIT_NOFILE migrate
-	// cannot raise, is refused first; the highest this host allows is
-	// restored (the child's RLIMIT_NOFILE is raised for it, then set to
-	// the image's).
-	high := nrOpen - 1
+	// cannot raise (less the fds the restore puts above the highest), is
+	// refused first; the highest this host allows is restored (the
+	// child's RLIMIT_NOFILE is raised for it, then set to the image's).
+	high := nrOpen - 1 - target.FDsAbove
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
@@ -695,7 +695,7 @@ func TestRestoreRefusesBadValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	if capEff&(1<<24) == 0 && lim.Max < uint64(nrOpen) { // CAP_SYS_RESOURCE
-		high = int(lim.Max) - 1
+		high = int(lim.Max) - 1 - target.FDsAbove
 	}
 	for _, bad := range []int{nrOpen, high + 1} {
 		t.Run(fmt.Sprintf("fd %d", bad), func(t *testing.T) {

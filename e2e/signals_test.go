@@ -391,7 +391,7 @@ func TestChildSubreaper(t *testing.T) {
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	dir, img := dumpKill(t, p, "")
-	if !img.Process.ChildSubreaper {
+	if a := img.Process.Attrs; a == nil || !a.ChildSubreaper {
 		t.Errorf("the image does not say the process is a child subreaper")
 	}
 	r := restoreOK(t, dir, p.Log)

@@ -28,6 +28,17 @@ func (e *BadTargetError) Error() string {
 	return fmt.Sprintf("cannot dump process %d: %s", e.PID, e.Reason)
 }
 
+// AccessError is a process the user who runs migrate may not trace.
+type AccessError struct {
+	PID    int
+	UID    uint32 // the real uid of the user running migrate
+	Reason string
+}
+
+func (e *AccessError) Error() string {
+	return fmt.Sprintf("process %d: you (uid %d) may not trace it: %s; only root or a user with CAP_SYS_PTRACE may migrate another user's process", e.PID, e.UID, e.Reason)
+}
+
 // UnsupportedMappingError names a memory area migrate cannot dump.
 type UnsupportedMappingError struct {
 	PID    int

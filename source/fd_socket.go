@@ -9,8 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +29,7 @@ import (
 //
 // Preconditions: the process is frozen.
 func (d *dumper) dumpSocket(set *fdSet, fd *core.FD, dup *os.File) error {
-	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd())}
+	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd()), set: set}
 	s, err := sd.describe()
 	if err != nil {
 		return err
@@ -43,6 +46,9 @@ type sockDump struct {
 	sfd  int    // the agent's duplicate
 	// mutual: a unix socket whose peer is connected to it.
 	mutual bool
+	// set, if not nil, reads the socket's options with the others' once
+	// every fd is described (readSocketOptions).
+	set *fdSet
 }
 
 // refuse is the error for a socket the dump does not take.
@@ -86,15 +92,69 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts, err := socketOptions(sd.sfd, family, typ, proto)
+	if sd.set != nil {
+		sd.set.optJobs = append(sd.set.optJobs, optJob{sd: sd, s: s})
+		return s, nil
+	}
+	if err := sd.readOptions(s, nil); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// readOptions reads the socket's options into s.Options.
+func (sd *sockDump) readOptions(s *core.Socket, defaults *optDefaults) error {
+	opts, err := socketOptions(sd.sfd, s.Family, s.Type, s.Protocol, defaults)
 	if errors.Is(err, errEBPFFilter) {
-		return nil, sd.refuse("%v", err)
+		return sd.refuse("%v", err)
 	}
 	if err != nil {
-		return nil, sd.fail(fmt.Errorf("socket options: %w", err))
+		return sd.fail(fmt.Errorf("socket options: %w", err))
 	}
 	s.Options = opts
-	return s, nil
+	return nil
+}
+
+// optJob is a socket whose options are still to read.
+type optJob struct {
+	sd *sockDump
+	s  *core.Socket
+}
+
+// readSocketOptions reads the options of every socket described, a few
+// at a time: some fifty getsockopt calls a socket, in the frozen window,
+// were most of the time hundreds of connections added to reading the
+// state.
+func (set *fdSet) readSocketOptions() error {
+	jobs := set.optJobs
+	set.optJobs = nil
+	if len(jobs) == 0 {
+		return nil
+	}
+	workers := min(runtime.GOMAXPROCS(0), 4, (len(jobs)+15)/16)
+	errs := make([]error, len(jobs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(jobs) {
+					return
+				}
+				errs[i] = jobs[i].sd.readOptions(jobs[i].s, &set.optDefaults)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err // the first fd's
+		}
+	}
+	return nil
 }
 
 func familyName(f int) string {

@@ -27,6 +27,10 @@ type fdSet struct {
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
+	// optJobs are the sockets whose options readSocketOptions reads;
+	// optDefaults the options of new sockets, read once per kind.
+	optJobs     []optJob
+	optDefaults optDefaults
 }
 
 type pendingBlob struct {
@@ -124,7 +128,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			return nil, unsupported(fmt.Sprintf("it holds a file lock (%s), which migrate does not restore yet", strings.Join(locks, "; ")))
 		}
 		ref := func() *core.FileRef {
-			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, Dev: st.Dev, Ino: st.Ino}
+			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Dev: st.Dev, Ino: st.Ino}
 			if s, ok := strings.CutSuffix(target, " (deleted)"); ok && st.Nlink == 0 {
 				r.Path, r.Deleted = s, true
 			}
@@ -239,6 +243,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
+	if err := set.readSocketOptions(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return set, nil
 }

@@ -119,7 +119,15 @@ func (d *dumper) collectInjected() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].ClearTID = le.Uint64(b)
+		bits, err := d.p.Syscall(th, "prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		if c := p.Threads[i].Creds; c != nil {
+			c.Securebits = uint32(bits)
+		}
 	}
+	foldCreds(p)
 	p.Itimers = nil
 	for which := 0; which < 3; which++ {
 		_, b, err := d.call(lead, "getitimer", 32, unix.SYS_GETITIMER, uint64(which), d.scratch)
@@ -144,10 +152,11 @@ func (d *dumper) collectInjected() error {
 	if err := d.collectTimers(); err != nil {
 		return err
 	}
-	pers, err := d.p.Syscall(lead, "personality", unix.SYS_PERSONALITY, 0xffffffff)
+	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	if err != nil {
 		return err
 	}
-	p.Personality = pers
-	return nil
+	p.Dumpable = int(dumpable)
+	// The personality came from /proc (collectTask).
+	return d.collectInjectedAttrs()
 }

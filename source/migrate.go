@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"migrate/core/hook"
@@ -84,6 +83,9 @@ type MigrateReport struct {
 // the round's memory layout.
 type LiveLayout struct {
 	Process core.Process `json:"process"`
+	// FDs is how many fds the process had open as the round began: the
+	// target makes room for their restore before the freeze.
+	FDs int `json:"fds,omitempty"`
 }
 
 // LiveState is the body of the State message: the final image and the
@@ -156,7 +158,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	defer pages.Close()
 
 	dopts := DumpOptions{PID: opts.PID, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
-	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}}
+	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
 	img := &core.Image{
@@ -441,7 +443,12 @@ func (a *liveSource) announce(r *Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
 		p := *a.d.proc
 		p.VMAs = vmas
-		body, err := json.Marshal(LiveLayout{Process: p})
+		// The fds go with the state (the final round's layout comes
+		// after the freeze read them, naming blobs that only the state
+		// lists and carries).
+		p.FDs = nil
+		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
+		body, err := json.Marshal(LiveLayout{Process: p, FDs: nfds})
 		if err != nil {
 			return err
 		}
@@ -494,6 +501,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	if a.preSmaps, err = proc.ReadSmaps(a.d.pid); err != nil {
 		a.preSmaps = nil
 	}
+	a.reserveFDs()
 	a.quiesceListeners(300 * time.Millisecond)
 	// From the freeze a crash of this migrate leaves something to settle:
 	// the record is written first, out of the downtime.
@@ -507,6 +515,21 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	a.d.p = p
 	a.frozen = time.Now()
 	return nil
+}
+
+// reserveFDs makes room in this process's fd table, before the freeze,
+// for the duplicates the dump takes of the process's fds (one each, and one
+// more for a TCP connection): grown in the frozen window, the table would
+// cost an RCU grace period at each doubling (see proc.ReserveFDs), tens of
+// milliseconds with hundreds of connections.
+func (a *liveSource) reserveFDs() {
+	n, err := proc.CountFDs(a.d.pid)
+	if err == nil {
+		err = proc.ReserveFDs(3*n + 64)
+	}
+	if err != nil {
+		a.d.log.Debug("no room made for the process's fds", "err", err)
+	}
 }
 
 // dropRecord forgets the record: the migration is settled.
@@ -658,24 +681,13 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
-	st := LiveState{Image: *a.img, Blobs: map[string][]byte{}}
+	st := LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
-	err = filepath.WalkDir(filepath.Join(d.dir, core.FilesDir), func(path string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if total += len(b); total > maxLiveBlobs {
-			return fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
-		}
-		st.Blobs[core.FilesDir+"/"+e.Name()] = b
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	for _, b := range st.Blobs {
+		total += len(b)
+	}
+	if total > maxLiveBlobs {
+		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
 	}
 	return json.Marshal(st)
 }
@@ -784,6 +796,9 @@ func (a *liveSource) LeaveFrozen() error {
 // (it left the original stopped): it asks the target, then kills the
 // original if the target runs the process, or lets it run on (SIGCONT) if
 // the migration was aborted. Anything else leaves it stopped and says so.
+// It acts only on a process a record in RecordDir names for that session,
+// with the same start time; otherwise it returns a *NotRecordedError
+// before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (ControlConn, error) {
 		c := cfg
@@ -798,7 +813,13 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
 	}
+	var rec *Record
 	if pid > 0 {
+		// Only a process a migration left: never whatever now has the PID.
+		var err error
+		if rec, err = recordedProcess(pid, session); err != nil {
+			return "", err
+		}
 		if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && len(gone) > 0 {
 			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 		}
@@ -811,7 +832,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {
-			if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
 			}
 		}
@@ -820,7 +841,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			if err := UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
-			if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
 			}
 		}

@@ -125,6 +125,9 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 		live = append(live, pid)
 	}
 	for _, pid := range live {
+		if err := refuseDeadline(pid); err != nil {
+			return err
+		}
 		d := &dumper{session: ss, pid: pid, proc: &core.Process{}}
 		set, err := d.collectFDs(ctx)
 		if set != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"time"
 	"unicode"
+
+	"golang.org/x/sys/unix"
 
 	"migrate/core"
 	"migrate/core/proc"
@@ -41,6 +44,22 @@ type Record struct {
 	Session    string    `json:"session"`
 	Target     string    `json:"target"`
 	Frozen     time.Time `json:"frozen"`
+	// PIDNS is the PID namespace the PIDs are of (readlink
+	// /proc/self/ns/pid of the migrate that wrote it): a migrate in
+	// another one reads other processes under those numbers, and leaves
+	// the record alone.
+	PIDNS string `json:"pid_ns,omitempty"`
+}
+
+// pidNS is this process's PID namespace, as /proc/self/ns/pid names it.
+func pidNS() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}
+
+// foreign says whether r was written in another PID namespace.
+func (r *Record) foreign() bool {
+	return r.PIDNS != "" && r.PIDNS != pidNS()
 }
 
 func recordPath(pid int, session string) string {
@@ -58,7 +77,7 @@ func writeRecord(pid int, session, target string) (string, error) {
 		return "", err
 	}
 	r := Record{PID: pid, PIDStart: st.StartTime, Owner: os.Getpid(), OwnerStart: me.StartTime,
-		Session: session, Target: target, Frozen: time.Now().UTC()}
+		Session: session, Target: target, Frozen: time.Now().UTC(), PIDNS: pidNS()}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return "", err
@@ -99,6 +118,9 @@ func StaleRecords() ([]Record, error) {
 		if e.Name() != filepath.Base(recordPath(r.PID, r.Session)) {
 			os.Remove(path) // a record under another's name
 			continue
+		}
+		if r.foreign() {
+			continue // its PIDs are not this namespace's
 		}
 		if running(r.Owner, r.OwnerStart) {
 			continue // that migration is still under way
@@ -200,4 +222,75 @@ func WarnStale(log *slog.Logger) {
 			r.Owner, r.PID, r.Target, r.Target, r.Session, r.PID),
 			"pid", r.PID, "session", r.Session, "target", r.Target, "frozen", r.Frozen)
 	}
+}
+
+// NotRecordedError is why `migrate recover` refuses to act on a process:
+// no record of a migration names it, or the process with that PID is not
+// the one the record names.
+type NotRecordedError struct {
+	PID     int
+	Session string
+	Reason  string
+}
+
+func (e *NotRecordedError) Error() string {
+	return fmt.Sprintf("refusing to settle process %d for session %s: %s", e.PID, e.Session, e.Reason)
+}
+
+// recordedProcess returns the record of the migration of pid in session,
+// and fails with a *NotRecordedError unless it exists and pid is still the
+// process it names (same start time: a PID can be reused).
+func recordedProcess(pid int, session string) (*Record, error) {
+	refuse := func(format string, args ...any) (*Record, error) {
+		return nil, &NotRecordedError{PID: pid, Session: session, Reason: fmt.Sprintf(format, args...)}
+	}
+	if !transport.ValidSessionID(session) {
+		return refuse("not a session ID")
+	}
+	path := recordPath(pid, session)
+	r, err := readRecord(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return refuse("no migration of it in that session is recorded (%s): recover acts only on a process a migration left stopped", path)
+	}
+	if errors.Is(err, errNotRecord) {
+		return refuse("its record %s is unreadable: %v", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("record of the migration: %w", err)
+	}
+	if r.PID != pid || r.Session != session {
+		return refuse("its record %s names process %d in session %s", path, r.PID, r.Session)
+	}
+	if r.foreign() {
+		return refuse("its record %s was written in PID namespace %s, this is %s: run recover there", path, r.PIDNS, pidNS())
+	}
+	st, err := proc.ReadStat(pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return refuse("no such process")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	if st.StartTime != r.PIDStart {
+		return refuse("it started at tick %d, the migrated process at tick %d: another process has its PID now", st.StartTime, r.PIDStart)
+	}
+	return &r, nil
+}
+
+// signalRecorded sends sig to the process r names, through a pidfd opened
+// after checking, once more, that the PID still names that process (the
+// pidfd then holds on to it: the signal cannot reach a successor).
+func signalRecorded(r *Record, sig unix.Signal) error {
+	fd, err := unix.PidfdOpen(r.PID, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", r.PID, err)
+	}
+	defer unix.Close(fd)
+	if !running(r.PID, r.PIDStart) {
+		return &NotRecordedError{PID: r.PID, Session: r.Session, Reason: "the migrated process is gone, and its PID names another"}
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+		return fmt.Errorf("signal %v to %d: %w", sig, r.PID, err)
+	}
+	return nil
 }

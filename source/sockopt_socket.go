@@ -3,6 +3,7 @@ package source
 import (
 	"bytes"
 	"errors"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -140,12 +141,16 @@ func optionSpecs(family, typ, proto int) []sockOptSpec {
 	return append(out, commonOpts...)
 }
 
-func readOpt(fd int, o sockOptSpec) (int, []byte, error) {
+// readOpt reads an option; a raw one into buf (at least o.size bytes).
+func readOpt(fd int, o sockOptSpec, buf []byte) (int, []byte, error) {
 	if o.kind == optInt {
 		v, err := unix.GetsockoptInt(fd, o.level, o.name)
 		return v, nil, err
 	}
-	b := make([]byte, o.size)
+	if uint32(len(buf)) < o.size {
+		buf = make([]byte, o.size)
+	}
+	b := buf[:o.size]
 	n, err := getsockoptRaw(fd, o.level, o.name, b, o.size)
 	if err != nil {
 		return 0, nil, err
@@ -158,14 +163,16 @@ func readOpt(fd int, o sockOptSpec) (int, []byte, error) {
 var errEBPFFilter = errors.New("an eBPF socket filter is attached (it cannot be read back)")
 
 // socketOptions returns the options of the socket fd that differ from
-// those of a new socket of its kind. An option the kernel does not let us
-// read is skipped.
-func socketOptions(fd, family, typ, proto int) ([]core.SockOpt, error) {
-	fresh, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
+// those of a new socket of its kind (read once per kind into defaults, if
+// not nil). An option the kernel does not let us read is skipped.
+func socketOptions(fd, family, typ, proto int, defaults *optDefaults) ([]core.SockOpt, error) {
+	if defaults == nil {
+		defaults = &optDefaults{}
+	}
+	kind, err := defaults.of(family, typ, proto)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fresh)
 	var out []core.SockOpt
 	// A classic BPF filter is read back and attached again, first.
 	f, err := socketFilter(fd)
@@ -180,18 +187,70 @@ func socketOptions(fd, family, typ, proto int) ([]core.SockOpt, error) {
 			}()
 		}
 	}
-	for _, o := range optionSpecs(family, typ, proto) {
-		v, b, err := readOpt(fd, o)
+	var buf [16]byte
+	for i, o := range kind.specs {
+		v, b, err := readOpt(fd, o, buf[:])
 		if err != nil {
 			continue
 		}
-		dv, db, err := readOpt(fresh, o)
-		if err == nil && dv == v && bytes.Equal(db, b) {
+		if d := kind.fresh[i]; d.err == nil && d.v == v && bytes.Equal(d.b, b) {
 			continue
+		}
+		if b != nil {
+			b = bytes.Clone(b)
 		}
 		out = append(out, core.SockOpt{Level: o.level, Name: o.name, Value: v, Label: o.label, Bytes: b})
 	}
 	return out, nil
+}
+
+// optDefaults are, by family, type and protocol, the options worth
+// reading and their values on a new socket: read once for all the sockets
+// of a kind (hundreds of connections would each make and read a new socket
+// otherwise). Safe for concurrent use.
+type optDefaults struct {
+	mu    sync.Mutex
+	kinds map[[3]int]*optKindInfo
+}
+
+// optKindInfo is a kind's options and a new socket's values for them.
+type optKindInfo struct {
+	specs []sockOptSpec
+	fresh []optValue
+}
+
+// optValue is what readOpt read.
+type optValue struct {
+	v   int
+	b   []byte
+	err error
+}
+
+// of returns the options of a socket kind.
+func (od *optDefaults) of(family, typ, proto int) (*optKindInfo, error) {
+	key := [3]int{family, typ, proto}
+	od.mu.Lock()
+	defer od.mu.Unlock()
+	if k := od.kinds[key]; k != nil {
+		return k, nil
+	}
+	fresh, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fresh)
+	k := &optKindInfo{specs: optionSpecs(family, typ, proto)}
+	k.fresh = make([]optValue, len(k.specs))
+	for i, o := range k.specs {
+		var buf [16]byte
+		v, b, err := readOpt(fresh, o, buf[:])
+		k.fresh[i] = optValue{v: v, b: bytes.Clone(b), err: err}
+	}
+	if od.kinds == nil {
+		od.kinds = map[[3]int]*optKindInfo{}
+	}
+	od.kinds[key] = k
+	return k, nil
 }
 
 // socketFilter returns the classic BPF filter attached to fd as struct

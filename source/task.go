@@ -27,15 +27,6 @@ func (d *dumper) collectTask() error {
 	if status.HasUmask {
 		p.Umask = status.Umask
 	}
-	p.Creds = core.Creds{
-		UID:    [3]uint32{status.UID[0], status.UID[1], status.UID[2]},
-		GID:    [3]uint32{status.GID[0], status.GID[1], status.GID[2]},
-		FSUID:  status.UID[3],
-		FSGID:  status.GID[3],
-		Groups: status.Groups,
-		CapInh: status.CapInh, CapPrm: status.CapPrm, CapEff: status.CapEff,
-		CapBnd: status.CapBnd, CapAmb: status.CapAmb,
-	}
 	var err error
 	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
 		return fmt.Errorf("process %d: cwd: %w", d.pid, err)
@@ -74,12 +65,47 @@ func (d *dumper) collectTask() error {
 		}
 		p.Threads = append(p.Threads, t)
 	}
+	tids := make([]int, len(p.Threads))
+	for i, t := range p.Threads {
+		tids[i] = t.TID
+	}
+	if p.Attrs, p.Personality, err = readProcAttrs(d.pid, tids); err != nil {
+		return err
+	}
 	shared, err := d.p.PendingSignals(d.p.Leader(), true)
 	if err != nil {
 		return fmt.Errorf("process %d: shared pending signals: %w", d.pid, err)
 	}
 	p.SharedPending = siginfos(shared)
 	return nil
+}
+
+// credsOf is the credentials a status file shows (all but the securebits).
+func credsOf(status *proc.Status) *core.Creds {
+	return &core.Creds{
+		UID:    [3]uint32{status.UID[0], status.UID[1], status.UID[2]},
+		GID:    [3]uint32{status.GID[0], status.GID[1], status.GID[2]},
+		FSUID:  status.UID[3],
+		FSGID:  status.GID[3],
+		Groups: status.Groups,
+		CapInh: status.CapInh, CapPrm: status.CapPrm, CapEff: status.CapEff,
+		CapBnd: status.CapBnd, CapAmb: status.CapAmb,
+		NoNewPrivs: status.NoNewPrivs,
+	}
+}
+
+// foldCreds makes the leader's credentials the process's, and keeps a
+// thread's own only where they differ.
+func foldCreds(p *core.Process) {
+	if len(p.Threads) == 0 || p.Threads[0].Creds == nil {
+		return
+	}
+	p.Creds = *p.Threads[0].Creds
+	for i := range p.Threads {
+		if c := p.Threads[i].Creds; c != nil && c.Equal(&p.Creds) {
+			p.Threads[i].Creds = nil
+		}
+	}
 }
 
 func siginfos(raw [][]byte) []core.Siginfo {
@@ -92,7 +118,14 @@ func siginfos(raw [][]byte) []core.Siginfo {
 
 func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 	t := core.Thread{TID: th.TID, Regs: regsToCore(&th.Regs), Restart: th.Restart}
-	var err error
+	// Credentials are per thread; read now that the thread is stopped.
+	// collectInjected adds the securebits and folds them into the
+	// process's (foldCreds).
+	status, err := proc.ReadTaskStatus(d.pid, th.TID)
+	if err != nil {
+		return t, fmt.Errorf("thread %d: credentials: %w", th.TID, err)
+	}
+	t.Creds = credsOf(status)
 	if t.Xstate, err = d.p.Xstate(th); err != nil {
 		return t, fmt.Errorf("thread %d: xstate: %w", th.TID, err)
 	}
@@ -115,8 +148,18 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 		return t, fmt.Errorf("thread %d: get_robust_list: %w", th.TID, e)
 	}
 	t.RobustList, t.RobustLen = head, size
-	if addr, length, sig, err := d.p.Rseq(th); err == nil && addr != 0 {
+	// A thread registered with rseq (glibc registers every thread) that
+	// came back unregistered would read a stale CPU number: the dump is
+	// refused if the registration cannot be read (Linux 5.13+).
+	addr, length, sig, err := d.p.Rseq(th)
+	if err != nil {
+		return t, fmt.Errorf("thread %d: rseq registration (PTRACE_GET_RSEQ_CONFIGURATION): %w", th.TID, err)
+	}
+	if addr != 0 {
 		t.Rseq = core.Rseq{Addr: addr, Len: length, Sig: sig}
+	}
+	if t.Sched, err = d.readSched(th.TID); err != nil {
+		return t, err
 	}
 	return t, nil
 }
@@ -145,6 +188,8 @@ func fileRef(link string) (*core.FileRef, error) {
 		Size:  st.Size,
 		Mtime: st.Mtim.Nano(),
 		Mode:  st.Mode,
+		UID:   st.Uid,
+		GID:   st.Gid,
 		Dev:   st.Dev,
 		Ino:   st.Ino,
 	}

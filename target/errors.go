@@ -36,3 +36,40 @@ func (e *HostLimitError) Error() string {
 	}
 	return s
 }
+
+// AffinityError says a thread of the image may run on CPUs this host does
+// not have: the restore is refused before anything is created, rather
+// than run the thread on fewer CPUs than it had.
+type AffinityError struct {
+	PID, TID int
+	Want     string // the thread's CPUs, "0-3"
+	Have     string // this host's online CPUs
+}
+
+func (e *AffinityError) Error() string {
+	return fmt.Sprintf("process %d thread %d: bound to CPUs %s, this host has %s (a restore does not run it on fewer)", e.PID, e.TID, e.Want, e.Have)
+}
+
+// AttrError says an attribute of a process or thread could not be set as
+// the image has it, or the kernel set something else (Got): the restore
+// fails rather than give back a process that differs from the original.
+type AttrError struct {
+	PID, TID int // TID 0: a process-wide attribute
+	Attr     string
+	Want     string
+	Got      string // what the kernel set, if it took the call
+	Err      error
+}
+
+func (e *AttrError) Error() string {
+	who := fmt.Sprintf("process %d", e.PID)
+	if e.TID != 0 {
+		who += fmt.Sprintf(" thread %d", e.TID)
+	}
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s %s cannot be set: %v", who, e.Attr, e.Want, e.Err)
+	}
+	return fmt.Sprintf("%s: %s %s set, the kernel made it %s", who, e.Attr, e.Want, e.Got)
+}
+
+func (e *AttrError) Unwrap() error { return e.Err }

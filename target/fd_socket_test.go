@@ -270,6 +270,67 @@ func TestRestoreUnixListener(t *testing.T) {
 	}
 }
 
+// TestRestoreUnixSocketFileSwapped: the restore gives a bound socket's
+// file its mode and owner without going through its path again: a symlink
+// or a hard link put in the socket's place right after the bind (by a user
+// who can write the directory) does not make the restore change the file
+// it leads to. Without a swap the file has the mode, whatever the umask,
+// and the owner.
+func TestRestoreUnixSocketFileSwapped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (socket file owners)")
+	}
+	old := unix.Umask(0o022)
+	defer unix.Umask(old)
+	listener := func(path string) *core.Socket {
+		return &core.Socket{Family: unix.AF_UNIX, Type: unix.SOCK_STREAM, Ino: 9, State: core.SockListen, Backlog: 5,
+			Name: []byte(path), Local: path, File: &core.SockFile{Path: path, Mode: unix.S_IFSOCK | 0o777, UID: 12, GID: 34}}
+	}
+	for _, swap := range []string{"none", "symlink", "hard link"} {
+		t.Run(swap, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "l.sock")
+			victim := filepath.Join(dir, "victim")
+			if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			sr := newSockRestore(t)
+			sr.r.afterBind = func(p string) {
+				switch swap {
+				case "symlink":
+					os.Remove(p)
+					if err := os.Symlink(victim, p); err != nil {
+						t.Error(err)
+					}
+				case "hard link":
+					os.Remove(p)
+					if err := os.Link(victim, p); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			sr.add(3, listener(path))
+			sr.mustOpen(3)
+			var st unix.Stat_t
+			if err := unix.Stat(victim, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode != unix.S_IFREG|0o600 || st.Uid != 0 || st.Gid != 0 {
+				t.Errorf("the file a %s led to: mode %#o owner %d:%d, want it untouched (%#o 0:0)", swap, st.Mode, st.Uid, st.Gid, unix.S_IFREG|0o600)
+			}
+			if swap != "none" {
+				return
+			}
+			if err := unix.Lstat(path, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode != unix.S_IFSOCK|0o777 || st.Uid != 12 || st.Gid != 34 {
+				t.Errorf("socket file mode %#o owner %d:%d, want %#o 12:34", st.Mode, st.Uid, st.Gid, unix.S_IFSOCK|0o777)
+			}
+		})
+	}
+}
+
 func TestRestoreUnixNamedDgram(t *testing.T) {
 	sr := newSockRestore(t)
 	server := fmt.Sprintf("\x00migrate-test-%d-server", os.Getpid())

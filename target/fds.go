@@ -2,14 +2,16 @@ package target
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -60,9 +62,10 @@ func (r *session) prepareDeleted(ctx context.Context, img *core.Image) error {
 }
 
 // recreate makes an unlinked file (a memfd for memfds, an O_TMPFILE in the
-// original directory otherwise) holding the stored contents.
+// original directory otherwise) holding the stored contents, with the
+// original's owner and mode (see setOwnerMode).
 func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileRef) (*os.File, error) {
-	src, err := openBlob(r.dir, img, ref.Blob)
+	src, err := r.openBlob(img, ref.Blob)
 	if err != nil {
 		return nil, err
 	}
@@ -82,11 +85,12 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 			return nil, fmt.Errorf("memfd %s: mode %#o: %w", name, ref.Mode&0o7777, err)
 		}
 	} else {
+		// Created 0600: the mode comes once the owner is right.
 		dir := filepath.Dir(ref.Path)
-		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			// The directory is gone or does not take O_TMPFILE.
-			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, ref.Mode&0o7777); err != nil {
+			if fd, err = unix.Open(os.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err != nil {
 				return nil, err
 			}
 			r.warn("deleted file %s recreated in %s", ref.Path, os.TempDir())
@@ -97,7 +101,35 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 		f.Close()
 		return nil, err
 	}
+	if err := r.setOwnerMode(f, ref); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
+}
+
+// setIDBits are the mode bits that give privilege on exec.
+const setIDBits = unix.S_ISUID | unix.S_ISGID
+
+// setOwnerMode gives a file the restore created the owner and mode ref
+// recorded. The owner first: the file is the restorer's (root's) until
+// then, and must never carry set-id bits while it is. If the owner cannot
+// be set (an ID this user namespace does not map), the file keeps the
+// restorer's and gets the mode without its set-id bits.
+func (r *session) setOwnerMode(f *os.File, ref *core.FileRef) error {
+	mode := ref.Mode & 0o7777
+	if err := unix.Fchown(int(f.Fd()), int(ref.UID), int(ref.GID)); err != nil {
+		if mode&setIDBits != 0 {
+			mode &^= setIDBits
+			r.warn("%s recreated without its set-user/group-ID bits: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		} else {
+			r.warn("%s recreated owned by the restorer: cannot give it its owner %d:%d: %v", ref.Path, ref.UID, ref.GID, err)
+		}
+	}
+	if err := unix.Fchmod(int(f.Fd()), mode); err != nil {
+		return &os.PathError{Op: "fchmod", Path: ref.Path, Err: err}
+	}
+	return nil
 }
 
 // openFD opens, in the agent, the file description fd had.
@@ -319,38 +351,6 @@ func (r *restorer) roomForFDs() error {
 // tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, __u64).
 const tfdIocSetTicks = 0x40085400
 
-// restoreEpoll adds each epoll fd's registrations, in the process, once
-// all its fds exist.
-func (r *restorer) restoreEpoll() error {
-	have := map[int]bool{}
-	for _, fd := range r.proc.FDs {
-		have[fd.FD] = true
-	}
-	for _, fd := range r.proc.FDs {
-		if fd.Kind != core.FDEpoll {
-			continue
-		}
-		for _, t := range fd.Epoll {
-			if !have[t.FD] {
-				r.warn("epoll fd %d: target fd %d is closed; its registration is dropped", fd.FD, t.FD)
-				continue
-			}
-			// struct epoll_event is packed on x86-64: events, then data.
-			var ev [12]byte
-			binary.LittleEndian.PutUint32(ev[0:], t.Events)
-			binary.LittleEndian.PutUint64(ev[4:], t.Data)
-			addr, err := r.put(0, ev[:])
-			if err != nil {
-				return err
-			}
-			if _, err := r.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(fd.FD), unix.EPOLL_CTL_ADD, uint64(t.FD), addr); err != nil {
-				return fmt.Errorf("epoll fd %d: add fd %d: %w", fd.FD, t.FD, err)
-			}
-		}
-	}
-	return nil
-}
-
 // setFlags sets the file status flags F_SETFL can change.
 func setFlags(f *os.File, flags int) error {
 	const settable = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
@@ -376,7 +376,7 @@ func dupFile(f *os.File) (*os.File, error) {
 
 // fillPipe writes stored pipe contents into the write side w.
 func (r *session) fillPipe(w *os.File, blob string) error {
-	data, err := readBlob(r.dir, r.img, blob)
+	data, err := r.readBlob(r.img, blob)
 	if err != nil {
 		return err
 	}
@@ -389,6 +389,109 @@ func (r *session) fillPipe(w *os.File, blob string) error {
 	return nil
 }
 
+// makeRoomForFDs makes sure every fd number of the final image can be
+// taken: the child's RLIMIT_NOFILE (the husk's, until restoreState sets
+// the image's) lets it hold them, and the agent's pidfd, placed when the
+// layout was built (in a live migration, from a first layout that lists
+// no fds), sits above all of them. A dup3 onto the pidfd's number would
+// close it, and every later pidfd_getfd would fail with EBADF.
+func (r *restorer) makeRoomForFDs() error {
+	top := -1
+	for _, fd := range r.proc.FDs {
+		top = max(top, fd.FD)
+	}
+	if top < 0 {
+		return nil
+	}
+	// Room for the fds, and above them the pidfd and the socket that
+	// passes them (installFDs).
+	need := uint64(max(top, r.agentFD) + 3)
+	var lim unix.Rlimit
+	if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur < need {
+		hard := lim.Max
+		lim.Cur = need
+		lim.Max = max(lim.Max, need)
+		if err := unix.Prlimit(r.pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+			// Above the hard limit without CAP_SYS_RESOURCE.
+			return fmt.Errorf("fd %d: %w (%v)", top, &HostLimitError{What: "RLIMIT_NOFILE", Need: need, Limit: hard,
+				Hint: "the service's hard limit, which it lacks CAP_SYS_RESOURCE to raise: start it with a higher one (LimitNOFILE= of its unit)"}, err)
+		}
+	}
+	if r.agentFD > top {
+		return nil
+	}
+	moved, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, uint64(r.agentFD), unix.F_DUPFD_CLOEXEC, uint64(top+1))
+	if err != nil {
+		return fmt.Errorf("move the agent's pidfd above fd %d: %w", top, err)
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(r.agentFD)); err != nil {
+		return err
+	}
+	r.agentFD = int(moved)
+	return nil
+}
+
+// descKey is the key of fd's open file description in r.descs.
+func (r *restorer) descKey(fd *core.FD) string {
+	if fd.Key != "" {
+		return fd.Key
+	}
+	return strconv.Itoa(r.proc.PID) + ":" + strconv.Itoa(fd.FD)
+}
+
+// prebuildTCP rebuilds the process's TCP connections (some fifteen calls
+// each, in repair mode) a few at a time, into r.descs, ahead of the other
+// fds: hundreds of connections rebuilt one after the other are a good part
+// of the frozen window.
+func (r *restorer) prebuildTCP(ctx context.Context) error {
+	var todo []*core.FD
+	seen := map[string]bool{}
+	for i := range r.proc.FDs {
+		fd := &r.proc.FDs[i]
+		key := r.descKey(fd)
+		if fd.Kind != core.FDSocket || fd.Socket == nil || fd.Socket.TCP == nil || r.descs[key] != nil || seen[key] {
+			continue
+		}
+		seen[key] = true
+		todo = append(todo, fd)
+	}
+	if len(todo) < 16 {
+		return nil // not worth the goroutines: restoreFDs opens them
+	}
+	files := make([]*os.File, len(todo))
+	errs := make([]error, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) {
+					return
+				}
+				files[i], errs[i] = r.openFD(ctx, todo[i], nil)
+			}
+		}()
+	}
+	wg.Wait()
+	var first error
+	for i, fd := range todo {
+		if files[i] != nil {
+			r.keep(files[i])
+			r.descs[r.descKey(fd)] = files[i]
+		}
+		if errs[i] != nil && first == nil {
+			first = fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, errs[i])
+		}
+	}
+	return first
+}
+
 // restoreFDs gives the child every fd of the image at its number, with its
 // flags and offset; fds that shared an open file description share one
 // again.
@@ -397,6 +500,13 @@ func (r *session) fillPipe(w *os.File, blob string) error {
 // the husk's and its own temporaries).
 func (r *restorer) restoreFDs(ctx context.Context) error {
 	p := r.proc
+	if err := r.makeRoomForFDs(); err != nil {
+		return err
+	}
+	if err := r.prebuildTCP(ctx); err != nil {
+		return err
+	}
+	want := make([]pendingFD, 0, len(p.FDs))
 	for i := range p.FDs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -404,10 +514,7 @@ func (r *restorer) restoreFDs(ctx context.Context) error {
 		fd := &p.FDs[i]
 		// The description: one opened before, for this fd's key (another fd
 		// of this or another process that shared it), or a new one.
-		key := fd.Key
-		if key == "" {
-			key = strconv.Itoa(p.PID) + ":" + strconv.Itoa(fd.FD)
-		}
+		key := r.descKey(fd)
 		f := r.descs[key]
 		if f == nil {
 			var err error
@@ -417,29 +524,10 @@ func (r *restorer) restoreFDs(ctx context.Context) error {
 			r.keep(f)
 			r.descs[key] = f
 		}
-		tmp, err := r.install(f)
-		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
-		if tmp == fd.FD {
-			// pidfd_getfd sets close-on-exec; clear it if the fd had none.
-			if !fd.Cloexec {
-				if _, err := r.sys("fcntl(F_SETFD)", unix.SYS_FCNTL, uint64(tmp), unix.F_SETFD, 0); err != nil {
-					return fmt.Errorf("fd %d: %w", fd.FD, err)
-				}
-			}
-			continue
-		}
-		var cloexec uint64
-		if fd.Cloexec {
-			cloexec = unix.O_CLOEXEC
-		}
-		if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(tmp), uint64(fd.FD), cloexec); err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
-		if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
-		}
+		want = append(want, pendingFD{num: fd.FD, file: f, cloexec: fd.Cloexec})
+	}
+	if err := r.installFDs(want); err != nil {
+		return err
 	}
 	if err := r.restoreEpoll(); err != nil {
 		return err

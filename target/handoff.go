@@ -127,6 +127,10 @@ var ErrPeerProtocol = errors.New("the source broke the handoff protocol")
 // ErrTimeout: the source did not send the next message in time.
 var ErrTimeout = errors.New("the source did not send in time")
 
+// ErrLinkLost: the control link to the source broke (closed, reset, or a
+// message that does not decode).
+var ErrLinkLost = errors.New("control link lost")
+
 // ErrAbortedByQuery: a StatusQuery about the session came (on another
 // connection) before its Commit, and aborted it.
 var ErrAbortedByQuery = errors.New("a status query aborted the undecided session")
@@ -436,7 +440,7 @@ func linkErr(ctx context.Context, err error) error {
 	if c := context.Cause(ctx); c != nil {
 		return c
 	}
-	return fmt.Errorf("control link lost: %w", err)
+	return fmt.Errorf("%w: %w", ErrLinkLost, err)
 }
 
 func checkHello(h *transport.Hello, session string) error {

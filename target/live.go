@@ -31,6 +31,8 @@ import (
 // source.LiveState, decoded here without importing the source).
 type LiveLayout struct {
 	Process core.Process `json:"process"`
+	// FDs is how many fds the process had open as the round began.
+	FDs int `json:"fds,omitempty"`
 }
 
 // LiveState is the final image and the contents of its blobs.
@@ -43,11 +45,7 @@ type LiveState struct {
 // first layout: what can be checked before the freeze is (executable,
 // mapped files, directories, vdso, PID free); blobs come with the state.
 func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Builder, error) {
-	img := &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: *p,
-		Pages: core.PagesInfo{File: core.PagesFile}}
-	if err := img.Validate(); err != nil {
-		return nil, fmt.Errorf("layout from the source: %w", err)
-	}
+	img := layoutImage(p) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
 		return nil, err
@@ -65,6 +63,58 @@ func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Bu
 	return b, nil
 }
 
+// decodeLayout decodes and checks the body of a Layout: every layout, the
+// first (which builds the process) and those of later rounds (which
+// relayout it). Decoding is bounded (core.DecodeBounded) and the process
+// checked by checkIncoming.
+func decodeLayout(body []byte, pid int) (*LiveLayout, error) {
+	var ll LiveLayout
+	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
+	if ll.Process.PID != pid {
+		return nil, fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, pid)
+	}
+	if err := checkIncoming(layoutImage(&ll.Process)); err != nil {
+		return nil, err
+	}
+	return &ll, nil
+}
+
+// decodeState decodes and checks the body of the State: bounded, the image
+// checked by checkIncoming, and its blobs only those the image refers to.
+func decodeState(body []byte, pid int) (*LiveState, error) {
+	var ls LiveState
+	if err := core.DecodeBounded(body, &ls, core.DefaultDecodeBudget); err != nil {
+		return nil, err
+	}
+	img := &ls.Image
+	if err := checkIncoming(img); err != nil {
+		return nil, err
+	}
+	if img.Process.PID != pid {
+		return nil, fmt.Errorf("state of process %d, the session is for %d", img.Process.PID, pid)
+	}
+	refs := map[string]bool{}
+	for _, pp := range img.Processes() {
+		for _, b := range pp.Process.BlobNames() {
+			refs[b] = true
+		}
+	}
+	for name := range ls.Blobs {
+		if !refs[name] { // so every name was checked by core.Image.Validate
+			return nil, fmt.Errorf("blob %q that the image does not refer to", name)
+		}
+	}
+	return &ls, nil
+}
+
+// layoutImage is the image of a layout's process, for checkIncoming.
+func layoutImage(p *core.Process) *core.Image {
+	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: *p,
+		Pages: core.PagesInfo{File: core.PagesFile}}
+}
+
 // validateLive is validate without the files of an image directory.
 func validateLive(img *core.Image) error {
 	p := &img.Process
@@ -76,6 +126,18 @@ func validateLive(img *core.Image) error {
 	if err := sameFile(&p.Exe, "executable"); err != nil {
 		return err
 	}
+	if err := checkMappedFiles(p); err != nil {
+		return err
+	}
+	if err := checkVDSO(p.VMAs); err != nil {
+		return err
+	}
+	return pidFree(p.PID)
+}
+
+// checkMappedFiles checks that the files p maps are here, the same as
+// the source's (size and modification time).
+func checkMappedFiles(p *core.Process) error {
 	for _, v := range p.VMAs {
 		if v.File != nil && !v.File.Deleted {
 			if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
@@ -83,10 +145,7 @@ func validateLive(img *core.Image) error {
 			}
 		}
 	}
-	if err := checkVDSO(p.VMAs); err != nil {
-		return err
-	}
-	return pidFree(p.PID)
+	return nil
 }
 
 // WriteFrame writes the pages of a live frame into process pid. An area
@@ -126,6 +185,7 @@ type liveTarget struct {
 	barrier int   // latest round whose pages are all in, -1 before any
 	err     error // of the page stream
 	done    chan struct{}
+	stream  *pagestream.Reader // the page stream, once it began
 
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
@@ -190,12 +250,18 @@ func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 }
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
-	var ll LiveLayout
-	if err := json.Unmarshal(l.Body, &ll); err != nil {
+	ll, err := decodeLayout(l.Body, t.pid)
+	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
-	if ll.Process.PID != t.pid {
-		return fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, t.pid)
+	if ll.FDs > 0 {
+		// Room in this process's fd table for what the restore of the
+		// fds opens (a socket and its duplicate for a TCP connection):
+		// grown in the frozen window, the table would cost an RCU grace
+		// period at each doubling (see proc.ReserveFDs).
+		if err := proc.ReserveFDs(3*min(ll.FDs, 1<<20) + 64); err != nil {
+			t.log.Debug("no room made for the process's fds", "err", err)
+		}
 	}
 	if t.b == nil {
 		b, err := newLiveBuilder(ctx, &ll.Process, t.log)
@@ -212,8 +278,14 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			return fmt.Errorf("expected the page stream, got a %v stream", kind)
 		}
 		go t.apply(pages)
-	} else if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
-		return err
+	} else {
+		// A later round's layout may map files the first did not.
+		if err := checkMappedFiles(&ll.Process); err != nil {
+			return fmt.Errorf("layout of round %d: %w", l.Round, err)
+		}
+		if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
+			return err
+		}
 	}
 	t.mu.Lock()
 	t.layout = int(l.Round)
@@ -241,6 +313,9 @@ func (t *liveTarget) apply(r io.ReadCloser) {
 		return
 	}
 	defer rd.Close()
+	t.mu.Lock()
+	t.stream = rd
+	t.mu.Unlock()
 	for {
 		fr, err := rd.Next()
 		if errors.Is(err, io.EOF) {
@@ -289,11 +364,22 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 			return t.err
 		}
 		if t.err != nil || ctx.Err() != nil {
-			return fmt.Errorf("round %d: the page stream ended before its barrier (%v)", rd.Round, errors.Join(t.err, ctx.Err()))
+			return fmt.Errorf("round %d: the page stream ended before its barrier: %w", rd.Round, errors.Join(t.err, ctx.Err()))
 		}
 		t.cond.Wait()
 	}
 	return nil
+}
+
+// received returns the counts of the page stream so far, if it began.
+func (t *liveTarget) received() (pagestream.Stats, bool) {
+	t.mu.Lock()
+	rd := t.stream
+	t.mu.Unlock()
+	if rd == nil {
+		return pagestream.Stats{}, false
+	}
+	return rd.Stats(), true
 }
 
 // lap ends a step of the downtime.
@@ -306,25 +392,32 @@ func (t *liveTarget) lap(name string) {
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
 	t.lapped = t.stateAt
-	var ls LiveState
-	if err := json.Unmarshal(st.Body, &ls); err != nil {
+	ls, err := decodeState(st.Body, t.pid)
+	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	if t.b == nil {
 		return errors.New("state before any layout")
 	}
 	img := &ls.Image
-	if err := img.Validate(); err != nil {
-		return fmt.Errorf("state: %w", err)
+	// decodeState checked the image (checkIncoming); the attributes a
+	// restore needs too.
+	for _, pp := range img.Processes() {
+		if err := checkAttrs(pp.Process); err != nil {
+			return fmt.Errorf("state: %w", err)
+		}
 	}
 	for name, data := range ls.Blobs {
-		if !core.ValidBlobName(name) {
-			return fmt.Errorf("state: bad blob name %q", name)
-		}
-		if err := os.WriteFile(filepath.Join(t.b.ss.dir, name), data, 0o600); err != nil {
-			return err
+		// decodeState checked the names; the sizes here (a hash of a
+		// dozen MiB would cost the frozen window ~10 ms, and the session
+		// is authenticated and checksummed).
+		if info, ok := img.Blobs[name]; !ok || info.Size != int64(len(data)) {
+			return fmt.Errorf("state: blob %q of %d bytes, not as the image lists it (%+v)", name, len(data), info)
 		}
 	}
+	// The blobs stay in memory (a file each would cost hundreds of file
+	// creations with many connections, each with its queues).
+	t.b.ss.blobs = ls.Blobs
 	t.lap("decode state")
 	// Until the commit the rebuilt connections must not take a byte from
 	// their peers: once the service address is here (the pre-resume
@@ -355,7 +448,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.img = img
 	// The process is whole and stopped: the operator's pre-resume hook
 	// (bring the service address here, say). A failure aborts.
-	err := t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
+	err = t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
 	if t.hooks.Has(hook.PreResume) {
 		t.lap("pre-resume hook")
 	}

@@ -1,14 +1,19 @@
 package target
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +26,9 @@ import (
 
 // session is the state a restore shares among the processes of the tree.
 type session struct {
+	// mu guards files, warnings and atResume: TCP connections are
+	// rebuilt by several goroutines (prebuildTCP).
+	mu  sync.Mutex
 	dir string
 	img *core.Image
 	log *slog.Logger
@@ -39,6 +47,31 @@ type session struct {
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
+	// blobs are the image's blobs by name, when they came in memory (a
+	// live migration's state, sizes checked against Image.Blobs);
+	// otherwise they are files under dir.
+	blobs map[string][]byte
+	// afterBind, set by tests, runs after a unix socket is bound to a
+	// path.
+	afterBind func(path string)
+}
+
+// readBlob returns the contents of img's blob name: from memory, or read
+// whole from the image directory and checked (see readBlob).
+func (r *session) readBlob(img *core.Image, name string) ([]byte, error) {
+	if b, ok := r.blobs[name]; ok {
+		return b, nil
+	}
+	return readBlob(r.dir, img, name)
+}
+
+// openBlob opens img's blob name for reading: from memory, or from the
+// image directory, checked as it is read (see openBlob).
+func (r *session) openBlob(img *core.Image, name string) (io.ReadCloser, error) {
+	if b, ok := r.blobs[name]; ok {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	return openBlob(r.dir, img, name)
 }
 
 // restorer holds the state of the restore of one process of the tree.
@@ -283,12 +316,27 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	b.done = true
 	root := b.all[0]
 	// The connections go live first, while the processes are still
-	// stopped. A failure leaves that connection dead, not the process.
-	for _, fn := range b.ss.atResume {
-		if err := fn(); err != nil {
-			b.ss.warn("%v", err)
-		}
+	// stopped, a few at a time (hundreds take milliseconds one after the
+	// other). A failure leaves that connection dead, not the process.
+	fns := b.ss.atResume
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, (len(fns)+15)/16) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(fns) {
+					return
+				}
+				if err := fns[i](); err != nil {
+					b.ss.warn("%v", err)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	dropZombieSIGCHLD(b.all)
 	for i := len(b.all) - 1; i >= 0; i-- {
 		if r := b.all[i]; r.p != nil {
@@ -348,7 +396,9 @@ func (b *Builder) release() {
 
 func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
 	r.warnings = append(r.warnings, msg)
+	r.mu.Unlock()
 	r.log.Info("warning", "msg", msg) // the report carries it to the user
 }
 
@@ -825,32 +875,32 @@ func (r *restorer) install(f *os.File) (int, error) {
 
 // keep remembers a file the agent opened for the child.
 func (r *session) keep(f *os.File) *os.File {
+	r.mu.Lock()
 	r.files = append(r.files, f)
+	r.mu.Unlock()
 	return f
 }
 
 // openMapped opens a mapped file: the file itself, or for a deleted one, a
 // copy made from the image.
 func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+	}
 	if ref.Deleted {
 		f := r.deletedFiles[fileKey{ref.Dev, ref.Ino, false}]
 		if f == nil {
 			return nil, fmt.Errorf("deleted file %s mapped, but the image has no copy of it", ref.Path)
 		}
-		if write {
-			return f, nil
-		}
-		// The copy is open read-write; a read-only open of it keeps a
-		// shared mapping from becoming writable.
-		ro, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		// Reopened for the access the mapping needs: a mapping holds its
+		// file, and one open for writing would keep the copy from being
+		// executed (ETXTBSY) as long as it lives.
+		g, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), flag|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, fmt.Errorf("reopen the copy of %s read-only: %w", ref.Path, err)
+			return nil, err
 		}
-		return r.keep(ro), nil
-	}
-	flag := os.O_RDONLY
-	if write {
-		flag = os.O_RDWR
+		return r.keep(g), nil
 	}
 	f, err := openMappable(ref.Path, flag)
 	if err != nil {

@@ -39,7 +39,8 @@ func handMade(t *testing.T) *core.Image {
 			Cwd:     "/",
 			Root:    "/",
 			MM:      core.MM{StartCode: 0x400000, EndCode: 0x401000},
-			Threads: []core.Thread{{TID: pid}},
+			Attrs:   &core.ProcAttrs{},
+			Threads: []core.Thread{{TID: pid, Sched: &core.Sched{Affinity: []uint64{1}, TimerSlackNS: 50000}}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x401000, Prot: 5, Flags: 2, Kind: core.VMAAnon},
 			},
@@ -146,6 +147,13 @@ func TestRestoreHostileMetadata(t *testing.T) {
 		}},
 		{"negative fd", func(img *core.Image) { img.Process.FDs = []core.FD{{FD: -1, Kind: core.FDEventfd}} }},
 		{"not 64 sigactions", func(img *core.Image) { img.Process.Sigactions = make([]core.Sigaction, 65) }},
+		{"relative working directory", func(img *core.Image) { img.Process.Cwd = "../.." }},
+		{"relative file of an fd", func(img *core.Image) {
+			img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDFile, File: &core.FileRef{Path: "../../etc/shadow"}}}
+		}},
+		{"unclean mapped file", func(img *core.Image) {
+			img.Process.VMAs[0].Kind, img.Process.VMAs[0].File = core.VMAFile, &core.FileRef{Path: "/tmp/../etc/shadow"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := handMade(t)

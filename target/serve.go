@@ -3,6 +3,7 @@ package target
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"migrate/core/hook"
 	"migrate/core/netlock"
@@ -26,7 +27,26 @@ type ServeOptions struct {
 	// Hooks run at the target's stages of each migration: pre-resume,
 	// post-resume, abort.
 	Hooks *hook.Set
+	// Metrics, if set, count the service's sessions and their outcomes and
+	// hold its health (serving from the moment it listens until ctx ends).
+	// Serve does not serve them over HTTP: the caller does, with
+	// Metrics.Handler.
+	Metrics *Metrics
+	// MaxSessions caps the sessions served at once (migrations and status
+	// questions); 0 means DefaultMaxSessions. A session beyond it is told
+	// the service is busy (an Abort, so its source resumes its original
+	// before freezing anything) and closed.
+	MaxSessions int
 }
+
+// DefaultMaxSessions is the default of ServeOptions.MaxSessions. Each
+// migration holds up to two control messages of transport.MaxMsgPayload
+// and their decoded form (core.DefaultDecodeBudget), besides the process
+// it builds.
+const DefaultMaxSessions = 8
+
+// ErrBusy: the service was serving MaxSessions sessions already.
+var ErrBusy = errors.New("target busy: too many sessions in progress")
 
 // Serve runs the target service until ctx ends: it accepts migrations,
 // builds each incoming process while the source's pre-copy runs, restores
@@ -45,11 +65,16 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	} else if len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	tcfg := opts.Transport
+	if tcfg.Logger == nil {
+		tcfg.Logger = log
+	}
+	ln, err := transport.Listen(opts.Listen, tcfg)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
+	stopServing := opts.Metrics.serving(ctx)
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr())
 	}
@@ -58,44 +83,89 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		go reap.Orphans(ctx, 500*time.Millisecond)
 	}
 	outcomes := NewOutcomes(0, nil)
+	maxSessions := opts.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = DefaultMaxSessions
+	}
+	slots := make(chan struct{}, maxSessions)
+	// Sessions refused for want of a slot are told so by at most as many
+	// goroutines again; beyond that they are closed without a word.
+	busy := make(chan struct{}, maxSessions)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Unhealthy from the moment no session is accepted any more, before
+	// the wait for those in progress.
+	defer stopServing()
 	for {
 		sess, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			log.Warn("refused a connection", "err", err)
+			opts.Metrics.handshakeRefused(err)
+			// The listener logged it, at a bounded rate: a flood of
+			// hostile connections must not flood the log.
+			log.Debug("refused a connection", "err", err)
+			continue
+		}
+		sessLog := log.With("session", sess.ID(), "peer", sess.Peer().String())
+		select {
+		case slots <- struct{}{}:
+		default:
+			opts.Metrics.sessionRefused(time.Now(), ReasonBusy)
+			select {
+			case busy <- struct{}{}:
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-busy }()
+					defer sess.Close()
+					refuseBusy(ctx, sess, maxSessions, sessLog)
+				}()
+			default:
+				sessLog.Debug("busy; session closed", "max_sessions", maxSessions)
+				sess.Close()
+			}
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, opts.Hooks, log.With("session", sess.ID(), "peer", sess.Peer().String()))
+			serveSession(ctx, sess, outcomes, opts.Hooks, opts.Metrics, sessLog)
 		}()
 	}
 }
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, m *Metrics, log *slog.Logger) {
+	start := time.Now()
+	m.sessionStarted()
+	defer m.sessionEnded()
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	kind, ctrl, err := sess.AcceptStream(actx)
 	cancel()
 	if err != nil {
+		reason := ReasonRefused
+		if ctx.Err() != nil {
+			reason = ReasonShutdown
+		}
+		m.sessionRefused(start, reason)
 		log.Warn("no control stream", "err", err)
 		return
 	}
 	if kind != transport.KindControl {
 		ctrl.Close()
+		m.sessionRefused(start, ReasonProtocol)
 		log.Warn("first stream is not the control stream", "kind", kind)
 		return
 	}
 	t := newLiveTarget(sess, log)
 	t.hooks = hooks
 	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	m.sessionDone(start, t, res, err)
 	switch {
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
@@ -104,4 +174,27 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 	default:
 		log.Info("migration done", "pid", t.pid, "outcome", res.Outcome)
 	}
+}
+
+// refuseBusy answers the first message of a session that found the
+// service busy with an Abort that says so.
+func refuseBusy(ctx context.Context, sess *transport.Session, max int, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kind, st, err := sess.AcceptStream(ctx)
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	if kind != transport.KindControl {
+		return
+	}
+	c := transport.NewControl(st)
+	if _, err := c.Recv(ctx); err != nil {
+		return
+	}
+	log.Warn("refused a session: busy", "max_sessions", max)
+	c.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %v (%d; migrate serve --max-sessions)", ErrBusy, max))})
+	// Until the source has read it and closed.
+	linger(ctx, c, DefaultLinger)
 }

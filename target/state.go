@@ -23,7 +23,8 @@ type prctlMMMap struct {
 
 // restoreState restores the process-wide state: signal handlers, umask,
 // cwd and root, personality, interval timers, session, the mm fields and
-// executable, rlimits, and last the credentials.
+// executable, rlimits, THP disable, subreaper, membarrier, oom_score_adj.
+// The credentials come last of all, in restoreThreads (restoreCreds).
 func (r *restorer) restoreState(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
@@ -106,7 +107,7 @@ func (r *restorer) restoreState(context.Context) error {
 	if err := r.setMM(); err != nil {
 		return err
 	}
-	return r.setCreds()
+	return r.restoreProcAttrs()
 }
 
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
@@ -143,33 +144,6 @@ func (r *restorer) setMM() error {
 		return err
 	}
 	if _, err := r.sys("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, uint64(len(ptrace.Bytes(&mm))), 0); err != nil {
-		return err
-	}
-	return nil
-}
-
-// setCreds sets groups, gids and uids, in that order (each step may drop
-// the right to do the next).
-func (r *restorer) setCreds() error {
-	c := &r.proc.Creds
-	groups := make([]byte, 4*len(c.Groups))
-	for i, g := range c.Groups {
-		binary.LittleEndian.PutUint32(groups[4*i:], g)
-	}
-	addr := r.scratch
-	if len(groups) > 0 {
-		var err error
-		if addr, err = r.put(0, groups); err != nil {
-			return err
-		}
-	}
-	if _, err := r.sys("setgroups", unix.SYS_SETGROUPS, uint64(len(c.Groups)), addr); err != nil {
-		return err
-	}
-	if _, err := r.sys("setresgid", unix.SYS_SETRESGID, uint64(c.GID[0]), uint64(c.GID[1]), uint64(c.GID[2])); err != nil {
-		return err
-	}
-	if _, err := r.sys("setresuid", unix.SYS_SETRESUID, uint64(c.UID[0]), uint64(c.UID[1]), uint64(c.UID[2])); err != nil {
 		return err
 	}
 	return nil
@@ -253,7 +227,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 		}
 		if t.Rseq.Addr != 0 {
 			if err := call("rseq", unix.SYS_RSEQ, t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)); err != nil {
-				r.warn("thread %d: rseq not re-registered: %v", t.TID, err)
+				return fmt.Errorf("rseq area %#x (%d bytes) not registered again: %w", t.Rseq.Addr, t.Rseq.Len, err)
 			}
 		}
 		if t.Comm != "" {
@@ -272,6 +246,21 @@ func (r *restorer) restoreThreads(context.Context) error {
 	}
 	if err := r.restoreTimers(); err != nil {
 		return err
+	}
+	// Credentials last: dropping them may take the right to run what came
+	// before (clone3 with set_tid, PR_SET_MM, timer IDs...). What follows
+	// needs none: signals queued to the process itself, its own fd closed,
+	// its own memory unmapped.
+	if err := r.restoreCreds(); err != nil {
+		return fmt.Errorf("credentials: %w", err)
+	}
+	// After the credentials: a change of them clears it.
+	for i, t := range p.Threads {
+		if t.Sched != nil && t.Sched.PdeathSignal != 0 {
+			if _, err := r.p.Syscall(r.p.Threads[i], "prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(t.Sched.PdeathSignal)); err != nil {
+				return fmt.Errorf("thread %d: parent-death signal: %w", t.TID, err)
+			}
+		}
 	}
 	// Pending signals, now that the masks keep blocked ones pending.
 	for _, si := range p.SharedPending {
@@ -299,6 +288,13 @@ func (r *restorer) restoreThreads(context.Context) error {
 	}
 	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
 		return err
+	}
+	// Scheduling last: no call is injected into the threads after it
+	// (one of SCHED_IDLE would run it slowly).
+	for _, t := range p.Threads {
+		if err := r.restoreSched(t.TID, t.Sched); err != nil {
+			return err
+		}
 	}
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]

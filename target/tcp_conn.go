@@ -46,12 +46,12 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	}
 	var sendq, recvq []byte
 	if t.SendQueue != "" {
-		if sendq, err = readBlob(r.dir, r.img, t.SendQueue); err != nil {
+		if sendq, err = r.readBlob(r.img, t.SendQueue); err != nil {
 			return nil, fmt.Errorf("send queue: %w", err)
 		}
 	}
 	if t.RecvQueue != "" {
-		if recvq, err = readBlob(r.dir, r.img, t.RecvQueue); err != nil {
+		if recvq, err = r.readBlob(r.img, t.RecvQueue); err != nil {
 			return nil, fmt.Errorf("receive queue: %w", err)
 		}
 	}
@@ -210,6 +210,8 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 	unsent := sendq[len(sendq)-t.Unsent:]
 	reuse := s.Option(unix.SOL_SOCKET, unix.SO_REUSEADDR) != 0 // repair mode off clears it
 	name := fmt.Sprintf("%s (TCP %s -> %s)", r.fdName(fdnum), s.Local, s.Remote)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.atResume = append(r.atResume, func() error {
 		lfd := int(live.Fd())
 		if err := unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF); err != nil {

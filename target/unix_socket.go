@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -226,31 +227,76 @@ func (b *unixBuilder) bindOne(ino uint64, s *core.Socket) error {
 	if err := clearStale(path, s.Type); err != nil {
 		return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: err}
 	}
-	if err := unix.Bind(fd, address(s)); err != nil {
+	owned, err := bindFile(fd, path, s.File.Mode&0o777, s.File.UID, s.File.GID)
+	if err != nil {
 		return &AddrError{PID: b.fdOf[ino].pid, FD: b.fdOf[ino].fd, Addr: path, Err: err}
 	}
-	if err := os.Chmod(path, os.FileMode(s.File.Mode&0o777)|modeBits(s.File.Mode)); err != nil {
-		b.r.warn("%s: %s: cannot set its mode %#o: %v", b.where(ino), path, s.File.Mode&0o7777, err)
+	if !owned {
+		b.r.warn("%s: %s: created owned by the restorer, not %d:%d (no CAP_SETPCAP to keep its rights while it takes the owner's ids)", b.where(ino), path, s.File.UID, s.File.GID)
 	}
-	if err := os.Lchown(path, int(s.File.UID), int(s.File.GID)); err != nil {
-		b.r.warn("%s: %s: cannot set its owner %d:%d: %v", b.where(ino), path, s.File.UID, s.File.GID, err)
+	if b.r.afterBind != nil {
+		b.r.afterBind(path)
 	}
 	return nil
 }
 
-// modeBits turns setuid, setgid and sticky bits of st_mode into os.FileMode.
-func modeBits(m uint32) os.FileMode {
-	var out os.FileMode
-	if m&unix.S_ISUID != 0 {
-		out |= os.ModeSetuid
+// bindFile binds socket fd to path, its file made at once with mode perm
+// and owner uid:gid: the file is never touched by its path afterwards,
+// where a user who can write the directory could have put a symlink or a
+// hard link to another file in its place (a chmod or chown by path would
+// then change that file, as root). The bind runs on a thread of its own,
+// which dies after it:
+//   - unshare(CLONE_FS), then umask 0 (the umask is shared by the whole
+//     process otherwise), and the socket's own inode set to perm (fchmod
+//     on the socket): bind creates the file with the socket inode's mode
+//     less the umask;
+//   - SECBIT_NO_SETUID_FIXUP, then setfsgid and setfsuid to the owner
+//     (per thread): the file is created by the owner, with the
+//     restorer's capabilities kept for the rest (a directory the owner
+//     may not write, as the original had it made while privileged).
+//
+// owned is false if the ids could not be taken (no CAP_SETPCAP): the file
+// is then the restorer's.
+func bindFile(fd int, path string, perm, uid, gid uint32) (owned bool, err error) {
+	type result struct {
+		owned bool
+		err   error
 	}
-	if m&unix.S_ISGID != 0 {
-		out |= os.ModeSetgid
+	c := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread's fs context and ids are changed, and
+		// it exits with this goroutine.
+		runtime.LockOSThread()
+		var r result
+		r.owned, r.err = bindFileLocked(fd, path, perm, uid, gid)
+		c <- r
+	}()
+	r := <-c
+	return r.owned, r.err
+}
+
+func bindFileLocked(fd int, path string, perm, uid, gid uint32) (owned bool, err error) {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return false, os.NewSyscallError("unshare(CLONE_FS)", err)
 	}
-	if m&unix.S_ISVTX != 0 {
-		out |= os.ModeSticky
+	unix.Umask(0)
+	if err := unix.Fchmod(fd, perm); err != nil {
+		return false, os.NewSyscallError("fchmod on the socket", err)
 	}
-	return out
+	if bits, err := unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0); err == nil &&
+		unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(bits)|secbitNoSetuidFixup, 0, 0, 0) == nil {
+		// setfs[ug]id return the previous id: asking again with -1 tells
+		// whether the change took.
+		unix.Syscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
+		unix.Syscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+		g, _, _ := unix.Syscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0)
+		u, _, _ := unix.Syscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0)
+		owned = uint32(g) == gid && uint32(u) == uid
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return false, err
+	}
+	return owned, nil
 }
 
 // bindTemp binds a socket whose file was gone at the dump, and whose path
@@ -322,7 +368,7 @@ func (b *unixBuilder) queue(ino uint64) ([]byte, error) {
 	if name == "" {
 		return nil, nil
 	}
-	data, err := readBlob(b.r.dir, b.r.img, name)
+	data, err := b.r.readBlob(b.r.img, name)
 	if err != nil {
 		return nil, b.errorf(ino, "its queue: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"migrate/core"
+	"migrate/core/kernel"
 	"migrate/core/proc"
 	"migrate/core/ptrace"
 	"migrate/pagestream"
@@ -25,6 +26,9 @@ import (
 // the files of the image, the files the process maps, the vdso, and that
 // its PID is free.
 func validate(ctx context.Context, dir string, img *core.Image) error {
+	if err := checkIncoming(img); err != nil {
+		return err
+	}
 	for _, pp := range img.Processes() {
 		if err := validateProcess(ctx, dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
@@ -43,28 +47,99 @@ func validate(ctx context.Context, dir string, img *core.Image) error {
 	return nil
 }
 
-// checkHostLimits checks the values of p that this host's kernel bounds
-// (core.Validate checks what every kernel bounds): every fd below
-// fs.nr_open, which neither dup3 nor a raised RLIMIT_NOFILE can pass, and
-// the mm fields PR_SET_MM_MAP needs. It is shared by the restore from
+// checkIncoming is the one place where a process from outside (an image
+// directory's metadata, a live migration's layouts and final state) is
+// checked before the restore acts on it: the image model's own rules
+// (core.Image.Validate: ranges, counts, blob names, every path the restore
+// opens absolute and clean) and this host's kernel limits on how many
+// areas, threads, fds and processes it may have (checkKernelLimits).
+func checkIncoming(img *core.Image) error {
+	if err := img.Validate(); err != nil {
+		return err
+	}
+	lim := readKernelLimits()
+	for _, pp := range img.Processes() {
+		if err := lim.check(pp.Process); err != nil {
+			return fmt.Errorf("process %d: %w", pp.Process.PID, err)
+		}
+	}
+	if n := len(img.Tree) + 1; n > lim.pidMax {
+		return &HostLimitError{What: "kernel.pid_max", Need: uint64(n), Limit: uint64(lim.pidMax)}
+	}
+	return nil
+}
+
+// kernelLimits are the kernel limits a restored process must fit in. They
+// also bound what a hostile source can make the service build.
+type kernelLimits struct {
+	maxMapCount int // vm.max_map_count: areas of one process (65530 by default)
+	threadsMax  int // kernel.threads-max: threads of the whole system
+	nrOpen      int // fs.nr_open: the highest fd number + 1 (1048576 by default)
+	pidMax      int // kernel.pid_max
+}
+
+// readKernelLimits reads the limits from /proc/sys; one that cannot be
+// read takes the kernel's default.
+func readKernelLimits() kernelLimits {
+	read := func(name string, def int) int {
+		n, err := kernel.ReadProcInt("/proc/sys/" + name)
+		if err != nil || n <= 0 {
+			return def
+		}
+		return n
+	}
+	return kernelLimits{
+		maxMapCount: read("vm/max_map_count", 65530),
+		threadsMax:  read("kernel/threads-max", 1<<15),
+		nrOpen:      read("fs/nr_open", 1<<20),
+		pidMax:      read("kernel/pid_max", 1<<22),
+	}
+}
+
+// check checks the counts of p, and its fd numbers (fs.nr_open: neither
+// dup3 nor a raised RLIMIT_NOFILE can pass it).
+func (l kernelLimits) check(p *core.Process) error {
+	switch {
+	case len(p.VMAs) > l.maxMapCount:
+		return &HostLimitError{What: "vm.max_map_count", Need: uint64(len(p.VMAs)), Limit: uint64(l.maxMapCount)}
+	case len(p.Threads) > l.threadsMax:
+		return &HostLimitError{What: "kernel.threads-max", Need: uint64(len(p.Threads)), Limit: uint64(l.threadsMax)}
+	case len(p.FDs) > l.nrOpen:
+		return &HostLimitError{What: "fs.nr_open", Need: uint64(len(p.FDs)), Limit: uint64(l.nrOpen)}
+	}
+	for _, fd := range p.FDs {
+		if fd.FD+FDsAbove >= l.nrOpen {
+			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD+FDsAbove) + 1, Limit: uint64(l.nrOpen),
+				Hint: fmt.Sprintf("the restore needs %d fds of its own above the highest", FDsAbove)})
+		}
+	}
+	return nil
+}
+
+// FDsAbove is how many fd numbers a restore uses above the process's
+// highest fd while it puts the fds in place: the agent's pidfd and the
+// socket that passes the fds (makeRoomForFDs, installFDs).
+const FDsAbove = 2
+
+// checkHostLimits checks the values of p that this host bounds beyond
+// checkIncoming (core.Validate checks what every kernel bounds): the
+// RLIMIT_NOFILE its highest fd needs, and the mm fields PR_SET_MM_MAP
+// needs. It is shared by the restore from
 // files and the live one.
 func checkHostLimits(p *core.Process) error {
 	if !p.MM.Set() {
 		return fmt.Errorf("%w: no mm fields (code, data, stack, auxv)", core.ErrInconsistent)
 	}
-	nrOpen, err := readSysctlInt("/proc/sys/fs/nr_open")
-	if err != nil {
+	if err := checkAttrs(p); err != nil {
 		return err
 	}
+	// Fd numbers below fs.nr_open: checkIncoming (kernelLimits.check).
 	top := 64 + len(p.FDs) // the agent's pidfd (openAgentPidfd)
 	for _, fd := range p.FDs {
-		if fd.FD >= nrOpen {
-			return fmt.Errorf("fd %d: %w", fd.FD, &HostLimitError{What: "fs.nr_open", Need: uint64(fd.FD) + 1, Limit: uint64(nrOpen)})
-		}
-		top = max(top, fd.FD)
+		top = max(top, fd.FD+FDsAbove)
 	}
-	// The child gets RLIMIT_NOFILE top+1 (roomForFDs): above migrate's
-	// hard limit only with CAP_SYS_RESOURCE.
+	// The child gets RLIMIT_NOFILE top+1 (makeRoomForFDs): above
+	// migrate's hard limit only with CAP_SYS_RESOURCE.
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
@@ -80,18 +155,6 @@ func checkHostLimits(p *core.Process) error {
 		}
 	}
 	return nil
-}
-
-func readSysctlInt(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return n, nil
 }
 
 // validateProcess checks what the restore of one process needs.

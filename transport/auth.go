@@ -15,16 +15,16 @@ import (
 // The authentication exchange runs on the TLS connection right after the
 // TLS handshake, before yamux; the package comment draws its layout.
 const (
-	authVersion   = 1
-	helloSize     = 60
+	authVersion   = 2
+	helloSize     = 28
 	replySize     = 44
+	finalSize     = 33
 	proofSize     = sha256.Size
 	ekmLabel      = "migrate auth"
-	proofLabel    = "migrate auth v1"
+	proofLabel    = "migrate auth v2"
 	roleDialer    = "dialer"
 	roleListener  = "listener"
-	helloSigned   = 28 // hello bytes covered by the proofs: all but the proof
-	replySigned   = 12 // reply bytes covered by the listener's proof
+	replySigned   = 12 // reply bytes covered by the proofs: all but the proof
 	statusOK      = 0
 	statusVersion = 1
 	statusMode    = 2
@@ -62,7 +62,7 @@ func handshakeErr(format string, args ...any) error {
 
 // readAuth reads exactly len(b) bytes of the exchange; a peer that hangs up
 // is an ErrHandshake, a TLS alert about certificates an *AuthError.
-func readAuth(c net.Conn, b []byte, what string) error {
+func readAuth(c io.Reader, b []byte, what string) error {
 	if _, err := io.ReadFull(c, b); err != nil {
 		if ae := certError(err); ae != nil {
 			return ae
@@ -75,7 +75,7 @@ func readAuth(c net.Conn, b []byte, what string) error {
 	return nil
 }
 
-func writeAuth(c net.Conn, b []byte, what string) error {
+func writeAuth(c io.Writer, b []byte, what string) error {
 	if _, err := c.Write(b); err != nil {
 		if ae := certError(err); ae != nil {
 			return ae
@@ -92,14 +92,19 @@ func dialerAuth(c *tls.Conn, s *settings, id [16]byte) error {
 	if err != nil {
 		return err
 	}
+	return dialerExchange(c, s, id, ekm)
+}
+
+// dialerExchange is the dialer's side of the exchange over c, whose TLS
+// exporter value is ekm. The dialer sends its proof only once the listener
+// has proved it holds the secret: an impostor listener gets nothing it
+// could attack offline.
+func dialerExchange(c io.ReadWriter, s *settings, id [16]byte, ekm []byte) error {
 	var hello [helloSize]byte
 	copy(hello[0:8], authMagic[:])
 	hello[8] = authVersion
 	hello[9] = byte(s.mode)
 	copy(hello[12:28], id[:])
-	if s.mode&AuthSecret != 0 {
-		copy(hello[28:], proof(s.Secret, roleDialer, ekm, hello[:helloSigned]))
-	}
 	if err := writeAuth(c, hello[:], "hello"); err != nil {
 		return err
 	}
@@ -108,40 +113,83 @@ func dialerAuth(c *tls.Conn, s *settings, id [16]byte) error {
 	if err := readAuth(c, reply[:], "reply"); err != nil {
 		return err
 	}
+	peerMode, err := checkReply(&reply, s.mode)
+	if err != nil {
+		return err
+	}
+	var final [finalSize]byte
+	refuse := func(status byte, err error) error {
+		final[0] = status
+		writeAuth(c, final[:], "final status")
+		return err
+	}
+	if peerMode != s.mode {
+		// A listener that accepts a mode it does not run is broken or
+		// hostile; never go on.
+		return refuse(statusMode, &AuthError{Reason: ReasonModeMismatch, Local: s.mode, Peer: peerMode})
+	}
+	if s.mode&AuthSecret != 0 {
+		want := proof(s.Secret, roleListener, ekm, hello[:], reply[:replySigned])
+		if !hmac.Equal(want, reply[12:12+proofSize]) {
+			return refuse(statusProof, &AuthError{Reason: ReasonBadProof})
+		}
+		copy(final[1:], proof(s.Secret, roleDialer, ekm, hello[:], reply[:replySigned]))
+	}
+	if err := writeAuth(c, final[:], "final status"); err != nil {
+		return err
+	}
+	var verdict [1]byte
+	if err := readAuth(c, verdict[:], "verdict"); err != nil {
+		return err
+	}
+	switch verdict[0] {
+	case statusOK:
+		return nil
+	case statusProof:
+		return &AuthError{Reason: ReasonRejected}
+	}
+	return handshakeErr("the listener sent unknown verdict %d", verdict[0])
+}
+
+// checkReply checks the listener's reply and returns the mode it announced.
+func checkReply(reply *[replySize]byte, mode AuthMode) (AuthMode, error) {
 	if [8]byte(reply[0:8]) != authMagic {
-		return handshakeErr("the listener is not a migrate peer (bad magic %q)", reply[0:8])
+		return 0, handshakeErr("the listener is not a migrate peer (bad magic %q)", reply[0:8])
 	}
 	peerMode := AuthMode(reply[9])
 	switch reply[10] {
 	case statusOK:
 	case statusVersion:
-		return handshakeErr("the listener speaks handshake version %d, we speak %d", reply[8], authVersion)
+		return 0, handshakeErr("the listener speaks handshake version %d, we speak %d", reply[8], authVersion)
 	case statusMode:
-		return &AuthError{Reason: ReasonModeMismatch, Local: s.mode, Peer: peerMode}
-	case statusProof:
-		return &AuthError{Reason: ReasonRejected}
+		return 0, &AuthError{Reason: ReasonModeMismatch, Local: mode, Peer: peerMode}
 	case statusBad:
-		return handshakeErr("the listener found our hello malformed")
+		return 0, handshakeErr("the listener found our hello malformed")
 	default:
-		return handshakeErr("the listener sent unknown status %d", reply[10])
+		return 0, handshakeErr("the listener sent unknown status %d", reply[10])
 	}
 	if reply[8] != authVersion || reply[11] != 0 {
-		return handshakeErr("malformed reply from the listener (version %d, reserved %d)", reply[8], reply[11])
+		return 0, handshakeErr("malformed reply from the listener (version %d, reserved %d)", reply[8], reply[11])
 	}
-	if peerMode != s.mode {
-		// A listener that accepts a mode it does not run is broken or
-		// hostile; never go on.
-		writeAuth(c, []byte{statusMode}, "final status")
-		return &AuthError{Reason: ReasonModeMismatch, Local: s.mode, Peer: peerMode}
+	return peerMode, nil
+}
+
+// checkHello checks the dialer's hello: nil, or the status to refuse it
+// with and why.
+func checkHello(hello *[helloSize]byte, mode AuthMode) (byte, error) {
+	if [8]byte(hello[0:8]) != authMagic {
+		return statusBad, handshakeErr("the dialer is not a migrate peer (bad magic %q)", hello[0:8])
 	}
-	if s.mode&AuthSecret != 0 {
-		want := proof(s.Secret, roleListener, ekm, hello[:helloSigned], reply[:replySigned])
-		if !hmac.Equal(want, reply[12:12+proofSize]) {
-			writeAuth(c, []byte{statusProof}, "final status")
-			return &AuthError{Reason: ReasonBadProof}
-		}
+	if hello[8] != authVersion {
+		return statusVersion, handshakeErr("the dialer speaks handshake version %d, we speak %d", hello[8], authVersion)
 	}
-	return writeAuth(c, []byte{statusOK}, "final status")
+	if hello[10] != 0 || hello[11] != 0 {
+		return statusBad, handshakeErr("malformed hello from the dialer (reserved bytes %#x %#x)", hello[10], hello[11])
+	}
+	if peerMode := AuthMode(hello[9]); peerMode != mode {
+		return statusMode, &AuthError{Reason: ReasonModeMismatch, Local: mode, Peer: peerMode}
+	}
+	return 0, nil
 }
 
 // listenerAuth runs the listener's side of the exchange and returns the
@@ -152,6 +200,12 @@ func listenerAuth(c *tls.Conn, s *settings) (id string, err error) {
 	if err != nil {
 		return "", err
 	}
+	return listenerExchange(c, s, ekm)
+}
+
+// listenerExchange is the listener's side of the exchange over c, whose
+// TLS exporter value is ekm.
+func listenerExchange(c io.ReadWriter, s *settings, ekm []byte) (id string, err error) {
 	var hello [helloSize]byte
 	if err := readAuth(c, hello[:], "hello"); err != nil {
 		return "", err
@@ -160,36 +214,18 @@ func listenerAuth(c *tls.Conn, s *settings) (id string, err error) {
 	copy(reply[0:8], authMagic[:])
 	reply[8] = authVersion
 	reply[9] = byte(s.mode)
-	refuse := func(status byte, err error) (string, error) {
+	if status, err := checkHello(&hello, s.mode); err != nil {
 		reply[10] = status
 		writeAuth(c, reply[:], "reply")
 		return "", err
 	}
-	if [8]byte(hello[0:8]) != authMagic {
-		return refuse(statusBad, handshakeErr("the dialer is not a migrate peer (bad magic %q)", hello[0:8]))
-	}
-	if hello[8] != authVersion {
-		return refuse(statusVersion, handshakeErr("the dialer speaks handshake version %d, we speak %d", hello[8], authVersion))
-	}
-	if hello[10] != 0 || hello[11] != 0 {
-		return refuse(statusBad, handshakeErr("malformed hello from the dialer (reserved bytes %#x %#x)", hello[10], hello[11]))
-	}
-	if peerMode := AuthMode(hello[9]); peerMode != s.mode {
-		return refuse(statusMode, &AuthError{Reason: ReasonModeMismatch, Local: s.mode, Peer: peerMode})
-	}
 	if s.mode&AuthSecret != 0 {
-		want := proof(s.Secret, roleDialer, ekm, hello[:helloSigned])
-		if !hmac.Equal(want, hello[28:28+proofSize]) {
-			// Say no, and nothing more: no proof of ours goes to a peer
-			// that has not proved it holds the secret.
-			return refuse(statusProof, &AuthError{Reason: ReasonBadProof})
-		}
-		copy(reply[12:], proof(s.Secret, roleListener, ekm, hello[:helloSigned], reply[:replySigned]))
+		copy(reply[12:], proof(s.Secret, roleListener, ekm, hello[:], reply[:replySigned]))
 	}
 	if err := writeAuth(c, reply[:], "reply"); err != nil {
 		return "", err
 	}
-	var final [1]byte
+	var final [finalSize]byte
 	if err := readAuth(c, final[:], "final status"); err != nil {
 		return "", err
 	}
@@ -201,6 +237,16 @@ func listenerAuth(c *tls.Conn, s *settings) (id string, err error) {
 		return "", &AuthError{Reason: ReasonModeMismatch, Local: s.mode, Peer: AuthMode(hello[9])}
 	default:
 		return "", handshakeErr("the dialer sent unknown final status %d", final[0])
+	}
+	if s.mode&AuthSecret != 0 {
+		want := proof(s.Secret, roleDialer, ekm, hello[:], reply[:replySigned])
+		if !hmac.Equal(want, final[1:1+proofSize]) {
+			writeAuth(c, []byte{statusProof}, "verdict")
+			return "", &AuthError{Reason: ReasonBadProof}
+		}
+	}
+	if err := writeAuth(c, []byte{statusOK}, "verdict"); err != nil {
+		return "", err
 	}
 	return hex.EncodeToString(hello[12:28]), nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,9 +41,10 @@ func mustFailAuth(t *testing.T, cerr, serr error, creason, sreason AuthReason) {
 func TestWrongSecret(t *testing.T) {
 	checkGoroutines(t)
 	l := listen(t, secretConfig())
-	d := Config{Secret: []byte("another secret, just as long!!!!")}
+	d := Config{Secret: []byte("b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c")}
 	_, cerr, _, serr := connect(t, l, l.Addr().String(), d)
-	mustFailAuth(t, cerr, serr, ReasonRejected, ReasonBadProof)
+	// The listener proves itself first: the dialer finds the proof bad.
+	mustFailAuth(t, cerr, serr, ReasonBadProof, ReasonRejected)
 
 	// The listener goes on serving the right peers.
 	_, cerr, _, serr = connect(t, l, l.Addr().String(), secretConfig())
@@ -59,7 +61,7 @@ func TestManInTheMiddle(t *testing.T) {
 	l := listen(t, secretConfig())
 	p := newMITM(t, l.Addr().String())
 	_, cerr, _, serr := connect(t, l, p.addr(), secretConfig())
-	mustFailAuth(t, cerr, serr, ReasonRejected, ReasonBadProof)
+	mustFailAuth(t, cerr, serr, ReasonBadProof, ReasonRejected)
 }
 
 // fakeListener accepts one TLS connection and runs serve on it; it returns
@@ -92,37 +94,45 @@ func fakeListener(t *testing.T, serve func(c *tls.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestImpostorListener: a listener without the secret that claims success
-// is caught by the dialer, which says so to it.
+// TestImpostorListener: a listener without the secret (TLS, the migrate
+// ALPN, a well-formed reply with a made-up proof) receives no proof from
+// the dialer, nothing derived from the secret that it could attack
+// offline: the dialer checks the listener's proof first, refuses it, and
+// says so with a status byte and zeros.
 func TestImpostorListener(t *testing.T) {
 	checkGoroutines(t)
-	final := make(chan byte, 1)
+	sent := make(chan []byte, 1)
 	addr := fakeListener(t, func(c *tls.Conn) {
-		var hello [helloSize]byte
+		var hello [28]byte // the header of every version's hello
 		if _, err := io.ReadFull(c, hello[:]); err != nil {
+			sent <- nil
 			return
 		}
 		var reply [replySize]byte
 		copy(reply[:], authMagic[:])
-		reply[8], reply[9] = authVersion, hello[9]
+		reply[8], reply[9] = hello[8], hello[9]
 		copy(reply[12:], bytes.Repeat([]byte{0xab}, proofSize))
 		c.Write(reply[:])
-		var b [1]byte
-		io.ReadFull(c, b[:])
-		final <- b[0]
+		// Everything else the dialer sends, until it hangs up.
+		rest, _ := io.ReadAll(c)
+		sent <- rest
 	})
 	_, err := Dial(context.Background(), addr, secretConfig())
 	if !errors.Is(err, ErrAuth) || authReason(err) != ReasonBadProof {
 		t.Fatalf("Dial: %v, want ErrAuth, bad proof", err)
 	}
-	if b := <-final; b != statusProof {
-		t.Fatalf("the dialer sent final status %d, want %d", b, statusProof)
+	rest := <-sent
+	if len(rest) == 0 || rest[0] != statusProof {
+		t.Fatalf("after its hello the dialer sent %x, want status %d first", rest, statusProof)
+	}
+	if !bytes.Equal(rest[1:], make([]byte, len(rest)-1)) {
+		t.Fatalf("the dialer sent %x to an impostor: something derived from the secret", rest)
 	}
 }
 
-// TestRejectionRevealsNothing plays a dialer without the secret: the
-// listener's refusal carries no proof of its own.
-func TestRejectionRevealsNothing(t *testing.T) {
+// TestDialerProofChecked plays a dialer without the secret to the end: its
+// made-up proof is refused, and no session is made.
+func TestDialerProofChecked(t *testing.T) {
 	checkGoroutines(t)
 	l := listen(t, secretConfig())
 	ch := acceptAsync(l)
@@ -134,16 +144,22 @@ func TestRejectionRevealsNothing(t *testing.T) {
 	var hello [helloSize]byte
 	copy(hello[:], authMagic[:])
 	hello[8], hello[9] = authVersion, byte(AuthSecret)
-	copy(hello[28:], bytes.Repeat([]byte{1}, proofSize))
 	c.Write(hello[:])
-	reply, err := io.ReadAll(c)
-	if len(reply) != replySize {
-		t.Fatalf("reply of %d bytes (%v)", len(reply), err)
+	var reply [replySize]byte
+	if _, err := io.ReadFull(c, reply[:]); err != nil {
+		t.Fatal(err)
 	}
-	if reply[10] != statusProof || !bytes.Equal(reply[12:], make([]byte, proofSize)) {
-		t.Fatalf("reply status %d, proof %x", reply[10], reply[12:])
+	if reply[10] != statusOK {
+		t.Fatalf("reply status %d", reply[10])
 	}
-	if a := <-ch; !errors.Is(a.err, ErrAuth) {
+	var final [finalSize]byte
+	copy(final[1:], bytes.Repeat([]byte{1}, proofSize))
+	c.Write(final[:])
+	verdict, err := io.ReadAll(c)
+	if len(verdict) != 1 || verdict[0] != statusProof {
+		t.Fatalf("verdict %x (%v), want %d", verdict, err, statusProof)
+	}
+	if a := <-ch; !errors.Is(a.err, ErrAuth) || authReason(a.err) != ReasonBadProof {
 		t.Fatalf("Accept: %v", a.err)
 	}
 }
@@ -458,6 +474,7 @@ func TestLoadSecret(t *testing.T) {
 	for _, tc := range []struct{ name, path string }{
 		{"world readable", write("open", string(testSecret), 0o644)},
 		{"short", write("short", "tiny\n", 0o600)},
+		{"one repeated byte", write("repeated", strings.Repeat("x", 64)+"\n", 0o600)},
 		{"missing", filepath.Join(dir, "none")},
 		{"directory", dir},
 	} {

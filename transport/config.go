@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/big"
 	"net"
 	"os"
@@ -26,13 +27,15 @@ const (
 	DefaultKeepAliveInterval = 2 * time.Second
 	DefaultKeepAliveTimeout  = 5 * time.Second
 	DefaultStreamWindow      = 16 << 20
-	DefaultMaxHandshakes     = 32
+	DefaultMaxHandshakes     = 256
+	DefaultFirstByteTimeout  = 2 * time.Second
 
-	// MinSecretLen is the shortest shared secret accepted. The proofs are
-	// HMACs a peer without the secret can record and attack offline, so the
-	// secret must be random and long enough to make that hopeless: 16 bytes
-	// at least, 32 random bytes recommended (openssl rand -hex 32).
-	MinSecretLen = 16
+	// MinSecretLen is the shortest shared secret accepted, in bytes (of
+	// the file, white space trimmed). See CheckSecret for the rest.
+	MinSecretLen = 32
+	// MinSecretBits is the least entropy CheckSecret accepts, as it
+	// estimates it.
+	MinSecretBits = 128
 )
 
 // AuthMode is how the two ends of a session authenticate each other. It is
@@ -72,7 +75,7 @@ func (m AuthMode) String() string {
 // The two ends must choose the same mode.
 type Config struct {
 	// Secret is the shared secret (LoadSecret reads --secret-file). Both
-	// ends must hold the same one. At least MinSecretLen bytes.
+	// ends must hold the same one, and it must pass CheckSecret.
 	Secret []byte
 
 	// CertFile, KeyFile and CAFile (PEM) select mutual TLS: this end's
@@ -114,8 +117,13 @@ type Config struct {
 	// stream.
 	StreamWindow uint32
 	// MaxHandshakes (Listen only) caps the connections being handshaken at
-	// once; more are closed as they arrive.
+	// once (a goroutine, an fd and a few KiB each). A connection beyond it
+	// evicts the pending one that got least far, the oldest of those (see
+	// Listener).
 	MaxHandshakes int
+	// FirstByteTimeout (Listen only) bounds the wait for a connection's
+	// first bytes (its TLS hello, which a real dialer sends at once).
+	FirstByteTimeout time.Duration
 }
 
 // LoadSecret reads a shared secret from a file. Leading and trailing white
@@ -147,10 +155,105 @@ func LoadSecret(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: secret file %s is larger than %d bytes", ErrConfig, path, maxSecretFile)
 	}
 	secret := bytes.TrimSpace(buf[:n])
-	if len(secret) < MinSecretLen {
-		return nil, fmt.Errorf("%w: secret in %s is %d bytes, want at least %d random bytes (openssl rand -hex 32 > %s)", ErrConfig, path, len(secret), MinSecretLen, path)
+	if err := CheckSecret(secret); err != nil {
+		return nil, fmt.Errorf("%w (in %s; migrate serve --gen-secret FILE writes a good one)", err, path)
 	}
 	return bytes.Clone(secret), nil
+}
+
+// ErrWeakSecret: the shared secret is too short or too regular to resist
+// an offline guess (see CheckSecret). It comes wrapped with ErrConfig.
+var ErrWeakSecret = errors.New("shared secret too weak")
+
+// CheckSecret refuses a secret that an attacker holding one proof (which
+// the listener sends to any dialer, see the package comment) could guess
+// offline: shorter than MinSecretLen bytes, a repetition of a shorter
+// string ("abcabc...", one repeated byte), or with less than MinSecretBits
+// of entropy as estimated from its bytes: its length times the Shannon
+// entropy per byte of the bytes' frequencies, or of the differences
+// between consecutive bytes if lower (which catches "abcdef..."). The
+// estimate is low for short secrets by design: 32 random bytes, 44
+// base64 characters or 64 hex digits (what GenerateSecret writes) pass
+// with a wide margin; 32 hex digits do not. It knows nothing of words: a
+// long passphrase may pass it and still be guessable. Use GenerateSecret.
+func CheckSecret(b []byte) error {
+	if len(b) < MinSecretLen {
+		return fmt.Errorf("%w: %w: %d bytes, want at least %d random bytes", ErrConfig, ErrWeakSecret, len(b), MinSecretLen)
+	}
+	if p := period(b); p < len(b) {
+		return fmt.Errorf("%w: %w: a string of %d bytes repeated", ErrConfig, ErrWeakSecret, p)
+	}
+	deltas := make([]byte, len(b)-1)
+	for i := range deltas {
+		deltas[i] = b[i+1] - b[i]
+	}
+	h := min(entropy(b), entropy(deltas))
+	if bits := h * float64(len(b)); bits < MinSecretBits {
+		return fmt.Errorf("%w: %w: about %.0f bits of entropy in %d bytes, want at least %d", ErrConfig, ErrWeakSecret, bits, len(b), MinSecretBits)
+	}
+	return nil
+}
+
+// period returns the length of the shortest string whose repetition, two
+// copies at least (the last possibly cut short), makes b; else len(b).
+func period(b []byte) int {
+	for p := 1; p <= len(b)/2; p++ {
+		if bytes.Equal(b[p:], b[:len(b)-p]) {
+			return p
+		}
+	}
+	return len(b)
+}
+
+// entropy is the Shannon entropy of b's byte frequencies, in bits per byte.
+func entropy(b []byte) float64 {
+	if len(b) == 0 {
+		return 0
+	}
+	var n [256]int
+	for _, c := range b {
+		n[c]++
+	}
+	h := 0.0
+	for _, k := range n {
+		if k > 0 {
+			p := float64(k) / float64(len(b))
+			h -= p * math.Log2(p)
+		}
+	}
+	return h
+}
+
+// GenerateSecret writes a new shared secret to path: 32 random bytes as 64
+// hex digits and a newline, in a new file of mode 0600. An existing file
+// is never overwritten.
+func GenerateSecret(path string) error {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("transport: random secret: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: secret file: %w", ErrConfig, err)
+	}
+	// The mode whatever the umask.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("%w: secret file: %w", ErrConfig, err)
+	}
+	_, err = f.Write(append(hex.AppendEncode(nil, b[:]), '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("transport: writing the secret file: %w", err)
+	}
+	return nil
 }
 
 // NewSessionID returns a random session ID: 128 bits, 32 hex digits.
@@ -209,6 +312,9 @@ func (c Config) settings() (*settings, error) {
 	if s.MaxHandshakes <= 0 {
 		s.MaxHandshakes = DefaultMaxHandshakes
 	}
+	if s.FirstByteTimeout <= 0 {
+		s.FirstByteTimeout = min(DefaultFirstByteTimeout, s.HandshakeTimeout)
+	}
 	if s.SessionID != "" && !ValidSessionID(s.SessionID) {
 		return nil, fmt.Errorf("%w: session ID %q is not 32 lower-case hex digits", ErrConfig, s.SessionID)
 	}
@@ -223,8 +329,8 @@ func (c Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("%w: mutual TLS needs a certificate, its key and a CA file, all three", ErrConfig)
 	}
 	if s.Secret != nil {
-		if len(s.Secret) < MinSecretLen {
-			return nil, fmt.Errorf("%w: shared secret is %d bytes, want at least %d", ErrConfig, len(s.Secret), MinSecretLen)
+		if err := CheckSecret(s.Secret); err != nil {
+			return nil, err
 		}
 		s.mode |= AuthSecret
 	}

@@ -20,6 +20,19 @@
 //     Config.KeepAliveTimeout (5 s), which also bounds every write to the
 //     connection; so a peer that goes silent is found within 7 s.
 //
+// A listener handshakes each connection on its own goroutine. A connection
+// must send its first bytes (the TLS hello, which a real dialer sends at
+// once) within Config.FirstByteTimeout (2 s). At most Config.MaxHandshakes
+// (256: a goroutine, an fd and a few KiB each) are in progress; a new
+// connection beyond that evicts the one that got least far (nothing
+// received for 250 ms; part of the TLS hello; the whole hello; TLS done),
+// the oldest of those (its Accept error wraps ErrEvicted). So silent or
+// stalled connections, even from the real source's own address and
+// however fast they come, cost at most MaxHandshakes goroutines and never
+// keep out a dialer that completes its handshake: only peers that do as
+// much work as it does compete with it. Refused connections are logged at
+// most once a second, with a count of the rest.
+//
 // # Authentication
 //
 // The mode is chosen explicitly in Config, and both ends must choose the
@@ -41,41 +54,53 @@
 // The proofs are
 //
 //	proof(role, transcript) = HMAC-SHA256(secret,
-//	    "migrate auth v1" 0x00 role 0x00 EKM transcript)
+//	    "migrate auth v2" 0x00 role 0x00 EKM transcript)
 //	EKM = TLS exporter, label "migrate auth", no context, 32 bytes
 //
-// where role is "dialer" or "listener". The exchange (integers
+// where role is "dialer" or "listener", and the transcript is the whole
+// hello and the first 12 bytes of the reply. The exchange (integers
 // little-endian):
 //
-//	dialer → listener, hello, 60 bytes:
+//	dialer → listener, hello, 28 bytes:
 //	  off size
 //	    0    8 magic "MIGRAUTH"
-//	    8    1 version, 1
+//	    8    1 version, 2
 //	    9    1 mode: bit 0 shared secret, bit 1 certificates (0 insecure)
 //	   10    2 reserved, 0
 //	   12   16 session ID
-//	   28   32 proof("dialer", hello[0:28]), or zeros without a secret
 //
 //	listener → dialer, reply, 44 bytes:
 //	    0    8 magic "MIGRAUTH"
-//	    8    1 version, 1
+//	    8    1 version, 2
 //	    9    1 mode of the listener
 //	   10    1 status: 0 ok, 1 bad version, 2 mode mismatch,
-//	                   3 bad proof, 4 malformed hello
+//	                   4 malformed hello
 //	   11    1 reserved, 0
-//	   12   32 proof("listener", hello[0:28] reply[0:12]) if the status is
-//	           ok and there is a secret, else zeros
+//	   12   32 proof("listener", hello reply[0:12]) if the status is ok
+//	           and there is a secret, else zeros
 //
-//	dialer → listener, final status, 1 byte: 0 ok, 2 mode mismatch,
-//	  3 bad proof
+//	dialer → listener, final, 33 bytes:
+//	    0    1 status: 0 ok, 2 mode mismatch, 3 bad proof
+//	    1   32 proof("dialer", hello reply[0:12]) if the status is ok and
+//	           there is a secret, else zeros
 //
-// The listener checks the dialer's proof before it sends its own, so a
-// dialer without the secret learns only "rejected". A listener without the
-// secret (an impostor) does receive the dialer's proof, which it can attack
-// offline: that is why secrets must be random and at least MinSecretLen
-// bytes. Proofs are compared with hmac.Equal. A failure is an *AuthError
-// (errors.Is(err, ErrAuth)) on both ends, naming the reason. After the final
-// status, the connection carries yamux and nothing else.
+//	listener → dialer, verdict, 1 byte: 0 ok, 3 bad proof
+//
+// The listener proves itself first, and the dialer sends its proof only
+// to a listener whose proof it checked: a listener without the secret (an
+// impostor at the address the dialer was given) learns nothing derived
+// from the secret. The listener's proof goes to any dialer that completes
+// TLS, and a proof can be attacked offline (guesses of the secret checked
+// against it): that is why CheckSecret refuses secrets shorter than
+// MinSecretLen or with less than MinSecretBits of estimated entropy, and
+// why GenerateSecret (migrate serve --gen-secret) writes 32 random bytes.
+// Proofs are compared with hmac.Equal. A failure is an *AuthError
+// (errors.Is(err, ErrAuth)) on both ends, naming the reason. After the
+// verdict, the connection carries yamux and nothing else.
+//
+// Whoever holds the secret (or a certificate of the CA) can make a
+// listener build any process it describes: run any program as any user
+// on the listener's host.
 //
 // # Streams
 //

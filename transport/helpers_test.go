@@ -55,7 +55,7 @@ func waitFor(t testing.TB, maxWait time.Duration, what string, try func() bool) 
 	}
 }
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef")
+var testSecret = []byte("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
 
 func secretConfig() Config { return Config{Secret: testSecret} }
 

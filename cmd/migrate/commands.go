@@ -49,7 +49,8 @@ Commands:
 %s
 Global flags (also accepted after the command):
 %s
-Exit status: 0 on success, 1 on failure, 2 on a usage error.
+Exit status: 0 on success, 1 on failure, 2 on a usage error, 3 if not
+permitted (migrate runs set-user-ID, or the user may not trace the process).
 
 Run 'migrate help COMMAND' for the flags and examples of a command.
 `
@@ -89,9 +90,19 @@ var helpCmd = &command{
 	desc: `
 Print the help of migrate, or of COMMAND: synopsis, description, flags with
 their defaults, and examples. 'migrate COMMAND --help' prints the same.`,
-	examples: `  migrate help dump`,
+	examples: `  migrate help dump
+  migrate help --man | gzip > migrate.1.gz`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+		var man bool
+		boolFlag(fs, &man, "man", "", "print the manual page migrate(1), every command's help, in roff")
 		return func(_ context.Context, e *env, args []string) error {
+			if man {
+				if len(args) > 0 {
+					return usagef("--man takes no command: it prints them all")
+				}
+				writeMan(e.stdout)
+				return nil
+			}
 			switch len(args) {
 			case 0:
 				printMainHelp(e.stdout)

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"migrate/core/hook"
 	"migrate/core/netaddr"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -63,8 +66,14 @@ and exits.
 
 Run it as PID 1 of a PID namespace of its own to receive processes whose
 PIDs are taken on this host: restored processes become its children, and it
-reaps them when they exit.`,
-	examples: `  migrate serve --listen :7070 --secret-file /etc/migrate/secret
+reaps them when they exit.
+
+Whoever holds the shared secret (or a certificate of the CA) can run any
+program, as any user, on every host where 'migrate serve' runs with it: a
+migration builds whatever process its source describes. Guard the secret
+like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
+	examples: `  migrate serve --gen-secret /etc/migrate/secret
+  migrate serve --listen :7070 --secret-file /etc/migrate/secret
   unshare --pid --fork --mount-proc migrate serve --listen 10.0.0.2:7070 --secret-file s
   migrate serve --listen :7070 --secret-file s --address 10.0.0.100/32@eth0
   migrate serve --listen :7070 --secret-file s \
@@ -74,17 +83,33 @@ reaps them when they exit.`,
 		var listen string
 		var auth authFlags
 		var hooks []string
+		var maxSessions int
+		var genSecret string
 		fs.StringVar(&listen, "listen", "", "listen on `ADDR` (HOST:PORT; required)")
+		fs.StringVar(&genSecret, "gen-secret", "", "write a new shared secret (32 random bytes, 64 hex digits) to `FILE`, mode 0600, and exit; an existing FILE is never overwritten")
+		fs.IntVar(&maxSessions, "max-sessions", target.DefaultMaxSessions, "serve at most `N` sessions at once (migrations and status questions); more are told the service is busy")
 		auth.add(fs)
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		var addrs []string
 		addressFlag(fs, &addrs, "add it to LINK and announce it just before each migrated process resumes (an abort deletes it again)")
+		var metricsAddr string
+		fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the service's health on /healthz (HOST:PORT; plain HTTP, no authentication: a loopback or management address)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected arguments %q", args)
 			}
+			if genSecret != "" {
+				if err := transport.GenerateSecret(genSecret); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "wrote a new shared secret to %s (mode 0600): copy it to every host, by a channel you trust\n", genSecret)
+				return nil
+			}
 			if listen == "" {
 				return usagef("--listen is required")
+			}
+			if maxSessions < 1 {
+				return usagef("--max-sessions must be at least 1")
 			}
 			hs, err := hookSet(hooks, addrs, hook.Target, e)
 			if err != nil {
@@ -95,10 +120,47 @@ reaps them when they exit.`,
 				return err
 			}
 			cfg.Logger = e.logger
-			return target.Serve(ctx, target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs,
-				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }})
+			opts := target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs, MaxSessions: maxSessions,
+				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
+			if metricsAddr != "" {
+				stop, err := serveMetrics(metricsAddr, &opts, e)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			return target.Serve(ctx, opts)
 		}
 	},
+}
+
+// serveMetrics serves the metrics of the target service on addr, over
+// plain HTTP, until stop; the service then observes into them (opts).
+func serveMetrics(addr string, opts *target.ServeOptions, e *env) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics: %w", err)
+	}
+	opts.Metrics = target.NewMetrics()
+	srv := &http.Server{Handler: opts.Metrics.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(e.logger.Handler(), slog.LevelWarn)}
+	e.logger.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			e.logger.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		// Scrapes in flight get a moment to finish; /healthz said
+		// "stopping" since the service began to stop.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+		<-done
+	}, nil
 }
 
 // toCmd is `migrate --to HOST:PORT PID`, also `migrate to HOST:PORT PID`.
@@ -235,7 +297,9 @@ learn what became of the migration, 'migrate --to' leaves the original
 process stopped and prints its session ID. 'migrate recover' asks the target
 about that session: if the target runs the process, the original is killed;
 if the migration was aborted, the original runs on (SIGCONT). If the target
-cannot tell, the original stays stopped and the command says so (exit 1).`,
+cannot tell, the original stays stopped and the command says so (exit 1).
+It acts only on the process that the migration's record in /run/migrate
+names (same PID, session and start time), and refuses any other.`,
 	examples: `  migrate recover --to 10.0.0.2:7070 --secret-file /etc/migrate/secret --session 3f9c... 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 		var to, session string

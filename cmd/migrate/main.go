@@ -1,6 +1,11 @@
-// Command migrate checkpoints a running Linux process into a directory and
-// restores it from there. This package holds flags, output and exit codes
-// only; the work is done by packages source, target, core and core/kernel.
+// Command migrate moves a running Linux process to another host (`migrate
+// --to`, to a `migrate serve`), and checkpoints one into a directory and
+// restores it from there (`dump`, `restore`). This package holds flags,
+// output and exit codes only; the work is done by packages source (the
+// dumping side), target (the restoring side and the service), transport
+// (connections and their authentication), and core with core/kernel
+// (`check`), core/hook and core/netaddr (--hook, --address) and
+// core/ptrace.
 package main
 
 import (
@@ -15,6 +20,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"migrate/source"
 )
 
 // Exit codes.
@@ -22,14 +30,44 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	// exitDenied: the user may not do this (migrate runs set-user-ID, or
+	// the user may not trace the process).
+	exitDenied = 3
 )
 
 func main() {
+	if err := refuseSetID(); err != nil {
+		fmt.Fprintf(os.Stderr, "migrate: %v\n", err)
+		os.Exit(exitDenied)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], newEnv(os.Stdout, os.Stderr))
 	stop()
 	os.Exit(code)
 }
+
+// refuseSetID refuses to run set-user-ID or set-group-ID: migrate would
+// act with the file owner's privilege on behalf of whoever runs it (move,
+// stop or kill root's processes). Its checks of who may move a process
+// look at the real ids, which must then be the effective ones.
+// File capabilities count too: the kernel marks any such exec secure
+// (AT_SECURE).
+func refuseSetID() error {
+	if os.Getuid() != os.Geteuid() || os.Getgid() != os.Getegid() {
+		return fmt.Errorf("refusing to run set-user-ID or set-group-ID (real uid %d gid %d, effective uid %d gid %d): run it as root instead",
+			os.Getuid(), os.Getgid(), os.Geteuid(), os.Getegid())
+	}
+	auxv, _ := unix.Auxv()
+	for _, kv := range auxv {
+		if kv[0] == atSecure && kv[1] != 0 {
+			return fmt.Errorf("refusing to run with privilege its user does not have (set-user-ID, set-group-ID or file capabilities): run it as root instead")
+		}
+	}
+	return nil
+}
+
+// atSecure is AT_SECURE, set in the auxiliary vector of a privileged exec.
+const atSecure = 23
 
 // env is what a command may touch: its output streams, its logger, and the
 // library entry points (replaced in tests).
@@ -184,6 +222,10 @@ func report(e *env, cmd string, err error) int {
 			fmt.Fprintln(e.stderr, "Run 'migrate help' for usage.")
 		}
 		return exitUsage
+	}
+	var ae *source.AccessError
+	if errors.As(err, &ae) {
+		return exitDenied
 	}
 	return exitFailure
 }

@@ -6,15 +6,19 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"migrate/core"
 	"migrate/core/kernel"
 	"migrate/source"
 	"migrate/target"
+	"migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.
@@ -311,13 +315,15 @@ func sampleImage() *core.Image {
 			PID: 4321, PPID: 1, PGID: 4321, SID: 4321, Comm: "sleep", Exe: exe,
 			Cmdline: []string{"sleep", "100"}, Cwd: "/root", Root: "/", Umask: 0o22,
 			Creds:   core.Creds{Groups: []uint32{0}, CapEff: 0x1ff},
+			Attrs:   &core.ProcAttrs{OOMScoreAdj: -17, THPDisable: core.THPDisableExceptAdvised, ChildSubreaper: true, Membarrier: 1 << 4, MDWE: 1},
 			Rlimits: []core.Rlimit{{Resource: 7, Cur: 1024, Max: 4096}, {Resource: 4, Cur: 1 << 20, Max: ^uint64(0)}},
 			VMAs: []core.VMA{
 				{Start: 0x400000, End: 0x402000, Prot: 5, Flags: 2, Kind: core.VMAFile, File: &exe, Pages: 0},
 				{Start: 0x600000, End: 0x603000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[heap]", Pages: 2},
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
-			Threads:    []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart"}},
+			Threads: []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart",
+				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4}}},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -340,7 +346,7 @@ func TestShow(t *testing.T) {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	for _, want := range []string{
-		"pid      4321 (ppid 1",
+		"4321 (ppid 1, pgid 4321",
 		"/usr/bin/sleep",
 		"sleep 100",
 		"r-xp", "[heap]", "[stack]",
@@ -350,6 +356,8 @@ func TestShow(t *testing.T) {
 		"RLIMIT_CORE",
 		"restart",
 		"zstd",
+		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED", "refuse exec gain",
+		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
 	} {
 		if want == "RLIMIT_NOFILE" {
 			if strings.Contains(r.stdout, want) {
@@ -421,5 +429,57 @@ func TestCheckReal(t *testing.T) {
 		if f.Status != "yes" && f.Status != "no" {
 			t.Errorf("%s: status %q", f.Name, f.Status)
 		}
+	}
+}
+
+// TestManPage checks migrate(1) against the commands: every command has
+// its section with each of its flags, and groff finds nothing to warn
+// about.
+func TestManPage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"help", "--man"}, newEnv(&out, &errb)); code != exitOK {
+		t.Fatalf("help --man: exit %d: %s", code, errb.String())
+	}
+	man := out.String()
+	for _, c := range commands {
+		if !strings.Contains(man, `.SS "migrate `+c.name+" ") {
+			t.Errorf("no section for %s", c.name)
+		}
+		fs := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
+		c.setup(fs)
+		fs.VisitAll(func(f *pflag.Flag) {
+			if !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
+				t.Errorf("%s: flag --%s is not in the manual", c.name, f.Name)
+			}
+		})
+	}
+	for _, want := range []string{".TH MIGRATE 1", ".SH GLOBAL OPTIONS", `\fB\-\-log\-level\fR`, ".SH EXIT STATUS"} {
+		if !strings.Contains(man, want) {
+			t.Errorf("the manual lacks %q", want)
+		}
+	}
+	groff, err := exec.LookPath("groff")
+	if err != nil {
+		t.Skipf("groff is not installed (apt-get install groff-base): the manual is not checked for roff warnings")
+	}
+	cmd := exec.Command(groff, "-man", "-ww", "-z")
+	cmd.Stdin = strings.NewReader(man)
+	if msg, err := cmd.CombinedOutput(); err != nil || len(msg) > 0 {
+		t.Errorf("groff: %v\n%s", err, msg)
+	}
+}
+
+// TestGenSecret: serve --gen-secret writes a secret that --secret-file
+// takes, and never overwrites one.
+func TestGenSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := transport.LoadSecret(path); err != nil {
+		t.Fatal(err)
+	}
+	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
+		t.Fatalf("an existing secret file was overwritten")
 	}
 }

@@ -18,10 +18,13 @@ Recreate the process stored in DIR with its original PID, memory, registers,
 signal state and open files, and let it run. The whole image is checked
 before anything is created: a missing or damaged file (a blob whose size or
 SHA-256 differs, a symlink, a FIFO or a device in place of a file), a
-version this build does not read, a value out of range, or a mapped file
-that changed since the dump is refused with an error naming the problem,
-and nothing is left behind. SIGINT or SIGTERM stops the restore in any
-step and kills what it had built.
+version this build does not read, a value out of range, a mapped file
+that changed since the dump, or a thread bound to a CPU this host does not
+have is refused with an error naming the problem, and nothing is left
+behind. A scheduling attribute, oom_score_adj or other process attribute
+the kernel will not set as the image has it fails the restore, naming
+it, rather than give back a process that differs. SIGINT or SIGTERM stops
+the restore in any step and kills what it had built.
 
 The restored process does not belong to migrate: it outlives it, and its
 parent becomes init (or the nearest child subreaper). migrate exits 0 only

@@ -105,6 +105,33 @@ func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {
 	if p.Personality != 0 {
 		fmt.Fprintf(tw, "  personality\t%#x\n", p.Personality)
 	}
+	if a := p.Attrs; a != nil {
+		fmt.Fprintf(tw, "  oom_score_adj\t%d\n", a.OOMScoreAdj)
+		thp := "enabled"
+		switch a.THPDisable {
+		case core.THPDisableAll:
+			thp = "disabled (PR_SET_THP_DISABLE)"
+		case core.THPDisableExceptAdvised:
+			thp = "disabled except where advised (PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED)"
+		}
+		fmt.Fprintf(tw, "  THP\t%s\n", thp)
+		if a.ChildSubreaper {
+			fmt.Fprintf(tw, "  child subreaper\tyes\n")
+		}
+		if a.Membarrier != 0 {
+			fmt.Fprintf(tw, "  membarrier\tregistered %s\n", membarrierRegs(a.Membarrier))
+		}
+		if a.MDWE != 0 {
+			mdwe := "refuse exec gain"
+			if a.MDWE&2 != 0 {
+				mdwe += ", not inherited"
+			}
+			fmt.Fprintf(tw, "  memory-deny-write-execute\t%s\n", mdwe)
+		}
+		if a.MemoryMerge {
+			fmt.Fprintf(tw, "  KSM\tmerges every area (PR_SET_MEMORY_MERGE)\n")
+		}
+	}
 	tw.Flush()
 
 	showMemory(w, p)
@@ -226,6 +253,33 @@ func showThreads(w io.Writer, p *core.Process) {
 			t.TID, t.Comm, t.Regs.RIP, t.Regs.RSP, sigset(t.SigMask), siginfos(t.Pending), restart)
 	}
 	tw.Flush()
+	section(w, "scheduling")
+	tw = table(w)
+	fmt.Fprintln(tw, "  TID\tPOLICY\tPRIO\tNICE\tSLICE\tCPUS\tTIMER SLACK\tPDEATHSIG\tIOPRIO")
+	for _, t := range p.Threads {
+		s := t.Sched
+		if s == nil {
+			fmt.Fprintf(tw, "  %d\t(not collected)\n", t.TID)
+			continue
+		}
+		policy := schedPolicy(s.Policy)
+		if s.ResetOnFork {
+			policy += "|RESET_ON_FORK"
+		}
+		pdeath := "-"
+		if s.PdeathSignal != 0 {
+			pdeath = signalName(s.PdeathSignal)
+		}
+		slice := "default"
+		if s.SliceNS != 0 {
+			slice = fmt.Sprintf("%d ns", s.SliceNS)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\t%s\t%d ns\t%s\t%s\n", t.TID, policy, s.Priority, s.Nice, slice, core.CPUList(s.Affinity), s.TimerSlackNS, pdeath, ioprio(s.IOPrio))
+	}
+	tw.Flush()
+	if t := p.Threads[0]; t.Rseq.Addr != 0 {
+		fmt.Fprintf(w, "  rseq: registered (%d bytes, signature %#x) by %d of %d threads\n", t.Rseq.Len, t.Rseq.Sig, countRseq(p), len(p.Threads))
+	}
 	for _, t := range p.Threads {
 		if t.AltStack.SP != 0 || t.AltStack.Size != 0 {
 			fmt.Fprintf(w, "  thread %d: sigaltstack %#x, %s, flags %#x\n", t.TID, t.AltStack.SP, humanBytes(t.AltStack.Size), t.AltStack.Flags)
@@ -502,4 +556,56 @@ func joinUints(v []uint32) string {
 		s[i] = fmt.Sprint(x)
 	}
 	return strings.Join(s, ",")
+}
+
+func schedPolicy(p int) string {
+	switch p {
+	case core.SchedOther:
+		return "OTHER"
+	case core.SchedFIFO:
+		return "FIFO"
+	case core.SchedRR:
+		return "RR"
+	case core.SchedBatch:
+		return "BATCH"
+	case core.SchedIdle:
+		return "IDLE"
+	}
+	return fmt.Sprintf("policy-%d", p)
+}
+
+func countRseq(p *core.Process) int {
+	n := 0
+	for _, t := range p.Threads {
+		if t.Rseq.Addr != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// membarrierRegs names the registrations of MEMBARRIER_CMD_GET_REGISTRATIONS.
+func membarrierRegs(m int) string {
+	var names []string
+	for _, r := range []struct {
+		bit  int
+		name string
+	}{{1 << 2, "GLOBAL_EXPEDITED"}, {1 << 4, "PRIVATE_EXPEDITED"}, {1 << 6, "PRIVATE_EXPEDITED_SYNC_CORE"}, {1 << 8, "PRIVATE_EXPEDITED_RSEQ"}} {
+		if m&r.bit != 0 {
+			names = append(names, r.name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// ioprio names an I/O priority as ionice does: class/level.
+func ioprio(v int) string {
+	if v == 0 {
+		return "-"
+	}
+	class := [...]string{"none", "rt", "be", "idle"}[v>>13&3]
+	if class == "idle" {
+		return class
+	}
+	return fmt.Sprintf("%s/%d", class, v&7)
 }

@@ -43,12 +43,12 @@ func ordinal(n string) string {
 // helperClone3 picks a free PID and clones a child with it. A PID that is
 // taken between the choice and the clone (EEXIST) makes it try another.
 func helperClone3(say func(string, ...any), _ *bufio.Scanner) {
-	last, err := readProcInt("/proc/sys/kernel/ns_last_pid")
+	last, err := ReadProcInt("/proc/sys/kernel/ns_last_pid")
 	if err != nil {
 		say("err read ns_last_pid: %v", err)
 		return
 	}
-	pidMax, err := readProcInt("/proc/sys/kernel/pid_max")
+	pidMax, err := ReadProcInt("/proc/sys/kernel/pid_max")
 	if err != nil {
 		say("err read pid_max: %v", err)
 		return
@@ -109,7 +109,9 @@ func nextFreePID(start, pidMax int) int {
 	return -1
 }
 
-func readProcInt(path string) (int, error) {
+// ReadProcInt reads a file of /proc that holds one integer, such as a
+// sysctl under /proc/sys.
+func ReadProcInt(path string) (int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err

@@ -141,3 +141,37 @@ func TestBuildElements(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseName: table names come from the kernel's list of every table,
+// anyone's. No name makes parseName panic, and every name it takes as ours
+// is exactly one that Install makes: an owner's prints back to itself, a
+// Keep name is the prefix and 16 lower-case hex digits.
+func FuzzParseName(f *testing.F) {
+	if o, err := self(); err == nil {
+		f.Add(o.name())
+	}
+	if k, err := keepName(); err == nil {
+		f.Add(k)
+	}
+	for _, s := range []string{"filter", "nat", "migrate_1_2_3", "migrate_keep_0123456789abcdef", "migrate_01_1_1", "migrate_1__3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		o, keep, ok := parseName(name)
+		switch {
+		case !ok:
+			if keep || o != (owner{}) {
+				t.Fatalf("parseName(%q) refused but returned %+v, keep %v", name, o, keep)
+			}
+		case keep:
+			rest, found := strings.CutPrefix(name, keepPrefix)
+			if !found || len(rest) != keepHexLen || strings.Trim(rest, "0123456789abcdef") != "" {
+				t.Fatalf("parseName(%q) took a malformed Keep name", name)
+			}
+		default:
+			if o.name() != name || o.PID <= 0 || o.PID > 1<<22 {
+				t.Fatalf("parseName(%q) = %+v, which prints as %q", name, o, o.name())
+			}
+		}
+	})
+}

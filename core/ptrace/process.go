@@ -83,6 +83,7 @@ type Proc struct {
 	// affinity holds the CPU masks of the threads Pin moved, to be put
 	// back before they run.
 	affinity map[int]unix.CPUSet
+	pinned   unix.CPUSet // the one CPU of a pinned process
 }
 
 // Pin moves every thread of the process, and the tracer thread, to one CPU
@@ -118,7 +119,38 @@ func (p *Proc) Pin() error {
 		saved[th.TID] = old
 	}
 	p.affinity = saved
+	p.pinned = one
 	return p.t.PinTo(cpu)
+}
+
+// Affinity returns the CPU mask of thread tid as its own: the one Pin
+// saved while the process is pinned, else the kernel's.
+func (p *Proc) Affinity(tid int) (unix.CPUSet, error) {
+	if m, ok := p.affinity[tid]; ok {
+		return m, nil
+	}
+	var m unix.CPUSet
+	err := unix.SchedGetaffinity(tid, &m)
+	return m, err
+}
+
+// SetAffinity sets the CPU mask of thread tid and returns the mask the
+// kernel made of it (narrower if a cpuset or the online CPUs say so).
+// While the process is pinned the thread goes back to its pinned CPU,
+// and gets the mask at Unpin.
+func (p *Proc) SetAffinity(tid int, set unix.CPUSet) (unix.CPUSet, error) {
+	var got unix.CPUSet
+	if err := unix.SchedSetaffinity(tid, &set); err != nil {
+		return got, err
+	}
+	if err := unix.SchedGetaffinity(tid, &got); err != nil {
+		return got, err
+	}
+	if p.affinity == nil {
+		return got, nil
+	}
+	p.affinity[tid] = got
+	return got, unix.SchedSetaffinity(tid, &p.pinned)
 }
 
 // Unpin gives the threads their CPU masks back.

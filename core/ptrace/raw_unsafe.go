@@ -110,8 +110,8 @@ func setXstate(tid int, x []byte) error {
 type rseqConfig struct {
 	Addr  uint64
 	Len   uint32
-	Flags uint32
 	Sig   uint32
+	Flags uint32
 	_     uint32
 }
 

@@ -214,9 +214,9 @@ func (c *Cluster) newNode(name string, host byte, pidBase int) *Node {
 
 func (c *Cluster) nsName(node string) string { return Prefix + c.ID + "-" + node }
 
-// writeSecret writes the shared secret, 32 random hex digits, mode 0600.
+// writeSecret writes the shared secret, 64 random hex digits, mode 0600.
 func (c *Cluster) writeSecret() error {
-	var b [16]byte
+	var b [32]byte
 	if _, err := unix.Getrandom(b[:], 0); err != nil {
 		return err
 	}

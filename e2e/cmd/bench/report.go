@@ -316,7 +316,7 @@ func (b *bench) newReport(picked []*scenario) *report {
 		rep.Kernel = strings.TrimSpace(string(out))
 	}
 	for _, sc := range picked {
-		rep.Scenarios = append(rep.Scenarios, &scenarioReport{Name: sc.name, Description: sc.describe(), sc: sc, client: sc.name == "redis"})
+		rep.Scenarios = append(rep.Scenarios, &scenarioReport{Name: sc.name, Description: sc.describe(), sc: sc, client: sc.comm == "redis-server"})
 	}
 	return rep
 }

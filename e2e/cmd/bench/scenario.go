@@ -54,14 +54,29 @@ var allScenarios = []*scenario{
 	{
 		name:  "redis",
 		comm:  "redis-server",
-		start: startRedis,
+		start: startRedis(0),
 		targets: []target{
 			{metric: "downtime_ms", max: 30},
 			{metric: "client_gap_ms", max: 50},
 			{metric: "client_errors", max: 0, worst: true},
 		},
 	},
+	{
+		// Many connections: the downtime should grow slowly with them
+		// (at most twice redis's with one).
+		name:  "redis200",
+		comm:  "redis-server",
+		start: startRedis(redis200Conns),
+		targets: []target{
+			{metric: "downtime_ms", max: 60},
+			{metric: "client_errors", max: 0, worst: true},
+		},
+	},
 }
+
+// redis200Conns is the redis200 scenario's connections; each sends at
+// 1/redis200Conns of redis's rate (-interval), the same load in all.
+const redis200Conns = 200
 
 // describe says what the scenario runs, with the flags' values.
 func (sc *scenario) describe() string {
@@ -72,6 +87,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at %s MB/s (bench_writer)", *mib, sc.name[len("write"):])
 	case "redis":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
+	case "redis200":
+		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connections, a SET and a GET of a random key every %v on each (redis's load spread over them)", *keys, redis200Conns, *interval*redis200Conns)
 	}
 	return sc.name
 }
@@ -225,8 +242,20 @@ func startWriter(rate int) func(context.Context, *bench, *cluster.Node) (*worklo
 const redisPort = "6379"
 
 // startRedis starts redis-server on n (no persistence), fills it through
-// the service address, and starts the client's load on it.
-func startRedis(ctx context.Context, b *bench, n *cluster.Node) (_ *workload, err error) {
+// the service address, and starts the client's load on it: over -conns
+// connections, a request every -interval on each; or, if nconns is not 0,
+// over nconns connections, each nconns times less often.
+func startRedis(nconns int) func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+	return func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+		c, every := *conns, *interval
+		if nconns > 0 {
+			c, every = nconns, *interval*time.Duration(nconns)
+		}
+		return startRedisLoad(ctx, b, n, c, every)
+	}
+}
+
+func startRedisLoad(ctx context.Context, b *bench, n *cluster.Node, nconns int, every time.Duration) (_ *workload, err error) {
 	p, err := n.Start(cluster.StartOptions{}, b.redisBin,
 		"--port", redisPort, "--bind", "0.0.0.0", "::", "--protected-mode", "no",
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
@@ -259,8 +288,8 @@ func startRedis(ctx context.Context, b *bench, n *cluster.Node) (_ *workload, er
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return b.c.Client.Dial(ctx, "tcp", w.addr)
 		},
-		Conns:       *conns,
-		Interval:    *interval,
+		Conns:       nconns,
+		Interval:    every,
 		Keys:        *keys,
 		MaxDuration: 10 * time.Minute,
 	}

@@ -1,0 +1,241 @@
+package source
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+)
+
+// schedDeadline is SCHED_DEADLINE: its runtime and period are a
+// reservation the target's admission control may refuse, and a restore
+// does not make it.
+const schedDeadline = 6
+
+// readSched reads the scheduling state of thread tid of process pid from
+// outside (sched_getattr, getpriority, sched_getaffinity and
+// /proc/TID/timerslack_ns need no injection). PdeathSignal is left to the
+// injected calls.
+//
+// Preconditions: the process is frozen (a thread may change all of it).
+// The CPU mask is the thread's own, not the one it has while pinned
+// (ptrace.Proc.Pin).
+func (d *dumper) readSched(tid int) (*core.Sched, error) {
+	pid := d.pid
+	ps, err := proc.ReadSched(tid)
+	if err != nil {
+		return nil, fmt.Errorf("thread %d: %w", tid, err)
+	}
+	set, err := d.p.Affinity(tid)
+	if err != nil {
+		return nil, fmt.Errorf("thread %d: CPU mask: %w", tid, err)
+	}
+	ps.Affinity = cpuMask(&set)
+	switch ps.Policy {
+	case schedDeadline:
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+	case core.SchedOther, core.SchedFIFO, core.SchedRR, core.SchedBatch, core.SchedIdle:
+	default:
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has scheduling policy %d, which migrate does not know", tid, ps.Policy)}
+	}
+	if ps.TimerSlack == 0 && ps.Policy != core.SchedFIFO && ps.Policy != core.SchedRR {
+		// Made by a real-time thread, and real-time since: a slack of 0
+		// written or set by prctl means "the default", which is the
+		// creator's slack at clone.
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has timer slack 0 under policy %d (it was created by a real-time thread), which a restore cannot set", tid, ps.Policy)}
+	}
+	if !uclampDefault(ps) {
+		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has utilization clamps %d..%d of its own, which a restore does not make", tid, ps.UtilMin, ps.UtilMax)}
+	}
+	s := &core.Sched{
+		Policy: ps.Policy, Priority: ps.Priority, ResetOnFork: ps.ResetOnFork, Nice: ps.Nice,
+		Affinity: ps.Affinity, TimerSlackNS: ps.TimerSlack,
+	}
+	s.IOPrio = ps.OwnIOPrio()
+	// A slice that is not this host's default is the thread's own: the
+	// default is migrate's (which sets none).
+	if ps.Slice != 0 && ps.Slice != d.baseSlice() {
+		s.SliceNS = ps.Slice
+	}
+	return s, nil
+}
+
+// baseSlice is the time slice of a fair thread that did not choose one:
+// the calling thread's (0 on a kernel before 6.12, which reports none).
+func (d *dumper) baseSlice() uint64 {
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil || attr.Policy != core.SchedOther {
+		return 0
+	}
+	return attr.Runtime
+}
+
+// uclampDefault tells whether a thread's utilization clamps are those it
+// has without setting any: none at all (a kernel without
+// CONFIG_UCLAMP_TASK reports 0 and 0), else no cap (1024) and no boost, or
+// for a real-time thread the sysctl's default boost.
+func uclampDefault(s *proc.Sched) bool {
+	if s.UtilMin == 0 && s.UtilMax == 0 {
+		return true
+	}
+	if s.UtilMax != 1024 {
+		return false
+	}
+	if s.Policy != core.SchedFIFO && s.Policy != core.SchedRR {
+		return s.UtilMin == 0
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/sched_util_clamp_min_rt_default")
+	if err != nil {
+		return false
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	return err == nil && uint32(v) == s.UtilMin
+}
+
+// cpuMask is a CPU set as words, without trailing zero words.
+func cpuMask(set *unix.CPUSet) []uint64 {
+	n := len(set)
+	for n > 1 && set[n-1] == 0 {
+		n--
+	}
+	m := make([]uint64, n)
+	for i := range n {
+		m[i] = uint64(set[i])
+	}
+	return m
+}
+
+// readProcAttrs reads the process-wide attributes /proc gives, and checks
+// that every thread has the leader's personality (a restore sets one for
+// the whole process).
+//
+// Preconditions: the process is frozen.
+func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
+	adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	if err != nil {
+		return nil, 0, fmt.Errorf("process %d: oom_score_adj: %w", pid, err)
+	}
+	a := &core.ProcAttrs{}
+	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
+		return nil, 0, fmt.Errorf("process %d: oom_score_adj %q: %w", pid, adj, err)
+	}
+	var pers uint64
+	for i, tid := range tids {
+		// /proc/TID/personality: reading it needs ptrace access, which a
+		// tracer has.
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/personality", pid, tid))
+		if err != nil {
+			return nil, 0, fmt.Errorf("thread %d: personality: %w", tid, err)
+		}
+		p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+		if err != nil {
+			return nil, 0, fmt.Errorf("thread %d: personality %q: %w", tid, b, err)
+		}
+		if i == 0 {
+			pers = p
+		} else if p != pers {
+			return nil, 0, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has personality %#x and the leader %#x; a restore sets one for the process", tid, p, pers)}
+		}
+	}
+	return a, pers, nil
+}
+
+// prctl and membarrier commands read by injection.
+const (
+	prGetChildSubreaper = unix.PR_GET_CHILD_SUBREAPER
+	prGetThpDisable     = unix.PR_GET_THP_DISABLE
+	prGetPdeathsig      = unix.PR_GET_PDEATHSIG
+	// membarrierGetRegistrations is MEMBARRIER_CMD_GET_REGISTRATIONS
+	// (Linux 6.3+).
+	membarrierGetRegistrations = 1 << 9
+	// mpolDefault is MPOL_DEFAULT.
+	mpolDefault = 0
+)
+
+// collectInjectedAttrs reads what only the process itself can tell: each
+// thread's parent-death signal and memory policy, and the process's
+// child-subreaper flag, THP disable, membarrier registrations,
+// memory-deny-write-execute and KSM merge-any.
+//
+// Preconditions: the process is frozen, the scratch page is mapped, and
+// collectTask has filled Threads[i].Sched and Attrs.
+func (d *dumper) collectInjectedAttrs() error {
+	p := d.proc
+	le := binary.LittleEndian
+	lead := d.p.Leader()
+	for i, th := range d.p.Threads {
+		_, b, err := d.call(th, "prctl(PR_GET_PDEATHSIG)", 4, unix.SYS_PRCTL, prGetPdeathsig, d.scratch)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
+		// The NUMA memory policy is not carried: one that is not the
+		// default refuses the dump.
+		// (A kernel without NUMA has none: ENOSYS.)
+		_, b, err = d.call(th, "get_mempolicy", 4, unix.SYS_GET_MEMPOLICY, d.scratch, 0, 0, 0, 0)
+		switch {
+		case errors.Is(err, unix.ENOSYS):
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case le.Uint32(b) != mpolDefault:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has NUMA memory policy %d (set_mempolicy), which a restore does not make", th.TID, le.Uint32(b))}
+		}
+	}
+	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, prGetChildSubreaper, d.scratch)
+	if err != nil {
+		return err
+	}
+	p.Attrs.ChildSubreaper = le.Uint32(b) != 0
+	thp, err := d.p.Syscall(lead, "prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, prGetThpDisable, 0, 0, 0, 0)
+	if err != nil {
+		return err
+	}
+	p.Attrs.THPDisable = int(thp)
+	mb, err := d.p.Syscall(lead, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierGetRegistrations, 0, 0)
+	if err != nil {
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its membarrier registrations cannot be read (Linux 6.3+ needed): %v", err)}
+	}
+	if mb&^core.MembarrierRegistrations != 0 {
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("membarrier registrations %#x include ones migrate does not know", mb)}
+	}
+	p.Attrs.Membarrier = int(mb)
+	// MDWE (Linux 6.3+) and KSM's merge-any (6.4+, CONFIG_KSM): a kernel
+	// that does not know the prctl (EINVAL) has neither set.
+	mdwe, err := d.p.Syscall(lead, "prctl(PR_GET_MDWE)", unix.SYS_PRCTL, unix.PR_GET_MDWE, 0, 0, 0, 0)
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	p.Attrs.MDWE = int(mdwe)
+	merge, err := d.p.Syscall(lead, "prctl(PR_GET_MEMORY_MERGE)", unix.SYS_PRCTL, unix.PR_GET_MEMORY_MERGE, 0, 0, 0, 0)
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	p.Attrs.MemoryMerge = merge == 1
+	return nil
+}
+
+// refuseDeadline refuses, before anything is frozen, a process a thread
+// of which runs under SCHED_DEADLINE (the dump checks again, frozen).
+func refuseDeadline(pid int) error {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil // gone or a zombie: the dump tells
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == schedDeadline {
+			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+		}
+	}
+	return nil
+}

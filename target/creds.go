@@ -1,0 +1,312 @@
+package target
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core"
+	"migrate/core/proc"
+	"migrate/core/ptrace"
+)
+
+// Securebits (linux/securebits.h).
+const (
+	secbitNoSetuidFixup = 1 << 2
+	secbitKeepCaps      = 1 << 4
+)
+
+// capsetV3 is the header version of the 64-bit capset.
+const capsetV3 = 0x20080522
+
+// restoreCreds gives every thread its credentials: ids, groups,
+// capabilities, securebits and no_new_privs, and then the process its
+// dumpable flag. Credentials are per thread in the kernel and a raw system
+// call changes only the caller's, so each thread runs its own.
+//
+// Preconditions: the threads are created and every injected system call
+// that needs privilege is done (what follows is queueing signals to the
+// process itself, closing its own fd and unmapping its own memory). The
+// threads have the restorer's credentials (the husk was forked from it),
+// and its securebits.
+func (r *restorer) restoreCreds() error {
+	own, err := unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0)
+	if err != nil {
+		return fmt.Errorf("securebits of the restorer: %w", err)
+	}
+	last, err := capLastCap()
+	if err != nil {
+		return err
+	}
+	changed := false
+	for i, t := range r.proc.Threads {
+		th := r.p.Threads[i]
+		want := &r.proc.Creds
+		if t.Creds != nil {
+			want = t.Creds
+		}
+		st, err := proc.ReadTaskStatus(r.pid, th.TID)
+		if err != nil {
+			return fmt.Errorf("thread %d: credentials: %w", t.TID, err)
+		}
+		cur := credsOfStatus(st)
+		cur.Securebits = uint32(own)
+		if !cur.Equal(want) {
+			changed = true
+		}
+		if err := r.setCreds(th, cur, want, last); err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
+	}
+	// The husk is dumpable; changing credentials made the process
+	// fs.suid_dumpable (0 here). PR_SET_DUMPABLE takes 0 and 1 only.
+	if d := r.proc.Dumpable; (d == 0 || d == 1) && (changed || d == 0) {
+		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// credsOfStatus is the credentials a status file shows (all but the
+// securebits, which it does not show).
+func credsOfStatus(st *proc.Status) *core.Creds {
+	return &core.Creds{
+		UID:    [3]uint32{st.UID[0], st.UID[1], st.UID[2]},
+		GID:    [3]uint32{st.GID[0], st.GID[1], st.GID[2]},
+		FSUID:  st.UID[3],
+		FSGID:  st.GID[3],
+		Groups: st.Groups,
+		CapInh: st.CapInh, CapPrm: st.CapPrm, CapEff: st.CapEff,
+		CapBnd: st.CapBnd, CapAmb: st.CapAmb,
+		NoNewPrivs: st.NoNewPrivs,
+	}
+}
+
+// capLastCap is the highest capability this kernel knows.
+func capLastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, fmt.Errorf("cap_last_cap: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 || n > 63 {
+		return 0, fmt.Errorf("cap_last_cap %q: not a capability number", b)
+	}
+	return n, nil
+}
+
+// capNames are the capabilities by number (linux/capability.h).
+var capNames = [...]string{
+	"chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
+	"setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
+	"ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
+	"sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
+	"lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
+	"wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+}
+
+// capList names the capabilities of mask: CAP_SYS_RESOURCE, or the
+// number of one newer than this build.
+func capList(mask uint64) string {
+	var s []string
+	for ; mask != 0; mask &= mask - 1 {
+		c := bits.TrailingZeros64(mask)
+		if c < len(capNames) {
+			s = append(s, "CAP_"+strings.ToUpper(capNames[c]))
+		} else {
+			s = append(s, "capability "+strconv.Itoa(c))
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+// setCreds changes thread th's credentials from cur to want, in an order
+// where each step keeps the right to do the next:
+//
+//  1. securebits NO_SETUID_FIXUP and KEEP_CAPS, so that changing the uids
+//     does not touch the capabilities;
+//  2. setgroups, setresgid, setresuid, setfsgid, setfsuid (CAP_SETGID,
+//     CAP_SETUID);
+//  3. capset of the inheritable set alone, while the bounding set is
+//     still whole (the new inheritable set must lie in it);
+//  4. the ambient set (each capability must be permitted and inheritable,
+//     and SECBIT_NO_CAP_AMBIENT_RAISE not set yet);
+//  5. PR_CAPBSET_DROP for each capability out of the bounding set, then the
+//     final securebits, locks included (both need CAP_SETPCAP);
+//  6. capset of all three sets, which drops CAP_SETPCAP and the rest;
+//  7. PR_SET_NO_NEW_PRIVS.
+//
+// A step with nothing to change is not run: a thread that keeps the
+// restorer's credentials costs no system call. Capabilities the restorer
+// does not have cannot be given: they are left out with a warning.
+//
+// cur are the thread's credentials; setCreds keeps them up to date.
+func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) error {
+	w := *want
+	all := uint64(1)<<(last+1) - 1
+	if lost := (w.CapPrm | w.CapBnd | w.CapInh) &^ all; lost != 0 {
+		r.warn("thread %d: %s unknown to this kernel: left out", th.TID, capList(lost))
+	}
+	w.CapPrm, w.CapBnd, w.CapInh = w.CapPrm&all, w.CapBnd&all, w.CapInh&all
+	if lost := w.CapPrm &^ cur.CapPrm; lost != 0 {
+		r.warn("thread %d: permitted %s not restored: the restorer does not have it", th.TID, capList(lost))
+	}
+	if lost := w.CapBnd &^ cur.CapBnd; lost != 0 {
+		r.warn("thread %d: %s not restored in the bounding set: the restorer's lacks it", th.TID, capList(lost))
+	}
+	if lost := w.CapInh &^ (cur.CapInh | cur.CapBnd); lost != 0 {
+		r.warn("thread %d: inheritable %s not restored: out of the restorer's bounding set", th.TID, capList(lost))
+	}
+	w.CapPrm &= cur.CapPrm
+	w.CapBnd &= cur.CapBnd
+	w.CapInh &= cur.CapInh | cur.CapBnd
+	w.CapEff &= w.CapPrm
+	w.CapAmb &= w.CapPrm & w.CapInh
+
+	call := func(name string, nr uintptr, args ...uint64) error {
+		_, err := r.p.Syscall(th, name, nr, args...)
+		return err
+	}
+	securebits := func(v uint32) error {
+		if cur.Securebits == v {
+			return nil
+		}
+		if err := call("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uint64(v)); err != nil {
+			return err
+		}
+		cur.Securebits = v
+		return nil
+	}
+	capset := func(eff, prm, inh uint64) error {
+		if cur.CapEff == eff && cur.CapPrm == prm && cur.CapInh == inh {
+			return nil
+		}
+		var b [8 + 24]byte
+		le := binary.LittleEndian
+		le.PutUint32(b[0:], capsetV3)
+		for i, v := range []uint64{eff, prm, inh} {
+			le.PutUint32(b[8+4*i:], uint32(v))
+			le.PutUint32(b[8+12+4*i:], uint32(v>>32))
+		}
+		addr, err := r.put(0, b[:])
+		if err != nil {
+			return err
+		}
+		if err := call("capset", unix.SYS_CAPSET, addr, addr+8); err != nil {
+			return err
+		}
+		cur.CapEff, cur.CapPrm, cur.CapInh = eff, prm, inh
+		cur.CapAmb &= prm & inh // as the kernel does
+		return nil
+	}
+
+	ids := cur.UID != w.UID || cur.GID != w.GID || cur.FSUID != w.FSUID || cur.FSGID != w.FSGID ||
+		!slices.Equal(cur.Groups, w.Groups)
+	if ids {
+		// 1.
+		if err := securebits(cur.Securebits | secbitNoSetuidFixup | secbitKeepCaps); err != nil {
+			return err
+		}
+		// 2.
+		if !slices.Equal(cur.Groups, w.Groups) {
+			groups := make([]byte, 4*len(w.Groups))
+			for i, g := range w.Groups {
+				binary.LittleEndian.PutUint32(groups[4*i:], g)
+			}
+			addr := r.scratch
+			if len(groups) > 0 {
+				var err error
+				if addr, err = r.put(0, groups); err != nil {
+					return err
+				}
+			}
+			if err := call("setgroups", unix.SYS_SETGROUPS, uint64(len(w.Groups)), addr); err != nil {
+				return err
+			}
+		}
+		if err := call("setresgid", unix.SYS_SETRESGID, uint64(w.GID[0]), uint64(w.GID[1]), uint64(w.GID[2])); err != nil {
+			return err
+		}
+		if err := call("setresuid", unix.SYS_SETRESUID, uint64(w.UID[0]), uint64(w.UID[1]), uint64(w.UID[2])); err != nil {
+			return err
+		}
+		// setfs[ug]id report the old value, not an error: check.
+		if w.FSGID != w.GID[1] {
+			call("setfsgid", unix.SYS_SETFSGID, uint64(w.FSGID))
+		}
+		if w.FSUID != w.UID[1] {
+			call("setfsuid", unix.SYS_SETFSUID, uint64(w.FSUID))
+		}
+		st, err := proc.ReadTaskStatus(r.pid, th.TID)
+		if err != nil {
+			return fmt.Errorf("credentials: %w", err)
+		}
+		got := credsOfStatus(st)
+		if got.UID != w.UID || got.GID != w.GID || got.FSUID != w.FSUID || got.FSGID != w.FSGID {
+			return fmt.Errorf("ids uid %v fsuid %d gid %v fsgid %d after setting them, want uid %v fsuid %d gid %v fsgid %d",
+				got.UID, got.FSUID, got.GID, got.FSGID, w.UID, w.FSUID, w.GID, w.FSGID)
+		}
+	}
+	// 3.
+	if err := capset(cur.CapEff, cur.CapPrm, w.CapInh); err != nil {
+		return err
+	}
+	// 4.
+	if cur.CapAmb != w.CapAmb {
+		if cur.CapAmb&^w.CapAmb != 0 {
+			if err := call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+				return err
+			}
+			cur.CapAmb = 0
+		}
+		for m := w.CapAmb &^ cur.CapAmb; m != 0; m &= m - 1 {
+			c := uint64(bits.TrailingZeros64(m))
+			if err := call("prctl(PR_CAP_AMBIENT_RAISE)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, c, 0, 0); err != nil {
+				return fmt.Errorf("ambient capability %d: %w", c, err)
+			}
+		}
+		cur.CapAmb = w.CapAmb
+	}
+	// 5.
+	for m := cur.CapBnd &^ w.CapBnd; m != 0; m &= m - 1 {
+		c := uint64(bits.TrailingZeros64(m))
+		if err := call("prctl(PR_CAPBSET_DROP)", unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, c); err != nil {
+			return fmt.Errorf("bounding capability %d: %w", c, err)
+		}
+	}
+	cur.CapBnd = w.CapBnd
+	if err := securebits(w.Securebits); err != nil {
+		return err
+	}
+	// 6.
+	if err := capset(w.CapEff, w.CapPrm, w.CapInh); err != nil {
+		return err
+	}
+	// 7.
+	if w.NoNewPrivs && !cur.NoNewPrivs {
+		if err := call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return err
+		}
+		cur.NoNewPrivs = true
+	} else if !w.NoNewPrivs && cur.NoNewPrivs {
+		return fmt.Errorf("no_new_privs is set in the restorer and cannot be cleared")
+	}
+	// What the kernel shows must be what was asked.
+	st, err := proc.ReadTaskStatus(r.pid, th.TID)
+	if err != nil {
+		return fmt.Errorf("credentials: %w", err)
+	}
+	got := credsOfStatus(st)
+	got.Securebits = w.Securebits // not shown in status
+	if !got.Equal(&w) {
+		return fmt.Errorf("credentials %+v after setting them, want %+v", *got, w)
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package target
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"migrate/core/ptrace"
+)
+
+// The fds of the image reach the child in batches: the agent sends up to
+// maxFDsPerMsg of its open files at once over a unix socket (SCM_RIGHTS),
+// and one injected recvmsg in the child takes them all. The kernel gives
+// received fds the lowest free numbers, in order: the fds are sent in
+// ascending order, and a gap in their numbers is filled with fillers
+// (duplicates of a spare fd of the agent) closed once all are in, one
+// close_range a gap. So every fd lands at its number: one injected call
+// for a batch instead of one to three an fd, which with hundreds of
+// connections were most of the restore of the files. An fd past a gap too
+// wide to fill (maxFill) is received alone and moved (dup3, close).
+
+// maxFDsPerMsg is below SCM_MAX_FD (253), the most one message carries.
+const maxFDsPerMsg = 250
+
+// maxFill is the widest gap between two fd numbers filled with fillers.
+const maxFill = 4096
+
+// pendingFD is an fd to restore: its number, the agent's file for its
+// description, and its close-on-exec flag.
+type pendingFD struct {
+	num     int
+	file    *os.File
+	cloexec bool
+}
+
+// installFDs gives the child each fd of want at its number.
+//
+// Preconditions: the numbers are free in the child, and the agent's pidfd
+// (and every number above the highest of want) is out of their way.
+func (r *restorer) installFDs(want []pendingFD) error {
+	if len(want) == 0 {
+		return nil
+	}
+	want = append([]pendingFD(nil), want...)
+	sort.Slice(want, func(i, j int) bool { return want[i].num < want[j].num })
+	for i := 1; i < len(want); i++ {
+		if want[i].num == want[i-1].num {
+			return fmt.Errorf("fd %d appears twice in the image", want[i].num)
+		}
+	}
+	top := want[len(want)-1].num
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socketpair to pass the fds: %w", err)
+	}
+	send, recv := os.NewFile(uintptr(sp[0]), "fd-pass"), os.NewFile(uintptr(sp[1]), "fd-pass")
+	defer send.Close()
+	defer recv.Close()
+	// The receiving end in the child, above every fd to restore.
+	tmp, err := r.install(recv)
+	if err != nil {
+		return fmt.Errorf("the fd-passing socket: %w", err)
+	}
+	child, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, uint64(tmp), unix.F_DUPFD_CLOEXEC, uint64(top+1))
+	if err != nil {
+		r.sys("close", unix.SYS_CLOSE, uint64(tmp))
+		return fmt.Errorf("move the fd-passing socket above fd %d: %w", top, err)
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
+		return err
+	}
+	defer r.sys("close", unix.SYS_CLOSE, child)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("a filler fd: %w", err)
+	}
+	filler := os.NewFile(uintptr(efd), "filler")
+	defer filler.Close()
+
+	// The slots from 0 up: each fd to restore, fillers in the gaps.
+	var slots []pendingFD
+	var gaps [][2]int
+	var alone []pendingFD // past a gap too wide to fill
+	next := 0
+	for _, w := range want {
+		if len(alone) > 0 || w.num-next > maxFill {
+			alone = append(alone, w)
+			continue
+		}
+		if w.num > next {
+			gaps = append(gaps, [2]int{next, w.num - 1})
+		}
+		for ; next < w.num; next++ {
+			slots = append(slots, pendingFD{num: next, file: filler, cloexec: w.cloexec})
+		}
+		slots = append(slots, w)
+		next = w.num + 1
+	}
+	for start := 0; start < len(slots); {
+		end := start + 1
+		for end < len(slots) && end-start < maxFDsPerMsg && slots[end].cloexec == slots[start].cloexec {
+			end++
+		}
+		if err := r.installBatch(int(send.Fd()), int(child), slots[start:end]); err != nil {
+			return err
+		}
+		start = end
+	}
+	for _, g := range gaps {
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, uint64(g[0]), uint64(g[1]), 0); err != nil {
+			return fmt.Errorf("close the fillers of fds %d-%d: %w", g[0], g[1], err)
+		}
+	}
+	for _, w := range alone {
+		if err := r.installBatch(int(send.Fd()), int(child), []pendingFD{w}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Where installBatch puts struct msghdr, its iovec, the byte received and
+// the control buffer in the scratch area.
+const (
+	msgOff  = 0
+	iovOff  = 64
+	byteOff = 96
+	ctrlOff = 128
+)
+
+// installBatch passes batch (all with the same close-on-exec flag) to the
+// child's socket child in one message. Several fds must land at their
+// numbers (every lower number taken); one alone is moved to its number.
+func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
+	first, last := batch[0].num, batch[len(batch)-1].num
+	fail := func(err error) error {
+		if first == last {
+			return fmt.Errorf("fd %d: %w", first, err)
+		}
+		return fmt.Errorf("fds %d-%d: %w", first, last, err)
+	}
+	fds := make([]int, len(batch))
+	for i, p := range batch {
+		fds[i] = int(p.file.Fd())
+	}
+	if err := unix.Sendmsg(send, []byte{0}, unix.UnixRights(fds...), nil, 0); err != nil {
+		return fail(fmt.Errorf("send to the child: %w", err))
+	}
+	ctrlLen := unix.CmsgSpace(4 * len(fds))
+	le := binary.LittleEndian
+	// struct iovec { base, len }
+	iov := make([]byte, 16)
+	le.PutUint64(iov[0:], r.scratch+byteOff)
+	le.PutUint64(iov[8:], 1)
+	// struct msghdr on x86-64: name, namelen (+pad), iov, iovlen, control,
+	// controllen, flags (+pad).
+	msg := make([]byte, 56)
+	le.PutUint64(msg[16:], r.scratch+iovOff)
+	le.PutUint64(msg[24:], 1)
+	le.PutUint64(msg[32:], r.scratch+ctrlOff)
+	le.PutUint64(msg[40:], uint64(ctrlLen))
+	if _, err := r.put(iovOff, iov); err != nil {
+		return fail(err)
+	}
+	if _, err := r.put(msgOff, msg); err != nil {
+		return fail(err)
+	}
+	if ctrlOff+ctrlLen > scratchLen {
+		return fail(fmt.Errorf("%d fds do not fit in the scratch area", len(fds)))
+	}
+	var flags uint64
+	if batch[0].cloexec {
+		flags = unix.MSG_CMSG_CLOEXEC
+	}
+	if _, err := r.sys("recvmsg", unix.SYS_RECVMSG, uint64(child), r.scratch+msgOff, flags|unix.MSG_DONTWAIT); err != nil {
+		return fail(fmt.Errorf("receive in the child: %w", err))
+	}
+	if _, err := ptrace.ReadMem(r.pid, r.scratch+msgOff, msg); err != nil {
+		return fail(err)
+	}
+	gotLen := le.Uint64(msg[40:])
+	if mflags := le.Uint32(msg[48:]); mflags&unix.MSG_CTRUNC != 0 || gotLen > uint64(ctrlLen) {
+		return fail(fmt.Errorf("the child received a truncated message (flags %#x, %d bytes of control data)", mflags, gotLen))
+	}
+	ctrl := make([]byte, gotLen)
+	if _, err := ptrace.ReadMem(r.pid, r.scratch+ctrlOff, ctrl); err != nil {
+		return fail(err)
+	}
+	got, err := receivedFDs(ctrl)
+	if err != nil {
+		return fail(err)
+	}
+	if len(got) != len(batch) {
+		return fail(fmt.Errorf("the child received %d fds of %d", len(got), len(batch)))
+	}
+	if len(batch) > 1 {
+		// Every lower number is taken: each fd took its own.
+		for i := range batch {
+			if got[i] != batch[i].num {
+				return fail(fmt.Errorf("fd %d landed at %d in the child (a number in the way?)", batch[i].num, got[i]))
+			}
+		}
+		return nil
+	}
+	// One fd, past a gap: it took the lowest free number.
+	if got[0] == first {
+		return nil
+	}
+	var cloexec uint64
+	if batch[0].cloexec {
+		cloexec = unix.O_CLOEXEC
+	}
+	if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(got[0]), uint64(first), cloexec); err != nil {
+		return fail(err)
+	}
+	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(got[0])); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// receivedFDs parses the fd numbers out of a received control buffer.
+func receivedFDs(ctrl []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(ctrl)
+	if err != nil {
+		return nil, fmt.Errorf("control data: %w", err)
+	}
+	var out []int
+	for i := range msgs {
+		fds, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			return nil, fmt.Errorf("control data: %w", err)
+		}
+		out = append(out, fds...)
+	}
+	return out, nil
+}

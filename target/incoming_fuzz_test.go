@@ -1,0 +1,155 @@
+package target
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"migrate/core"
+	"migrate/core/proc"
+)
+
+// selfProcess describes this test process as a live source would: its
+// executable, directories, areas (from /proc/self/maps) and a few fds.
+func selfProcess(t testing.TB) core.Process {
+	t.Helper()
+	pid := os.Getpid()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Skipf("no executable path: %v", err)
+	}
+	cwd, _ := os.Getwd()
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		t.Skipf("no /proc/self/maps: %v", err)
+	}
+	p := core.Process{
+		PID: pid, PPID: os.Getppid(), Comm: "target.test",
+		Exe: core.FileRef{Path: exe}, Cwd: cwd, Root: "/", Cmdline: os.Args,
+		Threads:    []core.Thread{{TID: pid, Xstate: make([]byte, 1024)}},
+		Sigactions: make([]core.Sigaction, 64),
+		FDs: []core.FD{
+			{FD: 0, Kind: core.FDChar, File: &core.FileRef{Path: "/dev/null"}},
+			{FD: 3, Kind: core.FDPipe, Pipe: 77},
+			{FD: 4, Kind: core.FDSocket, Socket: &core.Socket{Family: 1, Type: 1, State: core.SockListen,
+				Name: []byte("/run/x.sock"), File: &core.SockFile{Path: "/run/x.sock"}}},
+			{FD: 5, Kind: core.FDInotify, Inotify: []core.InotifyWatch{{WD: 1, Path: "/etc", Mask: 2}}},
+		},
+	}
+	for _, m := range maps {
+		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Flags: 2, Kind: core.VMAAnon, Offset: m.Offset &^ 4095}
+		switch {
+		case m.Path == "[vdso]":
+			v.Kind, v.Name = core.VMAVDSO, m.Path
+		case strings.HasPrefix(m.Path, "[vvar"):
+			v.Kind, v.Name = core.VMAVVar, m.Path
+		case strings.HasPrefix(m.Path, "/"):
+			v.Kind = core.VMAFile
+			v.File = &core.FileRef{Path: m.Path, Deleted: m.Deleted}
+		default:
+			v.Name = m.Path
+		}
+		if m.End > 1<<47 {
+			continue // [vsyscall]
+		}
+		p.VMAs = append(p.VMAs, v)
+	}
+	return p
+}
+
+// selfState is the final state of p, a live source's: its pipe holds
+// queued bytes.
+func selfState(t testing.TB, p core.Process, queued []byte) LiveState {
+	t.Helper()
+	name := core.FilesDir + "/pipe-77"
+	for i := range p.FDs {
+		if p.FDs[i].Kind == core.FDPipe {
+			p.FDs[i].Data = name
+		}
+	}
+	blob, err := core.HashBlob(bytes.NewReader(queued))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
+		Pages: core.PagesInfo{File: core.PagesFile, Codec: "s2", Rounds: 2}, Process: p,
+		Blobs: map[string]core.Blob{name: blob}}
+	return LiveState{Image: img, Blobs: map[string][]byte{name: queued}}
+}
+
+// TestSelfProcessAccepted: the fuzz seeds are accepted (else fuzzing
+// would explore refusals only).
+func TestSelfProcessAccepted(t *testing.T) {
+	p := selfProcess(t)
+	b, _ := json.Marshal(LiveLayout{Process: p})
+	if _, err := decodeLayout(b, p.PID); err != nil {
+		t.Fatalf("layout: %v", err)
+	}
+	b, _ = json.Marshal(selfState(t, p, []byte("q")))
+	if _, err := decodeState(b, p.PID); err != nil {
+		t.Fatalf("state: %v", err)
+	}
+}
+
+// FuzzLiveLayout feeds the target's real decoding of a Layout's body, with
+// its checks, any bytes: it must never panic, never allocate without
+// bound, and what it accepts must hold only absolute, clean paths and pass
+// the checks again after a round trip.
+func FuzzLiveLayout(f *testing.F) {
+	p := selfProcess(f)
+	b, _ := json.Marshal(LiveLayout{Process: p})
+	f.Add(b, p.PID)
+	f.Add([]byte(`{"process":{"pid":7,"threads":[{"tid":7}],"exe":{"path":"/bin/true"},"cwd":"/","root":"/","vmas":[{},{}]}}`), 7)
+	f.Fuzz(func(t *testing.T, body []byte, pid int) {
+		ll, err := decodeLayout(body, pid)
+		if err != nil {
+			return
+		}
+		if ll.Process.PID != pid {
+			t.Fatalf("layout of %d accepted for %d", ll.Process.PID, pid)
+		}
+		again, err := json.Marshal(ll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeLayout(again, pid); err != nil {
+			t.Fatalf("accepted, then refused after a round trip: %v", err)
+		}
+	})
+}
+
+// FuzzLiveState does the same for the State's body: the final image and
+// its blobs.
+func FuzzLiveState(f *testing.F) {
+	p := selfProcess(f)
+	b, _ := json.Marshal(selfState(f, p, []byte("queued")))
+	f.Add(b, p.PID)
+	f.Add([]byte(`{"image":{"kind":"migrate-image","version":1},"blobs":{"files/x":"eA=="}}`), 1)
+	f.Fuzz(func(t *testing.T, body []byte, pid int) {
+		ls, err := decodeState(body, pid)
+		if err != nil {
+			return
+		}
+		refs := map[string]bool{}
+		for _, pp := range ls.Image.Processes() {
+			for _, b := range pp.Process.BlobNames() {
+				refs[b] = true
+			}
+		}
+		for name := range ls.Blobs {
+			if !refs[name] || strings.Contains(name, "..") {
+				t.Fatalf("blob %q accepted", name)
+			}
+		}
+		again, err := json.Marshal(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeState(again, pid); err != nil {
+			t.Fatalf("accepted, then refused after a round trip: %v", err)
+		}
+	})
+}

@@ -1,0 +1,169 @@
+package target
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"runtime"
+	"testing"
+
+	"migrate/core"
+	"migrate/transport"
+)
+
+const testPID = 4242
+
+// incomingProcess is a process as a live source would describe it.
+func incomingProcess() core.Process {
+	return core.Process{
+		PID: testPID, PPID: 1, Comm: "x",
+		Exe: core.FileRef{Path: "/bin/true"}, Cwd: "/tmp", Root: "/",
+		Threads:    []core.Thread{{TID: testPID}},
+		Sigactions: make([]core.Sigaction, 64),
+		VMAs:       []core.VMA{{Start: 0x10000, End: 0x20000, Flags: 2, Kind: core.VMAAnon}},
+		FDs:        []core.FD{{FD: 0, Kind: core.FDFile, File: &core.FileRef{Path: "/dev/null"}}},
+	}
+}
+
+// laterRound is a live target past its first layout: the builder exists
+// (empty: a check that fails must come before any use of it).
+func laterRound() *liveTarget {
+	t := newLiveTarget(nil, slog.New(slog.DiscardHandler))
+	t.pid = testPID
+	t.b = &Builder{}
+	return t
+}
+
+func layoutMsg(t *testing.T, round uint32, p core.Process) *transport.Layout {
+	t.Helper()
+	b, err := json.Marshal(LiveLayout{Process: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &transport.Layout{Round: round, Body: b}
+}
+
+func stateMsg(t *testing.T, ls LiveState) *transport.State {
+	t.Helper()
+	b, err := json.Marshal(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &transport.State{Body: b}
+}
+
+// TestLayoutDecodeBounded: a 16 MiB layout of empty areas (1.28 GiB of heap
+// and 7.5 s of CPU when decoded as it came) is refused before decoding.
+func TestLayoutDecodeBounded(t *testing.T) {
+	var b bytes.Buffer
+	b.WriteString(`{"process":{"pid":4242,"vmas":[{}`)
+	for b.Len() < transport.MaxMsgPayload-64 {
+		b.WriteString(`,{}`)
+	}
+	b.WriteString(`]}}`)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	err := laterRound().Layout(context.Background(), &transport.Layout{Round: 1, Body: b.Bytes()})
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, core.ErrDecodeBudget) {
+		t.Fatalf("got %v, want ErrDecodeBudget", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Errorf("refusing it allocated %d MiB", alloc>>20)
+	}
+}
+
+// TestEveryLayoutChecked: a layout after the first is checked as the first
+// is: paths absolute and clean, this host's limits.
+func TestEveryLayoutChecked(t *testing.T) {
+	p := incomingProcess()
+	p.Cwd = "../../etc"
+	if err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p)); !errors.Is(err, core.ErrBadPath) {
+		t.Errorf("relative cwd in round 1's layout: %v, want ErrBadPath", err)
+	}
+	p = incomingProcess()
+	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Flags: 2, Kind: core.VMAFile, File: &core.FileRef{Path: "../../etc/shadow"}})
+	if err := laterRound().Layout(context.Background(), layoutMsg(t, 2, p)); !errors.Is(err, core.ErrBadPath) {
+		t.Errorf("relative mapped file in round 2's layout: %v, want ErrBadPath", err)
+	}
+	p = incomingProcess()
+	p.PID = 1
+	if err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p)); err == nil {
+		t.Errorf("layout of another process accepted")
+	}
+
+	// More areas than vm.max_map_count allows a process here.
+	lim := readKernelLimits()
+	if lim.maxMapCount > 1<<20 {
+		t.Skipf("vm.max_map_count is %d: too many areas to build", lim.maxMapCount)
+	}
+	p = incomingProcess()
+	p.VMAs = make([]core.VMA, lim.maxMapCount+1)
+	for i := range p.VMAs {
+		a := uint64(0x10000 + i*0x2000)
+		p.VMAs[i] = core.VMA{Start: a, End: a + 0x1000, Flags: 2, Kind: core.VMAAnon}
+	}
+	var he *HostLimitError
+	if err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p)); !errors.As(err, &he) || he.What != "vm.max_map_count" {
+		t.Errorf("%d areas: %v, want a *HostLimitError on vm.max_map_count", len(p.VMAs), err)
+	}
+}
+
+// TestStateChecked: the final state is checked like a layout, and carries
+// only the blobs its image refers to.
+func TestStateChecked(t *testing.T) {
+	img := func(p core.Process) core.Image {
+		return core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
+			Pages: core.PagesInfo{File: core.PagesFile}, Process: p}
+	}
+	for name, ls := range map[string]LiveState{
+		"relative exe": func() LiveState {
+			p := incomingProcess()
+			p.Exe.Path = "../../etc/shadow"
+			return LiveState{Image: img(p)}
+		}(),
+		"relative fd file": func() LiveState {
+			p := incomingProcess()
+			p.FDs[0].File.Path = "etc/shadow"
+			return LiveState{Image: img(p)}
+		}(),
+		"unix socket file": func() LiveState {
+			p := incomingProcess()
+			p.FDs = append(p.FDs, core.FD{FD: 1, Kind: core.FDSocket, Socket: &core.Socket{Family: 1, Name: []byte("s"), File: &core.SockFile{Path: "s"}}})
+			return LiveState{Image: img(p)}
+		}(),
+	} {
+		err := laterRound().Restore(context.Background(), stateMsg(t, ls))
+		if !errors.Is(err, core.ErrBadPath) {
+			t.Errorf("%s: %v, want ErrBadPath", name, err)
+		}
+	}
+	// A blob nobody refers to (or named to escape the image's directory).
+	for _, name := range []string{"files/extra", "../../etc/cron.d/x"} {
+		ls := LiveState{Image: img(incomingProcess()), Blobs: map[string][]byte{name: []byte("x")}}
+		if err := laterRound().Restore(context.Background(), stateMsg(t, ls)); err == nil {
+			t.Errorf("blob %q accepted", name)
+		}
+	}
+	// The state of another process.
+	p := incomingProcess()
+	p.PID, p.Threads[0].TID = 77, 77
+	if err := laterRound().Restore(context.Background(), stateMsg(t, LiveState{Image: img(p)})); err == nil {
+		t.Errorf("state of another process accepted")
+	}
+}
+
+// TestLaterLayoutFiles: a file a later round's layout maps must be here,
+// the same as the source's.
+func TestLaterLayoutFiles(t *testing.T) {
+	p := incomingProcess()
+	p.VMAs = append(p.VMAs, core.VMA{Start: 0x30000, End: 0x40000, Flags: 2, Kind: core.VMAFile,
+		File: &core.FileRef{Path: t.TempDir() + "/gone"}})
+	err := laterRound().Layout(context.Background(), layoutMsg(t, 1, p))
+	var ie *core.ImageError
+	if !errors.As(err, &ie) {
+		t.Fatalf("a missing mapped file in round 1's layout: %v, want an *ImageError", err)
+	}
+}
