@@ -97,6 +97,13 @@ func TestEndsOnSIGTERM(t *testing.T) {
 				defer ignoreWhile(unix.SIGTERM)()
 				return restoreOK(t, dir, p.Log)
 			}()
+			// Compared once it sleeps again, as the original was: a thread
+			// restored in sigsuspend shows its own mask until it is back
+			// in the call, which puts the temporary one in place.
+			fixture.WaitFor(t, short, "the restored workload to sleep", func() bool {
+				st, err := fixture.State(r.PID)
+				return err == nil && st == 'S'
+			})
 			after := threadSignals(t, r.PID)
 			if fmt.Sprint(before) != fmt.Sprint(after) {
 				t.Errorf("signal state per thread:\n before the dump %v\n after restore   %v", before, after)
