@@ -20,7 +20,7 @@ BENCHTIME ?= 1s
 # cluster (e2e/cluster: the node tests and the demo) needs ip, nsenter,
 # unshare, and arping for the hooks that move its service address.
 DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
-	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping
+	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping groff:groff-base
 
 .PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean
 
