@@ -228,7 +228,12 @@ func areaOf(v *core.VMA) area {
 	a := area{
 		start: v.Start, end: v.End,
 		pgoff: int64(v.Offset/trackPage) - int64(v.Start/trackPage),
-		attrs: areaAttrs{prot: v.Prot, flags: v.Flags, kind: v.Kind},
+		// Of the flags, the sharing only: the others (MAP_NORESERVE,
+		// MAP_GROWSDOWN) come from smaps, which the final round's layout
+		// is read without (readVMAsQuick): counted, they made every such
+		// area look new at the freeze and sent it whole in the frozen
+		// window (redis's heap: 150 ms).
+		attrs: areaAttrs{prot: v.Prot, flags: v.Flags & (unix.MAP_SHARED | unix.MAP_PRIVATE), kind: v.Kind},
 	}
 	if v.File != nil {
 		a.attrs.dev, a.attrs.ino, a.attrs.path = v.File.Dev, v.File.Ino, v.File.Path

@@ -1232,6 +1232,14 @@ func TestTrackLayoutPlan(t *testing.T) {
 	if want := []PageRange{r(20, 25), r(30, 40), r(100, 101)}; !slices.Equal(pl.fresh, want) {
 		t.Errorf("fresh %v, want %v", pl.fresh, want)
 	}
+	// The same areas read from maps (the final round's quick read) after
+	// smaps (pre-copy): flags only smaps shows do not make them new.
+	smaps := anon(200, 210, rw)
+	smaps.Flags |= unix.MAP_NORESERVE | unix.MAP_GROWSDOWN
+	pl = planLayout(planLayout(nil, []core.VMA{smaps}).areas, []core.VMA{anon(200, 210, rw)})
+	if want := []PageRange{r(200, 210)}; !slices.Equal(pl.kept, want) || len(pl.fresh) != 0 {
+		t.Errorf("an area read without its smaps flags: kept %v, fresh %v; want all kept", pl.kept, pl.fresh)
+	}
 	if got, want := subtract([]PageRange{r(0, 10), r(20, 30)}, []PageRange{r(2, 3), r(9, 21), r(25, 26)}), []PageRange{r(0, 2), r(3, 9), r(21, 25), r(26, 30)}; !slices.Equal(got, want) {
 		t.Errorf("subtract = %v, want %v", got, want)
 	}
