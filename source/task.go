@@ -80,20 +80,6 @@ func (d *dumper) collectTask() error {
 	return nil
 }
 
-// credsOf is the credentials a status file shows (all but the securebits).
-func credsOf(status *proc.Status) *core.Creds {
-	return &core.Creds{
-		UID:    [3]uint32{status.UID[0], status.UID[1], status.UID[2]},
-		GID:    [3]uint32{status.GID[0], status.GID[1], status.GID[2]},
-		FSUID:  status.UID[3],
-		FSGID:  status.GID[3],
-		Groups: status.Groups,
-		CapInh: status.CapInh, CapPrm: status.CapPrm, CapEff: status.CapEff,
-		CapBnd: status.CapBnd, CapAmb: status.CapAmb,
-		NoNewPrivs: status.NoNewPrivs,
-	}
-}
-
 // foldCreds makes the leader's credentials the process's, and keeps a
 // thread's own only where they differ.
 func foldCreds(p *core.Process) {
@@ -125,7 +111,7 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 	if err != nil {
 		return t, fmt.Errorf("thread %d: credentials: %w", th.TID, err)
 	}
-	t.Creds = credsOf(status)
+	t.Creds = status.Creds()
 	if t.Xstate, err = d.p.Xstate(th); err != nil {
 		return t, fmt.Errorf("thread %d: xstate: %w", th.TID, err)
 	}

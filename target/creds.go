@@ -55,7 +55,7 @@ func (r *restorer) restoreCreds() error {
 		if err != nil {
 			return fmt.Errorf("thread %d: credentials: %w", t.TID, err)
 		}
-		cur := credsOfStatus(st)
+		cur := st.Creds()
 		cur.Securebits = uint32(own)
 		if !cur.Equal(want) {
 			changed = true
@@ -72,21 +72,6 @@ func (r *restorer) restoreCreds() error {
 		}
 	}
 	return nil
-}
-
-// credsOfStatus is the credentials a status file shows (all but the
-// securebits, which it does not show).
-func credsOfStatus(st *proc.Status) *core.Creds {
-	return &core.Creds{
-		UID:    [3]uint32{st.UID[0], st.UID[1], st.UID[2]},
-		GID:    [3]uint32{st.GID[0], st.GID[1], st.GID[2]},
-		FSUID:  st.UID[3],
-		FSGID:  st.GID[3],
-		Groups: st.Groups,
-		CapInh: st.CapInh, CapPrm: st.CapPrm, CapEff: st.CapEff,
-		CapBnd: st.CapBnd, CapAmb: st.CapAmb,
-		NoNewPrivs: st.NoNewPrivs,
-	}
 }
 
 // capLastCap is the highest capability this kernel knows.
@@ -248,7 +233,7 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 		if err != nil {
 			return fmt.Errorf("credentials: %w", err)
 		}
-		got := credsOfStatus(st)
+		got := st.Creds()
 		if got.UID != w.UID || got.GID != w.GID || got.FSUID != w.FSUID || got.FSGID != w.FSGID {
 			return fmt.Errorf("ids uid %v fsuid %d gid %v fsgid %d after setting them, want uid %v fsuid %d gid %v fsgid %d",
 				got.UID, got.FSUID, got.GID, got.FSGID, w.UID, w.FSUID, w.GID, w.FSGID)
@@ -303,7 +288,7 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 	if err != nil {
 		return fmt.Errorf("credentials: %w", err)
 	}
-	got := credsOfStatus(st)
+	got := st.Creds()
 	got.Securebits = w.Securebits // not shown in status
 	if !got.Equal(&w) {
 		return fmt.Errorf("credentials %+v after setting them, want %+v", *got, w)
