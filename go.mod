@@ -1,4 +1,4 @@
-module migrate
+module github.com/procmig/migrate
 
 go 1.26.8
 

@@ -12,12 +12,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 // attrsWant is what the attrs workload reports of itself on a host with
@@ -44,16 +44,16 @@ func attrsWant(ncpu int, slices bool) []string {
 
 // startAttrs starts the attrs workload and returns it with the state it
 // reports once ready; it skips if the kernel refuses SCHED_RR.
-func startAttrs(t *testing.T, args ...string) (*fixture.Proc, []string) {
+func startAttrs(t *testing.T, args ...string) (*testutil.Proc, []string) {
 	t.Helper()
-	return startAttrsWith(t, fixture.Options{}, args...)
+	return startAttrsWith(t, testutil.Options{}, args...)
 }
 
 // startAttrsWith is startAttrs with options.
-func startAttrsWith(t *testing.T, o fixture.Options, args ...string) (*fixture.Proc, []string) {
+func startAttrsWith(t *testing.T, o testutil.Options, args ...string) (*testutil.Proc, []string) {
 	t.Helper()
-	p := fixture.StartWith(t, o, fixture.Build(t, "attrs"), args...)
-	fixture.WaitFor(t, long, "the attrs workload to be ready", func() bool {
+	p := testutil.StartWith(t, o, testutil.Build(t, "attrs"), args...)
+	testutil.WaitFor(t, long, "the attrs workload to be ready", func() bool {
 		for _, l := range p.Lines(t) {
 			if strings.HasPrefix(l, "skip numa") {
 				p.Reap(t)
@@ -69,7 +69,7 @@ func startAttrsWith(t *testing.T, o fixture.Options, args ...string) (*fixture.P
 		}
 		return false
 	})
-	st := attrsState(t, fixture.LogLines(t, p.Log), 0)
+	st := attrsState(t, testutil.LogLines(t, p.Log), 0)
 	ncpu := 1
 	if b, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
 		if m, err := core.ParseCPUList(string(b)); err == nil {
@@ -121,14 +121,14 @@ func attrsState(t *testing.T, lines []string, from int) []string {
 // state and returns it.
 func reportAgain(t *testing.T, log string, pid int) []string {
 	t.Helper()
-	n := len(fixture.LogLines(t, log))
+	n := len(testutil.LogLines(t, log))
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	fixture.WaitFor(t, long, "the state report", func() bool {
-		return slices.Contains(fixture.LogLines(t, log)[n:], "state end")
+	testutil.WaitFor(t, long, "the state report", func() bool {
+		return slices.Contains(testutil.LogLines(t, log)[n:], "state end")
 	})
-	return attrsState(t, fixture.LogLines(t, log), n)
+	return attrsState(t, testutil.LogLines(t, log), n)
 }
 
 // outsideView is what another process reads of pid's threads and of the
@@ -168,7 +168,7 @@ func outsideView(t *testing.T, pid int) []string {
 // dump and restore, as the process reads them of itself and as another
 // process reads them. Before they came back as a fresh thread's.
 func TestSchedAttrs(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	p, before := startAttrs(t)
 	outside := outsideView(t, p.PID)
 	dir, img := dumpKill(t, p, "")
@@ -224,7 +224,7 @@ const rseqSigGlibc = 0x53053053
 // TestLiveSchedAttrs: the same attributes survive a live migration into
 // another PID namespace.
 func TestLiveSchedAttrs(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
 	p, before := startAttrs(t)
 	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
@@ -250,8 +250,8 @@ func TestLiveSchedAttrs(t *testing.T) {
 // restore does not make) is refused with a *source.BadTargetError naming
 // it, before anything is frozen; the process runs on.
 func TestDumpRefusesDeadline(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "sleeper"), "pause")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "sleeper"), "pause")
 	p.WaitLine(t, short, 0, "sleeping")
 	attr := unix.SchedAttr{Policy: 6, Runtime: 1_000_000, Deadline: 10_000_000, Period: 10_000_000}
 	if err := unix.SchedSetAttr(p.PID, &attr, 0); err != nil {
@@ -266,7 +266,7 @@ func TestDumpRefusesDeadline(t *testing.T) {
 	if !strings.Contains(bt.Reason, fmt.Sprint(p.PID)) {
 		t.Errorf("the refusal does not name the thread: %v", err)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 	p.Signal(t, unix.SIGUSR1)
 	if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("the refused process ended with %v, want exit 0", ws)
@@ -280,27 +280,27 @@ func TestDumpRefusesDeadline(t *testing.T) {
 // treats otherwise. Each of the other values is refused before anything
 // is created (core.Validate, TestRestoreRefusesMissingCPUs).
 func TestRestoreFailsOOMScoreAdj(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	if st, err := proc.ReadStatus(os.Getpid()); err != nil || st.CapEff&(1<<unix.CAP_SYS_RESOURCE) != 0 {
 		t.Skipf("migrate has CAP_SYS_RESOURCE here (or its status is unreadable: %v): any oom_score_adj can be set", err)
 	}
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
 	p.WaitLine(t, short, 0, "ready")
 	dir, img := dumpKill(t, p, "")
 	editMeta(t, dir, func(m map[string]any) {
 		m["process"].(map[string]any)["attrs"].(map[string]any)["oom_score_adj"] = -500
 	})
-	kids := fixture.Children()
+	kids := testutil.Children()
 	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
 	var ae *target.AttrError
 	if !errors.As(err, &ae) || ae.Attr != "oom_score_adj" || ae.Want != "-500" || !errors.Is(err, unix.EACCES) {
 		t.Fatalf("restore: %v (%T), want a *target.AttrError for oom_score_adj -500 wrapping EACCES", err, err)
 	}
-	fixture.WaitFor(t, short, "the half-built process to be gone", func() bool {
+	testutil.WaitFor(t, short, "the half-built process to be gone", func() bool {
 		_, err := os.Stat(fmt.Sprintf("/proc/%d", img.Process.PID))
 		return err != nil
 	})
-	if got := fixture.Children(); !slices.Equal(got, kids) {
+	if got := testutil.Children(); !slices.Equal(got, kids) {
 		t.Errorf("children after the failed restore: %v, before %v", got, kids)
 	}
 }
@@ -309,14 +309,14 @@ func TestRestoreFailsOOMScoreAdj(t *testing.T) {
 // personalities (a restore sets one for the process) are refused with a
 // *source.BadTargetError naming the thread; the process runs on.
 func TestDumpRefusesMixedPersonality(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	p, _ := startAttrs(t, "mixed")
 	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
 	var bt *source.BadTargetError
 	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "personality") {
 		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the personality", err, err)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 	reportAgain(t, p.Log, p.PID)
 }
 
@@ -325,7 +325,7 @@ func TestDumpRefusesMixedPersonality(t *testing.T) {
 // report): the restore's change of credentials clears a parent-death
 // signal set before it, so it must be set after.
 func TestSchedAttrsOtherUser(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	cwd, err := os.MkdirTemp("", "migrate-cwd-")
 	if err != nil {
 		t.Fatal(err)
@@ -334,13 +334,13 @@ func TestSchedAttrsOtherUser(t *testing.T) {
 	if err := os.Chmod(cwd, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	p, before := startAttrsWith(t, fixture.Options{Dir: cwd, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, "user")
+	p, before := startAttrsWith(t, testutil.Options{Dir: cwd, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, "user")
 	if len(before) != 2 || !strings.Contains(before[1], fmt.Sprintf("pdeath=%d", unix.SIGWINCH)) || !strings.Contains(before[1], "nice=5") {
 		t.Fatalf("the workload set\n%s", strings.Join(before, "\n"))
 	}
 	dir, _ := dumpKill(t, p, "")
 	r := restoreOK(t, dir, p.Log)
-	if got := fixture.StatusField(t, r.PID, "Uid"); !strings.HasPrefix(got, "65534") {
+	if got := testutil.StatusField(t, r.PID, "Uid"); !strings.HasPrefix(got, "65534") {
 		t.Fatalf("restored process runs as %q", got)
 	}
 	after := reportAgain(t, p.Log, r.PID)
@@ -353,14 +353,14 @@ func TestSchedAttrsOtherUser(t *testing.T) {
 // restore does not make) is refused with a *source.BadTargetError naming
 // it; the process runs on.
 func TestDumpRefusesMemPolicy(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	p, _ := startAttrs(t, "mempolicy")
 	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
 	var bt *source.BadTargetError
 	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "memory policy") {
 		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the memory policy", err, err)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 	reportAgain(t, p.Log, p.PID)
 }
 
@@ -368,7 +368,7 @@ func TestDumpRefusesMemPolicy(t *testing.T) {
 // (created by a real-time thread: its default is its creator's slack, 0)
 // is refused: a restore can write no 0, which means "the default".
 func TestDumpRefusesZeroSlack(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	p, st := startAttrs(t, "zeroslack")
 	if !strings.Contains(st[3], " slack=0 ") {
 		t.Fatalf("T2 has a timer slack: %s", st[3])
@@ -378,5 +378,5 @@ func TestDumpRefusesZeroSlack(t *testing.T) {
 	if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, "timer slack 0") {
 		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the timer slack", err, err)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 }

@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // BenchmarkCheckpoint dumps and restores a process with 1 GiB of touched,

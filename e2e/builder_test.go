@@ -7,9 +7,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
-	"migrate/target"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/target"
 )
 
 // TestBuilderRelayout builds a process from a layout that differs from the
@@ -19,8 +19,8 @@ import (
 // pages must stay). Then the pages, the final image, and the process must
 // run on with its memory intact.
 func TestBuilderRelayout(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "64", "-b", "8")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "64", "-b", "8")
 	ready, _ := p.WaitLine(t, long, 0, "ready")
 	sum0 := field(t, ready, "sum")
 	p.WaitTick(t, short, 3)
@@ -77,7 +77,7 @@ func TestBuilderRelayout(t *testing.T) {
 	if _, err := b.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	r := fixture.Adopt(t, img.Process.PID, p.Log)
+	r := testutil.Adopt(t, img.Process.PID, p.Log)
 	checkRunningUntraced(t, r.PID)
 	checkLayout(t, img, r.PID)
 	r.WaitTick(t, short, last+3)

@@ -15,22 +15,22 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // TestHeapChecksum: a counter over a 256 MiB malloc'ed heap and a 32 MiB
 // brk heap. After restore the memory checksum is the same, the counter goes
 // on, and malloc from the brk heap still works (brk grows).
 func TestHeapChecksum(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "counter")
-	p := fixture.Start(t, bin, "-m", "256", "-b", "32")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "counter")
+	p := testutil.Start(t, bin, "-m", "256", "-b", "32")
 	ready, _ := p.WaitLine(t, long, 0, "ready")
 	sum0 := field(t, ready, "sum")
 	p.WaitTick(t, short, 5)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 
 	dir, img := dumpKill(t, p, "")
 	last := p.LastTick(t)
@@ -57,10 +57,10 @@ func TestHeapChecksum(t *testing.T) {
 // into its own 256 KiB pipe. Dumped in the middle, restored, the rest
 // arrives intact and in order, and the pipe keeps its size.
 func TestPipeBuffered(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "pipe"), "buffered")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "pipe"), "buffered")
 	p.WaitLine(t, short, 0, "chunk 5 ok")
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, img := dumpKill(t, p, "")
 	if lines := p.Lines(t); strings.HasPrefix(lines[len(lines)-1], "done") {
 		t.Fatal("the workload finished before the dump; nothing was tested")
@@ -96,10 +96,10 @@ func TestPipeBuffered(t *testing.T) {
 // when it is dumped; after restore its alarm (an itimer) fires, the handler
 // writes into the pipe, and the read returns the message.
 func TestPipeBlockedRead(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "pipe"), "block")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "pipe"), "block")
 	p.WaitLine(t, short, 0, "ready")
-	fixture.WaitSyscall(t, short, p.PID, unix.SYS_READ)
+	testutil.WaitSyscall(t, short, p.PID, unix.SYS_READ)
 	dir, _ := dumpKill(t, p, "")
 	if got := p.Lines(t); len(got) != 1 {
 		t.Fatalf("the alarm fired before the dump; log %q", got)
@@ -119,7 +119,7 @@ func TestPipeBlockedRead(t *testing.T) {
 // writing go on at the right offsets, and the deleted file's contents and
 // offset are there, while its name stays gone.
 func TestFileOffsets(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	work := t.TempDir()
 	data := filepath.Join(work, "data.txt")
 	var b bytes.Buffer
@@ -130,7 +130,7 @@ func TestFileOffsets(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(work, "out.txt")
-	p := fixture.Start(t, fixture.Build(t, "files"), data, out, work)
+	p := testutil.Start(t, testutil.Build(t, "files"), data, out, work)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	var in, outFD, del int
 	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &outFD, &del); err != nil {
@@ -179,7 +179,7 @@ func TestFileOffsets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ticks := fixture.Ticks(lines)
+	ticks := testutil.Ticks(lines)
 	var want strings.Builder
 	want.WriteString("header\n")
 	for i := 1; i <= ticks[len(ticks)-1]; i++ {
@@ -213,12 +213,12 @@ func firstDiff(got, want string) string {
 // firing; once unblocked the pending signals are delivered, in order, with
 // their siginfo; SIGUSR2 runs on the alternate stack.
 func TestSignals(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trigger := filepath.Join(t.TempDir(), "unblock")
-	p := fixture.Start(t, fixture.Build(t, "signals"), trigger)
+	p := testutil.Start(t, testutil.Build(t, "signals"), trigger)
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
-	before := fixture.Take(t, p.PID)
+	before := testutil.Take(t, p.PID)
 	if before.Status["SigPnd"] == "0000000000000000" || before.Status["ShdPnd"] == "0000000000000000" {
 		t.Fatalf("the workload has no pending signals: %v", before.Status)
 	}
@@ -226,7 +226,7 @@ func TestSignals(t *testing.T) {
 	dir, _ := dumpKill(t, p, "")
 	last := p.LastTick(t)
 	r := restoreOK(t, dir, p.Log)
-	after := fixture.Take(t, r.PID)
+	after := testutil.Take(t, r.PID)
 	for _, f := range []string{"SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"} {
 		if before.Status[f] != after.Status[f] {
 			t.Errorf("%s: %s before the dump, %s after restore", f, before.Status[f], after.Status[f])
@@ -243,7 +243,7 @@ func TestSignals(t *testing.T) {
 	}
 	r.WaitTick(t, short, last+1)
 	_, a0 := alarmsAt(0)
-	fixture.WaitFor(t, short, "the itimer to keep firing after restore", func() bool {
+	testutil.WaitFor(t, short, "the itimer to keep firing after restore", func() bool {
 		_, a := alarmsAt(0)
 		return a >= a0+5
 	})
@@ -308,7 +308,7 @@ func smapsFlags(t *testing.T, pid int, addr uint64) string {
 // shared file mapping (still shared with the file after restore), shared
 // anonymous memory with data, and areas with madvise flags.
 func TestMappings(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	work := t.TempDir()
 	priv := filepath.Join(work, "private.dat")
 	shared := filepath.Join(work, "shared.dat")
@@ -322,8 +322,8 @@ func TestMappings(t *testing.T) {
 	if err := os.WriteFile(shared, make([]byte, 64<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	privHash := fixture.FileHash(t, priv)
-	p := fixture.Start(t, fixture.Build(t, "mem"), priv, shared)
+	privHash := testutil.FileHash(t, priv)
+	p := testutil.Start(t, testutil.Build(t, "mem"), priv, shared)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	sums0, _ := p.WaitLine(t, short, 0, "sums")
 	p.WaitTick(t, short, 3)
@@ -368,7 +368,7 @@ func TestMappings(t *testing.T) {
 		t.Errorf("private mapping after restore: %q", sums)
 	}
 	r.WaitLine(t, short, n, "wrote shared")
-	if got := fixture.FileHash(t, priv); got != privHash {
+	if got := testutil.FileHash(t, priv); got != privHash {
 		t.Errorf("the privately mapped file changed")
 	}
 	sb, err := os.ReadFile(shared)
@@ -387,8 +387,8 @@ var sleepCalls = []int{unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP, unix.SYS_PO
 // clock_nanosleep, poll or pause finishes that call after restore as it
 // would have without the dump: no EINTR, not early.
 func TestSleeps(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "sleeper")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sleeper")
 	for _, tc := range []struct{ mode, want string }{
 		{"rel", "slept rc=0 errno=0"},
 		{"abs", "slept rc=0"},
@@ -396,9 +396,9 @@ func TestSleeps(t *testing.T) {
 		{"pause", "paused rc=-1 errno=4 handled=1"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			p := fixture.Start(t, bin, tc.mode)
+			p := testutil.Start(t, bin, tc.mode)
 			p.WaitLine(t, short, 0, "sleeping")
-			fixture.WaitSyscall(t, short, p.PID, sleepCalls...)
+			testutil.WaitSyscall(t, short, p.PID, sleepCalls...)
 			dir, img := dumpKill(t, p, "")
 			if l := p.Lines(t); len(l) != 1 {
 				t.Fatalf("the sleep ended before the dump: %q", l)
@@ -406,7 +406,7 @@ func TestSleeps(t *testing.T) {
 			r := restoreOK(t, dir, p.Log)
 			checkLayout(t, img, r.PID)
 			if tc.mode == "pause" {
-				fixture.WaitSyscall(t, short, r.PID, sleepCalls...)
+				testutil.WaitSyscall(t, short, r.PID, sleepCalls...)
 				r.Signal(t, unix.SIGUSR1)
 			}
 			line, _ := r.WaitLine(t, long, 1, tc.want[:strings.IndexByte(tc.want, ' ')])
@@ -425,12 +425,12 @@ func TestSleeps(t *testing.T) {
 // with data in it, and close-on-exec per fd, all at their numbers after
 // restore.
 func TestFDKinds(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	work := t.TempDir()
-	p := fixture.Start(t, fixture.Build(t, "fds"), filepath.Join(work, "shared-offset.txt"), work)
+	p := testutil.Start(t, testutil.Build(t, "fds"), filepath.Join(work, "shared-offset.txt"), work)
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, img := dumpKill(t, p, "")
 	r := restoreOK(t, dir, p.Log)
 	checkLayout(t, img, r.PID)
@@ -447,27 +447,27 @@ func TestFDKinds(t *testing.T) {
 // TestCoreutilsSleep: `sleep 1000` comes back sleeping, with the same PID,
 // command line and executable.
 func TestCoreutilsSleep(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	bin, err := exec.LookPath("sleep")
 	if err != nil {
-		fixture.Unavailable(t, "coreutils sleep: %v", err)
+		testutil.Unavailable(t, "coreutils sleep: %v", err)
 	}
-	p := fixture.Start(t, bin, "1000")
-	fixture.WaitSyscall(t, short, p.PID, sleepCalls...)
+	p := testutil.Start(t, bin, "1000")
+	testutil.WaitSyscall(t, short, p.PID, sleepCalls...)
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, img := dumpKill(t, p, "")
 	r := restoreOK(t, dir, p.Log)
 	checkLayout(t, img, r.PID)
 	checkFDsSame(t, before, r.PID)
-	fixture.WaitSyscall(t, short, r.PID, sleepCalls...)
+	testutil.WaitSyscall(t, short, r.PID, sleepCalls...)
 	c2, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.PID))
 	e2, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", r.PID))
 	if !bytes.Equal(c2, cmdline) || e2 != exe {
 		t.Errorf("cmdline %q exe %q after restore, %q %q before", c2, e2, cmdline, exe)
 	}
-	if st, _ := fixture.State(r.PID); st != 'S' {
+	if st, _ := testutil.State(r.PID); st != 'S' {
 		t.Errorf("restored sleep is in state %c, want S", st)
 	}
 }
@@ -476,30 +476,30 @@ func TestCoreutilsSleep(t *testing.T) {
 // appends a line per tick to a file it keeps open; after restore the
 // counter and the dict carry on.
 func TestPython(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
-		fixture.Unavailable(t, "python3: %v", err)
+		testutil.Unavailable(t, "python3: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "state.out")
-	p := fixture.Start(t, py, filepath.Join(fixture.Testdata(), "state.py"), out)
+	p := testutil.Start(t, py, filepath.Join(testutil.Testdata(), "state.py"), out)
 	count := func() int {
 		if _, err := os.Stat(out); err != nil {
 			return 0
 		}
-		return len(fixture.LogLines(t, out)) - 1
+		return len(testutil.LogLines(t, out)) - 1
 	}
-	fixture.WaitFor(t, long, "python to count to 10", func() bool { return count() >= 10 })
-	before := fixture.FDs(t, p.PID)
+	testutil.WaitFor(t, long, "python to count to 10", func() bool { return count() >= 10 })
+	before := testutil.FDs(t, p.PID)
 	dir, _ := dumpKill(t, p, "")
 	last := count()
 	r := restoreOK(t, dir, p.Log)
 	// python may change its memory layout while it runs: the layout is not
 	// compared, the fds are.
 	checkFDsSame(t, before, r.PID, 1, 2, fdOf(t, before, out))
-	fixture.WaitFor(t, long, "python to count on after restore", func() bool { return count() >= last+10 })
+	testutil.WaitFor(t, long, "python to count on after restore", func() bool { return count() >= last+10 })
 	r.Kill(t)
-	lines := fixture.LogLines(t, out)
+	lines := testutil.LogLines(t, out)
 	if lines[0] != "ready" {
 		t.Fatalf("first line %q", lines[0])
 	}
@@ -516,7 +516,7 @@ func TestPython(t *testing.T) {
 	}
 }
 
-func fdOf(t *testing.T, fds map[int]fixture.FDView, path string) int {
+func fdOf(t *testing.T, fds map[int]testutil.FDView, path string) int {
 	t.Helper()
 	for n, v := range fds {
 		if v.Target == path {
@@ -531,11 +531,11 @@ func fdOf(t *testing.T, fds map[int]fixture.FDView, path string) int {
 // untraced; the image then restores (once the original is gone) to the
 // state at the dump, not to the state the original reached later.
 func TestLeaveRunning(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "16")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "16")
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 5)
-	before := fixture.Take(t, p.PID)
+	before := testutil.Take(t, p.PID)
 	dir := t.TempDir()
 	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, LeaveRunning: true, Logger: testLogger(t)})
 	if err != nil {
@@ -544,8 +544,8 @@ func TestLeaveRunning(t *testing.T) {
 	if !rep.LeftRunning {
 		t.Errorf("report says the process was not left running")
 	}
-	fixture.RequireRunning(t, p.PID)
-	after := fixture.Take(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
+	after := testutil.Take(t, p.PID)
 	if d := before.Diff(after, 1, 2); d != "" {
 		t.Errorf("the original changed across a dump that left it running:\n%s", d)
 	}
@@ -564,8 +564,8 @@ func TestLeaveRunning(t *testing.T) {
 		t.Fatalf("the original did not run on after the dump (tick %d at dump, %d at kill)", dumped, lastOrig)
 	}
 	r := restoreOK(t, dir, p.Log)
-	fixture.WaitFor(t, short, "ticks of the restored process", func() bool { return len(r.Lines(t)) > killedAt+3 })
-	got := fixture.Ticks(r.Lines(t)[killedAt:])
+	testutil.WaitFor(t, short, "ticks of the restored process", func() bool { return len(r.Lines(t)) > killedAt+3 })
+	got := testutil.Ticks(r.Lines(t)[killedAt:])
 	for i, n := range got {
 		if n != dumped+1+i {
 			t.Fatalf("restored process ticks %v, want %d, %d, ... (the state at the dump)", got, dumped+1, dumped+2)
@@ -588,7 +588,7 @@ func tickAtOffset(t *testing.T, log string, img *core.Image, fd int) int {
 		if f.Pos > int64(len(b)) || f.Pos == 0 {
 			t.Fatalf("fd %d offset %d in the image, log has %d bytes", fd, f.Pos, len(b))
 		}
-		ticks := fixture.Ticks(strings.Split(string(b[:f.Pos]), "\n"))
+		ticks := testutil.Ticks(strings.Split(string(b[:f.Pos]), "\n"))
 		return ticks[len(ticks)-1]
 	}
 	t.Fatalf("no fd %d in the image", fd)
@@ -601,15 +601,15 @@ func tickAtOffset(t *testing.T, log string, img *core.Image, fd int) int {
 // survive: for a process in a group of its own, one leading its own
 // session, and one running as another user.
 func TestAttributes(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "creds")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "creds")
 	for _, tc := range []struct {
 		name string
-		opts fixture.Options
+		opts testutil.Options
 	}{
-		{"process group", fixture.Options{Setpgid: true}},
-		{"session", fixture.Options{Setsid: true}},
-		{"other user", fixture.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534, 100}}}},
+		{"process group", testutil.Options{Setpgid: true}},
+		{"session", testutil.Options{Setsid: true}},
+		{"other user", testutil.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534, 100}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A directory every user can enter (t.TempDir's parent is 0700).
@@ -622,14 +622,14 @@ func TestAttributes(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.opts.Dir = cwd
-			p := fixture.StartWith(t, tc.opts, bin, cwd)
+			p := testutil.StartWith(t, tc.opts, bin, cwd)
 			p.WaitLine(t, short, 0, "ready")
 			creds0, _ := p.WaitLine(t, short, 0, "creds")
 			p.WaitTick(t, short, 3)
 			view := func(pid int) map[string]string {
 				m := map[string]string{}
 				for _, f := range []string{"Umask", "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"} {
-					m[f] = fixture.StatusField(t, pid, f)
+					m[f] = testutil.StatusField(t, pid, f)
 				}
 				for _, f := range []string{"limits", "comm", "personality"} {
 					b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
@@ -647,7 +647,7 @@ func TestAttributes(t *testing.T) {
 				m["owner of /proc/PID/stat"] = strconv.Itoa(int(st.Uid))
 				m["cwd"], _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 				m["root"], _ = os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
-				pgid, sid := fixture.PGID(t, pid)
+				pgid, sid := testutil.PGID(t, pid)
 				m["pgid"] = strconv.Itoa(pgid)
 				m["sid"] = strconv.Itoa(sid)
 				return m
@@ -686,8 +686,8 @@ func TestAttributes(t *testing.T) {
 // still holds its memory and counts on: nothing the first restore left
 // (layout, mm fields, fds) gets in the way of the second.
 func TestTwice(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "32", "-b", "8")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "32", "-b", "8")
 	ready, _ := p.WaitLine(t, long, 0, "ready")
 	sum0 := field(t, ready, "sum")
 	p.WaitTick(t, short, 3)
@@ -716,11 +716,11 @@ func TestTwice(t *testing.T) {
 // TestCodecs: images written with each page codec restore to the same
 // memory.
 func TestCodecs(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "counter")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "counter")
 	for _, codec := range []string{"none", "s2", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
-			p := fixture.Start(t, bin, "-m", "24", "-b", "4")
+			p := testutil.Start(t, bin, "-m", "24", "-b", "4")
 			ready, _ := p.WaitLine(t, long, 0, "ready")
 			p.WaitTick(t, short, 2)
 			dir, img := dumpKill(t, p, codec)
@@ -742,8 +742,8 @@ func TestCodecs(t *testing.T) {
 // only those pages are stored, and the restored area is as large as the
 // original, with the untouched pages still untouched (no memory spent).
 func TestSparseMemory(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-u", "256")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-u", "256")
 	line, _ := p.WaitLine(t, short, 0, "sparse")
 	addr, err := strconv.ParseUint(strings.TrimPrefix(field(t, line, "addr"), "0x"), 16, 64)
 	if err != nil {
@@ -805,8 +805,8 @@ func smapsField(t *testing.T, pid int, addr uint64, name string) uint64 {
 // its own mutex, comes back with every thread at its TID, and all of them
 // count on.
 func TestThreads(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "threads"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "threads"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 5)
 	tasks := func(pid int) []string {

@@ -13,11 +13,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/netlock"
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 const (
@@ -42,7 +42,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 // dumpKill dumps p into a fresh directory (the default: the process is
 // killed), reaps p, and returns the directory and the image.
-func dumpKill(t *testing.T, p *fixture.Proc, codec string) (string, *core.Image) {
+func dumpKill(t *testing.T, p *testutil.Proc, codec string) (string, *core.Image) {
 	t.Helper()
 	dir := t.TempDir()
 	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Codec: codec, Logger: testLogger(t)})
@@ -83,20 +83,20 @@ func dumpKill(t *testing.T, p *fixture.Proc, codec string) (string, *core.Image)
 // give: the same PID, running, not traced, a child of the test process (its
 // subreaper), no husk or other new child left, and only the fds of the
 // image. log is the workload's log file.
-func restoreOK(t *testing.T, dir, log string) *fixture.Proc {
+func restoreOK(t *testing.T, dir, log string) *testutil.Proc {
 	t.Helper()
 	p, _ := restoreWithReport(t, dir, log)
 	return p
 }
 
 // restoreWithReport is restoreOK that also returns the restore's report.
-func restoreWithReport(t *testing.T, dir, log string) (*fixture.Proc, *target.RestoreReport) {
+func restoreWithReport(t *testing.T, dir, log string) (*testutil.Proc, *target.RestoreReport) {
 	t.Helper()
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kids := fixture.Children()
+	kids := testutil.Children()
 	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
@@ -106,9 +106,9 @@ func restoreWithReport(t *testing.T, dir, log string) (*fixture.Proc, *target.Re
 	}
 	pid := img.Process.PID
 	// Adopt first, so that the process is reaped whatever fails below.
-	var p *fixture.Proc
-	if _, err := fixture.State(pid); err == nil && fixture.Parent(t, pid) == os.Getpid() {
-		p = fixture.Adopt(t, pid, log)
+	var p *testutil.Proc
+	if _, err := testutil.State(pid); err == nil && testutil.Parent(t, pid) == os.Getpid() {
+		p = testutil.Adopt(t, pid, log)
 	}
 	if rep.PID != pid {
 		t.Fatalf("restore reports pid %d, the image has %d", rep.PID, pid)
@@ -119,7 +119,7 @@ func restoreWithReport(t *testing.T, dir, log string) (*fixture.Proc, *target.Re
 	checkRunningUntraced(t, pid)
 	want := append(slices.Clone(kids), pid)
 	slices.Sort(want)
-	if got := fixture.Children(); !slices.Equal(got, want) {
+	if got := testutil.Children(); !slices.Equal(got, want) {
 		t.Errorf("children of the test process after restore: %v, want %v (a husk left behind?)", got, want)
 	}
 	checkFDsMatchImage(t, img, pid)
@@ -130,8 +130,8 @@ func restoreWithReport(t *testing.T, dir, log string) (*fixture.Proc, *target.Re
 // traced.
 func checkRunningUntraced(t *testing.T, pid int) {
 	t.Helper()
-	fixture.RequireRunning(t, pid)
-	if tr := fixture.StatusField(t, pid, "TracerPid"); tr != "0" {
+	testutil.RequireRunning(t, pid)
+	if tr := testutil.StatusField(t, pid, "TracerPid"); tr != "0" {
 		t.Errorf("restored process %d is still traced by %s", pid, tr)
 	}
 }
@@ -140,7 +140,7 @@ func checkRunningUntraced(t *testing.T, pid int) {
 // their flags (close-on-exec included): no fd of the restorer is left.
 func checkFDsMatchImage(t *testing.T, img *core.Image, pid int) {
 	t.Helper()
-	got := fixture.FDs(t, pid)
+	got := testutil.FDs(t, pid)
 	want := map[int]core.FD{}
 	for _, f := range img.Process.FDs {
 		want[f.FD] = f
@@ -176,16 +176,16 @@ func checkFDsMatchImage(t *testing.T, img *core.Image, pid int) {
 // checkFDsSame compares the fd table of a restored process with the one the
 // original had: same numbers, same kind of target, same flags, and the same
 // offsets except for the fds in moving.
-func checkFDsSame(t *testing.T, before map[int]fixture.FDView, pid int, moving ...int) {
+func checkFDsSame(t *testing.T, before map[int]testutil.FDView, pid int, moving ...int) {
 	t.Helper()
-	after := fixture.FDs(t, pid)
+	after := testutil.FDs(t, pid)
 	for n, b := range before {
 		a, ok := after[n]
 		if !ok {
 			t.Errorf("fd %d (%s) missing after restore", n, b.Target)
 			continue
 		}
-		if fixture.NormTarget(a.Target) != fixture.NormTarget(b.Target) {
+		if testutil.NormTarget(a.Target) != testutil.NormTarget(b.Target) {
 			t.Errorf("fd %d: %s before, %s after restore", n, b.Target, a.Target)
 		}
 		if a.Flags != b.Flags {
@@ -207,7 +207,7 @@ func checkFDsSame(t *testing.T, before map[int]fixture.FDView, pid int, moving .
 // /proc/PID/stat now and then): an fd left by the restorer stays.
 func transientFD(pid, n int, target string) bool {
 	path := fmt.Sprintf("/proc/%d/fd/%d", pid, n)
-	return fixture.Poll(short, func() bool {
+	return testutil.Poll(short, func() bool {
 		now, err := os.Readlink(path)
 		return err != nil || now != target
 	})
@@ -327,7 +327,7 @@ func checkLayout(t *testing.T, img *core.Image, pid int) {
 // atLeast of them.
 func checkTicksContinuous(t *testing.T, lines []string, atLeast int) {
 	t.Helper()
-	ticks := fixture.Ticks(lines)
+	ticks := testutil.Ticks(lines)
 	for i, n := range ticks {
 		if n != i+1 {
 			t.Fatalf("tick %d at position %d of the log; ticks must run on without gap or restart:\n%v", n, i+1, around(ticks, i))

@@ -6,16 +6,16 @@ import (
 	"sort"
 	"testing"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestInotify: a process reading inotify events gets them after a restore,
 // under the same watch descriptors (with a gap between them kept).
 func TestInotify(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
-	p := fixture.Start(t, fixture.Build(t, "inotify"), dir)
+	p := testutil.Start(t, testutil.Build(t, "inotify"), dir)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	if ready != "ready dir=1 file=3" {
 		t.Fatalf("workload: %q", ready)

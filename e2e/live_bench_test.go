@@ -14,10 +14,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 // BenchmarkLiveMigration measures live migration of a process with 1 GiB
@@ -41,7 +41,7 @@ import (
 //
 //	go test -run '^$' -bench LiveMigration -benchtime 1x ./e2e
 func BenchmarkLiveMigration(b *testing.B) {
-	fixture.RequireRoot(b)
+	testutil.RequireRoot(b)
 	const mib, rate, runs = 1024, 50, 5
 	heap := buildBench(b)
 	loadBefore := loadAvg()
@@ -59,14 +59,14 @@ func BenchmarkLiveMigration(b *testing.B) {
 	}
 	scenarios := []struct {
 		name  string
-		start func() *fixture.Proc
+		start func() *testutil.Proc
 	}{
-		{"idle", func() *fixture.Proc {
-			p := fixture.Start(b, heap, fmt.Sprint(mib))
+		{"idle", func() *testutil.Proc {
+			p := testutil.Start(b, heap, fmt.Sprint(mib))
 			p.WaitLine(b, long, 0, "ready")
 			return p
 		}},
-		{fmt.Sprintf("%d MB/s", rate), func() *fixture.Proc { return startDirty(b, mib, rate) }},
+		{fmt.Sprintf("%d MB/s", rate), func() *testutil.Proc { return startDirty(b, mib, rate) }},
 	}
 
 	type column struct {
@@ -116,7 +116,7 @@ func BenchmarkLiveMigration(b *testing.B) {
 				b.Fatalf("restore %s: %v", sc.name, err)
 			}
 			// Restored as a child of the test process (its subreaper).
-			fixture.Adopt(b, rrep.PID, p.Log).Kill(b)
+			testutil.Adopt(b, rrep.PID, p.Log).Kill(b)
 			os.RemoveAll(dir)
 			return result{
 				total: drep.TotalMS + rrep.TotalMS, downtime: drep.FrozenMS + rrep.TotalMS,
@@ -208,7 +208,7 @@ type benchServe struct {
 func startBenchServe(t testing.TB) *benchServe {
 	t.Helper()
 	if _, err := exec.LookPath("unshare"); err != nil {
-		fixture.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
+		testutil.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -260,7 +260,7 @@ func (s *benchServe) fail(t testing.TB, format string, args ...any) {
 func (s *benchServe) find(t testing.TB, pid int) int {
 	t.Helper()
 	var found int
-	fixture.WaitFor(t, short, fmt.Sprintf("a process that is %d in the service's namespace", pid), func() bool {
+	testutil.WaitFor(t, short, fmt.Sprintf("a process that is %d in the service's namespace", pid), func() bool {
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			var outer int
@@ -301,8 +301,8 @@ func (s *benchServe) kill(t testing.TB, pid int) {
 	if err := unix.Kill(outer, unix.SIGKILL); err != nil {
 		t.Fatalf("kill the migrated process (%d, %d in the namespace): %v", outer, pid, err)
 	}
-	fixture.WaitFor(t, short, fmt.Sprintf("the migrated process %d to die", outer), func() bool {
-		st, err := fixture.State(outer)
+	testutil.WaitFor(t, short, fmt.Sprintf("the migrated process %d to die", outer), func() bool {
+		st, err := testutil.State(outer)
 		return err != nil || st == 'Z'
 	})
 }
@@ -324,7 +324,7 @@ func (s *benchServe) stop(t testing.TB) {
 	if s.pid != 0 {
 		// --kill-child kills the service with unshare; orphaned, it
 		// becomes ours (the subreaper) to reap.
-		fixture.ReapOrphan(t, s.pid)
+		testutil.ReapOrphan(t, s.pid)
 	}
 }
 

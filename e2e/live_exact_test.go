@@ -9,9 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // TestLiveExactState: a live migration carries what a dump does of the
@@ -19,17 +19,17 @@ import (
 // equal, an area mapped afterwards locked too) and of the signal
 // dispositions (a process that ends on SIGTERM still does).
 func TestLiveExactState(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
 	trigger := filepath.Join(t.TempDir(), "map")
-	p := fixture.Start(t, fixture.Build(t, "mlock"), "all", trigger)
+	p := testutil.Start(t, testutil.Build(t, "mlock"), "all", trigger)
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	before, lck := memoryLocks(t, p.PID)
 	// What the original ignores: what its ancestors did (make ignores
 	// glibc's signals 32 and 33, and a Go test binary passes one of them
 	// on), nothing of its own.
-	ign := fixture.StatusField(t, p.PID, "SigIgn")
+	ign := testutil.StatusField(t, p.PID, "SigIgn")
 	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
 		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
 	})
@@ -68,13 +68,13 @@ func TestLiveExactState(t *testing.T) {
 	if got := lockFlags(flagsAt(t, r.PID, a)); got != "lo" {
 		t.Errorf("area mapped after the migration: locks %q, want \"lo\" (MCL_FUTURE)", got)
 	}
-	if got := fixture.StatusField(t, r.PID, "SigIgn"); got != ign {
+	if got := testutil.StatusField(t, r.PID, "SigIgn"); got != ign {
 		t.Errorf("the migrated process ignores signals %s; the original ignored %s", got, ign)
 	}
 	// (Not a child of the test: its wait status is the service's.)
 	r.Signal(t, unix.SIGTERM)
-	fixture.WaitFor(t, short, "the migrated process to end on SIGTERM", func() bool {
-		st, err := fixture.State(r.PID)
+	testutil.WaitFor(t, short, "the migrated process to end on SIGTERM", func() bool {
+		st, err := testutil.State(r.PID)
 		return err != nil || st == 'Z'
 	})
 }

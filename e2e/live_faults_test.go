@@ -4,7 +4,7 @@ package e2e
 // never none"): the target killed, the connection cut or corrupted at
 // chosen points of the handoff, a wrong secret, a PID taken on the target.
 // After each, exactly one copy of the process runs, in the right state:
-// the original, untraced and as it was (fixture.Snapshot), its memory
+// the original, untraced and as it was (testutil.Snapshot), its memory
 // intact; or the migrated one, the original dead. A copy left frozen for
 // `migrate recover` counts as the one copy where the protocol says it must
 // be (the outcome of a commit could not be learned).
@@ -33,9 +33,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // faultProxy forwards loopback TCP connections to a target address. A hook
@@ -230,14 +230,14 @@ func hookLogger(t *testing.T, hook func(msg string)) *slog.Logger {
 // pages of a 128 MiB region at 100 MB/s, so that every round has pages to
 // send, the final one many; verifyDirty has it check every page.
 type dirtyWork struct {
-	*fixture.Proc
-	before *fixture.Snapshot
+	*testutil.Proc
+	before *testutil.Snapshot
 }
 
 func startDirtyWork(t *testing.T) *dirtyWork {
 	t.Helper()
 	p := startDirty(t, 128, 100)
-	return &dirtyWork{Proc: p, before: fixture.Take(t, p.PID)}
+	return &dirtyWork{Proc: p, before: testutil.Take(t, p.PID)}
 }
 
 // faultPolicy: one pre-copy round, then the freeze: the final round
@@ -350,7 +350,7 @@ func nsProcs(t testing.TB, s *serveProc) []int {
 			continue
 		}
 		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && l == ns {
-			if st, err := fixture.State(pid); err == nil && st != 'Z' {
+			if st, err := testutil.State(pid); err == nil && st != 'Z' {
 				out = append(out, pid)
 			}
 		}
@@ -363,11 +363,11 @@ func nsProcs(t testing.TB, s *serveProc) []int {
 func checkNoCopyOnTarget(t *testing.T, s *serveProc) {
 	t.Helper()
 	var left []int
-	if !fixture.Poll(short, func() bool { left = nsProcs(t, s); return len(left) == 0 }) {
+	if !testutil.Poll(short, func() bool { left = nsProcs(t, s); return len(left) == 0 }) {
 		skipOnReaperHang(t, s)
 		for _, pid := range left {
 			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-			st, _ := fixture.State(pid)
+			st, _ := testutil.State(pid)
 			t.Errorf("process %d (%s, state %c) is left in the target's namespace: a second copy", pid, strings.TrimSpace(string(comm)), st)
 		}
 	}
@@ -379,7 +379,7 @@ func checkNoCopyOnTarget(t *testing.T, s *serveProc) {
 func checkOriginalOnly(t *testing.T, w *dirtyWork, targets ...*serveProc) {
 	t.Helper()
 	checkRunningUntraced(t, w.PID)
-	if d := w.before.Diff(fixture.Take(t, w.PID), 1, 2); d != "" {
+	if d := w.before.Diff(testutil.Take(t, w.PID), 1, 2); d != "" {
 		t.Errorf("the original changed across the failed migration:\n%s", d)
 	}
 	w.WaitTick(t, short, w.LastTick(t)+3)
@@ -465,7 +465,7 @@ const (
 // the namespace the migrated process runs in, and its death kills that
 // process too, which is not what the death of a target service does.
 func TestLiveFaults(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, c := range []struct{ at, do string }{
 		{atPreCopy, doKill}, {atPreCopy, doCut}, {atPreCopy, doFlip},
 		{atFinal, doKill}, {atFinal, doCut}, {atFinal, doFlip},
@@ -616,8 +616,8 @@ func runLiveFault(t *testing.T, at, do string) {
 			t.Errorf("keeping the original frozen failed: %v", ue.Freeze)
 		}
 		// Left frozen (stopped), untraced, for the operator.
-		fixture.WaitFor(t, short, "the original to be stopped", func() bool { st, _ := fixture.State(w.PID); return st == 'T' })
-		if tr := fixture.StatusField(t, w.PID, "TracerPid"); tr != "0" {
+		testutil.WaitFor(t, short, "the original to be stopped", func() bool { st, _ := testutil.State(w.PID); return st == 'T' })
+		if tr := testutil.StatusField(t, w.PID, "TracerPid"); tr != "0" {
 			t.Errorf("the frozen original is still traced by %s", tr)
 		}
 		checkNoCopyOnTarget(t, restarted)
@@ -627,7 +627,7 @@ func runLiveFault(t *testing.T, at, do string) {
 		if err == nil || out != transport.OutcomeUnknown.String() {
 			t.Errorf("recover: %q, %v; want unknown and an error", out, err)
 		}
-		if st, _ := fixture.State(w.PID); st != 'T' {
+		if st, _ := testutil.State(w.PID); st != 'T' {
 			t.Errorf("the original is in state %c after recover, want still stopped", st)
 		}
 		// The operator, who knows the target died, lets it run on.
@@ -676,7 +676,7 @@ func writeSecret(t *testing.T, name string) string {
 // service runs on and holds nothing; with the right secret the same
 // process then migrates.
 func TestLiveWrongSecret(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	right, wrong := writeSecret(t, "right"), writeSecret(t, "wrong")
 	s := startServeWith(t, serveOptions{SecretFile: right})
 	w := startDirtyWork(t)
@@ -722,9 +722,9 @@ func TestLiveWrongSecret(t *testing.T) {
 // session before the source freezes anything, and leaves the sleep alone;
 // the original runs on as it was.
 func TestLivePIDTaken(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("nsenter"); err != nil {
-		fixture.Unavailable(t, "nsenter (util-linux) is needed to take a PID in the service's namespace: %v", err)
+		testutil.Unavailable(t, "nsenter (util-linux) is needed to take a PID in the service's namespace: %v", err)
 	}
 	s := startServeWith(t, serveOptions{})
 	w := startDirtyWork(t)
@@ -741,7 +741,7 @@ func TestLivePIDTaken(t *testing.T) {
 		cmd.Wait()
 	})
 	var squatter int
-	fixture.WaitFor(t, short, "the sleep in the service's namespace", func() bool {
+	testutil.WaitFor(t, short, "the sleep in the service's namespace", func() bool {
 		for _, pid := range nsProcs(t, s) {
 			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "sleep" {
 				squatter = pid
@@ -765,13 +765,13 @@ func TestLivePIDTaken(t *testing.T) {
 		t.Errorf("the refusal does not name the PID %d: %v", w.PID, he)
 	}
 	checkRunningUntraced(t, w.PID)
-	if d := w.before.Diff(fixture.Take(t, w.PID), 1, 2); d != "" {
+	if d := w.before.Diff(testutil.Take(t, w.PID), 1, 2); d != "" {
 		t.Errorf("the original changed across the refused migration:\n%s", d)
 	}
 	w.WaitTick(t, short, w.LastTick(t)+3)
 	verifyDirty(t, w.Proc)
 	// The process on the PID is untouched, and nothing else is there.
-	fixture.RequireRunning(t, squatter)
+	testutil.RequireRunning(t, squatter)
 	if got := nsProcs(t, s); len(got) != 2 { // sh and its sleep
 		t.Errorf("processes in the service's namespace after the refusal: %v, want sh and its sleep", got)
 	}
@@ -781,7 +781,7 @@ func TestLivePIDTaken(t *testing.T) {
 // own PID namespace.
 func nsPID(t testing.TB, pid int) int {
 	t.Helper()
-	v := fixture.StatusField(t, pid, "NSpid")
+	v := testutil.StatusField(t, pid, "NSpid")
 	f := strings.Fields(v)
 	var n int
 	if _, err := fmt.Sscan(f[len(f)-1], &n); err != nil {

@@ -32,8 +32,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // migrated is the view the test has of a process moved into the serve's
@@ -41,8 +41,8 @@ import (
 // (the migrated process writes on to it). It is not a child of the test
 // process (the service, PID 1 over there, is its parent): the namespace's
 // end kills it, nothing else needs to.
-func migrated(pid int, log string) *fixture.Proc {
-	return &fixture.Proc{PID: pid, Log: log}
+func migrated(pid int, log string) *testutil.Proc {
+	return &testutil.Proc{PID: pid, Log: log}
 }
 
 // migrateLive moves p into the service s with o (PID, To, Transport
@@ -50,7 +50,7 @@ func migrated(pid int, log string) *fixture.Proc {
 // give: outcome resumed, the original killed and reaped, and a process
 // with the same PID in the service's namespace, running and untraced. It
 // returns the migrated process and the report.
-func migrateLive(t *testing.T, p *fixture.Proc, s *serveProc, o source.MigrateOptions) (*fixture.Proc, *source.MigrateReport) {
+func migrateLive(t *testing.T, p *testutil.Proc, s *serveProc, o source.MigrateOptions) (*testutil.Proc, *source.MigrateReport) {
 	t.Helper()
 	o.PID, o.To, o.Logger = p.PID, s.Addr, testLogger(t)
 	if o.Transport.Secret == nil {
@@ -95,7 +95,7 @@ func reaperHang(t testing.TB, s *serveProc) (string, bool) {
 	stopped := func() map[int]bool {
 		out := map[int]bool{}
 		for _, pid := range nsProcs(t, s) {
-			if st, _ := fixture.State(pid); st == 't' {
+			if st, _ := testutil.State(pid); st == 't' {
 				out[pid] = true
 			}
 		}
@@ -139,13 +139,13 @@ func skipOnReaperHang(t *testing.T, s *serveProc) {
 
 // stopMigrated kills a migrated process and waits until it is dead (its
 // parent, the service, reaps it): its log is then complete.
-func stopMigrated(t *testing.T, r *fixture.Proc) {
+func stopMigrated(t *testing.T, r *testutil.Proc) {
 	t.Helper()
 	if err := unix.Kill(r.PID, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 		t.Fatal(err)
 	}
-	fixture.WaitFor(t, short, fmt.Sprintf("the migrated process %d to die", r.PID), func() bool {
-		st, err := fixture.State(r.PID)
+	testutil.WaitFor(t, short, fmt.Sprintf("the migrated process %d to die", r.PID), func() bool {
+		st, err := testutil.State(r.PID)
 		return err != nil || st == 'Z'
 	})
 }
@@ -216,12 +216,12 @@ func checkSoleListener(t testing.TB, pid, port int) {
 		t.Errorf("%d sockets listen on port %d (inodes %v), want 1, the migrated process's", len(ls), port, ls)
 		return
 	}
-	for _, v := range fixture.FDs(t, pid) {
+	for _, v := range testutil.FDs(t, pid) {
 		if v.Target == "socket:["+ls[0]+"]" {
 			return
 		}
 	}
-	t.Errorf("the socket listening on port %d (inode %s) is not one of process %d's: %v", port, ls[0], pid, fixture.FDs(t, pid))
+	t.Errorf("the socket listening on port %d (inode %s) is not one of process %d's: %v", port, ls[0], pid, testutil.FDs(t, pid))
 }
 
 // listenerProtocol returns the protocol (SO_PROTOCOL) of the one socket
@@ -234,7 +234,7 @@ func listenerProtocol(t testing.TB, pid int) int {
 	}
 	defer unix.Close(pidfd)
 	var socks []int
-	for n, v := range fixture.FDs(t, pid) {
+	for n, v := range testutil.FDs(t, pid) {
 		if strings.HasPrefix(v.Target, "socket:") {
 			socks = append(socks, n)
 		}
@@ -262,9 +262,9 @@ func listenerProtocol(t testing.TB, pid int) int {
 // keeps firing from its count, the eventfd and the condition variable
 // still wake their threads, and the ticks run on without a gap.
 func TestLiveProgramThreads(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	srv := startServeWith(t, serveOptions{})
-	p := fixture.Start(t, fixture.Build(t, "prog_threads"))
+	p := testutil.Start(t, testutil.Build(t, "prog_threads"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	static := field(t, ready, "static")
 	p.WaitTick(t, short, 5)
@@ -281,7 +281,7 @@ func TestLiveProgramThreads(t *testing.T) {
 	if len(threads) != 11 {
 		t.Fatalf("%d threads %v, want 11 (main, 8 workers, condwait, epoll)", len(threads), threads)
 	}
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 
 	r, _ := migrateLive(t, p, srv, source.MigrateOptions{})
 	lines := r.Lines(t)
@@ -340,7 +340,7 @@ func TestLiveProgramThreads(t *testing.T) {
 // Subtest "tcp" runs it with a plain TCP listener (GODEBUG=multipathtcp=0),
 // "mptcp" as Go builds it by default (an MPTCP listener).
 func TestLiveProgramGoHTTP(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	bin := buildGoHTTP(t)
 	t.Run("tcp", func(t *testing.T) { runLiveGoHTTP(t, bin, "multipathtcp=0", unix.IPPROTO_TCP) })
 	t.Run("mptcp", func(t *testing.T) { runLiveGoHTTP(t, bin, "", unix.IPPROTO_MPTCP) })
@@ -354,7 +354,7 @@ func runLiveGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	if godebug != "" {
 		env = append(env, "GODEBUG="+godebug)
 	}
-	p := fixture.StartWith(t, fixture.Options{Env: env}, bin, fmt.Sprint(port))
+	p := testutil.StartWith(t, testutil.Options{Env: env}, bin, fmt.Sprint(port))
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 5)
 	if got := httpGet(t, base+"/hello"); got != "hello from gohttp\n" {
@@ -365,7 +365,7 @@ func runLiveGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	}
 	c1 := getCount(t, base)
 	waitSockets(t, p.PID, 1)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 
 	if got := listenerProtocol(t, p.PID); got != proto {
 		t.Fatalf("the server listens with protocol %d, want %d", got, proto)
@@ -386,7 +386,7 @@ func runLiveGoHTTP(t *testing.T, bin, godebug string, proto int) {
 	if c2 < c1 {
 		t.Errorf("/count %d after the migration, %d before: the counter restarted", c2, c1)
 	}
-	fixture.WaitFor(t, short, "the counter to advance after the migration", func() bool { return getCount(t, base) > c2 })
+	testutil.WaitFor(t, short, "the counter to advance after the migration", func() bool { return getCount(t, base) > c2 })
 	if got := httpGet(t, base+"/hello"); got != "hello from gohttp\n" {
 		t.Errorf("/hello after the migration: %q", got)
 	}
@@ -426,7 +426,7 @@ func runLiveGoHTTP(t *testing.T, bin, godebug string, proto int) {
 // written during the migration included, and logs the requests to the
 // same log.
 func TestLiveProgramPythonHTTPServer(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	requirePython(t)
 	srv := startServeWith(t, serveOptions{})
 	www := t.TempDir()
@@ -435,7 +435,7 @@ func TestLiveProgramPythonHTTPServer(t *testing.T) {
 	}
 	port := freeSocketPort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	p := fixture.StartWith(t, fixture.Options{Dir: www}, python3, "-u", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1")
+	p := testutil.StartWith(t, testutil.Options{Dir: www}, python3, "-u", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1")
 	get := func(path string) (string, error) {
 		resp, err := httpClient.Get(base + path)
 		if err != nil {
@@ -448,7 +448,7 @@ func TestLiveProgramPythonHTTPServer(t *testing.T) {
 		}
 		return string(b), err
 	}
-	fixture.WaitFor(t, long, "python's http.server to answer", func() bool {
+	testutil.WaitFor(t, long, "python's http.server to answer", func() bool {
 		_, err := get("/hello.txt")
 		return err == nil
 	})
@@ -456,8 +456,8 @@ func TestLiveProgramPythonHTTPServer(t *testing.T) {
 		t.Fatalf("/hello.txt: %q, %v", got, err)
 	}
 	waitSockets(t, p.PID, 1)
-	fixture.WaitFor(t, short, "the request's thread to end", func() bool { return len(threadNames(t, p.PID)) == 1 })
-	before := fixture.FDs(t, p.PID)
+	testutil.WaitFor(t, short, "the request's thread to end", func() bool { return len(threadNames(t, p.PID)) == 1 })
+	before := testutil.FDs(t, p.PID)
 
 	// A file appears while the pages are copied.
 	var wrote error
@@ -546,7 +546,7 @@ func loadRedis(t *testing.T, c *resp, port int) []string {
 // (TIDs as its namespace sees them), and BGSAVE forks a child there that
 // writes a sound RDB file.
 func TestLiveProgramRedis(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	redisServer(t)
 	srv := startServeWith(t, serveOptions{})
 	work := t.TempDir()
@@ -570,7 +570,7 @@ func TestLiveProgramRedis(t *testing.T) {
 	for _, name := range redisThreads {
 		tidNamed(t, threads, name)
 	}
-	fds := fixture.FDs(t, p.PID)
+	fds := testutil.FDs(t, p.PID)
 
 	r, _ := migrateLive(t, p, srv, source.MigrateOptions{})
 	checkFDsSame(t, fds, r.PID, 1, 2)
@@ -612,7 +612,7 @@ func TestLiveProgramRedis(t *testing.T) {
 	if got := c.str(t, "BGSAVE"); !strings.HasPrefix(got, "Background saving started") {
 		t.Fatalf("BGSAVE: %q", got)
 	}
-	fixture.WaitFor(t, long, "BGSAVE to end", func() bool {
+	testutil.WaitFor(t, long, "BGSAVE to end", func() bool {
 		n, _ := strconv.Atoi(c.info(t, "persistence", "rdb_saves"))
 		return n > saves && c.info(t, "persistence", "rdb_bgsave_in_progress") == "0"
 	})
@@ -649,7 +649,7 @@ func TestLiveProgramRedis(t *testing.T) {
 // the memory and the mapped files are intact. The flags come from smaps
 // read just before the freeze when the layout did not change since.
 func TestLiveMappingsFlags(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	srv := startServeWith(t, serveOptions{})
 	work := t.TempDir()
 	priv := filepath.Join(work, "private.dat")
@@ -660,7 +660,7 @@ func TestLiveMappingsFlags(t *testing.T) {
 	if err := os.WriteFile(shared, make([]byte, 64<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := fixture.Start(t, fixture.Build(t, "mem"), priv, shared)
+	p := testutil.Start(t, testutil.Build(t, "mem"), priv, shared)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	sums0, _ := p.WaitLine(t, short, 0, "sums")
 	p.WaitTick(t, short, 3)

@@ -18,10 +18,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/hook"
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/transport"
+	"github.com/procmig/migrate/core/hook"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 var (
@@ -40,7 +40,7 @@ func buildMigrate(t testing.TB) string {
 			return
 		}
 		migrateBin = filepath.Join(dir, "migrate")
-		out, err := exec.Command("go", "build", "-o", migrateBin, "migrate/cmd/migrate").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", migrateBin, "github.com/procmig/migrate/cmd/migrate").CombinedOutput()
 		if err != nil {
 			migrateErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -89,7 +89,7 @@ type serveProc struct {
 func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	t.Helper()
 	if _, err := exec.LookPath("unshare"); err != nil {
-		fixture.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
+		testutil.Unavailable(t, "unshare (util-linux) is needed for a PID namespace: %v", err)
 	}
 	addr := o.Listen
 	if addr == "" {
@@ -112,7 +112,7 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	if o.NoFile[0] > 0 {
 		prlimit, err := exec.LookPath("prlimit")
 		if err != nil {
-			fixture.Unavailable(t, "prlimit (util-linux) is needed to start the service with RLIMIT_NOFILE %v: %v", o.NoFile, err)
+			testutil.Unavailable(t, "prlimit (util-linux) is needed to start the service with RLIMIT_NOFILE %v: %v", o.NoFile, err)
 		}
 		// prlimit execs unshare: the PID stays unshare's.
 		cmd = exec.Command(prlimit, append([]string{fmt.Sprintf("--nofile=%d:%d", o.NoFile[0], o.NoFile[1]), "--", "unshare"}, args...)...)
@@ -162,7 +162,7 @@ func (s *serveProc) Kill(t testing.TB) {
 	for _, f := range strings.Fields(string(kids)) {
 		var pid int
 		if _, err := fmt.Sscan(f, &pid); err == nil {
-			fixture.ReapOrphan(t, pid)
+			testutil.ReapOrphan(t, pid)
 		}
 	}
 }
@@ -172,9 +172,9 @@ func (s *serveProc) Kill(t testing.TB) {
 // PID (as that namespace sees it), its heap intact, and the original is
 // gone.
 func TestLiveMigration(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "64", "-b", "8")
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "64", "-b", "8")
 	ready, _ := p.WaitLine(t, long, 0, "ready")
 	sum0 := field(t, ready, "sum")
 	p.WaitTick(t, short, 3)
@@ -197,21 +197,21 @@ func TestLiveMigration(t *testing.T) {
 	// the memory it keeps using show it runs; the checksum is asked for
 	// through the namespace's PID below).
 	lastTick := func() int {
-		ticks := fixture.Ticks(fixture.LogLines(t, p.Log))
+		ticks := testutil.Ticks(testutil.LogLines(t, p.Log))
 		if len(ticks) == 0 {
 			return 0
 		}
 		return ticks[len(ticks)-1]
 	}
 	last := lastTick()
-	fixture.WaitFor(t, short, "the migrated process to tick on", func() bool { return lastTick() >= last+5 })
+	testutil.WaitFor(t, short, "the migrated process to tick on", func() bool { return lastTick() >= last+5 })
 	inner := findInNamespace(t, p.PID)
 	if err := unix.Kill(inner, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	n := len(fixture.LogLines(t, p.Log))
-	fixture.WaitFor(t, long, "the heap checksum", func() bool {
-		for _, l := range fixture.LogLines(t, p.Log)[n:] {
+	n := len(testutil.LogLines(t, p.Log))
+	testutil.WaitFor(t, long, "the heap checksum", func() bool {
+		for _, l := range testutil.LogLines(t, p.Log)[n:] {
 			if strings.HasPrefix(l, "sum ") {
 				if got := strings.TrimPrefix(l, "sum "); got != sum0 {
 					t.Fatalf("heap checksum after migration %s, before %s", got, sum0)
@@ -228,7 +228,7 @@ func TestLiveMigration(t *testing.T) {
 func findInNamespace(t *testing.T, pid int) int {
 	t.Helper()
 	var found int
-	fixture.WaitFor(t, short, fmt.Sprintf("a process that is %d in a child namespace", pid), func() bool {
+	testutil.WaitFor(t, short, fmt.Sprintf("a process that is %d in a child namespace", pid), func() bool {
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			var outer int
@@ -259,10 +259,10 @@ func findInNamespace(t *testing.T, pid int) int {
 // take (an fd kind migrate refuses) is refused before it is frozen or any
 // page sent: the target never hears of it.
 func TestLiveMigrationRollback(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-s", "netlink")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-s", "netlink")
 	p.WaitLine(t, long, 0, "ready")
-	before := fixture.Take(t, p.PID)
+	before := testutil.Take(t, p.PID)
 
 	// Nobody listens.
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -273,7 +273,7 @@ func TestLiveMigrationRollback(t *testing.T) {
 	if _, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: dead, Transport: transport.Config{Insecure: true}}); err == nil {
 		t.Fatal("migration to a closed port succeeded")
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 
 	// The target is there, but the fd is refused before anything starts.
 	addr := startServe(t)
@@ -285,8 +285,8 @@ func TestLiveMigrationRollback(t *testing.T) {
 	if rep != nil {
 		t.Errorf("a report for a refused migration: %+v", rep)
 	}
-	fixture.RequireRunning(t, p.PID)
-	if diff := before.Diff(fixture.Take(t, p.PID), 1, 2); diff != "" {
+	testutil.RequireRunning(t, p.PID)
+	if diff := before.Diff(testutil.Take(t, p.PID), 1, 2); diff != "" {
 		t.Errorf("the process changed across the failed migration:\n%s", diff)
 	}
 	last := p.LastTick(t)
@@ -297,7 +297,7 @@ func TestLiveMigrationRollback(t *testing.T) {
 // file comes back unlinked on the target with its contents and offset (its
 // copy arrives only with the final state, after the first layout).
 func TestLiveDeletedFile(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
 	work := t.TempDir()
 	data := filepath.Join(work, "data.txt")
@@ -308,7 +308,7 @@ func TestLiveDeletedFile(t *testing.T) {
 	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := fixture.Start(t, fixture.Build(t, "files"), data, filepath.Join(work, "out.txt"), work)
+	p := testutil.Start(t, testutil.Build(t, "files"), data, filepath.Join(work, "out.txt"), work)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	var in, out, del int
 	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &out, &del); err != nil {
@@ -345,9 +345,9 @@ func TestLiveDeletedFile(t *testing.T) {
 // services) is refused by a live migration before its memory is sent (a
 // mapped deleted file has no copy until the freeze), and runs on.
 func TestLiveDeletedExecutableRefused(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
-	bin, err := os.ReadFile(fixture.Build(t, "counter"))
+	bin, err := os.ReadFile(testutil.Build(t, "counter"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestLiveDeletedExecutableRefused(t *testing.T) {
 	if err := os.WriteFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p := fixture.Start(t, exe, "-m", "4")
+	p := testutil.Start(t, exe, "-m", "4")
 	p.WaitLine(t, long, 0, "ready")
 	if err := os.Remove(exe); err != nil {
 		t.Fatal(err)
@@ -379,9 +379,9 @@ func TestLiveDeletedExecutableRefused(t *testing.T) {
 // post-dump hook (run with the process frozen) that outlasts the downtime
 // target is warned of.
 func TestLiveHookTimings(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	addr := startServe(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitTick(t, short, 3)
 	hooks, err := hook.Parse([]string{"pre-freeze=true", "post-dump=sleep 0.1"}, hook.Source)

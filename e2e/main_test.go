@@ -3,7 +3,7 @@ package e2e
 import (
 	"testing"
 
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
-func TestMain(m *testing.M) { fixture.Main(m) }
+func TestMain(m *testing.M) { testutil.Main(m) }

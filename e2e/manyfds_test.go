@@ -9,16 +9,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // manyFDs starts testdata/manyfds with n fds from 3 up (pipes, unix
 // socketpairs, a file, /dev/null, eventfds) and one more at fd high.
-func manyFDs(t *testing.T, n, high int) *fixture.Proc {
+func manyFDs(t *testing.T, n, high int) *testutil.Proc {
 	t.Helper()
-	p := fixture.Start(t, fixture.Build(t, "manyfds"), filepath.Join(t.TempDir(), "file"), fmt.Sprint(n), fmt.Sprint(high))
+	p := testutil.Start(t, testutil.Build(t, "manyfds"), filepath.Join(t.TempDir(), "file"), fmt.Sprint(n), fmt.Sprint(high))
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitTick(t, short, 2)
 	return p
@@ -28,12 +28,12 @@ func manyFDs(t *testing.T, n, high int) *fixture.Proc {
 // use each of its fds, and fails the test unless every one works.
 func checkManyFDs(t *testing.T, pid int, log string) {
 	t.Helper()
-	n := len(fixture.LogLines(t, log))
+	n := len(testutil.LogLines(t, log))
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	fixture.WaitFor(t, long, "the check of every fd", func() bool {
-		for _, l := range fixture.LogLines(t, log)[n:] {
+	testutil.WaitFor(t, long, "the check of every fd", func() bool {
+		for _, l := range testutil.LogLines(t, log)[n:] {
 			if strings.HasPrefix(l, "check bad") {
 				t.Fatalf("after the move: %s", l)
 			}
@@ -52,9 +52,9 @@ func checkManyFDs(t *testing.T, pid int, log string) {
 // than the restorer fills), is dumped and restored: every fd is back at
 // its number and works.
 func TestManyFDsRestore(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	p := manyFDs(t, 200, 6000)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, _ := dumpKill(t, p, "")
 	q := restoreOK(t, dir, p.Log)
 	defer q.Kill(t)
@@ -70,10 +70,10 @@ func TestManyFDsRestore(t *testing.T) {
 // overwritten by fd 64, and every later fd failed (EBADF); and the husk's
 // 1024 fds could not hold fd 1500.
 func TestLiveMigrationManyFDs(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	srv := startServeWith(t, serveOptions{NoFile: [2]int{1024, 20000}})
 	p := manyFDs(t, 200, 1500)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
 		PID: p.PID, To: srv.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
 	})
@@ -94,13 +94,13 @@ func TestLiveMigrationManyFDs(t *testing.T) {
 // CAP_SYS_RESOURCE), refuses the process with an error that names the
 // limit; the original runs on with its fds.
 func TestLiveMigrationFDLimit(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	if canRaiseHardLimits() {
 		t.Skip("this root has CAP_SYS_RESOURCE: the service raises its hard RLIMIT_NOFILE")
 	}
 	srv := startServeWith(t, serveOptions{NoFile: [2]int{1024, 1024}})
 	p := manyFDs(t, 100, 1500)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	_, err := source.Migrate(context.Background(), source.MigrateOptions{
 		PID: p.PID, To: srv.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
 	})
@@ -110,7 +110,7 @@ func TestLiveMigrationFDLimit(t *testing.T) {
 	// The error crossed the wire as text: the target's typed error does
 	// not survive it.
 	t.Logf("migrate: %v", err)
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 	checkFDsSame(t, before, p.PID, 1, 2)
 	checkManyFDs(t, p.PID, p.Log)
 }

@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // memoryLocks returns, per area of pid, its "lo" and "lf" VmFlags (locked,
@@ -50,8 +50,8 @@ func memoryLocks(t *testing.T, pid int) (map[string]string, uint64) {
 // same VmLck, and an area the process maps after restore is locked as
 // MCL_FUTURE (and MCL_ONFAULT) say.
 func TestMemoryLocks(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "mlock")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "mlock")
 	for _, tc := range []struct {
 		mode    string
 		future  int
@@ -63,7 +63,7 @@ func TestMemoryLocks(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			trigger := filepath.Join(t.TempDir(), "map")
-			p := fixture.Start(t, bin, tc.mode, trigger)
+			p := testutil.Start(t, bin, tc.mode, trigger)
 			ready, _ := p.WaitLine(t, short, 0, "ready")
 			p.WaitTick(t, short, 2)
 			before, lck := memoryLocks(t, p.PID)
@@ -147,8 +147,8 @@ func flagsAt(t *testing.T, pid int, addr uint64) string {
 // MFD_ALLOW_SEALING, which reports F_SEAL_SEAL; F_SEAL_EXEC and mode 0666
 // on one made with MFD_NOEXEC_SEAL), their mode and their contents.
 func TestMappedMemfdSeals(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "memfdmap"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "memfdmap"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	type area struct {
@@ -212,10 +212,10 @@ func TestMappedMemfdSeals(t *testing.T) {
 // (VM_MAYWRITE), and never if it was opened read-only (a file, a memfd
 // reopened read-only).
 func TestMayWrite(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	files := t.TempDir()
 	trigger := filepath.Join(t.TempDir(), "mprotect")
-	p := fixture.Start(t, fixture.Build(t, "mayprot"), files, trigger)
+	p := testutil.Start(t, testutil.Build(t, "mayprot"), files, trigger)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	flags := func(pid int) map[string]string {
@@ -246,7 +246,7 @@ func TestMayWrite(t *testing.T) {
 	if want := fmt.Sprintf("mprotect rw=0 ro=%d mro=%d", unix.EACCES, unix.EACCES); got != want {
 		t.Errorf("mprotect to read-write after restore: %q, want %q", got, want)
 	}
-	fixture.WaitFor(t, short, "the write through the shared mapping to reach the file", func() bool {
+	testutil.WaitFor(t, short, "the write through the shared mapping to reach the file", func() bool {
 		b, err := os.ReadFile(filepath.Join(files, "rw"))
 		return err == nil && len(b) > 0 && b[0] == 'X'
 	})
@@ -255,9 +255,9 @@ func TestMayWrite(t *testing.T) {
 // TestGrowsDown: an area mapped MAP_GROWSDOWN is restored growing down: a
 // write just below it after restore grows it instead of killing the process.
 func TestGrowsDown(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trigger := filepath.Join(t.TempDir(), "grow")
-	p := fixture.Start(t, fixture.Build(t, "growsdown"), trigger)
+	p := testutil.Start(t, testutil.Build(t, "growsdown"), trigger)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	addr, err := strconv.ParseUint(field(t, ready, "addr"), 16, 64)
 	if err != nil {
@@ -285,14 +285,14 @@ func TestGrowsDown(t *testing.T) {
 // normal pages) is refused before it is frozen, with an
 // *UnsupportedMappingError naming the area, and runs on untouched.
 func TestRefusedMemory(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "refusedmem")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "refusedmem")
 	for _, mode := range []string{"sysv", "hugetlb"} {
 		t.Run(mode, func(t *testing.T) {
 			if mode == "hugetlb" {
 				ensureHugePage(t)
 			}
-			p := fixture.Start(t, bin, mode)
+			p := testutil.Start(t, bin, mode)
 			ready, _ := p.WaitLine(t, short, 0, "ready")
 			addr, err := strconv.ParseUint(field(t, ready, "addr"), 16, 64)
 			if err != nil {
@@ -330,13 +330,13 @@ func ensureHugePage(t *testing.T) {
 	const knob = "/proc/sys/vm/nr_overcommit_hugepages"
 	old, err := os.ReadFile(knob)
 	if err != nil {
-		fixture.Unavailable(t, "hugetlb pages (%s: %v)", knob, err)
+		testutil.Unavailable(t, "hugetlb pages (%s: %v)", knob, err)
 	}
 	if strings.TrimSpace(string(old)) != "0" {
 		return
 	}
 	if err := os.WriteFile(knob, []byte("1"), 0o644); err != nil {
-		fixture.Unavailable(t, "hugetlb pages (cannot allow a surplus page: %v)", err)
+		testutil.Unavailable(t, "hugetlb pages (cannot allow a surplus page: %v)", err)
 	}
 	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
 }
@@ -345,11 +345,11 @@ func ensureHugePage(t *testing.T) {
 // read-write area twice the size of RAM and swap, more than the heuristic
 // overcommit lets a mapping without it have, is restored and still runs.
 func TestNoReserve(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	if b, err := os.ReadFile("/proc/sys/vm/overcommit_memory"); err != nil || strings.TrimSpace(string(b)) != "0" {
-		fixture.Unavailable(t, "heuristic overcommit (vm.overcommit_memory 0): %q %v", b, err)
+		testutil.Unavailable(t, "heuristic overcommit (vm.overcommit_memory 0): %q %v", b, err)
 	}
-	p := fixture.Start(t, fixture.Build(t, "growsdown"), filepath.Join(t.TempDir(), "never"))
+	p := testutil.Start(t, testutil.Build(t, "growsdown"), filepath.Join(t.TempDir(), "never"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	addr, err := strconv.ParseUint(field(t, ready, "nr"), 16, 64)
 	if err != nil {
@@ -371,20 +371,20 @@ func TestNoReserve(t *testing.T) {
 // Lowering oom_score_adj below the restoring process's takes
 // CAP_SYS_RESOURCE, which the restore has as root outside containers.
 func TestMemoryAttributes(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "memattrs")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "memattrs")
 	view := func(pid int) string {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return "thp_enabled=" + fixture.StatusField(t, pid, "THP_enabled") + " oom_score_adj=" + strings.TrimSpace(string(b))
+		return "thp_enabled=" + testutil.StatusField(t, pid, "THP_enabled") + " oom_score_adj=" + strings.TrimSpace(string(b))
 	}
 	// (Raised values only: lowering one takes CAP_SYS_RESOURCE, which a
 	// test container may not give.)
 	for _, tc := range []struct{ thp, oom string }{{"3", "345"}, {"1", "1000"}, {"0", "0"}} {
 		t.Run(tc.thp+"/"+tc.oom, func(t *testing.T) {
-			p := fixture.Start(t, bin, tc.thp, tc.oom)
+			p := testutil.Start(t, bin, tc.thp, tc.oom)
 			ready, _ := p.WaitLine(t, short, 0, "ready")
 			if got := field(t, ready, "thp"); got != tc.thp {
 				t.Fatalf("PR_GET_THP_DISABLE %s, want %s", got, tc.thp)
@@ -395,7 +395,7 @@ func TestMemoryAttributes(t *testing.T) {
 			if a := img.Process.Attrs; a == nil || strconv.Itoa(a.THPDisable) != tc.thp {
 				t.Errorf("image: attributes %+v, want THP disable %s", a, tc.thp)
 			}
-			r := func() *fixture.Proc {
+			r := func() *testutil.Proc {
 				defer restoreOwnAttributes(t, "1", "500")()
 				return restoreOK(t, dir, p.Log)
 			}()

@@ -13,9 +13,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // TestLiveMetrics moves a running counter into a `migrate serve --metrics`
@@ -24,7 +24,7 @@ import (
 // reported it to the source) and one duration, the pages the source sent,
 // no failure; /healthz says ok.
 func TestLiveMetrics(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +101,7 @@ func TestLiveMetrics(t *testing.T) {
 		t.Fatalf("%v migrations counted before any", n)
 	}
 
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "16", "-b", "4")
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "16", "-b", "4")
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitTick(t, short, 2)
 	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
@@ -118,7 +118,7 @@ func TestLiveMetrics(t *testing.T) {
 	// The service counts the session once it ends (the source has
 	// closed it), and it is no longer in progress.
 	var fams map[string]*dto.MetricFamily
-	fixture.WaitFor(t, short, "the migration counted and its session ended", func() bool {
+	testutil.WaitFor(t, short, "the migration counted and its session ended", func() bool {
 		fams = scrape()
 		n, _ := value(fams, "migrate_target_migrations_total", "", "")
 		open, _ := value(fams, "migrate_target_sessions_in_progress", "", "")

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // manyConns is n TCP connections from the client node to an echo server.
@@ -120,7 +120,7 @@ func tcpCounter(t *testing.T, n *cluster.Node, name string) int64 {
 // startEcho starts testdata/echoserver on n, on the wildcard address.
 func startEcho(t *testing.T, n *cluster.Node, port int) *cluster.Proc {
 	t.Helper()
-	p, err := n.Start(cluster.StartOptions{}, fixture.Build(t, "echoserver"), "0.0.0.0", strconv.Itoa(port))
+	p, err := n.Start(cluster.StartOptions{}, testutil.Build(t, "echoserver"), "0.0.0.0", strconv.Itoa(port))
 	if err != nil {
 		t.Fatal(err)
 	}

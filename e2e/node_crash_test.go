@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestNodeSourceKilled: the source's migrate is killed (SIGKILL) after the
@@ -26,7 +26,7 @@ func TestNodeSourceKilled(t *testing.T) {
 	// The killed migrate and the original outlive their nsenter parents:
 	// they end up the test's children, to reap once the cluster is gone
 	// (this cleanup runs after the cluster's).
-	before := fixture.Children()
+	before := testutil.Children()
 	t.Cleanup(func() {
 		// A node's service, as PID 1 of its namespace, waits in its exit
 		// for every process of the namespace to be reaped, the original
@@ -34,7 +34,7 @@ func TestNodeSourceKilled(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			left := 0
-			for _, pid := range fixture.Children() {
+			for _, pid := range testutil.Children() {
 				if slices.Contains(before, pid) {
 					continue
 				}
@@ -48,13 +48,13 @@ func TestNodeSourceKilled(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		t.Errorf("children left: %v", fixture.Children())
+		t.Errorf("children left: %v", testutil.Children())
 	})
 	c := newCluster(t, cluster.Options{})
 	if !c.Hooks {
 		t.Skip("migrate takes no --hook")
 	}
-	bin := fixture.Build(t, "tcpstream")
+	bin := testutil.Build(t, "tcpstream")
 	args := []string{"9100", "1", "3000", "3000", "1000"}
 	srv, err := c.A.Start(cluster.StartOptions{}, bin, append([]string{"server", "0.0.0.0"}, args...)...)
 	if err != nil {
@@ -74,7 +74,7 @@ func TestNodeSourceKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fixture.WaitFor(t, long, "the post-dump hook", func() bool {
+	testutil.WaitFor(t, long, "the post-dump hook", func() bool {
 		_, err := os.Stat(mark)
 		return err == nil
 	})
@@ -106,13 +106,13 @@ func TestNodeSourceKilled(t *testing.T) {
 	// stopped (the SIGSTOP queued at the freeze): it neither runs twice
 	// nor finds its connections silent.
 	var loc cluster.Located
-	fixture.WaitFor(t, short, "the original, stopped, alone, on A", func() bool {
+	testutil.WaitFor(t, short, "the original, stopped, alone, on A", func() bool {
 		locs, err := c.Locate("tcpstream", srv.NSPID)
 		if err != nil || len(locs) != 1 || locs[0].Node != c.A {
 			return false
 		}
 		loc = locs[0]
-		st, err := fixture.State(loc.PID)
+		st, err := testutil.State(loc.PID)
 		return err == nil && st == 'T'
 	})
 	out, err := c.A.Command("sh", "-c", "ls /run/migrate").CombinedOutput()
@@ -142,8 +142,8 @@ func TestNodeSourceKilled(t *testing.T) {
 		t.Fatalf("migrate recover: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	st, _ := fixture.State(loc.PID)
-	lines := fixture.LogLines(t, srv.Log)
+	st, _ := testutil.State(loc.PID)
+	lines := testutil.LogLines(t, srv.Log)
 	t.Logf("original after recover: %c; log ends %q", st, lines[max(0, len(lines)-3):])
 	if !strings.Contains(string(got), "stale network lock") {
 		t.Errorf("recover did not remove the dead migrate's network lock")
@@ -152,13 +152,13 @@ func TestNodeSourceKilled(t *testing.T) {
 		t.Errorf("the record is still there after recover: %q", out)
 	}
 	onlyCopy(t, c, "tcpstream", srv.NSPID, c.A)
-	if st, err := fixture.State(loc.PID); err != nil || st == 'T' {
+	if st, err := testutil.State(loc.PID); err != nil || st == 'T' {
 		t.Errorf("the original after recover: state %c, %v", st, err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, log := range []string{srv.Log, cli.Log} {
-				lines := fixture.LogLines(t, log)
+				lines := testutil.LogLines(t, log)
 				var rl []string
 				for _, l := range lines {
 					if strings.Contains(l, "recv") || strings.Contains(l, "error") {

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // checkFailed checks that a migration failed the way a command should:
@@ -52,7 +52,7 @@ func checkOriginalOnA(t *testing.T, c *cluster.Cluster, p *cluster.Proc, keep ..
 	checkVIPOn(t, c, c.A)
 	// The target discards what it built (a husk, threads) once it sees
 	// the session end.
-	fixture.WaitFor(t, short, "node B to hold nothing of the migration", func() bool {
+	testutil.WaitFor(t, short, "node B to hold nothing of the migration", func() bool {
 		ps, err := c.B.Procs()
 		if err != nil {
 			t.Fatal(err)
@@ -115,7 +115,7 @@ func TestNodeFaultLinkCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkOriginalOnA(t, c, p)
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // TestNodeFaultAgentKilled: B's service is killed during pre-copy (and
@@ -146,7 +146,7 @@ func TestNodeFaultAgentKilled(t *testing.T) {
 	onlyCopy(t, c, "counter", p.NSPID, c.B)
 	waitLogTick(t, p.Log, lastLogTick(t, p.Log)+3)
 	checkVIPOn(t, c, c.B)
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // TestNodeFaultPIDTaken: the process's PID is taken on B (a sleep placed
@@ -171,7 +171,7 @@ func TestNodeFaultPIDTaken(t *testing.T) {
 	if !squat.Running() {
 		t.Errorf("the process holding the PID on B is gone: %v", squat.Err())
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 5)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 5)
 }
 
 // TestNodeDumpDiskFull: `migrate dump --dir` on A into a 1 MiB tmpfs
@@ -204,7 +204,7 @@ func TestNodeDumpDiskFull(t *testing.T) {
 		t.Errorf("the tmpfs mounted on A shows outside A: %v", ents)
 	}
 	checkOriginalOnA(t, c, p)
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 5)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 5)
 }
 
 // exitCode returns the exit status of a command's error (0 if nil, -1 if
@@ -253,5 +253,5 @@ func TestNodeFaultAfterFreeze(t *testing.T) {
 			t.Errorf("after the rollback, the VIP %s answers %q, %v; want a", vip, got, err)
 		}
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 5)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 5)
 }

@@ -24,8 +24,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 var (
@@ -49,7 +49,7 @@ func buildNodeGoHTTP(t testing.TB) string {
 	t.Helper()
 	goBin := goTool(t)
 	nodeGoHTTPOnce.Do(func() {
-		src := filepath.Join(fixture.Testdata(), "gohttp")
+		src := filepath.Join(testutil.Testdata(), "gohttp")
 		dir, err := os.MkdirTemp("", "migrate-gohttp-any-")
 		if err != nil {
 			nodeGoHTTPErr = err
@@ -164,7 +164,7 @@ func logOnFailure(t *testing.T, c *cluster.Cluster, workloadLog string) {
 		if workloadLog != "" {
 			// Its own words, without its ticks and access log lines.
 			var said []string
-			lines := fixture.LogLines(t, workloadLog)
+			lines := testutil.LogLines(t, workloadLog)
 			for _, l := range lines {
 				if !strings.HasPrefix(l, "tick ") && !strings.Contains(l, `"GET /`) && len(said) < 60 {
 					said = append(said, l)
@@ -472,7 +472,7 @@ func (l *httpLoad) waitEach(t *testing.T, n int64) {
 	t.Helper()
 	from := l.answered()
 	var gone error
-	if !fixture.Poll(long, func() bool {
+	if !testutil.Poll(long, func() bool {
 		if l.alive != nil {
 			if gone = l.alive(); gone != nil {
 				return true
@@ -588,7 +588,7 @@ func silenceLink(t *testing.T, c *cluster.Cluster, n *cluster.Node) func() {
 func checkNodeEmpty(t *testing.T, n *cluster.Node, keep ...int) {
 	t.Helper()
 	var left []cluster.ProcInfo
-	if !fixture.Poll(short, func() bool {
+	if !testutil.Poll(short, func() bool {
 		ps, err := n.Procs()
 		if err != nil {
 			t.Fatal(err)

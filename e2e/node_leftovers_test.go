@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestNodeLeftovers: a cluster whose process was killed (a crashed test
@@ -68,7 +68,7 @@ func TestNodeLeftovers(t *testing.T) {
 	cmd.Wait()
 	t.Cleanup(func() {
 		for _, k := range orphans {
-			fixture.ReapOrphan(t, k)
+			testutil.ReapOrphan(t, k)
 		}
 	})
 	left := netnsWith(t, cluster.Prefix+id)
@@ -92,8 +92,8 @@ func TestNodeLeftovers(t *testing.T) {
 		if _, err := fmt.Sscan(pid, &n); err != nil {
 			t.Fatal(err)
 		}
-		fixture.WaitFor(t, short, "the killed run's service "+pid+" to end", func() bool {
-			st, err := fixture.State(n)
+		testutil.WaitFor(t, short, "the killed run's service "+pid+" to end", func() bool {
+			st, err := testutil.State(n)
 			return err != nil || st == 'Z'
 		})
 	}
@@ -105,7 +105,7 @@ func TestNodeLeftovers(t *testing.T) {
 			t.Errorf("cluster %s: %v", cl.ID, err)
 		}
 		for _, n := range []*cluster.Node{cl.A, cl.B} {
-			if st, err := fixture.State(n.ServePID); err != nil || st == 'Z' {
+			if st, err := testutil.State(n.ServePID); err != nil || st == 'Z' {
 				t.Errorf("cluster %s: the service of node %s (pid %d) is gone", cl.ID, n, n.ServePID)
 			}
 		}

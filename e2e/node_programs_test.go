@@ -26,8 +26,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // roundTrip is the two steps of every test: A -> B, then back.
@@ -85,7 +85,7 @@ func TestNodeProgramGoHTTPKeepAlive(t *testing.T) {
 	if f := l.fresh.Load(); f != fresh {
 		t.Errorf("%d requests went out on a fresh connection after the warm-up", f-fresh)
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // TestNodeProgramGoHTTPMPTCPRefused: the same server as Go builds it by
@@ -177,7 +177,7 @@ func TestNodeProgramPythonHTTPServer(t *testing.T) {
 		}
 		return "/hello.txt", hello
 	}
-	fixture.WaitFor(t, long, "python's http.server to answer through the VIP", func() bool {
+	testutil.WaitFor(t, long, "python's http.server to answer through the VIP", func() bool {
 		got, err := nodeHTTPGet(c.Client, vipURL(c, port)+"/hello.txt", time.Second)
 		return err == nil && got == hello
 	})
@@ -198,7 +198,7 @@ func TestNodeProgramPythonHTTPServer(t *testing.T) {
 	t.Logf("clients: %s", l.status())
 	l.checkNoErrors(t)
 	onlyCopy(t, c, comm, p.NSPID, c.A)
-	for _, line := range fixture.LogLines(t, p.Log) {
+	for _, line := range testutil.LogLines(t, p.Log) {
 		if strings.Contains(line, "Traceback") || strings.Contains(line, "Error") {
 			t.Errorf("http.server's log: %s", line)
 		}
@@ -277,9 +277,9 @@ func TestNodeProgramRedis(t *testing.T) {
 	}
 	admin.Close()
 	onlyCopy(t, c, comm, p.NSPID, c.A)
-	for _, l := range fixture.LogLines(t, p.Log) {
+	for _, l := range testutil.LogLines(t, p.Log) {
 		if strings.Contains(l, "REDIS BUG REPORT") || strings.Contains(l, "Guru Meditation") {
-			t.Fatalf("redis crashed:\n%s", strings.Join(fixture.LogLines(t, p.Log), "\n"))
+			t.Fatalf("redis crashed:\n%s", strings.Join(testutil.LogLines(t, p.Log), "\n"))
 		}
 	}
 }
@@ -290,7 +290,7 @@ func dialNodeRedis(t *testing.T, n *cluster.Node, addr string) *resp {
 	t.Helper()
 	var c *resp
 	var last error
-	if !fixture.Poll(long, func() bool {
+	if !testutil.Poll(long, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		nc, err := n.Dial(ctx, "tcp", addr)
@@ -401,7 +401,7 @@ func (r *redisLoad) waitMore(t *testing.T, n int64) {
 	from, _ := r.result()
 	var last int64
 	var err error
-	if !fixture.Poll(long, func() bool {
+	if !testutil.Poll(long, func() bool {
 		last, err = r.result()
 		return err != nil || last >= from+n
 	}) || err != nil {
@@ -539,7 +539,7 @@ func runLinkLossFrozen(t *testing.T, when string, phases []string, extra ...stri
 	if d := l.dials.Load(); d != workers {
 		t.Errorf("%d connections dialled by %d keep-alive clients", d, workers)
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // growingHeap is a python program that grows a heap the way glibc grows
@@ -592,7 +592,7 @@ func TestNodeProgramHeapGrowth(t *testing.T) {
 	waitLogTick(t, p.Log, 5)
 	comm := procComm(t, p.PID)
 	var base uint64
-	for _, l := range fixture.LogLines(t, p.Log) {
+	for _, l := range testutil.LogLines(t, p.Log) {
 		if v, ok := strings.CutPrefix(l, "base=0x"); ok {
 			base, err = strconv.ParseUint(v, 16, 64)
 		}
@@ -605,10 +605,10 @@ func TestNodeProgramHeapGrowth(t *testing.T) {
 		migrateStep(t, c, step[0], step[1], comm, p.NSPID, p.Log)
 		// What the log says was granted, once it ticked after the
 		// migration, the maps must show.
-		if !fixture.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+1 }) {
+		if !testutil.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+1 }) {
 			t.Fatalf("after %s -> %s the process ticks no more: %v", step[0], step[1], processAlive(c, comm, p.NSPID, p.Log)())
 		}
-		lines := fixture.LogLines(t, p.Log)
+		lines := testutil.LogLines(t, p.Log)
 		granted, _ := strconv.ParseUint(field(t, lines[len(lines)-1], "granted"), 10, 64)
 		locs, err := c.Locate(comm, p.NSPID)
 		if err != nil || len(locs) != 1 {
@@ -621,7 +621,7 @@ func TestNodeProgramHeapGrowth(t *testing.T) {
 		}
 		last = lastLogTick(t, p.Log)
 		alive := processAlive(c, comm, p.NSPID, p.Log)
-		if !fixture.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+12 || alive() != nil }) || alive() != nil {
+		if !testutil.Poll(short, func() bool { return lastLogTick(t, p.Log) > last+12 || alive() != nil }) || alive() != nil {
 			t.Fatalf("after %s -> %s the process ticks no more (at tick %d): %v",
 				step[0], step[1], lastLogTick(t, p.Log), processAlive(c, comm, p.NSPID, p.Log)())
 		}
@@ -629,7 +629,7 @@ func TestNodeProgramHeapGrowth(t *testing.T) {
 			return
 		}
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // mapsNotRW returns the areas of process pid (as the machine sees it)

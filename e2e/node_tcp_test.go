@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestNodeTCPStream: testdata/tcpstream's server on A, listening on the
@@ -40,7 +40,7 @@ func runNodeTCPStream(t *testing.T, any, vip string) {
 		// the old node answers the client's packets with resets.
 		t.Skip("migrate takes no --hook: the VIP cannot move with the connections")
 	}
-	bin := fixture.Build(t, "tcpstream")
+	bin := testutil.Build(t, "tcpstream")
 	args := []string{"9100", "2", "1500", "1500", "1000"}
 	srv, err := c.A.Start(cluster.StartOptions{}, bin, append([]string{"server", any}, args...)...)
 	if err != nil {
@@ -79,8 +79,8 @@ func runNodeTCPStream(t *testing.T, any, vip string) {
 // "error" line fails the test.
 func waitLogLine(t *testing.T, log, prefix string) {
 	t.Helper()
-	fixture.WaitFor(t, long, "\""+prefix+"\" in "+log, func() bool {
-		for _, l := range fixture.LogLines(t, log) {
+	testutil.WaitFor(t, long, "\""+prefix+"\" in "+log, func() bool {
+		for _, l := range testutil.LogLines(t, log) {
 			if strings.HasPrefix(l, "error") || strings.HasPrefix(l, "FAIL") {
 				t.Fatalf("%s: %s", log, l)
 			}

@@ -22,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // newCluster builds a cluster for the test, torn down by a cleanup. What
@@ -31,7 +31,7 @@ import (
 // fails.
 func newCluster(t *testing.T, o cluster.Options) *cluster.Cluster {
 	t.Helper()
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	o.Migrate = buildMigrate(t)
 	log := &lockedBuffer{}
 	if o.Log == nil {
@@ -42,7 +42,7 @@ func newCluster(t *testing.T, o cluster.Options) *cluster.Cluster {
 	c, err := cluster.New(o)
 	var me *cluster.MissingError
 	if errors.As(err, &me) {
-		fixture.Unavailable(t, "%v", me)
+		testutil.Unavailable(t, "%v", me)
 	}
 	if err != nil {
 		t.Fatalf("cluster: %v\n%s", err, log)
@@ -93,7 +93,7 @@ func (l *lockedBuffer) String() string {
 // its first ticks.
 func nodeCounter(t *testing.T, n *cluster.Node, args ...string) *cluster.Proc {
 	t.Helper()
-	p, err := n.Start(cluster.StartOptions{}, fixture.Build(t, "counter"), args...)
+	p, err := n.Start(cluster.StartOptions{}, testutil.Build(t, "counter"), args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func nodeCounter(t *testing.T, n *cluster.Node, args ...string) *cluster.Proc {
 // lastLogTick returns the last tick in a workload's log.
 func lastLogTick(t *testing.T, log string) int {
 	t.Helper()
-	ticks := fixture.Ticks(fixture.LogLines(t, log))
+	ticks := testutil.Ticks(testutil.LogLines(t, log))
 	if len(ticks) == 0 {
 		return 0
 	}
@@ -114,8 +114,8 @@ func lastLogTick(t *testing.T, log string) int {
 // waitLogTick waits until the log shows a tick above n.
 func waitLogTick(t *testing.T, log string, n int) {
 	t.Helper()
-	fixture.WaitFor(t, short, fmt.Sprintf("a tick above %d in %s", n, log), func() bool {
-		for _, l := range fixture.LogLines(t, log) {
+	testutil.WaitFor(t, short, fmt.Sprintf("a tick above %d in %s", n, log), func() bool {
+		for _, l := range testutil.LogLines(t, log) {
 			if strings.HasPrefix(l, "FAIL") {
 				t.Fatalf("workload: %s", l)
 			}
@@ -131,7 +131,7 @@ func waitLogTick(t *testing.T, log string, n int) {
 func onlyCopy(t *testing.T, c *cluster.Cluster, comm string, nspid int, want *cluster.Node) cluster.Located {
 	t.Helper()
 	var locs []cluster.Located
-	fixture.WaitFor(t, short, fmt.Sprintf("one %s with pid %d, on node %s", comm, nspid, want), func() bool {
+	testutil.WaitFor(t, short, fmt.Sprintf("one %s with pid %d, on node %s", comm, nspid, want), func() bool {
 		all, err := c.Locate(comm, nspid)
 		if err != nil {
 			t.Fatal(err)
@@ -164,7 +164,7 @@ func onlyCopy(t *testing.T, c *cluster.Cluster, comm string, nspid int, want *cl
 func checkVIPOn(t *testing.T, c *cluster.Cluster, n *cluster.Node) {
 	t.Helper()
 	var holders []*cluster.Node
-	fixture.WaitFor(t, short, "the VIP on node "+n.Name, func() bool {
+	testutil.WaitFor(t, short, "the VIP on node "+n.Name, func() bool {
 		var err error
 		holders, err = c.VIPHolders()
 		if err != nil {
@@ -232,7 +232,7 @@ func TestNodeCounterRoundTrip(t *testing.T) {
 	if l.PPID != c.A.ServePID {
 		t.Errorf("the counter back on A has parent %d, want the service (%d)", l.PPID, c.A.ServePID)
 	}
-	checkTicksContinuous(t, fixture.LogLines(t, p.Log), 10)
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 10)
 }
 
 // nameServers makes each agent node answer with its name on port 9000
@@ -297,7 +297,7 @@ func TestNodeVIP(t *testing.T) {
 		for _, vip := range []string{c.VIP.String(), c.VIP6.String()} {
 			// The announcement reaches the client within milliseconds; a
 			// neighbour entry left alone would keep the old MAC for 5 s.
-			fixture.WaitFor(t, time.Second, fmt.Sprintf("the client's neighbour entry of %s to name %s's MAC", vip, to), func() bool {
+			testutil.WaitFor(t, time.Second, fmt.Sprintf("the client's neighbour entry of %s to name %s's MAC", vip, to), func() bool {
 				return strings.Contains(neigh(vip), " lladdr "+to.MAC.String()+" ")
 			})
 			got, err := ask(vip)

@@ -12,17 +12,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // startDirty starts the dirty workload: mib MiB rewritten at rate MB/s,
 // plus args ("churn").
-func startDirty(t testing.TB, mib, rate int, args ...string) *fixture.Proc {
+func startDirty(t testing.TB, mib, rate int, args ...string) *testutil.Proc {
 	t.Helper()
-	p := fixture.Start(t, fixture.Build(t, "dirty"), append([]string{fmt.Sprint(mib), fmt.Sprint(rate), "300"}, args...)...)
+	p := testutil.Start(t, testutil.Build(t, "dirty"), append([]string{fmt.Sprint(mib), fmt.Sprint(rate), "300"}, args...)...)
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitLine(t, long, 0, "tick 3 ")
 	return p
@@ -30,7 +30,7 @@ func startDirty(t testing.TB, mib, rate int, args ...string) *fixture.Proc {
 
 // verifyDirty asks the restored workload to check every page against its
 // generation table, and fails the test unless all match.
-func verifyDirty(t *testing.T, p *fixture.Proc) {
+func verifyDirty(t *testing.T, p *testutil.Proc) {
 	t.Helper()
 	from := len(p.Lines(t))
 	p.Signal(t, unix.SIGUSR1)
@@ -65,7 +65,7 @@ func trackerWorks(t *testing.T, name string) {
 // pre-copy, restores it, and has it check every page: the image holds the
 // newest copy of each, whatever round sent it.
 func TestPreCopyExact(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tracker := range []string{source.TrackerUffdWP, source.TrackerSoftDirty, source.TrackerHash} {
 		t.Run(tracker, func(t *testing.T) {
 			trackerWorks(t, tracker)
@@ -121,7 +121,7 @@ func TestPreCopyExact(t *testing.T) {
 // into what is mapped there later; memory mapped later comes whole; pages
 // it never touched read as zeros.
 func TestPreCopyLayoutChanges(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tracker := range []string{source.TrackerUffdWP, source.TrackerHash} {
 		t.Run(tracker, func(t *testing.T) {
 			trackerWorks(t, tracker)
@@ -155,7 +155,7 @@ func TestPreCopyLayoutChanges(t *testing.T) {
 // round of a pre-copy dump, for a 1 GiB process rewriting 50 MB/s of its
 // memory, images on tmpfs; median and spread of 3 runs each.
 func BenchmarkPreCopy(b *testing.B) {
-	fixture.RequireRoot(b)
+	testutil.RequireRoot(b)
 	const mib, rate, runs = 1024, 50, 3
 	tmp, err := os.MkdirTemp("/dev/shm", "migrate-bench-")
 	if err != nil {

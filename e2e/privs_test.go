@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestRecreatedFileOwner: a process of user nobody holds open (and maps) a
@@ -22,10 +22,10 @@ import (
 // the copy the restore makes belongs to nobody again with the same mode,
 // and running it gives nobody's privilege, not root's.
 func TestRecreatedFileOwner(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "privs")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "privs")
 	dir := publicDir(t)
-	prog := fixture.CopyBinary(t, bin, dir)
+	prog := testutil.CopyBinary(t, bin, dir)
 	if err := os.Chown(prog, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestRecreatedFileOwner(t *testing.T) {
 	if err := unix.Stat(prog, &st0); err != nil {
 		t.Fatal(err)
 	}
-	p := fixture.StartWith(t, fixture.Options{Dir: dir, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, bin, "hold", prog)
+	p := testutil.StartWith(t, testutil.Options{Dir: dir, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, bin, "hold", prog)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	fd := field(t, ready, "fd")
 	if err := os.Remove(prog); err != nil {
@@ -84,8 +84,8 @@ func TestRecreatedFileOwner(t *testing.T) {
 // thread is created again although the process runs as that user (the
 // credentials come after the threads).
 func TestCredsRestored(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "privs")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "privs")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -103,7 +103,7 @@ func TestCredsRestored(t *testing.T) {
 
 func checkCredsRestored(t *testing.T, bin string, args []string, threaded bool) {
 	dir := publicDir(t)
-	p := fixture.StartWith(t, fixture.Options{Dir: dir}, bin, args...)
+	p := testutil.StartWith(t, testutil.Options{Dir: dir}, bin, args...)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	tid := field(t, ready, "tid")
 	main0, _ := p.WaitLine(t, short, 0, "self who=main")
@@ -186,10 +186,10 @@ func publicDir(t *testing.T) string {
 // migration; a set-user-ID root copy of migrate run by nobody refuses to
 // run at all, where it used to dump (and kill) root's process.
 func TestMigrateNotPermitted(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	const exitDenied = 3 // cmd/migrate
 	dir := publicDir(t)
-	plain := fixture.CopyBinary(t, buildMigrate(t), dir)
+	plain := testutil.CopyBinary(t, buildMigrate(t), dir)
 	setuid := filepath.Join(dir, "migrate-setuid")
 	data, err := os.ReadFile(plain)
 	if err != nil {
@@ -209,7 +209,7 @@ func TestMigrateNotPermitted(t *testing.T) {
 	if err := os.Chmod(out, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	victim := fixture.Start(t, "/bin/sleep", "1000")
+	victim := testutil.Start(t, "/bin/sleep", "1000")
 	pid := fmt.Sprint(victim.PID)
 	for _, tc := range []struct {
 		name string
@@ -229,11 +229,11 @@ func TestMigrateNotPermitted(t *testing.T) {
 			if code := cmd.ProcessState.ExitCode(); code != exitDenied {
 				t.Errorf("exit status %d, want %d (not permitted)", code, exitDenied)
 			}
-			st, err := fixture.State(victim.PID)
+			st, err := testutil.State(victim.PID)
 			if err != nil || st != 'S' {
 				t.Fatalf("root's process after the refusal: state %c, %v; want it sleeping, untouched", st, err)
 			}
-			if tr := fixture.StatusField(t, victim.PID, "TracerPid"); tr != "0" {
+			if tr := testutil.StatusField(t, victim.PID, "TracerPid"); tr != "0" {
 				t.Errorf("root's process is traced by %s", tr)
 			}
 		})
@@ -244,8 +244,8 @@ func TestMigrateNotPermitted(t *testing.T) {
 // restorer lacks (edited in: root here has no CAP_SYS_RESOURCE) is
 // restored with the rest of its credentials, and the report warns.
 func TestCredsBeyondRestorer(t *testing.T) {
-	fixture.RequireRoot(t)
-	bnd, err := strconv.ParseUint(fixture.StatusField(t, os.Getpid(), "CapBnd"), 16, 64)
+	testutil.RequireRoot(t)
+	bnd, err := strconv.ParseUint(testutil.StatusField(t, os.Getpid(), "CapBnd"), 16, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestCredsBeyondRestorer(t *testing.T) {
 	if missing < 0 {
 		t.Skip("the test process has every capability in its bounding set: none a restore could not give")
 	}
-	p := fixture.StartWith(t, fixture.Options{Dir: publicDir(t)}, fixture.Build(t, "privs"), "drop", "4321", "4322", "single")
+	p := testutil.StartWith(t, testutil.Options{Dir: publicDir(t)}, testutil.Build(t, "privs"), "drop", "4321", "4322", "single")
 	p.WaitLine(t, short, 0, "ready")
 	main0, _ := p.WaitLine(t, short, 0, "self who=main")
 	dir, img := dumpKill(t, p, "")

@@ -26,9 +26,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // threadNames returns the threads of pid by TID, with their names.
@@ -63,7 +63,7 @@ func threadSyscall(pid, tid int) int {
 	if i := strings.LastIndexByte(s, ')'); i < 0 || len(s) < i+3 || s[i+2] != 'S' {
 		return -1
 	}
-	nr, err := fixture.Syscall(tid) // /proc/TID/syscall works for any thread
+	nr, err := testutil.Syscall(tid) // /proc/TID/syscall works for any thread
 	if err != nil {
 		return -1
 	}
@@ -105,7 +105,7 @@ func socketFDs(pid int) (int, error) {
 func waitSockets(t testing.TB, pid, n int) {
 	t.Helper()
 	var got int
-	ok := fixture.Poll(short, func() bool {
+	ok := testutil.Poll(short, func() bool {
 		var err error
 		got, err = socketFDs(pid)
 		return err == nil && got == n
@@ -116,7 +116,7 @@ func waitSockets(t testing.TB, pid, n int) {
 }
 
 // logHasFail fails the test if a line of the log starts with FAIL.
-func logHasFail(t testing.TB, p *fixture.Proc) {
+func logHasFail(t testing.TB, p *testutil.Proc) {
 	t.Helper()
 	for _, l := range p.Lines(t) {
 		if strings.HasPrefix(l, "FAIL") {
@@ -155,8 +155,8 @@ func valuesAfter(t testing.TB, lines []string, from int, prefix, key string) []u
 // trackers, whose rounds race with the workers' writes (a write lost
 // between rounds breaks a region's sum).
 func TestProgramThreads(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "prog_threads")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "prog_threads")
 	t.Run("plain", func(t *testing.T) { runThreads(t, bin, source.DumpOptions{}) })
 	for _, tracker := range []string{source.TrackerUffdWP, source.TrackerHash} {
 		t.Run("pre-copy-"+tracker, func(t *testing.T) {
@@ -169,7 +169,7 @@ func TestProgramThreads(t *testing.T) {
 // dumpWith dumps p (and its tree with o.Tree) into a fresh directory with
 // the options o, reaps p, and returns the directory, the image and the
 // report.
-func dumpWith(t *testing.T, p *fixture.Proc, o source.DumpOptions) (string, *core.Image, *source.DumpReport) {
+func dumpWith(t *testing.T, p *testutil.Proc, o source.DumpOptions) (string, *core.Image, *source.DumpReport) {
 	t.Helper()
 	o.PID, o.Dir, o.Logger = p.PID, t.TempDir(), testLogger(t)
 	rep, err := source.Dump(context.Background(), o)
@@ -191,7 +191,7 @@ func dumpWith(t *testing.T, p *fixture.Proc, o source.DumpOptions) (string, *cor
 }
 
 func runThreads(t *testing.T, bin string, o source.DumpOptions) {
-	p := fixture.Start(t, bin)
+	p := testutil.Start(t, bin)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	static := field(t, ready, "static")
 	p.WaitTick(t, short, 5)
@@ -215,11 +215,11 @@ func runThreads(t *testing.T, bin string, o source.DumpOptions) {
 	}
 	condTID, epollTID := tidNamed(t, threads, "condwait"), tidNamed(t, threads, "epoll")
 	// Catch the two waiters in their waits (they are there almost always).
-	fixture.WaitFor(t, short, "the cond thread in futex and the epoll thread in epoll_wait", func() bool {
+	testutil.WaitFor(t, short, "the cond thread in futex and the epoll thread in epoll_wait", func() bool {
 		e := threadSyscall(p.PID, epollTID)
 		return threadSyscall(p.PID, condTID) == unix.SYS_FUTEX && (e == unix.SYS_EPOLL_WAIT || e == unix.SYS_EPOLL_PWAIT)
 	})
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, img, _ := dumpWith(t, p, o)
 	if got := len(img.Process.Threads); got != 11 {
 		t.Errorf("image has %d threads, want 11", got)
@@ -311,7 +311,7 @@ func goTool(t testing.TB) string {
 	if _, err := os.Stat("/usr/local/go/bin/go"); err == nil {
 		return "/usr/local/go/bin/go"
 	}
-	fixture.Unavailable(t, "the go command is needed to build testdata/gohttp")
+	testutil.Unavailable(t, "the go command is needed to build testdata/gohttp")
 	return ""
 }
 
@@ -320,7 +320,7 @@ func buildGoHTTP(t testing.TB) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "gohttp")
 	cmd := exec.Command(goTool(t), "build", "-o", out, ".")
-	cmd.Dir = filepath.Join(fixture.Testdata(), "gohttp")
+	cmd.Dir = filepath.Join(testutil.Testdata(), "gohttp")
 	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOWORK=off", "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build testdata/gohttp: %v\n%s", err, b)
@@ -373,7 +373,7 @@ func getCount(t testing.TB, base string) int {
 // it by default, subtest "tcp" with GODEBUG=multipathtcp=0 (a plain TCP
 // listener).
 func TestProgramGoHTTP(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	bin := buildGoHTTP(t)
 	t.Run("tcp", func(t *testing.T) { runGoHTTP(t, bin, "multipathtcp=0", unix.IPPROTO_TCP, source.DumpOptions{}) })
 	t.Run("tcp-pre-copy", func(t *testing.T) {
@@ -389,7 +389,7 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int, o source.DumpOption
 	if godebug != "" {
 		env = append(env, "GODEBUG="+godebug)
 	}
-	p := fixture.StartWith(t, fixture.Options{Env: env}, bin, fmt.Sprint(port))
+	p := testutil.StartWith(t, testutil.Options{Env: env}, bin, fmt.Sprint(port))
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 5)
 	if got := httpGet(t, base+"/hello"); got != "hello from gohttp\n" {
@@ -400,14 +400,14 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int, o source.DumpOption
 	}
 	c1 := getCount(t, base)
 	waitSockets(t, p.PID, 1)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 
 	dir := t.TempDir()
 	o.PID, o.Dir, o.Logger = p.PID, dir, testLogger(t)
 	rep, err := source.Dump(context.Background(), o)
 	var ue *source.UnsupportedFDError
 	if proto == unix.IPPROTO_MPTCP && errors.As(err, &ue) && ue.PID == p.PID && strings.HasPrefix(ue.Kind, "socket:") {
-		fixture.RequireRunning(t, p.PID)
+		testutil.RequireRunning(t, p.PID)
 		t.Skipf("known engine gap: the MPTCP listening socket Go (1.24+) makes by default is refused, and the server runs on: %v", err)
 	}
 	if err != nil {
@@ -443,7 +443,7 @@ func runGoHTTP(t *testing.T, bin, godebug string, proto int, o source.DumpOption
 	if c2 < c1 {
 		t.Errorf("/count %d after restore, %d before the dump: the counter restarted", c2, c1)
 	}
-	fixture.WaitFor(t, short, "the counter to advance after restore", func() bool { return getCount(t, base) > c2 })
+	testutil.WaitFor(t, short, "the counter to advance after restore", func() bool { return getCount(t, base) > c2 })
 	if got := httpGet(t, base+"/hello"); got != "hello from gohttp\n" {
 		t.Errorf("/hello after restore: %q", got)
 	}
@@ -484,7 +484,7 @@ const python3 = "/usr/bin/python3"
 func requirePython(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(python3); err != nil {
-		fixture.Unavailable(t, "python3 (Debian's, %s): %v", python3, err)
+		testutil.Unavailable(t, "python3 (Debian's, %s): %v", python3, err)
 	}
 }
 
@@ -492,7 +492,7 @@ func requirePython(t testing.TB) {
 // 127.0.0.1` serving a temp dir answers after restore, files written since
 // included.
 func TestProgramPythonHTTPServer(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	requirePython(t)
 	www := t.TempDir()
 	if err := os.WriteFile(filepath.Join(www, "hello.txt"), []byte("hello before\n"), 0o644); err != nil {
@@ -500,7 +500,7 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 	}
 	port := freeSocketPort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	p := fixture.StartWith(t, fixture.Options{Dir: www}, python3, "-u", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1")
+	p := testutil.StartWith(t, testutil.Options{Dir: www}, python3, "-u", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1")
 	get := func(path string) (string, error) {
 		resp, err := httpClient.Get(base + path)
 		if err != nil {
@@ -513,7 +513,7 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 		}
 		return string(b), err
 	}
-	fixture.WaitFor(t, long, "python's http.server to answer", func() bool {
+	testutil.WaitFor(t, long, "python's http.server to answer", func() bool {
 		_, err := get("/hello.txt")
 		return err == nil
 	})
@@ -522,7 +522,7 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 	}
 	waitSockets(t, p.PID, 1)
 	time.Sleep(100 * time.Millisecond) // let the request's thread end
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, _ := dumpKill(t, p, "")
 	if err := os.WriteFile(filepath.Join(www, "new.txt"), []byte("written while dumped\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -539,7 +539,7 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 	if got, err := get("/"); err != nil || !strings.Contains(got, "new.txt") {
 		t.Errorf("directory listing after restore: %v\n%s", err, got)
 	}
-	fixture.RequireRunning(t, r.PID)
+	testutil.RequireRunning(t, r.PID)
 	r.Kill(t)
 	// http.server logs each request on stderr: 2 before, 3 after.
 	var logged int
@@ -558,7 +558,7 @@ func TestProgramPythonHTTPServer(t *testing.T) {
 // with a timeout, and the main thread logs progress. After restore the
 // state is consistent and keeps growing, and the ticks run on.
 func TestProgramPythonThreads(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	requirePython(t)
 	t.Run("plain", func(t *testing.T) { runPythonThreads(t, source.DumpOptions{}) })
 	t.Run("pre-copy", func(t *testing.T) {
@@ -567,7 +567,7 @@ func TestProgramPythonThreads(t *testing.T) {
 }
 
 func runPythonThreads(t *testing.T, o source.DumpOptions) {
-	p := fixture.Start(t, python3, filepath.Join(fixture.Testdata(), "threads.py"))
+	p := testutil.Start(t, python3, filepath.Join(testutil.Testdata(), "threads.py"))
 	p.WaitLine(t, long, 0, "ready")
 	p.WaitTick(t, long, 10)
 	threads := threadNames(t, p.PID)
@@ -662,14 +662,14 @@ func ioField(t testing.TB, pid int, name string) uint64 {
 // killed yes dies of SIGPIPE and the shell, waiting for both, exits with
 // cat's status: its wait4 and SIGCHLD work after the restore.
 func TestProgramShellPipeline(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		fixture.Unavailable(t, "sh: %v", err)
+		testutil.Unavailable(t, "sh: %v", err)
 	}
-	p := fixture.Start(t, sh, "-c", "yes | cat > /dev/null")
+	p := testutil.Start(t, sh, "-c", "yes | cat > /dev/null")
 	var kids []int
-	fixture.WaitFor(t, short, "the shell to start yes and cat", func() bool {
+	testutil.WaitFor(t, short, "the shell to start yes and cat", func() bool {
 		kids = childrenOf(t, p.PID)
 		return len(kids) == 2
 	})
@@ -678,7 +678,7 @@ func TestProgramShellPipeline(t *testing.T) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return strings.TrimSpace(string(b))
 	}
-	fixture.WaitFor(t, short, "yes and cat to run", func() bool {
+	testutil.WaitFor(t, short, "yes and cat to run", func() bool {
 		if comm(yes) == "cat" {
 			yes, cat = cat, yes
 		}
@@ -688,7 +688,7 @@ func TestProgramShellPipeline(t *testing.T) {
 	if !strings.HasPrefix(pipe, "pipe:") || fdTarget(t, cat, 0) != pipe {
 		t.Fatalf("yes's stdout %s, cat's stdin %s: not one pipe", pipe, fdTarget(t, cat, 0))
 	}
-	fixture.WaitFor(t, short, "cat to read", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
+	testutil.WaitFor(t, short, "cat to read", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
 
 	dir := t.TempDir()
 	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)})
@@ -699,11 +699,11 @@ func TestProgramShellPipeline(t *testing.T) {
 		t.Errorf("dump report: %d processes, want 3", rep.Processes)
 	}
 	p.Reap(t)
-	fixture.ReapOrphan(t, yes)
-	fixture.ReapOrphan(t, cat)
+	testutil.ReapOrphan(t, yes)
+	testutil.ReapOrphan(t, cat)
 	// Once the restored shell is gone, its children come to the test
 	// process, which reaps them.
-	t.Cleanup(func() { fixture.ReapOrphan(t, yes); fixture.ReapOrphan(t, cat) })
+	t.Cleanup(func() { testutil.ReapOrphan(t, yes); testutil.ReapOrphan(t, cat) })
 
 	r := restoreOK(t, dir, p.Log)
 	if got := childrenOf(t, r.PID); !slices.Equal(got, kids) {
@@ -716,9 +716,9 @@ func TestProgramShellPipeline(t *testing.T) {
 	if !strings.HasPrefix(pipe, "pipe:") || fdTarget(t, cat, 0) != pipe {
 		t.Errorf("after restore yes's stdout %s, cat's stdin %s: not one pipe", pipe, fdTarget(t, cat, 0))
 	}
-	fixture.WaitFor(t, short, "cat to read after restore", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
-	fixture.RequireRunning(t, yes)
-	fixture.RequireRunning(t, cat)
+	testutil.WaitFor(t, short, "cat to read after restore", func() bool { return ioField(t, cat, "rchar") > 1<<20 })
+	testutil.RequireRunning(t, yes)
+	testutil.RequireRunning(t, cat)
 
 	if err := unix.Kill(cat, unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -728,14 +728,14 @@ func TestProgramShellPipeline(t *testing.T) {
 		t.Errorf("the restored shell ended with %v, want exit %d (cat's SIGTERM)", ws, 128+int(unix.SIGTERM))
 	}
 	for _, pid := range kids {
-		if _, err := fixture.State(pid); err == nil {
+		if _, err := testutil.State(pid); err == nil {
 			t.Errorf("process %d is left after the shell exited (state %c)", pid, stateLetter(pid))
 		}
 	}
 }
 
 func stateLetter(pid int) byte {
-	st, _ := fixture.State(pid)
+	st, _ := testutil.State(pid)
 	return st
 }
 
@@ -746,10 +746,10 @@ func stateLetter(pid int) byte {
 // ping, the served count goes on from where it was, and on SIGTERM the
 // parent kills and reaps its workers and exits 0.
 func TestProgramPreforkServer(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	port := freeSocketPort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := fixture.Start(t, fixture.Build(t, "prog_prefork"), fmt.Sprint(port))
+	p := testutil.Start(t, testutil.Build(t, "prog_prefork"), fmt.Sprint(port))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	var workers []int
 	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
@@ -779,7 +779,7 @@ func TestProgramPreforkServer(t *testing.T) {
 			t.Fatalf("answer %q", got)
 		}
 	}
-	fixture.WaitFor(t, short, "30 connections served", func() bool {
+	testutil.WaitFor(t, short, "30 connections served", func() bool {
 		ls := p.Lines(t)
 		for i := len(ls) - 1; i >= 0; i-- {
 			if strings.HasPrefix(ls[i], "tick ") {
@@ -789,7 +789,7 @@ func TestProgramPreforkServer(t *testing.T) {
 		}
 		return false
 	})
-	pings := func(pr *fixture.Proc, gen int) {
+	pings := func(pr *testutil.Proc, gen int) {
 		t.Helper()
 		n := len(pr.Lines(t))
 		pr.Signal(t, unix.SIGUSR1)
@@ -813,11 +813,11 @@ func TestProgramPreforkServer(t *testing.T) {
 	}
 	p.Reap(t)
 	for _, w := range workers {
-		fixture.ReapOrphan(t, w)
+		testutil.ReapOrphan(t, w)
 	}
 	t.Cleanup(func() {
 		for _, w := range workers {
-			fixture.ReapOrphan(t, w)
+			testutil.ReapOrphan(t, w)
 		}
 	})
 	lines := p.Lines(t)
@@ -847,7 +847,7 @@ func TestProgramPreforkServer(t *testing.T) {
 	}
 	t.Logf("workers that answered after restore: %v", slices.Sorted(maps.Keys(seen)))
 	pings(r, 2)
-	fixture.WaitFor(t, short, "90 connections served", func() bool {
+	testutil.WaitFor(t, short, "90 connections served", func() bool {
 		v := valuesAfter(t, r.Lines(t), 0, "tick ", "served")
 		return len(v) > 0 && v[len(v)-1] >= 90
 	})
@@ -878,8 +878,8 @@ func TestProgramPreforkServer(t *testing.T) {
 // just one), the periodic timer keeps firing, and the one-shot timer is
 // still armed with what was left of its hour.
 func TestProgramTimerfdUnread(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "prog_timerfd"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "prog_timerfd"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	per, _ := strconv.Atoi(field(t, ready, "periodic"))
 	p.WaitTick(t, short, 10) // a second: 20 expirations, unread

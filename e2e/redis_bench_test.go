@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // BenchmarkRedisCheckpoint dumps and restores redis-server holding
@@ -27,7 +27,7 @@ import (
 //
 //	go test -run '^$' -bench RedisCheckpoint -benchtime 1x ./e2e/
 func BenchmarkRedisCheckpoint(b *testing.B) {
-	fixture.RequireRoot(b)
+	testutil.RequireRoot(b)
 	redisServer(b)
 	const keys = 1000000
 	tmp, err := os.MkdirTemp("/dev/shm", "migrate-bench-redis-")
@@ -70,7 +70,7 @@ func BenchmarkRedisCheckpoint(b *testing.B) {
 		if err != nil {
 			b.Fatalf("restore: %v", err)
 		}
-		r := fixture.Adopt(b, p.PID, p.Log)
+		r := testutil.Adopt(b, p.PID, p.Log)
 		c, err = dialRedis(addr)
 		if err != nil {
 			b.Fatalf("connect to the restored redis: %v", err)
@@ -142,7 +142,7 @@ func BenchmarkRedisCheckpoint(b *testing.B) {
 // statusKB reads a "NNN kB" field of /proc/PID/status.
 func statusKB(t testing.TB, pid int, name string) float64 {
 	t.Helper()
-	v := fixture.StatusField(t, pid, name)
+	v := testutil.StatusField(t, pid, name)
 	n, err := strconv.ParseFloat(strings.TrimSuffix(v, " kB"), 64)
 	if err != nil {
 		t.Fatalf("%s: %q", name, v)

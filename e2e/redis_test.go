@@ -22,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // resp is a connection to redis speaking RESP2.
@@ -167,7 +167,7 @@ func redisServer(t testing.TB) string {
 	p, err := exec.LookPath("redis-server")
 	if err != nil {
 		if _, err2 := os.Stat("/usr/bin/redis-server"); err2 != nil {
-			fixture.Unavailable(t, "redis-server is not installed (apt-get install redis-server redis-tools; `make deps` does it): %v", err)
+			testutil.Unavailable(t, "redis-server is not installed (apt-get install redis-server redis-tools; `make deps` does it): %v", err)
 		}
 		p = "/usr/bin/redis-server"
 	}
@@ -177,14 +177,14 @@ func redisServer(t testing.TB) string {
 // startRedis runs redis-server on 127.0.0.1:port, not saving, not
 // daemonized, its log on its stdout (a file), with DEBUG allowed from
 // loopback. It returns once redis answers PING.
-func startRedis(t testing.TB, port int, dir string) *fixture.Proc {
+func startRedis(t testing.TB, port int, dir string) *testutil.Proc {
 	t.Helper()
-	p := fixture.StartWith(t, fixture.Options{Dir: dir}, redisServer(t),
+	p := testutil.StartWith(t, testutil.Options{Dir: dir}, redisServer(t),
 		"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--daemonize", "no", "--logfile", "", "--dir", dir, "--enable-debug-command", "local")
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	fixture.WaitFor(t, long, "redis-server to answer", func() bool {
-		if st, err := fixture.State(p.PID); err != nil || st == 'Z' {
+	testutil.WaitFor(t, long, "redis-server to answer", func() bool {
+		if st, err := testutil.State(p.PID); err != nil || st == 'Z' {
 			t.Fatalf("redis-server exited:\n%s", strings.Join(p.Lines(t), "\n"))
 		}
 		c, err := dialRedis(addr)
@@ -265,7 +265,7 @@ var redisThreads = []string{"bio_close_file", "bio_aof_fsync", "bio_lazy_free", 
 // Subtests: a plain dump, and a pre-copy dump (uffd-wp, or what the kernel
 // has) while redis runs.
 func TestProgramRedis(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	redisServer(t)
 	t.Run("plain", func(t *testing.T) { runRedis(t, source.DumpOptions{}) })
 	t.Run("pre-copy", func(t *testing.T) { runRedis(t, source.DumpOptions{PreCopy: true, Tracker: source.TrackerAuto}) })
@@ -291,7 +291,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 		t.Fatalf("DBSIZE %d after loading, want more than 240000", before.dbsize)
 	}
 	lazyBefore, _ := strconv.Atoi(c.info(t, "memory", "lazyfreed_objects"))
-	rss := fixture.StatusField(t, p.PID, "VmRSS")
+	rss := testutil.StatusField(t, p.PID, "VmRSS")
 	c.Close()
 	waitSockets(t, p.PID, 1)
 
@@ -300,7 +300,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 	for _, name := range redisThreads {
 		tidNamed(t, threads, name)
 	}
-	fds := fixture.FDs(t, p.PID)
+	fds := testutil.FDs(t, p.PID)
 	dir, img, _ := dumpWith(t, p, o)
 	for _, f := range img.Process.FDs {
 		t.Logf("image fd %d: %s", f.FD, f.Kind)
@@ -351,7 +351,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 		}
 	}
 	c.do(t, "UNLINK", "bigset")
-	fixture.WaitFor(t, short, "the bio_lazy_free thread to free the unlinked set", func() bool {
+	testutil.WaitFor(t, short, "the bio_lazy_free thread to free the unlinked set", func() bool {
 		n, _ := strconv.Atoi(c.info(t, "memory", "lazyfreed_objects"))
 		return n > lazyBefore && c.info(t, "memory", "lazyfree_pending_objects") == "0"
 	})
@@ -365,7 +365,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 	if got := c.str(t, "BGSAVE"); !strings.HasPrefix(got, "Background saving started") {
 		t.Fatalf("BGSAVE: %q", got)
 	}
-	fixture.WaitFor(t, long, "BGSAVE to end", func() bool {
+	testutil.WaitFor(t, long, "BGSAVE to end", func() bool {
 		n, _ := strconv.Atoi(c.info(t, "persistence", "rdb_saves"))
 		return n > saves && c.info(t, "persistence", "rdb_bgsave_in_progress") == "0"
 	})
@@ -387,7 +387,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 	// appends every write, bio_aof_fsync syncs the file every second and
 	// bio_close_file closes the files the rewrite replaced.
 	c.do(t, "CONFIG", "SET", "appendonly", "yes")
-	fixture.WaitFor(t, long, "the AOF rewrite to end", func() bool {
+	testutil.WaitFor(t, long, "the AOF rewrite to end", func() bool {
 		return c.info(t, "persistence", "aof_enabled") == "1" &&
 			c.info(t, "persistence", "aof_rewrite_in_progress") == "0" &&
 			c.info(t, "persistence", "aof_rewrite_scheduled") == "0"
@@ -410,7 +410,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 		t.Errorf("the append-only files %v do not hold the last write", aofs)
 	}
 	c.Close()
-	fixture.RequireRunning(t, r.PID)
+	testutil.RequireRunning(t, r.PID)
 	// Every thread is still there; jemalloc may have started more
 	// background threads under the load since (it does so on demand).
 	end := threadNames(t, r.PID)
@@ -435,7 +435,7 @@ func runRedis(t *testing.T, o source.DumpOptions) {
 // the same connection, with every key there, its own write included, and
 // new clients are served too.
 func TestProgramRedisClientConnected(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	redisServer(t)
 	port := freeSocketPort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -447,7 +447,7 @@ func TestProgramRedisClientConnected(t *testing.T) {
 	defer c.Close()
 	c.do(t, "DEBUG", "POPULATE", "10000")
 	c.do(t, "SET", "mine", "before")
-	fixture.WaitFor(t, short, "redis to hold the client's connection", func() bool {
+	testutil.WaitFor(t, short, "redis to hold the client's connection", func() bool {
 		n, err := socketFDs(p.PID)
 		return err == nil && n == 2
 	})

@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
-	"migrate/pagestream"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // copyTree copies the image directory src to a new directory.
@@ -99,7 +99,7 @@ func restoreFails(t *testing.T, dir string, pid int) error {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 		t.Fatalf("pid %d is taken before the restore", pid)
 	}
-	kids := fixture.Children()
+	kids := testutil.Children()
 	listing := treeListing(t, dir)
 
 	// Watch for a process with the PID while the restore runs.
@@ -129,14 +129,14 @@ func restoreFails(t *testing.T, dir string, pid int) error {
 		t.Logf("refused as expected: %v", err)
 	}
 	if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr == nil {
-		if fixture.Parent(t, pid) == os.Getpid() {
-			fixture.Adopt(t, pid, "").Kill(t)
+		if testutil.Parent(t, pid) == os.Getpid() {
+			testutil.Adopt(t, pid, "").Kill(t)
 		}
 		t.Errorf("a process with pid %d exists after the failed restore", pid)
 	} else if seen.Load() {
 		t.Errorf("the restore created a process with pid %d before it found the image bad (the image must be validated before anything is created)", pid)
 	}
-	if got := fixture.Children(); !slices.Equal(got, kids) {
+	if got := testutil.Children(); !slices.Equal(got, kids) {
 		t.Errorf("children of the test process after the failed restore: %v, before %v (a husk left behind?)", got, kids)
 	}
 	if got := treeListing(t, dir); !slices.Equal(got, listing) {
@@ -181,14 +181,14 @@ func requireImageError(t *testing.T, err error, path string) {
 // TestRestoreRefusesBadImages: damaged or stale images are refused with a
 // typed error naming the file and the problem, before anything is created.
 func TestRestoreRefusesBadImages(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	// The workload runs from a copy of its binary, which the test may change.
-	exe := fixture.CopyBinary(t, fixture.Build(t, "counter"), t.TempDir())
+	exe := testutil.CopyBinary(t, testutil.Build(t, "counter"), t.TempDir())
 	cwd := filepath.Join(t.TempDir(), "cwd")
 	if err := os.Mkdir(cwd, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p := fixture.StartWith(t, fixture.Options{Dir: cwd}, exe, "-m", "16")
+	p := testutil.StartWith(t, testutil.Options{Dir: cwd}, exe, "-m", "16")
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	// Uncompressed pages: a flipped byte lands in page data, not in a
@@ -369,16 +369,16 @@ func TestRestoreRefusesBadImages(t *testing.T) {
 // with LeaveRunning) is refused with a *target.PIDInUseError naming the
 // holder, which is left alone, and nothing is created.
 func TestRestorePIDInUse(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	dir := t.TempDir()
 	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, LeaveRunning: true, Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
-	before := fixture.Take(t, p.PID)
-	kids := fixture.Children()
+	before := testutil.Take(t, p.PID)
+	kids := testutil.Children()
 	listing := treeListing(t, dir)
 	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
 	var pe *target.PIDInUseError
@@ -388,12 +388,12 @@ func TestRestorePIDInUse(t *testing.T) {
 	if pe.PID != p.PID || pe.Holder != "counter" {
 		t.Errorf("PIDInUseError %+v, want pid %d held by %q", pe, p.PID, "counter")
 	}
-	fixture.RequireRunning(t, p.PID)
-	if d := before.Diff(fixture.Take(t, p.PID), 1, 2); d != "" {
+	testutil.RequireRunning(t, p.PID)
+	if d := before.Diff(testutil.Take(t, p.PID), 1, 2); d != "" {
 		t.Errorf("the process holding the pid changed:\n%s", d)
 	}
 	p.WaitTick(t, short, p.LastTick(t)+3)
-	if got := fixture.Children(); !slices.Equal(got, kids) {
+	if got := testutil.Children(); !slices.Equal(got, kids) {
 		t.Errorf("children after the refused restore: %v, before %v", got, kids)
 	}
 	if got := treeListing(t, dir); !slices.Equal(got, listing) {
@@ -410,8 +410,8 @@ func TestRestorePIDInUse(t *testing.T) {
 // pages.img or of image.json, which once hung the restore; and image.json
 // keys this build does not know.
 func TestRestoreRefusesHostileFiles(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "pipe"), "buffered")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "pipe"), "buffered")
 	p.WaitLine(t, short, 0, "chunk 5 ok")
 	orig, img := dumpKill(t, p, "")
 	pid := img.Process.PID
@@ -610,8 +610,8 @@ func TestRestoreRefusesHostileFiles(t *testing.T) {
 // -1, an fd at fs.nr_open, an inotify watch descriptor whose gap would take
 // 2^30 calls to make, madvise advice that would drop the pages written.
 func TestRestoreRefusesBadValues(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"), "-m", "4")
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	orig, img := dumpKill(t, p, "")
@@ -690,7 +690,7 @@ func TestRestoreRefusesBadValues(t *testing.T) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	capEff, err := strconv.ParseUint(fixture.StatusField(t, os.Getpid(), "CapEff"), 16, 64)
+	capEff, err := strconv.ParseUint(testutil.StatusField(t, os.Getpid(), "CapEff"), 16, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -778,9 +778,9 @@ func huskPIDs() []int {
 // (An inotify watch number of 2^30 once spun a restore for 10 minutes
 // that SIGTERM did not stop.)
 func TestRestoreSIGTERM(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	watched := t.TempDir()
-	p := fixture.Start(t, fixture.Build(t, "inotify"), watched)
+	p := testutil.Start(t, testutil.Build(t, "inotify"), watched)
 	p.WaitLine(t, short, 0, "ready")
 	orig, img := dumpKill(t, p, "")
 	pid := img.Process.PID
@@ -811,7 +811,7 @@ func TestRestoreSIGTERM(t *testing.T) {
 	})
 	// The fds are restored after the protections are set: wait for that
 	// step's log line, then for the restore to be in the inotify loop.
-	fixture.WaitFor(t, long, "the restore to reach its fds", func() bool {
+	testutil.WaitFor(t, long, "the restore to reach its fds", func() bool {
 		return strings.Contains(stderr.String(), `step="set protections"`)
 	})
 	sent := time.Now()
@@ -833,16 +833,16 @@ func TestRestoreSIGTERM(t *testing.T) {
 	}
 	// Killed: gone, or a zombie for its parent to reap (this test, the
 	// subreaper of what it starts).
-	if !fixture.Poll(short, func() bool {
-		st, err := fixture.State(pid)
+	if !testutil.Poll(short, func() bool {
+		st, err := testutil.State(pid)
 		return err != nil || st == 'Z'
 	}) {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		t.Fatalf("pid %d is left after the restore stopped:\n%s", pid, st)
 	}
-	if fixture.Parent(t, pid) == os.Getpid() {
+	if testutil.Parent(t, pid) == os.Getpid() {
 		var ws syscall.WaitStatus
 		syscall.Wait4(pid, &ws, 0, nil)
 	}
-	fixture.WaitFor(t, short, "no husk left", func() bool { return slices.Equal(huskPIDs(), husks) })
+	testutil.WaitFor(t, short, "no husk left", func() bool { return slices.Equal(huskPIDs(), husks) })
 }

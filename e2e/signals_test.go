@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // threadSignals returns, per thread of pid, its signal fields of
@@ -53,8 +53,8 @@ func threadSignals(t *testing.T, pid int) map[string]string {
 // SIGHUP) does: an ignored disposition survives exec, so the husk starts with it,
 // and the restored process must not keep it.
 func TestEndsOnSIGTERM(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "sigterm")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sigterm")
 	for _, tc := range []struct {
 		mode   string
 		signal syscall.Signal // the signal that ends it, or 0
@@ -81,27 +81,27 @@ func TestEndsOnSIGTERM(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			trigger := filepath.Join(t.TempDir(), "unblock")
-			p := fixture.StartWith(t, fixture.Options{Setpgid: tc.group}, bin, tc.mode, trigger)
+			p := testutil.StartWith(t, testutil.Options{Setpgid: tc.group}, bin, tc.mode, trigger)
 			p.WaitLine(t, short, 0, "ready")
-			fixture.WaitFor(t, short, "the workload to sleep", func() bool {
-				st, err := fixture.State(p.PID)
+			testutil.WaitFor(t, short, "the workload to sleep", func() bool {
+				st, err := testutil.State(p.PID)
 				return err == nil && st == 'S'
 			})
 			before := threadSignals(t, p.PID)
-			if ign, _ := strconv.ParseUint(fixture.StatusField(t, p.PID, "SigIgn"), 16, 64); ign&(1<<(unix.SIGTERM-1)) != 0 {
+			if ign, _ := strconv.ParseUint(testutil.StatusField(t, p.PID, "SigIgn"), 16, 64); ign&(1<<(unix.SIGTERM-1)) != 0 {
 				t.Fatalf("the original ignores SIGTERM (SigIgn %#x): does the test process?", ign)
 			}
 			dir, _ := dumpKill(t, p, "")
 
-			r := func() *fixture.Proc {
+			r := func() *testutil.Proc {
 				defer ignoreWhile(unix.SIGTERM)()
 				return restoreOK(t, dir, p.Log)
 			}()
 			// Compared once it sleeps again, as the original was: a thread
 			// restored in sigsuspend shows its own mask until it is back
 			// in the call, which puts the temporary one in place.
-			fixture.WaitFor(t, short, "the restored workload to sleep", func() bool {
-				st, err := fixture.State(r.PID)
+			testutil.WaitFor(t, short, "the restored workload to sleep", func() bool {
+				st, err := testutil.State(r.PID)
 				return err == nil && st == 'S'
 			})
 			after := threadSignals(t, r.PID)
@@ -120,7 +120,7 @@ func TestEndsOnSIGTERM(t *testing.T) {
 				r.WaitLine(t, short, n, "first")
 				r.Signal(t, unix.SIGTERM)
 			case tc.group:
-				pgid, _ := fixture.PGID(t, r.PID)
+				pgid, _ := testutil.PGID(t, r.PID)
 				if pgid != r.PID {
 					t.Fatalf("restored process %d is in process group %d, was in its own", r.PID, pgid)
 				}
@@ -167,9 +167,9 @@ func ignoreWhile(sigs ...os.Signal) func() {
 // is delivered to the thread it was queued to, with its siginfo, and SIGUSR1
 // runs on the alternate stack of the thread that raised it.
 func TestThreadSignals(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trigger := filepath.Join(t.TempDir(), "unblock")
-	p := fixture.Start(t, fixture.Build(t, "sigthreads"), trigger)
+	p := testutil.Start(t, testutil.Build(t, "sigthreads"), trigger)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	tid := field(t, ready, "tid")
 	p.WaitTick(t, short, 2)
@@ -185,7 +185,7 @@ func TestThreadSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	main := strconv.Itoa(r.PID)
-	fixture.WaitFor(t, short, "both threads to be done", func() bool {
+	testutil.WaitFor(t, short, "both threads to be done", func() bool {
 		c := 0
 		for _, l := range r.Lines(t)[n:] {
 			if strings.HasPrefix(l, "done ") {
@@ -230,8 +230,8 @@ func TestThreadSignals(t *testing.T) {
 // threads) is restored stopped, not traced, and every thread runs on after
 // SIGCONT.
 func TestStoppedStaysStopped(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "sigthreads"), filepath.Join(t.TempDir(), "never"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "sigthreads"), filepath.Join(t.TempDir(), "never"))
 	p.WaitLine(t, short, 0, "ready")
 	p.Signal(t, unix.SIGSTOP)
 	stopped := func(pid int) func() bool {
@@ -253,7 +253,7 @@ func TestStoppedStaysStopped(t *testing.T) {
 			return true
 		}
 	}
-	fixture.WaitFor(t, short, "both threads to stop", stopped(p.PID))
+	testutil.WaitFor(t, short, "both threads to stop", stopped(p.PID))
 	dir, img := dumpKill(t, p, "")
 	if !img.Process.Stopped {
 		t.Errorf("the image does not say the process was stopped")
@@ -264,12 +264,12 @@ func TestStoppedStaysStopped(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if rep.PID != p.PID || fixture.Parent(t, p.PID) != os.Getpid() {
-		t.Fatalf("restored %d, parent %d", rep.PID, fixture.Parent(t, p.PID))
+	if rep.PID != p.PID || testutil.Parent(t, p.PID) != os.Getpid() {
+		t.Fatalf("restored %d, parent %d", rep.PID, testutil.Parent(t, p.PID))
 	}
-	r := fixture.Adopt(t, p.PID, p.Log)
-	fixture.WaitFor(t, short, "the restored threads to be stopped", stopped(r.PID))
-	if tr := fixture.StatusField(t, r.PID, "TracerPid"); tr != "0" {
+	r := testutil.Adopt(t, p.PID, p.Log)
+	testutil.WaitFor(t, short, "the restored threads to be stopped", stopped(r.PID))
+	if tr := testutil.StatusField(t, r.PID, "TracerPid"); tr != "0" {
 		t.Errorf("restored process is traced by %s", tr)
 	}
 	if got := r.LastTick(t); got != last {
@@ -284,8 +284,8 @@ func TestStoppedStaysStopped(t *testing.T) {
 // dies (PR_SET_PDEATHSIG) still gets it after restore: the restored parent
 // is killed, and the child ends on SIGTERM instead of running on orphaned.
 func TestParentDeathSignal(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "pdeath"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "pdeath"))
 	line, _ := p.WaitLine(t, short, 0, "child")
 	child, err := strconv.Atoi(field(t, line, "pid"))
 	if err != nil {
@@ -297,16 +297,16 @@ func TestParentDeathSignal(t *testing.T) {
 		t.Fatalf("dump: %v", err)
 	}
 	p.Reap(t)
-	fixture.ReapOrphan(t, child)
-	t.Cleanup(func() { fixture.ReapOrphan(t, child) })
+	testutil.ReapOrphan(t, child)
+	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
 
 	r := restoreOK(t, dir, p.Log)
-	if fixture.Parent(t, child) != r.PID {
-		t.Fatalf("restored child %d has parent %d, want %d", child, fixture.Parent(t, child), r.PID)
+	if testutil.Parent(t, child) != r.PID {
+		t.Fatalf("restored child %d has parent %d, want %d", child, testutil.Parent(t, child), r.PID)
 	}
 	r.Kill(t)
 	var ws unix.WaitStatus
-	fixture.WaitFor(t, short, "the orphaned child to end and come to the test process", func() bool {
+	testutil.WaitFor(t, short, "the orphaned child to end and come to the test process", func() bool {
 		got, err := unix.Wait4(child, &ws, unix.WNOHANG, nil)
 		return err == nil && got == child
 	})
@@ -319,9 +319,9 @@ func TestParentDeathSignal(t *testing.T) {
 // no SIGCHLD from the restore (it had had its one, when the child exited:
 // the handler must not run again), and reaps the child with its status.
 func TestZombieNoSpuriousSIGCHLD(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trigger := filepath.Join(t.TempDir(), "reap")
-	p := fixture.Start(t, fixture.Build(t, "zombie"), trigger)
+	p := testutil.Start(t, testutil.Build(t, "zombie"), trigger)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	child, err := strconv.Atoi(field(t, ready, "child"))
 	if err != nil {
@@ -333,7 +333,7 @@ func TestZombieNoSpuriousSIGCHLD(t *testing.T) {
 		t.Fatalf("dump: %v", err)
 	}
 	p.Reap(t)
-	fixture.ReapOrphan(t, child)
+	testutil.ReapOrphan(t, child)
 	n := len(p.Lines(t))
 
 	r := restoreOK(t, dir, p.Log)
@@ -358,13 +358,13 @@ func TestZombieNoSpuriousSIGCHLD(t *testing.T) {
 // service's group, where a signal to that group (the service being
 // stopped) would reach it.
 func TestGroupGone(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "sigterm")
-	leader := fixture.StartWith(t, fixture.Options{Setpgid: true}, bin, "dfl")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sigterm")
+	leader := testutil.StartWith(t, testutil.Options{Setpgid: true}, bin, "dfl")
 	leader.WaitLine(t, short, 0, "ready")
-	p := fixture.StartWith(t, fixture.Options{Setpgid: true, Pgid: leader.PID}, bin, "dfl")
+	p := testutil.StartWith(t, testutil.Options{Setpgid: true, Pgid: leader.PID}, bin, "dfl")
 	p.WaitLine(t, short, 0, "ready")
-	if pgid, _ := fixture.PGID(t, p.PID); pgid != leader.PID {
+	if pgid, _ := testutil.PGID(t, p.PID); pgid != leader.PID {
 		t.Fatalf("the workload is in group %d, want %d", pgid, leader.PID)
 	}
 	dir, _ := dumpKill(t, p, "")
@@ -372,7 +372,7 @@ func TestGroupGone(t *testing.T) {
 
 	r, rep := restoreWithReport(t, dir, p.Log)
 	ours := unix.Getpgrp()
-	pgid, _ := fixture.PGID(t, r.PID)
+	pgid, _ := testutil.PGID(t, r.PID)
 	if pgid == ours {
 		t.Fatalf("the restored process is in the restoring process's group %d", ours)
 	}
@@ -392,9 +392,9 @@ func TestGroupGone(t *testing.T) {
 // after restore: a grandchild orphaned after the restore comes to it, not
 // to the restoring service's subreaper.
 func TestChildSubreaper(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trigger := filepath.Join(t.TempDir(), "fork")
-	p := fixture.Start(t, fixture.Build(t, "subreaper"), trigger)
+	p := testutil.Start(t, testutil.Build(t, "subreaper"), trigger)
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	dir, img := dumpKill(t, p, "")
@@ -418,8 +418,8 @@ func TestChildSubreaper(t *testing.T) {
 // it not: its /proc files owned by root, no ptrace by its user, no core
 // dump), and a root process that made itself non-dumpable stays so.
 func TestDumpable(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "dumpable")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "dumpable")
 	for _, tc := range []struct {
 		name string
 		cred *syscall.Credential
@@ -437,7 +437,7 @@ func TestDumpable(t *testing.T) {
 			if err := os.Chmod(cwd, 0o777); err != nil {
 				t.Fatal(err)
 			}
-			p := fixture.StartWith(t, fixture.Options{Dir: cwd, Credential: tc.cred}, bin, tc.d)
+			p := testutil.StartWith(t, testutil.Options{Dir: cwd, Credential: tc.cred}, bin, tc.d)
 			p.WaitLine(t, short, 0, "ready")
 			owner := func(pid int) uint32 {
 				var st unix.Stat_t

@@ -16,10 +16,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // TestSocketPairs: unix sockets connected inside the process (stream,
@@ -28,12 +28,12 @@ import (
 // an accepted connection), all with unread data. After restore every byte
 // arrives intact, in its messages, and the process keeps using them.
 func TestSocketPairs(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "sock_pair")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sock_pair")
 	want := "check pair=ok half=ok seqpacket=ok dgram=ok gone=ok named=ok listener=ok"
 
 	// The workload's own check, without a dump, holds.
-	base := fixture.Start(t, bin, t.TempDir())
+	base := testutil.Start(t, bin, t.TempDir())
 	base.WaitLine(t, short, 0, "ready")
 	base.Signal(t, unix.SIGUSR1)
 	if got, _ := base.WaitLine(t, short, 0, "check"); got != want {
@@ -41,10 +41,10 @@ func TestSocketPairs(t *testing.T) {
 	}
 	base.Kill(t)
 
-	p := fixture.Start(t, bin, t.TempDir())
+	p := testutil.Start(t, bin, t.TempDir())
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
-	before := fixture.FDs(t, p.PID)
+	before := testutil.FDs(t, p.PID)
 	dir, img := dumpKill(t, p, "")
 	queues := 0
 	for _, fd := range img.Process.FDs {
@@ -142,7 +142,7 @@ func freeSocketPort(t *testing.T) int {
 }
 
 // socketOpts has the workload print what getsockopt reads on each socket.
-func socketOpts(t *testing.T, p *fixture.Proc) []string {
+func socketOpts(t *testing.T, p *testutil.Proc) []string {
 	t.Helper()
 	n := len(p.Lines(t))
 	p.Signal(t, unix.SIGUSR1)
@@ -161,10 +161,10 @@ func socketOpts(t *testing.T, p *fixture.Proc) []string {
 // sockets. After restore new clients get answers (the counts go on), and
 // every socket reads back the same options, ports, backlogs and states.
 func TestSocketListeners(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	work := t.TempDir()
 	port := freeSocketPort(t)
-	p := fixture.Start(t, fixture.Build(t, "sock_listen"), work, fmt.Sprint(port))
+	p := testutil.Start(t, testutil.Build(t, "sock_listen"), work, fmt.Sprint(port))
 	p.WaitLine(t, short, 0, "ready")
 	sock := filepath.Join(work, "srv.sock")
 	tcp4, tcp6, udp4 := fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("[::1]:%d", port), fmt.Sprintf("127.0.0.1:%d", port)
@@ -187,7 +187,7 @@ func TestSocketListeners(t *testing.T) {
 	for _, l := range before {
 		t.Log(l)
 	}
-	fds := fixture.FDs(t, p.PID)
+	fds := testutil.FDs(t, p.PID)
 
 	dir, img := dumpKill(t, p, "")
 	for _, fd := range img.Process.FDs {
@@ -202,7 +202,7 @@ func TestSocketListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kids := fixture.Children()
+	kids := testutil.Children()
 	_, err = target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
 	blocker.Close()
 	var ae *target.AddrError
@@ -210,10 +210,10 @@ func TestSocketListeners(t *testing.T) {
 		t.Fatalf("restore with %s taken: %v (%T), want *target.AddrError for it", tcp4, err, err)
 	}
 	t.Logf("refused as expected: %v", err)
-	if _, err := fixture.State(img.Process.PID); err == nil {
+	if _, err := testutil.State(img.Process.PID); err == nil {
 		t.Fatalf("process %d exists after the failed restore", img.Process.PID)
 	}
-	if got := fixture.Children(); !slices.Equal(got, kids) {
+	if got := testutil.Children(); !slices.Equal(got, kids) {
 		t.Errorf("children after the failed restore %v, before %v", got, kids)
 	}
 
@@ -244,8 +244,8 @@ func socketFamily(f int) string {
 // naming the fd, and the process runs on untouched. (Established TCP
 // connections move: tcp_test.go.)
 func TestSocketRefused(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "sock_outside")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sock_outside")
 	// The outside peers live in the test process.
 	path := filepath.Join(t.TempDir(), "outside.sock")
 	ul, err := net.Listen("unix", path)
@@ -285,12 +285,12 @@ func TestSocketRefused(t *testing.T) {
 		{"netlink"},
 	} {
 		t.Run(tc[0], func(t *testing.T) {
-			p := fixture.Start(t, bin, tc...)
+			p := testutil.Start(t, bin, tc...)
 			ready, _ := p.WaitLine(t, short, 0, "ready")
 			p.WaitTick(t, short, 3)
 			var fd int
 			fmt.Sscanf(field(t, ready, "fd"), "%d", &fd)
-			snap := fixture.Take(t, p.PID)
+			snap := testutil.Take(t, p.PID)
 			dir := t.TempDir()
 			_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)})
 			var ue *source.UnsupportedFDError
@@ -301,8 +301,8 @@ func TestSocketRefused(t *testing.T) {
 				t.Errorf("UnsupportedFDError %+v, want pid %d, fd %d, socket:[...]", ue, p.PID, fd)
 			}
 			t.Logf("refused as expected: %v", err)
-			fixture.RequireRunning(t, p.PID)
-			if d := snap.Diff(fixture.Take(t, p.PID), 1, 2); d != "" {
+			testutil.RequireRunning(t, p.PID)
+			if d := snap.Diff(testutil.Take(t, p.PID), 1, 2); d != "" {
 				t.Errorf("the process changed after the refused dump:\n%s", d)
 			}
 			if _, err := os.Stat(filepath.Join(dir, core.MetaFile)); err == nil {
@@ -319,8 +319,8 @@ func TestSocketRefused(t *testing.T) {
 // bytes, the pairs join the two processes again, and the listener is one
 // socket in both.
 func TestSocketPairTree(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "sock_tree"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "sock_tree"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	var child int
 	fmt.Sscanf(field(t, ready, "child"), "%d", &child)
@@ -338,7 +338,7 @@ func TestSocketPairTree(t *testing.T) {
 		t.Fatalf("dump: %v", err)
 	}
 	p.Reap(t)
-	fixture.ReapOrphan(t, child)
+	testutil.ReapOrphan(t, child)
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -348,7 +348,7 @@ func TestSocketPairTree(t *testing.T) {
 	}
 	// The restored child is the restored parent's; once the parent is
 	// stopped it comes to the test process, which reaps it.
-	t.Cleanup(func() { fixture.ReapOrphan(t, child) })
+	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
 	r := restoreOK(t, dir, p.Log)
 	both := func(sig unix.Signal, lines ...string) {
 		t.Helper()

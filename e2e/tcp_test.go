@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/nftables"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // tcpStreamCase is one run of testdata/tcpstream.c: a server and a client
@@ -58,28 +58,28 @@ var tcpStreamCases = []tcpStreamCase{
 // message of both directions arrives exactly once, in order, on both
 // sides, with no error: the client never notices.
 func TestTCPCheckpoint(t *testing.T) {
-	fixture.RequireRoot(t)
-	bin := fixture.Build(t, "tcpstream")
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "tcpstream")
 	for _, tc := range tcpStreamCases {
 		t.Run(tc.name, func(t *testing.T) {
 			port := strconv.Itoa(freeTCPPort(t))
-			srv := fixture.Start(t, bin, append([]string{"server", tc.addr, port}, tc.server...)...)
+			srv := testutil.Start(t, bin, append([]string{"server", tc.addr, port}, tc.server...)...)
 			srv.WaitLine(t, 5*time.Second, 0, "ready")
-			cli := fixture.Start(t, bin, append([]string{"client", tc.addr, port}, tc.client...)...)
+			cli := testutil.Start(t, bin, append([]string{"client", tc.addr, port}, tc.client...)...)
 			_, at := srv.WaitLine(t, 10*time.Second, 0, tc.dumpWhen)
 			if tc.queues {
 				// Let the queues fill up while both sides stall: the
 				// client's reader too (else it may drain the server's
 				// send queue just as the dump reads it).
 				cli.WaitLine(t, 10*time.Second, 0, "conn 0 recv 100")
-				fixture.WaitFor(t, 5*time.Second, "bytes in both queues of a server connection", func() bool {
+				testutil.WaitFor(t, 5*time.Second, "bytes in both queues of a server connection", func() bool {
 					return bothQueues(t, port)
 				})
 			}
 			// The states the case is about, reached: a FIN in flight when
 			// the line came (a busy machine) is not taken for another
 			// state.
-			fixture.WaitFor(t, 10*time.Second, fmt.Sprintf("the server's connections in states %v", tc.wantStates), func() bool {
+			testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("the server's connections in states %v", tc.wantStates), func() bool {
 				have := portStates(port)
 				for _, s := range tc.wantStates {
 					n := 0

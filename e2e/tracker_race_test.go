@@ -11,10 +11,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/ptrace"
-	"migrate/e2e/fixture"
-	"migrate/source"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // TestTrackerRace checks a tracker against the truth while the process
@@ -30,7 +30,7 @@ func TestTrackerRace(t *testing.T) {
 }
 
 func trackerRace(t *testing.T, name string) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	trackerWorks(t, name)
 	w := startDirty(t, 128, 100)
 	pid := w.PID
@@ -72,7 +72,7 @@ func trackerRace(t *testing.T, name string) {
 	defer f.Close()
 	stop := func() {
 		unix.Kill(pid, unix.SIGSTOP)
-		fixture.WaitFor(t, short, "stopped", func() bool { st, _ := fixture.State(pid); return st == 'T' })
+		testutil.WaitFor(t, short, "stopped", func() bool { st, _ := testutil.State(pid); return st == 'T' })
 	}
 	snap := func() []byte {
 		b := make([]byte, 128<<20)

@@ -19,7 +19,7 @@ func TestDeps(t *testing.T) {
 		t.Fatalf("go list: %v", err)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		if dep != "migrate/pagestream" && dep != "github.com/klauspost/compress" && !strings.HasPrefix(dep, "github.com/klauspost/compress/") {
+		if dep != "github.com/procmig/migrate/pagestream" && dep != "github.com/klauspost/compress" && !strings.HasPrefix(dep, "github.com/klauspost/compress/") {
 			t.Errorf("pagestream depends on %s", dep)
 		}
 	}

@@ -13,11 +13,11 @@ import (
 	"runtime"
 	"time"
 
-	"migrate/core"
-	"migrate/core/netlock"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
-	"migrate/pagestream"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/pagestream"
 )
 
 // undo is a stack of rollback steps (gVisor's cleanup idea): Clean runs them

@@ -14,12 +14,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestMain makes the test process a child subreaper and checks that the
 // tests leave no child process behind.
-func TestMain(m *testing.M) { fixture.Main(m) }
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 const short = 10 * time.Second
 
@@ -73,14 +73,14 @@ func requireBadTarget(t *testing.T, pid int) {
 // zombie, the dumping process itself, its parent, and init are refused
 // with a *BadTargetError before anything is touched.
 func TestDumpBadTargets(t *testing.T) {
-	fixture.RequireRoot(t)
-	t.Run("no such process", func(t *testing.T) { requireBadTarget(t, fixture.FreePID(t)) })
+	testutil.RequireRoot(t)
+	t.Run("no such process", func(t *testing.T) { requireBadTarget(t, testutil.FreePID(t)) })
 	t.Run("invalid pid", func(t *testing.T) {
 		requireBadTarget(t, 0)
 		requireBadTarget(t, -5)
 	})
 	t.Run("kernel thread", func(t *testing.T) {
-		pid := fixture.KernelThread()
+		pid := testutil.KernelThread()
 		if pid == 0 {
 			t.Skip("no kernel thread visible in this PID namespace")
 		}
@@ -89,15 +89,15 @@ func TestDumpBadTargets(t *testing.T) {
 	t.Run("zombie", func(t *testing.T) {
 		bin, err := exec.LookPath("true")
 		if err != nil {
-			fixture.Unavailable(t, "true: %v", err)
+			testutil.Unavailable(t, "true: %v", err)
 		}
-		p := fixture.Start(t, bin) // not reaped until the cleanup
-		fixture.WaitFor(t, short, "the child to become a zombie", func() bool {
-			st, err := fixture.State(p.PID)
+		p := testutil.Start(t, bin) // not reaped until the cleanup
+		testutil.WaitFor(t, short, "the child to become a zombie", func() bool {
+			st, err := testutil.State(p.PID)
 			return err == nil && st == 'Z'
 		})
 		requireBadTarget(t, p.PID)
-		if st, _ := fixture.State(p.PID); st != 'Z' {
+		if st, _ := testutil.State(p.PID); st != 'Z' {
 			t.Errorf("zombie %d is now in state %c", p.PID, st)
 		}
 	})
@@ -109,8 +109,8 @@ func TestDumpBadTargets(t *testing.T) {
 // TestDumpTracedProcess: a process that a debugger (here its own parent)
 // traces is refused with a clear error, and left traced and running.
 func TestDumpTracedProcess(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "traced"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "traced"))
 	line, _ := p.WaitLine(t, short, 0, "traced")
 	var child int
 	if _, err := fmt.Sscanf(line, "traced pid=%d", &child); err != nil {
@@ -120,15 +120,15 @@ func TestDumpTracedProcess(t *testing.T) {
 	// reparented to the test process: reap it after the parent.
 	t.Cleanup(func() {
 		p.Stop(t)
-		fixture.ReapOrphan(t, child)
+		testutil.ReapOrphan(t, child)
 	})
-	tracer := fixture.StatusField(t, child, "TracerPid")
+	tracer := testutil.StatusField(t, child, "TracerPid")
 	if tracer != strconv.Itoa(p.PID) {
 		t.Fatalf("child %d traced by %s, want its parent %d", child, tracer, p.PID)
 	}
 	requireBadTarget(t, child)
-	fixture.RequireRunning(t, child)
-	if got := fixture.StatusField(t, child, "TracerPid"); got != tracer {
+	testutil.RequireRunning(t, child)
+	if got := testutil.StatusField(t, child, "TracerPid"); got != tracer {
 		t.Errorf("after the refused dump the child is traced by %s, was %s", got, tracer)
 	}
 	p.Kill(t)
@@ -138,12 +138,12 @@ func TestDumpTracedProcess(t *testing.T) {
 // either dumped and left stopped, or refused with a *BadTargetError; in no
 // case does the dump resume it or hang, and the process is left untraced.
 func TestDumpStoppedProcess(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "counter"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "counter"))
 	p.WaitTick(t, short, 3)
 	p.Signal(t, unix.SIGSTOP)
-	fixture.WaitFor(t, short, "the process to stop", func() bool {
-		st, _ := fixture.State(p.PID)
+	testutil.WaitFor(t, short, "the process to stop", func() bool {
+		st, _ := testutil.State(p.PID)
 		return st == 'T'
 	})
 	stopped := p.LastTick(t)
@@ -161,9 +161,9 @@ func TestDumpStoppedProcess(t *testing.T) {
 	select {
 	case err = <-done:
 	case <-time.After(40 * time.Second):
-		st, _ := fixture.State(p.PID)
+		st, _ := testutil.State(p.PID)
 		t.Errorf("dump of a stopped process hangs (ignoring its context); the process is in state %c, traced by %s, and logged ticks %d..%d since it was stopped",
-			st, fixture.StatusField(t, p.PID, "TracerPid"), stopped, p.LastTick(t))
+			st, testutil.StatusField(t, p.PID, "TracerPid"), stopped, p.LastTick(t))
 		p.Kill(t) // unblocks the dump
 		<-done
 		return
@@ -173,10 +173,10 @@ func TestDumpStoppedProcess(t *testing.T) {
 		t.Errorf("dump error %v (%T), want success or a *BadTargetError", err, err)
 	}
 	t.Logf("dump: %v", err)
-	if st, _ := fixture.State(p.PID); st != 'T' {
+	if st, _ := testutil.State(p.PID); st != 'T' {
 		t.Errorf("the stopped process is in state %c after the dump, want T (still stopped)", st)
 	}
-	if tr := fixture.StatusField(t, p.PID, "TracerPid"); tr != "0" {
+	if tr := testutil.StatusField(t, p.PID, "TracerPid"); tr != "0" {
 		t.Errorf("the process is traced by %s after the dump", tr)
 	}
 	if got := p.LastTick(t); got != stopped {
@@ -190,18 +190,18 @@ func TestDumpStoppedProcess(t *testing.T) {
 // container's) is refused naming them, before anything touches it: a
 // restore would put it in migrate's namespaces.
 func TestDumpOtherNamespaces(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
-		fixture.Unavailable(t, "unshare (util-linux): %v", err)
+		testutil.Unavailable(t, "unshare (util-linux): %v", err)
 	}
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
-		fixture.Unavailable(t, "sleep: %v", err)
+		testutil.Unavailable(t, "sleep: %v", err)
 	}
 	// unshare execs sleep in new UTS and IPC namespaces: the PID is sleep's.
-	p := fixture.Start(t, unshare, "--uts", "--ipc", sleep, "1000")
-	fixture.WaitFor(t, short, "sleep to run in its namespaces", func() bool {
+	p := testutil.Start(t, unshare, "--uts", "--ipc", sleep, "1000")
+	testutil.WaitFor(t, short, "sleep to run in its namespaces", func() bool {
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
 		return exe == sleep
 	})
@@ -217,5 +217,5 @@ func TestDumpOtherNamespaces(t *testing.T) {
 	if strings.Join(differ, ",") != "ipc,uts" {
 		t.Errorf("namespaces found different: %v, want ipc, uts", differ)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 }

@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // dumpSocket describes the socket fd (the agent's duplicate is dup) into

@@ -20,8 +20,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 var recordDiag = flag.Bool("record-diag", false, "record sock_diag replies of live sockets into testdata/unix_diag")
@@ -651,12 +651,12 @@ func FuzzParseUnixDiag(f *testing.F) {
 // namespace), naming the namespace, and leaves it running with every queue
 // whole.
 func TestDumpOtherNetns(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
 		t.Skipf("no unshare(1) to start a process in a new network namespace: %v", err)
 	}
-	p := fixture.Start(t, unshare, "--net", fixture.Build(t, "sock_pair"), t.TempDir())
+	p := testutil.Start(t, unshare, "--net", testutil.Build(t, "sock_pair"), t.TempDir())
 	p.WaitLine(t, short, 0, "ready")
 	if same, err := sameNetns(p.PID); err != nil || same {
 		t.Fatalf("process %d in the test's network namespace (%v)", p.PID, err)
@@ -691,7 +691,7 @@ func TestDumpOtherNetns(t *testing.T) {
 	if !errors.As(err, &bt) {
 		t.Fatalf("dump of a process in another network namespace: %v (%T), want a BadTargetError", err, err)
 	}
-	fixture.RequireRunning(t, p.PID)
+	testutil.RequireRunning(t, p.PID)
 	n := len(p.Lines(t))
 	p.Signal(t, unix.SIGUSR1)
 	want := "check pair=ok half=ok seqpacket=ok dgram=ok gone=ok named=ok listener=ok"

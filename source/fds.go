@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 const kcmpFile = 0 // KCMP_FILE

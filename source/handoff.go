@@ -41,7 +41,7 @@ import (
 	"sync"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // HandoffVersion is the version of the handoff protocol this side speaks

@@ -11,7 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // hostileScript is what a hostile target sends, on every connection to

@@ -22,7 +22,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 const testSession = "0123456789abcdef0123456789abcdef"

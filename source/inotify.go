@@ -8,8 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // inotifyWatches turns the watches of an inotify fd into paths: fdinfo

@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
-	"migrate/pagestream"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/pagestream"
 )
 
 const pageSize = 4096

@@ -5,9 +5,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/proc"
-	"migrate/core/ptrace"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestWithoutRange cuts a range out of areas that it touches, splits one it
@@ -47,7 +47,7 @@ func requireBounds(t *testing.T, got []proc.Mapping, want [][2]uint64) {
 // merges it with an anonymous read-write neighbour), then smaps is read.
 // The flags must still be found, and the areas compared as they were.
 func TestVmFlagsWithScratchMerged(t *testing.T) {
-	p := fixture.Start(t, fixture.Build(t, "counter"))
+	p := testutil.Start(t, testutil.Build(t, "counter"))
 	p.WaitLine(t, 2*short, 0, "ready")
 	tracer := ptrace.NewTracer()
 	defer tracer.Close()

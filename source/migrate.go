@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/procmig/migrate/core/hook"
+	"github.com/procmig/migrate/core/netlock"
 	"io"
 	"log/slog"
 	"maps"
-	"migrate/core/hook"
-	"migrate/core/netlock"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -19,11 +19,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
-	"migrate/pagestream"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/transport"
 )
 
 // MigrateOptions configure a live migration to a target service.

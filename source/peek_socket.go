@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // Queued bytes are copied with MSG_PEEK from the agent's duplicate, which

@@ -7,8 +7,8 @@ import (
 	"os"
 	"strings"
 
-	"migrate/core"
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // precheckFDs reads the fds of the process opts.PID (and with opts.Tree,

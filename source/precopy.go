@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // RoundReport says what one round of a dump did. Pre-copy rounds run while

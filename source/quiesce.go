@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"migrate/core/netlock"
+	"github.com/procmig/migrate/core/netlock"
 )
 
 // A connection that a listener's kernel has completed but the process has

@@ -17,9 +17,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/transport"
 )
 
 // A migrate killed in the middle of a migration (SIGKILL, a crash, the

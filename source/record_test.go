@@ -14,9 +14,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/proc"
-	"migrate/e2e/fixture"
-	"migrate/transport"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/transport"
 )
 
 const testRecordSession = "0123456789abcdef0123456789abcdef"
@@ -199,7 +199,7 @@ func fakeOutcomeTarget(t *testing.T, outcome transport.Outcome) (string, *atomic
 // record of an older process with its PID) survives, and the target is
 // not even asked.
 func TestRecoverOnlyRecorded(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	old := RecordDir
 	RecordDir = t.TempDir()
 	t.Cleanup(func() { RecordDir = old })
@@ -209,8 +209,8 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 		_, err := Recover(context.Background(), addr, session, pid, transport.Config{Insecure: true}, fixtureLogger(t))
 		return err
 	}
-	alive := func(p *fixture.Proc) bool {
-		st, err := fixture.State(p.PID)
+	alive := func(p *testutil.Proc) bool {
+		st, err := testutil.State(p.PID)
 		return err == nil && st != 'Z' && st != 'X'
 	}
 
@@ -254,7 +254,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := fixture.Start(t, "/bin/sleep", "1000")
+			p := testutil.Start(t, "/bin/sleep", "1000")
 			tc.record(t, p.PID)
 			err := recover(p.PID)
 			var nr *NotRecordedError
@@ -272,7 +272,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 		})
 	}
 	// Bad session IDs are no path to another file.
-	p := fixture.Start(t, "/bin/sleep", "1000")
+	p := testutil.Start(t, "/bin/sleep", "1000")
 	var nr *NotRecordedError
 	if _, err := Recover(context.Background(), addr, "../x", p.PID, transport.Config{Insecure: true}, fixtureLogger(t)); !errors.As(err, &nr) {
 		t.Errorf("recover with session ../x: %v, want a *NotRecordedError", err)
@@ -297,15 +297,15 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 // whose real ids differ from its real, effective and saved ids, or when it
 // is not dumpable, unless the caller has CAP_SYS_PTRACE.
 func TestCheckAccess(t *testing.T) {
-	fixture.RequireRoot(t)
-	rootProc := fixture.Start(t, "/bin/sleep", "1000")
+	testutil.RequireRoot(t)
+	rootProc := testutil.Start(t, "/bin/sleep", "1000")
 	// privs drop: started as root, then dropped to 65534: not dumpable.
-	dropped := fixture.Start(t, fixture.Build(t, "privs"), "drop", "65534", "65534", "single")
+	dropped := testutil.Start(t, testutil.Build(t, "privs"), "drop", "65534", "65534", "single")
 	dropped.WaitLine(t, short, 0, "ready")
 	nobody := caller{UID: 65534, GID: 65534}
 	for _, tc := range []struct {
 		name string
-		p    *fixture.Proc
+		p    *testutil.Proc
 		c    caller
 		ok   bool
 	}{

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // TestRefuseMapping: the areas a restore cannot give back as they were are

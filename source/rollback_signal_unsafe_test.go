@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestRollbackKeepsSiginfo: a real-time signal sent with sigqueue while the
@@ -20,8 +20,8 @@ import (
 // back with its siginfo: its handler sees the value and SI_QUEUE, not a
 // bare tgkill.
 func TestRollbackKeepsSiginfo(t *testing.T) {
-	fixture.RequireRoot(t)
-	p := fixture.Start(t, fixture.Build(t, "sigthreads"), filepath.Join(t.TempDir(), "never"))
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "sigthreads"), filepath.Join(t.TempDir(), "never"))
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 2)
 	n := len(p.Lines(t))

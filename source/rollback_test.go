@@ -14,29 +14,29 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // victim is a running counter whose untouched state a failed dump must
 // leave as it was.
 type victim struct {
-	p      *fixture.Proc
-	snap   *fixture.Snapshot // /proc view: maps, fds, tracer, signal masks
-	state  string            // the process's own view: handlers, mask, altstack
-	fds    []string          // the test process's own fds
+	p      *testutil.Proc
+	snap   *testutil.Snapshot // /proc view: maps, fds, tracer, signal masks
+	state  string             // the process's own view: handlers, mask, altstack
+	fds    []string           // the test process's own fds
 	ticked int
 }
 
 // startVictim runs the counter workload with args and records its state.
 func startVictim(t *testing.T, args ...string) *victim {
 	t.Helper()
-	p := fixture.Start(t, fixture.Build(t, "counter"), args...)
+	p := testutil.Start(t, testutil.Build(t, "counter"), args...)
 	p.WaitLine(t, 2*short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	v := &victim{p: p}
 	v.state = v.askState(t)
-	v.snap = fixture.Take(t, p.PID)
+	v.snap = testutil.Take(t, p.PID)
 	v.fds = ownFDs(t)
 	v.ticked = p.LastTick(t)
 	return v
@@ -58,18 +58,18 @@ func (v *victim) askState(t *testing.T) string {
 func (v *victim) requireUntouched(t *testing.T, dir string) {
 	t.Helper()
 	// When Dump returns, the process must already run untraced.
-	st, _ := fixture.State(v.p.PID)
-	tracer := fixture.StatusField(t, v.p.PID, "TracerPid")
+	st, _ := testutil.State(v.p.PID)
+	tracer := testutil.StatusField(t, v.p.PID, "TracerPid")
 	if (st != 'R' && st != 'S') || tracer != "0" {
 		t.Errorf("when the failed dump returned, the process was in state %c, traced by %s; want it running, untraced", st, tracer)
 		// See what else is wrong once the kernel lets go of it.
-		fixture.Poll(short, func() bool {
-			st, _ := fixture.State(v.p.PID)
-			return fixture.StatusField(t, v.p.PID, "TracerPid") == "0" && st != 't'
+		testutil.Poll(short, func() bool {
+			st, _ := testutil.State(v.p.PID)
+			return testutil.StatusField(t, v.p.PID, "TracerPid") == "0" && st != 't'
 		})
 	}
-	fixture.RequireRunning(t, v.p.PID)
-	if d := v.snap.Diff(fixture.Take(t, v.p.PID), 1, 2); d != "" {
+	testutil.RequireRunning(t, v.p.PID)
+	if d := v.snap.Diff(testutil.Take(t, v.p.PID), 1, 2); d != "" {
 		t.Errorf("the process changed across the failed dump:\n%s", d)
 	}
 	v.p.WaitTick(t, short, v.p.LastTick(t)+3)
@@ -114,7 +114,7 @@ var dumpStages = []string{stageSeized, stageScratch, stageInjected, stageMemory,
 // dump fails, and the process runs on exactly as it was, with nothing left
 // in the image directory.
 func TestRollbackAtEachStage(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, stage := range dumpStages {
 		for _, how := range []string{"error", "cancel"} {
 			t.Run(stage+"/"+how, func(t *testing.T) {
@@ -164,7 +164,7 @@ func TestRollbackAtEachStage(t *testing.T) {
 // another process) makes the dump fail with an *UnsupportedFDError naming
 // that fd, before anything was changed: the process is untouched.
 func TestRollbackUnsupportedFD(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tc := range []struct{ kind, prefix string }{
 		{"netlink", "socket:"},
 		{"perf", "anon_inode:[perf_event]"},
@@ -185,7 +185,7 @@ func TestRollbackUnsupportedFD(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer r.Close()
-		p := fixture.StartWith(t, fixture.Options{Stdout: w}, fixture.Build(t, "counter"))
+		p := testutil.StartWith(t, testutil.Options{Stdout: w}, testutil.Build(t, "counter"))
 		w.Close()
 		// The counter writes its lines to the pipe: read them (the pipe
 		// must not fill up) and note when it is counting.
@@ -198,8 +198,8 @@ func TestRollbackUnsupportedFD(t *testing.T) {
 				}
 			}
 		}()
-		fixture.WaitFor(t, short, "the counter to count", ticking.Load)
-		v := &victim{p: p, snap: fixture.Take(t, p.PID), fds: ownFDs(t)}
+		testutil.WaitFor(t, short, "the counter to count", ticking.Load)
+		v := &victim{p: p, snap: testutil.Take(t, p.PID), fds: ownFDs(t)}
 		dir := t.TempDir()
 		_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: dir, Logger: fixtureLogger(t)})
 		var ue *UnsupportedFDError
@@ -209,8 +209,8 @@ func TestRollbackUnsupportedFD(t *testing.T) {
 		if ue.FD != 1 || ue.PID != p.PID || !strings.HasPrefix(ue.Kind, "pipe:") {
 			t.Errorf("UnsupportedFDError %+v, want pid %d fd 1 kind pipe:[...]", ue, p.PID)
 		}
-		fixture.RequireRunning(t, p.PID)
-		if d := v.snap.Diff(fixture.Take(t, p.PID), 1); d != "" {
+		testutil.RequireRunning(t, p.PID)
+		if d := v.snap.Diff(testutil.Take(t, p.PID), 1); d != "" {
 			t.Errorf("the process changed across the refused dump:\n%s", d)
 		}
 		if ents := dirEntries(t, dir); len(ents) != 0 {
@@ -244,10 +244,10 @@ func requireUnsupported(t *testing.T, v *victim, fd int, kindPrefix string) {
 // process has 64 MiB of memory (stored uncompressed): the dump fails with
 // ENOSPC, leaves nothing behind, and the process is untouched.
 func TestRollbackDiskFull(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2m"); err != nil {
-		fixture.Unavailable(t, "cannot mount a small tmpfs for the full-disk test: %v", err)
+		testutil.Unavailable(t, "cannot mount a small tmpfs for the full-disk test: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := unix.Unmount(dir, 0); err != nil {
@@ -268,7 +268,7 @@ func TestRollbackDiskFull(t *testing.T) {
 // TestRollbackThenDump: after a failed dump the same process dumps fine,
 // and the image is complete.
 func TestRollbackThenDump(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	v := startVictim(t, "-m", "4")
 	dir := t.TempDir()
 	opts := DumpOptions{PID: v.p.PID, Dir: dir, Logger: fixtureLogger(t)}
@@ -295,8 +295,8 @@ func TestRollbackThenDump(t *testing.T) {
 	if img.Process.PID != v.p.PID || rep.Pages == 0 || img.Pages.Pages != rep.Pages {
 		t.Errorf("image of pid %d with %d pages, report %+v", img.Process.PID, img.Pages.Pages, rep)
 	}
-	fixture.RequireRunning(t, v.p.PID)
-	if d := v.snap.Diff(fixture.Take(t, v.p.PID), 1, 2); d != "" {
+	testutil.RequireRunning(t, v.p.PID)
+	if d := v.snap.Diff(testutil.Take(t, v.p.PID), 1, 2); d != "" {
 		t.Errorf("the process changed across a dump that left it running:\n%s", d)
 	}
 }
@@ -305,7 +305,7 @@ func TestRollbackThenDump(t *testing.T) {
 // frozen (before the injected calls run) is neither lost nor delivered
 // twice, whether the dump fails or leaves the process running.
 func TestSignalArrivingDuringDump(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tc := range []struct {
 		name         string
 		leaveRunning bool
@@ -335,8 +335,8 @@ func TestSignalArrivingDuringDump(t *testing.T) {
 			if (err != nil) != (tc.failAt != "") {
 				t.Fatalf("dump error %v", err)
 			}
-			fixture.Poll(short, func() bool {
-				st, _ := fixture.State(v.p.PID)
+			testutil.Poll(short, func() bool {
+				st, _ := testutil.State(v.p.PID)
 				return st != 't'
 			})
 			v.p.WaitLine(t, short, n, "sum ")
@@ -361,14 +361,14 @@ func TestSignalArrivingDuringDump(t *testing.T) {
 // lease is refused before it is frozen (the restore would not hold the
 // lock), naming the fd, and runs on untouched.
 func TestRefuseFileLocks(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, kind := range []string{"posix", "flock", "ofd", "lease"} {
 		t.Run(kind, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "locked")
 			if err := os.WriteFile(file, make([]byte, 100), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			p := fixture.Start(t, fixture.Build(t, "locks"), kind, file)
+			p := testutil.Start(t, testutil.Build(t, "locks"), kind, file)
 			line, _ := p.WaitLine(t, short, 0, "ready")
 			var pid, fd int
 			if _, err := fmt.Sscanf(line, "ready pid=%d fd=%d", &pid, &fd); err != nil {
@@ -385,7 +385,7 @@ func TestRefuseFileLocks(t *testing.T) {
 			if len(stages) > 0 {
 				t.Errorf("the dump went through %v before refusing the lock", stages)
 			}
-			fixture.RequireRunning(t, p.PID)
+			testutil.RequireRunning(t, p.PID)
 			p.WaitTick(t, short, p.LastTick(t)+2)
 		})
 	}

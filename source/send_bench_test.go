@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"migrate/pagestream"
+	"github.com/procmig/migrate/pagestream"
 )
 
 // BenchmarkSendDirty measures what a final round costs on the source for

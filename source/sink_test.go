@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"migrate/pagestream"
+	"github.com/procmig/migrate/pagestream"
 )
 
 // TestSinkAreaGone: runs of pages queued for one process_vm_readv, one of

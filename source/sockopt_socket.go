@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // The socket options a dump records. Only values that differ from those of

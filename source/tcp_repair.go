@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/netlock"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/netlock"
 )
 
 // A TCP connection is dumped in two steps. While the fds are collected,

@@ -3,7 +3,7 @@ package source
 import (
 	"testing"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 func TestParseTimers(t *testing.T) {

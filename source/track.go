@@ -27,10 +27,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // trackPage is the page size dirty tracking works in (x86-64 base pages).

@@ -7,10 +7,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // uffdTracker tracks writes with a userfaultfd of the tracee in async

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/kernel"
+	"github.com/procmig/migrate/core/kernel"
 )
 
 // Every use of unsafe by the dirty trackers is in this file.

@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"strings"
 
-	"migrate/core"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // childrenOf lists the child processes of pid, from the children files of

@@ -7,7 +7,7 @@ import (
 	"os"
 	"syscall"
 
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // checkTarget refuses PIDs that cannot or must not be dumped, before

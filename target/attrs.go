@@ -7,8 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // checkAttrs checks, before anything is created, that the image carries

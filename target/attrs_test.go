@@ -4,15 +4,15 @@ import (
 	"errors"
 	"testing"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestRestoreRefusesMissingCPUs: a thread bound to a CPU this host lacks
 // is refused with an *AffinityError before anything is created, rather
 // than run on fewer CPUs than it had.
 func TestRestoreRefusesMissingCPUs(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	img := handMade(t)
 	img.Process.Threads[0].Sched.Affinity = make([]uint64, core.MaxCPUs/64)
 	img.Process.Threads[0].Sched.Affinity[core.MaxCPUs/64-1] = 1 << 63 // CPU 1023
@@ -28,7 +28,7 @@ func TestRestoreRefusesMissingCPUs(t *testing.T) {
 // a thread's scheduling state (an older build's) is refused before
 // anything is created, not restored with the defaults.
 func TestRestoreRefusesNoAttrs(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for name, edit := range map[string]func(*core.Image){
 		"process": func(img *core.Image) { img.Process.Attrs = nil },
 		"thread":  func(img *core.Image) { img.Process.Threads[0].Sched = nil },

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // An epoll registration is keyed by the registered file and the fd number

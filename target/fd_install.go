@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/ptrace"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // The fds of the image reach the child in batches: the agent sends up to

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // openSocket recreates, in the agent, the socket fd describes.

@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // These tests rebuild sockets from descriptions written by hand, as an

@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the

@@ -35,7 +35,7 @@ import (
 	"log/slog"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // HandoffVersion is the version of the handoff protocol this side speaks.

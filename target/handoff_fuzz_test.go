@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // scriptConn delivers a fixed list of messages, then reports the link

@@ -20,9 +20,9 @@ import (
 	"testing/synctest"
 	"time"
 
-	"migrate/source"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 const sid = "0123456789abcdef0123456789abcdef"

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"testing"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // seedImage is a real image (`migrate dump` of /usr/bin/sleep started in

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // openImageFile opens the file name (relative: "pages.img", "files/pipe-3")

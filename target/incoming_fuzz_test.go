@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"migrate/core"
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // selfProcess describes this test process as a live source would: its

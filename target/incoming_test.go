@@ -9,8 +9,8 @@ import (
 	"runtime"
 	"testing"
 
-	"migrate/core"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/transport"
 )
 
 const testPID = 4242

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // inetSocket rebuilds a TCP or UDP socket: options first (those that

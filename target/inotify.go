@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // openInotify recreates an inotify instance with its watches under their

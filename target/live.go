@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/procmig/migrate/core/hook"
+	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/core/proc"
 	"io"
 	"log/slog"
-	"migrate/core/hook"
-	"migrate/core/netlock"
-	"migrate/core/proc"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,9 +21,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/pagestream"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/transport"
 )
 
 // LiveLayout and LiveState are the bodies of the Layout and State messages

@@ -12,9 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/ptrace"
-	"migrate/pagestream"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/pagestream"
 )
 
 const pageSize = 4096

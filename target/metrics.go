@@ -18,10 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/pagestream"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/transport"
 )
 
 // Outcomes of a migration, the values of the outcome label.

@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // TestHandshakeRefusedReasons: the reason of a refused connection comes

@@ -28,11 +28,11 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/pagestream"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 func TestFailureReason(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // DefaultOutcomeTTL is how long Outcomes remembers a session after it

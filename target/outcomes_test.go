@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // fakeNow is a clock the test moves by hand.

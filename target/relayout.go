@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // Relayout: while pre-copy runs, the process being built must follow the

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 func TestLayoutDiff(t *testing.T) {

@@ -12,20 +12,20 @@ import (
 	"testing"
 	"time"
 
-	"migrate/core"
-	"migrate/e2e/fixture"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
 )
 
 // TestMain makes the test process a child subreaper (a restored process
 // becomes its child) and checks that no test leaves a child behind.
-func TestMain(m *testing.M) { fixture.Main(m) }
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // handMade returns a small, self-consistent image of a process that does
 // not exist, for tests that need the restore to refuse it before it gets
 // anywhere near creating a process.
 func handMade(t *testing.T) *core.Image {
 	t.Helper()
-	pid := fixture.FreePID(t)
+	pid := testutil.FreePID(t)
 	return &core.Image{
 		Kind:    core.ImageKind,
 		Version: core.ImageVersion,
@@ -67,7 +67,7 @@ func write(t *testing.T, img *core.Image) string {
 // refuse restores dir, which must fail without creating any process.
 func refuse(t *testing.T, dir string, pid int) error {
 	t.Helper()
-	kids := fixture.Children()
+	kids := testutil.Children()
 	rep, err := Restore(context.Background(), RestoreOptions{Dir: dir})
 	if err == nil {
 		t.Fatalf("restore succeeded: %+v", rep)
@@ -78,7 +78,7 @@ func refuse(t *testing.T, dir string, pid int) error {
 			t.Errorf("a process with pid %d exists after the refused restore", pid)
 		}
 	}
-	if got := fixture.Children(); !slices.Equal(got, kids) {
+	if got := testutil.Children(); !slices.Equal(got, kids) {
 		t.Errorf("children after the refused restore: %v, before %v", got, kids)
 	}
 	return err
@@ -98,7 +98,7 @@ func requireImageError(t *testing.T, err error, file string) *core.ImageError {
 
 // TestRestoreNoImage: a directory without an image, or no directory.
 func TestRestoreNoImage(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for name, dir := range map[string]string{
 		"empty directory":   t.TempDir(),
 		"missing directory": filepath.Join(t.TempDir(), "nope"),
@@ -117,7 +117,7 @@ func TestRestoreNoImage(t *testing.T) {
 // outside its image or on nonsense is refused as invalid before anything
 // is created.
 func TestRestoreHostileMetadata(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tc := range []struct {
 		name string
 		edit func(img *core.Image)
@@ -167,7 +167,7 @@ func TestRestoreHostileMetadata(t *testing.T) {
 // TestRestoreMissingBlob: an fd whose stored contents are missing from
 // files/ is refused, naming the missing file.
 func TestRestoreMissingBlob(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	img := handMade(t)
 	img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDPipe, Pipe: 1, Data: core.FilesDir + "/pipe-1"}}
 	img.Blobs = map[string]core.Blob{core.FilesDir + "/pipe-1": {Size: 3, SHA256: strings.Repeat("0", 64)}}
@@ -181,7 +181,7 @@ func TestRestoreMissingBlob(t *testing.T) {
 
 // TestRestorePageFileSize: page data shorter or longer than recorded.
 func TestRestorePageFileSize(t *testing.T) {
-	fixture.RequireRoot(t)
+	testutil.RequireRoot(t)
 	img := handMade(t)
 	img.Pages.Size = 4096
 	dir := write(t, img)

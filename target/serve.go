@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/procmig/migrate/core/hook"
+	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/core/reap"
 	"log/slog"
-	"migrate/core/hook"
-	"migrate/core/netlock"
-	"migrate/core/reap"
 	"net"
 	"os"
 	"sync"
 	"time"
 
-	"migrate/transport"
+	"github.com/procmig/migrate/transport"
 )
 
 // ServeOptions configure the target service.

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"migrate/e2e/fixture"
-	"migrate/transport"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/transport"
 )
 
 var serveSecret = []byte("60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752")
@@ -205,7 +205,7 @@ func TestServeMaxSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := transport.NewControl(st)
-	if err := c.Send(&transport.Hello{Version: HandoffVersion, SessionID: hold.ID(), Role: transport.RoleSource, PID: fixture.FreePID(t)}); err != nil {
+	if err := c.Send(&transport.Hello{Version: HandoffVersion, SessionID: hold.ID(), Role: transport.RoleSource, PID: testutil.FreePID(t)}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := c.Recv(ctx); err != nil {

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // setOptions sets a socket's recorded options, in their order, and warns

@@ -8,8 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/ptrace"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // prctlMMMap is struct prctl_mm_map.

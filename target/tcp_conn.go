@@ -9,8 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/netlock"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/netlock"
 )
 
 // Repair queues (TCP_REPAIR_QUEUE).

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
+	"github.com/procmig/migrate/core"
 )
 
 // unixBuilder rebuilds every unix socket of the image, in steps that

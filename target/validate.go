@@ -15,11 +15,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/core/proc"
-	"migrate/core/ptrace"
-	"migrate/pagestream"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/pagestream"
 )
 
 // validate checks everything a restore needs before anything is created:

@@ -370,7 +370,7 @@ func (c Config) settings() (*settings, error) {
 
 // alpn is the TLS application protocol, so that a migrate peer never talks
 // to another TLS service by mistake, nor the other way round.
-const alpn = "migrate/1"
+const alpn = "github.com/procmig/migrate/1"
 
 func (s *settings) baseTLS() *tls.Config {
 	return &tls.Config{

@@ -18,7 +18,7 @@ func TestDeps(t *testing.T) {
 		t.Fatalf("go list: %v", err)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		if dep != "migrate/transport" && dep != "github.com/hashicorp/yamux" {
+		if dep != "github.com/procmig/migrate/transport" && dep != "github.com/hashicorp/yamux" {
 			t.Errorf("transport depends on %s", dep)
 		}
 	}

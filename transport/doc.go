@@ -12,7 +12,7 @@
 // Dial and Listen run, in order, each step under a deadline:
 //
 //  1. TCP connect (Config.HandshakeTimeout, and the caller's context).
-//  2. TLS 1.3 (HandshakeTimeout), ALPN "migrate/1".
+//  2. TLS 1.3 (HandshakeTimeout), ALPN "github.com/procmig/migrate/1".
 //  3. The authentication exchange (Config.AuthTimeout), below.
 //  4. yamux over the TLS connection, configured in one place (yamux.go):
 //     stream window Config.StreamWindow (16 MiB), keepalive pings every

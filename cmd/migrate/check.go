@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"migrate/core/kernel"
+	"github.com/procmig/migrate/core/kernel"
 )
 
 var checkCmd = &command{

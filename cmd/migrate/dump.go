@@ -14,11 +14,11 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/core/ptrace"
-	"migrate/source"
-	"migrate/target"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // ops are the library entry points the commands call; tests replace them.

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/procmig/migrate/core/hook"
+	"github.com/procmig/migrate/core/netaddr"
 	"io"
 	"log/slog"
-	"migrate/core/hook"
-	"migrate/core/netaddr"
 	"net"
 	"net/http"
 	"strings"
@@ -15,9 +15,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"migrate/source"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 // authFlags are the flags that choose how the two ends authenticate.

@@ -22,7 +22,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
-	"migrate/source"
+	"github.com/procmig/migrate/source"
 )
 
 // Exit codes.

@@ -14,11 +14,11 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"migrate/core"
-	"migrate/core/kernel"
-	"migrate/source"
-	"migrate/target"
-	"migrate/transport"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"migrate/target"
+	"github.com/procmig/migrate/target"
 )
 
 var restoreCmd = &command{

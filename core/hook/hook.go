@@ -39,7 +39,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/core/reap"
+	"github.com/procmig/migrate/core/reap"
 )
 
 // Stage names a point of a migration at which hooks run.

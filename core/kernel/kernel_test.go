@@ -3,70 +3,16 @@ package kernel
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/procmig/migrate/internal/testutil"
 )
 
-// TestMain fails the run if the tests leave an fd open or a child process
-// behind: probes must clean up after themselves.
-func TestMain(m *testing.M) {
-	before := openFDs()
-	code := m.Run()
-	if code == 0 {
-		if leaked := newFDs(before, openFDs()); len(leaked) > 0 {
-			fmt.Fprintf(os.Stderr, "FAIL: tests leaked fds: %s\n", strings.Join(leaked, ", "))
-			code = 1
-		}
-		if kids := children(); kids != "" {
-			fmt.Fprintf(os.Stderr, "FAIL: tests left child processes: %s\n", kids)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// openFDs maps each open fd to what it points at.
-func openFDs() map[string]string {
-	out := map[string]string{}
-	ents, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range ents {
-		target, err := os.Readlink("/proc/self/fd/" + e.Name())
-		if err == nil {
-			out[e.Name()] = target
-		}
-	}
-	return out
-}
-
-// newFDs lists fds open now that were not before, except the Go runtime's
-// own netpoller fds, which it opens once on first use.
-func newFDs(before, after map[string]string) []string {
-	var out []string
-	for fd, target := range after {
-		if before[fd] == target || target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" {
-			continue
-		}
-		out = append(out, fd+" -> "+target)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func children() string {
-	var out []string
-	tasks, _ := os.ReadDir("/proc/self/task")
-	for _, t := range tasks {
-		b, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
-		if s := strings.TrimSpace(string(b)); s != "" {
-			out = append(out, s)
-		}
-	}
-	return strings.Join(out, " ")
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 func needRoot(t *testing.T) {
 	t.Helper()

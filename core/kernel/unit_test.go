@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core/proc"
 )
 
 func TestParseStatMM(t *testing.T) {

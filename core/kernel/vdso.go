@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // The kernel maps code and data of its own into every process: [vdso] (the

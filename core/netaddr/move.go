@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"sync"
 
-	"migrate/core/hook"
+	"github.com/procmig/migrate/core/hook"
 )
 
 // Mover moves service addresses with the migrations of one side, as

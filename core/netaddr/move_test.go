@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"migrate/core/hook"
+	"github.com/procmig/migrate/core/hook"
 )
 
 // TestMover: as built-in hooks, the source's Mover deletes the address

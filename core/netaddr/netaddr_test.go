@@ -10,66 +10,16 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mdlayher/netlink"
+	"github.com/procmig/migrate/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
-// TestMain fails the run if the tests leave file descriptors open: every
-// call opens sockets and must close them all.
-func TestMain(m *testing.M) {
-	// The runtime's poller makes its fds on first use: not a leak.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
-	before := openFDs()
-	code := m.Run()
-	if code == 0 {
-		// Packet sockets close in the background (closePacketSocket),
-		// each after an RCU grace period.
-		var leaked map[int]string
-		for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			leaked = openFDs()
-			for fd := range before {
-				delete(leaked, fd)
-			}
-			if len(leaked) == 0 || time.Now().After(end) {
-				break
-			}
-		}
-		for fd, target := range leaked {
-			fmt.Fprintf(os.Stderr, "leaked fd %d -> %s\n", fd, target)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func openFDs() map[int]string {
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		panic(err)
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		panic(err)
-	}
-	m := make(map[int]string)
-	for _, n := range names {
-		fd, err := strconv.Atoi(n)
-		if err != nil || fd == int(d.Fd()) {
-			continue
-		}
-		m[fd], _ = os.Readlink("/proc/self/fd/" + n)
-	}
-	return m
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 func TestParse(t *testing.T) {
 	good := []struct {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"migrate/core/proc"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // Table names. A lock table of a running migrate is

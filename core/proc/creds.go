@@ -1,6 +1,6 @@
 package proc
 
-import "migrate/core"
+import "github.com/procmig/migrate/core"
 
 // Creds returns the credentials the status file shows, in the image's
 // form: all but the securebits, which /proc does not show.

@@ -80,7 +80,7 @@
 // both as the machine sees it and as the node sees it (NSpid); Node.Procs,
 // Node.Find and Cluster.Locate list what runs where. Like os/exec, Start
 // passes on the caller's file descriptors that are not close-on-exec: a
-// caller that inherited some marks them first (fixture.Main and the demo
+// caller that inherited some marks them first (testutil.Main and the demo
 // do), or migrate would rightly refuse a workload holding a pipe to an
 // outside process. Node.Dial and Node.Listen open sockets inside a node
 // from the calling Go process (on a thread switched into the node's

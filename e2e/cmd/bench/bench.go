@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"migrate/e2e/cluster"
+	"github.com/procmig/migrate/e2e/cluster"
 )
 
 // bench is the cluster and what the runs share.

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"migrate/e2e/cluster"
+	"github.com/procmig/migrate/e2e/cluster"
 )
 
 // Run is one run: a live migration or an offline dump and restore.

@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/resp"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/e2e/resp"
 )
 
 // scenario is a workload to migrate, and the targets its figures have.

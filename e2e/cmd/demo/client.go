@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/resp"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/e2e/resp"
 )
 
 // opTimeout bounds one request: a connection that stalls longer counts as

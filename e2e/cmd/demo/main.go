@@ -33,8 +33,8 @@ import (
 	"syscall"
 	"time"
 
-	"migrate/e2e/cluster"
-	"migrate/e2e/resp"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/e2e/resp"
 )
 
 var (
