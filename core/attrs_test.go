@@ -49,3 +49,32 @@ func TestValidateAttrs(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateCgroups: cgroup places the restore would write a PID into
+// are refused unless the path is absolute and clean and the hierarchy
+// named as the kernel names them, once.
+func TestValidateCgroups(t *testing.T) {
+	good := []Cgroup{{Path: "/a/b"}, {Controllers: "cpu,cpuacct", Path: "/"}, {Controllers: "name=systemd", Path: "/x y"}}
+	if err := validateCgroups(good); err != nil {
+		t.Fatalf("valid cgroups refused: %v", err)
+	}
+	for name, cgs := range map[string][]Cgroup{
+		"relative path":  {{Path: "a/b"}},
+		"dot-dot":        {{Path: "/a/../../etc"}},
+		"NUL":            {{Path: "/a\x00b"}},
+		"slash in ctl":   {{Controllers: "cpu/../x", Path: "/"}},
+		"twice":          {{Path: "/a"}, {Path: "/b"}},
+		"too many":       make([]Cgroup, MaxCgroupHierarchies+1),
+		"trailing slash": {{Path: "/a/"}},
+		"upper-case ctl": {{Controllers: "CPU", Path: "/"}},
+		"empty path":     {{Controllers: "pids"}},
+	} {
+		if err := validateCgroups(cgs); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	p := &Process{PID: 10, Exe: FileRef{Path: "/bin/true"}, Cwd: "/", Root: "/", Threads: []Thread{{TID: 10, Cgroups: []Cgroup{{Path: "rel"}}}}}
+	if err := validateState(p); err == nil {
+		t.Error("a thread's bad cgroup path accepted")
+	}
+}

@@ -169,7 +169,13 @@ func validateState(p *Process) error {
 	if err := validateCreds(&p.Creds); err != nil {
 		return err
 	}
+	if err := validateCgroups(p.Cgroups); err != nil {
+		return err
+	}
 	for _, t := range p.Threads {
+		if err := validateCgroups(t.Cgroups); err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
 		if t.Creds != nil {
 			if err := validateCreds(t.Creds); err != nil {
 				return fmt.Errorf("thread %d: %w", t.TID, err)
@@ -533,6 +539,35 @@ func validateCreds(c *Creds) error {
 	for _, g := range c.Groups {
 		if g == noID {
 			return errors.New("supplementary group -1")
+		}
+	}
+	return nil
+}
+
+// MaxCgroupHierarchies bounds the cgroup hierarchies of a process: the
+// kernel has at most 16 controllers, each in at most one v1 hierarchy, and
+// named v1 hierarchies are rare.
+const MaxCgroupHierarchies = 64
+
+// validateCgroups checks cgroup places the restore writes a PID into:
+// each hierarchy once, controllers as the kernel names them, and a path
+// that is absolute and clean (it is opened below the hierarchy's mount,
+// never above it).
+func validateCgroups(cgs []Cgroup) error {
+	if len(cgs) > MaxCgroupHierarchies {
+		return fmt.Errorf("%d cgroup hierarchies, at most %d", len(cgs), MaxCgroupHierarchies)
+	}
+	seen := make(map[string]bool, len(cgs))
+	for _, c := range cgs {
+		if len(c.Controllers) > 256 || strings.Trim(c.Controllers, "abcdefghijklmnopqrstuvwxyz0123456789_,=.-") != "" {
+			return fmt.Errorf("cgroup controllers %q", c.Controllers)
+		}
+		if seen[c.Controllers] {
+			return fmt.Errorf("cgroup hierarchy %q listed twice", c.Controllers)
+		}
+		seen[c.Controllers] = true
+		if err := validPath(c.Path); err != nil {
+			return fmt.Errorf("cgroup %q: %w", c.Controllers, err)
 		}
 	}
 	return nil

@@ -479,6 +479,9 @@ func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
 	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
 		return err
 	}
+	if p.Cgroups, err = readCgroups(d.pid, d.pid); err != nil {
+		return err
+	}
 	p.Threads = []core.Thread{{TID: d.pid}}
 	a.announce(r)
 	if a.sink, err = d.newSink(d.codec, a.pagesConn, "the page stream to the target"); err != nil {
