@@ -485,6 +485,41 @@ type FD struct {
 	// Key identifies the open file description (dev:ino:pos-independent id),
 	// so fds sharing one description are restored sharing it.
 	Key string `json:"key,omitempty"`
+	// Locks are the file locks held through this fd: POSIX record locks
+	// the process took through it, and the flock and OFD locks of its
+	// open file description.
+	Locks []FileLock `json:"locks,omitempty"`
+}
+
+// FileLock kinds.
+const (
+	LockPOSIX = "posix" // fcntl F_SETLK: owned by the process
+	LockFlock = "flock" // flock(2): owned by the open file description
+	LockOFD   = "ofd"   // fcntl F_OFD_SETLK: owned by the open file description
+)
+
+// FileLock is a file lock: a byte range (Len 0: to the end of the file,
+// and beyond) for POSIX and OFD locks, the whole file for flock.
+type FileLock struct {
+	Kind  string `json:"kind"`
+	Write bool   `json:"write,omitempty"`
+	Start int64  `json:"start,omitempty"`
+	Len   int64  `json:"len,omitempty"`
+}
+
+func (l FileLock) String() string {
+	rw := "read"
+	if l.Write {
+		rw = "write"
+	}
+	if l.Kind == LockFlock {
+		return fmt.Sprintf("flock %s lock", rw)
+	}
+	end := "end of file"
+	if l.Len != 0 {
+		end = fmt.Sprint(l.Start + l.Len - 1)
+	}
+	return fmt.Sprintf("%s %s lock on bytes %d-%s", l.Kind, rw, l.Start, end)
 }
 
 // EpollTarget is one registration of an epoll instance.

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strings"
 )
@@ -448,6 +449,9 @@ func validateFD(f *FD) error {
 	if f.Pos < 0 {
 		return fmt.Errorf("offset %d", f.Pos)
 	}
+	if err := validateLocks(f); err != nil {
+		return err
+	}
 	if f.Seals&^maxSeals != 0 || (f.Seals != 0 && f.Kind != FDMemfd) {
 		return fmt.Errorf("seals %#x (F_SEAL_* of a memfd)", f.Seals)
 	}
@@ -568,6 +572,39 @@ func validateCgroups(cgs []Cgroup) error {
 		seen[c.Controllers] = true
 		if err := validPath(c.Path); err != nil {
 			return fmt.Errorf("cgroup %q: %w", c.Controllers, err)
+		}
+	}
+	return nil
+}
+
+// MaxLocksPerFD bounds the file locks of one fd in an image.
+const MaxLocksPerFD = 4096
+
+// validateLocks checks the file locks a restore takes through fd f: only
+// on a file (regular, or a directory for flock), of a kind it knows, with
+// a range fcntl takes.
+func validateLocks(f *FD) error {
+	if len(f.Locks) == 0 {
+		return nil
+	}
+	if len(f.Locks) > MaxLocksPerFD {
+		return fmt.Errorf("%d file locks, at most %d", len(f.Locks), MaxLocksPerFD)
+	}
+	if f.Kind != FDFile && f.Kind != FDDir {
+		return fmt.Errorf("file locks on a %s", f.Kind)
+	}
+	for _, l := range f.Locks {
+		switch l.Kind {
+		case LockFlock:
+			if l.Start != 0 || l.Len != 0 {
+				return fmt.Errorf("flock lock with a range %d+%d", l.Start, l.Len)
+			}
+		case LockPOSIX, LockOFD:
+			if l.Start < 0 || l.Len < 0 || l.Start > math.MaxInt64-l.Len {
+				return fmt.Errorf("%s lock on %d+%d", l.Kind, l.Start, l.Len)
+			}
+		default:
+			return fmt.Errorf("file lock of kind %q", l.Kind)
 		}
 	}
 	return nil
