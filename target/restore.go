@@ -36,6 +36,9 @@ type session struct {
 	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
+	// accepted are the differences from the image the restore made on
+	// purpose and warned about (Check leaves them out).
+	accepted map[accepted]bool
 	// deletedFiles are the recreated deleted files and memfds, by dev/ino
 	// of the original, shared by the mappings and fds that used it.
 	deletedFiles map[fileKey]*os.File
@@ -119,6 +122,12 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err := b.Finish(ctx, img); err != nil {
 		b.Discard()
 		return nil, err
+	}
+	if opts.Check {
+		if err := b.Check(); err != nil {
+			b.Discard()
+			return nil, err
+		}
 	}
 	// The dump's network lock, if this is its host: the connections are
 	// here now, and go live at resume. (A failed restore leaves it, for
@@ -396,6 +405,30 @@ func (b *Builder) release() {
 	}
 }
 
+// accepted names a difference from the image the restore made on
+// purpose: the process (and thread, 0 for the process) and Difference.What.
+type accepted struct {
+	pid, tid int
+	what     string
+}
+
+// warnDiff is warn for a difference from the image that the restore
+// makes on purpose: Check, which would refuse it, leaves it out.
+func (r *session) warnDiff(pid, tid int, what string, format string, args ...any) {
+	r.accept(pid, tid, what)
+	r.warn(format, args...)
+}
+
+// accept records a difference from the image made on purpose (warnDiff).
+func (r *session) accept(pid, tid int, what string) {
+	r.mu.Lock()
+	if r.accepted == nil {
+		r.accepted = map[accepted]bool{}
+	}
+	r.accepted[accepted{pid, tid, what}] = true
+	r.mu.Unlock()
+}
+
 func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.mu.Lock()
@@ -416,8 +449,16 @@ func (r *restorer) abort() {
 	}
 	if r.husk != nil {
 		r.husk.Process.Kill()
-		r.husk.Wait()
+		waitHusk(r.husk)
 	}
+}
+
+// waitHusk collects the husk's exit, which the tracer may have collected
+// already (ptrace.Proc.Kill with reap): then Wait fails with ECHILD and
+// keeps the process's pidfd open, which Release closes.
+func waitHusk(cmd *exec.Cmd) {
+	cmd.Wait()
+	cmd.Process.Release()
 }
 
 func (r *session) closeFiles() {
@@ -576,7 +617,7 @@ func (r *restorer) createRoot() error {
 		return err
 	}
 	r.hp = nil
-	r.husk.Wait()
+	waitHusk(r.husk)
 	r.husk = nil
 	return nil
 }
