@@ -783,6 +783,11 @@ func (a *liveSource) LeaveFrozen() error {
 	// process, a word from the original would reset them; if not, `migrate
 	// recover` turns repair mode off before it lets the original run.
 	err := errors.Join(a.d.unmapScratch(), a.relisten())
+	if a.d.tracker != nil {
+		// As when this process exits: the original, if it runs again,
+		// runs untracked.
+		err = errors.Join(err, a.d.tracker.Close())
+	}
 	a.d.closeTCP()
 	a.d.unlock()
 	a.dropPreLock()
