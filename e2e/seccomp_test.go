@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
+)
+
+// seccompWant is what each thread of the seccomp workload finds of its
+// own filters (see testdata/seccomp.c).
+var seccompWant = []string{
+	"T0 getppid=E1234 getsid=E1 getpgid=ok nnp=1 seccomp=2",
+	"T1 getppid=E1234 getsid=ok getpgid=E2345 nnp=1 seccomp=2",
+	"T2 getppid=E1234 getsid=ok getpgid=ok nnp=1 seccomp=2",
+}
+
+// seccompState returns the thread lines of the first report at or after
+// line from.
+func seccompState(t *testing.T, lines []string, from int) []string {
+	t.Helper()
+	var st []string
+	for _, l := range lines[from:] {
+		switch {
+		case strings.HasPrefix(l, "T"):
+			st = append(st, l)
+		case l == "state end":
+			return st
+		}
+	}
+	t.Fatalf("no state report after line %d: %q", from, lines[from:])
+	return nil
+}
+
+// startSeccomp starts the seccomp workload with its filters installed.
+func startSeccomp(t *testing.T) *testutil.Proc {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, "seccomp"))
+	p.WaitLine(t, long, 0, "state end")
+	if got := seccompState(t, p.Lines(t), 0); !slices.Equal(got, seccompWant) {
+		t.Fatalf("the workload set\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
+	}
+	return p
+}
+
+// reportSeccomp asks the workload (pid as this namespace sees it) to
+// check its filters again and returns what it found.
+func reportSeccomp(t *testing.T, log string, pid int) []string {
+	t.Helper()
+	n := len(testutil.LogLines(t, log))
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, long, "the filter report", func() bool {
+		return slices.Contains(testutil.LogLines(t, log)[n:], "state end")
+	})
+	return seccompState(t, testutil.LogLines(t, log), n)
+}
+
+// seccompView is what /proc shows of the seccomp state of pid's threads:
+// mode, filter count and no_new_privs, by TID as the thread's own PID
+// namespace sees it.
+func seccompView(t *testing.T, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := map[string]string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok {
+				f[k] = strings.TrimSpace(v)
+			}
+		}
+		ns := strings.Fields(f["NSpid"])
+		if len(ns) == 0 {
+			t.Fatalf("thread %s: no NSpid", e.Name())
+		}
+		out = append(out, fmt.Sprintf("tid=%s Seccomp=%s Seccomp_filters=%s NoNewPrivs=%s",
+			ns[len(ns)-1], f["Seccomp"], f["Seccomp_filters"], f["NoNewPrivs"]))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestSeccompDumpRestore: seccomp filters come back on every thread after
+// a dump and restore: one every thread shares (installed with TSYNC),
+// one stacked on it in the main thread with SECCOMP_FILTER_FLAG_LOG,
+// another in a second thread, none more in the third; and no_new_privs.
+// Each thread finds its filters still act, /proc shows the same modes
+// and counts, and a dump of the restored process reads the same filters.
+// Before, a process under seccomp was refused.
+func TestSeccompDumpRestore(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := startSeccomp(t)
+	before := seccompView(t, p.PID)
+	dir, img := dumpKill(t, p, "")
+	fs := img.Process.SeccompFilters
+	var chains []string
+	for _, th := range img.Process.Threads {
+		if th.Seccomp == nil {
+			t.Fatalf("image: thread %d without seccomp", th.TID)
+		}
+		chains = append(chains, fmt.Sprint(core.SeccompChain(fs, th.Seccomp.Filter)))
+	}
+	if len(fs) != 3 || !slices.Equal(chains, []string{"[0 1]", "[0 2]", "[0]"}) || fs[0].Log || !fs[1].Log || fs[2].Log {
+		t.Errorf("image: %d filters, chains %v, want 3 filters, chains [0 1] [0 2] [0] (the first shared, the second logged)", len(fs), chains)
+	}
+	r := restoreOK(t, dir, p.Log)
+	if got := reportSeccomp(t, p.Log, r.PID); !slices.Equal(got, seccompWant) {
+		t.Errorf("after restore the threads find\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
+	}
+	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
+		t.Errorf("after restore /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	dir2 := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: r.PID, Dir: dir2, LeaveRunning: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump the restored process: %v", err)
+	}
+	img2, err := core.ReadImage(dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := fmt.Sprintf("%+v", img2.Process.SeccompFilters), fmt.Sprintf("%+v", fs); a != b {
+		t.Errorf("the restored process's filters\n%s\nthe original's\n%s", a, b)
+	}
+	for i, th := range img.Process.Threads {
+		if got := img2.Process.Threads[i].Seccomp; *got != *th.Seccomp {
+			t.Errorf("thread %d: restored seccomp %+v, dumped %+v", th.TID, *got, *th.Seccomp)
+		}
+	}
+	r.WaitTick(t, short, r.LastTick(t)+3)
+}
+
+// TestSeccompStrict: a thread in strict mode (read, write, exit and
+// sigreturn only) comes back in strict mode and still serves: each byte
+// written into its pipe is echoed, before and after.
+func TestSeccompStrict(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "seccomp"), "strict")
+	line, _ := p.WaitLine(t, long, 0, "ready")
+	w := field(t, line, "pipe")
+	poke := func(pid int) {
+		t.Helper()
+		n := strings.Count(strings.Join(testutil.LogLines(t, p.Log), "\n"), "strict ok")
+		f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%s", pid, w), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.Write([]byte{1})
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, long, "the strict thread's echo", func() bool {
+			return strings.Count(strings.Join(testutil.LogLines(t, p.Log), "\n"), "strict ok") > n
+		})
+	}
+	poke(p.PID)
+	before := seccompView(t, p.PID)
+	if !strings.Contains(strings.Join(before, "\n"), "Seccomp=1 ") {
+		t.Fatalf("no thread in strict mode: %v", before)
+	}
+	dir, img := dumpKill(t, p, "")
+	if s := img.Process.Threads[1].Seccomp; s == nil || s.Mode != core.SeccompModeStrict || img.Process.Threads[0].Seccomp != nil {
+		t.Errorf("image: seccomp %+v, %+v, want none and strict", img.Process.Threads[0].Seccomp, s)
+	}
+	r := restoreOK(t, dir, p.Log)
+	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
+		t.Errorf("after restore /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	poke(r.PID)
+	r.WaitTick(t, short, r.LastTick(t)+3)
+}
+
+// TestDumpRefusesSeccompNotif: a filter that hands system calls to a
+// user-space listener (SECCOMP_RET_USER_NOTIF), which a restore cannot
+// bring back, is refused with a *source.SeccompError before the process
+// is frozen, by a dump and by a live migration; the process runs on.
+func TestDumpRefusesSeccompNotif(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "seccomp"), "notif")
+	p.WaitLine(t, long, 0, "ready")
+	check := func(what string, err error) {
+		t.Helper()
+		var se *source.SeccompError
+		if !errors.As(err, &se) || se.PID != p.PID || se.TID != p.PID || se.Filter != 0 || !errors.Is(err, core.ErrSeccompUserNotif) {
+			t.Fatalf("%s: %v (%T), want a *source.SeccompError for filter 0 of thread %d wrapping core.ErrSeccompUserNotif", what, err, err, p.PID)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+	check("dump", err)
+	testutil.RequireRunning(t, p.PID)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+	addr := startServe(t)
+	_, err = source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	check("migrate", err)
+	testutil.RequireRunning(t, p.PID)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+}
+
+// TestLiveSeccomp: the same filters and no_new_privs survive a live
+// migration into another PID namespace.
+func TestLiveSeccomp(t *testing.T) {
+	testutil.RequireRoot(t)
+	addr := startServe(t)
+	p := startSeccomp(t)
+	before := seccompView(t, p.PID)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+		t.Errorf("the original ended with %v, want killed", ws)
+	}
+	inner := findInNamespace(t, p.PID)
+	if got := reportSeccomp(t, p.Log, inner); !slices.Equal(got, seccompWant) {
+		t.Errorf("after migration the threads find\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
+	}
+	if got := seccompView(t, inner); !slices.Equal(got, before) {
+		t.Errorf("after migration /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+}
