@@ -189,6 +189,31 @@ func TestSeccompStrict(t *testing.T) {
 	r.WaitTick(t, short, r.LastTick(t)+3)
 }
 
+// TestSeccompKill: filters that kill the process at a system call the
+// dump and the restore inject (rt_sigaction, umask), installed without
+// no_new_privs (with CAP_SYS_ADMIN): the process survives both, for the
+// filters are suspended while migrate works on it, and comes back with
+// them, still without no_new_privs; its next umask kills it.
+func TestSeccompKill(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "seccomp"), "kill")
+	p.WaitLine(t, long, 0, "ready")
+	before := seccompView(t, p.PID)
+	if !strings.Contains(before[0], "Seccomp_filters=2 NoNewPrivs=0") {
+		t.Fatalf("the workload's filters: %v", before)
+	}
+	dir, _ := dumpKill(t, p, "")
+	r := restoreOK(t, dir, p.Log)
+	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
+		t.Errorf("after restore /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	r.WaitTick(t, short, r.LastTick(t)+3)
+	r.Signal(t, unix.SIGUSR1)
+	if ws := r.WaitExit(t, long); !ws.Signaled() || ws.Signal() != unix.SIGSYS {
+		t.Errorf("the restored process ended with %v at its umask, want killed by SIGSYS (its filter)", ws)
+	}
+}
+
 // TestDumpRefusesSeccompNotif: a filter that hands system calls to a
 // user-space listener (SECCOMP_RET_USER_NOTIF), which a restore cannot
 // bring back, is refused with a *source.SeccompError before the process

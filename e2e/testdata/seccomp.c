@@ -1,6 +1,6 @@
 /* seccomp: seccomp filters on several threads, no_new_privs, strict mode.
  *
- *   seccomp [strict|notif]
+ *   seccomp [strict|notif|kill]
  *
  * The process sets no_new_privs, then starts T1 and T2 (threads 1 and 2)
  * and, once they run, installs on them all at once (TSYNC, from the main
@@ -21,6 +21,10 @@
  * With "notif" the main thread installs a filter that hands getppid to a
  * user-space listener (SECCOMP_FILTER_FLAG_NEW_LISTENER,
  * SECCOMP_RET_USER_NOTIF), closes the listener and logs "ready pid=P".
+ * With "kill" the main thread, without no_new_privs (it runs as root),
+ * installs two filters that kill the process at its first rt_sigaction or
+ * umask (system calls a dump and a restore inject), logs "ready pid=P",
+ * and calls umask on SIGUSR1.
  * Ticks "tick N" every 20 ms. */
 #include "common.h"
 #include <pthread.h>
@@ -148,6 +152,10 @@ int main(int argc, char **argv)
 			die("filter with a listener");
 		close(fd);
 		say("ready pid=%d", getpid());
+	} else if (!strcmp(mode, "kill")) {
+		if (filter(SYS_rt_sigaction, SECCOMP_RET_KILL_PROCESS, 0) || filter(SYS_umask, SECCOMP_RET_KILL_PROCESS, 0))
+			die("filter");
+		say("ready pid=%d", getpid());
 	} else {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 			die("no_new_privs");
@@ -169,6 +177,10 @@ int main(int argc, char **argv)
 		report();
 	}
 	for (unsigned long tick = 1;; tick++) {
+		if (got_usr1 && !strcmp(mode, "kill")) {
+			say("umask");
+			umask(0);
+		}
 		if (got_usr1 && strcmp(mode, "strict") && strcmp(mode, "notif")) {
 			got_usr1 = 0;
 			report();
