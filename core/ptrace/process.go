@@ -398,9 +398,10 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 func (p *Proc) seizeThread(tid int) error {
 	err := seize(tid, p.opts)
 	if err != nil && p.opts&unix.PTRACE_O_SUSPEND_SECCOMP != 0 && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL)) {
-		if seize(tid, p.opts&^unix.PTRACE_O_SUSPEND_SECCOMP) == nil {
+		// The error without it is the one that tells (ESRCH, or a
+		// tracer already there).
+		if err = seize(tid, p.opts&^unix.PTRACE_O_SUSPEND_SECCOMP); err == nil {
 			p.opts &^= unix.PTRACE_O_SUSPEND_SECCOMP
-			return nil
 		}
 	}
 	return err
