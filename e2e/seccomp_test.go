@@ -12,34 +12,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/transport"
 )
 
 // seccompWant is what each thread of the seccomp workload finds of its
-// own filters (see testdata/seccomp.c).
+// own filters (see testdata/seccomp.c), as attrsState returns it.
 var seccompWant = []string{
+	"P threads=3",
 	"T0 getppid=E1234 getsid=E1 getpgid=ok nnp=1 seccomp=2",
 	"T1 getppid=E1234 getsid=ok getpgid=E2345 nnp=1 seccomp=2",
 	"T2 getppid=E1234 getsid=ok getpgid=ok nnp=1 seccomp=2",
-}
-
-// seccompState returns the thread lines of the first report at or after
-// line from.
-func seccompState(t *testing.T, lines []string, from int) []string {
-	t.Helper()
-	var st []string
-	for _, l := range lines[from:] {
-		switch {
-		case strings.HasPrefix(l, "T"):
-			st = append(st, l)
-		case l == "state end":
-			return st
-		}
-	}
-	t.Fatalf("no state report after line %d: %q", from, lines[from:])
-	return nil
 }
 
 // startSeccomp starts the seccomp workload with its filters installed.
@@ -47,24 +32,10 @@ func startSeccomp(t *testing.T) *testutil.Proc {
 	t.Helper()
 	p := testutil.Start(t, testutil.Build(t, "seccomp"))
 	p.WaitLine(t, long, 0, "state end")
-	if got := seccompState(t, p.Lines(t), 0); !slices.Equal(got, seccompWant) {
+	if got := attrsState(t, p.Lines(t), 0); !slices.Equal(got, seccompWant) {
 		t.Fatalf("the workload set\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
 	}
 	return p
-}
-
-// reportSeccomp asks the workload (pid as this namespace sees it) to
-// check its filters again and returns what it found.
-func reportSeccomp(t *testing.T, log string, pid int) []string {
-	t.Helper()
-	n := len(testutil.LogLines(t, log))
-	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	testutil.WaitFor(t, long, "the filter report", func() bool {
-		return slices.Contains(testutil.LogLines(t, log)[n:], "state end")
-	})
-	return seccompState(t, testutil.LogLines(t, log), n)
 }
 
 // seccompView is what /proc shows of the seccomp state of pid's threads:
@@ -72,28 +43,18 @@ func reportSeccomp(t *testing.T, log string, pid int) []string {
 // namespace sees it.
 func seccompView(t *testing.T, pid int) []string {
 	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	tids, err := proc.ReadTIDs(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, e := range ents {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
-		if err != nil {
-			t.Fatal(err)
+	for _, tid := range tids {
+		st, err := proc.ReadTaskStatus(pid, tid)
+		if err != nil || len(st.NSpid) == 0 {
+			t.Fatalf("thread %d: status %+v: %v", tid, st, err)
 		}
-		f := map[string]string{}
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok {
-				f[k] = strings.TrimSpace(v)
-			}
-		}
-		ns := strings.Fields(f["NSpid"])
-		if len(ns) == 0 {
-			t.Fatalf("thread %s: no NSpid", e.Name())
-		}
-		out = append(out, fmt.Sprintf("tid=%s Seccomp=%s Seccomp_filters=%s NoNewPrivs=%s",
-			ns[len(ns)-1], f["Seccomp"], f["Seccomp_filters"], f["NoNewPrivs"]))
+		out = append(out, fmt.Sprintf("tid=%d Seccomp=%d Seccomp_filters=%d NoNewPrivs=%v",
+			st.NSpid[len(st.NSpid)-1], st.Seccomp, st.SeccompFilters, st.NoNewPrivs))
 	}
 	slices.Sort(out)
 	return out
@@ -123,7 +84,7 @@ func TestSeccompDumpRestore(t *testing.T) {
 		t.Errorf("image: %d filters, chains %v, want 3 filters, chains [0 1] [0 2] [0] (the first shared, the second logged)", len(fs), chains)
 	}
 	r := restoreOK(t, dir, p.Log)
-	if got := reportSeccomp(t, p.Log, r.PID); !slices.Equal(got, seccompWant) {
+	if got := reportAgain(t, p.Log, r.PID); !slices.Equal(got, seccompWant) {
 		t.Errorf("after restore the threads find\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
 	}
 	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
@@ -199,7 +160,7 @@ func TestSeccompKill(t *testing.T) {
 	p := testutil.Start(t, testutil.Build(t, "seccomp"), "kill")
 	p.WaitLine(t, long, 0, "ready")
 	before := seccompView(t, p.PID)
-	if !strings.Contains(before[0], "Seccomp_filters=2 NoNewPrivs=0") {
+	if !strings.Contains(before[0], "Seccomp_filters=2 NoNewPrivs=false") {
 		t.Fatalf("the workload's filters: %v", before)
 	}
 	dir, _ := dumpKill(t, p, "")
@@ -247,26 +208,14 @@ func TestDumpRefusesSeccompNotif(t *testing.T) {
 // migration into another PID namespace.
 func TestLiveSeccomp(t *testing.T) {
 	testutil.RequireRoot(t)
-	addr := startServe(t)
+	s := startServeWith(t, serveOptions{})
 	p := startSeccomp(t)
 	before := seccompView(t, p.PID)
-	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
-		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if rep.Outcome != "resumed" {
-		t.Fatalf("report: %+v", rep)
-	}
-	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
-		t.Errorf("the original ended with %v, want killed", ws)
-	}
-	inner := findInNamespace(t, p.PID)
-	if got := reportSeccomp(t, p.Log, inner); !slices.Equal(got, seccompWant) {
+	r, _ := migrateLive(t, p, s, source.MigrateOptions{})
+	if got := reportAgain(t, p.Log, r.PID); !slices.Equal(got, seccompWant) {
 		t.Errorf("after migration the threads find\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(seccompWant, "\n"))
 	}
-	if got := seccompView(t, inner); !slices.Equal(got, before) {
+	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
 		t.Errorf("after migration /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
 	}
 }

@@ -11,7 +11,7 @@
  *   T1: filter C, stacked on A: getpgid fails with errno 2345
  *   T2: nothing more (A alone)
  * On SIGUSR1 (and once at the start) each thread checks its filters on
- * itself, with raw system calls, and the main thread logs
+ * itself, with raw system calls, and the main thread logs "P threads=3",
  *   "T<i> getppid=R getsid=R getpgid=R nnp=N seccomp=M" for each thread
  *   (R: "ok", or "E<errno>"), then "state end".
  * With "strict" there is no filter and no no_new_privs: T1 blocks every
@@ -109,6 +109,7 @@ static void report(void)
 	for (int i = 1; i < NT; i++)
 		while (done[i] != g)
 			msleep(1);
+	say("P threads=%d", NT);
 	for (int i = 0; i < NT; i++)
 		say("%s", lines[i]);
 	say("state end");
