@@ -152,9 +152,11 @@ func TestSeccompStrict(t *testing.T) {
 
 // TestSeccompKill: filters that kill the process at a system call the
 // dump and the restore inject (rt_sigaction, umask), installed without
-// no_new_privs (with CAP_SYS_ADMIN): the process survives both, for the
-// filters are suspended while migrate works on it, and comes back with
-// them, still without no_new_privs; its next umask kills it.
+// no_new_privs with CAP_SYS_ADMIN, which the process dropped since: the
+// process survives both, for the filters are suspended while migrate
+// works on it, and comes back with them (installed before its
+// credentials, while it still has CAP_SYS_ADMIN), still without
+// no_new_privs and CAP_SYS_ADMIN; its next umask kills it.
 func TestSeccompKill(t *testing.T) {
 	testutil.RequireRoot(t)
 	p := testutil.Start(t, testutil.Build(t, "seccomp"), "kill")
@@ -167,6 +169,9 @@ func TestSeccompKill(t *testing.T) {
 	r := restoreOK(t, dir, p.Log)
 	if got := seccompView(t, r.PID); !slices.Equal(got, before) {
 		t.Errorf("after restore /proc shows\n%s\nbefore\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	if st, err := proc.ReadStatus(r.PID); err != nil || st.CapEff&(1<<unix.CAP_SYS_ADMIN) != 0 || st.CapPrm&(1<<unix.CAP_SYS_ADMIN) != 0 {
+		t.Errorf("the restored process has CAP_SYS_ADMIN back (%v)", err)
 	}
 	r.WaitTick(t, short, r.LastTick(t)+3)
 	r.Signal(t, unix.SIGUSR1)

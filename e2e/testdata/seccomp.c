@@ -23,14 +23,16 @@
  * SECCOMP_RET_USER_NOTIF), closes the listener and logs "ready pid=P".
  * With "kill" the main thread, without no_new_privs (it runs as root),
  * installs two filters that kill the process at its first rt_sigaction or
- * umask (system calls a dump and a restore inject), logs "ready pid=P",
- * and calls umask on SIGUSR1.
+ * umask (system calls a dump and a restore inject), then drops
+ * CAP_SYS_ADMIN (which installing them took), logs "ready pid=P", and
+ * calls umask on SIGUSR1.
  * Ticks "tick N" every 20 ms. */
 #include "common.h"
 #include <pthread.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 
@@ -156,6 +158,14 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "kill")) {
 		if (filter(SYS_rt_sigaction, SECCOMP_RET_KILL_PROCESS, 0) || filter(SYS_umask, SECCOMP_RET_KILL_PROCESS, 0))
 			die("filter");
+		struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+		struct __user_cap_data_struct caps[2];
+		if (syscall(SYS_capget, &hdr, caps))
+			die("capget");
+		caps[0].effective &= ~(1u << CAP_SYS_ADMIN);
+		caps[0].permitted &= ~(1u << CAP_SYS_ADMIN);
+		if (syscall(SYS_capset, &hdr, caps))
+			die("capset");
 		say("ready pid=%d", getpid());
 	} else {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
