@@ -125,6 +125,9 @@ type Process struct {
 	Sigactions []Sigaction `json:"sigactions"` // signals 1..64, index = signo-1
 	// SharedPending are the process-wide pending signals.
 	SharedPending []Siginfo `json:"shared_pending,omitempty"`
+	// SeccompFilters are the seccomp filters of the threads (Thread.Seccomp
+	// names them), each once however many threads share it.
+	SeccompFilters []SeccompFilter `json:"seccomp_filters,omitempty"`
 
 	FDs []FD `json:"fds"`
 
@@ -318,6 +321,9 @@ type Thread struct {
 	// differs from the process's (a v1 hierarchy, or a v2 threaded
 	// cgroup); nil if it is in the process's cgroups everywhere.
 	Cgroups []Cgroup `json:"cgroups,omitempty"`
+	// Seccomp is the thread's seccomp mode and filters; nil: none (the
+	// image of a build that refused a process under seccomp has none).
+	Seccomp *Seccomp `json:"seccomp,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`

@@ -247,6 +247,10 @@ func (r *restorer) restoreThreads(context.Context) error {
 	if err := r.restoreTimers(); err != nil {
 		return err
 	}
+	// Seccomp filters before the credentials (see restoreSeccomp).
+	if err := r.restoreSeccomp(); err != nil {
+		return fmt.Errorf("seccomp: %w", err)
+	}
 	// Credentials last: dropping them may take the right to run what came
 	// before (clone3 with set_tid, PR_SET_MM, timer IDs...). What follows
 	// needs none: signals queued to the process itself, its own fd closed,

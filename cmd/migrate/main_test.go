@@ -323,7 +323,12 @@ func sampleImage() *core.Image {
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
 			Threads: []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart",
-				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4}}},
+				Sched:   &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4},
+				Seccomp: &core.Seccomp{Mode: core.SeccompModeFilter, Filter: 1}}},
+			SeccompFilters: []core.SeccompFilter{
+				{Prev: -1, Prog: []byte{6, 0, 0, 0, 0, 0, 0xff, 0x7f}},
+				{Prev: 0, Log: true, Prog: []byte{6, 0, 0, 0, 0, 0, 0xff, 0x7f, 6, 0, 0, 0, 0, 0, 0xff, 0x7f}},
+			},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -358,6 +363,7 @@ func TestShow(t *testing.T) {
 		"zstd",
 		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED", "refuse exec gain",
 		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
+		"4321  filters #0 (1 instructions), #1 (2 instructions, logged)",
 	} {
 		if want == "RLIMIT_NOFILE" {
 			if strings.Contains(r.stdout, want) {
