@@ -55,6 +55,7 @@ func TestCheckFindsDifferences(t *testing.T) {
 		"fd 99":             func(p *core.Process) { p.FDs = append(p.FDs, core.FD{FD: 99, Kind: core.FDFile}) },
 		"protection":        func(p *core.Process) { p.VMAs[0].Prot ^= 1 },
 		"cgroup v2":         func(p *core.Process) { p.Cgroups = []core.Cgroup{{Path: "/elsewhere"}} },
+		"seccomp mode":      func(p *core.Process) { p.Threads[0].Seccomp = &core.Seccomp{Mode: core.SeccompModeStrict, Filter: -1} },
 		"process group":     func(p *core.Process) { p.PGID++ },
 	} {
 		if what == "fd 1 offset" || what == "fd 1 locks" {

@@ -57,8 +57,9 @@ func (e *CheckError) Error() string {
 // prlimit): a view independent of how the restore set things, as the
 // tests take it. What it compares: identity (comm, process group,
 // session, and the parent for a process of a tree), the threads and their
-// names, credentials, blocked signals, scheduling, CPU masks, timer slack
-// and cgroups, each thread's own; signal dispositions (ignored or
+// names, credentials, blocked signals, seccomp mode and number of
+// filters, scheduling, CPU masks, timer slack and cgroups, each thread's
+// own; signal dispositions (ignored or
 // caught), umask, personality, oom_score_adj, resource limits, the
 // working, root and executable paths; every area of the image's layout
 // (range, protection, sharing, the file mapped); every fd (the same
@@ -217,6 +218,15 @@ func (c *checker) thread(p *core.Process, t *core.Thread) {
 		c.diff(tid, "credentials", fmt.Sprintf("%+v", want), fmt.Sprintf("%+v", *got))
 	}
 	cmp(c, tid, "blocked signals", fmt.Sprintf("%#x", t.SigMask), fmt.Sprintf("%#x", status.SigBlk))
+	mode, filters := 0, 0
+	if sc := t.Seccomp; sc != nil {
+		mode = sc.Mode
+		if sc.Mode == core.SeccompModeFilter {
+			filters = len(core.SeccompChain(p.SeccompFilters, sc.Filter))
+		}
+	}
+	cmp(c, tid, "seccomp mode", mode, status.Seccomp)
+	cmp(c, tid, "seccomp filters", filters, status.SeccompFilters)
 	if cgs := t.Cgroups; cgs != nil || p.Cgroups != nil {
 		if cgs == nil {
 			cgs = p.Cgroups
