@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -423,6 +424,10 @@ func (c *checker) locks(what string, fd *core.FD, info *proc.FDInfo) {
 // Check), once Finish has run and before Resume: a process that differs
 // is refused (*CheckError) before it runs.
 func (b *Builder) Check() error {
+	return b.run(context.Background(), []stage{{"check", b.check}})
+}
+
+func (b *Builder) check() error {
 	var diffs []Difference
 	for i, r := range b.all {
 		if r.proc.Zombie != nil {
