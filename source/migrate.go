@@ -22,6 +22,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/transport"
 )
@@ -76,23 +77,6 @@ type MigrateReport struct {
 	// Hooks is how long each of the source's hooks ran (the target's
 	// pre-resume hooks are a step of TargetSteps).
 	Hooks []hook.Timing `json:"hooks,omitempty"`
-}
-
-// LiveLayout is the body of a round's Layout message: the process as far
-// as it is known before the freeze (identity, executable, directories) and
-// the round's memory layout.
-type LiveLayout struct {
-	Process core.Process `json:"process"`
-	// FDs is how many fds the process had open as the round began: the
-	// target makes room for their restore before the freeze.
-	FDs int `json:"fds,omitempty"`
-}
-
-// LiveState is the body of the State message: the final image and the
-// contents of its blobs (files/...).
-type LiveState struct {
-	Image core.Image        `json:"image"`
-	Blobs map[string][]byte `json:"blobs,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -175,9 +159,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
-	cfg := HandoffConfig{
+	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
-		Redial: func(ctx context.Context) (ControlConn, error) {
+		Redial: func(ctx context.Context) (handoff.Conn, error) {
 			c := opts.Transport
 			c.SessionID = ""
 			s2, err := transport.Dial(ctx, opts.To, c)
@@ -193,7 +177,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		},
 	}
 	hooksBefore := len(opts.Hooks.Timings())
-	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
+	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
 	rep.Rounds = d.rounds
 	if d.tracker != nil {
@@ -439,7 +423,7 @@ func (a *liveSource) relisten() error {
 }
 
 // announce ties the dumper's rounds to the handoff's.
-func (a *liveSource) announce(r *Rounds) {
+func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
 		p := *a.d.proc
 		p.VMAs = vmas
@@ -448,7 +432,7 @@ func (a *liveSource) announce(r *Rounds) {
 		// lists and carries).
 		p.FDs = nil
 		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
-		body, err := json.Marshal(LiveLayout{Process: p, FDs: nfds})
+		body, err := json.Marshal(handoff.LiveLayout{Process: p, FDs: nfds})
 		if err != nil {
 			return err
 		}
@@ -463,7 +447,7 @@ func (a *liveSource) announce(r *Rounds) {
 }
 
 // PreCopy sends pages in rounds while the process runs.
-func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
+func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
 	d := a.d
 	// What the target needs to create the process before the freeze.
 	p := d.proc
@@ -545,7 +529,7 @@ func (a *liveSource) dropRecord() {
 
 // FinalState collects the frozen process, sends the final round and
 // returns the image with its blobs.
-func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage, error) {
+func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.RawMessage, error) {
 	d := a.d
 	d.lapped = a.frozen
 	d.steps = nil
@@ -684,7 +668,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
-	st := LiveState{Image: *a.img, Blobs: d.memBlobs}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
@@ -808,7 +792,7 @@ func (a *liveSource) LeaveFrozen() error {
 // with the same start time; otherwise it returns a *NotRecordedError
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
-	redial := func(ctx context.Context) (ControlConn, error) {
+	redial := func(ctx context.Context) (handoff.Conn, error) {
 		c := cfg
 		s, err := transport.Dial(ctx, to, c)
 		if err != nil {
@@ -832,7 +816,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 		}
 	}
-	out, err := QueryOutcome(ctx, HandoffConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
+	out, err := handoff.QueryOutcome(ctx, handoff.SourceConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
 	if err != nil {
 		return out.String(), err
 	}

@@ -22,24 +22,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/transport"
 )
-
-// LiveLayout and LiveState are the bodies of the Layout and State messages
-// of a live migration (the source's source.LiveLayout and
-// source.LiveState, decoded here without importing the source).
-type LiveLayout struct {
-	Process core.Process `json:"process"`
-	// FDs is how many fds the process had open as the round began.
-	FDs int `json:"fds,omitempty"`
-}
-
-// LiveState is the final image and the contents of its blobs.
-type LiveState struct {
-	Image core.Image        `json:"image"`
-	Blobs map[string][]byte `json:"blobs,omitempty"`
-}
 
 // newLiveBuilder creates the process a live migration announces in its
 // first layout: what can be checked before the freeze is (executable,
@@ -67,8 +53,8 @@ func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Bu
 // first (which builds the process) and those of later rounds (which
 // relayout it). Decoding is bounded (core.DecodeBounded) and the process
 // checked by checkIncoming.
-func decodeLayout(body []byte, pid int) (*LiveLayout, error) {
-	var ll LiveLayout
+func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
+	var ll handoff.LiveLayout
 	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
@@ -83,8 +69,8 @@ func decodeLayout(body []byte, pid int) (*LiveLayout, error) {
 
 // decodeState decodes and checks the body of the State: bounded, the image
 // checked by checkIncoming, and its blobs only those the image refers to.
-func decodeState(body []byte, pid int) (*LiveState, error) {
-	var ls LiveState
+func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
+	var ls handoff.LiveState
 	if err := core.DecodeBounded(body, &ls, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -82,7 +83,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if os.Getpid() == 1 {
 		go reap.Orphans(ctx, 500*time.Millisecond)
 	}
-	outcomes := NewOutcomes(0, nil)
+	outcomes := handoff.NewOutcomes(0, nil)
 	maxSessions := opts.MaxSessions
 	if maxSessions <= 0 {
 		maxSessions = DefaultMaxSessions
@@ -140,7 +141,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, m *Metrics, log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *handoff.Outcomes, hooks *hook.Set, m *Metrics, log *slog.Logger) {
 	start := time.Now()
 	m.sessionStarted()
 	defer m.sessionEnded()
@@ -164,7 +165,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 	}
 	t := newLiveTarget(sess, log)
 	t.hooks = hooks
-	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
 	m.sessionDone(start, t, res, err)
 	switch {
 	case res.Query:
@@ -196,5 +197,5 @@ func refuseBusy(ctx context.Context, sess *transport.Session, max int, log *slog
 	log.Warn("refused a session: busy", "max_sessions", max)
 	c.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %v (%d; migrate serve --max-sessions)", ErrBusy, max))})
 	// Until the source has read it and closed.
-	linger(ctx, c, DefaultLinger)
+	handoff.Linger(ctx, c, handoff.DefaultLinger)
 }
