@@ -270,6 +270,11 @@ type VMA struct {
 	Offset uint64 `json:"offset,omitempty"`
 	// File is set for file mappings.
 	File *FileRef `json:"file,omitempty"`
+	// Shm identifies the shmem object behind a shared anonymous area (its
+	// inode): areas of the tree with the same Shm map one object (a fork
+	// shares it between parent and child), and are restored so. 0: not
+	// recorded, each area its own object.
+	Shm uint64 `json:"shm,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
 	// MayWrite is set for a shared file mapping whose file was opened for

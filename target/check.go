@@ -446,8 +446,57 @@ func (b *Builder) check() error {
 			}
 		}
 	}
+	diffs = append(diffs, b.checkSharing()...)
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}
 	return nil
+}
+
+// checkSharing checks that the areas of the tree that mapped one shared
+// anonymous object (VMA.Shm) map one object again.
+func (b *Builder) checkSharing() []Difference {
+	type place struct {
+		pid   int
+		start uint64
+	}
+	objects := map[uint64]map[uint64][]place{} // image's -> restored inode -> areas
+	for _, r := range b.all {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		var maps []proc.Mapping
+		for i := range r.proc.VMAs {
+			v := &r.proc.VMAs[i]
+			if v.Kind != core.VMASharedAnon || v.Shm == 0 {
+				continue
+			}
+			if maps == nil {
+				var err error
+				if maps, err = proc.ReadMaps(r.pid); err != nil {
+					return []Difference{{PID: r.pid, What: "memory layout", Want: "readable", Got: err.Error()}}
+				}
+			}
+			for _, m := range maps {
+				if m.Start <= v.Start && v.Start < m.End {
+					if objects[v.Shm] == nil {
+						objects[v.Shm] = map[uint64][]place{}
+					}
+					objects[v.Shm][m.Inode] = append(objects[v.Shm][m.Inode], place{r.pid, v.Start})
+				}
+			}
+		}
+	}
+	var diffs []Difference
+	for shm, got := range objects {
+		if len(got) > 1 {
+			var parts []string
+			for ino, at := range got {
+				parts = append(parts, fmt.Sprintf("inode %d at %v", ino, at))
+			}
+			slices.Sort(parts)
+			diffs = append(diffs, Difference{PID: b.all[0].pid, What: fmt.Sprintf("shared memory %d", shm), Want: "one object", Got: strings.Join(parts, "; ")})
+		}
+	}
+	return diffs
 }

@@ -36,6 +36,9 @@ type session struct {
 	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
+	// shmem is where each shared anonymous object of the image (VMA.Shm)
+	// was first mapped: the other areas that had it map that object too.
+	shmem map[uint64]shmemArea
 	// accepted are the differences from the image the restore made on
 	// purpose and warned about (Check leaves them out).
 	accepted map[accepted]bool
@@ -836,8 +839,38 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN|unix.MAP_NORESERVE) | unix.MAP_FIXED
 		fd := ^uint64(0)
 		switch v.Kind {
-		case core.VMAAnon, core.VMASharedAnon:
+		case core.VMAAnon:
 			flags |= unix.MAP_ANONYMOUS
+		case core.VMASharedAnon:
+			first, ok := r.shmem[v.Shm]
+			if v.Shm == 0 || !ok {
+				flags |= unix.MAP_ANONYMOUS
+				break
+			}
+			// The object an area mapped before (this process's, or
+			// another's of the tree): through its map_files link.
+			cfd, ok := childFD[fileKey{0, v.Shm, true}]
+			if !ok {
+				f, err := os.OpenFile(fmt.Sprintf("/proc/%d/map_files/%x-%x", first.pid, first.start, first.end), os.O_RDWR, 0)
+				if errors.Is(err, os.ErrNotExist) && first.pid == r.pid {
+					// This process's own first area, remapped since (a
+					// later round's layout): a fresh object.
+					delete(r.shmem, v.Shm)
+					flags |= unix.MAP_ANONYMOUS
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("area %#x-%#x: the shared memory of process %d at %#x: %w", v.Start, v.End, first.pid, first.start, err)
+				}
+				cfd, err = r.install(f)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("area %#x-%#x: %w", v.Start, v.End, err)
+				}
+				childFD[fileKey{0, v.Shm, true}] = cfd
+				temps = append(temps, cfd)
+			}
+			fd = uint64(cfd)
 		case core.VMAFile, core.VMASharedFile:
 			// A shared mapping may be made writable later only if its
 			// file was opened for writing: open it as it was.
@@ -864,8 +897,23 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		if got != v.Start {
 			return fmt.Errorf("area %#x-%#x mapped at %#x", v.Start, v.End, got)
 		}
+		if v.Kind == core.VMASharedAnon && v.Shm != 0 {
+			if _, ok := r.shmem[v.Shm]; !ok {
+				if r.shmem == nil {
+					r.shmem = map[uint64]shmemArea{}
+				}
+				r.shmem[v.Shm] = shmemArea{pid: r.pid, start: v.Start, end: v.End}
+			}
+		}
 	}
 	return nil
+}
+
+// shmemArea is an area of a restored process that maps a shared
+// anonymous object.
+type shmemArea struct {
+	pid        int
+	start, end uint64
 }
 
 // holdsPages says whether an area of this kind has pages in an image.
