@@ -18,6 +18,7 @@ import (
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/sockets"
 )
 
 // undo is a stack of rollback steps (gVisor's cleanup idea): Clean runs them
@@ -52,7 +53,7 @@ type session struct {
 	// tcp are the TCP connections of the tree, noted while collecting
 	// fds; lock keeps the host from answering them (and the listening
 	// ports) while they are taken apart and until they run elsewhere.
-	tcp  []*tcpPending
+	tcp  sockets.Conns
 	lock *netlock.Lock
 	// memBlobs, if not nil, holds the blobs instead of files under dir:
 	// a live migration sends them with the state, and a file each (with
@@ -253,7 +254,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		// instead of a reset); a dump with no connection leaves nothing
 		// locked behind it (its image may never be restored).
 		var listeners []netip.AddrPort
-		if !opts.LeaveRunning && len(ss.tcp) > 0 {
+		if !opts.LeaveRunning && ss.tcp.Len() > 0 {
 			listeners = tcpListeners(all)
 		}
 		return ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning)

@@ -173,7 +173,7 @@ func (f *frozenState) network() error {
 	if err := ss.repairTCP(); err != nil {
 		return err
 	}
-	if f.networkStep != "" && (f.networkAlways || len(ss.tcp) > 0) {
+	if f.networkStep != "" && (f.networkAlways || ss.tcp.Len() > 0) {
 		ss.lap(f.networkStep)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/sockets"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -555,8 +556,8 @@ func (a *liveSource) lockNetwork() error {
 	if a.preLock != nil {
 		// The lock on the listening ports taken before the freeze takes
 		// the connections too.
-		if err := a.preLock.Add(tcpLockSpec(d.tcp, listeners)); err != nil {
-			return fmt.Errorf("network lock for %d TCP connections: %w", len(d.tcp), err)
+		if err := a.preLock.Add(d.tcp.LockSpec(listeners)); err != nil {
+			return fmt.Errorf("network lock for %d TCP connections: %w", d.tcp.Len(), err)
 		}
 		d.lock, a.preLock = a.preLock, nil
 	} else if err := d.lockNetwork(d.pid, listeners, false); err != nil {
@@ -565,8 +566,8 @@ func (a *liveSource) lockNetwork() error {
 	if d.lock != nil {
 		var err error
 		if a.hold != nil {
-			a.hold.AddConns(tcpLockSpec(d.tcp, nil).Conns)
-		} else if a.hold, err = netlock.StartHold(netnsSocket(d.pid), tcpLockSpec(d.tcp, nil).Conns, listeners); err != nil {
+			a.hold.AddConns(d.tcp.LockSpec(nil).Conns)
+		} else if a.hold, err = netlock.StartHold(sockets.NetnsSocket(d.pid), d.tcp.LockSpec(nil).Conns, listeners); err != nil {
 			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
 		}
 	}
@@ -805,7 +806,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
-			if err := UnrepairProcess(pid); err != nil {
+			if err := sockets.UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
 			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
