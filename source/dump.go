@@ -185,6 +185,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// out): detaching needs it.
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
+	// The duplicates of the TCP connections too: the rollback turns their
+	// repair mode off through them.
+	defer ss.closeTCP()
 	var cu undo
 	defer cu.Clean()
 	var all []*dumper // the tree, parents first; grows as it is frozen
@@ -260,7 +263,6 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning)
 	}
 	defer f.close()
-	defer ss.closeTCP()
 	if err := f.collect(ctx); err != nil {
 		return nil, err
 	}
