@@ -13,14 +13,16 @@ import (
 // (liveSource.FinalState):
 //
 //  1. read:     what ptrace and /proc tell, nothing changed in the process:
-//     threads and registers, credentials, namespaces, the memory layout,
-//     the fds (sockets described, TCP connections noted) and pipe buffers.
-//     An fd or mapping that cannot move is refused here.
+//     identity, executable, auxv, threads with their registers, signals
+//     and credentials, the memory layout, the fds (sockets described, TCP
+//     connections noted) and pipe buffers. An fd or mapping that cannot
+//     move is refused here.
 //  2. network:  the network lock on, then each noted TCP connection read in
 //     repair mode (which stays on).
 //  3. injected: what only the process can tell, by system calls run inside
 //     it with a scratch page for their results: brk, signal actions,
-//     timers, scheduling and other attributes.
+//     alternate stacks, interval and POSIX timers, resource limits,
+//     scheduling and other attributes.
 //  4. memory:   the final pages (the dirty pages of the last round after a
 //     pre-copy, or all of them).
 //  5. blobs:    the contents of deleted files, pipe and socket buffers.

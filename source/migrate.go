@@ -748,6 +748,12 @@ func (a *liveSource) LeaveFrozen() error {
 	// process, a word from the original would reset them; if not, `migrate
 	// recover` turns repair mode off before it lets the original run.
 	err := errors.Join(a.d.unmapScratch(), a.relisten())
+	if a.d.tracker != nil {
+		// Whatever `migrate recover` finds, the original needs no more
+		// tracking; left on, the tracker's fds stayed open in this
+		// process.
+		err = errors.Join(err, a.d.tracker.Close())
+	}
 	a.d.closeTCP()
 	a.d.unlock()
 	a.dropPreLock()
