@@ -13,10 +13,10 @@ import (
 // (liveSource.FinalState):
 //
 //  1. read:     what ptrace and /proc tell, nothing changed in the process:
-//     identity, executable, auxv, threads with their registers, signals
-//     and credentials, the memory layout, the fds (sockets described, TCP
-//     connections noted) and pipe buffers. An fd or mapping that cannot
-//     move is refused here.
+//     identity, executable, auxv, threads with their registers, signals,
+//     credentials and cgroups, the memory layout, the fds (file locks
+//     read, sockets described, TCP connections noted) and pipe buffers. An
+//     fd or mapping that cannot move is refused here.
 //  2. network:  the network lock on, then each noted TCP connection read in
 //     repair mode (which stays on).
 //  3. injected: what only the process can tell, by system calls run inside
