@@ -42,7 +42,8 @@ type Process struct {
 	// the dump: a unix socket's peer must be one of them. Nil: those of
 	// the process alone.
 	Dumped func() (map[uint64]bool, error)
-	// Conns gets the TCP connections noted (see Conns).
+	// Conns gets the TCP connections noted (see Conns); one for all the
+	// processes of a dump, as they are locked and read together. Required.
 	Conns *Conns
 
 	// jobs are the sockets whose options ReadOptions reads; defaults the

@@ -58,7 +58,7 @@ func tcpConnState(st uint8) bool {
 }
 
 // noteTCP records an established (or half closed) connection for
-// repairTCP.
+// Conns.Repair.
 func (sd *sockDump) noteTCP(s *core.Socket, state uint8) error {
 	if s.Protocol == unix.IPPROTO_MPTCP {
 		return sd.refuse("MPTCP connections cannot be taken apart (no repair mode); a Go program makes MPTCP sockets unless run with GODEBUG=multipathtcp=0")
