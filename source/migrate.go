@@ -24,6 +24,7 @@ import (
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/sockets"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -527,6 +528,37 @@ func (a *liveSource) dropRecord() {
 	}
 }
 
+// lockNetwork is the live final state's network phase (see frozenState):
+// the listeners stop listening, then the network lock takes the
+// connections and the listening ports, and keeps the packets it drops.
+func (a *liveSource) lockNetwork() error {
+	d := a.d
+	if err := a.releaseListeners(); err != nil {
+		return err
+	}
+	listeners := tcpListeners([]*dumper{d})
+	if a.preLock != nil {
+		// The lock on the listening ports taken before the freeze takes
+		// the connections too.
+		if err := a.preLock.Add(d.tcp.LockSpec(listeners)); err != nil {
+			return fmt.Errorf("network lock for %d TCP connections: %w", d.tcp.Len(), err)
+		}
+		d.lock, a.preLock = a.preLock, nil
+	} else if err := d.lockNetwork(d.pid, listeners, false); err != nil {
+		return err
+	}
+	if d.lock != nil {
+		var err error
+		if a.hold != nil {
+			a.hold.AddConns(d.tcp.LockSpec(nil).Conns)
+		} else if a.hold, err = netlock.StartHold(sockets.NetnsSocket(d.pid), d.tcp.LockSpec(nil).Conns, listeners); err != nil {
+			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
+		}
+	}
+	a.dropPreLock() // the full lock holds the listening ports now
+	return nil
+}
+
 // FinalState collects the frozen process, sends the final round and
 // returns the image with its blobs.
 func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.RawMessage, error) {
@@ -534,70 +566,20 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	d.lapped = a.frozen
 	d.steps = nil
 	defer d.lap("encode state")
-	// The ptrace work runs on the tracer thread in one go, next to the
-	// process's threads (Pin): see ptrace.Proc.Pin.
-	if err := d.p.Pin(); err != nil {
-		d.log.Debug("threads not pinned", "err", err)
-	}
-	var err error
-	err = d.tr.Do(func() error {
-		if err := d.p.FindGadget(); err != nil {
-			return err
-		}
-		if err := d.collectTask(); err != nil {
-			return err
-		}
-		var err error
-		if d.proc.VMAs, err = readVMAsQuick(d.pid); err != nil {
-			return err
-		}
-		d.fdset, err = d.collectFDs(ctx)
-		return err
-	})
-	if d.fdset != nil {
-		defer d.fdset.close()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := d.resolvePipes(); err != nil {
-		return nil, err
-	}
-	d.lap("read state")
-	if err := a.releaseListeners(); err != nil {
-		return nil, err
-	}
-	// The network lock (the source's connections and listening ports fall
-	// silent until the original is killed, or resumes), then the
-	// connections in repair mode.
-	listeners := tcpListeners([]*dumper{d})
-	if a.preLock != nil {
-		// The lock on the listening ports taken before the freeze takes
-		// the connections too.
-		if err := a.preLock.Add(tcpLockSpec(d.tcp, listeners)); err != nil {
-			return nil, fmt.Errorf("network lock for %d TCP connections: %w", len(d.tcp), err)
-		}
-		d.lock, a.preLock = a.preLock, nil
-	} else if err := d.lockNetwork(d.pid, listeners, false); err != nil {
-		return nil, err
-	}
-	if d.lock != nil {
-		if a.hold != nil {
-			a.hold.AddConns(tcpLockSpec(d.tcp, nil).Conns)
-		} else if a.hold, err = netlock.StartHold(netnsSocket(d.pid), tcpLockSpec(d.tcp, nil).Conns, listeners); err != nil {
-			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
-		}
-	}
-	a.dropPreLock() // the full lock holds the listening ports now
-	if err := d.repairTCP(); err != nil {
-		return nil, err
-	}
-	d.lap("network lock, tcp repair")
+	// The state, in phases (frozen.go). The network lock takes the
+	// source's connections and listening ports, which fall silent until
+	// the original is killed, or resumes; the tracker and the scratch page
+	// stay until then: a rollback (ResumeOriginal) undoes them.
+	d.sink = a.sink
+	f := &frozenState{ss: d.session, all: []*dumper{d}, pending: a.pending, frozen: a.frozen,
+		quickLayout: true, keepScratch: true, keepTracking: true,
+		networkStep: "network lock, tcp repair", networkAlways: true, memoryStep: "final round"}
+	defer f.close()
+	f.lockNetwork = a.lockNetwork
 	// The flags only smaps has come from another thread, while the
 	// injected calls and the final round go on (see readVMAsQuick); smaps
 	// holds the process's mmap lock, which the injected mmap and brk
-	// take, so it starts after them, and the scratch page stays until a
-	// rollback (a killed original needs no munmap).
+	// take, so it starts after them.
 	type smapsResult struct {
 		maps []proc.Mapping
 		// scratch, scratchLen: the scratch page, mapped when maps was
@@ -607,57 +589,40 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
-	if sameAreas(d.proc.VMAs, a.preSmaps) {
-		// The areas are those smaps showed just before the freeze: its
-		// flags stand (only a madvise of a whole area in those few
-		// milliseconds would change one without changing the layout),
-		// and no walk of the page tables competes with the final round's.
+	d.mmapDone = func() {
 		started = true
-		smapsc <- smapsResult{maps: a.preSmaps}
-	} else {
+		if sameAreas(d.proc.VMAs, a.preSmaps) {
+			// The areas are those smaps showed just before the freeze:
+			// its flags stand (only a madvise of a whole area in those
+			// few milliseconds would change one without changing the
+			// layout), and no walk of the page tables competes with the
+			// final round's.
+			smapsc <- smapsResult{maps: a.preSmaps}
+			return
+		}
 		d.log.Debug("the layout changed at the freeze: smaps read again")
-		d.mmapDone = func() {
-			started = true
-			scratch := d.scratch
-			go func() {
-				m, err := proc.ReadSmaps(d.pid)
-				smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
-			}()
+		scratch := d.scratch
+		go func() {
+			m, err := proc.ReadSmaps(d.pid)
+			smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
+		}()
+	}
+	defer func() { d.mmapDone = nil }()
+	// No injection follows the injected calls (but on a rollback): a
+	// SIGSTOP queued then stops the original where it is if this migrate
+	// dies before the end (the kernel then lets it go, its connections
+	// silent in repair mode), for `migrate recover` to settle. A rollback
+	// takes it back.
+	f.injectedDone = func() {
+		if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
+			a.stopQueued = true
 		}
 	}
-	err = d.tr.Do(func() error {
-		if err := d.mapScratch(); err != nil {
-			return err
-		}
-		return d.collectInjected()
-	})
-	d.mmapDone = nil
+	if err := f.collect(ctx); err != nil {
+		return nil, err
+	}
 	if !started {
-		smapsc <- smapsResult{err: errors.New("smaps not read")}
-	}
-	if err != nil {
-		return nil, err
-	}
-	// No injection follows (but on a rollback): a SIGSTOP queued now stops
-	// the original where it is if this migrate dies before the end (the
-	// kernel then lets it go, its connections silent in repair mode), for
-	// `migrate recover` to settle. A rollback takes it back.
-	if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
-		a.stopQueued = true
-	}
-	d.lap("injected calls")
-	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
-		return nil, err
-	}
-	if _, err := d.finishPages(a.sink, len(d.rounds)); err != nil {
-		return nil, err
-	}
-	d.lap("final round")
-	// The tracker stays on: the original is killed once the target runs
-	// the process, and a rollback (ResumeOriginal) turns it off. Taking
-	// it off a GiB of memory costs tens of milliseconds.
-	if err := d.fdset.writeBlobs(d); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("process %d: smaps not read", d.pid)
 	}
 	sm := <-smapsc
 	if sm.err != nil {
@@ -830,7 +795,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
-			if err := UnrepairProcess(pid); err != nil {
+			if err := sockets.UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
 			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
