@@ -128,6 +128,10 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
+	// Check compares the finished process with the image, as /proc shows
+	// it, before it runs, and refuses the restore if it differs (a
+	// difference the restore warns about too). --check.
+	Check bool
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
 }
@@ -138,7 +142,7 @@ type RestoreOptions struct {
 // belong to the caller: its parent is init, or the caller's nearest child
 // subreaper.
 func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreReport, error) {
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger)})
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
