@@ -10,8 +10,7 @@
 // TimeoutError, HostLimitError) that wrap the error the work returned,
 // with the same text.
 //
-// Everything here needs root (or CAP_SYS_PTRACE and CAP_SYS_ADMIN), on
-// Linux.
+// Like the command, it runs as root, on Linux x86-64.
 package migrate
 
 import (

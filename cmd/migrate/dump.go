@@ -88,8 +88,8 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		boolFlag(fs, &preCopy, "pre-copy", "", "copy memory in rounds while the process runs, then freeze it for a short final round")
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
-		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
-		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
+		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
+		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -104,7 +104,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			if !contains(source.TrackerNames(), tracker) {
 				return usagef("bad --tracker %q: want %s", tracker, strings.Join(source.TrackerNames(), ", "))
 			}
-			pol := source.DefaultPolicy
+			pol := migrate.DefaultPolicy
 			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
 			if preCopy {
 				if err := pol.Validate(); err != nil {

@@ -195,8 +195,8 @@ running as it was.`,
 		auth.add(fs)
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker: auto, uffd-wp, soft-dirty or hash")
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none")
-		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
-		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
+		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
+		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
@@ -223,7 +223,7 @@ running as it was.`,
 			if err != nil {
 				return err
 			}
-			pol := source.DefaultPolicy
+			pol := migrate.DefaultPolicy
 			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
 			if err := pol.Validate(); err != nil {
 				return usagef("%v", err)
