@@ -11,8 +11,8 @@ import (
 	"github.com/procmig/migrate/transport"
 )
 
-// The errors of Dump, Restore and Migrate are, where a caller can act on
-// them, one of the types below. Each wraps the error the work returned
+// The errors of Dump, Restore, Migrate and Recover are, where a caller can
+// act on them, one of the types below. Each wraps the error the work returned
 // (Err) and says the same (Error is Err's text): errors.As still finds
 // the detailed types of packages source, target and transport inside.
 
@@ -98,10 +98,45 @@ type HostLimitError struct {
 func (e *HostLimitError) Error() string { return e.Err.Error() }
 func (e *HostLimitError) Unwrap() error { return e.Err }
 
+// UndecidedError: Migrate sent the commit and could not learn what the
+// target did with it. The original is left frozen (stopped, its
+// connections silent) on this host: resuming it could make two copies of
+// the process, killing it none. Do neither by hand: Recover (`migrate
+// recover`) asks the target and settles it.
+type UndecidedError struct {
+	PID     int
+	Session string
+	Target  string
+	Err     error
+}
+
+func (e *UndecidedError) Error() string { return e.Err.Error() }
+func (e *UndecidedError) Unwrap() error { return e.Err }
+
+// KillError: the process runs on the target, but Migrate could not kill
+// the frozen original. It must be killed, never resumed.
+type KillError struct {
+	PID int
+	Err error
+}
+
+func (e *KillError) Error() string { return e.Err.Error() }
+func (e *KillError) Unwrap() error { return e.Err }
+
 // wrapErr wraps err in the type above that describes it, if one does.
 func wrapErr(err error) error {
 	if err == nil {
 		return nil
+	}
+	// The outcomes of a commit first: whatever failed on the way, the
+	// caller must act on where the process is.
+	var ue *source.UndecidedError
+	if errors.As(err, &ue) {
+		return &UndecidedError{PID: ue.PID, Session: ue.Session, Target: ue.Target, Err: err}
+	}
+	var ke *source.KillError
+	if errors.As(err, &ke) {
+		return &KillError{PID: ke.PID, Err: err}
 	}
 	if r := refusal(err); r != nil {
 		return r

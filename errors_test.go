@@ -42,6 +42,16 @@ func TestErrors(t *testing.T) {
 			var te *TimeoutError
 			return errors.As(err, &te)
 		}},
+		// An undecided commit is that, whatever failed on the way.
+		{&source.UndecidedError{PID: 14, Session: "s", Target: "t", Err: fmt.Errorf("no final answer: %w", context.DeadlineExceeded)}, func(err error) bool {
+			var ue *UndecidedError
+			var te *TimeoutError
+			return errors.As(err, &ue) && ue.PID == 14 && ue.Session == "s" && ue.Target == "t" && !errors.As(err, &te)
+		}},
+		{&source.KillError{PID: 15, Err: errors.New("ESRCH")}, func(err error) bool {
+			var ke *KillError
+			return errors.As(err, &ke) && ke.PID == 15
+		}},
 		{&target.HostLimitError{What: "fs.nr_open", Need: 5000, Limit: 1024}, func(err error) bool {
 			var hl *HostLimitError
 			return errors.As(err, &hl) && hl.What == "fs.nr_open" && hl.Need == 5000 && hl.Limit == 1024

@@ -1,14 +1,15 @@
 // Package migrate is the API for programs that embed migrate (a node
 // agent, an orchestrator's driver): it checkpoints a running Linux process
 // into a directory and restores it from there (Dump, Restore), moves one
-// to another host while it runs (Migrate), and accepts such moves there
-// (Serve). The migrate command is a thin user of it: each option is one of
-// its flags, and the zero value of every option is that flag's default.
+// to another host while it runs (Migrate), accepts such moves there
+// (Serve), and settles a move whose outcome the source could not learn
+// (Recover). The migrate command is a thin user of it: each option is one
+// of its flags, and the zero value of every option is that flag's default.
 //
 // Migrate and Serve report their progress as Events, to a callback in
 // their options; failures are typed values (RefusedError, PeerError,
-// TimeoutError, HostLimitError) that wrap the error the work returned,
-// with the same text.
+// TimeoutError, HostLimitError, UndecidedError, KillError) that wrap the
+// error the work returned, with the same text.
 //
 // Like the command, it runs as root, on Linux x86-64.
 package migrate
@@ -210,9 +211,10 @@ type MigrateOptions struct {
 // A nil error: the process runs on the target. Any failure before the
 // commit leaves the original running as it was (an EventAborted says so).
 // If the commit was sent and its outcome could not be learned, the error
-// is a *source.UndecidedError: the original is left frozen for `migrate
-// recover`. The Report is nil only if the migration failed before the
-// target was asked.
+// is an *UndecidedError: the original is left frozen for Recover; a
+// *KillError says the process runs on the target but the original could
+// not be killed. The Report is nil only if the migration failed before
+// the target was asked.
 func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (*Report, error) {
 	log := logger(opts.Logger)
 	ev := emitter{f: opts.OnEvent, pid: pid}
@@ -241,6 +243,26 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 		}
 	}
 	return rep, err
+}
+
+// RecoverOptions configure Recover.
+type RecoverOptions struct {
+	Auth Auth
+	// Logger receives progress and warnings; nil: discarded.
+	Logger *slog.Logger
+}
+
+// Recover settles a migration that ended in an *UndecidedError (as
+// `migrate recover` does): it asks the target at HOST:PORT what became of
+// session, then kills the frozen original pid if the target runs the
+// process, or lets it run on if the migration was aborted; else it leaves
+// it stopped and says so. It returns the target's answer ("resumed",
+// "aborted", ...). It acts only on the process a record of that migration
+// names (same PID, session and start time), and refuses any other.
+func Recover(ctx context.Context, pid int, target, session string, opts RecoverOptions) (string, error) {
+	log := logger(opts.Logger)
+	out, err := source.Recover(ctx, target, session, pid, opts.Auth.config(log), log)
+	return out, wrapErr(err)
 }
 
 // ServeOptions configure Serve. The zero value (but Auth) serves

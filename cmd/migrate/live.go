@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/procmig/migrate"
-	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
 )
@@ -323,8 +322,7 @@ names (same PID, session and start time), and refuses any other.`,
 			if err != nil {
 				return err
 			}
-			tcfg := transport.Config{Secret: cfg.Secret, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: cfg.CAFile, Insecure: cfg.Insecure, Logger: e.logger}
-			out, err := source.Recover(ctx, to, session, pid, tcfg, e.logger)
+			out, err := migrate.Recover(ctx, pid, to, session, migrate.RecoverOptions{Auth: cfg, Logger: e.logger})
 			fmt.Fprintf(e.stdout, "session %s: %s\n", session, out)
 			return err
 		}
