@@ -40,10 +40,11 @@ type EventKind int
 
 // The events of Migrate, in order: EventRoundStarted and
 // EventRoundFinished for each round (the last round after EventFrozen),
-// EventCommitted, EventResumed. A migration that fails before its commit
-// ends with EventAborted instead, at any point; one whose commit's outcome
-// could not be learned ends without either (Migrate's error says what to
-// do).
+// EventCommitted, EventResumed. A migration that fails and gives the
+// original back ends with EventAborted instead, at any point (after
+// EventCommitted too, if the target aborted); one whose commit's outcome
+// could not be learned ends without either (Migrate's error, an
+// *UndecidedError, says what to do).
 //
 // The events of Serve, for each migration, in order: EventSessionStarted,
 // EventSessionRestored, EventSessionCommitted; or EventSessionAborted after
@@ -54,7 +55,7 @@ const (
 	EventFrozen                             // every thread of the original is stopped
 	EventCommitted                          // the commit is sent: the point of no return
 	EventResumed                            // the process runs on the target; the original is killed next
-	EventAborted                            // the migration failed; the original runs on as it was
+	EventAborted                            // the migration failed; the original runs on (unless Err says resuming it failed)
 
 	EventSessionStarted   // a source began a migration: the PID is free here
 	EventSessionRestored  // the process is whole here, stopped: the source is told ready
