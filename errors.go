@@ -39,8 +39,8 @@ const (
 	// deleted executable, a scheduling policy a restore does not make,
 	// ...): source.BadTargetError.
 	RefusedProcess RefusalKind = "process"
-	// RefusedFD: an open file descriptor (a file lock, a socket kind,
-	// ...): source.UnsupportedFDError.
+	// RefusedFD: an open file descriptor (a file lock in a live
+	// migration, a socket kind, ...): source.UnsupportedFDError.
 	RefusedFD RefusalKind = "fd"
 	// RefusedMapping: a memory area: source.UnsupportedMappingError.
 	RefusedMapping RefusalKind = "mapping"
@@ -62,6 +62,18 @@ const (
 	// RefusedImage: a file of the image is missing, damaged or not what
 	// the image says: core.ImageError.
 	RefusedImage RefusalKind = "image"
+	// RefusedSeccomp: a thread's seccomp state (a filter with a
+	// user-space listener, ...): source.SeccompError.
+	RefusedSeccomp RefusalKind = "seccomp"
+	// RefusedLock: a file lock of the image that another process took
+	// since the dump: target.LockError.
+	RefusedLock RefusalKind = "lock"
+	// RefusedCgroup: a cgroup (or hierarchy) of the image that this host
+	// lacks or will not take the process in: target.CgroupError.
+	RefusedCgroup RefusalKind = "cgroup"
+	// RefusedDiffers: the restored process differs from its image
+	// (RestoreOptions.Check): target.CheckError.
+	RefusedDiffers RefusalKind = "differs"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -173,6 +185,10 @@ func refusal(err error) *RefusedError {
 		af  *target.AffinityError
 		at  *target.AttrError
 		im  *core.ImageError
+		sc  *source.SeccompError
+		lk  *target.LockError
+		cg  *target.CgroupError
+		ck  *target.CheckError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -193,6 +209,14 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedAttribute, PID: at.PID, Err: err}
 	case errors.As(err, &im):
 		return &RefusedError{Kind: RefusedImage, Err: err}
+	case errors.As(err, &sc):
+		return &RefusedError{Kind: RefusedSeccomp, PID: sc.PID, Err: err}
+	case errors.As(err, &lk):
+		return &RefusedError{Kind: RefusedLock, PID: lk.PID, Err: err}
+	case errors.As(err, &cg):
+		return &RefusedError{Kind: RefusedCgroup, PID: cg.PID, Err: err}
+	case errors.As(err, &ck):
+		return &RefusedError{Kind: RefusedDiffers, Err: err}
 	}
 	return nil
 }

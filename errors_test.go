@@ -30,6 +30,10 @@ func TestErrors(t *testing.T) {
 		{&target.AffinityError{PID: 11, TID: 12}, refusedAs(RefusedAffinity, 11)},
 		{&target.AttrError{PID: 13, Attr: "nice"}, refusedAs(RefusedAttribute, 13)},
 		{&target.VDSOMismatchError{Reason: "size"}, refusedAs(RefusedVDSO, 0)},
+		{handoff(&source.SeccompError{PID: 16, TID: 16, Filter: 0, Reason: "a user-space listener"}), refusedAs(RefusedSeccomp, 16)},
+		{&target.LockError{PID: 17, FD: 3, Path: "/tmp/l", Holder: 99}, refusedAs(RefusedLock, 17)},
+		{&target.CgroupError{PID: 18, Path: "/gone", Reason: "no such cgroup"}, refusedAs(RefusedCgroup, 18)},
+		{&target.CheckError{Diffs: []target.Difference{{PID: 19, What: "umask", Got: "022", Want: "077"}}}, refusedAs(RefusedDiffers, 0)},
 		{handoff(&source.PeerError{Abort: true, Text: "target: prepare: pid 10 is already in use"}), func(err error) bool {
 			var pe *PeerError
 			return errors.As(err, &pe) && pe.Abort && pe.Text == "target: prepare: pid 10 is already in use"
