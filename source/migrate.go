@@ -44,7 +44,30 @@ type MigrateOptions struct {
 	// Hooks run at the source's stages: pre-freeze, post-dump,
 	// post-resume, abort.
 	Hooks *hook.Set
+	// Notify, if set, is told of each milestone as the migration passes
+	// it, from the migration's goroutine (Progress sees the rounds end).
+	// From MilestoneFrozen on, its time is downtime.
+	Notify func(Milestone)
 }
+
+// A Milestone is a point a live migration passed (MigrateOptions.Notify).
+type Milestone struct {
+	Kind    MilestoneKind
+	Session string // the transport session's ID
+	Round   int    // MilestoneRound: the round that begins
+}
+
+// MilestoneKind says which point a Milestone is.
+type MilestoneKind int
+
+// The milestones of a live migration, in order: MilestoneRound for each
+// round (the last one after MilestoneFrozen).
+const (
+	MilestoneRound   MilestoneKind = iota + 1 // a round of pages begins
+	MilestoneFrozen                           // every thread is stopped
+	MilestoneCommit                           // the commit is sent: the point of no return
+	MilestoneResumed                          // the target runs the process; the original is killed next
+)
 
 // MigrateReport says what a live migration did.
 type MigrateReport struct {
@@ -157,7 +180,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if opts.Bandwidth > 0 {
 		pagesOut = &limitedWriter{w: pages, rate: float64(opts.Bandwidth), start: time.Now()}
 	}
-	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, hooks: opts.Hooks,
+	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
 	cfg := handoff.SourceConfig{
@@ -268,6 +291,7 @@ type liveSource struct {
 	sink      *pageSink
 	pending   []PageRange
 	progress  func(RoundReport)
+	notify    func(Milestone)
 	frozen    time.Time
 	resumed   time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -297,6 +321,16 @@ type liveSource struct {
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
 }
+
+// milestone tells notify of a milestone.
+func (a *liveSource) milestone(kind MilestoneKind, round int) {
+	if a.notify != nil {
+		a.notify(Milestone{Kind: kind, Session: a.hookEnv["MIGRATE_SESSION"], Round: round})
+	}
+}
+
+// Committing: the commit is about to be sent.
+func (a *liveSource) Committing() { a.milestone(MilestoneCommit, 0) }
 
 // replayHeld sends on the packets the lock dropped (the lock is off): the
 // process, here or on the target, takes them at once.
@@ -426,6 +460,7 @@ func (a *liveSource) relisten() error {
 // announce ties the dumper's rounds to the handoff's.
 func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
+		a.milestone(MilestoneRound, int(r.Round()))
 		p := *a.d.proc
 		p.VMAs = vmas
 		// The fds go with the state (the final round's layout comes
@@ -502,6 +537,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	}
 	a.d.p = p
 	a.frozen = time.Now()
+	a.milestone(MilestoneFrozen, 0)
 	return nil
 }
 
@@ -694,6 +730,7 @@ func (a *liveSource) ResumeOriginal() error {
 // KillOriginal kills the frozen original: the target runs the process.
 func (a *liveSource) KillOriginal() error {
 	a.resumed = time.Now()
+	a.milestone(MilestoneResumed, 0)
 	for _, l := range a.released {
 		unix.Close(l.fd)
 	}

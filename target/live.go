@@ -183,6 +183,15 @@ type liveTarget struct {
 	lock    *netlock.Lock // this side's, on the connections until the resume
 	hold    *netlock.Hold // what lock drops
 	aborted bool
+	// notify, if set, is told of the session's steps (ServeOptions.OnSession).
+	notify func(SessionEvent)
+}
+
+// event tells notify of a step of the session.
+func (t *liveTarget) event(kind SessionEventKind, err error) {
+	if t.notify != nil {
+		t.notify(SessionEvent{Kind: kind, Session: t.sess.ID(), Peer: t.sess.Peer().String(), PID: t.pid, Err: err})
+	}
 }
 
 // hookEnv describes the session to the hooks.
@@ -219,6 +228,7 @@ func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
 
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
+	t.event(SessionStarted, nil)
 	// A process that left this host a moment ago (migrated away, killed)
 	// may still hold the PID as a zombie until its parent (this service,
 	// as PID 1 of its namespace) reaps it: worth a short wait.
@@ -438,6 +448,9 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if t.hooks.Has(hook.PreResume) {
 		t.lap("pre-resume hook")
 	}
+	if err == nil {
+		t.event(SessionRestored, nil)
+	}
 	return err
 }
 
@@ -477,6 +490,9 @@ func (t *liveTarget) Resume() error {
 	}
 	t.resumedAt = time.Now()
 	t.lap("held packets")
+	if err == nil {
+		t.event(SessionCommitted, nil)
+	}
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
 			if err := t.hooks.Run(context.Background(), hook.PostResume, t.hookEnv()); err != nil {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate"
 )
 
 var restoreCmd = &command{
@@ -54,7 +54,7 @@ stderr. With --json the full report goes to stdout instead.`,
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			rep, err := e.ops.restore(ctx, target.RestoreOptions{Dir: dir, Logger: e.logger, Check: check})
+			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check})
 			if err != nil {
 				return err
 			}

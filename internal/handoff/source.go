@@ -617,6 +617,9 @@ func (s *sourceRun) rollback(phase string, cause error) (transport.Outcome, erro
 // source never decides: it learns.
 func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 	s.log.Debug("handoff: commit")
+	if c, ok := s.act.(interface{ Committing() }); ok {
+		c.Committing()
+	}
 	why := s.send(&transport.Commit{})
 	if why == nil {
 		m, err := s.next(ctx, s.cfg.ResumedTimeout, "resumed")
