@@ -439,6 +439,11 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if err := t.b.Finish(ctx, img); err != nil {
 		return err
 	}
+	// The process is compared with its image before the source is told
+	// it is ready: one that differs is refused, and the original runs on.
+	if err := t.b.Check(); err != nil {
+		return err
+	}
 	t.steps = append(t.steps, t.b.steps[n:]...)
 	t.lapped = time.Now()
 	t.img = img

@@ -422,6 +422,16 @@ func (r *restorer) joinGroup() error {
 	if p.PGID == p.PID {
 		pgid = 0
 	}
+	if p.PGID == 0 {
+		// Its group was outside its PID namespace (stat shows 0): not one
+		// this host can give it back. It leads a group of its own rather
+		// than stay in the restoring service's.
+		if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, 0); err != nil {
+			return fmt.Errorf("process %d: cannot lead a process group of its own: %w", p.PID, err)
+		}
+		r.warnDiff(p.PID, 0, "process group", "process %d: its process group was outside its PID namespace; it leads a group of its own", p.PID)
+		return nil
+	}
 	if _, err := r.sys("setpgid", unix.SYS_SETPGID, 0, pgid); err != nil {
 		// The group is gone (its processes were not in the image). The
 		// process would stay in the husk's, the restoring service's: a
