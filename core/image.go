@@ -51,6 +51,9 @@ type Image struct {
 	// Tree holds the root's descendants, each after its parent, with their
 	// own page streams (Process.Pages).
 	Tree []Process `json:"tree,omitempty"`
+	// Shm are the System V shared memory segments the processes attach
+	// (areas of kind VMASysV), each once.
+	Shm []ShmSegment `json:"shm,omitempty"`
 	// NetLock names the nftables table (core/netlock) that keeps the
 	// dumping host from answering the image's TCP connections and
 	// listening ports; the restore removes it once the process runs.
@@ -257,6 +260,7 @@ const (
 	VMASharedFile = "shared-file" // shared file mapping
 	VMAVDSO       = "vdso"        // [vdso]
 	VMAVVar       = "vvar"        // [vvar], [vvar_vclock]
+	VMASysV       = "sysv"        // System V shared memory (shmat): VMA.Shm is the segment's ID
 )
 
 // VMA is one memory area.
@@ -273,7 +277,8 @@ type VMA struct {
 	// Shm identifies the shmem object behind a shared anonymous area (its
 	// inode): areas of the tree with the same Shm map one object (a fork
 	// shares it between parent and child), and are restored so. 0: not
-	// recorded, each area its own object.
+	// recorded, each area its own object. For a System V area (VMASysV),
+	// the segment's ID (Image.Shm).
 	Shm uint64 `json:"shm,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
@@ -660,6 +665,9 @@ func (img *Image) Validate() error {
 	if len(img.Tree) > maxList {
 		return fmt.Errorf("%d processes in the tree", len(img.Tree))
 	}
+	if err := validateShm(img); err != nil {
+		return err
+	}
 	// Every PID and TID once in the whole image: clone3 cannot make one
 	// twice.
 	ids := map[int]bool{}
@@ -750,6 +758,10 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 		prev = v.End
 		switch v.Kind {
 		case VMAAnon, VMASharedAnon, VMAVDSO, VMAVVar:
+		case VMASysV:
+			if v.Flags&1 == 0 || v.Pages != 0 {
+				return fmt.Errorf("vma %d: a System V area that is not shared or has pages of its own", i)
+			}
 		case VMAFile, VMASharedFile:
 			if v.File == nil || v.File.Path == "" {
 				return fmt.Errorf("vma %d: file mapping without a file", i)

@@ -429,8 +429,8 @@ func validateVMA(v *VMA) error {
 	if v.Seals&^maxSeals != 0 || (v.Seals != 0 && (v.File == nil || !strings.HasPrefix(v.File.Path, "/memfd:"))) {
 		return fmt.Errorf("seals %#x (F_SEAL_* of a mapped memfd)", v.Seals)
 	}
-	if v.MayWrite && v.Kind != VMASharedFile {
-		return fmt.Errorf("may_write on a %s area (shared file mappings only)", v.Kind)
+	if v.MayWrite && v.Kind != VMASharedFile && v.Kind != VMASysV {
+		return fmt.Errorf("may_write on a %s area (shared file and System V mappings only)", v.Kind)
 	}
 	if v.Lock != "" && v.Lock != LockAll && v.Lock != LockOnFault {
 		return fmt.Errorf("lock %q (one of %q and %q)", v.Lock, LockAll, LockOnFault)

@@ -42,6 +42,8 @@ type session struct {
 	tr    *ptrace.Tracer
 	codec pagestream.Codec
 	blobs int
+	// shm are the System V segments the processes attach (readSysV).
+	shm []core.ShmSegment
 	// blobSums are the blobs stored so far, for Image.Blobs.
 	blobSums map[string]core.Blob
 	steps    []Step
@@ -281,6 +283,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 	img.Blobs = ss.blobSums
+	img.Shm = ss.shm
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}

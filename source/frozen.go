@@ -25,7 +25,8 @@ import (
 //     scheduling and other attributes.
 //  4. memory:   the final pages (the dirty pages of the last round after a
 //     pre-copy, or all of them).
-//  5. blobs:    the contents of deleted files, pipe and socket buffers.
+//  5. blobs:    the contents of deleted files, pipe and socket buffers,
+//     System V shared memory segments.
 //
 // What the two callers do differently within a phase is set in the fields
 // of frozenState; the order is collect's alone.
@@ -136,6 +137,9 @@ func (f *frozenState) read(ctx context.Context) error {
 		}
 	}
 	if err := ss.resolvePipes(); err != nil {
+		return err
+	}
+	if err := ss.readSysV(f.all); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -279,5 +283,5 @@ func (f *frozenState) blobs() error {
 			return err
 		}
 	}
-	return nil
+	return f.ss.writeSysV()
 }

@@ -97,7 +97,7 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 			v.Flags |= unix.MAP_NORESERVE
 		}
 		v.Lock = lockOf(m)
-		v.MayWrite = v.Kind == core.VMASharedFile && m.HasFlag("mw")
+		v.MayWrite = (v.Kind == core.VMASharedFile || v.Kind == core.VMASysV) && m.HasFlag("mw")
 		v.Madvise = nil
 		for _, a := range vmFlagAdvice {
 			if m.HasFlag(a.flag) {
@@ -111,7 +111,7 @@ func addVmFlags(pid int, vmas []core.VMA, smaps []proc.Mapping, scratch, scratch
 // refuseMapping returns an *UnsupportedMappingError for an area a restore
 // cannot give back as it was: hugetlb memory (MAP_HUGETLB, a hugetlbfs
 // file, SHM_HUGETLB), which would come back as small pages of another
-// file; System V shared memory; a shadow stack; an area under a memory
+// file; a shadow stack; an area under a memory
 // protection key (the key would be lost, and the PKRU register that the
 // thread state carries would then guard nothing). m may come from maps (the
 // flags and the key show only in smaps, which the frozen dump reads) or
@@ -121,8 +121,6 @@ func refuseMapping(pid int, m *proc.Mapping) error {
 	case m.HasFlag("ht") || (m.Deleted && m.Path == "/anon_hugepage"):
 		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
 			Reason: "hugetlb memory is not carried (it would come back as normal pages)"}
-	case m.Shared && m.Deleted && strings.HasPrefix(m.Path, "/SYSV"):
-		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path + " (System V shared memory)"}
 	case m.HasFlag("ss"):
 		return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path,
 			Reason: "a shadow stack (x86 CET) is not carried"}
@@ -244,6 +242,10 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			if m.Shared {
 				v.Kind = core.VMASharedAnon
 			}
+		case m.IsSysVShm():
+			// Its contents go with the segment (Image.Shm), once.
+			v.Kind, v.Shm = core.VMASysV, m.Inode
+			v.MayWrite = m.HasFlag("mw") // attached read-only or not
 		case m.Shared && m.Deleted && name == "/dev/zero":
 			v.Kind, v.Name = core.VMASharedAnon, name
 		case strings.HasPrefix(name, "/"):

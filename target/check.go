@@ -308,6 +308,9 @@ func (c *checker) memory(p *core.Process) {
 			area := fmt.Sprintf("area %#x-%#x", v.Start, v.End)
 			cmp(c, 0, area+" protection", protString(v.Prot), protString(m.Prot))
 			cmp(c, 0, area+" sharing", v.Flags&unix.MAP_SHARED != 0, m.Shared)
+			if v.Kind == core.VMASysV {
+				cmp(c, 0, area+" System V segment", v.Shm, m.Inode)
+			}
 			if v.File != nil && !strings.HasPrefix(v.File.Path, "/memfd:") && !v.File.Deleted {
 				cmp(c, 0, area+" file", v.File.Path, m.Path)
 			}

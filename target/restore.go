@@ -36,6 +36,9 @@ type session struct {
 	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
+	// shmCreated are the System V segments this restore created (a
+	// failed restore removes them).
+	shmCreated []int
 	// shmem is where each shared anonymous object of the image (VMA.Shm)
 	// was first mapped: the other areas that had it map that object too.
 	shmem map[uint64]shmemArea
@@ -200,6 +203,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
+		{"System V shared memory", func() error { return ss.prepareSysV(img) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
@@ -297,6 +301,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 			{"restore process state", b.each(ctx, (*restorer).restoreState)},
 			{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
 			{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
+			{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
 		})
 	})
 }
@@ -394,6 +399,7 @@ func (b *Builder) Discard() {
 	for i := len(b.all) - 1; i >= 0; i-- {
 		b.all[i].abort()
 	}
+	b.ss.discardSysV()
 	b.release()
 }
 
@@ -839,6 +845,18 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN|unix.MAP_NORESERVE) | unix.MAP_FIXED
 		fd := ^uint64(0)
 		switch v.Kind {
+		case core.VMASysV:
+			// One shmat for the areas of an attachment (split by
+			// mprotect), then each area's protection.
+			if v.Offset == 0 {
+				if err := r.attachSysV(v); err != nil {
+					return err
+				}
+			}
+			if _, err := r.sys("mprotect", unix.SYS_MPROTECT, v.Start, v.Len(), uint64(v.Prot)); err != nil {
+				return fmt.Errorf("area %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
 		case core.VMAAnon:
 			flags |= unix.MAP_ANONYMOUS
 		case core.VMASharedAnon:

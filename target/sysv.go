@@ -1,0 +1,177 @@
+package target
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+)
+
+// ShmError says a System V shared memory segment of the image cannot be
+// given back with its ID and key on this host: another segment holds one
+// of them, or processes still attach it.
+type ShmError struct {
+	ID     int
+	Key    int32
+	Reason string
+	Err    error
+}
+
+func (e *ShmError) Error() string {
+	s := fmt.Sprintf("System V segment %d (key %#x): %s", e.ID, uint32(e.Key), e.Reason)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *ShmError) Unwrap() error { return e.Err }
+
+// shmctl and shmat values x/sys/unix lacks (linux/shm.h).
+const (
+	shmLock  = 11      // SHM_LOCK
+	shmRemap = 0o40000 // SHM_REMAP: take the place of what is mapped there
+)
+
+// shmNextID is where the next shmget of this IPC namespace takes its ID.
+const shmNextID = "/proc/sys/kernel/shm_next_id"
+
+// prepareSysV gives back every System V segment of the image before the
+// processes attach them (mapAreas): with its ID, key, size, owner, mode
+// and contents. On the dumping host the segment may still be there (a
+// segment outlives the processes that attach it): if it is the same one
+// (key, size, creator and creation time) and nobody attaches it, it is
+// taken as it is, its contents written from the image; another segment
+// holding its ID or key fails the restore (ShmError).
+func (ss *session) prepareSysV(img *core.Image) error {
+	for i := range img.Shm {
+		s := &img.Shm[i]
+		fail := func(reason string, err error) error {
+			return &ShmError{ID: s.ID, Key: s.Key, Reason: reason, Err: err}
+		}
+		var ds unix.SysvShmDesc
+		_, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds)
+		switch {
+		case err == nil:
+			if ds.Perm.Key != s.Key || ds.Segsz != s.Size || ds.Cpid != s.CPID || ds.Ctime != s.Ctime {
+				return fail(fmt.Sprintf("its ID is taken by another segment (key %#x, %d bytes)", uint32(ds.Perm.Key), ds.Segsz), nil)
+			}
+			if ds.Nattch != 0 {
+				return fail(fmt.Sprintf("processes attach it (%d times)", ds.Nattch), nil)
+			}
+		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIDRM):
+			if err := ss.createSegment(s); err != nil {
+				return err
+			}
+		default:
+			return fail("shmctl(IPC_STAT)", err)
+		}
+		if err := ss.fillSegment(img, s); err != nil {
+			return fail("write its contents", err)
+		}
+		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
+			return fail("shmctl(IPC_STAT)", err)
+		}
+		ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
+		ds.Perm.Mode = s.Mode
+		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_SET, &ds); err != nil {
+			return fail("shmctl(IPC_SET) of its owner and mode", err)
+		}
+		if s.Locked {
+			if _, err := unix.SysvShmCtl(s.ID, shmLock, nil); err != nil {
+				return fail("shmctl(SHM_LOCK)", err)
+			}
+		}
+	}
+	return nil
+}
+
+// createSegment makes segment s with its ID (shm_next_id) and key.
+func (ss *session) createSegment(s *core.ShmSegment) error {
+	fail := func(reason string, err error) error {
+		return &ShmError{ID: s.ID, Key: s.Key, Reason: reason, Err: err}
+	}
+	if s.Key != 0 {
+		if id, err := unix.SysvShmGet(int(s.Key), 0, 0); err == nil {
+			return fail(fmt.Sprintf("its key is taken by segment %d", id), nil)
+		}
+	}
+	if err := os.WriteFile(shmNextID, []byte(strconv.Itoa(s.ID)), 0); err != nil {
+		return fail("set "+shmNextID, err)
+	}
+	id, err := unix.SysvShmGet(int(s.Key), int(s.Size), unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	if err != nil {
+		os.WriteFile(shmNextID, []byte("-1"), 0)
+		return fail("shmget", err)
+	}
+	if id != s.ID {
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+		return fail(fmt.Sprintf("the kernel gave it ID %d (another process made a segment at the same time?)", id), nil)
+	}
+	ss.mu.Lock()
+	ss.shmCreated = append(ss.shmCreated, id)
+	ss.mu.Unlock()
+	return nil
+}
+
+// fillSegment writes the image's contents of s through an attachment of
+// the restorer's own.
+func (ss *session) fillSegment(img *core.Image, s *core.ShmSegment) error {
+	b, err := unix.SysvShmAttach(s.ID, 0, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.SysvShmDetach(b)
+	f, err := openBlob(ss.dir, img, s.Data)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.ReadFull(f, b[:s.Size])
+	return err
+}
+
+// removeSysV marks the segments that were marked removed (IPC_RMID) once
+// the processes attach them: they go with the last detach, as before.
+func (ss *session) removeSysV(img *core.Image) error {
+	for _, s := range img.Shm {
+		if s.Removed {
+			if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil {
+				return &ShmError{ID: s.ID, Key: s.Key, Reason: "shmctl(IPC_RMID)", Err: err}
+			}
+		}
+	}
+	return nil
+}
+
+// discardSysV removes the segments a failed restore created.
+func (ss *session) discardSysV() {
+	for _, id := range ss.shmCreated {
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+	}
+	ss.shmCreated = nil
+}
+
+// attachSysV attaches, for area v of kind VMASysV that begins an
+// attachment (offset 0), its whole segment at v.Start (shmat), read-only
+// unless the attachment may be made writable (VM_MAYWRITE): mapAreas then
+// sets each area's protection.
+func (r *restorer) attachSysV(v *core.VMA) error {
+	flags := uint64(shmRemap)
+	if !v.MayWrite && v.Prot&unix.PROT_WRITE == 0 {
+		flags |= unix.SHM_RDONLY
+	}
+	got, err := r.sys("shmat", unix.SYS_SHMAT, v.Shm, v.Start, flags)
+	if err != nil {
+		return fmt.Errorf("area %#x-%#x: attach System V segment %d: %w", v.Start, v.End, v.Shm, err)
+	}
+	if got != v.Start {
+		return fmt.Errorf("area %#x-%#x: System V segment %d attached at %#x", v.Start, v.End, v.Shm, got)
+	}
+	return nil
+}
