@@ -13,6 +13,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // hashTracker finds written pages by their contents: it keeps a 64-bit
@@ -287,14 +288,12 @@ func (h *hashTracker) readRuns(runs []PageRange, readable bool, f func(addr uint
 	buf := h.buf[:total]
 	n := 0
 	if readable {
-		local := []unix.Iovec{{Base: &buf[0]}}
-		local[0].SetLen(total)
 		remote := make([]unix.RemoteIovec, len(runs))
 		for i, r := range runs {
 			remote[i] = unix.RemoteIovec{Base: uintptr(r.Start), Len: int(r.End - r.Start)}
 		}
 		var err error
-		n, err = unix.ProcessVMReadv(h.pid, local, remote, 0)
+		n, err = raw.ReadRemotev(h.pid, buf, remote)
 		if err != nil {
 			if errors.Is(err, unix.ESRCH) {
 				return fmt.Errorf("hash tracker: process %d: %w", h.pid, err)

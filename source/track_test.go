@@ -25,6 +25,7 @@ import (
 	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // The tracker tests run the test binary itself as the tracked process (the
@@ -156,7 +157,7 @@ func (w *workloadState) write(r *wlRegion, page int) error {
 		return fmt.Errorf("page %d out of region of %d pages", page, r.pages)
 	}
 	w.seq++
-	binary.LittleEndian.PutUint64(memAt(r.addr+uintptr(page)*pg+8, 8), w.seq)
+	binary.LittleEndian.PutUint64(raw.Mem(uint64(r.addr+uintptr(page)*pg+8), 8), w.seq)
 	return nil
 }
 
@@ -227,7 +228,7 @@ func (w *workloadState) do(f []string) (string, error) {
 			}
 		}
 		for _, s := range pages {
-			sum += memAt(r.addr+uintptr(atoi(s))*pg, 1)[0]
+			sum += raw.Mem(uint64(r.addr+uintptr(atoi(s))*pg), 1)[0]
 		}
 		return strconv.Itoa(int(sum)), nil
 	case "write": // write NAME PAGE...
@@ -390,7 +391,7 @@ func (w *workloadState) spin(r *wlRegion, n int, every int64, path string) error
 		page := rng.IntN(r.pages)
 		seq++
 		before := monoNow()
-		binary.LittleEndian.PutUint64(memAt(r.addr+uintptr(page)*pg+8, 8), seq)
+		binary.LittleEndian.PutUint64(raw.Mem(uint64(r.addr+uintptr(page)*pg+8), 8), seq)
 		log = append(log, writeRec{uint32(page), before, monoNow()})
 		next = before + every
 	}

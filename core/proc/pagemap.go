@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // PagemapEntry is one 64-bit entry of /proc/PID/pagemap, describing one
@@ -91,13 +93,11 @@ func (p *Pagemap) Read(start, end uint64, out []PagemapEntry) ([]PagemapEntry, e
 	if n == 0 {
 		return out, nil
 	}
-	buf := entryBytes(out)
+	buf := raw.SliceBytes(out) // native-endian uint64s, as PagemapEntry is: pread fills them in place
 	off := int64(start / pageSize * 8)
 	for done := 0; done < len(buf); {
-		m, err := unix.Pread(int(p.f.Fd()), buf[done:], off+int64(done))
+		m, err := raw.IgnoringEINTR2(func() (int, error) { return unix.Pread(int(p.f.Fd()), buf[done:], off+int64(done)) })
 		switch {
-		case err == syscall.EINTR:
-			continue
 		case err != nil:
 			return out[:done/8], &fs.PathError{Op: "pread", Path: p.path, Err: err}
 		case m == 0:
