@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/procmig/migrate/internal/testutil/workload"
 	"github.com/procmig/migrate/pagestream"
 )
 
@@ -16,11 +17,11 @@ import (
 func BenchmarkSendDirty(b *testing.B) {
 	const pages = 256 << 20 / pg
 	const written = 4096
-	w := startWorkload(b)
-	a := w.mapRegion("map", "A", pages, 0)
-	w.call("populate A")
-	vmas := layout(b, w.pid)
-	d := &dumper{session: &session{}, pid: w.pid}
+	w := workload.Start(b)
+	a := w.Map("map", "A", pages, 0)
+	w.Call("populate A")
+	vmas := workload.Layout(b, w.PID)
+	d := &dumper{session: &session{}, pid: w.PID}
 	pr, pw := io.Pipe()
 	go io.Copy(io.Discard, pr)
 	defer pw.Close()
@@ -35,12 +36,12 @@ func BenchmarkSendDirty(b *testing.B) {
 	round := uint32(0)
 	for b.Loop() {
 		b.StopTimer()
-		w.call("writen A %d %d", written, round)
+		w.Call("writen A %d %d", written, round)
 		rs, err := tr.Dirty(vmas)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if n := len(pagesIn(rs, a.start, pages)); n < written {
+		if n := len(pagesIn(rs, a.Start, pages)); n < written {
 			b.Fatalf("%d pages dirty, want %d", n, written)
 		}
 		b.StartTimer()
