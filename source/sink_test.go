@@ -30,7 +30,7 @@ func TestSinkAreaGone(t *testing.T) {
 		s.racy = racy
 		ctx := context.Background()
 		for _, r := range []workload.Region{a, b} {
-			if err := s.queue(ctx, 0, r.Start, r.Start+2*pg); err != nil {
+			if err := s.queue(ctx, 0, r.Start, r.Start+2*workload.Page); err != nil {
 				t.Fatal(err)
 			}
 		}

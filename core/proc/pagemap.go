@@ -53,6 +53,17 @@ func (e PagemapEntry) UffdWP() bool { return e&PagemapUffdWP != 0 }
 // a present page and reads 0 without CAP_SYS_ADMIN.
 func (e PagemapEntry) PFN() uint64 { return uint64(e) & PagemapPFNMask }
 
+// swapTypeMarker is the swap type of a pte marker (SWP_PTE_MARKER, the last
+// of the 32 swap types): a non-present entry that holds no page, left by a
+// zap of a userfaultfd write-protected file page. Pagemap shows it as
+// swapped, with the type in the low 5 bits of the frame (when frames are
+// shown at all, which needs CAP_SYS_ADMIN).
+const swapTypeMarker = 31
+
+// PTEMarker reports whether a swapped entry is a pte marker, not a page in
+// swap (uffd-wp marks untouched pages with markers).
+func (e PagemapEntry) PTEMarker() bool { return e.PFN()&31 == swapTypeMarker }
+
 // Pagemap is an open /proc/PID/pagemap.
 type Pagemap struct {
 	f    *os.File

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -66,7 +66,7 @@ func newHashTracker(pid int) *hashTracker {
 	return h
 }
 
-func (h *hashTracker) Name() string { return TrackerHash }
+func (h *hashTracker) Name() string { return Hash }
 
 // Held is always 0: the process is never stopped.
 func (h *hashTracker) Held() time.Duration { return 0 }
@@ -88,7 +88,7 @@ func (h *hashTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != trackerNew {
-		return ErrTrackerState
+		return ErrState
 	}
 	if p != nil && p.PID != h.pid {
 		return fmt.Errorf("hash tracker for process %d started on process %d", h.pid, p.PID)
@@ -122,7 +122,7 @@ func (h *hashTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	pl := planLayout(h.areas, vmas)
 	next := map[uint64]*hashChunk{}

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -18,8 +18,11 @@ import (
 	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/internal/testutil/workload"
 )
+
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // The tracker tests run the test binary itself as the tracked process:
 // internal/testutil/workload.
@@ -41,8 +44,8 @@ func skipUnsupported(t testing.TB, name string, err error) {
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	rel := unix.ByteSliceToString(uts.Release[:])
-	must := (name == TrackerSoftDirty && os.Getenv(requireSoftDirtyEnv) == "1") ||
-		(name == TrackerUffdWP && os.Getenv(requireUffdEnv) == "1")
+	must := (name == SoftDirty && os.Getenv(requireSoftDirtyEnv) == "1") ||
+		(name == UffdWP && os.Getenv(requireUffdEnv) == "1")
 	if must {
 		t.Fatalf("%s tracker required here but not supported on kernel %s: %v", name, rel, err)
 	}
@@ -52,7 +55,7 @@ func skipUnsupported(t testing.TB, name string, err error) {
 // newTestTracker makes a tracker of the named backend for w, or skips.
 func newTestTracker(t testing.TB, name string, w *workload.Workload) Tracker {
 	t.Helper()
-	tr, err := NewTracker(name, w.PID)
+	tr, err := New(name, w.PID)
 	if errors.Is(err, kernel.ErrNotSupported) {
 		skipUnsupported(t, name, err)
 	}
@@ -150,7 +153,7 @@ func pageList(ps []int) string {
 	return strings.Join(parts, ",")
 }
 
-var backends = []string{TrackerUffdWP, TrackerSoftDirty, TrackerHash}
+var backends = []string{UffdWP, SoftDirty, Hash}
 
 // TestTrackExact: writes between rounds are reported exactly, in private,
 // shared and private file memory, by the process and by the kernel, and
@@ -209,7 +212,7 @@ func TestTrackExact(t *testing.T) {
 			expect(t, "MADV_DONTNEED of a copied file page", dirty(t, tr, w), regions, map[string][]int{"F": {2}})
 			// soft-dirty and uffd-wp pause the process for their scans;
 			// hash never stops it.
-			if h := tr.Held(); name == TrackerHash && h != 0 {
+			if h := tr.Held(); name == Hash && h != 0 {
 				t.Errorf("Held() = %v for a backend that never stops the process", h)
 			}
 		})
@@ -425,7 +428,7 @@ func TestTrackClose(t *testing.T) {
 			mapsBefore := mapsText(t, w.PID)
 			threadsBefore := threads(t, w.PID)
 			startTracking(t, tr, w)
-			if name == TrackerUffdWP {
+			if name == UffdWP {
 				if !hasVmFlag(t, w.PID, "uw") {
 					t.Error("no VMA registered for uffd-wp (VmFlags uw) while tracking")
 				}
@@ -438,8 +441,8 @@ func TestTrackClose(t *testing.T) {
 			if err := tr.Close(); err != nil {
 				t.Fatalf("second Close: %v", err)
 			}
-			if _, err := tr.Dirty(workload.Layout(t, w.PID)); !errors.Is(err, ErrTrackerState) {
-				t.Errorf("Dirty after Close: %v, want ErrTrackerState", err)
+			if _, err := tr.Dirty(workload.Layout(t, w.PID)); !errors.Is(err, ErrState) {
+				t.Errorf("Dirty after Close: %v, want ErrState", err)
 			}
 			if got := fdLinks(t, w.PID); !slices.Equal(got, fdsBefore) {
 				t.Errorf("fds after Close %v, before Start %v", got, fdsBefore)
@@ -555,14 +558,14 @@ func hasVmFlag(t testing.TB, pid int, flag string) bool {
 // TestTrackAuto: auto picks the best backend this kernel has.
 func TestTrackAuto(t *testing.T) {
 	w := workload.Start(t)
-	tr, err := NewTracker(TrackerAuto, w.PID)
+	tr, err := New(Auto, w.PID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	want := TrackerHash
-	for _, n := range []string{TrackerUffdWP, TrackerSoftDirty} {
-		if o, err := NewTracker(n, w.PID); err == nil {
+	want := Hash
+	for _, n := range []string{UffdWP, SoftDirty} {
+		if o, err := New(n, w.PID); err == nil {
 			o.Close()
 			want = n
 			break
@@ -572,11 +575,11 @@ func TestTrackAuto(t *testing.T) {
 		t.Errorf("auto picked %s, want %s", tr.Name(), want)
 	}
 	t.Logf("auto picked %s", tr.Name())
-	if _, err := NewTracker("dirty-bits", w.PID); !errors.As(err, new(*UnknownTrackerError)) {
+	if _, err := New("dirty-bits", w.PID); !errors.As(err, new(*UnknownError)) {
 		t.Errorf("unknown name: %v", err)
 	}
-	if !slices.Equal(TrackerNames(), []string{"auto", "uffd-wp", "soft-dirty", "hash"}) {
-		t.Errorf("TrackerNames() = %v", TrackerNames())
+	if !slices.Equal(Names(), []string{"auto", "uffd-wp", "soft-dirty", "hash"}) {
+		t.Errorf("Names() = %v", Names())
 	}
 }
 
@@ -584,8 +587,8 @@ func TestTrackAuto(t *testing.T) {
 // a userfaultfd for kernel faults still sees the kernel's writes.
 func TestTrackUffdUserModeOnly(t *testing.T) {
 	w := workload.Start(t)
-	if _, err := NewTracker(TrackerUffdWP, w.PID); err != nil {
-		skipUnsupported(t, TrackerUffdWP, err)
+	if _, err := New(UffdWP, w.PID); err != nil {
+		skipUnsupported(t, UffdWP, err)
 	}
 	a := w.Map("map", "A", 16, 0)
 	w.Call("populate A")
@@ -660,7 +663,7 @@ func TestTrackHashSent(t *testing.T) {
 	w := workload.Start(t)
 	a := w.Map("map", "A", 4, 0)
 	w.Call("populate A")
-	tr := newTestTracker(t, TrackerHash, w)
+	tr := newTestTracker(t, Hash, w)
 	startTracking(t, tr, w)
 	ct, ok := tr.(ContentTracker)
 	if !ok {
@@ -747,7 +750,7 @@ func BenchmarkTrackDirty(b *testing.B) {
 				// clear_refs, detach), on a kernel without soft-dirty,
 				// where no bit is ever set: only where the real backend
 				// cannot run.
-				if _, err := NewTracker(TrackerSoftDirty, w.PID); err == nil {
+				if _, err := New(SoftDirty, w.PID); err == nil {
 					b.Skip("soft-dirty works here: see the soft-dirty benchmark")
 				}
 				tr = newSoftDirtyTracker(w.PID)
@@ -812,7 +815,7 @@ func TestTrackFinalDirty(t *testing.T) {
 		e := w.Map("map", "E", 8, 0)
 		w.Call("populate E")
 		u := w.Map("map", "U", 16, 0)
-		tr := newTestTracker(t, TrackerUffdWP, w)
+		tr := newTestTracker(t, UffdWP, w)
 		startTracking(t, tr, w)
 		dirty(t, tr, w) // a first round
 
@@ -837,8 +840,8 @@ func TestTrackFinalDirty(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tr.Dirty(workload.Layout(t, w.PID)); !errors.Is(err, ErrTrackerState) {
-			t.Errorf("Dirty after FinalDirty: %v, want ErrTrackerState", err)
+		if _, err := tr.Dirty(workload.Layout(t, w.PID)); !errors.Is(err, ErrState) {
+			t.Errorf("Dirty after FinalDirty: %v, want ErrState", err)
 		}
 		return run{regions, rs}
 	}

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -76,7 +76,7 @@ func newUffdTracker(pid int) *uffdTracker {
 	return &uffdTracker{pid: pid, uffd: -1}
 }
 
-func (u *uffdTracker) Name() string { return TrackerUffdWP }
+func (u *uffdTracker) Name() string { return UffdWP }
 
 // Held is always 0: the process is never stopped.
 func (u *uffdTracker) Held() time.Duration { return u.held }
@@ -86,7 +86,7 @@ func (u *uffdTracker) Held() time.Duration { return u.held }
 // Preconditions: p is seized and all its threads are stopped.
 func (u *uffdTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	if u.state != trackerNew {
-		return ErrTrackerState
+		return ErrState
 	}
 	if p.PID != u.pid {
 		return fmt.Errorf("uffd-wp tracker for process %d started on process %d", u.pid, p.PID)
@@ -182,7 +182,7 @@ func uffdSupported() uint64 {
 // the rest of the layout.
 func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	// The scan runs with the process paused: on 6.18, scans racing with
 	// the process's writes were seen to lose writes (pages written while
@@ -280,7 +280,7 @@ func (u *uffdTracker) pause() (resume func(*error), err error) {
 // downtime.
 func (u *uffdTracker) FinalDirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	resume, err := u.pause()
 	if err != nil {
@@ -542,7 +542,7 @@ func (u *uffdTracker) swappedData(out []PageRange, start, end uint64) ([]PageRan
 		return nil, fmt.Errorf("uffd-wp tracker: %w", err)
 	}
 	for i, e := range ents {
-		if e.Swapped() && !pteMarker(e) {
+		if e.Swapped() && !e.PTEMarker() {
 			addr := start + uint64(i)*trackPage
 			out = appendRange(out, addr, addr+trackPage)
 		}
