@@ -49,3 +49,57 @@ func TestValidateAttrs(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateCgroups: cgroup places the restore would write a PID into
+// are refused unless the path is absolute and clean and the hierarchy
+// named as the kernel names them, once.
+func TestValidateCgroups(t *testing.T) {
+	good := []Cgroup{{Path: "/a/b"}, {Controllers: "cpu,cpuacct", Path: "/"}, {Controllers: "name=systemd", Path: "/x y"}}
+	if err := validateCgroups(good); err != nil {
+		t.Fatalf("valid cgroups refused: %v", err)
+	}
+	for name, cgs := range map[string][]Cgroup{
+		"relative path":  {{Path: "a/b"}},
+		"dot-dot":        {{Path: "/a/../../etc"}},
+		"NUL":            {{Path: "/a\x00b"}},
+		"slash in ctl":   {{Controllers: "cpu/../x", Path: "/"}},
+		"twice":          {{Path: "/a"}, {Path: "/b"}},
+		"too many":       make([]Cgroup, MaxCgroupHierarchies+1),
+		"trailing slash": {{Path: "/a/"}},
+		"upper-case ctl": {{Controllers: "CPU", Path: "/"}},
+		"empty path":     {{Controllers: "pids"}},
+	} {
+		if err := validateCgroups(cgs); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	p := &Process{PID: 10, Exe: FileRef{Path: "/bin/true"}, Cwd: "/", Root: "/", Threads: []Thread{{TID: 10, Cgroups: []Cgroup{{Path: "rel"}}}}}
+	if err := validateState(p); err == nil {
+		t.Error("a thread's bad cgroup path accepted")
+	}
+}
+
+// TestValidateLocks: file locks a restore would take are refused unless
+// of a known kind, on a file, with a range fcntl takes.
+func TestValidateLocks(t *testing.T) {
+	good := FD{FD: 3, Kind: FDFile, File: &FileRef{Path: "/f"}, Locks: []FileLock{{Kind: LockPOSIX, Write: true, Start: 10, Len: 10}, {Kind: LockFlock}, {Kind: LockOFD, Start: 5}}}
+	if err := validateLocks(&good); err != nil {
+		t.Fatalf("valid locks refused: %v", err)
+	}
+	for name, edit := range map[string]func(f *FD){
+		"unknown kind":     func(f *FD) { f.Locks[0].Kind = "lease" },
+		"negative start":   func(f *FD) { f.Locks[0].Start = -1 },
+		"negative length":  func(f *FD) { f.Locks[0].Len = -1 },
+		"overflowing end":  func(f *FD) { f.Locks[0].Start, f.Locks[0].Len = 1<<62, 1<<62 },
+		"flock with range": func(f *FD) { f.Locks[1].Start = 3 },
+		"on a pipe":        func(f *FD) { f.Kind = FDPipe },
+		"too many":         func(f *FD) { f.Locks = make([]FileLock, MaxLocksPerFD+1) },
+	} {
+		f := good
+		f.Locks = append([]FileLock(nil), good.Locks...)
+		edit(&f)
+		if err := validateLocks(&f); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -98,6 +98,10 @@ type Process struct {
 
 	Personality uint64 `json:"personality"`
 	Creds       Creds  `json:"creds"`
+	// Cgroups is the process's place in each cgroup hierarchy (nil: not
+	// recorded, by a migrate older than this field; a restore refuses
+	// that rather than leave the process in the restorer's cgroups).
+	Cgroups []Cgroup `json:"cgroups,omitempty"`
 	// Attrs are the process-wide attributes of prctl, membarrier and
 	// /proc (nil: not collected, as in a live migration's first layouts;
 	// a restore refuses that).
@@ -130,6 +134,17 @@ type Process struct {
 	// Zombie is set for a process of the tree that had exited and was
 	// not yet reaped by its parent: nothing else of it is kept.
 	Zombie *Zombie `json:"zombie,omitempty"`
+}
+
+// Cgroup is a place in one cgroup hierarchy, as a line of /proc/PID/cgroup
+// gives it. The hierarchy is named by its controllers: "" for the unified
+// (v2) hierarchy, "cpu,cpuacct" or "name=systemd" for a v1 one (hierarchy
+// numbers differ from host to host). Path is from the hierarchy's root,
+// which is also migrate's cgroup namespace's (a process in another cgroup
+// namespace is refused).
+type Cgroup struct {
+	Controllers string `json:"controllers,omitempty"`
+	Path        string `json:"path"`
 }
 
 // Zombie is how a zombie process of the tree ended.
@@ -299,6 +314,10 @@ type Thread struct {
 	// process's (Process.Creds, the leader's): credentials are per thread
 	// in Linux, and a raw setuid or capset changes only the caller's.
 	Creds *Creds `json:"creds,omitempty"`
+	// Cgroups is the thread's place in the cgroup hierarchies where it
+	// differs from the process's (a v1 hierarchy, or a v2 threaded
+	// cgroup); nil if it is in the process's cgroups everywhere.
+	Cgroups []Cgroup `json:"cgroups,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
@@ -466,6 +485,41 @@ type FD struct {
 	// Key identifies the open file description (dev:ino:pos-independent id),
 	// so fds sharing one description are restored sharing it.
 	Key string `json:"key,omitempty"`
+	// Locks are the file locks held through this fd: POSIX record locks
+	// the process took through it, and the flock and OFD locks of its
+	// open file description.
+	Locks []FileLock `json:"locks,omitempty"`
+}
+
+// FileLock kinds.
+const (
+	LockPOSIX = "posix" // fcntl F_SETLK: owned by the process
+	LockFlock = "flock" // flock(2): owned by the open file description
+	LockOFD   = "ofd"   // fcntl F_OFD_SETLK: owned by the open file description
+)
+
+// FileLock is a file lock: a byte range (Len 0: to the end of the file,
+// and beyond) for POSIX and OFD locks, the whole file for flock.
+type FileLock struct {
+	Kind  string `json:"kind"`
+	Write bool   `json:"write,omitempty"`
+	Start int64  `json:"start,omitempty"`
+	Len   int64  `json:"len,omitempty"`
+}
+
+func (l FileLock) String() string {
+	rw := "read"
+	if l.Write {
+		rw = "write"
+	}
+	if l.Kind == LockFlock {
+		return fmt.Sprintf("flock %s lock", rw)
+	}
+	end := "end of file"
+	if l.Len != 0 {
+		end = fmt.Sprint(l.Start + l.Len - 1)
+	}
+	return fmt.Sprintf("%s %s lock on bytes %d-%s", l.Kind, rw, l.Start, end)
 }
 
 // EpollTarget is one registration of an epoll instance.

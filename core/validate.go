@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strings"
 )
@@ -169,7 +170,13 @@ func validateState(p *Process) error {
 	if err := validateCreds(&p.Creds); err != nil {
 		return err
 	}
+	if err := validateCgroups(p.Cgroups); err != nil {
+		return err
+	}
 	for _, t := range p.Threads {
+		if err := validateCgroups(t.Cgroups); err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
+		}
 		if t.Creds != nil {
 			if err := validateCreds(t.Creds); err != nil {
 				return fmt.Errorf("thread %d: %w", t.TID, err)
@@ -442,6 +449,9 @@ func validateFD(f *FD) error {
 	if f.Pos < 0 {
 		return fmt.Errorf("offset %d", f.Pos)
 	}
+	if err := validateLocks(f); err != nil {
+		return err
+	}
 	if f.Seals&^maxSeals != 0 || (f.Seals != 0 && f.Kind != FDMemfd) {
 		return fmt.Errorf("seals %#x (F_SEAL_* of a memfd)", f.Seals)
 	}
@@ -533,6 +543,68 @@ func validateCreds(c *Creds) error {
 	for _, g := range c.Groups {
 		if g == noID {
 			return errors.New("supplementary group -1")
+		}
+	}
+	return nil
+}
+
+// MaxCgroupHierarchies bounds the cgroup hierarchies of a process: the
+// kernel has at most 16 controllers, each in at most one v1 hierarchy, and
+// named v1 hierarchies are rare.
+const MaxCgroupHierarchies = 64
+
+// validateCgroups checks cgroup places the restore writes a PID into:
+// each hierarchy once, controllers as the kernel names them, and a path
+// that is absolute and clean (it is opened below the hierarchy's mount,
+// never above it).
+func validateCgroups(cgs []Cgroup) error {
+	if len(cgs) > MaxCgroupHierarchies {
+		return fmt.Errorf("%d cgroup hierarchies, at most %d", len(cgs), MaxCgroupHierarchies)
+	}
+	seen := make(map[string]bool, len(cgs))
+	for _, c := range cgs {
+		if len(c.Controllers) > 256 || strings.Trim(c.Controllers, "abcdefghijklmnopqrstuvwxyz0123456789_,=.-") != "" {
+			return fmt.Errorf("cgroup controllers %q", c.Controllers)
+		}
+		if seen[c.Controllers] {
+			return fmt.Errorf("cgroup hierarchy %q listed twice", c.Controllers)
+		}
+		seen[c.Controllers] = true
+		if err := validPath(c.Path); err != nil {
+			return fmt.Errorf("cgroup %q: %w", c.Controllers, err)
+		}
+	}
+	return nil
+}
+
+// MaxLocksPerFD bounds the file locks of one fd in an image.
+const MaxLocksPerFD = 4096
+
+// validateLocks checks the file locks a restore takes through fd f: only
+// on a file (regular, or a directory for flock), of a kind it knows, with
+// a range fcntl takes.
+func validateLocks(f *FD) error {
+	if len(f.Locks) == 0 {
+		return nil
+	}
+	if len(f.Locks) > MaxLocksPerFD {
+		return fmt.Errorf("%d file locks, at most %d", len(f.Locks), MaxLocksPerFD)
+	}
+	if f.Kind != FDFile && f.Kind != FDDir {
+		return fmt.Errorf("file locks on a %s", f.Kind)
+	}
+	for _, l := range f.Locks {
+		switch l.Kind {
+		case LockFlock:
+			if l.Start != 0 || l.Len != 0 {
+				return fmt.Errorf("flock lock with a range %d+%d", l.Start, l.Len)
+			}
+		case LockPOSIX, LockOFD:
+			if l.Start < 0 || l.Len < 0 || l.Start > math.MaxInt64-l.Len {
+				return fmt.Errorf("%s lock on %d+%d", l.Kind, l.Start, l.Len)
+			}
+		default:
+			return fmt.Errorf("file lock of kind %q", l.Kind)
 		}
 	}
 	return nil

@@ -21,6 +21,10 @@ type DumpOptions struct {
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
 
+	// live: a live migration's dump, which refuses what only an offline
+	// dump carries (file locks: the original keeps them until it ends).
+	live bool
+
 	// testHook, when set (by tests in this package), is called at named
 	// stages of the dump; an error it returns fails the dump there, so that
 	// every rollback path can be exercised.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -122,11 +123,16 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		unsupported := func(reason string) error {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
-		// A lock would not come back: the restored process would run
-		// without it, and whoever it kept out would get in (a database's
-		// lock lost is data corruption). Refused until locks are restored.
+		// A lock that did not come back would let in whoever it kept out
+		// (a database's lock lost is data corruption): each is carried,
+		// or the dump refused.
 		if locks := info.Locks(); len(locks) > 0 {
-			return nil, unsupported(fmt.Sprintf("it holds a file lock (%s), which migrate does not restore yet", strings.Join(locks, "; ")))
+			if d.opts.live {
+				return nil, unsupported(fmt.Sprintf("it holds a file lock (%s): the original holds it until it ends, so live migration does not carry file locks yet (migrate dump and restore do)", strings.Join(locks, "; ")))
+			}
+			if fd.Locks, err = fileLocks(info); err != nil {
+				return nil, unsupported(err.Error())
+			}
 		}
 		ref := func() *core.FileRef {
 			r := &core.FileRef{Path: target, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Dev: st.Dev, Ino: st.Ino}
@@ -240,6 +246,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			default:
 				return nil, unsupported("this kind of file is not supported yet")
 			}
+		}
+		if len(fd.Locks) > 0 && fd.Kind != core.FDFile && fd.Kind != core.FDDir {
+			return nil, unsupported(fmt.Sprintf("it holds a file lock on a %s, which migrate does not restore", fd.Kind))
 		}
 		p.FDs = append(p.FDs, fd)
 	}
@@ -446,4 +455,48 @@ func settleTimerfd(pid, fd, dup int, tf *proc.Timerfd) (*proc.Timerfd, error) {
 		return nil, err
 	}
 	return info.Timerfd()
+}
+
+// fileLocks converts the locks held through an fd for the image: POSIX,
+// flock and OFD locks; a lease, a delegation or a mandatory lock is an
+// error naming it.
+func fileLocks(info *proc.FDInfo) ([]core.FileLock, error) {
+	locks, err := info.FileLocks()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]core.FileLock, 0, len(locks))
+	for _, l := range locks {
+		var kind string
+		switch l.Kind {
+		case "POSIX":
+			kind = core.LockPOSIX
+		case "FLOCK":
+			kind = core.LockFlock
+		case "OFDLCK":
+			kind = core.LockOFD
+		case "LEASE":
+			return nil, fmt.Errorf("it holds a lease (F_SETLEASE, %s), which migrate does not restore", strings.ToLower(l.Access))
+		default:
+			return nil, fmt.Errorf("it holds a %s lock, which migrate does not restore", l.Kind)
+		}
+		if l.Mode != "ADVISORY" {
+			return nil, fmt.Errorf("it holds a %s %s lock, which migrate does not restore", strings.ToLower(l.Mode), l.Kind)
+		}
+		if l.Access != "READ" && l.Access != "WRITE" {
+			return nil, fmt.Errorf("it holds a %s lock for %s, which migrate does not know", l.Kind, l.Access)
+		}
+		fl := core.FileLock{Kind: kind, Write: l.Access == "WRITE"}
+		if kind != core.LockFlock {
+			if l.Start > math.MaxInt64 || (!l.ToEOF && l.End >= math.MaxInt64) {
+				return nil, fmt.Errorf("it holds a %s lock on bytes %d-%d, beyond what fcntl takes", l.Kind, l.Start, l.End)
+			}
+			fl.Start = int64(l.Start)
+			if !l.ToEOF {
+				fl.Len = int64(l.End-l.Start) + 1
+			}
+		}
+		out = append(out, fl)
+	}
+	return out, nil
 }

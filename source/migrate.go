@@ -124,7 +124,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	// An fd that cannot move is refused now, before the target is even
 	// asked, not at the freeze after every page went over.
-	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID}); err != nil {
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true}); err != nil {
 		return nil, err
 	}
 	if err := refuseDeletedMappings(opts.PID); err != nil {
@@ -157,7 +157,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	defer pages.Close()
 
-	dopts := DumpOptions{PID: opts.PID, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
+	dopts := DumpOptions{PID: opts.PID, live: true, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
@@ -477,6 +477,9 @@ func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
 		return err
 	}
 	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
+		return err
+	}
+	if p.Cgroups, err = readCgroups(d.pid, d.pid); err != nil {
 		return err
 	}
 	p.Threads = []core.Thread{{TID: d.pid}}

@@ -357,9 +357,11 @@ func TestSignalArrivingDuringDump(t *testing.T) {
 	}
 }
 
-// TestRefuseFileLocks: a process holding a POSIX, flock, OFD lock or a
-// lease is refused before it is frozen (the restore would not hold the
-// lock), naming the fd, and runs on untouched.
+// TestRefuseFileLocks: a process holding a lease (which no restore takes
+// again), or, for a live migration, a POSIX, flock or OFD lock (the
+// original holds it until it ends) is refused before it is frozen, naming
+// the fd, and runs on untouched. (Dump and restore carry the locks:
+// e2e TestFileLocksKept.)
 func TestRefuseFileLocks(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, kind := range []string{"posix", "flock", "ofd", "lease"} {
@@ -377,7 +379,7 @@ func TestRefuseFileLocks(t *testing.T) {
 			p.WaitTick(t, short, 2)
 			var stages []string
 			hook := func(stage string) error { stages = append(stages, stage); return nil }
-			_, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: fixtureLogger(t), testHook: hook})
+			_, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: fixtureLogger(t), testHook: hook, live: kind != "lease"})
 			var ue *UnsupportedFDError
 			if !errors.As(err, &ue) || ue.FD != fd || ue.PID != p.PID {
 				t.Fatalf("dump of a process holding a %s lock: %v (%T), want an UnsupportedFDError for fd %d", kind, err, err, fd)

@@ -65,6 +65,7 @@ func (d *dumper) collectTask() error {
 		}
 		p.Threads = append(p.Threads, t)
 	}
+	foldCgroups(p)
 	tids := make([]int, len(p.Threads))
 	for i, t := range p.Threads {
 		tids[i] = t.TID
@@ -112,6 +113,9 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 		return t, fmt.Errorf("thread %d: credentials: %w", th.TID, err)
 	}
 	t.Creds = status.Creds()
+	if t.Cgroups, err = readCgroups(d.pid, th.TID); err != nil {
+		return t, err
+	}
 	if t.Xstate, err = d.p.Xstate(th); err != nil {
 		return t, fmt.Errorf("thread %d: xstate: %w", th.TID, err)
 	}

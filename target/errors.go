@@ -1,6 +1,10 @@
 package target
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/procmig/migrate/core"
+)
 
 // PIDInUseError says the PID (or a TID) to restore is taken on this host.
 type PIDInUseError struct {
@@ -73,3 +77,28 @@ func (e *AttrError) Error() string {
 }
 
 func (e *AttrError) Unwrap() error { return e.Err }
+
+// LockError says a file lock of the image could not be taken again: most
+// often another process took a conflicting one since the dump (Holder, if
+// the kernel names it). The restore fails rather than run the process
+// without a lock it held.
+type LockError struct {
+	PID, FD int
+	Path    string
+	Lock    core.FileLock
+	Holder  int // the PID holding a conflicting lock, 0 if unknown
+	Err     error
+}
+
+func (e *LockError) Error() string {
+	s := fmt.Sprintf("process %d fd %d (%s): cannot take its %s again", e.PID, e.FD, e.Path, e.Lock)
+	if e.Holder > 0 {
+		s += fmt.Sprintf(": process %d holds a conflicting lock", e.Holder)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *LockError) Unwrap() error { return e.Err }

@@ -530,6 +530,13 @@ func (r *restorer) restoreFDs(ctx context.Context) error {
 	if err := r.installFDs(want); err != nil {
 		return err
 	}
+	files := make(map[int]*os.File, len(want))
+	for _, w := range want {
+		files[w.num] = w.file
+	}
+	if err := r.takeLocks(files); err != nil {
+		return err
+	}
 	if err := r.restoreEpoll(); err != nil {
 		return err
 	}

@@ -190,6 +190,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
 	if err != nil {
@@ -284,6 +285,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 			{"restore files", b.each(ctx, (*restorer).restoreFDs)},
 			{"restore process state", b.each(ctx, (*restorer).restoreState)},
 			{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
+			{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
 		})
 	})
 }

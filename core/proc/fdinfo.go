@@ -418,3 +418,45 @@ func (fi *FDInfo) Locks() []string {
 	}
 	return out
 }
+
+// FileLock is a "lock:" line of fdinfo, as /proc/locks prints it.
+type FileLock struct {
+	Kind   string // POSIX, FLOCK, OFDLCK, LEASE, DELEG
+	Mode   string // ADVISORY, MANDATORY; ACTIVE, BREAKING, BREAKER for leases
+	Access string // READ, WRITE (UNLCK for a lease being broken)
+	PID    int    // the holder's PID as the kernel keeps it (-1 for OFD locks)
+	Start  uint64
+	End    uint64 // inclusive
+	ToEOF  bool   // End is "EOF"
+}
+
+// FileLocks parses the locks held through this fd (Locks).
+func (fi *FDInfo) FileLocks() ([]FileLock, error) {
+	var out []FileLock
+	for _, l := range fi.Locks() {
+		f := strings.Fields(l)
+		// "1:" KIND MODE ACCESS PID MAJ:MIN:INO START END
+		if len(f) != 8 || !strings.HasSuffix(f[0], ":") {
+			return nil, fdinfoErr(l, "lock", errors.New("not ID: KIND MODE ACCESS PID DEV:INO START END"))
+		}
+		lk := FileLock{Kind: f[1], Mode: f[2], Access: f[3]}
+		pid, err := strconv.Atoi(f[4])
+		if err != nil {
+			return nil, fdinfoErr(l, "lock pid", err)
+		}
+		lk.PID = pid
+		if lk.Start, err = strconv.ParseUint(f[6], 10, 64); err != nil {
+			return nil, fdinfoErr(l, "lock start", err)
+		}
+		if f[7] == "EOF" {
+			lk.ToEOF = true
+		} else if lk.End, err = strconv.ParseUint(f[7], 10, 64); err != nil || lk.End < lk.Start {
+			if err == nil {
+				err = errors.New("end before start")
+			}
+			return nil, fdinfoErr(l, "lock end", err)
+		}
+		out = append(out, lk)
+	}
+	return out, nil
+}

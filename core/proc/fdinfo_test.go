@@ -185,3 +185,35 @@ const oLargefile = 0o100000
 func epollErr(fi *FDInfo) error   { _, err := fi.EpollTargets(); return err }
 func inotifyErr(fi *FDInfo) error { _, err := fi.InotifyWatches(); return err }
 func timerErr(fi *FDInfo) error   { _, err := fi.Timerfd(); return err }
+
+func TestFileLocks(t *testing.T) {
+	in := "pos:\t0\nflags:\t02\nmnt_id:\t20\nino:\t5\n" +
+		"lock:\t1: POSIX  ADVISORY  WRITE 1234 00:1f:5 10 19\n" +
+		"lock:\t2: OFDLCK ADVISORY  READ -1 00:1f:5 200 EOF\n" +
+		"lock:\t3: FLOCK  ADVISORY  READ 1234 00:1f:5 0 EOF\n"
+	fi, err := ParseFDInfo(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fi.FileLocks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []FileLock{
+		{Kind: "POSIX", Mode: "ADVISORY", Access: "WRITE", PID: 1234, Start: 10, End: 19},
+		{Kind: "OFDLCK", Mode: "ADVISORY", Access: "READ", PID: -1, Start: 200, ToEOF: true},
+		{Kind: "FLOCK", Mode: "ADVISORY", Access: "READ", PID: 1234, ToEOF: true},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+	for _, bad := range []string{"lock:\t1: POSIX ADVISORY WRITE x 00:1f:5 10 19\n", "lock:\t1: POSIX ADVISORY WRITE 1 00:1f:5 20 19\n", "lock:\t1: POSIX\n"} {
+		fi, err := ParseFDInfo(strings.NewReader("pos:\t0\nflags:\t02\nmnt_id:\t20\nino:\t5\n" + bad))
+		if err != nil {
+			continue
+		}
+		if _, err := fi.FileLocks(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q: %v, want a ParseError", bad, err)
+		}
+	}
+}
