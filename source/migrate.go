@@ -791,6 +791,11 @@ func (a *liveSource) LeaveFrozen() error {
 		a.hold.CloseRaw()
 		a.hold = nil
 	}
+	// The tracker's fds go too, as they would when the migrate command
+	// exits: the last close of its userfaultfd drops the registration.
+	if a.d.tracker != nil {
+		err = errors.Join(err, a.d.tracker.Close())
+	}
 	a.d.p.StopOnDetach()
 	return errors.Join(err, a.d.p.Detach())
 }
