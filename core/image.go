@@ -125,6 +125,9 @@ type Process struct {
 	Sigactions []Sigaction `json:"sigactions"` // signals 1..64, index = signo-1
 	// SharedPending are the process-wide pending signals.
 	SharedPending []Siginfo `json:"shared_pending,omitempty"`
+	// SeccompFilters are the seccomp filters of the threads (Thread.Seccomp
+	// names them), each once however many threads share it.
+	SeccompFilters []SeccompFilter `json:"seccomp_filters,omitempty"`
 
 	FDs []FD `json:"fds"`
 
@@ -267,6 +270,11 @@ type VMA struct {
 	Offset uint64 `json:"offset,omitempty"`
 	// File is set for file mappings.
 	File *FileRef `json:"file,omitempty"`
+	// Shm identifies the shmem object behind a shared anonymous area (its
+	// inode): areas of the tree with the same Shm map one object (a fork
+	// shares it between parent and child), and are restored so. 0: not
+	// recorded, each area its own object.
+	Shm uint64 `json:"shm,omitempty"`
 	// Madvise lists MADV_* advice to re-apply (MADV_DONTFORK, ...).
 	Madvise []int `json:"madvise,omitempty"`
 	// MayWrite is set for a shared file mapping whose file was opened for
@@ -318,6 +326,9 @@ type Thread struct {
 	// differs from the process's (a v1 hierarchy, or a v2 threaded
 	// cgroup); nil if it is in the process's cgroups everywhere.
 	Cgroups []Cgroup `json:"cgroups,omitempty"`
+	// Seccomp is the thread's seccomp mode and filters; nil: none (the
+	// image of a build that refused a process under seccomp has none).
+	Seccomp *Seccomp `json:"seccomp,omitempty"`
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`

@@ -174,6 +174,8 @@ func TestDecodeImage(t *testing.T) {
 func FuzzDecodeImage(f *testing.F) {
 	good, _ := json.Marshal(validImage())
 	f.Add(good)
+	withSeccomp, _ := json.Marshal(seccompImage())
+	f.Add(withSeccomp)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

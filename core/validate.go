@@ -247,6 +247,9 @@ func validateState(p *Process) error {
 			return err
 		}
 	}
+	if err := validateSeccomp(p); err != nil {
+		return err
+	}
 	for _, t := range p.Threads {
 		switch t.Restart {
 		case "", "restart", "eintr":
@@ -605,6 +608,63 @@ func validateLocks(f *FD) error {
 			}
 		default:
 			return fmt.Errorf("file lock of kind %q", l.Kind)
+		}
+	}
+	return nil
+}
+
+// validateSeccomp checks the seccomp filters of a process and the threads'
+// modes: each filter a program CheckSeccompProg takes, stacked on one
+// before it in the list, used by a thread, and no thread's chain longer
+// than the kernel takes (MAX_INSNS_PER_PATH), so that a restore installs
+// nothing unbounded.
+func validateSeccomp(p *Process) error {
+	fs := p.SeccompFilters
+	if len(fs) > maxSeccompFilters {
+		return fmt.Errorf("%d seccomp filters, at most %d", len(fs), maxSeccompFilters)
+	}
+	// path[i]: the instructions the kernel counts for the chain ending in i.
+	path := make([]int, len(fs))
+	for i, f := range fs {
+		if f.Prev < -1 || f.Prev >= i {
+			return fmt.Errorf("seccomp filter %d: stacked on filter %d, not one before it", i, f.Prev)
+		}
+		if err := CheckSeccompProg(f.Prog); err != nil {
+			return fmt.Errorf("seccomp filter %d: %w", i, err)
+		}
+		path[i] = len(f.Prog) / 8
+		if f.Prev >= 0 {
+			path[i] += path[f.Prev] + seccompFilterCost
+		}
+		if path[i] > MaxSeccompPathInsns {
+			return fmt.Errorf("seccomp filter %d: %d instructions in its chain, the kernel takes %d", i, path[i], MaxSeccompPathInsns)
+		}
+	}
+	used := make([]bool, len(fs))
+	for _, t := range p.Threads {
+		s := t.Seccomp
+		if s == nil {
+			continue
+		}
+		switch s.Mode {
+		case SeccompModeStrict:
+			if s.Filter != -1 {
+				return fmt.Errorf("thread %d: strict seccomp with filter %d", t.TID, s.Filter)
+			}
+		case SeccompModeFilter:
+			if s.Filter < 0 || s.Filter >= len(fs) {
+				return fmt.Errorf("thread %d: seccomp filter %d of %d", t.TID, s.Filter, len(fs))
+			}
+			for i := s.Filter; i >= 0 && !used[i]; i = fs[i].Prev {
+				used[i] = true
+			}
+		default:
+			return fmt.Errorf("thread %d: seccomp mode %d", t.TID, s.Mode)
+		}
+	}
+	for i, u := range used {
+		if !u {
+			return fmt.Errorf("seccomp filter %d is no thread's", i)
 		}
 	}
 	return nil

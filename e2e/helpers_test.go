@@ -97,7 +97,8 @@ func restoreWithReport(t *testing.T, dir, log string) (*testutil.Proc, *target.R
 		t.Fatal(err)
 	}
 	kids := testutil.Children()
-	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+	// Every restore of the tests is checked against its image.
+	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t), Check: true})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}

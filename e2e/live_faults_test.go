@@ -33,6 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/transport"
@@ -406,13 +407,13 @@ func checkMigratedOnly(t *testing.T, w *dirtyWork, s *serveProc) {
 	verifyDirty(t, r)
 }
 
-// checkHandoffError checks that err is a *source.HandoffError of phase
+// checkHandoffError checks that err is a *handoff.SourceError of phase
 // (any phase before the commit if phase is "") whose rollback worked.
-func checkHandoffError(t *testing.T, err error, phase string) *source.HandoffError {
+func checkHandoffError(t *testing.T, err error, phase string) *handoff.SourceError {
 	t.Helper()
-	var he *source.HandoffError
+	var he *handoff.SourceError
 	if !errors.As(err, &he) {
-		t.Fatalf("migration: %v (%T), want a *source.HandoffError", err, err)
+		t.Fatalf("migration: %v (%T), want a *handoff.SourceError", err, err)
 	}
 	t.Logf("failed as it should: %v", err)
 	if he.Rollback != nil {
@@ -601,15 +602,15 @@ func runLiveFault(t *testing.T, at, do string) {
 		checkHandoffError(t, m.err, at)
 		checkOriginalOnly(t, w, s)
 	case at == atReady && do == doCut:
-		he := checkHandoffError(t, m.err, source.PhaseCommit)
+		he := checkHandoffError(t, m.err, handoff.PhaseCommit)
 		if !strings.Contains(he.Err.Error(), "aborted") {
 			t.Errorf("the source resumed the original without the target's word that the session was aborted: %v", he.Err)
 		}
 		checkOriginalOnly(t, w, s)
 	case at == atReady && do == doKill:
-		var ue *source.UndecidedError
+		var ue *handoff.UndecidedError
 		if !errors.As(m.err, &ue) {
-			t.Fatalf("migration: %v (%T), want a *source.UndecidedError: the commit may have been sent", m.err, m.err)
+			t.Fatalf("migration: %v (%T), want a *handoff.UndecidedError: the commit may have been sent", m.err, m.err)
 		}
 		t.Logf("undecided as it should be: %v", m.err)
 		if ue.Freeze != nil {
@@ -650,7 +651,7 @@ func runLiveFault(t *testing.T, at, do string) {
 			t.Logf("the target had the commit: the migrated process is the one copy")
 			checkMigratedOnly(t, w, s)
 		default:
-			he := checkHandoffError(t, m.err, source.PhaseCommit)
+			he := checkHandoffError(t, m.err, handoff.PhaseCommit)
 			t.Logf("the commit was lost: the original is the one copy (%v)", he)
 			checkOriginalOnly(t, w, s)
 		}
@@ -694,7 +695,7 @@ func TestLiveWrongSecret(t *testing.T) {
 		t.Fatalf("migration with the wrong secret: %v (%T), want an authentication error (transport.ErrAuth)", err, err)
 	}
 	t.Logf("refused as it should be: %v", err)
-	var he *source.HandoffError
+	var he *handoff.SourceError
 	if errors.As(err, &he) {
 		t.Errorf("the handoff began (%v): the refusal must come before it", he)
 	}
@@ -756,8 +757,8 @@ func TestLivePIDTaken(t *testing.T) {
 
 	_, err := source.Migrate(context.Background(), source.MigrateOptions{PID: w.PID, To: s.Addr,
 		Transport: transport.Config{Insecure: true}, Policy: faultPolicy, Logger: testLogger(t)})
-	he := checkHandoffError(t, err, source.PhaseHello)
-	var pe *source.PeerError
+	he := checkHandoffError(t, err, handoff.PhaseHello)
+	var pe *handoff.PeerError
 	if !errors.As(err, &pe) || !pe.Abort {
 		t.Errorf("migration error %v does not carry the target's refusal", err)
 	}

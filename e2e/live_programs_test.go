@@ -23,10 +23,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -690,5 +692,77 @@ func TestLiveMappingsFlags(t *testing.T) {
 	if sums, _ := r.WaitLine(t, short, n, "sums"); sums != sums0 {
 		t.Errorf("after the migration %q, before %q", sums, sums0)
 	}
+	stopMigrated(t, r)
+}
+
+// TestLiveProgramRedisAsItsUser: redis-server as Debian runs it, as user
+// redis (its threads too: redis starts bio and jemalloc threads), moves
+// live: the credentials are set after the threads exist, so none of the
+// injected calls that create them is refused; the data set and the
+// process's user and groups are the same afterwards.
+func TestLiveProgramRedisAsItsUser(t *testing.T) {
+	testutil.RequireRoot(t)
+	redisServer(t)
+	u, err := user.Lookup("redis")
+	if err != nil {
+		testutil.Unavailable(t, "no user redis (the redis-server package makes it): %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	srv := startServeWith(t, serveOptions{})
+	// Its own directory, reachable by it (t.TempDir's parent is root's
+	// alone).
+	work, err := os.MkdirTemp("", "migrate-redis-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chown(work, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	port := freeSocketPort(t)
+	raddr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := startRedisWith(t, testutil.Options{Dir: work, Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}, port, work)
+	c, err := dialRedis(raddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.do(t, "DEBUG", "POPULATE", "20000", "user", "32")
+	c.do(t, "SET", "who", "redis")
+	before := readRedisState(t, c, []string{"who", "user:1", "user:19999"})
+	c.Close()
+	waitSockets(t, p.PID, 1)
+	threads := threadNames(t, p.PID)
+	if len(threads) < 2 {
+		t.Fatalf("redis runs %d threads, want several (bio threads)", len(threads))
+	}
+	statusBefore := map[string]string{}
+	for _, k := range []string{"Uid", "Gid", "Groups", "CapEff", "CapPrm", "CapBnd"} {
+		statusBefore[k] = testutil.StatusField(t, p.PID, k)
+	}
+	r, _ := migrateLive(t, p, srv, source.MigrateOptions{})
+	for k, v := range statusBefore {
+		if got := testutil.StatusField(t, r.PID, k); got != v {
+			t.Errorf("%s after the migration %q, before %q", k, got, v)
+		}
+	}
+	if after := nsThreadNames(t, r.PID); len(after) != len(threads) {
+		t.Errorf("threads after the migration %v, before %v", after, threads)
+	}
+	c, err = dialRedis(raddr)
+	if err != nil {
+		t.Fatalf("connect to the migrated redis: %v", err)
+	}
+	defer c.Close()
+	if after := readRedisState(t, c, []string{"who", "user:1", "user:19999"}); after != before {
+		t.Errorf("after the migration %s\nbefore %s", after, before)
+	}
+	c.do(t, "SET", "after", "migration")
+	if got := c.str(t, "GET", "after"); got != "migration" {
+		t.Errorf("GET after: %q", got)
+	}
+	c.Close()
+	checkRunningUntraced(t, r.PID)
 	stopMigrated(t, r)
 }

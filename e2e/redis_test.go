@@ -179,7 +179,13 @@ func redisServer(t testing.TB) string {
 // loopback. It returns once redis answers PING.
 func startRedis(t testing.TB, port int, dir string) *testutil.Proc {
 	t.Helper()
-	p := testutil.StartWith(t, testutil.Options{Dir: dir}, redisServer(t),
+	return startRedisWith(t, testutil.Options{Dir: dir}, port, dir)
+}
+
+// startRedisWith is startRedis with options (another user, say).
+func startRedisWith(t testing.TB, o testutil.Options, port int, dir string) *testutil.Proc {
+	t.Helper()
+	p := testutil.StartWith(t, o, redisServer(t),
 		"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--daemonize", "no", "--logfile", "", "--dir", dir, "--enable-debug-command", "local")
 	addr := fmt.Sprintf("127.0.0.1:%d", port)

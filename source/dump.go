@@ -18,6 +18,7 @@ import (
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/sockets"
 )
 
 // undo is a stack of rollback steps (gVisor's cleanup idea): Clean runs them
@@ -52,7 +53,7 @@ type session struct {
 	// tcp are the TCP connections of the tree, noted while collecting
 	// fds; lock keeps the host from answering them (and the listening
 	// ports) while they are taken apart and until they run elsewhere.
-	tcp  []*tcpPending
+	tcp  sockets.Conns
 	lock *netlock.Lock
 	// memBlobs, if not nil, holds the blobs instead of files under dir:
 	// a live migration sends them with the state, and a file each (with
@@ -184,6 +185,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// out): detaching needs it.
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
+	// The duplicates of the TCP connections too: the rollback turns their
+	// repair mode off through them.
+	defer ss.closeTCP()
 	var cu undo
 	defer cu.Clean()
 	var all []*dumper // the tree, parents first; grows as it is frozen
@@ -243,155 +247,27 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 
-	// The ptrace work runs on the tracer thread in one go per phase, next
-	// to the processes' threads: see ptrace.Proc.Pin.
-	for _, d := range all {
-		if err := d.p.Pin(); err != nil {
-			log.Debug("threads not pinned", "pid", d.pid, "err", err)
+	// The state, in phases (frozen.go). A lock whose process is to die
+	// outlives this dump: the restore removes it.
+	f := &frozenState{ss: ss, all: all, cu: &cu, pending: pending, frozen: frozen,
+		networkStep: "tcp repair", memoryStep: "memory"}
+	f.lockNetwork = func() error {
+		// The listening ports are locked too when connections are (the
+		// restore is expected soon, and a client then gets through
+		// instead of a reset); a dump with no connection leaves nothing
+		// locked behind it (its image may never be restored).
+		var listeners []netip.AddrPort
+		if !opts.LeaveRunning && ss.tcp.Len() > 0 {
+			listeners = tcpListeners(all)
 		}
+		return ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning)
 	}
-	// Everything that cannot fail on the process itself comes first, so an
-	// unsupported fd or mapping is refused before any injection.
-	for _, d := range all {
-		err := ss.tr.Do(func() error {
-			if err := d.p.FindGadget(); err != nil {
-				return fmt.Errorf("process %d: %w", d.pid, err)
-			}
-			if err := d.collectTask(); err != nil {
-				return err
-			}
-			if err := d.collectVMAs(); err != nil {
-				return err
-			}
-			var err error
-			d.fdset, err = d.collectFDs(ctx)
-			return err
-		})
-		if d.fdset != nil {
-			defer d.fdset.close()
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if err := ss.resolvePipes(); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	ss.lap("read state")
-
-	// TCP connections: the network lock, then their state in repair mode.
-	// A lock whose process is to die outlives this dump: the restore
-	// removes it.
-	defer ss.closeTCP()
-	cu.Add(func() {
-		if err := ss.unrepairTCP(); err != nil {
-			log.Error("rollback: TCP connections", "err", err)
-		}
-		ss.unlock()
-	})
-	// The listening ports are locked too when connections are (the
-	// restore is expected soon, and a client then gets through instead of
-	// a reset); a dump with no connection leaves nothing locked behind it
-	// (its image may never be restored).
-	var listeners []netip.AddrPort
-	if !opts.LeaveRunning && len(ss.tcp) > 0 {
-		listeners = tcpListeners(all)
-	}
-	if err := ss.lockNetwork(root.pid, listeners, !opts.LeaveRunning); err != nil {
-		return nil, err
-	}
-	if err := ss.repairTCP(); err != nil {
+	defer f.close()
+	if err := f.collect(ctx); err != nil {
 		return nil, err
 	}
 	img.NetLock = lockName(ss.lock)
-	if len(ss.tcp) > 0 {
-		ss.lap("tcp repair")
-	}
-
-	// Injected calls: a scratch page for their results, gone on every path.
-	for _, d := range all {
-		d := d
-		if err := d.mapScratch(); err != nil {
-			return nil, err
-		}
-		unmapped := false
-		unmap := func() error {
-			if unmapped {
-				return nil
-			}
-			unmapped = true
-			return d.unmapScratch()
-		}
-		cu.Add(func() {
-			if err := unmap(); err != nil {
-				log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
-			}
-		})
-		if err := ss.hook(stageScratch); err != nil {
-			return nil, err
-		}
-		if err := ss.tr.Do(d.collectInjected); err != nil {
-			return nil, err
-		}
-		if err := unmap(); err != nil {
-			return nil, err
-		}
-	}
-	if err := ss.hook(stageInjected); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	ss.lap("injected calls")
-
-	memStart := time.Now()
-	var stats pagestream.Stats
-	for _, d := range all {
-		if d.tracker != nil {
-			if err = d.finalRound(ctx, d.sink, pending, frozen); err != nil {
-				return nil, err
-			}
-			// Tracking is over: the process is left with nothing of it.
-			if err = d.tracker.Close(); err != nil {
-				return nil, err
-			}
-		} else {
-			if d.sink == nil {
-				if d.sink, err = d.openSink(codec); err != nil {
-					return nil, err
-				}
-			}
-			m := d.sink.meter(0)
-			if err = d.dumpMemory(ctx, d.sink, 0); err != nil {
-				return nil, err
-			}
-			rep, err := m.done(d.sink.pages)
-			if err != nil {
-				return nil, err
-			}
-			rep.Frozen = true
-			d.rounds = append(d.rounds, rep)
-		}
-		st, err := d.finishPages(d.sink, len(d.rounds))
-		if err != nil {
-			return nil, err
-		}
-		stats.Pages += st.Pages
-		stats.ZeroPages += st.ZeroPages
-		stats.BytesRaw += st.BytesRaw
-		stats.BytesWire += st.BytesWire
-	}
-	memTime := time.Since(memStart)
-	ss.lap("memory")
-	for _, d := range all {
-		if err := d.fdset.writeBlobs(d); err != nil {
-			return nil, err
-		}
-	}
+	stats, memTime := f.stats, f.memTime
 	for _, d := range all[1:] {
 		img.Tree = append(img.Tree, *d.proc)
 	}

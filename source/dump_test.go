@@ -219,3 +219,28 @@ func TestDumpOtherNamespaces(t *testing.T) {
 	}
 	testutil.RequireRunning(t, p.PID)
 }
+
+// The dump of a process in another network namespace is refused (a
+// restore would put it in migrate's network namespace), naming the
+// namespace, and leaves it running with every queue whole.
+func TestDumpOtherNetns(t *testing.T) {
+	testutil.RequireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skipf("no unshare(1) to start a process in a new network namespace: %v", err)
+	}
+	p := testutil.Start(t, unshare, "--net", testutil.Build(t, "sock_pair"), t.TempDir())
+	p.WaitLine(t, short, 0, "ready")
+	_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: slog.New(slog.DiscardHandler)})
+	var bt *BadTargetError
+	if !errors.As(err, &bt) {
+		t.Fatalf("dump of a process in another network namespace: %v (%T), want a BadTargetError", err, err)
+	}
+	testutil.RequireRunning(t, p.PID)
+	n := len(p.Lines(t))
+	p.Signal(t, unix.SIGUSR1)
+	want := "check pair=ok half=ok seqpacket=ok dgram=ok gone=ok named=ok listener=ok"
+	if got, _ := p.WaitLine(t, short, n, "check"); got != want {
+		t.Errorf("after the refused dump the process sees\n%s\nwant\n%s", got, want)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/raw"
+	"github.com/procmig/migrate/source/sockets"
 )
 
 const kcmpFile = 0 // KCMP_FILE
@@ -29,10 +30,8 @@ type fdSet struct {
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
-	// optJobs are the sockets whose options readSocketOptions reads;
-	// optDefaults the options of new sockets, read once per kind.
-	optJobs     []optJob
-	optDefaults optDefaults
+	// socks describes the sockets (the sockets package).
+	socks *sockets.Process
 }
 
 type pendingBlob struct {
@@ -57,6 +56,8 @@ func (s *fdSet) close() {
 // Preconditions: the process is frozen.
 func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 	set := &fdSet{pidfd: -1, dups: map[int]*os.File{}}
+	set.socks = &sockets.Process{PID: d.pid, Probe: d.probe, Tree: d.opts.Tree, Log: d.log,
+		Store: d.copyBlob, Dumped: d.dumpedSockets, Conns: &d.tcp}
 	links, err := proc.ReadFDs(d.pid)
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, err)
@@ -205,8 +206,8 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				fd.Semaphore = info.EventfdSemaphore
 			case strings.HasPrefix(target, "socket:"):
 				fd.Kind = core.FDSocket
-				if err := d.dumpSocket(set, &fd, dup); err != nil {
-					return nil, err
+				if err := set.socks.Describe(&fd, dup); err != nil {
+					return nil, d.socketError(err)
 				}
 			case target == "anon_inode:inotify":
 				fd.Kind = core.FDInotify
@@ -253,11 +254,54 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
-	if err := set.readSocketOptions(); err != nil {
-		return nil, err
+	if err := set.socks.ReadOptions(); err != nil {
+		return nil, d.socketError(err)
 	}
 	ok = true
 	return set, nil
+}
+
+// socketError turns the sockets package's refusal of a socket into an
+// *UnsupportedFDError.
+func (d *dumper) socketError(err error) error {
+	var ue *sockets.UnsupportedError
+	if errors.As(err, &ue) {
+		return &UnsupportedFDError{PID: ue.PID, FD: ue.FD, Kind: ue.Kind, Reason: ue.Reason}
+	}
+	return err
+}
+
+// dumpedSockets returns the inodes of the sockets held by the processes
+// of the dump: the root, and with DumpOptions.Tree its descendants.
+//
+// Preconditions: every process of the dump is frozen.
+func (d *dumper) dumpedSockets() (map[uint64]bool, error) {
+	root := d.opts.PID
+	if root == 0 {
+		root = d.pid
+	}
+	pids := []int{root}
+	if d.opts.Tree {
+		for i := 0; i < len(pids); i++ {
+			kids, err := childrenOf(pids[i])
+			if err != nil {
+				return nil, fmt.Errorf("children of process %d: %w", pids[i], err)
+			}
+			pids = append(pids, kids...)
+		}
+	}
+	out := map[uint64]bool{}
+	for _, pid := range pids {
+		socks, err := sockets.Inodes(pid)
+		if err != nil && pid == root {
+			return nil, err
+		}
+		// A zombie of the tree has no fds.
+		for ino := range socks {
+			out[ino] = true
+		}
+	}
+	return out, nil
 }
 
 // fdRecord is an fd seen in the tree, for finding shared descriptions.

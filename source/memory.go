@@ -267,6 +267,11 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		default:
 			return nil, &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: name}
 		}
+		if v.Kind == core.VMASharedAnon {
+			// The shmem object behind it, which a fork shares: the
+			// restore maps one object wherever the tree mapped it.
+			v.Shm = m.Inode
+		}
 		vmas = append(vmas, v)
 	}
 	return vmas, nil

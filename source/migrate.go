@@ -22,7 +22,9 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/sockets"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -42,7 +44,30 @@ type MigrateOptions struct {
 	// Hooks run at the source's stages: pre-freeze, post-dump,
 	// post-resume, abort.
 	Hooks *hook.Set
+	// Notify, if set, is told of each milestone as the migration passes
+	// it, from the migration's goroutine (Progress sees the rounds end).
+	// From MilestoneFrozen on, its time is downtime.
+	Notify func(Milestone)
 }
+
+// A Milestone is a point a live migration passed (MigrateOptions.Notify).
+type Milestone struct {
+	Kind    MilestoneKind
+	Session string // the transport session's ID
+	Round   int    // MilestoneRound: the round that begins
+}
+
+// MilestoneKind says which point a Milestone is.
+type MilestoneKind int
+
+// The milestones of a live migration, in order: MilestoneRound for each
+// round (the last one after MilestoneFrozen).
+const (
+	MilestoneRound   MilestoneKind = iota + 1 // a round of pages begins
+	MilestoneFrozen                           // every thread is stopped
+	MilestoneCommit                           // the commit is sent: the point of no return
+	MilestoneResumed                          // the target runs the process; the original is killed next
+)
 
 // MigrateReport says what a live migration did.
 type MigrateReport struct {
@@ -76,23 +101,6 @@ type MigrateReport struct {
 	// Hooks is how long each of the source's hooks ran (the target's
 	// pre-resume hooks are a step of TargetSteps).
 	Hooks []hook.Timing `json:"hooks,omitempty"`
-}
-
-// LiveLayout is the body of a round's Layout message: the process as far
-// as it is known before the freeze (identity, executable, directories) and
-// the round's memory layout.
-type LiveLayout struct {
-	Process core.Process `json:"process"`
-	// FDs is how many fds the process had open as the round began: the
-	// target makes room for their restore before the freeze.
-	FDs int `json:"fds,omitempty"`
-}
-
-// LiveState is the body of the State message: the final image and the
-// contents of its blobs (files/...).
-type LiveState struct {
-	Image core.Image        `json:"image"`
-	Blobs map[string][]byte `json:"blobs,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -172,12 +180,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if opts.Bandwidth > 0 {
 		pagesOut = &limitedWriter{w: pages, rate: float64(opts.Bandwidth), start: time.Now()}
 	}
-	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, hooks: opts.Hooks,
+	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
-	cfg := HandoffConfig{
+	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
-		Redial: func(ctx context.Context) (ControlConn, error) {
+		Redial: func(ctx context.Context) (handoff.Conn, error) {
 			c := opts.Transport
 			c.SessionID = ""
 			s2, err := transport.Dial(ctx, opts.To, c)
@@ -193,7 +201,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		},
 	}
 	hooksBefore := len(opts.Hooks.Timings())
-	outcome, err := Handoff(ctx, cfg, a, transport.NewControl(ctrl))
+	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
 	rep.Rounds = d.rounds
 	if d.tracker != nil {
@@ -283,6 +291,7 @@ type liveSource struct {
 	sink      *pageSink
 	pending   []PageRange
 	progress  func(RoundReport)
+	notify    func(Milestone)
 	frozen    time.Time
 	resumed   time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -312,6 +321,16 @@ type liveSource struct {
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
 }
+
+// milestone tells notify of a milestone.
+func (a *liveSource) milestone(kind MilestoneKind, round int) {
+	if a.notify != nil {
+		a.notify(Milestone{Kind: kind, Session: a.hookEnv["MIGRATE_SESSION"], Round: round})
+	}
+}
+
+// Committing: the commit is about to be sent.
+func (a *liveSource) Committing() { a.milestone(MilestoneCommit, 0) }
 
 // replayHeld sends on the packets the lock dropped (the lock is off): the
 // process, here or on the target, takes them at once.
@@ -439,8 +458,9 @@ func (a *liveSource) relisten() error {
 }
 
 // announce ties the dumper's rounds to the handoff's.
-func (a *liveSource) announce(r *Rounds) {
+func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(vmas []core.VMA) error {
+		a.milestone(MilestoneRound, int(r.Round()))
 		p := *a.d.proc
 		p.VMAs = vmas
 		// The fds go with the state (the final round's layout comes
@@ -448,7 +468,7 @@ func (a *liveSource) announce(r *Rounds) {
 		// lists and carries).
 		p.FDs = nil
 		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
-		body, err := json.Marshal(LiveLayout{Process: p, FDs: nfds})
+		body, err := json.Marshal(handoff.LiveLayout{Process: p, FDs: nfds})
 		if err != nil {
 			return err
 		}
@@ -463,7 +483,7 @@ func (a *liveSource) announce(r *Rounds) {
 }
 
 // PreCopy sends pages in rounds while the process runs.
-func (a *liveSource) PreCopy(ctx context.Context, r *Rounds) error {
+func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
 	d := a.d
 	// What the target needs to create the process before the freeze.
 	p := d.proc
@@ -517,6 +537,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	}
 	a.d.p = p
 	a.frozen = time.Now()
+	a.milestone(MilestoneFrozen, 0)
 	return nil
 }
 
@@ -543,77 +564,58 @@ func (a *liveSource) dropRecord() {
 	}
 }
 
-// FinalState collects the frozen process, sends the final round and
-// returns the image with its blobs.
-func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage, error) {
+// lockNetwork is the live final state's network phase (see frozenState):
+// the listeners stop listening, then the network lock takes the
+// connections and the listening ports, and keeps the packets it drops.
+func (a *liveSource) lockNetwork() error {
 	d := a.d
-	d.lapped = a.frozen
-	d.steps = nil
-	defer d.lap("encode state")
-	// The ptrace work runs on the tracer thread in one go, next to the
-	// process's threads (Pin): see ptrace.Proc.Pin.
-	if err := d.p.Pin(); err != nil {
-		d.log.Debug("threads not pinned", "err", err)
-	}
-	var err error
-	err = d.tr.Do(func() error {
-		if err := d.p.FindGadget(); err != nil {
-			return err
-		}
-		if err := d.collectTask(); err != nil {
-			return err
-		}
-		var err error
-		if d.proc.VMAs, err = readVMAsQuick(d.pid); err != nil {
-			return err
-		}
-		d.fdset, err = d.collectFDs(ctx)
-		return err
-	})
-	if d.fdset != nil {
-		defer d.fdset.close()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := d.resolvePipes(); err != nil {
-		return nil, err
-	}
-	d.lap("read state")
 	if err := a.releaseListeners(); err != nil {
-		return nil, err
+		return err
 	}
-	// The network lock (the source's connections and listening ports fall
-	// silent until the original is killed, or resumes), then the
-	// connections in repair mode.
 	listeners := tcpListeners([]*dumper{d})
 	if a.preLock != nil {
 		// The lock on the listening ports taken before the freeze takes
 		// the connections too.
-		if err := a.preLock.Add(tcpLockSpec(d.tcp, listeners)); err != nil {
-			return nil, fmt.Errorf("network lock for %d TCP connections: %w", len(d.tcp), err)
+		if err := a.preLock.Add(d.tcp.LockSpec(listeners)); err != nil {
+			return fmt.Errorf("network lock for %d TCP connections: %w", d.tcp.Len(), err)
 		}
 		d.lock, a.preLock = a.preLock, nil
 	} else if err := d.lockNetwork(d.pid, listeners, false); err != nil {
-		return nil, err
+		return err
 	}
 	if d.lock != nil {
+		var err error
 		if a.hold != nil {
-			a.hold.AddConns(tcpLockSpec(d.tcp, nil).Conns)
-		} else if a.hold, err = netlock.StartHold(netnsSocket(d.pid), tcpLockSpec(d.tcp, nil).Conns, listeners); err != nil {
+			a.hold.AddConns(d.tcp.LockSpec(nil).Conns)
+		} else if a.hold, err = netlock.StartHold(sockets.NetnsSocket(d.pid), d.tcp.LockSpec(nil).Conns, listeners); err != nil {
 			d.log.Warn("packets dropped by the network lock are not kept: peers will wait for their retransmission timers", "err", err)
 		}
 	}
 	a.dropPreLock() // the full lock holds the listening ports now
-	if err := d.repairTCP(); err != nil {
-		return nil, err
-	}
-	d.lap("network lock, tcp repair")
+	return nil
+}
+
+// FinalState collects the frozen process, sends the final round and
+// returns the image with its blobs.
+func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.RawMessage, error) {
+	d := a.d
+	d.lapped = a.frozen
+	d.steps = nil
+	defer d.lap("encode state")
+	// The state, in phases (frozen.go). The network lock takes the
+	// source's connections and listening ports, which fall silent until
+	// the original is killed, or resumes; the tracker and the scratch page
+	// stay until then: a rollback (ResumeOriginal) undoes them.
+	d.sink = a.sink
+	f := &frozenState{ss: d.session, all: []*dumper{d}, pending: a.pending, frozen: a.frozen,
+		quickLayout: true, keepScratch: true, keepTracking: true,
+		networkStep: "network lock, tcp repair", networkAlways: true, memoryStep: "final round"}
+	defer f.close()
+	f.lockNetwork = a.lockNetwork
 	// The flags only smaps has come from another thread, while the
 	// injected calls and the final round go on (see readVMAsQuick); smaps
 	// holds the process's mmap lock, which the injected mmap and brk
-	// take, so it starts after them, and the scratch page stays until a
-	// rollback (a killed original needs no munmap).
+	// take, so it starts after them.
 	type smapsResult struct {
 		maps []proc.Mapping
 		// scratch, scratchLen: the scratch page, mapped when maps was
@@ -623,57 +625,40 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
-	if sameAreas(d.proc.VMAs, a.preSmaps) {
-		// The areas are those smaps showed just before the freeze: its
-		// flags stand (only a madvise of a whole area in those few
-		// milliseconds would change one without changing the layout),
-		// and no walk of the page tables competes with the final round's.
+	d.mmapDone = func() {
 		started = true
-		smapsc <- smapsResult{maps: a.preSmaps}
-	} else {
+		if sameAreas(d.proc.VMAs, a.preSmaps) {
+			// The areas are those smaps showed just before the freeze:
+			// its flags stand (only a madvise of a whole area in those
+			// few milliseconds would change one without changing the
+			// layout), and no walk of the page tables competes with the
+			// final round's.
+			smapsc <- smapsResult{maps: a.preSmaps}
+			return
+		}
 		d.log.Debug("the layout changed at the freeze: smaps read again")
-		d.mmapDone = func() {
-			started = true
-			scratch := d.scratch
-			go func() {
-				m, err := proc.ReadSmaps(d.pid)
-				smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
-			}()
+		scratch := d.scratch
+		go func() {
+			m, err := proc.ReadSmaps(d.pid)
+			smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
+		}()
+	}
+	defer func() { d.mmapDone = nil }()
+	// No injection follows the injected calls (but on a rollback): a
+	// SIGSTOP queued then stops the original where it is if this migrate
+	// dies before the end (the kernel then lets it go, its connections
+	// silent in repair mode), for `migrate recover` to settle. A rollback
+	// takes it back.
+	f.injectedDone = func() {
+		if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
+			a.stopQueued = true
 		}
 	}
-	err = d.tr.Do(func() error {
-		if err := d.mapScratch(); err != nil {
-			return err
-		}
-		return d.collectInjected()
-	})
-	d.mmapDone = nil
+	if err := f.collect(ctx); err != nil {
+		return nil, err
+	}
 	if !started {
-		smapsc <- smapsResult{err: errors.New("smaps not read")}
-	}
-	if err != nil {
-		return nil, err
-	}
-	// No injection follows (but on a rollback): a SIGSTOP queued now stops
-	// the original where it is if this migrate dies before the end (the
-	// kernel then lets it go, its connections silent in repair mode), for
-	// `migrate recover` to settle. A rollback takes it back.
-	if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
-		a.stopQueued = true
-	}
-	d.lap("injected calls")
-	if err := d.finalRound(ctx, a.sink, a.pending, a.frozen); err != nil {
-		return nil, err
-	}
-	if _, err := d.finishPages(a.sink, len(d.rounds)); err != nil {
-		return nil, err
-	}
-	d.lap("final round")
-	// The tracker stays on: the original is killed once the target runs
-	// the process, and a rollback (ResumeOriginal) turns it off. Taking
-	// it off a GiB of memory costs tens of milliseconds.
-	if err := d.fdset.writeBlobs(d); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("process %d: smaps not read", d.pid)
 	}
 	sm := <-smapsc
 	if sm.err != nil {
@@ -684,7 +669,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *Rounds) (json.RawMessage
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
-	st := LiveState{Image: *a.img, Blobs: d.memBlobs}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
@@ -745,6 +730,7 @@ func (a *liveSource) ResumeOriginal() error {
 // KillOriginal kills the frozen original: the target runs the process.
 func (a *liveSource) KillOriginal() error {
 	a.resumed = time.Now()
+	a.milestone(MilestoneResumed, 0)
 	for _, l := range a.released {
 		unix.Close(l.fd)
 	}
@@ -783,6 +769,11 @@ func (a *liveSource) LeaveFrozen() error {
 	// process, a word from the original would reset them; if not, `migrate
 	// recover` turns repair mode off before it lets the original run.
 	err := errors.Join(a.d.unmapScratch(), a.relisten())
+	if a.d.tracker != nil {
+		// As when this process exits: the original, if it runs again,
+		// runs untracked.
+		err = errors.Join(err, a.d.tracker.Close())
+	}
 	a.d.closeTCP()
 	a.d.unlock()
 	a.dropPreLock()
@@ -790,11 +781,6 @@ func (a *liveSource) LeaveFrozen() error {
 		a.hold.Finish()
 		a.hold.CloseRaw()
 		a.hold = nil
-	}
-	// The tracker's fds go too, as they would when the migrate command
-	// exits: the last close of its userfaultfd drops the registration.
-	if a.d.tracker != nil {
-		err = errors.Join(err, a.d.tracker.Close())
 	}
 	a.d.p.StopOnDetach()
 	return errors.Join(err, a.d.p.Detach())
@@ -808,7 +794,7 @@ func (a *liveSource) LeaveFrozen() error {
 // with the same start time; otherwise it returns a *NotRecordedError
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
-	redial := func(ctx context.Context) (ControlConn, error) {
+	redial := func(ctx context.Context) (handoff.Conn, error) {
 		c := cfg
 		s, err := transport.Dial(ctx, to, c)
 		if err != nil {
@@ -832,7 +818,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 		}
 	}
-	out, err := QueryOutcome(ctx, HandoffConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
+	out, err := handoff.QueryOutcome(ctx, handoff.SourceConfig{SessionID: session, PID: pid, Target: to, Redial: redial, Logger: log})
 	if err != nil {
 		return out.String(), err
 	}
@@ -846,7 +832,7 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
-			if err := UnrepairProcess(pid); err != nil {
+			if err := sockets.UnrepairProcess(pid); err != nil {
 				log.Warn("the original's TCP connections", "pid", pid, "err", err)
 			}
 			if err := signalRecorded(rec, unix.SIGCONT); err != nil {

@@ -16,7 +16,7 @@ import (
 // frozen, and returns the error the dump would give for the first fd it
 // cannot move (an *UnsupportedFDError: a pipe to a process outside, a
 // netlink socket, a pidfd, a file lock, ...) or a descendant it cannot take
-// (a *BadTargetError). It runs before anything is frozen and before
+// (a *BadTargetError, a *SeccompError). It runs before anything is frozen and before
 // pre-copy sends a page, so a process migrate cannot move is refused at
 // once, not after all its memory went over.
 //
@@ -31,7 +31,8 @@ func precheckFDs(ctx context.Context, opts DumpOptions) error {
 			return err
 		}
 		var bt *BadTargetError
-		if errors.As(err, &bt) {
+		var se *SeccompError
+		if errors.As(err, &bt) || errors.As(err, &se) {
 			return err
 		}
 		var ue *UnsupportedFDError

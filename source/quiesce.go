@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/source/sockets"
 )
 
 // A connection that a listener's kernel has completed but the process has
@@ -213,7 +214,7 @@ func (a *liveSource) quiesceListeners(maxWait time.Duration) {
 		return
 	}
 	a.preLock = lock
-	if a.hold, err = netlock.StartHold(netnsSocket(d.pid), nil, spec.Listeners); err != nil {
+	if a.hold, err = netlock.StartHold(sockets.NetnsSocket(d.pid), nil, spec.Listeners); err != nil {
 		d.log.Warn("SYNs dropped by the network lock are not kept", "err", err)
 	}
 	start := time.Now()

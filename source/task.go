@@ -58,6 +58,7 @@ func (d *dumper) collectTask() error {
 	}
 
 	p.Threads = nil // (a live migration announced a placeholder leader)
+	p.SeccompFilters = nil
 	for _, th := range d.p.Threads {
 		t, err := d.collectThread(th)
 		if err != nil {
@@ -114,6 +115,9 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 	}
 	t.Creds = status.Creds()
 	if t.Cgroups, err = readCgroups(d.pid, th.TID); err != nil {
+		return t, err
+	}
+	if t.Seccomp, err = collectSeccomp(d.p, th, status, &d.proc.SeccompFilters); err != nil {
 		return t, err
 	}
 	if t.Xstate, err = d.p.Xstate(th); err != nil {

@@ -63,13 +63,14 @@ func checkTarget(pid int) (*proc.Stat, *proc.Status, error) {
 
 // checkMember refuses a process of the dump (the root or a descendant)
 // that the user running migrate may not trace, or whose state the restore
-// would not bring back: a seccomp filter, or namespaces of its own.
+// would not bring back: seccomp state it cannot carry, or namespaces of
+// its own.
 func checkMember(pid int, status *proc.Status) error {
 	if err := checkAccess(pid, status, invoker()); err != nil {
 		return err
 	}
-	if status.Seccomp != 0 {
-		return &BadTargetError{PID: pid, Reason: "it runs under seccomp, which migrate does not restore yet"}
+	if err := checkSeccomp(pid); err != nil {
+		return err
 	}
 	return checkNamespaces(pid)
 }

@@ -10,6 +10,9 @@ import (
 type RestoreOptions struct {
 	Dir    string
 	Logger *slog.Logger
+	// Check compares the restored processes with the image before they
+	// run (Builder.Check), and refuses the restore if they differ.
+	Check bool
 }
 
 // RestoreReport says what a restore did.

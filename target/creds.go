@@ -137,17 +137,17 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 	w := *want
 	all := uint64(1)<<(last+1) - 1
 	if lost := (w.CapPrm | w.CapBnd | w.CapInh) &^ all; lost != 0 {
-		r.warn("thread %d: %s unknown to this kernel: left out", th.TID, capList(lost))
+		r.warnDiff(r.pid, th.TID, "credentials", "thread %d: %s unknown to this kernel: left out", th.TID, capList(lost))
 	}
 	w.CapPrm, w.CapBnd, w.CapInh = w.CapPrm&all, w.CapBnd&all, w.CapInh&all
 	if lost := w.CapPrm &^ cur.CapPrm; lost != 0 {
-		r.warn("thread %d: permitted %s not restored: the restorer does not have it", th.TID, capList(lost))
+		r.warnDiff(r.pid, th.TID, "credentials", "thread %d: permitted %s not restored: the restorer does not have it", th.TID, capList(lost))
 	}
 	if lost := w.CapBnd &^ cur.CapBnd; lost != 0 {
-		r.warn("thread %d: %s not restored in the bounding set: the restorer's lacks it", th.TID, capList(lost))
+		r.warnDiff(r.pid, th.TID, "credentials", "thread %d: %s not restored in the bounding set: the restorer's lacks it", th.TID, capList(lost))
 	}
 	if lost := w.CapInh &^ (cur.CapInh | cur.CapBnd); lost != 0 {
-		r.warn("thread %d: inheritable %s not restored: out of the restorer's bounding set", th.TID, capList(lost))
+		r.warnDiff(r.pid, th.TID, "credentials", "thread %d: inheritable %s not restored: out of the restorer's bounding set", th.TID, capList(lost))
 	}
 	w.CapPrm &= cur.CapPrm
 	w.CapBnd &= cur.CapBnd

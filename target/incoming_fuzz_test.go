@@ -10,6 +10,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/handoff"
 )
 
 // selfProcess describes this test process as a live source would: its
@@ -62,7 +63,7 @@ func selfProcess(t testing.TB) core.Process {
 
 // selfState is the final state of p, a live source's: its pipe holds
 // queued bytes.
-func selfState(t testing.TB, p core.Process, queued []byte) LiveState {
+func selfState(t testing.TB, p core.Process, queued []byte) handoff.LiveState {
 	t.Helper()
 	name := core.FilesDir + "/pipe-77"
 	for i := range p.FDs {
@@ -77,14 +78,14 @@ func selfState(t testing.TB, p core.Process, queued []byte) LiveState {
 	img := core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
 		Pages: core.PagesInfo{File: core.PagesFile, Codec: "s2", Rounds: 2}, Process: p,
 		Blobs: map[string]core.Blob{name: blob}}
-	return LiveState{Image: img, Blobs: map[string][]byte{name: queued}}
+	return handoff.LiveState{Image: img, Blobs: map[string][]byte{name: queued}}
 }
 
 // TestSelfProcessAccepted: the fuzz seeds are accepted (else fuzzing
 // would explore refusals only).
 func TestSelfProcessAccepted(t *testing.T) {
 	p := selfProcess(t)
-	b, _ := json.Marshal(LiveLayout{Process: p})
+	b, _ := json.Marshal(handoff.LiveLayout{Process: p})
 	if _, err := decodeLayout(b, p.PID); err != nil {
 		t.Fatalf("layout: %v", err)
 	}
@@ -100,7 +101,7 @@ func TestSelfProcessAccepted(t *testing.T) {
 // the checks again after a round trip.
 func FuzzLiveLayout(f *testing.F) {
 	p := selfProcess(f)
-	b, _ := json.Marshal(LiveLayout{Process: p})
+	b, _ := json.Marshal(handoff.LiveLayout{Process: p})
 	f.Add(b, p.PID)
 	f.Add([]byte(`{"process":{"pid":7,"threads":[{"tid":7}],"exe":{"path":"/bin/true"},"cwd":"/","root":"/","vmas":[{},{}]}}`), 7)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -38,14 +39,14 @@ func laterRound() *liveTarget {
 
 func layoutMsg(t *testing.T, round uint32, p core.Process) *transport.Layout {
 	t.Helper()
-	b, err := json.Marshal(LiveLayout{Process: p})
+	b, err := json.Marshal(handoff.LiveLayout{Process: p})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &transport.Layout{Round: round, Body: b}
 }
 
-func stateMsg(t *testing.T, ls LiveState) *transport.State {
+func stateMsg(t *testing.T, ls handoff.LiveState) *transport.State {
 	t.Helper()
 	b, err := json.Marshal(ls)
 	if err != nil {
@@ -118,21 +119,21 @@ func TestStateChecked(t *testing.T) {
 		return core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Arch: runtime.GOARCH,
 			Pages: core.PagesInfo{File: core.PagesFile}, Process: p}
 	}
-	for name, ls := range map[string]LiveState{
-		"relative exe": func() LiveState {
+	for name, ls := range map[string]handoff.LiveState{
+		"relative exe": func() handoff.LiveState {
 			p := incomingProcess()
 			p.Exe.Path = "../../etc/shadow"
-			return LiveState{Image: img(p)}
+			return handoff.LiveState{Image: img(p)}
 		}(),
-		"relative fd file": func() LiveState {
+		"relative fd file": func() handoff.LiveState {
 			p := incomingProcess()
 			p.FDs[0].File.Path = "etc/shadow"
-			return LiveState{Image: img(p)}
+			return handoff.LiveState{Image: img(p)}
 		}(),
-		"unix socket file": func() LiveState {
+		"unix socket file": func() handoff.LiveState {
 			p := incomingProcess()
 			p.FDs = append(p.FDs, core.FD{FD: 1, Kind: core.FDSocket, Socket: &core.Socket{Family: 1, Name: []byte("s"), File: &core.SockFile{Path: "s"}}})
-			return LiveState{Image: img(p)}
+			return handoff.LiveState{Image: img(p)}
 		}(),
 	} {
 		err := laterRound().Restore(context.Background(), stateMsg(t, ls))
@@ -142,7 +143,7 @@ func TestStateChecked(t *testing.T) {
 	}
 	// A blob nobody refers to (or named to escape the image's directory).
 	for _, name := range []string{"files/extra", "../../etc/cron.d/x"} {
-		ls := LiveState{Image: img(incomingProcess()), Blobs: map[string][]byte{name: []byte("x")}}
+		ls := handoff.LiveState{Image: img(incomingProcess()), Blobs: map[string][]byte{name: []byte("x")}}
 		if err := laterRound().Restore(context.Background(), stateMsg(t, ls)); err == nil {
 			t.Errorf("blob %q accepted", name)
 		}
@@ -150,7 +151,7 @@ func TestStateChecked(t *testing.T) {
 	// The state of another process.
 	p := incomingProcess()
 	p.PID, p.Threads[0].TID = 77, 77
-	if err := laterRound().Restore(context.Background(), stateMsg(t, LiveState{Image: img(p)})); err == nil {
+	if err := laterRound().Restore(context.Background(), stateMsg(t, handoff.LiveState{Image: img(p)})); err == nil {
 		t.Errorf("state of another process accepted")
 	}
 }

@@ -22,24 +22,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/transport"
 )
-
-// LiveLayout and LiveState are the bodies of the Layout and State messages
-// of a live migration (the source's source.LiveLayout and
-// source.LiveState, decoded here without importing the source).
-type LiveLayout struct {
-	Process core.Process `json:"process"`
-	// FDs is how many fds the process had open as the round began.
-	FDs int `json:"fds,omitempty"`
-}
-
-// LiveState is the final image and the contents of its blobs.
-type LiveState struct {
-	Image core.Image        `json:"image"`
-	Blobs map[string][]byte `json:"blobs,omitempty"`
-}
 
 // newLiveBuilder creates the process a live migration announces in its
 // first layout: what can be checked before the freeze is (executable,
@@ -67,8 +53,8 @@ func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Bu
 // first (which builds the process) and those of later rounds (which
 // relayout it). Decoding is bounded (core.DecodeBounded) and the process
 // checked by checkIncoming.
-func decodeLayout(body []byte, pid int) (*LiveLayout, error) {
-	var ll LiveLayout
+func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
+	var ll handoff.LiveLayout
 	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
@@ -83,8 +69,8 @@ func decodeLayout(body []byte, pid int) (*LiveLayout, error) {
 
 // decodeState decodes and checks the body of the State: bounded, the image
 // checked by checkIncoming, and its blobs only those the image refers to.
-func decodeState(body []byte, pid int) (*LiveState, error) {
-	var ls LiveState
+func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
+	var ls handoff.LiveState
 	if err := core.DecodeBounded(body, &ls, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
@@ -197,6 +183,15 @@ type liveTarget struct {
 	lock    *netlock.Lock // this side's, on the connections until the resume
 	hold    *netlock.Hold // what lock drops
 	aborted bool
+	// notify, if set, is told of the session's steps (ServeOptions.OnSession).
+	notify func(SessionEvent)
+}
+
+// event tells notify of a step of the session.
+func (t *liveTarget) event(kind SessionEventKind, err error) {
+	if t.notify != nil {
+		t.notify(SessionEvent{Kind: kind, Session: t.sess.ID(), Peer: t.sess.Peer().String(), PID: t.pid, Err: err})
+	}
 }
 
 // hookEnv describes the session to the hooks.
@@ -233,6 +228,7 @@ func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
 
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
+	t.event(SessionStarted, nil)
 	// A process that left this host a moment ago (migrated away, killed)
 	// may still hold the PID as a zombie until its parent (this service,
 	// as PID 1 of its namespace) reaps it: worth a short wait.
@@ -452,6 +448,9 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if t.hooks.Has(hook.PreResume) {
 		t.lap("pre-resume hook")
 	}
+	if err == nil {
+		t.event(SessionRestored, nil)
+	}
 	return err
 }
 
@@ -491,6 +490,9 @@ func (t *liveTarget) Resume() error {
 	}
 	t.resumedAt = time.Now()
 	t.lap("held packets")
+	if err == nil {
+		t.event(SessionCommitted, nil)
+	}
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
 			if err := t.hooks.Run(context.Background(), hook.PostResume, t.hookEnv()); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/transport"
 )
@@ -239,9 +240,9 @@ func (m *Metrics) sessionRefused(start time.Time, reason string) {
 }
 
 // sessionDone counts a session whose handoff ran: a status question, or a
-// migration that ended as res and err say (Handoff's results). t is the
+// migration that ended as res and err say (handoff.RunTarget's results). t is the
 // session's process work, for its times and its page stream.
-func (m *Metrics) sessionDone(start time.Time, t *liveTarget, res HandoffResult, err error) {
+func (m *Metrics) sessionDone(start time.Time, t *liveTarget, res handoff.TargetResult, err error) {
 	if m == nil {
 		return
 	}
@@ -266,14 +267,14 @@ func (m *Metrics) sessionDone(start time.Time, t *liveTarget, res HandoffResult,
 	}
 }
 
-// migrationOutcome derives the outcome label of a migration from Handoff's
+// migrationOutcome derives the outcome label of a migration from handoff.RunTarget's
 // results, and for one that did not end resumed the reason label.
-func migrationOutcome(res HandoffResult, err error) (outcome, reason string) {
+func migrationOutcome(res handoff.TargetResult, err error) (outcome, reason string) {
 	if err == nil && res.Outcome == transport.OutcomeResumed {
 		return MetricResumed, ""
 	}
-	var he *HandoffError
-	if errors.As(err, &he) && he.Phase == PhaseHello && res.Outcome == transport.OutcomeUnknown {
+	var he *handoff.TargetError
+	if errors.As(err, &he) && he.Phase == handoff.PhaseHello && res.Outcome == transport.OutcomeUnknown {
 		return MetricRefused, ReasonRefused
 	}
 	reason = FailureReason(err)
@@ -281,7 +282,7 @@ func migrationOutcome(res HandoffResult, err error) (outcome, reason string) {
 	case res.Outcome == transport.OutcomeCommitted:
 		return MetricInDoubt, reason
 	case res.Outcome == transport.OutcomeResumed:
-		// Resumed, yet an error: not a path Handoff takes; count it as
+		// Resumed, yet an error: not a path RunTarget takes; count it as
 		// resumed so that no running process goes uncounted.
 		return MetricResumed, ""
 	}
@@ -301,7 +302,7 @@ func FailureReason(err error) string {
 		limit    *HostLimitError
 		imgErr   *core.ImageError
 		frameErr *pagestream.FrameError
-		peerErr  *PeerError
+		peerErr  *handoff.PeerError
 	)
 	switch {
 	case err == nil:
@@ -313,13 +314,13 @@ func FailureReason(err error) string {
 	case badMessage(err):
 		return ReasonProtocol
 	// Before the image errors: a lost link shows as a truncated frame.
-	case errors.Is(err, ErrAbortedByQuery), errors.Is(err, ErrLinkLost),
+	case errors.Is(err, handoff.ErrAbortedByQuery), errors.Is(err, handoff.ErrLinkLost),
 		errors.Is(err, transport.ErrPeerGone), errors.Is(err, transport.ErrPeerTimeout),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return ReasonPeerLost
 	case errors.As(err, &peerErr):
 		return ReasonPeerAborted
-	case errors.Is(err, ErrTimeout):
+	case errors.Is(err, handoff.ErrTimeout):
 		return ReasonTimeout
 	case errors.Is(err, fs.ErrNotExist):
 		return ReasonFileMissing
@@ -329,7 +330,7 @@ func FailureReason(err error) string {
 		errors.Is(err, core.ErrNotImage), errors.Is(err, core.ErrBadVersion), errors.Is(err, core.ErrWrongArch),
 		errors.Is(err, core.ErrInconsistent), errors.Is(err, core.ErrNotRegular), errors.Is(err, core.ErrBlobMismatch):
 		return ReasonBadImage
-	case errors.Is(err, ErrPeerProtocol), errors.Is(err, transport.ErrProtocol):
+	case errors.Is(err, handoff.ErrPeerProtocol), errors.Is(err, transport.ErrProtocol):
 		return ReasonProtocol
 	case errors.Is(err, context.Canceled):
 		return ReasonShutdown

@@ -30,42 +30,44 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
 )
 
 func TestFailureReason(t *testing.T) {
-	handoff := func(phase string, err error) error {
-		return &target.HandoffError{Session: sid, Phase: phase, Outcome: transport.OutcomeAborted, Err: err}
+	const sid = "0123456789abcdef0123456789abcdef"
+	failed := func(phase string, err error) error {
+		return &handoff.TargetError{Session: sid, Phase: phase, Outcome: transport.OutcomeAborted, Err: err}
 	}
 	for _, c := range []struct {
 		err  error
 		want string
 	}{
-		{handoff(target.PhasePrepare, &target.PIDInUseError{PID: 7, Holder: "sleep"}), target.ReasonPIDInUse},
-		{handoff(target.PhaseRounds, &core.ImageError{File: "/usr/bin/x", Reason: "executable is gone",
+		{failed(handoff.PhasePrepare, &target.PIDInUseError{PID: 7, Holder: "sleep"}), target.ReasonPIDInUse},
+		{failed(handoff.PhaseRounds, &core.ImageError{File: "/usr/bin/x", Reason: "executable is gone",
 			Err: &fs.PathError{Op: "stat", Path: "/usr/bin/x", Err: fs.ErrNotExist}}), target.ReasonFileMissing},
-		{handoff(target.PhaseRounds, &core.ImageError{File: "/usr/bin/x", Reason: "executable changed since the dump"}), target.ReasonBadImage},
-		{handoff(target.PhaseRestore, fmt.Errorf("state: %w", core.ErrInconsistent)), target.ReasonBadImage},
-		{handoff(target.PhaseRounds, &pagestream.FrameError{Offset: 40, Reason: "checksum"}), target.ReasonBadImage},
-		{handoff(target.PhaseRounds, &target.VDSOMismatchError{Reason: "sizes"}), target.ReasonHostMismatch},
-		{handoff(target.PhaseRestore, &target.HostLimitError{What: "fs.nr_open", Need: 1 << 20, Limit: 1024}), target.ReasonHostMismatch},
-		{handoff(target.PhaseRestore, &kernel.UnsupportedFeatureError{Name: kernel.FeaturePtraceSeize}), target.ReasonHostMismatch},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w: %w", target.ErrLinkLost, io.EOF)), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, fmt.Errorf("round 3: the page stream ended before its barrier: %w", io.EOF)), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, fmt.Errorf("page stream: %w", &pagestream.FrameError{Offset: 9, Err: io.ErrUnexpectedEOF})), target.ReasonPeerLost},
-		{handoff(target.PhaseReady, fmt.Errorf("%w (%v)", target.ErrAbortedByQuery, "x")), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, transport.ErrPeerTimeout), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, &target.PeerError{Abort: true, Text: "operator"}), target.ReasonPeerAborted},
-		{handoff(target.PhaseReady, fmt.Errorf("%w: no commit within 30s", target.ErrTimeout)), target.ReasonTimeout},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w: a second freeze", target.ErrPeerProtocol)), target.ReasonProtocol},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w: %w", target.ErrLinkLost, &transport.MsgError{Err: transport.ErrMsgChecksum})), target.ReasonProtocol},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w: %w", target.ErrLinkLost, &transport.MsgError{Err: transport.ErrMsgTruncated})), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w: %w", target.ErrLinkLost, &transport.MsgError{Err: net.ErrClosed})), target.ReasonPeerLost},
-		{handoff(target.PhaseRounds, &transport.MsgError{Err: transport.ErrMsgChecksum}), target.ReasonProtocol},
-		{handoff(target.PhaseRounds, fmt.Errorf("%w (%v)", context.Canceled, "x")), target.ReasonShutdown},
-		{handoff(target.PhaseResume, errors.New("ptrace detach: no such process")), target.ReasonOther},
+		{failed(handoff.PhaseRounds, &core.ImageError{File: "/usr/bin/x", Reason: "executable changed since the dump"}), target.ReasonBadImage},
+		{failed(handoff.PhaseRestore, fmt.Errorf("state: %w", core.ErrInconsistent)), target.ReasonBadImage},
+		{failed(handoff.PhaseRounds, &pagestream.FrameError{Offset: 40, Reason: "checksum"}), target.ReasonBadImage},
+		{failed(handoff.PhaseRounds, &target.VDSOMismatchError{Reason: "sizes"}), target.ReasonHostMismatch},
+		{failed(handoff.PhaseRestore, &target.HostLimitError{What: "fs.nr_open", Need: 1 << 20, Limit: 1024}), target.ReasonHostMismatch},
+		{failed(handoff.PhaseRestore, &kernel.UnsupportedFeatureError{Name: kernel.FeaturePtraceSeize}), target.ReasonHostMismatch},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w: %w", handoff.ErrLinkLost, io.EOF)), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, fmt.Errorf("round 3: the page stream ended before its barrier: %w", io.EOF)), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, fmt.Errorf("page stream: %w", &pagestream.FrameError{Offset: 9, Err: io.ErrUnexpectedEOF})), target.ReasonPeerLost},
+		{failed(handoff.PhaseReady, fmt.Errorf("%w (%v)", handoff.ErrAbortedByQuery, "x")), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, transport.ErrPeerTimeout), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, &handoff.PeerError{Abort: true, Text: "operator"}), target.ReasonPeerAborted},
+		{failed(handoff.PhaseReady, fmt.Errorf("%w: no commit within 30s", handoff.ErrTimeout)), target.ReasonTimeout},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w: a second freeze", handoff.ErrPeerProtocol)), target.ReasonProtocol},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w: %w", handoff.ErrLinkLost, &transport.MsgError{Err: transport.ErrMsgChecksum})), target.ReasonProtocol},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w: %w", handoff.ErrLinkLost, &transport.MsgError{Err: transport.ErrMsgTruncated})), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w: %w", handoff.ErrLinkLost, &transport.MsgError{Err: net.ErrClosed})), target.ReasonPeerLost},
+		{failed(handoff.PhaseRounds, &transport.MsgError{Err: transport.ErrMsgChecksum}), target.ReasonProtocol},
+		{failed(handoff.PhaseRounds, fmt.Errorf("%w (%v)", context.Canceled, "x")), target.ReasonShutdown},
+		{failed(handoff.PhaseResume, errors.New("ptrace detach: no such process")), target.ReasonOther},
 		{nil, target.ReasonOther},
 	} {
 		if got := target.FailureReason(c.err); got != c.want {
@@ -223,7 +225,7 @@ func TestServeMetrics(t *testing.T) {
 
 	// A hello of another protocol version: refused.
 	s, c := control()
-	hello(c, &transport.Hello{Version: target.HandoffVersion + 1, SessionID: s.ID(), Role: transport.RoleSource, PID: 12345})
+	hello(c, &transport.Hello{Version: handoff.Version + 1, SessionID: s.ID(), Role: transport.RoleSource, PID: 12345})
 	waitMetric(t, h, "migrate_target_migrations_total", "outcome", target.MetricRefused, 1)
 	waitMetric(t, h, "migrate_target_restore_failures_total", "reason", target.ReasonRefused, 1)
 
@@ -231,7 +233,7 @@ func TestServeMetrics(t *testing.T) {
 	// refuses it before the source would freeze anything.
 	s, c = control()
 	failed := s.ID()
-	hello(c, &transport.Hello{Version: target.HandoffVersion, SessionID: s.ID(), Role: transport.RoleSource, PID: os.Getpid()})
+	hello(c, &transport.Hello{Version: handoff.Version, SessionID: s.ID(), Role: transport.RoleSource, PID: os.Getpid()})
 	waitMetric(t, h, "migrate_target_migrations_total", "outcome", target.MetricFailed, 1)
 	waitMetric(t, h, "migrate_target_restore_failures_total", "reason", target.ReasonPIDInUse, 1)
 

@@ -37,6 +37,12 @@ type session struct {
 	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
+	// shmem is where each shared anonymous object of the image (VMA.Shm)
+	// was first mapped: the other areas that had it map that object too.
+	shmem map[uint64]shmemArea
+	// accepted are the differences from the image the restore made on
+	// purpose and warned about (Check leaves them out).
+	accepted map[accepted]bool
 	// deletedFiles are the recreated deleted files and memfds, by dev/ino
 	// of the original, shared by the mappings and fds that used it.
 	deletedFiles map[fileKey]*os.File
@@ -120,6 +126,12 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err := b.Finish(ctx, img); err != nil {
 		b.Discard()
 		return nil, err
+	}
+	if opts.Check {
+		if err := b.Check(); err != nil {
+			b.Discard()
+			return nil, err
+		}
 	}
 	// The dump's network lock, if this is its host: the connections are
 	// here now, and go live at resume. (A failed restore leaves it, for
@@ -397,6 +409,30 @@ func (b *Builder) release() {
 	}
 }
 
+// accepted names a difference from the image the restore made on
+// purpose: the process (and thread, 0 for the process) and Difference.What.
+type accepted struct {
+	pid, tid int
+	what     string
+}
+
+// warnDiff is warn for a difference from the image that the restore
+// makes on purpose: Check, which would refuse it, leaves it out.
+func (r *session) warnDiff(pid, tid int, what string, format string, args ...any) {
+	r.accept(pid, tid, what)
+	r.warn(format, args...)
+}
+
+// accept records a difference from the image made on purpose (warnDiff).
+func (r *session) accept(pid, tid int, what string) {
+	r.mu.Lock()
+	if r.accepted == nil {
+		r.accepted = map[accepted]bool{}
+	}
+	r.accepted[accepted{pid, tid, what}] = true
+	r.mu.Unlock()
+}
+
 func (r *session) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.mu.Lock()
@@ -417,8 +453,16 @@ func (r *restorer) abort() {
 	}
 	if r.husk != nil {
 		r.husk.Process.Kill()
-		r.husk.Wait()
+		waitHusk(r.husk)
 	}
+}
+
+// waitHusk collects the husk's exit, which the tracer may have collected
+// already (ptrace.Proc.Kill with reap): then Wait fails with ECHILD and
+// keeps the process's pidfd open, which Release closes.
+func waitHusk(cmd *exec.Cmd) {
+	cmd.Wait()
+	cmd.Process.Release()
 }
 
 func (r *session) closeFiles() {
@@ -577,7 +621,7 @@ func (r *restorer) createRoot() error {
 		return err
 	}
 	r.hp = nil
-	r.husk.Wait()
+	waitHusk(r.husk)
 	r.husk = nil
 	return nil
 }
@@ -796,8 +840,38 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN|unix.MAP_NORESERVE) | unix.MAP_FIXED
 		fd := ^uint64(0)
 		switch v.Kind {
-		case core.VMAAnon, core.VMASharedAnon:
+		case core.VMAAnon:
 			flags |= unix.MAP_ANONYMOUS
+		case core.VMASharedAnon:
+			first, ok := r.shmem[v.Shm]
+			if v.Shm == 0 || !ok {
+				flags |= unix.MAP_ANONYMOUS
+				break
+			}
+			// The object an area mapped before (this process's, or
+			// another's of the tree): through its map_files link.
+			cfd, ok := childFD[fileKey{0, v.Shm, true}]
+			if !ok {
+				f, err := os.OpenFile(fmt.Sprintf("/proc/%d/map_files/%x-%x", first.pid, first.start, first.end), os.O_RDWR, 0)
+				if errors.Is(err, os.ErrNotExist) && first.pid == r.pid {
+					// This process's own first area, remapped since (a
+					// later round's layout): a fresh object.
+					delete(r.shmem, v.Shm)
+					flags |= unix.MAP_ANONYMOUS
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("area %#x-%#x: the shared memory of process %d at %#x: %w", v.Start, v.End, first.pid, first.start, err)
+				}
+				cfd, err = r.install(f)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("area %#x-%#x: %w", v.Start, v.End, err)
+				}
+				childFD[fileKey{0, v.Shm, true}] = cfd
+				temps = append(temps, cfd)
+			}
+			fd = uint64(cfd)
 		case core.VMAFile, core.VMASharedFile:
 			// A shared mapping may be made writable later only if its
 			// file was opened for writing: open it as it was.
@@ -824,8 +898,23 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 		if got != v.Start {
 			return fmt.Errorf("area %#x-%#x mapped at %#x", v.Start, v.End, got)
 		}
+		if v.Kind == core.VMASharedAnon && v.Shm != 0 {
+			if _, ok := r.shmem[v.Shm]; !ok {
+				if r.shmem == nil {
+					r.shmem = map[uint64]shmemArea{}
+				}
+				r.shmem[v.Shm] = shmemArea{pid: r.pid, start: v.Start, end: v.End}
+			}
+		}
 	}
 	return nil
+}
+
+// shmemArea is an area of a restored process that maps a shared
+// anonymous object.
+type shmemArea struct {
+	pid        int
+	start, end uint64
 }
 
 // holdsPages says whether an area of this kind has pages in an image.

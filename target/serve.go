@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -37,7 +38,34 @@ type ServeOptions struct {
 	// the service is busy (an Abort, so its source resumes its original
 	// before freezing anything) and closed.
 	MaxSessions int
+	// Listener, if set, is listened on instead of Listen; Serve owns it
+	// and closes it.
+	Listener net.Listener
+	// OnSession, if set, is told of each migration's steps as the service
+	// takes them, from the session's goroutine (sessions run at once).
+	OnSession func(SessionEvent)
 }
+
+// SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
+type SessionEvent struct {
+	Kind    SessionEventKind
+	Session string // the transport session's ID
+	Peer    string // the source's address
+	PID     int    // the process
+	Err     error  // SessionAborted: why
+}
+
+// SessionEventKind says which step a SessionEvent is.
+type SessionEventKind int
+
+// The steps of a migration, in order; SessionAborted may come after any
+// step before SessionCommitted.
+const (
+	SessionStarted   SessionEventKind = iota + 1 // the source's hello was taken: the husk is made next
+	SessionRestored                              // the process is whole and stopped: Ready is sent next
+	SessionCommitted                             // the commit came and the process runs here
+	SessionAborted                               // the session failed before the process ran; the husk is gone
+)
 
 // DefaultMaxSessions is the default of ServeOptions.MaxSessions. Each
 // migration holds up to two control messages of transport.MaxMsgPayload
@@ -69,7 +97,13 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if tcfg.Logger == nil {
 		tcfg.Logger = log
 	}
-	ln, err := transport.Listen(opts.Listen, tcfg)
+	var ln *transport.Listener
+	var err error
+	if opts.Listener != nil {
+		ln, err = transport.NewListener(opts.Listener, tcfg)
+	} else {
+		ln, err = transport.Listen(opts.Listen, tcfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -82,7 +116,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if os.Getpid() == 1 {
 		go reap.Orphans(ctx, 500*time.Millisecond)
 	}
-	outcomes := NewOutcomes(0, nil)
+	outcomes := handoff.NewOutcomes(0, nil)
 	maxSessions := opts.MaxSessions
 	if maxSessions <= 0 {
 		maxSessions = DefaultMaxSessions
@@ -133,14 +167,14 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 			defer wg.Done()
 			defer func() { <-slots }()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, opts.Hooks, opts.Metrics, sessLog)
+			serveSession(ctx, sess, outcomes, opts.Hooks, opts.Metrics, opts.OnSession, sessLog)
 		}()
 	}
 }
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcomes, hooks *hook.Set, m *Metrics, log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *handoff.Outcomes, hooks *hook.Set, m *Metrics, notify func(SessionEvent), log *slog.Logger) {
 	start := time.Now()
 	m.sessionStarted()
 	defer m.sessionEnded()
@@ -164,8 +198,12 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *Outcom
 	}
 	t := newLiveTarget(sess, log)
 	t.hooks = hooks
-	res, err := Handoff(ctx, HandoffConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	t.notify = notify
+	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
 	m.sessionDone(start, t, res, err)
+	if t.pid != 0 && res.Outcome == transport.OutcomeAborted {
+		t.event(SessionAborted, err)
+	}
 	switch {
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
@@ -196,5 +234,5 @@ func refuseBusy(ctx context.Context, sess *transport.Session, max int, log *slog
 	log.Warn("refused a session: busy", "max_sessions", max)
 	c.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %v (%d; migrate serve --max-sessions)", ErrBusy, max))})
 	// Until the source has read it and closed.
-	linger(ctx, c, DefaultLinger)
+	handoff.Linger(ctx, c, handoff.DefaultLinger)
 }

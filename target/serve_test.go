@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/transport"
 )
@@ -205,7 +206,7 @@ func TestServeMaxSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := transport.NewControl(st)
-	if err := c.Send(&transport.Hello{Version: HandoffVersion, SessionID: hold.ID(), Role: transport.RoleSource, PID: testutil.FreePID(t)}); err != nil {
+	if err := c.Send(&transport.Hello{Version: handoff.Version, SessionID: hold.ID(), Role: transport.RoleSource, PID: testutil.FreePID(t)}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := c.Recv(ctx); err != nil {

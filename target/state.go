@@ -100,7 +100,7 @@ func (r *restorer) restoreState(context.Context) error {
 			if err2 := unix.Prlimit(r.pid, l.Resource, &lim, nil); err2 != nil {
 				return fmt.Errorf("rlimit %d: %w", l.Resource, err2)
 			}
-			r.warn("rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
+			r.warnDiff(r.pid, 0, fmt.Sprintf("rlimit %d", l.Resource), "rlimit %d: wanted %d/%d, kernel refused (%v); set %d/%d", l.Resource, l.Cur, l.Max, err, lim.Cur, lim.Max)
 		}
 	}
 	if err := r.setMM(); err != nil {
@@ -246,6 +246,10 @@ func (r *restorer) restoreThreads(context.Context) error {
 	if err := r.restoreTimers(); err != nil {
 		return err
 	}
+	// Seccomp filters before the credentials (see restoreSeccomp).
+	if err := r.restoreSeccomp(); err != nil {
+		return fmt.Errorf("seccomp: %w", err)
+	}
 	// Credentials last: dropping them may take the right to run what came
 	// before (clone3 with set_tid, PR_SET_MM, timer IDs...). What follows
 	// needs none: signals queued to the process itself, its own fd closed,
@@ -388,9 +392,10 @@ func (r *restorer) joinSession() error {
 	r.sessionLeader = true
 	if p.SID != p.PID {
 		if p.PGID == p.PID {
-			r.warn("process %d: session %d is not in the image; the process leads a session of its own", p.PID, p.SID)
+			r.warnDiff(p.PID, 0, "session", "process %d: session %d is not in the image; the process leads a session of its own", p.PID, p.SID)
 		} else {
-			r.warn("process %d: process group %d and session %d are not in the image; the process got a session of its own", p.PID, p.PGID, p.SID)
+			r.warnDiff(p.PID, 0, "process group", "process %d: process group %d and session %d are not in the image; the process got a session of its own", p.PID, p.PGID, p.SID)
+			r.accept(p.PID, 0, "session")
 		}
 	}
 	return nil
@@ -415,7 +420,7 @@ func (r *restorer) joinGroup() error {
 		if _, err2 := r.sys("setpgid", unix.SYS_SETPGID, 0, 0); err2 != nil {
 			return fmt.Errorf("process %d: cannot join process group %d (%v), nor lead its own: %w", p.PID, p.PGID, err, err2)
 		}
-		r.warn("process %d: cannot join process group %d (%v); it leads a group of its own", p.PID, p.PGID, err)
+		r.warnDiff(p.PID, 0, "process group", "process %d: cannot join process group %d (%v); it leads a group of its own", p.PID, p.PGID, err)
 	}
 	return nil
 }

@@ -9,8 +9,8 @@ import (
 )
 
 // Control is a control channel over a stream of a session: it sends and
-// receives control messages, one goroutine each. It satisfies the
-// ControlConn interfaces of the source's and the target's handoff.
+// receives control messages, one goroutine each. It satisfies
+// internal/handoff's Conn, what both sides of the handoff speak over.
 type Control struct {
 	c       net.Conn
 	sendMu  sync.Mutex

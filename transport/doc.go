@@ -3,9 +3,11 @@
 // streams, and the control-message codec.
 //
 // transport knows nothing of processes or pages: it moves authenticated
-// bytes and control messages whose opaque bodies the source and target
-// state machines define. It must never import core, pagestream, source or
-// target (TestDeps checks this), and only transport imports yamux.
+// bytes and control messages, the frame and the message structs (the wire
+// format, decoded strictly here). Which message may come when, and the
+// opaque bodies, are the protocol's: internal/handoff. It must never import
+// core, pagestream, internal/handoff, source or target, and only transport
+// imports yamux (internal/deps checks both).
 //
 // # Connection
 //

@@ -126,6 +126,21 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transport: listen: %w", err)
 	}
+	return newListener(ln, s), nil
+}
+
+// NewListener accepts sessions on ln, which it owns from now on: Close
+// closes it, and so does NewListener if cfg is unusable.
+func NewListener(ln net.Listener, cfg Config) (*Listener, error) {
+	s, err := cfg.settings()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return newListener(ln, s), nil
+}
+
+func newListener(ln net.Listener, s *settings) *Listener {
 	l := &Listener{
 		s:       s,
 		tc:      s.serverTLS(),
@@ -141,7 +156,7 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
-	return l, nil
+	return l
 }
 
 // Addr is the address the listener listens on.

@@ -10,8 +10,8 @@ import (
 // MsgType is the type of a control message, the type field of its frame.
 type MsgType uint16
 
-// The control messages of the migration protocol. The state machines of
-// source and target give the opaque Body fields their contents.
+// The control messages of the migration protocol. Their order and the
+// contents of the opaque Body fields are internal/handoff's.
 const (
 	TypeHello       MsgType = 1  // both ways, first: who is talking
 	TypeLayout      MsgType = 2  // source → target: the process layout (VMAs, files)

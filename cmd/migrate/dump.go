@@ -3,34 +3,30 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/source"
-	"github.com/procmig/migrate/target"
 )
 
 // ops are the library entry points the commands call; tests replace them.
 type ops struct {
-	dump    func(context.Context, source.DumpOptions) (*source.DumpReport, error)
-	restore func(context.Context, target.RestoreOptions) (*target.RestoreReport, error)
+	dump    func(ctx context.Context, pid int, dir string, opts migrate.DumpOptions) (*migrate.DumpReport, error)
+	restore func(ctx context.Context, dir string, opts migrate.RestoreOptions) (*migrate.RestoreReport, error)
 	check   func(context.Context, kernel.CheckOptions) []kernel.Feature
 	inject  func() error // the syscall injection probe
 }
 
 func realOps() ops {
-	return ops{dump: source.Dump, restore: target.Restore, check: kernel.Check, inject: ptrace.ProbeInjection}
+	return ops{dump: migrate.Dump, restore: migrate.Restore, check: kernel.Check, inject: ptrace.ProbeInjection}
 }
 
 var codecs = []string{"zstd", "s2", "none"}
@@ -92,8 +88,8 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		boolFlag(fs, &preCopy, "pre-copy", "", "copy memory in rounds while the process runs, then freeze it for a short final round")
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
-		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
-		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
+		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
+		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -108,30 +104,24 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			if !contains(source.TrackerNames(), tracker) {
 				return usagef("bad --tracker %q: want %s", tracker, strings.Join(source.TrackerNames(), ", "))
 			}
-			pol := source.DefaultPolicy
+			pol := migrate.DefaultPolicy
 			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
 			if preCopy {
 				if err := pol.Validate(); err != nil {
 					return usagef("%v", err)
 				}
 			}
-			undo, err := prepareDir(dir, force)
-			if err != nil {
-				return err
-			}
-			rep, err := e.ops.dump(ctx, source.DumpOptions{
-				PID:          pid,
-				Dir:          dir,
+			rep, err := e.ops.dump(ctx, pid, dir, migrate.DumpOptions{
 				LeaveRunning: leaveRunning,
+				ProcessOnly:  !tree,
+				Force:        force,
 				Codec:        codec,
 				PreCopy:      preCopy,
-				Tree:         tree,
 				Tracker:      tracker,
 				Policy:       pol,
 				Logger:       e.logger,
 			})
 			if err != nil {
-				undo()
 				if ctx.Err() != nil {
 					return fmt.Errorf("interrupted, process %d left running: %w", pid, err)
 				}
@@ -165,54 +155,7 @@ func pidArg(args []string) (int, error) {
 	return pid, nil
 }
 
-// imageNames are the entries a dump writes into its directory (patterns:
-// descendants' page streams are pages-PID.img).
-var imageNames = []string{core.MetaFile, core.PagesFile, "pages-*.img", core.FilesDir, "." + core.MetaFile + ".tmp"}
-
-// prepareDir makes dir ready for a dump: created if missing, else empty
-// (or, with force, rid of an image). The returned undo removes what the
-// failed dump may have left: the directory if it was created here, else
-// the image entries.
-func prepareDir(dir string, force bool) (undo func(), err error) {
-	fi, err := os.Stat(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, err
-		}
-		return func() { os.RemoveAll(dir) }, nil
-	case err != nil:
-		return nil, err
-	case !fi.IsDir():
-		return nil, fmt.Errorf("%s is not a directory", dir)
-	}
-	removeImage := func() {
-		for _, n := range imageNames {
-			matches, _ := filepath.Glob(filepath.Join(dir, n))
-			for _, m := range matches {
-				os.RemoveAll(m)
-			}
-		}
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	names, err := f.Readdirnames(3)
-	f.Close()
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	if len(names) > 0 {
-		if !force {
-			return nil, fmt.Errorf("%s is not empty (holds %s); use an empty or new directory, or --force", dir, strings.Join(names, ", "))
-		}
-		removeImage()
-	}
-	return removeImage, nil
-}
-
-func dumpSummary(r *source.DumpReport, dir string) string {
+func dumpSummary(r *migrate.DumpReport, dir string) string {
 	total := msDuration(r.Total, r.TotalMS)
 	frozen := msDuration(r.Frozen, r.FrozenMS)
 	fate := "process killed"
@@ -235,7 +178,7 @@ func dumpSummary(r *source.DumpReport, dir string) string {
 }
 
 // printRounds prints one line per round of a pre-copy dump.
-func printRounds(w io.Writer, r *source.DumpReport) {
+func printRounds(w io.Writer, r *migrate.DumpReport) {
 	fmt.Fprintf(w, "tracker %s\n", r.Tracker)
 	fmt.Fprintf(w, "%5s %12s %12s %10s %10s %9s %9s  %s\n", "ROUND", "PAGES_DIRTY", "PAGES_SENT", "RAW", "WIRE", "MS", "HELD_MS", "NOTE")
 	for _, rd := range r.Rounds {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
 )
@@ -34,11 +34,11 @@ func (a *authFlags) add(fs *pflag.FlagSet) {
 	boolFlag(fs, &a.insecure, "insecure", "", "no authentication at all (both ends must say so; prints a warning)")
 }
 
-func (a *authFlags) config() (transport.Config, error) {
-	var c transport.Config
+func (a *authFlags) config() (migrate.Auth, error) {
+	var c migrate.Auth
 	switch {
 	case a.secretFile != "":
-		s, err := transport.LoadSecret(a.secretFile)
+		s, err := migrate.LoadSecret(a.secretFile)
 		if err != nil {
 			return c, err
 		}
@@ -111,16 +111,14 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 			if maxSessions < 1 {
 				return usagef("--max-sessions must be at least 1")
 			}
-			hs, err := hookSet(hooks, addrs, hook.Target, e)
-			if err != nil {
+			if err := checkHooks(hooks, addrs, hook.Target); err != nil {
 				return err
 			}
 			cfg, err := auth.config()
 			if err != nil {
 				return err
 			}
-			cfg.Logger = e.logger
-			opts := target.ServeOptions{Listen: listen, Transport: cfg, Logger: e.logger, Hooks: hs, MaxSessions: maxSessions,
+			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)
@@ -129,19 +127,23 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 				}
 				defer stop()
 			}
-			return target.Serve(ctx, opts)
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("transport: listen: %w", err)
+			}
+			return migrate.Serve(ctx, ln, opts)
 		}
 	},
 }
 
 // serveMetrics serves the metrics of the target service on addr, over
 // plain HTTP, until stop; the service then observes into them (opts).
-func serveMetrics(addr string, opts *target.ServeOptions, e *env) (stop func(), err error) {
+func serveMetrics(addr string, opts *migrate.ServeOptions, e *env) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics: %w", err)
 	}
-	opts.Metrics = target.NewMetrics()
+	opts.Metrics = migrate.NewMetrics()
 	srv := &http.Server{Handler: opts.Metrics.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(e.logger.Handler(), slog.LevelWarn)}
 	e.logger.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
 	done := make(chan struct{})
@@ -192,8 +194,8 @@ running as it was.`,
 		auth.add(fs)
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker: auto, uffd-wp, soft-dirty or hash")
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none")
-		fs.IntVar(&rounds, "rounds", source.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
-		fs.DurationVar(&downtime, "target-downtime", source.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
+		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
+		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
@@ -203,8 +205,7 @@ running as it was.`,
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
 			}
-			hs, err := hookSet(hooks, addrs, hook.Source, e)
-			if err != nil {
+			if err := checkHooks(hooks, addrs, hook.Source); err != nil {
 				return err
 			}
 			if to == "" && len(args) == 2 {
@@ -221,19 +222,21 @@ running as it was.`,
 			if err != nil {
 				return err
 			}
-			cfg.Logger = e.logger
-			pol := source.DefaultPolicy
+			pol := migrate.DefaultPolicy
 			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
 			if err := pol.Validate(); err != nil {
 				return usagef("%v", err)
 			}
-			var progress func(source.RoundReport)
+			var onEvent func(migrate.Event)
 			if !asJSON {
-				progress = func(r source.RoundReport) { printRoundLine(e.stderr, r) }
+				onEvent = func(ev migrate.Event) {
+					if ev.Kind == migrate.EventRoundFinished {
+						printRoundLine(e.stderr, *ev.Stats)
+					}
+				}
 			}
-			source.WarnStale(e.logger)
-			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: to, Transport: cfg, Codec: codec,
-				Tracker: tracker, Policy: pol, Logger: e.logger, Progress: progress, Bandwidth: int64(bwlimit * 1e6), Hooks: hs})
+			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs})
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
@@ -246,7 +249,7 @@ running as it was.`,
 	},
 }
 
-func printRoundLine(w io.Writer, r source.RoundReport) {
+func printRoundLine(w io.Writer, r migrate.RoundReport) {
 	what := "pre-copy"
 	if r.Frozen {
 		what = "final, frozen"
@@ -266,7 +269,7 @@ func printRoundLine(w io.Writer, r source.RoundReport) {
 		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS, est)
 }
 
-func migrateSummary(r *source.MigrateReport) string {
+func migrateSummary(r *migrate.Report) string {
 	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s (target: %s), total %s (session %s)",
 		r.PID, r.Comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
 		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
@@ -319,8 +322,7 @@ names (same PID, session and start time), and refuses any other.`,
 			if err != nil {
 				return err
 			}
-			cfg.Logger = e.logger
-			out, err := source.Recover(ctx, to, session, pid, cfg, e.logger)
+			out, err := migrate.Recover(ctx, pid, to, session, migrate.RecoverOptions{Auth: cfg, Logger: e.logger})
 			fmt.Fprintf(e.stdout, "session %s: %s\n", session, out)
 			return err
 		}
@@ -333,23 +335,17 @@ func addressFlag(fs *pflag.FlagSet, addrs *[]string, what string) {
 		"; done in-process over netlink, before the hooks of the same stage (repeatable)")
 }
 
-// hookSet parses the --hook values of role and adds the --address moves.
-func hookSet(hooks, addrs []string, role hook.Role, e *env) (*hook.Set, error) {
-	hs, err := hook.Parse(hooks, role)
-	if err != nil {
-		return nil, usagef("%v", err)
+// checkHooks checks the --hook and --address values of role, as
+// migrate.Migrate and migrate.Serve will read them: a mistake is a usage
+// error, found before anything else is done.
+func checkHooks(hooks, addrs []string, role hook.Role) error {
+	if _, err := hook.Parse(hooks, role); err != nil {
+		return usagef("%v", err)
 	}
-	hs.SetLogger(e.logger)
-	var as []netaddr.Addr
 	for _, s := range addrs {
-		a, err := netaddr.Parse(s)
-		if err != nil {
-			return nil, usagef("--address: %v", err)
+		if _, err := netaddr.Parse(s); err != nil {
+			return usagef("--address: %v", err)
 		}
-		as = append(as, a)
 	}
-	if err := netaddr.NewMover(as, e.logger).Install(hs); err != nil {
-		return nil, err
-	}
-	return hs, nil
+	return nil
 }

@@ -1,11 +1,12 @@
 // Command migrate moves a running Linux process to another host (`migrate
 // --to`, to a `migrate serve`), and checkpoints one into a directory and
 // restores it from there (`dump`, `restore`). This package holds flags,
-// output and exit codes only; the work is done by packages source (the
-// dumping side), target (the restoring side and the service), transport
-// (connections and their authentication), and core with core/kernel
-// (`check`), core/hook and core/netaddr (--hook, --address) and
-// core/ptrace.
+// output and exit codes only. Dump, restore, --to, recover and serve call
+// package migrate (the API, at the module's root), which drives packages
+// source (the dumping side) and target (the restoring side and the
+// service); `show` reads images with core, `check` probes with
+// core/kernel and core/ptrace, and --hook and --address are checked with
+// core/hook and core/netaddr.
 package main
 
 import (

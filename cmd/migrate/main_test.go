@@ -14,21 +14,20 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/kernel"
-	"github.com/procmig/migrate/source"
-	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
 )
 
 // fakeOps returns library entry points that fail the test if called.
 func fakeOps(t *testing.T) ops {
 	return ops{
-		dump: func(context.Context, source.DumpOptions) (*source.DumpReport, error) {
+		dump: func(context.Context, int, string, migrate.DumpOptions) (*migrate.DumpReport, error) {
 			t.Error("dump called")
 			return nil, errors.New("unexpected")
 		},
-		restore: func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
+		restore: func(context.Context, string, migrate.RestoreOptions) (*migrate.RestoreReport, error) {
 			t.Error("restore called")
 			return nil, errors.New("unexpected")
 		},
@@ -159,8 +158,8 @@ func TestLogLevel(t *testing.T) {
 		var out, errb bytes.Buffer
 		e := newEnv(&out, &errb)
 		o := fakeOps(t)
-		o.restore = func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
-			return &target.RestoreReport{PID: 1}, nil
+		o.restore = func(context.Context, string, migrate.RestoreOptions) (*migrate.RestoreReport, error) {
+			return &migrate.RestoreReport{PID: 1}, nil
 		}
 		e.ops = o
 		args := append([]string{"restore", "--dir", "x"}, c.args...)
@@ -173,8 +172,8 @@ func TestLogLevel(t *testing.T) {
 	}
 }
 
-func sampleReport() *source.DumpReport {
-	return &source.DumpReport{
+func sampleReport() *migrate.DumpReport {
+	return &migrate.DumpReport{
 		PID: 1234, Comm: "redis-server", Threads: 1, VMAs: 23, FDs: 8,
 		Pages: 262144, BytesRaw: 1 << 30, BytesImage: 412 << 20, Codec: "zstd",
 		Frozen: 380 * time.Millisecond, Total: 380 * time.Millisecond, FrozenMS: 380, TotalMS: 380,
@@ -183,22 +182,21 @@ func sampleReport() *source.DumpReport {
 
 func TestDump(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "img")
-	var got source.DumpOptions
+	var got migrate.DumpOptions
+	var gotPID int
+	var gotDir string
 	o := fakeOps(t)
-	o.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
-		got = opts
-		if fi, err := os.Stat(opts.Dir); err != nil || !fi.IsDir() {
-			t.Errorf("dump dir not created: %v", err)
-		}
+	o.dump = func(_ context.Context, pid int, dir string, opts migrate.DumpOptions) (*migrate.DumpReport, error) {
+		got, gotPID, gotDir = opts, pid, dir
 		r := sampleReport()
-		r.Dir = opts.Dir
+		r.Dir = dir
 		return r, nil
 	}
 	r := runWith(o, "dump", "--dir", dir, "--codec", "s2", "--leave-running", "1234")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
-	if got.PID != 1234 || got.Dir != dir || got.Codec != "s2" || !got.LeaveRunning || got.Logger == nil {
+	if gotPID != 1234 || gotDir != dir || got.Codec != "s2" || !got.LeaveRunning || got.ProcessOnly || got.Force || got.Logger == nil {
 		t.Errorf("options %+v", got)
 	}
 	want := "dumped pid 1234 (redis-server): 1 thread, 23 vmas, 8 fds, 262144 pages (1.0 GiB raw, 412 MiB zstd image) in 380 ms (frozen 380 ms) -> " + dir + "; process killed\n"
@@ -207,74 +205,19 @@ func TestDump(t *testing.T) {
 	}
 
 	r = runWith(o, "dump", "--dir", filepath.Join(t.TempDir(), "j"), "--json", "1234")
-	var rep source.DumpReport
+	var rep migrate.DumpReport
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.PID != 1234 || rep.TotalMS != 380 {
 		t.Errorf("--json: %v, %+v", err, rep)
 	}
 }
 
-func TestDumpDir(t *testing.T) {
-	ok := fakeOps(t)
-	ok.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
-		os.WriteFile(filepath.Join(opts.Dir, core.MetaFile), []byte("{}"), 0o600)
-		return sampleReport(), nil
-	}
-	failing := fakeOps(t)
-	failing.dump = func(_ context.Context, opts source.DumpOptions) (*source.DumpReport, error) {
-		os.WriteFile(filepath.Join(opts.Dir, core.PagesFile), []byte("partial"), 0o600)
-		return nil, errors.New("boom")
-	}
-
-	// A non-empty directory is refused, and left alone.
-	full := t.TempDir()
-	os.WriteFile(filepath.Join(full, "mine.txt"), []byte("x"), 0o600)
-	r := runWith(fakeOps(t), "dump", "--dir", full, "1")
-	if r.code != exitFailure || !strings.Contains(r.stderr, "not empty") || !strings.Contains(r.stderr, "mine.txt") {
-		t.Errorf("non-empty dir: exit %d, %q", r.code, r.stderr)
-	}
-	// --force accepts it, replaces the image and keeps other files.
-	os.WriteFile(filepath.Join(full, core.PagesFile), []byte("old"), 0o600)
-	if r := runWith(ok, "dump", "--dir", full, "--force", "1"); r.code != 0 {
-		t.Errorf("--force: exit %d, %q", r.code, r.stderr)
-	}
-	if _, err := os.Stat(filepath.Join(full, core.PagesFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("--force left the old pages file: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(full, "mine.txt")); err != nil {
-		t.Errorf("--force removed a file that is not part of an image: %v", err)
-	}
-
-	// A file is not a directory.
-	file := filepath.Join(t.TempDir(), "f")
-	os.WriteFile(file, nil, 0o600)
-	if r := runWith(fakeOps(t), "dump", "--dir", file, "1"); r.code != exitFailure || !strings.Contains(r.stderr, "not a directory") {
-		t.Errorf("file as dir: exit %d, %q", r.code, r.stderr)
-	}
-
-	// A failed dump into a new directory removes the directory.
-	fresh := filepath.Join(t.TempDir(), "new")
-	r = runWith(failing, "dump", "--dir", fresh, "1")
-	if r.code != exitFailure || r.stderr != "migrate: dump: boom\n" {
-		t.Errorf("failed dump: exit %d, %q", r.code, r.stderr)
-	}
-	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("failed dump left its new directory: %v", err)
-	}
-	// ... and into an existing empty one, removes what it wrote there.
-	empty := t.TempDir()
-	runWith(failing, "dump", "--dir", empty, "1")
-	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
-		t.Errorf("failed dump left %v", ents)
-	}
-}
-
 func TestRestore(t *testing.T) {
 	o := fakeOps(t)
-	o.restore = func(_ context.Context, opts target.RestoreOptions) (*target.RestoreReport, error) {
-		if opts.Dir != "img" || opts.Logger == nil {
-			t.Errorf("options %+v", opts)
+	o.restore = func(_ context.Context, dir string, opts migrate.RestoreOptions) (*migrate.RestoreReport, error) {
+		if dir != "img" || opts.Logger == nil {
+			t.Errorf("options %q %+v", dir, opts)
 		}
-		return &target.RestoreReport{PID: 4321, Comm: "sleep", Pages: 12, TotalMS: 20, Warnings: []string{"RLIMIT_NOFILE hard limit lowered"}}, nil
+		return &migrate.RestoreReport{PID: 4321, Comm: "sleep", Pages: 12, TotalMS: 20, Warnings: []string{"RLIMIT_NOFILE hard limit lowered"}}, nil
 	}
 	r := runWith(o, "restore", "--dir", "img")
 	if r.code != 0 || r.stdout != "4321\n" {
@@ -284,12 +227,12 @@ func TestRestore(t *testing.T) {
 		t.Errorf("stderr %q", r.stderr)
 	}
 	r = runWith(o, "restore", "--dir", "img", "--json")
-	var rep target.RestoreReport
+	var rep migrate.RestoreReport
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.PID != 4321 || len(rep.Warnings) != 1 {
 		t.Errorf("--json: %v %+v", err, rep)
 	}
 
-	o.restore = func(context.Context, target.RestoreOptions) (*target.RestoreReport, error) {
+	o.restore = func(context.Context, string, migrate.RestoreOptions) (*migrate.RestoreReport, error) {
 		return nil, errors.New("pid 4321 is taken by process 99 (bash)")
 	}
 	r = runWith(o, "restore", "--dir", "img")
@@ -323,7 +266,12 @@ func sampleImage() *core.Image {
 				{Start: 0x7ffd0000, End: 0x7ffd1000, Prot: 3, Flags: 2, Kind: core.VMAAnon, Name: "[stack]", Pages: 1},
 			},
 			Threads: []core.Thread{{TID: 4321, Comm: "sleep", Regs: core.Regs{RIP: 0x401234, RSP: 0x7ffd0ff0, CS: 0x33, SS: 0x2b}, SigMask: 1 << 9, Restart: "restart",
-				Sched: &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4}}},
+				Sched:   &core.Sched{Policy: core.SchedRR, Priority: 7, ResetOnFork: true, Nice: -3, Affinity: []uint64{0b1101}, PdeathSignal: 15, IOPrio: 2<<13 | 4},
+				Seccomp: &core.Seccomp{Mode: core.SeccompModeFilter, Filter: 1}}},
+			SeccompFilters: []core.SeccompFilter{
+				{Prev: -1, Prog: []byte{6, 0, 0, 0, 0, 0, 0xff, 0x7f}},
+				{Prev: 0, Log: true, Prog: []byte{6, 0, 0, 0, 0, 0, 0xff, 0x7f, 6, 0, 0, 0, 0, 0, 0xff, 0x7f}},
+			},
 			Sigactions: sig,
 			FDs: []core.FD{
 				{FD: 0, Kind: core.FDChar, Flags: 2, File: &core.FileRef{Path: "/dev/null"}},
@@ -358,6 +306,7 @@ func TestShow(t *testing.T) {
 		"zstd",
 		"oom_score_adj", "-17", "disabled except where advised", "child subreaper", "PRIVATE_EXPEDITED", "refuse exec gain",
 		"RR|RESET_ON_FORK  7     -3    default  0,2-3  0 ns         SIGTERM    be/4",
+		"4321  filters #0 (1 instructions), #1 (2 instructions, logged)",
 	} {
 		if want == "RLIMIT_NOFILE" {
 			if strings.Contains(r.stdout, want) {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate"
 )
 
 var restoreCmd = &command{
@@ -23,7 +23,10 @@ that changed since the dump, or a thread bound to a CPU this host does not
 have is refused with an error naming the problem, and nothing is left
 behind. A scheduling attribute, oom_score_adj or other process attribute
 the kernel will not set as the image has it fails the restore, naming
-it, rather than give back a process that differs. SIGINT or SIGTERM stops
+it, rather than give back a process that differs; --check also compares
+the finished process with the image, as /proc shows it, before it runs
+(a difference the restore warns about, such as a lowered hard limit,
+fails it then). SIGINT or SIGTERM stops
 the restore in any step and kills what it had built.
 
 The restored process does not belong to migrate: it outlives it, and its
@@ -39,8 +42,10 @@ stderr. With --json the full report goes to stdout instead.`,
 		var (
 			dir    string
 			asJSON bool
+			check  bool
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
+		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -49,7 +54,7 @@ stderr. With --json the full report goes to stdout instead.`,
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			rep, err := e.ops.restore(ctx, target.RestoreOptions{Dir: dir, Logger: e.logger})
+			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check})
 			if err != nil {
 				return err
 			}

@@ -136,6 +136,7 @@ func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {
 
 	showMemory(w, p)
 	showThreads(w, p)
+	showSeccomp(w, p)
 	showSignals(w, p)
 	showFDs(w, p)
 	showLimits(w, p)
@@ -285,6 +286,51 @@ func showThreads(w io.Writer, p *core.Process) {
 			fmt.Fprintf(w, "  thread %d: sigaltstack %#x, %s, flags %#x\n", t.TID, t.AltStack.SP, humanBytes(t.AltStack.Size), t.AltStack.Flags)
 		}
 	}
+}
+
+// showSeccomp prints each thread's seccomp mode and filters (numbered as
+// in the image: threads that share a filter show the same number) and
+// no_new_privs, if any thread has either.
+func showSeccomp(w io.Writer, p *core.Process) {
+	var rows []string
+	shown := false
+	for _, t := range p.Threads {
+		nnp := p.Creds.NoNewPrivs
+		if t.Creds != nil {
+			nnp = t.Creds.NoNewPrivs
+		}
+		shown = shown || nnp || t.Seccomp != nil
+		var s []string
+		switch {
+		case t.Seccomp == nil:
+			s = append(s, "none")
+		case t.Seccomp.Mode == core.SeccompModeStrict:
+			s = append(s, "strict")
+		default:
+			var fs []string
+			for _, i := range core.SeccompChain(p.SeccompFilters, t.Seccomp.Filter) {
+				f := fmt.Sprintf("#%d (%d instructions", i, len(p.SeccompFilters[i].Prog)/8)
+				if p.SeccompFilters[i].Log {
+					f += ", logged"
+				}
+				fs = append(fs, f+")")
+			}
+			s = append(s, fmt.Sprintf("filters %s", strings.Join(fs, ", ")))
+		}
+		if nnp {
+			s = append(s, "no_new_privs")
+		}
+		rows = append(rows, fmt.Sprintf("  %d\t%s\n", t.TID, strings.Join(s, "; ")))
+	}
+	if !shown {
+		return
+	}
+	section(w, "seccomp (filters oldest first)")
+	tw := table(w)
+	for _, r := range rows {
+		fmt.Fprint(tw, r)
+	}
+	tw.Flush()
 }
 
 func showSignals(w io.Writer, p *core.Process) {

@@ -24,8 +24,14 @@ const (
 	errRestartRestartBlk = 516
 )
 
-// seizeOptions: syscall stops are told apart by SIGTRAP|0x80.
-const seizeOptions = unix.PTRACE_O_TRACESYSGOOD
+// seizeOptions: syscall stops are told apart by SIGTRAP|0x80, and the
+// tracee's seccomp filters are suspended while it is traced: a filter
+// would judge (and could kill the process for) the system calls migrate
+// injects, and a restore installs the filters before the calls that
+// follow them. PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN in the initial
+// user namespace and a tracer not itself under seccomp; without them a
+// Proc is seized without it (SeccompSuspended).
+const seizeOptions = unix.PTRACE_O_TRACESYSGOOD | unix.PTRACE_O_SUSPEND_SECCOMP
 
 // TracedError says the process is already traced by another tracer.
 type TracedError struct {
@@ -303,7 +309,7 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 				if seized[tid] != nil {
 					continue
 				}
-				if err := raw.Ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(opts)); err != nil {
+				if err := p.seizeThread(tid); err != nil {
 					if errors.Is(err, unix.ESRCH) {
 						continue // exited meanwhile
 					}
@@ -386,6 +392,41 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// seizeThread seizes tid with p's options. If the kernel refuses
+// PTRACE_O_SUSPEND_SECCOMP (it checks the tracer's privileges before
+// anything else), p goes on without it.
+func (p *Proc) seizeThread(tid int) error {
+	err := raw.Ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(p.opts))
+	if err != nil && p.opts&unix.PTRACE_O_SUSPEND_SECCOMP != 0 && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL)) {
+		// The error without it is the one that tells (ESRCH, or a
+		// tracer already there).
+		if err = raw.Ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(p.opts&^unix.PTRACE_O_SUSPEND_SECCOMP)); err == nil {
+			p.opts &^= unix.PTRACE_O_SUSPEND_SECCOMP
+		}
+	}
+	return err
+}
+
+// SeccompSuspended says whether the seccomp filters of p's threads are
+// suspended while it is traced (PTRACE_O_SUSPEND_SECCOMP): injected
+// system calls then pass whatever filter a thread has.
+func (p *Proc) SeccompSuspended() bool { return p.opts&unix.PTRACE_O_SUSPEND_SECCOMP != 0 }
+
+// SeccompFilter returns the program (struct sock_filter array) and the
+// flags (SECCOMP_FILTER_FLAG_LOG) of filter index of th, 0 being the
+// oldest (the first installed); unix.ENOENT past the newest. It needs
+// CAP_SYS_ADMIN and a tracer not under seccomp.
+func (p *Proc) SeccompFilter(th *Thread, index int) (prog []byte, flags uint64, err error) {
+	err = p.t.Do(func() (err error) {
+		if prog, err = raw.PtraceSeccompGetFilter(th.TID, index); err != nil {
+			return err
+		}
+		flags, err = raw.PtraceSeccompGetMetadata(th.TID, index)
+		return err
+	})
+	return prog, flags, err
 }
 
 // waitEventStop waits until th is in a ptrace event stop (the result of

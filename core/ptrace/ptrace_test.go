@@ -1,6 +1,7 @@
 package ptrace
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"strconv"
@@ -110,5 +111,54 @@ func TestSeizeMissingAndTraced(t *testing.T) {
 	// Same process, so TracerPid is us: a plain error rather than TracedError.
 	if _, err := other.Seize(cmd.Process.Pid); err == nil {
 		t.Fatal("second seize succeeded")
+	}
+}
+
+// TestSeizeSuspendsSeccomp: a tracer with CAP_SYS_ADMIN seizes with the
+// tracee's seccomp filters suspended; one without it (capabilities are
+// per thread: the tracer thread drops it from its effective set) still
+// seizes, without the suspension, and says so.
+func TestSeizeSuspendsSeccomp(t *testing.T) {
+	needRoot(t)
+	cmd := startChild(t, "sleep", "10")
+	tr := NewTracer()
+	defer tr.Close()
+	p, err := tr.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.SeccompSuspended() {
+		t.Errorf("seized by root without the seccomp filters suspended")
+	}
+	if _, _, err := p.SeccompFilter(p.Leader(), 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("filter 0 of a thread without seccomp: %v, want EINVAL", err)
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
+	}
+
+	tr2 := NewTracer()
+	defer tr2.Close()
+	err = tr2.Do(func() error {
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			return err
+		}
+		data[unix.CAP_SYS_ADMIN/32].Effective &^= 1 << (unix.CAP_SYS_ADMIN % 32)
+		return unix.Capset(&hdr, &data[0])
+	})
+	if err != nil {
+		t.Fatalf("drop CAP_SYS_ADMIN on the tracer thread: %v", err)
+	}
+	p, err = tr2.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatalf("seize without CAP_SYS_ADMIN: %v", err)
+	}
+	if p.SeccompSuspended() {
+		t.Errorf("seccomp suspended by a tracer without CAP_SYS_ADMIN")
+	}
+	if err := p.Detach(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@
 package raw
 
 import (
+	"fmt"
 	"runtime"
 	"unsafe"
 
@@ -121,4 +122,47 @@ func Sigqueueinfo(pid int, sig uint32, si []byte) error {
 		return e
 	}
 	return nil
+}
+
+// bpfInsnSize is sizeof(struct sock_filter).
+const bpfInsnSize = 8
+
+// PtraceSeccompGetFilter reads seccomp filter index of thread tid (0: the
+// oldest) with PTRACE_SECCOMP_GET_FILTER, as struct sock_filter records:
+// first its length, then its instructions.
+func PtraceSeccompGetFilter(tid, index int) ([]byte, error) {
+	n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(tid), uintptr(index), 0, 0, 0)
+	if e != 0 {
+		return nil, e
+	}
+	if n == 0 || n > 1<<16 {
+		return nil, fmt.Errorf("seccomp filter %d of thread %d: %d instructions", index, tid, n)
+	}
+	buf := make([]byte, n*bpfInsnSize)
+	m, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(tid), uintptr(index), uintptr(unsafe.Pointer(&buf[0])), 0, 0)
+	runtime.KeepAlive(buf)
+	if e != 0 {
+		return nil, e
+	}
+	if m != n {
+		return nil, fmt.Errorf("seccomp filter %d of thread %d: %d instructions, then %d", index, tid, n, m)
+	}
+	return buf, nil
+}
+
+// seccompMetadata is struct seccomp_metadata.
+type seccompMetadata struct {
+	FilterOff uint64
+	Flags     uint64
+}
+
+// PtraceSeccompGetMetadata returns the flags (SECCOMP_FILTER_FLAG_*) of
+// seccomp filter index of thread tid (PTRACE_SECCOMP_GET_METADATA).
+func PtraceSeccompGetMetadata(tid, index int) (uint64, error) {
+	md := seccompMetadata{FilterOff: uint64(index)}
+	_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_METADATA, uintptr(tid), unsafe.Sizeof(md), uintptr(unsafe.Pointer(&md)), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return md.Flags, nil
 }

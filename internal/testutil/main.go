@@ -98,7 +98,18 @@ func newFDs(before, after map[int]string) []string {
 		if before[fd] == target || target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" {
 			continue
 		}
-		out = append(out, strconv.Itoa(fd)+" -> "+target)
+		desc := strconv.Itoa(fd) + " -> " + target
+		if target == "anon_inode:[pidfd]" {
+			// Whose: fdinfo's "Pid:" line.
+			if b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd)); err == nil {
+				for _, l := range strings.Split(string(b), "\n") {
+					if v, ok := strings.CutPrefix(l, "Pid:"); ok {
+						desc += " (of pid " + strings.TrimSpace(v) + ")"
+					}
+				}
+			}
+		}
+		out = append(out, desc)
 	}
 	slices.Sort(out)
 	return out

@@ -1,10 +1,11 @@
-package source
+package sockets
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"strconv"
@@ -23,6 +24,17 @@ import (
 // repair mode and is read whole. Repair mode stays on: a socket in repair
 // mode closes without a word to its peer when the original is killed, and
 // a rollback turns it off again.
+
+// Conns are the TCP connections of a dump, noted while its fds are
+// described (Process.Describe), read in repair mode once the network lock
+// is on (Repair), and given back to their process on a rollback
+// (Unrepair). The zero value is empty.
+type Conns struct {
+	list []*tcpPending
+}
+
+// Len is how many connections were noted.
+func (cs *Conns) Len() int { return len(cs.list) }
 
 // tcpPending is an established connection noted during the fd dump.
 type tcpPending struct {
@@ -47,7 +59,7 @@ func tcpConnState(st uint8) bool {
 }
 
 // noteTCP records an established (or half closed) connection for
-// repairTCP.
+// Conns.Repair.
 func (sd *sockDump) noteTCP(s *core.Socket, state uint8) error {
 	if s.Protocol == unix.IPPROTO_MPTCP {
 		return sd.refuse("MPTCP connections cannot be taken apart (no repair mode); a Go program makes MPTCP sockets unless run with GODEBUG=multipathtcp=0")
@@ -67,43 +79,44 @@ func (sd *sockDump) noteTCP(s *core.Socket, state uint8) error {
 	s.State = core.SockConnected
 	s.Local, s.Remote = local.String(), remote.String()
 	s.TCP = &core.TCPConn{State: tcpStateName(state)}
-	sd.d.tcp = append(sd.d.tcp, &tcpPending{
-		pid: sd.d.pid, fd: sd.fd.FD, fdesc: sd.fd,
+	sd.p.Conns.list = append(sd.p.Conns.list, &tcpPending{
+		pid: sd.p.PID, fd: sd.fd.FD, fdesc: sd.fd,
 		sock:  os.NewFile(uintptr(dup), sd.kind),
 		local: local, remote: remote, state: state,
 	})
 	return nil
 }
 
-// tcpLockSpec is what the network lock must hold for these connections
-// and listening sockets.
-func tcpLockSpec(conns []*tcpPending, listeners []netip.AddrPort) netlock.Spec {
+// LockSpec is what the network lock must hold for these connections and
+// the listening sockets.
+func (cs *Conns) LockSpec(listeners []netip.AddrPort) netlock.Spec {
 	var spec netlock.Spec
-	for _, c := range conns {
+	for _, c := range cs.list {
 		spec.Conns = append(spec.Conns, netlock.Conn{Local: c.local, Remote: c.remote})
 	}
 	spec.Listeners = append(spec.Listeners, listeners...)
 	return spec
 }
 
-// repairTCP reads every noted connection in repair mode. The network lock
-// must be on. On error the sockets already in repair mode stay so; the
-// caller's rollback (unrepairTCP) turns it off.
-func (ss *session) repairTCP() error {
-	for _, c := range ss.tcp {
-		if err := ss.repairOne(c); err != nil {
+// Repair reads every noted connection in repair mode, its queues kept
+// with store (see Process.Store). The network lock must be on. On error
+// the sockets already in repair mode stay so; the caller's rollback
+// (Unrepair) turns it off.
+func (cs *Conns) Repair(store func(kind string, r io.Reader) (string, error)) error {
+	for _, c := range cs.list {
+		if err := repairOne(c, store); err != nil {
 			return fmt.Errorf("process %d: fd %d (TCP %s -> %s): %w", c.pid, c.fd, c.local, c.remote, err)
 		}
 	}
 	return nil
 }
 
-// unrepairTCP gives every connection back to its process, as it was:
+// Unrepair gives every connection back to its process, as it was:
 // repair mode off (with a window probe, which costs the peer nothing and
-// tells it the window), duplicates closed.
-func (ss *session) unrepairTCP() error {
+// tells it the window).
+func (cs *Conns) Unrepair() error {
 	var errs []error
-	for _, c := range ss.tcp {
+	for _, c := range cs.list {
 		if c.repaired {
 			if err := unix.SetsockoptInt(int(c.sock.Fd()), unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF); err != nil {
 				errs = append(errs, fmt.Errorf("process %d: fd %d: repair mode off: %w", c.pid, c.fd, err))
@@ -118,15 +131,15 @@ func (ss *session) unrepairTCP() error {
 	return errors.Join(errs...)
 }
 
-// closeTCP lets go of the duplicates (repair mode, if on, stays on: the
+// Close lets go of the duplicates (repair mode, if on, stays on: the
 // original is about to be killed).
-func (ss *session) closeTCP() {
-	for _, c := range ss.tcp {
+func (cs *Conns) Close() {
+	for _, c := range cs.list {
 		c.sock.Close()
 	}
 }
 
-func (ss *session) repairOne(c *tcpPending) error {
+func repairOne(c *tcpPending, store func(kind string, r io.Reader) (string, error)) error {
 	fd := int(c.sock.Fd())
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON); err != nil {
 		if errors.Is(err, unix.EPERM) {
@@ -226,7 +239,7 @@ func (ss *session) repairOne(c *tcpPending) error {
 		if err != nil {
 			return fmt.Errorf("send queue: %w", err)
 		}
-		if t.SendQueue, err = ss.copyBlob("tcpsnd", bytes.NewReader(q)); err != nil {
+		if t.SendQueue, err = store("tcpsnd", bytes.NewReader(q)); err != nil {
 			return err
 		}
 		t.SendLen, t.Unsent = data, unsent
@@ -250,7 +263,7 @@ func (ss *session) repairOne(c *tcpPending) error {
 		if err != nil {
 			return fmt.Errorf("receive queue: %w", err)
 		}
-		if t.RecvQueue, err = ss.copyBlob("tcprcv", bytes.NewReader(q)); err != nil {
+		if t.RecvQueue, err = store("tcprcv", bytes.NewReader(q)); err != nil {
 			return err
 		}
 		t.RecvLen = inq
@@ -316,78 +329,6 @@ func peekQueue(fd, queue, n int) ([]byte, error) {
 	return buf, nil
 }
 
-// lockName is the text a report shows for a lock.
-func lockName(l *netlock.Lock) string {
-	if l == nil {
-		return ""
-	}
-	return l.Name()
-}
-
-// lockNetwork turns the network lock on in the network namespace of pid
-// for the noted connections and the tree's TCP listening ports, if there
-// is anything to lock: connections always (their state must not move
-// while it is read), listening ports when the process is to stop
-// listening here (a client's SYN is dropped and sent again, to the new
-// host, rather than refused). keep makes a lock that outlives this
-// process. A lock that is only for listening ports and cannot be had is
-// worth a warning, not a failed dump.
-func (ss *session) lockNetwork(pid int, listeners []netip.AddrPort, keep bool) error {
-	if len(ss.tcp) == 0 && len(listeners) == 0 {
-		return nil
-	}
-	l, err := netlock.Install(fmt.Sprintf("/proc/%d/ns/net", pid), tcpLockSpec(ss.tcp, listeners), netlock.Options{Keep: keep})
-	if err != nil {
-		if len(ss.tcp) == 0 {
-			ss.log.Warn("no network lock: clients connecting before the restore are refused", "err", err)
-			return nil
-		}
-		return fmt.Errorf("network lock for %d TCP connections: %w", len(ss.tcp), err)
-	}
-	ss.lock = l
-	ss.log.Debug("network lock on", "table", l.Name(), "connections", len(ss.tcp), "listeners", len(listeners))
-	return nil
-}
-
-// liftLock makes the network lock drop nothing (unlock removes it).
-func (ss *session) liftLock() {
-	if ss.lock == nil {
-		return
-	}
-	if err := ss.lock.Lift(); err != nil {
-		ss.log.Warn("lift the network lock", "table", ss.lock.Name(), "err", err)
-	}
-}
-
-// unlock removes the network lock, if on.
-func (ss *session) unlock() {
-	if ss.lock == nil {
-		return
-	}
-	if err := ss.lock.Unlock(); err != nil {
-		ss.log.Error("remove the network lock", "table", ss.lock.Name(), "err", err)
-	}
-	ss.lock = nil
-}
-
-// tcpListeners lists the local addresses of the TCP listening sockets of
-// the tree.
-func tcpListeners(all []*dumper) []netip.AddrPort {
-	var out []netip.AddrPort
-	for _, d := range all {
-		for _, f := range d.proc.FDs {
-			s := f.Socket
-			if s == nil || s.State != core.SockListen || (s.Family != unix.AF_INET && s.Family != unix.AF_INET6) {
-				continue
-			}
-			if ap, err := netip.ParseAddrPort(s.Local); err == nil {
-				out = append(out, ap)
-			}
-		}
-	}
-	return out
-}
-
 // UnrepairProcess turns repair mode off on every TCP connection of pid (a
 // stopped original whose migration was aborted, left in repair mode by
 // LeaveFrozen), so it talks to its peers again when it resumes.
@@ -431,8 +372,8 @@ func UnrepairProcess(pid int) error {
 	return errors.Join(errs...)
 }
 
-// netnsSocket makes sockets in pid's network namespace.
-func netnsSocket(pid int) netlock.SocketFunc {
+// NetnsSocket makes sockets in pid's network namespace.
+func NetnsSocket(pid int) netlock.SocketFunc {
 	return func(domain, typ, proto int) (int, error) {
 		return inNetns(pid, func() (int, error) { return unix.Socket(domain, typ, proto) })
 	}

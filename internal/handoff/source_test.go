@@ -1,4 +1,4 @@
-package source
+package handoff
 
 // Unit tests of the source's handoff state machine. The target is a fake:
 // a synchronous responder behind a fake control channel (fakeConn) that
@@ -10,7 +10,6 @@ package source
 // exactly when everything is stuck, and nothing sleeps.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,114 +23,6 @@ import (
 
 	"github.com/procmig/migrate/transport"
 )
-
-const testSession = "0123456789abcdef0123456789abcdef"
-
-var (
-	errDown     = errors.New("fake link down")
-	errInjected = errors.New("injected failure")
-)
-
-// lateBy delays a "late" message past every timeout of the handoff.
-const lateBy = time.Hour
-
-// recorder is the ordered log of what both sides did.
-type recorder struct {
-	mu sync.Mutex
-	ev []string
-}
-
-func (r *recorder) add(format string, args ...any) {
-	r.mu.Lock()
-	r.ev = append(r.ev, fmt.Sprintf(format, args...))
-	r.mu.Unlock()
-}
-
-func (r *recorder) events() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.ev)
-}
-
-func (r *recorder) count(ev string) int {
-	n := 0
-	for _, e := range r.events() {
-		if e == ev {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *recorder) index(ev string) int { return slices.Index(r.events(), ev) }
-
-// faultKind is what happens to one message.
-type faultKind int
-
-const (
-	fDrop         faultKind = iota + 1 // lost; the link stays up
-	fCloseBefore                       // the link breaks instead; Send fails
-	fCloseAfter                        // delivered, then the link breaks
-	fErrLost                           // Send fails, nothing delivered, the link stays up
-	fErrDelivered                      // delivered, then the link breaks and Send fails
-	fAbort                             // an Abort arrives instead
-	fError                             // an Error arrives instead
-	fDuplicate                         // delivered twice
-	fLate                              // delivered after every timeout
-	fHold                              // delivered after the next message the same way
-)
-
-var allFaults = []faultKind{fDrop, fCloseBefore, fCloseAfter, fErrLost, fErrDelivered, fAbort, fError, fDuplicate, fLate, fHold}
-
-func (k faultKind) String() string {
-	return [...]string{"none", "drop", "close-before", "close-after", "err-lost", "err-delivered",
-		"abort-instead", "error-instead", "duplicate", "late", "reorder"}[k]
-}
-
-// msgKey names one message of a transcript: the nth of its type from one
-// side.
-type msgKey struct {
-	from transport.Role
-	typ  transport.MsgType
-	nth  int
-}
-
-func (k msgKey) String() string { return fmt.Sprintf("%s-%v-%d", k.from, k.typ, k.nth) }
-
-// plan injects at most one fault, and counts messages.
-type plan struct {
-	at   msgKey
-	kind faultKind
-	seen map[msgKey]int // (from, typ, 0) → count
-}
-
-func newPlan(at msgKey, kind faultKind) *plan {
-	return &plan{at: at, kind: kind, seen: make(map[msgKey]int)}
-}
-
-func (p *plan) take(from transport.Role, typ transport.MsgType) (msgKey, faultKind) {
-	k := msgKey{from, typ, 0}
-	k.nth = p.seen[k]
-	p.seen[msgKey{from, typ, 0}]++
-	if p.kind != 0 && k == p.at {
-		return k, p.kind
-	}
-	return k, 0
-}
-
-// roundTrip encodes and decodes m, as the real link would: what the code
-// under test sends must be a valid frame.
-func roundTrip(m transport.Msg) transport.Msg {
-	b, err := transport.AppendMsg(nil, m)
-	if err != nil {
-		panic(fmt.Sprintf("the handoff sent an invalid %v: %v", m.MsgType(), err))
-	}
-	out, err := transport.ReadMsg(bytes.NewReader(b))
-	if err != nil {
-		panic(err)
-	}
-	return out
-}
 
 // fakeTarget is the target as the source sees it. Its methods run with
 // the session conn's lock held, or (query) from a status conn.
@@ -330,36 +221,12 @@ func (c *fakeConn) Send(m transport.Msg) error {
 			c.toTarget(held)
 		}
 	}()
-	_, kind := c.plan.take(transport.RoleSource, m.MsgType())
-	switch kind {
-	case 0:
-		c.toTarget(m)
-	case fDrop:
-	case fCloseBefore:
-		c.closeLocked()
-		return errDown
-	case fCloseAfter:
-		c.toTarget(m)
-		c.closeLocked()
-	case fErrLost:
-		return errInjected
-	case fErrDelivered:
-		c.toTarget(m)
-		c.closeLocked()
-		return errInjected
-	case fAbort:
-		c.toTarget(&transport.Abort{Reason: "injected"})
-	case fError:
-		c.toTarget(&transport.Error{Code: "injected", Text: "injected"})
-	case fDuplicate:
-		c.toTarget(m)
-		c.toTarget(m)
-	case fLate:
-		c.late(func() { c.toTarget(m) })
-	case fHold:
-		c.held[transport.RoleSource] = m
-	}
-	return nil
+	return inject(wire{
+		deliver: c.toTarget,
+		cut:     c.closeLocked,
+		hold:    func(m transport.Msg) { c.held[transport.RoleSource] = m },
+		mu:      &c.mu, down: c.down,
+	}, c.plan.take(transport.RoleSource, m.MsgType()), m)
 }
 
 // toTarget hands m to the target and routes its replies.
@@ -390,7 +257,14 @@ func (c *fakeConn) fromTarget(m transport.Msg) {
 			c.push(held)
 		}
 	}()
-	failed := func() {
+	err := inject(wire{
+		deliver: c.push,
+		cut:     c.closeLocked,
+		hold:    func(m transport.Msg) { c.held[transport.RoleTarget] = m },
+		mu:      &c.mu, down: c.down,
+	}, c.plan.take(transport.RoleTarget, m.MsgType()), m)
+	if err != nil {
+		// The target's send failed: the real target gives up.
 		replies, closeAfter := c.tg.sendFailed(m)
 		for _, r := range replies {
 			c.fromTarget(r)
@@ -398,35 +272,6 @@ func (c *fakeConn) fromTarget(m transport.Msg) {
 		if closeAfter {
 			c.closeLocked()
 		}
-	}
-	_, kind := c.plan.take(transport.RoleTarget, m.MsgType())
-	switch kind {
-	case 0:
-		c.push(m)
-	case fDrop:
-	case fCloseBefore:
-		c.closeLocked()
-		failed()
-	case fCloseAfter:
-		c.push(m)
-		c.closeLocked()
-	case fErrLost:
-		failed()
-	case fErrDelivered:
-		c.push(m)
-		c.closeLocked()
-		failed()
-	case fAbort:
-		c.push(&transport.Abort{Reason: "injected"})
-	case fError:
-		c.push(&transport.Error{Code: "injected", Text: "injected"})
-	case fDuplicate:
-		c.push(m)
-		c.push(m)
-	case fLate:
-		c.late(func() { c.push(m) })
-	case fHold:
-		c.held[transport.RoleTarget] = m
 	}
 }
 
@@ -442,43 +287,12 @@ func (c *fakeConn) push(m transport.Msg) {
 	}
 }
 
-// late runs f (under c.mu) after every timeout, unless the link is gone.
-func (c *fakeConn) late(f func()) {
-	go func() {
-		t := time.NewTimer(lateBy)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			c.mu.Lock()
-			f()
-			c.mu.Unlock()
-		case <-c.down:
-		}
-	}()
-}
-
 func (c *fakeConn) Recv(ctx context.Context) (transport.Msg, error) {
-	for {
-		c.mu.Lock()
-		if len(c.inbox) > 0 {
-			m := c.inbox[0]
-			c.inbox = c.inbox[1:]
-			c.mu.Unlock()
-			c.rec.add("src← %v", m.MsgType())
-			return m, nil
-		}
-		if c.closed {
-			c.mu.Unlock()
-			return nil, errDown
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.notify:
-		case <-c.down:
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		}
+	m, err := recvFrom(ctx, &c.mu, &c.inbox, &c.closed, c.notify, c.down)
+	if err == nil {
+		c.rec.add("src← %v", m.MsgType())
 	}
+	return m, err
 }
 
 func (c *fakeConn) Close() error {
@@ -565,77 +379,25 @@ func (c *statusConn) Close() error {
 	return nil
 }
 
-// fakeActions records the process work.
-type fakeActions struct {
-	rec    *recorder
-	rounds int              // pre-copy rounds
-	fail   map[string]error // by method name
-	// Overrides of PreCopy and FinalState.
-	preCopy    func(ctx context.Context, r *Rounds) error
-	finalState func(ctx context.Context, r *Rounds) (json.RawMessage, error)
-}
-
-func (a *fakeActions) do(name string) error {
-	a.rec.add("%s", name)
-	return a.fail[name]
-}
-
-func (a *fakeActions) PreCopy(ctx context.Context, r *Rounds) error {
-	if err := a.do("PreCopy"); err != nil {
-		return err
-	}
-	if a.preCopy != nil {
-		return a.preCopy(ctx, r)
-	}
-	if err := r.Layout(json.RawMessage(`{"vmas":3}`)); err != nil {
-		return err
-	}
-	for range a.rounds {
-		if err := r.Done(nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (a *fakeActions) Freeze(ctx context.Context) error { return a.do("Freeze") }
-
-func (a *fakeActions) FinalState(ctx context.Context, r *Rounds) (json.RawMessage, error) {
-	if err := a.do("FinalState"); err != nil {
-		return nil, err
-	}
-	if a.finalState != nil {
-		return a.finalState(ctx, r)
-	}
-	if err := r.Done(json.RawMessage(`{"final":true}`)); err != nil {
-		return nil, err
-	}
-	return json.RawMessage(`{"regs":"..."}`), nil
-}
-
-func (a *fakeActions) ResumeOriginal() error { return a.do("ResumeOriginal") }
-func (a *fakeActions) KillOriginal() error   { return a.do("KillOriginal") }
-func (a *fakeActions) LeaveFrozen() error    { return a.do("LeaveFrozen") }
-
 // rig is one source handoff against a fake target.
 type rig struct {
 	rec     *recorder
 	tg      *fakeTarget
 	act     *fakeActions
 	plan    *plan
-	cfg     HandoffConfig
+	cfg     SourceConfig
 	status  func(attempt int) statusFault // nil: always sOK
 	redials int
 }
 
 func newRig() *rig {
 	rec := &recorder{}
-	r := &rig{rec: rec, tg: &fakeTarget{rec: rec}, act: &fakeActions{rec: rec, rounds: 2}, plan: newPlan(msgKey{}, 0)}
-	r.cfg = HandoffConfig{SessionID: testSession, PID: 42, Target: "b:7070", Redial: r.redial}
+	r := &rig{rec: rec, tg: &fakeTarget{rec: rec}, act: &fakeActions{rec: rec, rounds: 2}, plan: newPlan(nil)}
+	r.cfg = SourceConfig{SessionID: testSession, PID: 42, Target: "b:7070", Redial: r.redial}
 	return r
 }
 
-func (r *rig) redial(ctx context.Context) (ControlConn, error) {
+func (r *rig) redial(ctx context.Context) (Conn, error) {
 	r.redials++
 	f := sOK
 	if r.status != nil {
@@ -649,7 +411,7 @@ func (r *rig) redial(ctx context.Context) (ControlConn, error) {
 }
 
 func (r *rig) run(ctx context.Context) (transport.Outcome, error) {
-	return Handoff(ctx, r.cfg, r.act, newFakeConn(r.tg, r.rec, r.plan))
+	return RunSource(ctx, r.cfg, r.act, newFakeConn(r.tg, r.rec, r.plan))
 }
 
 // checkInvariant asserts "never two copies, never none" over the logs:
@@ -684,9 +446,9 @@ func (r *rig) checkInvariant(t *testing.T, out transport.Outcome, err error) {
 			t.Errorf("LeaveFrozen %d times, kill error %v", frozen, ke)
 		}
 	case transport.OutcomeAborted:
-		var he *HandoffError
+		var he *SourceError
 		if !errors.As(err, &he) {
-			t.Errorf("outcome aborted with error %v (%T), want a *HandoffError", err, err)
+			t.Errorf("outcome aborted with error %v (%T), want a *SourceError", err, err)
 		}
 		if targetRuns || resumeOrig != 1 || kill != 0 || frozen != 0 {
 			t.Errorf("outcome aborted: target runs %v, ResumeOriginal %d, KillOriginal %d, LeaveFrozen %d; want false, 1, 0, 0", targetRuns, resumeOrig, kill, frozen)
@@ -742,26 +504,7 @@ func happyTranscript(t *testing.T) []msgKey {
 		if out, err := r.run(t.Context()); out != transport.OutcomeResumed || err != nil {
 			t.Fatalf("clean run: %v, %v", out, err)
 		}
-		count := map[msgKey]int{}
-		for _, e := range r.rec.events() {
-			var from transport.Role
-			var name string
-			switch {
-			case strings.HasPrefix(e, "src→ "):
-				from, name = transport.RoleSource, strings.TrimPrefix(e, "src→ ")
-			case strings.HasPrefix(e, "src← "):
-				from, name = transport.RoleTarget, strings.TrimPrefix(e, "src← ")
-			default:
-				continue
-			}
-			for typ := transport.TypeHello; typ <= transport.TypeError; typ++ {
-				if typ.String() == name {
-					base := msgKey{from, typ, 0}
-					keys = append(keys, msgKey{from, typ, count[base]})
-					count[base]++
-				}
-			}
-		}
+		keys = transcript(r.rec, "src← ")
 	})
 	return keys
 }
@@ -809,7 +552,7 @@ func TestHandoffSourceMessageFaults(t *testing.T) {
 			t.Run(fmt.Sprintf("%v/%v", k, f), func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					r := newRig()
-					r.plan = newPlan(k, f)
+					r.plan = newPlan(map[msgKey]faultKind{k: f})
 					start := time.Now()
 					out, err := r.run(t.Context())
 					r.checkInvariant(t, out, err)
@@ -836,7 +579,7 @@ func TestHandoffSourceActionFailures(t *testing.T) {
 				r.act.fail = map[string]error{name: errInjected}
 				out, err := r.run(t.Context())
 				r.checkInvariant(t, out, err)
-				var he *HandoffError
+				var he *SourceError
 				if out != transport.OutcomeAborted || !errors.As(err, &he) || !errors.Is(err, errInjected) {
 					t.Fatalf("got %v, %v; want aborted with the injected error", out, err)
 				}
@@ -872,7 +615,7 @@ func TestHandoffSourceActionFailures(t *testing.T) {
 			r := newRig()
 			r.act.fail = map[string]error{"Freeze": errInjected, "ResumeOriginal": errDown}
 			out, err := r.run(t.Context())
-			var he *HandoffError
+			var he *SourceError
 			if out != transport.OutcomeAborted || !errors.As(err, &he) || !errors.Is(he.Rollback, errDown) {
 				t.Fatalf("got %v, %v; want aborted with the rollback's error", out, err)
 			}
@@ -893,7 +636,7 @@ func TestHandoffSourceActionFailures(t *testing.T) {
 	t.Run("leave-frozen-fails", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			r := newRig()
-			r.plan = newPlan(msgKey{transport.RoleTarget, transport.TypeResumed, 0}, fDrop)
+			r.plan = newPlan(map[msgKey]faultKind{msgKey{transport.RoleTarget, transport.TypeResumed, 0}: fDrop})
 			r.status = func(int) statusFault { return sDialFails }
 			r.act.fail = map[string]error{"LeaveFrozen": errInjected}
 			out, err := r.run(t.Context())
@@ -924,7 +667,7 @@ func TestHandoffSourceTargetAbortsDuringPreCopy(t *testing.T) {
 		}
 		out, err := r.run(t.Context())
 		r.checkInvariant(t, out, err)
-		var he *HandoffError
+		var he *SourceError
 		var pe *PeerError
 		if out != transport.OutcomeAborted || !errors.As(err, &he) || he.Phase != PhasePreCopy || !errors.As(err, &pe) || !pe.Abort {
 			t.Fatalf("got %v, %v; want aborted in pre-copy by the target's Abort", out, err)
@@ -945,7 +688,7 @@ func TestHandoffSourceTimeouts(t *testing.T) {
 			start := time.Now()
 			out, err := r.run(t.Context())
 			r.checkInvariant(t, out, err)
-			var he *HandoffError
+			var he *SourceError
 			if !errors.As(err, &he) || he.Phase != PhaseHello || !errors.Is(err, ErrTimeout) {
 				t.Fatalf("got %v, %v; want a hello timeout", out, err)
 			}
@@ -957,12 +700,12 @@ func TestHandoffSourceTimeouts(t *testing.T) {
 	t.Run("ready", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			r := newRig()
-			r.plan = newPlan(msgKey{transport.RoleTarget, transport.TypeReady, 0}, fDrop)
+			r.plan = newPlan(map[msgKey]faultKind{msgKey{transport.RoleTarget, transport.TypeReady, 0}: fDrop})
 			r.cfg.ReadyTimeout = 3 * time.Second
 			start := time.Now()
 			out, err := r.run(t.Context())
 			r.checkInvariant(t, out, err)
-			var he *HandoffError
+			var he *SourceError
 			if !errors.As(err, &he) || he.Phase != PhaseReady || !errors.Is(err, ErrTimeout) {
 				t.Fatalf("got %v, %v; want a ready timeout", out, err)
 			}
@@ -1075,9 +818,9 @@ func TestHandoffSourceStatusQueries(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				r := newRig()
 				if c.commit != 0 {
-					r.plan = newPlan(msgKey{transport.RoleSource, transport.TypeCommit, 0}, c.commit)
+					r.plan = newPlan(map[msgKey]faultKind{msgKey{transport.RoleSource, transport.TypeCommit, 0}: c.commit})
 				} else {
-					r.plan = newPlan(msgKey{transport.RoleTarget, transport.TypeResumed, 0}, c.resumed)
+					r.plan = newPlan(map[msgKey]faultKind{msgKey{transport.RoleTarget, transport.TypeResumed, 0}: c.resumed})
 				}
 				r.status = c.status
 				if c.tweak != nil {
@@ -1114,8 +857,8 @@ func TestHandoffSourceQueryBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var at []time.Duration
 		start := time.Now()
-		cfg := HandoffConfig{SessionID: testSession, BackoffMin: time.Second, BackoffMax: 4 * time.Second, RecoverTimeout: 20 * time.Second,
-			Redial: func(ctx context.Context) (ControlConn, error) {
+		cfg := SourceConfig{SessionID: testSession, BackoffMin: time.Second, BackoffMax: 4 * time.Second, RecoverTimeout: 20 * time.Second,
+			Redial: func(ctx context.Context) (Conn, error) {
 				at = append(at, time.Since(start))
 				return nil, errInjected
 			}}
@@ -1164,9 +907,9 @@ func TestHandoffSourceProtocol(t *testing.T) {
 				conn.mu.Lock()
 				conn.push(c.reply)
 				conn.mu.Unlock()
-				out, err := Handoff(t.Context(), r.cfg, r.act, conn)
+				out, err := RunSource(t.Context(), r.cfg, r.act, conn)
 				r.checkInvariant(t, out, err)
-				var he *HandoffError
+				var he *SourceError
 				if !errors.As(err, &he) || he.Phase != PhaseHello || !errors.Is(err, ErrPeerProtocol) {
 					t.Fatalf("got %v, %v; want a protocol error at hello", out, err)
 				}
@@ -1221,7 +964,7 @@ func TestHandoffSourceRoundsMisuse(t *testing.T) {
 				r.act.finalState = f
 				out, err := r.run(t.Context())
 				r.checkInvariant(t, out, err)
-				var he *HandoffError
+				var he *SourceError
 				if !errors.As(err, &he) || he.Phase != PhaseFinal {
 					t.Fatalf("got %v, %v; want a failure in the final phase", out, err)
 				}

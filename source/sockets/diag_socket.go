@@ -1,4 +1,4 @@
-package source
+package sockets
 
 // A small sock_diag client (NETLINK_SOCK_DIAG), for what only the kernel's
 // socket tables tell: the peer of a unix socket, its bound name, the length
@@ -41,27 +41,27 @@ import (
 
 // include/uapi/linux/unix_diag.h; x/sys/unix does not define these.
 const (
-	UDIAG_SHOW_NAME     = 0x01
-	UDIAG_SHOW_VFS      = 0x02
-	UDIAG_SHOW_PEER     = 0x04
-	UDIAG_SHOW_ICONS    = 0x08
-	UDIAG_SHOW_RQLEN    = 0x10
-	UDIAG_SHOW_MEMINFO  = 0x20
-	UDIAG_SHOW_UID      = 0x40
-	UNIX_DIAG_NAME      = 0
-	UNIX_DIAG_VFS       = 1
-	UNIX_DIAG_PEER      = 2
-	UNIX_DIAG_ICONS     = 3
-	UNIX_DIAG_RQLEN     = 4
-	UNIX_DIAG_MEMINFO   = 5
-	UNIX_DIAG_SHUTDOWN  = 6
-	UNIX_DIAG_UID       = 7
+	udiagShowName       = 0x01
+	udiagShowVFS        = 0x02
+	udiagShowPeer       = 0x04
+	udiagShowIcons      = 0x08
+	udiagShowRQLen      = 0x10
+	udiagShowMeminfo    = 0x20
+	udiagShowUID        = 0x40
+	unixDiagName        = 0
+	unixDiagVFS         = 1
+	unixDiagPeer        = 2
+	unixDiagIcons       = 3
+	unixDiagRQLen       = 4
+	unixDiagMeminfo     = 5
+	unixDiagShutdown    = 6
+	unixDiagUID         = 7
 	sizeofUnixDiagReq   = 24
 	sizeofUnixDiagMsg   = 16
 	inetDiagNoCookie    = ^uint32(0) // INET_DIAG_NOCOOKIE
 	nlaTypeMask         = 0x3fff     // ^(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
 	maxDiagIcons        = 1 << 16
-	unixDiagShowAll     = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN
+	unixDiagShowAll     = udiagShowName | udiagShowVFS | udiagShowPeer | udiagShowRQLen
 	tcpStateEstablished = 1  // TCP_ESTABLISHED, include/net/tcp_states.h
 	tcpStateSynSent     = 2  // TCP_SYN_SENT
 	tcpStateClose       = 7  // TCP_CLOSE
@@ -167,22 +167,22 @@ func parseUnixDiagMsg(b []byte, base int) (unixDiag, error) {
 			return &DiagError{base + off, fmt.Sprintf("attribute %d of %d bytes, want %d", atyp, len(data), want)}
 		}
 		switch atyp {
-		case UNIX_DIAG_NAME:
+		case unixDiagName:
 			if len(data) > 108 { // sizeof(sun_path)
 				return m, &DiagError{base + off, fmt.Sprintf("name of %d bytes", len(data))}
 			}
 			m.Name, m.HasName = append([]byte(nil), data...), true
-		case UNIX_DIAG_VFS:
+		case unixDiagVFS:
 			if len(data) < 8 {
 				return m, short(8)
 			}
 			m.VFSIno, m.VFSDev, m.HasVFS = ne.Uint32(data), ne.Uint32(data[4:]), true
-		case UNIX_DIAG_PEER:
+		case unixDiagPeer:
 			if len(data) < 4 {
 				return m, short(4)
 			}
 			m.Peer, m.HasPeer = ne.Uint32(data), true
-		case UNIX_DIAG_ICONS:
+		case unixDiagIcons:
 			if len(data)%4 != 0 || len(data)/4 > maxDiagIcons {
 				return m, &DiagError{base + off, fmt.Sprintf("icons attribute of %d bytes", len(data))}
 			}
@@ -190,12 +190,12 @@ func parseUnixDiagMsg(b []byte, base int) (unixDiag, error) {
 			for i := range m.Icons {
 				m.Icons[i] = ne.Uint32(data[4*i:])
 			}
-		case UNIX_DIAG_RQLEN:
+		case unixDiagRQLen:
 			if len(data) < 8 {
 				return m, short(8)
 			}
 			m.RQueue, m.WQueue, m.HasRQLen = ne.Uint32(data), ne.Uint32(data[4:]), true
-		case UNIX_DIAG_SHUTDOWN:
+		case unixDiagShutdown:
 			if len(data) < 1 {
 				return m, short(1)
 			}

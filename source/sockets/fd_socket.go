@@ -1,10 +1,12 @@
-package source
+package sockets
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -21,16 +23,59 @@ import (
 	"github.com/procmig/migrate/internal/raw"
 )
 
-// dumpSocket describes the socket fd (the agent's duplicate is dup) into
-// fd.Socket, or refuses it with an UnsupportedFDError.
+// Process is the process whose sockets are described, and what their
+// description needs of the dump it is part of.
+type Process struct {
+	PID int
+	// Probe: the process runs, and its sockets are only checked for what
+	// the dump would refuse. Nothing is read that a read could change
+	// (queues), and what may change before the freeze (a connection still
+	// connecting, an accept queue) is left to the dump itself.
+	Probe bool
+	// Tree says that the dump takes the process's descendants too (for
+	// the message of a refusal).
+	Tree bool
+	Log  *slog.Logger
+	// Store keeps what r yields as a blob of the image (kind names it) and
+	// returns the blob's name.
+	Store func(kind string, r io.Reader) (string, error)
+	// Dumped returns the inodes of the sockets held by the processes of
+	// the dump: a unix socket's peer must be one of them. Nil: those of
+	// the process alone.
+	Dumped func() (map[uint64]bool, error)
+	// Conns gets the TCP connections noted (see Conns); one for all the
+	// processes of a dump, as they are locked and read together. Required.
+	Conns *Conns
+
+	// jobs are the sockets whose options ReadOptions reads; defaults the
+	// options of new sockets, read once per kind.
+	jobs     []optJob
+	defaults optDefaults
+}
+
+// UnsupportedError refuses a socket the dump does not take.
+type UnsupportedError struct {
+	PID    int
+	FD     int
+	Kind   string // "socket:[1234]"
+	Reason string
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("process %d: fd %d (%s) is not supported: %s", e.PID, e.FD, e.Kind, e.Reason)
+}
+
+// Describe describes the socket fd (the agent's duplicate is dup) into
+// fd.Socket but for its options, which ReadOptions reads, or refuses it
+// with an *UnsupportedError.
 //
 // What is supported and how is in core/socket.go. Everything is read from
 // the agent's duplicate and from sock_diag; queued bytes are peeked, never
 // consumed, so a refused or failed dump leaves every socket as it was.
 //
-// Preconditions: the process is frozen.
-func (d *dumper) dumpSocket(set *fdSet, fd *core.FD, dup *os.File) error {
-	sd := &sockDump{d: d, fd: fd, kind: dup.Name(), sfd: int(dup.Fd()), set: set}
+// Preconditions: the process is frozen (or p.Probe).
+func (p *Process) Describe(fd *core.FD, dup *os.File) error {
+	sd := &sockDump{p: p, fd: fd, kind: dup.Name(), sfd: int(dup.Fd())}
 	s, err := sd.describe()
 	if err != nil {
 		return err
@@ -41,24 +86,21 @@ func (d *dumper) dumpSocket(set *fdSet, fd *core.FD, dup *os.File) error {
 
 // sockDump describes one socket.
 type sockDump struct {
-	d    *dumper
+	p    *Process
 	fd   *core.FD
 	kind string // "socket:[1234]"
 	sfd  int    // the agent's duplicate
 	// mutual: a unix socket whose peer is connected to it.
 	mutual bool
-	// set, if not nil, reads the socket's options with the others' once
-	// every fd is described (readSocketOptions).
-	set *fdSet
 }
 
 // refuse is the error for a socket the dump does not take.
 func (sd *sockDump) refuse(format string, args ...any) error {
-	return &UnsupportedFDError{PID: sd.d.pid, FD: sd.fd.FD, Kind: sd.kind, Reason: fmt.Sprintf(format, args...)}
+	return &UnsupportedError{PID: sd.p.PID, FD: sd.fd.FD, Kind: sd.kind, Reason: fmt.Sprintf(format, args...)}
 }
 
 func (sd *sockDump) fail(err error) error {
-	return fmt.Errorf("process %d: fd %d (%s): %w", sd.d.pid, sd.fd.FD, sd.kind, err)
+	return fmt.Errorf("process %d: fd %d (%s): %w", sd.p.PID, sd.fd.FD, sd.kind, err)
 }
 
 func (sd *sockDump) describe() (*core.Socket, error) {
@@ -93,13 +135,7 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	if sd.set != nil {
-		sd.set.optJobs = append(sd.set.optJobs, optJob{sd: sd, s: s})
-		return s, nil
-	}
-	if err := sd.readOptions(s, nil); err != nil {
-		return nil, err
-	}
+	sd.p.jobs = append(sd.p.jobs, optJob{sd: sd, s: s})
 	return s, nil
 }
 
@@ -122,13 +158,12 @@ type optJob struct {
 	s  *core.Socket
 }
 
-// readSocketOptions reads the options of every socket described, a few
-// at a time: some fifty getsockopt calls a socket, in the frozen window,
-// were most of the time hundreds of connections added to reading the
-// state.
-func (set *fdSet) readSocketOptions() error {
-	jobs := set.optJobs
-	set.optJobs = nil
+// ReadOptions reads the options of every socket described, a few at a
+// time: some fifty getsockopt calls a socket, in the frozen window, were
+// most of the time hundreds of connections added to reading the state.
+func (p *Process) ReadOptions() error {
+	jobs := p.jobs
+	p.jobs = nil
 	if len(jobs) == 0 {
 		return nil
 	}
@@ -145,7 +180,7 @@ func (set *fdSet) readSocketOptions() error {
 				if i >= len(jobs) {
 					return
 				}
-				errs[i] = jobs[i].sd.readOptions(jobs[i].s, &set.optDefaults)
+				errs[i] = jobs[i].sd.readOptions(jobs[i].s, &p.defaults)
 			}
 		}()
 	}
@@ -175,7 +210,7 @@ func familyName(f int) string {
 
 // unixSocket fills in a unix socket.
 func (sd *sockDump) unixSocket(s *core.Socket) error {
-	dc, err := openDiag(sd.d.pid)
+	dc, err := openDiag(sd.p.PID)
 	if err != nil {
 		return sd.fail(err)
 	}
@@ -207,7 +242,7 @@ func (sd *sockDump) unixSocket(s *core.Socket) error {
 	}
 	switch state {
 	case tcpStateListen:
-		if m.HasRQLen && m.RQueue > 0 && !sd.d.probe {
+		if m.HasRQLen && m.RQueue > 0 && !sd.p.Probe {
 			return sd.refuse("%d connections wait in its accept queue; they would be lost (dump again once they are accepted)", m.RQueue)
 		}
 		s.State = core.SockListen
@@ -236,7 +271,7 @@ func (sd *sockDump) unixSocket(s *core.Socket) error {
 		// carries the queue.
 		return nil
 	}
-	if sd.d.probe {
+	if sd.p.Probe {
 		return nil
 	}
 	return sd.unixQueue(s, m)
@@ -284,7 +319,7 @@ func (sd *sockDump) agentPath(p string) (string, error) {
 	if !filepath.IsAbs(p) {
 		base = "cwd"
 	}
-	dir, err := os.Readlink("/proc/" + strconv.Itoa(sd.d.pid) + "/" + base)
+	dir, err := os.Readlink("/proc/" + strconv.Itoa(sd.p.PID) + "/" + base)
 	if err != nil {
 		return "", err
 	}
@@ -300,11 +335,11 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 		s.PeerGone = true
 		return nil
 	}
-	in, err := sd.d.dumpedSockets()
+	in, err := sd.p.dumped()
 	if err != nil {
 		return sd.fail(err)
 	}
-	pm, perr := dc.lookupUnix(m.Peer, UDIAG_SHOW_NAME|UDIAG_SHOW_PEER)
+	pm, perr := dc.lookupUnix(m.Peer, udiagShowName|udiagShowPeer)
 	var pname []byte
 	if perr == nil && pm.HasName {
 		pname = pm.Name
@@ -339,7 +374,7 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 		return nil
 	}
 	outside := "the process"
-	if sd.d.opts.Tree {
+	if sd.p.Tree {
 		outside = "the process and its descendants"
 	}
 	return sd.refuse("connected to a socket outside %s: %s", outside, desc)
@@ -389,7 +424,7 @@ func (sd *sockDump) unixQueue(s *core.Socket, m *unixDiag) error {
 		// again, and there is none.
 		return sd.refuse("datagrams are queued on an unnamed socket that no socket of the process can send them to again")
 	}
-	name, err := sd.d.copyBlob("sockq", bytes.NewReader(q))
+	name, err := sd.p.Store("sockq", bytes.NewReader(q))
 	if err != nil {
 		return sd.fail(err)
 	}
@@ -397,41 +432,16 @@ func (sd *sockDump) unixQueue(s *core.Socket, m *unixDiag) error {
 	return nil
 }
 
-// dumpedSockets returns the inodes of the sockets held by the processes
-// of the dump: the root, and with DumpOptions.Tree its descendants.
-//
-// Preconditions: every process of the dump is frozen.
-func (d *dumper) dumpedSockets() (map[uint64]bool, error) {
-	root := d.opts.PID
-	if root == 0 {
-		root = d.pid
+// dumped returns the inodes of the sockets of the dump.
+func (p *Process) dumped() (map[uint64]bool, error) {
+	if p.Dumped != nil {
+		return p.Dumped()
 	}
-	pids := []int{root}
-	if d.opts.Tree {
-		for i := 0; i < len(pids); i++ {
-			kids, err := childrenOf(pids[i])
-			if err != nil {
-				return nil, fmt.Errorf("children of process %d: %w", pids[i], err)
-			}
-			pids = append(pids, kids...)
-		}
-	}
-	out := map[uint64]bool{}
-	for _, pid := range pids {
-		socks, err := processSockets(pid)
-		if err != nil && pid == root {
-			return nil, err
-		}
-		// A zombie of the tree has no fds.
-		for ino := range socks {
-			out[ino] = true
-		}
-	}
-	return out, nil
+	return Inodes(p.PID)
 }
 
-// processSockets returns the inodes of the sockets the process holds.
-func processSockets(pid int) (map[uint64]bool, error) {
+// Inodes returns the inodes of the sockets the process holds.
+func Inodes(pid int) (map[uint64]bool, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -483,20 +493,20 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 			// For a listener tcp_info holds the accept queue in
 			// tcpi_unacked and the backlog in tcpi_sacked (the fields
 			// inet_diag reports as idiag_rqueue and idiag_wqueue).
-			if ti.Unacked > 0 && !sd.d.probe {
+			if ti.Unacked > 0 && !sd.p.Probe {
 				return sd.refuse("%d connections wait in its accept queue; they would be lost (dump again once they are accepted)", ti.Unacked)
 			}
 			s.State = core.SockListen
 			s.Backlog = int(ti.Sacked)
 		case tcpStateClose:
 			s.State = core.SockUnbound
-			if (ti.Segs_in > 0 || ti.Segs_out > 0) && sd.d.log != nil {
-				sd.d.log.Warn("a TCP socket whose connection ended comes back as a new, unconnected socket",
-					"pid", sd.d.pid, "fd", sd.fd.FD, "socket", sd.kind)
+			if (ti.Segs_in > 0 || ti.Segs_out > 0) && sd.p.Log != nil {
+				sd.p.Log.Warn("a TCP socket whose connection ended comes back as a new, unconnected socket",
+					"pid", sd.p.PID, "fd", sd.fd.FD, "socket", sd.kind)
 			}
 		default:
 			if tcpConnState(ti.State) {
-				if sd.d.probe {
+				if sd.p.Probe {
 					if s.Protocol == unix.IPPROTO_MPTCP {
 						return sd.noteTCP(s, ti.State) // refused
 					}
@@ -504,7 +514,7 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 				}
 				return sd.noteTCP(s, ti.State)
 			}
-			if sd.d.probe {
+			if sd.p.Probe {
 				return nil // connecting now, maybe connected at the freeze
 			}
 			return sd.refuse("TCP connections (this one is in state %s) are not supported yet", tcpStateName(ti.State))

@@ -1,4 +1,4 @@
-package target
+package handoff
 
 import (
 	"context"
@@ -104,8 +104,8 @@ func FuzzTargetHandoff(f *testing.F) {
 		act := &okActions{}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		cfg := HandoffConfig{SessionID: sess, HelloTimeout: time.Second, CommitTimeout: time.Second, Linger: time.Millisecond}
-		Handoff(ctx, cfg, act, conn, NewOutcomes(0, nil))
+		cfg := TargetConfig{SessionID: sess, HelloTimeout: time.Second, CommitTimeout: time.Second, Linger: time.Millisecond}
+		RunTarget(ctx, cfg, act, conn, NewOutcomes(0, nil))
 		resumed, discarded, prepared, restoredAt, commitSeen := false, false, false, -1, false
 		for i, c := range act.calls {
 			switch c {

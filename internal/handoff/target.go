@@ -1,4 +1,4 @@
-package target
+package handoff
 
 // The handoff: the target's half of the migration protocol, as a state
 // machine over one control connection. DESIGN.md, "never two copies, never
@@ -38,39 +38,15 @@ import (
 	"github.com/procmig/migrate/transport"
 )
 
-// HandoffVersion is the version of the handoff protocol this side speaks.
-const HandoffVersion = 1
-
-// Phases of the handoff, as HandoffError.Phase names them.
+// Defaults of TargetConfig (and DefaultHelloTimeout).
 const (
-	PhaseHello   = "hello"   // waiting for and checking the source's Hello
-	PhasePrepare = "prepare" // creating the husk
-	PhaseRounds  = "rounds"  // layouts and rounds of pages, the freeze
-	PhaseRestore = "restore" // the final restore
-	PhaseReady   = "ready"   // restored, waiting for the commit
-	PhaseResume  = "resume"  // resuming after the commit
-)
-
-// Defaults of HandoffConfig.
-const (
-	DefaultHelloTimeout  = 10 * time.Second
 	DefaultCommitTimeout = 30 * time.Second
 	DefaultLinger        = 2 * time.Second
 )
 
-// ControlConn is the control channel of one transport session, carrying
-// transport control messages. Recv returns when a message arrives, the
-// link fails, or ctx is done; after Send or Recv has failed the handoff
-// only closes the conn. Close may be called while a Recv runs.
-type ControlConn interface {
-	Send(transport.Msg) error
-	Recv(ctx context.Context) (transport.Msg, error)
-	Close() error
-}
-
-// HandoffActions is the process work the handoff drives, from one
+// TargetActions is the process work the handoff drives, from one
 // goroutine.
-type HandoffActions interface {
+type TargetActions interface {
 	// Prepare creates the stopped husk for the process hello announces;
 	// it refuses a PID that is taken here (before the source freezes).
 	Prepare(ctx context.Context, hello *transport.Hello) error
@@ -90,9 +66,9 @@ type HandoffActions interface {
 	Discard() error
 }
 
-// HandoffConfig configures the handling of one control connection. Zero
+// TargetConfig configures the handling of one control connection. Zero
 // durations take the defaults.
-type HandoffConfig struct {
+type TargetConfig struct {
 	// SessionID is the transport session's ID; a source's Hello must carry
 	// it.
 	SessionID     string
@@ -104,28 +80,15 @@ type HandoffConfig struct {
 	Logger *slog.Logger
 }
 
-func (c HandoffConfig) withDefaults() HandoffConfig {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.HelloTimeout, DefaultHelloTimeout)
-	def(&c.CommitTimeout, DefaultCommitTimeout)
-	def(&c.Linger, DefaultLinger)
+func (c TargetConfig) withDefaults() TargetConfig {
+	orDefault(&c.HelloTimeout, DefaultHelloTimeout)
+	orDefault(&c.CommitTimeout, DefaultCommitTimeout)
+	orDefault(&c.Linger, DefaultLinger)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
-
-// ErrPeerProtocol: the source sent a message the protocol does not allow
-// where it came (out of order, duplicated, from the wrong role, for another
-// session).
-var ErrPeerProtocol = errors.New("the source broke the handoff protocol")
-
-// ErrTimeout: the source did not send the next message in time.
-var ErrTimeout = errors.New("the source did not send in time")
 
 // ErrLinkLost: the control link to the source broke (closed, reset, or a
 // message that does not decode).
@@ -135,8 +98,8 @@ var ErrLinkLost = errors.New("control link lost")
 // connection) before its Commit, and aborted it.
 var ErrAbortedByQuery = errors.New("a status query aborted the undecided session")
 
-// HandoffResult says what a control connection was about and how it ended.
-type HandoffResult struct {
+// TargetResult says what a control connection was about and how it ended.
+type TargetResult struct {
 	Session string // the session it concerned (for a query, the one asked about)
 	// Query: the connection only asked about Session; Outcome is the
 	// answer given.
@@ -144,12 +107,12 @@ type HandoffResult struct {
 	Outcome transport.Outcome
 }
 
-// HandoffError: the session failed at Phase. With Outcome aborted the
+// TargetError: the session failed at Phase. With Outcome aborted the
 // process never ran here and the husk is gone (unless Discard says
 // otherwise); with Outcome committed the resume failed and the husk could
 // not be killed: the process is in an unknown state here, and the source
 // keeps its original frozen until an operator settles it.
-type HandoffError struct {
+type TargetError struct {
 	Session string
 	Phase   string
 	Outcome transport.Outcome
@@ -157,7 +120,7 @@ type HandoffError struct {
 	Discard error // from Discard
 }
 
-func (e *HandoffError) Error() string {
+func (e *TargetError) Error() string {
 	s := fmt.Sprintf("session %s failed (%s): %v", e.Session, e.Phase, e.Err)
 	switch {
 	case e.Outcome == transport.OutcomeCommitted:
@@ -168,77 +131,66 @@ func (e *HandoffError) Error() string {
 	return s
 }
 
-func (e *HandoffError) Unwrap() []error { return []error{e.Err, e.Discard} }
+func (e *TargetError) Unwrap() []error { return []error{e.Err, e.Discard} }
 
-// PeerError is an Abort or an Error the source sent.
-type PeerError struct {
-	Abort bool   // an Abort; else an Error with Code
-	Code  string // of an Error
-	Text  string
-}
-
-func (e *PeerError) Error() string {
-	if e.Abort {
-		return "the source aborted: " + e.Text
-	}
-	return fmt.Sprintf("the source reported an error (%s): %s", e.Code, e.Text)
-}
-
-// Handoff serves one control connection, which it owns and closes before
+// RunTarget serves one control connection, which it owns and closes before
 // it returns. If the connection opens with a StatusQuery it answers from
-// out (HandoffResult.Query), leaving act alone. If it opens with a Hello it
+// out (TargetResult.Query), leaving act alone. If it opens with a Hello it
 // receives that session, driving act, and records its outcome in out:
 //
 //   - OutcomeResumed, nil: the process runs here.
-//   - OutcomeAborted, *HandoffError: the session failed before the process
+//   - OutcomeAborted, *TargetError: the session failed before the process
 //     ran; the husk is discarded.
-//   - OutcomeCommitted, *HandoffError: the resume failed after the commit
+//   - OutcomeCommitted, *TargetError: the resume failed after the commit
 //     and the husk could not be killed.
 //
 // Cancelling ctx aborts a session that has not committed; one that has
 // goes on to resume.
-func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn ControlConn, out *Outcomes) (HandoffResult, error) {
+func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Conn, out *Outcomes) (TargetResult, error) {
 	defer conn.Close()
 	cfg = cfg.withDefaults()
 	log := cfg.Logger.With("session", cfg.SessionID)
-	res := HandoffResult{Session: cfg.SessionID}
+	res := TargetResult{Session: cfg.SessionID}
 	if !transport.ValidSessionID(cfg.SessionID) {
-		return res, &HandoffError{Session: cfg.SessionID, Phase: PhaseHello,
+		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello,
 			Err: fmt.Errorf("target: handoff: session ID %q is not 32 lower-case hex digits", cfg.SessionID)}
 	}
-	refuse := func(err error) (HandoffResult, error) {
+	refuse := func(err error) (TargetResult, error) {
 		log.Warn("handoff: refused", "err", err)
 		conn.Send(&transport.Abort{Reason: transport.ClipText("target: " + err.Error())}) // best effort
-		return res, &HandoffError{Session: cfg.SessionID, Phase: PhaseHello, Err: err}
+		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: err}
 	}
 
-	hctx, cancel := context.WithTimeoutCause(ctx, cfg.HelloTimeout, fmt.Errorf("%w: no hello within %v", ErrTimeout, cfg.HelloTimeout))
+	hctx, cancel := context.WithTimeoutCause(ctx, cfg.HelloTimeout, fmt.Errorf("%w: no hello from the source within %v", ErrTimeout, cfg.HelloTimeout))
 	m, err := conn.Recv(hctx)
 	cancel()
 	if err != nil {
-		return res, &HandoffError{Session: cfg.SessionID, Phase: PhaseHello, Err: linkErr(hctx, err)}
+		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: linkErr(hctx, err)}
 	}
 	switch m := m.(type) {
 	case *transport.StatusQuery:
-		res = HandoffResult{Session: m.SessionID, Query: true, Outcome: out.Query(m.SessionID)}
+		res = TargetResult{Session: m.SessionID, Query: true, Outcome: out.Query(m.SessionID)}
 		log.Info("handoff: status query", "about", m.SessionID, "outcome", res.Outcome)
 		if err := conn.Send(&transport.StatusReply{SessionID: m.SessionID, Outcome: res.Outcome}); err != nil {
 			return res, fmt.Errorf("target: answering a status query: %w", err)
 		}
-		linger(ctx, conn, cfg.Linger)
+		Linger(ctx, conn, cfg.Linger)
 		return res, nil
 	case *transport.Hello:
-		if err := checkHello(m, cfg.SessionID); err != nil {
+		if err := checkHello(m, transport.RoleSource, cfg.SessionID); err != nil {
 			return refuse(err)
 		}
+		if m.PID <= 0 {
+			return refuse(protocolErr(transport.RoleSource, "hello without a PID"))
+		}
 	default:
-		return refuse(unexpected(m, "hello or status-query"))
+		return refuse(unexpected(transport.RoleSource, m, "hello or status-query"))
 	}
 
 	sctx, scancel := context.WithCancelCause(ctx)
 	defer scancel(nil)
 	if err := out.begin(cfg.SessionID, func() { scancel(ErrAbortedByQuery) }); err != nil {
-		return refuse(fmt.Errorf("%w: %w", ErrPeerProtocol, err))
+		return refuse(fmt.Errorf("%w by the source: %w", ErrPeerProtocol, err))
 	}
 	defer out.end(cfg.SessionID)
 	t := &targetRun{cfg: cfg, act: act, conn: conn, out: out, log: log}
@@ -248,9 +200,9 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 
 // targetRun is one session in progress.
 type targetRun struct {
-	cfg  HandoffConfig
-	act  HandoffActions
-	conn ControlConn
+	cfg  TargetConfig
+	act  TargetActions
+	conn Conn
 	out  *Outcomes
 	log  *slog.Logger
 	// acks: both ends speak FeatureRoundAcks.
@@ -262,7 +214,7 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 	if err := t.act.Prepare(ctx, hello); err != nil {
 		return t.fail(ctx, PhasePrepare, err)
 	}
-	reply := &transport.Hello{Version: HandoffVersion, SessionID: t.cfg.SessionID, Role: transport.RoleTarget}
+	reply := &transport.Hello{Version: Version, SessionID: t.cfg.SessionID, Role: transport.RoleTarget}
 	if hello.HasFeature(transport.FeatureRoundAcks) {
 		reply.Features = []string{transport.FeatureRoundAcks}
 		t.acks = true
@@ -283,7 +235,7 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 	if err := t.send(&transport.Ready{}); err != nil {
 		return t.fail(ctx, PhaseReady, err)
 	}
-	cctx, cancel := context.WithTimeoutCause(ctx, t.cfg.CommitTimeout, fmt.Errorf("%w: no commit within %v", ErrTimeout, t.cfg.CommitTimeout))
+	cctx, cancel := context.WithTimeoutCause(ctx, t.cfg.CommitTimeout, fmt.Errorf("%w: no commit from the source within %v", ErrTimeout, t.cfg.CommitTimeout))
 	m, err := t.conn.Recv(cctx)
 	if err != nil {
 		err = linkErr(cctx, err)
@@ -293,7 +245,7 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 		return t.fail(ctx, PhaseReady, err)
 	}
 	if _, ok := m.(*transport.Commit); !ok {
-		return t.fail(ctx, PhaseReady, unexpected(m, "commit"))
+		return t.fail(ctx, PhaseReady, unexpected(transport.RoleSource, m, "commit"))
 	}
 	return t.commit(ctx)
 }
@@ -318,7 +270,7 @@ func (t *targetRun) rounds(ctx context.Context) (*transport.State, string, error
 		switch m := m.(type) {
 		case *transport.Layout:
 			if m.Round != next || hasLayout {
-				return nil, PhaseRounds, fmt.Errorf("%w: layout for round %d during round %d (layout already given: %v)", ErrPeerProtocol, m.Round, next, hasLayout)
+				return nil, PhaseRounds, protocolErr(transport.RoleSource, "layout for round %d during round %d (layout already given: %v)", m.Round, next, hasLayout)
 			}
 			if err := t.act.Layout(ctx, m); err != nil {
 				return nil, PhaseRounds, err
@@ -326,7 +278,7 @@ func (t *targetRun) rounds(ctx context.Context) (*transport.State, string, error
 			hasLayout, started = true, true
 		case *transport.RoundDone:
 			if m.Round != next || !started {
-				return nil, PhaseRounds, fmt.Errorf("%w: round %d done during round %d (layout seen: %v)", ErrPeerProtocol, m.Round, next, started)
+				return nil, PhaseRounds, protocolErr(transport.RoleSource, "round %d done during round %d (layout seen: %v)", m.Round, next, started)
 			}
 			if err := t.act.RoundDone(ctx, m); err != nil {
 				return nil, PhaseRounds, err
@@ -343,16 +295,16 @@ func (t *targetRun) rounds(ctx context.Context) (*transport.State, string, error
 			}
 		case *transport.Freeze:
 			if frozen {
-				return nil, PhaseRounds, fmt.Errorf("%w: a second freeze", ErrPeerProtocol)
+				return nil, PhaseRounds, protocolErr(transport.RoleSource, "a second freeze")
 			}
 			frozen = true
 		case *transport.State:
 			if !frozen || final == 0 {
-				return nil, PhaseRounds, fmt.Errorf("%w: state before the freeze and its final round (frozen: %v, final rounds: %d)", ErrPeerProtocol, frozen, final)
+				return nil, PhaseRounds, protocolErr(transport.RoleSource, "state before the freeze and its final round (frozen: %v, final rounds: %d)", frozen, final)
 			}
 			return m, PhaseRestore, nil
 		default:
-			return nil, PhaseRounds, unexpected(m, "layout, round-done, freeze or state")
+			return nil, PhaseRounds, unexpected(transport.RoleSource, m, "layout, round-done, freeze or state")
 		}
 	}
 }
@@ -370,12 +322,12 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 		t.log.Error("handoff: resume failed; killing the husk", "err", err)
 		if derr := t.act.Discard(); derr != nil {
 			t.conn.Send(&transport.Error{Code: "resume-failed", Text: transport.ClipText(err.Error())}) // best effort
-			return transport.OutcomeCommitted, &HandoffError{Session: t.cfg.SessionID, Phase: PhaseResume,
+			return transport.OutcomeCommitted, &TargetError{Session: t.cfg.SessionID, Phase: PhaseResume,
 				Outcome: transport.OutcomeCommitted, Err: err, Discard: derr}
 		}
 		t.out.settle(t.cfg.SessionID, transport.OutcomeAborted)
 		t.conn.Send(&transport.Abort{Reason: transport.ClipText("target: resume failed, the husk is killed: " + err.Error())}) // best effort
-		return transport.OutcomeAborted, &HandoffError{Session: t.cfg.SessionID, Phase: PhaseResume,
+		return transport.OutcomeAborted, &TargetError{Session: t.cfg.SessionID, Phase: PhaseResume,
 			Outcome: transport.OutcomeAborted, Err: err}
 	}
 	t.out.settle(t.cfg.SessionID, transport.OutcomeResumed)
@@ -388,7 +340,7 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 		t.log.Warn("handoff: could not say resumed; the source will ask", "err", err)
 		return transport.OutcomeResumed, nil
 	}
-	linger(ctx, t.conn, t.cfg.Linger)
+	Linger(ctx, t.conn, t.cfg.Linger)
 	return transport.OutcomeResumed, nil
 }
 
@@ -402,7 +354,7 @@ func (t *targetRun) fail(ctx context.Context, phase string, cause error) (transp
 		// Unreachable: fail runs only before the commit is recorded. Were
 		// it reached, the process may run: it must not be discarded.
 		t.log.Error("handoff: BUG: failure after the commit was recorded", "phase", phase, "err", cause)
-		return transport.OutcomeCommitted, &HandoffError{Session: t.cfg.SessionID, Phase: phase,
+		return transport.OutcomeCommitted, &TargetError{Session: t.cfg.SessionID, Phase: phase,
 			Outcome: transport.OutcomeCommitted, Err: cause}
 	}
 	t.log.Warn("handoff: aborted; discarding the husk", "phase", phase, "err", cause)
@@ -411,7 +363,7 @@ func (t *targetRun) fail(ctx context.Context, phase string, cause error) (transp
 	if derr != nil {
 		t.log.Error("handoff: discarding the husk failed", "err", derr)
 	}
-	return transport.OutcomeAborted, &HandoffError{Session: t.cfg.SessionID, Phase: phase,
+	return transport.OutcomeAborted, &TargetError{Session: t.cfg.SessionID, Phase: phase,
 		Outcome: transport.OutcomeAborted, Err: cause, Discard: derr}
 }
 
@@ -422,9 +374,9 @@ func (t *targetRun) send(m transport.Msg) error {
 	return nil
 }
 
-// linger waits up to d for the peer to close the link after our last
+// Linger waits up to d for the peer to close the link after our last
 // message, discarding anything it sends.
-func linger(ctx context.Context, conn ControlConn, d time.Duration) {
+func Linger(ctx context.Context, conn Conn, d time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	for {
@@ -442,32 +394,3 @@ func linkErr(ctx context.Context, err error) error {
 	}
 	return fmt.Errorf("%w: %w", ErrLinkLost, err)
 }
-
-func checkHello(h *transport.Hello, session string) error {
-	switch {
-	case h.Role != transport.RoleSource:
-		return fmt.Errorf("%w: hello from a %q, want a source", ErrPeerProtocol, h.Role)
-	case h.SessionID != session:
-		return fmt.Errorf("%w: hello for session %s on session %s", ErrPeerProtocol, h.SessionID, session)
-	case h.Version != HandoffVersion:
-		return fmt.Errorf("%w: the source speaks handoff version %d, this side %d", ErrPeerProtocol, h.Version, HandoffVersion)
-	case h.PID <= 0:
-		return fmt.Errorf("%w: hello without a PID", ErrPeerProtocol)
-	}
-	return nil
-}
-
-// unexpected turns a message that should not have come into an error: a
-// *PeerError for Abort and Error, else a protocol violation.
-func unexpected(m transport.Msg, want string) error {
-	switch m := m.(type) {
-	case *transport.Abort:
-		return &PeerError{Abort: true, Text: m.Reason}
-	case *transport.Error:
-		return &PeerError{Code: m.Code, Text: m.Text}
-	}
-	return fmt.Errorf("%w: %v while expecting %s", ErrPeerProtocol, m.MsgType(), want)
-}
-
-// The transport's control channel is what a live migration hands over.
-var _ ControlConn = (*transport.Control)(nil)

@@ -1,4 +1,4 @@
-package source
+package handoff
 
 import (
 	"bytes"
@@ -140,10 +140,11 @@ func (c *hostileConn) Close() error {
 }
 
 // fuzzActions does the process work of a migration that always succeeds,
-// and takes what the target measured with the real decoder.
+// and keeps what the target measured (the source's decoder of it has its
+// own fuzz test, source.FuzzResumedBody).
 type fuzzActions struct {
-	h  *hostileScript
-	ls liveSource
+	h       *hostileScript
+	resumed json.RawMessage
 }
 
 func (a *fuzzActions) PreCopy(ctx context.Context, r *Rounds) error {
@@ -162,7 +163,7 @@ func (a *fuzzActions) FinalState(ctx context.Context, r *Rounds) (json.RawMessag
 func (a *fuzzActions) ResumeOriginal() error        { a.h.note("resume original"); return nil }
 func (a *fuzzActions) KillOriginal() error          { a.h.note("kill original"); return nil }
 func (a *fuzzActions) LeaveFrozen() error           { a.h.note("leave frozen"); return nil }
-func (a *fuzzActions) Resumed(body json.RawMessage) { a.ls.Resumed(body) }
+func (a *fuzzActions) Resumed(body json.RawMessage) { a.resumed = body }
 
 func appendFrames(t testing.TB, b []byte, frames ...any) []byte {
 	for i := 0; i < len(frames); i += 2 {
@@ -178,7 +179,7 @@ func appendFrames(t testing.TB, b []byte, frames ...any) []byte {
 // hostileSeeds are scripts of well-behaved and failing targets, and the
 // outcome each must give.
 func hostileSeeds(t testing.TB) map[transport.Outcome][][]byte {
-	hello := &transport.Hello{Version: HandoffVersion, SessionID: testSession, Role: transport.RoleTarget,
+	hello := &transport.Hello{Version: Version, SessionID: testSession, Role: transport.RoleTarget,
 		Features: []string{transport.FeatureRoundAcks}}
 	resumedBody, _ := json.Marshal(map[string]any{"target_downtime_ms": 12.5,
 		"target_steps": []map[string]any{{"name": "decode state", "ms": 0.4}}})
@@ -210,11 +211,11 @@ func runHostile(t *testing.T, script []byte) (out transport.Outcome, err error, 
 	synctest.Test(t, func(t *testing.T) {
 		h := &hostileScript{r: bytes.NewReader(script)}
 		act := &fuzzActions{h: h}
-		cfg := HandoffConfig{SessionID: testSession, PID: 4242, Target: "target:7070",
+		cfg := SourceConfig{SessionID: testSession, PID: 4242, Target: "target:7070",
 			HelloTimeout: time.Second, ReadyTimeout: time.Second, ResumedTimeout: time.Second,
 			QueryTimeout: time.Second, RecoverTimeout: 10 * time.Second,
-			Redial: func(context.Context) (ControlConn, error) { return newHostileConn(h), nil }}
-		out, err = Handoff(context.Background(), cfg, act, newHostileConn(h))
+			Redial: func(context.Context) (Conn, error) { return newHostileConn(h), nil }}
+		out, err = RunSource(context.Background(), cfg, act, newHostileConn(h))
 		log = h.log
 	})
 	return out, err, log

@@ -1,4 +1,4 @@
-package source
+package handoff
 
 // The handoff: the source's half of the migration protocol, as a state
 // machine over a control channel. DESIGN.md, "never two copies, never
@@ -17,7 +17,7 @@ package source
 // Before the Commit is attempted every failure (an action's error, a
 // broken or silent link, an Abort or Error from the target, a message out
 // of place, ctx cancelled) ends the same way: Abort to the target (best
-// effort), ResumeOriginal, and a *HandoffError naming the phase. The
+// effort), ResumeOriginal, and a *SourceError naming the phase. The
 // target resumes only on a Commit, so nothing runs there.
 //
 // Once the Commit is attempted (even if Send failed: the bytes may have
@@ -44,23 +44,8 @@ import (
 	"github.com/procmig/migrate/transport"
 )
 
-// HandoffVersion is the version of the handoff protocol this side speaks
-// (Hello.Version).
-const HandoffVersion = 1
-
-// Phases of the handoff, as HandoffError.Phase names them.
+// Defaults of SourceConfig (and DefaultHelloTimeout).
 const (
-	PhaseHello   = "hello"    // exchanging Hello
-	PhasePreCopy = "pre-copy" // live rounds
-	PhaseFreeze  = "freeze"   // freezing the original
-	PhaseFinal   = "final"    // final round and core state
-	PhaseReady   = "ready"    // waiting for the target to restore
-	PhaseCommit  = "commit"   // the commit and what became of it
-)
-
-// Defaults of HandoffConfig.
-const (
-	DefaultHelloTimeout   = 10 * time.Second
 	DefaultReadyTimeout   = 60 * time.Second
 	DefaultResumedTimeout = 10 * time.Second
 	DefaultQueryTimeout   = 5 * time.Second
@@ -69,20 +54,9 @@ const (
 	DefaultBackoffMax     = 5 * time.Second
 )
 
-// ControlConn is the control channel of one transport session, carrying
-// transport control messages. Send and Recv may run at the same time (one
-// goroutine each), Close from anywhere; Close makes a blocked Recv return.
-// Recv returns when a message arrives, the link fails, or ctx is done;
-// after Send or Recv has failed, the handoff only closes the conn.
-type ControlConn interface {
-	Send(transport.Msg) error
-	Recv(ctx context.Context) (transport.Msg, error)
-	Close() error
-}
-
-// HandoffActions is the process work the handoff drives. Each method is
+// SourceActions is the process work the handoff drives. Each method is
 // called from one goroutine at a time.
-type HandoffActions interface {
+type SourceActions interface {
 	// PreCopy copies memory while the process runs, announcing each round
 	// through r, until the rounds converge. ctx is cancelled (with the
 	// reason as its cause) if the target gives up meanwhile.
@@ -108,8 +82,8 @@ type HandoffActions interface {
 	LeaveFrozen() error
 }
 
-// HandoffConfig configures one handoff. Zero durations take the defaults.
-type HandoffConfig struct {
+// SourceConfig configures one handoff. Zero durations take the defaults.
+type SourceConfig struct {
 	// SessionID is the transport session's ID: the target must echo it.
 	SessionID string
 	PID       int    // the process being migrated
@@ -118,7 +92,7 @@ type HandoffConfig struct {
 	// Redial opens a fresh control channel to the same target, to ask it
 	// what became of the session when the commit's outcome is uncertain.
 	// Without it, an uncertain commit is left to the operator.
-	Redial func(ctx context.Context) (ControlConn, error)
+	Redial func(ctx context.Context) (Conn, error)
 
 	HelloTimeout   time.Duration // for the target's Hello
 	ReadyTimeout   time.Duration // from State to Ready: the target's restore
@@ -126,7 +100,7 @@ type HandoffConfig struct {
 	QueryTimeout   time.Duration // one status question: dial, ask, answer
 	// RecoverTimeout bounds the whole search for the outcome of an
 	// uncertain commit. It must stay well below the time the target
-	// remembers outcomes (target.DefaultOutcomeTTL).
+	// remembers outcomes (DefaultOutcomeTTL).
 	RecoverTimeout time.Duration
 	// BackoffMin and BackoffMax bound the wait between two questions.
 	BackoffMin, BackoffMax time.Duration
@@ -134,19 +108,14 @@ type HandoffConfig struct {
 	Logger *slog.Logger
 }
 
-func (c HandoffConfig) withDefaults() HandoffConfig {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.HelloTimeout, DefaultHelloTimeout)
-	def(&c.ReadyTimeout, DefaultReadyTimeout)
-	def(&c.ResumedTimeout, DefaultResumedTimeout)
-	def(&c.QueryTimeout, DefaultQueryTimeout)
-	def(&c.RecoverTimeout, DefaultRecoverTimeout)
-	def(&c.BackoffMin, DefaultBackoffMin)
-	def(&c.BackoffMax, DefaultBackoffMax)
+func (c SourceConfig) withDefaults() SourceConfig {
+	orDefault(&c.HelloTimeout, DefaultHelloTimeout)
+	orDefault(&c.ReadyTimeout, DefaultReadyTimeout)
+	orDefault(&c.ResumedTimeout, DefaultResumedTimeout)
+	orDefault(&c.QueryTimeout, DefaultQueryTimeout)
+	orDefault(&c.RecoverTimeout, DefaultRecoverTimeout)
+	orDefault(&c.BackoffMin, DefaultBackoffMin)
+	orDefault(&c.BackoffMax, DefaultBackoffMax)
 	if c.BackoffMax < c.BackoffMin {
 		c.BackoffMax = c.BackoffMin
 	}
@@ -156,7 +125,7 @@ func (c HandoffConfig) withDefaults() HandoffConfig {
 	return c
 }
 
-func (c HandoffConfig) check() error {
+func (c SourceConfig) check() error {
 	if !transport.ValidSessionID(c.SessionID) {
 		return fmt.Errorf("source: handoff: session ID %q is not 32 lower-case hex digits", c.SessionID)
 	}
@@ -166,30 +135,22 @@ func (c HandoffConfig) check() error {
 	return nil
 }
 
-// ErrPeerProtocol: the target sent a message the protocol does not allow
-// where it came (out of order, duplicated, from the wrong role, for another
-// session).
-var ErrPeerProtocol = errors.New("the target broke the handoff protocol")
-
-// ErrTimeout: the target did not answer in time.
-var ErrTimeout = errors.New("the target did not answer in time")
-
 // ErrForgotten: the target answered that it does not know the session (it
 // was restarted, or forgot it after its TTL): the outcome cannot be
 // learned from it any more.
 var ErrForgotten = errors.New("the target does not know the session")
 
-// HandoffError: the migration failed at Phase; the target never resumed the
+// SourceError: the migration failed at Phase; the target never resumed the
 // process, and the original runs on (unless Rollback says resuming it
 // failed).
-type HandoffError struct {
+type SourceError struct {
 	Session  string
 	Phase    string
 	Err      error
 	Rollback error // from ResumeOriginal; nil: the original runs
 }
 
-func (e *HandoffError) Error() string {
+func (e *SourceError) Error() string {
 	s := fmt.Sprintf("migration failed (%s, session %s): %v", e.Phase, e.Session, e.Err)
 	if e.Rollback != nil {
 		return s + fmt.Sprintf("; and resuming the original failed, it may still be stopped: %v", e.Rollback)
@@ -197,7 +158,7 @@ func (e *HandoffError) Error() string {
 	return s + "; the original process runs on"
 }
 
-func (e *HandoffError) Unwrap() []error { return []error{e.Err, e.Rollback} }
+func (e *SourceError) Unwrap() []error { return []error{e.Err, e.Rollback} }
 
 // UndecidedError: the commit was sent, and what the target did with it
 // could not be learned. The original is left frozen (not resumed, not
@@ -248,20 +209,6 @@ func (e *KillError) Error() string {
 }
 
 func (e *KillError) Unwrap() []error { return []error{e.Err, e.Freeze} }
-
-// PeerError is an Abort or an Error the target sent.
-type PeerError struct {
-	Abort bool   // an Abort; else an Error with Code
-	Code  string // of an Error
-	Text  string // the Abort's reason, the Error's text
-}
-
-func (e *PeerError) Error() string {
-	if e.Abort {
-		return "the target aborted: " + e.Text
-	}
-	return fmt.Sprintf("the target reported an error (%s): %s", e.Code, e.Text)
-}
 
 // Rounds announces the rounds of pages to the target: a Layout when a
 // round starts with a new layout (the first round must), and Done once
@@ -338,9 +285,9 @@ type inbound struct {
 
 // sourceRun is one handoff in progress.
 type sourceRun struct {
-	cfg  HandoffConfig
-	act  HandoffActions
-	conn ControlConn
+	cfg  SourceConfig
+	act  SourceActions
+	conn Conn
 	log  *slog.Logger
 
 	// acks: the target answers pre-copy rounds (FeatureRoundAcks);
@@ -353,20 +300,20 @@ type sourceRun struct {
 	readerDone chan struct{} // closed when the reader returns
 }
 
-// Handoff migrates the process cfg.PID to the target at the other end of
+// RunSource migrates the process cfg.PID to the target at the other end of
 // conn, driving act, and says where the process ended up:
 //
 //   - OutcomeResumed, nil: it runs on the target; the original was killed.
 //   - OutcomeResumed, *KillError: it runs on the target; the original is
 //     frozen here and must be killed.
-//   - OutcomeAborted, *HandoffError: the migration failed, the original
-//     runs on here (unless HandoffError.Rollback says otherwise).
+//   - OutcomeAborted, *SourceError: the migration failed, the original
+//     runs on here (unless SourceError.Rollback says otherwise).
 //   - OutcomeUnknown or OutcomeCommitted, *UndecidedError: the commit was
 //     sent and its outcome could not be learned; the original is left
 //     frozen for `migrate recover`.
 //
-// Handoff owns conn and closes it before it returns.
-func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn ControlConn) (transport.Outcome, error) {
+// RunSource owns conn and closes it before it returns.
+func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Conn) (transport.Outcome, error) {
 	cfg = cfg.withDefaults()
 	s := &sourceRun{
 		cfg:        cfg,
@@ -395,7 +342,7 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 
 	// Hello, both ways.
 	s.log.Debug("handoff: hello")
-	if err := s.send(&transport.Hello{Version: HandoffVersion, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID,
+	if err := s.send(&transport.Hello{Version: Version, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID,
 		Features: []string{transport.FeatureRoundAcks}}); err != nil {
 		return s.rollback(PhaseHello, err)
 	}
@@ -403,10 +350,14 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 	if err != nil {
 		return s.rollback(PhaseHello, err)
 	}
-	if err := checkHello(m, cfg.SessionID); err != nil {
+	h, ok := m.(*transport.Hello)
+	if !ok {
+		return s.rollback(PhaseHello, unexpected(transport.RoleTarget, m, "hello"))
+	}
+	if err := checkHello(h, transport.RoleTarget, cfg.SessionID); err != nil {
 		return s.rollback(PhaseHello, err)
 	}
-	s.acks = m.(*transport.Hello).HasFeature(transport.FeatureRoundAcks)
+	s.acks = h.HasFeature(transport.FeatureRoundAcks)
 
 	// Pre-copy, while the process runs.
 	s.log.Debug("handoff: pre-copy")
@@ -467,7 +418,7 @@ func Handoff(ctx context.Context, cfg HandoffConfig, act HandoffActions, conn Co
 		return s.rollback(PhaseReady, err)
 	}
 	if _, ok := m.(*transport.Ready); !ok {
-		return s.rollback(PhaseReady, unexpected(m, "ready"))
+		return s.rollback(PhaseReady, unexpected(transport.RoleTarget, m, "ready"))
 	}
 	if h, ok := act.(interface{ GotReady(context.Context) error }); ok {
 		// Whatever ran alongside the target's restore (the post-dump
@@ -544,7 +495,7 @@ func (s *sourceRun) next(ctx context.Context, d time.Duration, want string) (tra
 			}
 			return s.take(r)
 		case <-t.C:
-			return nil, fmt.Errorf("%w: no %s within %v", ErrTimeout, want, d)
+			return nil, fmt.Errorf("%w: no %s from the target within %v", ErrTimeout, want, d)
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
@@ -584,7 +535,7 @@ func (s *sourceRun) waitAcks(ctx context.Context, last uint32) error {
 			if err != nil {
 				return err
 			}
-			return unexpected(m, "the answer to round "+strconv.Itoa(int(last)))
+			return unexpected(transport.RoleTarget, m, "the answer to round "+strconv.Itoa(int(last)))
 		case <-t.C:
 			return fmt.Errorf("%w: the target did not apply round %d within %v", ErrTimeout, last, s.cfg.ReadyTimeout)
 		case <-ctx.Done():
@@ -615,7 +566,7 @@ func (s *sourceRun) watch(ctx context.Context, f func(context.Context) error) er
 				if r.err != nil {
 					cancel(fmt.Errorf("control link lost: %w", r.err))
 				} else {
-					cancel(unexpected(r.m, "nothing"))
+					cancel(unexpected(transport.RoleTarget, r.m, "nothing"))
 				}
 				got <- &r
 			case <-stop:
@@ -629,7 +580,7 @@ func (s *sourceRun) watch(ctx context.Context, f func(context.Context) error) er
 	if r := <-got; r != nil {
 		m, lerr := s.take(*r)
 		if lerr == nil {
-			lerr = unexpected(m, "nothing")
+			lerr = unexpected(transport.RoleTarget, m, "nothing")
 		}
 		return lerr // the target's word explains f's failure, or fails a success
 	}
@@ -645,7 +596,7 @@ func (s *sourceRun) rollback(phase string, cause error) (transport.Outcome, erro
 		// reason is the better explanation, and it is already on its way.
 		if m, err := s.next(context.Background(), lastWordGrace, "the target's last word"); err == nil {
 			var pe *PeerError
-			if errors.As(unexpected(m, "nothing"), &pe) {
+			if errors.As(unexpected(transport.RoleTarget, m, "nothing"), &pe) {
 				cause = fmt.Errorf("%w (then %v)", pe, cause)
 			}
 		}
@@ -659,13 +610,16 @@ func (s *sourceRun) rollback(phase string, cause error) (transport.Outcome, erro
 	if rerr != nil {
 		s.log.Error("handoff: resuming the original failed", "err", rerr)
 	}
-	return transport.OutcomeAborted, &HandoffError{Session: s.cfg.SessionID, Phase: phase, Err: cause, Rollback: rerr}
+	return transport.OutcomeAborted, &SourceError{Session: s.cfg.SessionID, Phase: phase, Err: cause, Rollback: rerr}
 }
 
 // commit sends the commit and settles its outcome. From here on the
 // source never decides: it learns.
 func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 	s.log.Debug("handoff: commit")
+	if c, ok := s.act.(interface{ Committing() }); ok {
+		c.Committing()
+	}
 	why := s.send(&transport.Commit{})
 	if why == nil {
 		m, err := s.next(ctx, s.cfg.ResumedTimeout, "resumed")
@@ -681,7 +635,7 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 				}
 				return s.killOriginal()
 			}
-			why = unexpected(m, "resumed")
+			why = unexpected(transport.RoleTarget, m, "resumed")
 		}
 	}
 	s.log.Warn("handoff: outcome of the commit uncertain; asking the target", "err", why)
@@ -693,7 +647,7 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 	case transport.OutcomeAborted:
 		s.log.Warn("handoff: the target aborted after the commit; resuming the original")
 		rerr := s.act.ResumeOriginal()
-		return transport.OutcomeAborted, &HandoffError{Session: s.cfg.SessionID, Phase: PhaseCommit,
+		return transport.OutcomeAborted, &SourceError{Session: s.cfg.SessionID, Phase: PhaseCommit,
 			Err: fmt.Errorf("the target aborted the session after the commit was sent (%v)", why), Rollback: rerr}
 	}
 	ferr := s.act.LeaveFrozen()
@@ -721,7 +675,7 @@ func (s *sourceRun) killOriginal() (transport.Outcome, error) {
 // sent Ready knew the session, so it has since forgotten it.
 //
 // It is how `migrate recover` learns what to do with a frozen original.
-func QueryOutcome(ctx context.Context, cfg HandoffConfig) (transport.Outcome, error) {
+func QueryOutcome(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Redial == nil {
 		return transport.OutcomeUnknown, errors.New("no way to reach the target again (no Redial)")
@@ -758,7 +712,7 @@ func QueryOutcome(ctx context.Context, cfg HandoffConfig) (transport.Outcome, er
 }
 
 // askOnce asks once, on a new connection.
-func askOnce(ctx context.Context, cfg HandoffConfig) (transport.Outcome, error) {
+func askOnce(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
 	defer cancel()
 	c, err := cfg.Redial(ctx)
@@ -776,40 +730,9 @@ func askOnce(ctx context.Context, cfg HandoffConfig) (transport.Outcome, error) 
 	switch m := m.(type) {
 	case *transport.StatusReply:
 		if m.SessionID != cfg.SessionID {
-			return transport.OutcomeUnknown, fmt.Errorf("%w: status reply for session %s, asked about %s", ErrPeerProtocol, m.SessionID, cfg.SessionID)
+			return transport.OutcomeUnknown, protocolErr(transport.RoleTarget, "status reply for session %s, asked about %s", m.SessionID, cfg.SessionID)
 		}
 		return m.Outcome, nil
 	}
-	return transport.OutcomeUnknown, unexpected(m, "status-reply")
+	return transport.OutcomeUnknown, unexpected(transport.RoleTarget, m, "status-reply")
 }
-
-// checkHello checks the target's Hello.
-func checkHello(m transport.Msg, session string) error {
-	h, ok := m.(*transport.Hello)
-	switch {
-	case !ok:
-		return unexpected(m, "hello")
-	case h.Role != transport.RoleTarget:
-		return fmt.Errorf("%w: hello from a %q, want a target", ErrPeerProtocol, h.Role)
-	case h.SessionID != session:
-		return fmt.Errorf("%w: hello for session %s, this is %s", ErrPeerProtocol, h.SessionID, session)
-	case h.Version != HandoffVersion:
-		return fmt.Errorf("%w: the target speaks handoff version %d, this side %d", ErrPeerProtocol, h.Version, HandoffVersion)
-	}
-	return nil
-}
-
-// unexpected turns a message that should not have come into an error: a
-// *PeerError for Abort and Error, else a protocol violation.
-func unexpected(m transport.Msg, want string) error {
-	switch m := m.(type) {
-	case *transport.Abort:
-		return &PeerError{Abort: true, Text: m.Reason}
-	case *transport.Error:
-		return &PeerError{Code: m.Code, Text: m.Text}
-	}
-	return fmt.Errorf("%w: %v while expecting %s", ErrPeerProtocol, m.MsgType(), want)
-}
-
-// The transport's control channel is what a live migration hands over.
-var _ ControlConn = (*transport.Control)(nil)

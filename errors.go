@@ -1,0 +1,219 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"os"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/handoff"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
+)
+
+// The errors of Dump, Restore, Migrate and Recover are, where a caller can
+// act on them, one of the types below. Each wraps the error the work returned
+// (Err) and says the same (Error is Err's text): errors.As still finds
+// the detailed types of packages source, target and transport inside.
+
+// RefusedError: migrate refused the process, or the image, for a state it
+// does not handle, before it changed anything: the process was not dumped
+// or moved (it runs on as it was), or nothing was restored. Trying again
+// as it is will fail the same way: Kind says what to change.
+type RefusedError struct {
+	Kind RefusalKind
+	PID  int // the process refused, when known
+	Err  error
+}
+
+func (e *RefusedError) Error() string { return e.Err.Error() }
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// RefusalKind says what state was refused.
+type RefusalKind string
+
+// The states refused.
+const (
+	// RefusedProcess: the process as a whole (in namespaces of its own,
+	// under seccomp, traced, with children in a live migration, a
+	// deleted executable, a scheduling policy a restore does not make,
+	// ...): source.BadTargetError.
+	RefusedProcess RefusalKind = "process"
+	// RefusedFD: an open file descriptor (a file lock in a live
+	// migration, a socket kind, ...): source.UnsupportedFDError.
+	RefusedFD RefusalKind = "fd"
+	// RefusedMapping: a memory area: source.UnsupportedMappingError.
+	RefusedMapping RefusalKind = "mapping"
+	// RefusedAccess: the caller may not trace the process:
+	// source.AccessError.
+	RefusedAccess RefusalKind = "access"
+	// RefusedPIDInUse: the PID (or a TID) is taken where the process is
+	// restored: target.PIDInUseError.
+	RefusedPIDInUse RefusalKind = "pid-in-use"
+	// RefusedVDSO: this kernel's vdso differs from the dumping one's:
+	// target.VDSOMismatchError.
+	RefusedVDSO RefusalKind = "vdso"
+	// RefusedAffinity: a thread is bound to CPUs this host does not have:
+	// target.AffinityError.
+	RefusedAffinity RefusalKind = "affinity"
+	// RefusedAttribute: an attribute of the process that the kernel would
+	// not set as the image has it: target.AttrError.
+	RefusedAttribute RefusalKind = "attribute"
+	// RefusedImage: a file of the image is missing, damaged or not what
+	// the image says: core.ImageError.
+	RefusedImage RefusalKind = "image"
+	// RefusedSeccomp: a thread's seccomp state (a filter with a
+	// user-space listener, ...): source.SeccompError.
+	RefusedSeccomp RefusalKind = "seccomp"
+	// RefusedLock: a file lock of the image that another process took
+	// since the dump: target.LockError.
+	RefusedLock RefusalKind = "lock"
+	// RefusedCgroup: a cgroup (or hierarchy) of the image that this host
+	// lacks or will not take the process in: target.CgroupError.
+	RefusedCgroup RefusalKind = "cgroup"
+	// RefusedDiffers: the restored process differs from its image
+	// (RestoreOptions.Check): target.CheckError.
+	RefusedDiffers RefusalKind = "differs"
+)
+
+// PeerError: the other end of a migration gave up, and said why (an
+// Abort, or an Error with a code).
+type PeerError struct {
+	Abort bool   // an Abort; else an Error with Code
+	Code  string // of an Error
+	Text  string // the peer's reason
+	Err   error
+}
+
+func (e *PeerError) Error() string { return e.Err.Error() }
+func (e *PeerError) Unwrap() error { return e.Err }
+
+// TimeoutError: the other end did not answer in time, or a deadline of
+// ctx passed.
+type TimeoutError struct{ Err error }
+
+func (e *TimeoutError) Error() string { return e.Err.Error() }
+func (e *TimeoutError) Unwrap() error { return e.Err }
+
+// Timeout is true: net.Error's test.
+func (e *TimeoutError) Timeout() bool { return true }
+
+// HostLimitError: the image needs more of something than this host allows
+// (What: "fs.nr_open", "RLIMIT_NOFILE"): target.HostLimitError.
+type HostLimitError struct {
+	What  string
+	Need  uint64
+	Limit uint64
+	Err   error
+}
+
+func (e *HostLimitError) Error() string { return e.Err.Error() }
+func (e *HostLimitError) Unwrap() error { return e.Err }
+
+// UndecidedError: Migrate sent the commit and could not learn what the
+// target did with it. The original is left frozen (stopped, its
+// connections silent) on this host: resuming it could make two copies of
+// the process, killing it none. Do neither by hand: Recover (`migrate
+// recover`) asks the target and settles it.
+type UndecidedError struct {
+	PID     int
+	Session string
+	Target  string
+	Err     error
+}
+
+func (e *UndecidedError) Error() string { return e.Err.Error() }
+func (e *UndecidedError) Unwrap() error { return e.Err }
+
+// KillError: the process runs on the target, but Migrate could not kill
+// the frozen original. It must be killed, never resumed.
+type KillError struct {
+	PID int
+	Err error
+}
+
+func (e *KillError) Error() string { return e.Err.Error() }
+func (e *KillError) Unwrap() error { return e.Err }
+
+// wrapErr wraps err in the type above that describes it, if one does.
+func wrapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	// The outcomes of a commit first: whatever failed on the way, the
+	// caller must act on where the process is.
+	var ue *handoff.UndecidedError
+	if errors.As(err, &ue) {
+		return &UndecidedError{PID: ue.PID, Session: ue.Session, Target: ue.Target, Err: err}
+	}
+	var ke *handoff.KillError
+	if errors.As(err, &ke) {
+		return &KillError{PID: ke.PID, Err: err}
+	}
+	if r := refusal(err); r != nil {
+		return r
+	}
+	var hl *target.HostLimitError
+	if errors.As(err, &hl) {
+		return &HostLimitError{What: hl.What, Need: hl.Need, Limit: hl.Limit, Err: err}
+	}
+	var pe *handoff.PeerError
+	if errors.As(err, &pe) {
+		return &PeerError{Abort: pe.Abort, Code: pe.Code, Text: pe.Text, Err: err}
+	}
+	var he *transport.HandshakeError
+	if errors.Is(err, handoff.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &he) && he.Timeout()) {
+		return &TimeoutError{Err: err}
+	}
+	return err
+}
+
+// refusal returns the *RefusedError err is, or nil.
+func refusal(err error) *RefusedError {
+	var (
+		bt  *source.BadTargetError
+		fd  *source.UnsupportedFDError
+		mp  *source.UnsupportedMappingError
+		ac  *source.AccessError
+		pid *target.PIDInUseError
+		vd  *target.VDSOMismatchError
+		af  *target.AffinityError
+		at  *target.AttrError
+		im  *core.ImageError
+		sc  *source.SeccompError
+		lk  *target.LockError
+		cg  *target.CgroupError
+		ck  *target.CheckError
+	)
+	switch {
+	case errors.As(err, &ac):
+		return &RefusedError{Kind: RefusedAccess, PID: ac.PID, Err: err}
+	case errors.As(err, &bt):
+		return &RefusedError{Kind: RefusedProcess, PID: bt.PID, Err: err}
+	case errors.As(err, &fd):
+		return &RefusedError{Kind: RefusedFD, PID: fd.PID, Err: err}
+	case errors.As(err, &mp):
+		return &RefusedError{Kind: RefusedMapping, PID: mp.PID, Err: err}
+	case errors.As(err, &pid):
+		return &RefusedError{Kind: RefusedPIDInUse, PID: pid.PID, Err: err}
+	case errors.As(err, &vd):
+		return &RefusedError{Kind: RefusedVDSO, Err: err}
+	case errors.As(err, &af):
+		return &RefusedError{Kind: RefusedAffinity, PID: af.PID, Err: err}
+	case errors.As(err, &at):
+		return &RefusedError{Kind: RefusedAttribute, PID: at.PID, Err: err}
+	case errors.As(err, &im):
+		return &RefusedError{Kind: RefusedImage, Err: err}
+	case errors.As(err, &sc):
+		return &RefusedError{Kind: RefusedSeccomp, PID: sc.PID, Err: err}
+	case errors.As(err, &lk):
+		return &RefusedError{Kind: RefusedLock, PID: lk.PID, Err: err}
+	case errors.As(err, &cg):
+		return &RefusedError{Kind: RefusedCgroup, PID: cg.PID, Err: err}
+	case errors.As(err, &ck):
+		return &RefusedError{Kind: RefusedDiffers, Err: err}
+	}
+	return nil
+}

@@ -1,0 +1,502 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+)
+
+// Difference is one way a process differs from its image.
+type Difference struct {
+	PID  int    `json:"pid"`
+	TID  int    `json:"tid,omitempty"` // 0: process-wide
+	What string `json:"what"`
+	Want string `json:"want"` // as the image has it
+	Got  string `json:"got"`  // as the kernel shows it
+}
+
+func (d Difference) String() string {
+	who := fmt.Sprintf("process %d", d.PID)
+	if d.TID != 0 {
+		who += fmt.Sprintf(" thread %d", d.TID)
+	}
+	return fmt.Sprintf("%s: %s is %s, the image has %s", who, d.What, d.Got, d.Want)
+}
+
+// CheckError says a restored process differs from its image (Check): the
+// restore is refused before the process runs.
+type CheckError struct {
+	Diffs []Difference
+}
+
+func (e *CheckError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "the restored process differs from its image in %d ways", len(e.Diffs))
+	for i, d := range e.Diffs {
+		if i == 10 {
+			fmt.Fprintf(&b, "; and %d more", len(e.Diffs)-i)
+			break
+		}
+		b.WriteString("; ")
+		b.WriteString(d.String())
+	}
+	return b.String()
+}
+
+// Check compares process p.PID as the kernel shows it now with p, its
+// image, and lists the differences. It reads only /proc and what the
+// kernel tells any process with ptrace access to it (sched_getaffinity,
+// prlimit): a view independent of how the restore set things, as the
+// tests take it. What it compares: identity (comm, process group,
+// session, and the parent for a process of a tree), the threads and their
+// names, credentials, blocked signals, seccomp mode and number of
+// filters, scheduling, CPU masks, timer slack and cgroups, each thread's
+// own; signal dispositions (ignored or
+// caught), umask, personality, oom_score_adj, resource limits, the
+// working, root and executable paths; every area of the image's layout
+// (range, protection, sharing, the file mapped); every fd (the same
+// numbers and no other, what each points at, its status flags,
+// close-on-exec, offset of a regular file, and the file locks held
+// through it). It does not compare memory contents, registers, pending
+// signals or socket state.
+//
+// root says whether p is the root of the image (its parent is not in it,
+// so its PPID is not compared).
+func Check(p *core.Process, root bool) []Difference {
+	c := &checker{pid: p.PID}
+	c.process(p, root)
+	c.threads(p)
+	c.memory(p)
+	c.fds(p)
+	return c.diffs
+}
+
+type checker struct {
+	pid   int
+	diffs []Difference
+}
+
+func (c *checker) diff(tid int, what string, want, got any) {
+	c.diffs = append(c.diffs, Difference{PID: c.pid, TID: tid, What: what, Want: fmt.Sprint(want), Got: fmt.Sprint(got)})
+}
+
+// cmp records a difference if want and got differ.
+func cmp[T comparable](c *checker, tid int, what string, want, got T) {
+	if want != got {
+		c.diff(tid, what, want, got)
+	}
+}
+
+func (c *checker) unreadable(tid int, what string, err error) {
+	c.diff(tid, what, "readable", err)
+}
+
+func (c *checker) process(p *core.Process, root bool) {
+	st, err := proc.ReadStat(c.pid)
+	if err != nil {
+		c.unreadable(0, "stat", err)
+		return
+	}
+	cmp(c, 0, "comm", p.Comm, st.Comm)
+	cmp(c, 0, "process group", p.PGID, st.PGRP)
+	cmp(c, 0, "session", p.SID, st.Session)
+	if !root {
+		cmp(c, 0, "parent", p.PPID, st.PPID)
+	}
+	status, err := proc.ReadStatus(c.pid)
+	if err != nil {
+		c.unreadable(0, "status", err)
+		return
+	}
+	if status.HasUmask {
+		cmp(c, 0, "umask", fmt.Sprintf("%#o", p.Umask), fmt.Sprintf("%#o", status.Umask))
+	}
+	var ign, cgt uint64
+	for i, sa := range p.Sigactions {
+		switch {
+		case sa.Handler == 1:
+			ign |= 1 << i
+		case sa.Handler > 1:
+			cgt |= 1 << i
+		}
+	}
+	cmp(c, 0, "ignored signals", fmt.Sprintf("%#x", ign), fmt.Sprintf("%#x", status.SigIgn))
+	cmp(c, 0, "caught signals", fmt.Sprintf("%#x", cgt), fmt.Sprintf("%#x", status.SigCgt))
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/personality", c.pid)); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64); err == nil {
+			cmp(c, 0, "personality", fmt.Sprintf("%#x", p.Personality), fmt.Sprintf("%#x", v))
+		}
+	}
+	if p.Attrs != nil {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.pid)); err == nil {
+			cmp(c, 0, "oom_score_adj", strconv.Itoa(p.Attrs.OOMScoreAdj), strings.TrimSpace(string(b)))
+		}
+	}
+	if len(p.Rlimits) > 0 {
+		// /proc/PID/limits: prlimit(2) on another user's process needs
+		// CAP_SYS_RESOURCE even to read.
+		lims, err := proc.ReadLimits(c.pid)
+		if err != nil {
+			c.unreadable(0, "resource limits", err)
+		}
+		for _, l := range p.Rlimits {
+			if err != nil {
+				break
+			}
+			what := fmt.Sprintf("rlimit %d", l.Resource)
+			if l.Resource >= len(lims) {
+				c.diff(0, what, fmt.Sprintf("%d/%d", l.Cur, l.Max), "not shown")
+				continue
+			}
+			got := lims[l.Resource]
+			cmp(c, 0, what, fmt.Sprintf("%d/%d", l.Cur, l.Max), fmt.Sprintf("%d/%d", got.Cur, got.Max))
+		}
+	}
+	for _, l := range []struct{ what, link, want string }{
+		{"working directory", "cwd", p.Cwd}, {"root directory", "root", p.Root}, {"executable", "exe", p.Exe.Path},
+	} {
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/%s", c.pid, l.link))
+		if err != nil {
+			c.unreadable(0, l.what, err)
+			continue
+		}
+		cmp(c, 0, l.what, l.want, got)
+	}
+}
+
+func (c *checker) threads(p *core.Process) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", c.pid))
+	if err != nil {
+		c.unreadable(0, "threads", err)
+		return
+	}
+	var got, want []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			got = append(got, tid)
+		}
+	}
+	for _, t := range p.Threads {
+		want = append(want, t.TID)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		c.diff(0, "threads", want, got)
+		return
+	}
+	for i := range p.Threads {
+		c.thread(p, &p.Threads[i])
+	}
+}
+
+func (c *checker) thread(p *core.Process, t *core.Thread) {
+	tid := t.TID
+	status, err := proc.ReadTaskStatus(c.pid, tid)
+	if err != nil {
+		c.unreadable(tid, "status", err)
+		return
+	}
+	if t.Comm != "" {
+		cmp(c, tid, "name", t.Comm, status.Name)
+	}
+	want := p.Creds
+	if t.Creds != nil {
+		want = *t.Creds
+	}
+	got := status.Creds()
+	got.Securebits = want.Securebits // not in /proc
+	if !want.Equal(got) {
+		c.diff(tid, "credentials", fmt.Sprintf("%+v", want), fmt.Sprintf("%+v", *got))
+	}
+	cmp(c, tid, "blocked signals", fmt.Sprintf("%#x", t.SigMask), fmt.Sprintf("%#x", status.SigBlk))
+	mode, filters := 0, 0
+	if sc := t.Seccomp; sc != nil {
+		mode = sc.Mode
+		if sc.Mode == core.SeccompModeFilter {
+			filters = len(core.SeccompChain(p.SeccompFilters, sc.Filter))
+		}
+	}
+	cmp(c, tid, "seccomp mode", mode, status.Seccomp)
+	cmp(c, tid, "seccomp filters", filters, status.SeccompFilters)
+	if cgs := t.Cgroups; cgs != nil || p.Cgroups != nil {
+		if cgs == nil {
+			cgs = p.Cgroups
+		}
+		have, err := currentCgroups(c.pid, tid)
+		if err != nil {
+			c.unreadable(tid, "cgroups", err)
+		}
+		for _, w := range cgs {
+			cmp(c, tid, "cgroup "+hierarchyName(w.Controllers), w.Path, have[w.Controllers])
+		}
+	}
+	if s := t.Sched; s != nil {
+		ps, err := proc.ReadSched(tid)
+		if err != nil {
+			c.unreadable(tid, "scheduling", err)
+			return
+		}
+		cmp(c, tid, "scheduling policy", s.Policy, ps.Policy)
+		cmp(c, tid, "real-time priority", s.Priority, ps.Priority)
+		cmp(c, tid, "reset-on-fork", s.ResetOnFork, ps.ResetOnFork)
+		cmp(c, tid, "nice", s.Nice, ps.Nice)
+		cmp(c, tid, "timer slack", s.TimerSlackNS, ps.TimerSlack)
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			c.unreadable(tid, "CPU mask", err)
+			return
+		}
+		if got := cpuWords(&set); !slices.Equal(trimWords(s.Affinity), got) {
+			c.diff(tid, "CPU mask", core.CPUList(s.Affinity), core.CPUList(got))
+		}
+	}
+}
+
+func hierarchyName(controllers string) string {
+	if controllers == "" {
+		return "v2"
+	}
+	return "v1 " + controllers
+}
+
+// cpuWords is a CPU set as 64-bit words, without trailing zero words.
+func cpuWords(set *unix.CPUSet) []uint64 {
+	var out []uint64
+	for i := 0; i < len(set)*64 && i < core.MaxCPUs; i++ {
+		if set.IsSet(i) {
+			for len(out) <= i/64 {
+				out = append(out, 0)
+			}
+			out[i/64] |= 1 << (i % 64)
+		}
+	}
+	return out
+}
+
+func trimWords(w []uint64) []uint64 {
+	for len(w) > 0 && w[len(w)-1] == 0 {
+		w = w[:len(w)-1]
+	}
+	return w
+}
+
+// memory checks that every area of the image is mapped over its whole
+// range with its protection, sharing and file.
+func (c *checker) memory(p *core.Process) {
+	maps, err := proc.ReadMaps(c.pid)
+	if err != nil {
+		c.unreadable(0, "memory layout", err)
+		return
+	}
+	for i := range p.VMAs {
+		v := &p.VMAs[i]
+		at := v.Start
+		for _, m := range maps {
+			if m.End <= at || m.Start > at {
+				continue
+			}
+			area := fmt.Sprintf("area %#x-%#x", v.Start, v.End)
+			cmp(c, 0, area+" protection", protString(v.Prot), protString(m.Prot))
+			cmp(c, 0, area+" sharing", v.Flags&unix.MAP_SHARED != 0, m.Shared)
+			if v.File != nil && !strings.HasPrefix(v.File.Path, "/memfd:") && !v.File.Deleted {
+				cmp(c, 0, area+" file", v.File.Path, m.Path)
+			}
+			at = m.End
+			if at >= v.End {
+				break
+			}
+		}
+		if at < v.End {
+			c.diff(0, fmt.Sprintf("area %#x-%#x", v.Start, v.End), "mapped", fmt.Sprintf("not mapped from %#x", at))
+		}
+	}
+}
+
+func protString(prot int) string {
+	b := []byte("---")
+	if prot&unix.PROT_READ != 0 {
+		b[0] = 'r'
+	}
+	if prot&unix.PROT_WRITE != 0 {
+		b[1] = 'w'
+	}
+	if prot&unix.PROT_EXEC != 0 {
+		b[2] = 'x'
+	}
+	return string(b)
+}
+
+// statusFlags are the file status flags the restore sets and compares.
+const statusFlags = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_DIRECT | unix.O_NOATIME | unix.O_DSYNC | unix.O_SYNC | unix.O_ASYNC | unix.O_PATH
+
+// fds checks that the process has the image's fds and no other, each
+// pointing at what it did, with its flags, offset and locks.
+func (c *checker) fds(p *core.Process) {
+	links, err := proc.ReadFDs(c.pid)
+	if err != nil {
+		c.unreadable(0, "fds", err)
+		return
+	}
+	have := map[int]string{}
+	for _, l := range links {
+		have[l.FD] = l.Target
+	}
+	want := map[int]bool{}
+	for i := range p.FDs {
+		fd := &p.FDs[i]
+		want[fd.FD] = true
+		what := fmt.Sprintf("fd %d", fd.FD)
+		target, ok := have[fd.FD]
+		if !ok {
+			c.diff(0, what, fd.Kind, "not open")
+			continue
+		}
+		if fd.File != nil && (fd.Kind == core.FDFile || fd.Kind == core.FDDir) && !fd.File.Deleted {
+			cmp(c, 0, what+" file", fd.File.Path, target)
+		}
+		info, err := proc.ReadFDInfo(c.pid, fd.FD)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				c.unreadable(0, what+" fdinfo", err)
+			}
+			continue
+		}
+		cmp(c, 0, what+" flags", fmt.Sprintf("%#o", fd.Flags&statusFlags), fmt.Sprintf("%#o", info.Flags&statusFlags))
+		cmp(c, 0, what+" close-on-exec", fd.Cloexec, info.Flags&unix.O_CLOEXEC != 0)
+		if fd.Kind == core.FDFile {
+			cmp(c, 0, what+" offset", fd.Pos, info.Pos)
+		}
+		c.locks(what, fd, info)
+	}
+	for n, target := range have {
+		if !want[n] {
+			c.diff(0, fmt.Sprintf("fd %d", n), "not open", target)
+		}
+	}
+}
+
+func (c *checker) locks(what string, fd *core.FD, info *proc.FDInfo) {
+	got, err := info.FileLocks()
+	if err != nil {
+		c.unreadable(0, what+" locks", err)
+		return
+	}
+	var gs, ws []string
+	for _, l := range got {
+		gs = append(gs, fmt.Sprintf("%s %s %d-%d eof=%v", l.Kind, l.Access, l.Start, l.End, l.ToEOF))
+	}
+	for _, l := range fd.Locks {
+		kind := map[string]string{core.LockPOSIX: "POSIX", core.LockFlock: "FLOCK", core.LockOFD: "OFDLCK"}[l.Kind]
+		access := "READ"
+		if l.Write {
+			access = "WRITE"
+		}
+		var start, end uint64
+		eof := l.Len == 0
+		if l.Kind != core.LockFlock {
+			start = uint64(l.Start)
+			if !eof {
+				end = uint64(l.Start + l.Len - 1)
+			}
+		} else {
+			eof = true
+		}
+		ws = append(ws, fmt.Sprintf("%s %s %d-%d eof=%v", kind, access, start, end, eof))
+	}
+	slices.Sort(gs)
+	slices.Sort(ws)
+	if !slices.Equal(gs, ws) {
+		c.diff(0, what+" locks", ws, gs)
+	}
+}
+
+// Check compares every process built with its image (see the function
+// Check), once Finish has run and before Resume: a process that differs
+// is refused (*CheckError) before it runs.
+func (b *Builder) Check() error {
+	return b.run(context.Background(), []stage{{"check", b.check}})
+}
+
+func (b *Builder) check() error {
+	var diffs []Difference
+	for i, r := range b.all {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		// The threads' own CPU masks, which they have while pinned only
+		// in the restorer's books (ptrace.Proc.Pin).
+		if r.p != nil {
+			if err := r.p.Unpin(); err != nil {
+				return err
+			}
+		}
+		for _, d := range Check(r.proc, i == 0) {
+			if !b.ss.accepted[accepted{d.PID, d.TID, d.What}] {
+				diffs = append(diffs, d)
+			}
+		}
+	}
+	diffs = append(diffs, b.checkSharing()...)
+	if len(diffs) > 0 {
+		return &CheckError{Diffs: diffs}
+	}
+	return nil
+}
+
+// checkSharing checks that the areas of the tree that mapped one shared
+// anonymous object (VMA.Shm) map one object again.
+func (b *Builder) checkSharing() []Difference {
+	type place struct {
+		pid   int
+		start uint64
+	}
+	objects := map[uint64]map[uint64][]place{} // image's -> restored inode -> areas
+	for _, r := range b.all {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		var maps []proc.Mapping
+		for i := range r.proc.VMAs {
+			v := &r.proc.VMAs[i]
+			if v.Kind != core.VMASharedAnon || v.Shm == 0 {
+				continue
+			}
+			if maps == nil {
+				var err error
+				if maps, err = proc.ReadMaps(r.pid); err != nil {
+					return []Difference{{PID: r.pid, What: "memory layout", Want: "readable", Got: err.Error()}}
+				}
+			}
+			for _, m := range maps {
+				if m.Start <= v.Start && v.Start < m.End {
+					if objects[v.Shm] == nil {
+						objects[v.Shm] = map[uint64][]place{}
+					}
+					objects[v.Shm][m.Inode] = append(objects[v.Shm][m.Inode], place{r.pid, v.Start})
+				}
+			}
+		}
+	}
+	var diffs []Difference
+	for shm, got := range objects {
+		if len(got) > 1 {
+			var parts []string
+			for ino, at := range got {
+				parts = append(parts, fmt.Sprintf("inode %d at %v", ino, at))
+			}
+			slices.Sort(parts)
+			diffs = append(diffs, Difference{PID: b.all[0].pid, What: fmt.Sprintf("shared memory %d", shm), Want: "one object", Got: strings.Join(parts, "; ")})
+		}
+	}
+	return diffs
+}
