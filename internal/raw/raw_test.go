@@ -457,3 +457,43 @@ func TestUserfaultfdDevice(t *testing.T) {
 		t.Errorf("UFFDIO_API on a userfaultfd from /dev/userfaultfd: %#x, %v", api.Features, err)
 	}
 }
+
+// TestPtraceSeccomp reads back the two filters of the main thread of the
+// seccomp fixture (filter A for all threads, then B with
+// SECCOMP_FILTER_FLAG_LOG), and finds no third.
+func TestPtraceSeccomp(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "seccomp"))
+	p.WaitLine(t, 10*time.Second, 0, "ready")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := Ptrace(unix.PTRACE_SEIZE, p.PID, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Kill(p.PID, unix.SIGKILL) // p's cleanup reaps it
+	if err := Ptrace(unix.PTRACE_INTERRUPT, p.PID, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	var ws unix.WaitStatus
+	if _, err := IgnoringEINTR2(func() (int, error) { return unix.Wait4(p.PID, &ws, unix.WALL, nil) }); err != nil || !ws.Stopped() {
+		t.Fatalf("wait for the stop: %#x, %v", uint32(ws), err)
+	}
+	var flags []uint64
+	for i := range 2 {
+		prog, err := PtraceSeccompGetFilter(p.PID, i)
+		if err != nil || len(prog) == 0 || len(prog)%8 != 0 {
+			t.Fatalf("filter %d: %d bytes, %v", i, len(prog), err)
+		}
+		f, err := PtraceSeccompGetMetadata(p.PID, i)
+		if err != nil {
+			t.Fatalf("filter %d metadata: %v", i, err)
+		}
+		flags = append(flags, f)
+	}
+	if !slices.Contains(flags, unix.SECCOMP_FILTER_FLAG_LOG) {
+		t.Errorf("filter flags %v, none with SECCOMP_FILTER_FLAG_LOG", flags)
+	}
+	if _, err := PtraceSeccompGetFilter(p.PID, 2); err != unix.ENOENT {
+		t.Errorf("a third filter: %v, want ENOENT", err)
+	}
+}
