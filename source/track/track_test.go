@@ -460,6 +460,8 @@ func TestTrackClose(t *testing.T) {
 				// workload may, and maps a stack and an arena for it.
 				if n := threads(t, w.PID); n != threadsBefore {
 					t.Logf("the workload's runtime went from %d to %d threads; mappings changed:\n%s", threadsBefore, n, lineDiff(mapsBefore, got))
+				} else if onlyArenas(mapsBefore, got) {
+					t.Logf("a thread of the workload's runtime made or grew a malloc arena:\n%s", lineDiff(mapsBefore, got))
 				} else {
 					t.Errorf("mappings changed:\n%s", lineDiff(mapsBefore, got))
 				}
@@ -530,6 +532,69 @@ func fdLinks(t testing.TB, pid int) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// arenaSize is the address space of a glibc malloc arena other than the
+// main one (HEAP_MAX_SIZE on 64-bit): a reservation of its own size and
+// alignment, read-write at the start and PROT_NONE after.
+const arenaSize = 64 << 20
+
+// onlyArenas reports whether the maps texts before and after differ only
+// in malloc arenas: every line one has and the other lacks lies in an
+// arena-aligned block that, after, is exactly an arena (an anonymous
+// rw-p mapping from the block's start, then ---p to its end). Under cgo a
+// thread of the workload's runtime makes one on its first malloc.
+func onlyArenas(before, after string) bool {
+	type m struct {
+		start, end uint64
+		perms      string
+		anon       bool
+	}
+	parse := func(text string) (map[string]m, []m) {
+		lines := map[string]m{}
+		var all []m
+		for l := range strings.Lines(text) {
+			f := strings.Fields(l)
+			if len(f) < 5 {
+				continue
+			}
+			var x m
+			if _, err := fmt.Sscanf(f[0], "%x-%x", &x.start, &x.end); err != nil {
+				continue
+			}
+			x.perms, x.anon = f[1], len(f) == 5
+			lines[strings.TrimSpace(l)] = x
+			all = append(all, x)
+		}
+		return lines, all
+	}
+	bl, _ := parse(before)
+	al, afterAll := parse(after)
+	isArena := func(block uint64) bool {
+		var in []m
+		for _, x := range afterAll {
+			if x.start < block+arenaSize && x.end > block {
+				in = append(in, x)
+			}
+		}
+		return len(in) == 2 && in[0].anon && in[1].anon &&
+			in[0].start == block && in[0].perms == "rw-p" && in[0].end == in[1].start &&
+			in[1].perms == "---p" && in[1].end == block+arenaSize
+	}
+	changed := 0
+	for _, diff := range []struct{ a, b map[string]m }{{bl, al}, {al, bl}} {
+		for l, x := range diff.a {
+			if _, ok := diff.b[l]; ok {
+				continue
+			}
+			changed++
+			block := x.start &^ (arenaSize - 1)
+			if x.end > block+arenaSize || !isArena(block) {
+				return false
+			}
+		}
+	}
+	return changed > 0
 }
 
 func mapsText(t testing.TB, pid int) string {
@@ -857,4 +922,31 @@ func TestTrackFinalDirty(t *testing.T) {
 	expect(t, "FinalDirty", got.got, got.regions, map[string][]int{
 		"A": {1, 5, 9, 63}, "S": {3}, "F": {2, 5}, "R": {2}, "E": seq(0, 8), "U": {1}, "G": seq(0, 4),
 	})
+}
+
+// TestOnlyArenas: TestTrackClose tells a malloc arena the workload's
+// runtime made (seen on a loaded machine) from a mapping left behind.
+func TestOnlyArenas(t *testing.T) {
+	const base = "55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /bin/x\n" +
+		"7f70f0000000-7f70f0021000 rw-p 00000000 00:00 0 \n" +
+		"7f70f0021000-7f70f4000000 ---p 00000000 00:00 0 \n"
+	arena := "7f7100000000-7f7100021000 rw-p 00000000 00:00 0 \n" +
+		"7f7100021000-7f7104000000 ---p 00000000 00:00 0 \n"
+	grown := strings.Replace(strings.Replace(base, "7f70f0000000-7f70f0021000", "7f70f0000000-7f70f0042000", 1),
+		"7f70f0021000-7f70f4000000", "7f70f0042000-7f70f4000000", 1)
+	for _, c := range []struct {
+		name, after string
+		want        bool
+	}{
+		{"same", base, false},
+		{"new arena", base + arena, true},
+		{"arena grown", grown, true},
+		{"a page left", base + "7f7200000000-7f7200001000 rw-p 00000000 00:00 0 \n", false},
+		{"a page in an arena's block", base + "7f7100000000-7f7100001000 rw-p 00000000 00:00 0 \n", false},
+		{"a file mapping", base + "7f7100000000-7f7100021000 rw-p 00000000 08:01 9 /tmp/f\n7f7100021000-7f7104000000 ---p 00000000 00:00 0 \n", false},
+	} {
+		if got := onlyArenas(base, c.after); got != c.want {
+			t.Errorf("%s: onlyArenas = %v, want %v", c.name, got, c.want)
+		}
+	}
 }
