@@ -14,7 +14,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/testutil"
-	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/source/track"
 )
 
 // TestTrackerRace checks a tracker against the truth while the process
@@ -24,7 +24,7 @@ import (
 // found uffd-wp scans racing with writes losing some (now each scan runs
 // with the process paused).
 func TestTrackerRace(t *testing.T) {
-	for _, name := range []string{source.TrackerUffdWP, source.TrackerHash} {
+	for _, name := range []string{track.UffdWP, track.Hash} {
 		t.Run(name, func(t *testing.T) { trackerRace(t, name) })
 	}
 }
@@ -47,7 +47,7 @@ func trackerRace(t *testing.T, name string) {
 	}
 	tr := ptrace.NewTracer()
 	defer tr.Close()
-	tk, err := source.NewTracker(name, pid)
+	tk, err := track.New(name, pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func trackerRace(t *testing.T, name string) {
 		}
 		return b
 	}
-	in := func(rs []source.PageRange, a uint64) bool {
+	in := func(rs []track.PageRange, a uint64) bool {
 		for _, r := range rs {
 			if a >= r.Start && a < r.End {
 				return true
@@ -95,7 +95,7 @@ func trackerRace(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	lost := 0
-	var pd1, pd2 []source.PageRange
+	var pd1, pd2 []track.PageRange
 	for it := 0; it < 40 && lost < 20; it++ {
 		unix.Kill(pid, unix.SIGCONT)
 		time.Sleep(time.Duration(rand.Intn(100)) * time.Millisecond)

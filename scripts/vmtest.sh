@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# vmtest.sh: run the dirty-tracker tests (source, -test.run Track) under
+# vmtest.sh: run the dirty-tracker tests (source/track, -test.run Track) under
 # Debian's cloud kernel in qemu (TCG, no KVM needed), whose kernel has
 # CONFIG_MEM_SOFT_DIRTY, which the hosts here lack. The VM boots an
 # initramfs holding only a static /init (e2e/vm/init) and the static test
@@ -95,7 +95,7 @@ else
 	log "work directory $work"
 fi
 mkdir -p "$work/root"
-(cd "$root" && CGO_ENABLED=0 go test -c -o "$work/root/source.test" ./source) || die "building the test binary failed"
+(cd "$root" && CGO_ENABLED=0 go test -c -o "$work/root/track.test" ./source/track) || die "building the test binary failed"
 (cd "$root" && CGO_ENABLED=0 go build -o "$work/root/init" ./e2e/vm/init) || die "building /init failed"
 (cd "$work/root" && find . -mindepth 1 | cpio -o -H newc --quiet) >"$work/initrd" || die "cpio failed"
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/raw"
 	"github.com/procmig/migrate/source/sockets"
 )
 
@@ -479,7 +480,7 @@ const tfdIocSetTicks = 0x40085400
 func settleTimerfd(pid, fd, dup int, tf *proc.Timerfd) (*proc.Timerfd, error) {
 	// First make sure the count can be put back: set it to what it is.
 	ticks := tf.Ticks
-	if err := ioctlU64(dup, tfdIocSetTicks, &ticks); err != nil {
+	if _, err := raw.Ioctl(dup, tfdIocSetTicks, &ticks); err != nil {
 		// No TFD_IOC_SET_TICKS (CONFIG_CHECKPOINT_RESTORE): keep the
 		// timer as fdinfo shows it.
 		return tf, nil
@@ -490,7 +491,7 @@ func settleTimerfd(pid, fd, dup int, tf *proc.Timerfd) (*proc.Timerfd, error) {
 		return nil, fmt.Errorf("timerfd: read its expirations: %v", err)
 	}
 	ticks = binary.LittleEndian.Uint64(b[:])
-	if err := ioctlU64(dup, tfdIocSetTicks, &ticks); err != nil {
+	if _, err := raw.Ioctl(dup, tfdIocSetTicks, &ticks); err != nil {
 		return nil, fmt.Errorf("timerfd: put back %d expirations: %w", ticks, err)
 	}
 	info, err := proc.ReadFDInfo(pid, fd)

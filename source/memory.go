@@ -461,7 +461,7 @@ func (s *pageSink) finish() (pagestream.Stats, error) {
 
 // stored says whether page e of an area of kind belongs in the image.
 func stored(kind string, e proc.PagemapEntry) bool {
-	swapped := e.Swapped() && !pteMarker(e) // uffd-wp marks untouched pages with markers
+	swapped := e.Swapped() && !e.PTEMarker() // uffd-wp marks untouched pages with markers
 	switch kind {
 	case core.VMAFile:
 		// Pages a private file mapping still shares with its file are not.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/source/track"
 )
 
 // RoundReport says what one round of a dump did. Pre-copy rounds run while
@@ -103,7 +104,7 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 			if !holdsPages(v.Kind) {
 				continue
 			}
-			c := PageRange{max(r.Start, v.Start), min(r.End, v.End)}
+			c := PageRange{Start: max(r.Start, v.Start), End: min(r.End, v.End)}
 			dirty += c.Pages()
 			if len(group) > 0 && (gv != v || c.Start-group[len(group)-1].End > maxGap || c.End-group[0].Start > maxSpan) {
 				if err := sendGroup(); err != nil {
@@ -137,11 +138,11 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 	if name == "" {
 		name = TrackerAuto
 	}
-	d.tracker, err = NewTracker(name, d.pid)
+	d.tracker, err = track.New(name, d.pid)
 	if err != nil {
 		return nil, err
 	}
-	if ct, ok := d.tracker.(ContentTracker); ok {
+	if ct, ok := d.tracker.(track.ContentTracker); ok {
 		s.onSent = ct.Sent
 	}
 	// The process runs until the final round: what it unmaps while a
@@ -256,7 +257,7 @@ func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
 			if holdsPages(vmas[i].Kind) {
-				out = append(out, PageRange{max(r.Start, vmas[i].Start), min(r.End, vmas[i].End)})
+				out = append(out, PageRange{Start: max(r.Start, vmas[i].Start), End: min(r.End, vmas[i].End)})
 			}
 		}
 	}
@@ -276,7 +277,7 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 	m := s.meter(round)
 	var ranges []PageRange
 	var err error
-	if ft, ok := d.tracker.(FinalTracker); ok {
+	if ft, ok := d.tracker.(track.FinalTracker); ok {
 		ranges, err = ft.FinalDirty(vmas)
 	} else {
 		ranges, err = d.tracker.Dirty(vmas)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/procmig/migrate/internal/testutil/workload"
 	"github.com/procmig/migrate/pagestream"
 )
 
@@ -15,12 +16,12 @@ import (
 // are sent; with the process frozen it is an error naming the area.
 func TestSinkAreaGone(t *testing.T) {
 	for _, racy := range []bool{true, false} {
-		w := startWorkload(t)
-		a := w.mapRegion("map", "A", 8, 0)
-		w.call("populate A")
-		b := w.mapRegion("map", "B", 8, 0)
-		w.call("populate B")
-		d := &dumper{session: &session{}, pid: w.pid}
+		w := workload.Start(t)
+		a := w.Map("map", "A", 8, 0)
+		w.Call("populate A")
+		b := w.Map("map", "B", 8, 0)
+		w.Call("populate B")
+		d := &dumper{session: &session{}, pid: w.PID}
 		var out bytes.Buffer
 		s, err := d.newSink(pagestream.CodecS2, &out, "test")
 		if err != nil {
@@ -28,19 +29,19 @@ func TestSinkAreaGone(t *testing.T) {
 		}
 		s.racy = racy
 		ctx := context.Background()
-		for _, r := range []region{a, b} {
-			if err := s.queue(ctx, 0, r.start, r.start+2*pg); err != nil {
+		for _, r := range []workload.Region{a, b} {
+			if err := s.queue(ctx, 0, r.Start, r.Start+2*workload.Page); err != nil {
 				t.Fatal(err)
 			}
 		}
-		w.call("unmap B")
+		w.Call("unmap B")
 		err = s.drain(ctx)
 		switch {
 		case racy && err != nil:
 			t.Fatalf("racy: %v", err)
 		case racy:
-			if s.pages != 2 || s.skipped != 2 || !s.sent.Has(a.start) || s.sent.Has(b.start) {
-				t.Errorf("racy: %d pages sent, %d skipped, A sent %v, B sent %v; want 2, 2, true, false", s.pages, s.skipped, s.sent.Has(a.start), s.sent.Has(b.start))
+			if s.pages != 2 || s.skipped != 2 || !s.sent.Has(a.Start) || s.sent.Has(b.Start) {
+				t.Errorf("racy: %d pages sent, %d skipped, A sent %v, B sent %v; want 2, 2, true, false", s.pages, s.skipped, s.sent.Has(a.Start), s.sent.Has(b.Start))
 			}
 			if _, err := s.finish(); err != nil {
 				t.Fatal(err)
@@ -50,7 +51,7 @@ func TestSinkAreaGone(t *testing.T) {
 				t.Fatal(err)
 			}
 			fr, err := rd.Next()
-			if err != nil || fr.Addr != a.start || fr.Pages != 2 {
+			if err != nil || fr.Addr != a.Start || fr.Pages != 2 {
 				t.Errorf("the stream's first frame: %+v, %v; want A's 2 pages", fr, err)
 			}
 			rd.Close()

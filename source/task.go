@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // collectTask gathers what /proc and ptrace tell without injecting anything.
@@ -136,10 +136,9 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 		t.Comm = string(trimNL(b))
 	}
 	// get_robust_list works from outside with ptrace access.
-	var head, size uint64
-	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(th.TID),
-		uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&size))); e != 0 {
-		return t, fmt.Errorf("thread %d: get_robust_list: %w", th.TID, e)
+	head, size, err := raw.GetRobustList(th.TID)
+	if err != nil {
+		return t, fmt.Errorf("thread %d: get_robust_list: %w", th.TID, err)
 	}
 	t.RobustList, t.RobustLen = head, size
 	// A thread registered with rseq (glibc registers every thread) that
@@ -156,15 +155,6 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 		return t, err
 	}
 	return t, nil
-}
-
-func regsToCore(r *unix.PtraceRegs) core.Regs {
-	return core.Regs{
-		R15: r.R15, R14: r.R14, R13: r.R13, R12: r.R12, RBP: r.Rbp, RBX: r.Rbx, R11: r.R11, R10: r.R10,
-		R9: r.R9, R8: r.R8, RAX: r.Rax, RCX: r.Rcx, RDX: r.Rdx, RSI: r.Rsi, RDI: r.Rdi,
-		OrigRAX: r.Orig_rax, RIP: r.Rip, CS: r.Cs, EFLAGS: r.Eflags, RSP: r.Rsp, SS: r.Ss,
-		FSBase: r.Fs_base, GSBase: r.Gs_base, DS: r.Ds, ES: r.Es, FS: r.Fs, GS: r.Gs,
-	}
 }
 
 // fileRef describes the file a /proc link (exe, map_files, fd) points to.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
@@ -296,7 +297,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 		}
 		if t.Ticks > 0 {
 			ticks := t.Ticks
-			if err := ioctlPtr(tfd, tfdIocSetTicks, unsafePointer(&ticks)); err != nil {
+			if _, err := raw.Ioctl(tfd, tfdIocSetTicks, &ticks); err != nil {
 				r.warn("timerfd: %d unread expirations lost: %v", t.Ticks, err)
 			}
 		}

@@ -6,7 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
-	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // flockOf is the struct flock of a byte-range lock.
@@ -45,7 +45,7 @@ func (r *restorer) takeLocks(files map[int]*os.File) error {
 				}
 				fl := flockOf(l)
 				var addr uint64
-				if addr, err = r.put(0, ptrace.Bytes(&fl)); err != nil {
+				if addr, err = r.put(0, raw.Bytes(&fl)); err != nil {
 					return err
 				}
 				_, err = r.sys("fcntl", unix.SYS_FCNTL, uint64(fd.FD), cmd, addr)

@@ -22,6 +22,7 @@ import (
 	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // session is the state a restore shares among the processes of the tree.
@@ -504,13 +505,13 @@ type cloneArgs struct {
 func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
 	tid := int32(pid)
 	ca := cloneArgs{ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: 1}
-	if _, err := ptrace.WriteMemForce(p.PID, huskData, ptrace.Bytes(&ca)); err != nil {
+	if _, err := ptrace.WriteMemForce(p.PID, huskData, raw.Bytes(&ca)); err != nil {
 		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 	}
-	if _, err := ptrace.WriteMemForce(p.PID, huskData+128, ptrace.Bytes(&tid)); err != nil {
+	if _, err := ptrace.WriteMemForce(p.PID, huskData+128, raw.Bytes(&tid)); err != nil {
 		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 	}
-	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(ptrace.Bytes(&ca))))
+	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(raw.Bytes(&ca))))
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if err := pidFree(pid); err != nil {

@@ -8,8 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core"
-	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // prctlMMMap is struct prctl_mm_map.
@@ -139,11 +138,11 @@ func (r *restorer) setMM() error {
 		EnvStart: p.MM.EnvStart, EnvEnd: p.MM.EnvEnd,
 		Auxv: auxvAddr, AuxvSize: uint32(len(auxv)), ExeFD: uint32(exeFD),
 	}
-	addr, err := r.put(0, ptrace.Bytes(&mm))
+	addr, err := r.put(0, raw.Bytes(&mm))
 	if err != nil {
 		return err
 	}
-	if _, err := r.sys("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, uint64(len(ptrace.Bytes(&mm))), 0); err != nil {
+	if _, err := r.sys("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, uint64(len(raw.Bytes(&mm))), 0); err != nil {
 		return err
 	}
 	return nil
@@ -161,16 +160,16 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 func (r *restorer) createThreads() error {
 	for _, t := range r.proc.Threads[1:] {
 		tid := int32(t.TID)
-		tidAddr, err := r.put(256, ptrace.Bytes(&tid))
+		tidAddr, err := r.put(256, raw.Bytes(&tid))
 		if err != nil {
 			return err
 		}
 		ca := cloneArgs{Flags: threadFlags, SetTID: tidAddr, SetTIDSize: 1}
-		addr, err := r.put(0, ptrace.Bytes(&ca))
+		addr, err := r.put(0, raw.Bytes(&ca))
 		if err != nil {
 			return err
 		}
-		got, err := r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(ptrace.Bytes(&ca))))
+		got, err := r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(raw.Bytes(&ca))))
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}
@@ -309,15 +308,6 @@ func (r *restorer) restoreThreads(context.Context) error {
 		r.p.SetRegs(th, &regs)
 	}
 	return nil
-}
-
-func regsFromCore(c *core.Regs) unix.PtraceRegs {
-	return unix.PtraceRegs{
-		R15: c.R15, R14: c.R14, R13: c.R13, R12: c.R12, Rbp: c.RBP, Rbx: c.RBX, R11: c.R11, R10: c.R10,
-		R9: c.R9, R8: c.R8, Rax: c.RAX, Rcx: c.RCX, Rdx: c.RDX, Rsi: c.RSI, Rdi: c.RDI,
-		Orig_rax: c.OrigRAX, Rip: c.RIP, Cs: c.CS, Eflags: c.EFLAGS, Rsp: c.RSP, Ss: c.SS,
-		Fs_base: c.FSBase, Gs_base: c.GSBase, Ds: c.DS, Es: c.ES, Fs: c.FS, Gs: c.GS,
-	}
 }
 
 // sigaltstack flags.

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // unixBuilder rebuilds every unix socket of the image, in steps that
@@ -534,10 +535,7 @@ func refill(sender *os.File, to unix.Sockaddr, typ int, data []byte) error {
 			continue
 		}
 		for off := 0; off < len(m); {
-			n, err := unix.SendmsgN(fd, m[off:], nil, to, flags)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
+			n, err := raw.IgnoringEINTR2(func() (int, error) { return unix.SendmsgN(fd, m[off:], nil, to, flags) })
 			if err != nil {
 				return fmt.Errorf("%d of %d bytes queued: %w", off, len(m), err)
 			}

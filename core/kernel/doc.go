@@ -1,7 +1,7 @@
 // Package kernel finds out which kernel mechanisms work on this host, by
-// using them (never by reading the kernel configuration), and holds the
-// kernel ABI constants and structs that golang.org/x/sys/unix lacks
-// (uapi.go), for every package of migrate to share.
+// using them (never by reading the kernel configuration). The kernel ABI
+// constants and structs that golang.org/x/sys/unix lacks, and the raw calls
+// that take them, are in internal/raw.
 //
 // Check runs one probe per mechanism: ptrace seize and interrupt, syscall
 // injection (through a function the caller passes in, from core/ptrace),
@@ -21,5 +21,6 @@
 // mapping behind.
 //
 // The package is Linux and x86-64 only. It uses core/proc to read /proc and
+// internal/raw for system calls, and
 // knows nothing of the image model, of networking or of compression.
 package kernel

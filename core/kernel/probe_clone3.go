@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ProbeClone3SetTID asks a helper child to create a grandchild with a PID
@@ -60,7 +62,7 @@ func helperClone3(say func(string, ...any), _ *bufio.Scanner) {
 			say("err no free pid found after ns_last_pid %d", last)
 			return
 		}
-		got, err := clone3SetTID(pid)
+		got, err := raw.Clone3SetTID(pid)
 		if errors.Is(err, unix.EEXIST) {
 			candidate = pid + 1
 			continue
@@ -70,12 +72,10 @@ func helperClone3(say func(string, ...any), _ *bufio.Scanner) {
 			return
 		}
 		var ws unix.WaitStatus
-		for {
-			_, err = unix.Wait4(got, &ws, 0, nil)
-			if !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		err = raw.IgnoringEINTR(func() error {
+			_, err := unix.Wait4(got, &ws, 0, nil)
+			return err
+		})
 		if err != nil {
 			say("err wait4 %d: %v", got, err)
 			return

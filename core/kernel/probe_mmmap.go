@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ProbeMMMap asks a helper child to set its own mm fields (code, data,
@@ -29,7 +31,7 @@ func ProbeMMMap(ctx context.Context) (string, error) {
 }
 
 func helperMMMap(say func(string, ...any), _ *bufio.Scanner) {
-	size, err := prctlMMMapSize()
+	size, err := raw.PrctlMMMapSize()
 	if err != nil {
 		sayErr(say, "PR_SET_MM_MAP_SIZE", err)
 		return
@@ -60,7 +62,7 @@ func helperMMMap(say func(string, ...any), _ *bufio.Scanner) {
 		return
 	}
 	m.ExeFD = ^uint32(0) // keep /proc/self/exe
-	if err := prctlSetMMMap(m, auxv); err != nil {
+	if err := raw.PrctlSetMMMap(m, auxv); err != nil {
 		sayErr(say, "PR_SET_MM_MAP", err)
 		return
 	}
@@ -71,12 +73,12 @@ func helperMMMap(say func(string, ...any), _ *bufio.Scanner) {
 // endcode, startstack (fields 26-28) and start_data, end_data, start_brk,
 // arg_start, arg_end, env_start, env_end (45-51), as numbered in proc(5).
 // Brk and Auxv are not in stat and are left zero.
-func parseStatMM(stat []byte) (PrctlMMMap, error) {
+func parseStatMM(stat []byte) (raw.PrctlMMMap, error) {
 	// comm (field 2) may hold spaces and parentheses: fields start after
 	// the last ')'.
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
-		return PrctlMMMap{}, errors.New("no ')' after comm")
+		return raw.PrctlMMMap{}, errors.New("no ')' after comm")
 	}
 	fields := bytes.Fields(stat[i+1:])
 	// fields[0] is field 3 (state).
@@ -90,7 +92,7 @@ func parseStatMM(stat []byte) (PrctlMMMap, error) {
 		}
 		return v, nil
 	}
-	var m PrctlMMMap
+	var m raw.PrctlMMMap
 	for _, f := range []struct {
 		n   int
 		dst *uint64
@@ -101,7 +103,7 @@ func parseStatMM(stat []byte) (PrctlMMMap, error) {
 	} {
 		v, err := get(f.n)
 		if err != nil {
-			return PrctlMMMap{}, err
+			return raw.PrctlMMMap{}, err
 		}
 		*f.dst = v
 	}

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"golang.org/x/sys/unix"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 const (
@@ -38,21 +38,19 @@ func ProbeProcessVM(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("helper address %q: %w", kv["addr"], err)
 	}
 	pid := h.pid()
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(vmInit)}}
-
 	got := make([]byte, len(vmInit))
-	if n, err := unix.ProcessVMReadv(pid, []unix.Iovec{iovec(got)}, remote, 0); err != nil || n != len(got) {
+	if n, err := raw.ReadRemote(pid, got, addr); err != nil || n != len(got) {
 		return "", unsupported(FeatureProcessVM, fmt.Sprintf("process_vm_readv of %d bytes returned %d", len(got), n), err)
 	}
 	if string(got) != vmInit {
 		return "", unsupported(FeatureProcessVM, fmt.Sprintf("process_vm_readv read %q, the child holds %q", got, vmInit), nil)
 	}
 	src := []byte(vmWrite)
-	if n, err := unix.ProcessVMWritev(pid, []unix.Iovec{iovec(src)}, remote, 0); err != nil || n != len(src) {
+	if n, err := raw.WriteRemote(pid, src, addr); err != nil || n != len(src) {
 		return "", unsupported(FeatureProcessVM, fmt.Sprintf("process_vm_writev of %d bytes returned %d", len(src), n), err)
 	}
 	clear(got)
-	if n, err := unix.ProcessVMReadv(pid, []unix.Iovec{iovec(got)}, remote, 0); err != nil || n != len(got) {
+	if n, err := raw.ReadRemote(pid, got, addr); err != nil || n != len(got) {
 		return "", unsupported(FeatureProcessVM, "process_vm_readv after the write", err)
 	}
 	if string(got) != vmWrite {
@@ -75,15 +73,9 @@ func ProbeProcessVM(ctx context.Context) (string, error) {
 	return fmt.Sprintf("read, wrote and read back %d bytes of a child", len(vmWrite)), nil
 }
 
-func iovec(b []byte) unix.Iovec {
-	v := unix.Iovec{Base: &b[0]}
-	v.SetLen(len(b))
-	return v
-}
-
 func helperBuffer(say func(string, ...any), cmds *bufio.Scanner) {
 	copy(helperBuf[:], vmInit)
-	say("ok addr=%#x", addrOf(helperBuf[:]))
+	say("ok addr=%#x", raw.AddrOf(helperBuf[:]))
 	for cmds.Scan() {
 		if cmds.Text() != "show" {
 			say("err unknown command %q", cmds.Text())

@@ -2,12 +2,13 @@ package kernel
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ProbePtraceSeize seizes a helper child, interrupts it, waits for its
@@ -82,10 +83,8 @@ func waitStop(ctx context.Context, pid int) (unix.WaitStatus, error) {
 	delay := 50 * time.Microsecond
 	for {
 		var ws unix.WaitStatus
-		got, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+		got, err := raw.IgnoringEINTR2(func() (int, error) { return unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil) })
 		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
 		case err != nil:
 			return 0, fmt.Errorf("wait4 %d: %w", pid, err)
 		case got == pid:

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ProbeSoftDirty asks a helper child to clear its soft-dirty bits (write
@@ -47,17 +49,17 @@ func helperSoftDirty(say func(string, ...any), _ *bufio.Scanner) {
 		return
 	}
 	defer pm.Close()
-	off := int64(addrOf(page)/uint64(pageSize)) * 8
+	off := int64(raw.AddrOf(page)/uint64(pageSize)) * 8
 	bit := func() (int, error) {
 		var b [8]byte
 		if _, err := pm.ReadAt(b[:], off); err != nil {
 			return 0, err
 		}
 		e := binary.LittleEndian.Uint64(b[:])
-		if e&PM_PRESENT == 0 {
+		if e&raw.PM_PRESENT == 0 {
 			return 0, errors.New("probe page not present")
 		}
-		if e&PM_SOFT_DIRTY != 0 {
+		if e&raw.PM_SOFT_DIRTY != 0 {
 			return 1, nil
 		}
 		return 0, nil

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ProbeTCPRepair connects a TCP pair on loopback, exchanges a few bytes,
@@ -92,15 +94,15 @@ type tcpSeqs struct{ send, recv uint32 }
 // repairSeqs turns repair mode on, reads the queue sequence numbers and
 // turns it off again.
 func repairSeqs(c *net.TCPConn) (tcpSeqs, error) {
-	raw, err := c.SyscallConn()
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return tcpSeqs{}, err
 	}
 	var seqs tcpSeqs
 	var opErr error
-	err = raw.Control(func(fd uintptr) {
+	err = rc.Control(func(fd uintptr) {
 		s := int(fd)
-		if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, TCP_REPAIR_ON); err != nil {
+		if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, raw.TCP_REPAIR_ON); err != nil {
 			what := "setsockopt TCP_REPAIR on"
 			if errors.Is(err, unix.EPERM) {
 				what += " (needs CAP_NET_ADMIN)"
@@ -109,7 +111,7 @@ func repairSeqs(c *net.TCPConn) (tcpSeqs, error) {
 			return
 		}
 		defer func() {
-			if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, TCP_REPAIR_OFF); err != nil && opErr == nil {
+			if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, raw.TCP_REPAIR_OFF); err != nil && opErr == nil {
 				opErr = unsupported(FeatureTCPRepair, "setsockopt TCP_REPAIR off", err)
 			}
 		}()
@@ -117,7 +119,7 @@ func repairSeqs(c *net.TCPConn) (tcpSeqs, error) {
 			queue int
 			dst   *uint32
 			name  string
-		}{{TCP_SEND_QUEUE, &seqs.send, "send"}, {TCP_RECV_QUEUE, &seqs.recv, "recv"}} {
+		}{{raw.TCP_SEND_QUEUE, &seqs.send, "send"}, {raw.TCP_RECV_QUEUE, &seqs.recv, "recv"}} {
 			if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, q.queue); err != nil {
 				opErr = unsupported(FeatureTCPRepair, "TCP_REPAIR_QUEUE "+q.name, err)
 				return
@@ -129,7 +131,7 @@ func repairSeqs(c *net.TCPConn) (tcpSeqs, error) {
 			}
 			*q.dst = uint32(v)
 		}
-		if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, TCP_NO_QUEUE); err != nil {
+		if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, raw.TCP_NO_QUEUE); err != nil {
 			opErr = unsupported(FeatureTCPRepair, "TCP_REPAIR_QUEUE none", err)
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 const uffdPages = 4
@@ -28,7 +30,7 @@ func ProbeUffdWP(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if supported&UFFD_FEATURE_WP_ASYNC == 0 {
+	if supported&raw.UFFD_FEATURE_WP_ASYNC == 0 {
 		return "", unsupported(FeatureUffdWP, fmt.Sprintf("UFFD_FEATURE_WP_ASYNC missing (features %#x); needs Linux 6.7", supported), nil)
 	}
 
@@ -56,20 +58,18 @@ func ProbeUffdWP(ctx context.Context) (string, error) {
 	}
 	defer unix.Close(uffd)
 
-	want := uint64(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
-	if supported&UFFD_FEATURE_WP_HUGETLBFS_SHMEM != 0 {
-		want |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+	want := uint64(raw.UFFD_FEATURE_WP_ASYNC | raw.UFFD_FEATURE_WP_UNPOPULATED)
+	if supported&raw.UFFD_FEATURE_WP_HUGETLBFS_SHMEM != 0 {
+		want |= raw.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
 	}
-	api := UffdioAPI{API: UFFD_API, Features: want}
-	if _, err := ioctlPtr(uffd, UFFDIO_API, &api); err != nil {
+	api, err := raw.UffdAPI(uffd, want)
+	if err != nil {
 		return "", unsupported(FeatureUffdWP, fmt.Sprintf("UFFDIO_API with features %#x", want), err)
 	}
-	reg := UffdioRegister{Range: UffdioRange{Start: addr, Len: length}, Mode: UFFDIO_REGISTER_MODE_WP}
-	if _, err := ioctlPtr(uffd, UFFDIO_REGISTER, &reg); err != nil {
+	if _, err := raw.UffdRegister(uffd, addr, length, raw.UFFDIO_REGISTER_MODE_WP); err != nil {
 		return "", unsupported(FeatureUffdWP, "UFFDIO_REGISTER in MODE_WP on the child's pages", err)
 	}
-	wp := UffdioWriteprotect{Range: UffdioRange{Start: addr, Len: length}, Mode: UFFDIO_WRITEPROTECT_MODE_WP}
-	if _, err := ioctlPtr(uffd, UFFDIO_WRITEPROTECT, &wp); err != nil {
+	if err := raw.UffdWriteprotect(uffd, addr, length, raw.UFFDIO_WRITEPROTECT_MODE_WP); err != nil {
 		return "", unsupported(FeatureUffdWP, "UFFDIO_WRITEPROTECT", err)
 	}
 
@@ -78,14 +78,14 @@ func ProbeUffdWP(ctx context.Context) (string, error) {
 		return "", err
 	}
 	defer pm.Close()
-	scan := func() ([]PageRegion, error) {
-		vec := make([]PageRegion, 8)
-		got, walkEnd, err := pagemapScan(int(pm.Fd()), PmScanArg{
-			Flags:        PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+	scan := func() ([]raw.PageRegion, error) {
+		vec := make([]raw.PageRegion, 8)
+		got, walkEnd, err := raw.PagemapScan(int(pm.Fd()), raw.PmScanArg{
+			Flags:        raw.PM_SCAN_WP_MATCHING | raw.PM_SCAN_CHECK_WPASYNC,
 			Start:        addr,
 			End:          addr + length,
-			CategoryMask: PAGE_IS_WRITTEN,
-			ReturnMask:   PAGE_IS_WRITTEN,
+			CategoryMask: raw.PAGE_IS_WRITTEN,
+			ReturnMask:   raw.PAGE_IS_WRITTEN,
 		}, vec)
 		if err != nil {
 			return nil, unsupported(FeatureUffdWP, "PAGEMAP_SCAN", err)
@@ -100,10 +100,10 @@ func ProbeUffdWP(ctx context.Context) (string, error) {
 		if err != nil {
 			return err
 		}
-		var wantRegions []PageRegion
+		var wantRegions []raw.PageRegion
 		if page >= 0 {
 			start := addr + uint64(page)*pageSize
-			wantRegions = []PageRegion{{Start: start, End: start + pageSize, Categories: PAGE_IS_WRITTEN}}
+			wantRegions = []raw.PageRegion{{Start: start, End: start + pageSize, Categories: raw.PAGE_IS_WRITTEN}}
 		}
 		if fmt.Sprint(got) != fmt.Sprint(wantRegions) {
 			return unsupported(FeatureUffdWP, fmt.Sprintf("%s: PAGEMAP_SCAN reported %s, want %s", step, regionsString(got, addr), regionsString(wantRegions, addr)), nil)
@@ -141,9 +141,9 @@ func uffdFeatureNames(f uint64) string {
 		bit  uint64
 		name string
 	}{
-		{UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"},
-		{UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"},
-		{UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"},
+		{raw.UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"},
+		{raw.UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"},
+		{raw.UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"},
 	} {
 		if f&n.bit != 0 {
 			names = append(names, n.name)
@@ -153,7 +153,7 @@ func uffdFeatureNames(f uint64) string {
 }
 
 // regionsString prints regions as page offsets from base.
-func regionsString(rs []PageRegion, base uint64) string {
+func regionsString(rs []raw.PageRegion, base uint64) string {
 	if len(rs) == 0 {
 		return "nothing"
 	}
@@ -168,45 +168,13 @@ func regionsString(rs []PageRegion, base uint64) string {
 	return s
 }
 
-// uffdFeatures asks the kernel which userfaultfd features it has, with a
-// throwaway userfaultfd: UFFDIO_API may be called once per userfaultfd, and
-// a call with no features answers with all of them.
+// uffdFeatures asks the kernel which userfaultfd features it has.
 func uffdFeatures() (uint64, error) {
-	fd, _, err := openUserfaultfd()
+	f, err := raw.UffdFeatures()
 	if err != nil {
 		return 0, unsupported(FeatureUffdWP, "userfaultfd", err)
 	}
-	defer unix.Close(fd)
-	api := UffdioAPI{API: UFFD_API}
-	if _, err := ioctlPtr(fd, UFFDIO_API, &api); err != nil {
-		return 0, unsupported(FeatureUffdWP, "UFFDIO_API", err)
-	}
-	return api.Features, nil
-}
-
-// openUserfaultfd creates a userfaultfd (O_CLOEXEC|O_NONBLOCK) with the
-// system call, or through /dev/userfaultfd when the system call is refused
-// (vm.unprivileged_userfaultfd=0 without CAP_SYS_PTRACE) or missing. via
-// says which worked.
-func openUserfaultfd() (fd int, via string, err error) {
-	const flags = unix.O_CLOEXEC | unix.O_NONBLOCK
-	r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
-	if e == 0 {
-		return int(r), "syscall", nil
-	}
-	if e != unix.EPERM && e != unix.ENOSYS {
-		return -1, "", fmt.Errorf("userfaultfd: %w", e)
-	}
-	dev, err := unix.Open("/dev/userfaultfd", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, "", fmt.Errorf("userfaultfd: %w; open /dev/userfaultfd: %w", e, err)
-	}
-	defer unix.Close(dev)
-	r, _, e2 := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), USERFAULTFD_IOC_NEW, flags)
-	if e2 != 0 {
-		return -1, "", fmt.Errorf("userfaultfd: %w; USERFAULTFD_IOC_NEW: %w", e, e2)
-	}
-	return int(r), "/dev/userfaultfd", nil
+	return f, nil
 }
 
 func helperUffd(say func(string, ...any), cmds *bufio.Scanner) {
@@ -220,12 +188,12 @@ func helperUffd(say func(string, ...any), cmds *bufio.Scanner) {
 	for p := range uffdPages - 1 {
 		mem[p*ps] = 1
 	}
-	fd, via, err := openUserfaultfd()
+	fd, via, err := raw.OpenUserfaultfd(unix.O_CLOEXEC | unix.O_NONBLOCK)
 	if err != nil {
 		sayErr(say, "userfaultfd", err)
 		return
 	}
-	say("ok addr=%#x fd=%d via=%s", addrOf(mem), fd, via)
+	say("ok addr=%#x fd=%d via=%s", raw.AddrOf(mem), fd, via)
 	for cmds.Scan() {
 		var page int
 		if _, err := fmt.Sscanf(cmds.Text(), "write %d", &page); err != nil || page < 0 || page >= uffdPages {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 func TestParseStatMM(t *testing.T) {
@@ -20,7 +21,7 @@ func TestParseStatMM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := PrctlMMMap{
+	want := raw.PrctlMMMap{
 		StartCode: 94047439806464, EndCode: 94047439826345, StartStack: 140725110112512,
 		StartData: 94047439842352, EndData: 94047439843968, StartBrk: 94047734308864,
 		ArgStart: 140725110119088, ArgEnd: 140725110119108, EnvStart: 140725110119108, EnvEnd: 140725110120427,

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // Announce tells the neighbours on a's link that a is here now, so that
@@ -214,9 +216,5 @@ func htons(v uint16) uint16 {
 // ignoringEINTR calls fn again while a signal interrupts it, and names
 // the system call in its error.
 func ignoringEINTR(name string, fn func() error) error {
-	for {
-		if err := fn(); err != unix.EINTR {
-			return os.NewSyscallError(name, err)
-		}
-	}
+	return os.NewSyscallError(name, raw.IgnoringEINTR(fn))
 }

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // While a network lock is on, the peers' segments to the frozen
@@ -216,7 +217,7 @@ func (h *Hold) Finish() ([][]byte, int) {
 		h.take(uintptr(h.fd), buf)
 		// Packets the socket's buffer had no room for.
 		var st unix.TpacketStats
-		if n, err := getsockoptRaw(h.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS, unsafeBytes(&st)); err == nil && n >= 8 {
+		if n, err := raw.Getsockopt(h.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS, &st); err == nil && n >= 8 {
 			h.dropped += int(st.Drops)
 		}
 		// Closing a packet socket waits for an RCU grace period (a dozen
@@ -367,18 +368,4 @@ func (h *Hold) setFilter() {
 	}
 	prog := holdFilter(ports)
 	unix.SetsockoptSockFprog(h.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
-}
-
-func unsafeBytes(st *unix.TpacketStats) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(st)), unsafe.Sizeof(*st))
-}
-
-// getsockoptRaw reads a socket option into b.
-func getsockoptRaw(fd, level, name int, b []byte) (int, error) {
-	l := uint32(len(b))
-	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(l), nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 func readTestdata(t testing.TB, name string) []byte {
@@ -186,7 +188,7 @@ func TestParseMapsRecorded(t *testing.T) {
 		t.Fatalf("%d libc mappings", len(libc))
 	}
 	// Consecutive mappings of one file share the path string.
-	if unsafeStringData(libc[0].Path) != unsafeStringData(libc[1].Path) {
+	if raw.StringAddr(libc[0].Path) != raw.StringAddr(libc[1].Path) {
 		t.Errorf("libc path strings not shared")
 	}
 }

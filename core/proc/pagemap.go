@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // PagemapEntry is one 64-bit entry of /proc/PID/pagemap, describing one
@@ -51,6 +53,17 @@ func (e PagemapEntry) UffdWP() bool { return e&PagemapUffdWP != 0 }
 // a present page and reads 0 without CAP_SYS_ADMIN.
 func (e PagemapEntry) PFN() uint64 { return uint64(e) & PagemapPFNMask }
 
+// swapTypeMarker is the swap type of a pte marker (SWP_PTE_MARKER, the last
+// of the 32 swap types): a non-present entry that holds no page, left by a
+// zap of a userfaultfd write-protected file page. Pagemap shows it as
+// swapped, with the type in the low 5 bits of the frame (when frames are
+// shown at all, which needs CAP_SYS_ADMIN).
+const swapTypeMarker = 31
+
+// PTEMarker reports whether a swapped entry is a pte marker, not a page in
+// swap (uffd-wp marks untouched pages with markers).
+func (e PagemapEntry) PTEMarker() bool { return e.PFN()&31 == swapTypeMarker }
+
 // Pagemap is an open /proc/PID/pagemap.
 type Pagemap struct {
 	f    *os.File
@@ -91,13 +104,11 @@ func (p *Pagemap) Read(start, end uint64, out []PagemapEntry) ([]PagemapEntry, e
 	if n == 0 {
 		return out, nil
 	}
-	buf := entryBytes(out)
+	buf := raw.SliceBytes(out) // native-endian uint64s, as PagemapEntry is: pread fills them in place
 	off := int64(start / pageSize * 8)
 	for done := 0; done < len(buf); {
-		m, err := unix.Pread(int(p.f.Fd()), buf[done:], off+int64(done))
+		m, err := raw.IgnoringEINTR2(func() (int, error) { return unix.Pread(int(p.f.Fd()), buf[done:], off+int64(done)) })
 		switch {
-		case err == syscall.EINTR:
-			continue
 		case err != nil:
 			return out[:done/8], &fs.PathError{Op: "pread", Path: p.path, Err: err}
 		case m == 0:

@@ -5,9 +5,10 @@ import (
 	"io"
 	"os"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // mmapTest maps n anonymous pages with flags (MAP_PRIVATE or MAP_SHARED) and
@@ -25,8 +26,6 @@ func mmapTest(t testing.TB, n int, flags int) []byte {
 	}
 	return mem
 }
-
-func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
 
 func openSelfPagemap(t testing.TB) *Pagemap {
 	t.Helper()
@@ -47,7 +46,7 @@ func TestPagemapPrivate(t *testing.T) {
 		mem[i*ps] = 1
 	}
 	pm := openSelfPagemap(t)
-	start := addrOf(mem)
+	start := raw.AddrOf(mem)
 	out := make([]PagemapEntry, 0, 2*n)
 	got, err := pm.Read(start, start+n*uint64(ps), out)
 	if err != nil {
@@ -93,7 +92,7 @@ func TestPagemapShared(t *testing.T) {
 		mem[i*ps] = 1
 	}
 	pm := openSelfPagemap(t)
-	start := addrOf(mem)
+	start := raw.AddrOf(mem)
 	got, err := pm.Read(start, start+n*uint64(ps), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +196,7 @@ func BenchmarkPagemapRead1GiB(b *testing.B) {
 				}
 			}
 			pm := openSelfPagemap(b)
-			start := addrOf(mem)
+			start := raw.AddrOf(mem)
 			out := make([]PagemapEntry, size/ps)
 			b.SetBytes(size)
 			b.ResetTimer()

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ErrNoGadget means no syscall instruction was found in the tracee.
@@ -60,7 +62,7 @@ func (p *Proc) FindGadget() error {
 		if _, err := ReadMemForce(p.PID, a.start, buf); err != nil {
 			continue
 		}
-		if i := bytes.Index(buf, []byte{0x0f, 0x05}); i >= 0 {
+		if i := bytes.Index(buf, syscallInsn); i >= 0 {
 			p.gadget = a.start + uint64(i)
 			return nil
 		}
@@ -104,17 +106,14 @@ func (p *Proc) syscallLocked(th *Thread, name string, nr uintptr, args ...uint64
 	err := func() error {
 		saved := th.Regs
 		r := saved
-		r.Rip = p.gadget
-		r.Rax = uint64(nr)
-		r.Orig_rax = ^uint64(0)
-		r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+		setSyscall(&r, p.gadget, nr, a)
 		if err := unix.PtraceSetRegs(th.TID, &r); err != nil {
 			return fmt.Errorf("inject %s: set registers of %d: %w", name, th.TID, err)
 		}
 		// Whatever happens next, the thread gets its registers back.
 		th.regsChanged = true
 		for phase := 0; phase < 2; {
-			if err := rawPtrace(unix.PTRACE_SYSCALL, th.TID, 0, 0); err != nil {
+			if err := raw.Ptrace(unix.PTRACE_SYSCALL, th.TID, 0, 0); err != nil {
 				return fmt.Errorf("inject %s: resume %d: %w", name, th.TID, err)
 			}
 			ws, err := wait(th.TID)
@@ -134,7 +133,7 @@ func (p *Proc) syscallLocked(th *Thread, name string, nr uintptr, args ...uint64
 			case event(ws) > 0:
 				// Fork, clone or an event stop: go on.
 			default:
-				if si, err := getSiginfo(th.TID); err == nil {
+				if si, err := raw.PtraceGetSiginfo(th.TID); err == nil {
 					th.Stolen = append(th.Stolen, si)
 				}
 			}
@@ -143,7 +142,7 @@ func (p *Proc) syscallLocked(th *Thread, name string, nr uintptr, args ...uint64
 		if err := unix.PtraceGetRegs(th.TID, &out); err != nil {
 			return fmt.Errorf("inject %s: get registers of %d: %w", name, th.TID, err)
 		}
-		ret = out.Rax
+		ret = syscallResult(&out)
 		if err := unix.PtraceSetRegs(th.TID, &saved); err != nil {
 			return fmt.Errorf("inject %s: restore registers of %d: %w", name, th.TID, err)
 		}

@@ -5,18 +5,14 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // ReadMem reads len(buf) bytes at addr of process pid with
 // process_vm_readv. It fails on pages the process cannot read.
 func ReadMem(pid int, addr uint64, buf []byte) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	local := []unix.Iovec{{Base: &buf[0]}}
-	local[0].SetLen(len(buf))
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
-	n, err := unix.ProcessVMReadv(pid, local, remote, 0)
+	n, err := raw.ReadRemote(pid, buf, addr)
 	if err != nil {
 		return n, fmt.Errorf("process_vm_readv %d at %#x+%d: %w", pid, addr, len(buf), err)
 	}
@@ -31,9 +27,7 @@ func ReadMemv(pid int, buf []byte, remote []unix.RemoteIovec) (int, error) {
 	if len(buf) == 0 || len(remote) == 0 {
 		return 0, nil
 	}
-	local := []unix.Iovec{{Base: &buf[0]}}
-	local[0].SetLen(len(buf))
-	n, err := unix.ProcessVMReadv(pid, local, remote, 0)
+	n, err := raw.ReadRemotev(pid, buf, remote)
 	if err != nil {
 		return n, fmt.Errorf("process_vm_readv %d of %d areas from %#x: %w", pid, len(remote), remote[0].Base, err)
 	}
@@ -43,13 +37,7 @@ func ReadMemv(pid int, buf []byte, remote []unix.RemoteIovec) (int, error) {
 // WriteMem writes buf at addr of process pid with process_vm_writev. It
 // fails on pages that are not writable.
 func WriteMem(pid int, addr uint64, buf []byte) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	local := []unix.Iovec{{Base: &buf[0]}}
-	local[0].SetLen(len(buf))
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
-	n, err := unix.ProcessVMWritev(pid, local, remote, 0)
+	n, err := raw.WriteRemote(pid, buf, addr)
 	if err != nil {
 		return n, fmt.Errorf("process_vm_writev %d at %#x+%d: %w", pid, addr, len(buf), err)
 	}

@@ -11,15 +11,17 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
-// Kernel error numbers seen in rax of a thread stopped inside a system call.
+// Kernel error numbers seen as the result of a thread stopped inside a
+// system call that the kernel will restart.
 const (
-	errRestartSys         = 512
-	errRestartNoIntr      = 513
-	errRestartNoHand      = 514
-	errRestartRestartBlk  = 516
-	syscallInstructionLen = 2
+	errRestartSys        = 512
+	errRestartNoIntr     = 513
+	errRestartNoHand     = 514
+	errRestartRestartBlk = 516
 )
 
 // seizeOptions: syscall stops are told apart by SIGTRAP|0x80, and the
@@ -321,7 +323,7 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 				th := &Thread{TID: tid}
 				seized[tid] = th
 				p.Threads = append(p.Threads, th)
-				if err := rawPtrace(reqInterrupt, tid, 0, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+				if err := raw.Ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 					return fmt.Errorf("interrupt thread %d: %w", tid, err)
 				}
 				fresh++
@@ -396,11 +398,11 @@ func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 // PTRACE_O_SUSPEND_SECCOMP (it checks the tracer's privileges before
 // anything else), p goes on without it.
 func (p *Proc) seizeThread(tid int) error {
-	err := seize(tid, p.opts)
+	err := raw.Ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(p.opts))
 	if err != nil && p.opts&unix.PTRACE_O_SUSPEND_SECCOMP != 0 && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL)) {
 		// The error without it is the one that tells (ESRCH, or a
 		// tracer already there).
-		if err = seize(tid, p.opts&^unix.PTRACE_O_SUSPEND_SECCOMP); err == nil {
+		if err = raw.Ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(p.opts&^unix.PTRACE_O_SUSPEND_SECCOMP)); err == nil {
 			p.opts &^= unix.PTRACE_O_SUSPEND_SECCOMP
 		}
 	}
@@ -418,10 +420,10 @@ func (p *Proc) SeccompSuspended() bool { return p.opts&unix.PTRACE_O_SUSPEND_SEC
 // CAP_SYS_ADMIN and a tracer not under seccomp.
 func (p *Proc) SeccompFilter(th *Thread, index int) (prog []byte, flags uint64, err error) {
 	err = p.t.Do(func() (err error) {
-		if prog, err = getSeccompFilter(th.TID, index); err != nil {
+		if prog, err = raw.PtraceSeccompGetFilter(th.TID, index); err != nil {
 			return err
 		}
-		flags, err = getSeccompMetadata(th.TID, index)
+		flags, err = raw.PtraceSeccompGetMetadata(th.TID, index)
 		return err
 	})
 	return prog, flags, err
@@ -459,17 +461,17 @@ func (p *Proc) waitEventStop(th *Thread) (bool, error) {
 		}
 		if sig == unix.SIGTRAP|0x80 || event(ws) > 0 {
 			// A syscall or other event stop: go on to the interrupt.
-			if err := rawPtrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
+			if err := raw.Ptrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
 				return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
 			}
 			continue
 		}
 		// Signal-delivery stop: keep the signal for later, go on to the
 		// pending interrupt.
-		if si, err := getSiginfo(th.TID); err == nil {
+		if si, err := raw.PtraceGetSiginfo(th.TID); err == nil {
 			th.Stolen = append(th.Stolen, si)
 		}
-		if err := rawPtrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
+		if err := raw.Ptrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
 			return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
 		}
 	}
@@ -487,13 +489,11 @@ func event(ws unix.WaitStatus) int {
 
 func wait(tid int) (unix.WaitStatus, error) {
 	var ws unix.WaitStatus
-	for {
+	err := raw.IgnoringEINTR(func() error {
 		_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
-		if err == unix.EINTR {
-			continue
-		}
-		return ws, err
-	}
+		return err
+	})
+	return ws, err
 }
 
 // loadRegs reads the registers and undoes an interrupted system call so that
@@ -507,16 +507,8 @@ func (th *Thread) loadRegs() error {
 	if err := unix.PtraceGetRegs(th.TID, &th.Regs); err != nil {
 		return fmt.Errorf("get registers of thread %d: %w", th.TID, err)
 	}
-	if int64(th.Regs.Orig_rax) < 0 {
-		return nil
-	}
-	switch -int64(th.Regs.Rax) {
-	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartRestartBlk:
-		th.Regs.Rax = th.Regs.Orig_rax
-		th.Regs.Rip -= syscallInstructionLen
+	if rewindSyscall(&th.Regs) {
 		th.Restart = "restart"
-		// Keep the kernel from restarting it a second time on resume.
-		th.Regs.Orig_rax = ^uint64(0)
 		th.regsChanged = true
 	}
 	return nil
@@ -525,13 +517,13 @@ func (th *Thread) loadRegs() error {
 // Sigmask returns the blocked-signal mask of th.
 func (p *Proc) Sigmask(th *Thread) (uint64, error) {
 	var m uint64
-	err := p.t.Do(func() (err error) { m, err = getSigmask(th.TID); return })
+	err := p.t.Do(func() (err error) { m, err = raw.PtraceGetSigmask(th.TID); return })
 	return m, err
 }
 
 // SetSigmask sets the blocked-signal mask of th.
 func (p *Proc) SetSigmask(th *Thread, m uint64) error {
-	return p.t.Do(func() error { return setSigmask(th.TID, m) })
+	return p.t.Do(func() error { return raw.PtraceSetSigmask(th.TID, m) })
 }
 
 // Xstate returns the NT_X86_XSTATE register set of th.
@@ -557,14 +549,14 @@ func (p *Proc) SetRegs(th *Thread, r *unix.PtraceRegs) error {
 // of the whole process.
 func (p *Proc) PendingSignals(th *Thread, shared bool) ([][]byte, error) {
 	var out [][]byte
-	err := p.t.Do(func() (err error) { out, err = peekSiginfo(th.TID, shared); return })
+	err := p.t.Do(func() (err error) { out, err = raw.PtracePeekSiginfo(th.TID, shared); return })
 	return out, err
 }
 
 // Rseq returns the rseq registration of th (address, length, signature).
 func (p *Proc) Rseq(th *Thread) (addr uint64, length, sig uint32, err error) {
-	var c rseqConfig
-	err = p.t.Do(func() (err error) { c, err = getRseq(th.TID); return })
+	var c raw.PtraceRseqConfiguration
+	err = p.t.Do(func() (err error) { c, err = raw.PtraceGetRseqConfiguration(th.TID); return })
 	return c.Addr, c.Len, c.Sig, err
 }
 
@@ -624,12 +616,12 @@ func (p *Proc) detachAll(_ int) error {
 		// as sent by this process (a dump keeps their siginfo in the
 		// image).
 		for _, si := range th.Stolen {
-			if len(si) < SiginfoSize {
-				continue // (getSiginfo makes them whole)
+			if len(si) < raw.SiginfoSize {
+				continue // (PTRACE_GETSIGINFO makes them whole)
 			}
 			sig := nativeEndianUint32(si)
 			if code := int32(nativeEndianUint32(si[8:])); code < 0 && code != siTkill &&
-				tgsigqueueinfo(p.PID, th.TID, sig, si) == nil {
+				raw.Tgsigqueueinfo(p.PID, th.TID, sig, si) == nil {
 				continue
 			}
 			unix.Tgkill(p.PID, th.TID, syscall.Signal(sig))
@@ -638,7 +630,7 @@ func (p *Proc) detachAll(_ int) error {
 		if th.groupStop != 0 {
 			unix.Tgkill(p.PID, th.TID, th.groupStop)
 		}
-		if err := rawPtrace(unix.PTRACE_DETACH, th.TID, 0, 0); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+		if err := raw.Ptrace(unix.PTRACE_DETACH, th.TID, 0, 0); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
 			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
 		}
 	}
@@ -655,12 +647,8 @@ func (p *Proc) Kill(reap bool) error {
 			return fmt.Errorf("kill %d: %w", p.PID, err)
 		}
 		wait := func(tid, opts int) {
-			for {
-				var info unix.Siginfo
-				if err := unix.Waitid(unix.P_PID, tid, &info, opts, nil); err != unix.EINTR {
-					return
-				}
-			}
+			var info unix.Siginfo
+			raw.IgnoringEINTR(func() error { return unix.Waitid(unix.P_PID, tid, &info, opts, nil) })
 		}
 		// Other threads first, always collected: a traced thread stays a
 		// zombie until its tracer waits for it, and the leader's death is

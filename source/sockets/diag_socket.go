@@ -35,6 +35,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // include/uapi/linux/unix_diag.h; x/sys/unix does not define these.
@@ -323,10 +325,10 @@ func (c *diagConn) query(ino, show uint32) ([]byte, error) {
 		return nil, fmt.Errorf("sock_diag request: %w", err)
 	}
 	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		n, err := raw.IgnoringEINTR2(func() (int, error) {
+			n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+			return n, err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("sock_diag reply: %w", err)
 		}

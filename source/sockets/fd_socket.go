@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // Process is the process whose sockets are described, and what their
@@ -524,7 +525,7 @@ func (sd *sockDump) inetSocket(s *core.Socket) error {
 		// be lost); the memory they hold says whether there are any. A
 		// peek would clear a pending error (an ICMP port unreachable).
 		mi := make([]byte, 4*unix.SK_MEMINFO_VARS)
-		if n, err := getsockoptRaw(sd.sfd, unix.SOL_SOCKET, unix.SO_MEMINFO, mi, uint32(len(mi))); err == nil && n >= 4 {
+		if n, err := raw.GetsockoptBytes(sd.sfd, unix.SOL_SOCKET, unix.SO_MEMINFO, mi, uint32(len(mi))); err == nil && n >= 4 {
 			s.Unread = int(int32(binary.NativeEndian.Uint32(mi[4*unix.SK_MEMINFO_RMEM_ALLOC:])))
 		}
 	default:

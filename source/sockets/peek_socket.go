@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // Queued bytes are copied with MSG_PEEK from the agent's duplicate, which
@@ -89,12 +90,11 @@ func withPeekOff(fd int, fn func() error) error {
 }
 
 func recvPeek(fd int, buf, oob []byte, flags int) (n, oobn, rflags int, err error) {
-	for {
+	err = raw.IgnoringEINTR(func() (err error) {
 		n, oobn, rflags, _, err = unix.Recvmsg(fd, buf, oob, flags)
-		if !errors.Is(err, unix.EINTR) {
-			return
-		}
-	}
+		return err
+	})
+	return
 }
 
 // peekStream copies the total bytes queued on a stream socket. It never

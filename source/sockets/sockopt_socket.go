@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // The socket options a dump records. Only values that differ from those of
@@ -151,7 +152,7 @@ func readOpt(fd int, o sockOptSpec, buf []byte) (int, []byte, error) {
 		buf = make([]byte, o.size)
 	}
 	b := buf[:o.size]
-	n, err := getsockoptRaw(fd, o.level, o.name, b, o.size)
+	n, err := raw.GetsockoptBytes(fd, o.level, o.name, b, o.size)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -256,7 +257,7 @@ func (od *optDefaults) of(family, typ, proto int) (*optKindInfo, error) {
 // socketFilter returns the classic BPF filter attached to fd as struct
 // sock_filter records (8 bytes each), or nil.
 func socketFilter(fd int) ([]byte, error) {
-	n, err := getsockoptRaw(fd, unix.SOL_SOCKET, unix.SO_GET_FILTER, nil, 0)
+	n, err := raw.GetsockoptBytes(fd, unix.SOL_SOCKET, unix.SO_GET_FILTER, nil, 0)
 	if errors.Is(err, unix.EACCES) {
 		return nil, errEBPFFilter
 	}
@@ -267,7 +268,7 @@ func socketFilter(fd int) ([]byte, error) {
 		return nil, errors.New("socket filter longer than BPF_MAXINSNS")
 	}
 	b := make([]byte, 8*n)
-	got, err := getsockoptRaw(fd, unix.SOL_SOCKET, unix.SO_GET_FILTER, b, n)
+	got, err := raw.GetsockoptBytes(fd, unix.SOL_SOCKET, unix.SO_GET_FILTER, b, n)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // A TCP connection is dumped in two steps. While the fds are collected,
@@ -152,7 +153,7 @@ func repairOne(c *tcpPending, store func(kind string, r io.Reader) (string, erro
 	// The state again, now that nothing moves: it may have changed since
 	// the socket was noted (a FIN that arrived before the lock).
 	info := make([]byte, 8)
-	if _, err := getsockoptRaw(fd, unix.IPPROTO_TCP, unix.TCP_INFO, info, uint32(len(info))); err != nil {
+	if _, err := raw.GetsockoptBytes(fd, unix.IPPROTO_TCP, unix.TCP_INFO, info, uint32(len(info))); err != nil {
 		return fmt.Errorf("TCP_INFO: %w", err)
 	}
 	if !tcpConnState(info[0]) {
@@ -192,7 +193,7 @@ func repairOne(c *tcpPending, store func(kind string, r io.Reader) (string, erro
 		t.Timestamp = uint32(ts)
 	}
 	win := make([]byte, 20)
-	if n, err := getsockoptRaw(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR_WINDOW, win, uint32(len(win))); err != nil || n != 20 {
+	if n, err := raw.GetsockoptBytes(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR_WINDOW, win, uint32(len(win))); err != nil || n != 20 {
 		return fmt.Errorf("TCP_REPAIR_WINDOW: %d bytes, %v", n, err)
 	}
 	le := binary.NativeEndian
@@ -357,7 +358,7 @@ func UnrepairProcess(pid int) error {
 		proto, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		info := make([]byte, 1)
 		if proto == unix.IPPROTO_TCP {
-			if _, err := getsockoptRaw(fd, unix.IPPROTO_TCP, unix.TCP_INFO, info, 1); err == nil && tcpConnState(info[0]) {
+			if _, err := raw.GetsockoptBytes(fd, unix.IPPROTO_TCP, unix.TCP_INFO, info, 1); err == nil && tcpConnState(info[0]) {
 				reuse, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR)
 				if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF); err != nil {
 					errs = append(errs, fmt.Errorf("fd %d: repair mode off: %w", n, err))

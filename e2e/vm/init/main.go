@@ -1,7 +1,8 @@
 // Command init is /init of the tracker test VM that scripts/vmtest.sh boots
 // under qemu: it mounts the pseudo file systems, runs the statically built
-// test binary /source.test with the tests the kernel command line names,
-// prints a result line on the serial console and powers the VM off.
+// test binary /track.test (of source/track) with the tests the kernel
+// command line names, prints a result line on the serial console and powers
+// the VM off.
 //
 // Kernel command line parameters (all optional):
 //
@@ -80,9 +81,9 @@ func setup() {
 	}
 }
 
-// runTest runs /source.test with args and returns its exit code.
+// runTest runs /track.test with args and returns its exit code.
 func runTest(env []string, args ...string) int {
-	cmd := exec.Command("/source.test", args...)
+	cmd := exec.Command("/track.test", args...)
 	cmd.Env = env
 	cmd.Dir = "/tmp"
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -13,6 +13,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // hashTracker finds written pages by their contents: it keeps a 64-bit
@@ -65,7 +66,7 @@ func newHashTracker(pid int) *hashTracker {
 	return h
 }
 
-func (h *hashTracker) Name() string { return TrackerHash }
+func (h *hashTracker) Name() string { return Hash }
 
 // Held is always 0: the process is never stopped.
 func (h *hashTracker) Held() time.Duration { return 0 }
@@ -87,7 +88,7 @@ func (h *hashTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != trackerNew {
-		return ErrTrackerState
+		return ErrState
 	}
 	if p != nil && p.PID != h.pid {
 		return fmt.Errorf("hash tracker for process %d started on process %d", h.pid, p.PID)
@@ -121,7 +122,7 @@ func (h *hashTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	pl := planLayout(h.areas, vmas)
 	next := map[uint64]*hashChunk{}
@@ -287,14 +288,12 @@ func (h *hashTracker) readRuns(runs []PageRange, readable bool, f func(addr uint
 	buf := h.buf[:total]
 	n := 0
 	if readable {
-		local := []unix.Iovec{{Base: &buf[0]}}
-		local[0].SetLen(total)
 		remote := make([]unix.RemoteIovec, len(runs))
 		for i, r := range runs {
 			remote[i] = unix.RemoteIovec{Base: uintptr(r.Start), Len: int(r.End - r.Start)}
 		}
 		var err error
-		n, err = unix.ProcessVMReadv(h.pid, local, remote, 0)
+		n, err = raw.ReadRemotev(h.pid, buf, remote)
 		if err != nil {
 			if errors.Is(err, unix.ESRCH) {
 				return fmt.Errorf("hash tracker: process %d: %w", h.pid, err)

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -45,7 +45,7 @@ func newSoftDirtyTracker(pid int) *softDirtyTracker {
 	return &softDirtyTracker{pid: pid}
 }
 
-func (s *softDirtyTracker) Name() string { return TrackerSoftDirty }
+func (s *softDirtyTracker) Name() string { return SoftDirty }
 
 // Held is how long the last Dirty kept the process stopped.
 func (s *softDirtyTracker) Held() time.Duration { return s.held }
@@ -55,7 +55,7 @@ func (s *softDirtyTracker) Held() time.Duration { return s.held }
 // Preconditions: p is seized and all its threads are stopped.
 func (s *softDirtyTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	if s.state != trackerNew {
-		return ErrTrackerState
+		return ErrState
 	}
 	if p.PID != s.pid {
 		return fmt.Errorf("soft-dirty tracker for process %d started on process %d", s.pid, p.PID)
@@ -97,7 +97,7 @@ func (s *softDirtyTracker) clearRefs() error {
 // it run on.
 func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if s.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	pl := planLayout(s.areas, vmas)
 	// Only writable areas can get new soft-dirty bits (an area made

@@ -2,15 +2,16 @@ package source
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/raw"
 	"github.com/procmig/migrate/internal/testutil"
 )
 
@@ -33,13 +34,14 @@ func TestRollbackKeepsSiginfo(t *testing.T) {
 			case stageSeized:
 				// The main thread does not block it: the kernel queues
 				// it for delivery there.
-				var si [128]byte
-				*(*int32)(unsafe.Pointer(&si[0])) = int32(rt)
-				*(*int32)(unsafe.Pointer(&si[8])) = -1 // SI_QUEUE
-				*(*int32)(unsafe.Pointer(&si[16])) = int32(unix.Getpid())
-				*(*int32)(unsafe.Pointer(&si[24])) = 77 // si_value
-				if _, _, e := unix.Syscall(unix.SYS_RT_SIGQUEUEINFO, uintptr(p.PID), uintptr(rt), uintptr(unsafe.Pointer(&si[0]))); e != 0 {
-					return fmt.Errorf("rt_sigqueueinfo: %w", e)
+				si := make([]byte, raw.SiginfoSize)
+				ne := binary.NativeEndian
+				ne.PutUint32(si[0:], uint32(rt))
+				ne.PutUint32(si[8:], uint32(0xffffffff)) // SI_QUEUE, -1
+				ne.PutUint32(si[16:], uint32(unix.Getpid()))
+				ne.PutUint32(si[24:], 77) // si_value
+				if err := raw.Sigqueueinfo(p.PID, uint32(rt), si); err != nil {
+					return fmt.Errorf("rt_sigqueueinfo: %w", err)
 				}
 			case stageScratch:
 				return injected

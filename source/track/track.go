@@ -1,19 +1,22 @@
-package source
-
-// Dirty-page tracking for pre-copy: which pages a running process wrote
-// since the last look. One interface, three backends (DESIGN.md, "Dirty
-// tracking"):
+// Package track finds which pages a running process wrote since the last
+// look, for pre-copy. One interface, Tracker, three backends (DESIGN.md,
+// "Dirty tracking"):
 //
-//   - uffd-wp (track_uffd.go): userfaultfd in async write-protect mode,
-//     read and re-protected atomically with PAGEMAP_SCAN. Linux 6.7+.
-//   - soft-dirty (track_softdirty.go): clear_refs 4 and pagemap bit 55.
-//     Needs CONFIG_MEM_SOFT_DIRTY; stops the process briefly each round.
-//   - hash (track_hash.go): a 64-bit hash per page, compared each round.
-//     Any kernel; costs a read of every present page per round.
+//   - uffd-wp (uffd.go): userfaultfd in async write-protect mode, read and
+//     re-protected atomically with PAGEMAP_SCAN. Linux 6.7+.
+//   - soft-dirty (softdirty.go): clear_refs 4 and pagemap bit 55. Needs
+//     CONFIG_MEM_SOFT_DIRTY; stops the process briefly each round.
+//   - hash (hash.go): a 64-bit hash per page, compared each round. Any
+//     kernel; costs a read of every present page per round.
 //
 // The layout bookkeeping shared by all three lives here: each Dirty call
 // gets the current layout, keeps tracking the parts of it that were
 // tracked before with the same attributes, and reports the rest whole.
+//
+// The package knows the process through core/ptrace, core/proc and the
+// image model's VMAs; it knows nothing of images, page streams or the
+// network. source uses it through New and the Tracker interfaces.
+package track
 
 import (
 	"context"
@@ -110,42 +113,42 @@ type ContentTracker interface {
 
 // Names of the trackers.
 const (
-	TrackerAuto      = "auto"
-	TrackerUffdWP    = "uffd-wp"
-	TrackerSoftDirty = "soft-dirty"
-	TrackerHash      = "hash"
+	Auto      = "auto"
+	UffdWP    = "uffd-wp"
+	SoftDirty = "soft-dirty"
+	Hash      = "hash"
 )
 
-// TrackerNames lists the names NewTracker accepts, "auto" first, then the
+// Names lists the names New accepts, "auto" first, then the
 // backends from best to last resort.
-func TrackerNames() []string {
-	return []string{TrackerAuto, TrackerUffdWP, TrackerSoftDirty, TrackerHash}
+func Names() []string {
+	return []string{Auto, UffdWP, SoftDirty, Hash}
 }
 
-// UnknownTrackerError is a tracker name NewTracker does not know.
-type UnknownTrackerError struct{ Name string }
+// UnknownError is a tracker name New does not know.
+type UnknownError struct{ Name string }
 
-func (e *UnknownTrackerError) Error() string {
-	return fmt.Sprintf("unknown dirty tracker %q (want one of %s)", e.Name, strings.Join(TrackerNames(), ", "))
+func (e *UnknownError) Error() string {
+	return fmt.Sprintf("unknown dirty tracker %q (want one of %s)", e.Name, strings.Join(Names(), ", "))
 }
 
-// probeTimeout bounds the kernel probe NewTracker runs.
+// probeTimeout bounds the kernel probe New runs.
 const probeTimeout = 15 * time.Second
 
-// NewTracker returns the named backend for process pid. "auto" picks the
+// New returns the named backend for process pid. "auto" picks the
 // best that works on this kernel: uffd-wp, then soft-dirty, then hash. Each
 // backend's mechanism is exercised for real first (core/kernel's probes, in
 // a helper child), so a missing one fails here with an error that matches
 // kernel.ErrNotSupported and says what is missing.
-func NewTracker(name string, pid int) (Tracker, error) {
+func New(name string, pid int) (Tracker, error) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
 		return nil, fmt.Errorf("dirty tracker for process %d: %w", pid, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
 	switch name {
-	case TrackerAuto:
-		for _, n := range []string{TrackerUffdWP, TrackerSoftDirty} {
+	case Auto:
+		for _, n := range []string{UffdWP, SoftDirty} {
 			if t, err := newTracker(ctx, n, pid); err == nil {
 				return t, nil
 			}
@@ -153,33 +156,33 @@ func NewTracker(name string, pid int) (Tracker, error) {
 			// next backend is the safe choice.
 		}
 		return newHashTracker(pid), nil
-	case TrackerUffdWP, TrackerSoftDirty, TrackerHash:
+	case UffdWP, SoftDirty, Hash:
 		return newTracker(ctx, name, pid)
 	}
-	return nil, &UnknownTrackerError{Name: name}
+	return nil, &UnknownError{Name: name}
 }
 
 func newTracker(ctx context.Context, name string, pid int) (Tracker, error) {
 	switch name {
-	case TrackerUffdWP:
+	case UffdWP:
 		if _, err := kernel.ProbeUffdWP(ctx); err != nil {
 			return nil, err
 		}
 		return newUffdTracker(pid), nil
-	case TrackerSoftDirty:
+	case SoftDirty:
 		if _, err := kernel.ProbeSoftDirty(ctx); err != nil {
 			return nil, err
 		}
 		return newSoftDirtyTracker(pid), nil
-	case TrackerHash:
+	case Hash:
 		return newHashTracker(pid), nil
 	}
-	return nil, &UnknownTrackerError{Name: name}
+	return nil, &UnknownError{Name: name}
 }
 
-// ErrTrackerState is returned by Start called twice, or Dirty before Start
+// ErrState is returned by Start called twice, or Dirty before Start
 // or after Close.
-var ErrTrackerState = errors.New("dirty tracker used out of order")
+var ErrState = errors.New("dirty tracker used out of order")
 
 // alive fails with an error matching unix.ESRCH if process pid has exited
 // (gone, or a zombie).
@@ -389,7 +392,7 @@ func intersect(a, b []PageRange) []PageRange {
 func pageData(kind string, e proc.PagemapEntry, zero *zeroPFNs) bool {
 	switch {
 	case e.Swapped():
-		return !pteMarker(e)
+		return !e.PTEMarker()
 	case !e.Present():
 		return false
 	case kind == core.VMAFile && e.FileOrShared():
@@ -399,16 +402,6 @@ func pageData(kind string, e proc.PagemapEntry, zero *zeroPFNs) bool {
 	}
 	return true
 }
-
-// swapTypeMarker is the swap type of a pte marker (SWP_PTE_MARKER, the last
-// of the 32 swap types): a non-present entry that holds no page, left by a
-// zap of a userfaultfd write-protected file page. Pagemap shows it as
-// swapped, with the type in the low 5 bits of the frame (when frames are
-// shown at all, which needs CAP_SYS_ADMIN).
-const swapTypeMarker = 31
-
-// pteMarker reports whether a swapped pagemap entry is a pte marker.
-func pteMarker(e proc.PagemapEntry) bool { return e.PFN()&31 == swapTypeMarker }
 
 // zeroPFNs are the page frames of the shared zero page and of the huge zero
 // page, as this process sees them in pagemap (PFNs read as 0 without

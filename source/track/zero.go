@@ -1,49 +1,13 @@
-package source
+package track
 
 import (
 	"encoding/binary"
 	"os"
-	"runtime"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core/kernel"
+	"github.com/procmig/migrate/internal/raw"
 )
-
-// Every use of unsafe by the dirty trackers is in this file.
-
-// trackIoctl is ioctl(fd, req, arg) with arg a pointer to a uapi struct,
-// retried on EINTR.
-func trackIoctl[T any](fd int, req uint, arg *T) (int, error) {
-	for {
-		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(unsafe.Pointer(arg)))
-		runtime.KeepAlive(arg)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return int(r), e
-		}
-		return int(r), nil
-	}
-}
-
-// pagemapScan runs PAGEMAP_SCAN on the pagemap fd with arg, filling vec.
-// It returns the regions filled and where the walk ended.
-func pagemapScan(fd int, arg kernel.PmScanArg, vec []kernel.PageRegion) ([]kernel.PageRegion, uint64, error) {
-	arg.Size = uint64(unsafe.Sizeof(arg))
-	if len(vec) > 0 {
-		arg.Vec = uint64(uintptr(unsafe.Pointer(&vec[0])))
-		arg.VecLen = uint64(len(vec))
-	}
-	n, err := trackIoctl(fd, kernel.PAGEMAP_SCAN, &arg)
-	runtime.KeepAlive(vec)
-	if err != nil {
-		return nil, arg.WalkEnd, err
-	}
-	return vec[:n], arg.WalkEnd, nil
-}
 
 // zeroSink keeps the probe's reads from being optimised away.
 var zeroSink byte
@@ -63,16 +27,16 @@ func zeroProbe() (small, huge uint64) {
 			return 0
 		}
 		e := binary.LittleEndian.Uint64(b[:])
-		if e&kernel.PM_PRESENT == 0 {
+		if e&raw.PM_PRESENT == 0 {
 			return 0
 		}
-		return e & kernel.PM_PFN_MASK
+		return e & raw.PM_PFN_MASK
 	}
 	// A page first read, not written, maps the zero page. One page alone
 	// can never be a huge page.
 	if one, err := unix.Mmap(-1, 0, trackPage, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
 		zeroSink += one[0]
-		small = entry(uint64(uintptr(unsafe.Pointer(&one[0]))))
+		small = entry(raw.AddrOf(one))
 		unix.Munmap(one)
 	}
 
@@ -82,7 +46,7 @@ func zeroProbe() (small, huge uint64) {
 		return small, 0
 	}
 	defer unix.Munmap(mem)
-	base := uint64(uintptr(unsafe.Pointer(&mem[0])))
+	base := raw.AddrOf(mem)
 	aligned := (base + hugeSize - 1) &^ (hugeSize - 1)
 	off := aligned - base
 	region := mem[off : off+hugeSize]

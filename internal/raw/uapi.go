@@ -1,10 +1,12 @@
-package kernel
+//go:build linux
+
+package raw
 
 // Kernel ABI that golang.org/x/sys/unix does not define, in one place. Names
 // are the uapi names, so that a grep for the C name finds the Go one; each
 // comment names the header. Values are for x86-64 and were checked against
 // Linux 6.18 (include/uapi/linux/userfaultfd.h, fs.h, tcp.h, sched.h,
-// prctl.h) and the sizes of the structs are asserted in uapi_unsafe.go.
+// prctl.h) and the sizes of the structs are asserted in sizes_unsafe.go.
 
 // userfaultfd, include/uapi/linux/userfaultfd.h.
 const (

@@ -1,4 +1,4 @@
-package source
+package track
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // uffdTracker tracks writes with a userfaultfd of the tracee in async
@@ -53,7 +54,7 @@ type uffdTracker struct {
 	pm    *proc.Pagemap
 	areas []area      // tracked parts of the layout, sorted
 	data  []PageRange // pages that held data at the last look
-	vec   []kernel.PageRegion
+	vec   []raw.PageRegion
 	state trackerState
 	// tracer pauses the process during each scan; held is how long the
 	// last Dirty kept it paused.
@@ -75,7 +76,7 @@ func newUffdTracker(pid int) *uffdTracker {
 	return &uffdTracker{pid: pid, uffd: -1}
 }
 
-func (u *uffdTracker) Name() string { return TrackerUffdWP }
+func (u *uffdTracker) Name() string { return UffdWP }
 
 // Held is always 0: the process is never stopped.
 func (u *uffdTracker) Held() time.Duration { return u.held }
@@ -85,7 +86,7 @@ func (u *uffdTracker) Held() time.Duration { return u.held }
 // Preconditions: p is seized and all its threads are stopped.
 func (u *uffdTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	if u.state != trackerNew {
-		return ErrTrackerState
+		return ErrState
 	}
 	if p.PID != u.pid {
 		return fmt.Errorf("uffd-wp tracker for process %d started on process %d", u.pid, p.PID)
@@ -99,12 +100,11 @@ func (u *uffdTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	if u.uffd, err = u.takeUffd(p); err != nil {
 		return err
 	}
-	want := uint64(kernel.UFFD_FEATURE_WP_ASYNC | kernel.UFFD_FEATURE_WP_UNPOPULATED)
-	if uffdSupported()&kernel.UFFD_FEATURE_WP_HUGETLBFS_SHMEM != 0 {
-		want |= kernel.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+	want := uint64(raw.UFFD_FEATURE_WP_ASYNC | raw.UFFD_FEATURE_WP_UNPOPULATED)
+	if uffdSupported()&raw.UFFD_FEATURE_WP_HUGETLBFS_SHMEM != 0 {
+		want |= raw.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
 	}
-	api := kernel.UffdioAPI{API: kernel.UFFD_API, Features: want}
-	if _, err := trackIoctl(u.uffd, kernel.UFFDIO_API, &api); err != nil {
+	if _, err := raw.UffdAPI(u.uffd, want); err != nil {
 		return &kernel.UnsupportedFeatureError{Name: kernel.FeatureUffdWP,
 			Reason: fmt.Sprintf("UFFDIO_API with features %#x: %v", want, err), Err: err}
 	}
@@ -133,7 +133,7 @@ func (u *uffdTracker) takeUffd(p *ptrace.Proc) (fd int, err error) {
 	th := p.Leader()
 	flags := uint64(unix.O_CLOEXEC | unix.O_NONBLOCK)
 	if u.userModeOnly {
-		flags |= kernel.UFFD_USER_MODE_ONLY
+		flags |= raw.UFFD_USER_MODE_ONLY
 	}
 	r, err := p.Syscall(th, "userfaultfd", unix.SYS_USERFAULTFD, flags)
 	if errors.Is(err, unix.EPERM) && !u.userModeOnly {
@@ -142,7 +142,7 @@ func (u *uffdTracker) takeUffd(p *ptrace.Proc) (fd int, err error) {
 		// userfaultfd that someone reads; async write-protect faults
 		// are resolved by the kernel either way, so user-mode-only
 		// misses nothing here.
-		flags |= kernel.UFFD_USER_MODE_ONLY
+		flags |= raw.UFFD_USER_MODE_ONLY
 		r, err = p.Syscall(th, "userfaultfd", unix.SYS_USERFAULTFD, flags)
 	}
 	if err != nil {
@@ -174,27 +174,15 @@ func (u *uffdTracker) takeUffd(p *ptrace.Proc) (fd int, err error) {
 // uffdSupported asks the kernel which userfaultfd features it has, with a
 // throwaway userfaultfd of this process (0 if that fails).
 func uffdSupported() uint64 {
-	for _, flags := range []uintptr{unix.O_CLOEXEC, unix.O_CLOEXEC | kernel.UFFD_USER_MODE_ONLY} {
-		r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
-		if e != 0 {
-			continue
-		}
-		fd := int(r)
-		api := kernel.UffdioAPI{API: kernel.UFFD_API}
-		_, err := trackIoctl(fd, kernel.UFFDIO_API, &api)
-		unix.Close(fd)
-		if err == nil {
-			return api.Features
-		}
-	}
-	return 0
+	f, _ := raw.UffdFeatures()
+	return f
 }
 
 // Dirty scans the tracked parts, re-protecting what was written, and arms
 // the rest of the layout.
 func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	// The scan runs with the process paused: on 6.18, scans racing with
 	// the process's writes were seen to lose writes (pages written while
@@ -292,7 +280,7 @@ func (u *uffdTracker) pause() (resume func(*error), err error) {
 // downtime.
 func (u *uffdTracker) FinalDirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
-		return nil, ErrTrackerState
+		return nil, ErrState
 	}
 	resume, err := u.pause()
 	if err != nil {
@@ -334,24 +322,24 @@ func (u *uffdTracker) FinalDirty(vmas []core.VMA) (_ []PageRange, err error) {
 // whole, as Dirty does.
 func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (written, data []PageRange, err error) {
 	if u.vec == nil {
-		u.vec = make([]kernel.PageRegion, scanVec)
+		u.vec = make([]raw.PageRegion, scanVec)
 	}
-	ret := uint64(kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED)
+	ret := uint64(raw.PAGE_IS_WRITTEN | raw.PAGE_IS_PFNZERO | raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED)
 	if kind == core.VMAFile {
-		ret |= kernel.PAGE_IS_FILE
+		ret |= raw.PAGE_IS_FILE
 	}
 	for at := r.Start; at < r.End; {
-		regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
+		regs, end, err := raw.PagemapScan(u.pm.Fd(), raw.PmScanArg{
 			Start:             at,
 			End:               r.End,
-			CategoryAnyofMask: kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED,
+			CategoryAnyofMask: raw.PAGE_IS_WRITTEN | raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED,
 			ReturnMask:        ret,
 		}, u.vec)
 		if err != nil {
 			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
 		}
 		for _, g := range regs {
-			if writable && g.Categories&kernel.PAGE_IS_WRITTEN != 0 && (g.Categories&kernel.PAGE_IS_PFNZERO == 0 || kind == core.VMASharedAnon) {
+			if writable && g.Categories&raw.PAGE_IS_WRITTEN != 0 && (g.Categories&raw.PAGE_IS_PFNZERO == 0 || kind == core.VMASharedAnon) {
 				written = appendRange(written, g.Start, g.End)
 			}
 			if data, err = u.appendData(data, kind, g); err != nil {
@@ -420,11 +408,7 @@ func clipAreas(areas []area, rs []PageRange) []area {
 func (u *uffdTracker) arm(areas []area, fresh []PageRange) ([]PageRange, error) {
 	var armed []PageRange
 	for _, p := range piecesOf(areas, fresh) {
-		reg := kernel.UffdioRegister{
-			Range: kernel.UffdioRange{Start: p.r.Start, Len: p.r.End - p.r.Start},
-			Mode:  kernel.UFFDIO_REGISTER_MODE_WP,
-		}
-		if _, err := trackIoctl(u.uffd, kernel.UFFDIO_REGISTER, &reg); err != nil {
+		if _, err := raw.UffdRegister(u.uffd, p.r.Start, p.r.End-p.r.Start, raw.UFFDIO_REGISTER_MODE_WP); err != nil {
 			if isRefusal(err) {
 				continue
 			}
@@ -464,18 +448,18 @@ const scanVec = 4096
 // unprotected.)
 func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) (written, data []PageRange, err error) {
 	if u.vec == nil {
-		u.vec = make([]kernel.PageRegion, scanVec)
+		u.vec = make([]raw.PageRegion, scanVec)
 	}
-	ret := uint64(kernel.PAGE_IS_WRITTEN | kernel.PAGE_IS_PFNZERO | kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED)
+	ret := uint64(raw.PAGE_IS_WRITTEN | raw.PAGE_IS_PFNZERO | raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED)
 	if kind == core.VMAFile {
-		ret |= kernel.PAGE_IS_FILE
+		ret |= raw.PAGE_IS_FILE
 	}
 	for at := r.Start; at < r.End; {
-		regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
-			Flags:        kernel.PM_SCAN_WP_MATCHING | kernel.PM_SCAN_CHECK_WPASYNC,
+		regs, end, err := raw.PagemapScan(u.pm.Fd(), raw.PmScanArg{
+			Flags:        raw.PM_SCAN_WP_MATCHING | raw.PM_SCAN_CHECK_WPASYNC,
 			Start:        at,
 			End:          r.End,
-			CategoryMask: kernel.PAGE_IS_WRITTEN,
+			CategoryMask: raw.PAGE_IS_WRITTEN,
 			ReturnMask:   ret,
 		}, u.vec)
 		if err != nil {
@@ -483,7 +467,7 @@ func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) (written,
 		}
 		if keep {
 			for _, g := range regs {
-				if g.Categories&kernel.PAGE_IS_PFNZERO != 0 && kind != core.VMASharedAnon {
+				if g.Categories&raw.PAGE_IS_PFNZERO != 0 && kind != core.VMASharedAnon {
 					continue
 				}
 				written = appendRange(written, g.Start, g.End)
@@ -504,20 +488,20 @@ func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) (written,
 // PAGEMAP_SCAN's categories, without touching any protection.
 func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
 	if u.vec == nil {
-		u.vec = make([]kernel.PageRegion, scanVec)
+		u.vec = make([]raw.PageRegion, scanVec)
 	}
 	var out []PageRange
 	for _, a := range areas {
 		for at := a.start; at < a.end; {
-			ret := uint64(kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED | kernel.PAGE_IS_PFNZERO)
+			ret := uint64(raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED | raw.PAGE_IS_PFNZERO)
 			if a.attrs.kind == core.VMAFile {
 				// Costs a page lookup per entry: only where it matters.
-				ret |= kernel.PAGE_IS_FILE
+				ret |= raw.PAGE_IS_FILE
 			}
-			regs, end, err := pagemapScan(u.pm.Fd(), kernel.PmScanArg{
+			regs, end, err := raw.PagemapScan(u.pm.Fd(), raw.PmScanArg{
 				Start:             at,
 				End:               a.end,
-				CategoryAnyofMask: kernel.PAGE_IS_PRESENT | kernel.PAGE_IS_SWAPPED,
+				CategoryAnyofMask: raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED,
 				ReturnMask:        ret,
 			}, u.vec)
 			if err != nil {
@@ -539,9 +523,9 @@ func (u *uffdTracker) scanData(areas []area) ([]PageRange, error) {
 
 // appendData appends the pages of region g (of an area of kind) that hold
 // data to out.
-func (u *uffdTracker) appendData(out []PageRange, kind string, g kernel.PageRegion) ([]PageRange, error) {
+func (u *uffdTracker) appendData(out []PageRange, kind string, g raw.PageRegion) ([]PageRange, error) {
 	switch {
-	case g.Categories&(kernel.PAGE_IS_SWAPPED|kernel.PAGE_IS_PRESENT) == kernel.PAGE_IS_SWAPPED:
+	case g.Categories&(raw.PAGE_IS_SWAPPED|raw.PAGE_IS_PRESENT) == raw.PAGE_IS_SWAPPED:
 		// Swapped out, or a pte marker: only pagemap tells.
 		return u.swappedData(out, g.Start, g.End)
 	case regionData(kind, g.Categories):
@@ -558,7 +542,7 @@ func (u *uffdTracker) swappedData(out []PageRange, start, end uint64) ([]PageRan
 		return nil, fmt.Errorf("uffd-wp tracker: %w", err)
 	}
 	for i, e := range ents {
-		if e.Swapped() && !pteMarker(e) {
+		if e.Swapped() && !e.PTEMarker() {
 			addr := start + uint64(i)*trackPage
 			out = appendRange(out, addr, addr+trackPage)
 		}
@@ -569,13 +553,13 @@ func (u *uffdTracker) swappedData(out []PageRange, start, end uint64) ([]PageRan
 // regionData is pageData for PAGEMAP_SCAN categories.
 func regionData(kind string, c uint64) bool {
 	switch {
-	case c&kernel.PAGE_IS_SWAPPED != 0:
+	case c&raw.PAGE_IS_SWAPPED != 0:
 		return true
-	case c&kernel.PAGE_IS_PRESENT == 0:
+	case c&raw.PAGE_IS_PRESENT == 0:
 		return false
-	case kind == core.VMAFile && c&kernel.PAGE_IS_FILE != 0:
+	case kind == core.VMAFile && c&raw.PAGE_IS_FILE != 0:
 		return false
-	case kind != core.VMASharedAnon && c&kernel.PAGE_IS_PFNZERO != 0:
+	case kind != core.VMASharedAnon && c&raw.PAGE_IS_PFNZERO != 0:
 		return false
 	}
 	return true

@@ -1,0 +1,42 @@
+//go:build linux
+
+package raw
+
+import "golang.org/x/sys/unix"
+
+// ReadRemote reads len(buf) bytes at addr of process pid with one
+// process_vm_readv. It fails on pages the process itself cannot read, and
+// returns fewer bytes than asked when the area ends in such pages.
+func ReadRemote(pid int, buf []byte, addr uint64) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	return ReadRemotev(pid, buf, []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}})
+}
+
+// ReadRemotev reads the remote areas of process pid, one after the other,
+// into buf with one process_vm_readv (at most IOV_MAX areas). It returns the
+// bytes read: fewer than asked when an area is not readable (then the areas
+// before it were read whole).
+func ReadRemotev(pid int, buf []byte, remote []unix.RemoteIovec) (int, error) {
+	if len(buf) == 0 || len(remote) == 0 {
+		return 0, nil
+	}
+	return unix.ProcessVMReadv(pid, localIovec(buf), remote, 0)
+}
+
+// WriteRemote writes buf at addr of process pid with one process_vm_writev.
+// It fails on pages the process itself cannot write.
+func WriteRemote(pid int, buf []byte, addr uint64) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	return unix.ProcessVMWritev(pid, localIovec(buf), []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}, 0)
+}
+
+// localIovec is the one local iovec that covers buf.
+func localIovec(buf []byte) []unix.Iovec {
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	return local
+}
