@@ -19,7 +19,9 @@ BENCHTIME ?= 1s
 # redis-benchmark) as a real program to dump and restore. The two-node
 # cluster (e2e/cluster: the node tests and the demo) needs ip, nsenter,
 # unshare, and arping for the hooks that move its service address.
+# PostgreSQL (Debian 12's 15) is another real program the tests move.
 DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
+	/usr/lib/postgresql/15/bin/postgres:postgresql \
 	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping groff:groff-base
 
 .PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean
