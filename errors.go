@@ -75,6 +75,9 @@ const (
 	// RefusedDiffers: the restored process differs from its image
 	// (RestoreOptions.Check): target.CheckError.
 	RefusedDiffers RefusalKind = "differs"
+	// RefusedShm: a System V shared memory segment of the image whose ID
+	// or key another segment of this host holds: target.ShmError.
+	RefusedShm RefusalKind = "sysv-shm"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -186,6 +189,7 @@ func refusal(err error) *RefusedError {
 		lk  *target.LockError
 		cg  *target.CgroupError
 		ck  *target.CheckError
+		sh  *target.ShmError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -214,6 +218,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedCgroup, PID: cg.PID, Err: err}
 	case errors.As(err, &ck):
 		return &RefusedError{Kind: RefusedDiffers, Err: err}
+	case errors.As(err, &sh):
+		return &RefusedError{Kind: RefusedShm, Err: err}
 	}
 	return nil
 }
