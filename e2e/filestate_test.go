@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -111,6 +112,13 @@ func TestDeletedSparseKept(t *testing.T) {
 	n := len(r.Lines(t))
 	r.Signal(t, unix.SIGUSR1)
 	got, _ := r.WaitLine(t, short, n, "check")
+	mem, _ := r.WaitLine(t, short, n, "memfd")
+	wantMem := "memfd size=1073741824 data=67108864-67112960 content=memfd allocated_kib="
+	if !strings.HasPrefix(mem, wantMem) {
+		t.Errorf("the restored process sees\n%s\nwant\n%s...", mem, wantMem)
+	} else if kib, _ := strconv.Atoi(strings.TrimPrefix(mem, wantMem)); kib > 1024 {
+		t.Errorf("the recreated memfd takes %d KiB, want its 4 KiB of data", kib)
+	}
 	want := "check size=1073741824 data=0-4096,268435456-268439552 head=head mid=mid allocated_kib="
 	if !strings.HasPrefix(got, want) {
 		t.Fatalf("the restored process sees\n%s\nwant\n%s...", got, want)
@@ -142,6 +150,19 @@ func TestFDOwnerKept(t *testing.T) {
 	want := fmt.Sprintf("check owner=%d:%d self=1 sig=%d async=1 sigio=1", 1 /* F_OWNER_PID */, p.PID, unix.SIGUSR2)
 	if got := dumpRestoreCheck(t, p); got != want {
 		t.Errorf("the restored process sees\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestDumpRefusesFDOwnerGroup: signal-driven I/O sent to a process group
+// (F_SETOWN_EX F_OWNER_PGRP), which the restore would not set back the
+// same, is refused before the freeze, naming the fd; the process runs on.
+func TestDumpRefusesFDOwnerGroup(t *testing.T) {
+	testutil.RequireRoot(t)
+	p, _ := startFileState(t, "owner-pgrp")
+	err := dumpRefused(t, p)
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) || ue.PID != p.PID || ue.FD != 3 {
+		t.Fatalf("dump: %v (%T), want an *source.UnsupportedFDError for fd 3", err, err)
 	}
 }
 

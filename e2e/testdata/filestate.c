@@ -10,10 +10,13 @@
  *   filestate packet-mixed  a pipe holding stream data "abc" and after it
  *                           the packet "de".
  *   filestate sparse DIR    a deleted 1 GiB file holding "head" at 0 and
- *                           "mid" at 256 MiB, the rest holes.
+ *                           "mid" at 256 MiB, the rest holes, and a 1 GiB
+ *                           memfd holding "memfd" at 64 MiB; check prints
+ *                           a "memfd ..." line first.
  *   filestate wronly DIR    a deleted file open only for writing.
  *   filestate owner         a pipe with O_ASYNC, F_SETOWN_EX (its own PID)
  *                           and F_SETSIG SIGUSR2 on its read end.
+ *   filestate owner-pgrp    the same, the owner its process group.
  *   filestate sharedfd      a child made by clone(CLONE_FILES) without
  *                           CLONE_THREAD: parent and child share one fd table.
  *   filestate unsharedfd    a thread that unshared its fd table.
@@ -96,8 +99,19 @@ static void sparse(const char *dir)
 		die("ftruncate");
 	if (unlink(path))
 		die("unlink");
+	int mfd = memfd_create("sparse", MFD_CLOEXEC);
+	if (mfd < 0 || pwrite(mfd, "memfd", 5, 64L << 20) != 5 || ftruncate(mfd, 1L << 30))
+		die("memfd");
 	say("ready pid=%d fd=%d", getpid(), fd);
 	wait_usr1();
+	struct stat mst;
+	if (fstat(mfd, &mst))
+		die("fstat memfd");
+	char mdata[16] = "";
+	if (pread(mfd, mdata, 5, 64L << 20) != 5)
+		die("pread memfd");
+	off_t md = lseek(mfd, 0, SEEK_DATA), mh = lseek(mfd, md, SEEK_HOLE);
+	say("memfd size=%lld data=%lld-%lld content=%s allocated_kib=%lld", (long long)mst.st_size, (long long)md, (long long)mh, mdata, (long long)mst.st_blocks / 2);
 	struct stat st;
 	if (fstat(fd, &st))
 		die("fstat");
@@ -142,7 +156,7 @@ static void wronly(const char *dir)
 static volatile sig_atomic_t usr2;
 static void on_usr2(int sig) { (void)sig; usr2++; }
 
-static void owner(void)
+static void owner(int pgrp)
 {
 	int p[2];
 	if (pipe(p))
@@ -150,7 +164,7 @@ static void owner(void)
 	struct sigaction sa = {0};
 	sa.sa_handler = on_usr2;
 	sigaction(SIGUSR2, &sa, NULL);
-	struct f_owner_ex own = {F_OWNER_PID, getpid()};
+	struct f_owner_ex own = {pgrp ? F_OWNER_PGRP : F_OWNER_PID, pgrp ? getpgrp() : getpid()};
 	if (fcntl(p[0], F_SETOWN_EX, &own) || fcntl(p[0], F_SETSIG, SIGUSR2) ||
 	    fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_ASYNC))
 		die("F_SETOWN_EX/F_SETSIG/O_ASYNC");
@@ -268,7 +282,9 @@ int main(int argc, char **argv)
 	else if (!strcmp(m, "wronly") && argc == 3)
 		wronly(argv[2]);
 	else if (!strcmp(m, "owner"))
-		owner();
+		owner(0);
+	else if (!strcmp(m, "owner-pgrp"))
+		owner(1);
 	else if (!strcmp(m, "sharedfd"))
 		sharedfd();
 	else if (!strcmp(m, "unsharedfd"))
