@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 )
 
 // fdOwner reads the owner (F_GETOWN_EX) and the signal (F_GETSIG) of
@@ -21,16 +22,15 @@ func (d *dumper) fdOwner(dup int) (*core.FDOwner, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("F_GETSIG: %w", err)
 	}
-	var own fOwnerEx
-	if err := fcntlOwner(dup, unix.F_GETOWN_EX, &own); err != nil {
+	var own kernel.FOwnerEx
+	if err := kernel.FcntlOwner(dup, unix.F_GETOWN_EX, &own); err != nil {
 		return nil, 0, fmt.Errorf("F_GETOWN_EX: %w", err)
 	}
-	const ownerTID, ownerPID, ownerPGRP = 0, 1, 2 // F_OWNER_*
 	if own.PID == 0 {
 		return nil, sig, nil
 	}
-	if int(own.PID) != d.pid || (own.Type != ownerPID && own.Type != ownerTID) {
-		what := map[int32]string{ownerTID: "thread", ownerPID: "process", ownerPGRP: "process group"}[own.Type]
+	if int(own.PID) != d.pid || (own.Type != kernel.F_OWNER_PID && own.Type != kernel.F_OWNER_TID) {
+		what := map[int32]string{kernel.F_OWNER_TID: "thread", kernel.F_OWNER_PID: "process", kernel.F_OWNER_PGRP: "process group"}[own.Type]
 		return nil, 0, fmt.Errorf("its signal-driven I/O (F_SETOWN) goes to %s %d, which migrate restores only for the process itself", what, own.PID)
 	}
 	return &core.FDOwner{Type: int(own.Type), PID: int(own.PID)}, sig, nil

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 )
 
 // prepareDeleted recreates, in the agent, every deleted file and memfd the
@@ -445,7 +446,7 @@ func setOwner(f *os.File, fd *core.FD) error {
 		}
 	}
 	if o := fd.Owner; o != nil {
-		if err := fcntlOwner(int(f.Fd()), unix.F_SETOWN_EX, &fOwnerEx{Type: int32(o.Type), PID: int32(o.PID)}); err != nil {
+		if err := kernel.FcntlOwner(int(f.Fd()), unix.F_SETOWN_EX, &kernel.FOwnerEx{Type: int32(o.Type), PID: int32(o.PID)}); err != nil {
 			return fmt.Errorf("F_SETOWN_EX %d (type %d): %w", o.PID, o.Type, err)
 		}
 	}

@@ -21,6 +21,7 @@ var (
 	_ [96]byte                   = [unsafe.Sizeof(PmScanArg{})]byte{}
 	_ [CLONE_ARGS_SIZE_VER2]byte = [unsafe.Sizeof(CloneArgs{})]byte{}
 	_ [104]byte                  = [unsafe.Sizeof(PrctlMMMap{})]byte{}
+	_ [8]byte                    = [unsafe.Sizeof(FOwnerEx{})]byte{}
 )
 
 // ioctlPtr is ioctl(fd, req, arg) with arg a pointer to a uapi struct.
@@ -115,6 +116,16 @@ func prctlSetMMMap(m PrctlMMMap, auxv []byte) error {
 	}
 	_, _, e := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, uintptr(unsafe.Pointer(&m)), unsafe.Sizeof(m), 0, 0)
 	runtime.KeepAlive(auxv)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// FcntlOwner is fcntl(fd, cmd, owner) with cmd F_GETOWN_EX or F_SETOWN_EX.
+func FcntlOwner(fd int, cmd int, owner *FOwnerEx) error {
+	_, _, e := unix.Syscall(unix.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(unsafe.Pointer(owner)))
+	runtime.KeepAlive(owner)
 	if e != 0 {
 		return e
 	}
