@@ -158,7 +158,9 @@ func TestFDOwnerKept(t *testing.T) {
 // same, is refused before the freeze, naming the fd; the process runs on.
 func TestDumpRefusesFDOwnerGroup(t *testing.T) {
 	testutil.RequireRoot(t)
-	p, _ := startFileState(t, "owner-pgrp")
+	// In a process group of its own: its signals must not reach the test.
+	p := testutil.StartWith(t, testutil.Options{Setpgid: true}, testutil.Build(t, "filestate"), "owner-pgrp")
+	p.WaitLine(t, short, 0, "ready")
 	err := dumpRefused(t, p)
 	var ue *source.UnsupportedFDError
 	if !errors.As(err, &ue) || ue.PID != p.PID || ue.FD != 3 {
