@@ -26,8 +26,8 @@ const kcmpFile = 0 // KCMP_FILE
 type fdSet struct {
 	pidfd int
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
-	// reads are descriptions opened for reading the contents of files
-	// the process holds open only for writing.
+	// reads are the descriptions opened to read the contents of deleted
+	// files and memfds (see readable).
 	reads []*os.File
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
@@ -163,11 +163,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					fd.Seals = seals
 				}
 				if fd.Key == "" {
-					src, err := set.readable(dup)
+					src, seek, err := set.readable(dup, fd.Flags)
 					if err != nil {
 						return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 					}
-					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: sparseFile(src, fd.File)})
+					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: sparseFile(src, fd.File, seek)})
 				}
 				break
 			}
@@ -177,11 +177,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			fd.Kind = core.FDFile
 			fd.File = ref()
 			if fd.File.Deleted && fd.Key == "" {
-				src, err := set.readable(dup)
+				src, seek, err := set.readable(dup, fd.Flags)
 				if err != nil {
 					return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 				}
-				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: sparseFile(src, fd.File)})
+				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: sparseFile(src, fd.File, seek)})
 			}
 		case unix.S_IFDIR:
 			fd.Kind = core.FDDir
@@ -463,7 +463,7 @@ func (s *fdSet) writeBlobs(d *dumper) error {
 		if err != nil {
 			return fmt.Errorf("process %d: deleted file mapped at %#x: %w", d.pid, v.Start, err)
 		}
-		r, err := sparseFile(f, v.File)()
+		r, err := sparseFile(f, v.File, true)()
 		if err != nil {
 			f.Close()
 			return fmt.Errorf("process %d: deleted file mapped at %#x: %w", d.pid, v.Start, err)

@@ -47,30 +47,40 @@ func packetMode(ends []pipeEnd) bool {
 	return false
 }
 
-// readable returns a new description of the file dup, open for reading
-// (through /proc/self/fd, which opens a deleted file too), to read its
-// contents from: the process may hold it open only for writing, and
-// SEEK_DATA moves the offset of the description it is done on.
-func (s *fdSet) readable(dup *os.File) (*os.File, error) {
+// readable returns what to read the contents of the file dup from: a new
+// description of it, open for reading (through /proc/self/fd, which opens
+// a deleted file too), since the process may hold it open only for
+// writing and SEEK_DATA moves the offset of the description it is done
+// on. If it cannot be opened again, dup itself is read whole, holes and
+// all, as long as its flags (flags) allow reading: seek is then false.
+func (s *fdSet) readable(dup *os.File, flags int) (f *os.File, seek bool, err error) {
 	path := fmt.Sprintf("/proc/self/fd/%d", dup.Fd())
 	// O_NOATIME: reading it for the image is not an access of the process.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	f, err = os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
 	if errors.Is(err, unix.EPERM) {
 		f, err = os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open its file for reading its contents: %w", err)
+		if flags&unix.O_ACCMODE != unix.O_WRONLY {
+			return dup, false, nil
+		}
+		return nil, false, fmt.Errorf("open a file held write-only for reading its contents: %w", err)
 	}
 	s.reads = append(s.reads, f)
-	return f, nil
+	return f, true, nil
 }
 
 // sparseFile returns the source of the blob of a file's contents that
 // keeps its holes: the data extents (SEEK_DATA, SEEK_HOLE) within
 // ref.Size, one after the other, noted in ref.Extents unless the data is
-// the whole file. A file system without SEEK_DATA has all data.
-func sparseFile(f *os.File, ref *core.FileRef) func() (io.Reader, error) {
+// the whole file. A file system without SEEK_DATA has all data, and so
+// has f if it may not seek (its offset is the process's).
+func sparseFile(f *os.File, ref *core.FileRef, seek bool) func() (io.Reader, error) {
 	return func() (io.Reader, error) {
+		if !seek {
+			ref.Extents = nil
+			return io.NewSectionReader(f, 0, ref.Size), nil
+		}
 		exts, err := dataExtents(int(f.Fd()), ref.Size)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", ref.Path, err)
