@@ -2,7 +2,6 @@ package source
 
 import (
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -38,7 +37,10 @@ func (e *ControllingTTYError) Error() string {
 	return fmt.Sprintf("process %d has a controlling terminal (%s), which migrate does not restore: start it without one (setsid, or from a service manager)", e.PID, e.TTY)
 }
 
-const kcmpFiles = 2 // KCMP_FILES
+const (
+	kcmpFiles = 2   // KCMP_FILES
+	pfExiting = 0x4 // PF_EXITING, in the flags of /proc/PID/stat
+)
 
 // sameFiles says whether a and b (processes or threads) share one fd
 // table. An error (one of them ended) counts as not shared.
@@ -69,8 +71,9 @@ func (d *dumper) refuseFDTable() error {
 	}
 	for _, tid := range tids {
 		if tid != d.pid && !sameFiles(d.pid, tid) {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", d.pid, tid)); err != nil {
-				continue // ended meanwhile
+			// A thread that is ending has let go of its table already.
+			if st, err := proc.ReadStat(tid); err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0 {
+				continue
 			}
 			return &SharedFDTableError{PID: d.pid, Thread: tid}
 		}
