@@ -175,6 +175,16 @@ type FileRef struct {
 	// are then stored in Blob.
 	Deleted bool   `json:"deleted,omitempty"`
 	Blob    string `json:"blob,omitempty"`
+	// Extents, when set, are the parts of a sparse file (a deleted file
+	// or a memfd) that hold data, in order; Blob holds only their bytes,
+	// one after the other, and the rest of the Size bytes are holes.
+	Extents []Extent `json:"extents,omitempty"`
+}
+
+// Extent is a range of a file that holds data (SEEK_DATA to SEEK_HOLE).
+type Extent struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
 }
 
 // Creds are the process credentials.
@@ -482,6 +492,14 @@ type FD struct {
 	Data string `json:"data,omitempty"`
 	// PipeSize is F_GETPIPE_SZ.
 	PipeSize int `json:"pipe_size,omitempty"`
+	// Packets, when set, are the lengths of the packets queued in a
+	// packet-mode pipe (written with O_DIRECT), in order: Data holds
+	// their bytes, one after the other.
+	Packets []int `json:"packets,omitempty"`
+	// Owner is who gets the signals of signal-driven I/O (F_SETOWN_EX),
+	// Signal the signal sent (F_SETSIG; 0: SIGIO).
+	Owner  *FDOwner `json:"owner,omitempty"`
+	Signal int      `json:"signal,omitempty"`
 	// Eventfd state.
 	Count     uint64 `json:"count,omitempty"`
 	Semaphore bool   `json:"semaphore,omitempty"`
@@ -505,6 +523,13 @@ type FD struct {
 	// the process took through it, and the flock and OFD locks of its
 	// open file description.
 	Locks []FileLock `json:"locks,omitempty"`
+}
+
+// FDOwner is the owner of an open file description (struct f_owner_ex):
+// Type is F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2).
+type FDOwner struct {
+	Type int `json:"type"`
+	PID  int `json:"pid"`
 }
 
 // FileLock kinds.

@@ -23,7 +23,7 @@ func validImage() *Image {
 				{Start: 0x10000, End: 0x20000, Flags: 2, Kind: VMAAnon, Pages: 3},
 				{Start: 0x20000, End: 0x30000, Flags: 2, Kind: VMAFile, File: &FileRef{Path: "/bin/true"}},
 			},
-			FDs: []FD{{FD: 0, Kind: FDPipe, Pipe: 7, Data: "files/pipe-1"}, {FD: 1, Kind: FDFile, File: &FileRef{Path: "/tmp/x"}}},
+			FDs: []FD{{FD: 0, Kind: FDPipe, Pipe: 7, Data: "files/pipe-1", Packets: []int{1, 2}, Owner: &FDOwner{Type: 1, PID: 100}, Signal: 29}, {FD: 1, Kind: FDFile, File: &FileRef{Path: "/tmp/x"}}},
 		},
 		Tree: []Process{
 			{PID: 102, PPID: 100, Threads: []Thread{{TID: 102}}, Pages: &PagesInfo{File: "pages-102.img"},
@@ -98,6 +98,22 @@ func TestDecodeImage(t *testing.T) {
 			i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDInotify, Inotify: []InotifyWatch{{WD: 1, Path: "/"}, {WD: 1, Path: "/"}}})
 		},
 		func(i *Image) { i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: FDEventfd, Count: ^uint64(0)}) },
+		// Packets, owners and the extents of a sparse file.
+		func(i *Image) { i.Process.FDs[0].Packets = []int{0, 3} },
+		func(i *Image) { i.Process.FDs[0].Packets = []int{1 << 20} },
+		func(i *Image) { i.Process.FDs[1].Packets = []int{3} }, // no data
+		func(i *Image) { i.Process.FDs[1].Owner = &FDOwner{Type: 3, PID: 100} },
+		func(i *Image) { i.Process.FDs[1].Owner = &FDOwner{Type: 1, PID: -100} },
+		func(i *Image) { i.Process.FDs[1].Signal = 65 },
+		func(i *Image) {
+			i.Process.FDs[1].File = &FileRef{Path: "/tmp/x", Size: 100, Deleted: true, Blob: "files/pipe-1", Extents: []Extent{{Off: 90, Len: 20}}}
+		},
+		func(i *Image) {
+			i.Process.FDs[1].File = &FileRef{Path: "/tmp/x", Size: 100, Deleted: true, Blob: "files/pipe-1", Extents: []Extent{{Off: 50, Len: 1}, {Off: 10, Len: 1}}}
+		},
+		func(i *Image) {
+			i.Process.FDs[1].File = &FileRef{Path: "/tmp/x", Size: 100, Extents: []Extent{{Off: 0, Len: 3}}} // no blob
+		},
 		func(i *Image) { i.Process.FDs = append(i.Process.FDs, FD{FD: 5, Kind: "device"}) },
 		func(i *Image) { i.Process.Threads[1].Pending = []Siginfo{{Signo: 10, Raw: make([]byte, 12)}} },
 		func(i *Image) { i.Process.Threads[1].Restart = "maybe" },

@@ -118,6 +118,30 @@ func validFileRef(f *FileRef) error {
 	return validPath(f.Path)
 }
 
+// maxPackets caps the packets of a pipe (a pipe holds at most 1 MiB by
+// default, in buffers of a page or more); maxPacket the length of one (a
+// page: a longer write is split into page-long packets).
+const (
+	maxPackets = 1 << 20
+	maxPacket  = 64 << 10
+)
+
+// validExtents checks the data extents of a sparse file: in order, not
+// overlapping, inside its size.
+func validExtents(f *FileRef) error {
+	if len(f.Extents) > 0 && f.Blob == "" {
+		return errors.New("extents of a file without its contents")
+	}
+	end := int64(0)
+	for _, e := range f.Extents {
+		if e.Off < end || e.Len <= 0 || e.Off > f.Size || e.Len > f.Size-e.Off {
+			return fmt.Errorf("file extent %d+%d out of order or outside its %d bytes", e.Off, e.Len, f.Size)
+		}
+		end = e.Off + e.Len
+	}
+	return nil
+}
+
 // validSockName checks a unix socket address that is a path (an abstract
 // one starts with a NUL byte).
 func validSockName(name []byte) error {
@@ -422,6 +446,9 @@ func validateVMA(v *VMA) error {
 		return fmt.Errorf("file offset %#x", v.Offset)
 	}
 	if v.File != nil {
+		if err := validExtents(v.File); err != nil {
+			return err
+		}
 		if err := validFileRef(v.File); err != nil {
 			return err
 		}
@@ -457,6 +484,25 @@ func validateFD(f *FD) error {
 	}
 	if f.Seals&^maxSeals != 0 || (f.Seals != 0 && f.Kind != FDMemfd) {
 		return fmt.Errorf("seals %#x (F_SEAL_* of a memfd)", f.Seals)
+	}
+	if f.File != nil {
+		if err := validExtents(f.File); err != nil {
+			return err
+		}
+	}
+	if len(f.Packets) > 0 && f.Data == "" || len(f.Packets) > maxPackets {
+		return fmt.Errorf("%d packets queued in a pipe, with no data or more than %d", len(f.Packets), maxPackets)
+	}
+	for _, n := range f.Packets {
+		if n <= 0 || n > maxPacket {
+			return fmt.Errorf("a %d-byte packet queued in a pipe (1 to %d)", n, maxPacket)
+		}
+	}
+	if o := f.Owner; o != nil && (o.Type < 0 || o.Type > 2 || o.PID <= 0 || o.PID > MaxPID) {
+		return fmt.Errorf("fd owner %d of type %d", o.PID, o.Type)
+	}
+	if f.Signal < 0 || f.Signal > 64 {
+		return fmt.Errorf("F_SETSIG signal %d", f.Signal)
 	}
 	switch f.Kind {
 	case FDFile, FDDir, FDChar, FDFIFO, FDMemfd:

@@ -52,6 +52,9 @@ type session struct {
 	// between fds and processes, and pipe ends.
 	fds   []fdRecord
 	pipes map[uint64][]pipeEnd
+	// tables are the processes whose fd tables were read, to find one
+	// shared between processes (see refuseFDTable).
+	tables []int
 	// tcp are the TCP connections of the tree, noted while collecting
 	// fds; lock keeps the host from answering them (and the listening
 	// ports) while they are taken apart and until they run elsewhere.

@@ -28,6 +28,9 @@ const kcmpFile = 0 // KCMP_FILE
 type fdSet struct {
 	pidfd int
 	dups  map[int]*os.File // tracee fd -> duplicate in the agent
+	// reads are the descriptions opened to read the contents of deleted
+	// files and memfds (see readable).
+	reads []*os.File
 	// pending blobs: image fd index -> what to store
 	blobs []pendingBlob
 	// socks describes the sockets (the sockets package).
@@ -43,6 +46,9 @@ type pendingBlob struct {
 
 func (s *fdSet) close() {
 	for _, f := range s.dups {
+		f.Close()
+	}
+	for _, f := range s.reads {
 		f.Close()
 	}
 	if s.pidfd >= 0 {
@@ -72,6 +78,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			set.close()
 		}
 	}()
+	if err := d.refuseFDTable(); err != nil {
+		return nil, err
+	}
 	p := d.proc
 	for _, l := range links {
 		if err := ctx.Err(); err != nil {
@@ -114,6 +123,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				break
 			}
 		}
+		if fd.Owner, fd.Signal, err = d.fdOwner(nfd); err != nil {
+			return nil, &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: l.Target, Reason: err.Error()}
+		}
 		rec := fdRecord{pid: d.pid, fd: l.FD, dev: st.Dev, ino: st.Ino, key: fd.Key}
 		if rec.key == "" {
 			rec.key = descKey(d.pid, l.FD)
@@ -153,7 +165,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					fd.Seals = seals
 				}
 				if fd.Key == "" {
-					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: wholeFile(dup)})
+					src, seek, err := set.readable(dup, fd.Flags)
+					if err != nil {
+						return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+					}
+					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: sparseFile(src, fd.File, seek)})
 				}
 				break
 			}
@@ -163,7 +179,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			fd.Kind = core.FDFile
 			fd.File = ref()
 			if fd.File.Deleted && fd.Key == "" {
-				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: wholeFile(dup)})
+				src, seek, err := set.readable(dup, fd.Flags)
+				if err != nil {
+					return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+				}
+				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: sparseFile(src, fd.File, seek)})
 			}
 		case unix.S_IFDIR:
 			fd.Kind = core.FDDir
@@ -174,6 +194,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		case unix.S_IFCHR:
 			if !strings.HasPrefix(target, "/dev/") {
 				return nil, unsupported("a character device outside /dev")
+			}
+			if reason := ptyReason(st.Rdev); reason != "" {
+				return nil, unsupported(reason)
 			}
 			fd.Kind = core.FDChar
 			fd.File = ref()
@@ -337,7 +360,7 @@ func (ss *session) resolvePipes() error {
 			if ss.probe {
 				continue
 			}
-			if err := first.d.pipeData(first.d.fdset, first.idx, first.fd, true); err != nil {
+			if err := first.d.pipeData(first.d.fdset, first.idx, first.fd, true, packetMode(ends)); err != nil {
 				return err
 			}
 			continue
@@ -366,51 +389,98 @@ func (ss *session) resolvePipes() error {
 		if ss.probe {
 			continue
 		}
-		if err := r.d.pipeData(r.d.fdset, r.idx, r.fd, false); err != nil {
+		if err := r.d.pipeData(r.d.fdset, r.idx, r.fd, false, packetMode(ends)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func wholeFile(f *os.File) func() (io.Reader, error) {
-	return func() (io.Reader, error) { return io.NewSectionReader(f, 0, 1<<62), nil }
-}
-
 // pipeData copies the bytes buffered in a pipe without consuming them: tee(2)
-// duplicates them into a pipe of our own, which we then drain.
-func (d *dumper) pipeData(set *fdSet, idx, fd int, fifo bool) error {
+// duplicates them into a pipe of our own, which we then drain. The copy
+// keeps the packets of a packet-mode pipe (tee copies buffers with their
+// flags) and a read stops at the end of a packet: each read of the copy
+// returns what one read of the pipe would, ending with at most one
+// packet. direct says the pipe writes packets (an end has O_DIRECT).
+func (d *dumper) pipeData(set *fdSet, idx, fd int, fifo, direct bool) error {
 	src := set.dups[fd]
-	var pp [2]int
-	if err := unix.Pipe2(pp[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+	size := d.proc.FDs[idx].PipeSize
+	copyOf := func() (int, int, int64, error) {
+		var pp [2]int
+		if err := unix.Pipe2(pp[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+			return -1, -1, 0, err
+		}
+		if _, err := unix.FcntlInt(uintptr(pp[1]), unix.F_SETPIPE_SZ, size); err != nil {
+			unix.Close(pp[0])
+			unix.Close(pp[1])
+			return -1, -1, 0, fmt.Errorf("process %d: fd %d: cannot make a %d-byte pipe to copy its buffer: %w", d.pid, fd, size, err)
+		}
+		n, err := unix.Tee(int(src.Fd()), pp[1], size, unix.SPLICE_F_NONBLOCK)
+		if err != nil && !errors.Is(err, unix.EAGAIN) {
+			unix.Close(pp[0])
+			unix.Close(pp[1])
+			if fifo && errors.Is(err, unix.EINVAL) {
+				return -1, -1, 0, nil
+			}
+			return -1, -1, 0, fmt.Errorf("process %d: fd %d: tee: %w", d.pid, fd, err)
+		}
+		return pp[0], pp[1], n, nil
+	}
+	r, w, n, err := copyOf()
+	if err != nil || r < 0 {
 		return err
 	}
-	defer unix.Close(pp[0])
-	defer unix.Close(pp[1])
-	size := d.proc.FDs[idx].PipeSize
-	if _, err := unix.FcntlInt(uintptr(pp[1]), unix.F_SETPIPE_SZ, size); err != nil {
-		return fmt.Errorf("process %d: fd %d: cannot make a %d-byte pipe to copy its buffer: %w", d.pid, fd, size, err)
-	}
-	n, err := unix.Tee(int(src.Fd()), pp[1], size, unix.SPLICE_F_NONBLOCK)
-	if err != nil && !errors.Is(err, unix.EAGAIN) {
-		if fifo && errors.Is(err, unix.EINVAL) {
-			return nil
-		}
-		return fmt.Errorf("process %d: fd %d: tee: %w", d.pid, fd, err)
-	}
+	defer unix.Close(r)
+	defer unix.Close(w)
 	if n <= 0 {
 		return nil
 	}
 	buf := make([]byte, n)
+	var records []int // what each read returned
 	for got := int64(0); got < n; {
-		m, err := unix.Read(pp[0], buf[got:])
+		m, err := unix.Read(r, buf[got:])
 		if err != nil || m <= 0 {
 			return fmt.Errorf("process %d: fd %d: read copied pipe buffer: %v", d.pid, fd, err)
 		}
 		got += int64(m)
+		records = append(records, m)
+	}
+	var packets []int
+	if direct || len(records) > 1 {
+		// Packets are queued. Each read ended with one; it is all of
+		// the read if a 1-byte read of a second copy takes it whole (a
+		// read drops the rest of a packet, but takes one byte of stream
+		// data).
+		r2, w2, n2, err := copyOf()
+		if err != nil || r2 < 0 {
+			return err
+		}
+		defer unix.Close(r2)
+		defer unix.Close(w2)
+		left := n2
+		var one [1]byte
+		for _, rec := range records {
+			if _, err := unix.Read(r2, one[:]); err != nil {
+				return fmt.Errorf("process %d: fd %d: read copied pipe buffer: %w", d.pid, fd, err)
+			}
+			now, err := unix.IoctlGetInt(r2, unix.TIOCINQ)
+			if err != nil {
+				return fmt.Errorf("process %d: fd %d: FIONREAD: %w", d.pid, fd, err)
+			}
+			if left-int64(now) != int64(rec) {
+				return &UnsupportedFDError{PID: d.pid, FD: fd, Kind: fmt.Sprintf("pipe:[%d]", d.proc.FDs[idx].Pipe),
+					Reason: "it holds packets (O_DIRECT) mixed with stream data, whose boundaries migrate cannot keep"}
+			}
+			left = int64(now)
+		}
+		if n2 != n {
+			return fmt.Errorf("process %d: fd %d: pipe holds %d bytes, then %d: it is not frozen", d.pid, fd, n, n2)
+		}
+		packets = records
 	}
 	set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "pipe", what: "data",
 		src: func() (io.Reader, error) { return strings.NewReader(string(buf)), nil }})
+	d.proc.FDs[idx].Packets = packets
 	return nil
 }
 
@@ -438,7 +508,12 @@ func (s *fdSet) writeBlobs(d *dumper) error {
 		if err != nil {
 			return fmt.Errorf("process %d: deleted file mapped at %#x: %w", d.pid, v.Start, err)
 		}
-		name, err := d.copyBlob("mapped", f)
+		r, err := sparseFile(f, v.File, true)()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("process %d: deleted file mapped at %#x: %w", d.pid, v.Start, err)
+		}
+		name, err := d.copyBlob("mapped", r)
 		f.Close()
 		if err != nil {
 			return err

@@ -15,8 +15,9 @@ import (
 // of its descendants) while they run, the way the dump will read them
 // frozen, and returns the error the dump would give for the first fd it
 // cannot move (an *UnsupportedFDError: a pipe to a process outside, a
-// netlink socket, a pidfd, a file lock, ...) or a descendant it cannot take
-// (a *BadTargetError, a *SeccompError). It runs before anything is frozen and before
+// netlink socket, a pidfd, a file lock, a pty, ...) or a descendant it
+// cannot take (a *BadTargetError, a *SeccompError, a *SharedFDTableError,
+// a *ControllingTTYError). It runs before anything is frozen and before
 // pre-copy sends a page, so a process migrate cannot move is refused at
 // once, not after all its memory went over.
 //
@@ -32,7 +33,9 @@ func precheckFDs(ctx context.Context, opts DumpOptions) error {
 		}
 		var bt *BadTargetError
 		var se *SeccompError
-		if errors.As(err, &bt) || errors.As(err, &se) {
+		var ft *SharedFDTableError
+		var ct *ControllingTTYError
+		if errors.As(err, &bt) || errors.As(err, &se) || errors.As(err, &ft) || errors.As(err, &ct) {
 			return err
 		}
 		var ue *UnsupportedFDError

@@ -98,7 +98,7 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 		}
 		f = os.NewFile(uintptr(fd), ref.Path)
 	}
-	if _, err := io.Copy(f, ctxReader{ctx, src}); err != nil {
+	if err := fillFile(f, ctxReader{ctx, src}, ref); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -107,6 +107,26 @@ func (r *session) recreate(ctx context.Context, img *core.Image, ref *core.FileR
 		return nil, err
 	}
 	return f, nil
+}
+
+// fillFile writes the stored contents src of the file ref into f: the
+// whole file, or for a sparse one, each data extent at its offset, the
+// rest left holes up to its size.
+func fillFile(f *os.File, src io.Reader, ref *core.FileRef) error {
+	if len(ref.Extents) == 0 {
+		_, err := io.Copy(f, src)
+		return err
+	}
+	for _, e := range ref.Extents {
+		if _, err := io.CopyN(io.NewOffsetWriter(f, e.Off), src, e.Len); err != nil {
+			return fmt.Errorf("extent %d+%d: %w", e.Off, e.Len, err)
+		}
+	}
+	// Read to the end: the blob is checked there, and must hold no more.
+	if n, err := io.Copy(io.Discard, src); err != nil || n != 0 {
+		return &core.ImageError{File: ref.Blob, Reason: fmt.Sprintf("%d bytes more than its extents", n), Err: err}
+	}
+	return f.Truncate(ref.Size)
 }
 
 // setIDBits are the mode bits that give privilege on exec.
@@ -199,7 +219,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			end = ends[1]
 		}
 		if fd.Data != "" {
-			if err := r.fillPipe(ends[1], fd.Data); err != nil {
+			if err := r.fillPipe(ends[1], fd.Data, fd.Packets); err != nil {
 				return nil, err
 			}
 		}
@@ -223,7 +243,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			return nil, &core.ImageError{File: fd.File.Path, Reason: "was a FIFO, is not one now", Err: err}
 		}
 		if fd.Data != "" {
-			if err := r.fillPipe(holder, fd.Data); err != nil {
+			if err := r.fillPipe(holder, fd.Data, fd.Packets); err != nil {
 				return nil, err
 			}
 		}
@@ -375,17 +395,60 @@ func dupFile(f *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
-// fillPipe writes stored pipe contents into the write side w.
-func (r *session) fillPipe(w *os.File, blob string) error {
+// fillPipe writes stored pipe contents into the write side w: as they
+// were queued, in one stream or, with packets, one packet a write in
+// packet mode (O_DIRECT).
+func (r *session) fillPipe(w *os.File, blob string, packets []int) error {
 	data, err := r.readBlob(r.img, blob)
 	if err != nil {
 		return err
 	}
 	fl, _ := unix.FcntlInt(w.Fd(), unix.F_GETFL, 0)
-	unix.FcntlInt(w.Fd(), unix.F_SETFL, fl|unix.O_NONBLOCK)
+	mode := fl | unix.O_NONBLOCK
+	if len(packets) > 0 {
+		mode |= unix.O_DIRECT
+	}
+	if _, err := unix.FcntlInt(w.Fd(), unix.F_SETFL, mode); err != nil {
+		return fmt.Errorf("refill pipe: F_SETFL %#o: %w", mode, err)
+	}
 	defer unix.FcntlInt(w.Fd(), unix.F_SETFL, fl)
-	if _, err := unix.Write(int(w.Fd()), data); err != nil {
-		return fmt.Errorf("refill pipe with %d bytes: %w", len(data), err)
+	if len(packets) == 0 {
+		if _, err := unix.Write(int(w.Fd()), data); err != nil {
+			return fmt.Errorf("refill pipe with %d bytes: %w", len(data), err)
+		}
+		return nil
+	}
+	sum := 0
+	for _, n := range packets {
+		sum += n
+		if n > os.Getpagesize() {
+			return &core.ImageError{File: blob, Reason: fmt.Sprintf("a %d-byte packet queued in a pipe, more than a page (%d bytes) here", n, os.Getpagesize())}
+		}
+	}
+	if sum != len(data) {
+		return &core.ImageError{File: blob, Reason: fmt.Sprintf("%d bytes, its packets %d", len(data), sum)}
+	}
+	for i, n := range packets {
+		if m, err := unix.Write(int(w.Fd()), data[:n]); err != nil || m != n {
+			return fmt.Errorf("refill pipe with packet %d of %d bytes: wrote %d: %v", i, n, m, err)
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// setOwner gives the new description f of fd the owner and the signal of
+// its signal-driven I/O.
+func setOwner(f *os.File, fd *core.FD) error {
+	if fd.Signal != 0 {
+		if _, err := unix.FcntlInt(f.Fd(), unix.F_SETSIG, fd.Signal); err != nil {
+			return fmt.Errorf("F_SETSIG %d: %w", fd.Signal, err)
+		}
+	}
+	if o := fd.Owner; o != nil {
+		if err := raw.FcntlOwner(int(f.Fd()), unix.F_SETOWN_EX, &raw.FOwnerEx{Type: int32(o.Type), PID: int32(o.PID)}); err != nil {
+			return fmt.Errorf("F_SETOWN_EX %d (type %d): %w", o.PID, o.Type, err)
+		}
 	}
 	return nil
 }
@@ -485,6 +548,9 @@ func (r *restorer) prebuildTCP(ctx context.Context) error {
 		if files[i] != nil {
 			r.keep(files[i])
 			r.descs[r.descKey(fd)] = files[i]
+			if err := setOwner(files[i], fd); err != nil && first == nil {
+				first = fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
+			}
 		}
 		if errs[i] != nil && first == nil {
 			first = fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, errs[i])
@@ -520,6 +586,10 @@ func (r *restorer) restoreFDs(ctx context.Context) error {
 		if f == nil {
 			var err error
 			if f, err = r.openFD(ctx, fd, r.pipes); err != nil {
+				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
+			}
+			if err := setOwner(f, fd); err != nil {
+				f.Close()
 				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
 			}
 			r.keep(f)

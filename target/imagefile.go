@@ -78,8 +78,15 @@ func fileType(mode uint32) string {
 // executes. O_NONBLOCK: a FIFO or device put in its place is not waited
 // on; it is refused unless it is a regular file or a character device
 // (some devices are mapped).
+//
+// O_NOATIME where it may (the owner, or CAP_FOWNER): mmap(2) updates the
+// access time of the file it maps, and a restore is no access of the
+// process's.
 func openMappable(path string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		f, err = os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -400,8 +400,29 @@ func fdWhat(f *core.FD) string {
 	if f.Data != "" {
 		parts = append(parts, "buffered data in "+f.Data)
 	}
+	if len(f.Packets) > 0 {
+		parts = append(parts, plural(len(f.Packets), "packet")+" queued")
+	}
 	if f.PipeSize > 0 {
 		parts = append(parts, "pipe size "+humanBytes(uint64(f.PipeSize)))
+	}
+	if f.File != nil && len(f.File.Extents) > 0 {
+		var n int64
+		for _, e := range f.File.Extents {
+			n += e.Len
+		}
+		parts = append(parts, fmt.Sprintf("sparse: %s of data in %s", humanBytes(uint64(n)), plural(len(f.File.Extents), "extent")))
+	}
+	if o := f.Owner; o != nil {
+		what := map[int]string{0: "thread", 1: "process", 2: "process group"}[o.Type]
+		parts = append(parts, fmt.Sprintf("signal-driven I/O to %s %d", what, o.PID))
+	}
+	if f.Signal != 0 {
+		name := unix.SignalName(unix.Signal(f.Signal))
+		if name == "" {
+			name = fmt.Sprint(f.Signal)
+		}
+		parts = append(parts, "F_SETSIG "+name)
 	}
 	return strings.Join(parts, ", ")
 }

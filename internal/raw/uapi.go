@@ -182,3 +182,17 @@ type PrctlMMMap struct {
 	AuxvSize   uint32 // in bytes
 	ExeFD      uint32 // an fd of the new /proc/PID/exe, or ^uint32(0) to keep it
 }
+
+// F_OWNER_* are the owner types of struct f_owner_ex, include/uapi/asm-generic/fcntl.h.
+const (
+	F_OWNER_TID  = 0
+	F_OWNER_PID  = 1
+	F_OWNER_PGRP = 2
+)
+
+// FOwnerEx is struct f_owner_ex, include/uapi/asm-generic/fcntl.h, the
+// argument of fcntl F_GETOWN_EX and F_SETOWN_EX.
+type FOwnerEx struct {
+	Type int32 // F_OWNER_*
+	PID  int32
+}
