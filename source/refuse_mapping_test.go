@@ -22,7 +22,7 @@ func TestRefuseMapping(t *testing.T) {
 		{"shared anon", proc.Mapping{Path: "/dev/zero", Deleted: true, Shared: true}, false},
 		{"hugetlb anon from maps", proc.Mapping{Path: "/anon_hugepage", Deleted: true}, true},
 		{"hugetlbfs file", proc.Mapping{Path: "/dev/hugepages/x", Shared: true, VmFlags: []string{"rd", "sh", "ht"}}, true},
-		{"System V", proc.Mapping{Path: "/SYSV00000000", Deleted: true, Shared: true}, true},
+		{"System V (dump carries it; live refuses it: refuseDeletedMappings)", proc.Mapping{Path: "/SYSV00000000", Deleted: true, Shared: true}, false},
 		{"shadow stack", proc.Mapping{VmFlags: []string{"rd", "ss"}}, true},
 		{"protection key", proc.Mapping{ProtectionKey: 1}, true},
 	} {
