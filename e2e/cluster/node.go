@@ -276,7 +276,10 @@ func (n *Node) start(o StartOptions, name string, args ...string) (*Proc, error)
 	cmd := n.command(o.Dir, name, args...)
 	cmd.Env = o.Env
 	cmd.Stdout, cmd.Stderr = log, log // files: the process gets them as they are
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A session of its own, as a service has: no controlling terminal
+	// (the one of a `make demo` run in a terminal would be refused), and a
+	// process group it leads.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("node %s: start %s: %w", n.Name, name, err)
 	}

@@ -28,6 +28,7 @@ func Main(m *testing.M) {
 		os.Exit(1)
 	}
 	closeOnExec()
+	detachTerminal()
 	flag.Parse()
 	check := flagValue("test.fuzz") == "" && flagValue("test.fuzzworker") != "true"
 	// Start the runtime's poller first: its fds are not a leak.
@@ -113,4 +114,18 @@ func newFDs(before, after map[int]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// detachTerminal leaves the controlling terminal of a run started from
+// one (make test in a terminal), so that the workloads the tests start
+// have none: a dump refuses a process with a controlling terminal. A new
+// session if this process may make one, else TIOCNOTTY.
+func detachTerminal() {
+	if _, err := unix.Setsid(); err == nil {
+		return
+	}
+	if fd, err := unix.Open("/dev/tty", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0); err == nil {
+		unix.IoctlSetInt(fd, unix.TIOCNOTTY, 0)
+		unix.Close(fd)
+	}
 }
