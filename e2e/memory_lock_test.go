@@ -17,6 +17,7 @@ import (
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // memoryLocks returns, per area of pid, its "lo" and "lf" VmFlags (locked,
@@ -281,9 +282,10 @@ func TestGrowsDown(t *testing.T) {
 }
 
 // TestRefusedMemory: a process with memory a restore cannot give back as it
-// was (System V shared memory; hugetlb memory, which would come back as
-// normal pages) is refused before it is frozen, with an
-// *UnsupportedMappingError naming the area, and runs on untouched.
+// was (hugetlb memory, which would come back as normal pages; System V
+// shared memory in a live migration, which dump and restore carry) is
+// refused before it is frozen, with an *UnsupportedMappingError naming the
+// area, and runs on untouched.
 func TestRefusedMemory(t *testing.T) {
 	testutil.RequireRoot(t)
 	bin := testutil.Build(t, "refusedmem")
@@ -299,8 +301,13 @@ func TestRefusedMemory(t *testing.T) {
 				t.Fatal(err)
 			}
 			var log strings.Builder
-			_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(),
-				Logger: slog.New(slog.NewTextHandler(&log, nil))})
+			logger := slog.New(slog.NewTextHandler(&log, nil))
+			if mode == "sysv" {
+				_, err = source.Migrate(context.Background(), source.MigrateOptions{PID: p.PID, To: startServe(t),
+					Transport: transport.Config{Insecure: true}, Logger: logger})
+			} else {
+				_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: logger})
+			}
 			var ue *source.UnsupportedMappingError
 			if !errors.As(err, &ue) || ue.PID != p.PID || ue.Start != addr {
 				t.Fatalf("dump: %v (%T), want an UnsupportedMappingError for the area at %#x", err, err, addr)

@@ -170,7 +170,9 @@ func checkCredsRestored(t *testing.T, bin string, args []string, threaded bool) 
 // parent is 0700).
 func publicDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "migrate-e2e-")
+	// Not the cluster's prefix (cluster.Prefix): its cleanup of stale
+	// runs removed such a directory under a running test.
+	dir, err := os.MkdirTemp("", "migrate-public-")
 	if err != nil {
 		t.Fatal(err)
 	}

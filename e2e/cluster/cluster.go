@@ -393,16 +393,18 @@ func (c *Cluster) removeLeftovers() error {
 }
 
 // staleRun says whether the run whose id starts s (PID.START.SEQ) is
-// gone: its process no longer exists, or the PID is another process's.
+// gone: its process no longer exists, or the PID is another process's. A
+// name of another form is not a cluster's, and not stale: someone else's
+// directory under the same prefix (a test's os.MkdirTemp) is left alone.
 func staleRun(s string) bool {
 	f := strings.SplitN(s, ".", 3)
 	if len(f) != 3 {
-		return true
+		return false
 	}
 	pid, err1 := strconv.Atoi(f[0])
 	start, err2 := strconv.ParseUint(f[1], 10, 64)
 	if err1 != nil || err2 != nil || pid <= 0 {
-		return true
+		return false
 	}
 	st, err := startTime(pid)
 	return err != nil || st != start
