@@ -179,6 +179,12 @@ type FileRef struct {
 	// or a memfd) that hold data, in order; Blob holds only their bytes,
 	// one after the other, and the rest of the Size bytes are holes.
 	Extents []Extent `json:"extents,omitempty"`
+	// SHA256 is the hex SHA-256 of the contents of a file of code (the
+	// executable, and every file mapped executable anywhere): a restore
+	// takes the file found at Path when its contents are these, even if
+	// its time differs (the same package installed on another host).
+	// Empty: compared by size and time only.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Extent is a range of a file that holds data (SEEK_DATA to SEEK_HOLE).

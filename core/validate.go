@@ -1,6 +1,8 @@
 package core
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -109,6 +111,11 @@ func ValidPath(p string) error { return validPath(p) }
 // too (its copy is made in the same directory), but not a memfd's
 // ("/memfd:NAME", a name, never opened as a path).
 func validFileRef(f *FileRef) error {
+	if f.SHA256 != "" {
+		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != sha256.Size {
+			return fmt.Errorf("file %q: content hash %q is not a hex SHA-256", f.Path, f.SHA256)
+		}
+	}
 	if name, ok := strings.CutPrefix(f.Path, "/memfd:"); ok && f.Deleted {
 		if strings.IndexByte(name, 0) >= 0 {
 			return fmt.Errorf("%w: %q", ErrBadPath, f.Path)

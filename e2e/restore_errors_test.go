@@ -308,15 +308,30 @@ func TestRestoreRefusesBadImages(t *testing.T) {
 		}
 	})
 	t.Run("executable changed since the dump", func(t *testing.T) {
+		// The same size and another content (a time alone no longer
+		// tells: TestRestoreSameContentsOtherTime).
 		dir := copyTree(t, orig)
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
 		fi, err := os.Stat(exe)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chtimes(exe, time.Time{}, fi.ModTime().Add(time.Second)); err != nil {
+		b[len(b)-1] ^= 0xff
+		if err := os.WriteFile(exe+".new", b, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { os.Chtimes(exe, time.Time{}, fi.ModTime()) })
+		if err := os.Rename(exe+".new", exe); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			b[len(b)-1] ^= 0xff
+			os.WriteFile(exe+".new", b, 0o755)
+			os.Chtimes(exe+".new", time.Time{}, fi.ModTime())
+			os.Rename(exe+".new", exe)
+		})
 		requireImageError(t, restoreFails(t, dir, pid), exe)
 	})
 	t.Run("executable gone", func(t *testing.T) {

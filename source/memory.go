@@ -276,6 +276,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		}
 		vmas = append(vmas, v)
 	}
+	hashCodeAreas(pid, vmas)
 	return vmas, nil
 }
 

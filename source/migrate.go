@@ -492,6 +492,7 @@ func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
 	if err != nil {
 		return err
 	}
+	hashCode(fmt.Sprintf("/proc/%d/exe", d.pid), exe)
 	p.Exe = *exe
 	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
 		return err

@@ -93,6 +93,8 @@ func precheckMappings(opts DumpOptions) error {
 		if err != nil {
 			continue // gone or a zombie: left to the dump
 		}
+		// The code files' contents, hashed now rather than frozen.
+		prehashCode(pid)
 		for i := range maps {
 			if err := refuseMapping(pid, &maps[i]); err != nil {
 				return err

@@ -38,6 +38,7 @@ func (d *dumper) collectTask() error {
 	if err != nil {
 		return fmt.Errorf("process %d: executable: %w", d.pid, err)
 	}
+	hashCode(fmt.Sprintf("/proc/%d/exe", d.pid), exe)
 	if exe.Deleted {
 		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its executable %s was deleted", exe.Path)}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -251,11 +252,39 @@ func sameFile(ref *core.FileRef, what string) error {
 	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFCHR {
 		return &core.ImageError{File: ref.Path, Reason: what + " is a " + fileType(st.Mode), Err: core.ErrNotRegular}
 	}
-	if st.Size != ref.Size || st.Mtim.Nano() != ref.Mtime {
-		return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s changed since the dump (size %d, was %d; mtime %s, was %s)",
-			what, st.Size, ref.Size, time.Unix(0, st.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, ref.Mtime).UTC().Format(time.RFC3339Nano))}
+	if st.Size == ref.Size && st.Mtim.Nano() == ref.Mtime {
+		return nil
 	}
-	return nil
+	if ref.SHA256 != "" && st.Size == ref.Size {
+		// A file of code: the same contents are the same file, whatever
+		// its time (installed separately on this host, or copied).
+		got, err := fileSHA256(ref.Path)
+		if err != nil {
+			return &core.ImageError{File: ref.Path, Reason: what + " cannot be read to compare its contents", Err: err}
+		}
+		if got == ref.SHA256 {
+			return nil
+		}
+		return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s differs from the one dumped (SHA-256 %s, was %s)", what, got, ref.SHA256)}
+	}
+	return &core.ImageError{File: ref.Path, Reason: fmt.Sprintf("%s changed since the dump (size %d, was %d; mtime %s, was %s)",
+		what, st.Size, ref.Size, time.Unix(0, st.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, ref.Mtime).UTC().Format(time.RFC3339Nano))}
+}
+
+// fileSHA256 is the hex SHA-256 of the contents of the file at path.
+func fileSHA256(path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		if f, err = os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0); err != nil {
+			return "", err
+		}
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func pidFree(pid int) error {
