@@ -296,13 +296,7 @@ func TestRestoreFailsOOMScoreAdj(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Attr != "oom_score_adj" || ae.Want != "-500" || !errors.Is(err, unix.EACCES) {
 		t.Fatalf("restore: %v (%T), want a *target.AttrError for oom_score_adj -500 wrapping EACCES", err, err)
 	}
-	testutil.WaitFor(t, short, "the half-built process to be gone", func() bool {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d", img.Process.PID))
-		return err != nil
-	})
-	if got := testutil.Children(); !slices.Equal(got, kids) {
-		t.Errorf("children after the failed restore: %v, before %v", got, kids)
-	}
+	requireNothingLeft(t, img.Process.PID, kids)
 }
 
 // TestDumpRefusesMixedPersonality: threads of one process with different

@@ -180,13 +180,7 @@ func TestRestoreRefusesMissingCgroup(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Controllers != "" || !strings.HasSuffix(ce.Path, filepath.Base(gone)) || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("restore: %v (%T), want a *target.CgroupError for the v2 cgroup %s, not found", err, err, gone)
 	}
-	testutil.WaitFor(t, short, "the half-built process to be gone", func() bool {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d", img.Process.PID))
-		return err != nil
-	})
-	if got := testutil.Children(); !slices.Equal(got, kids) {
-		t.Errorf("children after the failed restore: %v, before %v", got, kids)
-	}
+	requireNothingLeft(t, img.Process.PID, kids)
 }
 
 // TestLiveCgroups: a live migration puts the process in its cgroup on the

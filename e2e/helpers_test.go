@@ -354,3 +354,17 @@ func field(t testing.TB, line, key string) string {
 	t.Fatalf("no %s= in %q", key, line)
 	return ""
 }
+
+// requireNothingLeft checks what a failed restore leaves: no process with
+// the image's PID, and the test process's children as they were (kids,
+// taken before the restore).
+func requireNothingLeft(t *testing.T, pid int, kids []int) {
+	t.Helper()
+	testutil.WaitFor(t, short, "the half-built process to be gone", func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return err != nil
+	})
+	if got := testutil.Children(); !slices.Equal(got, kids) {
+		t.Errorf("children after the failed restore: %v, before %v", got, kids)
+	}
+}

@@ -152,13 +152,7 @@ func TestRestoreRefusesTakenLock(t *testing.T) {
 	if !errors.As(err, &le) || le.FD != fd || le.Lock.Kind != core.LockPOSIX || !le.Lock.Write || le.Holder != other.PID || !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("restore: %v (%T), want a *target.LockError for fd %d's POSIX write lock held by %d", err, err, fd, other.PID)
 	}
-	testutil.WaitFor(t, short, "the half-built process to be gone", func() bool {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d", img.Process.PID))
-		return err != nil
-	})
-	if got := testutil.Children(); !slices.Equal(got, kids) {
-		t.Errorf("children after the failed restore: %v, before %v", got, kids)
-	}
+	requireNothingLeft(t, img.Process.PID, kids)
 }
 
 // TestLiveRefusesFileLocks: a live migration of a process holding a lock
