@@ -480,6 +480,7 @@ const (
 	FDTimerfd  = "timerfd"
 	FDSignalfd = "signalfd"
 	FDInotify  = "inotify"
+	FDPidfd    = "pidfd" // pidfd_open: FD.PidfdPID is the process (or thread) it refers to
 )
 
 // FD is one open file descriptor.
@@ -525,6 +526,9 @@ type FD struct {
 	// Key identifies the open file description (dev:ino:pos-independent id),
 	// so fds sharing one description are restored sharing it.
 	Key string `json:"key,omitempty"`
+	// PidfdPID is the process (a thread, with PIDFD_THREAD in Flags) a
+	// pidfd refers to: one of the dump's.
+	PidfdPID int `json:"pidfd_pid,omitempty"`
 	// Locks are the file locks held through this fd: POSIX record locks
 	// the process took through it, and the flock and OFD locks of its
 	// open file description.
@@ -714,6 +718,15 @@ func (img *Image) Validate() error {
 				return fmt.Errorf("pid or tid %d used twice", t.TID)
 			}
 			ids[t.TID] = true
+		}
+	}
+	// A pidfd refers to a process (or thread) of the image: the restore
+	// opens it on the process it made.
+	for _, p := range append([]Process{img.Process}, img.Tree...) {
+		for _, f := range p.FDs {
+			if f.Kind == FDPidfd && !ids[f.PidfdPID] {
+				return fmt.Errorf("process %d fd %d: a pidfd of %d, not a process of the image", p.PID, f.FD, f.PidfdPID)
+			}
 		}
 	}
 	// The tree: unique PIDs, each parent before its children.

@@ -522,6 +522,10 @@ func validateFD(f *FD) error {
 			}
 		}
 	case FDPipe, FDSocket, FDEpoll, FDSignalfd:
+	case FDPidfd:
+		if f.PidfdPID <= 0 || f.PidfdPID > MaxPID {
+			return fmt.Errorf("pidfd of pid %d", f.PidfdPID)
+		}
 	case FDEventfd:
 		// An eventfd counter holds at most 2^64-2.
 		if f.Count == ^uint64(0) {

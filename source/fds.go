@@ -260,6 +260,15 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				fd.Kind = core.FDTimerfd
 				fd.Timerfd = &core.Timerfd{Clock: tf.ClockID, Flags: tf.SettimeFlags, Ticks: tf.Ticks,
 					ValueNS: ns(tf.Value), IntervalNS: ns(tf.Interval)}
+			case target == "anon_inode:[pidfd]":
+				// Of a process of the dump (checked once all are read:
+				// checkPidfds), opened again on the restored one.
+				pid, err := strconv.Atoi(strings.TrimSpace(info.Extra["Pid"]))
+				if err != nil || pid <= 0 {
+					return nil, unsupported(fmt.Sprintf("a pidfd of a process that has ended or is outside migrate's PID namespace (Pid: %q)", info.Extra["Pid"]))
+				}
+				fd.Kind = core.FDPidfd
+				fd.PidfdPID = pid
 			case target == "anon_inode:[signalfd]":
 				mask, err := info.SignalfdMask()
 				if err != nil {
@@ -618,4 +627,24 @@ func fileLocks(info *proc.FDInfo) ([]core.FileLock, error) {
 		out = append(out, fl)
 	}
 	return out, nil
+}
+
+// checkPidfds refuses a pidfd of a process (or thread) that is not in the
+// dump: the restore could not open it on anything but another process.
+func checkPidfds(all []*dumper) error {
+	ids := map[int]bool{}
+	for _, d := range all {
+		for _, t := range d.proc.Threads {
+			ids[t.TID] = true
+		}
+	}
+	for _, d := range all {
+		for _, f := range d.proc.FDs {
+			if f.Kind == core.FDPidfd && !ids[f.PidfdPID] {
+				return &UnsupportedFDError{PID: d.pid, FD: f.FD, Kind: "anon_inode:[pidfd]",
+					Reason: fmt.Sprintf("a pidfd of process %d, which is not in the dump", f.PidfdPID)}
+			}
+		}
+	}
+	return nil
 }

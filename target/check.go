@@ -379,6 +379,9 @@ func (c *checker) fds(p *core.Process) {
 		if fd.Kind == core.FDFile {
 			cmp(c, 0, what+" offset", fd.Pos, info.Pos)
 		}
+		if fd.Kind == core.FDPidfd {
+			cmp(c, 0, what+" pidfd's process", strconv.Itoa(fd.PidfdPID), strings.TrimSpace(info.Extra["Pid"]))
+		}
 		c.locks(what, fd, info)
 	}
 	for n, target := range have {

@@ -338,6 +338,14 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			return nil, err
 		}
 		return f, nil
+	case core.FDPidfd:
+		// On the process the restore made with that PID, which exists:
+		// every process of the tree is created before any fd.
+		pfd, err := unix.PidfdOpen(fd.PidfdPID, fd.Flags&(unix.O_NONBLOCK|unix.O_EXCL))
+		if err != nil {
+			return nil, fmt.Errorf("pidfd_open(%d): %w", fd.PidfdPID, err)
+		}
+		return os.NewFile(uintptr(pfd), "pidfd"), nil
 	case core.FDSocket:
 		return r.openSocket(fd)
 	case core.FDInotify:
