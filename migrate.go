@@ -185,6 +185,12 @@ type MigrateOptions struct {
 	// Bandwidth caps the page stream, in bytes a second; 0: no cap.
 	// --bandwidth (in MB/s).
 	Bandwidth int64
+	// ProcessOnly moves the process alone, and refuses it if it has
+	// children; by default the process moves with all its descendants,
+	// which must neither fork nor exit until they are frozen (a
+	// *source.TreeChangedError otherwise: the tree runs on here).
+	// --tree=false.
+	ProcessOnly bool
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -232,7 +238,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs})
+		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

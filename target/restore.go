@@ -193,7 +193,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	b.byPID[root.pid] = root
 	for i := range img.Tree {
 		p := &img.Tree[i]
-		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID]}
+		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID], live: live}
 		b.all = append(b.all, r)
 		b.byPID[r.pid] = r
 	}

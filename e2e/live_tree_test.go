@@ -1,0 +1,285 @@
+package e2e
+
+// Process trees moved by a live migration (issue 13): the root and its
+// descendants are tracked, sent and frozen together, and come up in the
+// service's PID namespace with their PIDs, parents, process groups and
+// sessions, and the fds they share.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
+)
+
+// nsIDs is where a process stands in its tree, as the innermost PID
+// namespace sees it: its PID, parent, process group and session there.
+type nsIDs struct{ pid, ppid, pgid, sid int }
+
+// innerIDs reads nsIDs of the process that is pid here (status: NSpid,
+// NSpgid, NSsid; the parent's NSpid through PPid).
+func innerIDs(t testing.TB, pid int) nsIDs {
+	t.Helper()
+	last := func(pid int, field string) int {
+		f := strings.Fields(testutil.StatusField(t, pid, field))
+		if len(f) == 0 {
+			t.Fatalf("process %d: no %s", pid, field)
+		}
+		n, err := strconv.Atoi(f[len(f)-1])
+		if err != nil {
+			t.Fatalf("process %d: %s %q", pid, field, f)
+		}
+		return n
+	}
+	ids := nsIDs{pid: last(pid, "NSpid"), pgid: last(pid, "NSpgid"), sid: last(pid, "NSsid")}
+	if pp := last(pid, "PPid"); pp > 0 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pp)); err == nil {
+			ids.ppid = last(pp, "NSpid")
+		}
+	}
+	return ids
+}
+
+// TestLiveTreePrefork: a pre-fork server (a parent in a session of its
+// own and 3 workers sharing its listening socket and pipes) moves live as
+// one tree: in the service's namespace the 4 processes have their PIDs,
+// the workers the parent as theirs, all the parent's process group and
+// session; the listener is one socket shared by the four; new connections
+// are served, every worker answers a ping through its pipe, and nothing
+// of the tree is left on this side.
+func TestLiveTreePrefork(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	port := freeSocketPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := testutil.StartWith(t, testutil.Options{Setsid: true}, testutil.Build(t, "prog_prefork"), fmt.Sprint(port))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	var workers []int
+	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		workers = append(workers, n)
+	}
+	slices.Sort(workers)
+	t.Cleanup(func() {
+		for _, w := range workers {
+			testutil.ReapOrphan(t, w)
+		}
+	})
+	ask := func() string {
+		t.Helper()
+		c, err := net.DialTimeout("tcp4", addr, short)
+		if err != nil {
+			t.Fatalf("connect %s: %v", addr, err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(short))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read from %s: %v", addr, err)
+		}
+		return string(b)
+	}
+	for range 20 {
+		if got := ask(); !strings.HasPrefix(got, "worker ") {
+			t.Fatalf("answer %q", got)
+		}
+	}
+	pings := func(pr *testutil.Proc, gen int) {
+		t.Helper()
+		n := len(pr.Lines(t))
+		pr.Signal(t, unix.SIGUSR1)
+		for w := range 3 {
+			pr.WaitLine(t, short, n, fmt.Sprintf("pong %d gen=%d", w, gen))
+		}
+	}
+	pings(p, 1)
+	for _, pid := range append([]int{p.PID}, workers...) {
+		waitSockets(t, pid, 1)
+	}
+	before := map[int]nsIDs{}
+	for _, pid := range append([]int{p.PID}, workers...) {
+		before[pid] = innerIDs(t, pid)
+	}
+
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true})
+	t.Logf("tree of %d processes moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms",
+		rep.Processes, rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS)
+	if rep.Processes != 4 {
+		t.Errorf("report: %d processes, want 4", rep.Processes)
+	}
+	// The original workers died with the tree: reparented to this test (a
+	// subreaper), they are reaped here; none runs.
+	for _, w := range workers {
+		testutil.ReapOrphan(t, w)
+		if st, err := testutil.State(w); err == nil {
+			t.Errorf("the original worker %d is left (state %c)", w, st)
+		}
+	}
+	var outer []int
+	for _, w := range workers {
+		o := findInNamespace(t, w)
+		checkRunningUntraced(t, o)
+		outer = append(outer, o)
+	}
+	if got := childrenOf(t, r.PID); !slices.Equal(got, outer) {
+		t.Errorf("children of the migrated parent %v, want the migrated workers %v", got, outer)
+	}
+	for i, pid := range append([]int{p.PID}, workers...) {
+		o := r.PID
+		if i > 0 {
+			o = outer[i-1]
+		}
+		got, want := innerIDs(t, o), before[pid]
+		want.ppid = got.ppid // the root's parent is the service now
+		if i > 0 {
+			want.ppid = before[pid].ppid
+		}
+		if got != want {
+			t.Errorf("process %d in the service's namespace: %+v, want %+v", pid, got, want)
+		}
+	}
+	l0 := fdTarget(t, r.PID, 3)
+	for _, o := range outer {
+		if l := fdTarget(t, o, 3); l != l0 || !strings.HasPrefix(l, "socket:") {
+			t.Errorf("migrated worker %d fd 3 is %s, the parent's %s: not one shared socket", o, l, l0)
+		}
+	}
+	checkSoleListener(t, r.PID, port)
+	for range 40 {
+		if got := ask(); !strings.HasPrefix(got, "worker ") {
+			t.Fatalf("answer after the migration %q", got)
+		}
+	}
+	pings(r, 2)
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGTERM)
+	if bye, _ := r.WaitLine(t, short, n, "bye"); bye != "bye reaped=3" {
+		t.Errorf("%q, want the migrated parent to reap its 3 workers", bye)
+	}
+	logHasFail(t, r)
+}
+
+// TestLiveTreeSharedMemory: a parent and a child that talk through
+// shared anonymous memory (shmtree) move live: the sharing holds on the
+// target (every tick after the migration gets its answer), and the child
+// is the parent's there.
+func TestLiveTreeSharedMemory(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "shmtree"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
+	p.WaitTick(t, short, 5)
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true})
+	t.Logf("tree of %d processes moved live: downtime %.1f ms, total %.1f ms", rep.Processes, rep.DowntimeMS, rep.TotalMS)
+	testutil.ReapOrphan(t, child)
+	if st, err := testutil.State(child); err == nil {
+		t.Errorf("the original child %d is left (state %c)", child, st)
+	}
+	oc := findInNamespace(t, child)
+	checkRunningUntraced(t, oc)
+	if got := childrenOf(t, r.PID); !slices.Equal(got, []int{oc}) {
+		t.Errorf("children of the migrated parent %v, want [%d]", got, oc)
+	}
+	last := r.LastTick(t)
+	r.WaitTick(t, long, last+20)
+	for _, l := range r.Lines(t) {
+		if strings.HasSuffix(l, " stale") {
+			t.Fatalf("%q: parent and child no longer share their memory", l)
+		}
+	}
+}
+
+// TestLiveTreeForkRefused: a tree that forks while pre-copy runs is not
+// moved: the migration gives up with a *source.TreeChangedError naming
+// the new process, found at the next round's layout or at the freeze,
+// and the tree runs on here as it was, untraced; the service has built
+// nothing that runs.
+func TestLiveTreeForkRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name string
+		pol  source.Policy
+	}{
+		// The default policy freezes after the first round of so small
+		// a tree: the freeze finds the child.
+		{"at the freeze", source.Policy{}},
+		// Never converged (no downtime to fit in): a second round, whose
+		// layout finds the child.
+		{"at a round", source.Policy{MaxRounds: 4, TargetDowntime: 0, MinShrink: 0, Patience: 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLiveTreeForkRefused(t, tc.pol) })
+	}
+}
+
+func testLiveTreeForkRefused(t *testing.T, pol source.Policy) {
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "forker"))
+	p.WaitLine(t, short, 0, "ready")
+	var kids []int
+	t.Cleanup(func() {
+		// The children die with their parent (PR_SET_PDEATHSIG), and
+		// come to this test (a subreaper) to be reaped.
+		p.Stop(t)
+		for _, k := range kids {
+			testutil.ReapOrphan(t, k)
+		}
+	})
+	forked := 0
+	_, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true}, Logger: testLogger(t), Policy: pol,
+		Progress: func(rr source.RoundReport) {
+			if rr.Round != 0 || rr.Frozen {
+				return
+			}
+			// After the first round: a child, before the next round's
+			// layout (or the freeze) looks at the tree again.
+			n := len(p.Lines(t))
+			p.Signal(t, unix.SIGUSR1)
+			line, _ := p.WaitLine(t, short, n, "forked ")
+			forked, _ = strconv.Atoi(strings.TrimPrefix(line, "forked "))
+			kids = append(kids, forked)
+		},
+	})
+	var tc *source.TreeChangedError
+	if !errors.As(err, &tc) {
+		t.Fatalf("migrate: %v (%T), want a *source.TreeChangedError", err, err)
+	}
+	if tc.PID != forked || tc.Parent != p.PID || tc.Change != "forked" {
+		t.Errorf("error names %+v, want process %d forked by %d", *tc, forked, p.PID)
+	}
+	t.Logf("refused: %v", err)
+	checkRunningUntraced(t, p.PID)
+	checkRunningUntraced(t, forked)
+	p.WaitTick(t, short, p.LastTick(t)+5)
+	testutil.WaitFor(t, short, "the service to discard what it built", func() bool { return len(nsProcs(t, s)) == 0 })
+	// And without Tree the process is refused as it is now, with its
+	// child, before anything is done.
+	_, err = source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: s.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
+	var bt *source.BadTargetError
+	if !errors.As(err, &bt) || bt.PID != p.PID {
+		t.Fatalf("migrate without Tree of a process with a child: %v (%T), want a *source.BadTargetError", err, err)
+	}
+	checkRunningUntraced(t, p.PID)
+}
