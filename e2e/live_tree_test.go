@@ -11,7 +11,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -282,4 +286,155 @@ func testLiveTreeForkRefused(t *testing.T, pol source.Policy) {
 		t.Fatalf("migrate without Tree of a process with a child: %v (%T), want a *source.BadTargetError", err, err)
 	}
 	checkRunningUntraced(t, p.PID)
+}
+
+// TestLiveProgramNginx: nginx as Debian runs it (Debian's nginx-light: a
+// master as root and 2 workers as www-data, sharing the listening socket,
+// the master's socketpairs and shared memory) moves live under a client
+// that fetches a file in a loop: every request is answered, before,
+// during and after; in the service's namespace the master and the workers
+// have their PIDs, the workers their user, and the master's children are
+// the workers.
+func TestLiveProgramNginx(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
+			testutil.Unavailable(t, "nginx (Debian package nginx-light) is not installed: %v", err)
+		}
+	}
+	if _, err := user.Lookup("www-data"); err != nil {
+		testutil.Unavailable(t, "no user www-data (Debian's base-passwd makes it): %v", err)
+	}
+	srv := startServeWith(t, serveOptions{})
+	// A directory www-data can read (t.TempDir's parent is root's alone).
+	work, err := os.MkdirTemp("", "migrate-nginx-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Repeat("moved live with its workers\n", 1000)
+	if err := os.MkdirAll(filepath.Join(work, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "www", "index.html"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freeSocketPort(t)
+	conf := fmt.Sprintf(`user www-data;
+worker_processes 2;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log info;
+events { worker_connections 64; }
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen 127.0.0.1:%[2]d;
+		root %[1]s/www;
+	}
+}
+`, work, port)
+	if err := os.WriteFile(filepath.Join(work, "nginx.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := testutil.StartWith(t, testutil.Options{Dir: work}, bin, "-p", work, "-e", filepath.Join(work, "error.log"), "-c", filepath.Join(work, "nginx.conf"))
+	var workers []int
+	testutil.WaitFor(t, long, "nginx's 2 workers", func() bool {
+		workers = childrenOf(t, p.PID)
+		return len(workers) == 2
+	})
+	t.Cleanup(func() {
+		// The workers outlive a killed master: they come to this test
+		// (a subreaper), which kills and reaps them.
+		p.Stop(t)
+		for _, w := range workers {
+			testutil.ReapOrphan(t, w)
+		}
+	})
+	url := fmt.Sprintf("http://127.0.0.1:%d/index.html", port)
+	// A new connection each request: each goes to whichever worker
+	// accepts it.
+	client := &http.Client{Timeout: long, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || string(b) != body {
+			return fmt.Errorf("status %s, %d bytes", resp.Status, len(b))
+		}
+		return nil
+	}
+	testutil.WaitFor(t, long, "nginx to answer", func() bool { return get() == nil })
+	users := map[int]string{}
+	for _, w := range workers {
+		users[w] = testutil.StatusField(t, w, "Uid")
+	}
+	// The client fetches on through the migration.
+	stop := make(chan struct{})
+	type result struct {
+		n    int
+		errs []error
+	}
+	done := make(chan result)
+	go func() {
+		var res result
+		for {
+			select {
+			case <-stop:
+				done <- res
+				return
+			default:
+			}
+			res.n++
+			if err := get(); err != nil {
+				res.errs = append(res.errs, err)
+			}
+		}
+	}()
+	r, rep := migrateLive(t, p, srv, source.MigrateOptions{Tree: true})
+	close(stop)
+	res := <-done
+	t.Logf("nginx (master and %d workers) moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms; %d requests during, %d failed",
+		len(workers), rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS, res.n, len(res.errs))
+	for _, err := range res.errs {
+		t.Errorf("a request during the migration: %v", err)
+	}
+	if rep.Processes != 3 {
+		t.Errorf("report: %d processes, want 3", rep.Processes)
+	}
+	var outer []int
+	for _, w := range workers {
+		testutil.ReapOrphan(t, w)
+		o := findInNamespace(t, w)
+		checkRunningUntraced(t, o)
+		if got := testutil.StatusField(t, o, "Uid"); got != users[w] {
+			t.Errorf("worker %d runs as %q, before as %q", w, got, users[w])
+		}
+		outer = append(outer, o)
+	}
+	slices.Sort(outer)
+	if got := childrenOf(t, r.PID); !slices.Equal(got, outer) {
+		t.Errorf("children of the migrated master %v, want the migrated workers %v", got, outer)
+	}
+	checkSoleListener(t, r.PID, port)
+	for range 20 {
+		if err := get(); err != nil {
+			t.Fatalf("a request after the migration: %v", err)
+		}
+	}
 }

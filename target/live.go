@@ -70,6 +70,15 @@ func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
 	return &ll, nil
 }
 
+// layoutMembers lists the processes of a layout, the root first.
+func layoutMembers(ll *handoff.LiveLayout) []int {
+	pids := []int{ll.Process.PID}
+	for _, p := range ll.Tree {
+		pids = append(pids, p.PID)
+	}
+	return pids
+}
+
 // layoutPIDs lists the processes of a layout that have pages, the root
 // first: those a page stream each goes to (with a tree).
 func layoutPIDs(ll *handoff.LiveLayout) []int {
@@ -190,9 +199,9 @@ type liveTarget struct {
 	pid  int
 	b    *Builder
 
-	// pids are the processes with pages, the root first (the first
-	// layout's): a page stream each.
-	pids []int
+	// members are the processes of the first layout, the root first,
+	// zombies too; pids those with pages: a page stream each.
+	members, pids []int
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -301,8 +310,8 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		}
 	} else {
 		// The tree keeps its shape (the source gives up if it changes).
-		if pids := layoutPIDs(ll); !slices.Equal(pids, t.pids) || len(ll.Tree) != len(t.b.all)-1 {
-			return fmt.Errorf("layout of round %d: processes %v, the first layout had %v", l.Round, pids, t.pids)
+		if pids := layoutMembers(ll); !slices.Equal(pids, t.members) {
+			return fmt.Errorf("layout of round %d: processes %v, the first layout had %v", l.Round, pids, t.members)
 		}
 		procs := append([]core.Process{ll.Process}, ll.Tree...)
 		for i := range procs {
@@ -330,7 +339,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 // or with a tree one for each process with pages, which begins with its
 // PID (handoff.LiveLayout.Tree); a goroutine applies each.
 func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) error {
-	t.pids = layoutPIDs(ll)
+	t.pids, t.members = layoutPIDs(ll), layoutMembers(ll)
 	t.barriers = make([]int, len(t.pids))
 	t.streams = make([]*pagestream.Reader, len(t.pids))
 	t.ended = make([]bool, len(t.pids))
