@@ -122,8 +122,8 @@ func TestLiveTreePrefork(t *testing.T) {
 	}
 
 	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true})
-	t.Logf("tree of %d processes moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms",
-		rep.Processes, rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS)
+	t.Logf("tree of %d processes moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms; source frozen steps %v, handoff %v, target steps %v",
+		rep.Processes, rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS, rep.FrozenSteps, rep.Handoff, rep.TargetSteps)
 	if rep.Processes != 4 {
 		t.Errorf("report: %d processes, want 4", rep.Processes)
 	}
@@ -234,6 +234,103 @@ func TestLiveTreeForkRefused(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) { testLiveTreeForkRefused(t, tc.pol) })
 	}
+}
+
+// startForker starts forker with n children, and a cleanup that reaps
+// them (they die with their parent, PR_SET_PDEATHSIG, and come to this
+// test, a subreaper). It returns the children's PIDs.
+func startForker(t *testing.T, n int) (*testutil.Proc, []int) {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, "forker"))
+	p.WaitLine(t, short, 0, "ready")
+	var kids []int
+	for range n {
+		kids = append(kids, forkOne(t, p))
+	}
+	t.Cleanup(func() {
+		p.Stop(t)
+		for _, k := range kids {
+			testutil.ReapOrphan(t, k)
+		}
+	})
+	return p, kids
+}
+
+// forkOne makes forker p fork a child and returns its PID.
+func forkOne(t *testing.T, p *testutil.Proc) int {
+	t.Helper()
+	n := len(p.Lines(t))
+	p.Signal(t, unix.SIGUSR1)
+	line, _ := p.WaitLine(t, short, n, "forked ")
+	kid, err := strconv.Atoi(strings.TrimPrefix(line, "forked "))
+	if err != nil {
+		t.Fatalf("%q: %v", line, err)
+	}
+	return kid
+}
+
+// TestLiveTreeExitRefused: a process of the tree that exits while
+// pre-copy runs (here a child killed after the first round, left a
+// zombie by its parent) makes the migration give up with a
+// *source.TreeChangedError naming it; the tree runs on here.
+func TestLiveTreeExitRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p, kids := startForker(t, 2)
+	_, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+		Progress: func(rr source.RoundReport) {
+			if rr.Round == 0 && !rr.Frozen {
+				unix.Kill(kids[1], unix.SIGKILL)
+				testutil.WaitFor(t, short, "the child to die", func() bool {
+					st, err := testutil.State(kids[1])
+					return err != nil || st == 'Z'
+				})
+			}
+		},
+	})
+	var tc *source.TreeChangedError
+	if !errors.As(err, &tc) {
+		t.Fatalf("migrate: %v (%T), want a *source.TreeChangedError", err, err)
+	}
+	if tc.PID != kids[1] || tc.Parent != p.PID || tc.Change != "exited" {
+		t.Errorf("error names %+v, want process %d of %d exited", *tc, kids[1], p.PID)
+	}
+	t.Logf("refused: %v", err)
+	checkRunningUntraced(t, p.PID)
+	checkRunningUntraced(t, kids[0])
+	p.WaitTick(t, short, p.LastTick(t)+5)
+	testutil.WaitFor(t, short, "the service to discard what it built", func() bool { return len(nsProcs(t, s)) == 0 })
+}
+
+// TestLiveTreeZombie: a tree with a zombie its parent has not reaped yet
+// moves with it: on the target the zombie is there, the parent's child,
+// with its PID, and the live child runs.
+func TestLiveTreeZombie(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p, kids := startForker(t, 2)
+	unix.Kill(kids[1], unix.SIGKILL)
+	testutil.WaitFor(t, short, "the child to be a zombie", func() bool {
+		st, err := testutil.State(kids[1])
+		return err == nil && st == 'Z'
+	})
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true})
+	if rep.Processes != 3 {
+		t.Errorf("report: %d processes, want 3", rep.Processes)
+	}
+	for _, k := range kids {
+		testutil.ReapOrphan(t, k)
+	}
+	live, zombie := findInNamespace(t, kids[0]), findInNamespace(t, kids[1])
+	checkRunningUntraced(t, live)
+	if st, err := testutil.State(zombie); err != nil || st != 'Z' {
+		t.Errorf("the migrated zombie %d: state %c, %v", zombie, st, err)
+	}
+	if got, want := childrenOf(t, r.PID), []int{min(live, zombie), max(live, zombie)}; !slices.Equal(got, want) {
+		t.Errorf("children of the migrated parent %v, want %v", got, want)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+5)
 }
 
 func testLiveTreeForkRefused(t *testing.T, pol source.Policy) {
@@ -409,8 +506,8 @@ http {
 	r, rep := migrateLive(t, p, srv, source.MigrateOptions{Tree: true})
 	close(stop)
 	res := <-done
-	t.Logf("nginx (master and %d workers) moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms; %d requests during, %d failed",
-		len(workers), rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS, res.n, len(res.errs))
+	t.Logf("nginx (master and %d workers) moved live: downtime %.1f ms (target's %.1f ms), total %.1f ms; %d requests during, %d failed; source frozen steps %v, handoff %v",
+		len(workers), rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS, res.n, len(res.errs), rep.FrozenSteps, rep.Handoff)
 	for _, err := range res.errs {
 		t.Errorf("a request during the migration: %v", err)
 	}

@@ -631,8 +631,13 @@ func (r *restorer) exitAsZombie() error {
 	status := r.proc.Zombie.ExitCode
 	if sig := status & 0x7f; sig != 0 {
 		// Killed by a signal: send it, still at its default action; the
-		// signal lands on detach.
+		// signal lands on detach (SIGKILL at once: the injection ends
+		// with the thread gone, as with exit_group below).
 		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.pid), uint64(sig)); err != nil {
+			if st, serr := proc.ReadStat(r.pid); sig == int(unix.SIGKILL) && serr == nil && (st.State == 'Z' || st.State == 'X') {
+				r.p = nil
+				return nil
+			}
 			return err
 		}
 		err := r.p.Detach()
