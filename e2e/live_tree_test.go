@@ -57,6 +57,49 @@ func innerIDs(t testing.TB, pid int) nsIDs {
 	return ids
 }
 
+// preforkWorkers returns the workers prog_prefork's ready line names,
+// sorted.
+func preforkWorkers(t testing.TB, ready string) []int {
+	t.Helper()
+	var workers []int
+	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		workers = append(workers, n)
+	}
+	slices.Sort(workers)
+	return workers
+}
+
+// askPrefork connects to prog_prefork at addr and returns its answer.
+func askPrefork(t testing.TB, addr string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp4", addr, short)
+	if err != nil {
+		t.Fatalf("connect %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(short))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read from %s: %v", addr, err)
+	}
+	return string(b)
+}
+
+// pingPrefork makes prog_prefork pr ping its 3 workers (generation gen)
+// and waits for every pong.
+func pingPrefork(t testing.TB, pr *testutil.Proc, gen int) {
+	t.Helper()
+	n := len(pr.Lines(t))
+	pr.Signal(t, unix.SIGUSR1)
+	for w := range 3 {
+		pr.WaitLine(t, short, n, fmt.Sprintf("pong %d gen=%d", w, gen))
+	}
+}
+
 // TestLiveTreePrefork: a pre-fork server (a parent in a session of its
 // own and 3 workers sharing its listening socket and pipes) moves live as
 // one tree: in the service's namespace the 4 processes have their PIDs,
@@ -71,47 +114,19 @@ func TestLiveTreePrefork(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	p := testutil.StartWith(t, testutil.Options{Setsid: true}, testutil.Build(t, "prog_prefork"), fmt.Sprint(port))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
-	var workers []int
-	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
-		n, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		workers = append(workers, n)
-	}
-	slices.Sort(workers)
+	workers := preforkWorkers(t, ready)
 	t.Cleanup(func() {
 		for _, w := range workers {
 			testutil.ReapOrphan(t, w)
 		}
 	})
-	ask := func() string {
-		t.Helper()
-		c, err := net.DialTimeout("tcp4", addr, short)
-		if err != nil {
-			t.Fatalf("connect %s: %v", addr, err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(short))
-		b, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("read from %s: %v", addr, err)
-		}
-		return string(b)
-	}
+	ask := func() string { return askPrefork(t, addr) }
 	for range 20 {
 		if got := ask(); !strings.HasPrefix(got, "worker ") {
 			t.Fatalf("answer %q", got)
 		}
 	}
-	pings := func(pr *testutil.Proc, gen int) {
-		t.Helper()
-		n := len(pr.Lines(t))
-		pr.Signal(t, unix.SIGUSR1)
-		for w := range 3 {
-			pr.WaitLine(t, short, n, fmt.Sprintf("pong %d gen=%d", w, gen))
-		}
-	}
+	pings := func(pr *testutil.Proc, gen int) { pingPrefork(t, pr, gen) }
 	pings(p, 1)
 	for _, pid := range append([]int{p.PID}, workers...) {
 		waitSockets(t, pid, 1)
