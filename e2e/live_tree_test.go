@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -548,5 +549,111 @@ http {
 		if err := get(); err != nil {
 			t.Fatalf("a request after the migration: %v", err)
 		}
+	}
+}
+
+// TestLiveTreeFaults: the faults of TestLiveFaults that leave the source
+// to learn the outcome, with a tree (shmtree: a parent and a child sharing
+// memory): exactly one copy of the whole tree runs afterwards.
+//
+//   - the connection cut when the target is ready, before the commit: the
+//     source learns the session was aborted and resumes the original
+//     tree, both processes, untraced, still sharing their memory; nothing
+//     runs on the target;
+//   - the commit delivered, the answer lost, the connection cut: the
+//     source learns the tree runs on the target and kills the original,
+//     child and parent.
+func TestLiveTreeFaults(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, at := range []string{atReady, atCommit} {
+		t.Run(at+"/"+doCut, func(t *testing.T) { runLiveTreeFault(t, at) })
+	}
+}
+
+func runLiveTreeFault(t *testing.T, at string) {
+	s := startServeWith(t, serveOptions{})
+	px := startProxy(t, s.Addr)
+	p := testutil.Start(t, testutil.Build(t, "shmtree"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(t)
+		testutil.ReapOrphan(t, child)
+	})
+	p.WaitTick(t, short, 3)
+	g := newGate(t)
+	o := source.MigrateOptions{PID: p.PID, To: px.Addr(), Tree: true, Transport: transport.Config{Insecure: true}, Policy: faultPolicy}
+	switch at {
+	case atReady:
+		o.Logger = hookLogger(t, func(msg string) {
+			if msg == "handoff: commit" {
+				g.reach()
+			}
+		})
+	case atCommit:
+		// As in runLiveFault: what the target answers from the commit on
+		// is lost, and the connection cut 100 ms after the commit went.
+		var armed atomic.Bool
+		px.setHook(func(before int64, b []byte) bool {
+			if armed.CompareAndSwap(true, false) {
+				time.AfterFunc(100*time.Millisecond, px.Cut)
+			}
+			return false
+		})
+		o.Logger = hookLogger(t, func(msg string) {
+			if msg == "handoff: commit" {
+				px.mute.Store(true)
+				armed.Store(true)
+			}
+		})
+	}
+	m := startMigration(o)
+	if at == atReady {
+		m.waitGate(t, g, s, "the fault point "+at)
+		px.Cut()
+		g.open()
+	}
+	m.wait(t, s)
+	noStale := func(pr *testutil.Proc) {
+		t.Helper()
+		pr.WaitTick(t, long, pr.LastTick(t)+10)
+		for _, l := range pr.Lines(t) {
+			if strings.HasSuffix(l, " stale") {
+				t.Fatalf("%q: parent and child no longer share their memory", l)
+			}
+		}
+	}
+	switch at {
+	case atReady:
+		he := checkHandoffError(t, m.err, "")
+		if !strings.Contains(he.Err.Error(), "aborted") {
+			t.Errorf("the source resumed the original without the target's word that the session was aborted: %v", he.Err)
+		}
+		checkRunningUntraced(t, p.PID)
+		checkRunningUntraced(t, child)
+		noStale(p)
+		checkNoCopyOnTarget(t, s)
+	case atCommit:
+		if m.err != nil || m.rep.Outcome != "resumed" {
+			t.Fatalf("migration: %+v, %v; want resumed, learnt by asking", m.rep, m.err)
+		}
+		if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+			t.Errorf("the original ended with %v, want killed", ws)
+		}
+		testutil.ReapOrphan(t, child)
+		if st, err := testutil.State(child); err == nil {
+			t.Errorf("the original child %d is left (state %c)", child, st)
+		}
+		r := migrated(findInNamespace(t, p.PID), p.Log)
+		oc := findInNamespace(t, child)
+		got := nsProcs(t, s)
+		slices.Sort(got)
+		if want := []int{min(r.PID, oc), max(r.PID, oc)}; !slices.Equal(got, want) {
+			t.Errorf("processes in the target's namespace: %v, want only the migrated tree, %v", got, want)
+		}
+		noStale(r)
 	}
 }
