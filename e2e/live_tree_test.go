@@ -657,3 +657,87 @@ func runLiveTreeFault(t *testing.T, at string) {
 		noStale(r)
 	}
 }
+
+// TestLiveTreeRecover: the source's migrate killed with the tree frozen
+// (in its post-dump hook) leaves every process of the tree stopped, and
+// its record names them all: `migrate recover`, told by the target that
+// the session was aborted, lets the whole tree run on, the child too.
+func TestLiveTreeRecover(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "shmtree"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(t)
+		testutil.ReapOrphan(t, child)
+	})
+	p.WaitTick(t, short, 3)
+	mark := filepath.Join(t.TempDir(), "post-dump-ran")
+	before := testutil.Children()
+	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--hook", "post-dump=touch "+mark+"; exec sleep 20", strconv.Itoa(p.PID))
+	var out strings.Builder
+	m.Stdout, m.Stderr = &out, &out
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		m.Process.Kill()
+		m.Wait()
+		if t.Failed() {
+			t.Logf("migrate:\n%s", out.String())
+		}
+	})
+	testutil.WaitFor(t, long, "the post-dump hook", func() bool {
+		_, err := os.Stat(mark)
+		return err == nil
+	})
+	if err := m.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Wait()
+	// Its hook, orphaned, comes to this test (a subreaper).
+	for _, pid := range testutil.Children() {
+		if !slices.Contains(before, pid) && pid != m.Process.Pid {
+			testutil.ReapOrphan(t, pid)
+		}
+	}
+	// Let go by the kernel, each process meets the SIGSTOP queued at the
+	// freeze.
+	for _, pid := range []int{p.PID, child} {
+		testutil.WaitFor(t, short, fmt.Sprintf("process %d stopped", pid), func() bool {
+			st, err := testutil.State(pid)
+			return err == nil && st == 'T'
+		})
+	}
+	var rec *source.Record
+	testutil.WaitFor(t, short, "the record of the migration", func() bool {
+		rs, _ := source.StaleRecords()
+		for i := range rs {
+			if rs[i].PID == p.PID {
+				rec = &rs[i]
+			}
+		}
+		return rec != nil
+	})
+	if len(rec.Tree) != 1 || rec.Tree[0].PID != child {
+		t.Errorf("the record's tree %+v, want the child %d", rec.Tree, child)
+	}
+	got, err := source.Recover(context.Background(), s.Addr, rec.Session, p.PID, transport.Config{Insecure: true}, testLogger(t))
+	if err != nil || got != transport.OutcomeAborted.String() {
+		t.Fatalf("recover: %q, %v; want aborted", got, err)
+	}
+	for _, pid := range []int{p.PID, child} {
+		checkRunningUntraced(t, pid)
+	}
+	p.WaitTick(t, long, p.LastTick(t)+10)
+	for _, l := range p.Lines(t) {
+		if strings.HasSuffix(l, " stale") {
+			t.Fatalf("%q: parent and child no longer share their memory", l)
+		}
+	}
+	checkNoCopyOnTarget(t, s)
+}

@@ -676,7 +676,11 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	// From the freeze a crash of this migrate leaves something to settle:
 	// the record is written first, out of the downtime.
 	var err error
-	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
+	var tree []int
+	for _, d := range a.all[1:] {
+		tree = append(tree, d.pid)
+	}
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err != nil {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
 	// The whole tree at once, as an offline dump freezes it: a process
@@ -1058,17 +1062,38 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		return out.String(), err
 	}
 	defer RemoveRecord(pid, session)
+	// The other processes of a tree go as the root does; one that is gone
+	// (or whose PID names another process now) is left alone.
+	var tree []*Record
+	if rec != nil {
+		tree = treeRecords(rec)
+	}
+	member := func(m *Record, sig unix.Signal) {
+		var nr *NotRecordedError
+		if err := signalRecorded(m, sig); err != nil && !errors.Is(err, unix.ESRCH) && !errors.As(err, &nr) {
+			log.Warn("a process of the original tree", "pid", m.PID, "signal", sig, "err", err)
+		}
+	}
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {
+			// Children first: no parent sees a child die and acts on it.
+			for i := len(tree) - 1; i >= 0; i-- {
+				member(tree[i], unix.SIGKILL)
+			}
 			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
 			}
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
-			if err := sockets.UnrepairProcess(pid); err != nil {
-				log.Warn("the original's TCP connections", "pid", pid, "err", err)
+			for _, m := range append([]*Record{rec}, tree...) {
+				if err := sockets.UnrepairProcess(m.PID); err != nil {
+					log.Warn("the original's TCP connections", "pid", m.PID, "err", err)
+				}
+			}
+			for _, m := range tree {
+				member(m, unix.SIGCONT)
 			}
 			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)
