@@ -93,7 +93,7 @@ type MigrateReport struct {
 	Pages      uint64        `json:"pages"`
 	BytesRaw   uint64        `json:"bytes_raw"`
 	BytesWire  uint64        `json:"bytes_wire"`
-	RSSBytes   uint64        `json:"rss_bytes"`
+	RSSBytes   uint64        `json:"rss_bytes"` // of the processes moved, summed (a page two share counts twice)
 	Total      time.Duration `json:"-"`
 	Downtime   time.Duration `json:"-"`
 	TotalMS    float64       `json:"total_ms"`
@@ -234,6 +234,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS,
 		Processes: len(a.all) + len(a.zombies)}
+	for _, m := range a.all[1:] {
+		rep.RSSBytes += m.status.VmRSS
+	}
 	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
 		Redial: func(ctx context.Context) (handoff.Conn, error) {

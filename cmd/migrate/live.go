@@ -275,8 +275,12 @@ func printRoundLine(w io.Writer, r migrate.RoundReport) {
 }
 
 func migrateSummary(r *migrate.Report) string {
+	comm := r.Comm
+	if r.Processes > 1 {
+		comm += fmt.Sprintf(", with %d descendants", r.Processes-1)
+	}
 	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s (target: %s), total %s (session %s)",
-		r.PID, r.Comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
+		r.PID, comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
 		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
 		formatMS(r.TotalMS), r.Session)
 }
