@@ -209,10 +209,11 @@ type MigrateOptions struct {
 	Logger *slog.Logger
 }
 
-// Migrate moves process pid to the Serve at target (HOST:PORT) while it
-// runs: pre-copy rounds copy its memory, then it is frozen for a final
-// round with its state, the target restores it with the same PID, and
-// once the target says it runs, the original is killed.
+// Migrate moves process pid, with its descendants unless
+// opts.ProcessOnly, to the Serve at target (HOST:PORT) while it runs:
+// pre-copy rounds copy its memory, then it is frozen for a final round
+// with its state, the target restores it with the same PID, and once the
+// target says it runs, the original is killed.
 //
 // A nil error: the process runs on the target. Any failure before the
 // commit leaves the original running as it was (an EventAborted says so).
