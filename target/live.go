@@ -269,16 +269,21 @@ func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
 	t.event(SessionStarted, nil)
-	// A process that left this host a moment ago (migrated away, killed)
-	// may still hold the PID as a zombie until its parent (this service,
-	// as PID 1 of its namespace) reaps it: worth a short wait.
+	return waitPIDFree(h.PID)
+}
+
+// waitPIDFree is pidFree(pid), after a short wait if a zombie holds pid:
+// a process that left this host a moment ago (migrated away, killed) may
+// still hold the PID as a zombie until its parent (this service, as PID 1
+// of its namespace) reaps it.
+func waitPIDFree(pid int) error {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		err := pidFree(h.PID)
+		err := pidFree(pid)
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
-		if st, serr := proc.ReadStat(h.PID); serr != nil || (st.State != 'Z' && st.State != 'X') {
+		if st, serr := proc.ReadStat(pid); serr != nil || (st.State != 'Z' && st.State != 'X') {
 			return err
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -300,6 +305,12 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		}
 	}
 	if t.b == nil {
+		// The tree's PIDs as the root's (Prepare).
+		for _, p := range ll.Tree {
+			if err := waitPIDFree(p.PID); err != nil {
+				return err
+			}
+		}
 		b, err := newLiveBuilder(ctx, ll, t.log)
 		if err != nil {
 			return err
