@@ -201,6 +201,15 @@ func TestLiveTreePrefork(t *testing.T) {
 // is the parent's there.
 func TestLiveTreeSharedMemory(t *testing.T) {
 	testutil.RequireRoot(t)
+	// With each tracker this kernel has: a page of the shared memory is
+	// written through one process's page tables, read through both.
+	for _, tracker := range []string{source.TrackerUffdWP, source.TrackerSoftDirty, source.TrackerHash} {
+		t.Run(tracker, func(t *testing.T) { testLiveTreeSharedMemory(t, tracker) })
+	}
+}
+
+func testLiveTreeSharedMemory(t *testing.T, tracker string) {
+	trackerWorks(t, tracker)
 	s := startServeWith(t, serveOptions{})
 	p := testutil.Start(t, testutil.Build(t, "shmtree"))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
@@ -210,8 +219,11 @@ func TestLiveTreeSharedMemory(t *testing.T) {
 	}
 	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
 	p.WaitTick(t, short, 5)
-	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true})
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true, Tracker: tracker})
 	t.Logf("tree of %d processes moved live: downtime %.1f ms, total %.1f ms", rep.Processes, rep.DowntimeMS, rep.TotalMS)
+	if rep.Tracker != tracker {
+		t.Errorf("tracker %s, want %s", rep.Tracker, tracker)
+	}
 	testutil.ReapOrphan(t, child)
 	if st, err := testutil.State(child); err == nil {
 		t.Errorf("the original child %d is left (state %c)", child, st)
