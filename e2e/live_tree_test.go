@@ -753,3 +753,42 @@ func TestLiveTreeRecover(t *testing.T) {
 	}
 	checkNoCopyOnTarget(t, s)
 }
+
+// TestLiveTreeSharedMemoryExact: a parent and a child keep rewriting one
+// shared anonymous region (shmdirty: the parent its even pages, the child
+// its odd ones) while pre-copy sends it in several rounds, each process
+// its own page stream: after the migration each finds every page it
+// wrote as it wrote it last, whichever stream and round carried it.
+func TestLiveTreeSharedMemoryExact(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "shmdirty"), "32", "40")
+	ready, _ := p.WaitLine(t, long, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(t)
+		testutil.ReapOrphan(t, child)
+	})
+	p.WaitTick(t, long, 3)
+	// Several rounds: a downtime target no final round meets.
+	pol := source.Policy{MaxRounds: 4, TargetDowntime: time.Microsecond, MinShrink: 0, Patience: 4}
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true, Policy: pol})
+	t.Logf("tree of %d processes moved live in %d rounds: downtime %.1f ms, total %.1f ms", rep.Processes, len(rep.Rounds), rep.DowntimeMS, rep.TotalMS)
+	testutil.ReapOrphan(t, child)
+	oc := findInNamespace(t, child)
+	n := len(r.Lines(t))
+	r.Signal(t, unix.SIGUSR1)
+	if err := unix.Kill(oc, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []string{"parent", "child"} {
+		line, _ := r.WaitLine(t, long, n, "verify "+who)
+		if !strings.HasPrefix(line, "verify "+who+" ok") {
+			t.Errorf("the shared memory after the migration: %s", line)
+		}
+	}
+	r.WaitTick(t, long, r.LastTick(t)+3)
+}
