@@ -19,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,6 +194,26 @@ func TestLiveTreePrefork(t *testing.T) {
 	logHasFail(t, r)
 }
 
+// startParentChild starts the workload name (shmtree, shmdirty: a parent
+// that says "ready ... child=C" once its child runs), waits for its third
+// tick, and returns it with its child's PID; a cleanup kills the parent
+// and reaps the child (which dies with it, or was killed by a migration).
+func startParentChild(t *testing.T, name string, args ...string) (*testutil.Proc, int) {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, name), args...)
+	ready, _ := p.WaitLine(t, long, 0, "ready")
+	child, err := strconv.Atoi(field(t, ready, "child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(t)
+		testutil.ReapOrphan(t, child)
+	})
+	p.WaitTick(t, long, 3)
+	return p, child
+}
+
 // TestLiveTreeSharedMemory: a parent and a child that talk through
 // shared anonymous memory (shmtree) move live: the sharing holds on the
 // target (every tick after the migration gets its answer), and the child
@@ -211,14 +230,7 @@ func TestLiveTreeSharedMemory(t *testing.T) {
 func testLiveTreeSharedMemory(t *testing.T, tracker string) {
 	trackerWorks(t, tracker)
 	s := startServeWith(t, serveOptions{})
-	p := testutil.Start(t, testutil.Build(t, "shmtree"))
-	ready, _ := p.WaitLine(t, short, 0, "ready")
-	child, err := strconv.Atoi(field(t, ready, "child"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
-	p.WaitTick(t, short, 5)
+	p, child := startParentChild(t, "shmtree")
 	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true, Tracker: tracker})
 	t.Logf("tree of %d processes moved live: downtime %.1f ms, total %.1f ms", rep.Processes, rep.DowntimeMS, rep.TotalMS)
 	if rep.Tracker != tracker {
@@ -585,17 +597,7 @@ func TestLiveTreeFaults(t *testing.T) {
 func runLiveTreeFault(t *testing.T, at string) {
 	s := startServeWith(t, serveOptions{})
 	px := startProxy(t, s.Addr)
-	p := testutil.Start(t, testutil.Build(t, "shmtree"))
-	ready, _ := p.WaitLine(t, short, 0, "ready")
-	child, err := strconv.Atoi(field(t, ready, "child"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(t)
-		testutil.ReapOrphan(t, child)
-	})
-	p.WaitTick(t, short, 3)
+	p, child := startParentChild(t, "shmtree")
 	g := newGate(t)
 	o := source.MigrateOptions{PID: p.PID, To: px.Addr(), Tree: true, Transport: transport.Config{Insecure: true}, Policy: faultPolicy}
 	switch at {
@@ -606,21 +608,7 @@ func runLiveTreeFault(t *testing.T, at string) {
 			}
 		})
 	case atCommit:
-		// As in runLiveFault: what the target answers from the commit on
-		// is lost, and the connection cut 100 ms after the commit went.
-		var armed atomic.Bool
-		px.setHook(func(before int64, b []byte) bool {
-			if armed.CompareAndSwap(true, false) {
-				time.AfterFunc(100*time.Millisecond, px.Cut)
-			}
-			return false
-		})
-		o.Logger = hookLogger(t, func(msg string) {
-			if msg == "handoff: commit" {
-				px.mute.Store(true)
-				armed.Store(true)
-			}
-		})
+		o.Logger = cutAfterCommit(t, px)
 	}
 	m := startMigration(o)
 	if at == atReady {
@@ -677,17 +665,7 @@ func runLiveTreeFault(t *testing.T, at string) {
 func TestLiveTreeRecover(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{})
-	p := testutil.Start(t, testutil.Build(t, "shmtree"))
-	ready, _ := p.WaitLine(t, short, 0, "ready")
-	child, err := strconv.Atoi(field(t, ready, "child"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(t)
-		testutil.ReapOrphan(t, child)
-	})
-	p.WaitTick(t, short, 3)
+	p, child := startParentChild(t, "shmtree")
 	mark := filepath.Join(t.TempDir(), "post-dump-ran")
 	before := testutil.Children()
 	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--hook", "post-dump=touch "+mark+"; exec sleep 20", strconv.Itoa(p.PID))
@@ -762,17 +740,7 @@ func TestLiveTreeRecover(t *testing.T) {
 func TestLiveTreeSharedMemoryExact(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{})
-	p := testutil.Start(t, testutil.Build(t, "shmdirty"), "32", "40")
-	ready, _ := p.WaitLine(t, long, 0, "ready")
-	child, err := strconv.Atoi(field(t, ready, "child"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(t)
-		testutil.ReapOrphan(t, child)
-	})
-	p.WaitTick(t, long, 3)
+	p, child := startParentChild(t, "shmdirty", "32", "40")
 	// Several rounds: a downtime target no final round meets.
 	pol := source.Policy{MaxRounds: 4, TargetDowntime: time.Microsecond, MinShrink: 0, Patience: 4}
 	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true, Policy: pol})
