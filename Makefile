@@ -16,12 +16,13 @@ BENCHTIME ?= 1s
 
 # command:package pairs for the tools tests and the demo need. The e2e
 # tests run Debian's python3 by its path, and redis-server (redis-cli,
-# redis-benchmark) as a real program to dump and restore. The two-node
+# redis-benchmark) and nginx (nginx-light: a master and its workers, moved
+# live as a tree) as real programs to dump, restore and move. The two-node
 # cluster (e2e/cluster: the node tests and the demo) needs ip, nsenter,
 # unshare, and arping for the hooks that move its service address.
 # PostgreSQL (Debian 12's 15) is another real program the tests move.
 DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools \
-	/usr/lib/postgresql/15/bin/postgres:postgresql \
+	/usr/lib/postgresql/15/bin/postgres:postgresql /usr/sbin/nginx:nginx-light \
 	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping groff:groff-base
 
 .PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean

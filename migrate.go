@@ -185,6 +185,12 @@ type MigrateOptions struct {
 	// Bandwidth caps the page stream, in bytes a second; 0: no cap.
 	// --bandwidth (in MB/s).
 	Bandwidth int64
+	// ProcessOnly moves the process alone, and refuses it if it has
+	// children; by default the process moves with all its descendants,
+	// which must neither fork nor exit until they are frozen (a
+	// *source.TreeChangedError otherwise: the tree runs on here).
+	// --tree=false.
+	ProcessOnly bool
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -203,10 +209,11 @@ type MigrateOptions struct {
 	Logger *slog.Logger
 }
 
-// Migrate moves process pid to the Serve at target (HOST:PORT) while it
-// runs: pre-copy rounds copy its memory, then it is frozen for a final
-// round with its state, the target restores it with the same PID, and
-// once the target says it runs, the original is killed.
+// Migrate moves process pid, with its descendants unless
+// opts.ProcessOnly, to the Serve at target (HOST:PORT) while it runs:
+// pre-copy rounds copy its memory, then it is frozen for a final round
+// with its state, the target restores it with the same PID, and once the
+// target says it runs, the original is killed.
 //
 // A nil error: the process runs on the target. Any failure before the
 // commit leaves the original running as it was (an EventAborted says so).
@@ -232,7 +239,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs})
+		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

@@ -477,6 +477,27 @@ func TestLiveFaults(t *testing.T) {
 	}
 }
 
+// cutAfterCommit makes px lose what the target answers from the commit
+// on, and cut the connection 100 ms after the commit went: the next bytes
+// the source sends carry the commit (a yamux frame: its header and its
+// body come as two writes), the first of them starts the timer. It
+// returns the logger for the source, which sees the commit.
+func cutAfterCommit(t *testing.T, px *faultProxy) *slog.Logger {
+	var armed atomic.Bool
+	px.setHook(func(before int64, b []byte) bool {
+		if armed.CompareAndSwap(true, false) {
+			time.AfterFunc(100*time.Millisecond, px.Cut)
+		}
+		return false
+	})
+	return hookLogger(t, func(msg string) {
+		if msg == "handoff: commit" {
+			px.mute.Store(true)
+			armed.Store(true)
+		}
+	})
+}
+
 func runLiveFault(t *testing.T, at, do string) {
 	s := startServeWith(t, serveOptions{})
 	px := startProxy(t, s.Addr)
@@ -538,23 +559,7 @@ func runLiveFault(t *testing.T, at, do string) {
 			}
 		})
 	case atCommit:
-		// From the commit on, what the target answers is lost; the next
-		// bytes the source sends carry the commit (a yamux frame: its
-		// header and its body come as two writes): 100 ms after the first
-		// of them the connection is cut.
-		var armed atomic.Bool
-		px.setHook(func(before int64, b []byte) bool {
-			if armed.CompareAndSwap(true, false) {
-				time.AfterFunc(100*time.Millisecond, px.Cut)
-			}
-			return false
-		})
-		o.Logger = hookLogger(t, func(msg string) {
-			if msg == "handoff: commit" {
-				px.mute.Store(true)
-				armed.Store(true)
-			}
-		})
+		o.Logger = cutAfterCommit(t, px)
 	case atInCommit:
 		// The first write of the commit's frame (its yamux header) passes,
 		// then the connection is cut.

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -751,29 +750,8 @@ func TestProgramPreforkServer(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	p := testutil.Start(t, testutil.Build(t, "prog_prefork"), fmt.Sprint(port))
 	ready, _ := p.WaitLine(t, short, 0, "ready")
-	var workers []int
-	for _, f := range strings.Split(field(t, ready, "workers"), ",") {
-		n, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		workers = append(workers, n)
-	}
-	slices.Sort(workers)
-	ask := func() string {
-		t.Helper()
-		c, err := net.DialTimeout("tcp4", addr, short)
-		if err != nil {
-			t.Fatalf("connect %s: %v", addr, err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(short))
-		b, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("read from %s: %v", addr, err)
-		}
-		return string(b)
-	}
+	workers := preforkWorkers(t, ready)
+	ask := func() string { return askPrefork(t, addr) }
 	for range 30 {
 		if got := ask(); !strings.HasPrefix(got, "worker ") {
 			t.Fatalf("answer %q", got)
@@ -789,14 +767,7 @@ func TestProgramPreforkServer(t *testing.T) {
 		}
 		return false
 	})
-	pings := func(pr *testutil.Proc, gen int) {
-		t.Helper()
-		n := len(pr.Lines(t))
-		pr.Signal(t, unix.SIGUSR1)
-		for w := range 3 {
-			pr.WaitLine(t, short, n, fmt.Sprintf("pong %d gen=%d", w, gen))
-		}
-	}
+	pings := func(pr *testutil.Proc, gen int) { pingPrefork(t, pr, gen) }
 	pings(p, 1)
 	for _, pid := range append([]int{p.PID}, workers...) {
 		waitSockets(t, pid, 1)

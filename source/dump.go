@@ -71,6 +71,15 @@ type session struct {
 	// change before the freeze (a connection still connecting, an accept
 	// queue) is left to the dump itself.
 	probe bool
+	// onRoundStart and onRoundEnd, if set, see each round of pages begin
+	// (with the layout of each process of the tree, in its order) and
+	// end: a live migration announces rounds to the target.
+	onRoundStart func(layouts [][]core.VMA) error
+	onRoundEnd   func(rep RoundReport) error
+	// checkTree, if set, says whether the tree a live migration moves
+	// changed shape (a *TreeChangedError), when a process of it is found
+	// gone.
+	checkTree func() error
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -87,11 +96,10 @@ type dumper struct {
 	// scratch is a page mapped in the tracee for results of injected calls.
 	scratch uint64
 	tracker Tracker
-	rounds  []RoundReport
-	// onRoundStart and onRoundEnd, if set, see each round begin (with its
-	// layout) and end: a live migration announces rounds to the target.
-	onRoundStart func(vmas []core.VMA) error
-	onRoundEnd   func(rep RoundReport) error
+	// rounds are the rounds of pages: the tree's, on the root's dumper.
+	rounds []RoundReport
+	// pending are the pages the pre-copy left to the final round.
+	pending []PageRange
 	// estimate is the policy's last estimate of the final round's time.
 	estimate time.Duration
 	// mmapDone, if set, is called once the injected calls that take the
@@ -99,18 +107,18 @@ type dumper struct {
 	mmapDone func()
 }
 
-func (d *dumper) roundStart(vmas []core.VMA) error {
-	if d.onRoundStart == nil {
+func (s *session) roundStart(layouts [][]core.VMA) error {
+	if s.onRoundStart == nil {
 		return nil
 	}
-	return d.onRoundStart(vmas)
+	return s.onRoundStart(layouts)
 }
 
-func (d *dumper) roundEnd(rep RoundReport) error {
-	if d.onRoundEnd == nil {
+func (s *session) roundEnd(rep RoundReport) error {
+	if s.onRoundEnd == nil {
 		return nil
 	}
-	return d.onRoundEnd(rep)
+	return s.onRoundEnd(rep)
 }
 
 // lap records the time since the previous lap as step name.
@@ -212,7 +220,6 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 
-	var pending []PageRange
 	if opts.PreCopy {
 		if kids, _ := childrenOf(root.pid); opts.Tree && len(kids) > 0 {
 			return nil, &BadTargetError{PID: root.pid, Reason: "it has child processes: pre-copy of process trees is not supported yet (dump the tree without --pre-copy)"}
@@ -224,7 +231,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 				}
 			}
 		})
-		if pending, err = root.precopy(ctx, root.sink); err != nil {
+		if err = ss.precopy(ctx, all); err != nil {
 			return nil, err
 		}
 		ss.lap("pre-copy")
@@ -254,7 +261,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 
 	// The state, in phases (frozen.go). A lock whose process is to die
 	// outlives this dump: the restore removes it.
-	f := &frozenState{ss: ss, all: all, cu: &cu, pending: pending, frozen: frozen,
+	f := &frozenState{ss: ss, all: all, cu: &cu, frozen: frozen,
 		networkStep: "tcp repair", memoryStep: "memory"}
 	f.lockNetwork = func() error {
 		// The listening ports are locked too when connections are (the

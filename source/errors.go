@@ -55,3 +55,21 @@ func (e *UnsupportedMappingError) Error() string {
 	}
 	return s
 }
+
+// TreeChangedError says that the process tree a live migration moves
+// changed shape before the freeze: a process forked or exited. The
+// migration was given up, the original tree runs on; moving it again
+// finds the tree as it is then.
+type TreeChangedError struct {
+	PID    int    // the process that appeared or left
+	Parent int    // its parent (0 if unknown)
+	Change string // "forked" or "exited"
+}
+
+func (e *TreeChangedError) Error() string {
+	s := fmt.Sprintf("the process tree changed during the migration: process %d %s", e.PID, e.Change)
+	if e.Parent > 0 {
+		s = fmt.Sprintf("the process tree changed during the migration: process %d (a child of %d) %s", e.PID, e.Parent, e.Change)
+	}
+	return s + "; a tree moves live only if no process of it forks or exits until it is frozen"
+}

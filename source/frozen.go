@@ -59,10 +59,8 @@ type frozenState struct {
 	// (taking it off a GiB of memory costs tens of milliseconds; the
 	// caller turns it off once the original is killed or resumes).
 	keepTracking bool
-	// pending are the pages the pre-copy left to the final round, frozen
-	// when the processes were frozen.
-	pending []PageRange
-	frozen  time.Time
+	// frozen is when the processes were frozen.
+	frozen time.Time
 	// steps name the phases in the report (Step); the read and injected
 	// phases are "read state" and "injected calls" for both callers. An
 	// empty name laps nothing: the time goes to the next step. The
@@ -231,14 +229,26 @@ func (f *frozenState) injected(ctx context.Context) error {
 	return nil
 }
 
-// memory is phase 4: the final round of a pre-copy, or every page.
+// memory is phase 4: the final round of a pre-copy (one for the whole
+// tree), or every page.
 func (f *frozenState) memory(ctx context.Context) error {
 	start := time.Now()
+	// The processes pre-copy tracked (all of a live migration's tree; of
+	// an offline dump, the root and not a child it forked since).
+	var tracked []*dumper
 	for _, d := range f.all {
 		if d.tracker != nil {
-			if err := d.finalRound(ctx, d.sink, f.pending, f.frozen); err != nil {
-				return err
-			}
+			tracked = append(tracked, d)
+		}
+	}
+	if len(tracked) > 0 {
+		if err := f.ss.finalRound(ctx, tracked, f.frozen); err != nil {
+			return err
+		}
+	}
+	for _, d := range f.all {
+		rounds := len(f.all[0].rounds)
+		if d.tracker != nil {
 			if !f.keepTracking {
 				// Tracking is over: the process is left with nothing of it.
 				if err := d.tracker.Close(); err != nil {
@@ -262,8 +272,9 @@ func (f *frozenState) memory(ctx context.Context) error {
 			}
 			rep.Frozen = true
 			d.rounds = append(d.rounds, rep)
+			rounds = len(d.rounds)
 		}
-		st, err := d.finishPages(d.sink, len(d.rounds))
+		st, err := d.finishPages(d.sink, rounds)
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,8 +14,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,7 +33,14 @@ import (
 
 // MigrateOptions configure a live migration to a target service.
 type MigrateOptions struct {
-	PID       int
+	PID int
+	// Tree moves PID with all its descendants (the CLI's default), each
+	// with its PID, parent, process group and session, and the fds between
+	// them. The tree must keep its shape until it is frozen: a process
+	// that forks or exits meanwhile aborts the migration with a
+	// *TreeChangedError (the original runs on). Without Tree a process
+	// with children is refused.
+	Tree      bool
 	To        string           // HOST:PORT of `migrate serve`
 	Transport transport.Config // authentication, timeouts
 	Codec     string
@@ -73,6 +83,7 @@ const (
 type MigrateReport struct {
 	PID        int           `json:"pid"`
 	Comm       string        `json:"comm"`
+	Processes  int           `json:"processes"` // of the tree moved (zombies too)
 	Target     string        `json:"target"`
 	Session    string        `json:"session"`
 	Outcome    string        `json:"outcome"`
@@ -82,7 +93,7 @@ type MigrateReport struct {
 	Pages      uint64        `json:"pages"`
 	BytesRaw   uint64        `json:"bytes_raw"`
 	BytesWire  uint64        `json:"bytes_wire"`
-	RSSBytes   uint64        `json:"rss_bytes"`
+	RSSBytes   uint64        `json:"rss_bytes"` // of the processes moved, summed (a page two share counts twice)
 	Total      time.Duration `json:"-"`
 	Downtime   time.Duration `json:"-"`
 	TotalMS    float64       `json:"total_ms"`
@@ -127,18 +138,29 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", opts.PID)); err == nil && len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
-	if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
-		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: live migration of process trees is not supported yet"}
+	// The tree as it runs: it must keep this shape until the freeze.
+	pids, members := []int{opts.PID}, map[int]treeMember{opts.PID: {}}
+	if opts.Tree {
+		if pids, members, err = walkTree(opts.PID); err != nil {
+			return nil, err
+		}
+	} else if kids, _ := childrenOf(opts.PID); len(kids) > 0 {
+		return nil, &BadTargetError{PID: opts.PID, Reason: "it has child processes: move the whole tree (--tree), or only a process without children"}
 	}
 	// An fd that cannot move is refused now, before the target is even
 	// asked, not at the freeze after every page went over.
-	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true}); err != nil {
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
-	if err := refuseDeletedMappings(opts.PID); err != nil {
-		return nil, err
+	for _, pid := range pids {
+		if members[pid].zombie {
+			continue
+		}
+		if err := refuseDeletedMappings(pid); err != nil {
+			return nil, err
+		}
 	}
-	if err := precheckMappings(DumpOptions{PID: opts.PID}); err != nil {
+	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
@@ -159,13 +181,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	pages, err := sess.OpenStream(transport.KindPages)
-	if err != nil {
-		return nil, err
-	}
-	defer pages.Close()
 
-	dopts := DumpOptions{PID: opts.PID, live: true, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
+	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
@@ -176,13 +193,50 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	var pagesOut io.Writer = pages
-	if opts.Bandwidth > 0 {
-		pagesOut = &limitedWriter{w: pages, rate: float64(opts.Bandwidth), start: time.Now()}
-	}
-	a := &liveSource{d: d, img: img, pagesConn: pagesOut, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	a := &liveSource{d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
-	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS}
+	if err := a.addMembers(pids[1:]); err != nil {
+		return nil, err
+	}
+	// A page stream each process; a tree's begin with the PID
+	// (handoff.LiveLayout.Tree).
+	var budget *rateBudget
+	if opts.Bandwidth > 0 {
+		budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
+	}
+	for _, m := range a.all {
+		pages, err := sess.OpenStream(transport.KindPages)
+		if err != nil {
+			return nil, err
+		}
+		defer pages.Close()
+		if len(pids) > 1 {
+			var b [handoff.PagesPIDLen]byte
+			binary.LittleEndian.PutUint32(b[:], uint32(m.pid))
+			if _, err := pages.Write(b[:]); err != nil {
+				return nil, err
+			}
+		}
+		var out io.Writer = pages
+		if budget != nil {
+			out = &limitedWriter{w: pages, b: budget}
+		}
+		a.pagesConn = append(a.pagesConn, out)
+	}
+	if opts.Tree {
+		ss.checkTree = func() error {
+			_, now, err := walkTree(opts.PID)
+			if err != nil {
+				return nil // the root is gone: its own error says so
+			}
+			return treeChange(members, now)
+		}
+	}
+	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS,
+		Processes: len(a.all) + len(a.zombies)}
+	for _, m := range a.all[1:] {
+		rep.RSSBytes += m.status.VmRSS
+	}
 	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
 		Redial: func(ctx context.Context) (handoff.Conn, error) {
@@ -254,18 +308,29 @@ func warnSlowHooks(log *slog.Logger, rep *MigrateReport, pol Policy) {
 	}
 }
 
-// limitedWriter writes at most rate bytes a second on average: a write
-// that runs ahead of the budget sleeps until it is due.
-type limitedWriter struct {
-	w     io.Writer
+// rateBudget is a rate in bytes a second that the page streams of one
+// migration share.
+type rateBudget struct {
+	mu    sync.Mutex
 	rate  float64
 	start time.Time
 	sent  float64
 }
 
+// limitedWriter writes at most its budget's rate on average, with the
+// other writers of the budget: a write that runs ahead of the budget
+// sleeps until it is due.
+type limitedWriter struct {
+	w io.Writer
+	b *rateBudget
+}
+
 func (l *limitedWriter) Write(p []byte) (int, error) {
-	l.sent += float64(len(p))
-	if due := l.start.Add(time.Duration(l.sent / l.rate * float64(time.Second))); time.Until(due) > 0 {
+	l.b.mu.Lock()
+	l.b.sent += float64(len(p))
+	due := l.b.start.Add(time.Duration(l.b.sent / l.b.rate * float64(time.Second)))
+	l.b.mu.Unlock()
+	if time.Until(due) > 0 {
 		time.Sleep(time.Until(due))
 	}
 	return l.w.Write(p)
@@ -285,11 +350,15 @@ func (c *sessionControl) Close() error {
 
 // liveSource does the process work of a live migration for the handoff.
 type liveSource struct {
-	d         *dumper
+	d *dumper // the root
+	// all are the processes of the tree that are not zombies, parents
+	// first (the root alone without MigrateOptions.Tree), and zombies the
+	// others; members is the tree's shape when the migration began.
+	all       []*dumper
+	zombies   []core.Process
+	members   map[int]treeMember
 	img       *core.Image
-	pagesConn io.Writer
-	sink      *pageSink
-	pending   []PageRange
+	pagesConn []io.Writer // the page stream of each of all
 	progress  func(RoundReport)
 	notify    func(Milestone)
 	frozen    time.Time
@@ -306,15 +375,16 @@ type liveSource struct {
 	hold *netlock.Hold
 	// record is the file saying this migration is under way (record.go).
 	record string
-	// stopQueued: a SIGSTOP waits for the original (see FinalState).
-	stopQueued bool
+	// stopQueued: a SIGSTOP waits for the original process (see
+	// FinalState).
+	stopQueued map[int]bool
 	// preLock holds the listening ports from just before the freeze
 	// until the full lock is on (quiesce.go).
 	preLock *netlock.Lock
-	// preSmaps is /proc/PID/smaps read just before the freeze: its walk
-	// of the page tables (~15 ms a GiB) stays out of the downtime when the
-	// frozen layout is the same.
-	preSmaps []proc.Mapping
+	// preSmaps is /proc/PID/smaps of each process read just before the
+	// freeze: its walk of the page tables (~15 ms a GiB) stays out of the
+	// downtime when the frozen layout is the same.
+	preSmaps map[int][]proc.Mapping
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
@@ -414,19 +484,30 @@ type releasedListener struct {
 //
 // Preconditions: the process is frozen and its fds collected.
 func (a *liveSource) releaseListeners() error {
-	for _, fd := range a.d.proc.FDs {
+	seen := map[uint64]bool{} // a listener the tree's processes share goes once
+	for _, d := range a.all {
+		if err := a.releaseListenersOf(d, seen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *liveSource) releaseListenersOf(d *dumper, seen map[uint64]bool) error {
+	for _, fd := range d.proc.FDs {
 		s := fd.Socket
 		if fd.Kind != core.FDSocket || s == nil || s.State != core.SockListen || (s.Family != unix.AF_INET && s.Family != unix.AF_INET6) {
 			continue
 		}
-		dup := a.d.fdset.dups[fd.FD]
-		if dup == nil {
+		dup := d.fdset.dups[fd.FD]
+		if dup == nil || seen[s.Ino] {
 			continue
 		}
+		seen[s.Ino] = true
 		n := int(dup.Fd())
 		reuse, err := unix.GetsockoptInt(n, unix.SOL_SOCKET, unix.SO_REUSEADDR)
 		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.FD, err)
+			return fmt.Errorf("process %d: fd %d: %w", d.pid, fd.FD, err)
 		}
 		// A duplicate of our own, kept open to listen again on a rollback.
 		own, err := unix.FcntlInt(dup.Fd(), unix.F_DUPFD_CLOEXEC, 0)
@@ -436,7 +517,7 @@ func (a *liveSource) releaseListeners() error {
 		unix.SetsockoptInt(own, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 		if err := unix.Shutdown(own, unix.SHUT_RD); err != nil {
 			unix.Close(own)
-			return fmt.Errorf("fd %d: stop listening: %w", fd.FD, err)
+			return fmt.Errorf("process %d: fd %d: stop listening: %w", d.pid, fd.FD, err)
 		}
 		a.released = append(a.released, releasedListener{fd: own, backlog: max(s.Backlog, 1), reuse: reuse})
 	}
@@ -457,18 +538,28 @@ func (a *liveSource) relisten() error {
 	return errors.Join(errs...)
 }
 
-// announce ties the dumper's rounds to the handoff's.
+// announce ties the tree's rounds to the handoff's.
 func (a *liveSource) announce(r *handoff.Rounds) {
-	a.d.onRoundStart = func(vmas []core.VMA) error {
+	a.d.onRoundStart = func(layouts [][]core.VMA) error {
+		if a.frozen.IsZero() && a.d.checkTree != nil {
+			// Frozen, the tree was checked at the freeze.
+			if err := a.d.checkTree(); err != nil {
+				return err
+			}
+		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		p := *a.d.proc
-		p.VMAs = vmas
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts)}
+		ll.Process = *a.d.proc
+		ll.Process.VMAs = layouts[0]
 		// The fds go with the state (the final round's layout comes
 		// after the freeze read them, naming blobs that only the state
 		// lists and carries).
-		p.FDs = nil
-		nfds, _ := proc.CountFDs(a.d.pid) // a hint: 0 if unknown
-		body, err := json.Marshal(handoff.LiveLayout{Process: p, FDs: nfds})
+		ll.Process.FDs = nil
+		for _, d := range a.all {
+			n, _ := proc.CountFDs(d.pid) // a hint: 0 if unknown
+			ll.FDs += n
+		}
+		body, err := json.Marshal(ll)
 		if err != nil {
 			return err
 		}
@@ -482,34 +573,91 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 	}
 }
 
-// PreCopy sends pages in rounds while the process runs.
-func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
-	d := a.d
-	// What the target needs to create the process before the freeze.
+// treeOf is the Tree of a layout: the processes but the root, with their
+// layouts, then the zombies.
+func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
+	var out []core.Process
+	for i, d := range a.all[1:] {
+		p := *d.proc
+		p.VMAs = layouts[i+1]
+		p.FDs = nil
+		out = append(out, p)
+	}
+	return append(out, a.zombies...)
+}
+
+// addMembers adds the processes pids (the root's descendants, parents
+// first) to the migration, as they are now: each that is not a zombie
+// gets a dumper.
+func (a *liveSource) addMembers(pids []int) error {
+	ss := a.d.session
+	for _, pid := range pids {
+		m := a.members[pid]
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
+		}
+		if m.zombie {
+			a.zombies = append(a.zombies, core.Process{PID: pid, PPID: m.ppid, PGID: st.PGRP, SID: st.Session, Comm: st.Comm,
+				Zombie: &core.Zombie{ExitCode: st.ExitCode}})
+			continue
+		}
+		status, err := proc.ReadStatus(pid)
+		if err != nil {
+			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
+		}
+		if err := checkMember(pid, status); err != nil {
+			return err
+		}
+		d := &dumper{session: ss, pid: pid, stat: st, status: status, proc: &core.Process{},
+			pages: &core.PagesInfo{File: pagesFile(pid, false), Codec: ss.codec.String()}}
+		d.proc.Pages = d.pages
+		a.all = append(a.all, d)
+	}
+	return nil
+}
+
+// identify fills in what the target needs to create process d before the
+// freeze: its identity, executable, directories and cgroups.
+func identify(d *dumper) error {
 	p := d.proc
 	p.PID, p.PPID, p.PGID, p.SID, p.Comm = d.pid, d.stat.PPID, d.stat.PGRP, d.stat.Session, d.stat.Comm
 	exe, err := fileRef(fmt.Sprintf("/proc/%d/exe", d.pid))
 	if err != nil {
-		return err
+		return d.memberGone(d.pid, err)
 	}
 	hashCode(fmt.Sprintf("/proc/%d/exe", d.pid), exe)
 	p.Exe = *exe
 	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
-		return err
+		return d.memberGone(d.pid, err)
 	}
 	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
-		return err
+		return d.memberGone(d.pid, err)
 	}
 	if p.Cgroups, err = readCgroups(d.pid, d.pid); err != nil {
-		return err
+		return d.memberGone(d.pid, err)
 	}
 	p.Threads = []core.Thread{{TID: d.pid}}
-	a.announce(r)
-	if a.sink, err = d.newSink(d.codec, a.pagesConn, "the page stream to the target"); err != nil {
-		return err
+	return nil
+}
+
+// PreCopy sends pages in rounds while the processes run.
+func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
+	for i, d := range a.all {
+		if err := identify(d); err != nil {
+			return err
+		}
+		name := "the page stream to the target"
+		if len(a.all) > 1 {
+			name = fmt.Sprintf("the page stream of process %d to the target", d.pid)
+		}
+		var err error
+		if d.sink, err = d.newSink(d.codec, a.pagesConn[i], name); err != nil {
+			return err
+		}
 	}
-	a.pending, err = d.precopy(ctx, a.sink)
-	return err
+	a.announce(r)
+	return a.d.precopy(ctx, a.all)
 }
 
 // Freeze stops every thread.
@@ -521,25 +669,59 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	// FinalState), before the listening ports are locked (a page-table
 	// walk, ~15 ms a GiB, that new connections need not wait out); a
 	// failure only costs the read in the frozen window.
-	var err error
-	if a.preSmaps, err = proc.ReadSmaps(a.d.pid); err != nil {
-		a.preSmaps = nil
+	a.preSmaps = map[int][]proc.Mapping{}
+	for _, d := range a.all {
+		if m, err := proc.ReadSmaps(d.pid); err == nil {
+			a.preSmaps[d.pid] = m
+		}
 	}
 	a.reserveFDs()
 	a.quiesceListeners(300 * time.Millisecond)
 	// From the freeze a crash of this migrate leaves something to settle:
 	// the record is written first, out of the downtime.
-	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"]); err != nil {
+	var err error
+	var tree []int
+	for _, d := range a.all[1:] {
+		tree = append(tree, d.pid)
+	}
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err != nil {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
-	p, err := a.d.tr.Seize(a.d.pid)
+	// The whole tree at once, as an offline dump freezes it: a process
+	// that forked or exited since the last round is found now.
+	all := slices.Clone(a.all)
+	zombies, err := freezeTree(a.d.session, &all, a.img)
+	if err == nil {
+		err = a.sameTree(all, zombies)
+	}
 	if err != nil {
+		for _, d := range all[len(a.all):] {
+			if d.p != nil {
+				d.p.Detach() // a newcomer: ResumeOriginal lets the others go
+			}
+		}
 		return err
 	}
-	a.d.p = p
 	a.frozen = time.Now()
 	a.milestone(MilestoneFrozen, 0)
 	return nil
+}
+
+// sameTree says whether the frozen tree (all, zombies: what freezeTree
+// found) is the tree pre-copy moved: a *TreeChangedError otherwise.
+func (a *liveSource) sameTree(all []*dumper, zombies []core.Process) error {
+	if len(all) > len(a.all) {
+		d := all[len(a.all)]
+		return &TreeChangedError{PID: d.pid, Parent: d.stat.PPID, Change: "forked"}
+	}
+	now := map[int]treeMember{}
+	for _, d := range all {
+		now[d.pid] = a.members[d.pid]
+	}
+	for _, z := range zombies {
+		now[z.PID] = treeMember{ppid: z.PPID, zombie: true}
+	}
+	return treeChange(a.members, now)
 }
 
 // reserveFDs makes room in this process's fd table, before the freeze,
@@ -548,7 +730,16 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 // cost an RCU grace period at each doubling (see proc.ReserveFDs), tens of
 // milliseconds with hundreds of connections.
 func (a *liveSource) reserveFDs() {
-	n, err := proc.CountFDs(a.d.pid)
+	var n int
+	var err error
+	for _, d := range a.all {
+		var c int
+		c, err = proc.CountFDs(d.pid)
+		if err != nil {
+			break
+		}
+		n += c
+	}
 	if err == nil {
 		err = proc.ReserveFDs(3*n + 64)
 	}
@@ -573,7 +764,7 @@ func (a *liveSource) lockNetwork() error {
 	if err := a.releaseListeners(); err != nil {
 		return err
 	}
-	listeners := tcpListeners([]*dumper{d})
+	listeners := tcpListeners(a.all)
 	if a.preLock != nil {
 		// The lock on the listening ports taken before the freeze takes
 		// the connections too.
@@ -596,7 +787,7 @@ func (a *liveSource) lockNetwork() error {
 	return nil
 }
 
-// FinalState collects the frozen process, sends the final round and
+// FinalState collects the frozen processes, sends the final round and
 // returns the image with its blobs.
 func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.RawMessage, error) {
 	d := a.d
@@ -607,69 +798,47 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	// source's connections and listening ports, which fall silent until
 	// the original is killed, or resumes; the tracker and the scratch page
 	// stay until then: a rollback (ResumeOriginal) undoes them.
-	d.sink = a.sink
-	f := &frozenState{ss: d.session, all: []*dumper{d}, pending: a.pending, frozen: a.frozen,
+	f := &frozenState{ss: d.session, all: a.all, frozen: a.frozen,
 		quickLayout: true, keepScratch: true, keepTracking: true,
 		networkStep: "network lock, tcp repair", networkAlways: true, memoryStep: "final round"}
 	defer f.close()
 	f.lockNetwork = a.lockNetwork
-	// The flags only smaps has come from another thread, while the
-	// injected calls and the final round go on (see readVMAsQuick); smaps
-	// holds the process's mmap lock, which the injected mmap and brk
-	// take, so it starts after them.
-	type smapsResult struct {
-		maps []proc.Mapping
-		// scratch, scratchLen: the scratch page, mapped when maps was
-		// read (see addVmFlags).
-		scratch, scratchLen uint64
-		err                 error
+	smaps := make([]func() error, len(a.all))
+	for i, m := range a.all {
+		smaps[i] = a.smapsAfterMmap(m)
 	}
-	smapsc := make(chan smapsResult, 1)
-	started := false
-	d.mmapDone = func() {
-		started = true
-		if sameAreas(d.proc.VMAs, a.preSmaps) {
-			// The areas are those smaps showed just before the freeze:
-			// its flags stand (only a madvise of a whole area in those
-			// few milliseconds would change one without changing the
-			// layout), and no walk of the page tables competes with the
-			// final round's.
-			smapsc <- smapsResult{maps: a.preSmaps}
-			return
+	defer func() {
+		for _, m := range a.all {
+			m.mmapDone = nil
 		}
-		d.log.Debug("the layout changed at the freeze: smaps read again")
-		scratch := d.scratch
-		go func() {
-			m, err := proc.ReadSmaps(d.pid)
-			smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
-		}()
-	}
-	defer func() { d.mmapDone = nil }()
+	}()
 	// No injection follows the injected calls (but on a rollback): a
 	// SIGSTOP queued then stops the original where it is if this migrate
 	// dies before the end (the kernel then lets it go, its connections
 	// silent in repair mode), for `migrate recover` to settle. A rollback
 	// takes it back.
 	f.injectedDone = func() {
-		if err := unix.Kill(d.pid, unix.SIGSTOP); err == nil {
-			a.stopQueued = true
+		for _, m := range a.all {
+			if err := unix.Kill(m.pid, unix.SIGSTOP); err == nil {
+				a.stopQueued[m.pid] = true
+			}
 		}
 	}
 	if err := f.collect(ctx); err != nil {
 		return nil, err
 	}
-	if !started {
-		return nil, fmt.Errorf("process %d: smaps not read", d.pid)
-	}
-	sm := <-smapsc
-	if sm.err != nil {
-		return nil, fmt.Errorf("process %d: %w", d.pid, sm.err)
-	}
-	if err := addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen); err != nil {
-		return nil, err
+	for _, wait := range smaps {
+		if err := wait(); err != nil {
+			return nil, err
+		}
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
+	a.img.Tree = nil
+	for _, m := range a.all[1:] {
+		a.img.Tree = append(a.img.Tree, *m.proc)
+	}
+	a.img.Tree = append(a.img.Tree, a.zombies...)
 	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs}
 	total := 0
 	for _, b := range st.Blobs {
@@ -681,28 +850,78 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	return json.Marshal(st)
 }
 
+// smapsAfterMmap arranges for the flags only smaps has to be added to the
+// layout of process d, read from another thread while the injected calls
+// and the final round go on (see readVMAsQuick): smaps holds the process's
+// mmap lock, which the injected mmap and brk take, so it starts after
+// them. It returns the wait for them, after the collection.
+func (a *liveSource) smapsAfterMmap(d *dumper) func() error {
+	type smapsResult struct {
+		maps []proc.Mapping
+		// scratch, scratchLen: the scratch page, mapped when maps was
+		// read (see addVmFlags).
+		scratch, scratchLen uint64
+		err                 error
+	}
+	smapsc := make(chan smapsResult, 1)
+	started := false
+	d.mmapDone = func() {
+		started = true
+		if pre, ok := a.preSmaps[d.pid]; ok && sameAreas(d.proc.VMAs, pre) {
+			// The areas are those smaps showed just before the freeze:
+			// its flags stand (only a madvise of a whole area in those
+			// few milliseconds would change one without changing the
+			// layout), and no walk of the page tables competes with the
+			// final round's.
+			smapsc <- smapsResult{maps: pre}
+			return
+		}
+		d.log.Debug("the layout changed at the freeze: smaps read again", "pid", d.pid)
+		scratch := d.scratch
+		go func() {
+			m, err := proc.ReadSmaps(d.pid)
+			smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
+		}()
+	}
+	return func() error {
+		if !started {
+			return fmt.Errorf("process %d: smaps not read", d.pid)
+		}
+		sm := <-smapsc
+		if sm.err != nil {
+			return fmt.Errorf("process %d: %w", d.pid, sm.err)
+		}
+		return addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen)
+	}
+}
+
 // ResumeOriginal undoes everything: the original runs on.
 func (a *liveSource) ResumeOriginal() error {
 	var errs []error
-	if a.sink != nil && !a.sink.closed {
-		a.sink.abort()
+	for _, d := range a.all {
+		if d.sink != nil && !d.sink.closed {
+			d.sink.abort()
+		}
+		if d.tracker != nil {
+			errs = append(errs, d.tracker.Close())
+		}
 	}
-	if a.d.tracker != nil {
-		errs = append(errs, a.d.tracker.Close())
-	}
-	if a.d.p != nil {
-		if a.stopQueued && a.d.scratch == 0 {
+	for _, d := range a.all {
+		if d.p == nil {
+			continue
+		}
+		if a.stopQueued[d.pid] && d.scratch == 0 {
 			// An injection takes the queued SIGSTOP (the thread meets it
 			// as it returns to user space)...
-			if _, err := a.d.p.Syscall(a.d.p.Leader(), "getpid", unix.SYS_GETPID); err != nil {
-				errs = append(errs, fmt.Errorf("take back the SIGSTOP queued at the freeze: %w", err))
+			if _, err := d.p.Syscall(d.p.Leader(), "getpid", unix.SYS_GETPID); err != nil {
+				errs = append(errs, fmt.Errorf("process %d: take back the SIGSTOP queued at the freeze: %w", d.pid, err))
 			}
 		}
-		errs = append(errs, a.d.unmapScratch())
-		if a.stopQueued {
+		errs = append(errs, d.unmapScratch())
+		if a.stopQueued[d.pid] {
 			// ... which Detach must not give back.
-			a.d.p.DropStolen(unix.SIGSTOP)
-			a.stopQueued = false
+			d.p.DropStolen(unix.SIGSTOP)
+			delete(a.stopQueued, d.pid)
 		}
 	}
 	errs = append(errs, a.relisten())
@@ -710,8 +929,10 @@ func (a *liveSource) ResumeOriginal() error {
 	a.d.closeTCP()
 	a.d.liftLock()
 	a.dropPreLock()
-	if a.d.p != nil {
-		errs = append(errs, a.d.p.Detach())
+	for _, d := range a.all {
+		if d.p != nil {
+			errs = append(errs, d.p.Detach())
+		}
 	}
 	defer a.d.unlock()
 	if a.postDump != nil {
@@ -728,7 +949,8 @@ func (a *liveSource) ResumeOriginal() error {
 	return errors.Join(errs...)
 }
 
-// KillOriginal kills the frozen original: the target runs the process.
+// KillOriginal kills the frozen original tree, children first (no parent
+// sees a child die and acts on it): the target runs the processes.
 func (a *liveSource) KillOriginal() error {
 	a.resumed = time.Now()
 	a.milestone(MilestoneResumed, 0)
@@ -738,9 +960,16 @@ func (a *liveSource) KillOriginal() error {
 	a.released = nil
 	// Killed in repair mode, its connections close without a word to their
 	// peers; then the lock can go.
-	err := a.d.p.Kill(false)
-	if a.d.tracker != nil {
-		a.d.tracker.Close() // of a dead process: only the agent's fds
+	var err error
+	for i := len(a.all) - 1; i >= 0; i-- {
+		if e := a.all[i].p.Kill(false); err == nil && e != nil {
+			err = fmt.Errorf("process %d: %w", a.all[i].pid, e)
+		}
+	}
+	for _, d := range a.all {
+		if d.tracker != nil {
+			d.tracker.Close() // of a dead process: only the agent's fds
+		}
 	}
 	a.d.closeTCP()
 	// The lock is lifted (quick) for the held packets to go, and removed
@@ -769,11 +998,19 @@ func (a *liveSource) LeaveFrozen() error {
 	// Its connections stay in repair mode, silent: if the target runs the
 	// process, a word from the original would reset them; if not, `migrate
 	// recover` turns repair mode off before it lets the original run.
-	err := errors.Join(a.d.unmapScratch(), a.relisten())
-	if a.d.tracker != nil {
-		// As when this process exits: the original, if it runs again,
-		// runs untracked.
-		err = errors.Join(err, a.d.tracker.Close())
+	var errs []error
+	for _, d := range a.all {
+		if d.p != nil {
+			errs = append(errs, d.unmapScratch())
+		}
+	}
+	errs = append(errs, a.relisten())
+	for _, d := range a.all {
+		if d.tracker != nil {
+			// As when this process exits: the original, if it runs
+			// again, runs untracked.
+			errs = append(errs, d.tracker.Close())
+		}
 	}
 	a.d.closeTCP()
 	a.d.unlock()
@@ -783,8 +1020,13 @@ func (a *liveSource) LeaveFrozen() error {
 		a.hold.CloseRaw()
 		a.hold = nil
 	}
-	a.d.p.StopOnDetach()
-	return errors.Join(err, a.d.p.Detach())
+	for _, d := range a.all {
+		if d.p != nil {
+			d.p.StopOnDetach()
+			errs = append(errs, d.p.Detach())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Recover settles a migration whose outcome the source could not learn
@@ -824,17 +1066,38 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		return out.String(), err
 	}
 	defer RemoveRecord(pid, session)
+	// The other processes of a tree go as the root does; one that is gone
+	// (or whose PID names another process now) is left alone.
+	var tree []*Record
+	if rec != nil {
+		tree = treeRecords(rec)
+	}
+	member := func(m *Record, sig unix.Signal) {
+		var nr *NotRecordedError
+		if err := signalRecorded(m, sig); err != nil && !errors.Is(err, unix.ESRCH) && !errors.As(err, &nr) {
+			log.Warn("a process of the original tree", "pid", m.PID, "signal", sig, "err", err)
+		}
+	}
 	switch out {
 	case transport.OutcomeResumed:
 		if pid > 0 {
+			// Children first: no parent sees a child die and acts on it.
+			for i := len(tree) - 1; i >= 0; i-- {
+				member(tree[i], unix.SIGKILL)
+			}
 			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
 			}
 		}
 	case transport.OutcomeAborted:
 		if pid > 0 {
-			if err := sockets.UnrepairProcess(pid); err != nil {
-				log.Warn("the original's TCP connections", "pid", pid, "err", err)
+			for _, m := range append([]*Record{rec}, tree...) {
+				if err := sockets.UnrepairProcess(m.PID); err != nil {
+					log.Warn("the original's TCP connections", "pid", m.PID, "err", err)
+				}
+			}
+			for _, m := range tree {
+				member(m, unix.SIGCONT)
 			}
 			if err := signalRecorded(rec, unix.SIGCONT); err != nil {
 				return out.String(), fmt.Errorf("the migration was aborted; resuming the original %d: %w", pid, err)

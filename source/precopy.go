@@ -121,45 +121,150 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 	return dirty, s.drain(ctx)
 }
 
-// precopy copies memory while the process runs: a first round sends every
-// page, later rounds the pages written since, until the policy says the
-// rest is small enough (or will not get smaller). It leaves the process
-// running and untraced, with the tracker armed, and returns the dirty set
-// the policy stopped on, which the final round must send.
-func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange, err error) {
-	pol := d.opts.Policy
+// precopy copies the memory of the processes of all (the tree, parents
+// first; each with its sink) while they run: a first round sends every
+// page, later rounds the pages written since, until the policy, looking
+// at the whole tree's dirty pages, says the rest is small enough (or will
+// not get smaller). It leaves the processes running and untraced, with
+// their trackers armed, and each dumper's pending set the dirty pages the
+// policy stopped on, which the final round must send. The rounds are the
+// tree's, reported in all[0].rounds.
+func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
+	pol := ss.opts.Policy
 	if pol == (Policy{}) {
 		pol = DefaultPolicy
 	}
 	if err := pol.Validate(); err != nil {
-		return nil, err
+		return err
 	}
-	name := d.opts.Tracker
+	name := ss.opts.Tracker
 	if name == "" {
 		name = TrackerAuto
 	}
-	d.tracker, err = track.New(name, d.pid)
-	if err != nil {
-		return nil, err
+	root := all[0]
+	for _, d := range all {
+		if d.tracker, err = track.New(name, d.pid); err != nil {
+			return fmt.Errorf("process %d: %w", d.pid, err)
+		}
+		if ct, ok := d.tracker.(track.ContentTracker); ok {
+			d.sink.onSent = ct.Sent
+		}
+		// The process runs until the final round: what it unmaps while
+		// a round reads is skipped (see pageSink.racy).
+		d.sink.racy = true
 	}
-	if ct, ok := d.tracker.(track.ContentTracker); ok {
-		s.onSent = ct.Sent
-	}
-	// The process runs until the final round: what it unmaps while a
-	// round reads is skipped (see pageSink.racy).
-	s.racy = true
 	defer func() {
-		s.racy = false
-		if s.skipped > 0 {
-			d.log.Debug("pre-copy: pages gone before they were read, skipped", "pages", s.skipped)
+		for _, d := range all {
+			d.sink.racy = false
+			if d.sink.skipped > 0 {
+				ss.log.Debug("pre-copy: pages gone before they were read, skipped", "pid", d.pid, "pages", d.sink.skipped)
+			}
 		}
 	}()
 
-	// Start tracking with the process briefly stopped: backends inject.
-	held := time.Now()
+	// Start tracking with each process briefly stopped: backends inject.
+	layouts := make([][]core.VMA, len(all))
+	var heldStart time.Duration
+	for i, d := range all {
+		held := time.Now()
+		if layouts[i], err = d.startTracking(); err != nil {
+			return err
+		}
+		heldStart += time.Since(held)
+	}
+
+	var hist []RoundStat
+	if err := ss.roundStart(layouts); err != nil {
+		return err
+	}
+	m := ss.meter(all, 0)
+	var present uint64
+	for i, d := range all {
+		before := d.sink.pages
+		for j := range layouts[i] {
+			if err := d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
+				return err
+			}
+		}
+		if err := d.sink.endRound(0); err != nil {
+			return err
+		}
+		present += d.sink.pages - before
+	}
+	rep, err := m.done(present)
+	if err != nil {
+		return err
+	}
+	rep.HeldMS = ms(heldStart)
+	root.rounds = append(root.rounds, rep)
+	if err := ss.roundEnd(rep); err != nil {
+		return err
+	}
+	hist = append(hist, RoundStat{Dirty: present, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
+	ss.log.Info("pre-copy round", "round", 0, "pages", rep.PagesSent, "ms", rep.MS)
+
+	for round := 1; ; round++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m := ss.meter(all, round)
+		ranges := make([][]PageRange, len(all))
+		var dirty uint64
+		for i, d := range all {
+			if layouts[i], err = readVMAs(d.pid); err != nil {
+				return ss.memberGone(d.pid, err)
+			}
+			if ranges[i], err = d.tracker.Dirty(layouts[i]); err != nil {
+				return ss.memberGone(d.pid, fmt.Errorf("pre-copy round %d: %w", round, err))
+			}
+			for _, r := range clip(ranges[i], layouts[i]) {
+				dirty += r.Pages()
+			}
+		}
+		v := pol.Next(hist, dirty)
+		root.estimate = v.Estimate
+		if v.Stop {
+			root.rounds[len(root.rounds)-1].Stop = v.Reason
+			ss.log.Info("pre-copy done", "reason", v.Reason, "dirty", dirty, "estimate", v.Estimate)
+			for i, d := range all {
+				d.pending = ranges[i]
+			}
+			return nil
+		}
+		if err := ss.roundStart(layouts); err != nil {
+			return err
+		}
+		var held time.Duration
+		for i, d := range all {
+			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
+				return err
+			}
+			if err := d.sink.endRound(uint32(round)); err != nil {
+				return err
+			}
+			held += d.tracker.Held()
+		}
+		rep, err := m.done(dirty)
+		if err != nil {
+			return err
+		}
+		rep.HeldMS = ms(held)
+		rep.EstimateMS = ms(v.Estimate)
+		root.rounds = append(root.rounds, rep)
+		if err := ss.roundEnd(rep); err != nil {
+			return err
+		}
+		hist = append(hist, RoundStat{Dirty: dirty, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
+		ss.log.Info("pre-copy round", "round", round, "dirty", dirty, "pages", rep.PagesSent, "ms", rep.MS)
+	}
+}
+
+// startTracking arms the process's tracker with the process briefly
+// stopped, and returns its layout then.
+func (d *dumper) startTracking() ([]core.VMA, error) {
 	p, err := d.tr.Seize(d.pid)
 	if err != nil {
-		return nil, err
+		return nil, d.memberGone(d.pid, err)
 	}
 	vmas, err := readVMAs(d.pid)
 	if err == nil {
@@ -171,83 +276,52 @@ func (d *dumper) precopy(ctx context.Context, s *pageSink) (pending []PageRange,
 		err = derr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("start %s tracking: %w", d.tracker.Name(), err)
+		return nil, fmt.Errorf("process %d: start %s tracking: %w", d.pid, d.tracker.Name(), err)
 	}
-	heldStart := time.Since(held)
+	return vmas, nil
+}
 
-	var hist []RoundStat
-	if err := d.roundStart(vmas); err != nil {
-		return nil, err
-	}
-	m := s.meter(0)
-	var present uint64
-	for i := range vmas {
-		before := s.pages
-		if err := s.sendArea(ctx, 0, &vmas[i]); err != nil {
-			return nil, err
+// memberGone turns err, met on process pid of the tree, into what the
+// session's checkTree says of the tree, if it changed (a process that
+// exited is found so): err otherwise.
+func (ss *session) memberGone(pid int, err error) error {
+	if ss.checkTree != nil {
+		if cerr := ss.checkTree(); cerr != nil {
+			return cerr
 		}
-		present += s.pages - before
 	}
-	if err := s.endRound(0); err != nil {
-		return nil, err
-	}
-	rep, err := m.done(present)
-	if err != nil {
-		return nil, err
-	}
-	rep.HeldMS = ms(heldStart)
-	d.rounds = append(d.rounds, rep)
-	if err := d.roundEnd(rep); err != nil {
-		return nil, err
-	}
-	hist = append(hist, RoundStat{Dirty: present, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
-	d.log.Info("pre-copy round", "round", 0, "pages", rep.PagesSent, "ms", rep.MS)
+	return err
+}
 
-	for round := 1; ; round++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if vmas, err = readVMAs(d.pid); err != nil {
-			return nil, err
-		}
-		m := s.meter(round)
-		ranges, err := d.tracker.Dirty(vmas)
-		if err != nil {
-			return nil, fmt.Errorf("pre-copy round %d: %w", round, err)
-		}
-		var dirty uint64
-		for _, r := range clip(ranges, vmas) {
-			dirty += r.Pages()
-		}
-		v := pol.Next(hist, dirty)
-		d.estimate = v.Estimate
-		if v.Stop {
-			d.rounds[len(d.rounds)-1].Stop = v.Reason
-			d.log.Info("pre-copy done", "reason", v.Reason, "dirty", dirty, "estimate", v.Estimate)
-			return ranges, nil
-		}
-		if err := d.roundStart(vmas); err != nil {
-			return nil, err
-		}
-		if _, err := s.sendDirty(ctx, uint32(round), vmas, ranges); err != nil {
-			return nil, err
-		}
-		if err := s.endRound(uint32(round)); err != nil {
-			return nil, err
-		}
-		rep, err := m.done(dirty)
-		if err != nil {
-			return nil, err
-		}
-		rep.HeldMS = ms(d.tracker.Held())
-		rep.EstimateMS = ms(v.Estimate)
-		d.rounds = append(d.rounds, rep)
-		if err := d.roundEnd(rep); err != nil {
-			return nil, err
-		}
-		hist = append(hist, RoundStat{Dirty: dirty, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
-		d.log.Info("pre-copy round", "round", round, "dirty", dirty, "pages", rep.PagesSent, "ms", rep.MS)
+// treeMeter measures one round of the tree through its sinks' counters.
+type treeMeter struct {
+	ms    []*roundMeter
+	start time.Time
+}
+
+func (ss *session) meter(all []*dumper, round int) *treeMeter {
+	m := &treeMeter{start: time.Now()}
+	for _, d := range all {
+		m.ms = append(m.ms, d.sink.meter(round))
 	}
+	return m
+}
+
+// done flushes the round's frames of every sink and reports the round.
+func (m *treeMeter) done(dirty uint64) (RoundReport, error) {
+	var rep RoundReport
+	for _, rm := range m.ms {
+		r, err := rm.done(dirty)
+		if err != nil {
+			return RoundReport{}, err
+		}
+		rep.Round, rep.PagesDirty = r.Round, r.PagesDirty
+		rep.PagesSent += r.PagesSent
+		rep.BytesRaw += r.BytesRaw
+		rep.BytesWire += r.BytesWire
+	}
+	rep.MS = ms(time.Since(m.start))
+	return rep, nil
 }
 
 // clip keeps the parts of ranges inside areas that hold pages.
@@ -264,35 +338,49 @@ func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
 	return out
 }
 
-// finalRound sends, with the process frozen, the pages dirtied since the
-// last pre-copy round plus those the policy stopped on.
+// finalRound sends, with the processes of all frozen, the pages each
+// dirtied since the last pre-copy round plus those the policy stopped on
+// (its pending set): one round for the tree.
 //
-// Preconditions: the process is frozen; d.proc.VMAs is its layout.
-func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRange, frozen time.Time) error {
-	round := len(d.rounds)
-	vmas := d.proc.VMAs
-	if err := d.roundStart(vmas); err != nil {
+// Preconditions: the processes are frozen; each d.proc.VMAs is its
+// layout.
+func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Time) error {
+	root := all[0]
+	round := len(root.rounds)
+	layouts := make([][]core.VMA, len(all))
+	for i, d := range all {
+		layouts[i] = d.proc.VMAs
+	}
+	if err := ss.roundStart(layouts); err != nil {
 		return err
 	}
-	m := s.meter(round)
-	var ranges []PageRange
-	var err error
-	if ft, ok := d.tracker.(track.FinalTracker); ok {
-		ranges, err = ft.FinalDirty(vmas)
-	} else {
-		ranges, err = d.tracker.Dirty(vmas)
+	m := ss.meter(all, round)
+	ranges := make([][]PageRange, len(all))
+	for i, d := range all {
+		var err error
+		if ft, ok := d.tracker.(track.FinalTracker); ok {
+			ranges[i], err = ft.FinalDirty(layouts[i])
+		} else {
+			ranges[i], err = d.tracker.Dirty(layouts[i])
+		}
+		if err != nil {
+			return fmt.Errorf("process %d: final round: %w", d.pid, err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("final round: %w", err)
+	ss.lap("final round: dirty pages")
+	var dirty uint64
+	for i, d := range all {
+		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], append(ranges[i], d.pending...))
+		if err != nil {
+			return err
+		}
+		dirty += n
 	}
-	d.lap("final round: dirty pages")
-	dirty, err := s.sendDirty(ctx, uint32(round), vmas, append(ranges, pending...))
-	if err != nil {
-		return err
-	}
-	d.lap("final round: send")
-	if err := s.endRound(uint32(round)); err != nil {
-		return err
+	ss.lap("final round: send")
+	for _, d := range all {
+		if err := d.sink.endRound(uint32(round)); err != nil {
+			return err
+		}
 	}
 	rep, err := m.done(dirty)
 	if err != nil {
@@ -300,9 +388,9 @@ func (d *dumper) finalRound(ctx context.Context, s *pageSink, pending []PageRang
 	}
 	rep.Frozen = true
 	rep.HeldMS = ms(time.Since(frozen))
-	rep.EstimateMS = ms(d.estimate)
-	d.rounds = append(d.rounds, rep)
-	return d.roundEnd(rep)
+	rep.EstimateMS = ms(root.estimate)
+	root.rounds = append(root.rounds, rep)
+	return ss.roundEnd(rep)
 }
 
 // mergeRanges sorts ranges and merges those that overlap or touch, so no

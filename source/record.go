@@ -49,7 +49,20 @@ type Record struct {
 	// another one reads other processes under those numbers, and leaves
 	// the record alone.
 	PIDNS string `json:"pid_ns,omitempty"`
+	// Tree are the other processes of the tree migrated with PID, parents
+	// first: `migrate recover` settles them with it.
+	Tree []RecordedProcess `json:"tree,omitempty"`
 }
+
+// RecordedProcess is a process of a migrated tree, as its record names
+// it.
+type RecordedProcess struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"` // start time, in ticks
+}
+
+// maxRecordedTree caps the processes of a record's tree.
+const maxRecordedTree = 4096
 
 // pidNS is this process's PID namespace, as /proc/self/ns/pid names it.
 func pidNS() string {
@@ -66,8 +79,9 @@ func recordPath(pid int, session string) string {
 	return filepath.Join(RecordDir, fmt.Sprintf("%d-%s.json", pid, session))
 }
 
-// writeRecord notes the migration of pid (frozen now) in RecordDir.
-func writeRecord(pid int, session, target string) (string, error) {
+// writeRecord notes the migration of pid (frozen now), and of the other
+// processes of its tree, in RecordDir.
+func writeRecord(pid int, session, target string, tree []int) (string, error) {
 	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return "", err
@@ -78,6 +92,11 @@ func writeRecord(pid int, session, target string) (string, error) {
 	}
 	r := Record{PID: pid, PIDStart: st.StartTime, Owner: os.Getpid(), OwnerStart: me.StartTime,
 		Session: session, Target: target, Frozen: time.Now().UTC(), PIDNS: pidNS()}
+	for _, m := range tree {
+		if st, err := proc.ReadStat(m); err == nil {
+			r.Tree = append(r.Tree, RecordedProcess{PID: m, Start: st.StartTime})
+		}
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return "", err
@@ -134,8 +153,9 @@ func StaleRecords() ([]Record, error) {
 	return out, nil
 }
 
-// maxRecordSize caps a record file; a real one is about 250 bytes.
-const maxRecordSize = 4096
+// maxRecordSize caps a record file; a real one is about 250 bytes, and
+// 40 more for each process of a tree.
+const maxRecordSize = 4096 + maxRecordedTree*64
 
 // errNotRecord marks a file of RecordDir that is not a record.
 var errNotRecord = errors.New("not a migration record")
@@ -191,6 +211,14 @@ func decodeRecord(b []byte) (Record, error) {
 	}
 	if !transport.ValidSessionID(r.Session) {
 		return r, fmt.Errorf("%w: session %q", errNotRecord, r.Session)
+	}
+	if len(r.Tree) > maxRecordedTree {
+		return r, fmt.Errorf("%w: %d processes in the tree", errNotRecord, len(r.Tree))
+	}
+	for _, m := range r.Tree {
+		if m.PID <= 0 || m.PID > core.MaxPID || m.PID == r.PID {
+			return r, fmt.Errorf("%w: tree process %d", errNotRecord, m.PID)
+		}
 	}
 	if r.Target == "" || len(r.Target) > 512 || strings.IndexFunc(r.Target, func(c rune) bool { return c <= ' ' || c == 0x7f || !unicode.IsPrint(c) }) >= 0 {
 		return r, fmt.Errorf("%w: target %q", errNotRecord, r.Target)
@@ -275,6 +303,18 @@ func recordedProcess(pid int, session string) (*Record, error) {
 		return refuse("it started at tick %d, the migrated process at tick %d: another process has its PID now", st.StartTime, r.PIDStart)
 	}
 	return &r, nil
+}
+
+// treeRecords are records of the processes of r's tree but its root, each
+// as if it were the root of r (for signalRecorded), parents first.
+func treeRecords(r *Record) []*Record {
+	var out []*Record
+	for _, m := range r.Tree {
+		c := *r
+		c.PID, c.PIDStart, c.Tree = m.PID, m.Start, nil
+		out = append(out, &c)
+	}
+	return out
 }
 
 // signalRecorded sends sig to the process r names, through a pidfd opened

@@ -41,10 +41,10 @@ func childrenOf(pid int) ([]int, error) {
 // forking while its parent was seized shows up on the next pass). Zombies
 // cannot be seized: they are described and returned.
 //
-// all holds the root on entry and gets every frozen descendant, parents
-// before children.
+// all holds the root on entry (and, for a live migration, the
+// descendants its pre-copy tracked, parents first, seized in that order)
+// and gets every other frozen descendant, parents before children.
 func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, error) {
-	root := (*all)[0]
 	seize := func(pid int) (*ptrace.Proc, error) {
 		p, err := ss.tr.Seize(pid)
 		var te *ptrace.TracedError
@@ -53,15 +53,18 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 		}
 		return p, err
 	}
-	var err error
-	if root.p, err = seize(root.pid); err != nil {
-		return nil, err
+	seen := map[int]bool{}
+	for _, d := range *all {
+		var err error
+		if d.p, err = seize(d.pid); err != nil {
+			return nil, ss.memberGone(d.pid, err)
+		}
+		seen[d.pid] = true
 	}
 	if !ss.opts.Tree {
 		return nil, nil
 	}
 	var zombies []core.Process
-	seen := map[int]bool{root.pid: true}
 	for changed := true; changed; {
 		changed = false
 		for i := 0; i < len(*all); i++ {
@@ -111,4 +114,70 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 		}
 	}
 	return zombies, nil
+}
+
+// treeMember is a process of a running tree: its parent, and whether it
+// is a zombie.
+type treeMember struct {
+	ppid   int
+	zombie bool
+}
+
+// walkTree lists root and its descendants as they run, parents first.
+// Nothing stops them: a process may fork or exit meanwhile (what the
+// shape check of a live migration looks for, round after round).
+func walkTree(root int) ([]int, map[int]treeMember, error) {
+	pids := []int{root}
+	members := map[int]treeMember{root: {}}
+	for i := 0; i < len(pids); i++ {
+		kids, err := childrenOf(pids[i])
+		if err != nil {
+			if i == 0 {
+				return nil, nil, fmt.Errorf("children of process %d: %w", pids[i], err)
+			}
+			continue // it exited: its children, if any, went to a reaper
+		}
+		for _, kid := range kids {
+			if _, ok := members[kid]; ok {
+				continue
+			}
+			m := treeMember{ppid: pids[i]}
+			if st, err := proc.ReadStat(kid); err == nil && (st.State == 'Z' || st.State == 'X') {
+				m.zombie = true
+			}
+			members[kid] = m
+			pids = append(pids, kid)
+		}
+	}
+	return pids, members, nil
+}
+
+// treeChange compares a tree with what it was: the first process that
+// forked into it or exited from it, as a *TreeChangedError, or nil.
+func treeChange(was, now map[int]treeMember) error {
+	for _, pid := range sortedKeys(now) {
+		m := now[pid]
+		w, ok := was[pid]
+		switch {
+		case !ok:
+			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "forked"}
+		case m.zombie && !w.zombie:
+			return &TreeChangedError{PID: pid, Parent: w.ppid, Change: "exited"}
+		}
+	}
+	for _, pid := range sortedKeys(was) {
+		if _, ok := now[pid]; !ok {
+			return &TreeChangedError{PID: pid, Parent: was[pid].ppid, Change: "exited"}
+		}
+	}
+	return nil
+}
+
+func sortedKeys(m map[int]treeMember) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
 }

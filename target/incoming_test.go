@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"testing"
@@ -33,6 +34,7 @@ func incomingProcess() core.Process {
 func laterRound() *liveTarget {
 	t := newLiveTarget(nil, slog.New(slog.DiscardHandler))
 	t.pid = testPID
+	t.pids, t.members = []int{testPID}, []int{testPID}
 	t.b = &Builder{}
 	return t
 }
@@ -166,5 +168,29 @@ func TestLaterLayoutFiles(t *testing.T) {
 	var ie *core.ImageError
 	if !errors.As(err, &ie) {
 		t.Fatalf("a missing mapped file in round 1's layout: %v, want an *ImageError", err)
+	}
+}
+
+// TestLaterLayoutTreeChanged: a later round's layout whose tree is not
+// the first layout's (a process more, or a zombie more) is refused before
+// anything is changed; the source gives up on such a tree itself.
+func TestLaterLayoutTreeChanged(t *testing.T) {
+	kid := incomingProcess()
+	kid.PID, kid.PPID, kid.Threads[0].TID = testPID+1, testPID, testPID+1
+	kid.Pages = &core.PagesInfo{File: fmt.Sprintf("pages-%d.img", kid.PID)}
+	zombie := core.Process{PID: testPID + 2, PPID: testPID, Zombie: &core.Zombie{}}
+	for name, tree := range map[string][]core.Process{
+		"a child more":  {kid},
+		"a zombie more": {zombie},
+	} {
+		b, err := json.Marshal(handoff.LiveLayout{Process: incomingProcess(), Tree: tree})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = laterRound().Layout(context.Background(), &transport.Layout{Round: 1, Body: b})
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		t.Logf("%s: %v", name, err)
 	}
 }

@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,11 +29,12 @@ import (
 	"github.com/procmig/migrate/transport"
 )
 
-// newLiveBuilder creates the process a live migration announces in its
-// first layout: what can be checked before the freeze is (executable,
-// mapped files, directories, vdso, PID free); blobs come with the state.
-func newLiveBuilder(ctx context.Context, p *core.Process, log *slog.Logger) (*Builder, error) {
-	img := layoutImage(p) // checked by decodeLayout
+// newLiveBuilder creates the processes a live migration announces in its
+// first layout (the root, and the tree's others): what can be checked
+// before the freeze is (executable, mapped files, directories, vdso, PIDs
+// free); blobs come with the state.
+func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger) (*Builder, error) {
+	img := layoutImage(ll) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
 		return nil, err
@@ -61,10 +64,31 @@ func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
 	if ll.Process.PID != pid {
 		return nil, fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, pid)
 	}
-	if err := checkIncoming(layoutImage(&ll.Process)); err != nil {
+	if err := checkIncoming(layoutImage(&ll)); err != nil {
 		return nil, err
 	}
 	return &ll, nil
+}
+
+// layoutMembers lists the processes of a layout, the root first.
+func layoutMembers(ll *handoff.LiveLayout) []int {
+	pids := []int{ll.Process.PID}
+	for _, p := range ll.Tree {
+		pids = append(pids, p.PID)
+	}
+	return pids
+}
+
+// layoutPIDs lists the processes of a layout that have pages, the root
+// first: those a page stream each goes to (with a tree).
+func layoutPIDs(ll *handoff.LiveLayout) []int {
+	pids := []int{ll.Process.PID}
+	for _, p := range ll.Tree {
+		if p.Zombie == nil {
+			pids = append(pids, p.PID)
+		}
+	}
+	return pids
 }
 
 // decodeState decodes and checks the body of the State: bounded, the image
@@ -95,30 +119,40 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 	return &ls, nil
 }
 
-// layoutImage is the image of a layout's process, for checkIncoming.
-func layoutImage(p *core.Process) *core.Image {
-	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: *p,
+// layoutImage is the image of a layout's processes, for checkIncoming.
+func layoutImage(ll *handoff.LiveLayout) *core.Image {
+	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree,
 		Pages: core.PagesInfo{File: core.PagesFile}}
 }
 
 // validateLive is validate without the files of an image directory.
 func validateLive(img *core.Image) error {
-	p := &img.Process
-	for _, d := range []string{p.Cwd, p.Root} {
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-			return &core.ImageError{File: d, Reason: "directory of the process is missing here", Err: err}
+	for _, pp := range img.Processes() {
+		p := pp.Process
+		for _, d := range []string{p.Cwd, p.Root} {
+			if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+				return &core.ImageError{File: d, Reason: fmt.Sprintf("directory of process %d is missing here", p.PID), Err: err}
+			}
+		}
+		if err := sameFile(&p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
+			return err
+		}
+		if err := checkMappedFiles(p); err != nil {
+			return err
+		}
+		if err := checkVDSO(p.VMAs); err != nil {
+			return err
 		}
 	}
-	if err := sameFile(&p.Exe, "executable"); err != nil {
+	if err := pidFree(img.Process.PID); err != nil {
 		return err
 	}
-	if err := checkMappedFiles(p); err != nil {
-		return err
+	for _, p := range img.Tree {
+		if err := pidFree(p.PID); err != nil {
+			return err
+		}
 	}
-	if err := checkVDSO(p.VMAs); err != nil {
-		return err
-	}
-	return pidFree(p.PID)
+	return nil
 }
 
 // checkMappedFiles checks that the files p maps are here, the same as
@@ -165,13 +199,19 @@ type liveTarget struct {
 	pid  int
 	b    *Builder
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	layout  int   // latest round whose layout is in place, -1 before any
-	barrier int   // latest round whose pages are all in, -1 before any
-	err     error // of the page stream
-	done    chan struct{}
-	stream  *pagestream.Reader // the page stream, once it began
+	// members are the processes of the first layout, the root first,
+	// zombies too; pids those with pages: a page stream each.
+	members, pids []int
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	layout int   // latest round whose layout is in place, -1 before any
+	err    error // of a page stream
+	// barriers holds, for each page stream, the latest round whose pages
+	// are all in (-1 before any), streams the streams once they began.
+	barriers []int
+	streams  []*pagestream.Reader
+	ended    []bool // the stream ended (its end frame, or cut short)
 
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
@@ -221,7 +261,7 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
-	t := &liveTarget{sess: sess, log: log, layout: -1, barrier: -1, done: make(chan struct{})}
+	t := &liveTarget{sess: sess, log: log, layout: -1}
 	t.cond = sync.NewCond(&t.mu)
 	return t
 }
@@ -229,16 +269,21 @@ func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
 	t.event(SessionStarted, nil)
-	// A process that left this host a moment ago (migrated away, killed)
-	// may still hold the PID as a zombie until its parent (this service,
-	// as PID 1 of its namespace) reaps it: worth a short wait.
+	return waitPIDFree(h.PID)
+}
+
+// waitPIDFree is pidFree(pid), after a short wait if a zombie holds pid:
+// a process that left this host a moment ago (migrated away, killed) may
+// still hold the PID as a zombie until its parent (this service, as PID 1
+// of its namespace) reaps it.
+func waitPIDFree(pid int) error {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		err := pidFree(h.PID)
+		err := pidFree(pid)
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
-		if st, serr := proc.ReadStat(h.PID); serr != nil || (st.State != 'Z' && st.State != 'X') {
+		if st, serr := proc.ReadStat(pid); serr != nil || (st.State != 'Z' && st.State != 'X') {
 			return err
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -260,27 +305,38 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		}
 	}
 	if t.b == nil {
-		b, err := newLiveBuilder(ctx, &ll.Process, t.log)
+		// The tree's PIDs as the root's (Prepare).
+		for _, p := range ll.Tree {
+			if err := waitPIDFree(p.PID); err != nil {
+				return err
+			}
+		}
+		b, err := newLiveBuilder(ctx, ll, t.log)
 		if err != nil {
 			return err
 		}
 		t.b = b
-		kind, pages, err := t.sess.AcceptStream(ctx)
-		if err != nil {
+		if err := t.acceptPages(ctx, ll); err != nil {
 			return err
 		}
-		if kind != transport.KindPages {
-			pages.Close()
-			return fmt.Errorf("expected the page stream, got a %v stream", kind)
-		}
-		go t.apply(pages)
 	} else {
-		// A later round's layout may map files the first did not.
-		if err := checkMappedFiles(&ll.Process); err != nil {
-			return fmt.Errorf("layout of round %d: %w", l.Round, err)
+		// The tree keeps its shape (the source gives up if it changes).
+		if pids := layoutMembers(ll); !slices.Equal(pids, t.members) {
+			return fmt.Errorf("layout of round %d: processes %v, the first layout had %v", l.Round, pids, t.members)
 		}
-		if err := t.b.Relayout(t.pid, ll.Process.VMAs); err != nil {
-			return err
+		procs := append([]core.Process{ll.Process}, ll.Tree...)
+		for i := range procs {
+			p := &procs[i]
+			if p.Zombie != nil {
+				continue
+			}
+			// A later round's layout may map files the first did not.
+			if err := checkMappedFiles(p); err != nil {
+				return fmt.Errorf("layout of round %d: process %d: %w", l.Round, p.PID, err)
+			}
+			if err := t.b.Relayout(p.PID, p.VMAs); err != nil {
+				return fmt.Errorf("process %d: %w", p.PID, err)
+			}
 		}
 	}
 	t.mu.Lock()
@@ -290,11 +346,64 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	return nil
 }
 
-// apply writes the page stream into the process, round by round: the pages
-// of a round wait for its layout.
-func (t *liveTarget) apply(r io.ReadCloser) {
-	defer close(t.done)
+// acceptPages takes the page streams the first layout ll announces: one,
+// or with a tree one for each process with pages, which begins with its
+// PID (handoff.LiveLayout.Tree); a goroutine applies each.
+func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) error {
+	t.pids, t.members = layoutPIDs(ll), layoutMembers(ll)
+	t.barriers = make([]int, len(t.pids))
+	t.streams = make([]*pagestream.Reader, len(t.pids))
+	t.ended = make([]bool, len(t.pids))
+	for i := range t.barriers {
+		t.barriers[i] = -1
+	}
+	index := map[int]int{}
+	for i, pid := range t.pids {
+		index[pid] = i
+	}
+	for range t.pids {
+		kind, pages, err := t.sess.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		if kind != transport.KindPages {
+			pages.Close()
+			return fmt.Errorf("expected a page stream, got a %v stream", kind)
+		}
+		i := 0
+		if len(ll.Tree) > 0 {
+			var b [handoff.PagesPIDLen]byte
+			if _, err := io.ReadFull(pages, b[:]); err != nil {
+				pages.Close()
+				return fmt.Errorf("page stream: its process: %w", err)
+			}
+			pid := int(binary.LittleEndian.Uint32(b[:]))
+			j, ok := index[pid]
+			if !ok {
+				pages.Close()
+				return fmt.Errorf("a page stream for process %d, which is not of the tree or has one already", pid)
+			}
+			delete(index, pid)
+			i = j
+		}
+		go t.apply(i, pages)
+	}
+	return nil
+}
+
+// apply writes page stream i into its process, round by round: the pages
+// of a round wait for its layout, and for every stream's pages of the
+// rounds before (a page of memory shared across the tree may come in
+// several streams: the latest round's is the one that stays).
+func (t *liveTarget) apply(i int, r io.ReadCloser) {
 	defer r.Close()
+	pid := t.pids[i]
+	defer func() {
+		t.mu.Lock()
+		t.ended[i] = true
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	}()
 	fail := func(err error) {
 		t.mu.Lock()
 		if t.err == nil {
@@ -310,20 +419,22 @@ func (t *liveTarget) apply(r io.ReadCloser) {
 	}
 	defer rd.Close()
 	t.mu.Lock()
-	t.stream = rd
+	t.streams[i] = rd
 	t.mu.Unlock()
 	for {
 		fr, err := rd.Next()
 		if errors.Is(err, io.EOF) {
-			fail(io.EOF)
 			return
 		}
 		if err != nil {
+			if len(t.pids) > 1 {
+				err = fmt.Errorf("process %d: %w", pid, err)
+			}
 			fail(fmt.Errorf("page stream: %w", err))
 			return
 		}
 		t.mu.Lock()
-		for t.layout < int(fr.Round) && t.err == nil {
+		for (t.layout < int(fr.Round) || t.lowBarrier() < int(fr.Round)-1) && t.err == nil {
 			t.cond.Wait()
 		}
 		stop := t.err
@@ -333,17 +444,30 @@ func (t *liveTarget) apply(r io.ReadCloser) {
 		}
 		switch fr.Kind {
 		case pagestream.FramePages:
-			if err := t.b.WriteFrame(t.pid, fr); err != nil {
+			if err := t.b.WriteFrame(pid, fr); err != nil {
 				fail(err)
 				return
 			}
 		case pagestream.FrameBarrier:
 			t.mu.Lock()
-			t.barrier = int(fr.Round)
+			t.barriers[i] = int(fr.Round)
 			t.cond.Broadcast()
 			t.mu.Unlock()
 		}
 	}
+}
+
+// lowBarrier is the latest round whose pages are all in, on every stream.
+//
+// Preconditions: t.mu is held.
+func (t *liveTarget) lowBarrier() int {
+	low := -1
+	for i, b := range t.barriers {
+		if i == 0 || b < low {
+			low = b
+		}
+	}
+	return low
 }
 
 func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) error {
@@ -355,27 +479,44 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 	defer stop()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for t.barrier < int(rd.Round) {
-		if t.err != nil && !errors.Is(t.err, io.EOF) {
+	for len(t.barriers) == 0 || t.lowBarrier() < int(rd.Round) {
+		if t.err != nil {
 			return t.err
 		}
-		if t.err != nil || ctx.Err() != nil {
-			return fmt.Errorf("round %d: the page stream ended before its barrier: %w", rd.Round, errors.Join(t.err, ctx.Err()))
+		for i, ended := range t.ended {
+			if ended && t.barriers[i] < int(rd.Round) {
+				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", rd.Round, t.pids[i])
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("round %d: the page streams did not reach its barrier: %w", rd.Round, ctx.Err())
 		}
 		t.cond.Wait()
 	}
 	return nil
 }
 
-// received returns the counts of the page stream so far, if it began.
+// received returns the counts of the page streams so far, if one began.
 func (t *liveTarget) received() (pagestream.Stats, bool) {
 	t.mu.Lock()
-	rd := t.stream
+	streams := slices.Clone(t.streams)
 	t.mu.Unlock()
-	if rd == nil {
-		return pagestream.Stats{}, false
+	var sum pagestream.Stats
+	began := false
+	for _, rd := range streams {
+		if rd == nil {
+			continue
+		}
+		began = true
+		st := rd.Stats()
+		sum.Pages += st.Pages
+		sum.ZeroPages += st.ZeroPages
+		sum.BytesRaw += st.BytesRaw
+		sum.BytesWire += st.BytesWire
+		sum.Frames += st.Frames
+		sum.RawFrames += st.RawFrames
 	}
-	return rd.Stats(), true
+	return sum, began
 }
 
 // lap ends a step of the downtime.

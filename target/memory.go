@@ -137,9 +137,11 @@ func (r *restorer) fillPages(ctx context.Context) error {
 // pages where the memory is fresh (anonymous, never written before), so
 // zero already. A private file mapping needs its zero pages written over
 // the file's data. With track, the pages written are remembered, for
-// frames of later rounds.
+// frames of later rounds. Memory shared across a tree that comes live
+// is never fresh: another process of the tree may have written a page
+// that this frame says is zero now.
 func (r *restorer) skipZeros(fr *pagestream.Frame, v *core.VMA, track bool) []bool {
-	fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon
+	fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon && !(r.live && v.Shm != 0 && len(r.img.Tree) > 0)
 	skip := make([]bool, fr.Pages)
 	for i := range fr.Pages {
 		addr := fr.Addr + uint64(i)*pageSize

@@ -197,7 +197,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	b.byPID[root.pid] = root
 	for i := range img.Tree {
 		p := &img.Tree[i]
-		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID]}
+		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID], live: live}
 		b.all = append(b.all, r)
 		b.byPID[r.pid] = r
 	}
@@ -638,8 +638,13 @@ func (r *restorer) exitAsZombie() error {
 	status := r.proc.Zombie.ExitCode
 	if sig := status & 0x7f; sig != 0 {
 		// Killed by a signal: send it, still at its default action; the
-		// signal lands on detach.
+		// signal lands on detach (SIGKILL at once: the injection ends
+		// with the thread gone, as with exit_group below).
 		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.pid), uint64(sig)); err != nil {
+			if st, serr := proc.ReadStat(r.pid); sig == int(unix.SIGKILL) && serr == nil && (st.State == 'Z' || st.State == 'X') {
+				r.p = nil
+				return nil
+			}
 			return err
 		}
 		err := r.p.Detach()

@@ -175,7 +175,9 @@ Move process PID to the target at HOST:PORT while it runs: pre-copy rounds
 copy its memory, then it is frozen for a final round with its state, the
 target restores it with the same PID, and once the target says it runs, the
 original is killed. Any failure before the commit leaves the original
-running as it was.`,
+running as it was. The process moves with all its descendants (--tree,
+the default), which must neither fork nor exit until they are frozen;
+--tree=false moves a process without children alone.`,
 	examples: `  migrate --to 10.0.0.2:7070 --secret-file /etc/migrate/secret 1234
   migrate --to 10.0.0.2:7070 --insecure --json 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
@@ -199,6 +201,9 @@ running as it was.`,
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
+		tree := true
+		treeFlag := fs.VarPF((*switchValue)(&tree), "tree", "", "move the process with all its descendants; --tree=false: the process alone (refused if it has children)")
+		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		var addrs []string
 		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -236,7 +241,7 @@ running as it was.`,
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree})
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
@@ -270,8 +275,12 @@ func printRoundLine(w io.Writer, r migrate.RoundReport) {
 }
 
 func migrateSummary(r *migrate.Report) string {
+	comm := r.Comm
+	if r.Processes > 1 {
+		comm += fmt.Sprintf(", with %d descendants", r.Processes-1)
+	}
 	return fmt.Sprintf("migrated pid %d (%s) to %s: %s after %d rounds, %s on the wire (%s raw, RSS %s), downtime %s (target: %s), total %s (session %s)",
-		r.PID, r.Comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
+		r.PID, comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
 		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
 		formatMS(r.TotalMS), r.Session)
 }

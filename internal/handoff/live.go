@@ -10,7 +10,19 @@ type LiveLayout struct {
 	// FDs is how many fds the process had open as the round began: the
 	// target makes room for their restore before the freeze.
 	FDs int `json:"fds,omitempty"`
+	// Tree are the other processes of the tree being moved, parents
+	// first, described as Process is (a zombie as core.Zombie says):
+	// empty for a single process (and in the layouts of a peer that
+	// moves single processes only). With a tree, each process that is not
+	// a zombie has a page stream of its own, which begins with its PID
+	// (PagesPIDLen bytes, little-endian); a single process's stream has
+	// no such prefix.
+	Tree []core.Process `json:"tree,omitempty"`
 }
+
+// PagesPIDLen is the length of the PID that begins each page stream of a
+// tree (see LiveLayout.Tree).
+const PagesPIDLen = 4
 
 // LiveState is the body of the State message: the final image and the
 // contents of its blobs (files/...).
