@@ -154,12 +154,17 @@ func TestFDOwnerKept(t *testing.T) {
 }
 
 // TestDumpRefusesFDOwnerGroup: signal-driven I/O sent to a process group
-// (F_SETOWN_EX F_OWNER_PGRP), which the restore would not set back the
-// same, is refused before the freeze, naming the fd; the process runs on.
+// (F_SETOWN_EX F_OWNER_PGRP) that no process of the dump leads, which the
+// restore could not point at the same processes, is refused before the
+// freeze, naming the fd; the process runs on. (A group the dump's
+// processes lead is kept: nginx's workers own their channel sockets so.)
 func TestDumpRefusesFDOwnerGroup(t *testing.T) {
 	testutil.RequireRoot(t)
-	// In a process group of its own: its signals must not reach the test.
-	p := testutil.StartWith(t, testutil.Options{Setpgid: true}, testutil.Build(t, "filestate"), "owner-pgrp")
+	// In the process group of another process of the test's: its signals
+	// must not reach the test.
+	leader := testutil.StartWith(t, testutil.Options{Setpgid: true}, testutil.Build(t, "sleeper"), "pause")
+	leader.WaitLine(t, short, 0, "sleeping")
+	p := testutil.StartWith(t, testutil.Options{Setpgid: true, Pgid: leader.PID}, testutil.Build(t, "filestate"), "owner-pgrp")
 	p.WaitLine(t, short, 0, "ready")
 	err := dumpRefused(t, p)
 	var ue *source.UnsupportedFDError

@@ -628,23 +628,3 @@ func fileLocks(info *proc.FDInfo) ([]core.FileLock, error) {
 	}
 	return out, nil
 }
-
-// checkPidfds refuses a pidfd of a process (or thread) that is not in the
-// dump: the restore could not open it on anything but another process.
-func checkPidfds(all []*dumper) error {
-	ids := map[int]bool{}
-	for _, d := range all {
-		for _, t := range d.proc.Threads {
-			ids[t.TID] = true
-		}
-	}
-	for _, d := range all {
-		for _, f := range d.proc.FDs {
-			if f.Kind == core.FDPidfd && !ids[f.PidfdPID] {
-				return &UnsupportedFDError{PID: d.pid, FD: f.FD, Kind: "anon_inode:[pidfd]",
-					Reason: fmt.Sprintf("a pidfd of process %d, which is not in the dump", f.PidfdPID)}
-			}
-		}
-	}
-	return nil
-}

@@ -5,18 +5,20 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/raw"
 )
 
 // fdOwner reads the owner (F_GETOWN_EX) and the signal (F_GETSIG) of
 // signal-driven I/O on the open file description dup, which the
-// process's fd shares. The restore sets them again, and can for the
-// process itself only: an owner that is another process, a thread or a
-// process group is an error naming it.
+// process's fd shares. The restore sets them again: the owner must be a
+// process, thread or process group of the dump (checkFDRefs, once every
+// process is read).
 func (d *dumper) fdOwner(dup int) (*core.FDOwner, int, error) {
 	sig, err := unix.FcntlInt(uintptr(dup), unix.F_GETSIG, 0)
 	if err != nil {
@@ -29,11 +31,65 @@ func (d *dumper) fdOwner(dup int) (*core.FDOwner, int, error) {
 	if own.PID == 0 {
 		return nil, sig, nil
 	}
-	if int(own.PID) != d.pid || (own.Type != raw.F_OWNER_PID && own.Type != raw.F_OWNER_TID) {
-		what := map[int32]string{raw.F_OWNER_TID: "thread", raw.F_OWNER_PID: "process", raw.F_OWNER_PGRP: "process group"}[own.Type]
-		return nil, 0, fmt.Errorf("its signal-driven I/O (F_SETOWN) goes to %s %d, which migrate restores only for the process itself", what, own.PID)
+	if own.PID < 0 || (own.Type != raw.F_OWNER_PID && own.Type != raw.F_OWNER_TID && own.Type != raw.F_OWNER_PGRP) {
+		return nil, 0, fmt.Errorf("its signal-driven I/O (F_SETOWN) goes to owner %d of type %d, which migrate does not know", own.PID, own.Type)
 	}
 	return &core.FDOwner{Type: int(own.Type), PID: int(own.PID)}, sig, nil
+}
+
+// checkFDRefs refuses an fd that refers to a process outside the dump: a
+// pidfd, or the owner of signal-driven I/O (a process, a thread, or a
+// process group that no process of the dump leads). The restore could
+// only point it at another process, or none.
+func checkFDRefs(all []*dumper) error {
+	tids, groups := map[int]bool{}, map[int]bool{}
+	for _, d := range all {
+		for _, t := range d.proc.Threads {
+			tids[t.TID] = true
+		}
+		if len(d.proc.Threads) == 0 { // a probe: the process runs
+			ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", d.pid))
+			for _, e := range ents {
+				if tid, err := strconv.Atoi(e.Name()); err == nil {
+					tids[tid] = true
+				}
+			}
+		}
+		pgid := d.proc.PGID
+		if pgid == 0 {
+			if st, err := proc.ReadStat(d.pid); err == nil {
+				pgid = st.PGRP
+			}
+		}
+		if pgid == d.pid {
+			groups[pgid] = true
+		}
+	}
+	for _, d := range all {
+		for _, f := range d.proc.FDs {
+			refuse := func(reason string) error {
+				// Kind is what the fd links to, as elsewhere (precheckFDs
+				// compares it with the fd's link now).
+				kind, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", d.pid, f.FD))
+				if err != nil {
+					kind = f.Kind
+				}
+				return &UnsupportedFDError{PID: d.pid, FD: f.FD, Kind: kind, Reason: reason}
+			}
+			if f.Kind == core.FDPidfd && !tids[f.PidfdPID] {
+				return refuse(fmt.Sprintf("a pidfd of process %d, which is not in the dump", f.PidfdPID))
+			}
+			if o := f.Owner; o != nil {
+				switch {
+				case o.Type == raw.F_OWNER_PGRP && !groups[o.PID]:
+					return refuse(fmt.Sprintf("its signal-driven I/O (F_SETOWN) goes to process group %d, which no process of the dump leads", o.PID))
+				case o.Type != raw.F_OWNER_PGRP && !tids[o.PID]:
+					return refuse(fmt.Sprintf("its signal-driven I/O (F_SETOWN) goes to process %d, which is not in the dump", o.PID))
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // packetMode says whether a pipe writes packets: an end of it has

@@ -140,7 +140,7 @@ func (f *frozenState) read(ctx context.Context) error {
 	if err := ss.readSysV(f.all); err != nil {
 		return err
 	}
-	if err := checkPidfds(f.all); err != nil {
+	if err := checkFDRefs(f.all); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

@@ -134,6 +134,7 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 		}
 		live = append(live, pid)
 	}
+	var all []*dumper
 	for _, pid := range live {
 		if err := refuseDeadline(pid); err != nil {
 			return err
@@ -147,6 +148,10 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 			return err
 		}
 		d.fdset = set
+		all = append(all, d)
+	}
+	if err := checkFDRefs(all); err != nil {
+		return err
 	}
 	return ss.resolvePipes()
 }

@@ -381,7 +381,15 @@ func (r *restorer) restoreTimers() error {
 func (r *restorer) joinSession() error {
 	p := r.proc
 	if p.SID != p.PID && r.parent != nil {
-		return nil // born into its parent's session, as before
+		// Born into its parent's session, as before; if the parent's was
+		// replaced (a session outside the image), so is this one.
+		r.mu.Lock()
+		replaced := p.SID == r.parent.proc.SID && r.accepted[accepted{r.parent.pid, 0, "session"}]
+		r.mu.Unlock()
+		if replaced {
+			r.accept(p.PID, 0, "session")
+		}
+		return nil
 	}
 	if sid, err := unix.Getsid(0); err == nil && p.SID != p.PID && sid == p.SID {
 		return nil // the root's session is migrate's own: it stays in it
