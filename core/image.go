@@ -113,6 +113,10 @@ type Process struct {
 	// trace it and its /proc files are the user's, 0 (or 2) if changing
 	// credentials made it not dumpable.
 	Dumpable int      `json:"dumpable"`
+	// Audit is the process's audit login uid and session id
+	// (/proc/PID/loginuid, sessionid; 4294967295: unset), which a restored
+	// process inherits from the restorer: nil if not recorded.
+	Audit *Audit `json:"audit,omitempty"`
 	Rlimits  []Rlimit `json:"rlimits"`
 	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
@@ -151,6 +155,12 @@ type Process struct {
 type Cgroup struct {
 	Controllers string `json:"controllers,omitempty"`
 	Path        string `json:"path"`
+}
+
+// Audit is a process's audit identity.
+type Audit struct {
+	LoginUID  uint32 `json:"loginuid"`
+	SessionID uint32 `json:"sessionid"`
 }
 
 // Zombie is how a zombie process of the tree ended.

@@ -618,7 +618,8 @@ func (a *liveSource) addMembers(pids []int) error {
 }
 
 // identify fills in what the target needs to create process d before the
-// freeze: its identity, executable, directories and cgroups.
+// freeze: its identity, executable, directories, cgroups and audit
+// identity.
 func identify(d *dumper) error {
 	p := d.proc
 	p.PID, p.PPID, p.PGID, p.SID, p.Comm = d.pid, d.stat.PPID, d.stat.PGRP, d.stat.Session, d.stat.Comm
@@ -635,6 +636,9 @@ func identify(d *dumper) error {
 		return d.memberGone(d.pid, err)
 	}
 	if p.Cgroups, err = readCgroups(d.pid, d.pid); err != nil {
+		return d.memberGone(d.pid, err)
+	}
+	if p.Audit, err = readAudit(d.pid); err != nil {
 		return d.memberGone(d.pid, err)
 	}
 	p.Threads = []core.Thread{{TID: d.pid}}

@@ -44,6 +44,9 @@ func (d *dumper) collectTask() error {
 	}
 	p.Exe = *exe
 	p.Cmdline, _ = proc.ReadCmdline(d.pid)
+	if p.Audit, err = readAudit(d.pid); err != nil {
+		return err
+	}
 
 	auxv, err := proc.ReadAuxv(d.pid)
 	if err != nil {

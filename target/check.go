@@ -136,6 +136,12 @@ func (c *checker) process(p *core.Process, root bool) {
 			cmp(c, 0, "personality", fmt.Sprintf("%#x", p.Personality), fmt.Sprintf("%#x", v))
 		}
 	}
+	if a := p.Audit; a != nil {
+		if l, s, err := proc.ReadAudit(c.pid); err == nil {
+			cmp(c, 0, "audit login uid", int32(a.LoginUID), int32(l))
+			cmp(c, 0, "audit session", int32(a.SessionID), int32(s))
+		}
+	}
 	if p.Attrs != nil {
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.pid)); err == nil {
 			cmp(c, 0, "oom_score_adj", strconv.Itoa(p.Attrs.OOMScoreAdj), strings.TrimSpace(string(b)))

@@ -63,6 +63,9 @@ func checkIncoming(img *core.Image) error {
 		if err := lim.check(pp.Process); err != nil {
 			return fmt.Errorf("process %d: %w", pp.Process.PID, err)
 		}
+		if err := checkAudit(pp.Process); err != nil {
+			return err
+		}
 	}
 	if n := len(img.Tree) + 1; n > lim.pidMax {
 		return &HostLimitError{What: "kernel.pid_max", Need: uint64(n), Limit: uint64(lim.pidMax)}
@@ -347,6 +350,36 @@ func checkVDSO(vmas []core.VMA) error {
 				return &VDSOMismatchError{Reason: "the vdso code differs (another kernel build)"}
 			}
 		}
+	}
+	return nil
+}
+
+// AuditError says a process's audit identity (login uid, session id) is
+// not the one a process the restore makes has: it inherits the
+// restorer's, and a session id cannot be chosen (the kernel gives a new
+// one when the login uid is set).
+type AuditError struct {
+	PID        int
+	Want, Have core.Audit
+}
+
+func (e *AuditError) Error() string {
+	return fmt.Sprintf("process %d has audit login uid %d and session %d; a process this restorer makes has %d and %d (run the restorer in the same audit session, e.g. as a service, as the original ran)",
+		e.PID, int32(e.Want.LoginUID), int32(e.Want.SessionID), int32(e.Have.LoginUID), int32(e.Have.SessionID))
+}
+
+// checkAudit refuses a process whose audit identity differs from the
+// restorer's, which the process would get instead.
+func checkAudit(p *core.Process) error {
+	if p.Audit == nil {
+		return nil
+	}
+	l, s, err := proc.ReadAudit(os.Getpid())
+	if err != nil {
+		return nil // no audit support: nothing to differ
+	}
+	if have := (core.Audit{LoginUID: l, SessionID: s}); have != *p.Audit {
+		return &AuditError{PID: p.PID, Want: *p.Audit, Have: have}
 	}
 	return nil
 }
