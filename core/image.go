@@ -112,13 +112,13 @@ type Process struct {
 	// Dumpable is prctl(PR_GET_DUMPABLE): 1 if the process's user may
 	// trace it and its /proc files are the user's, 0 (or 2) if changing
 	// credentials made it not dumpable.
-	Dumpable int      `json:"dumpable"`
+	Dumpable int `json:"dumpable"`
 	// Audit is the process's audit login uid and session id
 	// (/proc/PID/loginuid, sessionid; 4294967295: unset), which a restored
 	// process inherits from the restorer: nil if not recorded.
-	Audit *Audit `json:"audit,omitempty"`
-	Rlimits  []Rlimit `json:"rlimits"`
-	Itimers  []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
+	Audit   *Audit   `json:"audit,omitempty"`
+	Rlimits []Rlimit `json:"rlimits"`
+	Itimers []Itimer `json:"itimers,omitempty"` // ITIMER_REAL, VIRTUAL, PROF
 	// PosixTimers are the timers of timer_create(2), by ID.
 	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 
