@@ -78,6 +78,9 @@ const (
 	// RefusedShm: a System V shared memory segment of the image whose ID
 	// or key another segment of this host holds: target.ShmError.
 	RefusedShm RefusalKind = "sysv-shm"
+	// RefusedAudit: the process's audit login uid and session differ from
+	// the restorer's, which it would get: target.AuditError.
+	RefusedAudit RefusalKind = "audit"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -190,6 +193,7 @@ func refusal(err error) *RefusedError {
 		cg  *target.CgroupError
 		ck  *target.CheckError
 		sh  *target.ShmError
+		au  *target.AuditError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -220,6 +224,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedDiffers, Err: err}
 	case errors.As(err, &sh):
 		return &RefusedError{Kind: RefusedShm, Err: err}
+	case errors.As(err, &au):
+		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
@@ -34,6 +35,7 @@ func TestErrors(t *testing.T) {
 		{wrap(&source.SeccompError{PID: 16, TID: 16, Filter: 0, Reason: "a user-space listener"}), refusedAs(RefusedSeccomp, 16)},
 		{&target.LockError{PID: 17, FD: 3, Path: "/tmp/l", Holder: 99}, refusedAs(RefusedLock, 17)},
 		{&target.CgroupError{PID: 18, Path: "/gone", Reason: "no such cgroup"}, refusedAs(RefusedCgroup, 18)},
+		{&target.AuditError{PID: 21, Want: core.Audit{LoginUID: 1}}, refusedAs(RefusedAudit, 21)},
 		{&target.ShmError{ID: 5, Key: 7, Reason: "its key is taken by segment 9"}, refusedAs(RefusedShm, 0)},
 		{&target.CheckError{Diffs: []target.Difference{{PID: 19, What: "umask", Got: "022", Want: "077"}}}, refusedAs(RefusedDiffers, 0)},
 		{wrap(&handoff.PeerError{Abort: true, Text: "target: prepare: pid 10 is already in use"}), func(err error) bool {
