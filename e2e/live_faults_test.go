@@ -636,10 +636,12 @@ func runLiveFault(t *testing.T, at, do string) {
 		if st, _ := testutil.State(w.PID); st != 'T' {
 			t.Errorf("the original is in state %c after recover, want still stopped", st)
 		}
-		// The operator, who knows the target died, lets it run on.
+		// The operator, who knows the target died, lets it run on, and
+		// removes the record recover kept.
 		if err := unix.Kill(w.PID, unix.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
+		source.RemoveRecord(w.PID, m.rep.Session)
 		checkOriginalOnly(t, w, restarted)
 	case at == atCommit:
 		// The target had the commit and resumed; the source, which never

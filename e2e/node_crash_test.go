@@ -67,6 +67,16 @@ func TestNodeSourceKilled(t *testing.T) {
 	}
 	waitLogLine(t, srv.Log, "conn 0 recv 300")
 
+	// The records there before: another run's, or another test's left
+	// for the same in-node PID, are not this migration's.
+	listRecords := func() []string {
+		out, err := c.A.Command("sh", "-c", "ls /run/migrate 2>/dev/null; true").CombinedOutput()
+		if err != nil {
+			t.Fatalf("list /run/migrate: %v %s", err, out)
+		}
+		return strings.Fields(string(out))
+	}
+	recordsBefore := listRecords()
 	mark := filepath.Join(c.Dir, "post-dump-ran")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -115,19 +125,16 @@ func TestNodeSourceKilled(t *testing.T) {
 		st, err := testutil.State(loc.PID)
 		return err == nil && st == 'T'
 	})
-	out, err := c.A.Command("sh", "-c", "ls /run/migrate").CombinedOutput()
-	if err != nil {
-		t.Fatalf("no record of the migration: %v %s", err, out)
-	}
 	var session string
 	prefix := strconv.Itoa(srv.NSPID) + "-"
-	for _, f := range strings.Fields(string(out)) {
-		if s, ok := strings.CutPrefix(f, prefix); ok {
+	after := listRecords()
+	for _, f := range after {
+		if s, ok := strings.CutPrefix(f, prefix); ok && !slices.Contains(recordsBefore, f) {
 			session = strings.TrimSuffix(s, ".json")
 		}
 	}
 	if session == "" {
-		t.Fatalf("no record for pid %d in /run/migrate: %q", srv.NSPID, out)
+		t.Fatalf("no new record for pid %d in /run/migrate: %q (before: %q)", srv.NSPID, after, recordsBefore)
 	}
 	t.Logf("record of session %s (%v after the kill)", session, time.Since(killedAt))
 	// The service address: the source's abort hook died with it.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -322,6 +323,16 @@ func (c *Cluster) Close() error {
 	c.mu.Unlock()
 
 	var errs []error
+	// The records of migrations the nodes left (a source killed, an
+	// original left frozen), which /run/migrate keeps for the host: their
+	// PIDs are of the nodes' namespaces, which go now.
+	for _, n := range []*Node{c.A, c.B} {
+		if n != nil && n.ServePID != 0 {
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", n.ServePID)); err == nil {
+				removeRecords(ns)
+			}
+		}
+	}
 	// The end of a service's PID namespace ends every process in it.
 	for _, n := range []*Node{c.A, c.B} {
 		if n != nil {
@@ -550,4 +561,25 @@ func children(pid int) []int {
 		}
 	}
 	return out
+}
+
+// recordDir is where migrate keeps the records of migrations
+// (source.RecordDir).
+const recordDir = "/run/migrate"
+
+// removeRecords removes the migration records written in PID namespace ns.
+func removeRecords(ns string) {
+	files, _ := filepath.Glob(filepath.Join(recordDir, "*.json"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var r struct {
+			PIDNS string `json:"pid_ns"`
+		}
+		if json.Unmarshal(b, &r) == nil && r.PIDNS == ns {
+			os.Remove(f)
+		}
+	}
 }
