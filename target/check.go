@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -362,39 +364,66 @@ func (c *checker) fds(p *core.Process) {
 	}
 	want := map[int]bool{}
 	for i := range p.FDs {
-		fd := &p.FDs[i]
-		want[fd.FD] = true
-		what := fmt.Sprintf("fd %d", fd.FD)
-		target, ok := have[fd.FD]
-		if !ok {
-			c.diff(0, what, fd.Kind, "not open")
-			continue
-		}
-		if fd.File != nil && (fd.Kind == core.FDFile || fd.Kind == core.FDDir) && !fd.File.Deleted {
-			cmp(c, 0, what+" file", fd.File.Path, target)
-		}
-		info, err := proc.ReadFDInfo(c.pid, fd.FD)
-		if err != nil {
-			if !errors.Is(err, os.ErrNotExist) {
-				c.unreadable(0, what+" fdinfo", err)
+		want[p.FDs[i].FD] = true
+	}
+	// An fdinfo read each: a few at a time where there are many (hundreds
+	// of connections: the check is in the frozen window).
+	workers := 1
+	if len(p.FDs) > 64 {
+		workers = min(4, runtime.GOMAXPROCS(0))
+	}
+	subs := make([]*checker, workers)
+	var wg sync.WaitGroup
+	for w := range subs {
+		sub := &checker{pid: c.pid}
+		subs[w] = sub
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(p.FDs); i += workers {
+				sub.fd(&p.FDs[i], have)
 			}
-			continue
-		}
-		cmp(c, 0, what+" flags", fmt.Sprintf("%#o", fd.Flags&statusFlags), fmt.Sprintf("%#o", info.Flags&statusFlags))
-		cmp(c, 0, what+" close-on-exec", fd.Cloexec, info.Flags&unix.O_CLOEXEC != 0)
-		if fd.Kind == core.FDFile {
-			cmp(c, 0, what+" offset", fd.Pos, info.Pos)
-		}
-		if fd.Kind == core.FDPidfd {
-			cmp(c, 0, what+" pidfd's process", strconv.Itoa(fd.PidfdPID), strings.TrimSpace(info.Extra["Pid"]))
-		}
-		c.locks(what, fd, info)
+		}()
+	}
+	wg.Wait()
+	for _, sub := range subs {
+		c.diffs = append(c.diffs, sub.diffs...)
 	}
 	for n, target := range have {
 		if !want[n] {
 			c.diff(0, fmt.Sprintf("fd %d", n), "not open", target)
 		}
 	}
+}
+
+// fd checks one fd of the image against the process's (have: fd ->
+// link).
+func (c *checker) fd(fd *core.FD, have map[int]string) {
+	what := fmt.Sprintf("fd %d", fd.FD)
+	target, ok := have[fd.FD]
+	if !ok {
+		c.diff(0, what, fd.Kind, "not open")
+		return
+	}
+	if fd.File != nil && (fd.Kind == core.FDFile || fd.Kind == core.FDDir) && !fd.File.Deleted {
+		cmp(c, 0, what+" file", fd.File.Path, target)
+	}
+	info, err := proc.ReadFDInfo(c.pid, fd.FD)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			c.unreadable(0, what+" fdinfo", err)
+		}
+		return
+	}
+	cmp(c, 0, what+" flags", fmt.Sprintf("%#o", fd.Flags&statusFlags), fmt.Sprintf("%#o", info.Flags&statusFlags))
+	cmp(c, 0, what+" close-on-exec", fd.Cloexec, info.Flags&unix.O_CLOEXEC != 0)
+	if fd.Kind == core.FDFile {
+		cmp(c, 0, what+" offset", fd.Pos, info.Pos)
+	}
+	if fd.Kind == core.FDPidfd {
+		cmp(c, 0, what+" pidfd's process", strconv.Itoa(fd.PidfdPID), strings.TrimSpace(info.Extra["Pid"]))
+	}
+	c.locks(what, fd, info)
 }
 
 func (c *checker) locks(what string, fd *core.FD, info *proc.FDInfo) {
