@@ -19,6 +19,16 @@ import (
 // Preconditions: the process is frozen.
 func (d *dumper) collectTask() error {
 	p := d.proc
+	// Read again now that the process is frozen: what was read before
+	// may be of the middle of an execve (its new name and the old
+	// program's memory bounds, seen once by ExampleDump), or changed
+	// since (a setsid, a prctl(PR_SET_MM)).
+	if st, err := proc.ReadStat(d.pid); err == nil {
+		d.stat = st
+	}
+	if status, err := proc.ReadStatus(d.pid); err == nil {
+		d.status = status
+	}
 	st, status := d.stat, d.status
 	p.PID = d.pid
 	p.PPID, p.PGID, p.SID = st.PPID, st.PGRP, st.Session
