@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -11,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
@@ -101,16 +101,7 @@ func TestSysVShm(t *testing.T) {
 		t.Fatalf("segments of the workload: %v", before)
 	}
 	sums := w.sums(t)
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: w.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	w.Reap(t)
-	testutil.ReapOrphan(t, w.child)
-	img, err := core.ReadImage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, img := dumpTreeKill(t, w.Proc, w.child)
 	if len(img.Shm) != 3 {
 		t.Fatalf("image holds %d segments, want 3: %+v", len(img.Shm), img.Shm)
 	}
@@ -132,8 +123,8 @@ func TestSysVShm(t *testing.T) {
 }
 
 // TestSysVShmAttachedOutside: a segment that a process outside the dump
-// attaches too is refused before anything is frozen, naming it; the
-// process runs on.
+// attaches too is refused before anything is frozen (precheckMappings),
+// naming it; the process runs on.
 func TestSysVShmAttachedOutside(t *testing.T) {
 	testutil.RequireRoot(t)
 	w := startSysV(t)
@@ -142,10 +133,15 @@ func TestSysVShmAttachedOutside(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.SysvShmDetach(b)
-	_, err = source.Dump(context.Background(), source.DumpOptions{PID: w.PID, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+	var log strings.Builder
+	_, err = source.Dump(context.Background(), source.DumpOptions{PID: w.PID, Dir: t.TempDir(), Tree: true,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	var me *source.UnsupportedMappingError
 	if !errors.As(err, &me) || !strings.Contains(me.Name, fmt.Sprint(w.a)) {
 		t.Fatalf("dump: %v (%T), want an UnsupportedMappingError naming segment %d", err, err, w.a)
+	}
+	if strings.Contains(log.String(), "msg=frozen") {
+		t.Errorf("refused after the freeze, not before:\n%s", log.String())
 	}
 	testutil.RequireRunning(t, w.PID)
 	w.WaitTick(t, short, w.LastTick(t)+2)
@@ -157,12 +153,7 @@ func TestSysVShmAttachedOutside(t *testing.T) {
 func TestSysVShmKeyTaken(t *testing.T) {
 	testutil.RequireRoot(t)
 	w := startSysV(t)
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: w.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	w.Reap(t)
-	testutil.ReapOrphan(t, w.child)
+	dir, _ := dumpTreeKill(t, w.Proc, w.child)
 	// The dumped segment goes, another takes its key.
 	unix.SysvShmCtl(w.a, unix.IPC_RMID, nil)
 	other, err := unix.SysvShmGet(w.key, 4096, unix.IPC_CREAT|unix.IPC_EXCL|0o600)

@@ -99,13 +99,9 @@ func hashCodeAreas(pid int, vmas []core.VMA) {
 	}
 }
 
-// prehashCode hashes the code files of a running process, so that the
-// dump, frozen, finds them hashed.
-func prehashCode(pid int) {
-	maps, err := proc.ReadMaps(pid)
-	if err != nil {
-		return
-	}
+// prehashCode hashes the code files of a running process (maps, its
+// layout), so that the dump, frozen, finds them hashed.
+func prehashCode(pid int, maps []proc.Mapping) {
 	if ref, err := fileRef(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
 		hashCode(fmt.Sprintf("/proc/%d/exe", pid), ref)
 	}

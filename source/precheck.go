@@ -88,17 +88,31 @@ func precheckMappings(opts DumpOptions) error {
 		}
 		pids = append(pids, kids...)
 	}
+	sysv := map[int][]proc.Mapping{} // System V segment -> its areas
+	sysvPID := map[int]int{}
 	for _, pid := range pids {
 		maps, err := proc.ReadMaps(pid)
 		if err != nil {
 			continue // gone or a zombie: left to the dump
 		}
 		// The code files' contents, hashed now rather than frozen.
-		prehashCode(pid)
+		prehashCode(pid, maps)
 		for i := range maps {
 			if err := refuseMapping(pid, &maps[i]); err != nil {
 				return err
 			}
+			if m := maps[i]; m.IsSysVShm() {
+				sysv[int(m.Inode)] = append(sysv[int(m.Inode)], m)
+				sysvPID[int(m.Inode)] = pid
+			}
+		}
+	}
+	// A segment some process outside attaches too, now rather than at
+	// the freeze (the frozen dump checks again: readSysV).
+	for id, areas := range sysv {
+		if _, reason := statSegment(id, len(areas)); reason != "" {
+			return &UnsupportedMappingError{PID: sysvPID[id], Start: areas[0].Start, End: areas[0].End,
+				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
 	}
 	return nil

@@ -51,14 +51,9 @@ func (ss *session) readSysV(all []*dumper) error {
 			return &UnsupportedMappingError{PID: first.d.pid, Start: first.v.Start, End: first.v.End,
 				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
-		var ds unix.SysvShmDesc
-		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
-			return refuse(fmt.Sprintf("shmctl(IPC_STAT): %v", err))
-		}
-		// The kernel counts an attachment per area (a split one counts
-		// twice): every one of them must be the dump's.
-		if int(ds.Nattch) > len(areas) {
-			return refuse(fmt.Sprintf("attached %d times, %d of them by processes outside the dump", ds.Nattch, int(ds.Nattch)-len(areas)))
+		ds, reason := statSegment(id, len(areas))
+		if reason != "" {
+			return refuse(reason)
 		}
 		// Each attachment whole: its areas, in order, from offset 0 to
 		// the segment's end.
@@ -106,4 +101,19 @@ func (ss *session) writeSysV() error {
 		s.Data = name
 	}
 	return nil
+}
+
+// statSegment describes System V segment id, which the dump's processes
+// attach in areas areas, or says why it cannot be dumped: the kernel
+// counts an attachment per area (a split one counts twice), and every one
+// of them must be the dump's.
+func statSegment(id, areas int) (unix.SysvShmDesc, string) {
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
+		return ds, fmt.Sprintf("shmctl(IPC_STAT): %v", err)
+	}
+	if int(ds.Nattch) > areas {
+		return ds, fmt.Sprintf("attached %d times, %d of them by processes outside the dump", ds.Nattch, int(ds.Nattch)-areas)
+	}
+	return ds, ""
 }
