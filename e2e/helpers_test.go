@@ -368,3 +368,24 @@ func requireNothingLeft(t *testing.T, pid int, kids []int) {
 		t.Errorf("children after the failed restore: %v, before %v", got, kids)
 	}
 }
+
+// dumpTreeKill dumps p with its descendants into a new directory (the
+// dump kills them), reaps p and the orphans kids (its children, which the
+// test process, a subreaper, inherits), and returns the directory and
+// the image.
+func dumpTreeKill(t *testing.T, p *testutil.Proc, kids ...int) (string, *core.Image) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump %d with its tree: %v", p.PID, err)
+	}
+	p.Reap(t)
+	for _, k := range kids {
+		testutil.ReapOrphan(t, k)
+	}
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatalf("read the image just written: %v", err)
+	}
+	return dir, img
+}

@@ -21,29 +21,10 @@ import (
 // the pidfd.
 func TestPidfdKept(t *testing.T) {
 	testutil.RequireRoot(t)
-	var child int
-	t.Cleanup(func() {
-		if child > 0 {
-			testutil.ReapOrphan(t, child)
-		}
-	})
-	p := testutil.Start(t, testutil.Build(t, "pidfd"))
-	line, _ := p.WaitLine(t, short, 0, "ready")
-	var pid, cfd, sfd int
-	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d cfd=%d sfd=%d", &pid, &child, &cfd, &sfd); err != nil {
-		t.Fatal(err)
-	}
+	w := startPidfd(t)
+	p, child, cfd, sfd := w.Proc, w.child, w.cfd, w.sfd
 	p.WaitTick(t, short, 3)
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	p.Reap(t)
-	testutil.ReapOrphan(t, child)
-	img, err := core.ReadImage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, img := dumpTreeKill(t, p, child)
 	got := map[int]int{}
 	for _, f := range img.Process.FDs {
 		if f.Kind == core.FDPidfd {
@@ -60,25 +41,15 @@ func TestPidfdKept(t *testing.T) {
 	if want := fmt.Sprintf("reaped pid=%d signal=%d self=ok", child, unix.SIGTERM); reaped != want {
 		t.Errorf("after restore %q, want %q", reaped, want)
 	}
-	child = 0
+	w.child = 0 // reaped by the restored parent, through its pidfd
 }
 
 // TestDumpRefusesPidfdOutside: a pidfd of a process outside the dump is
 // refused, naming the fd, and the process runs on.
 func TestDumpRefusesPidfdOutside(t *testing.T) {
 	testutil.RequireRoot(t)
-	var child int
-	t.Cleanup(func() {
-		if child > 0 {
-			testutil.ReapOrphan(t, child)
-		}
-	})
-	p := testutil.Start(t, testutil.Build(t, "pidfd"))
-	line, _ := p.WaitLine(t, short, 0, "ready")
-	var pid, cfd, sfd int
-	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d cfd=%d sfd=%d", &pid, &child, &cfd, &sfd); err != nil {
-		t.Fatal(err)
-	}
+	w := startPidfd(t)
+	p, child, cfd := w.Proc, w.child, w.cfd
 	// Without --tree the child is outside the dump.
 	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
 	var ue *source.UnsupportedFDError
@@ -90,4 +61,30 @@ func TestDumpRefusesPidfdOutside(t *testing.T) {
 		t.Fatalf("the child is gone: %v", err)
 	}
 	p.WaitTick(t, short, p.LastTick(t)+2)
+}
+
+// pidfdProc is the pidfd workload: its child and its two pidfds.
+type pidfdProc struct {
+	*testutil.Proc
+	child, cfd, sfd int
+}
+
+// startPidfd starts the pidfd workload; its child, an orphan once the
+// workload is gone, is reaped at the end.
+func startPidfd(t *testing.T) *pidfdProc {
+	t.Helper()
+	w := &pidfdProc{}
+	// Before the workload's own cleanup, so run after it.
+	t.Cleanup(func() {
+		if w.child > 0 {
+			testutil.ReapOrphan(t, w.child)
+		}
+	})
+	w.Proc = testutil.Start(t, testutil.Build(t, "pidfd"))
+	line, _ := w.WaitLine(t, short, 0, "ready")
+	var pid int
+	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d cfd=%d sfd=%d", &pid, &w.child, &w.cfd, &w.sfd); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
-	"github.com/procmig/migrate/source"
 )
 
 // TestSharedAnonTree: a parent and its child that share anonymous memory
@@ -24,17 +22,8 @@ func TestSharedAnonTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.WaitTick(t, short, 5)
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	p.Reap(t)
-	testutil.ReapOrphan(t, child)
+	dir, img := dumpTreeKill(t, p, child)
 	t.Cleanup(func() { testutil.ReapOrphan(t, child) })
-	img, err := core.ReadImage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	shared := 0
 	for _, v := range append(img.Process.VMAs, img.Tree[0].VMAs...) {
 		if v.Kind == core.VMASharedAnon && v.Shm != 0 {
