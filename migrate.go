@@ -45,6 +45,10 @@ type Report = source.MigrateReport
 // on the wire, its time.
 type RoundReport = source.RoundReport
 
+// Transfer is how far a round of pages has gone while it runs: pages sent
+// of those planned, and the time since it began.
+type Transfer = source.Transfer
+
 // Policy says when pre-copy stops and the process is frozen: after
 // MaxRounds rounds, or once what is left could be sent within
 // TargetDowntime, or when a round no longer shrinks the dirty set. The
@@ -91,6 +95,11 @@ type DumpOptions struct {
 	Policy Policy
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// Transfer, if set, is told how far the pages have gone, every
+	// quarter of a second while a round (or the one copy of a dump
+	// without pre-copy) runs, from a goroutine of the dump's own; it
+	// must not block.
+	Transfer func(Transfer)
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -118,6 +127,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Tracker:      opts.Tracker,
 		Policy:       opts.Policy,
 		Logger:       logger(opts.Logger),
+		Transfer:     opts.Transfer,
 	})
 	if err != nil {
 		undo()
@@ -231,15 +241,17 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 		return nil, err
 	}
 	var progress func(source.RoundReport)
+	var transfer func(source.Transfer)
 	if opts.OnEvent != nil {
 		progress = func(r source.RoundReport) {
 			ev.emit(Event{Kind: EventRoundFinished, Round: r.Round, Stats: &r})
 		}
+		transfer = ev.transfer
 	}
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

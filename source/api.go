@@ -20,6 +20,10 @@ type DumpOptions struct {
 	Tracker string // dirty tracker for pre-copy: "auto" (also ""), "uffd-wp", "soft-dirty", "hash"
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
+	// Transfer, if set, is told how far each round of pages has gone,
+	// every quarter of a second while it runs, from a goroutine of its
+	// own: it must not block.
+	Transfer func(Transfer)
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).

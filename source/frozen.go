@@ -263,7 +263,14 @@ func (f *frozenState) memory(ctx context.Context) error {
 				}
 			}
 			m := d.sink.meter(0)
-			if err := d.dumpMemory(ctx, d.sink, 0); err != nil {
+			var planned uint64
+			if f.ss.opts.Transfer != nil {
+				planned = residentPages([]*dumper{d})
+			}
+			w := watchTransfer(f.ss.opts.Transfer, 0, []*dumper{d}, planned)
+			err := d.dumpMemory(ctx, d.sink, 0)
+			w.end()
+			if err != nil {
 				return err
 			}
 			rep, err := m.done(d.sink.pages)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -369,6 +370,9 @@ type pageSink struct {
 	// no stale copy survives in the image.
 	sent  core.PageSet
 	pages uint64 // pages written, all rounds
+	// written counts pages as pages does, for a reader on another
+	// goroutine (a round's Transfer reports).
+	written atomic.Uint64
 	// onSent, if set, sees every page sent (the hash tracker keeps hashes).
 	onSent func(addr uint64, data []byte)
 	hooked bool
@@ -720,6 +724,7 @@ func (s *pageSink) write(round uint32, addr uint64, buf []byte) error {
 	}
 	n := uint64(len(buf)) / pageSize
 	s.pages += n
+	s.written.Add(n)
 	s.sent.AddRange(addr, addr+uint64(len(buf)))
 	return nil
 }

@@ -49,6 +49,9 @@ type MigrateOptions struct {
 	Logger    *slog.Logger
 	// Progress, if set, sees each round as it ends.
 	Progress func(RoundReport)
+	// Transfer, if set, is told how far each round has gone while it
+	// runs (see DumpOptions.Transfer).
+	Transfer func(Transfer)
 	// Bandwidth caps the page stream in bytes a second (0: no cap).
 	Bandwidth int64
 	// Hooks run at the source's stages: pre-freeze, post-dump,
@@ -182,7 +185,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		return nil, err
 	}
 
-	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
+	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Transfer: opts.Transfer}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()

@@ -178,6 +178,10 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		return err
 	}
 	m := ss.meter(all, 0)
+	if ss.opts.Transfer != nil {
+		m.watch(ss, all, residentPages(all))
+		defer m.end()
+	}
 	var present uint64
 	for i, d := range all {
 		before := d.sink.pages
@@ -234,6 +238,8 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		if err := ss.roundStart(layouts); err != nil {
 			return err
 		}
+		m.watch(ss, all, dirty)
+		defer m.end()
 		var held time.Duration
 		for i, d := range all {
 			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
@@ -293,12 +299,15 @@ func (ss *session) memberGone(pid int, err error) error {
 	return err
 }
 
-// treeMeter measures one round of the tree through its sinks' counters.
+// treeMeter measures one round of the tree through its sinks' counters,
+// and reports its progress while it runs (DumpOptions.Transfer).
 type treeMeter struct {
 	ms    []*roundMeter
 	start time.Time
+	w     *transferWatch
 }
 
+// meter starts measuring round.
 func (ss *session) meter(all []*dumper, round int) *treeMeter {
 	m := &treeMeter{start: time.Now()}
 	for _, d := range all {
@@ -307,8 +316,19 @@ func (ss *session) meter(all []*dumper, round int) *treeMeter {
 	return m
 }
 
+// watch starts the round's progress reports (DumpOptions.Transfer), once
+// its pages begin to go: planned are the pages it is expected to send.
+// Its end (or done) must be called.
+func (m *treeMeter) watch(ss *session, all []*dumper, planned uint64) {
+	m.w = watchTransfer(ss.opts.Transfer, m.ms[0].round, all, planned)
+}
+
+// end stops the round's progress reports (done does too).
+func (m *treeMeter) end() { m.w.end() }
+
 // done flushes the round's frames of every sink and reports the round.
 func (m *treeMeter) done(dirty uint64) (RoundReport, error) {
+	m.end()
 	var rep RoundReport
 	for _, rm := range m.ms {
 		r, err := rm.done(dirty)
@@ -368,6 +388,19 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 		}
 	}
 	ss.lap("final round: dirty pages")
+	if ss.opts.Transfer != nil { // only then: this is downtime
+		var planned uint64
+		for i, d := range all {
+			for _, r := range clip(ranges[i], layouts[i]) {
+				planned += r.Pages()
+			}
+			for _, r := range clip(d.pending, layouts[i]) {
+				planned += r.Pages()
+			}
+		}
+		m.watch(ss, all, planned)
+		defer m.end()
+	}
 	var dirty uint64
 	for i, d := range all {
 		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], append(ranges[i], d.pending...))

@@ -111,6 +111,10 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 					return usagef("%v", err)
 				}
 			}
+			var transfer func(migrate.Transfer)
+			if !asJSON {
+				transfer = e.transferStatus("dump round")
+			}
 			rep, err := e.ops.dump(ctx, pid, dir, migrate.DumpOptions{
 				LeaveRunning: leaveRunning,
 				ProcessOnly:  !tree,
@@ -120,7 +124,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				Tracker:      tracker,
 				Policy:       pol,
 				Logger:       e.logger,
+				Transfer:     transfer,
 			})
+			e.clearStatus()
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("interrupted, process %d left running: %w", pid, err)

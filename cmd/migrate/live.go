@@ -234,14 +234,19 @@ the default), which must neither fork nor exit until they are frozen;
 			}
 			var onEvent func(migrate.Event)
 			if !asJSON {
+				status := e.transferStatus("round")
 				onEvent = func(ev migrate.Event) {
-					if ev.Kind == migrate.EventRoundFinished {
+					switch {
+					case ev.Kind == migrate.EventRoundFinished:
 						printRoundLine(e.stderr, *ev.Stats)
+					case ev.Kind == migrate.EventRoundProgress && status != nil:
+						status(*ev.Transfer)
 					}
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
 				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree})
+			e.clearStatus()
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
