@@ -144,6 +144,11 @@ type RestoreOptions struct {
 	Check bool
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// Transfer, if set, is told how many pages were written into the
+	// processes, of those the image holds (Round is 0), every quarter of
+	// a second while they are, from a goroutine of the restore's own; it
+	// must not block.
+	Transfer func(Transfer)
 }
 
 // Restore recreates the process stored in dir, with its PID, and lets it
@@ -152,7 +157,13 @@ type RestoreOptions struct {
 // belong to the caller: its parent is init, or the caller's nearest child
 // subreaper.
 func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreReport, error) {
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check})
+	var progress func(pages, planned uint64, elapsed time.Duration)
+	if opts.Transfer != nil {
+		progress = func(pages, planned uint64, elapsed time.Duration) {
+			opts.Transfer(Transfer{Pages: pages, Planned: planned, Elapsed: elapsed})
+		}
+	}
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Progress: progress})
 	if err != nil {
 		return nil, wrapErr(err)
 	}

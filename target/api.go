@@ -13,6 +13,10 @@ type RestoreOptions struct {
 	// Check compares the restored processes with the image before they
 	// run (Builder.Check), and refuses the restore if they differ.
 	Check bool
+	// Progress, if set, is told every quarter of a second while the
+	// pages are written how many were, of those the image holds, from a
+	// goroutine of the restore's own: it must not block.
+	Progress func(pages, planned uint64, elapsed time.Duration)
 }
 
 // RestoreReport says what a restore did.

@@ -43,6 +43,9 @@ type session struct {
 	// shmem is where each shared anonymous object of the image (VMA.Shm)
 	// was first mapped: the other areas that had it map that object too.
 	shmem map[uint64]shmemArea
+	// filled counts the pages written from page streams, for a reader on
+	// another goroutine (RestoreOptions.Progress).
+	filled atomic.Uint64
 	// accepted are the differences from the image the restore made on
 	// purpose and warned about (Check leaves them out).
 	accepted map[accepted]bool
@@ -122,7 +125,10 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.FillFromImage(ctx); err != nil {
+	stop := b.watchFill(opts.Progress)
+	err = b.FillFromImage(ctx)
+	stop()
+	if err != nil {
 		b.Discard()
 		return nil, err
 	}
@@ -263,6 +269,40 @@ func (b *Builder) Relayout(pid int, vmas []core.VMA) error {
 		return fmt.Errorf("no process %d being built", pid)
 	}
 	return r.relayout(vmas)
+}
+
+// progressEvery is how often a restore reports the pages it wrote.
+var progressEvery = 250 * time.Millisecond // a variable for tests
+
+// watchFill reports to f, every progressEvery until the returned stop is
+// called, how many pages of the tree's page streams were written, of
+// those the image holds. With f nil it does nothing.
+func (b *Builder) watchFill(f func(pages, planned uint64, elapsed time.Duration)) (stop func()) {
+	if f == nil {
+		return func() {}
+	}
+	var planned uint64
+	for _, r := range b.all {
+		if r.pagesInfo != nil {
+			planned += r.pagesInfo.Pages
+		}
+	}
+	base, start := b.ss.filled.Load(), time.Now()
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				f(b.ss.filled.Load()-base, planned, time.Since(start))
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 // FillFromImage writes the pages of every process from its page stream.

@@ -113,7 +113,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			}
 			var transfer func(migrate.Transfer)
 			if !asJSON {
-				transfer = e.transferStatus("dump round")
+				transfer = e.transferStatus("dump round", true)
 			}
 			rep, err := e.ops.dump(ctx, pid, dir, migrate.DumpOptions{
 				LeaveRunning: leaveRunning,

@@ -234,7 +234,7 @@ the default), which must neither fork nor exit until they are frozen;
 			}
 			var onEvent func(migrate.Event)
 			if !asJSON {
-				status := e.transferStatus("round")
+				status := e.transferStatus("round", true)
 				onEvent = func(ev migrate.Event) {
 					switch {
 					case ev.Kind == migrate.EventRoundFinished:

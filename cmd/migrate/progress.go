@@ -75,12 +75,19 @@ func (s *statusWriter) clearLocked() {
 // transferStatus returns the function that draws a round's progress on
 // e's stderr, or nil when stderr is not a terminal (the line per round is
 // all a log or a pipe gets).
-func (e *env) transferStatus(what string) func(migrate.Transfer) {
+// The line begins with what, followed by the round's number if rounds.
+func (e *env) transferStatus(what string, rounds bool) func(migrate.Transfer) {
 	sw, ok := e.stderr.(*statusWriter)
 	if !ok || !sw.tty {
 		return nil
 	}
-	return func(t migrate.Transfer) { sw.status(formatTransfer(what, t)) }
+	return func(t migrate.Transfer) {
+		label := what
+		if rounds {
+			label = fmt.Sprintf("%s %d", what, t.Round)
+		}
+		sw.status(formatTransfer(label, t))
+	}
 }
 
 // clearStatus erases a drawn progress line (before a final report).
@@ -97,7 +104,7 @@ const barWidth = 24
 // [#########...............]  40%  430 MB/s  ETA 1.4 s". Without a
 // planned size, or once the round has sent more than planned (pages
 // written while it ran), the line has no bar and no ETA.
-func formatTransfer(what string, t migrate.Transfer) string {
+func formatTransfer(label string, t migrate.Transfer) string {
 	const page = 4096
 	sent := t.Pages * page
 	rate := 0.0
@@ -105,10 +112,10 @@ func formatTransfer(what string, t migrate.Transfer) string {
 		rate = float64(sent) / t.Elapsed.Seconds()
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %d: %s", what, t.Round, humanBytes(sent))
+	fmt.Fprintf(&b, "%s: %s", label, humanBytes(sent))
 	if t.Planned > 0 && t.Pages <= t.Planned {
 		frac := float64(t.Pages) / float64(t.Planned)
-		fill := int(frac * barWidth)
+		fill := int(frac*barWidth + 0.5)
 		fmt.Fprintf(&b, " of %s [%s%s] %3.0f%%", humanBytes(t.Planned*page),
 			strings.Repeat("#", fill), strings.Repeat(".", barWidth-fill), frac*100)
 		fmt.Fprintf(&b, "  %.0f MB/s", rate/1e6)

@@ -26,7 +26,7 @@ func TestFormatTransfer(t *testing.T) {
 		{migrate.Transfer{Round: 0, Pages: gib, Planned: gib, Elapsed: 2 * time.Second},
 			"round 0: 1.0 GiB of 1.0 GiB [########################] 100%  537 MB/s  ETA 0.0 ms"},
 	} {
-		if got := formatTransfer("round", c.t); got != c.want {
+		if got := formatTransfer(fmt.Sprintf("round %d", c.t.Round), c.t); got != c.want {
 			t.Errorf("formatTransfer(%+v)\n got %q\nwant %q", c.t, got, c.want)
 		}
 	}
@@ -58,7 +58,7 @@ func TestStatusWriter(t *testing.T) {
 		t.Errorf("off a terminal got %q, want only the line", got)
 	}
 	e := newEnv(&buf, sw)
-	if e.transferStatus("round") != nil {
+	if e.transferStatus("round", true) != nil {
 		t.Error("transferStatus draws off a terminal")
 	}
 }

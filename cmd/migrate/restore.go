@@ -54,7 +54,12 @@ stderr. With --json the full report goes to stdout instead.`,
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check})
+			var transfer func(migrate.Transfer)
+			if !asJSON {
+				transfer = e.transferStatus("restore", false)
+			}
+			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Transfer: transfer})
+			e.clearStatus()
 			if err != nil {
 				return err
 			}
