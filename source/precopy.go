@@ -24,6 +24,9 @@ type RoundReport struct {
 	// soft-dirty, the whole round for the final one.
 	HeldMS float64 `json:"held_ms"`
 	Frozen bool    `json:"frozen"`
+	// Throttle is the share of time auto-converge kept the processes
+	// stopped while the round sent (Policy.AutoConverge): 0 unthrottled.
+	Throttle float64 `json:"throttle,omitempty"`
 	// Stop is why pre-copy ended after this round, on the last pre-copy one.
 	Stop string `json:"stop,omitempty"`
 	// EstimateMS is the policy's estimate, when the round began, of how
@@ -207,6 +210,19 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	hist = append(hist, RoundStat{Dirty: present, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
 	ss.log.Info("pre-copy round", "round", 0, "pages", rep.PagesSent, "ms", rep.MS)
 
+	// Auto-converge: the throttle, raised by conv.
+	var thr *throttle
+	if pol.AutoConverge {
+		thr = newThrottle(ss.tr, func() []int {
+			pids := make([]int, len(all))
+			for i, d := range all {
+				pids[i] = d.pid
+			}
+			return pids
+		})
+		defer thr.stop()
+	}
+	conv := newConvergence(pol, thr.raise)
 	for round := 1; ; round++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -225,7 +241,10 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 				dirty += r.Pages()
 			}
 		}
-		v := pol.Next(hist, dirty)
+		v, raised := conv.next(hist, dirty)
+		if raised {
+			ss.log.Info("pre-copy: auto-converge throttles the processes", "stopped_share", thr.level(), "dirty", dirty)
+		}
 		root.estimate = v.Estimate
 		if v.Stop {
 			root.rounds[len(root.rounds)-1].Stop = v.Reason
@@ -240,6 +259,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		}
 		m.watch(ss, all, dirty)
 		defer m.end()
+		thr.start()
 		var held time.Duration
 		for i, d := range all {
 			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
@@ -250,11 +270,13 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 			}
 			held += d.tracker.Held()
 		}
+		held += thr.stop()
 		rep, err := m.done(dirty)
 		if err != nil {
 			return err
 		}
 		rep.HeldMS = ms(held)
+		rep.Throttle = thr.level()
 		rep.EstimateMS = ms(v.Estimate)
 		root.rounds = append(root.rounds, rep)
 		if err := ss.roundEnd(rep); err != nil {

@@ -86,3 +86,43 @@ func testDumpTransfer(t *testing.T, preCopy bool) {
 	}
 	t.Logf("%d reports, the last at %d of %d pages planned in round %d (%d stored, %d rounds)", len(reports), last, reports[len(reports)-1].Planned, round, rep.Pages, len(rep.Rounds))
 }
+
+// TestThrottleDump: a pre-copy dump with AutoConverge of a process that
+// writes its 64 MiB as fast as it can throttles it (the rounds say how
+// much), and leaves it running and untraced, its memory written on.
+func TestThrottleDump(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "dirty"), "64", "100000", "600")
+	p.WaitLine(t, short, 0, "ready")
+	pol := DefaultPolicy
+	pol.AutoConverge = true
+	rep, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: fixtureLogger(t),
+		PreCopy: true, Policy: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top float64
+	for _, r := range rep.Rounds {
+		t.Logf("round %d: dirty %d, sent %d, %.1f ms, held %.1f ms, throttle %.2f, stop %q", r.Round, r.PagesDirty, r.PagesSent, r.MS, r.HeldMS, r.Throttle, r.Stop)
+		if r.Frozen {
+			continue // the final round: frozen, not throttled
+		}
+		if r.Throttle < top {
+			t.Errorf("round %d: throttle %v, below the %v before", r.Round, r.Throttle, top)
+		}
+		top = max(top, r.Throttle)
+		if r.Throttle > 0 && r.HeldMS <= 0 {
+			t.Errorf("round %d: throttled %v but held 0 ms", r.Round, r.Throttle)
+		}
+	}
+	if top == 0 {
+		t.Errorf("a process writing its whole memory as fast as it can was never throttled")
+	}
+	testutil.RequireRunning(t, p.PID)
+	if tp := testutil.StatusField(t, p.PID, "TracerPid"); tp != "0" {
+		t.Errorf("after the dump, TracerPid %s", tp)
+	}
+	// It writes on: a tick line comes (it logs one each 100 ms of writes).
+	n := len(p.Lines(t))
+	p.WaitLine(t, short, n, "tick ")
+}

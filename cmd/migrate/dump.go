@@ -57,7 +57,9 @@ written since the previous one (found by the dirty-page tracker). Pre-copy
 stops when the pages left could be copied within --target-downtime at the
 speed measured so far, when a round no longer shrinks the dirty set, or
 after --rounds rounds; then the process is frozen and a final round copies
-what changed since, with the rest of its state.
+what changed since, with the rest of its state. With --auto-converge, a
+process that writes faster than its pages are copied is slowed down
+instead of stopping pre-copy there (see the README).
 
 Prints a one-line summary on stdout (--json: the full report as JSON); with
 --pre-copy also one line per round.`,
@@ -90,6 +92,8 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
 		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
+		var autoConverge bool
+		boolFlag(fs, &autoConverge, "auto-converge", "", "with --pre-copy: when it stops converging, slow the processes down (stopped a growing share of each 50 ms while a round copies) rather than freeze with much left to copy")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -105,7 +109,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				return usagef("bad --tracker %q: want %s", tracker, strings.Join(source.TrackerNames(), ", "))
 			}
 			pol := migrate.DefaultPolicy
-			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			pol.MaxRounds, pol.TargetDowntime, pol.AutoConverge = rounds, downtime, autoConverge
 			if preCopy {
 				if err := pol.Validate(); err != nil {
 					return usagef("%v", err)
@@ -191,6 +195,9 @@ func printRounds(w io.Writer, r *migrate.DumpReport) {
 		note := rd.Stop
 		if rd.Frozen {
 			note = "final, frozen"
+		}
+		if rd.Throttle > 0 {
+			note = strings.TrimPrefix(note+fmt.Sprintf(", throttled %.0f%%", rd.Throttle*100), ", ")
 		}
 		fmt.Fprintf(w, "%5d %12d %12d %10s %10s %9.1f %9.1f  %s\n", rd.Round, rd.PagesDirty, rd.PagesSent,
 			humanBytes(rd.BytesRaw), humanBytes(rd.BytesWire), rd.MS, rd.HeldMS, note)

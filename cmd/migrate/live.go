@@ -198,6 +198,8 @@ the default), which must neither fork nor exit until they are frozen;
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none")
 		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
+		var autoConverge bool
+		boolFlag(fs, &autoConverge, "auto-converge", "", "when pre-copy stops converging, slow the processes down (stopped a growing share of each 50 ms while a round sends) rather than freeze with much left to send")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
@@ -228,7 +230,7 @@ the default), which must neither fork nor exit until they are frozen;
 				return err
 			}
 			pol := migrate.DefaultPolicy
-			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			pol.MaxRounds, pol.TargetDowntime, pol.AutoConverge = rounds, downtime, autoConverge
 			if err := pol.Validate(); err != nil {
 				return usagef("%v", err)
 			}
@@ -274,6 +276,9 @@ func printRoundLine(w io.Writer, r migrate.RoundReport) {
 	est := ""
 	if r.EstimateMS > 0 {
 		est = fmt.Sprintf(", estimated downtime %.1f ms", r.EstimateMS)
+	}
+	if r.Throttle > 0 {
+		est += fmt.Sprintf(", throttled (stopped %.0f%% of the time)", r.Throttle*100)
 	}
 	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire (ratio %.2f), %.1f ms, %.0f MB/s, process held %.1f ms%s\n",
 		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS, est)

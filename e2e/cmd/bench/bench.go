@@ -180,7 +180,7 @@ func (b *bench) liveRun(ctx context.Context, sc *scenario, from, to *cluster.Nod
 		return r
 	}
 	// -v for the hooks' times (logged at info), in JSON to read them.
-	extra := []string{"-v", "--log-format", "json"}
+	extra := append([]string{"-v", "--log-format", "json"}, sc.flags...)
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	t0 := time.Now()
 	res, err := b.c.Migrate(mctx, from, to, w.proc.NSPID, extra...)

@@ -9,7 +9,8 @@
 //     (testdata/bench_heap.c: page kinds in turn, 30% zero, 40%
 //     repetitive text, 30% random);
 //   - write50, write200: the same memory, rewritten at random at 50 and
-//     200 MB/s (testdata/bench_writer.c);
+//     200 MB/s (testdata/bench_writer.c); write200-ac: the 200 MB/s
+//     writer moved with --auto-converge;
 //   - redis: redis-server holding 1,000,000 keys (DEBUG POPULATE), under
 //     a steady load from the client node through the service address
 //     (package e2e/resp: one connection, a SET of a random key and a GET

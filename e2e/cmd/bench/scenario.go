@@ -23,6 +23,8 @@ type scenario struct {
 	start func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error)
 	// targets apply to the live runs.
 	targets []target
+	// flags are added to the live migration's command line.
+	flags []string
 }
 
 // target is a figure the project aims at: the median of metric (the
@@ -50,6 +52,14 @@ var allScenarios = []*scenario{
 		name:  "write200",
 		comm:  "bench_writer",
 		start: startWriter(200),
+	},
+	{
+		// The same writer, slowed down by auto-converge once pre-copy
+		// stops converging.
+		name:  "write200-ac",
+		comm:  "bench_writer",
+		start: startWriter(200),
+		flags: []string{"--auto-converge"},
 	},
 	{
 		name:  "redis",
