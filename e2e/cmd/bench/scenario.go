@@ -95,6 +95,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("%d MiB idle process, heap-like memory (bench_heap: 30%% zero, 40%% text, 30%% random pages)", *mib)
 	case "write50", "write200":
 		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at %s MB/s (bench_writer)", *mib, sc.name[len("write"):])
+	case "write200-ac":
+		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at 200 MB/s (bench_writer), moved with --auto-converge", *mib)
 	case "redis":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
 	case "redis200":
