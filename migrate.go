@@ -49,6 +49,10 @@ type RoundReport = source.RoundReport
 // of those planned, and the time since it began.
 type Transfer = source.Transfer
 
+// StageReport is one stage of the page pipeline (read, compress, wire,
+// apply): how long it worked and how fast it went.
+type StageReport = source.StageReport
+
 // Policy says when pre-copy stops and the process is frozen: after
 // MaxRounds rounds, or once what is left could be sent within
 // TargetDowntime, or when a round no longer shrinks the dirty set. The

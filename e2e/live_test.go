@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -187,7 +188,19 @@ func TestLiveMigration(t *testing.T) {
 	if rep.Outcome != "resumed" || len(rep.Rounds) < 2 || rep.Session == "" {
 		t.Fatalf("report: %+v", rep)
 	}
-	t.Logf("migrated %d: %d rounds, %d pages, downtime %.1f ms, total %.1f ms", rep.PID, len(rep.Rounds), rep.Pages, rep.DowntimeMS, rep.TotalMS)
+	t.Logf("migrated %d: %d rounds, %d pages, downtime %.1f ms, total %.1f ms, stages %+v", rep.PID, len(rep.Rounds), rep.Pages, rep.DowntimeMS, rep.TotalMS, rep.Stages)
+	// Each stage of the page pipeline worked, the target's too, for no
+	// longer than the migration took (compress sums its workers).
+	var names []string
+	for _, s := range rep.Stages {
+		names = append(names, s.Stage)
+		if s.BusyMS <= 0 || s.MBPerS <= 0 || (s.Stage != "compress" && s.BusyMS > rep.TotalMS) {
+			t.Errorf("stage %+v of a migration of %d pages in %.1f ms", s, rep.Pages, rep.TotalMS)
+		}
+	}
+	if !slices.Equal(names, []string{"read", "compress", "wire", "apply"}) {
+		t.Errorf("stages %v, want read, compress, wire, apply", names)
+	}
 	// The original is dead: its parent (the test) reaps it.
 	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
 		t.Errorf("the original ended with %v, want killed", ws)

@@ -37,24 +37,27 @@ type DumpOptions struct {
 
 // DumpReport says what a dump did.
 type DumpReport struct {
-	PID         int           `json:"pid"`
-	Dir         string        `json:"dir"`
-	Comm        string        `json:"comm"`
-	Processes   int           `json:"processes"` // in the tree, zombies included
-	Threads     int           `json:"threads"`
-	VMAs        int           `json:"vmas"`
-	FDs         int           `json:"fds"`
-	Pages       uint64        `json:"pages"`      // pages stored
-	ZeroPages   uint64        `json:"zero_pages"` // of which all-zero (not compressed)
-	BytesRaw    uint64        `json:"bytes_raw"`  // page bytes before compression
-	BytesImage  int64         `json:"bytes_image"`
-	Codec       string        `json:"codec"`
-	LeftRunning bool          `json:"left_running"`
-	Frozen      time.Duration `json:"-"`
-	Total       time.Duration `json:"-"`
-	FrozenMS    float64       `json:"frozen_ms"`
-	TotalMS     float64       `json:"total_ms"`
-	MemoryMS    float64       `json:"memory_ms"` // time spent reading and writing pages
+	PID         int    `json:"pid"`
+	Dir         string `json:"dir"`
+	Comm        string `json:"comm"`
+	Processes   int    `json:"processes"` // in the tree, zombies included
+	Threads     int    `json:"threads"`
+	VMAs        int    `json:"vmas"`
+	FDs         int    `json:"fds"`
+	Pages       uint64 `json:"pages"`      // pages stored
+	ZeroPages   uint64 `json:"zero_pages"` // of which all-zero (not compressed)
+	BytesRaw    uint64 `json:"bytes_raw"`  // page bytes before compression
+	BytesImage  int64  `json:"bytes_image"`
+	Codec       string `json:"codec"`
+	LeftRunning bool   `json:"left_running"`
+	// Stages is where the pages' time went: read, compress, write (see
+	// StageReport).
+	Stages   []StageReport `json:"stages,omitempty"`
+	Frozen   time.Duration `json:"-"`
+	Total    time.Duration `json:"-"`
+	FrozenMS float64       `json:"frozen_ms"`
+	TotalMS  float64       `json:"total_ms"`
+	MemoryMS float64       `json:"memory_ms"` // time spent reading and writing pages
 	// BytesWire is what the page stream took on its way out (here: the
 	// size of the page file).
 	BytesWire uint64 `json:"bytes_wire"`

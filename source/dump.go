@@ -313,7 +313,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		Threads: len(root.proc.Threads), VMAs: len(root.proc.VMAs), FDs: len(root.proc.FDs),
 		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
 		BytesImage: size, BytesWire: uint64(size), Codec: codec.String(),
-		LeftRunning: opts.LeaveRunning, Rounds: root.rounds,
+		LeftRunning: opts.LeaveRunning, Rounds: root.rounds, Stages: stages(all, stats.BytesRaw, 0),
 	}
 	if root.tracker != nil {
 		rep.Tracker = root.tracker.Name()

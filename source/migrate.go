@@ -115,6 +115,9 @@ type MigrateReport struct {
 	// Hooks is how long each of the source's hooks ran (the target's
 	// pre-resume hooks are a step of TargetSteps).
 	Hooks []hook.Timing `json:"hooks,omitempty"`
+	// Stages is where the pages' time went: read, compress, wire here,
+	// apply on the target (see StageReport).
+	Stages []StageReport `json:"stages,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -280,6 +283,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
+	rep.Stages = stages(a.all, rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
@@ -391,6 +395,7 @@ type liveSource struct {
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
+	targetApply      time.Duration // the target's time writing pages
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
 }
@@ -462,9 +467,13 @@ func (a *liveSource) Resumed(body json.RawMessage) {
 	var m struct {
 		DowntimeMS float64 `json:"target_downtime_ms"`
 		Steps      []Step  `json:"target_steps"`
+		ApplyMS    float64 `json:"apply_ms"`
 	}
 	if json.Unmarshal(body, &m) == nil {
 		a.targetDowntime = m.DowntimeMS
+		if m.ApplyMS > 0 && m.ApplyMS < 1e9 { // a peer's figure: sane or none
+			a.targetApply = time.Duration(m.ApplyMS * float64(time.Millisecond))
+		}
 		if len(m.Steps) > 64 {
 			m.Steps = m.Steps[:64]
 		}

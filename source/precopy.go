@@ -87,7 +87,9 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 			return s.sendRange(ctx, round, gv, group[0].Start, group[0].End, true)
 		}
 		from, to := group[0].Start, group[len(group)-1].End
+		t := time.Now()
 		ents, err := s.pm.Read(from, to, s.ents)
+		s.readTime += time.Since(t)
 		if err != nil {
 			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, from, to, err)
 		}

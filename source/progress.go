@@ -126,3 +126,50 @@ func statusKB(status []byte, field string) uint64 {
 	}
 	return 0
 }
+
+// StageReport is one stage of the page pipeline (MigrateReport.Stages,
+// DumpReport.Stages): how long it worked, and the page bytes it moved a
+// second of that. The stages run at once (reading pages feeds the
+// compression workers, which feed the writes to the link or the file),
+// so the one whose busy time is nearest the pages' whole time is the
+// bottleneck; compress sums its workers' time, so it may pass the wall
+// clock with more than one.
+type StageReport struct {
+	// Stage: "read" (pagemap and process_vm_readv from the processes),
+	// "compress", "wire" (writes to the page streams: the link, with its
+	// flow control, or the image file), "apply" (the target writing pages
+	// into the processes, as it measured it, live migration only).
+	Stage  string  `json:"stage"`
+	BusyMS float64 `json:"busy_ms"`
+	// MBPerS is the raw page bytes over the busy time, in 10^6 bytes a
+	// second (0 if the stage took no measurable time).
+	MBPerS float64 `json:"mb_per_s"`
+}
+
+// stages reports the pipeline of the sinks of all, which sent raw bytes
+// of pages; apply, if positive, is the target's time writing them.
+func stages(all []*dumper, raw uint64, apply time.Duration) []StageReport {
+	var read, compress, write time.Duration
+	for _, d := range all {
+		if d.sink == nil {
+			continue
+		}
+		read += d.sink.readTime
+		c, w := d.sink.w.Times()
+		compress += c
+		write += w
+	}
+	out := []StageReport{stage("read", read, raw), stage("compress", compress, raw), stage("wire", write, raw)}
+	if apply > 0 {
+		out = append(out, stage("apply", apply, raw))
+	}
+	return out
+}
+
+func stage(name string, busy time.Duration, raw uint64) StageReport {
+	s := StageReport{Stage: name, BusyMS: ms(busy)}
+	if busy > 0 {
+		s.MBPerS = float64(raw) / busy.Seconds() / 1e6
+	}
+	return s
+}

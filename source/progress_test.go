@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,6 +84,16 @@ func testDumpTransfer(t *testing.T, preCopy bool) {
 		if r.Pages > rep.Pages {
 			t.Errorf("report %d reached %d pages, more than the %d the dump stored", i, r.Pages, rep.Pages)
 		}
+	}
+	var names []string
+	for _, st := range rep.Stages {
+		names = append(names, st.Stage)
+		if st.BusyMS <= 0 || st.MBPerS <= 0 {
+			t.Errorf("stage %+v of a dump of %d pages", st, rep.Pages)
+		}
+	}
+	if !slices.Equal(names, []string{"read", "compress", "wire"}) {
+		t.Errorf("stages %v, want read, compress, wire", names)
 	}
 	t.Logf("%d reports, the last at %d of %d pages planned in round %d (%d stored, %d rounds)", len(reports), last, reports[len(reports)-1].Planned, round, rep.Pages, len(rep.Rounds))
 }

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -217,7 +218,9 @@ type liveTarget struct {
 	resumedAt time.Time
 	hooks     *hook.Set
 	// steps time the downtime's part here, from the state's arrival.
-	steps   []Step
+	steps []Step
+	// applyNS is the time the page streams spent writing pages.
+	applyNS atomic.Int64
 	lapped  time.Time
 	img     *core.Image   // the state's image, once restored
 	lock    *netlock.Lock // this side's, on the connections until the resume
@@ -256,7 +259,10 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 	b, _ := json.Marshal(struct {
 		DowntimeMS float64 `json:"target_downtime_ms"` // state received to resumed
 		Steps      []Step  `json:"target_steps,omitempty"`
-	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps})
+		// ApplyMS is the time spent writing pages into the processes,
+		// summed over the page streams (the source's "apply" stage).
+		ApplyMS float64 `json:"apply_ms,omitempty"`
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6})
 	return b
 }
 
@@ -444,7 +450,10 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 		}
 		switch fr.Kind {
 		case pagestream.FramePages:
-			if err := t.b.WriteFrame(pid, fr); err != nil {
+			at := time.Now()
+			err := t.b.WriteFrame(pid, fr)
+			t.applyNS.Add(int64(time.Since(at)))
+			if err != nil {
 				fail(err)
 				return
 			}

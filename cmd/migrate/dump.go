@@ -144,6 +144,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			if preCopy {
 				printRounds(e.stdout, rep)
 			}
+			if len(rep.Stages) > 0 {
+				fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
+			}
 			return nil
 		}
 	},

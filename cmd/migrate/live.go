@@ -253,6 +253,9 @@ the default), which must neither fork nor exit until they are frozen;
 				if asJSON {
 					writeJSON(e.stdout, rep)
 				} else {
+					if len(rep.Stages) > 0 {
+						fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
+					}
 					fmt.Fprintln(e.stdout, migrateSummary(rep))
 				}
 			}

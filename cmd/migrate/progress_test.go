@@ -62,3 +62,10 @@ func TestStatusWriter(t *testing.T) {
 		t.Error("transferStatus draws off a terminal")
 	}
 }
+
+func TestStagesLine(t *testing.T) {
+	got := stagesLine([]migrate.StageReport{{Stage: "read", BusyMS: 75.6, MBPerS: 1000.3}, {Stage: "wire", BusyMS: 1210, MBPerS: 59.2}})
+	if want := "pages: read 76 ms (1000 MB/s), wire 1.21 s (59 MB/s)"; got != want {
+		t.Errorf("stagesLine: %q, want %q", got, want)
+	}
+}
