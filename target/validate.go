@@ -227,8 +227,12 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			if fd.File.Deleted {
 				continue
 			}
-			if _, err := os.Stat(fd.File.Path); err != nil {
-				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
+			var st unix.Stat_t
+			if err := unix.Stat(fd.File.Path, &st); err != nil {
+				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, &fs.PathError{Op: "stat", Path: fd.File.Path, Err: err})
+			}
+			if err := unchangedFile(&st, &fd); err != nil {
+				return err
 			}
 		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd:
 		default:
