@@ -20,9 +20,15 @@ type RoundReport struct {
 	BytesWire  uint64  `json:"bytes_wire"`
 	MS         float64 `json:"ms"`
 	// HeldMS is how long the round stopped the process: zero for
-	// pre-copy rounds with uffd-wp or hash tracking, the pagemap read for
-	// soft-dirty, the whole round for the final one.
+	// pre-copy rounds with hash tracking, the scan of the dirty pages for
+	// uffd-wp, the pagemap read for soft-dirty, the whole round for the
+	// final one; with auto-converge, its stops too.
 	HeldMS float64 `json:"held_ms"`
+	// MaxHoldMS is the longest of those stops (a process of the tree
+	// stopped once by its tracker, or once by a throttle cycle): the
+	// longest a request to the service waited in the round, on top of its
+	// work.
+	MaxHoldMS float64 `json:"max_hold_ms"`
 	Frozen bool    `json:"frozen"`
 	// Throttle is the share of time auto-converge kept the processes
 	// stopped while the round sent (Policy.AutoConverge): 0 unthrottled.
@@ -169,13 +175,14 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 
 	// Start tracking with each process briefly stopped: backends inject.
 	layouts := make([][]core.VMA, len(all))
-	var heldStart time.Duration
+	var heldStart, longestStart time.Duration
 	for i, d := range all {
 		held := time.Now()
 		if layouts[i], err = d.startTracking(); err != nil {
 			return err
 		}
 		heldStart += time.Since(held)
+		longestStart = max(longestStart, time.Since(held))
 	}
 
 	var hist []RoundStat
@@ -204,7 +211,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	if err != nil {
 		return err
 	}
-	rep.HeldMS = ms(heldStart)
+	rep.HeldMS, rep.MaxHoldMS = ms(heldStart), ms(longestStart)
 	root.rounds = append(root.rounds, rep)
 	if err := ss.roundEnd(rep); err != nil {
 		return err
@@ -262,7 +269,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		m.watch(ss, all, dirty)
 		defer m.end()
 		thr.start()
-		var held time.Duration
+		var held, longest time.Duration
 		for i, d := range all {
 			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
 				return err
@@ -271,13 +278,16 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 				return err
 			}
 			held += d.tracker.Held()
+			longest = max(longest, d.tracker.Held())
 		}
-		held += thr.stop()
+		throttled, cycle := thr.stop()
+		held += throttled
+		longest = max(longest, cycle)
 		rep, err := m.done(dirty)
 		if err != nil {
 			return err
 		}
-		rep.HeldMS = ms(held)
+		rep.HeldMS, rep.MaxHoldMS = ms(held), ms(longest)
 		rep.Throttle = thr.level()
 		rep.EstimateMS = ms(v.Estimate)
 		root.rounds = append(root.rounds, rep)
@@ -445,6 +455,7 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	}
 	rep.Frozen = true
 	rep.HeldMS = ms(time.Since(frozen))
+	rep.MaxHoldMS = rep.HeldMS
 	rep.EstimateMS = ms(root.estimate)
 	root.rounds = append(root.rounds, rep)
 	return ss.roundEnd(rep)

@@ -114,7 +114,10 @@ func TestThrottleDump(t *testing.T) {
 	}
 	var top float64
 	for _, r := range rep.Rounds {
-		t.Logf("round %d: dirty %d, sent %d, %.1f ms, held %.1f ms, throttle %.2f, stop %q", r.Round, r.PagesDirty, r.PagesSent, r.MS, r.HeldMS, r.Throttle, r.Stop)
+		t.Logf("round %d: dirty %d, sent %d, %.1f ms, held %.1f ms (longest %.1f), throttle %.2f, stop %q", r.Round, r.PagesDirty, r.PagesSent, r.MS, r.HeldMS, r.MaxHoldMS, r.Throttle, r.Stop)
+		if r.MaxHoldMS > r.HeldMS || (r.HeldMS > 0 && r.MaxHoldMS <= 0) {
+			t.Errorf("round %d: longest hold %.3f ms of %.3f ms held", r.Round, r.MaxHoldMS, r.HeldMS)
+		}
 		if r.Frozen {
 			continue // the final round: frozen, not throttled
 		}

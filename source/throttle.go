@@ -30,8 +30,9 @@ type throttle struct {
 	step int // index in throttleSteps of the level; -1: not throttled
 	quit chan struct{}
 	done sync.WaitGroup
-	// stopped is how long the processes were held in the running round.
-	stopped time.Duration
+	// stopped is how long the processes were held in the running round,
+	// longest the longest of those holds.
+	stopped, longest time.Duration
 }
 
 func newThrottle(tr *ptrace.Tracer, pids func() []int) *throttle {
@@ -62,7 +63,7 @@ func (t *throttle) start() {
 		return
 	}
 	t.quit = make(chan struct{})
-	t.stopped = 0
+	t.stopped, t.longest = 0, 0
 	hold := time.Duration(t.level() * float64(throttlePeriod))
 	t.done.Add(1)
 	go func() {
@@ -77,7 +78,9 @@ func (t *throttle) start() {
 			for _, p := range procs {
 				p.Detach() // a process gone meanwhile: the round finds it so
 			}
-			t.stopped += time.Since(held)
+			h := time.Since(held)
+			t.stopped += h
+			t.longest = max(t.longest, h)
 			select {
 			case <-t.quit:
 				return
@@ -101,13 +104,14 @@ func (t *throttle) seize() []*ptrace.Proc {
 
 // stop ends the cycles; once it returns every process runs (or, stopped by
 // job control before, is stopped as it was) and none is traced by the
-// throttle. It returns how long the processes were held since start.
-func (t *throttle) stop() time.Duration {
+// throttle. It returns how long the processes were held since start, and
+// the longest hold.
+func (t *throttle) stop() (total, longest time.Duration) {
 	if t == nil || t.quit == nil {
-		return 0
+		return 0, 0
 	}
 	close(t.quit)
 	t.done.Wait()
 	t.quit = nil
-	return t.stopped
+	return t.stopped, t.longest
 }
