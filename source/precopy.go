@@ -29,7 +29,7 @@ type RoundReport struct {
 	// longest a request to the service waited in the round, on top of its
 	// work.
 	MaxHoldMS float64 `json:"max_hold_ms"`
-	Frozen bool    `json:"frozen"`
+	Frozen    bool    `json:"frozen"`
 	// Throttle is the share of time auto-converge kept the processes
 	// stopped while the round sent (Policy.AutoConverge): 0 unthrottled.
 	Throttle float64 `json:"throttle,omitempty"`
