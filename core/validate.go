@@ -585,6 +585,17 @@ func validateFD(f *FD) error {
 		if len(s.Options) > 256 {
 			return fmt.Errorf("%d socket options", len(s.Options))
 		}
+		if (s.Family == afNetlink) != (s.Netlink != nil) {
+			return errors.New("netlink state on a socket of another family, or a netlink socket without it")
+		}
+		if n := s.Netlink; n != nil {
+			if _, ok := NetlinkProtocols[s.Protocol]; !ok {
+				return fmt.Errorf("netlink protocol %d", s.Protocol)
+			}
+			if err := n.Validate(); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -8,7 +8,8 @@
  * -u MiB  map that much anonymous memory and touch only every 16th page:
  *         logs "sparse addr=ADDR touched=N"
  * -s KIND also hold an fd of a kind migrate refuses: "netlink" (a
- *         NETLINK_ROUTE socket) or "perf" (a perf event counting the
+ *         NETLINK_USERSOCK socket, a protocol migrate refuses), "packet"
+ *         (an AF_PACKET socket) or "perf" (a perf event counting the
  *         process's task clock); logs "unsupported fd N"
  *
  * Lines: "ready pid=P sum=S" once set up, then "tick N" per tick.
@@ -160,7 +161,9 @@ int main(int argc, char **argv)
 	if (odd) {
 		int fd = -1;
 		if (!strcmp(odd, "netlink"))
-			fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+			fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_USERSOCK);
+		else if (!strcmp(odd, "packet"))
+			fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 		else if (!strcmp(odd, "perf")) {
 			struct perf_event_attr pa = {0};
 			pa.size = sizeof pa;

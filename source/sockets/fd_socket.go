@@ -129,6 +129,8 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 		err = sd.unixSocket(s)
 	case unix.AF_INET, unix.AF_INET6:
 		err = sd.inetSocket(s)
+	case unix.AF_NETLINK:
+		err = sd.netlinkSocket(s)
 	default:
 		return nil, sd.refuse("%s sockets are not supported", familyName(family))
 	}
