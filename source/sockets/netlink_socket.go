@@ -4,9 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"math/bits"
 	"slices"
 	"strings"
-	"math/bits"
 
 	"golang.org/x/sys/unix"
 
