@@ -91,6 +91,11 @@ type DumpOptions struct {
 	Policy Policy
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// External names objects outside the dump its processes hold, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): kept as
+	// external, to be given at the restore (RestoreOptions.Inherit),
+	// instead of refused. --external.
+	External []string
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -118,6 +123,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Tracker:      opts.Tracker,
 		Policy:       opts.Policy,
 		Logger:       logger(opts.Logger),
+		External:     opts.External,
 	})
 	if err != nil {
 		undo()
@@ -134,7 +140,19 @@ type RestoreOptions struct {
 	Check bool
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// Inherit gives the files that replace the objects outside the dump
+	// its image names (DumpOptions.External): each one, and no other.
+	// --inherit-fd ID=fd:N, ID=PATH (target.ParseInherit).
+	Inherit []Inherit
 }
+
+// Inherit is a file a restore gives in place of an object outside the
+// dump: an open file, or a path opened in the original's access mode.
+type Inherit = target.Inherit
+
+// ParseInherit parses the --inherit-fd forms ID=fd:N (fd N of the calling
+// process) and ID=PATH.
+func ParseInherit(s string) (Inherit, error) { return target.ParseInherit(s) }
 
 // Restore recreates the process stored in dir, with its PID, and lets it
 // run; RestoreReport.PID is its PID. The image is checked whole before
@@ -142,7 +160,7 @@ type RestoreOptions struct {
 // belong to the caller: its parent is init, or the caller's nearest child
 // subreaper.
 func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreReport, error) {
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check})
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit})
 	if err != nil {
 		return nil, wrapErr(err)
 	}

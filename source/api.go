@@ -20,6 +20,11 @@ type DumpOptions struct {
 	Tracker string // dirty tracker for pre-copy: "auto" (also ""), "uffd-wp", "soft-dirty", "hash"
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
+	// External names objects outside the dump held by its processes, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): an fd of
+	// one is kept as external (core.FDExternal), which the restore must
+	// be given (--inherit-fd), instead of being refused.
+	External []string
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).

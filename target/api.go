@@ -13,6 +13,10 @@ type RestoreOptions struct {
 	// Check compares the restored processes with the image before they
 	// run (Builder.Check), and refuses the restore if they differ.
 	Check bool
+	// Inherit gives the files the image's external objects are replaced
+	// with: each one, and no other (an *InheritError otherwise, before
+	// anything is built).
+	Inherit []Inherit
 }
 
 // RestoreReport says what a restore did.

@@ -230,7 +230,7 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			if _, err := os.Stat(fd.File.Path); err != nil {
 				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
 			}
-		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd:
+		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd, core.FDExternal:
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}

@@ -77,6 +77,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			tracker      string
 			rounds       int
 			downtime     time.Duration
+			external     []string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "write the image to `DIR` (required)")
 		boolFlag(fs, &leaveRunning, "leave-running", "", "let the process run on after the dump instead of killing it")
@@ -90,6 +91,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
 		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
+		fs.StringArrayVar(&external, "external", nil, "keep the fds of `ID`, an object outside the dump (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: restore --inherit-fd gives it back (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -120,6 +122,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				Tracker:      tracker,
 				Policy:       pol,
 				Logger:       e.logger,
+				External:     external,
 			})
 			if err != nil {
 				if ctx.Err() != nil {

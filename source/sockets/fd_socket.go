@@ -59,6 +59,9 @@ type UnsupportedError struct {
 	FD     int
 	Kind   string // "socket:[1234]"
 	Reason string
+	// Outside: the socket is connected to one outside the dump (it could
+	// be supplied at the restore instead).
+	Outside bool
 }
 
 func (e *UnsupportedError) Error() string {
@@ -379,7 +382,9 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 	if sd.p.Tree {
 		outside = "the process and its descendants"
 	}
-	return sd.refuse("connected to a socket outside %s: %s", outside, desc)
+	err = sd.refuse("connected to a socket outside %s: %s", outside, desc)
+	err.(*UnsupportedError).Outside = true
+	return err
 }
 
 // unixQueue stores the bytes queued for reading.
