@@ -84,7 +84,7 @@ const (
 	// RefusedInherit: an object outside the dump that the image names
 	// (DumpOptions.External) was not given to the restore, or a file given
 	// (RestoreOptions.Inherit) names none of the image's, or does not fit
-	// it: target.InheritError.
+	// it: target.InheritError, source.InheritError.
 	RefusedInherit RefusalKind = "inherit"
 )
 
@@ -200,6 +200,7 @@ func refusal(err error) *RefusedError {
 		sh  *target.ShmError
 		au  *target.AuditError
 		in  *target.InheritError
+		si  *source.InheritError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -232,7 +233,7 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedShm, Err: err}
 	case errors.As(err, &au):
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
-	case errors.As(err, &in):
+	case errors.As(err, &in), errors.As(err, &si):
 		return &RefusedError{Kind: RefusedInherit, Err: err}
 	}
 	return nil

@@ -209,6 +209,12 @@ type MigrateOptions struct {
 	// *source.TreeChangedError otherwise: the tree runs on here).
 	// --tree=false.
 	ProcessOnly bool
+	// Inherit maps objects outside the tree that its processes hold
+	// ("pipe:[1234]", "socket:[5678]", as /proc/PID/fd shows them) to the
+	// absolute path on the target opened in place of each, in the access
+	// mode of the original fd: their fds move as external instead of
+	// being refused. --inherit-fd ID=PATH.
+	Inherit map[string]string
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -257,7 +263,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
+		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

@@ -2,11 +2,14 @@ package source
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // external says whether the fd whose /proc link is target is one the
@@ -42,4 +45,48 @@ func (d *dumper) externalFD(fd *core.FD, dup int, id string, locks []string) err
 			Reason: fmt.Sprintf("it is external, and %d bytes wait in it to be read: they would not be carried (dump again once they are read)", n)}
 	}
 	return nil
+}
+
+// InheritError says that an object given to be replaced on the target
+// (MigrateOptions.Inherit) cannot be: a bad name or path, or an object no
+// process of the tree holds.
+type InheritError struct {
+	ID     string
+	Reason string
+}
+
+func (e *InheritError) Error() string { return fmt.Sprintf("--inherit-fd %s: %s", e.ID, e.Reason) }
+
+// inheritIDs checks the objects of MigrateOptions.Inherit, each held by a
+// process of pids, and returns their IDs (DumpOptions.External).
+func inheritIDs(inherit map[string]string, pids []int) ([]string, error) {
+	if len(inherit) == 0 {
+		return nil, nil
+	}
+	held := map[string]bool{}
+	for _, pid := range pids {
+		links, err := proc.ReadFDs(pid)
+		if err != nil {
+			continue // a zombie, or gone: the freeze sees
+		}
+		for _, l := range links {
+			held[l.Target] = true
+		}
+	}
+	var ids []string
+	for id, path := range inherit {
+		switch {
+		case !core.ValidExternal(id):
+			return nil, &InheritError{ID: id, Reason: "not an object an image names (pipe:[N] or socket:[N], as /proc/PID/fd shows them)"}
+		case strings.HasPrefix(path, "fd:"):
+			return nil, &InheritError{ID: id, Reason: "fd:N names an fd of this host; the target opens a PATH of its own (give fd:N to migrate restore)"}
+		case !filepath.IsAbs(path) || len(path) > 4095 || strings.IndexByte(path, 0) >= 0:
+			return nil, &InheritError{ID: id, Reason: fmt.Sprintf("%q is not an absolute path", path)}
+		case !held[id]:
+			return nil, &InheritError{ID: id, Reason: "no process of the migration holds it"}
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
