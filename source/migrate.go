@@ -362,7 +362,7 @@ func (c *sessionControl) Close() error {
 // liveSource does the process work of a live migration for the handoff.
 type liveSource struct {
 	inherit map[string]string // MigrateOptions.Inherit, for the target
-	d *dumper // the root
+	d       *dumper           // the root
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
 	// others; members is the tree's shape when the migration began.
