@@ -20,6 +20,11 @@ func (o *DumpOptions) external(target string) bool {
 
 // externalHint says how to move a process holding the outside object id.
 func externalHint(id string) string {
+	if strings.HasPrefix(id, "socket:") {
+		// A socket cannot be opened by path: only an fd of the restore
+		// can stand in for it.
+		return fmt.Sprintf("migrate dump --external '%[1]s', then migrate restore --inherit-fd '%[1]s=fd:N'", id)
+	}
 	return fmt.Sprintf("migrate dump --external '%[1]s', then migrate restore --inherit-fd '%[1]s=fd:N' or '%[1]s=PATH'; "+
 		"migrate --to HOST --inherit-fd '%[1]s=PATH' (a path on the target)", id)
 }
@@ -78,6 +83,8 @@ func inheritIDs(inherit map[string]string, pids []int) ([]string, error) {
 		switch {
 		case !core.ValidExternal(id):
 			return nil, &InheritError{ID: id, Reason: "not an object an image names (pipe:[N] or socket:[N], as /proc/PID/fd shows them)"}
+		case strings.HasPrefix(id, "socket:"):
+			return nil, &InheritError{ID: id, Reason: "a socket cannot be opened by path on the target (migrate dump --external and restore --inherit-fd ID=fd:N can stand another in for it)"}
 		case strings.HasPrefix(path, "fd:"):
 			return nil, &InheritError{ID: id, Reason: "fd:N names an fd of this host; the target opens a PATH of its own (give fd:N to migrate restore)"}
 		case !filepath.IsAbs(path) || len(path) > 4095 || strings.IndexByte(path, 0) >= 0:

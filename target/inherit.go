@@ -82,6 +82,9 @@ func checkInherit(img *core.Image, inh []Inherit) (map[string]*Inherit, error) {
 		if !ok {
 			return nil, &InheritError{ID: in.ID, Reason: "the image holds no such object"}
 		}
+		if in.File == nil && strings.HasPrefix(in.ID, "socket:") {
+			return nil, &InheritError{ID: in.ID, Reason: "a socket cannot be opened by path: give an fd (ID=fd:N)"}
+		}
 		if in.File != nil {
 			fl, err := unix.FcntlInt(in.File.Fd(), unix.F_GETFL, 0)
 			if err != nil {
