@@ -108,27 +108,7 @@ func unixOutside(t *testing.T) (*testutil.Proc, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
+	keepAccepting(t, l)
 	p := testutil.Start(t, testutil.Build(t, "sock_outside"), "unix", path)
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	var fd int
@@ -207,4 +187,33 @@ func requireRefusedLive(t *testing.T, addr string, pid, fd int, prefix string) {
 	if diff := before.Diff(testutil.Take(t, pid), 1, 2); diff != "" {
 		t.Errorf("the process changed across the refused migration:\n%s", diff)
 	}
+}
+
+// keepAccepting accepts connections on l and keeps them open until the
+// test ends, when l and they are closed.
+func keepAccepting(t *testing.T, l net.Listener) {
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 }
