@@ -780,3 +780,16 @@ func TestDumpNetlink(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAuditDaemon: AUDIT_GET answers, with the PID of the audit daemon
+// (0 if none), where the kernel has audit.
+func TestAuditDaemon(t *testing.T) {
+	pid, err := auditDaemon()
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		t.Skipf("no audit in this kernel: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("audit daemon: pid %d", pid)
+}

@@ -2,11 +2,13 @@ package sockets
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"math/bits"
 	"slices"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +34,11 @@ func (sd *sockDump) netlinkSocket(s *core.Socket) error {
 	local, ok := sa.(*unix.SockaddrNetlink)
 	if !ok {
 		return sd.fail(fmt.Errorf("getsockname: an address of type %T", sa))
+	}
+	if s.Protocol == unix.NETLINK_AUDIT && local.Pid != 0 {
+		if pid, err := auditDaemon(); err == nil && pid == sd.p.PID {
+			return sd.refuse("the process is the audit daemon: the kernel keeps its registration (AUDIT_SET) for this socket, and a new one would not have it")
+		}
 	}
 	n := &core.NetlinkState{PortID: local.Pid}
 	if n.Groups, err = raw.NetlinkGroups(sd.sfd); err != nil {
@@ -109,4 +116,46 @@ func netlinkTaken() string {
 		names = append(names, core.NetlinkProtocols[p])
 	}
 	return strings.Join(names, ", ")
+}
+
+// auditDaemon returns the PID of the audit daemon the kernel sends its
+// records to (AUDIT_GET's audit_status.pid; 0: none).
+func auditDaemon() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_AUDIT)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1}); err != nil {
+		return 0, err
+	}
+	req := make([]byte, unix.NLMSG_HDRLEN)
+	binary.NativeEndian.PutUint32(req, uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.AUDIT_GET)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	binary.NativeEndian.PutUint32(req[8:], 1) // sequence number
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return 0, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return 0, err
+		}
+		for _, m := range msgs {
+			switch {
+			case m.Header.Seq != 1:
+			case m.Header.Type == unix.NLMSG_ERROR:
+				return 0, errors.New("AUDIT_GET refused")
+			case m.Header.Type == unix.AUDIT_GET && len(m.Data) >= 16:
+				// struct audit_status: mask, enabled, failure, pid, ...
+				return int(binary.NativeEndian.Uint32(m.Data[12:])), nil
+			}
+		}
+	}
 }
