@@ -81,6 +81,11 @@ const (
 	// RefusedAudit: the process's audit login uid and session differ from
 	// the restorer's, which it would get: target.AuditError.
 	RefusedAudit RefusalKind = "audit"
+	// RefusedInherit: an object outside the dump that the image names
+	// (DumpOptions.External) was not given to the restore, or a file given
+	// (RestoreOptions.Inherit) names none of the image's, or does not fit
+	// it: target.InheritError, source.InheritError.
+	RefusedInherit RefusalKind = "inherit"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -194,6 +199,8 @@ func refusal(err error) *RefusedError {
 		ck  *target.CheckError
 		sh  *target.ShmError
 		au  *target.AuditError
+		in  *target.InheritError
+		si  *source.InheritError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -226,6 +233,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedShm, Err: err}
 	case errors.As(err, &au):
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
+	case errors.As(err, &in), errors.As(err, &si):
+		return &RefusedError{Kind: RefusedInherit, Err: err}
 	}
 	return nil
 }

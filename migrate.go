@@ -104,6 +104,11 @@ type DumpOptions struct {
 	// without pre-copy) runs, from a goroutine of the dump's own; it
 	// must not block.
 	Transfer func(Transfer)
+	// External names objects outside the dump its processes hold, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): kept as
+	// external, to be given at the restore (RestoreOptions.Inherit),
+	// instead of refused. --external.
+	External []string
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -132,6 +137,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Policy:       opts.Policy,
 		Logger:       logger(opts.Logger),
 		Transfer:     opts.Transfer,
+		External:     opts.External,
 	})
 	if err != nil {
 		undo()
@@ -153,7 +159,19 @@ type RestoreOptions struct {
 	// a second while they are, from a goroutine of the restore's own; it
 	// must not block.
 	Transfer func(Transfer)
+	// Inherit gives the files that replace the objects outside the dump
+	// its image names (DumpOptions.External): each one, and no other.
+	// --inherit-fd ID=fd:N, ID=PATH (target.ParseInherit).
+	Inherit []Inherit
 }
+
+// Inherit is a file a restore gives in place of an object outside the
+// dump: an open file, or a path opened in the original's access mode.
+type Inherit = target.Inherit
+
+// ParseInherit parses the --inherit-fd forms ID=fd:N (fd N of the calling
+// process) and ID=PATH.
+func ParseInherit(s string) (Inherit, error) { return target.ParseInherit(s) }
 
 // Restore recreates the process stored in dir, with its PID, and lets it
 // run; RestoreReport.PID is its PID. The image is checked whole before
@@ -167,7 +185,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 			opts.Transfer(Transfer{Pages: pages, Planned: planned, Elapsed: elapsed})
 		}
 	}
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Progress: progress})
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -216,6 +234,12 @@ type MigrateOptions struct {
 	// *source.TreeChangedError otherwise: the tree runs on here).
 	// --tree=false.
 	ProcessOnly bool
+	// Inherit maps objects outside the tree that its processes hold
+	// ("pipe:[1234]", "socket:[5678]", as /proc/PID/fd shows them) to the
+	// absolute path on the target opened in place of each, in the access
+	// mode of the original fd: their fds move as external instead of
+	// being refused. --inherit-fd ID=PATH.
+	Inherit map[string]string
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -266,7 +290,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

@@ -491,6 +491,9 @@ const (
 	FDSignalfd = "signalfd"
 	FDInotify  = "inotify"
 	FDPidfd    = "pidfd" // pidfd_open: FD.PidfdPID is the process (or thread) it refers to
+	// FDExternal is an fd of an object outside the dump (FD.External
+	// names it) which the restore is given in its place (--inherit-fd).
+	FDExternal = "external"
 )
 
 // FD is one open file descriptor.
@@ -539,6 +542,9 @@ type FD struct {
 	// PidfdPID is the process (a thread, with PIDFD_THREAD in Flags) a
 	// pidfd refers to: one of the dump's.
 	PidfdPID int `json:"pidfd_pid,omitempty"`
+	// External names the object outside the dump of an FDExternal fd, as
+	// /proc/PID/fd showed it: "pipe:[1234]" or "socket:[5678]".
+	External string `json:"external,omitempty"`
 	// Locks are the file locks held through this fd: POSIX record locks
 	// the process took through it, and the flock and OFD locks of its
 	// open file description.

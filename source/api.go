@@ -24,6 +24,11 @@ type DumpOptions struct {
 	// every quarter of a second while it runs, from a goroutine of its
 	// own: it must not block.
 	Transfer func(Transfer)
+	// External names objects outside the dump held by its processes, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): an fd of
+	// one is kept as external (core.FDExternal), which the restore must
+	// be given (--inherit-fd), instead of being refused.
+	External []string
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).

@@ -136,6 +136,15 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		unsupported := func(reason string) error {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
+		if d.opts.external(target) {
+			// Supplied at the restore (--inherit-fd): only its number
+			// and flags are kept.
+			if err := d.externalFD(&fd, nfd, target, info.Locks()); err != nil {
+				return nil, err
+			}
+			p.FDs = append(p.FDs, fd)
+			continue
+		}
 		// A lock that did not come back would let in whoever it kept out
 		// (a database's lock lost is data corruption): each is carried,
 		// or the dump refused.
@@ -298,7 +307,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 func (d *dumper) socketError(err error) error {
 	var ue *sockets.UnsupportedError
 	if errors.As(err, &ue) {
-		return &UnsupportedFDError{PID: ue.PID, FD: ue.FD, Kind: ue.Kind, Reason: ue.Reason}
+		reason := ue.Reason
+		if ue.Outside {
+			reason += "; or name it external (" + externalHint(ue.Kind) + ")"
+		}
+		return &UnsupportedFDError{PID: ue.PID, FD: ue.FD, Kind: ue.Kind, Reason: reason}
 	}
 	return err
 }
@@ -392,8 +405,10 @@ func (ss *session) resolvePipes() error {
 			if r == nil {
 				side = "read"
 			}
-			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
-				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null"}
+			id := fmt.Sprintf("pipe:[%d]", ino)
+			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: id,
+				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null, " +
+					"or name it external (" + externalHint(id) + ")"}
 		}
 		if ss.probe {
 			continue

@@ -61,6 +61,12 @@ type MigrateOptions struct {
 	// it, from the migration's goroutine (Progress sees the rounds end).
 	// From MilestoneFrozen on, its time is downtime.
 	Notify func(Milestone)
+	// Inherit names objects outside the tree its processes hold (as
+	// /proc/PID/fd shows them: "pipe:[1234]", "socket:[5678]") and the
+	// absolute path on the target that is opened in place of each, in the
+	// access mode of the original fd (a FIFO, a file): their fds are
+	// moved as external (DumpOptions.External) instead of refused.
+	Inherit map[string]string
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -155,7 +161,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	// An fd that cannot move is refused now, before the target is even
 	// asked, not at the freeze after every page went over.
-	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree}); err != nil {
+	external, err := inheritIDs(opts.Inherit, pids)
+	if err != nil {
+		return nil, err
+	}
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
 		return nil, err
 	}
 	for _, pid := range pids {
@@ -188,7 +198,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		return nil, err
 	}
 
-	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Transfer: opts.Transfer}
+	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
+		External: external, Transfer: opts.Transfer}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
@@ -199,7 +210,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	if err := a.addMembers(pids[1:]); err != nil {
 		return nil, err
@@ -357,7 +368,8 @@ func (c *sessionControl) Close() error {
 
 // liveSource does the process work of a live migration for the handoff.
 type liveSource struct {
-	d *dumper // the root
+	inherit map[string]string // MigrateOptions.Inherit, for the target
+	d       *dumper           // the root
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
 	// others; members is the tree's shape when the migration began.
@@ -855,7 +867,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		a.img.Tree = append(a.img.Tree, *m.proc)
 	}
 	a.img.Tree = append(a.img.Tree, a.zombies...)
-	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)

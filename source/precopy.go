@@ -181,8 +181,9 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		if layouts[i], err = d.startTracking(); err != nil {
 			return err
 		}
-		heldStart += time.Since(held)
-		longestStart = max(longestStart, time.Since(held))
+		h := time.Since(held)
+		heldStart += h
+		longestStart = max(longestStart, h)
 	}
 
 	var hist []RoundStat

@@ -105,8 +105,11 @@ func TestThrottleDump(t *testing.T) {
 	testutil.RequireRoot(t)
 	p := testutil.Start(t, testutil.Build(t, "dirty"), "64", "100000", "600")
 	p.WaitLine(t, short, 0, "ready")
+	// A target no round can meet while the process writes: pre-copy
+	// converges only once nothing is dirty, so it stalls, whatever the
+	// load of the machine, and the throttle must engage.
 	pol := DefaultPolicy
-	pol.AutoConverge = true
+	pol.AutoConverge, pol.TargetDowntime, pol.MaxRounds = true, time.Nanosecond, 4
 	rep, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: fixtureLogger(t),
 		PreCopy: true, Policy: pol})
 	if err != nil {

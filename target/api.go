@@ -17,6 +17,10 @@ type RestoreOptions struct {
 	// pages are written how many were, of those the image holds, from a
 	// goroutine of the restore's own: it must not block.
 	Progress func(pages, planned uint64, elapsed time.Duration)
+	// Inherit gives the files the image's external objects are replaced
+	// with: each one, and no other (an *InheritError otherwise, before
+	// anything is built).
+	Inherit []Inherit
 }
 
 // RestoreReport says what a restore did.

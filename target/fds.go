@@ -383,6 +383,8 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			return nil, fmt.Errorf("pidfd_open(%d): %w", fd.PidfdPID, err)
 		}
 		return os.NewFile(uintptr(pfd), "pidfd"), nil
+	case core.FDExternal:
+		return r.openExternal(fd)
 	case core.FDSocket:
 		return r.openSocket(fd)
 	case core.FDInotify:

@@ -117,6 +117,11 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 			return nil, fmt.Errorf("blob %q that the image does not refer to", name)
 		}
 	}
+	for id, path := range ls.Inherit {
+		if !core.ValidExternal(id) || !filepath.IsAbs(path) || len(path) > 4095 || strings.IndexByte(path, 0) >= 0 {
+			return nil, fmt.Errorf("inherit %q=%q: not an object and an absolute path", id, path)
+		}
+	}
 	return &ls, nil
 }
 
@@ -584,6 +589,15 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
+	}
+	// The files given for the objects outside the tree: each of the
+	// image's, and no other (decodeState checked the names and paths).
+	var inh []Inherit
+	for id, path := range ls.Inherit {
+		inh = append(inh, Inherit{ID: id, Path: path})
+	}
+	if t.b.ss.inherit, err = checkInherit(img, inh); err != nil {
+		return err
 	}
 	n := len(t.b.steps)
 	if err := t.b.Finish(ctx, img); err != nil {

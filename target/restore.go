@@ -57,6 +57,8 @@ type session struct {
 	descs map[string]*os.File
 	// pipes are the recreated pipes by inode: read end, write end.
 	pipes map[uint64][2]*os.File
+	// inherit are the files given for the image's external objects, by ID.
+	inherit map[string]*Inherit
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
@@ -121,10 +123,15 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	inherit, err := checkInherit(img, opts.Inherit)
+	if err != nil {
+		return nil, err
+	}
 	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
+	b.ss.inherit = inherit
 	stop := b.watchFill(opts.Progress)
 	err = b.FillFromImage(ctx)
 	stop()

@@ -234,7 +234,7 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			if err := unchangedFile(&st, &fd); err != nil {
 				return err
 			}
-		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd:
+		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd, core.FDExternal:
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}

@@ -208,9 +208,25 @@ the default), which must neither fork nor exit until they are frozen;
 		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		var addrs []string
 		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
+		var inh []string
+		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
+			}
+			var inherit map[string]string
+			for _, s := range inh {
+				id, path, ok := strings.Cut(s, "=")
+				if !ok || id == "" || path == "" {
+					return usagef("bad --inherit-fd %q: want ID=PATH", s)
+				}
+				if inherit == nil {
+					inherit = map[string]string{}
+				}
+				if _, dup := inherit[id]; dup {
+					return usagef("--inherit-fd %s given twice", id)
+				}
+				inherit[id] = path
 			}
 			if err := checkHooks(hooks, addrs, hook.Source); err != nil {
 				return err
@@ -247,7 +263,7 @@ the default), which must neither fork nor exit until they are frozen;
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
 			e.clearStatus()
 			if rep != nil {
 				if asJSON {

@@ -396,6 +396,11 @@ func fdWhat(f *core.FD) string {
 		parts = append(parts, s)
 	case core.FDMemfd:
 		parts = append(parts, fmt.Sprintf("memfd:%s, seals %#x", f.MemfdName, f.Seals))
+	case core.FDExternal:
+		parts = append(parts, f.External+" outside the dump (restore --inherit-fd)")
+	}
+	if s := f.Socket; s != nil && s.Netlink != nil {
+		parts = append(parts, fmt.Sprintf("%s port %d groups %v", core.NetlinkProtocols[s.Protocol], s.Netlink.PortID, s.Netlink.Groups))
 	}
 	if f.Data != "" {
 		parts = append(parts, "buffered data in "+f.Data)

@@ -29,4 +29,8 @@ const PagesPIDLen = 4
 type LiveState struct {
 	Image core.Image        `json:"image"`
 	Blobs map[string][]byte `json:"blobs,omitempty"`
+	// Inherit gives, for each external object of the image (core.FD
+	// External), the absolute path on the target that the restore opens
+	// in its place (`migrate --to --inherit-fd ID=PATH`).
+	Inherit map[string]string `json:"inherit,omitempty"`
 }
