@@ -81,6 +81,14 @@ const (
 	// RefusedAudit: the process's audit login uid and session differ from
 	// the restorer's, which it would get: target.AuditError.
 	RefusedAudit RefusalKind = "audit"
+	// RefusedClock: the restore cannot keep the process's monotonic and
+	// boot-time clocks going on from the source's (a kernel without time
+	// namespaces, offsets out of the kernel's range, an image without
+	// clock readings): target.TimeNamespaceError.
+	RefusedClock RefusalKind = "clock"
+	// RefusedCPU: the process uses, or may use, XSAVE features (AVX,
+	// AVX-512, AMX...) this CPU lacks: target.CPUFeatureError.
+	RefusedCPU RefusalKind = "cpu"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -194,6 +202,8 @@ func refusal(err error) *RefusedError {
 		ck  *target.CheckError
 		sh  *target.ShmError
 		au  *target.AuditError
+		tn  *target.TimeNamespaceError
+		cpu *target.CPUFeatureError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -226,6 +236,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedShm, Err: err}
 	case errors.As(err, &au):
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
+	case errors.As(err, &tn):
+		return &RefusedError{Kind: RefusedClock, Err: err}
+	case errors.As(err, &cpu):
+		return &RefusedError{Kind: RefusedCPU, Err: err}
 	}
 	return nil
 }
