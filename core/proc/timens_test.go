@@ -1,0 +1,31 @@
+package proc
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParseTimeOffsets(t *testing.T) {
+	o, err := ParseTimeOffsets([]byte("monotonic        1000         0\nboottime        -1001 500000000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Monotonic != 1000e9 || o.Boottime != -1001e9+5e8 {
+		t.Errorf("offsets %+v", o)
+	}
+	for _, bad := range []string{"monotonic 1\n", "monotonic 1 1000000000\n", "realtime 1 0\n", "monotonic x 0\n", "monotonic 99999999999999 0\n"} {
+		if _, err := ParseTimeOffsets([]byte(bad)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q: %v, want ErrMalformed", bad, err)
+		}
+	}
+}
+
+func TestReadTimeOffsetsSelf(t *testing.T) {
+	if _, err := ReadTimeOffsets(0); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ReadClocks()
+	if err != nil || c.Monotonic <= 0 || c.Boottime < c.Monotonic || c.Realtime <= 0 {
+		t.Errorf("clocks %+v, %v", c, err)
+	}
+}
