@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+)
+
+// A process restored by a migrate whose clocks differ from the dumping
+// host's (it runs in a time namespace 1000 s ahead in CLOCK_MONOTONIC and
+// 1000 s behind in CLOCK_BOOTTIME, as on another host) keeps its clocks:
+// it is put in a time namespace of its own, its monotonic and boot-time
+// clocks go on with the real time that passed, its absolute sleeps and
+// timerfd end when due. From another boot (the image's boot id forged)
+// the offsets come from the realtime clocks, and it is the same. A
+// restore by a migrate with the dump's clocks makes no namespace.
+func TestClocksRestoreElsewhere(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := os.Stat("/proc/self/ns/time"); err != nil {
+		testutil.Unavailable(t, "time namespaces (CONFIG_TIME_NS): %v", err)
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		testutil.Unavailable(t, "unshare (util-linux): %v", err)
+	}
+	mine, _ := os.Readlink("/proc/self/ns/time")
+	for _, tc := range []struct {
+		name       string
+		restorerNS bool // the restorer in a time namespace of +1000 s, -1000 s
+		forgeBoot  bool
+	}{
+		{"same host", false, false},
+		{"restorer in a time namespace", true, false},
+		{"another boot", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testutil.Start(t, testutil.Build(t, "clocks"))
+			p.WaitLine(t, short, 0, "ready")
+			p.WaitTick(t, short, 3)
+			dir, img := dumpKill(t, p, "")
+			if img.Clocks == nil || img.Clocks.Offsets != (core.TimeOffsets{}) {
+				t.Fatalf("image clocks %+v, want readings with no offsets", img.Clocks)
+			}
+			if tc.forgeBoot {
+				forgeImage(t, dir, func(m map[string]any) { m["clocks"].(map[string]any)["boot_id"] = "another-boot" })
+			}
+			var r *testutil.Proc
+			if !tc.restorerNS {
+				r = restoreOK(t, dir, p.Log)
+			} else {
+				cmd := exec.Command(unshare, "--time", "--monotonic", "1000", "--boottime", "-1000",
+					buildMigrate(t), "restore", "--check", "--dir", dir)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("migrate restore in a time namespace: %v\n%s", err, out)
+				}
+				r = testutil.Adopt(t, img.Process.PID, p.Log)
+			}
+			defer r.Kill(t)
+			ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/time", r.PID))
+			if tc.restorerNS == (ns == mine) {
+				t.Errorf("restored in time namespace %s, the test's is %s: want a namespace of its own only when the restorer's clocks differ", ns, mine)
+			}
+			if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", r.PID)); err != nil || !zeroOffsets(string(off)) {
+				t.Errorf("restored process's time offsets %q (%v), want none: the clocks of the host it was dumped on", off, err)
+			}
+			last := r.LastTick(t)
+			r.WaitTick(t, long, last+4)
+			checkClockTicks(t, r.Lines(t))
+		})
+	}
+}
+
+// zeroOffsets says a timens_offsets file shows no offset (the forged boot
+// id makes them from realtime: within a millisecond).
+func zeroOffsets(s string) bool {
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return false
+		}
+		sec, _ := strconv.ParseInt(f[1], 10, 64)
+		ns, _ := strconv.ParseInt(f[2], 10, 64)
+		if v := sec*1e9 + ns; v < -2e6 || v > 2e6 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkClockTicks checks the clocks workload's ticks: from one to the
+// next, CLOCK_MONOTONIC and CLOCK_BOOTTIME moved as CLOCK_REALTIME did,
+// each round slept its 300 ms at least (the timerfd fired once), and no
+// round took much longer than the real time it spanned.
+func checkClockTicks(t *testing.T, lines []string) {
+	t.Helper()
+	type tick struct{ mono, boot, real, slept, fired int64 }
+	var ticks []tick
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "tick ") {
+			continue
+		}
+		var n int
+		var k tick
+		if _, err := fmt.Sscanf(l, "tick %d mono=%d boot=%d real=%d slept=%d fired=%d", &n, &k.mono, &k.boot, &k.real, &k.slept, &k.fired); err != nil {
+			t.Fatalf("tick line %q: %v", l, err)
+		}
+		ticks = append(ticks, k)
+	}
+	const slack = 250 // ms: the three clocks are read one after the other on a loaded host
+	for i := 1; i < len(ticks); i++ {
+		a, b := ticks[i-1], ticks[i]
+		dr := b.real - a.real
+		if d := (b.mono - a.mono) - dr; d > slack || d < -slack {
+			t.Errorf("tick %d: CLOCK_MONOTONIC moved %d ms, CLOCK_REALTIME %d ms", i+1, b.mono-a.mono, dr)
+		}
+		if d := (b.boot - a.boot) - dr; d > slack || d < -slack {
+			t.Errorf("tick %d: CLOCK_BOOTTIME moved %d ms, CLOCK_REALTIME %d ms", i+1, b.boot-a.boot, dr)
+		}
+		if b.slept < 299 || b.slept > dr+slack || b.fired != 1 {
+			t.Errorf("tick %d: slept %d ms (want 300 ms, and at most the %d ms that passed), the timerfd fired %d times", i+1, b.slept, dr, b.fired)
+		}
+	}
+}
+
+// forgeImage edits the image's metadata (test-only: what no dump writes).
+func forgeImage(t *testing.T, dir string, edit func(map[string]any)) {
+	t.Helper()
+	path := filepath.Join(dir, core.MetaFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // 64-bit numbers whole
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
