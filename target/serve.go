@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/transport"
 )
@@ -45,8 +46,8 @@ type ServeOptions struct {
 	// takes them, from the session's goroutine (sessions run at once).
 	OnSession func(SessionEvent)
 	// XCR0, if not zero, are the XSAVE features (bits of XCR0) this
-	// host's CPU is taken to have instead of its own (xgetbv): with fewer,
-	// a test sees what a CPU without some refuses.
+	// host's CPU is taken to have, fewer than its own (xgetbv): those of
+	// every host of a fleet, say. Serve refuses more than its own.
 	XCR0 uint64
 }
 
@@ -90,6 +91,12 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if extra := opts.XCR0 &^ hostXCR0(); extra != 0 {
+		if opts.Listener != nil {
+			opts.Listener.Close()
+		}
+		return fmt.Errorf("XSAVE features %#x: this CPU lacks %s", opts.XCR0, core.XSAVENames(extra))
 	}
 	// Network locks left by a crashed migrate of this namespace.
 	if gone, err := netlock.CleanStale(""); err != nil {
