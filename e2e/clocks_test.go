@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // A process restored by a migrate whose clocks differ from the dumping
@@ -152,4 +155,41 @@ func forgeImage(t *testing.T, dir string, edit func(map[string]any)) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A process migrated live to a service whose clocks differ (it runs in a
+// time namespace +1000 s monotonic, -1000 s boot time) keeps its clocks,
+// sleeps and timerfd there: the service made it a time namespace at the
+// first layout, from the clocks the layout carried.
+func TestLiveClocks(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := os.Stat("/proc/self/ns/time"); err != nil {
+		testutil.Unavailable(t, "time namespaces (CONFIG_TIME_NS): %v", err)
+	}
+	s := startServeWith(t, serveOptions{Time: &[2]int{1000, -1000}})
+	p := testutil.Start(t, testutil.Build(t, "clocks"))
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: s.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	p.WaitExit(t, short)
+	inner := findInNamespace(t, p.PID)
+	if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", inner)); err != nil || !zeroOffsets(string(off)) {
+		t.Errorf("migrated process's time offsets %q (%v), want none: the clocks of the host it came from", off, err)
+	}
+	if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", s.PID)); err != nil || zeroOffsets(string(off)) {
+		t.Errorf("the service's time offsets %q (%v), want +1000 s, -1000 s", off, err)
+	}
+	last := testutil.Ticks(testutil.LogLines(t, p.Log))
+	testutil.WaitFor(t, long, "the migrated process to tick on", func() bool {
+		return len(testutil.Ticks(testutil.LogLines(t, p.Log))) >= len(last)+4
+	})
+	checkClockTicks(t, testutil.LogLines(t, p.Log))
 }
