@@ -40,18 +40,31 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 		name       string
 		restorerNS bool // the restorer in a time namespace of +1000 s, -1000 s
 		forgeBoot  bool
+		ownNS      bool // the process in a time namespace of +500 s, +300 s
 	}{
-		{"same host", false, false},
-		{"restorer in a time namespace", true, false},
-		{"another boot", true, true},
+		{"same host", false, false, false},
+		{"restorer in a time namespace", true, false, false},
+		{"another boot", true, true, false},
+		{"process in a time namespace", false, false, true},
+		{"process and restorer in time namespaces", true, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := testutil.Start(t, testutil.Build(t, "clocks"))
+			bin := testutil.Build(t, "clocks")
+			var p *testutil.Proc
+			wantOff := core.TimeOffsets{}
+			if tc.ownNS {
+				// unshare execs the workload in its namespace: the PID
+				// is the workload's.
+				p = testutil.Start(t, unshare, "--time", "--monotonic", "500", "--boottime", "300", bin)
+				wantOff = core.TimeOffsets{Monotonic: 500e9, Boottime: 300e9}
+			} else {
+				p = testutil.Start(t, bin)
+			}
 			p.WaitLine(t, short, 0, "ready")
 			p.WaitTick(t, short, 3)
 			dir, img := dumpKill(t, p, "")
-			if img.Clocks == nil || img.Clocks.Offsets != (core.TimeOffsets{}) {
-				t.Fatalf("image clocks %+v, want readings with no offsets", img.Clocks)
+			if img.Clocks == nil || img.Clocks.Offsets != wantOff {
+				t.Fatalf("image clocks %+v, want readings with offsets %v", img.Clocks, wantOff)
 			}
 			if tc.forgeBoot {
 				forgeImage(t, dir, func(m map[string]any) { m["clocks"].(map[string]any)["boot_id"] = "another-boot" })
@@ -69,11 +82,11 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 			}
 			defer r.Kill(t)
 			ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/time", r.PID))
-			if tc.restorerNS == (ns == mine) {
-				t.Errorf("restored in time namespace %s, the test's is %s: want a namespace of its own only when the restorer's clocks differ", ns, mine)
+			if (tc.restorerNS || tc.ownNS) == (ns == mine) {
+				t.Errorf("restored in time namespace %s, the test's is %s: want a namespace of its own only when the restorer's clocks differ from the process's", ns, mine)
 			}
-			if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", r.PID)); err != nil || !zeroOffsets(string(off)) {
-				t.Errorf("restored process's time offsets %q (%v), want none: the clocks of the host it was dumped on", off, err)
+			if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", r.PID)); err != nil || !offsetsNear(string(off), wantOff) {
+				t.Errorf("restored process's time offsets %q (%v), want %v: those it had where it was dumped", off, err, wantOff)
 			}
 			last := r.LastTick(t)
 			r.WaitTick(t, long, last+4)
@@ -82,9 +95,12 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 	}
 }
 
-// zeroOffsets says a timens_offsets file shows no offset (the forged boot
-// id makes them from realtime: within a millisecond).
-func zeroOffsets(s string) bool {
+// zeroOffsets says a timens_offsets file shows no offset.
+func zeroOffsets(s string) bool { return offsetsNear(s, core.TimeOffsets{}) }
+
+// offsetsNear says a timens_offsets file shows the offsets want, within
+// 2 ms (the forged boot id makes them from realtime).
+func offsetsNear(s string, want core.TimeOffsets) bool {
 	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
 		f := strings.Fields(line)
 		if len(f) != 3 {
@@ -92,7 +108,11 @@ func zeroOffsets(s string) bool {
 		}
 		sec, _ := strconv.ParseInt(f[1], 10, 64)
 		ns, _ := strconv.ParseInt(f[2], 10, 64)
-		if v := sec*1e9 + ns; v < -2e6 || v > 2e6 {
+		w := want.Monotonic
+		if f[0] == "boottime" {
+			w = want.Boottime
+		}
+		if v := sec*1e9 + ns - w; v < -2e6 || v > 2e6 {
 			return false
 		}
 	}
