@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"testing"
 
@@ -87,4 +88,40 @@ func TestLiveCPUFeatureRefused(t *testing.T) {
 	if got := nsProcs(t, s); len(got) != 0 {
 		t.Errorf("processes in the service's namespace after the refusal: %v, want none", got)
 	}
+}
+
+// An image from a CPU with a smaller XSAVE area than this one's (forged:
+// the threads' register sets cut to x87, SSE and AVX, as a CPU without
+// AVX-512 gives them) is restored here: the kernel takes only this CPU's
+// size, which the restore makes it, the components the source lacked in
+// their initial state.
+func TestXstateFromSmallerCPU(t *testing.T) {
+	testutil.RequireRoot(t)
+	xcr0, ok := raw.XCR0()
+	const avxArea = 576 + 256 // legacy area and header, AVX's upper halves
+	if !ok || xcr0&^7 == 0 || xcr0&4 == 0 {
+		testutil.Unavailable(t, "a CPU with AVX and XSAVE features beyond it (XCR0 %#x)", xcr0)
+	}
+	p := testutil.Start(t, testutil.Build(t, "clocks"))
+	p.WaitTick(t, short, 2)
+	dir, img := dumpKill(t, p, "")
+	forgeImage(t, dir, func(m map[string]any) {
+		m["cpu"] = map[string]any{"xcr0": 7, "in_use": img.CPU.InUse & 7}
+		for _, th := range m["process"].(map[string]any)["threads"].([]any) {
+			x, err := base64.StdEncoding.DecodeString(th.(map[string]any)["xstate"].(string))
+			if err != nil || len(x) < avxArea {
+				t.Fatalf("thread xstate: %d bytes, %v", len(x), err)
+			}
+			x = x[:avxArea]
+			x[512] &= 7 // xstate_bv: x87, SSE, AVX only
+			for i := 513; i < 520; i++ {
+				x[i] = 0
+			}
+			th.(map[string]any)["xstate"] = base64.StdEncoding.EncodeToString(x)
+		}
+	})
+	r := restoreOK(t, dir, p.Log)
+	defer r.Kill(t)
+	r.WaitTick(t, long, r.LastTick(t)+3)
+	checkClockTicks(t, r.Lines(t))
 }

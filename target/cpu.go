@@ -57,3 +57,37 @@ func checkCPU(f *core.CPUFeatures, have uint64) error {
 	}
 	return e
 }
+
+// fitXstate makes the NT_X86_XSTATE register set x (the source CPU's)
+// the size of this CPU's, n bytes, which is the only size the kernel
+// takes. The set is in the standard format, where each component has its
+// place whatever the CPU (the offsets CPUID gives are the same on every
+// x86-64 CPU): a larger area gets the components the source lacks in
+// their initial state (not in xstate_bv, zeros), a smaller one drops
+// components the threads did not hold. checkCPU refused a process whose
+// components this CPU lacks; one that a thread held and would be cut off
+// is an error all the same.
+func fitXstate(x []byte, n int) ([]byte, error) {
+	if len(x) == 0 || len(x) == n {
+		return x, nil
+	}
+	if n < 512+64 {
+		return nil, fmt.Errorf("this CPU's XSAVE area of %d bytes is too small", n)
+	}
+	if len(x) > n && !zeroFrom(x, n) {
+		return nil, fmt.Errorf("the thread's XSAVE area of %d bytes holds state beyond this CPU's %d bytes", len(x), n)
+	}
+	out := make([]byte, n)
+	copy(out, x)
+	return out, nil
+}
+
+// zeroFrom says the bytes of b from off on are all zero.
+func zeroFrom(b []byte, off int) bool {
+	for _, c := range b[off:] {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

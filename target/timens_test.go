@@ -116,3 +116,26 @@ func TestCheckCPU(t *testing.T) {
 		t.Errorf("APX in use: %v", err)
 	}
 }
+
+func TestFitXstate(t *testing.T) {
+	small := make([]byte, 832)
+	small[0], small[512] = 0x7f, 0x7
+	got, err := fitXstate(small, 2688)
+	if err != nil || len(got) != 2688 || got[0] != 0x7f || got[512] != 0x7 || !zeroFrom(got, 832) {
+		t.Errorf("grown to 2688: %d bytes, %v", len(got), err)
+	}
+	back, err := fitXstate(got, 832)
+	if err != nil || len(back) != 832 || back[0] != 0x7f {
+		t.Errorf("cut back to 832: %d bytes, %v", len(back), err)
+	}
+	got[2000] = 1 // a component the smaller area has no room for
+	if _, err := fitXstate(got, 832); err == nil {
+		t.Error("state beyond the smaller area was cut off")
+	}
+	if x, err := fitXstate(nil, 832); err != nil || x != nil {
+		t.Errorf("no xstate: %v, %v", x, err)
+	}
+	if _, err := fitXstate(small, 100); err == nil {
+		t.Error("an area smaller than the XSAVE header was taken")
+	}
+}
