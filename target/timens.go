@@ -155,7 +155,7 @@ func timeNamespaces() bool {
 // planTime plans the processes' time namespace from the image's clocks.
 func planTime(img *core.Image) (timePlan, error) {
 	if img.Clocks == nil {
-		return timePlan{}, &TimeNamespaceError{Reason: "the image has no clock readings (it was made by an older migrate): dump the process again"}
+		return timePlan{}, &TimeNamespaceError{Reason: "the image (or the live layout) has no clock readings: it was made by an older migrate"}
 	}
 	here, err := readHostClocks()
 	if err != nil {

@@ -52,18 +52,18 @@ func ParseTimeOffsets(b []byte) (TimeOffsets, error) {
 		}
 		f := strings.Fields(string(line))
 		bad := func(field string, err error) error {
-			return &ParseError{File: "timens_offsets", Line: no, Field: field, Value: string(line), Err: err}
+			return parseErr("timens_offsets", no, field, line, err)
 		}
 		if len(f) != 3 {
-			return o, bad("", errors.New("want a clock, seconds and nanoseconds"))
+			return o, bad("", errTooShort)
 		}
 		sec, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil || sec > maxOffsetSec || sec < -maxOffsetSec {
-			return o, bad("seconds", fmt.Errorf("out of range"))
+		if err != nil || sec >= maxOffsetSec || sec <= -maxOffsetSec { // so that ns fit in an int64
+			return o, bad("seconds", errRange)
 		}
 		nsec, err := strconv.ParseInt(f[2], 10, 64)
 		if err != nil || nsec < 0 || nsec >= int64(time.Second) {
-			return o, bad("nanoseconds", fmt.Errorf("out of range"))
+			return o, bad("nanoseconds", errRange)
 		}
 		switch f[0] {
 		case "monotonic":

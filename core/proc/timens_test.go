@@ -29,3 +29,15 @@ func TestReadTimeOffsetsSelf(t *testing.T) {
 		t.Errorf("clocks %+v, %v", c, err)
 	}
 }
+
+func FuzzParseTimeOffsets(f *testing.F) {
+	f.Add([]byte("monotonic        1000         0\nboottime        -1001 500000000\n"))
+	f.Add([]byte("monotonic 0 0\nboottime 0 0\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o, err := ParseTimeOffsets(data)
+		checkErr(t, err)
+		if err == nil && (o.Monotonic < -maxOffsetSec*1e9 || o.Boottime < -maxOffsetSec*1e9) {
+			t.Fatalf("offset %d out of range", o.Monotonic)
+		}
+	})
+}
