@@ -152,20 +152,18 @@ func timeNamespaces() bool {
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
-// planTime plans the processes' time namespace from the image's clocks.
-func planTime(img *core.Image) (timePlan, error) {
+// planTime plans the processes' time namespace from the image's clocks
+// and this host's (here), on a kernel with time namespaces or not
+// (haveNS).
+func planTime(img *core.Image, here hostClocks, haveNS bool) (timePlan, error) {
 	if img.Clocks == nil {
 		return timePlan{}, &TimeNamespaceError{Reason: "the image (or the live layout) has no clock readings: it was made by an older migrate"}
-	}
-	here, err := readHostClocks()
-	if err != nil {
-		return timePlan{}, err
 	}
 	p, err := planClocks(img.Clocks, here)
 	if err != nil {
 		return p, err
 	}
-	if p.New && !timeNamespaces() {
+	if p.New && !haveNS {
 		return p, &TimeNamespaceError{Offsets: p.Want, Reason: fmt.Sprintf("it needs a time namespace with offsets %v, and this kernel has none "+
 			"(built without CONFIG_TIME_NS: /proc/self/ns/time is missing)", p.Want)}
 	}
@@ -174,7 +172,11 @@ func planTime(img *core.Image) (timePlan, error) {
 
 // planTime decides the processes' time namespace (session.timens).
 func (r *session) planTime() error {
-	p, err := planTime(r.img)
+	here, err := readHostClocks()
+	if err != nil {
+		return err
+	}
+	p, err := planTime(r.img, here, timeNamespaces())
 	if err != nil {
 		return err
 	}

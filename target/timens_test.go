@@ -139,3 +139,25 @@ func TestFitXstate(t *testing.T) {
 		t.Error("an area smaller than the XSAVE header was taken")
 	}
 }
+
+// A kernel without time namespaces restores a process whose clocks need
+// no offsets (the same boot), and refuses, naming what is missing, one
+// that needs them, with the offsets it needs; an image without clocks is refused.
+func TestPlanTimeWithoutTimeNamespaces(t *testing.T) {
+	const s = int64(time.Second)
+	img := &core.Image{Clocks: &core.Clocks{BootID: "a", Realtime: 1000 * s, Monotonic: 50 * s, Boottime: 60 * s}}
+	if p, err := planTime(img, hostClocks{BootID: "a", Now: rc(1001*s, 51*s, 61*s)}, false); err != nil || p.New {
+		t.Errorf("same boot without time namespaces: %+v, %v", p, err)
+	}
+	_, err := planTime(img, hostClocks{BootID: "b", Now: rc(1001*s, 5*s, 6*s)}, false)
+	var te *TimeNamespaceError
+	if !errors.As(err, &te) || te.Offsets != (core.TimeOffsets{Monotonic: 46 * s, Boottime: 55 * s}) {
+		t.Errorf("another host without time namespaces: %v, want a TimeNamespaceError with the offsets needed", err)
+	}
+	if p, err := planTime(img, hostClocks{BootID: "b", Now: rc(1001*s, 5*s, 6*s)}, true); err != nil || !p.New {
+		t.Errorf("another host with time namespaces: %+v, %v", p, err)
+	}
+	if _, err := planTime(&core.Image{}, hostClocks{}, true); !errors.As(err, &te) {
+		t.Errorf("an image without clocks: %v, want a TimeNamespaceError", err)
+	}
+}
