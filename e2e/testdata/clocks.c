@@ -1,7 +1,10 @@
 /* clocks: a program that keeps time by the monotonic clock, as event
  * loops do: absolute deadlines on CLOCK_MONOTONIC.
  *
- *   clocks
+ *   clocks [unshare]
+ *
+ * With "unshare" it first makes a time namespace for its children to
+ * come (unshare(CLONE_NEWTIME)), and stays in its own.
  *
  * Each round it takes t0 = CLOCK_MONOTONIC, arms a timerfd at t0 + 300 ms
  * (TFD_TIMER_ABSTIME), sleeps until t0 + 100 ms (clock_nanosleep,
@@ -16,7 +19,12 @@
  * boot) against real, and a round that slept much longer or shorter than
  * 300 ms. Lines: "ready pid=P" first. */
 #include "common.h"
+#include <sched.h>
 #include <sys/timerfd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x80
+#endif
 
 static int64_t ms_of(clockid_t c)
 {
@@ -34,8 +42,10 @@ static struct timespec plus_ms(struct timespec t, long ms)
 	return t;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc > 1 && strcmp(argv[1], "unshare") == 0 && unshare(CLONE_NEWTIME))
+		die("unshare(CLONE_NEWTIME)");
 	int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
 	if (tfd < 0)
 		die("timerfd_create");
