@@ -15,6 +15,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
 )
 
@@ -70,17 +71,30 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 				forgeImage(t, dir, func(m map[string]any) { m["clocks"].(map[string]any)["boot_id"] = "another-boot" })
 			}
 			var r *testutil.Proc
+			var rep *target.RestoreReport
 			if !tc.restorerNS {
-				r = restoreOK(t, dir, p.Log)
+				r, rep = restoreWithReport(t, dir, p.Log)
 			} else {
 				cmd := exec.Command(unshare, "--time", "--monotonic", "1000", "--boottime", "-1000",
-					buildMigrate(t), "restore", "--check", "--dir", dir)
-				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("migrate restore in a time namespace: %v\n%s", err, out)
+					buildMigrate(t), "restore", "--check", "--json", "--dir", dir)
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				out, err := cmd.Output()
+				if err != nil {
+					t.Fatalf("migrate restore in a time namespace: %v\n%s", err, stderr.Bytes())
 				}
 				r = testutil.Adopt(t, img.Process.PID, p.Log)
+				if err := json.Unmarshal(out, &rep); err != nil {
+					t.Fatalf("restore report %q: %v", out, err)
+				}
 			}
 			defer r.Kill(t)
+			// The report names the namespace made, if one was.
+			if made := rep.TimeNamespace != nil; made != (tc.restorerNS || tc.ownNS) {
+				t.Errorf("restore report's time namespace %v, want one only when the restorer's clocks differ from the process's", rep.TimeNamespace)
+			} else if made && (absNS(rep.TimeNamespace.Monotonic-wantOff.Monotonic) > 2e6 || absNS(rep.TimeNamespace.Boottime-wantOff.Boottime) > 2e6) {
+				t.Errorf("restore report's time namespace %v, want %v", *rep.TimeNamespace, wantOff)
+			}
 			ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/time", r.PID))
 			if (tc.restorerNS || tc.ownNS) == (ns == mine) {
 				t.Errorf("restored in time namespace %s, the test's is %s: want a namespace of its own only when the restorer's clocks differ from the process's", ns, mine)
@@ -93,6 +107,13 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 			checkClockTicks(t, r.Lines(t))
 		})
 	}
+}
+
+func absNS(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
 }
 
 // zeroOffsets says a timens_offsets file shows no offset.

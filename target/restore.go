@@ -389,6 +389,8 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		MemoryMS:  float64(b.memTime.Microseconds()) / 1000,
 		Warnings:  b.ss.warnings,
 		Steps:     b.steps,
+
+		TimeNamespace: b.ss.timens,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
