@@ -86,6 +86,14 @@ const (
 	// (RestoreOptions.Inherit) names none of the image's, or does not fit
 	// it: target.InheritError, source.InheritError.
 	RefusedInherit RefusalKind = "inherit"
+	// RefusedClock: the restore cannot keep the process's monotonic and
+	// boot-time clocks going on from the source's (a kernel without time
+	// namespaces, offsets out of the kernel's range, an image without
+	// clock readings): target.TimeNamespaceError.
+	RefusedClock RefusalKind = "clock"
+	// RefusedCPU: the process uses, or may use, XSAVE features (AVX,
+	// AVX-512, AMX...) this CPU lacks: target.CPUFeatureError.
+	RefusedCPU RefusalKind = "cpu"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -201,6 +209,8 @@ func refusal(err error) *RefusedError {
 		au  *target.AuditError
 		in  *target.InheritError
 		si  *source.InheritError
+		tn  *target.TimeNamespaceError
+		cpu *target.CPUFeatureError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -235,6 +245,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
 	case errors.As(err, &in), errors.As(err, &si):
 		return &RefusedError{Kind: RefusedInherit, Err: err}
+	case errors.As(err, &tn):
+		return &RefusedError{Kind: RefusedClock, Err: err}
+	case errors.As(err, &cpu):
+		return &RefusedError{Kind: RefusedCPU, Err: err}
 	}
 	return nil
 }

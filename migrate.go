@@ -350,6 +350,11 @@ type ServeOptions struct {
 	// Between EventSessionRestored and EventSessionCommitted the process
 	// is frozen: OnEvent's time is downtime.
 	OnEvent func(Event)
+	// XSAVEFeatures, if not zero, are the XSAVE features (bits of XCR0)
+	// this host's CPU is taken to have, fewer than its own: a process
+	// that used or may use others is refused at its first layout.
+	// --xsave-features.
+	XSAVEFeatures uint64
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -389,7 +394,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 		}
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
-		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify})
+		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

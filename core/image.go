@@ -62,6 +62,14 @@ type Image struct {
 	// FD.Data name them): every one a process names is listed, and a
 	// restore reads none whose size or hash differs.
 	Blobs map[string]Blob `json:"blobs,omitempty"`
+	// Clocks are the dumping host's clocks and the processes' time
+	// namespace offsets at the freeze (nil: an image of a migrate older
+	// than this field, which a restore refuses).
+	Clocks *Clocks `json:"clocks,omitempty"`
+	// CPU are the XSAVE features of the dumping CPU and of the processes
+	// (nil: not recorded, by an older migrate or on another
+	// architecture).
+	CPU *CPUFeatures `json:"cpu,omitempty"`
 }
 
 // Blob is the size and SHA-256 (hex) of one file of the image.
@@ -718,6 +726,11 @@ func (img *Image) Validate() error {
 	}
 	if err := validateShm(img); err != nil {
 		return err
+	}
+	if img.Clocks != nil {
+		if err := img.Clocks.Validate(); err != nil {
+			return err
+		}
 	}
 	// Every PID and TID once in the whole image: clone3 cannot make one
 	// twice.

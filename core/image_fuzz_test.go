@@ -32,7 +32,9 @@ func validImage() *Image {
 				Exe: FileRef{Path: "/bin/x"}, Cwd: "/", Root: "/"},
 			{PID: 103, PPID: 102, Zombie: &Zombie{ExitCode: 7 << 8}},
 		},
-		Blobs: map[string]Blob{"files/pipe-1": {Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
+		Blobs:  map[string]Blob{"files/pipe-1": {Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
+		Clocks: &Clocks{BootID: "b", Realtime: 1, Monotonic: 5, Boottime: 6, Offsets: TimeOffsets{Monotonic: -5, Boottime: 1000}},
+		CPU:    &CPUFeatures{XCR0: 0xe7, InUse: 0xa2},
 	}
 }
 
@@ -78,6 +80,11 @@ func TestDecodeImage(t *testing.T) {
 		func(i *Image) { i.Blobs["/etc/shadow"] = i.Blobs["files/pipe-1"] },
 		func(i *Image) { i.Blobs["files/../x"] = i.Blobs["files/pipe-1"] },
 		// Values the restore hands to the kernel, each out of range.
+		func(i *Image) { i.Clocks = &Clocks{Monotonic: -1} },
+		func(i *Image) { i.Clocks = &Clocks{Monotonic: 5, Offsets: TimeOffsets{Monotonic: -6}} },
+		func(i *Image) { i.Clocks = &Clocks{Boottime: MaxClockNS + 1} },
+		func(i *Image) { i.Clocks = &Clocks{Realtime: -MaxClockNS - 1} },
+		func(i *Image) { i.Clocks = &Clocks{Offsets: TimeOffsets{Boottime: MaxClockNS}, Boottime: 1} },
 		func(i *Image) { i.Process.FDs[1].FD = MaxFD },
 		func(i *Image) { i.Process.FDs[1].Pos = -1 },
 		func(i *Image) { i.Process.Rlimits = []Rlimit{{Resource: 7, Cur: 10, Max: 5}} },

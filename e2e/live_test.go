@@ -72,6 +72,12 @@ type serveOptions struct {
 	// NoFile, if not zero, is the service's RLIMIT_NOFILE (soft, hard),
 	// and so the one the processes it builds start with.
 	NoFile [2]int
+	// Time, if set, runs the service in a time namespace with these
+	// offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME (seconds), as on a
+	// host whose clocks differ.
+	Time *[2]int
+	// XSAVE, if not zero, is the service's --xsave-features.
+	XSAVE uint64
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -105,7 +111,14 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	if o.SecretFile != "" {
 		auth = []string{"--secret-file", o.SecretFile}
 	}
-	args := append([]string{"--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "-v"}, auth...)
+	args := []string{"--pid", "--fork", "--kill-child", "--mount-proc"}
+	if o.Time != nil {
+		args = append(args, "--time", fmt.Sprintf("--monotonic=%d", o.Time[0]), fmt.Sprintf("--boottime=%d", o.Time[1]))
+	}
+	args = append(append(args, buildMigrate(t), "serve", "--listen", addr, "-v"), auth...)
+	if o.XSAVE != 0 {
+		args = append(args, fmt.Sprintf("--xsave-features=%#x", o.XSAVE))
+	}
 	if o.Metrics != "" {
 		args = append(args, "--metrics", o.Metrics)
 	}

@@ -279,6 +279,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 	img.NetLock = lockName(ss.lock)
+	img.Clocks, img.CPU = f.clocks, f.cpu
 	stats, memTime := f.stats, f.memTime
 	for _, d := range all[1:] {
 		img.Tree = append(img.Tree, *d.proc)

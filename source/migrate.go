@@ -572,7 +572,11 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			}
 		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts)}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil)}
+		var err error
+		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
+			return err
+		}
 		ll.Process = *a.d.proc
 		ll.Process.VMAs = layouts[0]
 		// The fds go with the state (the final round's layout comes
@@ -862,6 +866,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
+	a.img.Clocks, a.img.CPU = f.clocks, f.cpu
 	a.img.Tree = nil
 	for _, m := range a.all[1:] {
 		a.img.Tree = append(a.img.Tree, *m.proc)

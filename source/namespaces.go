@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -42,6 +43,12 @@ func otherNamespaces(pid int) ([]string, error) {
 func checkNamespaces(pid int) error {
 	differ, err := otherNamespaces(pid)
 	if err != nil {
+		return err
+	}
+	// A time namespace of its own is carried: its offsets are in the
+	// image's clocks (clocks.go).
+	differ = slices.DeleteFunc(differ, func(kind string) bool { return kind == "time" })
+	if err := checkTimeNamespace(pid); err != nil {
 		return err
 	}
 	if len(differ) > 0 {

@@ -88,6 +88,11 @@ func precheckMappings(opts DumpOptions) error {
 		}
 		pids = append(pids, kids...)
 	}
+	// One time namespace for the tree, as the restore makes (not a
+	// mapping, but this is where the tree is listed before the freeze).
+	if err := checkTimeNamespaces(pids); err != nil {
+		return err
+	}
 	sysv := map[int][]proc.Mapping{} // System V segment -> its areas
 	sysvPID := map[int]int{}
 	for _, pid := range pids {

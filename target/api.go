@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"github.com/procmig/migrate/core"
 )
 
 // RestoreOptions configure a restore from a directory.
@@ -35,6 +37,11 @@ type RestoreReport struct {
 	MemoryMS  float64       `json:"memory_ms"`
 	// Steps says where the time went.
 	Steps []Step `json:"steps"`
+	// TimeNamespace are the offsets (from the host's clocks) of the time
+	// namespace made for the processes so that their monotonic and
+	// boot-time clocks go on from the source's; nil: they live in the
+	// restorer's (their clocks are this host's).
+	TimeNamespace *core.TimeOffsets `json:"time_namespace,omitempty"`
 	// Warnings lists what could not be restored exactly (for example a hard
 	// rlimit above this host's, or a session that cannot be re-joined).
 	Warnings []string `json:"warnings,omitempty"`

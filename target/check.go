@@ -536,7 +536,9 @@ func (b *Builder) check() error {
 				return err
 			}
 		}
-		for _, d := range Check(r.proc, i == 0) {
+		c := &checker{pid: r.pid}
+		checkTime(c, b.ss.img)
+		for _, d := range append(Check(r.proc, i == 0), c.diffs...) {
 			if !b.ss.accepted[accepted{d.PID, d.TID, d.What}] {
 				diffs = append(diffs, d)
 			}

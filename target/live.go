@@ -128,7 +128,7 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 // layoutImage is the image of a layout's processes, for checkIncoming.
 func layoutImage(ll *handoff.LiveLayout) *core.Image {
 	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree,
-		Pages: core.PagesInfo{File: core.PagesFile}}
+		Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU}
 }
 
 // validateLive is validate without the files of an image directory.
@@ -204,6 +204,8 @@ type liveTarget struct {
 	log  *slog.Logger
 	pid  int
 	b    *Builder
+	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
+	xcr0 uint64
 
 	// members are the processes of the first layout, the root first,
 	// zombies too; pids those with pages: a page stream each.
@@ -272,7 +274,7 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
-	t := &liveTarget{sess: sess, log: log, layout: -1}
+	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0()}
 	t.cond = sync.NewCond(&t.mu)
 	return t
 }
@@ -303,6 +305,11 @@ func waitPIDFree(pid int) error {
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	ll, err := decodeLayout(l.Body, t.pid)
+	if err == nil {
+		// Every layout: the first, before anything is built here or
+		// frozen there.
+		err = checkCPU(ll.CPU, t.xcr0)
+	}
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
@@ -544,6 +551,10 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
 	t.lapped = t.stateAt
 	ls, err := decodeState(st.Body, t.pid)
+	if err == nil {
+		// With the components the threads held at the freeze.
+		err = checkCPU(ls.Image.CPU, t.xcr0)
+	}
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}

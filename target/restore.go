@@ -66,6 +66,9 @@ type session struct {
 	// live migration's state, sizes checked against Image.Blobs);
 	// otherwise they are files under dir.
 	blobs map[string][]byte
+	// timens are the offsets of the time namespace made for the
+	// processes; nil: they live in the restorer's (planTime).
+	timens *core.TimeOffsets
 	// afterBind, set by tests, runs after a unix socket is bound to a
 	// path.
 	afterBind func(path string)
@@ -218,6 +221,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"System V shared memory", func() error { return ss.prepareSysV(img) }},
+		{"time namespace", ss.planTime},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
@@ -432,6 +436,8 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		MemoryMS:  float64(b.memTime.Microseconds()) / 1000,
 		Warnings:  b.ss.warnings,
 		Steps:     b.steps,
+
+		TimeNamespace: b.ss.timens,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
@@ -658,7 +664,7 @@ func dropZombieSIGCHLD(all []*restorer) {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(); err != nil {
+	if r.husk, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {

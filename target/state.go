@@ -299,9 +299,22 @@ func (r *restorer) restoreThreads(context.Context) error {
 			return err
 		}
 	}
+	hereSize := 0 // this CPU's XSAVE area, as the kernel gives it
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]
-		if err := r.p.SetXstate(th, t.Xstate); err != nil {
+		x := t.Xstate
+		if len(x) > 0 && hereSize == 0 {
+			own, err := r.p.Xstate(th)
+			if err != nil {
+				return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
+			}
+			hereSize = len(own)
+		}
+		x, err := fitXstate(x, hereSize)
+		if err != nil {
+			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
+		}
+		if err := r.p.SetXstate(th, x); err != nil {
 			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
 		}
 		regs := regsFromCore(&t.Regs)

@@ -30,6 +30,9 @@ func validate(ctx context.Context, dir string, img *core.Image) error {
 	if err := checkIncoming(img); err != nil {
 		return err
 	}
+	if err := checkCPU(img.CPU, hostXCR0()); err != nil {
+		return err
+	}
 	for _, pp := range img.Processes() {
 		if err := validateProcess(ctx, dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {

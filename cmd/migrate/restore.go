@@ -83,8 +83,12 @@ stderr. With --json the full report goes to stdout instead.`,
 			if rep.Comm != "" {
 				comm = " (" + rep.Comm + ")"
 			}
-			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s\n",
-				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)))
+			timens := ""
+			if rep.TimeNamespace != nil {
+				timens = fmt.Sprintf(", in a time namespace (%v) that keeps its clocks", *rep.TimeNamespace)
+			}
+			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s%s\n",
+				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)), timens)
 			fmt.Fprintln(e.stdout, rep.PID)
 			return nil
 		}

@@ -59,6 +59,13 @@ With --json the metadata is printed as indented JSON.`,
 func showImage(w io.Writer, dir string, img *core.Image) {
 	fmt.Fprintf(w, "image %s: %s version %d, dumped %s on %s (kernel %s, %s)\n",
 		dir, img.Kind, img.Version, img.Created.UTC().Format(time.DateTime+" MST"), img.Host, img.Kernel, img.Arch)
+	if c := img.Clocks; c != nil {
+		fmt.Fprintf(w, "clocks: monotonic %.3fs, boottime %.3fs at %s (boot %s); time namespace offsets %v\n",
+			float64(c.Monotonic)/1e9, float64(c.Boottime)/1e9, time.Unix(0, c.Realtime).UTC().Format(time.DateTime+".000 MST"), c.BootID, c.Offsets)
+	}
+	if f := img.CPU; f != nil {
+		fmt.Fprintf(w, "CPU: XSAVE features %s (XCR0 %#x); the threads held %s\n", core.XSAVENames(f.XCR0), f.XCR0, core.XSAVENames(f.InUse))
+	}
 	if len(img.Tree) > 0 {
 		section(w, "process tree")
 		tw := table(w)

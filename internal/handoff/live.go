@@ -18,6 +18,14 @@ type LiveLayout struct {
 	// (PagesPIDLen bytes, little-endian); a single process's stream has
 	// no such prefix.
 	Tree []core.Process `json:"tree,omitempty"`
+	// Clocks are the source's clocks as the layout was made: the target
+	// makes the time namespace of the processes from the first layout's,
+	// before it creates them (core.Clocks).
+	Clocks *core.Clocks `json:"clocks,omitempty"`
+	// CPU are the source CPU's XSAVE features (InUse is known only at
+	// the freeze): the target refuses at the first layout a process its
+	// CPU could not run.
+	CPU *core.CPUFeatures `json:"cpu,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
