@@ -54,6 +54,9 @@ type Image struct {
 	// Shm are the System V shared memory segments the processes attach
 	// (areas of kind VMASysV), each once.
 	Shm []ShmSegment `json:"shm,omitempty"`
+	// Namespaces, if set, are the namespaces of its own the tree lived in
+	// (a container whose init is the root), made anew by the restore.
+	Namespaces *Namespaces `json:"namespaces,omitempty"`
 	// NetLock names the nftables table (core/netlock) that keeps the
 	// dumping host from answering the image's TCP connections and
 	// listening ports; the restore removes it once the process runs.
@@ -711,6 +714,9 @@ func (img *Image) Validate() error {
 		return fmt.Errorf("%d processes in the tree", len(img.Tree))
 	}
 	if err := validateShm(img); err != nil {
+		return err
+	}
+	if err := validateNamespaces(img); err != nil {
 		return err
 	}
 	// Every PID and TID once in the whole image: clone3 cannot make one

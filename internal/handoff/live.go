@@ -18,6 +18,10 @@ type LiveLayout struct {
 	// (PagesPIDLen bytes, little-endian); a single process's stream has
 	// no such prefix.
 	Tree []core.Process `json:"tree,omitempty"`
+	// Namespaces are those of a container moved whole (its init is
+	// Process): the kinds to make, and the processes' PIDs inside. The
+	// threads' and the System V objects come with the state.
+	Namespaces *core.Namespaces `json:"namespaces,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
