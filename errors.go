@@ -81,6 +81,13 @@ const (
 	// RefusedAudit: the process's audit login uid and session differ from
 	// the restorer's, which it would get: target.AuditError.
 	RefusedAudit RefusalKind = "audit"
+	// RefusedNamespace: the process lives in namespaces migrate does not
+	// carry, or inside a container it is not the init of:
+	// source.NamespaceError (its Kinds name them).
+	RefusedNamespace RefusalKind = "namespace"
+	// RefusedIPC: a System V semaphore set or message queue of a
+	// container could not be made again as it was: target.IPCError.
+	RefusedIPC RefusalKind = "sysv-ipc"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -194,6 +201,8 @@ func refusal(err error) *RefusedError {
 		ck  *target.CheckError
 		sh  *target.ShmError
 		au  *target.AuditError
+		ns  *source.NamespaceError
+		ipc *target.IPCError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -226,6 +235,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedShm, Err: err}
 	case errors.As(err, &au):
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
+	case errors.As(err, &ns):
+		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
+	case errors.As(err, &ipc):
+		return &RefusedError{Kind: RefusedIPC, Err: err}
 	}
 	return nil
 }

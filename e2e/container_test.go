@@ -1,0 +1,301 @@
+package e2e
+
+// Containers (issue 14): the init of a PID namespace of its own, made by
+// `unshare --pid --fork --uts --ipc`, is dumped with every process of it
+// and comes back in new PID, UTS and IPC namespaces: the same PIDs inside,
+// host name, semaphores and messages.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+)
+
+// containerArgs are the unshare command line of the container workload
+// named host, with extra unshare flags.
+func containerArgs(t *testing.T, host string, extra ...string) (string, []string) {
+	t.Helper()
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
+	}
+	args := append([]string{"--pid", "--fork", "--uts", "--ipc"}, extra...)
+	return unshare, append(args, testutil.Build(t, "container"), host)
+}
+
+// container is the container workload: unshare, the container's init
+// and its child, by their PIDs here.
+type container struct {
+	*testutil.Proc // unshare
+	init, child    int
+}
+
+// startContainer starts the container workload named host, and waits
+// for its first ticks.
+func startContainer(t *testing.T, host string, extra ...string) *container {
+	t.Helper()
+	unshare, args := containerArgs(t, host, extra...)
+	c := &container{Proc: testutil.Start(t, unshare, args...)}
+	c.WaitLine(t, short, 0, "ready pid=1 child=2")
+	c.WaitTick(t, short, 3)
+	kids := childrenOf(t, c.PID)
+	if len(kids) != 1 {
+		t.Fatalf("unshare %d has children %v", c.PID, kids)
+	}
+	c.init = kids[0]
+	if kids = childrenOf(t, c.init); len(kids) != 1 {
+		t.Fatalf("the container's init %d has children %v", c.init, kids)
+	}
+	c.child = kids[0]
+	// Runs before unshare's own cleanup: the init, if it is still
+	// unshare's child, is killed (and the container with it), for
+	// unshare to reap.
+	t.Cleanup(func() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.init))
+		if err != nil {
+			return
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 1 && f[1] == fmt.Sprint(c.PID) {
+			unix.Kill(c.init, unix.SIGKILL)
+			c.Reap(t)
+		}
+	})
+	return c
+}
+
+// checkContainerInside checks the container whose init is pid here, as
+// its processes see it: PIDs, groups and sessions inside, host name,
+// semaphore values and messages (in its report, and its ticks all ok
+// from line from on).
+func checkContainerInside(t *testing.T, log string, init, child int, host string, from int) {
+	t.Helper()
+	if got, want := innerIDs(t, init), (nsIDs{pid: 1, pgid: 1, sid: 1}); got.pid != want.pid || got.pgid != want.pgid || got.sid != want.sid {
+		t.Errorf("the init inside: %+v, want %+v", got, want)
+	}
+	if got, want := innerIDs(t, child), (nsIDs{pid: 2, ppid: 1, pgid: 2, sid: 1}); got != want {
+		t.Errorf("the child inside: %+v, want %+v", got, want)
+	}
+	for _, l := range testutil.LogLines(t, log)[from:] {
+		if strings.Contains(l, " bad ") || strings.HasPrefix(l, "FAIL") {
+			t.Fatalf("the container's own check: %q", l)
+		}
+	}
+}
+
+// containerReport asks the container's init (init here) for its report,
+// then for its messages (it takes them and exits), and checks both.
+func containerReport(t *testing.T, log string, init int, host string) {
+	t.Helper()
+	signal := func(sig unix.Signal) {
+		if err := unix.Kill(init, sig); err != nil {
+			t.Fatalf("signal %v to %d: %v", sig, init, err)
+		}
+	}
+	n := len(testutil.LogLines(t, log))
+	signal(unix.SIGUSR1)
+	report := logLineFrom(t, log, n, "report ")
+	if want := fmt.Sprintf("report host=%s pid=1 child=2 pgid=1 sid=1 sems=", host); !strings.HasPrefix(report, want) ||
+		!strings.HasSuffix(report, ",5,7 msgs=3") {
+		t.Errorf("report %q, want %q...,5,7 msgs=3", report, want)
+	}
+	signal(unix.SIGUSR2)
+	if got := logLineFrom(t, log, n, "msgs "); got != "msgs 1:alpha 2:beta 3:gamma" {
+		t.Errorf("messages %q", got)
+	}
+}
+
+// logLineFrom waits for a line of log (from line from on) that begins
+// with prefix.
+func logLineFrom(t *testing.T, log string, from int, prefix string) string {
+	t.Helper()
+	var line string
+	testutil.WaitFor(t, short, "a line "+prefix+" in "+log, func() bool {
+		lines := testutil.LogLines(t, log)
+		if from > len(lines) {
+			return false
+		}
+		for _, l := range lines[from:] {
+			if strings.HasPrefix(l, prefix) {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	return line
+}
+
+// TestContainerDumpRestore: the container's init is dumped (its tree with
+// it, though the dump was asked for the process alone) and restored in
+// new namespaces: its PIDs inside are 1 and 2 again, its outer ones the
+// same, its host name, semaphores and messages are back, the host's own
+// are untouched, and its own checks keep passing.
+func TestContainerDumpRestore(t *testing.T) {
+	testutil.RequireRoot(t)
+	myHost, _ := os.Hostname()
+	c := startContainer(t, "box-dump")
+	dir := t.TempDir()
+	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("dump the container's init %d: %v", c.init, err)
+	}
+	if rep.Processes != 2 {
+		t.Errorf("the dump took %d processes, want the container's 2", rep.Processes)
+	}
+	// unshare, whose child the init was: it does not always notice its
+	// child gone while the test process (the dump's tracer) runs on.
+	testutil.WaitFor(t, short, "the original init gone", func() bool { st, err := testutil.State(c.init); return err != nil || st == 'Z' })
+	c.Stop(t)
+	testutil.ReapOrphan(t, c.init)
+	last := len(testutil.LogLines(t, c.Log))
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := restoreOK(t, dir, c.Log)
+	if ns := img.Namespaces; ns == nil || ns.PID == nil || ns.UTS == nil || ns.IPC == nil ||
+		len(ns.IPC.Sems) != 1 || len(ns.IPC.Msgs) != 1 || len(ns.IPC.Msgs[0].Messages) != 3 {
+		t.Fatalf("the image's namespaces: %+v", img.Namespaces)
+	}
+	r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
+	checkContainerInside(t, c.Log, c.init, c.child, "box-dump", last)
+	if h, _ := os.Hostname(); h != myHost {
+		t.Errorf("the host name here is now %q, was %q", h, myHost)
+	}
+	containerReport(t, c.Log, c.init, "box-dump")
+	r.WaitExit(t, short)
+}
+
+// TestContainerRefusals: a process inside a container that is not its
+// init is refused, saying to dump the init; a container with a mount
+// namespace of its own is refused naming "mnt"; a process that entered
+// the container's PID namespace from outside is refused by its PID. Each
+// runs on.
+func TestContainerRefusals(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Run("member", func(t *testing.T) {
+		c := startContainer(t, "box-member")
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: c.child, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ne *source.NamespaceError
+		if !errors.As(err, &ne) || ne.PID != c.child || !slices.Equal(ne.Kinds, []string{"pid"}) {
+			t.Fatalf("dump of the container's child: %v, want a NamespaceError of pid", err)
+		}
+		t.Logf("refused: %v", err)
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
+	t.Run("mnt", func(t *testing.T) {
+		c := startContainer(t, "box-mnt", "--mount")
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ne *source.NamespaceError
+		if !errors.As(err, &ne) || !slices.Contains(ne.Kinds, "mnt") {
+			t.Fatalf("dump of a container with a mount namespace: %v, want a NamespaceError naming mnt", err)
+		}
+		t.Logf("refused: %v", err)
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
+	t.Run("stray", func(t *testing.T) {
+		c := startContainer(t, "box-stray")
+		nsenter, err := exec.LookPath("nsenter")
+		if err != nil {
+			testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
+		}
+		// nsenter forks into the PID namespace: its child is the stray.
+		s := testutil.Start(t, nsenter, "--target", fmt.Sprint(c.init), "--pid", "--", "sleep", "600")
+		var stray int
+		testutil.WaitFor(t, short, "nsenter's child", func() bool {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", s.PID, s.PID))
+			kids := strings.Fields(string(b))
+			if len(kids) == 1 {
+				fmt.Sscan(kids[0], &stray)
+			}
+			return stray != 0
+		})
+		// Before nsenter's own cleanup: nsenter reaps it and exits.
+		t.Cleanup(func() {
+			unix.Kill(stray, unix.SIGKILL)
+			s.Reap(t)
+		})
+		_, err = source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ne *source.NamespaceError
+		if !errors.As(err, &ne) || ne.PID != stray {
+			t.Fatalf("dump of a container with process %d entered from outside: %v, want a NamespaceError naming it", stray, err)
+		}
+		t.Logf("refused: %v", err)
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
+}
+
+// TestContainerLive: the container moves live from node A to node B and
+// back; inside, it finds the same PIDs, host name, semaphores and
+// messages, and its checks pass throughout.
+func TestContainerLive(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	unshare, args := containerArgs(t, "box-live")
+	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
+	waitLogTick(t, p.Log, 3)
+	kids := childrenOf(t, p.PID)
+	if len(kids) != 1 {
+		t.Fatalf("unshare %d has children %v", p.PID, kids)
+	}
+	// The init as node A sees it.
+	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
+	if len(levels) < 3 {
+		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
+	}
+	var nodePID int
+	fmt.Sscan(levels[len(levels)-2], &nodePID)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
+		from, to := hop[0], hop[1]
+		last := len(testutil.LogLines(t, p.Log))
+		res, err := c.Migrate(ctx, from, to, nodePID)
+		if err != nil {
+			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
+		}
+		if res.Outcome != "resumed" {
+			t.Fatalf("report: %+v", res)
+		}
+		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
+		procs, err := to.Find("container")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var init, child int
+		for _, pi := range procs {
+			switch id := innerIDs(t, pi.PID).pid; id {
+			case 1:
+				init = pi.PID
+			case 2:
+				child = pi.PID
+			}
+		}
+		if init == 0 || child == 0 {
+			t.Fatalf("on %s after the migration: %+v", to, procs)
+		}
+		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)
+		checkContainerInside(t, p.Log, init, child, "box-live", last)
+		if to == c.A {
+			containerReport(t, p.Log, init, "box-live")
+		}
+	}
+}
