@@ -273,11 +273,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 	for _, p := range append([]core.Process{img.Process}, img.Tree...) {
 		tree[p.PID] = true
 		var tids []int
-		if p.Zombie != nil || !final {
-			tids = []int{p.PID}
-		}
 		for _, t := range p.Threads {
 			tids = append(tids, t.TID)
+		}
+		if !slices.Contains(tids, p.PID) && (p.Zombie != nil || !final) {
+			tids = append(tids, p.PID)
 		}
 		for _, tid := range tids {
 			st, err := proc.ReadTaskStatus(p.PID, tid)
