@@ -299,3 +299,18 @@ func TestContainerLive(t *testing.T) {
 		}
 	}
 }
+
+// TestDumpRefusesMqueue: an fd of a POSIX message queue is refused, named
+// (reopening its name would not give the queue back); the process runs on.
+func TestDumpRefusesMqueue(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "mqueue"))
+	p.WaitTick(t, short, 2)
+	_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) || ue.PID != p.PID || ue.FD != 3 {
+		t.Fatalf("dump of a process holding a message queue: %v, want its fd 3 refused", err)
+	}
+	t.Logf("refused: %v", err)
+	p.WaitTick(t, short, p.LastTick(t)+3)
+}
