@@ -355,7 +355,7 @@ func (r *restorer) restoreTimers() error {
 		le.PutUint64(ev[0:], t.Value)
 		le.PutUint32(ev[8:], uint32(t.Signo))
 		le.PutUint32(ev[12:], uint32(t.Notify))
-		le.PutUint32(ev[16:], uint32(t.TID))
+		le.PutUint32(ev[16:], uint32(r.inner(t.TID))) // as the process names it
 		evAddr, err := r.put(0, ev[:])
 		if err != nil {
 			return err
