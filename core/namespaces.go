@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -198,4 +199,54 @@ func validateIPC(ipc *IPCNamespace) error {
 		}
 	}
 	return nil
+}
+
+// RenumberOuter gives the processes and threads of a container's image
+// other IDs outside it, as m maps them (the IDs inside, which the
+// processes know, stay): every field of the image that names one of them
+// by its outer ID follows. IDs m does not hold (a parent or session
+// outside the container) are left.
+func (img *Image) RenumberOuter(m map[int]int) {
+	id := func(p *int) {
+		if n, ok := m[*p]; ok {
+			*p = n
+		}
+	}
+	procs := []*Process{&img.Process}
+	for i := range img.Tree {
+		procs = append(procs, &img.Tree[i])
+	}
+	for _, p := range procs {
+		id(&p.PID)
+		id(&p.PPID)
+		id(&p.PGID)
+		id(&p.SID)
+		for i := range p.Threads {
+			id(&p.Threads[i].TID)
+		}
+		for i := range p.FDs {
+			f := &p.FDs[i]
+			if f.Kind == FDPidfd {
+				id(&f.PidfdPID)
+			}
+			if f.Owner != nil {
+				id(&f.Owner.PID)
+			}
+			// A description shared with an earlier fd: "PID:FD" of it.
+			if pid, fd, ok := strings.Cut(f.Key, ":"); ok {
+				if n, err := strconv.Atoi(pid); err == nil {
+					id(&n)
+					f.Key = strconv.Itoa(n) + ":" + fd
+				}
+			}
+		}
+		for i := range p.PosixTimers {
+			id(&p.PosixTimers[i].TID)
+		}
+	}
+	if img.Namespaces != nil && img.Namespaces.PID != nil {
+		for i := range img.Namespaces.PID.IDs {
+			id(&img.Namespaces.PID.IDs[i].Outer)
+		}
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // containerArgs are the unshare command line of the container workload
@@ -313,4 +314,37 @@ func TestDumpRefusesMqueue(t *testing.T) {
 	}
 	t.Logf("refused: %v", err)
 	p.WaitTick(t, short, p.LastTick(t)+3)
+}
+
+// TestContainerOuterPIDsTaken: a container restored where its PIDs (as
+// the host sees them) are taken, here by the original left running, gets
+// other PIDs outside and the same ones inside, and says so in the report.
+func TestContainerOuterPIDsTaken(t *testing.T) {
+	testutil.RequireRoot(t)
+	c := startContainer(t, "box-copy")
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, LeaveRunning: true, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump the container's init %d: %v", c.init, err)
+	}
+	last := len(testutil.LogLines(t, c.Log))
+	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t), Check: true})
+	if err != nil {
+		t.Fatalf("restore a copy of the container beside it: %v", err)
+	}
+	r := testutil.Adopt(t, rep.PID, c.Log)
+	if rep.PID == c.init || len(rep.Warnings) == 0 {
+		t.Errorf("restored as %d (the original is %d), warnings %q", rep.PID, c.init, rep.Warnings)
+	}
+	for _, w := range rep.Warnings {
+		t.Logf("restore warning: %s", w)
+	}
+	kids := childrenOf(t, rep.PID)
+	if len(kids) != 1 || kids[0] == c.child {
+		t.Fatalf("the copy's children: %v (the original's child is %d)", kids, c.child)
+	}
+	r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
+	checkContainerInside(t, c.Log, rep.PID, kids[0], "box-copy", last)
+	checkContainerInside(t, c.Log, c.init, c.child, "box-copy", last)
+	containerReport(t, c.Log, rep.PID, "box-copy")
+	r.WaitExit(t, short)
 }

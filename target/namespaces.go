@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -344,4 +345,64 @@ func trimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// renumberContainer gives the processes and threads of a container's
+// image other PIDs outside it when one of theirs is taken here (only
+// those inside matter to the processes): free ones, past the PIDs the
+// kernel hands out next. It returns what it did, for the report, or ""
+// if the PIDs are free (or the image is not of a container).
+func renumberContainer(img *core.Image) (string, error) {
+	if img.Namespaces == nil || img.Namespaces.PID == nil {
+		return "", nil
+	}
+	var outer []int
+	taken := false
+	for _, id := range img.Namespaces.PID.IDs {
+		outer = append(outer, id.Outer)
+		if pidFree(id.Outer) != nil {
+			taken = true
+		}
+	}
+	if !taken {
+		return "", nil
+	}
+	readInt := func(name string) int {
+		b, _ := os.ReadFile(name)
+		n, _ := strconv.Atoi(string(trimSpace(b)))
+		return n
+	}
+	pidMax := readInt("/proc/sys/kernel/pid_max")
+	if pidMax < 1000 {
+		pidMax = 1 << 15
+	}
+	own := map[int]bool{}
+	for _, o := range outer {
+		own[o] = true
+	}
+	m := map[int]int{}
+	next := readInt("/proc/sys/kernel/ns_last_pid") + 1000
+	for _, o := range outer {
+		for tries := 0; ; tries++ {
+			if tries > pidMax {
+				return "", fmt.Errorf("no free PIDs for the container's %d processes and threads", len(outer))
+			}
+			if next >= pidMax {
+				next = 300
+			}
+			n := next
+			next++
+			if !own[n] && pidFree(n) == nil {
+				m[o] = n
+				break
+			}
+		}
+	}
+	img.RenumberOuter(m)
+	var moved []string
+	for _, o := range outer {
+		moved = append(moved, fmt.Sprintf("%d->%d", o, m[o]))
+	}
+	return fmt.Sprintf("the container's PIDs here are taken: its processes and threads get other PIDs outside it (%s), the same inside",
+		strings.Join(moved, " ")), nil
 }

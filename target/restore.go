@@ -121,9 +121,16 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	renumbered, err := renumberContainer(img)
+	if err != nil {
+		return nil, err
+	}
 	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
 	if err != nil {
 		return nil, err
+	}
+	if renumbered != "" {
+		b.ss.warn("%s", renumbered)
 	}
 	if err := b.FillFromImage(ctx); err != nil {
 		b.Discard()
