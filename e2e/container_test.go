@@ -3,7 +3,7 @@ package e2e
 // Containers (issue 14): the init of a PID namespace of its own, made by
 // `unshare --pid --fork --uts --ipc`, is dumped with every process of it
 // and comes back in new PID, UTS and IPC namespaces: the same PIDs inside,
-// host name, semaphores and messages.
+// host name, semaphores, messages and shared memory.
 
 import (
 	"context"
@@ -26,15 +26,15 @@ import (
 )
 
 // containerArgs are the unshare command line of the container workload
-// named host, with extra unshare flags.
-func containerArgs(t *testing.T, host string, extra ...string) (string, []string) {
+// named host, with extra unshare flags and workload arguments.
+func containerArgs(t *testing.T, host string, extra, progArgs []string) (string, []string) {
 	t.Helper()
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
 		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
 	}
 	args := append([]string{"--pid", "--fork", "--uts", "--ipc"}, extra...)
-	return unshare, append(args, testutil.Build(t, "container"), host)
+	return unshare, append(append(args, testutil.Build(t, "container"), host), progArgs...)
 }
 
 // container is the container workload: unshare, the container's init
@@ -44,11 +44,11 @@ type container struct {
 	init, child    int
 }
 
-// startContainer starts the container workload named host, and waits
-// for its first ticks.
-func startContainer(t *testing.T, host string, extra ...string) *container {
+// startContainer starts the container workload named host (with extra
+// unshare flags and workload arguments), and waits for its first ticks.
+func startContainer(t *testing.T, host string, extra, progArgs []string) *container {
 	t.Helper()
-	unshare, args := containerArgs(t, host, extra...)
+	unshare, args := containerArgs(t, host, extra, progArgs)
 	c := &container{Proc: testutil.Start(t, unshare, args...)}
 	c.WaitLine(t, short, 0, "ready pid=1 child=2")
 	c.WaitTick(t, short, 3)
@@ -148,7 +148,7 @@ func logLineFrom(t *testing.T, log string, from int, prefix string) string {
 func TestContainerDumpRestore(t *testing.T) {
 	testutil.RequireRoot(t)
 	myHost, _ := os.Hostname()
-	c := startContainer(t, "box-dump")
+	c := startContainer(t, "box-dump", nil, []string{"shm"})
 	dir := t.TempDir()
 	rep, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)})
 	if err != nil {
@@ -169,13 +169,16 @@ func TestContainerDumpRestore(t *testing.T) {
 	}
 	r := restoreOK(t, dir, c.Log)
 	if ns := img.Namespaces; ns == nil || ns.PID == nil || ns.UTS == nil || ns.IPC == nil ||
-		len(ns.IPC.Sems) != 1 || len(ns.IPC.Msgs) != 1 || len(ns.IPC.Msgs[0].Messages) != 3 {
-		t.Fatalf("the image's namespaces: %+v", img.Namespaces)
+		len(ns.IPC.Sems) != 1 || len(ns.IPC.Msgs) != 1 || len(ns.IPC.Msgs[0].Messages) != 3 || len(img.Shm) != 1 {
+		t.Fatalf("the image's namespaces: %+v, segments %+v", img.Namespaces, img.Shm)
 	}
 	r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
 	checkContainerInside(t, c.Log, c.init, c.child, "box-dump", last)
 	if h, _ := os.Hostname(); h != myHost {
 		t.Errorf("the host name here is now %q, was %q", h, myHost)
+	}
+	if id, err := unix.SysvShmGet(0x5a5a, 0, 0); err == nil {
+		t.Errorf("the container's segment (key 0x5a5a) is in the host's IPC namespace: %d", id)
 	}
 	containerReport(t, c.Log, c.init, "box-dump")
 	r.WaitExit(t, short)
@@ -189,7 +192,7 @@ func TestContainerDumpRestore(t *testing.T) {
 func TestContainerRefusals(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Run("member", func(t *testing.T) {
-		c := startContainer(t, "box-member")
+		c := startContainer(t, "box-member", nil, nil)
 		_, err := source.Dump(context.Background(), source.DumpOptions{PID: c.child, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
 		var ne *source.NamespaceError
 		if !errors.As(err, &ne) || ne.PID != c.child || !slices.Equal(ne.Kinds, []string{"pid"}) {
@@ -199,7 +202,7 @@ func TestContainerRefusals(t *testing.T) {
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("mnt", func(t *testing.T) {
-		c := startContainer(t, "box-mnt", "--mount")
+		c := startContainer(t, "box-mnt", []string{"--mount"}, nil)
 		_, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
 		var ne *source.NamespaceError
 		if !errors.As(err, &ne) || !slices.Contains(ne.Kinds, "mnt") {
@@ -209,7 +212,7 @@ func TestContainerRefusals(t *testing.T) {
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("stray", func(t *testing.T) {
-		c := startContainer(t, "box-stray")
+		c := startContainer(t, "box-stray", nil, nil)
 		nsenter, err := exec.LookPath("nsenter")
 		if err != nil {
 			testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
@@ -245,7 +248,7 @@ func TestContainerRefusals(t *testing.T) {
 // messages, and its checks pass throughout.
 func TestContainerLive(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
-	unshare, args := containerArgs(t, "box-live")
+	unshare, args := containerArgs(t, "box-live", nil, nil)
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -321,7 +324,7 @@ func TestDumpRefusesMqueue(t *testing.T) {
 // other PIDs outside and the same ones inside, and says so in the report.
 func TestContainerOuterPIDsTaken(t *testing.T) {
 	testutil.RequireRoot(t)
-	c := startContainer(t, "box-copy")
+	c := startContainer(t, "box-copy", nil, []string{"shm"})
 	dir := t.TempDir()
 	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, LeaveRunning: true, Logger: testLogger(t)}); err != nil {
 		t.Fatalf("dump the container's init %d: %v", c.init, err)

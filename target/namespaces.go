@@ -323,6 +323,20 @@ func (b *Builder) checkNamespaces() []Difference {
 				}
 				diff(root, fmt.Sprintf("message queue %d", q.ID), fmt.Sprintf("key %#x mode %#o owner %d:%d size %d, %d messages of %d bytes", uint32(q.Key), q.Mode, q.UID, q.GID, q.QBytes, len(q.Messages), bytes),
 					fmt.Sprintf("key %#x mode %#o owner %d:%d size %d, %d messages of %d bytes", uint32(ds.Perm.Key), ds.Perm.Mode&0o777, ds.Perm.Uid, ds.Perm.Gid, ds.Qbytes, ds.Qnum, ds.Cbytes))
+				// Each message, copied (MSG_COPY leaves it there).
+				buf := make([]byte, 8+ds.Cbytes)
+				for i, m := range q.Messages {
+					if uint64(i) >= ds.Qnum {
+						break
+					}
+					n, err := raw.MsgCopy(q.ID, i, buf)
+					if err != nil {
+						diff(root, fmt.Sprintf("message queue %d message %d", q.ID, i), "readable", err)
+						break
+					}
+					diff(root, fmt.Sprintf("message queue %d message %d", q.ID, i), fmt.Sprintf("type %d %q", m.Type, m.Text),
+						fmt.Sprintf("type %d %q", int64(binary.LittleEndian.Uint64(buf)), buf[8:8+n]))
+				}
 			}
 			for name, want := range ipc.Sysctls {
 				got, err := os.ReadFile("/proc/sys/kernel/" + name)

@@ -2,7 +2,7 @@
  * --ipc container NAME`), with a child, a host name, a System V semaphore
  * set and a message queue of its own.
  *
- *   container NAME
+ *   container NAME [shm]
  *
  * As PID 1 of its PID namespace it leads a session of its own, sets the
  * host name NAME, makes semaphore set S (key 0x5e4a, 3 semaphores, mode
@@ -16,7 +16,12 @@
  * holds none between its rounds), the number of messages, its process
  * group and session. SIGUSR1: "report host=H pid=P child=C pgid=G sid=S
  * sems=A,B,C msgs=N". SIGUSR2: "msgs" with each message taken (removed)
- * from Q as TYPE:TEXT. SIGTERM: it kills the child and exits. */
+ * from Q as TYPE:TEXT. SIGTERM: it kills the child and exits. With shm,
+ * a System V shared memory segment (key 0x5a5a, 8192 bytes, mode 0600)
+ * of the namespace is attached before the fork, by both: the child
+ * echoes into its second page the counter the init writes in its first,
+ * and a tick whose echo does not come within a second is "bad shm". */
+#include <sys/shm.h>
 #include "common.h"
 #include <sys/ipc.h>
 #include <sys/msg.h>
@@ -41,9 +46,10 @@ struct msg {
 
 int main(int argc, char **argv)
 {
-	if (argc != 2)
+	if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "shm")))
 		return 2;
 	const char *name = argv[1];
+	volatile int64_t *shm = NULL;
 	if (getpid() != 1) {
 		say("FAIL not the init of a PID namespace: pid %d", getpid());
 		return 1;
@@ -69,6 +75,14 @@ int main(int argc, char **argv)
 		if (msgsnd(q, &m, strlen(texts[i]), 0))
 			die("msgsnd");
 	}
+	if (argc == 3) {
+		int id = shmget(0x5a5a, 8192, IPC_CREAT | IPC_EXCL | 0600);
+		if (id < 0)
+			die("shmget");
+		shm = shmat(id, NULL, 0);
+		if (shm == (void *)-1)
+			die("shmat");
+	}
 	pid_t child = fork();
 	if (child < 0)
 		die("fork");
@@ -81,6 +95,8 @@ int main(int argc, char **argv)
 				die("child semop");
 			if (getppid() != 1)
 				_exit(3);
+			if (shm && shm[512] != shm[0])
+				shm[512] = shm[0];
 			msleep(1);
 		}
 	}
@@ -96,7 +112,17 @@ int main(int argc, char **argv)
 		union semun get = {.array = now};
 		struct msqid_ds ds;
 		const char *bad = NULL;
-		if (getpid() != 1)
+		if (shm) {
+			shm[0] = i;
+			int w = 0;
+			while (shm[512] != i && w++ < 1000)
+				msleep(1);
+			if (shm[512] != i)
+				bad = "shm";
+		}
+		if (bad)
+			;
+		else if (getpid() != 1)
 			bad = "pid";
 		else if (child != 2 || kill(child, 0))
 			bad = "child";
