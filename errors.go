@@ -35,8 +35,7 @@ type RefusalKind string
 
 // The states refused.
 const (
-	// RefusedProcess: the process as a whole (in namespaces of its own,
-	// under seccomp, traced, with children in a live migration, a
+	// RefusedProcess: the process as a whole (under seccomp, traced, with children in a live migration, a
 	// deleted executable, a scheduling policy a restore does not make,
 	// ...): source.BadTargetError.
 	RefusedProcess RefusalKind = "process"
