@@ -575,13 +575,13 @@ func createTree(all []*restorer) error {
 			return fmt.Errorf("process %d: its parent %d is not in the image", r.pid, r.proc.PPID)
 		}
 		var err error
-		in := r.inner(r.pid)
-		if r.container() && in == 0 {
-			return fmt.Errorf("process %d: no PID inside the container in the image", r.pid)
-		}
-		want := r.pid
+		// In a container, its PID inside too, as clone3 returns it there.
+		in, want := 0, r.pid
 		if r.container() {
-			in, want = r.inner(r.pid), r.inner(r.pid)
+			if in = r.inner(r.pid); in == 0 {
+				return fmt.Errorf("process %d: no PID inside the container in the image", r.pid)
+			}
+			want = in
 		}
 		if r.p, err = forkPID(r.parent.p, r.pid, in, want, 0); err != nil {
 			return fmt.Errorf("process %d: %w", r.pid, err)
