@@ -211,6 +211,38 @@ func TestContainerRefusals(t *testing.T) {
 		t.Logf("refused: %v", err)
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
+	t.Run("nested", func(t *testing.T) {
+		// unshare's child (PID 1 of a first namespace) is a second
+		// unshare, whose child is the workload: init of a namespace two
+		// levels below migrate's.
+		unshare, args := containerArgs(t, "box-nested", nil, nil)
+		outer := testutil.Start(t, unshare, append([]string{"--pid", "--fork", "--", unshare}, args...)...)
+		outer.WaitLine(t, short, 0, "ready pid=1 child=2")
+		inner := childrenOf(t, outer.PID)
+		if len(inner) != 1 {
+			t.Fatalf("unshare %d has children %v", outer.PID, inner)
+		}
+		box := childrenOf(t, inner[0])
+		if len(box) != 1 {
+			t.Fatalf("the inner unshare %d has children %v", inner[0], box)
+		}
+		// Killed first, the container's init takes its namespace with it.
+		t.Cleanup(func() { unix.Kill(inner[0], unix.SIGKILL); outer.Reap(t) })
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: box[0], Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ne *source.NamespaceError
+		if !errors.As(err, &ne) || ne.PID != box[0] || !slices.Contains(ne.Kinds, "pid") {
+			t.Fatalf("dump of the init of a nested PID namespace: %v, want a NamespaceError of pid", err)
+		}
+		t.Logf("refused: %v", err)
+		// The first namespace's init: its child has a PID namespace of
+		// its own.
+		_, err = source.Dump(context.Background(), source.DumpOptions{PID: inner[0], Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		if !errors.As(err, &ne) || ne.PID != box[0] || !slices.Contains(ne.Kinds, "pid") {
+			t.Fatalf("dump of a container holding a nested one: %v, want a NamespaceError of pid for %d", err, box[0])
+		}
+		t.Logf("refused: %v", err)
+		outer.WaitTick(t, short, outer.LastTick(t)+3)
+	})
 	t.Run("stray", func(t *testing.T) {
 		c := startContainer(t, "box-stray", nil, nil)
 		nsenter, err := exec.LookPath("nsenter")
