@@ -157,11 +157,7 @@ func TestContainerDumpRestore(t *testing.T) {
 	if rep.Processes != 2 {
 		t.Errorf("the dump took %d processes, want the container's 2", rep.Processes)
 	}
-	// unshare, whose child the init was: it does not always notice its
-	// child gone while the test process (the dump's tracer) runs on.
-	testutil.WaitFor(t, short, "the original init gone", func() bool { st, err := testutil.State(c.init); return err != nil || st == 'Z' })
-	c.Stop(t)
-	testutil.ReapOrphan(t, c.init)
+	c.Reap(t) // unshare, whose child the init was
 	last := len(testutil.LogLines(t, c.Log))
 	img, err := core.ReadImage(dir)
 	if err != nil {

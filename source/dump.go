@@ -354,8 +354,10 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 			// In a container, the init's death waits for every process
 			// of it to be reaped: the tracer lets go of each zombie
 			// (a wait, which hands it to its parent) before the init
-			// dies.
-			e = d.p.Kill(ss.container && i > 0)
+			// dies; and of the init itself, unless migrate is its parent
+			// (its launcher would not see it end before the tracer's
+			// thread does).
+			e = d.p.Kill(ss.container && (i > 0 || root.stat.PPID != os.Getpid()))
 		}
 		if err == nil {
 			err = e

@@ -991,7 +991,7 @@ func (a *liveSource) KillOriginal() error {
 	// peers; then the lock can go.
 	var err error
 	for i := len(a.all) - 1; i >= 0; i-- {
-		if e := a.all[i].p.Kill(a.d.container && i > 0); err == nil && e != nil { // see dump's
+		if e := a.all[i].p.Kill(a.d.container && (i > 0 || a.d.stat.PPID != os.Getpid())); err == nil && e != nil { // see dump's
 			err = fmt.Errorf("process %d: %w", a.all[i].pid, e)
 		}
 	}
