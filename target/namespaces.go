@@ -115,17 +115,26 @@ func (ss *session) ownIPC() bool {
 // makes its shared memory segments, before the processes attach them.
 func (ss *session) prepareIPC(img *core.Image) error {
 	return ss.inIPC(func() error {
-		for _, name := range core.IPCSysctls {
-			v, ok := img.Namespaces.IPC.Sysctls[name]
-			if !ok {
-				continue
-			}
-			if err := os.WriteFile("/proc/sys/kernel/"+name, []byte(v), 0); err != nil {
-				return fmt.Errorf("IPC namespace: set %s to %q: %w", name, v, err)
-			}
+		if err := setIPCSysctls(img.Namespaces.IPC); err != nil {
+			return err
 		}
 		return ss.prepareSysV(img)
 	})
+}
+
+// setIPCSysctls sets the sysctls of the IPC namespace the calling thread
+// is in as ipc has them.
+func setIPCSysctls(ipc *core.IPCNamespace) error {
+	for _, name := range core.IPCSysctls {
+		v, ok := ipc.Sysctls[name]
+		if !ok {
+			continue
+		}
+		if err := os.WriteFile("/proc/sys/kernel/"+name, []byte(v), 0); err != nil {
+			return fmt.Errorf("IPC namespace: set %s to %q: %w", name, v, err)
+		}
+	}
+	return nil
 }
 
 // restoreIPCObjects makes the semaphore sets and message queues of the
@@ -138,6 +147,10 @@ func (ss *session) restoreIPCObjects(img *core.Image) error {
 	}
 	ipc := img.Namespaces.IPC
 	return ss.inIPC(func() error {
+		// Again: a live migration's first layout had none.
+		if err := setIPCSysctls(ipc); err != nil {
+			return err
+		}
 		for i := range ipc.Sems {
 			if err := makeSemSet(&ipc.Sems[i]); err != nil {
 				return err

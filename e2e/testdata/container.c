@@ -5,14 +5,14 @@
  *   container NAME [shm]
  *
  * As PID 1 of its PID namespace it leads a session of its own, sets the
- * host name NAME, makes semaphore set S (key 0x5e4a, 3 semaphores, mode
+ * host name NAME and its IPC namespace's msgmax to 4096, makes semaphore set S (key 0x5e4a, 3 semaphores, mode
  * 0640, values 1 5 7) and queue Q (key 0x3e55, mode 0620) with three
  * messages (types 1 2 3: "alpha", "beta", "gamma"), then forks a child
  * (PID 2) that leads its own process group and takes and gives back
  * semaphore 0 every millisecond. It logs "ready pid=P child=C sem=ID
  * msg=ID" (its PID and the child's, as it sees them: 1 and 2), then every
  * 10 ms "tick N ok", or "tick N bad WHAT" when what it checks differs:
- * its PID, its child, its host name, the semaphores' values (the child
+ * its PID, its child, its host name, msgmax, the semaphores' values (the child
  * holds none between its rounds), the number of messages, its process
  * group and session. SIGUSR1: "report host=H pid=P child=C pgid=G sid=S
  * sems=A,B,C msgs=N". SIGUSR2: "msgs" with each message taken (removed)
@@ -44,6 +44,17 @@ struct msg {
 	char text[64];
 };
 
+static long msgmax(void)
+{
+	char buf[32] = "";
+	int fd = open("/proc/sys/kernel/msgmax", O_RDONLY);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	return n > 0 ? strtol(buf, NULL, 10) : -1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "shm")))
@@ -58,6 +69,9 @@ int main(int argc, char **argv)
 		die("setsid");
 	if (sethostname(name, strlen(name)))
 		die("sethostname");
+	int fd = open("/proc/sys/kernel/msgmax", O_WRONLY);
+	if (fd < 0 || write(fd, "4096", 4) != 4 || close(fd))
+		die("msgmax");
 	int sem = semget(0x5e4a, 3, IPC_CREAT | IPC_EXCL | 0640);
 	if (sem < 0)
 		die("semget");
@@ -128,6 +142,8 @@ int main(int argc, char **argv)
 			bad = "child";
 		else if (strcmp(host, name))
 			bad = "hostname";
+		else if (msgmax() != 4096)
+			bad = "msgmax";
 		else if (semctl(sem, 0, GETALL, get) || now[1] != 5 || now[2] != 7 || now[0] > 1)
 			bad = "semaphores";
 		else if (msgctl(q, IPC_STAT, &ds) || ds.msg_qnum != 3)
