@@ -35,8 +35,7 @@ type RefusalKind string
 
 // The states refused.
 const (
-	// RefusedProcess: the process as a whole (in namespaces of its own,
-	// under seccomp, traced, with children in a live migration, a
+	// RefusedProcess: the process as a whole (under seccomp, traced, with children in a live migration, a
 	// deleted executable, a scheduling policy a restore does not make,
 	// ...): source.BadTargetError.
 	RefusedProcess RefusalKind = "process"
@@ -94,6 +93,13 @@ const (
 	// RefusedCPU: the process uses, or may use, XSAVE features (AVX,
 	// AVX-512, AMX...) this CPU lacks: target.CPUFeatureError.
 	RefusedCPU RefusalKind = "cpu"
+	// RefusedNamespace: the process lives in namespaces migrate does not
+	// carry, or inside a container it is not the init of:
+	// source.NamespaceError (its Kinds name them).
+	RefusedNamespace RefusalKind = "namespace"
+	// RefusedIPC: a System V semaphore set or message queue of a
+	// container could not be made again as it was: target.IPCError.
+	RefusedIPC RefusalKind = "sysv-ipc"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -211,6 +217,8 @@ func refusal(err error) *RefusedError {
 		si  *source.InheritError
 		tn  *target.TimeNamespaceError
 		cpu *target.CPUFeatureError
+		ns  *source.NamespaceError
+		ipc *target.IPCError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -249,6 +257,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedClock, Err: err}
 	case errors.As(err, &cpu):
 		return &RefusedError{Kind: RefusedCPU, Err: err}
+	case errors.As(err, &ns):
+		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
+	case errors.As(err, &ipc):
+		return &RefusedError{Kind: RefusedIPC, Err: err}
 	}
 	return nil
 }

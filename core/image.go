@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -54,6 +56,9 @@ type Image struct {
 	// Shm are the System V shared memory segments the processes attach
 	// (areas of kind VMASysV), each once.
 	Shm []ShmSegment `json:"shm,omitempty"`
+	// Namespaces, if set, are the namespaces of its own the tree lived in
+	// (a container whose init is the root), made anew by the restore.
+	Namespaces *Namespaces `json:"namespaces,omitempty"`
 	// NetLock names the nftables table (core/netlock) that keeps the
 	// dumping host from answering the image's TCP connections and
 	// listening ports; the restore removes it once the process runs.
@@ -732,6 +737,9 @@ func (img *Image) Validate() error {
 			return err
 		}
 	}
+	if err := validateNamespaces(img); err != nil {
+		return err
+	}
 	// Every PID and TID once in the whole image: clone3 cannot make one
 	// twice.
 	ids := map[int]bool{}
@@ -760,6 +768,7 @@ func (img *Image) Validate() error {
 	}
 	// The tree: unique PIDs, each parent before its children.
 	pids := map[int]bool{img.Process.PID: true}
+	pageFiles := map[string]bool{}
 	for i := range img.Tree {
 		p := &img.Tree[i]
 		if pids[p.PID] {
@@ -779,13 +788,28 @@ func (img *Image) Validate() error {
 			if err := validateProcess(p, img.Blobs); err != nil {
 				return fmt.Errorf("process %d: %w", p.PID, err)
 			}
-			if p.Pages == nil || p.Pages.File != fmt.Sprintf("pages-%d.img", p.PID) {
-				return fmt.Errorf("process %d: pages file missing or misnamed", p.PID)
+			// pages-PID.img, by the PID the dump saw (a container's
+			// processes renumbered outside keep their files: RenumberOuter).
+			if p.Pages == nil || !treePagesFile(p.Pages.File) || pageFiles[p.Pages.File] {
+				return fmt.Errorf("process %d: pages file missing, misnamed or another's", p.PID)
 			}
+			pageFiles[p.Pages.File] = true
 		}
 		pids[p.PID] = true
 	}
 	return nil
+}
+
+// treePagesFile says whether name is that of a tree process's page
+// stream: pages-PID.img.
+func treePagesFile(name string) bool {
+	num, ok1 := strings.CutPrefix(name, "pages-")
+	num, ok2 := strings.CutSuffix(num, ".img")
+	if !ok1 || !ok2 {
+		return false
+	}
+	n, err := strconv.Atoi(num)
+	return err == nil && n > 0 && n <= 1<<22 && fmt.Sprintf("pages-%d.img", n) == name
 }
 
 // validateProcess checks one live process of an image; blobs are the

@@ -211,6 +211,10 @@ func FuzzDecodeImage(f *testing.F) {
 	f.Add(good)
 	withSeccomp, _ := json.Marshal(seccompImage())
 	f.Add(withSeccomp)
+	container := validImage()
+	withNS(container)
+	withNamespaces, _ := json.Marshal(container)
+	f.Add(withNamespaces)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

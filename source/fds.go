@@ -182,6 +182,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				}
 				break
 			}
+			if isMqueue(nfd) {
+				return nil, unsupported("a POSIX message queue (mq_open): migrate does not carry them")
+			}
 			if !strings.HasPrefix(target, "/") {
 				return nil, unsupported("a regular file without a path")
 			}
@@ -642,4 +645,15 @@ func fileLocks(info *proc.FDInfo) ([]core.FileLock, error) {
 		out = append(out, fl)
 	}
 	return out, nil
+}
+
+// mqueueMagic is the file system type of POSIX message queues
+// (MQUEUE_MAGIC).
+const mqueueMagic = 0x19800202
+
+// isMqueue says whether fd is a POSIX message queue: a regular file of
+// the mqueue file system, which reopening by its name would not give.
+func isMqueue(fd int) bool {
+	var sfs unix.Statfs_t
+	return unix.Fstatfs(fd, &sfs) == nil && sfs.Type == mqueueMagic
 }

@@ -146,6 +146,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A container moves whole.
+	if container, err := containerInit(opts.PID, status); err != nil {
+		return nil, err
+	} else if container {
+		opts.Tree = true
+	}
 	// Network locks left by a crashed migrate in the process's namespace.
 	if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", opts.PID)); err == nil && len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
@@ -201,6 +207,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
 		External: external, Transfer: opts.Transfer}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
+	if err := ss.noteContainer(&ss.opts); err != nil {
+		return nil, err
+	}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
 	img := &core.Image{
@@ -579,6 +588,15 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		}
 		ll.Process = *a.d.proc
 		ll.Process.VMAs = layouts[0]
+		if a.d.container {
+			// The namespaces to make, and the PIDs of the processes
+			// inside: their threads and System V objects come with the
+			// state.
+			var err error
+			if ll.Namespaces, err = a.d.readNamespaces(&core.Image{Process: ll.Process, Tree: ll.Tree}, false); err != nil {
+				return err
+			}
+		}
 		// The fds go with the state (the final round's layout comes
 		// after the freeze read them, naming blobs that only the state
 		// lists and carries).
@@ -634,7 +652,7 @@ func (a *liveSource) addMembers(pids []int) error {
 		if err != nil {
 			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
 		}
-		if err := checkMember(pid, status); err != nil {
+		if err := checkMember(pid, a.d.pid, status); err != nil {
 			return err
 		}
 		d := &dumper{session: ss, pid: pid, stat: st, status: status, proc: &core.Process{},
@@ -872,6 +890,13 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		a.img.Tree = append(a.img.Tree, *m.proc)
 	}
 	a.img.Tree = append(a.img.Tree, a.zombies...)
+	if d.container {
+		ns, err := d.readNamespaces(a.img, true)
+		if err != nil {
+			return nil, err
+		}
+		a.img.Namespaces = ns
+	}
 	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit}
 	total := 0
 	for _, b := range st.Blobs {
@@ -995,7 +1020,7 @@ func (a *liveSource) KillOriginal() error {
 	// peers; then the lock can go.
 	var err error
 	for i := len(a.all) - 1; i >= 0; i-- {
-		if e := a.all[i].p.Kill(false); err == nil && e != nil {
+		if e := a.all[i].p.Kill(a.d.container && (i > 0 || a.d.stat.PPID != os.Getpid())); err == nil && e != nil { // see dump's
 			err = fmt.Errorf("process %d: %w", a.all[i].pid, e)
 		}
 	}

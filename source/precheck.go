@@ -114,8 +114,18 @@ func precheckMappings(opts DumpOptions) error {
 	}
 	// A segment some process outside attaches too, now rather than at
 	// the freeze (the frozen dump checks again: readSysV).
+	ss := &session{opts: opts}
+	if len(sysv) > 0 {
+		if err := ss.noteContainer(&opts); err != nil {
+			return err
+		}
+	}
 	for id, areas := range sysv {
-		if _, reason := statSegment(id, len(areas)); reason != "" {
+		var reason string
+		if err := ss.inIPC(func() error { _, reason = statSegment(id, len(areas)); return nil }); err != nil {
+			return err
+		}
+		if reason != "" {
 			return &UnsupportedMappingError{PID: sysvPID[id], Start: areas[0].Start, End: areas[0].End,
 				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
@@ -148,7 +158,7 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 		if err != nil {
 			continue
 		}
-		if err := checkMember(pid, status); err != nil {
+		if err := checkMember(pid, opts.PID, status); err != nil {
 			return err
 		}
 		live = append(live, pid)

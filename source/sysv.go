@@ -51,7 +51,11 @@ func (ss *session) readSysV(all []*dumper) error {
 			return &UnsupportedMappingError{PID: first.d.pid, Start: first.v.Start, End: first.v.End,
 				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
-		ds, reason := statSegment(id, len(areas))
+		var ds unix.SysvShmDesc
+		var reason string
+		if err := ss.inIPC(func() error { ds, reason = statSegment(id, len(areas)); return nil }); err != nil {
+			return err
+		}
 		if reason != "" {
 			return refuse(reason)
 		}
@@ -89,7 +93,12 @@ func (ss *session) readSysV(all []*dumper) error {
 func (ss *session) writeSysV() error {
 	for i := range ss.shm {
 		s := &ss.shm[i]
-		b, err := unix.SysvShmAttach(s.ID, 0, unix.SHM_RDONLY)
+		var b []byte
+		err := ss.inIPC(func() error {
+			var err error
+			b, err = unix.SysvShmAttach(s.ID, 0, unix.SHM_RDONLY)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("System V segment %d: attach to read it: %w", s.ID, err)
 		}

@@ -72,6 +72,9 @@ type session struct {
 	// afterBind, set by tests, runs after a unix socket is bound to a
 	// path.
 	afterBind func(path string)
+	// inheritedAgentFD is, in a container, the fd of the pidfd for
+	// migrate that the husk opened and every process inherited.
+	inheritedAgentFD int
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -130,11 +133,18 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	renumbered, err := renumberContainer(img)
+	if err != nil {
+		return nil, err
+	}
 	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
 	b.ss.inherit = inherit
+	if renumbered != "" {
+		b.ss.warn("%s", renumbered)
+	}
 	stop := b.watchFill(opts.Progress)
 	err = b.FillFromImage(ctx)
 	stop()
@@ -220,9 +230,20 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
-		{"System V shared memory", func() error { return ss.prepareSysV(img) }},
+		{"System V shared memory", func() error {
+			if ss.ownIPC() {
+				return nil // made in the container's namespace
+			}
+			return ss.prepareSysV(img)
+		}},
 		{"time namespace", ss.planTime},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"IPC namespace", func() error {
+			if !ss.ownIPC() {
+				return nil
+			}
+			return ss.prepareIPC(img)
+		}},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -348,6 +369,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	}
 	return b.ss.tr.Do(func() error {
 		return b.run(ctx, []stage{
+			{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 			{"set protections", b.each(ctx, (*restorer).protect)},
 			{"restore files", b.each(ctx, (*restorer).restoreFDs)},
 			{"restore process state", b.each(ctx, (*restorer).restoreState)},
@@ -554,15 +576,23 @@ type cloneArgs struct {
 
 // forkPID makes the process p (still laid out as a husk: its data page at
 // huskData) fork a child with the given PID, and adopts the child, which is
-// traced from birth.
-func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
-	tid := int32(pid)
-	ca := cloneArgs{ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: 1}
+// traced from birth. In a container (inner not 0) the child gets PID inner
+// in its innermost PID namespace and pid in migrate's: flags
+// CLONE_NEWPID makes that namespace (the root, inner 1); else p is inside
+// it already. want is the PID clone3 returns, as p sees the child.
+func forkPID(p *ptrace.Proc, pid, inner, want int, flags uint64) (*ptrace.Proc, error) {
+	tids := []int32{int32(pid)}
+	if inner != 0 {
+		tids = []int32{int32(inner), int32(pid)}
+	}
+	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: uint64(len(tids))}
 	if _, err := ptrace.WriteMemForce(p.PID, huskData, raw.Bytes(&ca)); err != nil {
 		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 	}
-	if _, err := ptrace.WriteMemForce(p.PID, huskData+128, raw.Bytes(&tid)); err != nil {
-		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+	for i := range tids {
+		if _, err := ptrace.WriteMemForce(p.PID, huskData+128+uint64(4*i), raw.Bytes(&tids[i])); err != nil {
+			return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+		}
 	}
 	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(raw.Bytes(&ca))))
 	if err != nil {
@@ -573,8 +603,8 @@ func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
 		}
 		return nil, err
 	}
-	if int(child) != pid {
-		return nil, fmt.Errorf("clone3 made pid %d, want %d", child, pid)
+	if int(child) != want {
+		return nil, fmt.Errorf("clone3 made pid %d, want %d", child, want)
 	}
 	return p.Adopt(pid)
 }
@@ -598,7 +628,15 @@ func createTree(all []*restorer) error {
 			return fmt.Errorf("process %d: its parent %d is not in the image", r.pid, r.proc.PPID)
 		}
 		var err error
-		if r.p, err = forkPID(r.parent.p, r.pid); err != nil {
+		// In a container, its PID inside too, as clone3 returns it there.
+		in, want := 0, r.pid
+		if r.container() {
+			if in = r.inner(r.pid); in == 0 {
+				return fmt.Errorf("process %d: no PID inside the container in the image", r.pid)
+			}
+			want = in
+		}
+		if r.p, err = forkPID(r.parent.p, r.pid, in, want, 0); err != nil {
 			return fmt.Errorf("process %d: %w", r.pid, err)
 		}
 		if r.proc.Zombie != nil {
@@ -671,8 +709,22 @@ func (r *restorer) createRoot() error {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
-	if r.p, err = forkPID(r.hp, r.pid); err != nil {
+	inner := 0
+	if r.container() {
+		// The root's children inherit its pidfd for migrate, which they
+		// cannot open from inside the container (openAgentPidfd).
+		if r.inheritedAgentFD, err = r.huskAgentPidfd(); err != nil {
+			return err
+		}
+		inner = 1
+	}
+	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err
+	}
+	if r.container() {
+		if err := r.setUTS(); err != nil {
+			return err
+		}
 	}
 	// The husk has done its job. Its death reparents the child to init
 	// (or the nearest subreaper), so the process outlives migrate.
@@ -693,7 +745,7 @@ func (r *restorer) exitAsZombie() error {
 		// Killed by a signal: send it, still at its default action; the
 		// signal lands on detach (SIGKILL at once: the injection ends
 		// with the thread gone, as with exit_group below).
-		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.pid), uint64(sig)); err != nil {
+		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.inner(r.pid)), uint64(sig)); err != nil {
 			if st, serr := proc.ReadStat(r.pid); sig == int(unix.SIGKILL) && serr == nil && (st.State == 'Z' || st.State == 'X') {
 				r.p = nil
 				return nil
@@ -1002,15 +1054,33 @@ func holdsPages(kind string) bool {
 // (64 or above) that no fd to restore has, and the RLIMIT_NOFILE that its
 // highest fd needs.
 func (r *restorer) openAgentPidfd() error {
-	if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
-		return err
-	}
-	if err := r.roomForFDs(); err != nil {
-		return err
-	}
-	fd, err := r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
-	if err != nil {
-		return err
+	var fd uint64
+	if r.container() {
+		// Migrate is outside the container: the pidfd the husk opened,
+		// which every process of it inherited, is kept.
+		fd = uint64(r.inheritedAgentFD)
+		if fd > 0 {
+			if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, fd-1, 0); err != nil {
+				return err
+			}
+		}
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, fd+1, 0xffffffff, 0); err != nil {
+			return err
+		}
+		if err := r.roomForFDs(); err != nil {
+			return err
+		}
+	} else {
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
+			return err
+		}
+		if err := r.roomForFDs(); err != nil {
+			return err
+		}
+		var err error
+		if fd, err = r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0); err != nil {
+			return err
+		}
 	}
 	taken := make(map[int]bool, len(r.proc.FDs))
 	for _, f := range r.proc.FDs {

@@ -113,9 +113,12 @@ func (ss *session) createSegment(s *core.ShmSegment) error {
 		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
 		return fail(fmt.Sprintf("the kernel gave it ID %d (another process made a segment at the same time?)", id), nil)
 	}
-	ss.mu.Lock()
-	ss.shmCreated = append(ss.shmCreated, id)
-	ss.mu.Unlock()
+	if !ss.ownIPC() {
+		// (A container's goes with its IPC namespace.)
+		ss.mu.Lock()
+		ss.shmCreated = append(ss.shmCreated, id)
+		ss.mu.Unlock()
+	}
 	return nil
 }
 
@@ -139,14 +142,16 @@ func (ss *session) fillSegment(img *core.Image, s *core.ShmSegment) error {
 // removeSysV marks the segments that were marked removed (IPC_RMID) once
 // the processes attach them: they go with the last detach, as before.
 func (ss *session) removeSysV(img *core.Image) error {
-	for _, s := range img.Shm {
-		if s.Removed {
-			if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil {
-				return &ShmError{ID: s.ID, Key: s.Key, Reason: "shmctl(IPC_RMID)", Err: err}
+	return ss.inIPC(func() error {
+		for _, s := range img.Shm {
+			if s.Removed {
+				if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil {
+					return &ShmError{ID: s.ID, Key: s.Key, Reason: "shmctl(IPC_RMID)", Err: err}
+				}
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // discardSysV removes the segments a failed restore created.

@@ -80,6 +80,7 @@ func showImage(w io.Writer, dir string, img *core.Image) {
 		}
 		tw.Flush()
 	}
+	showNamespaces(w, img.Namespaces)
 	showProcess(w, &img.Process, &img.Pages)
 	for i := range img.Tree {
 		if p := &img.Tree[i]; p.Zombie == nil {
@@ -87,6 +88,40 @@ func showImage(w io.Writer, dir string, img *core.Image) {
 			showProcess(w, p, p.Pages)
 		}
 	}
+}
+
+// showNamespaces lists the namespaces of a container's image: the PIDs
+// inside, the names, the System V objects.
+func showNamespaces(w io.Writer, ns *core.Namespaces) {
+	if ns == nil {
+		return
+	}
+	section(w, "namespaces (a container: made anew by the restore)")
+	tw := table(w)
+	if ns.PID != nil {
+		var ids []string
+		for _, id := range ns.PID.IDs {
+			ids = append(ids, fmt.Sprintf("%d=%d", id.Outer, id.Inner))
+		}
+		fmt.Fprintf(tw, "  pid	PIDs here=inside: %s\n", strings.Join(ids, " "))
+	}
+	if u := ns.UTS; u != nil {
+		fmt.Fprintf(tw, "  uts	host name %q, domain name %q\n", u.Hostname, u.Domainname)
+	}
+	if ipc := ns.IPC; ipc != nil {
+		fmt.Fprintf(tw, "  ipc	%d semaphore sets, %d message queues\n", len(ipc.Sems), len(ipc.Msgs))
+		for _, s := range ipc.Sems {
+			fmt.Fprintf(tw, "  	semaphores %d (key %#x, mode %04o, owner %d:%d): %v\n", s.ID, uint32(s.Key), s.Mode, s.UID, s.GID, s.Values)
+		}
+		for _, q := range ipc.Msgs {
+			n := 0
+			for _, m := range q.Messages {
+				n += len(m.Text)
+			}
+			fmt.Fprintf(tw, "  	queue %d (key %#x, mode %04o, owner %d:%d): %d messages, %d bytes\n", q.ID, uint32(q.Key), q.Mode, q.UID, q.GID, len(q.Messages), n)
+		}
+	}
+	tw.Flush()
 }
 
 func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {

@@ -26,6 +26,10 @@ type LiveLayout struct {
 	// the freeze): the target refuses at the first layout a process its
 	// CPU could not run.
 	CPU *core.CPUFeatures `json:"cpu,omitempty"`
+	// Namespaces are those of a container moved whole (its init is
+	// Process): the kinds to make, and the processes' PIDs inside. The
+	// threads' and the System V objects come with the state.
+	Namespaces *core.Namespaces `json:"namespaces,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
