@@ -94,6 +94,10 @@ const (
 	// RefusedCPU: the process uses, or may use, XSAVE features (AVX,
 	// AVX-512, AMX...) this CPU lacks: target.CPUFeatureError.
 	RefusedCPU RefusalKind = "cpu"
+	// RefusedMount: a mount of the process's mount namespace that cannot
+	// be rebuilt (source.UnsupportedMountError), or a host mount or path
+	// the image needs that the restoring host lacks (target.MountError).
+	RefusedMount RefusalKind = "mount"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -211,6 +215,8 @@ func refusal(err error) *RefusedError {
 		si  *source.InheritError
 		tn  *target.TimeNamespaceError
 		cpu *target.CPUFeatureError
+		um  *source.UnsupportedMountError
+		tm  *target.MountError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -249,6 +255,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedClock, Err: err}
 	case errors.As(err, &cpu):
 		return &RefusedError{Kind: RefusedCPU, Err: err}
+	case errors.As(err, &um):
+		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
+	case errors.As(err, &tm):
+		return &RefusedError{Kind: RefusedMount, Err: err}
 	}
 	return nil
 }

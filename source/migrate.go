@@ -179,6 +179,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
+	if err := refuseLiveMounts(opts.PID); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err

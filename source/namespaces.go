@@ -32,7 +32,7 @@ func otherNamespaces(pid int) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("process %d: namespace %s: %w", pid, kind, err)
 		}
-		if its != mine {
+		if its != mine && kind != "mnt" { // a mount namespace is carried (mounts.go)
 			differ = append(differ, kind)
 		}
 	}

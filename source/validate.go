@@ -72,7 +72,10 @@ func checkMember(pid int, status *proc.Status) error {
 	if err := checkSeccomp(pid); err != nil {
 		return err
 	}
-	return checkNamespaces(pid)
+	if err := checkNamespaces(pid); err != nil {
+		return err
+	}
+	return checkMounts(pid)
 }
 
 // capSysPtrace is CAP_SYS_PTRACE.

@@ -671,6 +671,9 @@ func (r *restorer) createRoot() error {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
+	if err := r.enterMountNS(); err != nil {
+		return err
+	}
 	if r.p, err = forkPID(r.hp, r.pid); err != nil {
 		return err
 	}

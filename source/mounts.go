@@ -1,0 +1,424 @@
+package source
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+)
+
+// UnsupportedMountError names a mount of a process's mount namespace
+// that migrate cannot bring back.
+type UnsupportedMountError struct {
+	PID    int
+	Point  string
+	FSType string
+	Reason string
+}
+
+func (e *UnsupportedMountError) Error() string {
+	return fmt.Sprintf("process %d: mount %s (%s) is not supported: %s", e.PID, e.Point, e.FSType, e.Reason)
+}
+
+// mountNS returns the mount namespace of process pid ("mnt:[N]").
+func mountNS(pid int) (string, error) {
+	return os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+}
+
+// ownMountNS tells whether process pid lives in a mount namespace other
+// than migrate's.
+func ownMountNS(pid int) (bool, error) {
+	mine, err := mountNS(os.Getpid())
+	if err != nil {
+		return false, err
+	}
+	its, err := mountNS(pid)
+	if err != nil {
+		return false, fmt.Errorf("process %d: mount namespace: %w", pid, err)
+	}
+	return its != mine, nil
+}
+
+// checkMounts refuses, before anything is frozen, a process whose mount
+// namespace (if not migrate's) has a mount the restore cannot rebuild.
+func checkMounts(pid int) error {
+	own, err := ownMountNS(pid)
+	if err != nil || !own {
+		return err
+	}
+	_, err = describeMounts(pid)
+	return err
+}
+
+// describeMounts describes the mount table of process pid against
+// migrate's own (see core.MountNS), refusing what the restore cannot
+// rebuild. The tmpfs contents are not read.
+func describeMounts(pid int) (*core.MountNS, error) {
+	theirs, err := proc.ReadMountInfo(pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	mine, err := proc.ReadMountInfo(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	refuse := func(m *proc.MountInfo, reason string) error {
+		return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
+	}
+	hostGroups := map[int]bool{}
+	for _, h := range mine {
+		if g := h.Shared(); g != 0 {
+			hostGroups[g] = true
+		}
+	}
+	groups := map[int]int{} // peer group -> mounts of the namespace in it
+	devs := map[string]int{}
+	for _, m := range theirs {
+		groups[m.Shared()]++
+		devs[m.Dev]++
+	}
+	ns := &core.MountNS{}
+	for i := range theirs {
+		m := &theirs[i]
+		cm := core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
+			FSType: m.FSType, Source: m.Source, Super: m.Super}
+		if err := core.ValidPath(m.Point); err != nil {
+			return nil, refuse(m, "its mount point is not a clean path")
+		}
+		for _, o := range m.Optional {
+			switch {
+			case strings.HasPrefix(o, "master:"):
+				return nil, refuse(m, "it is a slave mount (receives mounts from peer group "+strings.TrimPrefix(o, "master:")+"): only private and shared mounts are kept")
+			case o == "unbindable":
+				return nil, refuse(m, "it is unbindable: only private and shared mounts are kept")
+			}
+		}
+		if g := m.Shared(); g != 0 {
+			if hostGroups[g] {
+				return nil, refuse(m, fmt.Sprintf("it is shared with mounts of migrate's namespace (peer group %d): a restored namespace cannot join a peer group", g))
+			}
+			if groups[g] > 1 {
+				return nil, refuse(m, fmt.Sprintf("it shares peer group %d with other mounts of the namespace: peer groups are not rebuilt", g))
+			}
+			cm.Shared = true
+		}
+		var host *proc.MountInfo // the same mount in migrate's namespace
+		var under *proc.MountInfo
+		for j := range mine {
+			h := &mine[j]
+			if h.Dev != m.Dev {
+				continue
+			}
+			if h.Root == m.Root && h.Point == m.Point && h.FSType == m.FSType {
+				host = h
+			}
+			if under == nil && (h.Root == "/" || h.Root == m.Root || strings.HasPrefix(m.Root, strings.TrimSuffix(h.Root, "/")+"/")) {
+				under = h
+			}
+		}
+		switch {
+		case host != nil:
+			cm.Kind = core.MountHost
+		case under != nil:
+			rel := strings.TrimPrefix(strings.TrimPrefix(m.Root, strings.TrimSuffix(under.Root, "/")), "/")
+			cm.Kind, cm.From = core.MountBind, path.Join(under.Point, rel)
+			if err := checkBindSource(cm.From, under.ID); err != nil {
+				return nil, refuse(m, err.Error())
+			}
+		case devs[m.Dev] > 1:
+			return nil, refuse(m, "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported")
+		case m.FSType == "tmpfs":
+			if m.Root != "/" {
+				return nil, refuse(m, "part of a tmpfs migrate's namespace does not have")
+			}
+			cm.Kind = core.MountTmpfs
+		case core.FreshFSTypes[m.FSType]:
+			if m.Root != "/" {
+				return nil, refuse(m, "part of a "+m.FSType+" instance migrate's namespace does not have")
+			}
+			cm.Kind = core.MountFresh
+		default:
+			return nil, refuse(m, "a filesystem migrate's mount namespace does not have (overlay, fuse, nfs, a block device not mounted here...): only tmpfs, bind mounts of host paths, and proc, sysfs, mqueue, devpts and cgroup2 are rebuilt")
+		}
+		ns.Mounts = append(ns.Mounts, cm)
+	}
+	if err := checkRoot(pid, ns); err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// checkBindSource checks that the host path a bind mount binds is
+// there, on the host mount it was found under (not hidden by another).
+func checkBindSource(p string, mountID int) error {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil {
+		return fmt.Errorf("its host path %s cannot be found in migrate's namespace: %w", p, err)
+	}
+	if st.Mnt_id != uint64(mountID) {
+		return fmt.Errorf("its host path %s is hidden by another mount in migrate's namespace", p)
+	}
+	return nil
+}
+
+// checkRoot refuses a process whose root directory is not the root of its
+// mount namespace, a mount of the host (chroot, pivot_root).
+func checkRoot(pid int, ns *core.MountNS) error {
+	var its, mine unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &its); err != nil {
+		return fmt.Errorf("process %d: root directory: %w", pid, err)
+	}
+	if err := unix.Stat("/", &mine); err != nil {
+		return err
+	}
+	if its.Dev != mine.Dev || its.Ino != mine.Ino {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
+			Reason: "the process's root directory is not migrate's (chroot or pivot_root): not supported"}
+	}
+	if c := coveringMount(ns.Mounts, "/"); c == nil || c.Kind != core.MountHost {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not the host's"}
+	}
+	return nil
+}
+
+// coveringMount returns the mount of the table a path is on: the last
+// mounted at the longest mount point that is a prefix of it.
+func coveringMount(mounts []core.Mount, p string) *core.Mount {
+	var best *core.Mount
+	for i := range mounts {
+		m := &mounts[i]
+		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
+			if best == nil || len(m.Point) >= len(best.Point) {
+				best = m
+			}
+		}
+	}
+	return best
+}
+
+// readMounts describes the mount namespace of the frozen processes when
+// it is not migrate's (ss.mounts), tmpfs contents stored as blobs. Every
+// process must share the root's namespace, and every path the restorer
+// opens for them (executable, mapped and open files, working directory)
+// must be on a mount of the host: the restorer opens it in its own
+// namespace.
+//
+// Preconditions: every process of all is frozen, its fds and layout read.
+func (ss *session) readMounts(all []*dumper) error {
+	ss.mounts = nil
+	root := all[0]
+	rootNS, err := mountNS(root.pid)
+	if err != nil {
+		return err
+	}
+	for _, d := range all[1:] {
+		ns, err := mountNS(d.pid)
+		if err != nil {
+			return err
+		}
+		if ns != rootNS {
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("it lives in mount namespace %s, process %d in %s: a tree moves with one mount namespace", ns, root.pid, rootNS)}
+		}
+	}
+	own, err := ownMountNS(root.pid)
+	if err != nil || !own {
+		return err
+	}
+	ns, err := describeMounts(root.pid)
+	if err != nil {
+		return err
+	}
+	for _, d := range all {
+		if err := checkPathsOnHost(d, ns.Mounts); err != nil {
+			return err
+		}
+	}
+	var total int64
+	for i := range ns.Mounts {
+		if ns.Mounts[i].Kind == core.MountTmpfs {
+			if err := ss.readTmpfs(root.pid, &ns.Mounts[i], &total); err != nil {
+				return err
+			}
+		}
+	}
+	ss.mounts = ns
+	return nil
+}
+
+// checkPathsOnHost refuses a process with a file the restorer would open
+// by path on a mount of the container's own (a tmpfs, a bind, proc...).
+func checkPathsOnHost(d *dumper, mounts []core.Mount) error {
+	check := func(what, p string) error {
+		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") {
+			return nil
+		}
+		if m := coveringMount(mounts, p); m != nil && m.Kind != core.MountHost {
+			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
+				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in migrate's own namespace, only files on mounts of the host can be", what, p)}
+		}
+		return nil
+	}
+	p := d.proc
+	if err := check("the executable", p.Exe.Path); err != nil {
+		return err
+	}
+	if err := check("the working directory", p.Cwd); err != nil {
+		return err
+	}
+	for _, f := range p.FDs {
+		if f.File != nil {
+			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path); err != nil {
+				return err
+			}
+		}
+	}
+	for _, v := range p.VMAs {
+		if v.File != nil {
+			if err := check("the mapped file", v.File.Path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readTmpfs lists the files of a tmpfs of the namespace (through process
+// pid's root) and stores their contents as blobs; total counts the bytes
+// of all of them, bounded by core.MaxTmpfsBytes. A directory another
+// mount covers is described as the covering mount's root shows it, empty
+// (the directory under it cannot be seen).
+func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
+	refuse := func(reason string) error {
+		return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
+	}
+	top, err := unix.Open(fmt.Sprintf("/proc/%d/root%s", pid, m.Point), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tmpfs %s: %w", m.Point, err)
+	}
+	defer unix.Close(top)
+	var st unix.Statx_t
+	if err := unix.Statx(top, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+		return err
+	}
+	if st.Mnt_id != uint64(m.ID) {
+		return refuse("another mount covers it whole: its files cannot be read")
+	}
+	links := map[[2]uint64]string{}
+	var walk func(dir int, rel string) error
+	walk = func(dir int, rel string) error {
+		f := os.NewFile(uintptr(dir), rel)
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			return fmt.Errorf("tmpfs %s: read directory %q: %w", m.Point, rel, err)
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			p := path.Join(rel, name)
+			var st unix.Statx_t
+			if err := unix.Statx(dir, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_MNT_ID, &st); err != nil {
+				return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
+			}
+			tf := core.TmpfsFile{Path: p, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
+				Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
+			covered := st.Mnt_id != uint64(m.ID)
+			switch mode := uint32(st.Mode) & unix.S_IFMT; {
+			case covered:
+				// The mount point of another mount: its own root is seen.
+				tf = core.TmpfsFile{Path: p, Mode: unix.S_IFDIR | 0o755, Covered: true}
+				if mode != unix.S_IFDIR {
+					tf.Mode = unix.S_IFREG | 0o644
+				}
+			case mode == unix.S_IFDIR:
+				m.Files = append(m.Files, tf)
+				sub, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
+				}
+				if err := walk(sub, p); err != nil {
+					return err
+				}
+				continue
+			case mode == unix.S_IFLNK:
+				buf := make([]byte, 4096)
+				n, err := unix.Readlinkat(dir, name, buf)
+				if err != nil {
+					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
+				}
+				if n == 0 || n >= len(buf) {
+					return refuse(fmt.Sprintf("symbolic link %s: target empty or too long", p))
+				}
+				tf.Link = string(buf[:n])
+			case mode == unix.S_IFREG:
+				key := [2]uint64{st.Ino, 0}
+				if first, ok := links[key]; ok && st.Nlink > 1 {
+					tf.HardLink = first
+					break
+				}
+				links[key] = p
+				*total += int64(st.Size)
+				if *total > core.MaxTmpfsBytes {
+					return refuse(fmt.Sprintf("the tmpfs mounts hold more than %d MiB: their contents travel in the image while the processes are frozen", core.MaxTmpfsBytes>>20))
+				}
+				if st.Size > 0 {
+					if tf.Data, err = ss.copyTmpfsFile(dir, name, int64(st.Size)); err != nil {
+						return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
+					}
+				}
+			default:
+				return refuse(fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", p, st.Mode))
+			}
+			m.Files = append(m.Files, tf)
+		}
+		return nil
+	}
+	dir, err := unix.Openat(top, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	return walk(dir, "")
+}
+
+// copyTmpfsFile stores the contents of a file of a tmpfs (size bytes, as
+// it was listed) as a blob, without changing its access time.
+func (ss *session) copyTmpfsFile(dir int, name string, size int64) (string, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOATIME|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return "", err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var n int64
+	blob, err := ss.copyBlob("tmpfs", io.TeeReader(io.LimitReader(f, size+1), countWriter{&n}))
+	if err != nil {
+		return "", err
+	}
+	if n != size {
+		return "", errors.New("its size changed while it was read")
+	}
+	return blob, nil
+}
+
+type countWriter struct{ n *int64 }
+
+func (c countWriter) Write(b []byte) (int, error) { *c.n += int64(len(b)); return len(b), nil }
+
+// refuseLiveMounts refuses the live migration of a process in a mount
+// namespace of its own: the target creates the processes at the first
+// layout, before their mount table and tmpfs contents come with the final
+// state.
+func refuseLiveMounts(pid int) error {
+	own, err := ownMountNS(pid)
+	if err != nil || !own {
+		return err
+	}
+	return &BadTargetError{PID: pid, Reason: "it lives in a mount namespace of its own: live migration of a mount namespace is not supported yet (dump and restore it)"}
+}

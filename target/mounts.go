@@ -1,0 +1,613 @@
+package target
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+)
+
+// MountError is a mount of the image this host cannot give back: a host
+// mount or a bind mount's host path that is not here.
+type MountError struct {
+	Point  string
+	Reason string
+}
+
+func (e *MountError) Error() string {
+	return fmt.Sprintf("mount %s of the image: %s", e.Point, e.Reason)
+}
+
+// The restored processes of an image with a mount namespace (Image.Mounts)
+// are born in a new one, built by the husk before it forks the root: the
+// husk, seized and single-threaded, is made to unshare(CLONE_NEWNS), make
+// every mount of its copy of the restorer's namespace private (nothing
+// done in it then reaches the restorer's or the host's), take detached
+// copies of the host paths bind mounts bind (open_tree, before anything
+// is unmounted), unmount what the image does not have, children first,
+// then mount the image's own mounts in its order, parents before
+// children. The restorer fills each tmpfs as soon as it is mounted,
+// through /proc/HUSK/root. Nothing of this runs in the restorer itself.
+
+// nsBuilder builds the mount namespace in the husk.
+type nsBuilder struct {
+	r  *restorer
+	hp *ptrace.Proc
+}
+
+// atFDCWD is AT_FDCWD as a system call argument.
+const atFDCWD = uint64(1<<64 - 100)
+
+// enterMountNS puts the husk into a new mount namespace built as the
+// image's (nothing without Image.Mounts).
+//
+// Preconditions: the husk is seized, its gadget set.
+func (r *restorer) enterMountNS() error {
+	ns := r.img.Mounts
+	if ns == nil {
+		return nil
+	}
+	b := &nsBuilder{r: r, hp: r.hp}
+	if err := b.build(ns); err != nil {
+		return fmt.Errorf("mount namespace: %w", err)
+	}
+	return nil
+}
+
+func (b *nsBuilder) sys(name string, nr uintptr, args ...uint64) (uint64, error) {
+	return b.hp.Syscall(b.hp.Leader(), name, nr, args...)
+}
+
+// put writes NUL-terminated strings into the husk's data page and returns
+// their addresses, 0 for an empty one.
+func (b *nsBuilder) put(strs ...string) ([]uint64, error) {
+	var buf []byte
+	addrs := make([]uint64, len(strs))
+	for i, s := range strs {
+		if s == "" {
+			continue
+		}
+		addrs[i] = huskData + uint64(len(buf))
+		buf = append(append(buf, s...), 0)
+	}
+	if len(buf) > 4096 {
+		return nil, fmt.Errorf("arguments of %d bytes do not fit the husk's page", len(buf))
+	}
+	if _, err := ptrace.WriteMemForce(b.hp.PID, huskData, buf); err != nil {
+		return nil, err
+	}
+	return addrs, nil
+}
+
+// mount runs mount(2) in the husk.
+func (b *nsBuilder) mount(source, target, fstype string, flags uintptr, data string) error {
+	a, err := b.put(source, target, fstype, data)
+	if err != nil {
+		return err
+	}
+	if _, err := b.sys("mount", unix.SYS_MOUNT, a[0], a[1], a[2], uint64(flags), a[3]); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", fstype, target, err)
+	}
+	return nil
+}
+
+func (b *nsBuilder) build(ns *core.MountNS) error {
+	if _, err := b.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWNS); err != nil {
+		return err
+	}
+	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return err
+	}
+	cur, err := proc.ReadMountInfo(b.hp.PID)
+	if err != nil {
+		return err
+	}
+	// The image's host mounts, each matched to one of the copy.
+	kept := map[int]*proc.MountInfo{} // image mount id -> the copy's
+	used := map[int]bool{}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountHost {
+			continue
+		}
+		for j := range cur {
+			c := &cur[j]
+			if !used[c.ID] && c.Dev == m.Dev && c.Root == m.Root && c.Point == m.Point && c.FSType == m.FSType {
+				kept[m.ID], used[c.ID] = c, true
+				break
+			}
+		}
+		if kept[m.ID] == nil {
+			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
+		}
+	}
+	// Detached copies of the bind mounts' host paths, while every mount
+	// of the copy is still there.
+	binds := map[int]uint64{} // image mount id -> fd in the husk
+	defer func() {
+		for _, fd := range binds {
+			b.sys("close", unix.SYS_CLOSE, fd)
+		}
+	}()
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountBind {
+			continue
+		}
+		if _, err := os.Lstat(m.From); err != nil {
+			return &MountError{Point: m.Point, Reason: fmt.Sprintf("the host path it binds, %s, is not here: %v", m.From, err)}
+		}
+		a, err := b.put(m.From)
+		if err != nil {
+			return err
+		}
+		fd, err := b.sys("open_tree", unix.SYS_OPEN_TREE, atFDCWD, a[0], unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+		if err != nil {
+			return fmt.Errorf("open_tree %s: %w", m.From, err)
+		}
+		binds[m.ID] = fd
+	}
+	// What the image does not have goes, children first.
+	for i := len(cur) - 1; i >= 0; i-- {
+		c := &cur[i]
+		if used[c.ID] {
+			continue
+		}
+		a, err := b.put(c.Point)
+		if err != nil {
+			return err
+		}
+		if _, err := b.sys("umount2", unix.SYS_UMOUNT2, a[0], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
+			return fmt.Errorf("unmount %s: %w", c.Point, err)
+		}
+	}
+	// The image's own mounts, in its order.
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		flags, err := mountFlags(m.Options)
+		if err != nil {
+			return &MountError{Point: m.Point, Reason: err.Error()}
+		}
+		switch m.Kind {
+		case core.MountHost:
+			if kept[m.ID].Options != m.Options {
+				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+					return err
+				}
+			}
+		case core.MountBind:
+			a, err := b.put("", m.Point)
+			if err != nil {
+				return err
+			}
+			if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, binds[m.ID], a[0], atFDCWD, a[1], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return fmt.Errorf("bind %s on %s: %w", m.From, m.Point, err)
+			}
+			if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+				return err
+			}
+		case core.MountTmpfs:
+			if err := b.mount(m.Source, m.Point, m.FSType, flags&^unix.MS_RDONLY, superData(m.Super)); err != nil {
+				return err
+			}
+			if err := b.fillTmpfs(m); err != nil {
+				return fmt.Errorf("tmpfs %s: %w", m.Point, err)
+			}
+			if slices.Contains(strings.Split(m.Super, ","), "ro") {
+				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_RDONLY, superData(m.Super)); err != nil {
+					return err
+				}
+			}
+			if flags&unix.MS_RDONLY != 0 {
+				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+					return err
+				}
+			}
+		case core.MountFresh:
+			if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
+				return err
+			}
+		}
+		if m.Shared {
+			if err := b.mount("", m.Point, "", unix.MS_SHARED, ""); err != nil {
+				return err
+			}
+		}
+	}
+	got, err := proc.ReadMountInfo(b.hp.PID)
+	if err != nil {
+		return err
+	}
+	if d := diffMounts(ns.Mounts, got); d != "" {
+		return fmt.Errorf("the namespace built differs from the image's: %s", d)
+	}
+	return nil
+}
+
+// mountFlags turns per-mount options into mount(2) flags. Without
+// noatime or relatime the mount has strict access times.
+func mountFlags(opts string) (uintptr, error) {
+	var f uintptr
+	atime := false
+	for _, o := range strings.Split(opts, ",") {
+		switch o {
+		case "rw":
+		case "ro":
+			f |= unix.MS_RDONLY
+		case "nosuid":
+			f |= unix.MS_NOSUID
+		case "nodev":
+			f |= unix.MS_NODEV
+		case "noexec":
+			f |= unix.MS_NOEXEC
+		case "nosymfollow":
+			f |= unix.MS_NOSYMFOLLOW
+		case "nodiratime":
+			f |= unix.MS_NODIRATIME
+		case "noatime":
+			f |= unix.MS_NOATIME
+			atime = true
+		case "relatime":
+			f |= unix.MS_RELATIME
+			atime = true
+		default:
+			return 0, fmt.Errorf("mount option %q is not known", o)
+		}
+	}
+	if !atime {
+		f |= unix.MS_STRICTATIME
+	}
+	return f, nil
+}
+
+// superData is a superblock's options without rw and ro (flags, not data).
+func superData(super string) string {
+	var out []string
+	for _, o := range strings.Split(super, ",") {
+		if o != "rw" && o != "ro" && o != "" {
+			out = append(out, o)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// openInNS opens directory p (absolute) of process pid's mount namespace
+// as an O_PATH fd, following no symbolic link.
+func openInNS(pid int, p string) (int, error) {
+	root, err := unix.Open(fmt.Sprintf("/proc/%d/root", pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(root)
+	rel := strings.TrimPrefix(p, "/")
+	if rel == "" {
+		rel = "."
+	}
+	return unix.Openat2(root, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+}
+
+// beneath opens directory rel under dir as an O_PATH fd, following no
+// symbolic link and crossing no mount.
+func beneath(dir int, rel string) (int, error) {
+	return unix.Openat2(dir, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV})
+}
+
+// fillTmpfs creates the files of tmpfs m, just mounted in the husk's
+// namespace and still empty: every file with its mode and owner, times
+// last (children before their directories).
+func (b *nsBuilder) fillTmpfs(m *core.Mount) error {
+	top, err := openInNS(b.hp.PID, m.Point)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(top)
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(top, &fs); err != nil {
+		return err
+	}
+	if fs.Type != unix.TMPFS_MAGIC {
+		return fmt.Errorf("%s is not the tmpfs just mounted (filesystem %#x)", m.Point, fs.Type)
+	}
+	each := func(f *core.TmpfsFile, do func(dir int, name string) error) error {
+		dir, err := beneath(top, path.Dir(f.Path))
+		if err != nil {
+			return err
+		}
+		defer unix.Close(dir)
+		return do(dir, path.Base(f.Path))
+	}
+	for i := range m.Files {
+		f := &m.Files[i]
+		perm := f.Mode & 0o7777
+		err := each(f, func(dir int, name string) error {
+			switch f.Mode & unix.S_IFMT {
+			case unix.S_IFDIR:
+				if err := unix.Mkdirat(dir, name, 0o700); err != nil {
+					return err
+				}
+			case unix.S_IFLNK:
+				if err := unix.Symlinkat(f.Link, dir, name); err != nil {
+					return err
+				}
+				return unix.Fchownat(dir, name, int(f.UID), int(f.GID), unix.AT_SYMLINK_NOFOLLOW)
+			case unix.S_IFREG:
+				if f.HardLink != "" {
+					return each(&core.TmpfsFile{Path: f.HardLink}, func(odir int, oname string) error {
+						return unix.Linkat(odir, oname, dir, name, 0)
+					})
+				}
+				if err := b.writeFile(dir, name, f.Data); err != nil {
+					return err
+				}
+			}
+			if err := unix.Fchownat(dir, name, int(f.UID), int(f.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+			return unix.Fchmodat(dir, name, perm, 0)
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.Path, err)
+		}
+	}
+	for i := len(m.Files) - 1; i >= 0; i-- {
+		f := &m.Files[i]
+		if f.Covered {
+			continue
+		}
+		err := each(f, func(dir int, name string) error {
+			ts := []unix.Timespec{unix.NsecToTimespec(f.Atime), unix.NsecToTimespec(f.Mtime)}
+			return unix.UtimesNanoAt(dir, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+		})
+		if err != nil {
+			return fmt.Errorf("%s: times: %w", f.Path, err)
+		}
+	}
+	return nil
+}
+
+// writeFile creates file name in dir with the contents of blob.
+func (b *nsBuilder) writeFile(dir int, name, blob string) error {
+	fd, err := unix.Openat(dir, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	if blob == "" {
+		return nil
+	}
+	src, err := b.r.openBlob(b.r.img, blob)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	_, err = io.Copy(f, src)
+	return err
+}
+
+// normalMount is a mount as Check compares it: without mount ids and peer
+// group numbers, which differ in every namespace.
+func normalMount(m core.Mount, parent string, dev bool) string {
+	prop := "private"
+	if m.Shared {
+		prop = "shared"
+	}
+	s := fmt.Sprintf("%s root=%s %s source=%s options=%s super=%s %s parent=%s", m.Point, m.Root, m.FSType, m.Source, m.Options, m.Super, prop, parent)
+	if dev {
+		s += " dev=" + m.Dev
+	}
+	return s
+}
+
+// normalMounts lists a table's mounts normalised, by mount point (stacked
+// mounts in their order); devices are compared where the image's mount
+// is the host's (dev says which, by the image's order).
+func normalMounts(ms []core.Mount, dev []bool) []string {
+	points := map[int]string{}
+	for _, m := range ms {
+		points[m.ID] = m.Point
+	}
+	idx := make([]int, len(ms))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return strings.Compare(ms[a].Point, ms[b].Point) })
+	out := make([]string, len(ms))
+	for k, i := range idx {
+		out[k] = normalMount(ms[i], points[ms[i].Parent], dev != nil && k < len(dev) && dev[k])
+	}
+	return out
+}
+
+// diffMounts compares a namespace's mountinfo with the image's table and
+// says how they differ ("" if not).
+func diffMounts(want []core.Mount, got []proc.MountInfo) string {
+	var g []core.Mount
+	for _, m := range got {
+		g = append(g, core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
+			Shared: m.Shared() != 0, FSType: m.FSType, Source: m.Source, Super: m.Super})
+	}
+	// Devices of the host's and bound mounts, by the sorted order.
+	sorted := slices.Clone(want)
+	slices.SortStableFunc(sorted, func(a, b core.Mount) int { return strings.Compare(a.Point, b.Point) })
+	dev := make([]bool, len(sorted))
+	for i, m := range sorted {
+		dev[i] = m.Kind == core.MountHost || m.Kind == core.MountBind
+	}
+	w, h := normalMounts(want, dev), normalMounts(g, dev)
+	var diffs []string
+	for i := 0; i < max(len(w), len(h)); i++ {
+		switch {
+		case i >= len(w):
+			diffs = append(diffs, "extra mount "+h[i])
+		case i >= len(h):
+			diffs = append(diffs, "missing mount "+w[i])
+		case w[i] != h[i]:
+			diffs = append(diffs, fmt.Sprintf("mount %s, want %s", h[i], w[i]))
+		}
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// checkMounts compares the mount namespace of the restored processes with
+// the image's: every process in the root's, its table (normalised, see
+// diffMounts) and the files of each tmpfs.
+func (b *Builder) checkMounts() []Difference {
+	ns := b.ss.img.Mounts
+	if ns == nil || len(b.all) == 0 {
+		return nil
+	}
+	root := b.all[0].pid
+	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", root))
+	if err != nil {
+		return []Difference{{PID: root, What: "mount namespace", Want: "readable", Got: err.Error()}}
+	}
+	var diffs []Difference
+	if mine, err := os.Readlink("/proc/self/ns/mnt"); err == nil && mine == rootNS {
+		diffs = append(diffs, Difference{PID: root, What: "mount namespace", Want: "one of its own", Got: "the restorer's"})
+	}
+	for _, r := range b.all[1:] {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", r.pid)); its != rootNS {
+			diffs = append(diffs, Difference{PID: r.pid, What: "mount namespace", Want: rootNS, Got: its})
+		}
+	}
+	got, err := proc.ReadMountInfo(root)
+	if err != nil {
+		return append(diffs, Difference{PID: root, What: "mount table", Want: "readable", Got: err.Error()})
+	}
+	if d := diffMounts(ns.Mounts, got); d != "" {
+		diffs = append(diffs, Difference{PID: root, What: "mount table", Want: "the image's", Got: d})
+	}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountTmpfs {
+			continue
+		}
+		want := tmpfsListing(m.Files, b.ss.img.Blobs)
+		files, err := listTmpfs(root, m.Point)
+		if err != nil {
+			diffs = append(diffs, Difference{PID: root, What: "tmpfs " + m.Point, Want: "readable", Got: err.Error()})
+			continue
+		}
+		// What a covered file was, the dump could not see.
+		for j := range files {
+			if k := slices.IndexFunc(m.Files, func(f core.TmpfsFile) bool { return f.Path == files[j].Path }); k >= 0 && m.Files[k].Covered {
+				files[j] = m.Files[k]
+			}
+		}
+		if g := tmpfsListing(files, nil); !slices.Equal(want, g) {
+			diffs = append(diffs, Difference{PID: root, What: "tmpfs " + m.Point, Want: strings.Join(want, "; "), Got: strings.Join(g, "; ")})
+		}
+	}
+	return diffs
+}
+
+// tmpfsListing describes files one a line, as Check compares them: sizes
+// from the blobs where blobs is given, else from Atime (listTmpfs puts
+// the size there: access times change as files are read).
+func tmpfsListing(files []core.TmpfsFile, blobs map[string]core.Blob) []string {
+	out := make([]string, 0, len(files))
+	for _, f := range files {
+		if f.Covered {
+			out = append(out, fmt.Sprintf("%s covered %#o", f.Path, f.Mode&unix.S_IFMT))
+			continue
+		}
+		size := f.Atime
+		if blobs != nil {
+			size = blobs[f.Data].Size
+		}
+		if f.HardLink != "" {
+			size = 0
+		}
+		out = append(out, fmt.Sprintf("%s mode=%#o owner=%d:%d mtime=%d size=%d link=%q hardlink=%q",
+			f.Path, f.Mode, f.UID, f.GID, f.Mtime, size, f.Link, f.HardLink))
+	}
+	return out
+}
+
+// listTmpfs lists the files of the tmpfs at point in process pid's mount
+// namespace as the dump does (names sorted, each directory followed by its
+// contents), sizes in Atime.
+func listTmpfs(pid int, point string) ([]core.TmpfsFile, error) {
+	top, err := openInNS(pid, point)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(top)
+	var topSt unix.Statx_t
+	if err := unix.Statx(top, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &topSt); err != nil {
+		return nil, err
+	}
+	var out []core.TmpfsFile
+	links := map[uint64]string{}
+	var walk func(dir int, rel string) error
+	walk = func(dir int, rel string) error {
+		f := os.NewFile(uintptr(dir), rel)
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			return err
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			p := path.Join(rel, name)
+			var st unix.Statx_t
+			if err := unix.Statx(dir, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_MNT_ID, &st); err != nil {
+				return err
+			}
+			tf := core.TmpfsFile{Path: p, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
+				Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec), Atime: int64(st.Size)}
+			if st.Mnt_id != topSt.Mnt_id {
+				tf.Covered = true
+				out = append(out, tf)
+				continue
+			}
+			switch uint32(st.Mode) & unix.S_IFMT {
+			case unix.S_IFDIR:
+				tf.Atime = 0
+				out = append(out, tf)
+				sub, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				if err := walk(sub, p); err != nil {
+					return err
+				}
+				continue
+			case unix.S_IFLNK:
+				buf := make([]byte, 4096)
+				n, err := unix.Readlinkat(dir, name, buf)
+				if err != nil {
+					return err
+				}
+				tf.Link, tf.Atime = string(buf[:n]), 0
+			case unix.S_IFREG:
+				if first, ok := links[st.Ino]; ok && st.Nlink > 1 {
+					tf.HardLink = first
+				} else {
+					links[st.Ino] = p
+				}
+			}
+			out = append(out, tf)
+		}
+		return nil
+	}
+	dir, err := unix.Openat(top, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return out, walk(dir, "")
+}
