@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate"
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+)
+
+// hostMounts returns the test's (migrate's) mount table, without the
+// network namespaces other tests bind under /run/netns as they come and
+// go.
+func hostMounts(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], "/run/netns/") {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// mntnsBox makes the directories the mntns workload mounts on, a tmpfs
+// of the test's namespace for it to unmount (gone) and a host directory
+// for it to bind (src).
+func mntnsBox(t *testing.T) (dir, gone, src string) {
+	t.Helper()
+	base := t.TempDir()
+	dir, gone, src = filepath.Join(base, "box"), filepath.Join(base, "gone"), filepath.Join(base, "src")
+	for _, d := range []string{dir, filepath.Join(dir, "t"), filepath.Join(dir, "b"), filepath.Join(dir, "p"), gone, src} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "file"), []byte("host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("gone", gone, "tmpfs", 0, "size=64k"); err != nil {
+		testutil.Unavailable(t, "mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(gone, unix.MNT_DETACH) })
+	return dir, gone, src
+}
+
+const mntnsCheck = "check tmpfs=ok owner=ok symlink=ok hardlink=ok setuid=ok modes=ok bind=ok proc=ok unmounted=ok"
+
+func mntnsChecked(t *testing.T, p *testutil.Proc, when string) {
+	t.Helper()
+	n := len(p.Lines(t))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of %d: %q", p.PID, p.Lines(t))
+		}
+	})
+	p.Signal(t, unix.SIGUSR1)
+	if got, _ := p.WaitLine(t, short, n, "check"); got != mntnsCheck {
+		t.Fatalf("%s the process sees\n%s\nwant\n%s", when, got, mntnsCheck)
+	}
+}
+
+// A process in a mount namespace of its own (a tmpfs with files, a bind
+// mount of a host directory made read-only, a proc, a tmpfs of migrate's
+// namespace unmounted) is dumped and restored into a new namespace with
+// the same mounts: it sees the same files and mounts, Check found its
+// normalised mount table and tmpfs files the image's, and migrate's own
+// mount table is as it was.
+func TestMountNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir, gone, src := mntnsBox(t)
+	before := hostMounts(t)
+	p := testutil.Start(t, testutil.Build(t, "mntns"), "full", dir, gone, src)
+	p.WaitLine(t, short, 0, "ready")
+	mntnsChecked(t, p, "before the dump")
+	wantTable, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	imgDir, img := dumpKill(t, p, "")
+	if img.Mounts == nil {
+		t.Fatal("the image has no mount namespace")
+	}
+	kinds := map[string]string{}
+	for _, m := range img.Mounts.Mounts {
+		kinds[m.Point] = m.Kind
+	}
+	for point, kind := range map[string]string{dir + "/t": core.MountTmpfs, dir + "/t/inner": core.MountTmpfs, dir + "/b": core.MountBind, dir + "/p": core.MountFresh, "/": core.MountHost} {
+		if kinds[point] != kind {
+			t.Errorf("mount %s is of kind %q in the image, want %q", point, kinds[point], kind)
+		}
+	}
+	if _, ok := kinds[gone]; ok {
+		t.Errorf("the image has %s, which the process unmounted", gone)
+	}
+
+	r := restoreOK(t, imgDir, p.Log)
+	mntnsChecked(t, r, "after the restore")
+	gotTable, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", r.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, g := len(strings.Split(string(wantTable), "\n")), len(strings.Split(string(gotTable), "\n")); w != g {
+		t.Errorf("the restored process has %d mounts, the original %d:\n%s\nwant\n%s", g, w, gotTable, wantTable)
+	}
+	mine, _ := os.Readlink("/proc/self/ns/mnt")
+	if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", r.PID)); its == mine {
+		t.Error("the restored process is in migrate's mount namespace")
+	}
+	if after := hostMounts(t); !slices.Equal(before, after) {
+		t.Errorf("migrate's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+}
+
+// An overlay in the process's mount namespace is refused before anything
+// is frozen, naming its mount point and type; the process runs on.
+func TestMountNamespaceOverlayRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	p := testutil.Start(t, testutil.Build(t, "mntns"), "overlay", dir)
+	if line, _ := p.WaitLine(t, short, 0, ""); strings.HasPrefix(line, "FAIL") {
+		testutil.Unavailable(t, "overlay: %s", line)
+	}
+	p.WaitLine(t, short, 0, "ready")
+	_, err := migrate.Dump(context.Background(), p.PID, t.TempDir(), migrate.DumpOptions{Logger: testLogger(t)})
+	var um *source.UnsupportedMountError
+	if !errors.As(err, &um) || um.Point != filepath.Join(dir, "o") || um.FSType != "overlay" {
+		t.Fatalf("dump of a process with an overlay: %v (%T), want an UnsupportedMountError naming %s/o overlay", err, err, dir)
+	}
+	var re *migrate.RefusedError
+	if !errors.As(err, &re) || re.Kind != migrate.RefusedMount {
+		t.Errorf("the refusal is not of kind mount: %v", err)
+	}
+	testutil.RequireRunning(t, p.PID)
+	if st, _ := testutil.State(p.PID); st == 't' {
+		t.Error("the process was left stopped")
+	}
+}
+
+// The live migration of a process in a mount namespace of its own is
+// refused before the target is asked.
+func TestMountNamespaceLiveRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir, gone, src := mntnsBox(t)
+	p := testutil.Start(t, testutil.Build(t, "mntns"), "full", dir, gone, src)
+	p.WaitLine(t, short, 0, "ready")
+	_, err := source.Migrate(context.Background(), source.MigrateOptions{PID: p.PID, To: "127.0.0.1:1"})
+	var bt *source.BadTargetError
+	if !errors.As(err, &bt) {
+		t.Fatalf("live migration of a process in its own mount namespace: %v (%T), want a BadTargetError", err, err)
+	}
+	testutil.RequireRunning(t, p.PID)
+}
