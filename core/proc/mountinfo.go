@@ -60,7 +60,7 @@ func ParseMountInfo(b []byte) ([]MountInfo, error) {
 		if !ok {
 			return nil, bad("separator", string(line), errSyntax)
 		}
-		f, g := strings.Split(pre, " "), strings.Split(post, " ")
+		f, g := strings.Fields(pre), strings.Fields(post)
 		if len(f) < 6 || len(g) < 3 {
 			return nil, bad("fields", string(line), errTooShort)
 		}
