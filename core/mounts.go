@@ -183,3 +183,39 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 	}
 	return nil
 }
+
+// SameTable tells whether two tables have the same mounts, tmpfs files
+// aside (a live migration's first layout has none, its final image has
+// them).
+func (ns *MountNS) SameTable(other *MountNS) bool {
+	if ns == nil || other == nil {
+		return ns == other
+	}
+	if len(ns.Mounts) != len(other.Mounts) {
+		return false
+	}
+	for i := range ns.Mounts {
+		a, b := ns.Mounts[i], other.Mounts[i]
+		a.Files, b.Files = nil, nil
+		if fmt.Sprintf("%+v", a) != fmt.Sprintf("%+v", b) {
+			return false
+		}
+	}
+	return true
+}
+
+// BlobNames returns the blobs of the tmpfs files of the table.
+func (ns *MountNS) BlobNames() []string {
+	if ns == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range ns.Mounts {
+		for _, f := range m.Files {
+			if f.Data != "" {
+				out = append(out, f.Data)
+			}
+		}
+	}
+	return out
+}

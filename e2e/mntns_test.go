@@ -14,6 +14,7 @@ import (
 
 	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -153,17 +154,43 @@ func TestMountNamespaceOverlayRefused(t *testing.T) {
 	}
 }
 
-// The live migration of a process in a mount namespace of its own is
-// refused before the target is asked.
-func TestMountNamespaceLiveRefused(t *testing.T) {
+// A process in a mount namespace of its own moves live between the nodes
+// of a cluster (which share the filesystem: the bound host directory is on
+// both): the target builds the namespace at the first layout, fills its
+// tmpfs mounts with the files of the final state, and the process sees the
+// same files and mounts; the test's mount table is untouched.
+func TestNodeMountNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir, gone, src := mntnsBox(t)
-	p := testutil.Start(t, testutil.Build(t, "mntns"), "full", dir, gone, src)
-	p.WaitLine(t, short, 0, "ready")
-	_, err := source.Migrate(context.Background(), source.MigrateOptions{PID: p.PID, To: "127.0.0.1:1"})
-	var bt *source.BadTargetError
-	if !errors.As(err, &bt) {
-		t.Fatalf("live migration of a process in its own mount namespace: %v (%T), want a BadTargetError", err, err)
+	dir, gone, src := mntnsBox(t) // before the nodes: theirs have gone too
+	bin := testutil.Build(t, "mntns")
+	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOff})
+	before := hostMounts(t)
+	p, err := c.A.Start(cluster.StartOptions{}, bin, "live", dir, gone, src)
+	if err != nil {
+		t.Fatal(err)
 	}
-	testutil.RequireRunning(t, p.PID)
+	checked := func(n *cluster.Node, when string) {
+		t.Helper()
+		testutil.WaitFor(t, short, "the workload to be ready", func() bool { return strings.Contains(readFile(p.Log), "ready") })
+		was := strings.Count(readFile(p.Log), "check")
+		if out, err := n.Command("kill", "-USR1", fmt.Sprint(p.NSPID)).CombinedOutput(); err != nil {
+			t.Fatalf("kill on %s: %v: %s", n, err, out)
+		}
+		testutil.WaitFor(t, short, "a check line "+when, func() bool { return strings.Count(readFile(p.Log), "check") > was })
+		lines := strings.Split(strings.TrimSpace(readFile(p.Log)), "\n")
+		if got := lines[len(lines)-1]; got != mntnsCheck {
+			t.Fatalf("%s the process sees\n%s\nwant\n%s", when, got, mntnsCheck)
+		}
+	}
+	checked(c.A, "before the migration")
+	migrateStep(t, c, c.A, c.B, "mntns", p.NSPID, p.Log)
+	checked(c.B, "after the migration")
+	if after := hostMounts(t); !slices.Equal(before, after) {
+		t.Errorf("the test's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
 }

@@ -179,7 +179,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
-	if err := refuseLiveMounts(opts.PID); err != nil {
+	mounts, err := liveMounts(opts.PID)
+	if err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
@@ -213,7 +214,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, mounts: mounts, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	if err := a.addMembers(pids[1:]); err != nil {
 		return nil, err
@@ -376,10 +377,13 @@ type liveSource struct {
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
 	// others; members is the tree's shape when the migration began.
-	all       []*dumper
-	zombies   []core.Process
-	members   map[int]treeMember
-	img       *core.Image
+	all     []*dumper
+	zombies []core.Process
+	members map[int]treeMember
+	img     *core.Image
+	// mounts is the mount table the first layout announced (Image.Mounts
+	// without the tmpfs files), if the tree has a namespace of its own.
+	mounts    *core.MountNS
 	pagesConn []io.Writer // the page stream of each of all
 	progress  func(RoundReport)
 	notify    func(Milestone)
@@ -575,7 +579,7 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			}
 		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil)}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts}
 		var err error
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
@@ -868,6 +872,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 	}
 	d.lap("blobs, smaps")
+	if err := sameMountTable(a.mounts, d.mounts); err != nil {
+		return nil, err
+	}
+	a.img.Mounts = d.mounts
 	a.img.Blobs = d.blobSums
 	a.img.Clocks, a.img.CPU = f.clocks, f.cpu
 	a.img.Tree = nil

@@ -411,14 +411,35 @@ type countWriter struct{ n *int64 }
 
 func (c countWriter) Write(b []byte) (int, error) { *c.n += int64(len(b)); return len(b), nil }
 
-// refuseLiveMounts refuses the live migration of a process in a mount
-// namespace of its own: the target creates the processes at the first
-// layout, before their mount table and tmpfs contents come with the final
-// state.
-func refuseLiveMounts(pid int) error {
+// liveMounts describes the mount namespace of the process a live
+// migration moves, if not migrate's (nil then): the table the first
+// layout carries, tmpfs contents to come with the final state. The
+// target fills a tmpfs once the processes exist, so a read-only one is
+// refused.
+func liveMounts(pid int) (*core.MountNS, error) {
 	own, err := ownMountNS(pid)
 	if err != nil || !own {
-		return err
+		return nil, err
 	}
-	return &BadTargetError{PID: pid, Reason: "it lives in a mount namespace of its own: live migration of a mount namespace is not supported yet (dump and restore it)"}
+	ns, err := describeMounts(pid)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range ns.Mounts {
+		if m.Kind == core.MountTmpfs && (slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
+			return nil, &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType,
+				Reason: "a read-only tmpfs cannot be moved live (its files are written after the processes are created): dump and restore it"}
+		}
+	}
+	return ns, nil
+}
+
+// sameMountTable checks that the final table of a live migration is the
+// one its first layout announced (the target built that one), but for
+// the tmpfs files the final one adds.
+func sameMountTable(first, final *core.MountNS) error {
+	if !first.SameTable(final) {
+		return errors.New("the mount table of the processes changed during the migration (the target built the first one)")
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -113,6 +114,10 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	// The image's host mounts, each matched to one of the copy.
 	kept := map[int]*proc.MountInfo{} // image mount id -> the copy's
 	used := map[int]bool{}
+	// Host mounts of a virtual filesystem whose instance belongs to the
+	// dumping host's namespaces (the sysfs of its network namespace):
+	// here mounted fresh, this host's instance.
+	fresh := map[int]bool{}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
 		if m.Kind != core.MountHost {
@@ -124,6 +129,10 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 				kept[m.ID], used[c.ID] = c, true
 				break
 			}
+		}
+		if kept[m.ID] == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" {
+			fresh[m.ID] = true
+			continue
 		}
 		if kept[m.ID] == nil {
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
@@ -176,14 +185,23 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 		if err != nil {
 			return &MountError{Point: m.Point, Reason: err.Error()}
 		}
-		switch m.Kind {
-		case core.MountHost:
+		if m.Kind != core.MountHost || fresh[m.ID] {
+			if err := ensureMountPoint(b.hp.PID, ns.Mounts[:i], m); err != nil {
+				return fmt.Errorf("mount point %s: %w", m.Point, err)
+			}
+		}
+		switch {
+		case fresh[m.ID]:
+			if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
+				return err
+			}
+		case m.Kind == core.MountHost:
 			if kept[m.ID].Options != m.Options {
 				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
 					return err
 				}
 			}
-		case core.MountBind:
+		case m.Kind == core.MountBind:
 			a, err := b.put("", m.Point)
 			if err != nil {
 				return err
@@ -194,11 +212,11 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 			if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
 				return err
 			}
-		case core.MountTmpfs:
+		case m.Kind == core.MountTmpfs:
 			if err := b.mount(m.Source, m.Point, m.FSType, flags&^unix.MS_RDONLY, superData(m.Super)); err != nil {
 				return err
 			}
-			if err := b.fillTmpfs(m); err != nil {
+			if err := fillTmpfs(b.hp.PID, m, b.r.session); err != nil {
 				return fmt.Errorf("tmpfs %s: %w", m.Point, err)
 			}
 			if slices.Contains(strings.Split(m.Super, ","), "ro") {
@@ -211,7 +229,7 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 					return err
 				}
 			}
-		case core.MountFresh:
+		case m.Kind == core.MountFresh:
 			if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
 				return err
 			}
@@ -302,11 +320,13 @@ func beneath(dir int, rel string) (int, error) {
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV})
 }
 
-// fillTmpfs creates the files of tmpfs m, just mounted in the husk's
-// namespace and still empty: every file with its mode and owner, times
-// last (children before their directories).
-func (b *nsBuilder) fillTmpfs(m *core.Mount) error {
-	top, err := openInNS(b.hp.PID, m.Point)
+// fillTmpfs creates the files of tmpfs m, mounted in process pid's
+// namespace and empty but for the mount points of the mounts on it (a
+// live migration's: see ensureMountPoint): every file with its mode and
+// owner, times last (children before their directories). A covered file
+// (a mount point) is made as Covered says, or left as it is.
+func fillTmpfs(pid int, m *core.Mount, ss *session) error {
+	top, err := openInNS(pid, m.Point)
 	if err != nil {
 		return err
 	}
@@ -330,9 +350,27 @@ func (b *nsBuilder) fillTmpfs(m *core.Mount) error {
 		f := &m.Files[i]
 		perm := f.Mode & 0o7777
 		err := each(f, func(dir int, name string) error {
+			if f.Covered {
+				// Never chown or chmod it: that would reach the root of
+				// the mount on it.
+				var err error
+				if f.Mode&unix.S_IFMT == unix.S_IFDIR {
+					err = unix.Mkdirat(dir, name, 0o755)
+				} else {
+					err = mkfile(dir, name)
+				}
+				if errors.Is(err, unix.EEXIST) {
+					return nil
+				}
+				return err
+			}
 			switch f.Mode & unix.S_IFMT {
 			case unix.S_IFDIR:
-				if err := unix.Mkdirat(dir, name, 0o700); err != nil {
+				// A directory a live migration's first layout made for a
+				// mount point may be there.
+				var st unix.Stat_t
+				if err := unix.Mkdirat(dir, name, 0o700); err != nil && (!errors.Is(err, unix.EEXIST) ||
+					unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR) {
 					return err
 				}
 			case unix.S_IFLNK:
@@ -346,7 +384,7 @@ func (b *nsBuilder) fillTmpfs(m *core.Mount) error {
 						return unix.Linkat(odir, oname, dir, name, 0)
 					})
 				}
-				if err := b.writeFile(dir, name, f.Data); err != nil {
+				if err := writeFile(dir, name, f.Data, ss); err != nil {
 					return err
 				}
 			}
@@ -375,8 +413,17 @@ func (b *nsBuilder) fillTmpfs(m *core.Mount) error {
 	return nil
 }
 
+// mkfile creates an empty file, root's, mode 0644.
+func mkfile(dir int, name string) error {
+	fd, err := unix.Openat(dir, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
 // writeFile creates file name in dir with the contents of blob.
-func (b *nsBuilder) writeFile(dir int, name, blob string) error {
+func writeFile(dir int, name, blob string, ss *session) error {
 	fd, err := unix.Openat(dir, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
@@ -386,7 +433,7 @@ func (b *nsBuilder) writeFile(dir int, name, blob string) error {
 	if blob == "" {
 		return nil
 	}
-	src, err := b.r.openBlob(b.r.img, blob)
+	src, err := ss.openBlob(ss.img, blob)
 	if err != nil {
 		return err
 	}
@@ -442,7 +489,9 @@ func diffMounts(want []core.Mount, got []proc.MountInfo) string {
 	slices.SortStableFunc(sorted, func(a, b core.Mount) int { return strings.Compare(a.Point, b.Point) })
 	dev := make([]bool, len(sorted))
 	for i, m := range sorted {
-		dev[i] = m.Kind == core.MountHost || m.Kind == core.MountBind
+		// Not of a virtual filesystem's: its instance may be this host's
+		// (see build).
+		dev[i] = (m.Kind == core.MountHost || m.Kind == core.MountBind) && !core.FreshFSTypes[m.FSType]
 	}
 	w, h := normalMounts(want, dev), normalMounts(g, dev)
 	var diffs []string
@@ -610,4 +659,71 @@ func listTmpfs(pid int, point string) ([]core.TmpfsFile, error) {
 		return nil, err
 	}
 	return out, walk(dir, "")
+}
+
+// ensureMountPoint makes the mount point of m when it is on a tmpfs of
+// the image (mounted before it, among earlier) not filled yet (a live
+// migration's, whose files come with the final state): directories
+// root's, mode 0755, and for a bind mount of a file an empty file.
+func ensureMountPoint(pid int, earlier []core.Mount, m *core.Mount) error {
+	var on *core.Mount
+	for i := range earlier {
+		e := &earlier[i]
+		if e.Point != m.Point && (e.Point == "/" || strings.HasPrefix(m.Point, e.Point+"/")) && (on == nil || len(e.Point) >= len(on.Point)) {
+			on = e
+		}
+	}
+	if on == nil || on.Kind != core.MountTmpfs {
+		return nil
+	}
+	dir, err := openInNS(pid, on.Point)
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(strings.TrimPrefix(m.Point, strings.TrimSuffix(on.Point, "/")+"/"), "/")
+	for i, name := range parts {
+		last := i == len(parts)-1
+		if last && m.Kind == core.MountBind {
+			if fi, err := os.Lstat(m.From); err == nil && !fi.IsDir() {
+				err = mkfile(dir, name)
+				unix.Close(dir)
+				if errors.Is(err, unix.EEXIST) {
+					return nil
+				}
+				return err
+			}
+		}
+		if err := unix.Mkdirat(dir, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			unix.Close(dir)
+			return err
+		}
+		next, err := beneath(dir, name)
+		unix.Close(dir)
+		if err != nil {
+			return err
+		}
+		dir = next
+	}
+	return unix.Close(dir)
+}
+
+// fillLiveMounts fills the tmpfs mounts of a live migration's namespace,
+// built empty at the first layout (table first), with the files of the
+// final image: its table must be the first one.
+func (b *Builder) fillLiveMounts(first *core.MountNS) error {
+	ns := b.ss.img.Mounts
+	if !first.SameTable(ns) {
+		return errors.New("mount namespace: the final image's mount table is not the one the processes were created in")
+	}
+	if ns == nil {
+		return nil
+	}
+	for i := range ns.Mounts {
+		if m := &ns.Mounts[i]; m.Kind == core.MountTmpfs {
+			if err := fillTmpfs(b.all[0].pid, m, b.ss); err != nil {
+				return fmt.Errorf("mount namespace: tmpfs %s: %w", m.Point, err)
+			}
+		}
+	}
+	return nil
 }

@@ -333,7 +333,11 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
 			return err
 		}
+		first := b.ss.img.Mounts
 		if err := b.adopt(img); err != nil {
+			return err
+		}
+		if err := b.run(ctx, []stage{{"tmpfs files", func() error { return b.fillLiveMounts(first) }}}); err != nil {
 			return err
 		}
 	}

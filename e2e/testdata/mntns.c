@@ -1,6 +1,6 @@
 /* mntns: a process in a mount namespace of its own, as a container has.
  *
- *   mntns full DIR GONE BINDSRC
+ *   mntns full|live DIR GONE BINDSRC
  *   mntns overlay DIR
  *
  * full: unshare(CLONE_NEWNS), everything private, then: /run/netns and
@@ -9,6 +9,8 @@
  * 1234:5678 mode 0604, a symbolic link, a hard link, a setuid file, and a
  * tmpfs mounted on its directory inner/ (with a file); BINDSRC bound on
  * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec).
+ * live: full, and /proc and /sys replaced by fresh proc and sysfs mounts
+ * (those of the nodes of a cluster differ: a container mounts its own).
  * overlay: the same namespace with an overlay on DIR/o instead.
  *
  * Lines: "ready pid=P"; on SIGUSR1 "check ..." with each part "ok" or
@@ -147,8 +149,17 @@ int main(int argc, char **argv)
 		for (;;)
 			pause();
 	}
-	if (argc != 5 || strcmp(argv[1], "full"))
+	if (argc != 5 || (strcmp(argv[1], "full") && strcmp(argv[1], "live")))
 		return 2;
+	if (!strcmp(argv[1], "live")) {
+		while (!umount2("/proc", MNT_DETACH))
+			;
+		while (!umount2("/sys", MNT_DETACH))
+			;
+		if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) ||
+		    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+			die("mount proc and sysfs");
+	}
 	const char *gone = argv[3], *bindsrc = argv[4];
 	if (umount2(gone, 0))
 		die("umount gone");

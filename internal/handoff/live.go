@@ -26,6 +26,11 @@ type LiveLayout struct {
 	// the freeze): the target refuses at the first layout a process its
 	// CPU could not run.
 	CPU *core.CPUFeatures `json:"cpu,omitempty"`
+	// Mounts is the processes' mount namespace, when not the source
+	// migrate's: the target creates them in a new one built so, its tmpfs
+	// mounts empty (their files come with the state's image, whose table
+	// must be this one).
+	Mounts *core.MountNS `json:"mounts,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
