@@ -86,21 +86,37 @@ func TestMountNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir, gone, src := mntnsBox(t)
 	before := hostMounts(t)
+	var child int
+	// Registered before the parent's own cleanup, so run after it: the
+	// child (the original's, or the restored one) is then an orphan.
+	t.Cleanup(func() {
+		if child > 0 {
+			testutil.ReapOrphan(t, child)
+		}
+	})
 	p := testutil.Start(t, testutil.Build(t, "mntns"), "full", dir, gone, src)
-	p.WaitLine(t, short, 0, "ready")
+	line, _ := p.WaitLine(t, short, 0, "ready")
+	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil || child == 0 {
+		t.Fatalf("%q: %v", line, err)
+	}
 	mntnsChecked(t, p, "before the dump")
 	wantTable, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", p.PID))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	imgDir, img := dumpKill(t, p, "")
+	imgDir, img := dumpTreeKill(t, p, child)
 	if img.Mounts == nil {
 		t.Fatal("the image has no mount namespace")
 	}
 	kinds := map[string]string{}
 	for _, m := range img.Mounts.Mounts {
 		kinds[m.Point] = m.Kind
+	}
+	for _, m := range img.Mounts.Mounts {
+		if m.Shared != (m.Point == dir+"/t") {
+			t.Errorf("mount %s: shared %v in the image", m.Point, m.Shared)
+		}
 	}
 	for point, kind := range map[string]string{dir + "/t": core.MountTmpfs, dir + "/t/inner": core.MountTmpfs, dir + "/b": core.MountBind, dir + "/p": core.MountFresh, "/": core.MountHost} {
 		if kinds[point] != kind {
@@ -151,6 +167,42 @@ func TestMountNamespaceOverlayRefused(t *testing.T) {
 	testutil.RequireRunning(t, p.PID)
 	if st, _ := testutil.State(p.PID); st == 't' {
 		t.Error("the process was left stopped")
+	}
+}
+
+// A tree whose processes live in different mount namespaces is refused
+// (a tree moves with one), and so is a process whose root directory is
+// not its namespace's (chroot); both run on.
+func TestMountNamespaceRefusals(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, mode := range []string{"split", "chroot"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			var child int
+			t.Cleanup(func() {
+				if child > 0 {
+					testutil.ReapOrphan(t, child)
+				}
+			})
+			p := testutil.Start(t, testutil.Build(t, "mntns"), mode, dir)
+			line, _ := p.WaitLine(t, short, 0, "ready")
+			if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+			var bt *source.BadTargetError
+			var um *source.UnsupportedMountError
+			switch {
+			case mode == "split" && (!errors.As(err, &bt) || bt.PID != child):
+				t.Fatalf("dump of a tree in two mount namespaces: %v (%T), want a BadTargetError naming %d", err, err, child)
+			case mode == "chroot" && (!errors.As(err, &um) || um.Point != "/"):
+				t.Fatalf("dump of a chrooted process: %v (%T), want an UnsupportedMountError", err, err)
+			}
+			testutil.RequireRunning(t, p.PID)
+			if child > 0 {
+				testutil.RequireRunning(t, child)
+			}
+		})
 	}
 }
 

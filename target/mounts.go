@@ -234,6 +234,9 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 				return err
 			}
 		}
+	}
+	// Shared last: a mount made under a shared one would be shared too.
+	for _, m := range ns.Mounts {
 		if m.Shared {
 			if err := b.mount("", m.Point, "", unix.MS_SHARED, ""); err != nil {
 				return err

@@ -1,19 +1,23 @@
 /* mntns: a process in a mount namespace of its own, as a container has.
  *
  *   mntns full|live DIR GONE BINDSRC
- *   mntns overlay DIR
+ *   mntns overlay|split|chroot DIR
  *
  * full: unshare(CLONE_NEWNS), everything private, then: /run/netns and
  * GONE (a tmpfs of the caller's namespace) unmounted; a tmpfs on DIR/t
  * (size=1m,mode=0750) holding a file, a directory with a file owned by
  * 1234:5678 mode 0604, a symbolic link, a hard link, a setuid file, and a
  * tmpfs mounted on its directory inner/ (with a file); BINDSRC bound on
- * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec).
+ * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec);
+ * DIR/t made shared (a peer group of its own); a child that shares the
+ * namespace, sleeping.
  * live: full, and /proc and /sys replaced by fresh proc and sysfs mounts
  * (those of the nodes of a cluster differ: a container mounts its own).
  * overlay: the same namespace with an overlay on DIR/o instead.
+ * split: a child in a mount namespace of its own (another than its
+ * parent's). chroot: the process chroots into DIR.
  *
- * Lines: "ready pid=P"; on SIGUSR1 "check ..." with each part "ok" or
+ * Lines: "ready pid=P child=C" (C 0 without a child); on SIGUSR1 "check ..." with each part "ok" or
  * what went wrong. */
 #include "common.h"
 #include <sched.h>
@@ -136,6 +140,34 @@ int main(int argc, char **argv)
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
 		die("make private");
 	umount2("/run/netns", MNT_DETACH); /* other tests' network namespaces come and go */
+	if (!strcmp(argv[1], "split")) {
+		pid_t child = fork();
+		if (child < 0)
+			die("fork");
+		if (child == 0) {
+			if (unshare(CLONE_NEWNS))
+				die("unshare child");
+			for (;;)
+				pause();
+		}
+		for (;;) {
+			char ns[64] = "", cns[64] = "", p[64];
+			snprintf(p, sizeof p, "/proc/%d/ns/mnt", (int)child);
+			if (readlink("/proc/self/ns/mnt", ns, sizeof ns - 1) > 0 && readlink(p, cns, sizeof cns - 1) > 0 && strcmp(ns, cns))
+				break;
+			msleep(1);
+		}
+		say("ready pid=%d child=%d", getpid(), (int)child);
+		for (;;)
+			pause();
+	}
+	if (!strcmp(argv[1], "chroot")) {
+		if (chroot(dir) || chdir("/"))
+			die("chroot");
+		say("ready pid=%d child=0", getpid());
+		for (;;)
+			pause();
+	}
 	if (!strcmp(argv[1], "overlay")) {
 		char opts[4096];
 		mkdir(path(dir, "lower"), 0755);
@@ -145,7 +177,7 @@ int main(int argc, char **argv)
 		snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s", path(dir, "lower"), path(dir, "upper"), path(dir, "work"));
 		if (mount("overlay", path(dir, "o"), "overlay", 0, opts))
 			die("mount overlay");
-		say("ready pid=%d", getpid());
+		say("ready pid=%d child=0", getpid());
 		for (;;)
 			pause();
 	}
@@ -185,7 +217,19 @@ int main(int argc, char **argv)
 		die("bind");
 	if (mount("proc", path(dir, "p"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
 		die("mount proc");
-	say("ready pid=%d", getpid());
+	if (mount(NULL, path(dir, "t"), NULL, MS_SHARED, NULL))
+		die("make shared");
+	pid_t child = 0;
+	if (!strcmp(argv[1], "full")) {
+		child = fork();
+		if (child < 0)
+			die("fork");
+		if (child == 0) {
+			for (;;)
+				msleep(20);
+		}
+	}
+	say("ready pid=%d child=%d", getpid(), (int)child);
 	for (;;) {
 		msleep(20);
 		if (got_usr1) {
