@@ -292,99 +292,58 @@ func checkPathsOnHost(d *dumper, mounts []core.Mount) error {
 
 // readTmpfs lists the files of a tmpfs of the namespace (through process
 // pid's root) and stores their contents as blobs; total counts the bytes
-// of all of them, bounded by core.MaxTmpfsBytes. A directory another
-// mount covers is described as the covering mount's root shows it, empty
-// (the directory under it cannot be seen).
+// of all of them, bounded by core.MaxTmpfsBytes. A mount point of another
+// mount on it is described as covered (what it covers cannot be seen).
 func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 	refuse := func(reason string) error {
 		return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
 	}
-	top, err := unix.Open(fmt.Sprintf("/proc/%d/root%s", pid, m.Point), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	links := map[uint64]string{}
+	err := proc.WalkMount(pid, m.Point, uint64(m.ID), func(e *proc.MountEntry) error {
+		st := &e.Stat
+		tf := core.TmpfsFile{Path: e.Path, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
+			Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
+		switch mode := uint32(st.Mode) & unix.S_IFMT; {
+		case e.Covered:
+			tf = core.TmpfsFile{Path: e.Path, Mode: unix.S_IFDIR | 0o755, Covered: true}
+			if mode != unix.S_IFDIR {
+				tf.Mode = unix.S_IFREG | 0o644
+			}
+		case mode == unix.S_IFDIR:
+		case mode == unix.S_IFLNK:
+			var err error
+			if tf.Link, err = proc.Readlinkat(e.Dir, e.Name); err != nil || tf.Link == "" {
+				return refuse(fmt.Sprintf("symbolic link %s: %v", e.Path, err))
+			}
+		case mode == unix.S_IFREG:
+			if first, ok := links[st.Ino]; ok && st.Nlink > 1 {
+				tf.HardLink = first
+				break
+			}
+			links[st.Ino] = e.Path
+			*total += int64(st.Size)
+			if *total > core.MaxTmpfsBytes {
+				return refuse(fmt.Sprintf("the tmpfs mounts hold more than %d MiB: their contents travel in the image while the processes are frozen", core.MaxTmpfsBytes>>20))
+			}
+			if st.Size > 0 {
+				var err error
+				if tf.Data, err = ss.copyTmpfsFile(e.Dir, e.Name, int64(st.Size)); err != nil {
+					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, e.Path, err)
+				}
+			}
+		default:
+			return refuse(fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode))
+		}
+		m.Files = append(m.Files, tf)
+		return nil
+	})
+	if errors.Is(err, proc.ErrOtherMount) {
+		return refuse("another mount covers it whole: its files cannot be read")
+	}
 	if err != nil {
 		return fmt.Errorf("tmpfs %s: %w", m.Point, err)
 	}
-	defer unix.Close(top)
-	var st unix.Statx_t
-	if err := unix.Statx(top, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
-		return err
-	}
-	if st.Mnt_id != uint64(m.ID) {
-		return refuse("another mount covers it whole: its files cannot be read")
-	}
-	links := map[[2]uint64]string{}
-	var walk func(dir int, rel string) error
-	walk = func(dir int, rel string) error {
-		f := os.NewFile(uintptr(dir), rel)
-		defer f.Close()
-		names, err := f.Readdirnames(-1)
-		if err != nil {
-			return fmt.Errorf("tmpfs %s: read directory %q: %w", m.Point, rel, err)
-		}
-		slices.Sort(names)
-		for _, name := range names {
-			p := path.Join(rel, name)
-			var st unix.Statx_t
-			if err := unix.Statx(dir, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_MNT_ID, &st); err != nil {
-				return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
-			}
-			tf := core.TmpfsFile{Path: p, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
-				Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
-			covered := st.Mnt_id != uint64(m.ID)
-			switch mode := uint32(st.Mode) & unix.S_IFMT; {
-			case covered:
-				// The mount point of another mount: its own root is seen.
-				tf = core.TmpfsFile{Path: p, Mode: unix.S_IFDIR | 0o755, Covered: true}
-				if mode != unix.S_IFDIR {
-					tf.Mode = unix.S_IFREG | 0o644
-				}
-			case mode == unix.S_IFDIR:
-				m.Files = append(m.Files, tf)
-				sub, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-				if err != nil {
-					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
-				}
-				if err := walk(sub, p); err != nil {
-					return err
-				}
-				continue
-			case mode == unix.S_IFLNK:
-				buf := make([]byte, 4096)
-				n, err := unix.Readlinkat(dir, name, buf)
-				if err != nil {
-					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
-				}
-				if n == 0 || n >= len(buf) {
-					return refuse(fmt.Sprintf("symbolic link %s: target empty or too long", p))
-				}
-				tf.Link = string(buf[:n])
-			case mode == unix.S_IFREG:
-				key := [2]uint64{st.Ino, 0}
-				if first, ok := links[key]; ok && st.Nlink > 1 {
-					tf.HardLink = first
-					break
-				}
-				links[key] = p
-				*total += int64(st.Size)
-				if *total > core.MaxTmpfsBytes {
-					return refuse(fmt.Sprintf("the tmpfs mounts hold more than %d MiB: their contents travel in the image while the processes are frozen", core.MaxTmpfsBytes>>20))
-				}
-				if st.Size > 0 {
-					if tf.Data, err = ss.copyTmpfsFile(dir, name, int64(st.Size)); err != nil {
-						return fmt.Errorf("tmpfs %s: %s: %w", m.Point, p, err)
-					}
-				}
-			default:
-				return refuse(fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", p, st.Mode))
-			}
-			m.Files = append(m.Files, tf)
-		}
-		return nil
-	}
-	dir, err := unix.Openat(top, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	return walk(dir, "")
+	return nil
 }
 
 // copyTmpfsFile stores the contents of a file of a tmpfs (size bytes, as
