@@ -45,7 +45,7 @@ func mntnsBox(t *testing.T) (dir, gone, src string) {
 	t.Helper()
 	base := t.TempDir()
 	dir, gone, src = filepath.Join(base, "box"), filepath.Join(base, "gone"), filepath.Join(base, "src")
-	for _, d := range []string{dir, filepath.Join(dir, "t"), filepath.Join(dir, "b"), filepath.Join(dir, "p"), gone, src} {
+	for _, d := range []string{dir, filepath.Join(dir, "t"), filepath.Join(dir, "b"), filepath.Join(dir, "p"), filepath.Join(dir, "pts"), filepath.Join(dir, "mq"), gone, src} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func mntnsBox(t *testing.T) (dir, gone, src string) {
 	return dir, gone, src
 }
 
-const mntnsCheck = "check tmpfs=ok owner=ok symlink=ok hardlink=ok setuid=ok modes=ok bind=ok proc=ok unmounted=ok"
+const mntnsCheck = "check tmpfs=ok owner=ok symlink=ok hardlink=ok setuid=ok modes=ok bind=ok proc=ok virtual=ok unmounted=ok"
 
 func mntnsChecked(t *testing.T, p *testutil.Proc, when string) {
 	t.Helper()
@@ -118,7 +118,7 @@ func TestMountNamespace(t *testing.T) {
 			t.Errorf("mount %s: shared %v in the image", m.Point, m.Shared)
 		}
 	}
-	for point, kind := range map[string]string{dir + "/t": core.MountTmpfs, dir + "/t/inner": core.MountTmpfs, dir + "/b": core.MountBind, dir + "/p": core.MountFresh, "/": core.MountHost} {
+	for point, kind := range map[string]string{dir + "/t": core.MountTmpfs, dir + "/t/inner": core.MountTmpfs, dir + "/b": core.MountBind, dir + "/p": core.MountFresh, dir + "/pts": core.MountFresh, dir + "/mq": core.MountFresh, "/": core.MountHost} {
 		if kinds[point] != kind {
 			t.Errorf("mount %s is of kind %q in the image, want %q", point, kinds[point], kind)
 		}

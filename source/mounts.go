@@ -181,10 +181,10 @@ func checkRoot(pid int, ns *core.MountNS) error {
 	}
 	if its.Dev != mine.Dev || its.Ino != mine.Ino {
 		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
-			Reason: "the process's root directory is not migrate's (chroot or pivot_root): not supported"}
+			Reason: "the process's root directory is not migrate's (chroot, or pivot_root into a root filesystem): not supported yet"}
 	}
 	if c := coveringMount(ns.Mounts, "/"); c == nil || c.Kind != core.MountHost {
-		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not the host's"}
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not a mount of migrate's (pivot_root into a root filesystem): not supported yet"}
 	}
 	return nil
 }

@@ -8,7 +8,8 @@
  * (size=1m,mode=0750) holding a file, a directory with a file owned by
  * 1234:5678 mode 0604, a symbolic link, a hard link, a setuid file, and a
  * tmpfs mounted on its directory inner/ (with a file); BINDSRC bound on
- * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec);
+ * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec), a
+ * new devpts instance on DIR/pts, an mqueue on DIR/mq;
  * DIR/t made shared (a peer group of its own); a child that shares the
  * namespace, sleeping.
  * live: full, and /proc and /sys replaced by fresh proc and sysfs mounts
@@ -22,6 +23,7 @@
 #include "common.h"
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/vfs.h>
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
@@ -120,6 +122,11 @@ static void check(const char *dir, const char *gone)
 			fail("proc", "self is %s", buf);
 	} else
 		fail("proc", "readlink: %s", strerror(errno));
+	struct statfs pts, mq;
+	if (!statfs(path(dir, "pts"), &pts) && pts.f_type == 0x1cd1 && !statfs(path(dir, "mq"), &mq) && mq.f_type == 0x19800202)
+		ok("virtual");
+	else
+		fail("virtual", "devpts or mqueue missing");
 	char parent[4096];
 	snprintf(parent, sizeof parent, "%s/..", gone);
 	if (!stat(gone, &g) && !stat(parent, &gp) && g.st_dev == gp.st_dev)
@@ -217,6 +224,9 @@ int main(int argc, char **argv)
 		die("bind");
 	if (mount("proc", path(dir, "p"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
 		die("mount proc");
+	if (mount("devpts", path(dir, "pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,mode=620,ptmxmode=666") ||
+	    mount("mqueue", path(dir, "mq"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		die("mount devpts, mqueue");
 	if (mount(NULL, path(dir, "t"), NULL, MS_SHARED, NULL))
 		die("make shared");
 	pid_t child = 0;
