@@ -168,10 +168,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
 		return nil, err
 	}
+	var alive []int
 	for _, pid := range pids {
 		if members[pid].zombie {
 			continue
 		}
+		alive = append(alive, pid)
 		if err := refuseDeletedMappings(pid); err != nil {
 			return nil, err
 		}
@@ -179,7 +181,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
-	mounts, err := liveMounts(opts.PID)
+	mounts, err := liveMounts(alive)
 	if err != nil {
 		return nil, err
 	}

@@ -215,18 +215,12 @@ func coveringMount(mounts []core.Mount, p string) *core.Mount {
 func (ss *session) readMounts(all []*dumper) error {
 	ss.mounts = nil
 	root := all[0]
-	rootNS, err := mountNS(root.pid)
-	if err != nil {
-		return err
+	pids := make([]int, len(all))
+	for i, d := range all {
+		pids[i] = d.pid
 	}
-	for _, d := range all[1:] {
-		ns, err := mountNS(d.pid)
-		if err != nil {
-			return err
-		}
-		if ns != rootNS {
-			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("it lives in mount namespace %s, process %d in %s: a tree moves with one mount namespace", ns, root.pid, rootNS)}
-		}
+	if err := sameMountNS(pids); err != nil {
+		return err
 	}
 	own, err := ownMountNS(root.pid)
 	if err != nil || !own {
@@ -374,8 +368,13 @@ func (c countWriter) Write(b []byte) (int, error) { *c.n += int64(len(b)); retur
 // migration moves, if not migrate's (nil then): the table the first
 // layout carries, tmpfs contents to come with the final state. The
 // target fills a tmpfs once the processes exist, so a read-only one is
-// refused.
-func liveMounts(pid int) (*core.MountNS, error) {
+// refused. Every process of the tree (pids, the root first) must be in
+// the root's namespace.
+func liveMounts(pids []int) (*core.MountNS, error) {
+	pid := pids[0]
+	if err := sameMountNS(pids); err != nil {
+		return nil, err
+	}
 	own, err := ownMountNS(pid)
 	if err != nil || !own {
 		return nil, err
@@ -399,6 +398,25 @@ func liveMounts(pid int) (*core.MountNS, error) {
 func sameMountTable(first, final *core.MountNS) error {
 	if !first.SameTable(final) {
 		return errors.New("the mount table of the processes changed during the migration (the target built the first one)")
+	}
+	return nil
+}
+
+// sameMountNS refuses a tree (pids, the root first) whose processes are
+// not all in the root's mount namespace.
+func sameMountNS(pids []int) error {
+	rootNS, err := mountNS(pids[0])
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids[1:] {
+		ns, err := mountNS(pid)
+		if err != nil {
+			return err
+		}
+		if ns != rootNS {
+			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("it lives in mount namespace %s, process %d in %s: a tree moves with one mount namespace", ns, pids[0], rootNS)}
+		}
 	}
 	return nil
 }
