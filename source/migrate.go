@@ -379,16 +379,14 @@ type liveSource struct {
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
 	// others; members is the tree's shape when the migration began.
-	all     []*dumper
-	zombies []core.Process
-	members map[int]treeMember
-	img     *core.Image
-	// mounts is the mount table the first layout announced (Image.Mounts
-	// without the tmpfs files), if the tree has a namespace of its own.
-	mounts    *core.MountNS
+	all       []*dumper
+	zombies   []core.Process
+	members   map[int]treeMember
+	img       *core.Image
 	pagesConn []io.Writer // the page stream of each of all
 	progress  func(RoundReport)
 	notify    func(Milestone)
+	mounts    *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
 	frozen    time.Time
 	resumed   time.Time
 	// released are the listening sockets let go at the freeze (to be
