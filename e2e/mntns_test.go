@@ -171,11 +171,13 @@ func TestMountNamespaceOverlayRefused(t *testing.T) {
 }
 
 // A tree whose processes live in different mount namespaces is refused
-// (a tree moves with one), and so is a process whose root directory is
-// not its namespace's (chroot); both run on.
+// (a tree moves with one), and so are a process whose root directory is
+// not its namespace's (chroot), a tmpfs holding a FIFO (named), and a
+// read-only tmpfs in a live migration (its files are written once the
+// processes exist); all run on.
 func TestMountNamespaceRefusals(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, mode := range []string{"split", "chroot"} {
+	for _, mode := range []string{"split", "chroot", "fifo", "rotmpfs"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
 			var child int
@@ -189,7 +191,12 @@ func TestMountNamespaceRefusals(t *testing.T) {
 			if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil {
 				t.Fatalf("%q: %v", line, err)
 			}
-			_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+			var err error
+			if mode == "rotmpfs" {
+				_, err = source.Migrate(context.Background(), source.MigrateOptions{PID: p.PID, To: "127.0.0.1:1"})
+			} else {
+				_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+			}
 			var bt *source.BadTargetError
 			var um *source.UnsupportedMountError
 			switch {
@@ -197,6 +204,10 @@ func TestMountNamespaceRefusals(t *testing.T) {
 				t.Fatalf("dump of a tree in two mount namespaces: %v (%T), want a BadTargetError naming %d", err, err, child)
 			case mode == "chroot" && (!errors.As(err, &um) || um.Point != "/"):
 				t.Fatalf("dump of a chrooted process: %v (%T), want an UnsupportedMountError", err, err)
+			case (mode == "fifo" || mode == "rotmpfs") && (!errors.As(err, &um) || um.Point != dir || um.FSType != "tmpfs"):
+				t.Fatalf("%s: %v (%T), want an UnsupportedMountError naming %s", mode, err, err, dir)
+			case mode == "fifo" && um.File != "fifo":
+				t.Errorf("the refusal does not name the FIFO: %v", err)
 			}
 			testutil.RequireRunning(t, p.PID)
 			if child > 0 {

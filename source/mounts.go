@@ -21,6 +21,9 @@ type UnsupportedMountError struct {
 	PID    int
 	Point  string
 	FSType string
+	// File is the file of the mount that cannot be recreated (a special
+	// file of a tmpfs), relative to it, if that is the reason.
+	File   string
 	Reason string
 }
 
@@ -326,7 +329,8 @@ func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 				}
 			}
 		default:
-			return refuse(fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode))
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+				Reason: fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode)}
 		}
 		m.Files = append(m.Files, tf)
 		return nil

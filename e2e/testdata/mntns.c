@@ -1,7 +1,7 @@
 /* mntns: a process in a mount namespace of its own, as a container has.
  *
  *   mntns full|live DIR GONE BINDSRC
- *   mntns overlay|split|chroot DIR
+ *   mntns overlay|split|chroot|fifo|rotmpfs DIR
  *
  * full: unshare(CLONE_NEWNS), everything private, then: /run/netns and
  * GONE (a tmpfs of the caller's namespace) unmounted; a tmpfs on DIR/t
@@ -16,7 +16,8 @@
  * (those of the nodes of a cluster differ: a container mounts its own).
  * overlay: the same namespace with an overlay on DIR/o instead.
  * split: a child in a mount namespace of its own (another than its
- * parent's). chroot: the process chroots into DIR.
+ * parent's). chroot: the process chroots into DIR. fifo: a tmpfs on DIR
+ * holding a FIFO (DIR/fifo). rotmpfs: a read-only tmpfs on DIR.
  *
  * Lines: "ready pid=P child=C" (C 0 without a child); on SIGUSR1 "check ..." with each part "ok" or
  * what went wrong. */
@@ -165,6 +166,17 @@ int main(int argc, char **argv)
 			msleep(1);
 		}
 		say("ready pid=%d child=%d", getpid(), (int)child);
+		for (;;)
+			pause();
+	}
+	if (!strcmp(argv[1], "fifo") || !strcmp(argv[1], "rotmpfs")) {
+		if (mount("odd", dir, "tmpfs", 0, "size=64k"))
+			die("mount tmpfs");
+		if (!strcmp(argv[1], "fifo") && mkfifo(path(dir, "fifo"), 0600))
+			die("mkfifo");
+		if (!strcmp(argv[1], "rotmpfs") && mount(NULL, dir, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL))
+			die("read-only");
+		say("ready pid=%d child=0", getpid());
 		for (;;)
 			pause();
 	}
