@@ -43,7 +43,10 @@ type Mount struct {
 	Options string `json:"options"` // per-mount options
 	// Shared is set for a mount shared with the mounts of its peer group
 	// inside the namespace (not with a mount outside it).
-	Shared bool   `json:"shared,omitempty"`
+	Shared bool `json:"shared,omitempty"`
+	// Slave is set for a host mount that receives mounts from its peer
+	// group outside the namespace (the host's copy of it).
+	Slave  bool   `json:"slave,omitempty"`
 	FSType string `json:"fstype"`
 	Source string `json:"source"`
 	Super  string `json:"super"` // superblock options
@@ -114,6 +117,9 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 			if len(s) > 4096 || strings.IndexByte(s, 0) >= 0 {
 				return bad("field too long or with a NUL byte")
 			}
+		}
+		if m.Slave && (m.Shared || m.Kind != MountHost) {
+			return bad("a slave that is shared too or not a host mount")
 		}
 		switch m.Kind {
 		case MountHost:

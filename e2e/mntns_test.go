@@ -39,13 +39,15 @@ func hostMounts(t *testing.T) []string {
 }
 
 // mntnsBox makes the directories the mntns workload mounts on, a tmpfs
-// of the test's namespace for it to unmount (gone) and a host directory
-// for it to bind (src).
+// of the test's namespace for it to unmount (gone), a host directory for
+// it to bind (src), and a shared tmpfs (shared, next to them) of which it
+// has a slave.
 func mntnsBox(t *testing.T) (dir, gone, src string) {
 	t.Helper()
 	base := t.TempDir()
 	dir, gone, src = filepath.Join(base, "box"), filepath.Join(base, "gone"), filepath.Join(base, "src")
-	for _, d := range []string{dir, filepath.Join(dir, "t"), filepath.Join(dir, "b"), filepath.Join(dir, "p"), filepath.Join(dir, "pts"), filepath.Join(dir, "mq"), gone, src} {
+	shared := filepath.Join(base, "shared")
+	for _, d := range []string{shared, dir, filepath.Join(dir, "t"), filepath.Join(dir, "b"), filepath.Join(dir, "p"), filepath.Join(dir, "pts"), filepath.Join(dir, "mq"), gone, src} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -57,6 +59,13 @@ func mntnsBox(t *testing.T) (dir, gone, src string) {
 		testutil.Unavailable(t, "mount a tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(gone, unix.MNT_DETACH) })
+	if err := unix.Mount("shared", shared, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(shared, unix.MNT_DETACH) })
+	if err := unix.Mount("", shared, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
 	return dir, gone, src
 }
 
@@ -114,8 +123,8 @@ func TestMountNamespace(t *testing.T) {
 		kinds[m.Point] = m.Kind
 	}
 	for _, m := range img.Mounts.Mounts {
-		if m.Shared != (m.Point == dir+"/t") {
-			t.Errorf("mount %s: shared %v in the image", m.Point, m.Shared)
+		if m.Shared != (m.Point == dir+"/t") || m.Slave != (m.Point == filepath.Dir(dir)+"/shared") {
+			t.Errorf("mount %s: shared %v, slave %v in the image", m.Point, m.Shared, m.Slave)
 		}
 	}
 	for point, kind := range map[string]string{dir + "/t": core.MountTmpfs, dir + "/t/inner": core.MountTmpfs, dir + "/b": core.MountBind, dir + "/p": core.MountFresh, dir + "/pts": core.MountFresh, dir + "/mq": core.MountFresh, "/": core.MountHost} {
@@ -142,6 +151,19 @@ func TestMountNamespace(t *testing.T) {
 	}
 	if after := hostMounts(t); !slices.Equal(before, after) {
 		t.Errorf("migrate's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+	// The slave still receives the mounts made on the shared mount here.
+	sub := filepath.Join(filepath.Dir(dir), "shared", "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("sub", sub, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(sub, unix.MNT_DETACH)
+	table, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", r.PID))
+	if !strings.Contains(string(table), " "+sub+" ") {
+		t.Errorf("a mount on the shared mount did not reach the restored slave:\n%s", table)
 	}
 }
 

@@ -96,13 +96,16 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		if err := core.ValidPath(m.Point); err != nil {
 			return nil, refuse(m, "its mount point is not a clean path")
 		}
-		for _, o := range m.Optional {
-			switch {
-			case strings.HasPrefix(o, "master:"):
-				return nil, refuse(m, "it is a slave mount (receives mounts from peer group "+strings.TrimPrefix(o, "master:")+"): only private and shared mounts are kept")
-			case o == "unbindable":
-				return nil, refuse(m, "it is unbindable: only private and shared mounts are kept")
+		if slices.Contains(m.Optional, "unbindable") {
+			return nil, refuse(m, "it is unbindable: only private, shared and slave mounts are kept")
+		}
+		if g := m.Master(); g != 0 {
+			// Kept as the slave of the restoring host's copy of the host
+			// mount (checked below to be one).
+			if !hostGroups[g] || m.Shared() != 0 {
+				return nil, refuse(m, fmt.Sprintf("it is a slave of peer group %d, not of a mount of migrate's namespace, or shared too: only private and shared mounts, and slaves of the host's, are kept", g))
 			}
+			cm.Slave = true
 		}
 		if g := m.Shared(); g != 0 {
 			if hostGroups[g] {
@@ -128,6 +131,8 @@ func describeMounts(pid int) (*core.MountNS, error) {
 			}
 		}
 		switch {
+		case cm.Slave && host == nil:
+			return nil, refuse(m, "a slave mount that is not a copy of one of migrate's namespace: not kept")
 		case host != nil:
 			cm.Kind = core.MountHost
 		case under != nil:

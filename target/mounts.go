@@ -104,7 +104,10 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	if _, err := b.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWNS); err != nil {
 		return err
 	}
-	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+	// Slaves first: nothing done here propagates out, and the host
+	// mounts the image has as slaves still receive from the host's; every
+	// other mount is made private below.
+	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return err
 	}
 	cur, err := proc.ReadMountInfo(b.hp.PID)
@@ -130,12 +133,28 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 				break
 			}
 		}
-		if kept[m.ID] == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" {
+		if kept[m.ID] == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" && !m.Slave {
 			fresh[m.ID] = true
 			continue
 		}
 		if kept[m.ID] == nil {
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
+		}
+		if m.Slave && kept[m.ID].Master() == 0 {
+			return &MountError{Point: m.Point, Reason: "a slave of the dumping host's mount, but this host's is not shared"}
+		}
+	}
+	slaves := map[int]bool{} // of the copy
+	for i := range ns.Mounts {
+		if m := &ns.Mounts[i]; m.Slave {
+			slaves[kept[m.ID].ID] = true
+		}
+	}
+	for _, c := range cur {
+		if c.Master() != 0 && !slaves[c.ID] {
+			if err := b.mount("", c.Point, "", unix.MS_PRIVATE, ""); err != nil {
+				return err
+			}
 		}
 	}
 	// Detached copies of the bind mounts' host paths, while every mount
@@ -436,6 +455,9 @@ func normalMount(m core.Mount, parent string, dev bool) string {
 	if m.Shared {
 		prop = "shared"
 	}
+	if m.Slave {
+		prop = "slave"
+	}
 	s := fmt.Sprintf("%s root=%s %s source=%s options=%s super=%s %s parent=%s", m.Point, m.Root, m.FSType, m.Source, m.Options, m.Super, prop, parent)
 	if dev {
 		s += " dev=" + m.Dev
@@ -469,7 +491,7 @@ func diffMounts(want []core.Mount, got []proc.MountInfo) string {
 	var g []core.Mount
 	for _, m := range got {
 		g = append(g, core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
-			Shared: m.Shared() != 0, FSType: m.FSType, Source: m.Source, Super: m.Super})
+			Shared: m.Shared() != 0, Slave: m.Master() != 0, FSType: m.FSType, Source: m.Source, Super: m.Super})
 	}
 	// Devices of the host's and bound mounts, by the sorted order.
 	sorted := slices.Clone(want)

@@ -3,7 +3,8 @@
  *   mntns full|live DIR GONE BINDSRC
  *   mntns overlay|split|chroot|fifo|rotmpfs DIR
  *
- * full: unshare(CLONE_NEWNS), everything private, then: /run/netns and
+ * full: unshare(CLONE_NEWNS), the caller's shared mounts slaves (the rest
+ * private), then: /run/netns and
  * GONE (a tmpfs of the caller's namespace) unmounted; a tmpfs on DIR/t
  * (size=1m,mode=0750) holding a file, a directory with a file owned by
  * 1234:5678 mode 0604, a symbolic link, a hard link, a setuid file, and a
@@ -145,8 +146,10 @@ int main(int argc, char **argv)
 	signal(SIGUSR1, on_usr1);
 	if (unshare(CLONE_NEWNS))
 		die("unshare");
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
-		die("make private");
+	/* Slaves of the shared mounts of the caller's namespace (DIR/../shared
+	 * in the tests), the rest private. */
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL))
+		die("make slave");
 	umount2("/run/netns", MNT_DETACH); /* other tests' network namespaces come and go */
 	if (!strcmp(argv[1], "split")) {
 		pid_t child = fork();
