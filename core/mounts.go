@@ -54,6 +54,9 @@ type Mount struct {
 	From string `json:"from,omitempty"`
 	// Files are a tmpfs's contents, parents before their children.
 	Files []TmpfsFile `json:"files,omitempty"`
+	// Top is a tmpfs's root directory (Path "."): its mode, owner and
+	// times, which the mount options give only as they were at mount.
+	Top *TmpfsFile `json:"top,omitempty"`
 }
 
 // TmpfsFile is a file, directory or symbolic link of a tmpfs.
@@ -138,6 +141,10 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 		default:
 			return bad("kind %q", m.Kind)
 		}
+		if m.Top != nil && (m.Kind != MountTmpfs || m.Top.Path != "." || m.Top.Mode&sIFMT != sIFDIR || m.Top.Mode&^(sIFMT|0o7777) != 0 ||
+			m.Top.Link != "" || m.Top.Data != "" || m.Top.HardLink != "" || m.Top.Covered) {
+			return bad("root directory %+v", *m.Top)
+		}
 		if m.Kind != MountTmpfs && len(m.Files) > 0 {
 			return bad("files in a %s mount", m.Kind)
 		}
@@ -191,7 +198,7 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 }
 
 // SameTable tells whether two tables have the same mounts, tmpfs files
-// aside (a live migration's first layout has none, its final image has
+// and root directories aside (a live migration's first layout has none, its final image has
 // them).
 func (ns *MountNS) SameTable(other *MountNS) bool {
 	if ns == nil || other == nil {
@@ -202,7 +209,7 @@ func (ns *MountNS) SameTable(other *MountNS) bool {
 	}
 	for i := range ns.Mounts {
 		a, b := ns.Mounts[i], other.Mounts[i]
-		a.Files, b.Files = nil, nil
+		a.Files, b.Files, a.Top, b.Top = nil, nil, nil, nil
 		if fmt.Sprintf("%+v", a) != fmt.Sprintf("%+v", b) {
 			return false
 		}

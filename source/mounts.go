@@ -305,6 +305,10 @@ func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 		st := &e.Stat
 		tf := core.TmpfsFile{Path: e.Path, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
 			Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
+		if e.Path == "." {
+			m.Top = &tf
+			return nil
+		}
 		switch mode := uint32(st.Mode) & unix.S_IFMT; {
 		case e.Covered:
 			tf = core.TmpfsFile{Path: e.Path, Mode: unix.S_IFDIR | 0o755, Covered: true}

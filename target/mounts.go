@@ -416,6 +416,18 @@ func fillTmpfs(pid int, m *core.Mount, ss *session) error {
 			return fmt.Errorf("%s: times: %w", f.Path, err)
 		}
 	}
+	if t := m.Top; t != nil {
+		self := fmt.Sprintf("/proc/self/fd/%d", top) // top is O_PATH
+		if err := unix.Fchownat(top, "", int(t.UID), int(t.GID), unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("root directory: %w", err)
+		}
+		if err := unix.Chmod(self, t.Mode&0o7777); err != nil {
+			return fmt.Errorf("root directory: %w", err)
+		}
+		if err := unix.UtimesNano(self, []unix.Timespec{unix.NsecToTimespec(t.Atime), unix.NsecToTimespec(t.Mtime)}); err != nil {
+			return fmt.Errorf("root directory: times: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -554,8 +566,15 @@ func (b *Builder) checkMounts() []Difference {
 		if m.Kind != core.MountTmpfs {
 			continue
 		}
-		want := tmpfsListing(m.Files, b.ss.img.Blobs)
+		wantFiles := m.Files
+		if m.Top != nil {
+			wantFiles = append([]core.TmpfsFile{*m.Top}, m.Files...)
+		}
+		want := tmpfsListing(wantFiles, b.ss.img.Blobs)
 		files, err := listTmpfs(root, m.Point)
+		if err == nil && m.Top == nil && len(files) > 0 {
+			files = files[1:] // the root directory, which the image does not describe
+		}
 		if err != nil {
 			diffs = append(diffs, Difference{PID: root, What: "tmpfs " + m.Point, Want: "readable", Got: err.Error()})
 			continue

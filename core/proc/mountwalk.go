@@ -45,8 +45,9 @@ type MountEntry struct {
 	Name string
 }
 
-// WalkMount calls fn for every file of the mount at point in process
-// pid's mount namespace (the topmost there; with wantID, that mount, or
+// WalkMount calls fn for the root directory (Path ".", Dir the mount's
+// root, Name "") and every file of the mount at point in process pid's
+// mount namespace (the topmost there; with wantID, that mount, or
 // ErrOtherMount), names sorted, each directory before its contents, never
 // into another mount.
 func WalkMount(pid int, point string, wantID uint64, fn func(e *MountEntry) error) error {
@@ -56,13 +57,16 @@ func WalkMount(pid int, point string, wantID uint64, fn func(e *MountEntry) erro
 	}
 	defer unix.Close(top)
 	var st unix.Statx_t
-	if err := unix.Statx(top, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+	if err := unix.Statx(top, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_MNT_ID, &st); err != nil {
 		return err
 	}
 	if wantID != 0 && st.Mnt_id != wantID {
 		return ErrOtherMount
 	}
 	mnt := st.Mnt_id
+	if err := fn(&MountEntry{Path: ".", Stat: st, Dir: top}); err != nil {
+		return err
+	}
 	var walk func(dir int, rel string) error
 	walk = func(dir int, rel string) error {
 		f := os.NewFile(uintptr(dir), rel)

@@ -6,7 +6,7 @@
  * full: unshare(CLONE_NEWNS), the caller's shared mounts slaves (the rest
  * private), then: /run/netns and
  * GONE (a tmpfs of the caller's namespace) unmounted; a tmpfs on DIR/t
- * (size=1m,mode=0750) holding a file, a directory with a file owned by
+ * (size=1m,mode=0750, then chmod 01770, group 5678) holding a file, a directory with a file owned by
  * 1234:5678 mode 0604, a symbolic link, a hard link, a setuid file, and a
  * tmpfs mounted on its directory inner/ (with a file); BINDSRC bound on
  * DIR/b, read-only and nosuid; a proc on DIR/p (nosuid,nodev,noexec), a
@@ -104,8 +104,8 @@ static void check(const char *dir, const char *gone)
 		fail("setuid", "mode %o", s.st_mode & 07777);
 	else
 		ok("setuid");
-	if (stat(path(dir, "t"), &d) || (d.st_mode & 07777) != 0750 || a.st_mtime != 1000000000)
-		fail("modes", "t mode %o, a.txt mtime %ld", d.st_mode & 07777, (long)a.st_mtime);
+	if (stat(path(dir, "t"), &d) || (d.st_mode & 07777) != 01770 || d.st_gid != 5678 || a.st_mtime != 1000000000)
+		fail("modes", "t mode %o gid %d, a.txt mtime %ld", d.st_mode & 07777, (int)d.st_gid, (long)a.st_mtime);
 	else
 		ok("modes");
 	int fd = open(path(dir, "b/new"), O_WRONLY | O_CREAT, 0600);
@@ -234,6 +234,8 @@ int main(int argc, char **argv)
 	if (mount("inner", path(dir, "t/inner"), "tmpfs", 0, "size=64k"))
 		die("mount inner");
 	put(path(dir, "t/inner/c"), "gamma\n", 0644);
+	if (chown(path(dir, "t"), 0, 5678) || chmod(path(dir, "t"), 01770))
+		die("chmod t");
 	if (mount(bindsrc, path(dir, "b"), NULL, MS_BIND, NULL) ||
 	    mount(NULL, path(dir, "b"), NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, NULL))
 		die("bind");
