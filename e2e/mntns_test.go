@@ -194,12 +194,13 @@ func TestMountNamespaceOverlayRefused(t *testing.T) {
 
 // A tree whose processes live in different mount namespaces is refused
 // (a tree moves with one), and so are a process whose root directory is
-// not its namespace's (chroot), a tmpfs holding a FIFO (named), and a
+// not its namespace's (chroot), a tmpfs holding a FIFO or a file with an
+// extended attribute (named), and a
 // read-only tmpfs in a live migration (its files are written once the
 // processes exist); all run on.
 func TestMountNamespaceRefusals(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, mode := range []string{"split", "chroot", "fifo", "rotmpfs"} {
+	for _, mode := range []string{"split", "chroot", "fifo", "rotmpfs", "xattr"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
 			var child int
@@ -226,8 +227,10 @@ func TestMountNamespaceRefusals(t *testing.T) {
 				t.Fatalf("dump of a tree in two mount namespaces: %v (%T), want a BadTargetError naming %d", err, err, child)
 			case mode == "chroot" && (!errors.As(err, &um) || um.Point != "/"):
 				t.Fatalf("dump of a chrooted process: %v (%T), want an UnsupportedMountError", err, err)
-			case (mode == "fifo" || mode == "rotmpfs") && (!errors.As(err, &um) || um.Point != dir || um.FSType != "tmpfs"):
+			case (mode == "fifo" || mode == "rotmpfs" || mode == "xattr") && (!errors.As(err, &um) || um.Point != dir || um.FSType != "tmpfs"):
 				t.Fatalf("%s: %v (%T), want an UnsupportedMountError naming %s", mode, err, err, dir)
+			case mode == "xattr" && um.File != "x":
+				t.Errorf("the refusal does not name the file with an extended attribute: %v", err)
 			case mode == "fifo" && um.File != "fifo":
 				t.Errorf("the refusal does not name the FIFO: %v", err)
 			}

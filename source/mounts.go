@@ -305,6 +305,12 @@ func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 		st := &e.Stat
 		tf := core.TmpfsFile{Path: e.Path, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
 			Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
+		if !e.Covered {
+			if x, err := xattrsOf(e); err != nil || x != "" {
+				return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+					Reason: fmt.Sprintf("%s has extended attributes or an ACL (%s%v): they are not carried", e.Path, x, err)}
+			}
+		}
 		if e.Path == "." {
 			m.Top = &tf
 			return nil
@@ -432,4 +438,33 @@ func sameMountNS(pids []int) error {
 		}
 	}
 	return nil
+}
+
+// xattrsOf names the extended attributes of a file of a mount (ACLs
+// among them), but the security ones (labels, which the restoring host's
+// policy gives).
+func xattrsOf(e *proc.MountEntry) (string, error) {
+	p := fmt.Sprintf("/proc/self/fd/%d", e.Dir)
+	if e.Name != "" {
+		p += "/" + e.Name
+	}
+	buf := make([]byte, 4096)
+	list := unix.Llistxattr
+	if e.Name == "" {
+		list = unix.Listxattr // the directory behind the fd's link
+	}
+	n, err := list(p, buf)
+	if errors.Is(err, unix.ERANGE) {
+		return "many", nil
+	}
+	if err != nil || n == 0 {
+		return "", err
+	}
+	var names []string
+	for _, x := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if !strings.HasPrefix(x, "security.") {
+			names = append(names, x)
+		}
+	}
+	return strings.Join(names, ", "), nil
 }

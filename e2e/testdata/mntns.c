@@ -1,7 +1,7 @@
 /* mntns: a process in a mount namespace of its own, as a container has.
  *
  *   mntns full|live DIR GONE BINDSRC
- *   mntns overlay|split|chroot|fifo|rotmpfs DIR
+ *   mntns overlay|split|chroot|fifo|rotmpfs|xattr DIR
  *
  * full: unshare(CLONE_NEWNS), the caller's shared mounts slaves (the rest
  * private), then: /run/netns and
@@ -18,7 +18,8 @@
  * overlay: the same namespace with an overlay on DIR/o instead.
  * split: a child in a mount namespace of its own (another than its
  * parent's). chroot: the process chroots into DIR. fifo: a tmpfs on DIR
- * holding a FIFO (DIR/fifo). rotmpfs: a read-only tmpfs on DIR.
+ * holding a FIFO (DIR/fifo). rotmpfs: a read-only tmpfs on DIR. xattr: a
+ * tmpfs on DIR holding a file with an extended attribute (DIR/x).
  *
  * Lines: "ready pid=P child=C" (C 0 without a child); on SIGUSR1 "check ..." with each part "ok" or
  * what went wrong. */
@@ -26,6 +27,7 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/vfs.h>
+#include <sys/xattr.h>
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
@@ -172,11 +174,16 @@ int main(int argc, char **argv)
 		for (;;)
 			pause();
 	}
-	if (!strcmp(argv[1], "fifo") || !strcmp(argv[1], "rotmpfs")) {
+	if (!strcmp(argv[1], "fifo") || !strcmp(argv[1], "rotmpfs") || !strcmp(argv[1], "xattr")) {
 		if (mount("odd", dir, "tmpfs", 0, "size=64k"))
 			die("mount tmpfs");
 		if (!strcmp(argv[1], "fifo") && mkfifo(path(dir, "fifo"), 0600))
 			die("mkfifo");
+		if (!strcmp(argv[1], "xattr")) {
+			put(path(dir, "x"), "x\n", 0644);
+			if (setxattr(path(dir, "x"), "user.test", "1", 1, 0))
+				die("setxattr");
+		}
 		if (!strcmp(argv[1], "rotmpfs") && mount(NULL, dir, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL))
 			die("read-only");
 		say("ready pid=%d child=0", getpid());
