@@ -42,6 +42,16 @@ func (e *MountError) Error() string {
 type nsBuilder struct {
 	r  *restorer
 	hp *ptrace.Proc
+	ns *core.MountNS
+	// cur is the husk's copy of the restorer's namespace, as it began.
+	cur []proc.MountInfo
+	// kept are the mounts of cur the image's host mounts are, by the
+	// image's mount id; fresh the image's host mounts mounted afresh.
+	kept  map[int]*proc.MountInfo
+	fresh map[int]bool
+	// binds are the husk's fds of the bind mounts' host paths, by the
+	// image's mount id.
+	binds map[int]uint64
 }
 
 // atFDCWD is AT_FDCWD as a system call argument.
@@ -100,13 +110,15 @@ func (b *nsBuilder) mount(source, target, fstype string, flags uintptr, data str
 	return nil
 }
 
+// build builds the namespace, step by step, and compares it with the
+// image's before any process is created in it.
 func (b *nsBuilder) build(ns *core.MountNS) error {
 	if _, err := b.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWNS); err != nil {
 		return err
 	}
 	// Slaves first: nothing done here propagates out, and the host
 	// mounts the image has as slaves still receive from the host's; every
-	// other mount is made private below.
+	// other mount is made private (keepHost).
 	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return err
 	}
@@ -114,59 +126,78 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	if err != nil {
 		return err
 	}
-	// The image's host mounts, each matched to one of the copy.
-	kept := map[int]*proc.MountInfo{} // image mount id -> the copy's
+	b.ns, b.cur = ns, cur
+	b.binds = map[int]uint64{}
+	defer func() {
+		for _, fd := range b.binds {
+			b.sys("close", unix.SYS_CLOSE, fd)
+		}
+	}()
+	for _, step := range []func() error{b.keepHost, b.takeBinds, b.unmountOthers, b.mountOwn, b.share} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	got, err := proc.ReadMountInfo(b.hp.PID)
+	if err != nil {
+		return err
+	}
+	if d := diffMounts(ns.Mounts, got); d != "" {
+		return fmt.Errorf("the namespace built differs from the image's: %s", d)
+	}
+	return nil
+}
+
+// keepHost matches each host mount of the image with one of the copy of
+// the restorer's namespace (kept), or finds it a virtual filesystem to
+// mount afresh (fresh), and makes every mount of the copy private but
+// the image's slaves.
+func (b *nsBuilder) keepHost() error {
+	b.kept, b.fresh = map[int]*proc.MountInfo{}, map[int]bool{}
 	used := map[int]bool{}
-	// Host mounts of a virtual filesystem whose instance belongs to the
-	// dumping host's namespaces (the sysfs of its network namespace):
-	// here mounted fresh, this host's instance.
-	fresh := map[int]bool{}
-	for i := range ns.Mounts {
-		m := &ns.Mounts[i]
+	slaves := map[int]bool{} // of the copy
+	for i := range b.ns.Mounts {
+		m := &b.ns.Mounts[i]
 		if m.Kind != core.MountHost {
 			continue
 		}
-		for j := range cur {
-			c := &cur[j]
+		for j := range b.cur {
+			c := &b.cur[j]
 			if !used[c.ID] && c.Dev == m.Dev && c.Root == m.Root && c.Point == m.Point && c.FSType == m.FSType {
-				kept[m.ID], used[c.ID] = c, true
+				b.kept[m.ID], used[c.ID] = c, true
 				break
 			}
 		}
-		if kept[m.ID] == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" && !m.Slave {
-			fresh[m.ID] = true
-			continue
-		}
-		if kept[m.ID] == nil {
+		c := b.kept[m.ID]
+		switch {
+		case c == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" && !m.Slave:
+			// A virtual filesystem whose instance was the dumping host's
+			// namespaces' (the sysfs of its network namespace): here
+			// mounted fresh, this host's instance.
+			b.fresh[m.ID] = true
+		case c == nil:
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
-		}
-		if m.Slave && kept[m.ID].Master() == 0 {
+		case m.Slave && c.Master() == 0:
 			return &MountError{Point: m.Point, Reason: "a slave of the dumping host's mount, but this host's is not shared"}
+		case m.Slave:
+			slaves[c.ID] = true
 		}
 	}
-	slaves := map[int]bool{} // of the copy
-	for i := range ns.Mounts {
-		if m := &ns.Mounts[i]; m.Slave {
-			slaves[kept[m.ID].ID] = true
-		}
-	}
-	for _, c := range cur {
+	for _, c := range b.cur {
 		if c.Master() != 0 && !slaves[c.ID] {
 			if err := b.mount("", c.Point, "", unix.MS_PRIVATE, ""); err != nil {
 				return err
 			}
 		}
 	}
-	// Detached copies of the bind mounts' host paths, while every mount
-	// of the copy is still there.
-	binds := map[int]uint64{} // image mount id -> fd in the husk
-	defer func() {
-		for _, fd := range binds {
-			b.sys("close", unix.SYS_CLOSE, fd)
-		}
-	}()
-	for i := range ns.Mounts {
-		m := &ns.Mounts[i]
+	return nil
+}
+
+// takeBinds takes detached copies of the bind mounts' host paths, while
+// every mount of the copy is still there.
+func (b *nsBuilder) takeBinds() error {
+	for i := range b.ns.Mounts {
+		m := &b.ns.Mounts[i]
 		if m.Kind != core.MountBind {
 			continue
 		}
@@ -181,12 +212,21 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 		if err != nil {
 			return fmt.Errorf("open_tree %s: %w", m.From, err)
 		}
-		binds[m.ID] = fd
+		b.binds[m.ID] = fd
 	}
-	// What the image does not have goes, children first.
-	for i := len(cur) - 1; i >= 0; i-- {
-		c := &cur[i]
-		if used[c.ID] {
+	return nil
+}
+
+// unmountOthers unmounts every mount of the copy the image does not keep,
+// children first (one gone with its parent is not looked for).
+func (b *nsBuilder) unmountOthers() error {
+	kept := map[int]bool{}
+	for _, c := range b.kept {
+		kept[c.ID] = true
+	}
+	for i := len(b.cur) - 1; i >= 0; i-- {
+		c := &b.cur[i]
+		if kept[c.ID] {
 			continue
 		}
 		a, err := b.put(c.Point)
@@ -194,80 +234,90 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 			return err
 		}
 		if _, err := b.sys("umount2", unix.SYS_UMOUNT2, a[0], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
+			now, rerr := proc.ReadMountInfo(b.hp.PID)
+			if rerr == nil && !slices.ContainsFunc(now, func(n proc.MountInfo) bool { return n.ID == c.ID }) {
+				continue
+			}
 			return fmt.Errorf("unmount %s: %w", c.Point, err)
 		}
 	}
-	// The image's own mounts, in its order.
-	for i := range ns.Mounts {
-		m := &ns.Mounts[i]
+	return nil
+}
+
+// mountOwn mounts the image's own mounts in its order (and gives a kept
+// one the options it had).
+func (b *nsBuilder) mountOwn() error {
+	for i := range b.ns.Mounts {
+		m := &b.ns.Mounts[i]
 		flags, err := mountFlags(m.Options)
 		if err != nil {
 			return &MountError{Point: m.Point, Reason: err.Error()}
 		}
-		if m.Kind != core.MountHost || fresh[m.ID] {
-			if err := ensureMountPoint(b.hp.PID, ns.Mounts[:i], m); err != nil {
+		if m.Kind != core.MountHost || b.fresh[m.ID] {
+			if err := ensureMountPoint(b.hp.PID, b.ns.Mounts[:i], m); err != nil {
 				return fmt.Errorf("mount point %s: %w", m.Point, err)
 			}
 		}
 		switch {
-		case fresh[m.ID]:
-			if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
-				return err
-			}
+		case b.fresh[m.ID] || m.Kind == core.MountFresh:
+			err = b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super))
 		case m.Kind == core.MountHost:
-			if kept[m.ID].Options != m.Options {
-				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
-					return err
-				}
+			if b.kept[m.ID].Options != m.Options {
+				err = b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
 			}
 		case m.Kind == core.MountBind:
-			a, err := b.put("", m.Point)
-			if err != nil {
-				return err
-			}
-			if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, binds[m.ID], a[0], atFDCWD, a[1], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-				return fmt.Errorf("bind %s on %s: %w", m.From, m.Point, err)
-			}
-			if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
-				return err
-			}
+			err = b.bind(m, flags)
 		case m.Kind == core.MountTmpfs:
-			if err := b.mount(m.Source, m.Point, m.FSType, flags&^unix.MS_RDONLY, superData(m.Super)); err != nil {
-				return err
-			}
-			if err := fillTmpfs(b.hp.PID, m, b.r.session); err != nil {
-				return fmt.Errorf("tmpfs %s: %w", m.Point, err)
-			}
-			if slices.Contains(strings.Split(m.Super, ","), "ro") {
-				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_RDONLY, superData(m.Super)); err != nil {
-					return err
-				}
-			}
-			if flags&unix.MS_RDONLY != 0 {
-				if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
-					return err
-				}
-			}
-		case m.Kind == core.MountFresh:
-			if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
-				return err
-			}
+			err = b.tmpfs(m, flags)
+		}
+		if err != nil {
+			return err
 		}
 	}
-	// Shared last: a mount made under a shared one would be shared too.
-	for _, m := range ns.Mounts {
+	return nil
+}
+
+// bind moves the copy of m's host path to its mount point, with its flags.
+func (b *nsBuilder) bind(m *core.Mount, flags uintptr) error {
+	a, err := b.put("", m.Point)
+	if err != nil {
+		return err
+	}
+	if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, b.binds[m.ID], a[0], atFDCWD, a[1], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", m.From, m.Point, err)
+	}
+	return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
+}
+
+// tmpfs mounts tmpfs m writable, fills it, then makes it read-only if it
+// was.
+func (b *nsBuilder) tmpfs(m *core.Mount, flags uintptr) error {
+	if err := b.mount(m.Source, m.Point, m.FSType, flags&^unix.MS_RDONLY, superData(m.Super)); err != nil {
+		return err
+	}
+	if err := fillTmpfs(b.hp.PID, m, b.r.session); err != nil {
+		return fmt.Errorf("tmpfs %s: %w", m.Point, err)
+	}
+	if slices.Contains(strings.Split(m.Super, ","), "ro") {
+		if err := b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_RDONLY, superData(m.Super)); err != nil {
+			return err
+		}
+	}
+	if flags&unix.MS_RDONLY != 0 {
+		return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
+	}
+	return nil
+}
+
+// share makes the image's shared mounts shared, once all are there: a
+// mount made under a shared one would be shared too.
+func (b *nsBuilder) share() error {
+	for _, m := range b.ns.Mounts {
 		if m.Shared {
 			if err := b.mount("", m.Point, "", unix.MS_SHARED, ""); err != nil {
 				return err
 			}
 		}
-	}
-	got, err := proc.ReadMountInfo(b.hp.PID)
-	if err != nil {
-		return err
-	}
-	if d := diffMounts(ns.Mounts, got); d != "" {
-		return fmt.Errorf("the namespace built differs from the image's: %s", d)
 	}
 	return nil
 }
