@@ -96,65 +96,11 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		if err := core.ValidPath(m.Point); err != nil {
 			return nil, refuse(m, "its mount point is not a clean path")
 		}
-		if slices.Contains(m.Optional, "unbindable") {
-			return nil, refuse(m, "it is unbindable: only private, shared and slave mounts are kept")
+		if reason := propagation(&cm, m, hostGroups, groups); reason != "" {
+			return nil, refuse(m, reason)
 		}
-		if g := m.Master(); g != 0 {
-			// Kept as the slave of the restoring host's copy of the host
-			// mount (checked below to be one).
-			if !hostGroups[g] || m.Shared() != 0 {
-				return nil, refuse(m, fmt.Sprintf("it is a slave of peer group %d, not of a mount of migrate's namespace, or shared too: only private and shared mounts, and slaves of the host's, are kept", g))
-			}
-			cm.Slave = true
-		}
-		if g := m.Shared(); g != 0 {
-			if hostGroups[g] {
-				return nil, refuse(m, fmt.Sprintf("it is shared with mounts of migrate's namespace (peer group %d): a restored namespace cannot join a peer group", g))
-			}
-			if groups[g] > 1 {
-				return nil, refuse(m, fmt.Sprintf("it shares peer group %d with other mounts of the namespace: peer groups are not rebuilt", g))
-			}
-			cm.Shared = true
-		}
-		var host *proc.MountInfo // the same mount in migrate's namespace
-		var under *proc.MountInfo
-		for j := range mine {
-			h := &mine[j]
-			if h.Dev != m.Dev {
-				continue
-			}
-			if h.Root == m.Root && h.Point == m.Point && h.FSType == m.FSType {
-				host = h
-			}
-			if under == nil && (h.Root == "/" || h.Root == m.Root || strings.HasPrefix(m.Root, strings.TrimSuffix(h.Root, "/")+"/")) {
-				under = h
-			}
-		}
-		switch {
-		case cm.Slave && host == nil:
-			return nil, refuse(m, "a slave mount that is not a copy of one of migrate's namespace: not kept")
-		case host != nil:
-			cm.Kind = core.MountHost
-		case under != nil:
-			rel := strings.TrimPrefix(strings.TrimPrefix(m.Root, strings.TrimSuffix(under.Root, "/")), "/")
-			cm.Kind, cm.From = core.MountBind, path.Join(under.Point, rel)
-			if err := checkBindSource(cm.From, under.ID); err != nil {
-				return nil, refuse(m, err.Error())
-			}
-		case devs[m.Dev] > 1:
-			return nil, refuse(m, "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported")
-		case m.FSType == "tmpfs":
-			if m.Root != "/" {
-				return nil, refuse(m, "part of a tmpfs migrate's namespace does not have")
-			}
-			cm.Kind = core.MountTmpfs
-		case core.FreshFSTypes[m.FSType]:
-			if m.Root != "/" {
-				return nil, refuse(m, "part of a "+m.FSType+" instance migrate's namespace does not have")
-			}
-			cm.Kind = core.MountFresh
-		default:
-			return nil, refuse(m, "a filesystem migrate's mount namespace does not have (overlay, fuse, nfs, a block device not mounted here...): only tmpfs, bind mounts of host paths, and proc, sysfs, mqueue, devpts and cgroup2 are rebuilt")
+		if reason := classify(&cm, m, mine, devs); reason != "" {
+			return nil, refuse(m, reason)
 		}
 		ns.Mounts = append(ns.Mounts, cm)
 	}
@@ -162,6 +108,88 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		return nil, err
 	}
 	return ns, nil
+}
+
+// propagation sets the propagation of cm (mount m of the namespace), or
+// says why it cannot be kept: private, shared in a peer group of its own,
+// or the slave of a peer group of migrate's namespace (hostGroups).
+// groups counts the namespace's mounts in each peer group.
+func propagation(cm *core.Mount, m *proc.MountInfo, hostGroups map[int]bool, groups map[int]int) string {
+	if slices.Contains(m.Optional, "unbindable") {
+		return "it is unbindable: only private, shared and slave mounts are kept"
+	}
+	if g := m.Master(); g != 0 {
+		// Kept as the slave of the restoring host's copy of the host
+		// mount (classify checks it is one).
+		if !hostGroups[g] || m.Shared() != 0 {
+			return fmt.Sprintf("it is a slave of peer group %d, not of a mount of migrate's namespace, or shared too: only private and shared mounts, and slaves of the host's, are kept", g)
+		}
+		cm.Slave = true
+	}
+	if g := m.Shared(); g != 0 {
+		if hostGroups[g] {
+			return fmt.Sprintf("it is shared with mounts of migrate's namespace (peer group %d): a restored namespace cannot join a peer group", g)
+		}
+		if groups[g] > 1 {
+			return fmt.Sprintf("it shares peer group %d with other mounts of the namespace: peer groups are not rebuilt", g)
+		}
+		cm.Shared = true
+	}
+	return ""
+}
+
+// classify sets the kind of cm (mount m of the namespace) from migrate's
+// own mounts (mine), or says why it cannot be rebuilt. devs counts the
+// namespace's mounts of each device.
+func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int) string {
+	var host bool
+	var under []*proc.MountInfo // mounts of migrate's of the directory m mounts, or above it
+	for j := range mine {
+		h := &mine[j]
+		if h.Dev != m.Dev {
+			continue
+		}
+		if h.Root == m.Root && h.Point == m.Point && h.FSType == m.FSType {
+			host = true
+		}
+		if h.Root == "/" || h.Root == m.Root || strings.HasPrefix(m.Root, strings.TrimSuffix(h.Root, "/")+"/") {
+			under = append(under, h)
+		}
+	}
+	switch {
+	case cm.Slave && !host:
+		return "a slave mount that is not a copy of one of migrate's namespace: not kept"
+	case host:
+		cm.Kind = core.MountHost
+	case len(under) > 0:
+		// The host path of the directory, on a mount of migrate's that
+		// shows it (not hidden by another).
+		var err error
+		for _, h := range under {
+			rel := strings.TrimPrefix(strings.TrimPrefix(m.Root, strings.TrimSuffix(h.Root, "/")), "/")
+			from := path.Join(h.Point, rel)
+			if err = checkBindSource(from, h.ID); err == nil {
+				cm.Kind, cm.From = core.MountBind, from
+				return ""
+			}
+		}
+		return err.Error()
+	case devs[m.Dev] > 1:
+		return "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported"
+	case m.FSType == "tmpfs":
+		if m.Root != "/" {
+			return "part of a tmpfs migrate's namespace does not have"
+		}
+		cm.Kind = core.MountTmpfs
+	case core.FreshFSTypes[m.FSType]:
+		if m.Root != "/" {
+			return "part of a " + m.FSType + " instance migrate's namespace does not have"
+		}
+		cm.Kind = core.MountFresh
+	default:
+		return "a filesystem migrate's mount namespace does not have (overlay, fuse, nfs, a block device not mounted here...): only tmpfs, bind mounts of host paths, and proc, sysfs, mqueue, devpts and cgroup2 are rebuilt"
+	}
+	return ""
 }
 
 // checkBindSource checks that the host path a bind mount binds is
