@@ -19,10 +19,13 @@ import (
 	"github.com/procmig/migrate/source"
 )
 
-// hostMounts returns the test's (migrate's) mount table, without the
-// network namespaces other tests bind under /run/netns as they come and
-// go.
-func hostMounts(t *testing.T) []string {
+// hostMounts returns the mounts of the test's (migrate's) namespace a
+// restore that leaked would change: those under base (the test's
+// directory, where the workload mounts and unmounts) and those the
+// workload replaces or unmounts in its namespace (/, /proc, /sys,
+// /run/netns), not the others, which other tests on the machine change as
+// they run.
+func hostMounts(t *testing.T, base string) []string {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -30,10 +33,14 @@ func hostMounts(t *testing.T) []string {
 	}
 	var out []string
 	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], "/run/netns/") {
+		f := strings.Fields(l)
+		if len(f) < 5 {
 			continue
 		}
-		out = append(out, l)
+		switch p := f[4]; {
+		case p == "/" || p == "/proc" || p == "/sys" || p == "/run/netns" || strings.HasPrefix(p, base+"/"):
+			out = append(out, l)
+		}
 	}
 	return out
 }
@@ -94,7 +101,7 @@ func mntnsChecked(t *testing.T, p *testutil.Proc, when string) {
 func TestMountNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir, gone, src := mntnsBox(t)
-	before := hostMounts(t)
+	before := hostMounts(t, filepath.Dir(dir))
 	var child int
 	// Registered before the parent's own cleanup, so run after it: the
 	// child (the original's, or the restored one) is then an orphan.
@@ -149,7 +156,7 @@ func TestMountNamespace(t *testing.T) {
 	if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", r.PID)); its == mine {
 		t.Error("the restored process is in migrate's mount namespace")
 	}
-	if after := hostMounts(t); !slices.Equal(before, after) {
+	if after := hostMounts(t, filepath.Dir(dir)); !slices.Equal(before, after) {
 		t.Errorf("migrate's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
 	}
 	// The slave still receives the mounts made on the shared mount here.
@@ -252,7 +259,7 @@ func TestNodeMountNamespace(t *testing.T) {
 	dir, gone, src := mntnsBox(t) // before the nodes: theirs have gone too
 	bin := testutil.Build(t, "mntns")
 	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOff})
-	before := hostMounts(t)
+	before := hostMounts(t, filepath.Dir(dir))
 	p, err := c.A.Start(cluster.StartOptions{}, bin, "live", dir, gone, src)
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +280,7 @@ func TestNodeMountNamespace(t *testing.T) {
 	checked(c.A, "before the migration")
 	migrateStep(t, c, c.A, c.B, "mntns", p.NSPID, p.Log)
 	checked(c.B, "after the migration")
-	if after := hostMounts(t); !slices.Equal(before, after) {
+	if after := hostMounts(t, filepath.Dir(dir)); !slices.Equal(before, after) {
 		t.Errorf("the test's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
 	}
 }
