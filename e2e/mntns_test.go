@@ -17,6 +17,7 @@ import (
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // hostMounts returns the mounts of the test's (migrate's) namespace a
@@ -92,6 +93,26 @@ func mntnsChecked(t *testing.T, p *testutil.Proc, when string) {
 	}
 }
 
+// startMntns starts the mntns workload and returns it with its child (0
+// if none), which is reaped once it is an orphan.
+func startMntns(t *testing.T, args ...string) (*testutil.Proc, int) {
+	t.Helper()
+	var child int
+	// Registered before the parent's own cleanup, so run after it: the
+	// child (the original's, or the restored one) is then an orphan.
+	t.Cleanup(func() {
+		if child > 0 {
+			testutil.ReapOrphan(t, child)
+		}
+	})
+	p := testutil.Start(t, testutil.Build(t, "mntns"), args...)
+	line, _ := p.WaitLine(t, short, 0, "ready")
+	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil {
+		t.Fatalf("%q: %v", line, err)
+	}
+	return p, child
+}
+
 // A process in a mount namespace of its own (a tmpfs with files, a bind
 // mount of a host directory made read-only, a proc, a tmpfs of migrate's
 // namespace unmounted) is dumped and restored into a new namespace with
@@ -102,19 +123,7 @@ func TestMountNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir, gone, src := mntnsBox(t)
 	before := hostMounts(t, filepath.Dir(dir))
-	var child int
-	// Registered before the parent's own cleanup, so run after it: the
-	// child (the original's, or the restored one) is then an orphan.
-	t.Cleanup(func() {
-		if child > 0 {
-			testutil.ReapOrphan(t, child)
-		}
-	})
-	p := testutil.Start(t, testutil.Build(t, "mntns"), "full", dir, gone, src)
-	line, _ := p.WaitLine(t, short, 0, "ready")
-	if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil || child == 0 {
-		t.Fatalf("%q: %v", line, err)
-	}
+	p, child := startMntns(t, "full", dir, gone, src)
 	mntnsChecked(t, p, "before the dump")
 	wantTable, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", p.PID))
 	if err != nil {
@@ -210,17 +219,7 @@ func TestMountNamespaceRefusals(t *testing.T) {
 	for _, mode := range []string{"split", "chroot", "fifo", "rotmpfs", "xattr"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
-			var child int
-			t.Cleanup(func() {
-				if child > 0 {
-					testutil.ReapOrphan(t, child)
-				}
-			})
-			p := testutil.Start(t, testutil.Build(t, "mntns"), mode, dir)
-			line, _ := p.WaitLine(t, short, 0, "ready")
-			if _, err := fmt.Sscanf(line, "ready pid=%d child=%d", new(int), &child); err != nil {
-				t.Fatalf("%q: %v", line, err)
-			}
+			p, child := startMntns(t, mode, dir)
 			var err error
 			if mode == "rotmpfs" {
 				_, err = source.Migrate(context.Background(), source.MigrateOptions{PID: p.PID, To: "127.0.0.1:1"})
@@ -288,4 +287,28 @@ func TestNodeMountNamespace(t *testing.T) {
 func readFile(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
+}
+
+// A restore whose bind mount's host path is not there is refused, naming
+// the mount, before any process is created; nothing is left, and the
+// test's mount table is as it was.
+func TestMountNamespaceRestoreRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir, gone, src := mntnsBox(t)
+	p, child := startMntns(t, "full", dir, gone, src)
+	imgDir, img := dumpTreeKill(t, p, child)
+	if err := os.Rename(src, src+".away"); err != nil {
+		t.Fatal(err)
+	}
+	before := hostMounts(t, filepath.Dir(dir))
+	kids := testutil.Children()
+	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: imgDir, Logger: testLogger(t), Check: true})
+	var me *target.MountError
+	if !errors.As(err, &me) || me.Point != dir+"/b" {
+		t.Fatalf("restore without the bound host directory: %v (%T), want a MountError naming %s/b", err, err, dir)
+	}
+	requireNothingLeft(t, img.Process.PID, kids)
+	if after := hostMounts(t, filepath.Dir(dir)); !slices.Equal(before, after) {
+		t.Errorf("migrate's mount table changed:\n%s\nwas\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
 }
