@@ -153,6 +153,9 @@ func validateLive(img *core.Image) error {
 			return err
 		}
 	}
+	if err := checkBindSources(img.Mounts); err != nil {
+		return err
+	}
 	if err := pidFree(img.Process.PID); err != nil {
 		return err
 	}

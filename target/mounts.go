@@ -201,8 +201,8 @@ func (b *nsBuilder) takeBinds() error {
 		if m.Kind != core.MountBind {
 			continue
 		}
-		if _, err := os.Lstat(m.From); err != nil {
-			return &MountError{Point: m.Point, Reason: fmt.Sprintf("the host path it binds, %s, is not here: %v", m.From, err)}
+		if err := checkBindSources(&core.MountNS{Mounts: []core.Mount{*m}}); err != nil {
+			return err
 		}
 		a, err := b.put(m.From)
 		if err != nil {
@@ -751,6 +751,23 @@ func (b *Builder) fillLiveMounts(first *core.MountNS) error {
 			if err := fillTmpfs(b.all[0].pid, m, b.ss); err != nil {
 				return fmt.Errorf("mount namespace: tmpfs %s: %w", m.Point, err)
 			}
+		}
+	}
+	return nil
+}
+
+// checkBindSources refuses a table whose bind mount binds a host path
+// that is not here (before anything is created; again as it is bound).
+func checkBindSources(ns *core.MountNS) error {
+	if ns == nil {
+		return nil
+	}
+	for _, m := range ns.Mounts {
+		if m.Kind != core.MountBind {
+			continue
+		}
+		if _, err := os.Lstat(m.From); err != nil {
+			return &MountError{Point: m.Point, Reason: fmt.Sprintf("the host path it binds, %s, is not here: %v", m.From, err)}
 		}
 	}
 	return nil
