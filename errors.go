@@ -100,6 +100,10 @@ const (
 	// RefusedIPC: a System V semaphore set or message queue of a
 	// container could not be made again as it was: target.IPCError.
 	RefusedIPC RefusalKind = "sysv-ipc"
+	// RefusedMount: a mount of the process's mount namespace that cannot
+	// be rebuilt (source.UnsupportedMountError), or a host mount or path
+	// the image needs that the restoring host lacks (target.MountError).
+	RefusedMount RefusalKind = "mount"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -219,6 +223,8 @@ func refusal(err error) *RefusedError {
 		cpu *target.CPUFeatureError
 		ns  *source.NamespaceError
 		ipc *target.IPCError
+		um  *source.UnsupportedMountError
+		tm  *target.MountError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -261,6 +267,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
 	case errors.As(err, &ipc):
 		return &RefusedError{Kind: RefusedIPC, Err: err}
+	case errors.As(err, &um):
+		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
+	case errors.As(err, &tm):
+		return &RefusedError{Kind: RefusedMount, Err: err}
 	}
 	return nil
 }

@@ -75,6 +75,9 @@ type Image struct {
 	// (nil: not recorded, by an older migrate or on another
 	// architecture).
 	CPU *CPUFeatures `json:"cpu,omitempty"`
+	// Mounts is the processes' mount namespace when it was not the
+	// dumping migrate's (see MountNS).
+	Mounts *MountNS `json:"mounts,omitempty"`
 }
 
 // Blob is the size and SHA-256 (hex) of one file of the image.
@@ -738,6 +741,9 @@ func (img *Image) Validate() error {
 		}
 	}
 	if err := validateNamespaces(img); err != nil {
+		return err
+	}
+	if err := validateMounts(img.Mounts, img.Blobs); err != nil {
 		return err
 	}
 	// Every PID and TID once in the whole image: clone3 cannot make one

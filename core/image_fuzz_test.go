@@ -215,6 +215,11 @@ func FuzzDecodeImage(f *testing.F) {
 	withNS(container)
 	withNamespaces, _ := json.Marshal(container)
 	f.Add(withNamespaces)
+	withMounts := validImage()
+	withMounts.Mounts = &MountNS{Mounts: []Mount{{Kind: MountHost, ID: 1, Point: "/", Root: "/"},
+		{Kind: MountTmpfs, ID: 2, Point: "/t", Root: "/", FSType: "tmpfs", Files: []TmpfsFile{{Path: "d", Mode: sIFDIR | 0o755}, {Path: "d/l", Mode: sIFLNK | 0o777, Link: "x"}}}}}
+	mounts, _ := json.Marshal(withMounts)
+	f.Add(mounts)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

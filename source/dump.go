@@ -50,6 +50,8 @@ type session struct {
 	// V objects are read there (inIPC).
 	container bool
 	ipcNS     int
+	// mounts is the processes' mount namespace, if not migrate's (readMounts).
+	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.
 	blobSums map[string]core.Blob
 	steps    []Step
@@ -309,6 +311,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 	img.Blobs = ss.blobSums
 	img.Shm = ss.shm
+	img.Mounts = ss.mounts
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}

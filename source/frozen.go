@@ -147,6 +147,9 @@ func (f *frozenState) read(ctx context.Context) error {
 	if err := ss.readSysV(f.all); err != nil {
 		return err
 	}
+	if err := ss.readMounts(f.all); err != nil {
+		return err
+	}
 	if err := checkFDRefs(f.all); err != nil {
 		return err
 	}

@@ -174,15 +174,21 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
 		return nil, err
 	}
+	var alive []int
 	for _, pid := range pids {
 		if members[pid].zombie {
 			continue
 		}
+		alive = append(alive, pid)
 		if err := refuseDeletedMappings(pid); err != nil {
 			return nil, err
 		}
 	}
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
+		return nil, err
+	}
+	mounts, err := liveMounts(alive)
+	if err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
@@ -219,7 +225,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, mounts: mounts, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	if err := a.addMembers(pids[1:]); err != nil {
 		return nil, err
@@ -389,6 +395,7 @@ type liveSource struct {
 	pagesConn []io.Writer // the page stream of each of all
 	progress  func(RoundReport)
 	notify    func(Milestone)
+	mounts    *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
 	frozen    time.Time
 	resumed   time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -581,7 +588,7 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			}
 		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil)}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts}
 		var err error
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
@@ -883,6 +890,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 	}
 	d.lap("blobs, smaps")
+	if err := sameMountTable(a.mounts, d.mounts); err != nil {
+		return nil, err
+	}
+	a.img.Mounts = d.mounts
 	a.img.Blobs = d.blobSums
 	a.img.Clocks, a.img.CPU = f.clocks, f.cpu
 	a.img.Tree = nil

@@ -166,6 +166,13 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if err := checkTimeNamespace(pid); err != nil {
 		return err
 	}
+	// A mount namespace of its own is carried too (mounts.go), but not yet
+	// a container's: a fresh proc or mqueue of its table would be mounted
+	// by the restorer, outside the container's new PID and IPC
+	// namespaces, and show the host's processes.
+	if !container {
+		differ = slices.DeleteFunc(differ, func(kind string) bool { return kind == "mnt" })
+	}
 	var refused []string
 	for _, kind := range differ {
 		i := slices.IndexFunc(namespaceKinds, func(k nsKind) bool { return k.name == kind })

@@ -73,7 +73,10 @@ func checkMember(pid, root int, status *proc.Status) error {
 	if err := checkSeccomp(pid); err != nil {
 		return err
 	}
-	return checkNamespaces(pid, root, status)
+	if err := checkNamespaces(pid, root, status); err != nil {
+		return err
+	}
+	return checkMounts(pid)
 }
 
 // capSysPtrace is CAP_SYS_PTRACE.

@@ -112,6 +112,9 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 			refs[b] = true
 		}
 	}
+	for _, b := range img.Mounts.BlobNames() {
+		refs[b] = true
+	}
 	for name := range ls.Blobs {
 		if !refs[name] { // so every name was checked by core.Image.Validate
 			return nil, fmt.Errorf("blob %q that the image does not refer to", name)
@@ -128,7 +131,7 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 // layoutImage is the image of a layout's processes, for checkIncoming.
 func layoutImage(ll *handoff.LiveLayout) *core.Image {
 	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree,
-		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU}
+		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU, Mounts: ll.Mounts}
 }
 
 // validateLive is validate without the files of an image directory.
@@ -149,6 +152,9 @@ func validateLive(img *core.Image) error {
 		if err := checkVDSO(p.VMAs); err != nil {
 			return err
 		}
+	}
+	if err := checkBindSources(img.Mounts); err != nil {
+		return err
 	}
 	if err := pidFree(img.Process.PID); err != nil {
 		return err

@@ -354,7 +354,11 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
 			return err
 		}
+		first := b.ss.img.Mounts
 		if err := b.adopt(img); err != nil {
+			return err
+		}
+		if err := b.run(ctx, []stage{{"tmpfs files", func() error { return b.fillLiveMounts(first) }}}); err != nil {
 			return err
 		}
 	}
@@ -717,6 +721,9 @@ func (r *restorer) createRoot() error {
 			return err
 		}
 		inner = 1
+	}
+	if err := r.enterMountNS(); err != nil {
+		return err
 	}
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err

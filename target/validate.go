@@ -48,7 +48,7 @@ func validate(ctx context.Context, dir string, img *core.Image) error {
 			}
 		}
 	}
-	return nil
+	return checkBindSources(img.Mounts)
 }
 
 // checkIncoming is the one place where a process from outside (an image

@@ -30,6 +30,11 @@ type LiveLayout struct {
 	// Process): the kinds to make, and the processes' PIDs inside. The
 	// threads' and the System V objects come with the state.
 	Namespaces *core.Namespaces `json:"namespaces,omitempty"`
+	// Mounts is the processes' mount namespace, when not the source
+	// migrate's: the target creates them in a new one built so, its tmpfs
+	// mounts empty (their files come with the state's image, whose table
+	// must be this one).
+	Mounts *core.MountNS `json:"mounts,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
