@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core/hook"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/transport"
@@ -254,25 +255,21 @@ func testLiveTreeSharedMemory(t *testing.T, tracker string) {
 	}
 }
 
-// TestLiveTreeForkRefused: a tree that forks while pre-copy runs is not
-// moved: the migration gives up with a *source.TreeChangedError naming
-// the new process, found at the next round's layout or at the freeze,
-// and the tree runs on here as it was, untraced; the service has built
-// nothing that runs.
-func TestLiveTreeForkRefused(t *testing.T) {
+// TestLiveTreeFork: a process forked into the tree while pre-copy runs
+// moves with it: found at the next round's layout (it joins, with all
+// its memory) or at the freeze (it joins in the frozen window); on the
+// target it is the root's child, with its PID, and runs.
+func TestLiveTreeFork(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, tc := range []struct {
-		name string
-		pol  source.Policy
-	}{
-		// The default policy freezes after the first round of so small
-		// a tree: the freeze finds the child.
-		{"at the freeze", source.Policy{}},
-		// Never converged (no downtime to fit in): a second round, whose
-		// layout finds the child.
-		{"at a round", source.Policy{MaxRounds: 4, TargetDowntime: 0, MinShrink: 0, Patience: 3}},
-	} {
-		t.Run(tc.name, func(t *testing.T) { testLiveTreeForkRefused(t, tc.pol) })
+	// The child forks after the first round, found by the next round;
+	// or just before the freeze (the pre-freeze hook), after the last
+	// round read the tree: the freeze finds it.
+	for _, atFreeze := range []bool{false, true} {
+		name := "at a round"
+		if atFreeze {
+			name = "at the freeze"
+		}
+		t.Run(name, func(t *testing.T) { testLiveTreeFork(t, atFreeze) })
 	}
 }
 
@@ -309,38 +306,42 @@ func forkOne(t *testing.T, p *testutil.Proc) int {
 	return kid
 }
 
-// TestLiveTreeExitRefused: a process of the tree that exits while
-// pre-copy runs (here a child killed after the first round, left a
-// zombie by its parent) makes the migration give up with a
-// *source.TreeChangedError naming it; the tree runs on here.
-func TestLiveTreeExitRefused(t *testing.T) {
+// TestLiveTreeExit: a process of the tree that exits while pre-copy runs
+// (here a child killed after the first round, left a zombie by its
+// parent) leaves the pre-copy and moves as the zombie it is: on the
+// target it is the root's zombie child, with its PID, and the other
+// child runs.
+func TestLiveTreeExit(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{})
 	p, kids := startForker(t, 2)
-	_, err := source.Migrate(context.Background(), source.MigrateOptions{
-		PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true,
+		Policy: source.Policy{MaxRounds: 4, TargetDowntime: 0, MinShrink: 0, Patience: 3},
 		Progress: func(rr source.RoundReport) {
 			if rr.Round == 0 && !rr.Frozen {
 				unix.Kill(kids[1], unix.SIGKILL)
-				testutil.WaitFor(t, short, "the child to die", func() bool {
+				testutil.Poll(short, func() bool {
 					st, err := testutil.State(kids[1])
 					return err != nil || st == 'Z'
 				})
 			}
 		},
 	})
-	var tc *source.TreeChangedError
-	if !errors.As(err, &tc) {
-		t.Fatalf("migrate: %v (%T), want a *source.TreeChangedError", err, err)
+	if rep.Processes != 3 {
+		t.Errorf("report: %d processes, want 3", rep.Processes)
 	}
-	if tc.PID != kids[1] || tc.Parent != p.PID || tc.Change != "exited" {
-		t.Errorf("error names %+v, want process %d of %d exited", *tc, kids[1], p.PID)
+	for _, k := range kids {
+		testutil.ReapOrphan(t, k)
 	}
-	t.Logf("refused: %v", err)
-	checkRunningUntraced(t, p.PID)
-	checkRunningUntraced(t, kids[0])
-	p.WaitTick(t, short, p.LastTick(t)+5)
-	testutil.WaitFor(t, short, "the service to discard what it built", func() bool { return len(nsProcs(t, s)) == 0 })
+	live, zombie := findInNamespace(t, kids[0]), findInNamespace(t, kids[1])
+	checkRunningUntraced(t, live)
+	if st, err := testutil.State(zombie); err != nil || st != 'Z' {
+		t.Errorf("the migrated zombie %d: state %c, %v", zombie, st, err)
+	}
+	if got, want := childrenOf(t, r.PID), []int{min(live, zombie), max(live, zombie)}; !slices.Equal(got, want) {
+		t.Errorf("children of the migrated parent %v, want %v", got, want)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+5)
 }
 
 // TestLiveTreeZombie: a tree with a zombie its parent has not reaped yet
@@ -373,7 +374,7 @@ func TestLiveTreeZombie(t *testing.T) {
 	r.WaitTick(t, short, r.LastTick(t)+5)
 }
 
-func testLiveTreeForkRefused(t *testing.T, pol source.Policy) {
+func testLiveTreeFork(t *testing.T, atFreeze bool) {
 	s := startServeWith(t, serveOptions{})
 	p := testutil.Start(t, testutil.Build(t, "forker"))
 	p.WaitLine(t, short, 0, "ready")
@@ -386,43 +387,73 @@ func testLiveTreeForkRefused(t *testing.T, pol source.Policy) {
 			testutil.ReapOrphan(t, k)
 		}
 	})
-	forked := 0
+	// Without Tree a process with a child is refused, before anything
+	// is done.
+	kids = append(kids, forkOne(t, p))
 	_, err := source.Migrate(context.Background(), source.MigrateOptions{
-		PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true}, Logger: testLogger(t), Policy: pol,
-		Progress: func(rr source.RoundReport) {
-			if rr.Round != 0 || rr.Frozen {
-				return
-			}
-			// After the first round: a child, before the next round's
-			// layout (or the freeze) looks at the tree again.
-			n := len(p.Lines(t))
-			p.Signal(t, unix.SIGUSR1)
-			line, _ := p.WaitLine(t, short, n, "forked ")
-			forked, _ = strconv.Atoi(strings.TrimPrefix(line, "forked "))
-			kids = append(kids, forked)
-		},
-	})
-	var tc *source.TreeChangedError
-	if !errors.As(err, &tc) {
-		t.Fatalf("migrate: %v (%T), want a *source.TreeChangedError", err, err)
-	}
-	if tc.PID != forked || tc.Parent != p.PID || tc.Change != "forked" {
-		t.Errorf("error names %+v, want process %d forked by %d", *tc, forked, p.PID)
-	}
-	t.Logf("refused: %v", err)
-	checkRunningUntraced(t, p.PID)
-	checkRunningUntraced(t, forked)
-	p.WaitTick(t, short, p.LastTick(t)+5)
-	testutil.WaitFor(t, short, "the service to discard what it built", func() bool { return len(nsProcs(t, s)) == 0 })
-	// And without Tree the process is refused as it is now, with its
-	// child, before anything is done.
-	_, err = source.Migrate(context.Background(), source.MigrateOptions{
 		PID: p.PID, To: s.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
 	var bt *source.BadTargetError
 	if !errors.As(err, &bt) || bt.PID != p.PID {
 		t.Fatalf("migrate without Tree of a process with a child: %v (%T), want a *source.BadTargetError", err, err)
 	}
 	checkRunningUntraced(t, p.PID)
+	var forked int
+	fork := func() {
+		n := len(p.Lines(t))
+		unix.Kill(p.PID, unix.SIGUSR1)
+		var line string
+		testutil.Poll(short, func() bool {
+			for _, l := range p.Lines(t)[n:] {
+				if strings.HasPrefix(l, "forked ") {
+					line = l
+					return true
+				}
+			}
+			return false
+		})
+		forked, _ = strconv.Atoi(strings.TrimPrefix(line, "forked "))
+	}
+	o := source.MigrateOptions{Tree: true,
+		// Never converged (no downtime to fit in): a few rounds.
+		Policy: source.Policy{MaxRounds: 3, TargetDowntime: 0, MinShrink: 0, Patience: 3}}
+	if atFreeze {
+		o.Hooks, _ = hook.Parse(nil, hook.Source)
+		o.Hooks.AddFunc(hook.PreFreeze, "fork", func(context.Context, map[string]string) error { fork(); return nil })
+	} else {
+		o.Progress = func(rr source.RoundReport) {
+			if rr.Round == 0 && !rr.Frozen {
+				fork()
+			}
+		}
+	}
+	r, rep := migrateLive(t, p, s, o)
+	if forked == 0 {
+		t.Fatal("no child forked during the pre-copy")
+	}
+	kids = append(kids, forked)
+	if rep.Processes != 3 {
+		t.Errorf("report: %d processes, want 3", rep.Processes)
+	}
+	for _, k := range kids {
+		testutil.ReapOrphan(t, k)
+		if st, err := testutil.State(k); err == nil {
+			t.Errorf("the original child %d is left (state %c)", k, st)
+		}
+	}
+	var want []int
+	for _, k := range kids {
+		c := findInNamespace(t, k)
+		checkRunningUntraced(t, c)
+		if ids := innerIDs(t, c); ids.ppid != p.PID {
+			t.Errorf("migrated child %d: parent %d, want %d", k, ids.ppid, p.PID)
+		}
+		want = append(want, c)
+	}
+	slices.Sort(want)
+	if got := childrenOf(t, r.PID); !slices.Equal(got, want) {
+		t.Errorf("children of the migrated parent %v, want %v", got, want)
+	}
+	r.WaitTick(t, short, r.LastTick(t)+5)
 }
 
 // TestLiveProgramNginx: nginx as Debian runs it (Debian's nginx-light: a

@@ -84,10 +84,13 @@ type session struct {
 	// end: a live migration announces rounds to the target.
 	onRoundStart func(layouts [][]core.VMA) error
 	onRoundEnd   func(rep RoundReport) error
-	// checkTree, if set, says whether the tree a live migration moves
-	// changed shape (a *TreeChangedError), when a process of it is found
-	// gone.
-	checkTree func() error
+	// regroup, if set, takes the tree a live migration moves as it is
+	// now, at the start of each round of pre-copy: it returns the
+	// processes to track, parents first, each tracked (track) and with a
+	// sink; one that joined since the last round has all its memory in
+	// pending (liveSource.regroup). A process of it (not the root) that
+	// exits is then no error: it leaves at the next round.
+	regroup func(ctx context.Context, all []*dumper) ([]*dumper, error)
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -106,8 +109,15 @@ type dumper struct {
 	tracker Tracker
 	// rounds are the rounds of pages: the tree's, on the root's dumper.
 	rounds []RoundReport
-	// pending are the pages the pre-copy left to the final round.
+	// pending are the pages the pre-copy left to the final round (or,
+	// for a process that joined a live migration's tree, all of them,
+	// for its first round).
 	pending []PageRange
+	// preLayout is the layout of the last round of pre-copy, startHeld
+	// how long its tracking's start stopped it (counted by the round it
+	// joined).
+	preLayout []core.VMA
+	startHeld time.Duration
 	// estimate is the policy's last estimate of the final round's time.
 	estimate time.Duration
 	// mmapDone, if set, is called once the injected calls that take the

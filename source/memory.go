@@ -448,6 +448,11 @@ func (s *pageSink) abort() {
 	}
 }
 
+// forget drops the pages queued to be read (of a process that exited).
+func (s *pageSink) forget() {
+	s.queued, s.queuedPages = s.queued[:0], 0
+}
+
 // finish ends the stream and syncs the file.
 func (s *pageSink) finish() (pagestream.Stats, error) {
 	if err := s.drain(context.Background()); err != nil {

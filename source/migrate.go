@@ -2,7 +2,6 @@ package source
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,10 +35,13 @@ type MigrateOptions struct {
 	PID int
 	// Tree moves PID with all its descendants (the CLI's default), each
 	// with its PID, parent, process group and session, and the fds between
-	// them. The tree must keep its shape until it is frozen: a process
-	// that forks or exits meanwhile aborts the migration with a
-	// *TreeChangedError (the original runs on). Without Tree a process
-	// with children is refused.
+	// them: the tree as it is when it is frozen. A process that forks into
+	// it during pre-copy joins it at the next round, one that exits
+	// leaves it (a zombie moves as one). Only what a target cannot follow
+	// aborts the migration with a *TreeChangedError (the original runs
+	// on): a process that stays in the tree with another parent (the
+	// root, a subreaper, took in an orphan), or a PID another process of
+	// the tree took. Without Tree a process with children is refused.
 	Tree      bool
 	To        string           // HOST:PORT of `migrate serve`
 	Transport transport.Config // authentication, timeouts
@@ -156,7 +158,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", opts.PID)); err == nil && len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
 	}
-	// The tree as it runs: it must keep this shape until the freeze.
+	// The tree as it runs now, for the checks below (pre-copy takes it
+	// again, round after round).
 	pids, members := []int{opts.PID}, map[int]treeMember{opts.PID: {}}
 	if opts.Tree {
 		if pids, members, err = walkTree(opts.PID); err != nil {
@@ -225,50 +228,19 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, mounts: mounts, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	// The tree is taken at the first round (regroup): the root alone
+	// until then.
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: map[int]treeMember{opts.PID: members[opts.PID]}, tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper]*pagesOut{},
+		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
-	if err := a.addMembers(pids[1:]); err != nil {
-		return nil, err
-	}
-	// A page stream each process; a tree's begin with the PID
-	// (handoff.LiveLayout.Tree).
-	var budget *rateBudget
+	defer a.closePages()
 	if opts.Bandwidth > 0 {
-		budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
-	}
-	for _, m := range a.all {
-		pages, err := sess.OpenStream(transport.KindPages)
-		if err != nil {
-			return nil, err
-		}
-		defer pages.Close()
-		if len(pids) > 1 {
-			var b [handoff.PagesPIDLen]byte
-			binary.LittleEndian.PutUint32(b[:], uint32(m.pid))
-			if _, err := pages.Write(b[:]); err != nil {
-				return nil, err
-			}
-		}
-		var out io.Writer = pages
-		if budget != nil {
-			out = &limitedWriter{w: pages, b: budget}
-		}
-		a.pagesConn = append(a.pagesConn, out)
+		a.budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
 	}
 	if opts.Tree {
-		ss.checkTree = func() error {
-			_, now, err := walkTree(opts.PID)
-			if err != nil {
-				return nil // the root is gone: its own error says so
-			}
-			return treeChange(members, now)
-		}
+		ss.regroup = a.regroup
 	}
-	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), RSSBytes: status.VmRSS,
-		Processes: len(a.all) + len(a.zombies)}
-	for _, m := range a.all[1:] {
-		rep.RSSBytes += m.status.VmRSS
-	}
+	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String()}
 	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
 		Redial: func(ctx context.Context) (handoff.Conn, error) {
@@ -289,6 +261,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
 	rep.Outcome = outcome.String()
+	// The tree as it was moved (or as pre-copy last saw it).
+	rep.Processes = len(a.all) + len(a.zombies)
+	for _, m := range a.all {
+		rep.RSSBytes += m.status.VmRSS
+	}
 	rep.Rounds = d.rounds
 	if d.tracker != nil {
 		rep.Tracker = d.tracker.Name()
@@ -387,17 +364,24 @@ type liveSource struct {
 	d       *dumper           // the root
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
-	// others; members is the tree's shape when the migration began.
-	all       []*dumper
-	zombies   []core.Process
-	members   map[int]treeMember
-	img       *core.Image
-	pagesConn []io.Writer // the page stream of each of all
-	progress  func(RoundReport)
-	notify    func(Milestone)
-	mounts    *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
-	frozen    time.Time
-	resumed   time.Time
+	// others; members is the tree's shape as the latest round (or the
+	// freeze) took it, tree says the tree is moved (MigrateOptions.Tree).
+	all     []*dumper
+	zombies []core.Process
+	members map[int]treeMember
+	tree    bool
+	img     *core.Image
+	// sess carries the page streams, a stream each process of all
+	// (pages), opened as the process joins; budget is their shared
+	// rate (MigrateOptions.Bandwidth).
+	sess     *transport.Session
+	pages    map[*dumper]*pagesOut
+	budget   *rateBudget
+	progress func(RoundReport)
+	notify   func(Milestone)
+	mounts   *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
+	frozen   time.Time
+	resumed  time.Time
 	// released are the listening sockets let go at the freeze (to be
 	// listened on again on a rollback).
 	released []releasedListener
@@ -581,14 +565,8 @@ func (a *liveSource) relisten() error {
 // announce ties the tree's rounds to the handoff's.
 func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
-		if a.frozen.IsZero() && a.d.checkTree != nil {
-			// Frozen, the tree was checked at the freeze.
-			if err := a.d.checkTree(); err != nil {
-				return err
-			}
-		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
 		var err error
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
@@ -639,37 +617,6 @@ func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
 	return append(out, a.zombies...)
 }
 
-// addMembers adds the processes pids (the root's descendants, parents
-// first) to the migration, as they are now: each that is not a zombie
-// gets a dumper.
-func (a *liveSource) addMembers(pids []int) error {
-	ss := a.d.session
-	for _, pid := range pids {
-		m := a.members[pid]
-		st, err := proc.ReadStat(pid)
-		if err != nil {
-			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
-		}
-		if m.zombie {
-			a.zombies = append(a.zombies, core.Process{PID: pid, PPID: m.ppid, PGID: st.PGRP, SID: st.Session, Comm: st.Comm,
-				Zombie: &core.Zombie{ExitCode: st.ExitCode}})
-			continue
-		}
-		status, err := proc.ReadStatus(pid)
-		if err != nil {
-			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
-		}
-		if err := checkMember(pid, a.d.pid, status); err != nil {
-			return err
-		}
-		d := &dumper{session: ss, pid: pid, stat: st, status: status, proc: &core.Process{},
-			pages: &core.PagesInfo{File: pagesFile(pid, false), Codec: ss.codec.String()}}
-		d.proc.Pages = d.pages
-		a.all = append(a.all, d)
-	}
-	return nil
-}
-
 // identify fills in what the target needs to create process d before the
 // freeze: its identity, executable, directories, cgroups and audit
 // identity.
@@ -678,21 +625,21 @@ func identify(d *dumper) error {
 	p.PID, p.PPID, p.PGID, p.SID, p.Comm = d.pid, d.stat.PPID, d.stat.PGRP, d.stat.Session, d.stat.Comm
 	exe, err := fileRef(fmt.Sprintf("/proc/%d/exe", d.pid))
 	if err != nil {
-		return d.memberGone(d.pid, err)
+		return err
 	}
 	hashCode(fmt.Sprintf("/proc/%d/exe", d.pid), exe)
 	p.Exe = *exe
 	if p.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", d.pid)); err != nil {
-		return d.memberGone(d.pid, err)
+		return err
 	}
 	if p.Root, err = os.Readlink(fmt.Sprintf("/proc/%d/root", d.pid)); err != nil {
-		return d.memberGone(d.pid, err)
+		return err
 	}
 	if p.Cgroups, err = readCgroups(d.pid, d.pid); err != nil {
-		return d.memberGone(d.pid, err)
+		return err
 	}
 	if p.Audit, err = readAudit(d.pid); err != nil {
-		return d.memberGone(d.pid, err)
+		return err
 	}
 	p.Threads = []core.Thread{{TID: d.pid}}
 	return nil
@@ -700,20 +647,14 @@ func identify(d *dumper) error {
 
 // PreCopy sends pages in rounds while the processes run.
 func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
-	for i, d := range a.all {
-		if err := identify(d); err != nil {
-			return err
-		}
-		name := "the page stream to the target"
-		if len(a.all) > 1 {
-			name = fmt.Sprintf("the page stream of process %d to the target", d.pid)
-		}
-		var err error
-		if d.sink, err = d.newSink(d.codec, a.pagesConn[i], name); err != nil {
+	a.announce(r)
+	if !a.tree {
+		// The process alone: the tree's regroup does this for each
+		// process that joins.
+		if err := a.join(a.d, true); err != nil {
 			return err
 		}
 	}
-	a.announce(r)
 	return a.d.precopy(ctx, a.all)
 }
 
@@ -745,11 +686,12 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
 	// The whole tree at once, as an offline dump freezes it: a process
-	// that forked or exited since the last round is found now.
+	// that forked or exited since the last round is found now, and taken
+	// as it is (settleFrozen).
 	all := slices.Clone(a.all)
 	zombies, err := freezeTree(a.d.session, &all, a.img)
-	if err == nil {
-		err = a.sameTree(all, zombies)
+	if err == nil && a.tree {
+		err = a.settleFrozen(all, zombies)
 	}
 	if err != nil {
 		for _, d := range all[len(a.all):] {
@@ -762,23 +704,6 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	a.frozen = time.Now()
 	a.milestone(MilestoneFrozen, 0)
 	return nil
-}
-
-// sameTree says whether the frozen tree (all, zombies: what freezeTree
-// found) is the tree pre-copy moved: a *TreeChangedError otherwise.
-func (a *liveSource) sameTree(all []*dumper, zombies []core.Process) error {
-	if len(all) > len(a.all) {
-		d := all[len(a.all)]
-		return &TreeChangedError{PID: d.pid, Parent: d.stat.PPID, Change: "forked"}
-	}
-	now := map[int]treeMember{}
-	for _, d := range all {
-		now[d.pid] = a.members[d.pid]
-	}
-	for _, z := range zombies {
-		now[z.PID] = treeMember{ppid: z.PPID, zombie: true}
-	}
-	return treeChange(a.members, now)
 }
 
 // reserveFDs makes room in this process's fd table, before the freeze,

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -148,24 +149,12 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	if err := pol.Validate(); err != nil {
 		return err
 	}
-	name := ss.opts.Tracker
-	if name == "" {
-		name = TrackerAuto
-	}
 	root := all[0]
-	for _, d := range all {
-		if d.tracker, err = track.New(name, d.pid); err != nil {
-			return fmt.Errorf("process %d: %w", d.pid, err)
-		}
-		if ct, ok := d.tracker.(track.ContentTracker); ok {
-			d.sink.onSent = ct.Sent
-		}
-		// The process runs until the final round: what it unmaps while
-		// a round reads is skipped (see pageSink.racy).
-		d.sink.racy = true
-	}
 	defer func() {
 		for _, d := range all {
+			if d.sink == nil {
+				continue
+			}
 			d.sink.racy = false
 			if d.sink.skipped > 0 {
 				ss.log.Debug("pre-copy: pages gone before they were read, skipped", "pid", d.pid, "pages", d.sink.skipped)
@@ -174,16 +163,31 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	}()
 
 	// Start tracking with each process briefly stopped: backends inject.
+	// A live migration's tree is taken as it is now (ss.regroup), every
+	// process tracked and with a sink.
+	if ss.regroup != nil {
+		if all, err = ss.regroup(ctx, all); err != nil {
+			return err
+		}
+	} else {
+		for _, d := range all {
+			if d.tracker != nil {
+				continue // a live migration's process alone (liveSource.join)
+			}
+			if err := d.track(); err != nil {
+				return err
+			}
+			d.armSink()
+		}
+	}
 	layouts := make([][]core.VMA, len(all))
 	var heldStart, longestStart time.Duration
 	for i, d := range all {
-		held := time.Now()
-		if layouts[i], err = d.startTracking(); err != nil {
-			return err
-		}
-		h := time.Since(held)
-		heldStart += h
-		longestStart = max(longestStart, h)
+		layouts[i] = d.preLayout
+		d.pending = nil // all of it goes now
+		heldStart += d.startHeld
+		longestStart = max(longestStart, d.startHeld)
+		d.startHeld = 0
 	}
 
 	var hist []RoundStat
@@ -198,12 +202,13 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	var present uint64
 	for i, d := range all {
 		before := d.sink.pages
+		var err error
 		for j := range layouts[i] {
-			if err := d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
-				return err
+			if err = d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
+				break
 			}
 		}
-		if err := d.sink.endRound(0); err != nil {
+		if err = ss.endRound(d, i, 0, err); err != nil {
 			return err
 		}
 		present += d.sink.pages - before
@@ -237,19 +242,46 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if ss.regroup != nil {
+			// Processes forked since join the round, those gone leave.
+			if all, err = ss.regroup(ctx, all); err != nil {
+				return err
+			}
+		}
 		m := ss.meter(all, round)
+		layouts := make([][]core.VMA, len(all))
 		ranges := make([][]PageRange, len(all))
 		var dirty uint64
 		for i, d := range all {
-			if layouts[i], err = readVMAs(d.pid); err != nil {
-				return ss.memberGone(d.pid, err)
+			vmas, err := readVMAs(d.pid)
+			var rs []PageRange
+			if err == nil {
+				rs, err = d.tracker.Dirty(vmas)
 			}
-			if ranges[i], err = d.tracker.Dirty(layouts[i]); err != nil {
-				return ss.memberGone(d.pid, fmt.Errorf("pre-copy round %d: %w", round, err))
+			if i > 0 && ss.regroup != nil && exited(d.pid) {
+				// It exited since the tree was read: it leaves at the
+				// next round; nothing of it is read now.
+				vmas, rs, err = d.preLayout, nil, nil
 			}
-			for _, r := range clip(ranges[i], layouts[i]) {
+			if err != nil {
+				return fmt.Errorf("process %d: pre-copy round %d: %w", d.pid, round, err)
+			}
+			d.preLayout, layouts[i] = vmas, vmas
+			for _, r := range clip(rs, vmas) {
 				dirty += r.Pages()
 			}
+			if len(d.pending) > 0 {
+				// It joined the tree: all its memory, counted as its
+				// resident pages (the areas may be larger).
+				var whole uint64
+				for _, r := range clip(d.pending, vmas) {
+					whole += r.Pages()
+				}
+				dirty += min(whole, d.status.VmRSS/pageSize+1)
+				rs = append(rs, d.pending...)
+				d.pending = nil
+			}
+			ranges[i] = rs
 		}
 		v, raised := conv.next(hist, dirty)
 		if raised {
@@ -272,14 +304,15 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		thr.start()
 		var held, longest time.Duration
 		for i, d := range all {
-			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
+			_, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i])
+			if err = ss.endRound(d, i, uint32(round), err); err != nil {
 				return err
 			}
-			if err := d.sink.endRound(uint32(round)); err != nil {
-				return err
-			}
-			held += d.tracker.Held()
-			longest = max(longest, d.tracker.Held())
+			// (A process that joined the round was stopped to start
+			// its tracking.)
+			held += d.tracker.Held() + d.startHeld
+			longest = max(longest, d.tracker.Held(), d.startHeld)
+			d.startHeld = 0
 		}
 		throttled, cycle := thr.stop()
 		held += throttled
@@ -300,12 +333,61 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	}
 }
 
+// endRound ends round of process d (the i-th of the tree) on its sink,
+// after its pages were sent with the error err. A process of a live
+// migration's tree (not the root) that exited meanwhile ends its round
+// with what was sent (it leaves the tree at the next round).
+func (ss *session) endRound(d *dumper, i int, round uint32, err error) error {
+	if err == nil {
+		err = d.sink.endRound(round)
+	}
+	if err != nil && i > 0 && ss.regroup != nil && notCancelled(err) && exited(d.pid) {
+		ss.log.Debug("pre-copy: a process exited as its pages were read", "pid", d.pid, "err", err)
+		d.sink.forget()
+		err = d.sink.endRound(round)
+	}
+	return err
+}
+
+// notCancelled says whether err is not a cancellation.
+func notCancelled(err error) bool {
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// track starts tracking the dirty pages of process d (the tracker of the
+// session's options), briefly stopped; d.preLayout is its layout then.
+func (d *dumper) track() error {
+	name := d.opts.Tracker
+	if name == "" {
+		name = TrackerAuto
+	}
+	var err error
+	if d.tracker, err = track.New(name, d.pid); err != nil {
+		return fmt.Errorf("process %d: %w", d.pid, err)
+	}
+	t := time.Now()
+	d.preLayout, err = d.startTracking()
+	d.startHeld = time.Since(t)
+	return err
+}
+
+// armSink readies the sink of d, tracked, for pre-copy: a tracker that
+// keeps what was sent sees it, and as the process runs until the final
+// round, what it unmaps while a round reads is skipped (see
+// pageSink.racy).
+func (d *dumper) armSink() {
+	if ct, ok := d.tracker.(track.ContentTracker); ok {
+		d.sink.onSent = ct.Sent
+	}
+	d.sink.racy = true
+}
+
 // startTracking arms the process's tracker with the process briefly
 // stopped, and returns its layout then.
 func (d *dumper) startTracking() ([]core.VMA, error) {
 	p, err := d.tr.Seize(d.pid)
 	if err != nil {
-		return nil, d.memberGone(d.pid, err)
+		return nil, fmt.Errorf("process %d: %w", d.pid, err)
 	}
 	vmas, err := readVMAs(d.pid)
 	if err == nil {
@@ -320,18 +402,6 @@ func (d *dumper) startTracking() ([]core.VMA, error) {
 		return nil, fmt.Errorf("process %d: start %s tracking: %w", d.pid, d.tracker.Name(), err)
 	}
 	return vmas, nil
-}
-
-// memberGone turns err, met on process pid of the tree, into what the
-// session's checkTree says of the tree, if it changed (a process that
-// exited is found so): err otherwise.
-func (ss *session) memberGone(pid int, err error) error {
-	if ss.checkTree != nil {
-		if cerr := ss.checkTree(); cerr != nil {
-			return cerr
-		}
-	}
-	return err
 }
 
 // treeMeter measures one round of the tree through its sinks' counters,

@@ -54,10 +54,17 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 		return p, err
 	}
 	seen := map[int]bool{}
-	for _, d := range *all {
+	for i, d := range *all {
 		var err error
 		if d.p, err = seize(d.pid); err != nil {
-			return nil, ss.memberGone(d.pid, err)
+			if i > 0 && ss.regroup != nil && exited(d.pid) {
+				// It exited since the tree was read: the caller sees
+				// it without a tracee (and, a zombie, among the
+				// zombies).
+				d.p = nil
+				continue
+			}
+			return nil, err
 		}
 		seen[d.pid] = true
 	}
@@ -69,6 +76,9 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 		changed = false
 		for i := 0; i < len(*all); i++ {
 			parent := (*all)[i]
+			if parent.p == nil {
+				continue // exited
+			}
 			kids, err := childrenOf(parent.pid)
 			if err != nil {
 				return nil, fmt.Errorf("children of process %d: %w", parent.pid, err)
@@ -79,7 +89,13 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 				}
 				seen[kid] = true
 				changed = true
+				// A live migration takes a child that exits before it is
+				// seized as what it is then: a zombie, or nothing.
+				live := ss.regroup != nil
 				st, err := proc.ReadStat(kid)
+				if err != nil && live {
+					continue
+				}
 				if err != nil {
 					return nil, fmt.Errorf("child %d of process %d: %w", kid, parent.pid, err)
 				}
@@ -91,6 +107,10 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 					continue
 				}
 				status, err := proc.ReadStatus(kid)
+				if err != nil && live {
+					delete(seen, kid)
+					continue
+				}
 				if err != nil {
 					return nil, fmt.Errorf("child %d of process %d: %w", kid, parent.pid, err)
 				}
@@ -106,29 +126,44 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 					pages: &core.PagesInfo{File: pagesFile(kid, false), Codec: ss.codec.String()},
 				}
 				d.proc.Pages = d.pages
-				*all = append(*all, d)
 				if d.p, err = seize(kid); err != nil {
+					if live && exited(kid) {
+						delete(seen, kid)
+						continue
+					}
 					return nil, err
 				}
+				*all = append(*all, d)
 			}
 		}
 	}
 	return zombies, nil
 }
 
-// treeMember is a process of a running tree: its parent, and whether it
-// is a zombie.
+// exited says whether process pid exited: gone, or a zombie.
+func exited(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err != nil || st.State == 'Z' || st.State == 'X'
+}
+
+// treeMember is a process of a running tree: its parent, whether it is
+// a zombie, and its start time (which tells a process from another that
+// took its PID).
 type treeMember struct {
 	ppid   int
 	zombie bool
+	start  uint64
 }
 
 // walkTree lists root and its descendants as they run, parents first.
-// Nothing stops them: a process may fork or exit meanwhile (what the
-// shape check of a live migration looks for, round after round).
+// Nothing stops them: a process may fork or exit meanwhile (what pre-copy
+// looks for, round after round: diffTree).
 func walkTree(root int) ([]int, map[int]treeMember, error) {
 	pids := []int{root}
 	members := map[int]treeMember{root: {}}
+	if st, err := proc.ReadStat(root); err == nil {
+		members[root] = treeMember{start: st.StartTime}
+	}
 	for i := 0; i < len(pids); i++ {
 		kids, err := childrenOf(pids[i])
 		if err != nil {
@@ -141,36 +176,72 @@ func walkTree(root int) ([]int, map[int]treeMember, error) {
 			if _, ok := members[kid]; ok {
 				continue
 			}
-			m := treeMember{ppid: pids[i]}
-			if st, err := proc.ReadStat(kid); err == nil && (st.State == 'Z' || st.State == 'X') {
-				m.zombie = true
+			st, err := proc.ReadStat(kid)
+			if err != nil {
+				continue // gone already, reaped
 			}
-			members[kid] = m
+			members[kid] = treeMember{ppid: pids[i], zombie: st.State == 'Z' || st.State == 'X', start: st.StartTime}
 			pids = append(pids, kid)
 		}
 	}
 	return pids, members, nil
 }
 
-// treeChange compares a tree with what it was: the first process that
-// forked into it or exited from it, as a *TreeChangedError, or nil.
-func treeChange(was, now map[int]treeMember) error {
-	for _, pid := range sortedKeys(now) {
+// treeDelta is how a tree changed between two reads (diffTree).
+type treeDelta struct {
+	// joined forked into the tree, parents first (zombies too: a
+	// process that forked and exited in between joins as a zombie).
+	joined []int
+	// died were running and are zombies now; left are gone (reaped, or
+	// out of the tree with a parent that left), children first.
+	died, left []int
+}
+
+func (d treeDelta) empty() bool { return len(d.joined)+len(d.died)+len(d.left) == 0 }
+
+// diffTree compares a tree with what it was (order: now's processes,
+// parents first, as walkTree lists them). What a migration cannot follow
+// is a *TreeChangedError: a process that stayed but has another parent
+// now (an orphan the root, a subreaper, took in), or a PID that another
+// process took since (its start time differs); the target cannot give a
+// process another parent, nor tell the two apart.
+func diffTree(was, now map[int]treeMember, order []int) (treeDelta, error) {
+	var d treeDelta
+	for _, pid := range order {
 		m := now[pid]
 		w, ok := was[pid]
 		switch {
 		case !ok:
-			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "forked"}
+			if p, ok := now[m.ppid]; ok && p.zombie {
+				// (A zombie has no children: a race of the walk.)
+				return d, &TreeChangedError{PID: pid, Parent: m.ppid, Change: "forked"}
+			}
+			d.joined = append(d.joined, pid)
+		case w.start != m.start:
+			return d, &TreeChangedError{PID: pid, Parent: w.ppid, Change: "exited, and another process took its PID"}
+		case w.ppid != m.ppid:
+			return d, &TreeChangedError{PID: pid, Parent: w.ppid, Change: fmt.Sprintf("lost its parent (now a child of %d)", m.ppid)}
 		case m.zombie && !w.zombie:
-			return &TreeChangedError{PID: pid, Parent: w.ppid, Change: "exited"}
+			d.died = append(d.died, pid)
+		case !m.zombie && w.zombie:
+			return d, &TreeChangedError{PID: pid, Parent: w.ppid, Change: "exited, and another process took its PID"}
 		}
 	}
 	for _, pid := range sortedKeys(was) {
 		if _, ok := now[pid]; !ok {
-			return &TreeChangedError{PID: pid, Parent: was[pid].ppid, Change: "exited"}
+			d.left = append(d.left, pid)
 		}
 	}
-	return nil
+	// Children first: deepest first, by the depth each had.
+	depth := func(pid int) int {
+		n := 0
+		for p := was[pid].ppid; p != 0 && n < len(was); p = was[p].ppid {
+			n++
+		}
+		return n
+	}
+	sort.SliceStable(d.left, func(i, j int) bool { return depth(d.left[i]) > depth(d.left[j]) })
+	return d, nil
 }
 
 func sortedKeys(m map[int]treeMember) []int {

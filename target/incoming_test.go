@@ -34,7 +34,7 @@ func incomingProcess() core.Process {
 func laterRound() *liveTarget {
 	t := newLiveTarget(nil, slog.New(slog.DiscardHandler))
 	t.pid = testPID
-	t.pids, t.members = []int{testPID}, []int{testPID}
+	t.members = map[int]member{testPID: {ppid: 1}}
 	t.b = &Builder{}
 	return t
 }

@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -71,25 +70,33 @@ func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
 	return &ll, nil
 }
 
-// layoutMembers lists the processes of a layout, the root first.
-func layoutMembers(ll *handoff.LiveLayout) []int {
-	pids := []int{ll.Process.PID}
-	for _, p := range ll.Tree {
-		pids = append(pids, p.PID)
-	}
-	return pids
+// member is a process of the tree a live migration builds, as the latest
+// layout named it.
+type member struct {
+	ppid   int
+	zombie bool
 }
 
-// layoutPIDs lists the processes of a layout that have pages, the root
-// first: those a page stream each goes to (with a tree).
-func layoutPIDs(ll *handoff.LiveLayout) []int {
-	pids := []int{ll.Process.PID}
+// layoutMembers lists the processes of a layout.
+func layoutMembers(ll *handoff.LiveLayout) map[int]member {
+	m := map[int]member{ll.Process.PID: {ppid: ll.Process.PPID}}
 	for _, p := range ll.Tree {
-		if p.Zombie == nil {
-			pids = append(pids, p.PID)
-		}
+		m[p.PID] = member{ppid: p.PPID, zombie: p.Zombie != nil}
 	}
-	return pids
+	return m
+}
+
+// pagesIn is a page stream of a live migration, for one process.
+type pagesIn struct {
+	pid int
+	// barrier is the latest round whose pages are all in (-1 before
+	// any; a stream that joins at round k begins at k-1).
+	barrier int
+	rd      *pagestream.Reader // once it began
+	ended   bool               // it ended (its end frame, or cut short)
+	// left: its process left the tree or exited; the stream no longer
+	// counts, and nothing more of it is written.
+	left bool
 }
 
 // decodeState decodes and checks the body of the State: bounded, the image
@@ -137,19 +144,7 @@ func layoutImage(ll *handoff.LiveLayout) *core.Image {
 // validateLive is validate without the files of an image directory.
 func validateLive(img *core.Image) error {
 	for _, pp := range img.Processes() {
-		p := pp.Process
-		for _, d := range []string{p.Cwd, p.Root} {
-			if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-				return &core.ImageError{File: d, Reason: fmt.Sprintf("directory of process %d is missing here", p.PID), Err: err}
-			}
-		}
-		if err := sameFile(&p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
-			return err
-		}
-		if err := checkMappedFiles(p); err != nil {
-			return err
-		}
-		if err := checkVDSO(p.VMAs); err != nil {
+		if err := validateLiveProcess(pp.Process); err != nil {
 			return err
 		}
 	}
@@ -165,6 +160,24 @@ func validateLive(img *core.Image) error {
 		}
 	}
 	return nil
+}
+
+// validateLiveProcess checks what process p of a live migration needs
+// here before it is created: its directories, executable, mapped files
+// and vdso.
+func validateLiveProcess(p *core.Process) error {
+	for _, d := range []string{p.Cwd, p.Root} {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return &core.ImageError{File: d, Reason: fmt.Sprintf("directory of process %d is missing here", p.PID), Err: err}
+		}
+	}
+	if err := sameFile(&p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
+		return err
+	}
+	if err := checkMappedFiles(p); err != nil {
+		return err
+	}
+	return checkVDSO(p.VMAs)
 }
 
 // checkMappedFiles checks that the files p maps are here, the same as
@@ -213,19 +226,19 @@ type liveTarget struct {
 	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
 	xcr0 uint64
 
-	// members are the processes of the first layout, the root first,
-	// zombies too; pids those with pages: a page stream each.
-	members, pids []int
+	// members are the processes of the latest layout, zombies too;
+	// tree: the page streams begin with their PID; changes: the
+	// membership may change from round to round (LiveLayout.Members).
+	members       map[int]member
+	tree, changes bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond
 	layout int   // latest round whose layout is in place, -1 before any
 	err    error // of a page stream
-	// barriers holds, for each page stream, the latest round whose pages
-	// are all in (-1 before any), streams the streams once they began.
-	barriers []int
-	streams  []*pagestream.Reader
-	ended    []bool // the stream ended (its end frame, or cut short)
+	// ins are the page streams, one for each process with pages (and
+	// those of processes that left).
+	ins []*pagesIn
 
 	stateAt   time.Time // when the state arrived (the source froze just before)
 	resumedAt time.Time
@@ -344,14 +357,14 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			return err
 		}
 	} else {
-		// The tree keeps its shape (the source gives up if it changes).
-		if pids := layoutMembers(ll); !slices.Equal(pids, t.members) {
-			return fmt.Errorf("layout of round %d: processes %v, the first layout had %v", l.Round, pids, t.members)
+		joined, err := t.regroup(ctx, ll, int(l.Round))
+		if err != nil {
+			return fmt.Errorf("layout of round %d: %w", l.Round, err)
 		}
 		procs := append([]core.Process{ll.Process}, ll.Tree...)
 		for i := range procs {
 			p := &procs[i]
-			if p.Zombie != nil {
+			if p.Zombie != nil || joined[p.PID] {
 				continue
 			}
 			// A later round's layout may map files the first did not.
@@ -374,18 +387,27 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 // or with a tree one for each process with pages, which begins with its
 // PID (handoff.LiveLayout.Tree); a goroutine applies each.
 func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) error {
-	t.pids, t.members = layoutPIDs(ll), layoutMembers(ll)
-	t.barriers = make([]int, len(t.pids))
-	t.streams = make([]*pagestream.Reader, len(t.pids))
-	t.ended = make([]bool, len(t.pids))
-	for i := range t.barriers {
-		t.barriers[i] = -1
+	t.members = layoutMembers(ll)
+	t.tree, t.changes = len(ll.Tree) > 0 || ll.Members, ll.Members
+	pids := []int{ll.Process.PID}
+	for _, p := range ll.Tree {
+		if p.Zombie == nil {
+			pids = append(pids, p.PID)
+		}
 	}
-	index := map[int]int{}
-	for i, pid := range t.pids {
-		index[pid] = i
+	return t.acceptStreams(ctx, pids, 0)
+}
+
+// acceptStreams takes a page stream for each of pids (processes with
+// pages that begin at round: the first layout's, or joined at a later
+// one), in whatever order they come; with a tree each names its process
+// first, which must be one of pids without a stream yet.
+func (t *liveTarget) acceptStreams(ctx context.Context, pids []int, round int) error {
+	want := map[int]bool{}
+	for _, pid := range pids {
+		want[pid] = true
 	}
-	for range t.pids {
+	for range pids {
 		kind, pages, err := t.sess.AcceptStream(ctx)
 		if err != nil {
 			return err
@@ -394,37 +416,40 @@ func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) er
 			pages.Close()
 			return fmt.Errorf("expected a page stream, got a %v stream", kind)
 		}
-		i := 0
-		if len(ll.Tree) > 0 {
+		pid := pids[0]
+		if t.tree {
 			var b [handoff.PagesPIDLen]byte
 			if _, err := io.ReadFull(pages, b[:]); err != nil {
 				pages.Close()
 				return fmt.Errorf("page stream: its process: %w", err)
 			}
-			pid := int(binary.LittleEndian.Uint32(b[:]))
-			j, ok := index[pid]
-			if !ok {
+			pid = int(binary.LittleEndian.Uint32(b[:]))
+			if !want[pid] {
 				pages.Close()
-				return fmt.Errorf("a page stream for process %d, which is not of the tree or has one already", pid)
+				return fmt.Errorf("a page stream for process %d, which is not of the tree, not new to it, or has one already", pid)
 			}
-			delete(index, pid)
-			i = j
+			delete(want, pid)
 		}
-		go t.apply(i, pages)
+		in := &pagesIn{pid: pid, barrier: round - 1}
+		t.mu.Lock()
+		t.ins = append(t.ins, in)
+		t.mu.Unlock()
+		go t.apply(in, pages)
 	}
 	return nil
 }
 
-// apply writes page stream i into its process, round by round: the pages
-// of a round wait for its layout, and for every stream's pages of the
-// rounds before (a page of memory shared across the tree may come in
-// several streams: the latest round's is the one that stays).
-func (t *liveTarget) apply(i int, r io.ReadCloser) {
+// apply writes page stream in into its process, round by round: the
+// pages of a round wait for its layout, and for every stream's pages of
+// the rounds before (a page of memory shared across the tree may come in
+// several streams: the latest round's is the one that stays). A stream
+// whose process left stops there.
+func (t *liveTarget) apply(in *pagesIn, r io.ReadCloser) {
 	defer r.Close()
-	pid := t.pids[i]
+	pid := in.pid
 	defer func() {
 		t.mu.Lock()
-		t.ended[i] = true
+		in.ended = true
 		t.cond.Broadcast()
 		t.mu.Unlock()
 	}()
@@ -443,7 +468,7 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 	}
 	defer rd.Close()
 	t.mu.Lock()
-	t.streams[i] = rd
+	in.rd = rd
 	t.mu.Unlock()
 	for {
 		fr, err := rd.Next()
@@ -451,19 +476,19 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 			return
 		}
 		if err != nil {
-			if len(t.pids) > 1 {
+			if t.tree {
 				err = fmt.Errorf("process %d: %w", pid, err)
 			}
 			fail(fmt.Errorf("page stream: %w", err))
 			return
 		}
 		t.mu.Lock()
-		for (t.layout < int(fr.Round) || t.lowBarrier() < int(fr.Round)-1) && t.err == nil {
+		for (t.layout < int(fr.Round) || t.lowBarrier() < int(fr.Round)-1) && t.err == nil && !in.left {
 			t.cond.Wait()
 		}
-		stop := t.err
+		stop := t.err != nil || in.left
 		t.mu.Unlock()
-		if stop != nil {
+		if stop {
 			return
 		}
 		switch fr.Kind {
@@ -477,7 +502,7 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 			}
 		case pagestream.FrameBarrier:
 			t.mu.Lock()
-			t.barriers[i] = int(fr.Round)
+			in.barrier = int(fr.Round)
 			t.cond.Broadcast()
 			t.mu.Unlock()
 		}
@@ -488,10 +513,10 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 //
 // Preconditions: t.mu is held.
 func (t *liveTarget) lowBarrier() int {
-	low := -1
-	for i, b := range t.barriers {
-		if i == 0 || b < low {
-			low = b
+	low, first := -1, true
+	for _, in := range t.ins {
+		if !in.left && (first || in.barrier < low) {
+			low, first = in.barrier, false
 		}
 	}
 	return low
@@ -506,13 +531,13 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 	defer stop()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for len(t.barriers) == 0 || t.lowBarrier() < int(rd.Round) {
+	for len(t.ins) == 0 || t.lowBarrier() < int(rd.Round) {
 		if t.err != nil {
 			return t.err
 		}
-		for i, ended := range t.ended {
-			if ended && t.barriers[i] < int(rd.Round) {
-				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", rd.Round, t.pids[i])
+		for _, in := range t.ins {
+			if in.ended && !in.left && in.barrier < int(rd.Round) {
+				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", rd.Round, in.pid)
 			}
 		}
 		if ctx.Err() != nil {
@@ -526,14 +551,16 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 // received returns the counts of the page streams so far, if one began.
 func (t *liveTarget) received() (pagestream.Stats, bool) {
 	t.mu.Lock()
-	streams := slices.Clone(t.streams)
+	var streams []*pagestream.Reader
+	for _, in := range t.ins {
+		if in.rd != nil {
+			streams = append(streams, in.rd)
+		}
+	}
 	t.mu.Unlock()
 	var sum pagestream.Stats
 	began := false
 	for _, rd := range streams {
-		if rd == nil {
-			continue
-		}
 		began = true
 		st := rd.Stats()
 		sum.Pages += st.Pages

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -195,6 +196,7 @@ type Builder struct {
 	done    bool // resumed or discarded
 	memTime time.Duration
 	tmp     string // a directory of the builder's own, removed at the end
+	built   int    // processes created, joined ones too (see Join)
 }
 
 // NewBuilder checks the image in dir (everything it names, before anything
@@ -221,6 +223,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
 	b.byPID[root.pid] = root
+	b.built = 1 + len(img.Tree)
 	for i := range img.Tree {
 		p := &img.Tree[i]
 		r := &restorer{session: ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: b.byPID[p.PPID], live: live}
@@ -390,6 +393,9 @@ func (b *Builder) adopt(img *core.Image) error {
 	procs := map[int]*core.Process{img.Process.PID: &img.Process}
 	for i := range img.Tree {
 		procs[img.Tree[i].PID] = &img.Tree[i]
+	}
+	if len(procs) != len(b.all) || len(img.Tree)+1 != len(b.all) {
+		return fmt.Errorf("the final image has %d processes, %d were built", len(img.Tree)+1, len(b.all))
 	}
 	for _, r := range b.all {
 		p := procs[r.pid]
@@ -585,20 +591,26 @@ type cloneArgs struct {
 // CLONE_NEWPID makes that namespace (the root, inner 1); else p is inside
 // it already. want is the PID clone3 returns, as p sees the child.
 func forkPID(p *ptrace.Proc, pid, inner, want int, flags uint64) (*ptrace.Proc, error) {
+	return forkPIDAt(p, pid, inner, want, flags, huskData)
+}
+
+// forkPIDAt is forkPID with clone3's arguments written at args, a
+// writable place of p's of 256 bytes.
+func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) (*ptrace.Proc, error) {
 	tids := []int32{int32(pid)}
 	if inner != 0 {
 		tids = []int32{int32(inner), int32(pid)}
 	}
-	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: uint64(len(tids))}
-	if _, err := ptrace.WriteMemForce(p.PID, huskData, raw.Bytes(&ca)); err != nil {
+	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: args + 128, SetTIDSize: uint64(len(tids))}
+	if _, err := ptrace.WriteMemForce(p.PID, args, raw.Bytes(&ca)); err != nil {
 		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 	}
 	for i := range tids {
-		if _, err := ptrace.WriteMemForce(p.PID, huskData+128+uint64(4*i), raw.Bytes(&tids[i])); err != nil {
+		if _, err := ptrace.WriteMemForce(p.PID, args+128+uint64(4*i), raw.Bytes(&tids[i])); err != nil {
 			return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 		}
 	}
-	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(raw.Bytes(&ca))))
+	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, args, uint64(len(raw.Bytes(&ca))))
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if err := pidFree(pid); err != nil {
@@ -683,24 +695,23 @@ func dropZombieSIGCHLD(all []*restorer) {
 			zombies[r.parent][int32(r.pid)] = true
 		}
 	}
-	le := binary.LittleEndian
 	for parent, pids := range zombies {
 		if parent.p == nil {
 			continue
 		}
 		for _, th := range parent.p.Threads {
-			kept := th.Stolen[:0]
-			for _, si := range th.Stolen {
-				// siginfo: si_signo at 0, si_code at 8, si_pid at 16.
-				if len(si) >= 20 && unix.Signal(le.Uint32(si)) == unix.SIGCHLD &&
-					int32(le.Uint32(si[8:])) > 0 && pids[int32(le.Uint32(si[16:]))] {
-					continue
-				}
-				kept = append(kept, si)
-			}
-			th.Stolen = kept
+			th.Stolen = slices.DeleteFunc(th.Stolen, func(si []byte) bool { return sigchldFrom(si, pids) })
 		}
 	}
+}
+
+// sigchldFrom says whether siginfo si is a SIGCHLD sent by the kernel for
+// one of pids.
+func sigchldFrom(si []byte, pids map[int32]bool) bool {
+	le := binary.LittleEndian
+	// siginfo: si_signo at 0, si_code at 8, si_pid at 16.
+	return len(si) >= 20 && unix.Signal(le.Uint32(si)) == unix.SIGCHLD &&
+		int32(le.Uint32(si[8:])) > 0 && pids[int32(le.Uint32(si[16:]))]
 }
 
 // createRoot starts the husk and forks the root out of it.

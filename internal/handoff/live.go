@@ -35,10 +35,19 @@ type LiveLayout struct {
 	// mounts empty (their files come with the state's image, whose table
 	// must be this one).
 	Mounts *core.MountNS `json:"mounts,omitempty"`
+	// Members, in the first layout, says the tree is moved whole as it
+	// changes: each page stream begins with its PID even with Tree empty,
+	// and a later round's layout may name processes the one before did
+	// not (forked since: the target creates them, out of their parent,
+	// and a page stream each, opened before the layout, follows) and leave
+	// out ones it named (gone: the target removes them); a process that
+	// exited since comes as a zombie. Without it the tree keeps the shape
+	// of the first layout.
+	Members bool `json:"members,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
-// tree (see LiveLayout.Tree).
+// tree (see LiveLayout.Tree and LiveLayout.Members).
 const PagesPIDLen = 4
 
 // LiveState is the body of the State message: the final image and the

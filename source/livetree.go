@@ -1,0 +1,398 @@
+package source
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/handoff"
+	"github.com/procmig/migrate/transport"
+)
+
+// A live migration moves the tree as it is when it is frozen. Pre-copy
+// takes it again at the start of each round (regroup): a process that
+// forked into it since joins (tracked from then on, with a page stream
+// of its own that begins with all its memory), one that exited leaves
+// (its tracking and stream end; a zombie moves as one), and each round's
+// layout names the tree as it is (handoff.LiveLayout.Members). The
+// freeze stops the whole tree at once (freezeTree, until no frozen
+// process has a child that is not frozen: a frozen process forks no
+// more, and exits no more), and settleFrozen takes the frozen tree as it
+// is: a process forked since the last round joins in the frozen window,
+// with all its memory in the final round; one that exited leaves.
+
+// pagesOut is the page stream of one process to the target.
+type pagesOut struct {
+	conn net.Conn
+	w    io.Writer // conn, or conn under the migration's bandwidth
+}
+
+// openPages opens the page stream of process d; a tree's begins with
+// its PID (handoff.LiveLayout.Members).
+func (a *liveSource) openPages(d *dumper) (io.Writer, error) {
+	conn, err := a.sess.OpenStream(transport.KindPages)
+	if err != nil {
+		return nil, err
+	}
+	if a.tree {
+		var b [handoff.PagesPIDLen]byte
+		binary.LittleEndian.PutUint32(b[:], uint32(d.pid))
+		if _, err := conn.Write(b[:]); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	po := &pagesOut{conn: conn, w: conn}
+	if a.budget != nil {
+		po.w = &limitedWriter{w: conn, b: a.budget}
+	}
+	a.pages[d] = po
+	return po.w, nil
+}
+
+// closePages closes every page stream still open.
+func (a *liveSource) closePages() {
+	for d, po := range a.pages {
+		po.conn.Close()
+		delete(a.pages, d)
+	}
+}
+
+// join makes d a process of the migration: what the target needs to
+// create it (identify), its tracking begun if tracked (pre-copy: d.track;
+// frozen, a wholeTracker is given it), and its page stream and sink.
+func (a *liveSource) join(d *dumper, tracked bool) error {
+	if err := identify(d); err != nil {
+		return err
+	}
+	if tracked {
+		if err := d.track(); err != nil {
+			return err
+		}
+	}
+	w, err := a.openPages(d)
+	if err != nil {
+		return err
+	}
+	name := "the page stream to the target"
+	if a.tree {
+		name = fmt.Sprintf("the page stream of process %d to the target", d.pid)
+	}
+	if d.sink, err = d.newSink(d.codec, w, name); err != nil {
+		return err
+	}
+	if tracked {
+		d.armSink()
+	}
+	return nil
+}
+
+// leave ends what the migration had of process d, which left the tree
+// or exited: its tracking (nothing of it is left in the process, if it
+// runs on), its page stream (ended: the target removes the process).
+func (a *liveSource) leave(d *dumper) {
+	if d.tracker != nil {
+		if err := d.tracker.Close(); err != nil {
+			d.log.Debug("stop the tracking of a process that left the tree", "pid", d.pid, "err", err)
+		}
+		d.tracker = nil
+	}
+	if d.sink != nil && !d.sink.closed {
+		if _, err := d.sink.finish(); err != nil {
+			d.sink.abort()
+		}
+	}
+	if po := a.pages[d]; po != nil {
+		po.conn.Close()
+		delete(a.pages, d)
+	}
+}
+
+// newMember is a dumper for pid, a process of the tree (parent ppid) that
+// the migration does not have yet, once it passes the checks each
+// process of the tree passes.
+func (a *liveSource) newMember(pid int) (*dumper, error) {
+	ss := a.d.session
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	status, err := proc.ReadStatus(pid)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMember(pid, a.d.pid, status); err != nil {
+		return nil, err
+	}
+	if err := refuseDeletedMappings(pid); err != nil {
+		return nil, err
+	}
+	d := &dumper{session: ss, pid: pid, stat: st, status: status, proc: &core.Process{},
+		pages: &core.PagesInfo{File: pagesFile(pid, false), Codec: ss.codec.String()}}
+	d.proc.Pages = d.pages
+	return d, nil
+}
+
+// zombieOf describes pid, a zombie child of ppid.
+func zombieOf(pid, ppid int) (core.Process, error) {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return core.Process{}, err
+	}
+	if st.State != 'Z' && st.State != 'X' {
+		return core.Process{}, fmt.Errorf("process %d is not a zombie (%c)", pid, st.State)
+	}
+	return core.Process{PID: pid, PPID: ppid, PGID: st.PGRP, SID: st.Session, Comm: st.Comm,
+		Zombie: &core.Zombie{ExitCode: st.ExitCode}}, nil
+}
+
+// regroup is the session's regroup (pre-copy, at the start of each
+// round): the tree is read again, and a.all follows it. A process that
+// exits before it is taken in is left out (it joins at a later round if
+// it is a zombie then), and so are its children. What cannot be followed
+// is a *TreeChangedError (diffTree).
+func (a *liveSource) regroup(_ context.Context, _ []*dumper) ([]*dumper, error) {
+	pids, now, err := walkTree(a.d.pid)
+	if err != nil {
+		return nil, err
+	}
+	delta, err := diffTree(a.members, now, pids)
+	if err != nil {
+		return nil, err
+	}
+	if a.d.container && a.d.sink != nil {
+		if err := containerChange(delta, a.members, now); err != nil {
+			return nil, err
+		}
+	}
+	if a.d.sink == nil {
+		// The first round: the root joins first.
+		if err := a.join(a.d, true); err != nil {
+			return nil, err
+		}
+	}
+	gone := map[int]bool{}
+	for _, pid := range append(slices.Clone(delta.left), delta.died...) {
+		gone[pid] = true
+	}
+	kept := a.all[:0:0]
+	for _, d := range a.all {
+		if gone[d.pid] {
+			a.leave(d)
+			continue
+		}
+		kept = append(kept, d)
+	}
+	joined := map[int]bool{}
+	for _, pid := range delta.joined {
+		joined[pid] = true
+	}
+	oldZombies := map[int]core.Process{}
+	for _, z := range a.zombies {
+		oldZombies[z.PID] = z
+	}
+	var zombies []core.Process
+	for _, pid := range pids[1:] {
+		m := now[pid]
+		if _, ok := now[m.ppid]; !ok {
+			delete(now, pid) // its parent was not taken in
+			continue
+		}
+		if m.zombie {
+			z, ok := oldZombies[pid]
+			if !ok {
+				if z, err = zombieOf(pid, m.ppid); err != nil {
+					delete(now, pid) // reaped since
+					continue
+				}
+			}
+			zombies = append(zombies, z)
+			continue
+		}
+		if !joined[pid] {
+			continue // in kept
+		}
+		d, err := a.newMember(pid)
+		if err == nil {
+			err = a.join(d, true)
+		}
+		if err != nil {
+			if d != nil {
+				a.leave(d)
+			}
+			if exited(pid) {
+				delete(now, pid)
+				continue
+			}
+			return nil, err
+		}
+		// All its memory in its first round (a forked child shares its
+		// pages with its parent until either writes them: it is sent
+		// as its own).
+		d.pending = wholeRanges(d.preLayout)
+		kept = append(kept, d)
+	}
+	if !delta.empty() {
+		a.d.log.Info("pre-copy: the tree changed", "joined", len(delta.joined), "exited", len(delta.died), "left", len(delta.left), "processes", len(kept), "zombies", len(zombies))
+	}
+	a.all, a.zombies, a.members = kept, zombies, now
+	return a.all, nil
+}
+
+// settleFrozen takes the frozen tree as it is (all, zombies: what
+// freezeTree found, a.all first): a process forked since the last round
+// joins now, with all its memory for the final round; one that exited
+// (not seized), or that left the tree (its parent exited: it was seized
+// but runs on), leaves. Nothing of a.all changes on an error.
+//
+// Preconditions: every process of all with a tracee is frozen.
+func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) error {
+	in := map[int]bool{}
+	now := map[int]treeMember{}
+	var kept, out []*dumper
+	for i, d := range all {
+		if d.p == nil {
+			continue // exited before it was seized
+		}
+		st, err := proc.ReadStat(d.pid)
+		if err != nil {
+			return fmt.Errorf("process %d, frozen: %w", d.pid, err)
+		}
+		m, was := a.members[d.pid]
+		switch {
+		case i == 0:
+		case !in[st.PPID]:
+			out = append(out, d)
+			continue
+		case was && m.ppid != st.PPID:
+			return &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: fmt.Sprintf("lost its parent (now a child of %d)", st.PPID)}
+		case was && m.start != st.StartTime:
+			return &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: "exited, and another process took its PID"}
+		}
+		in[d.pid] = true
+		now[d.pid] = treeMember{ppid: st.PPID, start: st.StartTime}
+		if i == 0 {
+			now[d.pid] = treeMember{start: st.StartTime}
+		}
+		kept = append(kept, d)
+	}
+	var zs []core.Process
+	for _, z := range zombies {
+		if in[z.PPID] {
+			zs = append(zs, z)
+			now[z.PID] = treeMember{ppid: z.PPID, zombie: true}
+		}
+	}
+	if a.d.container {
+		var order []int
+		for _, d := range kept {
+			order = append(order, d.pid)
+		}
+		for _, z := range zs {
+			order = append(order, z.PID)
+		}
+		delta, err := diffTree(a.members, now, order)
+		if err == nil {
+			err = containerChange(delta, a.members, now)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Newcomers: their memory goes whole in the final round.
+	isMember := map[*dumper]bool{}
+	for _, d := range a.all {
+		isMember[d] = true
+	}
+	for _, d := range kept {
+		if isMember[d] {
+			continue
+		}
+		d.tracker = wholeTracker{}
+		if err := a.join(d, false); err != nil {
+			return err
+		}
+	}
+	// Those that left run on, untouched.
+	for _, d := range out {
+		if err := d.p.Detach(); err != nil {
+			return fmt.Errorf("process %d left the tree as it was frozen: %w", d.pid, err)
+		}
+		d.p = nil
+	}
+	keptSet := map[*dumper]bool{}
+	for _, d := range kept {
+		keptSet[d] = true
+	}
+	for _, d := range a.all {
+		if !keptSet[d] {
+			a.leave(d)
+		}
+	}
+	changed := len(kept) != len(a.all) || len(zs) != len(a.zombies)
+	for i := range min(len(kept), len(a.all)) {
+		changed = changed || kept[i] != a.all[i]
+	}
+	if changed {
+		a.d.log.Info("the tree changed as it was frozen", "processes", len(kept), "was", len(a.all), "zombies", len(zs), "were", len(a.zombies))
+	}
+	a.all, a.zombies, a.members = kept, zs, now
+	if changed && a.record != "" {
+		// The record names the frozen tree (for `migrate recover`).
+		var tree []int
+		for _, d := range a.all[1:] {
+			tree = append(tree, d.pid)
+		}
+		if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err == nil {
+			a.record = rec
+		}
+	}
+	return nil
+}
+
+// containerChange is a *TreeChangedError for the first change of delta
+// (between was and now), nil if there is none: a container moved whole
+// keeps its tree until it is frozen (each layout names the PIDs inside of
+// the processes the target creates at the first).
+func containerChange(delta treeDelta, was, now map[int]treeMember) error {
+	const why = " (a container's processes cannot change while it moves)"
+	switch {
+	case len(delta.joined) > 0:
+		return &TreeChangedError{PID: delta.joined[0], Parent: now[delta.joined[0]].ppid, Change: "forked" + why}
+	case len(delta.died) > 0:
+		return &TreeChangedError{PID: delta.died[0], Parent: was[delta.died[0]].ppid, Change: "exited" + why}
+	case len(delta.left) > 0:
+		return &TreeChangedError{PID: delta.left[0], Parent: was[delta.left[0]].ppid, Change: "exited" + why}
+	}
+	return nil
+}
+
+// wholeRanges are the areas of vmas that hold pages, whole.
+func wholeRanges(vmas []core.VMA) []PageRange {
+	var out []PageRange
+	for _, v := range vmas {
+		if holdsPages(v.Kind) {
+			out = append(out, PageRange{Start: v.Start, End: v.End})
+		}
+	}
+	return out
+}
+
+// wholeTracker is the tracker of a process that joined a live
+// migration's tree in the frozen window: every page it holds is dirty.
+type wholeTracker struct{}
+
+func (wholeTracker) Name() string                         { return "whole" }
+func (wholeTracker) Start(*ptrace.Proc, []core.VMA) error { return nil }
+func (wholeTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
+	return wholeRanges(vmas), nil
+}
+func (wholeTracker) Held() time.Duration { return 0 }
+func (wholeTracker) Close() error        { return nil }
