@@ -791,3 +791,196 @@ func TestLiveTreeSharedMemoryExact(t *testing.T) {
 	}
 	r.WaitTick(t, long, r.LastTick(t)+3)
 }
+
+// TestLiveTreeChurn: a tree whose root forks short-lived children all
+// the time (treechurn: each writes memory of its own and the root's,
+// copied on write, checks it before each rewrite, and exits), with
+// keepers that stay, one forked during the pre-copy, moves live: the
+// target's tree is the source's at the freeze. Each process of it
+// carries on there: a keeper says it is alive, a short-lived child ends
+// its checks, a zombie is reaped by the root with its exit status; no
+// process finds its memory changed; the target has no process the root
+// did not fork there; nothing of the tree runs here. With "no pause" the
+// root forks as fast as it can: the tree changes at the very moment of
+// the freeze.
+func TestLiveTreeChurn(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		pause string // treechurn's PAUSE_MS
+		pol   source.Policy
+	}{
+		{"rounds", "2", source.Policy{MaxRounds: 5, TargetDowntime: 0, MinShrink: 0, Patience: 4}},
+		{"default policy", "2", source.Policy{}},
+		{"no pause", "0", source.Policy{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLiveTreeChurn(t, tc.pause, tc.pol) })
+	}
+}
+
+// churnMember is a process of a tree at the freeze.
+type churnMember struct {
+	ppid   int
+	zombie bool
+}
+
+// treeNow lists root's descendants (host PIDs) with their parents and
+// whether each is a zombie.
+func treeNow(root int) map[int]churnMember {
+	out := map[int]churnMember{root: {}}
+	todo := []int{root}
+	for len(todo) > 0 {
+		pid := todo[0]
+		todo = todo[1:]
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				kid, _ := strconv.Atoi(f)
+				st, err := testutil.State(kid)
+				if err != nil {
+					continue
+				}
+				out[kid] = churnMember{ppid: pid, zombie: st == 'Z'}
+				todo = append(todo, kid)
+			}
+		}
+	}
+	return out
+}
+
+// reapForked reaps the processes of lines ("forked C", "keeper C") that
+// are children of this test now (their root gone).
+func reapForked(t *testing.T, lines []string) {
+	t.Helper()
+	for _, l := range lines {
+		for _, prefix := range []string{"forked ", "keeper "} {
+			if s, ok := strings.CutPrefix(l, prefix); ok {
+				pid, _ := strconv.Atoi(s)
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				if err != nil {
+					continue
+				}
+				if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+					testutil.ReapOrphan(t, pid)
+				}
+			}
+		}
+	}
+}
+
+func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "treechurn"), pause)
+	t.Cleanup(func() {
+		// The children die with the root (PR_SET_PDEATHSIG), and come to
+		// this test (a subreaper) to be reaped.
+		p.Stop(t)
+		reapForked(t, p.Lines(t))
+	})
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, long, 3)
+	unix.Kill(p.PID, unix.SIGUSR2)
+	p.WaitLine(t, short, 0, "keeper ")
+	var (
+		frozen    map[int]churnMember // the tree at the freeze
+		linesThen int                 // the lines written before the freeze
+	)
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Tree: true, Policy: pol,
+		Progress: func(rr source.RoundReport) {
+			if rr.Round == 0 && !rr.Frozen {
+				unix.Kill(p.PID, unix.SIGUSR2) // a keeper joins
+			}
+		},
+		Notify: func(m source.Milestone) {
+			if m.Kind == source.MilestoneFrozen {
+				frozen, linesThen = treeNow(p.PID), len(p.Lines(t))
+			}
+		},
+	})
+	if rep.Processes != len(frozen) {
+		t.Errorf("report: %d processes, the tree had %d at the freeze", rep.Processes, len(frozen))
+	}
+	var zombies, live int
+	for _, m := range frozen {
+		if m.zombie {
+			zombies++
+		} else {
+			live++
+		}
+	}
+	t.Logf("the tree at the freeze: %d processes running, %d zombies; %d lines before", live, zombies, linesThen)
+	// Nothing of it runs here.
+	reapForked(t, p.Lines(t))
+	for pid := range frozen {
+		if st, err := testutil.State(pid); err == nil {
+			t.Errorf("process %d of the original tree is left (state %c)", pid, st)
+		}
+	}
+	keepers := map[int]bool{}
+	for _, l := range p.Lines(t) {
+		if s, ok := strings.CutPrefix(l, "keeper "); ok {
+			k, _ := strconv.Atoi(s)
+			keepers[k] = true
+		}
+	}
+	// After the freeze, on the target: each process of the tree at the
+	// freeze carries on.
+	after := func(prefix string) int {
+		var idx int
+		testutil.WaitFor(t, long, fmt.Sprintf("a line %q after the migration", prefix), func() bool {
+			for i, l := range r.Lines(t)[linesThen:] {
+				if strings.HasPrefix(l, prefix) {
+					idx = linesThen + i
+					return true
+				}
+			}
+			return false
+		})
+		return idx
+	}
+	for pid, m := range frozen {
+		switch {
+		case pid == p.PID:
+			r.WaitTick(t, long, r.LastTick(t)+3)
+		case m.zombie:
+			// Its exit status is the one its parent gets there.
+			after(fmt.Sprintf("reaped %d status=%d", pid, (pid&0x7f)<<8))
+		case keepers[pid]:
+			after(fmt.Sprintf("alive pid=%d ", pid))
+			if ids := innerIDs(t, findInNamespace(t, pid)); ids.ppid != p.PID {
+				t.Errorf("keeper %d: parent %d there, want %d", pid, ids.ppid, p.PID)
+			}
+		default:
+			after(fmt.Sprintf("done pid=%d ", pid))
+			after(fmt.Sprintf("reaped %d status=%d", pid, (pid&0x7f)<<8))
+		}
+	}
+	// No process the root did not fork there (after the freeze).
+	lines := r.Lines(t)
+	forkedAt := map[int]int{}
+	for i, l := range lines {
+		for _, prefix := range []string{"forked ", "keeper "} {
+			if s, ok := strings.CutPrefix(l, prefix); ok {
+				k, _ := strconv.Atoi(s)
+				forkedAt[k] = i
+			}
+		}
+	}
+	for _, c := range childrenOf(t, r.PID) {
+		inner := innerIDs(t, c).pid
+		if _, ok := frozen[inner]; ok {
+			continue
+		}
+		if i, ok := forkedAt[inner]; !ok || i < linesThen {
+			if st, err := testutil.State(c); err == nil {
+				t.Errorf("process %d (%d there) runs on the target (state %c): not of the tree at the freeze, nor forked since", c, inner, st)
+			}
+		}
+	}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "corrupt") || strings.HasPrefix(l, "FAIL") {
+			t.Errorf("%q", l)
+		}
+	}
+}

@@ -182,10 +182,13 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		if members[pid].zombie {
 			continue
 		}
-		alive = append(alive, pid)
 		if err := refuseDeletedMappings(pid); err != nil {
-			return nil, err
+			if pid == opts.PID || !exited(pid) {
+				return nil, err
+			}
+			continue // it exited: it leaves the tree
 		}
+		alive = append(alive, pid)
 	}
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err

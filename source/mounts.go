@@ -458,6 +458,9 @@ func sameMountNS(pids []int) error {
 	}
 	for _, pid := range pids[1:] {
 		ns, err := mountNS(pid)
+		if err != nil && exited(pid) {
+			continue // it leaves the tree (a live migration's, read running)
+		}
 		if err != nil {
 			return err
 		}

@@ -140,10 +140,12 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 	return zombies, nil
 }
 
-// exited says whether process pid exited: gone, or a zombie.
+// exited says whether process pid exited: gone, a zombie, or on its
+// way (PF_EXITING: its memory may be gone already).
 func exited(pid int) bool {
+	const pfExiting = 0x4
 	st, err := proc.ReadStat(pid)
-	return err != nil || st.State == 'Z' || st.State == 'X'
+	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
 }
 
 // treeMember is a process of a running tree: its parent, whether it is
