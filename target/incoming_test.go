@@ -194,3 +194,50 @@ func TestLaterLayoutTreeChanged(t *testing.T) {
 		t.Logf("%s: %v", name, err)
 	}
 }
+
+// TestLaterLayoutMembers: with a tree that may change (Members), a later
+// layout may only say what a tree can do: a process that forked joins
+// under a process being built, one that exited stays a zombie, none
+// changes parent, the root stays, and no more than maxBuilt processes
+// are ever created. Anything else is refused before anything is created.
+func TestLaterLayoutMembers(t *testing.T) {
+	proc := func(pid, ppid int) core.Process {
+		p := incomingProcess()
+		p.PID, p.PPID, p.Threads[0].TID = pid, ppid, pid
+		p.Pages = &core.PagesInfo{File: fmt.Sprintf("pages-%d.img", pid)}
+		return p
+	}
+	kid := proc(testPID+1, testPID)
+	zombie := core.Process{PID: testPID + 2, PPID: testPID, Zombie: &core.Zombie{}}
+	target := func() *liveTarget {
+		lt := laterRound()
+		lt.tree, lt.changes = true, true
+		lt.members = map[int]member{testPID: {ppid: 1}, kid.PID: {ppid: testPID}, zombie.PID: {ppid: testPID, zombie: true}}
+		return lt
+	}
+	newKid := proc(testPID+3, testPID)
+	for name, c := range map[string]struct {
+		tree  []core.Process
+		built int
+	}{
+		"another parent":         {tree: []core.Process{newKid, proc(kid.PID, newKid.PID), zombie}},
+		"a zombie running again": {tree: []core.Process{kid, proc(zombie.PID, testPID)}},
+		"under no process built": {tree: []core.Process{kid, zombie, proc(testPID+3, kid.PID)}},
+		"too many built":         {tree: []core.Process{kid, zombie, newKid}, built: maxBuilt},
+	} {
+		b, err := json.Marshal(handoff.LiveLayout{Process: incomingProcess(), Tree: c.tree, Members: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lt := target()
+		lt.b.built = c.built
+		if err := lt.Layout(context.Background(), &transport.Layout{Round: 1, Body: b}); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+		if len(lt.b.all) != 0 || lt.b.built != c.built {
+			t.Errorf("%s: %d processes built", name, lt.b.built-c.built)
+		}
+	}
+}

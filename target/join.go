@@ -36,12 +36,12 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 	if b.byPID[p.PID] != nil {
 		return fmt.Errorf("process %d joins the tree, which has it already", p.PID)
 	}
+	if b.built >= maxBuilt {
+		return fmt.Errorf("process %d joins the tree: %d processes were built already", p.PID, b.built)
+	}
 	parent := b.byPID[p.PPID]
 	if parent == nil || parent.p == nil || parent.proc.Zombie != nil {
 		return fmt.Errorf("process %d joins the tree: its parent %d is not a running process of it", p.PID, p.PPID)
-	}
-	if b.built >= maxBuilt {
-		return fmt.Errorf("process %d joins the tree: %d processes were built already", p.PID, b.built)
 	}
 	if p.Zombie == nil {
 		if err := validateLiveProcess(p); err != nil {
