@@ -968,7 +968,17 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 		}
 	}
 	for _, c := range childrenOf(t, r.PID) {
-		inner := innerIDs(t, c).pid
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c))
+		if err != nil {
+			continue // exited since (and reaped by the root)
+		}
+		var inner int
+		for _, l := range strings.Split(string(b), "\n") {
+			if f, ok := strings.CutPrefix(l, "NSpid:"); ok {
+				ids := strings.Fields(f)
+				inner, _ = strconv.Atoi(ids[len(ids)-1])
+			}
+		}
 		if _, ok := frozen[inner]; ok {
 			continue
 		}

@@ -28,39 +28,53 @@ import (
 // is: a process forked since the last round joins in the frozen window,
 // with all its memory in the final round; one that exited leaves.
 
-// pagesOut is the page stream of one process to the target.
+// pagesOut is the page stream of one process to the target. What is
+// written before it is opened (open) waits: a process that exits while
+// it joins must leave no stream behind, which the target would take for
+// another's.
 type pagesOut struct {
-	conn net.Conn
-	w    io.Writer // conn, or conn under the migration's bandwidth
+	conn    net.Conn
+	w       io.Writer // conn, or conn under the migration's bandwidth; nil until open
+	waiting []byte
 }
 
-// openPages opens the page stream of process d; a tree's begins with
-// its PID (handoff.LiveLayout.Members).
-func (a *liveSource) openPages(d *dumper) (io.Writer, error) {
+func (po *pagesOut) Write(p []byte) (int, error) {
+	if po.w == nil {
+		po.waiting = append(po.waiting, p...)
+		return len(p), nil
+	}
+	return po.w.Write(p)
+}
+
+// open opens the page stream of process pid, which begins with its PID
+// in a tree (handoff.LiveLayout.Members), and sends what waits.
+func (po *pagesOut) open(a *liveSource, pid int) error {
 	conn, err := a.sess.OpenStream(transport.KindPages)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if a.tree {
-		var b [handoff.PagesPIDLen]byte
-		binary.LittleEndian.PutUint32(b[:], uint32(d.pid))
-		if _, err := conn.Write(b[:]); err != nil {
-			conn.Close()
-			return nil, err
-		}
-	}
-	po := &pagesOut{conn: conn, w: conn}
+	po.conn, po.w = conn, conn
 	if a.budget != nil {
 		po.w = &limitedWriter{w: conn, b: a.budget}
 	}
-	a.pages[d] = po
-	return po.w, nil
+	if a.tree {
+		var b [handoff.PagesPIDLen]byte
+		binary.LittleEndian.PutUint32(b[:], uint32(pid))
+		if _, err := conn.Write(b[:]); err != nil {
+			return err
+		}
+	}
+	_, err = po.w.Write(po.waiting)
+	po.waiting = nil
+	return err
 }
 
 // closePages closes every page stream still open.
 func (a *liveSource) closePages() {
 	for d, po := range a.pages {
-		po.conn.Close()
+		if po.conn != nil {
+			po.conn.Close()
+		}
 		delete(a.pages, d)
 	}
 }
@@ -77,21 +91,21 @@ func (a *liveSource) join(d *dumper, tracked bool) error {
 			return err
 		}
 	}
-	w, err := a.openPages(d)
-	if err != nil {
-		return err
-	}
 	name := "the page stream to the target"
 	if a.tree {
 		name = fmt.Sprintf("the page stream of process %d to the target", d.pid)
 	}
-	if d.sink, err = d.newSink(d.codec, w, name); err != nil {
+	po := &pagesOut{}
+	var err error
+	if d.sink, err = d.newSink(d.codec, po, name); err != nil {
 		return err
 	}
 	if tracked {
 		d.armSink()
 	}
-	return nil
+	// Last: nothing of d can fail now but the session.
+	a.pages[d] = po
+	return po.open(a, d.pid)
 }
 
 // leave ends what the migration had of process d, which left the tree
@@ -110,7 +124,9 @@ func (a *liveSource) leave(d *dumper) {
 		}
 	}
 	if po := a.pages[d]; po != nil {
-		po.conn.Close()
+		if po.conn != nil {
+			po.conn.Close()
+		}
 		delete(a.pages, d)
 	}
 }

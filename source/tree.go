@@ -118,6 +118,10 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 					return nil, &BadTargetError{PID: kid, Reason: fmt.Sprintf("this child of %d is traced by process %d", parent.pid, status.TracerPID)}
 				}
 				if err := checkMember(kid, ss.opts.PID, status); err != nil {
+					if live && exited(kid) {
+						delete(seen, kid)
+						continue
+					}
 					return nil, err
 				}
 				d := &dumper{
