@@ -230,9 +230,9 @@ type MigrateOptions struct {
 	Bandwidth int64
 	// ProcessOnly moves the process alone, and refuses it if it has
 	// children; by default the process moves with all its descendants,
-	// which must neither fork nor exit until they are frozen (a
-	// *source.TreeChangedError otherwise: the tree runs on here).
-	// --tree=false.
+	// as they are when they are frozen (a process forked during pre-copy
+	// joins, one that exits leaves; one that changes parent aborts with a
+	// *source.TreeChangedError, the tree running on here). --tree=false.
 	ProcessOnly bool
 	// Inherit maps objects outside the tree that its processes hold
 	// ("pipe:[1234]", "socket:[5678]", as /proc/PID/fd shows them) to the

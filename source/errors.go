@@ -57,13 +57,15 @@ func (e *UnsupportedMappingError) Error() string {
 }
 
 // TreeChangedError says that the process tree a live migration moves
-// changed shape before the freeze: a process forked or exited. The
-// migration was given up, the original tree runs on; moving it again
-// finds the tree as it is then.
+// changed during the pre-copy in a way the target cannot follow: a
+// process that stayed in the tree with another parent, or whose PID
+// another process took (a tree that merely forks and exits is moved as
+// it is when frozen). The migration was given up, the original tree runs
+// on; moving it again finds the tree as it is then.
 type TreeChangedError struct {
-	PID    int    // the process that appeared or left
+	PID    int    // the process
 	Parent int    // its parent (0 if unknown)
-	Change string // "forked" or "exited"
+	Change string // what it did: "lost its parent (...)", "exited, and another process took its PID", "forked"
 }
 
 func (e *TreeChangedError) Error() string {
@@ -71,5 +73,5 @@ func (e *TreeChangedError) Error() string {
 	if e.Parent > 0 {
 		s = fmt.Sprintf("the process tree changed during the migration: process %d (a child of %d) %s", e.PID, e.Parent, e.Change)
 	}
-	return s + "; a tree moves live only if no process of it forks or exits until it is frozen"
+	return s + "; a tree moves live only if its processes keep their parents until it is frozen"
 }
