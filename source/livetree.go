@@ -28,10 +28,11 @@ import (
 // is: a process forked since the last round joins in the frozen window,
 // with all its memory in the final round; one that exited leaves.
 
-// pagesOut is the page stream of one process to the target. What is
-// written before it is opened (open) waits: a process that exits while
-// it joins must leave no stream behind, which the target would take for
-// another's.
+// pagesOut is the page stream of one process to the target. It opens
+// with the layout that names the process first (openPages); what is
+// written before waits: a process that leaves before (it exits as it
+// joins, or the policy stops the pre-copy before the round it joined)
+// leaves no stream behind, which the target would take for another's.
 type pagesOut struct {
 	conn    net.Conn
 	w       io.Writer // conn, or conn under the migration's bandwidth; nil until open
@@ -103,9 +104,21 @@ func (a *liveSource) join(d *dumper, tracked bool) error {
 	if tracked {
 		d.armSink()
 	}
-	// Last: nothing of d can fail now but the session.
 	a.pages[d] = po
-	return po.open(a, d.pid)
+	return nil
+}
+
+// openPages opens the page streams of the processes that joined since
+// the last layout, just before the layout that names them.
+func (a *liveSource) openPages() error {
+	for _, d := range a.all {
+		if po := a.pages[d]; po != nil && po.w == nil {
+			if err := po.open(a, d.pid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // leave ends what the migration had of process d, which left the tree

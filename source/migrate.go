@@ -597,6 +597,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if err != nil {
 			return err
 		}
+		if err := a.openPages(); err != nil {
+			return err
+		}
 		return r.Layout(body)
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
