@@ -2,7 +2,10 @@ package target
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"os"
 	"runtime"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/handoff"
+	"github.com/procmig/migrate/transport"
 )
 
 // selfProcess describes this test process as a live source would: its
@@ -166,6 +170,40 @@ func FuzzLiveState(f *testing.F) {
 		}
 		if _, err := decodeState(again, pid); err != nil {
 			t.Fatalf("accepted, then refused after a round trip: %v", err)
+		}
+	})
+}
+
+// FuzzLaterLayoutMembers: a later round's layout of a tree that may
+// change (three processes: the root, a child, a zombie) never panics,
+// and one accepted changes nothing a tree cannot do: no process changed
+// parent, no zombie runs again, and nothing was created (this target
+// builds nothing, so a process joining is refused).
+func FuzzLaterLayoutMembers(f *testing.F) {
+	p := incomingProcess()
+	kid := incomingProcess()
+	kid.PID, kid.PPID, kid.Threads[0].TID = testPID+1, testPID, testPID+1
+	kid.Pages = &core.PagesInfo{File: fmt.Sprintf("pages-%d.img", kid.PID)}
+	zombie := core.Process{PID: testPID + 2, PPID: testPID, Zombie: &core.Zombie{}}
+	for _, tree := range [][]core.Process{{kid, zombie}, {kid}, {zombie}, nil, {zombie, kid}} {
+		b, _ := json.Marshal(handoff.LiveLayout{Process: p, Tree: tree, Members: true})
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		lt := laterRound()
+		lt.tree, lt.changes = true, true
+		was := map[int]member{testPID: {ppid: 1}, kid.PID: {ppid: testPID}, zombie.PID: {ppid: testPID, zombie: true}}
+		lt.members = maps.Clone(was)
+		if err := lt.Layout(context.Background(), &transport.Layout{Round: 1, Body: body}); err != nil {
+			return
+		}
+		for pid, m := range lt.members {
+			if w, ok := was[pid]; !ok || w.ppid != m.ppid || (w.zombie && !m.zombie) {
+				t.Fatalf("process %d accepted as %+v, was %+v (known: %v)", pid, m, w, ok)
+			}
+		}
+		if len(lt.b.all) != 0 {
+			t.Fatalf("%d processes built", len(lt.b.all))
 		}
 	})
 }
