@@ -65,7 +65,7 @@ func (e *UnsupportedMappingError) Error() string {
 type TreeChangedError struct {
 	PID    int    // the process
 	Parent int    // its parent (0 if unknown)
-	Change string // what it did: "lost its parent (...)", "exited, and another process took its PID", "forked"
+	Change string // what it did: "lost its parent (...)", "exited, and another process took its PID"
 }
 
 func (e *TreeChangedError) Error() string {

@@ -230,8 +230,11 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) ([]*dumper, error) 
 	var zombies []core.Process
 	for _, pid := range pids[1:] {
 		m := now[pid]
-		if _, ok := now[m.ppid]; !ok {
-			delete(now, pid) // its parent was not taken in
+		if p, ok := now[m.ppid]; !ok || p.zombie {
+			// Its parent was not taken in (or is a zombie now: the
+			// walk raced with its exit, and the child is not in the
+			// tree any more).
+			delete(now, pid)
 			continue
 		}
 		if m.zombie {

@@ -218,10 +218,6 @@ func diffTree(was, now map[int]treeMember, order []int) (treeDelta, error) {
 		w, ok := was[pid]
 		switch {
 		case !ok:
-			if p, ok := now[m.ppid]; ok && p.zombie {
-				// (A zombie has no children: a race of the walk.)
-				return d, &TreeChangedError{PID: pid, Parent: m.ppid, Change: "forked"}
-			}
 			d.joined = append(d.joined, pid)
 		case w.start != m.start:
 			return d, &TreeChangedError{PID: pid, Parent: w.ppid, Change: "exited, and another process took its PID"}
