@@ -178,8 +178,9 @@ copy its memory, then it is frozen for a final round with its state, the
 target restores it with the same PID, and once the target says it runs, the
 original is killed. Any failure before the commit leaves the original
 running as it was. The process moves with all its descendants (--tree,
-the default), which must neither fork nor exit until they are frozen;
---tree=false moves a process without children alone.`,
+the default), as they are when they are frozen: a process forked during
+pre-copy joins, one that exits leaves; --tree=false moves a process
+without children alone.`,
 	examples: `  migrate --to 10.0.0.2:7070 --secret-file /etc/migrate/secret 1234
   migrate --to 10.0.0.2:7070 --insecure --json 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
