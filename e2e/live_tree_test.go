@@ -988,3 +988,70 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 		}
 	}
 }
+
+// TestLiveTreeChurnRollback: a migration of a churning tree that fails
+// after the freeze (a post-dump hook that fails: processes joined during
+// pre-copy and at the freeze) leaves the original tree running as it was:
+// every process of it untraced, with no userfaultfd of the tracking left
+// in it, each keeper still finding its memory as it wrote it; the target
+// keeps nothing.
+func TestLiveTreeChurnRollback(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "treechurn"), "0")
+	t.Cleanup(func() {
+		p.Stop(t)
+		reapForked(t, p.Lines(t))
+	})
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, long, 3)
+	hooks, err := hook.Parse(nil, hook.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errHook := errors.New("the test's post-dump hook fails")
+	hooks.AddFunc(hook.PostDump, "fail", func(context.Context, map[string]string) error { return errHook })
+	_, err = source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true}, Logger: testLogger(t), Hooks: hooks,
+		Policy: source.Policy{MaxRounds: 3, TargetDowntime: 0, MinShrink: 0, Patience: 3},
+		Progress: func(rr source.RoundReport) {
+			if rr.Round == 0 && !rr.Frozen {
+				unix.Kill(p.PID, unix.SIGUSR2) // a keeper joins
+			}
+		},
+	})
+	if !errors.Is(err, errHook) {
+		t.Fatalf("migrate: %v, want the hook's error", err)
+	}
+	n := len(p.Lines(t))
+	p.WaitTick(t, long, p.LastTick(t)+5)
+	// The root and the keepers (the short-lived children may be gone
+	// as they are looked at).
+	stay := []int{p.PID}
+	for _, l := range p.Lines(t) {
+		if k, ok := strings.CutPrefix(l, "keeper "); ok {
+			pid, _ := strconv.Atoi(k)
+			stay = append(stay, pid)
+		}
+	}
+	if len(stay) < 2 {
+		t.Fatal("no keeper was forked during the pre-copy")
+	}
+	for _, pid := range stay {
+		if tr := testutil.StatusField(t, pid, "TracerPid"); tr != "0" {
+			t.Errorf("process %d of the tree is still traced by %s", pid, tr)
+		}
+		for fd, f := range testutil.FDs(t, pid) {
+			if strings.Contains(f.Target, "userfaultfd") {
+				t.Errorf("process %d of the tree has a userfaultfd left at fd %d", pid, fd)
+			}
+		}
+	}
+	p.WaitLine(t, long, n, fmt.Sprintf("alive pid=%d ", stay[1]))
+	for _, l := range p.Lines(t) {
+		if strings.HasPrefix(l, "corrupt") || strings.HasPrefix(l, "FAIL") {
+			t.Errorf("%q", l)
+		}
+	}
+	checkNoCopyOnTarget(t, s)
+}
