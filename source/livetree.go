@@ -187,7 +187,17 @@ func zombieOf(pid, ppid int) (core.Process, error) {
 // exits before it is taken in is left out (it joins at a later round if
 // it is a zombie then), and so are its children. What cannot be followed
 // is a *TreeChangedError (diffTree).
-func (a *liveSource) regroup(_ context.Context, _ []*dumper) ([]*dumper, error) {
+func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err error) {
+	// The processes taken in by this call: on an error, a.all stays as
+	// it was and they are let go (the rollback sees a.all).
+	var fresh []*dumper
+	defer func() {
+		if err != nil {
+			for _, d := range fresh {
+				a.leave(d)
+			}
+		}
+	}()
 	pids, now, err := walkTree(a.d.pid)
 	if err != nil {
 		return nil, err
@@ -270,6 +280,7 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) ([]*dumper, error) 
 		// as its own).
 		d.pending = wholeRanges(d.preLayout)
 		kept = append(kept, d)
+		fresh = append(fresh, d)
 	}
 	if !delta.empty() {
 		a.d.log.Info("pre-copy: the tree changed", "joined", len(delta.joined), "exited", len(delta.died), "left", len(delta.left), "processes", len(kept), "zombies", len(zombies))
@@ -285,7 +296,7 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) ([]*dumper, error) 
 // but runs on), leaves. Nothing of a.all changes on an error.
 //
 // Preconditions: every process of all with a tracee is frozen.
-func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) error {
+func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err error) {
 	in := map[int]bool{}
 	now := map[int]treeMember{}
 	var kept, out []*dumper
@@ -343,11 +354,20 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) error {
 	for _, d := range a.all {
 		isMember[d] = true
 	}
+	var fresh []*dumper
+	defer func() {
+		if err != nil {
+			for _, d := range fresh {
+				a.leave(d) // (the caller detaches it)
+			}
+		}
+	}()
 	for _, d := range kept {
 		if isMember[d] {
 			continue
 		}
 		d.tracker = wholeTracker{}
+		fresh = append(fresh, d)
 		if err := a.join(d, false); err != nil {
 			return err
 		}
