@@ -904,7 +904,8 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 			live++
 		}
 	}
-	t.Logf("the tree at the freeze: %d processes running, %d zombies; %d lines before", live, zombies, linesThen)
+	t.Logf("the tree at the freeze: %d processes running, %d zombies; %d lines before; frozen steps %v; target steps %v",
+		live, zombies, linesThen, rep.FrozenSteps, rep.TargetSteps)
 	// Nothing of it runs here.
 	reapForked(t, p.Lines(t))
 	for pid := range frozen {
