@@ -125,6 +125,7 @@ func (a *liveSource) openPages() error {
 // or exited: its tracking (nothing of it is left in the process, if it
 // runs on), its page stream (ended: the target removes the process).
 func (a *liveSource) leave(d *dumper) {
+	a.left = append(a.left, d)
 	if d.tracker != nil {
 		if err := d.tracker.Close(); err != nil {
 			d.log.Debug("stop the tracking of a process that left the tree", "pid", d.pid, "err", err)

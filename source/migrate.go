@@ -289,7 +289,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
-	rep.Stages = stages(a.all, rep.BytesRaw, a.targetApply)
+	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
@@ -370,6 +370,7 @@ type liveSource struct {
 	// others; members is the tree's shape as the latest round (or the
 	// freeze) took it, tree says the tree is moved (MigrateOptions.Tree).
 	all     []*dumper
+	left    []*dumper // processes that left the tree (their sinks' figures count)
 	zombies []core.Process
 	members map[int]treeMember
 	tree    bool
