@@ -808,6 +808,9 @@ func TestLiveTreeChurn(t *testing.T) {
 		{"rounds", "2", source.Policy{MaxRounds: 5, TargetDowntime: 0, MinShrink: 0, Patience: 4}},
 		{"default policy", "2", source.Policy{}},
 		{"no pause", "0", source.Policy{}},
+		// Throttled (the processes stopped for a growing share of each
+		// round), the tree changing all the same.
+		{"auto-converge", "2", source.Policy{MaxRounds: 3, TargetDowntime: time.Millisecond, MinShrink: 0.2, Patience: 1, AutoConverge: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testLiveTreeChurn(t, tc.pause, tc.pol) })
 	}
@@ -844,21 +847,19 @@ func treeNow(root int) map[int]churnMember {
 	return out
 }
 
-// reapForked reaps the processes of lines ("forked C", "keeper C") that
-// are children of this test now (their root gone).
-func reapForked(t *testing.T, lines []string) {
+// reapChurn reaps the treechurn processes that are children of this
+// test now (their root gone, they came to the test, a subreaper): those
+// its root logged, and those it forked but could not log (killed or
+// frozen for good between fork and its line).
+func reapChurn(t *testing.T) {
 	t.Helper()
-	for _, l := range lines {
-		for _, prefix := range []string{"forked ", "keeper "} {
-			if s, ok := strings.CutPrefix(l, prefix); ok {
-				pid, _ := strconv.Atoi(s)
-				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-				if err != nil {
-					continue
-				}
-				if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
-					testutil.ReapOrphan(t, pid)
-				}
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		b, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "treechurn" {
+				testutil.ReapOrphan(t, pid)
 			}
 		}
 	}
@@ -871,7 +872,7 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 		// The children die with the root (PR_SET_PDEATHSIG), and come to
 		// this test (a subreaper) to be reaped.
 		p.Stop(t)
-		reapForked(t, p.Lines(t))
+		reapChurn(t)
 	})
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, long, 3)
@@ -907,7 +908,7 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 	t.Logf("the tree at the freeze: %d processes running, %d zombies; %d lines before; frozen steps %v; target steps %v",
 		live, zombies, linesThen, rep.FrozenSteps, rep.TargetSteps)
 	// Nothing of it runs here.
-	reapForked(t, p.Lines(t))
+	reapChurn(t)
 	for pid := range frozen {
 		if st, err := testutil.State(pid); err == nil {
 			t.Errorf("process %d of the original tree is left (state %c)", pid, st)
@@ -1002,7 +1003,7 @@ func TestLiveTreeChurnRollback(t *testing.T) {
 	p := testutil.Start(t, testutil.Build(t, "treechurn"), "0")
 	t.Cleanup(func() {
 		p.Stop(t)
-		reapForked(t, p.Lines(t))
+		reapChurn(t)
 	})
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, long, 3)
