@@ -145,7 +145,7 @@ func (a *liveSource) leave(d *dumper) {
 	}
 }
 
-// newMember is a dumper for pid, a process of the tree (parent ppid) that
+// newMember is a dumper for pid, a process of the tree that
 // the migration does not have yet, once it passes the checks each
 // process of the tree passes.
 func (a *liveSource) newMember(pid int) (*dumper, error) {
