@@ -543,8 +543,13 @@ http {
 		return nil
 	}
 	testutil.WaitFor(t, long, "nginx to answer", func() bool { return get() == nil })
+	// Each worker as it serves: past its switch to the worker user (a
+	// worker that has not answered yet may still be root).
 	users := map[int]string{}
 	for _, w := range workers {
+		testutil.WaitFor(t, long, fmt.Sprintf("worker %d to leave root", w), func() bool {
+			return testutil.StatusField(t, w, "Uid") != testutil.StatusField(t, p.PID, "Uid")
+		})
 		users[w] = testutil.StatusField(t, w, "Uid")
 	}
 	// The client fetches on through the migration.
