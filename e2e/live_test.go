@@ -71,6 +71,9 @@ type serveOptions struct {
 	// NoFile, if not zero, is the service's RLIMIT_NOFILE (soft, hard),
 	// and so the one the processes it builds start with.
 	NoFile [2]int
+	// IPC runs the service in an IPC namespace of its own (System V
+	// segments of its own), as on another host.
+	IPC bool
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -104,7 +107,11 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	if o.SecretFile != "" {
 		auth = []string{"--secret-file", o.SecretFile}
 	}
-	args := append([]string{"--pid", "--fork", "--kill-child", "--mount-proc", buildMigrate(t), "serve", "--listen", addr, "-v"}, auth...)
+	args := []string{"--pid", "--fork", "--kill-child", "--mount-proc"}
+	if o.IPC {
+		args = append(args, "--ipc")
+	}
+	args = append(append(args, buildMigrate(t), "serve", "--listen", addr, "-v"), auth...)
 	if o.Metrics != "" {
 		args = append(args, "--metrics", o.Metrics)
 	}

@@ -390,6 +390,9 @@ type liveSource struct {
 	targetSteps      []Step
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
+	// shmIDs are the System V segments the first layout listed (nil
+	// before it): the target made those, and no others.
+	shmIDs []int
 }
 
 // milestone tells notify of a milestone.
@@ -549,6 +552,10 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		}
 		a.milestone(MilestoneRound, int(r.Round()))
 		ll := handoff.LiveLayout{Tree: a.treeOf(layouts)}
+		var err error
+		if ll.Shm, err = a.sysvOf(layouts); err != nil {
+			return err
+		}
 		ll.Process = *a.d.proc
 		ll.Process.VMAs = layouts[0]
 		// The fds go with the state (the final round's layout comes
@@ -571,6 +578,30 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		}
 		return r.Done(nil)
 	}
+}
+
+// sysvOf lists the System V segments the processes attach in layouts,
+// for the target to create at the first layout; a later layout must list
+// the same ones (a *SysVChangedError otherwise).
+func (a *liveSource) sysvOf(layouts [][]core.VMA) ([]core.ShmSegment, error) {
+	procs := make([]attachments, len(layouts))
+	for i := range layouts {
+		procs[i] = attachments{a.all[i].pid, layouts[i]}
+	}
+	shm, err := describeSysV(procs)
+	if err != nil {
+		return nil, err
+	}
+	for i := range shm {
+		shm[i].Paged = true
+	}
+	ids := shmIDs(shm)
+	if a.shmIDs == nil {
+		a.shmIDs = append([]int{}, ids...)
+	} else if !slices.Equal(ids, a.shmIDs) {
+		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
+	}
+	return shm, nil
 }
 
 // treeOf is the Tree of a layout: the processes but the root, with their
@@ -831,6 +862,9 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if err := f.collect(ctx); err != nil {
 		return nil, err
 	}
+	if ids := shmIDs(d.shm); !slices.Equal(ids, a.shmIDs) {
+		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
+	}
 	for _, wait := range smaps {
 		if err := wait(); err != nil {
 			return nil, err
@@ -838,6 +872,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	d.lap("blobs, smaps")
 	a.img.Blobs = d.blobSums
+	a.img.Shm = d.shm
 	a.img.Tree = nil
 	for _, m := range a.all[1:] {
 		a.img.Tree = append(a.img.Tree, *m.proc)
@@ -974,6 +1009,10 @@ func (a *liveSource) KillOriginal() error {
 		if d.tracker != nil {
 			d.tracker.Close() // of a dead process: only the agent's fds
 		}
+	}
+	// Their System V segments are the target's now: never two copies.
+	if e := a.d.removeSysV(); err == nil {
+		err = e
 	}
 	a.d.closeTCP()
 	// The lock is lifted (quick) for the held packets to go, and removed

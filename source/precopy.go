@@ -101,7 +101,7 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
 			v := &vmas[i]
-			if !holdsPages(v.Kind) {
+			if !s.d.holds(v.Kind) {
 				continue
 			}
 			c := PageRange{Start: max(r.Start, v.Start), End: min(r.End, v.End)}
@@ -217,7 +217,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 			if ranges[i], err = d.tracker.Dirty(layouts[i]); err != nil {
 				return ss.memberGone(d.pid, fmt.Errorf("pre-copy round %d: %w", round, err))
 			}
-			for _, r := range clip(ranges[i], layouts[i]) {
+			for _, r := range clip(ranges[i], layouts[i], ss.holds) {
 				dirty += r.Pages()
 			}
 		}
@@ -324,13 +324,14 @@ func (m *treeMeter) done(dirty uint64) (RoundReport, error) {
 	return rep, nil
 }
 
-// clip keeps the parts of ranges inside areas that hold pages.
-func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
+// clip keeps the parts of ranges inside areas whose pages are sent
+// (holds).
+func clip(ranges []PageRange, vmas []core.VMA, holds func(string) bool) []PageRange {
 	var out []PageRange
 	for _, r := range ranges {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
-			if holdsPages(vmas[i].Kind) {
+			if holds(vmas[i].Kind) {
 				out = append(out, PageRange{Start: max(r.Start, vmas[i].Start), End: min(r.End, vmas[i].End)})
 			}
 		}

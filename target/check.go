@@ -488,6 +488,7 @@ func (b *Builder) check() error {
 		}
 	}
 	diffs = append(diffs, b.checkSharing()...)
+	diffs = append(diffs, b.checkSysV()...)
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}

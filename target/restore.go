@@ -40,6 +40,10 @@ type session struct {
 	// shmCreated are the System V segments this restore created (a
 	// failed restore removes them).
 	shmCreated []int
+	// shmAt are the agent's own attachments of the segments of a live
+	// migration, by ID: their pages are written through them (the
+	// processes may attach them read-only).
+	shmAt map[int][]byte
 	// shmem is where each shared anonymous object of the image (VMA.Shm)
 	// was first mapped: the other areas that had it map that object too.
 	shmem map[uint64]shmemArea
@@ -204,7 +208,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
-		{"System V shared memory", func() error { return ss.prepareSysV(img) }},
+		{"System V shared memory", func() error { return ss.prepareSysV(img, live) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
@@ -280,6 +284,9 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		// The deleted files first: an area of the final layout may map
 		// one.
 		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
+			return err
+		}
+		if err := b.ss.sameSysV(img); err != nil {
 			return err
 		}
 		if err := b.adopt(img); err != nil {
@@ -407,6 +414,7 @@ func (b *Builder) Discard() {
 // release lets go of the tracer and the agent's files.
 func (b *Builder) release() {
 	b.ss.closeFiles()
+	b.ss.detachSysV()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
 	}
