@@ -37,6 +37,8 @@ func TestErrors(t *testing.T) {
 		{&target.CgroupError{PID: 18, Path: "/gone", Reason: "no such cgroup"}, refusedAs(RefusedCgroup, 18)},
 		{&target.AuditError{PID: 21, Want: core.Audit{LoginUID: 1}}, refusedAs(RefusedAudit, 21)},
 		{&target.ShmError{ID: 5, Key: 7, Reason: "its key is taken by segment 9"}, refusedAs(RefusedShm, 0)},
+		// The target's ShmError in a live migration: its Abort's code.
+		{wrap(&handoff.PeerError{Abort: true, Code: (&target.ShmError{}).AbortCode(), Text: "target: layout: System V segment 5 (key 0x7): its key is taken by segment 9"}), refusedAs(RefusedShm, 0)},
 		{&target.CheckError{Diffs: []target.Difference{{PID: 19, What: "umask", Got: "022", Want: "077"}}}, refusedAs(RefusedDiffers, 0)},
 		{wrap(&handoff.PeerError{Abort: true, Text: "target: prepare: pid 10 is already in use"}), func(err error) bool {
 			var pe *PeerError
