@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core/hook"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
@@ -143,4 +144,40 @@ func shmgetIn(t *testing.T, pid, key int) int {
 		t.Fatalf("segment with key %#x in the IPC namespace of %d: %v", key, pid, r.err)
 	}
 	return r.id
+}
+
+// TestLiveSysVShmRollback: a live migration that fails once the target
+// has built the tree, segments and all (the post-dump hook fails, after
+// the target said ready), leaves no segment there: never two copies. The
+// tree runs on here with its segments as they were.
+func TestLiveSysVShmRollback(t *testing.T) {
+	testutil.RequireRoot(t)
+	w := startSysV(t)
+	before := sysvipc(t, w.a, w.b, w.c)
+	s := startServeWith(t, serveOptions{IPC: true})
+	hooks, err := hook.Parse([]string{"post-dump=false"}, hook.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := source.MigrateOptions{PID: w.PID, To: s.Addr, Tree: true, Logger: testLogger(t), Hooks: hooks}
+	o.Transport.Insecure = true
+	m := startMigration(o)
+	m.waitOrHang(t, s, time.Minute)
+	var he *hook.Error
+	if !errors.As(m.err, &he) {
+		t.Fatalf("migrate: %v (%T), want the post-dump hook's failure", m.err, m.err)
+	}
+	testutil.RequireRunning(t, w.PID)
+	w.WaitTick(t, short, w.LastTick(t)+3)
+	for _, l := range w.Lines(t) {
+		if strings.HasSuffix(l, " stale") {
+			t.Fatalf("after the rollback the child's echo does not reach the parent: %q", l)
+		}
+	}
+	if after := sysvipc(t, w.a, w.b, w.c); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("segments here after the rollback\n%v\nbefore\n%v", after, before)
+	}
+	testutil.WaitFor(t, short, "the target's segments to be gone", func() bool {
+		return len(sysvipcIn(t, s.PID, w.a, w.b, w.c)) == 0
+	})
 }
