@@ -393,6 +393,7 @@ type liveSource struct {
 	// shmIDs are the System V segments the first layout listed (nil
 	// before it): the target made those, and no others.
 	shmIDs []int
+	shm    []core.ShmSegment // and as it listed them
 }
 
 // milestone tells notify of a milestone.
@@ -598,6 +599,7 @@ func (a *liveSource) sysvOf(layouts [][]core.VMA) ([]core.ShmSegment, error) {
 	ids := shmIDs(shm)
 	if a.shmIDs == nil {
 		a.shmIDs = append([]int{}, ids...)
+		a.shm = shm
 	} else if !slices.Equal(ids, a.shmIDs) {
 		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
 	}
@@ -719,7 +721,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	for _, d := range a.all[1:] {
 		tree = append(tree, d.pid)
 	}
-	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err != nil {
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err != nil {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
 	// The whole tree at once, as an offline dump freezes it: a process
@@ -1130,6 +1132,11 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			}
 			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
+			}
+			// The target has the tree's System V segments: never two
+			// copies.
+			if err := removeRecordedSysV(rec.Shm); err != nil {
+				log.Warn("the original tree's System V segments", "err", err)
 			}
 		}
 	case transport.OutcomeAborted:

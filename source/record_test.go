@@ -227,7 +227,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 	}{
 		{"no record", func(*testing.T, int) {}},
 		{"record of an older process with that PID", func(t *testing.T, pid int) {
-			path, err := writeRecord(pid, session, addr, nil)
+			path, err := writeRecord(pid, session, addr, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -241,7 +241,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 			}
 		}},
 		{"record of another PID namespace", func(t *testing.T, pid int) {
-			path, err := writeRecord(pid, session, addr, nil)
+			path, err := writeRecord(pid, session, addr, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -255,7 +255,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 			}
 		}},
 		{"record of another session", func(t *testing.T, pid int) {
-			if _, err := writeRecord(pid, transport.NewSessionID(), addr, nil); err != nil {
+			if _, err := writeRecord(pid, transport.NewSessionID(), addr, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -286,7 +286,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 	}
 
 	// The process the record names is killed, as the target runs it.
-	if _, err := writeRecord(p.PID, session, addr, nil); err != nil {
+	if _, err := writeRecord(p.PID, session, addr, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := recover(p.PID); err != nil {

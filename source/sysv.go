@@ -186,3 +186,24 @@ func statSegment(id, areas int) (unix.SysvShmDesc, string) {
 	}
 	return ds, ""
 }
+
+// removeRecordedSysV marks removed (IPC_RMID) the segments of a record
+// that are still the ones recorded (same key, creator and creation time):
+// `migrate recover`'s part of removeSysV. A segment gone, or another one
+// with its ID now, is left alone.
+func removeRecordedSysV(shm []RecordedSegment) error {
+	var errs []error
+	for _, s := range shm {
+		var ds unix.SysvShmDesc
+		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
+			continue // gone
+		}
+		if ds.Cpid != s.CPID || ds.Ctime != s.Ctime || (ds.Perm.Key != s.Key && ds.Perm.Mode&shmDest == 0) {
+			continue // another segment
+		}
+		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EIDRM) {
+			errs = append(errs, fmt.Errorf("System V segment %d: IPC_RMID: %w", s.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
