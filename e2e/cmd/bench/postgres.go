@@ -172,7 +172,7 @@ func (l *pgLoad) Window() resp.Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	w := l.window
-	addStats(&l.total, w)
+	l.total.Add(w)
 	l.window = resp.Stats{}
 	return w
 }
@@ -181,18 +181,8 @@ func (l *pgLoad) Total() resp.Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.total
-	addStats(&t, l.window)
+	t.Add(l.window)
 	return t
-}
-
-func addStats(s *resp.Stats, o resp.Stats) {
-	s.Requests += o.Requests
-	s.Errors += o.Errors
-	s.Connects += o.Connects
-	s.MaxGap = max(s.MaxGap, o.MaxGap)
-	if o.LastErr != nil {
-		s.LastErr = o.LastErr
-	}
 }
 
 func (l *pgLoad) inserted() int {
