@@ -1,6 +1,6 @@
 // Command bench measures live migration between the two agent nodes of a
-// cluster on this machine (`make bench`; package e2e/cluster: network, PID
-// and mount namespaces per node, `migrate serve` on nodes A and B, a
+// cluster on this machine (`make bench`; package e2e/cluster: network, PID,
+// mount and IPC namespaces per node, `migrate serve` on nodes A and B, a
 // client node, a service address moved by the migration hooks).
 //
 // Scenarios (-scenarios picks some, by name):
