@@ -92,18 +92,30 @@ func (ss *session) prepareSysV(img *core.Image, live bool) error {
 				return fail("write its contents", err)
 			}
 		}
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
-			return fail("shmctl(IPC_STAT)", err)
+		if err := setSegment(s); err != nil {
+			return err
 		}
-		ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
-		ds.Perm.Mode = s.Mode
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_SET, &ds); err != nil {
-			return fail("shmctl(IPC_SET) of its owner and mode", err)
-		}
-		if s.Locked {
-			if _, err := unix.SysvShmCtl(s.ID, shmLock, nil); err != nil {
-				return fail("shmctl(SHM_LOCK)", err)
-			}
+	}
+	return nil
+}
+
+// setSegment gives segment s its owner, mode and lock.
+func setSegment(s *core.ShmSegment) error {
+	fail := func(reason string, err error) error {
+		return &ShmError{ID: s.ID, Key: s.Key, Reason: reason, Err: err}
+	}
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
+		return fail("shmctl(IPC_STAT)", err)
+	}
+	ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
+	ds.Perm.Mode = s.Mode
+	if _, err := unix.SysvShmCtl(s.ID, unix.IPC_SET, &ds); err != nil {
+		return fail("shmctl(IPC_SET) of its owner and mode", err)
+	}
+	if s.Locked {
+		if _, err := unix.SysvShmCtl(s.ID, shmLock, nil); err != nil {
+			return fail("shmctl(SHM_LOCK)", err)
 		}
 	}
 	return nil
@@ -228,7 +240,8 @@ func (ss *session) writeSysV(v *core.VMA, fr *pagestream.Frame) error {
 }
 
 // sameSysV checks that the final image of a live migration lists the
-// segments this migration created, no more, no fewer.
+// segments this migration created, no more, no fewer, and gives each the
+// owner, mode and lock it has now (changed since the first layout, say).
 func (ss *session) sameSysV(img *core.Image) error {
 	var ids []int
 	for _, s := range img.Shm {
@@ -238,6 +251,11 @@ func (ss *session) sameSysV(img *core.Image) error {
 	made := slices.Sorted(slices.Values(ss.shmCreated))
 	if !slices.Equal(ids, made) {
 		return fmt.Errorf("the final image lists System V segments %v, the first layout %v", ids, made)
+	}
+	for i := range img.Shm {
+		if err := setSegment(&img.Shm[i]); err != nil {
+			return err
+		}
 	}
 	return nil
 }
