@@ -130,6 +130,9 @@ func FuzzDecodeRecord(f *testing.F) {
 	st.Tree = []RecordedProcess{{PID: 4322, Start: 123457}, {PID: 4323, Start: 123458}}
 	b, _ = json.Marshal(st)
 	f.Add(b)
+	st.Shm = []RecordedSegment{{ID: 32769, Key: 0x4d000123, CPID: 4321, Ctime: 1.7e9}}
+	b, _ = json.Marshal(st)
+	f.Add(b)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
