@@ -35,8 +35,7 @@ type RefusalKind string
 
 // The states refused.
 const (
-	// RefusedProcess: the process as a whole (in namespaces of its own,
-	// under seccomp, traced, with children in a live migration, a
+	// RefusedProcess: the process as a whole (under seccomp, traced, with children in a live migration, a
 	// deleted executable, a scheduling policy a restore does not make,
 	// ...): source.BadTargetError.
 	RefusedProcess RefusalKind = "process"
@@ -81,6 +80,30 @@ const (
 	// RefusedAudit: the process's audit login uid and session differ from
 	// the restorer's, which it would get: target.AuditError.
 	RefusedAudit RefusalKind = "audit"
+	// RefusedInherit: an object outside the dump that the image names
+	// (DumpOptions.External) was not given to the restore, or a file given
+	// (RestoreOptions.Inherit) names none of the image's, or does not fit
+	// it: target.InheritError, source.InheritError.
+	RefusedInherit RefusalKind = "inherit"
+	// RefusedClock: the restore cannot keep the process's monotonic and
+	// boot-time clocks going on from the source's (a kernel without time
+	// namespaces, offsets out of the kernel's range, an image without
+	// clock readings): target.TimeNamespaceError.
+	RefusedClock RefusalKind = "clock"
+	// RefusedCPU: the process uses, or may use, XSAVE features (AVX,
+	// AVX-512, AMX...) this CPU lacks: target.CPUFeatureError.
+	RefusedCPU RefusalKind = "cpu"
+	// RefusedNamespace: the process lives in namespaces migrate does not
+	// carry, or inside a container it is not the init of:
+	// source.NamespaceError (its Kinds name them).
+	RefusedNamespace RefusalKind = "namespace"
+	// RefusedIPC: a System V semaphore set or message queue of a
+	// container could not be made again as it was: target.IPCError.
+	RefusedIPC RefusalKind = "sysv-ipc"
+	// RefusedMount: a mount of the process's mount namespace that cannot
+	// be rebuilt (source.UnsupportedMountError), or a host mount or path
+	// the image needs that the restoring host lacks (target.MountError).
+	RefusedMount RefusalKind = "mount"
 )
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -198,6 +221,14 @@ func refusal(err error) *RefusedError {
 		ck  *target.CheckError
 		sh  *target.ShmError
 		au  *target.AuditError
+		in  *target.InheritError
+		si  *source.InheritError
+		tn  *target.TimeNamespaceError
+		cpu *target.CPUFeatureError
+		ns  *source.NamespaceError
+		ipc *target.IPCError
+		um  *source.UnsupportedMountError
+		tm  *target.MountError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -230,6 +261,20 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedShm, Err: err}
 	case errors.As(err, &au):
 		return &RefusedError{Kind: RefusedAudit, PID: au.PID, Err: err}
+	case errors.As(err, &in), errors.As(err, &si):
+		return &RefusedError{Kind: RefusedInherit, Err: err}
+	case errors.As(err, &tn):
+		return &RefusedError{Kind: RefusedClock, Err: err}
+	case errors.As(err, &cpu):
+		return &RefusedError{Kind: RefusedCPU, Err: err}
+	case errors.As(err, &ns):
+		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
+	case errors.As(err, &ipc):
+		return &RefusedError{Kind: RefusedIPC, Err: err}
+	case errors.As(err, &um):
+		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
+	case errors.As(err, &tm):
+		return &RefusedError{Kind: RefusedMount, Err: err}
 	}
 	return nil
 }

@@ -39,6 +39,14 @@ func TestErrors(t *testing.T) {
 		{&target.ShmError{ID: 5, Key: 7, Reason: "its key is taken by segment 9"}, refusedAs(RefusedShm, 0)},
 		// The target's ShmError in a live migration: its Abort's code.
 		{wrap(&handoff.PeerError{Abort: true, Code: (&target.ShmError{}).AbortCode(), Text: "target: layout: System V segment 5 (key 0x7): its key is taken by segment 9"}), refusedAs(RefusedShm, 0)},
+		{&target.InheritError{ID: "pipe:[5]", Reason: "the image holds no such object"}, refusedAs(RefusedInherit, 0)},
+		{&source.InheritError{ID: "pipe:[5]", Reason: "no process of the migration holds it"}, refusedAs(RefusedInherit, 0)},
+		{&target.TimeNamespaceError{Reason: "this kernel has none"}, refusedAs(RefusedClock, 0)},
+		{&target.CPUFeatureError{Missing: "AVX-512", InUse: true}, refusedAs(RefusedCPU, 0)},
+		{&source.NamespaceError{PID: 23, Kinds: []string{"mnt"}, Reason: "not carried"}, refusedAs(RefusedNamespace, 23)},
+		{&target.IPCError{What: "message queue", ID: 2, Err: errors.New("msgsnd")}, refusedAs(RefusedIPC, 0)},
+		{wrap(&source.UnsupportedMountError{PID: 22, Point: "/o", FSType: "overlay", Reason: "not rebuilt"}), refusedAs(RefusedMount, 22)},
+		{fmt.Errorf("create processes: %w", &target.MountError{Point: "/b", Reason: "its host path is not here"}), refusedAs(RefusedMount, 0)},
 		{&target.CheckError{Diffs: []target.Difference{{PID: 19, What: "umask", Got: "022", Want: "077"}}}, refusedAs(RefusedDiffers, 0)},
 		{wrap(&handoff.PeerError{Abort: true, Text: "target: prepare: pid 10 is already in use"}), func(err error) bool {
 			var pe *PeerError

@@ -30,6 +30,8 @@ type Event struct {
 	// Stats are the round's figures (EventRoundFinished): pages dirty and
 	// sent, bytes raw and on the wire, its time.
 	Stats *RoundReport
+	// Transfer is how far the round has gone (EventRoundProgress).
+	Transfer *Transfer
 	// Err is why the migration failed (EventAborted,
 	// EventSessionAborted), as Migrate returns it.
 	Err error
@@ -40,6 +42,9 @@ type EventKind int
 
 // The events of Migrate, in order: EventRoundStarted and
 // EventRoundFinished for each round (the last round after EventFrozen),
+// with EventRoundProgress between them every quarter of a second while
+// the round runs (from a goroutine of the migration's own, never at the
+// same time as another event and never after the round's end),
 // EventCommitted, EventResumed. A migration that fails and gives the
 // original back ends with EventAborted instead, at any point (after
 // EventCommitted too, if the target aborted); one whose commit's outcome
@@ -61,6 +66,8 @@ const (
 	EventSessionRestored  // the process is whole here, stopped: the source is told ready
 	EventSessionCommitted // the source committed, and the process runs here
 	EventSessionAborted   // the migration failed before the process ran here; nothing of it is left
+
+	EventRoundProgress // a round runs: Transfer says how far it has gone
 )
 
 var eventNames = map[EventKind]string{
@@ -74,6 +81,7 @@ var eventNames = map[EventKind]string{
 	EventSessionRestored:  "session-restored",
 	EventSessionCommitted: "session-committed",
 	EventSessionAborted:   "session-aborted",
+	EventRoundProgress:    "round-progress",
 }
 
 func (k EventKind) String() string {
@@ -113,6 +121,10 @@ func (e *emitter) milestone(m source.Milestone) {
 	case source.MilestoneResumed:
 		e.emit(Event{Kind: EventResumed})
 	}
+}
+
+func (e *emitter) transfer(t source.Transfer) {
+	e.emit(Event{Kind: EventRoundProgress, Round: t.Round, Transfer: &t})
 }
 
 func (e *emitter) aborted(err error) { e.emit(Event{Kind: EventAborted, Err: err}) }

@@ -45,6 +45,14 @@ type Report = source.MigrateReport
 // on the wire, its time.
 type RoundReport = source.RoundReport
 
+// Transfer is how far a round of pages has gone while it runs: pages sent
+// of those planned, and the time since it began.
+type Transfer = source.Transfer
+
+// StageReport is one stage of the page pipeline (read, compress, wire,
+// apply): how long it worked and how fast it went.
+type StageReport = source.StageReport
+
 // Policy says when pre-copy stops and the process is frozen: after
 // MaxRounds rounds, or once what is left could be sent within
 // TargetDowntime, or when a round no longer shrinks the dirty set. The
@@ -91,6 +99,16 @@ type DumpOptions struct {
 	Policy Policy
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// Transfer, if set, is told how far the pages have gone, every
+	// quarter of a second while a round (or the one copy of a dump
+	// without pre-copy) runs, from a goroutine of the dump's own; it
+	// must not block.
+	Transfer func(Transfer)
+	// External names objects outside the dump its processes hold, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): kept as
+	// external, to be given at the restore (RestoreOptions.Inherit),
+	// instead of refused. --external.
+	External []string
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -118,6 +136,8 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Tracker:      opts.Tracker,
 		Policy:       opts.Policy,
 		Logger:       logger(opts.Logger),
+		Transfer:     opts.Transfer,
+		External:     opts.External,
 	})
 	if err != nil {
 		undo()
@@ -134,7 +154,24 @@ type RestoreOptions struct {
 	Check bool
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// Transfer, if set, is told how many pages were written into the
+	// processes, of those the image holds (Round is 0), every quarter of
+	// a second while they are, from a goroutine of the restore's own; it
+	// must not block.
+	Transfer func(Transfer)
+	// Inherit gives the files that replace the objects outside the dump
+	// its image names (DumpOptions.External): each one, and no other.
+	// --inherit-fd ID=fd:N, ID=PATH (target.ParseInherit).
+	Inherit []Inherit
 }
+
+// Inherit is a file a restore gives in place of an object outside the
+// dump: an open file, or a path opened in the original's access mode.
+type Inherit = target.Inherit
+
+// ParseInherit parses the --inherit-fd forms ID=fd:N (fd N of the calling
+// process) and ID=PATH.
+func ParseInherit(s string) (Inherit, error) { return target.ParseInherit(s) }
 
 // Restore recreates the process stored in dir, with its PID, and lets it
 // run; RestoreReport.PID is its PID. The image is checked whole before
@@ -142,7 +179,13 @@ type RestoreOptions struct {
 // belong to the caller: its parent is init, or the caller's nearest child
 // subreaper.
 func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreReport, error) {
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check})
+	var progress func(pages, planned uint64, elapsed time.Duration)
+	if opts.Transfer != nil {
+		progress = func(pages, planned uint64, elapsed time.Duration) {
+			opts.Transfer(Transfer{Pages: pages, Planned: planned, Elapsed: elapsed})
+		}
+	}
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -191,6 +234,12 @@ type MigrateOptions struct {
 	// *source.TreeChangedError otherwise: the tree runs on here).
 	// --tree=false.
 	ProcessOnly bool
+	// Inherit maps objects outside the tree that its processes hold
+	// ("pipe:[1234]", "socket:[5678]", as /proc/PID/fd shows them) to the
+	// absolute path on the target opened in place of each, in the access
+	// mode of the original fd: their fds move as external instead of
+	// being refused. --inherit-fd ID=PATH.
+	Inherit map[string]string
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -231,15 +280,17 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 		return nil, err
 	}
 	var progress func(source.RoundReport)
+	var transfer func(source.Transfer)
 	if opts.OnEvent != nil {
 		progress = func(r source.RoundReport) {
 			ev.emit(Event{Kind: EventRoundFinished, Round: r.Round, Stats: &r})
 		}
+		transfer = ev.transfer
 	}
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {
@@ -299,6 +350,11 @@ type ServeOptions struct {
 	// Between EventSessionRestored and EventSessionCommitted the process
 	// is frozen: OnEvent's time is downtime.
 	OnEvent func(Event)
+	// XSAVEFeatures, if not zero, are the XSAVE features (bits of XCR0)
+	// this host's CPU is taken to have, fewer than its own: a process
+	// that used or may use others is refused at its first layout.
+	// --xsave-features.
+	XSAVEFeatures uint64
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -338,7 +394,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 		}
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
-		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify})
+		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

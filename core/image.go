@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -54,6 +56,9 @@ type Image struct {
 	// Shm are the System V shared memory segments the processes attach
 	// (areas of kind VMASysV), each once.
 	Shm []ShmSegment `json:"shm,omitempty"`
+	// Namespaces, if set, are the namespaces of its own the tree lived in
+	// (a container whose init is the root), made anew by the restore.
+	Namespaces *Namespaces `json:"namespaces,omitempty"`
 	// NetLock names the nftables table (core/netlock) that keeps the
 	// dumping host from answering the image's TCP connections and
 	// listening ports; the restore removes it once the process runs.
@@ -62,6 +67,17 @@ type Image struct {
 	// FD.Data name them): every one a process names is listed, and a
 	// restore reads none whose size or hash differs.
 	Blobs map[string]Blob `json:"blobs,omitempty"`
+	// Clocks are the dumping host's clocks and the processes' time
+	// namespace offsets at the freeze (nil: an image of a migrate older
+	// than this field, which a restore refuses).
+	Clocks *Clocks `json:"clocks,omitempty"`
+	// CPU are the XSAVE features of the dumping CPU and of the processes
+	// (nil: not recorded, by an older migrate or on another
+	// architecture).
+	CPU *CPUFeatures `json:"cpu,omitempty"`
+	// Mounts is the processes' mount namespace when it was not the
+	// dumping migrate's (see MountNS).
+	Mounts *MountNS `json:"mounts,omitempty"`
 }
 
 // Blob is the size and SHA-256 (hex) of one file of the image.
@@ -491,6 +507,9 @@ const (
 	FDSignalfd = "signalfd"
 	FDInotify  = "inotify"
 	FDPidfd    = "pidfd" // pidfd_open: FD.PidfdPID is the process (or thread) it refers to
+	// FDExternal is an fd of an object outside the dump (FD.External
+	// names it) which the restore is given in its place (--inherit-fd).
+	FDExternal = "external"
 )
 
 // FD is one open file descriptor.
@@ -539,6 +558,9 @@ type FD struct {
 	// PidfdPID is the process (a thread, with PIDFD_THREAD in Flags) a
 	// pidfd refers to: one of the dump's.
 	PidfdPID int `json:"pidfd_pid,omitempty"`
+	// External names the object outside the dump of an FDExternal fd, as
+	// /proc/PID/fd showed it: "pipe:[1234]" or "socket:[5678]".
+	External string `json:"external,omitempty"`
 	// Locks are the file locks held through this fd: POSIX record locks
 	// the process took through it, and the flock and OFD locks of its
 	// open file description.
@@ -713,6 +735,17 @@ func (img *Image) Validate() error {
 	if err := validateShm(img); err != nil {
 		return err
 	}
+	if img.Clocks != nil {
+		if err := img.Clocks.Validate(); err != nil {
+			return err
+		}
+	}
+	if err := validateNamespaces(img); err != nil {
+		return err
+	}
+	if err := validateMounts(img.Mounts, img.Blobs); err != nil {
+		return err
+	}
 	// Every PID and TID once in the whole image: clone3 cannot make one
 	// twice.
 	ids := map[int]bool{}
@@ -741,6 +774,7 @@ func (img *Image) Validate() error {
 	}
 	// The tree: unique PIDs, each parent before its children.
 	pids := map[int]bool{img.Process.PID: true}
+	pageFiles := map[string]bool{}
 	for i := range img.Tree {
 		p := &img.Tree[i]
 		if pids[p.PID] {
@@ -760,13 +794,28 @@ func (img *Image) Validate() error {
 			if err := validateProcess(p, img.Blobs); err != nil {
 				return fmt.Errorf("process %d: %w", p.PID, err)
 			}
-			if p.Pages == nil || p.Pages.File != fmt.Sprintf("pages-%d.img", p.PID) {
-				return fmt.Errorf("process %d: pages file missing or misnamed", p.PID)
+			// pages-PID.img, by the PID the dump saw (a container's
+			// processes renumbered outside keep their files: RenumberOuter).
+			if p.Pages == nil || !treePagesFile(p.Pages.File) || pageFiles[p.Pages.File] {
+				return fmt.Errorf("process %d: pages file missing, misnamed or another's", p.PID)
 			}
+			pageFiles[p.Pages.File] = true
 		}
 		pids[p.PID] = true
 	}
 	return nil
+}
+
+// treePagesFile says whether name is that of a tree process's page
+// stream: pages-PID.img.
+func treePagesFile(name string) bool {
+	num, ok1 := strings.CutPrefix(name, "pages-")
+	num, ok2 := strings.CutSuffix(num, ".img")
+	if !ok1 || !ok2 {
+		return false
+	}
+	n, err := strconv.Atoi(num)
+	return err == nil && n > 0 && n <= 1<<22 && fmt.Sprintf("pages-%d.img", n) == name
 }
 
 // validateProcess checks one live process of an image; blobs are the

@@ -23,14 +23,18 @@ func validImage() *Image {
 				{Start: 0x10000, End: 0x20000, Flags: 2, Kind: VMAAnon, Pages: 3},
 				{Start: 0x20000, End: 0x30000, Flags: 2, Kind: VMAFile, File: &FileRef{Path: "/bin/true"}},
 			},
-			FDs: []FD{{FD: 0, Kind: FDPipe, Pipe: 7, Data: "files/pipe-1", Packets: []int{1, 2}, Owner: &FDOwner{Type: 1, PID: 100}, Signal: 29}, {FD: 1, Kind: FDFile, File: &FileRef{Path: "/tmp/x"}}},
+			FDs: []FD{{FD: 0, Kind: FDPipe, Pipe: 7, Data: "files/pipe-1", Packets: []int{1, 2}, Owner: &FDOwner{Type: 1, PID: 100}, Signal: 29}, {FD: 1, Kind: FDFile, File: &FileRef{Path: "/tmp/x"}},
+				{FD: 2, Kind: FDSocket, Socket: &Socket{Family: afNetlink, Type: 3, Protocol: 16, State: SockBound, Netlink: &NetlinkState{PortID: 100, Groups: []uint32{1, 33}}}},
+				{FD: 3, Kind: FDExternal, External: "pipe:[9]"}},
 		},
 		Tree: []Process{
 			{PID: 102, PPID: 100, Threads: []Thread{{TID: 102}}, Pages: &PagesInfo{File: "pages-102.img"},
 				Exe: FileRef{Path: "/bin/x"}, Cwd: "/", Root: "/"},
 			{PID: 103, PPID: 102, Zombie: &Zombie{ExitCode: 7 << 8}},
 		},
-		Blobs: map[string]Blob{"files/pipe-1": {Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
+		Blobs:  map[string]Blob{"files/pipe-1": {Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
+		Clocks: &Clocks{BootID: "b", Realtime: 1, Monotonic: 5, Boottime: 6, Offsets: TimeOffsets{Monotonic: -5, Boottime: 1000}},
+		CPU:    &CPUFeatures{XCR0: 0xe7, InUse: 0xa2},
 	}
 }
 
@@ -53,6 +57,16 @@ func TestDecodeImage(t *testing.T) {
 		func(i *Image) { i.Process.VMAs[1].File = nil },
 		func(i *Image) { i.Process.FDs[0].Data = "../../etc/passwd" },
 		func(i *Image) { i.Process.FDs[1].FD = 0 },
+		func(i *Image) { i.Process.FDs[2].Socket.Protocol = 12 },                    // NETLINK_NETFILTER
+		func(i *Image) { i.Process.FDs[2].Socket.Netlink.Groups = []uint32{33, 1} }, // out of order
+		func(i *Image) { i.Process.FDs[2].Socket.Netlink.Groups = []uint32{0} },     // no group 0
+		func(i *Image) { i.Process.FDs[2].Socket.Netlink.DstGroup = 33 },            // connect takes 1..32
+		func(i *Image) { i.Process.FDs[2].Socket.Family = afInet },                  // netlink state on another family
+		func(i *Image) { i.Process.FDs[2].Socket.Netlink = nil },                    // a netlink socket without it
+		func(i *Image) { i.Process.FDs[3].External = "/etc/passwd" },                // not an object
+		func(i *Image) { i.Process.FDs[3].External = "pipe:[9" },                    // not one
+		func(i *Image) { i.Process.FDs[3].Kind = FDPipe },                           // external on a pipe
+		func(i *Image) { i.Process.FDs[3].External = "" },                           // an external fd without it
 		func(i *Image) { i.Pages.File = "/etc/shadow" },
 		func(i *Image) { i.Tree[0].PPID = 999 },
 		func(i *Image) { i.Tree[0].Pages.File = "../pages.img" },
@@ -66,6 +80,11 @@ func TestDecodeImage(t *testing.T) {
 		func(i *Image) { i.Blobs["/etc/shadow"] = i.Blobs["files/pipe-1"] },
 		func(i *Image) { i.Blobs["files/../x"] = i.Blobs["files/pipe-1"] },
 		// Values the restore hands to the kernel, each out of range.
+		func(i *Image) { i.Clocks = &Clocks{Monotonic: -1} },
+		func(i *Image) { i.Clocks = &Clocks{Monotonic: 5, Offsets: TimeOffsets{Monotonic: -6}} },
+		func(i *Image) { i.Clocks = &Clocks{Boottime: MaxClockNS + 1} },
+		func(i *Image) { i.Clocks = &Clocks{Realtime: -MaxClockNS - 1} },
+		func(i *Image) { i.Clocks = &Clocks{Offsets: TimeOffsets{Boottime: MaxClockNS}, Boottime: 1} },
 		func(i *Image) { i.Process.FDs[1].FD = MaxFD },
 		func(i *Image) { i.Process.FDs[1].Pos = -1 },
 		func(i *Image) { i.Process.Rlimits = []Rlimit{{Resource: 7, Cur: 10, Max: 5}} },
@@ -176,9 +195,9 @@ func TestDecodeImage(t *testing.T) {
 	// Memfds, abstract and absolute socket names pass.
 	img := validImage()
 	img.Process.FDs = append(img.Process.FDs,
-		FD{FD: 2, Kind: FDMemfd, File: &FileRef{Path: "/memfd:a/b (deleted)", Deleted: true}},
-		FD{FD: 3, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("\x00abstract"), PeerName: []byte("/dev/log")}},
-		FD{FD: 4, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("/run/s"), File: &SockFile{Path: "/run/s"}}})
+		FD{FD: 12, Kind: FDMemfd, File: &FileRef{Path: "/memfd:a/b (deleted)", Deleted: true}},
+		FD{FD: 13, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("\x00abstract"), PeerName: []byte("/dev/log")}},
+		FD{FD: 14, Kind: FDSocket, Socket: &Socket{Family: 1, Name: []byte("/run/s"), File: &SockFile{Path: "/run/s"}}})
 	b, _ := json.Marshal(img)
 	if _, err := DecodeImage(bytes.NewReader(b)); err != nil {
 		t.Errorf("good paths refused: %v", err)
@@ -192,6 +211,15 @@ func FuzzDecodeImage(f *testing.F) {
 	f.Add(good)
 	withSeccomp, _ := json.Marshal(seccompImage())
 	f.Add(withSeccomp)
+	container := validImage()
+	withNS(container)
+	withNamespaces, _ := json.Marshal(container)
+	f.Add(withNamespaces)
+	withMounts := validImage()
+	withMounts.Mounts = &MountNS{Mounts: []Mount{{Kind: MountHost, ID: 1, Point: "/", Root: "/"},
+		{Kind: MountTmpfs, ID: 2, Point: "/t", Root: "/", FSType: "tmpfs", Files: []TmpfsFile{{Path: "d", Mode: sIFDIR | 0o755}, {Path: "d/l", Mode: sIFLNK | 0o777, Link: "x"}}}}}
+	mounts, _ := json.Marshal(withMounts)
+	f.Add(mounts)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

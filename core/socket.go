@@ -23,8 +23,11 @@ import (
 //   - unix listener: State "listen", Name, Backlog.
 //   - TCP: State "listen" (Backlog) or "bound" / "unbound"; UDP: "bound",
 //     "unbound" or "connected" (Remote); Local, Options.
+//   - netlink (a protocol of NetlinkProtocols): State "bound" or "unbound"
+//     (never bound yet), or "connected" (a destination set); Netlink holds
+//     the port id, groups and destination. Queued messages are not kept.
 type Socket struct {
-	Family   int    `json:"family"`   // AF_UNIX, AF_INET, AF_INET6
+	Family   int    `json:"family"`   // AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 	Type     int    `json:"type"`     // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 	Protocol int    `json:"protocol"` // IPPROTO_*
 	Ino      uint64 `json:"ino"`      // socket inode on the dumping host
@@ -70,6 +73,72 @@ type Socket struct {
 	Unread int `json:"unread,omitempty"`
 	// TCP is the repair state of a TCP connection (State "connected").
 	TCP *TCPConn `json:"tcp,omitempty"`
+	// Netlink is the state of a netlink socket (Family AF_NETLINK).
+	Netlink *NetlinkState `json:"netlink,omitempty"`
+}
+
+// NetlinkState is what a netlink socket holds beyond its options: the port
+// id it is bound to (its address, which the kernel's unicasts and other
+// sockets' messages go to), the multicast groups it joined and the
+// destination it is connected to. The messages queued for it are not
+// kept: netlink is a datagram channel whose kernel senders send state
+// again on request.
+type NetlinkState struct {
+	// PortID is nl_pid: the port id bound, explicitly or by the kernel at
+	// the first send (0: never bound). A restore binds the same one.
+	PortID uint32 `json:"port_id,omitempty"`
+	// Groups are the multicast groups joined, in increasing order (group
+	// numbers start at 1, as NETLINK_ADD_MEMBERSHIP takes them).
+	Groups []uint32 `json:"groups,omitempty"`
+	// DstPortID and DstGroup are the destination connect set (a group of
+	// 1..32: connect takes it as a mask).
+	DstPortID uint32 `json:"dst_port_id,omitempty"`
+	DstGroup  uint32 `json:"dst_group,omitempty"`
+	// Unread is the memory the messages queued for reading took at the
+	// dump (SO_MEMINFO): they are dropped.
+	Unread int `json:"unread,omitempty"`
+}
+
+// NetlinkProtocols are the netlink protocols a dump takes, by number, with
+// their names: those whose kernel side keeps no state of a socket but its
+// port id, groups and options. Others (netfilter's queue and log
+// bindings, the process connector's filters, ...) keep state a restore
+// could not give back.
+var NetlinkProtocols = map[int]string{
+	0:  "NETLINK_ROUTE",
+	4:  "NETLINK_SOCK_DIAG",
+	6:  "NETLINK_XFRM",
+	7:  "NETLINK_SELINUX",
+	9:  "NETLINK_AUDIT",
+	15: "NETLINK_KOBJECT_UEVENT",
+	16: "NETLINK_GENERIC",
+	21: "NETLINK_CRYPTO",
+}
+
+// MaxNetlinkGroups bounds the groups of a netlink socket in an image, and
+// MaxNetlinkGroup a group's number.
+const (
+	MaxNetlinkGroups = 1024
+	MaxNetlinkGroup  = 1 << 16
+)
+
+// Validate checks that n is state a restore can give a socket.
+func (n *NetlinkState) Validate() error {
+	if len(n.Groups) > MaxNetlinkGroups {
+		return fmt.Errorf("%d netlink groups, at most %d", len(n.Groups), MaxNetlinkGroups)
+	}
+	for i, g := range n.Groups {
+		if g == 0 || g > MaxNetlinkGroup || (i > 0 && g <= n.Groups[i-1]) {
+			return fmt.Errorf("netlink group %d out of range (1..%d) or out of order", g, MaxNetlinkGroup)
+		}
+	}
+	if n.DstGroup > 32 {
+		return fmt.Errorf("netlink destination group %d", n.DstGroup)
+	}
+	if n.Unread < 0 {
+		return fmt.Errorf("netlink unread %d", n.Unread)
+	}
+	return nil
 }
 
 // TCPConn is a TCP connection taken apart in repair mode: enough to build
@@ -251,8 +320,9 @@ func LocalAddrs(img *Image) []string {
 
 // Address families (the values of AF_INET and AF_INET6 on Linux).
 const (
-	afInet  = 2
-	afInet6 = 10
+	afInet    = 2
+	afInet6   = 10
+	afNetlink = 16
 )
 
 // Option returns the recorded value of integer option level/name, and 0

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -522,6 +523,10 @@ func validateFD(f *FD) error {
 			}
 		}
 	case FDPipe, FDSocket, FDEpoll, FDSignalfd:
+	case FDExternal:
+		if !ValidExternal(f.External) {
+			return fmt.Errorf("external object %q", f.External)
+		}
 	case FDPidfd:
 		if f.PidfdPID <= 0 || f.PidfdPID > MaxPID {
 			return fmt.Errorf("pidfd of pid %d", f.PidfdPID)
@@ -551,6 +556,9 @@ func validateFD(f *FD) error {
 		}
 	default:
 		return fmt.Errorf("unknown kind %q", f.Kind)
+	}
+	if (f.Kind == FDExternal) != (f.External != "") {
+		return errors.New("an external object named on an fd of another kind, or an external fd without it")
 	}
 	if (f.Kind == FDSocket) != (f.Socket != nil) {
 		return errors.New("socket state on a non-socket fd, or a socket without it")
@@ -584,6 +592,17 @@ func validateFD(f *FD) error {
 		}
 		if len(s.Options) > 256 {
 			return fmt.Errorf("%d socket options", len(s.Options))
+		}
+		if (s.Family == afNetlink) != (s.Netlink != nil) {
+			return errors.New("netlink state on a socket of another family, or a netlink socket without it")
+		}
+		if n := s.Netlink; n != nil {
+			if _, ok := NetlinkProtocols[s.Protocol]; !ok {
+				return fmt.Errorf("netlink protocol %d", s.Protocol)
+			}
+			if err := n.Validate(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -725,4 +744,20 @@ func validateSeccomp(p *Process) error {
 		}
 	}
 	return nil
+}
+
+// ValidExternal says whether id names an object outside a dump as an
+// image may: "pipe:[N]" or "socket:[N]", N a decimal inode number.
+func ValidExternal(id string) bool {
+	for _, kind := range []string{"pipe:[", "socket:["} {
+		if n, ok := strings.CutPrefix(id, kind); ok {
+			n, ok = strings.CutSuffix(n, "]")
+			if !ok || n == "" || len(n) > 20 {
+				return false
+			}
+			_, err := strconv.ParseUint(n, 10, 64)
+			return err == nil
+		}
+	}
+	return false
 }

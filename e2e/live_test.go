@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -74,6 +75,12 @@ type serveOptions struct {
 	// IPC runs the service in an IPC namespace of its own (System V
 	// segments of its own), as on another host.
 	IPC bool
+	// Time, if set, runs the service in a time namespace with these
+	// offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME (seconds), as on a
+	// host whose clocks differ.
+	Time *[2]int
+	// XSAVE, if not zero, is the service's --xsave-features.
+	XSAVE uint64
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -111,7 +118,13 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	if o.IPC {
 		args = append(args, "--ipc")
 	}
+	if o.Time != nil {
+		args = append(args, "--time", fmt.Sprintf("--monotonic=%d", o.Time[0]), fmt.Sprintf("--boottime=%d", o.Time[1]))
+	}
 	args = append(append(args, buildMigrate(t), "serve", "--listen", addr, "-v"), auth...)
+	if o.XSAVE != 0 {
+		args = append(args, fmt.Sprintf("--xsave-features=%#x", o.XSAVE))
+	}
 	if o.Metrics != "" {
 		args = append(args, "--metrics", o.Metrics)
 	}
@@ -194,7 +207,19 @@ func TestLiveMigration(t *testing.T) {
 	if rep.Outcome != "resumed" || len(rep.Rounds) < 2 || rep.Session == "" {
 		t.Fatalf("report: %+v", rep)
 	}
-	t.Logf("migrated %d: %d rounds, %d pages, downtime %.1f ms, total %.1f ms", rep.PID, len(rep.Rounds), rep.Pages, rep.DowntimeMS, rep.TotalMS)
+	t.Logf("migrated %d: %d rounds, %d pages, downtime %.1f ms, total %.1f ms, stages %+v", rep.PID, len(rep.Rounds), rep.Pages, rep.DowntimeMS, rep.TotalMS, rep.Stages)
+	// Each stage of the page pipeline worked, the target's too, for no
+	// longer than the migration took (compress sums its workers).
+	var names []string
+	for _, s := range rep.Stages {
+		names = append(names, s.Stage)
+		if s.BusyMS <= 0 || s.MBPerS <= 0 || (s.Stage != "compress" && s.BusyMS > rep.TotalMS) {
+			t.Errorf("stage %+v of a migration of %d pages in %.1f ms", s, rep.Pages, rep.TotalMS)
+		}
+	}
+	if !slices.Equal(names, []string{"read", "compress", "wire", "apply"}) {
+		t.Errorf("stages %v, want read, compress, wire, apply", names)
+	}
 	// The original is dead: its parent (the test) reaps it.
 	if ws := p.WaitExit(t, short); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
 		t.Errorf("the original ended with %v, want killed", ws)

@@ -315,14 +315,18 @@ func goTool(t testing.TB) string {
 }
 
 // buildGoHTTP builds testdata/gohttp (a module of its own) into a temp dir.
-func buildGoHTTP(t testing.TB) string {
+func buildGoHTTP(t testing.TB) string { return buildGoTestdata(t, "gohttp") }
+
+// buildGoTestdata builds testdata/NAME (a module of its own) into a temp
+// dir.
+func buildGoTestdata(t testing.TB, name string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "gohttp")
+	out := filepath.Join(t.TempDir(), name)
 	cmd := exec.Command(goTool(t), "build", "-o", out, ".")
-	cmd.Dir = filepath.Join(testutil.Testdata(), "gohttp")
+	cmd.Dir = filepath.Join(testutil.Testdata(), name)
 	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOWORK=off", "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build testdata/gohttp: %v\n%s", err, b)
+		t.Fatalf("go build testdata/%s: %v\n%s", name, err, b)
 	}
 	return out
 }

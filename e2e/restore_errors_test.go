@@ -869,3 +869,70 @@ func TestRestoreSIGTERM(t *testing.T) {
 	}
 	testutil.WaitFor(t, short, "no husk left", func() bool { return len(ourHusks()) == 0 })
 }
+
+// TestRestoreRefusesChangedFile: a file the process had open (not with
+// O_APPEND) that changed since the dump, in size or in time, is refused by
+// name before anything is created: the process would carry on at its old
+// offset in another file. Put back as it was, to the nanosecond, the same
+// image restores, and the process writes on where it was.
+func TestRestoreRefusesChangedFile(t *testing.T) {
+	testutil.RequireRoot(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "data.txt")
+	var b bytes.Buffer
+	for i := range 1000 {
+		fmt.Fprintf(&b, "line %04d\n", i)
+	}
+	if err := os.WriteFile(data, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(work, "out.txt")
+	p := testutil.Start(t, testutil.Build(t, "files"), data, out, work)
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	dir, img := dumpKill(t, p, "")
+	last := p.LastTick(t)
+	var ref *core.FileRef
+	for _, fd := range img.Process.FDs {
+		if fd.File != nil && fd.File.Path == out {
+			ref = fd.File
+		}
+	}
+	if ref == nil {
+		t.Fatalf("no fd of %s in the image", out)
+	}
+	orig, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(0, ref.Mtime)
+
+	// Longer: someone wrote to it.
+	if err := os.WriteFile(out, append(slices.Clone(orig), "intruder\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	requireImageError(t, restoreFails(t, dir, img.Process.PID), out)
+	// The same size, another time: rewritten in place.
+	if err := os.WriteFile(out, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(out, mtime, mtime.Add(time.Microsecond)); err != nil {
+		t.Fatal(err)
+	}
+	requireImageError(t, restoreFails(t, dir, img.Process.PID), out)
+
+	// As it was: restored, and it writes on after its records.
+	if err := os.Chtimes(out, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	r := restoreOK(t, dir, p.Log)
+	r.WaitTick(t, short, last+2)
+	r.Kill(t)
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(got, orig) || bytes.Contains(got, []byte("intruder")) {
+		t.Errorf("%s after the restore:\n%s\nwant the dumped records, then more", out, got)
+	}
+}

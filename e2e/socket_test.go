@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -252,34 +251,12 @@ func TestSocketRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ul.Close()
+	keepAccepting(t, ul)
 	tl, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tl.Close()
-	var mu sync.Mutex
-	var conns []net.Conn
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for _, l := range []net.Listener{ul, tl} {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-			}
-		}()
-	}
+	keepAccepting(t, tl)
 	for _, tc := range [][]string{
 		{"unix", path},
 		{"netlink"},

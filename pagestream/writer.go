@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 )
@@ -90,6 +91,7 @@ type Writer struct {
 	totals endTotals
 
 	frames, rawFrames, pages, zeroPages, wire atomic.Uint64
+	compressNS, writeNS                       atomic.Int64
 }
 
 // wjob is one frame on its way through the Writer.
@@ -384,6 +386,14 @@ func (w *Writer) Stats() Stats {
 	}
 }
 
+// Times says where the Writer's time went so far: compress is the time its
+// workers spent encoding frames, summed over them; write the time spent in
+// the underlying writer's Write (a slow link or a full window shows
+// there). Like Stats, it may be called from any goroutine.
+func (w *Writer) Times() (compress, write time.Duration) {
+	return time.Duration(w.compressNS.Load()), time.Duration(w.writeNS.Load())
+}
+
 func (w *Writer) worker() {
 	defer w.workers.Done()
 	c := newCompressor(w.codec, w.level)
@@ -394,7 +404,9 @@ func (w *Writer) worker() {
 			if scratch == nil {
 				scratch = make([]byte, 0, MaxFramePages*PageSize)
 			}
+			t := time.Now()
 			encodePages(c, j, scratch)
+			w.compressNS.Add(int64(time.Since(t)))
 		}
 		j.ref.release()
 		j.src, j.ref = nil, nil
@@ -532,7 +544,9 @@ func (w *Writer) writeOut(b []byte) []byte {
 	if len(b) == 0 || w.failed.Load() {
 		return b[:0]
 	}
+	t := time.Now()
 	n, err := w.w.Write(b)
+	w.writeNS.Add(int64(time.Since(t)))
 	w.wire.Add(uint64(n))
 	if err == nil && n < len(b) {
 		err = io.ErrShortWrite

@@ -20,6 +20,15 @@ type DumpOptions struct {
 	Tracker string // dirty tracker for pre-copy: "auto" (also ""), "uffd-wp", "soft-dirty", "hash"
 	Policy  Policy // when pre-copy stops; zero: DefaultPolicy
 	Logger  *slog.Logger
+	// Transfer, if set, is told how far each round of pages has gone,
+	// every quarter of a second while it runs, from a goroutine of its
+	// own: it must not block.
+	Transfer func(Transfer)
+	// External names objects outside the dump held by its processes, as
+	// /proc/PID/fd shows them ("pipe:[1234]", "socket:[5678]"): an fd of
+	// one is kept as external (core.FDExternal), which the restore must
+	// be given (--inherit-fd), instead of being refused.
+	External []string
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).
@@ -33,24 +42,27 @@ type DumpOptions struct {
 
 // DumpReport says what a dump did.
 type DumpReport struct {
-	PID         int           `json:"pid"`
-	Dir         string        `json:"dir"`
-	Comm        string        `json:"comm"`
-	Processes   int           `json:"processes"` // in the tree, zombies included
-	Threads     int           `json:"threads"`
-	VMAs        int           `json:"vmas"`
-	FDs         int           `json:"fds"`
-	Pages       uint64        `json:"pages"`      // pages stored
-	ZeroPages   uint64        `json:"zero_pages"` // of which all-zero (not compressed)
-	BytesRaw    uint64        `json:"bytes_raw"`  // page bytes before compression
-	BytesImage  int64         `json:"bytes_image"`
-	Codec       string        `json:"codec"`
-	LeftRunning bool          `json:"left_running"`
-	Frozen      time.Duration `json:"-"`
-	Total       time.Duration `json:"-"`
-	FrozenMS    float64       `json:"frozen_ms"`
-	TotalMS     float64       `json:"total_ms"`
-	MemoryMS    float64       `json:"memory_ms"` // time spent reading and writing pages
+	PID         int    `json:"pid"`
+	Dir         string `json:"dir"`
+	Comm        string `json:"comm"`
+	Processes   int    `json:"processes"` // in the tree, zombies included
+	Threads     int    `json:"threads"`
+	VMAs        int    `json:"vmas"`
+	FDs         int    `json:"fds"`
+	Pages       uint64 `json:"pages"`      // pages stored
+	ZeroPages   uint64 `json:"zero_pages"` // of which all-zero (not compressed)
+	BytesRaw    uint64 `json:"bytes_raw"`  // page bytes before compression
+	BytesImage  int64  `json:"bytes_image"`
+	Codec       string `json:"codec"`
+	LeftRunning bool   `json:"left_running"`
+	// Stages is where the pages' time went: read, compress, write (see
+	// StageReport).
+	Stages   []StageReport `json:"stages,omitempty"`
+	Frozen   time.Duration `json:"-"`
+	Total    time.Duration `json:"-"`
+	FrozenMS float64       `json:"frozen_ms"`
+	TotalMS  float64       `json:"total_ms"`
+	MemoryMS float64       `json:"memory_ms"` // time spent reading and writing pages
 	// BytesWire is what the page stream took on its way out (here: the
 	// size of the page file).
 	BytesWire uint64 `json:"bytes_wire"`

@@ -44,6 +44,14 @@ type session struct {
 	blobs int
 	// shm are the System V segments the processes attach (readSysV).
 	shm []core.ShmSegment
+	// container is set when the root is the init of a PID namespace of
+	// its own, which the dump carries with its whole tree; ipcNS is then
+	// the root's PID if it has an IPC namespace of its own, whose System
+	// V objects are read there (inIPC).
+	container bool
+	ipcNS     int
+	// mounts is the processes' mount namespace, if not migrate's (readMounts).
+	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.
 	blobSums map[string]core.Blob
 	steps    []Step
@@ -172,6 +180,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := ss.noteContainer(&opts); err != nil {
+		return nil, err
+	}
 	// An fd that cannot move is refused before the process is frozen
 	// (and before pre-copy).
 	if err := precheckFDs(ctx, opts); err != nil {
@@ -279,11 +290,17 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		return nil, err
 	}
 	img.NetLock = lockName(ss.lock)
+	img.Clocks, img.CPU = f.clocks, f.cpu
 	stats, memTime := f.stats, f.memTime
 	for _, d := range all[1:] {
 		img.Tree = append(img.Tree, *d.proc)
 	}
 	img.Tree = append(img.Tree, zombies...)
+	if ss.container {
+		if img.Namespaces, err = ss.readNamespaces(img, true); err != nil {
+			return nil, err
+		}
+	}
 	if err := ss.hook(stageMeta); err != nil {
 		return nil, err
 	}
@@ -294,6 +311,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 	img.Blobs = ss.blobSums
 	img.Shm = ss.shm
+	img.Mounts = ss.mounts
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}
@@ -313,7 +331,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		Threads: len(root.proc.Threads), VMAs: len(root.proc.VMAs), FDs: len(root.proc.FDs),
 		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
 		BytesImage: size, BytesWire: uint64(size), Codec: codec.String(),
-		LeftRunning: opts.LeaveRunning, Rounds: root.rounds,
+		LeftRunning: opts.LeaveRunning, Rounds: root.rounds, Stages: stages(all, stats.BytesRaw, 0),
 	}
 	if root.tracker != nil {
 		rep.Tracker = root.tracker.Name()
@@ -337,7 +355,13 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		if opts.LeaveRunning {
 			e = d.p.Detach()
 		} else {
-			e = d.p.Kill(false)
+			// In a container, the init's death waits for every process
+			// of it to be reaped: the tracer lets go of each zombie
+			// (a wait, which hands it to its parent) before the init
+			// dies; and of the init itself, unless migrate is its parent
+			// (its launcher would not see it end before the tracer's
+			// thread does).
+			e = d.p.Kill(ss.container && (i > 0 || root.stat.PPID != os.Getpid()))
 		}
 		if err == nil {
 			err = e

@@ -206,9 +206,9 @@ func TestDumpOtherNamespaces(t *testing.T) {
 		return exe == sleep
 	})
 	_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir()})
-	var bt *BadTargetError
-	if !errors.As(err, &bt) || bt.PID != p.PID {
-		t.Fatalf("dump of a process in its own UTS and IPC namespaces: %v (%T), want a BadTargetError", err, err)
+	var ne *NamespaceError
+	if !errors.As(err, &ne) || ne.PID != p.PID || strings.Join(ne.Kinds, ",") != "ipc,uts" {
+		t.Fatalf("dump of a process in its own UTS and IPC namespaces: %v (%T), want a NamespaceError of ipc, uts", err, err)
 	}
 	differ, err := otherNamespaces(p.PID)
 	if err != nil {
@@ -232,9 +232,9 @@ func TestDumpOtherNetns(t *testing.T) {
 	p := testutil.Start(t, unshare, "--net", testutil.Build(t, "sock_pair"), t.TempDir())
 	p.WaitLine(t, short, 0, "ready")
 	_, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: slog.New(slog.DiscardHandler)})
-	var bt *BadTargetError
-	if !errors.As(err, &bt) {
-		t.Fatalf("dump of a process in another network namespace: %v (%T), want a BadTargetError", err, err)
+	var ne *NamespaceError
+	if !errors.As(err, &ne) || strings.Join(ne.Kinds, ",") != "net" {
+		t.Fatalf("dump of a process in another network namespace: %v (%T), want a NamespaceError of net", err, err)
 	}
 	testutil.RequireRunning(t, p.PID)
 	n := len(p.Lines(t))

@@ -136,6 +136,15 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		unsupported := func(reason string) error {
 			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: target, Reason: reason}
 		}
+		if d.opts.external(target) {
+			// Supplied at the restore (--inherit-fd): only its number
+			// and flags are kept.
+			if err := d.externalFD(&fd, nfd, target, info.Locks()); err != nil {
+				return nil, err
+			}
+			p.FDs = append(p.FDs, fd)
+			continue
+		}
 		// A lock that did not come back would let in whoever it kept out
 		// (a database's lock lost is data corruption): each is carried,
 		// or the dump refused.
@@ -172,6 +181,9 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: sparseFile(src, fd.File, seek)})
 				}
 				break
+			}
+			if isMqueue(nfd) {
+				return nil, unsupported("a POSIX message queue (mq_open): migrate does not carry them")
 			}
 			if !strings.HasPrefix(target, "/") {
 				return nil, unsupported("a regular file without a path")
@@ -298,7 +310,11 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 func (d *dumper) socketError(err error) error {
 	var ue *sockets.UnsupportedError
 	if errors.As(err, &ue) {
-		return &UnsupportedFDError{PID: ue.PID, FD: ue.FD, Kind: ue.Kind, Reason: ue.Reason}
+		reason := ue.Reason
+		if ue.Outside {
+			reason += "; or name it external (" + externalHint(ue.Kind) + ")"
+		}
+		return &UnsupportedFDError{PID: ue.PID, FD: ue.FD, Kind: ue.Kind, Reason: reason}
 	}
 	return err
 }
@@ -392,8 +408,10 @@ func (ss *session) resolvePipes() error {
 			if r == nil {
 				side = "read"
 			}
-			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: fmt.Sprintf("pipe:[%d]", ino),
-				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null"}
+			id := fmt.Sprintf("pipe:[%d]", ino)
+			return &UnsupportedFDError{PID: first.d.pid, FD: first.fd, Kind: id,
+				Reason: "its " + side + " end is held by a process outside the dump; start the process with stdio on files or /dev/null, " +
+					"or name it external (" + externalHint(id) + ")"}
 		}
 		if ss.probe {
 			continue
@@ -627,4 +645,15 @@ func fileLocks(info *proc.FDInfo) ([]core.FileLock, error) {
 		out = append(out, fl)
 	}
 	return out, nil
+}
+
+// mqueueMagic is the file system type of POSIX message queues
+// (MQUEUE_MAGIC).
+const mqueueMagic = 0x19800202
+
+// isMqueue says whether fd is a POSIX message queue: a regular file of
+// the mqueue file system, which reopening by its name would not give.
+func isMqueue(fd int) bool {
+	var sfs unix.Statfs_t
+	return unix.Fstatfs(fd, &sfs) == nil && sfs.Type == mqueueMagic
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/pagestream"
 )
 
@@ -70,9 +71,12 @@ type frozenState struct {
 	networkAlways bool
 	memoryStep    string
 
-	// Results: the page stream's counts and the memory phase's time.
+	// Results: the page stream's counts and the memory phase's time; the
+	// clocks and the XSAVE features, read with the threads.
 	stats   pagestream.Stats
 	memTime time.Duration
+	clocks  *core.Clocks
+	cpu     *core.CPUFeatures
 }
 
 // collect runs the phases in order. On an error the processes are left
@@ -134,10 +138,16 @@ func (f *frozenState) read(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := f.readClocks(); err != nil {
+		return err
+	}
 	if err := ss.resolvePipes(); err != nil {
 		return err
 	}
 	if err := ss.readSysV(f.all); err != nil {
+		return err
+	}
+	if err := ss.readMounts(f.all); err != nil {
 		return err
 	}
 	if err := checkFDRefs(f.all); err != nil {
@@ -147,6 +157,26 @@ func (f *frozenState) read(ctx context.Context) error {
 		return err
 	}
 	ss.lap("read state")
+	return nil
+}
+
+// readClocks reads the clocks of the processes' time namespace, which
+// they must share, and the XSAVE features their threads hold.
+func (f *frozenState) readClocks() error {
+	var pids []int
+	var procs []*core.Process
+	for _, d := range f.all {
+		pids = append(pids, d.pid)
+		procs = append(procs, d.proc)
+	}
+	if err := checkTimeNamespaces(pids); err != nil {
+		return err
+	}
+	var err error
+	if f.clocks, err = readClocks(pids); err != nil {
+		return err
+	}
+	f.cpu = cpuFeatures(procs)
 	return nil
 }
 
@@ -263,7 +293,14 @@ func (f *frozenState) memory(ctx context.Context) error {
 				}
 			}
 			m := d.sink.meter(0)
-			if err := d.dumpMemory(ctx, d.sink, 0); err != nil {
+			var planned uint64
+			if f.ss.opts.Transfer != nil {
+				planned = residentPages([]*dumper{d})
+			}
+			w := watchTransfer(f.ss.opts.Transfer, 0, []*dumper{d}, planned)
+			err := d.dumpMemory(ctx, d.sink, 0)
+			w.end()
+			if err != nil {
 				return err
 			}
 			rep, err := m.done(d.sink.pages)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -369,6 +371,12 @@ type pageSink struct {
 	// no stale copy survives in the image.
 	sent  core.PageSet
 	pages uint64 // pages written, all rounds
+	// written counts pages as pages does, for a reader on another
+	// goroutine (a round's Transfer reports).
+	written atomic.Uint64
+	// readTime is the time spent reading pagemaps and pages (the read
+	// stage of StageReport).
+	readTime time.Duration
 	// onSent, if set, sees every page sent (the hash tracker keeps hashes).
 	onSent func(addr uint64, data []byte)
 	hooked bool
@@ -517,7 +525,9 @@ func (s *pageSink) sendRange(ctx context.Context, round uint32, v *core.VMA, sta
 	const chunk = 1 << 30 // bytes of address space per pagemap read
 	for at := start; at < end; at += chunk {
 		stop := min(at+chunk, end)
+		t := time.Now()
 		ents, err := s.pm.Read(at, stop, s.ents)
+		s.readTime += time.Since(t)
 		if err != nil {
 			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, at, stop, err)
 		}
@@ -595,12 +605,14 @@ func (s *pageSink) send(ctx context.Context, round uint32, v *core.VMA, start, e
 		}
 		n := min(end-at, maxRead)
 		buf := pagestream.GetBuffer(int(n))
+		t := time.Now()
 		var err error
 		if readable {
 			_, err = ptrace.ReadMem(s.d.pid, at, buf)
 		} else {
 			_, err = ptrace.ReadMemForce(s.d.pid, at, buf)
 		}
+		s.readTime += time.Since(t)
 		if err != nil && s.racy && (errors.Is(err, unix.EFAULT) || errors.Is(err, unix.EIO)) {
 			pagestream.PutBuffer(buf) // gone while the process runs: see racy
 			s.skipped += n / pageSize
@@ -652,6 +664,7 @@ func (s *pageSink) drain(ctx context.Context) error {
 	for i, r := range runs {
 		iov[i] = unix.RemoteIovec{Base: uintptr(r.Addr), Len: r.Pages * pageSize}
 	}
+	t := time.Now()
 	n, err := ptrace.ReadMemv(s.d.pid, buf, iov)
 	if (err == nil && n < len(buf)) || errors.Is(err, unix.EFAULT) {
 		// A run could not be read whole: read them one by one, to skip
@@ -678,6 +691,7 @@ func (s *pageSink) drain(ctx context.Context) error {
 		}
 		runs, buf, pages = kept, buf[:off], off/pageSize
 	}
+	s.readTime += time.Since(t)
 	if err != nil {
 		pagestream.PutBuffer(buf)
 		return fmt.Errorf("process %d: read %d runs of pages from %#x: %w", s.d.pid, len(runs), runs[0].Addr, err)
@@ -695,6 +709,7 @@ func (s *pageSink) drain(ctx context.Context) error {
 		return fmt.Errorf("write %s: %w", s.path, err)
 	}
 	s.pages += uint64(pages)
+	s.written.Add(uint64(pages))
 	return s.firstPages()
 }
 
@@ -729,6 +744,7 @@ func (s *pageSink) write(round uint32, addr uint64, buf []byte) error {
 	}
 	n := uint64(len(buf)) / pageSize
 	s.pages += n
+	s.written.Add(n)
 	s.sent.AddRange(addr, addr+uint64(len(buf)))
 	return nil
 }

@@ -49,6 +49,9 @@ type MigrateOptions struct {
 	Logger    *slog.Logger
 	// Progress, if set, sees each round as it ends.
 	Progress func(RoundReport)
+	// Transfer, if set, is told how far each round has gone while it
+	// runs (see DumpOptions.Transfer).
+	Transfer func(Transfer)
 	// Bandwidth caps the page stream in bytes a second (0: no cap).
 	Bandwidth int64
 	// Hooks run at the source's stages: pre-freeze, post-dump,
@@ -58,6 +61,12 @@ type MigrateOptions struct {
 	// it, from the migration's goroutine (Progress sees the rounds end).
 	// From MilestoneFrozen on, its time is downtime.
 	Notify func(Milestone)
+	// Inherit names objects outside the tree its processes hold (as
+	// /proc/PID/fd shows them: "pipe:[1234]", "socket:[5678]") and the
+	// absolute path on the target that is opened in place of each, in the
+	// access mode of the original fd (a FIFO, a file): their fds are
+	// moved as external (DumpOptions.External) instead of refused.
+	Inherit map[string]string
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -112,6 +121,9 @@ type MigrateReport struct {
 	// Hooks is how long each of the source's hooks ran (the target's
 	// pre-resume hooks are a step of TargetSteps).
 	Hooks []hook.Timing `json:"hooks,omitempty"`
+	// Stages is where the pages' time went: read, compress, wire here,
+	// apply on the target (see StageReport).
+	Stages []StageReport `json:"stages,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -134,6 +146,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A container moves whole.
+	if container, err := containerInit(opts.PID, status); err != nil {
+		return nil, err
+	} else if container {
+		opts.Tree = true
+	}
 	// Network locks left by a crashed migrate in the process's namespace.
 	if gone, err := netlock.CleanStale(fmt.Sprintf("/proc/%d/ns/net", opts.PID)); err == nil && len(gone) > 0 {
 		log.Warn("removed stale network locks of migrations that crashed", "tables", gone)
@@ -149,18 +167,28 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	// An fd that cannot move is refused now, before the target is even
 	// asked, not at the freeze after every page went over.
-	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree}); err != nil {
+	external, err := inheritIDs(opts.Inherit, pids)
+	if err != nil {
 		return nil, err
 	}
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
+		return nil, err
+	}
+	var alive []int
 	for _, pid := range pids {
 		if members[pid].zombie {
 			continue
 		}
+		alive = append(alive, pid)
 		if err := refuseDeletedMappings(pid); err != nil {
 			return nil, err
 		}
 	}
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
+		return nil, err
+	}
+	mounts, err := liveMounts(alive)
+	if err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
@@ -182,8 +210,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		return nil, err
 	}
 
-	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log}
+	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
+		External: external, Transfer: opts.Transfer}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
+	if err := ss.noteContainer(&ss.opts); err != nil {
+		return nil, err
+	}
 	ss.tr = ptrace.NewTracer()
 	defer ss.tr.Close()
 	img := &core.Image{
@@ -193,7 +225,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	img.Host, _ = os.Hostname()
 	img.Kernel = kernelRelease()
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
-	a := &liveSource{d: d, all: []*dumper{d}, members: members, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: members, mounts: mounts, stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	if err := a.addMembers(pids[1:]); err != nil {
 		return nil, err
@@ -277,6 +309,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
 	rep.TargetSteps = a.targetSteps
+	rep.Stages = stages(a.all, rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
@@ -350,7 +383,8 @@ func (c *sessionControl) Close() error {
 
 // liveSource does the process work of a live migration for the handoff.
 type liveSource struct {
-	d *dumper // the root
+	inherit map[string]string // MigrateOptions.Inherit, for the target
+	d       *dumper           // the root
 	// all are the processes of the tree that are not zombies, parents
 	// first (the root alone without MigrateOptions.Tree), and zombies the
 	// others; members is the tree's shape when the migration began.
@@ -361,6 +395,7 @@ type liveSource struct {
 	pagesConn []io.Writer // the page stream of each of all
 	progress  func(RoundReport)
 	notify    func(Milestone)
+	mounts    *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
 	frozen    time.Time
 	resumed   time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -388,6 +423,7 @@ type liveSource struct {
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
+	targetApply      time.Duration // the target's time writing pages
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
 	// shmIDs are the System V segments the first layout listed (nil
@@ -463,9 +499,13 @@ func (a *liveSource) Resumed(body json.RawMessage) {
 	var m struct {
 		DowntimeMS float64 `json:"target_downtime_ms"`
 		Steps      []Step  `json:"target_steps"`
+		ApplyMS    float64 `json:"apply_ms"`
 	}
 	if json.Unmarshal(body, &m) == nil {
 		a.targetDowntime = m.DowntimeMS
+		if m.ApplyMS > 0 && m.ApplyMS < 1e9 { // a peer's figure: sane or none
+			a.targetApply = time.Duration(m.ApplyMS * float64(time.Millisecond))
+		}
 		if len(m.Steps) > 64 {
 			m.Steps = m.Steps[:64]
 		}
@@ -552,13 +592,25 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			}
 		}
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts)}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts}
 		var err error
 		if ll.Shm, err = a.sysvOf(layouts); err != nil {
 			return err
 		}
+		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
+			return err
+		}
 		ll.Process = *a.d.proc
 		ll.Process.VMAs = layouts[0]
+		if a.d.container {
+			// The namespaces to make, and the PIDs of the processes
+			// inside: their threads and System V objects come with the
+			// state.
+			var err error
+			if ll.Namespaces, err = a.d.readNamespaces(&core.Image{Process: ll.Process, Tree: ll.Tree}, false); err != nil {
+				return err
+			}
+		}
 		// The fds go with the state (the final round's layout comes
 		// after the freeze read them, naming blobs that only the state
 		// lists and carries).
@@ -589,9 +641,17 @@ func (a *liveSource) sysvOf(layouts [][]core.VMA) ([]core.ShmSegment, error) {
 	for i := range layouts {
 		procs[i] = attachments{a.all[i].pid, layouts[i]}
 	}
-	shm, err := describeSysV(procs)
+	ss := a.d.session
+	shm, err := ss.describeSysV(procs)
 	if err != nil {
 		return nil, err
+	}
+	if ss.ipcNS != 0 && len(shm) > 0 {
+		// The target makes a container's segments in its new IPC
+		// namespace: not for pages yet.
+		v := attachedArea(layouts, shm[0].ID)
+		return nil, &UnsupportedMappingError{PID: a.d.pid, Start: v.Start, End: v.End, Name: fmt.Sprintf("System V segment %d", shm[0].ID),
+			Reason: "a container's System V shared memory does not move live yet (migrate dump and restore carry it)"}
 	}
 	for i := range shm {
 		shm[i].Paged = true
@@ -604,6 +664,18 @@ func (a *liveSource) sysvOf(layouts [][]core.VMA) ([]core.ShmSegment, error) {
 		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
 	}
 	return shm, nil
+}
+
+// attachedArea is the first area of layouts that attaches segment id.
+func attachedArea(layouts [][]core.VMA, id int) core.VMA {
+	for _, l := range layouts {
+		for _, v := range l {
+			if v.Kind == core.VMASysV && int(v.Shm) == id {
+				return v
+			}
+		}
+	}
+	return core.VMA{}
 }
 
 // treeOf is the Tree of a layout: the processes but the root, with their
@@ -639,7 +711,7 @@ func (a *liveSource) addMembers(pids []int) error {
 		if err != nil {
 			return &TreeChangedError{PID: pid, Parent: m.ppid, Change: "exited"}
 		}
-		if err := checkMember(pid, status); err != nil {
+		if err := checkMember(pid, a.d.pid, status); err != nil {
 			return err
 		}
 		d := &dumper{session: ss, pid: pid, stat: st, status: status, proc: &core.Process{},
@@ -873,14 +945,26 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 	}
 	d.lap("blobs, smaps")
+	if err := sameMountTable(a.mounts, d.mounts); err != nil {
+		return nil, err
+	}
+	a.img.Mounts = d.mounts
 	a.img.Blobs = d.blobSums
 	a.img.Shm = d.shm
+	a.img.Clocks, a.img.CPU = f.clocks, f.cpu
 	a.img.Tree = nil
 	for _, m := range a.all[1:] {
 		a.img.Tree = append(a.img.Tree, *m.proc)
 	}
 	a.img.Tree = append(a.img.Tree, a.zombies...)
-	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs}
+	if d.container {
+		ns, err := d.readNamespaces(a.img, true)
+		if err != nil {
+			return nil, err
+		}
+		a.img.Namespaces = ns
+	}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
@@ -1003,7 +1087,7 @@ func (a *liveSource) KillOriginal() error {
 	// peers; then the lock can go.
 	var err error
 	for i := len(a.all) - 1; i >= 0; i-- {
-		if e := a.all[i].p.Kill(false); err == nil && e != nil {
+		if e := a.all[i].p.Kill(a.d.container && (i > 0 || a.d.stat.PPID != os.Getpid())); err == nil && e != nil { // see dump's
 			err = fmt.Errorf("process %d: %w", a.all[i].pid, e)
 		}
 	}

@@ -15,11 +15,18 @@ import (
 //     fraction) for Patience rounds in a row — the process dirties memory
 //     as fast as it is sent, and more rounds only cost time;
 //   - MaxRounds pre-copy rounds are done.
+//
+// With AutoConverge, stalled and MaxRounds do not stop pre-copy while the
+// processes can be slowed down more: each time, they are throttled one
+// step more (stopped for a growing share of the time while a round
+// sends, see throttleSteps) and given Patience+1 more rounds, so that a
+// process that writes faster than its pages go dirties less each round.
 type Policy struct {
 	MaxRounds      int           // pre-copy rounds at most, the first full one included
 	TargetDowntime time.Duration // the final round should take about this long
 	MinShrink      float64       // a round must shrink the dirty set by this fraction...
 	Patience       int           // ...within this many rounds, or pre-copy stops
+	AutoConverge   bool          // throttle the processes rather than stop unconverged
 }
 
 // DefaultPolicy is what `migrate dump --pre-copy` uses unless told otherwise.
@@ -58,6 +65,13 @@ type Verdict struct {
 // Next looks at the rounds so far (oldest first, at least one) and the
 // number of pages dirty right now, and says whether to freeze.
 func (p Policy) Next(rounds []RoundStat, dirtyNow uint64) Verdict {
+	return p.next(rounds, 1, p.MaxRounds, dirtyNow)
+}
+
+// next is Next with the rounds that count for a stall beginning at
+// rounds[from] (from >= 1: the rounds since the throttle last changed),
+// and a budget of maxRounds rounds.
+func (p Policy) next(rounds []RoundStat, from, maxRounds int, dirtyNow uint64) Verdict {
 	// The final round sends pages written since the last round: scattered
 	// ones, slower to read and send than round 0's whole areas (with
 	// their zero pages and long runs). Its rate is measured on the rounds
@@ -80,20 +94,21 @@ func (p Policy) Next(rounds []RoundStat, dirtyNow uint64) Verdict {
 	switch {
 	case dirtyNow == 0 || (bytes > 0 && v.Estimate <= p.TargetDowntime):
 		v.Stop, v.Reason = true, "converged"
-	case len(rounds) >= p.MaxRounds:
+	case len(rounds) >= maxRounds:
 		v.Stop, v.Reason = true, "max rounds"
-	case p.stalled(rounds, dirtyNow):
+	case p.stalled(rounds, from, dirtyNow):
 		v.Stop, v.Reason = true, "stalled"
 	}
 	return v
 }
 
 // stalled: the dirty set did not shrink by MinShrink over the last
-// Patience rounds. Round 0 sends everything, so it is not a dirty set.
-func (p Policy) stalled(rounds []RoundStat, dirtyNow uint64) bool {
-	// Dirty sets after round 0, oldest first, ending with dirtyNow.
+// Patience rounds, of those from rounds[from] on. Round 0 sends
+// everything, so it is not a dirty set: from is at least 1.
+func (p Policy) stalled(rounds []RoundStat, from int, dirtyNow uint64) bool {
+	// Dirty sets from rounds[from], oldest first, ending with dirtyNow.
 	sets := make([]uint64, 0, len(rounds))
-	for _, r := range rounds[1:] {
+	for _, r := range rounds[max(from, 1):] {
 		sets = append(sets, r.Dirty)
 	}
 	sets = append(sets, dirtyNow)
@@ -106,4 +121,37 @@ func (p Policy) stalled(rounds []RoundStat, dirtyNow uint64) bool {
 		}
 	}
 	return true
+}
+
+// convergence is pre-copy's decision after each round, auto-converge
+// included: it asks the policy, and where the policy would stop
+// unconverged (stalled, or out of rounds) it has the processes throttled
+// one step more instead, while raise can.
+type convergence struct {
+	pol Policy
+	// raise throttles the processes one step more, false at the top; nil
+	// without auto-converge.
+	raise func() bool
+	// stallFrom is the first round a stall is judged on (the first since
+	// the throttle last changed); budget the rounds allowed so far.
+	stallFrom, budget int
+}
+
+func newConvergence(pol Policy, raise func() bool) *convergence {
+	if !pol.AutoConverge {
+		raise = nil
+	}
+	return &convergence{pol: pol, raise: raise, stallFrom: 1, budget: pol.MaxRounds}
+}
+
+// next says whether to freeze after the rounds hist, with dirty pages
+// dirty now; raised says the throttle went one step up instead of a stop.
+func (c *convergence) next(hist []RoundStat, dirty uint64) (v Verdict, raised bool) {
+	v = c.pol.next(hist, c.stallFrom, c.budget, dirty)
+	if !v.Stop || v.Reason == "converged" || c.raise == nil || !c.raise() {
+		return v, false
+	}
+	c.stallFrom = len(hist)
+	c.budget = max(c.budget, len(hist)) + c.pol.Patience + 1
+	return Verdict{Estimate: v.Estimate}, true
 }

@@ -119,3 +119,70 @@ func TestPolicyValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAutoConverge: a writer as fast as the link never converges on its
+// own; with AutoConverge, the throttle goes up a step each time the dirty
+// set stalls (a throttled writer writes only while it runs), until
+// pre-copy converges, within the rounds the steps allow.
+func TestAutoConverge(t *testing.T) {
+	p := DefaultPolicy
+	p.AutoConverge = true
+	const total, link = 262144, 1e9
+	writer := 2e9 / pageSize // pages a second, unthrottled
+	step := -1
+	level := func() float64 {
+		if step < 0 {
+			return 0
+		}
+		return throttleSteps[step]
+	}
+	c := newConvergence(p, func() bool {
+		if step+1 >= len(throttleSteps) {
+			return false
+		}
+		step++
+		return true
+	})
+	var hist []RoundStat
+	var levels []float64
+	send := uint64(total)
+	for {
+		took := time.Duration(float64(send*pageSize) / link * float64(time.Second))
+		hist = append(hist, RoundStat{Dirty: send, Bytes: send * pageSize, Duration: took})
+		dirty := min(uint64(writer*(1-level())*took.Seconds()), total)
+		v, raised := c.next(hist, dirty)
+		if raised {
+			levels = append(levels, level())
+		}
+		if v.Stop {
+			if v.Reason != "converged" {
+				t.Fatalf("stopped %q after %d rounds at throttle %v (steps %v), want converged", v.Reason, len(hist), level(), levels)
+			}
+			break
+		}
+		if len(hist) > p.MaxRounds+len(throttleSteps)*(p.Patience+1) {
+			t.Fatalf("%d rounds: more than the budget", len(hist))
+		}
+		send = dirty
+	}
+	if len(levels) == 0 || levels[len(levels)-1] != level() {
+		t.Fatalf("throttle steps %v, final level %v", levels, level())
+	}
+	for i := 1; i < len(levels); i++ {
+		if levels[i] <= levels[i-1] {
+			t.Errorf("throttle steps %v not rising", levels)
+		}
+	}
+	t.Logf("converged after %d rounds, throttle steps %v", len(hist), levels)
+
+	// Without AutoConverge the same writer stalls; with it but at the
+	// top of the steps, pre-copy stops as before.
+	c = newConvergence(DefaultPolicy, func() bool { t.Fatal("raise without AutoConverge"); return false })
+	if v, raised := c.next([]RoundStat{{Dirty: total, Bytes: total * pageSize, Duration: time.Second}, {Dirty: total}, {Dirty: total}}, total); !v.Stop || raised {
+		t.Errorf("without AutoConverge: %+v, raised %v; want a stop", v, raised)
+	}
+	c = newConvergence(p, func() bool { return false })
+	if v, raised := c.next([]RoundStat{{Dirty: total, Bytes: total * pageSize, Duration: time.Second}, {Dirty: total}, {Dirty: total}}, total); !v.Stop || raised || v.Reason != "stalled" {
+		t.Errorf("throttle at its top: %+v, raised %v; want stalled", v, raised)
+	}
+}

@@ -87,6 +87,11 @@ func precheckMappings(opts DumpOptions) error {
 		}
 		pids = append(pids, kids...)
 	}
+	// One time namespace for the tree, as the restore makes (not a
+	// mapping, but this is where the tree is listed before the freeze).
+	if err := checkTimeNamespaces(pids); err != nil {
+		return err
+	}
 	sysv := map[int][]proc.Mapping{} // System V segment -> its areas
 	sysvPID := map[int]int{}
 	for _, pid := range pids {
@@ -108,8 +113,18 @@ func precheckMappings(opts DumpOptions) error {
 	}
 	// A segment some process outside attaches too, now rather than at
 	// the freeze (the frozen dump checks again: readSysV).
+	ss := &session{opts: opts}
+	if len(sysv) > 0 {
+		if err := ss.noteContainer(&opts); err != nil {
+			return err
+		}
+	}
 	for id, areas := range sysv {
-		if _, reason := statSegment(id, len(areas)); reason != "" {
+		var reason string
+		if err := ss.inIPC(func() error { _, reason = statSegment(id, len(areas)); return nil }); err != nil {
+			return err
+		}
+		if reason != "" {
 			return &UnsupportedMappingError{PID: sysvPID[id], Start: areas[0].Start, End: areas[0].End,
 				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
@@ -142,7 +157,7 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 		if err != nil {
 			continue
 		}
-		if err := checkMember(pid, status); err != nil {
+		if err := checkMember(pid, opts.PID, status); err != nil {
 			return err
 		}
 		live = append(live, pid)

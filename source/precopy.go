@@ -20,10 +20,19 @@ type RoundReport struct {
 	BytesWire  uint64  `json:"bytes_wire"`
 	MS         float64 `json:"ms"`
 	// HeldMS is how long the round stopped the process: zero for
-	// pre-copy rounds with uffd-wp or hash tracking, the pagemap read for
-	// soft-dirty, the whole round for the final one.
+	// pre-copy rounds with hash tracking, the scan of the dirty pages for
+	// uffd-wp, the pagemap read for soft-dirty, the whole round for the
+	// final one; with auto-converge, its stops too.
 	HeldMS float64 `json:"held_ms"`
-	Frozen bool    `json:"frozen"`
+	// MaxHoldMS is the longest of those stops (a process of the tree
+	// stopped once by its tracker, or once by a throttle cycle): the
+	// longest a request to the service waited in the round, on top of its
+	// work.
+	MaxHoldMS float64 `json:"max_hold_ms"`
+	Frozen    bool    `json:"frozen"`
+	// Throttle is the share of time auto-converge kept the processes
+	// stopped while the round sent (Policy.AutoConverge): 0 unthrottled.
+	Throttle float64 `json:"throttle,omitempty"`
 	// Stop is why pre-copy ended after this round, on the last pre-copy one.
 	Stop string `json:"stop,omitempty"`
 	// EstimateMS is the policy's estimate, when the round began, of how
@@ -84,7 +93,9 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 			return s.sendRange(ctx, round, gv, group[0].Start, group[0].End, true)
 		}
 		from, to := group[0].Start, group[len(group)-1].End
+		t := time.Now()
 		ents, err := s.pm.Read(from, to, s.ents)
+		s.readTime += time.Since(t)
 		if err != nil {
 			return fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, from, to, err)
 		}
@@ -164,13 +175,15 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 
 	// Start tracking with each process briefly stopped: backends inject.
 	layouts := make([][]core.VMA, len(all))
-	var heldStart time.Duration
+	var heldStart, longestStart time.Duration
 	for i, d := range all {
 		held := time.Now()
 		if layouts[i], err = d.startTracking(); err != nil {
 			return err
 		}
-		heldStart += time.Since(held)
+		h := time.Since(held)
+		heldStart += h
+		longestStart = max(longestStart, h)
 	}
 
 	var hist []RoundStat
@@ -178,6 +191,10 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		return err
 	}
 	m := ss.meter(all, 0)
+	if ss.opts.Transfer != nil {
+		m.watch(ss, all, residentPages(all))
+		defer m.end()
+	}
 	var present uint64
 	for i, d := range all {
 		before := d.sink.pages
@@ -195,7 +212,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	if err != nil {
 		return err
 	}
-	rep.HeldMS = ms(heldStart)
+	rep.HeldMS, rep.MaxHoldMS = ms(heldStart), ms(longestStart)
 	root.rounds = append(root.rounds, rep)
 	if err := ss.roundEnd(rep); err != nil {
 		return err
@@ -203,6 +220,19 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	hist = append(hist, RoundStat{Dirty: present, Bytes: rep.BytesRaw, Duration: time.Since(m.start)})
 	ss.log.Info("pre-copy round", "round", 0, "pages", rep.PagesSent, "ms", rep.MS)
 
+	// Auto-converge: the throttle, raised by conv.
+	var thr *throttle
+	if pol.AutoConverge {
+		thr = newThrottle(ss.tr, func() []int {
+			pids := make([]int, len(all))
+			for i, d := range all {
+				pids[i] = d.pid
+			}
+			return pids
+		})
+		defer thr.stop()
+	}
+	conv := newConvergence(pol, thr.raise)
 	for round := 1; ; round++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -221,7 +251,10 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 				dirty += r.Pages()
 			}
 		}
-		v := pol.Next(hist, dirty)
+		v, raised := conv.next(hist, dirty)
+		if raised {
+			ss.log.Info("pre-copy: auto-converge throttles the processes", "stopped_share", thr.level(), "dirty", dirty)
+		}
 		root.estimate = v.Estimate
 		if v.Stop {
 			root.rounds[len(root.rounds)-1].Stop = v.Reason
@@ -234,7 +267,10 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		if err := ss.roundStart(layouts); err != nil {
 			return err
 		}
-		var held time.Duration
+		m.watch(ss, all, dirty)
+		defer m.end()
+		thr.start()
+		var held, longest time.Duration
 		for i, d := range all {
 			if _, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i]); err != nil {
 				return err
@@ -243,12 +279,17 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 				return err
 			}
 			held += d.tracker.Held()
+			longest = max(longest, d.tracker.Held())
 		}
+		throttled, cycle := thr.stop()
+		held += throttled
+		longest = max(longest, cycle)
 		rep, err := m.done(dirty)
 		if err != nil {
 			return err
 		}
-		rep.HeldMS = ms(held)
+		rep.HeldMS, rep.MaxHoldMS = ms(held), ms(longest)
+		rep.Throttle = thr.level()
 		rep.EstimateMS = ms(v.Estimate)
 		root.rounds = append(root.rounds, rep)
 		if err := ss.roundEnd(rep); err != nil {
@@ -293,12 +334,15 @@ func (ss *session) memberGone(pid int, err error) error {
 	return err
 }
 
-// treeMeter measures one round of the tree through its sinks' counters.
+// treeMeter measures one round of the tree through its sinks' counters,
+// and reports its progress while it runs (DumpOptions.Transfer).
 type treeMeter struct {
 	ms    []*roundMeter
 	start time.Time
+	w     *transferWatch
 }
 
+// meter starts measuring round.
 func (ss *session) meter(all []*dumper, round int) *treeMeter {
 	m := &treeMeter{start: time.Now()}
 	for _, d := range all {
@@ -307,8 +351,19 @@ func (ss *session) meter(all []*dumper, round int) *treeMeter {
 	return m
 }
 
+// watch starts the round's progress reports (DumpOptions.Transfer), once
+// its pages begin to go: planned are the pages it is expected to send.
+// Its end (or done) must be called.
+func (m *treeMeter) watch(ss *session, all []*dumper, planned uint64) {
+	m.w = watchTransfer(ss.opts.Transfer, m.ms[0].round, all, planned)
+}
+
+// end stops the round's progress reports (done does too).
+func (m *treeMeter) end() { m.w.end() }
+
 // done flushes the round's frames of every sink and reports the round.
 func (m *treeMeter) done(dirty uint64) (RoundReport, error) {
+	m.end()
 	var rep RoundReport
 	for _, rm := range m.ms {
 		r, err := rm.done(dirty)
@@ -369,6 +424,19 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 		}
 	}
 	ss.lap("final round: dirty pages")
+	if ss.opts.Transfer != nil { // only then: this is downtime
+		var planned uint64
+		for i, d := range all {
+			for _, r := range clip(ranges[i], layouts[i], ss.holds) {
+				planned += r.Pages()
+			}
+			for _, r := range clip(d.pending, layouts[i], ss.holds) {
+				planned += r.Pages()
+			}
+		}
+		m.watch(ss, all, planned)
+		defer m.end()
+	}
 	var dirty uint64
 	for i, d := range all {
 		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], append(ranges[i], d.pending...))
@@ -389,6 +457,7 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	}
 	rep.Frozen = true
 	rep.HeldMS = ms(time.Since(frozen))
+	rep.MaxHoldMS = rep.HeldMS
 	rep.EstimateMS = ms(root.estimate)
 	root.rounds = append(root.rounds, rep)
 	return ss.roundEnd(rep)

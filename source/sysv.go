@@ -30,7 +30,7 @@ func (ss *session) readSysV(all []*dumper) error {
 	for i, d := range all {
 		procs[i] = attachments{d.pid, d.proc.VMAs}
 	}
-	shm, err := describeSysV(procs)
+	shm, err := ss.describeSysV(procs)
 	if err != nil {
 		return err
 	}
@@ -50,7 +50,7 @@ type attachments struct {
 // describeSysV describes the System V segments that the areas of procs
 // attach, once each, sorted by ID (see readSysV). The processes may run:
 // a live migration lists its segments for the target before the freeze.
-func describeSysV(procs []attachments) ([]core.ShmSegment, error) {
+func (ss *session) describeSysV(procs []attachments) ([]core.ShmSegment, error) {
 	type area struct {
 		pid int
 		v   *core.VMA
@@ -79,7 +79,11 @@ func describeSysV(procs []attachments) ([]core.ShmSegment, error) {
 			return &UnsupportedMappingError{PID: first.pid, Start: first.v.Start, End: first.v.End,
 				Name: fmt.Sprintf("System V segment %d", id), Reason: reason}
 		}
-		ds, reason := statSegment(id, len(areas))
+		var ds unix.SysvShmDesc
+		var reason string
+		if err := ss.inIPC(func() error { ds, reason = statSegment(id, len(areas)); return nil }); err != nil {
+			return nil, err
+		}
 		if reason != "" {
 			return nil, refuse(reason)
 		}
@@ -138,16 +142,22 @@ func (e *SysVChangedError) Error() string {
 // they would have gone with the processes' own IPC_RMID. (A segment that
 // no process of the tree attached was not moved, and stays.)
 func (ss *session) removeSysV() error {
-	var errs []error
-	for _, s := range ss.shm {
-		if s.Removed {
-			continue // goes with the last detach
-		}
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EIDRM) {
-			errs = append(errs, fmt.Errorf("System V segment %d: IPC_RMID: %w", s.ID, err))
-		}
+	if len(ss.shm) == 0 || ss.ipcNS != 0 {
+		return nil // (a container's go with its IPC namespace)
 	}
-	return errors.Join(errs...)
+	var errs []error
+	err := ss.inIPC(func() error {
+		for _, s := range ss.shm {
+			if s.Removed {
+				continue // goes with the last detach
+			}
+			if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EIDRM) {
+				errs = append(errs, fmt.Errorf("System V segment %d: IPC_RMID: %w", s.ID, err))
+			}
+		}
+		return nil
+	})
+	return errors.Join(append(errs, err)...)
 }
 
 // writeSysV stores each segment's contents as a blob, read through an
@@ -158,7 +168,12 @@ func (ss *session) writeSysV() error {
 		if s.Paged {
 			continue // its pages went in the page streams
 		}
-		b, err := unix.SysvShmAttach(s.ID, 0, unix.SHM_RDONLY)
+		var b []byte
+		err := ss.inIPC(func() error {
+			var err error
+			b, err = unix.SysvShmAttach(s.ID, 0, unix.SHM_RDONLY)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("System V segment %d: attach to read it: %w", s.ID, err)
 		}

@@ -64,7 +64,8 @@ func TestSysVChanged(t *testing.T) {
 		return id, b
 	}
 	pid := os.Getpid()
-	a := &liveSource{all: []*dumper{{pid: pid}}}
+	d := &dumper{session: &session{opts: DumpOptions{PID: pid, live: true}}, pid: pid}
+	a := &liveSource{d: d, all: []*dumper{d}}
 	layout := func() [][]core.VMA {
 		vmas, err := readVMAs(pid)
 		if err != nil {

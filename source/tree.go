@@ -97,7 +97,7 @@ func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, e
 				if status.TracerPID != 0 && status.TracerPID != os.Getpid() {
 					return nil, &BadTargetError{PID: kid, Reason: fmt.Sprintf("this child of %d is traced by process %d", parent.pid, status.TracerPID)}
 				}
-				if err := checkMember(kid, status); err != nil {
+				if err := checkMember(kid, ss.opts.PID, status); err != nil {
 					return nil, err
 				}
 				d := &dumper{

@@ -55,7 +55,7 @@ func checkTarget(pid int) (*proc.Stat, *proc.Status, error) {
 	if status.TracerPID != 0 {
 		return nil, nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("it is traced by process %d (a debugger?)", status.TracerPID)}
 	}
-	if err := checkMember(pid, status); err != nil {
+	if err := checkMember(pid, pid, status); err != nil {
 		return nil, nil, err
 	}
 	return st, status, nil
@@ -64,15 +64,19 @@ func checkTarget(pid int) (*proc.Stat, *proc.Status, error) {
 // checkMember refuses a process of the dump (the root or a descendant)
 // that the user running migrate may not trace, or whose state the restore
 // would not bring back: seccomp state it cannot carry, or namespaces of
-// its own.
-func checkMember(pid int, status *proc.Status) error {
+// its own (but those of the container whose init is root, the root of
+// the dump).
+func checkMember(pid, root int, status *proc.Status) error {
 	if err := checkAccess(pid, status, invoker()); err != nil {
 		return err
 	}
 	if err := checkSeccomp(pid); err != nil {
 		return err
 	}
-	return checkNamespaces(pid)
+	if err := checkNamespaces(pid, root, status); err != nil {
+		return err
+	}
+	return checkMounts(pid)
 }
 
 // capSysPtrace is CAP_SYS_PTRACE.

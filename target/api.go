@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"github.com/procmig/migrate/core"
 )
 
 // RestoreOptions configure a restore from a directory.
@@ -13,6 +15,14 @@ type RestoreOptions struct {
 	// Check compares the restored processes with the image before they
 	// run (Builder.Check), and refuses the restore if they differ.
 	Check bool
+	// Progress, if set, is told every quarter of a second while the
+	// pages are written how many were, of those the image holds, from a
+	// goroutine of the restore's own: it must not block.
+	Progress func(pages, planned uint64, elapsed time.Duration)
+	// Inherit gives the files the image's external objects are replaced
+	// with: each one, and no other (an *InheritError otherwise, before
+	// anything is built).
+	Inherit []Inherit
 }
 
 // RestoreReport says what a restore did.
@@ -27,6 +37,11 @@ type RestoreReport struct {
 	MemoryMS  float64       `json:"memory_ms"`
 	// Steps says where the time went.
 	Steps []Step `json:"steps"`
+	// TimeNamespace are the offsets (from the host's clocks) of the time
+	// namespace made for the processes so that their monotonic and
+	// boot-time clocks go on from the source's; nil: they live in the
+	// restorer's (their clocks are this host's).
+	TimeNamespace *core.TimeOffsets `json:"time_namespace,omitempty"`
 	// Warnings lists what could not be restored exactly (for example a hard
 	// rlimit above this host's, or a session that cannot be re-joined).
 	Warnings []string `json:"warnings,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 	"runtime"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // Difference is one way a process differs from its image.
@@ -68,8 +70,9 @@ func (e *CheckError) Error() string {
 // (range, protection, sharing, the file mapped); every fd (the same
 // numbers and no other, what each points at, its status flags,
 // close-on-exec, offset of a regular file, and the file locks held
-// through it). It does not compare memory contents, registers, pending
-// signals or socket state.
+// through it), and of a netlink socket its protocol, port id, groups and
+// destination. It does not compare memory contents, registers, pending
+// signals or other socket state.
 //
 // root says whether p is the root of the image (its parent is not in it,
 // so its PPID is not compared).
@@ -423,7 +426,59 @@ func (c *checker) fd(fd *core.FD, have map[int]string) {
 	if fd.Kind == core.FDPidfd {
 		cmp(c, 0, what+" pidfd's process", strconv.Itoa(fd.PidfdPID), strings.TrimSpace(info.Extra["Pid"]))
 	}
+	if fd.Kind == core.FDSocket && fd.Socket != nil && fd.Socket.Netlink != nil {
+		c.netlink(what, fd)
+	}
 	c.locks(what, fd, info)
+}
+
+// netlink compares a netlink socket's protocol, port id, groups and
+// destination with the image, through a duplicate of the fd
+// (pidfd_getfd: what ptrace access allows).
+func (c *checker) netlink(what string, fd *core.FD) {
+	pidfd, err := unix.PidfdOpen(c.pid, 0)
+	if err != nil {
+		c.unreadable(0, what+" netlink socket", err)
+		return
+	}
+	defer unix.Close(pidfd)
+	sfd, err := unix.PidfdGetfd(pidfd, fd.FD, 0)
+	if err != nil {
+		c.unreadable(0, what+" netlink socket", err)
+		return
+	}
+	defer unix.Close(sfd)
+	s, n := fd.Socket, fd.Socket.Netlink
+	if v, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || v != unix.AF_NETLINK {
+		c.diff(0, what+" socket family", "AF_NETLINK", fmt.Sprint(v, err))
+		return
+	}
+	proto, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		c.unreadable(0, what+" netlink protocol", err)
+	}
+	cmp(c, 0, what+" netlink protocol", s.Protocol, proto)
+	if sa, err := unix.Getsockname(sfd); err != nil {
+		c.unreadable(0, what+" netlink port id", err)
+	} else if l, ok := sa.(*unix.SockaddrNetlink); ok {
+		cmp(c, 0, what+" netlink port id", n.PortID, l.Pid)
+	}
+	groups, err := raw.NetlinkGroups(sfd)
+	if err != nil {
+		c.unreadable(0, what+" netlink groups", err)
+	} else {
+		cmp(c, 0, what+" netlink groups", fmt.Sprint(n.Groups), fmt.Sprint(groups))
+	}
+	var dst, dstGroup uint32
+	if sa, err := unix.Getpeername(sfd); err == nil {
+		if d, ok := sa.(*unix.SockaddrNetlink); ok {
+			dst = d.Pid
+			if d.Groups != 0 {
+				dstGroup = uint32(bits.TrailingZeros32(d.Groups)) + 1
+			}
+		}
+	}
+	cmp(c, 0, what+" netlink destination", fmt.Sprintf("port %d group %d", n.DstPortID, n.DstGroup), fmt.Sprintf("port %d group %d", dst, dstGroup))
 }
 
 func (c *checker) locks(what string, fd *core.FD, info *proc.FDInfo) {
@@ -481,7 +536,9 @@ func (b *Builder) check() error {
 				return err
 			}
 		}
-		for _, d := range Check(r.proc, i == 0) {
+		c := &checker{pid: r.pid}
+		checkTime(c, b.ss.img)
+		for _, d := range append(Check(r.proc, i == 0), c.diffs...) {
 			if !b.ss.accepted[accepted{d.PID, d.TID, d.What}] {
 				diffs = append(diffs, d)
 			}
@@ -489,6 +546,8 @@ func (b *Builder) check() error {
 	}
 	diffs = append(diffs, b.checkSharing()...)
 	diffs = append(diffs, b.checkSysV()...)
+	diffs = append(diffs, b.checkNamespaces()...)
+	diffs = append(diffs, b.checkMounts()...)
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}

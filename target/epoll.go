@@ -1,6 +1,7 @@
 package target
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
@@ -86,7 +87,16 @@ func (r *restorer) restoreEpoll() error {
 				}
 			}
 			for _, g := range regs {
-				if err := unix.EpollCtl(g.ep, unix.EPOLL_CTL_ADD, g.fd, &g.ev); err != nil {
+				err := unix.EpollCtl(g.ep, unix.EPOLL_CTL_ADD, g.fd, &g.ev)
+				if errors.Is(err, unix.EEXIST) {
+					// An epoll set shared with a process restored before
+					// (a parent's, inherited by fork), or held through two
+					// fds: its registrations are listed by each holder,
+					// and this one, of the same file at the same number,
+					// was added already.
+					continue
+				}
+				if err != nil {
 					return fmt.Errorf("epoll fd %d: add fd %d: %w", g.ep, g.fd, err)
 				}
 			}

@@ -30,6 +30,8 @@ func (r *restorer) openSocket(fd *core.FD) (*os.File, error) {
 		f, err = r.unixSocket(s.Ino)
 	case unix.AF_INET, unix.AF_INET6:
 		f, err = r.inetSocket(fd.FD, s)
+	case unix.AF_NETLINK:
+		f, err = r.netlinkSocket(fd.FD, s)
 	default:
 		err = fmt.Errorf("socket of family %d", s.Family)
 	}

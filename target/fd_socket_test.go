@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // These tests rebuild sockets from descriptions written by hand, as an
@@ -594,4 +595,47 @@ func FuzzSplitDgrams(f *testing.F) {
 			t.Fatalf("%x decodes to %d messages that encode to %x", b, len(msgs), again)
 		}
 	})
+}
+
+// TestRestoreNetlink: a route socket comes back on its port id, in its
+// groups (past 32 too), connected where it was, with its flags, and the
+// messages it had queued are said to be dropped; a port id another socket
+// holds fails with an *AddrError.
+func TestRestoreNetlink(t *testing.T) {
+	sr := newSockRestore(t)
+	port := uint32(0x7fe00000 + os.Getpid()%0x10000)
+	sr.add(10, &core.Socket{Family: unix.AF_NETLINK, Type: unix.SOCK_RAW, Protocol: unix.NETLINK_ROUTE, State: core.SockConnected,
+		Options: []core.SockOpt{{Level: unix.SOL_NETLINK, Name: unix.NETLINK_EXT_ACK, Value: 1}},
+		Netlink: &core.NetlinkState{PortID: port, Groups: []uint32{unix.RTNLGRP_LINK, 33}, DstGroup: unix.RTNLGRP_LINK, Unread: 1234}})
+	f, err := sr.open(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := int(f.Fd())
+	sa, err := unix.Getsockname(fd)
+	if err != nil || sa.(*unix.SockaddrNetlink).Pid != port {
+		t.Errorf("port id %+v %v, want %d", sa, err, port)
+	}
+	if peer, err := unix.Getpeername(fd); err != nil || peer.(*unix.SockaddrNetlink).Groups != 1<<(unix.RTNLGRP_LINK-1) {
+		t.Errorf("destination %+v %v, want the link group", peer, err)
+	}
+	var list [8]byte
+	if n, err := raw.GetsockoptBytes(fd, unix.SOL_NETLINK, unix.NETLINK_LIST_MEMBERSHIPS, list[:], 8); err != nil || n < 8 ||
+		list[0] != 1<<(unix.RTNLGRP_LINK-1) || list[4] != 1 {
+		t.Errorf("groups %x (%v), want the link group and 33", list, err)
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_EXT_ACK); err != nil || v != 1 {
+		t.Errorf("NETLINK_EXT_ACK %d %v", v, err)
+	}
+	if !slices.ContainsFunc(sr.r.warnings, func(w string) bool { return strings.Contains(w, "dropped") }) {
+		t.Errorf("no warning that the queued messages are dropped: %q", sr.r.warnings)
+	}
+	// The same port id again, while this one holds it.
+	sr.add(11, &core.Socket{Family: unix.AF_NETLINK, Type: unix.SOCK_RAW, Protocol: unix.NETLINK_ROUTE, State: core.SockBound,
+		Netlink: &core.NetlinkState{PortID: port}})
+	_, err = sr.open(11)
+	var ae *AddrError
+	if !errors.As(err, &ae) || !errors.Is(err, unix.EADDRINUSE) {
+		t.Errorf("a port id in use: %v (%T), want an *AddrError with EADDRINUSE", err, err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -153,6 +154,29 @@ func (r *session) setOwnerMode(f *os.File, ref *core.FileRef) error {
 	return nil
 }
 
+// unchangedFile checks that the file st describes, found for fd, is the
+// file fd had open as it was at the dump: a process whose memory knows a
+// file's length, or its contents (a database's pages, a position in its
+// input), must not come back to another. Same size and same modification
+// time, to the nanosecond, or the restore is refused, naming the file. A
+// file open with O_APPEND is exempt: the process writes at its end,
+// whatever it is (a log that other processes, or the original left
+// running by dump --leave-running, wrote to since).
+func unchangedFile(st *unix.Stat_t, fd *core.FD) error {
+	if fd.Kind != core.FDFile || fd.File == nil || fd.File.Deleted || fd.Flags&unix.O_APPEND != 0 {
+		return nil
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return &core.ImageError{File: fd.File.Path, Reason: fmt.Sprintf("fd %d: a regular file at the dump, a %s now", fd.FD, fileType(st.Mode)), Err: core.ErrNotRegular}
+	}
+	if st.Size == fd.File.Size && st.Mtim.Nano() == fd.File.Mtime {
+		return nil
+	}
+	return &core.ImageError{File: fd.File.Path, Reason: fmt.Sprintf("fd %d: the file changed since the dump (size %d, was %d; mtime %s, was %s): "+
+		"the process would carry on with a file other than the one it knew (shared storage, or the file as it was, is needed)",
+		fd.FD, st.Size, fd.File.Size, time.Unix(0, st.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, fd.File.Mtime).UTC().Format(time.RFC3339Nano))}
+}
+
 // openFD opens, in the agent, the file description fd had.
 func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]*os.File) (*os.File, error) {
 	// File status flags that open(2) takes; the rest are set with F_SETFL.
@@ -173,6 +197,19 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 		}
 		if err != nil {
 			return nil, err
+		}
+		if fd.Kind == core.FDFile && !fd.File.Deleted {
+			// validate compared the file by its path; this is the file
+			// opened, which may have changed since.
+			var st unix.Stat_t
+			err := unix.Fstat(int(f.Fd()), &st)
+			if err == nil {
+				err = unchangedFile(&st, fd)
+			}
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
 		}
 		if err := setFlags(f, fd.Flags); err != nil {
 			f.Close()
@@ -346,6 +383,8 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			return nil, fmt.Errorf("pidfd_open(%d): %w", fd.PidfdPID, err)
 		}
 		return os.NewFile(uintptr(pfd), "pidfd"), nil
+	case core.FDExternal:
+		return r.openExternal(fd)
 	case core.FDSocket:
 		return r.openSocket(fd)
 	case core.FDInotify:

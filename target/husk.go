@@ -7,6 +7,8 @@ import (
 	"os/exec"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
 )
 
 // The husk is a tiny static ELF that does nothing but pause(). migrate
@@ -53,8 +55,9 @@ func huskELF() []byte {
 	return append(b, huskCode...)
 }
 
-// startHusk runs the husk from a memfd, stdio on /dev/null.
-func startHusk() (*exec.Cmd, error) {
+// startHusk runs the husk from a memfd, stdio on /dev/null: in a new
+// time namespace with the offsets tn, if not nil (startInTimeNamespace).
+func startHusk(tn *core.TimeOffsets) (*exec.Cmd, error) {
 	fd, err := unix.MemfdCreate("migrate-husk", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
@@ -70,7 +73,11 @@ func startHusk() (*exec.Cmd, error) {
 		ExtraFiles: []*os.File{f},
 		Env:        []string{},
 	}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if tn != nil {
+		start = func() error { return startInTimeNamespace(cmd, *tn) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("start husk: %w", err)
 	}
 	return cmd, nil

@@ -9,7 +9,7 @@ import (
 )
 
 func TestHuskRunsAndPauses(t *testing.T) {
-	cmd, err := startHusk()
+	cmd, err := startHusk(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

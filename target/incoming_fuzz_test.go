@@ -103,6 +103,10 @@ func FuzzLiveLayout(f *testing.F) {
 	p := selfProcess(f)
 	b, _ := json.Marshal(handoff.LiveLayout{Process: p})
 	f.Add(b, p.PID)
+	b, _ = json.Marshal(handoff.LiveLayout{Process: p, Mounts: &core.MountNS{Mounts: []core.Mount{
+		{Kind: core.MountHost, ID: 1, Point: "/", Root: "/"}, {Kind: core.MountTmpfs, ID: 2, Parent: 1, Point: "/t", Root: "/", FSType: "tmpfs"},
+		{Kind: core.MountBind, ID: 3, Parent: 1, Point: "/b", Root: "/x", From: "/x"}}}})
+	f.Add(b, p.PID)
 	f.Add([]byte(`{"process":{"pid":7,"threads":[{"tid":7}],"exe":{"path":"/bin/true"},"cwd":"/","root":"/","vmas":[{},{}]}}`), 7)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
 		ll, err := decodeLayout(body, pid)
@@ -128,6 +132,14 @@ func FuzzLiveState(f *testing.F) {
 	p := selfProcess(f)
 	b, _ := json.Marshal(selfState(f, p, []byte("queued")))
 	f.Add(b, p.PID)
+	st := selfState(f, p, []byte("queued"))
+	for name := range st.Image.Blobs {
+		st.Image.Mounts = &core.MountNS{Mounts: []core.Mount{{Kind: core.MountHost, ID: 1, Point: "/", Root: "/"},
+			{Kind: core.MountTmpfs, ID: 2, Parent: 1, Point: "/t", Root: "/", FSType: "tmpfs",
+				Files: []core.TmpfsFile{{Path: "d", Mode: 0o40755}, {Path: "d/f", Mode: 0o100644, Data: name}}}}}
+	}
+	b, _ = json.Marshal(st)
+	f.Add(b, p.PID)
 	f.Add([]byte(`{"image":{"kind":"migrate-image","version":1},"blobs":{"files/x":"eA=="}}`), 1)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
 		ls, err := decodeState(body, pid)
@@ -139,6 +151,9 @@ func FuzzLiveState(f *testing.F) {
 			for _, b := range pp.Process.BlobNames() {
 				refs[b] = true
 			}
+		}
+		for _, b := range ls.Image.Mounts.BlobNames() {
+			refs[b] = true
 		}
 		for name := range ls.Blobs {
 			if !refs[name] || strings.Contains(name, "..") {

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -111,9 +112,17 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 			refs[b] = true
 		}
 	}
+	for _, b := range img.Mounts.BlobNames() {
+		refs[b] = true
+	}
 	for name := range ls.Blobs {
 		if !refs[name] { // so every name was checked by core.Image.Validate
 			return nil, fmt.Errorf("blob %q that the image does not refer to", name)
+		}
+	}
+	for id, path := range ls.Inherit {
+		if !core.ValidExternal(id) || !filepath.IsAbs(path) || len(path) > 4095 || strings.IndexByte(path, 0) >= 0 {
+			return nil, fmt.Errorf("inherit %q=%q: not an object and an absolute path", id, path)
 		}
 	}
 	return &ls, nil
@@ -122,7 +131,7 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 // layoutImage is the image of a layout's processes, for checkIncoming.
 func layoutImage(ll *handoff.LiveLayout) *core.Image {
 	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree, Shm: ll.Shm,
-		Pages: core.PagesInfo{File: core.PagesFile}}
+		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU, Mounts: ll.Mounts}
 }
 
 // validateLive is validate without the files of an image directory.
@@ -143,6 +152,9 @@ func validateLive(img *core.Image) error {
 		if err := checkVDSO(p.VMAs); err != nil {
 			return err
 		}
+	}
+	if err := checkBindSources(img.Mounts); err != nil {
+		return err
 	}
 	if err := pidFree(img.Process.PID); err != nil {
 		return err
@@ -201,6 +213,8 @@ type liveTarget struct {
 	log  *slog.Logger
 	pid  int
 	b    *Builder
+	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
+	xcr0 uint64
 
 	// members are the processes of the first layout, the root first,
 	// zombies too; pids those with pages: a page stream each.
@@ -220,7 +234,9 @@ type liveTarget struct {
 	resumedAt time.Time
 	hooks     *hook.Set
 	// steps time the downtime's part here, from the state's arrival.
-	steps   []Step
+	steps []Step
+	// applyNS is the time the page streams spent writing pages.
+	applyNS atomic.Int64
 	lapped  time.Time
 	img     *core.Image   // the state's image, once restored
 	lock    *netlock.Lock // this side's, on the connections until the resume
@@ -259,12 +275,15 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 	b, _ := json.Marshal(struct {
 		DowntimeMS float64 `json:"target_downtime_ms"` // state received to resumed
 		Steps      []Step  `json:"target_steps,omitempty"`
-	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps})
+		// ApplyMS is the time spent writing pages into the processes,
+		// summed over the page streams (the source's "apply" stage).
+		ApplyMS float64 `json:"apply_ms,omitempty"`
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6})
 	return b
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
-	t := &liveTarget{sess: sess, log: log, layout: -1}
+	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0()}
 	t.cond = sync.NewCond(&t.mu)
 	return t
 }
@@ -295,6 +314,11 @@ func waitPIDFree(pid int) error {
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	ll, err := decodeLayout(l.Body, t.pid)
+	if err == nil {
+		// Every layout: the first, before anything is built here or
+		// frozen there.
+		err = checkCPU(ll.CPU, t.xcr0)
+	}
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
@@ -447,7 +471,10 @@ func (t *liveTarget) apply(i int, r io.ReadCloser) {
 		}
 		switch fr.Kind {
 		case pagestream.FramePages:
-			if err := t.b.WriteFrame(pid, fr); err != nil {
+			at := time.Now()
+			err := t.b.WriteFrame(pid, fr)
+			t.applyNS.Add(int64(time.Since(at)))
+			if err != nil {
 				fail(err)
 				return
 			}
@@ -533,6 +560,10 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
 	t.lapped = t.stateAt
 	ls, err := decodeState(st.Body, t.pid)
+	if err == nil {
+		// With the components the threads held at the freeze.
+		err = checkCPU(ls.Image.CPU, t.xcr0)
+	}
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
@@ -578,6 +609,15 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
+	}
+	// The files given for the objects outside the tree: each of the
+	// image's, and no other (decodeState checked the names and paths).
+	var inh []Inherit
+	for id, path := range ls.Inherit {
+		inh = append(inh, Inherit{ID: id, Path: path})
+	}
+	if t.b.ss.inherit, err = checkInherit(img, inh); err != nil {
+		return err
 	}
 	n := len(t.b.steps)
 	if err := t.b.Finish(ctx, img); err != nil {

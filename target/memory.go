@@ -123,6 +123,7 @@ func (r *restorer) fillPages(ctx context.Context) error {
 		}
 		fr.Keep()
 		jobs <- job{fr, r.skipZeros(fr, v, rounds > 1)}
+		r.filled.Add(uint64(fr.Pages))
 	}
 	if err := stop(); err != nil {
 		return err

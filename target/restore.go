@@ -44,9 +44,15 @@ type session struct {
 	// migration, by ID: their pages are written through them (the
 	// processes may attach them read-only).
 	shmAt map[int][]byte
+	// sysvLive: the segments are a live migration's (core.ShmSegment
+	// Paged), created empty for the page streams to fill.
+	sysvLive bool
 	// shmem is where each shared anonymous object of the image (VMA.Shm)
 	// was first mapped: the other areas that had it map that object too.
 	shmem map[uint64]shmemArea
+	// filled counts the pages written from page streams, for a reader on
+	// another goroutine (RestoreOptions.Progress).
+	filled atomic.Uint64
 	// accepted are the differences from the image the restore made on
 	// purpose and warned about (Check leaves them out).
 	accepted map[accepted]bool
@@ -58,6 +64,8 @@ type session struct {
 	descs map[string]*os.File
 	// pipes are the recreated pipes by inode: read end, write end.
 	pipes map[uint64][2]*os.File
+	// inherit are the files given for the image's external objects, by ID.
+	inherit map[string]*Inherit
 	// atResume run just before the processes run: TCP connections leave
 	// repair mode.
 	atResume []func() error
@@ -65,9 +73,15 @@ type session struct {
 	// live migration's state, sizes checked against Image.Blobs);
 	// otherwise they are files under dir.
 	blobs map[string][]byte
+	// timens are the offsets of the time namespace made for the
+	// processes; nil: they live in the restorer's (planTime).
+	timens *core.TimeOffsets
 	// afterBind, set by tests, runs after a unix socket is bound to a
 	// path.
 	afterBind func(path string)
+	// inheritedAgentFD is, in a container, the fd of the pidfd for
+	// migrate that the husk opened and every process inherited.
+	inheritedAgentFD int
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -122,11 +136,26 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	inherit, err := checkInherit(img, opts.Inherit)
+	if err != nil {
+		return nil, err
+	}
+	renumbered, err := renumberContainer(img)
+	if err != nil {
+		return nil, err
+	}
 	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.FillFromImage(ctx); err != nil {
+	b.ss.inherit = inherit
+	if renumbered != "" {
+		b.ss.warn("%s", renumbered)
+	}
+	stop := b.watchFill(opts.Progress)
+	err = b.FillFromImage(ctx)
+	stop()
+	if err != nil {
 		b.Discard()
 		return nil, err
 	}
@@ -194,7 +223,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -208,8 +237,20 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	ss.tr = ptrace.NewTracer()
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
-		{"System V shared memory", func() error { return ss.prepareSysV(img, live) }},
+		{"System V shared memory", func() error {
+			if ss.ownIPC() {
+				return nil // made in the container's namespace
+			}
+			return ss.prepareSysV(img)
+		}},
+		{"time namespace", ss.planTime},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"IPC namespace", func() error {
+			if !ss.ownIPC() {
+				return nil
+			}
+			return ss.prepareIPC(img)
+		}},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -269,6 +310,40 @@ func (b *Builder) Relayout(pid int, vmas []core.VMA) error {
 	return r.relayout(vmas)
 }
 
+// progressEvery is how often a restore reports the pages it wrote.
+var progressEvery = 250 * time.Millisecond // a variable for tests
+
+// watchFill reports to f, every progressEvery until the returned stop is
+// called, how many pages of the tree's page streams were written, of
+// those the image holds. With f nil it does nothing.
+func (b *Builder) watchFill(f func(pages, planned uint64, elapsed time.Duration)) (stop func()) {
+	if f == nil {
+		return func() {}
+	}
+	var planned uint64
+	for _, r := range b.all {
+		if r.pagesInfo != nil {
+			planned += r.pagesInfo.Pages
+		}
+	}
+	base, start := b.ss.filled.Load(), time.Now()
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				f(b.ss.filled.Load()-base, planned, time.Since(start))
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
 // FillFromImage writes the pages of every process from its page stream.
 func (b *Builder) FillFromImage(ctx context.Context) error {
 	t := time.Now()
@@ -289,7 +364,11 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		if err := b.ss.sameSysV(img); err != nil {
 			return err
 		}
+		first := b.ss.img.Mounts
 		if err := b.adopt(img); err != nil {
+			return err
+		}
+		if err := b.run(ctx, []stage{{"tmpfs files", func() error { return b.fillLiveMounts(first) }}}); err != nil {
 			return err
 		}
 	}
@@ -304,6 +383,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	}
 	return b.ss.tr.Do(func() error {
 		return b.run(ctx, []stage{
+			{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 			{"set protections", b.each(ctx, (*restorer).protect)},
 			{"restore files", b.each(ctx, (*restorer).restoreFDs)},
 			{"restore process state", b.each(ctx, (*restorer).restoreState)},
@@ -392,6 +472,8 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		MemoryMS:  float64(b.memTime.Microseconds()) / 1000,
 		Warnings:  b.ss.warnings,
 		Steps:     b.steps,
+
+		TimeNamespace: b.ss.timens,
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
@@ -509,15 +591,23 @@ type cloneArgs struct {
 
 // forkPID makes the process p (still laid out as a husk: its data page at
 // huskData) fork a child with the given PID, and adopts the child, which is
-// traced from birth.
-func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
-	tid := int32(pid)
-	ca := cloneArgs{ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: 1}
+// traced from birth. In a container (inner not 0) the child gets PID inner
+// in its innermost PID namespace and pid in migrate's: flags
+// CLONE_NEWPID makes that namespace (the root, inner 1); else p is inside
+// it already. want is the PID clone3 returns, as p sees the child.
+func forkPID(p *ptrace.Proc, pid, inner, want int, flags uint64) (*ptrace.Proc, error) {
+	tids := []int32{int32(pid)}
+	if inner != 0 {
+		tids = []int32{int32(inner), int32(pid)}
+	}
+	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: huskData + 128, SetTIDSize: uint64(len(tids))}
 	if _, err := ptrace.WriteMemForce(p.PID, huskData, raw.Bytes(&ca)); err != nil {
 		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 	}
-	if _, err := ptrace.WriteMemForce(p.PID, huskData+128, raw.Bytes(&tid)); err != nil {
-		return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+	for i := range tids {
+		if _, err := ptrace.WriteMemForce(p.PID, huskData+128+uint64(4*i), raw.Bytes(&tids[i])); err != nil {
+			return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
+		}
 	}
 	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, huskData, uint64(len(raw.Bytes(&ca))))
 	if err != nil {
@@ -528,8 +618,8 @@ func forkPID(p *ptrace.Proc, pid int) (*ptrace.Proc, error) {
 		}
 		return nil, err
 	}
-	if int(child) != pid {
-		return nil, fmt.Errorf("clone3 made pid %d, want %d", child, pid)
+	if int(child) != want {
+		return nil, fmt.Errorf("clone3 made pid %d, want %d", child, want)
 	}
 	return p.Adopt(pid)
 }
@@ -553,7 +643,15 @@ func createTree(all []*restorer) error {
 			return fmt.Errorf("process %d: its parent %d is not in the image", r.pid, r.proc.PPID)
 		}
 		var err error
-		if r.p, err = forkPID(r.parent.p, r.pid); err != nil {
+		// In a container, its PID inside too, as clone3 returns it there.
+		in, want := 0, r.pid
+		if r.container() {
+			if in = r.inner(r.pid); in == 0 {
+				return fmt.Errorf("process %d: no PID inside the container in the image", r.pid)
+			}
+			want = in
+		}
+		if r.p, err = forkPID(r.parent.p, r.pid, in, want, 0); err != nil {
 			return fmt.Errorf("process %d: %w", r.pid, err)
 		}
 		if r.proc.Zombie != nil {
@@ -619,15 +717,32 @@ func dropZombieSIGCHLD(all []*restorer) {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(); err != nil {
+	if r.husk, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
-	if r.p, err = forkPID(r.hp, r.pid); err != nil {
+	inner := 0
+	if r.container() {
+		// The root's children inherit its pidfd for migrate, which they
+		// cannot open from inside the container (openAgentPidfd).
+		if r.inheritedAgentFD, err = r.huskAgentPidfd(); err != nil {
+			return err
+		}
+		inner = 1
+	}
+	if err := r.enterMountNS(); err != nil {
 		return err
+	}
+	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
+		return err
+	}
+	if r.container() {
+		if err := r.setUTS(); err != nil {
+			return err
+		}
 	}
 	// The husk has done its job. Its death reparents the child to init
 	// (or the nearest subreaper), so the process outlives migrate.
@@ -648,7 +763,7 @@ func (r *restorer) exitAsZombie() error {
 		// Killed by a signal: send it, still at its default action; the
 		// signal lands on detach (SIGKILL at once: the injection ends
 		// with the thread gone, as with exit_group below).
-		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.pid), uint64(sig)); err != nil {
+		if _, err := r.sys("kill", unix.SYS_KILL, uint64(r.inner(r.pid)), uint64(sig)); err != nil {
 			if st, serr := proc.ReadStat(r.pid); sig == int(unix.SIGKILL) && serr == nil && (st.State == 'Z' || st.State == 'X') {
 				r.p = nil
 				return nil
@@ -957,15 +1072,33 @@ func holdsPages(kind string) bool {
 // (64 or above) that no fd to restore has, and the RLIMIT_NOFILE that its
 // highest fd needs.
 func (r *restorer) openAgentPidfd() error {
-	if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
-		return err
-	}
-	if err := r.roomForFDs(); err != nil {
-		return err
-	}
-	fd, err := r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
-	if err != nil {
-		return err
+	var fd uint64
+	if r.container() {
+		// Migrate is outside the container: the pidfd the husk opened,
+		// which every process of it inherited, is kept.
+		fd = uint64(r.inheritedAgentFD)
+		if fd > 0 {
+			if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, fd-1, 0); err != nil {
+				return err
+			}
+		}
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, fd+1, 0xffffffff, 0); err != nil {
+			return err
+		}
+		if err := r.roomForFDs(); err != nil {
+			return err
+		}
+	} else {
+		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, 0, 0xffffffff, 0); err != nil {
+			return err
+		}
+		if err := r.roomForFDs(); err != nil {
+			return err
+		}
+		var err error
+		if fd, err = r.sys("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0); err != nil {
+			return err
+		}
 	}
 	taken := make(map[int]bool, len(r.proc.FDs))
 	for _, f := range r.proc.FDs {

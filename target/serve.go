@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/transport"
 )
@@ -44,6 +45,10 @@ type ServeOptions struct {
 	// OnSession, if set, is told of each migration's steps as the service
 	// takes them, from the session's goroutine (sessions run at once).
 	OnSession func(SessionEvent)
+	// XCR0, if not zero, are the XSAVE features (bits of XCR0) this
+	// host's CPU is taken to have, fewer than its own (xgetbv): those of
+	// every host of a fleet, say. Serve refuses more than its own.
+	XCR0 uint64
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -86,6 +91,12 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if extra := opts.XCR0 &^ hostXCR0(); extra != 0 {
+		if opts.Listener != nil {
+			opts.Listener.Close()
+		}
+		return fmt.Errorf("XSAVE features %#x: this CPU lacks %s", opts.XCR0, core.XSAVENames(extra))
 	}
 	// Network locks left by a crashed migrate of this namespace.
 	if gone, err := netlock.CleanStale(""); err != nil {
@@ -167,14 +178,15 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 			defer wg.Done()
 			defer func() { <-slots }()
 			defer sess.Close()
-			serveSession(ctx, sess, outcomes, opts.Hooks, opts.Metrics, opts.OnSession, sessLog)
+			serveSession(ctx, sess, outcomes, opts, sessLog)
 		}()
 	}
 }
 
 // serveSession handles one connection: a migration, or a question about
 // the outcome of an earlier one.
-func serveSession(ctx context.Context, sess *transport.Session, outcomes *handoff.Outcomes, hooks *hook.Set, m *Metrics, notify func(SessionEvent), log *slog.Logger) {
+func serveSession(ctx context.Context, sess *transport.Session, outcomes *handoff.Outcomes, opts ServeOptions, log *slog.Logger) {
+	hooks, m, notify := opts.Hooks, opts.Metrics, opts.OnSession
 	start := time.Now()
 	m.sessionStarted()
 	defer m.sessionEnded()
@@ -197,6 +209,9 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 		return
 	}
 	t := newLiveTarget(sess, log)
+	if opts.XCR0 != 0 {
+		t.xcr0 = opts.XCR0
+	}
 	t.hooks = hooks
 	t.notify = notify
 	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)

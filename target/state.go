@@ -159,12 +159,27 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // traced, and get their registers with the rest of their state.
 func (r *restorer) createThreads() error {
 	for _, t := range r.proc.Threads[1:] {
-		tid := int32(t.TID)
-		tidAddr, err := r.put(256, raw.Bytes(&tid))
-		if err != nil {
-			return err
+		tids := []int32{int32(t.TID)}
+		want := t.TID
+		if r.container() {
+			// Its TID inside first, as clone3 returns it.
+			want = r.inner(t.TID)
+			if want == 0 {
+				return fmt.Errorf("thread %d: no TID inside the container in the image", t.TID)
+			}
+			tids = []int32{int32(want), int32(t.TID)}
 		}
-		ca := cloneArgs{Flags: threadFlags, SetTID: tidAddr, SetTIDSize: 1}
+		var tidAddr uint64
+		for i := range tids {
+			addr, err := r.put(256+uint64(4*i), raw.Bytes(&tids[i]))
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				tidAddr = addr
+			}
+		}
+		ca := cloneArgs{Flags: threadFlags, SetTID: tidAddr, SetTIDSize: uint64(len(tids))}
 		addr, err := r.put(0, raw.Bytes(&ca))
 		if err != nil {
 			return err
@@ -173,8 +188,8 @@ func (r *restorer) createThreads() error {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}
-		if int(got) != t.TID {
-			return fmt.Errorf("clone3 made thread %d, want %d", got, t.TID)
+		if int(got) != want {
+			return fmt.Errorf("clone3 made thread %d, want %d", got, want)
 		}
 		if _, err := r.p.AdoptThread(t.TID); err != nil {
 			return err
@@ -271,7 +286,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.sys("rt_sigqueueinfo", unix.SYS_RT_SIGQUEUEINFO, uint64(r.pid), uint64(si.Signo), addr); err != nil {
+		if _, err := r.sys("rt_sigqueueinfo", unix.SYS_RT_SIGQUEUEINFO, uint64(r.inner(r.pid)), uint64(si.Signo), addr); err != nil {
 			return fmt.Errorf("pending signal %d: %w", si.Signo, err)
 		}
 	}
@@ -281,7 +296,7 @@ func (r *restorer) restoreThreads(context.Context) error {
 			if err != nil {
 				return err
 			}
-			if _, err := r.p.Syscall(r.p.Threads[i], "rt_tgsigqueueinfo", unix.SYS_RT_TGSIGQUEUEINFO, uint64(r.pid), uint64(t.TID), uint64(si.Signo), addr); err != nil {
+			if _, err := r.p.Syscall(r.p.Threads[i], "rt_tgsigqueueinfo", unix.SYS_RT_TGSIGQUEUEINFO, uint64(r.inner(r.pid)), uint64(r.inner(t.TID)), uint64(si.Signo), addr); err != nil {
 				return fmt.Errorf("thread %d: pending signal %d: %w", t.TID, si.Signo, err)
 			}
 		}
@@ -299,9 +314,22 @@ func (r *restorer) restoreThreads(context.Context) error {
 			return err
 		}
 	}
+	hereSize := 0 // this CPU's XSAVE area, as the kernel gives it
 	for i, t := range p.Threads {
 		th := r.p.Threads[i]
-		if err := r.p.SetXstate(th, t.Xstate); err != nil {
+		x := t.Xstate
+		if len(x) > 0 && hereSize == 0 {
+			own, err := r.p.Xstate(th)
+			if err != nil {
+				return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
+			}
+			hereSize = len(own)
+		}
+		x, err := fitXstate(x, hereSize)
+		if err != nil {
+			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
+		}
+		if err := r.p.SetXstate(th, x); err != nil {
 			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
 		}
 		regs := regsFromCore(&t.Regs)
@@ -340,7 +368,7 @@ func (r *restorer) restoreTimers() error {
 		le.PutUint64(ev[0:], t.Value)
 		le.PutUint32(ev[8:], uint32(t.Signo))
 		le.PutUint32(ev[12:], uint32(t.Notify))
-		le.PutUint32(ev[16:], uint32(t.TID))
+		le.PutUint32(ev[16:], uint32(r.inner(t.TID))) // as the process names it
 		evAddr, err := r.put(0, ev[:])
 		if err != nil {
 			return err
@@ -416,11 +444,12 @@ func (r *restorer) joinGroup() error {
 		return nil
 	}
 	p := r.proc
-	pgid := uint64(p.PGID)
+	// The group as the process names it (inside its container).
+	pgid := uint64(r.inner(p.PGID))
 	if p.PGID == p.PID {
 		pgid = 0
 	}
-	if p.PGID == 0 {
+	if p.PGID == 0 || (p.PGID != p.PID && pgid == 0) {
 		// Its group was outside its PID namespace (stat shows 0): not one
 		// this host can give it back. It leads a group of its own rather
 		// than stay in the restoring service's.

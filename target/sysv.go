@@ -59,7 +59,11 @@ const shmNextID = "/proc/sys/kernel/shm_next_id"
 // their pages come in the page streams (writeSysV). Any segment holding
 // one's ID or key refuses the migration, even one like it: on the source's
 // own host it would be the original's, which runs on until the commit.
-func (ss *session) prepareSysV(img *core.Image, live bool) error {
+func (ss *session) prepareSysV(img *core.Image) error {
+	live := ss.sysvLive
+	if live && ss.ownIPC() && len(img.Shm) > 0 {
+		return &ShmError{ID: img.Shm[0].ID, Key: img.Shm[0].Key, Reason: "a container's System V shared memory does not move live yet (migrate dump and restore carry it)"}
+	}
 	for i := range img.Shm {
 		s := &img.Shm[i]
 		fail := func(reason string, err error) error {
@@ -143,9 +147,12 @@ func (ss *session) createSegment(s *core.ShmSegment) error {
 		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
 		return fail(fmt.Sprintf("the kernel gave it ID %d (another process made a segment at the same time?)", id), nil)
 	}
-	ss.mu.Lock()
-	ss.shmCreated = append(ss.shmCreated, id)
-	ss.mu.Unlock()
+	if !ss.ownIPC() {
+		// (A container's goes with its IPC namespace.)
+		ss.mu.Lock()
+		ss.shmCreated = append(ss.shmCreated, id)
+		ss.mu.Unlock()
+	}
 	return nil
 }
 
@@ -169,14 +176,16 @@ func (ss *session) fillSegment(img *core.Image, s *core.ShmSegment) error {
 // removeSysV marks the segments that were marked removed (IPC_RMID) once
 // the processes attach them: they go with the last detach, as before.
 func (ss *session) removeSysV(img *core.Image) error {
-	for _, s := range img.Shm {
-		if s.Removed {
-			if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil {
-				return &ShmError{ID: s.ID, Key: s.Key, Reason: "shmctl(IPC_RMID)", Err: err}
+	return ss.inIPC(func() error {
+		for _, s := range img.Shm {
+			if s.Removed {
+				if _, err := unix.SysvShmCtl(s.ID, unix.IPC_RMID, nil); err != nil {
+					return &ShmError{ID: s.ID, Key: s.Key, Reason: "shmctl(IPC_RMID)", Err: err}
+				}
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // discardSysV removes the segments a failed restore created.
@@ -214,8 +223,12 @@ func (ss *session) writeSysV(v *core.VMA, fr *pagestream.Frame) error {
 	ss.mu.Lock()
 	b, ok := ss.shmAt[int(v.Shm)]
 	if !ok && slices.Contains(ss.shmCreated, int(v.Shm)) {
-		var err error
-		if b, err = unix.SysvShmAttach(int(v.Shm), 0, 0); err != nil {
+		err := ss.inIPC(func() error {
+			var err error
+			b, err = unix.SysvShmAttach(int(v.Shm), 0, 0)
+			return err
+		})
+		if err != nil {
 			ss.mu.Unlock()
 			return &ShmError{ID: int(v.Shm), Reason: "attach it to write its pages", Err: err}
 		}
@@ -252,12 +265,14 @@ func (ss *session) sameSysV(img *core.Image) error {
 	if !slices.Equal(ids, made) {
 		return fmt.Errorf("the final image lists System V segments %v, the first layout %v", ids, made)
 	}
-	for i := range img.Shm {
-		if err := setSegment(&img.Shm[i]); err != nil {
-			return err
+	return ss.inIPC(func() error {
+		for i := range img.Shm {
+			if err := setSegment(&img.Shm[i]); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // detachSysV lets go of the agent's attachments (writeSysV).
@@ -279,7 +294,10 @@ func (b *Builder) checkSysV() []Difference {
 		what := fmt.Sprintf("System V segment %d", s.ID)
 		want := segmentString(s.Key, s.Size, s.UID, s.GID, s.Mode, s.Removed, s.Locked)
 		var ds unix.SysvShmDesc
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
+		if err := b.ss.inIPC(func() error {
+			_, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds)
+			return err
+		}); err != nil {
 			diffs = append(diffs, Difference{PID: pid, What: what, Want: want, Got: err.Error()})
 			continue
 		}

@@ -30,6 +30,9 @@ func validate(ctx context.Context, dir string, img *core.Image) error {
 	if err := checkIncoming(img); err != nil {
 		return err
 	}
+	if err := checkCPU(img.CPU, hostXCR0()); err != nil {
+		return err
+	}
 	for _, pp := range img.Processes() {
 		if err := validateProcess(ctx, dir, img, pp.Process, pp.Pages); err != nil {
 			if pp.Process != &img.Process {
@@ -45,7 +48,7 @@ func validate(ctx context.Context, dir string, img *core.Image) error {
 			}
 		}
 	}
-	return nil
+	return checkBindSources(img.Mounts)
 }
 
 // checkIncoming is the one place where a process from outside (an image
@@ -227,10 +230,14 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			if fd.File.Deleted {
 				continue
 			}
-			if _, err := os.Stat(fd.File.Path); err != nil {
-				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, err)
+			var st unix.Stat_t
+			if err := unix.Stat(fd.File.Path, &st); err != nil {
+				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, &fs.PathError{Op: "stat", Path: fd.File.Path, Err: err})
 			}
-		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd:
+			if err := unchangedFile(&st, &fd); err != nil {
+				return err
+			}
+		case core.FDPipe, core.FDEventfd, core.FDMemfd, core.FDSocket, core.FDEpoll, core.FDTimerfd, core.FDSignalfd, core.FDInotify, core.FDPidfd, core.FDExternal:
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}

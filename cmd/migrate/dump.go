@@ -57,7 +57,9 @@ written since the previous one (found by the dirty-page tracker). Pre-copy
 stops when the pages left could be copied within --target-downtime at the
 speed measured so far, when a round no longer shrinks the dirty set, or
 after --rounds rounds; then the process is frozen and a final round copies
-what changed since, with the rest of its state.
+what changed since, with the rest of its state. With --auto-converge, a
+process that writes faster than its pages are copied is slowed down
+instead of stopping pre-copy there (see the README).
 
 Prints a one-line summary on stdout (--json: the full report as JSON); with
 --pre-copy also one line per round.`,
@@ -77,6 +79,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			tracker      string
 			rounds       int
 			downtime     time.Duration
+			external     []string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "write the image to `DIR` (required)")
 		boolFlag(fs, &leaveRunning, "leave-running", "", "let the process run on after the dump instead of killing it")
@@ -90,6 +93,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		fs.StringVar(&tracker, "tracker", "auto", "dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty or hash")
 		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds before the final one")
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
+		var autoConverge bool
+		boolFlag(fs, &autoConverge, "auto-converge", "", "with --pre-copy: when it stops converging, slow the processes down (stopped a growing share of each 50 ms while a round copies) rather than freeze with much left to copy")
+		fs.StringArrayVar(&external, "external", nil, "keep the fds of `ID`, an object outside the dump (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: restore --inherit-fd gives it back (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
 			if err != nil {
@@ -105,11 +111,15 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				return usagef("bad --tracker %q: want %s", tracker, strings.Join(source.TrackerNames(), ", "))
 			}
 			pol := migrate.DefaultPolicy
-			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			pol.MaxRounds, pol.TargetDowntime, pol.AutoConverge = rounds, downtime, autoConverge
 			if preCopy {
 				if err := pol.Validate(); err != nil {
 					return usagef("%v", err)
 				}
+			}
+			var transfer func(migrate.Transfer)
+			if !asJSON {
+				transfer = e.transferStatus("dump round", true)
 			}
 			rep, err := e.ops.dump(ctx, pid, dir, migrate.DumpOptions{
 				LeaveRunning: leaveRunning,
@@ -120,7 +130,10 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				Tracker:      tracker,
 				Policy:       pol,
 				Logger:       e.logger,
+				Transfer:     transfer,
+				External:     external,
 			})
+			e.clearStatus()
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("interrupted, process %d left running: %w", pid, err)
@@ -133,6 +146,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			fmt.Fprintln(e.stdout, dumpSummary(rep, dir))
 			if preCopy {
 				printRounds(e.stdout, rep)
+			}
+			if len(rep.Stages) > 0 {
+				fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
 			}
 			return nil
 		}
@@ -185,6 +201,9 @@ func printRounds(w io.Writer, r *migrate.DumpReport) {
 		note := rd.Stop
 		if rd.Frozen {
 			note = "final, frozen"
+		}
+		if rd.Throttle > 0 {
+			note = strings.TrimPrefix(note+fmt.Sprintf(", throttled %.0f%%", rd.Throttle*100), ", ")
 		}
 		fmt.Fprintf(w, "%5d %12d %12d %10s %10s %9.1f %9.1f  %s\n", rd.Round, rd.PagesDirty, rd.PagesSent,
 			humanBytes(rd.BytesRaw), humanBytes(rd.BytesWire), rd.MS, rd.HeldMS, note)

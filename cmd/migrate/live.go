@@ -92,6 +92,8 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage of each migration: pre-resume, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		var addrs []string
 		addressFlag(fs, &addrs, "add it to LINK and announce it just before each migrated process resumes (an abort deletes it again)")
+		var xsave uint64
+		fs.Uint64Var(&xsave, "xsave-features", 0, "take this CPU's XSAVE features to be `MASK` (XCR0 bits, as `migrate check` prints them; fewer than the CPU's own): the features every host of a fleet has, so that a process that could not move on to each is refused here")
 		var metricsAddr string
 		fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the service's health on /healthz (HOST:PORT; plain HTTP, no authentication: a loopback or management address)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -118,7 +120,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 			if err != nil {
 				return err
 			}
-			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions,
+			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)
@@ -198,6 +200,8 @@ the default), which must neither fork nor exit until they are frozen;
 		fs.StringVar(&codec, "codec", "", "compress pages with `CODEC`: zstd, s2 or none")
 		fs.IntVar(&rounds, "rounds", migrate.DefaultPolicy.MaxRounds, "at most `N` pre-copy rounds")
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "freeze once the rest can be sent in about `D`")
+		var autoConverge bool
+		boolFlag(fs, &autoConverge, "auto-converge", "", "when pre-copy stops converging, slow the processes down (stopped a growing share of each 50 ms while a round sends) rather than freeze with much left to send")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
@@ -206,9 +210,25 @@ the default), which must neither fork nor exit until they are frozen;
 		treeFlag.NoOptDefVal, treeFlag.DefValue = "true", "true"
 		var addrs []string
 		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
+		var inh []string
+		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
+			}
+			var inherit map[string]string
+			for _, s := range inh {
+				id, path, ok := strings.Cut(s, "=")
+				if !ok || id == "" || path == "" {
+					return usagef("bad --inherit-fd %q: want ID=PATH", s)
+				}
+				if inherit == nil {
+					inherit = map[string]string{}
+				}
+				if _, dup := inherit[id]; dup {
+					return usagef("--inherit-fd %s given twice", id)
+				}
+				inherit[id] = path
 			}
 			if err := checkHooks(hooks, addrs, hook.Source); err != nil {
 				return err
@@ -228,24 +248,32 @@ the default), which must neither fork nor exit until they are frozen;
 				return err
 			}
 			pol := migrate.DefaultPolicy
-			pol.MaxRounds, pol.TargetDowntime = rounds, downtime
+			pol.MaxRounds, pol.TargetDowntime, pol.AutoConverge = rounds, downtime, autoConverge
 			if err := pol.Validate(); err != nil {
 				return usagef("%v", err)
 			}
 			var onEvent func(migrate.Event)
 			if !asJSON {
+				status := e.transferStatus("round", true)
 				onEvent = func(ev migrate.Event) {
-					if ev.Kind == migrate.EventRoundFinished {
+					switch {
+					case ev.Kind == migrate.EventRoundFinished:
 						printRoundLine(e.stderr, *ev.Stats)
+					case ev.Kind == migrate.EventRoundProgress && status != nil:
+						status(*ev.Transfer)
 					}
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
+			e.clearStatus()
 			if rep != nil {
 				if asJSON {
 					writeJSON(e.stdout, rep)
 				} else {
+					if len(rep.Stages) > 0 {
+						fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
+					}
 					fmt.Fprintln(e.stdout, migrateSummary(rep))
 				}
 			}
@@ -269,6 +297,9 @@ func printRoundLine(w io.Writer, r migrate.RoundReport) {
 	est := ""
 	if r.EstimateMS > 0 {
 		est = fmt.Sprintf(", estimated downtime %.1f ms", r.EstimateMS)
+	}
+	if r.Throttle > 0 {
+		est += fmt.Sprintf(", throttled (stopped %.0f%% of the time)", r.Throttle*100)
 	}
 	fmt.Fprintf(w, "round %d (%s): %d pages dirty, %d sent, %s raw, %s on the wire (ratio %.2f), %.1f ms, %.0f MB/s, process held %.1f ms%s\n",
 		r.Round, what, r.PagesDirty, r.PagesSent, humanBytes(r.BytesRaw), humanBytes(r.BytesWire), ratio, r.MS, rate, r.HeldMS, est)

@@ -42,7 +42,7 @@ func main() {
 		os.Exit(exitDenied)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], newEnv(os.Stdout, os.Stderr))
+	code := run(ctx, os.Args[1:], newEnv(os.Stdout, newStatusWriter(os.Stderr)))
 	stop()
 	os.Exit(code)
 }

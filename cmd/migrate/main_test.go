@@ -371,7 +371,7 @@ func TestCheckReal(t *testing.T) {
 		Name   string `json:"name"`
 		Status string `json:"status"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &feats); err != nil || len(feats) != 10 {
+	if err := json.Unmarshal([]byte(r.stdout), &feats); err != nil || len(feats) != 12 {
 		t.Fatalf("%v, %d features", err, len(feats))
 	}
 	for _, f := range feats {

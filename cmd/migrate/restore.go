@@ -43,10 +43,12 @@ stderr. With --json the full report goes to stdout instead.`,
 			dir    string
 			asJSON bool
 			check  bool
+			inh    []string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
+		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected arguments: %q", args)
@@ -54,7 +56,20 @@ stderr. With --json the full report goes to stdout instead.`,
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check})
+			var inherit []migrate.Inherit
+			for _, s := range inh {
+				in, err := migrate.ParseInherit(s)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				inherit = append(inherit, in)
+			}
+			var transfer func(migrate.Transfer)
+			if !asJSON {
+				transfer = e.transferStatus("restore", false)
+			}
+			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer})
+			e.clearStatus()
 			if err != nil {
 				return err
 			}
@@ -68,8 +83,12 @@ stderr. With --json the full report goes to stdout instead.`,
 			if rep.Comm != "" {
 				comm = " (" + rep.Comm + ")"
 			}
-			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s\n",
-				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)))
+			timens := ""
+			if rep.TimeNamespace != nil {
+				timens = fmt.Sprintf(", in a time namespace (%v) that keeps its clocks", *rep.TimeNamespace)
+			}
+			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s%s\n",
+				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)), timens)
 			fmt.Fprintln(e.stdout, rep.PID)
 			return nil
 		}

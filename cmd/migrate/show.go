@@ -59,6 +59,13 @@ With --json the metadata is printed as indented JSON.`,
 func showImage(w io.Writer, dir string, img *core.Image) {
 	fmt.Fprintf(w, "image %s: %s version %d, dumped %s on %s (kernel %s, %s)\n",
 		dir, img.Kind, img.Version, img.Created.UTC().Format(time.DateTime+" MST"), img.Host, img.Kernel, img.Arch)
+	if c := img.Clocks; c != nil {
+		fmt.Fprintf(w, "clocks: monotonic %.3fs, boottime %.3fs at %s (boot %s); time namespace offsets %v\n",
+			float64(c.Monotonic)/1e9, float64(c.Boottime)/1e9, time.Unix(0, c.Realtime).UTC().Format(time.DateTime+".000 MST"), c.BootID, c.Offsets)
+	}
+	if f := img.CPU; f != nil {
+		fmt.Fprintf(w, "CPU: XSAVE features %s (XCR0 %#x); the threads held %s\n", core.XSAVENames(f.XCR0), f.XCR0, core.XSAVENames(f.InUse))
+	}
 	if len(img.Tree) > 0 {
 		section(w, "process tree")
 		tw := table(w)
@@ -73,6 +80,7 @@ func showImage(w io.Writer, dir string, img *core.Image) {
 		}
 		tw.Flush()
 	}
+	showNamespaces(w, img.Namespaces)
 	showProcess(w, &img.Process, &img.Pages)
 	for i := range img.Tree {
 		if p := &img.Tree[i]; p.Zombie == nil {
@@ -80,6 +88,40 @@ func showImage(w io.Writer, dir string, img *core.Image) {
 			showProcess(w, p, p.Pages)
 		}
 	}
+}
+
+// showNamespaces lists the namespaces of a container's image: the PIDs
+// inside, the names, the System V objects.
+func showNamespaces(w io.Writer, ns *core.Namespaces) {
+	if ns == nil {
+		return
+	}
+	section(w, "namespaces (a container: made anew by the restore)")
+	tw := table(w)
+	if ns.PID != nil {
+		var ids []string
+		for _, id := range ns.PID.IDs {
+			ids = append(ids, fmt.Sprintf("%d=%d", id.Outer, id.Inner))
+		}
+		fmt.Fprintf(tw, "  pid	PIDs here=inside: %s\n", strings.Join(ids, " "))
+	}
+	if u := ns.UTS; u != nil {
+		fmt.Fprintf(tw, "  uts	host name %q, domain name %q\n", u.Hostname, u.Domainname)
+	}
+	if ipc := ns.IPC; ipc != nil {
+		fmt.Fprintf(tw, "  ipc	%d semaphore sets, %d message queues\n", len(ipc.Sems), len(ipc.Msgs))
+		for _, s := range ipc.Sems {
+			fmt.Fprintf(tw, "  	semaphores %d (key %#x, mode %04o, owner %d:%d): %v\n", s.ID, uint32(s.Key), s.Mode, s.UID, s.GID, s.Values)
+		}
+		for _, q := range ipc.Msgs {
+			n := 0
+			for _, m := range q.Messages {
+				n += len(m.Text)
+			}
+			fmt.Fprintf(tw, "  	queue %d (key %#x, mode %04o, owner %d:%d): %d messages, %d bytes\n", q.ID, uint32(q.Key), q.Mode, q.UID, q.GID, len(q.Messages), n)
+		}
+	}
+	tw.Flush()
 }
 
 func showProcess(w io.Writer, p *core.Process, pages *core.PagesInfo) {
@@ -396,6 +438,11 @@ func fdWhat(f *core.FD) string {
 		parts = append(parts, s)
 	case core.FDMemfd:
 		parts = append(parts, fmt.Sprintf("memfd:%s, seals %#x", f.MemfdName, f.Seals))
+	case core.FDExternal:
+		parts = append(parts, f.External+" outside the dump (restore --inherit-fd)")
+	}
+	if s := f.Socket; s != nil && s.Netlink != nil {
+		parts = append(parts, fmt.Sprintf("%s port %d groups %v", core.NetlinkProtocols[s.Protocol], s.Netlink.PortID, s.Netlink.Groups))
 	}
 	if f.Data != "" {
 		parts = append(parts, "buffered data in "+f.Data)

@@ -54,6 +54,8 @@ const (
 	FeatureUffdWP      = "uffd-wp async + PAGEMAP_SCAN"
 	FeatureTCPRepair   = "TCP repair"
 	FeatureVDSO        = "vdso layout"
+	FeatureTimeNS      = "time namespaces"
+	FeatureXSAVE       = "XSAVE features"
 )
 
 // Feature is the outcome of one probe.
@@ -152,6 +154,8 @@ func Check(ctx context.Context, opts CheckOptions) []Feature {
 		{FeatureUffdWP, ProbeUffdWP},
 		{FeatureTCPRepair, ProbeTCPRepair},
 		{FeatureVDSO, ProbeVDSO},
+		{FeatureTimeNS, ProbeTimeNamespace},
+		{FeatureXSAVE, ProbeXSAVE},
 	}
 	out := make([]Feature, 0, len(probes))
 	for _, p := range probes {

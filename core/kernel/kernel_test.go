@@ -108,6 +108,18 @@ func TestProbeVDSO(t *testing.T) {
 	}
 }
 
+func TestProbeTimeNamespace(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureTimeNS, ProbeTimeNamespace)
+}
+
+func TestProbeXSAVE(t *testing.T) {
+	d := checkProbe(t, FeatureXSAVE, ProbeXSAVE)
+	if !strings.Contains(d, "SSE") {
+		t.Errorf("detail %q does not name SSE", d)
+	}
+}
+
 // A cancelled context stops a probe with the context's error, and kills
 // and reaps its helper (TestMain checks the reaping).
 func TestProbeCancelled(t *testing.T) {
@@ -137,7 +149,7 @@ func TestCheck(t *testing.T) {
 		}
 	}
 	want := []string{FeaturePtraceSeize, FeatureInjection, FeaturePidfdGetfd, FeatureClone3, FeatureMMMap,
-		FeatureProcessVM, FeatureSoftDirty, FeatureUffdWP, FeatureTCPRepair, FeatureVDSO}
+		FeatureProcessVM, FeatureSoftDirty, FeatureUffdWP, FeatureTCPRepair, FeatureVDSO, FeatureTimeNS, FeatureXSAVE}
 	if !slices.Equal(names, want) {
 		t.Fatalf("features %q, want %q", names, want)
 	}

@@ -42,6 +42,9 @@ type Result struct {
 	Stdout, Stderr string `json:"-"`
 	// ExitCode is migrate's exit status (-1 if a signal ended it).
 	ExitCode int `json:"-"`
+	// MaxRSSKiB is the peak resident memory of migrate (the largest of
+	// the processes of its command: nsenter, migrate), from its rusage.
+	MaxRSSKiB int64 `json:"-"`
 	// VIPMovedBy says who moved the VIP to the target: "hooks",
 	// "harness" (Cluster.Hooks false), or "" (it was not moved).
 	VIPMovedBy string `json:"-"`
@@ -224,6 +227,11 @@ func (m *Migration) Wait() (*Result, error) {
 	<-m.done
 	c := m.c
 	r := &Result{Stdout: m.stdout.String(), Stderr: m.stderr.String()}
+	if ps := m.cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			r.MaxRSSKiB = ru.Maxrss
+		}
+	}
 	var perr error
 	if out := bytes.TrimSpace([]byte(r.Stdout)); len(out) > 0 {
 		perr = json.Unmarshal(out, r)

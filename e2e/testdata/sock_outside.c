@@ -3,7 +3,9 @@
  *
  *   sock_outside unix PATH       a unix stream socket connected to PATH
  *   sock_outside tcp PORT        a TCP connection to 127.0.0.1:PORT
- *   sock_outside netlink         a netlink socket
+ *   sock_outside netlink         a netlink socket of a protocol migrate
+ *                                refuses (NETLINK_USERSOCK)
+ *   sock_outside packet          a packet socket (AF_PACKET)
  *
  * Lines: "ready pid=P fd=N" (N: the socket to refuse), "tick N". */
 #include "common.h"
@@ -33,7 +35,11 @@ int main(int argc, char **argv)
 		if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
 			die("connect");
 	} else if (strcmp(argv[1], "netlink") == 0) {
-		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_USERSOCK);
+		if (fd < 0)
+			die("socket");
+	} else if (strcmp(argv[1], "packet") == 0) {
+		fd = socket(AF_PACKET, SOCK_DGRAM, 0);
 		if (fd < 0)
 			die("socket");
 	} else {

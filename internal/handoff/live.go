@@ -24,6 +24,23 @@ type LiveLayout struct {
 	// first layout, and refuses if it has a segment with one's ID or key;
 	// later layouts list the same ones.
 	Shm []core.ShmSegment `json:"shm,omitempty"`
+	// Clocks are the source's clocks as the layout was made: the target
+	// makes the time namespace of the processes from the first layout's,
+	// before it creates them (core.Clocks).
+	Clocks *core.Clocks `json:"clocks,omitempty"`
+	// CPU are the source CPU's XSAVE features (InUse is known only at
+	// the freeze): the target refuses at the first layout a process its
+	// CPU could not run.
+	CPU *core.CPUFeatures `json:"cpu,omitempty"`
+	// Namespaces are those of a container moved whole (its init is
+	// Process): the kinds to make, and the processes' PIDs inside. The
+	// threads' and the System V objects come with the state.
+	Namespaces *core.Namespaces `json:"namespaces,omitempty"`
+	// Mounts is the processes' mount namespace, when not the source
+	// migrate's: the target creates them in a new one built so, its tmpfs
+	// mounts empty (their files come with the state's image, whose table
+	// must be this one).
+	Mounts *core.MountNS `json:"mounts,omitempty"`
 }
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
@@ -35,4 +52,8 @@ const PagesPIDLen = 4
 type LiveState struct {
 	Image core.Image        `json:"image"`
 	Blobs map[string][]byte `json:"blobs,omitempty"`
+	// Inherit gives, for each external object of the image (core.FD
+	// External), the absolute path on the target that the restore opens
+	// in its place (`migrate --to --inherit-fd ID=PATH`).
+	Inherit map[string]string `json:"inherit,omitempty"`
 }

@@ -59,6 +59,9 @@ type UnsupportedError struct {
 	FD     int
 	Kind   string // "socket:[1234]"
 	Reason string
+	// Outside: the socket is connected to one outside the dump (it could
+	// be supplied at the restore instead).
+	Outside bool
 }
 
 func (e *UnsupportedError) Error() string {
@@ -129,6 +132,8 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 		err = sd.unixSocket(s)
 	case unix.AF_INET, unix.AF_INET6:
 		err = sd.inetSocket(s)
+	case unix.AF_NETLINK:
+		err = sd.netlinkSocket(s)
 	default:
 		return nil, sd.refuse("%s sockets are not supported", familyName(family))
 	}
@@ -377,7 +382,9 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 	if sd.p.Tree {
 		outside = "the process and its descendants"
 	}
-	return sd.refuse("connected to a socket outside %s: %s", outside, desc)
+	err = sd.refuse("connected to a socket outside %s: %s", outside, desc)
+	err.(*UnsupportedError).Outside = true
+	return err
 }
 
 // unixQueue stores the bytes queued for reading.

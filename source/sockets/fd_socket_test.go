@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -379,9 +380,17 @@ func TestDumpUnixNamed(t *testing.T) {
 
 func TestDumpRefusesOtherFamilies(t *testing.T) {
 	sd := newSockDumper(t)
-	nl := sock(t, unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE)
+	// A netlink protocol a dump does not take, named.
+	nl := sock(t, unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_USERSOCK)
 	_, err := sd.dump(nl)
-	requireRefused(t, err, nl)
+	if ue := requireRefused(t, err, nl); !strings.Contains(ue.Reason, "NETLINK_USERSOCK") {
+		t.Errorf("the refusal does not name the protocol: %v", ue)
+	}
+	if pk, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		defer unix.Close(pk)
+		_, err = sd.dump(pk)
+		requireRefused(t, err, pk)
+	}
 	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err == nil {
 		defer unix.Close(raw)
@@ -714,4 +723,73 @@ func fixturePoll(t *testing.T, cond func() bool) {
 		}
 	}
 	t.Fatal("timed out")
+}
+
+// TestDumpNetlink: a route socket bound to an explicit port id, in groups
+// below and above 32, with flags and a buffer size set, and a generic one
+// the kernel bound at its first send, connected to the kernel: the dump
+// reads back each one's port id, groups, destination and options.
+func TestDumpNetlink(t *testing.T) {
+	sd := newSockDumper(t)
+	rt := sock(t, unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE)
+	port := uint32(0x7ff00000 + os.Getpid()%0x10000)
+	if err := unix.Bind(rt, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: port, Groups: unix.RTMGRP_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	const brvlan = 33 // RTNLGRP_BRVLAN: past the 32 bind takes
+	for _, o := range [][2]int{{unix.NETLINK_ADD_MEMBERSHIP, brvlan}, {unix.NETLINK_EXT_ACK, 1}, {unix.NETLINK_NO_ENOBUFS, 1}} {
+		if err := unix.SetsockoptInt(rt, unix.SOL_NETLINK, o[0], o[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A request whose answer is left unread: the memory it holds is noted
+	// (the restore warns that it is dropped).
+	req := make([]byte, unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(req, uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETLINK)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	binary.NativeEndian.PutUint32(req[unix.NLMSG_HDRLEN+4:], 1) // ifi_index: lo
+	if err := unix.Sendto(rt, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		t.Fatal(err)
+	}
+	s := sd.mustDump(rt)
+	if s.Netlink == nil || s.Netlink.Unread == 0 {
+		t.Errorf("route socket with an answer queued: unread %+v", s.Netlink)
+	}
+	if s.Netlink == nil || s.Netlink.PortID != port || s.State != core.SockBound || fmt.Sprint(s.Netlink.Groups) != fmt.Sprint([]uint32{unix.RTNLGRP_LINK, brvlan}) {
+		t.Fatalf("route socket: %+v %+v", s, s.Netlink)
+	}
+	for _, name := range []int{unix.NETLINK_EXT_ACK, unix.NETLINK_NO_ENOBUFS} {
+		if s.Option(unix.SOL_NETLINK, name) != 1 {
+			t.Errorf("route socket: option %d not recorded: %+v", name, s.Options)
+		}
+	}
+	gn := sock(t, unix.AF_NETLINK, unix.SOCK_DGRAM, unix.NETLINK_GENERIC)
+	if err := unix.Connect(gn, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		t.Fatal(err)
+	}
+	s = sd.mustDump(gn)
+	sa, err := unix.Getsockname(gn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Netlink == nil || s.Netlink.PortID == 0 || s.Netlink.PortID != sa.(*unix.SockaddrNetlink).Pid || len(s.Netlink.Groups) != 0 {
+		t.Fatalf("generic socket: %+v %+v", s, s.Netlink)
+	}
+	if err := s.Netlink.Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestAuditDaemon: AUDIT_GET answers, with the PID of the audit daemon
+// (0 if none), where the kernel has audit.
+func TestAuditDaemon(t *testing.T) {
+	pid, err := auditDaemon()
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		t.Skipf("no audit in this kernel: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("audit daemon: pid %d", pid)
 }

@@ -115,6 +115,17 @@ var (
 		intOpt(unix.IPPROTO_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS"),
 		rawOpt(unix.IPPROTO_TCP, unix.TCP_CONGESTION, "TCP_CONGESTION", 16), // TCP_CA_NAME_MAX
 	}
+	// The flags of a netlink socket; SO_RCVBUF and SO_SNDBUF are common.
+	netlinkOpts = []sockOptSpec{
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_PKTINFO, "NETLINK_PKTINFO"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_BROADCAST_ERROR, "NETLINK_BROADCAST_ERROR"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, "NETLINK_NO_ENOBUFS"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_LISTEN_ALL_NSID, "NETLINK_LISTEN_ALL_NSID"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, "NETLINK_CAP_ACK"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, "NETLINK_EXT_ACK"),
+		intOpt(unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, "NETLINK_GET_STRICT_CHK"),
+		intOpt(unix.SOL_SOCKET, unix.SO_PASSCRED, "SO_PASSCRED"),
+	}
 	udpOpts = []sockOptSpec{
 		intOpt(unix.IPPROTO_UDP, unix.UDP_CORK, "UDP_CORK"),
 	}
@@ -127,6 +138,8 @@ func optionSpecs(family, typ, proto int) []sockOptSpec {
 	switch family {
 	case unix.AF_UNIX:
 		out = append(out, unixOpts...)
+	case unix.AF_NETLINK:
+		out = append(out, netlinkOpts...)
 	case unix.AF_INET, unix.AF_INET6:
 		out = append(out, inetOpts...)
 		if family == unix.AF_INET6 {

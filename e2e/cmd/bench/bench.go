@@ -195,18 +195,21 @@ func (b *bench) liveRun(ctx context.Context, sc *scenario, from, to *cluster.Nod
 		return r
 	}
 	// -v for the hooks' times (logged at info), in JSON to read them.
-	extra := []string{"-v", "--log-format", "json"}
+	extra := append([]string{"-v", "--log-format", "json"}, sc.flags...)
 	if sc.tree {
 		extra = append(extra, "--tree")
 	}
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	resetPeakRSS(to.ServePID)
 	t0 := time.Now()
 	res, err := b.c.Migrate(mctx, from, to, w.proc.NSPID, extra...)
 	r.CommandMS = ms(time.Since(t0))
 	cancel()
+	r.TargetMaxRSSMiB = peakRSSMiB(to.ServePID)
 	if res != nil {
 		b.keepLog(r, res.Stderr)
 		r.fromLive(res)
+		r.SourceMaxRSSMiB = float64(res.MaxRSSKiB) / 1024
 	}
 	if err != nil {
 		r.Error = err.Error()
@@ -462,3 +465,31 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// resetPeakRSS resets the peak resident memory (VmHWM) of process pid, so
+// that peakRSSMiB measures from now (clear_refs 5; best effort).
+func resetPeakRSS(pid int) {
+	if pid > 0 {
+		os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+	}
+}
+
+// peakRSSMiB is the peak resident memory (VmHWM) of process pid in MiB, 0
+// if it cannot be read.
+func peakRSSMiB(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}

@@ -8,8 +8,12 @@
 //   - idle: a process with 1 GiB of heap-like memory, idle
 //     (testdata/bench_heap.c: page kinds in turn, 30% zero, 40%
 //     repetitive text, 30% random);
+//   - idle-big (only when -scenarios names it): the idle process with
+//     -big-mib MiB (8 GiB), reporting the peak RSS of migrate --to and
+//     of the target's migrate serve;
 //   - write50, write200: the same memory, rewritten at random at 50 and
-//     200 MB/s (testdata/bench_writer.c);
+//     200 MB/s (testdata/bench_writer.c); write200-ac: the 200 MB/s
+//     writer moved with --auto-converge;
 //   - redis: redis-server holding 1,000,000 keys (DEBUG POPULATE), under
 //     a steady load from the client node through the service address
 //     (package e2e/resp: one connection, a SET of a random key and a GET
@@ -57,10 +61,11 @@ var (
 	migrateBin = flag.String("migrate", "bin/migrate", "the migrate `binary`")
 	runs       = flag.Int("runs", 5, "count `N` runs of each scenario")
 	warmup     = flag.Int("warmup", 1, "runs before those, not counted")
-	scenarios  = flag.String("scenarios", strings.Join(scenarioNames(), ","), "the scenarios to run, comma-separated")
+	scenarios  = flag.String("scenarios", strings.Join(scenarioNames(true), ","), "the scenarios to run, comma-separated (also: "+strings.Join(optInNames(), ", ")+")")
 	jsonOut    = flag.String("json", "bench.json", "write every run and the summary to `FILE`")
 	testdata   = flag.String("testdata", "e2e/testdata", "the `DIR` of the C workloads")
 	mib        = flag.Int("mib", 1024, "memory of the idle and writing processes, in `MiB`")
+	bigMiB     = flag.Int("big-mib", 8192, "memory of the idle-big process, in `MiB`")
 	keys       = flag.Int("keys", 1000000, "redis keys (DEBUG POPULATE)")
 	conns      = flag.Int("conns", 1, "redis client connections, each with its own load")
 	interval   = flag.Duration("interval", time.Millisecond, "the time between two requests of the redis client, per connection")
@@ -113,7 +118,7 @@ func run(ctx context.Context) error {
 		}
 		i := slices.IndexFunc(allScenarios, func(s *scenario) bool { return s.name == name })
 		if i < 0 {
-			return fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(scenarioNames(), ", "))
+			return fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(scenarioNames(false), ", "))
 		}
 		picked = append(picked, allScenarios[i])
 	}

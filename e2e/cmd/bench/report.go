@@ -58,6 +58,11 @@ type Run struct {
 	Stop           string  `json:"stop,omitempty"` // why pre-copy ended
 	Tracker        string  `json:"tracker,omitempty"`
 	Codec          string  `json:"codec,omitempty"`
+	// SourceMaxRSSMiB and TargetMaxRSSMiB are the peak resident memory of
+	// migrate --to and of the target's migrate serve during the run
+	// (live): what moving the process costs in memory on each side.
+	SourceMaxRSSMiB float64 `json:"source_max_rss_mib,omitempty"`
+	TargetMaxRSSMiB float64 `json:"target_max_rss_mib,omitempty"`
 
 	Client              bool    `json:"-"`
 	ClientGapMS         float64 `json:"client_gap_ms,omitempty"`
@@ -195,6 +200,8 @@ var metrics = []metric{
 	{key: "rss_mib", label: "RSS MiB", format: "%.0f", live: true, offline: true, get: func(r *Run) float64 { return float64(r.RSSBytes) / (1 << 20) }},
 	{key: "processes", label: "processes", format: "%.0f", live: true, get: func(r *Run) float64 { return float64(r.Processes) }},
 	{key: "rounds", label: "rounds", format: "%.0f", live: true, get: func(r *Run) float64 { return float64(r.Rounds) }},
+	{key: "source_max_rss_mib", label: "migrate --to peak RSS MiB", format: "%.0f", live: true, get: func(r *Run) float64 { return r.SourceMaxRSSMiB }},
+	{key: "target_max_rss_mib", label: "migrate serve peak RSS MiB", format: "%.0f", live: true, get: func(r *Run) float64 { return r.TargetMaxRSSMiB }},
 	{key: "throughput_mb_s", label: "throughput MB/s", format: "%.0f", live: true, offline: true, get: func(r *Run) float64 { return r.ThroughputMBps }},
 }
 

@@ -26,6 +26,10 @@ type scenario struct {
 	tree bool
 	// targets apply to the live runs.
 	targets []target
+	// flags are added to the live migration's command line.
+	flags []string
+	// optIn: not in the default run (-scenarios names it).
+	optIn bool
 }
 
 // target is a figure the project aims at: the median of metric (the
@@ -44,6 +48,15 @@ var allScenarios = []*scenario{
 		targets: []target{{metric: "downtime_ms", max: 20}, {metric: "wire_rss", max: 0.4}},
 	},
 	{
+		// A big process: migrate's own memory must not grow with it,
+		// and the downtime should be the idle one's.
+		name:    "idle-big",
+		comm:    "bench_heap",
+		start:   startHeapOf(func() int { return *bigMiB }),
+		targets: []target{{metric: "source_max_rss_mib", max: 128}, {metric: "target_max_rss_mib", max: 128}},
+		optIn:   true,
+	},
+	{
 		name:    "write50",
 		comm:    "bench_writer",
 		start:   startWriter(50),
@@ -53,6 +66,14 @@ var allScenarios = []*scenario{
 		name:  "write200",
 		comm:  "bench_writer",
 		start: startWriter(200),
+	},
+	{
+		// The same writer, slowed down by auto-converge once pre-copy
+		// stops converging.
+		name:  "write200-ac",
+		comm:  "bench_writer",
+		start: startWriter(200),
+		flags: []string{"--auto-converge"},
 	},
 	{
 		name:  "redis",
@@ -100,6 +121,10 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("%d MiB idle process, heap-like memory (bench_heap: 30%% zero, 40%% text, 30%% random pages)", *mib)
 	case "write50", "write200":
 		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at %s MB/s (bench_writer)", *mib, sc.name[len("write"):])
+	case "idle-big":
+		return fmt.Sprintf("%d MiB idle process, heap-like memory (bench_heap), with both sides' peak RSS (-big-mib)", *bigMiB)
+	case "write200-ac":
+		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at 200 MB/s (bench_writer), moved with --auto-converge", *mib)
 	case "redis":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
 	case "postgres":
@@ -110,10 +135,14 @@ func (sc *scenario) describe() string {
 	return sc.name
 }
 
-func scenarioNames() []string {
+// scenarioNames are the names of the scenarios: all of them, or with
+// defaults only those a run without -scenarios takes.
+func scenarioNames(defaults bool) []string {
 	var out []string
 	for _, sc := range allScenarios {
-		out = append(out, sc.name)
+		if !defaults || !sc.optIn {
+			out = append(out, sc.name)
+		}
 	}
 	return out
 }
@@ -249,15 +278,22 @@ func waitReady(ctx context.Context, p *cluster.Proc) error {
 }
 
 func startHeap(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
-	p, err := n.Start(cluster.StartOptions{}, b.heapBin, strconv.Itoa(*mib))
-	if err != nil {
-		return nil, err
+	return startHeapOf(func() int { return *mib })(ctx, b, n)
+}
+
+// startHeapOf starts bench_heap with size() MiB.
+func startHeapOf(size func() int) func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+	return func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+		p, err := n.Start(cluster.StartOptions{}, b.heapBin, strconv.Itoa(size()))
+		if err != nil {
+			return nil, err
+		}
+		if err := waitReady(ctx, p); err != nil || !p.Running() {
+			p.Stop()
+			return nil, fmt.Errorf("bench_heap on %s: %v (running %v)", n, err, p.Running())
+		}
+		return &workload{proc: p, comm: "bench_heap", settleFor: 200 * time.Millisecond}, nil
 	}
-	if err := waitReady(ctx, p); err != nil || !p.Running() {
-		p.Stop()
-		return nil, fmt.Errorf("bench_heap on %s: %v (running %v)", n, err, p.Running())
-	}
-	return &workload{proc: p, comm: "bench_heap", settleFor: 200 * time.Millisecond}, nil
 }
 
 func startWriter(rate int) func(context.Context, *bench, *cluster.Node) (*workload, error) {
@@ -356,4 +392,15 @@ func dialRedis(ctx context.Context, n *cluster.Node, addr string) (*resp.Conn, e
 		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
 	}
 	return c, nil
+}
+
+// optInNames are the scenarios only -scenarios runs.
+func optInNames() []string {
+	var out []string
+	for _, sc := range allScenarios {
+		if sc.optIn {
+			out = append(out, sc.name)
+		}
+	}
+	return out
 }

@@ -1,0 +1,57 @@
+package proc
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// nsNames are the /proc/PID/ns names of the kinds InNamespace enters.
+var nsNames = map[int]string{unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWNET: "net"}
+
+// InNamespace runs fn on a thread of its own that entered the namespace
+// of kind (unix.CLONE_NEWIPC, CLONE_NEWUTS or CLONE_NEWNET) of process
+// pid, and moves the thread back after. A thread that cannot be moved
+// back stays locked, so that it dies with its goroutine instead of
+// running other code in the wrong namespace.
+func InNamespace(pid, kind int, fn func() error) error {
+	name, ok := nsNames[kind]
+	if !ok {
+		return fmt.Errorf("namespace kind %#x", kind)
+	}
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		back, err := os.Open("/proc/thread-self/ns/" + name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- err
+			return
+		}
+		defer back.Close()
+		ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/" + name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- err
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), kind); err != nil {
+			runtime.UnlockOSThread()
+			ch <- fmt.Errorf("setns into the %s namespace of %d: %w", name, pid, err)
+			return
+		}
+		err = fn()
+		if berr := unix.Setns(int(back.Fd()), kind); berr != nil {
+			// Left locked: the thread exits with this goroutine.
+			ch <- fmt.Errorf("setns back from the %s namespace of %d: %w", name, pid, berr)
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- err
+	}()
+	return <-ch
+}

@@ -1,0 +1,129 @@
+package source
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/raw"
+)
+
+const (
+	nsUTS = unix.CLONE_NEWUTS
+	nsIPC = unix.CLONE_NEWIPC
+)
+
+// inIPC runs fn in the IPC namespace of the dump: the container's, when
+// its root has one of its own (ss.ipcNS), else migrate's.
+func (ss *session) inIPC(fn func() error) error {
+	if ss.ipcNS == 0 {
+		return fn()
+	}
+	return proc.InNamespace(ss.ipcNS, nsIPC, fn)
+}
+
+// readIPC reads the System V state of the IPC namespace of pid: its
+// sysctls, semaphore sets and message queues (the messages copied with
+// msgrcv(MSG_COPY), which leaves them in the queue).
+func readIPC(pid int) (*core.IPCNamespace, error) {
+	ipc := &core.IPCNamespace{Sysctls: map[string]string{}}
+	err := proc.InNamespace(pid, nsIPC, func() error {
+		for _, name := range core.IPCSysctls {
+			b, err := os.ReadFile("/proc/sys/kernel/" + name)
+			if err != nil {
+				return err
+			}
+			ipc.Sysctls[name] = string(trimNL(b))
+		}
+		ids, err := sysvIDs("/proc/sysvipc/sem")
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			s, err := readSemSet(id)
+			if err != nil {
+				return err
+			}
+			ipc.Sems = append(ipc.Sems, *s)
+		}
+		if ids, err = sysvIDs("/proc/sysvipc/msg"); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			q, err := readMsgQueue(id)
+			if err != nil {
+				return err
+			}
+			ipc.Msgs = append(ipc.Msgs, *q)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("IPC namespace of %d: %w", pid, err)
+	}
+	return ipc, nil
+}
+
+// sysvIDs lists the IDs (second column) of a /proc/sysvipc file, which
+// shows the objects of the reader's IPC namespace.
+func sysvIDs(path string) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var ids []int
+	for i, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if i == 0 || len(f) < 2 {
+			continue
+		}
+		id, err := strconv.Atoi(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("%s: line %q", path, l)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+func readSemSet(id int) (*core.SemSet, error) {
+	var ds raw.SemidDS
+	if err := raw.SemStat(id, &ds); err != nil {
+		return nil, fmt.Errorf("semaphore set %d: semctl(IPC_STAT): %w", id, err)
+	}
+	s := &core.SemSet{ID: id, Key: ds.Perm.Key, Mode: ds.Perm.Mode & 0o777, UID: ds.Perm.Uid, GID: ds.Perm.Gid,
+		Values: make([]uint16, ds.Nsems)}
+	if err := raw.SemGetAll(id, s.Values); err != nil {
+		return nil, fmt.Errorf("semaphore set %d: semctl(GETALL): %w", id, err)
+	}
+	return s, nil
+}
+
+func readMsgQueue(id int) (*core.MsgQueue, error) {
+	var ds raw.MsqidDS
+	if err := raw.MsgStat(id, &ds); err != nil {
+		return nil, fmt.Errorf("message queue %d: msgctl(IPC_STAT): %w", id, err)
+	}
+	q := &core.MsgQueue{ID: id, Key: ds.Perm.Key, Mode: ds.Perm.Mode & 0o777, UID: ds.Perm.Uid, GID: ds.Perm.Gid, QBytes: ds.Qbytes}
+	// No message is longer than all the queue holds.
+	buf := make([]byte, 8+ds.Cbytes)
+	for i := 0; i < int(ds.Qnum); i++ {
+		n, err := raw.MsgCopy(id, i, buf)
+		if errors.Is(err, unix.ENOSYS) {
+			return nil, &NamespaceError{Kinds: []string{"ipc"}, Reason: fmt.Sprintf(
+				"message queue %d holds %d messages, which this kernel cannot read without taking them (no MSG_COPY: CONFIG_CHECKPOINT_RESTORE)", id, ds.Qnum)}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("message queue %d: message %d: msgrcv(MSG_COPY): %w", id, i, err)
+		}
+		q.Messages = append(q.Messages, core.Message{Type: int64(binary.LittleEndian.Uint64(buf)), Text: append([]byte(nil), buf[8:8+n]...)})
+	}
+	return q, nil
+}

@@ -1,0 +1,498 @@
+package source
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+)
+
+// UnsupportedMountError names a mount of a process's mount namespace
+// that migrate cannot bring back.
+type UnsupportedMountError struct {
+	PID    int
+	Point  string
+	FSType string
+	// File is the file of the mount that cannot be recreated (a special
+	// file of a tmpfs), relative to it, if that is the reason.
+	File   string
+	Reason string
+}
+
+func (e *UnsupportedMountError) Error() string {
+	return fmt.Sprintf("process %d: mount %s (%s) is not supported: %s", e.PID, e.Point, e.FSType, e.Reason)
+}
+
+// mountNS returns the mount namespace of process pid ("mnt:[N]").
+func mountNS(pid int) (string, error) {
+	return os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+}
+
+// ownMountNS tells whether process pid lives in a mount namespace other
+// than migrate's.
+func ownMountNS(pid int) (bool, error) {
+	mine, err := mountNS(os.Getpid())
+	if err != nil {
+		return false, err
+	}
+	its, err := mountNS(pid)
+	if err != nil {
+		return false, fmt.Errorf("process %d: mount namespace: %w", pid, err)
+	}
+	return its != mine, nil
+}
+
+// checkMounts refuses, before anything is frozen, a process whose mount
+// namespace (if not migrate's) has a mount the restore cannot rebuild.
+func checkMounts(pid int) error {
+	own, err := ownMountNS(pid)
+	if err != nil || !own {
+		return err
+	}
+	_, err = describeMounts(pid)
+	return err
+}
+
+// describeMounts describes the mount table of process pid against
+// migrate's own (see core.MountNS), refusing what the restore cannot
+// rebuild. The tmpfs contents are not read.
+func describeMounts(pid int) (*core.MountNS, error) {
+	theirs, err := proc.ReadMountInfo(pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	mine, err := proc.ReadMountInfo(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	refuse := func(m *proc.MountInfo, reason string) error {
+		return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
+	}
+	hostGroups := map[int]bool{}
+	for _, h := range mine {
+		if g := h.Shared(); g != 0 {
+			hostGroups[g] = true
+		}
+	}
+	groups := map[int]int{} // peer group -> mounts of the namespace in it
+	devs := map[string]int{}
+	for _, m := range theirs {
+		groups[m.Shared()]++
+		devs[m.Dev]++
+	}
+	ns := &core.MountNS{}
+	for i := range theirs {
+		m := &theirs[i]
+		cm := core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
+			FSType: m.FSType, Source: m.Source, Super: m.Super}
+		if err := core.ValidPath(m.Point); err != nil {
+			return nil, refuse(m, "its mount point is not a clean path")
+		}
+		if reason := propagation(&cm, m, hostGroups, groups); reason != "" {
+			return nil, refuse(m, reason)
+		}
+		if reason := classify(&cm, m, mine, devs); reason != "" {
+			return nil, refuse(m, reason)
+		}
+		ns.Mounts = append(ns.Mounts, cm)
+	}
+	if err := checkRoot(pid, ns); err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// propagation sets the propagation of cm (mount m of the namespace), or
+// says why it cannot be kept: private, shared in a peer group of its own,
+// or the slave of a peer group of migrate's namespace (hostGroups).
+// groups counts the namespace's mounts in each peer group.
+func propagation(cm *core.Mount, m *proc.MountInfo, hostGroups map[int]bool, groups map[int]int) string {
+	if slices.Contains(m.Optional, "unbindable") {
+		return "it is unbindable: only private, shared and slave mounts are kept"
+	}
+	if g := m.Master(); g != 0 {
+		// Kept as the slave of the restoring host's copy of the host
+		// mount (classify checks it is one).
+		if !hostGroups[g] || m.Shared() != 0 {
+			return fmt.Sprintf("it is a slave of peer group %d, not of a mount of migrate's namespace, or shared too: only private and shared mounts, and slaves of the host's, are kept", g)
+		}
+		cm.Slave = true
+	}
+	if g := m.Shared(); g != 0 {
+		if hostGroups[g] {
+			return fmt.Sprintf("it is shared with mounts of migrate's namespace (peer group %d): a restored namespace cannot join a peer group", g)
+		}
+		if groups[g] > 1 {
+			return fmt.Sprintf("it shares peer group %d with other mounts of the namespace: peer groups are not rebuilt", g)
+		}
+		cm.Shared = true
+	}
+	return ""
+}
+
+// classify sets the kind of cm (mount m of the namespace) from migrate's
+// own mounts (mine), or says why it cannot be rebuilt. devs counts the
+// namespace's mounts of each device.
+func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int) string {
+	var host bool
+	var under []*proc.MountInfo // mounts of migrate's of the directory m mounts, or above it
+	for j := range mine {
+		h := &mine[j]
+		if h.Dev != m.Dev {
+			continue
+		}
+		if h.Root == m.Root && h.Point == m.Point && h.FSType == m.FSType {
+			host = true
+		}
+		if h.Root == "/" || h.Root == m.Root || strings.HasPrefix(m.Root, strings.TrimSuffix(h.Root, "/")+"/") {
+			under = append(under, h)
+		}
+	}
+	switch {
+	case cm.Slave && !host:
+		return "a slave mount that is not a copy of one of migrate's namespace: not kept"
+	case host:
+		cm.Kind = core.MountHost
+	case len(under) > 0:
+		// The host path of the directory, on a mount of migrate's that
+		// shows it (not hidden by another).
+		var err error
+		for _, h := range under {
+			rel := strings.TrimPrefix(strings.TrimPrefix(m.Root, strings.TrimSuffix(h.Root, "/")), "/")
+			from := path.Join(h.Point, rel)
+			if err = checkBindSource(from, h.ID); err == nil {
+				cm.Kind, cm.From = core.MountBind, from
+				return ""
+			}
+		}
+		return err.Error()
+	case devs[m.Dev] > 1:
+		return "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported"
+	case m.FSType == "tmpfs":
+		if m.Root != "/" {
+			return "part of a tmpfs migrate's namespace does not have"
+		}
+		cm.Kind = core.MountTmpfs
+	case core.FreshFSTypes[m.FSType]:
+		if m.Root != "/" {
+			return "part of a " + m.FSType + " instance migrate's namespace does not have"
+		}
+		cm.Kind = core.MountFresh
+	default:
+		return "a filesystem migrate's mount namespace does not have (overlay, fuse, nfs, a block device not mounted here...): only tmpfs, bind mounts of host paths, and proc, sysfs, mqueue, devpts and cgroup2 are rebuilt"
+	}
+	return ""
+}
+
+// checkBindSource checks that the host path a bind mount binds is
+// there, on the host mount it was found under (not hidden by another).
+func checkBindSource(p string, mountID int) error {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil {
+		return fmt.Errorf("its host path %s cannot be found in migrate's namespace: %w", p, err)
+	}
+	if st.Mnt_id != uint64(mountID) {
+		return fmt.Errorf("its host path %s is hidden by another mount in migrate's namespace", p)
+	}
+	return nil
+}
+
+// checkRoot refuses a process whose root directory is not the root of its
+// mount namespace, a mount of the host (chroot, pivot_root).
+func checkRoot(pid int, ns *core.MountNS) error {
+	var its, mine unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &its); err != nil {
+		return fmt.Errorf("process %d: root directory: %w", pid, err)
+	}
+	if err := unix.Stat("/", &mine); err != nil {
+		return err
+	}
+	if its.Dev != mine.Dev || its.Ino != mine.Ino {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
+			Reason: "the process's root directory is not migrate's (chroot, or pivot_root into a root filesystem): not supported yet"}
+	}
+	if c := coveringMount(ns.Mounts, "/"); c == nil || c.Kind != core.MountHost {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not a mount of migrate's (pivot_root into a root filesystem): not supported yet"}
+	}
+	return nil
+}
+
+// coveringMount returns the mount of the table a path is on: the last
+// mounted at the longest mount point that is a prefix of it.
+func coveringMount(mounts []core.Mount, p string) *core.Mount {
+	var best *core.Mount
+	for i := range mounts {
+		m := &mounts[i]
+		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
+			if best == nil || len(m.Point) >= len(best.Point) {
+				best = m
+			}
+		}
+	}
+	return best
+}
+
+// readMounts describes the mount namespace of the frozen processes when
+// it is not migrate's (ss.mounts), tmpfs contents stored as blobs. Every
+// process must share the root's namespace, and every path the restorer
+// opens for them (executable, mapped and open files, working directory)
+// must be on a mount of the host: the restorer opens it in its own
+// namespace.
+//
+// Preconditions: every process of all is frozen, its fds and layout read.
+func (ss *session) readMounts(all []*dumper) error {
+	ss.mounts = nil
+	root := all[0]
+	pids := make([]int, len(all))
+	for i, d := range all {
+		pids[i] = d.pid
+	}
+	if err := sameMountNS(pids); err != nil {
+		return err
+	}
+	own, err := ownMountNS(root.pid)
+	if err != nil || !own {
+		return err
+	}
+	ns, err := describeMounts(root.pid)
+	if err != nil {
+		return err
+	}
+	for _, d := range all {
+		if err := checkPathsOnHost(d, ns.Mounts); err != nil {
+			return err
+		}
+	}
+	var total int64
+	for i := range ns.Mounts {
+		if ns.Mounts[i].Kind == core.MountTmpfs {
+			if err := ss.readTmpfs(root.pid, &ns.Mounts[i], &total); err != nil {
+				return err
+			}
+		}
+	}
+	ss.mounts = ns
+	return nil
+}
+
+// checkPathsOnHost refuses a process with a file the restorer would open
+// by path on a mount of the container's own (a tmpfs, a bind, proc...).
+func checkPathsOnHost(d *dumper, mounts []core.Mount) error {
+	check := func(what, p string) error {
+		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") {
+			return nil
+		}
+		if m := coveringMount(mounts, p); m != nil && m.Kind != core.MountHost {
+			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
+				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in migrate's own namespace, only files on mounts of the host can be", what, p)}
+		}
+		return nil
+	}
+	p := d.proc
+	if err := check("the executable", p.Exe.Path); err != nil {
+		return err
+	}
+	if err := check("the working directory", p.Cwd); err != nil {
+		return err
+	}
+	for _, f := range p.FDs {
+		if f.File != nil {
+			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path); err != nil {
+				return err
+			}
+		}
+	}
+	for _, v := range p.VMAs {
+		if v.File != nil {
+			if err := check("the mapped file", v.File.Path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readTmpfs lists the files of a tmpfs of the namespace (through process
+// pid's root) and stores their contents as blobs; total counts the bytes
+// of all of them, bounded by core.MaxTmpfsBytes. A mount point of another
+// mount on it is described as covered (what it covers cannot be seen).
+func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
+	refuse := func(reason string) error {
+		return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
+	}
+	links := map[uint64]string{}
+	err := proc.WalkMount(pid, m.Point, uint64(m.ID), func(e *proc.MountEntry) error {
+		st := &e.Stat
+		tf := core.TmpfsFile{Path: e.Path, Mode: uint32(st.Mode), UID: st.Uid, GID: st.Gid,
+			Atime: st.Atime.Sec*1e9 + int64(st.Atime.Nsec), Mtime: st.Mtime.Sec*1e9 + int64(st.Mtime.Nsec)}
+		if !e.Covered {
+			if x, err := xattrsOf(e); err != nil || x != "" {
+				return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+					Reason: fmt.Sprintf("%s has extended attributes or an ACL (%s%v): they are not carried", e.Path, x, err)}
+			}
+		}
+		if e.Path == "." {
+			m.Top = &tf
+			return nil
+		}
+		switch mode := uint32(st.Mode) & unix.S_IFMT; {
+		case e.Covered:
+			tf = core.TmpfsFile{Path: e.Path, Mode: unix.S_IFDIR | 0o755, Covered: true}
+			if mode != unix.S_IFDIR {
+				tf.Mode = unix.S_IFREG | 0o644
+			}
+		case mode == unix.S_IFDIR:
+		case mode == unix.S_IFLNK:
+			var err error
+			if tf.Link, err = proc.Readlinkat(e.Dir, e.Name); err != nil || tf.Link == "" {
+				return refuse(fmt.Sprintf("symbolic link %s: %v", e.Path, err))
+			}
+		case mode == unix.S_IFREG:
+			if first, ok := links[st.Ino]; ok && st.Nlink > 1 {
+				tf.HardLink = first
+				break
+			}
+			links[st.Ino] = e.Path
+			*total += int64(st.Size)
+			if *total > core.MaxTmpfsBytes {
+				return refuse(fmt.Sprintf("the tmpfs mounts hold more than %d MiB: their contents travel in the image while the processes are frozen", core.MaxTmpfsBytes>>20))
+			}
+			if st.Size > 0 {
+				var err error
+				if tf.Data, err = ss.copyTmpfsFile(e.Dir, e.Name, int64(st.Size)); err != nil {
+					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, e.Path, err)
+				}
+			}
+		default:
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+				Reason: fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode)}
+		}
+		m.Files = append(m.Files, tf)
+		return nil
+	})
+	if errors.Is(err, proc.ErrOtherMount) {
+		return refuse("another mount covers it whole: its files cannot be read")
+	}
+	if err != nil {
+		return fmt.Errorf("tmpfs %s: %w", m.Point, err)
+	}
+	return nil
+}
+
+// copyTmpfsFile stores the contents of a file of a tmpfs (size bytes, as
+// it was listed) as a blob, without changing its access time.
+func (ss *session) copyTmpfsFile(dir int, name string, size int64) (string, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOATIME|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return "", err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var n int64
+	blob, err := ss.copyBlob("tmpfs", io.TeeReader(io.LimitReader(f, size+1), countWriter{&n}))
+	if err != nil {
+		return "", err
+	}
+	if n != size {
+		return "", errors.New("its size changed while it was read")
+	}
+	return blob, nil
+}
+
+type countWriter struct{ n *int64 }
+
+func (c countWriter) Write(b []byte) (int, error) { *c.n += int64(len(b)); return len(b), nil }
+
+// liveMounts describes the mount namespace of the process a live
+// migration moves, if not migrate's (nil then): the table the first
+// layout carries, tmpfs contents to come with the final state. The
+// target fills a tmpfs once the processes exist, so a read-only one is
+// refused. Every process of the tree (pids, the root first) must be in
+// the root's namespace.
+func liveMounts(pids []int) (*core.MountNS, error) {
+	pid := pids[0]
+	if err := sameMountNS(pids); err != nil {
+		return nil, err
+	}
+	own, err := ownMountNS(pid)
+	if err != nil || !own {
+		return nil, err
+	}
+	ns, err := describeMounts(pid)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range ns.Mounts {
+		if m.Kind == core.MountTmpfs && (slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
+			return nil, &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType,
+				Reason: "a read-only tmpfs cannot be moved live (its files are written after the processes are created): dump and restore it"}
+		}
+	}
+	return ns, nil
+}
+
+// sameMountTable checks that the final table of a live migration is the
+// one its first layout announced (the target built that one), but for
+// the tmpfs files the final one adds.
+func sameMountTable(first, final *core.MountNS) error {
+	if !first.SameTable(final) {
+		return errors.New("the mount table of the processes changed during the migration (the target built the first one)")
+	}
+	return nil
+}
+
+// sameMountNS refuses a tree (pids, the root first) whose processes are
+// not all in the root's mount namespace.
+func sameMountNS(pids []int) error {
+	rootNS, err := mountNS(pids[0])
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids[1:] {
+		ns, err := mountNS(pid)
+		if err != nil {
+			return err
+		}
+		if ns != rootNS {
+			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("it lives in mount namespace %s, process %d in %s: a tree moves with one mount namespace", ns, pids[0], rootNS)}
+		}
+	}
+	return nil
+}
+
+// xattrsOf names the extended attributes of a file of a mount (ACLs
+// among them), but the security ones (labels, which the restoring host's
+// policy gives).
+func xattrsOf(e *proc.MountEntry) (string, error) {
+	p := fmt.Sprintf("/proc/self/fd/%d", e.Dir)
+	if e.Name != "" {
+		p += "/" + e.Name
+	}
+	buf := make([]byte, 4096)
+	list := unix.Llistxattr
+	if e.Name == "" {
+		list = unix.Listxattr // the directory behind the fd's link
+	}
+	n, err := list(p, buf)
+	if errors.Is(err, unix.ERANGE) {
+		return "many", nil
+	}
+	if err != nil || n == 0 {
+		return "", err
+	}
+	var names []string
+	for _, x := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if !strings.HasPrefix(x, "security.") {
+			names = append(names, x)
+		}
+	}
+	return strings.Join(names, ", "), nil
+}
