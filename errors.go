@@ -188,6 +188,10 @@ func wrapErr(err error) error {
 		return &HostLimitError{What: hl.What, Need: hl.Need, Limit: hl.Limit, Err: err}
 	}
 	var pe *handoff.PeerError
+	if errors.As(err, &pe) && pe.Abort && pe.Code == string(RefusedShm) {
+		// The target's target.ShmError.
+		return &RefusedError{Kind: RefusedShm, Err: err}
+	}
 	if errors.As(err, &pe) {
 		return &PeerError{Abort: pe.Abort, Code: pe.Code, Text: pe.Text, Err: err}
 	}

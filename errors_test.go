@@ -37,6 +37,8 @@ func TestErrors(t *testing.T) {
 		{&target.CgroupError{PID: 18, Path: "/gone", Reason: "no such cgroup"}, refusedAs(RefusedCgroup, 18)},
 		{&target.AuditError{PID: 21, Want: core.Audit{LoginUID: 1}}, refusedAs(RefusedAudit, 21)},
 		{&target.ShmError{ID: 5, Key: 7, Reason: "its key is taken by segment 9"}, refusedAs(RefusedShm, 0)},
+		// The target's ShmError in a live migration: its Abort's code.
+		{wrap(&handoff.PeerError{Abort: true, Code: (&target.ShmError{}).AbortCode(), Text: "target: layout: System V segment 5 (key 0x7): its key is taken by segment 9"}), refusedAs(RefusedShm, 0)},
 		{&target.InheritError{ID: "pipe:[5]", Reason: "the image holds no such object"}, refusedAs(RefusedInherit, 0)},
 		{&source.InheritError{ID: "pipe:[5]", Reason: "no process of the migration holds it"}, refusedAs(RefusedInherit, 0)},
 		{&target.TimeNamespaceError{Reason: "this kernel has none"}, refusedAs(RefusedClock, 0)},

@@ -19,8 +19,12 @@ type ShmSegment struct {
 	Ctime   int64 `json:"ctime"`
 	Removed bool  `json:"removed,omitempty"`
 	Locked  bool  `json:"locked,omitempty"` // SHM_LOCK
-	// Data names the blob holding its contents (Size bytes).
+	// Data names the blob holding its contents (Size bytes); empty with
+	// Paged.
 	Data string `json:"data"`
+	// Paged: its contents come in the page streams of the processes that
+	// attach it, as a live migration pre-copies them, not in a blob.
+	Paged bool `json:"paged,omitempty"`
 }
 
 // MaxShmSize bounds a segment of an image (the kernel's default shmmax
@@ -51,7 +55,11 @@ func validateShm(img *Image) error {
 		if s.Mode&^0o777 != 0 {
 			return fmt.Errorf("System V segment %d: mode %#o", s.ID, s.Mode)
 		}
-		if b, ok := img.Blobs[s.Data]; !ok || uint64(b.Size) != s.Size {
+		if s.Paged {
+			if s.Data != "" {
+				return fmt.Errorf("System V segment %d: paged, and contents %q too", s.ID, s.Data)
+			}
+		} else if b, ok := img.Blobs[s.Data]; !ok || uint64(b.Size) != s.Size {
 			return fmt.Errorf("System V segment %d: contents %q missing or not %d bytes", s.ID, s.Data, s.Size)
 		}
 	}

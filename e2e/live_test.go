@@ -72,6 +72,9 @@ type serveOptions struct {
 	// NoFile, if not zero, is the service's RLIMIT_NOFILE (soft, hard),
 	// and so the one the processes it builds start with.
 	NoFile [2]int
+	// IPC runs the service in an IPC namespace of its own (System V
+	// segments of its own), as on another host.
+	IPC bool
 	// Time, if set, runs the service in a time namespace with these
 	// offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME (seconds), as on a
 	// host whose clocks differ.
@@ -112,6 +115,9 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 		auth = []string{"--secret-file", o.SecretFile}
 	}
 	args := []string{"--pid", "--fork", "--kill-child", "--mount-proc"}
+	if o.IPC {
+		args = append(args, "--ipc")
+	}
 	if o.Time != nil {
 		args = append(args, "--time", fmt.Sprintf("--monotonic=%d", o.Time[0]), fmt.Sprintf("--boottime=%d", o.Time[1]))
 	}

@@ -63,6 +63,11 @@ func sysvipc(t *testing.T, ids ...int) map[int]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sysvipcOf(b, ids...)
+}
+
+// sysvipcOf is sysvipc of b, the contents of a /proc/sysvipc/shm.
+func sysvipcOf(b []byte, ids ...int) map[int]string {
 	out := map[int]string{}
 	for _, l := range strings.Split(string(b), "\n")[1:] {
 		f := strings.Fields(l)

@@ -403,7 +403,7 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err er
 		for _, d := range a.all[1:] {
 			tree = append(tree, d.pid)
 		}
-		if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err == nil {
+		if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err == nil {
 			a.record = rec
 		}
 	}

@@ -303,8 +303,8 @@ func mappedSeals(pid int, m *proc.Mapping) (int, error) {
 // run is a range of pages to store.
 type run struct{ start, end uint64 }
 
-// sharedRuns finds the data of a shared anonymous mapping through its
-// shmem file (SEEK_DATA/SEEK_HOLE), which also finds pages this process
+// sharedRuns finds the data of a shared anonymous mapping (or of a System
+// V attachment) through its shmem file (SEEK_DATA/SEEK_HOLE), which also finds pages this process
 // has not faulted in.
 func sharedRuns(pid int, v *core.VMA) ([]run, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, v.Start, v.End))
@@ -480,7 +480,7 @@ func stored(kind string, e proc.PagemapEntry) bool {
 	case core.VMAFile:
 		// Pages a private file mapping still shares with its file are not.
 		return swapped || (e.Present() && !e.FileOrShared())
-	case core.VMAAnon, core.VMASharedAnon:
+	case core.VMAAnon, core.VMASharedAnon, core.VMASysV:
 		return e.Present() || swapped
 	}
 	return false
@@ -491,12 +491,21 @@ func holdsPages(kind string) bool {
 	return kind == core.VMAAnon || kind == core.VMASharedAnon || kind == core.VMAFile
 }
 
+// holds says whether pages of an area of this kind go into the session's
+// page streams: those of holdsPages, and with a live migration those of
+// System V segments, which an offline dump stores whole as a blob
+// (writeSysV) but a live migration pre-copies like shared anonymous
+// memory, each attaching process sending the pages it wrote.
+func (ss *session) holds(kind string) bool {
+	return holdsPages(kind) || ss.opts.live && kind == core.VMASysV
+}
+
 // sendArea sends every stored page of v: untouched pages are skipped.
 func (s *pageSink) sendArea(ctx context.Context, round uint32, v *core.VMA) error {
-	if !holdsPages(v.Kind) {
+	if !s.d.holds(v.Kind) {
 		return nil
 	}
-	if v.Kind == core.VMASharedAnon {
+	if v.Kind == core.VMASharedAnon || v.Kind == core.VMASysV {
 		// The shmem file also knows pages this process has not faulted in.
 		if runs, err := sharedRuns(s.d.pid, v); err == nil {
 			for _, r := range runs {

@@ -414,6 +414,10 @@ type liveSource struct {
 	targetApply      time.Duration // the target's time writing pages
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
+	// shmIDs are the System V segments the first layout listed (nil
+	// before it): the target made those, and no others.
+	shmIDs []int
+	shm    []core.ShmSegment // and as it listed them
 }
 
 // milestone tells notify of a milestone.
@@ -572,6 +576,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		a.milestone(MilestoneRound, int(r.Round()))
 		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
 		var err error
+		if ll.Shm, err = a.sysvOf(layouts); err != nil {
+			return err
+		}
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
 		}
@@ -609,6 +616,51 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		}
 		return r.Done(nil)
 	}
+}
+
+// sysvOf lists the System V segments the processes attach in layouts,
+// for the target to create at the first layout; a later layout must list
+// the same ones (a *SysVChangedError otherwise).
+func (a *liveSource) sysvOf(layouts [][]core.VMA) ([]core.ShmSegment, error) {
+	procs := make([]attachments, len(layouts))
+	for i := range layouts {
+		procs[i] = attachments{a.all[i].pid, layouts[i]}
+	}
+	ss := a.d.session
+	shm, err := ss.describeSysV(procs)
+	if err != nil {
+		return nil, err
+	}
+	if ss.ipcNS != 0 && len(shm) > 0 {
+		// The target makes a container's segments in its new IPC
+		// namespace: not for pages yet.
+		v := attachedArea(layouts, shm[0].ID)
+		return nil, &UnsupportedMappingError{PID: a.d.pid, Start: v.Start, End: v.End, Name: fmt.Sprintf("System V segment %d", shm[0].ID),
+			Reason: "a container's System V shared memory does not move live yet (migrate dump and restore carry it)"}
+	}
+	for i := range shm {
+		shm[i].Paged = true
+	}
+	ids := shmIDs(shm)
+	if a.shmIDs == nil {
+		a.shmIDs = append([]int{}, ids...)
+		a.shm = shm
+	} else if !slices.Equal(ids, a.shmIDs) {
+		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
+	}
+	return shm, nil
+}
+
+// attachedArea is the first area of layouts that attaches segment id.
+func attachedArea(layouts [][]core.VMA, id int) core.VMA {
+	for _, l := range layouts {
+		for _, v := range l {
+			if v.Kind == core.VMASysV && int(v.Shm) == id {
+				return v
+			}
+		}
+	}
+	return core.VMA{}
 }
 
 // treeOf is the Tree of a layout: the processes but the root, with their
@@ -689,7 +741,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	for _, d := range a.all[1:] {
 		tree = append(tree, d.pid)
 	}
-	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree); err != nil {
+	if a.record, err = writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err != nil {
 		a.d.log.Warn("no record of this migration in "+RecordDir+": if this migrate dies, nothing will say so", "err", err)
 	}
 	// The whole tree at once, as an offline dump freezes it: a process
@@ -816,6 +868,9 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if err := f.collect(ctx); err != nil {
 		return nil, err
 	}
+	if ids := shmIDs(d.shm); !slices.Equal(ids, a.shmIDs) {
+		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
+	}
 	for _, wait := range smaps {
 		if err := wait(); err != nil {
 			return nil, err
@@ -827,6 +882,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	a.img.Mounts = d.mounts
 	a.img.Blobs = d.blobSums
+	a.img.Shm = d.shm
 	a.img.Clocks, a.img.CPU = f.clocks, f.cpu
 	a.img.Tree = nil
 	for _, m := range a.all[1:] {
@@ -972,6 +1028,10 @@ func (a *liveSource) KillOriginal() error {
 			d.tracker.Close() // of a dead process: only the agent's fds
 		}
 	}
+	// Their System V segments are the target's now: never two copies.
+	if e := a.d.removeSysV(); err == nil {
+		err = e
+	}
 	a.d.closeTCP()
 	// The lock is lifted (quick) for the held packets to go, and removed
 	// (a dozen milliseconds) after.
@@ -1088,6 +1148,11 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 			}
 			if err := signalRecorded(rec, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 				return out.String(), fmt.Errorf("the target runs the process; killing the original %d: %w", pid, err)
+			}
+			// The target has the tree's System V segments: never two
+			// copies.
+			if err := removeRecordedSysV(rec.Shm); err != nil {
+				log.Warn("the original tree's System V segments", "err", err)
 			}
 		}
 	case transport.OutcomeAborted:

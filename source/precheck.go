@@ -62,8 +62,7 @@ func refuseDeletedMappings(pid int) error {
 	}
 	for _, m := range maps {
 		if m.IsSysVShm() {
-			return &UnsupportedMappingError{PID: pid, Start: m.Start, End: m.End, Name: m.Path + " (System V shared memory)",
-				Reason: "live migration does not carry System V shared memory yet (migrate dump can)"}
+			continue // carried (Image.Shm); precheckMappings checks it
 		}
 		if !m.Deleted || !strings.HasPrefix(m.Path, "/") || m.Path == "/dev/zero" {
 			continue

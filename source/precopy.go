@@ -113,7 +113,7 @@ func (s *pageSink) sendDirty(ctx context.Context, round uint32, vmas []core.VMA,
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
 			v := &vmas[i]
-			if !holdsPages(v.Kind) {
+			if !s.d.holds(v.Kind) {
 				continue
 			}
 			c := PageRange{Start: max(r.Start, v.Start), End: min(r.End, v.End)}
@@ -267,14 +267,14 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 				return fmt.Errorf("process %d: pre-copy round %d: %w", d.pid, round, err)
 			}
 			d.preLayout, layouts[i] = vmas, vmas
-			for _, r := range clip(rs, vmas) {
+			for _, r := range clip(rs, vmas, ss.holds) {
 				dirty += r.Pages()
 			}
 			if len(d.pending) > 0 {
 				// It joined the tree: all its memory, counted as its
 				// resident pages (the areas may be larger).
 				var whole uint64
-				for _, r := range clip(d.pending, vmas) {
+				for _, r := range clip(d.pending, vmas, ss.holds) {
 					whole += r.Pages()
 				}
 				dirty += min(whole, d.status.VmRSS/pageSize+1)
@@ -449,13 +449,14 @@ func (m *treeMeter) done(dirty uint64) (RoundReport, error) {
 	return rep, nil
 }
 
-// clip keeps the parts of ranges inside areas that hold pages.
-func clip(ranges []PageRange, vmas []core.VMA) []PageRange {
+// clip keeps the parts of ranges inside areas whose pages are sent
+// (holds).
+func clip(ranges []PageRange, vmas []core.VMA, holds func(string) bool) []PageRange {
 	var out []PageRange
 	for _, r := range ranges {
 		i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > r.Start })
 		for ; i < len(vmas) && vmas[i].Start < r.End; i++ {
-			if holdsPages(vmas[i].Kind) {
+			if holds(vmas[i].Kind) {
 				out = append(out, PageRange{Start: max(r.Start, vmas[i].Start), End: min(r.End, vmas[i].End)})
 			}
 		}
@@ -496,10 +497,10 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	if ss.opts.Transfer != nil { // only then: this is downtime
 		var planned uint64
 		for i, d := range all {
-			for _, r := range clip(ranges[i], layouts[i]) {
+			for _, r := range clip(ranges[i], layouts[i], ss.holds) {
 				planned += r.Pages()
 			}
-			for _, r := range clip(d.pending, layouts[i]) {
+			for _, r := range clip(d.pending, layouts[i], ss.holds) {
 				planned += r.Pages()
 			}
 		}

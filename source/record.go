@@ -52,6 +52,19 @@ type Record struct {
 	// Tree are the other processes of the tree migrated with PID, parents
 	// first: `migrate recover` settles them with it.
 	Tree []RecordedProcess `json:"tree,omitempty"`
+	// Shm are the System V segments the tree attaches, which the target
+	// created: once it runs the tree, `migrate recover` removes them
+	// here, as the commit does.
+	Shm []RecordedSegment `json:"shm,omitempty"`
+}
+
+// RecordedSegment is a System V segment of a migrated tree: its ID, and
+// what tells it from another segment that took the ID since.
+type RecordedSegment struct {
+	ID    int   `json:"id"`
+	Key   int32 `json:"key"`
+	CPID  int32 `json:"cpid"`
+	Ctime int64 `json:"ctime"`
 }
 
 // RecordedProcess is a process of a migrated tree, as its record names
@@ -81,7 +94,7 @@ func recordPath(pid int, session string) string {
 
 // writeRecord notes the migration of pid (frozen now), and of the other
 // processes of its tree, in RecordDir.
-func writeRecord(pid int, session, target string, tree []int) (string, error) {
+func writeRecord(pid int, session, target string, tree []int, shm []core.ShmSegment) (string, error) {
 	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return "", err
@@ -96,6 +109,9 @@ func writeRecord(pid int, session, target string, tree []int) (string, error) {
 		if st, err := proc.ReadStat(m); err == nil {
 			r.Tree = append(r.Tree, RecordedProcess{PID: m, Start: st.StartTime})
 		}
+	}
+	for _, s := range shm {
+		r.Shm = append(r.Shm, RecordedSegment{ID: s.ID, Key: s.Key, CPID: s.CPID, Ctime: s.Ctime})
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -218,6 +234,14 @@ func decodeRecord(b []byte) (Record, error) {
 	for _, m := range r.Tree {
 		if m.PID <= 0 || m.PID > core.MaxPID || m.PID == r.PID {
 			return r, fmt.Errorf("%w: tree process %d", errNotRecord, m.PID)
+		}
+	}
+	if len(r.Shm) > maxRecordedTree {
+		return r, fmt.Errorf("%w: %d System V segments", errNotRecord, len(r.Shm))
+	}
+	for _, s := range r.Shm {
+		if s.ID < 0 {
+			return r, fmt.Errorf("%w: System V segment %d", errNotRecord, s.ID)
 		}
 	}
 	if r.Target == "" || len(r.Target) > 512 || strings.IndexFunc(r.Target, func(c rune) bool { return c <= ' ' || c == 0x7f || !unicode.IsPrint(c) }) >= 0 {

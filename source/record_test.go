@@ -130,6 +130,9 @@ func FuzzDecodeRecord(f *testing.F) {
 	st.Tree = []RecordedProcess{{PID: 4322, Start: 123457}, {PID: 4323, Start: 123458}}
 	b, _ = json.Marshal(st)
 	f.Add(b)
+	st.Shm = []RecordedSegment{{ID: 32769, Key: 0x4d000123, CPID: 4321, Ctime: 1.7e9}}
+	b, _ = json.Marshal(st)
+	f.Add(b)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -227,7 +230,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 	}{
 		{"no record", func(*testing.T, int) {}},
 		{"record of an older process with that PID", func(t *testing.T, pid int) {
-			path, err := writeRecord(pid, session, addr, nil)
+			path, err := writeRecord(pid, session, addr, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -241,7 +244,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 			}
 		}},
 		{"record of another PID namespace", func(t *testing.T, pid int) {
-			path, err := writeRecord(pid, session, addr, nil)
+			path, err := writeRecord(pid, session, addr, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -255,7 +258,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 			}
 		}},
 		{"record of another session", func(t *testing.T, pid int) {
-			if _, err := writeRecord(pid, transport.NewSessionID(), addr, nil); err != nil {
+			if _, err := writeRecord(pid, transport.NewSessionID(), addr, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -286,7 +289,7 @@ func TestRecoverOnlyRecorded(t *testing.T) {
 	}
 
 	// The process the record names is killed, as the target runs it.
-	if _, err := writeRecord(p.PID, session, addr, nil); err != nil {
+	if _, err := writeRecord(p.PID, session, addr, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := recover(p.PID); err != nil {

@@ -545,6 +545,7 @@ func (b *Builder) check() error {
 		}
 	}
 	diffs = append(diffs, b.checkSharing()...)
+	diffs = append(diffs, b.checkSysV()...)
 	diffs = append(diffs, b.checkNamespaces()...)
 	diffs = append(diffs, b.checkMounts()...)
 	if len(diffs) > 0 {

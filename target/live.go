@@ -137,7 +137,7 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 
 // layoutImage is the image of a layout's processes, for checkIncoming.
 func layoutImage(ll *handoff.LiveLayout) *core.Image {
-	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree,
+	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree, Shm: ll.Shm,
 		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU, Mounts: ll.Mounts}
 }
 
@@ -203,10 +203,13 @@ func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
 	}
 	end := fr.Addr + uint64(fr.Pages)*pageSize
 	i := sort.Search(len(r.mapped), func(i int) bool { return r.mapped[i].End > fr.Addr })
-	if i == len(r.mapped) || r.mapped[i].Start > fr.Addr || end > r.mapped[i].End || !holdsPages(r.mapped[i].Kind) {
+	if i == len(r.mapped) || r.mapped[i].Start > fr.Addr || end > r.mapped[i].End || !holdsPages(r.mapped[i].Kind) && r.mapped[i].Kind != core.VMASysV {
 		return fmt.Errorf("pages at %#x-%#x of round %d lie outside the areas that hold pages", fr.Addr, end, fr.Round)
 	}
 	v := &r.mapped[i]
+	if v.Kind == core.VMASysV {
+		return b.ss.writeSysV(v, fr)
+	}
 	skip := r.skipZeros(fr, v, true)
 	err := writeFrame(r.pid, fr, skip)
 	if err != nil && errors.Is(err, unix.EFAULT) {

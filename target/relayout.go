@@ -24,6 +24,9 @@ func sameBacking(a, b *core.VMA, addr uint64) bool {
 	if a.Kind != b.Kind || a.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE) != b.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE) {
 		return false
 	}
+	if a.Kind == core.VMASysV {
+		return a.Shm == b.Shm && a.Offset+(addr-a.Start) == b.Offset+(addr-b.Start)
+	}
 	if a.File == nil || b.File == nil {
 		return a.File == nil && b.File == nil
 	}
@@ -72,7 +75,7 @@ func layoutDiff(have, want []core.VMA) (unmap []addrRange, mapNew []core.VMA) {
 			if w != nil {
 				piece := *w
 				piece.Start, piece.End = s, e
-				if piece.File != nil {
+				if piece.File != nil || piece.Kind == core.VMASysV {
 					piece.Offset = w.Offset + (s - w.Start)
 				}
 				if n := len(mapNew); n > 0 && mapNew[n-1].End == s && sameBacking(&mapNew[n-1], &piece, s) && mapNew[n-1].Prot == piece.Prot {

@@ -41,6 +41,13 @@ type session struct {
 	// shmCreated are the System V segments this restore created (a
 	// failed restore removes them).
 	shmCreated []int
+	// shmAt are the agent's own attachments of the segments of a live
+	// migration, by ID: their pages are written through them (the
+	// processes may attach them read-only).
+	shmAt map[int][]byte
+	// sysvLive: the segments are a live migration's (core.ShmSegment
+	// Paged), created empty for the page streams to fill.
+	sysvLive bool
 	// shmem is where each shared anonymous object of the image (VMA.Shm)
 	// was first mapped: the other areas that had it map that object too.
 	shmem map[uint64]shmemArea
@@ -218,7 +225,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -357,6 +364,9 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		if err := b.run(ctx, []stage{{"recreate deleted files", func() error { return b.ss.prepareDeleted(ctx, img) }}}); err != nil {
 			return err
 		}
+		if err := b.ss.sameSysV(img); err != nil {
+			return err
+		}
 		first := b.ss.img.Mounts
 		if err := b.adopt(img); err != nil {
 			return err
@@ -492,6 +502,7 @@ func (b *Builder) Discard() {
 // release lets go of the tracer and the agent's files.
 func (b *Builder) release() {
 	b.ss.closeFiles()
+	b.ss.detachSysV()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
 	}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/pagestream"
 )
 
 // ShmError says a System V shared memory segment of the image cannot be
@@ -32,6 +34,10 @@ func (e *ShmError) Error() string {
 
 func (e *ShmError) Unwrap() error { return e.Err }
 
+// AbortCode names the refusal for the source of a live migration
+// (handoff.AbortCoder): the root package's RefusedShm.
+func (e *ShmError) AbortCode() string { return "sysv-shm" }
+
 // shmctl and shmat values x/sys/unix lacks (linux/shm.h).
 const (
 	shmLock  = 11      // SHM_LOCK
@@ -48,15 +54,29 @@ const shmNextID = "/proc/sys/kernel/shm_next_id"
 // (key, size, creator and creation time) and nobody attaches it, it is
 // taken as it is, its contents written from the image; another segment
 // holding its ID or key fails the restore (ShmError).
+//
+// A live migration's segments (live; Paged) are all created here, empty:
+// their pages come in the page streams (writeSysV). Any segment holding
+// one's ID or key refuses the migration, even one like it: on the source's
+// own host it would be the original's, which runs on until the commit.
 func (ss *session) prepareSysV(img *core.Image) error {
+	live := ss.sysvLive
+	if live && ss.ownIPC() && len(img.Shm) > 0 {
+		return &ShmError{ID: img.Shm[0].ID, Key: img.Shm[0].Key, Reason: "a container's System V shared memory does not move live yet (migrate dump and restore carry it)"}
+	}
 	for i := range img.Shm {
 		s := &img.Shm[i]
 		fail := func(reason string, err error) error {
 			return &ShmError{ID: s.ID, Key: s.Key, Reason: reason, Err: err}
 		}
+		if s.Paged != live {
+			return fail("its contents are not in the image", nil)
+		}
 		var ds unix.SysvShmDesc
 		_, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds)
 		switch {
+		case err == nil && live:
+			return fail(fmt.Sprintf("its ID is taken by another segment (key %#x, %d bytes, %d attachments)", uint32(ds.Perm.Key), ds.Segsz, ds.Nattch), nil)
 		case err == nil:
 			if ds.Perm.Key != s.Key || ds.Segsz != s.Size || ds.Cpid != s.CPID || ds.Ctime != s.Ctime {
 				return fail(fmt.Sprintf("its ID is taken by another segment (key %#x, %d bytes)", uint32(ds.Perm.Key), ds.Segsz), nil)
@@ -71,21 +91,35 @@ func (ss *session) prepareSysV(img *core.Image) error {
 		default:
 			return fail("shmctl(IPC_STAT)", err)
 		}
-		if err := ss.fillSegment(img, s); err != nil {
-			return fail("write its contents", err)
-		}
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
-			return fail("shmctl(IPC_STAT)", err)
-		}
-		ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
-		ds.Perm.Mode = s.Mode
-		if _, err := unix.SysvShmCtl(s.ID, unix.IPC_SET, &ds); err != nil {
-			return fail("shmctl(IPC_SET) of its owner and mode", err)
-		}
-		if s.Locked {
-			if _, err := unix.SysvShmCtl(s.ID, shmLock, nil); err != nil {
-				return fail("shmctl(SHM_LOCK)", err)
+		if !s.Paged {
+			if err := ss.fillSegment(img, s); err != nil {
+				return fail("write its contents", err)
 			}
+		}
+		if err := setSegment(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setSegment gives segment s its owner, mode and lock.
+func setSegment(s *core.ShmSegment) error {
+	fail := func(reason string, err error) error {
+		return &ShmError{ID: s.ID, Key: s.Key, Reason: reason, Err: err}
+	}
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds); err != nil {
+		return fail("shmctl(IPC_STAT)", err)
+	}
+	ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
+	ds.Perm.Mode = s.Mode
+	if _, err := unix.SysvShmCtl(s.ID, unix.IPC_SET, &ds); err != nil {
+		return fail("shmctl(IPC_SET) of its owner and mode", err)
+	}
+	if s.Locked {
+		if _, err := unix.SysvShmCtl(s.ID, shmLock, nil); err != nil {
+			return fail("shmctl(SHM_LOCK)", err)
 		}
 	}
 	return nil
@@ -179,4 +213,109 @@ func (r *restorer) attachSysV(v *core.VMA) error {
 		return fmt.Errorf("area %#x-%#x: System V segment %d attached at %#x", v.Start, v.End, v.Shm, got)
 	}
 	return nil
+}
+
+// writeSysV writes the pages of frame fr, which fall in area v of kind
+// VMASysV, through the agent's own attachment of its segment (the process
+// may attach it read-only). A page shared by the tree may come from any
+// process that attaches it: every one is written, zero or not.
+func (ss *session) writeSysV(v *core.VMA, fr *pagestream.Frame) error {
+	ss.mu.Lock()
+	b, ok := ss.shmAt[int(v.Shm)]
+	if !ok && slices.Contains(ss.shmCreated, int(v.Shm)) {
+		err := ss.inIPC(func() error {
+			var err error
+			b, err = unix.SysvShmAttach(int(v.Shm), 0, 0)
+			return err
+		})
+		if err != nil {
+			ss.mu.Unlock()
+			return &ShmError{ID: int(v.Shm), Reason: "attach it to write its pages", Err: err}
+		}
+		if ss.shmAt == nil {
+			ss.shmAt = map[int][]byte{}
+		}
+		ss.shmAt[int(v.Shm)] = b
+		ok = true
+	}
+	ss.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("pages at %#x of System V segment %d, which this migration did not create", fr.Addr, v.Shm)
+	}
+	off := v.Offset + (fr.Addr - v.Start)
+	n := uint64(fr.Pages) * pageSize
+	if off >= uint64(len(b)) || n > uint64(len(fr.Data)) {
+		return fmt.Errorf("pages at %#x-%#x lie beyond System V segment %d (%d bytes)", fr.Addr, fr.Addr+n, v.Shm, len(b))
+	}
+	// The segment's size, not its last page's end, as a dump keeps.
+	copy(b[off:], fr.Data[:n])
+	return nil
+}
+
+// sameSysV checks that the final image of a live migration lists the
+// segments this migration created, no more, no fewer, and gives each the
+// owner, mode and lock it has now (changed since the first layout, say).
+func (ss *session) sameSysV(img *core.Image) error {
+	var ids []int
+	for _, s := range img.Shm {
+		ids = append(ids, s.ID)
+	}
+	slices.Sort(ids)
+	made := slices.Sorted(slices.Values(ss.shmCreated))
+	if !slices.Equal(ids, made) {
+		return fmt.Errorf("the final image lists System V segments %v, the first layout %v", ids, made)
+	}
+	return ss.inIPC(func() error {
+		for i := range img.Shm {
+			if err := setSegment(&img.Shm[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// detachSysV lets go of the agent's attachments (writeSysV).
+func (ss *session) detachSysV() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for id, b := range ss.shmAt {
+		unix.SysvShmDetach(b)
+		delete(ss.shmAt, id)
+	}
+}
+
+// checkSysV checks that each System V segment of the image is here as it
+// was: key, size, owner, mode, marked removed or not, locked or not.
+func (b *Builder) checkSysV() []Difference {
+	var diffs []Difference
+	pid := b.all[0].pid
+	for _, s := range b.ss.img.Shm {
+		what := fmt.Sprintf("System V segment %d", s.ID)
+		want := segmentString(s.Key, s.Size, s.UID, s.GID, s.Mode, s.Removed, s.Locked)
+		var ds unix.SysvShmDesc
+		if err := b.ss.inIPC(func() error {
+			_, err := unix.SysvShmCtl(s.ID, unix.IPC_STAT, &ds)
+			return err
+		}); err != nil {
+			diffs = append(diffs, Difference{PID: pid, What: what, Want: want, Got: err.Error()})
+			continue
+		}
+		got := segmentString(ds.Perm.Key, ds.Segsz, ds.Perm.Uid, ds.Perm.Gid, uint32(ds.Perm.Mode)&0o777,
+			ds.Perm.Mode&shmDest != 0, ds.Perm.Mode&shmLockedMode != 0)
+		if got != want {
+			diffs = append(diffs, Difference{PID: pid, What: what, Want: want, Got: got})
+		}
+	}
+	return diffs
+}
+
+// shm_perm.mode bits of a segment (linux/shm.h).
+const (
+	shmDest       = 0o1000 // IPC_RMID done
+	shmLockedMode = 0o2000 // SHM_LOCK
+)
+
+func segmentString(key int32, size uint64, uid, gid, mode uint32, removed, locked bool) string {
+	return fmt.Sprintf("key %#x, %d bytes, owner %d:%d, mode %#o, removed %v, locked %v", uint32(key), size, uid, gid, mode, removed, locked)
 }

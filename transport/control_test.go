@@ -31,6 +31,7 @@ func sampleMsgs() []Msg {
 		&Resumed{Body: json.RawMessage(`{"downtime_ms":12}`)},
 		&Abort{Reason: "target: PID 1234 is taken"},
 		&Abort{},
+		&Abort{Reason: "target: layout: System V segment 5: its key is taken", Code: "sysv-shm"},
 		&StatusQuery{SessionID: sampleID},
 		&StatusReply{SessionID: sampleID, Outcome: OutcomeResumed},
 		&StatusReply{SessionID: sampleID, Outcome: OutcomeUnknown},
@@ -210,6 +211,7 @@ func TestWriteMsgRefuses(t *testing.T) {
 		{&State{Body: json.RawMessage(`{not json`)}, ErrMsgPayload},
 		{&State{Body: json.RawMessage(`"` + strings.Repeat("x", MaxMsgPayload) + `"`)}, ErrMsgTooLarge},
 		{&Abort{Reason: strings.Repeat("x", MaxTextLen+1)}, ErrMsgInvalid},
+		{&Abort{Reason: "x", Code: "Bad Code"}, ErrMsgInvalid},
 		{&StatusReply{SessionID: sampleID, Outcome: 9}, ErrMsgInvalid},
 	} {
 		var b bytes.Buffer

@@ -150,6 +150,9 @@ type Resumed struct {
 // Abort ends the migration before commit.
 type Abort struct {
 	Reason string `json:"reason"`
+	// Code, if set, says what kind of refusal it is (a short name of
+	// [a-z0-9._-], as Error's), for the peer to type its error.
+	Code string `json:"code,omitempty"`
 }
 
 // StatusQuery asks the target for the outcome of a session.
@@ -229,6 +232,9 @@ func (m *State) validate() error {
 func (m *Abort) validate() error {
 	if len(m.Reason) > MaxTextLen {
 		return fmt.Errorf("reason is %d bytes, at most %d", len(m.Reason), MaxTextLen)
+	}
+	if m.Code != "" && !validName(m.Code) {
+		return fmt.Errorf("bad abort code %q", clip(m.Code))
 	}
 	return nil
 }

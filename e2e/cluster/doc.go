@@ -13,11 +13,12 @@
 //	fd00:231::1/64    fd00:231::2/64    fd00:231::3/64
 //	+ VIP 10.231.0.100/32, fd00:231::100/128 (on one agent node at a time)
 //
-// Each node is a network namespace of its own. A and B also have a PID and
-// a mount namespace: their `migrate serve` runs as PID 1 there (ip netns
-// exec NS unshare --pid --fork --kill-child --mount-proc migrate serve
-// ...), so a PID used on A is free on B, /proc inside a node shows that
-// node's processes, and killing the service ends every process of the node.
+// Each node is a network namespace of its own. A and B also have a PID, a
+// mount and an IPC namespace: their `migrate serve` runs as PID 1 there (ip
+// netns exec NS unshare --pid --fork --kill-child --mount-proc --ipc
+// migrate serve ...), so a PID used on A is free on B, /proc inside a node
+// shows that node's processes, each node has its own System V segments,
+// and killing the service ends every process of the node.
 // The client node has a network namespace only. The bridge lives in a
 // "switch" namespace of its own: nothing (no address, no device) is added
 // to the machine's own network namespace. Each node hands out PIDs from a
@@ -74,7 +75,7 @@
 // # Processes on nodes
 //
 // Node.Command runs a command inside a node (nsenter into the service's
-// network, PID and mount namespaces; ip netns exec for the client).
+// network, PID, mount and IPC namespaces; ip netns exec for the client).
 // Node.Start runs a long-lived one, optionally at a chosen PID
 // (StartOptions.PID, to take a PID on the target), and reports its PID
 // both as the machine sees it and as the node sees it (NSpid); Node.Procs,

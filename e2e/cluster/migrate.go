@@ -33,6 +33,7 @@ type Result struct {
 	BytesRaw         uint64  `json:"bytes_raw"`
 	BytesWire        uint64  `json:"bytes_wire"`
 	RSSBytes         uint64  `json:"rss_bytes"`
+	Processes        int     `json:"processes"`
 	TotalMS          float64 `json:"total_ms"`
 	DowntimeMS       float64 `json:"downtime_ms"`
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`

@@ -72,7 +72,9 @@ func (n *Node) StartServe() error {
 		return err
 	}
 	defer log.Close()
-	args := []string{"netns", "exec", n.NetNS, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+	// An IPC namespace of its own too: each node has its own System V
+	// segments, as another host would.
+	args := []string{"netns", "exec", n.NetNS, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--ipc",
 		c.MigrateBin, "serve", "--listen", n.ServeAddr, "--secret-file", c.SecretFile}
 	if c.Hooks {
 		args = append(args, c.serveHooks(n)...)
@@ -170,8 +172,8 @@ func (n *Node) RestartServe() error {
 	return n.StartServe()
 }
 
-// Command returns a command that runs inside the node: in the network, PID
-// and mount namespaces of its service (nsenter, which forks; the program is
+// Command returns a command that runs inside the node: in the network, PID,
+// mount and IPC namespaces of its service (nsenter, which forks; the program is
 // its child), or in the client's network namespace (ip netns exec, which
 // execs the program). On an agent node whose service is down, the command
 // fails to start.
@@ -185,7 +187,7 @@ func (n *Node) command(dir, name string, args ...string) *exec.Cmd {
 		cmd.Dir = dir
 		return cmd
 	}
-	pre := []string{"-t", strconv.Itoa(n.ServePID), "-n", "-p", "-m"}
+	pre := []string{"-t", strconv.Itoa(n.ServePID), "-n", "-p", "-m", "-i"}
 	if dir != "" {
 		pre = append(pre, "--wdns="+dir)
 	}

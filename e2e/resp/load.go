@@ -56,7 +56,8 @@ type Stats struct {
 	LastErr  error         // the last error, if any
 }
 
-func (s *Stats) add(o Stats) {
+// Add adds o's counts to s, keeping the longer gap and o's error if any.
+func (s *Stats) Add(o Stats) {
 	s.Requests += o.Requests
 	s.Errors += o.Errors
 	s.Connects += o.Connects
@@ -71,7 +72,7 @@ func (l *Load) Total() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.total
-	t.add(l.window)
+	t.Add(l.window)
 	return t
 }
 
@@ -82,7 +83,7 @@ func (l *Load) Window() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	w := l.window
-	l.total.add(w)
+	l.total.Add(w)
 	l.window = Stats{}
 	return w
 }

@@ -66,7 +66,7 @@ var ErrTimeout = errors.New("handoff timeout")
 type PeerError struct {
 	Peer  transport.Role // who sent it
 	Abort bool           // an Abort; else an Error with Code
-	Code  string         // of an Error
+	Code  string         // of an Error, or of an Abort that gave one (AbortCoder)
 	Text  string         // the Abort's reason, the Error's text
 }
 
@@ -77,12 +77,27 @@ func (e *PeerError) Error() string {
 	return fmt.Sprintf("the %s reported an error (%s): %s", e.Peer, e.Code, e.Text)
 }
 
+// AbortCoder is an error that names the kind of refusal it is: the Abort
+// sent for it carries the code, for the peer's PeerError.
+type AbortCoder interface {
+	AbortCode() string
+}
+
+// abortCode is the code of the first AbortCoder in err's chain, or "".
+func abortCode(err error) string {
+	var c AbortCoder
+	if errors.As(err, &c) {
+		return c.AbortCode()
+	}
+	return ""
+}
+
 // unexpected turns a message from peer that should not have come into an
 // error: a *PeerError for Abort and Error, else a protocol violation.
 func unexpected(peer transport.Role, m transport.Msg, want string) error {
 	switch m := m.(type) {
 	case *transport.Abort:
-		return &PeerError{Peer: peer, Abort: true, Text: m.Reason}
+		return &PeerError{Peer: peer, Abort: true, Code: m.Code, Text: m.Reason}
 	case *transport.Error:
 		return &PeerError{Peer: peer, Code: m.Code, Text: m.Text}
 	}

@@ -18,6 +18,12 @@ type LiveLayout struct {
 	// (PagesPIDLen bytes, little-endian); a single process's stream has
 	// no such prefix.
 	Tree []core.Process `json:"tree,omitempty"`
+	// Shm are the System V shared memory segments the processes attach
+	// (core.ShmSegment, Paged: their pages come in the page streams of
+	// the processes that attach them). The target creates them at the
+	// first layout, and refuses if it has a segment with one's ID or key;
+	// later layouts list the same ones.
+	Shm []core.ShmSegment `json:"shm,omitempty"`
 	// Clocks are the source's clocks as the layout was made: the target
 	// makes the time namespace of the processes from the first layout's,
 	// before it creates them (core.Clocks).

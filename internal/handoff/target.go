@@ -358,7 +358,7 @@ func (t *targetRun) fail(ctx context.Context, phase string, cause error) (transp
 			Outcome: transport.OutcomeCommitted, Err: cause}
 	}
 	t.log.Warn("handoff: aborted; discarding the husk", "phase", phase, "err", cause)
-	t.conn.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %s: %v", phase, cause))}) // best effort
+	t.conn.Send(&transport.Abort{Reason: transport.ClipText(fmt.Sprintf("target: %s: %v", phase, cause)), Code: abortCode(cause)}) // best effort
 	derr := t.act.Discard()
 	if derr != nil {
 		t.log.Error("handoff: discarding the husk failed", "err", derr)

@@ -72,7 +72,8 @@ type Tracker interface {
 	// layout: areas new, moved, grown or re-protected since the last call
 	// are reported whole and tracked from now on; unmapped ones are
 	// dropped. Only areas whose pages go into an image count (core.VMAAnon,
-	// core.VMASharedAnon, core.VMAFile); vdso, vvar and shared file
+	// core.VMASharedAnon, core.VMAFile, and core.VMASysV, whose pages a
+	// live migration sends); vdso, vvar and shared file
 	// mappings are skipped.
 	//
 	// Dirty may be called while the caller keeps the process frozen (the
@@ -204,10 +205,18 @@ func alive(pid int) error {
 // writes to them matter.
 func trackable(v *core.VMA) bool {
 	switch v.Kind {
-	case core.VMAAnon, core.VMASharedAnon, core.VMAFile: // VMAFile is private
+	case core.VMAAnon, core.VMASharedAnon, core.VMAFile, core.VMASysV: // VMAFile is private
 		return true
 	}
 	return false
+}
+
+// shmem says whether areas of kind map a shmem object (shared anonymous
+// memory, a System V segment): a page there is data even where it is the
+// zero page's frame, and its writes show in the page tables of the
+// process that made them.
+func shmem(kind string) bool {
+	return kind == core.VMASharedAnon || kind == core.VMASysV
 }
 
 // areaAttrs are what must not change for a page to stay tracked: a page
@@ -397,7 +406,7 @@ func pageData(kind string, e proc.PagemapEntry, zero *zeroPFNs) bool {
 		return false
 	case kind == core.VMAFile && e.FileOrShared():
 		return false // the file's page, not a copy
-	case kind != core.VMASharedAnon && zero.is(e.PFN()):
+	case !shmem(kind) && zero.is(e.PFN()):
 		return false
 	}
 	return true

@@ -219,6 +219,35 @@ func TestTrackExact(t *testing.T) {
 	}
 }
 
+// TestTrackSysV: writes to a System V segment, through the tracked
+// process's attachment, are reported exactly (a live migration pre-copies
+// segments like shared anonymous memory).
+func TestTrackSysV(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			w := workload.Start(t)
+			s := workload.Region{Name: "V", Pages: 16}
+			ans := w.Call("mapsysv V 16")
+			s.Start, _ = strconv.ParseUint(ans, 0, 64)
+			w.Call("populate V")
+			u := workload.Region{Name: "W", Pages: 8}
+			ans = w.Call("mapsysv W 8") // never touched before Start
+			u.Start, _ = strconv.ParseUint(ans, 0, 64)
+			regions := []workload.Region{s, u}
+
+			tr := newTestTracker(t, name, w)
+			startTracking(t, tr, w)
+			expect(t, "nothing written", dirty(t, tr, w), regions, nil)
+			w.Call("write V 0 3 15")
+			w.Call("write W 2")
+			expect(t, "first writes", dirty(t, tr, w), regions, map[string][]int{"V": {0, 3, 15}, "W": {2}})
+			expect(t, "nothing written again", dirty(t, tr, w), regions, nil)
+			w.Call("write V 3")
+			expect(t, "a page written again", dirty(t, tr, w), regions, map[string][]int{"V": {3}})
+		})
+	}
+}
+
 // TestTrackLayout: areas mapped, grown, moved or re-protected between
 // rounds are reported whole and then exactly; unmapped ones are dropped.
 func TestTrackLayout(t *testing.T) {

@@ -339,7 +339,7 @@ func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (writte
 			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
 		}
 		for _, g := range regs {
-			if writable && g.Categories&raw.PAGE_IS_WRITTEN != 0 && (g.Categories&raw.PAGE_IS_PFNZERO == 0 || kind == core.VMASharedAnon) {
+			if writable && g.Categories&raw.PAGE_IS_WRITTEN != 0 && (g.Categories&raw.PAGE_IS_PFNZERO == 0 || shmem(kind)) {
 				written = appendRange(written, g.Start, g.End)
 			}
 			if data, err = u.appendData(data, kind, g); err != nil {
@@ -467,7 +467,7 @@ func (u *uffdTracker) scanWritten(r PageRange, kind string, keep bool) (written,
 		}
 		if keep {
 			for _, g := range regs {
-				if g.Categories&raw.PAGE_IS_PFNZERO != 0 && kind != core.VMASharedAnon {
+				if g.Categories&raw.PAGE_IS_PFNZERO != 0 && !shmem(kind) {
 					continue
 				}
 				written = appendRange(written, g.Start, g.End)
@@ -559,7 +559,7 @@ func regionData(kind string, c uint64) bool {
 		return false
 	case kind == core.VMAFile && c&raw.PAGE_IS_FILE != 0:
 		return false
-	case kind != core.VMASharedAnon && c&raw.PAGE_IS_PFNZERO != 0:
+	case !shmem(kind) && c&raw.PAGE_IS_PFNZERO != 0:
 		return false
 	}
 	return true

@@ -129,6 +129,7 @@ func (b *bench) runAll(ctx context.Context, picked []*scenario, rep *report) err
 				if err := b.killAll(sc.comm); err != nil {
 					return err
 				}
+				b.removeSysV()
 			}
 			r := b.liveRun(ctx, sc, from, to, i)
 			rep.add(r)
@@ -138,9 +139,23 @@ func (b *bench) runAll(ctx context.Context, picked []*scenario, rep *report) err
 			if err := b.killAll(sc.comm); err != nil {
 				return err
 			}
+			b.removeSysV()
 		}
 	}
 	return nil
+}
+
+// removeSysV removes the System V segments that killed processes left on
+// the agent nodes (PostgreSQL's, which its shutdown would remove): a
+// segment left holds its ID, and the next run's segment could not have
+// that ID on the other node. The nodes' IPC namespaces are the cluster's
+// own.
+func (b *bench) removeSysV() {
+	for _, n := range []*cluster.Node{b.c.A, b.c.B} {
+		if out, err := n.Command("ipcrm", "--all=shm").CombinedOutput(); err != nil {
+			say("node %s: ipcrm --all=shm: %v: %s", n, err, out)
+		}
+	}
 }
 
 // vipTo puts the service address on node n (the runs' source) if it is
@@ -181,6 +196,9 @@ func (b *bench) liveRun(ctx context.Context, sc *scenario, from, to *cluster.Nod
 	}
 	// -v for the hooks' times (logged at info), in JSON to read them.
 	extra := append([]string{"-v", "--log-format", "json"}, sc.flags...)
+	if sc.tree {
+		extra = append(extra, "--tree")
+	}
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	resetPeakRSS(to.ServePID)
 	t0 := time.Now()
@@ -258,7 +276,20 @@ func (b *bench) offlineRun(ctx context.Context, sc *scenario, n *cluster.Node, i
 	defer os.RemoveAll(dir)
 	t0 := time.Now()
 	var d dumpReport
-	if err := b.migrate(ctx, n, r, &d, "dump", "--dir", dir, "--json", strconv.Itoa(w.proc.NSPID)); err != nil {
+	args := []string{"dump", "--dir", dir, "--json"}
+	var tree []int // the processes dumped (as this machine sees them)
+	if sc.tree {
+		args = append(args, "--tree")
+		ps, err := n.Find(sc.comm)
+		if err != nil {
+			r.Error = err.Error()
+			return r
+		}
+		for _, p := range ps {
+			tree = append(tree, p.PID)
+		}
+	}
+	if err := b.migrate(ctx, n, r, &d, append(args, strconv.Itoa(w.proc.NSPID))...); err != nil {
 		r.Error = err.Error()
 		return r
 	}
@@ -268,6 +299,17 @@ func (b *bench) offlineRun(ctx context.Context, sc *scenario, n *cluster.Node, i
 	case <-time.After(10 * time.Second):
 		r.Error = "the dumped process is still there"
 		return r
+	}
+	// Its children, orphans, are the service's to reap (zombies meanwhile,
+	// which hold their PIDs and which Find does not list).
+	for _, pid := range tree {
+		if err := waitFor(ctx, 10*time.Second, "the dumped tree to be reaped", func() bool {
+			_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+			return err != nil
+		}); err != nil {
+			r.Error = err.Error()
+			return r
+		}
 	}
 	var rr restoreReport
 	if err := b.migrate(ctx, n, r, &rr, "restore", "--dir", dir, "--json"); err != nil {

@@ -1,6 +1,6 @@
 // Command bench measures live migration between the two agent nodes of a
-// cluster on this machine (`make bench`; package e2e/cluster: network, PID
-// and mount namespaces per node, `migrate serve` on nodes A and B, a
+// cluster on this machine (`make bench`; package e2e/cluster: network, PID,
+// mount and IPC namespaces per node, `migrate serve` on nodes A and B, a
 // client node, a service address moved by the migration hooks).
 //
 // Scenarios (-scenarios picks some, by name):
@@ -17,7 +17,12 @@
 //   - redis: redis-server holding 1,000,000 keys (DEBUG POPULATE), under
 //     a steady load from the client node through the service address
 //     (package e2e/resp: one connection, a SET of a random key and a GET
-//     of it every millisecond, each reply checked).
+//     of it every millisecond, each reply checked);
+//   - postgres: PostgreSQL (initdb'd afresh), a tree of 7 processes
+//     sharing a System V segment and shared anonymous memory, moved with
+//     --tree, under a steady load from the client node through the
+//     service address (package e2e/pgwire: one connection, an INSERT and
+//     a SELECT count(*) every millisecond, the count checked).
 //
 // Each run starts a fresh process (filling 1 GiB takes about a second),
 // on A for even runs and on B for odd ones, and migrates it to the other

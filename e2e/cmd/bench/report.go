@@ -51,6 +51,7 @@ type Run struct {
 	BytesWire      uint64  `json:"bytes_wire"`
 	BytesRaw       uint64  `json:"bytes_raw"`
 	RSSBytes       uint64  `json:"rss_bytes"`
+	Processes      int     `json:"processes,omitempty"` // of the tree moved (live)
 	WireRSS        float64 `json:"wire_rss"`
 	ThroughputMBps float64 `json:"throughput_mb_s"` // bytes_wire / total_ms, in 10^6 bytes a second
 	Rounds         int     `json:"rounds"`
@@ -105,6 +106,7 @@ type restoreReport struct {
 func (r *Run) fromLive(res *cluster.Result) {
 	r.TotalMS, r.DowntimeMS, r.TargetDowntimeMS = res.TotalMS, res.DowntimeMS, res.TargetDowntimeMS
 	r.BytesWire, r.BytesRaw, r.RSSBytes = res.BytesWire, res.BytesRaw, res.RSSBytes
+	r.Processes = res.Processes
 	r.Rounds, r.RoundDetails = len(res.Rounds), res.Rounds
 	r.Tracker, r.Codec = res.Tracker, res.Codec
 	for _, rd := range res.Rounds {
@@ -163,6 +165,9 @@ func (r *Run) log() {
 		line += fmt.Sprintf(" (dump frozen %.0f + restore %.0f)", r.DumpFrozenMS, r.RestoreMS)
 	}
 	line += fmt.Sprintf(", %s (%.3f of RSS %s), %.0f MB/s", human(r.BytesWire), r.WireRSS, human(r.RSSBytes), r.ThroughputMBps)
+	if r.Processes > 1 {
+		line += fmt.Sprintf(", %d processes", r.Processes)
+	}
 	if r.Client {
 		line += fmt.Sprintf("; client: gap %.1f ms (%.1f before), %d errors, %d requests", r.ClientGapMS, r.ClientBaselineGapMS, r.ClientErrors, r.ClientRequests)
 	}
@@ -193,6 +198,7 @@ var metrics = []metric{
 	{key: "wire_mib", label: "wire MiB (image)", format: "%.1f", live: true, offline: true, get: func(r *Run) float64 { return float64(r.BytesWire) / (1 << 20) }},
 	{key: "wire_rss", label: "  / RSS", format: "%.3f", live: true, offline: true, get: func(r *Run) float64 { return r.WireRSS }},
 	{key: "rss_mib", label: "RSS MiB", format: "%.0f", live: true, offline: true, get: func(r *Run) float64 { return float64(r.RSSBytes) / (1 << 20) }},
+	{key: "processes", label: "processes", format: "%.0f", live: true, get: func(r *Run) float64 { return float64(r.Processes) }},
 	{key: "rounds", label: "rounds", format: "%.0f", live: true, get: func(r *Run) float64 { return float64(r.Rounds) }},
 	{key: "source_max_rss_mib", label: "migrate --to peak RSS MiB", format: "%.0f", live: true, get: func(r *Run) float64 { return r.SourceMaxRSSMiB }},
 	{key: "target_max_rss_mib", label: "migrate serve peak RSS MiB", format: "%.0f", live: true, get: func(r *Run) float64 { return r.TargetMaxRSSMiB }},

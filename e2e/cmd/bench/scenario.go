@@ -21,6 +21,9 @@ type scenario struct {
 	// start starts a fresh workload on node n and returns once it is in
 	// its steady state.
 	start func(ctx context.Context, b *bench, n *cluster.Node) (*workload, error)
+	// tree: the workload is a process tree, moved and dumped whole
+	// (--tree).
+	tree bool
 	// targets apply to the live runs.
 	targets []target
 	// flags are added to the live migration's command line.
@@ -93,6 +96,18 @@ var allScenarios = []*scenario{
 			{metric: "client_errors", max: 0, worst: true},
 		},
 	},
+	{
+		// A tree: the postmaster, its auxiliary processes and a backend
+		// per connection, sharing a System V segment and shared
+		// anonymous memory.
+		name:  "postgres",
+		comm:  "postgres",
+		start: startPostgres,
+		tree:  true,
+		targets: []target{
+			{metric: "client_errors", max: 0, worst: true},
+		},
+	},
 }
 
 // redis200Conns is the redis200 scenario's connections; each sends at
@@ -112,6 +127,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at 200 MB/s (bench_writer), moved with --auto-converge", *mib)
 	case "redis":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
+	case "postgres":
+		return fmt.Sprintf("PostgreSQL (initdb'd afresh, fsync off), moved as a tree; client on the client node through the service address, %d connection(s), an INSERT and a SELECT count(*) every %v on each", *conns, *interval)
 	case "redis200":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connections, a SET and a GET of a random key every %v on each (redis's load spread over them)", *keys, redis200Conns, *interval*redis200Conns)
 	}
@@ -134,10 +151,16 @@ func scenarioNames(defaults bool) []string {
 type workload struct {
 	proc *cluster.Proc
 	comm string
-	// For redis: the load on it, the address it uses, and how to stop it.
-	load     *resp.Load
+	// For redis and postgres: the load on it, the address it uses, and
+	// how to stop it.
+	load     clientLoad
 	addr     string
 	stopLoad func()
+	// verify, if set, checks the data after the move (else redis's
+	// DBSIZE is checked).
+	verify func(ctx context.Context) error
+	// cleanup, if set, runs once the process is stopped.
+	cleanup func()
 	// settleFor is how long to let it run before it is moved.
 	settleFor time.Duration
 	// progress, if set, is a file the workload keeps writing to while
@@ -152,6 +175,17 @@ func (w *workload) stop() {
 		w.stopLoad()
 	}
 	w.proc.Stop()
+	if w.cleanup != nil {
+		w.cleanup()
+	}
+}
+
+// clientLoad is a client's steady load on the workload (resp.Load,
+// pgLoad).
+type clientLoad interface {
+	Window() resp.Stats
+	Total() resp.Stats
+	WaitRequests(ctx context.Context, n int, maxWait time.Duration) error
 }
 
 // settle lets the workload run a while before it is moved; with a client
@@ -205,6 +239,9 @@ func (w *workload) check(ctx context.Context, b *bench, n *cluster.Node, r *Run)
 	r.ClientRequests += st.Requests
 	if st.LastErr != nil {
 		r.ClientLastError = st.LastErr.Error()
+	}
+	if w.verify != nil {
+		return w.verify(ctx)
 	}
 	admin, err := dialRedis(ctx, b.c.Client, w.addr)
 	if err != nil {
@@ -320,7 +357,7 @@ func startRedisLoad(ctx context.Context, b *bench, n *cluster.Node, nconns int, 
 	if got, err := admin.Int("DBSIZE"); err != nil || got != int64(*keys) {
 		return nil, fmt.Errorf("DBSIZE %d (%v) after DEBUG POPULATE %d", got, err, *keys)
 	}
-	w.load = &resp.Load{
+	load := &resp.Load{
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return b.c.Client.Dial(ctx, "tcp", w.addr)
 		},
@@ -329,11 +366,12 @@ func startRedisLoad(ctx context.Context, b *bench, n *cluster.Node, nconns int, 
 		Keys:        *keys,
 		MaxDuration: 10 * time.Minute,
 	}
+	w.load = load
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		w.load.Run(lctx)
+		load.Run(lctx)
 	}()
 	w.stopLoad = func() {
 		cancel()

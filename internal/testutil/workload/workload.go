@@ -181,6 +181,23 @@ func (w *workloadState) do(f []string) (string, error) {
 		}
 		w.regions[f[1]] = &wlRegion{addr: at, pages: pages}
 		return fmt.Sprintf("%#x", at), nil
+	case "mapsysv": // mapsysv NAME PAGES: a System V segment, attached read-write, marked removed
+		pages := atoi(f[2])
+		at, err := reserveGuarded(pages, 0)
+		if err != nil {
+			return "", err
+		}
+		id, err := unix.SysvShmGet(unix.IPC_PRIVATE, pages*pg, unix.IPC_CREAT|0o600)
+		if err != nil {
+			return "", err
+		}
+		_, err = unix.SysvShmAttach(id, at, 0o40000) // SHM_REMAP: over the reservation
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)      // goes when the workload ends
+		if err != nil {
+			return "", err
+		}
+		w.regions[f[1]] = &wlRegion{addr: at, pages: pages}
+		return fmt.Sprintf("%#x", at), nil
 	case "mapfile": // mapfile NAME PATH PAGES: private, writable
 		pages := atoi(f[3])
 		fd, err := unix.Open(f[2], unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -511,6 +528,8 @@ func Layout(t testing.TB, pid int) []core.VMA {
 			v.Kind = core.VMAVDSO
 		case m.IsSpecial():
 			v.Kind = core.VMAVVar
+		case m.IsSysVShm():
+			v.Kind, v.Shm = core.VMASysV, m.Inode
 		case m.IsAnonShared() || strings.HasPrefix(m.Path, "[anon_shmem:"):
 			v.Kind = core.VMASharedAnon
 		case m.Path == "" || strings.HasPrefix(m.Path, "["):
