@@ -3,11 +3,11 @@ package target
 import (
 	"errors"
 	"fmt"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // An epoll registration is keyed by the registered file and the fd number
@@ -63,10 +63,8 @@ func (r *restorer) restoreEpoll() error {
 		}
 	}
 	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread, with its private fd table, ends
-		// with this goroutine.
-		runtime.LockOSThread()
+	// A thread of its own, that ends with its private fd table.
+	osthread.Go(func() {
 		errc <- func() error {
 			if err := unix.Unshare(unix.CLONE_FILES); err != nil {
 				return fmt.Errorf("epoll: a private fd table: %w", err)
@@ -102,7 +100,7 @@ func (r *restorer) restoreEpoll() error {
 			}
 			return nil
 		}()
-	}()
+	})
 	return <-errc
 }
 

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // The restored processes keep their CLOCK_MONOTONIC and CLOCK_BOOTTIME:
@@ -196,8 +196,7 @@ func (r *session) planTime() error {
 // other child of migrate is born in the namespace.
 func startInTimeNamespace(cmd *exec.Cmd, off core.TimeOffsets) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	osthread.Go(func() { // a thread of its own, that dies with the goroutine
 		errc <- func() error {
 			if err := unix.Unshare(unix.CLONE_NEWTIME); err != nil {
 				return &TimeNamespaceError{Offsets: off, Reason: "unshare(CLONE_NEWTIME)", Err: err}
@@ -210,7 +209,7 @@ func startInTimeNamespace(cmd *exec.Cmd, off core.TimeOffsets) error {
 			}
 			return cmd.Start()
 		}()
-	}()
+	})
 	return <-errc
 }
 

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -264,14 +264,13 @@ func bindFile(fd int, path string, perm, uid, gid uint32) (owned bool, err error
 		err   error
 	}
 	c := make(chan result, 1)
-	go func() {
-		// Never unlocked: the thread's fs context and ids are changed, and
-		// it exits with this goroutine.
-		runtime.LockOSThread()
+	// A thread of its own: its fs context and ids are changed, and it
+	// ends with them.
+	osthread.Go(func() {
 		var r result
 		r.owned, r.err = bindFileLocked(fd, path, perm, uid, gid)
 		c <- r
-	}()
+	})
 	r := <-c
 	return r.owned, r.err
 }

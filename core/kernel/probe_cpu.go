@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -34,8 +34,7 @@ func ProbeTimeNamespace(ctx context.Context) (string, error) {
 		return "", unsupported(FeatureTimeNS, "no /proc/self/ns/time: a kernel without CONFIG_TIME_NS", nil)
 	}
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	osthread.Go(func() { // a thread of its own, that ends with the goroutine
 		if err := unix.Unshare(unix.CLONE_NEWTIME); err != nil {
 			errc <- unsupported(FeatureTimeNS, "unshare(CLONE_NEWTIME)", err)
 			return
@@ -46,7 +45,7 @@ func ProbeTimeNamespace(ctx context.Context) (string, error) {
 			return
 		}
 		errc <- nil
-	}()
+	})
 	select {
 	case err := <-errc:
 		if err != nil {

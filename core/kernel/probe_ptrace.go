@@ -3,11 +3,11 @@ package kernel
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -24,12 +24,10 @@ func ProbePtraceSeize(ctx context.Context) (string, error) {
 		err    error
 	}
 	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: see above.
+	osthread.Go(func() { // see above
 		d, err := probePtraceSeize(ctx)
 		ch <- result{d, err}
-	}()
+	})
 	r := <-ch
 	return r.detail, r.err
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // nsNames are the /proc/PID/ns names of the kinds InNamespace enters.
@@ -23,8 +25,7 @@ func InNamespace(pid, kind int, fn func() error) error {
 		return fmt.Errorf("namespace kind %#x", kind)
 	}
 	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	osthread.Go(func() {
 		back, err := os.Open("/proc/thread-self/ns/" + name)
 		if err != nil {
 			runtime.UnlockOSThread()
@@ -52,6 +53,6 @@ func InNamespace(pid, kind int, fn func() error) error {
 		}
 		runtime.UnlockOSThread()
 		ch <- err
-	}()
+	})
 	return <-ch
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // ErrClosed is returned by a Tracer that has been closed.
@@ -25,10 +27,9 @@ type Tracer struct {
 func NewTracer() *Tracer {
 	t := &Tracer{reqs: make(chan func()), done: make(chan struct{})}
 	ready := make(chan struct{})
-	go func() {
-		// Never unlocked: if a tracee outlives a mistake, the thread and its
-		// ptrace links die with this goroutine instead of being reused.
-		runtime.LockOSThread()
+	// A thread of its own: if a tracee outlives a mistake, the thread and
+	// its ptrace links die with this goroutine instead of being reused.
+	osthread.Go(func() {
 		t.tid = unix.Gettid()
 		close(ready)
 		for {
@@ -39,7 +40,7 @@ func NewTracer() *Tracer {
 				return
 			}
 		}
-	}()
+	})
 	<-ready
 	return t
 }

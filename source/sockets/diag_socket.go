@@ -36,6 +36,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -275,8 +276,7 @@ func inNetns(pid int, fn func() (int, error)) (int, error) {
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
+	osthread.Go(func() {
 		back, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
@@ -307,7 +307,7 @@ func inNetns(pid int, fn func() (int, error)) (int, error) {
 		}
 		runtime.UnlockOSThread()
 		ch <- result{fd, err}
-	}()
+	})
 	r := <-ch
 	return r.fd, r.err
 }
