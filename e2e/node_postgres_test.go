@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -107,6 +108,19 @@ func TestNodeProgramPostgres(t *testing.T) {
 		gap, _ := load.takeGap()
 		t.Logf("%s -> %s: %d processes, %d rounds, %d bytes on the wire (RSS %d); downtime %.1f ms (target %.1f ms), total %.1f ms; longest gap between two answers %v",
 			from, to, 1+len(kids), len(res.Rounds), res.BytesWire, res.RSSBytes, res.DowntimeMS, res.TargetDowntimeMS, res.TotalMS, gap.Round(100*time.Microsecond))
+		var rep struct {
+			Frozen []struct {
+				Name string  `json:"name"`
+				MS   float64 `json:"ms"`
+			} `json:"frozen_steps"`
+			Target []struct {
+				Name string  `json:"name"`
+				MS   float64 `json:"ms"`
+			} `json:"target_steps"`
+		}
+		if json.Unmarshal([]byte(res.Stdout), &rep) == nil {
+			t.Logf("where the downtime went: source %v; target %v", rep.Frozen, rep.Target)
+		}
 		// The tree, whole, on the target alone.
 		testutil.WaitFor(t, short, fmt.Sprintf("postgres's tree on %s alone", to), func() bool {
 			left, err := from.Find(comm)

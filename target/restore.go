@@ -967,7 +967,11 @@ type fileKey struct {
 // mapAreas maps the areas vmas (none of them [vdso] or [vvar]). Areas with
 // pages to write are mapped writable; protect sets the final protections.
 // (Not every area: a PROT_NONE reservation of many GiB mapped writable
-// would be charged to the commit limit and could be refused.)
+// would be charged to the commit limit and could be refused.) In a live
+// migration, whose pages are not counted yet, a file's area that is not
+// writable (code, read-only data: pages of it come rarely, from a process
+// that wrote to its copy) is mapped as it will stay too; a page that
+// comes for it opens it (WriteFrame).
 func (r *restorer) mapAreas(vmas []core.VMA) error {
 	childFD := map[fileKey]int{}
 	var temps []int
@@ -979,7 +983,7 @@ func (r *restorer) mapAreas(vmas []core.VMA) error {
 	for i := range vmas {
 		v := &vmas[i]
 		prot := v.Prot
-		if holdsPages(v.Kind) && (v.Pages > 0 || r.live && v.Prot != unix.PROT_NONE) {
+		if holdsPages(v.Kind) && (v.Pages > 0 || r.live && v.Prot != unix.PROT_NONE && !(v.Kind == core.VMAFile && v.Prot&unix.PROT_WRITE == 0)) {
 			prot |= unix.PROT_WRITE | unix.PROT_READ
 		}
 		flags := v.Flags&(unix.MAP_SHARED|unix.MAP_PRIVATE|unix.MAP_GROWSDOWN|unix.MAP_NORESERVE) | unix.MAP_FIXED
