@@ -15,6 +15,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/transport"
@@ -282,10 +283,12 @@ func TestGrowsDown(t *testing.T) {
 }
 
 // TestRefusedMemory: a process with memory a restore cannot give back as it
-// was (hugetlb memory, which would come back as normal pages; System V
-// shared memory in a live migration, which dump and restore carry) is
-// refused before it is frozen, with an *UnsupportedMappingError naming the
-// area, and runs on untouched.
+// was (hugetlb memory, which would come back as normal pages) is refused
+// before it is frozen, with an *UnsupportedMappingError naming the area,
+// and runs on untouched. And one with System V shared memory, moved live
+// to a target in its own IPC namespace (where the segment's ID is taken:
+// by itself), is refused by the target at the first layout, with the code
+// sysv-shm, before it is frozen, and runs on untouched.
 func TestRefusedMemory(t *testing.T) {
 	testutil.RequireRoot(t)
 	bin := testutil.Build(t, "refusedmem")
@@ -308,9 +311,16 @@ func TestRefusedMemory(t *testing.T) {
 			} else {
 				_, err = source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: logger})
 			}
-			var ue *source.UnsupportedMappingError
-			if !errors.As(err, &ue) || ue.PID != p.PID || ue.Start != addr {
-				t.Fatalf("dump: %v (%T), want an UnsupportedMappingError for the area at %#x", err, err, addr)
+			if mode == "sysv" {
+				var pe *handoff.PeerError
+				if !errors.As(err, &pe) || !pe.Abort || pe.Code != "sysv-shm" {
+					t.Fatalf("migrate: %v (%T), want the target's abort with the code sysv-shm", err, err)
+				}
+			} else {
+				var ue *source.UnsupportedMappingError
+				if !errors.As(err, &ue) || ue.PID != p.PID || ue.Start != addr {
+					t.Fatalf("dump: %v (%T), want an UnsupportedMappingError for the area at %#x", err, err, addr)
+				}
 			}
 			if strings.Contains(log.String(), "msg=frozen") {
 				t.Errorf("refused after the freeze, not before:\n%s", log.String())
