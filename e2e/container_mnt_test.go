@@ -1,0 +1,196 @@
+package e2e
+
+// A container with a mount namespace of its own, made by `unshare --pid
+// --fork --mount-proc --uts --ipc`: its /proc is a proc of its PID
+// namespace, mounted again from inside the new one on restore, and a
+// tmpfs with a file comes back with it.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+)
+
+// containerProcPIDs lists the processes the container whose init is pid
+// here sees in its /proc (through the init's root, in its mount
+// namespace).
+func containerProcPIDs(t *testing.T, pid int) []int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/proc", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// checkContainerProc checks that the container of init pid sees its two
+// processes, 1 and 2, in its /proc, and file f of its tmpfs at dir.
+func checkContainerProc(t *testing.T, pid int, dir string) {
+	t.Helper()
+	if got := containerProcPIDs(t, pid); !slices.Equal(got, []int{1, 2}) {
+		t.Errorf("the container's /proc lists processes %v, want [1 2]", got)
+	}
+	if dir == "" {
+		return
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s/f", pid, dir)); err != nil || string(b) != "inside" {
+		t.Errorf("the container's tmpfs %s: file f %q, %v", dir, b, err)
+	}
+}
+
+// containerTmpfs mounts a tmpfs at dir in the mount namespace of process
+// pid, and writes file f in it.
+func containerTmpfs(t *testing.T, pid int, dir string) {
+	t.Helper()
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
+	}
+	if out, err := exec.Command(nsenter, "--target", fmt.Sprint(pid), "--mount", "--", "mount", "-t", "tmpfs", "-o", "size=1m", "boxtmp", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs in the container: %v: %s", err, out)
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/root%s/f", pid, dir), []byte("inside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// imageProc checks that img's mount table has the container's proc at
+// /proc, mounted from inside, and a tmpfs at dir.
+func imageProc(t *testing.T, img *core.Image, dir string) {
+	t.Helper()
+	if img.Mounts == nil {
+		t.Fatal("the image has no mount namespace")
+	}
+	var proc, tmpfs bool
+	for _, m := range img.Mounts.Mounts {
+		if m.Point == "/proc" && m.Container {
+			proc = m.FSType == "proc" && m.Kind == core.MountFresh
+		}
+		if m.Point == dir && m.Kind == core.MountTmpfs {
+			tmpfs = true
+		}
+	}
+	if !proc || !tmpfs {
+		t.Errorf("the image's mounts: the container's proc at /proc %v, a tmpfs at %s %v: %+v", proc, dir, tmpfs, img.Mounts.Mounts)
+	}
+}
+
+// TestContainerMountProc: a container with a mount namespace of its own
+// (its /proc a proc of its PID namespace, a tmpfs) is dumped and
+// restored: its /proc lists its own two processes again, not the host's,
+// its tmpfs has its file, and the PIDs, host name and its own checks are
+// as before.
+func TestContainerMountProc(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	c := startContainer(t, "box-proc", []string{"--mount-proc"}, nil)
+	containerTmpfs(t, c.init, dir)
+	checkContainerProc(t, c.init, dir)
+	imgDir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: imgDir, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump the container's init %d: %v", c.init, err)
+	}
+	c.Reap(t)
+	last := len(testutil.LogLines(t, c.Log))
+	img, err := core.ReadImage(imgDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imageProc(t, img, dir)
+	r := restoreOK(t, imgDir, c.Log)
+	r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
+	checkContainerInside(t, c.Log, c.init, c.child, "box-proc", last)
+	checkContainerProc(t, c.init, dir)
+	mine, _ := os.Readlink("/proc/self/ns/mnt")
+	if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", c.init)); its == mine {
+		t.Error("the restored container is in migrate's mount namespace")
+	}
+	containerReport(t, c.Log, c.init, "box-proc")
+	r.WaitExit(t, short)
+}
+
+// TestContainerMountProcLive: the same container moves live from node A
+// to node B and back; after each hop its /proc lists its own processes,
+// its tmpfs has its file, and its checks pass.
+func TestContainerMountProcLive(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "box") // before the nodes: they share it
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, cluster.Options{})
+	unshare, args := containerArgs(t, "box-plive", []string{"--mount-proc"}, nil)
+	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
+	waitLogTick(t, p.Log, 3)
+	kids := childrenOf(t, p.PID)
+	if len(kids) != 1 {
+		t.Fatalf("unshare %d has children %v", p.PID, kids)
+	}
+	containerTmpfs(t, kids[0], dir)
+	checkContainerProc(t, kids[0], dir)
+	// The init as node A sees it.
+	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
+	if len(levels) < 3 {
+		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
+	}
+	nodePID, _ := strconv.Atoi(levels[len(levels)-2])
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
+		from, to := hop[0], hop[1]
+		last := len(testutil.LogLines(t, p.Log))
+		res, err := c.Migrate(ctx, from, to, nodePID)
+		if err != nil {
+			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
+		}
+		if res.Outcome != "resumed" {
+			t.Fatalf("report: %+v", res)
+		}
+		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
+		procs, err := to.Find("container")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var init, child int
+		for _, pi := range procs {
+			switch innerIDs(t, pi.PID).pid {
+			case 1:
+				init = pi.PID
+			case 2:
+				child = pi.PID
+			}
+		}
+		if init == 0 || child == 0 {
+			t.Fatalf("on %s after the migration: %+v", to, procs)
+		}
+		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)
+		checkContainerInside(t, p.Log, init, child, "box-plive", last)
+		checkContainerProc(t, init, dir)
+		if to == c.A {
+			containerReport(t, p.Log, init, "box-plive")
+		}
+	}
+}
