@@ -238,9 +238,20 @@ func (b *nsBuilder) keepHost() error {
 		switch {
 		case c == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" && !m.Slave:
 			// A virtual filesystem whose instance was the dumping host's
-			// namespaces' (the sysfs of its network namespace): here
-			// mounted fresh, this host's instance.
-			b.fresh[m.ID] = true
+			// namespaces' (the sysfs of its network namespace): here this
+			// host's instance, its counterpart here (the same
+			// filesystem at the same place, with the same source and
+			// superblock options) kept, or else mounted fresh. (Kept,
+			// the next dump finds it the host's again, not a fresh one a
+			// container's mount may cover.)
+			for j := range b.cur {
+				h := &b.cur[j]
+				if !used[h.ID] && h.Point == m.Point && h.FSType == m.FSType && h.Root == m.Root && h.Source == m.Source && h.Super == m.Super {
+					b.kept[m.ID], used[h.ID] = h, true
+					break
+				}
+			}
+			b.fresh[m.ID] = b.kept[m.ID] == nil
 		case c == nil:
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
 		case m.Slave && c.Master() == 0:
