@@ -95,16 +95,22 @@ func imageProc(t *testing.T, img *core.Image, dir string) {
 }
 
 // TestContainerMountProc: a container with a mount namespace of its own
-// (its /proc a proc of its PID namespace, a tmpfs) is dumped and
-// restored: its /proc lists its own two processes again, not the host's,
-// its tmpfs has its file, and the PIDs, host name and its own checks are
-// as before.
+// (its /proc a proc of its PID namespace, a tmpfs, an mqueue of its IPC
+// namespace) is dumped and restored: its /proc lists its own two
+// processes again, not the host's, its tmpfs has its file, Check found
+// its mqueue its new IPC namespace's, and the PIDs, host name and its own
+// checks are as before.
 func TestContainerMountProc(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
+	mq := t.TempDir()
 	c := startContainer(t, "box-proc", []string{"--mount-proc"}, nil)
 	containerTmpfs(t, c.init, dir)
 	checkContainerProc(t, c.init, dir)
+	// An mqueue of the container's IPC namespace.
+	if out, err := exec.Command("nsenter", "--target", fmt.Sprint(c.init), "--mount", "--ipc", "--", "mount", "-t", "mqueue", "boxmq", mq).CombinedOutput(); err != nil {
+		t.Fatalf("mount an mqueue in the container: %v: %s", err, out)
+	}
 	imgDir := t.TempDir()
 	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: imgDir, Logger: testLogger(t)}); err != nil {
 		t.Fatalf("dump the container's init %d: %v", c.init, err)
@@ -116,6 +122,9 @@ func TestContainerMountProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	imageProc(t, img, dir)
+	if i := slices.IndexFunc(img.Mounts.Mounts, func(m core.Mount) bool { return m.Point == mq }); i < 0 || !img.Mounts.Mounts[i].Container {
+		t.Errorf("the container's mqueue at %s is not in the image as one of its namespaces': %+v", mq, img.Mounts.Mounts)
+	}
 	r := restoreOK(t, imgDir, c.Log)
 	r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
 	checkContainerInside(t, c.Log, c.init, c.child, "box-proc", last)
