@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +22,7 @@ import (
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/target"
 )
 
 // containerProcPIDs lists the processes the container whose init is pid
@@ -201,5 +203,55 @@ func TestContainerMountProcLive(t *testing.T) {
 		if to == c.A {
 			containerReport(t, p.Log, init, "box-plive")
 		}
+	}
+}
+
+// TestContainerMountProcCheckFails: a restored container whose proc
+// differs from its image's (the image edited: hidepid=2 in its superblock
+// options) fails Check, and the restore ends with every process of the
+// container killed and reaped, not hung waiting for them.
+func TestContainerMountProcCheckFails(t *testing.T) {
+	testutil.RequireRoot(t)
+	c := startContainer(t, "box-bad", []string{"--mount-proc"}, nil)
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump the container's init %d: %v", c.init, err)
+	}
+	c.Reap(t)
+	edited := false
+	editMeta(t, dir, func(m map[string]any) {
+		for _, mt := range m["mounts"].(map[string]any)["mounts"].([]any) {
+			if mm := mt.(map[string]any); mm["container"] == true && mm["fstype"] == "proc" {
+				mm["super"], edited = "rw,hidepid=2", true
+			}
+		}
+	})
+	if !edited {
+		t.Fatal("the image has no proc of the container's")
+	}
+	kids := testutil.Children()
+	done := make(chan error, 1)
+	go func() {
+		_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t), Check: true})
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(short):
+		t.Fatalf("the restore of a container that fails Check did not end in %v", short)
+	}
+	var ce *target.CheckError
+	if !errors.As(err, &ce) {
+		t.Fatalf("restore: %v, want a CheckError", err)
+	}
+	t.Logf("refused: %v", err)
+	for _, pid := range []int{c.init, c.child} {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			t.Errorf("process %d is there after the failed restore", pid)
+		}
+	}
+	if got := testutil.Children(); !slices.Equal(got, kids) {
+		t.Errorf("children of the test process after the failed restore: %v, before %v", got, kids)
 	}
 }
