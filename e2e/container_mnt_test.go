@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -148,62 +147,10 @@ func TestContainerMountProcLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCluster(t, cluster.Options{})
-	unshare, args := containerArgs(t, "box-plive", []string{"--mount-proc"}, nil)
-	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
-	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
-	waitLogTick(t, p.Log, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	containerTmpfs(t, kids[0], dir)
-	checkContainerProc(t, kids[0], dir)
-	// The init as node A sees it.
-	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
-	if len(levels) < 3 {
-		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
-	}
-	nodePID, _ := strconv.Atoi(levels[len(levels)-2])
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for _, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
-		from, to := hop[0], hop[1]
-		last := len(testutil.LogLines(t, p.Log))
-		res, err := c.Migrate(ctx, from, to, nodePID)
-		if err != nil {
-			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
-		}
-		if res.Outcome != "resumed" {
-			t.Fatalf("report: %+v", res)
-		}
-		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
-		procs, err := to.Find("container")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var init, child int
-		for _, pi := range procs {
-			switch innerIDs(t, pi.PID).pid {
-			case 1:
-				init = pi.PID
-			case 2:
-				child = pi.PID
-			}
-		}
-		if init == 0 || child == 0 {
-			t.Fatalf("on %s after the migration: %+v", to, procs)
-		}
-		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)
-		checkContainerInside(t, p.Log, init, child, "box-plive", last)
+	liveContainer(t, c, "box-plive", []string{"--mount-proc"}, func(init int) {
+		containerTmpfs(t, init, dir)
 		checkContainerProc(t, init, dir)
-		if to == c.A {
-			containerReport(t, p.Log, init, "box-plive")
-		}
-	}
+	}, func(init int) { checkContainerProc(t, init, dir) })
 }
 
 // TestContainerMountProcCheckFails: a restored container whose proc

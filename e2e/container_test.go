@@ -288,7 +288,16 @@ func TestContainerRefusals(t *testing.T) {
 // messages, and its checks pass throughout.
 func TestContainerLive(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
-	unshare, args := containerArgs(t, "box-live", nil, nil)
+	liveContainer(t, c, "box-live", nil, nil, nil)
+}
+
+// liveContainer starts the container workload named host (with extra
+// unshare flags) on node A, runs started with its init (as this host
+// sees it), moves it live to node B and back, and checks it after each
+// hop, and with after (given its init here).
+func liveContainer(t *testing.T, c *cluster.Cluster, host string, extra []string, started, after func(init int)) {
+	t.Helper()
+	unshare, args := containerArgs(t, host, extra, nil)
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -299,6 +308,9 @@ func TestContainerLive(t *testing.T) {
 	kids := childrenOf(t, p.PID)
 	if len(kids) != 1 {
 		t.Fatalf("unshare %d has children %v", p.PID, kids)
+	}
+	if started != nil {
+		started(kids[0])
 	}
 	// The init as node A sees it.
 	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
@@ -337,9 +349,12 @@ func TestContainerLive(t *testing.T) {
 			t.Fatalf("on %s after the migration: %+v", to, procs)
 		}
 		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)
-		checkContainerInside(t, p.Log, init, child, "box-live", last)
+		checkContainerInside(t, p.Log, init, child, host, last)
+		if after != nil {
+			after(init)
+		}
 		if to == c.A {
-			containerReport(t, p.Log, init, "box-live")
+			containerReport(t, p.Log, init, host)
 		}
 	}
 }
