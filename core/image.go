@@ -746,6 +746,9 @@ func (img *Image) Validate() error {
 	if err := validateMounts(img.Mounts, img.Blobs); err != nil {
 		return err
 	}
+	if err := validateContainerMounts(img); err != nil {
+		return err
+	}
 	// Every PID and TID once in the whole image: clone3 cannot make one
 	// twice.
 	ids := map[int]bool{}

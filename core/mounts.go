@@ -50,6 +50,11 @@ type Mount struct {
 	FSType string `json:"fstype"`
 	Source string `json:"source"`
 	Super  string `json:"super"` // superblock options
+	// Container is set for a MountFresh of a container's own namespace: a
+	// proc of its PID namespace, an mqueue of its IPC namespace. The
+	// restore mounts it from inside them (its init mounts it), after the
+	// rest of the table; no mount may be on it.
+	Container bool `json:"container,omitempty"`
 	// From is the host path a MountBind binds.
 	From string `json:"from,omitempty"`
 	// Files are a tmpfs's contents, parents before their children.
@@ -141,6 +146,9 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 		default:
 			return bad("kind %q", m.Kind)
 		}
+		if m.Container && (m.Kind != MountFresh || (m.FSType != "proc" && m.FSType != "mqueue") || m.Shared) {
+			return bad("a mount of the container's namespaces that is not a fresh proc or mqueue, or shared")
+		}
 		if m.Top != nil && (m.Kind != MountTmpfs || m.Top.Path != "." || m.Top.Mode&sIFMT != sIFDIR || m.Top.Mode&^(sIFMT|0o7777) != 0 ||
 			m.Top.Link != "" || m.Top.Data != "" || m.Top.HardLink != "" || m.Top.Covered) {
 			return bad("root directory %+v", *m.Top)
@@ -192,6 +200,25 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 				return bad("file %q of type %#o", f.Path, f.Mode&sIFMT)
 			}
 			seen[f.Path] = f.Mode & sIFMT
+		}
+	}
+	return nil
+}
+
+// validateContainerMounts checks that a mount of a container's own
+// namespaces (Mount.Container) is in the image of a container that has
+// that namespace: a proc, a new PID namespace; an mqueue, a new IPC one.
+func validateContainerMounts(img *Image) error {
+	if img.Mounts == nil {
+		return nil
+	}
+	ns := img.Namespaces
+	for _, m := range img.Mounts.Mounts {
+		if !m.Container {
+			continue
+		}
+		if ns == nil || ns.PID == nil || (m.FSType == "mqueue" && ns.IPC == nil) {
+			return fmt.Errorf("mount %d at %q: a %s of the container's namespaces in an image without them", m.ID, m.Point, m.FSType)
 		}
 	}
 	return nil

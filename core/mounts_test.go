@@ -37,11 +37,40 @@ func TestValidateMounts(t *testing.T) {
 		"files in a bind":  func(ns *MountNS) { ns.Mounts[2].Files = ns.Mounts[1].Files },
 		"empty link":       func(ns *MountNS) { ns.Mounts[1].Files[3].Link = "" },
 		"no mounts":        func(ns *MountNS) { ns.Mounts = nil },
+		"container tmpfs":  func(ns *MountNS) { ns.Mounts[1].Container = true },
+		"container sysfs":  func(ns *MountNS) { ns.Mounts[3].Container, ns.Mounts[3].FSType = true, "sysfs" },
+		"container shared": func(ns *MountNS) { ns.Mounts[3].Container, ns.Mounts[3].Shared = true, true },
 	} {
 		ns := good()
 		change(ns)
 		if err := validateMounts(ns, blobs); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestValidateContainerMounts: a mount of a container's namespaces only
+// in the image of a container with them.
+func TestValidateContainerMounts(t *testing.T) {
+	img := func(fstype string, ns *Namespaces) *Image {
+		return &Image{Namespaces: ns, Mounts: &MountNS{Mounts: []Mount{
+			{Kind: MountHost, ID: 1, Point: "/", Root: "/"},
+			{Kind: MountFresh, ID: 2, Point: "/p", Root: "/", FSType: fstype, Container: true},
+		}}}
+	}
+	withPID := &Namespaces{PID: &PIDNamespace{}}
+	withIPC := &Namespaces{PID: &PIDNamespace{}, IPC: &IPCNamespace{}}
+	for _, c := range []struct {
+		img *Image
+		ok  bool
+	}{
+		{img("proc", withPID), true},
+		{img("mqueue", withIPC), true},
+		{img("proc", nil), false},
+		{img("mqueue", withPID), false},
+	} {
+		if err := validateContainerMounts(c.img); (err == nil) != c.ok {
+			t.Errorf("%s in %+v: %v", c.img.Mounts.Mounts[1].FSType, c.img.Namespaces, err)
 		}
 	}
 }

@@ -181,8 +181,8 @@ func TestContainerDumpRestore(t *testing.T) {
 }
 
 // TestContainerRefusals: a process inside a container that is not its
-// init is refused, saying to dump the init; a container with a mount
-// namespace of its own is refused naming "mnt"; a process that entered
+// init is refused, saying to dump the init; a container with a mount on
+// its own proc is refused naming it; a process that entered
 // the container's PID namespace from outside is refused by its PID. Each
 // runs on.
 func TestContainerRefusals(t *testing.T) {
@@ -198,11 +198,23 @@ func TestContainerRefusals(t *testing.T) {
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("mnt", func(t *testing.T) {
-		c := startContainer(t, "box-mnt", []string{"--mount"}, nil)
-		_, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
-		var ne *source.NamespaceError
-		if !errors.As(err, &ne) || !slices.Contains(ne.Kinds, "mnt") {
-			t.Fatalf("dump of a container with a mount namespace: %v, want a NamespaceError naming mnt", err)
+		// A mount on the container's own proc, which the restore mounts
+		// from inside the container after the rest of the table.
+		c := startContainer(t, "box-mnt", []string{"--mount-proc"}, nil)
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/proc/driver", c.init)); err != nil {
+			testutil.Unavailable(t, "this kernel's proc has no directory driver to mount on: %v", err)
+		}
+		nsenter, err := exec.LookPath("nsenter")
+		if err != nil {
+			testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
+		}
+		if out, err := exec.Command(nsenter, "--target", fmt.Sprint(c.init), "--mount", "--", "mount", "-t", "tmpfs", "-o", "size=64k", "ontop", "/proc/driver").CombinedOutput(); err != nil {
+			t.Fatalf("mount a tmpfs on the container's proc: %v: %s", err, out)
+		}
+		_, err = source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ue *source.UnsupportedMountError
+		if !errors.As(err, &ue) || ue.Point != "/proc/driver" || ue.FSType != "tmpfs" {
+			t.Fatalf("dump of a container with a mount on its proc: %v, want an UnsupportedMountError of /proc/driver", err)
 		}
 		t.Logf("refused: %v", err)
 		c.WaitTick(t, short, c.LastTick(t)+3)
@@ -276,7 +288,16 @@ func TestContainerRefusals(t *testing.T) {
 // messages, and its checks pass throughout.
 func TestContainerLive(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
-	unshare, args := containerArgs(t, "box-live", nil, nil)
+	liveContainer(t, c, "box-live", nil, nil, nil)
+}
+
+// liveContainer starts the container workload named host (with extra
+// unshare flags) on node A, runs started with its init (as this host
+// sees it), moves it live to node B and back, and checks it after each
+// hop, and with after (given its init here).
+func liveContainer(t *testing.T, c *cluster.Cluster, host string, extra []string, started, after func(init int)) {
+	t.Helper()
+	unshare, args := containerArgs(t, host, extra, nil)
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -287,6 +308,9 @@ func TestContainerLive(t *testing.T) {
 	kids := childrenOf(t, p.PID)
 	if len(kids) != 1 {
 		t.Fatalf("unshare %d has children %v", p.PID, kids)
+	}
+	if started != nil {
+		started(kids[0])
 	}
 	// The init as node A sees it.
 	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
@@ -325,9 +349,12 @@ func TestContainerLive(t *testing.T) {
 			t.Fatalf("on %s after the migration: %+v", to, procs)
 		}
 		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)
-		checkContainerInside(t, p.Log, init, child, "box-live", last)
+		checkContainerInside(t, p.Log, init, child, host, last)
+		if after != nil {
+			after(init)
+		}
 		if to == c.A {
-			containerReport(t, p.Log, init, "box-live")
+			containerReport(t, p.Log, init, host)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -104,10 +105,96 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		}
 		ns.Mounts = append(ns.Mounts, cm)
 	}
+	if err := containerMounts(pid, ns); err != nil {
+		return nil, err
+	}
 	if err := checkRoot(pid, ns); err != nil {
 		return nil, err
 	}
 	return ns, nil
+}
+
+// containerMounts marks, when process pid is in a container (a PID
+// namespace other than migrate's), the fresh proc mounts of the
+// container's PID namespace and the mqueue mounts of its IPC namespace
+// (core.Mount.Container): the restore mounts them from inside the new
+// ones. A proc of migrate's PID namespace, an mqueue of its IPC namespace,
+// is left to the restorer (a fresh one of the restoring host's, as
+// outside a container); one of any other namespace is refused, and so is
+// a mount on or under a mount of the container's (those are mounted
+// last).
+func containerMounts(pid int, ns *core.MountNS) error {
+	kinds := map[string][2]string{} // kind -> migrate's namespace, pid's
+	for _, kind := range []string{"pid", "ipc"} {
+		mine, err := nsLink("self", kind)
+		if err != nil {
+			return err
+		}
+		its, err := nsLink(strconv.Itoa(pid), kind)
+		if err != nil {
+			return fmt.Errorf("process %d: namespace %s: %w", pid, kind, err)
+		}
+		kinds[kind] = [2]string{mine, its}
+	}
+	if kinds["pid"][0] == kinds["pid"][1] {
+		return nil
+	}
+	var mqDevs [2]string // of migrate's IPC namespace, of pid's
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountFresh {
+			continue
+		}
+		refuse := func(reason string) error {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: reason}
+		}
+		switch m.FSType {
+		case "proc":
+			pidNS, err := proc.MountPIDNS(pid, m.Point, uint64(m.ID))
+			if errors.Is(err, proc.ErrOtherMount) {
+				return refuse("another mount covers it: the PID namespace it shows cannot be told")
+			}
+			if err != nil {
+				return refuse(fmt.Sprintf("the PID namespace it shows cannot be read: %v", err))
+			}
+			switch pidNS {
+			case kinds["pid"][1]:
+				m.Container = true
+			case kinds["pid"][0]:
+			default:
+				return refuse(fmt.Sprintf("a proc of PID namespace %s, neither the container's (%s) nor migrate's: not carried", pidNS, kinds["pid"][1]))
+			}
+		case "mqueue":
+			if mqDevs[0] == "" {
+				var err error
+				if mqDevs[0], err = proc.MqueueDev(os.Getpid()); err != nil {
+					return err
+				}
+				if mqDevs[1], err = proc.MqueueDev(pid); err != nil {
+					return fmt.Errorf("process %d: %w", pid, err)
+				}
+			}
+			switch {
+			case m.Dev == mqDevs[1] && kinds["ipc"][0] != kinds["ipc"][1]:
+				m.Container = true
+			case m.Dev == mqDevs[0]:
+			default:
+				return refuse("an mqueue of an IPC namespace neither the container's nor migrate's: not carried")
+			}
+		}
+	}
+	for i, m := range ns.Mounts {
+		if !m.Container {
+			continue
+		}
+		for _, o := range ns.Mounts[i+1:] {
+			if o.Point == m.Point || m.Point == "/" || strings.HasPrefix(o.Point, m.Point+"/") {
+				return &UnsupportedMountError{PID: pid, Point: o.Point, FSType: o.FSType, Reason: fmt.Sprintf(
+					"it is mounted on %s, a %s of the container's own namespace, which the restore mounts from inside the container after the rest of the table: not supported", m.Point, m.FSType)}
+			}
+		}
+	}
+	return nil
 }
 
 // propagation sets the propagation of cm (mount m of the namespace), or

@@ -166,13 +166,10 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if err := checkTimeNamespace(pid); err != nil {
 		return err
 	}
-	// A mount namespace of its own is carried too (mounts.go), but not yet
-	// a container's: a fresh proc or mqueue of its table would be mounted
-	// by the restorer, outside the container's new PID and IPC
-	// namespaces, and show the host's processes.
-	if !container {
-		differ = slices.DeleteFunc(differ, func(kind string) bool { return kind == "mnt" })
-	}
+	// A mount namespace of its own is carried too (mounts.go), in a
+	// container or not: a container's proc and mqueue mounts of its own
+	// namespaces are mounted from inside them.
+	differ = slices.DeleteFunc(differ, func(kind string) bool { return kind == "mnt" })
 	var refused []string
 	for _, kind := range differ {
 		i := slices.IndexFunc(namespaceKinds, func(k nsKind) bool { return k.name == kind })
@@ -196,7 +193,7 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if len(refused) > 0 {
 		reason := "its restore would put it in migrate's own; run migrate inside them (nsenter)"
 		if container {
-			reason = "migrate carries a container's PID, UTS and IPC namespaces, not these"
+			reason = "migrate carries a container's PID, UTS, IPC, mount and time namespaces, not these"
 		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") {
 			reason += ", or dump the init of the container's PID namespace"
 		}

@@ -142,10 +142,76 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	if err != nil {
 		return err
 	}
-	if d := diffMounts(ns.Mounts, got); d != "" {
+	own := slices.DeleteFunc(slices.Clone(ns.Mounts), func(m core.Mount) bool { return m.Container })
+	if d := diffMounts(own, got); d != "" {
 		return fmt.Errorf("the namespace built differs from the image's: %s", d)
 	}
 	return nil
+}
+
+// mountInContainer mounts the mounts of the container's own namespaces
+// (core.Mount.Container: its proc, its mqueue), in the table's order, from
+// inside them: the root, just cloned into them out of the husk (and into
+// its mount namespace), mounts each. None is shared, and nothing is on
+// them (the dump refuses both).
+//
+// Preconditions: the root is still a copy of the husk, seized.
+func (r *restorer) mountInContainer() error {
+	ns := r.img.Mounts
+	if ns == nil {
+		return nil
+	}
+	b := &nsBuilder{r: r, hp: r.p, ns: ns}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if !m.Container {
+			continue
+		}
+		flags, err := mountFlags(m.Options)
+		if err != nil {
+			return &MountError{Point: m.Point, Reason: err.Error()}
+		}
+		if err := ensureMountPoint(r.pid, ns.Mounts[:i], m); err != nil {
+			return fmt.Errorf("mount namespace: mount point %s: %w", m.Point, err)
+		}
+		if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
+			return fmt.Errorf("mount namespace: in the container: %w", err)
+		}
+		if err := b.mount("", m.Point, "", unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("mount namespace: in the container: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkContainerMount checks that mount m of the image, of the
+// container's own namespaces, is mounted at its place in the restored
+// root's namespace (the topmost there, mount id) and shows the root's
+// PID namespace (a proc) or IPC namespace (an mqueue); "" if so.
+func checkContainerMount(root int, m *core.Mount, id int, dev string) string {
+	switch m.FSType {
+	case "proc":
+		got, err := proc.MountPIDNS(root, m.Point, uint64(id))
+		if err != nil {
+			return "a proc whose process 1 cannot be read: " + err.Error()
+		}
+		want, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", root))
+		if err != nil {
+			return err.Error()
+		}
+		if got != want {
+			return fmt.Sprintf("a proc of PID namespace %s, not the container's %s", got, want)
+		}
+	case "mqueue":
+		want, err := proc.MqueueDev(root)
+		if err != nil {
+			return err.Error()
+		}
+		if dev != want {
+			return fmt.Sprintf("an mqueue of device %s, not the container's IPC namespace's %s", dev, want)
+		}
+	}
+	return ""
 }
 
 // keepHost matches each host mount of the image with one of the copy of
@@ -172,9 +238,20 @@ func (b *nsBuilder) keepHost() error {
 		switch {
 		case c == nil && core.FreshFSTypes[m.FSType] && m.Root == "/" && !m.Slave:
 			// A virtual filesystem whose instance was the dumping host's
-			// namespaces' (the sysfs of its network namespace): here
-			// mounted fresh, this host's instance.
-			b.fresh[m.ID] = true
+			// namespaces' (the sysfs of its network namespace): here this
+			// host's instance, its counterpart here (the same
+			// filesystem at the same place, with the same source and
+			// superblock options) kept, or else mounted fresh. (Kept,
+			// the next dump finds it the host's again, not a fresh one a
+			// container's mount may cover.)
+			for j := range b.cur {
+				h := &b.cur[j]
+				if !used[h.ID] && h.Point == m.Point && h.FSType == m.FSType && h.Root == m.Root && h.Source == m.Source && h.Super == m.Super {
+					b.kept[m.ID], used[h.ID] = h, true
+					break
+				}
+			}
+			b.fresh[m.ID] = b.kept[m.ID] == nil
 		case c == nil:
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("%s %s of device %s, a mount of the dumping host, is not mounted here", m.FSType, m.Root, m.Dev)}
 		case m.Slave && c.Master() == 0:
@@ -249,6 +326,9 @@ func (b *nsBuilder) unmountOthers() error {
 func (b *nsBuilder) mountOwn() error {
 	for i := range b.ns.Mounts {
 		m := &b.ns.Mounts[i]
+		if m.Container {
+			continue // mounted from inside the container (mountInContainer)
+		}
 		flags, err := mountFlags(m.Options)
 		if err != nil {
 			return &MountError{Point: m.Point, Reason: err.Error()}
@@ -610,6 +690,25 @@ func (b *Builder) checkMounts() []Difference {
 	}
 	if d := diffMounts(ns.Mounts, got); d != "" {
 		diffs = append(diffs, Difference{PID: root, What: "mount table", Want: "the image's", Got: d})
+	}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if !m.Container {
+			continue
+		}
+		// The topmost mount at its point (nothing is on it).
+		var top *proc.MountInfo
+		for j := range got {
+			if got[j].Point == m.Point {
+				top = &got[j]
+			}
+		}
+		what := fmt.Sprintf("%s %s of the container's namespaces", m.FSType, m.Point)
+		if top == nil || top.FSType != m.FSType {
+			diffs = append(diffs, Difference{PID: root, What: what, Want: "mounted", Got: "not the topmost mount there"})
+		} else if d := checkContainerMount(root, m, top.ID, top.Dev); d != "" {
+			diffs = append(diffs, Difference{PID: root, What: what, Want: "the container's", Got: d})
+		}
 	}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]

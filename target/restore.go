@@ -547,8 +547,11 @@ func (r *session) warn(format string, args ...any) {
 func (r *restorer) abort() {
 	if r.p != nil {
 		// The process is a child of the husk, init or a restored parent:
-		// its tracer waits it dead, its parent reaps it.
-		r.p.Kill(r.parent == nil)
+		// its tracer waits it dead, its parent reaps it. In a container
+		// the tracer's wait lets go of it first: its init, killed after
+		// it, waits in the kernel for every process of its namespace to
+		// be reaped, and cannot reap a zombie still traced.
+		r.p.Kill(r.parent == nil || r.container())
 	}
 	if r.hp != nil {
 		r.hp.Kill(true)
@@ -752,6 +755,9 @@ func (r *restorer) createRoot() error {
 	}
 	if r.container() {
 		if err := r.setUTS(); err != nil {
+			return err
+		}
+		if err := r.mountInContainer(); err != nil {
 			return err
 		}
 	}

@@ -117,3 +117,59 @@ func Readlinkat(dir int, name string) (string, error) {
 	}
 	return string(buf[:n]), nil
 }
+
+// MountPIDNS returns the PID namespace (as /proc/PID/ns/pid names it) of
+// the proc filesystem mounted at point in process pid's mount namespace:
+// that of its process 1. The topmost mount at point must be mount
+// mountID, or it is ErrOtherMount.
+func MountPIDNS(pid int, point string, mountID uint64) (string, error) {
+	fd, err := OpenInMountNS(pid, point)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	var st unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+		return "", err
+	}
+	if st.Mnt_id != mountID {
+		return "", ErrOtherMount
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return "", err
+	}
+	if fs.Type != unix.PROC_SUPER_MAGIC {
+		return "", fmt.Errorf("%s is not a proc filesystem (%#x)", point, fs.Type)
+	}
+	return Readlinkat(fd, "1/ns/pid")
+}
+
+// MqueueDev returns the device (major:minor, as mountinfo shows it) of
+// the mqueue filesystem of process pid's IPC namespace: every mqueue
+// mounted in that namespace has it.
+func MqueueDev(pid int) (string, error) {
+	var dev string
+	err := InNamespace(pid, unix.CLONE_NEWIPC, func() error {
+		fs, err := unix.Fsopen("mqueue", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("fsopen mqueue: %w", err)
+		}
+		defer unix.Close(fs)
+		if err := unix.FsconfigCreate(fs); err != nil {
+			return fmt.Errorf("create mqueue: %w", err)
+		}
+		mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("fsmount mqueue: %w", err)
+		}
+		defer unix.Close(mnt)
+		var st unix.Stat_t
+		if err := unix.Fstat(mnt, &st); err != nil {
+			return err
+		}
+		dev = fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+		return nil
+	})
+	return dev, err
+}
