@@ -78,6 +78,9 @@ type Image struct {
 	// Mounts is the processes' mount namespace when it was not the
 	// dumping migrate's (see MountNS).
 	Mounts *MountNS `json:"mounts,omitempty"`
+	// CgroupLimits are the limits of the processes' cgroup v2 cgroups
+	// (not the root's, not the dumping migrate's).
+	CgroupLimits []CgroupLimits `json:"cgroup_limits,omitempty"`
 }
 
 // Blob is the size and SHA-256 (hex) of one file of the image.
@@ -733,6 +736,9 @@ func (img *Image) Validate() error {
 		return fmt.Errorf("%d processes in the tree", len(img.Tree))
 	}
 	if err := validateShm(img); err != nil {
+		return err
+	}
+	if err := validateCgroupLimits(img.CgroupLimits); err != nil {
 		return err
 	}
 	if img.Clocks != nil {

@@ -1,8 +1,14 @@
 package source
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
@@ -36,4 +42,73 @@ func foldCgroups(p *core.Process) {
 			p.Threads[i].Cgroups = nil
 		}
 	}
+}
+
+// readCgroupLimits records the limits of the cgroup v2 cgroups of procs
+// (core.CgroupLimits): every one but the root and the one migrate runs
+// in, each once. A limit file the cgroup lacks (its controller not
+// enabled) is left out.
+func readCgroupLimits(procs []core.Process) ([]core.CgroupLimits, error) {
+	own, err := proc.ReadCgroups(os.Getpid(), os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("migrate's cgroups: %w", err)
+	}
+	skip := map[string]bool{"/": true}
+	for _, c := range own {
+		if c.Controllers == "" {
+			skip[c.Path] = true
+		}
+	}
+	var mounts []proc.CgroupMount
+	var out []core.CgroupLimits
+	for i := range procs {
+		for _, c := range procs[i].Cgroups {
+			if c.Controllers != "" || skip[c.Path] {
+				continue
+			}
+			skip[c.Path] = true
+			if mounts == nil {
+				if mounts, err = proc.ReadCgroupMounts(); err != nil {
+					return nil, fmt.Errorf("cgroup mounts: %w", err)
+				}
+			}
+			m, rel, ok := proc.CgroupMountFor(mounts, "", c.Path)
+			if !ok {
+				return nil, fmt.Errorf("cgroup v2 %s: the hierarchy is not mounted here", c.Path)
+			}
+			cl, err := readLimits(m.Dir, rel, c.Path)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, cl)
+		}
+	}
+	return out, nil
+}
+
+// readLimits reads the limits of cgroup path, directory rel below the
+// cgroup2 mount at dir.
+func readLimits(dir, rel, path string) (core.CgroupLimits, error) {
+	cl := core.CgroupLimits{Path: path, Files: map[string]string{}}
+	parent := filepath.Dir(rel)
+	sub, err := proc.ReadCgroupFile(dir, parent, "cgroup.subtree_control")
+	if err != nil {
+		return cl, fmt.Errorf("cgroup v2 %s: its parent's controllers: %w", path, err)
+	}
+	for _, ctl := range strings.Fields(sub) {
+		if slices.Contains(core.CgroupLimitControllers, ctl) {
+			cl.Controllers = append(cl.Controllers, ctl)
+		}
+	}
+	for _, name := range core.CgroupLimitFiles {
+		v, err := proc.ReadCgroupFile(dir, rel, name)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return cl, fmt.Errorf("cgroup v2 %s: %w", path, err)
+		}
+		cl.Files[name] = v
+	}
+	return cl, nil
 }

@@ -322,6 +322,9 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	img.Blobs = ss.blobSums
 	img.Shm = ss.shm
 	img.Mounts = ss.mounts
+	if img.CgroupLimits, err = readCgroupLimits(append([]core.Process{img.Process}, img.Tree...)); err != nil {
+		return nil, err
+	}
 	if err := core.WriteImage(ss.dir, img); err != nil {
 		return nil, fmt.Errorf("write image metadata: %w", err)
 	}

@@ -584,6 +584,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		}
 		ll.Process = *a.d.proc
 		ll.Process.VMAs = layouts[0]
+		if ll.CgroupLimits, err = readCgroupLimits(append([]core.Process{ll.Process}, ll.Tree...)); err != nil {
+			return err
+		}
 		if a.d.container {
 			// The namespaces to make, and the PIDs of the processes
 			// inside: their threads and System V objects come with the
@@ -889,6 +892,10 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		a.img.Tree = append(a.img.Tree, *m.proc)
 	}
 	a.img.Tree = append(a.img.Tree, a.zombies...)
+	var err error
+	if a.img.CgroupLimits, err = readCgroupLimits(append([]core.Process{a.img.Process}, a.img.Tree...)); err != nil {
+		return nil, err
+	}
 	if d.container {
 		ns, err := d.readNamespaces(a.img, true)
 		if err != nil {

@@ -23,6 +23,17 @@ type RestoreOptions struct {
 	// with: each one, and no other (an *InheritError otherwise, before
 	// anything is built).
 	Inherit []Inherit
+	// ApplyCgroupLimits: a cgroup v2 cgroup of the image that this host
+	// has with other limits (core.CgroupLimits) gets the image's, where
+	// by default the restore is refused (a *CgroupError naming the file
+	// and both values). A cgroup this host lacks is created with them
+	// either way.
+	ApplyCgroupLimits bool
+	// CgroupRoot, if set, is the cgroup v2 directory (from the root of
+	// the hierarchy, as /proc/PID/cgroup shows it) under which the
+	// processes' cgroups are made and joined, in place of the image's
+	// paths.
+	CgroupRoot string
 }
 
 // RestoreReport says what a restore did.

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -23,7 +21,10 @@ type CgroupError struct {
 	Controllers string
 	Path        string
 	Reason      string
-	Err         error
+	// File, Want and Have, for a limit (core.CgroupLimits): the file, the
+	// image's value and this host's.
+	File, Want, Have string
+	Err              error
 }
 
 func (e *CgroupError) Error() string {
@@ -125,41 +126,25 @@ func currentCgroups(pid, tid int) (map[string]string, error) {
 // cgroupMountFor finds a mount of w's hierarchy that shows w.Path, and
 // the path of w's directory relative to it.
 func cgroupMountFor(mounts []proc.CgroupMount, w core.Cgroup) (proc.CgroupMount, string, bool) {
-	for _, m := range mounts {
-		if m.Controllers != w.Controllers {
-			continue
-		}
-		root := strings.TrimSuffix(m.Root, "/")
-		if w.Path == m.Root || root == "" || strings.HasPrefix(w.Path, root+"/") {
-			rel := strings.TrimPrefix(strings.TrimPrefix(w.Path, root), "/")
-			if rel == "" {
-				rel = "."
-			}
-			return m, rel, true
-		}
-	}
-	return proc.CgroupMount{}, "", false
+	return proc.CgroupMountFor(mounts, w.Controllers, w.Path)
 }
 
 // writeCgroupFile writes id into file of directory rel below the mount
 // at dir, resolving rel beneath dir without symbolic links.
 func writeCgroupFile(dir, rel, file string, id int) error {
-	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	return writeCgroupString(dir, rel, file, strconv.Itoa(id))
+}
+
+// writeCgroupString writes v into file of directory rel below the mount
+// at dir (proc.OpenBeneath).
+func writeCgroupString(dir, rel, file, v string) error {
+	f, err := proc.OpenBeneath(dir, rel+"/"+file, unix.O_WRONLY)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: dir, Err: err}
+		return err
 	}
-	defer unix.Close(dfd)
-	name := rel + "/" + file
-	fd, err := unix.Openat2(dfd, name, &unix.OpenHow{
-		Flags:   unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
-	})
-	if err != nil {
-		return &os.PathError{Op: "open", Path: dir + "/" + name, Err: err}
-	}
-	defer unix.Close(fd)
-	if _, err := unix.Write(fd, []byte(strconv.Itoa(id))); err != nil {
-		return &os.PathError{Op: "write", Path: dir + "/" + name, Err: err}
+	defer f.Close()
+	if _, err := f.WriteString(v); err != nil {
+		return err
 	}
 	return nil
 }

@@ -548,6 +548,7 @@ func (b *Builder) check() error {
 	diffs = append(diffs, b.checkSysV()...)
 	diffs = append(diffs, b.checkNamespaces()...)
 	diffs = append(diffs, b.checkMounts()...)
+	diffs = append(diffs, b.checkCgroupLimits()...)
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}

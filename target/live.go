@@ -43,7 +43,7 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, false)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -138,7 +138,8 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 // layoutImage is the image of a layout's processes, for checkIncoming.
 func layoutImage(ll *handoff.LiveLayout) *core.Image {
 	return &core.Image{Kind: core.ImageKind, Version: core.ImageVersion, Process: ll.Process, Tree: ll.Tree, Shm: ll.Shm,
-		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU, Mounts: ll.Mounts}
+		Namespaces: ll.Namespaces, Pages: core.PagesInfo{File: core.PagesFile}, Clocks: ll.Clocks, CPU: ll.CPU, Mounts: ll.Mounts,
+		CgroupLimits: ll.CgroupLimits}
 }
 
 // validateLive is validate without the files of an image directory.

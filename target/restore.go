@@ -83,6 +83,12 @@ type session struct {
 	// inheritedAgentFD is, in a container, the fd of the pidfd for
 	// migrate that the husk opened and every process inherited.
 	inheritedAgentFD int
+	// cgroupsMade are the cgroups the restore created (prepareCgroups),
+	// removed if it fails.
+	cgroupsMade []madeCgroup
+	// applyCgroupLimits: a cgroup of the image this host has with other
+	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
+	applyCgroupLimits bool
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -145,7 +151,13 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := NewBuilder(ctx, opts.Dir, img, opts.Logger)
+	if opts.CgroupRoot != "" {
+		if err := relocateCgroups(img, opts.CgroupRoot); err != nil {
+			return nil, err
+		}
+	}
+	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits)
 	if err != nil {
 		return nil, err
 	}
@@ -210,12 +222,12 @@ type Builder struct {
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	return newBuilder(ctx, dir, img, log, check, false)
+	return newBuilder(ctx, dir, img, log, check, false, false)
 }
 
 // newBuilder is NewBuilder with the check of the image given; live
 // builders map every area that may get pages writable.
-func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live bool) (*Builder, error) {
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool) (*Builder, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -225,7 +237,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -254,6 +266,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			}
 			return ss.prepareIPC(img)
 		}},
+		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -496,6 +509,7 @@ func (b *Builder) Discard() {
 		b.all[i].abort()
 	}
 	b.ss.discardSysV()
+	b.ss.discardCgroups()
 	b.release()
 }
 

@@ -41,6 +41,10 @@ type LiveLayout struct {
 	// mounts empty (their files come with the state's image, whose table
 	// must be this one).
 	Mounts *core.MountNS `json:"mounts,omitempty"`
+	// CgroupLimits are the limits of the processes' cgroup v2 cgroups:
+	// the target makes those it lacks at the first layout
+	// (core.CgroupLimits).
+	CgroupLimits []core.CgroupLimits `json:"cgroup_limits,omitempty"`
 	// Members, in the first layout, says the tree is moved whole as it
 	// changes: each page stream begins with its PID even with Tree empty,
 	// and a later round's layout may name processes the one before did
