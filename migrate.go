@@ -163,6 +163,16 @@ type RestoreOptions struct {
 	// its image names (DumpOptions.External): each one, and no other.
 	// --inherit-fd ID=fd:N, ID=PATH (target.ParseInherit).
 	Inherit []Inherit
+	// ApplyCgroupLimits: a cgroup v2 cgroup of the image that this host
+	// has with other limits than the image's gets the image's; by
+	// default the restore is refused, naming the file and both values.
+	// A cgroup this host lacks is created with the image's limits either
+	// way. --cgroup-limits=apply.
+	ApplyCgroupLimits bool
+	// CgroupRoot, if set, is the cgroup v2 directory (from the
+	// hierarchy's root) under which the processes' cgroups are made and
+	// joined instead of at the image's paths. --cgroup-root.
+	CgroupRoot string
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -185,7 +195,8 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 			opts.Transfer(Transfer{Pages: pages, Planned: planned, Elapsed: elapsed})
 		}
 	}
-	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress})
+	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
 	if err != nil {
 		return nil, wrapErr(err)
 	}

@@ -44,9 +44,13 @@ stderr. With --json the full report goes to stdout instead.`,
 			asJSON bool
 			check  bool
 			inh    []string
+			limits string
+			cgRoot string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
+		fs.StringVar(&limits, "cgroup-limits", "check", "`check|apply`: a cgroup v2 cgroup of the image that this host has with other limits (memory.*, cpu.max, cpu.weight, pids.max) refuses the restore, naming the file and both values (check), or gets the image's (apply); one it lacks is created with them")
+		fs.StringVar(&cgRoot, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -55,6 +59,9 @@ stderr. With --json the full report goes to stdout instead.`,
 			}
 			if dir == "" {
 				return usagef("--dir is required")
+			}
+			if limits != "check" && limits != "apply" {
+				return usagef("--cgroup-limits %q: check or apply", limits)
 			}
 			var inherit []migrate.Inherit
 			for _, s := range inh {
@@ -68,7 +75,8 @@ stderr. With --json the full report goes to stdout instead.`,
 			if !asJSON {
 				transfer = e.transferStatus("restore", false)
 			}
-			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer})
+			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
+				ApplyCgroupLimits: limits == "apply", CgroupRoot: cgRoot})
 			e.clearStatus()
 			if err != nil {
 				return err
