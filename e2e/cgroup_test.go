@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
@@ -174,6 +175,12 @@ func TestRestoreRefusesMissingCgroup(t *testing.T) {
 	writeID(t, filepath.Join(gone, "cgroup.procs"), p.PID)
 	dir, img := dumpKill(t, p, "")
 	testutil.WaitFor(t, short, "the cgroup to be removed", func() bool { return os.Remove(gone) == nil })
+	// Without its limits in the image (an older migrate's), the cgroup is
+	// not made anew (TestCgroupRecreated): the restore is refused.
+	img.CgroupLimits = nil
+	if err := core.WriteImage(dir, img); err != nil {
+		t.Fatal(err)
+	}
 	kids := testutil.Children()
 	_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
 	var ce *target.CgroupError

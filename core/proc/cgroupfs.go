@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"io"
 	"os"
 	"strings"
 
@@ -54,10 +55,9 @@ func ReadCgroupFile(dir, rel, file string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	b := make([]byte, 4096)
-	n, err := f.Read(b)
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return "", err
 	}
-	return strings.TrimSuffix(string(b[:n]), "\n"), nil
+	return strings.TrimSuffix(string(b), "\n"), nil
 }
