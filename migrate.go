@@ -366,6 +366,10 @@ type ServeOptions struct {
 	// that used or may use others is refused at its first layout.
 	// --xsave-features.
 	XSAVEFeatures uint64
+	// ApplyCgroupLimits and CgroupRoot are as in RestoreOptions, for
+	// every process served. --cgroup-limits, --cgroup-root.
+	ApplyCgroupLimits bool
+	CgroupRoot        string
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -405,7 +409,8 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 		}
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
-		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures})
+		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

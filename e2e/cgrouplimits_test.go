@@ -12,7 +12,9 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
+	"github.com/procmig/migrate/transport"
 )
 
 // testLimits are the limits the tests set, with the controllers they need.
@@ -247,4 +249,33 @@ func TestCgroupLimitsCheckApply(t *testing.T) {
 		t.Errorf("limits after apply %v, want %v", got, testLimits)
 	}
 	r.WaitTick(t, short, last+2)
+}
+
+// TestLiveCgroupRoot: a service with --cgroup-root makes the migrated
+// process's cgroup under it, at the first layout, and puts it there.
+func TestLiveCgroupRoot(t *testing.T) {
+	testutil.RequireRoot(t)
+	v2 := cgroupMount(t, "")
+	rootDir, root := makeCgroup(t, v2, "live-root")
+	dir, path := makeCgroup(t, v2, "live-rooted")
+	made := filepath.Join(rootDir, path)
+	t.Cleanup(func() { removeCgroup(t, made) })
+	addr := startServeWith(t, serveOptions{CgroupRoot: root}).Addr
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "8")
+	p.WaitLine(t, short, 0, "ready")
+	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
+		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if rep.Outcome != "resumed" {
+		t.Fatalf("report: %+v", rep)
+	}
+	p.WaitExit(t, short)
+	inner := findInNamespace(t, p.PID)
+	if got := v2Cgroup(t, inner); got != root+path {
+		t.Errorf("migrated process in cgroup %q, want %q", got, root+path)
+	}
 }

@@ -81,6 +81,8 @@ type serveOptions struct {
 	Time *[2]int
 	// XSAVE, if not zero, is the service's --xsave-features.
 	XSAVE uint64
+	// CgroupRoot, if set, is the service's --cgroup-root.
+	CgroupRoot string
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -127,6 +129,9 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	}
 	if o.Metrics != "" {
 		args = append(args, "--metrics", o.Metrics)
+	}
+	if o.CgroupRoot != "" {
+		args = append(args, "--cgroup-root", o.CgroupRoot)
 	}
 	cmd := exec.Command("unshare", args...)
 	if o.NoFile[0] > 0 {

@@ -167,6 +167,16 @@ func relocateCgroups(img *core.Image, root string) error {
 	if err := core.ValidPath(root); err != nil {
 		return fmt.Errorf("cgroup root: %w", err)
 	}
+	relocate(root, img.CgroupLimits, &img.Process)
+	for i := range img.Tree {
+		relocate(root, nil, &img.Tree[i])
+	}
+	return nil
+}
+
+// relocate puts the cgroup v2 paths of procs, their threads and limits
+// under root, a valid path.
+func relocate(root string, limits []core.CgroupLimits, procs ...*core.Process) {
 	move := func(cgs []core.Cgroup) {
 		for i := range cgs {
 			if cgs[i].Controllers == "" {
@@ -174,24 +184,15 @@ func relocateCgroups(img *core.Image, root string) error {
 			}
 		}
 	}
-	for _, p := range append([]*core.Process{&img.Process}, treePtrs(img)...) {
+	for _, p := range procs {
 		move(p.Cgroups)
 		for i := range p.Threads {
 			move(p.Threads[i].Cgroups)
 		}
 	}
-	for i := range img.CgroupLimits {
-		img.CgroupLimits[i].Path = path.Join(root, img.CgroupLimits[i].Path)
+	for i := range limits {
+		limits[i].Path = path.Join(root, limits[i].Path)
 	}
-	return nil
-}
-
-func treePtrs(img *core.Image) []*core.Process {
-	out := make([]*core.Process, len(img.Tree))
-	for i := range img.Tree {
-		out[i] = &img.Tree[i]
-	}
-	return out
 }
 
 // checkCgroupLimits compares the limits of the image's cgroups

@@ -33,7 +33,7 @@ import (
 // first layout (the root, and the tree's others): what can be checked
 // before the freeze is (executable, mapped files, directories, vdso, PIDs
 // free); blobs come with the state.
-func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger) (*Builder, error) {
+func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, applyCgroupLimits bool) (*Builder, error) {
 	img := layoutImage(ll) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
@@ -43,7 +43,7 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, false)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -229,6 +229,10 @@ type liveTarget struct {
 	b    *Builder
 	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
 	xcr0 uint64
+	// cgroupRoot and applyCgroupLimits are ServeOptions.CgroupRoot
+	// and ApplyCgroupLimits.
+	cgroupRoot        string
+	applyCgroupLimits bool
 
 	// members are the processes of the latest layout, zombies too;
 	// tree: the page streams begin with their PID; changes: the
@@ -336,6 +340,13 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
+	if t.cgroupRoot != "" {
+		procs := []*core.Process{&ll.Process}
+		for i := range ll.Tree {
+			procs = append(procs, &ll.Tree[i])
+		}
+		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
+	}
 	if ll.FDs > 0 {
 		// Room in this process's fd table for what the restore of the
 		// fds opens (a socket and its duplicate for a TCP connection):
@@ -352,7 +363,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log)
+		b, err := newLiveBuilder(ctx, ll, t.log, t.applyCgroupLimits)
 		if err != nil {
 			return err
 		}
@@ -594,6 +605,11 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	}
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
+	}
+	if t.cgroupRoot != "" {
+		if err := relocateCgroups(&ls.Image, t.cgroupRoot); err != nil {
+			return err
+		}
 	}
 	if t.b == nil {
 		return errors.New("state before any layout")

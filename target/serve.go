@@ -49,6 +49,10 @@ type ServeOptions struct {
 	// host's CPU is taken to have, fewer than its own (xgetbv): those of
 	// every host of a fleet, say. Serve refuses more than its own.
 	XCR0 uint64
+	// CgroupRoot and ApplyCgroupLimits are as in RestoreOptions, for
+	// every migration served.
+	CgroupRoot        string
+	ApplyCgroupLimits bool
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -91,6 +95,11 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.CgroupRoot != "" {
+		if err := core.ValidPath(opts.CgroupRoot); err != nil {
+			return fmt.Errorf("cgroup root: %w", err)
+		}
 	}
 	if extra := opts.XCR0 &^ hostXCR0(); extra != 0 {
 		if opts.Listener != nil {
@@ -212,6 +221,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	if opts.XCR0 != 0 {
 		t.xcr0 = opts.XCR0
 	}
+	t.cgroupRoot, t.applyCgroupLimits = opts.CgroupRoot, opts.ApplyCgroupLimits
 	t.hooks = hooks
 	t.notify = notify
 	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)

@@ -94,6 +94,8 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		addressFlag(fs, &addrs, "add it to LINK and announce it just before each migrated process resumes (an abort deletes it again)")
 		var xsave uint64
 		fs.Uint64Var(&xsave, "xsave-features", 0, "take this CPU's XSAVE features to be `MASK` (XCR0 bits, as `migrate check` prints them; fewer than the CPU's own): the features every host of a fleet has, so that a process that could not move on to each is refused here")
+		var cg cgroupFlags
+		cg.add(fs)
 		var metricsAddr string
 		fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics and the service's health on /healthz (HOST:PORT; plain HTTP, no authentication: a loopback or management address)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -116,11 +118,15 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 			if err := checkHooks(hooks, addrs, hook.Target); err != nil {
 				return err
 			}
+			if err := cg.check(); err != nil {
+				return err
+			}
 			cfg, err := auth.config()
 			if err != nil {
 				return err
 			}
 			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)

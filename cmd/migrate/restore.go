@@ -44,13 +44,11 @@ stderr. With --json the full report goes to stdout instead.`,
 			asJSON bool
 			check  bool
 			inh    []string
-			limits string
-			cgRoot string
+			cg     cgroupFlags
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
-		fs.StringVar(&limits, "cgroup-limits", "check", "`check|apply`: a cgroup v2 cgroup of the image that this host has with other limits (memory.*, cpu.max, cpu.weight, pids.max) refuses the restore, naming the file and both values (check), or gets the image's (apply); one it lacks is created with them")
-		fs.StringVar(&cgRoot, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
+		cg.add(fs)
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -60,8 +58,8 @@ stderr. With --json the full report goes to stdout instead.`,
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			if limits != "check" && limits != "apply" {
-				return usagef("--cgroup-limits %q: check or apply", limits)
+			if err := cg.check(); err != nil {
+				return err
 			}
 			var inherit []migrate.Inherit
 			for _, s := range inh {
@@ -76,7 +74,7 @@ stderr. With --json the full report goes to stdout instead.`,
 				transfer = e.transferStatus("restore", false)
 			}
 			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
-				ApplyCgroupLimits: limits == "apply", CgroupRoot: cgRoot})
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root})
 			e.clearStatus()
 			if err != nil {
 				return err
@@ -101,4 +99,20 @@ stderr. With --json the full report goes to stdout instead.`,
 			return nil
 		}
 	},
+}
+
+// cgroupFlags are the flags of restore and serve for the processes'
+// cgroup v2 cgroups.
+type cgroupFlags struct{ limits, root string }
+
+func (c *cgroupFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&c.limits, "cgroup-limits", "check", "`check|apply`: a cgroup v2 cgroup of the image that this host has with other limits (memory.*, cpu.max, cpu.weight, pids.max) refuses the restore, naming the file and both values (check), or gets the image's (apply); one it lacks is created with them")
+	fs.StringVar(&c.root, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
+}
+
+func (c *cgroupFlags) check() error {
+	if c.limits != "check" && c.limits != "apply" {
+		return usagef("--cgroup-limits %q: check or apply", c.limits)
+	}
+	return nil
 }
