@@ -14,7 +14,6 @@ import (
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
-	"github.com/procmig/migrate/transport"
 )
 
 // testLimits are the limits the tests set, with the controllers they need.
@@ -104,6 +103,16 @@ func restoreWith(t *testing.T, dir, log string, pid int, opts target.RestoreOpti
 	return testutil.Adopt(t, pid, log)
 }
 
+// startIn starts the counter workload with mib MiB and puts it in the
+// cgroup v2 directory dir.
+func startIn(t *testing.T, dir, mib string) *testutil.Proc {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", mib)
+	p.WaitLine(t, short, 0, "ready")
+	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	return p
+}
+
 // cgroupLimitsOf is the image's entry for cgroup path.
 func cgroupLimitsOf(img *core.Image, path string) *core.CgroupLimits {
 	for i := range img.CgroupLimits {
@@ -134,9 +143,7 @@ func TestCgroupRecreated(t *testing.T) {
 	} else {
 		t.Logf("the cgroup v2 controllers memory, pids and cpu are not available at %s: the cgroup is re-created without limits", v2)
 	}
-	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
-	p.WaitLine(t, short, 0, "ready")
-	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	p := startIn(t, dir, "4")
 	imgDir, img := dumpKill(t, p, "")
 	cl := cgroupLimitsOf(img, path)
 	if cl == nil {
@@ -171,9 +178,7 @@ func TestCgroupRoot(t *testing.T) {
 	v2 := cgroupMount(t, "")
 	rootDir, root := makeCgroup(t, v2, "root")
 	dir, path := makeCgroup(t, v2, "rooted")
-	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
-	p.WaitLine(t, short, 0, "ready")
-	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	p := startIn(t, dir, "4")
 	imgDir, _ := dumpKill(t, p, "")
 	made := filepath.Join(rootDir, path)
 	t.Cleanup(func() { removeCgroup(t, made) })
@@ -191,9 +196,7 @@ func TestCgroupRemovedOnFailure(t *testing.T) {
 	testutil.RequireRoot(t)
 	v2 := cgroupMount(t, "")
 	dir, path := makeCgroup(t, v2, "failed")
-	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
-	p.WaitLine(t, short, 0, "ready")
-	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	p := startIn(t, dir, "4")
 	imgDir, img := dumpKill(t, p, "")
 	removeCgroup(t, dir)
 	// A hierarchy this host lacks: the restore fails as the process joins
@@ -225,9 +228,7 @@ func TestCgroupLimitsCheckApply(t *testing.T) {
 		testutil.Unavailable(t, "the cgroup v2 controllers memory, pids and cpu are not available at %s (bound to v1 hierarchies?): no limits to compare", v2)
 	}
 	setLimits(t, v2, dir)
-	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "4")
-	p.WaitLine(t, short, 0, "ready")
-	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
+	p := startIn(t, dir, "4")
 	imgDir, img := dumpKill(t, p, "")
 	const other = "134217728"
 	if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(other), 0); err != nil {
@@ -260,21 +261,10 @@ func TestLiveCgroupRoot(t *testing.T) {
 	dir, path := makeCgroup(t, v2, "live-rooted")
 	made := filepath.Join(rootDir, path)
 	t.Cleanup(func() { removeCgroup(t, made) })
-	addr := startServeWith(t, serveOptions{CgroupRoot: root}).Addr
-	p := testutil.Start(t, testutil.Build(t, "counter"), "-m", "8")
-	p.WaitLine(t, short, 0, "ready")
-	writeID(t, filepath.Join(dir, "cgroup.procs"), p.PID)
-	rep, err := source.Migrate(context.Background(), source.MigrateOptions{
-		PID: p.PID, To: addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if rep.Outcome != "resumed" {
-		t.Fatalf("report: %+v", rep)
-	}
-	p.WaitExit(t, short)
-	inner := findInNamespace(t, p.PID)
+	s := startServeWith(t, serveOptions{CgroupRoot: root})
+	p := startIn(t, dir, "8")
+	r, _ := migrateLive(t, p, s, source.MigrateOptions{})
+	inner := r.PID
 	if got := v2Cgroup(t, inner); got != root+path {
 		t.Errorf("migrated process in cgroup %q, want %q", got, root+path)
 	}

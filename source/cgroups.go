@@ -46,8 +46,8 @@ func foldCgroups(p *core.Process) {
 
 // readCgroupLimits records the limits of the cgroup v2 cgroups of procs
 // (core.CgroupLimits): every one but the root and the one migrate runs
-// in, each once. A limit file the cgroup lacks (its controller not
-// enabled) is left out.
+// in, each once, where migrate sees the cgroup2 hierarchy mounted. A
+// limit file the cgroup lacks (its controller not enabled) is left out.
 func readCgroupLimits(procs []core.Process) ([]core.CgroupLimits, error) {
 	own, err := proc.ReadCgroups(os.Getpid(), os.Getpid())
 	if err != nil {
@@ -74,7 +74,10 @@ func readCgroupLimits(procs []core.Process) ([]core.CgroupLimits, error) {
 			}
 			m, rel, ok := proc.CgroupMountFor(mounts, "", c.Path)
 			if !ok {
-				return nil, fmt.Errorf("cgroup v2 %s: the hierarchy is not mounted here", c.Path)
+				// Not mounted in migrate's mount namespace: its limits
+				// are not recorded, and the target must have the
+				// cgroup, as for one without limits.
+				continue
 			}
 			cl, err := readLimits(m.Dir, rel, c.Path)
 			if err != nil {
