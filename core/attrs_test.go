@@ -103,29 +103,3 @@ func TestValidateLocks(t *testing.T) {
 		}
 	}
 }
-
-// TestValidateCgroupLimits: the cgroups a restore may create and write
-// limits into.
-func TestValidateCgroupLimits(t *testing.T) {
-	good := []CgroupLimits{{Path: "/a/b", Controllers: []string{"memory", "pids"}, Files: map[string]string{"memory.max": "1048576", "cpu.max": "max 100000", "pids.max": "max"}}}
-	if err := validateCgroupLimits(good); err != nil {
-		t.Fatalf("good: %v", err)
-	}
-	for name, cl := range map[string]CgroupLimits{
-		"root":          {Path: "/"},
-		"relative":      {Path: "a"},
-		"dot-dot":       {Path: "/a/../b"},
-		"other file":    {Path: "/a", Files: map[string]string{"cgroup.procs": "1"}},
-		"newline":       {Path: "/a", Files: map[string]string{"memory.max": "1\n+cpu"}},
-		"empty value":   {Path: "/a", Files: map[string]string{"memory.max": ""}},
-		"controller":    {Path: "/a", Controllers: []string{"io"}},
-		"path with nul": {Path: "/a\x00b"},
-	} {
-		if err := validateCgroupLimits([]CgroupLimits{cl}); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-	if err := validateCgroupLimits([]CgroupLimits{{Path: "/a"}, {Path: "/a"}}); err == nil {
-		t.Error("a cgroup listed twice: accepted")
-	}
-}

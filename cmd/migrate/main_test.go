@@ -69,6 +69,7 @@ func TestUsageErrors(t *testing.T) {
 		{"dump", "--bogus", "1"},
 		{"restore"},
 		{"restore", "--dir", dir, "extra"},
+		{"restore", "--dir", dir, "--cgroup-limits", "ignore"},
 		{"show"},
 		{"check", "extra"},
 		{"help", "frob"},
@@ -238,6 +239,17 @@ func TestRestore(t *testing.T) {
 	r = runWith(o, "restore", "--dir", "img")
 	if r.code != exitFailure || r.stdout != "" || r.stderr != "migrate: restore: pid 4321 is taken by process 99 (bash)\n" {
 		t.Errorf("failure: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	var got migrate.RestoreOptions
+	o.restore = func(_ context.Context, _ string, opts migrate.RestoreOptions) (*migrate.RestoreReport, error) {
+		got = opts
+		return &migrate.RestoreReport{PID: 4321}, nil
+	}
+	if r := runWith(o, "restore", "--dir", "img", "--cgroup-limits=apply", "--cgroup-root", "/svc"); r.code != 0 || !got.ApplyCgroupLimits || got.CgroupRoot != "/svc" {
+		t.Errorf("--cgroup-limits=apply --cgroup-root /svc: exit %d, options %+v", r.code, got)
+	}
+	if r := runWith(o, "restore", "--dir", "img"); r.code != 0 || got.ApplyCgroupLimits || got.CgroupRoot != "" {
+		t.Errorf("default: exit %d, options %+v: want the limits checked, the image's paths", r.code, got)
 	}
 }
 
