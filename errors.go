@@ -106,6 +106,14 @@ const (
 	RefusedMount RefusalKind = "mount"
 )
 
+// peerRefusals are the kinds a target names in its abort (AbortCode of
+// its typed errors), mapped back to a RefusedError at the source.
+var peerRefusals = map[RefusalKind]bool{
+	RefusedPIDInUse: true, RefusedVDSO: true, RefusedAffinity: true, RefusedAttribute: true,
+	RefusedLock: true, RefusedCgroup: true, RefusedDiffers: true, RefusedShm: true, RefusedAudit: true,
+	RefusedInherit: true, RefusedClock: true, RefusedCPU: true, RefusedIPC: true, RefusedMount: true,
+}
+
 // PeerError: the other end of a migration gave up, and said why (an
 // Abort, or an Error with a code).
 type PeerError struct {
@@ -188,9 +196,10 @@ func wrapErr(err error) error {
 		return &HostLimitError{What: hl.What, Need: hl.Need, Limit: hl.Limit, Err: err}
 	}
 	var pe *handoff.PeerError
-	if errors.As(err, &pe) && pe.Abort && pe.Code == string(RefusedShm) {
-		// The target's target.ShmError.
-		return &RefusedError{Kind: RefusedShm, Err: err}
+	if errors.As(err, &pe) && pe.Abort && peerRefusals[RefusalKind(pe.Code)] {
+		// The target refused, naming the kind (its typed error's
+		// AbortCode): the source sees the same kind as a restore would.
+		return &RefusedError{Kind: RefusalKind(pe.Code), Err: err}
 	}
 	if errors.As(err, &pe) {
 		return &PeerError{Abort: pe.Abort, Code: pe.Code, Text: pe.Text, Err: err}

@@ -111,8 +111,8 @@ func ExampleRefusedError() {
 
 // Serve on 127.0.0.1, and migrate a process to it from this same host: the
 // service refuses it, as its PID is taken here (by the original), before
-// anything is frozen; the source says why in a PeerError, and the original
-// runs on.
+// anything is frozen; the source gets the target's refusal as a
+// RefusedError of the kind the target named, and the original runs on.
 func ExampleServe() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -148,8 +148,10 @@ func ExampleServe() {
 		Auth:    auth,
 		OnEvent: func(e migrate.Event) { events = append(events, e.Kind.String()) },
 	})
-	var peer *migrate.PeerError
-	fmt.Println("the target refused:", errors.As(err, &peer) && peer.Abort)
+	var refused *migrate.RefusedError
+	if errors.As(err, &refused) {
+		fmt.Println("the target refused:", refused.Kind)
+	}
 	fmt.Println("the original runs:", p.Process.Signal(syscall.Signal(0)) == nil)
 	p.Process.Kill()
 	p.Wait()
@@ -161,7 +163,7 @@ func ExampleServe() {
 	fmt.Println("source:", join(events))
 	fmt.Println("target:", join(served))
 	// Output:
-	// the target refused: true
+	// the target refused: pid-in-use
 	// the original runs: true
 	// source: aborted
 	// target: session-started session-aborted

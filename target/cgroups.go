@@ -43,6 +43,9 @@ func (e *CgroupError) Error() string {
 	return s
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *CgroupError) AbortCode() string { return "cgroup" }
+
 func (e *CgroupError) Unwrap() error { return e.Err }
 
 // joinCgroups puts the whole process (tid 0) or one of its threads into

@@ -56,6 +56,9 @@ func (e *CheckError) Error() string {
 	return b.String()
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *CheckError) AbortCode() string { return "differs" }
+
 // Check compares process p.PID as the kernel shows it now with p, its
 // image, and lists the differences. It reads only /proc and what the
 // kernel tells any process with ptrace access to it (sched_getaffinity,

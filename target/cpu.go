@@ -31,6 +31,9 @@ func (e *CPUFeatureError) Error() string {
 		"this CPU lacks it (XSAVE features %#x, the source's %#x)", e.Missing, e.Have, e.Want)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *CPUFeatureError) AbortCode() string { return "cpu" }
+
 // hostXCR0 returns this CPU's XSAVE features: x87 and SSE only if the
 // kernel does not use XSAVE.
 func hostXCR0() uint64 {

@@ -16,12 +16,18 @@ func (e *PIDInUseError) Error() string {
 	return fmt.Sprintf("pid %d is already in use by %q (pid %d); stop it or restore elsewhere", e.PID, e.Holder, e.PID)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *PIDInUseError) AbortCode() string { return "pid-in-use" }
+
 // VDSOMismatchError says this kernel's vdso differs from the dumping one's.
 type VDSOMismatchError struct{ Reason string }
 
 func (e *VDSOMismatchError) Error() string {
 	return "this kernel's vdso differs from the one the process was dumped on: " + e.Reason
 }
+
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *VDSOMismatchError) AbortCode() string { return "vdso" }
 
 // HostLimitError says the image needs more of something than this host
 // allows (an fd number above fs.nr_open, or an RLIMIT_NOFILE above the
@@ -54,6 +60,9 @@ func (e *AffinityError) Error() string {
 	return fmt.Sprintf("process %d thread %d: bound to CPUs %s, this host has %s (a restore does not run it on fewer)", e.PID, e.TID, e.Want, e.Have)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *AffinityError) AbortCode() string { return "affinity" }
+
 // AttrError says an attribute of a process or thread could not be set as
 // the image has it, or the kernel set something else (Got): the restore
 // fails rather than give back a process that differs from the original.
@@ -75,6 +84,9 @@ func (e *AttrError) Error() string {
 	}
 	return fmt.Sprintf("%s: %s %s set, the kernel made it %s", who, e.Attr, e.Want, e.Got)
 }
+
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *AttrError) AbortCode() string { return "attribute" }
 
 func (e *AttrError) Unwrap() error { return e.Err }
 
@@ -100,5 +112,8 @@ func (e *LockError) Error() string {
 	}
 	return s
 }
+
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *LockError) AbortCode() string { return "lock" }
 
 func (e *LockError) Unwrap() error { return e.Err }

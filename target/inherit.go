@@ -34,6 +34,9 @@ func (e *InheritError) Error() string {
 	return fmt.Sprintf("--inherit-fd %s: %s", e.ID, e.Reason)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *InheritError) AbortCode() string { return "inherit" }
+
 // ParseInherit parses `ID=fd:N` (fd N of the calling process, which must
 // be open) or `ID=PATH`.
 func ParseInherit(s string) (Inherit, error) {

@@ -27,6 +27,9 @@ func (e *MountError) Error() string {
 	return fmt.Sprintf("mount %s of the image: %s", e.Point, e.Reason)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *MountError) AbortCode() string { return "mount" }
+
 // The restored processes of an image with a mount namespace (Image.Mounts)
 // are born in a new one, built by the husk before it forks the root: the
 // husk, seized and single-threaded, is made to unshare(CLONE_NEWNS), make

@@ -178,6 +178,9 @@ func (e *IPCError) Error() string {
 	return fmt.Sprintf("System V %s %d (key %#x): %v", e.What, e.ID, uint32(e.Key), e.Err)
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *IPCError) AbortCode() string { return "sysv-ipc" }
+
 func (e *IPCError) Unwrap() error { return e.Err }
 
 // nextID makes the next object of kind ("sem", "msg") of this IPC

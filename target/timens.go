@@ -144,6 +144,9 @@ func (e *TimeNamespaceError) Error() string {
 	return s
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *TimeNamespaceError) AbortCode() string { return "clock" }
+
 func (e *TimeNamespaceError) Unwrap() error { return e.Err }
 
 // timeNamespaces tells whether this kernel has time namespaces.

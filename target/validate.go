@@ -375,6 +375,9 @@ func (e *AuditError) Error() string {
 		e.PID, int32(e.Want.LoginUID), int32(e.Want.SessionID), int32(e.Have.LoginUID), int32(e.Have.SessionID))
 }
 
+// AbortCode names the refusal in the abort a live migration's source gets.
+func (e *AuditError) AbortCode() string { return "audit" }
+
 // checkAudit refuses a process whose audit identity differs from the
 // restorer's, which the process would get instead.
 func checkAudit(p *core.Process) error {
