@@ -225,7 +225,10 @@ func TestCgroupLimitsCheckApply(t *testing.T) {
 	v2 := cgroupMount(t, "")
 	dir, path := makeCgroup(t, v2, "limits")
 	if !haveLimitControllers(t, v2) {
-		testutil.Unavailable(t, "the cgroup v2 controllers memory, pids and cpu are not available at %s (bound to v1 hierarchies?): no limits to compare", v2)
+		// A host layout, not a package to install: a hybrid host binds
+		// these controllers to v1 hierarchies, and the suite must pass
+		// there (CI included), so this skips even where CI is set.
+		t.Skipf("the cgroup v2 controllers memory, pids and cpu are not available at %s (bound to v1 hierarchies?): no limits to compare", v2)
 	}
 	setLimits(t, v2, dir)
 	p := startIn(t, dir, "4")
