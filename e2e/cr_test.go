@@ -120,18 +120,7 @@ func TestPipeBlockedRead(t *testing.T) {
 // offset are there, while its name stays gone.
 func TestFileOffsets(t *testing.T) {
 	testutil.RequireRoot(t)
-	work := t.TempDir()
-	data := filepath.Join(work, "data.txt")
-	var b bytes.Buffer
-	for i := range 1000 {
-		fmt.Fprintf(&b, "line %04d\n", i)
-	}
-	if err := os.WriteFile(data, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(work, "out.txt")
-	p := testutil.Start(t, testutil.Build(t, "files"), data, out, work)
-	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p, out, ready := startFiles(t)
 	var in, outFD, del int
 	if _, err := fmt.Sscanf(field(t, ready, "fds"), "%d,%d,%d", &in, &outFD, &del); err != nil {
 		t.Fatal(err)
@@ -152,7 +141,7 @@ func TestFileOffsets(t *testing.T) {
 	r := restoreOK(t, dir, p.Log)
 	checkLayout(t, img, r.PID)
 	r.WaitTick(t, short, last+5)
-	if _, err := os.Stat(filepath.Join(work, "deleted.dat")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(filepath.Dir(out), "deleted.dat")); !os.IsNotExist(err) {
 		t.Errorf("the deleted file came back under its name (stat: %v)", err)
 	}
 	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", r.PID, del)); err != nil || !strings.HasSuffix(l, " (deleted)") {
@@ -848,4 +837,25 @@ func TestThreads(t *testing.T) {
 			t.Errorf("worker %d counted %d at the dump and %d now: it does not run after restore", i, atDump[i], now[i])
 		}
 	}
+}
+
+// startFiles starts the files workload in a directory of its own, on a
+// data file of 1000 numbered lines; it returns the process once ready,
+// the path of its output file (written at its offset, not O_APPEND) and
+// its ready line.
+func startFiles(t *testing.T) (p *testutil.Proc, out, ready string) {
+	t.Helper()
+	work := t.TempDir()
+	data := filepath.Join(work, "data.txt")
+	var b bytes.Buffer
+	for i := range 1000 {
+		fmt.Fprintf(&b, "line %04d\n", i)
+	}
+	if err := os.WriteFile(data, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(work, "out.txt")
+	p = testutil.Start(t, testutil.Build(t, "files"), data, out, work)
+	ready, _ = p.WaitLine(t, short, 0, "ready")
+	return p, out, ready
 }

@@ -460,55 +460,11 @@ func testLiveTreeFork(t *testing.T, atFreeze bool) {
 // the workers.
 func TestLiveProgramNginx(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
-			testutil.Unavailable(t, "nginx (Debian package nginx-light) is not installed: %v", err)
-		}
-	}
-	if _, err := user.Lookup("www-data"); err != nil {
-		testutil.Unavailable(t, "no user www-data (Debian's base-passwd makes it): %v", err)
-	}
+	bin := requireNginx(t)
 	srv := startServeWith(t, serveOptions{})
-	// A directory www-data can read (t.TempDir's parent is root's alone).
-	work, err := os.MkdirTemp("", "migrate-nginx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
-	if err := os.Chmod(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	body := strings.Repeat("moved live with its workers\n", 1000)
-	if err := os.MkdirAll(filepath.Join(work, "www"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(work, "www", "index.html"), []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	port := freeSocketPort(t)
-	conf := fmt.Sprintf(`user www-data;
-worker_processes 2;
-daemon off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
-events { worker_connections 64; }
-http {
-	access_log off;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen 127.0.0.1:%[2]d;
-		root %[1]s/www;
-	}
-}
-`, work, port)
-	if err := os.WriteFile(filepath.Join(work, "nginx.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	work := nginxSite(t, body, fmt.Sprintf("127.0.0.1:%d", port), "")
 	p := testutil.StartWith(t, testutil.Options{Dir: work}, bin, "-p", work, "-e", filepath.Join(work, "error.log"), "-c", filepath.Join(work, "nginx.conf"))
 	var workers []int
 	testutil.WaitFor(t, long, "nginx's 2 workers", func() bool {
@@ -1061,4 +1017,67 @@ func TestLiveTreeChurnRollback(t *testing.T) {
 		}
 	}
 	checkNoCopyOnTarget(t, s)
+}
+
+// requireNginx returns Debian's nginx, or skips naming what is missing
+// (nginx-light, or the user www-data its workers run as).
+func requireNginx(t *testing.T) string {
+	t.Helper()
+	testutil.RequireRoot(t)
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
+			testutil.Unavailable(t, "nginx (Debian package nginx-light) is not installed: %v", err)
+		}
+	}
+	if _, err := user.Lookup("www-data"); err != nil {
+		testutil.Unavailable(t, "no user www-data (Debian's base-passwd makes it): %v", err)
+	}
+	return bin
+}
+
+// nginxSite makes a directory www-data can read (t.TempDir's parent is
+// root's alone) with www/index.html holding body and nginx.conf: a master
+// and 2 workers as www-data, in the foreground, listening on listen, with
+// the http block's extra directives.
+func nginxSite(t *testing.T, body, listen, extra string) string {
+	t.Helper()
+	work, err := os.MkdirTemp("", "migrate-nginx-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(work, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "www", "index.html"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`user www-data;
+worker_processes 2;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log info;
+events { worker_connections 64; }
+http {
+	access_log off;
+	%[3]s
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen %[2]s;
+		root %[1]s/www;
+	}
+}
+`, work, listen, extra)
+	if err := os.WriteFile(filepath.Join(work, "nginx.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return work
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -24,59 +23,16 @@ import (
 // its children are the same workers with their PIDs, running as www-data,
 // all on the target alone.
 func TestNodeProgramNginx(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
-			testutil.Unavailable(t, "nginx (Debian package nginx-light) is not installed: %v", err)
-		}
-	}
+	bin := requireNginx(t)
 	www, err := user.Lookup("www-data")
 	if err != nil {
-		testutil.Unavailable(t, "no user www-data (Debian's base-passwd makes it): %v", err)
+		t.Fatal(err)
 	}
 	c := newCluster(t, cluster.Options{Hooks: cluster.HooksOn})
 	requireHooks(t, c)
-	// A directory www-data can read (t.TempDir's parent is root's alone).
-	work, err := os.MkdirTemp("", "migrate-nginx-node-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
-	if err := os.Chmod(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(work, "www"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	body := strings.Repeat("moved live between two nodes with its workers\n", 500)
-	if err := os.WriteFile(filepath.Join(work, "www", "index.html"), []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const port = 8080
-	conf := fmt.Sprintf(`user www-data;
-worker_processes 2;
-daemon off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
-events { worker_connections 64; }
-http {
-	access_log off;
-	keepalive_requests 100000;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen %[2]d;
-		root %[1]s/www;
-	}
-}
-`, work, port)
-	if err := os.WriteFile(filepath.Join(work, "nginx.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	work := nginxSite(t, body, fmt.Sprint(port), "keepalive_requests 100000;")
 	p, err := c.A.Start(cluster.StartOptions{Dir: work}, bin, "-p", work, "-e", filepath.Join(work, "error.log"), "-c", filepath.Join(work, "nginx.conf"))
 	if err != nil {
 		t.Fatal(err)

@@ -877,18 +877,7 @@ func TestRestoreSIGTERM(t *testing.T) {
 // image restores, and the process writes on where it was.
 func TestRestoreRefusesChangedFile(t *testing.T) {
 	testutil.RequireRoot(t)
-	work := t.TempDir()
-	data := filepath.Join(work, "data.txt")
-	var b bytes.Buffer
-	for i := range 1000 {
-		fmt.Fprintf(&b, "line %04d\n", i)
-	}
-	if err := os.WriteFile(data, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(work, "out.txt")
-	p := testutil.Start(t, testutil.Build(t, "files"), data, out, work)
-	p.WaitLine(t, short, 0, "ready")
+	p, out, _ := startFiles(t)
 	p.WaitTick(t, short, 3)
 	dir, img := dumpKill(t, p, "")
 	last := p.LastTick(t)
