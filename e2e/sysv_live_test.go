@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/procmig/migrate/core/hook"
 	"github.com/procmig/migrate/internal/handoff"
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -139,10 +139,9 @@ func shmgetIn(t *testing.T, pid, key int) int {
 		err error
 	}
 	ch := make(chan result)
-	go func() {
-		// The thread enters the namespace and is never let go: it ends
-		// with this goroutine.
-		runtime.LockOSThread()
+	// A thread of its own (never the main one), that enters the namespace
+	// and ends with the goroutine.
+	osthread.Go(func() {
 		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/ipc", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			ch <- result{err: err}
@@ -155,7 +154,7 @@ func shmgetIn(t *testing.T, pid, key int) int {
 		}
 		id, err := unix.SysvShmGet(key, 4096, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
 		ch <- result{id, err}
-	}()
+	})
 	r := <-ch
 	if r.err != nil {
 		if errors.Is(r.err, unix.EPERM) {

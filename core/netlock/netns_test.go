@@ -16,6 +16,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // testNS is a network namespace of the test's own, with lo up.
@@ -37,10 +39,9 @@ func newNetNS(t *testing.T) *testNS {
 		err error
 	}
 	ch := make(chan result)
-	go func() {
-		// The thread leaves the caller's namespace for good: it stays locked
-		// and dies with this goroutine.
-		runtime.LockOSThread()
+	// The thread leaves the caller's namespace for good: it stays locked
+	// and dies with this goroutine (never the main thread: see osthread).
+	osthread.Go(func() {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("unshare(CLONE_NEWNET): %w", err)}
@@ -48,7 +49,7 @@ func newNetNS(t *testing.T) *testNS {
 		}
 		f, err := os.Open("/proc/thread-self/ns/net")
 		ch <- result{f, err}
-	}()
+	})
 	r := <-ch
 	if r.err != nil {
 		skipOrFail(t, "network namespaces", r.err)
@@ -159,17 +160,16 @@ func (ns *testNS) veth(t *testing.T, link string, peer *testNS, peerLink string)
 // the namespace for good and may be used from anywhere afterwards.
 func (ns *testNS) run(fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread dies with the goroutine instead of
-		// going back to the pool in the wrong namespace.
-		runtime.LockOSThread()
+	// Never unlocked: the thread dies with the goroutine instead of going
+	// back to the pool in the wrong namespace (never the main thread).
+	osthread.Go(func() {
 		if err := unix.Setns(int(ns.f.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("setns: %w", err)
 			return
 		}
 		errc <- fn()
-	}()
+	})
 	return <-errc
 }
 

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // Node is one node of the cluster.
@@ -436,8 +438,7 @@ func (n *Node) Find(comm string) ([]ProcInfo, error) {
 // goroutine.
 func (n *Node) Do(f func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	osthread.Go(func() { // never the main thread: see osthread
 		self, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
@@ -464,7 +465,7 @@ func (n *Node) Do(f func() error) error {
 		}
 		runtime.UnlockOSThread()
 		errc <- ferr
-	}()
+	})
 	return <-errc
 }
 
