@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/osthread"
 	"github.com/procmig/migrate/source"
 )
 
@@ -35,6 +36,11 @@ const (
 	// the user may not trace the process).
 	exitDenied = 3
 )
+
+// The main goroutine keeps the main thread to itself (see
+// internal/osthread): whatever runs elsewhere never leaves the thread-group
+// leader, which the kernel consults for the whole process, changed.
+func init() { osthread.KeepMain() }
 
 func main() {
 	if err := refuseSetID(); err != nil {

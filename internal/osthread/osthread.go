@@ -52,3 +52,10 @@ func Run(f func()) {
 	})
 	<-done
 }
+
+// KeepMain, called from an init function (the main goroutine, on the main
+// thread while the program initialises), keeps the main thread to the
+// main goroutine for good: no other goroutine ever runs there, so none
+// can leave it changed. A program (or a test binary) that calls it is
+// safe even from code that locks threads on its own.
+func KeepMain() { runtime.LockOSThread() }

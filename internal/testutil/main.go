@@ -11,7 +11,19 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/osthread"
 )
+
+// The main goroutine keeps the main thread to itself, from the package
+// inits on: no other goroutine runs there, so that none that changes its
+// thread (a namespace entered, an fd table unshared) and ends locked can
+// leave the main thread, the thread-group leader the kernel consults for
+// the whole process (/proc/PID/ns, /proc/PID/fd, pidfd_getfd), changed.
+// Go parks such a main thread rather than ending it. migrate's own code
+// does that work on internal/osthread, which never uses the main thread;
+// this covers the tests' helpers too.
+func init() { osthread.KeepMain() }
 
 // Main is the TestMain of every package of migrate that has tests: it makes
 // the test process a child subreaper (restored processes become its
