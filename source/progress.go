@@ -1,14 +1,11 @@
 package source
 
 import (
-	"bufio"
-	"bytes"
-	"fmt"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/procmig/migrate/core/proc"
 )
 
 // Transfer is how far a round of pages has gone, while it runs
@@ -95,36 +92,13 @@ func (w *transferWatch) end() {
 // that maps it is counted once for each; a process whose status cannot be
 // read counts nothing.
 func residentPages(all []*dumper) uint64 {
-	var kb uint64
+	var bytes uint64
 	for _, d := range all {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.pid))
-		if err != nil {
-			continue
+		if st, err := proc.ReadStatus(d.pid); err == nil {
+			bytes += st.RssAnon + st.RssShmem
 		}
-		kb += statusKB(b, "RssAnon:") + statusKB(b, "RssShmem:")
 	}
-	return kb * 1024 / pageSize
-}
-
-// statusKB returns the value in kB of the field of a /proc/PID/status, or 0.
-func statusKB(status []byte, field string) uint64 {
-	sc := bufio.NewScanner(bytes.NewReader(status))
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !bytes.HasPrefix(line, []byte(field)) {
-			continue
-		}
-		f := bytes.Fields(line[len(field):])
-		if len(f) == 0 {
-			return 0
-		}
-		n, err := strconv.ParseUint(string(f[0]), 10, 64)
-		if err != nil {
-			return 0
-		}
-		return n
-	}
-	return 0
+	return bytes / pageSize
 }
 
 // StageReport is one stage of the page pipeline (MigrateReport.Stages,

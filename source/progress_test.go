@@ -11,15 +11,6 @@ import (
 	"github.com/procmig/migrate/internal/testutil"
 )
 
-func TestStatusKB(t *testing.T) {
-	status := []byte("Name:\tx\nRssAnon:\t   1234 kB\nRssFile:\t 99 kB\nRssShmem:\t0 kB\nVmBad:\n")
-	for field, want := range map[string]uint64{"RssAnon:": 1234, "RssFile:": 99, "RssShmem:": 0, "VmBad:": 0, "Missing:": 0, "Rss": 0} {
-		if got := statusKB(status, field); got != want {
-			t.Errorf("statusKB(%q) = %d, want %d", field, got, want)
-		}
-	}
-}
-
 // TestDumpTransfer: a dump of a process with 64 MiB of memory reports its
 // progress while it copies, in one copy and in pre-copy rounds: pages
 // growing within a round, the first round's planned size near the

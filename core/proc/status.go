@@ -34,8 +34,12 @@ type Status struct {
 	NStgid         []int
 	VmSize, VmSwap uint64 // bytes
 	VmLck          uint64 // bytes: locked memory (mm->locked_vm)
-	SeccompFilters int
-	Kthread        bool // "Kthread: 1" (Linux 6.7+; see also Stat.Flags)
+	VmHWM          uint64 // bytes: peak resident memory (since exec or clear_refs 5)
+	// RssAnon and RssShmem are the resident anonymous and shared
+	// (shmem) memory, in bytes: VmRSS without the file pages.
+	RssAnon, RssShmem uint64
+	SeccompFilters    int
+	Kthread           bool // "Kthread: 1" (Linux 6.7+; see also Stat.Flags)
 }
 
 // ParseStatus parses /proc/PID/status. The Name, State and Pid lines are
@@ -170,6 +174,12 @@ func parseStatus(data []byte, file string) (*Status, error) {
 			st.VmSwap, err = parseKB(value)
 		case "VmLck":
 			st.VmLck, err = parseKB(value)
+		case "VmHWM":
+			st.VmHWM, err = parseKB(value)
+		case "RssAnon":
+			st.RssAnon, err = parseKB(value)
+		case "RssShmem":
+			st.RssShmem, err = parseKB(value)
 		}
 		if err != nil {
 			return nil, parseErr(file, lineNo, string(key), value, err)

@@ -23,6 +23,7 @@ func TestParseStatusRecorded(t *testing.T) {
 		SigCgt:  1<<(1-1) | 1<<(33-1),  // SIGHUP, and glibc's SIGCANCEL
 		CapPrm:  0x1fffeffffff, CapEff: 0x1fffeffffff, CapBnd: 0x1fffeffffff,
 		VmRSS: 1584 << 10, VmSize: 10836 << 10, VmLck: 8 << 10,
+		VmHWM: 1584 << 10, RssAnon: 172 << 10, RssShmem: 16 << 10,
 	}
 	if !reflect.DeepEqual(*st, want) {
 		t.Errorf("got  %+v\nwant %+v", *st, want)
