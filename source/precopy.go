@@ -228,13 +228,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 	// Auto-converge: the throttle, raised by conv.
 	var thr *throttle
 	if pol.AutoConverge {
-		thr = newThrottle(ss.tr, func() []int {
-			pids := make([]int, len(all))
-			for i, d := range all {
-				pids[i] = d.pid
-			}
-			return pids
-		})
+		thr = newThrottle(ss.tr)
 		defer thr.stop()
 	}
 	conv := newConvergence(pol, thr.raise)
@@ -301,7 +295,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		}
 		m.watch(ss, all, dirty)
 		defer m.end()
-		thr.start()
+		thr.start(all)
 		var held, longest time.Duration
 		for i, d := range all {
 			_, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], ranges[i])

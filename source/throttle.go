@@ -26,7 +26,6 @@ const throttlePeriod = 50 * time.Millisecond
 // tracer's tracees and they run on).
 type throttle struct {
 	tr   *ptrace.Tracer
-	pids func() []int
 	step int // index in throttleSteps of the level; -1: not throttled
 	quit chan struct{}
 	done sync.WaitGroup
@@ -35,8 +34,8 @@ type throttle struct {
 	stopped, longest time.Duration
 }
 
-func newThrottle(tr *ptrace.Tracer, pids func() []int) *throttle {
-	return &throttle{tr: tr, pids: pids, step: -1}
+func newThrottle(tr *ptrace.Tracer) *throttle {
+	return &throttle{tr: tr, step: -1}
 }
 
 // level is the share of time the processes are stopped, 0 if not
@@ -57,10 +56,15 @@ func (t *throttle) raise() bool {
 	return true
 }
 
-// start begins the stop-and-run cycles of the current level, until stop.
-func (t *throttle) start() {
+// start begins the stop-and-run cycles of the current level on the
+// processes of all (the round's tree), until stop.
+func (t *throttle) start(all []*dumper) {
 	if t.level() == 0 || t.quit != nil {
 		return
+	}
+	pids := make([]int, len(all))
+	for i, d := range all {
+		pids[i] = d.pid
 	}
 	t.quit = make(chan struct{})
 	t.stopped, t.longest = 0, 0
@@ -70,7 +74,7 @@ func (t *throttle) start() {
 		defer t.done.Done()
 		for {
 			held := time.Now()
-			procs := t.seize()
+			procs := t.seize(pids)
 			select {
 			case <-t.quit:
 			case <-time.After(hold):
@@ -92,9 +96,9 @@ func (t *throttle) start() {
 
 // seize stops every process of the tree; one that cannot be stopped
 // (gone) is left out.
-func (t *throttle) seize() []*ptrace.Proc {
+func (t *throttle) seize(pids []int) []*ptrace.Proc {
 	var procs []*ptrace.Proc
-	for _, pid := range t.pids() {
+	for _, pid := range pids {
 		if p, err := t.tr.Seize(pid); err == nil {
 			procs = append(procs, p)
 		}
