@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
@@ -195,6 +196,43 @@ func TestContainerRefusals(t *testing.T) {
 			t.Fatalf("dump of the container's child: %v, want a NamespaceError of pid", err)
 		}
 		t.Logf("refused: %v", err)
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
+	t.Run("mqueue", func(t *testing.T) {
+		// A POSIX message queue nobody holds open, made in the
+		// container's IPC namespace through a detached mqueue mount:
+		// not carried, so refused (it would be lost silently).
+		c := startContainer(t, "box-mqueue", nil, nil)
+		err := proc.InNamespace(c.init, unix.CLONE_NEWIPC, func() error {
+			fs, err := unix.Fsopen("mqueue", unix.FSOPEN_CLOEXEC)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fs)
+			if err := unix.FsconfigCreate(fs); err != nil {
+				return err
+			}
+			mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(mnt)
+			q, err := unix.Openat(mnt, "left-behind", unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+			if err != nil {
+				return err
+			}
+			return unix.Close(q)
+		})
+		if err != nil {
+			testutil.Unavailable(t, "a POSIX message queue in the container's IPC namespace (fsmount mqueue): %v", err)
+		}
+		_, err = source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
+		var ne *source.NamespaceError
+		if !errors.As(err, &ne) || !slices.Equal(ne.Kinds, []string{"ipc"}) || !strings.Contains(ne.Reason, "/left-behind") {
+			t.Fatalf("dump of a container with a POSIX message queue: %v, want a NamespaceError of ipc naming /left-behind", err)
+		}
+		t.Logf("refused: %v", err)
+		checkRunningUntraced(t, c.init)
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("mnt", func(t *testing.T) {

@@ -313,6 +313,17 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 		}
 	}
 	if slices.Contains(differ, "ipc") {
+		// POSIX message queues of the namespace are not carried: one no
+		// process holds open would be lost without a word (one held open
+		// is refused as an fd).
+		names, err := proc.MqueueNames(root)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: POSIX message queues of its IPC namespace: %w", root, err)
+		}
+		if len(names) > 0 {
+			return nil, &NamespaceError{PID: root, Kinds: []string{"ipc"}, Reason: fmt.Sprintf(
+				"its IPC namespace has POSIX message queues (%s), which migrate does not carry", strings.Join(names, ", "))}
+		}
 		ns.IPC = &core.IPCNamespace{}
 		if !final {
 			return ns, nil

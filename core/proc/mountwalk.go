@@ -150,7 +150,41 @@ func MountPIDNS(pid int, point string, mountID uint64) (string, error) {
 // mounted in that namespace has it.
 func MqueueDev(pid int) (string, error) {
 	var dev string
-	err := InNamespace(pid, unix.CLONE_NEWIPC, func() error {
+	err := inMqueue(pid, func(mnt int) error {
+		var st unix.Stat_t
+		if err := unix.Fstat(mnt, &st); err != nil {
+			return err
+		}
+		dev = fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+		return nil
+	})
+	return dev, err
+}
+
+// MqueueNames returns the POSIX message queues of process pid's IPC
+// namespace, by name ("/q"), whoever holds them open (or nobody).
+func MqueueNames(pid int) ([]string, error) {
+	var names []string
+	err := inMqueue(pid, func(mnt int) error {
+		fd, err := unix.Openat(mnt, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		d := os.NewFile(uintptr(fd), "mqueue")
+		defer d.Close()
+		ents, err := d.Readdirnames(-1)
+		for _, n := range ents {
+			names = append(names, "/"+n)
+		}
+		return err
+	})
+	return names, err
+}
+
+// inMqueue calls fn with a detached mount (an fd, never in any mount
+// table) of the mqueue filesystem of process pid's IPC namespace.
+func inMqueue(pid int, fn func(mnt int) error) error {
+	return InNamespace(pid, unix.CLONE_NEWIPC, func() error {
 		fs, err := unix.Fsopen("mqueue", unix.FSOPEN_CLOEXEC)
 		if err != nil {
 			return fmt.Errorf("fsopen mqueue: %w", err)
@@ -164,12 +198,6 @@ func MqueueDev(pid int) (string, error) {
 			return fmt.Errorf("fsmount mqueue: %w", err)
 		}
 		defer unix.Close(mnt)
-		var st unix.Stat_t
-		if err := unix.Fstat(mnt, &st); err != nil {
-			return err
-		}
-		dev = fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
-		return nil
+		return fn(mnt)
 	})
-	return dev, err
 }
