@@ -140,3 +140,51 @@ func TestFixChecksums(t *testing.T) {
 		t.Error("fixChecksums changed a valid stream")
 	}
 }
+
+// FuzzCheckEnds feeds arbitrary bytes to CheckEnds: it never panics, fails
+// only with a *FrameError wrapping a sentinel, and never refuses a stream
+// the Reader reads whole (whose totals it must then report).
+func FuzzCheckEnds(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		data = fixChecksums(data)
+		st, err := CheckEnds(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			checkSentinel(t, err, "CheckEnds")
+		}
+		full, rerr := readAll(data)
+		if rerr != nil {
+			return
+		}
+		if err != nil {
+			t.Fatalf("CheckEnds refused a stream the Reader reads whole: %v", err)
+		}
+		if st.Frames != full.Frames || st.Pages != full.Pages || st.ZeroPages != full.ZeroPages {
+			t.Fatalf("CheckEnds says %+v, the Reader %+v", st, full)
+		}
+	})
+}
+
+// readAll reads data as a whole stream, nothing after it, and returns the
+// Reader's stats.
+func readAll(data []byte) (Stats, error) {
+	br := bytes.NewReader(data)
+	r, err := NewReader(br, ReaderOptions{Workers: 1})
+	if err != nil {
+		return Stats{}, err
+	}
+	defer r.Close()
+	for {
+		if _, err := r.Next(); err == io.EOF {
+			break
+		} else if err != nil {
+			return Stats{}, err
+		}
+	}
+	if br.Len() != 0 {
+		return Stats{}, io.ErrUnexpectedEOF // bytes after the end frame
+	}
+	return r.Stats(), nil
+}

@@ -437,3 +437,58 @@ func Verify(r io.Reader) (Stats, error) {
 		}
 	}
 }
+
+// endFrameSize is the size of the end frame: header, totals and trailer.
+const endFrameSize = frameHeaderSize + endPayloadSize + trailerSize
+
+// CheckEnds reads only the two ends of a whole stream of size bytes: the
+// stream header, and the end frame, which must fill the last bytes. It
+// checks the header and the end frame's own header checksum, kind, size
+// and totals (not its trailer, which chains every frame before it), and
+// returns the totals as Stats (Frames counts the end frame). A stream cut
+// anywhere, however its size was recorded, fails here (ErrTruncated) at
+// the cost of two small reads; a flipped byte inside it does not: that is
+// found by a Reader, which checks everything before it returns a frame.
+// A restore calls it before anything is created and verifies the rest as
+// it reads the pages, instead of reading the whole stream twice.
+func CheckEnds(r io.ReaderAt, size int64) (Stats, error) {
+	if size < streamHeaderSize {
+		return Stats{}, frameErr(0, ErrTruncated, "%d bytes, shorter than the stream header", size)
+	}
+	var hb [streamHeaderSize]byte
+	if _, err := r.ReadAt(hb[:], 0); err != nil {
+		return Stats{}, readErr(0, err, "stream header")
+	}
+	if _, _, fe := parseStreamHeader(hb[:]); fe != nil {
+		return Stats{}, fe
+	}
+	off := size - endFrameSize
+	if off < streamHeaderSize {
+		return Stats{}, frameErr(streamHeaderSize, ErrTruncated, "%d bytes, no room for the end frame", size)
+	}
+	var eb [endFrameSize]byte
+	if _, err := r.ReadAt(eb[:], off); err != nil {
+		return Stats{}, readErr(off, err, "end frame")
+	}
+	h, fe := parseFrameHeader(eb[:frameHeaderSize], off)
+	if fe != nil {
+		// What lies there is not a frame header: the stream was cut, or
+		// goes on past its end frame.
+		return Stats{}, frameErr(off, ErrTruncated, "no end frame in the last %d bytes (%v)", endFrameSize, fe.Err)
+	}
+	if h.kind != FrameEnd {
+		return Stats{}, frameErr(off, ErrTruncated, "the last %d bytes are a %v frame, not the end frame", endFrameSize, h.kind)
+	}
+	t := parseEndTotals(eb[frameHeaderSize:])
+	switch {
+	case t.frames != h.seq:
+		return Stats{}, frameErr(off, ErrTotals, "end frame %d says %d frames before it", h.seq, t.frames)
+	case t.zeroPages > t.pages:
+		return Stats{}, frameErr(off, ErrTotals, "end frame says %d zero pages of %d", t.zeroPages, t.pages)
+	case t.frames > uint64(off-streamHeaderSize)/(frameHeaderSize+trailerSize):
+		return Stats{}, frameErr(off, ErrTotals, "end frame says %d frames, more than %d bytes hold", t.frames, off-streamHeaderSize)
+	case t.pages > t.frames*MaxFramePages:
+		return Stats{}, frameErr(off, ErrTotals, "end frame says %d pages in %d frames", t.pages, t.frames)
+	}
+	return Stats{Frames: t.frames + 1, Pages: t.pages, ZeroPages: t.zeroPages, BytesRaw: t.pages * PageSize, BytesWire: uint64(size)}, nil
+}

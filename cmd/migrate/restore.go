@@ -21,7 +21,10 @@ SHA-256 differs, a symlink, a FIFO or a device in place of a file), a
 version this build does not read, a value out of range, a mapped file
 that changed since the dump, or a thread bound to a CPU this host does not
 have is refused with an error naming the problem, and nothing is left
-behind. A scheduling attribute, oom_score_adj or other process attribute
+behind. The page data is checked at its two ends before anything is
+created (a pages.img cut short is refused then) and frame by frame as
+it is read (checksums, sizes, order, contents): a damaged frame stops the
+restore before the process ever runs, and what was built is killed. A scheduling attribute, oom_score_adj or other process attribute
 the kernel will not set as the image has it fails the restore, naming
 it, rather than give back a process that differs; --check also compares
 the finished process with the image, as /proc shows it, before it runs
