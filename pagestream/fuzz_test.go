@@ -107,8 +107,58 @@ func FuzzReaderChecksummed(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		checkRead(t, fixChecksums(bytes.Clone(data)))
+		data = fixChecksums(bytes.Clone(data))
+		checkRead(t, data)
+		checkPacked(t, data)
 	})
+}
+
+// checkPacked reads data whole and packed side by side: the same frames,
+// the same errors, and a packed frame holds exactly the pages of the whole
+// one that are not zero, in order.
+func checkPacked(t *testing.T, data []byte) {
+	whole, err := NewReader(bytes.NewReader(data), ReaderOptions{Workers: 1})
+	if err != nil {
+		return
+	}
+	defer whole.Close()
+	packed, err := NewReader(bytes.NewReader(data), ReaderOptions{Workers: 1, Packed: true})
+	if err != nil {
+		t.Fatalf("packed NewReader: %v, whole: none", err)
+	}
+	defer packed.Close()
+	for {
+		fw, errw := whole.Next()
+		fp, errp := packed.Next()
+		if (errw == nil) != (errp == nil) {
+			t.Fatalf("whole: %v, packed: %v", errw, errp)
+		}
+		if errw != nil {
+			return
+		}
+		if fw.Kind != fp.Kind || fw.Addr != fp.Addr || fw.Pages != fp.Pages || fw.Stored != fp.Stored {
+			t.Fatalf("whole frame %+v, packed %+v", fw, fp)
+		}
+		if fp.Kind != FramePages {
+			continue
+		}
+		if len(fp.Data) != fp.Stored*PageSize {
+			t.Fatalf("packed frame of %d stored pages holds %d bytes", fp.Stored, len(fp.Data))
+		}
+		s := 0
+		for i := range fw.Pages {
+			if fw.IsZero(i) {
+				continue
+			}
+			if !bytes.Equal(fw.Data[i*PageSize:(i+1)*PageSize], fp.Data[s*PageSize:(s+1)*PageSize]) {
+				t.Fatalf("page %d differs from stored page %d of the packed frame", i, s)
+			}
+			s++
+		}
+		if s != fp.Stored {
+			t.Fatalf("%d pages not zero, packed frame says %d", s, fp.Stored)
+		}
+	}
 }
 
 // fixChecksums rewrites the checksums of b, read as a stream, to match.

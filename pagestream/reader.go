@@ -16,6 +16,12 @@ type ReaderOptions struct {
 	// chained frame checksums, order and totals, but does not decompress
 	// page frames (their Data is nil). It is what Verify uses.
 	Structure bool
+	// Packed leaves the stored pages of a page frame packed: Data holds
+	// only the pages that are not all zeros, in address order (Stored of
+	// them), and the zero pages are only bits of Zero. A caller that
+	// writes pages with scatter-gather calls saves moving every page to
+	// its place and clearing the zero ones; see Frame.Stored.
+	Packed bool
 }
 
 // Frame is a frame returned by Reader.Next: a batch of pages or a barrier.
@@ -28,9 +34,13 @@ type Frame struct {
 	Pages  int    // pages in the frame (page frames)
 
 	// Data holds Pages*PageSize bytes, decompressed, with the zero pages
-	// filled with zeros. It is valid until the next call to Next or Close,
-	// unless the caller takes it with Keep.
+	// filled with zeros; with ReaderOptions.Packed, only the Stored pages
+	// that are not all zeros, one after the other (Stored*PageSize bytes).
+	// It is valid until the next call to Next or Close, unless the caller
+	// takes it with Keep.
 	Data []byte
+	// Stored is the number of pages of the frame that are not all zeros.
+	Stored int
 	// Zero is a bitmap of the all-zero pages: bit i%64 of Zero[i/64] is set
 	// when page i is all zeros. A caller writing into fresh (zeroed) memory
 	// can skip those pages.
@@ -68,6 +78,7 @@ type Reader struct {
 	r         io.Reader
 	streamID  uint64
 	structure bool // check structure only, see ReaderOptions
+	packed    bool // leave stored pages packed, see ReaderOptions
 
 	ordered chan *rjob // frames in stream order, to Next
 	work    chan *rjob // page frames, to the workers
@@ -116,6 +127,7 @@ func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
 	pr := &Reader{
 		r:         r,
 		structure: opts.Structure,
+		packed:    opts.Packed,
 		streamID:  h.streamID,
 		ordered:   make(chan *rjob, inflight),
 		work:      make(chan *rjob, inflight),
@@ -270,17 +282,18 @@ func (r *Reader) worker() {
 			putBuf(j.payload)
 			j.payload = nil
 			h := j.hdr
-			j.Frame = Frame{Kind: FramePages, Round: h.round, Seq: h.seq, Offset: j.Offset, Addr: h.addr, Pages: int(h.pages)}
+			j.Frame = Frame{Kind: FramePages, Round: h.round, Seq: h.seq, Offset: j.Offset, Addr: h.addr, Pages: int(h.pages), Stored: int(h.stored)}
 		} else {
-			decodePages(&d, j)
+			decodePages(&d, j, r.packed)
 		}
 		close(j.done)
 	}
 }
 
 // decodePages decompresses page frame j into a pooled buffer, checks it, and
-// fills in j.Frame, or sets j.err.
-func decodePages(d *decompressor, j *rjob) {
+// fills in j.Frame, or sets j.err. With packed, the stored pages stay
+// packed (ReaderOptions.Packed).
+func decodePages(d *decompressor, j *rjob, packed bool) {
 	h := j.hdr
 	pages, stored := int(h.pages), int(h.stored)
 	body := j.payload[:h.payloadLen]
@@ -294,8 +307,14 @@ func decodePages(d *decompressor, j *rjob) {
 	comp := body[bl+contentCRCSize:]
 
 	n := pages * PageSize
-	buf := GetBuffer(n)
-	data := buf[:n:n]
+	if packed {
+		n = stored * PageSize
+	}
+	var buf, data []byte
+	if n > 0 {
+		buf = GetBuffer(n)
+		data = buf[:n:n]
+	}
 	if err := d.decompress(h.codec, data[:stored*PageSize], comp); err != nil {
 		PutBuffer(buf)
 		j.err = frameErr(j.Offset, ErrCorrupt, "frame %d: %v: %v", h.seq, h.codec, err)
@@ -308,7 +327,7 @@ func decodePages(d *decompressor, j *rjob) {
 	}
 	// Move the stored pages to their places, last first (a page never moves
 	// down), and zero the zero pages.
-	if stored < pages {
+	if stored < pages && !packed {
 		s := stored
 		for i := pages - 1; i >= 0; i-- {
 			p := data[i*PageSize : (i+1)*PageSize]
@@ -332,6 +351,7 @@ func decodePages(d *decompressor, j *rjob) {
 		Offset: j.Offset,
 		Addr:   h.addr,
 		Pages:  pages,
+		Stored: stored,
 		Data:   data,
 		Zero:   j.zero[:(pages+63)/64],
 		buf:    buf,

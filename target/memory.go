@@ -33,7 +33,9 @@ func (r *restorer) fillPages(ctx context.Context) error {
 	}
 	defer f.Close()
 	// Frames are large: no bufio, which would only copy them once more.
-	rd, err := pagestream.NewReader(f, pagestream.ReaderOptions{})
+	// Packed: the stored pages are written from where they were
+	// decompressed, with no move to their places (writeFrame).
+	rd, err := pagestream.NewReader(f, pagestream.ReaderOptions{Packed: true})
 	if err != nil {
 		return &core.ImageError{File: path, Reason: "bad page data", Err: err}
 	}
@@ -158,25 +160,66 @@ func (r *restorer) skipZeros(fr *pagestream.Frame, v *core.VMA, track bool) []bo
 // writers is the number of goroutines writing pages into the process.
 const writers = 2
 
-// writeFrame writes the pages of fr into process pid, in runs between the
-// pages skip says to leave alone.
+// writeFrame writes the pages of fr into process pid, but for the pages
+// skip says to leave alone, with one process_vm_writev: a remote area per
+// run of pages to write, the local pieces where the frame holds them
+// (fr.Data whole, or packed: see pagestream.ReaderOptions.Packed) and,
+// for zero pages a packed frame does not hold, zeroPages.
 func writeFrame(pid int, fr *pagestream.Frame, skip []bool) error {
-	for i := 0; i < fr.Pages; {
+	packed := len(fr.Data) != fr.Pages*pageSize
+	var (
+		local  [][]byte
+		remote []unix.RemoteIovec
+		stored int // stored pages of a packed frame before page i
+	)
+	// piece adds b to the local pieces, joined with the last one when it
+	// follows it in memory.
+	piece := func(b []byte) {
+		if n := len(local); n > 0 {
+			last := local[n-1]
+			if cap(last) >= len(last)+len(b) && &last[:len(last)+1][len(last)] == &b[0] {
+				local[n-1] = last[:len(last)+len(b)]
+				return
+			}
+		}
+		local = append(local, b)
+	}
+	for i := 0; i < fr.Pages; i++ {
+		zero := fr.IsZero(i)
 		if skip[i] {
-			i++
+			if !zero {
+				stored++
+			}
 			continue
 		}
-		j := i + 1
-		for j < fr.Pages && !skip[j] {
-			j++
+		addr := uintptr(fr.Addr + uint64(i)*pageSize)
+		if n := len(remote); n > 0 && remote[n-1].Base+uintptr(remote[n-1].Len) == addr {
+			remote[n-1].Len += pageSize
+		} else {
+			remote = append(remote, unix.RemoteIovec{Base: addr, Len: pageSize})
 		}
-		if _, err := ptrace.WriteMem(pid, fr.Addr+uint64(i)*pageSize, fr.Data[i*pageSize:j*pageSize]); err != nil {
-			return err
+		switch {
+		case !packed:
+			piece(fr.Data[i*pageSize : (i+1)*pageSize])
+		case zero:
+			// Runs of zero pages from the one source, which is large
+			// enough for a frame.
+			if n := len(local); n > 0 && &local[n-1][0] == &zeroPages[0] {
+				local[n-1] = zeroPages[:len(local[n-1])+pageSize]
+			} else {
+				local = append(local, zeroPages[:pageSize])
+			}
+		default:
+			piece(fr.Data[stored*pageSize : (stored+1)*pageSize])
+			stored++
 		}
-		i = j
 	}
-	return nil
+	return ptrace.WriteMemv(pid, local, remote)
 }
+
+// zeroPages is the source of the zero pages a packed frame leaves out
+// (never written to).
+var zeroPages = make([]byte, pagestream.MaxFramePages*pageSize)
 
 // protect sets each area's final protection and re-applies its madvise
 // advice.

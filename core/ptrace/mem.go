@@ -44,6 +44,36 @@ func WriteMem(pid int, addr uint64, buf []byte) (int, error) {
 	return n, nil
 }
 
+// WriteMemv writes the local buffers, one after the other, to the remote
+// areas of process pid with one process_vm_writev (at most IOV_MAX of
+// each). It fails unless every byte was written: a remote area that is not
+// writable fails the call, naming the first byte not written.
+func WriteMemv(pid int, local [][]byte, remote []unix.RemoteIovec) error {
+	want := 0
+	for _, r := range remote {
+		want += r.Len
+	}
+	if want == 0 {
+		return nil
+	}
+	n, err := raw.WriteRemotev(pid, local, remote)
+	if err == nil && n < want {
+		err = unix.EFAULT
+	}
+	if err != nil {
+		at := remote[0].Base
+		for _, r := range remote {
+			if n < r.Len {
+				at = r.Base + uintptr(max(n, 0))
+				break
+			}
+			n -= r.Len
+		}
+		return fmt.Errorf("process_vm_writev %d of %d areas from %#x: at %#x: %w", pid, len(remote), remote[0].Base, at, err)
+	}
+	return nil
+}
+
 // ReadMemForce reads through /proc/PID/mem, which also reads pages the
 // process itself may not read (PROT_NONE, execute-only).
 func ReadMemForce(pid int, addr uint64, buf []byte) (int, error) {

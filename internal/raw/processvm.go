@@ -40,3 +40,20 @@ func localIovec(buf []byte) []unix.Iovec {
 	local[0].SetLen(len(buf))
 	return local
 }
+
+// WriteRemotev writes the local buffers, one after the other, to the remote
+// areas of process pid, one after the other, with one process_vm_writev (at
+// most IOV_MAX of each; no buffer empty). It returns the bytes written:
+// fewer than asked when a remote area is not writable (then the areas
+// before it were written whole).
+func WriteRemotev(pid int, local [][]byte, remote []unix.RemoteIovec) (int, error) {
+	if len(local) == 0 || len(remote) == 0 {
+		return 0, nil
+	}
+	iov := make([]unix.Iovec, len(local))
+	for i, b := range local {
+		iov[i].Base = &b[0]
+		iov[i].SetLen(len(b))
+	}
+	return unix.ProcessVMWritev(pid, iov, remote, 0)
+}
