@@ -148,9 +148,12 @@ func checkPacked(t *testing.T, data []byte) {
 		s := 0
 		for i := range fw.Pages {
 			if fw.IsZero(i) {
+				if fp.Page(i) != nil || !isZeroPage(fw.Page(i)) {
+					t.Fatalf("zero page %d: packed Page %d bytes", i, len(fp.Page(i)))
+				}
 				continue
 			}
-			if !bytes.Equal(fw.Data[i*PageSize:(i+1)*PageSize], fp.Data[s*PageSize:(s+1)*PageSize]) {
+			if !bytes.Equal(fw.Data[i*PageSize:(i+1)*PageSize], fp.Data[s*PageSize:(s+1)*PageSize]) || !bytes.Equal(fp.Page(i), fw.Page(i)) {
 				t.Fatalf("page %d differs from stored page %d of the packed frame", i, s)
 			}
 			s++

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/bits"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,24 @@ type Frame struct {
 // IsZero reports whether page i of the frame is all zeros.
 func (f *Frame) IsZero(i int) bool {
 	return f.Zero[i>>6]&(1<<(i&63)) != 0
+}
+
+// Page returns the bytes of page i of the frame in Data, or nil for a zero
+// page that Data does not hold (a packed frame's: ReaderOptions.Packed).
+func (f *Frame) Page(i int) []byte {
+	if len(f.Data) == f.Pages*PageSize {
+		return f.Data[i*PageSize : (i+1)*PageSize]
+	}
+	if f.IsZero(i) {
+		return nil
+	}
+	zero := 0 // zero pages before page i
+	for w := range i >> 6 {
+		zero += bits.OnesCount64(f.Zero[w])
+	}
+	zero += bits.OnesCount64(f.Zero[i>>6] & (1<<(i&63) - 1))
+	s := i - zero
+	return f.Data[s*PageSize : (s+1)*PageSize]
 }
 
 // Keep hands Data over to the caller: it stays valid after the next call to

@@ -476,7 +476,8 @@ func (t *liveTarget) apply(in *pagesIn, r io.ReadCloser) {
 		t.cond.Broadcast()
 		t.mu.Unlock()
 	}
-	rd, err := pagestream.NewReader(r, pagestream.ReaderOptions{})
+	// Packed: written from where they were decompressed (writeFrame).
+	rd, err := pagestream.NewReader(r, pagestream.ReaderOptions{Packed: true})
 	if err != nil {
 		fail(err)
 		return

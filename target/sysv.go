@@ -244,11 +244,22 @@ func (ss *session) writeSysV(v *core.VMA, fr *pagestream.Frame) error {
 	}
 	off := v.Offset + (fr.Addr - v.Start)
 	n := uint64(fr.Pages) * pageSize
-	if off >= uint64(len(b)) || n > uint64(len(fr.Data)) {
+	if off >= uint64(len(b)) {
 		return fmt.Errorf("pages at %#x-%#x lie beyond System V segment %d (%d bytes)", fr.Addr, fr.Addr+n, v.Shm, len(b))
 	}
 	// The segment's size, not its last page's end, as a dump keeps.
-	copy(b[off:], fr.Data[:n])
+	for i := range fr.Pages {
+		at := off + uint64(i)*pageSize
+		if at >= uint64(len(b)) {
+			break
+		}
+		dst := b[at:min(at+pageSize, uint64(len(b)))]
+		if p := fr.Page(i); p != nil {
+			copy(dst, p)
+		} else {
+			clear(dst)
+		}
+	}
 	return nil
 }
 
