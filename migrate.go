@@ -16,12 +16,14 @@ package migrate
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"time"
 
 	"github.com/procmig/migrate/core/hook"
 	"github.com/procmig/migrate/core/netaddr"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
@@ -239,6 +241,10 @@ type MigrateOptions struct {
 	// Bandwidth caps the page stream, in bytes a second; 0: no cap.
 	// --bandwidth (in MB/s).
 	Bandwidth int64
+	// Streams is how many page streams each process's pages are spread
+	// over, each compressed, sent and written on the target on its own;
+	// 0 picks one a CPU, up to 4; at most MaxStreams.
+	Streams int
 	// ProcessOnly moves the process alone, and refuses it if it has
 	// children; by default the process moves with all its descendants,
 	// as they are when they are frozen (a process forked during pre-copy
@@ -285,6 +291,11 @@ type MigrateOptions struct {
 func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (*Report, error) {
 	log := logger(opts.Logger)
 	ev := emitter{f: opts.OnEvent, pid: pid}
+	if opts.Streams < 0 || opts.Streams > MaxStreams {
+		err := fmt.Errorf("%d page streams: want 1..%d, or 0 for one a CPU", opts.Streams, MaxStreams)
+		ev.aborted(err)
+		return nil, err
+	}
 	hs, err := hookSet(opts.Hooks, opts.Addresses, hook.Source, log)
 	if err != nil {
 		ev.aborted(err)
@@ -301,7 +312,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Streams: opts.Streams, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {
@@ -441,3 +452,6 @@ func logger(l *slog.Logger) *slog.Logger {
 	}
 	return l
 }
+
+// MaxStreams bounds MigrateOptions.Streams.
+const MaxStreams = handoff.MaxPageStreams

@@ -72,9 +72,11 @@ func (po *pagesOut) open(a *liveSource, pid int) error {
 
 // closePages closes every page stream still open.
 func (a *liveSource) closePages() {
-	for d, po := range a.pages {
-		if po.conn != nil {
-			po.conn.Close()
+	for d, pos := range a.pages {
+		for _, po := range pos {
+			if po.conn != nil {
+				po.conn.Close()
+			}
 		}
 		delete(a.pages, d)
 	}
@@ -96,15 +98,22 @@ func (a *liveSource) join(d *dumper, tracked bool) error {
 	if a.tree {
 		name = fmt.Sprintf("the page stream of process %d to the target", d.pid)
 	}
-	po := &pagesOut{}
+	// Several page streams a process (MigrateOptions.Streams), each
+	// compressed, sent, read and written into the process on its own.
+	pos := make([]*pagesOut, max(a.streams, 1))
+	ws := make([]io.Writer, len(pos))
+	for i := range pos {
+		pos[i] = &pagesOut{}
+		ws[i] = pos[i]
+	}
 	var err error
-	if d.sink, err = d.newSink(d.codec, po, name); err != nil {
+	if d.sink, err = d.newSinks(d.codec, ws, name); err != nil {
 		return err
 	}
 	if tracked {
 		d.armSink()
 	}
-	a.pages[d] = po
+	a.pages[d] = pos
 	return nil
 }
 
@@ -112,9 +121,11 @@ func (a *liveSource) join(d *dumper, tracked bool) error {
 // the last layout, just before the layout that names them.
 func (a *liveSource) openPages() error {
 	for _, d := range a.all {
-		if po := a.pages[d]; po != nil && po.w == nil {
-			if err := po.open(a, d.pid); err != nil {
-				return err
+		for _, po := range a.pages[d] {
+			if po.w == nil {
+				if err := po.open(a, d.pid); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -137,12 +148,12 @@ func (a *liveSource) leave(d *dumper) {
 			d.sink.abort()
 		}
 	}
-	if po := a.pages[d]; po != nil {
+	for _, po := range a.pages[d] {
 		if po.conn != nil {
 			po.conn.Close()
 		}
-		delete(a.pages, d)
 	}
+	delete(a.pages, d)
 }
 
 // newMember is a dumper for pid, a process of the tree that

@@ -342,14 +342,15 @@ func sharedRuns(pid int, v *core.VMA) ([]run, error) {
 // countingWriter counts the bytes on their way to the file. (Frames carry
 // their own checksums; hashing the whole file again would cost more than
 // writing it.)
+// Several page streams (each written by its own goroutine) may share n.
 type countingWriter struct {
 	w io.Writer
-	n int64
+	n *atomic.Int64
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
@@ -362,8 +363,8 @@ type pageSink struct {
 	d    *dumper
 	path string
 	f    *os.File
-	cw   *countingWriter
-	w    *pagestream.Writer
+	n    atomic.Int64 // bytes written, every stream
+	w    *pagestream.MultiWriter
 	pm   *proc.Pagemap
 	ents []proc.PagemapEntry
 	// sent holds every page sent in any round: a page that is gone later
@@ -416,14 +417,24 @@ func (d *dumper) openSink(codec pagestream.Codec) (*pageSink, error) {
 // newSink makes a sink that writes the page stream to w (a file, or a
 // stream to the target of a live migration), named name in errors.
 func (d *dumper) newSink(codec pagestream.Codec, w io.Writer, name string) (*pageSink, error) {
+	return d.newSinks(codec, []io.Writer{w}, name)
+}
+
+// newSinks makes a sink that spreads the page stream over several
+// (pagestream.MultiWriter): the live migration's page streams of one
+// process.
+func (d *dumper) newSinks(codec pagestream.Codec, ws []io.Writer, name string) (*pageSink, error) {
 	s := &pageSink{d: d, path: name}
 	// Frames are large: no buffering, which would only copy them again.
-	s.cw = &countingWriter{w: w}
+	cws := make([]io.Writer, len(ws))
+	for i, w := range ws {
+		cws[i] = &countingWriter{w: w, n: &s.n}
+	}
 	// Not Adaptive: storing frames raw when the compressors fall behind
 	// made the 1 GiB benchmark's image 1.8x larger and its restore slower
 	// (more to read and check) for a dump no faster on 2 cores.
 	var err error
-	if s.w, err = pagestream.NewWriter(s.cw, pagestream.WriterOptions{Codec: codec}); err != nil {
+	if s.w, err = pagestream.NewMultiWriter(cws, pagestream.WriterOptions{Codec: codec}); err != nil {
 		return nil, err
 	}
 	if s.pm, err = proc.OpenPagemap(d.pid); err != nil {
@@ -792,7 +803,7 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 			v.Pages = s.sent.Count(v.Start, v.End)
 		}
 	}
-	d.pages.Size = s.cw.n
+	d.pages.Size = s.n.Load()
 	d.pages.Pages = st.Pages
 	d.pages.Rounds = rounds
 	return st, nil

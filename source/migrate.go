@@ -56,6 +56,11 @@ type MigrateOptions struct {
 	Transfer func(Transfer)
 	// Bandwidth caps the page stream in bytes a second (0: no cap).
 	Bandwidth int64
+	// Streams is how many page streams each process's pages are spread
+	// over, each compressed, sent and written into the process on the
+	// target on its own (pagestream.MultiWriter); 0 picks one a CPU, up
+	// to 4. At most handoff.MaxPageStreams.
+	Streams int
 	// Hooks run at the source's stages: pre-freeze, post-dump,
 	// post-resume, abort.
 	Hooks *hook.Set
@@ -100,6 +105,7 @@ type MigrateReport struct {
 	Outcome    string        `json:"outcome"`
 	Tracker    string        `json:"tracker"`
 	Codec      string        `json:"codec"`
+	Streams    int           `json:"streams"` // page streams a process (MigrateOptions.Streams)
 	Rounds     []RoundReport `json:"rounds"`
 	Pages      uint64        `json:"pages"`
 	BytesRaw   uint64        `json:"bytes_raw"`
@@ -233,7 +239,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
 	// The tree is taken at the first round (regroup): the root alone
 	// until then.
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: map[int]treeMember{opts.PID: members[opts.PID]}, tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper]*pagesOut{},
+	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: map[int]treeMember{opts.PID: members[opts.PID]}, tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper][]*pagesOut{}, streams: pageStreams(opts.Streams),
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
@@ -243,7 +249,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if opts.Tree {
 		ss.regroup = a.regroup
 	}
-	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String()}
+	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), Streams: pageStreams(opts.Streams)}
 	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
 		Redial: func(ctx context.Context) (handoff.Conn, error) {
@@ -378,8 +384,11 @@ type liveSource struct {
 	// sess carries the page streams, a stream each process of all
 	// (pages), opened as the process joins; budget is their shared
 	// rate (MigrateOptions.Bandwidth).
-	sess     *transport.Session
-	pages    map[*dumper]*pagesOut
+	sess  *transport.Session
+	pages map[*dumper][]*pagesOut
+	// streams is how many page streams each process has
+	// (MigrateOptions.Streams, at least 1).
+	streams  int
 	budget   *rateBudget
 	progress func(RoundReport)
 	notify   func(Milestone)
@@ -575,6 +584,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
 		a.milestone(MilestoneRound, int(r.Round()))
 		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
+		if a.streams > 1 {
+			ll.Streams = a.streams // an older target refuses the unknown field
+		}
 		var err error
 		if ll.Shm, err = a.sysvOf(layouts); err != nil {
 			return err
@@ -1180,4 +1192,14 @@ func Recover(ctx context.Context, to, session string, pid int, cfg transport.Con
 		return out.String(), fmt.Errorf("the target says %v: the original %d is left stopped", out, pid)
 	}
 	return out.String(), nil
+}
+
+// pageStreams is the number of page streams for MigrateOptions.Streams n:
+// n itself, or with 0 one a CPU, up to 4 (each stream's goroutines want a
+// CPU on both sides, where the other streams' compete for them).
+func pageStreams(n int) int {
+	if n > 0 {
+		return min(n, handoff.MaxPageStreams)
+	}
+	return min(max(runtime.GOMAXPROCS(0), 1), 4)
 }

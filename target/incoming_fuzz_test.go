@@ -112,6 +112,8 @@ func FuzzLiveLayout(f *testing.F) {
 		{Kind: core.MountBind, ID: 3, Parent: 1, Point: "/b", Root: "/x", From: "/x"}}}})
 	f.Add(b, p.PID)
 	f.Add([]byte(`{"process":{"pid":7,"threads":[{"tid":7}],"exe":{"path":"/bin/true"},"cwd":"/","root":"/","vmas":[{},{}]}}`), 7)
+	b, _ = json.Marshal(handoff.LiveLayout{Process: p, Streams: 3})
+	f.Add(b, p.PID)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
 		ll, err := decodeLayout(body, pid)
 		if err != nil {
@@ -119,6 +121,9 @@ func FuzzLiveLayout(f *testing.F) {
 		}
 		if ll.Process.PID != pid {
 			t.Fatalf("layout of %d accepted for %d", ll.Process.PID, pid)
+		}
+		if ll.Streams < 0 || ll.Streams > handoff.MaxPageStreams {
+			t.Fatalf("layout with %d page streams accepted", ll.Streams)
 		}
 		again, err := json.Marshal(ll)
 		if err != nil {

@@ -64,6 +64,9 @@ func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
 	if ll.Process.PID != pid {
 		return nil, fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, pid)
 	}
+	if ll.Streams < 0 || ll.Streams > handoff.MaxPageStreams {
+		return nil, fmt.Errorf("%d page streams a process, want 1..%d", ll.Streams, handoff.MaxPageStreams)
+	}
 	if err := checkIncoming(layoutImage(&ll)); err != nil {
 		return nil, err
 	}
@@ -239,12 +242,15 @@ type liveTarget struct {
 	// membership may change from round to round (LiveLayout.Members).
 	members       map[int]member
 	tree, changes bool
+	// streams is how many page streams each process has
+	// (LiveLayout.Streams, at least 1).
+	streams int
 
 	mu     sync.Mutex
 	cond   *sync.Cond
 	layout int   // latest round whose layout is in place, -1 before any
 	err    error // of a page stream
-	// ins are the page streams, one for each process with pages (and
+	// ins are the page streams, streams for each process with pages (and
 	// those of processes that left).
 	ins []*pagesIn
 
@@ -356,6 +362,9 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			t.log.Debug("no room made for the process's fds", "err", err)
 		}
 	}
+	if t.b != nil && max(ll.Streams, 1) != max(t.streams, 1) {
+		return fmt.Errorf("layout of round %d: %d page streams a process, the first layout said %d", l.Round, max(ll.Streams, 1), max(t.streams, 1))
+	}
 	if t.b == nil {
 		// The tree's PIDs as the root's (Prepare).
 		for _, p := range ll.Tree {
@@ -404,6 +413,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) error {
 	t.members = layoutMembers(ll)
 	t.tree, t.changes = len(ll.Tree) > 0 || ll.Members, ll.Members
+	t.streams = max(ll.Streams, 1)
 	pids := []int{ll.Process.PID}
 	for _, p := range ll.Tree {
 		if p.Zombie == nil {
@@ -418,11 +428,13 @@ func (t *liveTarget) acceptPages(ctx context.Context, ll *handoff.LiveLayout) er
 // one), in whatever order they come; with a tree each names its process
 // first, which must be one of pids without a stream yet.
 func (t *liveTarget) acceptStreams(ctx context.Context, pids []int, round int) error {
-	want := map[int]bool{}
+	// Each process has t.streams of them (LiveLayout.Streams).
+	streams := max(t.streams, 1)
+	want := map[int]int{}
 	for _, pid := range pids {
-		want[pid] = true
+		want[pid] = streams
 	}
-	for range pids {
+	for range len(pids) * streams {
 		kind, pages, err := t.sess.AcceptStream(ctx)
 		if err != nil {
 			return err
@@ -439,11 +451,11 @@ func (t *liveTarget) acceptStreams(ctx context.Context, pids []int, round int) e
 				return fmt.Errorf("page stream: its process: %w", err)
 			}
 			pid = int(binary.LittleEndian.Uint32(b[:]))
-			if !want[pid] {
+			if want[pid] == 0 {
 				pages.Close()
-				return fmt.Errorf("a page stream for process %d, which is not of the tree, not new to it, or has one already", pid)
+				return fmt.Errorf("a page stream for process %d, which is not of the tree, not new to it, or has its %d already", pid, streams)
 			}
-			delete(want, pid)
+			want[pid]--
 		}
 		in := &pagesIn{pid: pid, barrier: round - 1}
 		t.mu.Lock()

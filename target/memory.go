@@ -147,6 +147,8 @@ func (r *restorer) fillPages(ctx context.Context) error {
 func (r *restorer) skipZeros(fr *pagestream.Frame, v *core.VMA, track bool) []bool {
 	fresh := v.Kind == core.VMAAnon || v.Kind == core.VMASharedAnon && !(r.live && v.Shm != 0 && len(r.img.Tree) > 0)
 	skip := make([]bool, fr.Pages)
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
 	for i := range fr.Pages {
 		addr := fr.Addr + uint64(i)*pageSize
 		skip[i] = fresh && fr.IsZero(i) && !r.written.Has(addr)

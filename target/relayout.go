@@ -146,7 +146,9 @@ func (r *restorer) relayout(want []core.VMA) error {
 		if _, err := r.sys("munmap", unix.SYS_MUNMAP, u.start, u.end-u.start); err != nil {
 			return fmt.Errorf("unmap %#x-%#x: %w", u.start, u.end, err)
 		}
+		r.writtenMu.Lock()
 		r.written.RemoveRange(u.start, u.end)
+		r.writtenMu.Unlock()
 	}
 	if err := r.mapAreas(mapNew); err != nil {
 		return err

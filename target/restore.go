@@ -132,6 +132,9 @@ type restorer struct {
 	// written too (elsewhere fresh memory is zero already).
 	mapped  []core.VMA
 	written core.PageSet
+	// writtenMu guards written: a live migration's page streams of one
+	// process (LiveLayout.Streams) are applied by a goroutine each.
+	writtenMu sync.Mutex
 	// live: pages come while pre-copy runs, before their counts are known.
 	live bool
 }

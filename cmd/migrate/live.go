@@ -216,6 +216,7 @@ without children alone.`,
 			downtime time.Duration
 			asJSON   bool
 			bwlimit  float64
+			streams  int
 			hooks    []string
 		)
 		fs.StringVar(&to, "to", "", "the target's `HOST:PORT`")
@@ -228,6 +229,7 @@ without children alone.`,
 		boolFlag(fs, &autoConverge, "auto-converge", "", "when pre-copy stops converging, slow the processes down (stopped a growing share of each 50 ms while a round sends) rather than freeze with much left to send")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
+		fs.IntVar(&streams, "streams", 0, fmt.Sprintf("spread each process's pages over `N` page streams, each compressed, sent and written on the target in parallel (1..%d; 0: one a CPU, up to 4)", migrate.MaxStreams))
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		tree := true
 		treeFlag := fs.VarPF((*switchValue)(&tree), "tree", "", "move the process with all its descendants; --tree=false: the process alone (refused if it has children)")
@@ -237,6 +239,9 @@ without children alone.`,
 		var inh []string
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
+			if streams < 0 || streams > migrate.MaxStreams {
+				return usagef("bad --streams %d (1..%d, or 0 for one a CPU)", streams, migrate.MaxStreams)
+			}
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
 			}
@@ -289,7 +294,7 @@ without children alone.`,
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Streams: streams, Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
 			e.clearStatus()
 			if rep != nil {
 				if asJSON {

@@ -54,7 +54,17 @@ type LiveLayout struct {
 	// exited since comes as a zombie. Without it the tree keeps the shape
 	// of the first layout.
 	Members bool `json:"members,omitempty"`
+	// Streams, in the first layout, is how many page streams each process
+	// with pages has, all opened as one would be (each beginning with the
+	// PID, with a tree), 1..MaxPageStreams; 0 means 1. A process's pages
+	// are spread over its streams; a round's pages may go in any of them,
+	// and each carries every round's barrier, so the target applies a
+	// page of round k+1 only once every stream passed round k's barrier.
+	Streams int `json:"streams,omitempty"`
 }
+
+// MaxPageStreams bounds LiveLayout.Streams.
+const MaxPageStreams = 16
 
 // PagesPIDLen is the length of the PID that begins each page stream of a
 // tree (see LiveLayout.Tree and LiveLayout.Members).
