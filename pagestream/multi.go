@@ -129,12 +129,14 @@ func (m *MultiWriter) Stats() Stats {
 	return s
 }
 
-// Times sums the streams' Times.
+// Times is the streams' Times: compress summed over them (as over one
+// Writer's workers), write that of the stream that spent the longest
+// writing (they write in parallel).
 func (m *MultiWriter) Times() (compress, write time.Duration) {
 	for _, w := range m.ws {
 		c, wr := w.Times()
 		compress += c
-		write += wr
+		write = max(write, wr)
 	}
 	return compress, write
 }

@@ -100,6 +100,9 @@ type pagesIn struct {
 	// left: its process left the tree or exited; the stream no longer
 	// counts, and nothing more of it is written.
 	left bool
+	// applyNS is the time this stream spent writing pages (its apply
+	// goroutine's own).
+	applyNS int64
 }
 
 // decodeState decodes and checks the body of the State: bounded, the image
@@ -259,7 +262,9 @@ type liveTarget struct {
 	hooks     *hook.Set
 	// steps time the downtime's part here, from the state's arrival.
 	steps []Step
-	// applyNS is the time the page streams spent writing pages.
+	// applyNS is the time the page streams spent writing pages: that
+	// of the busiest stream (they write in parallel), from each
+	// stream's own (pagesIn.applyNS).
 	applyNS atomic.Int64
 	lapped  time.Time
 	img     *core.Image   // the state's image, once restored
@@ -523,7 +528,13 @@ func (t *liveTarget) apply(in *pagesIn, r io.ReadCloser) {
 		case pagestream.FramePages:
 			at := time.Now()
 			err := t.b.WriteFrame(pid, fr)
-			t.applyNS.Add(int64(time.Since(at)))
+			in.applyNS += int64(time.Since(at))
+			for {
+				cur := t.applyNS.Load()
+				if in.applyNS <= cur || t.applyNS.CompareAndSwap(cur, in.applyNS) {
+					break
+				}
+			}
 			if err != nil {
 				fail(err)
 				return
