@@ -21,7 +21,9 @@ type ReaderOptions struct {
 	// only the pages that are not all zeros, in address order (Stored of
 	// them), and the zero pages are only bits of Zero. A caller that
 	// writes pages with scatter-gather calls saves moving every page to
-	// its place and clearing the zero ones; see Frame.Stored.
+	// its place and clearing the zero ones; see Frame.Stored. Pages stored
+	// uncompressed are not even copied: Data is then the part of the
+	// frame's pooled payload buffer that holds them.
 	Packed bool
 }
 
@@ -317,8 +319,10 @@ func decodePages(d *decompressor, j *rjob, packed bool) {
 	pages, stored := int(h.pages), int(h.stored)
 	body := j.payload[:h.payloadLen]
 	defer func() {
-		putBuf(j.payload)
-		j.payload = nil
+		if j.payload != nil {
+			putBuf(j.payload)
+			j.payload = nil
+		}
 	}()
 	bl := bitmapLen(pages)
 	bm := body[:bl]
@@ -330,14 +334,22 @@ func decodePages(d *decompressor, j *rjob, packed bool) {
 		n = stored * PageSize
 	}
 	var buf, data []byte
-	if n > 0 {
+	switch {
+	case packed && h.codec == CodecNone && n > 0 && len(comp) == n:
+		// The payload holds the stored pages as they are (incompressible
+		// memory): Data is that part of it, not a copy.
+		buf, data = j.payload, comp[:n:n]
+		j.payload = nil
+	case n > 0:
 		buf = GetBuffer(n)
 		data = buf[:n:n]
-	}
-	if err := d.decompress(h.codec, data[:stored*PageSize], comp); err != nil {
-		PutBuffer(buf)
-		j.err = frameErr(j.Offset, ErrCorrupt, "frame %d: %v: %v", h.seq, h.codec, err)
-		return
+		fallthrough
+	default:
+		if err := d.decompress(h.codec, data[:stored*PageSize], comp); err != nil {
+			PutBuffer(buf)
+			j.err = frameErr(j.Offset, ErrCorrupt, "frame %d: %v: %v", h.seq, h.codec, err)
+			return
+		}
 	}
 	if got := crc32c(data[:stored*PageSize]); got != want {
 		PutBuffer(buf)
