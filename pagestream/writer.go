@@ -435,7 +435,7 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 		}
 	}
 	stored := n - zero
-	compress := stored > 0 && c.codec != CodecNone && !j.noCompress
+	compress := stored > 0 && c.codec != CodecNone && !j.noCompress && !incompressible(src, bm, n, stored)
 	// raw is the stored pages in one piece: src itself if there are no
 	// holes, else gathered into scratch for the compressor, or straight
 	// into place in out when they go uncompressed.
@@ -470,6 +470,38 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 	j.hdr.payloadLen = uint32(len(out) - frameHeaderSize)
 	j.hdr.put(out)
 	j.out = out
+}
+
+// probePages is how many stored pages of a frame incompressible tries.
+const probePages = 4
+
+// incompressible says whether the stored pages of src (n pages, zero
+// bitmap bm, stored of them not zero) look like data no codec can shrink
+// (random, encrypted or already compressed memory): s2's estimate, which
+// writes nothing, gains nothing on any of probePages pages spread over
+// them. Such a frame is stored as it is, copied once, instead of being
+// compressed (s2 copies incompressible input whole into its output)
+// and then stored anyway. A frame that would have shrunk a little, its
+// probed pages being incompressible and others not, goes uncompressed:
+// the rare loss of ratio buys compression's cost on every frame of
+// incompressible memory.
+func incompressible(src, bm []byte, n, stored int) bool {
+	want := min(probePages, stored)
+	next, k, seen := 0, 0, 0 // next stored index to probe, probes made, stored pages seen
+	for i := 0; i < n && k < want; i++ {
+		if bm[i>>3]&(1<<(i&7)) != 0 {
+			continue
+		}
+		if seen == next {
+			if s2.EstimateBlockSize(src[i*PageSize:(i+1)*PageSize]) >= 0 {
+				return false
+			}
+			k++
+			next = k * stored / want
+		}
+		seen++
+	}
+	return k > 0
 }
 
 // gather appends the pages of src (n of them) whose bit in the zero bitmap
