@@ -101,8 +101,12 @@ type wjob struct {
 	ref *srcRef // the caller's buffer src is part of
 	// noCompress asks the worker to store the pages uncompressed (Adaptive).
 	noCompress bool
-	// rawFrame is set by the worker when it stored pages uncompressed.
+	// rawFrame is set by the worker when it stored pages uncompressed;
+	// rawCRC is then their content CRC, which the frame's checksum
+	// reuses (crcCombine) for the rawLen bytes that end it.
 	rawFrame bool
+	rawCRC   uint32
+	rawLen   int
 	out      []byte // the encoded frame: header, payload, trailer (getBuf)
 	done     chan struct{}
 	// flushed, for flush markers (hdr.kind == 0): closed by the output
@@ -450,7 +454,8 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 		out = gather(out, src, bm, n)
 		raw = out[base:]
 	}
-	binary.LittleEndian.PutUint32(out[frameHeaderSize+bl:], crc32c(raw))
+	content := crc32c(raw)
+	binary.LittleEndian.PutUint32(out[frameHeaderSize+bl:], content)
 	codec := CodecNone
 	if compress {
 		comp := c.compress(out, raw)
@@ -463,7 +468,7 @@ func encodePages(c *compressor, j *wjob, scratch []byte) {
 		out = append(out, raw...)
 	}
 	if codec == CodecNone && stored > 0 {
-		j.rawFrame = true
+		j.rawFrame, j.rawCRC, j.rawLen = true, content, len(raw)
 	}
 	j.hdr.codec = codec
 	j.hdr.stored = uint32(stored)
@@ -564,7 +569,7 @@ func (w *Writer) output() {
 			putBuf(j.out)
 			j.out = nil
 		}
-		j.rawFrame = false
+		j.rawFrame, j.rawCRC, j.rawLen = false, 0, 0
 		wjobs.Put(j)
 	}
 	w.writeOut(batch)
@@ -603,7 +608,14 @@ func (w *Writer) seal(j *wjob) {
 		j.out = w.totals.appendTo(getBuf(frameHeaderSize + endPayloadSize + trailerSize)[:frameHeaderSize])
 		j.hdr.put(j.out)
 	}
-	crc := crcUpdate(w.chain, j.out)
+	var crc uint32
+	if j.rawLen > 0 {
+		// The stored pages end the frame: their CRC is known.
+		head := len(j.out) - j.rawLen
+		crc = crcCombine(crcUpdate(w.chain, j.out[:head]), j.rawCRC, j.rawLen)
+	} else {
+		crc = crcUpdate(w.chain, j.out)
+	}
 	j.out = binary.LittleEndian.AppendUint32(j.out, crc)
 	w.chain = crc
 	w.frames.Add(1)
