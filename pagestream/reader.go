@@ -124,6 +124,12 @@ type rjob struct {
 	zero    [MaxFramePages / 64]uint64
 	err     *FrameError
 	done    chan struct{} // closed when decoded; page frames only
+	// lateChain: a frame of pages stored as they are, whose chained
+	// checksum the worker checks from their content CRC (crcCombine)
+	// instead of the read loop reading them twice: headCRC is the chain
+	// over the frame up to them, trailer what the frame says.
+	lateChain        bool
+	headCRC, trailer uint32
 }
 
 // NewReader reads and checks the stream header and starts the Reader's
@@ -251,7 +257,14 @@ func (r *Reader) readLoop(chain uint32) {
 		}
 		body := buf[:h.payloadLen]
 		want := binary.LittleEndian.Uint32(buf[h.payloadLen:])
-		if got := crcUpdate(crcUpdate(chain, hb[:]), body); got != want {
+		if raw := int(h.stored) * PageSize; h.kind == FramePages && h.codec == CodecNone && raw > 0 && !r.structure {
+			// Pages stored as they are: the worker, which computes
+			// their CRC anyway, checks the chain (decodePages). The
+			// next frame chains from what this one says; if that is
+			// wrong, this frame's error comes first.
+			j.lateChain, j.trailer = true, want
+			j.headCRC = crcUpdate(crcUpdate(chain, hb[:]), body[:len(body)-raw])
+		} else if got := crcUpdate(crcUpdate(chain, hb[:]), body); got != want {
 			fail(frameErr(off, ErrChecksum, "frame %d crc %08x, computed %08x (chained from the frame before)", h.seq, want, got))
 			return
 		}
@@ -351,7 +364,15 @@ func decodePages(d *decompressor, j *rjob, packed bool) {
 			return
 		}
 	}
-	if got := crc32c(data[:stored*PageSize]); got != want {
+	got := crc32c(data[:stored*PageSize])
+	if j.lateChain {
+		if c := crcCombine(j.headCRC, got, stored*PageSize); c != j.trailer {
+			PutBuffer(buf)
+			j.err = frameErr(j.Offset, ErrChecksum, "frame %d crc %08x, computed %08x (chained from the frame before)", h.seq, j.trailer, c)
+			return
+		}
+	}
+	if got != want {
 		PutBuffer(buf)
 		j.err = frameErr(j.Offset, ErrChecksum, "frame %d: content crc %08x, computed %08x", h.seq, want, got)
 		return
