@@ -118,13 +118,7 @@ func (m *MultiWriter) Abort() {
 func (m *MultiWriter) Stats() Stats {
 	var s Stats
 	for _, w := range m.ws {
-		t := w.Stats()
-		s.Frames += t.Frames
-		s.RawFrames += t.RawFrames
-		s.Pages += t.Pages
-		s.ZeroPages += t.ZeroPages
-		s.BytesRaw += t.BytesRaw
-		s.BytesWire += t.BytesWire
+		s.Add(w.Stats())
 	}
 	return s
 }

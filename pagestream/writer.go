@@ -48,6 +48,16 @@ type Stats struct {
 	BytesWire uint64 // bytes of the stream, stream header included
 }
 
+// Add adds the counts of t to s (of several streams).
+func (s *Stats) Add(t Stats) {
+	s.Frames += t.Frames
+	s.RawFrames += t.RawFrames
+	s.Pages += t.Pages
+	s.ZeroPages += t.ZeroPages
+	s.BytesRaw += t.BytesRaw
+	s.BytesWire += t.BytesWire
+}
+
 // Writer writes a page stream.
 //
 // Concurrency: a Writer is used from one goroutine at a time; WritePages,

@@ -601,13 +601,7 @@ func (t *liveTarget) received() (pagestream.Stats, bool) {
 	began := false
 	for _, rd := range streams {
 		began = true
-		st := rd.Stats()
-		sum.Pages += st.Pages
-		sum.ZeroPages += st.ZeroPages
-		sum.BytesRaw += st.BytesRaw
-		sum.BytesWire += st.BytesWire
-		sum.Frames += st.Frames
-		sum.RawFrames += st.RawFrames
+		sum.Add(rd.Stats())
 	}
 	return sum, began
 }
