@@ -117,3 +117,79 @@ func TestWriteFramePacked(t *testing.T) {
 		t.Errorf("write into read-only memory: %v, want EFAULT", err)
 	}
 }
+
+// BenchmarkApplyFrames is the apply stage of a restore: 64 MiB of
+// heap-like frames (zero pages among them) decoded and written into fresh
+// memory of a process (this one), read whole (every page moved to its
+// place, the zero ones cleared, then written) or packed (written from
+// where they were decompressed, zero pages left alone), one
+// process_vm_writev a frame.
+func BenchmarkApplyFrames(b *testing.B) {
+	const pages = 64 << 20 / pageSize
+	src := make([]byte, pages*pageSize)
+	for i := range pages {
+		if i%10 < 3 {
+			continue // zero, as bench_heap's
+		}
+		p := src[i*pageSize : (i+1)*pageSize]
+		for k := range p {
+			p[k] = "the quick brown fox jumps over the lazy dog "[(k+i)%44] ^ byte(i%10/7*k)
+		}
+	}
+	var stream bytes.Buffer
+	w, err := pagestream.NewWriter(&stream, pagestream.WriterOptions{Codec: pagestream.CodecS2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const base = 0x7e0000000000
+	for off := 0; off < len(src); off += 1 << 20 {
+		if err := w.WritePages(0, base+uint64(off), bytes.Clone(src[off:off+1<<20])); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	for _, packed := range []bool{false, true} {
+		b.Run(map[bool]string{false: "whole", true: "packed"}[packed], func(b *testing.B) {
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				b.StopTimer()
+				mem, err := unix.Mmap(-1, 0, len(src), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+				if err != nil {
+					b.Fatal(err)
+				}
+				delta := raw.AddrOf(mem) - base
+				b.StartTimer()
+				rd, err := pagestream.NewReader(bytes.NewReader(stream.Bytes()), pagestream.ReaderOptions{Packed: packed})
+				if err != nil {
+					b.Fatal(err)
+				}
+				for {
+					fr, err := rd.Next()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					if fr.Kind != pagestream.FramePages {
+						continue
+					}
+					fr.Addr += delta
+					skip := make([]bool, fr.Pages)
+					for i := range skip {
+						skip[i] = fr.IsZero(i)
+					}
+					if err := writeFrame(os.Getpid(), fr, skip); err != nil {
+						b.Fatal(err)
+					}
+				}
+				rd.Close()
+				b.StopTimer()
+				unix.Munmap(mem)
+				b.StartTimer()
+			}
+		})
+	}
+}
