@@ -238,7 +238,8 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	if err := check(dir, img); err != nil {
 		return nil, err
 	}
-	// Reading every page stream through is most of this step.
+	// The page streams are checked at their ends here (CheckEnds) and
+	// frame by frame as the fill reads them.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
 	b.ss = ss
