@@ -497,3 +497,27 @@ func TestPtraceSeccomp(t *testing.T) {
 		t.Errorf("a third filter: %v, want ENOENT", err)
 	}
 }
+
+// TestProcessMrelease: process_mrelease refuses a process that was not
+// killed, and frees the memory of one that was (or finds it freed).
+func TestProcessMrelease(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := startSleep(t)
+	pidfd, err := unix.PidfdOpen(p.PID, 0)
+	if err != nil {
+		testutil.Unavailable(t, "pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	err = ProcessMrelease(pidfd)
+	if errors.Is(err, unix.ENOSYS) {
+		testutil.Unavailable(t, "process_mrelease (Linux 5.15): %v", err)
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		t.Errorf("process_mrelease of a live process: %v, want EINVAL", err)
+	}
+	p.Signal(t, unix.SIGKILL)
+	if err := ProcessMrelease(pidfd); err != nil {
+		t.Errorf("process_mrelease of a killed process: %v", err)
+	}
+	p.WaitExit(t, 10*time.Second)
+}
