@@ -61,7 +61,7 @@ func WriteRemotev(pid int, local [][]byte, remote []unix.RemoteIovec) (int, erro
 // ProcessMrelease frees the memory of the dying process that pidfd refers
 // to from the calling thread (process_mrelease(2), Linux 5.15), alongside
 // the process's own exit: a large address space goes away sooner. It fails
-// (EINVAL) unless the process was killed.
+// with EINVAL unless the process was killed, with ESRCH once it is gone.
 func ProcessMrelease(pidfd int) error {
 	if _, _, e := unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(pidfd), 0, 0); e != 0 {
 		return e
