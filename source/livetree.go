@@ -224,7 +224,13 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		}
 	}
 	if a.d.sink == nil {
-		// The first round: the root joins first.
+		// The first round: the page streams a process, fewer for a tree
+		// of many processes, whose streams (one each already) keep the
+		// CPUs busy by themselves and must all wait, opened, for the
+		// target to take them at the first layout (see
+		// maxPendingStreams).
+		a.streams = max(1, min(a.streams, maxPendingStreams/len(pids)))
+		// The root joins first.
 		if err := a.join(a.d, true); err != nil {
 			return nil, err
 		}
@@ -460,3 +466,10 @@ func (wholeTracker) Dirty(vmas []core.VMA) ([]PageRange, error) {
 }
 func (wholeTracker) Held() time.Duration { return 0 }
 func (wholeTracker) Close() error        { return nil }
+
+// maxPendingStreams bounds the page streams of the processes a tree's
+// first layout names, which are all opened before the target accepts
+// any: well within what a transport session holds unaccepted (yamux's
+// backlog and the session's queue, 64 each), as one stream a process
+// has been.
+const maxPendingStreams = 32

@@ -59,7 +59,8 @@ type MigrateOptions struct {
 	// Streams is how many page streams each process's pages are spread
 	// over, each compressed, sent and written into the process on the
 	// target on its own (pagestream.MultiWriter); 0 picks one a CPU, up
-	// to 4. At most handoff.MaxPageStreams.
+	// to 4. At most handoff.MaxPageStreams; a tree gets fewer when its
+	// processes' streams would pass maxPendingStreams.
 	Streams int
 	// Hooks run at the source's stages: pre-freeze, post-dump,
 	// post-resume, abort.
@@ -272,6 +273,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.Outcome = outcome.String()
 	// The tree as it was moved (or as pre-copy last saw it).
 	rep.Processes = len(a.all) + len(a.zombies)
+	rep.Streams = a.streams
 	for _, m := range a.all {
 		rep.RSSBytes += m.status.VmRSS
 	}

@@ -229,7 +229,7 @@ without children alone.`,
 		boolFlag(fs, &autoConverge, "auto-converge", "", "when pre-copy stops converging, slow the processes down (stopped a growing share of each 50 ms while a round sends) rather than freeze with much left to send")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
-		fs.IntVar(&streams, "streams", 0, fmt.Sprintf("spread each process's pages over `N` page streams, each compressed, sent and written on the target in parallel (1..%d; 0: one a CPU, up to 4)", migrate.MaxStreams))
+		fs.IntVar(&streams, "streams", 0, fmt.Sprintf("spread each process's pages over `N` page streams, each compressed, sent and written on the target in parallel (1..%d; 0: one a CPU, up to 4; fewer for a tree of many processes, at most 32 in all)", migrate.MaxStreams))
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
 		tree := true
 		treeFlag := fs.VarPF((*switchValue)(&tree), "tree", "", "move the process with all its descendants; --tree=false: the process alone (refused if it has children)")
