@@ -45,6 +45,10 @@ type session struct {
 	blobs int
 	// shm are the System V segments the processes attach (readSysV).
 	shm []core.ShmSegment
+	// innerPIDs are the PIDs inside the container of the processes of
+	// its tree, as each was seen when it joined (noteInner): a round's
+	// layout names a process that exited since with it.
+	innerPIDs map[int]int
 	// container is set when the root is the init of a PID namespace of
 	// its own, which the dump carries with its whole tree; ipcNS is then
 	// the root's PID if it has an IPC namespace of its own, whose System
