@@ -291,19 +291,40 @@ without children alone.`,
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
 				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
 			e.clearStatus()
-			if rep != nil {
-				if asJSON {
-					writeJSON(e.stdout, rep)
-				} else {
-					if len(rep.Stages) > 0 {
-						fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
-					}
-					fmt.Fprintln(e.stdout, migrateSummary(rep))
+			if asJSON {
+				writeJSON(e.stdout, migrateJSON(rep, err))
+			} else if rep != nil {
+				if len(rep.Stages) > 0 {
+					fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
 				}
+				fmt.Fprintln(e.stdout, migrateSummary(rep))
 			}
 			return err
 		}
 	},
+}
+
+// failedMigration is the --json output of a migration that failed: its
+// report (if it got that far), the error, and the kind of a refusal, so
+// that a script tells "refused: cpu" from a broken connection without
+// reading the message.
+type failedMigration struct {
+	*migrate.Report
+	Error   string              `json:"error"`
+	Refused migrate.RefusalKind `json:"refused,omitempty"`
+}
+
+// migrateJSON is what --json prints for a migration's outcome.
+func migrateJSON(rep *migrate.Report, err error) any {
+	if err == nil {
+		return rep
+	}
+	f := failedMigration{Report: rep, Error: err.Error()}
+	var re *migrate.RefusedError
+	if errors.As(err, &re) {
+		f.Refused = re.Kind
+	}
+	return f
 }
 
 func printRoundLine(w io.Writer, r migrate.RoundReport) {
