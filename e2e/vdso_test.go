@@ -38,6 +38,12 @@ func TestVDSOProxy(t *testing.T) {
 	if got := field(t, ready, "vdso"); got != "0x"+strconv.FormatUint(old.Start, 16) {
 		t.Fatalf("the process's AT_SYSINFO_EHDR is %s, the image's [vdso] at %#x", got, old.Start)
 	}
+	// The thread, which spends most of its time in the vdso, was stepped
+	// out of it (it returned to its code, or is at a system call).
+	th := img.Process.Threads[0]
+	if rip := th.Regs.RIP; rip >= old.Start && rip < old.End && th.Restart == "" {
+		t.Errorf("the thread was dumped inside the vdso, at %#x", rip)
+	}
 	r, rep := restoreOptsReport(t, dir, p.Log, target.RestoreOptions{VDSOProxy: true})
 	if !rep.VDSOProxy {
 		t.Fatalf("restore report %+v: no vdso proxy", rep)
