@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"os"
+	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,10 +23,34 @@ import (
 // this kernel's [vdso] is elsewhere, the old address holds the proxy
 // (read-only, executable), the monotonic clock never goes back, the real
 // time is the host's, and a signal handled after the restore returns (its
-// frame and sigreturn do not go through the vdso).
+// frame and sigreturn do not go through the vdso). A process in a time
+// namespace of its own gets one again, and this kernel's vdso in it
+// serves the proxy.
 func TestVDSOProxy(t *testing.T) {
 	testutil.RequireRoot(t)
-	p := testutil.Start(t, testutil.Build(t, "vdso"))
+	t.Run("same clocks", func(t *testing.T) { testVDSOProxy(t) })
+	t.Run("time namespace", func(t *testing.T) {
+		if _, err := os.Stat("/proc/self/ns/time"); err != nil {
+			testutil.Unavailable(t, "time namespaces (CONFIG_TIME_NS): %v", err)
+		}
+		unshare, err := exec.LookPath("unshare")
+		if err != nil {
+			testutil.Unavailable(t, "unshare (util-linux): %v", err)
+		}
+		testVDSOProxy(t, unshare, "--time", "--monotonic", "500", "--boottime", "300")
+	})
+}
+
+// testVDSOProxy runs the vdso workload (under the command and arguments
+// in, if any, which exec it), dumps it, restores it through the proxy and
+// checks it.
+func testVDSOProxy(t *testing.T, in ...string) {
+	var p *testutil.Proc
+	if bin := testutil.Build(t, "vdso"); len(in) > 0 {
+		p = testutil.Start(t, in[0], append(in[1:], bin)...)
+	} else {
+		p = testutil.Start(t, bin)
+	}
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	dir, img := dumpKill(t, p, "")
@@ -45,8 +73,8 @@ func TestVDSOProxy(t *testing.T) {
 		t.Errorf("the thread was dumped inside the vdso, at %#x", rip)
 	}
 	r, rep := restoreOptsReport(t, dir, p.Log, target.RestoreOptions{VDSOProxy: true})
-	if !rep.VDSOProxy {
-		t.Fatalf("restore report %+v: no vdso proxy", rep)
+	if !rep.VDSOProxy || (rep.TimeNamespace != nil) != (len(in) > 0) {
+		t.Fatalf("restore report %+v: want a vdso proxy, a time namespace only for a process in one", rep)
 	}
 	maps, err := proc.ReadMaps(r.PID)
 	if err != nil {
@@ -64,6 +92,31 @@ func TestVDSOProxy(t *testing.T) {
 	if vdso == nil || vdso.Start == old.Start || proxy == nil || proxy.End != old.End ||
 		proxy.Prot != unix.PROT_READ|unix.PROT_EXEC || proxy.Path != "" {
 		t.Fatalf("after the restore [vdso] is %+v and %#x-%#x is %+v: want this kernel's vdso elsewhere, an anonymous r-x proxy at the old one", vdso, old.Start, old.End, proxy)
+	}
+	// Check takes the proxied layout (the restore checked it), and sees
+	// a proxy that is not the image's vdso's. (The process runs: its
+	// output's offset differs from the image's.)
+	memory := func(ds []target.Difference) (out []target.Difference) {
+		for _, d := range ds {
+			if strings.HasPrefix(d.What, "area ") || strings.HasPrefix(d.What, "vdso") {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	if d := memory(target.Check(&img.Process, true)); len(d) != 0 {
+		t.Errorf("Check of the restored process: %v", d)
+	}
+	forged := img.Process
+	forged.VMAs = slices.Clone(forged.VMAs)
+	for i := range forged.VMAs {
+		if v := &forged.VMAs[i]; v.Kind == core.VMAVDSO {
+			v.Code = slices.Clone(v.Code)
+			v.Code[7] ^= 0xff
+		}
+	}
+	if d := memory(target.Check(&forged, true)); len(d) != 1 {
+		t.Errorf("Check against an image whose vdso is another: %v, want one difference", d)
 	}
 
 	n := r.LastTick(t)
