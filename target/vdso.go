@@ -23,7 +23,9 @@ func vdsoServed(vmas []core.VMA) error {
 	if same == nil || !errors.As(same, &mismatch) {
 		return same
 	}
-	if _, err := vdsoProxyFor(vmas); err != nil {
+	if _, err := vdsoProxyFor(vmas); errors.Is(err, core.ErrInconsistent) {
+		return err
+	} else if err != nil {
 		return &VDSOMismatchError{Reason: mismatch.Reason + "; and no proxy of the image's vdso serves it: " + err.Error()}
 	}
 	return nil
