@@ -43,7 +43,8 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) },
+		buildOptions{live: true, applyCgroupLimits: applyCgroupLimits})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -178,7 +179,7 @@ func validateLiveProcess(p *core.Process) error {
 	if err := checkMappedFiles(p); err != nil {
 		return err
 	}
-	return checkVDSO(p.VMAs)
+	return vdsoServed(p.VMAs)
 }
 
 // checkMappedFiles checks that the files p maps are here, the same as

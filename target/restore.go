@@ -89,6 +89,11 @@ type session struct {
 	// applyCgroupLimits: a cgroup of the image this host has with other
 	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
 	applyCgroupLimits bool
+	// forceVDSOProxy: the vdso goes through a proxy even where this
+	// kernel's is the image's (RestoreOptions.VDSOProxy).
+	forceVDSOProxy bool
+	// vdsoProxied is set once a process got a vdso proxy.
+	vdsoProxied atomic.Bool
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -132,6 +137,10 @@ type restorer struct {
 	// written too (elsewhere fresh memory is zero already).
 	mapped  []core.VMA
 	written core.PageSet
+	// vdsoHere is where this kernel's [vdso] and [vvar*] were put when
+	// they could not go to the image's addresses (proxyVDSO): a later
+	// layout must leave it alone.
+	vdsoHere addrRange
 	// live: pages come while pre-copy runs, before their counts are known.
 	live bool
 }
@@ -157,7 +166,7 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 		}
 	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits)
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy})
 	if err != nil {
 		return nil, err
 	}
@@ -222,12 +231,18 @@ type Builder struct {
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	return newBuilder(ctx, dir, img, log, check, false, false)
+	return newBuilder(ctx, dir, img, log, check, buildOptions{})
 }
 
-// newBuilder is NewBuilder with the check of the image given; live
-// builders map every area that may get pages writable.
-func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool) (*Builder, error) {
+// buildOptions are newBuilder's choices: live builders map every area
+// that may get pages writable; the others are RestoreOptions'.
+type buildOptions struct {
+	live, applyCgroupLimits, vdsoProxy bool
+}
+
+// newBuilder is NewBuilder with the check of the image given.
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, o buildOptions) (*Builder, error) {
+	live := o.live
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -237,7 +252,8 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -493,6 +509,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		Steps:     b.steps,
 
 		TimeNamespace: b.ss.timens,
+		VDSOProxy:     b.ss.vdsoProxied.Load(),
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
@@ -889,7 +906,13 @@ func (r *restorer) layout(context.Context) error {
 			return fmt.Errorf("unmap husk area %#x-%#x: %w", m.Start, m.End, err)
 		}
 	}
-	if err := r.moveVDSO(special, busy, off); err != nil {
+	if r.forceVDSOProxy || checkVDSO(r.proc.VMAs) != nil {
+		// (validate found that the proxy serves it.)
+		if err := r.proxyVDSO(special, busy, off); err != nil {
+			return err
+		}
+		r.vdsoProxied.Store(true)
+	} else if err := r.moveVDSO(special, busy, off); err != nil {
 		return err
 	}
 	if err := r.openAgentPidfd(); err != nil {
@@ -900,11 +923,23 @@ func (r *restorer) layout(context.Context) error {
 }
 
 // syscallOffset finds a syscall instruction in this process's vdso, which
-// is the same as the child's (checked by validate).
+// is the same as the child's (the husk's exec mapped it).
 func syscallOffset() (uint64, error) {
-	maps, err := proc.ReadMaps(os.Getpid())
+	_, img, err := ownVDSO()
 	if err != nil {
 		return 0, err
+	}
+	if i := bytes.Index(img, []byte{0x0f, 0x05}); i >= 0 {
+		return uint64(i), nil
+	}
+	return 0, ptrace.ErrNoGadget
+}
+
+// ownVDSO returns the address and contents of this process's [vdso].
+func ownVDSO() (uint64, []byte, error) {
+	maps, err := proc.ReadMaps(os.Getpid())
+	if err != nil {
+		return 0, nil, err
 	}
 	for _, m := range maps {
 		if m.Path != "[vdso]" {
@@ -912,15 +947,11 @@ func syscallOffset() (uint64, error) {
 		}
 		buf := make([]byte, m.End-m.Start)
 		if _, err := ptrace.ReadMem(os.Getpid(), m.Start, buf); err != nil {
-			return 0, err
+			return 0, nil, fmt.Errorf("read [vdso]: %w", err)
 		}
-		for i := 0; i+1 < len(buf); i++ {
-			if buf[i] == 0x0f && buf[i+1] == 0x05 {
-				return uint64(i), nil
-			}
-		}
+		return m.Start, buf, nil
 	}
-	return 0, ptrace.ErrNoGadget
+	return 0, nil, errors.New("migrate has no [vdso] (vdso=0 on the kernel command line?)")
 }
 
 // moveVDSO moves the child's [vvar*] and [vdso] to the image's addresses,

@@ -1,0 +1,236 @@
+package target
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// The vdso proxy. A process holds addresses inside its [vdso]: glibc
+// resolves __vdso_clock_gettime and its friends once, at start, and calls
+// them through pointers it keeps; a program may have taken such a
+// pointer itself; the auxv's AT_SYSINFO_EHDR names the image. Code of one
+// kernel's vdso finds its data ([vvar], [vvar_vclock]) at fixed offsets
+// from itself, in that kernel's layout. On a kernel whose vdso is another
+// (another build, other sizes or offsets), moving this kernel's vdso to
+// the old address would run new code against pointers taken into old
+// code.
+//
+// So the restore leaves this kernel's [vdso] and [vvar*] where they fit
+// (near the old place), and maps at the old [vdso]'s address a proxy: a
+// copy of the old vdso (ELF header, symbol tables and code, so a reader
+// of AT_SYSINFO_EHDR finds the image it found before), each exported
+// function's first bytes overwritten with a jump to the function of the
+// same name in this kernel's vdso. The proxy is read-only and
+// executable; it is an ordinary anonymous area of the process, which a
+// later dump carries as memory. The old [vvar*] addresses get zero pages,
+// read-only: only old vdso code (a thread caught inside a vdso function
+// at the dump) reads them, and the kernel's vdso code finds a zero clock
+// mode there (VDSO_CLOCKMODE_NONE) and falls back to the system call.
+//
+// A function of the old vdso that this kernel's lacks gets a stub that
+// makes the system call the function stands for (the vdso functions of
+// x86-64 take the arguments of their system call and return what it
+// does). __vdso_getrandom always does: glibc keeps per-thread state whose
+// size and layout it asked the old kernel's vdso for (vgetrandom_state),
+// which this kernel's vdso could read otherwise. A function with no such
+// system call is refused, named.
+//
+// Signals: an x86-64 signal frame returns through the handler's
+// SA_RESTORER (glibc's __restore_rt), never through the vdso (the kernel
+// refuses a 64-bit handler without SA_RESTORER; only 32-bit processes
+// return through the vdso's __kernel_rt_sigreturn). The kernel's own
+// pointer to the vdso (mm->context.vdso, which names [vdso] in the maps
+// and serves the 32-bit signal return) follows this kernel's [vdso] when
+// mremap moves it, so arch_prctl(ARCH_MAP_VDSO_64) is not needed: the
+// husk's exec mapped this kernel's vdso already, and ARCH_MAP_VDSO_64 maps
+// one only where none is.
+
+// vdsoSyscalls are the system calls the vdso functions of x86-64 stand
+// for: a function missing from this kernel's vdso makes its call.
+var vdsoSyscalls = map[string]uint32{
+	"clock_gettime": 228,
+	"gettimeofday":  96,
+	"time":          201,
+	"getcpu":        309,
+	"clock_getres":  229,
+	"getrandom":     318,
+}
+
+// alwaysSyscall are the functions whose proxy entry makes the system call
+// even where this kernel's vdso has them (see above).
+var alwaysSyscall = map[string]bool{"getrandom": true}
+
+// vdsoBase is the name of a vdso function without its __vdso_ prefix.
+func vdsoBase(name string) string { return strings.TrimPrefix(name, "__vdso_") }
+
+// maxVDSOSize caps the vdso images parsed (a few pages in practice).
+const maxVDSOSize = 1 << 20
+
+// vdsoFunc is an exported function of a vdso image.
+type vdsoFunc struct {
+	Name string
+	Off  uint64 // from the start of the image
+}
+
+// vdsoFuncs parses a vdso image, as mapped (its first byte at its ELF
+// header), and returns its exported functions sorted by offset, then
+// name. The image comes from the dump: everything it says is checked
+// against its length.
+func vdsoFuncs(img []byte) ([]vdsoFunc, error) {
+	if len(img) > maxVDSOSize {
+		return nil, fmt.Errorf("vdso image of %d bytes (at most %d)", len(img), maxVDSOSize)
+	}
+	f, err := elf.NewFile(bytes.NewReader(img))
+	if err != nil {
+		return nil, fmt.Errorf("vdso image: %w", err)
+	}
+	defer f.Close()
+	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
+		return nil, fmt.Errorf("vdso image: %v %v, not an x86-64 image", f.Class, f.Machine)
+	}
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		return nil, fmt.Errorf("vdso image: dynamic symbols: %w", err)
+	}
+	var out []vdsoFunc
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Section == elf.SHN_UNDEF || s.Name == "" {
+			continue
+		}
+		if b := elf.ST_BIND(s.Info); b != elf.STB_GLOBAL && b != elf.STB_WEAK {
+			continue
+		}
+		off, ok := imageOffset(f, s.Value)
+		if !ok || off >= uint64(len(img)) {
+			return nil, fmt.Errorf("vdso image: %s at %#x is outside the image", s.Name, s.Value)
+		}
+		out = append(out, vdsoFunc{Name: s.Name, Off: off})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("vdso image: no exported function")
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Off != out[j].Off {
+			return out[i].Off < out[j].Off
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// imageOffset turns a virtual address of the image into an offset from
+// its start, through its loadable segment.
+func imageOffset(f *elf.File, vaddr uint64) (uint64, bool) {
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || vaddr < p.Vaddr || vaddr-p.Vaddr >= p.Filesz {
+			continue
+		}
+		return vaddr - p.Vaddr + p.Off, true
+	}
+	return 0, false
+}
+
+// Encodings of the proxy's entries.
+const (
+	jmpRel32Len  = 5  // jmp rel32
+	jmpAbsLen    = 12 // movabs rax, imm64; jmp rax
+	syscallStLen = 8  // mov eax, imm32; syscall; ret
+)
+
+// UnservedError says a function of the old vdso is neither in this
+// kernel's vdso nor one the proxy can make as a system call.
+type UnservedError struct{ Names []string }
+
+func (e *UnservedError) Error() string {
+	return "this kernel's vdso lacks " + strings.Join(e.Names, ", ") + " of the old one"
+}
+
+// buildProxy returns the proxy of the old vdso image old, to be mapped at
+// at, whose functions go to those of the new image mapped at newAt.
+func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error) {
+	oldFuncs, err := vdsoFuncs(old)
+	if err != nil {
+		return nil, fmt.Errorf("the image's vdso: %w", err)
+	}
+	newFuncs, err := vdsoFuncs(cur)
+	if err != nil {
+		return nil, fmt.Errorf("this kernel's vdso: %w", err)
+	}
+	here := map[string]uint64{}
+	for _, f := range newFuncs {
+		here[f.Name] = f.Off
+	}
+	// entry is what one offset of the old image becomes: one target
+	// (names at one offset are aliases: clock_gettime and
+	// __vdso_clock_gettime), or a system call.
+	type entry struct {
+		to      uint64 // absolute address in the new vdso, or 0
+		syscall uint32
+		names   []string
+	}
+	entries := map[uint64]*entry{}
+	var offs []uint64
+	var missing []string
+	for _, f := range oldFuncs {
+		var e entry
+		base := vdsoBase(f.Name)
+		if off, ok := here[f.Name]; ok && !alwaysSyscall[base] {
+			e.to = newAt + off
+		} else if nr, ok := vdsoSyscalls[base]; ok {
+			e.syscall = nr
+		} else {
+			missing = append(missing, f.Name)
+			continue
+		}
+		if prev, ok := entries[f.Off]; ok {
+			if prev.to != e.to || prev.syscall != e.syscall {
+				return nil, &UnservedError{Names: []string{fmt.Sprintf("%s (an alias of %s, but not in this kernel's vdso)", f.Name, strings.Join(prev.names, ", "))}}
+			}
+			prev.names = append(prev.names, f.Name)
+			continue
+		}
+		e.names = []string{f.Name}
+		entries[f.Off] = &e
+		offs = append(offs, f.Off)
+	}
+	if len(missing) > 0 {
+		return nil, &UnservedError{Names: missing}
+	}
+	out := append([]byte(nil), old...)
+	for i, off := range offs {
+		e := entries[off]
+		code := jumpCode(at+off, e.to, e.syscall)
+		limit := uint64(len(out))
+		if i+1 < len(offs) {
+			limit = offs[i+1]
+		}
+		if off+uint64(len(code)) > limit {
+			return nil, fmt.Errorf("the image's vdso: %s at +%#x leaves %d bytes for its %d-byte jump", e.names[0], off, limit-off, len(code))
+		}
+		copy(out[off:], code)
+	}
+	return out, nil
+}
+
+// jumpCode is the code placed at from: a jump to to, or, when to is 0,
+// the system call nr.
+func jumpCode(from, to uint64, nr uint32) []byte {
+	if to == 0 {
+		b := []byte{0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0xc3}
+		binary.LittleEndian.PutUint32(b[1:], nr)
+		return b
+	}
+	if rel := int64(to) - int64(from+jmpRel32Len); rel == int64(int32(rel)) {
+		b := []byte{0xe9, 0, 0, 0, 0}
+		binary.LittleEndian.PutUint32(b[1:], uint32(int32(rel)))
+		return b
+	}
+	b := []byte{0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xe0}
+	binary.LittleEndian.PutUint64(b[2:], to)
+	return b
+}
