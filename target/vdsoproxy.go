@@ -37,8 +37,11 @@ import (
 // x86-64 take the arguments of their system call and return what it
 // does). __vdso_getrandom always does: glibc keeps per-thread state whose
 // size and layout it asked the old kernel's vdso for (vgetrandom_state),
-// which this kernel's vdso could read otherwise. A function with no such
-// system call is refused, named.
+// which this kernel's vdso could read otherwise. __vdso_sgx_enter_enclave
+// (a kernel built with SGX has it, one without does not) returns -EFAULT,
+// what it returns on a kernel with it when no enclave is there to enter
+// (ENCLU faults): a kernel whose vdso lacks it has no SGX, so no process
+// here has an enclave. A function of none of these is refused, named.
 //
 // Signals: an x86-64 signal frame returns through the handler's
 // SA_RESTORER (glibc's __restore_rt), never through the vdso (the kernel
@@ -60,6 +63,9 @@ var vdsoSyscalls = map[string]uint32{
 	"clock_getres":  229,
 	"getrandom":     318,
 }
+
+// vdsoErrors are the functions a missing one of returns an error: -errno.
+var vdsoErrors = map[string]int32{"sgx_enter_enclave": 14}
 
 // alwaysSyscall are the functions whose proxy entry makes the system call
 // even where this kernel's vdso has them (see above).
@@ -171,6 +177,7 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 	type entry struct {
 		to      uint64 // absolute address in the new vdso, or 0
 		syscall uint32
+		errno   int32 // with to and syscall 0: return -errno
 		names   []string
 	}
 	entries := map[uint64]*entry{}
@@ -183,12 +190,14 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 			e.to = newAt + off
 		} else if nr, ok := vdsoSyscalls[base]; ok {
 			e.syscall = nr
+		} else if errno, ok := vdsoErrors[base]; ok {
+			e.errno = errno
 		} else {
 			missing = append(missing, f.Name)
 			continue
 		}
 		if prev, ok := entries[f.Off]; ok {
-			if prev.to != e.to || prev.syscall != e.syscall {
+			if prev.to != e.to || prev.syscall != e.syscall || prev.errno != e.errno {
 				return nil, &UnservedError{Names: []string{fmt.Sprintf("%s (an alias of %s, but not in this kernel's vdso)", f.Name, strings.Join(prev.names, ", "))}}
 			}
 			prev.names = append(prev.names, f.Name)
@@ -205,6 +214,9 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 	for i, off := range offs {
 		e := entries[off]
 		code := jumpCode(at+off, e.to, e.syscall)
+		if e.errno != 0 {
+			code = errnoCode(e.errno)
+		}
 		limit := uint64(len(out))
 		if i+1 < len(offs) {
 			limit = offs[i+1]
@@ -215,6 +227,13 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 		copy(out[off:], code)
 	}
 	return out, nil
+}
+
+// errnoCode is code that returns -errno: mov rax, -errno; ret.
+func errnoCode(errno int32) []byte {
+	b := []byte{0x48, 0xc7, 0xc0, 0, 0, 0, 0, 0xc3}
+	binary.LittleEndian.PutUint32(b[3:], uint32(-errno))
+	return b
 }
 
 // jumpCode is the code placed at from: a jump to to, or, when to is 0,

@@ -111,8 +111,24 @@ func TestBuildProxyMissing(t *testing.T) {
 			}
 		}
 	}
+	// An old vdso with a function that returns an error where this
+	// kernel lacks it (as __vdso_sgx_enter_enclave: getcpX stands for it).
+	vdsoErrors["getcpX"] = 14
+	defer delete(vdsoErrors, "getcpX")
+	old := bytes.ReplaceAll(img, []byte("getcpu\x00"), []byte("getcpX\x00"))
+	if p, err = buildProxy(old, here-0x100000, img, here); err != nil {
+		t.Fatal(err)
+	}
+	funcs, _ = vdsoFuncs(old)
+	for _, f := range funcs {
+		if vdsoBase(f.Name) == "getcpX" {
+			if want := errnoCode(14); !bytes.Equal(p[f.Off:f.Off+uint64(len(want))], want) {
+				t.Errorf("%s: % x, want mov rax, -14; ret", f.Name, p[f.Off:f.Off+uint64(len(want))])
+			}
+		}
+	}
 	// An old vdso with a function no kernel has.
-	old := bytes.ReplaceAll(img, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
+	old = bytes.ReplaceAll(img, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
 	_, err = buildProxy(old, here-0x100000, img, here)
 	var ue *UnservedError
 	if !errors.As(err, &ue) || !slices.Contains(ue.Names, "__vdso_tXme") {
