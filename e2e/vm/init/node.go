@@ -39,6 +39,8 @@ func node() {
 	if err := os.WriteFile("/proc/sys/kernel/pid_max", []byte("4194304"), 0); err != nil {
 		fmt.Printf("vmnode: pid_max: %v\n", err)
 	}
+	// A dump records the processes' cgroups from the cgroup2 mount.
+	mount("cgroup2", "/sys/fs/cgroup", "cgroup2")
 	if err := loadModules(modulesDir); err != nil {
 		fmt.Printf("vmnode: FAIL %v\n", err)
 		return
