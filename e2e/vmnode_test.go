@@ -22,6 +22,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/raw"
 	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 )
 
 // The VM node: Debian's cloud kernel (6.1, soft-dirty) under qemu (TCG)
@@ -362,6 +363,17 @@ func TestVMLive(t *testing.T) {
 	t.Logf("vmtest-live: VM node: kernel %s, booted in %.1f s, XSAVE features %#x (%s); this host's %#x (%s)",
 		vm.Kernel, vm.Boot.Seconds(), vm.XCR0, core.XSAVENames(vm.XCR0), hostXCR0, core.XSAVENames(hostXCR0))
 	vm.setClock(t)
+
+	// The same migration within this host's kernel, for comparison.
+	t.Run("host to host", func(t *testing.T) {
+		p := testutil.StartWith(t, testutil.Options{Dir: work, Env: vmWorkloadEnv}, bin, "mem=256")
+		p.WaitLine(t, short, 0, "ready")
+		p.WaitTick(t, long, 3)
+		r, rep := migrateLive(t, p, startServeWith(t, serveOptions{}), source.MigrateOptions{})
+		t.Logf("vmtest-live: host to host (one kernel): moved, tracker %s, downtime %.1f ms, total %.1f ms", rep.Tracker, rep.DowntimeMS, rep.TotalMS)
+		r.WaitTick(t, long, r.LastTick(t)+3)
+		checkVMTicks(t, r.Lines(t))
+	})
 
 	t.Run("host to VM", func(t *testing.T) {
 		log := filepath.Join(work, "to-vm.log")

@@ -20,7 +20,6 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${VMTEST_CACHE:-${HOME:-/root}/.cache/migrate-vmtest}
 timeout_s=${VMTEST_TIMEOUT:-300}
 mem=${VMTEST_MEM:-512}
 run=${VMTEST_RUN:-Track}
