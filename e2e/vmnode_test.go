@@ -448,6 +448,35 @@ func TestVMLive(t *testing.T) {
 		ticks := testutil.Ticks(vmLines)
 		r.WaitTick(t, long, ticks[len(ticks)-1]+4)
 		checkVMTicks(t, append(vmLines, r.Lines(t)...))
+
+		// And back to the VM, by a migrate in the service's PID and
+		// mount namespaces (where the process is pid).
+		out, err := exec.Command("nsenter", "--target", strconv.Itoa(s.PID), "--pid", "--mount", "--",
+			buildMigrate(t), "--to", vm.Serve, "--insecure", "--json", strconv.Itoa(pid)).Output()
+		var back vmMigration
+		if jerr := json.Unmarshal(out, &back); jerr != nil || (err == nil) != (back.Error == "") {
+			t.Fatalf("migrate back to the VM: %v: %q (%v)", err, out, jerr)
+		}
+		want = vmRefusal(hostXCR0, vm.XCR0)
+		switch {
+		case want != "" && back.Refused != want:
+			t.Fatalf("migrate back to the VM: %+v, want refused (%s)", back, want)
+		case want != "":
+			t.Logf("vmtest-live: back to the VM: refused (%s) after pre-copy with tracker %q (this host), the process runs on here: %s", back.Refused, back.Tracker, back.Error)
+			r.WaitTick(t, long, r.LastTick(t)+2)
+			checkRunningUntraced(t, r.PID)
+			checkVMTicks(t, append(vmLines, r.Lines(t)...))
+			return
+		case back.Error != "":
+			t.Fatalf("migrate back to the VM: %+v", back)
+		}
+		t.Logf("vmtest-live: back to the VM: moved, tracker %s (this host), downtime %.1f ms, total %.1f ms", back.Tracker, back.DowntimeMS, back.TotalMS)
+		hostLines := r.Lines(t)
+		lines := vm.waitTick(t, log, testutil.Ticks(hostLines)[len(testutil.Ticks(hostLines))-1]+4)
+		if !vm.running(t, pid) {
+			t.Errorf("the process %d is not running untraced in the VM", pid)
+		}
+		checkVMTicks(t, append(hostLines, lines[len(vmLines):]...))
 	})
 }
 
