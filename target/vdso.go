@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
 )
@@ -45,7 +46,7 @@ func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
 	if sum := sha256.Sum256(old.Code); hex.EncodeToString(sum[:]) != old.Hash {
 		return nil, fmt.Errorf("%w: the image's copy of its vdso does not match its hash", core.ErrInconsistent)
 	}
-	at, cur, err := ownVDSO()
+	at, cur, err := kernel.OwnVDSO()
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +101,7 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 		}
 	}
 	r.vdsoHere = addrRange{at, at + span}
-	_, img, err := ownVDSO()
+	_, img, err := kernel.OwnVDSO()
 	if err != nil {
 		return err
 	}
