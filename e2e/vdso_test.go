@@ -14,6 +14,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
 )
 
@@ -76,23 +77,7 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	if !rep.VDSOProxy || (rep.TimeNamespace != nil) != (len(in) > 0) {
 		t.Fatalf("restore report %+v: want a vdso proxy, a time namespace only for a process in one", rep)
 	}
-	maps, err := proc.ReadMaps(r.PID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vdso, proxy *proc.Mapping
-	for i := range maps {
-		switch m := &maps[i]; {
-		case m.Path == "[vdso]":
-			vdso = m
-		case m.Start == old.Start:
-			proxy = m
-		}
-	}
-	if vdso == nil || vdso.Start == old.Start || proxy == nil || proxy.End != old.End ||
-		proxy.Prot != unix.PROT_READ|unix.PROT_EXEC || proxy.Path != "" {
-		t.Fatalf("after the restore [vdso] is %+v and %#x-%#x is %+v: want this kernel's vdso elsewhere, an anonymous r-x proxy at the old one", vdso, old.Start, old.End, proxy)
-	}
+	checkProxyLayout(t, r.PID, old.Start, old.End)
 	// Check takes the proxied layout (the restore checked it), and sees
 	// a proxy that is not the image's vdso's. (The process runs: its
 	// output's offset differs from the image's.)
@@ -119,6 +104,72 @@ func testVDSOProxy(t *testing.T, in ...string) {
 		t.Errorf("Check against an image whose vdso is another: %v, want one difference", d)
 	}
 
+	checkProxied(t, r)
+	r.Kill(t)
+}
+
+// field64 is the integer value of key=value in a log line.
+func field64(t *testing.T, line, key string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(field(t, line, key), 10, 64)
+	if err != nil {
+		t.Fatalf("%q: %s: %v", line, key, err)
+	}
+	return v
+}
+
+// TestLiveVDSOProxy: a live migration to a service that forces the vdso
+// proxy builds the process with it from the first layout, and the
+// pre-copy rounds lay its memory out around this kernel's vdso.
+func TestLiveVDSOProxy(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "vdso"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	maps, err := proc.ReadMaps(p.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(maps, func(m proc.Mapping) bool { return m.Path == "[vdso]" })
+	if i < 0 || field(t, ready, "vdso") != "0x"+strconv.FormatUint(maps[i].Start, 16) {
+		t.Fatalf("the workload's vdso: %q, maps %v", ready, maps)
+	}
+	s := startServeWith(t, serveOptions{VDSOProxy: true})
+	r, _ := migrateLive(t, p, s, source.MigrateOptions{})
+	checkProxyLayout(t, r.PID, maps[i].Start, maps[i].End)
+	checkProxied(t, r)
+}
+
+// checkProxyLayout checks that process pid has this kernel's [vdso]
+// elsewhere than start-end, its old one's place, which holds an anonymous
+// read-only, executable proxy.
+func checkProxyLayout(t *testing.T, pid int, start, end uint64) {
+	t.Helper()
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vdso, proxy *proc.Mapping
+	for i := range maps {
+		switch m := &maps[i]; {
+		case m.Path == "[vdso]":
+			vdso = m
+		case m.Start == start:
+			proxy = m
+		}
+	}
+	if vdso == nil || vdso.Start == start || proxy == nil || proxy.End != end ||
+		proxy.Prot != unix.PROT_READ|unix.PROT_EXEC || proxy.Path != "" {
+		t.Fatalf("after the restore [vdso] is %+v and %#x-%#x is %+v: want this kernel's vdso elsewhere, an anonymous r-x proxy at the old one", vdso, start, end, proxy)
+	}
+}
+
+// checkProxied checks that the vdso workload r, restored through the
+// proxy, goes on: its clocks right (monotonic never back, real time the
+// host's, the readings of a round agreeing), a SIGUSR1 handled and
+// returned from.
+func checkProxied(t *testing.T, r *testutil.Proc) {
+	t.Helper()
 	n := r.LastTick(t)
 	r.WaitTick(t, short, n+5)
 	r.Signal(t, unix.SIGUSR1)
@@ -162,15 +213,4 @@ func testVDSOProxy(t *testing.T, in ...string) {
 		t.Errorf("last tick %q is %d ms behind the host's real time", last, d)
 	}
 	t.Logf("%d ticks, after SIGUSR1 %q, last %q", ticks, lines[at], last)
-	r.Kill(t)
-}
-
-// field64 is the integer value of key=value in a log line.
-func field64(t *testing.T, line, key string) int64 {
-	t.Helper()
-	v, err := strconv.ParseInt(field(t, line, key), 10, 64)
-	if err != nil {
-		t.Fatalf("%q: %s: %v", line, key, err)
-	}
-	return v
 }
