@@ -3,6 +3,7 @@ package kernel
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -28,6 +29,9 @@ func VDSOFuncs(img []byte) ([]VDSOFunc, error) {
 	if len(img) > MaxVDSOSize {
 		return nil, fmt.Errorf("vdso image of %d bytes (at most %d)", len(img), MaxVDSOSize)
 	}
+	if err := tablesInside(img); err != nil {
+		return nil, fmt.Errorf("vdso image: %w", err)
+	}
 	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
 		return nil, fmt.Errorf("vdso image: %w", err)
@@ -35,6 +39,11 @@ func VDSOFuncs(img []byte) ([]VDSOFunc, error) {
 	defer f.Close()
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
 		return nil, fmt.Errorf("vdso image: %v %v, not an x86-64 image", f.Class, f.Machine)
+	}
+	for _, s := range f.Sections {
+		if s.Type != elf.SHT_NOBITS && (s.Offset > uint64(len(img)) || s.Size > uint64(len(img))-s.Offset) {
+			return nil, fmt.Errorf("vdso image: section %q of %d bytes at %#x is outside the image", s.Name, s.Size, s.Offset)
+		}
 	}
 	syms, err := f.DynamicSymbols()
 	if err != nil {
@@ -64,6 +73,35 @@ func VDSOFuncs(img []byte) ([]VDSOFunc, error) {
 		return out[i].Name < out[j].Name
 	})
 	return out, nil
+}
+
+// tablesInside checks that the program and section header tables an
+// ELF64 little-endian header announces lie inside img (debug/elf would
+// try to read tens of thousands of entries a damaged header announces).
+func tablesInside(img []byte) error {
+	const ehdrSize = 64
+	if len(img) < ehdrSize || string(img[:4]) != elf.ELFMAG || elf.Class(img[4]) != elf.ELFCLASS64 || elf.Data(img[5]) != elf.ELFDATA2LSB {
+		return errors.New("not a 64-bit little-endian ELF image")
+	}
+	le := binary.LittleEndian
+	n := uint64(len(img))
+	for _, t := range []struct {
+		what      string
+		off       uint64
+		size, num uint16
+		minSize   uint16
+	}{
+		{"program headers", le.Uint64(img[0x20:]), le.Uint16(img[0x36:]), le.Uint16(img[0x38:]), 56},
+		{"section headers", le.Uint64(img[0x28:]), le.Uint16(img[0x3a:]), le.Uint16(img[0x3c:]), 64},
+	} {
+		if t.num == 0 {
+			continue
+		}
+		if t.size < t.minSize || t.off > n || uint64(t.size)*uint64(t.num) > n-t.off {
+			return fmt.Errorf("%d %s of %d bytes at %#x: outside the image of %d bytes", t.num, t.what, t.size, t.off, n)
+		}
+	}
+	return nil
 }
 
 // imageOffset turns a virtual address of the image into an offset from
