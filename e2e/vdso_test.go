@@ -1,6 +1,12 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"slices"
@@ -11,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
@@ -55,15 +62,7 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	dir, img := dumpKill(t, p, "")
-	var old *core.VMA
-	for i := range img.Process.VMAs {
-		if v := &img.Process.VMAs[i]; v.Kind == core.VMAVDSO {
-			old = v
-		}
-	}
-	if old == nil || uint64(len(old.Code)) != old.Len() {
-		t.Fatalf("image's [vdso] %+v: want it with its code", old)
-	}
+	old := imageVDSOArea(t, img)
 	if got := field(t, ready, "vdso"); got != "0x"+strconv.FormatUint(old.Start, 16) {
 		t.Fatalf("the process's AT_SYSINFO_EHDR is %s, the image's [vdso] at %#x", got, old.Start)
 	}
@@ -213,4 +212,80 @@ func checkProxied(t *testing.T, r *testutil.Proc) {
 		t.Errorf("last tick %q is %d ms behind the host's real time", last, d)
 	}
 	t.Logf("%d ticks, after SIGUSR1 %q, last %q", ticks, lines[at], last)
+}
+
+// TestVDSOOtherKernel: an image whose vdso is not this kernel's (forged:
+// this kernel's with another build id, as another build of the same
+// kernel) is restored through the proxy without being asked to; one whose
+// vdso has a function this kernel's lacks (and that is no system call)
+// is refused before anything is made, naming it.
+func TestVDSOOtherKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name   string
+		forge  func(code []byte) []byte
+		refuse string // the function named in the refusal
+	}{
+		{"another build", func(code []byte) []byte {
+			i := bytes.Index(code, []byte("GNU\x00"))
+			if i < 0 {
+				t.Fatal("no build id note in the vdso")
+			}
+			code[i+4] ^= 0xff
+			return code
+		}, ""},
+		{"a function missing here", func(code []byte) []byte {
+			return bytes.ReplaceAll(code, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
+		}, "__vdso_tXme"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testutil.Start(t, testutil.Build(t, "vdso"))
+			p.WaitLine(t, short, 0, "ready")
+			p.WaitTick(t, short, 3)
+			dir, img := dumpKill(t, p, "")
+			old := *imageVDSOArea(t, img)
+			forgeImage(t, dir, func(m map[string]any) {
+				for _, v := range m["process"].(map[string]any)["vmas"].([]any) {
+					v := v.(map[string]any)
+					if v["kind"] != core.VMAVDSO {
+						continue
+					}
+					code := tc.forge(slices.Clone(old.Code))
+					sum := sha256.Sum256(code)
+					v["code"], v["hash"] = base64.StdEncoding.EncodeToString(code), hex.EncodeToString(sum[:])
+				}
+			})
+			if tc.refuse != "" {
+				_, err := migrate.Restore(context.Background(), dir, migrate.RestoreOptions{Logger: testLogger(t)})
+				var re *migrate.RefusedError
+				var ve *target.VDSOMismatchError
+				if !errors.As(err, &re) || re.Kind != migrate.RefusedVDSO || !errors.As(err, &ve) || !slices.Contains(ve.Missing, tc.refuse) {
+					t.Fatalf("restore: %v; want a refusal of kind vdso naming %s", err, tc.refuse)
+				}
+				if _, err := testutil.State(img.Process.PID); err == nil {
+					t.Fatalf("process %d exists after the refused restore", img.Process.PID)
+				}
+				return
+			}
+			r, rep := restoreWithReport(t, dir, p.Log)
+			if !rep.VDSOProxy {
+				t.Fatalf("restore report %+v: no vdso proxy for another vdso", rep)
+			}
+			checkProxyLayout(t, r.PID, old.Start, old.End)
+			checkProxied(t, r)
+			r.Kill(t)
+		})
+	}
+}
+
+// imageVDSOArea is the image's [vdso] area, with its code.
+func imageVDSOArea(t *testing.T, img *core.Image) *core.VMA {
+	t.Helper()
+	for i := range img.Process.VMAs {
+		if v := &img.Process.VMAs[i]; v.Kind == core.VMAVDSO && uint64(len(v.Code)) == v.Len() {
+			return v
+		}
+	}
+	t.Fatalf("the image has no [vdso] with its code")
+	return nil
 }

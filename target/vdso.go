@@ -27,9 +27,20 @@ func vdsoServed(vmas []core.VMA) error {
 	if _, err := vdsoProxyFor(vmas); errors.Is(err, core.ErrInconsistent) {
 		return err
 	} else if err != nil {
-		return &VDSOMismatchError{Reason: mismatch.Reason + "; and no proxy of the image's vdso serves it: " + err.Error()}
+		return unserved(mismatch.Reason+"; and no proxy of the image's vdso serves it", err)
 	}
 	return nil
+}
+
+// unserved is the refusal of a proxy that cannot be built (err), with
+// the functions this kernel's vdso lacks, if that is why.
+func unserved(reason string, err error) *VDSOMismatchError {
+	e := &VDSOMismatchError{Reason: reason + ": " + err.Error()}
+	var ue *UnservedError
+	if errors.As(err, &ue) {
+		e.Missing = ue.Names
+	}
+	return e
 }
 
 // vdsoProxyFor builds the proxy of the image's vdso (among vmas) for this
@@ -107,7 +118,7 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 	}
 	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt)
 	if err != nil {
-		return &VDSOMismatchError{Reason: err.Error()}
+		return unserved("no proxy of the image's vdso serves it", err)
 	}
 	for _, v := range r.proc.VMAs {
 		if v.Kind != core.VMAVVar {
