@@ -1,6 +1,12 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"slices"
@@ -11,9 +17,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate"
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
 )
 
@@ -54,15 +62,7 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	ready, _ := p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
 	dir, img := dumpKill(t, p, "")
-	var old *core.VMA
-	for i := range img.Process.VMAs {
-		if v := &img.Process.VMAs[i]; v.Kind == core.VMAVDSO {
-			old = v
-		}
-	}
-	if old == nil || uint64(len(old.Code)) != old.Len() {
-		t.Fatalf("image's [vdso] %+v: want it with its code", old)
-	}
+	old := imageVDSOArea(t, img)
 	if got := field(t, ready, "vdso"); got != "0x"+strconv.FormatUint(old.Start, 16) {
 		t.Fatalf("the process's AT_SYSINFO_EHDR is %s, the image's [vdso] at %#x", got, old.Start)
 	}
@@ -76,23 +76,7 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	if !rep.VDSOProxy || (rep.TimeNamespace != nil) != (len(in) > 0) {
 		t.Fatalf("restore report %+v: want a vdso proxy, a time namespace only for a process in one", rep)
 	}
-	maps, err := proc.ReadMaps(r.PID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vdso, proxy *proc.Mapping
-	for i := range maps {
-		switch m := &maps[i]; {
-		case m.Path == "[vdso]":
-			vdso = m
-		case m.Start == old.Start:
-			proxy = m
-		}
-	}
-	if vdso == nil || vdso.Start == old.Start || proxy == nil || proxy.End != old.End ||
-		proxy.Prot != unix.PROT_READ|unix.PROT_EXEC || proxy.Path != "" {
-		t.Fatalf("after the restore [vdso] is %+v and %#x-%#x is %+v: want this kernel's vdso elsewhere, an anonymous r-x proxy at the old one", vdso, old.Start, old.End, proxy)
-	}
+	checkProxyLayout(t, r.PID, old.Start, old.End)
 	// Check takes the proxied layout (the restore checked it), and sees
 	// a proxy that is not the image's vdso's. (The process runs: its
 	// output's offset differs from the image's.)
@@ -119,6 +103,72 @@ func testVDSOProxy(t *testing.T, in ...string) {
 		t.Errorf("Check against an image whose vdso is another: %v, want one difference", d)
 	}
 
+	checkProxied(t, r)
+	r.Kill(t)
+}
+
+// field64 is the integer value of key=value in a log line.
+func field64(t *testing.T, line, key string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(field(t, line, key), 10, 64)
+	if err != nil {
+		t.Fatalf("%q: %s: %v", line, key, err)
+	}
+	return v
+}
+
+// TestLiveVDSOProxy: a live migration to a service that forces the vdso
+// proxy builds the process with it from the first layout, and the
+// pre-copy rounds lay its memory out around this kernel's vdso.
+func TestLiveVDSOProxy(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "vdso"))
+	ready, _ := p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, short, 3)
+	maps, err := proc.ReadMaps(p.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(maps, func(m proc.Mapping) bool { return m.Path == "[vdso]" })
+	if i < 0 || field(t, ready, "vdso") != "0x"+strconv.FormatUint(maps[i].Start, 16) {
+		t.Fatalf("the workload's vdso: %q, maps %v", ready, maps)
+	}
+	s := startServeWith(t, serveOptions{VDSOProxy: true})
+	r, _ := migrateLive(t, p, s, source.MigrateOptions{})
+	checkProxyLayout(t, r.PID, maps[i].Start, maps[i].End)
+	checkProxied(t, r)
+}
+
+// checkProxyLayout checks that process pid has this kernel's [vdso]
+// elsewhere than start-end, its old one's place, which holds an anonymous
+// read-only, executable proxy.
+func checkProxyLayout(t *testing.T, pid int, start, end uint64) {
+	t.Helper()
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vdso, proxy *proc.Mapping
+	for i := range maps {
+		switch m := &maps[i]; {
+		case m.Path == "[vdso]":
+			vdso = m
+		case m.Start == start:
+			proxy = m
+		}
+	}
+	if vdso == nil || vdso.Start == start || proxy == nil || proxy.End != end ||
+		proxy.Prot != unix.PROT_READ|unix.PROT_EXEC || proxy.Path != "" {
+		t.Fatalf("after the restore [vdso] is %+v and %#x-%#x is %+v: want this kernel's vdso elsewhere, an anonymous r-x proxy at the old one", vdso, start, end, proxy)
+	}
+}
+
+// checkProxied checks that the vdso workload r, restored through the
+// proxy, goes on: its clocks right (monotonic never back, real time the
+// host's, the readings of a round agreeing), a SIGUSR1 handled and
+// returned from.
+func checkProxied(t *testing.T, r *testutil.Proc) {
+	t.Helper()
 	n := r.LastTick(t)
 	r.WaitTick(t, short, n+5)
 	r.Signal(t, unix.SIGUSR1)
@@ -150,7 +200,8 @@ func testVDSOProxy(t *testing.T, in ...string) {
 			t.Errorf("the monotonic clock went back: %q after mono=%d", l, prev)
 		}
 		prev = mono
-		if tv < real || tv-real > 1000 || tm < real/1000 || tm-real/1000 > 1 || ptr-mono > 1000 {
+		// (time() reads the coarse clock, up to a tick behind.)
+		if tv < real || tv-real > 1000 || tm < (real-50)/1000 || tm-real/1000 > 1 || ptr-mono > 1000 {
 			t.Errorf("the readings of one round disagree: %q", l)
 		}
 		if real > now || now-real > 60000 {
@@ -162,15 +213,80 @@ func testVDSOProxy(t *testing.T, in ...string) {
 		t.Errorf("last tick %q is %d ms behind the host's real time", last, d)
 	}
 	t.Logf("%d ticks, after SIGUSR1 %q, last %q", ticks, lines[at], last)
-	r.Kill(t)
 }
 
-// field64 is the integer value of key=value in a log line.
-func field64(t *testing.T, line, key string) int64 {
-	t.Helper()
-	v, err := strconv.ParseInt(field(t, line, key), 10, 64)
-	if err != nil {
-		t.Fatalf("%q: %s: %v", line, key, err)
+// TestVDSOOtherKernel: an image whose vdso is not this kernel's (forged:
+// this kernel's with another build id, as another build of the same
+// kernel) is restored through the proxy without being asked to; one whose
+// vdso has a function this kernel's lacks (and that is no system call)
+// is refused before anything is made, naming it.
+func TestVDSOOtherKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name   string
+		forge  func(code []byte) []byte
+		refuse string // the function named in the refusal
+	}{
+		{"another build", func(code []byte) []byte {
+			i := bytes.Index(code, []byte("GNU\x00"))
+			if i < 0 {
+				t.Fatal("no build id note in the vdso")
+			}
+			code[i+4] ^= 0xff
+			return code
+		}, ""},
+		{"a function missing here", func(code []byte) []byte {
+			return bytes.ReplaceAll(code, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
+		}, "__vdso_tXme"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testutil.Start(t, testutil.Build(t, "vdso"))
+			p.WaitLine(t, short, 0, "ready")
+			p.WaitTick(t, short, 3)
+			dir, img := dumpKill(t, p, "")
+			old := *imageVDSOArea(t, img)
+			forgeImage(t, dir, func(m map[string]any) {
+				for _, v := range m["process"].(map[string]any)["vmas"].([]any) {
+					v := v.(map[string]any)
+					if v["kind"] != core.VMAVDSO {
+						continue
+					}
+					code := tc.forge(slices.Clone(old.Code))
+					sum := sha256.Sum256(code)
+					v["code"], v["hash"] = base64.StdEncoding.EncodeToString(code), hex.EncodeToString(sum[:])
+				}
+			})
+			if tc.refuse != "" {
+				_, err := migrate.Restore(context.Background(), dir, migrate.RestoreOptions{Logger: testLogger(t)})
+				var re *migrate.RefusedError
+				var ve *target.VDSOMismatchError
+				if !errors.As(err, &re) || re.Kind != migrate.RefusedVDSO || !errors.As(err, &ve) || !slices.Contains(ve.Missing, tc.refuse) {
+					t.Fatalf("restore: %v; want a refusal of kind vdso naming %s", err, tc.refuse)
+				}
+				if _, err := testutil.State(img.Process.PID); err == nil {
+					t.Fatalf("process %d exists after the refused restore", img.Process.PID)
+				}
+				return
+			}
+			r, rep := restoreWithReport(t, dir, p.Log)
+			if !rep.VDSOProxy {
+				t.Fatalf("restore report %+v: no vdso proxy for another vdso", rep)
+			}
+			checkProxyLayout(t, r.PID, old.Start, old.End)
+			checkProxied(t, r)
+			r.Kill(t)
+		})
 	}
-	return v
+}
+
+// imageVDSOArea is the image's [vdso] area, with its code.
+func imageVDSOArea(t *testing.T, img *core.Image) *core.VMA {
+	t.Helper()
+	for i := range img.Process.VMAs {
+		if v := &img.Process.VMAs[i]; v.Kind == core.VMAVDSO && uint64(len(v.Code)) == v.Len() {
+			return v
+		}
+	}
+	t.Fatalf("the image has no [vdso] with its code")
+	return nil
 }

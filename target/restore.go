@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
@@ -925,7 +926,7 @@ func (r *restorer) layout(context.Context) error {
 // syscallOffset finds a syscall instruction in this process's vdso, which
 // is the same as the child's (the husk's exec mapped it).
 func syscallOffset() (uint64, error) {
-	_, img, err := ownVDSO()
+	_, img, err := kernel.OwnVDSO()
 	if err != nil {
 		return 0, err
 	}
@@ -933,25 +934,6 @@ func syscallOffset() (uint64, error) {
 		return uint64(i), nil
 	}
 	return 0, ptrace.ErrNoGadget
-}
-
-// ownVDSO returns the address and contents of this process's [vdso].
-func ownVDSO() (uint64, []byte, error) {
-	maps, err := proc.ReadMaps(os.Getpid())
-	if err != nil {
-		return 0, nil, err
-	}
-	for _, m := range maps {
-		if m.Path != "[vdso]" {
-			continue
-		}
-		buf := make([]byte, m.End-m.Start)
-		if _, err := ptrace.ReadMem(os.Getpid(), m.Start, buf); err != nil {
-			return 0, nil, fmt.Errorf("read [vdso]: %w", err)
-		}
-		return m.Start, buf, nil
-	}
-	return 0, nil, errors.New("migrate has no [vdso] (vdso=0 on the kernel command line?)")
 }
 
 // moveVDSO moves the child's [vvar*] and [vdso] to the image's addresses,

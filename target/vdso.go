@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
 )
@@ -26,9 +27,20 @@ func vdsoServed(vmas []core.VMA) error {
 	if _, err := vdsoProxyFor(vmas); errors.Is(err, core.ErrInconsistent) {
 		return err
 	} else if err != nil {
-		return &VDSOMismatchError{Reason: mismatch.Reason + "; and no proxy of the image's vdso serves it: " + err.Error()}
+		return unserved(mismatch.Reason+"; and no proxy of the image's vdso serves it", err)
 	}
 	return nil
+}
+
+// unserved is the refusal of a proxy that cannot be built (err), with
+// the functions this kernel's vdso lacks, if that is why.
+func unserved(reason string, err error) *VDSOMismatchError {
+	e := &VDSOMismatchError{Reason: reason + ": " + err.Error()}
+	var ue *UnservedError
+	if errors.As(err, &ue) {
+		e.Missing = ue.Names
+	}
+	return e
 }
 
 // vdsoProxyFor builds the proxy of the image's vdso (among vmas) for this
@@ -45,7 +57,7 @@ func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
 	if sum := sha256.Sum256(old.Code); hex.EncodeToString(sum[:]) != old.Hash {
 		return nil, fmt.Errorf("%w: the image's copy of its vdso does not match its hash", core.ErrInconsistent)
 	}
-	at, cur, err := ownVDSO()
+	at, cur, err := kernel.OwnVDSO()
 	if err != nil {
 		return nil, err
 	}
@@ -100,13 +112,13 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 		}
 	}
 	r.vdsoHere = addrRange{at, at + span}
-	_, img, err := ownVDSO()
+	_, img, err := kernel.OwnVDSO()
 	if err != nil {
 		return err
 	}
 	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt)
 	if err != nil {
-		return &VDSOMismatchError{Reason: err.Error()}
+		return unserved("no proxy of the image's vdso serves it", err)
 	}
 	for _, v := range r.proc.VMAs {
 		if v.Kind != core.VMAVVar {

@@ -1,13 +1,11 @@
 package target
 
 import (
-	"bytes"
-	"debug/elf"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"sort"
 	"strings"
+
+	"github.com/procmig/migrate/core/kernel"
 )
 
 // The vdso proxy. A process holds addresses inside its [vdso]: glibc
@@ -74,73 +72,6 @@ var alwaysSyscall = map[string]bool{"getrandom": true}
 // vdsoBase is the name of a vdso function without its __vdso_ prefix.
 func vdsoBase(name string) string { return strings.TrimPrefix(name, "__vdso_") }
 
-// maxVDSOSize caps the vdso images parsed (a few pages in practice).
-const maxVDSOSize = 1 << 20
-
-// vdsoFunc is an exported function of a vdso image.
-type vdsoFunc struct {
-	Name string
-	Off  uint64 // from the start of the image
-}
-
-// vdsoFuncs parses a vdso image, as mapped (its first byte at its ELF
-// header), and returns its exported functions sorted by offset, then
-// name. The image comes from the dump: everything it says is checked
-// against its length.
-func vdsoFuncs(img []byte) ([]vdsoFunc, error) {
-	if len(img) > maxVDSOSize {
-		return nil, fmt.Errorf("vdso image of %d bytes (at most %d)", len(img), maxVDSOSize)
-	}
-	f, err := elf.NewFile(bytes.NewReader(img))
-	if err != nil {
-		return nil, fmt.Errorf("vdso image: %w", err)
-	}
-	defer f.Close()
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return nil, fmt.Errorf("vdso image: %v %v, not an x86-64 image", f.Class, f.Machine)
-	}
-	syms, err := f.DynamicSymbols()
-	if err != nil {
-		return nil, fmt.Errorf("vdso image: dynamic symbols: %w", err)
-	}
-	var out []vdsoFunc
-	for _, s := range syms {
-		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Section == elf.SHN_UNDEF || s.Name == "" {
-			continue
-		}
-		if b := elf.ST_BIND(s.Info); b != elf.STB_GLOBAL && b != elf.STB_WEAK {
-			continue
-		}
-		off, ok := imageOffset(f, s.Value)
-		if !ok || off >= uint64(len(img)) {
-			return nil, fmt.Errorf("vdso image: %s at %#x is outside the image", s.Name, s.Value)
-		}
-		out = append(out, vdsoFunc{Name: s.Name, Off: off})
-	}
-	if len(out) == 0 {
-		return nil, errors.New("vdso image: no exported function")
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Off != out[j].Off {
-			return out[i].Off < out[j].Off
-		}
-		return out[i].Name < out[j].Name
-	})
-	return out, nil
-}
-
-// imageOffset turns a virtual address of the image into an offset from
-// its start, through its loadable segment.
-func imageOffset(f *elf.File, vaddr uint64) (uint64, bool) {
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || vaddr < p.Vaddr || vaddr-p.Vaddr >= p.Filesz {
-			continue
-		}
-		return vaddr - p.Vaddr + p.Off, true
-	}
-	return 0, false
-}
-
 // Encodings of the proxy's entries.
 const (
 	jmpRel32Len  = 5  // jmp rel32
@@ -159,11 +90,11 @@ func (e *UnservedError) Error() string {
 // buildProxy returns the proxy of the old vdso image old, to be mapped at
 // at, whose functions go to those of the new image mapped at newAt.
 func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error) {
-	oldFuncs, err := vdsoFuncs(old)
+	oldFuncs, err := kernel.VDSOFuncs(old)
 	if err != nil {
 		return nil, fmt.Errorf("the image's vdso: %w", err)
 	}
-	newFuncs, err := vdsoFuncs(cur)
+	newFuncs, err := kernel.VDSOFuncs(cur)
 	if err != nil {
 		return nil, fmt.Errorf("this kernel's vdso: %w", err)
 	}

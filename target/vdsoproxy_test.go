@@ -6,41 +6,17 @@ import (
 	"errors"
 	"slices"
 	"testing"
+
+	"github.com/procmig/migrate/core/kernel"
 )
 
 // ownImage is this test process's vdso, as mapped.
 func ownImage(t testing.TB) (uint64, []byte) {
-	at, img, err := ownVDSO()
+	at, img, err := kernel.OwnVDSO()
 	if err != nil {
 		t.Skipf("no vdso to parse: %v", err)
 	}
 	return at, img
-}
-
-func TestVDSOFuncs(t *testing.T) {
-	_, img := ownImage(t)
-	funcs, err := vdsoFuncs(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]uint64{}
-	for _, f := range funcs {
-		names[f.Name] = f.Off
-	}
-	for _, want := range []string{"__vdso_clock_gettime", "__vdso_gettimeofday", "__vdso_time", "__vdso_getcpu", "__vdso_clock_getres"} {
-		off, ok := names[want]
-		if !ok {
-			t.Fatalf("%s not among the vdso's functions %v", want, funcs)
-		}
-		// A function starts with code: endbr64 or a push or a mov, not
-		// zeros of the headers.
-		if off < 64 || bytes.Equal(img[off:off+4], make([]byte, 4)) {
-			t.Errorf("%s at +%#x: %x", want, off, img[off:off+4])
-		}
-	}
-	if names["clock_gettime"] != names["__vdso_clock_gettime"] {
-		t.Errorf("clock_gettime at +%#x, __vdso_clock_gettime at +%#x", names["clock_gettime"], names["__vdso_clock_gettime"])
-	}
 }
 
 // target decodes the jump at off of the proxy mapped at at: where it goes,
@@ -65,7 +41,7 @@ func jumpTarget(t *testing.T, p []byte, at, off uint64) (to uint64, nr uint32) {
 // getrandom, which makes its system call; the rest of the image is kept.
 func TestBuildProxy(t *testing.T) {
 	here, img := ownImage(t)
-	funcs, err := vdsoFuncs(img)
+	funcs, err := kernel.VDSOFuncs(img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +79,7 @@ func TestBuildProxyMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	funcs, _ := vdsoFuncs(img)
+	funcs, _ := kernel.VDSOFuncs(img)
 	for _, f := range funcs {
 		if vdsoBase(f.Name) == "getcpu" {
 			if _, nr := jumpTarget(t, p, here-0x100000, f.Off); nr != 309 {
@@ -119,7 +95,7 @@ func TestBuildProxyMissing(t *testing.T) {
 	if p, err = buildProxy(old, here-0x100000, img, here); err != nil {
 		t.Fatal(err)
 	}
-	funcs, _ = vdsoFuncs(old)
+	funcs, _ = kernel.VDSOFuncs(old)
 	for _, f := range funcs {
 		if vdsoBase(f.Name) == "getcpX" {
 			if want := errnoCode(14); !bytes.Equal(p[f.Off:f.Off+uint64(len(want))], want) {
@@ -136,21 +112,16 @@ func TestBuildProxyMissing(t *testing.T) {
 	}
 }
 
-func FuzzVDSOFuncs(f *testing.F) {
-	if _, img, err := ownVDSO(); err == nil {
+// FuzzBuildProxy: a proxy of any image parsed is built or refused,
+// never a panic, and it keeps the image's length.
+func FuzzBuildProxy(f *testing.F) {
+	if _, img, err := kernel.OwnVDSO(); err == nil {
 		f.Add(img)
 	}
-	f.Add([]byte("\x7fELF\x02\x01\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		funcs, err := vdsoFuncs(b)
-		if err != nil {
-			return
+		p, err := buildProxy(b, 1<<40, b, 1<<20)
+		if err == nil && len(p) != len(b) {
+			t.Fatalf("proxy of %d bytes for an image of %d", len(p), len(b))
 		}
-		for _, fn := range funcs {
-			if fn.Off >= uint64(len(b)) {
-				t.Fatalf("%s at +%#x of %d bytes", fn.Name, fn.Off, len(b))
-			}
-		}
-		buildProxy(b, 1<<40, b, 1<<20)
 	})
 }
