@@ -9,7 +9,7 @@ import (
 )
 
 func TestHuskRunsAndPauses(t *testing.T) {
-	cmd, err := startHusk(nil)
+	cmd, _, err := startHusk(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

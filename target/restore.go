@@ -763,13 +763,19 @@ func sigchldFrom(si []byte, pids map[int32]bool) bool {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(r.timens); err != nil {
+	var inNS bool
+	if r.husk, inNS, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
+	if r.timens != nil && !inNS {
+		if err := huskTimeNamespace(r.hp, *r.timens); err != nil {
+			return err
+		}
+	}
 	inner := 0
 	if r.container() {
 		// The root's children inherit its pidfd for migrate, which they
