@@ -55,11 +55,12 @@ test: deps vet fmt-check
 	$(MAKE) --no-print-directory vmtest-live
 
 # Live migration between this host and a VM running Debian's 6.1 cloud
-# kernel (qemu, TCG; e2e TestVMLive): prints which tracker each side used,
-# the downtimes and the VM's boot time (the whole log if it fails).
+# kernel (qemu, TCG; e2e TestVMLive), and from a VM running its 6.12 to
+# that one: prints which tracker each side used, the downtimes and the
+# VMs' boot times (the whole log if it fails).
 vmtest-live:
-	@kdir=$$(./scripts/vmkernel.sh) || exit 1; out=$$(mktemp); \
-	MIGRATE_VM_KERNEL=$$kdir $(GO) test -count=1 -v -run '^TestVMLive$$' -timeout 30m ./e2e >$$out 2>&1; rc=$$?; \
+	@kdir=$$(./scripts/vmkernel.sh) || exit 1; kdir2=$$(./scripts/vmkernel.sh linux-image-6.12-cloud-amd64) || exit 1; out=$$(mktemp); \
+	MIGRATE_VM_KERNEL=$$kdir MIGRATE_VM_KERNEL2=$$kdir2 $(GO) test -count=1 -v -run '^TestVMLive$$' -timeout 30m ./e2e >$$out 2>&1; rc=$$?; \
 	if [ $$rc = 0 ]; then grep -E 'vmtest-live:|--- (PASS|FAIL|SKIP)|^(ok|FAIL)' $$out | sed 's/^ *[a-z_]*\.go:[0-9]*: //'; \
 	else cat $$out; fi; rm -f $$out; exit $$rc
 

@@ -47,10 +47,11 @@ type vmNode struct {
 	Kernel string
 }
 
-// bootVM boots a VM node with kernel directory kdir (scripts/vmkernel.sh)
-// and the host's files (each at its own path, a directory empty) in its
+// bootVM boots a VM node with kernel directory kdir (scripts/vmkernel.sh),
+// the kernel command line's params added (e2e/vm/init's migrate.*), and
+// the host's files (each at its own path, a directory empty) in its
 // initramfs. A cleanup kills qemu.
-func bootVM(t *testing.T, kdir string, files ...string) *vmNode {
+func bootVM(t *testing.T, kdir, params string, files ...string) *vmNode {
 	t.Helper()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -110,7 +111,7 @@ func bootVM(t *testing.T, kdir string, files ...string) *vmNode {
 	// to this host under the CPU rule.
 	cmd := exec.Command(qemu, "-display", "none", "-no-reboot", "-m", "1024", "-smp", "2", "-cpu", "max,mpx=off,pku=off",
 		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet migrate.mode=node",
+		"-append", "console=ttyS0 panic=-1 quiet migrate.mode=node "+params,
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7070,hostfwd=tcp:127.0.0.1:%d-:7071", servePort, agentPort),
 		"-device", "virtio-net-pci,netdev=n0",
 		"-serial", "file:"+vm.Serial, "-monitor", "none")
@@ -359,7 +360,7 @@ func TestVMLive(t *testing.T) {
 	}
 	bin := testutil.BuildStatic(t, "clocks")
 	work := t.TempDir()
-	vm := bootVM(t, kdir, bin, work)
+	vm := bootVM(t, kdir, "", bin, work)
 	t.Logf("vmtest-live: VM node: kernel %s, booted in %.1f s, XSAVE features %#x (%s); this host's %#x (%s)",
 		vm.Kernel, vm.Boot.Seconds(), vm.XCR0, core.XSAVENames(vm.XCR0), hostXCR0, core.XSAVENames(hostXCR0))
 	vm.setClock(t)
@@ -478,6 +479,43 @@ func TestVMLive(t *testing.T) {
 		}
 		checkVMTicks(t, append(hostLines, lines[len(vmLines):]...))
 	})
+
+	t.Run("VM to VM", func(t *testing.T) { testVMToVM(t, vm, bin, work) })
+}
+
+// A process moves live from a VM running Debian's 6.12 cloud kernel to
+// the one running 6.1: another kernel (another vdso, other clocks) on the
+// target, the same CPU, where this host's AVX-512 keeps a process of its
+// own from moving there.
+func testVMToVM(t *testing.T, vm *vmNode, bin, work string) {
+	kdir := os.Getenv("MIGRATE_VM_KERNEL2")
+	if kdir == "" {
+		testutil.Unavailable(t, "a second kernel for the VM to VM test (MIGRATE_VM_KERNEL2: the directory scripts/vmkernel.sh linux-image-6.12-cloud-amd64 prints; make vmtest-live sets it)")
+	}
+	// Its PIDs far from the other VM's, booted alike.
+	src := bootVM(t, kdir, "migrate.lastpid=200000", bin, work)
+	src.setClock(t)
+	t.Logf("vmtest-live: VM node 2: kernel %s, booted in %.1f s, XSAVE features %#x", src.Kernel, src.Boot.Seconds(), src.XCR0)
+	log := filepath.Join(work, "vm-to-vm.log")
+	vm.put(t, log, nil) // the log it has open, a file of each VM's
+	pid := src.start(t, work, log, bin, "mem=256")
+	src.waitTick(t, log, 3)
+	_, port, _ := net.SplitHostPort(vm.Serve)
+	m, stderr := src.migrateFrom(t, pid, "10.0.2.2:"+port)
+	if want := vmRefusal(src.XCR0, vm.XCR0); m.Refused != want || (want == "" && m.Error != "") {
+		t.Fatalf("migrate from VM %s to VM %s: %+v, want refused %q\n%s", src.Kernel, vm.Kernel, m, want, stderr)
+	} else if want != "" {
+		t.Logf("vmtest-live: VM %s to VM %s: refused (%s): %s", src.Kernel, vm.Kernel, m.Refused, m.Error)
+		return
+	}
+	t.Logf("vmtest-live: VM %s to VM %s: moved, tracker %s (the source VM), downtime %.1f ms, total %.1f ms", src.Kernel, vm.Kernel, m.Tracker, m.DowntimeMS, m.TotalMS)
+	srcLines := src.lines(t, log)
+	ticks := testutil.Ticks(srcLines)
+	lines := vm.waitTick(t, log, ticks[len(ticks)-1]+4)
+	if !vm.running(t, pid) {
+		t.Errorf("the process %d is not running untraced in the VM", pid)
+	}
+	checkVMTicks(t, append(srcLines, lines...))
 }
 
 // checkVMTicks checks the ticks of a process that moved between the

@@ -10,6 +10,7 @@
 // Kernel command line parameters (all optional):
 //
 //	migrate.mode=node      be a migration node (node.go), not run tests
+//	migrate.lastpid=N      a node's next PIDs follow N
 //	migrate.run=REGEXP     tests to run (-test.run), default "Track"
 //	migrate.bench=REGEXP   benchmarks to run afterwards (-test.bench), default none
 //	migrate.benchtime=T    -test.benchtime for them, default 10x

@@ -39,6 +39,14 @@ func node() {
 	if err := os.WriteFile("/proc/sys/kernel/pid_max", []byte("4194304"), 0); err != nil {
 		fmt.Printf("vmnode: pid_max: %v\n", err)
 	}
+	// migrate.lastpid=N: the PIDs of the processes to come follow N (a
+	// node whose processes move to another VM, booted alike, whose PIDs
+	// near the start are taken).
+	if n := get(cmdline(), "migrate.lastpid", ""); n != "" {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(n), 0); err != nil {
+			fmt.Printf("vmnode: ns_last_pid: %v\n", err)
+		}
+	}
 	// A dump records the processes' cgroups from the cgroup2 mount.
 	mount("cgroup2", "/sys/fs/cgroup", "cgroup2")
 	if err := loadModules(modulesDir); err != nil {
@@ -85,7 +93,11 @@ func loadModules(dir string) error {
 		if err != nil {
 			return fmt.Errorf("module %s: %w", m, err)
 		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
+		flags := 0
+		if strings.HasSuffix(m, ".xz") {
+			flags = unix.MODULE_INIT_COMPRESSED_FILE // the kernel decompresses it
+		}
+		err = unix.FinitModule(int(f.Fd()), "", flags)
 		f.Close()
 		if err != nil && err != unix.EEXIST {
 			return fmt.Errorf("load module %s: %w", m, err)
