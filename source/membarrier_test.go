@@ -5,7 +5,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/testutil"
 )
 
@@ -15,22 +14,7 @@ import (
 // global one as made.
 func TestProbeMembarrier(t *testing.T) {
 	testutil.RequireRoot(t)
-	p := testutil.Start(t, testutil.Build(t, "counter"))
-	p.WaitLine(t, 2*short, 0, "ready")
-	tracer := ptrace.NewTracer()
-	defer tracer.Close()
-	var tp *ptrace.Proc
-	err := tracer.Do(func() error {
-		var err error
-		if tp, err = tracer.Seize(p.PID); err != nil {
-			return err
-		}
-		return tp.FindGadget()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tracer.Do(tp.Detach)
+	p, tracer, tp := seizeCounter(t)
 	d := &dumper{pid: p.PID, p: tp}
 	for _, reg := range []uint64{0, 1 << 4, 1 << 8} { // none, then PRIVATE_EXPEDITED, then ..._RSEQ too
 		var probed, reported uint64
