@@ -50,7 +50,9 @@ const (
 	// RefusedPIDInUse: the PID (or a TID) is taken where the process is
 	// restored: target.PIDInUseError.
 	RefusedPIDInUse RefusalKind = "pid-in-use"
-	// RefusedVDSO: this kernel's vdso differs from the dumping one's:
+	// RefusedVDSO: this kernel's vdso differs from the dumping one's, and
+	// the vdso proxy cannot serve the process (a function of the old vdso
+	// that this kernel's lacks, an image without a copy of its vdso):
 	// target.VDSOMismatchError.
 	RefusedVDSO RefusalKind = "vdso"
 	// RefusedAffinity: a thread is bound to CPUs this host does not have:

@@ -173,6 +173,10 @@ type RestoreOptions struct {
 	// hierarchy's root) under which the processes' cgroups are made and
 	// joined instead of at the image's paths. --cgroup-root.
 	CgroupRoot string
+	// VDSOProxy calls this kernel's vdso through a proxy at the old one's
+	// address even where it is the image's (as on a kernel whose vdso
+	// differs): for tests. --vdso-proxy (hidden).
+	VDSOProxy bool
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -196,7 +200,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 		}
 	}
 	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -370,6 +374,8 @@ type ServeOptions struct {
 	// every process served. --cgroup-limits, --cgroup-root.
 	ApplyCgroupLimits bool
 	CgroupRoot        string
+	// VDSOProxy is as in RestoreOptions, for every process served (tests).
+	VDSOProxy bool
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -410,7 +416,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
 		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

@@ -133,6 +133,9 @@ func (f *frozenState) read(ctx context.Context) error {
 			if err := d.p.FindGadget(); err != nil {
 				return fmt.Errorf("process %d: %w", d.pid, err)
 			}
+			if err := d.stepOutOfVDSO(); err != nil {
+				return err
+			}
 			if err := d.collectTask(); err != nil {
 				return err
 			}

@@ -235,6 +235,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			}
 			sum := sha256.Sum256(buf)
 			v.Hash = hex.EncodeToString(sum[:])
+			v.Code = buf
 		case name == "[vvar]" || name == "[vvar_vclock]":
 			v.Kind, v.Name = core.VMAVVar, name
 		case strings.HasPrefix(name, "[anon_shmem:"):

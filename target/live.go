@@ -33,7 +33,7 @@ import (
 // first layout (the root, and the tree's others): what can be checked
 // before the freeze is (executable, mapped files, directories, vdso, PIDs
 // free); blobs come with the state.
-func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, applyCgroupLimits bool) (*Builder, error) {
+func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, o buildOptions) (*Builder, error) {
 	img := layoutImage(ll) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
@@ -43,7 +43,7 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, o)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -178,7 +178,7 @@ func validateLiveProcess(p *core.Process) error {
 	if err := checkMappedFiles(p); err != nil {
 		return err
 	}
-	return checkVDSO(p.VMAs)
+	return vdsoServed(p.VMAs)
 }
 
 // checkMappedFiles checks that the files p maps are here, the same as
@@ -233,6 +233,8 @@ type liveTarget struct {
 	// and ApplyCgroupLimits.
 	cgroupRoot        string
 	applyCgroupLimits bool
+	// vdsoProxy is ServeOptions.VDSOProxy.
+	vdsoProxy bool
 
 	// members are the processes of the latest layout, zombies too;
 	// tree: the page streams begin with their PID; changes: the
@@ -363,7 +365,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log, t.applyCgroupLimits)
+		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy})
 		if err != nil {
 			return err
 		}

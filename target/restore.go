@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
@@ -89,6 +90,11 @@ type session struct {
 	// applyCgroupLimits: a cgroup of the image this host has with other
 	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
 	applyCgroupLimits bool
+	// forceVDSOProxy: the vdso goes through a proxy even where this
+	// kernel's is the image's (RestoreOptions.VDSOProxy).
+	forceVDSOProxy bool
+	// vdsoProxied is set once a process got a vdso proxy.
+	vdsoProxied atomic.Bool
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -132,6 +138,10 @@ type restorer struct {
 	// written too (elsewhere fresh memory is zero already).
 	mapped  []core.VMA
 	written core.PageSet
+	// vdsoHere is where this kernel's [vdso] and [vvar*] were put when
+	// they could not go to the image's addresses (proxyVDSO): a later
+	// layout must leave it alone.
+	vdsoHere addrRange
 	// live: pages come while pre-copy runs, before their counts are known.
 	live bool
 }
@@ -157,7 +167,7 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 		}
 	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits)
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy})
 	if err != nil {
 		return nil, err
 	}
@@ -222,12 +232,18 @@ type Builder struct {
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	return newBuilder(ctx, dir, img, log, check, false, false)
+	return newBuilder(ctx, dir, img, log, check, buildOptions{})
 }
 
-// newBuilder is NewBuilder with the check of the image given; live
-// builders map every area that may get pages writable.
-func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool) (*Builder, error) {
+// buildOptions are newBuilder's choices: live builders map every area
+// that may get pages writable; the others are RestoreOptions'.
+type buildOptions struct {
+	live, applyCgroupLimits, vdsoProxy bool
+}
+
+// newBuilder is NewBuilder with the check of the image given.
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, o buildOptions) (*Builder, error) {
+	live := o.live
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -237,7 +253,8 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -493,6 +510,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		Steps:     b.steps,
 
 		TimeNamespace: b.ss.timens,
+		VDSOProxy:     b.ss.vdsoProxied.Load(),
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
@@ -745,13 +763,19 @@ func sigchldFrom(si []byte, pids map[int32]bool) bool {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(r.timens); err != nil {
+	var inNS bool
+	if r.husk, inNS, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
+	if r.timens != nil && !inNS {
+		if err := huskTimeNamespace(r.hp, *r.timens); err != nil {
+			return err
+		}
+	}
 	inner := 0
 	if r.container() {
 		// The root's children inherit its pidfd for migrate, which they
@@ -889,7 +913,13 @@ func (r *restorer) layout(context.Context) error {
 			return fmt.Errorf("unmap husk area %#x-%#x: %w", m.Start, m.End, err)
 		}
 	}
-	if err := r.moveVDSO(special, busy, off); err != nil {
+	if r.forceVDSOProxy || checkVDSO(r.proc.VMAs) != nil {
+		// (validate found that the proxy serves it.)
+		if err := r.proxyVDSO(special, busy, off); err != nil {
+			return err
+		}
+		r.vdsoProxied.Store(true)
+	} else if err := r.moveVDSO(special, busy, off); err != nil {
 		return err
 	}
 	if err := r.openAgentPidfd(); err != nil {
@@ -900,25 +930,14 @@ func (r *restorer) layout(context.Context) error {
 }
 
 // syscallOffset finds a syscall instruction in this process's vdso, which
-// is the same as the child's (checked by validate).
+// is the same as the child's (the husk's exec mapped it).
 func syscallOffset() (uint64, error) {
-	maps, err := proc.ReadMaps(os.Getpid())
+	_, img, err := kernel.OwnVDSO()
 	if err != nil {
 		return 0, err
 	}
-	for _, m := range maps {
-		if m.Path != "[vdso]" {
-			continue
-		}
-		buf := make([]byte, m.End-m.Start)
-		if _, err := ptrace.ReadMem(os.Getpid(), m.Start, buf); err != nil {
-			return 0, err
-		}
-		for i := 0; i+1 < len(buf); i++ {
-			if buf[i] == 0x0f && buf[i+1] == 0x05 {
-				return uint64(i), nil
-			}
-		}
+	if i := bytes.Index(img, []byte{0x0f, 0x05}); i >= 0 {
+		return uint64(i), nil
 	}
 	return 0, ptrace.ErrNoGadget
 }

@@ -53,6 +53,8 @@ type ServeOptions struct {
 	// every migration served.
 	CgroupRoot        string
 	ApplyCgroupLimits bool
+	// VDSOProxy is as in RestoreOptions, for every migration served.
+	VDSOProxy bool
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -221,7 +223,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	if opts.XCR0 != 0 {
 		t.xcr0 = opts.XCR0
 	}
-	t.cgroupRoot, t.applyCgroupLimits = opts.CgroupRoot, opts.ApplyCgroupLimits
+	t.cgroupRoot, t.applyCgroupLimits, t.vdsoProxy = opts.CgroupRoot, opts.ApplyCgroupLimits, opts.VDSOProxy
 	t.hooks = hooks
 	t.notify = notify
 	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)

@@ -242,7 +242,7 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}
 	}
-	if err := checkVDSO(p.VMAs); err != nil {
+	if err := vdsoServed(p.VMAs); err != nil {
 		return err
 	}
 	for _, t := range p.Threads {

@@ -105,6 +105,8 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		fs.Uint64Var(&xsave, "xsave-features", 0, "take this CPU's XSAVE features to be `MASK` (XCR0 bits, as `migrate check` prints them; fewer than the CPU's own): the features every host of a fleet has, so that a process that could not move on to each is refused here")
 		var cg cgroupFlags
 		cg.add(fs)
+		var proxy bool
+		vdsoProxyFlag(fs, &proxy)
 		memLimit := defaultServeMemory
 		fs.Int64Var(&memLimit, "memory-limit", defaultServeMemory, "keep the service's Go heap near `BYTES` (a soft limit: its garbage is collected sooner near it; 0: Go's default, GOGC alone); GOMEMLIMIT in the environment wins")
 		var metricsAddr string
@@ -143,7 +145,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 				return err
 			}
 			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root,
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)
@@ -291,19 +293,40 @@ without children alone.`,
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
 				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
 			e.clearStatus()
-			if rep != nil {
-				if asJSON {
-					writeJSON(e.stdout, rep)
-				} else {
-					if len(rep.Stages) > 0 {
-						fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
-					}
-					fmt.Fprintln(e.stdout, migrateSummary(rep))
+			if asJSON {
+				writeJSON(e.stdout, migrateJSON(rep, err))
+			} else if rep != nil {
+				if len(rep.Stages) > 0 {
+					fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
 				}
+				fmt.Fprintln(e.stdout, migrateSummary(rep))
 			}
 			return err
 		}
 	},
+}
+
+// failedMigration is the --json output of a migration that failed: its
+// report (if it got that far), the error, and the kind of a refusal, so
+// that a script tells "refused: cpu" from a broken connection without
+// reading the message.
+type failedMigration struct {
+	*migrate.Report
+	Error   string              `json:"error"`
+	Refused migrate.RefusalKind `json:"refused,omitempty"`
+}
+
+// migrateJSON is what --json prints for a migration's outcome.
+func migrateJSON(rep *migrate.Report, err error) any {
+	if err == nil {
+		return rep
+	}
+	f := failedMigration{Report: rep, Error: err.Error()}
+	var re *migrate.RefusedError
+	if errors.As(err, &re) {
+		f.Refused = re.Kind
+	}
+	return f
 }
 
 func printRoundLine(w io.Writer, r migrate.RoundReport) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -409,7 +410,7 @@ func TestManPage(t *testing.T) {
 		fs := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
 		c.setup(fs)
 		fs.VisitAll(func(f *pflag.Flag) {
-			if !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
+			if !f.Hidden && !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
 				t.Errorf("%s: flag --%s is not in the manual", c.name, f.Name)
 			}
 		})
@@ -442,5 +443,38 @@ func TestGenSecret(t *testing.T) {
 	}
 	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
 		t.Fatalf("an existing secret file was overwritten")
+	}
+}
+
+// --to --json says what failed, and a refusal's kind, in the JSON: a
+// refusal with the report so far, a failure before any report.
+func TestMigrateJSONFailure(t *testing.T) {
+	refused := &migrate.RefusedError{Kind: migrate.RefusedCPU, Err: errors.New("no AVX-512 here")}
+	for _, tc := range []struct {
+		rep     *migrate.Report
+		err     error
+		refused string
+	}{
+		{&migrate.Report{PID: 7, Outcome: "aborted"}, fmt.Errorf("migrate: %w", refused), "cpu"},
+		{nil, errors.New("connection refused"), ""},
+	} {
+		b, err := json.Marshal(migrateJSON(tc.rep, tc.err))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			PID     int    `json:"pid"`
+			Error   string `json:"error"`
+			Refused string `json:"refused"`
+		}
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Refused != tc.refused || got.Error != tc.err.Error() || (tc.rep != nil && got.PID != tc.rep.PID) {
+			t.Errorf("%v: --json gave %s", tc.err, b)
+		}
+	}
+	if b, _ := json.Marshal(migrateJSON(&migrate.Report{PID: 7}, nil)); strings.Contains(string(b), `"error"`) {
+		t.Errorf("a migration that worked: --json gave %s", b)
 	}
 }
