@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+)
+
+// TestLivePostCopy moves a 256 MiB process that rewrites its memory at
+// 100 MB/s with --post-copy: after the first pre-copy round it is frozen,
+// resumed on the target with the pages written since missing, and those
+// come on demand or in the background. It then checks every page.
+func TestLivePostCopy(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := startDirty(t, 256, 100)
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Mode: source.ModePostCopy})
+	pc := rep.PostCopy
+	if pc == nil {
+		t.Fatalf("no post-copy in the report: %+v", rep)
+	}
+	t.Logf("post-copy: %+v; downtime %.1f ms (target %.1f ms), total %.1f ms, rounds %d",
+		*pc, rep.DowntimeMS, rep.TargetDowntimeMS, rep.TotalMS, len(rep.Rounds))
+	if !pc.FinishedOnTarget || pc.MissingPages == 0 || pc.OnDemandPages+pc.BackgroundPages == 0 || pc.Reason != "post-copy" {
+		t.Errorf("post-copy report %+v", *pc)
+	}
+	t.Logf("target steps: %+v", rep.TargetSteps)
+	if len(rep.Rounds) != 2 {
+		t.Errorf("%d rounds, want round 0 and the final one", len(rep.Rounds))
+	}
+	if rep.DowntimeMS <= 0 {
+		t.Errorf("downtime %.1f ms", rep.DowntimeMS)
+	}
+	waitServeLog(t, s, "post-copy done: every page is in place")
+	verifyDirty(t, r)
+}
+
+// TestLivePostCopyAuto: --mode auto on a writer that does not converge
+// within the rounds allowed switches to post-copy, and the process comes
+// out whole.
+func TestLivePostCopyAuto(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := startDirty(t, 128, 200)
+	pol := source.Policy{MaxRounds: 2, TargetDowntime: time.Millisecond, MinShrink: 0.2, Patience: 2}
+	r, rep := migrateLive(t, p, s, source.MigrateOptions{Mode: source.ModeAuto, Policy: pol})
+	pc := rep.PostCopy
+	if pc == nil {
+		t.Fatalf("--mode auto did not switch to post-copy: rounds %+v", rep.Rounds)
+	}
+	t.Logf("post-copy: %+v; downtime %.1f ms, total %.1f ms, rounds %d", *pc, rep.DowntimeMS, rep.TotalMS, len(rep.Rounds))
+	if !strings.HasSuffix(pc.Reason, ", post-copy") || !pc.FinishedOnTarget {
+		t.Errorf("post-copy report %+v", *pc)
+	}
+	verifyDirty(t, r)
+}
+
+// waitServeLog waits for the service's log to say what.
+func waitServeLog(t *testing.T, s *serveProc, what string) {
+	t.Helper()
+	testutil.WaitFor(t, long, "the service to log "+what, func() bool {
+		b, _ := os.ReadFile(s.Log)
+		return strings.Contains(string(b), what)
+	})
+}
+
+// TestLivePostCopySourceDies kills the source's migrate while the process
+// runs on the target in post-copy: the target cannot fill the pages it
+// lacks, so it kills the process (none is left hanging on a fault) and
+// says so; the original stays frozen on the source.
+func TestLivePostCopySourceDies(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := startDirty(t, 32, 100)
+	var out strings.Builder
+	// A slow link: the post-copy lasts long enough to be cut.
+	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "10", strconv.Itoa(p.PID))
+	m.Stdout, m.Stderr = &out, &out
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	defer func() {
+		if !waited {
+			m.Process.Kill()
+			m.Wait()
+		}
+		if t.Failed() {
+			t.Logf("migrate's output:\n%s", out.String())
+		}
+	}()
+	waitServeLog(t, s, "post-copy: the process runs")
+	inner := findInNamespace(t, p.PID)
+	if err := m.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Wait()
+	waited = true
+	waitServeLog(t, s, "post-copy failed: the process cannot run without the pages it lacks and is KILLED")
+	testutil.WaitFor(t, long, "the process on the target to be gone", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
+		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
+	})
+	// The original stays frozen, for the operator: never resumed.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
+	if err != nil || !strings.Contains(string(b), ") T ") && !strings.Contains(string(b), ") t ") {
+		t.Errorf("the original: %q, %v; want it stopped", b, err)
+	}
+}
