@@ -303,7 +303,7 @@ type sourceRun struct {
 	// acked counts the rounds it answered.
 	acks       bool
 	acked      uint32
-	postCopy   bool // both ends speak FeaturePostCopy
+	postCopy   bool          // both ends speak FeaturePostCopy
 	in         chan inbound  // from the reader
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
