@@ -26,10 +26,10 @@ const (
 	// converges (or stalls): every page is on the target before it runs
 	// there. The default.
 	ModePreCopy Mode = "precopy"
-	// ModePostCopy freezes the process after the first pre-copy round
-	// and resumes it on the target with the pages written since still
-	// missing: they come in the background, or when the process faults
-	// on them. If the link or the source dies before the last page, the
+	// ModePostCopy freezes the process after a first round that sends
+	// all but its private anonymous memory, and resumes it on the target
+	// with that memory missing: it comes in the background, or when the
+	// process faults on it. If the link or the source dies before the last page, the
 	// process is lost (PostCopyError).
 	ModePostCopy Mode = "postcopy"
 	// ModeAuto is ModePreCopy that switches to post-copy where pre-copy
@@ -106,6 +106,41 @@ func (pc *postCopy) decide(v Verdict, round int) Verdict {
 	}
 	pc.active, pc.reason = true, v.Reason
 	return v
+}
+
+// skipsRound0 says whether pre-copy's first round leaves the pages of v
+// to post-copy: with ModePostCopy, those of every area that can miss
+// pages (they would otherwise go twice: in round 0, and again after the
+// resume for those written meanwhile, which the target must drop first).
+func (pc *postCopy) skipsRound0(v *core.VMA) bool {
+	return pc != nil && pc.mode == ModePostCopy && deferrable(v)
+}
+
+// dataRuns returns the runs of pages of area v that hold data (present
+// or swapped), from the pagemap.
+func (s *pageSink) dataRuns(v *core.VMA) ([]PageRange, error) {
+	const chunk = 1 << 30
+	var out []PageRange
+	for at := v.Start; at < v.End; at += chunk {
+		stop := min(at+chunk, v.End)
+		ents, err := s.pm.Read(at, stop, s.ents)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: pagemap of %#x-%#x: %w", s.d.pid, at, stop, err)
+		}
+		s.ents = ents
+		for i, e := range ents {
+			if !e.Present() && !e.Swapped() {
+				continue
+			}
+			a := at + uint64(i)*pageSize
+			if n := len(out); n > 0 && out[n-1].End == a {
+				out[n-1].End = a + pageSize
+			} else {
+				out = append(out, PageRange{Start: a, End: a + pageSize})
+			}
+		}
+	}
+	return out, nil
 }
 
 // deferrable says whether the pages of v can be left missing: private
@@ -344,6 +379,11 @@ func h0(err error, n int) int {
 	return n
 }
 
+// backgroundPages is the size of the background's reads and frames:
+// small, so that an answer to a request queues behind little of it on
+// the connection.
+const backgroundPages = 32
+
 // background sends the missing pages not sent yet, in address order, as
 // a page stream; it waits while requests are answered.
 func (s *pcServer) background(w io.Writer, codec pagestream.Codec) error {
@@ -362,7 +402,7 @@ func (s *pcServer) background(w io.Writer, codec pagestream.Codec) error {
 			s.mu.Unlock()
 			return nil
 		}
-		r, ok := s.sent.NextIn(at, pagestream.MaxRequestPages)
+		r, ok := s.sent.NextIn(at, backgroundPages)
 		if ok {
 			s.sent.Remove(r.Addr, r.Pages)
 		}

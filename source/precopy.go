@@ -204,6 +204,15 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		before := d.sink.pages
 		var err error
 		for j := range layouts[i] {
+			if v := &layouts[i][j]; i == 0 && ss.postCopy.skipsRound0(v) {
+				// Post-copy sends it after the resume.
+				var rs []PageRange
+				if rs, err = d.sink.dataRuns(v); err != nil {
+					break
+				}
+				d.pending = append(d.pending, rs...)
+				continue
+			}
 			if err = d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
 				break
 			}

@@ -118,11 +118,13 @@ func checkMissing(st *handoff.PostCopyState, vmas []core.VMA) ([]core.VMA, error
 // follows.
 func (b *Builder) dropMissing(uffd int, st *handoff.PostCopyState, areas []core.VMA) error {
 	r := b.all[0]
+	t0 := time.Now()
 	for _, s := range st.Missing {
 		if _, err := r.sys("madvise", unix.SYS_MADVISE, s.Start, s.End-s.Start, unix.MADV_DONTNEED); err != nil {
 			return fmt.Errorf("post-copy: drop pages %#x-%#x of process %d: %w", s.Start, s.End, r.pid, err)
 		}
 	}
+	b.ss.log.Debug("post-copy: pages dropped", "runs", len(st.Missing), "ms", time.Since(t0).Milliseconds())
 	for _, v := range areas {
 		if _, err := raw.UffdRegister(uffd, v.Start, v.End-v.Start, raw.UFFDIO_REGISTER_MODE_MISSING); err != nil {
 			return fmt.Errorf("post-copy: register %#x-%#x of process %d for missing pages: %w", v.Start, v.End, r.pid, err)
@@ -156,7 +158,7 @@ func (t *liveTarget) preparePostCopy(st *handoff.PostCopyState, img *core.Image)
 	if err != nil {
 		return fmt.Errorf("post-copy: pidfd_open(%d): %w", t.pid, err)
 	}
-	t.pc = &pcFill{t: t, pid: t.pid, pidfd: pidfd, uffd: t.uffd, missing: set, asked: map[uint64]time.Time{}, done: make(chan struct{})}
+	t.pc = &pcFill{t: t, pid: t.pid, pidfd: pidfd, uffd: t.uffd, missing: set, asked: map[uint64]time.Time{}, done: make(chan struct{}), ended: make(chan struct{})}
 	t.uffd = -1 // the fill's now
 	t.lap("post-copy: drop and register missing pages")
 	return nil
@@ -191,7 +193,11 @@ type pcFill struct {
 	faults, latSum, latMax uint64 // µs
 	onDemand, background   int
 	done                   chan struct{} // closed when it ends, filled or failed
+	ended                  chan struct{} // closed once finish is through
 	finished               bool
+	// exited: the process is gone (it exited, or someone killed it);
+	// there is nothing more to fill.
+	exited bool
 }
 
 // remap is an mremap of the process: pages of [from, from+len) are now
@@ -237,7 +243,9 @@ func (t *liveTarget) waitPostCopy() error {
 	if t.pc == nil {
 		return nil
 	}
-	<-t.pc.done
+	<-t.pc.ended
+	t.pc.mu.Lock()
+	defer t.pc.mu.Unlock()
 	return t.pc.err
 }
 
@@ -319,10 +327,19 @@ func (f *pcFill) finish(bg net.Conn) {
 	err := f.err
 	f.mu.Unlock()
 	log := f.t.log
+	if err != nil && f.exited {
+		log.Info("post-copy ended: the process exited before every page came", "pid", f.pid, "err", err)
+		err = nil
+		f.mu.Lock()
+		f.err = nil
+		f.mu.Unlock()
+	}
 	if err != nil {
 		kerr := unix.PidfdSendSignal(f.pidfd, unix.SIGKILL, nil, 0)
 		log.Error("post-copy failed: the process cannot run without the pages it lacks and is KILLED; the migration lost it",
 			"pid", f.pid, "missing_left", f.missing.Left(), "of", f.missing.Total(), "err", err, "kill_err", kerr)
+	} else if f.exited {
+		log.Info("post-copy ended: the process exited", "pid", f.pid)
 	} else {
 		log.Info("post-copy done: every page is in place", "pid", f.pid, "pages", f.missing.Total(),
 			"on_demand", f.onDemand, "background", f.background, "faults", f.faults, "ms", time.Since(f.started).Milliseconds())
@@ -338,6 +355,7 @@ func (f *pcFill) finish(bg net.Conn) {
 		close(f.done)
 	}
 	f.t.event(SessionPostCopyDone, err)
+	close(f.ended)
 }
 
 // fail ends the fill with err (the first one counts).
@@ -352,7 +370,9 @@ func (f *pcFill) fail(err error) {
 	close(f.done)
 }
 
-// complete ends the fill: every page is in place. The source is told.
+// complete ends the fill: every page is in place (or the process is
+// gone). The source is told; what fails after (the source closing the
+// streams) no longer counts.
 //
 // Preconditions: f.mu is not held.
 func (f *pcFill) complete() {
@@ -361,20 +381,15 @@ func (f *pcFill) complete() {
 		f.mu.Unlock()
 		return
 	}
+	f.finished = true
 	m := pagestream.PostCopyMsg{Kind: pagestream.MsgDone, Faults: f.faults, LatencySumUS: f.latSum, LatencyMaxUS: f.latMax}
 	f.mu.Unlock()
 	f.wmu.Lock()
 	_, err := f.req.Write(m.Encode(nil))
 	f.wmu.Unlock()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.finished {
-		return
-	}
-	f.finished = true
 	if err != nil {
-		// Every page is here: the process is whole; the source will
-		// learn it by asking no more.
+		// Every page is here: the process is whole; the source learns
+		// nothing more, and keeps its original frozen.
 		f.t.log.Warn("post-copy: could not tell the source that every page is here", "err", err)
 	}
 	close(f.done)
@@ -542,6 +557,11 @@ func (f *pcFill) place(addr uint64, pages int, data []byte, zero func(int) bool)
 			time.Sleep(100 * time.Microsecond)
 			f.mu.Lock()
 		}
+		if errors.Is(err, unix.ESRCH) {
+			// The process exited (or was killed): nothing left to fill.
+			f.exited = true
+			return placed, nil
+		}
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EFAULT) {
 				// No longer mapped there: nothing to fill.
@@ -605,12 +625,13 @@ func (f *pcFill) replies() {
 			delete(f.asked, h.Addr+uint64(p)*pageSize)
 		}
 		left := f.missing.Left()
+		exited := f.exited
 		f.mu.Unlock()
 		if err != nil {
 			f.fail(err)
 			return
 		}
-		if left == 0 {
+		if left == 0 || exited {
 			f.complete()
 		}
 	}
@@ -648,12 +669,13 @@ func (f *pcFill) backgroundLoop(c net.Conn) {
 		n, err := f.place(fr.Addr, fr.Pages, fr.Data, fr.IsZero)
 		f.background += n
 		left := f.missing.Left()
+		exited := f.exited
 		f.mu.Unlock()
 		if err != nil {
 			f.fail(err)
 			return
 		}
-		if left == 0 {
+		if left == 0 || exited {
 			f.complete()
 		}
 	}
