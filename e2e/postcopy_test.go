@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -112,5 +114,45 @@ func TestLivePostCopySourceDies(t *testing.T) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
 	if err != nil || !strings.Contains(string(b), ") T ") && !strings.Contains(string(b), ") t ") {
 		t.Errorf("the original: %q, %v; want it stopped", b, err)
+	}
+}
+
+// TestLivePostCopyFork: a process that forks while pages are still
+// missing is lost rather than run with a child that would see zeros in
+// their place: the target kills both and says so.
+func TestLivePostCopyFork(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p := testutil.Start(t, testutil.Build(t, "forkmem"), "64")
+	p.WaitLine(t, long, 0, "ready")
+	var out strings.Builder
+	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "5", strconv.Itoa(p.PID))
+	m.Stdout, m.Stderr = &out, &out
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		m.Process.Kill()
+		m.Wait()
+		if t.Failed() {
+			t.Logf("migrate's output:\n%s", out.String())
+		}
+	}()
+	waitServeLog(t, s, "post-copy: the process runs")
+	inner := findInNamespace(t, p.PID)
+	if err := unix.Kill(inner, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitServeLog(t, s, "post-copy: killed a child the process forked while pages were missing")
+	waitServeLog(t, s, "post-copy failed: the process cannot run without the pages it lacks and is KILLED")
+	testutil.WaitFor(t, long, "the process on the target to be gone", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
+		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
+	})
+	if err := m.Wait(); err == nil {
+		t.Error("migrate --to succeeded")
+	}
+	if !strings.Contains(out.String(), "the process is lost") {
+		t.Errorf("migrate --to did not say the process is lost")
 	}
 }

@@ -18,7 +18,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,6 +201,50 @@ type pcFill struct {
 	// exited: the process is gone (it exited, or someone killed it);
 	// there is nothing more to fill.
 	exited bool
+	// kids are the process's children at the resume; forked: it forked
+	// since (its new children are killed with it).
+	kids   map[int]bool
+	forked bool
+}
+
+// children lists the children of process pid (of all its threads).
+func children(pid int) map[int]bool {
+	out := map[int]bool{}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out[c] = true
+			}
+		}
+	}
+	return out
+}
+
+// killForked kills the children the process forked during post-copy:
+// they would run with zeros in place of the pages still missing. A child
+// shows in its parent's list once the fork completes, after its event
+// was read: it is looked for a little while.
+func (f *pcFill) killForked() {
+	deadline := time.Now().Add(time.Second)
+	killed := 0
+	for killed == 0 && time.Now().Before(deadline) {
+		for c := range children(f.pid) {
+			if f.kids[c] {
+				continue
+			}
+			if pfd, err := unix.PidfdOpen(c, 0); err == nil {
+				unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
+				unix.Close(pfd)
+				f.t.log.Error("post-copy: killed a child the process forked while pages were missing", "pid", f.pid, "child", c)
+				killed++
+			}
+		}
+		if killed == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // remap is an mremap of the process: pages of [from, from+len) are now
@@ -233,6 +280,7 @@ func (t *liveTarget) startPostCopy(ctx context.Context) {
 		return
 	}
 	f.started = time.Now()
+	f.kids = children(t.pid)
 	t.log.Info("post-copy: the process runs; filling its missing pages", "pid", t.pid, "missing", f.missing.Total())
 	go f.run(ctx)
 }
@@ -335,6 +383,11 @@ func (f *pcFill) finish(bg net.Conn) {
 		f.mu.Unlock()
 	}
 	if err != nil {
+		// Children first: the parent's death could have them reparented
+		// out of sight.
+		if f.forked {
+			f.killForked()
+		}
 		kerr := unix.PidfdSendSignal(f.pidfd, unix.SIGKILL, nil, 0)
 		log.Error("post-copy failed: the process cannot run without the pages it lacks and is KILLED; the migration lost it",
 			"pid", f.pid, "missing_left", f.missing.Left(), "of", f.missing.Total(), "err", err, "kill_err", kerr)
@@ -506,6 +559,7 @@ func (f *pcFill) event(m raw.UffdMsg) error {
 		f.remaps = append(f.remaps, remap{from: m.From, to: m.To, len: m.Len})
 	case raw.UFFD_EVENT_FORK:
 		unix.Close(m.ForkFD)
+		f.forked = true
 		return errors.New("the process forked: its child would lack the pages still missing, and post-copy serves one process")
 	}
 	return nil
