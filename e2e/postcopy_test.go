@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,6 +82,7 @@ func TestLivePostCopySourceDies(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{})
 	p := startDirty(t, 32, 100)
+	removeRecordsAfter(t, p.PID)
 	var out strings.Builder
 	// A slow link: the post-copy lasts long enough to be cut.
 	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "10", strconv.Itoa(p.PID))
@@ -125,6 +127,7 @@ func TestLivePostCopyFork(t *testing.T) {
 	s := startServeWith(t, serveOptions{})
 	p := testutil.Start(t, testutil.Build(t, "forkmem"), "64")
 	p.WaitLine(t, long, 0, "ready")
+	removeRecordsAfter(t, p.PID)
 	var out strings.Builder
 	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "5", strconv.Itoa(p.PID))
 	m.Stdout, m.Stderr = &out, &out
@@ -155,4 +158,16 @@ func TestLivePostCopyFork(t *testing.T) {
 	if !strings.Contains(out.String(), "the process is lost") {
 		t.Errorf("migrate --to did not say the process is lost")
 	}
+}
+
+// removeRecordsAfter removes, once the test is over, the records a
+// migration of pid left in source.RecordDir (one that lost its process
+// leaves its original frozen, and says so there).
+func removeRecordsAfter(t *testing.T, pid int) {
+	t.Cleanup(func() {
+		files, _ := filepath.Glob(filepath.Join(source.RecordDir, fmt.Sprintf("%d-*.json", pid)))
+		for _, f := range files {
+			os.Remove(f)
+		}
+	})
 }
