@@ -422,6 +422,8 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 				e.Kind = EventSessionCommitted
 			case target.SessionAborted:
 				e.Kind, e.Err = EventSessionAborted, wrapErr(s.Err)
+			case target.SessionPostCopyDone:
+				e.Kind, e.Err = EventSessionPostCopyDone, s.Err
 			default:
 				return
 			}
