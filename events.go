@@ -59,7 +59,7 @@ const (
 	EventRoundFinished                      // every page of the round was sent
 	EventFrozen                             // every thread of the original is stopped
 	EventCommitted                          // the commit is sent: the point of no return
-	EventResumed                            // the process runs on the target; the original is killed next
+	EventResumed                            // the process runs on the target; the original is killed next (after post-copy, once the target has every page)
 	EventAborted                            // the migration failed; the original runs on (unless Err says resuming it failed)
 
 	EventSessionStarted   // a source began a migration: the PID is free here
