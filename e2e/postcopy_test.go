@@ -82,36 +82,14 @@ func TestLivePostCopySourceDies(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{})
 	p := startDirty(t, 32, 100)
-	removeRecordsAfter(t, p.PID)
-	var out strings.Builder
 	// A slow link: the post-copy lasts long enough to be cut.
-	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "10", strconv.Itoa(p.PID))
-	m.Stdout, m.Stderr = &out, &out
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	defer func() {
-		if !waited {
-			m.Process.Kill()
-			m.Wait()
-		}
-		if t.Failed() {
-			t.Logf("migrate's output:\n%s", out.String())
-		}
-	}()
-	waitServeLog(t, s, "post-copy: the process runs")
+	m := startPostCopyCmd(t, s, p.PID, "10")
 	inner := findInNamespace(t, p.PID)
 	if err := m.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	m.Wait()
-	waited = true
-	waitServeLog(t, s, "post-copy failed: the process cannot run without the pages it lacks and is KILLED")
-	testutil.WaitFor(t, long, "the process on the target to be gone", func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
-		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
-	})
+	waitLost(t, s, inner)
 	// The original stays frozen, for the operator: never resumed.
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
 	if err != nil || !strings.Contains(string(b), ") T ") && !strings.Contains(string(b), ") t ") {
@@ -127,35 +105,17 @@ func TestLivePostCopyFork(t *testing.T) {
 	s := startServeWith(t, serveOptions{})
 	p := testutil.Start(t, testutil.Build(t, "forkmem"), "64")
 	p.WaitLine(t, long, 0, "ready")
-	removeRecordsAfter(t, p.PID)
-	var out strings.Builder
-	m := exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", "5", strconv.Itoa(p.PID))
-	m.Stdout, m.Stderr = &out, &out
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		m.Process.Kill()
-		m.Wait()
-		if t.Failed() {
-			t.Logf("migrate's output:\n%s", out.String())
-		}
-	}()
-	waitServeLog(t, s, "post-copy: the process runs")
+	m := startPostCopyCmd(t, s, p.PID, "5")
 	inner := findInNamespace(t, p.PID)
 	if err := unix.Kill(inner, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
 	waitServeLog(t, s, "post-copy: killed a child the process forked while pages were missing")
-	waitServeLog(t, s, "post-copy failed: the process cannot run without the pages it lacks and is KILLED")
-	testutil.WaitFor(t, long, "the process on the target to be gone", func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
-		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
-	})
+	waitLost(t, s, inner)
 	if err := m.Wait(); err == nil {
 		t.Error("migrate --to succeeded")
 	}
-	if !strings.Contains(out.String(), "the process is lost") {
+	if !strings.Contains(m.out.String(), "the process is lost") {
 		t.Errorf("migrate --to did not say the process is lost")
 	}
 }
@@ -169,5 +129,47 @@ func removeRecordsAfter(t *testing.T, pid int) {
 		for _, f := range files {
 			os.Remove(f)
 		}
+	})
+}
+
+// postCopyCmd is a `migrate --to --post-copy` running.
+type postCopyCmd struct {
+	*exec.Cmd
+	out strings.Builder
+}
+
+// startPostCopyCmd moves pid to s with `migrate --to --post-copy`, its
+// pages at most mbps MB/s, and returns once the process runs on the
+// target in post-copy. Its output is logged if the test fails; it is
+// killed at the end.
+func startPostCopyCmd(t *testing.T, s *serveProc, pid int, mbps string) *postCopyCmd {
+	t.Helper()
+	removeRecordsAfter(t, pid)
+	m := &postCopyCmd{}
+	m.Cmd = exec.Command(buildMigrate(t), "--to", s.Addr, "--insecure", "-v", "--post-copy", "--bandwidth", mbps, strconv.Itoa(pid))
+	m.Stdout, m.Stderr = &m.out, &m.out
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		m.Process.Kill()
+		m.Wait()
+		if t.Failed() {
+			t.Logf("migrate's output:\n%s", m.out.String())
+		}
+	})
+	waitServeLog(t, s, "post-copy: the process runs")
+	return m
+}
+
+// waitLost waits for the service s to say it lost the process in
+// post-copy, and for the process (inner, as this namespace sees it) to
+// be gone.
+func waitLost(t *testing.T, s *serveProc, inner int) {
+	t.Helper()
+	waitServeLog(t, s, "post-copy failed: the process cannot run without the pages it lacks and is KILLED")
+	testutil.WaitFor(t, long, "the process on the target to be gone", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
+		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
 	})
 }
