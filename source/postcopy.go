@@ -347,9 +347,11 @@ func (s *pcServer) answer(c io.ReadWriter) error {
 		s.inflight++
 		s.mu.Unlock()
 		data := buf[:int(m.Pages)*pageSize]
+		var wire int
 		err = readPages(s.pid, m.Addr, data)
 		if err == nil {
 			h := pagestream.ReplyHeader{Addr: m.Addr, Pages: m.Pages, Zero: isZero(data)}
+			wire = pagestream.ReplyHeaderSize + h.DataLen()
 			if !h.Zero {
 				h.CRC = pagestream.ReplyCRC(data)
 			}
@@ -362,21 +364,13 @@ func (s *pcServer) answer(c io.ReadWriter) error {
 		s.inflight--
 		n := s.sent.Remove(m.Addr, int(m.Pages))
 		s.pc.rep.OnDemandPages += uint64(n)
-		s.pc.rep.BytesWire += uint64(len(out) + h0(err, len(data)))
+		s.pc.rep.BytesWire += uint64(wire)
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("answer the request for %d pages at %#x: %w", m.Pages, m.Addr, err)
 		}
 	}
-}
-
-// h0 is n unless err.
-func h0(err error, n int) int {
-	if err != nil {
-		return 0
-	}
-	return n
 }
 
 // backgroundPages is the size of the background's reads and frames:
