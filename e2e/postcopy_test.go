@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,8 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // TestLivePostCopy moves a 256 MiB process that rewrites its memory at
@@ -172,4 +175,34 @@ func waitLost(t *testing.T, s *serveProc, inner int) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", inner))
 		return err != nil || strings.Contains(string(b), ") Z ") || strings.Contains(string(b), ") X ")
 	})
+}
+
+// TestLivePostCopyLinkCut cuts the link (every connection through a
+// proxy) while the process runs on the target in post-copy: the target
+// kills it, and migrate --to fails saying the process is lost, the
+// original left frozen.
+func TestLivePostCopyLinkCut(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	px := startProxy(t, s.Addr)
+	p := startDirty(t, 32, 100)
+	removeRecordsAfter(t, p.PID)
+	m := startMigration(source.MigrateOptions{PID: p.PID, To: px.Addr(), Transport: transport.Config{Insecure: true},
+		Logger: testLogger(t), Mode: source.ModePostCopy, Bandwidth: 10e6})
+	waitServeLog(t, s, "post-copy: the process runs")
+	inner := findInNamespace(t, p.PID)
+	px.Cut()
+	m.waitOrHang(t, s, time.Minute)
+	var pe *handoff.PostCopyError
+	if !errors.As(m.err, &pe) || pe.PID != p.PID {
+		t.Fatalf("migrate: %v, want a PostCopyError", m.err)
+	}
+	if m.rep == nil || m.rep.PostCopy == nil || m.rep.PostCopy.FinishedOnTarget {
+		t.Errorf("report: %+v", m.rep)
+	}
+	waitLost(t, s, inner)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
+	if err != nil || !strings.Contains(string(b), ") T ") && !strings.Contains(string(b), ") t ") {
+		t.Errorf("the original: %q, %v; want it stopped", b, err)
+	}
 }
