@@ -11,13 +11,17 @@ package pagestream
 // Target to source, a message (PostCopyMsgSize bytes):
 //
 //	off size field
-//	  0    1 kind: 1 request, 2 done
+//	  0    1 kind: 1 request, 2 done, 3 applied
 //	  1    3 reserved, 0
-//	  4    4 request: pages, 1..MaxRequestPages; done: 0
+//	  4    4 request: pages, 1..MaxRequestPages; else 0
 //	  8    8 request: address of the first page, page-aligned; done: pages
-//	         the target's process faulted on
+//	         the target's process faulted on; applied: the background
+//	         stream's pages taken in so far
 //	 16    8 done: the faults' summed latency, in microseconds; else 0
 //	 24    8 done: the longest fault latency, in microseconds; else 0
+//
+// An applied lets the source keep little of the background in flight, so
+// that an answer never queues behind much of it.
 //
 // Source to target, a reply to each request, in order: a header
 // (ReplyHeaderSize bytes), then the pages unless they are all zeros:
@@ -51,6 +55,7 @@ const (
 const (
 	MsgRequest uint8 = 1
 	MsgDone    uint8 = 2
+	MsgApplied uint8 = 3
 )
 
 // ReplyZero is the reply flag of pages that are all zeros.
@@ -66,6 +71,8 @@ type PostCopyMsg struct {
 	Addr  uint64 // request
 	// Done: what the target saw of its process's faults.
 	Faults, LatencySumUS, LatencyMaxUS uint64
+	// Applied: the background's pages taken in so far.
+	Applied uint64
 }
 
 // Encode appends the message's record to b.
@@ -81,6 +88,8 @@ func (m PostCopyMsg) Encode(b []byte) []byte {
 		le.PutUint64(r[8:], m.Faults)
 		le.PutUint64(r[16:], m.LatencySumUS)
 		le.PutUint64(r[24:], m.LatencyMaxUS)
+	case MsgApplied:
+		le.PutUint64(r[8:], m.Applied)
 	}
 	return append(b, r[:]...)
 }
@@ -109,6 +118,11 @@ func DecodePostCopyMsg(r []byte) (PostCopyMsg, error) {
 			return PostCopyMsg{}, fmt.Errorf("%w: a done with pages", ErrBadPostCopyMsg)
 		}
 		m.Faults, m.LatencySumUS, m.LatencyMaxUS = le.Uint64(r[8:]), le.Uint64(r[16:]), le.Uint64(r[24:])
+	case MsgApplied:
+		if le.Uint32(r[4:]) != 0 || le.Uint64(r[16:]) != 0 || le.Uint64(r[24:]) != 0 {
+			return PostCopyMsg{}, fmt.Errorf("%w: an applied with other fields", ErrBadPostCopyMsg)
+		}
+		m.Applied = le.Uint64(r[8:])
 	default:
 		return PostCopyMsg{}, fmt.Errorf("%w: kind %d", ErrBadPostCopyMsg, m.Kind)
 	}

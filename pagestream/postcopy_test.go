@@ -11,6 +11,7 @@ func TestPostCopyMsgRoundTrip(t *testing.T) {
 		{Kind: MsgRequest, Addr: 0x7f0000001000, Pages: 1},
 		{Kind: MsgRequest, Addr: 0x1000, Pages: MaxRequestPages},
 		{Kind: MsgDone, Faults: 12, LatencySumUS: 3400, LatencyMaxUS: 900},
+		{Kind: MsgApplied, Applied: 4096},
 	} {
 		b := m.Encode(nil)
 		got, err := DecodePostCopyMsg(b)
@@ -64,6 +65,7 @@ func TestReplyRoundTrip(t *testing.T) {
 func FuzzDecodePostCopyMsg(f *testing.F) {
 	f.Add(PostCopyMsg{Kind: MsgRequest, Addr: 0x1000, Pages: 3}.Encode(nil))
 	f.Add(PostCopyMsg{Kind: MsgDone, Faults: 1}.Encode(nil))
+	f.Add(PostCopyMsg{Kind: MsgApplied, Applied: 32}.Encode(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodePostCopyMsg(b)
 		if err != nil {

@@ -266,7 +266,16 @@ type pcServer struct {
 	inflight int
 	cond     *sync.Cond
 	done     bool
+	// queued are the pages the background wrote, applied those the
+	// target says it took in: the background keeps at most
+	// backgroundAhead pages between them.
+	queued, applied uint64
 }
+
+// backgroundAhead bounds the background's pages on their way (8 MiB): an
+// answer queues behind no more (the session's windows would let 16 MiB
+// a stream wait before it).
+const backgroundAhead = 2048
 
 func (a *liveSource) servePostCopy(pc *postCopy) error {
 	runs := make([]pagestream.Run, 0, len(pc.missing))
@@ -324,6 +333,13 @@ func (s *pcServer) answer(c io.ReadWriter) error {
 		m, err := pagestream.DecodePostCopyMsg(msg)
 		if err != nil {
 			return err
+		}
+		if m.Kind == pagestream.MsgApplied {
+			s.mu.Lock()
+			s.applied = max(s.applied, m.Applied)
+			s.cond.Broadcast()
+			s.mu.Unlock()
+			continue
 		}
 		if m.Kind == pagestream.MsgDone {
 			r := &s.pc.rep
@@ -389,7 +405,7 @@ func (s *pcServer) background(w io.Writer, codec pagestream.Codec) error {
 	var at uint64
 	for {
 		s.mu.Lock()
-		for s.inflight > 0 && !s.done {
+		for (s.inflight > 0 || s.queued-s.applied > backgroundAhead) && !s.done {
 			s.cond.Wait()
 		}
 		if s.done {
@@ -413,7 +429,11 @@ func (s *pcServer) background(w io.Writer, codec pagestream.Codec) error {
 		}
 		s.mu.Lock()
 		s.pc.rep.BackgroundPages += uint64(r.Pages)
+		s.queued += uint64(r.Pages)
 		s.mu.Unlock()
+		if err := pw.Flush(); err != nil {
+			return err
+		}
 		at = r.Addr + uint64(r.Pages)*pageSize
 	}
 	if err := pw.Close(); err != nil {

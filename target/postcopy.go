@@ -691,6 +691,10 @@ func (f *pcFill) replies() {
 	}
 }
 
+// applyAck is how many background pages the target takes in between two
+// applied messages.
+const applyAck = 256
+
 // backgroundLoop places the pages of the source's background stream.
 func (f *pcFill) backgroundLoop(c net.Conn) {
 	rd, err := pagestream.NewReader(c, pagestream.ReaderOptions{})
@@ -701,6 +705,7 @@ func (f *pcFill) backgroundLoop(c net.Conn) {
 		return
 	}
 	defer rd.Close()
+	var taken, told uint64
 	for {
 		fr, err := rd.Next()
 		if err != nil {
@@ -711,6 +716,19 @@ func (f *pcFill) backgroundLoop(c net.Conn) {
 		}
 		if fr.Kind != pagestream.FramePages {
 			continue
+		}
+		if taken += uint64(fr.Pages); taken-told >= applyAck {
+			// The source keeps little in flight (see
+			// source.backgroundAhead): it is told what came.
+			told = taken
+			m := pagestream.PostCopyMsg{Kind: pagestream.MsgApplied, Applied: taken}
+			f.wmu.Lock()
+			_, err := f.req.Write(m.Encode(nil))
+			f.wmu.Unlock()
+			if err != nil && !f.stopped() {
+				f.fail(fmt.Errorf("tell the source what came: %w", err))
+				return
+			}
 		}
 		f.mu.Lock()
 		for p := 0; p < fr.Pages; p++ {
