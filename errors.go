@@ -98,7 +98,9 @@ const (
 	// source.NamespaceError (its Kinds name them).
 	RefusedNamespace RefusalKind = "namespace"
 	// RefusedIPC: a System V semaphore set or message queue of a
-	// container could not be made again as it was: target.IPCError.
+	// container could not be made again as it was (target.IPCError), or
+	// the process uses one of the host's, which is not carried
+	// (source.HostIPCError).
 	RefusedIPC RefusalKind = "sysv-ipc"
 	// RefusedMount: a mount of the process's mount namespace that cannot
 	// be rebuilt (source.UnsupportedMountError), or a host mount or path
@@ -253,6 +255,7 @@ func refusal(err error) *RefusedError {
 		cpu *target.CPUFeatureError
 		ns  *source.NamespaceError
 		ipc *target.IPCError
+		hip *source.HostIPCError
 		um  *source.UnsupportedMountError
 		tm  *target.MountError
 	)
@@ -297,6 +300,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
 	case errors.As(err, &ipc):
 		return &RefusedError{Kind: RefusedIPC, Err: err}
+	case errors.As(err, &hip):
+		return &RefusedError{Kind: RefusedIPC, PID: hip.PID, Err: err}
 	case errors.As(err, &um):
 		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
 	case errors.As(err, &tm):

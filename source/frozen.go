@@ -112,6 +112,15 @@ func (f *frozenState) close() {
 // injection.
 func (f *frozenState) read(ctx context.Context) error {
 	ss := f.ss
+	// The host's System V semaphores and queues the frozen tree used
+	// (precheckMappings looked before pre-copy; this is exact).
+	pids := make([]int, len(f.all))
+	for i, d := range f.all {
+		pids[i] = d.pid
+	}
+	if err := precheckHostIPC(pids); err != nil {
+		return err
+	}
 	// The ptrace work runs on the tracer thread in one go per phase, next
 	// to the processes' threads: see ptrace.Proc.Pin.
 	for _, d := range f.all {

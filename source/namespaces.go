@@ -257,7 +257,10 @@ func checkStrays(root int, tree map[int]bool) error {
 			continue
 		}
 		for _, pid := range processesIn(k.name, ns) {
-			if !tree[pid] && (pid != launcher || k.name == "pid") {
+			// (One that forked into the tree since it was read, or
+			// exited, is none: the next round takes it in; frozen, the
+			// tree has every descendant.)
+			if !tree[pid] && (pid != launcher || k.name == "pid") && !descendantOf(pid, root) && !exited(pid) {
 				return &NamespaceError{PID: pid, Kinds: []string{k.name}, Reason: fmt.Sprintf(
 					"it is in the %s namespace of container %d but not a descendant of its init (it entered it with setns?): the dump of the container would leave it out", k.name, root)}
 			}
@@ -291,8 +294,20 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 		}
 		for _, tid := range tids {
 			st, err := proc.ReadTaskStatus(p.PID, tid)
+			if err != nil && !final && tid == p.PID {
+				// A round's layout of a tree that runs: a process gone
+				// since the round read the tree (it leaves at the next)
+				// keeps the PID inside it had when it joined.
+				if in, ok := ss.innerPIDs[tid]; ok {
+					ns.PID.IDs = append(ns.PID.IDs, core.NSID{Outer: tid, Inner: in})
+					continue
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("process %d thread %d: %w", p.PID, tid, err)
+			}
+			if len(st.NSpid) == 2 && tid == p.PID {
+				ss.noteInner(tid, st)
 			}
 			if len(st.NSpid) != 2 {
 				return nil, &NamespaceError{PID: p.PID, Kinds: []string{"pid"}, Reason: fmt.Sprintf("thread %d is not in the container's PID namespace (PIDs %v)", tid, st.NSpid)}
@@ -354,4 +369,16 @@ func readUTS(pid int) (*core.UTSNamespace, error) {
 		return nil, fmt.Errorf("UTS namespace of %d: %w", pid, err)
 	}
 	return u, nil
+}
+
+// noteInner remembers the PID inside its container of process pid, as
+// its status st says (see readNamespaces).
+func (ss *session) noteInner(pid int, st *proc.Status) {
+	if len(st.NSpid) != 2 {
+		return
+	}
+	if ss.innerPIDs == nil {
+		ss.innerPIDs = map[int]int{}
+	}
+	ss.innerPIDs[pid] = st.NSpid[1]
 }

@@ -152,6 +152,22 @@ func exited(pid int) bool {
 	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
 }
 
+// descendantOf says whether process pid is a descendant of root now (its
+// parents up to root, read from /proc).
+func descendantOf(pid, root int) bool {
+	for i := 0; i < 1<<16 && pid > 1; i++ {
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return false
+		}
+		if st.PPID == root {
+			return true
+		}
+		pid = st.PPID
+	}
+	return false
+}
+
 // treeMember is a process of a running tree: its parent, whether it is
 // a zombie, and its start time (which tells a process from another that
 // took its PID).
