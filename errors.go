@@ -177,6 +177,19 @@ type KillError struct {
 func (e *KillError) Error() string { return e.Err.Error() }
 func (e *KillError) Unwrap() error { return e.Err }
 
+// PostCopyLostError: the process resumed on the target in post-copy and
+// the pages it still lacked could not all be brought over (the link or
+// this side failed): the target kills its copy, so the process is lost.
+// The original is left frozen on this host as it was at the freeze; it
+// is not the process as it ran on the target.
+type PostCopyLostError struct {
+	PID int
+	Err error
+}
+
+func (e *PostCopyLostError) Error() string { return e.Err.Error() }
+func (e *PostCopyLostError) Unwrap() error { return e.Err }
+
 // wrapErr wraps err in the type above that describes it, if one does.
 func wrapErr(err error) error {
 	if err == nil {
@@ -187,6 +200,10 @@ func wrapErr(err error) error {
 	var ue *handoff.UndecidedError
 	if errors.As(err, &ue) {
 		return &UndecidedError{PID: ue.PID, Session: ue.Session, Target: ue.Target, Err: err}
+	}
+	var pce *handoff.PostCopyError
+	if errors.As(err, &pce) {
+		return &PostCopyLostError{PID: pce.PID, Err: err}
 	}
 	var ke *handoff.KillError
 	if errors.As(err, &ke) {

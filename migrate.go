@@ -59,6 +59,16 @@ type StageReport = source.StageReport
 // zero Policy is DefaultPolicy; change a copy of DefaultPolicy.
 type Policy = source.Policy
 
+// PostCopyReport is the post-copy phase of a migration that ended in one
+// (Report.PostCopy).
+type PostCopyReport = source.PostCopyReport
+
+// CheckMode checks the name of a MigrateOptions.Mode.
+func CheckMode(mode string) error {
+	_, err := source.ParseMode(mode)
+	return err
+}
+
 // DefaultPolicy is the pre-copy policy of the zero Policy (the defaults
 // of --rounds and --target-downtime).
 var DefaultPolicy = source.DefaultPolicy
@@ -269,6 +279,14 @@ type MigrateOptions struct {
 	// OnEvent's time is downtime, so it should hand the event on, not
 	// block.
 	OnEvent func(Event)
+	// Mode is how the migration ends: "precopy" ("", the default: every
+	// page is on the target before the process runs there), "postcopy"
+	// (after the first pre-copy round the process runs on the target
+	// while its missing pages follow) or "auto" (post-copy only where
+	// pre-copy would stop without converging). Post-copy's risk: if the
+	// link or this side dies before the last page, the process is lost
+	// (a *PostCopyLostError). --mode, --post-copy.
+	Mode string
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
 }
@@ -283,7 +301,8 @@ type MigrateOptions struct {
 // commit leaves the original running as it was (an EventAborted says so).
 // If the commit was sent and its outcome could not be learned, the error
 // is an *UndecidedError: the original is left frozen for Recover; a
-// *KillError says the process runs on the target but the original could
+// *PostCopyLostError says post-copy did not finish and the process is
+// lost; a *KillError says the process runs on the target but the original could
 // not be killed. The Report is nil only if the migration failed before
 // the target was asked.
 func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (*Report, error) {
@@ -305,7 +324,8 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit,
+		Mode: source.Mode(opts.Mode)})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {
@@ -408,6 +428,8 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 				e.Kind = EventSessionCommitted
 			case target.SessionAborted:
 				e.Kind, e.Err = EventSessionAborted, wrapErr(s.Err)
+			case target.SessionPostCopyDone:
+				e.Kind, e.Err = EventSessionPostCopyDone, s.Err
 			default:
 				return
 			}

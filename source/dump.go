@@ -96,6 +96,9 @@ type session struct {
 	// pending (liveSource.regroup). A process of it (not the root) that
 	// exits is then no error: it leaves at the next round.
 	regroup func(ctx context.Context, all []*dumper) ([]*dumper, error)
+	// postCopy, if set, may end a live migration's pre-copy in post-copy
+	// (postcopy.go).
+	postCopy *postCopy
 }
 
 // dumper holds the state of the dump of one process of the tree.

@@ -69,6 +69,12 @@ type MigrateOptions struct {
 	// access mode of the original fd (a FIFO, a file): their fds are
 	// moved as external (DumpOptions.External) instead of refused.
 	Inherit map[string]string
+	// Mode is how the migration ends: ModePreCopy ("": every page is on
+	// the target before the process runs there), ModePostCopy or ModeAuto
+	// (it may run there with pages still missing; if the link or this
+	// side dies before the last page, the process is lost). Post-copy
+	// moves a single process.
+	Mode Mode
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -87,7 +93,7 @@ const (
 	MilestoneRound   MilestoneKind = iota + 1 // a round of pages begins
 	MilestoneFrozen                           // every thread is stopped
 	MilestoneCommit                           // the commit is sent: the point of no return
-	MilestoneResumed                          // the target runs the process; the original is killed next
+	MilestoneResumed                          // the target runs the process; the original is killed next (after post-copy, once the target has every page)
 )
 
 // MigrateReport says what a live migration did.
@@ -126,6 +132,8 @@ type MigrateReport struct {
 	// Stages is where the pages' time went: read, compress, wire here,
 	// apply on the target (see StageReport).
 	Stages []StageReport `json:"stages,omitempty"`
+	// PostCopy is the post-copy phase, if the migration ended in one.
+	PostCopy *PostCopyReport `json:"post_copy,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -176,6 +184,17 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
 		return nil, err
+	}
+	mode, err := ParseMode(string(opts.Mode))
+	if err != nil {
+		return nil, err
+	}
+	if mode != ModePreCopy && len(pids) > 1 {
+		if mode == ModePostCopy {
+			return nil, &BadTargetError{PID: opts.PID, Reason: fmt.Sprintf("post-copy moves a single process, and this tree has %d", len(pids))}
+		}
+		log.Info("--mode auto: a tree of processes moves in pre-copy only", "processes", len(pids))
+		mode = ModePreCopy
 	}
 	var alive []int
 	for _, pid := range pids {
@@ -244,9 +263,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if opts.Tree {
 		ss.regroup = a.regroup
 	}
+	if mode != ModePreCopy {
+		a.postCopy = &postCopy{mode: mode, pid: opts.PID}
+	}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String()}
 	cfg := handoff.SourceConfig{
-		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
+		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, PostCopy: mode != ModePreCopy,
 		Redial: func(ctx context.Context) (handoff.Conn, error) {
 			c := opts.Transport
 			c.SessionID = ""
@@ -292,6 +314,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetSteps = a.targetSteps
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	if pc := a.postCopy; pc != nil && pc.active && !a.resumed.IsZero() {
+		r := pc.rep
+		r.Reason = pc.reason
+		rep.PostCopy = &r
+		rep.BytesWire += r.BytesWire
+	}
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
@@ -415,6 +443,9 @@ type liveSource struct {
 	// before it): the target made those, and no others.
 	shmIDs []int
 	shm    []core.ShmSegment // and as it listed them
+	// postCopy, unless nil, may end the migration in post-copy
+	// (MigrateOptions.Mode).
+	postCopy *postCopy
 }
 
 // milestone tells notify of a milestone.
@@ -481,6 +512,12 @@ func (a *liveSource) GotReady(ctx context.Context) error {
 
 // Resumed takes what the target measured.
 func (a *liveSource) Resumed(body json.RawMessage) {
+	if a.postCopy != nil && a.postCopy.active {
+		// The process runs there: the downtime ends now, not when its
+		// last page is in (FinishPostCopy).
+		a.resumed = time.Now()
+		a.milestone(MilestoneResumed, 0)
+	}
 	var m struct {
 		DowntimeMS float64 `json:"target_downtime_ms"`
 		Steps      []Step  `json:"target_steps"`
@@ -707,6 +744,14 @@ func identify(d *dumper) error {
 // PreCopy sends pages in rounds while the processes run.
 func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
 	a.announce(r)
+	if a.postCopy != nil && !r.PostCopy() {
+		if a.postCopy.mode == ModePostCopy {
+			return fmt.Errorf("the target at %s cannot serve post-copy (an older migrate serve, or userfaultfd refused there)", a.hookEnv["MIGRATE_TARGET"])
+		}
+		a.d.log.Info("--mode auto: the target cannot serve post-copy; pre-copy only")
+		a.postCopy = nil
+	}
+	a.d.session.postCopy = a.postCopy
 	if !a.tree {
 		// The process alone: the tree's regroup does this for each
 		// process that joins.
@@ -887,6 +932,11 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 	}
 	d.lap("blobs, smaps")
+	if pc := a.postCopy; pc != nil && pc.active {
+		if err := pc.checkMissing(d.proc.VMAs); err != nil {
+			return nil, err
+		}
+	}
 	if err := sameMountTable(a.mounts, d.mounts); err != nil {
 		return nil, err
 	}
@@ -910,7 +960,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 		a.img.Namespaces = ns
 	}
-	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit, PostCopy: a.postCopy.state()}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
@@ -1023,8 +1073,10 @@ func (a *liveSource) ResumeOriginal() error {
 // KillOriginal kills the frozen original tree, children first (no parent
 // sees a child die and acts on it): the target runs the processes.
 func (a *liveSource) KillOriginal() error {
-	a.resumed = time.Now()
-	a.milestone(MilestoneResumed, 0)
+	if a.resumed.IsZero() {
+		a.resumed = time.Now()
+		a.milestone(MilestoneResumed, 0)
+	}
 	for _, l := range a.released {
 		unix.Close(l.fd)
 	}

@@ -264,6 +264,12 @@ type liveTarget struct {
 	aborted bool
 	// notify, if set, is told of the session's steps (ServeOptions.OnSession).
 	notify func(SessionEvent)
+	// postCopy: the source may end in post-copy; uffd is the userfaultfd
+	// made in the process for it (-1: none), pc the fill once the state
+	// says post-copy (postcopy.go).
+	postCopy bool
+	uffd     int
+	pc       *pcFill
 }
 
 // event tells notify of a step of the session.
@@ -303,13 +309,14 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
-	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0()}
+	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0(), uffd: -1}
 	t.cond = sync.NewCond(&t.mu)
 	return t
 }
 
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
+	t.postCopy = h.HasFeature(transport.FeaturePostCopy) && t.PostCopyReady()
 	t.event(SessionStarted, nil)
 	return waitPIDFree(h.PID)
 }
@@ -372,6 +379,11 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		t.b = b
 		if err := t.acceptPages(ctx, ll); err != nil {
 			return err
+		}
+		if t.postCopy && len(ll.Tree) == 0 {
+			if t.uffd, err = b.takeUffd(); err != nil {
+				return err
+			}
 		}
 	} else {
 		joined, err := t.regroup(ctx, ll, int(l.Round))
@@ -677,6 +689,13 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.steps = append(t.steps, t.b.steps[n:]...)
 	t.lapped = time.Now()
 	t.img = img
+	if ls.PostCopy != nil {
+		if err := t.preparePostCopy(ls.PostCopy, img); err != nil {
+			return err
+		}
+	} else {
+		t.closeUffd()
+	}
 	// The process is whole and stopped: the operator's pre-resume hook
 	// (bring the service address here, say). A failure aborts.
 	err = t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
@@ -727,6 +746,7 @@ func (t *liveTarget) Resume() error {
 	t.lap("held packets")
 	if err == nil {
 		t.event(SessionCommitted, nil)
+		t.startPostCopy(context.Background())
 	}
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
@@ -750,6 +770,12 @@ func (t *liveTarget) Discard() error {
 	}
 	if t.b != nil {
 		t.b.Discard()
+	}
+	t.closeUffd()
+	if f := t.pc; f != nil && f.started.IsZero() {
+		unix.Close(f.uffd)
+		unix.Close(f.pidfd)
+		t.pc = nil
 	}
 	if t.hold != nil {
 		t.hold.Finish()

@@ -76,6 +76,10 @@ const (
 	SessionRestored                              // the process is whole and stopped: Ready is sent next
 	SessionCommitted                             // the commit came and the process runs here
 	SessionAborted                               // the session failed before the process ran; the husk is gone
+	// SessionPostCopyDone: the post-copy of a process that resumed with
+	// pages missing ended; with Err the pages could not all come and the
+	// process was killed (lost).
+	SessionPostCopyDone
 )
 
 // DefaultMaxSessions is the default of ServeOptions.MaxSessions. Each
@@ -227,6 +231,12 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	t.hooks = hooks
 	t.notify = notify
 	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	if res.Outcome == transport.OutcomeResumed {
+		// The session (its streams) lives until every page is here.
+		if perr := t.waitPostCopy(); perr != nil {
+			log.Error("migration lost in post-copy: the process was killed", "pid", t.pid, "err", perr)
+		}
+	}
 	m.sessionDone(start, t, res, err)
 	if t.pid != 0 && res.Outcome == transport.OutcomeAborted {
 		t.event(SessionAborted, err)

@@ -99,6 +99,12 @@ type Hello struct {
 // be applied in the downtime.
 const FeatureRoundAcks = "round-acks"
 
+// FeaturePostCopy, in the source's Hello, says the migration may end in
+// post-copy (its State then lists the pages still missing): the target
+// readies a userfaultfd in the process it builds. The target echoes it if
+// it can serve post-copy.
+const FeaturePostCopy = "post-copy"
+
 // HasFeature says whether h announces feature f.
 func (h *Hello) HasFeature(f string) bool {
 	for _, x := range h.Features {

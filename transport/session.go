@@ -28,6 +28,10 @@ const (
 	KindPages StreamKind = 2
 	// KindBulk carries bulk state (fds, socket queues).
 	KindBulk StreamKind = 3
+	// KindPostCopy carries post-copy's page requests and their answers
+	// (pagestream.PostCopyMsg); its background pages go in a KindPages
+	// stream.
+	KindPostCopy StreamKind = 4
 )
 
 func (k StreamKind) String() string {
@@ -38,11 +42,13 @@ func (k StreamKind) String() string {
 		return "pages"
 	case KindBulk:
 		return "bulk"
+	case KindPostCopy:
+		return "post-copy"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-func (k StreamKind) valid() bool { return k >= KindControl && k <= KindBulk }
+func (k StreamKind) valid() bool { return k >= KindControl && k <= KindPostCopy }
 
 // Session is an authenticated connection to a peer, multiplexed into typed
 // streams. By convention the dialer (the source) opens the streams and the

@@ -71,6 +71,8 @@ func TestUsageErrors(t *testing.T) {
 		{"restore"},
 		{"restore", "--dir", dir, "extra"},
 		{"restore", "--dir", dir, "--cgroup-limits", "ignore"},
+		{"--to", "127.0.0.1:1", "--insecure", "--mode", "later", "1"},
+		{"--to", "127.0.0.1:1", "--insecure", "--mode", "auto", "--post-copy", "1"},
 		{"show"},
 		{"check", "extra"},
 		{"help", "frob"},
@@ -128,6 +130,12 @@ func TestHelp(t *testing.T) {
 			if r := runWith(fakeOps(t), form...); r.code != 0 || r.stdout != h.stdout {
 				t.Errorf("%q: exit %d, output differs from 'help %s'", form, r.code, c.name)
 			}
+		}
+	}
+	to := runWith(fakeOps(t), "help", "to").stdout
+	for _, want := range []string{"--post-copy", "--mode", "THE PROCESS IS LOST", "THE RISK"} {
+		if !strings.Contains(to, want) {
+			t.Errorf("help to lacks %q", want)
 		}
 	}
 	dump := runWith(fakeOps(t), "help", "dump").stdout

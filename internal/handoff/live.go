@@ -69,4 +69,7 @@ type LiveState struct {
 	// External), the absolute path on the target that the restore opens
 	// in its place (`migrate --to --inherit-fd ID=PATH`).
 	Inherit map[string]string `json:"inherit,omitempty"`
+	// PostCopy, if set, says the process resumes with pages missing
+	// (PostCopyState).
+	PostCopy *PostCopyState `json:"post_copy,omitempty"`
 }

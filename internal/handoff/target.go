@@ -219,6 +219,9 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 		reply.Features = []string{transport.FeatureRoundAcks}
 		t.acks = true
 	}
+	if pc, ok := t.act.(PostCopyTarget); ok && hello.HasFeature(transport.FeaturePostCopy) && pc.PostCopyReady() {
+		reply.Features = append(reply.Features, transport.FeaturePostCopy)
+	}
 	if err := t.send(reply); err != nil {
 		return t.fail(ctx, PhaseHello, err)
 	}
