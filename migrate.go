@@ -173,6 +173,10 @@ type RestoreOptions struct {
 	// hierarchy's root) under which the processes' cgroups are made and
 	// joined instead of at the image's paths. --cgroup-root.
 	CgroupRoot string
+	// NetAttach, if set, is the bridge on which the host end of each veth
+	// of a container's own network namespace is put; without it the
+	// veth is left up, unattached, for a hook. --net-attach.
+	NetAttach string
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -196,7 +200,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 		}
 	}
 	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, NetAttach: opts.NetAttach})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -370,6 +374,9 @@ type ServeOptions struct {
 	// every process served. --cgroup-limits, --cgroup-root.
 	ApplyCgroupLimits bool
 	CgroupRoot        string
+	// NetAttach is as in RestoreOptions, for every process served.
+	// --net-attach.
+	NetAttach string
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -410,7 +417,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
 		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, NetAttach: opts.NetAttach})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

@@ -34,6 +34,10 @@ type RestoreOptions struct {
 	// processes' cgroups are made and joined, in place of the image's
 	// paths.
 	CgroupRoot string
+	// NetAttach, if set, is the bridge here on which the other end of
+	// each veth of a container's network namespace is put (else it is
+	// left, up, for a hook: MIGRATE_NET_HOST names them).
+	NetAttach string
 }
 
 // RestoreReport says what a restore did.

@@ -33,7 +33,7 @@ import (
 // first layout (the root, and the tree's others): what can be checked
 // before the freeze is (executable, mapped files, directories, vdso, PIDs
 // free); blobs come with the state.
-func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, applyCgroupLimits bool) (*Builder, error) {
+func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, applyCgroupLimits bool, netAttach string) (*Builder, error) {
 	img := layoutImage(ll) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
@@ -43,7 +43,7 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits, netAttach)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -233,6 +233,8 @@ type liveTarget struct {
 	// and ApplyCgroupLimits.
 	cgroupRoot        string
 	applyCgroupLimits bool
+	// netAttach is ServeOptions.NetAttach.
+	netAttach string
 
 	// members are the processes of the latest layout, zombies too;
 	// tree: the page streams begin with their PID; changes: the
@@ -280,6 +282,9 @@ func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 	}
 	if t.img != nil {
 		env["MIGRATE_LOCAL_ADDRS"] = strings.Join(core.LocalAddrs(t.img), " ")
+	}
+	if t.b != nil && len(t.b.ss.netHosts) > 0 {
+		env["MIGRATE_NET_HOST"] = strings.Join(t.b.ss.netHosts, " ")
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
@@ -363,7 +368,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log, t.applyCgroupLimits)
+		b, err := newLiveBuilder(ctx, ll, t.log, t.applyCgroupLimits, t.netAttach)
 		if err != nil {
 			return err
 		}
@@ -641,7 +646,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// this side drops their packets until the process runs; the peers
 	// send them again.
 	if conns := imageConns(img); len(conns) > 0 {
-		l, err := netlock.Install("", netlock.Spec{Conns: conns}, netlock.Options{})
+		l, err := netlock.Install(t.b.ss.netNSPath(), netlock.Spec{Conns: conns}, netlock.Options{})
 		if err != nil {
 			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
 		}
@@ -650,7 +655,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		// the resume (a peer's tail-loss probe, sent as the service
 		// address arrives, would otherwise wait for its retransmission
 		// timer).
-		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
+		if t.hold, err = netlock.StartHold(t.b.ss.netSocket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
 	}

@@ -89,6 +89,10 @@ type session struct {
 	// applyCgroupLimits: a cgroup of the image this host has with other
 	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
 	applyCgroupLimits bool
+	// netAttach is the bridge here the other ends of the container's
+	// veths go on (RestoreOptions.NetAttach); netHosts are their names.
+	netAttach string
+	netHosts  []string
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -151,13 +155,16 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.NetAttach != "" && !core.ValidLinkName(opts.NetAttach) {
+		return nil, fmt.Errorf("--net-attach %q: not an interface name", opts.NetAttach)
+	}
 	if opts.CgroupRoot != "" {
 		if err := relocateCgroups(img, opts.CgroupRoot); err != nil {
 			return nil, err
 		}
 	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits)
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits, opts.NetAttach)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +193,8 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	// here now, and go live at resume. (A failed restore leaves it, for
 	// another try.)
 	var lockErr error
-	if img.NetLock != "" {
+	// (A container's own network namespace had it, gone with the original.)
+	if img.NetLock != "" && !b.ss.ownNet() {
 		lockErr = netlock.Remove("", img.NetLock)
 	}
 	rep, err := b.Resume()
@@ -222,12 +230,12 @@ type Builder struct {
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	return newBuilder(ctx, dir, img, log, check, false, false)
+	return newBuilder(ctx, dir, img, log, check, false, false, "")
 }
 
 // newBuilder is NewBuilder with the check of the image given; live
 // builders map every area that may get pages writable.
-func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool) (*Builder, error) {
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool, netAttach string) (*Builder, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -237,7 +245,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits, netAttach: netAttach}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -260,6 +268,12 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 		}},
 		{"time namespace", ss.planTime},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"network namespace", func() error {
+			if !ss.ownNet() {
+				return nil
+			}
+			return ss.prepareNet()
+		}},
 		{"IPC namespace", func() error {
 			if !ss.ownIPC() {
 				return nil

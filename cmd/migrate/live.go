@@ -105,6 +105,8 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		fs.Uint64Var(&xsave, "xsave-features", 0, "take this CPU's XSAVE features to be `MASK` (XCR0 bits, as `migrate check` prints them; fewer than the CPU's own): the features every host of a fleet has, so that a process that could not move on to each is refused here")
 		var cg cgroupFlags
 		cg.add(fs)
+		var attach string
+		netAttachFlag(fs, &attach)
 		memLimit := defaultServeMemory
 		fs.Int64Var(&memLimit, "memory-limit", defaultServeMemory, "keep the service's Go heap near `BYTES` (a soft limit: its garbage is collected sooner near it; 0: Go's default, GOGC alone); GOMEMLIMIT in the environment wins")
 		var metricsAddr string
@@ -143,7 +145,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 				return err
 			}
 			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root,
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, NetAttach: attach,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)

@@ -248,7 +248,10 @@ func TestRestore(t *testing.T) {
 	if r := runWith(o, "restore", "--dir", "img", "--cgroup-limits=apply", "--cgroup-root", "/svc"); r.code != 0 || !got.ApplyCgroupLimits || got.CgroupRoot != "/svc" {
 		t.Errorf("--cgroup-limits=apply --cgroup-root /svc: exit %d, options %+v", r.code, got)
 	}
-	if r := runWith(o, "restore", "--dir", "img"); r.code != 0 || got.ApplyCgroupLimits || got.CgroupRoot != "" {
+	if r := runWith(o, "restore", "--dir", "img", "--net-attach", "br7"); r.code != 0 || got.NetAttach != "br7" {
+		t.Errorf("--net-attach br7: exit %d, options %+v", r.code, got)
+	}
+	if r := runWith(o, "restore", "--dir", "img"); r.code != 0 || got.ApplyCgroupLimits || got.CgroupRoot != "" || got.NetAttach != "" {
 		t.Errorf("default: exit %d, options %+v: want the limits checked, the image's paths", r.code, got)
 	}
 }

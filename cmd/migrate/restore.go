@@ -45,10 +45,12 @@ stderr. With --json the full report goes to stdout instead.`,
 			check  bool
 			inh    []string
 			cg     cgroupFlags
+			attach string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
 		cg.add(fs)
+		netAttachFlag(fs, &attach)
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -74,7 +76,7 @@ stderr. With --json the full report goes to stdout instead.`,
 				transfer = e.transferStatus("restore", false)
 			}
 			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root})
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, NetAttach: attach})
 			e.clearStatus()
 			if err != nil {
 				return err
@@ -108,6 +110,11 @@ type cgroupFlags struct{ limits, root string }
 func (c *cgroupFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&c.limits, "cgroup-limits", "check", "`check|apply`: a cgroup v2 cgroup of the image that this host has with other limits (memory.*, cpu.max, cpu.weight, pids.max) refuses the restore, naming the file and both values (check), or gets the image's (apply); one it lacks is created with them")
 	fs.StringVar(&c.root, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
+}
+
+// netAttachFlag is --net-attach of restore and serve.
+func netAttachFlag(fs *pflag.FlagSet, bridge *string) {
+	fs.StringVar(bridge, "net-attach", "", "put the host end of each veth of a container's own network namespace on bridge `BRIDGE` (up); without it the host end is left up, unattached, for a hook (MIGRATE_NET_HOST names it)")
 }
 
 func (c *cgroupFlags) check() error {
