@@ -35,11 +35,27 @@ type NetLink struct {
 	MAC  string `json:"mac,omitempty"`
 	MTU  int    `json:"mtu"`
 	Up   bool   `json:"up"`
-	// Addrs are its addresses with their prefix length ("10.0.0.2/24").
-	Addrs []string `json:"addrs,omitempty"`
+	Addrs []NetAddr `json:"addrs,omitempty"`
 	// Peer is, for a veth, the name of its other end in the dumping
 	// migrate's network namespace; "" if the other end was elsewhere.
 	Peer string `json:"peer,omitempty"`
+}
+
+// NetAddr is an address of a link.
+type NetAddr struct {
+	Prefix string `json:"prefix"` // with its length: "10.0.0.2/24"
+	Scope  uint8  `json:"scope"`  // RT_SCOPE_*
+	// NoDAD: an IPv6 address added without duplicate address detection.
+	NoDAD bool `json:"nodad,omitempty"`
+}
+
+// String is the address as a check compares it.
+func (a NetAddr) String() string {
+	s := fmt.Sprintf("%s scope %d", a.Prefix, a.Scope)
+	if a.NoDAD {
+		s += " nodad"
+	}
+	return s
 }
 
 // NetRoute is a route of the main table.
@@ -123,7 +139,7 @@ func validateNet(n *NetNamespace) error {
 			return fmt.Errorf("network namespace: more than %d addresses", maxNetAddrs)
 		}
 		for _, a := range l.Addrs {
-			if _, err := netip.ParsePrefix(a); err != nil {
+			if _, err := netip.ParsePrefix(a.Prefix); err != nil {
 				return fmt.Errorf("network namespace: link %s: address %q: %w", l.Name, a, err)
 			}
 		}

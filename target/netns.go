@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -75,6 +76,15 @@ func (ss *session) prepareNet() error {
 			continue
 		}
 		host := l.Peer
+		if host != "" && netconf.LinkExists(host) {
+			// The original's, when it was here: its namespace is torn
+			// down by the kernel some time after its last process died,
+			// and the veth with it.
+			deadline := time.Now().Add(peerGoneWait)
+			for netconf.LinkExists(host) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		if host == "" || netconf.LinkExists(host) || slices.Contains(ss.netHosts, host) {
 			if host, err = freeLinkName(); err != nil {
 				return err
@@ -98,6 +108,10 @@ func (ss *session) prepareNet() error {
 	}
 	return nil
 }
+
+// peerGoneWait bounds the wait for the recorded name of a veth's other
+// end to be free (see prepareNet).
+const peerGoneWait = 3 * time.Second
 
 // freeLinkName returns a name no link here has: "mv" and 8 random hex
 // digits.

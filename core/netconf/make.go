@@ -167,11 +167,6 @@ func Apply(n *core.NetNamespace) error {
 		if index == 0 {
 			return &Error{What: "link " + l.Name, Err: errors.New("not made")}
 		}
-		for _, a := range l.Addrs {
-			if err := addAddr(c, index, a); err != nil {
-				return &Error{What: fmt.Sprintf("address %s on %s", a, l.Name), Err: err}
-			}
-		}
 		ae := netlink.NewAttributeEncoder()
 		ae.Uint32(unix.IFLA_MTU, uint32(l.MTU))
 		attrs, err := ae.Encode()
@@ -184,6 +179,13 @@ func Apply(n *core.NetNamespace) error {
 		}
 		if err := request(c, unix.RTM_NEWLINK, 0, append(ifinfomsg(index, flags, unix.IFF_UP), attrs...)); err != nil {
 			return &Error{What: fmt.Sprintf("MTU %d and state of %s", l.MTU, l.Name), Err: err}
+		}
+		// Up first: the addresses the kernel makes itself (the
+		// loopback's) are there, as it makes them, before these.
+		for _, a := range l.Addrs {
+			if err := addAddr(c, index, a); err != nil {
+				return &Error{What: fmt.Sprintf("address %s on %s", a.Prefix, l.Name), Err: err}
+			}
 		}
 	}
 	for _, r := range n.Routes {
@@ -208,11 +210,10 @@ func writeSysctls(n *core.NetNamespace, which func([]string) bool) error {
 	return nil
 }
 
-// addAddr adds address a ("ADDR/LEN") to link index; one there already
-// (the loopback's, an IPv6 link-local one) is no error. An IPv6 address
-// skips duplicate address detection: it was the namespace's already.
-func addAddr(c *netlink.Conn, index int, a string) error {
-	p, err := netip.ParsePrefix(a)
+// addAddr adds address a to link index; one there already (the
+// loopback's, an IPv6 link-local one) is no error.
+func addAddr(c *netlink.Conn, index int, a core.NetAddr) error {
+	p, err := netip.ParsePrefix(a.Prefix)
 	if err != nil {
 		return err
 	}
@@ -221,13 +222,13 @@ func addAddr(c *netlink.Conn, index int, a string) error {
 		fam = unix.AF_INET6
 	}
 	msg := make([]byte, unix.SizeofIfAddrmsg)
-	msg[0], msg[1] = fam, byte(p.Bits())
+	msg[0], msg[1], msg[3] = fam, byte(p.Bits()), a.Scope
 	binary.NativeEndian.PutUint32(msg[4:], uint32(index))
 	ae := netlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.NativeEndian
 	ae.Bytes(unix.IFA_LOCAL, p.Addr().AsSlice())
 	ae.Bytes(unix.IFA_ADDRESS, p.Addr().AsSlice())
-	if fam == unix.AF_INET6 {
+	if a.NoDAD {
 		ae.Uint32(unix.IFA_FLAGS, unix.IFA_F_NODAD)
 	}
 	attrs, err := ae.Encode()

@@ -251,9 +251,8 @@ func linkNames(cfg *Config) []string {
 	return out
 }
 
-// dumpAddrs lists the addresses of every link, by link index, as
-// "ADDR/LEN", sorted.
-func dumpAddrs(c *netlink.Conn) (map[int][]string, error) {
+// dumpAddrs lists the addresses of every link, by link index, sorted.
+func dumpAddrs(c *netlink.Conn) (map[int][]core.NetAddr, error) {
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETADDR, Flags: netlink.Request | netlink.Dump},
 		Data:   make([]byte, unix.SizeofIfAddrmsg),
@@ -261,7 +260,7 @@ func dumpAddrs(c *netlink.Conn) (map[int][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("RTM_GETADDR: %w", err)
 	}
-	out := map[int][]string{}
+	out := map[int][]core.NetAddr{}
 	for _, m := range msgs {
 		if m.Header.Type != unix.RTM_NEWADDR {
 			continue
@@ -270,11 +269,12 @@ func dumpAddrs(c *netlink.Conn) (map[int][]string, error) {
 		if len(b) < unix.SizeofIfAddrmsg {
 			return nil, fmt.Errorf("RTM_NEWADDR of %d bytes", len(b))
 		}
-		plen, index := int(b[1]), int(binary.NativeEndian.Uint32(b[4:]))
+		plen, flags, scope, index := int(b[1]), uint32(b[2]), b[3], int(binary.NativeEndian.Uint32(b[4:]))
 		ad, err := netlink.NewAttributeDecoder(b[unix.SizeofIfAddrmsg:])
 		if err != nil {
 			return nil, err
 		}
+		ad.ByteOrder = binary.NativeEndian
 		var addr, local []byte
 		for ad.Next() {
 			switch ad.Type() {
@@ -282,6 +282,8 @@ func dumpAddrs(c *netlink.Conn) (map[int][]string, error) {
 				addr = ad.Bytes()
 			case unix.IFA_LOCAL:
 				local = ad.Bytes()
+			case unix.IFA_FLAGS:
+				flags = ad.Uint32()
 			}
 		}
 		if err := ad.Err(); err != nil {
@@ -294,10 +296,10 @@ func dumpAddrs(c *netlink.Conn) (map[int][]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("RTM_NEWADDR: address of %d bytes", len(addr))
 		}
-		out[index] = append(out[index], netip.PrefixFrom(ip, plen).String())
+		out[index] = append(out[index], core.NetAddr{Prefix: netip.PrefixFrom(ip, plen).String(), Scope: scope, NoDAD: flags&unix.IFA_F_NODAD != 0})
 	}
 	for i := range out {
-		slices.Sort(out[i])
+		slices.SortFunc(out[i], func(a, b core.NetAddr) int { return strings.Compare(a.Prefix, b.Prefix) })
 	}
 	return out, nil
 }
