@@ -30,11 +30,11 @@ const (
 
 // NetLink is one interface of the namespace.
 type NetLink struct {
-	Name string `json:"name"`
-	Kind string `json:"kind"` // LinkLoopback or LinkVeth
-	MAC  string `json:"mac,omitempty"`
-	MTU  int    `json:"mtu"`
-	Up   bool   `json:"up"`
+	Name  string    `json:"name"`
+	Kind  string    `json:"kind"` // LinkLoopback or LinkVeth
+	MAC   string    `json:"mac,omitempty"`
+	MTU   int       `json:"mtu"`
+	Up    bool      `json:"up"`
 	Addrs []NetAddr `json:"addrs,omitempty"`
 	// Peer is, for a veth, the name of its other end in the dumping
 	// migrate's network namespace; "" if the other end was elsewhere.
