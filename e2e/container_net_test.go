@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -244,4 +245,128 @@ func TestContainerNetRefused(t *testing.T) {
 	}
 }
 
-var _ = cluster.Options{}
+// TestContainerNetLive: the container with its network namespace moves
+// live from node A to node B and back, its veth's other end put on the
+// node's bridge by `serve --net-attach`: the client on the third node,
+// routed to the node that has it, keeps its connection, and `ip` inside
+// shows the same.
+func TestContainerNetLive(t *testing.T) {
+	needIP(t)
+	// The target's pre-resume hook routes the client to it, before the
+	// container runs there (after, the client's next segment would reach
+	// the original's namespace on the source, and be reset from there).
+	hook := filepath.Join(t.TempDir(), "route.sh")
+	c := newCluster(t, cluster.Options{ServeArgs: []string{"--net-attach", "cbr0", "--hook", "pre-resume=sh " + hook}})
+	script := fmt.Sprintf(`set -e
+case "$MIGRATE_SOURCE" in %s:*) via=%s ;; *) via=%s ;; esac
+ip -n %s route replace 10.232.0.0/24 via $via
+`, c.A.Addr, c.B.Addr, c.A.Addr, c.Client.NetNS)
+	if err := os.WriteFile(hook, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nodeNS := func(n *cluster.Node) []string { return []string{"--net=/run/netns/" + n.NetNS} }
+	for _, n := range []*cluster.Node{c.A, c.B} {
+		for _, args := range [][]string{
+			{"ip", "link", "add", "cbr0", "type", "bridge"},
+			{"ip", "addr", "add", "10.232.0.1/24", "dev", "cbr0"},
+			{"ip", "link", "set", "cbr0", "up"},
+			{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
+		} {
+			run(t, "nsenter", append(nodeNS(n), args...)...)
+		}
+	}
+	route := func(via *cluster.Node) {
+		run(t, "ip", "-n", c.Client.NetNS, "route", "replace", "10.232.0.0/24", "via", via.Addr.String())
+	}
+	route(c.A)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
+	}
+	p, err := c.A.Start(cluster.StartOptions{}, unshare, "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--net", testutil.Build(t, "echoserver"), "0.0.0.0", "7072")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	logLineFrom(t, p.Log, 0, "ready")
+	kids := childrenOf(t, p.PID)
+	if len(kids) != 1 {
+		t.Fatalf("unshare %d has children %v", p.PID, kids)
+	}
+	init := kids[0]
+	plugContainer(t, nodeNS(c.A), init, "cv0", "cbr0", "10.232.0.2/24", "10.232.0.1")
+	before := netState(t, nil, init)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var conn net.Conn
+	testutil.WaitFor(t, short, "a connection from the client to the container's server", func() bool {
+		dctx, dcancel := context.WithTimeout(ctx, time.Second)
+		defer dcancel()
+		conn, err = c.Client.Dial(dctx, "tcp", "10.232.0.2:7072")
+		return err == nil
+	})
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	echo(t, conn, r, "on a")
+	levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
+	if len(levels) < 3 {
+		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
+	}
+	nodePID, _ := strconv.Atoi(levels[len(levels)-2])
+	for i, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
+		from, to := hop[0], hop[1]
+		res, err := c.Migrate(ctx, from, to, nodePID)
+		if err != nil {
+			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
+		}
+		if res.Outcome != "resumed" {
+			t.Fatalf("report: %+v", res)
+		}
+		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
+		if out := run(t, "ip", "-n", c.Client.NetNS, "route", "show", "10.232.0.0/24"); !strings.Contains(out, "via "+to.Addr.String()) {
+			t.Errorf("the client's route after the hook of %s: %s", to, out)
+		}
+		echo(t, conn, r, fmt.Sprintf("after hop %d", i+1))
+		if after := netState(t, nil, nodeContainerInit(t, nodePID)); after != before {
+			t.Errorf("inside on %s:\n%s\nbefore, on a:\n%s", to, after, before)
+		}
+		if out := run(t, "nsenter", append(nodeNS(to), "ip", "-o", "link", "show", "cv0")...); !strings.Contains(out, "master cbr0") || !strings.Contains(out, "state UP") {
+			t.Errorf("the veth's other end on %s: %s", to, out)
+		}
+	}
+}
+
+// nodeContainerInit returns the PID here of the one live process that is PID 1
+// of a container whose PID in its node is nodePID.
+func nodeContainerInit(t *testing.T, nodePID int) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(b), "\nState:\tZ") {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(strings.TrimPrefix(l, "NSpid:")); strings.HasPrefix(l, "NSpid:") && len(f) >= 3 &&
+				f[len(f)-1] == "1" && f[len(f)-2] == strconv.Itoa(nodePID) {
+				found = append(found, pid)
+			}
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("containers' inits of PID %d in their node: %v", nodePID, found)
+	}
+	return found[0]
+}
