@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -61,7 +62,7 @@ func netContainer(t *testing.T, port int) (*testutil.Proc, int) {
 	if err != nil {
 		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
 	}
-	p := testutil.Start(t, unshare, "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--net", testutil.Build(t, "echoserver"), "0.0.0.0", strconv.Itoa(port))
+	p := testutil.Start(t, unshare, netContainerArgs(t, port)...)
 	p.WaitLine(t, short, 0, "ready")
 	kids := childrenOf(t, p.PID)
 	if len(kids) != 1 {
@@ -80,6 +81,18 @@ func netContainer(t *testing.T, port int) (*testutil.Proc, int) {
 		}
 	})
 	return p, init
+}
+
+// netContainerArgs are the arguments of unshare that make the container
+// of netContainer. Its mount namespace, a copy of the host's, leaves out
+// the host's network namespace mounts (nsfs: /run/netns/NAME), which
+// come and go with other tests' namespaces and could not be mounted again
+// on restore: the shell that becomes echoserver unmounts them first.
+func netContainerArgs(t *testing.T, port int) []string {
+	t.Helper()
+	script := `for m in $(awk '$3 == "nsfs" { print $2 }' /proc/self/mounts | sort -r); do umount -l "$m" 2>/dev/null; done; exec "$@"`
+	return []string{"--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--net", "sh", "-c", script, "sh",
+		testutil.Build(t, "echoserver"), "0.0.0.0", strconv.Itoa(port)}
 }
 
 // syscallKill kills pid with SIGKILL.
@@ -112,18 +125,20 @@ func plugContainer(t *testing.T, pre []string, init int, host, bridge, addr, gw 
 	in("ip", "addr", "add", "fd00:239::2/64", "dev", "eth0", "nodad")
 	in("ip", "route", "add", "default", "via", gw)
 	in("ip", "route", "add", "10.238.0.0/16", "via", gw, "metric", "7")
-	in("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	in("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.lo.disable_ipv6=1")
 }
 
-// netState is `ip -o addr`, `ip route` and `ip -6 route` inside the
+// netState is `ip -o addr`, `ip route`, `ip -6 route`, `ip -o link`
+// and the sysctls plugContainer sets inside the
 // network namespace of pid (nsenter args pre first, to reach a node's),
 // without interface indexes, which are the kernel's choice.
 func netState(t *testing.T, pre []string, pid int) string {
 	t.Helper()
-	idx := regexp.MustCompile(`(?m)^[0-9]+: | tentative`)
+	idx := regexp.MustCompile(`(?m)^[0-9]+: | tentative|@if[0-9]+| link-netns(id)? \S+`)
 	var b strings.Builder
-	for _, args := range [][]string{{"-o", "addr"}, {"route"}, {"-6", "route"}} {
-		cmd := append(slices.Clone(pre), "nsenter", "-t", strconv.Itoa(pid), "-n", "ip")
+	for _, args := range [][]string{{"ip", "-o", "addr"}, {"ip", "route"}, {"ip", "-6", "route"}, {"ip", "-o", "link"},
+		{"sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.lo.disable_ipv6", "net.ipv6.conf.eth0.disable_ipv6"}} {
+		cmd := append(slices.Clone(pre), "nsenter", "-t", strconv.Itoa(pid), "-n")
 		out := run(t, cmd[0], append(cmd[1:], args...)...)
 		b.WriteString(idx.ReplaceAllString(out, ""))
 	}
@@ -201,6 +216,7 @@ func TestContainerNetDumpRestore(t *testing.T) {
 	if out := run(t, "ip", "-o", "link", "show", host); !strings.Contains(out, "master "+bridge) || !strings.Contains(out, "state UP") {
 		t.Errorf("the veth's other end here: %s", out)
 	}
+	checkNetFindsDifferences(t, init, img.Namespaces.Net)
 	echo(t, c, r, "after")
 	// A new connection too.
 	c2, err := net.DialTimeout("tcp", "10.239.7.2:7070", short)
@@ -260,7 +276,8 @@ func TestContainerNetLive(t *testing.T) {
 	script := fmt.Sprintf(`set -e
 case "$MIGRATE_SOURCE" in %s:*) via=%s ;; *) via=%s ;; esac
 ip -n %s route replace 10.232.0.0/24 via $via
-`, c.A.Addr, c.B.Addr, c.A.Addr, c.Client.NetNS)
+echo "$MIGRATE_NET_HOST" >> %s.hosts
+`, c.A.Addr, c.B.Addr, c.A.Addr, c.Client.NetNS, hook)
 	if err := os.WriteFile(hook, []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +300,7 @@ ip -n %s route replace 10.232.0.0/24 via $via
 	if err != nil {
 		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
 	}
-	p, err := c.A.Start(cluster.StartOptions{}, unshare, "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--net", testutil.Build(t, "echoserver"), "0.0.0.0", "7072")
+	p, err := c.A.Start(cluster.StartOptions{}, unshare, netContainerArgs(t, 7072)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,6 +348,9 @@ ip -n %s route replace 10.232.0.0/24 via $via
 		if after := netState(t, nil, nodeContainerInit(t, nodePID)); after != before {
 			t.Errorf("inside on %s:\n%s\nbefore, on a:\n%s", to, after, before)
 		}
+		if b, err := os.ReadFile(hook + ".hosts"); err != nil || strings.Count(string(b), "cv0\n") != i+1 {
+			t.Errorf("MIGRATE_NET_HOST of the pre-resume hooks so far: %q, %v", b, err)
+		}
 		if out := run(t, "nsenter", append(nodeNS(to), "ip", "-o", "link", "show", "cv0")...); !strings.Contains(out, "master cbr0") || !strings.Contains(out, "state UP") {
 			t.Errorf("the veth's other end on %s: %s", to, out)
 		}
@@ -369,4 +389,32 @@ func nodeContainerInit(t *testing.T, nodePID int) int {
 		t.Fatalf("containers' inits of PID %d in their node: %v", nodePID, found)
 	}
 	return found[0]
+}
+
+// checkNetFindsDifferences checks that target.CheckNet finds the network
+// namespace of init as want has it, and names each difference when want
+// is changed in one place.
+func checkNetFindsDifferences(t *testing.T, init int, want *core.NetNamespace) {
+	t.Helper()
+	if diffs := target.CheckNet(init, want); len(diffs) != 0 {
+		t.Fatalf("the restored network namespace differs from the image: %v", diffs)
+	}
+	eth := slices.IndexFunc(want.Links, func(l core.NetLink) bool { return l.Name == "eth0" })
+	for what, edit := range map[string]func(n *core.NetNamespace){
+		"interface eth0":             func(n *core.NetNamespace) { n.Links[eth].MTU++ },
+		"interface lo":               func(n *core.NetNamespace) { n.Links[1-eth].Up = false },
+		"interface odd0":             func(n *core.NetNamespace) { n.Links = append(n.Links, core.NetLink{Name: "odd0"}) },
+		"routes":                     func(n *core.NetNamespace) { n.Routes[0].Metric++ },
+		"sysctl net/ipv4/ip_forward": func(n *core.NetNamespace) { n.Sysctls["net/ipv4/ip_forward"] = "0" },
+	} {
+		n := *want
+		n.Links = slices.Clone(want.Links)
+		n.Routes = slices.Clone(want.Routes)
+		n.Sysctls = maps.Clone(want.Sysctls)
+		edit(&n)
+		diffs := target.CheckNet(init, &n)
+		if len(diffs) != 1 || diffs[0].What != what {
+			t.Errorf("changed %s: differences %v", what, diffs)
+		}
+	}
 }

@@ -128,12 +128,15 @@ func freeLinkName() (string, error) {
 	return "", fmt.Errorf("no free interface name")
 }
 
-// checkNet compares the container's network namespace with the image:
-// its interfaces (kind, MAC address, MTU, state, addresses), routes and
-// sysctls.
+// checkNet compares the container's network namespace with the image.
 func (b *Builder) checkNet() []Difference {
-	want := b.ss.img.Namespaces.Net
-	root := b.ss.img.Process.PID
+	return CheckNet(b.ss.img.Process.PID, b.ss.img.Namespaces.Net)
+}
+
+// CheckNet compares the network namespace of process root with want:
+// its interfaces (kind, MAC address, MTU, state, addresses), routes and
+// sysctls. The name of a veth's other end is not compared.
+func CheckNet(root int, want *core.NetNamespace) []Difference {
 	var diffs []Difference
 	diff := func(what string, w, g any) {
 		if fmt.Sprint(w) != fmt.Sprint(g) {
