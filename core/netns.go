@@ -47,6 +47,10 @@ type NetAddr struct {
 	Scope  uint8  `json:"scope"`  // RT_SCOPE_*
 	// NoDAD: an IPv6 address added without duplicate address detection.
 	NoDAD bool `json:"nodad,omitempty"`
+	// Broadcast is an IPv4 address's broadcast address, if it has one.
+	Broadcast string `json:"broadcast,omitempty"`
+	// Label is an IPv4 address's label ("eth0:1"), if not the link's name.
+	Label string `json:"label,omitempty"`
 }
 
 // String is the address as a check compares it.
@@ -54,6 +58,12 @@ func (a NetAddr) String() string {
 	s := fmt.Sprintf("%s scope %d", a.Prefix, a.Scope)
 	if a.NoDAD {
 		s += " nodad"
+	}
+	if a.Broadcast != "" {
+		s += " brd " + a.Broadcast
+	}
+	if a.Label != "" {
+		s += " label " + a.Label
 	}
 	return s
 }
@@ -139,8 +149,15 @@ func validateNet(n *NetNamespace) error {
 			return fmt.Errorf("network namespace: more than %d addresses", maxNetAddrs)
 		}
 		for _, a := range l.Addrs {
-			if _, err := netip.ParsePrefix(a.Prefix); err != nil {
-				return fmt.Errorf("network namespace: link %s: address %q: %w", l.Name, a, err)
+			p, err := netip.ParsePrefix(a.Prefix)
+			if err != nil {
+				return fmt.Errorf("network namespace: link %s: address %q: %w", l.Name, a.Prefix, err)
+			}
+			if b, err := netip.ParseAddr(a.Broadcast); a.Broadcast != "" && (err != nil || !b.Is4() || !p.Addr().Is4()) {
+				return fmt.Errorf("network namespace: link %s: address %s: broadcast %q", l.Name, a.Prefix, a.Broadcast)
+			}
+			if a.Label != "" && (!ValidLinkName(a.Label) || !strings.HasPrefix(a.Label, l.Name) || !p.Addr().Is4()) {
+				return fmt.Errorf("network namespace: link %s: address %s: label %q", l.Name, a.Prefix, a.Label)
 			}
 		}
 	}

@@ -60,6 +60,8 @@ func TestDecodeImageNet(t *testing.T) {
 		"sysctl's link":    func(n *NetNamespace) { n.Sysctls["net/ipv4/conf/eth9/forwarding"] = "1" },
 		"loopback's peer":  func(n *NetNamespace) { n.Links[0].Peer = "x" },
 		"loopback renamed": func(n *NetNamespace) { n.Links[0].Name = "lo1" },
+		"broadcast":        func(n *NetNamespace) { n.Links[1].Addrs[1].Broadcast = "10.0.0.255" },
+		"label":            func(n *NetNamespace) { n.Links[1].Addrs[0].Label = "lo:1" },
 	} {
 		if err := decode(mutate); err == nil {
 			t.Errorf("an image with a bad %s accepted", what)

@@ -121,7 +121,8 @@ func plugContainer(t *testing.T, pre []string, init int, host, bridge, addr, gw 
 	ip("link", "set", host, "master", bridge, "up")
 	in("ip", "link", "set", "lo", "up")
 	in("ip", "link", "set", "eth0", "address", "02:00:0a:ef:00:02", "mtu", "1400", "up")
-	in("ip", "addr", "add", addr, "dev", "eth0")
+	in("ip", "addr", "add", addr, "brd", "+", "dev", "eth0")
+	in("ip", "addr", "add", "10.237.0.2/32", "dev", "eth0", "label", "eth0:9")
 	in("ip", "addr", "add", "fd00:239::2/64", "dev", "eth0", "nodad")
 	in("ip", "route", "add", "default", "via", gw)
 	in("ip", "route", "add", "10.238.0.0/16", "via", gw, "metric", "7")
@@ -229,12 +230,13 @@ func TestContainerNetDumpRestore(t *testing.T) {
 }
 
 // TestContainerNetRefused: a container whose network namespace has an
-// interface of a kind migrate does not carry is refused before anything
-// is frozen, naming it, and runs on.
+// interface of a kind migrate does not carry, or a route of another
+// table than main, is refused before anything is frozen, naming it, and
+// runs on.
 func TestContainerNetRefused(t *testing.T) {
 	testutil.RequireRoot(t)
 	needIP(t)
-	for _, kind := range []string{"bridge", "vxlan", "tun"} {
+	for _, kind := range []string{"bridge", "vxlan", "tun", "policy-route"} {
 		t.Run(kind, func(t *testing.T) {
 			p, init := netContainer(t, 7071)
 			in := []string{"-t", strconv.Itoa(init), "-n", "ip"}
@@ -243,6 +245,8 @@ func TestContainerNetRefused(t *testing.T) {
 				run(t, "nsenter", append(in, "link", "add", "odd0", "type", "vxlan", "id", "5", "dstport", "4789")...)
 			case "tun":
 				run(t, "nsenter", append(in, "tuntap", "add", "mode", "tun", "name", "odd0")...)
+			case "policy-route":
+				run(t, "nsenter", append(in, "route", "add", "blackhole", "10.1.0.0/16", "table", "100")...)
 			default:
 				run(t, "nsenter", append(in, "link", "add", "odd0", "type", kind)...)
 			}

@@ -231,6 +231,16 @@ func addAddr(c *netlink.Conn, index int, a core.NetAddr) error {
 	if a.NoDAD {
 		ae.Uint32(unix.IFA_FLAGS, unix.IFA_F_NODAD)
 	}
+	if a.Broadcast != "" {
+		b, err := netip.ParseAddr(a.Broadcast)
+		if err != nil {
+			return err
+		}
+		ae.Bytes(unix.IFA_BROADCAST, b.AsSlice())
+	}
+	if a.Label != "" {
+		ae.String(unix.IFA_LABEL, a.Label)
+	}
 	attrs, err := ae.Encode()
 	if err != nil {
 		return err

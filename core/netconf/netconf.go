@@ -181,14 +181,16 @@ func Read() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := dumpAddrs(c)
+	names := map[int]string{}
+	for _, l := range raw {
+		names[l.index] = l.name
+	}
+	addrs, err := dumpAddrs(c, names)
 	if err != nil {
 		return nil, err
 	}
 	cfg := &Config{Sysctls: map[string]string{}}
-	names := map[int]string{}
 	for _, l := range raw {
-		names[l.index] = l.name
 		kind := l.kind
 		if l.typ == unix.ARPHRD_LOOPBACK && kind == "" {
 			kind = core.LinkLoopback
@@ -251,8 +253,12 @@ func linkNames(cfg *Config) []string {
 	return out
 }
 
-// dumpAddrs lists the addresses of every link, by link index, sorted.
-func dumpAddrs(c *netlink.Conn) (map[int][]core.NetAddr, error) {
+// dumpAddrs lists the addresses of every link, by link index, in the
+// kernel's order (the order they were added in, for IPv4: which is
+// primary for a subnet, and so a connection's source, follows from it);
+// names are the links' names by index (an address's label is kept when
+// it is not its link's name).
+func dumpAddrs(c *netlink.Conn, names map[int]string) (map[int][]core.NetAddr, error) {
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETADDR, Flags: netlink.Request | netlink.Dump},
 		Data:   make([]byte, unix.SizeofIfAddrmsg),
@@ -275,13 +281,18 @@ func dumpAddrs(c *netlink.Conn) (map[int][]core.NetAddr, error) {
 			return nil, err
 		}
 		ad.ByteOrder = binary.NativeEndian
-		var addr, local []byte
+		var addr, local, brd []byte
+		var label string
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.IFA_ADDRESS:
 				addr = ad.Bytes()
 			case unix.IFA_LOCAL:
 				local = ad.Bytes()
+			case unix.IFA_BROADCAST:
+				brd = ad.Bytes()
+			case unix.IFA_LABEL:
+				label = ad.String()
 			case unix.IFA_FLAGS:
 				flags = ad.Uint32()
 			}
@@ -296,10 +307,14 @@ func dumpAddrs(c *netlink.Conn) (map[int][]core.NetAddr, error) {
 		if !ok {
 			return nil, fmt.Errorf("RTM_NEWADDR: address of %d bytes", len(addr))
 		}
-		out[index] = append(out[index], core.NetAddr{Prefix: netip.PrefixFrom(ip, plen).String(), Scope: scope, NoDAD: flags&unix.IFA_F_NODAD != 0})
-	}
-	for i := range out {
-		slices.SortFunc(out[i], func(a, b core.NetAddr) int { return strings.Compare(a.Prefix, b.Prefix) })
+		a := core.NetAddr{Prefix: netip.PrefixFrom(ip, plen).String(), Scope: scope, NoDAD: flags&unix.IFA_F_NODAD != 0}
+		if b, ok := netip.AddrFromSlice(brd); ok {
+			a.Broadcast = b.String()
+		}
+		if label != names[index] {
+			a.Label = label
+		}
+		out[index] = append(out[index], a)
 	}
 	return out, nil
 }

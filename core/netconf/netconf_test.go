@@ -66,7 +66,8 @@ func TestMakeAndRead(t *testing.T) {
 		Links: []core.NetLink{
 			{Name: "lo", Kind: core.LinkLoopback, MTU: 65536, Up: true, Addrs: []core.NetAddr{{Prefix: "127.0.0.1/8", Scope: unix.RT_SCOPE_HOST}, {Prefix: "::1/128", Scope: unix.RT_SCOPE_HOST}}},
 			{Name: "eth0", Kind: core.LinkVeth, MAC: "02:00:0a:00:00:02", MTU: 1400, Up: true,
-				Addrs: []core.NetAddr{{Prefix: "10.9.0.2/24"}, {Prefix: "10.9.1.2/32", Scope: unix.RT_SCOPE_LINK}, {Prefix: "fd00:9::2/64", NoDAD: true}}},
+				// In the kernel's order: IPv4 primaries by scope, narrowest first.
+				Addrs: []core.NetAddr{{Prefix: "10.9.1.2/32", Scope: unix.RT_SCOPE_LINK, Label: "eth0:1"}, {Prefix: "10.9.0.2/24", Broadcast: "10.9.0.255"}, {Prefix: "fd00:9::2/64", NoDAD: true}}},
 		},
 		Routes: []core.NetRoute{
 			{Dst: "0.0.0.0/0", Gateway: "10.9.0.1", Dev: "eth0", Protocol: unix.RTPROT_BOOT, Scope: unix.RT_SCOPE_UNIVERSE, Type: unix.RTN_UNICAST},
