@@ -359,6 +359,28 @@ echo "$MIGRATE_NET_HOST" >> %s.hosts
 			t.Errorf("the veth's other end on %s: %s", to, out)
 		}
 	}
+
+	// The same server and client, not in a container, for comparison:
+	// the client reaches it at the service address, which moves with it.
+	plain, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "echoserver"), "0.0.0.0", "7073")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Stop()
+	logLineFrom(t, plain.Log, 0, "ready")
+	pc, err := c.Client.Dial(ctx, "tcp", net.JoinHostPort(c.VIP.String(), "7073"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pr := bufio.NewReader(pc)
+	echo(t, pc, pr, "plain on a")
+	res, err := c.Migrate(ctx, c.A, c.B, plain.NSPID)
+	if err != nil || res.Outcome != "resumed" {
+		t.Fatalf("migrate the plain server: %v, %+v", err, res)
+	}
+	t.Logf("the same server outside a container, a -> b: %d rounds, downtime %.1f ms, total %.1f ms", len(res.Rounds), res.DowntimeMS, res.TotalMS)
+	echo(t, pc, pr, "plain on b")
 }
 
 // nodeContainerInit returns the PID here of the one live process that is PID 1
