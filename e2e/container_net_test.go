@@ -337,9 +337,22 @@ echo "$MIGRATE_NET_HOST" >> %s.hosts
 	nodePID, _ := strconv.Atoi(levels[len(levels)-2])
 	for i, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
 		from, to := hop[0], hop[1]
+		// The client sends all along: what reaches the source while the
+		// container is frozen there is dropped (not reset), and sent again.
+		stop, sent := busyClient(conn)
 		res, err := c.Migrate(ctx, from, to, nodePID)
+		n := stop()
 		if err != nil {
 			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
+		}
+		if n < 0 {
+			t.Fatalf("the client, sending during the migration %s -> %s: %v", from, to, sent())
+		}
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		for j := range n {
+			if l, err := r.ReadString('\n'); err != nil || l != fmt.Sprintf("busy %d\n", j) {
+				t.Fatalf("echo %d of what the client sent during the migration: %q, %v", j, l, err)
+			}
 		}
 		if res.Outcome != "resumed" {
 			t.Fatalf("report: %+v", res)
@@ -443,4 +456,29 @@ func checkNetFindsDifferences(t *testing.T, init int, want *core.NetNamespace) {
 			t.Errorf("changed %s: differences %v", what, diffs)
 		}
 	}
+}
+
+// busyClient writes "busy N" lines on c every 2 ms until stop, which
+// returns how many it wrote, or -1 if a write failed (err returns why).
+func busyClient(c net.Conn) (stop func() int, err func() error) {
+	done, count := make(chan struct{}), make(chan int, 1)
+	var werr error
+	go func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for n := 0; ; n++ {
+			select {
+			case <-done:
+				count <- n
+				return
+			case <-tick.C:
+			}
+			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if _, werr = fmt.Fprintf(c, "busy %d\n", n); werr != nil {
+				count <- -1
+				return
+			}
+		}
+	}()
+	return func() int { close(done); return <-count }, func() error { return werr }
 }
