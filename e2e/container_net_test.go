@@ -236,7 +236,7 @@ func TestContainerNetDumpRestore(t *testing.T) {
 func TestContainerNetRefused(t *testing.T) {
 	testutil.RequireRoot(t)
 	needIP(t)
-	for _, kind := range []string{"bridge", "vxlan", "tun", "policy-route"} {
+	for _, kind := range []string{"bridge", "vxlan", "tun", "veth-pair", "policy-route"} {
 		t.Run(kind, func(t *testing.T) {
 			p, init := netContainer(t, 7071)
 			in := []string{"-t", strconv.Itoa(init), "-n", "ip"}
@@ -245,6 +245,8 @@ func TestContainerNetRefused(t *testing.T) {
 				run(t, "nsenter", append(in, "link", "add", "odd0", "type", "vxlan", "id", "5", "dstport", "4789")...)
 			case "tun":
 				run(t, "nsenter", append(in, "tuntap", "add", "mode", "tun", "name", "odd0")...)
+			case "veth-pair":
+				run(t, "nsenter", append(in, "link", "add", "odd0", "type", "veth", "peer", "name", "odd1")...)
 			case "policy-route":
 				run(t, "nsenter", append(in, "route", "add", "blackhole", "10.1.0.0/16", "table", "100")...)
 			default:

@@ -39,7 +39,7 @@ func (e *UnsupportedError) Error() string {
 	if e.Link == "" {
 		return "network namespace: " + e.Kind
 	}
-	return fmt.Sprintf("network namespace: interface %s is of kind %s: migrate carries loopback and veth interfaces only", e.Link, e.Kind)
+	return fmt.Sprintf("network namespace: interface %s is a %s: migrate carries the loopback and veths whose other end is outside", e.Link, e.Kind)
 }
 
 // fallbackLinks are the devices the kernel makes in every new network
@@ -207,6 +207,11 @@ func Read() (*Config, error) {
 		}
 		if l.master != 0 {
 			return nil, &UnsupportedError{Link: l.name, Kind: kind + " enslaved to another interface"}
+		}
+		if kind == core.LinkVeth && !l.hasNetnsid {
+			// Its other end is in this namespace too: the restore makes
+			// each veth's other end outside.
+			return nil, &UnsupportedError{Link: l.name, Kind: "veth whose other end is in the same namespace"}
 		}
 		nl := Link{NetLink: core.NetLink{Name: l.name, Kind: kind, MTU: l.mtu, Up: l.flags&unix.IFF_UP != 0, Addrs: addrs[l.index]}, Index: l.index}
 		if kind == core.LinkVeth {
