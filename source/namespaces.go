@@ -222,6 +222,7 @@ func (ss *session) noteContainer(opts *DumpOptions) error {
 		ss.ipcNS = opts.PID
 	}
 	if slices.Contains(differ, "net") {
+		ss.ownNet = true
 		// What it has that migrate does not carry is refused now.
 		if _, err := readNet(opts.PID); err != nil {
 			return err

@@ -35,3 +35,26 @@ func readNet(pid int) (*core.NetNamespace, error) {
 	}
 	return cfg.Core(), nil
 }
+
+// leaveNetNS lets go of the network locks of a container whose network
+// namespace was its own, once the original is killed: the namespace goes
+// with it, the locks' tables with it. Until then a peer's segment still
+// routed here is dropped, where a namespace without the connection would
+// answer it with a reset; the packets the lock held have nowhere to go
+// from here (the peers send them again, to the target once routed there).
+func (a *liveSource) leaveNetNS() {
+	if a.d.lock != nil {
+		a.d.lock.Disown()
+		a.d.lock = nil
+	}
+	if a.preLock != nil {
+		a.preLock.Disown()
+		a.preLock = nil
+	}
+	if a.hold != nil {
+		pkts, _ := a.hold.Finish()
+		a.hold.CloseRaw()
+		a.hold = nil
+		a.d.log.Info("packets held during the freeze dropped with the container's network namespace", "held", len(pkts))
+	}
+}
