@@ -210,6 +210,13 @@ func TestContainerNetDumpRestore(t *testing.T) {
 			t.Errorf("veth %s: its other end %q, want %s", l.Name, l.Peer, host)
 		}
 	}
+	// A bridge this host lacks: refused before the network is made, and
+	// nothing left.
+	if _, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t), NetAttach: "nobr" + suffix}); err == nil {
+		t.Fatal("a restore onto a bridge that does not exist went through")
+	} else {
+		t.Logf("refused: %v", err)
+	}
 	rp := restoreWith(t, dir, p.Log, init, target.RestoreOptions{NetAttach: bridge})
 	if after := netState(t, nil, init); after != before {
 		t.Errorf("inside after the restore:\n%s\nbefore:\n%s", after, before)
@@ -282,8 +289,10 @@ func TestContainerNetLive(t *testing.T) {
 	script := fmt.Sprintf(`set -e
 case "$MIGRATE_SOURCE" in %s:*) via=%s ;; *) via=%s ;; esac
 ip -n %s route replace 10.232.0.0/24 via $via
+[ -n "$MIGRATE_NET_HOST" ] || exit 0
 echo "$MIGRATE_NET_HOST" >> %s.hosts
-`, c.A.Addr, c.B.Addr, c.A.Addr, c.Client.NetNS, hook)
+ip -o link show "$MIGRATE_NET_HOST" >> %s.links
+`, c.A.Addr, c.B.Addr, c.A.Addr, c.Client.NetNS, hook, hook)
 	if err := os.WriteFile(hook, []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -369,6 +378,12 @@ echo "$MIGRATE_NET_HOST" >> %s.hosts
 		}
 		if b, err := os.ReadFile(hook + ".hosts"); err != nil || strings.Count(string(b), "cv0\n") != i+1 {
 			t.Errorf("MIGRATE_NET_HOST of the pre-resume hooks so far: %q, %v", b, err)
+		}
+		// Until the resume the other end is down, on no bridge: nothing
+		// of the container reaches the network while the original runs.
+		if b, err := os.ReadFile(hook + ".links"); err != nil || strings.Count(string(b), "cv0") != i+1 ||
+			strings.Contains(string(b), ",UP") || strings.Contains(string(b), "master") {
+			t.Errorf("the veth's other end, as the pre-resume hooks saw it: %q, %v", b, err)
 		}
 		if out := run(t, "nsenter", append(nodeNS(to), "ip", "-o", "link", "show", "cv0")...); !strings.Contains(out, "master cbr0") || !strings.Contains(out, "state UP") {
 			t.Errorf("the veth's other end on %s: %s", to, out)

@@ -2,6 +2,7 @@ package target
 
 import (
 	"crypto/rand"
+	"errors"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -20,7 +21,8 @@ import (
 // new one: its root is cloned with CLONE_NEWNET, then prepareNet makes
 // each veth (the container's end moved in under its name and MAC address,
 // the other end here, in migrate's namespace, under its old name if free,
-// up and on the bridge of --net-attach if given, else left for a hook),
+// down until the resume, then up and on the bridge of --net-attach if
+// given, else left for a hook),
 // and gives the namespace its addresses, routes and sysctls. The
 // container's sockets are made in it (inNet), and the network lock of a
 // live migration is taken there.
@@ -70,6 +72,9 @@ func (ss *session) prepareNet() error {
 		return fmt.Errorf("network namespace of %d: %w", root, err)
 	}
 	defer ns.Close()
+	if ss.netAttach != "" && !netconf.LinkExists(ss.netAttach) {
+		return &netconf.Error{What: "--net-attach " + ss.netAttach, Err: errors.New("no such bridge here")}
+	}
 	for i := range n.Links {
 		l := &n.Links[i]
 		if l.Kind != core.LinkVeth {
@@ -98,9 +103,16 @@ func (ss *session) prepareNet() error {
 		}
 		ss.netHosts = append(ss.netHosts, host)
 	}
-	if err := proc.InNamespace(root, unix.CLONE_NEWNET, func() error { return netconf.Apply(n) }); err != nil {
-		return err
-	}
+	return proc.InNamespace(root, unix.CLONE_NEWNET, func() error { return netconf.Apply(n) })
+}
+
+// attachNet puts the other ends of the container's veths up, on the
+// bridge of --net-attach if given, just before the processes resume:
+// until then the container's interfaces have no carrier, and nothing of
+// it (its MAC addresses, its IPv6 neighbour and router solicitations)
+// reaches the network while the original still runs elsewhere (a live
+// migration builds the namespace at its first round).
+func (ss *session) attachNet() error {
 	for _, host := range ss.netHosts {
 		if err := netconf.Attach(host, ss.netAttach); err != nil {
 			return err

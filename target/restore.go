@@ -455,6 +455,11 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	defer b.release()
 	b.done = true
 	root := b.all[0]
+	if b.ss.ownNet() {
+		if err := b.ss.attachNet(); err != nil {
+			b.ss.warn("the container's network: %v", err)
+		}
+	}
 	// The connections go live first, while the processes are still
 	// stopped, a few at a time (hundreds take milliseconds one after the
 	// other). A failure leaves that connection dead, not the process.
