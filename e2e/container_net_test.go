@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
@@ -32,8 +34,8 @@ import (
 	"github.com/procmig/migrate/target"
 )
 
-// run runs a command (ip, nsenter) and fails the test if it fails.
-func run(t *testing.T, name string, args ...string) string {
+// runCmd runs a command (ip, nsenter) and fails the test if it fails.
+func runCmd(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -76,7 +78,7 @@ func netContainer(t *testing.T, port int) (*testutil.Proc, int) {
 		}
 		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 		if len(f) > 1 && f[1] == strconv.Itoa(p.PID) {
-			_ = syscallKill(init)
+			_ = unix.Kill(init, unix.SIGKILL)
 			p.Reap(t)
 		}
 	})
@@ -95,27 +97,18 @@ func netContainerArgs(t *testing.T, port int) []string {
 		testutil.Build(t, "echoserver"), "0.0.0.0", strconv.Itoa(port)}
 }
 
-// syscallKill kills pid with SIGKILL.
-func syscallKill(pid int) error {
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		return err
-	}
-	return proc.Kill()
-}
-
 // plugContainer gives the container of init a veth: eth0 inside, with
 // addr (ADDR/LEN), fd00:239::2/64, a default route via gw, ip_forward on;
 // host its other end, on bridge (in the network namespace of nsenter
 // args pre, or the test's).
 func plugContainer(t *testing.T, pre []string, init int, host, bridge, addr, gw string) {
 	t.Helper()
-	ip := func(args ...string) { run(t, "nsenter", append(append(slices.Clone(pre), "ip"), args...)...) }
+	ip := func(args ...string) { runCmd(t, "nsenter", append(append(slices.Clone(pre), "ip"), args...)...) }
 	in := func(args ...string) {
-		run(t, "nsenter", append([]string{"-t", strconv.Itoa(init), "-n"}, args...)...)
+		runCmd(t, "nsenter", append([]string{"-t", strconv.Itoa(init), "-n"}, args...)...)
 	}
 	if len(pre) == 0 {
-		ip = func(args ...string) { run(t, "ip", args...) }
+		ip = func(args ...string) { runCmd(t, "ip", args...) }
 	}
 	ip("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", strconv.Itoa(init))
 	ip("link", "set", host, "master", bridge, "up")
@@ -140,14 +133,14 @@ func netState(t *testing.T, pre []string, pid int) string {
 	for _, args := range [][]string{{"ip", "-o", "addr"}, {"ip", "route"}, {"ip", "-6", "route"}, {"ip", "-o", "link"},
 		{"sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.lo.disable_ipv6", "net.ipv6.conf.eth0.disable_ipv6"}} {
 		cmd := append(slices.Clone(pre), "nsenter", "-t", strconv.Itoa(pid), "-n")
-		out := run(t, cmd[0], append(cmd[1:], args...)...)
+		out := runCmd(t, cmd[0], append(cmd[1:], args...)...)
 		b.WriteString(idx.ReplaceAllString(out, ""))
 	}
 	return b.String()
 }
 
-// echo sends s on c and reads it back.
-func echo(t *testing.T, c net.Conn, r *bufio.Reader, s string) {
+// echoBack sends s on c and reads it back.
+func echoBack(t *testing.T, c net.Conn, r *bufio.Reader, s string) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.WriteString(c, s+"\n"); err != nil {
@@ -163,10 +156,10 @@ func echo(t *testing.T, c net.Conn, r *bufio.Reader, s string) {
 // namespace, removed at the end.
 func testBridge(t *testing.T, name, addr string) {
 	t.Helper()
-	run(t, "ip", "link", "add", name, "type", "bridge")
+	runCmd(t, "ip", "link", "add", name, "type", "bridge")
 	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
-	run(t, "ip", "addr", "add", addr, "dev", name)
-	run(t, "ip", "link", "set", name, "up")
+	runCmd(t, "ip", "addr", "add", addr, "dev", name)
+	runCmd(t, "ip", "link", "set", name, "up")
 }
 
 // TestContainerNetDumpRestore: the container's network namespace comes
@@ -191,7 +184,7 @@ func TestContainerNetDumpRestore(t *testing.T) {
 	})
 	defer c.Close()
 	r := bufio.NewReader(c)
-	echo(t, c, r, "before")
+	echoBack(t, c, r, "before")
 
 	dir := t.TempDir()
 	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: init, Dir: dir, Logger: testLogger(t)}); err != nil {
@@ -221,17 +214,17 @@ func TestContainerNetDumpRestore(t *testing.T) {
 	if after := netState(t, nil, init); after != before {
 		t.Errorf("inside after the restore:\n%s\nbefore:\n%s", after, before)
 	}
-	if out := run(t, "ip", "-o", "link", "show", host); !strings.Contains(out, "master "+bridge) || !strings.Contains(out, "state UP") {
+	if out := runCmd(t, "ip", "-o", "link", "show", host); !strings.Contains(out, "master "+bridge) || !strings.Contains(out, "state UP") {
 		t.Errorf("the veth's other end here: %s", out)
 	}
 	checkNetFindsDifferences(t, init, img.Namespaces.Net)
-	echo(t, c, r, "after")
+	echoBack(t, c, r, "after")
 	// A new connection too.
 	c2, err := net.DialTimeout("tcp", "10.239.7.2:7070", short)
 	if err != nil {
 		t.Fatalf("a new connection after the restore: %v", err)
 	}
-	echo(t, c2, bufio.NewReader(c2), "new")
+	echoBack(t, c2, bufio.NewReader(c2), "new")
 	c2.Close()
 	_ = rp
 }
@@ -249,15 +242,15 @@ func TestContainerNetRefused(t *testing.T) {
 			in := []string{"-t", strconv.Itoa(init), "-n", "ip"}
 			switch kind {
 			case "vxlan":
-				run(t, "nsenter", append(in, "link", "add", "odd0", "type", "vxlan", "id", "5", "dstport", "4789")...)
+				runCmd(t, "nsenter", append(in, "link", "add", "odd0", "type", "vxlan", "id", "5", "dstport", "4789")...)
 			case "tun":
-				run(t, "nsenter", append(in, "tuntap", "add", "mode", "tun", "name", "odd0")...)
+				runCmd(t, "nsenter", append(in, "tuntap", "add", "mode", "tun", "name", "odd0")...)
 			case "veth-pair":
-				run(t, "nsenter", append(in, "link", "add", "odd0", "type", "veth", "peer", "name", "odd1")...)
+				runCmd(t, "nsenter", append(in, "link", "add", "odd0", "type", "veth", "peer", "name", "odd1")...)
 			case "policy-route":
-				run(t, "nsenter", append(in, "route", "add", "blackhole", "10.1.0.0/16", "table", "100")...)
+				runCmd(t, "nsenter", append(in, "route", "add", "blackhole", "10.1.0.0/16", "table", "100")...)
 			default:
-				run(t, "nsenter", append(in, "link", "add", "odd0", "type", kind)...)
+				runCmd(t, "nsenter", append(in, "link", "add", "odd0", "type", kind)...)
 			}
 			_, err := source.Dump(context.Background(), source.DumpOptions{PID: init, Dir: t.TempDir(), Logger: testLogger(t)})
 			var ne *source.NamespaceError
@@ -304,11 +297,11 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 			{"ip", "link", "set", "cbr0", "up"},
 			{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
 		} {
-			run(t, "nsenter", append(nodeNS(n), args...)...)
+			runCmd(t, "nsenter", append(nodeNS(n), args...)...)
 		}
 	}
 	route := func(via *cluster.Node) {
-		run(t, "ip", "-n", c.Client.NetNS, "route", "replace", "10.232.0.0/24", "via", via.Addr.String())
+		runCmd(t, "ip", "-n", c.Client.NetNS, "route", "replace", "10.232.0.0/24", "via", via.Addr.String())
 	}
 	route(c.A)
 	unshare, err := exec.LookPath("unshare")
@@ -340,7 +333,7 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 	})
 	defer conn.Close()
 	r := bufio.NewReader(conn)
-	echo(t, conn, r, "on a")
+	echoBack(t, conn, r, "on a")
 	levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
 	if len(levels) < 3 {
 		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
@@ -369,10 +362,10 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 			t.Fatalf("report: %+v", res)
 		}
 		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
-		if out := run(t, "ip", "-n", c.Client.NetNS, "route", "show", "10.232.0.0/24"); !strings.Contains(out, "via "+to.Addr.String()) {
+		if out := runCmd(t, "ip", "-n", c.Client.NetNS, "route", "show", "10.232.0.0/24"); !strings.Contains(out, "via "+to.Addr.String()) {
 			t.Errorf("the client's route after the hook of %s: %s", to, out)
 		}
-		echo(t, conn, r, fmt.Sprintf("after hop %d", i+1))
+		echoBack(t, conn, r, fmt.Sprintf("after hop %d", i+1))
 		if after := netState(t, nil, nodeContainerInit(t, nodePID)); after != before {
 			t.Errorf("inside on %s:\n%s\nbefore, on a:\n%s", to, after, before)
 		}
@@ -385,7 +378,7 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 			strings.Contains(string(b), ",UP") || strings.Contains(string(b), "master") {
 			t.Errorf("the veth's other end, as the pre-resume hooks saw it: %q, %v", b, err)
 		}
-		if out := run(t, "nsenter", append(nodeNS(to), "ip", "-o", "link", "show", "cv0")...); !strings.Contains(out, "master cbr0") || !strings.Contains(out, "state UP") {
+		if out := runCmd(t, "nsenter", append(nodeNS(to), "ip", "-o", "link", "show", "cv0")...); !strings.Contains(out, "master cbr0") || !strings.Contains(out, "state UP") {
 			t.Errorf("the veth's other end on %s: %s", to, out)
 		}
 	}
@@ -404,13 +397,13 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 	}
 	defer pc.Close()
 	pr := bufio.NewReader(pc)
-	echo(t, pc, pr, "plain on a")
+	echoBack(t, pc, pr, "plain on a")
 	res, err := c.Migrate(ctx, c.A, c.B, plain.NSPID)
 	if err != nil || res.Outcome != "resumed" {
 		t.Fatalf("migrate the plain server: %v, %+v", err, res)
 	}
 	t.Logf("the same server outside a container, a -> b: %d rounds, downtime %.1f ms, total %.1f ms", len(res.Rounds), res.DowntimeMS, res.TotalMS)
-	echo(t, pc, pr, "plain on b")
+	echoBack(t, pc, pr, "plain on b")
 }
 
 // nodeContainerInit returns the PID here of the one live process that is PID 1
