@@ -187,6 +187,10 @@ type RestoreOptions struct {
 	// address even where it is the image's (as on a kernel whose vdso
 	// differs): for tests. --vdso-proxy (hidden).
 	VDSOProxy bool
+	// NetAttach, if set, is the bridge on which the host end of each veth
+	// of a container's own network namespace is put; without it the
+	// veth is left up, unattached, for a hook. --net-attach.
+	NetAttach string
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -210,7 +214,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 		}
 	}
 	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -396,6 +400,9 @@ type ServeOptions struct {
 	CgroupRoot        string
 	// VDSOProxy is as in RestoreOptions, for every process served (tests).
 	VDSOProxy bool
+	// NetAttach is as in RestoreOptions, for every process served.
+	// --net-attach.
+	NetAttach string
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -438,7 +445,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
 		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

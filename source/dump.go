@@ -55,6 +55,8 @@ type session struct {
 	// V objects are read there (inIPC).
 	container bool
 	ipcNS     int
+	// ownNet: the container has a network namespace of its own.
+	ownNet bool
 	// mounts is the processes' mount namespace, if not migrate's (readMounts).
 	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.

@@ -1099,15 +1099,22 @@ func (a *liveSource) KillOriginal() error {
 		err = e
 	}
 	a.d.closeTCP()
-	// The lock is lifted (quick) for the held packets to go, and removed
-	// (a dozen milliseconds) after.
-	a.d.liftLock()
-	a.dropPreLock()
-	if err == nil {
-		a.dropRecord()
+	if a.d.ownNet {
+		a.leaveNetNS()
+		if err == nil {
+			a.dropRecord()
+		}
+	} else {
+		// The lock is lifted (quick) for the held packets to go, and
+		// removed (a dozen milliseconds) after.
+		a.d.liftLock()
+		a.dropPreLock()
+		if err == nil {
+			a.dropRecord()
+		}
+		a.replayHeld()
+		a.d.unlock()
 	}
-	a.replayHeld()
-	a.d.unlock()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
 	}

@@ -39,7 +39,7 @@ type nsKind struct {
 }
 
 var namespaceKinds = []nsKind{
-	{"cgroup", false}, {"ipc", true}, {"mnt", false}, {"net", false},
+	{"cgroup", false}, {"ipc", true}, {"mnt", false}, {"net", true},
 	{"pid", true}, {"time", false}, {"user", false}, {"uts", true},
 }
 
@@ -193,7 +193,7 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if len(refused) > 0 {
 		reason := "its restore would put it in migrate's own; run migrate inside them (nsenter)"
 		if container {
-			reason = "migrate carries a container's PID, UTS, IPC, mount and time namespaces, not these"
+			reason = "migrate carries a container's PID, UTS, IPC, network, mount and time namespaces, not these"
 		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") {
 			reason += ", or dump the init of the container's PID namespace"
 		}
@@ -220,6 +220,13 @@ func (ss *session) noteContainer(opts *DumpOptions) error {
 	}
 	if slices.Contains(differ, "ipc") {
 		ss.ipcNS = opts.PID
+	}
+	if slices.Contains(differ, "net") {
+		ss.ownNet = true
+		// What it has that migrate does not carry is refused now.
+		if _, err := readNet(opts.PID); err != nil {
+			return err
+		}
 	}
 	// Every process of the container is the root's descendant.
 	pids, _, err := walkTree(opts.PID)
@@ -324,6 +331,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 	}
 	if slices.Contains(differ, "uts") {
 		if ns.UTS, err = readUTS(root); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(differ, "net") {
+		if ns.Net, err = readNet(root); err != nil {
 			return nil, err
 		}
 	}

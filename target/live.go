@@ -235,6 +235,8 @@ type liveTarget struct {
 	applyCgroupLimits bool
 	// vdsoProxy is ServeOptions.VDSOProxy.
 	vdsoProxy bool
+	// netAttach is ServeOptions.NetAttach.
+	netAttach string
 
 	// members are the processes of the latest layout, zombies too;
 	// tree: the page streams begin with their PID; changes: the
@@ -288,6 +290,9 @@ func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 	}
 	if t.img != nil {
 		env["MIGRATE_LOCAL_ADDRS"] = strings.Join(core.LocalAddrs(t.img), " ")
+	}
+	if t.b != nil && len(t.b.ss.netHosts) > 0 {
+		env["MIGRATE_NET_HOST"] = strings.Join(t.b.ss.netHosts, " ")
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
@@ -372,7 +377,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy})
+		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy, netAttach: t.netAttach})
 		if err != nil {
 			return err
 		}
@@ -655,7 +660,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// this side drops their packets until the process runs; the peers
 	// send them again.
 	if conns := imageConns(img); len(conns) > 0 {
-		l, err := netlock.Install("", netlock.Spec{Conns: conns}, netlock.Options{})
+		l, err := netlock.Install(t.b.ss.netNSPath(), netlock.Spec{Conns: conns}, netlock.Options{})
 		if err != nil {
 			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
 		}
@@ -664,7 +669,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		// the resume (a peer's tail-loss probe, sent as the service
 		// address arrives, would otherwise wait for its retransmission
 		// timer).
-		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
+		if t.hold, err = netlock.StartHold(t.b.ss.netSocket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
 	}

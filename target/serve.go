@@ -55,6 +55,8 @@ type ServeOptions struct {
 	ApplyCgroupLimits bool
 	// VDSOProxy is as in RestoreOptions, for every migration served.
 	VDSOProxy bool
+	// NetAttach is as in RestoreOptions, for every migration served.
+	NetAttach string
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -106,6 +108,9 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		if err := core.ValidPath(opts.CgroupRoot); err != nil {
 			return fmt.Errorf("cgroup root: %w", err)
 		}
+	}
+	if opts.NetAttach != "" && !core.ValidLinkName(opts.NetAttach) {
+		return fmt.Errorf("--net-attach %q: not an interface name", opts.NetAttach)
 	}
 	if extra := opts.XCR0 &^ hostXCR0(); extra != 0 {
 		if opts.Listener != nil {
@@ -228,6 +233,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 		t.xcr0 = opts.XCR0
 	}
 	t.cgroupRoot, t.applyCgroupLimits, t.vdsoProxy = opts.CgroupRoot, opts.ApplyCgroupLimits, opts.VDSOProxy
+	t.netAttach = opts.NetAttach
 	t.hooks = hooks
 	t.notify = notify
 	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)

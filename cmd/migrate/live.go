@@ -107,6 +107,8 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		cg.add(fs)
 		var proxy bool
 		vdsoProxyFlag(fs, &proxy)
+		var attach string
+		netAttachFlag(fs, &attach)
 		memLimit := defaultServeMemory
 		fs.Int64Var(&memLimit, "memory-limit", defaultServeMemory, "keep the service's Go heap near `BYTES` (a soft limit: its garbage is collected sooner near it; 0: Go's default, GOGC alone); GOMEMLIMIT in the environment wins")
 		var metricsAddr string
@@ -145,7 +147,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 				return err
 			}
 			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy,
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)

@@ -31,7 +31,7 @@ type rule struct {
 
 // The process side of core: the Linux machinery, as opposed to the image
 // model (core).
-var processSide = []string{"core/proc", "core/ptrace", "core/kernel", "core/netlock", "core/netaddr", "core/hook", "core/reap"}
+var processSide = []string{"core/proc", "core/ptrace", "core/kernel", "core/netlock", "core/netaddr", "core/netconf", "core/hook", "core/reap"}
 
 var rules = []rule{
 	{Pkg: "source/...", Forbid: []string{"target/...", "cmd/...", "e2e/..."},
