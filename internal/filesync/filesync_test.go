@@ -277,5 +277,3 @@ func TestDecodeQueryRefuses(t *testing.T) {
 		t.Error(err)
 	}
 }
-
-

@@ -56,9 +56,9 @@ func streamErr(format string, args ...any) error {
 
 // Record is one decoded record of a sync stream.
 type Record struct {
-	Header *Header // a file record
-	Off    int64   // a block record: where Data goes
-	Data   []byte  // a block record (valid until the next Next)
+	Header  *Header // a file record
+	Off     int64   // a block record: where Data goes
+	Data    []byte  // a block record (valid until the next Next)
 	Round   uint32  // a round record's number
 	IsRound bool    // a round record
 	End     bool    // the end record
