@@ -736,3 +736,31 @@ func askOnce(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 	}
 	return transport.OutcomeUnknown, unexpected(transport.RoleTarget, m, "status-reply")
 }
+
+// QueryFiles asks the target, on a new connection (dial), what it sees at
+// the paths of the files a process writes: query and the answer are
+// internal/filesync's Query and Reply. Before a migration: it changes
+// nothing on either side.
+func QueryFiles(ctx context.Context, dial func(context.Context) (Conn, error), query json.RawMessage, timeout time.Duration) (json.RawMessage, error) {
+	if timeout <= 0 {
+		timeout = DefaultReadyTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("files query: dial: %w", err)
+	}
+	defer c.Close()
+	if err := c.Send(&transport.FilesQuery{Body: query}); err != nil {
+		return nil, fmt.Errorf("files query: %w", err)
+	}
+	m, err := c.Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("files query: %w", linkErr(ctx, err))
+	}
+	if r, ok := m.(*transport.FilesReply); ok {
+		return r.Body, nil
+	}
+	return nil, fmt.Errorf("files query: %w", unexpected(transport.RoleTarget, m, "files-reply"))
+}

@@ -6,6 +6,7 @@ package handoff
 // only on a Commit, and remember what became of every session.
 //
 //	wait Hello (HelloTimeout) or StatusQuery → answer from Outcomes, done
+//	  (or FilesQuery → answer with TargetConfig.Files, done)
 //	Prepare (husk), send Hello
 //	Layout/RoundDone per round, Freeze, the final round(s), State
 //	Restore, send Ready
@@ -78,6 +79,11 @@ type TargetConfig struct {
 	// close the link (so that closing here cannot lose the message).
 	Linger time.Duration
 	Logger *slog.Logger
+	// Files answers a connection that opens with a FilesQuery (the
+	// source asks, before a migration, what this host sees at the paths
+	// of the files the process writes): the reply's body, or an error
+	// sent back as an Error. Nil: such a connection is refused.
+	Files func(ctx context.Context, query json.RawMessage) (json.RawMessage, error)
 }
 
 func (c TargetConfig) withDefaults() TargetConfig {
@@ -101,8 +107,8 @@ var ErrAbortedByQuery = errors.New("a status query aborted the undecided session
 // TargetResult says what a control connection was about and how it ended.
 type TargetResult struct {
 	Session string // the session it concerned (for a query, the one asked about)
-	// Query: the connection only asked about Session; Outcome is the
-	// answer given.
+	// Query: the connection only asked about Session (Outcome is the
+	// answer given), or only asked a FilesQuery.
 	Query   bool
 	Outcome transport.Outcome
 }
@@ -176,6 +182,22 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 		}
 		Linger(ctx, conn, cfg.Linger)
 		return res, nil
+	case *transport.FilesQuery:
+		res.Query = true
+		if cfg.Files == nil {
+			return refuse(protocolErr(transport.RoleSource, "a files query, which this target does not answer"))
+		}
+		body, err := cfg.Files(ctx, m.Body)
+		if err != nil {
+			log.Warn("handoff: files query refused", "err", err)
+			conn.Send(&transport.Error{Code: "files-query", Text: transport.ClipText(err.Error())}) // best effort
+			return res, fmt.Errorf("target: files query: %w", err)
+		}
+		if err := conn.Send(&transport.FilesReply{Body: body}); err != nil {
+			return res, fmt.Errorf("target: answering a files query: %w", err)
+		}
+		Linger(ctx, conn, cfg.Linger)
+		return res, nil
 	case *transport.Hello:
 		if err := checkHello(m, transport.RoleSource, cfg.SessionID); err != nil {
 			return refuse(err)
@@ -184,7 +206,7 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 			return refuse(protocolErr(transport.RoleSource, "hello without a PID"))
 		}
 	default:
-		return refuse(unexpected(transport.RoleSource, m, "hello or status-query"))
+		return refuse(unexpected(transport.RoleSource, m, "hello, status-query or files-query"))
 	}
 
 	sctx, scancel := context.WithCancelCause(ctx)

@@ -681,3 +681,46 @@ func TestHandoffTargetShutdown(t *testing.T) {
 		})
 	})
 }
+
+// TestFilesQuery: a connection that opens with a FilesQuery is answered
+// with TargetConfig.Files and does no process work; without Files, or
+// when it fails, the source's QueryFiles gets an error.
+func TestFilesQuery(t *testing.T) {
+	ask := func(files func(context.Context, json.RawMessage) (json.RawMessage, error)) (json.RawMessage, TargetResult, error, error) {
+		rec := &recorder{}
+		none := &tActions{rec: &recorder{}}
+		done := make(chan tresult, 1)
+		dial := func(ctx context.Context) (Conn, error) {
+			src, tg := newLink(rec, nil)
+			go func() {
+				res, err := RunTarget(context.Background(), TargetConfig{SessionID: transport.NewSessionID(), Files: files, Linger: time.Millisecond}, none, tg, NewOutcomes(0, nil))
+				done <- tresult{res, err}
+			}()
+			return src, nil
+		}
+		body, err := QueryFiles(context.Background(), dial, json.RawMessage(`{"files":[]}`), 5*time.Second)
+		res := <-done
+		if ev := none.rec.events(); len(ev) != 0 {
+			t.Errorf("a files query did process work: %v", ev)
+		}
+		return body, res.res, res.err, err
+	}
+	body, res, terr, err := ask(func(_ context.Context, q json.RawMessage) (json.RawMessage, error) {
+		if string(q) != `{"files":[]}` {
+			t.Errorf("query %s", q)
+		}
+		return json.RawMessage(`{"files":[]}`), nil
+	})
+	if err != nil || terr != nil || string(body) != `{"files":[]}` || !res.Query {
+		t.Errorf("answered: %s, %+v, target %v, source %v", body, res, terr, err)
+	}
+	_, _, terr, err = ask(func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, errors.New("bad query") })
+	var pe *PeerError
+	if terr == nil || !errors.As(err, &pe) || pe.Code != "files-query" {
+		t.Errorf("failed: target %v, source %v", terr, err)
+	}
+	_, _, terr, err = ask(nil)
+	if terr == nil || !errors.As(err, &pe) || !pe.Abort {
+		t.Errorf("not answered: target %v, source %v", terr, err)
+	}
+}
