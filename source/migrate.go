@@ -69,6 +69,13 @@ type MigrateOptions struct {
 	// access mode of the original fd (a FIFO, a file): their fds are
 	// moved as external (DumpOptions.External) instead of refused.
 	Inherit map[string]string
+	// Sync are files and directory trees (absolute paths, no symlink on
+	// the way) copied to the target at the same paths: whole at the
+	// first round, the blocks that changed at each round after, and the
+	// last changes in the frozen window, before the target restores. A
+	// file the processes write outside them must be one the target
+	// shares (*FilesNotSharedError otherwise).
+	Sync []string
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -126,6 +133,11 @@ type MigrateReport struct {
 	// Stages is where the pages' time went: read, compress, wire here,
 	// apply on the target (see StageReport).
 	Stages []StageReport `json:"stages,omitempty"`
+	// SyncBytes is what the stream of the synced files carried
+	// (MigrateOptions.Sync), SyncSkipped what it did not copy (symlinks,
+	// sockets, devices found in the trees).
+	SyncBytes   int64    `json:"sync_bytes,omitempty"`
+	SyncSkipped []string `json:"sync_skipped,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -193,6 +205,31 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
+	roots, err := syncRoots(opts.Sync)
+	if err != nil {
+		return nil, err
+	}
+	// A new connection to the target, for the questions asked outside
+	// the migration's session.
+	redial := func(ctx context.Context) (handoff.Conn, error) {
+		c := opts.Transport
+		c.SessionID = ""
+		s2, err := transport.Dial(ctx, opts.To, c)
+		if err != nil {
+			return nil, err
+		}
+		st, err := s2.OpenStream(transport.KindControl)
+		if err != nil {
+			s2.Close()
+			return nil, err
+		}
+		return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
+	}
+	// Files written that the target does not see, before anything is
+	// touched.
+	if err := checkShared(ctx, opts.PID, alive, roots, redial); err != nil {
+		return nil, err
+	}
 	mounts, err := liveMounts(alive)
 	if err != nil {
 		return nil, err
@@ -237,6 +274,10 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
+	if len(roots) > 0 {
+		a.sync = &syncOut{roots: roots}
+		defer a.sync.close()
+	}
 	if opts.Bandwidth > 0 {
 		a.budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
 	}
@@ -246,21 +287,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String()}
 	cfg := handoff.SourceConfig{
-		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
-		Redial: func(ctx context.Context) (handoff.Conn, error) {
-			c := opts.Transport
-			c.SessionID = ""
-			s2, err := transport.Dial(ctx, opts.To, c)
-			if err != nil {
-				return nil, err
-			}
-			st, err := s2.OpenStream(transport.KindControl)
-			if err != nil {
-				s2.Close()
-				return nil, err
-			}
-			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
-		},
+		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, Redial: redial,
 	}
 	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
@@ -292,6 +319,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TargetSteps = a.targetSteps
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	if a.sync != nil && a.sync.s != nil {
+		rep.SyncBytes, rep.SyncSkipped = a.sync.s.Sent(), a.sync.s.Skipped
+	}
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
@@ -381,6 +411,7 @@ type liveSource struct {
 	progress func(RoundReport)
 	notify   func(Milestone)
 	mounts   *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
+	sync     *syncOut      // the synced trees (MigrateOptions.Sync), or nil
 	frozen   time.Time
 	resumed  time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -572,6 +603,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
 		a.milestone(MilestoneRound, int(r.Round()))
 		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
+		if a.sync != nil && a.sync.conn == nil {
+			ll.Sync = a.sync.roots
+		}
 		var err error
 		if ll.Shm, err = a.sysvOf(layouts); err != nil {
 			return err
@@ -608,9 +642,23 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if err := a.openPages(); err != nil {
 			return err
 		}
+		if a.sync != nil && a.sync.conn == nil {
+			// After the first round's page streams: the target takes
+			// them in that order.
+			if err := a.sync.open(a.sess, a.budget); err != nil {
+				return err
+			}
+		}
 		return r.Layout(body)
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
+		if a.frozen.IsZero() {
+			// The synced files' changes of the round (the frozen
+			// window's go last, in FinalState).
+			if err := a.sync.round(r.Round(), false); err != nil {
+				return err
+			}
+		}
 		if a.progress != nil {
 			a.progress(rep)
 		}
@@ -918,6 +966,12 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if total > maxLiveBlobs {
 		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
 	}
+	// The synced files as they are at the freeze, before the state: the
+	// target puts them in place before it restores.
+	if err := a.sync.round(r.Round(), true); err != nil {
+		return nil, err
+	}
+	d.lap("synced files")
 	return json.Marshal(st)
 }
 

@@ -224,7 +224,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	t.cgroupRoot, t.applyCgroupLimits = opts.CgroupRoot, opts.ApplyCgroupLimits
 	t.hooks = hooks
 	t.notify = notify
-	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log, Files: answerFiles}, t, transport.NewControl(ctrl), outcomes)
 	m.sessionDone(start, t, res, err)
 	if t.pid != 0 && res.Outcome == transport.OutcomeAborted {
 		t.event(SessionAborted, err)
