@@ -37,6 +37,9 @@ type Result struct {
 	TotalMS          float64 `json:"total_ms"`
 	DowntimeMS       float64 `json:"downtime_ms"`
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`
+	// SyncBytes is what the stream of the files copied with --sync
+	// carried.
+	SyncBytes int64 `json:"sync_bytes"`
 
 	// Stdout and Stderr are what migrate printed; Stdout held the report.
 	Stdout, Stderr string `json:"-"`

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/procmig/migrate/e2e/cluster"
+	"github.com/procmig/migrate/internal/testutil"
+)
+
+// Files the process writes that the target does not share: B has a
+// tmpfs of its own (in its mount namespace) where A has a directory of
+// the machine's, at the same path, and the workload on A appends to a log
+// there (O_WRONLY|O_APPEND).
+
+// privateDir makes a directory that node B sees as a tmpfs of its own,
+// and A (and the machine) as a plain directory: storage B does not
+// share.
+func privateDir(t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	dir := filepath.Join(c.Dir, "private")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.B.Command("mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs on B: %v: %s", err, out)
+	}
+	return dir
+}
+
+// readOn reads a file as node n sees it.
+func readOn(t *testing.T, n *cluster.Node, path string) string {
+	t.Helper()
+	out, err := n.Command("cat", path).Output()
+	if err != nil {
+		t.Fatalf("cat %s on %s: %v", path, n, err)
+	}
+	return string(out)
+}
+
+// checkLines checks that log holds "line 1" to "line N" in order, one
+// each, and returns N.
+func checkLines(t *testing.T, what, log string) int {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
+	for i, l := range lines {
+		if l != fmt.Sprintf("line %d", i+1) {
+			t.Fatalf("%s: line %d is %q, want \"line %d\" (%d lines)", what, i+1, l, i+1, len(lines))
+		}
+	}
+	return len(lines)
+}
+
+// TestNodeFilesNotShared: a process appending to a log that B does not
+// share is refused before pre-copy, naming the file and the way out
+// (shared storage or --sync), and runs on untouched; with --sync of the
+// log's directory it moves, and on B it appends to a copy that holds
+// what it had written at the freeze, line after line, with no gap and
+// nothing twice.
+func TestNodeFilesNotShared(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	dir := privateDir(t, c)
+	logf := filepath.Join(dir, "app.log")
+	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLogTick(t, p.Log, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	res, err := c.Migrate(ctx, c.A, c.B, p.NSPID)
+	msg := checkFailed(t, res, err)
+	t.Logf("migrate: %s", msg)
+	if !strings.Contains(msg, logf) || !strings.Contains(msg, "--sync") || !strings.Contains(msg, "shared storage") {
+		t.Errorf("the refusal does not name %s and the way out (shared storage, --sync): %s", logf, msg)
+	}
+	if res != nil && len(res.Rounds) > 0 {
+		t.Errorf("pre-copy ran %d rounds before the refusal", len(res.Rounds))
+	}
+	if l := onlyCopy(t, c, "appender", p.NSPID, c.A); l.PID != p.PID {
+		t.Errorf("the appender on A is pid %d, not the original %d", l.PID, p.PID)
+	}
+	waitLogTick(t, p.Log, lastLogTick(t, p.Log)+3)
+	if out, err := c.B.Command("ls", "-A", dir).Output(); err != nil || len(out) != 0 {
+		t.Errorf("B's private directory holds something after the refusal: %v %q", err, out)
+	}
+
+	res, err = c.Migrate(ctx, c.A, c.B, p.NSPID, "--sync", dir)
+	if err != nil {
+		t.Fatalf("migrate --sync %s: %v", dir, err)
+	}
+	t.Logf("migrated with --sync: %d rounds, downtime %.1f ms, %d bytes of files sent", len(res.Rounds), res.DowntimeMS, res.SyncBytes)
+	l := onlyCopy(t, c, "appender", p.NSPID, c.B)
+	// The original's file as it was at the freeze (nothing wrote it
+	// since: the original is gone).
+	before := readOn(t, c.A, logf)
+	n := checkLines(t, "A's log", before)
+	// B's copy goes on from there.
+	testutil.WaitFor(t, short, "the process on B to append 20 lines", func() bool {
+		return strings.Count(readOn(t, c.B, logf), "\n") > n+20
+	})
+	after := readOn(t, c.B, logf)
+	if !strings.HasPrefix(after, before) {
+		t.Fatalf("B's log does not begin with A's log at the freeze (%d bytes, B's %d)", len(before), len(after))
+	}
+	m := checkLines(t, "B's log", after)
+	t.Logf("A's log had %d lines at the freeze, B's has %d (pid %d on B)", n, m, l.PID)
+	if out, err := c.B.Command("ls", "-A", dir).Output(); err != nil || strings.Contains(string(out), ".migrate-sync") {
+		t.Errorf("staging files left on B: %v %s", err, out)
+	}
+}
