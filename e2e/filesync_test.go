@@ -115,3 +115,60 @@ func TestNodeFilesNotShared(t *testing.T) {
 		t.Errorf("staging files left on B: %v %s", err, out)
 	}
 }
+
+// TestNodeSyncRefused: what B will not write for --sync is refused, the
+// migration aborted and the original left running, with nothing written
+// on B: a symlink on B where the source has a directory (it would lead
+// the copy out of the synced tree), and a file of another user at the
+// log's path (it is not taken over).
+func TestNodeSyncRefused(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	dir := privateDir(t, c)
+	outside := filepath.Join(c.Dir, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logf := filepath.Join(dir, "sub", "app.log")
+	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLogTick(t, p.Log, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		name, setup, want string
+	}{
+		{"symlink", "ln -s " + outside + " " + dir + "/sub", "is a directory on the source"},
+		{"owner", "rm " + dir + "/sub && mkdir " + dir + "/sub && touch " + logf + " && chown 4242:4242 " + logf, "user 4242's"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out, err := c.B.Command("sh", "-c", tc.setup).CombinedOutput(); err != nil {
+				t.Fatalf("on B: %s: %v %s", tc.setup, err, out)
+			}
+			res, err := c.Migrate(ctx, c.A, c.B, p.NSPID, "--sync", dir)
+			msg := checkFailed(t, res, err)
+			t.Logf("migrate: %s", msg)
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("the refusal does not say %q: %s", tc.want, msg)
+			}
+			if l := onlyCopy(t, c, "appender", p.NSPID, c.A); l.PID != p.PID {
+				t.Errorf("the appender on A is pid %d, not the original %d", l.PID, p.PID)
+			}
+			waitLogTick(t, p.Log, lastLogTick(t, p.Log)+3)
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("written outside the synced tree, through B's symlink: %v", ents)
+			}
+			out, err := c.B.Command("sh", "-c", "ls -A "+dir+" "+dir+"/sub/ && stat -c '%u %s' "+dir+"/sub/* 2>/dev/null; true").Output()
+			if err != nil || strings.Contains(string(out), ".migrate-sync") {
+				t.Errorf("staging files left on B: %v %s", err, out)
+			}
+			if tc.name == "owner" && !strings.Contains(string(out), "4242 0") {
+				t.Errorf("the other user's file on B changed: %s", out)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/procmig/migrate/internal/filesync"
 )
@@ -42,6 +43,10 @@ type syncIn struct {
 	conn io.ReadCloser
 	done chan struct{} // closed when the applier is done with the stream
 	err  error         // then: nil after the end record
+
+	mu      sync.Mutex
+	applied int64         // the last round record applied (-1: none yet)
+	tick    chan struct{} // closed at the next round record
 }
 
 // newSyncIn prepares to write the trees roots, from the first layout.
@@ -53,7 +58,7 @@ func newSyncIn(roots []string, tag string) (*syncIn, error) {
 		}
 		return nil, err
 	}
-	return &syncIn{a: a, done: make(chan struct{})}, nil
+	return &syncIn{a: a, done: make(chan struct{}), applied: -1, tick: make(chan struct{})}, nil
 }
 
 // run applies the stream conn until its end record.
@@ -61,12 +66,45 @@ func (s *syncIn) run(conn io.ReadCloser, roots []string) {
 	s.conn = conn
 	go func() {
 		defer close(s.done)
-		err := s.a.Apply(filesync.NewReader(conn, roots), nil)
+		err := s.a.Apply(filesync.NewReader(conn, roots), func(n uint32) {
+			s.mu.Lock()
+			s.applied = int64(n)
+			close(s.tick)
+			s.tick = make(chan struct{})
+			s.mu.Unlock()
+		})
 		if errors.Is(err, filesync.ErrRefused) {
 			err = &FilesError{Err: err}
 		}
 		s.err = err
 	}()
+}
+
+// wait returns once the files of round n are written (the source sends
+// them before the round's RoundDone), or the stream ended (its end
+// record comes in the frozen window, a final round's RoundDone may come
+// first): a synced file refused here aborts the pre-copy, and the
+// source's last pre-copy round, acknowledged, leaves only the frozen
+// window's changes to write.
+func (s *syncIn) wait(ctx context.Context, n uint32) error {
+	if s == nil || s.conn == nil {
+		return nil
+	}
+	for {
+		s.mu.Lock()
+		applied, tick := s.applied, s.tick
+		s.mu.Unlock()
+		if applied >= int64(n) {
+			return nil
+		}
+		select {
+		case <-tick:
+		case <-s.done:
+			return s.err
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }
 
 // commit waits for the stream's end and puts the files in place.

@@ -558,6 +558,9 @@ func (t *liveTarget) lowBarrier() int {
 }
 
 func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) error {
+	if err := t.sync.wait(ctx, rd.Round); err != nil {
+		return fmt.Errorf("round %d: %w", rd.Round, err)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		t.mu.Lock()
 		t.cond.Broadcast()
