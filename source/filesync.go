@@ -3,8 +3,10 @@ package source
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,6 +100,9 @@ func writtenFiles(pids []int, sync []string) ([]writtenFile, error) {
 	for _, pid := range pids {
 		dir := fmt.Sprintf("/proc/%d/fd", pid)
 		ents, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue // it exited: it leaves the tree
+		}
 		if err != nil {
 			return nil, fmt.Errorf("process %d: %w", pid, err)
 		}
@@ -118,6 +123,9 @@ func writtenFiles(pids []int, sync []string) ([]writtenFile, error) {
 			add(pid, path, link)
 		}
 		maps, err := proc.ReadMaps(pid)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("process %d: %w", pid, err)
 		}

@@ -968,10 +968,12 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	// The synced files as they are at the freeze, before the state: the
 	// target puts them in place before it restores.
-	if err := a.sync.round(r.Round(), true); err != nil {
-		return nil, err
+	if a.sync != nil {
+		if err := a.sync.round(r.Round(), true); err != nil {
+			return nil, err
+		}
+		d.lap("synced files")
 	}
-	d.lap("synced files")
 	return json.Marshal(st)
 }
 
