@@ -139,6 +139,14 @@ func TestNodeSyncRefused(t *testing.T) {
 	waitLogTick(t, p.Log, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// A tree B shares: copying it would replace the files the original
+	// writes; refused before pre-copy.
+	res, err := c.Migrate(ctx, c.A, c.B, p.NSPID, "--sync", dir, "--sync", outside)
+	msg := checkFailed(t, res, err)
+	t.Logf("migrate: %s", msg)
+	if !strings.Contains(msg, outside) || !strings.Contains(msg, "shares it") || (res != nil && len(res.Rounds) > 0) {
+		t.Errorf("--sync of a shared directory: %s (report %+v)", msg, res)
+	}
 	for _, tc := range []struct {
 		name, setup, want string
 	}{

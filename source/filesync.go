@@ -66,6 +66,7 @@ type writtenFile struct {
 	pid        int
 	path, link string
 	dev, ino   uint64
+	root       bool // a --sync tree, not a file the processes write
 }
 
 // pseudoFS are the filesystems whose files are the kernel's, not stored
@@ -149,18 +150,28 @@ func (w writtenFile) probe() (filesync.Probe, error) {
 }
 
 // checkShared asks the target (on a connection dial opens) whether it
-// sees the files the processes pids write, but those under sync; a
-// *FilesNotSharedError names those it does not.
+// sees the files the processes pids write, but those under sync, and the
+// trees sync: a *FilesNotSharedError names the files it does not see, a
+// *SyncSharedError the trees it does.
 func checkShared(ctx context.Context, pid int, pids []int, sync []string, dial func(context.Context) (handoff.Conn, error)) error {
 	files, err := writtenFiles(pids, sync)
-	if err != nil || len(files) == 0 {
+	if err != nil {
 		return err
+	}
+	for _, root := range sync {
+		files = append(files, writtenFile{path: root, link: root, root: true})
+	}
+	if len(files) == 0 {
+		return nil
 	}
 	q := filesync.Query{Files: make([]filesync.Probe, 0, len(files))}
 	var asked []writtenFile
 	for _, f := range files {
 		p, err := f.probe()
 		if err != nil {
+			if f.root {
+				return fmt.Errorf("--sync %s: %w", f.path, err)
+			}
 			continue // closed meanwhile
 		}
 		q.Files = append(q.Files, p)
@@ -182,19 +193,38 @@ func checkShared(ctx context.Context, pid int, pids []int, sync []string, dial f
 		return err
 	}
 	nse := &FilesNotSharedError{PID: pid}
+	sse := &SyncSharedError{}
 	for i, before := range q.Files {
 		after, err := asked[i].probe()
 		if err != nil {
 			after = before // closed meanwhile: judged on the first look
 		}
-		if !filesync.Shared(before, after, r.Files[i]) {
+		shared := filesync.Shared(before, after, r.Files[i])
+		switch {
+		case asked[i].root && shared:
+			sse.Paths = append(sse.Paths, before.Path)
+		case !asked[i].root && !shared:
 			nse.Files = append(nse.Files, NotSharedFile{PID: asked[i].pid, Path: before.Path, Why: filesync.Why(before, r.Files[i])})
 		}
 	}
-	if len(nse.Files) > 0 {
+	switch {
+	case len(sse.Paths) > 0:
+		return sse
+	case len(nse.Files) > 0:
 		return nse
 	}
 	return nil
+}
+
+// SyncSharedError: a tree named with --sync is one the target shares
+// (the same directory or file, on shared storage): copying it would
+// replace the files under the original's feet. Leave --sync out for it.
+type SyncSharedError struct {
+	Paths []string
+}
+
+func (e *SyncSharedError) Error() string {
+	return fmt.Sprintf("--sync %s: the target shares it (the same files, on shared storage): it needs no copy, leave --sync out for it", strings.Join(e.Paths, ", "))
 }
 
 // syncRoots checks the paths of MigrateOptions.Sync: absolute, existing,

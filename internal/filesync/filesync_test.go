@@ -250,6 +250,19 @@ func TestProbe(t *testing.T) {
 	if s := Answer(q).Files[0]; Shared(p, p, s) || s.Exists {
 		t.Errorf("no file is shared: %+v", s)
 	}
+	// A directory: its own inode, or another.
+	dp := probe(dir)
+	if !dp.Dir || dp.SampleLen != 0 {
+		t.Fatalf("directory probe %+v", dp)
+	}
+	if s := Answer(&Query{Files: []Probe{dp}}).Files[0]; !Shared(dp, dp, s) {
+		t.Errorf("the same directory is not shared: %+v", s)
+	}
+	other := dp
+	other.Ino++
+	if s := Answer(&Query{Files: []Probe{other}}).Files[0]; Shared(other, other, s) {
+		t.Errorf("another directory is shared: %+v", s)
+	}
 	// Through a symlink.
 	if err := os.Symlink(dir, filepath.Join(dir, "link")); err != nil {
 		t.Fatal(err)

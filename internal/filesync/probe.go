@@ -32,6 +32,9 @@ type Probe struct {
 	// SHA-256).
 	SampleLen int64  `json:"sample_len"`
 	Sample    string `json:"sample"`
+	// Dir: a directory (a --sync tree's root), compared by inode and
+	// time only (SampleLen 0).
+	Dir bool `json:"dir,omitempty"`
 }
 
 // Query asks the target what it sees at the paths of Files.
@@ -43,6 +46,7 @@ type Query struct {
 type Seen struct {
 	Exists  bool   `json:"exists"`
 	Regular bool   `json:"regular,omitempty"`
+	Dir     bool   `json:"dir,omitempty"`
 	Ino     uint64 `json:"ino,omitempty"`
 	Size    int64  `json:"size,omitempty"`
 	Mtime   int64  `json:"mtime_ns,omitempty"`
@@ -75,7 +79,7 @@ func DecodeQuery(b []byte) (*Query, error) {
 		if err := core.ValidPath(p.Path); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrBadQuery, err)
 		}
-		if p.Size < 0 || p.SampleLen < 0 || p.SampleLen > SampleLen || p.SampleLen > p.Size {
+		if p.Size < 0 || p.SampleLen < 0 || p.SampleLen > SampleLen || p.SampleLen > p.Size || (p.Dir && p.SampleLen != 0) {
 			return nil, fmt.Errorf("%w: %s: size %d, sample of %d bytes", ErrBadQuery, p.Path, p.Size, p.SampleLen)
 		}
 		if b, err := hex.DecodeString(p.Sample); err != nil || len(b) != sha256.Size {
@@ -123,8 +127,9 @@ func look(p Probe) Seen {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return Seen{Err: err.Error()}
 	}
-	s := Seen{Exists: true, Regular: st.Mode&unix.S_IFMT == unix.S_IFREG, Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano()}
-	if !s.Regular || s.Ino != p.Ino {
+	s := Seen{Exists: true, Regular: st.Mode&unix.S_IFMT == unix.S_IFREG, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR,
+		Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano()}
+	if !s.Regular || s.Ino != p.Ino || p.Dir {
 		return s
 	}
 	// The very inode opened above, for reading.
@@ -152,13 +157,17 @@ func sample(f *os.File, n int64) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// NewProbe describes the regular file f (open for reading) for a Query.
+// NewProbe describes the regular file or directory f (open for reading)
+// for a Query.
 func NewProbe(path string, f *os.File) (Probe, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Probe{}, &os.PathError{Op: "fstat", Path: path, Err: err}
 	}
 	p := Probe{Path: path, Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano(), SampleLen: min(st.Size, SampleLen)}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		p.Dir, p.Size, p.SampleLen = true, 0, 0
+	}
 	sum, err := sample(f, p.SampleLen)
 	if err != nil {
 		return Probe{}, fmt.Errorf("sample of %s: %w", path, err)
@@ -172,6 +181,10 @@ func NewProbe(path string, f *os.File) (Probe, error) {
 // (the source's looks before the question and after the answer: a file
 // written meanwhile grows), and the same first bytes.
 func Shared(before, after Probe, s Seen) bool {
+	if before.Dir {
+		return s.Exists && s.Dir && s.Err == "" && s.Ino == before.Ino && after.Ino == before.Ino &&
+			between(before.Mtime, s.Mtime, after.Mtime)
+	}
 	return s.Exists && s.Regular && s.Err == "" && s.SampleOK &&
 		s.Ino == before.Ino && after.Ino == before.Ino &&
 		between(before.Size, s.Size, after.Size) && between(before.Mtime, s.Mtime, after.Mtime)
@@ -186,12 +199,17 @@ func Why(p Probe, s Seen) string {
 		return "the target cannot look at it: " + s.Err
 	case !s.Exists:
 		return "the target has no file there"
-	case !s.Regular:
+	case p.Dir && !s.Dir:
+		return "the target has something else than a directory there"
+	case !p.Dir && !s.Regular:
 		return "the target has something else than a regular file there"
 	case s.Ino != p.Ino:
 		return "the target has another file there (another inode)"
-	case !s.SampleOK:
+	case !p.Dir && !s.SampleOK:
 		return "the target's file has other contents"
+	}
+	if p.Dir {
+		return "the target's directory differs (its time)"
 	}
 	return fmt.Sprintf("the target's file differs (size %d, source's %d)", s.Size, p.Size)
 }
