@@ -33,6 +33,18 @@ func privateDir(t *testing.T, c *cluster.Cluster) string {
 	return dir
 }
 
+// startAppender starts testdata/appender on A, appending to logf, and
+// waits for its first lines.
+func startAppender(t *testing.T, c *cluster.Cluster, logf string) *cluster.Proc {
+	t.Helper()
+	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLogTick(t, p.Log, 3)
+	return p
+}
+
 // readOn reads a file as node n sees it.
 func readOn(t *testing.T, n *cluster.Node, path string) string {
 	t.Helper()
@@ -66,11 +78,7 @@ func TestNodeFilesNotShared(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
 	dir := privateDir(t, c)
 	logf := filepath.Join(dir, "app.log")
-	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitLogTick(t, p.Log, 3)
+	p := startAppender(t, c, logf)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -132,11 +140,7 @@ func TestNodeSyncRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	logf := filepath.Join(dir, "sub", "app.log")
-	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitLogTick(t, p.Log, 3)
+	p := startAppender(t, c, logf)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// A tree B shares: copying it would replace the files the original

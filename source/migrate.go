@@ -214,16 +214,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	redial := func(ctx context.Context) (handoff.Conn, error) {
 		c := opts.Transport
 		c.SessionID = ""
-		s2, err := transport.Dial(ctx, opts.To, c)
-		if err != nil {
-			return nil, err
-		}
-		st, err := s2.OpenStream(transport.KindControl)
-		if err != nil {
-			s2.Close()
-			return nil, err
-		}
-		return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
+		return dialControl(ctx, opts.To, c)
 	}
 	// Files written that the target does not see, before anything is
 	// touched.
@@ -384,6 +375,21 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 type sessionControl struct {
 	*transport.Control
 	s *transport.Session
+}
+
+// dialControl opens a new session to the target at to, and its control
+// stream.
+func dialControl(ctx context.Context, to string, cfg transport.Config) (handoff.Conn, error) {
+	s, err := transport.Dial(ctx, to, cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.OpenStream(transport.KindControl)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &sessionControl{Control: transport.NewControl(st), s: s}, nil
 }
 
 func (c *sessionControl) Close() error {
@@ -1169,17 +1175,7 @@ func (a *liveSource) LeaveFrozen() error {
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (handoff.Conn, error) {
-		c := cfg
-		s, err := transport.Dial(ctx, to, c)
-		if err != nil {
-			return nil, err
-		}
-		st, err := s.OpenStream(transport.KindControl)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+		return dialControl(ctx, to, cfg)
 	}
 	var rec *Record
 	if pid > 0 {
