@@ -230,6 +230,8 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 		t.event(SessionAborted, err)
 	}
 	switch {
+	case res.Files:
+		log.Info("answered a question about files", "err", err)
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
 	case err != nil:

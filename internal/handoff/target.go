@@ -107,10 +107,12 @@ var ErrAbortedByQuery = errors.New("a status query aborted the undecided session
 // TargetResult says what a control connection was about and how it ended.
 type TargetResult struct {
 	Session string // the session it concerned (for a query, the one asked about)
-	// Query: the connection only asked about Session (Outcome is the
-	// answer given), or only asked a FilesQuery.
+	// Query: the connection only asked about Session; Outcome is the
+	// answer given.
 	Query   bool
 	Outcome transport.Outcome
+	// Files: the connection only asked a FilesQuery.
+	Files bool
 }
 
 // TargetError: the session failed at Phase. With Outcome aborted the
@@ -183,7 +185,7 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 		Linger(ctx, conn, cfg.Linger)
 		return res, nil
 	case *transport.FilesQuery:
-		res.Query = true
+		res.Files = true
 		if cfg.Files == nil {
 			return refuse(protocolErr(transport.RoleSource, "a files query, which this target does not answer"))
 		}

@@ -711,7 +711,7 @@ func TestFilesQuery(t *testing.T) {
 		}
 		return json.RawMessage(`{"files":[]}`), nil
 	})
-	if err != nil || terr != nil || string(body) != `{"files":[]}` || !res.Query {
+	if err != nil || terr != nil || string(body) != `{"files":[]}` || !res.Files || res.Query {
 		t.Errorf("answered: %s, %+v, target %v, source %v", body, res, terr, err)
 	}
 	_, _, terr, err = ask(func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, errors.New("bad query") })
