@@ -35,9 +35,9 @@ func privateDir(t *testing.T, c *cluster.Cluster) string {
 
 // startAppender starts testdata/appender on A, appending to logf, and
 // waits for its first lines.
-func startAppender(t *testing.T, c *cluster.Cluster, logf string) *cluster.Proc {
+func startAppender(t *testing.T, c *cluster.Cluster, logf string, args ...string) *cluster.Proc {
 	t.Helper()
-	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), logf)
+	p, err := c.A.Start(cluster.StartOptions{}, testutil.Build(t, "appender"), append(args, logf)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,17 @@ func TestNodeFilesNotShared(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
 	dir := privateDir(t, c)
 	logf := filepath.Join(dir, "app.log")
-	p := startAppender(t, c, logf)
+	// A file of the tree that does not change: sent at the first round
+	// only.
+	const dataLen = 8 << 20
+	data := make([]byte, dataLen)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data.bin"), data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	p := startAppender(t, c, logf, "-m", "32")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -104,6 +114,17 @@ func TestNodeFilesNotShared(t *testing.T) {
 		t.Fatalf("migrate --sync %s: %v", dir, err)
 	}
 	t.Logf("migrated with --sync: %d rounds, downtime %.1f ms, %d bytes of files sent", len(res.Rounds), res.DowntimeMS, res.SyncBytes)
+	for _, st := range append(res.FrozenSteps, res.TargetSteps...) {
+		if st.Name == "synced files" {
+			t.Logf("downtime step %q: %.2f ms", st.Name, st.MS)
+		}
+	}
+	if res.SyncBytes < dataLen || res.SyncBytes > dataLen+1<<20 {
+		t.Errorf("%d bytes of files sent in %d rounds for an unchanging %d-byte file and a log", res.SyncBytes, len(res.Rounds), dataLen)
+	}
+	if got := readOn(t, c.B, filepath.Join(dir, "data.bin")); got != string(data) {
+		t.Errorf("data.bin on B differs (%d bytes)", len(got))
+	}
 	l := onlyCopy(t, c, "appender", p.NSPID, c.B)
 	// The original's file as it was at the freeze (nothing wrote it
 	// since: the original is gone).

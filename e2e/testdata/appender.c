@@ -1,22 +1,43 @@
 /* appender: a process that writes a log, as a service does.
  *
- *   appender FILE
+ *   appender [-m MiB] FILE
  *
  * FILE is opened O_WRONLY|O_APPEND|O_CREAT; every 10 ms the process
- * appends "line N\n" to it, N counting from 1 on.
+ * appends "line N\n" to it, N counting from 1 on. -m MiB: it also holds
+ * a heap of that size and rewrites 1 MiB of it each tick, in turn, so
+ * that pre-copy takes several rounds.
  *
  * Lines (stdout): "ready pid=P", then "tick N" per line appended. */
 #include "common.h"
 
 int main(int argc, char **argv)
 {
-	if (argc != 2)
+	long mib = 0;
+	int opt;
+	while ((opt = getopt(argc, argv, "m:")) != -1) {
+		if (opt != 'm')
+			return 2;
+		mib = atol(optarg);
+	}
+	if (optind != argc - 1)
 		return 2;
-	int fd = open(argv[1], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	int fd = open(argv[optind], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	if (fd < 0)
 		die("open");
+	char *heap = NULL;
+	if (mib > 0) {
+		heap = malloc(mib << 20);
+		if (!heap)
+			die("malloc");
+		memset(heap, 1, mib << 20);
+	}
 	say("ready pid=%d", getpid());
 	for (unsigned long n = 1;; n++) {
+		if (heap) {
+			char *p = heap + ((n % mib) << 20);
+			for (long off = 0; off < 1 << 20; off += 4096)
+				p[off] = (char)n;
+		}
 		char line[64];
 		int len = snprintf(line, sizeof line, "line %lu\n", n);
 		if (write(fd, line, len) != len)
