@@ -152,11 +152,17 @@ func (w writtenFile) probe() (filesync.Probe, error) {
 // checkShared asks the target (on a connection dial opens) whether it
 // sees the files the processes pids write, but those under sync, and the
 // trees sync: a *FilesNotSharedError names the files it does not see, a
-// *SyncSharedError the trees it does.
-func checkShared(ctx context.Context, pid int, pids []int, sync []string, dial func(context.Context) (handoff.Conn, error)) error {
-	files, err := writtenFiles(pids, sync)
-	if err != nil {
-		return err
+// *SyncSharedError the trees it does. Processes in a mount namespace of
+// their own (ownNS) name their files by paths of that namespace, which
+// the target rebuilds (its tmpfs files come with the state, its host
+// mounts must be the target's): their files are not asked about.
+func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []string, dial func(context.Context) (handoff.Conn, error)) error {
+	var files []writtenFile
+	if !ownNS {
+		var err error
+		if files, err = writtenFiles(pids, sync); err != nil {
+			return err
+		}
 	}
 	for _, root := range sync {
 		files = append(files, writtenFile{path: root, link: root, root: true})

@@ -205,6 +205,10 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckMappings(DumpOptions{PID: opts.PID, Tree: opts.Tree}); err != nil {
 		return nil, err
 	}
+	mounts, err := liveMounts(alive)
+	if err != nil {
+		return nil, err
+	}
 	roots, err := syncRoots(opts.Sync)
 	if err != nil {
 		return nil, err
@@ -218,11 +222,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	// Files written that the target does not see, before anything is
 	// touched.
-	if err := checkShared(ctx, opts.PID, alive, roots, redial); err != nil {
-		return nil, err
-	}
-	mounts, err := liveMounts(alive)
-	if err != nil {
+	if err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, redial); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
