@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -77,6 +79,55 @@ func FuzzDecodeQuery(f *testing.F) {
 			if p.Path == "" || p.Path[0] != '/' || bytes.Contains([]byte(p.Path), []byte("/../")) {
 				t.Fatalf("path %q", p.Path)
 			}
+		}
+	})
+}
+
+// FuzzApply: whatever stream a peer sends, the applier writes nothing
+// outside the synced root, even with a symlink in the root that leads
+// out, and leaves nothing once discarded. "/R" in the input stands for
+// the root.
+func FuzzApply(f *testing.F) {
+	f.Add(stream(f, func(w *writer) {
+		w.header(&Header{Path: "/R/d", Mode: unix.S_IFDIR | 0o755})
+		w.header(&Header{Path: "/R/d/f", Mode: unix.S_IFREG | 0o644, Size: 3})
+		w.block(0, []byte("abc"))
+		w.round(0, false)
+		w.header(&Header{Path: "/R/out/f", Mode: unix.S_IFREG | 0o644, Size: 1})
+		w.block(0, []byte("x"))
+		w.round(1, true)
+	}))
+	f.Add(stream(f, func(w *writer) {
+		w.header(&Header{Path: "/R/out/../../x", Mode: unix.S_IFREG | 0o644, Size: 1})
+		w.round(0, true)
+	}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		root, outside := filepath.Join(dir, "root"), filepath.Join(dir, "outside")
+		os.Mkdir(root, 0o755)
+		os.Mkdir(outside, 0o755)
+		if err := os.Symlink(outside, filepath.Join(root, "out")); err != nil {
+			t.Fatal(err)
+		}
+		b = bytes.ReplaceAll(b, []byte("/R"), []byte(root))
+		a, err := NewApplier([]string{root}, "fuzz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = a.Apply(NewReader(bytes.NewReader(b), []string{root}), nil)
+		if err != nil && !errors.Is(err, ErrStream) && !errors.Is(err, ErrRefused) {
+			var pe *os.PathError
+			if !errors.As(err, &pe) {
+				t.Fatalf("error %v (%T) is neither ErrStream, ErrRefused nor a path's", err, err)
+			}
+		}
+		a.Discard()
+		a.Close()
+		if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+			t.Fatalf("wrote outside the root: %v", ents)
+		}
+		if ents, _ := os.ReadDir(root); len(ents) != 1 {
+			t.Fatalf("left in the root after Discard: %v", ents)
 		}
 	})
 }
