@@ -115,7 +115,7 @@ func TestNodeFilesNotShared(t *testing.T) {
 	}
 	t.Logf("migrated with --sync: %d rounds, downtime %.1f ms, %d bytes of files sent", len(res.Rounds), res.DowntimeMS, res.SyncBytes)
 	for _, st := range append(res.FrozenSteps, res.TargetSteps...) {
-		if st.Name == "synced files" {
+		if st.Name == "synced files" || st.Name == "files written since asked" {
 			t.Logf("downtime step %q: %.2f ms", st.Name, st.MS)
 		}
 	}
@@ -203,5 +203,35 @@ func TestNodeSyncRefused(t *testing.T) {
 				t.Errorf("the other user's file on B changed: %s", out)
 			}
 		})
+	}
+}
+
+// TestNodeFilesWrittenSinceAsked: a file the process opens for writing
+// during pre-copy (its log rotated, by a pre-freeze hook, to a directory
+// B does not share) is asked about at the freeze: the migration is
+// refused there, naming it, and the original runs on, writing it.
+func TestNodeFilesWrittenSinceAsked(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	dir := privateDir(t, c)
+	rotated := filepath.Join(dir, "app.log.1")
+	p := startAppender(t, c, filepath.Join(c.Dir, "app.log"), "-r", rotated)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rotate := fmt.Sprintf("pre-freeze=kill -USR1 $MIGRATE_PID && until grep -q rotated %s; do sleep 0.01; done", p.Log)
+	res, err := c.Migrate(ctx, c.A, c.B, p.NSPID, "--hook", rotate)
+	msg := checkFailed(t, res, err)
+	t.Logf("migrate: %s", msg)
+	if !strings.Contains(msg, rotated) || !strings.Contains(msg, "--sync") {
+		t.Errorf("the refusal does not name %s and the way out: %s", rotated, msg)
+	}
+	if l := onlyCopy(t, c, "appender", p.NSPID, c.A); l.PID != p.PID {
+		t.Errorf("the appender on A is pid %d, not the original %d", l.PID, p.PID)
+	}
+	n := strings.Count(readOn(t, c.A, rotated), "\n")
+	testutil.WaitFor(t, short, "the original to write on to the rotated log", func() bool {
+		return strings.Count(readOn(t, c.A, rotated), "\n") > n+3
+	})
+	if out, err := c.B.Command("ls", "-A", dir).Output(); err != nil || len(out) != 0 {
+		t.Errorf("B's private directory holds something after the refusal: %v %q", err, out)
 	}
 }

@@ -149,24 +149,79 @@ func (w writtenFile) probe() (filesync.Probe, error) {
 	return filesync.NewProbe(w.path, f)
 }
 
+// fileKey is a file by device and inode.
+type fileKey [2]uint64
+
 // checkShared asks the target (on a connection dial opens) whether it
 // sees the files the processes pids write, but those under sync, and the
 // trees sync: a *FilesNotSharedError names the files it does not see, a
-// *SyncSharedError the trees it does. Processes in a mount namespace of
-// their own (ownNS) name their files by paths of that namespace, which
-// the target rebuilds (its tmpfs files come with the state, its host
-// mounts must be the target's): their files are not asked about.
-func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []string, dial func(context.Context) (handoff.Conn, error)) error {
+// *SyncSharedError the trees it does. It returns the files it asked
+// about (the freeze asks about those written since: recheckShared).
+// Processes in a mount namespace of their own (ownNS) name their files
+// by paths of that namespace, which the target rebuilds (its tmpfs files
+// come with the state, its host mounts must be the target's): their
+// files are not asked about.
+func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []string, dial func(context.Context) (handoff.Conn, error)) (map[fileKey]bool, error) {
 	var files []writtenFile
 	if !ownNS {
 		var err error
 		if files, err = writtenFiles(pids, sync); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, root := range sync {
 		files = append(files, writtenFile{path: root, link: root, root: true})
 	}
+	asked := map[fileKey]bool{}
+	for _, f := range files {
+		if !f.root {
+			asked[fileKey{f.dev, f.ino}] = true
+		}
+	}
+	return asked, askShared(ctx, pid, files, dial)
+}
+
+// recheckShared asks the target about the files the frozen processes of
+// img write that checkShared did not ask about (opened for writing
+// during pre-copy), but those under sync and those of pseudo
+// filesystems.
+// Preconditions: the processes are frozen (img is their state).
+func recheckShared(ctx context.Context, img *core.Image, asked map[fileKey]bool, sync []string, dial func(context.Context) (handoff.Conn, error)) error {
+	var files []writtenFile
+	add := func(pid int, ref *core.FileRef, link string) {
+		key := fileKey{ref.Dev, ref.Ino}
+		if ref.Deleted || asked[key] || !strings.HasPrefix(ref.Path, "/") || strings.HasPrefix(ref.Path, "/memfd:") ||
+			core.ValidPath(ref.Path) != nil || filesync.Under(ref.Path, sync) != "" {
+			return
+		}
+		asked[key] = true
+		var fs unix.Statfs_t
+		if unix.Statfs(link, &fs) == nil && pseudoFS[int64(fs.Type)] {
+			return
+		}
+		files = append(files, writtenFile{pid: pid, path: ref.Path, link: link, dev: ref.Dev, ino: ref.Ino})
+	}
+	for _, pp := range img.Processes() {
+		p := pp.Process
+		for _, fd := range p.FDs {
+			if fd.Kind == core.FDFile && fd.File != nil && fd.Flags&unix.O_ACCMODE != unix.O_RDONLY {
+				add(p.PID, fd.File, fmt.Sprintf("/proc/%d/fd/%d", p.PID, fd.FD))
+			}
+		}
+		for _, v := range p.VMAs {
+			if v.File != nil && v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
+				add(p.PID, v.File, fmt.Sprintf("/proc/%d/map_files/%x-%x", p.PID, v.Start, v.End))
+			}
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	return askShared(ctx, img.Process.PID, files, dial)
+}
+
+// askShared asks the target about files.
+func askShared(ctx context.Context, pid int, files []writtenFile, dial func(context.Context) (handoff.Conn, error)) error {
 	if len(files) == 0 {
 		return nil
 	}

@@ -222,7 +222,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	// Files written that the target does not see, before anything is
 	// touched.
-	if err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, redial); err != nil {
+	asked, err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, redial)
+	if err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
@@ -265,6 +266,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
+	if mounts == nil {
+		a.asked, a.redial = asked, redial
+	}
 	if len(roots) > 0 {
 		a.sync = &syncOut{roots: roots}
 		defer a.sync.close()
@@ -377,6 +381,14 @@ type sessionControl struct {
 	s *transport.Session
 }
 
+// syncRoots are the synced trees, if any.
+func (a *liveSource) syncRoots() []string {
+	if a.sync == nil {
+		return nil
+	}
+	return a.sync.roots
+}
+
 // dialControl opens a new session to the target at to, and its control
 // stream.
 func dialControl(ctx context.Context, to string, cfg transport.Config) (handoff.Conn, error) {
@@ -418,6 +430,12 @@ type liveSource struct {
 	notify   func(Milestone)
 	mounts   *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
 	sync     *syncOut      // the synced trees (MigrateOptions.Sync), or nil
+	// asked are the files the target was asked about before pre-copy
+	// (nil: none are, the processes have a mount namespace of their
+	// own); the freeze asks, on a connection redial opens, about those
+	// written since.
+	asked  map[fileKey]bool
+	redial func(context.Context) (handoff.Conn, error)
 	frozen   time.Time
 	resumed  time.Time
 	// released are the listening sockets let go at the freeze (to be
@@ -971,6 +989,14 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	}
 	if total > maxLiveBlobs {
 		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
+	}
+	// Files opened for writing during pre-copy: the target was not
+	// asked about them yet.
+	if a.asked != nil {
+		if err := recheckShared(ctx, a.img, a.asked, a.syncRoots(), a.redial); err != nil {
+			return nil, err
+		}
+		d.lap("files written since asked")
 	}
 	// The synced files as they are at the freeze, before the state: the
 	// target puts them in place before it restores.
