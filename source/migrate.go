@@ -434,10 +434,10 @@ type liveSource struct {
 	// (nil: none are, the processes have a mount namespace of their
 	// own); the freeze asks, on a connection redial opens, about those
 	// written since.
-	asked  map[fileKey]bool
-	redial func(context.Context) (handoff.Conn, error)
-	frozen   time.Time
-	resumed  time.Time
+	asked   map[fileKey]bool
+	redial  func(context.Context) (handoff.Conn, error)
+	frozen  time.Time
+	resumed time.Time
 	// released are the listening sockets let go at the freeze (to be
 	// listened on again on a rollback).
 	released []releasedListener
