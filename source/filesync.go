@@ -152,7 +152,8 @@ func (w writtenFile) probe() (filesync.Probe, error) {
 // fileKey is a file by device and inode.
 type fileKey [2]uint64
 
-// checkShared asks the target (on a connection dial opens) whether it
+// checkShared asks the target (on conn, before the migration's Hello)
+// whether it
 // sees the files the processes pids write, but those under sync, and the
 // trees sync: a *FilesNotSharedError names the files it does not see, a
 // *SyncSharedError the trees it does. It returns the files it asked
@@ -161,7 +162,7 @@ type fileKey [2]uint64
 // by paths of that namespace, which the target rebuilds (its tmpfs files
 // come with the state, its host mounts must be the target's): their
 // files are not asked about.
-func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []string, dial func(context.Context) (handoff.Conn, error)) (map[fileKey]bool, error) {
+func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []string, conn handoff.Conn) (map[fileKey]bool, error) {
 	var files []writtenFile
 	if !ownNS {
 		var err error
@@ -178,7 +179,7 @@ func checkShared(ctx context.Context, pid int, pids []int, ownNS bool, sync []st
 			asked[fileKey{f.dev, f.ino}] = true
 		}
 	}
-	return asked, askShared(ctx, pid, files, dial)
+	return asked, askShared(ctx, pid, files, conn)
 }
 
 // recheckShared asks the target about the files the frozen processes of
@@ -217,11 +218,17 @@ func recheckShared(ctx context.Context, img *core.Image, asked map[fileKey]bool,
 	if len(files) == 0 {
 		return nil
 	}
-	return askShared(ctx, img.Process.PID, files, dial)
+	conn, err := dial(ctx)
+	if err != nil {
+		return fmt.Errorf("asking the target whether it shares the files opened for writing during pre-copy: %w", err)
+	}
+	defer conn.Close()
+	return askShared(ctx, img.Process.PID, files, conn)
 }
 
-// askShared asks the target about files.
-func askShared(ctx context.Context, pid int, files []writtenFile, dial func(context.Context) (handoff.Conn, error)) error {
+// askShared asks the target about files, on conn (before a Hello, or
+// on a connection of its own).
+func askShared(ctx context.Context, pid int, files []writtenFile, conn handoff.Conn) error {
 	if len(files) == 0 {
 		return nil
 	}
@@ -245,7 +252,7 @@ func askShared(ctx context.Context, pid int, files []writtenFile, dial func(cont
 	if err != nil {
 		return err
 	}
-	rb, err := handoff.QueryFiles(ctx, dial, body, 0)
+	rb, err := handoff.QueryFiles(ctx, conn, body, 0)
 	if err != nil {
 		return fmt.Errorf("asking the target whether it shares the files the process writes: %w", err)
 	}

@@ -220,12 +220,6 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		c.SessionID = ""
 		return dialControl(ctx, opts.To, c)
 	}
-	// Files written that the target does not see, before anything is
-	// touched.
-	asked, err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, redial)
-	if err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err
@@ -242,6 +236,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	defer sess.Close()
 	ctrl, err := sess.OpenStream(transport.KindControl)
 	if err != nil {
+		return nil, err
+	}
+	cc := transport.NewControl(ctrl)
+	// Files written that the target does not see, before anything is
+	// touched: asked on the migration's connection, before its Hello.
+	asked, err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, cc)
+	if err != nil {
+		cc.Close()
 		return nil, err
 	}
 
@@ -285,7 +287,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, Redial: redial,
 	}
 	hooksBefore := len(opts.Hooks.Timings())
-	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
+	outcome, err := handoff.RunSource(ctx, cfg, a, cc)
 	rep.Outcome = outcome.String()
 	// The tree as it was moved (or as pre-copy last saw it).
 	rep.Processes = len(a.all) + len(a.zombies)

@@ -737,25 +737,21 @@ func askOnce(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 	return transport.OutcomeUnknown, unexpected(transport.RoleTarget, m, "status-reply")
 }
 
-// QueryFiles asks the target, on a new connection (dial), what it sees at
-// the paths of the files a process writes: query and the answer are
-// internal/filesync's Query and Reply. Before a migration: it changes
-// nothing on either side.
-func QueryFiles(ctx context.Context, dial func(context.Context) (Conn, error), query json.RawMessage, timeout time.Duration) (json.RawMessage, error) {
+// QueryFiles asks the target on conn, before the Hello of a migration on
+// it (or on a connection of its own), what it sees at the paths of the
+// files a process writes: query and the answer are internal/filesync's
+// Query and Reply. It changes nothing on either side, and leaves conn
+// open: RunSource may follow on it.
+func QueryFiles(ctx context.Context, conn Conn, query json.RawMessage, timeout time.Duration) (json.RawMessage, error) {
 	if timeout <= 0 {
 		timeout = DefaultReadyTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := dial(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("files query: dial: %w", err)
-	}
-	defer c.Close()
-	if err := c.Send(&transport.FilesQuery{Body: query}); err != nil {
+	if err := conn.Send(&transport.FilesQuery{Body: query}); err != nil {
 		return nil, fmt.Errorf("files query: %w", err)
 	}
-	m, err := c.Recv(ctx)
+	m, err := conn.Recv(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("files query: %w", linkErr(ctx, err))
 	}

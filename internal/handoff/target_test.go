@@ -682,45 +682,65 @@ func TestHandoffTargetShutdown(t *testing.T) {
 	})
 }
 
-// TestFilesQuery: a connection that opens with a FilesQuery is answered
-// with TargetConfig.Files and does no process work; without Files, or
-// when it fails, the source's QueryFiles gets an error.
+// TestFilesQuery: a FilesQuery that opens a connection is answered with
+// TargetConfig.Files and does no process work; the source may close then
+// (a files question only), or go on with its Hello on the same
+// connection; without Files, or when it fails, QueryFiles gets an error.
 func TestFilesQuery(t *testing.T) {
-	ask := func(files func(context.Context, json.RawMessage) (json.RawMessage, error)) (json.RawMessage, TargetResult, error, error) {
-		rec := &recorder{}
-		none := &tActions{rec: &recorder{}}
-		done := make(chan tresult, 1)
-		dial := func(ctx context.Context) (Conn, error) {
-			src, tg := newLink(rec, nil)
-			go func() {
-				res, err := RunTarget(context.Background(), TargetConfig{SessionID: transport.NewSessionID(), Files: files, Linger: time.Millisecond}, none, tg, NewOutcomes(0, nil))
-				done <- tresult{res, err}
-			}()
-			return src, nil
-		}
-		body, err := QueryFiles(context.Background(), dial, json.RawMessage(`{"files":[]}`), 5*time.Second)
-		res := <-done
-		if ev := none.rec.events(); len(ev) != 0 {
-			t.Errorf("a files query did process work: %v", ev)
-		}
-		return body, res.res, res.err, err
+	type run struct {
+		body  json.RawMessage
+		res   TargetResult
+		terr  error
+		err   error
+		works []string
 	}
-	body, res, terr, err := ask(func(_ context.Context, q json.RawMessage) (json.RawMessage, error) {
+	ask := func(files func(context.Context, json.RawMessage) (json.RawMessage, error), hello bool) run {
+		acts := &tActions{rec: &recorder{}}
+		src, tg := newLink(&recorder{}, nil)
+		id := testSession
+		done := make(chan tresult, 1)
+		go func() {
+			res, err := RunTarget(context.Background(), TargetConfig{SessionID: id, Files: files, Linger: time.Millisecond}, acts, tg, NewOutcomes(0, nil))
+			done <- tresult{res, err}
+		}()
+		var r run
+		r.body, r.err = QueryFiles(context.Background(), src, json.RawMessage(`{"files":[]}`), 5*time.Second)
+		if hello && r.err == nil {
+			if err := src.Send(&transport.Hello{Version: Version, SessionID: id, Role: transport.RoleSource, PID: 42}); err != nil {
+				t.Fatal(err)
+			}
+			// The target prepares and answers with its Hello.
+			m, err := src.Recv(context.Background())
+			if err != nil || m.MsgType() != transport.TypeHello {
+				t.Errorf("after the files query, the hello was answered %v, %v", m, err)
+			}
+		}
+		src.Close()
+		res := <-done
+		r.res, r.terr, r.works = res.res, res.err, acts.rec.events()
+		return r
+	}
+	answer := func(_ context.Context, q json.RawMessage) (json.RawMessage, error) {
 		if string(q) != `{"files":[]}` {
 			t.Errorf("query %s", q)
 		}
 		return json.RawMessage(`{"files":[]}`), nil
-	})
-	if err != nil || terr != nil || string(body) != `{"files":[]}` || !res.Files || res.Query {
-		t.Errorf("answered: %s, %+v, target %v, source %v", body, res, terr, err)
 	}
-	_, _, terr, err = ask(func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, errors.New("bad query") })
+	r := ask(answer, false)
+	if r.err != nil || r.terr != nil || string(r.body) != `{"files":[]}` || !r.res.Files || r.res.Query || len(r.works) != 0 {
+		t.Errorf("answered: %+v", r)
+	}
+	r = ask(answer, true)
+	if r.err != nil || r.res.Files || !slices.Contains(r.works, "tgt Prepare") {
+		t.Errorf("a migration after the files query: %+v", r)
+	}
 	var pe *PeerError
-	if terr == nil || !errors.As(err, &pe) || pe.Code != "files-query" {
-		t.Errorf("failed: target %v, source %v", terr, err)
+	r = ask(func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, errors.New("bad query") }, false)
+	if r.terr == nil || !errors.As(r.err, &pe) || pe.Code != "files-query" {
+		t.Errorf("failed: %+v", r)
 	}
-	_, _, terr, err = ask(nil)
-	if terr == nil || !errors.As(err, &pe) || !pe.Abort {
-		t.Errorf("not answered: target %v, source %v", terr, err)
+	r = ask(nil, false)
+	if r.terr == nil || !errors.As(r.err, &pe) || !pe.Abort {
+		t.Errorf("not answered: %+v", r)
 	}
 }
