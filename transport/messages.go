@@ -170,8 +170,8 @@ type StatusReply struct {
 	Outcome   Outcome `json:"outcome"`
 }
 
-// FilesQuery asks the target, on a connection of its own before a
-// migration, what it sees at the paths of the files the process writes
+// FilesQuery asks the target, first on a connection (a migration's Hello
+// may follow), what it sees at the paths of the files the process writes
 // (internal/filesync.Query is its Body).
 type FilesQuery struct {
 	Body json.RawMessage `json:"body"`
