@@ -132,13 +132,18 @@ func look(p Probe) Seen {
 	if !s.Regular || s.Ino != p.Ino || p.Dir {
 		return s
 	}
-	// The very inode opened above, for reading.
+	// The very inode opened above, for reading; its attributes again,
+	// as the open revalidated them (a network filesystem's client may
+	// have cached older ones).
 	f, err := os.Open("/proc/self/fd/" + strconv.Itoa(fd))
 	if err != nil {
 		s.Err = err.Error()
 		return s
 	}
 	defer f.Close()
+	if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Ino == s.Ino {
+		s.Size, s.Mtime = st.Size, st.Mtim.Nano()
+	}
 	sum, err := sample(f, p.SampleLen)
 	if err != nil {
 		s.Err = err.Error()
