@@ -108,6 +108,12 @@ const (
 	// be rebuilt (source.UnsupportedMountError), or a host mount or path
 	// the image needs that the restoring host lacks (target.MountError).
 	RefusedMount RefusalKind = "mount"
+	// RefusedFilesNotShared: the processes write files the target does
+	// not share (no shared storage) and MigrateOptions.Sync does not copy
+	// (source.FilesNotSharedError), or a synced file the target will not
+	// write (another owner's file at its path, a symlink on the way:
+	// target.FilesError).
+	RefusedFilesNotShared RefusalKind = "files-not-shared"
 )
 
 // peerRefusals are the kinds a target names in its abort (AbortCode of
@@ -116,6 +122,7 @@ var peerRefusals = map[RefusalKind]bool{
 	RefusedPIDInUse: true, RefusedVDSO: true, RefusedAffinity: true, RefusedAttribute: true,
 	RefusedLock: true, RefusedCgroup: true, RefusedDiffers: true, RefusedShm: true, RefusedAudit: true,
 	RefusedInherit: true, RefusedClock: true, RefusedCPU: true, RefusedIPC: true, RefusedMount: true,
+	RefusedFilesNotShared: true,
 }
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -260,6 +267,8 @@ func refusal(err error) *RefusedError {
 		hip *source.HostIPCError
 		um  *source.UnsupportedMountError
 		tm  *target.MountError
+		fns *source.FilesNotSharedError
+		tfe *target.FilesError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -308,6 +317,10 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
 	case errors.As(err, &tm):
 		return &RefusedError{Kind: RefusedMount, Err: err}
+	case errors.As(err, &fns):
+		return &RefusedError{Kind: RefusedFilesNotShared, PID: fns.PID, Err: err}
+	case errors.As(err, &tfe):
+		return &RefusedError{Kind: RefusedFilesNotShared, Err: err}
 	}
 	return nil
 }

@@ -269,6 +269,13 @@ type MigrateOptions struct {
 	// mode of the original fd: their fds move as external instead of
 	// being refused. --inherit-fd ID=PATH.
 	Inherit map[string]string
+	// Sync are files and directory trees (absolute paths) copied to the
+	// target at the same paths while the process runs, and their last
+	// changes in the frozen window: the files it writes there need no
+	// shared storage. Any other file the processes write must be one the
+	// target shares, or the migration is refused before it starts
+	// (RefusedFilesNotShared). --sync PATH.
+	Sync []string
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -329,7 +336,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
 		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit,
-		Mode: source.Mode(opts.Mode)})
+		Mode: source.Mode(opts.Mode), Sync: opts.Sync})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

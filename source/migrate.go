@@ -75,6 +75,13 @@ type MigrateOptions struct {
 	// side dies before the last page, the process is lost). Post-copy
 	// moves a single process.
 	Mode Mode
+	// Sync are files and directory trees (absolute paths, no symlink on
+	// the way) copied to the target at the same paths: whole at the
+	// first round, the blocks that changed at each round after, and the
+	// last changes in the frozen window, before the target restores. A
+	// file the processes write outside them must be one the target
+	// shares (*FilesNotSharedError otherwise).
+	Sync []string
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -134,6 +141,11 @@ type MigrateReport struct {
 	Stages []StageReport `json:"stages,omitempty"`
 	// PostCopy is the post-copy phase, if the migration ended in one.
 	PostCopy *PostCopyReport `json:"post_copy,omitempty"`
+	// SyncBytes is what the stream of the synced files carried
+	// (MigrateOptions.Sync), SyncSkipped what it did not copy (symlinks,
+	// sockets, devices found in the trees).
+	SyncBytes   int64    `json:"sync_bytes,omitempty"`
+	SyncSkipped []string `json:"sync_skipped,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -216,6 +228,17 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	roots, err := syncRoots(opts.Sync)
+	if err != nil {
+		return nil, err
+	}
+	// A new connection to the target, for the questions asked outside
+	// the migration's session.
+	redial := func(ctx context.Context) (handoff.Conn, error) {
+		c := opts.Transport
+		c.SessionID = ""
+		return dialControl(ctx, opts.To, c)
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err
@@ -232,6 +255,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	defer sess.Close()
 	ctrl, err := sess.OpenStream(transport.KindControl)
 	if err != nil {
+		return nil, err
+	}
+	cc := transport.NewControl(ctrl)
+	// Files written that the target does not see, before anything is
+	// touched: asked on the migration's connection, before its Hello.
+	asked, err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, cc)
+	if err != nil {
+		cc.Close()
 		return nil, err
 	}
 
@@ -256,6 +287,13 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
+	if mounts == nil {
+		a.asked, a.redial = asked, redial
+	}
+	if len(roots) > 0 {
+		a.sync = &syncOut{roots: roots}
+		defer a.sync.close()
+	}
 	if opts.Bandwidth > 0 {
 		a.budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
 	}
@@ -268,24 +306,10 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String()}
 	cfg := handoff.SourceConfig{
-		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, PostCopy: mode != ModePreCopy,
-		Redial: func(ctx context.Context) (handoff.Conn, error) {
-			c := opts.Transport
-			c.SessionID = ""
-			s2, err := transport.Dial(ctx, opts.To, c)
-			if err != nil {
-				return nil, err
-			}
-			st, err := s2.OpenStream(transport.KindControl)
-			if err != nil {
-				s2.Close()
-				return nil, err
-			}
-			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
-		},
+		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, PostCopy: mode != ModePreCopy, Redial: redial,
 	}
 	hooksBefore := len(opts.Hooks.Timings())
-	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
+	outcome, err := handoff.RunSource(ctx, cfg, a, cc)
 	rep.Outcome = outcome.String()
 	// The tree as it was moved (or as pre-copy last saw it).
 	rep.Processes = len(a.all) + len(a.zombies)
@@ -319,6 +343,9 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		r.Reason = pc.reason
 		rep.PostCopy = &r
 		rep.BytesWire += r.BytesWire
+	}
+	if a.sync != nil && a.sync.s != nil {
+		rep.SyncBytes, rep.SyncSkipped = a.sync.s.Sent(), a.sync.s.Skipped
 	}
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
@@ -384,6 +411,29 @@ type sessionControl struct {
 	s *transport.Session
 }
 
+// syncRoots are the synced trees, if any.
+func (a *liveSource) syncRoots() []string {
+	if a.sync == nil {
+		return nil
+	}
+	return a.sync.roots
+}
+
+// dialControl opens a new session to the target at to, and its control
+// stream.
+func dialControl(ctx context.Context, to string, cfg transport.Config) (handoff.Conn, error) {
+	s, err := transport.Dial(ctx, to, cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.OpenStream(transport.KindControl)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+}
+
 func (c *sessionControl) Close() error {
 	err := c.Control.Close()
 	c.s.Close()
@@ -409,8 +459,15 @@ type liveSource struct {
 	progress func(RoundReport)
 	notify   func(Milestone)
 	mounts   *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
-	frozen   time.Time
-	resumed  time.Time
+	sync     *syncOut      // the synced trees (MigrateOptions.Sync), or nil
+	// asked are the files the target was asked about before pre-copy
+	// (nil: none are, the processes have a mount namespace of their
+	// own); the freeze asks, on a connection redial opens, about those
+	// written since.
+	asked   map[fileKey]bool
+	redial  func(context.Context) (handoff.Conn, error)
+	frozen  time.Time
+	resumed time.Time
 	// released are the listening sockets let go at the freeze (to be
 	// listened on again on a rollback).
 	released []releasedListener
@@ -609,6 +666,9 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
 		a.milestone(MilestoneRound, int(r.Round()))
 		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
+		if a.sync != nil && a.sync.conn == nil {
+			ll.Sync = a.sync.roots
+		}
 		var err error
 		if ll.Shm, err = a.sysvOf(layouts); err != nil {
 			return err
@@ -645,9 +705,23 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if err := a.openPages(); err != nil {
 			return err
 		}
+		if a.sync != nil && a.sync.conn == nil {
+			// After the first round's page streams: the target takes
+			// them in that order.
+			if err := a.sync.open(a.sess, a.budget); err != nil {
+				return err
+			}
+		}
 		return r.Layout(body)
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
+		if a.frozen.IsZero() {
+			// The synced files' changes of the round (the frozen
+			// window's go last, in FinalState).
+			if err := a.sync.round(r.Round(), false); err != nil {
+				return err
+			}
+		}
 		if a.progress != nil {
 			a.progress(rep)
 		}
@@ -968,6 +1042,22 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if total > maxLiveBlobs {
 		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
 	}
+	// Files opened for writing during pre-copy: the target was not
+	// asked about them yet.
+	if a.asked != nil {
+		if err := recheckShared(ctx, a.img, a.asked, a.syncRoots(), a.redial); err != nil {
+			return nil, err
+		}
+		d.lap("files written since asked")
+	}
+	// The synced files as they are at the freeze, before the state: the
+	// target puts them in place before it restores.
+	if a.sync != nil {
+		if err := a.sync.round(r.Round(), true); err != nil {
+			return nil, err
+		}
+		d.lap("synced files")
+	}
 	return json.Marshal(st)
 }
 
@@ -1172,17 +1262,7 @@ func (a *liveSource) LeaveFrozen() error {
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (handoff.Conn, error) {
-		c := cfg
-		s, err := transport.Dial(ctx, to, c)
-		if err != nil {
-			return nil, err
-		}
-		st, err := s.OpenStream(transport.KindControl)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+		return dialControl(ctx, to, cfg)
 	}
 	var rec *Record
 	if pid > 0 {

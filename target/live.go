@@ -224,6 +224,9 @@ func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
 // liveTarget does the process work of one incoming live migration.
 type liveTarget struct {
 	sess *transport.Session
+	// sync writes the files the source copies, if it names some
+	// (handoff.LiveLayout.Sync).
+	sync *syncIn
 	log  *slog.Logger
 	pid  int
 	b    *Builder
@@ -377,6 +380,11 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
+		if len(ll.Sync) > 0 {
+			if t.sync, err = newSyncIn(ll.Sync, t.sess.ID()); err != nil {
+				return fmt.Errorf("layout of round %d: %w", l.Round, err)
+			}
+		}
 		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy, netAttach: t.netAttach})
 		if err != nil {
 			return err
@@ -389,6 +397,18 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			if t.uffd, err = b.takeUffd(); err != nil {
 				return err
 			}
+		}
+		if t.sync != nil {
+			// The synced files' stream, opened after the page streams.
+			kind, st, err := t.sess.AcceptStream(ctx)
+			if err != nil {
+				return err
+			}
+			if kind != transport.KindFiles {
+				st.Close()
+				return fmt.Errorf("expected the synced files' stream, got a %v stream", kind)
+			}
+			t.sync.run(st, ll.Sync)
 		}
 	} else {
 		joined, err := t.regroup(ctx, ll, int(l.Round))
@@ -557,6 +577,9 @@ func (t *liveTarget) lowBarrier() int {
 }
 
 func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) error {
+	if err := t.sync.wait(ctx, rd.Round); err != nil {
+		return fmt.Errorf("round %d: %w", rd.Round, err)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		t.mu.Lock()
 		t.cond.Broadcast()
@@ -653,6 +676,14 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// creations with many connections, each with its queues).
 	t.b.ss.blobs = ls.Blobs
 	t.lap("decode state")
+	if t.sync != nil {
+		// The files as they were at the freeze, in place before the
+		// restore opens them.
+		if err := t.sync.commit(ctx); err != nil {
+			return err
+		}
+		t.lap("synced files")
+	}
 	// Until the commit the rebuilt connections must not take a byte from
 	// their peers: once the service address is here (the pre-resume
 	// hook) a repair-mode socket would acknowledge data that an abort then
@@ -749,6 +780,8 @@ func (t *liveTarget) Resume() error {
 	}
 	t.resumedAt = time.Now()
 	t.lap("held packets")
+	t.sync.close(false)
+	t.sync = nil
 	if err == nil {
 		t.event(SessionCommitted, nil)
 		t.startPostCopy(context.Background())
@@ -782,6 +815,8 @@ func (t *liveTarget) Discard() error {
 		unix.Close(f.pidfd)
 		t.pc = nil
 	}
+	t.sync.close(true)
+	t.sync = nil
 	if t.hold != nil {
 		t.hold.Finish()
 		t.hold.CloseRaw()

@@ -236,7 +236,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	t.netAttach = opts.NetAttach
 	t.hooks = hooks
 	t.notify = notify
-	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log, Files: answerFiles}, t, transport.NewControl(ctrl), outcomes)
 	if res.Outcome == transport.OutcomeResumed {
 		// The session (its streams) lives until every page is here.
 		if perr := t.waitPostCopy(); perr != nil {
@@ -248,6 +248,8 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 		t.event(SessionAborted, err)
 	}
 	switch {
+	case res.Files:
+		log.Info("answered a question about files", "err", err)
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
 	case err != nil:

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -255,6 +256,8 @@ has no such risk. Post-copy moves a single process.`,
 		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
 		var inh []string
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
+		var syncs []string
+		fs.StringArrayVar(&syncs, "sync", nil, "copy `PATH` (a file, or a directory tree) to the target at the same path while the process runs, and its last changes in the frozen window: for files the process writes that the target does not share (repeatable; without it such a migration is refused)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
@@ -267,6 +270,13 @@ has no such risk. Post-copy moves a single process.`,
 			}
 			if err := migrate.CheckMode(mode); err != nil {
 				return usagef("bad --mode: %v", err)
+			}
+			for i, p := range syncs {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return usagef("bad --sync %q: %v", p, err)
+				}
+				syncs[i] = abs
 			}
 			var inherit map[string]string
 			for _, s := range inh {
@@ -317,7 +327,7 @@ has no such risk. Post-copy moves a single process.`,
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit, Mode: mode})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit, Mode: mode, Sync: syncs})
 			e.clearStatus()
 			if asJSON {
 				writeJSON(e.stdout, migrateJSON(rep, err))

@@ -759,3 +759,27 @@ func askOnce(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 	}
 	return transport.OutcomeUnknown, unexpected(transport.RoleTarget, m, "status-reply")
 }
+
+// QueryFiles asks the target on conn, before the Hello of a migration on
+// it (or on a connection of its own), what it sees at the paths of the
+// files a process writes: query and the answer are internal/filesync's
+// Query and Reply. It changes nothing on either side, and leaves conn
+// open: RunSource may follow on it.
+func QueryFiles(ctx context.Context, conn Conn, query json.RawMessage, timeout time.Duration) (json.RawMessage, error) {
+	if timeout <= 0 {
+		timeout = DefaultReadyTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := conn.Send(&transport.FilesQuery{Body: query}); err != nil {
+		return nil, fmt.Errorf("files query: %w", err)
+	}
+	m, err := conn.Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("files query: %w", linkErr(ctx, err))
+	}
+	if r, ok := m.(*transport.FilesReply); ok {
+		return r.Body, nil
+	}
+	return nil, fmt.Errorf("files query: %w", unexpected(transport.RoleTarget, m, "files-reply"))
+}
