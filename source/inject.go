@@ -100,6 +100,7 @@ func (d *dumper) collectInjected() error {
 	if d.mmapDone != nil {
 		d.mmapDone()
 	}
+	d.ownLap("injected: brk")
 	p.Sigactions = make([]core.Sigaction, 64)
 	for sig := 1; sig <= 64; sig++ {
 		_, b, err := d.call(lead, "rt_sigaction", 32, unix.SYS_RT_SIGACTION, uint64(sig), 0, d.scratch, 8)
@@ -108,6 +109,7 @@ func (d *dumper) collectInjected() error {
 		}
 		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
 	}
+	d.ownLap("injected: signal actions")
 	for i, th := range d.p.Threads {
 		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
 		if err != nil {
@@ -128,6 +130,7 @@ func (d *dumper) collectInjected() error {
 		}
 	}
 	foldCreds(p)
+	d.ownLap("injected: threads")
 	p.Itimers = nil
 	for which := 0; which < 3; which++ {
 		_, b, err := d.call(lead, "getitimer", 32, unix.SYS_GETITIMER, uint64(which), d.scratch)
@@ -149,14 +152,18 @@ func (d *dumper) collectInjected() error {
 		}
 		p.Rlimits = append(p.Rlimits, core.Rlimit{Resource: res, Cur: le.Uint64(b), Max: le.Uint64(b[8:])})
 	}
+	d.ownLap("injected: itimers, rlimits")
 	if err := d.collectTimers(); err != nil {
 		return err
 	}
+	d.ownLap("injected: posix timers")
 	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	if err != nil {
 		return err
 	}
 	p.Dumpable = int(dumpable)
 	// The personality came from /proc (collectTask).
-	return d.collectInjectedAttrs()
+	err = d.collectInjectedAttrs()
+	d.ownLap("injected: attributes")
+	return err
 }
