@@ -619,7 +619,11 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if err := a.openPages(); err != nil {
 			return err
 		}
-		return r.Layout(body)
+		err = r.Layout(body)
+		if !a.frozen.IsZero() {
+			a.d.lap("final round: layout")
+		}
+		return err
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
 		if a.progress != nil {
