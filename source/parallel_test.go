@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/testutil"
 )
 
@@ -123,4 +126,61 @@ func field(status, name string) string {
 func single(list string) bool {
 	_, err := strconv.Atoi(list)
 	return err == nil
+}
+
+// TestRlimitsFromProc: the resource limits read from /proc/PID/limits are
+// those the process itself sees (prlimit64 injected into it), unlimited
+// and a soft limit below its hard one included.
+func TestRlimitsFromProc(t *testing.T) {
+	testutil.RequireRoot(t)
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		testutil.Unavailable(t, "prlimit (util-linux) is needed to start a process with its own limits: %v", err)
+	}
+	cmd := exec.Command(prlimit, "--nofile=100:200", "--core=4096:unlimited", "--stack=unlimited:unlimited", "--msgqueue=1000:2000", "--", "sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	testutil.WaitFor(t, short, "prlimit to exec sleep", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		return err == nil && strings.TrimSpace(string(b)) == "sleep"
+	})
+	tr := ptrace.NewTracer()
+	defer tr.Close()
+	p, err := tr.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Detach()
+	d := &dumper{session: &session{log: fixtureLogger(t), tr: tr}, pid: p.PID, p: p, proc: &core.Process{}}
+	err = tr.Do(func() error {
+		if err := p.FindGadget(); err != nil {
+			return err
+		}
+		if err := d.mapScratch(); err != nil {
+			return err
+		}
+		defer d.unmapScratch()
+		if err := d.collectRlimits(p.Leader()); err != nil {
+			return err
+		}
+		inside, err := d.injectRlimits(p.Leader())
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(d.proc.Rlimits, inside) {
+			return fmt.Errorf("limits from /proc %+v, from inside %+v", d.proc.Rlimits, inside)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.proc.Rlimits[unix.RLIMIT_NOFILE]; got.Cur != 100 || got.Max != 200 {
+		t.Errorf("RLIMIT_NOFILE %+v, want 100/200", got)
+	}
+	if got := d.proc.Rlimits[unix.RLIMIT_CORE]; got.Cur != 4096 || got.Max != unix.RLIM_INFINITY {
+		t.Errorf("RLIMIT_CORE %+v, want 4096/unlimited", got)
+	}
 }
