@@ -37,12 +37,16 @@ func (u *undo) Clean() {
 
 // session is the state one dump shares among the processes of the tree.
 type session struct {
-	opts  DumpOptions
-	log   *slog.Logger
-	dir   string
-	tr    *ptrace.Tracer
-	codec pagestream.Codec
-	blobs int
+	opts DumpOptions
+	log  *slog.Logger
+	dir  string
+	tr   *ptrace.Tracer
+	// tracers are the tracer threads of a tree, tr first (tracerFor),
+	// at most maxTracers of them.
+	tracers    []*ptrace.Tracer
+	maxTracers int
+	codec      pagestream.Codec
+	blobs      int
 	// shm are the System V segments the processes attach (readSysV).
 	shm []core.ShmSegment
 	// innerPIDs are the PIDs inside the container of the processes of
@@ -133,6 +137,20 @@ type dumper struct {
 	// mmapDone, if set, is called once the injected calls that take the
 	// process's mmap lock are done.
 	mmapDone func()
+	// ownSteps are where the frozen window's time went for this process
+	// alone (ProcessSteps), lapped from ownLapped.
+	ownSteps  []Step
+	ownLapped time.Time
+}
+
+// ownLap records the time this process's own work took since its
+// previous lap as step name (see ProcessSteps).
+func (d *dumper) ownLap(name string) {
+	now := time.Now()
+	if !d.ownLapped.IsZero() {
+		d.ownSteps = append(d.ownSteps, Step{Name: name, MS: ms(now.Sub(d.ownLapped))})
+	}
+	d.ownLapped = now
 }
 
 func (s *session) roundStart(layouts [][]core.VMA) error {
@@ -228,7 +246,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// The tracer outlives every rollback step (defers run last-in, first
 	// out): detaching needs it.
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
+	defer ss.closeTracers()
 	// The duplicates of the TCP connections too: the rollback turns their
 	// repair mode off through them.
 	defer ss.closeTCP()

@@ -128,6 +128,9 @@ type MigrateReport struct {
 	// FrozenSteps is where the source's part of the downtime went, from
 	// the freeze to the state being ready to send.
 	FrozenSteps []Step `json:"frozen_steps,omitempty"`
+	// ProcessSteps is where the frozen window's work on each process
+	// went (the read and injected phases), the root first.
+	ProcessSteps []ProcessSteps `json:"process_steps,omitempty"`
 	// TargetSteps is where the target's time went (its restore steps, as
 	// it reported them), and Handoff the rest of the downtime: state sent
 	// to ready, commit to resumed, as the source saw it.
@@ -273,7 +276,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		return nil, err
 	}
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
+	defer ss.closeTracers()
 	img := &core.Image{
 		Kind: core.ImageKind, Version: core.ImageVersion, Created: time.Now().UTC(), Arch: runtime.GOARCH,
 		Pages: core.PagesInfo{File: core.PagesFile, Codec: codec.String()},
@@ -335,6 +338,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
+	for _, m := range a.all {
+		if len(m.ownSteps) > 0 {
+			rep.ProcessSteps = append(rep.ProcessSteps, ProcessSteps{PID: m.pid, Steps: m.ownSteps})
+		}
+	}
 	rep.TargetSteps = a.targetSteps
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
@@ -712,7 +720,11 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 				return err
 			}
 		}
-		return r.Layout(body)
+		err = r.Layout(body)
+		if !a.frozen.IsZero() {
+			a.d.lap("final round: layout")
+		}
+		return err
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
 		if a.frozen.IsZero() {

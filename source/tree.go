@@ -45,8 +45,12 @@ func childrenOf(pid int) ([]int, error) {
 // descendants its pre-copy tracked, parents first, seized in that order)
 // and gets every other frozen descendant, parents before children.
 func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, error) {
+	seized := 0
 	seize := func(pid int) (*ptrace.Proc, error) {
-		p, err := ss.tr.Seize(pid)
+		p, err := ss.tracerFor(seized).Seize(pid)
+		if err == nil {
+			seized++
+		}
 		var te *ptrace.TracedError
 		if errors.As(err, &te) {
 			return nil, &BadTargetError{PID: pid, Reason: te.Error()}

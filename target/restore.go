@@ -421,12 +421,23 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		}
 	}
 	// The ptrace work runs on the tracer thread in one go, next to the
-	// processes' threads: see ptrace.Proc.Pin.
+	// processes' threads (see ptrace.Proc.Pin): every process of the tree
+	// on the CPU the root last ran on, with the tracer (a process left on
+	// another CPU would make each of its ptrace round trips cross two).
+	cpu, cpuErr := -1, error(nil)
 	for _, r := range b.all {
-		if r.p != nil && r.proc.Zombie == nil {
-			if err := r.p.Pin(); err != nil {
-				b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
-			}
+		if r.p == nil || r.proc.Zombie != nil {
+			continue
+		}
+		if cpu < 0 && cpuErr == nil {
+			cpu, cpuErr = ptrace.LastCPU(r.pid)
+		}
+		err := cpuErr
+		if err == nil {
+			err = r.p.PinOn(cpu)
+		}
+		if err != nil {
+			b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
 		}
 	}
 	return b.ss.tr.Do(func() error {
