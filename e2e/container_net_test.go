@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
@@ -230,13 +231,14 @@ func TestContainerNetDumpRestore(t *testing.T) {
 }
 
 // TestContainerNetRefused: a container whose network namespace has an
-// interface of a kind migrate does not carry, or a route of another
-// table than main, is refused before anything is frozen, naming it, and
-// runs on.
+// interface of a kind migrate does not carry, a route of another table
+// than main, a policy routing rule, a queueing discipline, a permanent
+// neighbour entry or an nftables table (none of them carried) is refused
+// before anything is frozen, naming it, and runs on.
 func TestContainerNetRefused(t *testing.T) {
 	testutil.RequireRoot(t)
 	needIP(t)
-	for _, kind := range []string{"bridge", "vxlan", "tun", "veth-pair", "policy-route"} {
+	for _, kind := range []string{"bridge", "vxlan", "tun", "veth-pair", "policy-route", "ip-rule", "qdisc", "neighbour", "nftables"} {
 		t.Run(kind, func(t *testing.T) {
 			p, init := netContainer(t, 7071)
 			in := []string{"-t", strconv.Itoa(init), "-n", "ip"}
@@ -249,6 +251,32 @@ func TestContainerNetRefused(t *testing.T) {
 				runCmd(t, "nsenter", append(in, "link", "add", "odd0", "type", "veth", "peer", "name", "odd1")...)
 			case "policy-route":
 				runCmd(t, "nsenter", append(in, "route", "add", "blackhole", "10.1.0.0/16", "table", "100")...)
+			case "ip-rule":
+				runCmd(t, "nsenter", append(in, "rule", "add", "from", "10.2.0.0/16", "table", "main", "priority", "100")...)
+			case "qdisc", "neighbour":
+				// On a veth whose other end is here (carried as such).
+				host := fmt.Sprintf("nr%d", init)
+				runCmd(t, "ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", strconv.Itoa(init))
+				t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
+				if kind == "qdisc" {
+					runCmd(t, "nsenter", append(in[:len(in)-1], "tc", "qdisc", "add", "dev", "eth0", "root", "pfifo")...)
+				} else {
+					runCmd(t, "nsenter", append(in, "neigh", "add", "10.239.7.9", "lladdr", "02:00:00:00:00:09", "dev", "eth0", "nud", "permanent")...)
+				}
+			case "nftables":
+				nsFD, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", init), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(nsFD)
+				c, err := nftables.New(nftables.WithNetNSFd(nsFD))
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.AddTable(&nftables.Table{Name: "filter", Family: nftables.TableFamilyINet})
+				if err := c.Flush(); err != nil {
+					t.Fatalf("an nftables table in the container: %v", err)
+				}
 			default:
 				runCmd(t, "nsenter", append(in, "link", "add", "odd0", "type", kind)...)
 			}

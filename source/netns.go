@@ -8,6 +8,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/netconf"
+	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 )
 
@@ -19,8 +20,10 @@ import (
 func readNet(pid int) (*core.NetNamespace, error) {
 	var cfg *netconf.Config
 	err := proc.InNamespace(pid, unix.CLONE_NEWNET, func() (err error) {
-		cfg, err = netconf.Read()
-		return err
+		if cfg, err = netconf.Read(); err != nil {
+			return err
+		}
+		return netconf.Uncarried(netlock.IsLockTable)
 	})
 	if u := (*netconf.UnsupportedError)(nil); errors.As(err, &u) {
 		return nil, &NamespaceError{PID: pid, Kinds: []string{"net"}, Reason: u.Error()}
