@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -61,7 +62,17 @@ func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return buildProxy(old.Code, old.Start, cur, at)
+	return buildProxy(old.Code, old.Start, cur, at, mapsEnclave(vmas))
+}
+
+// mapsEnclave says whether a process laid out as vmas maps an SGX enclave.
+func mapsEnclave(vmas []core.VMA) bool {
+	for _, v := range vmas {
+		if v.File != nil && strings.HasPrefix(v.File.Path, "/dev/sgx") {
+			return true
+		}
+	}
+	return false
 }
 
 // imageVDSO is the [vdso] area among vmas, or nil.
@@ -116,7 +127,7 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 	if err != nil {
 		return err
 	}
-	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt)
+	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt, mapsEnclave(r.proc.VMAs))
 	if err != nil {
 		return unserved("no proxy of the image's vdso serves it", err)
 	}
