@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/procmig/migrate/core"
@@ -225,9 +226,16 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	var cu undo
 	defer cu.Clean()
 	var all []*dumper // the tree, parents first; grows as it is frozen
+	// A tree's pre-copy follows the tree as it runs (tf): processes that
+	// fork join it, with a page file of their own, those that exit leave.
+	var tf *treeFollow
 	// Files this dump creates go away if it fails.
 	cu.Add(func() {
-		for _, d := range all {
+		var procs []*dumper
+		if tf != nil {
+			procs = append(slices.Clone(tf.all), tf.left...)
+		}
+		for _, d := range append(procs, all...) {
 			if d.sink != nil {
 				d.sink.abort()
 			}
@@ -242,18 +250,28 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 
 	if opts.PreCopy {
-		if kids, _ := childrenOf(root.pid); opts.Tree && len(kids) > 0 {
-			return nil, &BadTargetError{PID: root.pid, Reason: "it has child processes: pre-copy of process trees is not supported yet (dump the tree without --pre-copy)"}
-		}
 		cu.Add(func() {
-			if root.tracker != nil {
-				if err := root.tracker.Close(); err != nil {
-					log.Error("rollback: stop dirty tracking", "pid", root.pid, "err", err)
+			procs := all
+			if tf != nil {
+				procs = tf.all
+			}
+			for _, d := range procs {
+				if d.tracker != nil {
+					if err := d.tracker.Close(); err != nil {
+						log.Error("rollback: stop dirty tracking", "pid", d.pid, "err", err)
+					}
 				}
 			}
 		})
+		if opts.Tree {
+			tf = ss.followTree(root, codec)
+			ss.regroup = tf.regroup
+		}
 		if err = ss.precopy(ctx, all); err != nil {
 			return nil, err
+		}
+		if tf != nil {
+			all = slices.Clone(tf.all)
 		}
 		ss.lap("pre-copy")
 	}
@@ -270,6 +288,13 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		}
 	})
 	zombies, err := freezeTree(ss, &all, img)
+	if err == nil && tf != nil {
+		// The tree as it is now: forked since the last round, a process
+		// joins with all its memory; one that exited leaves.
+		if _, err = tf.settleFrozen(all, zombies); err == nil {
+			all, zombies = slices.Clone(tf.all), tf.zombies
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -476,4 +501,36 @@ func (d *session) noteBlob(name string, sum core.Blob) {
 		d.blobSums = map[string]core.Blob{}
 	}
 	d.blobSums[name] = sum
+}
+
+// followTree is the tree a pre-copy dump follows as it runs: a process
+// that joins is tracked (unless it joins frozen) and gets its page file,
+// one that leaves has its file removed (the image does not name it).
+// The root has its file already.
+func (ss *session) followTree(root *dumper, codec pagestream.Codec) *treeFollow {
+	tf := newTreeFollow(root, treeMember{start: root.stat.StartTime})
+	tf.onJoin = func(d *dumper, tracked bool) error {
+		if tracked {
+			if err := d.track(); err != nil {
+				return err
+			}
+		}
+		if d.sink == nil {
+			var err error
+			if d.sink, err = d.openSink(codec); err != nil {
+				return err
+			}
+		}
+		if tracked {
+			d.armSink()
+		}
+		return nil
+	}
+	tf.onLeave = func(d *dumper) {
+		if d.sink != nil {
+			d.sink.abort()
+		}
+		os.Remove(filepath.Join(ss.dir, d.pages.File))
+	}
+	return tf
 }

@@ -233,13 +233,14 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
 	// The tree is taken at the first round (regroup): the root alone
 	// until then.
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: map[int]treeMember{opts.PID: members[opts.PID]}, tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper]*pagesOut{},
+	a := &liveSource{inherit: opts.Inherit, d: d, treeFollow: newTreeFollow(d, members[opts.PID]), tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper]*pagesOut{},
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
 	if opts.Bandwidth > 0 {
 		a.budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
 	}
+	a.onJoin, a.onLeave = a.join, a.leave
 	if opts.Tree {
 		ss.regroup = a.regroup
 	}
@@ -365,16 +366,12 @@ func (c *sessionControl) Close() error {
 type liveSource struct {
 	inherit map[string]string // MigrateOptions.Inherit, for the target
 	d       *dumper           // the root
-	// all are the processes of the tree that are not zombies, parents
-	// first (the root alone without MigrateOptions.Tree), and zombies the
-	// others; members is the tree's shape as the latest round (or the
-	// freeze) took it, tree says the tree is moved (MigrateOptions.Tree).
-	all     []*dumper
-	left    []*dumper // processes that left the tree (their sinks' figures count)
-	zombies []core.Process
-	members map[int]treeMember
-	tree    bool
-	img     *core.Image
+	// treeFollow has the processes of the tree as the latest round (or
+	// the freeze) took them (the root alone without MigrateOptions.Tree);
+	// tree says the tree is moved (MigrateOptions.Tree).
+	*treeFollow
+	tree bool
+	img  *core.Image
 	// sess carries the page streams, a stream each process of all
 	// (pages), opened as the process joins; budget is their shared
 	// rate (MigrateOptions.Bandwidth).
@@ -753,7 +750,17 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	all := slices.Clone(a.all)
 	zombies, err := freezeTree(a.d.session, &all, a.img)
 	if err == nil && a.tree {
-		err = a.settleFrozen(all, zombies)
+		var changed bool
+		if changed, err = a.settleFrozen(all, zombies); changed && err == nil && a.record != "" {
+			// The record names the frozen tree (for `migrate recover`).
+			var tree []int
+			for _, d := range a.all[1:] {
+				tree = append(tree, d.pid)
+			}
+			if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err == nil {
+				a.record = rec
+			}
+		}
 	}
 	if err != nil {
 		for _, d := range all[len(a.all):] {

@@ -65,7 +65,7 @@ func TestSysVChanged(t *testing.T) {
 	}
 	pid := os.Getpid()
 	d := &dumper{session: &session{opts: DumpOptions{PID: pid, live: true}}, pid: pid}
-	a := &liveSource{d: d, all: []*dumper{d}}
+	a := &liveSource{d: d, treeFollow: newTreeFollow(d, treeMember{})}
 	layout := func() [][]core.VMA {
 		vmas, err := readVMAs(pid)
 		if err != nil {

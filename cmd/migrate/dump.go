@@ -59,7 +59,10 @@ speed measured so far, when a round no longer shrinks the dirty set, or
 after --rounds rounds; then the process is frozen and a final round copies
 what changed since, with the rest of its state. With --auto-converge, a
 process that writes faster than its pages are copied is slowed down
-instead of stopping pre-copy there (see the README).
+instead of stopping pre-copy there (see the README). A tree is followed
+as it runs: a process forked during pre-copy joins it at the next round
+(with all its memory), one that exits leaves it, and the image holds the
+tree as it was frozen.
 
 Prints a one-line summary on stdout (--json: the full report as JSON); with
 --pre-copy also one line per round.`,

@@ -59,6 +59,8 @@ type Round struct {
 	BytesWire  uint64  `json:"bytes_wire"`
 	MS         float64 `json:"ms"`
 	HeldMS     float64 `json:"held_ms"`
+	MaxHoldMS  float64 `json:"max_hold_ms"`
+	Throttle   float64 `json:"throttle,omitempty"`
 	Frozen     bool    `json:"frozen"`
 	Stop       string  `json:"stop,omitempty"`
 	EstimateMS float64 `json:"estimate_ms,omitempty"`

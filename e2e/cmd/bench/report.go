@@ -36,6 +36,10 @@ type Run struct {
 	TargetDowntimeMS float64 `json:"target_downtime_ms,omitempty"`
 	// FinalRoundMS is the frozen round's page transfer (live).
 	FinalRoundMS float64 `json:"final_round_ms,omitempty"`
+	// PrecopyHoldMS is the longest single stop of the process while it
+	// ran (pre-copy's scans and throttle; live): a pause its clients
+	// see on top of the downtime.
+	PrecopyHoldMS float64 `json:"precopy_hold_ms,omitempty"`
 	// HookPostDumpMS and HookPreResumeMS are the migration hooks that
 	// move the service address (live, with hooks): post-dump on the
 	// source, pre-resume on the target; both run inside the downtime.
@@ -112,6 +116,8 @@ func (r *Run) fromLive(res *cluster.Result) {
 	for _, rd := range res.Rounds {
 		if rd.Frozen {
 			r.FinalRoundMS = rd.MS
+		} else {
+			r.PrecopyHoldMS = max(r.PrecopyHoldMS, rd.MaxHoldMS)
 		}
 		if rd.Stop != "" {
 			r.Stop = rd.Stop
@@ -190,6 +196,7 @@ var metrics = []metric{
 	{key: "handoff_ms", label: "  handoff ms (rest)", format: "%.1f", live: true, get: func(r *Run) float64 { return r.DowntimeMS - sum(r.FrozenSteps) - r.TargetDowntimeMS }},
 	{key: "target_downtime_ms", label: "  target's measure ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.TargetDowntimeMS }},
 	{key: "hook_pre_resume_ms", label: "    pre-resume hook ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.HookPreResumeMS }},
+	{key: "precopy_hold_ms", label: "pre-copy longest stop ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.PrecopyHoldMS }},
 	{key: "dump_frozen_ms", label: "  dump frozen ms", format: "%.0f", offline: true, get: func(r *Run) float64 { return r.DumpFrozenMS }},
 	{key: "restore_ms", label: "  restore ms", format: "%.0f", offline: true, get: func(r *Run) float64 { return r.RestoreMS }},
 	{key: "client_gap_ms", label: "client max gap ms", format: "%.1f", live: true, offline: true, client: true, get: func(r *Run) float64 { return r.ClientGapMS }},
