@@ -66,11 +66,16 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	if got := field(t, ready, "vdso"); got != "0x"+strconv.FormatUint(old.Start, 16) {
 		t.Fatalf("the process's AT_SYSINFO_EHDR is %s, the image's [vdso] at %#x", got, old.Start)
 	}
-	// The thread, which spends most of its time in the vdso, was stepped
-	// out of it (it returned to its code, or is at a system call).
-	th := img.Process.Threads[0]
-	if rip := th.Regs.RIP; rip >= old.Start && rip < old.End && th.Restart == "" {
-		t.Errorf("the thread was dumped inside the vdso, at %#x", rip)
+	// The threads, which spend most of their time in the vdso, were
+	// stepped out of it (they returned to their code, or are at a system
+	// call).
+	if len(img.Process.Threads) != 2 {
+		t.Fatalf("%d threads dumped, want 2", len(img.Process.Threads))
+	}
+	for _, th := range img.Process.Threads {
+		if rip := th.Regs.RIP; rip >= old.Start && rip < old.End && th.Restart == "" {
+			t.Errorf("thread %d was dumped inside the vdso, at %#x", th.TID, rip)
+		}
 	}
 	r, rep := restoreOptsReport(t, dir, p.Log, target.RestoreOptions{VDSOProxy: true})
 	if !rep.VDSOProxy || (rep.TimeNamespace != nil) != (len(in) > 0) {
