@@ -48,6 +48,20 @@ func unserved(reason string, err error) *VDSOMismatchError {
 // kernel's vdso where it is in this process (the addresses in the proxy's
 // jumps are the restore's: this checks that it can be built).
 func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
+	old, err := imageVDSOCode(vmas)
+	if err != nil {
+		return nil, err
+	}
+	at, cur, err := kernel.OwnVDSO()
+	if err != nil {
+		return nil, err
+	}
+	return buildProxy(old.Code, old.Start, cur, at, mapsEnclave(vmas))
+}
+
+// imageVDSOCode is the image's [vdso] area (among vmas), with its code,
+// which matches its hash.
+func imageVDSOCode(vmas []core.VMA) (*core.VMA, error) {
 	old := imageVDSO(vmas)
 	if old == nil {
 		return nil, errors.New("the image has no [vdso]")
@@ -58,11 +72,7 @@ func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
 	if sum := sha256.Sum256(old.Code); hex.EncodeToString(sum[:]) != old.Hash {
 		return nil, fmt.Errorf("%w: the image's copy of its vdso does not match its hash", core.ErrInconsistent)
 	}
-	at, cur, err := kernel.OwnVDSO()
-	if err != nil {
-		return nil, err
-	}
-	return buildProxy(old.Code, old.Start, cur, at, mapsEnclave(vmas))
+	return old, nil
 }
 
 // mapsEnclave says whether a process laid out as vmas maps an SGX enclave.
@@ -94,9 +104,12 @@ func imageVDSO(vmas []core.VMA) *core.VMA {
 // Preconditions: the husk's other areas are unmapped; busy holds every
 // range in use or to be used (the image's areas, the scratch area, cur).
 func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uint64) error {
-	old := imageVDSO(r.proc.VMAs)
-	if old == nil || len(cur) == 0 {
-		return &VDSOMismatchError{Reason: "the image or the husk has no [vdso]"}
+	old, err := imageVDSOCode(r.proc.VMAs)
+	if err != nil {
+		return unserved("no proxy of the image's vdso", err)
+	}
+	if len(cur) == 0 {
+		return &VDSOMismatchError{Reason: "the husk has no [vdso]"}
 	}
 	lo, hi := old.Start, old.End
 	for _, v := range r.proc.VMAs {
