@@ -167,6 +167,25 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 	return nil
 }
 
+// threadsOutOfVDSO refuses a process laid out with the vdso proxy that
+// has a thread dumped inside the old vdso's code, not at a system call to
+// run anew: that code would read zero pages where its kernel's data was
+// (time() would return 0). The dump steps threads out of the vdso, but
+// not those of a process stopped by job control, nor one still inside
+// after its bound (source's stepOutOfVDSO).
+func (r *restorer) threadsOutOfVDSO() error {
+	old := imageVDSO(r.proc.VMAs)
+	if r.vdsoHere == (addrRange{}) || old == nil {
+		return nil
+	}
+	for _, t := range r.proc.Threads {
+		if rip := t.Regs.RIP; rip >= old.Start && rip < old.End && t.Restart == "" {
+			return &VDSOMismatchError{Reason: fmt.Sprintf("thread %d was dumped inside the old vdso's code (at +%#x), which cannot run on this kernel's data", t.TID, rip-old.Start)}
+		}
+	}
+	return nil
+}
+
 // holeAbove finds n free bytes (none of busy) from the first 64 KiB
 // boundary at or above from, below the top of the user address space, or
 // anywhere (holeFor).
