@@ -17,9 +17,10 @@ const vdsoSteps = 20000
 // differs runs a proxy of this vdso there, whose data pages are not this
 // kernel's. A thread inside a system call to restart is left (the proxy
 // keeps the old code, the call runs anew). One that does not leave
-// within vdsoSteps is left too, logged: the proxy's zeroed data makes
-// the clock functions fall back to their system calls. So is a process
-// stopped by job control: it must not run, even a few instructions.
+// within vdsoSteps is left too, logged, and so are the threads of a
+// process stopped by job control (it must not run, even a few
+// instructions): a restore that needs the proxy refuses them (target's
+// threadsOutOfVDSO), one on the same kernel does not care.
 //
 // Preconditions: on the tracer thread; the process is frozen.
 func (d *dumper) stepOutOfVDSO() error {
