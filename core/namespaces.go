@@ -15,6 +15,7 @@ type Namespaces struct {
 	PID *PIDNamespace `json:"pid,omitempty"`
 	UTS *UTSNamespace `json:"uts,omitempty"`
 	IPC *IPCNamespace `json:"ipc,omitempty"`
+	Net *NetNamespace `json:"net,omitempty"`
 }
 
 // PIDNamespace maps every process and thread of the image, known by its
@@ -108,8 +109,13 @@ func validateNamespaces(img *Image) error {
 	if ns == nil {
 		return nil
 	}
-	if (ns.UTS != nil || ns.IPC != nil) && ns.PID == nil {
-		return errors.New("namespaces: UTS or IPC namespace without a PID namespace")
+	if (ns.UTS != nil || ns.IPC != nil || ns.Net != nil) && ns.PID == nil {
+		return errors.New("namespaces: UTS, IPC or network namespace without a PID namespace")
+	}
+	if ns.Net != nil {
+		if err := validateNet(ns.Net); err != nil {
+			return err
+		}
 	}
 	if ns.PID != nil {
 		// Every process and thread has its ID inside (a live migration's

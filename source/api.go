@@ -80,6 +80,14 @@ type Step struct {
 	MS   float64 `json:"ms"`
 }
 
+// ProcessSteps is where the time of the frozen window's work on one
+// process of a tree went (the steps of the report add up that of every
+// process, and what is done for the tree as a whole).
+type ProcessSteps struct {
+	PID   int    `json:"pid"`
+	Steps []Step `json:"steps"`
+}
+
 // Dump checkpoints the process opts.PID into opts.Dir.
 func Dump(ctx context.Context, opts DumpOptions) (*DumpReport, error) {
 	return dump(ctx, opts)

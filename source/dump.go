@@ -37,20 +37,30 @@ func (u *undo) Clean() {
 
 // session is the state one dump shares among the processes of the tree.
 type session struct {
-	opts  DumpOptions
-	log   *slog.Logger
-	dir   string
-	tr    *ptrace.Tracer
-	codec pagestream.Codec
-	blobs int
+	opts DumpOptions
+	log  *slog.Logger
+	dir  string
+	tr   *ptrace.Tracer
+	// tracers are the tracer threads of a tree, tr first (tracerFor),
+	// at most maxTracers of them.
+	tracers    []*ptrace.Tracer
+	maxTracers int
+	codec      pagestream.Codec
+	blobs      int
 	// shm are the System V segments the processes attach (readSysV).
 	shm []core.ShmSegment
+	// innerPIDs are the PIDs inside the container of the processes of
+	// its tree, as each was seen when it joined (noteInner): a round's
+	// layout names a process that exited since with it.
+	innerPIDs map[int]int
 	// container is set when the root is the init of a PID namespace of
 	// its own, which the dump carries with its whole tree; ipcNS is then
 	// the root's PID if it has an IPC namespace of its own, whose System
 	// V objects are read there (inIPC).
 	container bool
 	ipcNS     int
+	// ownNet: the container has a network namespace of its own.
+	ownNet bool
 	// mounts is the processes' mount namespace, if not migrate's (readMounts).
 	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.
@@ -92,6 +102,9 @@ type session struct {
 	// pending (liveSource.regroup). A process of it (not the root) that
 	// exits is then no error: it leaves at the next round.
 	regroup func(ctx context.Context, all []*dumper) ([]*dumper, error)
+	// postCopy, if set, may end a live migration's pre-copy in post-copy
+	// (postcopy.go).
+	postCopy *postCopy
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -124,6 +137,20 @@ type dumper struct {
 	// mmapDone, if set, is called once the injected calls that take the
 	// process's mmap lock are done.
 	mmapDone func()
+	// ownSteps are where the frozen window's time went for this process
+	// alone (ProcessSteps), lapped from ownLapped.
+	ownSteps  []Step
+	ownLapped time.Time
+}
+
+// ownLap records the time this process's own work took since its
+// previous lap as step name (see ProcessSteps).
+func (d *dumper) ownLap(name string) {
+	now := time.Now()
+	if !d.ownLapped.IsZero() {
+		d.ownSteps = append(d.ownSteps, Step{Name: name, MS: ms(now.Sub(d.ownLapped))})
+	}
+	d.ownLapped = now
 }
 
 func (s *session) roundStart(layouts [][]core.VMA) error {
@@ -219,7 +246,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// The tracer outlives every rollback step (defers run last-in, first
 	// out): detaching needs it.
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
+	defer ss.closeTracers()
 	// The duplicates of the TCP connections too: the rollback turns their
 	// repair mode off through them.
 	defer ss.closeTCP()

@@ -190,6 +190,7 @@ func (t *treeFollow) newMember(pid int) (*dumper, error) {
 	if err := checkMember(pid, t.root.pid, status); err != nil {
 		return nil, err
 	}
+	ss.noteInner(pid, status)
 	if err := refuseDeletedMappings(pid); err != nil {
 		return nil, err
 	}
@@ -236,11 +237,6 @@ func (t *treeFollow) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 	if err != nil {
 		return nil, err
 	}
-	if t.root.container && t.root.tracker != nil {
-		if err := containerChange(delta, t.members, now); err != nil {
-			return nil, err
-		}
-	}
 	if t.root.tracker == nil {
 		// The first round: the root joins first.
 		if err := t.onJoin(t.root, true); err != nil {
@@ -280,7 +276,13 @@ func (t *treeFollow) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		if m.zombie {
 			z, ok := oldZombies[pid]
 			if !ok {
-				if z, err = zombieOf(pid, m.ppid); err != nil {
+				if z, err = zombieOf(pid, m.ppid); err == nil && t.root.container {
+					var st *proc.Status
+					if st, err = proc.ReadStatus(pid); err == nil {
+						t.root.noteInner(pid, st)
+					}
+				}
+				if err != nil {
 					delete(now, pid) // reaped since
 					continue
 				}
@@ -363,22 +365,6 @@ func (t *treeFollow) settleFrozen(all []*dumper, zombies []core.Process) (change
 			now[z.PID] = treeMember{ppid: z.PPID, zombie: true}
 		}
 	}
-	if t.root.container {
-		var order []int
-		for _, d := range kept {
-			order = append(order, d.pid)
-		}
-		for _, z := range zs {
-			order = append(order, z.PID)
-		}
-		delta, err := diffTree(t.members, now, order)
-		if err == nil {
-			err = containerChange(delta, t.members, now)
-		}
-		if err != nil {
-			return false, err
-		}
-	}
 	// Newcomers: their memory goes whole in the final round.
 	isMember := map[*dumper]bool{}
 	for _, d := range t.all {
@@ -427,23 +413,6 @@ func (t *treeFollow) settleFrozen(all []*dumper, zombies []core.Process) (change
 	}
 	t.all, t.zombies, t.members = kept, zs, now
 	return changed, nil
-}
-
-// containerChange is a *TreeChangedError for the first change of delta
-// (between was and now), nil if there is none: a container moved whole
-// keeps its tree until it is frozen (each layout names the PIDs inside of
-// the processes the target creates at the first).
-func containerChange(delta treeDelta, was, now map[int]treeMember) error {
-	const why = " (a container's processes cannot change while it moves)"
-	switch {
-	case len(delta.joined) > 0:
-		return &TreeChangedError{PID: delta.joined[0], Parent: now[delta.joined[0]].ppid, Change: "forked" + why}
-	case len(delta.died) > 0:
-		return &TreeChangedError{PID: delta.died[0], Parent: was[delta.died[0]].ppid, Change: "exited" + why}
-	case len(delta.left) > 0:
-		return &TreeChangedError{PID: delta.left[0], Parent: was[delta.left[0]].ppid, Change: "exited" + why}
-	}
-	return nil
 }
 
 // wholeRanges are the areas of vmas that hold pages, whole.

@@ -205,6 +205,15 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		before := d.sink.pages
 		var err error
 		for j := range layouts[i] {
+			if v := &layouts[i][j]; i == 0 && ss.postCopy.skipsRound0(v) {
+				// Post-copy sends it after the resume.
+				var rs []PageRange
+				if rs, err = d.sink.dataRuns(v); err != nil {
+					break
+				}
+				d.pending = append(d.pending, rs...)
+				continue
+			}
 			if err = d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
 				break
 			}
@@ -279,6 +288,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 			ranges[i] = rs
 		}
 		v, raised := conv.next(hist, dirty)
+		v = ss.postCopy.decide(v, round)
 		if raised {
 			ss.log.Info("pre-copy: auto-converge throttles the processes", "stopped_share", thr.level(), "dirty", dirty)
 		}
@@ -488,6 +498,11 @@ func clip(ranges []PageRange, vmas []core.VMA, holds func(string) bool) []PageRa
 func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Time) error {
 	root := all[0]
 	round := len(root.rounds)
+	if pc := ss.postCopy; pc != nil && pc.active && len(all) > 1 {
+		// Processes joined the tree since: post-copy serves one.
+		ss.log.Warn("post-copy: the tree has more than one process now; it moves in pre-copy", "processes", len(all))
+		pc.active = false
+	}
 	layouts := make([][]core.VMA, len(all))
 	for i, d := range all {
 		layouts[i] = d.proc.VMAs
@@ -524,7 +539,11 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	}
 	var dirty uint64
 	for i, d := range all {
-		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], append(ranges[i], d.pending...))
+		rs := append(ranges[i], d.pending...)
+		if pc := ss.postCopy; pc != nil && pc.active && d == root {
+			rs = pc.split(layouts[i], rs) // the rest is left missing
+		}
+		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], rs)
 		if err != nil {
 			return err
 		}

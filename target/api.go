@@ -39,6 +39,10 @@ type RestoreOptions struct {
 	// to it) even if this kernel's vdso is the image's, as a kernel whose
 	// vdso differs needs: for tests of the proxy on one kernel.
 	VDSOProxy bool
+	// NetAttach, if set, is the bridge here on which the other end of
+	// each veth of a container's network namespace is put (else it is
+	// left, up, for a hook: MIGRATE_NET_HOST names them).
+	NetAttach string
 }
 
 // RestoreReport says what a restore did.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -563,21 +564,41 @@ func (b *Builder) Check() error {
 }
 
 func (b *Builder) check() error {
-	var diffs []Difference
-	for i, r := range b.all {
-		if r.proc.Zombie != nil {
-			continue
-		}
+	for _, r := range b.all {
 		// The threads' own CPU masks, which they have while pinned only
 		// in the restorer's books (ptrace.Proc.Pin).
-		if r.p != nil {
+		if r.p != nil && r.proc.Zombie == nil {
 			if err := r.p.Unpin(); err != nil {
 				return err
 			}
 		}
-		c := &checker{pid: r.pid}
-		checkTime(c, b.ss.img)
-		for _, d := range append(Check(r.proc, i == 0), c.diffs...) {
+	}
+	// Each process is compared with its image from /proc alone: a tree's
+	// at the same time, a few at once.
+	found := make([][]Difference, len(b.all))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, len(b.all)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(b.all) {
+					return
+				}
+				r := b.all[i]
+				if r.proc.Zombie != nil {
+					continue
+				}
+				c := &checker{pid: r.pid}
+				checkTime(c, b.ss.img)
+				found[i] = append(Check(r.proc, i == 0), c.diffs...)
+			}
+		})
+	}
+	wg.Wait()
+	var diffs []Difference
+	for _, ds := range found {
+		for _, d := range ds {
 			if !b.ss.accepted[accepted{d.PID, d.TID, d.What}] {
 				diffs = append(diffs, d)
 			}

@@ -57,6 +57,9 @@ func (ss *session) namespaceFlags() uint64 {
 	if ns.IPC != nil {
 		flags |= unix.CLONE_NEWIPC
 	}
+	if ns.Net != nil {
+		flags |= unix.CLONE_NEWNET
+	}
 	return flags
 }
 
@@ -297,6 +300,9 @@ func (b *Builder) checkNamespaces() []Difference {
 			}
 			diff(pid, fmt.Sprintf("task %d: PID inside the container", id.Outer), id.Inner, st.NSpid[len(st.NSpid)-1])
 		}
+	}
+	if ns.Net != nil {
+		diffs = append(diffs, b.checkNet()...)
 	}
 	if u := ns.UTS; u != nil {
 		err := proc.InNamespace(root, unix.CLONE_NEWUTS, func() error {

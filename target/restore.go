@@ -95,6 +95,10 @@ type session struct {
 	forceVDSOProxy bool
 	// vdsoProxied is set once a process got a vdso proxy.
 	vdsoProxied atomic.Bool
+	// netAttach is the bridge here the other ends of the container's
+	// veths go on (RestoreOptions.NetAttach); netHosts are their names.
+	netAttach string
+	netHosts  []string
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -161,13 +165,16 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.NetAttach != "" && !core.ValidLinkName(opts.NetAttach) {
+		return nil, fmt.Errorf("--net-attach %q: not an interface name", opts.NetAttach)
+	}
 	if opts.CgroupRoot != "" {
 		if err := relocateCgroups(img, opts.CgroupRoot); err != nil {
 			return nil, err
 		}
 	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy})
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy, netAttach: opts.NetAttach})
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +203,8 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	// here now, and go live at resume. (A failed restore leaves it, for
 	// another try.)
 	var lockErr error
-	if img.NetLock != "" {
+	// (A container's own network namespace had it, gone with the original.)
+	if img.NetLock != "" && !b.ss.ownNet() {
 		lockErr = netlock.Remove("", img.NetLock)
 	}
 	rep, err := b.Resume()
@@ -239,6 +247,7 @@ func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 // that may get pages writable; the others are RestoreOptions'.
 type buildOptions struct {
 	live, applyCgroupLimits, vdsoProxy bool
+	netAttach                          string
 }
 
 // newBuilder is NewBuilder with the check of the image given.
@@ -254,7 +263,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
-		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy}
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -277,6 +286,12 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 		}},
 		{"time namespace", ss.planTime},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"network namespace", func() error {
+			if !ss.ownNet() {
+				return nil
+			}
+			return ss.prepareNet()
+		}},
 		{"IPC namespace", func() error {
 			if !ss.ownIPC() {
 				return nil
@@ -406,12 +421,23 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		}
 	}
 	// The ptrace work runs on the tracer thread in one go, next to the
-	// processes' threads: see ptrace.Proc.Pin.
+	// processes' threads (see ptrace.Proc.Pin): every process of the tree
+	// on the CPU the root last ran on, with the tracer (a process left on
+	// another CPU would make each of its ptrace round trips cross two).
+	cpu, cpuErr := -1, error(nil)
 	for _, r := range b.all {
-		if r.p != nil && r.proc.Zombie == nil {
-			if err := r.p.Pin(); err != nil {
-				b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
-			}
+		if r.p == nil || r.proc.Zombie != nil {
+			continue
+		}
+		if cpu < 0 && cpuErr == nil {
+			cpu, cpuErr = ptrace.LastCPU(r.pid)
+		}
+		err := cpuErr
+		if err == nil {
+			err = r.p.PinOn(cpu)
+		}
+		if err != nil {
+			b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
 		}
 	}
 	return b.ss.tr.Do(func() error {
@@ -458,6 +484,11 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	defer b.release()
 	b.done = true
 	root := b.all[0]
+	if b.ss.ownNet() {
+		if err := b.ss.attachNet(); err != nil {
+			b.ss.warn("the container's network: %v", err)
+		}
+	}
 	// The connections go live first, while the processes are still
 	// stopped, a few at a time (hundreds take milliseconds one after the
 	// other). A failure leaves that connection dead, not the process.
@@ -763,13 +794,19 @@ func sigchldFrom(si []byte, pids map[int32]bool) bool {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(r.timens); err != nil {
+	var inNS bool
+	if r.husk, inNS, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
+	if r.timens != nil && !inNS {
+		if err := huskTimeNamespace(r.hp, *r.timens); err != nil {
+			return err
+		}
+	}
 	inner := 0
 	if r.container() {
 		// The root's children inherit its pidfd for migrate, which they

@@ -37,8 +37,9 @@ import (
 // does). __vdso_getrandom always does: glibc keeps per-thread state whose
 // size and layout it asked the old kernel's vdso for (vgetrandom_state),
 // which this kernel's vdso could read otherwise. __vdso_sgx_enter_enclave
-// fails for a process without an enclave (enclaveOnly). Any other
-// function is refused, named.
+// (a kernel built with SGX has it, one without does not) returns -EFAULT
+// for a process without an enclave (enclaveOnly). Any other function is
+// refused, named.
 //
 // Signals: an x86-64 signal frame returns through the handler's
 // SA_RESTORER (glibc's __restore_rt), never through the vdso (the kernel
@@ -69,8 +70,9 @@ var alwaysSyscall = map[string]bool{"getrandom": true}
 // an SGX enclave mapped (/dev/sgx_enclave): the vdso of a kernel built
 // with SGX support has __vdso_sgx_enter_enclave, others do not. Without
 // an enclave the call can only fail, and the proxy's entry fails it
-// (-EFAULT, what the vdso returns when ENCLU faults); with one, a kernel
-// lacking it is refused.
+// (-EFAULT, what the vdso returns when ENCLU faults, no enclave being
+// there to enter; a kernel whose vdso lacks it has no SGX, so no process
+// here has an enclave); with one, a kernel lacking it is refused.
 var enclaveOnly = map[string]bool{"sgx_enter_enclave": true}
 
 // vdsoBase is the name of a vdso function without its __vdso_ prefix.
@@ -158,8 +160,8 @@ func entryCode(name string, from uint64, here map[string]uint64, newAt uint64, e
 		return b
 	}
 	if enclaveOnly[base] && !enclave {
-		// mov eax, -EFAULT; ret
-		return []byte{0xb8, 0xf2, 0xff, 0xff, 0xff, 0xc3}
+		// mov rax, -EFAULT (sign-extended); ret
+		return []byte{0x48, 0xc7, 0xc0, 0xf2, 0xff, 0xff, 0xff, 0xc3}
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ func FuzzBuildProxy(f *testing.F) {
 // an enclave; an unknown function is refused.
 func TestEntryCode(t *testing.T) {
 	here := map[string]uint64{"__vdso_time": 0x100}
-	fail := []byte{0xb8, 0xf2, 0xff, 0xff, 0xff, 0xc3}
+	fail := []byte{0x48, 0xc7, 0xc0, 0xf2, 0xff, 0xff, 0xff, 0xc3}
 	for _, tc := range []struct {
 		name    string
 		enclave bool

@@ -46,11 +46,13 @@ stderr. With --json the full report goes to stdout instead.`,
 			inh    []string
 			cg     cgroupFlags
 			proxy  bool
+			attach string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
 		cg.add(fs)
 		vdsoProxyFlag(fs, &proxy)
+		netAttachFlag(fs, &attach)
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -76,7 +78,7 @@ stderr. With --json the full report goes to stdout instead.`,
 				transfer = e.transferStatus("restore", false)
 			}
 			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy})
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach})
 			e.clearStatus()
 			if err != nil {
 				return err
@@ -121,6 +123,11 @@ func (c *cgroupFlags) add(fs *pflag.FlagSet) {
 func vdsoProxyFlag(fs *pflag.FlagSet, v *bool) {
 	fs.BoolVar(v, "vdso-proxy", false, "call this kernel's vdso through a proxy at the old one's address even where it is the image's (tests)")
 	fs.MarkHidden("vdso-proxy")
+}
+
+// netAttachFlag is --net-attach of restore and serve.
+func netAttachFlag(fs *pflag.FlagSet, bridge *string) {
+	fs.StringVar(bridge, "net-attach", "", "put the host end of each veth of a container's own network namespace on bridge `BRIDGE` (up); without it the host end is left up, unattached, for a hook (MIGRATE_NET_HOST names it)")
 }
 
 func (c *cgroupFlags) check() error {

@@ -37,6 +37,13 @@ type Result struct {
 	TotalMS          float64 `json:"total_ms"`
 	DowntimeMS       float64 `json:"downtime_ms"`
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`
+	// SyncBytes is what the stream of the files copied with --sync
+	// carried.
+	SyncBytes int64 `json:"sync_bytes"`
+	// FrozenSteps and TargetSteps are where the downtime went, on each
+	// side.
+	FrozenSteps []Step `json:"frozen_steps"`
+	TargetSteps []Step `json:"target_steps"`
 
 	// Stdout and Stderr are what migrate printed; Stdout held the report.
 	Stdout, Stderr string `json:"-"`
@@ -48,6 +55,12 @@ type Result struct {
 	// VIPMovedBy says who moved the VIP to the target: "hooks",
 	// "harness" (Cluster.Hooks false), or "" (it was not moved).
 	VIPMovedBy string `json:"-"`
+}
+
+// Step is a step of the downtime and its milliseconds.
+type Step struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
 }
 
 // Round is one round of the report.

@@ -81,13 +81,40 @@ type Run struct {
 	FrozenSteps  []step `json:"frozen_steps,omitempty"`
 	TargetSteps  []step `json:"target_steps,omitempty"`
 	HandoffSteps []step `json:"handoff_steps,omitempty"`
-	DumpSteps    []step `json:"dump_steps,omitempty"`
-	RestoreSteps []step `json:"restore_steps,omitempty"`
+	// ProcessSteps are the live report's steps of each process of the
+	// frozen window's work (its read and injected phases).
+	ProcessSteps []processSteps `json:"process_steps,omitempty"`
+	DumpSteps    []step         `json:"dump_steps,omitempty"`
+	RestoreSteps []step         `json:"restore_steps,omitempty"`
 }
 
 type step struct {
 	Name string  `json:"name"`
 	MS   float64 `json:"ms"`
+}
+
+type processSteps struct {
+	PID   int    `json:"pid"`
+	Steps []step `json:"steps"`
+}
+
+// summed are the steps of every process, each step's time summed over
+// the processes.
+func summed(ps []processSteps) []step {
+	var out []step
+	at := map[string]int{}
+	for _, p := range ps {
+		for _, st := range p.Steps {
+			i, ok := at[st.Name]
+			if !ok {
+				i = len(out)
+				at[st.Name] = i
+				out = append(out, step{Name: st.Name})
+			}
+			out[i].MS += st.MS
+		}
+	}
+	return out
 }
 
 // dumpReport and restoreReport are the parts of `migrate dump --json` and
@@ -125,12 +152,14 @@ func (r *Run) fromLive(res *cluster.Result) {
 	}
 	// The report's steps, which cluster.Result leaves out.
 	var extra struct {
-		FrozenSteps  []step `json:"frozen_steps"`
-		TargetSteps  []step `json:"target_steps"`
-		HandoffSteps []step `json:"handoff_steps"`
+		FrozenSteps  []step         `json:"frozen_steps"`
+		TargetSteps  []step         `json:"target_steps"`
+		HandoffSteps []step         `json:"handoff_steps"`
+		ProcessSteps []processSteps `json:"process_steps"`
 	}
 	if json.Unmarshal([]byte(res.Stdout), &extra) == nil {
 		r.FrozenSteps, r.TargetSteps, r.HandoffSteps = extra.FrozenSteps, extra.TargetSteps, extra.HandoffSteps
+		r.ProcessSteps = extra.ProcessSteps
 	}
 	r.ratios()
 }
@@ -253,6 +282,7 @@ var stepParts = map[string][]struct {
 }{
 	"live": {
 		{"source frozen", func(r *Run) []step { return r.FrozenSteps }},
+		{"source frozen, each process's summed", func(r *Run) []step { return summed(r.ProcessSteps) }},
 		{"handoff", func(r *Run) []step { return r.HandoffSteps }},
 		{"target", func(r *Run) []step { return r.TargetSteps }},
 	},
