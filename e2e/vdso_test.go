@@ -66,11 +66,16 @@ func testVDSOProxy(t *testing.T, in ...string) {
 	if got := field(t, ready, "vdso"); got != "0x"+strconv.FormatUint(old.Start, 16) {
 		t.Fatalf("the process's AT_SYSINFO_EHDR is %s, the image's [vdso] at %#x", got, old.Start)
 	}
-	// The thread, which spends most of its time in the vdso, was stepped
-	// out of it (it returned to its code, or is at a system call).
-	th := img.Process.Threads[0]
-	if rip := th.Regs.RIP; rip >= old.Start && rip < old.End && th.Restart == "" {
-		t.Errorf("the thread was dumped inside the vdso, at %#x", rip)
+	// The threads, which spend most of their time in the vdso, were
+	// stepped out of it (they returned to their code, or are at a system
+	// call).
+	if len(img.Process.Threads) != 2 {
+		t.Fatalf("%d threads dumped, want 2", len(img.Process.Threads))
+	}
+	for _, th := range img.Process.Threads {
+		if rip := th.Regs.RIP; rip >= old.Start && rip < old.End && th.Restart == "" {
+			t.Errorf("thread %d was dumped inside the vdso, at %#x", th.TID, rip)
+		}
 	}
 	r, rep := restoreOptsReport(t, dir, p.Log, target.RestoreOptions{VDSOProxy: true})
 	if !rep.VDSOProxy || (rep.TimeNamespace != nil) != (len(in) > 0) {
@@ -222,22 +227,25 @@ func checkProxied(t *testing.T, r *testutil.Proc) {
 // is refused before anything is made, naming it.
 func TestVDSOOtherKernel(t *testing.T) {
 	testutil.RequireRoot(t)
+	anotherBuild := func(code []byte) []byte {
+		i := bytes.Index(code, []byte("GNU\x00"))
+		if i < 0 {
+			t.Fatal("no build id note in the vdso")
+		}
+		code[i+4] ^= 0xff
+		return code
+	}
 	for _, tc := range []struct {
 		name   string
 		forge  func(code []byte) []byte
 		refuse string // the function named in the refusal
 	}{
-		{"another build", func(code []byte) []byte {
-			i := bytes.Index(code, []byte("GNU\x00"))
-			if i < 0 {
-				t.Fatal("no build id note in the vdso")
-			}
-			code[i+4] ^= 0xff
-			return code
-		}, ""},
+		{"another build", anotherBuild, ""},
 		{"a function missing here", func(code []byte) []byte {
 			return bytes.ReplaceAll(code, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
 		}, "__vdso_tXme"},
+		// (The thread's instruction pointer is moved into the vdso below.)
+		{"a thread inside the vdso", anotherBuild, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := testutil.Start(t, testutil.Build(t, "vdso"))
@@ -255,7 +263,26 @@ func TestVDSOOtherKernel(t *testing.T) {
 					sum := sha256.Sum256(code)
 					v["code"], v["hash"] = base64.StdEncoding.EncodeToString(code), hex.EncodeToString(sum[:])
 				}
+				if tc.name == "a thread inside the vdso" {
+					// As a process stopped by job control inside time()
+					// would be: not stepped out.
+					th := m["process"].(map[string]any)["threads"].([]any)[0].(map[string]any)
+					th["regs"].(map[string]any)["RIP"] = old.Start + 0x10
+					delete(th, "restart")
+				}
 			})
+			if tc.name == "a thread inside the vdso" {
+				_, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t)})
+				var ve *target.VDSOMismatchError
+				if !errors.As(err, &ve) {
+					t.Fatalf("restore: %v; want a refusal of kind vdso", err)
+				}
+				t.Logf("refused: %v", err)
+				if _, err := testutil.State(img.Process.PID); err == nil {
+					t.Fatalf("process %d exists after the refused restore", img.Process.PID)
+				}
+				return
+			}
 			if tc.refuse != "" {
 				_, err := migrate.Restore(context.Background(), dir, migrate.RestoreOptions{Logger: testLogger(t)})
 				var re *migrate.RefusedError

@@ -17,11 +17,16 @@ const vdsoSteps = 20000
 // differs runs a proxy of this vdso there, whose data pages are not this
 // kernel's. A thread inside a system call to restart is left (the proxy
 // keeps the old code, the call runs anew). One that does not leave
-// within vdsoSteps is left too, logged: the proxy's zeroed data makes
-// the clock functions fall back to their system calls.
+// within vdsoSteps is left too, logged, and so are the threads of a
+// process stopped by job control (it must not run, even a few
+// instructions): a restore that needs the proxy refuses them (target's
+// threadsOutOfVDSO), one on the same kernel does not care.
 //
 // Preconditions: on the tracer thread; the process is frozen.
 func (d *dumper) stepOutOfVDSO() error {
+	if d.p.Stopped() {
+		return nil
+	}
 	maps, err := proc.ReadMaps(d.pid)
 	if err != nil {
 		return fmt.Errorf("process %d: %w", d.pid, err)

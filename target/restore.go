@@ -893,7 +893,9 @@ func holeFor(n uint64, busy [][2]uint64) (uint64, error) {
 
 // layout turns the child's address space (a copy of the husk's) into the
 // image's: a scratch area, everything of the husk unmapped, vdso and vvar
-// moved to their old addresses, then every area mapped.
+// moved to their old addresses (or, if this kernel's vdso is not the
+// image's, next to them with a proxy of the old vdso at its address:
+// proxyVDSO), then every area mapped.
 func (r *restorer) layout(context.Context) error {
 	cur, err := proc.ReadMaps(r.pid)
 	if err != nil {

@@ -219,6 +219,9 @@ func (r *restorer) createThreads() error {
 func (r *restorer) restoreThreads(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
+	if err := r.threadsOutOfVDSO(); err != nil {
+		return err
+	}
 	if err := r.createThreads(); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -47,6 +48,20 @@ func unserved(reason string, err error) *VDSOMismatchError {
 // kernel's vdso where it is in this process (the addresses in the proxy's
 // jumps are the restore's: this checks that it can be built).
 func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
+	old, err := imageVDSOCode(vmas)
+	if err != nil {
+		return nil, err
+	}
+	at, cur, err := kernel.OwnVDSO()
+	if err != nil {
+		return nil, err
+	}
+	return buildProxy(old.Code, old.Start, cur, at, mapsEnclave(vmas))
+}
+
+// imageVDSOCode is the image's [vdso] area (among vmas), with its code,
+// which matches its hash.
+func imageVDSOCode(vmas []core.VMA) (*core.VMA, error) {
 	old := imageVDSO(vmas)
 	if old == nil {
 		return nil, errors.New("the image has no [vdso]")
@@ -57,11 +72,17 @@ func vdsoProxyFor(vmas []core.VMA) ([]byte, error) {
 	if sum := sha256.Sum256(old.Code); hex.EncodeToString(sum[:]) != old.Hash {
 		return nil, fmt.Errorf("%w: the image's copy of its vdso does not match its hash", core.ErrInconsistent)
 	}
-	at, cur, err := kernel.OwnVDSO()
-	if err != nil {
-		return nil, err
+	return old, nil
+}
+
+// mapsEnclave says whether a process laid out as vmas maps an SGX enclave.
+func mapsEnclave(vmas []core.VMA) bool {
+	for _, v := range vmas {
+		if v.File != nil && strings.HasPrefix(v.File.Path, "/dev/sgx") {
+			return true
+		}
 	}
-	return buildProxy(old.Code, old.Start, cur, at)
+	return false
 }
 
 // imageVDSO is the [vdso] area among vmas, or nil.
@@ -83,9 +104,12 @@ func imageVDSO(vmas []core.VMA) *core.VMA {
 // Preconditions: the husk's other areas are unmapped; busy holds every
 // range in use or to be used (the image's areas, the scratch area, cur).
 func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uint64) error {
-	old := imageVDSO(r.proc.VMAs)
-	if old == nil || len(cur) == 0 {
-		return &VDSOMismatchError{Reason: "the image or the husk has no [vdso]"}
+	old, err := imageVDSOCode(r.proc.VMAs)
+	if err != nil {
+		return unserved("no proxy of the image's vdso", err)
+	}
+	if len(cur) == 0 {
+		return &VDSOMismatchError{Reason: "the husk has no [vdso]"}
 	}
 	lo, hi := old.Start, old.End
 	for _, v := range r.proc.VMAs {
@@ -116,7 +140,7 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 	if err != nil {
 		return err
 	}
-	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt)
+	proxy, err := buildProxy(old.Code, old.Start, img, vdsoAt, mapsEnclave(r.proc.VMAs))
 	if err != nil {
 		return unserved("no proxy of the image's vdso serves it", err)
 	}
@@ -140,6 +164,25 @@ func (r *restorer) proxyVDSO(cur []proc.Mapping, busy [][2]uint64, gadgetOff uin
 		return fmt.Errorf("vdso proxy at %#x: %w", old.Start, err)
 	}
 	r.log.Info("vdso proxy", "pid", r.pid, "old", fmt.Sprintf("%#x-%#x", lo, hi), "vdso", fmt.Sprintf("%#x", vdsoAt))
+	return nil
+}
+
+// threadsOutOfVDSO refuses a process laid out with the vdso proxy that
+// has a thread dumped inside the old vdso's code, not at a system call to
+// run anew: that code would read zero pages where its kernel's data was
+// (time() would return 0). The dump steps threads out of the vdso, but
+// not those of a process stopped by job control, nor one still inside
+// after its bound (source's stepOutOfVDSO).
+func (r *restorer) threadsOutOfVDSO() error {
+	old := imageVDSO(r.proc.VMAs)
+	if r.vdsoHere == (addrRange{}) || old == nil {
+		return nil
+	}
+	for _, t := range r.proc.Threads {
+		if rip := t.Regs.RIP; rip >= old.Start && rip < old.End && t.Restart == "" {
+			return &VDSOMismatchError{Reason: fmt.Sprintf("thread %d was dumped inside the old vdso's code (at +%#x), which cannot run on this kernel's data", t.TID, rip-old.Start)}
+		}
+	}
 	return nil
 }
 

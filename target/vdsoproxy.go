@@ -1,6 +1,7 @@
 package target
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"strings"
@@ -36,10 +37,9 @@ import (
 // does). __vdso_getrandom always does: glibc keeps per-thread state whose
 // size and layout it asked the old kernel's vdso for (vgetrandom_state),
 // which this kernel's vdso could read otherwise. __vdso_sgx_enter_enclave
-// (a kernel built with SGX has it, one without does not) returns -EFAULT,
-// what it returns on a kernel with it when no enclave is there to enter
-// (ENCLU faults): a kernel whose vdso lacks it has no SGX, so no process
-// here has an enclave. A function of none of these is refused, named.
+// (a kernel built with SGX has it, one without does not) returns -EFAULT
+// for a process without an enclave (enclaveOnly). Any other function is
+// refused, named.
 //
 // Signals: an x86-64 signal frame returns through the handler's
 // SA_RESTORER (glibc's __restore_rt), never through the vdso (the kernel
@@ -62,22 +62,24 @@ var vdsoSyscalls = map[string]uint32{
 	"getrandom":     318,
 }
 
-// vdsoErrors are the functions a missing one of returns an error: -errno.
-var vdsoErrors = map[string]int32{"sgx_enter_enclave": 14}
-
 // alwaysSyscall are the functions whose proxy entry makes the system call
 // even where this kernel's vdso has them (see above).
 var alwaysSyscall = map[string]bool{"getrandom": true}
 
+// enclaveOnly are the functions that do something only for a process with
+// an SGX enclave mapped (/dev/sgx_enclave): the vdso of a kernel built
+// with SGX support has __vdso_sgx_enter_enclave, others do not. Without
+// an enclave the call can only fail, and the proxy's entry fails it
+// (-EFAULT, what the vdso returns when ENCLU faults, no enclave being
+// there to enter; a kernel whose vdso lacks it has no SGX, so no process
+// here has an enclave); with one, a kernel lacking it is refused.
+var enclaveOnly = map[string]bool{"sgx_enter_enclave": true}
+
 // vdsoBase is the name of a vdso function without its __vdso_ prefix.
 func vdsoBase(name string) string { return strings.TrimPrefix(name, "__vdso_") }
 
-// Encodings of the proxy's entries.
-const (
-	jmpRel32Len  = 5  // jmp rel32
-	jmpAbsLen    = 12 // movabs rax, imm64; jmp rax
-	syscallStLen = 8  // mov eax, imm32; syscall; ret
-)
+// jmpRel32Len is the length of a jmp rel32.
+const jmpRel32Len = 5
 
 // UnservedError says a function of the old vdso is neither in this
 // kernel's vdso nor one the proxy can make as a system call.
@@ -88,8 +90,9 @@ func (e *UnservedError) Error() string {
 }
 
 // buildProxy returns the proxy of the old vdso image old, to be mapped at
-// at, whose functions go to those of the new image mapped at newAt.
-func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error) {
+// at, whose functions go to those of the new image cur mapped at newAt.
+// enclave says whether the process maps an SGX enclave.
+func buildProxy(old []byte, at uint64, cur []byte, newAt uint64, enclave bool) ([]byte, error) {
 	oldFuncs, err := kernel.VDSOFuncs(old)
 	if err != nil {
 		return nil, fmt.Errorf("the image's vdso: %w", err)
@@ -102,40 +105,25 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 	for _, f := range newFuncs {
 		here[f.Name] = f.Off
 	}
-	// entry is what one offset of the old image becomes: one target
-	// (names at one offset are aliases: clock_gettime and
-	// __vdso_clock_gettime), or a system call.
-	type entry struct {
-		to      uint64 // absolute address in the new vdso, or 0
-		syscall uint32
-		errno   int32 // with to and syscall 0: return -errno
-		names   []string
-	}
-	entries := map[uint64]*entry{}
+	// The code of each offset of the old image (names at one offset are
+	// aliases: clock_gettime and __vdso_clock_gettime).
+	codes := map[uint64][]byte{}
+	names := map[uint64]string{}
 	var offs []uint64
 	var missing []string
 	for _, f := range oldFuncs {
-		var e entry
-		base := vdsoBase(f.Name)
-		if off, ok := here[f.Name]; ok && !alwaysSyscall[base] {
-			e.to = newAt + off
-		} else if nr, ok := vdsoSyscalls[base]; ok {
-			e.syscall = nr
-		} else if errno, ok := vdsoErrors[base]; ok {
-			e.errno = errno
-		} else {
+		code := entryCode(f.Name, at+f.Off, here, newAt, enclave)
+		if code == nil {
 			missing = append(missing, f.Name)
 			continue
 		}
-		if prev, ok := entries[f.Off]; ok {
-			if prev.to != e.to || prev.syscall != e.syscall || prev.errno != e.errno {
-				return nil, &UnservedError{Names: []string{fmt.Sprintf("%s (an alias of %s, but not in this kernel's vdso)", f.Name, strings.Join(prev.names, ", "))}}
+		if prev, ok := codes[f.Off]; ok {
+			if !bytes.Equal(prev, code) {
+				return nil, &UnservedError{Names: []string{fmt.Sprintf("%s (an alias of %s, but not in this kernel's vdso)", f.Name, names[f.Off])}}
 			}
-			prev.names = append(prev.names, f.Name)
 			continue
 		}
-		e.names = []string{f.Name}
-		entries[f.Off] = &e
+		codes[f.Off], names[f.Off] = code, f.Name
 		offs = append(offs, f.Off)
 	}
 	if len(missing) > 0 {
@@ -143,38 +131,44 @@ func buildProxy(old []byte, at uint64, cur []byte, newAt uint64) ([]byte, error)
 	}
 	out := append([]byte(nil), old...)
 	for i, off := range offs {
-		e := entries[off]
-		code := jumpCode(at+off, e.to, e.syscall)
-		if e.errno != 0 {
-			code = errnoCode(e.errno)
-		}
+		code := codes[off]
 		limit := uint64(len(out))
 		if i+1 < len(offs) {
 			limit = offs[i+1]
 		}
 		if off+uint64(len(code)) > limit {
-			return nil, fmt.Errorf("the image's vdso: %s at +%#x leaves %d bytes for its %d-byte jump", e.names[0], off, limit-off, len(code))
+			return nil, fmt.Errorf("the image's vdso: %s at +%#x leaves %d bytes for its %d-byte entry", names[off], off, limit-off, len(code))
 		}
 		copy(out[off:], code)
 	}
 	return out, nil
 }
 
-// errnoCode is code that returns -errno: mov rax, -errno; ret.
-func errnoCode(errno int32) []byte {
-	b := []byte{0x48, 0xc7, 0xc0, 0, 0, 0, 0, 0xc3}
-	binary.LittleEndian.PutUint32(b[3:], uint32(-errno))
-	return b
-}
-
-// jumpCode is the code placed at from: a jump to to, or, when to is 0,
-// the system call nr.
-func jumpCode(from, to uint64, nr uint32) []byte {
-	if to == 0 {
+// entryCode is the code of the proxy's entry at from for the old vdso's
+// function name: a jump to this kernel's function of that name (here:
+// their offsets in this kernel's vdso, mapped at newAt), its system call,
+// or a failure (enclaveOnly); nil if none of them serves it.
+func entryCode(name string, from uint64, here map[string]uint64, newAt uint64, enclave bool) []byte {
+	base := vdsoBase(name)
+	if off, ok := here[name]; ok && !alwaysSyscall[base] {
+		return jumpCode(from, newAt+off)
+	}
+	if nr, ok := vdsoSyscalls[base]; ok {
+		// mov eax, nr; syscall; ret
 		b := []byte{0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0xc3}
 		binary.LittleEndian.PutUint32(b[1:], nr)
 		return b
 	}
+	if enclaveOnly[base] && !enclave {
+		// mov rax, -EFAULT (sign-extended); ret
+		return []byte{0x48, 0xc7, 0xc0, 0xf2, 0xff, 0xff, 0xff, 0xc3}
+	}
+	return nil
+}
+
+// jumpCode is a jump from from to to: jmp rel32 where it reaches, else
+// movabs rax, to; jmp rax (rax is free at a function's entry).
+func jumpCode(from, to uint64) []byte {
 	if rel := int64(to) - int64(from+jmpRel32Len); rel == int64(int32(rel)) {
 		b := []byte{0xe9, 0, 0, 0, 0}
 		binary.LittleEndian.PutUint32(b[1:], uint32(int32(rel)))

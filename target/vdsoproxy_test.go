@@ -46,7 +46,7 @@ func TestBuildProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, at := range []uint64{here - 0x100000, here - 1<<40} {
-		p, err := buildProxy(img, at, img, here)
+		p, err := buildProxy(img, at, img, here, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +75,7 @@ func TestBuildProxyMissing(t *testing.T) {
 	here, img := ownImage(t)
 	// This kernel's vdso without getcpu.
 	cur := bytes.ReplaceAll(img, []byte("getcpu\x00"), []byte("getcpX\x00"))
-	p, err := buildProxy(img, here-0x100000, cur, here)
+	p, err := buildProxy(img, here-0x100000, cur, here, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,25 +87,9 @@ func TestBuildProxyMissing(t *testing.T) {
 			}
 		}
 	}
-	// An old vdso with a function that returns an error where this
-	// kernel lacks it (as __vdso_sgx_enter_enclave: getcpX stands for it).
-	vdsoErrors["getcpX"] = 14
-	defer delete(vdsoErrors, "getcpX")
-	old := bytes.ReplaceAll(img, []byte("getcpu\x00"), []byte("getcpX\x00"))
-	if p, err = buildProxy(old, here-0x100000, img, here); err != nil {
-		t.Fatal(err)
-	}
-	funcs, _ = kernel.VDSOFuncs(old)
-	for _, f := range funcs {
-		if vdsoBase(f.Name) == "getcpX" {
-			if want := errnoCode(14); !bytes.Equal(p[f.Off:f.Off+uint64(len(want))], want) {
-				t.Errorf("%s: % x, want mov rax, -14; ret", f.Name, p[f.Off:f.Off+uint64(len(want))])
-			}
-		}
-	}
 	// An old vdso with a function no kernel has.
-	old = bytes.ReplaceAll(img, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
-	_, err = buildProxy(old, here-0x100000, img, here)
+	old := bytes.ReplaceAll(img, []byte("__vdso_time\x00"), []byte("__vdso_tXme\x00"))
+	_, err = buildProxy(old, here-0x100000, img, here, false)
 	var ue *UnservedError
 	if !errors.As(err, &ue) || !slices.Contains(ue.Names, "__vdso_tXme") {
 		t.Fatalf("got %v, want an UnservedError naming __vdso_tXme", err)
@@ -119,9 +103,32 @@ func FuzzBuildProxy(f *testing.F) {
 		f.Add(img)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := buildProxy(b, 1<<40, b, 1<<20)
+		p, err := buildProxy(b, 1<<40, b, 1<<20, false)
 		if err == nil && len(p) != len(b) {
 			t.Fatalf("proxy of %d bytes for an image of %d", len(p), len(b))
 		}
 	})
+}
+
+// A function for SGX enclaves that this kernel's vdso lacks fails
+// (-EFAULT) for a process without an enclave, and is refused for one with
+// an enclave; an unknown function is refused.
+func TestEntryCode(t *testing.T) {
+	here := map[string]uint64{"__vdso_time": 0x100}
+	fail := []byte{0x48, 0xc7, 0xc0, 0xf2, 0xff, 0xff, 0xff, 0xc3}
+	for _, tc := range []struct {
+		name    string
+		enclave bool
+		want    []byte
+	}{
+		{"__vdso_time", false, []byte{0xe9, 0xfb, 0x10, 0, 0}}, // from 0x1000 to 0x2100
+		{"__vdso_gettimeofday", false, []byte{0xb8, 96, 0, 0, 0, 0x0f, 0x05, 0xc3}},
+		{"__vdso_sgx_enter_enclave", false, fail},
+		{"__vdso_sgx_enter_enclave", true, nil},
+		{"__vdso_frobnicate", false, nil},
+	} {
+		if got := entryCode(tc.name, 0x1000, here, 0x2000, tc.enclave); !bytes.Equal(got, tc.want) {
+			t.Errorf("%s (enclave %v): % x, want % x", tc.name, tc.enclave, got, tc.want)
+		}
+	}
 }

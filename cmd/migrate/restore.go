@@ -97,6 +97,9 @@ stderr. With --json the full report goes to stdout instead.`,
 			if rep.TimeNamespace != nil {
 				timens = fmt.Sprintf(", in a time namespace (%v) that keeps its clocks", *rep.TimeNamespace)
 			}
+			if rep.VDSOProxy {
+				timens += ", calling this kernel's vdso through a proxy of its old one"
+			}
 			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s%s\n",
 				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)), timens)
 			fmt.Fprintln(e.stdout, rep.PID)

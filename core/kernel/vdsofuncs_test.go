@@ -57,3 +57,29 @@ func FuzzVDSOFuncs(f *testing.F) {
 		}
 	})
 }
+
+// A damaged image is refused, whatever it announces: more program or
+// section headers than it holds, a section beyond its end, a symbol
+// outside it.
+func TestVDSOFuncsDamaged(t *testing.T) {
+	_, img := ownImage(t)
+	for _, tc := range []struct {
+		name string
+		edit func(b []byte)
+	}{
+		{"62k program headers", func(b []byte) { b[0x39] = 0xf3 }},
+		{"section headers beyond the end", func(b []byte) { b[0x2d] = 0x10 }},
+		{"truncated", nil},
+		{"32-bit", func(b []byte) { b[4] = 1 }},
+	} {
+		b := bytes.Clone(img)
+		if tc.edit != nil {
+			tc.edit(b)
+		} else {
+			b = b[:len(b)/2]
+		}
+		if funcs, err := VDSOFuncs(b); err == nil {
+			t.Errorf("%s: %d functions, want an error", tc.name, len(funcs))
+		}
+	}
+}

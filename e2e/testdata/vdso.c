@@ -2,7 +2,8 @@
  * as servers stamping requests do: clock_gettime, gettimeofday, time and
  * sched_getcpu through libc (which calls the vdso functions it resolved
  * at start), and clock_gettime through a pointer to the vdso's own
- * __vdso_clock_gettime taken at start.
+ * __vdso_clock_gettime taken at start. A second thread reads
+ * CLOCK_MONOTONIC in a loop too.
  *
  * It spins, and every 100 ms of CLOCK_MONOTONIC prints
  *
@@ -10,11 +11,13 @@
  *
  * mono, real: the clocks by clock_gettime; tv: gettimeofday's; time:
  * time()'s; ptr: CLOCK_MONOTONIC through the pointer; back: how many
- * readings of CLOCK_MONOTONIC (either way) were below the one before,
- * which must stay 0; sig: SIGUSR1s handled (the handler reads the clock
+ * readings of CLOCK_MONOTONIC (either way, either thread) were below
+ * the one before, which must stay 0; sig: SIGUSR1s handled (the handler reads the clock
  * too). Lines: "ready pid=P vdso=0xADDR ptr=0xADDR" first. */
 #include "common.h"
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/time.h>
@@ -22,8 +25,24 @@
 typedef int (*gettime_fn)(clockid_t, struct timespec *);
 
 static volatile sig_atomic_t sigs;
+static atomic_ulong thread_back;
 
 static int64_t ns(struct timespec ts) { return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec; }
+
+static void *spin(void *arg)
+{
+	(void)arg;
+	int64_t last = 0;
+	for (;;) {
+		struct timespec m;
+		if (clock_gettime(CLOCK_MONOTONIC, &m))
+			die("clock_gettime");
+		if (ns(m) < last)
+			atomic_fetch_add(&thread_back, 1);
+		last = ns(m);
+	}
+	return NULL;
+}
 
 static void on_usr1(int sig)
 {
@@ -44,6 +63,9 @@ int main(void)
 	struct sigaction sa = {.sa_handler = on_usr1, .sa_flags = SA_RESTART};
 	if (sigaction(SIGUSR1, &sa, NULL))
 		die("sigaction");
+	pthread_t th;
+	if (pthread_create(&th, NULL, spin, NULL))
+		die("pthread_create");
 	say("ready pid=%d vdso=%#lx ptr=%p", getpid(), getauxval(AT_SYSINFO_EHDR), (void *)ptr);
 	int64_t last = 0, next = 0;
 	unsigned long back = 0;
@@ -74,6 +96,6 @@ int main(void)
 		say("tick %lu mono=%lld real=%lld tv=%lld time=%lld ptr=%lld cpu=%d back=%lu sig=%d", tick++,
 		    (long long)(ns(m) / 1000000), (long long)(ns(r) / 1000000),
 		    (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000, (long long)now, (long long)(ns(p) / 1000000), cpu,
-		    back, (int)sigs);
+		    back + atomic_load(&thread_back), (int)sigs);
 	}
 }
