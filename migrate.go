@@ -119,6 +119,14 @@ type DumpOptions struct {
 	// external, to be given at the restore (RestoreOptions.Inherit),
 	// instead of refused. --external.
 	External []string
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use.
+	CPUInUseOnly bool
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -148,6 +156,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Logger:       logger(opts.Logger),
 		Transfer:     opts.Transfer,
 		External:     opts.External,
+		CPUInUseOnly: opts.CPUInUseOnly,
 	})
 	if err != nil {
 		undo()
@@ -300,6 +309,14 @@ type MigrateOptions struct {
 	Mode string
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use.
+	CPUInUseOnly bool
 }
 
 // Migrate moves process pid, with its descendants unless
@@ -336,7 +353,7 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
 		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit,
-		Mode: source.Mode(opts.Mode), Sync: opts.Sync})
+		Mode: source.Mode(opts.Mode), Sync: opts.Sync, CPUInUseOnly: opts.CPUInUseOnly})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

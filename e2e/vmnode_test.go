@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -405,6 +406,29 @@ func TestVMLive(t *testing.T) {
 			t.Fatalf("migrate to the VM: %v", err)
 		}
 		t.Logf("vmtest-live: host to VM: moved, tracker %s (this host), downtime %.1f ms, total %.1f ms", rep.Tracker, rep.DowntimeMS, rep.TotalMS)
+		last := p.LastTick(t)
+		lines := vm.waitTick(t, log, last+4)
+		checkVMTicks(t, append(p.Lines(t), lines...))
+	})
+
+	// The same, the process started so as to use no AVX-512 (glibc's
+	// string functions masked by its tunables) and the migration told to
+	// check only the XSAVE features its threads hold (--cpu-check
+	// in-use): it moves to the VM's CPU, which lacks AVX-512.
+	t.Run("host to VM, in use only", func(t *testing.T) {
+		log := filepath.Join(work, "to-vm-inuse.log")
+		vm.put(t, log, nil)
+		env := append(slices.Clone(vmWorkloadEnv), "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX512ER,-AVX512PF,-EVEX512")
+		p := testutil.StartWith(t, testutil.Options{Dir: work, Log: log, Env: env}, bin, "mem=256")
+		p.WaitLine(t, short, 0, "ready")
+		p.WaitTick(t, long, 3)
+		ctx, cancel := context.WithTimeout(context.Background(), vmMigrate)
+		defer cancel()
+		rep, err := migrate.Migrate(ctx, p.PID, vm.Serve, migrate.MigrateOptions{Auth: migrate.Auth{Insecure: true}, Logger: testLogger(t), CPUInUseOnly: true})
+		if err != nil {
+			t.Fatalf("migrate to the VM, checking the features in use only: %v", err)
+		}
+		t.Logf("vmtest-live: host to VM (--cpu-check in-use, AVX-512 masked by glibc's tunables): moved, tracker %s (this host), downtime %.1f ms, total %.1f ms", rep.Tracker, rep.DowntimeMS, rep.TotalMS)
 		last := p.LastTick(t)
 		lines := vm.waitTick(t, log, last+4)
 		checkVMTicks(t, append(p.Lines(t), lines...))

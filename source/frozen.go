@@ -208,7 +208,7 @@ func (f *frozenState) readClocks() error {
 	if f.clocks, err = readClocks(pids); err != nil {
 		return err
 	}
-	f.cpu = cpuFeatures(procs)
+	f.cpu = f.ss.cpuFeatures(procs)
 	return nil
 }
 

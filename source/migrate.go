@@ -69,6 +69,14 @@ type MigrateOptions struct {
 	// access mode of the original fd (a FIFO, a file): their fds are
 	// moved as external (DumpOptions.External) instead of refused.
 	Inherit map[string]string
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use (a live migration checks them at the freeze).
+	CPUInUseOnly bool
 	// Mode is how the migration ends: ModePreCopy ("": every page is on
 	// the target before the process runs there), ModePostCopy or ModeAuto
 	// (it may run there with pages still missing; if the link or this
@@ -270,7 +278,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 
 	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
-		External: external, Transfer: opts.Transfer}
+		External: external, Transfer: opts.Transfer, CPUInUseOnly: opts.CPUInUseOnly}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	if err := ss.noteContainer(&ss.opts); err != nil {
 		return nil, err
@@ -673,7 +681,7 @@ func (a *liveSource) relisten() error {
 func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: a.d.cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
 		if a.sync != nil && a.sync.conn == nil {
 			ll.Sync = a.sync.roots
 		}

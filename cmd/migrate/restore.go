@@ -136,3 +136,18 @@ func (c *cgroupFlags) check() error {
 	}
 	return nil
 }
+
+// cpuCheckFlag adds --cpu-check of dump and migrate --to; the returned
+// func says whether it is in-use (migrate.DumpOptions.CPUInUseOnly).
+func cpuCheckFlag(fs *pflag.FlagSet) func() (bool, error) {
+	v := fs.String("cpu-check", "offered", "which of the source CPU's XSAVE features (AVX, AVX-512...) the target must have: `offered` (every one: a program picks its code by the CPU it starts on) or in-use (only those the threads hold at the freeze: for a process known to use no other, such as one started with glibc.cpu.hwcaps tunables masking AVX-512; one that chose code for this CPU dies of SIGILL there)")
+	return func() (bool, error) {
+		switch *v {
+		case "offered":
+			return false, nil
+		case "in-use":
+			return true, nil
+		}
+		return false, usagef("bad --cpu-check %q: offered or in-use", *v)
+	}
+}
