@@ -50,7 +50,14 @@ type container struct {
 func startContainer(t *testing.T, host string, extra, progArgs []string) *container {
 	t.Helper()
 	unshare, args := containerArgs(t, host, extra, progArgs)
-	c := &container{Proc: testutil.Start(t, unshare, args...)}
+	return adoptContainer(t, testutil.Start(t, unshare, args...))
+}
+
+// adoptContainer is startContainer for the unshare of the container
+// workload p runs, started by the caller.
+func adoptContainer(t *testing.T, p *testutil.Proc) *container {
+	t.Helper()
+	c := &container{Proc: p}
 	c.WaitLine(t, short, 0, "ready pid=1 child=2")
 	c.WaitTick(t, short, 3)
 	kids := childrenOf(t, c.PID)

@@ -39,7 +39,7 @@ type nsKind struct {
 }
 
 var namespaceKinds = []nsKind{
-	{"cgroup", false}, {"ipc", true}, {"mnt", false}, {"net", false},
+	{"cgroup", true}, {"ipc", true}, {"mnt", false}, {"net", false},
 	{"pid", true}, {"time", false}, {"user", false}, {"uts", true},
 }
 
@@ -193,8 +193,8 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if len(refused) > 0 {
 		reason := "its restore would put it in migrate's own; run migrate inside them (nsenter)"
 		if container {
-			reason = "migrate carries a container's PID, UTS, IPC, mount and time namespaces, not these"
-		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") {
+			reason = "migrate carries a container's PID, UTS, IPC, cgroup, mount and time namespaces, not these"
+		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") || slices.Contains(differ, "cgroup") {
 			reason += ", or dump the init of the container's PID namespace"
 		}
 		return &NamespaceError{PID: pid, Kinds: refused, Reason: reason}
@@ -220,6 +220,11 @@ func (ss *session) noteContainer(opts *DumpOptions) error {
 	}
 	if slices.Contains(differ, "ipc") {
 		ss.ipcNS = opts.PID
+	}
+	if slices.Contains(differ, "cgroup") {
+		if _, err := readCgroupNS(opts.PID); err != nil {
+			return err
+		}
 	}
 	// Every process of the container is the root's descendant.
 	pids, _, err := walkTree(opts.PID)
@@ -312,6 +317,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 			return nil, err
 		}
 	}
+	if slices.Contains(differ, "cgroup") {
+		if ns.Cgroup, err = readCgroupNS(root); err != nil {
+			return nil, err
+		}
+	}
 	if slices.Contains(differ, "ipc") {
 		// POSIX message queues of the namespace are not carried: one no
 		// process holds open would be lost without a word (one held open
@@ -354,4 +364,23 @@ func readUTS(pid int) (*core.UTSNamespace, error) {
 		return nil, fmt.Errorf("UTS namespace of %d: %w", pid, err)
 	}
 	return u, nil
+}
+
+// readCgroupNS reads the roots of the cgroup namespace of container init
+// pid, refusing one whose cgroup is outside them (the roots cannot be
+// told then).
+func readCgroupNS(pid int) (*core.CgroupNamespace, error) {
+	roots, err := proc.CgroupNSRoots(pid)
+	var oe *proc.OutsideCgroupNSError
+	if errors.As(err, &oe) {
+		return nil, &NamespaceError{PID: pid, Kinds: []string{"cgroup"}, Reason: oe.Error() + ": the root of the namespace to make again is not known"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("process %d: cgroup namespace: %w", pid, err)
+	}
+	ns := &core.CgroupNamespace{}
+	for _, r := range roots {
+		ns.Roots = append(ns.Roots, core.Cgroup{Controllers: r.Controllers, Path: r.Path})
+	}
+	return ns, nil
 }

@@ -346,6 +346,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			procs = append(procs, &ll.Tree[i])
 		}
 		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
+		relocateCgroupNS(t.cgroupRoot, ll.Namespaces)
 	}
 	if ll.FDs > 0 {
 		// Room in this process's fd table for what the restore of the

@@ -671,21 +671,9 @@ func (b *Builder) checkMounts() []Difference {
 		return nil
 	}
 	root := b.all[0].pid
-	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", root))
-	if err != nil {
-		return []Difference{{PID: root, What: "mount namespace", Want: "readable", Got: err.Error()}}
-	}
-	var diffs []Difference
-	if mine, err := os.Readlink("/proc/self/ns/mnt"); err == nil && mine == rootNS {
-		diffs = append(diffs, Difference{PID: root, What: "mount namespace", Want: "one of its own", Got: "the restorer's"})
-	}
-	for _, r := range b.all[1:] {
-		if r.proc.Zombie != nil {
-			continue
-		}
-		if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", r.pid)); its != rootNS {
-			diffs = append(diffs, Difference{PID: r.pid, What: "mount namespace", Want: rootNS, Got: its})
-		}
+	diffs, ok := checkOwnNamespace(b.all, "mnt", "mount")
+	if !ok {
+		return diffs
 	}
 	got, err := proc.ReadMountInfo(root)
 	if err != nil {

@@ -259,6 +259,9 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			return ss.prepareSysV(img)
 		}},
 		{"time namespace", ss.planTime},
+		// Before the processes: a container's cgroup namespace is made
+		// in its root cgroups as the root is created.
+		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"IPC namespace", func() error {
 			if !ss.ownIPC() {
@@ -266,7 +269,6 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			}
 			return ss.prepareIPC(img)
 		}},
-		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -772,6 +774,9 @@ func (r *restorer) createRoot() error {
 			return err
 		}
 		if err := r.mountInContainer(); err != nil {
+			return err
+		}
+		if err := r.enterCgroupNS(); err != nil {
 			return err
 		}
 	}
