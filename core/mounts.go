@@ -11,6 +11,12 @@ import (
 // order, each described by how the restore brings it back.
 type MountNS struct {
 	Mounts []Mount `json:"mounts"`
+	// Pivoted is set when the namespace's root, its first mount, is a
+	// directory of the host bound at "/" (MountBind) that the processes
+	// pivoted into (pivot_root, as runc does): no mount of the host's
+	// namespace is left in it (no MountHost), and the paths of the
+	// processes' files are the container's, opened beneath its root.
+	Pivoted bool `json:"pivoted,omitempty"`
 }
 
 // Kinds of Mount.
@@ -108,9 +114,15 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 	if len(ns.Mounts) == 0 || len(ns.Mounts) > 1<<16 {
 		return fmt.Errorf("mount table of %d mounts", len(ns.Mounts))
 	}
+	if r := ns.Mounts[0]; ns.Pivoted && (r.Point != "/" || r.Kind != MountBind) {
+		return fmt.Errorf("a root filesystem pivoted into whose first mount is a %s at %q, not a host directory bound at /", r.Kind, r.Point)
+	}
 	ids := map[int]bool{}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
+		if ns.Pivoted && m.Kind == MountHost {
+			return fmt.Errorf("mount %d at %q: a mount of the host in a root filesystem pivoted into", m.ID, m.Point)
+		}
 		bad := func(f string, a ...any) error {
 			return fmt.Errorf("mount %d at %q: %s", m.ID, m.Point, fmt.Sprintf(f, a...))
 		}
@@ -231,7 +243,7 @@ func (ns *MountNS) SameTable(other *MountNS) bool {
 	if ns == nil || other == nil {
 		return ns == other
 	}
-	if len(ns.Mounts) != len(other.Mounts) {
+	if len(ns.Mounts) != len(other.Mounts) || ns.Pivoted != other.Pivoted {
 		return false
 	}
 	for i := range ns.Mounts {

@@ -108,6 +108,9 @@ func describeMounts(pid int) (*core.MountNS, error) {
 	if err := containerMounts(pid, ns); err != nil {
 		return nil, err
 	}
+	if err := notePivot(pid, ns); err != nil {
+		return nil, err
+	}
 	if err := checkRoot(pid, ns); err != nil {
 		return nil, err
 	}
@@ -292,22 +295,56 @@ func checkBindSource(p string, mountID int) error {
 	return nil
 }
 
+// notePivot marks a table whose root is a directory of the host bound
+// there (core.MountNS.Pivoted: pivot_root into a container's root
+// filesystem, as runc does) and describes its host mounts as the
+// restore rebuilds them, none of the restorer's own namespace being
+// left under the new root: a virtual filesystem mounted fresh, any
+// other bound from the host's mount at the same place. A slave of the
+// host's is refused there.
+func notePivot(pid int, ns *core.MountNS) error {
+	if r := coveringMount(ns.Mounts, "/"); r == nil || r.Point != "/" || r.Kind != core.MountBind || slices.ContainsFunc(ns.Mounts, func(m core.Mount) bool { return m.ID == r.Parent }) {
+		return nil
+	}
+	ns.Pivoted = true
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountHost {
+			continue
+		}
+		if m.Slave {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: "a slave of the host's mount under a root filesystem pivoted into: not kept"}
+		}
+		if core.FreshFSTypes[m.FSType] && m.Root == "/" {
+			m.Kind = core.MountFresh
+		} else {
+			m.Kind, m.From = core.MountBind, m.Point
+		}
+	}
+	return nil
+}
+
 // checkRoot refuses a process whose root directory is not the root of its
-// mount namespace, a mount of the host (chroot, pivot_root).
+// mount namespace (chroot), and one whose namespace's root is neither a
+// mount of the host nor a host directory pivoted into.
 func checkRoot(pid int, ns *core.MountNS) error {
-	var its, mine unix.Stat_t
+	var its, root unix.Stat_t
 	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &its); err != nil {
 		return fmt.Errorf("process %d: root directory: %w", pid, err)
 	}
-	if err := unix.Stat("/", &mine); err != nil {
-		return err
+	rootDir := "/"
+	if ns.Pivoted {
+		rootDir = coveringMount(ns.Mounts, "/").From
 	}
-	if its.Dev != mine.Dev || its.Ino != mine.Ino {
+	if err := unix.Stat(rootDir, &root); err != nil {
+		return fmt.Errorf("the root of the mount namespace of process %d, %s here: %w", pid, rootDir, err)
+	}
+	if its.Dev != root.Dev || its.Ino != root.Ino {
 		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
-			Reason: "the process's root directory is not migrate's (chroot, or pivot_root into a root filesystem): not supported yet"}
+			Reason: "the process's root directory is not its mount namespace's (chroot): not supported yet"}
 	}
-	if c := coveringMount(ns.Mounts, "/"); c == nil || c.Kind != core.MountHost {
-		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not a mount of migrate's (pivot_root into a root filesystem): not supported yet"}
+	if c := coveringMount(ns.Mounts, "/"); !ns.Pivoted && (c == nil || c.Kind != core.MountHost) {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is neither a mount of migrate's nor a directory of the host bound there (pivot_root into an overlay or a tmpfs?): not supported"}
 	}
 	return nil
 }
@@ -354,7 +391,7 @@ func (ss *session) readMounts(all []*dumper) error {
 		return err
 	}
 	for _, d := range all {
-		if err := checkPathsOnHost(d, ns.Mounts); err != nil {
+		if err := checkPathsOnHost(d, ns.Mounts, ns.Pivoted); err != nil {
 			return err
 		}
 	}
@@ -371,40 +408,83 @@ func (ss *session) readMounts(all []*dumper) error {
 }
 
 // checkPathsOnHost refuses a process with a file the restorer would open
-// by path on a mount of the container's own (a tmpfs, a bind, proc...).
-func checkPathsOnHost(d *dumper, mounts []core.Mount) error {
-	check := func(what, p string) error {
-		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") {
+// by path on a mount of the container's own (a tmpfs, a bind, proc...);
+// in a root filesystem pivoted into (pivoted), the files on it and on
+// the host paths bound in it are opened there, and each path must lead,
+// inside the container, to the very file the process has (not one of a
+// mount outside it, such as a file opened before the pivot).
+func checkPathsOnHost(d *dumper, mounts []core.Mount, pivoted bool) error {
+	var root *os.File
+	if pivoted {
+		var err error
+		if root, err = os.OpenFile(fmt.Sprintf("/proc/%d/root", d.pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("process %d: root directory: %w", d.pid, err)
+		}
+		defer root.Close()
+	}
+	check := func(what, p string, ref *core.FileRef) error {
+		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") || (ref != nil && ref.Deleted) {
 			return nil
 		}
-		if m := coveringMount(mounts, p); m != nil && m.Kind != core.MountHost {
+		m := coveringMount(mounts, p)
+		if m == nil {
+			return nil
+		}
+		switch {
+		case pivoted && (m == nil || m.Kind != core.MountBind):
+			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
+				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in the container's root filesystem and the host paths bound in it only", what, p)}
+		case pivoted && ref != nil:
+			if reason := sameInside(root, p, ref); reason != "" {
+				return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType, Reason: fmt.Sprintf("%s %s: %s", what, p, reason)}
+			}
+		case !pivoted && m.Kind != core.MountHost:
 			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
 				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in migrate's own namespace, only files on mounts of the host can be", what, p)}
 		}
 		return nil
 	}
 	p := d.proc
-	if err := check("the executable", p.Exe.Path); err != nil {
+	if err := check("the executable", p.Exe.Path, &p.Exe); err != nil {
 		return err
 	}
-	if err := check("the working directory", p.Cwd); err != nil {
+	if err := check("the working directory", p.Cwd, nil); err != nil {
 		return err
 	}
 	for _, f := range p.FDs {
 		if f.File != nil {
-			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path); err != nil {
+			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path, f.File); err != nil {
 				return err
 			}
 		}
 	}
 	for _, v := range p.VMAs {
 		if v.File != nil {
-			if err := check("the mapped file", v.File.Path); err != nil {
+			if err := check("the mapped file", v.File.Path, v.File); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// sameInside says how path p, looked up inside a container whose root
+// directory is open at root, is not the file ref ("" if it is).
+func sameInside(root *os.File, p string, ref *core.FileRef) string {
+	fd, err := unix.Openat2(int(root.Fd()), p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return fmt.Sprintf("not found inside the container (%v): the file is on a mount outside its namespace (opened before pivot_root?)", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err.Error()
+	}
+	if st.Dev != ref.Dev || st.Ino != ref.Ino {
+		return "another file inside the container: the process's is on a mount outside its namespace (opened before pivot_root?)"
+	}
+	return ""
 }
 
 // readTmpfs lists the files of a tmpfs of the namespace (through process

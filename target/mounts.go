@@ -119,6 +119,9 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	if _, err := b.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWNS); err != nil {
 		return err
 	}
+	if ns.Pivoted {
+		return b.buildPivoted(ns)
+	}
 	// Slaves first: nothing done here propagates out, and the host
 	// mounts the image has as slaves still receive from the host's; every
 	// other mount is made private (keepHost).
@@ -141,6 +144,33 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 			return err
 		}
 	}
+	return b.compare()
+}
+
+// buildPivoted is build for a root filesystem pivoted into: nothing of
+// the restorer's namespace is kept.
+func (b *nsBuilder) buildPivoted(ns *core.MountNS) error {
+	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return err
+	}
+	b.ns, b.kept, b.fresh, b.binds = ns, map[int]*proc.MountInfo{}, map[int]bool{}, map[int]uint64{}
+	defer func() {
+		for _, fd := range b.binds {
+			b.sys("close", unix.SYS_CLOSE, fd)
+		}
+	}()
+	for _, step := range []func() error{b.takeBinds, b.pivot, b.mountOwn, b.share} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return b.compare()
+}
+
+// compare compares the namespace built with the image's, but for the
+// mounts made from inside the container after.
+func (b *nsBuilder) compare() error {
+	ns := b.ns
 	got, err := proc.ReadMountInfo(b.hp.PID)
 	if err != nil {
 		return err
@@ -329,8 +359,8 @@ func (b *nsBuilder) unmountOthers() error {
 func (b *nsBuilder) mountOwn() error {
 	for i := range b.ns.Mounts {
 		m := &b.ns.Mounts[i]
-		if m.Container {
-			continue // mounted from inside the container (mountInContainer)
+		if m.Container || (b.ns.Pivoted && i == 0) {
+			continue // mounted from inside the container (mountInContainer), or the root pivoted into (pivot)
 		}
 		flags, err := mountFlags(m.Options)
 		if err != nil {

@@ -89,6 +89,9 @@ type session struct {
 	// applyCgroupLimits: a cgroup of the image this host has with other
 	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
 	applyCgroupLimits bool
+	// paths is where the paths of the image's files are opened (a
+	// pivoted container's: see pathRoot).
+	paths *pathRoot
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -237,7 +240,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	}
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits, paths: newPathRoot(img.Mounts)}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -518,6 +521,7 @@ func (b *Builder) Discard() {
 // release lets go of the tracer and the agent's files.
 func (b *Builder) release() {
 	b.ss.closeFiles()
+	b.ss.paths.close()
 	b.ss.detachSysV()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
@@ -767,6 +771,9 @@ func (r *restorer) createRoot() error {
 		return err
 	}
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
+		return err
+	}
+	if err := r.paths.enter(r.pid); err != nil {
 		return err
 	}
 	if r.container() {
@@ -1198,7 +1205,7 @@ func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
 		}
 		return r.keep(g), nil
 	}
-	f, err := openMappable(ref.Path, flag)
+	f, err := openMappable(r.paths, ref.Path, flag)
 	if err != nil {
 		return nil, err
 	}
