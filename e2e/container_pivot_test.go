@@ -8,6 +8,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -28,10 +30,12 @@ import (
 // mqueue on it, and runs the workload from /w as PID 1 of a new PID
 // namespace with its proc (unshare --pid --mount-proc, in a copy of the
 // mount namespace, as runc's init mounts it), its output in /log. The
-// workload is $0.
+// workload is $0. With LEAK, the workload has the host file LEAK, opened
+// before the pivot, at fd 3.
 const pivotScript = `set -e
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-R=$1; W=$2; DIRS=$3; shift 3
+R=$1; W=$2; DIRS=$3; LEAK=$4; shift 4
+if [ -n "$LEAK" ]; then exec 3<"$LEAK"; fi
 mount --make-rprivate /
 mount --bind "$R" "$R"
 for d in $DIRS; do mount --bind "/$d" "$R/$d"; mount -o remount,bind,ro "$R/$d"; done
@@ -53,11 +57,12 @@ W=/w/$(basename "$0")
 exec unshare --pid --fork --mount-proc /bin/sh -c 'exec "$0" "$@" <"$0" >/log 2>&1' "$W" "$@"
 `
 
-// startPivoted starts the container workload named host in a root
-// filesystem of its own, made of the host's directories bound read-only
-// (usr, and bin, lib, lib64, sbin where they are not symbolic links: else
-// the same links), and returns it and its root's host directory.
-func startPivoted(t *testing.T, host string) (*container, string) {
+// pivotCommand prepares a root filesystem for the container workload
+// named host, made of the host's directories bound read-only (usr, and
+// bin, lib, lib64, sbin where they are not symbolic links: else the same
+// links), and returns the command that starts it there (pivotScript run
+// by unshare) and the root's host directory.
+func pivotCommand(t *testing.T, host, leak string) ([]string, string) {
 	t.Helper()
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
@@ -88,8 +93,17 @@ func startPivoted(t *testing.T, host string) (*container, string) {
 	if err := os.WriteFile(script, []byte(pivotScript), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := testutil.Start(t, unshare, "--mount", "--uts", "--ipc", "/bin/sh", "-c", ". "+script,
-		filepath.Base(prog), root, filepath.Dir(prog), strings.Join(dirs, " "), host)
+	return []string{unshare, "--mount", "--uts", "--ipc", "/bin/sh", "-c", ". " + script,
+		filepath.Base(prog), root, filepath.Dir(prog), strings.Join(dirs, " "), leak, host}, root
+}
+
+// startPivoted starts the container workload named host in a root
+// filesystem of its own (pivotCommand), and returns it and its root's
+// host directory; with leak, see pivotScript.
+func startPivoted(t *testing.T, host, leak string) (*container, string) {
+	t.Helper()
+	cmd, root := pivotCommand(t, host, leak)
+	p := testutil.Start(t, cmd[0], cmd[1:]...)
 	launcher := p.Log
 	t.Cleanup(func() {
 		if b, _ := os.ReadFile(launcher); t.Failed() && len(b) > 0 {
@@ -110,7 +124,7 @@ func startPivoted(t *testing.T, host string) (*container, string) {
 // as it sees it, the same.
 func TestContainerPivotRoot(t *testing.T) {
 	testutil.RequireRoot(t)
-	c, root := startPivoted(t, "box-pivot")
+	c, root := startPivoted(t, "box-pivot", "")
 	before, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.init))
 	if err != nil {
 		t.Fatal(err)
@@ -171,4 +185,58 @@ func normalMountinfo(s string) string {
 		out = append(out, strings.Join(append([]string{f[3], f[4], f[5]}, f[sep+1:]...), " "))
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestContainerPivotRootLive: the container in a root filesystem of its
+// own moves live to node B and back; its root, working directory and
+// mount table, as it sees them, stay.
+func TestContainerPivotRootLive(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	cmd, root := pivotCommand(t, "box-pivot-live", "")
+	var before string
+	liveContainerCmd(t, c, "box-pivot-live", filepath.Join(root, "log"), cmd, func(init int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", init))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = normalMountinfo(string(b))
+	}, func(init int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", init))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := normalMountinfo(string(b)); a != before {
+			t.Errorf("the container's mount table, normalised, was\n%s\nis\n%s", before, a)
+		}
+		if got, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", init)); got != "/w" {
+			t.Errorf("the init's working directory is %q", got)
+		}
+	})
+}
+
+// TestContainerPivotRootRefusesOutsideFile: a container process holding a
+// file of the host opened before the pivot (outside its root: the same
+// path inside is not that file) is refused; it runs on.
+func TestContainerPivotRootRefusesOutsideFile(t *testing.T) {
+	testutil.RequireRoot(t)
+	// Under /var/tmp: inside, on the root filesystem (which has no /var),
+	// not on the container's /tmp.
+	dir, err := os.MkdirTemp("/var/tmp", "migrate-test-")
+	if err != nil {
+		testutil.Unavailable(t, "a directory under /var/tmp: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	leak := filepath.Join(dir, "outside")
+	if err := os.WriteFile(leak, []byte("host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := startPivoted(t, "box-pivot-leak", leak)
+	_, err = source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Logger: testLogger(t)})
+	var ue *source.UnsupportedMountError
+	if !errors.As(err, &ue) || ue.Point != "/" || ue.PID != c.init {
+		t.Fatalf("dump of a container holding a file from outside its root: %v, want an UnsupportedMountError of / for %d", err, c.init)
+	}
+	t.Logf("refused: %v", err)
+	checkRunningUntraced(t, c.init)
+	c.WaitTick(t, short, c.LastTick(t)+3)
 }

@@ -343,11 +343,26 @@ func TestContainerLive(t *testing.T) {
 func liveContainer(t *testing.T, c *cluster.Cluster, host string, extra []string, started, after func(init int)) {
 	t.Helper()
 	unshare, args := containerArgs(t, host, extra, nil)
-	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
+	liveContainerCmd(t, c, host, "", append([]string{unshare}, args...), started, after)
+}
+
+// liveContainerCmd is liveContainer for the container workload named
+// host started on node A by the command cmd (unshare's, whose child is
+// the init), its lines in log ("": its output).
+func liveContainerCmd(t *testing.T, c *cluster.Cluster, host, log string, cmd []string, started, after func(init int)) {
+	t.Helper()
+	p, err := c.A.Start(cluster.StartOptions{}, cmd[0], cmd[1:]...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Stop()
+	if log != "" {
+		p.Log = log
+		testutil.WaitFor(t, short, "the workload's log "+log, func() bool {
+			_, err := os.Stat(log)
+			return err == nil
+		})
+	}
 	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
 	waitLogTick(t, p.Log, 3)
 	kids := childrenOf(t, p.PID)
