@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -165,8 +166,10 @@ func TestContainerPivotRoot(t *testing.T) {
 }
 
 // normalMountinfo is a mountinfo without mount ids, parent ids and
-// devices of virtual filesystems (which differ in every namespace), one
-// mount a line: root, point, options, type, source, superblock options.
+// devices (which differ in every namespace), one mount a line: root,
+// point, options, type, source, superblock options; by mount point
+// (mounts stacked at one in their order), as the order of mounts made
+// apart (a bind made with move_mount) is not kept.
 func normalMountinfo(s string) string {
 	var out []string
 	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
@@ -184,6 +187,7 @@ func normalMountinfo(s string) string {
 		}
 		out = append(out, strings.Join(append([]string{f[3], f[4], f[5]}, f[sep+1:]...), " "))
 	}
+	slices.SortStableFunc(out, func(a, b string) int { return strings.Compare(strings.Fields(a)[1], strings.Fields(b)[1]) })
 	return strings.Join(out, "\n")
 }
 

@@ -90,6 +90,7 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		devs[m.Dev]++
 	}
 	ns := &core.MountNS{}
+	seen := map[string]bool{} // devices of the mounts described
 	for i := range theirs {
 		m := &theirs[i]
 		cm := core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
@@ -100,9 +101,12 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		if reason := propagation(&cm, m, hostGroups, groups); reason != "" {
 			return nil, refuse(m, reason)
 		}
-		if reason := classify(&cm, m, mine, devs); reason != "" {
+		if of := ownSource(ns.Mounts, m); of != nil {
+			cm.Kind, cm.Of = core.MountOwnBind, of.ID
+		} else if reason := classify(&cm, m, mine, devs, seen[m.Dev]); reason != "" {
 			return nil, refuse(m, reason)
 		}
+		seen[m.Dev] = true
 		ns.Mounts = append(ns.Mounts, cm)
 	}
 	if err := containerMounts(pid, ns); err != nil {
@@ -128,7 +132,7 @@ func describeMounts(pid int) (*core.MountNS, error) {
 // last).
 func containerMounts(pid int, ns *core.MountNS) error {
 	kinds := map[string][2]string{} // kind -> migrate's namespace, pid's
-	for _, kind := range []string{"pid", "ipc"} {
+	for _, kind := range []string{"pid", "ipc", "cgroup"} {
 		mine, err := nsLink("self", kind)
 		if err != nil {
 			return err
@@ -145,6 +149,13 @@ func containerMounts(pid int, ns *core.MountNS) error {
 	var mqDevs [2]string // of migrate's IPC namespace, of pid's
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
+		if (m.FSType == "cgroup" || m.FSType == "cgroup2") && m.Kind == core.MountBind && kinds["cgroup"][0] != kinds["cgroup"][1] && !m.Shared {
+			// A hierarchy the container mounted in its cgroup namespace
+			// (its root, as migrate sees it, the namespace's): mounted
+			// again in the new one (Check compares the root).
+			m.Kind, m.From, m.Container = core.MountFresh, "", true
+			continue
+		}
 		if m.Kind != core.MountFresh {
 			continue
 		}
@@ -186,16 +197,28 @@ func containerMounts(pid int, ns *core.MountNS) error {
 			}
 		}
 	}
-	for i, m := range ns.Mounts {
-		if !m.Container {
+	// What is on a mount made from inside, or binds part of one, is made
+	// from inside too, after it: a tmpfs, a fresh or an own bind mount.
+	inside := map[int]*core.Mount{}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Container {
+			inside[m.ID] = m
 			continue
 		}
-		for _, o := range ns.Mounts[i+1:] {
-			if o.Point == m.Point || m.Point == "/" || strings.HasPrefix(o.Point, m.Point+"/") {
-				return &UnsupportedMountError{PID: pid, Point: o.Point, FSType: o.FSType, Reason: fmt.Sprintf(
-					"it is mounted on %s, a %s of the container's own namespace, which the restore mounts from inside the container after the rest of the table: not supported", m.Point, m.FSType)}
-			}
+		on := inside[m.Parent]
+		if on == nil && m.Kind == core.MountOwnBind {
+			on = inside[m.Of]
 		}
+		if on == nil {
+			continue
+		}
+		if m.Kind == core.MountHost || m.Kind == core.MountBind || m.Shared {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: fmt.Sprintf(
+				"it is mounted on or binds %s, a %s of the container's own namespace, which the restore mounts from inside the container: only a tmpfs, a fresh virtual filesystem or a bind of the container's own can be mounted there, not shared", on.Point, on.FSType)}
+		}
+		m.Container = true
+		inside[m.ID] = m
 	}
 	return nil
 }
@@ -228,10 +251,24 @@ func propagation(cm *core.Mount, m *proc.MountInfo, hostGroups map[int]bool, gro
 	return ""
 }
 
+// ownSource returns the mount of the namespace described so far (mounts)
+// that mount m binds part of, if m is such a bind of a tmpfs or a fresh
+// virtual filesystem of the namespace's own (core.MountOwnBind): of the
+// same filesystem instance, the part it shows within the other's.
+func ownSource(mounts []core.Mount, m *proc.MountInfo) *core.Mount {
+	for i := range mounts {
+		o := &mounts[i]
+		if o.Dev == m.Dev && o.FSType == m.FSType && (o.Kind == core.MountTmpfs || o.Kind == core.MountFresh) {
+			return o
+		}
+	}
+	return nil
+}
+
 // classify sets the kind of cm (mount m of the namespace) from migrate's
 // own mounts (mine), or says why it cannot be rebuilt. devs counts the
 // namespace's mounts of each device.
-func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int) string {
+func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int, again bool) string {
 	var host bool
 	var under []*proc.MountInfo // mounts of migrate's of the directory m mounts, or above it
 	for j := range mine {
@@ -264,8 +301,8 @@ func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map
 			}
 		}
 		return err.Error()
-	case devs[m.Dev] > 1:
-		return "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported"
+	case devs[m.Dev] > 1 && again:
+		return "its filesystem is mounted more than once in the namespace, not as a bind of part of a tmpfs or virtual filesystem of the container's own mounted before it: not supported"
 	case m.FSType == "tmpfs":
 		if m.Root != "/" {
 			return "part of a tmpfs migrate's namespace does not have"
@@ -538,9 +575,11 @@ func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, e.Path, err)
 				}
 			}
+		case mode == unix.S_IFCHR && core.TmpfsDevices[unix.Mkdev(st.Rdev_major, st.Rdev_minor)] != "":
+			tf.Rdev = unix.Mkdev(st.Rdev_major, st.Rdev_minor)
 		default:
 			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
-				Reason: fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode)}
+				Reason: fmt.Sprintf("%s is a special file (mode %#o, device %d:%d): only files, directories, symbolic links and the character devices of a container's /dev (null, zero, full, random, urandom, tty) are recreated", e.Path, st.Mode, st.Rdev_major, st.Rdev_minor)}
 		}
 		m.Files = append(m.Files, tf)
 		return nil

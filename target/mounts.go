@@ -207,7 +207,15 @@ func (r *restorer) mountInContainer() error {
 		if err := ensureMountPoint(r.pid, ns.Mounts[:i], m); err != nil {
 			return fmt.Errorf("mount namespace: mount point %s: %w", m.Point, err)
 		}
-		if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
+		switch m.Kind {
+		case core.MountTmpfs:
+			err = b.tmpfs(m, flags)
+		case core.MountOwnBind:
+			err = b.ownBind(m, flags)
+		default:
+			err = b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super))
+		}
+		if err != nil {
 			return fmt.Errorf("mount namespace: in the container: %w", err)
 		}
 		if err := b.mount("", m.Point, "", unix.MS_PRIVATE, ""); err != nil {
@@ -382,6 +390,8 @@ func (b *nsBuilder) mountOwn() error {
 			err = b.bind(m, flags)
 		case m.Kind == core.MountTmpfs:
 			err = b.tmpfs(m, flags)
+		case m.Kind == core.MountOwnBind:
+			err = b.ownBind(m, flags)
 		}
 		if err != nil {
 			return err
@@ -398,6 +408,34 @@ func (b *nsBuilder) bind(m *core.Mount, flags uintptr) error {
 	}
 	if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, b.binds[m.ID], a[0], atFDCWD, a[1], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", m.From, m.Point, err)
+	}
+	return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
+}
+
+// ownBind binds part of an earlier mount of the table (core.MountOwnBind)
+// at m's mount point, with its flags.
+func (b *nsBuilder) ownBind(m *core.Mount, flags uintptr) error {
+	var of *core.Mount
+	for i := range b.ns.Mounts {
+		if b.ns.Mounts[i].ID == m.Of {
+			of = &b.ns.Mounts[i]
+		}
+	}
+	if of == nil {
+		return &MountError{Point: m.Point, Reason: fmt.Sprintf("binds mount %d, not in the table", m.Of)}
+	}
+	src := path.Join(of.Point, strings.TrimPrefix(m.Root, of.Root))
+	a, err := b.put(src, "", m.Point)
+	if err != nil {
+		return err
+	}
+	fd, err := b.sys("open_tree", unix.SYS_OPEN_TREE, atFDCWD, a[0], unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", src, err)
+	}
+	defer b.sys("close", unix.SYS_CLOSE, fd)
+	if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, fd, a[1], atFDCWD, a[2], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, m.Point, err)
 	}
 	return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
 }
@@ -547,6 +585,10 @@ func fillTmpfs(pid int, m *core.Mount, ss *session) error {
 					return err
 				}
 				return unix.Fchownat(dir, name, int(f.UID), int(f.GID), unix.AT_SYMLINK_NOFOLLOW)
+			case unix.S_IFCHR:
+				if err := unix.Mknodat(dir, name, unix.S_IFCHR|0o600, int(f.Rdev)); err != nil {
+					return err
+				}
 			case unix.S_IFREG:
 				if f.HardLink != "" {
 					return each(&core.TmpfsFile{Path: f.HardLink}, func(odir int, oname string) error {
@@ -714,7 +756,7 @@ func (b *Builder) checkMounts() []Difference {
 	}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
-		if !m.Container {
+		if !m.Container || m.Kind != core.MountFresh || (m.FSType != "proc" && m.FSType != "mqueue") {
 			continue
 		}
 		// The topmost mount at its point (nothing is on it).
@@ -740,7 +782,11 @@ func (b *Builder) checkMounts() []Difference {
 		if m.Top != nil {
 			wantFiles = append([]core.TmpfsFile{*m.Top}, m.Files...)
 		}
-		want := tmpfsListing(wantFiles, b.ss.img.Blobs)
+		blobs := b.ss.img.Blobs
+		if blobs == nil {
+			blobs = map[string]core.Blob{} // sizes from the image (none: every file empty)
+		}
+		want := tmpfsListing(wantFiles, blobs)
 		files, err := listTmpfs(root, m.Point)
 		if err == nil && m.Top == nil && len(files) > 0 {
 			files = files[1:] // the root directory, which the image does not describe
@@ -774,8 +820,12 @@ func tmpfsListing(files []core.TmpfsFile, blobs map[string]core.Blob) []string {
 		if f.HardLink != "" {
 			size = 0
 		}
-		out = append(out, fmt.Sprintf("%s mode=%#o owner=%d:%d mtime=%d size=%d link=%q hardlink=%q",
-			f.Path, f.Mode, f.UID, f.GID, f.Mtime, size, f.Link, f.HardLink))
+		s := fmt.Sprintf("%s mode=%#o owner=%d:%d mtime=%d size=%d link=%q hardlink=%q",
+			f.Path, f.Mode, f.UID, f.GID, f.Mtime, size, f.Link, f.HardLink)
+		if f.Rdev != 0 {
+			s += fmt.Sprintf(" rdev=%d:%d", f.Rdev>>8, f.Rdev&0xff)
+		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -795,6 +845,8 @@ func listTmpfs(pid int, point string) ([]core.TmpfsFile, error) {
 			if tf.Link, err = proc.Readlinkat(e.Dir, e.Name); err != nil {
 				return err
 			}
+		case unix.S_IFCHR:
+			tf.Rdev = unix.Mkdev(st.Rdev_major, st.Rdev_minor)
 		case unix.S_IFREG:
 			tf.Atime = int64(st.Size)
 			if first, ok := links[st.Ino]; ok && st.Nlink > 1 {

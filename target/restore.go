@@ -780,10 +780,12 @@ func (r *restorer) createRoot() error {
 		if err := r.setUTS(); err != nil {
 			return err
 		}
-		if err := r.mountInContainer(); err != nil {
+		// The cgroup namespace first: a cgroup hierarchy mounted inside
+		// shows its root.
+		if err := r.enterCgroupNS(); err != nil {
 			return err
 		}
-		if err := r.enterCgroupNS(); err != nil {
+		if err := r.mountInContainer(); err != nil {
 			return err
 		}
 	}
