@@ -17,10 +17,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -262,5 +265,131 @@ func TestRuncDumpRestore(t *testing.T) {
 				t.Errorf("the heap's checksum after the restore: %q, at the start %q", sum, ready)
 			}
 		})
+	}
+}
+
+// TestRuncLive: a runc container (started by runc on node A, in its
+// namespaces) moves live to node B and back: the counter counts on with
+// the same heap, and its mount table and status stay.
+func TestRuncLive(t *testing.T) {
+	runc := runcBinary(t)
+	c := newCluster(t, cluster.Options{})
+	for _, n := range []*cluster.Node{c.A, c.B} {
+		mountCgroupsIn(t, n)
+	}
+	prog := testutil.Build(t, "counter")
+	bundle := runcBundle(t, runc, prog, []string{"-m", "8"}, true)
+	id := fmt.Sprintf("migrate-test-%d-live", os.Getpid())
+	state := t.TempDir()
+	log := filepath.Join(bundle, "rootfs", "log")
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	var hostPID int
+	t.Cleanup(func() {
+		// The container ends where it is (it moved), then runc forgets it.
+		if hostPID != 0 {
+			unix.Kill(hostPID, unix.SIGKILL)
+			testutil.WaitFor(t, short, "the container's end", func() bool {
+				st, err := testutil.State(hostPID)
+				return err != nil || st == 'Z'
+			})
+		}
+		if out, err := c.A.Command(runc, "--root", state, "delete", "--force", id).CombinedOutput(); err != nil {
+			t.Logf("runc delete %s: %v: %s", id, err, out)
+		}
+	})
+	if out, err := c.A.Command(runc, "--root", state, "run", "--detach", "--bundle", bundle, "--pid-file", pidFile, id).CombinedOutput(); err != nil {
+		t.Fatalf("runc run on node A: %v: %s", err, out)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodePID int
+	if _, err := fmt.Sscan(string(b), &nodePID); err != nil {
+		t.Fatalf("runc's pid file: %q", b)
+	}
+	find := func(n *cluster.Node) cluster.ProcInfo {
+		procs, err := n.Find("counter")
+		if err != nil || len(procs) != 1 {
+			t.Fatalf("the counter on node %s: %+v, %v", n, procs, err)
+		}
+		return procs[0]
+	}
+	hostPID = find(c.A).PID
+	testutil.WaitFor(t, short, "the workload's log "+log, func() bool {
+		_, err := os.Stat(log)
+		return err == nil
+	})
+	ready := logLineFrom(t, log, 0, "ready ")
+	waitLogTick(t, log, 3)
+	look := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := normalMountinfo(string(b))
+		for _, f := range []string{"NoNewPrivs", "CapBnd", "CapEff"} {
+			s += "\n" + f + "=" + testutil.StatusField(t, pid, f)
+		}
+		return s
+	}
+	before := look(hostPID)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
+		from, to := hop[0], hop[1]
+		res, err := c.Migrate(ctx, from, to, nodePID)
+		if err != nil {
+			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
+		}
+		if res.Outcome != "resumed" {
+			t.Fatalf("report: %+v", res)
+		}
+		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, total %.1f ms", from, to, len(res.Rounds), res.DowntimeMS, res.TotalMS)
+		hostPID = find(to).PID
+		// As the node sees it: the init is 1 inside the container.
+		levels := strings.Fields(testutil.StatusField(t, hostPID, "NSpid"))
+		if len(levels) < 3 {
+			t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
+		}
+		fmt.Sscan(levels[len(levels)-2], &nodePID)
+		waitLogTick(t, log, lastLogTick(t, log)+5)
+		if got := look(hostPID); got != before {
+			t.Errorf("after %s -> %s the container is\n%s\nwas\n%s", from, to, got, before)
+		}
+		n := len(testutil.LogLines(t, log))
+		if err := unix.Kill(hostPID, unix.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		if sum := logLineFrom(t, log, n, "sum "); "ready pid=1 sum="+strings.TrimPrefix(sum, "sum ") != ready {
+			t.Errorf("the heap's checksum after %s -> %s: %q, at the start %q", from, to, sum, ready)
+		}
+	}
+}
+
+// mountCgroupsIn mounts the host's cgroup hierarchies (their roots) in
+// node n's mount namespace, where `ip netns exec` left a sysfs without
+// them: runc there makes and joins its container's cgroups, and the
+// node's migrate finds them. A tmpfs at /sys/fs/cgroup holds them, as on
+// the host.
+func mountCgroupsIn(t *testing.T, n *cluster.Node) {
+	t.Helper()
+	mounts, err := proc.ReadCgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := "set -e; mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup"
+	for _, m := range mounts {
+		if m.Root != "/" || !strings.HasPrefix(m.Dir, "/sys/fs/cgroup/") {
+			continue
+		}
+		fstype, opts := "cgroup", m.Controllers
+		if m.Controllers == "" {
+			fstype, opts = "cgroup2", "rw"
+		}
+		script += fmt.Sprintf("; mkdir -p %s; mount -t %s -o %s %s %s", m.Dir, fstype, opts, fstype, m.Dir)
+	}
+	if out, err := n.Command("sh", "-c", script).CombinedOutput(); err != nil {
+		testutil.Unavailable(t, "the host's cgroup hierarchies in node %s: %v: %s", n, err, out)
 	}
 }

@@ -636,13 +636,43 @@ func liveMounts(pids []int) (*core.MountNS, error) {
 	if err != nil {
 		return nil, err
 	}
+	bound := map[int]bool{} // tmpfs mounts with a part bound elsewhere
 	for _, m := range ns.Mounts {
-		if m.Kind == core.MountTmpfs && (slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
-			return nil, &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType,
-				Reason: "a read-only tmpfs cannot be moved live (its files are written after the processes are created): dump and restore it"}
+		if m.Kind == core.MountOwnBind {
+			bound[m.Of] = true
+		}
+	}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind == core.MountTmpfs && (bound[m.ID] || slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
+			if err := earlyTmpfs(pid, m); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return ns, nil
+}
+
+// earlyTmpfs describes the files of a tmpfs of a live migration's table
+// at once, for the target to fill it as it mounts it: a read-only one
+// (filled before it is made read-only), one a part of which is bound
+// elsewhere (the device nodes of a container's /dev bound over masked
+// paths). The final state's files must be the same (the target checks).
+// One holding a file with contents is refused (the table carries no
+// contents).
+func earlyTmpfs(pid int, m *core.Mount) error {
+	err := proc.WalkMount(pid, m.Point, uint64(m.ID), func(e *proc.MountEntry) error {
+		if !e.Covered && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG && e.Stat.Size > 0 {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+				Reason: "a tmpfs read-only or with a part bound elsewhere, holding a file with contents, cannot be moved live (its files are made as it is mounted, before the processes' state comes): dump and restore it"}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var total int64
+	return (&session{}).readTmpfs(pid, m, &total) // no contents to copy
 }
 
 // sameMountTable checks that the final table of a live migration is the

@@ -920,6 +920,14 @@ func (b *Builder) fillLiveMounts(first *core.MountNS) error {
 	}
 	for i := range ns.Mounts {
 		if m := &ns.Mounts[i]; m.Kind == core.MountTmpfs {
+			if f := &first.Mounts[i]; f.Top != nil {
+				// Filled as it was mounted, from the first layout: its files
+				// must not have changed since.
+				if w, g := tmpfsListing(m.Files, map[string]core.Blob{}), tmpfsListing(f.Files, map[string]core.Blob{}); !slices.Equal(w, g) {
+					return fmt.Errorf("mount namespace: tmpfs %s: its files changed during the migration (it was filled as it was mounted): %s, was %s", m.Point, strings.Join(w, "; "), strings.Join(g, "; "))
+				}
+				continue
+			}
 			if err := fillTmpfs(b.all[0].pid, m, b.ss); err != nil {
 				return fmt.Errorf("mount namespace: tmpfs %s: %w", m.Point, err)
 			}
