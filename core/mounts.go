@@ -303,6 +303,22 @@ func (ns *MountNS) SameTable(other *MountNS) bool {
 	return true
 }
 
+// CoveringMount returns the mount of a table a path is on: the last
+// mounted at the longest mount point that is a prefix of it (nil if
+// none).
+func CoveringMount(mounts []Mount, p string) *Mount {
+	var best *Mount
+	for i := range mounts {
+		m := &mounts[i]
+		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
+			if best == nil || len(m.Point) >= len(best.Point) {
+				best = m
+			}
+		}
+	}
+	return best
+}
+
 // BlobNames returns the blobs of the tmpfs files of the table.
 func (ns *MountNS) BlobNames() []string {
 	if ns == nil {

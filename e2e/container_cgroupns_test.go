@@ -51,6 +51,22 @@ func startInCgroups(t *testing.T, host string, procs []string) *container {
 	return adoptContainer(t, testutil.Start(t, "/bin/sh", sh...))
 }
 
+// dumpInit dumps the container whose init is pid (its whole tree), reaps
+// the launcher or init p (the test's child), and returns the image.
+func dumpInit(t *testing.T, pid int, p *testutil.Proc) (string, *core.Image) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: pid, Dir: dir, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("dump the container's init %d: %v", pid, err)
+	}
+	p.Reap(t)
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, img
+}
+
 // TestContainerCgroupNamespace: a container in a cgroup namespace rooted
 // at its v2 cgroup (and its v1 pids cgroup, where mounted), its child
 // one cgroup below, is dumped and restored: a cgroup namespace of its
@@ -85,15 +101,7 @@ func TestContainerCgroupNamespace(t *testing.T) {
 			c := startInCgroups(t, "box-cgns", procs)
 			writeID(t, filepath.Join(sub, "cgroup.procs"), c.child)
 			views := map[int]string{c.init: cgroupView(t, c.init), c.child: cgroupView(t, c.child)}
-			dumpDir := t.TempDir()
-			if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dumpDir, Logger: testLogger(t)}); err != nil {
-				t.Fatalf("dump the container's init %d: %v", c.init, err)
-			}
-			c.Reap(t)
-			img, err := core.ReadImage(dumpDir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			dumpDir, img := dumpInit(t, c.init, c.Proc)
 			if img.Namespaces == nil || img.Namespaces.Cgroup == nil {
 				t.Fatalf("the image has no cgroup namespace: %+v", img.Namespaces)
 			}

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
@@ -130,15 +129,7 @@ func TestContainerPivotRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)}); err != nil {
-		t.Fatalf("dump the container's init %d: %v", c.init, err)
-	}
-	c.Reap(t)
-	img, err := core.ReadImage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, img := dumpInit(t, c.init, c.Proc)
 	if img.Mounts == nil || !img.Mounts.Pivoted || img.Mounts.Mounts[0].From != root {
 		t.Fatalf("the image's mount table: %+v, want one pivoted into %s", img.Mounts, root)
 	}

@@ -21,11 +21,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
-	"github.com/procmig/migrate/source"
 )
 
 // runcVersion is the runc module the tests build.
@@ -236,15 +234,7 @@ func TestRuncDumpRestore(t *testing.T) {
 				return strings.Join(keep, " ")
 			}
 			beforeMounts, beforeStatus := mountinfo(), status()
-			dir := t.TempDir()
-			if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)}); err != nil {
-				t.Fatalf("dump runc's container %d: %v", c.init, err)
-			}
-			p.Reap(t)
-			img, err := core.ReadImage(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			dir, img := dumpInit(t, c.init, p)
 			if img.Mounts == nil || !img.Mounts.Pivoted || (cgroupNS && (img.Namespaces == nil || img.Namespaces.Cgroup == nil)) {
 				t.Fatalf("the image: mounts %+v, namespaces %+v", img.Mounts, img.Namespaces)
 			}

@@ -386,20 +386,9 @@ func checkRoot(pid int, ns *core.MountNS) error {
 	return nil
 }
 
-// coveringMount returns the mount of the table a path is on: the last
-// mounted at the longest mount point that is a prefix of it.
-func coveringMount(mounts []core.Mount, p string) *core.Mount {
-	var best *core.Mount
-	for i := range mounts {
-		m := &mounts[i]
-		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
-			if best == nil || len(m.Point) >= len(best.Point) {
-				best = m
-			}
-		}
-	}
-	return best
-}
+// coveringMount returns the mount of the table a path is on
+// (core.CoveringMount).
+func coveringMount(mounts []core.Mount, p string) *core.Mount { return core.CoveringMount(mounts, p) }
 
 // readMounts describes the mount namespace of the frozen processes when
 // it is not migrate's (ss.mounts), tmpfs contents stored as blobs. Every

@@ -74,7 +74,7 @@ func (pr *pathRoot) open(p string, flags int) (*os.File, error) {
 	if pr.root != nil {
 		return openat2(int(pr.root.Fd()), p, &how)
 	}
-	m := coveringMountOf(pr.mounts, p)
+	m := core.CoveringMount(pr.mounts, p)
 	if m == nil || m.Kind != core.MountBind {
 		return nil, &os.PathError{Op: "open", Path: p, Err: fmt.Errorf("not on a host path the container binds: %w", unix.ENOENT)}
 	}
@@ -112,21 +112,6 @@ func openat2(dir int, p string, how *unix.OpenHow) (*os.File, error) {
 		return nil, &os.PathError{Op: "openat2", Path: p, Err: err}
 	}
 	return os.NewFile(uintptr(fd), p), nil
-}
-
-// coveringMountOf returns the mount of the table a path is on: the last
-// mounted at the longest mount point that is a prefix of it.
-func coveringMountOf(mounts []core.Mount, p string) *core.Mount {
-	var best *core.Mount
-	for i := range mounts {
-		m := &mounts[i]
-		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
-			if best == nil || len(m.Point) >= len(best.Point) {
-				best = m
-			}
-		}
-	}
-	return best
 }
 
 // pivot binds the host directory of the table's root over itself, makes
