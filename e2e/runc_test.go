@@ -355,6 +355,18 @@ func TestRuncLive(t *testing.T) {
 			t.Errorf("the heap's checksum after %s -> %s: %q, at the start %q", from, to, sum, ready)
 		}
 	}
+	// For comparison, the same workload outside a container.
+	plain, err := c.A.Start(cluster.StartOptions{}, prog, "-m", "8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Stop()
+	logLineFrom(t, plain.Log, 0, "ready ")
+	res, err := c.Migrate(ctx, c.A, c.B, plain.NSPID)
+	if err != nil {
+		t.Fatalf("migrate the plain counter: %v\nstderr:\n%s", err, res.Stderr)
+	}
+	t.Logf("the same counter outside a container, a -> b: %d rounds, downtime %.1f ms, total %.1f ms", len(res.Rounds), res.DowntimeMS, res.TotalMS)
 }
 
 // mountCgroupsIn mounts the host's cgroup hierarchies (their roots) in
