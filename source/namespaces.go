@@ -39,7 +39,7 @@ type nsKind struct {
 }
 
 var namespaceKinds = []nsKind{
-	{"cgroup", false}, {"ipc", true}, {"mnt", false}, {"net", true},
+	{"cgroup", true}, {"ipc", true}, {"mnt", false}, {"net", true},
 	{"pid", true}, {"time", false}, {"user", false}, {"uts", true},
 }
 
@@ -193,8 +193,8 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if len(refused) > 0 {
 		reason := "its restore would put it in migrate's own; run migrate inside them (nsenter)"
 		if container {
-			reason = "migrate carries a container's PID, UTS, IPC, network, mount and time namespaces, not these"
-		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") {
+			reason = "migrate carries a container's PID, UTS, IPC, network, cgroup, mount and time namespaces, not these"
+		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") || slices.Contains(differ, "cgroup") {
 			reason += ", or dump the init of the container's PID namespace"
 		}
 		return &NamespaceError{PID: pid, Kinds: refused, Reason: reason}
@@ -225,6 +225,11 @@ func (ss *session) noteContainer(opts *DumpOptions) error {
 		ss.ownNet = true
 		// What it has that migrate does not carry is refused now.
 		if _, err := readNet(opts.PID); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(differ, "cgroup") {
+		if _, err := readCgroupNS(opts.PID); err != nil {
 			return err
 		}
 	}
@@ -339,6 +344,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 			return nil, err
 		}
 	}
+	if slices.Contains(differ, "cgroup") {
+		if ns.Cgroup, err = readCgroupNS(root); err != nil {
+			return nil, err
+		}
+	}
 	if slices.Contains(differ, "ipc") {
 		// POSIX message queues of the namespace are not carried: one no
 		// process holds open would be lost without a word (one held open
@@ -393,4 +403,23 @@ func (ss *session) noteInner(pid int, st *proc.Status) {
 		ss.innerPIDs = map[int]int{}
 	}
 	ss.innerPIDs[pid] = st.NSpid[1]
+}
+
+// readCgroupNS reads the roots of the cgroup namespace of container init
+// pid, refusing one whose cgroup is outside them (the roots cannot be
+// told then).
+func readCgroupNS(pid int) (*core.CgroupNamespace, error) {
+	roots, err := proc.CgroupNSRoots(pid)
+	var oe *proc.OutsideCgroupNSError
+	if errors.As(err, &oe) {
+		return nil, &NamespaceError{PID: pid, Kinds: []string{"cgroup"}, Reason: oe.Error() + ": the root of the namespace to make again is not known"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("process %d: cgroup namespace: %w", pid, err)
+	}
+	ns := &core.CgroupNamespace{}
+	for _, r := range roots {
+		ns.Roots = append(ns.Roots, core.Cgroup{Controllers: r.Controllers, Path: r.Path})
+	}
+	return ns, nil
 }

@@ -145,7 +145,7 @@ func layoutImage(ll *handoff.LiveLayout) *core.Image {
 // validateLive is validate without the files of an image directory.
 func validateLive(img *core.Image) error {
 	for _, pp := range img.Processes() {
-		if err := validateLiveProcess(pp.Process); err != nil {
+		if err := validateLiveProcess(newPathRoot(img.Mounts), pp.Process); err != nil {
 			return err
 		}
 	}
@@ -166,16 +166,17 @@ func validateLive(img *core.Image) error {
 // validateLiveProcess checks what process p of a live migration needs
 // here before it is created: its directories, executable, mapped files
 // and vdso.
-func validateLiveProcess(p *core.Process) error {
+func validateLiveProcess(pr *pathRoot, p *core.Process) error {
 	for _, d := range []string{p.Cwd, p.Root} {
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+		var st unix.Stat_t
+		if err := pr.stat(d, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return &core.ImageError{File: d, Reason: fmt.Sprintf("directory of process %d is missing here", p.PID), Err: err}
 		}
 	}
-	if err := sameFile(&p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
+	if err := sameFile(pr, &p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
 		return err
 	}
-	if err := checkMappedFiles(p); err != nil {
+	if err := checkMappedFiles(pr, p); err != nil {
 		return err
 	}
 	return vdsoServed(p.VMAs)
@@ -183,10 +184,10 @@ func validateLiveProcess(p *core.Process) error {
 
 // checkMappedFiles checks that the files p maps are here, the same as
 // the source's (size and modification time).
-func checkMappedFiles(p *core.Process) error {
+func checkMappedFiles(pr *pathRoot, p *core.Process) error {
 	for _, v := range p.VMAs {
 		if v.File != nil && !v.File.Deleted {
-			if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
+			if err := sameFile(pr, v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
 				return err
 			}
 		}
@@ -363,6 +364,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			procs = append(procs, &ll.Tree[i])
 		}
 		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
+		relocateCgroupNS(t.cgroupRoot, ll.Namespaces)
 	}
 	if ll.FDs > 0 {
 		// Room in this process's fd table for what the restore of the
@@ -422,7 +424,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				continue
 			}
 			// A later round's layout may map files the first did not.
-			if err := checkMappedFiles(p); err != nil {
+			if err := checkMappedFiles(newPathRoot(ll.Mounts), p); err != nil {
 				return fmt.Errorf("layout of round %d: process %d: %w", l.Round, p.PID, err)
 			}
 			if err := t.b.Relayout(p.PID, p.VMAs); err != nil {

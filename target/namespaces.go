@@ -87,6 +87,28 @@ func (r *restorer) setUTS() error {
 	return nil
 }
 
+// enterCgroupNS puts the root, just cloned, into the cgroups that were
+// the roots of the container's cgroup namespace and makes it unshare one
+// there, which its children inherit: in it every process sees its
+// cgroups under the paths the original saw. The stage "join cgroups"
+// then moves each process to its own cgroups, at or below them.
+//
+// Preconditions: the root is still a copy of the husk, seized, and has
+// no child; the roots' cgroups exist (prepareCgroups ran).
+func (r *restorer) enterCgroupNS() error {
+	cg := r.img.Namespaces.Cgroup
+	if cg == nil {
+		return nil
+	}
+	if err := joinCgroups(r.pid, 0, cg.Roots); err != nil {
+		return fmt.Errorf("cgroup namespace: its root: %w", err)
+	}
+	if _, err := r.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("cgroup namespace: unshare: %w", err)
+	}
+	return nil
+}
+
 // huskAgentPidfd opens in the husk, before it clones the container's
 // root, a pidfd for migrate, and returns its fd number: the processes of
 // the container inherit it, and could not open it from inside.
@@ -318,6 +340,9 @@ func (b *Builder) checkNamespaces() []Difference {
 			diff(root, "UTS namespace", "readable", err)
 		}
 	}
+	if cg := ns.Cgroup; cg != nil {
+		diffs = append(diffs, checkCgroupNS(b.all, cg)...)
+	}
 	if ipc := ns.IPC; ipc != nil {
 		err := b.ss.inIPC(func() error {
 			for _, s := range ipc.Sems {
@@ -371,6 +396,56 @@ func (b *Builder) checkNamespaces() []Difference {
 		})
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			diff(root, "IPC namespace", "readable", err)
+		}
+	}
+	return diffs
+}
+
+// checkOwnNamespace checks that the restored processes (all, the root
+// first; zombies aside) share one namespace of kind (as /proc/PID/ns
+// names it, what for the differences), not the restorer's. ok is false
+// if the root's cannot be read.
+func checkOwnNamespace(all []*restorer, kind, what string) (diffs []Difference, ok bool) {
+	root := all[0].pid
+	what += " namespace"
+	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", root, kind))
+	if err != nil {
+		return []Difference{{PID: root, What: what, Want: "readable", Got: err.Error()}}, false
+	}
+	if mine, err := os.Readlink("/proc/self/ns/" + kind); err == nil && mine == rootNS {
+		diffs = append(diffs, Difference{PID: root, What: what, Want: "one of its own", Got: "the restorer's"})
+	}
+	for _, r := range all[1:] {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", r.pid, kind)); its != rootNS {
+			diffs = append(diffs, Difference{PID: r.pid, What: what, Want: rootNS, Got: its})
+		}
+	}
+	return diffs, true
+}
+
+// checkCgroupNS checks that the restored processes (all, the root first)
+// share a cgroup namespace other than the restorer's, rooted where the
+// image's was.
+func checkCgroupNS(all []*restorer, cg *core.CgroupNamespace) []Difference {
+	root := all[0].pid
+	diffs, ok := checkOwnNamespace(all, "cgroup", "cgroup")
+	if !ok {
+		return diffs
+	}
+	roots, err := proc.CgroupNSRoots(root)
+	if err != nil {
+		return append(diffs, Difference{PID: root, What: "cgroup namespace roots", Want: "readable", Got: err.Error()})
+	}
+	have := map[string]string{}
+	for _, r := range roots {
+		have[r.Controllers] = r.Path
+	}
+	for _, w := range cg.Roots {
+		if have[w.Controllers] != w.Path {
+			diffs = append(diffs, Difference{PID: root, What: fmt.Sprintf("cgroup namespace root (hierarchy %q)", w.Controllers), Want: w.Path, Got: have[w.Controllers]})
 		}
 	}
 	return diffs

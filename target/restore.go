@@ -99,6 +99,9 @@ type session struct {
 	// veths go on (RestoreOptions.NetAttach); netHosts are their names.
 	netAttach string
 	netHosts  []string
+	// paths is where the paths of the image's files are opened (a
+	// pivoted container's: see pathRoot).
+	paths *pathRoot
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -263,7 +266,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	// Reading every page stream through is most of this step.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
-		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach}
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts)}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -285,6 +288,9 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			return ss.prepareSysV(img)
 		}},
 		{"time namespace", ss.planTime},
+		// Before the processes: a container's cgroup namespace is made
+		// in its root cgroups as the root is created.
+		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"create processes", func() error { return createTree(b.all) }},
 		{"network namespace", func() error {
 			if !ss.ownNet() {
@@ -298,7 +304,6 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			}
 			return ss.prepareIPC(img)
 		}},
-		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -565,6 +570,7 @@ func (b *Builder) Discard() {
 // release lets go of the tracer and the agent's files.
 func (b *Builder) release() {
 	b.ss.closeFiles()
+	b.ss.paths.close()
 	b.ss.detachSysV()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
@@ -822,8 +828,16 @@ func (r *restorer) createRoot() error {
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err
 	}
+	if err := r.paths.enter(r.pid); err != nil {
+		return err
+	}
 	if r.container() {
 		if err := r.setUTS(); err != nil {
+			return err
+		}
+		// The cgroup namespace first: a cgroup hierarchy mounted inside
+		// shows its root.
+		if err := r.enterCgroupNS(); err != nil {
 			return err
 		}
 		if err := r.mountInContainer(); err != nil {
@@ -1245,7 +1259,7 @@ func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
 		}
 		return r.keep(g), nil
 	}
-	f, err := openMappable(ref.Path, flag)
+	f, err := openMappable(r.paths, ref.Path, flag)
 	if err != nil {
 		return nil, err
 	}

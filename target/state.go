@@ -128,7 +128,7 @@ func (r *restorer) restoreState(context.Context) error {
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
 func (r *restorer) setMM() error {
 	p := r.proc
-	exe, err := openMappable(p.Exe.Path, os.O_RDONLY)
+	exe, err := openMappable(r.paths, p.Exe.Path, os.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("executable: %w", err)
 	}
