@@ -25,7 +25,7 @@ DEPS := gcc:gcc /usr/bin/python3:python3 sleep:coreutils redis-server:redis-serv
 	/usr/lib/postgresql/15/bin/postgres:postgresql /usr/sbin/nginx:nginx-light \
 	ip:iproute2 nsenter:util-linux unshare:util-linux arping:iputils-arping groff:groff-base
 
-.PHONY: all build deps test stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean
+.PHONY: all build deps test vmtest-live stress fuzz vet fmt fmt-check bench bench-go demo deb deb-test clean
 
 all: build
 
@@ -52,6 +52,17 @@ test: deps vet fmt-check
 	$(GO) test -count=1 $(PKGS)
 	$(MAKE) --no-print-directory fuzz
 	./scripts/vmtest.sh
+	$(MAKE) --no-print-directory vmtest-live
+
+# Live migration between this host and a VM running Debian's 6.1 cloud
+# kernel (qemu, TCG; e2e TestVMLive), and from a VM running its 6.12 to
+# that one: prints which tracker each side used, the downtimes and the
+# VMs' boot times (the whole log if it fails).
+vmtest-live:
+	@kdir=$$(./scripts/vmkernel.sh) || exit 1; kdir2=$$(./scripts/vmkernel.sh linux-image-6.12-cloud-amd64) || exit 1; out=$$(mktemp); \
+	MIGRATE_VM_KERNEL=$$kdir MIGRATE_VM_KERNEL2=$$kdir2 $(GO) test -count=1 -v -run '^TestVMLive$$' -timeout 30m ./e2e >$$out 2>&1; rc=$$?; \
+	if [ $$rc = 0 ]; then grep -E 'vmtest-live:|--- (PASS|FAIL|SKIP)|^(ok|FAIL)' $$out | sed 's/^ *[a-z_]*\.go:[0-9]*: //'; \
+	else cat $$out; fi; rm -f $$out; exit $$rc
 
 # The two-node e2e tests, 5 times each, while e2e/cmd/hog keeps a CPU busy
 # and rewrites 2 GiB (scripts/stress.sh; STRESS_RUN, STRESS_COUNT, ...).

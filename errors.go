@@ -50,7 +50,9 @@ const (
 	// RefusedPIDInUse: the PID (or a TID) is taken where the process is
 	// restored: target.PIDInUseError.
 	RefusedPIDInUse RefusalKind = "pid-in-use"
-	// RefusedVDSO: this kernel's vdso differs from the dumping one's:
+	// RefusedVDSO: this kernel's vdso differs from the dumping one's, and
+	// the vdso proxy cannot serve the process (a function of the old vdso
+	// that this kernel's lacks, an image without a copy of its vdso):
 	// target.VDSOMismatchError.
 	RefusedVDSO RefusalKind = "vdso"
 	// RefusedAffinity: a thread is bound to CPUs this host does not have:
@@ -98,12 +100,20 @@ const (
 	// source.NamespaceError (its Kinds name them).
 	RefusedNamespace RefusalKind = "namespace"
 	// RefusedIPC: a System V semaphore set or message queue of a
-	// container could not be made again as it was: target.IPCError.
+	// container could not be made again as it was (target.IPCError), or
+	// the process uses one of the host's, which is not carried
+	// (source.HostIPCError).
 	RefusedIPC RefusalKind = "sysv-ipc"
 	// RefusedMount: a mount of the process's mount namespace that cannot
 	// be rebuilt (source.UnsupportedMountError), or a host mount or path
 	// the image needs that the restoring host lacks (target.MountError).
 	RefusedMount RefusalKind = "mount"
+	// RefusedFilesNotShared: the processes write files the target does
+	// not share (no shared storage) and MigrateOptions.Sync does not copy
+	// (source.FilesNotSharedError), or a synced file the target will not
+	// write (another owner's file at its path, a symlink on the way:
+	// target.FilesError).
+	RefusedFilesNotShared RefusalKind = "files-not-shared"
 )
 
 // peerRefusals are the kinds a target names in its abort (AbortCode of
@@ -112,6 +122,7 @@ var peerRefusals = map[RefusalKind]bool{
 	RefusedPIDInUse: true, RefusedVDSO: true, RefusedAffinity: true, RefusedAttribute: true,
 	RefusedLock: true, RefusedCgroup: true, RefusedDiffers: true, RefusedShm: true, RefusedAudit: true,
 	RefusedInherit: true, RefusedClock: true, RefusedCPU: true, RefusedIPC: true, RefusedMount: true,
+	RefusedFilesNotShared: true,
 }
 
 // PeerError: the other end of a migration gave up, and said why (an
@@ -173,6 +184,19 @@ type KillError struct {
 func (e *KillError) Error() string { return e.Err.Error() }
 func (e *KillError) Unwrap() error { return e.Err }
 
+// PostCopyLostError: the process resumed on the target in post-copy and
+// the pages it still lacked could not all be brought over (the link or
+// this side failed): the target kills its copy, so the process is lost.
+// The original is left frozen on this host as it was at the freeze; it
+// is not the process as it ran on the target.
+type PostCopyLostError struct {
+	PID int
+	Err error
+}
+
+func (e *PostCopyLostError) Error() string { return e.Err.Error() }
+func (e *PostCopyLostError) Unwrap() error { return e.Err }
+
 // wrapErr wraps err in the type above that describes it, if one does.
 func wrapErr(err error) error {
 	if err == nil {
@@ -183,6 +207,10 @@ func wrapErr(err error) error {
 	var ue *handoff.UndecidedError
 	if errors.As(err, &ue) {
 		return &UndecidedError{PID: ue.PID, Session: ue.Session, Target: ue.Target, Err: err}
+	}
+	var pce *handoff.PostCopyError
+	if errors.As(err, &pce) {
+		return &PostCopyLostError{PID: pce.PID, Err: err}
 	}
 	var ke *handoff.KillError
 	if errors.As(err, &ke) {
@@ -236,8 +264,11 @@ func refusal(err error) *RefusedError {
 		cpu *target.CPUFeatureError
 		ns  *source.NamespaceError
 		ipc *target.IPCError
+		hip *source.HostIPCError
 		um  *source.UnsupportedMountError
 		tm  *target.MountError
+		fns *source.FilesNotSharedError
+		tfe *target.FilesError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -280,10 +311,16 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
 	case errors.As(err, &ipc):
 		return &RefusedError{Kind: RefusedIPC, Err: err}
+	case errors.As(err, &hip):
+		return &RefusedError{Kind: RefusedIPC, PID: hip.PID, Err: err}
 	case errors.As(err, &um):
 		return &RefusedError{Kind: RefusedMount, PID: um.PID, Err: err}
 	case errors.As(err, &tm):
 		return &RefusedError{Kind: RefusedMount, Err: err}
+	case errors.As(err, &fns):
+		return &RefusedError{Kind: RefusedFilesNotShared, PID: fns.PID, Err: err}
+	case errors.As(err, &tfe):
+		return &RefusedError{Kind: RefusedFilesNotShared, Err: err}
 	}
 	return nil
 }

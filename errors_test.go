@@ -45,8 +45,11 @@ func TestErrors(t *testing.T) {
 		{&target.CPUFeatureError{Missing: "AVX-512", InUse: true}, refusedAs(RefusedCPU, 0)},
 		{&source.NamespaceError{PID: 23, Kinds: []string{"mnt"}, Reason: "not carried"}, refusedAs(RefusedNamespace, 23)},
 		{&target.IPCError{What: "message queue", ID: 2, Err: errors.New("msgsnd")}, refusedAs(RefusedIPC, 0)},
+		{&source.HostIPCError{PID: 7, What: "semaphore set", ID: 3}, refusedAs(RefusedIPC, 7)},
 		{wrap(&source.UnsupportedMountError{PID: 22, Point: "/o", FSType: "overlay", Reason: "not rebuilt"}), refusedAs(RefusedMount, 22)},
 		{fmt.Errorf("create processes: %w", &target.MountError{Point: "/b", Reason: "its host path is not here"}), refusedAs(RefusedMount, 0)},
+		{&source.FilesNotSharedError{PID: 24, Files: []source.NotSharedFile{{PID: 24, Path: "/var/log/app.log", Why: "the target has no file there"}}}, refusedAs(RefusedFilesNotShared, 24)},
+		{wrap(&handoff.PeerError{Abort: true, Code: (&target.FilesError{}).AbortCode(), Text: "target: synced files: /srv/x here is user 5's"}), refusedAs(RefusedFilesNotShared, 0)},
 		{&target.CheckError{Diffs: []target.Difference{{PID: 19, What: "umask", Got: "022", Want: "077"}}}, refusedAs(RefusedDiffers, 0)},
 		{wrap(&handoff.PeerError{Abort: true, Text: "target: prepare: pid 10 is already in use"}), func(err error) bool {
 			var pe *PeerError

@@ -59,7 +59,7 @@ const (
 	EventRoundFinished                      // every page of the round was sent
 	EventFrozen                             // every thread of the original is stopped
 	EventCommitted                          // the commit is sent: the point of no return
-	EventResumed                            // the process runs on the target; the original is killed next
+	EventResumed                            // the process runs on the target; the original is killed next (after post-copy, once the target has every page)
 	EventAborted                            // the migration failed; the original runs on (unless Err says resuming it failed)
 
 	EventSessionStarted   // a source began a migration: the PID is free here
@@ -68,20 +68,26 @@ const (
 	EventSessionAborted   // the migration failed before the process ran here; nothing of it is left
 
 	EventRoundProgress // a round runs: Transfer says how far it has gone
+
+	// EventSessionPostCopyDone: a process that resumed here with pages
+	// missing (post-copy) has them all; with Err, they could not all come
+	// and the process was killed: the migration lost it.
+	EventSessionPostCopyDone
 )
 
 var eventNames = map[EventKind]string{
-	EventRoundStarted:     "round-started",
-	EventRoundFinished:    "round-finished",
-	EventFrozen:           "frozen",
-	EventCommitted:        "committed",
-	EventResumed:          "resumed",
-	EventAborted:          "aborted",
-	EventSessionStarted:   "session-started",
-	EventSessionRestored:  "session-restored",
-	EventSessionCommitted: "session-committed",
-	EventSessionAborted:   "session-aborted",
-	EventRoundProgress:    "round-progress",
+	EventRoundStarted:        "round-started",
+	EventRoundFinished:       "round-finished",
+	EventFrozen:              "frozen",
+	EventCommitted:           "committed",
+	EventResumed:             "resumed",
+	EventAborted:             "aborted",
+	EventSessionStarted:      "session-started",
+	EventSessionRestored:     "session-restored",
+	EventSessionCommitted:    "session-committed",
+	EventSessionAborted:      "session-aborted",
+	EventRoundProgress:       "round-progress",
+	EventSessionPostCopyDone: "session-post-copy-done",
 }
 
 func (k EventKind) String() string {

@@ -61,6 +61,16 @@ type StageReport = source.StageReport
 // zero Policy is DefaultPolicy; change a copy of DefaultPolicy.
 type Policy = source.Policy
 
+// PostCopyReport is the post-copy phase of a migration that ended in one
+// (Report.PostCopy).
+type PostCopyReport = source.PostCopyReport
+
+// CheckMode checks the name of a MigrateOptions.Mode.
+func CheckMode(mode string) error {
+	_, err := source.ParseMode(mode)
+	return err
+}
+
 // DefaultPolicy is the pre-copy policy of the zero Policy (the defaults
 // of --rounds and --target-downtime).
 var DefaultPolicy = source.DefaultPolicy
@@ -111,6 +121,14 @@ type DumpOptions struct {
 	// external, to be given at the restore (RestoreOptions.Inherit),
 	// instead of refused. --external.
 	External []string
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use.
+	CPUInUseOnly bool
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -140,6 +158,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Logger:       logger(opts.Logger),
 		Transfer:     opts.Transfer,
 		External:     opts.External,
+		CPUInUseOnly: opts.CPUInUseOnly,
 	})
 	if err != nil {
 		undo()
@@ -175,6 +194,14 @@ type RestoreOptions struct {
 	// hierarchy's root) under which the processes' cgroups are made and
 	// joined instead of at the image's paths. --cgroup-root.
 	CgroupRoot string
+	// VDSOProxy calls this kernel's vdso through a proxy at the old one's
+	// address even where it is the image's (as on a kernel whose vdso
+	// differs): for tests. --vdso-proxy (hidden).
+	VDSOProxy bool
+	// NetAttach, if set, is the bridge on which the host end of each veth
+	// of a container's own network namespace is put; without it the
+	// veth is left up, unattached, for a hook. --net-attach.
+	NetAttach string
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -198,7 +225,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 		}
 	}
 	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -257,6 +284,13 @@ type MigrateOptions struct {
 	// mode of the original fd: their fds move as external instead of
 	// being refused. --inherit-fd ID=PATH.
 	Inherit map[string]string
+	// Sync are files and directory trees (absolute paths) copied to the
+	// target at the same paths while the process runs, and their last
+	// changes in the frozen window: the files it writes there need no
+	// shared storage. Any other file the processes write must be one the
+	// target shares, or the migration is refused before it starts
+	// (RefusedFilesNotShared). --sync PATH.
+	Sync []string
 	// Hooks are commands run at the source's stages of the migration,
 	// each "STAGE=COMMAND" (sh -c), STAGE one of pre-freeze, post-dump,
 	// post-resume, abort. --hook.
@@ -271,8 +305,24 @@ type MigrateOptions struct {
 	// OnEvent's time is downtime, so it should hand the event on, not
 	// block.
 	OnEvent func(Event)
+	// Mode is how the migration ends: "precopy" ("", the default: every
+	// page is on the target before the process runs there), "postcopy"
+	// (after the first pre-copy round the process runs on the target
+	// while its missing pages follow) or "auto" (post-copy only where
+	// pre-copy would stop without converging). Post-copy's risk: if the
+	// link or this side dies before the last page, the process is lost
+	// (a *PostCopyLostError). --mode, --post-copy.
+	Mode string
 	// Logger receives progress and warnings; nil: discarded.
 	Logger *slog.Logger
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use.
+	CPUInUseOnly bool
 }
 
 // Migrate moves process pid, with its descendants unless
@@ -285,7 +335,8 @@ type MigrateOptions struct {
 // commit leaves the original running as it was (an EventAborted says so).
 // If the commit was sent and its outcome could not be learned, the error
 // is an *UndecidedError: the original is left frozen for Recover; a
-// *KillError says the process runs on the target but the original could
+// *PostCopyLostError says post-copy did not finish and the process is
+// lost; a *KillError says the process runs on the target but the original could
 // not be killed. The Report is nil only if the migration failed before
 // the target was asked.
 func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (*Report, error) {
@@ -312,7 +363,8 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	source.WarnStale(log)
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
-		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Streams: opts.Streams, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit})
+		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Streams: opts.Streams, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit,
+		Mode: source.Mode(opts.Mode), Sync: opts.Sync, CPUInUseOnly: opts.CPUInUseOnly})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {
@@ -381,6 +433,11 @@ type ServeOptions struct {
 	// every process served. --cgroup-limits, --cgroup-root.
 	ApplyCgroupLimits bool
 	CgroupRoot        string
+	// VDSOProxy is as in RestoreOptions, for every process served (tests).
+	VDSOProxy bool
+	// NetAttach is as in RestoreOptions, for every process served.
+	// --net-attach.
+	NetAttach string
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -413,6 +470,8 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 				e.Kind = EventSessionCommitted
 			case target.SessionAborted:
 				e.Kind, e.Err = EventSessionAborted, wrapErr(s.Err)
+			case target.SessionPostCopyDone:
+				e.Kind, e.Err = EventSessionPostCopyDone, s.Err
 			default:
 				return
 			}
@@ -421,7 +480,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
 		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

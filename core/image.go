@@ -338,9 +338,13 @@ type VMA struct {
 	// LockAll (mlock: every page resident) or LockOnFault (mlock2 with
 	// MLOCK_ONFAULT: the pages faulted in stay).
 	Lock string `json:"lock,omitempty"`
-	// Hash is the SHA-256 of the contents of a [vdso] area: a restore is
-	// refused on a kernel whose vdso differs.
+	// Hash is the SHA-256 of the contents of a [vdso] area: a kernel
+	// whose vdso differs gets a proxy of it (Code).
 	Hash string `json:"hash,omitempty"`
+	// Code is the contents of a [vdso] area (its ELF image): on a kernel
+	// whose vdso differs, the restore maps a copy of it whose functions
+	// jump to that kernel's. Empty in images of older builds: refused there.
+	Code []byte `json:"code,omitempty"`
 	// Pages is the number of pages of this area stored in the page stream.
 	Pages uint64 `json:"pages"`
 }
@@ -883,6 +887,9 @@ func validateProcess(p *Process, blobs map[string]Blob) error {
 		}
 		if v.Pages > v.Len()/4096 {
 			return fmt.Errorf("vma %d: %d pages in %d-byte area", i, v.Pages, v.Len())
+		}
+		if len(v.Code) != 0 && (v.Kind != VMAVDSO || uint64(len(v.Code)) != v.Len()) {
+			return fmt.Errorf("vma %d: %d bytes of code for a %d-byte %s area", i, len(v.Code), v.Len(), v.Kind)
 		}
 		if err := validateVMA(&p.VMAs[i]); err != nil {
 			return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)

@@ -220,6 +220,19 @@ func FuzzDecodeImage(f *testing.F) {
 		{Kind: MountTmpfs, ID: 2, Point: "/t", Root: "/", FSType: "tmpfs", Files: []TmpfsFile{{Path: "d", Mode: sIFDIR | 0o755}, {Path: "d/l", Mode: sIFLNK | 0o777, Link: "x"}}}}}
 	mounts, _ := json.Marshal(withMounts)
 	f.Add(mounts)
+	// A runc container's: pivoted, own binds, a /dev with a device, a
+	// cgroup namespace (withNS).
+	runc := validImage()
+	withNS(runc)
+	runc.Mounts = &MountNS{Pivoted: true, Mounts: []Mount{{Kind: MountBind, ID: 1, Point: "/", Root: "/b/rootfs", From: "/b/rootfs"},
+		{Kind: MountFresh, ID: 2, Parent: 1, Point: "/proc", Root: "/", FSType: "proc", Dev: "0:60", Container: true},
+		{Kind: MountTmpfs, ID: 3, Parent: 1, Point: "/dev", Root: "/", FSType: "tmpfs", Dev: "0:61", Files: []TmpfsFile{{Path: "null", Mode: sIFCHR | 0o666, Rdev: 1<<8 | 3}}},
+		{Kind: MountOwnBind, ID: 4, Parent: 2, Point: "/proc/keys", Root: "/null", FSType: "tmpfs", Dev: "0:61", Of: 3, Container: true}}}
+	pivoted, _ := json.Marshal(runc)
+	if _, err := DecodeImage(bytes.NewReader(pivoted)); err != nil {
+		f.Fatalf("a runc container's image refused: %v", err)
+	}
+	f.Add(pivoted)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

@@ -11,6 +11,12 @@ import (
 // order, each described by how the restore brings it back.
 type MountNS struct {
 	Mounts []Mount `json:"mounts"`
+	// Pivoted is set when the namespace's root, its first mount, is a
+	// directory of the host bound at "/" (MountBind) that the processes
+	// pivoted into (pivot_root, as runc does): no mount of the host's
+	// namespace is left in it (no MountHost), and the paths of the
+	// processes' files are the container's, opened beneath its root.
+	Pivoted bool `json:"pivoted,omitempty"`
 }
 
 // Kinds of Mount.
@@ -27,10 +33,15 @@ const (
 	// MountFresh is a new instance of a virtual filesystem (proc, sysfs,
 	// mqueue, devpts, cgroup2), mounted with its options.
 	MountFresh = "fresh"
+	// MountOwnBind binds part (Root) of an earlier mount of the
+	// namespace's own (Of: a tmpfs or a fresh mount) at Point: a
+	// container runtime's masked and read-only paths (/dev/null over
+	// /proc/kcore, /proc/sys over itself read-only).
+	MountOwnBind = "own-bind"
 )
 
 // FreshFSTypes are the filesystems a MountFresh may have.
-var FreshFSTypes = map[string]bool{"proc": true, "sysfs": true, "mqueue": true, "devpts": true, "cgroup2": true}
+var FreshFSTypes = map[string]bool{"proc": true, "sysfs": true, "mqueue": true, "devpts": true, "cgroup2": true, "cgroup": true}
 
 // Mount is one mount of a MountNS, as /proc/PID/mountinfo shows it.
 type Mount struct {
@@ -50,13 +61,17 @@ type Mount struct {
 	FSType string `json:"fstype"`
 	Source string `json:"source"`
 	Super  string `json:"super"` // superblock options
-	// Container is set for a MountFresh of a container's own namespace: a
-	// proc of its PID namespace, an mqueue of its IPC namespace. The
-	// restore mounts it from inside them (its init mounts it), after the
-	// rest of the table; no mount may be on it.
+	// Container is set for a MountFresh of a container's own namespace (a
+	// proc of its PID namespace, an mqueue of its IPC namespace, a cgroup
+	// hierarchy mounted in its cgroup namespace), and for
+	// the tmpfs, fresh and own-bind mounts on or under one or binding
+	// part of one. The restore mounts them from inside the container (its
+	// init mounts them), after the rest of the table, in its order.
 	Container bool `json:"container,omitempty"`
 	// From is the host path a MountBind binds.
 	From string `json:"from,omitempty"`
+	// Of is the mount id of the mount a MountOwnBind binds part of.
+	Of int `json:"of,omitempty"`
 	// Files are a tmpfs's contents, parents before their children.
 	Files []TmpfsFile `json:"files,omitempty"`
 	// Top is a tmpfs's root directory (Path "."): its mode, owner and
@@ -80,10 +95,22 @@ type TmpfsFile struct {
 	HardLink string `json:"hard_link,omitempty"`
 	// Data names the blob of a regular file's contents ("" if empty).
 	Data string `json:"data,omitempty"`
+	// Rdev is a character device's number (Linux's encoding, as
+	// st_rdev): one of TmpfsDevices.
+	Rdev uint64 `json:"rdev,omitempty"`
 	// Covered is the mount point of another mount: what it covers cannot
 	// be seen, so it is made empty, owned by root, mode 0755 (0644 for a
 	// file), times left as made.
 	Covered bool `json:"covered,omitempty"`
+}
+
+// TmpfsDevices are the character devices a tmpfs of an image may hold,
+// by their st_rdev: those a container runtime makes in a container's
+// /dev (null, zero, full, random, urandom, tty). The restore makes them
+// with mknod, so no other device (a disk, /dev/mem) may come from an
+// image.
+var TmpfsDevices = map[uint64]string{
+	1<<8 | 3: "null", 1<<8 | 5: "zero", 1<<8 | 7: "full", 1<<8 | 8: "random", 1<<8 | 9: "urandom", 5<<8 | 0: "tty",
 }
 
 // MaxTmpfsBytes bounds the contents of all tmpfs mounts of an image: they
@@ -96,6 +123,7 @@ const (
 	sIFDIR = 0o040000
 	sIFREG = 0o100000
 	sIFLNK = 0o120000
+	sIFCHR = 0o020000
 )
 
 // validateMounts checks a mount table: kinds, clean absolute points,
@@ -108,9 +136,16 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 	if len(ns.Mounts) == 0 || len(ns.Mounts) > 1<<16 {
 		return fmt.Errorf("mount table of %d mounts", len(ns.Mounts))
 	}
+	if r := ns.Mounts[0]; ns.Pivoted && (r.Point != "/" || r.Kind != MountBind) {
+		return fmt.Errorf("a root filesystem pivoted into whose first mount is a %s at %q, not a host directory bound at /", r.Kind, r.Point)
+	}
 	ids := map[int]bool{}
+	byID := map[int]*Mount{}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
+		if ns.Pivoted && m.Kind == MountHost {
+			return fmt.Errorf("mount %d at %q: a mount of the host in a root filesystem pivoted into", m.ID, m.Point)
+		}
 		bad := func(f string, a ...any) error {
 			return fmt.Errorf("mount %d at %q: %s", m.ID, m.Point, fmt.Sprintf(f, a...))
 		}
@@ -136,18 +171,35 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 				return bad("bind source: %v", err)
 			}
 		case MountFresh:
-			if !FreshFSTypes[m.FSType] || m.Root != "/" {
+			// A cgroup hierarchy mounted inside a container's cgroup
+			// namespace shows the namespace's root.
+			if !FreshFSTypes[m.FSType] || (m.Root != "/" && !(m.Container && (m.FSType == "cgroup" || m.FSType == "cgroup2"))) || validPath(m.Root) != nil {
 				return bad("not a fresh mount of a virtual filesystem: %s of %q", m.FSType, m.Root)
 			}
 		case MountTmpfs:
 			if m.FSType != "tmpfs" || m.Root != "/" {
 				return bad("not a whole tmpfs: %s of %q", m.FSType, m.Root)
 			}
+		case MountOwnBind:
+			of := byID[m.Of]
+			if of == nil || (of.Kind != MountTmpfs && of.Kind != MountFresh) || of.FSType != m.FSType || of.Dev != m.Dev || validPath(m.Root) != nil {
+				return bad("a bind of mount %d, not an earlier tmpfs or fresh mount of its filesystem, or of part %q", m.Of, m.Root)
+			}
+			if of.Container && !m.Container {
+				return bad("a bind of a mount made inside the container, made outside")
+			}
 		default:
 			return bad("kind %q", m.Kind)
 		}
-		if m.Container && (m.Kind != MountFresh || (m.FSType != "proc" && m.FSType != "mqueue") || m.Shared) {
-			return bad("a mount of the container's namespaces that is not a fresh proc or mqueue, or shared")
+		if m.Kind != MountOwnBind && m.Of != 0 {
+			return bad("a %s binding mount %d", m.Kind, m.Of)
+		}
+		if p := byID[m.Parent]; p != nil && p.Container && !m.Container {
+			return bad("on a mount made inside the container, made outside before it")
+		}
+		byID[m.ID] = m
+		if m.Container && (m.Kind == MountHost || m.Kind == MountBind || m.Shared) {
+			return bad("a mount made inside the container that is a host mount or a bind of a host path, or shared")
 		}
 		if m.Top != nil && (m.Kind != MountTmpfs || m.Top.Path != "." || m.Top.Mode&sIFMT != sIFDIR || m.Top.Mode&^(sIFMT|0o7777) != 0 ||
 			m.Top.Link != "" || m.Top.Data != "" || m.Top.HardLink != "" || m.Top.Covered) {
@@ -174,7 +226,14 @@ func validateMounts(ns *MountNS, blobs map[string]Blob) error {
 			if f.Mode&^(sIFMT|0o7777) != 0 {
 				return bad("file %q: mode %#o", f.Path, f.Mode)
 			}
+			if f.Rdev != 0 && f.Mode&sIFMT != sIFCHR {
+				return bad("file %q: a device number for a %#o", f.Path, f.Mode&sIFMT)
+			}
 			switch f.Mode & sIFMT {
+			case sIFCHR:
+				if _, ok := TmpfsDevices[f.Rdev]; !ok || f.Link != "" || f.Data != "" || f.HardLink != "" || f.Covered {
+					return bad("character device %q: %d:%d is not one a container's /dev has", f.Path, f.Rdev>>8, f.Rdev&0xff)
+				}
 			case sIFDIR:
 				if f.Link != "" || f.Data != "" || f.HardLink != "" {
 					return bad("directory %q with contents", f.Path)
@@ -217,7 +276,7 @@ func validateContainerMounts(img *Image) error {
 		if !m.Container {
 			continue
 		}
-		if ns == nil || ns.PID == nil || (m.FSType == "mqueue" && ns.IPC == nil) {
+		if ns == nil || ns.PID == nil || (m.Kind == MountFresh && m.FSType == "mqueue" && ns.IPC == nil) {
 			return fmt.Errorf("mount %d at %q: a %s of the container's namespaces in an image without them", m.ID, m.Point, m.FSType)
 		}
 	}
@@ -231,7 +290,7 @@ func (ns *MountNS) SameTable(other *MountNS) bool {
 	if ns == nil || other == nil {
 		return ns == other
 	}
-	if len(ns.Mounts) != len(other.Mounts) {
+	if len(ns.Mounts) != len(other.Mounts) || ns.Pivoted != other.Pivoted {
 		return false
 	}
 	for i := range ns.Mounts {
@@ -242,6 +301,22 @@ func (ns *MountNS) SameTable(other *MountNS) bool {
 		}
 	}
 	return true
+}
+
+// CoveringMount returns the mount of a table a path is on: the last
+// mounted at the longest mount point that is a prefix of it (nil if
+// none).
+func CoveringMount(mounts []Mount, p string) *Mount {
+	var best *Mount
+	for i := range mounts {
+		m := &mounts[i]
+		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
+			if best == nil || len(m.Point) >= len(best.Point) {
+				best = m
+			}
+		}
+	}
+	return best
 }
 
 // BlobNames returns the blobs of the tmpfs files of the table.

@@ -15,6 +15,19 @@ type Namespaces struct {
 	PID *PIDNamespace `json:"pid,omitempty"`
 	UTS *UTSNamespace `json:"uts,omitempty"`
 	IPC *IPCNamespace `json:"ipc,omitempty"`
+	Net *NetNamespace `json:"net,omitempty"`
+	// Cgroup is the container's cgroup namespace, if it had one of its
+	// own.
+	Cgroup *CgroupNamespace `json:"cgroup,omitempty"`
+}
+
+// CgroupNamespace is a container's cgroup namespace: in each hierarchy,
+// the cgroup that is its root (the "/" its processes see in
+// /proc/self/cgroup), by its path from the hierarchy's root as Cgroup
+// has it. The restore makes the namespace there, so that the processes
+// see their cgroups under the same paths.
+type CgroupNamespace struct {
+	Roots []Cgroup `json:"roots"`
 }
 
 // PIDNamespace maps every process and thread of the image, known by its
@@ -108,8 +121,21 @@ func validateNamespaces(img *Image) error {
 	if ns == nil {
 		return nil
 	}
-	if (ns.UTS != nil || ns.IPC != nil) && ns.PID == nil {
-		return errors.New("namespaces: UTS or IPC namespace without a PID namespace")
+	if (ns.UTS != nil || ns.IPC != nil || ns.Net != nil || ns.Cgroup != nil) && ns.PID == nil {
+		return errors.New("namespaces: UTS, IPC, network or cgroup namespace without a PID namespace")
+	}
+	if ns.Net != nil {
+		if err := validateNet(ns.Net); err != nil {
+			return err
+		}
+	}
+	if c := ns.Cgroup; c != nil {
+		if len(c.Roots) == 0 {
+			return errors.New("cgroup namespace: no root")
+		}
+		if err := validateCgroups(c.Roots); err != nil {
+			return fmt.Errorf("cgroup namespace: %w", err)
+		}
 	}
 	if ns.PID != nil {
 		// Every process and thread has its ID inside (a live migration's

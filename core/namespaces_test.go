@@ -49,6 +49,7 @@ func withNS(i *Image) {
 		IPC: &IPCNamespace{Sysctls: map[string]string{"msgmax": "8192", "sem": "32000\t1024000000\t500\t32000"},
 			Sems: []SemSet{{ID: 0, Key: 7, Mode: 0o640, Values: []uint16{1, 5}}},
 			Msgs: []MsgQueue{{ID: 0, Key: 8, Mode: 0o600, QBytes: 16384, Messages: []Message{{Type: 1, Text: []byte("a")}}}}},
+		Cgroup: &CgroupNamespace{Roots: []Cgroup{{Path: "/box"}, {Controllers: "pids", Path: "/"}}},
 	}
 }
 
@@ -81,6 +82,11 @@ func TestDecodeImageNamespaces(t *testing.T) {
 		func(i *Image) { i.Namespaces.IPC.Msgs[0].Messages[0].Type = 0 },
 		func(i *Image) { i.Namespaces.IPC.Msgs[0].QBytes = 1 << 30 },
 		func(i *Image) { i.Namespaces.IPC.Msgs[0].ID = -1 },
+		func(i *Image) { i.Namespaces.Cgroup.Roots = nil },
+		func(i *Image) { i.Namespaces.Cgroup.Roots[0].Path = "/box/../etc" },
+		func(i *Image) { i.Namespaces.Cgroup.Roots[0].Path = "box" },
+		func(i *Image) { i.Namespaces.Cgroup.Roots[1].Controllers = "" },    // a hierarchy twice
+		func(i *Image) { i.Namespaces.Cgroup.Roots[1].Controllers = "a:b" }, // not a hierarchy's name
 	}
 	for n, mutate := range bad {
 		img := validImage()

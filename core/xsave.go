@@ -20,12 +20,19 @@ type CPUFeatures struct {
 	// the threads' xstate_bv); 0 in a live migration's layouts, read
 	// before the freeze.
 	InUse uint64 `json:"in_use,omitempty"`
+	// OnlyInUse: the dumping operator vouched that the processes use no
+	// component but those they hold (DumpOptions.CPUInUseOnly): a CPU is
+	// checked against InUse alone.
+	OnlyInUse bool `json:"only_in_use,omitempty"`
 }
 
 // Missing returns the components the processes need that a CPU with
 // XCR0 have lacks: those they held (inUse) and those the dumping CPU
 // offered them (offered, which includes inUse).
 func (f *CPUFeatures) Missing(have uint64) (inUse, offered uint64) {
+	if f.OnlyInUse {
+		return f.InUse &^ have, f.InUse &^ have
+	}
 	return f.InUse &^ have, (f.XCR0 | f.InUse) &^ have
 }
 

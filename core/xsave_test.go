@@ -24,3 +24,21 @@ func TestXSAVENames(t *testing.T) {
 		t.Errorf("xstate_bv of a short set %#x", got)
 	}
 }
+
+// TestMissingInUseOnly: checked as the operator vouched (OnlyInUse), a
+// CPU lacking a component the source offered but no thread held takes
+// the process; one lacking a held component does not.
+func TestMissingInUseOnly(t *testing.T) {
+	const sse, avx, avx512 = 0x3, 0x4, 0xe0
+	f := &CPUFeatures{XCR0: sse | avx | avx512, InUse: sse | avx}
+	if _, offered := f.Missing(sse | avx); offered != avx512 {
+		t.Errorf("offered missing %#x, want AVX-512 %#x", offered, avx512)
+	}
+	f.OnlyInUse = true
+	if inUse, offered := f.Missing(sse | avx); inUse != 0 || offered != 0 {
+		t.Errorf("in use only: missing %#x/%#x, want none", inUse, offered)
+	}
+	if inUse, offered := f.Missing(sse); inUse != avx || offered != avx {
+		t.Errorf("in use only, no AVX: missing %#x/%#x, want AVX %#x", inUse, offered, avx)
+	}
+}

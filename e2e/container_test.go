@@ -50,7 +50,14 @@ type container struct {
 func startContainer(t *testing.T, host string, extra, progArgs []string) *container {
 	t.Helper()
 	unshare, args := containerArgs(t, host, extra, progArgs)
-	c := &container{Proc: testutil.Start(t, unshare, args...)}
+	return adoptContainer(t, testutil.Start(t, unshare, args...))
+}
+
+// adoptContainer is startContainer for the unshare of the container
+// workload p runs, started by the caller.
+func adoptContainer(t *testing.T, p *testutil.Proc) *container {
+	t.Helper()
+	c := &container{Proc: p}
 	c.WaitLine(t, short, 0, "ready pid=1 child=2")
 	c.WaitTick(t, short, 3)
 	kids := childrenOf(t, c.PID)
@@ -182,8 +189,8 @@ func TestContainerDumpRestore(t *testing.T) {
 }
 
 // TestContainerRefusals: a process inside a container that is not its
-// init is refused, saying to dump the init; a container with a mount on
-// its own proc is refused naming it; a process that entered
+// init is refused, saying to dump the init; a container with a bind of a
+// host path on its own proc is refused naming it; a process that entered
 // the container's PID namespace from outside is refused by its PID. Each
 // runs on.
 func TestContainerRefusals(t *testing.T) {
@@ -236,8 +243,10 @@ func TestContainerRefusals(t *testing.T) {
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("mnt", func(t *testing.T) {
-		// A mount on the container's own proc, which the restore mounts
-		// from inside the container after the rest of the table.
+		// A bind of a host path on the container's own proc, which the
+		// restore mounts from inside the container after the rest of the
+		// table (a tmpfs or a bind of the container's own is made there
+		// too; a host path is not reachable from inside).
 		c := startContainer(t, "box-mnt", []string{"--mount-proc"}, nil)
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/proc/driver", c.init)); err != nil {
 			testutil.Unavailable(t, "this kernel's proc has no directory driver to mount on: %v", err)
@@ -246,12 +255,12 @@ func TestContainerRefusals(t *testing.T) {
 		if err != nil {
 			testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
 		}
-		if out, err := exec.Command(nsenter, "--target", fmt.Sprint(c.init), "--mount", "--", "mount", "-t", "tmpfs", "-o", "size=64k", "ontop", "/proc/driver").CombinedOutput(); err != nil {
-			t.Fatalf("mount a tmpfs on the container's proc: %v: %s", err, out)
+		if out, err := exec.Command(nsenter, "--target", fmt.Sprint(c.init), "--mount", "--", "mount", "--bind", t.TempDir(), "/proc/driver").CombinedOutput(); err != nil {
+			t.Fatalf("bind a host directory on the container's proc: %v: %s", err, out)
 		}
 		_, err = source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: t.TempDir(), Tree: true, Logger: testLogger(t)})
 		var ue *source.UnsupportedMountError
-		if !errors.As(err, &ue) || ue.Point != "/proc/driver" || ue.FSType != "tmpfs" {
+		if !errors.As(err, &ue) || ue.Point != "/proc/driver" {
 			t.Fatalf("dump of a container with a mount on its proc: %v, want an UnsupportedMountError of /proc/driver", err)
 		}
 		t.Logf("refused: %v", err)
@@ -336,11 +345,26 @@ func TestContainerLive(t *testing.T) {
 func liveContainer(t *testing.T, c *cluster.Cluster, host string, extra []string, started, after func(init int)) {
 	t.Helper()
 	unshare, args := containerArgs(t, host, extra, nil)
-	p, err := c.A.Start(cluster.StartOptions{}, unshare, args...)
+	liveContainerCmd(t, c, host, "", append([]string{unshare}, args...), started, after)
+}
+
+// liveContainerCmd is liveContainer for the container workload named
+// host started on node A by the command cmd (unshare's, whose child is
+// the init), its lines in log ("": its output).
+func liveContainerCmd(t *testing.T, c *cluster.Cluster, host, log string, cmd []string, started, after func(init int)) {
+	t.Helper()
+	p, err := c.A.Start(cluster.StartOptions{}, cmd[0], cmd[1:]...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Stop()
+	if log != "" {
+		p.Log = log
+		testutil.WaitFor(t, short, "the workload's log "+log, func() bool {
+			_, err := os.Stat(log)
+			return err == nil
+		})
+	}
 	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
 	waitLogTick(t, p.Log, 3)
 	kids := childrenOf(t, p.PID)

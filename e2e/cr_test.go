@@ -207,6 +207,7 @@ func TestSignals(t *testing.T) {
 	p := testutil.Start(t, testutil.Build(t, "signals"), trigger)
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
+	actions, _ := p.WaitLine(t, short, 0, "actions")
 	before := testutil.Take(t, p.PID)
 	if before.Status["SigPnd"] == "0000000000000000" || before.Status["ShdPnd"] == "0000000000000000" {
 		t.Fatalf("the workload has no pending signals: %v", before.Status)
@@ -241,6 +242,11 @@ func TestSignals(t *testing.T) {
 	r.Signal(t, unix.SIGUSR2)
 	if got, _ := r.WaitLine(t, short, n, "usr2"); got != "usr2 onstack=1" {
 		t.Errorf("SIGUSR2 handler: %q, want it on the alternate stack", got)
+	}
+	// The actions of a default and of an ignored signal, flags and mask
+	// included.
+	if got, _ := r.WaitLine(t, short, n, "actions"); got != actions {
+		t.Errorf("after restore %q, before %q", got, actions)
 	}
 
 	n = len(r.Lines(t))

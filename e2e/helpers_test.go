@@ -92,13 +92,21 @@ func restoreOK(t *testing.T, dir, log string) *testutil.Proc {
 // restoreWithReport is restoreOK that also returns the restore's report.
 func restoreWithReport(t *testing.T, dir, log string) (*testutil.Proc, *target.RestoreReport) {
 	t.Helper()
+	return restoreOptsReport(t, dir, log, target.RestoreOptions{})
+}
+
+// restoreOptsReport is restoreWithReport with the options opts (Dir,
+// Logger and Check set).
+func restoreOptsReport(t *testing.T, dir, log string, opts target.RestoreOptions) (*testutil.Proc, *target.RestoreReport) {
+	t.Helper()
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kids := testutil.Children()
 	// Every restore of the tests is checked against its image.
-	rep, err := target.Restore(context.Background(), target.RestoreOptions{Dir: dir, Logger: testLogger(t), Check: true})
+	opts.Dir, opts.Logger, opts.Check = dir, testLogger(t), true
+	rep, err := target.Restore(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}

@@ -83,6 +83,8 @@ type serveOptions struct {
 	XSAVE uint64
 	// CgroupRoot, if set, is the service's --cgroup-root.
 	CgroupRoot string
+	// VDSOProxy: the service's --vdso-proxy (the proxy on one kernel).
+	VDSOProxy bool
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -132,6 +134,9 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	}
 	if o.CgroupRoot != "" {
 		args = append(args, "--cgroup-root", o.CgroupRoot)
+	}
+	if o.VDSOProxy {
+		args = append(args, "--vdso-proxy")
 	}
 	cmd := exec.Command("unshare", args...)
 	if o.NoFile[0] > 0 {

@@ -143,6 +143,15 @@ func TestLiveTreePrefork(t *testing.T) {
 	if rep.Processes != 4 {
 		t.Errorf("report: %d processes, want 4", rep.Processes)
 	}
+	// Where the frozen window went for each process: the root first.
+	if len(rep.ProcessSteps) != 4 || rep.ProcessSteps[0].PID != p.PID {
+		t.Errorf("report: steps of processes %+v, want the root's and its 3 workers'", rep.ProcessSteps)
+	}
+	for _, ps := range rep.ProcessSteps {
+		if !slices.ContainsFunc(ps.Steps, func(s source.Step) bool { return s.Name == "injected: signal actions" && s.MS > 0 }) {
+			t.Errorf("report: process %d's steps %+v, without the time of its signal actions", ps.PID, ps.Steps)
+		}
+	}
 	// The original workers died with the tree: reparented to this test (a
 	// subreaper), they are reaped here; none runs.
 	for _, w := range workers {

@@ -212,8 +212,8 @@ func TestMountNamespaceOverlayRefused(t *testing.T) {
 // (a tree moves with one), and so are a process whose root directory is
 // not its namespace's (chroot), a tmpfs holding a FIFO or a file with an
 // extended attribute (named), and a
-// read-only tmpfs in a live migration (its files are written once the
-// processes exist); all run on.
+// read-only tmpfs holding a file with contents in a live migration (its
+// files are made as it is mounted, before the contents come); all run on.
 func TestMountNamespaceRefusals(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, mode := range []string{"split", "chroot", "fifo", "rotmpfs", "xattr"} {

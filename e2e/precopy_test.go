@@ -211,3 +211,124 @@ func BenchmarkPreCopy(b *testing.B) {
 			r.rs[0].rounds, r.rs[0].final, float64(r.rs[0].wire)/(1<<20))
 	}
 }
+
+// TestPreCopyTree dumps a tree that changes shape all the time (treechurn:
+// a short-lived child forked every 2 ms, keepers forked on demand while
+// the dump runs) with pre-copy: processes forked during pre-copy join it
+// with their own page files, those that exit leave (their files go), and
+// the image holds the tree as it was frozen. Restored, every process of
+// it finds its memory as it wrote it and carries on.
+func TestPreCopyTree(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := testutil.Start(t, testutil.Build(t, "treechurn"), "2")
+	t.Cleanup(func() {
+		p.Stop(t)
+		reapChurn(t)
+	})
+	p.WaitLine(t, short, 0, "ready")
+	p.WaitTick(t, long, 3)
+	unix.Kill(p.PID, unix.SIGUSR2)
+	p.WaitLine(t, short, 0, "keeper ")
+	// Keepers join while pre-copy runs (treechurn forks at most 8).
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 6; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				unix.Kill(p.PID, unix.SIGUSR2)
+			}
+		}
+	}()
+	dir := t.TempDir()
+	rep, err := source.Dump(context.Background(), source.DumpOptions{
+		PID: p.PID, Dir: dir, Tree: true, PreCopy: true, Logger: testLogger(t),
+		Policy: source.Policy{MaxRounds: 5, TargetDowntime: 0, MinShrink: 0, Patience: 4},
+	})
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	linesThen := len(p.Lines(t))
+	p.Reap(t)
+	reapChurn(t)
+	if len(rep.Rounds) < 3 {
+		t.Errorf("%d rounds, want pre-copy rounds and a final one", len(rep.Rounds))
+	}
+	img, err := core.ReadImage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every process of the image has its page file, and no other file
+	// is left (those of processes that left the tree are gone).
+	want := map[string]bool{img.Pages.File: true}
+	var running, zombies int
+	for _, m := range img.Tree {
+		if m.Zombie != nil {
+			zombies++
+			continue
+		}
+		running++
+		if m.Pages == nil {
+			t.Errorf("process %d has no pages", m.PID)
+			continue
+		}
+		want[m.Pages.File] = true
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "pages") && !want[e.Name()] {
+			t.Errorf("page file %s of no process of the image", e.Name())
+		}
+	}
+	for f := range want {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("page file of the image: %v", err)
+		}
+	}
+	keepers := map[int]bool{}
+	for _, l := range p.Lines(t) {
+		if s, ok := strings.CutPrefix(l, "keeper "); ok {
+			var k int
+			fmt.Sscan(s, &k)
+			keepers[k] = true
+		}
+	}
+	t.Logf("%d rounds; the tree frozen: root and %d processes, %d zombies, %d keepers forked", len(rep.Rounds), running, zombies, len(keepers))
+
+	r := restoreOK(t, dir, p.Log)
+	t.Cleanup(func() {
+		r.Stop(t)
+		reapChurn(t)
+	})
+	after := func(prefix string) {
+		testutil.WaitFor(t, long, fmt.Sprintf("a line %q after the restore", prefix), func() bool {
+			for _, l := range r.Lines(t)[linesThen:] {
+				if strings.HasPrefix(l, prefix) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	r.WaitTick(t, long, r.LastTick(t)+3)
+	for _, m := range img.Tree {
+		switch {
+		case m.Zombie != nil:
+			after(fmt.Sprintf("reaped %d status=%d", m.PID, (m.PID&0x7f)<<8))
+		case keepers[m.PID]:
+			after(fmt.Sprintf("alive pid=%d ", m.PID))
+		default:
+			after(fmt.Sprintf("done pid=%d ", m.PID))
+		}
+	}
+	for _, l := range r.Lines(t) {
+		if strings.HasPrefix(l, "corrupt") || strings.HasPrefix(l, "FAIL") {
+			t.Errorf("%q", l)
+		}
+	}
+}

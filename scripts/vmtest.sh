@@ -20,7 +20,6 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${VMTEST_CACHE:-${HOME:-/root}/.cache/migrate-vmtest}
 timeout_s=${VMTEST_TIMEOUT:-300}
 mem=${VMTEST_MEM:-512}
 run=${VMTEST_RUN:-Track}
@@ -35,56 +34,10 @@ die() {
 	exit 1
 }
 
-# --- tools, installed only if missing ---------------------------------------
-updated=""
-apt_update() {
-	if [ -z "$updated" ]; then
-		apt-get update -qq >&2 || die "apt-get update failed"
-		updated=1
-	fi
-}
-missing=""
-command -v qemu-system-x86_64 >/dev/null || missing="$missing qemu-system-x86"
-command -v cpio >/dev/null || missing="$missing cpio"
-if [ -n "$missing" ]; then
-	log "installing$missing"
-	apt_update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >&2 || die "apt-get install$missing failed"
-fi
-
-# --- the kernel: the image linux-image-cloud-amd64 depends on, cached --------
-kpkg_of() {
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-		awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
-}
-kpkg=$(kpkg_of || true)
-if [ -z "$kpkg" ]; then
-	apt_update
-	kpkg=$(kpkg_of || true)
-fi
-if [ -z "$kpkg" ]; then
-	# No apt lists (offline): take the newest kernel already cached.
-	kpkg=$(ls -1 "$cache" 2>/dev/null | grep '^linux-image-' | sort -V | tail -1 || true)
-fi
-[ -n "$kpkg" ] || die "cannot tell which package linux-image-cloud-amd64 depends on"
-kdir=$cache/$kpkg
+# --- qemu and the kernel (scripts/vmkernel.sh) ---------------------------
+kdir=$("$root/scripts/vmkernel.sh") || die "no kernel (scripts/vmkernel.sh failed)"
+kpkg=$(basename "$kdir")
 vmlinuz=$kdir/vmlinuz
-if [ ! -s "$vmlinuz" ]; then
-	log "downloading $kpkg"
-	mkdir -p "$cache/dl" "$kdir"
-	(cd "$cache/dl" && rm -f "$kpkg"_*.deb && apt-get download "$kpkg" >&2) || {
-		apt_update
-		(cd "$cache/dl" && apt-get download "$kpkg" >&2) || die "apt-get download $kpkg failed"
-	}
-	deb=$(ls -1 "$cache/dl/$kpkg"_*.deb | head -1)
-	tmp=$(mktemp -d)
-	dpkg-deb -x "$deb" "$tmp"
-	img=$(ls -1 "$tmp"/boot/vmlinuz-* | head -1)
-	[ -n "$img" ] || die "no boot/vmlinuz-* in $deb"
-	cp "$img" "$vmlinuz.tmp" && mv "$vmlinuz.tmp" "$vmlinuz"
-	basename "$img" | sed 's/^vmlinuz-//' >"$kdir/release"
-	rm -rf "$tmp" "$deb"
-fi
 kver=$(cat "$kdir/release" 2>/dev/null || echo "$kpkg")
 
 # --- the initramfs: /init and the test binary, both static -----------------

@@ -29,6 +29,14 @@ type DumpOptions struct {
 	// one is kept as external (core.FDExternal), which the restore must
 	// be given (--inherit-fd), instead of being refused.
 	External []string
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use.
+	CPUInUseOnly bool
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).
@@ -78,6 +86,14 @@ type DumpReport struct {
 type Step struct {
 	Name string  `json:"name"`
 	MS   float64 `json:"ms"`
+}
+
+// ProcessSteps is where the time of the frozen window's work on one
+// process of a tree went (the steps of the report add up that of every
+// process, and what is done for the tree as a whole).
+type ProcessSteps struct {
+	PID   int    `json:"pid"`
+	Steps []Step `json:"steps"`
 }
 
 // Dump checkpoints the process opts.PID into opts.Dir.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // schedDeadline is SCHED_DEADLINE: its runtime and period are a
@@ -159,6 +160,47 @@ const (
 	mpolDefault = 0
 )
 
+// membarrierProbes are the private expedited membarrier commands, each
+// with the registration it needs: issued unregistered, it fails with
+// EPERM.
+var membarrierProbes = []struct {
+	name     string
+	cmd, reg uint64
+}{
+	{"PRIVATE_EXPEDITED", 1 << 3, 1 << 4},
+	{"PRIVATE_EXPEDITED_SYNC_CORE", 1 << 5, 1 << 6},
+	{"PRIVATE_EXPEDITED_RSEQ", 1 << 7, 1 << 8},
+}
+
+// membarrierGlobal is MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED.
+const membarrierGlobal = 1 << 2
+
+// probeMembarrier tells the membarrier registrations of a process on a
+// kernel without MEMBARRIER_CMD_GET_REGISTRATIONS (before 6.3): each
+// private expedited command is issued in the process (a memory barrier
+// on its threads, all stopped: nothing else), and succeeds only if it
+// registered for it. The global expedited registration shows in nothing
+// the process can do; it is taken as made: a restore registers it, and
+// the only effect of a registration the process did not make is that
+// other processes' global expedited barriers reach it too (a barrier
+// more, never one less).
+func (d *dumper) probeMembarrier(lead *ptrace.Thread) (uint64, error) {
+	mb := uint64(membarrierGlobal)
+	for _, pr := range membarrierProbes {
+		_, err := d.p.Syscall(lead, "membarrier(MEMBARRIER_CMD_"+pr.name+")", unix.SYS_MEMBARRIER, pr.cmd, 0, 0)
+		switch {
+		case err == nil:
+			mb |= pr.reg
+		case errors.Is(err, unix.EPERM), errors.Is(err, unix.EINVAL):
+			// Not registered, or a command this kernel lacks (so
+			// it could not register either).
+		default:
+			return 0, err
+		}
+	}
+	return mb, nil
+}
+
 // collectInjectedAttrs reads what only the process itself can tell: each
 // thread's parent-death signal and memory policy, and the process's
 // child-subreaper flag, THP disable, membarrier registrations,
@@ -199,8 +241,11 @@ func (d *dumper) collectInjectedAttrs() error {
 	}
 	p.Attrs.THPDisable = int(thp)
 	mb, err := d.p.Syscall(lead, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierGetRegistrations, 0, 0)
+	if errors.Is(err, unix.EINVAL) {
+		mb, err = d.probeMembarrier(lead)
+	}
 	if err != nil {
-		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its membarrier registrations cannot be read (Linux 6.3+ needed): %v", err)}
+		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its membarrier registrations cannot be read: %v", err)}
 	}
 	if mb&^core.MembarrierRegistrations != 0 {
 		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("membarrier registrations %#x include ones migrate does not know", mb)}

@@ -94,13 +94,14 @@ func checkTimeNamespaces(pids []int) error {
 }
 
 // cpuFeatures are the XSAVE features of this CPU and of the processes'
-// threads (nil where the CPU has no XSAVE).
-func cpuFeatures(procs []*core.Process) *core.CPUFeatures {
+// threads (nil where the CPU has no XSAVE), to be checked as
+// DumpOptions.CPUInUseOnly says.
+func (ss *session) cpuFeatures(procs []*core.Process) *core.CPUFeatures {
 	xcr0, ok := raw.XCR0()
 	if !ok {
 		return nil
 	}
-	f := &core.CPUFeatures{XCR0: xcr0}
+	f := &core.CPUFeatures{XCR0: xcr0, OnlyInUse: ss.opts.CPUInUseOnly}
 	for _, p := range procs {
 		for _, t := range p.Threads {
 			f.InUse |= core.XstateBV(t.Xstate)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/procmig/migrate/core"
@@ -36,20 +37,30 @@ func (u *undo) Clean() {
 
 // session is the state one dump shares among the processes of the tree.
 type session struct {
-	opts  DumpOptions
-	log   *slog.Logger
-	dir   string
-	tr    *ptrace.Tracer
-	codec pagestream.Codec
-	blobs int
+	opts DumpOptions
+	log  *slog.Logger
+	dir  string
+	tr   *ptrace.Tracer
+	// tracers are the tracer threads of a tree, tr first (tracerFor),
+	// at most maxTracers of them.
+	tracers    []*ptrace.Tracer
+	maxTracers int
+	codec      pagestream.Codec
+	blobs      int
 	// shm are the System V segments the processes attach (readSysV).
 	shm []core.ShmSegment
+	// innerPIDs are the PIDs inside the container of the processes of
+	// its tree, as each was seen when it joined (noteInner): a round's
+	// layout names a process that exited since with it.
+	innerPIDs map[int]int
 	// container is set when the root is the init of a PID namespace of
 	// its own, which the dump carries with its whole tree; ipcNS is then
 	// the root's PID if it has an IPC namespace of its own, whose System
 	// V objects are read there (inIPC).
 	container bool
 	ipcNS     int
+	// ownNet: the container has a network namespace of its own.
+	ownNet bool
 	// mounts is the processes' mount namespace, if not migrate's (readMounts).
 	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.
@@ -91,6 +102,9 @@ type session struct {
 	// pending (liveSource.regroup). A process of it (not the root) that
 	// exits is then no error: it leaves at the next round.
 	regroup func(ctx context.Context, all []*dumper) ([]*dumper, error)
+	// postCopy, if set, may end a live migration's pre-copy in post-copy
+	// (postcopy.go).
+	postCopy *postCopy
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -123,6 +137,20 @@ type dumper struct {
 	// mmapDone, if set, is called once the injected calls that take the
 	// process's mmap lock are done.
 	mmapDone func()
+	// ownSteps are where the frozen window's time went for this process
+	// alone (ProcessSteps), lapped from ownLapped.
+	ownSteps  []Step
+	ownLapped time.Time
+}
+
+// ownLap records the time this process's own work took since its
+// previous lap as step name (see ProcessSteps).
+func (d *dumper) ownLap(name string) {
+	now := time.Now()
+	if !d.ownLapped.IsZero() {
+		d.ownSteps = append(d.ownSteps, Step{Name: name, MS: ms(now.Sub(d.ownLapped))})
+	}
+	d.ownLapped = now
 }
 
 func (s *session) roundStart(layouts [][]core.VMA) error {
@@ -218,16 +246,23 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	// The tracer outlives every rollback step (defers run last-in, first
 	// out): detaching needs it.
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
+	defer ss.closeTracers()
 	// The duplicates of the TCP connections too: the rollback turns their
 	// repair mode off through them.
 	defer ss.closeTCP()
 	var cu undo
 	defer cu.Clean()
 	var all []*dumper // the tree, parents first; grows as it is frozen
+	// A tree's pre-copy follows the tree as it runs (tf): processes that
+	// fork join it, with a page file of their own, those that exit leave.
+	var tf *treeFollow
 	// Files this dump creates go away if it fails.
 	cu.Add(func() {
-		for _, d := range all {
+		var procs []*dumper
+		if tf != nil {
+			procs = append(slices.Clone(tf.all), tf.left...)
+		}
+		for _, d := range append(procs, all...) {
 			if d.sink != nil {
 				d.sink.abort()
 			}
@@ -242,18 +277,28 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	}
 
 	if opts.PreCopy {
-		if kids, _ := childrenOf(root.pid); opts.Tree && len(kids) > 0 {
-			return nil, &BadTargetError{PID: root.pid, Reason: "it has child processes: pre-copy of process trees is not supported yet (dump the tree without --pre-copy)"}
-		}
 		cu.Add(func() {
-			if root.tracker != nil {
-				if err := root.tracker.Close(); err != nil {
-					log.Error("rollback: stop dirty tracking", "pid", root.pid, "err", err)
+			procs := all
+			if tf != nil {
+				procs = tf.all
+			}
+			for _, d := range procs {
+				if d.tracker != nil {
+					if err := d.tracker.Close(); err != nil {
+						log.Error("rollback: stop dirty tracking", "pid", d.pid, "err", err)
+					}
 				}
 			}
 		})
+		if opts.Tree {
+			tf = ss.followTree(root, codec)
+			ss.regroup = tf.regroup
+		}
 		if err = ss.precopy(ctx, all); err != nil {
 			return nil, err
+		}
+		if tf != nil {
+			all = slices.Clone(tf.all)
 		}
 		ss.lap("pre-copy")
 	}
@@ -270,6 +315,13 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		}
 	})
 	zombies, err := freezeTree(ss, &all, img)
+	if err == nil && tf != nil {
+		// The tree as it is now: forked since the last round, a process
+		// joins with all its memory; one that exited leaves.
+		if _, err = tf.settleFrozen(all, zombies); err == nil {
+			all, zombies = slices.Clone(tf.all), tf.zombies
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -476,4 +528,36 @@ func (d *session) noteBlob(name string, sum core.Blob) {
 		d.blobSums = map[string]core.Blob{}
 	}
 	d.blobSums[name] = sum
+}
+
+// followTree is the tree a pre-copy dump follows as it runs: a process
+// that joins is tracked (unless it joins frozen) and gets its page file,
+// one that leaves has its file removed (the image does not name it).
+// The root has its file already.
+func (ss *session) followTree(root *dumper, codec pagestream.Codec) *treeFollow {
+	tf := newTreeFollow(root, treeMember{start: root.stat.StartTime})
+	tf.onJoin = func(d *dumper, tracked bool) error {
+		if tracked {
+			if err := d.track(); err != nil {
+				return err
+			}
+		}
+		if d.sink == nil {
+			var err error
+			if d.sink, err = d.openSink(codec); err != nil {
+				return err
+			}
+		}
+		if tracked {
+			d.armSink()
+		}
+		return nil
+	}
+	tf.onLeave = func(d *dumper) {
+		if d.sink != nil {
+			d.sink.abort()
+		}
+		os.Remove(filepath.Join(ss.dir, d.pages.File))
+	}
+	return tf
 }

@@ -3,9 +3,13 @@ package source
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/pagestream"
 )
 
@@ -112,28 +116,56 @@ func (f *frozenState) close() {
 // injection.
 func (f *frozenState) read(ctx context.Context) error {
 	ss := f.ss
-	// The ptrace work runs on the tracer thread in one go per phase, next
-	// to the processes' threads: see ptrace.Proc.Pin.
-	for _, d := range f.all {
-		if err := d.p.Pin(); err != nil {
-			ss.log.Debug("threads not pinned", "pid", d.pid, "err", err)
-		}
+	// The host's System V semaphores and queues the frozen tree used
+	// (precheckMappings looked before pre-copy; this is exact).
+	pids := make([]int, len(f.all))
+	for i, d := range f.all {
+		pids[i] = d.pid
 	}
+	if err := precheckHostIPC(pids); err != nil {
+		return err
+	}
+	// The ptrace work runs on the tracer threads, each next to the
+	// threads of its processes (see ptrace.Proc.Pin), the processes of
+	// different tracers at the same time (eachProcess).
+	cpus := tracerCPUs(f.all)
+	err := eachProcess(f.all, func(d *dumper) error {
+		d.ownLapped = time.Now()
+		if cpu, ok := cpus[d.p.Tracer()]; ok {
+			if err := d.p.PinOn(cpu); err != nil {
+				ss.log.Debug("threads not pinned", "pid", d.pid, "err", err)
+			}
+		}
+		if err := d.stepOutOfVDSO(); err != nil {
+			return err
+		}
+		if err := d.collectTask(); err != nil {
+			return err
+		}
+		d.ownLap("read: task")
+		if err := f.readLayout(d); err != nil {
+			return err
+		}
+		d.ownLap("read: layout")
+		if err := d.p.FindGadgetIn(codeAreas(d.proc.VMAs)); err != nil {
+			return fmt.Errorf("process %d: %w", d.pid, err)
+		}
+		d.ownLap("read: gadget")
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The fds one process after the other, parents first: what the
+	// processes share is found in that order.
 	for _, d := range f.all {
-		err := ss.tr.Do(func() error {
-			if err := d.p.FindGadget(); err != nil {
-				return fmt.Errorf("process %d: %w", d.pid, err)
-			}
-			if err := d.collectTask(); err != nil {
-				return err
-			}
-			if err := f.readLayout(d); err != nil {
-				return err
-			}
+		d.ownLapped = time.Now()
+		err := d.p.Tracer().Do(func() error {
 			var err error
 			d.fdset, err = d.collectFDs(ctx)
 			return err
 		})
+		d.ownLap("read: fds")
 		if err != nil {
 			return err
 		}
@@ -176,7 +208,7 @@ func (f *frozenState) readClocks() error {
 	if f.clocks, err = readClocks(pids); err != nil {
 		return err
 	}
-	f.cpu = cpuFeatures(procs)
+	f.cpu = f.ss.cpuFeatures(procs)
 	return nil
 }
 
@@ -220,31 +252,42 @@ func (f *frozenState) network() error {
 // results, gone on every path (but with keepScratch).
 func (f *frozenState) injected(ctx context.Context) error {
 	ss := f.ss
-	for _, d := range f.all {
-		err := ss.tr.Do(func() error {
-			if err := d.mapScratch(); err != nil {
-				return err
-			}
-			if f.cu != nil {
-				f.cu.Add(func() {
-					if err := d.unmapScratch(); err != nil {
-						ss.log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
-					}
-				})
-			}
-			if err := ss.hook(stageScratch); err != nil {
-				return err
-			}
-			return d.collectInjected()
-		})
-		if err != nil {
+	var mu sync.Mutex // f.cu
+	err := eachProcess(f.all, func(d *dumper) error {
+		d.ownLapped = time.Now()
+		if err := d.mapScratch(); err != nil {
+			return err
+		}
+		if f.cu != nil {
+			mu.Lock()
+			f.cu.Add(func() {
+				if err := d.unmapScratch(); err != nil {
+					ss.log.Error("rollback: unmap scratch page", "pid", d.pid, "err", err)
+				}
+			})
+			mu.Unlock()
+		}
+		d.ownLap("injected: scratch page")
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := ss.hook(stageScratch); err != nil {
+		return err
+	}
+	err = eachProcess(f.all, func(d *dumper) error {
+		d.ownLapped = time.Now()
+		if err := d.collectInjected(); err != nil {
 			return err
 		}
 		if !f.keepScratch {
-			if err := d.unmapScratch(); err != nil {
-				return err
-			}
+			return d.unmapScratch()
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if err := ss.hook(stageInjected); err != nil {
 		return err
@@ -335,4 +378,20 @@ func (f *frozenState) blobs() error {
 		}
 	}
 	return f.ss.writeSysV()
+}
+
+// codeAreas are the executable areas of vmas, the [vdso] first: where an
+// injected system call finds its instruction (ptrace.Proc.FindGadgetIn).
+func codeAreas(vmas []core.VMA) []ptrace.Area {
+	var vdso, code []ptrace.Area
+	for _, v := range vmas {
+		switch {
+		case v.Prot&unix.PROT_EXEC == 0:
+		case v.Kind == core.VMAVDSO:
+			vdso = append(vdso, ptrace.Area{Start: v.Start, End: v.End})
+		default:
+			code = append(code, ptrace.Area{Start: v.Start, End: v.End})
+		}
+	}
+	return append(vdso, code...)
 }

@@ -100,6 +100,7 @@ func (d *dumper) collectInjected() error {
 	if d.mmapDone != nil {
 		d.mmapDone()
 	}
+	d.ownLap("injected: brk")
 	p.Sigactions = make([]core.Sigaction, 64)
 	for sig := 1; sig <= 64; sig++ {
 		_, b, err := d.call(lead, "rt_sigaction", 32, unix.SYS_RT_SIGACTION, uint64(sig), 0, d.scratch, 8)
@@ -108,6 +109,7 @@ func (d *dumper) collectInjected() error {
 		}
 		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
 	}
+	d.ownLap("injected: signal actions")
 	for i, th := range d.p.Threads {
 		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
 		if err != nil {
@@ -128,6 +130,7 @@ func (d *dumper) collectInjected() error {
 		}
 	}
 	foldCreds(p)
+	d.ownLap("injected: threads")
 	p.Itimers = nil
 	for which := 0; which < 3; which++ {
 		_, b, err := d.call(lead, "getitimer", 32, unix.SYS_GETITIMER, uint64(which), d.scratch)
@@ -139,24 +142,57 @@ func (d *dumper) collectInjected() error {
 			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
 		}
 	}
-	// Resource limits from inside: reading another user's limits from
-	// outside needs CAP_SYS_RESOURCE, which root here does not have.
-	p.Rlimits = nil
-	for res := 0; res < 16; res++ {
-		_, b, err := d.call(lead, "prlimit64", 16, unix.SYS_PRLIMIT64, 0, uint64(res), 0, d.scratch)
-		if err != nil {
-			return fmt.Errorf("rlimit %d: %w", res, err)
-		}
-		p.Rlimits = append(p.Rlimits, core.Rlimit{Resource: res, Cur: le.Uint64(b), Max: le.Uint64(b[8:])})
+	d.ownLap("injected: itimers")
+	if err := d.collectRlimits(lead); err != nil {
+		return err
 	}
+	d.ownLap("rlimits")
 	if err := d.collectTimers(); err != nil {
 		return err
 	}
+	d.ownLap("injected: posix timers")
 	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	if err != nil {
 		return err
 	}
 	p.Dumpable = int(dumpable)
 	// The personality came from /proc (collectTask).
-	return d.collectInjectedAttrs()
+	err = d.collectInjectedAttrs()
+	d.ownLap("injected: attributes")
+	return err
+}
+
+// rlimits is the number of resource limits a process has (RLIM_NLIMITS).
+const rlimits = 16
+
+// collectRlimits reads the process's resource limits from
+// /proc/PID/limits, as target.Check reads them back (prlimit(2) on
+// another user's process needs CAP_SYS_RESOURCE, which root here does not
+// have, even to read), or, if it shows fewer, from inside by injected
+// prlimit64 calls.
+func (d *dumper) collectRlimits(th *ptrace.Thread) error {
+	if lims, err := proc.ReadLimits(d.pid); err == nil && len(lims) >= rlimits {
+		d.proc.Rlimits = nil
+		for res, l := range lims[:rlimits] {
+			d.proc.Rlimits = append(d.proc.Rlimits, core.Rlimit{Resource: res, Cur: l.Cur, Max: l.Max})
+		}
+		return nil
+	}
+	var err error
+	d.proc.Rlimits, err = d.injectRlimits(th)
+	return err
+}
+
+// injectRlimits reads the resource limits by injected prlimit64 calls.
+func (d *dumper) injectRlimits(th *ptrace.Thread) ([]core.Rlimit, error) {
+	le := binary.LittleEndian
+	var out []core.Rlimit
+	for res := 0; res < rlimits; res++ {
+		_, b, err := d.call(th, "prlimit64", 16, unix.SYS_PRLIMIT64, 0, uint64(res), 0, d.scratch)
+		if err != nil {
+			return nil, fmt.Errorf("rlimit %d: %w", res, err)
+		}
+		out = append(out, core.Rlimit{Resource: res, Cur: le.Uint64(b), Max: le.Uint64(b[8:])})
+	}
+	return out, nil
 }

@@ -127,3 +127,108 @@ func readMsgQueue(id int) (*core.MsgQueue, error) {
 	}
 	return q, nil
 }
+
+// HostIPCError refuses a dump whose process uses a System V semaphore set
+// or message queue of migrate's own IPC namespace (the host's): which of
+// the host's objects belong to a service cannot be told in general, so
+// none is carried, and one the process is seen to use (it made the last
+// operation on it) would be missing or another after a restore
+// elsewhere. A container's own IPC namespace is carried whole.
+type HostIPCError struct {
+	PID  int
+	What string // "semaphore set", "message queue"
+	ID   int
+	Key  int32
+}
+
+func (e *HostIPCError) Error() string {
+	return fmt.Sprintf("process %d uses System V %s %d (key %#x) of the host's IPC namespace (it made the last operation on it): "+
+		"the host's semaphores and message queues are not carried (which belong to the service cannot be told); "+
+		"run the service in an IPC namespace of its own (unshare --ipc), which migrate carries whole", e.PID, e.What, e.ID, uint32(e.Key))
+}
+
+// refuseHostIPC returns a *HostIPCError for a semaphore set or message
+// queue of migrate's IPC namespace whose last operation was made by a
+// process of pids (semctl GETPID of each semaphore; a queue's last
+// sender and receiver), nil if there is none. Objects the processes use
+// that no operation shows (one never operated on, or operated on last by
+// another process) cannot be seen: the README says so.
+func refuseHostIPC(pids map[int]bool) error {
+	ids, err := sysvIDs("/proc/sysvipc/sem")
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		var ds raw.SemidDS
+		if err := raw.SemStat(id, &ds); err != nil {
+			continue // removed since
+		}
+		for i := 0; i < int(ds.Nsems); i++ {
+			// (otime: the set's last semop, by any process.)
+			if pid, err := raw.SemGetPID(id, i); err == nil && pids[pid] && !startedAfter(pid, ds.Otime) {
+				return &HostIPCError{PID: pid, What: "semaphore set", ID: id, Key: ds.Perm.Key}
+			}
+		}
+	}
+	if ids, err = sysvIDs("/proc/sysvipc/msg"); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		var ds raw.MsqidDS
+		if err := raw.MsgStat(id, &ds); err != nil {
+			continue
+		}
+		for _, op := range []struct {
+			pid int
+			at  int64
+		}{{int(ds.Lspid), ds.Stime}, {int(ds.Lrpid), ds.Rtime}} {
+			if pids[op.pid] && !startedAfter(op.pid, op.at) {
+				return &HostIPCError{PID: op.pid, What: "message queue", ID: id, Key: ds.Perm.Key}
+			}
+		}
+	}
+	return nil
+}
+
+// precheckHostIPC is refuseHostIPC for the processes pids (the root
+// first) when they live in migrate's IPC namespace.
+func precheckHostIPC(pids []int) error {
+	if len(pids) == 0 {
+		return nil
+	}
+	theirs, err := nsLink(strconv.Itoa(pids[0]), "ipc")
+	if err != nil {
+		return nil // gone: left to the dump
+	}
+	if mine, _ := nsLink("self", "ipc"); mine != theirs {
+		return nil // a container's own: carried whole
+	}
+	set := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		set[pid] = true
+	}
+	return refuseHostIPC(set)
+}
+
+// startedAfter says whether process pid started after the second at (a
+// System V object's last operation, in seconds since the epoch): the
+// operation was then another's that had the PID before. Uncertain (in
+// the same second, or unreadable) is false.
+func startedAfter(pid int, at int64) bool {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "btime "); ok {
+			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			// USER_HZ is 100 on x86-64.
+			return err == nil && boot+int64(st.StartTime/100) > at
+		}
+	}
+	return false
+}

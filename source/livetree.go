@@ -134,15 +134,9 @@ func (a *liveSource) openPages() error {
 
 // leave ends what the migration had of process d, which left the tree
 // or exited: its tracking (nothing of it is left in the process, if it
-// runs on), its page stream (ended: the target removes the process).
+// runs on; treeFollow.leave), its page stream (ended: the target removes
+// the process).
 func (a *liveSource) leave(d *dumper) {
-	a.left = append(a.left, d)
-	if d.tracker != nil {
-		if err := d.tracker.Close(); err != nil {
-			d.log.Debug("stop the tracking of a process that left the tree", "pid", d.pid, "err", err)
-		}
-		d.tracker = nil
-	}
 	if d.sink != nil && !d.sink.closed {
 		if _, err := d.sink.finish(); err != nil {
 			d.sink.abort()
@@ -156,11 +150,46 @@ func (a *liveSource) leave(d *dumper) {
 	delete(a.pages, d)
 }
 
+// treeFollow follows a tree that runs while pre-copy copies it (a live
+// migration's, a dump's with --pre-copy): all are the processes that are
+// not zombies, parents first, and zombies the others; members is the
+// tree's shape as the latest round (or the freeze) took it; left are the
+// processes that left (their sinks' figures count). onJoin gives a process
+// that joins what the copy needs of it (its tracking begun if tracked,
+// a sink); onLeave ends what it had (after the tracking: leave).
+type treeFollow struct {
+	root    *dumper
+	all     []*dumper
+	left    []*dumper
+	zombies []core.Process
+	members map[int]treeMember
+	onJoin  func(d *dumper, tracked bool) error
+	onLeave func(d *dumper)
+}
+
+func newTreeFollow(root *dumper, m treeMember) *treeFollow {
+	return &treeFollow{root: root, all: []*dumper{root}, members: map[int]treeMember{root.pid: m}}
+}
+
+// leave ends what the copy had of process d, which left the tree or
+// exited: its tracking (nothing of it is left in the process, if it runs
+// on), then onLeave.
+func (t *treeFollow) leave(d *dumper) {
+	t.left = append(t.left, d)
+	if d.tracker != nil {
+		if err := d.tracker.Close(); err != nil {
+			d.log.Debug("stop the tracking of a process that left the tree", "pid", d.pid, "err", err)
+		}
+		d.tracker = nil
+	}
+	t.onLeave(d)
+}
+
 // newMember is a dumper for pid, a process of the tree that
 // the migration does not have yet, once it passes the checks each
 // process of the tree passes.
-func (a *liveSource) newMember(pid int) (*dumper, error) {
-	ss := a.d.session
+func (t *treeFollow) newMember(pid int) (*dumper, error) {
+	ss := t.root.session
 	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return nil, err
@@ -169,9 +198,10 @@ func (a *liveSource) newMember(pid int) (*dumper, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMember(pid, a.d.pid, status); err != nil {
+	if err := checkMember(pid, t.root.pid, status); err != nil {
 		return nil, err
 	}
+	ss.noteInner(pid, status)
 	if err := refuseDeletedMappings(pid); err != nil {
 		return nil, err
 	}
@@ -195,43 +225,32 @@ func zombieOf(pid, ppid int) (core.Process, error) {
 }
 
 // regroup is the session's regroup (pre-copy, at the start of each
-// round): the tree is read again, and a.all follows it. A process that
+// round): the tree is read again, and t.all follows it. A process that
 // exits before it is taken in is left out (it joins at a later round if
 // it is a zombie then), and so are its children. What cannot be followed
 // is a *TreeChangedError (diffTree).
-func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err error) {
-	// The processes taken in by this call: on an error, a.all stays as
-	// it was and they are let go (the rollback sees a.all).
+func (t *treeFollow) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err error) {
+	// The processes taken in by this call: on an error, t.all stays as
+	// it was and they are let go (the rollback sees t.all).
 	var fresh []*dumper
 	defer func() {
 		if err != nil {
 			for _, d := range fresh {
-				a.leave(d)
+				t.leave(d)
 			}
 		}
 	}()
-	pids, now, err := walkTree(a.d.pid)
+	pids, now, err := walkTree(t.root.pid)
 	if err != nil {
 		return nil, err
 	}
-	delta, err := diffTree(a.members, now, pids)
+	delta, err := diffTree(t.members, now, pids)
 	if err != nil {
 		return nil, err
 	}
-	if a.d.container && a.d.sink != nil {
-		if err := containerChange(delta, a.members, now); err != nil {
-			return nil, err
-		}
-	}
-	if a.d.sink == nil {
-		// The first round: the page streams a process, fewer for a tree
-		// of many processes, whose streams (one each already) keep the
-		// CPUs busy by themselves and must all wait, opened, for the
-		// target to take them at the first layout (see
-		// maxPendingStreams).
-		a.streams = max(1, min(a.streams, maxPendingStreams/len(pids)))
-		// The root joins first.
-		if err := a.join(a.d, true); err != nil {
+	if t.root.tracker == nil {
+		// The first round: the root joins first.
+		if err := t.onJoin(t.root, true); err != nil {
 			return nil, err
 		}
 	}
@@ -239,10 +258,10 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 	for _, pid := range append(slices.Clone(delta.left), delta.died...) {
 		gone[pid] = true
 	}
-	kept := a.all[:0:0]
-	for _, d := range a.all {
+	kept := t.all[:0:0]
+	for _, d := range t.all {
 		if gone[d.pid] {
-			a.leave(d)
+			t.leave(d)
 			continue
 		}
 		kept = append(kept, d)
@@ -252,7 +271,7 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		joined[pid] = true
 	}
 	oldZombies := map[int]core.Process{}
-	for _, z := range a.zombies {
+	for _, z := range t.zombies {
 		oldZombies[z.PID] = z
 	}
 	var zombies []core.Process
@@ -268,7 +287,13 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		if m.zombie {
 			z, ok := oldZombies[pid]
 			if !ok {
-				if z, err = zombieOf(pid, m.ppid); err != nil {
+				if z, err = zombieOf(pid, m.ppid); err == nil && t.root.container {
+					var st *proc.Status
+					if st, err = proc.ReadStatus(pid); err == nil {
+						t.root.noteInner(pid, st)
+					}
+				}
+				if err != nil {
 					delete(now, pid) // reaped since
 					continue
 				}
@@ -279,13 +304,13 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		if !joined[pid] {
 			continue // in kept
 		}
-		d, err := a.newMember(pid)
+		d, err := t.newMember(pid)
 		if err == nil {
-			err = a.join(d, true)
+			err = t.onJoin(d, true)
 		}
 		if err != nil {
 			if d != nil {
-				a.leave(d)
+				t.leave(d)
 			}
 			if exited(pid) {
 				delete(now, pid)
@@ -301,20 +326,20 @@ func (a *liveSource) regroup(_ context.Context, _ []*dumper) (_ []*dumper, err e
 		fresh = append(fresh, d)
 	}
 	if !delta.empty() {
-		a.d.log.Info("pre-copy: the tree changed", "joined", len(delta.joined), "exited", len(delta.died), "left", len(delta.left), "processes", len(kept), "zombies", len(zombies))
+		t.root.log.Info("pre-copy: the tree changed", "joined", len(delta.joined), "exited", len(delta.died), "left", len(delta.left), "processes", len(kept), "zombies", len(zombies))
 	}
-	a.all, a.zombies, a.members = kept, zombies, now
-	return a.all, nil
+	t.all, t.zombies, t.members = kept, zombies, now
+	return t.all, nil
 }
 
 // settleFrozen takes the frozen tree as it is (all, zombies: what
-// freezeTree found, a.all first): a process forked since the last round
+// freezeTree found, t.all first): a process forked since the last round
 // joins now, with all its memory for the final round; one that exited
 // (not seized), or that left the tree (its parent exited: it was seized
-// but runs on), leaves. Nothing of a.all changes on an error.
+// but runs on), leaves. Nothing of t.all changes on an error; changed says whether the tree did.
 //
 // Preconditions: every process of all with a tracee is frozen.
-func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err error) {
+func (t *treeFollow) settleFrozen(all []*dumper, zombies []core.Process) (changed bool, err error) {
 	in := map[int]bool{}
 	now := map[int]treeMember{}
 	var kept, out []*dumper
@@ -324,18 +349,18 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err er
 		}
 		st, err := proc.ReadStat(d.pid)
 		if err != nil {
-			return fmt.Errorf("process %d, frozen: %w", d.pid, err)
+			return false, fmt.Errorf("process %d, frozen: %w", d.pid, err)
 		}
-		m, was := a.members[d.pid]
+		m, was := t.members[d.pid]
 		switch {
 		case i == 0:
 		case !in[st.PPID]:
 			out = append(out, d)
 			continue
 		case was && m.ppid != st.PPID:
-			return &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: fmt.Sprintf("lost its parent (now a child of %d)", st.PPID)}
+			return false, &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: fmt.Sprintf("lost its parent (now a child of %d)", st.PPID)}
 		case was && m.start != st.StartTime:
-			return &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: "exited, and another process took its PID"}
+			return false, &TreeChangedError{PID: d.pid, Parent: m.ppid, Change: "exited, and another process took its PID"}
 		}
 		in[d.pid] = true
 		now[d.pid] = treeMember{ppid: st.PPID, start: st.StartTime}
@@ -351,32 +376,16 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err er
 			now[z.PID] = treeMember{ppid: z.PPID, zombie: true}
 		}
 	}
-	if a.d.container {
-		var order []int
-		for _, d := range kept {
-			order = append(order, d.pid)
-		}
-		for _, z := range zs {
-			order = append(order, z.PID)
-		}
-		delta, err := diffTree(a.members, now, order)
-		if err == nil {
-			err = containerChange(delta, a.members, now)
-		}
-		if err != nil {
-			return err
-		}
-	}
 	// Newcomers: their memory goes whole in the final round.
 	isMember := map[*dumper]bool{}
-	for _, d := range a.all {
+	for _, d := range t.all {
 		isMember[d] = true
 	}
 	var fresh []*dumper
 	defer func() {
 		if err != nil {
 			for _, d := range fresh {
-				a.leave(d) // (the caller detaches it)
+				t.leave(d) // (the caller detaches it)
 			}
 		}
 	}()
@@ -386,14 +395,14 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err er
 		}
 		d.tracker = wholeTracker{}
 		fresh = append(fresh, d)
-		if err := a.join(d, false); err != nil {
-			return err
+		if err := t.onJoin(d, false); err != nil {
+			return false, err
 		}
 	}
 	// Those that left run on, untouched.
 	for _, d := range out {
 		if err := d.p.Detach(); err != nil {
-			return fmt.Errorf("process %d left the tree as it was frozen: %w", d.pid, err)
+			return false, fmt.Errorf("process %d left the tree as it was frozen: %w", d.pid, err)
 		}
 		d.p = nil
 	}
@@ -401,47 +410,20 @@ func (a *liveSource) settleFrozen(all []*dumper, zombies []core.Process) (err er
 	for _, d := range kept {
 		keptSet[d] = true
 	}
-	for _, d := range a.all {
+	for _, d := range t.all {
 		if !keptSet[d] {
-			a.leave(d)
+			t.leave(d)
 		}
 	}
-	changed := len(kept) != len(a.all) || len(zs) != len(a.zombies)
-	for i := range min(len(kept), len(a.all)) {
-		changed = changed || kept[i] != a.all[i]
+	changed = len(kept) != len(t.all) || len(zs) != len(t.zombies)
+	for i := range min(len(kept), len(t.all)) {
+		changed = changed || kept[i] != t.all[i]
 	}
 	if changed {
-		a.d.log.Info("the tree changed as it was frozen", "processes", len(kept), "was", len(a.all), "zombies", len(zs), "were", len(a.zombies))
+		t.root.log.Info("the tree changed as it was frozen", "processes", len(kept), "was", len(t.all), "zombies", len(zs), "were", len(t.zombies))
 	}
-	a.all, a.zombies, a.members = kept, zs, now
-	if changed && a.record != "" {
-		// The record names the frozen tree (for `migrate recover`).
-		var tree []int
-		for _, d := range a.all[1:] {
-			tree = append(tree, d.pid)
-		}
-		if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err == nil {
-			a.record = rec
-		}
-	}
-	return nil
-}
-
-// containerChange is a *TreeChangedError for the first change of delta
-// (between was and now), nil if there is none: a container moved whole
-// keeps its tree until it is frozen (each layout names the PIDs inside of
-// the processes the target creates at the first).
-func containerChange(delta treeDelta, was, now map[int]treeMember) error {
-	const why = " (a container's processes cannot change while it moves)"
-	switch {
-	case len(delta.joined) > 0:
-		return &TreeChangedError{PID: delta.joined[0], Parent: now[delta.joined[0]].ppid, Change: "forked" + why}
-	case len(delta.died) > 0:
-		return &TreeChangedError{PID: delta.died[0], Parent: was[delta.died[0]].ppid, Change: "exited" + why}
-	case len(delta.left) > 0:
-		return &TreeChangedError{PID: delta.left[0], Parent: was[delta.left[0]].ppid, Change: "exited" + why}
-	}
-	return nil
+	t.all, t.zombies, t.members = kept, zs, now
+	return changed, nil
 }
 
 // wholeRanges are the areas of vmas that hold pages, whole.

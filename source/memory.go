@@ -200,6 +200,14 @@ func sameAreas(vmas []core.VMA, smaps []proc.Mapping) bool {
 // vmasOf turns maps (or smaps) lines into the image's areas.
 func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 	var vmas []core.VMA
+	// The areas of one file (a library has four or five) are the same
+	// inode: it is looked at once.
+	type fileKey struct {
+		major, minor uint32
+		inode        uint64
+		path         string
+	}
+	files := map[fileKey]*core.FileRef{}
 	for i := range maps {
 		m := &maps[i]
 		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Offset: m.Offset}
@@ -235,6 +243,7 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 			}
 			sum := sha256.Sum256(buf)
 			v.Hash = hex.EncodeToString(sum[:])
+			v.Code = buf
 		case name == "[vvar]" || name == "[vvar_vclock]":
 			v.Kind, v.Name = core.VMAVVar, name
 		case strings.HasPrefix(name, "[anon_shmem:"):
@@ -251,14 +260,22 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		case m.Shared && m.Deleted && name == "/dev/zero":
 			v.Kind, v.Name = core.VMASharedAnon, name
 		case strings.HasPrefix(name, "/"):
-			ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
-			if err != nil {
-				return nil, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, name, err)
+			key := fileKey{m.Major, m.Minor, m.Inode, name}
+			seen := files[key]
+			if seen == nil || m.Inode == 0 {
+				ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+				if err != nil {
+					return nil, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, name, err)
+				}
+				seen = ref
+				files[key] = ref
 			}
+			ref := *seen
 			ref.Path = name
 			ref.Deleted = m.Deleted
-			v.File = ref
+			v.File = &ref
 			if m.IsMemfd() {
+				var err error
 				if v.Seals, err = mappedSeals(pid, m); err != nil {
 					return nil, err
 				}

@@ -30,6 +30,29 @@ func TestWithoutRange(t *testing.T) {
 	requireBounds(t, withoutRange([]proc.Mapping{{Start: 0x5000, End: 0x6000}}, lo, hi), nil)
 }
 
+// seizeCounter starts the counter workload and seizes it, ready for
+// injected calls; cleanups detach and close the tracer.
+func seizeCounter(t *testing.T) (*testutil.Proc, *ptrace.Tracer, *ptrace.Proc) {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, "counter"))
+	p.WaitLine(t, 2*short, 0, "ready")
+	tracer := ptrace.NewTracer()
+	t.Cleanup(tracer.Close)
+	var tp *ptrace.Proc
+	err := tracer.Do(func() error {
+		var err error
+		if tp, err = tracer.Seize(p.PID); err != nil {
+			return err
+		}
+		return tp.FindGadget()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tracer.Do(tp.Detach) })
+	return p, tracer, tp
+}
+
 func requireBounds(t *testing.T, got []proc.Mapping, want [][2]uint64) {
 	t.Helper()
 	if len(got) != len(want) {
@@ -47,22 +70,8 @@ func requireBounds(t *testing.T, got []proc.Mapping, want [][2]uint64) {
 // merges it with an anonymous read-write neighbour), then smaps is read.
 // The flags must still be found, and the areas compared as they were.
 func TestVmFlagsWithScratchMerged(t *testing.T) {
-	p := testutil.Start(t, testutil.Build(t, "counter"))
-	p.WaitLine(t, 2*short, 0, "ready")
-	tracer := ptrace.NewTracer()
-	defer tracer.Close()
-	var tp *ptrace.Proc
-	err := tracer.Do(func() error {
-		var err error
-		if tp, err = tracer.Seize(p.PID); err != nil {
-			return err
-		}
-		return tp.FindGadget()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tracer.Do(tp.Detach)
+	p, tracer, tp := seizeCounter(t)
+	var err error
 	const n = 8
 	var area uint64
 	err = tracer.Do(func() error {

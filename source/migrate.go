@@ -75,6 +75,27 @@ type MigrateOptions struct {
 	// access mode of the original fd (a FIFO, a file): their fds are
 	// moved as external (DumpOptions.External) instead of refused.
 	Inherit map[string]string
+	// CPUInUseOnly has the target check only the XSAVE components
+	// (AVX, AVX-512...) the threads hold at the freeze, not every one the
+	// source CPU offers: for a process known to use no other (started
+	// with glibc.cpu.hwcaps tunables that mask AVX-512, say) moving to a
+	// CPU that lacks them. A program that chose code for the source's CPU
+	// dies of SIGILL there: the operator vouches it did not.
+	// --cpu-check=in-use (a live migration checks them at the freeze).
+	CPUInUseOnly bool
+	// Mode is how the migration ends: ModePreCopy ("": every page is on
+	// the target before the process runs there), ModePostCopy or ModeAuto
+	// (it may run there with pages still missing; if the link or this
+	// side dies before the last page, the process is lost). Post-copy
+	// moves a single process.
+	Mode Mode
+	// Sync are files and directory trees (absolute paths, no symlink on
+	// the way) copied to the target at the same paths: whole at the
+	// first round, the blocks that changed at each round after, and the
+	// last changes in the frozen window, before the target restores. A
+	// file the processes write outside them must be one the target
+	// shares (*FilesNotSharedError otherwise).
+	Sync []string
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -93,7 +114,7 @@ const (
 	MilestoneRound   MilestoneKind = iota + 1 // a round of pages begins
 	MilestoneFrozen                           // every thread is stopped
 	MilestoneCommit                           // the commit is sent: the point of no return
-	MilestoneResumed                          // the target runs the process; the original is killed next
+	MilestoneResumed                          // the target runs the process; the original is killed next (after post-copy, once the target has every page)
 )
 
 // MigrateReport says what a live migration did.
@@ -122,6 +143,9 @@ type MigrateReport struct {
 	// FrozenSteps is where the source's part of the downtime went, from
 	// the freeze to the state being ready to send.
 	FrozenSteps []Step `json:"frozen_steps,omitempty"`
+	// ProcessSteps is where the frozen window's work on each process
+	// went (the read and injected phases), the root first.
+	ProcessSteps []ProcessSteps `json:"process_steps,omitempty"`
 	// TargetSteps is where the target's time went (its restore steps, as
 	// it reported them), and Handoff the rest of the downtime: state sent
 	// to ready, commit to resumed, as the source saw it.
@@ -133,6 +157,13 @@ type MigrateReport struct {
 	// Stages is where the pages' time went: read, compress, wire here,
 	// apply on the target (see StageReport).
 	Stages []StageReport `json:"stages,omitempty"`
+	// PostCopy is the post-copy phase, if the migration ended in one.
+	PostCopy *PostCopyReport `json:"post_copy,omitempty"`
+	// SyncBytes is what the stream of the synced files carried
+	// (MigrateOptions.Sync), SyncSkipped what it did not copy (symlinks,
+	// sockets, devices found in the trees).
+	SyncBytes   int64    `json:"sync_bytes,omitempty"`
+	SyncSkipped []string `json:"sync_skipped,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -184,6 +215,17 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
 		return nil, err
 	}
+	mode, err := ParseMode(string(opts.Mode))
+	if err != nil {
+		return nil, err
+	}
+	if mode != ModePreCopy && len(pids) > 1 {
+		if mode == ModePostCopy {
+			return nil, &BadTargetError{PID: opts.PID, Reason: fmt.Sprintf("post-copy moves a single process, and this tree has %d", len(pids))}
+		}
+		log.Info("--mode auto: a tree of processes moves in pre-copy only", "processes", len(pids))
+		mode = ModePreCopy
+	}
 	var alive []int
 	for _, pid := range pids {
 		if members[pid].zombie {
@@ -204,6 +246,17 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	roots, err := syncRoots(opts.Sync)
+	if err != nil {
+		return nil, err
+	}
+	// A new connection to the target, for the questions asked outside
+	// the migration's session.
+	redial := func(ctx context.Context) (handoff.Conn, error) {
+		c := opts.Transport
+		c.SessionID = ""
+		return dialControl(ctx, opts.To, c)
+	}
 	tmp, err := os.MkdirTemp("", "migrate-send-")
 	if err != nil {
 		return nil, err
@@ -222,15 +275,23 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	cc := transport.NewControl(ctrl)
+	// Files written that the target does not see, before anything is
+	// touched: asked on the migration's connection, before its Hello.
+	asked, err := checkShared(ctx, opts.PID, alive, mounts != nil, roots, cc)
+	if err != nil {
+		cc.Close()
+		return nil, err
+	}
 
 	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
-		External: external, Transfer: opts.Transfer}
+		External: external, Transfer: opts.Transfer, CPUInUseOnly: opts.CPUInUseOnly}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	if err := ss.noteContainer(&ss.opts); err != nil {
 		return nil, err
 	}
 	ss.tr = ptrace.NewTracer()
-	defer ss.tr.Close()
+	defer ss.closeTracers()
 	img := &core.Image{
 		Kind: core.ImageKind, Version: core.ImageVersion, Created: time.Now().UTC(), Arch: runtime.GOARCH,
 		Pages: core.PagesInfo{File: core.PagesFile, Codec: codec.String()},
@@ -240,36 +301,33 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	d := &dumper{session: ss, pid: opts.PID, stat: stat, status: status, proc: &img.Process, pages: &img.Pages}
 	// The tree is taken at the first round (regroup): the root alone
 	// until then.
-	a := &liveSource{inherit: opts.Inherit, d: d, all: []*dumper{d}, members: map[int]treeMember{opts.PID: members[opts.PID]}, tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper][]*pagesOut{}, streams: pageStreams(opts.Streams),
+	a := &liveSource{inherit: opts.Inherit, d: d, treeFollow: newTreeFollow(d, members[opts.PID]), tree: opts.Tree, mounts: mounts, sess: sess, pages: map[*dumper][]*pagesOut{}, streams: treeStreams(opts.Streams, len(members)),
 		stopQueued: map[int]bool{}, img: img, progress: opts.Progress, notify: opts.Notify, hooks: opts.Hooks,
 		hookEnv: map[string]string{"MIGRATE_PID": strconv.Itoa(opts.PID), "MIGRATE_SESSION": sess.ID(), "MIGRATE_TARGET": opts.To}}
 	defer a.closePages()
+	if mounts == nil {
+		a.asked, a.redial = asked, redial
+	}
+	if len(roots) > 0 {
+		a.sync = &syncOut{roots: roots}
+		defer a.sync.close()
+	}
 	if opts.Bandwidth > 0 {
 		a.budget = &rateBudget{rate: float64(opts.Bandwidth), start: time.Now()}
 	}
+	a.onJoin, a.onLeave = a.join, a.leave
 	if opts.Tree {
 		ss.regroup = a.regroup
 	}
-	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), Streams: pageStreams(opts.Streams)}
+	if mode != ModePreCopy {
+		a.postCopy = &postCopy{mode: mode, pid: opts.PID}
+	}
+	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), Streams: treeStreams(opts.Streams, len(members))}
 	cfg := handoff.SourceConfig{
-		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log,
-		Redial: func(ctx context.Context) (handoff.Conn, error) {
-			c := opts.Transport
-			c.SessionID = ""
-			s2, err := transport.Dial(ctx, opts.To, c)
-			if err != nil {
-				return nil, err
-			}
-			st, err := s2.OpenStream(transport.KindControl)
-			if err != nil {
-				s2.Close()
-				return nil, err
-			}
-			return &sessionControl{Control: transport.NewControl(st), s: s2}, nil
-		},
+		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, PostCopy: mode != ModePreCopy, Redial: redial,
 	}
 	hooksBefore := len(opts.Hooks.Timings())
-	outcome, err := handoff.RunSource(ctx, cfg, a, transport.NewControl(ctrl))
+	outcome, err := handoff.RunSource(ctx, cfg, a, cc)
 	rep.Outcome = outcome.String()
 	// The tree as it was moved (or as pre-copy last saw it).
 	rep.Processes = len(a.all) + len(a.zombies)
@@ -296,9 +354,23 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
 	rep.TargetDowntimeMS = a.targetDowntime
 	rep.FrozenSteps = d.steps
+	for _, m := range a.all {
+		if len(m.ownSteps) > 0 {
+			rep.ProcessSteps = append(rep.ProcessSteps, ProcessSteps{PID: m.pid, Steps: m.ownSteps})
+		}
+	}
 	rep.TargetSteps = a.targetSteps
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
+	if pc := a.postCopy; pc != nil && pc.active && !a.resumed.IsZero() {
+		r := pc.rep
+		r.Reason = pc.reason
+		rep.PostCopy = &r
+		rep.BytesWire += r.BytesWire
+	}
+	if a.sync != nil && a.sync.s != nil {
+		rep.SyncBytes, rep.SyncSkipped = a.sync.s.Sent(), a.sync.s.Skipped
+	}
 	warnSlowHooks(log, rep, opts.Policy)
 	if !a.stateSent.IsZero() && !a.ready.IsZero() {
 		rep.Handoff = []Step{{Name: "state sent to ready", MS: ms(a.ready.Sub(a.stateSent))}}
@@ -363,6 +435,29 @@ type sessionControl struct {
 	s *transport.Session
 }
 
+// syncRoots are the synced trees, if any.
+func (a *liveSource) syncRoots() []string {
+	if a.sync == nil {
+		return nil
+	}
+	return a.sync.roots
+}
+
+// dialControl opens a new session to the target at to, and its control
+// stream.
+func dialControl(ctx context.Context, to string, cfg transport.Config) (handoff.Conn, error) {
+	s, err := transport.Dial(ctx, to, cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.OpenStream(transport.KindControl)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+}
+
 func (c *sessionControl) Close() error {
 	err := c.Control.Close()
 	c.s.Close()
@@ -373,16 +468,12 @@ func (c *sessionControl) Close() error {
 type liveSource struct {
 	inherit map[string]string // MigrateOptions.Inherit, for the target
 	d       *dumper           // the root
-	// all are the processes of the tree that are not zombies, parents
-	// first (the root alone without MigrateOptions.Tree), and zombies the
-	// others; members is the tree's shape as the latest round (or the
-	// freeze) took it, tree says the tree is moved (MigrateOptions.Tree).
-	all     []*dumper
-	left    []*dumper // processes that left the tree (their sinks' figures count)
-	zombies []core.Process
-	members map[int]treeMember
-	tree    bool
-	img     *core.Image
+	// treeFollow has the processes of the tree as the latest round (or
+	// the freeze) took them (the root alone without MigrateOptions.Tree);
+	// tree says the tree is moved (MigrateOptions.Tree).
+	*treeFollow
+	tree bool
+	img  *core.Image
 	// sess carries the page streams, a stream each process of all
 	// (pages), opened as the process joins; budget is their shared
 	// rate (MigrateOptions.Bandwidth).
@@ -395,8 +486,15 @@ type liveSource struct {
 	progress func(RoundReport)
 	notify   func(Milestone)
 	mounts   *core.MountNS // the table the first layout announced, if not migrate's (no tmpfs files)
-	frozen   time.Time
-	resumed  time.Time
+	sync     *syncOut      // the synced trees (MigrateOptions.Sync), or nil
+	// asked are the files the target was asked about before pre-copy
+	// (nil: none are, the processes have a mount namespace of their
+	// own); the freeze asks, on a connection redial opens, about those
+	// written since.
+	asked   map[fileKey]bool
+	redial  func(context.Context) (handoff.Conn, error)
+	frozen  time.Time
+	resumed time.Time
 	// released are the listening sockets let go at the freeze (to be
 	// listened on again on a rollback).
 	released []releasedListener
@@ -429,6 +527,9 @@ type liveSource struct {
 	// before it): the target made those, and no others.
 	shmIDs []int
 	shm    []core.ShmSegment // and as it listed them
+	// postCopy, unless nil, may end the migration in post-copy
+	// (MigrateOptions.Mode).
+	postCopy *postCopy
 }
 
 // milestone tells notify of a milestone.
@@ -495,6 +596,12 @@ func (a *liveSource) GotReady(ctx context.Context) error {
 
 // Resumed takes what the target measured.
 func (a *liveSource) Resumed(body json.RawMessage) {
+	if a.postCopy != nil && a.postCopy.active {
+		// The process runs there: the downtime ends now, not when its
+		// last page is in (FinishPostCopy).
+		a.resumed = time.Now()
+		a.milestone(MilestoneResumed, 0)
+	}
 	var m struct {
 		DowntimeMS float64 `json:"target_downtime_ms"`
 		Steps      []Step  `json:"target_steps"`
@@ -585,9 +692,12 @@ func (a *liveSource) relisten() error {
 func (a *liveSource) announce(r *handoff.Rounds) {
 	a.d.onRoundStart = func(layouts [][]core.VMA) error {
 		a.milestone(MilestoneRound, int(r.Round()))
-		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
+		ll := handoff.LiveLayout{Tree: a.treeOf(layouts), CPU: a.d.cpuFeatures(nil), Mounts: a.mounts, Members: a.tree}
 		if a.streams > 1 {
 			ll.Streams = a.streams // an older target refuses the unknown field
+		}
+		if a.sync != nil && a.sync.conn == nil {
+			ll.Sync = a.sync.roots
 		}
 		var err error
 		if ll.Shm, err = a.sysvOf(layouts); err != nil {
@@ -625,9 +735,27 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if err := a.openPages(); err != nil {
 			return err
 		}
-		return r.Layout(body)
+		if a.sync != nil && a.sync.conn == nil {
+			// After the first round's page streams: the target takes
+			// them in that order.
+			if err := a.sync.open(a.sess, a.budget); err != nil {
+				return err
+			}
+		}
+		err = r.Layout(body)
+		if !a.frozen.IsZero() {
+			a.d.lap("final round: layout")
+		}
+		return err
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
+		if a.frozen.IsZero() {
+			// The synced files' changes of the round (the frozen
+			// window's go last, in FinalState).
+			if err := a.sync.round(r.Round(), false); err != nil {
+				return err
+			}
+		}
 		if a.progress != nil {
 			a.progress(rep)
 		}
@@ -724,6 +852,14 @@ func identify(d *dumper) error {
 // PreCopy sends pages in rounds while the processes run.
 func (a *liveSource) PreCopy(ctx context.Context, r *handoff.Rounds) error {
 	a.announce(r)
+	if a.postCopy != nil && !r.PostCopy() {
+		if a.postCopy.mode == ModePostCopy {
+			return fmt.Errorf("the target at %s cannot serve post-copy (an older migrate serve, or userfaultfd refused there)", a.hookEnv["MIGRATE_TARGET"])
+		}
+		a.d.log.Info("--mode auto: the target cannot serve post-copy; pre-copy only")
+		a.postCopy = nil
+	}
+	a.d.session.postCopy = a.postCopy
 	if !a.tree {
 		// The process alone: the tree's regroup does this for each
 		// process that joins.
@@ -767,7 +903,17 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	all := slices.Clone(a.all)
 	zombies, err := freezeTree(a.d.session, &all, a.img)
 	if err == nil && a.tree {
-		err = a.settleFrozen(all, zombies)
+		var changed bool
+		if changed, err = a.settleFrozen(all, zombies); changed && err == nil && a.record != "" {
+			// The record names the frozen tree (for `migrate recover`).
+			var tree []int
+			for _, d := range a.all[1:] {
+				tree = append(tree, d.pid)
+			}
+			if rec, err := writeRecord(a.d.pid, a.hookEnv["MIGRATE_SESSION"], a.hookEnv["MIGRATE_TARGET"], tree, a.shm); err == nil {
+				a.record = rec
+			}
+		}
 	}
 	if err != nil {
 		for _, d := range all[len(a.all):] {
@@ -894,6 +1040,11 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 	}
 	d.lap("blobs, smaps")
+	if pc := a.postCopy; pc != nil && pc.active {
+		if err := pc.checkMissing(d.proc.VMAs); err != nil {
+			return nil, err
+		}
+	}
 	if err := sameMountTable(a.mounts, d.mounts); err != nil {
 		return nil, err
 	}
@@ -917,13 +1068,29 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		}
 		a.img.Namespaces = ns
 	}
-	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit}
+	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit, PostCopy: a.postCopy.state()}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
 	}
 	if total > maxLiveBlobs {
 		return nil, fmt.Errorf("more than %d bytes of file contents and buffers to send", maxLiveBlobs)
+	}
+	// Files opened for writing during pre-copy: the target was not
+	// asked about them yet.
+	if a.asked != nil {
+		if err := recheckShared(ctx, a.img, a.asked, a.syncRoots(), a.redial); err != nil {
+			return nil, err
+		}
+		d.lap("files written since asked")
+	}
+	// The synced files as they are at the freeze, before the state: the
+	// target puts them in place before it restores.
+	if a.sync != nil {
+		if err := a.sync.round(r.Round(), true); err != nil {
+			return nil, err
+		}
+		d.lap("synced files")
 	}
 	return json.Marshal(st)
 }
@@ -1030,8 +1197,10 @@ func (a *liveSource) ResumeOriginal() error {
 // KillOriginal kills the frozen original tree, children first (no parent
 // sees a child die and acts on it): the target runs the processes.
 func (a *liveSource) KillOriginal() error {
-	a.resumed = time.Now()
-	a.milestone(MilestoneResumed, 0)
+	if a.resumed.IsZero() {
+		a.resumed = time.Now()
+		a.milestone(MilestoneResumed, 0)
+	}
 	for _, l := range a.released {
 		unix.Close(l.fd)
 	}
@@ -1054,15 +1223,22 @@ func (a *liveSource) KillOriginal() error {
 		err = e
 	}
 	a.d.closeTCP()
-	// The lock is lifted (quick) for the held packets to go, and removed
-	// (a dozen milliseconds) after.
-	a.d.liftLock()
-	a.dropPreLock()
-	if err == nil {
-		a.dropRecord()
+	if a.d.ownNet {
+		a.leaveNetNS()
+		if err == nil {
+			a.dropRecord()
+		}
+	} else {
+		// The lock is lifted (quick) for the held packets to go, and
+		// removed (a dozen milliseconds) after.
+		a.d.liftLock()
+		a.dropPreLock()
+		if err == nil {
+			a.dropRecord()
+		}
+		a.replayHeld()
+		a.d.unlock()
 	}
-	a.replayHeld()
-	a.d.unlock()
 	if err := a.runHook(context.Background(), hook.PostResume); err != nil {
 		a.d.log.Warn("post-resume hook", "err", err)
 	}
@@ -1120,17 +1296,7 @@ func (a *liveSource) LeaveFrozen() error {
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
 	redial := func(ctx context.Context) (handoff.Conn, error) {
-		c := cfg
-		s, err := transport.Dial(ctx, to, c)
-		if err != nil {
-			return nil, err
-		}
-		st, err := s.OpenStream(transport.KindControl)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		return &sessionControl{Control: transport.NewControl(st), s: s}, nil
+		return dialControl(ctx, to, cfg)
 	}
 	var rec *Record
 	if pid > 0 {
@@ -1204,4 +1370,13 @@ func pageStreams(n int) int {
 		return min(n, handoff.MaxPageStreams)
 	}
 	return min(max(runtime.GOMAXPROCS(0), 1), 4)
+}
+
+// treeStreams is pageStreams(n) for a tree of processes processes (as
+// walked before the migration): fewer streams a process for a tree of
+// many, whose streams (one each already) keep the CPUs busy by themselves
+// and must all wait, opened, for the target to take them at the first
+// layout (maxPendingStreams).
+func treeStreams(n, processes int) int {
+	return max(1, min(pageStreams(n), maxPendingStreams/max(processes, 1)))
 }

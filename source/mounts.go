@@ -90,6 +90,7 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		devs[m.Dev]++
 	}
 	ns := &core.MountNS{}
+	seen := map[string]bool{} // devices of the mounts described
 	for i := range theirs {
 		m := &theirs[i]
 		cm := core.Mount{ID: m.ID, Parent: m.Parent, Dev: m.Dev, Root: m.Root, Point: m.Point, Options: m.Options,
@@ -100,12 +101,18 @@ func describeMounts(pid int) (*core.MountNS, error) {
 		if reason := propagation(&cm, m, hostGroups, groups); reason != "" {
 			return nil, refuse(m, reason)
 		}
-		if reason := classify(&cm, m, mine, devs); reason != "" {
+		if of := ownSource(ns.Mounts, m); of != nil {
+			cm.Kind, cm.Of = core.MountOwnBind, of.ID
+		} else if reason := classify(&cm, m, mine, devs, seen[m.Dev]); reason != "" {
 			return nil, refuse(m, reason)
 		}
+		seen[m.Dev] = true
 		ns.Mounts = append(ns.Mounts, cm)
 	}
 	if err := containerMounts(pid, ns); err != nil {
+		return nil, err
+	}
+	if err := notePivot(pid, ns); err != nil {
 		return nil, err
 	}
 	if err := checkRoot(pid, ns); err != nil {
@@ -125,7 +132,7 @@ func describeMounts(pid int) (*core.MountNS, error) {
 // last).
 func containerMounts(pid int, ns *core.MountNS) error {
 	kinds := map[string][2]string{} // kind -> migrate's namespace, pid's
-	for _, kind := range []string{"pid", "ipc"} {
+	for _, kind := range []string{"pid", "ipc", "cgroup"} {
 		mine, err := nsLink("self", kind)
 		if err != nil {
 			return err
@@ -142,6 +149,13 @@ func containerMounts(pid int, ns *core.MountNS) error {
 	var mqDevs [2]string // of migrate's IPC namespace, of pid's
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
+		if (m.FSType == "cgroup" || m.FSType == "cgroup2") && m.Kind == core.MountBind && kinds["cgroup"][0] != kinds["cgroup"][1] && !m.Shared {
+			// A hierarchy the container mounted in its cgroup namespace
+			// (its root, as migrate sees it, the namespace's): mounted
+			// again in the new one (Check compares the root).
+			m.Kind, m.From, m.Container = core.MountFresh, "", true
+			continue
+		}
 		if m.Kind != core.MountFresh {
 			continue
 		}
@@ -183,16 +197,28 @@ func containerMounts(pid int, ns *core.MountNS) error {
 			}
 		}
 	}
-	for i, m := range ns.Mounts {
-		if !m.Container {
+	// What is on a mount made from inside, or binds part of one, is made
+	// from inside too, after it: a tmpfs, a fresh or an own bind mount.
+	inside := map[int]*core.Mount{}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Container {
+			inside[m.ID] = m
 			continue
 		}
-		for _, o := range ns.Mounts[i+1:] {
-			if o.Point == m.Point || m.Point == "/" || strings.HasPrefix(o.Point, m.Point+"/") {
-				return &UnsupportedMountError{PID: pid, Point: o.Point, FSType: o.FSType, Reason: fmt.Sprintf(
-					"it is mounted on %s, a %s of the container's own namespace, which the restore mounts from inside the container after the rest of the table: not supported", m.Point, m.FSType)}
-			}
+		on := inside[m.Parent]
+		if on == nil && m.Kind == core.MountOwnBind {
+			on = inside[m.Of]
 		}
+		if on == nil {
+			continue
+		}
+		if m.Kind == core.MountHost || m.Kind == core.MountBind || m.Shared {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: fmt.Sprintf(
+				"it is mounted on or binds %s, a %s of the container's own namespace, which the restore mounts from inside the container: only a tmpfs, a fresh virtual filesystem or a bind of the container's own can be mounted there, not shared", on.Point, on.FSType)}
+		}
+		m.Container = true
+		inside[m.ID] = m
 	}
 	return nil
 }
@@ -225,10 +251,24 @@ func propagation(cm *core.Mount, m *proc.MountInfo, hostGroups map[int]bool, gro
 	return ""
 }
 
+// ownSource returns the mount of the namespace described so far (mounts)
+// that mount m binds part of, if m is such a bind of a tmpfs or a fresh
+// virtual filesystem of the namespace's own (core.MountOwnBind): of the
+// same filesystem instance, the part it shows within the other's.
+func ownSource(mounts []core.Mount, m *proc.MountInfo) *core.Mount {
+	for i := range mounts {
+		o := &mounts[i]
+		if o.Dev == m.Dev && o.FSType == m.FSType && (o.Kind == core.MountTmpfs || o.Kind == core.MountFresh) {
+			return o
+		}
+	}
+	return nil
+}
+
 // classify sets the kind of cm (mount m of the namespace) from migrate's
 // own mounts (mine), or says why it cannot be rebuilt. devs counts the
 // namespace's mounts of each device.
-func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int) string {
+func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map[string]int, again bool) string {
 	var host bool
 	var under []*proc.MountInfo // mounts of migrate's of the directory m mounts, or above it
 	for j := range mine {
@@ -261,8 +301,8 @@ func classify(cm *core.Mount, m *proc.MountInfo, mine []proc.MountInfo, devs map
 			}
 		}
 		return err.Error()
-	case devs[m.Dev] > 1:
-		return "its filesystem is mounted more than once in the namespace (a bind mount of the container's own): not supported"
+	case devs[m.Dev] > 1 && again:
+		return "its filesystem is mounted more than once in the namespace, not as a bind of part of a tmpfs or virtual filesystem of the container's own mounted before it: not supported"
 	case m.FSType == "tmpfs":
 		if m.Root != "/" {
 			return "part of a tmpfs migrate's namespace does not have"
@@ -292,40 +332,63 @@ func checkBindSource(p string, mountID int) error {
 	return nil
 }
 
-// checkRoot refuses a process whose root directory is not the root of its
-// mount namespace, a mount of the host (chroot, pivot_root).
-func checkRoot(pid int, ns *core.MountNS) error {
-	var its, mine unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &its); err != nil {
-		return fmt.Errorf("process %d: root directory: %w", pid, err)
+// notePivot marks a table whose root is a directory of the host bound
+// there (core.MountNS.Pivoted: pivot_root into a container's root
+// filesystem, as runc does) and describes its host mounts as the
+// restore rebuilds them, none of the restorer's own namespace being
+// left under the new root: a virtual filesystem mounted fresh, any
+// other bound from the host's mount at the same place. A slave of the
+// host's is refused there.
+func notePivot(pid int, ns *core.MountNS) error {
+	if r := coveringMount(ns.Mounts, "/"); r == nil || r.Point != "/" || r.Kind != core.MountBind || slices.ContainsFunc(ns.Mounts, func(m core.Mount) bool { return m.ID == r.Parent }) {
+		return nil
 	}
-	if err := unix.Stat("/", &mine); err != nil {
-		return err
-	}
-	if its.Dev != mine.Dev || its.Ino != mine.Ino {
-		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
-			Reason: "the process's root directory is not migrate's (chroot, or pivot_root into a root filesystem): not supported yet"}
-	}
-	if c := coveringMount(ns.Mounts, "/"); c == nil || c.Kind != core.MountHost {
-		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is not a mount of migrate's (pivot_root into a root filesystem): not supported yet"}
+	ns.Pivoted = true
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind != core.MountHost {
+			continue
+		}
+		if m.Slave {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, Reason: "a slave of the host's mount under a root filesystem pivoted into: not kept"}
+		}
+		if core.FreshFSTypes[m.FSType] && m.Root == "/" {
+			m.Kind = core.MountFresh
+		} else {
+			m.Kind, m.From = core.MountBind, m.Point
+		}
 	}
 	return nil
 }
 
-// coveringMount returns the mount of the table a path is on: the last
-// mounted at the longest mount point that is a prefix of it.
-func coveringMount(mounts []core.Mount, p string) *core.Mount {
-	var best *core.Mount
-	for i := range mounts {
-		m := &mounts[i]
-		if m.Point == p || m.Point == "/" || strings.HasPrefix(p, m.Point+"/") {
-			if best == nil || len(m.Point) >= len(best.Point) {
-				best = m
-			}
-		}
+// checkRoot refuses a process whose root directory is not the root of its
+// mount namespace (chroot), and one whose namespace's root is neither a
+// mount of the host nor a host directory pivoted into.
+func checkRoot(pid int, ns *core.MountNS) error {
+	var its, root unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &its); err != nil {
+		return fmt.Errorf("process %d: root directory: %w", pid, err)
 	}
-	return best
+	rootDir := "/"
+	if ns.Pivoted {
+		rootDir = coveringMount(ns.Mounts, "/").From
+	}
+	if err := unix.Stat(rootDir, &root); err != nil {
+		return fmt.Errorf("the root of the mount namespace of process %d, %s here: %w", pid, rootDir, err)
+	}
+	if its.Dev != root.Dev || its.Ino != root.Ino {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory",
+			Reason: "the process's root directory is not its mount namespace's (chroot): not supported yet"}
+	}
+	if c := coveringMount(ns.Mounts, "/"); !ns.Pivoted && (c == nil || c.Kind != core.MountHost) {
+		return &UnsupportedMountError{PID: pid, Point: "/", FSType: "root directory", Reason: "the namespace's root is neither a mount of migrate's nor a directory of the host bound there (pivot_root into an overlay or a tmpfs?): not supported"}
+	}
+	return nil
 }
+
+// coveringMount returns the mount of the table a path is on
+// (core.CoveringMount).
+func coveringMount(mounts []core.Mount, p string) *core.Mount { return core.CoveringMount(mounts, p) }
 
 // readMounts describes the mount namespace of the frozen processes when
 // it is not migrate's (ss.mounts), tmpfs contents stored as blobs. Every
@@ -354,7 +417,7 @@ func (ss *session) readMounts(all []*dumper) error {
 		return err
 	}
 	for _, d := range all {
-		if err := checkPathsOnHost(d, ns.Mounts); err != nil {
+		if err := checkPathsOnHost(d, ns.Mounts, ns.Pivoted); err != nil {
 			return err
 		}
 	}
@@ -371,40 +434,83 @@ func (ss *session) readMounts(all []*dumper) error {
 }
 
 // checkPathsOnHost refuses a process with a file the restorer would open
-// by path on a mount of the container's own (a tmpfs, a bind, proc...).
-func checkPathsOnHost(d *dumper, mounts []core.Mount) error {
-	check := func(what, p string) error {
-		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") {
+// by path on a mount of the container's own (a tmpfs, a bind, proc...);
+// in a root filesystem pivoted into (pivoted), the files on it and on
+// the host paths bound in it are opened there, and each path must lead,
+// inside the container, to the very file the process has (not one of a
+// mount outside it, such as a file opened before the pivot).
+func checkPathsOnHost(d *dumper, mounts []core.Mount, pivoted bool) error {
+	var root *os.File
+	if pivoted {
+		var err error
+		if root, err = os.OpenFile(fmt.Sprintf("/proc/%d/root", d.pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("process %d: root directory: %w", d.pid, err)
+		}
+		defer root.Close()
+	}
+	check := func(what, p string, ref *core.FileRef) error {
+		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/memfd:") || (ref != nil && ref.Deleted) {
 			return nil
 		}
-		if m := coveringMount(mounts, p); m != nil && m.Kind != core.MountHost {
+		m := coveringMount(mounts, p)
+		if m == nil {
+			return nil
+		}
+		switch {
+		case pivoted && (m == nil || m.Kind != core.MountBind):
+			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
+				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in the container's root filesystem and the host paths bound in it only", what, p)}
+		case pivoted && ref != nil:
+			if reason := sameInside(root, p, ref); reason != "" {
+				return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType, Reason: fmt.Sprintf("%s %s: %s", what, p, reason)}
+			}
+		case !pivoted && m.Kind != core.MountHost:
 			return &UnsupportedMountError{PID: d.pid, Point: m.Point, FSType: m.FSType,
 				Reason: fmt.Sprintf("%s %s is on it: the restore opens files in migrate's own namespace, only files on mounts of the host can be", what, p)}
 		}
 		return nil
 	}
 	p := d.proc
-	if err := check("the executable", p.Exe.Path); err != nil {
+	if err := check("the executable", p.Exe.Path, &p.Exe); err != nil {
 		return err
 	}
-	if err := check("the working directory", p.Cwd); err != nil {
+	if err := check("the working directory", p.Cwd, nil); err != nil {
 		return err
 	}
 	for _, f := range p.FDs {
 		if f.File != nil {
-			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path); err != nil {
+			if err := check(fmt.Sprintf("the file of fd %d", f.FD), f.File.Path, f.File); err != nil {
 				return err
 			}
 		}
 	}
 	for _, v := range p.VMAs {
 		if v.File != nil {
-			if err := check("the mapped file", v.File.Path); err != nil {
+			if err := check("the mapped file", v.File.Path, v.File); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// sameInside says how path p, looked up inside a container whose root
+// directory is open at root, is not the file ref ("" if it is).
+func sameInside(root *os.File, p string, ref *core.FileRef) string {
+	fd, err := unix.Openat2(int(root.Fd()), p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return fmt.Sprintf("not found inside the container (%v): the file is on a mount outside its namespace (opened before pivot_root?)", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err.Error()
+	}
+	if st.Dev != ref.Dev || st.Ino != ref.Ino {
+		return "another file inside the container: the process's is on a mount outside its namespace (opened before pivot_root?)"
+	}
+	return ""
 }
 
 // readTmpfs lists the files of a tmpfs of the namespace (through process
@@ -458,9 +564,11 @@ func (ss *session) readTmpfs(pid int, m *core.Mount, total *int64) error {
 					return fmt.Errorf("tmpfs %s: %s: %w", m.Point, e.Path, err)
 				}
 			}
+		case mode == unix.S_IFCHR && core.TmpfsDevices[unix.Mkdev(st.Rdev_major, st.Rdev_minor)] != "":
+			tf.Rdev = unix.Mkdev(st.Rdev_major, st.Rdev_minor)
 		default:
 			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
-				Reason: fmt.Sprintf("%s is a special file (mode %#o): only files, directories and symbolic links are recreated", e.Path, st.Mode)}
+				Reason: fmt.Sprintf("%s is a special file (mode %#o, device %d:%d): only files, directories, symbolic links and the character devices of a container's /dev (null, zero, full, random, urandom, tty) are recreated", e.Path, st.Mode, st.Rdev_major, st.Rdev_minor)}
 		}
 		m.Files = append(m.Files, tf)
 		return nil
@@ -517,13 +625,43 @@ func liveMounts(pids []int) (*core.MountNS, error) {
 	if err != nil {
 		return nil, err
 	}
+	bound := map[int]bool{} // tmpfs mounts with a part bound elsewhere
 	for _, m := range ns.Mounts {
-		if m.Kind == core.MountTmpfs && (slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
-			return nil, &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType,
-				Reason: "a read-only tmpfs cannot be moved live (its files are written after the processes are created): dump and restore it"}
+		if m.Kind == core.MountOwnBind {
+			bound[m.Of] = true
+		}
+	}
+	for i := range ns.Mounts {
+		m := &ns.Mounts[i]
+		if m.Kind == core.MountTmpfs && (bound[m.ID] || slices.Contains(strings.Split(m.Options, ","), "ro") || slices.Contains(strings.Split(m.Super, ","), "ro")) {
+			if err := earlyTmpfs(pid, m); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return ns, nil
+}
+
+// earlyTmpfs describes the files of a tmpfs of a live migration's table
+// at once, for the target to fill it as it mounts it: a read-only one
+// (filled before it is made read-only), one a part of which is bound
+// elsewhere (the device nodes of a container's /dev bound over masked
+// paths). The final state's files must be the same (the target checks).
+// One holding a file with contents is refused (the table carries no
+// contents).
+func earlyTmpfs(pid int, m *core.Mount) error {
+	err := proc.WalkMount(pid, m.Point, uint64(m.ID), func(e *proc.MountEntry) error {
+		if !e.Covered && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG && e.Stat.Size > 0 {
+			return &UnsupportedMountError{PID: pid, Point: m.Point, FSType: m.FSType, File: e.Path,
+				Reason: "a tmpfs read-only or with a part bound elsewhere, holding a file with contents, cannot be moved live (its files are made as it is mounted, before the processes' state comes): dump and restore it"}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var total int64
+	return (&session{}).readTmpfs(pid, m, &total) // no contents to copy
 }
 
 // sameMountTable checks that the final table of a live migration is the

@@ -51,7 +51,7 @@ func TestClassifyMounts(t *testing.T) {
 		{"part of a proc", proc.MountInfo{Dev: "0:9998", Root: "/sys", Point: "/q", FSType: "proc"}, "", ""},
 	} {
 		cm := core.Mount{}
-		reason := classify(&cm, &c.m, mine, map[string]int{"0:9999": 1, "0:9998": 1})
+		reason := classify(&cm, &c.m, mine, map[string]int{"0:9999": 1, "0:9998": 1}, false)
 		if c.kind == "" {
 			if reason == "" {
 				t.Errorf("%s: kept as %s", c.name, cm.Kind)
@@ -63,8 +63,19 @@ func TestClassifyMounts(t *testing.T) {
 		}
 	}
 	cm := core.Mount{}
-	if reason := classify(&cm, &proc.MountInfo{Dev: "0:9999", Root: "/", Point: "/x2", FSType: "tmpfs"}, mine, map[string]int{"0:9999": 2}); reason == "" {
+	if reason := classify(&cm, &proc.MountInfo{Dev: "0:9999", Root: "/", Point: "/x2", FSType: "tmpfs"}, mine, map[string]int{"0:9999": 2}, true); reason == "" {
 		t.Error("a tmpfs mounted twice in the namespace was kept")
+	}
+	// A bind of part of the namespace's own tmpfs, or proc: of the first.
+	own := []core.Mount{{ID: 5, Kind: core.MountTmpfs, Dev: "0:9999", FSType: "tmpfs"}, {ID: 6, Kind: core.MountFresh, Dev: "0:9998", FSType: "proc"}, {ID: 7, Kind: core.MountBind, Dev: under.Dev, FSType: under.FSType}}
+	for _, c := range []struct {
+		m  proc.MountInfo
+		of int
+	}{{proc.MountInfo{Dev: "0:9999", Root: "/null", FSType: "tmpfs"}, 5}, {proc.MountInfo{Dev: "0:9998", Root: "/sys", FSType: "proc"}, 6}, {proc.MountInfo{Dev: under.Dev, Root: "/", FSType: under.FSType}, 0}} {
+		of := ownSource(own, &c.m)
+		if (of == nil && c.of != 0) || (of != nil && of.ID != c.of) {
+			t.Errorf("the mount %+v binds %+v, want mount %d", c.m, of, c.of)
+		}
 	}
 
 	host := map[int]bool{7: true}

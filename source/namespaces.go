@@ -39,7 +39,7 @@ type nsKind struct {
 }
 
 var namespaceKinds = []nsKind{
-	{"cgroup", false}, {"ipc", true}, {"mnt", false}, {"net", false},
+	{"cgroup", true}, {"ipc", true}, {"mnt", false}, {"net", true},
 	{"pid", true}, {"time", false}, {"user", false}, {"uts", true},
 }
 
@@ -193,8 +193,8 @@ func checkNamespaces(pid, root int, status *proc.Status) error {
 	if len(refused) > 0 {
 		reason := "its restore would put it in migrate's own; run migrate inside them (nsenter)"
 		if container {
-			reason = "migrate carries a container's PID, UTS, IPC, mount and time namespaces, not these"
-		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") {
+			reason = "migrate carries a container's PID, UTS, IPC, network, cgroup, mount and time namespaces, not these"
+		} else if slices.Contains(differ, "pid") || slices.Contains(differ, "uts") || slices.Contains(differ, "ipc") || slices.Contains(differ, "cgroup") {
 			reason += ", or dump the init of the container's PID namespace"
 		}
 		return &NamespaceError{PID: pid, Kinds: refused, Reason: reason}
@@ -220,6 +220,18 @@ func (ss *session) noteContainer(opts *DumpOptions) error {
 	}
 	if slices.Contains(differ, "ipc") {
 		ss.ipcNS = opts.PID
+	}
+	if slices.Contains(differ, "net") {
+		ss.ownNet = true
+		// What it has that migrate does not carry is refused now.
+		if _, err := readNet(opts.PID); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(differ, "cgroup") {
+		if _, err := readCgroupNS(opts.PID); err != nil {
+			return err
+		}
 	}
 	// Every process of the container is the root's descendant.
 	pids, _, err := walkTree(opts.PID)
@@ -257,7 +269,10 @@ func checkStrays(root int, tree map[int]bool) error {
 			continue
 		}
 		for _, pid := range processesIn(k.name, ns) {
-			if !tree[pid] && (pid != launcher || k.name == "pid") {
+			// (One that forked into the tree since it was read, or
+			// exited, is none: the next round takes it in; frozen, the
+			// tree has every descendant.)
+			if !tree[pid] && (pid != launcher || k.name == "pid") && !descendantOf(pid, root) && !exited(pid) {
 				return &NamespaceError{PID: pid, Kinds: []string{k.name}, Reason: fmt.Sprintf(
 					"it is in the %s namespace of container %d but not a descendant of its init (it entered it with setns?): the dump of the container would leave it out", k.name, root)}
 			}
@@ -291,8 +306,20 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 		}
 		for _, tid := range tids {
 			st, err := proc.ReadTaskStatus(p.PID, tid)
+			if err != nil && !final && tid == p.PID {
+				// A round's layout of a tree that runs: a process gone
+				// since the round read the tree (it leaves at the next)
+				// keeps the PID inside it had when it joined.
+				if in, ok := ss.innerPIDs[tid]; ok {
+					ns.PID.IDs = append(ns.PID.IDs, core.NSID{Outer: tid, Inner: in})
+					continue
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("process %d thread %d: %w", p.PID, tid, err)
+			}
+			if len(st.NSpid) == 2 && tid == p.PID {
+				ss.noteInner(tid, st)
 			}
 			if len(st.NSpid) != 2 {
 				return nil, &NamespaceError{PID: p.PID, Kinds: []string{"pid"}, Reason: fmt.Sprintf("thread %d is not in the container's PID namespace (PIDs %v)", tid, st.NSpid)}
@@ -309,6 +336,16 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 	}
 	if slices.Contains(differ, "uts") {
 		if ns.UTS, err = readUTS(root); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(differ, "net") {
+		if ns.Net, err = readNet(root); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(differ, "cgroup") {
+		if ns.Cgroup, err = readCgroupNS(root); err != nil {
 			return nil, err
 		}
 	}
@@ -354,4 +391,35 @@ func readUTS(pid int) (*core.UTSNamespace, error) {
 		return nil, fmt.Errorf("UTS namespace of %d: %w", pid, err)
 	}
 	return u, nil
+}
+
+// noteInner remembers the PID inside its container of process pid, as
+// its status st says (see readNamespaces).
+func (ss *session) noteInner(pid int, st *proc.Status) {
+	if len(st.NSpid) != 2 {
+		return
+	}
+	if ss.innerPIDs == nil {
+		ss.innerPIDs = map[int]int{}
+	}
+	ss.innerPIDs[pid] = st.NSpid[1]
+}
+
+// readCgroupNS reads the roots of the cgroup namespace of container init
+// pid, refusing one whose cgroup is outside them (the roots cannot be
+// told then).
+func readCgroupNS(pid int) (*core.CgroupNamespace, error) {
+	roots, err := proc.CgroupNSRoots(pid)
+	var oe *proc.OutsideCgroupNSError
+	if errors.As(err, &oe) {
+		return nil, &NamespaceError{PID: pid, Kinds: []string{"cgroup"}, Reason: oe.Error() + ": the root of the namespace to make again is not known"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("process %d: cgroup namespace: %w", pid, err)
+	}
+	ns := &core.CgroupNamespace{}
+	for _, r := range roots {
+		ns.Roots = append(ns.Roots, core.Cgroup{Controllers: r.Controllers, Path: r.Path})
+	}
+	return ns, nil
 }

@@ -92,6 +92,9 @@ func precheckMappings(opts DumpOptions) error {
 	if err := checkTimeNamespaces(pids); err != nil {
 		return err
 	}
+	if err := precheckHostIPC(pids); err != nil {
+		return err
+	}
 	sysv := map[int][]proc.Mapping{} // System V segment -> its areas
 	sysvPID := map[int]int{}
 	for _, pid := range pids {

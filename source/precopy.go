@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/source/track"
 )
 
@@ -204,6 +205,15 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 		before := d.sink.pages
 		var err error
 		for j := range layouts[i] {
+			if v := &layouts[i][j]; i == 0 && ss.postCopy.skipsRound0(v) {
+				// Post-copy sends it after the resume.
+				var rs []PageRange
+				if rs, err = d.sink.dataRuns(v); err != nil {
+					break
+				}
+				d.pending = append(d.pending, rs...)
+				continue
+			}
 			if err = d.sink.sendArea(ctx, 0, &layouts[i][j]); err != nil {
 				break
 			}
@@ -278,6 +288,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 			ranges[i] = rs
 		}
 		v, raised := conv.next(hist, dirty)
+		v = ss.postCopy.decide(v, round)
 		if raised {
 			ss.log.Info("pre-copy: auto-converge throttles the processes", "stopped_share", thr.level(), "dirty", dirty)
 		}
@@ -305,7 +316,7 @@ func (ss *session) precopy(ctx context.Context, all []*dumper) (err error) {
 			// (A process that joined the round was stopped to start
 			// its tracking.)
 			held += d.tracker.Held() + d.startHeld
-			longest = max(longest, d.tracker.Held(), d.startHeld)
+			longest = max(longest, track.Longest(d.tracker), d.startHeld)
 			d.startHeld = 0
 		}
 		throttled, cycle := thr.stop()
@@ -359,9 +370,7 @@ func (d *dumper) track() error {
 	if d.tracker, err = track.New(name, d.pid); err != nil {
 		return fmt.Errorf("process %d: %w", d.pid, err)
 	}
-	t := time.Now()
-	d.preLayout, err = d.startTracking()
-	d.startHeld = time.Since(t)
+	d.preLayout, d.startHeld, err = d.startTracking()
 	return err
 }
 
@@ -376,26 +385,48 @@ func (d *dumper) armSink() {
 	d.sink.racy = true
 }
 
-// startTracking arms the process's tracker with the process briefly
-// stopped, and returns its layout then.
-func (d *dumper) startTracking() ([]core.VMA, error) {
+// startTracking starts the process's tracker with the process briefly
+// stopped (what a tracker can do with it running, it does after:
+// track.StartRunning), and returns its layout then and how long it was
+// stopped.
+//
+// smaps, which walks the page tables (~15 ms a GiB, many more on a busy
+// machine), is read before the stop; stopped, the layout is read from
+// maps and takes smaps' flags where no area changed since (else smaps is
+// read again). The flags of this first layout matter only for how the
+// target maps the areas ahead: the final layout is read frozen.
+func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
+	early, _ := proc.ReadSmaps(d.pid)
+	t := time.Now()
+	var held time.Duration
 	p, err := d.tr.Seize(d.pid)
 	if err != nil {
-		return nil, fmt.Errorf("process %d: %w", d.pid, err)
+		return nil, 0, fmt.Errorf("process %d: %w", d.pid, err)
 	}
-	vmas, err := readVMAs(d.pid)
+	detach := func() error {
+		err := p.Detach()
+		held = time.Since(t)
+		return err
+	}
+	seized := time.Since(t)
+	vmas, err := readVMAsQuick(d.pid)
+	if err == nil && (early == nil || addVmFlags(d.pid, vmas, early, 0, 0) != nil) {
+		vmas, err = readVMAs(d.pid)
+	}
+	laid := time.Since(t)
 	if err == nil {
-		if err = p.FindGadget(); err == nil {
-			err = d.tracker.Start(p, vmas)
-		}
+		err = p.FindGadget()
 	}
-	if derr := p.Detach(); err == nil {
-		err = derr
+	if err == nil {
+		err = track.StartRunning(d.tracker, p, vmas, detach)
+	} else if derr := detach(); derr != nil {
+		d.log.Debug("detach", "pid", d.pid, "err", derr)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("process %d: start %s tracking: %w", d.pid, d.tracker.Name(), err)
+		return nil, held, fmt.Errorf("process %d: start %s tracking: %w", d.pid, d.tracker.Name(), err)
 	}
-	return vmas, nil
+	d.log.Debug("tracking started", "pid", d.pid, "tracker", d.tracker.Name(), "seize", seized, "layout", laid-seized, "held", held, "armed", time.Since(t)-held)
+	return vmas, held, nil
 }
 
 // treeMeter measures one round of the tree through its sinks' counters,
@@ -467,6 +498,11 @@ func clip(ranges []PageRange, vmas []core.VMA, holds func(string) bool) []PageRa
 func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Time) error {
 	root := all[0]
 	round := len(root.rounds)
+	if pc := ss.postCopy; pc != nil && pc.active && len(all) > 1 {
+		// Processes joined the tree since: post-copy serves one.
+		ss.log.Warn("post-copy: the tree has more than one process now; it moves in pre-copy", "processes", len(all))
+		pc.active = false
+	}
 	layouts := make([][]core.VMA, len(all))
 	for i, d := range all {
 		layouts[i] = d.proc.VMAs
@@ -503,7 +539,11 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	}
 	var dirty uint64
 	for i, d := range all {
-		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], append(ranges[i], d.pending...))
+		rs := append(ranges[i], d.pending...)
+		if pc := ss.postCopy; pc != nil && pc.active && d == root {
+			rs = pc.split(layouts[i], rs) // the rest is left missing
+		}
+		n, err := d.sink.sendDirty(ctx, uint32(round), layouts[i], rs)
 		if err != nil {
 			return err
 		}

@@ -99,12 +99,24 @@ func TestThrottleDump(t *testing.T) {
 	// A target no round can meet while the process writes: pre-copy
 	// converges only once nothing is dirty, so it stalls, whatever the
 	// load of the machine, and the throttle must engage.
+	// Only a round with no page dirty converges: a writer that got no CPU
+	// between two rounds on a loaded machine (seen: 24 ms). Pre-copy is
+	// right to stop then; the dump is tried again (at most 3 times).
 	pol := DefaultPolicy
 	pol.AutoConverge, pol.TargetDowntime, pol.MaxRounds = true, time.Nanosecond, 4
-	rep, err := Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: fixtureLogger(t),
-		PreCopy: true, Policy: pol})
-	if err != nil {
-		t.Fatal(err)
+	var rep *DumpReport
+	for try := 0; ; try++ {
+		var err error
+		rep, err = Dump(context.Background(), DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: fixtureLogger(t),
+			PreCopy: true, Policy: pol})
+		if err != nil {
+			t.Fatal(err)
+		}
+		converged := slices.ContainsFunc(rep.Rounds, func(r RoundReport) bool { return r.Stop == "converged" })
+		if !converged || try == 2 {
+			break
+		}
+		t.Logf("try %d: pre-copy converged (the writer was idle a round): again", try)
 	}
 	var top float64
 	for _, r := range rep.Rounds {

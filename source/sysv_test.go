@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -65,7 +66,7 @@ func TestSysVChanged(t *testing.T) {
 	}
 	pid := os.Getpid()
 	d := &dumper{session: &session{opts: DumpOptions{PID: pid, live: true}}, pid: pid}
-	a := &liveSource{d: d, all: []*dumper{d}}
+	a := &liveSource{d: d, treeFollow: newTreeFollow(d, treeMember{})}
 	layout := func() [][]core.VMA {
 		vmas, err := readVMAs(pid)
 		if err != nil {
@@ -85,5 +86,20 @@ func TestSysVChanged(t *testing.T) {
 	var ce *SysVChangedError
 	if _, err := a.sysvOf(layout()); !errors.As(err, &ce) || !slices.Equal(ce.Before, []int{first}) || len(ce.Now) != 2 {
 		t.Fatalf("a segment attached since: %v (%T), want a *SysVChangedError", err, err)
+	}
+}
+
+// TestStartedAfter: this process started after the epoch's first second
+// and not after a second to come (the check that tells a System V
+// operation by a PID's former owner from one by the process).
+func TestStartedAfter(t *testing.T) {
+	if !startedAfter(os.Getpid(), 1) {
+		t.Error("this process did not start after 1970")
+	}
+	if startedAfter(os.Getpid(), time.Now().Unix()+10) {
+		t.Error("this process started after a second to come")
+	}
+	if startedAfter(-1, 1) {
+		t.Error("no process, yet started after")
 	}
 }

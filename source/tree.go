@@ -45,8 +45,12 @@ func childrenOf(pid int) ([]int, error) {
 // descendants its pre-copy tracked, parents first, seized in that order)
 // and gets every other frozen descendant, parents before children.
 func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, error) {
+	seized := 0
 	seize := func(pid int) (*ptrace.Proc, error) {
-		p, err := ss.tr.Seize(pid)
+		p, err := ss.tracerFor(seized).Seize(pid)
+		if err == nil {
+			seized++
+		}
 		var te *ptrace.TracedError
 		if errors.As(err, &te) {
 			return nil, &BadTargetError{PID: pid, Reason: te.Error()}
@@ -150,6 +154,22 @@ func exited(pid int) bool {
 	const pfExiting = 0x4
 	st, err := proc.ReadStat(pid)
 	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
+}
+
+// descendantOf says whether process pid is a descendant of root now (its
+// parents up to root, read from /proc).
+func descendantOf(pid, root int) bool {
+	for i := 0; i < 1<<16 && pid > 1; i++ {
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return false
+		}
+		if st.PPID == root {
+			return true
+		}
+		pid = st.PPID
+	}
+	return false
 }
 
 // treeMember is a process of a running tree: its parent, whether it is

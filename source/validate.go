@@ -76,6 +76,9 @@ func checkMember(pid, root int, status *proc.Status) error {
 	if err := checkNamespaces(pid, root, status); err != nil {
 		return err
 	}
+	if err := checkSecurityLabel(pid); err != nil {
+		return err
+	}
 	return checkMounts(pid)
 }
 

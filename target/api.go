@@ -34,6 +34,15 @@ type RestoreOptions struct {
 	// processes' cgroups are made and joined, in place of the image's
 	// paths.
 	CgroupRoot string
+	// VDSOProxy lays out the processes' vdso through a proxy (this
+	// kernel's [vdso] elsewhere, the image's old one's functions jumping
+	// to it) even if this kernel's vdso is the image's, as a kernel whose
+	// vdso differs needs: for tests of the proxy on one kernel.
+	VDSOProxy bool
+	// NetAttach, if set, is the bridge here on which the other end of
+	// each veth of a container's network namespace is put (else it is
+	// left, up, for a hook: MIGRATE_NET_HOST names them).
+	NetAttach string
 }
 
 // RestoreReport says what a restore did.
@@ -53,6 +62,9 @@ type RestoreReport struct {
 	// boot-time clocks go on from the source's; nil: they live in the
 	// restorer's (their clocks are this host's).
 	TimeNamespace *core.TimeOffsets `json:"time_namespace,omitempty"`
+	// VDSOProxy: this kernel's vdso is not the image's, and the processes
+	// call it through a proxy at the old one's address (vdsoproxy.go).
+	VDSOProxy bool `json:"vdso_proxy,omitempty"`
 	// Warnings lists what could not be restored exactly (for example a hard
 	// rlimit above this host's, or a session that cannot be re-joined).
 	Warnings []string `json:"warnings,omitempty"`

@@ -171,7 +171,18 @@ func relocateCgroups(img *core.Image, root string) error {
 	for i := range img.Tree {
 		relocate(root, nil, &img.Tree[i])
 	}
+	relocateCgroupNS(root, img.Namespaces)
 	return nil
+}
+
+// relocateCgroupNS puts the cgroup v2 root of a container's cgroup
+// namespace under root, as its processes' cgroups: inside, they see the
+// same paths.
+func relocateCgroupNS(root string, ns *core.Namespaces) {
+	if ns == nil || ns.Cgroup == nil {
+		return
+	}
+	relocate(root, nil, &core.Process{Cgroups: ns.Cgroup.Roots})
 }
 
 // relocate puts the cgroup v2 paths of procs, their threads and limits

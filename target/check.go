@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -70,7 +71,8 @@ func (e *CheckError) AbortCode() string { return "differs" }
 // own; signal dispositions (ignored or
 // caught), umask, personality, oom_score_adj, resource limits, the
 // working, root and executable paths; every area of the image's layout
-// (range, protection, sharing, the file mapped); every fd (the same
+// (range, protection, sharing, the file mapped; this kernel's vdso mapped,
+// at the image's place or elsewhere with a proxy there); every fd (the same
 // numbers and no other, what each points at, its status flags,
 // close-on-exec, offset of a regular file, and the file locks held
 // through it), and of a netlink socket its protocol, port id, groups and
@@ -328,6 +330,11 @@ func (c *checker) memory(p *core.Process) {
 			if v.File != nil && !strings.HasPrefix(v.File.Path, "/memfd:") && !v.File.Deleted {
 				cmp(c, 0, area+" file", v.File.Path, m.Path)
 			}
+			if (v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar) && m.Path != v.Name && m.Path != "" {
+				// This kernel's [vdso] or [vvar*] moved there, or the
+				// proxy of the old vdso and zero pages (vdsoproxy.go).
+				c.diff(0, area+" "+v.Name, v.Name+" or its proxy", m.Path)
+			}
 			at = m.End
 			if at >= v.End {
 				break
@@ -337,6 +344,36 @@ func (c *checker) memory(p *core.Process) {
 			c.diff(0, fmt.Sprintf("area %#x-%#x", v.Start, v.End), "mapped", fmt.Sprintf("not mapped from %#x", at))
 		}
 	}
+	c.vdso(p, maps)
+}
+
+// vdso checks that a process whose image has a [vdso] has this kernel's
+// somewhere, and that a proxy in place of the image's starts as the
+// image's did (its ELF header).
+func (c *checker) vdso(p *core.Process, maps []proc.Mapping) {
+	old := imageVDSO(p.VMAs)
+	if old == nil {
+		return
+	}
+	i := slices.IndexFunc(maps, func(m proc.Mapping) bool { return m.Path == "[vdso]" })
+	if i < 0 {
+		c.diff(0, "vdso", "this kernel's [vdso] mapped", "none")
+		return
+	}
+	if maps[i].Start == old.Start || len(old.Code) < 64 {
+		return
+	}
+	hdr := make([]byte, 64)
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", c.pid))
+	if err == nil {
+		_, err = f.ReadAt(hdr, int64(old.Start))
+		f.Close()
+	}
+	if err != nil {
+		c.unreadable(0, "vdso proxy", err)
+		return
+	}
+	cmp(c, 0, fmt.Sprintf("vdso proxy at %#x: ELF header", old.Start), fmt.Sprintf("%x", old.Code[:64]), fmt.Sprintf("%x", hdr))
 }
 
 func protString(prot int) string {
@@ -527,21 +564,41 @@ func (b *Builder) Check() error {
 }
 
 func (b *Builder) check() error {
-	var diffs []Difference
-	for i, r := range b.all {
-		if r.proc.Zombie != nil {
-			continue
-		}
+	for _, r := range b.all {
 		// The threads' own CPU masks, which they have while pinned only
 		// in the restorer's books (ptrace.Proc.Pin).
-		if r.p != nil {
+		if r.p != nil && r.proc.Zombie == nil {
 			if err := r.p.Unpin(); err != nil {
 				return err
 			}
 		}
-		c := &checker{pid: r.pid}
-		checkTime(c, b.ss.img)
-		for _, d := range append(Check(r.proc, i == 0), c.diffs...) {
+	}
+	// Each process is compared with its image from /proc alone: a tree's
+	// at the same time, a few at once.
+	found := make([][]Difference, len(b.all))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, len(b.all)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(b.all) {
+					return
+				}
+				r := b.all[i]
+				if r.proc.Zombie != nil {
+					continue
+				}
+				c := &checker{pid: r.pid}
+				checkTime(c, b.ss.img)
+				found[i] = append(Check(r.proc, i == 0), c.diffs...)
+			}
+		})
+	}
+	wg.Wait()
+	var diffs []Difference
+	for _, ds := range found {
+		for _, d := range ds {
 			if !b.ss.accepted[accepted{d.PID, d.TID, d.What}] {
 				diffs = append(diffs, d)
 			}

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -18,7 +19,16 @@ import (
 // private copy (unshare CLONE_FILES) in which each registered file sits at
 // the process's number; the thread then ends, and its table with it. An
 // injected epoll_ctl each cost ~20 us in the frozen window: milliseconds
-// for a server with hundreds of connections.
+// for a server with hundreds of connections. But for a signalfd: epoll
+// waits for one on the signal queue of the task that added it, so the
+// process adds those itself (addEpollInside).
+
+// epollReg is a registration to add: the target fd to the epoll fd
+// (numbers in the process).
+type epollReg struct {
+	ep, fd int
+	ev     unix.EpollEvent
+}
 
 // restoreEpoll adds each epoll fd's registrations once every description
 // is open (r.descs).
@@ -27,11 +37,7 @@ func (r *restorer) restoreEpoll() error {
 	for i := range r.proc.FDs {
 		have[r.proc.FDs[i].FD] = &r.proc.FDs[i]
 	}
-	type reg struct {
-		ep, fd int // numbers in the process
-		ev     unix.EpollEvent
-	}
-	var regs []reg
+	var regs, inside []epollReg
 	for _, fd := range r.proc.FDs {
 		if fd.Kind != core.FDEpoll {
 			continue
@@ -43,8 +49,21 @@ func (r *restorer) restoreEpoll() error {
 			}
 			ev := unix.EpollEvent{Events: t.Events}
 			putEpollData(&ev, t.Data)
-			regs = append(regs, reg{ep: fd.FD, fd: t.FD, ev: ev})
+			g := epollReg{ep: fd.FD, fd: t.FD, ev: ev}
+			if have[t.FD].Kind == core.FDSignalfd {
+				// A signalfd is ready when its reader has a signal
+				// pending, and epoll waits for it on the signal queue
+				// of the task that added it: added by the agent, the
+				// set would wait on the agent's signals, and a wait
+				// without a timeout would never end for the process's.
+				inside = append(inside, g)
+				continue
+			}
+			regs = append(regs, g)
 		}
+	}
+	if err := r.addEpollInside(inside); err != nil {
+		return err
 	}
 	if len(regs) == 0 {
 		return nil
@@ -102,6 +121,30 @@ func (r *restorer) restoreEpoll() error {
 		}()
 	})
 	return <-errc
+}
+
+// addEpollInside adds registrations from inside the process, by injected
+// epoll_ctl calls (the process's fds are at their numbers).
+func (r *restorer) addEpollInside(regs []epollReg) error {
+	for _, g := range regs {
+		// struct epoll_event, packed on x86-64: events, then the data.
+		var b [12]byte
+		binary.LittleEndian.PutUint32(b[0:], g.ev.Events)
+		binary.LittleEndian.PutUint32(b[4:], uint32(g.ev.Fd))
+		binary.LittleEndian.PutUint32(b[8:], uint32(g.ev.Pad))
+		addr, err := r.put(0, b[:])
+		if err != nil {
+			return err
+		}
+		_, err = r.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(g.ep), unix.EPOLL_CTL_ADD, uint64(g.fd), addr)
+		if errors.Is(err, unix.EEXIST) {
+			continue // see restoreEpoll
+		}
+		if err != nil {
+			return fmt.Errorf("epoll fd %d: add signalfd %d: %w", g.ep, g.fd, err)
+		}
+	}
+	return nil
 }
 
 // putEpollData sets the 64-bit data of ev (x/sys/unix splits it in two on

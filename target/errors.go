@@ -19,8 +19,16 @@ func (e *PIDInUseError) Error() string {
 // AbortCode names the refusal in the abort a live migration's source gets.
 func (e *PIDInUseError) AbortCode() string { return "pid-in-use" }
 
-// VDSOMismatchError says this kernel's vdso differs from the dumping one's.
-type VDSOMismatchError struct{ Reason string }
+// VDSOMismatchError says this kernel's vdso differs from the dumping
+// one's, and a proxy of the old one cannot serve the process (Reason says
+// why: a function this kernel's vdso lacks, named), or the layout of a
+// later pre-copy round collides with where this kernel's vdso was put.
+type VDSOMismatchError struct {
+	Reason string
+	// Missing are the functions of the old vdso that this kernel's lacks
+	// and the proxy cannot make (none of them system calls).
+	Missing []string
+}
 
 func (e *VDSOMismatchError) Error() string {
 	return "this kernel's vdso differs from the one the process was dumped on: " + e.Reason

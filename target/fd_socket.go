@@ -24,17 +24,20 @@ func (r *restorer) openSocket(fd *core.FD) (*os.File, error) {
 		return nil, errors.New("socket without its description")
 	}
 	var f *os.File
-	var err error
-	switch s.Family {
-	case unix.AF_UNIX:
-		f, err = r.unixSocket(s.Ino)
-	case unix.AF_INET, unix.AF_INET6:
-		f, err = r.inetSocket(fd.FD, s)
-	case unix.AF_NETLINK:
-		f, err = r.netlinkSocket(fd.FD, s)
-	default:
-		err = fmt.Errorf("socket of family %d", s.Family)
-	}
+	// Made in the processes' network namespace (a container's own).
+	err := r.inNet(func() (err error) {
+		switch s.Family {
+		case unix.AF_UNIX:
+			f, err = r.unixSocket(s.Ino)
+		case unix.AF_INET, unix.AF_INET6:
+			f, err = r.inetSocket(fd.FD, s)
+		case unix.AF_NETLINK:
+			f, err = r.netlinkSocket(fd.FD, s)
+		default:
+			err = fmt.Errorf("socket of family %d", s.Family)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

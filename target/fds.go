@@ -193,7 +193,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 			// Reopen for the original access mode and flags.
 			f, err = os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", src.Fd()), flags|unix.O_CLOEXEC, 0)
 		} else {
-			f, err = os.OpenFile(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+			f, err = r.paths.open(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK)
 		}
 		if err != nil {
 			return nil, err
@@ -271,7 +271,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 		// A holder open for both directions keeps open(2) from blocking and
 		// the pipe (with its buffered data) alive until the process holds it.
 		// O_NONBLOCK: whatever the path is now, opening it does not wait.
-		holder, err := os.OpenFile(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		holder, err := r.paths.open(fd.File.Path, os.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 		if err != nil {
 			return nil, err
 		}
@@ -284,7 +284,7 @@ func (r *restorer) openFD(ctx context.Context, fd *core.FD, pipes map[uint64][2]
 				return nil, err
 			}
 		}
-		f, err := os.OpenFile(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		f, err := r.paths.open(fd.File.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK)
 		if err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package target
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // The husk is a tiny static ELF that does nothing but pause(). migrate
@@ -57,28 +59,60 @@ func huskELF() []byte {
 
 // startHusk runs the husk from a memfd, stdio on /dev/null: in a new
 // time namespace with the offsets tn, if not nil (startInTimeNamespace).
-func startHusk(tn *core.TimeOffsets) (*exec.Cmd, error) {
+// Some kernels refuse that (Debian 12's 6.1: EINVAL for a clone with
+// CLONE_VM, which Go's fork/exec uses, whose child would enter a time
+// namespace other than its parent's; 6.18 takes it): then
+// the husk starts in migrate's, and inNS says so; the caller makes the
+// namespace from the husk (huskTimeNamespace) before it forks.
+func startHusk(tn *core.TimeOffsets) (cmd *exec.Cmd, inNS bool, err error) {
 	fd, err := unix.MemfdCreate("migrate-husk", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("memfd_create: %w", err)
+		return nil, false, fmt.Errorf("memfd_create: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "migrate-husk")
 	defer f.Close()
 	if _, err := f.Write(huskELF()); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	cmd := &exec.Cmd{
-		Path:       "/proc/self/fd/3",
-		Args:       []string{"migrate-husk"},
-		ExtraFiles: []*os.File{f},
-		Env:        []string{},
+	newCmd := func() *exec.Cmd {
+		return &exec.Cmd{
+			Path:       "/proc/self/fd/3",
+			Args:       []string{"migrate-husk"},
+			ExtraFiles: []*os.File{f},
+			Env:        []string{},
+		}
 	}
-	start := cmd.Start
 	if tn != nil {
-		start = func() error { return startInTimeNamespace(cmd, *tn) }
+		cmd = newCmd()
+		err = startInTimeNamespace(cmd, *tn)
+		var te *TimeNamespaceError
+		if err == nil || errors.As(err, &te) || !errors.Is(err, unix.EINVAL) {
+			if err != nil {
+				return nil, false, fmt.Errorf("start husk: %w", err)
+			}
+			return cmd, true, nil
+		}
 	}
-	if err := start(); err != nil {
-		return nil, fmt.Errorf("start husk: %w", err)
+	cmd = newCmd()
+	if err := cmd.Start(); err != nil {
+		return nil, false, fmt.Errorf("start husk: %w", err)
 	}
-	return cmd, nil
+	return cmd, false, nil
+}
+
+// huskTimeNamespace makes a time namespace with offsets off for the
+// husk's children to come (unshare(CLONE_NEWTIME) injected into it), the
+// husk itself staying in migrate's: the processes it forks are born in
+// the namespace.
+//
+// Preconditions: the husk is seized and has forked nothing yet.
+func huskTimeNamespace(hp *ptrace.Proc, off core.TimeOffsets) error {
+	if _, err := hp.Syscall(hp.Leader(), "unshare(CLONE_NEWTIME)", unix.SYS_UNSHARE, unix.CLONE_NEWTIME); err != nil {
+		return &TimeNamespaceError{Offsets: off, Reason: "unshare(CLONE_NEWTIME) in the husk", Err: err}
+	}
+	path := fmt.Sprintf("/proc/%d/timens_offsets", hp.PID)
+	if err := os.WriteFile(path, []byte(formatTimeOffsets(off)), 0); err != nil {
+		return &TimeNamespaceError{Offsets: off, Reason: fmt.Sprintf("set the offsets %v", off), Err: err}
+	}
+	return nil
 }

@@ -74,7 +74,7 @@ func fileType(mode uint32) string {
 	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
 }
 
-// openMappable opens a file of the dumping host that the process maps or
+// openMappable opens (where pr looks paths up) a file of the dumping host that the process maps or
 // executes. O_NONBLOCK: a FIFO or device put in its place is not waited
 // on; it is refused unless it is a regular file or a character device
 // (some devices are mapped).
@@ -82,10 +82,10 @@ func fileType(mode uint32) string {
 // O_NOATIME where it may (the owner, or CAP_FOWNER): mmap(2) updates the
 // access time of the file it maps, and a restore is no access of the
 // process's.
-func openMappable(path string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_NOATIME, 0)
+func openMappable(pr *pathRoot, path string, flag int) (*os.File, error) {
+	f, err := pr.open(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_NOATIME)
 	if errors.Is(err, unix.EPERM) {
-		f, err = os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		f, err = pr.open(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	}
 	if err != nil {
 		return nil, err

@@ -44,20 +44,30 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 		return fmt.Errorf("process %d joins the tree: its parent %d is not a running process of it", p.PID, p.PPID)
 	}
 	if p.Zombie == nil {
-		if err := validateLiveProcess(p); err != nil {
+		if err := validateLiveProcess(newPathRoot(b.ss.img.Mounts), p); err != nil {
 			return err
 		}
 	}
 	if err := waitPIDFree(p.PID); err != nil {
 		return err
 	}
+	// In a container, its PID inside (the layout's, see
+	// liveTarget.regroup), which is what its parent sees.
+	inner, want := 0, p.PID
 	if b.ss != nil && b.ss.container() {
-		// Its PID inside would have to come with the layout.
-		return fmt.Errorf("process %d joins the tree: a container's tree cannot change while it moves", p.PID)
+		if inner = b.ss.inner(p.PID); inner == 0 {
+			return fmt.Errorf("process %d joins the container: the layout does not give its PID inside", p.PID)
+		}
+		want = inner
 	}
 	r := &restorer{session: b.ss, proc: p, pagesInfo: p.Pages, pid: p.PID, agentFD: -1, parent: parent, live: true}
+	if inner != 0 {
+		// It cannot open a pidfd of migrate from inside the container:
+		// it keeps the one its parent has (the fork copies it).
+		r.inheritedAgentFD = parent.agentFD
+	}
 	var err error
-	r.p, err = forkPIDAt(parent.p, p.PID, 0, p.PID, 0, parent.scratch)
+	r.p, err = forkPIDAt(parent.p, p.PID, inner, want, 0, parent.scratch)
 	if err != nil {
 		return fmt.Errorf("process %d joins the tree: fork it out of %d: %w", p.PID, p.PPID, err)
 	}
@@ -139,13 +149,18 @@ func (b *Builder) Leave(pid int) error {
 	if parent.p == nil {
 		return fmt.Errorf("process %d left: its parent %d is not running", pid, parent.pid)
 	}
-	if _, err := parent.sys("wait4", unix.SYS_WAIT4, uint64(pid), 0, unix.WALL|unix.WNOHANG); err != nil {
+	// Its PID as its parent sees it (inside a container, the inner one).
+	seen := pid
+	if b.ss != nil {
+		seen = b.ss.inner(pid)
+	}
+	if _, err := parent.sys("wait4", unix.SYS_WAIT4, uint64(seen), 0, unix.WALL|unix.WNOHANG); err != nil {
 		return fmt.Errorf("process %d left: reap it in %d: %w", pid, parent.pid, err)
 	}
 	if st, err := proc.ReadStat(pid); err == nil {
 		return fmt.Errorf("process %d left, but is still here (%c)", pid, st.State)
 	}
-	dropSIGCHLDFrom(parent, pid)
+	dropSIGCHLDFrom(parent, seen)
 	b.all = slices.DeleteFunc(b.all, func(x *restorer) bool { return x == r })
 	delete(b.byPID, pid)
 	return nil
@@ -222,9 +237,9 @@ func (t *liveTarget) regroup(ctx context.Context, ll *handoff.LiveLayout, round 
 	if !t.changes {
 		return nil, fmt.Errorf("processes %v, the first layout had %v (the source did not say the tree may change)", slices.Sorted(maps.Keys(now)), slices.Sorted(maps.Keys(t.members)))
 	}
-	if t.b.ss != nil && t.b.ss.container() {
-		// The PIDs inside would have to follow.
-		return nil, fmt.Errorf("processes %v, the first layout had %v: a container's tree cannot change while it moves", slices.Sorted(maps.Keys(now)), slices.Sorted(maps.Keys(t.members)))
+	container := t.b.ss != nil && t.b.ss.container()
+	if container && (ll.Namespaces == nil || ll.Namespaces.PID == nil) {
+		return nil, fmt.Errorf("processes %v, the first layout had %v: the layout of a container gives no PIDs inside", slices.Sorted(maps.Keys(now)), slices.Sorted(maps.Keys(t.members)))
 	}
 	// Children first: the deepest first, as the tree was.
 	depth := func(pid int) int {
@@ -266,6 +281,12 @@ func (t *liveTarget) regroup(ctx context.Context, ll *handoff.LiveLayout, round 
 		if err := t.b.Die(&c); err != nil {
 			return nil, err
 		}
+	}
+	if container {
+		// The PIDs inside as this layout gives them (checked with it:
+		// one each, for its processes only), once those that left were
+		// reaped by theirs: a PID inside may have been reused since.
+		t.b.ss.img.Namespaces.PID.IDs = slices.Clone(ll.Namespaces.PID.IDs)
 	}
 	var streams []int
 	for _, p := range joins {

@@ -33,7 +33,7 @@ import (
 // first layout (the root, and the tree's others): what can be checked
 // before the freeze is (executable, mapped files, directories, vdso, PIDs
 // free); blobs come with the state.
-func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, applyCgroupLimits bool) (*Builder, error) {
+func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logger, o buildOptions) (*Builder, error) {
 	img := layoutImage(ll) // checked by decodeLayout
 	dir, err := os.MkdirTemp("", "migrate-recv-")
 	if err != nil {
@@ -43,7 +43,7 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, true, applyCgroupLimits)
+	b, err := newBuilder(ctx, dir, img, log, func(_ string, img *core.Image) error { return validateLive(img) }, o)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -151,7 +151,7 @@ func layoutImage(ll *handoff.LiveLayout) *core.Image {
 // validateLive is validate without the files of an image directory.
 func validateLive(img *core.Image) error {
 	for _, pp := range img.Processes() {
-		if err := validateLiveProcess(pp.Process); err != nil {
+		if err := validateLiveProcess(newPathRoot(img.Mounts), pp.Process); err != nil {
 			return err
 		}
 	}
@@ -172,27 +172,28 @@ func validateLive(img *core.Image) error {
 // validateLiveProcess checks what process p of a live migration needs
 // here before it is created: its directories, executable, mapped files
 // and vdso.
-func validateLiveProcess(p *core.Process) error {
+func validateLiveProcess(pr *pathRoot, p *core.Process) error {
 	for _, d := range []string{p.Cwd, p.Root} {
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+		var st unix.Stat_t
+		if err := pr.stat(d, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return &core.ImageError{File: d, Reason: fmt.Sprintf("directory of process %d is missing here", p.PID), Err: err}
 		}
 	}
-	if err := sameFile(&p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
+	if err := sameFile(pr, &p.Exe, fmt.Sprintf("executable of process %d", p.PID)); err != nil {
 		return err
 	}
-	if err := checkMappedFiles(p); err != nil {
+	if err := checkMappedFiles(pr, p); err != nil {
 		return err
 	}
-	return checkVDSO(p.VMAs)
+	return vdsoServed(p.VMAs)
 }
 
 // checkMappedFiles checks that the files p maps are here, the same as
 // the source's (size and modification time).
-func checkMappedFiles(p *core.Process) error {
+func checkMappedFiles(pr *pathRoot, p *core.Process) error {
 	for _, v := range p.VMAs {
 		if v.File != nil && !v.File.Deleted {
-			if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
+			if err := sameFile(pr, v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
 				return err
 			}
 		}
@@ -230,6 +231,9 @@ func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
 // liveTarget does the process work of one incoming live migration.
 type liveTarget struct {
 	sess *transport.Session
+	// sync writes the files the source copies, if it names some
+	// (handoff.LiveLayout.Sync).
+	sync *syncIn
 	log  *slog.Logger
 	pid  int
 	b    *Builder
@@ -239,6 +243,10 @@ type liveTarget struct {
 	// and ApplyCgroupLimits.
 	cgroupRoot        string
 	applyCgroupLimits bool
+	// vdsoProxy is ServeOptions.VDSOProxy.
+	vdsoProxy bool
+	// netAttach is ServeOptions.NetAttach.
+	netAttach string
 
 	// members are the processes of the latest layout, zombies too;
 	// tree: the page streams begin with their PID; changes: the
@@ -273,6 +281,12 @@ type liveTarget struct {
 	aborted bool
 	// notify, if set, is told of the session's steps (ServeOptions.OnSession).
 	notify func(SessionEvent)
+	// postCopy: the source may end in post-copy; uffd is the userfaultfd
+	// made in the process for it (-1: none), pc the fill once the state
+	// says post-copy (postcopy.go).
+	postCopy bool
+	uffd     int
+	pc       *pcFill
 }
 
 // event tells notify of a step of the session.
@@ -291,6 +305,9 @@ func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 	}
 	if t.img != nil {
 		env["MIGRATE_LOCAL_ADDRS"] = strings.Join(core.LocalAddrs(t.img), " ")
+	}
+	if t.b != nil && len(t.b.ss.netHosts) > 0 {
+		env["MIGRATE_NET_HOST"] = strings.Join(t.b.ss.netHosts, " ")
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
@@ -312,13 +329,14 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 }
 
 func newLiveTarget(sess *transport.Session, log *slog.Logger) *liveTarget {
-	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0()}
+	t := &liveTarget{sess: sess, log: log, layout: -1, xcr0: hostXCR0(), uffd: -1}
 	t.cond = sync.NewCond(&t.mu)
 	return t
 }
 
 func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
+	t.postCopy = h.HasFeature(transport.FeaturePostCopy) && t.PostCopyReady()
 	t.event(SessionStarted, nil)
 	return waitPIDFree(h.PID)
 }
@@ -357,6 +375,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			procs = append(procs, &ll.Tree[i])
 		}
 		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
+		relocateCgroupNS(t.cgroupRoot, ll.Namespaces)
 	}
 	if ll.FDs > 0 {
 		// Room in this process's fd table for what the restore of the
@@ -377,13 +396,35 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return err
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log, t.applyCgroupLimits)
+		if len(ll.Sync) > 0 {
+			if t.sync, err = newSyncIn(ll.Sync, t.sess.ID()); err != nil {
+				return fmt.Errorf("layout of round %d: %w", l.Round, err)
+			}
+		}
+		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy, netAttach: t.netAttach})
 		if err != nil {
 			return err
 		}
 		t.b = b
 		if err := t.acceptPages(ctx, ll); err != nil {
 			return err
+		}
+		if t.postCopy && len(ll.Tree) == 0 {
+			if t.uffd, err = b.takeUffd(); err != nil {
+				return err
+			}
+		}
+		if t.sync != nil {
+			// The synced files' stream, opened after the page streams.
+			kind, st, err := t.sess.AcceptStream(ctx)
+			if err != nil {
+				return err
+			}
+			if kind != transport.KindFiles {
+				st.Close()
+				return fmt.Errorf("expected the synced files' stream, got a %v stream", kind)
+			}
+			t.sync.run(st, ll.Sync)
 		}
 	} else {
 		joined, err := t.regroup(ctx, ll, int(l.Round))
@@ -397,7 +438,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				continue
 			}
 			// A later round's layout may map files the first did not.
-			if err := checkMappedFiles(p); err != nil {
+			if err := checkMappedFiles(newPathRoot(ll.Mounts), p); err != nil {
 				return fmt.Errorf("layout of round %d: process %d: %w", l.Round, p.PID, err)
 			}
 			if err := t.b.Relayout(p.PID, p.VMAs); err != nil {
@@ -562,6 +603,9 @@ func (t *liveTarget) lowBarrier() int {
 }
 
 func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) error {
+	if err := t.sync.wait(ctx, rd.Round); err != nil {
+		return fmt.Errorf("round %d: %w", rd.Round, err)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		t.mu.Lock()
 		t.cond.Broadcast()
@@ -652,6 +696,14 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// creations with many connections, each with its queues).
 	t.b.ss.blobs = ls.Blobs
 	t.lap("decode state")
+	if t.sync != nil {
+		// The files as they were at the freeze, in place before the
+		// restore opens them.
+		if err := t.sync.commit(ctx); err != nil {
+			return err
+		}
+		t.lap("synced files")
+	}
 	// Until the commit the rebuilt connections must not take a byte from
 	// their peers: once the service address is here (the pre-resume
 	// hook) a repair-mode socket would acknowledge data that an abort then
@@ -659,7 +711,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// this side drops their packets until the process runs; the peers
 	// send them again.
 	if conns := imageConns(img); len(conns) > 0 {
-		l, err := netlock.Install("", netlock.Spec{Conns: conns}, netlock.Options{})
+		l, err := netlock.Install(t.b.ss.netNSPath(), netlock.Spec{Conns: conns}, netlock.Options{})
 		if err != nil {
 			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
 		}
@@ -668,7 +720,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		// the resume (a peer's tail-loss probe, sent as the service
 		// address arrives, would otherwise wait for its retransmission
 		// timer).
-		if t.hold, err = netlock.StartHold(unix.Socket, conns, nil); err != nil {
+		if t.hold, err = netlock.StartHold(t.b.ss.netSocket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
 	}
@@ -693,6 +745,13 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.steps = append(t.steps, t.b.steps[n:]...)
 	t.lapped = time.Now()
 	t.img = img
+	if ls.PostCopy != nil {
+		if err := t.preparePostCopy(ls.PostCopy, img); err != nil {
+			return err
+		}
+	} else {
+		t.closeUffd()
+	}
 	// The process is whole and stopped: the operator's pre-resume hook
 	// (bring the service address here, say). A failure aborts.
 	err = t.hooks.Run(ctx, hook.PreResume, t.hookEnv())
@@ -741,8 +800,11 @@ func (t *liveTarget) Resume() error {
 	}
 	t.resumedAt = time.Now()
 	t.lap("held packets")
+	t.sync.close(false)
+	t.sync = nil
 	if err == nil {
 		t.event(SessionCommitted, nil)
+		t.startPostCopy(context.Background())
 	}
 	if err == nil && t.hooks.Has(hook.PostResume) {
 		go func() {
@@ -767,6 +829,14 @@ func (t *liveTarget) Discard() error {
 	if t.b != nil {
 		t.b.Discard()
 	}
+	t.closeUffd()
+	if f := t.pc; f != nil && f.started.IsZero() {
+		unix.Close(f.uffd)
+		unix.Close(f.pidfd)
+		t.pc = nil
+	}
+	t.sync.close(true)
+	t.sync = nil
 	if t.hold != nil {
 		t.hold.Finish()
 		t.hold.CloseRaw()

@@ -250,6 +250,9 @@ func (m *Metrics) sessionDone(start time.Time, t *liveTarget, res handoff.Target
 		m.queries.WithLabelValues(res.Outcome.String()).Inc()
 		return
 	}
+	if res.Files {
+		return // a question before a migration, not one
+	}
 	outcome, reason := migrationOutcome(res, err)
 	m.migrations.WithLabelValues(outcome).Inc()
 	end := time.Now()

@@ -119,6 +119,9 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 	if _, err := b.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWNS); err != nil {
 		return err
 	}
+	if ns.Pivoted {
+		return b.buildPivoted(ns)
+	}
 	// Slaves first: nothing done here propagates out, and the host
 	// mounts the image has as slaves still receive from the host's; every
 	// other mount is made private (keepHost).
@@ -141,6 +144,33 @@ func (b *nsBuilder) build(ns *core.MountNS) error {
 			return err
 		}
 	}
+	return b.compare()
+}
+
+// buildPivoted is build for a root filesystem pivoted into: nothing of
+// the restorer's namespace is kept.
+func (b *nsBuilder) buildPivoted(ns *core.MountNS) error {
+	if err := b.mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return err
+	}
+	b.ns, b.kept, b.fresh, b.binds = ns, map[int]*proc.MountInfo{}, map[int]bool{}, map[int]uint64{}
+	defer func() {
+		for _, fd := range b.binds {
+			b.sys("close", unix.SYS_CLOSE, fd)
+		}
+	}()
+	for _, step := range []func() error{b.takeBinds, b.pivot, b.mountOwn, b.share} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return b.compare()
+}
+
+// compare compares the namespace built with the image's, but for the
+// mounts made from inside the container after.
+func (b *nsBuilder) compare() error {
+	ns := b.ns
 	got, err := proc.ReadMountInfo(b.hp.PID)
 	if err != nil {
 		return err
@@ -177,7 +207,15 @@ func (r *restorer) mountInContainer() error {
 		if err := ensureMountPoint(r.pid, ns.Mounts[:i], m); err != nil {
 			return fmt.Errorf("mount namespace: mount point %s: %w", m.Point, err)
 		}
-		if err := b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super)); err != nil {
+		switch m.Kind {
+		case core.MountTmpfs:
+			err = b.tmpfs(m, flags)
+		case core.MountOwnBind:
+			err = b.ownBind(m, flags)
+		default:
+			err = b.mount(m.Source, m.Point, m.FSType, flags, superData(m.Super))
+		}
+		if err != nil {
 			return fmt.Errorf("mount namespace: in the container: %w", err)
 		}
 		if err := b.mount("", m.Point, "", unix.MS_PRIVATE, ""); err != nil {
@@ -329,8 +367,8 @@ func (b *nsBuilder) unmountOthers() error {
 func (b *nsBuilder) mountOwn() error {
 	for i := range b.ns.Mounts {
 		m := &b.ns.Mounts[i]
-		if m.Container {
-			continue // mounted from inside the container (mountInContainer)
+		if m.Container || (b.ns.Pivoted && i == 0) {
+			continue // mounted from inside the container (mountInContainer), or the root pivoted into (pivot)
 		}
 		flags, err := mountFlags(m.Options)
 		if err != nil {
@@ -352,6 +390,8 @@ func (b *nsBuilder) mountOwn() error {
 			err = b.bind(m, flags)
 		case m.Kind == core.MountTmpfs:
 			err = b.tmpfs(m, flags)
+		case m.Kind == core.MountOwnBind:
+			err = b.ownBind(m, flags)
 		}
 		if err != nil {
 			return err
@@ -368,6 +408,34 @@ func (b *nsBuilder) bind(m *core.Mount, flags uintptr) error {
 	}
 	if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, b.binds[m.ID], a[0], atFDCWD, a[1], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", m.From, m.Point, err)
+	}
+	return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
+}
+
+// ownBind binds part of an earlier mount of the table (core.MountOwnBind)
+// at m's mount point, with its flags.
+func (b *nsBuilder) ownBind(m *core.Mount, flags uintptr) error {
+	var of *core.Mount
+	for i := range b.ns.Mounts {
+		if b.ns.Mounts[i].ID == m.Of {
+			of = &b.ns.Mounts[i]
+		}
+	}
+	if of == nil {
+		return &MountError{Point: m.Point, Reason: fmt.Sprintf("binds mount %d, not in the table", m.Of)}
+	}
+	src := path.Join(of.Point, strings.TrimPrefix(m.Root, of.Root))
+	a, err := b.put(src, "", m.Point)
+	if err != nil {
+		return err
+	}
+	fd, err := b.sys("open_tree", unix.SYS_OPEN_TREE, atFDCWD, a[0], unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", src, err)
+	}
+	defer b.sys("close", unix.SYS_CLOSE, fd)
+	if _, err := b.sys("move_mount", unix.SYS_MOVE_MOUNT, fd, a[1], atFDCWD, a[2], unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, m.Point, err)
 	}
 	return b.mount("", m.Point, "", unix.MS_REMOUNT|unix.MS_BIND|flags, "")
 }
@@ -517,6 +585,10 @@ func fillTmpfs(pid int, m *core.Mount, ss *session) error {
 					return err
 				}
 				return unix.Fchownat(dir, name, int(f.UID), int(f.GID), unix.AT_SYMLINK_NOFOLLOW)
+			case unix.S_IFCHR:
+				if err := unix.Mknodat(dir, name, unix.S_IFCHR|0o600, int(f.Rdev)); err != nil {
+					return err
+				}
 			case unix.S_IFREG:
 				if f.HardLink != "" {
 					return each(&core.TmpfsFile{Path: f.HardLink}, func(odir int, oname string) error {
@@ -671,21 +743,9 @@ func (b *Builder) checkMounts() []Difference {
 		return nil
 	}
 	root := b.all[0].pid
-	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", root))
-	if err != nil {
-		return []Difference{{PID: root, What: "mount namespace", Want: "readable", Got: err.Error()}}
-	}
-	var diffs []Difference
-	if mine, err := os.Readlink("/proc/self/ns/mnt"); err == nil && mine == rootNS {
-		diffs = append(diffs, Difference{PID: root, What: "mount namespace", Want: "one of its own", Got: "the restorer's"})
-	}
-	for _, r := range b.all[1:] {
-		if r.proc.Zombie != nil {
-			continue
-		}
-		if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", r.pid)); its != rootNS {
-			diffs = append(diffs, Difference{PID: r.pid, What: "mount namespace", Want: rootNS, Got: its})
-		}
+	diffs, ok := checkOwnNamespace(b.all, "mnt", "mount")
+	if !ok {
+		return diffs
 	}
 	got, err := proc.ReadMountInfo(root)
 	if err != nil {
@@ -696,7 +756,7 @@ func (b *Builder) checkMounts() []Difference {
 	}
 	for i := range ns.Mounts {
 		m := &ns.Mounts[i]
-		if !m.Container {
+		if !m.Container || m.Kind != core.MountFresh || (m.FSType != "proc" && m.FSType != "mqueue") {
 			continue
 		}
 		// The topmost mount at its point (nothing is on it).
@@ -722,7 +782,11 @@ func (b *Builder) checkMounts() []Difference {
 		if m.Top != nil {
 			wantFiles = append([]core.TmpfsFile{*m.Top}, m.Files...)
 		}
-		want := tmpfsListing(wantFiles, b.ss.img.Blobs)
+		blobs := b.ss.img.Blobs
+		if blobs == nil {
+			blobs = map[string]core.Blob{} // sizes from the image (none: every file empty)
+		}
+		want := tmpfsListing(wantFiles, blobs)
 		files, err := listTmpfs(root, m.Point)
 		if err == nil && m.Top == nil && len(files) > 0 {
 			files = files[1:] // the root directory, which the image does not describe
@@ -756,8 +820,12 @@ func tmpfsListing(files []core.TmpfsFile, blobs map[string]core.Blob) []string {
 		if f.HardLink != "" {
 			size = 0
 		}
-		out = append(out, fmt.Sprintf("%s mode=%#o owner=%d:%d mtime=%d size=%d link=%q hardlink=%q",
-			f.Path, f.Mode, f.UID, f.GID, f.Mtime, size, f.Link, f.HardLink))
+		s := fmt.Sprintf("%s mode=%#o owner=%d:%d mtime=%d size=%d link=%q hardlink=%q",
+			f.Path, f.Mode, f.UID, f.GID, f.Mtime, size, f.Link, f.HardLink)
+		if f.Rdev != 0 {
+			s += fmt.Sprintf(" rdev=%d:%d", f.Rdev>>8, f.Rdev&0xff)
+		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -777,6 +845,8 @@ func listTmpfs(pid int, point string) ([]core.TmpfsFile, error) {
 			if tf.Link, err = proc.Readlinkat(e.Dir, e.Name); err != nil {
 				return err
 			}
+		case unix.S_IFCHR:
+			tf.Rdev = unix.Mkdev(st.Rdev_major, st.Rdev_minor)
 		case unix.S_IFREG:
 			tf.Atime = int64(st.Size)
 			if first, ok := links[st.Ino]; ok && st.Nlink > 1 {
@@ -850,6 +920,14 @@ func (b *Builder) fillLiveMounts(first *core.MountNS) error {
 	}
 	for i := range ns.Mounts {
 		if m := &ns.Mounts[i]; m.Kind == core.MountTmpfs {
+			if f := &first.Mounts[i]; f.Top != nil {
+				// Filled as it was mounted, from the first layout: its files
+				// must not have changed since.
+				if w, g := tmpfsListing(m.Files, map[string]core.Blob{}), tmpfsListing(f.Files, map[string]core.Blob{}); !slices.Equal(w, g) {
+					return fmt.Errorf("mount namespace: tmpfs %s: its files changed during the migration (it was filled as it was mounted): %s, was %s", m.Point, strings.Join(w, "; "), strings.Join(g, "; "))
+				}
+				continue
+			}
 			if err := fillTmpfs(b.all[0].pid, m, b.ss); err != nil {
 				return fmt.Errorf("mount namespace: tmpfs %s: %w", m.Point, err)
 			}

@@ -57,6 +57,9 @@ func (ss *session) namespaceFlags() uint64 {
 	if ns.IPC != nil {
 		flags |= unix.CLONE_NEWIPC
 	}
+	if ns.Net != nil {
+		flags |= unix.CLONE_NEWNET
+	}
 	return flags
 }
 
@@ -80,6 +83,28 @@ func (r *restorer) setUTS() error {
 		if _, err := r.sys(n.call, n.nr, huskData+512, uint64(len(n.name))); err != nil {
 			return fmt.Errorf("UTS namespace: %s(%q): %w", n.call, n.name, err)
 		}
+	}
+	return nil
+}
+
+// enterCgroupNS puts the root, just cloned, into the cgroups that were
+// the roots of the container's cgroup namespace and makes it unshare one
+// there, which its children inherit: in it every process sees its
+// cgroups under the paths the original saw. The stage "join cgroups"
+// then moves each process to its own cgroups, at or below them.
+//
+// Preconditions: the root is still a copy of the husk, seized, and has
+// no child; the roots' cgroups exist (prepareCgroups ran).
+func (r *restorer) enterCgroupNS() error {
+	cg := r.img.Namespaces.Cgroup
+	if cg == nil {
+		return nil
+	}
+	if err := joinCgroups(r.pid, 0, cg.Roots); err != nil {
+		return fmt.Errorf("cgroup namespace: its root: %w", err)
+	}
+	if _, err := r.sys("unshare", unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("cgroup namespace: unshare: %w", err)
 	}
 	return nil
 }
@@ -298,6 +323,9 @@ func (b *Builder) checkNamespaces() []Difference {
 			diff(pid, fmt.Sprintf("task %d: PID inside the container", id.Outer), id.Inner, st.NSpid[len(st.NSpid)-1])
 		}
 	}
+	if ns.Net != nil {
+		diffs = append(diffs, b.checkNet()...)
+	}
 	if u := ns.UTS; u != nil {
 		err := proc.InNamespace(root, unix.CLONE_NEWUTS, func() error {
 			var un unix.Utsname
@@ -311,6 +339,9 @@ func (b *Builder) checkNamespaces() []Difference {
 		if err != nil {
 			diff(root, "UTS namespace", "readable", err)
 		}
+	}
+	if cg := ns.Cgroup; cg != nil {
+		diffs = append(diffs, checkCgroupNS(b.all, cg)...)
 	}
 	if ipc := ns.IPC; ipc != nil {
 		err := b.ss.inIPC(func() error {
@@ -365,6 +396,56 @@ func (b *Builder) checkNamespaces() []Difference {
 		})
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			diff(root, "IPC namespace", "readable", err)
+		}
+	}
+	return diffs
+}
+
+// checkOwnNamespace checks that the restored processes (all, the root
+// first; zombies aside) share one namespace of kind (as /proc/PID/ns
+// names it, what for the differences), not the restorer's. ok is false
+// if the root's cannot be read.
+func checkOwnNamespace(all []*restorer, kind, what string) (diffs []Difference, ok bool) {
+	root := all[0].pid
+	what += " namespace"
+	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", root, kind))
+	if err != nil {
+		return []Difference{{PID: root, What: what, Want: "readable", Got: err.Error()}}, false
+	}
+	if mine, err := os.Readlink("/proc/self/ns/" + kind); err == nil && mine == rootNS {
+		diffs = append(diffs, Difference{PID: root, What: what, Want: "one of its own", Got: "the restorer's"})
+	}
+	for _, r := range all[1:] {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", r.pid, kind)); its != rootNS {
+			diffs = append(diffs, Difference{PID: r.pid, What: what, Want: rootNS, Got: its})
+		}
+	}
+	return diffs, true
+}
+
+// checkCgroupNS checks that the restored processes (all, the root first)
+// share a cgroup namespace other than the restorer's, rooted where the
+// image's was.
+func checkCgroupNS(all []*restorer, cg *core.CgroupNamespace) []Difference {
+	root := all[0].pid
+	diffs, ok := checkOwnNamespace(all, "cgroup", "cgroup")
+	if !ok {
+		return diffs
+	}
+	roots, err := proc.CgroupNSRoots(root)
+	if err != nil {
+		return append(diffs, Difference{PID: root, What: "cgroup namespace roots", Want: "readable", Got: err.Error()})
+	}
+	have := map[string]string{}
+	for _, r := range roots {
+		have[r.Controllers] = r.Path
+	}
+	for _, w := range cg.Roots {
+		if have[w.Controllers] != w.Path {
+			diffs = append(diffs, Difference{PID: root, What: fmt.Sprintf("cgroup namespace root (hierarchy %q)", w.Controllers), Want: w.Path, Got: have[w.Controllers]})
 		}
 	}
 	return diffs

@@ -136,6 +136,12 @@ func ordinary(vmas []core.VMA) []core.VMA {
 //
 // Preconditions: the process was laid out (layout), and is stopped.
 func (r *restorer) relayout(want []core.VMA) error {
+	for _, v := range ordinary(want) {
+		if v.Start < r.vdsoHere.end && r.vdsoHere.start < v.End {
+			return &VDSOMismatchError{Reason: fmt.Sprintf("the process mapped %#x-%#x, where this kernel's vdso was put (%#x-%#x) as its old one's proxy was built",
+				v.Start, v.End, r.vdsoHere.start, r.vdsoHere.end)}
+		}
+	}
 	unmap, mapNew := layoutDiff(r.mapped, ordinary(want))
 	for _, o := range opened(r.mapped, ordinary(want)) {
 		if _, err := r.sys("mprotect", unix.SYS_MPROTECT, o.start, o.end-o.start, unix.PROT_READ|unix.PROT_WRITE); err != nil {

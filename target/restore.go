@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/kernel"
 	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
@@ -89,6 +90,18 @@ type session struct {
 	// applyCgroupLimits: a cgroup of the image this host has with other
 	// limits gets the image's (RestoreOptions.ApplyCgroupLimits).
 	applyCgroupLimits bool
+	// forceVDSOProxy: the vdso goes through a proxy even where this
+	// kernel's is the image's (RestoreOptions.VDSOProxy).
+	forceVDSOProxy bool
+	// vdsoProxied is set once a process got a vdso proxy.
+	vdsoProxied atomic.Bool
+	// netAttach is the bridge here the other ends of the container's
+	// veths go on (RestoreOptions.NetAttach); netHosts are their names.
+	netAttach string
+	netHosts  []string
+	// paths is where the paths of the image's files are opened (a
+	// pivoted container's: see pathRoot).
+	paths *pathRoot
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -135,6 +148,10 @@ type restorer struct {
 	// writtenMu guards written: a live migration's page streams of one
 	// process (LiveLayout.Streams) are applied by a goroutine each.
 	writtenMu sync.Mutex
+	// vdsoHere is where this kernel's [vdso] and [vvar*] were put when
+	// they could not go to the image's addresses (proxyVDSO): a later
+	// layout must leave it alone.
+	vdsoHere addrRange
 	// live: pages come while pre-copy runs, before their counts are known.
 	live bool
 }
@@ -154,13 +171,16 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.NetAttach != "" && !core.ValidLinkName(opts.NetAttach) {
+		return nil, fmt.Errorf("--net-attach %q: not an interface name", opts.NetAttach)
+	}
 	if opts.CgroupRoot != "" {
 		if err := relocateCgroups(img, opts.CgroupRoot); err != nil {
 			return nil, err
 		}
 	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, false, opts.ApplyCgroupLimits)
+	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy, netAttach: opts.NetAttach})
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +209,8 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	// here now, and go live at resume. (A failed restore leaves it, for
 	// another try.)
 	var lockErr error
-	if img.NetLock != "" {
+	// (A container's own network namespace had it, gone with the original.)
+	if img.NetLock != "" && !b.ss.ownNet() {
 		lockErr = netlock.Remove("", img.NetLock)
 	}
 	rep, err := b.Resume()
@@ -225,12 +246,19 @@ type Builder struct {
 // is created) and creates its processes, laid out as img says.
 func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger) (*Builder, error) {
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
-	return newBuilder(ctx, dir, img, log, check, false, false)
+	return newBuilder(ctx, dir, img, log, check, buildOptions{})
 }
 
-// newBuilder is NewBuilder with the check of the image given; live
-// builders map every area that may get pages writable.
-func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, live, applyCgroupLimits bool) (*Builder, error) {
+// buildOptions are newBuilder's choices: live builders map every area
+// that may get pages writable; the others are RestoreOptions'.
+type buildOptions struct {
+	live, applyCgroupLimits, vdsoProxy bool
+	netAttach                          string
+}
+
+// newBuilder is NewBuilder with the check of the image given.
+func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logger, check func(string, *core.Image) error, o buildOptions) (*Builder, error) {
+	live := o.live
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -241,7 +269,8 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	// The page streams are checked at their ends here (CheckEnds) and
 	// frame by frame as the fill reads them.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
-	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live, applyCgroupLimits: applyCgroupLimits}
+	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts)}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -263,14 +292,22 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 			return ss.prepareSysV(img)
 		}},
 		{"time namespace", ss.planTime},
+		// Before the processes: a container's cgroup namespace is made
+		// in its root cgroups as the root is created.
+		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"create processes", func() error { return createTree(b.all) }},
+		{"network namespace", func() error {
+			if !ss.ownNet() {
+				return nil
+			}
+			return ss.prepareNet()
+		}},
 		{"IPC namespace", func() error {
 			if !ss.ownIPC() {
 				return nil
 			}
 			return ss.prepareIPC(img)
 		}},
-		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
 		{"join cgroups", b.each(ctx, (*restorer).joinProcessCgroups)},
 		{"lay out memory", b.each(ctx, (*restorer).layout)},
 	})
@@ -393,12 +430,23 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		}
 	}
 	// The ptrace work runs on the tracer thread in one go, next to the
-	// processes' threads: see ptrace.Proc.Pin.
+	// processes' threads (see ptrace.Proc.Pin): every process of the tree
+	// on the CPU the root last ran on, with the tracer (a process left on
+	// another CPU would make each of its ptrace round trips cross two).
+	cpu, cpuErr := -1, error(nil)
 	for _, r := range b.all {
-		if r.p != nil && r.proc.Zombie == nil {
-			if err := r.p.Pin(); err != nil {
-				b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
-			}
+		if r.p == nil || r.proc.Zombie != nil {
+			continue
+		}
+		if cpu < 0 && cpuErr == nil {
+			cpu, cpuErr = ptrace.LastCPU(r.pid)
+		}
+		err := cpuErr
+		if err == nil {
+			err = r.p.PinOn(cpu)
+		}
+		if err != nil {
+			b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
 		}
 	}
 	return b.ss.tr.Do(func() error {
@@ -445,6 +493,11 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	defer b.release()
 	b.done = true
 	root := b.all[0]
+	if b.ss.ownNet() {
+		if err := b.ss.attachNet(); err != nil {
+			b.ss.warn("the container's network: %v", err)
+		}
+	}
 	// The connections go live first, while the processes are still
 	// stopped, a few at a time (hundreds take milliseconds one after the
 	// other). A failure leaves that connection dead, not the process.
@@ -497,6 +550,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		Steps:     b.steps,
 
 		TimeNamespace: b.ss.timens,
+		VDSOProxy:     b.ss.vdsoProxied.Load(),
 	}
 	rep.TotalMS = float64(rep.Total.Microseconds()) / 1000
 	return rep, nil
@@ -520,6 +574,7 @@ func (b *Builder) Discard() {
 // release lets go of the tracer and the agent's files.
 func (b *Builder) release() {
 	b.ss.closeFiles()
+	b.ss.paths.close()
 	b.ss.detachSysV()
 	if b.ss.tr != nil {
 		b.ss.tr.Close()
@@ -749,13 +804,19 @@ func sigchldFrom(si []byte, pids map[int32]bool) bool {
 // createRoot starts the husk and forks the root out of it.
 func (r *restorer) createRoot() error {
 	var err error
-	if r.husk, err = startHusk(r.timens); err != nil {
+	var inNS bool
+	if r.husk, inNS, err = startHusk(r.timens); err != nil {
 		return err
 	}
 	if r.hp, err = r.tr.SeizeOwned(r.husk.Process.Pid); err != nil {
 		return fmt.Errorf("seize husk: %w", err)
 	}
 	r.hp.SetGadget(huskSyscall)
+	if r.timens != nil && !inNS {
+		if err := huskTimeNamespace(r.hp, *r.timens); err != nil {
+			return err
+		}
+	}
 	inner := 0
 	if r.container() {
 		// The root's children inherit its pidfd for migrate, which they
@@ -771,8 +832,16 @@ func (r *restorer) createRoot() error {
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err
 	}
+	if err := r.paths.enter(r.pid); err != nil {
+		return err
+	}
 	if r.container() {
 		if err := r.setUTS(); err != nil {
+			return err
+		}
+		// The cgroup namespace first: a cgroup hierarchy mounted inside
+		// shows its root.
+		if err := r.enterCgroupNS(); err != nil {
 			return err
 		}
 		if err := r.mountInContainer(); err != nil {
@@ -842,7 +911,9 @@ func holeFor(n uint64, busy [][2]uint64) (uint64, error) {
 
 // layout turns the child's address space (a copy of the husk's) into the
 // image's: a scratch area, everything of the husk unmapped, vdso and vvar
-// moved to their old addresses, then every area mapped.
+// moved to their old addresses (or, if this kernel's vdso is not the
+// image's, next to them with a proxy of the old vdso at its address:
+// proxyVDSO), then every area mapped.
 func (r *restorer) layout(context.Context) error {
 	cur, err := proc.ReadMaps(r.pid)
 	if err != nil {
@@ -893,7 +964,13 @@ func (r *restorer) layout(context.Context) error {
 			return fmt.Errorf("unmap husk area %#x-%#x: %w", m.Start, m.End, err)
 		}
 	}
-	if err := r.moveVDSO(special, busy, off); err != nil {
+	if r.forceVDSOProxy || checkVDSO(r.proc.VMAs) != nil {
+		// (validate found that the proxy serves it.)
+		if err := r.proxyVDSO(special, busy, off); err != nil {
+			return err
+		}
+		r.vdsoProxied.Store(true)
+	} else if err := r.moveVDSO(special, busy, off); err != nil {
 		return err
 	}
 	if err := r.openAgentPidfd(); err != nil {
@@ -904,25 +981,14 @@ func (r *restorer) layout(context.Context) error {
 }
 
 // syscallOffset finds a syscall instruction in this process's vdso, which
-// is the same as the child's (checked by validate).
+// is the same as the child's (the husk's exec mapped it).
 func syscallOffset() (uint64, error) {
-	maps, err := proc.ReadMaps(os.Getpid())
+	_, img, err := kernel.OwnVDSO()
 	if err != nil {
 		return 0, err
 	}
-	for _, m := range maps {
-		if m.Path != "[vdso]" {
-			continue
-		}
-		buf := make([]byte, m.End-m.Start)
-		if _, err := ptrace.ReadMem(os.Getpid(), m.Start, buf); err != nil {
-			return 0, err
-		}
-		for i := 0; i+1 < len(buf); i++ {
-			if buf[i] == 0x0f && buf[i+1] == 0x05 {
-				return uint64(i), nil
-			}
-		}
+	if i := bytes.Index(img, []byte{0x0f, 0x05}); i >= 0 {
+		return uint64(i), nil
 	}
 	return 0, ptrace.ErrNoGadget
 }
@@ -1197,7 +1263,7 @@ func (r *restorer) openMapped(ref *core.FileRef, write bool) (*os.File, error) {
 		}
 		return r.keep(g), nil
 	}
-	f, err := openMappable(ref.Path, flag)
+	f, err := openMappable(r.paths, ref.Path, flag)
 	if err != nil {
 		return nil, err
 	}

@@ -53,6 +53,10 @@ type ServeOptions struct {
 	// every migration served.
 	CgroupRoot        string
 	ApplyCgroupLimits bool
+	// VDSOProxy is as in RestoreOptions, for every migration served.
+	VDSOProxy bool
+	// NetAttach is as in RestoreOptions, for every migration served.
+	NetAttach string
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -74,6 +78,10 @@ const (
 	SessionRestored                              // the process is whole and stopped: Ready is sent next
 	SessionCommitted                             // the commit came and the process runs here
 	SessionAborted                               // the session failed before the process ran; the husk is gone
+	// SessionPostCopyDone: the post-copy of a process that resumed with
+	// pages missing ended; with Err the pages could not all come and the
+	// process was killed (lost).
+	SessionPostCopyDone
 )
 
 // DefaultMaxSessions is the default of ServeOptions.MaxSessions. Each
@@ -100,6 +108,9 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		if err := core.ValidPath(opts.CgroupRoot); err != nil {
 			return fmt.Errorf("cgroup root: %w", err)
 		}
+	}
+	if opts.NetAttach != "" && !core.ValidLinkName(opts.NetAttach) {
+		return fmt.Errorf("--net-attach %q: not an interface name", opts.NetAttach)
 	}
 	if extra := opts.XCR0 &^ hostXCR0(); extra != 0 {
 		if opts.Listener != nil {
@@ -221,15 +232,24 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	if opts.XCR0 != 0 {
 		t.xcr0 = opts.XCR0
 	}
-	t.cgroupRoot, t.applyCgroupLimits = opts.CgroupRoot, opts.ApplyCgroupLimits
+	t.cgroupRoot, t.applyCgroupLimits, t.vdsoProxy = opts.CgroupRoot, opts.ApplyCgroupLimits, opts.VDSOProxy
+	t.netAttach = opts.NetAttach
 	t.hooks = hooks
 	t.notify = notify
-	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log}, t, transport.NewControl(ctrl), outcomes)
+	res, err := handoff.RunTarget(ctx, handoff.TargetConfig{SessionID: sess.ID(), Logger: log, Files: answerFiles}, t, transport.NewControl(ctrl), outcomes)
+	if res.Outcome == transport.OutcomeResumed {
+		// The session (its streams) lives until every page is here.
+		if perr := t.waitPostCopy(); perr != nil {
+			log.Error("migration lost in post-copy: the process was killed", "pid", t.pid, "err", perr)
+		}
+	}
 	m.sessionDone(start, t, res, err)
 	if t.pid != 0 && res.Outcome == transport.OutcomeAborted {
 		t.event(SessionAborted, err)
 	}
 	switch {
+	case res.Files:
+		log.Info("answered a question about files", "err", err)
 	case res.Query:
 		log.Info("answered a status question", "about", res.Session, "outcome", res.Outcome)
 	case err != nil:

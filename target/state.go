@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -31,10 +33,24 @@ func (r *restorer) restoreState(context.Context) error {
 	// Every disposition is set, SIG_DFL ones too: the process is a clone
 	// of the husk, whose dispositions are not all SIG_DFL when the service
 	// runs with a signal ignored (nohup, a supervisor): SIG_IGN survives
-	// exec, and a SIGTERM the original died of would be ignored.
+	// exec, and a SIGTERM the original died of would be ignored. All but
+	// those it has already (an injected call each, most of the 64): the
+	// husk catches no signal and changes none of its actions, which exec
+	// left without flags, mask or restorer, SIG_IGN where the service
+	// ignored the signal and SIG_DFL elsewhere.
+	var asHusk func(sig int, sa core.Sigaction) bool
+	if st, err := proc.ReadStatus(r.pid); err == nil && st.SigCgt == 0 {
+		asHusk = func(sig int, sa core.Sigaction) bool {
+			handler := uint64(0) // SIG_DFL
+			if st.SigIgn&(1<<(sig-1)) != 0 {
+				handler = 1 // SIG_IGN
+			}
+			return sa == core.Sigaction{Handler: handler}
+		}
+	}
 	for i, sa := range p.Sigactions {
 		sig := i + 1
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || asHusk != nil && asHusk(sig, sa) {
 			continue
 		}
 		var b [32]byte
@@ -112,7 +128,7 @@ func (r *restorer) restoreState(context.Context) error {
 // setMM sets the mm fields and the executable with PR_SET_MM_MAP.
 func (r *restorer) setMM() error {
 	p := r.proc
-	exe, err := openMappable(p.Exe.Path, os.O_RDONLY)
+	exe, err := openMappable(r.paths, p.Exe.Path, os.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("executable: %w", err)
 	}
@@ -203,6 +219,9 @@ func (r *restorer) createThreads() error {
 func (r *restorer) restoreThreads(context.Context) error {
 	p := r.proc
 	le := binary.LittleEndian
+	if err := r.threadsOutOfVDSO(); err != nil {
+		return err
+	}
 	if err := r.createThreads(); err != nil {
 		return err
 	}

@@ -229,7 +229,7 @@ func (r *restorer) tcpConn(fdnum int, s *core.Socket) (*os.File, error) {
 			}
 		}
 		if t.FinRecv {
-			if err := injectFIN(local, remote, t); err != nil {
+			if err := r.inNet(func() error { return injectFIN(local, remote, t) }); err != nil {
 				return fmt.Errorf("%s: replay the peer's FIN: %w", name, err)
 			}
 		}

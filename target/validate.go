@@ -205,22 +205,24 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 	if st.Pages != info.Pages {
 		return &core.ImageError{File: pages, Reason: fmt.Sprintf("%d pages in the stream, the image says %d", st.Pages, info.Pages)}
 	}
+	pr := newPathRoot(img.Mounts)
 	for _, d := range []struct{ what, path string }{{"working directory", p.Cwd}, {"root directory", p.Root}} {
-		if fi, err := os.Stat(d.path); err != nil || !fi.IsDir() {
+		var st unix.Stat_t
+		if err := pr.stat(d.path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			if err == nil {
 				err = &fs.PathError{Op: "stat", Path: d.path, Err: unix.ENOTDIR}
 			}
 			return &core.ImageError{File: d.path, Reason: d.what + " of the process is gone", Err: err}
 		}
 	}
-	if err := sameFile(&p.Exe, "executable"); err != nil {
+	if err := sameFile(pr, &p.Exe, "executable"); err != nil {
 		return err
 	}
 	for _, v := range p.VMAs {
 		if v.File == nil || v.File.Deleted {
 			continue
 		}
-		if err := sameFile(v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
+		if err := sameFile(pr, v.File, fmt.Sprintf("file mapped at %#x", v.Start)); err != nil {
 			return err
 		}
 	}
@@ -231,7 +233,7 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 				continue
 			}
 			var st unix.Stat_t
-			if err := unix.Stat(fd.File.Path, &st); err != nil {
+			if err := pr.stat(fd.File.Path, &st); err != nil {
 				return fmt.Errorf("fd %d: %s: %w", fd.FD, fd.File.Path, &fs.PathError{Op: "stat", Path: fd.File.Path, Err: err})
 			}
 			if err := unchangedFile(&st, &fd); err != nil {
@@ -242,7 +244,7 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 			return fmt.Errorf("fd %d: unknown kind %q", fd.FD, fd.Kind)
 		}
 	}
-	if err := checkVDSO(p.VMAs); err != nil {
+	if err := vdsoServed(p.VMAs); err != nil {
 		return err
 	}
 	for _, t := range p.Threads {
@@ -253,10 +255,11 @@ func validateProcess(ctx context.Context, dir string, img *core.Image, p *core.P
 	return nil
 }
 
-// sameFile checks that the file at ref.Path is the one that was dumped.
-func sameFile(ref *core.FileRef, what string) error {
+// sameFile checks that the file at ref.Path (where pr looks it up) is the
+// one that was dumped.
+func sameFile(pr *pathRoot, ref *core.FileRef, what string) error {
 	var st unix.Stat_t
-	if err := unix.Stat(ref.Path, &st); err != nil {
+	if err := pr.stat(ref.Path, &st); err != nil {
 		return &core.ImageError{File: ref.Path, Reason: what + " is gone", Err: &fs.PathError{Op: "stat", Path: ref.Path, Err: err}}
 	}
 	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFCHR {
@@ -268,7 +271,7 @@ func sameFile(ref *core.FileRef, what string) error {
 	if ref.SHA256 != "" && st.Size == ref.Size {
 		// A file of code: the same contents are the same file, whatever
 		// its time (installed separately on this host, or copied).
-		got, err := fileSHA256(ref.Path)
+		got, err := fileSHA256(pr, ref.Path)
 		if err != nil {
 			return &core.ImageError{File: ref.Path, Reason: what + " cannot be read to compare its contents", Err: err}
 		}
@@ -281,11 +284,12 @@ func sameFile(ref *core.FileRef, what string) error {
 		what, st.Size, ref.Size, time.Unix(0, st.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, ref.Mtime).UTC().Format(time.RFC3339Nano))}
 }
 
-// fileSHA256 is the hex SHA-256 of the contents of the file at path.
-func fileSHA256(path string) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW, 0)
+// fileSHA256 is the hex SHA-256 of the contents of the file at path
+// (where pr looks it up).
+func fileSHA256(pr *pathRoot, path string) (string, error) {
+	f, err := pr.open(path, os.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW)
 	if err != nil {
-		if f, err = os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0); err != nil {
+		if f, err = pr.open(path, os.O_RDONLY|unix.O_NOFOLLOW); err != nil {
 			return "", err
 		}
 	}

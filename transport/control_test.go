@@ -36,6 +36,8 @@ func sampleMsgs() []Msg {
 		&StatusReply{SessionID: sampleID, Outcome: OutcomeResumed},
 		&StatusReply{SessionID: sampleID, Outcome: OutcomeUnknown},
 		&Error{Code: "pid-in-use", Text: "PID 1234 is taken by sleep"},
+		&FilesQuery{Body: json.RawMessage(`{"files":[{"path":"/var/log/app.log","ino":12}]}`)},
+		&FilesReply{Body: json.RawMessage(`{"files":[{"exists":true}]}`)},
 	}
 }
 

@@ -126,7 +126,7 @@
 //	off  size field
 //	  0     1 version, 1 (MsgVersion)
 //	  1     1 flags, 0 (a reader rejects any bit)
-//	  2     2 type (TypeHello ... TypeError)
+//	  2     2 type (TypeHello ... TypeFilesReply)
 //	  4     4 payload length n: at most MaxMsgPayload (16 MiB) for Layout
 //	          and State, MaxSmallPayload (64 KiB) for the others
 //	  8     4 CRC of bytes 0..7

@@ -25,6 +25,8 @@ const (
 	TypeStatusQuery MsgType = 10 // source → target: what became of a session?
 	TypeStatusReply MsgType = 11 // target → source: its outcome
 	TypeError       MsgType = 12 // both ways: a coded error
+	TypeFilesQuery  MsgType = 13 // source → target, first: do you see these files?
+	TypeFilesReply  MsgType = 14 // target → source: what it sees at their paths
 )
 
 func (t MsgType) String() string {
@@ -60,6 +62,8 @@ var msgTypes = map[MsgType]msgInfo{
 	TypeStatusQuery: {"status-query", MaxSmallPayload, func() Msg { return new(StatusQuery) }},
 	TypeStatusReply: {"status-reply", MaxSmallPayload, func() Msg { return new(StatusReply) }},
 	TypeError:       {"error", MaxSmallPayload, func() Msg { return new(Error) }},
+	TypeFilesQuery:  {"files-query", MaxMsgPayload, func() Msg { return new(FilesQuery) }},
+	TypeFilesReply:  {"files-reply", MaxMsgPayload, func() Msg { return new(FilesReply) }},
 }
 
 // Role is the part an end plays in a migration.
@@ -98,6 +102,12 @@ type Hello struct {
 // one before it freezes: pages sent but not yet applied would otherwise
 // be applied in the downtime.
 const FeatureRoundAcks = "round-acks"
+
+// FeaturePostCopy, in the source's Hello, says the migration may end in
+// post-copy (its State then lists the pages still missing): the target
+// readies a userfaultfd in the process it builds. The target echoes it if
+// it can serve post-copy.
+const FeaturePostCopy = "post-copy"
 
 // HasFeature says whether h announces feature f.
 func (h *Hello) HasFeature(f string) bool {
@@ -166,6 +176,18 @@ type StatusReply struct {
 	Outcome   Outcome `json:"outcome"`
 }
 
+// FilesQuery asks the target, first on a connection (a migration's Hello
+// may follow), what it sees at the paths of the files the process writes
+// (internal/filesync.Query is its Body).
+type FilesQuery struct {
+	Body json.RawMessage `json:"body"`
+}
+
+// FilesReply answers a FilesQuery (internal/filesync.Reply).
+type FilesReply struct {
+	Body json.RawMessage `json:"body"`
+}
+
 // Error is a coded error; Code is a short name of [a-z0-9._-].
 type Error struct {
 	Code string `json:"code"`
@@ -184,6 +206,8 @@ func (*Abort) MsgType() MsgType       { return TypeAbort }
 func (*StatusQuery) MsgType() MsgType { return TypeStatusQuery }
 func (*StatusReply) MsgType() MsgType { return TypeStatusReply }
 func (*Error) MsgType() MsgType       { return TypeError }
+func (*FilesQuery) MsgType() MsgType  { return TypeFilesQuery }
+func (*FilesReply) MsgType() MsgType  { return TypeFilesReply }
 
 func (m *Hello) validate() error {
 	if m.Version < 1 || m.Version > MaxMsgVersion {
@@ -217,10 +241,24 @@ func (m *Layout) validate() error {
 }
 
 func (m *RoundDone) validate() error { return nil }
-func (m *Freeze) validate() error    { return nil }
-func (m *Ready) validate() error     { return nil }
-func (m *Commit) validate() error    { return nil }
-func (m *Resumed) validate() error   { return nil }
+
+func (m *FilesQuery) validate() error {
+	if len(m.Body) == 0 {
+		return fmt.Errorf("files query without a body")
+	}
+	return nil
+}
+
+func (m *FilesReply) validate() error {
+	if len(m.Body) == 0 {
+		return fmt.Errorf("files reply without a body")
+	}
+	return nil
+}
+func (m *Freeze) validate() error  { return nil }
+func (m *Ready) validate() error   { return nil }
+func (m *Commit) validate() error  { return nil }
+func (m *Resumed) validate() error { return nil }
 
 func (m *State) validate() error {
 	if len(m.Body) == 0 {

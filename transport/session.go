@@ -28,6 +28,13 @@ const (
 	KindPages StreamKind = 2
 	// KindBulk carries bulk state (fds, socket queues).
 	KindBulk StreamKind = 3
+	// KindPostCopy carries post-copy's page requests and their answers
+	// (pagestream.PostCopyMsg); its background pages go in a KindPages
+	// stream.
+	KindPostCopy StreamKind = 4
+	// KindFiles carries the files a live migration copies
+	// (internal/filesync's sync stream); a session has at most one.
+	KindFiles StreamKind = 5
 )
 
 func (k StreamKind) String() string {
@@ -38,11 +45,15 @@ func (k StreamKind) String() string {
 		return "pages"
 	case KindBulk:
 		return "bulk"
+	case KindPostCopy:
+		return "post-copy"
+	case KindFiles:
+		return "files"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-func (k StreamKind) valid() bool { return k >= KindControl && k <= KindBulk }
+func (k StreamKind) valid() bool { return k >= KindControl && k <= KindFiles }
 
 // Session is an authenticated connection to a peer, multiplexed into typed
 // streams. By convention the dialer (the source) opens the streams and the

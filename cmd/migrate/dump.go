@@ -59,7 +59,10 @@ speed measured so far, when a round no longer shrinks the dirty set, or
 after --rounds rounds; then the process is frozen and a final round copies
 what changed since, with the rest of its state. With --auto-converge, a
 process that writes faster than its pages are copied is slowed down
-instead of stopping pre-copy there (see the README).
+instead of stopping pre-copy there (see the README). A tree is followed
+as it runs: a process forked during pre-copy joins it at the next round
+(with all its memory), one that exits leaves it, and the image holds the
+tree as it was frozen.
 
 Prints a one-line summary on stdout (--json: the full report as JSON); with
 --pre-copy also one line per round.`,
@@ -95,9 +98,14 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		fs.DurationVar(&downtime, "target-downtime", migrate.DefaultPolicy.TargetDowntime, "stop pre-copy once the rest can be sent in about `D`")
 		var autoConverge bool
 		boolFlag(fs, &autoConverge, "auto-converge", "", "with --pre-copy: when it stops converging, slow the processes down (stopped a growing share of each 50 ms while a round copies) rather than freeze with much left to copy")
+		cpuCheck := cpuCheckFlag(fs)
 		fs.StringArrayVar(&external, "external", nil, "keep the fds of `ID`, an object outside the dump (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: restore --inherit-fd gives it back (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
+			if err != nil {
+				return err
+			}
+			inUse, err := cpuCheck()
 			if err != nil {
 				return err
 			}
@@ -132,6 +140,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				Logger:       e.logger,
 				Transfer:     transfer,
 				External:     external,
+				CPUInUseOnly: inUse,
 			})
 			e.clearStatus()
 			if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -105,6 +106,10 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 		fs.Uint64Var(&xsave, "xsave-features", 0, "take this CPU's XSAVE features to be `MASK` (XCR0 bits, as `migrate check` prints them; fewer than the CPU's own): the features every host of a fleet has, so that a process that could not move on to each is refused here")
 		var cg cgroupFlags
 		cg.add(fs)
+		var proxy bool
+		vdsoProxyFlag(fs, &proxy)
+		var attach string
+		netAttachFlag(fs, &attach)
 		memLimit := defaultServeMemory
 		fs.Int64Var(&memLimit, "memory-limit", defaultServeMemory, "keep the service's Go heap near `BYTES` (a soft limit: its garbage is collected sooner near it; 0: Go's default, GOGC alone); GOMEMLIMIT in the environment wins")
 		var metricsAddr string
@@ -143,7 +148,7 @@ like root's password; 'migrate serve --gen-secret FILE' writes a good one.`,
 				return err
 			}
 			opts := migrate.ServeOptions{Auth: cfg, Logger: e.logger, Hooks: hooks, Addresses: addrs, MaxSessions: maxSessions, XSAVEFeatures: xsave,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root,
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach,
 				Ready: func(a net.Addr) { fmt.Fprintf(e.stdout, "listening on %s\n", a) }}
 			if metricsAddr != "" {
 				stop, err := serveMetrics(metricsAddr, &opts, e)
@@ -203,7 +208,18 @@ original is killed. Any failure before the commit leaves the original
 running as it was. The process moves with all its descendants (--tree,
 the default), as they are when they are frozen: a process forked during
 pre-copy joins, one that exits leaves; --tree=false moves a process
-without children alone.`,
+without children alone.
+
+--post-copy (--mode postcopy) resumes the process on the target after the
+first pre-copy round, before all its memory is there: the pages it lacks
+follow in the background, and a page it touches first is fetched at once.
+The downtime no longer depends on how fast it writes. --mode auto does so
+only when pre-copy does not converge. THE RISK: until the last page is on
+the target, the process depends on both hosts and the link between them;
+if the link or this side dies before, the process is lost (the target
+kills its copy, which cannot run without its pages, and the original
+stays frozen here as it was at the freeze). The default, --mode precopy,
+has no such risk. Post-copy moves a single process.`,
 	examples: `  migrate --to 10.0.0.2:7070 --secret-file /etc/migrate/secret 1234
   migrate --to 10.0.0.2:7070 --insecure --json 1234`,
 	setup: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
@@ -228,6 +244,10 @@ without children alone.`,
 		var autoConverge bool
 		boolFlag(fs, &autoConverge, "auto-converge", "", "when pre-copy stops converging, slow the processes down (stopped a growing share of each 50 ms while a round sends) rather than freeze with much left to send")
 		boolFlag(fs, &asJSON, "json", "", "print the final report as JSON, nothing else on stdout")
+		var mode string
+		var postCopy bool
+		fs.StringVar(&mode, "mode", "precopy", "how the migration ends: precopy (every page moved before the process runs there), postcopy or auto (post-copy when pre-copy does not converge). Post-copy: if the link or this host dies before the last page, THE PROCESS IS LOST")
+		boolFlag(fs, &postCopy, "post-copy", "", "same as --mode postcopy: the process runs on the target while its missing pages follow; if the link or this host dies before the last page, THE PROCESS IS LOST")
 		fs.Float64Var(&bwlimit, "bandwidth", 0, "send pages at most `MBPS` megabytes a second (0: no limit)")
 		fs.IntVar(&streams, "streams", 0, fmt.Sprintf("spread each process's pages over `N` page streams, each compressed, sent and written on the target in parallel (1..%d; 0: one a CPU, up to 4; fewer for a tree of many processes, at most 32 in all)", migrate.MaxStreams))
 		fs.StringArrayVar(&hooks, "hook", nil, "run `STAGE=COMMAND` (sh -c) at a stage: pre-freeze, post-dump, post-resume, abort (repeatable; hooks, their environment and order: README)")
@@ -238,12 +258,35 @@ without children alone.`,
 		addressFlag(fs, &addrs, "delete it from LINK once the process is dumped (an abort adds it back and announces it)")
 		var inh []string
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
+		var syncs []string
+		cpuCheck := cpuCheckFlag(fs)
+		fs.StringArrayVar(&syncs, "sync", nil, "copy `PATH` (a file, or a directory tree) to the target at the same path while the process runs, and its last changes in the frozen window: for files the process writes that the target does not share (repeatable; without it such a migration is refused)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if streams < 0 || streams > migrate.MaxStreams {
 				return usagef("bad --streams %d (1..%d, or 0 for one a CPU)", streams, migrate.MaxStreams)
 			}
 			if bwlimit < 0 {
 				return usagef("bad --bandwidth %v", bwlimit)
+			}
+			inUse, err := cpuCheck()
+			if err != nil {
+				return err
+			}
+			if postCopy {
+				if fs.Changed("mode") && mode != "postcopy" {
+					return usagef("--post-copy and --mode %s disagree", mode)
+				}
+				mode = "postcopy"
+			}
+			if err := migrate.CheckMode(mode); err != nil {
+				return usagef("bad --mode: %v", err)
+			}
+			for i, p := range syncs {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return usagef("bad --sync %q: %v", p, err)
+				}
+				syncs[i] = abs
 			}
 			var inherit map[string]string
 			for _, s := range inh {
@@ -294,21 +337,45 @@ without children alone.`,
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Streams: streams, Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Streams: streams, Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit, Mode: mode, Sync: syncs, CPUInUseOnly: inUse})
 			e.clearStatus()
-			if rep != nil {
-				if asJSON {
-					writeJSON(e.stdout, rep)
-				} else {
-					if len(rep.Stages) > 0 {
-						fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
-					}
-					fmt.Fprintln(e.stdout, migrateSummary(rep))
+			if asJSON {
+				writeJSON(e.stdout, migrateJSON(rep, err))
+			} else if rep != nil {
+				if len(rep.Stages) > 0 {
+					fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
+				}
+				fmt.Fprintln(e.stdout, migrateSummary(rep))
+				if pc := rep.PostCopy; pc != nil {
+					fmt.Fprintln(e.stdout, postCopyLine(pc))
 				}
 			}
 			return err
 		}
 	},
+}
+
+// failedMigration is the --json output of a migration that failed: its
+// report (if it got that far), the error, and the kind of a refusal, so
+// that a script tells "refused: cpu" from a broken connection without
+// reading the message.
+type failedMigration struct {
+	*migrate.Report
+	Error   string              `json:"error"`
+	Refused migrate.RefusalKind `json:"refused,omitempty"`
+}
+
+// migrateJSON is what --json prints for a migration's outcome.
+func migrateJSON(rep *migrate.Report, err error) any {
+	if err == nil {
+		return rep
+	}
+	f := failedMigration{Report: rep, Error: err.Error()}
+	var re *migrate.RefusedError
+	if errors.As(err, &re) {
+		f.Refused = re.Kind
+	}
+	return f
 }
 
 func printRoundLine(w io.Writer, r migrate.RoundReport) {
@@ -417,4 +484,14 @@ func checkHooks(hooks, addrs []string, role hook.Role) error {
 		}
 	}
 	return nil
+}
+
+func postCopyLine(pc *migrate.PostCopyReport) string {
+	state := "complete"
+	if !pc.FinishedOnTarget {
+		state = "NOT complete: the process is lost"
+	}
+	return fmt.Sprintf("post-copy (%s): %d pages missing at the resume, %d on demand (%d faults, latency %.2f ms average, %.2f ms at most), %d in the background, %s on the wire, %s after the resume",
+		pc.Reason, pc.MissingPages, pc.OnDemandPages, pc.Faults, pc.FaultLatencyMS, pc.FaultLatencyMax, pc.BackgroundPages,
+		humanBytes(pc.BytesWire), state+" "+formatMS(pc.CompleteMS))
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,8 @@ func TestUsageErrors(t *testing.T) {
 		{"restore"},
 		{"restore", "--dir", dir, "extra"},
 		{"restore", "--dir", dir, "--cgroup-limits", "ignore"},
+		{"--to", "127.0.0.1:1", "--insecure", "--mode", "later", "1"},
+		{"--to", "127.0.0.1:1", "--insecure", "--mode", "auto", "--post-copy", "1"},
 		{"show"},
 		{"check", "extra"},
 		{"help", "frob"},
@@ -127,6 +130,12 @@ func TestHelp(t *testing.T) {
 			if r := runWith(fakeOps(t), form...); r.code != 0 || r.stdout != h.stdout {
 				t.Errorf("%q: exit %d, output differs from 'help %s'", form, r.code, c.name)
 			}
+		}
+	}
+	to := runWith(fakeOps(t), "help", "to").stdout
+	for _, want := range []string{"--post-copy", "--mode", "THE PROCESS IS LOST", "THE RISK"} {
+		if !strings.Contains(to, want) {
+			t.Errorf("help to lacks %q", want)
 		}
 	}
 	dump := runWith(fakeOps(t), "help", "dump").stdout
@@ -248,7 +257,10 @@ func TestRestore(t *testing.T) {
 	if r := runWith(o, "restore", "--dir", "img", "--cgroup-limits=apply", "--cgroup-root", "/svc"); r.code != 0 || !got.ApplyCgroupLimits || got.CgroupRoot != "/svc" {
 		t.Errorf("--cgroup-limits=apply --cgroup-root /svc: exit %d, options %+v", r.code, got)
 	}
-	if r := runWith(o, "restore", "--dir", "img"); r.code != 0 || got.ApplyCgroupLimits || got.CgroupRoot != "" {
+	if r := runWith(o, "restore", "--dir", "img", "--net-attach", "br7"); r.code != 0 || got.NetAttach != "br7" {
+		t.Errorf("--net-attach br7: exit %d, options %+v", r.code, got)
+	}
+	if r := runWith(o, "restore", "--dir", "img"); r.code != 0 || got.ApplyCgroupLimits || got.CgroupRoot != "" || got.NetAttach != "" {
 		t.Errorf("default: exit %d, options %+v: want the limits checked, the image's paths", r.code, got)
 	}
 }
@@ -409,7 +421,7 @@ func TestManPage(t *testing.T) {
 		fs := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
 		c.setup(fs)
 		fs.VisitAll(func(f *pflag.Flag) {
-			if !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
+			if !f.Hidden && !strings.Contains(man, `\fB\-\-`+strings.ReplaceAll(f.Name, "-", `\-`)+`\fR`) {
 				t.Errorf("%s: flag --%s is not in the manual", c.name, f.Name)
 			}
 		})
@@ -442,5 +454,63 @@ func TestGenSecret(t *testing.T) {
 	}
 	if r := runWith(fakeOps(t), "serve", "--gen-secret", path); r.code == 0 {
 		t.Fatalf("an existing secret file was overwritten")
+	}
+}
+
+// --to --json says what failed, and a refusal's kind, in the JSON: a
+// refusal with the report so far, a failure before any report.
+func TestMigrateJSONFailure(t *testing.T) {
+	refused := &migrate.RefusedError{Kind: migrate.RefusedCPU, Err: errors.New("no AVX-512 here")}
+	for _, tc := range []struct {
+		rep     *migrate.Report
+		err     error
+		refused string
+	}{
+		{&migrate.Report{PID: 7, Outcome: "aborted"}, fmt.Errorf("migrate: %w", refused), "cpu"},
+		{nil, errors.New("connection refused"), ""},
+	} {
+		b, err := json.Marshal(migrateJSON(tc.rep, tc.err))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			PID     int    `json:"pid"`
+			Error   string `json:"error"`
+			Refused string `json:"refused"`
+		}
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Refused != tc.refused || got.Error != tc.err.Error() || (tc.rep != nil && got.PID != tc.rep.PID) {
+			t.Errorf("%v: --json gave %s", tc.err, b)
+		}
+	}
+	if b, _ := json.Marshal(migrateJSON(&migrate.Report{PID: 7}, nil)); strings.Contains(string(b), `"error"`) {
+		t.Errorf("a migration that worked: --json gave %s", b)
+	}
+}
+
+// TestShowNet: show lists a container's network namespace: its
+// interfaces, their addresses, the other end of a veth, the routes.
+func TestShowNet(t *testing.T) {
+	dir := t.TempDir()
+	img := sampleImage()
+	img.Namespaces = &core.Namespaces{PID: &core.PIDNamespace{IDs: []core.NSID{{Outer: 4321, Inner: 1}}},
+		Net: &core.NetNamespace{
+			Links: []core.NetLink{{Name: "lo", Kind: core.LinkLoopback, MTU: 65536, Up: true},
+				{Name: "eth0", Kind: core.LinkVeth, MAC: "02:00:0a:00:00:02", MTU: 1400, Up: true, Peer: "veth7", Addrs: []core.NetAddr{{Prefix: "10.9.0.2/24"}}}},
+			Routes: []core.NetRoute{{Dst: "0.0.0.0/0", Gateway: "10.9.0.1", Dev: "eth0", Protocol: 3, Type: 1}},
+		}}
+	if err := core.WriteImage(dir, img); err != nil {
+		t.Fatal(err)
+	}
+	r := runWith(fakeOps(t), "show", "--dir", dir)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"2 interfaces, 1 routes", "eth0 veth, mtu 1400, up, 02:00:0a:00:00:02, other end veth7: 10.9.0.2/24", "route 0.0.0.0/0 via 10.9.0.1 dev eth0"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("show lacks %q:\n%s", want, r.stdout)
+		}
 	}
 }

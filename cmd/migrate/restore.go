@@ -48,10 +48,14 @@ stderr. With --json the full report goes to stdout instead.`,
 			check  bool
 			inh    []string
 			cg     cgroupFlags
+			proxy  bool
+			attach string
 		)
 		fs.StringVarP(&dir, "dir", "d", "", "read the image from `DIR` (required)")
 		boolFlag(fs, &check, "check", "", "before the process runs, compare it with the image as /proc shows it (threads, credentials, signals, scheduling, cgroups, memory layout, fds, locks) and refuse the restore if it differs")
 		cg.add(fs)
+		vdsoProxyFlag(fs, &proxy)
+		netAttachFlag(fs, &attach)
 		boolFlag(fs, &asJSON, "json", "", "print the restore report as JSON instead of the PID")
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "give the process `ID=fd:N` (fd N of migrate, as a shell opens it: 3>pipe) or ID=PATH (opened in the original's mode) in place of ID, an object outside its dump that the image names (dump --external; repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
@@ -77,7 +81,7 @@ stderr. With --json the full report goes to stdout instead.`,
 				transfer = e.transferStatus("restore", false)
 			}
 			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root})
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach})
 			e.clearStatus()
 			if err != nil {
 				return err
@@ -96,6 +100,9 @@ stderr. With --json the full report goes to stdout instead.`,
 			if rep.TimeNamespace != nil {
 				timens = fmt.Sprintf(", in a time namespace (%v) that keeps its clocks", *rep.TimeNamespace)
 			}
+			if rep.VDSOProxy {
+				timens += ", calling this kernel's vdso through a proxy of its old one"
+			}
 			fmt.Fprintf(e.stderr, "restored pid %d%s from %s: %s in %s%s\n",
 				rep.PID, comm, dir, plural(int(rep.Pages), "page"), formatMS(msDuration(rep.Total, rep.TotalMS)), timens)
 			fmt.Fprintln(e.stdout, rep.PID)
@@ -113,9 +120,37 @@ func (c *cgroupFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&c.root, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
 }
 
+// vdsoProxyFlag adds the hidden --vdso-proxy of restore and serve: the
+// vdso proxy even on the dumping kernel (migrate.RestoreOptions.VDSOProxy),
+// for tests.
+func vdsoProxyFlag(fs *pflag.FlagSet, v *bool) {
+	fs.BoolVar(v, "vdso-proxy", false, "call this kernel's vdso through a proxy at the old one's address even where it is the image's (tests)")
+	fs.MarkHidden("vdso-proxy")
+}
+
+// netAttachFlag is --net-attach of restore and serve.
+func netAttachFlag(fs *pflag.FlagSet, bridge *string) {
+	fs.StringVar(bridge, "net-attach", "", "put the host end of each veth of a container's own network namespace on bridge `BRIDGE` (up); without it the host end is left up, unattached, for a hook (MIGRATE_NET_HOST names it)")
+}
+
 func (c *cgroupFlags) check() error {
 	if c.limits != "check" && c.limits != "apply" {
 		return usagef("--cgroup-limits %q: check or apply", c.limits)
 	}
 	return nil
+}
+
+// cpuCheckFlag adds --cpu-check of dump and migrate --to; the returned
+// func says whether it is in-use (migrate.DumpOptions.CPUInUseOnly).
+func cpuCheckFlag(fs *pflag.FlagSet) func() (bool, error) {
+	v := fs.String("cpu-check", "offered", "which of the source CPU's XSAVE features (AVX, AVX-512...) the target must have: `offered` (every one: a program picks its code by the CPU it starts on) or in-use (only those the threads hold at the freeze: for a process known to use no other, such as one started with glibc.cpu.hwcaps tunables masking AVX-512; one that chose code for this CPU dies of SIGILL there)")
+	return func() (bool, error) {
+		switch *v {
+		case "offered":
+			return false, nil
+		case "in-use":
+			return true, nil
+		}
+		return false, usagef("bad --cpu-check %q: offered or in-use", *v)
+	}
 }

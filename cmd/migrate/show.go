@@ -121,6 +121,33 @@ func showNamespaces(w io.Writer, ns *core.Namespaces) {
 			fmt.Fprintf(tw, "  	queue %d (key %#x, mode %04o, owner %d:%d): %d messages, %d bytes\n", q.ID, uint32(q.Key), q.Mode, q.UID, q.GID, len(q.Messages), n)
 		}
 	}
+	if n := ns.Net; n != nil {
+		fmt.Fprintf(tw, "  net	%d interfaces, %d routes\n", len(n.Links), len(n.Routes))
+		for _, l := range n.Links {
+			state := "down"
+			if l.Up {
+				state = "up"
+			}
+			var addrs []string
+			for _, a := range l.Addrs {
+				addrs = append(addrs, a.Prefix)
+			}
+			line := fmt.Sprintf("%s %s, mtu %d, %s", l.Name, l.Kind, l.MTU, state)
+			if l.MAC != "" {
+				line += ", " + l.MAC
+			}
+			if l.Peer != "" {
+				line += ", other end " + l.Peer
+			}
+			if len(addrs) > 0 {
+				line += ": " + strings.Join(addrs, " ")
+			}
+			fmt.Fprintf(tw, "  	%s\n", line)
+		}
+		for _, r := range n.Routes {
+			fmt.Fprintf(tw, "  	route %s\n", r)
+		}
+	}
 	tw.Flush()
 }
 

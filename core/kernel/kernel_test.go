@@ -103,8 +103,8 @@ func TestProbeTCPRepair(t *testing.T) {
 
 func TestProbeVDSO(t *testing.T) {
 	d := checkProbe(t, FeatureVDSO, ProbeVDSO)
-	if !strings.Contains(d, "[vdso]") {
-		t.Errorf("detail %q does not name [vdso]", d)
+	if !strings.Contains(d, "[vdso]") || !strings.Contains(d, " clock_gettime") {
+		t.Errorf("detail %q does not name [vdso] and clock_gettime", d)
 	}
 }
 

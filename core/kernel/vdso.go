@@ -14,11 +14,11 @@ import (
 // The kernel maps code and data of its own into every process: [vdso] (the
 // code of clock_gettime and friends) and the data pages it reads, [vvar]
 // and, since Linux 6.13 or so, [vvar_vclock]. The code finds the data at
-// fixed offsets from itself, so a restored process needs this host's
-// mappings moved to the addresses the dumped process had, keeping their
-// relative layout, and that works only if both kernels lay them out the
-// same way: same names, sizes and offsets. (Whether the code is the same is
-// for the restorer to compare byte by byte.)
+// fixed offsets from itself, so this host's mappings can take the
+// dumped process's places only if both kernels lay them out the same way
+// (same names, sizes and offsets) with the same code (which the restorer
+// compares byte by byte); otherwise the restorer maps a proxy of the old
+// vdso there (target's vdsoproxy.go).
 
 // vdsoNames are the special mappings that move together.
 var vdsoNames = []string{"[vdso]", "[vvar]", "[vvar_vclock]"}
@@ -130,9 +130,9 @@ func (v VDSO) String() string {
 }
 
 // Compatible reports, with an error matching ErrVDSOMismatch, whether a
-// process laid out like v (the dumped one) can run with the special
-// mappings of a kernel laid out like here: the same areas, sizes and
-// offsets from [vdso].
+// process laid out like v (the dumped one) can take the special mappings
+// of a kernel laid out like here at its own places: the same areas, sizes
+// and offsets from [vdso]. (Otherwise a restore maps a proxy of its vdso.)
 func (v VDSO) Compatible(here VDSO) error {
 	if v.String() == here.String() {
 		return nil
@@ -158,8 +158,11 @@ func MapsAreas(maps []proc.Mapping) []Area {
 	return out
 }
 
-// ProbeVDSO reports the vdso layout of this process, which is what has to
-// match between the dumping and the restoring host.
+// ProbeVDSO reports the vdso layout of this process and the functions
+// its vdso exports. Where the layout or the code differs between the
+// dumping and the restoring host, the restore goes through a proxy of
+// the old vdso, which needs each of its functions here (or one that is a
+// system call).
 func ProbeVDSO(ctx context.Context) (string, error) {
 	v, err := ReadVDSO(os.Getpid())
 	if err != nil {
@@ -168,5 +171,20 @@ func ProbeVDSO(ctx context.Context) (string, error) {
 	if v.Empty() {
 		return "", unsupported(FeatureVDSO, "no [vdso] mapped (vdso=0?)", nil)
 	}
-	return v.String(), nil
+	_, img, err := OwnVDSO()
+	if err != nil {
+		return "", err
+	}
+	funcs, err := VDSOFuncs(img)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, f := range funcs {
+		if n, ok := strings.CutPrefix(f.Name, "__vdso_"); ok {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return v.String() + "; functions " + strings.Join(names, " "), nil
 }

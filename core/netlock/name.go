@@ -135,3 +135,10 @@ func (o owner) alive() bool {
 	}
 	return st.State != 'Z' && st.State != 'X'
 }
+
+// IsLockTable says whether an nftables table of this name is a network
+// lock's (a running migrate's, or one kept on purpose).
+func IsLockTable(name string) bool {
+	_, _, ok := parseName(name)
+	return ok
+}

@@ -64,6 +64,9 @@ func (l *Lock) conn() (*nftables.Conn, error) {
 	if l.lasting != nil {
 		return l.lasting, nil
 	}
+	if err := netfilterNetlink(); err != nil {
+		return nil, err
+	}
 	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if l.ns != nil {
 		opts = append(opts, nftables.WithNetNSFd(int(l.ns.Fd())))
@@ -280,12 +283,28 @@ func openNetNS(path string) (*os.File, error) {
 	return f, nil
 }
 
+// netfilterNetlink says whether this kernel has nftables' netlink
+// (nfnetlink: a module, CONFIG_NETFILTER_NETLINK=m, that a host without
+// modprobe, or that never loaded it, lacks): nftables.New does not, and
+// its connection fails later on a nil socket instead of with an error.
+func netfilterNetlink() error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("netlock: this kernel has no nftables netlink (NETLINK_NETFILTER; module nfnetlink): %w", os.NewSyscallError("socket", err))
+	}
+	unix.Close(fd)
+	return nil
+}
+
 // dial makes an nftables connection into ns (nil: the caller's), with a
 // send buffer of at least sndbuf bytes. Each Flush opens its own netlink
 // socket, entering ns on a locked thread only while creating it.
 //
 // Preconditions: ns stays open until the connection's last Flush returns.
 func dial(ns *os.File, sndbuf int) (*nftables.Conn, error) {
+	if err := netfilterNetlink(); err != nil {
+		return nil, err
+	}
 	var opts []nftables.ConnOption
 	if ns != nil {
 		opts = append(opts, nftables.WithNetNSFd(int(ns.Fd())))

@@ -3,7 +3,10 @@ package proc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Cgroup is a line of /proc/PID/cgroup: hierarchy ID, its controllers
@@ -138,4 +141,70 @@ func cgroupErr(line int, field string, v []byte, err error) error {
 		v = v[:64]
 	}
 	return &ParseError{File: "cgroup", Line: line, Field: field, Value: string(v), Err: err}
+}
+
+// OutsideCgroupNSError says a process's cgroup is not below the root of
+// its own cgroup namespace in a hierarchy (it was moved out from above):
+// the root cannot be told from what it sees.
+type OutsideCgroupNSError struct {
+	Controllers string
+	Path        string // as the process sees it ("/../...")
+}
+
+func (e *OutsideCgroupNSError) Error() string {
+	h := "cgroup v2"
+	if e.Controllers != "" {
+		h = "cgroup v1 " + e.Controllers
+	}
+	return fmt.Sprintf("%s: its cgroup is %s in its cgroup namespace, outside the namespace's root", h, e.Path)
+}
+
+// CgroupNSRoots returns the roots of the cgroup namespace of process pid
+// in each hierarchy, as paths of the caller's namespace: where the
+// cgroup the process is in (as the caller sees it) ends with the path it
+// sees from inside its namespace, the root is what is left.
+func CgroupNSRoots(pid int) ([]Cgroup, error) {
+	outer, err := ReadCgroups(pid, pid)
+	if err != nil {
+		return nil, err
+	}
+	var inner []Cgroup
+	err = InNamespace(pid, unix.CLONE_NEWCGROUP, func() error {
+		var err error
+		inner, err = ReadCgroups(pid, pid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cgroupNSRoots(outer, inner)
+}
+
+// cgroupNSRoots is CgroupNSRoots from the two views of /proc/PID/cgroup.
+func cgroupNSRoots(outer, inner []Cgroup) ([]Cgroup, error) {
+	if len(outer) != len(inner) {
+		return nil, fmt.Errorf("cgroups: %d hierarchies from outside, %d from inside", len(outer), len(inner))
+	}
+	roots := make([]Cgroup, 0, len(outer))
+	for i, o := range outer {
+		in := inner[i]
+		if in.ID != o.ID || in.Controllers != o.Controllers {
+			return nil, fmt.Errorf("cgroups: hierarchy %d:%s from outside, %d:%s from inside", o.ID, o.Controllers, in.ID, in.Controllers)
+		}
+		if in.Path == "/.." || strings.HasPrefix(in.Path, "/../") {
+			return nil, &OutsideCgroupNSError{Controllers: o.Controllers, Path: in.Path}
+		}
+		root := o.Path
+		if in.Path != "/" {
+			var ok bool
+			if root, ok = strings.CutSuffix(o.Path, in.Path); !ok || !strings.HasPrefix(in.Path, "/") {
+				return nil, fmt.Errorf("cgroups: hierarchy %q: %s from outside does not end with %s, from inside", o.Controllers, o.Path, in.Path)
+			}
+			if root == "" {
+				root = "/"
+			}
+		}
+		roots = append(roots, Cgroup{ID: o.ID, Controllers: o.Controllers, Path: root})
+	}
+	return roots, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -90,4 +91,32 @@ func FuzzParseCgroupMounts(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ParseCgroupMounts(b, map[string]bool{"cpu": true})
 	})
+}
+
+func TestCgroupNSRoots(t *testing.T) {
+	outer := []Cgroup{{ID: 0, Path: "/box/app"}, {ID: 4, Controllers: "memory", Path: "/box"}, {ID: 8, Controllers: "pids", Path: "/"}}
+	inner := []Cgroup{{ID: 0, Path: "/app"}, {ID: 4, Controllers: "memory", Path: "/"}, {ID: 8, Controllers: "pids", Path: "/"}}
+	got, err := cgroupNSRoots(outer, inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Cgroup{{ID: 0, Path: "/box"}, {ID: 4, Controllers: "memory", Path: "/box"}, {ID: 8, Controllers: "pids", Path: "/"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("roots %+v, want %+v", got, want)
+	}
+	if got, err := cgroupNSRoots([]Cgroup{{Path: "/app"}}, []Cgroup{{Path: "/app"}}); err != nil || got[0].Path != "/" {
+		t.Errorf("a namespace rooted at the hierarchy's root: %+v, %v", got, err)
+	}
+	var oe *OutsideCgroupNSError
+	if _, err := cgroupNSRoots([]Cgroup{{Path: "/other"}}, []Cgroup{{Path: "/../other"}}); !errors.As(err, &oe) {
+		t.Errorf("a process outside its namespace's root: %v, want an OutsideCgroupNSError", err)
+	}
+	for _, in := range []string{"/xapp", "app", "/box/app/more"} {
+		if _, err := cgroupNSRoots([]Cgroup{{Path: "/box/app"}}, []Cgroup{{Path: in}}); err == nil {
+			t.Errorf("outside /box/app, inside %s: no error", in)
+		}
+	}
+	if _, err := cgroupNSRoots(outer, inner[:1]); err == nil {
+		t.Error("views of different hierarchies: no error")
+	}
 }

@@ -12,10 +12,10 @@ import (
 )
 
 // nsNames are the /proc/PID/ns names of the kinds InNamespace enters.
-var nsNames = map[int]string{unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWNET: "net"}
+var nsNames = map[int]string{unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWNET: "net", unix.CLONE_NEWCGROUP: "cgroup"}
 
 // InNamespace runs fn on a thread of its own that entered the namespace
-// of kind (unix.CLONE_NEWIPC, CLONE_NEWUTS or CLONE_NEWNET) of process
+// of kind (unix.CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNET or CLONE_NEWCGROUP) of process
 // pid, and moves the thread back after. A thread that cannot be moved
 // back stays locked, so that it dies with its goroutine instead of
 // running other code in the wrong namespace.

@@ -42,12 +42,11 @@ func (p *Proc) FindGadget() error {
 	if err != nil {
 		return err
 	}
-	type area struct{ start, end uint64 }
-	var vdso, exec []area
+	var vdso, exec []Area
 	for _, l := range strings.Split(string(maps), "\n") {
-		var a area
+		var a Area
 		var perms string
-		if n, _ := fmt.Sscanf(l, "%x-%x %s", &a.start, &a.end, &perms); n != 3 || !strings.Contains(perms, "x") {
+		if n, _ := fmt.Sscanf(l, "%x-%x %s", &a.Start, &a.End, &perms); n != 3 || !strings.Contains(perms, "x") {
 			continue
 		}
 		if strings.HasSuffix(l, "[vdso]") {
@@ -56,14 +55,23 @@ func (p *Proc) FindGadget() error {
 			exec = append(exec, a)
 		}
 	}
-	for _, a := range append(vdso, exec...) {
-		n := min(a.end-a.start, 1<<20)
+	return p.FindGadgetIn(append(vdso, exec...))
+}
+
+// Area is a range of the tracee's addresses, [Start, End).
+type Area struct{ Start, End uint64 }
+
+// FindGadgetIn is FindGadget in the given executable areas of the tracee
+// (its layout, read by the caller), in their order.
+func (p *Proc) FindGadgetIn(areas []Area) error {
+	for _, a := range areas {
+		n := min(a.End-a.Start, 1<<20)
 		buf := make([]byte, n)
-		if _, err := ReadMemForce(p.PID, a.start, buf); err != nil {
+		if _, err := ReadMemForce(p.PID, a.Start, buf); err != nil {
 			continue
 		}
 		if i := bytes.Index(buf, syscallInsn); i >= 0 {
-			p.gadget = a.start + uint64(i)
+			p.gadget = a.Start + uint64(i)
 			return nil
 		}
 	}

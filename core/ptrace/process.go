@@ -109,6 +109,16 @@ func (p *Proc) Pin() error {
 	if err != nil {
 		return err
 	}
+	return p.PinOn(cpu)
+}
+
+// PinOn is Pin on the given CPU: the tracer of several processes binds
+// them all to its own CPU. A CPU the process may not run on (its cpuset)
+// is an error, and leaves the process as it was.
+func (p *Proc) PinOn(cpu int) error {
+	if p.affinity != nil {
+		return nil
+	}
 	var one unix.CPUSet
 	one.Set(cpu)
 	saved := map[int]unix.CPUSet{}

@@ -37,6 +37,13 @@ type Result struct {
 	TotalMS          float64 `json:"total_ms"`
 	DowntimeMS       float64 `json:"downtime_ms"`
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`
+	// SyncBytes is what the stream of the files copied with --sync
+	// carried.
+	SyncBytes int64 `json:"sync_bytes"`
+	// FrozenSteps and TargetSteps are where the downtime went, on each
+	// side.
+	FrozenSteps []Step `json:"frozen_steps"`
+	TargetSteps []Step `json:"target_steps"`
 
 	// Stdout and Stderr are what migrate printed; Stdout held the report.
 	Stdout, Stderr string `json:"-"`
@@ -50,6 +57,12 @@ type Result struct {
 	VIPMovedBy string `json:"-"`
 }
 
+// Step is a step of the downtime and its milliseconds.
+type Step struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
+}
+
 // Round is one round of the report.
 type Round struct {
 	Round      int     `json:"round"`
@@ -59,6 +72,8 @@ type Round struct {
 	BytesWire  uint64  `json:"bytes_wire"`
 	MS         float64 `json:"ms"`
 	HeldMS     float64 `json:"held_ms"`
+	MaxHoldMS  float64 `json:"max_hold_ms"`
+	Throttle   float64 `json:"throttle,omitempty"`
 	Frozen     bool    `json:"frozen"`
 	Stop       string  `json:"stop,omitempty"`
 	EstimateMS float64 `json:"estimate_ms,omitempty"`

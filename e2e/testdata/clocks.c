@@ -1,10 +1,12 @@
 /* clocks: a program that keeps time by the monotonic clock, as event
  * loops do: absolute deadlines on CLOCK_MONOTONIC.
  *
- *   clocks [unshare]
+ *   clocks [unshare] [mem=KIB]
  *
  * With "unshare" it first makes a time namespace for its children to
- * come (unshare(CLONE_NEWTIME)), and stays in its own.
+ * come (unshare(CLONE_NEWTIME)), and stays in its own. With mem=KIB it
+ * keeps KIB KiB of memory with known contents: each round checks them
+ * (a "FAIL memory" line and exit if they changed) and rewrites a page.
  *
  * Each round it takes t0 = CLOCK_MONOTONIC, arms a timerfd at t0 + 300 ms
  * (TFD_TIMER_ABSTIME), sleeps until t0 + 100 ms (clock_nanosleep,
@@ -44,8 +46,25 @@ static struct timespec plus_ms(struct timespec t, long ms)
 
 int main(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "unshare") == 0 && unshare(CLONE_NEWTIME))
-		die("unshare(CLONE_NEWTIME)");
+	size_t memsz = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "unshare") == 0) {
+			if (unshare(CLONE_NEWTIME))
+				die("unshare(CLONE_NEWTIME)");
+		} else if (strncmp(argv[i], "mem=", 4) == 0) {
+			memsz = (size_t)atol(argv[i] + 4) * 1024;
+		}
+	}
+	unsigned char *mem = NULL;
+	uint64_t memsum = 0;
+	if (memsz) {
+		mem = mmap(NULL, memsz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (mem == MAP_FAILED)
+			die("mmap");
+		for (size_t i = 0; i < memsz; i++)
+			mem[i] = (unsigned char)(i * 7 + 1);
+		memsum = sum64(mem, memsz);
+	}
 	int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
 	if (tfd < 0)
 		die("timerfd_create");
@@ -71,6 +90,14 @@ int main(int argc, char **argv)
 		uint64_t fired;
 		if (read(tfd, &fired, 8) != 8)
 			die("read timerfd");
+		if (memsz) {
+			if (sum64(mem, memsz) != memsum) {
+				say("FAIL memory: its contents changed");
+				_exit(1);
+			}
+			memcpy(mem + (tick * 4096) % memsz, &tick, sizeof tick);
+			memsum = sum64(mem, memsz);
+		}
 		int64_t t0ms = (int64_t)t0.tv_sec * 1000 + t0.tv_nsec / 1000000;
 		int64_t mono = ms_of(CLOCK_MONOTONIC);
 		say("tick %lu mono=%lld boot=%lld real=%lld slept=%lld fired=%llu", tick, (long long)mono,

@@ -18,7 +18,8 @@
  * overlay: the same namespace with an overlay on DIR/o instead.
  * split: a child in a mount namespace of its own (another than its
  * parent's). chroot: the process chroots into DIR. fifo: a tmpfs on DIR
- * holding a FIFO (DIR/fifo). rotmpfs: a read-only tmpfs on DIR. xattr: a
+ * holding a FIFO (DIR/fifo). rotmpfs: a read-only tmpfs on DIR holding a
+ * file with contents (DIR/data). xattr: a
  * tmpfs on DIR holding a file with an extended attribute (DIR/x).
  *
  * Lines: "ready pid=P child=C" (C 0 without a child); on SIGUSR1 "check ..." with each part "ok" or
@@ -179,6 +180,8 @@ int main(int argc, char **argv)
 			die("mount tmpfs");
 		if (!strcmp(argv[1], "fifo") && mkfifo(path(dir, "fifo"), 0600))
 			die("mkfifo");
+		if (!strcmp(argv[1], "rotmpfs"))
+			put(path(dir, "data"), "x\n", 0644);
 		if (!strcmp(argv[1], "xattr")) {
 			put(path(dir, "x"), "x\n", 0644);
 			if (setxattr(path(dir, "x"), "user.test", "1", 1, 0))

@@ -6,7 +6,9 @@
  * blocked and queued twice with values 42 and 43 (pending on the process).
  * Once the file TRIGGER exists, both are unblocked and their handlers log
  * "usr1 handled code=C pid=P" and "rt value=V", then "unblocked".
- * SIGUSR2 runs on the alternate stack: "usr2 onstack=1".
+ * SIGUSR2 runs on the alternate stack: "usr2 onstack=1", after it logs
+ * the actions of SIGWINCH and SIGTTIN (see actions), which it logs at the
+ * start too.
  * ITIMER_REAL fires every 50 ms; each tick logs "tick N alarms A". */
 #include "common.h"
 #include <sys/time.h>
@@ -28,9 +30,21 @@ static void on_rt(int sig, siginfo_t *si, void *uc)
 	say("rt value=%d code=%d", si->si_value.sival_int, si->si_code);
 }
 
+/* actions logs the actions of SIGWINCH (SIG_DFL, with flags and a mask)
+ * and SIGTTIN (SIG_IGN, with flags): "actions winch=... ttin=...". */
+static void actions(void)
+{
+	struct sigaction w, i;
+	sigaction(SIGWINCH, NULL, &w);
+	sigaction(SIGTTIN, NULL, &i);
+	say("actions winch=%s/%#x/%d ttin=%s/%#x", w.sa_handler == SIG_DFL ? "dfl" : "other", (unsigned)w.sa_flags,
+	    sigismember(&w.sa_mask, SIGINT), i.sa_handler == SIG_IGN ? "ign" : "other", (unsigned)i.sa_flags);
+}
+
 static void on_usr2(int sig)
 {
 	(void)sig;
+	actions();
 	char here;
 	int on = &here >= altstack && &here < altstack + sizeof altstack;
 	say("usr2 onstack=%d", on);
@@ -62,6 +76,11 @@ int main(int argc, char **argv)
 	handle(rt, on_rt, NULL, 0);
 	handle(SIGUSR2, NULL, on_usr2, SA_ONSTACK | SA_RESTART);
 	handle(SIGALRM, NULL, on_alrm, SA_RESTART);
+	struct sigaction dfl = {.sa_handler = SIG_DFL, .sa_flags = SA_RESTART}, ign = {.sa_handler = SIG_IGN, .sa_flags = SA_NOCLDSTOP};
+	sigaddset(&dfl.sa_mask, SIGINT);
+	if (sigaction(SIGWINCH, &dfl, NULL) || sigaction(SIGTTIN, &ign, NULL))
+		die("sigaction");
+	actions();
 	stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
 	if (sigaltstack(&ss, NULL))
 		die("sigaltstack");

@@ -31,7 +31,7 @@ type rule struct {
 
 // The process side of core: the Linux machinery, as opposed to the image
 // model (core).
-var processSide = []string{"core/proc", "core/ptrace", "core/kernel", "core/netlock", "core/netaddr", "core/hook", "core/reap"}
+var processSide = []string{"core/proc", "core/ptrace", "core/kernel", "core/netlock", "core/netaddr", "core/netconf", "core/hook", "core/reap"}
 
 var rules = []rule{
 	{Pkg: "source/...", Forbid: []string{"target/...", "cmd/...", "e2e/..."},
@@ -54,6 +54,8 @@ var rules = []rule{
 		Why: "internal/raw is the one door to raw system calls (and unsafe): every package may use it, so it uses nothing of migrate"},
 	{Pkg: "source/track", Forbid: []string{"source", "source/sockets/...", "transport/...", "pagestream/...", "internal/handoff/...", "target/...", "cmd/...", "e2e/..."},
 		Why: "the dirty trackers know a process and its pages, not dumps, streams or the network: source uses them through the Tracker interface"},
+	{Pkg: "internal/filesync", Forbid: append([]string{"transport/...", "pagestream/...", "internal/handoff/...", "source/...", "target/...", "cmd/...", "e2e/..."}, processSide...),
+		Why: "filesync is paths and files: the question whether a target shares them and the sync stream, no process, no network (its stream is any io.Reader)"},
 	{Pkg: "internal/testutil/...", Forbid: []string{"source/...", "target/...", "internal/handoff/...", "cmd/...", "e2e/..."},
 		Why: "every package's tests use testutil: it must not depend on them"},
 	{Pkg: "...", Except: []string{"transport"}, Direct: []string{"github.com/hashicorp/yamux"},

@@ -61,6 +61,15 @@ type LiveLayout struct {
 	// and each carries every round's barrier, so the target applies a
 	// page of round k+1 only once every stream passed round k's barrier.
 	Streams int `json:"streams,omitempty"`
+	// Sync, in the first layout, are the trees (directories or files,
+	// absolute paths) the source copies to the target
+	// (`migrate --to --sync PATH`): their files come on a stream of
+	// their own (transport.KindFiles, internal/filesync's sync stream),
+	// opened after the first round's page streams, whose last record the
+	// source writes in the frozen window, before the State. The target
+	// writes nowhere else, and puts the files in place before it
+	// restores.
+	Sync []string `json:"sync,omitempty"`
 }
 
 // MaxPageStreams bounds LiveLayout.Streams.
@@ -79,4 +88,7 @@ type LiveState struct {
 	// External), the absolute path on the target that the restore opens
 	// in its place (`migrate --to --inherit-fd ID=PATH`).
 	Inherit map[string]string `json:"inherit,omitempty"`
+	// PostCopy, if set, says the process resumes with pages missing
+	// (PostCopyState).
+	PostCopy *PostCopyState `json:"post_copy,omitempty"`
 }

@@ -105,6 +105,11 @@ type SourceConfig struct {
 	// BackoffMin and BackoffMax bound the wait between two questions.
 	BackoffMin, BackoffMax time.Duration
 
+	// PostCopy announces that the migration may end in post-copy
+	// (transport.FeaturePostCopy); Rounds.PostCopy says whether the
+	// target can.
+	PostCopy bool
+
 	Logger *slog.Logger
 }
 
@@ -224,6 +229,10 @@ type Rounds struct {
 	final   int  // rounds done while frozen
 }
 
+// PostCopy says whether the migration may end in post-copy: the source
+// asked for it (SourceConfig.PostCopy) and the target can serve it.
+func (r *Rounds) PostCopy() bool { return r.s.postCopy }
+
 // Round is the number of the round in progress (the one the next Done
 // ends); page frames carry it.
 func (r *Rounds) Round() uint32 { return r.next }
@@ -294,6 +303,7 @@ type sourceRun struct {
 	// acked counts the rounds it answered.
 	acks       bool
 	acked      uint32
+	postCopy   bool          // both ends speak FeaturePostCopy
 	in         chan inbound  // from the reader
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
@@ -342,8 +352,12 @@ func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Co
 
 	// Hello, both ways.
 	s.log.Debug("handoff: hello")
+	features := []string{transport.FeatureRoundAcks}
+	if cfg.PostCopy {
+		features = append(features, transport.FeaturePostCopy)
+	}
 	if err := s.send(&transport.Hello{Version: Version, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID,
-		Features: []string{transport.FeatureRoundAcks}}); err != nil {
+		Features: features}); err != nil {
 		return s.rollback(PhaseHello, err)
 	}
 	m, err := s.next(ctx, cfg.HelloTimeout, "hello")
@@ -358,6 +372,7 @@ func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Co
 		return s.rollback(PhaseHello, err)
 	}
 	s.acks = h.HasFeature(transport.FeatureRoundAcks)
+	s.postCopy = cfg.PostCopy && h.HasFeature(transport.FeaturePostCopy)
 
 	// Pre-copy, while the process runs.
 	s.log.Debug("handoff: pre-copy")
@@ -656,8 +671,16 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 		Err: fmt.Errorf("%w (after: %v)", err, why), Freeze: ferr}
 }
 
-// killOriginal ends a handoff whose target runs the process.
+// killOriginal ends a handoff whose target runs the process: once the
+// target has every page (post-copy), the original is killed.
 func (s *sourceRun) killOriginal() (transport.Outcome, error) {
+	if pc, ok := s.act.(PostCopySource); ok {
+		if err := pc.FinishPostCopy(); err != nil {
+			ferr := s.act.LeaveFrozen()
+			s.log.Error("handoff: post-copy did not finish; the process is lost, the original left frozen", "err", err, "freeze", ferr)
+			return transport.OutcomeResumed, &PostCopyError{PID: s.cfg.PID, Session: s.cfg.SessionID, Err: err, Freeze: ferr}
+		}
+	}
 	if err := s.act.KillOriginal(); err != nil {
 		ferr := s.act.LeaveFrozen()
 		return transport.OutcomeResumed, &KillError{PID: s.cfg.PID, Err: err, Freeze: ferr}
@@ -735,4 +758,28 @@ func askOnce(ctx context.Context, cfg SourceConfig) (transport.Outcome, error) {
 		return m.Outcome, nil
 	}
 	return transport.OutcomeUnknown, unexpected(transport.RoleTarget, m, "status-reply")
+}
+
+// QueryFiles asks the target on conn, before the Hello of a migration on
+// it (or on a connection of its own), what it sees at the paths of the
+// files a process writes: query and the answer are internal/filesync's
+// Query and Reply. It changes nothing on either side, and leaves conn
+// open: RunSource may follow on it.
+func QueryFiles(ctx context.Context, conn Conn, query json.RawMessage, timeout time.Duration) (json.RawMessage, error) {
+	if timeout <= 0 {
+		timeout = DefaultReadyTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := conn.Send(&transport.FilesQuery{Body: query}); err != nil {
+		return nil, fmt.Errorf("files query: %w", err)
+	}
+	m, err := conn.Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("files query: %w", linkErr(ctx, err))
+	}
+	if r, ok := m.(*transport.FilesReply); ok {
+		return r.Body, nil
+	}
+	return nil, fmt.Errorf("files query: %w", unexpected(transport.RoleTarget, m, "files-reply"))
 }

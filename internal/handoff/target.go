@@ -6,6 +6,8 @@ package handoff
 // only on a Commit, and remember what became of every session.
 //
 //	wait Hello (HelloTimeout) or StatusQuery → answer from Outcomes, done
+//	  (or FilesQuery → answer with TargetConfig.Files, then wait the
+//	  Hello again: done if the source closes instead)
 //	Prepare (husk), send Hello
 //	Layout/RoundDone per round, Freeze, the final round(s), State
 //	Restore, send Ready
@@ -78,6 +80,12 @@ type TargetConfig struct {
 	// close the link (so that closing here cannot lose the message).
 	Linger time.Duration
 	Logger *slog.Logger
+	// Files answers a FilesQuery, which may open a connection (the
+	// source asks, before a migration, what this host sees at the paths
+	// of the files the process writes; its Hello may follow): the reply's
+	// body, or an error sent back as an Error. Nil: such a connection is
+	// refused.
+	Files func(ctx context.Context, query json.RawMessage) (json.RawMessage, error)
 }
 
 func (c TargetConfig) withDefaults() TargetConfig {
@@ -105,6 +113,9 @@ type TargetResult struct {
 	// answer given.
 	Query   bool
 	Outcome transport.Outcome
+	// Files: the connection only asked a FilesQuery (and the source
+	// went no further).
+	Files bool
 }
 
 // TargetError: the session failed at Phase. With Outcome aborted the
@@ -161,30 +172,60 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: err}
 	}
 
-	hctx, cancel := context.WithTimeoutCause(ctx, cfg.HelloTimeout, fmt.Errorf("%w: no hello from the source within %v", ErrTimeout, cfg.HelloTimeout))
-	m, err := conn.Recv(hctx)
-	cancel()
-	if err != nil {
-		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: linkErr(hctx, err)}
-	}
-	switch m := m.(type) {
-	case *transport.StatusQuery:
-		res = TargetResult{Session: m.SessionID, Query: true, Outcome: out.Query(m.SessionID)}
-		log.Info("handoff: status query", "about", m.SessionID, "outcome", res.Outcome)
-		if err := conn.Send(&transport.StatusReply{SessionID: m.SessionID, Outcome: res.Outcome}); err != nil {
-			return res, fmt.Errorf("target: answering a status query: %w", err)
+	var hello *transport.Hello
+	for hello == nil {
+		hctx, cancel := context.WithTimeoutCause(ctx, cfg.HelloTimeout, fmt.Errorf("%w: no hello from the source within %v", ErrTimeout, cfg.HelloTimeout))
+		m, err := conn.Recv(hctx)
+		cancel()
+		if err != nil && res.Files {
+			// It asked about files, and went no further (it refused).
+			log.Debug("handoff: no migration after the files query", "err", err)
+			return res, nil
 		}
-		Linger(ctx, conn, cfg.Linger)
-		return res, nil
-	case *transport.Hello:
-		if err := checkHello(m, transport.RoleSource, cfg.SessionID); err != nil {
-			return refuse(err)
+		if err != nil {
+			return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: linkErr(hctx, err)}
 		}
-		if m.PID <= 0 {
-			return refuse(protocolErr(transport.RoleSource, "hello without a PID"))
+		switch m := m.(type) {
+		case *transport.StatusQuery:
+			if res.Files {
+				return refuse(unexpected(transport.RoleSource, m, "hello"))
+			}
+			res = TargetResult{Session: m.SessionID, Query: true, Outcome: out.Query(m.SessionID)}
+			log.Info("handoff: status query", "about", m.SessionID, "outcome", res.Outcome)
+			if err := conn.Send(&transport.StatusReply{SessionID: m.SessionID, Outcome: res.Outcome}); err != nil {
+				return res, fmt.Errorf("target: answering a status query: %w", err)
+			}
+			Linger(ctx, conn, cfg.Linger)
+			return res, nil
+		case *transport.FilesQuery:
+			if res.Files {
+				return refuse(protocolErr(transport.RoleSource, "a second files query"))
+			}
+			res.Files = true
+			if cfg.Files == nil {
+				return refuse(protocolErr(transport.RoleSource, "a files query, which this target does not answer"))
+			}
+			body, err := cfg.Files(ctx, m.Body)
+			if err != nil {
+				log.Warn("handoff: files query refused", "err", err)
+				conn.Send(&transport.Error{Code: "files-query", Text: transport.ClipText(err.Error())}) // best effort
+				return res, fmt.Errorf("target: files query: %w", err)
+			}
+			if err := conn.Send(&transport.FilesReply{Body: body}); err != nil {
+				return res, fmt.Errorf("target: answering a files query: %w", err)
+			}
+			// The Hello may follow, on the same connection.
+		case *transport.Hello:
+			if err := checkHello(m, transport.RoleSource, cfg.SessionID); err != nil {
+				return refuse(err)
+			}
+			if m.PID <= 0 {
+				return refuse(protocolErr(transport.RoleSource, "hello without a PID"))
+			}
+			hello, res.Files = m, false
+		default:
+			return refuse(unexpected(transport.RoleSource, m, "hello, status-query or files-query"))
 		}
-	default:
-		return refuse(unexpected(transport.RoleSource, m, "hello or status-query"))
 	}
 
 	sctx, scancel := context.WithCancelCause(ctx)
@@ -194,7 +235,8 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 	}
 	defer out.end(cfg.SessionID)
 	t := &targetRun{cfg: cfg, act: act, conn: conn, out: out, log: log}
-	res.Outcome, err = t.run(sctx, m.(*transport.Hello))
+	var err error
+	res.Outcome, err = t.run(sctx, hello)
 	return res, err
 }
 
@@ -218,6 +260,9 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 	if hello.HasFeature(transport.FeatureRoundAcks) {
 		reply.Features = []string{transport.FeatureRoundAcks}
 		t.acks = true
+	}
+	if pc, ok := t.act.(PostCopyTarget); ok && hello.HasFeature(transport.FeaturePostCopy) && pc.PostCopyReady() {
+		reply.Features = append(reply.Features, transport.FeaturePostCopy)
 	}
 	if err := t.send(reply); err != nil {
 		return t.fail(ctx, PhaseHello, err)

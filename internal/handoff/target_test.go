@@ -681,3 +681,66 @@ func TestHandoffTargetShutdown(t *testing.T) {
 		})
 	})
 }
+
+// TestFilesQuery: a FilesQuery that opens a connection is answered with
+// TargetConfig.Files and does no process work; the source may close then
+// (a files question only), or go on with its Hello on the same
+// connection; without Files, or when it fails, QueryFiles gets an error.
+func TestFilesQuery(t *testing.T) {
+	type run struct {
+		body  json.RawMessage
+		res   TargetResult
+		terr  error
+		err   error
+		works []string
+	}
+	ask := func(files func(context.Context, json.RawMessage) (json.RawMessage, error), hello bool) run {
+		acts := &tActions{rec: &recorder{}}
+		src, tg := newLink(&recorder{}, nil)
+		id := testSession
+		done := make(chan tresult, 1)
+		go func() {
+			res, err := RunTarget(context.Background(), TargetConfig{SessionID: id, Files: files, Linger: time.Millisecond}, acts, tg, NewOutcomes(0, nil))
+			done <- tresult{res, err}
+		}()
+		var r run
+		r.body, r.err = QueryFiles(context.Background(), src, json.RawMessage(`{"files":[]}`), 5*time.Second)
+		if hello && r.err == nil {
+			if err := src.Send(&transport.Hello{Version: Version, SessionID: id, Role: transport.RoleSource, PID: 42}); err != nil {
+				t.Fatal(err)
+			}
+			// The target prepares and answers with its Hello.
+			m, err := src.Recv(context.Background())
+			if err != nil || m.MsgType() != transport.TypeHello {
+				t.Errorf("after the files query, the hello was answered %v, %v", m, err)
+			}
+		}
+		src.Close()
+		res := <-done
+		r.res, r.terr, r.works = res.res, res.err, acts.rec.events()
+		return r
+	}
+	answer := func(_ context.Context, q json.RawMessage) (json.RawMessage, error) {
+		if string(q) != `{"files":[]}` {
+			t.Errorf("query %s", q)
+		}
+		return json.RawMessage(`{"files":[]}`), nil
+	}
+	r := ask(answer, false)
+	if r.err != nil || r.terr != nil || string(r.body) != `{"files":[]}` || !r.res.Files || r.res.Query || len(r.works) != 0 {
+		t.Errorf("answered: %+v", r)
+	}
+	r = ask(answer, true)
+	if r.err != nil || r.res.Files || !slices.Contains(r.works, "tgt Prepare") {
+		t.Errorf("a migration after the files query: %+v", r)
+	}
+	var pe *PeerError
+	r = ask(func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, errors.New("bad query") }, false)
+	if r.terr == nil || !errors.As(r.err, &pe) || pe.Code != "files-query" {
+		t.Errorf("failed: %+v", r)
+	}
+	r = ask(nil, false)
+	if r.terr == nil || !errors.As(r.err, &pe) || !pe.Abort {
+		t.Errorf("not answered: %+v", r)
+	}
+}

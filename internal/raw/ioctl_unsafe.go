@@ -20,6 +20,8 @@ var (
 	_ [96]byte                   = [unsafe.Sizeof(PmScanArg{})]byte{}
 	_ [CLONE_ARGS_SIZE_VER2]byte = [unsafe.Sizeof(CloneArgs{})]byte{}
 	_ [104]byte                  = [unsafe.Sizeof(PrctlMMMap{})]byte{}
+	_ [40]byte                   = [unsafe.Sizeof(UffdioCopy{})]byte{}
+	_ [32]byte                   = [unsafe.Sizeof(UffdioZeropage{})]byte{}
 )
 
 // Ioctl is ioctl(fd, req, arg) with arg a pointer to the request's struct
@@ -55,4 +57,12 @@ func PagemapScan(fd int, arg PmScanArg, vec []PageRegion) ([]PageRegion, uint64,
 		return nil, arg.WalkEnd, err
 	}
 	return vec[:n], arg.WalkEnd, nil
+}
+
+// ioctlCopy is UFFDIO_COPY of data: c.Src points at data for the call.
+func ioctlCopy(fd int, c *UffdioCopy, data []byte) (int, error) {
+	c.Src = uint64(uintptr(unsafe.Pointer(unsafe.SliceData(data))))
+	n, err := Ioctl(fd, UFFDIO_COPY, c)
+	runtime.KeepAlive(data)
+	return n, err
 }

@@ -11,6 +11,7 @@ import (
 // System V IPC values x/sys/unix lacks (linux/ipc.h, linux/sem.h,
 // linux/msg.h).
 const (
+	GETPID      = 11
 	GETALL      = 13
 	SETALL      = 17
 	MSG_NOERROR = 0o10000
@@ -78,6 +79,12 @@ func SemGetAll(id int, vals []uint16) error {
 	}
 	_, err := semctl(id, 0, GETALL, unsafe.Pointer(&vals[0]))
 	return err
+}
+
+// SemGetPID is semctl(GETPID): the PID (in the caller's PID namespace)
+// of the last process to operate on semaphore num of set id, 0 if none.
+func SemGetPID(id, num int) (int, error) {
+	return semctl(id, num, GETPID, nil)
 }
 
 // SemSetAll is semctl(SETALL) from vals.

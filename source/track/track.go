@@ -89,6 +89,45 @@ type Tracker interface {
 	Close() error
 }
 
+// StartRunning starts t on p, stopped, as Start does, then lets it run
+// (detach) and, for a tracker that can, does the rest of its start with
+// the process running: uffd-wp's write protection of every area costs
+// ~30 ms a GiB, which the process no longer waits for. Start's contract
+// holds once StartRunning returns: a page written after that is reported
+// by the next Dirty, and the caller reads every page of its first round
+// after it.
+func StartRunning(t Tracker, p *ptrace.Proc, vmas []core.VMA, detach func() error) error {
+	split, ok := t.(interface {
+		startStopped(*ptrace.Proc, []core.VMA) error
+		armLater() error
+	})
+	if !ok {
+		err := t.Start(p, vmas)
+		if derr := detach(); err == nil {
+			err = derr
+		}
+		return err
+	}
+	err := split.startStopped(p, vmas)
+	if derr := detach(); err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	return split.armLater()
+}
+
+// Longest is the longest single stop of the process during t's last
+// Dirty: a tracker that stops it in several steps (uffd-wp, for a big
+// process) says so; for the others it is the whole of Held.
+func Longest(t Tracker) time.Duration {
+	if l, ok := t.(interface{ Longest() time.Duration }); ok {
+		return l.Longest()
+	}
+	return t.Held()
+}
+
 // FinalTracker is a Tracker that finds the last dirty set (the final
 // round's, after which no Dirty follows) for less than Dirty costs: it
 // re-arms nothing. FinalDirty reports what Dirty would; the tracker is

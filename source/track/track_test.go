@@ -67,7 +67,8 @@ func newTestTracker(t testing.TB, name string, w *workload.Workload) Tracker {
 }
 
 // startTracking seizes w, starts tr and detaches, as the pre-copy loop
-// does.
+// does (StartRunning: uffd-wp arms its areas after the detach; e2e's
+// TestTrackerRace starts with Start alone).
 func startTracking(t testing.TB, tr Tracker, w *workload.Workload) {
 	t.Helper()
 	tracer := ptrace.NewTracer()
@@ -76,11 +77,7 @@ func startTracking(t testing.TB, tr Tracker, w *workload.Workload) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = tr.Start(p, workload.Layout(t, w.PID))
-	if derr := p.Detach(); derr != nil {
-		t.Fatal(derr)
-	}
-	if err != nil {
+	if err := StartRunning(tr, p, workload.Layout(t, w.PID), p.Detach); err != nil {
 		t.Fatalf("%s Start: %v", tr.Name(), err)
 	}
 }
@@ -328,9 +325,20 @@ func TestTrackLayout(t *testing.T) {
 // every write must be reported by the first Dirty that starts after it or
 // by an earlier one that ended after it, and nothing not written may be
 // reported. A last Dirty runs once the writer has stopped.
+//
+// uffd-wp-steps: the same with uffd-wp's scan in steps of 1 MiB, each
+// a pause of its own (a big process's scan, made small): the process runs
+// between the steps of one Dirty, and still no write is lost.
 func TestTrackConcurrent(t *testing.T) {
-	for _, name := range backends {
+	for _, name := range append(backends, "uffd-wp-steps") {
 		t.Run(name, func(t *testing.T) {
+			steps := name == "uffd-wp-steps"
+			if steps {
+				name = UffdWP
+				oldStep, oldBudget := scanStep, holdBudget
+				scanStep, holdBudget = 256*pg, 0
+				t.Cleanup(func() { scanStep, holdBudget = oldStep, oldBudget })
+			}
 			w := workload.Start(t)
 			const pages = 1024
 			a := w.Map("map", "A", pages, 0)
@@ -359,6 +367,9 @@ func TestTrackConcurrent(t *testing.T) {
 					t.Fatalf("Dirty while writing: %v", err)
 				}
 				held = append(held, tr.Held())
+				if steps && Longest(tr) >= tr.Held() {
+					t.Errorf("Dirty held the process %v, its longest stop %v: one stop, not a stop per step", tr.Held(), Longest(tr))
+				}
 				calls = append(calls, call{s, e, pagesIn(rs, a.Start, pages)})
 				select {
 				case line := <-spinRes:

@@ -58,8 +58,23 @@ type uffdTracker struct {
 	state trackerState
 	// tracer pauses the process during each scan; held is how long the
 	// last Dirty kept it paused.
-	tracer *ptrace.Tracer
-	held   time.Duration
+	tracer  *ptrace.Tracer
+	held    time.Duration
+	longest time.Duration
+	// pendingArm: Start leaves the arming to armLater (StartRunning),
+	// with armVMAs.
+	pendingArm bool
+	armVMAs    []core.VMA
+}
+
+// armLater does what startStopped left: see arm1st.
+func (u *uffdTracker) armLater() error {
+	if u.state != trackerStarted {
+		return ErrState
+	}
+	vmas := u.armVMAs
+	u.armVMAs, u.pendingArm = nil, false
+	return u.arm1st(vmas)
 }
 
 // trackerState is where a tracker is in its life.
@@ -78,8 +93,12 @@ func newUffdTracker(pid int) *uffdTracker {
 
 func (u *uffdTracker) Name() string { return UffdWP }
 
-// Held is always 0: the process is never stopped.
+// Held is how long the last Dirty (or FinalDirty) stopped the process, in
+// all; Longest the longest single stop.
 func (u *uffdTracker) Held() time.Duration { return u.held }
+
+// Longest is the longest single stop of the last Dirty.
+func (u *uffdTracker) Longest() time.Duration { return u.longest }
 
 // Start sets up the userfaultfd and protects every trackable area.
 //
@@ -111,6 +130,31 @@ func (u *uffdTracker) Start(p *ptrace.Proc, vmas []core.VMA) (err error) {
 	if u.pm, err = proc.OpenPagemap(u.pid); err != nil {
 		return fmt.Errorf("uffd-wp tracker: %w", err)
 	}
+	return u.arm1st(vmas)
+}
+
+// startStopped is what of Start needs the process stopped (StartRunning):
+// its userfaultfd, made by an injected call.
+func (u *uffdTracker) startStopped(p *ptrace.Proc, vmas []core.VMA) error {
+	u.pendingArm = true
+	return u.Start(p, vmas)
+}
+
+// arm1st registers and write-protects every trackable area of vmas and
+// reads which pages hold data: the rest of Start, done after the process
+// runs again when StartRunning started it (pendingArm). That is as
+// exact: a page written before its protection is read afterwards (a
+// first round reads every page), one written after is reported.
+func (u *uffdTracker) arm1st(vmas []core.VMA) (err error) {
+	if u.pendingArm {
+		u.armVMAs = vmas
+		return nil
+	}
+	defer func() {
+		if err != nil {
+			u.Close()
+		}
+	}()
 	pl := planLayout(nil, vmas)
 	armed, err := u.arm(pl.areas, pl.fresh)
 	if err != nil {
@@ -184,15 +228,20 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	if u.state != trackerStarted {
 		return nil, ErrState
 	}
-	// The scan runs with the process paused: on 6.18, scans racing with
-	// the process's writes were seen to lose writes (pages written while
-	// the scan ran, reported by no scan: e2e TestTrackerRace). A scan of
-	// 256 MiB takes ~2 ms, which is what a round holds the process.
-	resume, err := u.pause()
-	if err != nil {
-		return nil, err
-	}
-	defer resume(&err)
+	// The scans of written pages run with the process paused: on 6.18,
+	// scans racing with the process's writes were seen to lose writes
+	// (pages written while the scan ran, reported by no scan: e2e
+	// TestTrackerRace). They go in steps of scanStep bytes, and a pause
+	// that has lasted holdBudget ends before the next step, so that a
+	// round stops a big process several times briefly rather than once
+	// for the whole scan (a 1 GiB scan took up to 32 ms on a loaded
+	// machine). That is as exact: a page's write before the step that
+	// covers it is reported now, one after it is left for the next round.
+	// The rest (arming new areas, reading which pages hold data) changes
+	// no protection of a page that may have been written unseen, and runs
+	// with the process running.
+	h := u.holder()
+	defer h.done(&err)
 	pl := planLayout(u.areas, vmas)
 	var out, written, writtenData []PageRange
 	var lost []PageRange // kept parts whose registration is gone
@@ -201,16 +250,29 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 			// Nothing writes here (an area made writable is fresh).
 			continue
 		}
-		ws, wd, err := u.scanWritten(piece.r, piece.a.attrs.kind, true)
-		switch {
-		case errors.Is(err, unix.EPERM):
-			lost = append(lost, piece.r)
-			continue
-		case err != nil:
-			return nil, err
+		for at := piece.r.Start; at < piece.r.End; {
+			step := PageRange{Start: at, End: min(piece.r.End, at+scanStep)}
+			at = step.End
+			if err := h.hold(); err != nil {
+				return nil, err
+			}
+			ws, wd, err := u.scanWritten(step, piece.a.attrs.kind, true)
+			switch {
+			case errors.Is(err, unix.EPERM):
+				// The area lost its registration: whole, from this step
+				// on (the steps before were scanned, and re-protected).
+				lost = append(lost, PageRange{Start: step.Start, End: piece.r.End})
+				at = piece.r.End
+				continue
+			case err != nil:
+				return nil, err
+			}
+			written = append(written, ws...)
+			writtenData = append(writtenData, wd...)
 		}
-		written = append(written, ws...)
-		writtenData = append(writtenData, wd...)
+	}
+	if err := h.release(); err != nil {
+		return nil, err
 	}
 	written = normalize(written)
 	out = append(out, written...)
@@ -250,6 +312,70 @@ func (u *uffdTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 	return normalize(out), nil
 }
 
+// Steps and budget of the paused scans of a Dirty (see Dirty).
+// (Variables for the tests, which make every step a pause of its own.)
+var (
+	scanStep   uint64 = 32 << 20
+	holdBudget        = 2 * time.Millisecond
+)
+
+// scanHolder pauses the process for the steps of a Dirty's scans: hold
+// before each step pauses it unless it is paused already and has been for
+// less than holdBudget (then it lets it run first); release lets it run;
+// done releases it and records the pauses (Held, Longest).
+type scanHolder struct {
+	u        *uffdTracker
+	resume   func(*error)
+	borrowed bool // the caller's freeze holds it: one hold covers all
+	since    time.Time
+	total    time.Duration
+	longest  time.Duration
+}
+
+func (u *uffdTracker) holder() *scanHolder { return &scanHolder{u: u} }
+
+func (h *scanHolder) hold() error {
+	if h.resume != nil && (h.borrowed || time.Since(h.since) < holdBudget) {
+		return nil
+	}
+	if err := h.release(); err != nil {
+		return err
+	}
+	res, borrowed, err := pauseProcess(h.u.pid, &h.u.tracer, "uffd-wp tracker")
+	if err != nil {
+		return err
+	}
+	h.borrowed, h.since = borrowed, time.Now()
+	h.resume = func(err *error) {
+		rerr := res()
+		if !borrowed {
+			d := time.Since(h.since)
+			h.total += d
+			h.longest = max(h.longest, d)
+		}
+		if *err == nil {
+			*err = rerr
+		}
+	}
+	return nil
+}
+
+func (h *scanHolder) release() (err error) {
+	if h.resume != nil {
+		h.resume(&err)
+		h.resume = nil
+	}
+	return err
+}
+
+func (h *scanHolder) done(err *error) {
+	rerr := h.release()
+	if *err == nil {
+		*err = rerr
+	}
+	h.u.held, h.u.longest = h.total, h.longest
+}
+
 // pause stops the process for a scan (or borrows the caller's freeze);
 // the returned func resumes it, notes how long it was held (0 when
 // borrowed: the caller's freeze, not ours) and sets *err if that failed
@@ -266,6 +392,7 @@ func (u *uffdTracker) pause() (resume func(*error), err error) {
 		if borrowed {
 			u.held = 0
 		}
+		u.longest = u.held
 		if *err == nil {
 			*err = rerr
 		}

@@ -13,7 +13,7 @@
 //     of the target's migrate serve;
 //   - write50, write200: the same memory, rewritten at random at 50 and
 //     200 MB/s (testdata/bench_writer.c); write200-ac: the 200 MB/s
-//     writer moved with --auto-converge;
+//     writer moved with --auto-converge; write200-pc: with --post-copy;
 //   - redis: redis-server holding 1,000,000 keys (DEBUG POPULATE), under
 //     a steady load from the client node through the service address
 //     (package e2e/resp: one connection, a SET of a random key and a GET

@@ -36,6 +36,10 @@ type Run struct {
 	TargetDowntimeMS float64 `json:"target_downtime_ms,omitempty"`
 	// FinalRoundMS is the frozen round's page transfer (live).
 	FinalRoundMS float64 `json:"final_round_ms,omitempty"`
+	// PrecopyHoldMS is the longest single stop of the process while it
+	// ran (pre-copy's scans and throttle; live): a pause its clients
+	// see on top of the downtime.
+	PrecopyHoldMS float64 `json:"precopy_hold_ms,omitempty"`
 	// HookPostDumpMS and HookPreResumeMS are the migration hooks that
 	// move the service address (live, with hooks): post-dump on the
 	// source, pre-resume on the target; both run inside the downtime.
@@ -77,13 +81,40 @@ type Run struct {
 	FrozenSteps  []step `json:"frozen_steps,omitempty"`
 	TargetSteps  []step `json:"target_steps,omitempty"`
 	HandoffSteps []step `json:"handoff_steps,omitempty"`
-	DumpSteps    []step `json:"dump_steps,omitempty"`
-	RestoreSteps []step `json:"restore_steps,omitempty"`
+	// ProcessSteps are the live report's steps of each process of the
+	// frozen window's work (its read and injected phases).
+	ProcessSteps []processSteps `json:"process_steps,omitempty"`
+	DumpSteps    []step         `json:"dump_steps,omitempty"`
+	RestoreSteps []step         `json:"restore_steps,omitempty"`
 }
 
 type step struct {
 	Name string  `json:"name"`
 	MS   float64 `json:"ms"`
+}
+
+type processSteps struct {
+	PID   int    `json:"pid"`
+	Steps []step `json:"steps"`
+}
+
+// summed are the steps of every process, each step's time summed over
+// the processes.
+func summed(ps []processSteps) []step {
+	var out []step
+	at := map[string]int{}
+	for _, p := range ps {
+		for _, st := range p.Steps {
+			i, ok := at[st.Name]
+			if !ok {
+				i = len(out)
+				at[st.Name] = i
+				out = append(out, step{Name: st.Name})
+			}
+			out[i].MS += st.MS
+		}
+	}
+	return out
 }
 
 // dumpReport and restoreReport are the parts of `migrate dump --json` and
@@ -112,6 +143,8 @@ func (r *Run) fromLive(res *cluster.Result) {
 	for _, rd := range res.Rounds {
 		if rd.Frozen {
 			r.FinalRoundMS = rd.MS
+		} else {
+			r.PrecopyHoldMS = max(r.PrecopyHoldMS, rd.MaxHoldMS)
 		}
 		if rd.Stop != "" {
 			r.Stop = rd.Stop
@@ -119,12 +152,14 @@ func (r *Run) fromLive(res *cluster.Result) {
 	}
 	// The report's steps, which cluster.Result leaves out.
 	var extra struct {
-		FrozenSteps  []step `json:"frozen_steps"`
-		TargetSteps  []step `json:"target_steps"`
-		HandoffSteps []step `json:"handoff_steps"`
+		FrozenSteps  []step         `json:"frozen_steps"`
+		TargetSteps  []step         `json:"target_steps"`
+		HandoffSteps []step         `json:"handoff_steps"`
+		ProcessSteps []processSteps `json:"process_steps"`
 	}
 	if json.Unmarshal([]byte(res.Stdout), &extra) == nil {
 		r.FrozenSteps, r.TargetSteps, r.HandoffSteps = extra.FrozenSteps, extra.TargetSteps, extra.HandoffSteps
+		r.ProcessSteps = extra.ProcessSteps
 	}
 	r.ratios()
 }
@@ -190,6 +225,7 @@ var metrics = []metric{
 	{key: "handoff_ms", label: "  handoff ms (rest)", format: "%.1f", live: true, get: func(r *Run) float64 { return r.DowntimeMS - sum(r.FrozenSteps) - r.TargetDowntimeMS }},
 	{key: "target_downtime_ms", label: "  target's measure ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.TargetDowntimeMS }},
 	{key: "hook_pre_resume_ms", label: "    pre-resume hook ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.HookPreResumeMS }},
+	{key: "precopy_hold_ms", label: "pre-copy longest stop ms", format: "%.1f", live: true, get: func(r *Run) float64 { return r.PrecopyHoldMS }},
 	{key: "dump_frozen_ms", label: "  dump frozen ms", format: "%.0f", offline: true, get: func(r *Run) float64 { return r.DumpFrozenMS }},
 	{key: "restore_ms", label: "  restore ms", format: "%.0f", offline: true, get: func(r *Run) float64 { return r.RestoreMS }},
 	{key: "client_gap_ms", label: "client max gap ms", format: "%.1f", live: true, offline: true, client: true, get: func(r *Run) float64 { return r.ClientGapMS }},
@@ -246,6 +282,7 @@ var stepParts = map[string][]struct {
 }{
 	"live": {
 		{"source frozen", func(r *Run) []step { return r.FrozenSteps }},
+		{"source frozen, each process's summed", func(r *Run) []step { return summed(r.ProcessSteps) }},
 		{"handoff", func(r *Run) []step { return r.HandoffSteps }},
 		{"target", func(r *Run) []step { return r.TargetSteps }},
 	},

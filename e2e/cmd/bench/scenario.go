@@ -76,6 +76,15 @@ var allScenarios = []*scenario{
 		flags: []string{"--auto-converge"},
 	},
 	{
+		// The same writer, moved with --post-copy: it runs on the
+		// target after a first round without its heap, which follows.
+		name:    "write200-pc",
+		comm:    "bench_writer",
+		start:   startWriter(200),
+		flags:   []string{"--post-copy"},
+		targets: []target{{metric: "downtime_ms", max: 20}},
+	},
+	{
 		name:  "redis",
 		comm:  "redis-server",
 		start: startRedis(0),
@@ -125,6 +134,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("%d MiB idle process, heap-like memory (bench_heap), with both sides' peak RSS (-big-mib)", *bigMiB)
 	case "write200-ac":
 		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at 200 MB/s (bench_writer), moved with --auto-converge", *mib)
+	case "write200-pc":
+		return fmt.Sprintf("%d MiB heap-like process rewriting random pages at 200 MB/s (bench_writer), moved with --post-copy", *mib)
 	case "redis":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
 	case "postgres":

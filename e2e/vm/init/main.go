@@ -1,11 +1,16 @@
-// Command init is /init of the tracker test VM that scripts/vmtest.sh boots
-// under qemu: it mounts the pseudo file systems, runs the statically built
-// test binary /track.test (of source/track) with the tests the kernel
-// command line names, prints a result line on the serial console and powers
-// the VM off.
+// Command init is /init of the test VMs booted under qemu. By default
+// (the tracker test VM that scripts/vmtest.sh boots) it mounts the pseudo
+// file systems, runs the statically built test binary /track.test (of
+// source/track) with the tests the kernel command line names, prints a
+// result line on the serial console and powers the VM off. With
+// migrate.mode=node it makes the VM the other host of the e2e tests'
+// live migrations instead (node.go): /migrate serve and an agent for the
+// host's test, over qemu's user network.
 //
 // Kernel command line parameters (all optional):
 //
+//	migrate.mode=node      be a migration node (node.go), not run tests
+//	migrate.lastpid=N      a node's next PIDs follow N
 //	migrate.run=REGEXP     tests to run (-test.run), default "Track"
 //	migrate.bench=REGEXP   benchmarks to run afterwards (-test.bench), default none
 //	migrate.benchtime=T    -test.benchtime for them, default 10x
@@ -32,11 +37,21 @@ import (
 
 func main() {
 	setup()
+	args := cmdline()
+	mode := get(args, "migrate.mode", "test")
+	if mode != "node" {
+		// A node keeps the initramfs's /tmp (writable, like all of it):
+		// the host's files are there at their paths.
+		mount("tmpfs", "/tmp", "tmpfs")
+	}
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	fmt.Printf("vmtest-kernel: %s\n", unix.ByteSliceToString(uts.Release[:]))
+	if mode == "node" {
+		node()
+		powerOff()
+	}
 
-	args := cmdline()
 	run := get(args, "migrate.run", "Track")
 	env := append(os.Environ(),
 		"PATH=/bin:/usr/bin", "HOME=/tmp", "TMPDIR=/tmp",
@@ -57,20 +72,12 @@ func main() {
 	powerOff()
 }
 
-// setup mounts what the tests need and makes the console stdin, stdout
-// and stderr.
+// setup mounts the pseudo file systems and makes the console stdin,
+// stdout and stderr.
 func setup() {
-	for _, m := range []struct{ src, dir, fs string }{
-		{"proc", "/proc", "proc"},
-		{"sysfs", "/sys", "sysfs"},
-		{"devtmpfs", "/dev", "devtmpfs"},
-		{"tmpfs", "/tmp", "tmpfs"},
-	} {
-		os.MkdirAll(m.dir, 0o755)
-		if err := unix.Mount(m.src, m.dir, m.fs, 0, ""); err != nil && err != unix.EBUSY {
-			fmt.Fprintf(os.Stderr, "vmtest: mount %s: %v\n", m.dir, err)
-		}
-	}
+	mount("proc", "/proc", "proc")
+	mount("sysfs", "/sys", "sysfs")
+	mount("devtmpfs", "/dev", "devtmpfs")
 	if fd, err := unix.Open("/dev/console", unix.O_RDWR, 0); err == nil {
 		for i := 0; i < 3; i++ {
 			unix.Dup3(fd, i, 0)
@@ -78,6 +85,13 @@ func setup() {
 		if fd > 2 {
 			unix.Close(fd)
 		}
+	}
+}
+
+func mount(src, dir, fs string) {
+	os.MkdirAll(dir, 0o755)
+	if err := unix.Mount(src, dir, fs, 0, ""); err != nil && err != unix.EBUSY {
+		fmt.Fprintf(os.Stderr, "vmtest: mount %s: %v\n", dir, err)
 	}
 }
 
