@@ -202,6 +202,12 @@ type RestoreOptions struct {
 	// of a container's own network namespace is put; without it the
 	// veth is left up, unattached, for a hook. --net-attach.
 	NetAttach string
+	// IgnoreCgroups leaves the processes in the restorer's cgroups: the
+	// image's are not joined, made or compared (a host whose cgroup
+	// hierarchies differ, as a VM's cgroup v2 from a host's v1). The
+	// processes then run under this host's limits and accounting, and
+	// /proc/PID/cgroup shows other paths. --cgroups ignore.
+	IgnoreCgroups bool
 }
 
 // Inherit is a file a restore gives in place of an object outside the
@@ -225,7 +231,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*RestoreRepo
 		}
 	}
 	rep, err := target.Restore(ctx, target.RestoreOptions{Dir: dir, Logger: logger(opts.Logger), Check: opts.Check, Inherit: opts.Inherit, Progress: progress,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach, IgnoreCgroups: opts.IgnoreCgroups})
 	if err != nil {
 		return nil, wrapErr(err)
 	}
@@ -438,6 +444,12 @@ type ServeOptions struct {
 	// NetAttach is as in RestoreOptions, for every process served.
 	// --net-attach.
 	NetAttach string
+	// IgnoreCgroups leaves the processes in the restorer's cgroups: the
+	// image's are not joined, made or compared (a host whose cgroup
+	// hierarchies differ, as a VM's cgroup v2 from a host's v1). The
+	// processes then run under this host's limits and accounting, and
+	// /proc/PID/cgroup shows other paths. --cgroups ignore.
+	IgnoreCgroups bool
 	// Logger receives the service's log; nil: discarded.
 	Logger *slog.Logger
 }
@@ -480,7 +492,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	}
 	return target.Serve(ctx, target.ServeOptions{Listener: ln, Transport: opts.Auth.config(log), Logger: log, Hooks: hs,
 		MaxSessions: opts.MaxSessions, Metrics: opts.Metrics, Ready: opts.Ready, OnSession: notify, XCR0: opts.XSAVEFeatures,
-		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach})
+		ApplyCgroupLimits: opts.ApplyCgroupLimits, CgroupRoot: opts.CgroupRoot, VDSOProxy: opts.VDSOProxy, NetAttach: opts.NetAttach, IgnoreCgroups: opts.IgnoreCgroups})
 }
 
 // hookSet parses the hooks of role and adds the address moves. A bad hook

@@ -43,6 +43,12 @@ type RestoreOptions struct {
 	// each veth of a container's network namespace is put (else it is
 	// left, up, for a hook: MIGRATE_NET_HOST names them).
 	NetAttach string
+	// IgnoreCgroups leaves the processes in the restorer's cgroups: the
+	// image's are not joined, made or compared (a host whose cgroup
+	// hierarchies differ, as a VM's cgroup v2 from a host's v1). The
+	// processes then run under this host's limits and accounting, and
+	// /proc/PID/cgroup shows other paths. --cgroups ignore.
+	IgnoreCgroups bool
 }
 
 // RestoreReport says what a restore did.

@@ -240,3 +240,30 @@ func (b *Builder) checkCgroupLimits() []Difference {
 	}
 	return c.diffs
 }
+
+// dropCgroups forgets the cgroups of the processes of a layout or image
+// (RestoreOptions.IgnoreCgroups): they stay in the restorer's, with no
+// cgroup made and none compared. A container's cgroup namespace, made at
+// its cgroups, cannot be: refused.
+func dropCgroups(limits *[]core.CgroupLimits, ns *core.Namespaces, procs ...*core.Process) error {
+	if ns != nil && ns.Cgroup != nil {
+		return &CgroupError{Reason: "a container's cgroup namespace is made at its cgroups: they cannot be ignored (--cgroups ignore)"}
+	}
+	*limits = nil
+	for _, p := range procs {
+		p.Cgroups = []core.Cgroup{}
+		for i := range p.Threads {
+			p.Threads[i].Cgroups = nil
+		}
+	}
+	return nil
+}
+
+// dropImageCgroups is dropCgroups for every process of img.
+func dropImageCgroups(img *core.Image) error {
+	procs := []*core.Process{&img.Process}
+	for i := range img.Tree {
+		procs = append(procs, &img.Tree[i])
+	}
+	return dropCgroups(&img.CgroupLimits, img.Namespaces, procs...)
+}

@@ -89,3 +89,25 @@ func TestRelocateCgroups(t *testing.T) {
 		}
 	}
 }
+
+// TestDropCgroups: --cgroups ignore forgets every process's and thread's
+// cgroups and the limits (none joined, made or compared), and refuses a
+// container's cgroup namespace, which is made at its cgroups.
+func TestDropCgroups(t *testing.T) {
+	img := &core.Image{
+		Process:      core.Process{PID: 1, Cgroups: []core.Cgroup{{Controllers: "memory", Path: "/a"}}, Threads: []core.Thread{{TID: 1, Cgroups: []core.Cgroup{{Path: "/b"}}}}},
+		Tree:         []core.Process{{PID: 2, Cgroups: []core.Cgroup{{Path: "/c"}}}},
+		CgroupLimits: []core.CgroupLimits{{Path: "/c"}},
+	}
+	if err := dropImageCgroups(img); err != nil {
+		t.Fatal(err)
+	}
+	if img.Process.Cgroups == nil || len(img.Process.Cgroups) != 0 || img.Process.Threads[0].Cgroups != nil || len(img.Tree[0].Cgroups) != 0 || img.CgroupLimits != nil {
+		t.Errorf("cgroups left: %+v %+v %+v", img.Process, img.Tree, img.CgroupLimits)
+	}
+	img.Namespaces = &core.Namespaces{Cgroup: &core.CgroupNamespace{Roots: []core.Cgroup{{Path: "/c"}}}}
+	var ce *CgroupError
+	if err := dropImageCgroups(img); !errors.As(err, &ce) {
+		t.Errorf("a cgroup namespace: %v, want a *CgroupError", err)
+	}
+}

@@ -243,6 +243,8 @@ type liveTarget struct {
 	// and ApplyCgroupLimits.
 	cgroupRoot        string
 	applyCgroupLimits bool
+	// ignoreCgroups is ServeOptions.IgnoreCgroups.
+	ignoreCgroups bool
 	// vdsoProxy is ServeOptions.VDSOProxy.
 	vdsoProxy bool
 	// netAttach is ServeOptions.NetAttach.
@@ -376,6 +378,15 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		}
 		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
 		relocateCgroupNS(t.cgroupRoot, ll.Namespaces)
+	}
+	if t.ignoreCgroups {
+		procs := []*core.Process{&ll.Process}
+		for i := range ll.Tree {
+			procs = append(procs, &ll.Tree[i])
+		}
+		if err := dropCgroups(&ll.CgroupLimits, ll.Namespaces, procs...); err != nil {
+			return fmt.Errorf("layout of round %d: %w", l.Round, err)
+		}
 	}
 	if ll.FDs > 0 {
 		// Room in this process's fd table for what the restore of the
@@ -671,6 +682,11 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	if t.cgroupRoot != "" {
 		if err := relocateCgroups(&ls.Image, t.cgroupRoot); err != nil {
 			return err
+		}
+	}
+	if t.ignoreCgroups {
+		if err := dropImageCgroups(&ls.Image); err != nil {
+			return fmt.Errorf("state: %w", err)
 		}
 	}
 	if t.b == nil {

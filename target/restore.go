@@ -179,6 +179,11 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 			return nil, err
 		}
 	}
+	if opts.IgnoreCgroups {
+		if err := dropImageCgroups(img); err != nil {
+			return nil, err
+		}
+	}
 	check := func(dir string, img *core.Image) error { return validate(ctx, dir, img) }
 	b, err := newBuilder(ctx, opts.Dir, img, opts.Logger, check, buildOptions{applyCgroupLimits: opts.ApplyCgroupLimits, vdsoProxy: opts.VDSOProxy, netAttach: opts.NetAttach})
 	if err != nil {

@@ -57,6 +57,12 @@ type ServeOptions struct {
 	VDSOProxy bool
 	// NetAttach is as in RestoreOptions, for every migration served.
 	NetAttach string
+	// IgnoreCgroups leaves the processes in the restorer's cgroups: the
+	// image's are not joined, made or compared (a host whose cgroup
+	// hierarchies differ, as a VM's cgroup v2 from a host's v1). The
+	// processes then run under this host's limits and accounting, and
+	// /proc/PID/cgroup shows other paths. --cgroups ignore.
+	IgnoreCgroups bool
 }
 
 // SessionEvent is a step of an incoming migration (ServeOptions.OnSession).
@@ -233,6 +239,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 		t.xcr0 = opts.XCR0
 	}
 	t.cgroupRoot, t.applyCgroupLimits, t.vdsoProxy = opts.CgroupRoot, opts.ApplyCgroupLimits, opts.VDSOProxy
+	t.ignoreCgroups = opts.IgnoreCgroups
 	t.netAttach = opts.NetAttach
 	t.hooks = hooks
 	t.notify = notify

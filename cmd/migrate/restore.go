@@ -81,7 +81,7 @@ stderr. With --json the full report goes to stdout instead.`,
 				transfer = e.transferStatus("restore", false)
 			}
 			rep, err := e.ops.restore(ctx, dir, migrate.RestoreOptions{Logger: e.logger, Check: check, Inherit: inherit, Transfer: transfer,
-				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach})
+				ApplyCgroupLimits: cg.limits == "apply", CgroupRoot: cg.root, VDSOProxy: proxy, NetAttach: attach, IgnoreCgroups: cg.mode == "ignore"})
 			e.clearStatus()
 			if err != nil {
 				return err
@@ -113,11 +113,12 @@ stderr. With --json the full report goes to stdout instead.`,
 
 // cgroupFlags are the flags of restore and serve for the processes'
 // cgroup v2 cgroups.
-type cgroupFlags struct{ limits, root string }
+type cgroupFlags struct{ limits, root, mode string }
 
 func (c *cgroupFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&c.limits, "cgroup-limits", "check", "`check|apply`: a cgroup v2 cgroup of the image that this host has with other limits (memory.*, cpu.max, cpu.weight, pids.max) refuses the restore, naming the file and both values (check), or gets the image's (apply); one it lacks is created with them")
 	fs.StringVar(&c.root, "cgroup-root", "", "make and join the processes' cgroup v2 cgroups under `DIR` (from the hierarchy's root, as /proc/PID/cgroup shows it) instead of at the image's paths")
+	fs.StringVar(&c.mode, "cgroups", "keep", "`keep|ignore`: put the processes in the image's cgroups, refusing what this host lacks (keep), or leave them in this one's, under its limits and accounting, /proc/PID/cgroup showing other paths (ignore: a host whose cgroup hierarchies differ, as a VM's cgroup v2 from a host's v1)")
 }
 
 // vdsoProxyFlag adds the hidden --vdso-proxy of restore and serve: the
@@ -136,6 +137,9 @@ func netAttachFlag(fs *pflag.FlagSet, bridge *string) {
 func (c *cgroupFlags) check() error {
 	if c.limits != "check" && c.limits != "apply" {
 		return usagef("--cgroup-limits %q: check or apply", c.limits)
+	}
+	if c.mode != "keep" && c.mode != "ignore" {
+		return usagef("--cgroups %q: keep or ignore", c.mode)
 	}
 	return nil
 }

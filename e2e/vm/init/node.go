@@ -141,7 +141,9 @@ func ifUp(name, addr string, mask net.IPMask) error {
 // startServe runs /migrate serve and waits until it listens; its output
 // goes to the console, each line prefixed with "serve: ".
 func startServe() error {
-	cmd := exec.Command("/migrate", "serve", "--listen", fmt.Sprintf(":%d", nodeServePort), "--insecure", "-v")
+	// The VM has cgroup v2 alone, the host's processes live in cgroup v1
+	// hierarchies too: the processes moved here stay in serve's cgroups.
+	cmd := exec.Command("/migrate", "serve", "--listen", fmt.Sprintf(":%d", nodeServePort), "--insecure", "--cgroups", "ignore", "-v")
 	cmd.Env = nodeEnv()
 	cmd.Dir = "/"
 	out, err := cmd.StdoutPipe()
