@@ -425,6 +425,12 @@ func (b *nsBuilder) ownBind(m *core.Mount, flags uintptr) error {
 		return &MountError{Point: m.Point, Reason: fmt.Sprintf("binds mount %d, not in the table", m.Of)}
 	}
 	src := path.Join(of.Point, strings.TrimPrefix(m.Root, of.Root))
+	// The path comes from the image, and open_tree follows the symbolic
+	// links of its intermediate components (a tmpfs of the image may
+	// hold one leading out of the container): none may be on it.
+	if err := noSymlinks(b.hp.PID, src); err != nil {
+		return &MountError{Point: m.Point, Reason: fmt.Sprintf("binds %s, a path through a symbolic link or one that is not there: %v", src, err)}
+	}
 	a, err := b.put(src, "", m.Point)
 	if err != nil {
 		return err
@@ -949,6 +955,33 @@ func checkBindSources(ns *core.MountNS) error {
 		if _, err := os.Lstat(m.From); err != nil {
 			return &MountError{Point: m.Point, Reason: fmt.Sprintf("the host path it binds, %s, is not here: %v", m.From, err)}
 		}
+	}
+	return nil
+}
+
+// noSymlinks checks that path p, in the root and mount namespace of
+// process pid, leads to a file without a symbolic (or magic) link on the
+// way, the last component included.
+func noSymlinks(pid int, p string) error {
+	root, err := unix.Open(fmt.Sprintf("/proc/%d/root", pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, p, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return unix.ELOOP
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package target
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -59,5 +61,26 @@ func TestDiffMounts(t *testing.T) {
 	}
 	if diffMounts(want, got[:3]) == "" {
 		t.Error("a missing mount was not found")
+	}
+}
+
+// TestNoSymlinks: a path through a symbolic link, or ending on one, is
+// refused (an image's own bind must not be led out of the container);
+// one without is taken.
+func TestNoSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "real", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := noSymlinks(os.Getpid(), filepath.Join(dir, "real", "sub")); err != nil {
+		t.Errorf("a path without links: %v", err)
+	}
+	for _, p := range []string{filepath.Join(dir, "link", "passwd"), filepath.Join(dir, "link"), filepath.Join(dir, "missing")} {
+		if err := noSymlinks(os.Getpid(), p); err == nil {
+			t.Errorf("%s taken", p)
+		}
 	}
 }
