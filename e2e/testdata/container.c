@@ -21,8 +21,8 @@
  * of the namespace is attached before the fork, by both: the child
  * echoes into its second page the counter the init writes in its first,
  * and a tick whose echo does not come within a second is "bad shm". */
-#include <sys/shm.h>
 #include "common.h"
+#include <sys/shm.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -44,15 +44,15 @@ struct msg {
 	char text[64];
 };
 
+/* msgmax reads the namespace's msgmax with msgctl(IPC_INFO), not from
+ * /proc/sys: an fd held there as the container is frozen is one a restore
+ * in a root pivoted into refuses (a file on the container's proc). */
 static long msgmax(void)
 {
-	char buf[32] = "";
-	int fd = open("/proc/sys/kernel/msgmax", O_RDONLY);
-	if (fd < 0)
+	struct msginfo info;
+	if (msgctl(0, IPC_INFO, (struct msqid_ds *)&info) < 0)
 		return -1;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	return n > 0 ? strtol(buf, NULL, 10) : -1;
+	return info.msgmax;
 }
 
 int main(int argc, char **argv)
