@@ -371,19 +371,15 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
+	procs := []*core.Process{&ll.Process}
+	for i := range ll.Tree {
+		procs = append(procs, &ll.Tree[i])
+	}
 	if t.cgroupRoot != "" {
-		procs := []*core.Process{&ll.Process}
-		for i := range ll.Tree {
-			procs = append(procs, &ll.Tree[i])
-		}
 		relocate(t.cgroupRoot, ll.CgroupLimits, procs...)
 		relocateCgroupNS(t.cgroupRoot, ll.Namespaces)
 	}
 	if t.ignoreCgroups {
-		procs := []*core.Process{&ll.Process}
-		for i := range ll.Tree {
-			procs = append(procs, &ll.Tree[i])
-		}
 		if err := dropCgroups(&ll.CgroupLimits, ll.Namespaces, procs...); err != nil {
 			return fmt.Errorf("layout of round %d: %w", l.Round, err)
 		}
