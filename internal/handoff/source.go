@@ -606,9 +606,10 @@ func (s *sourceRun) watch(ctx context.Context, f func(context.Context) error) er
 // told, the original resumes.
 func (s *sourceRun) rollback(phase string, cause error) (transport.Outcome, error) {
 	var se *sendError
-	if errors.As(cause, &se) && s.dead == nil {
-		// The link broke under a send: if the target aborted first, its
-		// reason is the better explanation, and it is already on its way.
+	if (errors.As(cause, &se) || errors.Is(cause, transport.ErrPeerGone)) && s.dead == nil {
+		// The link broke under a send (of a control message, or on the
+		// pages stream): if the target aborted first, its reason is the
+		// better explanation, and it is already on its way.
 		if m, err := s.next(context.Background(), lastWordGrace, "the target's last word"); err == nil {
 			var pe *PeerError
 			if errors.As(unexpected(transport.RoleTarget, m, "nothing"), &pe) {

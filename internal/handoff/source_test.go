@@ -678,6 +678,29 @@ func TestHandoffSourceTargetAbortsDuringPreCopy(t *testing.T) {
 	})
 }
 
+// TestHandoffSourceTargetAbortsPagesLost: the target refuses a layout and
+// closes the link; the source's next write on the pages stream fails with
+// the link lost before the reader has delivered the Abort. The error the
+// operator gets is still the target's reason.
+func TestHandoffSourceTargetAbortsPagesLost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig()
+		r.tg.failOn = transport.TypeLayout
+		r.act.preCopy = func(ctx context.Context, rd *Rounds) error {
+			if err := rd.Layout(json.RawMessage(`{}`)); err != nil {
+				return err
+			}
+			return fmt.Errorf("write the page stream: %w: broken pipe", transport.ErrPeerGone)
+		}
+		out, err := r.run(t.Context())
+		r.checkInvariant(t, out, err)
+		var pe *PeerError
+		if out != transport.OutcomeAborted || !errors.As(err, &pe) || !pe.Abort {
+			t.Fatalf("got %v, %v; want aborted with the target's Abort", out, err)
+		}
+	})
+}
+
 // TestHandoffSourceTimeouts: a target that goes silent (the link up) is
 // given up on at each wait.
 func TestHandoffSourceTimeouts(t *testing.T) {
