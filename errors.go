@@ -71,7 +71,9 @@ const (
 	// since the dump: target.LockError.
 	RefusedLock RefusalKind = "lock"
 	// RefusedCgroup: a cgroup (or hierarchy) of the image that this host
-	// lacks or will not take the process in: target.CgroupError.
+	// lacks or will not take the process in: target.CgroupError; or,
+	// with --freeze cgroup, a tree whose cgroup freezer cannot be used:
+	// source.FreezerError.
 	RefusedCgroup RefusalKind = "cgroup"
 	// RefusedDiffers: the restored process differs from its image
 	// (RestoreOptions.Check): target.CheckError.
@@ -269,6 +271,7 @@ func refusal(err error) *RefusedError {
 		tm  *target.MountError
 		fns *source.FilesNotSharedError
 		tfe *target.FilesError
+		fz  *source.FreezerError
 	)
 	switch {
 	case errors.As(err, &ac):
@@ -321,6 +324,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedFilesNotShared, PID: fns.PID, Err: err}
 	case errors.As(err, &tfe):
 		return &RefusedError{Kind: RefusedFilesNotShared, Err: err}
+	case errors.As(err, &fz):
+		return &RefusedError{Kind: RefusedCgroup, PID: fz.PID, Err: err}
 	}
 	return nil
 }

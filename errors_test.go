@@ -25,6 +25,7 @@ func TestErrors(t *testing.T) {
 		check func(error) bool
 	}{
 		{&source.BadTargetError{PID: 7, Reason: "it lives in net namespaces other than migrate's"}, refusedAs(RefusedProcess, 7)},
+		{&source.FreezerError{PID: 7, Reason: "process 9 shares cgroup /c with the tree"}, refusedAs(RefusedCgroup, 7)},
 		{fmt.Errorf("collect: %w", &source.UnsupportedFDError{PID: 7, FD: 3, Kind: "file", Reason: "it holds a file lock"}), refusedAs(RefusedFD, 7)},
 		{wrap(&source.UnsupportedMappingError{PID: 8, Name: "/dev/dri"}), refusedAs(RefusedMapping, 8)},
 		{&source.AccessError{PID: 9}, refusedAs(RefusedAccess, 9)},

@@ -129,6 +129,18 @@ type DumpOptions struct {
 	// dies of SIGILL there: the operator vouches it did not.
 	// --cpu-check=in-use.
 	CPUInUseOnly bool
+	// Freeze says how the processes are stopped: "auto" (also ""): the
+	// cgroup freezer where the tree is alone in a cgroup v2 of its own
+	// (a container), then ptrace, and ptrace only elsewhere; "ptrace";
+	// "cgroup": refused (a *source.FreezerError) where the freezer cannot
+	// be used. --freeze.
+	Freeze string
+}
+
+// CheckFreeze says whether freeze is a freeze mode (DumpOptions.Freeze).
+func CheckFreeze(freeze string) error {
+	_, err := source.ParseFreezeMode(freeze)
+	return err
 }
 
 // Dump freezes process pid and its descendants, writes their image to dir
@@ -159,6 +171,7 @@ func dump(ctx context.Context, pid int, dir string, opts DumpOptions, do func(co
 		Transfer:     opts.Transfer,
 		External:     opts.External,
 		CPUInUseOnly: opts.CPUInUseOnly,
+		Freeze:       source.FreezeMode(opts.Freeze),
 	})
 	if err != nil {
 		undo()
@@ -329,6 +342,12 @@ type MigrateOptions struct {
 	// dies of SIGILL there: the operator vouches it did not.
 	// --cpu-check=in-use.
 	CPUInUseOnly bool
+	// Freeze says how the processes are stopped: "auto" (also ""): the
+	// cgroup freezer where the tree is alone in a cgroup v2 of its own
+	// (a container), then ptrace, and ptrace only elsewhere; "ptrace";
+	// "cgroup": refused (a *source.FreezerError) where the freezer cannot
+	// be used. --freeze.
+	Freeze string
 }
 
 // Migrate moves process pid, with its descendants unless
@@ -370,7 +389,8 @@ func Migrate(ctx context.Context, pid int, target string, opts MigrateOptions) (
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: pid, To: target, Transport: opts.Auth.config(log),
 		Codec: opts.Codec, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log, Progress: progress,
 		Transfer: transfer, Notify: ev.milestone, Bandwidth: opts.Bandwidth, Streams: opts.Streams, Hooks: hs, Tree: !opts.ProcessOnly, Inherit: opts.Inherit,
-		Mode: source.Mode(opts.Mode), Sync: opts.Sync, CPUInUseOnly: opts.CPUInUseOnly})
+		Mode: source.Mode(opts.Mode), Sync: opts.Sync, CPUInUseOnly: opts.CPUInUseOnly,
+		Freeze: source.FreezeMode(opts.Freeze)})
 	if err != nil {
 		err = wrapErr(err)
 		if rep == nil || rep.Outcome == transport.OutcomeAborted.String() {

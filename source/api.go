@@ -37,6 +37,11 @@ type DumpOptions struct {
 	// dies of SIGILL there: the operator vouches it did not.
 	// --cpu-check=in-use.
 	CPUInUseOnly bool
+	// Freeze says how the processes are stopped: FreezeAuto (""), the
+	// cgroup freezer where the tree is alone in its cgroup v2, then
+	// ptrace; FreezePtrace; FreezeCgroup, refused where the freezer
+	// cannot be used. --freeze.
+	Freeze FreezeMode
 
 	// live: a live migration's dump, which refuses what only an offline
 	// dump carries (file locks: the original keeps them until it ends).
@@ -80,6 +85,11 @@ type DumpReport struct {
 	Rounds []RoundReport `json:"rounds"`
 	// Steps says where the time went.
 	Steps []Step `json:"steps"`
+	// Freezer is what stopped the processes: "cgroup" (the cgroup
+	// freezer, then ptrace) or "ptrace"; FreezeMS how long stopping
+	// every thread of the tree took.
+	Freezer  string  `json:"freezer"`
+	FreezeMS float64 `json:"freeze_ms"`
 }
 
 // Step is the duration of one step of a dump.

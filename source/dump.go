@@ -105,6 +105,12 @@ type session struct {
 	// postCopy, if set, may end a live migration's pre-copy in post-copy
 	// (postcopy.go).
 	postCopy *postCopy
+	// freezer, if set, is the cgroup freezer freezeTree uses
+	// (prepareFreezer); froze says what stopped the tree ("cgroup" or
+	// "ptrace"), freezeTime how long it took.
+	freezer    *cgroupFreezer
+	froze      string
+	freezeTime time.Duration
 }
 
 // dumper holds the state of the dump of one process of the tree.
@@ -205,6 +211,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	ThawStale(log)
 	codec, err := pagestream.ParseCodec(opts.Codec)
 	if err != nil {
 		return nil, err
@@ -314,7 +321,11 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 			}
 		}
 	})
-	zombies, err := freezeTree(ss, &all, img)
+	if err := ss.prepareFreezer(root.pid); err != nil {
+		return nil, err
+	}
+	defer ss.freezer.close()
+	zombies, err := freezeTree(ctx, ss, &all, img)
 	if err == nil && tf != nil {
 		// The tree as it is now: forked since the last round, a process
 		// joins with all its memory; one that exited leaves.
@@ -397,6 +408,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 		Pages: stats.Pages, ZeroPages: stats.ZeroPages, BytesRaw: stats.BytesRaw,
 		BytesImage: size, BytesWire: uint64(size), Codec: codec.String(),
 		LeftRunning: opts.LeaveRunning, Rounds: root.rounds, Stages: stages(all, stats.BytesRaw, 0),
+		Freezer: ss.froze, FreezeMS: ms(ss.freezeTime),
 	}
 	if root.tracker != nil {
 		rep.Tracker = root.tracker.Name()

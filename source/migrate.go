@@ -96,6 +96,8 @@ type MigrateOptions struct {
 	// file the processes write outside them must be one the target
 	// shares (*FilesNotSharedError otherwise).
 	Sync []string
+	// Freeze says how the processes are stopped (DumpOptions.Freeze).
+	Freeze FreezeMode
 }
 
 // A Milestone is a point a live migration passed (MigrateOptions.Notify).
@@ -164,6 +166,11 @@ type MigrateReport struct {
 	// sockets, devices found in the trees).
 	SyncBytes   int64    `json:"sync_bytes,omitempty"`
 	SyncSkipped []string `json:"sync_skipped,omitempty"`
+	// Freezer is what stopped the processes: "cgroup" (the cgroup
+	// freezer, then ptrace) or "ptrace"; FreezeMS how long stopping
+	// every thread of the tree took (in the downtime).
+	Freezer  string  `json:"freezer,omitempty"`
+	FreezeMS float64 `json:"freeze_ms,omitempty"`
 }
 
 // maxLiveBlobs caps the blobs carried in the State message.
@@ -285,10 +292,19 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 
 	dopts := DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, Codec: opts.Codec, PreCopy: true, Tracker: opts.Tracker, Policy: opts.Policy, Logger: log,
-		External: external, Transfer: opts.Transfer, CPUInUseOnly: opts.CPUInUseOnly}
+		External: external, Transfer: opts.Transfer, CPUInUseOnly: opts.CPUInUseOnly, Freeze: opts.Freeze}
 	ss := &session{opts: dopts, log: log, dir: tmp, codec: codec, lapped: start, pipes: map[uint64][]pipeEnd{}, memBlobs: map[string][]byte{}}
 	if err := ss.noteContainer(&ss.opts); err != nil {
 		return nil, err
+	}
+	if opts.Freeze == FreezeCgroup {
+		// Refused now rather than at the freeze, after the pre-copy
+		// (the freeze looks again).
+		if err := ss.prepareFreezer(opts.PID); err != nil {
+			return nil, err
+		}
+		ss.freezer.close()
+		ss.freezer = nil
 	}
 	ss.tr = ptrace.NewTracer()
 	defer ss.closeTracers()
@@ -339,6 +355,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if d.tracker != nil {
 		rep.Tracker = d.tracker.Name()
 	}
+	rep.Freezer, rep.FreezeMS = d.froze, ms(d.freezeTime)
 	for _, r := range d.rounds {
 		rep.Pages += r.PagesSent
 		rep.BytesRaw += r.BytesRaw
@@ -885,6 +902,10 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 			a.preSmaps[d.pid] = m
 		}
 	}
+	if err := a.d.prepareFreezer(a.d.pid); err != nil {
+		return err
+	}
+	defer a.d.freezer.close()
 	a.reserveFDs()
 	a.quiesceListeners(300 * time.Millisecond)
 	// From the freeze a crash of this migrate leaves something to settle:
@@ -901,7 +922,7 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 	// that forked or exited since the last round is found now, and taken
 	// as it is (settleFrozen).
 	all := slices.Clone(a.all)
-	zombies, err := freezeTree(a.d.session, &all, a.img)
+	zombies, err := freezeTree(ctx, a.d.session, &all, a.img)
 	if err == nil && a.tree {
 		var changed bool
 		if changed, err = a.settleFrozen(all, zombies); changed && err == nil && a.record != "" {
@@ -1295,6 +1316,7 @@ func (a *liveSource) LeaveFrozen() error {
 // with the same start time; otherwise it returns a *NotRecordedError
 // before anything is done.
 func Recover(ctx context.Context, to, session string, pid int, cfg transport.Config, log *slog.Logger) (string, error) {
+	ThawStale(log)
 	redial := func(ctx context.Context) (handoff.Conn, error) {
 		return dialControl(ctx, to, cfg)
 	}

@@ -262,8 +262,10 @@ func RemoveRecord(pid int, session string) {
 	os.Remove(recordPath(pid, session))
 }
 
-// WarnStale logs, for each migration whose migrate died, what to do.
+// WarnStale logs, for each migration whose migrate died, what to do
+// (and thaws a cgroup it left frozen: ThawStale).
 func WarnStale(log *slog.Logger) {
+	ThawStale(log)
 	rs, err := StaleRecords()
 	if err != nil {
 		log.Debug("records of migrations not read", "dir", RecordDir, "err", err)

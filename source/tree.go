@@ -1,12 +1,14 @@
 package source
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
@@ -44,7 +46,28 @@ func childrenOf(pid int) ([]int, error) {
 // all holds the root on entry (and, for a live migration, the
 // descendants its pre-copy tracked, parents first, seized in that order)
 // and gets every other frozen descendant, parents before children.
-func freezeTree(ss *session, all *[]*dumper, img *core.Image) ([]core.Process, error) {
+//
+// With ss.freezer, the cgroup of the tree is frozen first, and thawed
+// once every process is seized (or on the way out, whatever the way):
+// the processes stay stopped by ptrace (see freezer.go).
+func freezeTree(ctx context.Context, ss *session, all *[]*dumper, img *core.Image) ([]core.Process, error) {
+	start := time.Now()
+	ss.froze = "ptrace"
+	if ss.freezer != nil && ss.freezer.stop(ctx) {
+		ss.froze = "cgroup"
+	}
+	defer ss.freezer.thaw()
+	zombies, err := seizeTree(ss, all)
+	ss.freezer.thaw()
+	ss.freezeTime = time.Since(start)
+	if err == nil {
+		ss.log.Debug("tree stopped", "by", ss.froze, "processes", len(*all), "took", ss.freezeTime)
+	}
+	return zombies, err
+}
+
+// seizeTree is freezeTree's seize.
+func seizeTree(ss *session, all *[]*dumper) ([]core.Process, error) {
 	seized := 0
 	seize := func(pid int) (*ptrace.Proc, error) {
 		p, err := ss.tracerFor(seized).Seize(pid)

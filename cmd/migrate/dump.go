@@ -99,6 +99,8 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 		var autoConverge bool
 		boolFlag(fs, &autoConverge, "auto-converge", "", "with --pre-copy: when it stops converging, slow the processes down (stopped a growing share of each 50 ms while a round copies) rather than freeze with much left to copy")
 		cpuCheck := cpuCheckFlag(fs)
+		var freeze string
+		fs.StringVar(&freeze, "freeze", "auto", "how the processes are stopped: auto (the cgroup freezer, then ptrace, where the tree is alone in a cgroup v2 of its own; ptrace only elsewhere), ptrace, or cgroup (refused where the freezer cannot be used)")
 		fs.StringArrayVar(&external, "external", nil, "keep the fds of `ID`, an object outside the dump (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: restore --inherit-fd gives it back (repeatable)")
 		return func(ctx context.Context, e *env, args []string) error {
 			pid, err := pidArg(args)
@@ -108,6 +110,9 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 			inUse, err := cpuCheck()
 			if err != nil {
 				return err
+			}
+			if err := migrate.CheckFreeze(freeze); err != nil {
+				return usagef("bad --freeze: %v", err)
 			}
 			if dir == "" {
 				return usagef("--dir is required")
@@ -141,6 +146,7 @@ Prints a one-line summary on stdout (--json: the full report as JSON); with
 				Transfer:     transfer,
 				External:     external,
 				CPUInUseOnly: inUse,
+				Freeze:       freeze,
 			})
 			e.clearStatus()
 			if err != nil {

@@ -260,6 +260,8 @@ has no such risk. Post-copy moves a single process.`,
 		fs.StringArrayVar(&inh, "inherit-fd", nil, "move the fds of `ID=PATH`'s ID, an object outside the tree (pipe:[N] or socket:[N], as /proc/PID/fd and a refusal name it), as external: the target opens PATH, a path of its own (a FIFO, a file), in their place (repeatable)")
 		var syncs []string
 		cpuCheck := cpuCheckFlag(fs)
+		var freeze string
+		fs.StringVar(&freeze, "freeze", "auto", "how the processes are stopped: auto (the cgroup freezer, then ptrace, where the tree is alone in a cgroup v2 of its own; ptrace only elsewhere), ptrace, or cgroup (refused where the freezer cannot be used)")
 		fs.StringArrayVar(&syncs, "sync", nil, "copy `PATH` (a file, or a directory tree) to the target at the same path while the process runs, and its last changes in the frozen window: for files the process writes that the target does not share (repeatable; without it such a migration is refused)")
 		return func(ctx context.Context, e *env, args []string) error {
 			if streams < 0 || streams > migrate.MaxStreams {
@@ -271,6 +273,9 @@ has no such risk. Post-copy moves a single process.`,
 			inUse, err := cpuCheck()
 			if err != nil {
 				return err
+			}
+			if err := migrate.CheckFreeze(freeze); err != nil {
+				return usagef("bad --freeze: %v", err)
 			}
 			if postCopy {
 				if fs.Changed("mode") && mode != "postcopy" {
@@ -337,7 +342,7 @@ has no such risk. Post-copy moves a single process.`,
 				}
 			}
 			rep, err := migrate.Migrate(ctx, pid, to, migrate.MigrateOptions{Auth: cfg, Codec: codec, Tracker: tracker, Policy: pol,
-				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Streams: streams, Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit, Mode: mode, Sync: syncs, CPUInUseOnly: inUse})
+				Logger: e.logger, OnEvent: onEvent, Bandwidth: int64(bwlimit * 1e6), Streams: streams, Hooks: hooks, Addresses: addrs, ProcessOnly: !tree, Inherit: inherit, Mode: mode, Sync: syncs, CPUInUseOnly: inUse, Freeze: freeze})
 			e.clearStatus()
 			if asJSON {
 				writeJSON(e.stdout, migrateJSON(rep, err))

@@ -61,3 +61,21 @@ func ReadCgroupFile(dir, rel, file string) (string, error) {
 	}
 	return strings.TrimSuffix(string(b), "\n"), nil
 }
+
+// ReadCgroupFileLimit is ReadCgroupFile for a file of up to limit bytes
+// (cgroup.procs); a longer one is an error.
+func ReadCgroupFileLimit(dir, rel, file string, limit int64) (string, error) {
+	f, err := OpenBeneath(dir, rel+"/"+file, unix.O_RDONLY)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return "", err
+	}
+	if int64(len(b)) > limit {
+		return "", &os.PathError{Op: "read", Path: f.Name(), Err: unix.EFBIG}
+	}
+	return strings.TrimSuffix(string(b), "\n"), nil
+}
