@@ -187,6 +187,9 @@ const (
 	stageInjected = "injected" // injected calls done, scratch page gone
 	stageMemory   = "memory"   // after the first pages are written
 	stageMeta     = "meta"     // before the metadata file is written
+	// stageCgroupFrozen: the cgroup freezer froze the tree, nothing
+	// seized yet (only when the freezer is used).
+	stageCgroupFrozen = "cgroup-frozen"
 )
 
 func (s *session) hook(stage string) error {

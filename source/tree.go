@@ -57,6 +57,11 @@ func freezeTree(ctx context.Context, ss *session, all *[]*dumper, img *core.Imag
 		ss.froze = "cgroup"
 	}
 	defer ss.freezer.thaw()
+	if ss.froze == "cgroup" {
+		if err := ss.hook(stageCgroupFrozen); err != nil {
+			return nil, err
+		}
+	}
 	zombies, err := seizeTree(ss, all)
 	ss.freezer.thaw()
 	ss.freezeTime = time.Since(start)

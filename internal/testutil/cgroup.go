@@ -1,0 +1,79 @@
+package testutil
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/procmig/migrate/core/proc"
+)
+
+// FreezerCgroup creates a cgroup v2 of the test named name below the
+// root of the cgroup2 hierarchy, and returns its directory and its path
+// (as /proc/PID/cgroup names it). A cleanup thaws it and removes it once
+// the processes in it are gone: call it before starting them (cleanups
+// run last-in, first-out). It skips where cgroup2 is not mounted with
+// its root, or its cgroups have no cgroup.freeze.
+func FreezerCgroup(t testing.TB, name string) (dir, path string) {
+	t.Helper()
+	mounts, err := proc.ReadCgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount := ""
+	for _, m := range mounts {
+		if m.Controllers == "" && m.Root == "/" {
+			mount = m.Dir
+			break
+		}
+	}
+	if mount == "" {
+		Unavailable(t, "cgroup2 is not mounted (with its root) here")
+	}
+	path = fmt.Sprintf("/migrate-test-%d-%s", os.Getpid(), name)
+	dir = filepath.Join(mount, path)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0)
+		WaitFor(t, 10*time.Second, "cgroup "+dir+" to be empty and removed", func() bool {
+			err := os.Remove(dir)
+			return err == nil || errors.Is(err, os.ErrNotExist)
+		})
+	})
+	if _, err := os.Stat(filepath.Join(dir, "cgroup.freeze")); err != nil {
+		Unavailable(t, "the cgroup v2 freezer (cgroup.freeze): %v", err)
+	}
+	return dir, path
+}
+
+// JoinCgroup moves process pid into the cgroup v2 at dir.
+func JoinCgroup(t testing.TB, dir string, pid int) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("move process %d into cgroup %s: %v", pid, dir, err)
+	}
+}
+
+// CgroupFrozen says what cgroup.events of the cgroup v2 at dir says of
+// "frozen".
+func CgroupFrozen(t testing.TB, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "frozen "); ok {
+			return v == "1"
+		}
+	}
+	t.Fatalf("%s/cgroup.events has no frozen key: %q", dir, b)
+	return false
+}
