@@ -44,6 +44,10 @@ type Result struct {
 	// side.
 	FrozenSteps []Step `json:"frozen_steps"`
 	TargetSteps []Step `json:"target_steps"`
+	// Freezer is what stopped the processes ("cgroup" or "ptrace"),
+	// FreezeMS how long it took.
+	Freezer  string  `json:"freezer"`
+	FreezeMS float64 `json:"freeze_ms"`
 
 	// Stdout and Stderr are what migrate printed; Stdout held the report.
 	Stdout, Stderr string `json:"-"`
