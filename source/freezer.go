@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -96,6 +97,10 @@ func (e *FreezerError) Unwrap() error { return e.Err }
 // make it run out.
 var freezeTimeout = 100 * time.Millisecond
 
+// spinReads is how many times cgroup.events is read at once after the
+// freeze is asked, before polling.
+const spinReads = 200
+
 // Bounds of the walk of a cgroup and the cgroups below it.
 const (
 	maxFreezerCgroups = 1024
@@ -115,16 +120,23 @@ type cgroupFreezer struct {
 	// members are the processes of the cgroup and of those below it
 	// when it was checked.
 	members map[int]bool
-	record  string // RecordDir/frozen/..., while frozen
-	frozen  bool
+	// record names the cgroup under RecordDir/frozen from the check
+	// (out of the frozen window) to close.
+	record string
+	frozen bool
+	stuck  bool // a thaw failed
 }
 
-// close closes the files of the freezer (thawed first).
+// close closes the files of the freezer (thawed first), and removes its
+// record unless the cgroup could not be thawed.
 func (f *cgroupFreezer) close() {
 	if f == nil {
 		return
 	}
 	f.thaw()
+	if f.record != "" && !f.stuck {
+		os.Remove(f.record)
+	}
 	f.freeze.Close()
 	f.events.Close()
 }
@@ -201,6 +213,9 @@ func cgroupFreezerFor(root int, tree bool, log *slog.Logger) (_ *cgroupFreezer, 
 	}
 	if pid, ok := f.outsider(f.members, nil); ok {
 		return nil, fmt.Sprintf("process %d shares cgroup %s with the tree", pid, path), nil
+	}
+	if f.record = writeFreezerRecord(path); f.record == "" {
+		log.Warn("no record of the cgroup to freeze in "+frozenRecordDir()+": if this migrate dies in the frozen window, nothing will thaw it", "cgroup", path)
 	}
 	ok = true
 	return f, "", nil
@@ -307,15 +322,13 @@ func (f *cgroupFreezer) outsider(members, known map[int]bool) (int, bool) {
 // of another tree joined it since it was checked. It says whether the
 // cgroup is frozen; if not, it is thawed and the log says why.
 func (f *cgroupFreezer) stop(ctx context.Context) bool {
-	f.record = writeFreezerRecord(f.path)
 	if _, err := f.freeze.WriteAt([]byte("1"), 0); err != nil {
 		f.log.Warn("the cgroup freezer failed: the tree is stopped by ptrace only", "cgroup", f.path, "err", err)
-		f.dropRecord()
 		return false
 	}
 	f.frozen = true
 	deadline := time.Now().Add(freezeTimeout)
-	for {
+	for i := 0; ; i++ {
 		frozen, err := f.isFrozen()
 		if err != nil {
 			f.log.Warn("the cgroup freezer failed: the tree is stopped by ptrace only", "cgroup", f.path, "err", err)
@@ -331,10 +344,18 @@ func (f *cgroupFreezer) stop(ctx context.Context) bool {
 			f.thaw()
 			return false
 		}
-		// kernfs wakes a poller of cgroup.events when it changes
-		// (POLLPRI); ctx is looked at every 10 ms.
+		if i < spinReads {
+			// A cgroup of runnable or sleeping tasks freezes in tens of
+			// microseconds: read again soon (the kernel's notice of
+			// the change can lag 20 ms behind a previous one).
+			runtime.Gosched()
+			continue
+		}
+		// Then wait for kernfs to wake a poller of cgroup.events
+		// (POLLPRI), and read it again at least every millisecond
+		// (ctx too).
 		fds := []unix.PollFd{{Fd: int32(f.events.Fd()), Events: unix.POLLPRI}}
-		if _, err := unix.Poll(fds, int(min(left, 10*time.Millisecond)/time.Millisecond)+1); err != nil && !errors.Is(err, unix.EINTR) {
+		if _, err := unix.Poll(fds, 1); err != nil && !errors.Is(err, unix.EINTR) {
 			f.log.Warn("the cgroup freezer failed: the tree is stopped by ptrace only", "cgroup", f.path, "err", err)
 			f.thaw()
 			return false
@@ -364,17 +385,10 @@ func (f *cgroupFreezer) thaw() {
 	}
 	if _, err := f.freeze.WriteAt([]byte("0"), 0); err != nil {
 		f.log.Error("the cgroup could not be thawed: its processes stay frozen; write 0 to its cgroup.freeze", "cgroup", f.path, "dir", filepath.Join(f.dir, f.rel), "err", err)
+		f.stuck = true
 		return
 	}
 	f.frozen = false
-	f.dropRecord()
-}
-
-func (f *cgroupFreezer) dropRecord() {
-	if f.record != "" {
-		os.Remove(f.record)
-		f.record = ""
-	}
 }
 
 // frozenRecordDir holds a file for each cgroup a migrate froze, while it

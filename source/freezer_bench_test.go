@@ -54,20 +54,24 @@ func shellTree(b *testing.B, dir string, n int, script string) int {
 // BenchmarkFreezeTree measures the freeze of a tree alone in its cgroup
 // (freezeTree: every thread seized and interrupted, with the cgroup
 // freezer first or not), for a tree of idle processes and one of
-// processes that spin, 16 children each, on this machine's CPUs. The
+// processes that spin (sh and 1 or 15 children), on this machine's CPUs. The
 // report gives the median and the worst of the freezes as ms/median and
 // ms/max.
 //
 //	go test ./source -run XXX -bench FreezeTree -benchtime 50x
 func BenchmarkFreezeTree(b *testing.B) {
 	testutil.RequireRoot(b)
-	for _, load := range []struct{ name, script string }{
-		{"idle", "sleep 1000"},
-		{"busy", "while :; do :; done"},
+	for _, load := range []struct {
+		name, script string
+		n            int
+	}{
+		{"idle-2", "sleep 1000", 1},
+		{"idle-16", "sleep 1000", 15},
+		{"busy-16", "while :; do :; done", 15},
 	} {
 		b.Run(load.name, func(b *testing.B) {
 			dir, _ := testutil.FreezerCgroup(b, "bench-"+load.name)
-			root := shellTree(b, dir, 16, load.script)
+			root := shellTree(b, dir, load.n, load.script)
 			for _, mode := range []FreezeMode{FreezePtrace, FreezeCgroup} {
 				b.Run(string(mode), func(b *testing.B) {
 					var took []time.Duration
