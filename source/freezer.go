@@ -136,6 +136,7 @@ func (f *cgroupFreezer) close() {
 	f.thaw()
 	if f.record != "" && !f.stuck {
 		os.Remove(f.record)
+		f.record = ""
 	}
 	f.freeze.Close()
 	f.events.Close()

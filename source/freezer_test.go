@@ -46,8 +46,7 @@ func forkerTree(t *testing.T, name string, n int) (p *testutil.Proc, dir string)
 	return p, dir
 }
 
-// requireThawed checks that the cgroup at dir is not frozen, and that no
-// record of a frozen cgroup is left.
+// requireThawed checks that the cgroup at dir is not frozen.
 func requireThawed(t *testing.T, dir string) {
 	t.Helper()
 	if testutil.CgroupFrozen(t, dir) {
@@ -56,6 +55,12 @@ func requireThawed(t *testing.T, dir string) {
 	if b, err := os.ReadFile(filepath.Join(dir, "cgroup.freeze")); err != nil || strings.TrimSpace(string(b)) != "0" {
 		t.Errorf("cgroup.freeze: %q, %v; want 0", b, err)
 	}
+}
+
+// requireNoFreezerRecord checks that no record of a cgroup to freeze is
+// left.
+func requireNoFreezerRecord(t *testing.T) {
+	t.Helper()
 	if ents, _ := os.ReadDir(frozenRecordDir()); len(ents) != 0 {
 		t.Errorf("records of frozen cgroups left: %v", ents)
 	}
@@ -115,6 +120,8 @@ func TestFreezeSeizeThaw(t *testing.T) {
 			for _, d := range all {
 				testutil.RequireRunning(t, d.pid)
 			}
+			ss.freezer.close()
+			requireNoFreezerRecord(t)
 			p.WaitTick(t, short, p.LastTick(t)+3)
 		})
 	}
@@ -147,6 +154,7 @@ func TestFreezerOutsider(t *testing.T) {
 		t.Errorf("dump: freezer %q, %d processes; want ptrace, 3", rep.Freezer, rep.Processes)
 	}
 	requireThawed(t, dir)
+	requireNoFreezerRecord(t)
 	p.WaitTick(t, short, p.LastTick(t)+3)
 	other.WaitTick(t, short, other.LastTick(t)+3)
 }
@@ -167,6 +175,7 @@ func TestFreezerDump(t *testing.T) {
 	}
 	t.Logf("stopped by %s in %.3f ms", rep.Freezer, rep.FreezeMS)
 	requireThawed(t, dir)
+	requireNoFreezerRecord(t)
 	p.WaitTick(t, short, p.LastTick(t)+3)
 
 	for _, how := range []string{"error", "cancel", "panic"} {
@@ -205,6 +214,7 @@ func TestFreezerDump(t *testing.T) {
 				t.Fatal("the cgroup freezer was not used")
 			}
 			requireThawed(t, dir)
+			requireNoFreezerRecord(t)
 			for _, pid := range append([]int{p.PID}, childrenPIDs(t, p.PID)...) {
 				testutil.RequireRunning(t, pid)
 				if tr := testutil.StatusField(t, pid, "TracerPid"); tr != "0" {
@@ -258,6 +268,8 @@ func TestFreezerThawsOnSeizeError(t *testing.T) {
 	if err := held.Detach(); err != nil {
 		t.Fatal(err)
 	}
+	ss.freezer.close()
+	requireNoFreezerRecord(t)
 	testutil.RequireRunning(t, kid)
 	p.WaitTick(t, short, p.LastTick(t)+3)
 }
