@@ -19,7 +19,8 @@ var checkCmd = &command{
 Try, for real, each kernel mechanism migrate relies on, and print whether it
 works here: ptrace seize, syscall injection, pidfd_getfd, clone3 with
 set_tid, PR_SET_MM_MAP, process_vm_readv/writev, soft-dirty, userfaultfd
-async write-protect with PAGEMAP_SCAN, TCP repair, and the vdso layout. The
+async write-protect with PAGEMAP_SCAN, TCP repair, the vdso layout, time
+namespaces, the XSAVE features, and the cgroup v2 freezer. The
 kernel configuration is never read: a mechanism works when using it works.
 The probes run on short-lived child processes, which they reap.
 

@@ -56,6 +56,9 @@ const (
 	FeatureVDSO        = "vdso layout"
 	FeatureTimeNS      = "time namespaces"
 	FeatureXSAVE       = "XSAVE features"
+	// FeatureCgroupFreezer: the cgroup v2 freezer, as a freeze uses it
+	// (ProbeCgroupFreezer).
+	FeatureCgroupFreezer = "cgroup v2 freezer"
 )
 
 // Feature is the outcome of one probe.
@@ -156,6 +159,7 @@ func Check(ctx context.Context, opts CheckOptions) []Feature {
 		{FeatureVDSO, ProbeVDSO},
 		{FeatureTimeNS, ProbeTimeNamespace},
 		{FeatureXSAVE, ProbeXSAVE},
+		{FeatureCgroupFreezer, ProbeCgroupFreezer},
 	}
 	out := make([]Feature, 0, len(probes))
 	for _, p := range probes {

@@ -3,7 +3,9 @@ package kernel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -120,6 +122,18 @@ func TestProbeXSAVE(t *testing.T) {
 	}
 }
 
+// TestProbeCgroupFreezer: where cgroup2 is mounted with this process's
+// cgroup and has a freezer, the probe works, and leaves no cgroup behind.
+func TestProbeCgroupFreezer(t *testing.T) {
+	needRoot(t)
+	checkProbe(t, FeatureCgroupFreezer, ProbeCgroupFreezer)
+	matches, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/*/migrate-probe-%d", os.Getpid()))
+	more, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/migrate-probe-%d", os.Getpid()))
+	if len(matches)+len(more) > 0 {
+		t.Errorf("probe cgroups left: %v %v", matches, more)
+	}
+}
+
 // A cancelled context stops a probe with the context's error, and kills
 // and reaps its helper (TestMain checks the reaping).
 func TestProbeCancelled(t *testing.T) {
@@ -149,7 +163,8 @@ func TestCheck(t *testing.T) {
 		}
 	}
 	want := []string{FeaturePtraceSeize, FeatureInjection, FeaturePidfdGetfd, FeatureClone3, FeatureMMMap,
-		FeatureProcessVM, FeatureSoftDirty, FeatureUffdWP, FeatureTCPRepair, FeatureVDSO, FeatureTimeNS, FeatureXSAVE}
+		FeatureProcessVM, FeatureSoftDirty, FeatureUffdWP, FeatureTCPRepair, FeatureVDSO, FeatureTimeNS, FeatureXSAVE,
+		FeatureCgroupFreezer}
 	if !slices.Equal(names, want) {
 		t.Fatalf("features %q, want %q", names, want)
 	}
