@@ -395,7 +395,7 @@ func TestCheckReal(t *testing.T) {
 		Name   string `json:"name"`
 		Status string `json:"status"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &feats); err != nil || len(feats) != 12 {
+	if err := json.Unmarshal([]byte(r.stdout), &feats); err != nil || len(feats) != 13 {
 		t.Fatalf("%v, %d features", err, len(feats))
 	}
 	for _, f := range feats {
