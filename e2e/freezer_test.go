@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
@@ -210,4 +213,55 @@ func TestFreezerOutsiderLive(t *testing.T) {
 	if got := v2Cgroup(t, findInNamespace(t, p.PID)); got != v2Cgroup(t, other.PID) {
 		t.Errorf("the migrated counter is in cgroup %q, want the original's", got)
 	}
+}
+
+// TestFreezerPostgres: PostgreSQL's tree (the postmaster and its
+// auxiliary processes) alone in a cgroup v2 of its own is dumped (left
+// running) stopped by the cgroup freezer, then by ptrace alone, several
+// times each: both work, the cgroup is thawed after each, and the log
+// gives the time each took to stop the tree.
+func TestFreezerPostgres(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg, _ := testutil.FreezerCgroup(t, "postgres")
+	c := newPGCluster(t)
+	p := c.start(t)
+	t.Cleanup(func() {
+		unix.Kill(p.PID, unix.SIGINT) // a fast shutdown: its children end first
+		p.WaitExit(t, long)
+	})
+	// The postmaster and its children into the cgroup; what it forks
+	// from now on is born there.
+	testutil.JoinCgroup(t, cg, p.PID)
+	for _, k := range childrenOf(t, p.PID) {
+		testutil.JoinCgroup(t, cg, k)
+	}
+	c.must(t, "select 1")
+	testutil.WaitFor(t, long, "the postmaster to have only its auxiliary processes", func() bool {
+		for _, name := range pgChildren(t, p.PID) {
+			if !strings.Contains(name, "launcher") && !strings.Contains(name, "writer") && !strings.Contains(name, "checkpointer") {
+				return false
+			}
+		}
+		return true
+	})
+	const rounds = 7
+	for _, mode := range []source.FreezeMode{source.FreezeCgroup, source.FreezePtrace} {
+		var took []float64
+		for range rounds {
+			rep, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Tree: true, LeaveRunning: true, Freeze: mode, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatalf("dump with --freeze %s: %v", mode, err)
+			}
+			if rep.Freezer != string(mode) {
+				t.Fatalf("dump with --freeze %s stopped by %q", mode, rep.Freezer)
+			}
+			if testutil.CgroupFrozen(t, cg) {
+				t.Fatalf("the cgroup is frozen after the dump")
+			}
+			took = append(took, rep.FreezeMS)
+		}
+		slices.Sort(took)
+		t.Logf("--freeze %s: %d processes stopped in %.3f ms (median of %d; %.3f to %.3f)", mode, len(pgChildren(t, p.PID))+1, took[rounds/2], rounds, took[0], took[rounds-1])
+	}
+	c.must(t, "select 1")
 }
