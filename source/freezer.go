@@ -1,7 +1,6 @@
 package source
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -435,16 +433,8 @@ func writeFreezerRecord(path string) string {
 // range, and a clean absolute cgroup path.
 func decodeFreezerRecord(b []byte) (freezerRecord, error) {
 	var r freezerRecord
-	if len(b) > maxFreezerRecord {
-		return r, fmt.Errorf("%w: larger than %d bytes", errNotRecord, maxFreezerRecord)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, fmt.Errorf("%w: %v", errNotRecord, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, fmt.Errorf("%w: data after the object", errNotRecord)
+	if err := decodeStrict(b, maxFreezerRecord, &r); err != nil {
+		return r, err
 	}
 	if r.Owner <= 0 || r.Owner > core.MaxPID {
 		return r, fmt.Errorf("%w: owner %d", errNotRecord, r.Owner)
@@ -516,25 +506,9 @@ func ThawStale(log *slog.Logger) {
 	}
 }
 
-// readFreezerRecord reads a freezer record: a regular file (not
-// followed if a link, not waited on) of at most maxFreezerRecord bytes.
+// readFreezerRecord reads a freezer record (readRecordFile).
 func readFreezerRecord(file string) (freezerRecord, error) {
-	fd, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return freezerRecord{}, fmt.Errorf("%s: %w: a symbolic link", file, errNotRecord)
-		}
-		return freezerRecord{}, err
-	}
-	defer fd.Close()
-	fi, err := fd.Stat()
-	if err != nil {
-		return freezerRecord{}, err
-	}
-	if !fi.Mode().IsRegular() {
-		return freezerRecord{}, fmt.Errorf("%s: %w: not a regular file", file, errNotRecord)
-	}
-	b, err := io.ReadAll(io.LimitReader(fd, maxFreezerRecord+1))
+	b, err := readRecordFile(file, maxFreezerRecord)
 	if err != nil {
 		return freezerRecord{}, err
 	}

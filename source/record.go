@@ -176,26 +176,10 @@ const maxRecordSize = 4096 + maxRecordedTree*64
 // errNotRecord marks a file of RecordDir that is not a record.
 var errNotRecord = errors.New("not a migration record")
 
-// readRecord reads the record at path: a regular file (a symlink, FIFO or
-// device there is not opened, not waited on) of at most maxRecordSize
-// bytes, decoded by decodeRecord.
+// readRecord reads the record at path (readRecordFile), decoded by
+// decodeRecord.
 func readRecord(path string) (Record, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return Record{}, fmt.Errorf("%s: %w: a symbolic link", path, errNotRecord)
-		}
-		return Record{}, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return Record{}, err
-	}
-	if !fi.Mode().IsRegular() {
-		return Record{}, fmt.Errorf("%s: %w: not a regular file", path, errNotRecord)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	b, err := readRecordFile(path, maxRecordSize)
 	if err != nil {
 		return Record{}, err
 	}
@@ -206,21 +190,52 @@ func readRecord(path string) (Record, error) {
 	return r, nil
 }
 
+// decodeStrict decodes a file of RecordDir of at most max bytes into v:
+// one JSON object of known keys only, nothing after it.
+func decodeStrict(b []byte, max int, v any) error {
+	if len(b) > max {
+		return fmt.Errorf("%w: larger than %d bytes", errNotRecord, max)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errNotRecord, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("%w: data after the object", errNotRecord)
+	}
+	return nil
+}
+
+// readRecordFile reads a file of RecordDir: a regular file (a symlink,
+// FIFO or device there is not opened, not waited on) of at most max
+// bytes (one more is read, for the decoder to refuse).
+func readRecordFile(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s: %w: a symbolic link", path, errNotRecord)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file", path, errNotRecord)
+	}
+	return io.ReadAll(io.LimitReader(f, max+1))
+}
+
 // decodeRecord decodes and checks a record: known keys only, nothing after
 // the object, PIDs in range, a session ID, and a target address with no
 // space or control character (it is printed in a command to run).
 func decodeRecord(b []byte) (Record, error) {
 	var r Record
-	if len(b) > maxRecordSize {
-		return r, fmt.Errorf("%w: larger than %d bytes", errNotRecord, maxRecordSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, fmt.Errorf("%w: %v", errNotRecord, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, fmt.Errorf("%w: data after the object", errNotRecord)
+	if err := decodeStrict(b, maxRecordSize, &r); err != nil {
+		return r, err
 	}
 	if r.PID <= 0 || r.PID > core.MaxPID || r.Owner <= 0 || r.Owner > core.MaxPID {
 		return r, fmt.Errorf("%w: pid %d, owner %d", errNotRecord, r.PID, r.Owner)

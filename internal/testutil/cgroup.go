@@ -9,9 +9,26 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/procmig/migrate/core/proc"
 )
+
+// cgroup2Mount is where cgroup2 is mounted with its root, from
+// /proc/self/mountinfo ("" if nowhere). (core/proc, which says the same,
+// imports testutil in its tests.)
+func cgroup2Mount(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 1 && g[0] == "cgroup2" && f[3] == "/" {
+			return f[4]
+		}
+	}
+	return ""
+}
 
 // FreezerCgroup creates a cgroup v2 of the test named name below the
 // root of the cgroup2 hierarchy, and returns its directory and its path
@@ -21,17 +38,7 @@ import (
 // its root, or its cgroups have no cgroup.freeze.
 func FreezerCgroup(t testing.TB, name string) (dir, path string) {
 	t.Helper()
-	mounts, err := proc.ReadCgroupMounts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mount := ""
-	for _, m := range mounts {
-		if m.Controllers == "" && m.Root == "/" {
-			mount = m.Dir
-			break
-		}
-	}
+	mount := cgroup2Mount(t)
 	if mount == "" {
 		Unavailable(t, "cgroup2 is not mounted (with its root) here")
 	}
