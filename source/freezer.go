@@ -245,7 +245,11 @@ func (f *cgroupFreezer) isFrozen() (bool, error) {
 }
 
 // procs lists the processes of the cgroup and of every cgroup below it.
-func (f *cgroupFreezer) procs() (map[int]bool, error) {
+func (f *cgroupFreezer) procs() (map[int]bool, error) { return f.list("cgroup.procs") }
+
+// list lists the IDs that file (cgroup.procs, cgroup.threads) of the
+// cgroup and of every cgroup below it names.
+func (f *cgroupFreezer) list(file string) (map[int]bool, error) {
 	out := map[int]bool{}
 	top := filepath.Join(f.dir, f.rel)
 	cgroups := 0
@@ -266,7 +270,7 @@ func (f *cgroupFreezer) procs() (map[int]bool, error) {
 		if err != nil {
 			return err
 		}
-		v, err := proc.ReadCgroupFileLimit(f.dir, rel, "cgroup.procs", maxFreezerProcs*8)
+		v, err := proc.ReadCgroupFileLimit(f.dir, rel, file, maxFreezerProcs*8)
 		if err != nil {
 			if p != top && errors.Is(err, unix.ENOENT) {
 				return nil
@@ -276,16 +280,16 @@ func (f *cgroupFreezer) procs() (map[int]bool, error) {
 		for _, s := range strings.Fields(v) {
 			pid, err := strconv.Atoi(s)
 			if err != nil || pid <= 0 {
-				return fmt.Errorf("%s: cgroup.procs: %q is not a PID", p, s)
+				return fmt.Errorf("%s: %s: %q is not an ID", p, file, s)
 			}
 			if out[pid] = true; len(out) > maxFreezerProcs {
-				return fmt.Errorf("more than %d processes", maxFreezerProcs)
+				return fmt.Errorf("more than %d in %s", maxFreezerProcs, file)
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cgroup %s: its processes: %w", f.path, err)
+		return nil, fmt.Errorf("cgroup %s: %s: %w", f.path, file, err)
 	}
 	return out, nil
 }
@@ -309,11 +313,37 @@ func (f *cgroupFreezer) outsider(members, known map[int]bool) (int, bool) {
 				}
 			}
 		}
-		if !inTree[pid] && !descendantOf(pid, f.root) {
+		if !inTree[pid] && !descendantOf(pid, f.root) && !gone(pid) {
 			return pid, true
 		}
 	}
 	return 0, false
+}
+
+// sleeper fails if a thread of the frozen cgroup is in an
+// uninterruptible sleep (state D): the cgroup counts it as frozen, but
+// PTRACE_INTERRUPT stops it only once it wakes, which may need another
+// task of the cgroup to run (a vfork parent waits so for its child, which
+// the freezer holds before its exec or exit; glibc's posix_spawn and Go's
+// os/exec use vfork): the wait for its stop would never end.
+func (f *cgroupFreezer) sleeper() error {
+	tids, err := f.list("cgroup.threads")
+	if err != nil {
+		return err
+	}
+	for tid := range tids {
+		if st, err := proc.ReadStat(tid); err == nil && st.State == 'D' {
+			return fmt.Errorf("thread %d (%s) is in an uninterruptible sleep (a vfork parent waiting for its child, or I/O): the freeze would wait on it", tid, st.Comm)
+		}
+	}
+	return nil
+}
+
+// gone says whether process pid exited since it was listed (a zombie, or
+// no more): it is in no cgroup any more.
+func gone(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err != nil || st.State == 'Z' || st.State == 'X'
 }
 
 // stop freezes the cgroup and waits until it is frozen (at most
@@ -367,6 +397,9 @@ func (f *cgroupFreezer) stop(ctx context.Context) bool {
 		if pid, ok := f.outsider(members, f.members); ok {
 			err = fmt.Errorf("process %d joined the cgroup", pid)
 		}
+	}
+	if err == nil {
+		err = f.sleeper()
 	}
 	if err != nil {
 		f.log.Warn("the cgroup freezer is not used: the tree is stopped by ptrace only", "cgroup", f.path, "err", err)

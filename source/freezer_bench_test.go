@@ -19,7 +19,7 @@ import (
 // shellTree starts sh in the cgroup at dir (clone3 CLONE_INTO_CGROUP: its
 // children are born there) with n children running script, and waits
 // until the n are there.
-func shellTree(b *testing.B, dir string, n int, script string) int {
+func shellTree(b testing.TB, dir string, n int, script string) int {
 	b.Helper()
 	cg, err := os.Open(dir)
 	if err != nil {
@@ -35,13 +35,19 @@ func shellTree(b *testing.B, dir string, n int, script string) int {
 	b.Cleanup(func() {
 		syscall.Kill(-pid, syscall.SIGKILL) // its process group: sh and its children
 		cmd.Wait()
-		testutil.WaitFor(b, short, "the tree's children to be reaped", func() bool {
+		// Its children die (SIGKILL to the group) or are orphaned,
+		// and come to this test, a subreaper: reaped once zombies.
+		testutil.WaitFor(b, short, "the tree's processes to be reaped", func() bool {
+			zombies := false
 			for _, k := range testutil.Children() {
-				var ws syscall.WaitStatus
-				syscall.Wait4(k, &ws, syscall.WNOHANG, nil)
+				if st, _ := testutil.State(k); st == 'Z' {
+					var ws syscall.WaitStatus
+					syscall.Wait4(k, &ws, syscall.WNOHANG, nil)
+					zombies = true
+				}
 			}
 			procs, _ := os.ReadFile(dir + "/cgroup.procs")
-			return strings.TrimSpace(string(procs)) == ""
+			return !zombies && strings.TrimSpace(string(procs)) == ""
 		})
 	})
 	testutil.WaitFor(b, short, "the tree's children", func() bool {

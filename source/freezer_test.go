@@ -350,3 +350,86 @@ func FuzzDecodeFreezerRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestFreezerStopsChurn: a tree whose processes fork and exit all the
+// time (each of 4 children of sh forks a subshell that exits, in a loop)
+// is stopped with the cgroup freezer 10 times: every process seized was
+// in the cgroup when it froze (none forked between the first stop and
+// the last; one exiting then may be gone). With ptrace alone, the
+// processes not yet stopped fork on meanwhile (nothing to compare with:
+// it stops the tree, 10 times).
+//
+// A tree that runs programs (sh's vfork of /bin/true) has, frozen, vfork
+// parents waiting for children the freezer holds, which no
+// PTRACE_INTERRUPT stops: the freeze sees them and stops the tree with
+// ptrace alone, and never hangs.
+func TestFreezerStopsChurn(t *testing.T) {
+	testutil.RequireRoot(t)
+	withRecordDir(t)
+	for _, tc := range []struct {
+		name, script string
+		modes        []FreezeMode
+	}{
+		{"fork", "while :; do ( : ); done", []FreezeMode{FreezeCgroup, FreezePtrace}},
+		{"vfork", "while :; do /bin/true; done", []FreezeMode{FreezeAuto}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, _ := testutil.FreezerCgroup(t, "churn-"+tc.name)
+			root := shellTree(t, dir, 4, tc.script)
+			for _, mode := range tc.modes {
+				by := map[string]int{}
+				for range 10 {
+					by[stopChurn(t, root, mode, dir)]++
+				}
+				if mode == FreezeCgroup && by["cgroup"] < 10 {
+					t.Errorf("--freeze cgroup: stopped by %v", by)
+				}
+				t.Logf("--freeze %s: stopped by %v (10 freezes)", mode, by)
+			}
+		})
+	}
+}
+
+// stopChurn stops the tree of root with mode, checks that with the
+// cgroup freezer every process seized was in the cgroup (at dir) when it
+// froze, and lets the tree go. It returns what stopped the tree.
+func stopChurn(t *testing.T, root int, mode FreezeMode, dir string) string {
+	t.Helper()
+	ss := &session{opts: DumpOptions{PID: root, Tree: true, Freeze: mode}, log: fixtureLogger(t), tr: ptrace.NewTracer()}
+	defer ss.closeTracers()
+	// As a live migration's: a process that exits as it is stopped is
+	// no error.
+	ss.regroup = func(context.Context, []*dumper) ([]*dumper, error) { return nil, nil }
+	var atFreeze map[int]bool
+	ss.opts.testHook = func(stage string) error {
+		if stage == stageCgroupFrozen {
+			m, err := ss.freezer.procs()
+			atFreeze = m
+			return err
+		}
+		return nil
+	}
+	if err := ss.prepareFreezer(root); err != nil {
+		t.Fatal(err)
+	}
+	all := []*dumper{{session: ss, pid: root}}
+	_, err := freezeTree(context.Background(), ss, &all, nil)
+	ss.freezer.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, d := range all {
+			if d.p != nil {
+				d.p.Detach()
+			}
+		}
+	}()
+	requireThawed(t, dir)
+	for _, d := range all {
+		if d.p != nil && ss.froze == "cgroup" && !atFreeze[d.pid] {
+			t.Errorf("process %d was seized but not in the cgroup when it froze: it forked between the stops", d.pid)
+		}
+	}
+	return ss.froze
+}
