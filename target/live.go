@@ -258,6 +258,9 @@ type liveTarget struct {
 	// streams is how many page streams each process has
 	// (LiveLayout.Streams, at least 1).
 	streams int
+	// writeFrame puts a frame's pages into its process: nil is
+	// b.WriteFrame (a test records the order instead).
+	writeFrame func(pid int, fr *pagestream.Frame) error
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -575,7 +578,11 @@ func (t *liveTarget) apply(in *pagesIn, r io.ReadCloser) {
 		switch fr.Kind {
 		case pagestream.FramePages:
 			at := time.Now()
-			err := t.b.WriteFrame(pid, fr)
+			write := t.writeFrame
+			if write == nil {
+				write = t.b.WriteFrame
+			}
+			err := write(pid, fr)
 			in.applyNS += int64(time.Since(at))
 			for {
 				cur := t.applyNS.Load()
