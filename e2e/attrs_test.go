@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -35,10 +36,10 @@ func attrsWant(ncpu int, slices bool) []string {
 		s0, s2 = 0, 0
 	}
 	return []string{
-		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000 mdwe=1", thp),
-		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001", core.SchedBatch, s0, unix.SIGWINCH),
-		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000", core.SchedRR, last, unix.SIGURG),
-		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0", core.SchedIdle, s2, all),
+		fmt.Sprintf("P oom=345 cdf=00000023 thp=%d subreaper=1 membarrier=0x14 personality=0x40000 mdwe=1", thp),
+		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001 mce=2 tsc=1", core.SchedBatch, s0, unix.SIGWINCH),
+		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000 mce=1 tsc=1", core.SchedRR, last, unix.SIGURG),
+		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0 mce=0 tsc=2", core.SchedIdle, s2, all),
 	}
 }
 
@@ -161,9 +162,9 @@ func outsideView(t *testing.T, pid int) []string {
 }
 
 // TestSchedAttrs: scheduling policy and priority, reset-on-fork, nice, time
-// slice, CPU affinity, timer slack, parent-death signal and I/O priority
-// (or none), each different on three
-// threads, and oom_score_adj, THP disable, child subreaper, membarrier
+// slice, CPU affinity, timer slack, parent-death signal, I/O priority
+// (or none), memory-error kill policy and rdtsc mode, each different on three
+// threads, and oom_score_adj, coredump_filter, THP disable, child subreaper, membarrier
 // registrations and personality of the process come back exactly after a
 // dump and restore, as the process reads them of itself and as another
 // process reads them. Before they came back as a fresh thread's.
@@ -175,8 +176,17 @@ func TestSchedAttrs(t *testing.T) {
 	if a := img.Process.Attrs; a == nil || a.OOMScoreAdj != 345 || !a.ChildSubreaper || a.Membarrier != 0x14 {
 		t.Errorf("image attributes %+v", img.Process.Attrs)
 	}
-	if s := img.Process.Threads[1].Sched; s == nil || s.Policy != core.SchedRR || s.Priority != 7 || !s.ResetOnFork {
+	if s := img.Process.Threads[1].Sched; s == nil || s.Policy != core.SchedRR || s.Priority != 7 || !s.ResetOnFork || s.MCEKill != core.MCEKillEarly {
 		t.Errorf("image: thread 1 scheduling %+v", s)
+	}
+	if s := img.Process.Threads[2].Sched; s == nil || s.MCEKill != core.MCEKillLate || !s.TSCSigsegv {
+		t.Errorf("image: thread 2 scheduling %+v, want memory-error policy late and rdtsc faulting", s)
+	}
+	if s := img.Process.Threads[0].Sched; s == nil || s.MCEKill != 0 || s.TSCSigsegv {
+		t.Errorf("image: thread 0 scheduling %+v, want the default memory-error policy and rdtsc", s)
+	}
+	if a := img.Process.Attrs; a == nil || a.CoredumpFilter == nil || *a.CoredumpFilter != 0x23 {
+		t.Errorf("image: coredump filter of %+v, want 0x23", img.Process.Attrs)
 	}
 	r := restoreOK(t, dir, p.Log)
 	after := reportAgain(t, p.Log, r.PID)
@@ -203,8 +213,10 @@ func TestSchedAttrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *img2.Process.Attrs != *img.Process.Attrs {
-		t.Errorf("restored process attributes %+v, dumped %+v", *img2.Process.Attrs, *img.Process.Attrs)
+	if !reflect.DeepEqual(img2.Process.Attrs, img.Process.Attrs) {
+		a2, a := *img2.Process.Attrs, *img.Process.Attrs
+		a2.CoredumpFilter, a.CoredumpFilter = nil, nil
+		t.Errorf("restored process attributes %+v (coredump filter %#x), dumped %+v (%#x)", a2, *img2.Process.Attrs.CoredumpFilter, a, *img.Process.Attrs.CoredumpFilter)
 	}
 	for i, th := range img.Process.Threads {
 		th2 := img2.Process.Threads[i]

@@ -127,6 +127,16 @@ func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
 	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj %q: %w", pid, adj, err)
 	}
+	cdf, err := os.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", pid))
+	if err != nil {
+		return nil, 0, fmt.Errorf("process %d: coredump_filter: %w", pid, err)
+	}
+	f, err := strconv.ParseUint(strings.TrimSpace(string(cdf)), 16, 32)
+	if err != nil || f > core.MaxCoredumpFilter {
+		return nil, 0, fmt.Errorf("process %d: coredump_filter %q: not a filter of the known bits (%v)", pid, cdf, err)
+	}
+	filter := uint32(f)
+	a.CoredumpFilter = &filter
 	var pers uint64
 	for i, tid := range tids {
 		// /proc/TID/personality: reading it needs ptrace access, which a
@@ -202,7 +212,8 @@ func (d *dumper) probeMembarrier(lead *ptrace.Thread) (uint64, error) {
 }
 
 // collectInjectedAttrs reads what only the process itself can tell: each
-// thread's parent-death signal and memory policy, and the process's
+// thread's parent-death signal, memory policy, memory-error kill policy
+// and rdtsc mode, and the process's
 // child-subreaper flag, THP disable, membarrier registrations,
 // memory-deny-write-execute and KSM merge-any.
 //
@@ -218,6 +229,30 @@ func (d *dumper) collectInjectedAttrs() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
+		// The memory-error policy and the rdtsc mode: thread flags
+		// no /proc file shows.
+		mce, err := d.p.Syscall(th, "prctl(PR_MCE_KILL_GET)", unix.SYS_PRCTL, unix.PR_MCE_KILL_GET, 0, 0, 0, 0)
+		switch {
+		case errors.Is(err, unix.EINVAL): // a kernel without memory failure handling: none
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case mce == unix.PR_MCE_KILL_EARLY:
+			p.Threads[i].Sched.MCEKill = core.MCEKillEarly
+		case mce == unix.PR_MCE_KILL_LATE:
+			p.Threads[i].Sched.MCEKill = core.MCEKillLate
+		case mce != unix.PR_MCE_KILL_DEFAULT:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has memory-error kill policy %d, which migrate does not know", th.TID, mce)}
+		}
+		_, b, err = d.call(th, "prctl(PR_GET_TSC)", 4, unix.SYS_PRCTL, unix.PR_GET_TSC, d.scratch)
+		switch {
+		case errors.Is(err, unix.EINVAL): // an architecture without it
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case le.Uint32(b) == unix.PR_TSC_SIGSEGV:
+			p.Threads[i].Sched.TSCSigsegv = true
+		case le.Uint32(b) != unix.PR_TSC_ENABLE:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has rdtsc mode %d, which migrate does not know", th.TID, le.Uint32(b))}
+		}
 		// The NUMA memory policy is not carried: one that is not the
 		// default refuses the dump.
 		// (A kernel without NUMA has none: ENOSYS.)
