@@ -43,6 +43,11 @@ type RestoreReport = target.RestoreReport
 // bytes and downtime. It is what `migrate --to --json` prints.
 type Report = source.MigrateReport
 
+// Renumbered is a process or thread of a container moved live whose PID
+// outside the container is another on the target (TargetPID) than here
+// (PID): its own was taken there (Report.Renumbered).
+type Renumbered = source.Renumbered
+
 // RoundReport is one round of pages: pages dirty and sent, bytes raw and
 // on the wire, its time.
 type RoundReport = source.RoundReport

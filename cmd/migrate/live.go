@@ -346,6 +346,9 @@ has no such risk. Post-copy moves a single process.`,
 					fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
 				}
 				fmt.Fprintln(e.stdout, migrateSummary(rep))
+				if len(rep.Renumbered) > 0 {
+					fmt.Fprintln(e.stdout, renumberedLine(rep.Renumbered))
+				}
 				if pc := rep.PostCopy; pc != nil {
 					fmt.Fprintln(e.stdout, postCopyLine(pc))
 				}
@@ -410,6 +413,17 @@ func migrateSummary(r *migrate.Report) string {
 		r.PID, comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
 		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
 		formatMS(r.TotalMS), r.Session)
+}
+
+// renumberedLine says which PIDs outside a container the target gave
+// others.
+func renumberedLine(moves []migrate.Renumbered) string {
+	var s []string
+	for _, m := range moves {
+		s = append(s, fmt.Sprintf("%d->%d", m.PID, m.TargetPID))
+	}
+	return fmt.Sprintf("the container's PIDs were taken on the target: its processes and threads have other PIDs outside it there (%s), the same inside",
+		strings.Join(s, " "))
 }
 
 // isTo says whether the arguments ask for a live migration: --to among
