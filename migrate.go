@@ -463,8 +463,10 @@ type ServeOptions struct {
 // migrations, builds each incoming process while its source copies
 // memory, restores the rest when the source freezes it, and lets it run
 // on commit. A process whose PID is taken here is refused before its
-// source freezes anything, so the service usually runs as PID 1 of a PID
-// namespace of its own (it then reaps the processes it restored). When ctx
+// source freezes anything (a container's processes get other PIDs outside
+// it instead: Report.Renumbered), so the service usually runs as PID 1 of
+// a PID namespace of its own (it then reaps the processes it restored).
+// When ctx
 // ends, sessions that have not committed are aborted (their sources
 // resume their originals). Serve owns ln and closes it.
 func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {

@@ -70,7 +70,9 @@ var serveCmd = &command{
 Run the target service: accept migrations from 'migrate --to', build each
 incoming process while its source copies memory, restore the rest when the
 source freezes it, and let it run on commit. A process whose PID is taken
-here is refused before its source freezes anything. Ctrl-C or SIGTERM aborts
+here is refused before its source freezes anything; a container's processes
+and threads whose PIDs outside it are taken get free ones instead (the same
+inside; the source's report lists them). Ctrl-C or SIGTERM aborts
 the sessions that have not committed (their sources resume their originals)
 and exits.
 
