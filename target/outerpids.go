@@ -86,16 +86,22 @@ func (o *outerPIDs) local(pid int) (int, bool) {
 }
 
 // assign gives pid a PID here if the map does not hold it yet: its own
-// where that is free (a zombie holding it is waited for a moment, see
-// waitPIDFree) and not given to another, else a free one that is none
-// of named (the source's PIDs of the processes and threads being
-// assigned with it, which may keep theirs).
-func (o *outerPIDs) assign(pid int, named map[int]bool) error {
+// where that is free (with wait, a zombie holding it is waited for a
+// moment: see waitPIDFree) and not given to another, else a free one that is none
+// of named (the IDs the source names with it: those of the processes
+// and threads being assigned, which may keep theirs, and the parents,
+// groups and sessions outside the container, which a PID here must not
+// be taken for).
+func (o *outerPIDs) assign(pid int, named map[int]bool, wait bool) error {
 	if _, ok := o.here[pid]; ok {
 		return nil
 	}
+	free := pidFree
+	if wait {
+		free = waitPIDFree
+	}
 	n := pid
-	if _, given := o.given[pid]; given || waitPIDFree(pid) != nil {
+	if _, given := o.given[pid]; given || free(pid) != nil {
 		if o.free == nil {
 			o.free = newFreePIDs()
 		}
@@ -113,19 +119,21 @@ func (o *outerPIDs) assign(pid int, named map[int]bool) error {
 // layouts before keep theirs), forgets those it no longer names, and
 // renumbers ll (its processes, and the PIDs inside listed for them).
 func (o *outerPIDs) layout(ll *handoff.LiveLayout) error {
-	named := map[int]bool{ll.Process.PID: true}
-	for _, p := range ll.Tree {
-		named[p.PID] = true
+	procs := append([]core.Process{ll.Process}, ll.Tree...)
+	members := map[int]bool{}
+	for _, p := range procs {
+		members[p.PID] = true
 	}
 	// Those gone are forgotten: the source may give their PIDs to
 	// newcomers, which get PIDs here of their own.
 	for pid := range o.here {
-		if !named[pid] {
+		if !members[pid] {
 			delete(o.here, pid)
 		}
 	}
-	for _, pid := range append([]int{ll.Process.PID}, treePIDs(ll.Tree)...) {
-		if err := o.assign(pid, named); err != nil {
+	named := namedIDs(procs)
+	for _, p := range procs {
+		if err := o.assign(p.PID, named, true); err != nil {
 			return err
 		}
 	}
@@ -138,19 +146,18 @@ func (o *outerPIDs) layout(ll *handoff.LiveLayout) error {
 // image assigns a PID here to each process and thread of img, the
 // state's, and renumbers it.
 func (o *outerPIDs) image(img *core.Image) error {
-	named := map[int]bool{}
+	procs := append([]core.Process{img.Process}, img.Tree...)
 	var ids []int
-	for _, p := range append([]core.Process{img.Process}, img.Tree...) {
+	for _, p := range procs {
 		ids = append(ids, p.PID)
 		for _, th := range p.Threads {
 			ids = append(ids, th.TID)
 		}
 	}
+	named := namedIDs(procs)
 	for _, id := range ids {
-		named[id] = true
-	}
-	for _, id := range ids {
-		if err := o.assign(id, named); err != nil {
+		// (In the frozen window: no wait for a zombie.)
+		if err := o.assign(id, named, false); err != nil {
 			return err
 		}
 	}
@@ -181,10 +188,15 @@ func describeMoves(moves []handoff.Renumbered) string {
 		strings.Join(s, " "))
 }
 
-func treePIDs(tree []core.Process) []int {
-	out := make([]int, 0, len(tree))
-	for _, p := range tree {
-		out = append(out, p.PID)
+// namedIDs are the IDs procs name: their PIDs, parents, groups,
+// sessions and threads.
+func namedIDs(procs []core.Process) map[int]bool {
+	named := map[int]bool{}
+	for _, p := range procs {
+		named[p.PID], named[p.PPID], named[p.PGID], named[p.SID] = true, true, true, true
+		for _, th := range p.Threads {
+			named[th.TID] = true
+		}
 	}
-	return out
+	return named
 }
