@@ -95,15 +95,7 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 		if res.Outcome != "resumed" {
 			t.Fatalf("report: %+v", res)
 		}
-		if n < 0 {
-			t.Fatalf("the client, sending during the migration %s -> %s: %v", from, to, sent())
-		}
-		conn.SetDeadline(time.Now().Add(30 * time.Second))
-		for j := range n {
-			if l, err := r.ReadString('\n'); err != nil || l != fmt.Sprintf("busy %d\n", j) {
-				t.Fatalf("echo %d of what the client sent during the migration: %q, %v", j, l, err)
-			}
-		}
+		busyEchoes(t, conn, r, n, sent)
 		echoBack(t, conn, r, fmt.Sprintf("after hop %d", i+1))
 		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, renumbered %+v", from, to, len(res.Rounds), res.DowntimeMS, res.Renumbered)
 

@@ -182,7 +182,7 @@ func (o *outerPIDs) moved() []handoff.Renumbered {
 func describeMoves(moves []handoff.Renumbered) string {
 	var s []string
 	for _, m := range moves {
-		s = append(s, fmt.Sprintf("%d->%d", m.PID, m.TargetPID))
+		s = append(s, m.String())
 	}
 	return fmt.Sprintf("the container's PIDs here are taken: its processes and threads get other PIDs outside it (%s), the same inside",
 		strings.Join(s, " "))

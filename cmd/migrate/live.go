@@ -422,7 +422,7 @@ func migrateSummary(r *migrate.Report) string {
 func renumberedLine(moves []migrate.Renumbered) string {
 	var s []string
 	for _, m := range moves {
-		s = append(s, fmt.Sprintf("%d->%d", m.PID, m.TargetPID))
+		s = append(s, m.String())
 	}
 	return fmt.Sprintf("the container's PIDs were taken on the target: its processes and threads have other PIDs outside it there (%s), the same inside",
 		strings.Join(s, " "))

@@ -1,6 +1,10 @@
 package handoff
 
-import "github.com/procmig/migrate/core"
+import (
+	"fmt"
+
+	"github.com/procmig/migrate/core"
+)
 
 // LiveLayout is the body of a round's Layout message in a live migration:
 // the process as far as it is known before the freeze (identity,
@@ -103,6 +107,8 @@ type Renumbered struct {
 	PID       int `json:"pid"`
 	TargetPID int `json:"target_pid"`
 }
+
+func (r Renumbered) String() string { return fmt.Sprintf("%d->%d", r.PID, r.TargetPID) }
 
 // MaxRenumbered bounds the Renumbered a Resumed lists.
 const MaxRenumbered = 1 << 16
