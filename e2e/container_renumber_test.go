@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,13 +18,14 @@ import (
 )
 
 // TestContainerLiveOuterPIDsTaken: a container (a shell as its init,
-// an echo server its child, a client connected to it at the service
-// address) moves live to node B, where the PIDs its two processes have
-// in node A are taken (a sleep holds each): B gives them other PIDs in
-// its namespace, the same inside the container (1 and 2), and the
-// report says which. The server answers the client all along, nothing
-// of the original is left on A, the sleeps are untouched, and the
-// renumbered container moves back to A (where its PIDs on B are free).
+// an echo server and the threads workload its children, a client
+// connected to the server at the service address) moves live to node B,
+// where the PIDs and TIDs its processes and threads have in node A are
+// taken (a sleep holds each): B gives them others in its namespace, the
+// same inside the container, and the report says which. The server
+// answers the client all along, the threads tick on, nothing of the
+// original is left on A, the sleeps are untouched, and the renumbered
+// container moves back to A (where its PIDs on B are free).
 func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
 	unshare, err := exec.LookPath("unshare")
@@ -32,40 +34,59 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 	}
 	const port = 7074
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, "--pid", "--fork", "--uts", "--ipc",
-		"sh", "-c", `"$0" 0.0.0.0 `+strconv.Itoa(port)+` & wait`, testutil.Build(t, "echoserver"))
+		"sh", "-c", `"$0" 0.0.0.0 `+strconv.Itoa(port)+` & "$1" & wait`, testutil.Build(t, "echoserver"), testutil.Build(t, "threads"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Stop()
 	logLineFrom(t, p.Log, 0, fmt.Sprintf("ready %d", port))
+	logLineFrom(t, p.Log, 0, "ready pid=")
+	waitLogTick(t, p.Log, 3)
 	kids := childrenOf(t, p.PID)
 	if len(kids) != 1 {
 		t.Fatalf("unshare %d has children %v", p.PID, kids)
 	}
-	init := kids[0]
-	if kids = childrenOf(t, init); len(kids) != 1 {
-		t.Fatalf("the container's init %d has children %v", init, kids)
-	}
-	server := kids[0]
-	// nodePIDs are a process's PIDs in its node and in its container.
-	nodePIDs := func(pid int) (node, inner int) {
-		levels := strings.Fields(testutil.StatusField(t, pid, "NSpid"))
-		if len(levels) < 3 {
-			t.Fatalf("process %d's PIDs %v: not in a container in a node", pid, levels)
+	// tasks lists the container's processes and threads whose init is
+	// init here: their PIDs in the node and inside.
+	type task struct{ comm, node, inner string }
+	tasks := func(init int) (map[string]task, int) {
+		out := map[string]task{}
+		var server int
+		for _, pid := range append([]int{init}, childrenOf(t, init)...) {
+			comm := procComm(t, pid)
+			if comm == "echoserver" {
+				server = pid
+			}
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, after, _ := strings.Cut(string(b), "\nNSpid:")
+				levels := strings.Fields(strings.SplitN(after, "\n", 2)[0])
+				if len(levels) < 3 {
+					t.Fatalf("task %s of %d: PIDs %v, not in a container in a node", e.Name(), pid, levels)
+				}
+				tk := task{comm, levels[len(levels)-2], levels[len(levels)-1]}
+				out[tk.inner] = tk
+			}
 		}
-		node, _ = strconv.Atoi(levels[len(levels)-2])
-		inner, _ = strconv.Atoi(levels[len(levels)-1])
-		return node, inner
+		if len(out) != 6 || server == 0 {
+			t.Fatalf("the container's tasks (init %d): %+v; want the shell, the server, the threads workload and its 3 threads", init, out)
+		}
+		return out, server
 	}
-	initNode, initInner := nodePIDs(init)
-	serverNode, serverInner := nodePIDs(server)
-	if initInner != 1 || serverInner != 2 {
-		t.Fatalf("inside the container: init %d, server %d; want 1 and 2", initInner, serverInner)
-	}
+	before, _ := tasks(kids[0])
+	initNode, _ := strconv.Atoi(before["1"].node)
 	// B's PIDs of the container taken.
 	var holders []int
 	var sleeps []*cluster.Proc
-	for _, pid := range []int{initNode, serverNode} {
+	for _, tk := range before {
+		pid, _ := strconv.Atoi(tk.node)
 		h, err := c.B.Start(cluster.StartOptions{PID: pid}, "sleep", "600")
 		if err != nil {
 			t.Fatal(err)
@@ -99,40 +120,34 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 		echoBack(t, conn, r, fmt.Sprintf("after hop %d", i+1))
 		t.Logf("%s -> %s: %d rounds, downtime %.1f ms, renumbered %+v", from, to, len(res.Rounds), res.DowntimeMS, res.Renumbered)
 
-		// Where the container is now, by its PIDs in the node.
-		moved := map[int]int{}
+		// Where the container is now: its init by its PID in the node.
+		moved := map[string]string{}
 		for _, m := range res.Renumbered {
-			moved[m.PID] = m.TargetPID
+			moved[strconv.Itoa(m.PID)] = strconv.Itoa(m.TargetPID)
 		}
-		newNode := func(pid int) int {
-			if n, ok := moved[pid]; ok {
-				return n
-			}
-			return pid
+		if n, ok := moved[strconv.Itoa(initNode)]; ok {
+			initNode, _ = strconv.Atoi(n)
 		}
-		if to == c.B {
-			// Both were taken there: both renumbered, to PIDs free there.
-			for _, pid := range []int{initNode, serverNode} {
-				if n, ok := moved[pid]; !ok || n == pid || contains(holders, n) {
-					t.Errorf("pid %d on B: renumbered %v (to %d); want another PID, free there", pid, ok, n)
-				}
-			}
-		} else if len(res.Renumbered) != 0 {
+		after, _ := tasks(nodeContainerInit(t, initNode))
+		if to == c.B && len(moved) != len(before) {
+			t.Errorf("on B, where each of the container's %d PIDs is taken: renumbered %+v", len(before), res.Renumbered)
+		} else if to == c.A && len(moved) != 0 {
 			t.Errorf("back on A, where its PIDs are free: renumbered %+v", res.Renumbered)
 		}
-		initNode, serverNode = newNode(initNode), newNode(serverNode)
-		init = nodeContainerInit(t, initNode)
-		if kids = childrenOf(t, init); len(kids) != 1 {
-			t.Fatalf("the container's init %d has children %v", init, kids)
-		}
-		server = kids[0]
-		for _, pr := range []struct {
-			pid, node, inner int
-		}{{init, initNode, 1}, {server, serverNode, 2}} {
-			if node, inner := nodePIDs(pr.pid); node != pr.node || inner != pr.inner {
-				t.Errorf("on %s: process %d is %d in the node and %d inside; want %d and %d", to, pr.pid, node, inner, pr.node, pr.inner)
+		for inner, b := range before {
+			want := b
+			if n, ok := moved[b.node]; ok {
+				want.node = n
+			}
+			if a := after[inner]; a != want {
+				t.Errorf("on %s: the task %s inside is %+v; want %+v (before: %+v)", to, inner, a, want, b)
+			}
+			if to == c.B && slices.Contains(holders, atoi(t, after[inner].node)) {
+				t.Errorf("on B: task %+v got a PID a sleep holds", after[inner])
 			}
 		}
+		before = after
+		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+3)
 		// Nothing of the original where it was (B keeps its sleeps).
 		noContainerOn(t, from)
 		if from == c.A {
@@ -146,6 +161,15 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 			t.Errorf("the sleep holding pid %d on B is gone: %v", h.NSPID, h.Err())
 		}
 	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // noContainerOn waits until node n holds no process of a container (a
