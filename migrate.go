@@ -479,7 +479,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	var notify func(target.SessionEvent)
 	if opts.OnEvent != nil {
 		notify = func(s target.SessionEvent) {
-			e := Event{Time: time.Now(), PID: s.PID, Session: s.Session, Peer: s.Peer}
+			e := Event{Time: time.Now(), PID: s.PID, LocalPID: s.Here, Session: s.Session, Peer: s.Peer}
 			switch s.Kind {
 			case target.SessionStarted:
 				e.Kind = EventSessionStarted

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,7 +28,9 @@ import (
 // original is left on A, the sleeps are untouched, and the renumbered
 // container moves back to A (where its PIDs on B are free).
 func TestContainerLiveOuterPIDsTaken(t *testing.T) {
-	c := newCluster(t, cluster.Options{})
+	// The targets' pre-resume hooks say which PID the init has there.
+	hookPIDs := filepath.Join(t.TempDir(), "pids")
+	c := newCluster(t, cluster.Options{ServeArgs: []string{"--hook", "pre-resume=echo $MIGRATE_PID >> " + hookPIDs}})
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
 		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
@@ -129,6 +132,9 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 			initNode, _ = strconv.Atoi(n)
 		}
 		after, _ := tasks(nodeContainerInit(t, initNode))
+		if lines := testutil.LogLines(t, hookPIDs); len(lines) != i+1 || lines[i] != strconv.Itoa(initNode) {
+			t.Errorf("MIGRATE_PID of the pre-resume hooks so far: %q; want the init's PID on %s, %d, last", lines, to, initNode)
+		}
 		if to == c.B && len(moved) != len(before) {
 			t.Errorf("on B, where each of the container's %d PIDs is taken: renumbered %+v", len(before), res.Renumbered)
 		} else if to == c.A && len(moved) != 0 {
