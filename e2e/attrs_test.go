@@ -386,3 +386,73 @@ func TestDumpRefusesZeroSlack(t *testing.T) {
 	}
 	testutil.RequireRunning(t, p.PID)
 }
+
+// TestDumpRefusesThreadStates: states of a thread or its session that a
+// restore does not make, and that no other part of the image reads, are
+// refused by name before anything is frozen, the process left running: an
+// autogroup with a nice value of its own, an I/O flusher
+// (PR_SET_IO_FLUSHER), a core-scheduling cookie (PR_SCHED_CORE).
+func TestDumpRefusesThreadStates(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sleeper")
+	refused := func(t *testing.T, p *testutil.Proc, what string) {
+		t.Helper()
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+		var bt *source.BadTargetError
+		if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, what) {
+			t.Fatalf("dump: %v (%T), want a *source.BadTargetError for process %d naming %s", err, err, p.PID, what)
+		}
+		t.Logf("refused: %v", err)
+		checkRunningUntraced(t, p.PID)
+		p.Signal(t, unix.SIGUSR1)
+		if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Errorf("the refused process ended with %v, want exit 0", ws)
+		}
+	}
+	t.Run("autogroup nice", func(t *testing.T) {
+		// Its own session: its own autogroup, whose nice is its alone.
+		p := testutil.StartWith(t, testutil.Options{Setsid: true}, bin, "pause")
+		p.WaitLine(t, short, 0, "sleeping")
+		path := fmt.Sprintf("/proc/%d/autogroup", p.PID)
+		own, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			t.Skipf("autogroups (CONFIG_SCHED_AUTOGROUP: no %s)", path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine, _ := os.ReadFile("/proc/self/autogroup")
+		if f, g := strings.Fields(string(own)), strings.Fields(string(mine)); len(f) == 0 || len(g) == 0 || f[0] == g[0] {
+			t.Skipf("an autogroup of a new session's own (kernel.sched_autogroup_enabled=1): it has %q, the test %q", own, mine)
+		}
+		if err := os.WriteFile(path, []byte("3"), 0); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, p, "autogroup has nice 3")
+	})
+	for _, tc := range []struct{ mode, what string }{
+		{"ioflusher", "I/O flusher"},
+		{"corecookie", "core-scheduling cookie"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			p := testutil.Start(t, bin, tc.mode)
+			testutil.WaitFor(t, short, "the sleeper to start or give up", func() bool {
+				for _, l := range p.Lines(t) {
+					if strings.HasPrefix(l, "sleeping") || strings.HasPrefix(l, "skip") {
+						return true
+					}
+				}
+				return false
+			})
+			for _, l := range p.Lines(t) {
+				if strings.HasPrefix(l, "skip") {
+					p.WaitExit(t, short)
+					// Not on these machines (no CAP_SYS_RESOURCE, no SMT):
+					// a skip that names it, in CI too.
+					t.Skipf("%s", strings.TrimPrefix(l, "skip "))
+				}
+			}
+			refused(t, p, tc.what)
+		})
+	}
+}

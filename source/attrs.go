@@ -13,6 +13,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // schedDeadline is SCHED_DEADLINE: its runtime and period are a
@@ -51,6 +52,9 @@ func (d *dumper) readSched(tid int) (*core.Sched, error) {
 		// written or set by prctl means "the default", which is the
 		// creator's slack at clone.
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has timer slack 0 under policy %d (it was created by a real-time thread), which a restore cannot set", tid, ps.Policy)}
+	}
+	if err := refuseThreadState(pid, tid); err != nil {
+		return nil, err
 	}
 	if !uclampDefault(ps) {
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has utilization clamps %d..%d of its own, which a restore does not make", tid, ps.UtilMin, ps.UtilMax)}
@@ -122,6 +126,9 @@ func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
 	adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
 	if err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj: %w", pid, err)
+	}
+	if err := refuseAutogroup(pid); err != nil {
+		return nil, 0, err
 	}
 	a := &core.ProcAttrs{}
 	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
@@ -301,9 +308,50 @@ func (d *dumper) collectInjectedAttrs() error {
 	return nil
 }
 
+// refuseThreadState refuses a thread state a restore does not make and
+// that no other check reads: an I/O flusher (PR_SET_IO_FLUSHER, which
+// only a thread with CAP_SYS_RESOURCE sets on itself), a core-scheduling
+// cookie (PR_SCHED_CORE: the threads that may share a core; a restore
+// would have to make the same groups). It runs before anything is frozen
+// (refuseDeadline) and again, frozen, for each thread (readSched).
+func refuseThreadState(pid, tid int) error {
+	if st, err := proc.ReadTaskStat(pid, tid); err == nil && st.Flags&(proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE) == proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d is an I/O flusher (PR_SET_IO_FLUSHER), which a restore does not make", tid)}
+	}
+	var cookie uint64
+	// ENODEV: no core scheduling here (no SMT, or a kernel without it),
+	// so no cookies; EINVAL: a kernel before 5.14.
+	err := raw.SchedCoreGet(tid, &cookie)
+	if err == nil && cookie != 0 {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has a core-scheduling cookie (PR_SCHED_CORE), which a restore does not make", tid)}
+	}
+	return nil
+}
+
+// refuseAutogroup refuses a process whose autogroup (the scheduling group
+// of its session, CONFIG_SCHED_AUTOGROUP) has a nice value of its own: it
+// is the session's, which a restore does not set.
+func refuseAutogroup(pid int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
+	if err != nil {
+		return nil // a kernel without autogroups, or the process gone
+	}
+	// "/autogroup-N nice X"
+	f := strings.Fields(string(b))
+	if len(f) == 3 && f[1] == "nice" && f[2] != "0" {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("its session's autogroup has nice %s (/proc/%d/autogroup), which a restore does not set", f[2], pid)}
+	}
+	return nil
+}
+
 // refuseDeadline refuses, before anything is frozen, a process a thread
-// of which runs under SCHED_DEADLINE (the dump checks again, frozen).
+// of which runs under SCHED_DEADLINE, or has a state refuseThreadState
+// names, or an autogroup with a nice value (the dump checks again,
+// frozen).
 func refuseDeadline(pid int) error {
+	if err := refuseAutogroup(pid); err != nil {
+		return err
+	}
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return nil // gone or a zombie: the dump tells
@@ -315,6 +363,9 @@ func refuseDeadline(pid int) error {
 		}
 		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == schedDeadline {
 			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+		}
+		if err := refuseThreadState(pid, tid); err != nil {
+			return err
 		}
 	}
 	return nil
