@@ -433,3 +433,43 @@ func stopChurn(t *testing.T, root int, mode FreezeMode, dir string) string {
 	}
 	return ss.froze
 }
+
+// TestFreezerTimeout: a cgroup that does not say "frozen 1" in time
+// (here: no time at all, and processes that spin, which take a while to
+// freeze) is thawed, and ptrace alone stops the tree.
+func TestFreezerTimeout(t *testing.T) {
+	testutil.RequireRoot(t)
+	withRecordDir(t)
+	was := freezeTimeout
+	freezeTimeout = 0
+	t.Cleanup(func() { freezeTimeout = was })
+	dir, _ := testutil.FreezerCgroup(t, "timeout")
+	root := shellTree(t, dir, 4, "while :; do :; done")
+	by := map[string]int{}
+	for range 5 {
+		ss := &session{opts: DumpOptions{PID: root, Tree: true, Freeze: FreezeCgroup}, log: fixtureLogger(t), tr: ptrace.NewTracer()}
+		if err := ss.prepareFreezer(root); err != nil {
+			t.Fatal(err)
+		}
+		all := []*dumper{{session: ss, pid: root}}
+		_, err := freezeTree(context.Background(), ss, &all, nil)
+		ss.freezer.close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireThawed(t, dir)
+		requireNoFreezerRecord(t)
+		if len(all) != 5 {
+			t.Errorf("%d processes stopped, want sh and its 4 children", len(all))
+		}
+		for _, d := range all {
+			d.p.Detach()
+		}
+		ss.closeTracers()
+		by[ss.froze]++
+	}
+	if by["ptrace"] == 0 {
+		t.Errorf("stopped by %v: the timeout never ran out", by)
+	}
+	t.Logf("stopped by %v", by)
+}

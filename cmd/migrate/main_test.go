@@ -67,6 +67,8 @@ func TestUsageErrors(t *testing.T) {
 		{"dump", "--dir", dir, "1", "2"},
 		{"dump", "123"},
 		{"dump", "--dir", dir, "--codec", "lz4", "1"},
+		{"dump", "--dir", dir, "--freeze", "sigstop", "1"},
+		{"--to", "127.0.0.1:1", "--insecure", "--freeze", "both", "1"},
 		{"dump", "--bogus", "1"},
 		{"restore"},
 		{"restore", "--dir", dir, "extra"},
@@ -206,8 +208,11 @@ func TestDump(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
-	if gotPID != 1234 || gotDir != dir || got.Codec != "s2" || !got.LeaveRunning || got.ProcessOnly || got.Force || got.Logger == nil {
+	if gotPID != 1234 || gotDir != dir || got.Codec != "s2" || !got.LeaveRunning || got.ProcessOnly || got.Force || got.Logger == nil || got.Freeze != "auto" {
 		t.Errorf("options %+v", got)
+	}
+	if r := runWith(o, "dump", "--dir", dir, "--freeze", "cgroup", "1234"); r.code != 0 || got.Freeze != "cgroup" {
+		t.Errorf("--freeze cgroup: exit %d, options %+v", r.code, got)
 	}
 	want := "dumped pid 1234 (redis-server): 1 thread, 23 vmas, 8 fds, 262144 pages (1.0 GiB raw, 412 MiB zstd image) in 380 ms (frozen 380 ms) -> " + dir + "; process killed\n"
 	if r.stdout != want {
