@@ -420,7 +420,7 @@ func (f *cgroupFreezer) thaw() {
 		f.stuck = true
 		return
 	}
-	f.frozen = false
+	f.frozen, f.stuck = false, false
 }
 
 // frozenRecordDir holds a file for each cgroup a migrate froze, while it
