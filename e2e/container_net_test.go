@@ -427,8 +427,22 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 }
 
 // nodeContainerInit returns the PID here of the one live process that is PID 1
-// of a container whose PID in its node is nodePID.
+// of a container whose PID in its node is nodePID. The original of a
+// container just moved may still be in its exit (dead, not yet reaped by
+// its parent): it waits until one alone is left.
 func nodeContainerInit(t *testing.T, nodePID int) int {
+	t.Helper()
+	var found []int
+	testutil.WaitFor(t, short, fmt.Sprintf("one live container init of PID %d in its node", nodePID), func() bool {
+		found = containerInits(t, nodePID)
+		return len(found) == 1
+	})
+	return found[0]
+}
+
+// containerInits lists the live processes (not zombies, not dead) that are
+// PID 1 of a container whose PID in its node is nodePID.
+func containerInits(t *testing.T, nodePID int) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -444,7 +458,7 @@ func nodeContainerInit(t *testing.T, nodePID int) int {
 		if err != nil {
 			continue
 		}
-		if strings.Contains(string(b), "\nState:\tZ") {
+		if strings.Contains(string(b), "\nState:\tZ") || strings.Contains(string(b), "\nState:\tX") {
 			continue
 		}
 		for _, l := range strings.Split(string(b), "\n") {
@@ -454,10 +468,7 @@ func nodeContainerInit(t *testing.T, nodePID int) int {
 			}
 		}
 	}
-	if len(found) != 1 {
-		t.Fatalf("containers' inits of PID %d in their node: %v", nodePID, found)
-	}
-	return found[0]
+	return found
 }
 
 // checkNetFindsDifferences checks that target.CheckNet finds the network
