@@ -54,13 +54,19 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 
 // decodeLayout decodes and checks the body of a Layout: every layout, the
 // first (which builds the process) and those of later rounds (which
-// relayout it). Decoding is bounded (core.DecodeBounded) and the process
-// checked by checkIncoming.
-func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
+// relayout it). Decoding is bounded (core.DecodeBounded), the areas it
+// leaves out filled in from prev, those of the layout before
+// (handoff.FillSame; nil before the first), and the process checked by
+// checkIncoming.
+func decodeLayout(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveLayout, error) {
 	var ll handoff.LiveLayout
 	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
+	if err := handoff.FillSame(layoutProcs(&ll.Process, ll.Tree), ll.SameVMAs, prev); err != nil {
+		return nil, err
+	}
+	ll.SameVMAs = nil
 	if ll.Process.PID != pid {
 		return nil, fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, pid)
 	}
@@ -105,14 +111,20 @@ type pagesIn struct {
 	applyNS int64
 }
 
-// decodeState decodes and checks the body of the State: bounded, the image
-// checked by checkIncoming, and its blobs only those the image refers to.
-func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
+// decodeState decodes and checks the body of the State: bounded, the areas
+// it leaves out filled in from prev, those of the last layout
+// (handoff.FillSame), the image checked by checkIncoming, and its blobs
+// only those the image refers to.
+func decodeState(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveState, error) {
 	var ls handoff.LiveState
 	if err := core.DecodeBounded(body, &ls, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
 	img := &ls.Image
+	if err := handoff.FillSame(layoutProcs(&img.Process, img.Tree), ls.SameVMAs, prev); err != nil {
+		return nil, err
+	}
+	ls.SameVMAs = nil
 	if err := checkIncoming(img); err != nil {
 		return nil, err
 	}
@@ -139,6 +151,15 @@ func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
 		}
 	}
 	return &ls, nil
+}
+
+// layoutProcs are root and the processes of tree.
+func layoutProcs(root *core.Process, tree []core.Process) []*core.Process {
+	out := []*core.Process{root}
+	for i := range tree {
+		out = append(out, &tree[i])
+	}
+	return out
 }
 
 // layoutImage is the image of a layout's processes, for checkIncoming.
@@ -237,6 +258,10 @@ type liveTarget struct {
 	log  *slog.Logger
 	pid  int
 	b    *Builder
+	// areas are the areas of each process as the last layout listed
+	// them (copies), which a later layout or the State may leave out
+	// (handoff.FillSame).
+	areas map[int][]core.VMA
 	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
 	xcr0 uint64
 	// cgroupRoot and applyCgroupLimits are ServeOptions.CgroupRoot
@@ -362,8 +387,10 @@ func waitPIDFree(pid int) error {
 }
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
-	ll, err := decodeLayout(l.Body, t.pid)
+	ll, err := decodeLayout(l.Body, t.pid, t.areas)
 	if err == nil {
+		// As decoded: what the next layout may leave out.
+		t.areas = handoff.AreasOf(layoutProcs(&ll.Process, ll.Tree))
 		// Every layout: the first, before anything is built here or
 		// frozen there.
 		err = checkCPU(ll.CPU, t.xcr0)
@@ -667,7 +694,7 @@ func (t *liveTarget) lap(name string) {
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
 	t.lapped = t.stateAt
-	ls, err := decodeState(st.Body, t.pid)
+	ls, err := decodeState(st.Body, t.pid, t.areas)
 	if err == nil {
 		// With the components the threads held at the freeze.
 		err = checkCPU(ls.Image.CPU, t.xcr0)
