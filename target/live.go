@@ -243,10 +243,44 @@ func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
 	err := writeFrame(r.pid, fr, skip)
 	if err != nil && errors.Is(err, unix.EFAULT) {
 		if _, perr := r.sys("mprotect", unix.SYS_MPROTECT, fr.Addr, end-fr.Addr, unix.PROT_READ|unix.PROT_WRITE); perr == nil {
+			r.writtenMu.Lock()
+			r.opened = append(r.opened, addrRange{fr.Addr, end})
+			r.writtenMu.Unlock()
 			err = writeFrame(r.pid, fr, skip)
 		}
 	}
 	return err
+}
+
+// Reprotect gives the ranges WriteFrame opened for pages (in areas mapped
+// as they stay, not writable: the read-only data of a library, say, whose
+// pages come in the first round) the protection of their area back, once
+// a round's pages are in: so that the frozen window's protect finds them
+// as they stay, where it would take an injected call for each. A range
+// whose area changed since is left to protect, which sets every area's
+// protection in any case.
+//
+// Preconditions: no page is being written (between rounds).
+func (b *Builder) Reprotect() error {
+	for _, r := range b.all {
+		if r.p == nil {
+			continue
+		}
+		r.writtenMu.Lock()
+		opened := r.opened
+		r.opened = nil
+		r.writtenMu.Unlock()
+		for _, o := range opened {
+			i := sort.Search(len(r.mapped), func(i int) bool { return r.mapped[i].End > o.start })
+			if i == len(r.mapped) || r.mapped[i].Start > o.start || o.end > r.mapped[i].End {
+				continue
+			}
+			if _, err := r.sys("mprotect", unix.SYS_MPROTECT, o.start, o.end-o.start, uint64(r.mapped[i].Prot)); err != nil {
+				return fmt.Errorf("process %d: area %#x-%#x: %w", r.pid, o.start, o.end, err)
+			}
+		}
+	}
+	return nil
 }
 
 // liveTarget does the process work of one incoming live migration.
@@ -646,19 +680,35 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 		t.mu.Unlock()
 	})
 	defer stop()
+	if err := t.roundIn(ctx, rd.Round); err != nil {
+		return err
+	}
+	// The round's pages are in, and the next round's wait for its
+	// layout, which comes after this.
+	if t.b == nil {
+		return fmt.Errorf("round %d done before any layout", rd.Round)
+	}
+	if err := t.b.Reprotect(); err != nil {
+		return fmt.Errorf("round %d: %w", rd.Round, err)
+	}
+	return nil
+}
+
+// roundIn waits until every page stream passed the barrier of round.
+func (t *liveTarget) roundIn(ctx context.Context, round uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for len(t.ins) == 0 || t.lowBarrier() < int(rd.Round) {
+	for len(t.ins) == 0 || t.lowBarrier() < int(round) {
 		if t.err != nil {
 			return t.err
 		}
 		for _, in := range t.ins {
-			if in.ended && !in.left && in.barrier < int(rd.Round) {
-				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", rd.Round, in.pid)
+			if in.ended && !in.left && in.barrier < int(round) {
+				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", round, in.pid)
 			}
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("round %d: the page streams did not reach its barrier: %w", rd.Round, ctx.Err())
+			return fmt.Errorf("round %d: the page streams did not reach its barrier: %w", round, ctx.Err())
 		}
 		t.cond.Wait()
 	}
