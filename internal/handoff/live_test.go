@@ -138,3 +138,66 @@ func TestFillSameRefuses(t *testing.T) {
 		t.Error("areas left out of a first layout accepted")
 	}
 }
+
+// TestSameAreaFields: sameArea tells apart two areas that differ in any
+// one field but the page count, whatever fields core.VMA and core.FileRef
+// have (a field added to them and not compared fails here), and a nil
+// slice from an empty one, as reflect.DeepEqual does.
+func TestSameAreaFields(t *testing.T) {
+	base := func() core.VMA {
+		return core.VMA{File: &core.FileRef{Extents: []core.Extent{{}}}}
+	}
+	// differ sets field i of v (a struct) to a value other than base's.
+	differ := func(v reflect.Value, i int) {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString(f.String() + "x")
+		case reflect.Int, reflect.Int32, reflect.Int64:
+			f.SetInt(f.Int() + 1)
+		case reflect.Uint, reflect.Uint32, reflect.Uint64:
+			f.SetUint(f.Uint() + 1)
+		case reflect.Bool:
+			f.SetBool(!f.Bool())
+		case reflect.Slice:
+			f.Set(reflect.Append(f, reflect.Zero(f.Type().Elem())))
+		case reflect.Pointer:
+			f.Set(reflect.Zero(f.Type()))
+		default:
+			t.Fatalf("field %s of kind %v: teach this test and sameArea about it", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	x := base()
+	if y := base(); !sameArea(&x, &y) {
+		t.Fatal("an area is not the same as its copy")
+	}
+	vt := reflect.TypeFor[core.VMA]()
+	for i := range vt.NumField() {
+		y := base()
+		differ(reflect.ValueOf(&y).Elem(), i)
+		if got := sameArea(&x, &y); got != (vt.Field(i).Name == "Pages") {
+			t.Errorf("areas that differ in %s: same = %v", vt.Field(i).Name, got)
+		}
+	}
+	ft := reflect.TypeFor[core.FileRef]()
+	for i := range ft.NumField() {
+		y := base()
+		differ(reflect.ValueOf(y.File).Elem(), i)
+		if sameArea(&x, &y) {
+			t.Errorf("areas whose files differ in %s: the same", ft.Field(i).Name)
+		}
+	}
+	et := reflect.TypeFor[core.Extent]()
+	for i := range et.NumField() {
+		y := base()
+		differ(reflect.ValueOf(&y.File.Extents[0]).Elem(), i)
+		if sameArea(&x, &y) {
+			t.Errorf("areas whose files' extents differ in %s: the same", et.Field(i).Name)
+		}
+	}
+	y := base()
+	y.Madvise = []int{}
+	if sameArea(&x, &y) {
+		t.Error("nil advice and empty advice: the same")
+	}
+}
