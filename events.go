@@ -19,6 +19,10 @@ type Event struct {
 	Time time.Time
 	// PID is the process migrated.
 	PID int
+	// LocalPID is, in Serve's events, the process's PID on this host:
+	// PID, unless it is a container's init whose PIDs outside were taken
+	// here (its processes got others: Report.Renumbered on the source).
+	LocalPID int
 	// Session is the migration's session ID (what `migrate recover`
 	// takes); empty on an EventAborted before the target was reached.
 	Session string

@@ -43,6 +43,11 @@ type RestoreReport = target.RestoreReport
 // bytes and downtime. It is what `migrate --to --json` prints.
 type Report = source.MigrateReport
 
+// Renumbered is a process or thread of a container moved live whose PID
+// outside the container is another on the target (TargetPID) than here
+// (PID): its own was taken there (Report.Renumbered).
+type Renumbered = source.Renumbered
+
 // RoundReport is one round of pages: pages dirty and sent, bytes raw and
 // on the wire, its time.
 type RoundReport = source.RoundReport
@@ -458,8 +463,10 @@ type ServeOptions struct {
 // migrations, builds each incoming process while its source copies
 // memory, restores the rest when the source freezes it, and lets it run
 // on commit. A process whose PID is taken here is refused before its
-// source freezes anything, so the service usually runs as PID 1 of a PID
-// namespace of its own (it then reaps the processes it restored). When ctx
+// source freezes anything (a container's processes get other PIDs outside
+// it instead: Report.Renumbered), so the service usually runs as PID 1 of
+// a PID namespace of its own (it then reaps the processes it restored).
+// When ctx
 // ends, sessions that have not committed are aborted (their sources
 // resume their originals). Serve owns ln and closes it.
 func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
@@ -472,7 +479,7 @@ func Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	var notify func(target.SessionEvent)
 	if opts.OnEvent != nil {
 		notify = func(s target.SessionEvent) {
-			e := Event{Time: time.Now(), PID: s.PID, Session: s.Session, Peer: s.Peer}
+			e := Event{Time: time.Now(), PID: s.PID, LocalPID: s.Here, Session: s.Session, Peer: s.Peer}
 			switch s.Kind {
 			case target.SessionStarted:
 				e.Kind = EventSessionStarted

@@ -420,7 +420,20 @@ type Sched struct {
 	// PdeathSignal is the signal sent when the parent thread dies, 0 if
 	// none (PR_SET_PDEATHSIG).
 	PdeathSignal int `json:"pdeath_signal,omitempty"`
+	// MCEKill is the thread's machine-check memory-error policy of its
+	// own (PR_MCE_KILL): 0 none (the system's), MCEKillLate or
+	// MCEKillEarly.
+	MCEKill int `json:"mce_kill,omitempty"`
+	// TSCSigsegv: the thread's rdtsc raises SIGSEGV (PR_SET_TSC
+	// PR_TSC_SIGSEGV, as record-and-replay tools set it).
+	TSCSigsegv bool `json:"tsc_sigsegv,omitempty"`
 }
+
+// Sched.MCEKill values.
+const (
+	MCEKillLate  = 1 // PR_MCE_KILL_LATE: killed when it touches a bad page
+	MCEKillEarly = 2 // PR_MCE_KILL_EARLY: told as soon as one is found
+)
 
 // THP_DISABLE values of PR_GET_THP_DISABLE: off, all areas, all but the
 // areas advised MADV_HUGEPAGE (Linux 6.18).
@@ -449,7 +462,15 @@ type ProcAttrs struct {
 	MDWE int `json:"mdwe,omitempty"`
 	// MemoryMerge is PR_GET_MEMORY_MERGE: KSM merges every area.
 	MemoryMerge bool `json:"memory_merge,omitempty"`
+	// CoredumpFilter is /proc/PID/coredump_filter: which kinds of
+	// memory a core dump of the process holds (nil in an image of a
+	// migrate that did not record it: left as the restore finds it).
+	CoredumpFilter *uint32 `json:"coredump_filter,omitempty"`
 }
+
+// MaxCoredumpFilter bounds ProcAttrs.CoredumpFilter (the kernel's filter
+// bits: MMF_DUMP_FILTER_BITS).
+const MaxCoredumpFilter = 1<<9 - 1
 
 // Regs mirrors struct user_regs_struct on x86-64.
 type Regs struct {

@@ -194,6 +194,9 @@ func validateState(p *Process) error {
 		if a.Membarrier&^MembarrierRegistrations != 0 || a.Membarrier < 0 {
 			return fmt.Errorf("membarrier registrations %#x", a.Membarrier)
 		}
+		if f := a.CoredumpFilter; f != nil && *f > MaxCoredumpFilter {
+			return fmt.Errorf("coredump filter %#x (at most %#x)", *f, MaxCoredumpFilter)
+		}
 		// PR_SET_MDWE takes NO_INHERIT only with REFUSE_EXEC_GAIN.
 		if a.MDWE != 0 && a.MDWE != 1 && a.MDWE != 3 {
 			return fmt.Errorf("memory-deny-write-execute flags %#x", a.MDWE)
@@ -375,6 +378,9 @@ func validateSched(s *Sched) error {
 	}
 	if s.PdeathSignal < 0 || s.PdeathSignal > 64 {
 		return fmt.Errorf("parent-death signal %d", s.PdeathSignal)
+	}
+	if s.MCEKill != 0 && s.MCEKill != MCEKillLate && s.MCEKill != MCEKillEarly {
+		return fmt.Errorf("memory-error kill policy %d", s.MCEKill)
 	}
 	return nil
 }

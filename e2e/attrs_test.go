@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -35,10 +36,10 @@ func attrsWant(ncpu int, slices bool) []string {
 		s0, s2 = 0, 0
 	}
 	return []string{
-		fmt.Sprintf("P oom=345 thp=%d subreaper=1 membarrier=0x14 personality=0x40000 mdwe=1", thp),
-		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001", core.SchedBatch, s0, unix.SIGWINCH),
-		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000", core.SchedRR, last, unix.SIGURG),
-		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0", core.SchedIdle, s2, all),
+		fmt.Sprintf("P oom=345 cdf=00000023 thp=%d subreaper=1 membarrier=0x14 personality=0x40000 mdwe=1", thp),
+		fmt.Sprintf("T0 policy=%d prio=0 rof=0 nice=5 slice=%d cpus=0 slack=123456 pdeath=%d io=0x4001 mce=2 tsc=1", core.SchedBatch, s0, unix.SIGWINCH),
+		fmt.Sprintf("T1 policy=%d prio=7 rof=1 nice=-3 slice=0 cpus=%s slack=0 pdeath=%d io=0x6000 mce=1 tsc=1", core.SchedRR, last, unix.SIGURG),
+		fmt.Sprintf("T2 policy=%d prio=0 rof=0 nice=7 slice=%d cpus=%s slack=777777 pdeath=0 io=0 mce=0 tsc=2", core.SchedIdle, s2, all),
 	}
 }
 
@@ -161,9 +162,9 @@ func outsideView(t *testing.T, pid int) []string {
 }
 
 // TestSchedAttrs: scheduling policy and priority, reset-on-fork, nice, time
-// slice, CPU affinity, timer slack, parent-death signal and I/O priority
-// (or none), each different on three
-// threads, and oom_score_adj, THP disable, child subreaper, membarrier
+// slice, CPU affinity, timer slack, parent-death signal, I/O priority
+// (or none), memory-error kill policy and rdtsc mode, each different on three
+// threads, and oom_score_adj, coredump_filter, THP disable, child subreaper, membarrier
 // registrations and personality of the process come back exactly after a
 // dump and restore, as the process reads them of itself and as another
 // process reads them. Before they came back as a fresh thread's.
@@ -175,8 +176,17 @@ func TestSchedAttrs(t *testing.T) {
 	if a := img.Process.Attrs; a == nil || a.OOMScoreAdj != 345 || !a.ChildSubreaper || a.Membarrier != 0x14 {
 		t.Errorf("image attributes %+v", img.Process.Attrs)
 	}
-	if s := img.Process.Threads[1].Sched; s == nil || s.Policy != core.SchedRR || s.Priority != 7 || !s.ResetOnFork {
+	if s := img.Process.Threads[1].Sched; s == nil || s.Policy != core.SchedRR || s.Priority != 7 || !s.ResetOnFork || s.MCEKill != core.MCEKillEarly {
 		t.Errorf("image: thread 1 scheduling %+v", s)
+	}
+	if s := img.Process.Threads[2].Sched; s == nil || s.MCEKill != core.MCEKillLate || !s.TSCSigsegv {
+		t.Errorf("image: thread 2 scheduling %+v, want memory-error policy late and rdtsc faulting", s)
+	}
+	if s := img.Process.Threads[0].Sched; s == nil || s.MCEKill != 0 || s.TSCSigsegv {
+		t.Errorf("image: thread 0 scheduling %+v, want the default memory-error policy and rdtsc", s)
+	}
+	if a := img.Process.Attrs; a == nil || a.CoredumpFilter == nil || *a.CoredumpFilter != 0x23 {
+		t.Errorf("image: coredump filter of %+v, want 0x23", img.Process.Attrs)
 	}
 	r := restoreOK(t, dir, p.Log)
 	after := reportAgain(t, p.Log, r.PID)
@@ -203,8 +213,10 @@ func TestSchedAttrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *img2.Process.Attrs != *img.Process.Attrs {
-		t.Errorf("restored process attributes %+v, dumped %+v", *img2.Process.Attrs, *img.Process.Attrs)
+	if !reflect.DeepEqual(img2.Process.Attrs, img.Process.Attrs) {
+		a2, a := *img2.Process.Attrs, *img.Process.Attrs
+		a2.CoredumpFilter, a.CoredumpFilter = nil, nil
+		t.Errorf("restored process attributes %+v (coredump filter %#x), dumped %+v (%#x)", a2, *img2.Process.Attrs.CoredumpFilter, a, *img.Process.Attrs.CoredumpFilter)
 	}
 	for i, th := range img.Process.Threads {
 		th2 := img2.Process.Threads[i]
@@ -373,4 +385,74 @@ func TestDumpRefusesZeroSlack(t *testing.T) {
 		t.Fatalf("dump: %v (%T), want a *source.BadTargetError about the timer slack", err, err)
 	}
 	testutil.RequireRunning(t, p.PID)
+}
+
+// TestDumpRefusesThreadStates: states of a thread or its session that a
+// restore does not make, and that no other part of the image reads, are
+// refused by name before anything is frozen, the process left running: an
+// autogroup with a nice value of its own, an I/O flusher
+// (PR_SET_IO_FLUSHER), a core-scheduling cookie (PR_SCHED_CORE).
+func TestDumpRefusesThreadStates(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.Build(t, "sleeper")
+	refused := func(t *testing.T, p *testutil.Proc, what string) {
+		t.Helper()
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+		var bt *source.BadTargetError
+		if !errors.As(err, &bt) || bt.PID != p.PID || !strings.Contains(bt.Reason, what) {
+			t.Fatalf("dump: %v (%T), want a *source.BadTargetError for process %d naming %s", err, err, p.PID, what)
+		}
+		t.Logf("refused: %v", err)
+		checkRunningUntraced(t, p.PID)
+		p.Signal(t, unix.SIGUSR1)
+		if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Errorf("the refused process ended with %v, want exit 0", ws)
+		}
+	}
+	t.Run("autogroup nice", func(t *testing.T) {
+		// Its own session: its own autogroup, whose nice is its alone.
+		p := testutil.StartWith(t, testutil.Options{Setsid: true}, bin, "pause")
+		p.WaitLine(t, short, 0, "sleeping")
+		path := fmt.Sprintf("/proc/%d/autogroup", p.PID)
+		own, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			t.Skipf("autogroups (CONFIG_SCHED_AUTOGROUP: no %s)", path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine, _ := os.ReadFile("/proc/self/autogroup")
+		if f, g := strings.Fields(string(own)), strings.Fields(string(mine)); len(f) == 0 || len(g) == 0 || f[0] == g[0] {
+			t.Skipf("an autogroup of a new session's own (kernel.sched_autogroup_enabled=1): it has %q, the test %q", own, mine)
+		}
+		if err := os.WriteFile(path, []byte("3"), 0); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, p, "autogroup has nice 3")
+	})
+	for _, tc := range []struct{ mode, what string }{
+		{"ioflusher", "I/O flusher"},
+		{"corecookie", "core-scheduling cookie"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			p := testutil.Start(t, bin, tc.mode)
+			testutil.WaitFor(t, short, "the sleeper to start or give up", func() bool {
+				for _, l := range p.Lines(t) {
+					if strings.HasPrefix(l, "sleeping") || strings.HasPrefix(l, "skip") {
+						return true
+					}
+				}
+				return false
+			})
+			for _, l := range p.Lines(t) {
+				if strings.HasPrefix(l, "skip") {
+					p.WaitExit(t, short)
+					// Not on these machines (no CAP_SYS_RESOURCE, no SMT):
+					// a skip that names it, in CI too.
+					t.Skipf("%s", strings.TrimPrefix(l, "skip "))
+				}
+			}
+			refused(t, p, tc.what)
+		})
+	}
 }

@@ -377,15 +377,7 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 		if err != nil {
 			t.Fatalf("migrate %s -> %s: %v\nstderr:\n%s", from, to, err, res.Stderr)
 		}
-		if n < 0 {
-			t.Fatalf("the client, sending during the migration %s -> %s: %v", from, to, sent())
-		}
-		conn.SetDeadline(time.Now().Add(30 * time.Second))
-		for j := range n {
-			if l, err := r.ReadString('\n'); err != nil || l != fmt.Sprintf("busy %d\n", j) {
-				t.Fatalf("echo %d of what the client sent during the migration: %q, %v", j, l, err)
-			}
-		}
+		busyEchoes(t, conn, r, n, sent)
 		if res.Outcome != "resumed" {
 			t.Fatalf("report: %+v", res)
 		}
@@ -492,6 +484,21 @@ func checkNetFindsDifferences(t *testing.T, init int, want *core.NetNamespace) {
 		diffs := target.CheckNet(init, &n)
 		if len(diffs) != 1 || diffs[0].What != what {
 			t.Errorf("changed %s: differences %v", what, diffs)
+		}
+	}
+}
+
+// busyEchoes checks that the echo server on c (r reads it) sent back
+// the n lines busyClient wrote (-1: a write failed, sent says why).
+func busyEchoes(t *testing.T, c net.Conn, r *bufio.Reader, n int, sent func() error) {
+	t.Helper()
+	if n < 0 {
+		t.Fatalf("the client, sending during the migration: %v", sent())
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	for j := range n {
+		if l, err := r.ReadString('\n'); err != nil || l != fmt.Sprintf("busy %d\n", j) {
+			t.Fatalf("echo %d of what the client sent during the migration: %q, %v", j, l, err)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -167,10 +168,67 @@ func TestNodeFaultPIDTaken(t *testing.T) {
 	if !strings.Contains(msg, fmt.Sprint(p.NSPID)) {
 		t.Errorf("the error does not name the PID %d: %s", p.NSPID, msg)
 	}
+	checkRefusedPIDInUse(t, res)
 	checkOriginalOnA(t, c, p, squat.NSPID)
 	if !squat.Running() {
 		t.Errorf("the process holding the PID on B is gone: %v", squat.Err())
 	}
+	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 5)
+}
+
+// checkRefusedPIDInUse checks that a migration's report says it was
+// refused for a PID taken on the target, before anything was frozen.
+func checkRefusedPIDInUse(t *testing.T, res *cluster.Result) {
+	t.Helper()
+	if res.Refused != "pid-in-use" {
+		t.Errorf("refused %q (error %q), want pid-in-use", res.Refused, res.Error)
+	}
+	for _, r := range res.Rounds {
+		if r.Frozen {
+			t.Errorf("round %d ran frozen before the refusal", r.Round)
+		}
+	}
+}
+
+// TestNodeFaultTreePIDTaken: a tree that is not a container (a shell and
+// the counter it started) whose child's PID is taken on B is refused at
+// the first layout (only a container's PIDs outside may be others there),
+// before anything is frozen; the tree runs on, on A.
+func TestNodeFaultTreePIDTaken(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	p, err := c.A.Start(cluster.StartOptions{}, "sh", "-c", `"$0" & wait`, testutil.Build(t, "counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	waitLogTick(t, p.Log, 3)
+	kids := childrenOf(t, p.PID)
+	if len(kids) != 1 {
+		t.Fatalf("the shell %d has children %v", p.PID, kids)
+	}
+	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
+	child, _ := strconv.Atoi(levels[len(levels)-1])
+	squat, err := c.B.Start(cluster.StartOptions{PID: child}, "sleep", "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squat.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := c.Migrate(ctx, c.A, c.B, p.NSPID)
+	msg := checkFailed(t, res, err)
+	t.Logf("migrate: %s", msg)
+	if !strings.Contains(msg, fmt.Sprint(child)) {
+		t.Errorf("the error does not name the PID %d: %s", child, msg)
+	}
+	checkRefusedPIDInUse(t, res)
+	onlyCopy(t, c, "counter", child, c.A)
+	checkRunningUntraced(t, kids[0])
+	checkNodeEmpty(t, c.B, squat.NSPID)
+	if !squat.Running() {
+		t.Errorf("the process holding the PID on B is gone: %v", squat.Err())
+	}
+	waitLogTick(t, p.Log, lastLogTick(t, p.Log)+3)
 	checkTicksContinuous(t, testutil.LogLines(t, p.Log), 5)
 }
 

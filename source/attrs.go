@@ -13,6 +13,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/raw"
 )
 
 // schedDeadline is SCHED_DEADLINE: its runtime and period are a
@@ -51,6 +52,9 @@ func (d *dumper) readSched(tid int) (*core.Sched, error) {
 		// written or set by prctl means "the default", which is the
 		// creator's slack at clone.
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has timer slack 0 under policy %d (it was created by a real-time thread), which a restore cannot set", tid, ps.Policy)}
+	}
+	if err := refuseThreadState(pid, tid); err != nil {
+		return nil, err
 	}
 	if !uclampDefault(ps) {
 		return nil, &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has utilization clamps %d..%d of its own, which a restore does not make", tid, ps.UtilMin, ps.UtilMax)}
@@ -123,10 +127,23 @@ func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj: %w", pid, err)
 	}
+	if err := refuseAutogroup(pid); err != nil {
+		return nil, 0, err
+	}
 	a := &core.ProcAttrs{}
 	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj %q: %w", pid, adj, err)
 	}
+	cdf, err := os.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", pid))
+	if err != nil {
+		return nil, 0, fmt.Errorf("process %d: coredump_filter: %w", pid, err)
+	}
+	f, err := strconv.ParseUint(strings.TrimSpace(string(cdf)), 16, 32)
+	if err != nil || f > core.MaxCoredumpFilter {
+		return nil, 0, fmt.Errorf("process %d: coredump_filter %q: not a filter of the known bits (%v)", pid, cdf, err)
+	}
+	filter := uint32(f)
+	a.CoredumpFilter = &filter
 	var pers uint64
 	for i, tid := range tids {
 		// /proc/TID/personality: reading it needs ptrace access, which a
@@ -202,7 +219,8 @@ func (d *dumper) probeMembarrier(lead *ptrace.Thread) (uint64, error) {
 }
 
 // collectInjectedAttrs reads what only the process itself can tell: each
-// thread's parent-death signal and memory policy, and the process's
+// thread's parent-death signal, memory policy, memory-error kill policy
+// and rdtsc mode, and the process's
 // child-subreaper flag, THP disable, membarrier registrations,
 // memory-deny-write-execute and KSM merge-any.
 //
@@ -218,6 +236,30 @@ func (d *dumper) collectInjectedAttrs() error {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
+		// The memory-error policy and the rdtsc mode: thread flags
+		// no /proc file shows.
+		mce, err := d.p.Syscall(th, "prctl(PR_MCE_KILL_GET)", unix.SYS_PRCTL, unix.PR_MCE_KILL_GET, 0, 0, 0, 0)
+		switch {
+		case errors.Is(err, unix.EINVAL): // a kernel without memory failure handling: none
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case mce == unix.PR_MCE_KILL_EARLY:
+			p.Threads[i].Sched.MCEKill = core.MCEKillEarly
+		case mce == unix.PR_MCE_KILL_LATE:
+			p.Threads[i].Sched.MCEKill = core.MCEKillLate
+		case mce != unix.PR_MCE_KILL_DEFAULT:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has memory-error kill policy %d, which migrate does not know", th.TID, mce)}
+		}
+		_, b, err = d.call(th, "prctl(PR_GET_TSC)", 4, unix.SYS_PRCTL, unix.PR_GET_TSC, d.scratch)
+		switch {
+		case errors.Is(err, unix.EINVAL): // an architecture without it
+		case err != nil:
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		case le.Uint32(b) == unix.PR_TSC_SIGSEGV:
+			p.Threads[i].Sched.TSCSigsegv = true
+		case le.Uint32(b) != unix.PR_TSC_ENABLE:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has rdtsc mode %d, which migrate does not know", th.TID, le.Uint32(b))}
+		}
 		// The NUMA memory policy is not carried: one that is not the
 		// default refuses the dump.
 		// (A kernel without NUMA has none: ENOSYS.)
@@ -266,9 +308,50 @@ func (d *dumper) collectInjectedAttrs() error {
 	return nil
 }
 
+// refuseThreadState refuses a thread state a restore does not make and
+// that no other check reads: an I/O flusher (PR_SET_IO_FLUSHER, which
+// only a thread with CAP_SYS_RESOURCE sets on itself), a core-scheduling
+// cookie (PR_SCHED_CORE: the threads that may share a core; a restore
+// would have to make the same groups). It runs before anything is frozen
+// (refuseDeadline) and again, frozen, for each thread (readSched).
+func refuseThreadState(pid, tid int) error {
+	if st, err := proc.ReadTaskStat(pid, tid); err == nil && st.Flags&(proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE) == proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d is an I/O flusher (PR_SET_IO_FLUSHER), which a restore does not make", tid)}
+	}
+	var cookie uint64
+	// ENODEV: no core scheduling here (no SMT, or a kernel without it),
+	// so no cookies; EINVAL: a kernel before 5.14.
+	err := raw.SchedCoreGet(tid, &cookie)
+	if err == nil && cookie != 0 {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d has a core-scheduling cookie (PR_SCHED_CORE), which a restore does not make", tid)}
+	}
+	return nil
+}
+
+// refuseAutogroup refuses a process whose autogroup (the scheduling group
+// of its session, CONFIG_SCHED_AUTOGROUP) has a nice value of its own: it
+// is the session's, which a restore does not set.
+func refuseAutogroup(pid int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
+	if err != nil {
+		return nil // a kernel without autogroups, or the process gone
+	}
+	// "/autogroup-N nice X"
+	f := strings.Fields(string(b))
+	if len(f) == 3 && f[1] == "nice" && f[2] != "0" {
+		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("its session's autogroup has nice %s (/proc/%d/autogroup), which a restore does not set", f[2], pid)}
+	}
+	return nil
+}
+
 // refuseDeadline refuses, before anything is frozen, a process a thread
-// of which runs under SCHED_DEADLINE (the dump checks again, frozen).
+// of which runs under SCHED_DEADLINE, or has a state refuseThreadState
+// names, or an autogroup with a nice value (the dump checks again,
+// frozen).
 func refuseDeadline(pid int) error {
+	if err := refuseAutogroup(pid); err != nil {
+		return err
+	}
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return nil // gone or a zombie: the dump tells
@@ -280,6 +363,9 @@ func refuseDeadline(pid int) error {
 		}
 		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == schedDeadline {
 			return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d runs under SCHED_DEADLINE, which a restore does not make", tid)}
+		}
+		if err := refuseThreadState(pid, tid); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -164,7 +164,15 @@ type MigrateReport struct {
 	// sockets, devices found in the trees).
 	SyncBytes   int64    `json:"sync_bytes,omitempty"`
 	SyncSkipped []string `json:"sync_skipped,omitempty"`
+	// Renumbered are the processes and threads of a container that have
+	// other PIDs outside it on the target (theirs were taken there; the
+	// PIDs inside are the same), as the target said in its "resumed".
+	Renumbered []Renumbered `json:"renumbered,omitempty"`
 }
+
+// Renumbered is a process or thread of a container whose PID outside it
+// on the target (TargetPID) is another than here (PID).
+type Renumbered = handoff.Renumbered
 
 // maxLiveBlobs caps the blobs carried in the State message.
 const maxLiveBlobs = 12 << 20
@@ -187,7 +195,8 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		return nil, err
 	}
 	// A container moves whole.
-	if container, err := containerInit(opts.PID, status); err != nil {
+	container, err := containerInit(opts.PID, status)
+	if err != nil {
 		return nil, err
 	} else if container {
 		opts.Tree = true
@@ -325,6 +334,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	rep := &MigrateReport{PID: opts.PID, Comm: stat.Comm, Target: opts.To, Session: sess.ID(), Codec: codec.String(), Streams: treeStreams(opts.Streams, len(members))}
 	cfg := handoff.SourceConfig{
 		SessionID: sess.ID(), PID: opts.PID, Target: opts.To, Logger: log, PostCopy: mode != ModePreCopy, Redial: redial,
+		Container: container,
 	}
 	hooksBefore := len(opts.Hooks.Timings())
 	outcome, err := handoff.RunSource(ctx, cfg, a, cc)
@@ -360,6 +370,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 		}
 	}
 	rep.TargetSteps = a.targetSteps
+	rep.Renumbered = a.renumbered
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
 	rep.Hooks = opts.Hooks.Timings()[hooksBefore:]
 	if pc := a.postCopy; pc != nil && pc.active && !a.resumed.IsZero() {
@@ -520,6 +531,7 @@ type liveSource struct {
 	// targetSteps: the target's restore steps; stateSent and ready time
 	// the handoff.
 	targetSteps      []Step
+	renumbered       []Renumbered
 	targetApply      time.Duration // the target's time writing pages
 	stateSent, ready time.Time
 	postDump         chan error // the post-dump hook's result, while it runs
@@ -607,11 +619,18 @@ func (a *liveSource) Resumed(body json.RawMessage) {
 		a.milestone(MilestoneResumed, 0)
 	}
 	var m struct {
-		DowntimeMS float64 `json:"target_downtime_ms"`
-		Steps      []Step  `json:"target_steps"`
-		ApplyMS    float64 `json:"apply_ms"`
+		DowntimeMS float64      `json:"target_downtime_ms"`
+		Steps      []Step       `json:"target_steps"`
+		ApplyMS    float64      `json:"apply_ms"`
+		Renumbered []Renumbered `json:"renumbered"`
 	}
 	if json.Unmarshal(body, &m) == nil {
+		// A peer's list: sane, or none.
+		if len(m.Renumbered) <= handoff.MaxRenumbered && !slices.ContainsFunc(m.Renumbered, func(r Renumbered) bool {
+			return r.PID <= 0 || r.PID > transport.MaxPID || r.TargetPID <= 0 || r.TargetPID > transport.MaxPID
+		}) {
+			a.renumbered = m.Renumbered
+		}
 		a.targetDowntime = m.DowntimeMS
 		if m.ApplyMS > 0 && m.ApplyMS < 1e9 { // a peer's figure: sane or none
 			a.targetApply = time.Duration(m.ApplyMS * float64(time.Millisecond))

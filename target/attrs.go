@@ -98,10 +98,44 @@ func (r *restorer) restoreProcAttrs() error {
 			return &AttrError{PID: r.pid, Attr: "memory-deny-write-execute (PR_SET_MDWE)", Want: fmt.Sprint(a.MDWE), Err: err}
 		}
 	}
+	if f := a.CoredumpFilter; f != nil {
+		// The husk has migrate's: set either way.
+		path := fmt.Sprintf("/proc/%d/coredump_filter", r.pid)
+		if err := os.WriteFile(path, []byte(fmt.Sprintf("%#x", *f)), 0); err != nil {
+			return &AttrError{PID: r.pid, Attr: "coredump_filter", Want: fmt.Sprintf("%#x", *f), Err: err}
+		}
+	}
 	path := fmt.Sprintf("/proc/%d/oom_score_adj", r.pid)
 	if err := os.WriteFile(path, []byte(strconv.Itoa(a.OOMScoreAdj)), 0); err != nil {
 		// Below the minimum the husk inherited, only with CAP_SYS_RESOURCE.
 		return &AttrError{PID: r.pid, Attr: "oom_score_adj", Want: strconv.Itoa(a.OOMScoreAdj), Err: err}
+	}
+	return nil
+}
+
+// restoreThreadFlags sets, by injection in thread i, the memory-error
+// kill policy and the rdtsc mode of the image's thread t that are not the
+// defaults a new thread has (the husk's threads never set either).
+func (r *restorer) restoreThreadFlags(i int, t core.Thread) error {
+	if t.Sched == nil {
+		return nil
+	}
+	th := r.p.Threads[i]
+	if k := t.Sched.MCEKill; k != 0 {
+		how := uint64(unix.PR_MCE_KILL_LATE)
+		if k == core.MCEKillEarly {
+			how = unix.PR_MCE_KILL_EARLY
+		}
+		if _, err := r.p.Syscall(th, "prctl(PR_MCE_KILL)", unix.SYS_PRCTL, unix.PR_MCE_KILL, unix.PR_MCE_KILL_SET, how, 0, 0); err != nil {
+			return &AttrError{PID: r.pid, TID: t.TID, Attr: "memory-error kill policy (PR_MCE_KILL)", Want: strconv.Itoa(k), Err: err}
+		}
+	}
+	// Last: from here on rdtsc faults in the thread (nothing injected
+	// uses it).
+	if t.Sched.TSCSigsegv {
+		if _, err := r.p.Syscall(th, "prctl(PR_SET_TSC)", unix.SYS_PRCTL, unix.PR_SET_TSC, unix.PR_TSC_SIGSEGV, 0, 0, 0); err != nil {
+			return &AttrError{PID: r.pid, TID: t.TID, Attr: "rdtsc mode (PR_SET_TSC)", Want: "SIGSEGV", Err: err}
+		}
 	}
 	return nil
 }

@@ -70,7 +70,7 @@ func (e *CheckError) AbortCode() string { return "differs" }
 // names, credentials, blocked signals, seccomp mode and number of
 // filters, scheduling, CPU masks, timer slack and cgroups, each thread's
 // own; signal dispositions (ignored or
-// caught), umask, personality, oom_score_adj, resource limits, the
+// caught), umask, personality, oom_score_adj, coredump_filter, resource limits, the
 // working, root and executable paths; every area of the image's layout
 // (range, protection, sharing, the file mapped; this kernel's vdso mapped,
 // at the image's place or elsewhere with a proxy there); every fd (the same
@@ -156,6 +156,12 @@ func (c *checker) process(p *core.Process, root bool) {
 	if p.Attrs != nil {
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.pid)); err == nil {
 			cmp(c, 0, "oom_score_adj", strconv.Itoa(p.Attrs.OOMScoreAdj), strings.TrimSpace(string(b)))
+		}
+		if f := p.Attrs.CoredumpFilter; f != nil {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", c.pid)); err == nil {
+				got, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+				cmp(c, 0, "coredump_filter", fmt.Sprintf("%#x", *f), fmt.Sprintf("%#x", got))
+			}
 		}
 	}
 	if len(p.Rlimits) > 0 {

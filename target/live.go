@@ -317,6 +317,9 @@ type liveTarget struct {
 	// streams is how many page streams each process has
 	// (LiveLayout.Streams, at least 1).
 	streams int
+	// writeFrame puts a frame's pages into its process: nil is
+	// b.WriteFrame (a test records the order instead).
+	writeFrame func(pid int, fr *pagestream.Frame) error
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -348,19 +351,39 @@ type liveTarget struct {
 	postCopy bool
 	uffd     int
 	pc       *pcFill
+	// container: the source's hello says the process is a container's
+	// init (transport.FeatureContainer), whose PID taken here is judged
+	// at the first layout. outer, for a container (as its first layout
+	// says), maps the PIDs outside it the source names to those its
+	// processes and threads have here; renumbered is what it changed,
+	// for the report ("resumed").
+	container  bool
+	outer      *outerPIDs
+	renumbered []handoff.Renumbered
+}
+
+// here is the root's PID here: the source's, unless the container's
+// PIDs were renumbered.
+func (t *liveTarget) here() int {
+	if t.outer != nil {
+		if n, ok := t.outer.local(t.pid); ok {
+			return n
+		}
+	}
+	return t.pid
 }
 
 // event tells notify of a step of the session.
 func (t *liveTarget) event(kind SessionEventKind, err error) {
 	if t.notify != nil {
-		t.notify(SessionEvent{Kind: kind, Session: t.sess.ID(), Peer: t.sess.Peer().String(), PID: t.pid, Err: err})
+		t.notify(SessionEvent{Kind: kind, Session: t.sess.ID(), Peer: t.sess.Peer().String(), PID: t.pid, Here: t.here(), Err: err})
 	}
 }
 
 // hookEnv describes the session to the hooks.
 func (t *liveTarget) hookEnv(extra ...string) map[string]string {
 	env := map[string]string{
-		"MIGRATE_PID":     strconv.Itoa(t.pid),
+		"MIGRATE_PID":     strconv.Itoa(t.here()),
 		"MIGRATE_SESSION": t.sess.ID(),
 		"MIGRATE_SOURCE":  t.sess.Peer().String(),
 	}
@@ -385,7 +408,10 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 		// ApplyMS is the time spent writing pages into the processes,
 		// summed over the page streams (the source's "apply" stage).
 		ApplyMS float64 `json:"apply_ms,omitempty"`
-	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6})
+		// Renumbered are the container's processes and threads whose
+		// PIDs outside it are others here.
+		Renumbered []handoff.Renumbered `json:"renumbered,omitempty"`
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6, t.renumbered})
 	return b
 }
 
@@ -399,6 +425,10 @@ func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 	t.pid = h.PID
 	t.postCopy = h.HasFeature(transport.FeaturePostCopy) && t.PostCopyReady()
 	t.event(SessionStarted, nil)
+	if t.container = h.HasFeature(transport.FeatureContainer); t.container {
+		// Its PIDs outside may be others here: the first layout says.
+		return nil
+	}
 	return waitPIDFree(h.PID)
 }
 
@@ -432,6 +462,16 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	if err != nil {
 		return fmt.Errorf("layout of round %d: %w", l.Round, err)
 	}
+	if t.b == nil && ll.Namespaces != nil && ll.Namespaces.PID != nil {
+		// A container: only its PIDs inside matter to its processes.
+		t.outer = newOuterPIDs()
+	}
+	if t.outer != nil {
+		// Every layout, read with the PIDs here from now on.
+		if err := t.outer.layout(ll); err != nil {
+			return fmt.Errorf("layout of round %d: %w", l.Round, err)
+		}
+	}
 	procs := []*core.Process{&ll.Process}
 	for i := range ll.Tree {
 		procs = append(procs, &ll.Tree[i])
@@ -457,13 +497,21 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	if t.b != nil && max(ll.Streams, 1) != max(t.streams, 1) {
 		return fmt.Errorf("layout of round %d: %d page streams a process, the first layout said %d", l.Round, max(ll.Streams, 1), max(t.streams, 1))
 	}
-	if t.b == nil {
-		// The tree's PIDs as the root's (Prepare).
+	if t.b == nil && t.outer == nil {
+		// The tree's PIDs as the root's (Prepare; here, if the hello
+		// said a container the layout is not).
+		if t.container {
+			if err := waitPIDFree(ll.Process.PID); err != nil {
+				return err
+			}
+		}
 		for _, p := range ll.Tree {
 			if err := waitPIDFree(p.PID); err != nil {
 				return err
 			}
 		}
+	}
+	if t.b == nil {
 		if len(ll.Sync) > 0 {
 			if t.sync, err = newSyncIn(ll.Sync, t.sess.ID()); err != nil {
 				return fmt.Errorf("layout of round %d: %w", l.Round, err)
@@ -565,6 +613,14 @@ func (t *liveTarget) acceptStreams(ctx context.Context, pids []int, round int) e
 				return fmt.Errorf("page stream: its process: %w", err)
 			}
 			pid = int(binary.LittleEndian.Uint32(b[:]))
+			if t.outer != nil {
+				// The source's PID: the process's here, if of the tree.
+				if here, ok := t.outer.local(pid); ok {
+					pid = here
+				} else {
+					pid = 0
+				}
+			}
 			if want[pid] == 0 {
 				pages.Close()
 				return fmt.Errorf("a page stream for process %d, which is not of the tree, not new to it, or has its %d already", pid, streams)
@@ -636,7 +692,11 @@ func (t *liveTarget) apply(in *pagesIn, r io.ReadCloser) {
 		switch fr.Kind {
 		case pagestream.FramePages:
 			at := time.Now()
-			err := t.b.WriteFrame(pid, fr)
+			write := t.writeFrame
+			if write == nil {
+				write = t.b.WriteFrame
+			}
+			err := write(pid, fr)
 			in.applyNS += int64(time.Since(at))
 			for {
 				cur := t.applyNS.Load()
@@ -766,6 +826,17 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		return errors.New("state before any layout")
 	}
 	img := &ls.Image
+	if t.outer != nil {
+		// The state's threads too get PIDs here.
+		if err := t.outer.image(img); err != nil {
+			return fmt.Errorf("state: %w", err)
+		}
+		if t.renumbered = t.outer.moved(); len(t.renumbered) > 0 {
+			msg := describeMoves(t.renumbered)
+			t.b.ss.warn("%s", msg)
+			t.log.Warn(msg)
+		}
+	}
 	// decodeState checked the image (checkIncoming); the attributes a
 	// restore needs too.
 	for _, pp := range img.Processes() {

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -478,42 +478,23 @@ func renumberContainer(img *core.Image) (string, error) {
 	if !taken {
 		return "", nil
 	}
-	readInt := func(name string) int {
-		b, _ := os.ReadFile(name)
-		n, _ := strconv.Atoi(string(trimSpace(b)))
-		return n
-	}
-	pidMax := readInt("/proc/sys/kernel/pid_max")
-	if pidMax < 1000 {
-		pidMax = 1 << 15
-	}
 	own := map[int]bool{}
 	for _, o := range outer {
 		own[o] = true
 	}
+	free := newFreePIDs()
 	m := map[int]int{}
-	next := readInt("/proc/sys/kernel/ns_last_pid") + 1000
 	for _, o := range outer {
-		for tries := 0; ; tries++ {
-			if tries > pidMax {
-				return "", fmt.Errorf("no free PIDs for the container's %d processes and threads", len(outer))
-			}
-			if next >= pidMax {
-				next = 300
-			}
-			n := next
-			next++
-			if !own[n] && pidFree(n) == nil {
-				m[o] = n
-				break
-			}
+		n, err := free.take(func(n int) bool { return own[n] })
+		if err != nil {
+			return "", fmt.Errorf("no free PIDs for the container's %d processes and threads: %w", len(outer), err)
 		}
+		m[o] = n
 	}
 	img.RenumberOuter(m)
-	var moved []string
+	var moves []handoff.Renumbered
 	for _, o := range outer {
-		moved = append(moved, fmt.Sprintf("%d->%d", o, m[o]))
+		moves = append(moves, handoff.Renumbered{PID: o, TargetPID: m[o]})
 	}
-	return fmt.Sprintf("the container's PIDs here are taken: its processes and threads get other PIDs outside it (%s), the same inside",
-		strings.Join(moved, " ")), nil
+	return describeMoves(moves), nil
 }

@@ -157,11 +157,11 @@ func (t *liveTarget) preparePostCopy(st *handoff.PostCopyState, img *core.Image)
 	if err := t.b.dropMissing(t.uffd, st, areas); err != nil {
 		return err
 	}
-	pidfd, err := unix.PidfdOpen(t.pid, 0)
+	pidfd, err := unix.PidfdOpen(t.here(), 0)
 	if err != nil {
-		return fmt.Errorf("post-copy: pidfd_open(%d): %w", t.pid, err)
+		return fmt.Errorf("post-copy: pidfd_open(%d): %w", t.here(), err)
 	}
-	t.pc = &pcFill{t: t, pid: t.pid, pidfd: pidfd, uffd: t.uffd, missing: set, asked: map[uint64]time.Time{}, done: make(chan struct{}), ended: make(chan struct{})}
+	t.pc = &pcFill{t: t, pid: t.here(), pidfd: pidfd, uffd: t.uffd, missing: set, asked: map[uint64]time.Time{}, done: make(chan struct{}), ended: make(chan struct{})}
 	t.uffd = -1 // the fill's now
 	t.lap("post-copy: drop and register missing pages")
 	return nil
@@ -280,8 +280,8 @@ func (t *liveTarget) startPostCopy(ctx context.Context) {
 		return
 	}
 	f.started = time.Now()
-	f.kids = children(t.pid)
-	t.log.Info("post-copy: the process runs; filling its missing pages", "pid", t.pid, "missing", f.missing.Total())
+	f.kids = children(f.pid)
+	t.log.Info("post-copy: the process runs; filling its missing pages", "pid", f.pid, "missing", f.missing.Total())
 	go f.run(ctx)
 }
 

@@ -70,8 +70,11 @@ type SessionEvent struct {
 	Kind    SessionEventKind
 	Session string // the transport session's ID
 	Peer    string // the source's address
-	PID     int    // the process
-	Err     error  // SessionAborted: why
+	PID     int    // the process, as the source names it
+	// Here is the process's PID here: PID, unless it is a container's
+	// init whose PIDs outside were taken here (and renumbered).
+	Here int
+	Err  error // SessionAborted: why
 }
 
 // SessionEventKind says which step a SessionEvent is.
@@ -262,7 +265,7 @@ func serveSession(ctx context.Context, sess *transport.Session, outcomes *handof
 	case err != nil:
 		log.Warn("migration failed", "pid", t.pid, "outcome", res.Outcome, "err", err)
 	default:
-		log.Info("migration done", "pid", t.pid, "outcome", res.Outcome)
+		log.Info("migration done", "pid", t.pid, "pid_here", t.here(), "outcome", res.Outcome)
 	}
 }
 

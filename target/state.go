@@ -298,6 +298,9 @@ func (r *restorer) restoreThreads(context.Context) error {
 				return fmt.Errorf("thread %d: parent-death signal: %w", t.TID, err)
 			}
 		}
+		if err := r.restoreThreadFlags(i, t); err != nil {
+			return err
+		}
 	}
 	// Pending signals, now that the masks keep blocked ones pending.
 	for _, si := range p.SharedPending {

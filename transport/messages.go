@@ -116,6 +116,13 @@ const FeaturePostCopy = "post-copy"
 // Without it every layout and the State list every area.
 const FeatureSameVMAs = "same-vmas"
 
+// FeatureContainer, in the source's Hello, says the process is the init
+// of a container (a PID namespace of its own), moved with its tree: the
+// target may give its processes other PIDs outside the container where
+// theirs are taken, so a PID taken there is judged at the first Layout
+// (which says whether it is a container), not refused at the Hello.
+const FeatureContainer = "container"
+
 // HasFeature says whether h announces feature f.
 func (h *Hello) HasFeature(f string) bool {
 	for _, x := range h.Features {

@@ -70,7 +70,9 @@ var serveCmd = &command{
 Run the target service: accept migrations from 'migrate --to', build each
 incoming process while its source copies memory, restore the rest when the
 source freezes it, and let it run on commit. A process whose PID is taken
-here is refused before its source freezes anything. Ctrl-C or SIGTERM aborts
+here is refused before its source freezes anything; a container's processes
+and threads whose PIDs outside it are taken get free ones instead (the same
+inside; the source's report lists them). Ctrl-C or SIGTERM aborts
 the sessions that have not committed (their sources resume their originals)
 and exits.
 
@@ -346,6 +348,9 @@ has no such risk. Post-copy moves a single process.`,
 					fmt.Fprintln(e.stderr, stagesLine(rep.Stages))
 				}
 				fmt.Fprintln(e.stdout, migrateSummary(rep))
+				if len(rep.Renumbered) > 0 {
+					fmt.Fprintln(e.stdout, renumberedLine(rep.Renumbered))
+				}
 				if pc := rep.PostCopy; pc != nil {
 					fmt.Fprintln(e.stdout, postCopyLine(pc))
 				}
@@ -410,6 +415,17 @@ func migrateSummary(r *migrate.Report) string {
 		r.PID, comm, r.Target, r.Outcome, len(r.Rounds), humanBytes(r.BytesWire), humanBytes(r.BytesRaw),
 		humanBytes(r.RSSBytes), formatMS(r.DowntimeMS), formatMS(r.TargetDowntimeMS),
 		formatMS(r.TotalMS), r.Session)
+}
+
+// renumberedLine says which PIDs outside a container the target gave
+// others.
+func renumberedLine(moves []migrate.Renumbered) string {
+	var s []string
+	for _, m := range moves {
+		s = append(s, m.String())
+	}
+	return fmt.Sprintf("the container's PIDs were taken on the target: its processes and threads have other PIDs outside it there (%s), the same inside",
+		strings.Join(s, " "))
 }
 
 // isTo says whether the arguments ask for a live migration: --to among

@@ -9,6 +9,15 @@ import (
 // bit 21 of the flags field of /proc/PID/stat.
 const PF_KTHREAD = 0x00200000
 
+// PF_MEMALLOC_NOIO and PF_LOCAL_THROTTLE: both are set on a thread that
+// made itself an I/O flusher (PR_SET_IO_FLUSHER), in the flags field of
+// /proc/PID/task/TID/stat (the same bits since Linux 5.8, which added the
+// prctl).
+const (
+	PF_MEMALLOC_NOIO  = 0x00080000
+	PF_LOCAL_THROTTLE = 0x00100000
+)
+
 // Stat is /proc/PID/stat or /proc/PID/task/TID/stat (proc(5) field numbers in
 // the comments). Address fields (25-27, 44-50) read 0 for a process whose
 // memory is gone (zombie, kernel thread) or when the reader may not ptrace it.

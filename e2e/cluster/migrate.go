@@ -44,6 +44,17 @@ type Result struct {
 	// side.
 	FrozenSteps []Step `json:"frozen_steps"`
 	TargetSteps []Step `json:"target_steps"`
+	// Renumbered are the container's processes and threads the target
+	// gave other PIDs outside it (theirs were taken there): the source's
+	// PID and the target's.
+	Renumbered []struct {
+		PID       int `json:"pid"`
+		TargetPID int `json:"target_pid"`
+	} `json:"renumbered"`
+	// Error and Refused are a failed migration's message and, for a
+	// refusal, its kind ("pid-in-use", ...).
+	Error   string `json:"error"`
+	Refused string `json:"refused"`
 
 	// Stdout and Stderr are what migrate printed; Stdout held the report.
 	Stdout, Stderr string `json:"-"`

@@ -2,7 +2,7 @@
  *
  *   attrs [mixed|user|mempolicy|zeroslack]
  *
- * The process sets oom_score_adj 345, THP disabled (except where advised,
+ * The process sets oom_score_adj 345, coredump_filter 0x23, THP disabled (except where advised,
  * if the kernel knows that flag), child subreaper, membarrier
  * registrations (global and private expedited), personality
  * ADDR_NO_RANDOMIZE and memory-deny-write-execute (PR_SET_MDWE, if the
@@ -10,10 +10,11 @@
  *   T0 (main): SCHED_BATCH nice 5, time slice 3 ms, CPU 0, timer slack
  *       123456, pdeath SIGWINCH, I/O priority best-effort 1
  *   T1: SCHED_RR 7 with reset-on-fork, nice -3, the last CPU, pdeath SIGURG,
- *       I/O priority idle
+ *       I/O priority idle, memory-error kill policy early
  *   T2: SCHED_IDLE nice 7 (with the time slice 5 ms it had as SCHED_OTHER),
  *       every CPU, timer slack 777777, no pdeath signal, no I/O priority
- *       (it follows nice and policy: idle 5)
+ *       (it follows nice and policy: idle 5), memory-error kill policy
+ *       late, rdtsc faulting (PR_TSC_SIGSEGV)
  * (time slices of their own: Linux 6.12+; before, slice=0)
  * With "mixed", T2 also sets personality ADDR_NO_RANDOMIZE|UNAME26 on
  * itself (the personality is per thread). With "user" (for a process that
@@ -26,8 +27,8 @@
  * If the kernel refuses SCHED_RR it logs "skip rt: REASON" and exits 77.
  * It logs "ready pid=P tids=A,B,C", then the state as each thread reads it
  * of itself:
- *   "P oom=N thp=N subreaper=N membarrier=0xN personality=0xN mdwe=N"
- *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N io=0xN"
+ *   "P oom=N cdf=HEX thp=N subreaper=N membarrier=0xN personality=0xN mdwe=N"
+ *   "T<i> policy=N prio=N rof=N nice=N slice=N cpus=LIST slack=N pdeath=N io=0xN mce=N tsc=N"
  *   "state end"
  * and the same again on every SIGUSR1. Ticks "tick N" every 20 ms. */
 #include "common.h"
@@ -119,9 +120,11 @@ static void describe(int i)
 	cpulist(&set, cpus, sizeof cpus);
 	int pdeath = 0;
 	prctl(PR_GET_PDEATHSIG, &pdeath);
-	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d slice=%llu cpus=%s slack=%d pdeath=%d io=%#x",
+	int tsc = 0;
+	prctl(PR_GET_TSC, &tsc);
+	snprintf(lines[i], sizeof lines[i], "T%d policy=%d prio=%d rof=%d nice=%d slice=%llu cpus=%s slack=%d pdeath=%d io=%#x mce=%d tsc=%d",
 		 i, policy & ~SCHED_RESET_ON_FORK, sp.sched_priority, !!(policy & SCHED_RESET_ON_FORK), nice,
-		 (unsigned long long)slice(), cpus, prctl(PR_GET_TIMERSLACK), pdeath, ioprio());
+		 (unsigned long long)slice(), cpus, prctl(PR_GET_TIMERSLACK), pdeath, ioprio(), prctl(PR_MCE_KILL_GET, 0, 0, 0, 0), tsc);
 }
 
 static void pin(int cpu_lo, int cpu_hi)
@@ -150,6 +153,8 @@ static void *worker(void *arg)
 		if (prctl(PR_SET_PDEATHSIG, SIGURG))
 			die("PR_SET_PDEATHSIG");
 		setioprio(3, 0);
+		if (prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0))
+			die("PR_MCE_KILL");
 	} else {
 		setslice(SCHED_OTHER, 0, 5000000);
 		struct sched_param sp = {0};
@@ -160,6 +165,12 @@ static void *worker(void *arg)
 		pin(0, ncpu - 1);
 		if (!zeroslack && prctl(PR_SET_TIMERSLACK, 777777))
 			die("PR_SET_TIMERSLACK");
+		if (prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_LATE, 0, 0))
+			die("PR_MCE_KILL");
+		/* Nothing this thread runs from here on reads the TSC (no
+		 * vdso clock: nanosleep and system calls only). */
+		if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV))
+			die("PR_SET_TSC");
 		if (mixed && personality(ADDR_NO_RANDOMIZE | UNAME26) < 0)
 			die("personality");
 		unsigned long node0 = 1;
@@ -189,16 +200,22 @@ static void report(void)
 	describe(0);
 	while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) < nt - 1)
 		msleep(1);
-	char oom[16] = "?";
+	char oom[16] = "?", cdf[16] = "?";
 	int fd = open("/proc/self/oom_score_adj", O_RDONLY);
 	if (fd >= 0) {
 		ssize_t n = read(fd, oom, sizeof oom - 1);
 		oom[n > 0 ? n - 1 : 0] = 0;
 		close(fd);
 	}
+	fd = open("/proc/self/coredump_filter", O_RDONLY);
+	if (fd >= 0) {
+		ssize_t n = read(fd, cdf, sizeof cdf - 1);
+		cdf[n > 0 ? n - 1 : 0] = 0;
+		close(fd);
+	}
 	int sub = 0;
 	prctl(PR_GET_CHILD_SUBREAPER, &sub);
-	say("P oom=%s thp=%d subreaper=%d membarrier=%#x personality=%#x mdwe=%d", oom, prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0),
+	say("P oom=%s cdf=%s thp=%d subreaper=%d membarrier=%#x personality=%#x mdwe=%d", oom, cdf, prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0),
 	    sub, (unsigned)syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0),
 	    (unsigned)personality(0xffffffff), prctl(66 /* PR_GET_MDWE */, 0, 0, 0, 0));
 	for (int i = 0; i < nt; i++)
@@ -228,6 +245,10 @@ int main(int argc, char **argv)
 	int fd = open("/proc/self/oom_score_adj", O_WRONLY);
 	if (fd < 0 || write(fd, "345", 3) != 3)
 		die("oom_score_adj");
+	close(fd);
+	fd = open("/proc/self/coredump_filter", O_WRONLY);
+	if (fd < 0 || write(fd, "0x23", 4) != 4)
+		die("coredump_filter");
 	close(fd);
 	if (prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0) && prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
 		die("PR_SET_THP_DISABLE");

@@ -1,15 +1,19 @@
 /* sleeper: sleeps in one blocking system call, then reports how it ended.
  *
- *   sleeper rel|abs|poll|pause
+ *   sleeper rel|abs|poll|pause|ioflusher|corecookie
  *
  * rel    nanosleep 3 s:                       "slept rc=R errno=E ms=M"
  * abs    clock_nanosleep to now+3 s absolute: "slept rc=R late_ms=L"
  * poll   poll with no fds, 3 s timeout:       "polled rc=R errno=E ms=M"
  * pause  pause() until SIGUSR1:               "paused rc=R errno=E handled=H"
+ * ioflusher, corecookie: pause, made an I/O flusher (PR_SET_IO_FLUSHER)
+ *        or given a core-scheduling cookie (PR_SCHED_CORE) first; if the
+ *        kernel refuses, "skip REASON" and exit 77.
  * It logs "sleeping pid=P" first and exits 0 if the call ended as it would
  * have without a dump (no EINTR, not early), else 1. */
 #include "common.h"
 #include <poll.h>
+#include <sys/prctl.h>
 
 static volatile sig_atomic_t handled;
 static void on_usr1(int sig) { (void)sig; handled = 1; }
@@ -26,6 +30,20 @@ int main(int argc, char **argv)
 	if (argc != 2)
 		return 2;
 	signal(SIGUSR1, on_usr1);
+	if (!strcmp(argv[1], "ioflusher")) {
+		if (prctl(57 /* PR_SET_IO_FLUSHER */, 1, 0, 0, 0)) {
+			say("skip PR_SET_IO_FLUSHER: %s (it needs CAP_SYS_RESOURCE)", strerror(errno));
+			return 77;
+		}
+		argv[1] = "pause";
+	}
+	if (!strcmp(argv[1], "corecookie")) {
+		if (prctl(62 /* PR_SCHED_CORE */, 1 /* CREATE */, 0, 0 /* PIDTYPE_PID */, 0)) {
+			say("skip PR_SCHED_CORE: %s (core scheduling needs SMT and CONFIG_SCHED_CORE)", strerror(errno));
+			return 77;
+		}
+		argv[1] = "pause";
+	}
 	long t0 = now_ms();
 	say("sleeping pid=%d", getpid());
 	if (!strcmp(argv[1], "rel")) {

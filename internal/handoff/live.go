@@ -246,3 +246,19 @@ func CloneVMAs(vmas []core.VMA) []core.VMA {
 	}
 	return out
 }
+
+// Renumbered is a process or thread of a container moved live whose PID
+// outside the container is another on the target than on the source
+// (where its own was taken there: only the PIDs inside matter to the
+// container's processes). PID is the source's, TargetPID the target's. The
+// target lists them in the body of its Resumed ("renumbered"), at most
+// MaxRenumbered of them.
+type Renumbered struct {
+	PID       int `json:"pid"`
+	TargetPID int `json:"target_pid"`
+}
+
+func (r Renumbered) String() string { return fmt.Sprintf("%d->%d", r.PID, r.TargetPID) }
+
+// MaxRenumbered bounds the Renumbered a Resumed lists.
+const MaxRenumbered = 1 << 16

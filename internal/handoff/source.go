@@ -109,6 +109,9 @@ type SourceConfig struct {
 	// (transport.FeaturePostCopy); Rounds.PostCopy says whether the
 	// target can.
 	PostCopy bool
+	// Container announces the process as a container's init
+	// (transport.FeatureContainer).
+	Container bool
 
 	Logger *slog.Logger
 }
@@ -361,6 +364,9 @@ func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Co
 	features := []string{transport.FeatureRoundAcks, transport.FeatureSameVMAs}
 	if cfg.PostCopy {
 		features = append(features, transport.FeaturePostCopy)
+	}
+	if cfg.Container {
+		features = append(features, transport.FeatureContainer)
 	}
 	if err := s.send(&transport.Hello{Version: Version, SessionID: cfg.SessionID, Role: transport.RoleSource, PID: cfg.PID,
 		Features: features}); err != nil {
