@@ -180,6 +180,39 @@ func FuzzLiveLayoutSameVMAs(f *testing.F) {
 	})
 }
 
+// FuzzLiveStateSameVMAs: a State that leaves areas out is decoded against
+// the last layout's, whatever its bytes: never a panic, and one accepted
+// has its areas filled in and passes the checks again once they are
+// listed.
+func FuzzLiveStateSameVMAs(f *testing.F) {
+	p := selfProcess(f)
+	prev := handoff.AreasOf([]*core.Process{&p})
+	st := selfState(f, p, []byte("queued"))
+	st.Image.Process.VMAs = nil
+	st.SameVMAs = []handoff.SameVMAs{{PID: p.PID, Pages: make([]uint64, len(p.VMAs))}}
+	b, _ := json.Marshal(st)
+	f.Add(b)
+	st.SameVMAs = append(st.SameVMAs, st.SameVMAs[0])
+	b, _ = json.Marshal(st)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ls, err := decodeState(body, p.PID, prev)
+		if err != nil {
+			return
+		}
+		if ls.SameVMAs != nil {
+			t.Fatal("areas left out once filled in")
+		}
+		again, err := json.Marshal(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeState(again, p.PID, nil); err != nil {
+			t.Fatalf("accepted, then refused with its areas listed: %v", err)
+		}
+	})
+}
+
 // TestLiveStateSameVMAs: the State's areas left out are those of the last
 // layout, with the State's page counts; without that layout they are
 // refused.
