@@ -751,7 +751,7 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			n, _ := proc.CountFDs(d.pid) // a hint: 0 if unknown
 			ll.FDs += n
 		}
-		procs := layoutProcs(&ll.Process, ll.Tree)
+		procs := handoff.Procs(&ll.Process, ll.Tree)
 		areas := handoff.AreasOf(procs)
 		if r.SameVMAs() && a.sentAreas != nil {
 			ll.SameVMAs = handoff.LeaveOutSame(procs, a.sentAreas)
@@ -848,16 +848,6 @@ func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
 		out = append(out, p)
 	}
 	return append(out, a.zombies...)
-}
-
-// layoutProcs are root and the processes of tree, for
-// handoff.LeaveOutSame and handoff.AreasOf.
-func layoutProcs(root *core.Process, tree []core.Process) []*core.Process {
-	out := []*core.Process{root}
-	for i := range tree {
-		out = append(out, &tree[i])
-	}
-	return out
 }
 
 // identify fills in what the target needs to create process d before the
@@ -1111,7 +1101,7 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if r.SameVMAs() && a.sentAreas != nil {
 		// The areas the final round's layout listed go no second time.
 		st.Image.Tree = slices.Clone(st.Image.Tree)
-		st.SameVMAs = handoff.LeaveOutSame(layoutProcs(&st.Image.Process, st.Image.Tree), a.sentAreas)
+		st.SameVMAs = handoff.LeaveOutSame(handoff.Procs(&st.Image.Process, st.Image.Tree), a.sentAreas)
 	}
 	total := 0
 	for _, b := range st.Blobs {

@@ -63,7 +63,7 @@ func decodeLayout(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveL
 	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
-	if err := handoff.FillSame(layoutProcs(&ll.Process, ll.Tree), ll.SameVMAs, prev); err != nil {
+	if err := handoff.FillSame(handoff.Procs(&ll.Process, ll.Tree), ll.SameVMAs, prev); err != nil {
 		return nil, err
 	}
 	ll.SameVMAs = nil
@@ -121,7 +121,7 @@ func decodeState(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveSt
 		return nil, err
 	}
 	img := &ls.Image
-	if err := handoff.FillSame(layoutProcs(&img.Process, img.Tree), ls.SameVMAs, prev); err != nil {
+	if err := handoff.FillSame(handoff.Procs(&img.Process, img.Tree), ls.SameVMAs, prev); err != nil {
 		return nil, err
 	}
 	ls.SameVMAs = nil
@@ -151,15 +151,6 @@ func decodeState(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveSt
 		}
 	}
 	return &ls, nil
-}
-
-// layoutProcs are root and the processes of tree.
-func layoutProcs(root *core.Process, tree []core.Process) []*core.Process {
-	out := []*core.Process{root}
-	for i := range tree {
-		out = append(out, &tree[i])
-	}
-	return out
 }
 
 // layoutImage is the image of a layout's processes, for checkIncoming.
@@ -454,7 +445,7 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 	ll, err := decodeLayout(l.Body, t.pid, t.areas)
 	if err == nil {
 		// As decoded: what the next layout may leave out.
-		t.areas = handoff.AreasOf(layoutProcs(&ll.Process, ll.Tree))
+		t.areas = handoff.AreasOf(handoff.Procs(&ll.Process, ll.Tree))
 		// Every layout: the first, before anything is built here or
 		// frozen there.
 		err = checkCPU(ll.CPU, t.xcr0)

@@ -218,6 +218,16 @@ func FillSame(procs []*core.Process, same []SameVMAs, prev map[int][]core.VMA) e
 	return nil
 }
 
+// Procs are root and the processes of tree, as LeaveOutSame, FillSame and
+// AreasOf take them.
+func Procs(root *core.Process, tree []core.Process) []*core.Process {
+	out := []*core.Process{root}
+	for i := range tree {
+		out = append(out, &tree[i])
+	}
+	return out
+}
+
 // AreasOf are the areas of procs by PID (but zombies'), copies that
 // nothing done to procs afterwards changes: the areas of a layout, for
 // LeaveOutSame and FillSame to compare the next one with.
