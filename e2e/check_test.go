@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/target"
@@ -54,9 +56,14 @@ func TestCheckFindsDifferences(t *testing.T) {
 		"fd 1 locks":        func(p *core.Process) { p.FDs[idxFD(p, logFD)].Locks = []core.FileLock{{Kind: core.LockFlock}} },
 		"fd 99":             func(p *core.Process) { p.FDs = append(p.FDs, core.FD{FD: 99, Kind: core.FDFile}) },
 		"protection":        func(p *core.Process) { p.VMAs[0].Prot ^= 1 },
-		"cgroup v2":         func(p *core.Process) { p.Cgroups = []core.Cgroup{{Path: "/elsewhere"}} },
-		"seccomp mode":      func(p *core.Process) { p.Threads[0].Seccomp = &core.Seccomp{Mode: core.SeccompModeStrict, Filter: -1} },
-		"process group":     func(p *core.Process) { p.PGID++ },
+		"sharing":           func(p *core.Process) { p.VMAs[len(p.VMAs)/2].Flags ^= unix.MAP_SHARED },
+		"file":              func(p *core.Process) { p.VMAs[fileArea(p)].File.Path = "/elsewhere" },
+		"area 0x10000-0x11000": func(p *core.Process) {
+			p.VMAs = append([]core.VMA{{Start: 0x10000, End: 0x11000, Prot: unix.PROT_READ, Flags: unix.MAP_PRIVATE, Kind: core.VMAAnon}}, p.VMAs...)
+		},
+		"cgroup v2":     func(p *core.Process) { p.Cgroups = []core.Cgroup{{Path: "/elsewhere"}} },
+		"seccomp mode":  func(p *core.Process) { p.Threads[0].Seccomp = &core.Seccomp{Mode: core.SeccompModeStrict, Filter: -1} },
+		"process group": func(p *core.Process) { p.PGID++ },
 	} {
 		if what == "fd 1 offset" || what == "fd 1 locks" {
 			if logFD < 0 {
@@ -76,6 +83,16 @@ func TestCheckFindsDifferences(t *testing.T) {
 	}
 	r.Signal(t, 10)
 	r.WaitLine(t, short, 0, "paused")
+}
+
+// fileArea is the index of the last area of p that maps a file.
+func fileArea(p *core.Process) int {
+	for i := len(p.VMAs) - 1; i >= 0; i-- {
+		if v := p.VMAs[i]; v.File != nil && !v.File.Deleted && !strings.HasPrefix(v.File.Path, "/memfd:") {
+			return i
+		}
+	}
+	return 0
 }
 
 func idxFD(p *core.Process, fd int) int {

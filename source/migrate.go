@@ -557,6 +557,10 @@ type liveSource struct {
 	// before it): the target made those, and no others.
 	shmIDs []int
 	shm    []core.ShmSegment // and as it listed them
+	// sentAreas are the areas of each process as the last layout sent
+	// listed them (copies): a later layout, and the State, leave out
+	// those still the same (handoff.LeaveOutSame).
+	sentAreas map[int][]core.VMA
 	// postCopy, unless nil, may end the migration in post-copy
 	// (MigrateOptions.Mode).
 	postCopy *postCopy
@@ -765,10 +769,16 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 			n, _ := proc.CountFDs(d.pid) // a hint: 0 if unknown
 			ll.FDs += n
 		}
+		procs := handoff.Procs(&ll.Process, ll.Tree)
+		areas := handoff.AreasOf(procs)
+		if r.SameVMAs() && a.sentAreas != nil {
+			ll.SameVMAs = handoff.LeaveOutSame(procs, a.sentAreas)
+		}
 		body, err := json.Marshal(ll)
 		if err != nil {
 			return err
 		}
+		a.sentAreas = areas
 		if err := a.openPages(); err != nil {
 			return err
 		}
@@ -1110,6 +1120,11 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		a.img.Namespaces = ns
 	}
 	st := handoff.LiveState{Image: *a.img, Blobs: d.memBlobs, Inherit: a.inherit, PostCopy: a.postCopy.state()}
+	if r.SameVMAs() && a.sentAreas != nil {
+		// The areas the final round's layout listed go no second time.
+		st.Image.Tree = slices.Clone(st.Image.Tree)
+		st.SameVMAs = handoff.LeaveOutSame(handoff.Procs(&st.Image.Process, st.Image.Tree), a.sentAreas)
+	}
 	total := 0
 	for _, b := range st.Blobs {
 		total += len(b)
@@ -1148,6 +1163,7 @@ func (a *liveSource) smapsAfterMmap(d *dumper) func() error {
 		// read (see addVmFlags).
 		scratch, scratchLen uint64
 		err                 error
+		added               bool // the flags are in the layout already
 	}
 	smapsc := make(chan smapsResult, 1)
 	started := false
@@ -1158,8 +1174,11 @@ func (a *liveSource) smapsAfterMmap(d *dumper) func() error {
 			// its flags stand (only a madvise of a whole area in those
 			// few milliseconds would change one without changing the
 			// layout), and no walk of the page tables competes with the
-			// final round's.
-			smapsc <- smapsResult{maps: pre}
+			// final round's. They are added at once, so that the final
+			// round's layout has them too: it lists the areas as the
+			// layout before and the State do (handoff.LeaveOutSame).
+			err := addVmFlags(d.pid, d.proc.VMAs, pre, 0, 0)
+			smapsc <- smapsResult{err: err, added: true}
 			return
 		}
 		d.log.Debug("the layout changed at the freeze: smaps read again", "pid", d.pid)
@@ -1176,6 +1195,9 @@ func (a *liveSource) smapsAfterMmap(d *dumper) func() error {
 		sm := <-smapsc
 		if sm.err != nil {
 			return fmt.Errorf("process %d: %w", d.pid, sm.err)
+		}
+		if sm.added {
+			return nil
 		}
 		return addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen)
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/procmig/migrate/core"
@@ -511,17 +514,9 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 		return err
 	}
 	m := ss.meter(all, round)
-	ranges := make([][]PageRange, len(all))
-	for i, d := range all {
-		var err error
-		if ft, ok := d.tracker.(track.FinalTracker); ok {
-			ranges[i], err = ft.FinalDirty(layouts[i])
-		} else {
-			ranges[i], err = d.tracker.Dirty(layouts[i])
-		}
-		if err != nil {
-			return fmt.Errorf("process %d: final round: %w", d.pid, err)
-		}
+	ranges, err := finalDirty(all, layouts)
+	if err != nil {
+		return err
 	}
 	ss.lap("final round: dirty pages")
 	if ss.opts.Transfer != nil { // only then: this is downtime
@@ -565,6 +560,43 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	rep.EstimateMS = ms(root.estimate)
 	root.rounds = append(root.rounds, rep)
 	return ss.roundEnd(rep)
+}
+
+// finalDirty asks the tracker of each process of all (frozen) for the
+// pages written since its last round, in layouts: each walk of a
+// process's page tables is its own (a tracker each, held by nothing else
+// now), so they go on at the same time, a few at once.
+func finalDirty(all []*dumper, layouts [][]core.VMA) ([][]PageRange, error) {
+	ranges := make([][]PageRange, len(all))
+	errs := make([]error, len(all))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), maxTracers, len(all)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(all) {
+					return
+				}
+				d := all[i]
+				if ft, ok := d.tracker.(track.FinalTracker); ok {
+					ranges[i], errs[i] = ft.FinalDirty(layouts[i])
+				} else {
+					ranges[i], errs[i] = d.tracker.Dirty(layouts[i])
+				}
+				if errs[i] != nil {
+					errs[i] = fmt.Errorf("process %d: final round: %w", d.pid, errs[i])
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return ranges, nil
 }
 
 // mergeRanges sorts ranges and merges those that overlap or touch, so no

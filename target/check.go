@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,26 +321,31 @@ func (c *checker) memory(p *core.Process) {
 		c.unreadable(0, "memory layout", err)
 		return
 	}
+	const rwx = unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC
 	for i := range p.VMAs {
 		v := &p.VMAs[i]
 		at := v.Start
-		for _, m := range maps {
-			if m.End <= at || m.Start > at {
-				continue
+		area := func() string { return fmt.Sprintf("area %#x-%#x", v.Start, v.End) } // only for a difference
+		// The mappings that cover v, one after the other from its start
+		// (maps is sorted and its mappings do not overlap).
+		for k := sort.Search(len(maps), func(k int) bool { return maps[k].End > at }); k < len(maps) && maps[k].Start <= at; k++ {
+			m := &maps[k]
+			if v.Prot&rwx != m.Prot&rwx {
+				c.diff(0, area()+" protection", protString(v.Prot), protString(m.Prot))
 			}
-			area := fmt.Sprintf("area %#x-%#x", v.Start, v.End)
-			cmp(c, 0, area+" protection", protString(v.Prot), protString(m.Prot))
-			cmp(c, 0, area+" sharing", v.Flags&unix.MAP_SHARED != 0, m.Shared)
-			if v.Kind == core.VMASysV {
-				cmp(c, 0, area+" System V segment", v.Shm, m.Inode)
+			if shared := v.Flags&unix.MAP_SHARED != 0; shared != m.Shared {
+				c.diff(0, area()+" sharing", shared, m.Shared)
 			}
-			if v.File != nil && !strings.HasPrefix(v.File.Path, "/memfd:") && !v.File.Deleted {
-				cmp(c, 0, area+" file", v.File.Path, m.Path)
+			if v.Kind == core.VMASysV && v.Shm != m.Inode {
+				c.diff(0, area()+" System V segment", v.Shm, m.Inode)
+			}
+			if v.File != nil && !strings.HasPrefix(v.File.Path, "/memfd:") && !v.File.Deleted && v.File.Path != m.Path {
+				c.diff(0, area()+" file", v.File.Path, m.Path)
 			}
 			if (v.Kind == core.VMAVDSO || v.Kind == core.VMAVVar) && m.Path != v.Name && m.Path != "" {
 				// This kernel's [vdso] or [vvar*] moved there, or the
 				// proxy of the old vdso and zero pages (vdsoproxy.go).
-				c.diff(0, area+" "+v.Name, v.Name+" or its proxy", m.Path)
+				c.diff(0, area()+" "+v.Name, v.Name+" or its proxy", m.Path)
 			}
 			at = m.End
 			if at >= v.End {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -90,11 +91,11 @@ func selfState(t testing.TB, p core.Process, queued []byte) handoff.LiveState {
 func TestSelfProcessAccepted(t *testing.T) {
 	p := selfProcess(t)
 	b, _ := json.Marshal(handoff.LiveLayout{Process: p})
-	if _, err := decodeLayout(b, p.PID); err != nil {
+	if _, err := decodeLayout(b, p.PID, nil); err != nil {
 		t.Fatalf("layout: %v", err)
 	}
 	b, _ = json.Marshal(selfState(t, p, []byte("q")))
-	if _, err := decodeState(b, p.PID); err != nil {
+	if _, err := decodeState(b, p.PID, nil); err != nil {
 		t.Fatalf("state: %v", err)
 	}
 }
@@ -115,7 +116,7 @@ func FuzzLiveLayout(f *testing.F) {
 	b, _ = json.Marshal(handoff.LiveLayout{Process: p, Streams: 3})
 	f.Add(b, p.PID)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
-		ll, err := decodeLayout(body, pid)
+		ll, err := decodeLayout(body, pid, nil)
 		if err != nil {
 			return
 		}
@@ -129,10 +130,113 @@ func FuzzLiveLayout(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := decodeLayout(again, pid); err != nil {
+		if _, err := decodeLayout(again, pid, nil); err != nil {
 			t.Fatalf("accepted, then refused after a round trip: %v", err)
 		}
 	})
+}
+
+// FuzzLiveLayoutSameVMAs: a later layout that leaves areas out
+// (handoff.LiveLayout.SameVMAs) is decoded against those of the layout
+// before, whatever its bytes: never a panic, and one accepted has every
+// process's areas filled in, as the layout before listed them but for
+// their page counts, and passes the checks again once they are listed.
+func FuzzLiveLayoutSameVMAs(f *testing.F) {
+	p := selfProcess(f)
+	prev := handoff.AreasOf([]*core.Process{&p})
+	same := handoff.SameVMAs{PID: p.PID, Pages: make([]uint64, len(p.VMAs))}
+	q := p
+	q.VMAs = nil
+	b, _ := json.Marshal(handoff.LiveLayout{Process: q, SameVMAs: []handoff.SameVMAs{same}})
+	f.Add(b)
+	b, _ = json.Marshal(handoff.LiveLayout{Process: q, SameVMAs: []handoff.SameVMAs{same, same}})
+	f.Add(b)
+	b, _ = json.Marshal(handoff.LiveLayout{Process: p, SameVMAs: []handoff.SameVMAs{same}})
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ll, err := decodeLayout(body, p.PID, prev)
+		if err != nil {
+			return
+		}
+		if ll.SameVMAs != nil {
+			t.Fatal("areas left out once filled in")
+		}
+		var raw struct {
+			Same []handoff.SameVMAs `json:"same_vmas"`
+		}
+		json.Unmarshal(body, &raw)
+		for _, s := range raw.Same {
+			if s.PID == ll.Process.PID && len(ll.Process.VMAs) != len(prev[s.PID]) {
+				t.Fatalf("process %d: %d areas filled in, the layout before had %d", s.PID, len(ll.Process.VMAs), len(prev[s.PID]))
+			}
+		}
+		again, err := json.Marshal(ll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeLayout(again, p.PID, nil); err != nil {
+			t.Fatalf("accepted, then refused with its areas listed: %v", err)
+		}
+	})
+}
+
+// FuzzLiveStateSameVMAs: a State that leaves areas out is decoded against
+// the last layout's, whatever its bytes: never a panic, and one accepted
+// has its areas filled in and passes the checks again once they are
+// listed.
+func FuzzLiveStateSameVMAs(f *testing.F) {
+	p := selfProcess(f)
+	prev := handoff.AreasOf([]*core.Process{&p})
+	st := selfState(f, p, []byte("queued"))
+	st.Image.Process.VMAs = nil
+	st.SameVMAs = []handoff.SameVMAs{{PID: p.PID, Pages: make([]uint64, len(p.VMAs))}}
+	b, _ := json.Marshal(st)
+	f.Add(b)
+	st.SameVMAs = append(st.SameVMAs, st.SameVMAs[0])
+	b, _ = json.Marshal(st)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ls, err := decodeState(body, p.PID, prev)
+		if err != nil {
+			return
+		}
+		if ls.SameVMAs != nil {
+			t.Fatal("areas left out once filled in")
+		}
+		again, err := json.Marshal(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeState(again, p.PID, nil); err != nil {
+			t.Fatalf("accepted, then refused with its areas listed: %v", err)
+		}
+	})
+}
+
+// TestLiveStateSameVMAs: the State's areas left out are those of the last
+// layout, with the State's page counts; without that layout they are
+// refused.
+func TestLiveStateSameVMAs(t *testing.T) {
+	p := selfProcess(t)
+	prev := handoff.AreasOf([]*core.Process{&p})
+	st := selfState(t, p, []byte("q"))
+	st.Image.Process.VMAs = nil
+	pages := make([]uint64, len(p.VMAs))
+	pages[0] = 1
+	st.SameVMAs = []handoff.SameVMAs{{PID: p.PID, Pages: pages}}
+	b, _ := json.Marshal(st)
+	ls, err := decodeState(b, p.PID, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := handoff.CloneVMAs(p.VMAs)
+	want[0].Pages = 1
+	if !reflect.DeepEqual(ls.Image.Process.VMAs, want) {
+		t.Errorf("areas filled in: %+v, want %+v", ls.Image.Process.VMAs, want)
+	}
+	if _, err := decodeState(b, p.PID, nil); err == nil {
+		t.Error("areas left out with no layout before accepted")
+	}
 }
 
 // FuzzLiveState does the same for the State's body: the final image and
@@ -151,7 +255,7 @@ func FuzzLiveState(f *testing.F) {
 	f.Add(b, p.PID)
 	f.Add([]byte(`{"image":{"kind":"migrate-image","version":1},"blobs":{"files/x":"eA=="}}`), 1)
 	f.Fuzz(func(t *testing.T, body []byte, pid int) {
-		ls, err := decodeState(body, pid)
+		ls, err := decodeState(body, pid, nil)
 		if err != nil {
 			return
 		}
@@ -173,7 +277,7 @@ func FuzzLiveState(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := decodeState(again, pid); err != nil {
+		if _, err := decodeState(again, pid, nil); err != nil {
 			t.Fatalf("accepted, then refused after a round trip: %v", err)
 		}
 	})

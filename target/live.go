@@ -54,13 +54,19 @@ func newLiveBuilder(ctx context.Context, ll *handoff.LiveLayout, log *slog.Logge
 
 // decodeLayout decodes and checks the body of a Layout: every layout, the
 // first (which builds the process) and those of later rounds (which
-// relayout it). Decoding is bounded (core.DecodeBounded) and the process
-// checked by checkIncoming.
-func decodeLayout(body []byte, pid int) (*handoff.LiveLayout, error) {
+// relayout it). Decoding is bounded (core.DecodeBounded), the areas it
+// leaves out filled in from prev, those of the layout before
+// (handoff.FillSame; nil before the first), and the process checked by
+// checkIncoming.
+func decodeLayout(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveLayout, error) {
 	var ll handoff.LiveLayout
 	if err := core.DecodeBounded(body, &ll, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
+	if err := handoff.FillSame(handoff.Procs(&ll.Process, ll.Tree), ll.SameVMAs, prev); err != nil {
+		return nil, err
+	}
+	ll.SameVMAs = nil
 	if ll.Process.PID != pid {
 		return nil, fmt.Errorf("layout of process %d, the session is for %d", ll.Process.PID, pid)
 	}
@@ -105,14 +111,20 @@ type pagesIn struct {
 	applyNS int64
 }
 
-// decodeState decodes and checks the body of the State: bounded, the image
-// checked by checkIncoming, and its blobs only those the image refers to.
-func decodeState(body []byte, pid int) (*handoff.LiveState, error) {
+// decodeState decodes and checks the body of the State: bounded, the areas
+// it leaves out filled in from prev, those of the last layout
+// (handoff.FillSame), the image checked by checkIncoming, and its blobs
+// only those the image refers to.
+func decodeState(body []byte, pid int, prev map[int][]core.VMA) (*handoff.LiveState, error) {
 	var ls handoff.LiveState
 	if err := core.DecodeBounded(body, &ls, core.DefaultDecodeBudget); err != nil {
 		return nil, err
 	}
 	img := &ls.Image
+	if err := handoff.FillSame(handoff.Procs(&img.Process, img.Tree), ls.SameVMAs, prev); err != nil {
+		return nil, err
+	}
+	ls.SameVMAs = nil
 	if err := checkIncoming(img); err != nil {
 		return nil, err
 	}
@@ -222,10 +234,44 @@ func (b *Builder) WriteFrame(pid int, fr *pagestream.Frame) error {
 	err := writeFrame(r.pid, fr, skip)
 	if err != nil && errors.Is(err, unix.EFAULT) {
 		if _, perr := r.sys("mprotect", unix.SYS_MPROTECT, fr.Addr, end-fr.Addr, unix.PROT_READ|unix.PROT_WRITE); perr == nil {
+			r.writtenMu.Lock()
+			r.opened = append(r.opened, addrRange{fr.Addr, end})
+			r.writtenMu.Unlock()
 			err = writeFrame(r.pid, fr, skip)
 		}
 	}
 	return err
+}
+
+// Reprotect gives the ranges WriteFrame opened for pages (in areas mapped
+// as they stay, not writable: the read-only data of a library, say, whose
+// pages come in the first round) the protection of their area back, once
+// a round's pages are in: so that the frozen window's protect finds them
+// as they stay, where it would take an injected call for each. A range
+// whose area changed since is left to protect, which sets every area's
+// protection in any case.
+//
+// Preconditions: no page is being written (between rounds).
+func (b *Builder) Reprotect() error {
+	for _, r := range b.all {
+		if r.p == nil {
+			continue
+		}
+		r.writtenMu.Lock()
+		opened := r.opened
+		r.opened = nil
+		r.writtenMu.Unlock()
+		for _, o := range opened {
+			i := sort.Search(len(r.mapped), func(i int) bool { return r.mapped[i].End > o.start })
+			if i == len(r.mapped) || r.mapped[i].Start > o.start || o.end > r.mapped[i].End {
+				continue
+			}
+			if _, err := r.sys("mprotect", unix.SYS_MPROTECT, o.start, o.end-o.start, uint64(r.mapped[i].Prot)); err != nil {
+				return fmt.Errorf("process %d: area %#x-%#x: %w", r.pid, o.start, o.end, err)
+			}
+		}
+	}
+	return nil
 }
 
 // liveTarget does the process work of one incoming live migration.
@@ -237,6 +283,10 @@ type liveTarget struct {
 	log  *slog.Logger
 	pid  int
 	b    *Builder
+	// areas are the areas of each process as the last layout listed
+	// them (copies), which a later layout or the State may leave out
+	// (handoff.FillSame).
+	areas map[int][]core.VMA
 	// xcr0 are this CPU's XSAVE features (ServeOptions.XCR0).
 	xcr0 uint64
 	// cgroupRoot and applyCgroupLimits are ServeOptions.CgroupRoot
@@ -392,8 +442,10 @@ func waitPIDFree(pid int) error {
 }
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
-	ll, err := decodeLayout(l.Body, t.pid)
+	ll, err := decodeLayout(l.Body, t.pid, t.areas)
 	if err == nil {
+		// As decoded: what the next layout may leave out.
+		t.areas = handoff.AreasOf(handoff.Procs(&ll.Process, ll.Tree))
 		// Every layout: the first, before anything is built here or
 		// frozen there.
 		err = checkCPU(ll.CPU, t.xcr0)
@@ -679,19 +731,35 @@ func (t *liveTarget) RoundDone(ctx context.Context, rd *transport.RoundDone) err
 		t.mu.Unlock()
 	})
 	defer stop()
+	if err := t.roundIn(ctx, rd.Round); err != nil {
+		return err
+	}
+	// The round's pages are in, and the next round's wait for its
+	// layout, which comes after this.
+	if t.b == nil {
+		return fmt.Errorf("round %d done before any layout", rd.Round)
+	}
+	if err := t.b.Reprotect(); err != nil {
+		return fmt.Errorf("round %d: %w", rd.Round, err)
+	}
+	return nil
+}
+
+// roundIn waits until every page stream passed the barrier of round.
+func (t *liveTarget) roundIn(ctx context.Context, round uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for len(t.ins) == 0 || t.lowBarrier() < int(rd.Round) {
+	for len(t.ins) == 0 || t.lowBarrier() < int(round) {
 		if t.err != nil {
 			return t.err
 		}
 		for _, in := range t.ins {
-			if in.ended && !in.left && in.barrier < int(rd.Round) {
-				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", rd.Round, in.pid)
+			if in.ended && !in.left && in.barrier < int(round) {
+				return fmt.Errorf("round %d: the page stream of process %d ended before its barrier", round, in.pid)
 			}
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("round %d: the page streams did not reach its barrier: %w", rd.Round, ctx.Err())
+			return fmt.Errorf("round %d: the page streams did not reach its barrier: %w", round, ctx.Err())
 		}
 		t.cond.Wait()
 	}
@@ -727,7 +795,7 @@ func (t *liveTarget) lap(name string) {
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	t.stateAt = time.Now()
 	t.lapped = t.stateAt
-	ls, err := decodeState(st.Body, t.pid)
+	ls, err := decodeState(st.Body, t.pid, t.areas)
 	if err == nil {
 		// With the components the threads held at the freeze.
 		err = checkCPU(ls.Image.CPU, t.xcr0)

@@ -145,9 +145,14 @@ type restorer struct {
 	// written too (elsewhere fresh memory is zero already).
 	mapped  []core.VMA
 	written core.PageSet
-	// writtenMu guards written: a live migration's page streams of one
-	// process (LiveLayout.Streams) are applied by a goroutine each.
+	// writtenMu guards written and opened: a live migration's page
+	// streams of one process (LiveLayout.Streams) are applied by a
+	// goroutine each.
 	writtenMu sync.Mutex
+	// opened are the ranges WriteFrame made writable for a page of a
+	// live migration (an area mapped as it stays, not writable), which
+	// Reprotect gives their protection back.
+	opened []addrRange
 	// vdsoHere is where this kernel's [vdso] and [vvar*] were put when
 	// they could not go to the image's addresses (proxyVDSO): a later
 	// layout must leave it alone.

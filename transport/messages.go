@@ -109,6 +109,13 @@ const FeatureRoundAcks = "round-acks"
 // it can serve post-copy.
 const FeaturePostCopy = "post-copy"
 
+// FeatureSameVMAs, in the source's Hello, says its later layouts and its
+// State may leave out the areas of a process that are those of the
+// previous layout naming it (handoff.LiveLayout.SameVMAs,
+// handoff.LiveState.SameVMAs); the target echoes it if it fills them in.
+// Without it every layout and the State list every area.
+const FeatureSameVMAs = "same-vmas"
+
 // FeatureContainer, in the source's Hello, says the process is the init
 // of a container (a PID namespace of its own), moved with its tree: the
 // target may give its processes other PIDs outside the container where

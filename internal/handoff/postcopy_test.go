@@ -85,3 +85,32 @@ func TestHandoffPostCopy(t *testing.T) {
 		}
 	})
 }
+
+// TestHandoffSameVMAs: the source offers FeatureSameVMAs and the target
+// echoes it, so that Rounds.SameVMAs lets the source leave out the areas
+// that did not change.
+func TestHandoffSameVMAs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recorder{}
+		src := &fakeActions{rec: rec, prefix: "src "}
+		same := false
+		src.preCopy = func(ctx context.Context, r *Rounds) error {
+			same = r.SameVMAs()
+			if err := r.Layout(json.RawMessage(`{"vmas":3}`)); err != nil {
+				return err
+			}
+			return r.Done(nil)
+		}
+		s, tg := newLink(rec, newPlan(nil))
+		done := make(chan struct{})
+		go func() {
+			RunTarget(t.Context(), TargetConfig{SessionID: testSession}, &tActions{rec: rec}, tg, NewOutcomes(0, nil))
+			close(done)
+		}()
+		out, err := RunSource(t.Context(), SourceConfig{SessionID: testSession, PID: 42, Target: "b:7070"}, src, s)
+		<-done
+		if out != transport.OutcomeResumed || err != nil || !same {
+			t.Fatalf("got %v, %v (areas left out: %v); %v", out, err, same, rec)
+		}
+	})
+}

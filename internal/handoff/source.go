@@ -236,6 +236,11 @@ type Rounds struct {
 // asked for it (SourceConfig.PostCopy) and the target can serve it.
 func (r *Rounds) PostCopy() bool { return r.s.postCopy }
 
+// SameVMAs says whether a later layout and the State may leave out the
+// areas of a process that are those of the last layout naming it
+// (LiveLayout.SameVMAs, LiveState.SameVMAs): the target fills them in.
+func (r *Rounds) SameVMAs() bool { return r.s.sameVMAs }
+
 // Round is the number of the round in progress (the one the next Done
 // ends); page frames carry it.
 func (r *Rounds) Round() uint32 { return r.next }
@@ -307,6 +312,7 @@ type sourceRun struct {
 	acks       bool
 	acked      uint32
 	postCopy   bool          // both ends speak FeaturePostCopy
+	sameVMAs   bool          // both ends speak FeatureSameVMAs
 	in         chan inbound  // from the reader
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
@@ -355,7 +361,7 @@ func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Co
 
 	// Hello, both ways.
 	s.log.Debug("handoff: hello")
-	features := []string{transport.FeatureRoundAcks}
+	features := []string{transport.FeatureRoundAcks, transport.FeatureSameVMAs}
 	if cfg.PostCopy {
 		features = append(features, transport.FeaturePostCopy)
 	}
@@ -379,6 +385,7 @@ func RunSource(ctx context.Context, cfg SourceConfig, act SourceActions, conn Co
 	}
 	s.acks = h.HasFeature(transport.FeatureRoundAcks)
 	s.postCopy = cfg.PostCopy && h.HasFeature(transport.FeaturePostCopy)
+	s.sameVMAs = h.HasFeature(transport.FeatureSameVMAs)
 
 	// Pre-copy, while the process runs.
 	s.log.Debug("handoff: pre-copy")

@@ -261,6 +261,10 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 		reply.Features = []string{transport.FeatureRoundAcks}
 		t.acks = true
 	}
+	if hello.HasFeature(transport.FeatureSameVMAs) {
+		// The target actions fill the areas in (LiveLayout.SameVMAs).
+		reply.Features = append(reply.Features, transport.FeatureSameVMAs)
+	}
 	if pc, ok := t.act.(PostCopyTarget); ok && hello.HasFeature(transport.FeaturePostCopy) && pc.PostCopyReady() {
 		reply.Features = append(reply.Features, transport.FeaturePostCopy)
 	}
