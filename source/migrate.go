@@ -138,12 +138,13 @@ type MigrateReport struct {
 	Total      time.Duration `json:"-"`
 	Downtime   time.Duration `json:"-"`
 	TotalMS    float64       `json:"total_ms"`
-	DowntimeMS float64       `json:"downtime_ms"` // freeze to resumed, as the source saw it
+	DowntimeMS float64       `json:"downtime_ms"` // first thread stopped to resumed, as the source saw it
 	// TargetDowntimeMS is the target's own measure: from the state's
 	// arrival to the process running.
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`
 	// FrozenSteps is where the source's part of the downtime went, from
-	// the freeze to the state being ready to send.
+	// the first thread stopped ("freeze": stopping the whole tree) to the
+	// state being ready to send.
 	FrozenSteps []Step `json:"frozen_steps,omitempty"`
 	// ProcessSteps is where the frozen window's work on each process
 	// went (the read and injected phases), the root first.
@@ -173,7 +174,7 @@ type MigrateReport struct {
 	// Freezer is what stopped the processes: "cgroup" (the cgroup
 	// freezer, then ptrace) or "ptrace"; FreezeMS how long stopping
 	// every thread of the tree took (the processes stop one after the
-	// other in it, just before downtime_ms begins).
+	// other in it; it is the first step of downtime_ms).
 	Freezer  string  `json:"freezer,omitempty"`
 	FreezeMS float64 `json:"freeze_ms,omitempty"`
 }
@@ -374,14 +375,18 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	rep.Total = time.Since(start)
 	if !a.frozen.IsZero() {
-		rep.Downtime = a.resumed.Sub(a.frozen)
+		// From the first thread stopped: stopping the tree (freezeTime)
+		// ends where a.frozen begins.
+		rep.Downtime = a.resumed.Sub(a.frozen) + d.freezeTime
 		if a.resumed.IsZero() {
-			rep.Downtime = time.Since(a.frozen)
+			rep.Downtime = time.Since(a.frozen) + d.freezeTime
 		}
 	}
 	rep.TotalMS, rep.DowntimeMS = ms(rep.Total), ms(rep.Downtime)
 	rep.TargetDowntimeMS = a.targetDowntime
-	rep.FrozenSteps = d.steps
+	if !a.frozen.IsZero() {
+		rep.FrozenSteps = append([]Step{{Name: "freeze", MS: ms(d.freezeTime)}}, d.steps...)
+	}
 	for _, m := range a.all {
 		if len(m.ownSteps) > 0 {
 			rep.ProcessSteps = append(rep.ProcessSteps, ProcessSteps{PID: m.pid, Steps: m.ownSteps})
