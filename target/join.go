@@ -48,7 +48,7 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 			return err
 		}
 	}
-	if err := waitPIDFree(p.PID); err != nil {
+	if err := pidFree(p.PID); err != nil {
 		return err
 	}
 	// In a container, its PID inside (the layout's, see

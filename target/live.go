@@ -170,11 +170,13 @@ func validateLive(img *core.Image) error {
 	if err := checkBindSources(img.Mounts); err != nil {
 		return err
 	}
-	if err := pidFree(img.Process.PID); err != nil {
+	// In the frozen window: no wait for a dead holder (the first layout
+	// waited; a PID taken since is taken).
+	if err := pidTaken(img.Process.PID); err != nil {
 		return err
 	}
 	for _, p := range img.Tree {
-		if err := pidFree(p.PID); err != nil {
+		if err := pidTaken(p.PID); err != nil {
 			return err
 		}
 	}
@@ -420,25 +422,7 @@ func (t *liveTarget) Prepare(ctx context.Context, h *transport.Hello) error {
 		// Its PIDs outside may be others here: the first layout says.
 		return nil
 	}
-	return waitPIDFree(h.PID)
-}
-
-// waitPIDFree is pidFree(pid), after a short wait if a zombie holds pid:
-// a process that left this host a moment ago (migrated away, killed) may
-// still hold the PID as a zombie until its parent (this service, as PID 1
-// of its namespace) reaps it.
-func waitPIDFree(pid int) error {
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		err := pidFree(pid)
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		if st, serr := proc.ReadStat(pid); serr != nil || (st.State != 'Z' && st.State != 'X') {
-			return err
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return pidFree(h.PID)
 }
 
 func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
@@ -492,12 +476,12 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 		// The tree's PIDs as the root's (Prepare; here, if the hello
 		// said a container the layout is not).
 		if t.container {
-			if err := waitPIDFree(ll.Process.PID); err != nil {
+			if err := pidFree(ll.Process.PID); err != nil {
 				return err
 			}
 		}
 		for _, p := range ll.Tree {
-			if err := waitPIDFree(p.PID); err != nil {
+			if err := pidFree(p.PID); err != nil {
 				return err
 			}
 		}

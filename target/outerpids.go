@@ -87,7 +87,7 @@ func (o *outerPIDs) local(pid int) (int, bool) {
 
 // assign gives pid a PID here if the map does not hold it yet: its own
 // where that is free (with wait, a zombie holding it is waited for a
-// moment: see waitPIDFree) and not given to another, else a free one that is none
+// moment: see pidFree) and not given to another, else a free one that is none
 // of named (the IDs the source names with it: those of the processes
 // and threads being assigned, which may keep theirs, and the parents,
 // groups and sessions outside the container, which a PID here must not
@@ -96,9 +96,9 @@ func (o *outerPIDs) assign(pid int, named map[int]bool, wait bool) error {
 	if _, ok := o.here[pid]; ok {
 		return nil
 	}
-	free := pidFree
+	free := pidTaken
 	if wait {
-		free = waitPIDFree
+		free = pidFree
 	}
 	n := pid
 	if _, given := o.given[pid]; given || free(pid) != nil {

@@ -301,7 +301,33 @@ func fileSHA256(pr *pathRoot, path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// pidFree says whether pid is free here, a *PIDInUseError if not. A
+// process that has just ended (dumped and killed, moved away) may hold
+// its PID a moment longer, dead, until its parent reaps it: such a holder
+// is waited for, up to zombieWait.
 func pidFree(pid int) error {
+	deadline := time.Now().Add(zombieWait)
+	for {
+		err := pidTaken(pid)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if st, serr := proc.ReadStat(pid); serr != nil || (st.State != 'Z' && st.State != 'X') {
+			if serr != nil && errors.Is(serr, fs.ErrNotExist) {
+				continue // reaped meanwhile
+			}
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// zombieWait bounds pidFree's wait for a dead holder of a PID to be
+// reaped.
+const zombieWait = 2 * time.Second
+
+// pidTaken is pidFree without the wait.
+func pidTaken(pid int) error {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
