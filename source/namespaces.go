@@ -141,6 +141,11 @@ func processesIn(kind, ns string) []int {
 // a container, a carried kind that differs from the root's (a namespace
 // of its own inside the container).
 func checkNamespaces(pid, root int, status *proc.Status) error {
+	// Its user namespace first: a rootless container's processes differ
+	// from migrate in every namespace, and that is the one to name.
+	if err := checkUserNamespace(pid, root); err != nil {
+		return err
+	}
 	var container bool
 	if pid == root {
 		var err error
