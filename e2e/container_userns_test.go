@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
 )
 
 // TestContainerUserNSRefusals: user namespaces are not carried, and each
@@ -51,6 +53,26 @@ func TestContainerUserNSRefusals(t *testing.T) {
 		if ue := refused(t, c.init, source.UserNSOwn); ue.PID != c.init {
 			t.Fatalf("refused process %d, want the init %d", ue.PID, c.init)
 		}
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
+	t.Run("live", func(t *testing.T) {
+		// `migrate --to` refuses it as the dump does, before a round.
+		addr := startServe(t)
+		c := startContainer(t, "box-userlive", []string{"--user", "--map-root-user"}, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		rounds := 0
+		_, err := source.Migrate(ctx, source.MigrateOptions{PID: c.init, To: addr, Transport: transport.Config{Insecure: true},
+			Logger: testLogger(t), Progress: func(source.RoundReport) { rounds++ }})
+		var ue *source.UserNamespaceError
+		if !errors.As(err, &ue) || ue.Problem != source.UserNSOwn || ue.PID != c.init {
+			t.Fatalf("migration of %d: %v, want a UserNamespaceError own", c.init, err)
+		}
+		t.Logf("refused: %v", err)
+		if rounds != 0 {
+			t.Errorf("%d rounds ran before the refusal", rounds)
+		}
+		checkRunningUntraced(t, c.init)
 		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("nested", func(t *testing.T) {
