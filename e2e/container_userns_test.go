@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"reflect"
+	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
-	"github.com/procmig/migrate/transport"
 )
 
 // TestContainerUserNSRefusals: user namespaces are not carried, and each
@@ -41,39 +43,20 @@ func TestContainerUserNSRefusals(t *testing.T) {
 		checkRunningUntraced(t, pid)
 		return ue
 	}
-	userNS := func(pid int) string {
-		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
-		return l
-	}
 	t.Run("own", func(t *testing.T) {
-		c := startContainer(t, "box-userns", []string{"--user", "--map-root-user"}, nil)
-		if userNS(c.init) == userNS(os.Getpid()) {
-			t.Fatalf("the container's init %d is in migrate's user namespace", c.init)
+		// A process of its own user namespace outside a container (not
+		// the init of a PID namespace of its own).
+		unshare, err := exec.LookPath("unshare")
+		if err != nil {
+			testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
 		}
-		if ue := refused(t, c.init, source.UserNSOwn); ue.PID != c.init {
-			t.Fatalf("refused process %d, want the init %d", ue.PID, c.init)
+		p := testutil.Start(t, unshare, "--user", "--map-root-user", "sleep", "600")
+		testutil.WaitFor(t, short, "sleep in its user namespace", func() bool {
+			return userNS(p.PID) != userNS(os.Getpid())
+		})
+		if ue := refused(t, p.PID, source.UserNSOwn); ue.PID != p.PID {
+			t.Fatalf("refused process %d, want %d", ue.PID, p.PID)
 		}
-		c.WaitTick(t, short, c.LastTick(t)+3)
-	})
-	t.Run("live", func(t *testing.T) {
-		// `migrate --to` refuses it as the dump does, before a round.
-		addr := startServe(t)
-		c := startContainer(t, "box-userlive", []string{"--user", "--map-root-user"}, nil)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		rounds := 0
-		_, err := source.Migrate(ctx, source.MigrateOptions{PID: c.init, To: addr, Transport: transport.Config{Insecure: true},
-			Logger: testLogger(t), Progress: func(source.RoundReport) { rounds++ }})
-		var ue *source.UserNamespaceError
-		if !errors.As(err, &ue) || ue.Problem != source.UserNSOwn || ue.PID != c.init {
-			t.Fatalf("migration of %d: %v, want a UserNamespaceError own", c.init, err)
-		}
-		t.Logf("refused: %v", err)
-		if rounds != 0 {
-			t.Errorf("%d rounds ran before the refusal", rounds)
-		}
-		checkRunningUntraced(t, c.init)
-		c.WaitTick(t, short, c.LastTick(t)+3)
 	})
 	t.Run("nested", func(t *testing.T) {
 		// The first unshare makes a user namespace and execs the
@@ -140,4 +123,127 @@ func TestContainerUserNSRefusals(t *testing.T) {
 			t.Fatalf("refusal names process %d's %s namespace, want %d's mnt", ue.PID, ue.Kind, p.PID)
 		}
 	})
+}
+
+// userNSView is what the test compares of a process of a container with
+// a user namespace of its own, before the dump and after the restore:
+// the maps and setgroups of its user namespace, its credentials as seen
+// from outside (here) and from inside (by a reader in its user
+// namespace), and who owns its namespaces.
+type userNSView struct {
+	maps, outside, inside string
+	owned                 []string
+}
+
+// credLines are the credential lines of a /proc/PID/status.
+func credLines(status string) string {
+	var out []string
+	for _, l := range strings.Split(status, "\n") {
+		for _, p := range []string{"Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"} {
+			if strings.HasPrefix(l, p) {
+				out = append(out, strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+func viewUserNS(t *testing.T, pid int) userNSView {
+	t.Helper()
+	var v userNSView
+	for _, f := range []string{"uid_map", "gid_map", "setgroups"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.maps += f + ": " + strings.Join(strings.Fields(string(b)), " ") + "; "
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.outside = credLines(string(b))
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		testutil.Unavailable(t, "nsenter (util-linux) is not installed: %v", err)
+	}
+	out, err := exec.Command(nsenter, "--target", fmt.Sprint(pid), "--user", "--preserve-credentials", "--", "cat", fmt.Sprintf("/proc/%d/status", pid)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("read %d's status from its user namespace: %v: %s", pid, err, out)
+	}
+	v.inside = credLines(string(out))
+	user, err := proc.NamespaceOf(fmt.Sprintf("/proc/%d/ns/user", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"ipc", "mnt", "pid", "uts"} {
+		mine, _ := os.Readlink("/proc/self/ns/" + kind)
+		its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+		if mine == its {
+			continue
+		}
+		owner, err := proc.NamespaceIoctl(fmt.Sprintf("/proc/%d/ns/%s", pid, kind), unix.NS_GET_USERNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.owned = append(v.owned, fmt.Sprintf("%s owned by its user namespace: %v", kind, owner == user))
+	}
+	return v
+}
+
+// TestContainerUserNSDumpRestore: a container in a user namespace of its
+// own (unshare --user --map-root-user, with a mount namespace and its
+// proc, or without) is dumped and restored: the same maps and setgroups,
+// its namespaces owned by its new user namespace, the same credentials
+// seen from outside and from inside, the same PIDs inside and out, host
+// name, semaphores and messages, its own checks passing.
+func TestContainerUserNSDumpRestore(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"map-root-user", []string{"--user", "--map-root-user"}},
+		{"mount-proc", []string{"--user", "--map-root-user", "--mount-proc"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := "box-userns"
+			c := startContainer(t, host, tc.extra, nil)
+			before := map[int]userNSView{c.init: viewUserNS(t, c.init), c.child: viewUserNS(t, c.child)}
+			if userNS(c.init) == userNS(os.Getpid()) {
+				t.Fatalf("the container's init %d is in migrate's user namespace", c.init)
+			}
+			dir := t.TempDir()
+			if _, err := source.Dump(context.Background(), source.DumpOptions{PID: c.init, Dir: dir, Logger: testLogger(t)}); err != nil {
+				t.Fatalf("dump the container's init %d: %v", c.init, err)
+			}
+			c.Reap(t)
+			last := len(testutil.LogLines(t, c.Log))
+			img, err := core.ReadImage(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.Namespaces == nil || img.Namespaces.User == nil {
+				t.Fatalf("the image has no user namespace: %+v", img.Namespaces)
+			}
+			r := restoreOK(t, dir, c.Log)
+			r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
+			checkContainerInside(t, c.Log, c.init, c.child, host, last)
+			for pid, want := range before {
+				if got := viewUserNS(t, pid); !reflect.DeepEqual(got, want) {
+					t.Errorf("process %d after the restore:\n%+v\nwant\n%+v", pid, got, want)
+				}
+			}
+			if userNS(c.init) == userNS(os.Getpid()) || userNS(c.child) != userNS(c.init) {
+				t.Errorf("user namespaces after the restore: init %s, child %s, migrate's %s", userNS(c.init), userNS(c.child), userNS(os.Getpid()))
+			}
+			containerReport(t, c.Log, c.init, host)
+			r.WaitExit(t, short)
+		})
+	}
+}
+
+func userNS(pid int) string {
+	l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+	return l
 }

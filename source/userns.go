@@ -8,29 +8,24 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 )
 
-// User namespaces are not carried: a process in one of its own is
-// refused, and so is a process whose namespaces of its own (a
-// container's) are owned by another user namespace than migrate's, since
-// the restore would make them owned by migrate's. UserNamespaceError
-// says which case it is.
-//
-// What stands in the way of carrying one (a rootless container): the
-// restore gives a container's processes and threads their PIDs outside
-// it too (clone3 with set_tid at both levels), and a process inside a
-// user namespace of its own cannot choose its children's PIDs in the
-// initial PID namespace (that takes CAP_CHECKPOINT_RESTORE or
-// CAP_SYS_ADMIN in the initial user namespace); nor can a process that
-// has threads join one (setns refuses a multithreaded caller).
+// A container's user namespace (a rootless container: a user namespace
+// of its own, a child of migrate's, holding every process of the
+// container and owning each namespace of its own) is carried: its maps
+// and setgroups are in the image (core.UserNamespace). Anything else
+// about user namespaces is refused by name before anything is frozen:
+// UserNamespaceError says which case it is.
 
 // UserNSProblem says why a process was refused for its user namespace.
 type UserNSProblem string
 
 const (
 	// UserNSOwn: the process lives in a user namespace of its own, a
-	// child of the initial one (a rootless container); not carried.
+	// child of the initial one, outside a container (a process that is
+	// not the init of a PID namespace of its own, nor of its tree).
 	UserNSOwn UserNSProblem = "own"
 	// UserNSNested: its user namespace is not a child of migrate's.
 	UserNSNested UserNSProblem = "nested"
@@ -43,6 +38,10 @@ const (
 	// UserNSOwner: a namespace of the process's own (Kind) is owned by
 	// another user namespace than the process's.
 	UserNSOwner UserNSProblem = "owner"
+	// UserNSUnsupported: the container in a user namespace of its own
+	// has a namespace of its own (Kind) that migrate does not make
+	// inside one.
+	UserNSUnsupported UserNSProblem = "unsupported"
 )
 
 // UserNamespaceError refuses process PID for its user namespace, or for
@@ -58,48 +57,10 @@ type UserNamespaceError struct {
 
 func (e *UserNamespaceError) Error() string {
 	s := fmt.Sprintf("cannot dump process %d: user namespace (%s)", e.PID, e.Problem)
-	if e.Kind != "" {
+	if e.Problem == UserNSOwner {
 		s = fmt.Sprintf("cannot dump process %d: its %s namespace is owned by another user namespace", e.PID, e.Kind)
 	}
 	return s + ": " + e.Reason
-}
-
-// nsID identifies a namespace by the device and inode of its file.
-type nsID struct{ dev, ino uint64 }
-
-func (n nsID) String() string { return fmt.Sprintf("[%d]", n.ino) }
-
-func statNS(fd int) (nsID, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nsID{}, os.NewSyscallError("fstat", err)
-	}
-	return nsID{dev: st.Dev, ino: st.Ino}, nil
-}
-
-// nsIoctl opens namespace file path and returns the identity of the
-// namespace ioctl req (NS_GET_USERNS, NS_GET_PARENT) gives of it.
-func nsIoctl(path string, req uint) (nsID, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nsID{}, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	got, err := unix.IoctlRetInt(fd, req)
-	if err != nil {
-		return nsID{}, &os.PathError{Op: "ioctl", Path: path, Err: err}
-	}
-	defer unix.Close(got)
-	return statNS(got)
-}
-
-// nsOf is the identity of the namespace of file path.
-func nsOf(path string) (nsID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return nsID{}, &os.PathError{Op: "stat", Path: path, Err: err}
-	}
-	return nsID{dev: st.Dev, ino: st.Ino}, nil
 }
 
 // userNSMaps describes the uid and gid maps and setgroups of process
@@ -121,19 +82,19 @@ func userNSMaps(pid int) string {
 // a child of migrate's alone), or, in migrate's, a namespace of its own
 // that another user namespace owns.
 func checkUserNamespace(pid, root int) error {
-	mine, err := nsOf("/proc/self/ns/user")
+	mine, err := proc.NamespaceOf("/proc/self/ns/user")
 	if err != nil {
 		return err
 	}
 	path := fmt.Sprintf("/proc/%d/ns/user", pid)
-	its, err := nsOf(path)
+	its, err := proc.NamespaceOf(path)
 	if err != nil {
 		return fmt.Errorf("process %d: %w", pid, err)
 	}
 	if its == mine {
 		return checkOwners(pid, mine)
 	}
-	parent, err := nsIoctl(path, unix.NS_GET_PARENT)
+	parent, err := proc.NamespaceIoctl(path, unix.NS_GET_PARENT)
 	if err != nil {
 		return fmt.Errorf("process %d: parent of its user namespace: %w", pid, err)
 	}
@@ -142,7 +103,7 @@ func checkUserNamespace(pid, root int) error {
 			"its user namespace %v is nested below another one (%v), not a child of migrate's: not carried", its, parent)}
 	}
 	if pid != root {
-		rootNS, err := nsOf(fmt.Sprintf("/proc/%d/ns/user", root))
+		rootNS, err := proc.NamespaceOf(fmt.Sprintf("/proc/%d/ns/user", root))
 		if err != nil {
 			return fmt.Errorf("process %d: %w", root, err)
 		}
@@ -168,14 +129,32 @@ func checkUserNamespace(pid, root int) error {
 				"process %d, outside the dump, lives in its user namespace %v too (%s)", other, its, userNSMaps(pid))}
 		}
 	}
-	return &UserNamespaceError{PID: pid, Problem: UserNSOwn, Reason: fmt.Sprintf(
-		"it lives in a user namespace of its own %v (%s): migrate does not carry user namespaces (rootless containers): the restore could not give its processes their PIDs outside from inside one", its, userNSMaps(pid))}
+	rs, err := proc.ReadStatus(root)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", root, err)
+	}
+	if container, err := containerInit(root, rs); err != nil || !container {
+		if err != nil {
+			return err
+		}
+		return &UserNamespaceError{PID: pid, Problem: UserNSOwn, Reason: fmt.Sprintf(
+			"it lives in a user namespace of its own %v (%s) but is not in a container (the init of a PID namespace of its own, and its tree): migrate carries a container's user namespace only", its, userNSMaps(pid))}
+	}
+	for _, kind := range []string{"cgroup", "time"} {
+		mine, err1 := nsLink("self", kind)
+		theirs, err2 := nsLink(strconv.Itoa(pid), kind)
+		if err1 == nil && err2 == nil && mine != "" && mine != theirs {
+			return &UserNamespaceError{PID: pid, Problem: UserNSUnsupported, Kind: kind, Reason: fmt.Sprintf(
+				"the container lives in a user namespace of its own %v and has a %s namespace of its own: migrate does not make one inside a user namespace", its, kind)}
+		}
+	}
+	return checkOwners(pid, its)
 }
 
 // checkOwners refuses process pid, which lives in user namespace userNS,
 // if a namespace of its own (one that differs from migrate's) is owned
 // by another user namespace: the restore makes each in userNS.
-func checkOwners(pid int, userNS nsID) error {
+func checkOwners(pid int, userNS proc.NamespaceID) error {
 	for _, k := range namespaceKinds {
 		if k.name == "user" {
 			continue
@@ -194,7 +173,7 @@ func checkOwners(pid int, userNS nsID) error {
 		if its == mine {
 			continue
 		}
-		owner, err := nsIoctl(fmt.Sprintf("/proc/%d/ns/%s", pid, k.name), unix.NS_GET_USERNS)
+		owner, err := proc.NamespaceIoctl(fmt.Sprintf("/proc/%d/ns/%s", pid, k.name), unix.NS_GET_USERNS)
 		if err != nil {
 			return fmt.Errorf("process %d: owner of its %s namespace: %w", pid, k.name, err)
 		}
@@ -204,4 +183,39 @@ func checkOwners(pid int, userNS nsID) error {
 		}
 	}
 	return nil
+}
+
+// readUserNS reads the maps and setgroups of the user namespace of
+// process pid.
+func readUserNS(pid int) (*core.UserNamespace, error) {
+	u := &core.UserNamespace{}
+	for _, m := range []struct {
+		name string
+		to   *[]core.IDMap
+	}{{"uid_map", &u.UIDMap}, {"gid_map", &u.GIDMap}} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, m.name))
+		if err != nil {
+			return nil, fmt.Errorf("process %d: user namespace: %w", pid, err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if line == "" {
+				continue
+			}
+			var l core.IDMap
+			if _, err := fmt.Sscan(line, &l.Inside, &l.Outside, &l.Count); err != nil {
+				return nil, fmt.Errorf("process %d: user namespace: %s line %q: %w", pid, m.name, line, err)
+			}
+			*m.to = append(*m.to, l)
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/setgroups", pid))
+	if err != nil {
+		return nil, fmt.Errorf("process %d: user namespace: %w", pid, err)
+	}
+	u.SetGroups = strings.TrimSpace(string(b))
+	if len(u.UIDMap) == 0 || len(u.GIDMap) == 0 {
+		return nil, &UserNamespaceError{PID: pid, Problem: UserNSUnsupported, Kind: "user", Reason: fmt.Sprintf(
+			"its user namespace has no map yet (%s): its IDs are all the overflow one", userNSMaps(pid))}
+	}
+	return u, nil
 }

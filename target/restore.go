@@ -102,6 +102,10 @@ type session struct {
 	// paths is where the paths of the image's files are opened (a
 	// pivoted container's: see pathRoot).
 	paths *pathRoot
+	// agentSock is the agent's end of the socket over which the
+	// processes of a container with a user namespace of its own receive
+	// their files (they cannot pidfd_getfd from migrate, outside it).
+	agentSock *os.File
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -134,7 +138,9 @@ type restorer struct {
 	pid       int
 
 	scratch uint64 // scratch area in the child for injected calls' arguments
-	// agentFD is the child's pidfd for this agent, used to pull in fds.
+	// agentFD is the child's pidfd for this agent, used to pull in fds;
+	// in a user namespace of its own, its end of the agent's socket
+	// (agentSock).
 	agentFD int
 	pages   uint64
 	memTime time.Duration
@@ -690,7 +696,13 @@ func forkPID(p *ptrace.Proc, pid, inner, want int, flags uint64) (*ptrace.Proc, 
 // writable place of p's of 256 bytes.
 func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) (*ptrace.Proc, error) {
 	tids := []int32{int32(pid)}
-	if inner != 0 {
+	// From inside a user namespace of its own, p gives the PID inside
+	// alone (userns.go).
+	fromUserNS := inner != 0 && flags&unix.CLONE_NEWUSER == 0 && inOwnUserNS(p.PID)
+	switch {
+	case fromUserNS:
+		tids = []int32{int32(inner)}
+	case inner != 0:
 		tids = []int32{int32(inner), int32(pid)}
 	}
 	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: args + 128, SetTIDSize: uint64(len(tids))}
@@ -702,7 +714,22 @@ func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) 
 			return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 		}
 	}
-	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, args, uint64(len(raw.Bytes(&ca))))
+	clone := func() (uint64, error) {
+		return p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, args, uint64(len(raw.Bytes(&ca))))
+	}
+	var child uint64
+	var err error
+	if fromUserNS {
+		if err := pidFree(pid); err != nil {
+			return nil, err
+		}
+		err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
+		if err == nil && int(child) == want && !taskIs(pid, pid, inner) {
+			return nil, &PIDRaceError{PID: pid, Got: strayChild(p.PID, pid, inner)}
+		}
+	} else {
+		child, err = clone()
+	}
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if err := pidFree(pid); err != nil {
@@ -836,6 +863,11 @@ func (r *restorer) createRoot() error {
 	}
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err
+	}
+	if u := r.userNS(); u != nil {
+		if err := writeUserNS(r.pid, u); err != nil {
+			return err
+		}
 	}
 	if err := r.paths.enter(r.pid); err != nil {
 		return err
@@ -1232,6 +1264,17 @@ func (r *restorer) openAgentPidfd() error {
 // install pulls the agent's open file f into the child (pidfd_getfd) and
 // returns its fd number there (the lowest free one, close-on-exec).
 func (r *restorer) install(f *os.File) (int, error) {
+	if r.agentSock != nil {
+		// In a user namespace of its own: over the agent's socket.
+		got, err := r.passFDs(int(r.agentSock.Fd()), r.agentFD, []int{int(f.Fd())}, true)
+		if err != nil {
+			return 0, err
+		}
+		if len(got) != 1 {
+			return 0, fmt.Errorf("the child received %d fds of 1", len(got))
+		}
+		return got[0], nil
+	}
 	fd, err := r.sys("pidfd_getfd", unix.SYS_PIDFD_GETFD, uint64(r.agentFD), uint64(f.Fd()), 0)
 	if err != nil {
 		return 0, err

@@ -185,6 +185,12 @@ func (r *restorer) createThreads() error {
 			}
 			tids = []int32{int32(want), int32(t.TID)}
 		}
+		// From inside a user namespace of its own, the TID inside alone
+		// (userns.go).
+		fromUserNS := r.userNS() != nil
+		if fromUserNS {
+			tids = tids[:1]
+		}
 		var tidAddr uint64
 		for i := range tids {
 			addr, err := r.put(256+uint64(4*i), raw.Bytes(&tids[i]))
@@ -200,7 +206,22 @@ func (r *restorer) createThreads() error {
 		if err != nil {
 			return err
 		}
-		got, err := r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(raw.Bytes(&ca))))
+		var got uint64
+		clone := func() (err error) {
+			got, err = r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(raw.Bytes(&ca))))
+			return err
+		}
+		if fromUserNS {
+			if err := pidFree(t.TID); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
+			err = withNextPID(t.TID, clone)
+			if err == nil && int(got) == want && !taskIs(r.pid, t.TID, want) {
+				return &PIDRaceError{PID: t.TID}
+			}
+		} else {
+			err = clone()
+		}
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}

@@ -1,0 +1,227 @@
+package target
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
+)
+
+// A container with a user namespace of its own (Namespaces.User, a
+// rootless container) is restored into a new one: the husk clones the
+// root with CLONE_NEWUSER among the other namespace flags, so that the
+// kernel makes the user namespace first and the others owned by it (a
+// mount namespace of its own too: the root gets a copy, owned by it, of
+// the one the husk built). migrate, root outside, writes the maps
+// (setgroups before gid_map, as the kernel requires) before the root
+// runs anything. Every other process is forked inside, by its parent.
+//
+// A process inside a user namespace of its own cannot choose the PID
+// outside of the children and threads it makes (clone3's set_tid at that
+// level takes CAP_CHECKPOINT_RESTORE in the initial user namespace): it
+// gives the PID inside alone, and migrate makes the kernel hand out the
+// one outside next (ns_last_pid of its PID namespace) just before. A
+// process of the host that forks in between takes it: the restore then
+// fails, naming it, rather than go on with another PID.
+
+// userNS is the image's user namespace, nil without one.
+func (ss *session) userNS() *core.UserNamespace {
+	if !ss.container() {
+		return nil
+	}
+	return ss.img.Namespaces.User
+}
+
+// writeUserNS writes the maps of the user namespace process pid was just
+// cloned into: setgroups first (it cannot be written once gid_map is).
+func writeUserNS(pid int, u *core.UserNamespace) error {
+	format := func(m []core.IDMap) []byte {
+		var b strings.Builder
+		for _, l := range m {
+			fmt.Fprintf(&b, "%d %d %d\n", l.Inside, l.Outside, l.Count)
+		}
+		return []byte(b.String())
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"setgroups", []byte(u.SetGroups)}, {"uid_map", format(u.UIDMap)}, {"gid_map", format(u.GIDMap)}} {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", pid, f.name), f.data, 0); err != nil {
+			return fmt.Errorf("user namespace: %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// inOwnUserNS says whether process pid lives in another user namespace
+// than migrate's.
+func inOwnUserNS(pid int) bool {
+	mine, err1 := os.Readlink("/proc/self/ns/user")
+	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+	return err1 == nil && err2 == nil && mine != its
+}
+
+// nextPIDMu serializes the restores that set ns_last_pid.
+var nextPIDMu sync.Mutex
+
+// withNextPID runs fn, which makes a task in migrate's PID namespace
+// whose PID there it cannot choose, after making the kernel hand out pid
+// next.
+func withNextPID(pid int, fn func() error) error {
+	nextPIDMu.Lock()
+	defer nextPIDMu.Unlock()
+	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+		return fmt.Errorf("ns_last_pid: %w", err)
+	}
+	return fn()
+}
+
+// PIDRaceError says a process or thread made from inside a user
+// namespace got another PID outside than its own: a process of the host
+// forked as it was made.
+type PIDRaceError struct {
+	PID, Got int
+}
+
+func (e *PIDRaceError) Error() string {
+	if e.Got == 0 {
+		return fmt.Sprintf("task %d was made with another PID outside the container: another process of this host took its PID as it was made (ns_last_pid), try again", e.PID)
+	}
+	return fmt.Sprintf("task %d was made as %d outside the container: another process of this host took its PID as it was made (ns_last_pid), try again", e.PID, e.Got)
+}
+
+// taskIs says whether task tid of process pid (as migrate sees it) is
+// inner in its innermost PID namespace.
+func taskIs(pid, tid, inner int) bool {
+	st, err := proc.ReadTaskStatus(pid, tid)
+	return err == nil && len(st.NSpid) > 0 && st.NSpid[len(st.NSpid)-1] == inner
+}
+
+// strayChild finds the child of process parent that is inner in its
+// innermost PID namespace but is not want outside, kills it (it is a
+// copy of the husk that nothing will use) and returns its PID, or 0.
+func strayChild(parent, want, inner int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
+	for _, f := range strings.Fields(string(b)) {
+		c, err := strconv.Atoi(f)
+		if err != nil || c == want {
+			continue
+		}
+		if taskIs(c, c, inner) {
+			unix.Kill(c, unix.SIGKILL)
+			return c
+		}
+	}
+	return 0
+}
+
+// checkUserNS compares the container's user namespace, as the restored
+// processes (all, the root first) live in it, with the image's: one of
+// their own, shared by all, with the same maps and setgroups, owning
+// every namespace of theirs that is not the restorer's.
+func checkUserNS(all []*restorer, u *core.UserNamespace) []Difference {
+	root := all[0].pid
+	diffs, ok := checkOwnNamespace(all, "user", "user")
+	if !ok {
+		return diffs
+	}
+	diff := func(what, want, got string) {
+		if want != got {
+			diffs = append(diffs, Difference{PID: root, What: what, Want: want, Got: got})
+		}
+	}
+	for _, m := range []struct {
+		name string
+		want []core.IDMap
+	}{{"uid_map", u.UIDMap}, {"gid_map", u.GIDMap}} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", root, m.name))
+		if err != nil {
+			diff("user namespace "+m.name, "readable", err.Error())
+			continue
+		}
+		var want, got []string
+		for _, l := range m.want {
+			want = append(want, fmt.Sprintf("%d %d %d", l.Inside, l.Outside, l.Count))
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			got = append(got, strings.Join(strings.Fields(line), " "))
+		}
+		diff("user namespace "+m.name, strings.Join(want, ", "), strings.Join(got, ", "))
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/setgroups", root))
+	if err != nil {
+		diff("user namespace setgroups", "readable", err.Error())
+	} else {
+		diff("user namespace setgroups", u.SetGroups, strings.TrimSpace(string(b)))
+	}
+	userNS, err := proc.NamespaceOf(fmt.Sprintf("/proc/%d/ns/user", root))
+	if err != nil {
+		return append(diffs, Difference{PID: root, What: "user namespace", Want: "readable", Got: err.Error()})
+	}
+	kinds := []string{"cgroup", "ipc", "mnt", "net", "pid", "time", "uts"}
+	for _, r := range all {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		for _, kind := range kinds {
+			mine, err1 := os.Readlink("/proc/self/ns/" + kind)
+			its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", r.pid, kind))
+			if err1 != nil || err2 != nil || mine == its {
+				continue
+			}
+			owner, err := proc.NamespaceIoctl(fmt.Sprintf("/proc/%d/ns/%s", r.pid, kind), unix.NS_GET_USERNS)
+			got := fmt.Sprint(owner)
+			if err != nil {
+				got = err.Error()
+			}
+			if owner != userNS {
+				diffs = append(diffs, Difference{PID: r.pid, What: kind + " namespace's owner", Want: "the container's user namespace " + userNS.String(), Got: got})
+			}
+		}
+	}
+	return diffs
+}
+
+// innerCreds are the IDs of c as the container's user namespace u has
+// them: what setresuid and the others take from inside it.
+func innerCreds(u *core.UserNamespace, c *core.Creds) (*core.Creds, error) {
+	in := *c
+	in.Groups = slices.Clone(c.Groups)
+	mapID := func(m []core.IDMap, what string, id *uint32) error {
+		v, ok := core.Inside(m, *id)
+		if !ok {
+			return fmt.Errorf("%s %d is not mapped in the container's user namespace", what, *id)
+		}
+		*id = v
+		return nil
+	}
+	for i := range in.UID {
+		if err := mapID(u.UIDMap, "uid", &in.UID[i]); err != nil {
+			return nil, err
+		}
+	}
+	for i := range in.GID {
+		if err := mapID(u.GIDMap, "gid", &in.GID[i]); err != nil {
+			return nil, err
+		}
+	}
+	if err := mapID(u.UIDMap, "fsuid", &in.FSUID); err != nil {
+		return nil, err
+	}
+	if err := mapID(u.GIDMap, "fsgid", &in.FSGID); err != nil {
+		return nil, err
+	}
+	for i := range in.Groups {
+		if err := mapID(u.GIDMap, "group", &in.Groups[i]); err != nil {
+			return nil, err
+		}
+	}
+	return &in, nil
+}
