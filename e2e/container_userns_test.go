@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -246,4 +247,99 @@ func TestContainerUserNSDumpRestore(t *testing.T) {
 func userNS(pid int) string {
 	l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
 	return l
+}
+
+// TestContainerUserNSMaps: containers whose user namespace maps a range
+// (0 to 100000 outside, 65536 IDs) with setgroups allowed, written by the
+// starter (no newuidmap): the container workload as root inside (100000
+// outside), and a multithreaded program as uid 1000 inside (101000
+// outside, no capability), the child of a shell, PID 1. Each is dumped
+// and restored with the same maps, credentials outside and inside,
+// PIDs, threads and TIDs, and runs on.
+func TestContainerUserNSMaps(t *testing.T) {
+	testutil.RequireRoot(t)
+	// start runs path in new namespaces (flags besides the user and PID
+	// ones), as uid inside; without flags in a session of its own (the
+	// container workload makes its own).
+	start := func(t *testing.T, uid uint32, flags uintptr, path string, args ...string) *testutil.Proc {
+		m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}}
+		return testutil.StartWith(t, testutil.Options{Dir: "/", Setsid: flags == 0, Attr: func(a *syscall.SysProcAttr) {
+			a.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | flags
+			a.UidMappings, a.GidMappings, a.GidMappingsEnableSetgroups = m, m, true
+			a.Credential = &syscall.Credential{Uid: uid, Gid: uid}
+		}}, path, args...)
+	}
+	dumpRestore := func(t *testing.T, p *testutil.Proc, pids []int) *testutil.Proc {
+		t.Helper()
+		before := map[int]userNSView{}
+		for _, pid := range pids {
+			before[pid] = viewUserNS(t, pid)
+		}
+		t.Logf("before: %+v", before[p.PID])
+		dir := t.TempDir()
+		if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)}); err != nil {
+			t.Fatalf("dump %d: %v", p.PID, err)
+		}
+		p.Reap(t)
+		r := restoreOK(t, dir, p.Log)
+		for pid, want := range before {
+			if got := viewUserNS(t, pid); !reflect.DeepEqual(got, want) {
+				t.Errorf("process %d after the restore:\n%+v\nwant\n%+v", pid, got, want)
+			}
+		}
+		return r
+	}
+	t.Run("root", func(t *testing.T) {
+		p := start(t, 0, syscall.CLONE_NEWUTS|syscall.CLONE_NEWIPC, testutil.Build(t, "container"), "box-maps")
+		p.WaitLine(t, short, 0, "ready pid=1 child=2")
+		p.WaitTick(t, short, 3)
+		kids := childrenOf(t, p.PID)
+		if len(kids) != 1 {
+			t.Fatalf("the container's init %d has children %v", p.PID, kids)
+		}
+		last := len(testutil.LogLines(t, p.Log))
+		r := dumpRestore(t, p, []int{p.PID, kids[0]})
+		r.WaitTick(t, short, lastLogTick(t, p.Log)+5)
+		checkContainerInside(t, p.Log, p.PID, kids[0], "box-maps", last)
+		containerReport(t, p.Log, p.PID, "box-maps")
+		r.WaitExit(t, short)
+	})
+	t.Run("uid1000-threads", func(t *testing.T) {
+		// A shell is the init (the dump's kill of a multithreaded init
+		// of a PID namespace is another matter), prog_threads its child.
+		p := start(t, 1000, 0, "/bin/sh", "-c", testutil.Build(t, "prog_threads")+" & wait")
+		p.WaitTick(t, short, 3)
+		kids := childrenOf(t, p.PID)
+		if len(kids) != 1 {
+			t.Fatalf("the container's init %d has children %v", p.PID, kids)
+		}
+		prog := kids[0]
+		tids := func() []string {
+			ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", prog))
+			var out []string
+			for _, e := range ents {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", prog, e.Name()))
+				for _, l := range strings.Split(string(b), "\n") {
+					if strings.HasPrefix(l, "NSpid:") {
+						out = append(out, strings.Join(strings.Fields(l), " "))
+					}
+				}
+			}
+			return out
+		}
+		want := tids()
+		if len(want) < 2 {
+			t.Fatalf("prog_threads has threads %v", want)
+		}
+		r := dumpRestore(t, p, []int{p.PID, prog})
+		if got := tids(); !reflect.DeepEqual(got, want) {
+			t.Errorf("threads after the restore: %v, want %v", got, want)
+		}
+		r.WaitTick(t, short, lastLogTick(t, p.Log)+5)
+		for _, l := range testutil.LogLines(t, p.Log) {
+			if strings.HasPrefix(l, "FAIL") {
+				t.Fatalf("prog_threads: %q", l)
+			}
+		}
+	})
 }

@@ -166,7 +166,7 @@ func (ss *session) ownIPC() bool {
 // makes its shared memory segments, before the processes attach them.
 func (ss *session) prepareIPC(img *core.Image) error {
 	return ss.inIPC(func() error {
-		if err := setIPCSysctls(img.Namespaces.IPC); err != nil {
+		if err := asNSRoot(ss.userNS(), func() error { return setIPCSysctls(img.Namespaces.IPC) }); err != nil {
 			return err
 		}
 		return ss.prepareSysV(img)
@@ -199,7 +199,7 @@ func (ss *session) restoreIPCObjects(img *core.Image) error {
 	ipc := img.Namespaces.IPC
 	return ss.inIPC(func() error {
 		// Again: a live migration's first layout had none.
-		if err := setIPCSysctls(ipc); err != nil {
+		if err := asNSRoot(ss.userNS(), func() error { return setIPCSysctls(ipc) }); err != nil {
 			return err
 		}
 		for i := range ipc.Sems {

@@ -3,6 +3,7 @@ package target
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -224,4 +225,40 @@ func innerCreds(u *core.UserNamespace, c *core.Creds) (*core.Creds, error) {
 		}
 	}
 	return &in, nil
+}
+
+// asNSRoot runs fn with the calling thread's effective uid that of the
+// root of the container's user namespace u, as seen from outside (the
+// IPC namespace's sysctls let their namespace's root write them, not
+// migrate's root), and then gives it back. The thread must be locked
+// (proc.InNamespace); one whose uid cannot be given back stays locked,
+// so that it dies with its goroutine.
+func asNSRoot(u *core.UserNamespace, fn func() error) error {
+	if u == nil {
+		return fn()
+	}
+	root, ok := core.Inside(invert(u.UIDMap), 0)
+	if !ok {
+		return fn() // the namespace's files are migrate's root's
+	}
+	// The raw call changes this thread's credentials alone.
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(root), ^uintptr(0)); e != 0 {
+		return fmt.Errorf("effective uid %d, the user namespace's root: %w", root, e)
+	}
+	err := fn()
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
+		runtime.LockOSThread()
+		return fmt.Errorf("effective uid 0 again: %w", e)
+	}
+	return err
+}
+
+// invert turns a map inside out: Inside(invert(m), x) is the ID outside
+// of x inside.
+func invert(m []core.IDMap) []core.IDMap {
+	out := make([]core.IDMap, len(m))
+	for i, l := range m {
+		out[i] = core.IDMap{Inside: l.Outside, Outside: l.Inside, Count: l.Count}
+	}
+	return out
 }
