@@ -15,6 +15,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 )
@@ -342,4 +343,28 @@ func TestContainerUserNSMaps(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestContainerUserNSLive: a container in a user namespace of its own
+// (with its mount namespace and proc) moves live from node A to node B and
+// back, with the same maps, setgroups, owners and credentials outside and
+// inside after each hop.
+func TestContainerUserNSLive(t *testing.T) {
+	c := newCluster(t, cluster.Options{})
+	var want map[int]userNSView
+	view := func(init int) map[int]userNSView {
+		kids := childrenOf(t, init)
+		if len(kids) != 1 {
+			t.Fatalf("the container's init %d has children %v", init, kids)
+		}
+		// By PID inside: those outside may change from node to node.
+		return map[int]userNSView{1: viewUserNS(t, init), 2: viewUserNS(t, kids[0])}
+	}
+	liveContainer(t, c, "box-userlive", []string{"--user", "--map-root-user", "--mount-proc"},
+		func(init int) { want = view(init) },
+		func(init int) {
+			if got := view(init); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the hop:\n%+v\nwant\n%+v", got, want)
+			}
+		})
 }
