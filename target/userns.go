@@ -75,13 +75,28 @@ var nextPIDMu sync.Mutex
 // withNextPID runs fn, which makes a task in migrate's PID namespace
 // whose PID there it cannot choose, after making the kernel hand out pid
 // next.
+//
+// The kernel's cursor is put back after, unless it moved past where it
+// was: the host's next processes do not take the PIDs just freed below
+// it.
 func withNextPID(pid int, fn func() error) error {
+	const lastPID = "/proc/sys/kernel/ns_last_pid"
 	nextPIDMu.Lock()
 	defer nextPIDMu.Unlock()
-	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+	read := func() int {
+		b, _ := os.ReadFile(lastPID)
+		n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return n
+	}
+	was := read()
+	if err := os.WriteFile(lastPID, []byte(strconv.Itoa(pid-1)), 0); err != nil {
 		return fmt.Errorf("ns_last_pid: %w", err)
 	}
-	return fn()
+	err := fn()
+	if was > pid && read() < was {
+		os.WriteFile(lastPID, []byte(strconv.Itoa(was)), 0)
+	}
+	return err
 }
 
 // PIDRaceError says a process or thread made from inside a user
