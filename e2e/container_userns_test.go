@@ -178,7 +178,7 @@ func viewUserNS(t *testing.T, pid int) userNSView {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, kind := range []string{"ipc", "mnt", "pid", "uts"} {
+	for _, kind := range []string{"cgroup", "ipc", "mnt", "pid", "uts"} {
 		mine, _ := os.Readlink("/proc/self/ns/" + kind)
 		its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
 		if mine == its {
@@ -207,6 +207,7 @@ func TestContainerUserNSDumpRestore(t *testing.T) {
 	}{
 		{"map-root-user", []string{"--user", "--map-root-user"}},
 		{"mount-proc", []string{"--user", "--map-root-user", "--mount-proc"}},
+		{"cgroup", []string{"--user", "--map-root-user", "--cgroup"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			host := "box-userns"

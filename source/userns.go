@@ -123,7 +123,11 @@ func checkUserNamespace(pid, root int) error {
 	if err != nil {
 		return fmt.Errorf("process %d: %w", pid, err)
 	}
+	// (Once, for the root: the others share its user namespace.)
 	for _, other := range processesIn("user", link) {
+		if pid != root {
+			break
+		}
 		if other != root && other != launcher && !descendantOf(other, root) && !exited(other) {
 			return &UserNamespaceError{PID: pid, Problem: UserNSShared, Other: other, Reason: fmt.Sprintf(
 				"process %d, outside the dump, lives in its user namespace %v too (%s)", other, its, userNSMaps(pid))}
@@ -140,7 +144,7 @@ func checkUserNamespace(pid, root int) error {
 		return &UserNamespaceError{PID: pid, Problem: UserNSOwn, Reason: fmt.Sprintf(
 			"it lives in a user namespace of its own %v (%s) but is not in a container (the init of a PID namespace of its own, and its tree): migrate carries a container's user namespace only", its, userNSMaps(pid))}
 	}
-	for _, kind := range []string{"cgroup", "time"} {
+	for _, kind := range []string{"time"} {
 		mine, err1 := nsLink("self", kind)
 		theirs, err2 := nsLink(strconv.Itoa(pid), kind)
 		if err1 == nil && err2 == nil && mine != "" && mine != theirs {

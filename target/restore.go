@@ -720,12 +720,27 @@ func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) 
 	var child uint64
 	var err error
 	if fromUserNS {
-		if err := pidFree(pid); err != nil {
-			return nil, err
-		}
-		err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
-		if err == nil && int(child) == want && !taskIs(pid, pid, inner) {
-			return nil, &PIDRaceError{PID: pid, Got: strayChild(p.PID, pid, inner)}
+		// A task made elsewhere on this host (a thread of migrate's
+		// own) may take the PID in between: the stray is disposed of
+		// and the fork tried again.
+		for try := 0; ; try++ {
+			if err := pidFree(pid); err != nil {
+				return nil, err
+			}
+			err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
+			if err != nil || int(child) != want || taskIs(pid, pid, inner) {
+				break
+			}
+			stray := strayChild(p.PID, pid, inner)
+			if stray == 0 {
+				return nil, &PIDRaceError{PID: pid}
+			}
+			if err := disposeStray(p, stray, inner); err != nil {
+				return nil, fmt.Errorf("%w (disposing of it: %v)", &PIDRaceError{PID: pid, Got: stray}, err)
+			}
+			if try == 4 {
+				return nil, &PIDRaceError{PID: pid, Got: stray}
+			}
 		}
 	} else {
 		child, err = clone()

@@ -217,7 +217,13 @@ func (r *restorer) createThreads() error {
 			}
 			err = withNextPID(t.TID, clone)
 			if err == nil && int(got) == want && !taskIs(r.pid, t.TID, want) {
-				return &PIDRaceError{PID: t.TID}
+				// Traced from birth: adopted, so that a kill of the
+				// process waits for it too.
+				stray := r.strayThread(want)
+				if stray != 0 {
+					r.p.AdoptThread(stray)
+				}
+				return &PIDRaceError{PID: t.TID, Got: stray}
 			}
 		} else {
 			err = clone()

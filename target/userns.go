@@ -13,6 +13,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 )
 
 // A container with a user namespace of its own (Namespaces.User, a
@@ -121,8 +122,7 @@ func taskIs(pid, tid, inner int) bool {
 }
 
 // strayChild finds the child of process parent that is inner in its
-// innermost PID namespace but is not want outside, kills it (it is a
-// copy of the husk that nothing will use) and returns its PID, or 0.
+// innermost PID namespace but is not want outside, or returns 0.
 func strayChild(parent, want, inner int) int {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
 	for _, f := range strings.Fields(string(b)) {
@@ -131,11 +131,47 @@ func strayChild(parent, want, inner int) int {
 			continue
 		}
 		if taskIs(c, c, inner) {
-			unix.Kill(c, unix.SIGKILL)
 			return c
 		}
 	}
 	return 0
+}
+
+// strayThread finds the thread of the process that is inner in its
+// innermost PID namespace but not one the restore knows, or returns 0.
+func (r *restorer) strayThread(inner int) int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", r.pid))
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil || slices.ContainsFunc(r.p.Threads, func(th *ptrace.Thread) bool { return th.TID == tid }) {
+			continue
+		}
+		if taskIs(r.pid, tid, inner) {
+			return tid
+		}
+	}
+	return 0
+}
+
+// disposeStray kills stray, the child p just made with the wrong PID
+// outside (inner inside), traced from birth, and makes p reap it; the
+// SIGCHLD its death sent p is dropped.
+func disposeStray(p *ptrace.Proc, stray, inner int) error {
+	sp, err := p.Adopt(stray)
+	if err != nil {
+		return err
+	}
+	if err := sp.Kill(true); err != nil {
+		return err
+	}
+	if _, err := p.Syscall(p.Leader(), "wait4", unix.SYS_WAIT4, uint64(inner), 0, unix.WALL, 0); err != nil {
+		return fmt.Errorf("wait4 in %d: %w", p.PID, err)
+	}
+	pids := map[int32]bool{int32(inner): true, int32(stray): true}
+	for _, th := range p.Threads {
+		th.Stolen = slices.DeleteFunc(th.Stolen, func(si []byte) bool { return sigchldFrom(si, pids) })
+	}
+	return nil
 }
 
 // checkUserNS compares the container's user namespace, as the restored
