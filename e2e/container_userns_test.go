@@ -7,6 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -212,7 +215,7 @@ func TestContainerUserNSDumpRestore(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			host := "box-userns"
 			c := startContainer(t, host, tc.extra, nil)
-			before := map[int]userNSView{c.init: viewUserNS(t, c.init), c.child: viewUserNS(t, c.child)}
+			before := containerViews(t, c.init)
 			if userNS(c.init) == userNS(os.Getpid()) {
 				t.Fatalf("the container's init %d is in migrate's user namespace", c.init)
 			}
@@ -231,14 +234,14 @@ func TestContainerUserNSDumpRestore(t *testing.T) {
 			}
 			r := restoreOK(t, dir, c.Log)
 			r.WaitTick(t, short, lastLogTick(t, c.Log)+5)
-			checkContainerInside(t, c.Log, c.init, c.child, host, last)
-			for pid, want := range before {
-				if got := viewUserNS(t, pid); !reflect.DeepEqual(got, want) {
-					t.Errorf("process %d after the restore:\n%+v\nwant\n%+v", pid, got, want)
-				}
+			// (The child's PID outside may differ: moveOuter.)
+			child := onlyChild(t, c.init)
+			checkContainerInside(t, c.Log, c.init, child, host, last)
+			if got := containerViews(t, c.init); !reflect.DeepEqual(got, before) {
+				t.Errorf("after the restore:\n%+v\nwant\n%+v", got, before)
 			}
-			if userNS(c.init) == userNS(os.Getpid()) || userNS(c.child) != userNS(c.init) {
-				t.Errorf("user namespaces after the restore: init %s, child %s, migrate's %s", userNS(c.init), userNS(c.child), userNS(os.Getpid()))
+			if userNS(c.init) == userNS(os.Getpid()) || userNS(child) != userNS(c.init) {
+				t.Errorf("user namespaces after the restore: init %s, child %s, migrate's %s", userNS(c.init), userNS(child), userNS(os.Getpid()))
 			}
 			containerReport(t, c.Log, c.init, host)
 			r.WaitExit(t, short)
@@ -271,23 +274,47 @@ func TestContainerUserNSMaps(t *testing.T) {
 			a.Credential = &syscall.Credential{Uid: uid, Gid: uid}
 		}}, path, args...)
 	}
-	dumpRestore := func(t *testing.T, p *testutil.Proc, pids []int) *testutil.Proc {
+	// churn, while it runs, has this process make and end threads (each
+	// takes a PID here): the PIDs outside the restore asks the kernel
+	// for are taken now and then.
+	churn := func() func() {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ended := make(chan struct{})
+				go func() {
+					runtime.LockOSThread() // never unlocked: the thread ends with it
+					close(ended)
+				}()
+				<-ended
+			}
+		}()
+		return func() { close(stop); <-done }
+	}
+	dumpRestore := func(t *testing.T, p *testutil.Proc, withChurn bool) *testutil.Proc {
 		t.Helper()
-		before := map[int]userNSView{}
-		for _, pid := range pids {
-			before[pid] = viewUserNS(t, pid)
-		}
-		t.Logf("before: %+v", before[p.PID])
+		before := containerViews(t, p.PID)
+		t.Logf("before: %+v", before[1])
 		dir := t.TempDir()
 		if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Logger: testLogger(t)}); err != nil {
 			t.Fatalf("dump %d: %v", p.PID, err)
 		}
 		p.Reap(t)
+		stop := func() {}
+		if withChurn {
+			stop = churn()
+		}
 		r := restoreOK(t, dir, p.Log)
-		for pid, want := range before {
-			if got := viewUserNS(t, pid); !reflect.DeepEqual(got, want) {
-				t.Errorf("process %d after the restore:\n%+v\nwant\n%+v", pid, got, want)
-			}
+		stop()
+		if got := containerViews(t, p.PID); !reflect.DeepEqual(got, before) {
+			t.Errorf("after the restore:\n%+v\nwant\n%+v", got, before)
 		}
 		return r
 	}
@@ -295,55 +322,51 @@ func TestContainerUserNSMaps(t *testing.T) {
 		p := start(t, 0, syscall.CLONE_NEWUTS|syscall.CLONE_NEWIPC, testutil.Build(t, "container"), "box-maps")
 		p.WaitLine(t, short, 0, "ready pid=1 child=2")
 		p.WaitTick(t, short, 3)
-		kids := childrenOf(t, p.PID)
-		if len(kids) != 1 {
-			t.Fatalf("the container's init %d has children %v", p.PID, kids)
-		}
 		last := len(testutil.LogLines(t, p.Log))
-		r := dumpRestore(t, p, []int{p.PID, kids[0]})
+		r := dumpRestore(t, p, false)
 		r.WaitTick(t, short, lastLogTick(t, p.Log)+5)
-		checkContainerInside(t, p.Log, p.PID, kids[0], "box-maps", last)
+		checkContainerInside(t, p.Log, p.PID, onlyChild(t, p.PID), "box-maps", last)
 		containerReport(t, p.Log, p.PID, "box-maps")
 		r.WaitExit(t, short)
 	})
-	t.Run("uid1000-threads", func(t *testing.T) {
-		// A shell is the init (the dump's kill of a multithreaded init
-		// of a PID namespace is another matter), prog_threads its child.
-		p := start(t, 1000, 0, "/bin/sh", "-c", testutil.Build(t, "prog_threads")+" & wait")
-		p.WaitTick(t, short, 3)
-		kids := childrenOf(t, p.PID)
-		if len(kids) != 1 {
-			t.Fatalf("the container's init %d has children %v", p.PID, kids)
-		}
-		prog := kids[0]
-		tids := func() []string {
-			ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", prog))
-			var out []string
-			for _, e := range ents {
-				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", prog, e.Name()))
-				for _, l := range strings.Split(string(b), "\n") {
-					if strings.HasPrefix(l, "NSpid:") {
-						out = append(out, strings.Join(strings.Fields(l), " "))
+	for _, withChurn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("uid1000-threads-churn=%v", withChurn), func(t *testing.T) {
+			// A shell is the init (the dump's kill of a multithreaded init
+			// of a PID namespace is another matter), prog_threads its child.
+			p := start(t, 1000, 0, "/bin/sh", "-c", testutil.Build(t, "prog_threads")+" & wait")
+			p.WaitTick(t, short, 3)
+			// The TIDs inside of prog_threads's threads.
+			tids := func(prog int) []int {
+				ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", prog))
+				var out []int
+				for _, e := range ents {
+					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", prog, e.Name()))
+					for _, l := range strings.Split(string(b), "\n") {
+						if f := strings.Fields(l); len(f) > 0 && f[0] == "NSpid:" {
+							n, _ := strconv.Atoi(f[len(f)-1])
+							out = append(out, n)
+						}
 					}
 				}
+				slices.Sort(out)
+				return out
 			}
-			return out
-		}
-		want := tids()
-		if len(want) < 2 {
-			t.Fatalf("prog_threads has threads %v", want)
-		}
-		r := dumpRestore(t, p, []int{p.PID, prog})
-		if got := tids(); !reflect.DeepEqual(got, want) {
-			t.Errorf("threads after the restore: %v, want %v", got, want)
-		}
-		r.WaitTick(t, short, lastLogTick(t, p.Log)+5)
-		for _, l := range testutil.LogLines(t, p.Log) {
-			if strings.HasPrefix(l, "FAIL") {
-				t.Fatalf("prog_threads: %q", l)
+			want := tids(onlyChild(t, p.PID))
+			if len(want) < 2 {
+				t.Fatalf("prog_threads has threads %v", want)
 			}
-		}
-	})
+			r := dumpRestore(t, p, withChurn)
+			if got := tids(onlyChild(t, p.PID)); !reflect.DeepEqual(got, want) {
+				t.Errorf("threads after the restore: %v, want %v", got, want)
+			}
+			r.WaitTick(t, short, lastLogTick(t, p.Log)+5)
+			for _, l := range testutil.LogLines(t, p.Log) {
+				if strings.HasPrefix(l, "FAIL") {
+					t.Fatalf("prog_threads: %q", l)
+				}
+			}
+		})
+	}
 }
 
 // TestContainerUserNSLive: a container in a user namespace of its own
@@ -353,14 +376,7 @@ func TestContainerUserNSMaps(t *testing.T) {
 func TestContainerUserNSLive(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
 	var want map[int]userNSView
-	view := func(init int) map[int]userNSView {
-		kids := childrenOf(t, init)
-		if len(kids) != 1 {
-			t.Fatalf("the container's init %d has children %v", init, kids)
-		}
-		// By PID inside: those outside may change from node to node.
-		return map[int]userNSView{1: viewUserNS(t, init), 2: viewUserNS(t, kids[0])}
-	}
+	view := func(init int) map[int]userNSView { return containerViews(t, init) }
 	liveContainer(t, c, "box-userlive", []string{"--user", "--map-root-user", "--mount-proc"},
 		func(init int) { want = view(init) },
 		func(init int) {
@@ -368,4 +384,22 @@ func TestContainerUserNSLive(t *testing.T) {
 				t.Errorf("after the hop:\n%+v\nwant\n%+v", got, want)
 			}
 		})
+}
+
+// onlyChild is the one child of process pid.
+func onlyChild(t *testing.T, pid int) int {
+	t.Helper()
+	kids := childrenOf(t, pid)
+	if len(kids) != 1 {
+		t.Fatalf("process %d has children %v, want one", pid, kids)
+	}
+	return kids[0]
+}
+
+// containerViews are the views of a container's init and its one child,
+// by their PIDs inside (those outside may differ after a restore or a
+// move to another node).
+func containerViews(t *testing.T, init int) map[int]userNSView {
+	t.Helper()
+	return map[int]userNSView{1: viewUserNS(t, init), 2: viewUserNS(t, onlyChild(t, init))}
 }

@@ -71,6 +71,10 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 	if err != nil {
 		return fmt.Errorf("process %d joins the tree: fork it out of %d: %w", p.PID, p.PPID, err)
 	}
+	if err := r.moveOuter(p.PID, r.p.PID, nil); err != nil {
+		r.p.Kill(false)
+		return fmt.Errorf("process %d joins the tree: %w", p.PID, err)
+	}
 	b.built++
 	b.all = append(b.all, r)
 	b.byPID[r.pid] = r

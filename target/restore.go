@@ -306,7 +306,16 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 		// Before the processes: a container's cgroup namespace is made
 		// in its root cgroups as the root is created.
 		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
-		{"create processes", func() error { return createTree(b.all) }},
+		{"create processes", func() error {
+			err := createTree(b.all)
+			// (A process of a rootless container may have another PID
+			// outside: moveOuter.)
+			clear(b.byPID)
+			for _, r := range b.all {
+				b.byPID[r.pid] = r
+			}
+			return err
+		}},
 		{"network namespace", func() error {
 			if !ss.ownNet() {
 				return nil
@@ -721,26 +730,18 @@ func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) 
 	var err error
 	if fromUserNS {
 		// A task made elsewhere on this host (a thread of migrate's
-		// own) may take the PID in between: the stray is disposed of
-		// and the fork tried again.
-		for try := 0; ; try++ {
-			if err := pidFree(pid); err != nil {
-				return nil, err
-			}
-			err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
-			if err != nil || int(child) != want || taskIs(pid, pid, inner) {
-				break
-			}
+		// own) may take the PID in between: the child then has another
+		// PID outside, which the caller takes (moveOuter) or refuses.
+		if err := pidFree(pid); err != nil {
+			return nil, err
+		}
+		err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
+		if err == nil && int(child) == want && !taskIs(pid, pid, inner) {
 			stray := strayChild(p.PID, pid, inner)
 			if stray == 0 {
 				return nil, &PIDRaceError{PID: pid}
 			}
-			if err := disposeStray(p, stray, inner); err != nil {
-				return nil, fmt.Errorf("%w (disposing of it: %v)", &PIDRaceError{PID: pid, Got: stray}, err)
-			}
-			if try == 4 {
-				return nil, &PIDRaceError{PID: pid, Got: stray}
-			}
+			return p.Adopt(stray)
 		}
 	} else {
 		child, err = clone()
@@ -786,8 +787,16 @@ func createTree(all []*restorer) error {
 			}
 			want = in
 		}
+		if r.userNS() != nil {
+			if err := r.ensureFreeOuter(r.pid, all); err != nil {
+				return err
+			}
+		}
 		if r.p, err = forkPID(r.parent.p, r.pid, in, want, 0); err != nil {
 			return fmt.Errorf("process %d: %w", r.pid, err)
+		}
+		if err := r.moveOuter(r.pid, r.p.PID, all); err != nil {
+			return err
 		}
 		if r.proc.Zombie != nil {
 			if err := r.exitAsZombie(); err != nil {

@@ -174,7 +174,7 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // (clone3 with set_tid, injected into the leader). They start stopped and
 // traced, and get their registers with the rest of their state.
 func (r *restorer) createThreads() error {
-	for _, t := range r.proc.Threads[1:] {
+	for k, t := range r.proc.Threads[1:] {
 		tids := []int32{int32(t.TID)}
 		want := t.TID
 		if r.container() {
@@ -212,6 +212,10 @@ func (r *restorer) createThreads() error {
 			return err
 		}
 		if fromUserNS {
+			if err := r.ensureFreeOuter(t.TID, nil); err != nil {
+				return err
+			}
+			t = r.proc.Threads[k+1] // (its TID may have moved)
 			if err := pidFree(t.TID); err != nil {
 				return fmt.Errorf("thread %d: %w", t.TID, err)
 			}
@@ -220,10 +224,16 @@ func (r *restorer) createThreads() error {
 				// Traced from birth: adopted, so that a kill of the
 				// process waits for it too.
 				stray := r.strayThread(want)
-				if stray != 0 {
-					r.p.AdoptThread(stray)
+				if stray == 0 {
+					return &PIDRaceError{PID: t.TID}
 				}
-				return &PIDRaceError{PID: t.TID, Got: stray}
+				if _, err := r.p.AdoptThread(stray); err != nil {
+					return err
+				}
+				if err := r.moveOuter(t.TID, stray, nil); err != nil {
+					return err
+				}
+				continue
 			}
 		} else {
 			err = clone()

@@ -14,6 +14,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/handoff"
 )
 
 // A container with a user namespace of its own (Namespaces.User, a
@@ -30,8 +31,10 @@ import (
 // level takes CAP_CHECKPOINT_RESTORE in the initial user namespace): it
 // gives the PID inside alone, and migrate makes the kernel hand out the
 // one outside next (ns_last_pid of its PID namespace) just before. A
-// process of the host that forks in between takes it: the restore then
-// fails, naming it, rather than go on with another PID.
+// task of the host that is made in between (a thread of migrate's own)
+// takes it: a restore then gives the process or thread that PID outside
+// (moveOuter), a live migration fails (PIDRaceError) and the source
+// resumes.
 
 // userNS is the image's user namespace, nil without one.
 func (ss *session) userNS() *core.UserNamespace {
@@ -153,25 +156,62 @@ func (r *restorer) strayThread(inner int) int {
 	return 0
 }
 
-// disposeStray kills stray, the child p just made with the wrong PID
-// outside (inner inside), traced from birth, and makes p reap it; the
-// SIGCHLD its death sent p is dropped.
-func disposeStray(p *ptrace.Proc, stray, inner int) error {
-	sp, err := p.Adopt(stray)
-	if err != nil {
-		return err
+// moveOuter takes a process or thread of a rootless container that was
+// made with the PID (or TID) here outside the container instead of old,
+// the image's (another task of this host took old as it was made): in a
+// restore the image follows (the PIDs inside, which its processes know,
+// are the same), with a warning, as when a PID is taken before the
+// restore (renumberContainer). A live migration, whose source names
+// them by their PIDs, refuses it (PIDRaceError: the source resumes).
+//
+// here may be the PID outside of a task of the image not made yet (the
+// kernel hands out the next free one): that one gets a free PID instead.
+// all are the restorers whose PIDs follow (nil for a thread).
+func (r *restorer) moveOuter(old, here int, all []*restorer) error {
+	if old == here {
+		return nil
 	}
-	if err := sp.Kill(true); err != nil {
-		return err
+	if r.live {
+		return &PIDRaceError{PID: old, Got: here}
 	}
-	if _, err := p.Syscall(p.Leader(), "wait4", unix.SYS_WAIT4, uint64(inner), 0, unix.WALL, 0); err != nil {
-		return fmt.Errorf("wait4 in %d: %w", p.PID, err)
+	m := map[int]int{old: here}
+	if _, ok := r.img.Namespaces.PID.Inner(here); ok {
+		fresh, err := newFreePIDs().take(func(n int) bool { _, ok := r.img.Namespaces.PID.Inner(n); return ok })
+		if err != nil {
+			return fmt.Errorf("task %d: %w", here, err)
+		}
+		m[here] = fresh
 	}
-	pids := map[int32]bool{int32(inner): true, int32(stray): true}
-	for _, th := range p.Threads {
-		th.Stolen = slices.DeleteFunc(th.Stolen, func(si []byte) bool { return sigchldFrom(si, pids) })
+	r.img.RenumberOuter(m)
+	if r.pid == old {
+		r.pid = here
 	}
+	for _, o := range all {
+		if n, ok := m[o.pid]; ok && o != r {
+			o.pid = n
+		}
+	}
+	var moves []handoff.Renumbered
+	for from, to := range m {
+		moves = append(moves, handoff.Renumbered{PID: from, TargetPID: to})
+	}
+	r.warn("%s", describeMoves(moves))
 	return nil
+}
+
+// ensureFreeOuter moves task old of a rootless container, about to be
+// made, to a free PID outside (moveOuter) if old is taken here now (by a
+// task made since the restore began: a stray of an earlier fork, a
+// thread of migrate's).
+func (r *restorer) ensureFreeOuter(old int, all []*restorer) error {
+	if r.live || pidFree(old) == nil {
+		return nil
+	}
+	fresh, err := newFreePIDs().take(func(n int) bool { _, ok := r.img.Namespaces.PID.Inner(n); return ok })
+	if err != nil {
+		return fmt.Errorf("task %d: %w", old, err)
+	}
+	return r.moveOuter(old, fresh, all)
 }
 
 // checkUserNS compares the container's user namespace, as the restored
