@@ -63,6 +63,15 @@ func TestContainerUserNSRefusals(t *testing.T) {
 			t.Fatalf("refused process %d, want %d", ue.PID, p.PID)
 		}
 	})
+	t.Run("time", func(t *testing.T) {
+		// A time namespace of its own in a rootless container: the restore
+		// makes one in the husk, outside the user namespace.
+		c := startContainer(t, "box-usertime", []string{"--user", "--map-root-user", "--time"}, nil)
+		if ue := refused(t, c.init, source.UserNSUnsupported); ue.Kind != "time" {
+			t.Fatalf("refusal names the %s namespace, want time", ue.Kind)
+		}
+		c.WaitTick(t, short, c.LastTick(t)+3)
+	})
 	t.Run("nested", func(t *testing.T) {
 		// The first unshare makes a user namespace and execs the
 		// second, which makes the container's, a child of the first.
