@@ -3,7 +3,6 @@ package target
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -321,9 +320,11 @@ func innerCreds(u *core.UserNamespace, c *core.Creds) (*core.Creds, error) {
 // asNSRoot runs fn with the calling thread's effective uid that of the
 // root of the container's user namespace u, as seen from outside (the
 // IPC namespace's sysctls let their namespace's root write them, not
-// migrate's root), and then gives it back. The thread must be locked
-// (proc.InNamespace); one whose uid cannot be given back stays locked,
-// so that it dies with its goroutine.
+// migrate's root), and then gives it back.
+//
+// Preconditions: the calling thread is one of osthread's, which ends
+// with its goroutine (proc.InNamespace runs fn on one): a uid not given
+// back dies with it.
 func asNSRoot(u *core.UserNamespace, fn func() error) error {
 	if u == nil {
 		return fn()
@@ -338,7 +339,6 @@ func asNSRoot(u *core.UserNamespace, fn func() error) error {
 	}
 	err := fn()
 	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
-		runtime.LockOSThread()
 		return fmt.Errorf("effective uid 0 again: %w", e)
 	}
 	return err
