@@ -57,6 +57,11 @@ func (r *restorer) restoreCreds() error {
 		}
 		cur := st.Creds()
 		cur.Securebits = uint32(own)
+		if r.userNS() != nil {
+			// The kernel gave the root of a new user namespace (and so
+			// every process forked from it) the default securebits, none.
+			cur.Securebits = 0
+		}
 		if !cur.Equal(want) {
 			changed = true
 		}
