@@ -102,6 +102,8 @@ type session struct {
 	// paths is where the paths of the image's files are opened (a
 	// pivoted container's: see pathRoot).
 	paths *pathRoot
+	// moved is buildOptions.moved.
+	moved func(map[int]int)
 	// agentSock is the agent's end of the socket over which the
 	// processes of a container with a user namespace of its own receive
 	// their files (they cannot pidfd_getfd from migrate, outside it).
@@ -265,6 +267,9 @@ func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 type buildOptions struct {
 	live, applyCgroupLimits, vdsoProxy bool
 	netAttach                          string
+	// moved, in a live migration, learns the PIDs outside of a rootless
+	// container's tasks that moveOuter changed (old to here).
+	moved func(map[int]int)
 }
 
 // newBuilder is NewBuilder with the check of the image given.
@@ -281,7 +286,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	// frame by frame as the fill reads them.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
-		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts)}
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts), moved: o.moved}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}

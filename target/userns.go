@@ -170,7 +170,7 @@ func (r *restorer) moveOuter(old, here int, all []*restorer) error {
 	if old == here {
 		return nil
 	}
-	if r.live {
+	if r.live && r.moved == nil {
 		return &PIDRaceError{PID: old, Got: here}
 	}
 	m := map[int]int{old: here}
@@ -190,6 +190,9 @@ func (r *restorer) moveOuter(old, here int, all []*restorer) error {
 			o.pid = n
 		}
 	}
+	if r.moved != nil {
+		r.moved(m)
+	}
 	var moves []handoff.Renumbered
 	for from, to := range m {
 		moves = append(moves, handoff.Renumbered{PID: from, TargetPID: to})
@@ -203,7 +206,7 @@ func (r *restorer) moveOuter(old, here int, all []*restorer) error {
 // task made since the restore began: a stray of an earlier fork, a
 // thread of migrate's).
 func (r *restorer) ensureFreeOuter(old int, all []*restorer) error {
-	if r.live || pidFree(old) == nil {
+	if r.live && r.moved == nil || pidFree(old) == nil {
 		return nil
 	}
 	fresh, err := newFreePIDs().take(func(n int) bool { _, ok := r.img.Namespaces.PID.Inner(n); return ok })
