@@ -101,6 +101,12 @@ const (
 	// carry, or inside a container it is not the init of:
 	// source.NamespaceError (its Kinds name them).
 	RefusedNamespace RefusalKind = "namespace"
+	// RefusedUserNamespace: the process lives in a user namespace of its
+	// own (a rootless container), nested, shared with a process outside
+	// the dump, or one of its namespaces is owned by another user
+	// namespace than its own: source.UserNamespaceError (its Problem
+	// says which).
+	RefusedUserNamespace RefusalKind = "user-namespace"
 	// RefusedIPC: a System V semaphore set or message queue of a
 	// container could not be made again as it was (target.IPCError), or
 	// the process uses one of the host's, which is not carried
@@ -265,6 +271,7 @@ func refusal(err error) *RefusedError {
 		tn  *target.TimeNamespaceError
 		cpu *target.CPUFeatureError
 		ns  *source.NamespaceError
+		uns *source.UserNamespaceError
 		ipc *target.IPCError
 		hip *source.HostIPCError
 		um  *source.UnsupportedMountError
@@ -312,6 +319,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedCPU, Err: err}
 	case errors.As(err, &ns):
 		return &RefusedError{Kind: RefusedNamespace, PID: ns.PID, Err: err}
+	case errors.As(err, &uns):
+		return &RefusedError{Kind: RefusedUserNamespace, PID: uns.PID, Err: err}
 	case errors.As(err, &ipc):
 		return &RefusedError{Kind: RefusedIPC, Err: err}
 	case errors.As(err, &hip):

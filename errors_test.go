@@ -45,6 +45,7 @@ func TestErrors(t *testing.T) {
 		{&target.TimeNamespaceError{Reason: "this kernel has none"}, refusedAs(RefusedClock, 0)},
 		{&target.CPUFeatureError{Missing: "AVX-512", InUse: true}, refusedAs(RefusedCPU, 0)},
 		{&source.NamespaceError{PID: 23, Kinds: []string{"mnt"}, Reason: "not carried"}, refusedAs(RefusedNamespace, 23)},
+		{wrap(&source.UserNamespaceError{PID: 25, Problem: source.UserNSNested, Reason: "nested"}), refusedAs(RefusedUserNamespace, 25)},
 		{&target.IPCError{What: "message queue", ID: 2, Err: errors.New("msgsnd")}, refusedAs(RefusedIPC, 0)},
 		{&source.HostIPCError{PID: 7, What: "semaphore set", ID: 3}, refusedAs(RefusedIPC, 7)},
 		{wrap(&source.UnsupportedMountError{PID: 22, Point: "/o", FSType: "overlay", Reason: "not rebuilt"}), refusedAs(RefusedMount, 22)},

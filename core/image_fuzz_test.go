@@ -233,6 +233,15 @@ func FuzzDecodeImage(f *testing.F) {
 		f.Fatalf("a runc container's image refused: %v", err)
 	}
 	f.Add(pivoted)
+	// A rootless container's: its user namespace.
+	rootless := validImage()
+	withNS(rootless)
+	rootless.Namespaces.User = &UserNamespace{UIDMap: []IDMap{{0, 100000, 65536}}, GIDMap: []IDMap{{0, 100000, 65536}, {65536, 5, 1}}, SetGroups: "allow"}
+	userNS, _ := json.Marshal(rootless)
+	if _, err := DecodeImage(bytes.NewReader(userNS)); err != nil {
+		f.Fatalf("a rootless container's image refused: %v", err)
+	}
+	f.Add(userNS)
 	f.Add([]byte(`{"kind":"migrate-image","version":2}`))
 	f.Add([]byte(`[]`))
 	// A real image (the target's seed).

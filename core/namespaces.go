@@ -19,6 +19,9 @@ type Namespaces struct {
 	// Cgroup is the container's cgroup namespace, if it had one of its
 	// own.
 	Cgroup *CgroupNamespace `json:"cgroup,omitempty"`
+	// User is the container's user namespace, if it had one of its own:
+	// the others of its own are owned by it.
+	User *UserNamespace `json:"user,omitempty"`
 }
 
 // CgroupNamespace is a container's cgroup namespace: in each hierarchy,
@@ -123,6 +126,14 @@ func validateNamespaces(img *Image) error {
 	}
 	if (ns.UTS != nil || ns.IPC != nil || ns.Net != nil || ns.Cgroup != nil) && ns.PID == nil {
 		return errors.New("namespaces: UTS, IPC, network or cgroup namespace without a PID namespace")
+	}
+	if u := ns.User; u != nil {
+		if ns.PID == nil {
+			return errUserNSNoPID
+		}
+		if err := validateUserNS(u); err != nil {
+			return err
+		}
 	}
 	if ns.Net != nil {
 		if err := validateNet(ns.Net); err != nil {

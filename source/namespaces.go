@@ -40,7 +40,7 @@ type nsKind struct {
 
 var namespaceKinds = []nsKind{
 	{"cgroup", true}, {"ipc", true}, {"mnt", false}, {"net", true},
-	{"pid", true}, {"time", false}, {"user", false}, {"uts", true},
+	{"pid", true}, {"time", false}, {"user", true}, {"uts", true},
 }
 
 // nsLink is the namespace of kind of process pid ("self" for migrate), or
@@ -141,6 +141,11 @@ func processesIn(kind, ns string) []int {
 // a container, a carried kind that differs from the root's (a namespace
 // of its own inside the container).
 func checkNamespaces(pid, root int, status *proc.Status) error {
+	// Its user namespace first: a rootless container's processes differ
+	// from migrate in every namespace, and that is the one to name.
+	if err := checkUserNamespace(pid, root); err != nil {
+		return err
+	}
 	var container bool
 	if pid == root {
 		var err error
@@ -333,6 +338,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 	differ, err := otherNamespaces(root)
 	if err != nil {
 		return nil, err
+	}
+	if slices.Contains(differ, "user") {
+		if ns.User, err = readUserNS(root); err != nil {
+			return nil, err
+		}
 	}
 	if slices.Contains(differ, "uts") {
 		if ns.UTS, err = readUTS(root); err != nil {

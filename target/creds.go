@@ -57,6 +57,11 @@ func (r *restorer) restoreCreds() error {
 		}
 		cur := st.Creds()
 		cur.Securebits = uint32(own)
+		if r.userNS() != nil {
+			// The kernel gave the root of a new user namespace (and so
+			// every process forked from it) the default securebits, none.
+			cur.Securebits = 0
+		}
 		if !cur.Equal(want) {
 			changed = true
 		}
@@ -194,6 +199,19 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 
 	ids := cur.UID != w.UID || cur.GID != w.GID || cur.FSUID != w.FSUID || cur.FSGID != w.FSGID ||
 		!slices.Equal(cur.Groups, w.Groups)
+	// The IDs the system calls take: inside the container's user
+	// namespace, those the maps give for the image's (seen from
+	// outside), which the comparisons use.
+	in := &w
+	if u := r.userNS(); u != nil && ids {
+		var err error
+		if in, err = innerCreds(u, &w); err != nil {
+			return err
+		}
+		if u.SetGroups == "deny" && !slices.Equal(cur.Groups, w.Groups) {
+			return fmt.Errorf("supplementary groups %v, the restorer's %v: setgroups is denied in the container's user namespace", w.Groups, cur.Groups)
+		}
+	}
 	if ids {
 		// 1.
 		if err := securebits(cur.Securebits | secbitNoSetuidFixup | secbitKeepCaps); err != nil {
@@ -201,8 +219,8 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 		}
 		// 2.
 		if !slices.Equal(cur.Groups, w.Groups) {
-			groups := make([]byte, 4*len(w.Groups))
-			for i, g := range w.Groups {
+			groups := make([]byte, 4*len(in.Groups))
+			for i, g := range in.Groups {
 				binary.LittleEndian.PutUint32(groups[4*i:], g)
 			}
 			addr := r.scratch
@@ -212,22 +230,22 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 					return err
 				}
 			}
-			if err := call("setgroups", unix.SYS_SETGROUPS, uint64(len(w.Groups)), addr); err != nil {
+			if err := call("setgroups", unix.SYS_SETGROUPS, uint64(len(in.Groups)), addr); err != nil {
 				return err
 			}
 		}
-		if err := call("setresgid", unix.SYS_SETRESGID, uint64(w.GID[0]), uint64(w.GID[1]), uint64(w.GID[2])); err != nil {
+		if err := call("setresgid", unix.SYS_SETRESGID, uint64(in.GID[0]), uint64(in.GID[1]), uint64(in.GID[2])); err != nil {
 			return err
 		}
-		if err := call("setresuid", unix.SYS_SETRESUID, uint64(w.UID[0]), uint64(w.UID[1]), uint64(w.UID[2])); err != nil {
+		if err := call("setresuid", unix.SYS_SETRESUID, uint64(in.UID[0]), uint64(in.UID[1]), uint64(in.UID[2])); err != nil {
 			return err
 		}
 		// setfs[ug]id report the old value, not an error: check.
 		if w.FSGID != w.GID[1] {
-			call("setfsgid", unix.SYS_SETFSGID, uint64(w.FSGID))
+			call("setfsgid", unix.SYS_SETFSGID, uint64(in.FSGID))
 		}
 		if w.FSUID != w.UID[1] {
-			call("setfsuid", unix.SYS_SETFSUID, uint64(w.FSUID))
+			call("setfsuid", unix.SYS_SETFSUID, uint64(in.FSUID))
 		}
 		st, err := proc.ReadTaskStatus(r.pid, th.TID)
 		if err != nil {

@@ -146,50 +146,7 @@ func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
 	for i, p := range batch {
 		fds[i] = int(p.file.Fd())
 	}
-	if err := unix.Sendmsg(send, []byte{0}, unix.UnixRights(fds...), nil, 0); err != nil {
-		return fail(fmt.Errorf("send to the child: %w", err))
-	}
-	ctrlLen := unix.CmsgSpace(4 * len(fds))
-	le := binary.LittleEndian
-	// struct iovec { base, len }
-	iov := make([]byte, 16)
-	le.PutUint64(iov[0:], r.scratch+byteOff)
-	le.PutUint64(iov[8:], 1)
-	// struct msghdr on x86-64: name, namelen (+pad), iov, iovlen, control,
-	// controllen, flags (+pad).
-	msg := make([]byte, 56)
-	le.PutUint64(msg[16:], r.scratch+iovOff)
-	le.PutUint64(msg[24:], 1)
-	le.PutUint64(msg[32:], r.scratch+ctrlOff)
-	le.PutUint64(msg[40:], uint64(ctrlLen))
-	if _, err := r.put(iovOff, iov); err != nil {
-		return fail(err)
-	}
-	if _, err := r.put(msgOff, msg); err != nil {
-		return fail(err)
-	}
-	if ctrlOff+ctrlLen > scratchLen {
-		return fail(fmt.Errorf("%d fds do not fit in the scratch area", len(fds)))
-	}
-	var flags uint64
-	if batch[0].cloexec {
-		flags = unix.MSG_CMSG_CLOEXEC
-	}
-	if _, err := r.sys("recvmsg", unix.SYS_RECVMSG, uint64(child), r.scratch+msgOff, flags|unix.MSG_DONTWAIT); err != nil {
-		return fail(fmt.Errorf("receive in the child: %w", err))
-	}
-	if _, err := ptrace.ReadMem(r.pid, r.scratch+msgOff, msg); err != nil {
-		return fail(err)
-	}
-	gotLen := le.Uint64(msg[40:])
-	if mflags := le.Uint32(msg[48:]); mflags&unix.MSG_CTRUNC != 0 || gotLen > uint64(ctrlLen) {
-		return fail(fmt.Errorf("the child received a truncated message (flags %#x, %d bytes of control data)", mflags, gotLen))
-	}
-	ctrl := make([]byte, gotLen)
-	if _, err := ptrace.ReadMem(r.pid, r.scratch+ctrlOff, ctrl); err != nil {
-		return fail(err)
-	}
-	got, err := receivedFDs(ctrl)
+	got, err := r.passFDs(send, child, fds, batch[0].cloexec)
 	if err != nil {
 		return fail(err)
 	}
@@ -220,6 +177,57 @@ func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
 		return fail(err)
 	}
 	return nil
+}
+
+// passFDs sends the agent's fds over its end send of a unix socket whose
+// other end is the child's fd child, makes the child receive them in one
+// injected recvmsg (close-on-exec if cloexec) and returns their numbers
+// there.
+func (r *restorer) passFDs(send, child int, fds []int, cloexec bool) ([]int, error) {
+	if err := unix.Sendmsg(send, []byte{0}, unix.UnixRights(fds...), nil, 0); err != nil {
+		return nil, fmt.Errorf("send to the child: %w", err)
+	}
+	ctrlLen := unix.CmsgSpace(4 * len(fds))
+	le := binary.LittleEndian
+	// struct iovec { base, len }
+	iov := make([]byte, 16)
+	le.PutUint64(iov[0:], r.scratch+byteOff)
+	le.PutUint64(iov[8:], 1)
+	// struct msghdr on x86-64: name, namelen (+pad), iov, iovlen, control,
+	// controllen, flags (+pad).
+	msg := make([]byte, 56)
+	le.PutUint64(msg[16:], r.scratch+iovOff)
+	le.PutUint64(msg[24:], 1)
+	le.PutUint64(msg[32:], r.scratch+ctrlOff)
+	le.PutUint64(msg[40:], uint64(ctrlLen))
+	if _, err := r.put(iovOff, iov); err != nil {
+		return nil, err
+	}
+	if _, err := r.put(msgOff, msg); err != nil {
+		return nil, err
+	}
+	if ctrlOff+ctrlLen > scratchLen {
+		return nil, fmt.Errorf("%d fds do not fit in the scratch area", len(fds))
+	}
+	var flags uint64
+	if cloexec {
+		flags = unix.MSG_CMSG_CLOEXEC
+	}
+	if _, err := r.sys("recvmsg", unix.SYS_RECVMSG, uint64(child), r.scratch+msgOff, flags|unix.MSG_DONTWAIT); err != nil {
+		return nil, fmt.Errorf("receive in the child: %w", err)
+	}
+	if _, err := ptrace.ReadMem(r.pid, r.scratch+msgOff, msg); err != nil {
+		return nil, err
+	}
+	gotLen := le.Uint64(msg[40:])
+	if mflags := le.Uint32(msg[48:]); mflags&unix.MSG_CTRUNC != 0 || gotLen > uint64(ctrlLen) {
+		return nil, fmt.Errorf("the child received a truncated message (flags %#x, %d bytes of control data)", mflags, gotLen)
+	}
+	ctrl := make([]byte, gotLen)
+	if _, err := ptrace.ReadMem(r.pid, r.scratch+ctrlOff, ctrl); err != nil {
+		return nil, err
+	}
+	return receivedFDs(ctrl)
 }
 
 // receivedFDs parses the fd numbers out of a received control buffer.

@@ -71,6 +71,12 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 	if err != nil {
 		return fmt.Errorf("process %d joins the tree: fork it out of %d: %w", p.PID, p.PPID, err)
 	}
+	if r.p.PID != p.PID {
+		// (A rootless container's: moveOuter; its layout is not the
+		// session's image.)
+		r.p.Kill(false)
+		return fmt.Errorf("process %d joins the tree: %w", p.PID, &PIDRaceError{PID: p.PID, Got: r.p.PID})
+	}
 	b.built++
 	b.all = append(b.all, r)
 	b.byPID[r.pid] = r

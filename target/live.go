@@ -492,7 +492,11 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 				return fmt.Errorf("layout of round %d: %w", l.Round, err)
 			}
 		}
-		b, err := newLiveBuilder(ctx, ll, t.log, buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy, netAttach: t.netAttach})
+		o := buildOptions{live: true, applyCgroupLimits: t.applyCgroupLimits, vdsoProxy: t.vdsoProxy, netAttach: t.netAttach}
+		if t.outer != nil {
+			o.moved = t.outer.move
+		}
+		b, err := newLiveBuilder(ctx, ll, t.log, o)
 		if err != nil {
 			return err
 		}

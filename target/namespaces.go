@@ -60,6 +60,14 @@ func (ss *session) namespaceFlags() uint64 {
 	if ns.Net != nil {
 		flags |= unix.CLONE_NEWNET
 	}
+	if ns.User != nil {
+		// The user namespace first, then the others, owned by it: the
+		// mount namespace the husk built is copied into one (userns.go).
+		flags |= unix.CLONE_NEWUSER
+		if ss.img.Mounts != nil {
+			flags |= unix.CLONE_NEWNS
+		}
+	}
 	return flags
 }
 
@@ -117,7 +125,25 @@ func (r *restorer) huskAgentPidfd() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("husk: %w", err)
 	}
-	return int(fd), nil
+	if r.userNS() == nil {
+		return int(fd), nil
+	}
+	// In a user namespace of its own, the processes could not use it
+	// (pidfd_getfd needs ptrace access to migrate): the husk takes the
+	// child's end of a socket instead, over which they receive files.
+	defer r.hp.Syscall(r.hp.Leader(), "close", unix.SYS_CLOSE, fd)
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("the agent's socket: %w", err)
+	}
+	send, recv := os.NewFile(uintptr(sp[0]), "agent-sock"), os.NewFile(uintptr(sp[1]), "agent-sock")
+	defer recv.Close()
+	r.agentSock = r.keep(send)
+	child, err := r.hp.Syscall(r.hp.Leader(), "pidfd_getfd", unix.SYS_PIDFD_GETFD, fd, uint64(recv.Fd()), 0)
+	if err != nil {
+		return 0, fmt.Errorf("husk: the agent's socket: %w", err)
+	}
+	return int(child), nil
 }
 
 // inIPC runs fn in the IPC namespace the restored processes live in: the
@@ -140,7 +166,7 @@ func (ss *session) ownIPC() bool {
 // makes its shared memory segments, before the processes attach them.
 func (ss *session) prepareIPC(img *core.Image) error {
 	return ss.inIPC(func() error {
-		if err := setIPCSysctls(img.Namespaces.IPC); err != nil {
+		if err := asNSRoot(ss.userNS(), func() error { return setIPCSysctls(img.Namespaces.IPC) }); err != nil {
 			return err
 		}
 		return ss.prepareSysV(img)
@@ -173,7 +199,7 @@ func (ss *session) restoreIPCObjects(img *core.Image) error {
 	ipc := img.Namespaces.IPC
 	return ss.inIPC(func() error {
 		// Again: a live migration's first layout had none.
-		if err := setIPCSysctls(ipc); err != nil {
+		if err := asNSRoot(ss.userNS(), func() error { return setIPCSysctls(ipc) }); err != nil {
 			return err
 		}
 		for i := range ipc.Sems {
@@ -325,6 +351,9 @@ func (b *Builder) checkNamespaces() []Difference {
 	}
 	if ns.Net != nil {
 		diffs = append(diffs, b.checkNet()...)
+	}
+	if ns.User != nil {
+		diffs = append(diffs, checkUserNS(b.all, ns.User)...)
 	}
 	if u := ns.UTS; u != nil {
 		err := proc.InNamespace(root, unix.CLONE_NEWUTS, func() error {

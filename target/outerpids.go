@@ -165,6 +165,17 @@ func (o *outerPIDs) image(img *core.Image) error {
 	return nil
 }
 
+// move gives the processes and threads that have the PIDs here m's keys
+// m's values instead (all at once): a rootless container's tasks that the
+// restore made with other PIDs (moveOuter).
+func (o *outerPIDs) move(m map[int]int) {
+	for src, h := range o.here {
+		if n, ok := m[h]; ok {
+			o.here[src], o.given[n] = n, src
+		}
+	}
+}
+
 // moved lists, sorted, the PIDs and TIDs the map changes.
 func (o *outerPIDs) moved() []handoff.Renumbered {
 	var out []handoff.Renumbered

@@ -124,3 +124,25 @@ func TestOuterPIDs(t *testing.T) {
 		t.Errorf("moved %+v, want %+v", got, want)
 	}
 }
+
+// TestOuterPIDsMove: tasks moved after they were made (a rootless
+// container's, moveOuter) are read through the map with their new PIDs,
+// all at once (a move onto a PID the map gave another, which moves on).
+func TestOuterPIDsMove(t *testing.T) {
+	o := newOuterPIDs()
+	o.here = map[int]int{100: 100, 101: 101, 102: 102}
+	o.given = map[int]int{100: 100, 101: 101, 102: 102}
+	o.move(map[int]int{101: 102, 102: 5000})
+	if n, _ := o.local(101); n != 102 {
+		t.Errorf("101 is %d here, want 102", n)
+	}
+	if n, _ := o.local(102); n != 5000 {
+		t.Errorf("102 is %d here, want 5000", n)
+	}
+	if n, _ := o.local(100); n != 100 {
+		t.Errorf("100 is %d here, want 100", n)
+	}
+	if o.given[102] != 101 || o.given[5000] != 102 {
+		t.Errorf("given %v", o.given)
+	}
+}

@@ -102,6 +102,12 @@ type session struct {
 	// paths is where the paths of the image's files are opened (a
 	// pivoted container's: see pathRoot).
 	paths *pathRoot
+	// moved is buildOptions.moved.
+	moved func(map[int]int)
+	// agentSock is the agent's end of the socket over which the
+	// processes of a container with a user namespace of its own receive
+	// their files (they cannot pidfd_getfd from migrate, outside it).
+	agentSock *os.File
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -134,7 +140,9 @@ type restorer struct {
 	pid       int
 
 	scratch uint64 // scratch area in the child for injected calls' arguments
-	// agentFD is the child's pidfd for this agent, used to pull in fds.
+	// agentFD is the child's pidfd for this agent, used to pull in fds;
+	// in a user namespace of its own, its end of the agent's socket
+	// (agentSock).
 	agentFD int
 	pages   uint64
 	memTime time.Duration
@@ -264,6 +272,9 @@ func NewBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 type buildOptions struct {
 	live, applyCgroupLimits, vdsoProxy bool
 	netAttach                          string
+	// moved, in a live migration, learns the PIDs outside of a rootless
+	// container's tasks that moveOuter changed (old to here).
+	moved func(map[int]int)
 }
 
 // newBuilder is NewBuilder with the check of the image given.
@@ -280,7 +291,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 	// frame by frame as the fill reads them.
 	b.steps = append(b.steps, Step{Name: "check image", MS: float64(time.Since(b.start).Microseconds()) / 1000})
 	ss := &session{dir: dir, img: img, log: log, descs: map[string]*os.File{}, pipes: map[uint64][2]*os.File{}, sysvLive: live,
-		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts)}
+		applyCgroupLimits: o.applyCgroupLimits, forceVDSOProxy: o.vdsoProxy, netAttach: o.netAttach, paths: newPathRoot(img.Mounts), moved: o.moved}
 	b.ss = ss
 	root := &restorer{session: ss, proc: &img.Process, pagesInfo: &img.Pages, pid: img.Process.PID, agentFD: -1, live: live}
 	b.all = []*restorer{root}
@@ -305,7 +316,16 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 		// Before the processes: a container's cgroup namespace is made
 		// in its root cgroups as the root is created.
 		{"cgroup limits", func() error { return ss.prepareCgroups(root.pid, img, ss.applyCgroupLimits) }},
-		{"create processes", func() error { return createTree(b.all) }},
+		{"create processes", func() error {
+			err := createTree(b.all)
+			// (A process of a rootless container may have another PID
+			// outside: moveOuter.)
+			clear(b.byPID)
+			for _, r := range b.all {
+				b.byPID[r.pid] = r
+			}
+			return err
+		}},
 		{"network namespace", func() error {
 			if !ss.ownNet() {
 				return nil
@@ -695,7 +715,13 @@ func forkPID(p *ptrace.Proc, pid, inner, want int, flags uint64) (*ptrace.Proc, 
 // writable place of p's of 256 bytes.
 func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) (*ptrace.Proc, error) {
 	tids := []int32{int32(pid)}
-	if inner != 0 {
+	// From inside a user namespace of its own, p gives the PID inside
+	// alone (userns.go).
+	fromUserNS := inner != 0 && flags&unix.CLONE_NEWUSER == 0 && inOwnUserNS(p.PID)
+	switch {
+	case fromUserNS:
+		tids = []int32{int32(inner)}
+	case inner != 0:
 		tids = []int32{int32(inner), int32(pid)}
 	}
 	ca := cloneArgs{Flags: flags, ExitSignal: uint64(unix.SIGCHLD), SetTID: args + 128, SetTIDSize: uint64(len(tids))}
@@ -707,7 +733,29 @@ func forkPIDAt(p *ptrace.Proc, pid, inner, want int, flags uint64, args uint64) 
 			return nil, fmt.Errorf("write clone_args into %d: %w", p.PID, err)
 		}
 	}
-	child, err := p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, args, uint64(len(raw.Bytes(&ca))))
+	clone := func() (uint64, error) {
+		return p.Syscall(p.Leader(), "clone3", unix.SYS_CLONE3, args, uint64(len(raw.Bytes(&ca))))
+	}
+	var child uint64
+	var err error
+	if fromUserNS {
+		// A task made elsewhere on this host (a thread of migrate's
+		// own) may take the PID in between: the child then has another
+		// PID outside, which the caller takes (moveOuter) or refuses.
+		if err := pidFree(pid); err != nil {
+			return nil, err
+		}
+		err = withNextPID(pid, func() (err error) { child, err = clone(); return err })
+		if err == nil && int(child) == want && !taskIs(pid, pid, inner) {
+			stray := strayChild(p.PID, pid, inner)
+			if stray == 0 {
+				return nil, &PIDRaceError{PID: pid}
+			}
+			return p.Adopt(stray)
+		}
+	} else {
+		child, err = clone()
+	}
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if err := pidFree(pid); err != nil {
@@ -749,8 +797,16 @@ func createTree(all []*restorer) error {
 			}
 			want = in
 		}
+		if r.userNS() != nil {
+			if err := r.ensureFreeOuter(r.pid, all); err != nil {
+				return err
+			}
+		}
 		if r.p, err = forkPID(r.parent.p, r.pid, in, want, 0); err != nil {
 			return fmt.Errorf("process %d: %w", r.pid, err)
+		}
+		if err := r.moveOuter(r.pid, r.p.PID, all); err != nil {
+			return err
 		}
 		if r.proc.Zombie != nil {
 			if err := r.exitAsZombie(); err != nil {
@@ -841,6 +897,11 @@ func (r *restorer) createRoot() error {
 	}
 	if r.p, err = forkPID(r.hp, r.pid, inner, r.pid, r.namespaceFlags()); err != nil {
 		return err
+	}
+	if u := r.userNS(); u != nil {
+		if err := writeUserNS(r.pid, u); err != nil {
+			return err
+		}
 	}
 	if err := r.paths.enter(r.pid); err != nil {
 		return err
@@ -1237,6 +1298,17 @@ func (r *restorer) openAgentPidfd() error {
 // install pulls the agent's open file f into the child (pidfd_getfd) and
 // returns its fd number there (the lowest free one, close-on-exec).
 func (r *restorer) install(f *os.File) (int, error) {
+	if r.agentSock != nil {
+		// In a user namespace of its own: over the agent's socket.
+		got, err := r.passFDs(int(r.agentSock.Fd()), r.agentFD, []int{int(f.Fd())}, true)
+		if err != nil {
+			return 0, err
+		}
+		if len(got) != 1 {
+			return 0, fmt.Errorf("the child received %d fds of 1", len(got))
+		}
+		return got[0], nil
+	}
 	fd, err := r.sys("pidfd_getfd", unix.SYS_PIDFD_GETFD, uint64(r.agentFD), uint64(f.Fd()), 0)
 	if err != nil {
 		return 0, err

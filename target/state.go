@@ -174,7 +174,7 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // (clone3 with set_tid, injected into the leader). They start stopped and
 // traced, and get their registers with the rest of their state.
 func (r *restorer) createThreads() error {
-	for _, t := range r.proc.Threads[1:] {
+	for k, t := range r.proc.Threads[1:] {
 		tids := []int32{int32(t.TID)}
 		want := t.TID
 		if r.container() {
@@ -184,6 +184,12 @@ func (r *restorer) createThreads() error {
 				return fmt.Errorf("thread %d: no TID inside the container in the image", t.TID)
 			}
 			tids = []int32{int32(want), int32(t.TID)}
+		}
+		// From inside a user namespace of its own, the TID inside alone
+		// (userns.go).
+		fromUserNS := r.userNS() != nil
+		if fromUserNS {
+			tids = tids[:1]
 		}
 		var tidAddr uint64
 		for i := range tids {
@@ -200,7 +206,38 @@ func (r *restorer) createThreads() error {
 		if err != nil {
 			return err
 		}
-		got, err := r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(raw.Bytes(&ca))))
+		var got uint64
+		clone := func() (err error) {
+			got, err = r.sys("clone3(thread)", unix.SYS_CLONE3, addr, uint64(len(raw.Bytes(&ca))))
+			return err
+		}
+		if fromUserNS {
+			if err := r.ensureFreeOuter(t.TID, nil); err != nil {
+				return err
+			}
+			t = r.proc.Threads[k+1] // (its TID may have moved)
+			if err := pidFree(t.TID); err != nil {
+				return fmt.Errorf("thread %d: %w", t.TID, err)
+			}
+			err = withNextPID(t.TID, clone)
+			if err == nil && int(got) == want && !taskIs(r.pid, t.TID, want) {
+				// Traced from birth: adopted, so that a kill of the
+				// process waits for it too.
+				stray := r.strayThread(want)
+				if stray == 0 {
+					return &PIDRaceError{PID: t.TID}
+				}
+				if _, err := r.p.AdoptThread(stray); err != nil {
+					return err
+				}
+				if err := r.moveOuter(t.TID, stray, nil); err != nil {
+					return err
+				}
+				continue
+			}
+		} else {
+			err = clone()
+		}
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}

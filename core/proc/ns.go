@@ -56,3 +56,39 @@ func InNamespace(pid, kind int, fn func() error) error {
 	})
 	return <-ch
 }
+
+// NamespaceID identifies a namespace by the device and inode of its file.
+type NamespaceID struct{ Dev, Ino uint64 }
+
+func (n NamespaceID) String() string { return fmt.Sprintf("[%d]", n.Ino) }
+
+// NamespaceOf is the identity of the namespace of file path
+// (/proc/PID/ns/KIND).
+func NamespaceOf(path string) (NamespaceID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return NamespaceID{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return NamespaceID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// NamespaceIoctl opens namespace file path and returns the identity of
+// the namespace ioctl req (unix.NS_GET_USERNS: the user namespace that
+// owns it; unix.NS_GET_PARENT) gives of it.
+func NamespaceIoctl(path string, req uint) (NamespaceID, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return NamespaceID{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	got, err := unix.IoctlRetInt(fd, req)
+	if err != nil {
+		return NamespaceID{}, &os.PathError{Op: "ioctl", Path: path, Err: err}
+	}
+	defer unix.Close(got)
+	var st unix.Stat_t
+	if err := unix.Fstat(got, &st); err != nil {
+		return NamespaceID{}, os.NewSyscallError("fstat", err)
+	}
+	return NamespaceID{Dev: st.Dev, Ino: st.Ino}, nil
+}
