@@ -217,9 +217,22 @@ func TestSignals(t *testing.T) {
 	last := p.LastTick(t)
 	r := restoreOK(t, dir, p.Log)
 	after := testutil.Take(t, r.PID)
+	// The itimer's SIGALRM is pending for a moment each time it fires
+	// (until the handler runs): whether a snapshot of the running
+	// process catches it is timing, so it is left out of the pending sets.
+	alrm := func(f, v string) string {
+		if f != "SigPnd" && f != "ShdPnd" {
+			return v
+		}
+		n, err := strconv.ParseUint(v, 16, 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", f, v, err)
+		}
+		return fmt.Sprintf("%016x", n&^(1<<(unix.SIGALRM-1)))
+	}
 	for _, f := range []string{"SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"} {
-		if before.Status[f] != after.Status[f] {
-			t.Errorf("%s: %s before the dump, %s after restore", f, before.Status[f], after.Status[f])
+		if b, a := alrm(f, before.Status[f]), alrm(f, after.Status[f]); b != a {
+			t.Errorf("%s: %s before the dump, %s after restore (SIGALRM left out)", f, b, a)
 		}
 	}
 
