@@ -672,11 +672,37 @@ func (p *Proc) Kill(reap bool) error {
 		}
 		// Other threads first, always collected: a traced thread stays a
 		// zombie until its tracer waits for it, and the leader's death is
-		// reported only once the others are gone.
+		// reported only once the others are gone. In whatever order they
+		// end: the last thread of a PID namespace's init to exit waits in
+		// the kernel for every other task of the namespace to be reaped,
+		// its traced sibling threads among them, so a wait for one thread
+		// in particular could wait for ever (it did, for a container
+		// whose init has threads).
+		var left []*Thread
 		for _, th := range p.Threads[1:] {
 			if th.TID != 0 {
-				wait(th.TID, unix.WEXITED|unix.WALL)
-				th.TID = 0
+				left = append(left, th)
+			}
+		}
+		for len(left) > 0 {
+			collected := false
+			for i := 0; i < len(left); {
+				var info unix.Siginfo
+				err := raw.IgnoringEINTR(func() error {
+					return unix.Waitid(unix.P_PID, left[i].TID, &info, unix.WEXITED|unix.WALL|unix.WNOHANG, nil)
+				})
+				// Signo 0: not ended yet (WNOHANG); an error: not
+				// ours to wait for any more (ECHILD).
+				if err == nil && info.Signo == 0 {
+					i++
+					continue
+				}
+				left[i].TID = 0
+				left = append(left[:i], left[i+1:]...)
+				collected = true
+			}
+			if !collected && len(left) > 0 {
+				time.Sleep(200 * time.Microsecond)
 			}
 		}
 		if lead := p.Threads[0]; lead.TID != 0 {
