@@ -521,15 +521,25 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	}
 	wg.Wait()
 	dropZombieSIGCHLD(b.all)
+	// Children first, one after the other (each run of processes of one
+	// tracer in one go on it).
+	var rev []*restorer
 	for i := len(b.all) - 1; i >= 0; i-- {
-		if r := b.all[i]; r.p != nil {
-			if r.proc.Stopped {
-				r.p.StopOnDetach()
-			}
-			if err := r.p.Detach(); err != nil {
-				return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
-			}
+		if b.all[i].p != nil {
+			rev = append(rev, b.all[i])
 		}
+	}
+	err := inOrder(rev, func(r *restorer) error {
+		if r.proc.Stopped {
+			r.p.StopOnDetach()
+		}
+		if err := r.p.Detach(); err != nil {
+			return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
 		// (A stopped process shows 'T': alive.)

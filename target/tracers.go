@@ -26,27 +26,34 @@ import (
 const maxTracers = 8
 
 // assignTracers gives each process of all (the root first) that will
-// live its tracer: the root ss.tr, the others round the tracers, one for
-// each CPU this process may run on (at most maxTracers). A zombie stays
-// with its parent's (it exits as soon as it is forked), a process that
-// joins later too (Builder.Join).
+// live its tracer: the root ss.tr, the others one of the tracers, one for
+// each CPU this process may run on (at most maxTracers), each tracer a
+// run of processes next to each other in the tree's order (the stages
+// that go through them in that order switch tracers the fewest times).
+// A zombie stays with its parent's (it exits as soon as it is forked), a
+// process that joins later too (Builder.Join).
 func (ss *session) assignTracers(all []*restorer) {
+	live := 0
+	for _, r := range all {
+		if r.proc.Zombie == nil {
+			live++
+		}
+	}
 	n := 1
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err == nil {
-		n = min(max(set.Count(), 1), maxTracers)
+		n = min(max(set.Count(), 1), maxTracers, max(live, 1))
 	}
 	ss.tracers = []*ptrace.Tracer{ss.tr}
+	for range n - 1 {
+		ss.tracers = append(ss.tracers, ptrace.NewTracer())
+	}
 	k := 0
 	for _, r := range all {
 		if r.proc.Zombie != nil {
 			continue
 		}
-		i := k % n
-		for len(ss.tracers) <= i {
-			ss.tracers = append(ss.tracers, ptrace.NewTracer())
-		}
-		r.tracer = ss.tracers[i]
+		r.tracer = ss.tracers[k*n/live]
 		k++
 	}
 }
@@ -141,29 +148,40 @@ func (b *Builder) parallel(ctx context.Context, fn func(*restorer, context.Conte
 // opened by the first, and its description given to the others).
 func (b *Builder) ordered(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
 	return func() error {
-		live := b.running()
-		for i := 0; i < len(live); {
-			t := live[i].p.Tracer()
-			j := i + 1
-			for j < len(live) && live[j].p.Tracer() == t {
-				j++
-			}
-			err := t.Do(func() error {
-				for _, r := range live[i:j] {
-					if err := fn(r, ctx); err != nil {
-						if r != b.all[0] {
-							return fmt.Errorf("process %d: %w", r.pid, err)
-						}
-						return err
-					}
+		return inOrder(b.running(), func(r *restorer) error {
+			if err := fn(r, ctx); err != nil {
+				if r != b.all[0] {
+					return fmt.Errorf("process %d: %w", r.pid, err)
 				}
-				return nil
-			})
-			if err != nil {
 				return err
 			}
-			i = j
-		}
-		return nil
+			return nil
+		})
 	}
+}
+
+// inOrder runs fn for each of rs (built), one after the other, on the
+// tracer of each: a run of processes next to each other in rs that one
+// tracer traces in one go on it. It stops at the first error.
+func inOrder(rs []*restorer, fn func(*restorer) error) error {
+	for i := 0; i < len(rs); {
+		t := rs[i].p.Tracer()
+		j := i + 1
+		for j < len(rs) && rs[j].p.Tracer() == t {
+			j++
+		}
+		err := t.Do(func() error {
+			for _, r := range rs[i:j] {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
