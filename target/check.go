@@ -586,16 +586,24 @@ func (b *Builder) check() error {
 		}
 	}
 	// Each process is compared with its image from /proc alone: a tree's
-	// at the same time, a few at once.
+	// at the same time, a few at once, and with them what the processes
+	// share (memory, System V objects, namespaces, mounts, cgroups).
+	shared := []func() []Difference{b.checkSharing, b.checkSysV, b.checkNamespaces, b.checkMounts, b.checkCgroupLimits}
 	found := make([][]Difference, len(b.all))
+	sharedFound := make([][]Difference, len(shared))
+	jobs := len(b.all) + len(shared)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4, len(b.all)) {
+	for range min(runtime.GOMAXPROCS(0), 4, jobs) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(b.all) {
+				if i >= jobs {
 					return
+				}
+				if i >= len(b.all) {
+					sharedFound[i-len(b.all)] = shared[i-len(b.all)]()
+					continue
 				}
 				r := b.all[i]
 				if r.proc.Zombie != nil {
@@ -616,11 +624,9 @@ func (b *Builder) check() error {
 			}
 		}
 	}
-	diffs = append(diffs, b.checkSharing()...)
-	diffs = append(diffs, b.checkSysV()...)
-	diffs = append(diffs, b.checkNamespaces()...)
-	diffs = append(diffs, b.checkMounts()...)
-	diffs = append(diffs, b.checkCgroupLimits()...)
+	for _, ds := range sharedFound {
+		diffs = append(diffs, ds...)
+	}
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}
