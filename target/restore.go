@@ -438,7 +438,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 			return err
 		}
 		first := b.ss.img.Mounts
-		if err := b.adopt(img); err != nil {
+		if err := b.run(ctx, []stage{{"final layout", func() error { return b.adopt(img) }}}); err != nil {
 			return err
 		}
 		if err := b.run(ctx, []stage{{"tmpfs files", func() error { return b.fillLiveMounts(first) }}}); err != nil {
@@ -446,12 +446,12 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		}
 	}
 	// The ptrace work runs on the tracer threads, each in one go next to
-	// its processes' threads (pinTree; a process left on another CPU
+	// its processes' threads (pinTree: a process left on another CPU
 	// would make each of its ptrace round trips cross two), the
 	// processes of different tracers at the same time where they share
 	// nothing (see tracers.go).
-	b.pinTree()
 	return b.run(ctx, []stage{
+		{"bind to CPUs", func() error { b.pinTree(); return nil }},
 		{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 		{"set protections", b.parallel(ctx, (*restorer).protect)},
 		{"restore files", b.ordered(ctx, (*restorer).restoreFDs)},
