@@ -457,7 +457,8 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		{"restore files", b.ordered(ctx, (*restorer).restoreFDs)},
 		{"restore process state", b.parallel(ctx, (*restorer).restoreState)},
 		{"restore threads", b.parallel(ctx, (*restorer).restoreThreads)},
-		{"join cgroups", b.ordered(ctx, (*restorer).joinAllCgroups)},
+		// (Writes into cgroup files, no ptrace: no tracer.)
+		{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
 		{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
 	})
 }
