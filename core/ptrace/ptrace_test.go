@@ -81,16 +81,7 @@ func TestSeizeSleepingRestart(t *testing.T) {
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("sleep exited with %v after detach", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("sleep did not finish after detach")
-	}
+	sleepEnds(t, cmd)
 }
 
 func TestSeizeMissingAndTraced(t *testing.T) {
@@ -202,6 +193,13 @@ func TestMoveTo(t *testing.T) {
 	if err := q.Detach(); err != nil {
 		t.Fatal(err)
 	}
+	sleepEnds(t, cmd)
+}
+
+// sleepEnds waits for the sleep of cmd, detached, to end on its own and
+// well.
+func sleepEnds(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
