@@ -1,9 +1,6 @@
 package source
 
 import (
-	"sync"
-	"sync/atomic"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core/ptrace"
@@ -90,49 +87,6 @@ func tracerCPUs(all []*dumper) map[*ptrace.Tracer]int {
 // work fails for one process it starts on no other. The error is that
 // of the first process of all that failed.
 func eachProcess(all []*dumper, work func(d *dumper) error) error {
-	var tracers []*ptrace.Tracer
-	of := map[*ptrace.Tracer][]int{}
-	for i, d := range all {
-		t := d.p.Tracer()
-		if _, ok := of[t]; !ok {
-			tracers = append(tracers, t)
-		}
-		of[t] = append(of[t], i)
-	}
-	errs := make([]error, len(all))
-	var failed atomic.Bool
-	run := func(t *ptrace.Tracer) {
-		idx := of[t]
-		err := t.Do(func() error {
-			for _, i := range idx {
-				if failed.Load() {
-					return nil
-				}
-				if errs[i] = work(all[i]); errs[i] != nil {
-					failed.Store(true)
-					return nil
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			errs[idx[0]] = err
-			failed.Store(true)
-		}
-	}
-	if len(tracers) == 1 {
-		run(tracers[0])
-	} else {
-		var wg sync.WaitGroup
-		for _, t := range tracers {
-			wg.Go(func() { run(t) })
-		}
-		wg.Wait()
-	}
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return ptrace.Each(len(all), func(i int) *ptrace.Tracer { return all[i].p.Tracer() },
+		func(i int) error { return work(all[i]) })
 }

@@ -84,16 +84,22 @@ func (e *CheckError) AbortCode() string { return "differs" }
 // so its PPID is not compared).
 func Check(p *core.Process, root bool) []Difference {
 	c := &checker{pid: p.PID}
+	c.check(p, root)
+	return c.diffs
+}
+
+func (c *checker) check(p *core.Process, root bool) {
 	c.process(p, root)
 	c.threads(p)
 	c.memory(p)
 	c.fds(p)
-	return c.diffs
 }
 
 type checker struct {
 	pid   int
 	diffs []Difference
+	// maps is the process's memory layout as memory read it.
+	maps []proc.Mapping
 }
 
 func (c *checker) diff(tid int, what string, want, got any) {
@@ -321,6 +327,7 @@ func (c *checker) memory(p *core.Process) {
 		c.unreadable(0, "memory layout", err)
 		return
 	}
+	c.maps = maps
 	const rwx = unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC
 	for i := range p.VMAs {
 		v := &p.VMAs[i]
@@ -586,24 +593,34 @@ func (b *Builder) check() error {
 		}
 	}
 	// Each process is compared with its image from /proc alone: a tree's
-	// at the same time, a few at once.
+	// at the same time, a few at once, and with them what the processes
+	// share (memory, System V objects, namespaces, mounts, cgroups).
+	shared := []func() []Difference{b.checkSysV, b.checkNamespaces, b.checkMounts, b.checkCgroupLimits}
 	found := make([][]Difference, len(b.all))
+	maps := make([][]proc.Mapping, len(b.all))
+	sharedFound := make([][]Difference, len(shared))
+	jobs := len(b.all) + len(shared)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4, len(b.all)) {
+	for range min(runtime.GOMAXPROCS(0), 4, jobs) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(b.all) {
+				if i >= jobs {
 					return
+				}
+				if i >= len(b.all) {
+					sharedFound[i-len(b.all)] = shared[i-len(b.all)]()
+					continue
 				}
 				r := b.all[i]
 				if r.proc.Zombie != nil {
 					continue
 				}
 				c := &checker{pid: r.pid}
+				c.check(r.proc, i == 0)
 				checkTime(c, b.ss.img)
-				found[i] = append(Check(r.proc, i == 0), c.diffs...)
+				found[i], maps[i] = c.diffs, c.maps
 			}
 		})
 	}
@@ -616,11 +633,10 @@ func (b *Builder) check() error {
 			}
 		}
 	}
-	diffs = append(diffs, b.checkSharing()...)
-	diffs = append(diffs, b.checkSysV()...)
-	diffs = append(diffs, b.checkNamespaces()...)
-	diffs = append(diffs, b.checkMounts()...)
-	diffs = append(diffs, b.checkCgroupLimits()...)
+	diffs = append(diffs, b.checkSharing(maps)...)
+	for _, ds := range sharedFound {
+		diffs = append(diffs, ds...)
+	}
 	if len(diffs) > 0 {
 		return &CheckError{Diffs: diffs}
 	}
@@ -628,18 +644,22 @@ func (b *Builder) check() error {
 }
 
 // checkSharing checks that the areas of the tree that mapped one shared
-// anonymous object (VMA.Shm) map one object again.
-func (b *Builder) checkSharing() []Difference {
+// anonymous object (VMA.Shm) map one object again: in the layouts of
+// have (by the index of b.all), read from /proc where it has none.
+func (b *Builder) checkSharing(have [][]proc.Mapping) []Difference {
 	type place struct {
 		pid   int
 		start uint64
 	}
 	objects := map[uint64]map[uint64][]place{} // image's -> restored inode -> areas
-	for _, r := range b.all {
+	for n, r := range b.all {
 		if r.proc.Zombie != nil {
 			continue
 		}
 		var maps []proc.Mapping
+		if n < len(have) {
+			maps = have[n]
+		}
 		for i := range r.proc.VMAs {
 			v := &r.proc.VMAs[i]
 			if v.Kind != core.VMASharedAnon || v.Shm == 0 {

@@ -862,6 +862,7 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 		if t.hold, err = netlock.StartHold(t.b.ss.netSocket, conns, nil); err != nil {
 			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 		}
+		t.lap("network lock")
 	}
 	// The files given for the objects outside the tree: each of the
 	// image's, and no other (decodeState checked the names and paths).

@@ -36,6 +36,9 @@ type session struct {
 	img *core.Image
 	log *slog.Logger
 	tr  *ptrace.Tracer
+	// tracers are the tracer threads of the tree's processes, tr first
+	// (assignTracers).
+	tracers []*ptrace.Tracer
 	// files the agent opened for the processes; closed when the restore ends.
 	files    []*os.File
 	warnings []string
@@ -137,7 +140,9 @@ type restorer struct {
 	husk      *exec.Cmd
 	hp        *ptrace.Proc // the husk
 	p         *ptrace.Proc // the process being built, with the original PID
-	pid       int
+	// tracer is the tracer thread the process is built by (assignTracers).
+	tracer *ptrace.Tracer
+	pid    int
 
 	scratch uint64 // scratch area in the child for injected calls' arguments
 	// agentFD is the child's pidfd for this agent, used to pull in fds;
@@ -304,6 +309,7 @@ func newBuilder(ctx context.Context, dir string, img *core.Image, log *slog.Logg
 		b.byPID[r.pid] = r
 	}
 	ss.tr = ptrace.NewTracer()
+	ss.assignTracers(b.all)
 	err := b.run(ctx, []stage{
 		{"recreate deleted files", func() error { return ss.prepareDeleted(ctx, img) }},
 		{"System V shared memory", func() error {
@@ -452,43 +458,28 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 			return err
 		}
 		first := b.ss.img.Mounts
-		if err := b.adopt(img); err != nil {
+		if err := b.run(ctx, []stage{{"final layout", func() error { return b.adopt(img) }}}); err != nil {
 			return err
 		}
 		if err := b.run(ctx, []stage{{"tmpfs files", func() error { return b.fillLiveMounts(first) }}}); err != nil {
 			return err
 		}
 	}
-	// The ptrace work runs on the tracer thread in one go, next to the
-	// processes' threads (see ptrace.Proc.Pin): every process of the tree
-	// on the CPU the root last ran on, with the tracer (a process left on
-	// another CPU would make each of its ptrace round trips cross two).
-	cpu, cpuErr := -1, error(nil)
-	for _, r := range b.all {
-		if r.p == nil || r.proc.Zombie != nil {
-			continue
-		}
-		if cpu < 0 && cpuErr == nil {
-			cpu, cpuErr = ptrace.LastCPU(r.pid)
-		}
-		err := cpuErr
-		if err == nil {
-			err = r.p.PinOn(cpu)
-		}
-		if err != nil {
-			b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
-		}
-	}
-	return b.ss.tr.Do(func() error {
-		return b.run(ctx, []stage{
-			{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
-			{"set protections", b.each(ctx, (*restorer).protect)},
-			{"restore files", b.each(ctx, (*restorer).restoreFDs)},
-			{"restore process state", b.each(ctx, (*restorer).restoreState)},
-			{"restore threads", b.each(ctx, (*restorer).restoreThreads)},
-			{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
-			{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
-		})
+	// The ptrace work runs on the tracer threads, each in one go next to
+	// its processes' threads (pinTree: a process left on another CPU
+	// would make each of its ptrace round trips cross two), the
+	// processes of different tracers at the same time where they share
+	// nothing (see tracers.go).
+	return b.run(ctx, []stage{
+		{"bind to CPUs", func() error { b.pinTree(); return nil }},
+		{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
+		{"set protections", b.parallel(ctx, (*restorer).protect)},
+		{"restore files", b.ordered(ctx, (*restorer).restoreFDs)},
+		{"restore process state", b.parallel(ctx, (*restorer).restoreState)},
+		{"restore threads", b.parallel(ctx, (*restorer).restoreThreads)},
+		// (Writes into cgroup files, no ptrace: no tracer.)
+		{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
+		{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
 	})
 }
 
@@ -551,15 +542,25 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	}
 	wg.Wait()
 	dropZombieSIGCHLD(b.all)
+	// Children first, one after the other (each run of processes of one
+	// tracer in one go on it).
+	var rev []*restorer
 	for i := len(b.all) - 1; i >= 0; i-- {
-		if r := b.all[i]; r.p != nil {
-			if r.proc.Stopped {
-				r.p.StopOnDetach()
-			}
-			if err := r.p.Detach(); err != nil {
-				return nil, fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
-			}
+		if b.all[i].p != nil {
+			rev = append(rev, b.all[i])
 		}
+	}
+	err := inOrder(rev, func(r *restorer) error {
+		if r.proc.Stopped {
+			r.p.StopOnDetach()
+		}
+		if err := r.p.Detach(); err != nil {
+			return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
 		// (A stopped process shows 'T': alive.)
@@ -606,9 +607,7 @@ func (b *Builder) release() {
 	b.ss.closeFiles()
 	b.ss.paths.close()
 	b.ss.detachSysV()
-	if b.ss.tr != nil {
-		b.ss.tr.Close()
-	}
+	b.ss.closeTracers()
 	if b.tmp != "" {
 		os.RemoveAll(b.tmp)
 	}
@@ -807,6 +806,14 @@ func createTree(all []*restorer) error {
 		}
 		if err := r.moveOuter(r.pid, r.p.PID, all); err != nil {
 			return err
+		}
+		if r.tracer != nil {
+			// Still a copy of the husk: to the tracer that restores it.
+			moved, err := r.p.MoveTo(r.tracer)
+			if err != nil {
+				return fmt.Errorf("process %d: %w", r.pid, err)
+			}
+			r.p = moved
 		}
 		if r.proc.Zombie != nil {
 			if err := r.exitAsZombie(); err != nil {

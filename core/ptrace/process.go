@@ -299,6 +299,33 @@ func (p *Proc) Adopt(pid int) (*Proc, error) {
 	return c, nil
 }
 
+// MoveTo hands the process over to tracer t (a tracee answers only the
+// thread that attached it) and returns it as t's: detached from its
+// tracer, then seized by t with the same options and system call gadget.
+// The process runs in between: it must be one that may, as a child
+// migrate forked out of a husk that still only loops on pause(). It must
+// be as it was seized or adopted: one thread, not pinned, its registers
+// and signals untouched. If t cannot seize it, it is killed (it runs
+// traced by no one otherwise) and the error returned.
+func (p *Proc) MoveTo(t *Tracer) (*Proc, error) {
+	if t == p.t {
+		return p, nil
+	}
+	if len(p.Threads) != 1 || p.affinity != nil || p.Threads[0].regsChanged || len(p.Threads[0].Stolen) > 0 || p.Stopped() {
+		return nil, fmt.Errorf("process %d: only a process as it was seized moves to another tracer", p.PID)
+	}
+	if err := p.t.Do(func() error { return p.detachAll(0) }); err != nil {
+		return nil, err
+	}
+	q, err := t.seize(p.PID, p.opts)
+	if err != nil {
+		unix.Kill(p.PID, unix.SIGKILL)
+		return nil, fmt.Errorf("process %d to another tracer: %w", p.PID, err)
+	}
+	q.gadget = p.gadget
+	return q, nil
+}
+
 func (t *Tracer) seize(pid, opts int) (*Proc, error) {
 	p := &Proc{t: t, PID: pid, opts: opts}
 	err := t.Do(func() error {

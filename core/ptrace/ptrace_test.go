@@ -81,16 +81,7 @@ func TestSeizeSleepingRestart(t *testing.T) {
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("sleep exited with %v after detach", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("sleep did not finish after detach")
-	}
+	sleepEnds(t, cmd)
 }
 
 func TestSeizeMissingAndTraced(t *testing.T) {
@@ -160,5 +151,63 @@ func TestSeizeSuspendsSeccomp(t *testing.T) {
 	}
 	if err := p.Detach(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A process moved to another tracer is that tracer's tracee (TracerPid
+// names its thread), takes injections from it, and runs on after its
+// detach; the first tracer no longer holds it.
+func TestMoveTo(t *testing.T) {
+	needRoot(t)
+	cmd := startChild(t, "sleep", "1")
+	a, b := NewTracer(), NewTracer()
+	defer a.Close()
+	defer b.Close()
+	p, err := a.Seize(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.FindGadget(); err != nil {
+		t.Fatal(err)
+	}
+	q, err := p.MoveTo(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Tracer() != b {
+		t.Fatal("moved process does not name the new tracer")
+	}
+	if got := tracerOf(cmd.Process.Pid); got != b.tid {
+		t.Fatalf("TracerPid %d, want the new tracer's thread %d", got, b.tid)
+	}
+	if st := state(cmd.Process.Pid); st != "t" {
+		t.Errorf("state %q after the move, want t", st)
+	}
+	if pid, err := q.Syscall(q.Leader(), "getpid", unix.SYS_GETPID); err != nil || int(pid) != cmd.Process.Pid {
+		t.Fatalf("getpid injected by the new tracer: %d, %v", pid, err)
+	}
+	// To its own tracer, a move is nothing.
+	if _, err := q.MoveTo(b); err != nil {
+		t.Fatalf("move to its own tracer: %v", err)
+	}
+	if err := q.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	sleepEnds(t, cmd)
+}
+
+// sleepEnds waits for the sleep of cmd, detached, to end on its own and
+// well.
+func sleepEnds(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sleep exited with %v after detach", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sleep did not finish after detach")
 	}
 }

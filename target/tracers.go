@@ -1,0 +1,187 @@
+package target
+
+import (
+	"context"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core/ptrace"
+)
+
+// The work on a tree's processes once their state has come is nearly all
+// ptrace round trips (an injected system call is two stops of the
+// tracee), which one tracer thread makes one after the other: a tree is
+// traced by several tracer threads, one for each CPU this process may run
+// on (assignTracers), each process by one from its creation (a tracee
+// answers only the thread that attached it: createTree hands each child
+// forked out of its parent over to its own, ptrace.Proc.MoveTo, while it
+// is still a copy of the husk). The per-process stages of Finish run on
+// the tracers at the same time (Builder.parallel), each tracer bound to
+// its own CPU with its processes (pinTree); those that share state among
+// the processes (the files) go through them in the tree's order
+// (Builder.ordered). A single process has one tracer as before.
+
+// maxTracers bounds the tracer threads of a tree.
+const maxTracers = 8
+
+// assignTracers gives each process of all (the root first) that will
+// live its tracer: the root ss.tr, the others one of the tracers, one for
+// each CPU this process may run on (at most maxTracers), each tracer a
+// run of processes next to each other in the tree's order (the stages
+// that go through them in that order switch tracers the fewest times).
+// A zombie stays with its parent's (it exits as soon as it is forked), a
+// process that joins later too (Builder.Join).
+func (ss *session) assignTracers(all []*restorer) {
+	live := 0
+	for _, r := range all {
+		if r.proc.Zombie == nil {
+			live++
+		}
+	}
+	n := 1
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err == nil {
+		n = min(max(set.Count(), 1), maxTracers, max(live, 1))
+	}
+	ss.tracers = []*ptrace.Tracer{ss.tr}
+	for range n - 1 {
+		ss.tracers = append(ss.tracers, ptrace.NewTracer())
+	}
+	k := 0
+	for _, r := range all {
+		if r.proc.Zombie != nil {
+			continue
+		}
+		r.tracer = ss.tracers[k*n/live]
+		k++
+	}
+}
+
+// closeTracers ends the tracer threads.
+func (ss *session) closeTracers() {
+	if ss.tr != nil {
+		ss.tr.Close()
+	}
+	for _, t := range ss.tracers {
+		t.Close()
+	}
+}
+
+// running are the processes of the tree that run once resumed: built and
+// not zombies.
+func (b *Builder) running() []*restorer {
+	out := make([]*restorer, 0, len(b.all))
+	for _, r := range b.all {
+		if r.p != nil && r.proc.Zombie == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// pinTree binds each tracer, and its processes' threads, to one CPU while
+// they are stopped (see ptrace.Proc.Pin): the root's tracer on the CPU
+// the root last ran on, each other one on another CPU this process may
+// run on. A process that cannot be pinned is left as it is.
+func (b *Builder) pinTree() {
+	live := b.running()
+	if len(live) == 0 {
+		return
+	}
+	cpus := map[*ptrace.Tracer]int{}
+	root, err := ptrace.LastCPU(live[0].pid)
+	if err != nil {
+		b.ss.log.Debug("threads not pinned", "pid", live[0].pid, "err", err)
+		return
+	}
+	cpus[live[0].p.Tracer()] = root
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		set = unix.CPUSet{}
+	}
+	cpu := 0
+	for _, r := range live {
+		t := r.p.Tracer()
+		c, ok := cpus[t]
+		if !ok {
+			for cpu < len(set)*64 && (!set.IsSet(cpu) || cpu == root) {
+				cpu++
+			}
+			if cpu >= len(set)*64 {
+				c = root // no other CPU: next to the root
+			} else {
+				c = cpu
+				cpu++
+			}
+			cpus[t] = c
+		}
+		if err := r.p.PinOn(c); err != nil {
+			b.ss.log.Debug("threads not pinned", "pid", r.pid, "err", err)
+		}
+	}
+}
+
+// parallel is each with fn run on the tracer of each process, the
+// processes of different tracers at the same time: for the stages whose
+// work touches nothing another process's does.
+func (b *Builder) parallel(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
+	return func() error {
+		live := b.running()
+		err := ptrace.Each(len(live), func(i int) *ptrace.Tracer { return live[i].p.Tracer() },
+			func(i int) error {
+				if err := fn(live[i], ctx); err != nil {
+					if live[i] != b.all[0] {
+						return fmt.Errorf("process %d: %w", live[i].pid, err)
+					}
+					return err
+				}
+				return nil
+			})
+		return err
+	}
+}
+
+// ordered is each with fn run on the tracer of each process, one process
+// after the other in the tree's order: for the stages whose work on a
+// process depends on that on the ones before (a file they share is
+// opened by the first, and its description given to the others).
+func (b *Builder) ordered(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
+	return func() error {
+		return inOrder(b.running(), func(r *restorer) error {
+			if err := fn(r, ctx); err != nil {
+				if r != b.all[0] {
+					return fmt.Errorf("process %d: %w", r.pid, err)
+				}
+				return err
+			}
+			return nil
+		})
+	}
+}
+
+// inOrder runs fn for each of rs (built), one after the other, on the
+// tracer of each: a run of processes next to each other in rs that one
+// tracer traces in one go on it. It stops at the first error.
+func inOrder(rs []*restorer, fn func(*restorer) error) error {
+	for i := 0; i < len(rs); {
+		t := rs[i].p.Tracer()
+		j := i + 1
+		for j < len(rs) && rs[j].p.Tracer() == t {
+			j++
+		}
+		err := t.Do(func() error {
+			for _, r := range rs[i:j] {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
