@@ -140,6 +140,20 @@ func netState(t *testing.T, pre []string, pid int) string {
 	return b.String()
 }
 
+// settledNetState is netState once it is want, or after short: the
+// kernel shows a carrier change (the veth's other end plugged in and up
+// at the restore) a moment later (linkwatch defers it up to a second):
+// until then `ip route` says "linkdown" and `ip link` "NO-CARRIER".
+func settledNetState(t *testing.T, pre []string, pid int, want string) string {
+	t.Helper()
+	got := netState(t, pre, pid)
+	for deadline := time.Now().Add(short); got != want && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		got = netState(t, pre, pid)
+	}
+	return got
+}
+
 // echoBack sends s on c and reads it back.
 func echoBack(t *testing.T, c net.Conn, r *bufio.Reader, s string) {
 	t.Helper()
@@ -212,7 +226,7 @@ func TestContainerNetDumpRestore(t *testing.T) {
 		t.Logf("refused: %v", err)
 	}
 	rp := restoreWith(t, dir, p.Log, init, target.RestoreOptions{NetAttach: bridge})
-	if after := netState(t, nil, init); after != before {
+	if after := settledNetState(t, nil, init, before); after != before {
 		t.Errorf("inside after the restore:\n%s\nbefore:\n%s", after, before)
 	}
 	if out := runCmd(t, "ip", "-o", "link", "show", host); !strings.Contains(out, "master "+bridge) || !strings.Contains(out, "state UP") {
@@ -386,7 +400,7 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 			t.Errorf("the client's route after the hook of %s: %s", to, out)
 		}
 		echoBack(t, conn, r, fmt.Sprintf("after hop %d", i+1))
-		if after := netState(t, nil, nodeContainerInit(t, nodePID)); after != before {
+		if after := settledNetState(t, nil, nodeContainerInit(t, nodePID), before); after != before {
 			t.Errorf("inside on %s:\n%s\nbefore, on a:\n%s", to, after, before)
 		}
 		if b, err := os.ReadFile(hook + ".hosts"); err != nil || strings.Count(string(b), "cv0\n") != i+1 {
