@@ -545,8 +545,14 @@ func (th *Thread) loadRegs() error {
 		return fmt.Errorf("get registers of thread %d: %w", th.TID, err)
 	}
 	if rewindSyscall(&th.Regs) {
+		// Regs, not the thread's own yet: written only if something
+		// else changes them (an injection, a restore). A thread detached
+		// untouched keeps the kernel's interrupted call, whose restart
+		// the kernel decides: a signal handled before the thread runs
+		// again ends sigsuspend or pause with EINTR, as it must. Rewound,
+		// the call ran again after the handler, and a shell waiting in
+		// sigsuspend for SIGCHLD never woke (a refused dump of it).
 		th.Restart = "restart"
-		th.regsChanged = true
 	}
 	return nil
 }
