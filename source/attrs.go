@@ -313,7 +313,7 @@ func (d *dumper) collectInjectedAttrs() error {
 // only a thread with CAP_SYS_RESOURCE sets on itself), a core-scheduling
 // cookie (PR_SCHED_CORE: the threads that may share a core; a restore
 // would have to make the same groups). It runs before anything is frozen
-// (refuseDeadline) and again, frozen, for each thread (readSched).
+// (refuseSchedState) and again, frozen, for each thread (readSched).
 func refuseThreadState(pid, tid int) error {
 	if st, err := proc.ReadTaskStat(pid, tid); err == nil && st.Flags&(proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE) == proc.PF_MEMALLOC_NOIO|proc.PF_LOCAL_THROTTLE {
 		return &BadTargetError{PID: pid, Reason: fmt.Sprintf("thread %d is an I/O flusher (PR_SET_IO_FLUSHER), which a restore does not make", tid)}
@@ -344,11 +344,11 @@ func refuseAutogroup(pid int) error {
 	return nil
 }
 
-// refuseDeadline refuses, before anything is frozen, a process a thread
+// refuseSchedState refuses, before anything is frozen, a process a thread
 // of which runs under SCHED_DEADLINE, or has a state refuseThreadState
 // names, or an autogroup with a nice value (the dump checks again,
 // frozen).
-func refuseDeadline(pid int) error {
+func refuseSchedState(pid int) error {
 	if err := refuseAutogroup(pid); err != nil {
 		return err
 	}

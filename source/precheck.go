@@ -167,7 +167,7 @@ func probeFDs(ctx context.Context, opts DumpOptions) error {
 	}
 	var all []*dumper
 	for _, pid := range live {
-		if err := refuseDeadline(pid); err != nil {
+		if err := refuseSchedState(pid); err != nil {
 			return err
 		}
 		d := &dumper{session: ss, pid: pid, proc: &core.Process{}}
