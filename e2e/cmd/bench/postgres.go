@@ -10,13 +10,11 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/procmig/migrate/e2e/cluster"
 	"github.com/procmig/migrate/e2e/pgwire"
-	"github.com/procmig/migrate/e2e/resp"
 )
 
 const pgPort = "5432"
@@ -109,7 +107,7 @@ func startPostgres(ctx context.Context, b *bench, n *cluster.Node) (_ *workload,
 	if _, err := admin.Query("create table t(conn int, id int, primary key (conn, id))"); err != nil {
 		return nil, err
 	}
-	load := &pgLoad{dial: dial, conns: *conns, every: *interval}
+	load := &reqLoad[*pgwire.Conn]{dial: dial, request: pgRequest, conns: *conns, every: *interval}
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -129,12 +127,12 @@ func startPostgres(ctx context.Context, b *bench, n *cluster.Node) (_ *workload,
 		defer pc.Close()
 		// The load goes on: rows inserted before the count, and at most
 		// one more a connection (in flight as it is read).
-		before := load.inserted()
+		before := load.answered()
 		v, err := pc.Value("select count(*) from t")
 		if err != nil {
 			return err
 		}
-		after := load.inserted()
+		after := load.answered()
 		if got, err := strconv.Atoi(v); err != nil || got < before || got > after+max(load.conns, 1) {
 			return fmt.Errorf("%s rows after the move, the client inserted %d to %d", v, before, after)
 		}
@@ -147,119 +145,10 @@ func startPostgres(ctx context.Context, b *bench, n *cluster.Node) (_ *workload,
 	return w, nil
 }
 
-// pgLoad is the postgres scenario's client: conns connections, each an
-// INSERT of its next row and a SELECT count(*) of its rows every every,
-// the count checked. A failed request closes the connection; the next
-// one dials again (and counts as an error).
-type pgLoad struct {
-	dial  func(context.Context) (*pgwire.Conn, error)
-	conns int
-	every time.Duration
-
-	mu     sync.Mutex
-	window resp.Stats
-	total  resp.Stats
-	rows   int // inserted, all connections
-}
-
-func (l *pgLoad) record(f func(*resp.Stats)) {
-	l.mu.Lock()
-	f(&l.window)
-	l.mu.Unlock()
-}
-
-func (l *pgLoad) Window() resp.Stats {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := l.window
-	l.total.Add(w)
-	l.window = resp.Stats{}
-	return w
-}
-
-func (l *pgLoad) Total() resp.Stats {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	t := l.total
-	t.Add(l.window)
-	return t
-}
-
-func (l *pgLoad) inserted() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.rows
-}
-
-func (l *pgLoad) WaitRequests(ctx context.Context, n int, maxWait time.Duration) error {
-	return waitFor(ctx, maxWait, fmt.Sprintf("%d answers of the client", n), func() bool {
-		return l.Total().Requests >= n
-	})
-}
-
-func (l *pgLoad) run(ctx context.Context) {
-	var wg sync.WaitGroup
-	for i := range max(l.conns, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.conn(ctx, i)
-		}()
-	}
-	wg.Wait()
-}
-
-// conn is the loop of connection i.
-func (l *pgLoad) conn(ctx context.Context, i int) {
-	var pc *pgwire.Conn
-	defer func() {
-		if pc != nil {
-			pc.Close()
-		}
-	}()
-	var last time.Time
-	id := 0
-	tick := time.NewTicker(max(l.every, time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if pc == nil {
-			var err error
-			if pc, err = l.dial(ctx); err != nil {
-				l.record(func(s *resp.Stats) { s.Errors++; s.LastErr = err })
-				continue
-			}
-			l.record(func(s *resp.Stats) { s.Connects++ })
-		}
-		id++
-		err := l.request(pc, i, id)
-		now := time.Now()
-		if !last.IsZero() {
-			gap := now.Sub(last)
-			l.record(func(s *resp.Stats) { s.MaxGap = max(s.MaxGap, gap) })
-		}
-		last = now
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			l.record(func(s *resp.Stats) { s.Errors++; s.LastErr = err })
-			pc.Close()
-			pc = nil
-			continue
-		}
-		l.mu.Lock()
-		l.window.Requests++
-		l.rows++
-		l.mu.Unlock()
-	}
-}
-
-func (l *pgLoad) request(pc *pgwire.Conn, conn, id int) error {
+// pgRequest is one request of the postgres scenario's connection conn:
+// an INSERT of its row id and a SELECT count(*) of its rows, which must
+// be id.
+func pgRequest(pc *pgwire.Conn, conn, id int) error {
 	if _, err := pc.Query(fmt.Sprintf("insert into t values (%d, %d)", conn, id)); err != nil {
 		return err
 	}

@@ -366,7 +366,7 @@ func (b *bench) newReport(picked []*scenario) *report {
 		rep.Kernel = strings.TrimSpace(string(out))
 	}
 	for _, sc := range picked {
-		rep.Scenarios = append(rep.Scenarios, &scenarioReport{Name: sc.name, Description: sc.describe(), sc: sc, client: sc.comm == "redis-server"})
+		rep.Scenarios = append(rep.Scenarios, &scenarioReport{Name: sc.name, Description: sc.describe(), sc: sc, client: sc.client})
 	}
 	return rep
 }
@@ -521,6 +521,7 @@ func (rep *report) print(w io.Writer) {
 			}
 		}
 	}
+	rep.printTrees(w)
 	var met, all int
 	var missed []string
 	for _, s := range rep.Scenarios {
@@ -538,6 +539,44 @@ func (rep *report) print(w io.Writer) {
 		fmt.Fprintf(w, "; missed: %s", strings.Join(missed, ", "))
 	}
 	fmt.Fprintln(w)
+}
+
+// printTrees sets each tree's downtime next to the single processes' of
+// the same run (issue 13's aim: within twice a single process's of the
+// same memory size).
+func (rep *report) printTrees(w io.Writer) {
+	type sized struct {
+		name            string
+		procs, rss, dms float64
+	}
+	of := func(s *scenarioReport) (sized, bool) {
+		if s.Live == nil || s.Live.Counted == 0 {
+			return sized{}, false
+		}
+		m := s.Live.Metrics
+		return sized{s.Name, m["processes"].Median, m["rss_mib"].Median, m["downtime_ms"].Median}, m["downtime_ms"].Median > 0
+	}
+	var trees, singles []sized
+	for _, s := range rep.Scenarios {
+		if x, ok := of(s); ok {
+			if s.sc.tree {
+				trees = append(trees, x)
+			} else {
+				singles = append(singles, x)
+			}
+		}
+	}
+	if len(trees) == 0 || len(singles) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\ntrees next to single processes (live downtime, medians):\n")
+	for _, t := range trees {
+		var parts []string
+		for _, s := range singles {
+			parts = append(parts, fmt.Sprintf("%.2fx %s's (%.0f MiB, %.1f ms)", t.dms/s.dms, s.name, s.rss, s.dms))
+		}
+		fmt.Fprintf(w, "  %s (%.0f processes, %.0f MiB) %.1f ms = %s\n", t.name, t.procs, t.rss, t.dms, strings.Join(parts, ", "))
+	}
 }
 
 // write writes the report as JSON to path.

@@ -30,6 +30,9 @@ type scenario struct {
 	flags []string
 	// optIn: not in the default run (-scenarios names it).
 	optIn bool
+	// client: a client on the client node loads it (its gap and errors
+	// are figures).
+	client bool
 }
 
 // target is a figure the project aims at: the median of metric (the
@@ -85,9 +88,10 @@ var allScenarios = []*scenario{
 		targets: []target{{metric: "downtime_ms", max: 20}},
 	},
 	{
-		name:  "redis",
-		comm:  "redis-server",
-		start: startRedis(0),
+		name:   "redis",
+		comm:   "redis-server",
+		start:  startRedis(0),
+		client: true,
 		targets: []target{
 			{metric: "downtime_ms", max: 30},
 			{metric: "client_gap_ms", max: 50},
@@ -97,9 +101,10 @@ var allScenarios = []*scenario{
 	{
 		// Many connections: the downtime should grow slowly with them
 		// (at most twice redis's with one).
-		name:  "redis200",
-		comm:  "redis-server",
-		start: startRedis(redis200Conns),
+		name:   "redis200",
+		comm:   "redis-server",
+		start:  startRedis(redis200Conns),
+		client: true,
 		targets: []target{
 			{metric: "downtime_ms", max: 60},
 			{metric: "client_errors", max: 0, worst: true},
@@ -109,10 +114,23 @@ var allScenarios = []*scenario{
 		// A tree: the postmaster, its auxiliary processes and a backend
 		// per connection, sharing a System V segment and shared
 		// anonymous memory.
-		name:  "postgres",
-		comm:  "postgres",
-		start: startPostgres,
-		tree:  true,
+		name:   "postgres",
+		comm:   "postgres",
+		start:  startPostgres,
+		tree:   true,
+		client: true,
+		targets: []target{
+			{metric: "client_errors", max: 0, worst: true},
+		},
+	},
+	{
+		// A small tree: nginx's master and its 2 workers (as
+		// www-data), a keep-alive client connection held by a worker.
+		name:   "nginx",
+		comm:   "nginx",
+		start:  startNginx,
+		tree:   true,
+		client: true,
 		targets: []target{
 			{metric: "client_errors", max: 0, worst: true},
 		},
@@ -140,6 +158,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connection(s), a SET and a GET of a random key every %v on each", *keys, *conns, *interval)
 	case "postgres":
 		return fmt.Sprintf("PostgreSQL (initdb'd afresh, fsync off), moved as a tree; client on the client node through the service address, %d connection(s), an INSERT and a SELECT count(*) every %v on each", *conns, *interval)
+	case "nginx":
+		return fmt.Sprintf("nginx (a master, 2 workers as www-data), moved as a tree; client on the client node through the service address, %d keep-alive connection(s), a GET of a %d KB file every %v on each", *conns, len(nginxBody)/1000, *interval)
 	case "redis200":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connections, a SET and a GET of a random key every %v on each (redis's load spread over them)", *keys, redis200Conns, *interval*redis200Conns)
 	}
