@@ -61,17 +61,10 @@ func needIP(t *testing.T) {
 // the init's PID here.
 func netContainer(t *testing.T, port int) (*testutil.Proc, int) {
 	t.Helper()
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
-	}
+	unshare := requireUnshare(t)
 	p := testutil.Start(t, unshare, netContainerArgs(t, port)...)
 	p.WaitLine(t, short, 0, "ready")
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	init := kids[0]
+	init := onlyChild(t, p.PID)
 	t.Cleanup(func() {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", init))
 		if err != nil {
@@ -346,21 +339,14 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 		runCmd(t, "ip", "-n", c.Client.NetNS, "route", "replace", "10.232.0.0/24", "via", via.Addr.String())
 	}
 	route(c.A)
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
-	}
+	unshare := requireUnshare(t)
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, netContainerArgs(t, 7072)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Stop()
 	logLineFrom(t, p.Log, 0, "ready")
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	init := kids[0]
+	init := onlyChild(t, p.PID)
 	plugContainer(t, nodeNS(c.A), init, "cv0", "cbr0", "10.232.0.2/24", "10.232.0.1")
 	before := netState(t, nil, init)
 
@@ -376,11 +362,7 @@ ip -o link show "$MIGRATE_NET_HOST" >> %s.links
 	defer conn.Close()
 	r := bufio.NewReader(conn)
 	echoBack(t, conn, r, "on a")
-	levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
-	if len(levels) < 3 {
-		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
-	}
-	nodePID, _ := strconv.Atoi(levels[len(levels)-2])
+	nodePID := nodePIDOf(t, init)
 	for i, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
 		from, to := hop[0], hop[1]
 		// The client sends all along: what reaches the source while the

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -31,10 +30,7 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 	// The targets' pre-resume hooks say which PID the init has there.
 	hookPIDs := filepath.Join(t.TempDir(), "pids")
 	c := newCluster(t, cluster.Options{ServeArgs: []string{"--hook", "pre-resume=echo $MIGRATE_PID >> " + hookPIDs}})
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
-	}
+	unshare := requireUnshare(t)
 	const port = 7074
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, "--pid", "--fork", "--uts", "--ipc",
 		"sh", "-c", `"$0" 0.0.0.0 `+strconv.Itoa(port)+` & "$1" & wait`, testutil.Build(t, "echoserver"), testutil.Build(t, "threads"))
@@ -45,10 +41,7 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 	logLineFrom(t, p.Log, 0, fmt.Sprintf("ready %d", port))
 	logLineFrom(t, p.Log, 0, "ready pid=")
 	waitLogTick(t, p.Log, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
+	init := onlyChild(t, p.PID)
 	// tasks lists the container's processes and threads whose init is
 	// init here: their PIDs in the node and inside.
 	type task struct{ comm, node, inner string }
@@ -83,7 +76,7 @@ func TestContainerLiveOuterPIDsTaken(t *testing.T) {
 		}
 		return out, server
 	}
-	before, _ := tasks(kids[0])
+	before, _ := tasks(init)
 	initNode, _ := strconv.Atoi(before["1"].node)
 	// B's PIDs of the container taken.
 	var holders []int
@@ -214,10 +207,7 @@ func noContainerOn(t *testing.T, n *cluster.Node) {
 // keeps its PIDs (free on B), and the report names the one renumbered.
 func TestContainerLiveOuterPIDsTakenJoin(t *testing.T) {
 	c := newCluster(t, cluster.Options{})
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
-	}
+	unshare := requireUnshare(t)
 	// The counter's heap, sent uncompressed under a bandwidth limit,
 	// makes round 0 last seconds: the fork comes during pre-copy.
 	p, err := c.A.Start(cluster.StartOptions{}, unshare, "--pid", "--fork", "--uts", "--ipc",
@@ -227,16 +217,8 @@ func TestContainerLiveOuterPIDsTakenJoin(t *testing.T) {
 	}
 	defer p.Stop()
 	waitLogTick(t, p.Log, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	init := kids[0]
-	levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
-	if len(levels) < 3 {
-		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
-	}
-	initNode, _ := strconv.Atoi(levels[len(levels)-2])
+	init := onlyChild(t, p.PID)
+	initNode := nodePIDOf(t, init)
 	// PIDs first..first+7 taken on B (a shell's sleeps, each forked
 	// right after ns_last_pid was set below its PID), the newcomer's on
 	// A one of them (ns_last_pid set there just before the signal: the

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,10 +31,7 @@ import (
 // named host, with extra unshare flags and workload arguments.
 func containerArgs(t *testing.T, host string, extra, progArgs []string) (string, []string) {
 	t.Helper()
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
-	}
+	unshare := requireUnshare(t)
 	args := append([]string{"--pid", "--fork", "--uts", "--ipc"}, extra...)
 	return unshare, append(append(args, testutil.Build(t, "container"), host), progArgs...)
 }
@@ -60,12 +58,9 @@ func adoptContainer(t *testing.T, p *testutil.Proc) *container {
 	c := &container{Proc: p}
 	c.WaitLine(t, short, 0, "ready pid=1 child=2")
 	c.WaitTick(t, short, 3)
-	kids := childrenOf(t, c.PID)
+	c.init = onlyChild(t, c.PID)
+	kids := childrenOf(t, c.init)
 	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", c.PID, kids)
-	}
-	c.init = kids[0]
-	if kids = childrenOf(t, c.init); len(kids) != 1 {
 		t.Fatalf("the container's init %d has children %v", c.init, kids)
 	}
 	c.child = kids[0]
@@ -367,20 +362,12 @@ func liveContainerCmd(t *testing.T, c *cluster.Cluster, host, log string, cmd []
 	}
 	logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
 	waitLogTick(t, p.Log, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
+	init := onlyChild(t, p.PID)
 	if started != nil {
-		started(kids[0])
+		started(init)
 	}
 	// The init as node A sees it.
-	levels := strings.Fields(testutil.StatusField(t, kids[0], "NSpid"))
-	if len(levels) < 3 {
-		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
-	}
-	var nodePID int
-	fmt.Sscan(levels[len(levels)-2], &nodePID)
+	nodePID := nodePIDOf(t, init)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, hop := range [][2]*cluster.Node{{c.A, c.B}, {c.B, c.A}} {
@@ -467,4 +454,29 @@ func TestContainerOuterPIDsTaken(t *testing.T) {
 	checkContainerInside(t, c.Log, c.init, c.child, "box-copy", last)
 	containerReport(t, c.Log, rep.PID, "box-copy")
 	r.WaitExit(t, short)
+}
+
+// requireUnshare returns util-linux's unshare, or skips naming it.
+func requireUnshare(t *testing.T) string {
+	t.Helper()
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
+	}
+	return unshare
+}
+
+// nodePIDOf returns the PID in its node of process pid (here) of a
+// container started in a node.
+func nodePIDOf(t *testing.T, pid int) int {
+	t.Helper()
+	levels := strings.Fields(testutil.StatusField(t, pid, "NSpid"))
+	if len(levels) < 3 {
+		t.Fatalf("the PIDs of %d are %v: not in a container in a node", pid, levels)
+	}
+	n, err := strconv.Atoi(levels[len(levels)-2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -26,11 +26,7 @@ func TestContainerThreadedInit(t *testing.T) {
 	p := testutil.Start(t, unshare, "--pid", "--fork", testutil.Build(t, "threads"))
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	init := kids[0]
+	init := onlyChild(t, p.PID)
 	if n := testutil.StatusField(t, init, "Threads"); n != "4" {
 		t.Fatalf("the container's init %d has %s threads, want 4", init, n)
 	}

@@ -32,19 +32,10 @@ func TestContainerLiveChurn(t *testing.T) {
 	defer p.Stop()
 	logLineFrom(t, p.Log, 0, "ready")
 	waitLogTick(t, p.Log, 3)
-	kids := childrenOf(t, p.PID)
-	if len(kids) != 1 {
-		t.Fatalf("unshare %d has children %v", p.PID, kids)
-	}
-	init := kids[0]
+	init := onlyChild(t, p.PID)
 	unix.Kill(init, unix.SIGUSR2)
 	logLineFrom(t, p.Log, 0, "keeper ")
-	levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
-	if len(levels) < 3 {
-		t.Fatalf("the init's PIDs %v: not in a container in a node", levels)
-	}
-	var nodePID int
-	fmt.Sscan(levels[len(levels)-2], &nodePID)
+	nodePID := nodePIDOf(t, init)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	changed := 0 // hops whose pre-copy saw the tree change
@@ -97,8 +88,7 @@ func TestContainerLiveChurn(t *testing.T) {
 		if init == 0 {
 			t.Fatalf("no init of the container on %s: %+v", to, procs)
 		}
-		levels = strings.Fields(testutil.StatusField(t, init, "NSpid"))
-		fmt.Sscan(levels[len(levels)-2], &nodePID)
+		nodePID = nodePIDOf(t, init)
 		// It goes on forking and reaping there, and every keeper (inner
 		// PIDs: what treechurn logs) says it is alive after.
 		waitLogTick(t, p.Log, lastLogTick(t, p.Log)+5)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"io/fs"
 	"path/filepath"
 	"slices"
@@ -114,15 +113,9 @@ func TestContainerFreezerLive(t *testing.T) {
 			defer p.Stop()
 			logLineFrom(t, p.Log, 0, "ready pid=1 child=2")
 			waitLogTick(t, p.Log, 3)
-			kids := childrenOf(t, p.PID)
-			if len(kids) != 1 {
-				t.Fatalf("unshare %d has children %v", p.PID, kids)
-			}
-			init := kids[0]
+			init := onlyChild(t, p.PID)
 			containerInCgroup(t, cg, init)
-			levels := strings.Fields(testutil.StatusField(t, init, "NSpid"))
-			var nodePID int
-			fmt.Sscan(levels[len(levels)-2], &nodePID)
+			nodePID := nodePIDOf(t, init)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			res, err := c.Migrate(ctx, c.A, c.B, nodePID, "--freeze", tc.freeze)
