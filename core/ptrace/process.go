@@ -59,7 +59,13 @@ type Thread struct {
 	Stolen [][]byte
 
 	regsChanged bool
-	stopped     bool
+	// interrupted holds the kernel's own registers of a thread seized
+	// inside an interrupted system call (rax one of the -ERESTART* codes,
+	// orig_rax the call), rewound the registers loadRegs made of them.
+	interrupted, rewound *unix.PtraceRegs
+	// atSyscallStop: an injection left the thread in a syscall stop.
+	atSyscallStop bool
+	stopped       bool
 	// groupStop is the signal that had the thread stopped by job control
 	// when it was seized, 0 if it was running.
 	groupStop unix.Signal
@@ -544,7 +550,10 @@ func (th *Thread) loadRegs() error {
 	if err := unix.PtraceGetRegs(th.TID, &th.Regs); err != nil {
 		return fmt.Errorf("get registers of thread %d: %w", th.TID, err)
 	}
+	kernel := th.Regs
 	if rewindSyscall(&th.Regs) {
+		rewound := th.Regs
+		th.interrupted, th.rewound = &kernel, &rewound
 		// Regs, not the thread's own yet: written only if something
 		// else changes them (an injection, a restore). A thread detached
 		// untouched keeps the kernel's interrupted call, whose restart
@@ -645,7 +654,18 @@ func (p *Proc) detachAll(_ int) error {
 			continue
 		}
 		if th.regsChanged {
-			if err := unix.PtraceSetRegs(th.TID, &th.Regs); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+			regs := &th.Regs
+			if th.atSyscallStop && th.interrupted != nil && th.Regs == *th.rewound {
+				// Injected into, but its registers are its own again:
+				// it gets the kernel's interrupted call back, restarted
+				// or ended as the kernel decides (see backToRestart).
+				if ok, err := p.backToRestart(th); err != nil && first == nil {
+					first = err
+				} else if ok {
+					regs = th.interrupted
+				}
+			}
+			if err := unix.PtraceSetRegs(th.TID, regs); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
 				first = fmt.Errorf("restore registers of thread %d: %w", th.TID, err)
 			}
 		}
@@ -678,6 +698,44 @@ func (p *Proc) detachAll(_ int) error {
 		}
 	}
 	return first
+}
+
+// backToRestart takes th, which an injection left in a syscall stop,
+// back to a stop inside the kernel's signal delivery, where the kernel
+// decides, once the thread goes on, what becomes of the system call the
+// seize interrupted (th.interrupted): run again if no signal handler
+// runs first, else ended by the handler as the call's restart code says
+// (EINTR for pause, sigsuspend, ...). Left in the syscall stop, the
+// thread could only be given the call rewound: run again after a handler
+// too, it waited for ever for the signal it had just handled (a pause
+// ended by a signal sent right after a dump --leave-running). It returns
+// false if th exited.
+//
+// The thread goes on with its registers rewound (the call runs again if
+// anything went wrong) and PTRACE_INTERRUPT pending: on its way out of
+// the syscall stop the kernel meets the pending signal work first and
+// stops it in an event stop (waitEventStop), before it runs a single
+// instruction.
+//
+// Preconditions: on the tracer thread.
+func (p *Proc) backToRestart(th *Thread) (bool, error) {
+	if err := unix.PtraceSetRegs(th.TID, th.rewound); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return false, nil
+		}
+		return false, fmt.Errorf("restore registers of thread %d: %w", th.TID, err)
+	}
+	if err := raw.Ptrace(unix.PTRACE_INTERRUPT, th.TID, 0, 0); err != nil {
+		return false, fmt.Errorf("interrupt thread %d: %w", th.TID, err)
+	}
+	if err := raw.Ptrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
+		return false, fmt.Errorf("continue thread %d: %w", th.TID, err)
+	}
+	ok, err := p.waitEventStop(th)
+	if ok {
+		th.atSyscallStop = false
+	}
+	return ok, err
 }
 
 // Kill kills the process with SIGKILL and waits until every thread is
