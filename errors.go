@@ -67,6 +67,9 @@ const (
 	// RefusedSeccomp: a thread's seccomp state (a filter with a
 	// user-space listener, ...): source.SeccompError.
 	RefusedSeccomp RefusalKind = "seccomp"
+	// RefusedLandlock: a thread sandboxed by Landlock, whose rules cannot
+	// be read or carried: source.LandlockError.
+	RefusedLandlock RefusalKind = "landlock"
 	// RefusedLock: a file lock of the image that another process took
 	// since the dump: target.LockError.
 	RefusedLock RefusalKind = "lock"
@@ -261,6 +264,7 @@ func refusal(err error) *RefusedError {
 		at  *target.AttrError
 		im  *core.ImageError
 		sc  *source.SeccompError
+		ll  *source.LandlockError
 		lk  *target.LockError
 		cg  *target.CgroupError
 		ck  *target.CheckError
@@ -301,6 +305,8 @@ func refusal(err error) *RefusedError {
 		return &RefusedError{Kind: RefusedImage, Err: err}
 	case errors.As(err, &sc):
 		return &RefusedError{Kind: RefusedSeccomp, PID: sc.PID, Err: err}
+	case errors.As(err, &ll):
+		return &RefusedError{Kind: RefusedLandlock, PID: ll.PID, Err: err}
 	case errors.As(err, &lk):
 		return &RefusedError{Kind: RefusedLock, PID: lk.PID, Err: err}
 	case errors.As(err, &cg):

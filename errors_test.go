@@ -34,6 +34,7 @@ func TestErrors(t *testing.T) {
 		{&target.AttrError{PID: 13, Attr: "nice"}, refusedAs(RefusedAttribute, 13)},
 		{&target.VDSOMismatchError{Reason: "size"}, refusedAs(RefusedVDSO, 0)},
 		{wrap(&source.SeccompError{PID: 16, TID: 16, Filter: 0, Reason: "a user-space listener"}), refusedAs(RefusedSeccomp, 16)},
+		{wrap(&source.LandlockError{PID: 17, TID: 18}), refusedAs(RefusedLandlock, 17)},
 		{&target.LockError{PID: 17, FD: 3, Path: "/tmp/l", Holder: 99}, refusedAs(RefusedLock, 17)},
 		{&target.CgroupError{PID: 18, Path: "/gone", Reason: "no such cgroup"}, refusedAs(RefusedCgroup, 18)},
 		{&target.AuditError{PID: 21, Want: core.Audit{LoginUID: 1}}, refusedAs(RefusedAudit, 21)},

@@ -239,6 +239,10 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 	if err := precheckMappings(opts); err != nil {
 		return nil, err
 	}
+	// The probes of the Landlock test, started before the freeze.
+	var landlock landlockProbes
+	landlock.prepare(opts.PID)
+	defer landlock.close()
 	if err := os.MkdirAll(filepath.Join(ss.dir, core.FilesDir), 0o700); err != nil {
 		return nil, fmt.Errorf("image directory: %w", err)
 	}
@@ -348,7 +352,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 
 	// The state, in phases (frozen.go). A lock whose process is to die
 	// outlives this dump: the restore removes it.
-	f := &frozenState{ss: ss, all: all, cu: &cu, frozen: frozen,
+	f := &frozenState{ss: ss, all: all, cu: &cu, frozen: frozen, landlock: &landlock,
 		networkStep: "tcp repair", memoryStep: "memory"}
 	f.lockNetwork = func() error {
 		// The listening ports are locked too when connections are (the

@@ -66,6 +66,10 @@ type frozenState struct {
 	keepTracking bool
 	// frozen is when the processes were frozen.
 	frozen time.Time
+	// landlock, if set, has every process tested for Landlock after the
+	// read phase (checkLandlock), a dump's; a live migration tests each
+	// as its tracking starts.
+	landlock *landlockProbes
 	// steps name the phases in the report (Step); the read and injected
 	// phases are "read state" and "injected calls" for both callers. An
 	// empty name laps nothing: the time goes to the next step. The
@@ -87,6 +91,9 @@ type frozenState struct {
 // for the caller's rollback (cu, or its own) to undo.
 func (f *frozenState) collect(ctx context.Context) error {
 	if err := f.read(ctx); err != nil {
+		return err
+	}
+	if err := f.testLandlock(); err != nil {
 		return err
 	}
 	if err := f.network(); err != nil {
@@ -246,6 +253,22 @@ func (f *frozenState) network() error {
 		ss.lap(f.networkStep)
 	}
 	return nil
+}
+
+// testLandlock refuses a process sandboxed by Landlock (f.landlock):
+// after the read phase, which changes nothing in the processes, so what
+// it refuses is refused first; before the network lock.
+func (f *frozenState) testLandlock() error {
+	if f.landlock == nil {
+		return nil
+	}
+	return eachProcess(f.all, func(d *dumper) error {
+		why, err := checkLandlock(d.p, f.landlock)
+		if why != "" {
+			d.log.Info("Landlock not tested", "pid", d.pid, "reason", why)
+		}
+		return err
+	})
 }
 
 // injected is phase 3: the injected calls, with a scratch page for their

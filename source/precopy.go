@@ -400,6 +400,9 @@ func (d *dumper) armSink() {
 // target maps the areas ahead: the final layout is read frozen.
 func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
 	early, _ := proc.ReadSmaps(d.pid)
+	var lp landlockProbes
+	lp.prepare(d.pid)
+	defer lp.close()
 	t := time.Now()
 	var held time.Duration
 	p, err := d.tr.Seize(d.pid)
@@ -419,6 +422,12 @@ func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
 	laid := time.Since(t)
 	if err == nil {
 		err = p.FindGadget()
+	}
+	if err == nil {
+		var why string
+		if why, err = checkLandlock(p, &lp); why != "" {
+			d.log.Info("Landlock not tested", "pid", d.pid, "reason", why)
+		}
 	}
 	if err == nil {
 		err = track.StartRunning(d.tracker, p, vmas, detach)

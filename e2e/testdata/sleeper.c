@@ -1,6 +1,6 @@
 /* sleeper: sleeps in one blocking system call, then reports how it ended.
  *
- *   sleeper rel|abs|poll|pause|ioflusher|corecookie
+ *   sleeper rel|abs|poll|pause|ioflusher|corecookie|landlock|landlockthread
  *
  * rel    nanosleep 3 s:                       "slept rc=R errno=E ms=M"
  * abs    clock_nanosleep to now+3 s absolute: "slept rc=R late_ms=L"
@@ -9,11 +9,53 @@
  * ioflusher, corecookie: pause, made an I/O flusher (PR_SET_IO_FLUSHER)
  *        or given a core-scheduling cookie (PR_SCHED_CORE) first; if the
  *        kernel refuses, "skip REASON" and exit 77.
+ * landlock, landlockthread: pause, sandboxed by Landlock first (a ruleset
+ *        that forbids creating regular files, no rule): the process, or
+ *        only a second thread (which then waits with SIGUSR1 blocked); if
+ *        the kernel has no Landlock, "skip REASON" and exit 77.
  * It logs "sleeping pid=P" first and exits 0 if the call ended as it would
  * have without a dump (no EINTR, not early), else 1. */
 #include "common.h"
 #include <poll.h>
+#include <pthread.h>
 #include <sys/prctl.h>
+
+/* Landlock's uapi, as linux/landlock.h has it (Linux 5.13). */
+struct ll_ruleset_attr { uint64_t handled_access_fs; };
+#define LL_ACCESS_FS_MAKE_REG (1ULL << 8)
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_restrict_self 446
+#endif
+
+/* landlock sandboxes the calling thread; 0, or -1 with errno set. */
+static int landlock(void)
+{
+	struct ll_ruleset_attr attr = { .handled_access_fs = LL_ACCESS_FS_MAKE_REG };
+	int fd = syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+	if (fd < 0)
+		return -1;
+	int rc = syscall(SYS_landlock_restrict_self, fd, 0);
+	int e = errno;
+	close(fd);
+	errno = e;
+	return rc;
+}
+
+static volatile int thread_locked; /* 1 sandboxed, -errno failed */
+
+static void *locked_thread(void *arg)
+{
+	(void)arg;
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	thread_locked = landlock() ? -errno : 1;
+	for (;;)
+		pause();
+	return NULL;
+}
 
 static volatile sig_atomic_t handled;
 static void on_usr1(int sig) { (void)sig; handled = 1; }
@@ -40,6 +82,25 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "corecookie")) {
 		if (prctl(62 /* PR_SCHED_CORE */, 1 /* CREATE */, 0, 0 /* PIDTYPE_PID */, 0)) {
 			say("skip PR_SCHED_CORE: %s (core scheduling needs SMT and CONFIG_SCHED_CORE)", strerror(errno));
+			return 77;
+		}
+		argv[1] = "pause";
+	}
+	if (!strcmp(argv[1], "landlock")) {
+		if (landlock()) {
+			say("skip Landlock: %s (CONFIG_SECURITY_LANDLOCK, and landlock in the lsm= list)", strerror(errno));
+			return 77;
+		}
+		argv[1] = "pause";
+	}
+	if (!strcmp(argv[1], "landlockthread")) {
+		pthread_t th;
+		if (pthread_create(&th, NULL, locked_thread, NULL))
+			return 2;
+		while (!thread_locked)
+			usleep(1000);
+		if (thread_locked < 0) {
+			say("skip Landlock: %s (CONFIG_SECURITY_LANDLOCK, and landlock in the lsm= list)", strerror(-thread_locked));
 			return 77;
 		}
 		argv[1] = "pause";

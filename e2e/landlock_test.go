@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/internal/testutil"
+	"github.com/procmig/migrate/source"
+	"github.com/procmig/migrate/transport"
+)
+
+// startLandlocked starts the sleeper sandboxed by Landlock (mode landlock:
+// the process; landlockthread: a second thread alone), or skips naming
+// what the kernel lacks.
+func startLandlocked(t *testing.T, mode string) *testutil.Proc {
+	t.Helper()
+	p := testutil.Start(t, testutil.Build(t, "sleeper"), mode)
+	var line string
+	testutil.WaitFor(t, short, "the sleeper to start or give up", func() bool {
+		for _, l := range p.Lines(t) {
+			if strings.HasPrefix(l, "sleeping") || strings.HasPrefix(l, "skip") {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if reason, ok := strings.CutPrefix(line, "skip "); ok {
+		t.Skipf("no Landlock sandbox to test: %s", reason)
+	}
+	return p
+}
+
+// wantLandlockRefusal checks err refuses p (the thread that is sandboxed:
+// the leader, or with thread another) and that p runs on untouched: not
+// traced, and its pause ends by the SIGUSR1 it handles, as it would have
+// without the attempt.
+func wantLandlockRefusal(t *testing.T, p *testutil.Proc, err error, thread bool) {
+	t.Helper()
+	var le *source.LandlockError
+	if !errors.As(err, &le) || le.PID != p.PID || (le.TID == p.PID) == thread {
+		t.Fatalf("%v (%T), want a *source.LandlockError for process %d (a thread other than the leader: %v)", err, err, p.PID, thread)
+	}
+	t.Logf("refused: %v", err)
+	checkRunningUntraced(t, p.PID)
+	p.Signal(t, unix.SIGUSR1)
+	if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("the refused process ended with %v, want exit 0 (its pause ended by the signal it handles)", ws)
+	}
+}
+
+// TestLandlockRefused: a process sandboxed by Landlock, whole or in one
+// thread, is refused by a dump (once frozen, before any change) and by a
+// live migration (as its tracking starts, before a page is sent): its
+// rules cannot be read, and a restore without them would give it more
+// access than it has. It runs on as before. The same process unsandboxed,
+// as root or as another user, is not refused.
+func TestLandlockRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	addr := startServe(t)
+	for _, tc := range []struct {
+		mode   string
+		thread bool
+	}{{"landlock", false}, {"landlockthread", true}} {
+		t.Run("dump "+tc.mode, func(t *testing.T) {
+			p := startLandlocked(t, tc.mode)
+			_, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), Logger: testLogger(t)})
+			wantLandlockRefusal(t, p, err, tc.thread)
+		})
+		t.Run("live "+tc.mode, func(t *testing.T) {
+			p := startLandlocked(t, tc.mode)
+			rounds := 0
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rep, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: addr, Transport: transport.Config{Insecure: true},
+				Logger: testLogger(t), Progress: func(source.RoundReport) { rounds++ }})
+			if rounds != 0 || rep != nil && len(rep.Rounds) != 0 {
+				t.Errorf("%d rounds (report %+v): the refusal must come before any page is sent", rounds, rep)
+			}
+			wantLandlockRefusal(t, p, err, tc.thread)
+		})
+	}
+	for _, as := range []struct {
+		name string
+		cred *syscall.Credential
+	}{{"root", nil}, {"nobody", &syscall.Credential{Uid: 65534, Gid: 65534}}} {
+		t.Run("unsandboxed "+as.name, func(t *testing.T) {
+			// A directory every user can enter (t.TempDir's parent is 0700).
+			cwd, err := os.MkdirTemp("", "migrate-cwd-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(cwd) })
+			if err := os.Chmod(cwd, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			p := testutil.StartWith(t, testutil.Options{Dir: cwd, Credential: as.cred}, testutil.Build(t, "sleeper"), "pause")
+			p.WaitLine(t, short, 0, "sleeping")
+			if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: testLogger(t)}); err != nil {
+				t.Fatalf("dump: %v", err)
+			}
+			p.Signal(t, unix.SIGUSR1)
+			if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Errorf("the process ended with %v, want exit 0", ws)
+			}
+		})
+	}
+}
