@@ -87,6 +87,32 @@ func TestLandlockRefused(t *testing.T) {
 			wantLandlockRefusal(t, p, err, tc.thread)
 		})
 	}
+	t.Run("dump container", func(t *testing.T) {
+		// The sleeper as the init of a container (its PID namespace, its
+		// UTS and IPC): the probe is started in that PID namespace.
+		p := testutil.Start(t, requireUnshare(t), "--pid", "--fork", "--uts", "--ipc", testutil.Build(t, "sleeper"), "landlock")
+		testutil.WaitFor(t, short, "the sleeper to start or give up", func() bool {
+			return len(p.Lines(t)) > 0
+		})
+		if reason, ok := strings.CutPrefix(p.Lines(t)[0], "skip "); ok {
+			t.Skipf("no Landlock sandbox to test: %s", reason)
+		}
+		init := onlyChild(t, p.PID)
+		_, err := source.Dump(context.Background(), source.DumpOptions{PID: init, Dir: t.TempDir(), Logger: testLogger(t)})
+		var le *source.LandlockError
+		if !errors.As(err, &le) || le.PID != init {
+			t.Fatalf("%v (%T), want a *source.LandlockError for process %d", err, err, init)
+		}
+		t.Logf("refused: %v", err)
+		checkRunningUntraced(t, init)
+		for _, pid := range childrenOf(t, init) {
+			t.Errorf("a process %d left in the container", pid)
+		}
+		unix.Kill(init, unix.SIGUSR1)
+		if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Errorf("the refused container ended with %v, want exit 0", ws)
+		}
+	})
 	for _, as := range []struct {
 		name string
 		cred *syscall.Credential

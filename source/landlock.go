@@ -14,6 +14,7 @@ import (
 
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/osthread"
 )
 
 // LandlockError refuses a thread sandboxed by Landlock. Nothing shows its
@@ -59,43 +60,73 @@ var landlockABI = sync.OnceValue(func() int {
 const kcmpVM = 1 // KCMP_VM
 
 // landlockUnchecked says why process pid cannot be tested for Landlock
-// here, or "" if it can: the probe is started in migrate's PID and user
-// namespaces, where the process must be to see it.
+// here, or "" if it can: the probe must be in its user namespace, and
+// migrate can put it only in its own (a process cannot enter another
+// user namespace once it has threads).
 func landlockUnchecked(pid int) string {
-	for _, ns := range []string{"pid", "user"} {
-		mine, err1 := os.Readlink("/proc/self/ns/" + ns)
-		its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
-		if err1 != nil || err2 != nil || mine != its {
-			return "in a " + ns + " namespace of its own"
-		}
+	mine, err1 := os.Readlink("/proc/self/ns/user")
+	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+	if err1 != nil || err2 != nil || mine != its {
+		return "in a user namespace of its own"
 	}
 	return ""
 }
 
-// landlockProbes are the probes of Landlock tests, one for each real
-// user and group tested.
-type landlockProbes struct {
-	mu sync.Mutex // processes are tested on several tracers at once
-	m  map[[2]uint32]*exec.Cmd
+// landlockProbe is a running probe.
+type landlockProbe struct {
+	cmd *exec.Cmd
+	// nspid is its PID in the PID namespace it was started in.
+	nspid int
+	// stop ends it; done is closed once it is reaped.
+	stop chan struct{}
+	done chan error
 }
 
-// get returns the probe with real IDs uid and gid, started if need be.
-func (lp *landlockProbes) get(uid, gid uint32) (*exec.Cmd, error) {
+// probePIDs are the probes running, by PID here: not processes of the
+// namespaces they are in (processesIn leaves them out), for the time they
+// live.
+var probePIDs sync.Map
+
+// isLandlockProbe says whether pid is a probe of migrate's.
+func isLandlockProbe(pid int) bool {
+	_, ok := probePIDs.Load(pid)
+	return ok
+}
+
+// landlockProbes are the probes of Landlock tests, one for each PID
+// namespace and real user and group tested.
+type landlockProbes struct {
+	mu sync.Mutex // processes are tested on several tracers at once
+	m  map[probeKey]*landlockProbe
+}
+
+type probeKey struct {
+	pidns    string // as /proc/PID/ns/pid names it
+	uid, gid uint32
+}
+
+// get returns the probe in the PID namespace of process pid with real
+// IDs uid and gid, started if need be.
+func (lp *landlockProbes) get(pid int, uid, gid uint32) (*landlockProbe, error) {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
 	if lp.m == nil {
-		lp.m = map[[2]uint32]*exec.Cmd{}
+		lp.m = map[probeKey]*landlockProbe{}
 	}
-	ids := [2]uint32{uid, gid}
-	if c := lp.m[ids]; c != nil {
-		return c, nil
+	k := probeKey{ns, uid, gid}
+	if pr := lp.m[k]; pr != nil {
+		return pr, nil
 	}
-	c, err := startLandlockProbe(uid, gid)
+	pr, err := startLandlockProbe(pid, ns, uid, gid)
 	if err != nil {
 		return nil, err
 	}
-	lp.m[ids] = c
-	return c, nil
+	lp.m[k] = pr
+	return pr, nil
 }
 
 // prepare starts the probes the threads of process pid need, if it can
@@ -108,7 +139,7 @@ func (lp *landlockProbes) prepare(pid int) {
 	tids, _ := proc.ReadTIDs(pid)
 	for _, tid := range tids {
 		if st, err := proc.ReadTaskStatus(pid, tid); err == nil {
-			lp.get(st.UID[0], st.GID[0])
+			lp.get(pid, st.UID[0], st.GID[0])
 		}
 	}
 }
@@ -117,10 +148,10 @@ func (lp *landlockProbes) prepare(pid int) {
 func (lp *landlockProbes) close() {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
-	for ids, c := range lp.m {
-		c.Process.Kill()
-		c.Wait()
-		delete(lp.m, ids)
+	for k, pr := range lp.m {
+		close(pr.stop)
+		<-pr.done
+		delete(lp.m, k)
 	}
 }
 
@@ -136,12 +167,17 @@ func checkLandlock(p *ptrace.Proc, lp *landlockProbes) (unchecked string, err er
 	if why := landlockUnchecked(p.PID); why != "" {
 		return why, nil
 	}
+	// The PIDs kcmp takes are those of the process's PID namespace.
+	st, err := proc.ReadStatus(p.PID)
+	if err != nil || len(st.NSpid) == 0 {
+		return "", fmt.Errorf("process %d: its PID in its namespace: %v", p.PID, err)
+	}
+	self := uint64(st.NSpid[len(st.NSpid)-1])
 	// kcmp at all: the process against itself.
-	self := uint64(p.PID)
 	if _, err := p.Syscall(p.Leader(), "kcmp", unix.SYS_KCMP, self, self, kcmpVM, 0, 0); err != nil {
 		var se *ptrace.SyscallError
 		if errors.As(err, &se) {
-			return fmt.Sprintf("kcmp fails in it (%v): a seccomp filter, or a kernel without CONFIG_KCMP", se.Errno), nil
+			return fmt.Sprintf("kcmp fails in it (%v): a kernel without CONFIG_KCMP?", se.Errno), nil
 		}
 		return "", err
 	}
@@ -151,11 +187,11 @@ func checkLandlock(p *ptrace.Proc, lp *landlockProbes) (unchecked string, err er
 			return "", fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		uid, gid := st.UID[0], st.GID[0]
-		c, err := lp.get(uid, gid)
+		pr, err := lp.get(p.PID, uid, gid)
 		if err != nil {
 			return "", err
 		}
-		_, err = p.Syscall(th, "kcmp", unix.SYS_KCMP, self, uint64(c.Process.Pid), kcmpVM, 0, 0)
+		_, err = p.Syscall(th, "kcmp", unix.SYS_KCMP, self, uint64(pr.nspid), kcmpVM, 0, 0)
 		var se *ptrace.SyscallError
 		switch {
 		case err == nil:
@@ -168,15 +204,20 @@ func checkLandlock(p *ptrace.Proc, lp *landlockProbes) (unchecked string, err er
 	return "", nil
 }
 
-// startLandlockProbe starts a process in no Landlock domain, with real,
-// effective and saved IDs uid and gid, no supplementary groups and no
-// capabilities (as uid 0 too: the probe drops them first); it is killed
-// if migrate dies. It is a program of its own (probeProgram), run from a
-// memfd: no file of the host is needed. It returns once the probe runs
-// with no capabilities (Start returns once it ran exec: before, it was a
-// copy of migrate, not dumpable once its IDs changed, and kcmp against it
-// would fail for that).
-func startLandlockProbe(uid, gid uint32) (*exec.Cmd, error) {
+// startLandlockProbe starts a process in no Landlock domain, in the PID
+// namespace ns of process pid, with real, effective and saved IDs uid
+// and gid, no supplementary groups and no capabilities (as uid 0 too:
+// the probe drops them first). It is a program of its own (probeProgram),
+// run from a memfd: no file of the host is needed. It returns once the
+// probe runs with no capabilities (Start returns once it ran exec:
+// before, it was a copy of migrate, not dumpable once its IDs changed,
+// and kcmp against it would fail for that).
+//
+// The probe is started from an OS thread of its own, which enters ns
+// first (its children are born there) and lives as long as the probe:
+// the probe dies with it (its PR_SET_PDEATHSIG), so that none is left
+// behind in a container if migrate dies.
+func startLandlockProbe(pid int, ns string, uid, gid uint32) (*landlockProbe, error) {
 	fd, err := unix.MemfdCreate("migrate-landlock-probe", unix.MFD_CLOEXEC|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) { // before Linux 6.3: no MFD_EXEC, executable anyway
 		fd, err = unix.MemfdCreate("migrate-landlock-probe", unix.MFD_CLOEXEC)
@@ -189,33 +230,65 @@ func startLandlockProbe(uid, gid uint32) (*exec.Cmd, error) {
 	if _, err := f.Write(probeProgram()); err != nil {
 		return nil, fmt.Errorf("Landlock test: memfd for the probe: %w", err)
 	}
-	// The child runs exec with the fd still open: close-on-exec closes it
-	// after the kernel opened the program.
-	c := exec.Command(fmt.Sprintf("/proc/self/fd/%d", fd))
-	c.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}},
-		Pdeathsig:  syscall.SIGKILL,
-	}
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("Landlock test: start a probe as uid %d gid %d: %w", uid, gid, err)
+	mine, _ := os.Readlink("/proc/self/ns/pid")
+	pr := &landlockProbe{stop: make(chan struct{}), done: make(chan error, 1)}
+	started := make(chan error, 1)
+	osthread.Go(func() {
+		if ns != mine {
+			nsfd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/pid", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err == nil {
+				err = unix.Setns(nsfd, unix.CLONE_NEWPID)
+				unix.Close(nsfd)
+			}
+			if err != nil {
+				started <- fmt.Errorf("Landlock test: enter the PID namespace of process %d: %w", pid, err)
+				return
+			}
+		}
+		// The child runs exec with the fd still open: close-on-exec
+		// closes it after the kernel opened the program.
+		c := exec.Command(fmt.Sprintf("/proc/self/fd/%d", fd))
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}
+		if err := c.Start(); err != nil {
+			started <- fmt.Errorf("Landlock test: start a probe as uid %d gid %d: %w", uid, gid, err)
+			return
+		}
+		probePIDs.Store(c.Process.Pid, true)
+		pr.cmd = c
+		started <- nil
+		<-pr.stop
+		c.Process.Kill()
+		pr.done <- c.Wait()
+		probePIDs.Delete(c.Process.Pid)
+	})
+	if err := <-started; err != nil {
+		return nil, err
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		st, err := proc.ReadStatus(c.Process.Pid)
-		if err == nil && st.CapPrm == 0 && st.CapEff == 0 && st.UID[0] == uid && st.GID[0] == gid {
-			return c, nil
+		st, err := proc.ReadStatus(pr.cmd.Process.Pid)
+		if err == nil && st.CapPrm == 0 && st.CapEff == 0 && st.UID[0] == uid && st.GID[0] == gid && len(st.NSpid) > 0 {
+			pr.nspid = st.NSpid[len(st.NSpid)-1]
+			return pr, nil
 		}
 		if err != nil || time.Now().After(deadline) {
-			c.Process.Kill()
-			c.Wait()
-			return nil, fmt.Errorf("Landlock test: the probe as uid %d gid %d did not drop its capabilities (%v)", uid, gid, err)
+			close(pr.stop)
+			werr := <-pr.done
+			return nil, fmt.Errorf("Landlock test: the probe as uid %d gid %d did not drop its capabilities (%v, %v)", uid, gid, err, werr)
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
 }
 
-// probeCode is the probe's code (x86-64): capset(2) to no capability at
-// all, then pause(2) for ever; exit(1) if capset fails.
+// probeCode is the probe's code (x86-64): prctl(PR_SET_PDEATHSIG,
+// SIGKILL), so that it dies with the thread that started it; capset(2) to
+// no capability at all (exit(1) if that fails); then pause(2) for ever.
+// (Go's own Pdeathsig cannot be used: its child checks its parent is the
+// same after the prctl, and a child in another PID namespace sees none.)
 //
+//	mov  edi, 1                   ; PR_SET_PDEATHSIG
+//	mov  esi, 9                   ; SIGKILL
+//	mov  eax, 157                 ; prctl
+//	syscall
 //	sub  rsp, 64
 //	mov  dword [rsp], 0x20080522  ; _LINUX_CAPABILITY_VERSION_3
 //	xor  eax, eax
@@ -242,13 +315,14 @@ func startLandlockProbe(uid, gid uint32) (*exec.Cmd, error) {
 //	mov  eax, 231                 ; exit_group
 //	syscall
 var probeCode = []byte{
-	0x48, 0x83, 0xec, 0x40, 0xc7, 0x04, 0x24, 0x22, 0x05, 0x08, 0x20, 0x31,
-	0xc0, 0x89, 0x44, 0x24, 0x04, 0x48, 0x89, 0x44, 0x24, 0x08, 0x48, 0x89,
-	0x44, 0x24, 0x10, 0x48, 0x89, 0x44, 0x24, 0x18, 0x48, 0x89, 0xe7, 0x48,
-	0x8d, 0x74, 0x24, 0x08, 0xb8, 0x7e, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48,
-	0x85, 0xc0, 0x75, 0x09, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb,
-	0xf7, 0xbf, 0x01, 0x00, 0x00, 0x00, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f,
-	0x05,
+	0xbf, 0x01, 0x00, 0x00, 0x00, 0xbe, 0x09, 0x00, 0x00, 0x00, 0xb8, 0x9d,
+	0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x83, 0xec, 0x40, 0xc7, 0x04, 0x24,
+	0x22, 0x05, 0x08, 0x20, 0x31, 0xc0, 0x89, 0x44, 0x24, 0x04, 0x48, 0x89,
+	0x44, 0x24, 0x08, 0x48, 0x89, 0x44, 0x24, 0x10, 0x48, 0x89, 0x44, 0x24,
+	0x18, 0x48, 0x89, 0xe7, 0x48, 0x8d, 0x74, 0x24, 0x08, 0xb8, 0x7e, 0x00,
+	0x00, 0x00, 0x0f, 0x05, 0x48, 0x85, 0xc0, 0x75, 0x09, 0xb8, 0x22, 0x00,
+	0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7, 0xbf, 0x01, 0x00, 0x00, 0x00, 0xb8,
+	0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05,
 }
 
 // probeProgram is the probe: a static ELF executable of one loadable

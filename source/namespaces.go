@@ -119,13 +119,15 @@ func findInit(ns string) int {
 	return 0
 }
 
-// processesIn lists the processes of namespace ns of kind.
+// processesIn lists the processes of namespace ns of kind, but for
+// migrate's own Landlock probes (a container's PID namespace has one
+// while its processes are tested).
 func processesIn(kind, ns string) []int {
 	ents, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || isLandlockProbe(pid) {
 			continue
 		}
 		if l, err := nsLink(e.Name(), kind); err == nil && l == ns {
