@@ -5,11 +5,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -48,6 +50,12 @@ func (r *restorer) restoreState(context.Context) error {
 			return sa == core.Sigaction{Handler: handler}
 		}
 	}
+	// In one batch, each action from its 32 bytes of the scratch area,
+	// but SIGTRAP's: the batch ends on a SIGTRAP, which the kernel makes
+	// SIG_DFL if it is ignored by then (see ptrace.SyscallBatch).
+	var acts []byte
+	var calls []ptrace.Call
+	var trap *ptrace.Call
 	for i, sa := range p.Sigactions {
 		sig := i + 1
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || asHusk != nil && asHusk(sig, sa) {
@@ -58,12 +66,26 @@ func (r *restorer) restoreState(context.Context) error {
 		le.PutUint64(b[8:], sa.Flags)
 		le.PutUint64(b[16:], sa.Restorer)
 		le.PutUint64(b[24:], sa.Mask)
-		addr, err := r.put(0, b[:])
-		if err != nil {
+		c := ptrace.Call{Name: "rt_sigaction(" + strconv.Itoa(sig) + ")", Nr: unix.SYS_RT_SIGACTION,
+			Args: [6]uint64{uint64(sig), r.scratch + uint64(len(acts)), 0, 8}}
+		acts = append(acts, b[:]...)
+		if sig == int(unix.SIGTRAP) {
+			trap = &c
+			continue
+		}
+		calls = append(calls, c)
+	}
+	if len(acts) > 0 {
+		if _, err := r.put(0, acts); err != nil {
 			return err
 		}
-		if _, err := r.sys("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), addr, 0, 8); err != nil {
-			return fmt.Errorf("signal %d: %w", sig, err)
+	}
+	if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, calls); err != nil {
+		return err
+	}
+	if trap != nil {
+		if _, err := r.sys(trap.Name, trap.Nr, trap.Args[:4]...); err != nil {
+			return err
 		}
 	}
 	if _, err := r.sys("umask", unix.SYS_UMASK, uint64(p.Umask)); err != nil {
@@ -363,9 +385,10 @@ func (r *restorer) restoreThreads(context.Context) error {
 	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(r.agentFD)); err != nil {
 		return err
 	}
-	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
+	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchMapped); err != nil {
 		return err
 	}
+	r.p.ForgetBatchCode()
 	// Scheduling last: no call is injected into the threads after it
 	// (one of SCHED_IDLE would run it slowly).
 	for _, t := range p.Threads {
