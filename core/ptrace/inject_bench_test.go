@@ -16,7 +16,9 @@ func BenchmarkSyscall(b *testing.B) { benchSyscall(b, false) }
 // to the CPU the tracee last ran on.
 func BenchmarkSyscallPinned(b *testing.B) { benchSyscall(b, true) }
 
-func benchSyscall(b *testing.B, pin bool) {
+// benchTracee starts sleep, seized and with its syscall gadget found; a
+// cleanup detaches and kills it.
+func benchTracee(b *testing.B) (*exec.Cmd, *Tracer, *Proc) {
 	if unix.Geteuid() != 0 {
 		b.Skip("needs root (ptrace of other processes)")
 	}
@@ -24,17 +26,22 @@ func benchSyscall(b *testing.B, pin bool) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	t := NewTracer()
-	defer t.Close()
+	b.Cleanup(t.Close)
 	p, err := t.Seize(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Detach()
+	b.Cleanup(func() { p.Detach() })
 	if err := p.FindGadget(); err != nil {
 		b.Fatal(err)
 	}
+	return cmd, t, p
+}
+
+func benchSyscall(b *testing.B, pin bool) {
+	cmd, t, p := benchTracee(b)
 	if pin {
 		cpu, err := LastCPU(cmd.Process.Pid)
 		if err != nil {
@@ -82,24 +89,7 @@ func BenchmarkSigactions(b *testing.B) {
 }
 
 func benchSigactions(b *testing.B, batched bool) {
-	if unix.Geteuid() != 0 {
-		b.Skip("needs root (ptrace of other processes)")
-	}
-	cmd := exec.Command("sleep", "30")
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	t := NewTracer()
-	defer t.Close()
-	p, err := t.Seize(cmd.Process.Pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Detach()
-	if err := p.FindGadget(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, _, p := benchTracee(b)
 	th := p.Leader()
 	scratch, err := p.Syscall(th, "mmap", unix.SYS_MMAP, 0, 4*4096,
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
