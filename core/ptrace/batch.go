@@ -37,20 +37,28 @@ import (
 //     sees even ignored signals); legacy_queue drops it if a SIGTRAP is
 //     already pending in the thread's queue, and the thread would then run
 //     on past the int3 into whatever follows: the batch is not run when a
-//     SIGTRAP is pending (SigPnd, and ShdPnd to be safe). The queue entry is
+//     SIGTRAP is pending (SigPnd, and ShdPnd to be safe; one not blocked
+//     would be met, and kept, as the thread resumes, before the code runs:
+//     a rare case, left to the slow path). The queue entry is
 //     allocated with the rlimit overridden (a kernel signal) and counted in
 //     the user's pending signals only until it is dequeued; signalfd_notify
 //     wakes readers of a signalfd of this process's threads (all stopped);
 //     complete_signal never makes a fatal signal of it for a traced task.
 //   - do_trap records the trap in the thread (thread.trap_nr = 3,
 //     error_code = 0): what a later signal frame's sigcontext shows as
-//     trapno and err until the next trap; nothing else reads them.
+//     trapno and err until the next trap; nothing else reads them. It logs
+//     nothing (show_signal: a traced task's signal is not "unhandled"). In
+//     a process with uprobes the die notifier takes the int3 instead and
+//     handle_swbp, finding no uprobe at a real int3, forces the same
+//     SIGTRAP with the same rip.
 //   - get_signal dequeues it first (a synchronous signal from the kernel)
 //     and stops the thread in a signal-delivery stop; resumed with no
 //     signal (ptrace_signal), it is discarded: never delivered, nothing
 //     left queued.
 //
-// Any other signal met on the way is the process's: kept in th.Stolen as
+// The code makes no call and no return (nothing for a shadow stack to
+// check) and touches no memory but the table. Any other signal met on the
+// way is the process's: kept in th.Stolen as
 // Syscall keeps them, given back on detach. A thread where the batch may not
 // run gets the calls one by one (Syscall's way: the same results, slower).
 
