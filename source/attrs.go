@@ -229,16 +229,45 @@ func (d *dumper) probeMembarrier(lead *ptrace.Thread) (uint64, error) {
 func (d *dumper) collectInjectedAttrs() error {
 	p := d.proc
 	le := binary.LittleEndian
-	lead := d.p.Leader()
 	for i, th := range d.p.Threads {
-		_, b, err := d.call(th, "prctl(PR_GET_PDEATHSIG)", 4, unix.SYS_PRCTL, prGetPdeathsig, d.scratch)
+		// Each thread's on itself, in one batch, the leader's with the
+		// process's: an int each at d.scratch+0, 8, 16 and 24.
+		calls := []ptrace.Call{
+			{Name: "prctl(PR_GET_PDEATHSIG)", Nr: unix.SYS_PRCTL, Args: [6]uint64{prGetPdeathsig, d.scratch}},
+			{Name: "prctl(PR_MCE_KILL_GET)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_MCE_KILL_GET}},
+			{Name: "prctl(PR_GET_TSC)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_TSC, d.scratch + 8}},
+			{Name: "get_mempolicy", Nr: unix.SYS_GET_MEMPOLICY, Args: [6]uint64{d.scratch + 16}},
+		}
+		if i == 0 {
+			calls = append(calls,
+				ptrace.Call{Name: "prctl(PR_GET_CHILD_SUBREAPER)", Nr: unix.SYS_PRCTL, Args: [6]uint64{prGetChildSubreaper, d.scratch + 24}},
+				ptrace.Call{Name: "prctl(PR_GET_THP_DISABLE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{prGetThpDisable}},
+				ptrace.Call{Name: "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", Nr: unix.SYS_MEMBARRIER, Args: [6]uint64{membarrierGetRegistrations}},
+				ptrace.Call{Name: "prctl(PR_GET_MDWE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_MDWE}},
+				ptrace.Call{Name: "prctl(PR_GET_MEMORY_MERGE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_MEMORY_MERGE}})
+		}
+		ret, err := d.batch(th, calls...)
+		if se := (*ptrace.SyscallError)(nil); err != nil && !errors.As(err, &se) {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		// result k: its value, or its error (named).
+		result := func(k int) (uint64, error) {
+			if e := int64(ret[k]); e < 0 && e > -4096 {
+				return 0, &ptrace.SyscallError{PID: d.pid, Name: calls[k].Name, Errno: unix.Errno(-e)}
+			}
+			return ret[k], nil
+		}
+		b, err := d.results(32)
 		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		if _, err := result(0); err != nil {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].Sched.PdeathSignal = int(int32(le.Uint32(b)))
 		// The memory-error policy and the rdtsc mode: thread flags
 		// no /proc file shows.
-		mce, err := d.p.Syscall(th, "prctl(PR_MCE_KILL_GET)", unix.SYS_PRCTL, unix.PR_MCE_KILL_GET, 0, 0, 0, 0)
+		mce, err := result(1)
 		switch {
 		case errors.Is(err, unix.EINVAL): // a kernel without memory failure handling: none
 		case err != nil:
@@ -250,41 +279,52 @@ func (d *dumper) collectInjectedAttrs() error {
 		case mce != unix.PR_MCE_KILL_DEFAULT:
 			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has memory-error kill policy %d, which migrate does not know", th.TID, mce)}
 		}
-		_, b, err = d.call(th, "prctl(PR_GET_TSC)", 4, unix.SYS_PRCTL, unix.PR_GET_TSC, d.scratch)
+		_, err = result(2)
 		switch {
 		case errors.Is(err, unix.EINVAL): // an architecture without it
 		case err != nil:
 			return fmt.Errorf("thread %d: %w", th.TID, err)
-		case le.Uint32(b) == unix.PR_TSC_SIGSEGV:
+		case le.Uint32(b[8:]) == unix.PR_TSC_SIGSEGV:
 			p.Threads[i].Sched.TSCSigsegv = true
-		case le.Uint32(b) != unix.PR_TSC_ENABLE:
-			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has rdtsc mode %d, which migrate does not know", th.TID, le.Uint32(b))}
+		case le.Uint32(b[8:]) != unix.PR_TSC_ENABLE:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has rdtsc mode %d, which migrate does not know", th.TID, le.Uint32(b[8:]))}
 		}
 		// The NUMA memory policy is not carried: one that is not the
 		// default refuses the dump.
 		// (A kernel without NUMA has none: ENOSYS.)
-		_, b, err = d.call(th, "get_mempolicy", 4, unix.SYS_GET_MEMPOLICY, d.scratch, 0, 0, 0, 0)
+		_, err = result(3)
 		switch {
 		case errors.Is(err, unix.ENOSYS):
 		case err != nil:
 			return fmt.Errorf("thread %d: %w", th.TID, err)
-		case le.Uint32(b) != mpolDefault:
-			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has NUMA memory policy %d (set_mempolicy), which a restore does not make", th.TID, le.Uint32(b))}
+		case le.Uint32(b[16:]) != mpolDefault:
+			return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("thread %d has NUMA memory policy %d (set_mempolicy), which a restore does not make", th.TID, le.Uint32(b[16:]))}
+		}
+		if i == 0 {
+			if err := d.processAttrs(b[24:], result); err != nil {
+				return err
+			}
 		}
 	}
-	_, b, err := d.call(lead, "prctl(PR_GET_CHILD_SUBREAPER)", 4, unix.SYS_PRCTL, prGetChildSubreaper, d.scratch)
-	if err != nil {
+	return nil
+}
+
+// processAttrs reads the process's attributes from the leader's batch of
+// collectInjectedAttrs: subreaper (its int in b), then results 4 to 8.
+func (d *dumper) processAttrs(b []byte, result func(int) (uint64, error)) error {
+	p := d.proc
+	if _, err := result(4); err != nil {
 		return err
 	}
-	p.Attrs.ChildSubreaper = le.Uint32(b) != 0
-	thp, err := d.p.Syscall(lead, "prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, prGetThpDisable, 0, 0, 0, 0)
+	p.Attrs.ChildSubreaper = binary.LittleEndian.Uint32(b) != 0
+	thp, err := result(5)
 	if err != nil {
 		return err
 	}
 	p.Attrs.THPDisable = int(thp)
-	mb, err := d.p.Syscall(lead, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierGetRegistrations, 0, 0)
+	mb, err := result(6)
 	if errors.Is(err, unix.EINVAL) {
-		mb, err = d.probeMembarrier(lead)
+		mb, err = d.probeMembarrier(d.p.Leader())
 	}
 	if err != nil {
 		return &BadTargetError{PID: d.pid, Reason: fmt.Sprintf("its membarrier registrations cannot be read: %v", err)}
@@ -295,12 +335,12 @@ func (d *dumper) collectInjectedAttrs() error {
 	p.Attrs.Membarrier = int(mb)
 	// MDWE (Linux 6.3+) and KSM's merge-any (6.4+, CONFIG_KSM): a kernel
 	// that does not know the prctl (EINVAL) has neither set.
-	mdwe, err := d.p.Syscall(lead, "prctl(PR_GET_MDWE)", unix.SYS_PRCTL, unix.PR_GET_MDWE, 0, 0, 0, 0)
+	mdwe, err := result(7)
 	if err != nil && !errors.Is(err, unix.EINVAL) {
 		return err
 	}
 	p.Attrs.MDWE = int(mdwe)
-	merge, err := d.p.Syscall(lead, "prctl(PR_GET_MEMORY_MERGE)", unix.SYS_PRCTL, unix.PR_GET_MEMORY_MERGE, 0, 0, 0, 0)
+	merge, err := result(8)
 	if err != nil && !errors.Is(err, unix.EINVAL) {
 		return err
 	}

@@ -3,6 +3,7 @@ package source
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -11,10 +12,23 @@ import (
 	"github.com/procmig/migrate/core/ptrace"
 )
 
-const scratchSize = 4096
+// The scratch area migrate maps in the tracee for the injected calls: the
+// results they write at d.scratch (a page), the table of a batch of calls
+// (ptrace.SyscallBatch, two pages), and the batch code (a page of its own,
+// PROT_READ|PROT_EXEC, mapped over the last). All of it is left out of the
+// layout (addVmFlags) and unmapped before the original runs on.
+const (
+	scratchResults = 4096
+	scratchTable   = 4096     // offset of the batch table
+	scratchCode    = 3 * 4096 // offset of the batch code page
+	scratchSize    = scratchCode + ptrace.BatchCodeSize
+	// batchMax is the most calls a batch's table holds.
+	batchMax = (scratchCode-scratchTable)/64 - 1
+)
 
-// mapScratch maps one private page in the tracee for the results of
-// injected calls. Preconditions: the process is frozen.
+// mapScratch maps the scratch area in the tracee for the results of
+// injected calls, and the batch code in its last page (if that fails, a
+// batch runs one call at a time). Preconditions: the process is frozen.
 //
 // It also reads the process's mlockall(MCL_FUTURE) flags, which /proc
 // does not show: a new area of a process with MCL_FUTURE in effect is
@@ -51,6 +65,9 @@ func (d *dumper) mapScratch() error {
 			d.proc.MlockAll |= core.MclOnfault
 		}
 	}
+	if err := d.p.MapBatchCode(d.p.Leader(), addr+scratchCode); err != nil {
+		d.log.Debug("no batch code: injected calls go one by one", "pid", d.pid, "err", err)
+	}
 	return nil
 }
 
@@ -61,8 +78,30 @@ func (d *dumper) unmapScratch() error {
 	_, err := d.p.Syscall(d.p.Leader(), "munmap", unix.SYS_MUNMAP, d.scratch, scratchSize)
 	if err == nil {
 		d.scratch = 0
+		d.p.ForgetBatchCode()
 	}
 	return err
+}
+
+// batch runs calls in thread th, batched in the scratch area (see
+// ptrace.SyscallBatch), and returns their raw results; a failed call's
+// error names it.
+//
+// Preconditions: the scratch area is mapped; len(calls) <= batchMax.
+func (d *dumper) batch(th *ptrace.Thread, calls ...ptrace.Call) ([]uint64, error) {
+	if len(calls) > batchMax {
+		return nil, fmt.Errorf("%d calls in one batch, at most %d", len(calls), batchMax)
+	}
+	return d.p.SyscallBatch(th, d.scratch+scratchTable, calls)
+}
+
+// results reads the first n bytes of the scratch page.
+func (d *dumper) results(n int) ([]byte, error) {
+	buf := make([]byte, n)
+	if _, err := ptrace.ReadMem(d.pid, d.scratch, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
 }
 
 // call injects a system call whose result lands in the scratch page and
@@ -101,44 +140,65 @@ func (d *dumper) collectInjected() error {
 		d.mmapDone()
 	}
 	d.ownLap("injected: brk")
-	p.Sigactions = make([]core.Sigaction, 64)
+	// The 64 actions, each into its 32 bytes of the scratch page, in one
+	// batch, read back at once.
+	calls := make([]ptrace.Call, 64)
 	for sig := 1; sig <= 64; sig++ {
-		_, b, err := d.call(lead, "rt_sigaction", 32, unix.SYS_RT_SIGACTION, uint64(sig), 0, d.scratch, 8)
-		if err != nil {
-			return fmt.Errorf("signal %d: %w", sig, err)
-		}
-		p.Sigactions[sig-1] = core.Sigaction{Handler: le.Uint64(b), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:])}
+		calls[sig-1] = ptrace.Call{Name: "rt_sigaction(" + strconv.Itoa(sig) + ")", Nr: unix.SYS_RT_SIGACTION,
+			Args: [6]uint64{uint64(sig), 0, d.scratch + 32*uint64(sig-1), 8}}
+	}
+	if _, err := d.batch(lead, calls...); err != nil {
+		return err
+	}
+	b, err := d.results(64 * 32)
+	if err != nil {
+		return err
+	}
+	p.Sigactions = make([]core.Sigaction, 64)
+	for i := range p.Sigactions {
+		a := b[32*i:]
+		p.Sigactions[i] = core.Sigaction{Handler: le.Uint64(a), Flags: le.Uint64(a[8:]), Restorer: le.Uint64(a[16:]), Mask: le.Uint64(a[24:])}
 	}
 	d.ownLap("injected: signal actions")
 	for i, th := range d.p.Threads {
-		_, b, err := d.call(th, "sigaltstack", 24, unix.SYS_SIGALTSTACK, 0, d.scratch)
+		// Each thread's on itself: its alternate stack at 0, its
+		// clear_child_tid at 32, its securebits the result.
+		ret, err := d.batch(th,
+			ptrace.Call{Name: "sigaltstack", Nr: unix.SYS_SIGALTSTACK, Args: [6]uint64{0, d.scratch}},
+			ptrace.Call{Name: "prctl(PR_GET_TID_ADDRESS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_TID_ADDRESS, d.scratch + 32}},
+			ptrace.Call{Name: "prctl(PR_GET_SECUREBITS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_SECUREBITS}})
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.TID, err)
+		}
+		b, err := d.results(40)
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
 		p.Threads[i].AltStack = core.AltStack{SP: le.Uint64(b), Flags: int32(le.Uint32(b[8:])), Size: le.Uint64(b[16:])}
-		_, b, err = d.call(th, "prctl(PR_GET_TID_ADDRESS)", 8, unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, d.scratch)
-		if err != nil {
-			return fmt.Errorf("thread %d: %w", th.TID, err)
-		}
-		p.Threads[i].ClearTID = le.Uint64(b)
-		bits, err := d.p.Syscall(th, "prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
-		if err != nil {
-			return fmt.Errorf("thread %d: %w", th.TID, err)
-		}
+		p.Threads[i].ClearTID = le.Uint64(b[32:])
 		if c := p.Threads[i].Creds; c != nil {
-			c.Securebits = uint32(bits)
+			c.Securebits = uint32(ret[2])
 		}
 	}
 	foldCreds(p)
 	d.ownLap("injected: threads")
 	p.Itimers = nil
+	ret, err := d.batch(lead,
+		ptrace.Call{Name: "getitimer(ITIMER_REAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{0, d.scratch}},
+		ptrace.Call{Name: "getitimer(ITIMER_VIRTUAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{1, d.scratch + 32}},
+		ptrace.Call{Name: "getitimer(ITIMER_PROF)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{2, d.scratch + 64}},
+		ptrace.Call{Name: "prctl(PR_GET_DUMPABLE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_DUMPABLE}})
+	if err != nil {
+		return err
+	}
+	p.Dumpable = int(ret[3])
+	b, err = d.results(3 * 32)
+	if err != nil {
+		return err
+	}
 	for which := 0; which < 3; which++ {
-		_, b, err := d.call(lead, "getitimer", 32, unix.SYS_GETITIMER, uint64(which), d.scratch)
-		if err != nil {
-			return err
-		}
 		tv := func(o int) int64 { return int64(le.Uint64(b[o:]))*1e6 + int64(le.Uint64(b[o+8:])) }
-		if iv, rem := tv(0), tv(16); iv != 0 || rem != 0 {
+		if iv, rem := tv(32*which), tv(32*which+16); iv != 0 || rem != 0 {
 			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
 		}
 	}
@@ -151,11 +211,6 @@ func (d *dumper) collectInjected() error {
 		return err
 	}
 	d.ownLap("injected: posix timers")
-	dumpable, err := d.p.Syscall(lead, "prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
-	if err != nil {
-		return err
-	}
-	p.Dumpable = int(dumpable)
 	// The personality came from /proc (collectTask).
 	err = d.collectInjectedAttrs()
 	d.ownLap("injected: attributes")

@@ -75,15 +75,15 @@ func TestVmFlagsWithScratchMerged(t *testing.T) {
 	const n = 8
 	var area uint64
 	err = tracer.Do(func() error {
-		// An anonymous read-write area with a free page above it: n+1
-		// pages, the last one unmapped again.
+		// An anonymous read-write area with room for the scratch area
+		// above it: n pages and the scratch area's, those unmapped again.
 		var err error
-		area, err = tp.Syscall(tp.Leader(), "mmap", unix.SYS_MMAP, 0, (n+1)*pageSize,
+		area, err = tp.Syscall(tp.Leader(), "mmap", unix.SYS_MMAP, 0, n*pageSize+scratchSize,
 			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
 		if err != nil {
 			return err
 		}
-		_, err = tp.Syscall(tp.Leader(), "munmap", unix.SYS_MUNMAP, area+n*pageSize, pageSize)
+		_, err = tp.Syscall(tp.Leader(), "munmap", unix.SYS_MUNMAP, area+n*pageSize, scratchSize)
 		return err
 	})
 	if err != nil {
@@ -102,13 +102,17 @@ func TestVmFlagsWithScratchMerged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As mapScratch: the batch code in the last page, an area of its own.
+	if err := tp.MapBatchCode(tp.Leader(), scratch+scratchCode); err != nil {
+		t.Fatal(err)
+	}
 	smaps, err := proc.ReadSmaps(p.PID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	merged := false
 	for _, m := range smaps {
-		if m.Start <= area && m.End >= scratch+scratchSize {
+		if m.Start <= area && m.End >= scratch+scratchCode {
 			merged = true
 		}
 	}

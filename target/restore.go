@@ -176,6 +176,14 @@ type restorer struct {
 
 const scratchLen = 64 << 10
 
+// scratchMapped is the scratch area with the page of batch code after it
+// (ptrace.MapBatchCode), mapped and unmapped together.
+const scratchMapped = scratchLen + ptrace.BatchCodeSize
+
+// batchTable is the offset in the scratch area of the table of a batch of
+// injected calls (ptrace.SyscallBatch), after the page of their arguments.
+const batchTable = 4096
+
 func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	img, err := core.ReadImage(opts.Dir)
 	if err != nil {
@@ -1004,17 +1012,20 @@ func (r *restorer) layout(context.Context) error {
 	for _, v := range r.proc.VMAs {
 		busy = append(busy, [2]uint64{v.Start, v.End})
 	}
-	at, err := holeFor(scratchLen, busy)
+	at, err := holeFor(scratchMapped, busy)
 	if err != nil {
 		return err
 	}
-	got, err := r.sys("mmap", unix.SYS_MMAP, at, scratchLen, unix.PROT_READ|unix.PROT_WRITE,
+	got, err := r.sys("mmap", unix.SYS_MMAP, at, scratchMapped, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
 	if err != nil {
 		return err
 	}
 	r.scratch = got
-	busy = append(busy, [2]uint64{got, got + scratchLen})
+	busy = append(busy, [2]uint64{got, got + scratchMapped})
+	if err := r.p.MapBatchCode(r.p.Leader(), got+scratchLen); err != nil {
+		r.log.Debug("no batch code: injected calls go one by one", "pid", r.pid, "err", err)
+	}
 
 	// From now on system calls run at the syscall instruction of the vdso,
 	// which stays mapped (and moves) while the husk's code goes away.

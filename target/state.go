@@ -3,13 +3,16 @@ package target
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -48,6 +51,12 @@ func (r *restorer) restoreState(context.Context) error {
 			return sa == core.Sigaction{Handler: handler}
 		}
 	}
+	// In one batch, each action from its 32 bytes of the scratch area,
+	// but SIGTRAP's: the batch ends on a SIGTRAP, which the kernel makes
+	// SIG_DFL if it is ignored by then (see ptrace.SyscallBatch).
+	var acts []byte
+	var calls []ptrace.Call
+	var trap *ptrace.Call
 	for i, sa := range p.Sigactions {
 		sig := i + 1
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || asHusk != nil && asHusk(sig, sa) {
@@ -58,12 +67,26 @@ func (r *restorer) restoreState(context.Context) error {
 		le.PutUint64(b[8:], sa.Flags)
 		le.PutUint64(b[16:], sa.Restorer)
 		le.PutUint64(b[24:], sa.Mask)
-		addr, err := r.put(0, b[:])
-		if err != nil {
+		c := ptrace.Call{Name: "rt_sigaction(" + strconv.Itoa(sig) + ")", Nr: unix.SYS_RT_SIGACTION,
+			Args: [6]uint64{uint64(sig), r.scratch + uint64(len(acts)), 0, 8}}
+		acts = append(acts, b[:]...)
+		if sig == int(unix.SIGTRAP) {
+			trap = &c
+			continue
+		}
+		calls = append(calls, c)
+	}
+	if len(acts) > 0 {
+		if _, err := r.put(0, acts); err != nil {
 			return err
 		}
-		if _, err := r.sys("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), addr, 0, 8); err != nil {
-			return fmt.Errorf("signal %d: %w", sig, err)
+	}
+	if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, calls); err != nil {
+		return err
+	}
+	if trap != nil {
+		if _, err := r.sys(trap.Name, trap.Nr, trap.Args[:4]...); err != nil {
+			return err
 		}
 	}
 	if _, err := r.sys("umask", unix.SYS_UMASK, uint64(p.Umask)); err != nil {
@@ -267,48 +290,41 @@ func (r *restorer) restoreThreads(context.Context) error {
 		if th.TID != t.TID {
 			return fmt.Errorf("thread %d built as %d", t.TID, th.TID)
 		}
-		call := func(name string, nr uintptr, args ...uint64) error {
-			_, err := r.p.Syscall(th, name, nr, args...)
-			if err != nil {
-				return fmt.Errorf("thread %d: %w", t.TID, err)
-			}
-			return nil
-		}
+		// In one batch on the thread: its alternate stack (from the
+		// scratch area at 0), clear_child_tid, robust list, rseq area
+		// and name (from 32).
+		var args [32 + 16]byte
+		calls := make([]ptrace.Call, 0, 5)
 		if t.AltStack.Flags&ssDisable == 0 && t.AltStack.SP != 0 {
-			var b [24]byte
-			le.PutUint64(b[0:], t.AltStack.SP)
-			le.PutUint32(b[8:], uint32(t.AltStack.Flags&^ssOnstack))
-			le.PutUint64(b[16:], t.AltStack.Size)
-			addr, err := r.put(0, b[:])
-			if err != nil {
-				return err
-			}
-			if err := call("sigaltstack", unix.SYS_SIGALTSTACK, addr, 0); err != nil {
-				return err
-			}
+			le.PutUint64(args[0:], t.AltStack.SP)
+			le.PutUint32(args[8:], uint32(t.AltStack.Flags&^ssOnstack))
+			le.PutUint64(args[16:], t.AltStack.Size)
+			calls = append(calls, ptrace.Call{Name: "sigaltstack", Nr: unix.SYS_SIGALTSTACK, Args: [6]uint64{r.scratch}})
 		}
-		if err := call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTID); err != nil {
-			return err
-		}
+		calls = append(calls, ptrace.Call{Name: "set_tid_address", Nr: unix.SYS_SET_TID_ADDRESS, Args: [6]uint64{t.ClearTID}})
 		if t.RobustList != 0 {
-			if err := call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
-				return err
-			}
+			calls = append(calls, ptrace.Call{Name: "set_robust_list", Nr: unix.SYS_SET_ROBUST_LIST, Args: [6]uint64{t.RobustList, t.RobustLen}})
 		}
 		if t.Rseq.Addr != 0 {
-			if err := call("rseq", unix.SYS_RSEQ, t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)); err != nil {
-				return fmt.Errorf("rseq area %#x (%d bytes) not registered again: %w", t.Rseq.Addr, t.Rseq.Len, err)
-			}
+			calls = append(calls, ptrace.Call{Name: "rseq", Nr: unix.SYS_RSEQ, Args: [6]uint64{t.Rseq.Addr, uint64(t.Rseq.Len), 0, uint64(t.Rseq.Sig)}})
 		}
 		if t.Comm != "" {
-			// /proc/PID/comm takes writes only from the thread group itself.
-			addr, err := r.put(0, cstring(t.Comm))
-			if err != nil {
-				return err
-			}
-			if err := call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
-				return err
-			}
+			// /proc/PID/comm takes writes only from the thread group
+			// itself. PR_SET_NAME reads 15 bytes at most (then the
+			// check names a longer one).
+			copy(args[32:32+15], t.Comm)
+			calls = append(calls, ptrace.Call{Name: "prctl(PR_SET_NAME)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_SET_NAME, r.scratch + 32}})
+		}
+		if _, err := r.put(0, args[:]); err != nil {
+			return err
+		}
+		_, err := r.p.SyscallBatch(th, r.scratch+batchTable, calls)
+		var se *ptrace.SyscallError
+		if errors.As(err, &se) && se.Name == "rseq" && t.Rseq.Addr != 0 {
+			return fmt.Errorf("thread %d: rseq area %#x (%d bytes) not registered again: %w", t.TID, t.Rseq.Addr, t.Rseq.Len, err)
+		}
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}
 		if err := r.p.SetSigmask(th, t.SigMask); err != nil {
 			return fmt.Errorf("thread %d: signal mask: %w", t.TID, err)
@@ -363,9 +379,10 @@ func (r *restorer) restoreThreads(context.Context) error {
 	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(r.agentFD)); err != nil {
 		return err
 	}
-	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchLen); err != nil {
+	if _, err := r.sys("munmap", unix.SYS_MUNMAP, r.scratch, scratchMapped); err != nil {
 		return err
 	}
+	r.p.ForgetBatchCode()
 	// Scheduling last: no call is injected into the threads after it
 	// (one of SCHED_IDLE would run it slowly).
 	for _, t := range p.Threads {

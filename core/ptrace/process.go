@@ -92,6 +92,9 @@ type Proc struct {
 	PID     int
 	Threads []*Thread // leader first
 	gadget  uint64    // address of a syscall instruction in the tracee
+	// batchCode is the address of the batch code page (MapBatchCode), 0
+	// if none.
+	batchCode uint64
 	// Options used at seize; kept for threads added later.
 	opts int
 	// affinity holds the CPU masks of the threads Pin moved, to be put
