@@ -275,6 +275,7 @@ func (p *Proc) batchLocked(th *Thread, table uint64) error {
 		if err := raw.Ptrace(unix.PTRACE_CONT, th.TID, 0, 0); err != nil {
 			return fmt.Errorf("batch: resume %d: %w", th.TID, err)
 		}
+		th.ranInjected = true
 		ws, err := wait(th.TID)
 		if err != nil {
 			return fmt.Errorf("batch: wait for %d: %w", th.TID, err)

@@ -124,7 +124,7 @@ func (p *Proc) syscallLocked(th *Thread, name string, nr uintptr, args ...uint64
 			if err := raw.Ptrace(unix.PTRACE_SYSCALL, th.TID, 0, 0); err != nil {
 				return fmt.Errorf("inject %s: resume %d: %w", name, th.TID, err)
 			}
-			th.atSyscallStop = true
+			th.ranInjected = true
 			ws, err := wait(th.TID)
 			if err != nil {
 				return fmt.Errorf("inject %s: wait for %d: %w", name, th.TID, err)

@@ -63,9 +63,11 @@ type Thread struct {
 	// inside an interrupted system call (rax one of the -ERESTART* codes,
 	// orig_rax the call), rewound the registers loadRegs made of them.
 	interrupted, rewound *unix.PtraceRegs
-	// atSyscallStop: an injection left the thread in a syscall stop.
-	atSyscallStop bool
-	stopped       bool
+	// ranInjected: an injection ran the thread since the seize, which is
+	// no longer in the stop the seize put it in, but in a syscall stop
+	// (Syscall) or a signal-delivery stop (SyscallBatch).
+	ranInjected bool
+	stopped     bool
 	// groupStop is the signal that had the thread stopped by job control
 	// when it was seized, 0 if it was running.
 	groupStop unix.Signal
@@ -658,7 +660,7 @@ func (p *Proc) detachAll(_ int) error {
 		}
 		if th.regsChanged {
 			regs := &th.Regs
-			if th.atSyscallStop && th.interrupted != nil && th.Regs == *th.rewound {
+			if th.ranInjected && th.interrupted != nil && th.Regs == *th.rewound {
 				// Injected into, but its registers are its own again:
 				// it gets the kernel's interrupted call back, restarted
 				// or ended as the kernel decides (see backToRestart).
@@ -703,7 +705,8 @@ func (p *Proc) detachAll(_ int) error {
 	return first
 }
 
-// backToRestart takes th, which an injection left in a syscall stop,
+// backToRestart takes th, which an injection left in a syscall stop (or
+// the signal-delivery stop of a batch's trap),
 // back to a stop inside the kernel's signal delivery, where the kernel
 // decides, once the thread goes on, what becomes of the system call the
 // seize interrupted (th.interrupted): run again if no signal handler
@@ -736,7 +739,7 @@ func (p *Proc) backToRestart(th *Thread) (bool, error) {
 	}
 	ok, err := p.waitEventStop(th)
 	if ok {
-		th.atSyscallStop = false
+		th.ranInjected = false
 	}
 	return ok, err
 }
