@@ -895,7 +895,7 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 	// freeze carries on.
 	after := func(prefix string) int {
 		var idx int
-		testutil.WaitFor(t, long, fmt.Sprintf("a line %q after the migration", prefix), func() bool {
+		if !testutil.Poll(long, func() bool {
 			for i, l := range r.Lines(t)[linesThen:] {
 				if strings.HasPrefix(l, prefix) {
 					idx = linesThen + i
@@ -903,7 +903,21 @@ func testLiveTreeChurn(t *testing.T, pause string, pol source.Policy) {
 				}
 			}
 			return false
-		})
+		}) {
+			// What the tree said since the freeze, and what runs of it.
+			var procs []string
+			if ps, err := os.ReadDir("/proc"); err == nil {
+				for _, e := range ps {
+					comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
+					if pid, err := strconv.Atoi(e.Name()); err == nil && strings.TrimSpace(string(comm)) == "treechurn" {
+						st, _ := testutil.State(pid)
+						procs = append(procs, fmt.Sprintf("%d %c", pid, st))
+					}
+				}
+			}
+			t.Fatalf("no line %q within %v of the migration; the tree's log since the freeze:\n%s\ntreechurn processes: %v",
+				prefix, long, strings.Join(r.Lines(t)[linesThen:], "\n"), procs)
+		}
 		return idx
 	}
 	for pid, m := range frozen {
