@@ -262,6 +262,9 @@ func (f *frozenState) testLandlock() error {
 	if f.landlock == nil {
 		return nil
 	}
+	// The probes are done with after this (a container's one lives in
+	// its PID namespace).
+	defer f.landlock.close()
 	return eachProcess(f.all, func(d *dumper) error {
 		why, err := checkLandlock(d.p, f.landlock)
 		if why != "" {

@@ -255,11 +255,21 @@ func startLandlockProbe(pid int, ns string, uid, gid uint32) (*landlockProbe, er
 		}
 		probePIDs.Store(c.Process.Pid, true)
 		pr.cmd = c
+		// Reaped as soon as it dies: the end of the PID namespace it is
+		// in kills it too, and the namespace's init waits, as it exits,
+		// until every task of the namespace is reaped.
+		exited := make(chan error, 1)
+		go func() { exited <- c.Wait() }()
 		started <- nil
-		<-pr.stop
-		c.Process.Kill()
-		pr.done <- c.Wait()
+		var err error
+		select {
+		case <-pr.stop:
+			c.Process.Kill()
+			err = <-exited
+		case err = <-exited:
+		}
 		probePIDs.Delete(c.Process.Pid)
+		pr.done <- err
 	})
 	if err := <-started; err != nil {
 		return nil, err
