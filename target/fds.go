@@ -546,11 +546,16 @@ func (r *restorer) makeRoomForFDs() error {
 }
 
 // descKey is the key of fd's open file description in r.descs.
-func (r *restorer) descKey(fd *core.FD) string {
+func (r *restorer) descKey(fd *core.FD) string { return descKey(r.proc, fd) }
+
+// descKey is the key of the open file description fd of process p had:
+// the image's (core.FD.Key, the first fd that had it), or its own
+// "PID:FD" for the first.
+func descKey(p *core.Process, fd *core.FD) string {
 	if fd.Key != "" {
 		return fd.Key
 	}
-	return strconv.Itoa(r.proc.PID) + ":" + strconv.Itoa(fd.FD)
+	return strconv.Itoa(p.PID) + ":" + strconv.Itoa(fd.FD)
 }
 
 // prebuildTCP rebuilds the process's TCP connections (some fifteen calls
