@@ -30,7 +30,9 @@ import (
 // session is the state a restore shares among the processes of the tree.
 type session struct {
 	// mu guards files, warnings and atResume: TCP connections are
-	// rebuilt by several goroutines (prebuildTCP).
+	// rebuilt by several goroutines (prebuildTCP); and the seals of the
+	// recreated memfds, which the processes of a tree, restoring their
+	// fds at the same time, may each add (seal).
 	mu  sync.Mutex
 	dir string
 	img *core.Image
@@ -111,6 +113,11 @@ type session struct {
 	// processes of a container with a user namespace of its own receive
 	// their files (they cannot pidfd_getfd from migrate, outside it).
 	agentSock *os.File
+	// agentSockMu makes a file sent over agentSock and its receipt one
+	// step: the processes share its other end, and those of different
+	// tracers install files at the same time (a datagram one process
+	// sent could otherwise reach another).
+	agentSockMu sync.Mutex
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -474,7 +481,7 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 		{"bind to CPUs", func() error { b.pinTree(); return nil }},
 		{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 		{"set protections", b.parallel(ctx, (*restorer).protect)},
-		{"restore files", b.ordered(ctx, (*restorer).restoreFDs)},
+		{"restore files", b.restoreFiles(ctx)},
 		{"restore process state", b.parallel(ctx, (*restorer).restoreState)},
 		{"restore threads", b.parallel(ctx, (*restorer).restoreThreads)},
 		// (Writes into cgroup files, no ptrace: no tracer.)
@@ -1307,6 +1314,8 @@ func (r *restorer) openAgentPidfd() error {
 func (r *restorer) install(f *os.File) (int, error) {
 	if r.agentSock != nil {
 		// In a user namespace of its own: over the agent's socket.
+		r.agentSockMu.Lock()
+		defer r.agentSockMu.Unlock()
 		got, err := r.passFDs(int(r.agentSock.Fd()), r.agentFD, []int{int(f.Fd())}, true)
 		if err != nil {
 			return 0, err

@@ -18,9 +18,10 @@ import (
 // forked out of its parent over to its own, ptrace.Proc.MoveTo, while it
 // is still a copy of the husk). The per-process stages of Finish run on
 // the tracers at the same time (Builder.parallel), each tracer bound to
-// its own CPU with its processes (pinTree); those that share state among
-// the processes (the files) go through them in the tree's order
-// (Builder.ordered). A single process has one tracer as before.
+// its own CPU with its processes (pinTree); the files, which the
+// processes share, are opened in the agent first, one process after the
+// other, and then installed at the same time (Builder.restoreFiles). A
+// single process has one tracer as before.
 
 // maxTracers bounds the tracer threads of a tree.
 const maxTracers = 8
@@ -28,8 +29,7 @@ const maxTracers = 8
 // assignTracers gives each process of all (the root first) that will
 // live its tracer: the root ss.tr, the others one of the tracers, one for
 // each CPU this process may run on (at most maxTracers), each tracer a
-// run of processes next to each other in the tree's order (the stages
-// that go through them in that order switch tracers the fewest times).
+// run of processes next to each other in the tree's order.
 // A zombie stays with its parent's (it exits as soon as it is forked), a
 // process that joins later too (Builder.Join).
 func (ss *session) assignTracers(all []*restorer) {
@@ -142,21 +142,24 @@ func (b *Builder) parallel(ctx context.Context, fn func(*restorer, context.Conte
 	}
 }
 
-// ordered is each with fn run on the tracer of each process, one process
-// after the other in the tree's order: for the stages whose work on a
-// process depends on that on the ones before (a file they share is
-// opened by the first, and its description given to the others).
-func (b *Builder) ordered(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
+// restoreFiles restores the fds of the tree: every open file description
+// first, in the agent, one process after the other in the tree's order (a
+// description the processes share is opened by the first that has it,
+// and given to the others: openDescs), then each process's fds on its
+// tracer, the processes of different tracers at the same time
+// (restoreFDs, which only reads the descriptions opened).
+func (b *Builder) restoreFiles(ctx context.Context) func() error {
+	install := b.parallel(ctx, (*restorer).restoreFDs)
 	return func() error {
-		return inOrder(b.running(), func(r *restorer) error {
-			if err := fn(r, ctx); err != nil {
+		for _, r := range b.running() {
+			if err := r.openDescs(ctx); err != nil {
 				if r != b.all[0] {
 					return fmt.Errorf("process %d: %w", r.pid, err)
 				}
 				return err
 			}
-			return nil
-		})
+		}
+		return install()
 	}
 }
 
