@@ -549,24 +549,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	}
 	wg.Wait()
 	dropZombieSIGCHLD(b.all)
-	// Children first, one after the other (each run of processes of one
-	// tracer in one go on it).
-	var rev []*restorer
-	for i := len(b.all) - 1; i >= 0; i-- {
-		if b.all[i].p != nil {
-			rev = append(rev, b.all[i])
-		}
-	}
-	err := inOrder(rev, func(r *restorer) error {
-		if r.proc.Stopped {
-			r.p.StopOnDetach()
-		}
-		if err := r.p.Detach(); err != nil {
-			return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.resumeTree(); err != nil {
 		return nil, err
 	}
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {

@@ -163,28 +163,63 @@ func (b *Builder) restoreFiles(ctx context.Context) func() error {
 	}
 }
 
-// inOrder runs fn for each of rs (built), one after the other, on the
-// tracer of each: a run of processes next to each other in rs that one
-// tracer traces in one go on it. It stops at the first error.
-func inOrder(rs []*restorer, fn func(*restorer) error) error {
-	for i := 0; i < len(rs); {
-		t := rs[i].p.Tracer()
-		j := i + 1
-		for j < len(rs) && rs[j].p.Tracer() == t {
-			j++
-		}
-		err := t.Do(func() error {
-			for _, r := range rs[i:j] {
-				if err := fn(r); err != nil {
-					return err
-				}
+// resumeTree detaches every built process, children first: a process
+// runs only once every process below it in the tree does, as it was
+// frozen (what it does at once, a signal to a child or a wait for one,
+// finds the child running, never stopped by the restore). So one depth
+// of the tree after the other, from the deepest, the processes of one
+// depth on their tracers at the same time (they are not each other's
+// children); each tracer's of a depth in the tree's order, the latest
+// first. It stops at the first error.
+func (b *Builder) resumeTree() error {
+	levels := byDepth(b.all)
+	for d := len(levels) - 1; d >= 0; d-- {
+		rs := levels[d]
+		err := ptrace.Each(len(rs), func(i int) *ptrace.Tracer { return rs[i].p.Tracer() }, func(i int) error {
+			r := rs[i]
+			if r.proc.Stopped {
+				r.p.StopOnDetach()
+			}
+			if err := r.p.Detach(); err != nil {
+				return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		i = j
 	}
 	return nil
+}
+
+// byDepth sorts the built processes of all (r.p set) by their depth in
+// the tree (the root's 0, its children's 1, ...), each depth's in the
+// reverse of all's order.
+func byDepth(all []*restorer) [][]*restorer {
+	depth := map[*restorer]int{}
+	var depthOf func(r *restorer) int
+	depthOf = func(r *restorer) int {
+		if d, ok := depth[r]; ok {
+			return d
+		}
+		d := 0
+		if r.parent != nil {
+			d = depthOf(r.parent) + 1
+		}
+		depth[r] = d
+		return d
+	}
+	var levels [][]*restorer
+	for i := len(all) - 1; i >= 0; i-- {
+		r := all[i]
+		if r.p == nil {
+			continue
+		}
+		d := depthOf(r)
+		for len(levels) <= d {
+			levels = append(levels, nil)
+		}
+		levels[d] = append(levels[d], r)
+	}
+	return levels
 }
