@@ -270,6 +270,10 @@ type Builder struct {
 	memTime time.Duration
 	tmp     string // a directory of the builder's own, removed at the end
 	built   int    // processes created, joined ones too (see Join)
+	// beforeFiles, if set, is waited for before Finish restores the
+	// first fd (a live migration's network lock, installed meanwhile):
+	// a stage of its own, "network lock", the time waited.
+	beforeFiles func() error
 }
 
 // NewBuilder checks the image in dir (everything it names, before anything
@@ -477,17 +481,22 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	// would make each of its ptrace round trips cross two), the
 	// processes of different tracers at the same time where they share
 	// nothing (see tracers.go).
-	return b.run(ctx, []stage{
+	stages := []stage{
 		{"bind to CPUs", func() error { b.pinTree(); return nil }},
 		{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 		{"set protections", b.parallel(ctx, (*restorer).protect)},
+	}
+	if b.beforeFiles != nil {
+		stages = append(stages, stage{"network lock", b.beforeFiles})
+	}
+	return b.run(ctx, append(stages, []stage{
 		{"restore files", b.restoreFiles(ctx)},
 		{"restore process state", b.parallel(ctx, (*restorer).restoreState)},
 		{"restore threads", b.parallel(ctx, (*restorer).restoreThreads)},
 		// (Writes into cgroup files, no ptrace: no tracer.)
 		{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
 		{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
-	})
+	}...))
 }
 
 // adopt takes the final image's description of each process, and its
