@@ -98,6 +98,9 @@ func (c *checker) check(p *core.Process, root bool) {
 type checker struct {
 	pid   int
 	diffs []Difference
+	// status is the process's /proc/PID/status as process read it: its
+	// leader's, which thread takes instead of reading it again.
+	status *proc.Status
 	// maps is the process's memory layout as memory read it.
 	maps []proc.Mapping
 }
@@ -134,6 +137,7 @@ func (c *checker) process(p *core.Process, root bool) {
 		c.unreadable(0, "status", err)
 		return
 	}
+	c.status = status
 	if status.HasUmask {
 		cmp(c, 0, "umask", fmt.Sprintf("%#o", p.Umask), fmt.Sprintf("%#o", status.Umask))
 	}
@@ -230,7 +234,10 @@ func (c *checker) threads(p *core.Process) {
 
 func (c *checker) thread(p *core.Process, t *core.Thread) {
 	tid := t.TID
-	status, err := proc.ReadTaskStatus(c.pid, tid)
+	status, err := c.status, error(nil)
+	if tid != c.pid || status == nil {
+		status, err = proc.ReadTaskStatus(c.pid, tid)
+	}
 	if err != nil {
 		c.unreadable(tid, "status", err)
 		return
@@ -600,6 +607,7 @@ func (b *Builder) check() error {
 	maps := make([][]proc.Mapping, len(b.all))
 	sharedFound := make([][]Difference, len(shared))
 	jobs := len(b.all) + len(shared)
+	tc := planTimeCheck(b.ss.img)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), 4, jobs) {
@@ -619,7 +627,7 @@ func (b *Builder) check() error {
 				}
 				c := &checker{pid: r.pid}
 				c.check(r.proc, i == 0)
-				checkTime(c, b.ss.img)
+				checkTime(c, tc)
 				found[i], maps[i] = c.diffs, c.maps
 			}
 		})
