@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,10 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/internal/testutil"
-	"github.com/procmig/migrate/source"
-	"github.com/procmig/migrate/target"
 )
 
 // TestTreeSharedFileTracers: a regular file's open description and a
@@ -27,13 +23,7 @@ import (
 // reach the parent through the one pipe.
 func TestTreeSharedFileTracers(t *testing.T) {
 	testutil.RequireRoot(t)
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		t.Fatal(err)
-	}
-	if set.Count() < 2 {
-		testutil.Unavailable(t, "a second CPU for the test process (%d allowed)", set.Count())
-	}
+	requireCPUs(t, 2)
 	const n = 4
 	data := filepath.Join(t.TempDir(), "shared")
 	p := testutil.Start(t, testutil.Build(t, "filetree"), data, strconv.Itoa(n))
@@ -72,18 +62,7 @@ func TestTreeSharedFileTracers(t *testing.T) {
 		}
 	}
 	write(&testutil.Proc{PID: kids[0], Log: p.Log}, "child-1")
-	dir := t.TempDir()
-	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
-		t.Fatal(err)
-	}
-	p.Reap(t)
-	for _, k := range kids {
-		testutil.ReapOrphan(t, k)
-	}
-	img, err := core.ReadImage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, dir := dumpTreeOf(t, p, kids)
 	shared := 0
 	for _, q := range img.Tree {
 		for _, fd := range q.FDs {
@@ -95,35 +74,10 @@ func TestTreeSharedFileTracers(t *testing.T) {
 	if shared < 2*n {
 		t.Fatalf("%d fds of the children share a description in the image, want the file's and the pipe's in each of %d", shared, n)
 	}
-	ctx := context.Background()
-	b, err := target.NewBuilder(ctx, dir, img, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Discard()
-	tracers := map[string]bool{}
-	for _, pid := range append([]int{img.Process.PID}, kids...) {
-		tracers[testutil.StatusField(t, pid, "TracerPid")] = true
-	}
-	if len(tracers) < 2 {
-		t.Fatalf("the tree of %d processes is traced by %d thread, want one per CPU", 1+n, len(tracers))
-	}
-	if err := b.FillFromImage(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Finish(ctx, img); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Check(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Resume(); err != nil {
-		t.Fatal(err)
+	if tracers := buildTraced(t, dir, img, kids); tracers < 2 {
+		t.Errorf("the tree of %d processes was traced by %d thread, want one per CPU", 1+n, tracers)
 	}
 	r := testutil.Adopt(t, img.Process.PID, p.Log)
-	for _, pid := range append([]int{r.PID}, kids...) {
-		checkRunningUntraced(t, pid)
-	}
 	want := "parent\nchild-1\n"
 	for i, k := range kids[1:] {
 		name := fmt.Sprintf("child-%d", i+2)
