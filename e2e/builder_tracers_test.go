@@ -20,15 +20,39 @@ import (
 // its resume, and runs on as it was.
 func TestBuilderTreeTracers(t *testing.T) {
 	testutil.RequireRoot(t)
+	cpus := requireCPUs(t, 2)
+	p, kids := startForker(t, 3)
+	p.WaitTick(t, short, 2)
+	img, dir := dumpTreeOf(t, p, kids)
+	last := p.LastTick(t)
+	if len(img.Tree) != len(kids) {
+		t.Fatalf("%d processes in the image's tree, want %d", len(img.Tree), len(kids))
+	}
+	if n, want := buildTraced(t, dir, img, kids), min(cpus, 1+len(kids)); n != want {
+		t.Errorf("the tree of %d processes was traced by %d threads, want %d (one per CPU)", 1+len(kids), n, want)
+	}
+	r := testutil.Adopt(t, img.Process.PID, p.Log)
+	r.WaitTick(t, short, last+3)
+}
+
+// requireCPUs returns how many CPUs the test process may run on, and
+// skips the test (testutil.Unavailable) if fewer than n.
+func requireCPUs(t *testing.T, n int) int {
+	t.Helper()
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
 		t.Fatal(err)
 	}
-	if set.Count() < 2 {
-		testutil.Unavailable(t, "a second CPU for the test process (%d allowed)", set.Count())
+	if set.Count() < n {
+		testutil.Unavailable(t, "%d CPUs for the test process (%d allowed)", n, set.Count())
 	}
-	p, kids := startForker(t, 3)
-	p.WaitTick(t, short, 2)
+	return set.Count()
+}
+
+// dumpTreeOf dumps p with its tree (its children kids), lets the
+// originals end and returns the image and its directory.
+func dumpTreeOf(t *testing.T, p *testutil.Proc, kids []int) (*core.Image, string) {
+	t.Helper()
 	dir := t.TempDir()
 	if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: dir, Tree: true, Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
@@ -37,14 +61,19 @@ func TestBuilderTreeTracers(t *testing.T) {
 	for _, k := range kids {
 		testutil.ReapOrphan(t, k)
 	}
-	last := p.LastTick(t)
 	img, err := core.ReadImage(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(img.Tree) != len(kids) {
-		t.Fatalf("%d processes in the image's tree, want %d", len(img.Tree), len(kids))
-	}
+	return img, dir
+}
+
+// buildTraced restores img (in dir), whose root's children are kids, with
+// a target.Builder, stage by stage, checked, and resumed; it checks that
+// every process runs untraced after, and returns how many tracer threads
+// traced the tree as it was built.
+func buildTraced(t *testing.T, dir string, img *core.Image, kids []int) int {
+	t.Helper()
 	ctx := context.Background()
 	b, err := target.NewBuilder(ctx, dir, img, testLogger(t))
 	if err != nil {
@@ -52,15 +81,13 @@ func TestBuilderTreeTracers(t *testing.T) {
 	}
 	defer b.Discard()
 	tracers := map[string]bool{}
-	for _, pid := range append([]int{img.Process.PID}, kids...) {
+	pids := append([]int{img.Process.PID}, kids...)
+	for _, pid := range pids {
 		tr := testutil.StatusField(t, pid, "TracerPid")
 		if tr == "0" {
 			t.Fatalf("process %d built but not traced", pid)
 		}
 		tracers[tr] = true
-	}
-	if want := min(set.Count(), 1+len(kids)); len(tracers) != want {
-		t.Errorf("the tree of %d processes is traced by %d threads, want %d (one per CPU)", 1+len(kids), len(tracers), want)
 	}
 	if err := b.FillFromImage(ctx); err != nil {
 		t.Fatal(err)
@@ -74,9 +101,8 @@ func TestBuilderTreeTracers(t *testing.T) {
 	if _, err := b.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	r := testutil.Adopt(t, img.Process.PID, p.Log)
-	for _, pid := range append([]int{r.PID}, kids...) {
+	for _, pid := range pids {
 		checkRunningUntraced(t, pid)
 	}
-	r.WaitTick(t, short, last+3)
+	return len(tracers)
 }

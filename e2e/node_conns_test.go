@@ -151,6 +151,20 @@ func TestNodeManyConns(t *testing.T) {
 	}
 	t.Logf("A -> B with %d connections: downtime %.1f ms (target %.1f ms), total %.1f ms",
 		manyConnsN, res.DowntimeMS, res.TargetDowntimeMS, res.TotalMS)
+	// The target's network lock, installed as the tree's layout is
+	// restored, is in place before the first socket is made.
+	lock, files := -1, -1
+	for i, st := range res.TargetSteps {
+		switch st.Name {
+		case "network lock":
+			lock = i
+		case "restore files":
+			files = i
+		}
+	}
+	if lock < 0 || files < 0 || lock > files {
+		t.Errorf("target steps %+v: want the network lock waited for before the files are restored", res.TargetSteps)
+	}
 	onlyCopy(t, c, "echoserver", srv.NSPID, c.B)
 	checkVIPOn(t, c, c.B)
 	if err := m.exchange("after"); err != nil {

@@ -98,6 +98,9 @@ func (c *checker) check(p *core.Process, root bool) {
 type checker struct {
 	pid   int
 	diffs []Difference
+	// status is the process's /proc/PID/status as process read it: its
+	// leader's, which thread takes instead of reading it again.
+	status *proc.Status
 	// maps is the process's memory layout as memory read it.
 	maps []proc.Mapping
 }
@@ -134,6 +137,7 @@ func (c *checker) process(p *core.Process, root bool) {
 		c.unreadable(0, "status", err)
 		return
 	}
+	c.status = status
 	if status.HasUmask {
 		cmp(c, 0, "umask", fmt.Sprintf("%#o", p.Umask), fmt.Sprintf("%#o", status.Umask))
 	}
@@ -230,7 +234,10 @@ func (c *checker) threads(p *core.Process) {
 
 func (c *checker) thread(p *core.Process, t *core.Thread) {
 	tid := t.TID
-	status, err := proc.ReadTaskStatus(c.pid, tid)
+	status, err := c.status, error(nil)
+	if tid != c.pid || status == nil {
+		status, err = proc.ReadTaskStatus(c.pid, tid)
+	}
 	if err != nil {
 		c.unreadable(tid, "status", err)
 		return
@@ -595,11 +602,12 @@ func (b *Builder) check() error {
 	// Each process is compared with its image from /proc alone: a tree's
 	// at the same time, a few at once, and with them what the processes
 	// share (memory, System V objects, namespaces, mounts, cgroups).
-	shared := []func() []Difference{b.checkSysV, b.checkNamespaces, b.checkMounts, b.checkCgroupLimits}
+	shared := []func() []Difference{b.checkSysV, b.checkNamespaces, b.checkMounts, b.checkCgroupLimits, b.checkDescriptions}
 	found := make([][]Difference, len(b.all))
 	maps := make([][]proc.Mapping, len(b.all))
 	sharedFound := make([][]Difference, len(shared))
 	jobs := len(b.all) + len(shared)
+	tc := planTimeCheck(b.ss.img)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), 4, jobs) {
@@ -619,7 +627,7 @@ func (b *Builder) check() error {
 				}
 				c := &checker{pid: r.pid}
 				c.check(r.proc, i == 0)
-				checkTime(c, b.ss.img)
+				checkTime(c, tc)
 				found[i], maps[i] = c.diffs, c.maps
 			}
 		})
@@ -641,6 +649,66 @@ func (b *Builder) check() error {
 		return &CheckError{Diffs: diffs}
 	}
 	return nil
+}
+
+// checkDescriptions checks that the fds of the tree that shared an open
+// file description share one again (see checkDescs).
+func (b *Builder) checkDescriptions() []Difference {
+	var holders []descHolder
+	for _, r := range b.all {
+		if r.proc.Zombie == nil {
+			holders = append(holders, descHolder{pid: r.pid, proc: r.proc})
+		}
+	}
+	return checkDescs(holders)
+}
+
+// descHolder is a process whose fds checkDescs compares: its PID here
+// and its image.
+type descHolder struct {
+	pid  int
+	proc *core.Process
+}
+
+// kcmpFile is KCMP_FILE.
+const kcmpFile = 0
+
+// checkDescs checks that every fd of ps that shared an open file
+// description with an fd before it (core.FD.Key: in the same process, a
+// dup, or another, inherited by fork or passed) holds the very
+// description the first one does, as kcmp(KCMP_FILE) sees them: one
+// offset, one set of status flags, the locks of one description. (Each
+// fd's own state is compared by the check of its process; fds that had
+// descriptions of their own are not compared with each other, which
+// would take a call for each pair.) A kernel without kcmp compares
+// nothing.
+func checkDescs(ps []descHolder) []Difference {
+	type holder struct{ pid, fd int }
+	first := map[string]holder{}
+	var diffs []Difference
+	for _, p := range ps {
+		for i := range p.proc.FDs {
+			fd := &p.proc.FDs[i]
+			key := descKey(p.proc, fd)
+			h, ok := first[key]
+			if !ok {
+				first[key] = holder{p.pid, fd.FD}
+				continue
+			}
+			what := fmt.Sprintf("fd %d description", fd.FD)
+			want := fmt.Sprintf("that of process %d fd %d", h.pid, h.fd)
+			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(h.pid), uintptr(p.pid), kcmpFile, uintptr(h.fd), uintptr(fd.FD), 0)
+			switch {
+			case e == unix.ENOSYS:
+				return nil
+			case e != 0:
+				diffs = append(diffs, Difference{PID: p.pid, What: what, Want: want, Got: "kcmp: " + e.Error()})
+			case r != 0:
+				diffs = append(diffs, Difference{PID: p.pid, What: what, Want: want, Got: "another"})
+			}
+		}
+	}
+	return diffs
 }
 
 // checkSharing checks that the areas of the tree that mapped one shared

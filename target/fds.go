@@ -546,11 +546,16 @@ func (r *restorer) makeRoomForFDs() error {
 }
 
 // descKey is the key of fd's open file description in r.descs.
-func (r *restorer) descKey(fd *core.FD) string {
+func (r *restorer) descKey(fd *core.FD) string { return descKey(r.proc, fd) }
+
+// descKey is the key of the open file description fd of process p had:
+// the image's (core.FD.Key, the first fd that had it), or its own
+// "PID:FD" for the first.
+func descKey(p *core.Process, fd *core.FD) string {
 	if fd.Key != "" {
 		return fd.Key
 	}
-	return strconv.Itoa(r.proc.PID) + ":" + strconv.Itoa(fd.FD)
+	return strconv.Itoa(p.PID) + ":" + strconv.Itoa(fd.FD)
 }
 
 // prebuildTCP rebuilds the process's TCP connections (some fifteen calls
@@ -606,43 +611,66 @@ func (r *restorer) prebuildTCP(ctx context.Context) error {
 	return first
 }
 
-// restoreFDs gives the child every fd of the image at its number, with its
-// flags and offset; fds that shared an open file description share one
-// again.
-//
-// Preconditions: the child has no fds but the agent's pidfd (layout closed
-// the husk's and its own temporaries).
-func (r *restorer) restoreFDs(ctx context.Context) error {
-	p := r.proc
-	if err := r.makeRoomForFDs(); err != nil {
-		return err
-	}
+// openDescs opens, in the agent, the open file description of each of
+// the process's fds that no fd before it had (r.descs, by key: another fd
+// of this or another process that shared it): a description shared by
+// several processes is opened once, by the first that has it in the
+// tree's order, and every fd that had it gets that one. No ptrace: the
+// descriptions of the whole tree are opened so, one process after the
+// other, before the fds go into the processes, each on its tracer, at the
+// same time (installOwnFDs).
+func (r *restorer) openDescs(ctx context.Context) error {
 	if err := r.prebuildTCP(ctx); err != nil {
 		return err
 	}
-	want := make([]pendingFD, 0, len(p.FDs))
+	p := r.proc
 	for i := range p.FDs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		fd := &p.FDs[i]
-		// The description: one opened before, for this fd's key (another fd
-		// of this or another process that shared it), or a new one.
 		key := r.descKey(fd)
-		f := r.descs[key]
+		if r.descs[key] != nil {
+			continue
+		}
+		f, err := r.openFD(ctx, fd, r.pipes)
+		if err != nil {
+			return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
+		}
+		if err := setOwner(f, fd); err != nil {
+			f.Close()
+			return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
+		}
+		r.keep(f)
+		r.descs[key] = f
+	}
+	return nil
+}
+
+// restoreFDs gives the child every fd of the image at its number, with its
+// flags and offset, from the descriptions openDescs opened: fds that
+// shared an open file description share one again. It only reads
+// r.descs: the processes of a tree get theirs at the same time.
+//
+// Preconditions: openDescs ran for every process of the tree; the child
+// has no fds but the agent's pidfd (layout closed the husk's and its own
+// temporaries).
+func (r *restorer) restoreFDs(ctx context.Context) error {
+	p := r.proc
+	if err := r.makeRoomForFDs(); err != nil {
+		return err
+	}
+	want := make([]pendingFD, 0, len(p.FDs))
+	for i := range p.FDs {
+		fd := &p.FDs[i]
+		f := r.descs[r.descKey(fd)]
 		if f == nil {
-			var err error
-			if f, err = r.openFD(ctx, fd, r.pipes); err != nil {
-				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
-			}
-			if err := setOwner(f, fd); err != nil {
-				f.Close()
-				return fmt.Errorf("fd %d (%s): %w", fd.FD, fd.Kind, err)
-			}
-			r.keep(f)
-			r.descs[key] = f
+			return fmt.Errorf("fd %d (%s): no open description", fd.FD, fd.Kind)
 		}
 		want = append(want, pendingFD{num: fd.FD, file: f, cloexec: fd.Cloexec})
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if err := r.installFDs(want); err != nil {
 		return err
@@ -685,8 +713,11 @@ func (r *restorer) seal(ref *core.FileRef, seals int) error {
 	if f == nil {
 		return fmt.Errorf("memfd %s with seals %#x: not recreated", ref.Path, seals)
 	}
-	// (A memfd both held and mapped, or mapped twice, comes here more
-	// than once; after F_SEAL_SEAL a second F_ADD_SEALS fails.)
+	// (A memfd both held and mapped, or mapped twice, or by several
+	// processes of a tree restoring their fds at the same time, comes
+	// here more than once; after F_SEAL_SEAL a second F_ADD_SEALS fails.)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if cur, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0); err == nil && cur&seals == seals {
 		return nil
 	}

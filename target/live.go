@@ -848,21 +848,28 @@ func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
 	// hook) a repair-mode socket would acknowledge data that an abort then
 	// throws away, while the original waits for it. A network lock on
 	// this side drops their packets until the process runs; the peers
-	// send them again.
+	// send them again. It is installed while the tree's layout and
+	// protections are restored, and waited for before the first socket
+	// is made (Builder.beforeFiles).
 	if conns := imageConns(img); len(conns) > 0 {
-		l, err := netlock.Install(t.b.ss.netNSPath(), netlock.Spec{Conns: conns}, netlock.Options{})
-		if err != nil {
-			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
+		done := make(chan error, 1)
+		path, socket := t.b.ss.netNS()
+		go func() { done <- t.installLock(path, socket, conns) }()
+		var lockErr error
+		waited := false
+		wait := func() error {
+			if !waited {
+				lockErr, waited = <-done, true
+			}
+			return lockErr
 		}
-		t.lock = l
-		// What the lock drops is kept and handed to the connections at
-		// the resume (a peer's tail-loss probe, sent as the service
-		// address arrives, would otherwise wait for its retransmission
-		// timer).
-		if t.hold, err = netlock.StartHold(t.b.ss.netSocket, conns, nil); err != nil {
-			t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
-		}
-		t.lap("network lock")
+		t.b.beforeFiles = wait
+		// Whatever happens to the restore, the lock is in t.lock (or
+		// failed) before Restore returns: Discard removes it.
+		defer func() {
+			wait()
+			t.b.beforeFiles = nil
+		}()
 	}
 	// The files given for the objects outside the tree: each of the
 	// image's, and no other (decodeState checked the names and paths).
@@ -1001,6 +1008,25 @@ func (t *liveTarget) unlock() {
 		t.log.Error("remove the network lock", "table", t.lock.Name(), "err", err)
 	}
 	t.lock = nil
+}
+
+// installLock installs this side's network lock for conns in the network
+// namespace netns (see Restore), and starts keeping what it drops (its
+// sockets made by socket). It runs while the restore goes on: it reads
+// nothing of the builder.
+func (t *liveTarget) installLock(netns string, socket netlock.SocketFunc, conns []netlock.Conn) error {
+	l, err := netlock.Install(netns, netlock.Spec{Conns: conns}, netlock.Options{})
+	if err != nil {
+		return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
+	}
+	t.lock = l
+	// What the lock drops is kept and handed to the connections at the
+	// resume (a peer's tail-loss probe, sent as the service address
+	// arrives, would otherwise wait for its retransmission timer).
+	if t.hold, err = netlock.StartHold(socket, conns, nil); err != nil {
+		t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
+	}
+	return nil
 }
 
 // imageConns lists the TCP connections of the image's processes.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/netconf"
+	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 )
 
@@ -48,6 +49,24 @@ func (ss *session) inNet(fn func() error) error {
 		return fn()
 	}
 	return proc.InNamespace(ss.img.Process.PID, unix.CLONE_NEWNET, fn)
+}
+
+// netNS is the processes' network namespace as netlock takes it (the
+// root's path, or "": migrate's) and a socket maker in it, that reads
+// nothing of ss afterwards: for a goroutine that runs on while the
+// restore goes on (the live target's network lock).
+func (ss *session) netNS() (string, netlock.SocketFunc) {
+	if !ss.ownNet() {
+		return "", unix.Socket
+	}
+	pid := ss.img.Process.PID
+	return ss.netNSPath(), func(domain, typ, proto int) (fd int, err error) {
+		err = proc.InNamespace(pid, unix.CLONE_NEWNET, func() (err error) {
+			fd, err = unix.Socket(domain, typ, proto)
+			return err
+		})
+		return fd, err
+	}
 }
 
 // netSocket is socket(2) in the processes' network namespace.

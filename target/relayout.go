@@ -118,6 +118,25 @@ func opened(have, want []core.VMA) []addrRange {
 	return out
 }
 
+// sameLayout says whether want lists the areas of have as they are, each
+// with its range, backing (sameBacking) and protection: then layoutDiff
+// finds nothing to unmap or map and opened nothing to open (the areas of
+// a live migration's final image that are those of the last layout, but
+// for their page counts: a tree's processes mostly, which relayout skips
+// so, without cutting hundreds of areas into pieces).
+func sameLayout(have, want []core.VMA) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range have {
+		h, w := &have[i], &want[i]
+		if h.Start != w.Start || h.End != w.End || h.Prot != w.Prot || !sameBacking(h, w, h.Start) {
+			return false
+		}
+	}
+	return true
+}
+
 // ordinary returns the areas of vmas that migrate maps itself (not the
 // kernel's [vdso] and [vvar]).
 func ordinary(vmas []core.VMA) []core.VMA {
@@ -141,6 +160,10 @@ func (r *restorer) relayout(want []core.VMA) error {
 			return &VDSOMismatchError{Reason: fmt.Sprintf("the process mapped %#x-%#x, where this kernel's vdso was put (%#x-%#x) as its old one's proxy was built",
 				v.Start, v.End, r.vdsoHere.start, r.vdsoHere.end)}
 		}
+	}
+	if sameLayout(r.mapped, ordinary(want)) {
+		r.mapped = ordinary(want)
+		return nil
 	}
 	unmap, mapNew := layoutDiff(r.mapped, ordinary(want))
 	for _, o := range opened(r.mapped, ordinary(want)) {

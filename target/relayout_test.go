@@ -63,3 +63,57 @@ func TestOpened(t *testing.T) {
 		t.Errorf("opened %v, want [{0x1000 0x4000}]", got)
 	}
 }
+
+// TestSameLayout: a layout said to be the same is one in which layoutDiff
+// and opened find nothing to do (relayout skips them for it), and one
+// that differs in range, backing or protection is not.
+func TestSameLayout(t *testing.T) {
+	rw := unix.PROT_READ | unix.PROT_WRITE
+	lib := &core.FileRef{Path: "/lib/x.so", Dev: 1, Ino: 2}
+	have := []core.VMA{
+		{Start: 0x1000, End: 0x9000, Prot: unix.PROT_NONE, Flags: unix.MAP_PRIVATE, Kind: core.VMAAnon},
+		{Start: 0x10000, End: 0x12000, Prot: rw, Flags: unix.MAP_PRIVATE, Kind: core.VMAAnon, Pages: 1},
+		{Start: 0x20000, End: 0x24000, Prot: unix.PROT_READ, Flags: unix.MAP_PRIVATE, Kind: core.VMAFile, File: lib, Offset: 0x3000},
+		{Start: 0x30000, End: 0x31000, Prot: rw, Flags: unix.MAP_SHARED, Kind: core.VMASysV, Shm: 7},
+	}
+	change := func(f func(v []core.VMA)) []core.VMA {
+		v := append([]core.VMA(nil), have...)
+		f(v)
+		return v
+	}
+	otherLib := *lib
+	otherLib.Ino = 3
+	same := []struct {
+		name string
+		want []core.VMA
+	}{
+		{"as it is", change(func([]core.VMA) {})},
+		{"other page counts", change(func(v []core.VMA) { v[1].Pages, v[2].Pages = 2, 1 })},
+	}
+	for _, c := range same {
+		if !sameLayout(have, c.want) {
+			t.Errorf("%s: not the same layout", c.name)
+		}
+		unmap, mapNew := layoutDiff(have, c.want)
+		if len(unmap) != 0 || len(mapNew) != 0 || len(opened(have, c.want)) != 0 {
+			t.Errorf("%s: the same layout, yet layoutDiff %v %v, opened %v", c.name, unmap, mapNew, opened(have, c.want))
+		}
+	}
+	for _, c := range []struct {
+		name string
+		want []core.VMA
+	}{
+		{"an area less", have[:3]},
+		{"an area grown", change(func(v []core.VMA) { v[1].End = 0x13000 })},
+		{"a reservation opened", change(func(v []core.VMA) { v[0].Prot = rw })},
+		{"another file", change(func(v []core.VMA) { v[2].File = &otherLib })},
+		{"another offset", change(func(v []core.VMA) { v[2].Offset = 0 })},
+		{"shared", change(func(v []core.VMA) { v[1].Flags = unix.MAP_SHARED })},
+		{"another segment", change(func(v []core.VMA) { v[3].Shm = 8 })},
+		{"another kind", change(func(v []core.VMA) { v[1].Kind = core.VMASharedAnon })},
+	} {
+		if sameLayout(have, c.want) {
+			t.Errorf("%s: said to be the same layout", c.name)
+		}
+	}
+}

@@ -30,7 +30,9 @@ import (
 // session is the state a restore shares among the processes of the tree.
 type session struct {
 	// mu guards files, warnings and atResume: TCP connections are
-	// rebuilt by several goroutines (prebuildTCP).
+	// rebuilt by several goroutines (prebuildTCP); and the seals of the
+	// recreated memfds, which the processes of a tree, restoring their
+	// fds at the same time, may each add (seal).
 	mu  sync.Mutex
 	dir string
 	img *core.Image
@@ -111,6 +113,11 @@ type session struct {
 	// processes of a container with a user namespace of its own receive
 	// their files (they cannot pidfd_getfd from migrate, outside it).
 	agentSock *os.File
+	// agentSockMu makes a file sent over agentSock and its receipt one
+	// step: the processes share its other end, and those of different
+	// tracers install files at the same time (a datagram one process
+	// sent could otherwise reach another).
+	agentSockMu sync.Mutex
 }
 
 // readBlob returns the contents of img's blob name: from memory, or read
@@ -271,6 +278,10 @@ type Builder struct {
 	memTime time.Duration
 	tmp     string // a directory of the builder's own, removed at the end
 	built   int    // processes created, joined ones too (see Join)
+	// beforeFiles, if set, is waited for before Finish restores the
+	// first fd (a live migration's network lock, installed meanwhile):
+	// a stage of its own, "network lock", the time waited.
+	beforeFiles func() error
 }
 
 // NewBuilder checks the image in dir (everything it names, before anything
@@ -478,17 +489,22 @@ func (b *Builder) Finish(ctx context.Context, img *core.Image) error {
 	// would make each of its ptrace round trips cross two), the
 	// processes of different tracers at the same time where they share
 	// nothing (see tracers.go).
-	return b.run(ctx, []stage{
+	stages := []stage{
 		{"bind to CPUs", func() error { b.pinTree(); return nil }},
 		{"System V semaphores and queues", func() error { return b.ss.restoreIPCObjects(img) }},
 		{"set protections", b.parallel(ctx, (*restorer).protect)},
-		{"restore files", b.ordered(ctx, (*restorer).restoreFDs)},
+	}
+	if b.beforeFiles != nil {
+		stages = append(stages, stage{"network lock", b.beforeFiles})
+	}
+	return b.run(ctx, append(stages, []stage{
+		{"restore files", b.restoreFiles(ctx)},
 		{"restore process state", b.parallel(ctx, (*restorer).restoreState)},
 		{"restore threads", b.parallel(ctx, (*restorer).restoreThreads)},
 		// (Writes into cgroup files, no ptrace: no tracer.)
 		{"join cgroups", b.each(ctx, (*restorer).joinAllCgroups)},
 		{"System V segments removed", func() error { return b.ss.removeSysV(img) }},
-	})
+	}...))
 }
 
 // adopt takes the final image's description of each process, and its
@@ -550,24 +566,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 	}
 	wg.Wait()
 	dropZombieSIGCHLD(b.all)
-	// Children first, one after the other (each run of processes of one
-	// tracer in one go on it).
-	var rev []*restorer
-	for i := len(b.all) - 1; i >= 0; i-- {
-		if b.all[i].p != nil {
-			rev = append(rev, b.all[i])
-		}
-	}
-	err := inOrder(rev, func(r *restorer) error {
-		if r.proc.Stopped {
-			r.p.StopOnDetach()
-		}
-		if err := r.p.Detach(); err != nil {
-			return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.resumeTree(); err != nil {
 		return nil, err
 	}
 	if st, err := proc.ReadStat(root.pid); err != nil || st.State == 'Z' || st.State == 'X' {
@@ -1318,6 +1317,8 @@ func (r *restorer) openAgentPidfd() error {
 func (r *restorer) install(f *os.File) (int, error) {
 	if r.agentSock != nil {
 		// In a user namespace of its own: over the agent's socket.
+		r.agentSockMu.Lock()
+		defer r.agentSockMu.Unlock()
 		got, err := r.passFDs(int(r.agentSock.Fd()), r.agentFD, []int{int(f.Fd())}, true)
 		if err != nil {
 			return 0, err

@@ -229,29 +229,30 @@ func formatTimeOffsets(off core.TimeOffsets) string {
 	return line(unix.CLOCK_MONOTONIC, off.Monotonic) + line(unix.CLOCK_BOOTTIME, off.Boottime)
 }
 
-// checkTime compares the time namespace offsets of the restored process
-// pid with those the image's clocks want now (planClocks): exactly on
-// the dump's own boot, within clockTolerance from another.
-func checkTime(c *checker, img *core.Image) {
+// timeCheck is what checkTime compares the processes' time namespace
+// offsets with, worked out once for a tree's check: the offsets the
+// image's clocks want now (planClocks), and the tolerance (none on the
+// dump's own boot, clockTolerance and a drift from another).
+type timeCheck struct {
+	want core.TimeOffsets
+	tol  int64
+	err  error // the host's clocks could not be read
+}
+
+// planTimeCheck works out the timeCheck of img's processes; nil if the
+// image has no clocks.
+func planTimeCheck(img *core.Image) *timeCheck {
 	if img.Clocks == nil {
-		return
+		return nil
 	}
 	here, err := readHostClocks()
 	if err != nil {
-		c.unreadable(0, "clocks", err)
-		return
+		return &timeCheck{err: err}
 	}
 	p, err := planClocks(img.Clocks, here)
 	if err != nil {
-		c.unreadable(0, "clocks", err)
-		return
+		return &timeCheck{err: err}
 	}
-	got, err := proc.ReadTimeOffsets(c.pid)
-	if err != nil {
-		c.unreadable(0, "timens_offsets", err)
-		return
-	}
-	g := core.TimeOffsets{Monotonic: got.Monotonic, Boottime: got.Boottime}
 	// From another host, the tolerance grows by 100 ppm of the time
 	// since the image's readings (a live migration sets the offsets at
 	// its first layout): the rate at which two hosts' clocks may drift
@@ -260,7 +261,26 @@ func checkTime(c *checker, img *core.Image) {
 	if p.SameBoot {
 		tol = 0
 	}
-	if absDiff(g.Monotonic, p.Want.Monotonic) > tol || absDiff(g.Boottime, p.Want.Boottime) > tol {
-		c.diff(0, "time namespace offsets", p.Want, g)
+	return &timeCheck{want: p.Want, tol: tol}
+}
+
+// checkTime compares the time namespace offsets of the restored process
+// with those tc wants (nil: nothing to compare).
+func checkTime(c *checker, tc *timeCheck) {
+	if tc == nil {
+		return
+	}
+	if tc.err != nil {
+		c.unreadable(0, "clocks", tc.err)
+		return
+	}
+	got, err := proc.ReadTimeOffsets(c.pid)
+	if err != nil {
+		c.unreadable(0, "timens_offsets", err)
+		return
+	}
+	g := core.TimeOffsets{Monotonic: got.Monotonic, Boottime: got.Boottime}
+	if absDiff(g.Monotonic, tc.want.Monotonic) > tc.tol || absDiff(g.Boottime, tc.want.Boottime) > tc.tol {
+		c.diff(0, "time namespace offsets", tc.want, g)
 	}
 }

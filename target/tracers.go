@@ -18,9 +18,10 @@ import (
 // forked out of its parent over to its own, ptrace.Proc.MoveTo, while it
 // is still a copy of the husk). The per-process stages of Finish run on
 // the tracers at the same time (Builder.parallel), each tracer bound to
-// its own CPU with its processes (pinTree); those that share state among
-// the processes (the files) go through them in the tree's order
-// (Builder.ordered). A single process has one tracer as before.
+// its own CPU with its processes (pinTree); the files, which the
+// processes share, are opened in the agent first, one process after the
+// other, and then installed at the same time (Builder.restoreFiles). A
+// single process has one tracer as before.
 
 // maxTracers bounds the tracer threads of a tree.
 const maxTracers = 8
@@ -28,8 +29,7 @@ const maxTracers = 8
 // assignTracers gives each process of all (the root first) that will
 // live its tracer: the root ss.tr, the others one of the tracers, one for
 // each CPU this process may run on (at most maxTracers), each tracer a
-// run of processes next to each other in the tree's order (the stages
-// that go through them in that order switch tracers the fewest times).
+// run of processes next to each other in the tree's order.
 // A zombie stays with its parent's (it exits as soon as it is forked), a
 // process that joins later too (Builder.Join).
 func (ss *session) assignTracers(all []*restorer) {
@@ -142,46 +142,84 @@ func (b *Builder) parallel(ctx context.Context, fn func(*restorer, context.Conte
 	}
 }
 
-// ordered is each with fn run on the tracer of each process, one process
-// after the other in the tree's order: for the stages whose work on a
-// process depends on that on the ones before (a file they share is
-// opened by the first, and its description given to the others).
-func (b *Builder) ordered(ctx context.Context, fn func(*restorer, context.Context) error) func() error {
+// restoreFiles restores the fds of the tree: every open file description
+// first, in the agent, one process after the other in the tree's order (a
+// description the processes share is opened by the first that has it,
+// and given to the others: openDescs), then each process's fds on its
+// tracer, the processes of different tracers at the same time
+// (restoreFDs, which only reads the descriptions opened).
+func (b *Builder) restoreFiles(ctx context.Context) func() error {
+	install := b.parallel(ctx, (*restorer).restoreFDs)
 	return func() error {
-		return inOrder(b.running(), func(r *restorer) error {
-			if err := fn(r, ctx); err != nil {
+		for _, r := range b.running() {
+			if err := r.openDescs(ctx); err != nil {
 				if r != b.all[0] {
 					return fmt.Errorf("process %d: %w", r.pid, err)
 				}
 				return err
 			}
-			return nil
-		})
+		}
+		return install()
 	}
 }
 
-// inOrder runs fn for each of rs (built), one after the other, on the
-// tracer of each: a run of processes next to each other in rs that one
-// tracer traces in one go on it. It stops at the first error.
-func inOrder(rs []*restorer, fn func(*restorer) error) error {
-	for i := 0; i < len(rs); {
-		t := rs[i].p.Tracer()
-		j := i + 1
-		for j < len(rs) && rs[j].p.Tracer() == t {
-			j++
-		}
-		err := t.Do(func() error {
-			for _, r := range rs[i:j] {
-				if err := fn(r); err != nil {
-					return err
-				}
+// resumeTree detaches every built process, children first: a process
+// runs only once every process below it in the tree does, as it was
+// frozen (what it does at once, a signal to a child or a wait for one,
+// finds the child running, never stopped by the restore). So one depth
+// of the tree after the other, from the deepest, the processes of one
+// depth on their tracers at the same time (they are not each other's
+// children); each tracer's of a depth in the tree's order, the latest
+// first. It stops at the first error.
+func (b *Builder) resumeTree() error {
+	levels := byDepth(b.all)
+	for d := len(levels) - 1; d >= 0; d-- {
+		rs := levels[d]
+		err := ptrace.Each(len(rs), func(i int) *ptrace.Tracer { return rs[i].p.Tracer() }, func(i int) error {
+			r := rs[i]
+			if r.proc.Stopped {
+				r.p.StopOnDetach()
+			}
+			if err := r.p.Detach(); err != nil {
+				return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		i = j
 	}
 	return nil
+}
+
+// byDepth sorts the built processes of all (r.p set) by their depth in
+// the tree (the root's 0, its children's 1, ...), each depth's in the
+// reverse of all's order.
+func byDepth(all []*restorer) [][]*restorer {
+	depth := map[*restorer]int{}
+	var depthOf func(r *restorer) int
+	depthOf = func(r *restorer) int {
+		if d, ok := depth[r]; ok {
+			return d
+		}
+		d := 0
+		if r.parent != nil {
+			d = depthOf(r.parent) + 1
+		}
+		depth[r] = d
+		return d
+	}
+	var levels [][]*restorer
+	for i := len(all) - 1; i >= 0; i-- {
+		r := all[i]
+		if r.p == nil {
+			continue
+		}
+		d := depthOf(r)
+		for len(levels) <= d {
+			levels = append(levels, nil)
+		}
+		levels[d] = append(levels[d], r)
+	}
+	return levels
 }
