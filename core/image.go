@@ -386,6 +386,15 @@ type Thread struct {
 	// Restart says how the thread's interrupted system call, if any, is to be
 	// continued at restore: "" (not in a syscall), "restart", or "eintr".
 	Restart string `json:"restart,omitempty"`
+	// RestartCode is, for a thread stopped in a system call the kernel
+	// interrupted with -ERESTARTSYS (512), -ERESTARTNOINTR (513) or
+	// -ERESTARTNOHAND (514), that code (Regs are rewound all the same):
+	// the restore gives the kernel the call back as it was interrupted, to
+	// run again or end as it decides, a signal handled first ending pause
+	// or sigsuspend with EINTR. 0: none, or -ERESTART_RESTARTBLOCK, whose
+	// restart needs the kernel's own record of the call (the call is run
+	// again as Regs have it). An image without it restores as before.
+	RestartCode int `json:"restart_code,omitempty"`
 }
 
 // Scheduling policies (SCHED_DEADLINE, 6, is refused at the dump).

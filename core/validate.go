@@ -291,6 +291,15 @@ func validateState(p *Process) error {
 		default:
 			return fmt.Errorf("thread %d: restart %q", t.TID, t.Restart)
 		}
+		switch t.RestartCode {
+		case 0:
+		case 512, 513, 514:
+			if t.Restart != "restart" {
+				return fmt.Errorf("thread %d: restart code %d without a call to restart", t.TID, t.RestartCode)
+			}
+		default:
+			return fmt.Errorf("thread %d: restart code %d", t.TID, t.RestartCode)
+		}
 		// set_robust_list takes only sizeof(struct robust_list_head).
 		if t.RobustList != 0 && t.RobustLen != 24 {
 			return fmt.Errorf("thread %d: robust list of length %d", t.TID, t.RobustLen)

@@ -85,6 +85,8 @@ type serveOptions struct {
 	CgroupRoot string
 	// VDSOProxy: the service's --vdso-proxy (the proxy on one kernel).
 	VDSOProxy bool
+	// Hooks are the service's --hook STAGE=COMMAND flags.
+	Hooks []string
 }
 
 // serveProc is a `migrate serve` started by startServeWith.
@@ -137,6 +139,9 @@ func startServeWith(t *testing.T, o serveOptions) *serveProc {
 	}
 	if o.VDSOProxy {
 		args = append(args, "--vdso-proxy")
+	}
+	for _, h := range o.Hooks {
+		args = append(args, "--hook", h)
 	}
 	cmd := exec.Command("unshare", args...)
 	if o.NoFile[0] > 0 {

@@ -119,7 +119,7 @@ func siginfos(raw [][]byte) []core.Siginfo {
 }
 
 func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
-	t := core.Thread{TID: th.TID, Regs: regsToCore(&th.Regs), Restart: th.Restart}
+	t := core.Thread{TID: th.TID, Regs: regsToCore(&th.Regs), Restart: th.Restart, RestartCode: th.RestartCode()}
 	// Credentials are per thread; read now that the thread is stopped.
 	// collectInjected adds the securebits and folds them into the
 	// process's (foldCreds).

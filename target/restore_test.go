@@ -147,6 +147,10 @@ func TestRestoreHostileMetadata(t *testing.T) {
 		}},
 		{"negative fd", func(img *core.Image) { img.Process.FDs = []core.FD{{FD: -1, Kind: core.FDEventfd}} }},
 		{"not 64 sigactions", func(img *core.Image) { img.Process.Sigactions = make([]core.Sigaction, 65) }},
+		{"restart code without a call to restart", func(img *core.Image) { img.Process.Threads[0].RestartCode = 514 }},
+		{"restart code of no restart", func(img *core.Image) {
+			img.Process.Threads[0].Restart, img.Process.Threads[0].RestartCode = "restart", 4
+		}},
 		{"relative working directory", func(img *core.Image) { img.Process.Cwd = "../.." }},
 		{"relative file of an fd", func(img *core.Image) {
 			img.Process.FDs = []core.FD{{FD: 3, Kind: core.FDFile, File: &core.FileRef{Path: "../../etc/shadow"}}}

@@ -409,6 +409,15 @@ func (r *restorer) restoreThreads(context.Context) error {
 			return fmt.Errorf("thread %d: xstate: %w", t.TID, err)
 		}
 		regs := regsFromCore(&t.Regs)
+		if t.Restart == "restart" && t.RestartCode != 0 {
+			// The kernel decides, as the thread resumes, whether the
+			// call runs again or ends (a signal handled first ends a
+			// pause with EINTR).
+			if err := r.p.SetRegsInterrupted(th, &regs, t.RestartCode); err != nil {
+				return err
+			}
+			continue
+		}
 		r.p.SetRegs(th, &regs)
 	}
 	return nil

@@ -602,6 +602,41 @@ func (p *Proc) SetRegs(th *Thread, r *unix.PtraceRegs) error {
 	return nil
 }
 
+// RestartCode returns the code (-rax) of the system call the kernel
+// interrupted when th was seized, if it is one whose restart the kernel
+// can decide again at the detach or restore (ERESTARTSYS, ERESTARTNOINTR,
+// ERESTARTNOHAND); else 0.
+func (th *Thread) RestartCode() int {
+	if th.interrupted == nil {
+		return 0
+	}
+	switch code := -int64(th.interrupted.Rax); code {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand:
+		return int(code)
+	}
+	return 0
+}
+
+// SetRegsInterrupted sets the registers th resumes with to r, those of a
+// thread stopped in a system call the kernel interrupted with -code (one
+// RestartCode gives), rewound (rip at its syscall instruction, rax its
+// number, orig_rax -1): the detach gives the kernel the call as it was
+// interrupted, to run again or end as it decides (see backToRestart).
+func (p *Proc) SetRegsInterrupted(th *Thread, r *unix.PtraceRegs, code int) error {
+	switch code {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand:
+	default:
+		return fmt.Errorf("thread %d: restart code %d", th.TID, code)
+	}
+	p.SetRegs(th, r)
+	kernel, rewound := *r, *r
+	kernel.Orig_rax = r.Rax
+	kernel.Rax = uint64(-int64(code))
+	kernel.Rip = r.Rip + uint64(len(syscallInsn))
+	th.interrupted, th.rewound = &kernel, &rewound
+	return nil
+}
+
 // PendingSignals returns the queued signals of th, and, if shared, those
 // of the whole process.
 func (p *Proc) PendingSignals(th *Thread, shared bool) ([][]byte, error) {
@@ -660,10 +695,11 @@ func (p *Proc) detachAll(_ int) error {
 		}
 		if th.regsChanged {
 			regs := &th.Regs
-			if th.ranInjected && th.interrupted != nil && th.Regs == *th.rewound {
-				// Injected into, but its registers are its own again:
-				// it gets the kernel's interrupted call back, restarted
-				// or ended as the kernel decides (see backToRestart).
+			if th.interrupted != nil && th.Regs == *th.rewound {
+				// Injected into (or restored), but its registers are
+				// those of the interrupted call: it gets the kernel's
+				// interrupted call back, restarted or ended as the
+				// kernel decides (see backToRestart).
 				if ok, err := p.backToRestart(th); err != nil && first == nil {
 					first = err
 				} else if ok {
@@ -706,7 +742,7 @@ func (p *Proc) detachAll(_ int) error {
 }
 
 // backToRestart takes th, which an injection left in a syscall stop (or
-// the signal-delivery stop of a batch's trap),
+// the signal-delivery stop of a batch's trap; or a restore in any stop),
 // back to a stop inside the kernel's signal delivery, where the kernel
 // decides, once the thread goes on, what becomes of the system call the
 // seize interrupted (th.interrupted): run again if no signal handler

@@ -6,6 +6,8 @@
  * abs    clock_nanosleep to now+3 s absolute: "slept rc=R late_ms=L"
  * poll   poll with no fds, 3 s timeout:       "polled rc=R errno=E ms=M"
  * pause  pause() until SIGUSR1:               "paused rc=R errno=E handled=H"
+ * pause2 the same, then pause() again until the next SIGUSR1: "paused
+ *        again rc=R errno=E handled=H" (it lives on after the first)
  * ioflusher, corecookie: pause, made an I/O flusher (PR_SET_IO_FLUSHER)
  *        or given a core-scheduling cookie (PR_SCHED_CORE) first; if the
  *        kernel refuses, "skip REASON" and exit 77.
@@ -133,11 +135,19 @@ int main(int argc, char **argv)
 		say("polled rc=%d errno=%d ms=%ld", rc, e, ms);
 		return rc == 0 && ms >= 3000 ? 0 : 1;
 	}
-	if (!strcmp(argv[1], "pause")) {
+	if (!strcmp(argv[1], "pause") || !strcmp(argv[1], "pause2")) {
 		int rc = pause();
 		int e = errno;
 		say("paused rc=%d errno=%d handled=%d", rc, e, (int)handled);
-		return rc == -1 && e == EINTR && handled ? 0 : 1;
+		int ok = rc == -1 && e == EINTR && handled;
+		if (!strcmp(argv[1], "pause2")) {
+			handled = 0;
+			rc = pause();
+			e = errno;
+			say("paused again rc=%d errno=%d handled=%d", rc, e, (int)handled);
+			ok = ok && rc == -1 && e == EINTR && handled;
+		}
+		return ok ? 0 : 1;
 	}
 	return 2;
 }
