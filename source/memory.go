@@ -814,6 +814,13 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 	if err != nil {
 		return st, err
 	}
+	d.recordPages(s, st, rounds)
+	return st, nil
+}
+
+// recordPages records in the image the page stream s ended with the
+// counts st: the number of pages each area got, and the stream's.
+func (d *dumper) recordPages(s *pageSink, st pagestream.Stats, rounds int) {
 	for i := range d.proc.VMAs {
 		v := &d.proc.VMAs[i]
 		if holdsPages(v.Kind) {
@@ -823,5 +830,4 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 	d.pages.Size = s.n.Load()
 	d.pages.Pages = st.Pages
 	d.pages.Rounds = rounds
-	return st, nil
 }

@@ -128,6 +128,22 @@ func Longest(t Tracker) time.Duration {
 	return t.Held()
 }
 
+// Frozen tells t that the caller holds the process stopped (every thread
+// seized and kept from running its own code) from now on, until Close: a
+// later Dirty or FinalDirty uses that stop without looking at the
+// threads. Their state would say otherwise while the caller injects a
+// system call (the thread runs the call; see source's frozenState, whose
+// final round scans while the injected calls go on), and a tracker that
+// finds a thread of a process this process traces running fails.
+//
+// Preconditions: called before the Dirty or FinalDirty it applies to,
+// not at the same time.
+func Frozen(t Tracker) {
+	if f, ok := t.(interface{ callerFrozen() }); ok {
+		f.callerFrozen()
+	}
+}
+
 // FinalTracker is a Tracker that finds the last dirty set (the final
 // round's, after which no Dirty follows) for less than Dirty costs: it
 // re-arms nothing. FinalDirty reports what Dirty would; the tracker is
