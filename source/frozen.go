@@ -3,7 +3,6 @@ package source
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"time"
 
@@ -64,8 +63,9 @@ import (
 //     reads now. brk(0) moves no break.
 //   - The mmap lock: PAGEMAP_SCAN and the pagemap reads take the process's
 //     mmap lock for reading, the injected mmap and brk for writing, so the
-//     two wait for each other a process at a time (a scan call's walk at
-//     most); neither changes what the other sees.
+//     two wait for each other, a process at a time; neither changes what
+//     the other sees. mmGate has the walks wait while such a call is due,
+//     so that it waits for one walk of a few MiB at most.
 //   - The trackers borrow the freeze without looking at the threads
 //     (track.Frozen): a thread running an injected call is in our stop all
 //     the same.
@@ -127,8 +127,11 @@ type frozenState struct {
 	// an overlapped final round starts: what the round needs of the
 	// processes that the phases after change, it copies.
 	beforeFinal func() error
-	// fin is the overlapped final round in flight.
+	// fin is the overlapped final round in flight; mm, while it is,
+	// keeps its walks of a process's page tables out of the way of the
+	// injected calls that take its mmap lock for writing (mmGate).
 	fin *finalRun
+	mm  map[*dumper]*sync.Mutex
 	// steps name the phases in the report (Step); the read and injected
 	// phases are "read state" and "injected calls" for both callers. An
 	// empty name laps nothing: the time goes to the next step. The
@@ -366,7 +369,10 @@ func (f *frozenState) injected(ctx context.Context) error {
 	var mu sync.Mutex // f.cu
 	err := eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
-		if err := d.mapScratch(); err != nil {
+		unlock := f.mmGate(d)
+		err := d.mapScratch()
+		unlock()
+		if err != nil {
 			return err
 		}
 		if f.cu != nil {
@@ -389,7 +395,20 @@ func (f *frozenState) injected(ctx context.Context) error {
 	}
 	err = eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
-		if err := d.collectInjected(); err != nil {
+		// brk, the first of the injected calls, takes the mmap lock:
+		// mmapDone says it is done.
+		unlock := f.mmGate(d)
+		done := d.mmapDone
+		d.mmapDone = func() {
+			unlock()
+			if done != nil {
+				done()
+			}
+		}
+		err := d.collectInjected()
+		d.mmapDone = done
+		unlock()
+		if err != nil {
 			return err
 		}
 		if !f.keepScratch {
@@ -411,6 +430,23 @@ func (f *frozenState) injected(ctx context.Context) error {
 	}
 	ss.lap("injected calls")
 	return nil
+}
+
+// mmGate keeps the walks of process d's page tables by an overlapped
+// final round waiting, until the returned unlock (which may be called
+// more than once), for an injected call that takes d's mmap lock for
+// writing (the scratch page's mmap, brk): the walks take it for reading,
+// one after the other, and the kernel may let a walk that comes while the
+// call waits for the one before it go first (a reader steals the lock
+// from a waiting writer until a timeout). The call then waits for one
+// walk at most (a few MiB: track's scanChunk).
+func (f *frozenState) mmGate(d *dumper) (unlock func()) {
+	mu := f.mm[d]
+	if mu == nil {
+		return func() {}
+	}
+	mu.Lock()
+	return sync.OnceFunc(mu.Unlock)
 }
 
 // memory is phase 4: the final round of a pre-copy (one for the whole
@@ -526,23 +562,18 @@ func (f *frozenState) startFinal(ctx context.Context) error {
 			return err
 		}
 	}
+	f.mm = make(map[*dumper]*sync.Mutex, len(f.all))
 	for _, d := range f.all {
 		track.Frozen(d.tracker)
+		mu := &sync.Mutex{}
+		f.mm[d] = mu
+		track.BeforeWalks(d.tracker, func() { mu.Lock(); mu.Unlock() })
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	fin := &finalRun{cancel: cancel, done: make(chan struct{}), steps: stepClock{lapped: time.Now()}}
 	f.fin = fin
 	go func() {
 		defer close(fin.done)
-		// The round gives way to the collection: its thread (which walks
-		// the page tables and reads the pages) is niced, so that a tracer
-		// thread or a tracee woken on its CPU runs first, and the round
-		// takes the CPU time they leave. The thread is never unlocked:
-		// it ends with the goroutine, its niceness with it.
-		runtime.LockOSThread()
-		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, besideNice); err != nil {
-			f.ss.log.Debug("the final round's thread not niced", "err", err)
-		}
 		if fin.err = f.ss.finalRound(ctx, f.all, f.frozen, fin.steps.lap, true); fin.err != nil {
 			return
 		}
@@ -557,10 +588,6 @@ func (f *frozenState) startFinal(ctx context.Context) error {
 	}()
 	return nil
 }
-
-// besideNice is the niceness of the thread of a final round that runs
-// beside the collection (startFinal).
-const besideNice = 10
 
 // joinFinal waits for the overlapped final round and returns its error.
 func (f *frozenState) joinFinal() error {

@@ -618,7 +618,7 @@ func finalDirty(all []*dumper, layouts [][]core.VMA, beside bool) ([][]PageRange
 		}
 	}
 	if workers == 1 {
-		walk() // on this goroutine's thread (see frozenState.startFinal)
+		walk()
 	} else {
 		for range workers {
 			wg.Go(walk)

@@ -144,6 +144,20 @@ func Frozen(t Tracker) {
 	}
 }
 
+// BeforeWalks has f run before each walk of the page tables of t's later
+// FinalDirty (each at most a few MiB of address space; uffd-wp only, a
+// no-op for the others), outside the kernel's mmap lock: a caller whose
+// other work needs that lock for writing (an injected mmap) makes the
+// walks wait there, rather than wait for them itself (see source's
+// frozenState).
+//
+// Preconditions: called before that FinalDirty, not at the same time.
+func BeforeWalks(t Tracker, f func()) {
+	if b, ok := t.(interface{ setBeforeWalk(func()) }); ok {
+		b.setBeforeWalk(f)
+	}
+}
+
 // FinalTracker is a Tracker that finds the last dirty set (the final
 // round's, after which no Dirty follows) for less than Dirty costs: it
 // re-arms nothing. FinalDirty reports what Dirty would; the tracker is

@@ -67,9 +67,13 @@ type uffdTracker struct {
 	armVMAs    []core.VMA
 	// frozen: the caller holds the process stopped (Frozen).
 	frozen bool
+	// beforeWalk, if set, runs before each walk of a final scan
+	// (BeforeWalks).
+	beforeWalk func()
 }
 
-func (u *uffdTracker) callerFrozen() { u.frozen = true }
+func (u *uffdTracker) callerFrozen()          { u.frozen = true }
+func (u *uffdTracker) setBeforeWalk(f func()) { u.beforeWalk = f }
 
 // armLater does what startStopped left: see arm1st.
 func (u *uffdTracker) armLater() error {
@@ -461,6 +465,9 @@ func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (writte
 	}
 	for at := r.Start; at < r.End; {
 		stop := min(r.End, at+scanChunk)
+		if u.beforeWalk != nil {
+			u.beforeWalk()
+		}
 		regs, end, err := raw.PagemapScan(u.pm.Fd(), raw.PmScanArg{
 			Start:             at,
 			End:               stop,
