@@ -127,6 +127,9 @@ type frozenState struct {
 	// an overlapped final round starts: what the round needs of the
 	// processes that the phases after change, it copies.
 	beforeFinal func() error
+	// refs are the files the layouts map, looked at once for all the
+	// processes (quickLayout).
+	refs *fileRefs
 	// fin is the overlapped final round in flight; mm, while it is,
 	// keeps its walks of a process's page tables out of the way of the
 	// injected calls that take its mmap lock for writing (mmGate).
@@ -217,6 +220,7 @@ func (f *frozenState) read(ctx context.Context) error {
 	// threads of its processes (see ptrace.Proc.Pin), the processes of
 	// different tracers at the same time (eachProcess).
 	cpus := tracerCPUs(f.all)
+	f.refs = newFileRefs()
 	err := eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
 		if cpu, ok := cpus[d.p.Tracer()]; ok {
@@ -314,7 +318,7 @@ func (f *frozenState) readLayout(d *dumper) error {
 	if !f.quickLayout {
 		return d.collectVMAs()
 	}
-	vmas, err := readVMAsQuick(d.pid)
+	vmas, err := readVMAsQuick(d.pid, f.refs)
 	if err != nil {
 		return err
 	}

@@ -415,7 +415,7 @@ func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
 		return err
 	}
 	seized := time.Since(t)
-	vmas, err := readVMAsQuick(d.pid)
+	vmas, err := readVMAsQuick(d.pid, nil)
 	if err == nil && (early == nil || addVmFlags(d.pid, vmas, early, 0, 0) != nil) {
 		vmas, err = readVMAs(d.pid)
 	}
