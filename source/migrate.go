@@ -764,9 +764,10 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
 		}
-		ll.Process = *a.d.proc
 		if a.frozenProcs != nil {
 			ll.Process = a.frozenProcs[0]
+		} else {
+			ll.Process = *a.d.proc
 		}
 		ll.Process.VMAs = layouts[0]
 		if ll.CgroupLimits, err = readCgroupLimits(append([]core.Process{ll.Process}, ll.Tree...)); err != nil {
@@ -876,9 +877,11 @@ func attachedArea(layouts [][]core.VMA, id int) core.VMA {
 func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
 	var out []core.Process
 	for i, d := range a.all[1:] {
-		p := *d.proc
+		var p core.Process
 		if a.frozenProcs != nil {
 			p = a.frozenProcs[i+1]
+		} else {
+			p = *d.proc
 		}
 		p.VMAs = layouts[i+1]
 		p.FDs = nil
