@@ -72,8 +72,12 @@ import (
 //   - The round's layout message lists the layouts with smaps' flags:
 //     phase 1 adds them (layoutRead) where the areas are those smaps
 //     showed before the freeze, as they were added after the injected brk
-//     before; the processes it describes are copies taken as it starts
-//     (beforeFinal), for phase 1 and 3 go on filling in the originals.
+//     before, so the areas it sends (sentAreas) are those the state lists
+//     and handoff.LeaveOutSame leaves them out of the state as before. The
+//     processes it describes are copies taken as it starts (beforeFinal,
+//     their MM zero: "not collected yet" until the injected brk), for
+//     phases 1 and 3 go on filling in the originals; the state has them
+//     whole.
 //   - Post-copy splits the root's pages (postCopy.split) on the same
 //     layout; the state, built after the join, lists those areas.
 //   - On an error (a refusal in phase 1, an injected call failed, the
