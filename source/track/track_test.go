@@ -920,6 +920,10 @@ func TestTrackFinalDirty(t *testing.T) {
 		e := w.Map("map", "E", 8, 0)
 		w.Call("populate E")
 		u := w.Map("map", "U", 16, 0)
+		// More than one walk of the final scan (scanChunk), written on
+		// both sides of where the first ends.
+		big := w.Map("map", "B", scanChunk/trackPage+52, 0)
+		w.Call("populate B")
 		tr := newTestTracker(t, UffdWP, w)
 		startTracking(t, tr, w)
 		dirty(t, tr, w) // a first round
@@ -932,8 +936,9 @@ func TestTrackFinalDirty(t *testing.T) {
 		w.Call("dontneed F 5")
 		w.Call("dontneed R 2")
 		w.Call("protect E r")
+		w.Call("write B 0 %d %d %d", scanChunk/trackPage-1, scanChunk/trackPage, scanChunk/trackPage+51)
 		g := w.Map("map", "G", 4, 0)
-		regions := []workload.Region{a, s, f, r, e, u, g}
+		regions := []workload.Region{a, s, f, r, e, u, g, big}
 		if !final {
 			return run{regions, dirty(t, tr, w)}
 		}
@@ -961,6 +966,7 @@ func TestTrackFinalDirty(t *testing.T) {
 	}
 	expect(t, "FinalDirty", got.got, got.regions, map[string][]int{
 		"A": {1, 5, 9, 63}, "S": {3}, "F": {2, 5}, "R": {2}, "E": seq(0, 8), "U": {1}, "G": seq(0, 4),
+		"B": {0, scanChunk/trackPage - 1, scanChunk / trackPage, scanChunk/trackPage + 51},
 	})
 }
 
