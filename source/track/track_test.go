@@ -996,3 +996,61 @@ func TestOnlyArenas(t *testing.T) {
 		}
 	}
 }
+
+// TestTrackFrozenInjecting: a caller that holds the process frozen and
+// injects a system call into it (the thread runs the call, out of any
+// ptrace stop) has the final scan use its stop once it said so (Frozen);
+// without that, the tracker refuses a process this process traces with a
+// thread running.
+func TestTrackFrozenInjecting(t *testing.T) {
+	for _, said := range []bool{false, true} {
+		t.Run(fmt.Sprint("frozen=", said), func(t *testing.T) {
+			w := workload.Start(t)
+			a := w.Map("map", "A", 16, 0)
+			w.Call("populate A")
+			tr := newTestTracker(t, UffdWP, w)
+			startTracking(t, tr, w)
+			w.Call("write A 2 9")
+			tracer := ptrace.NewTracer()
+			defer tracer.Close()
+			p, err := tracer.Seize(w.PID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Detach()
+			if err := p.FindGadget(); err != nil {
+				t.Fatal(err)
+			}
+			if said {
+				Frozen(tr)
+			}
+			// poll(NULL, 0, 2000): the leader sleeps in the injected call.
+			done := make(chan error, 1)
+			go func() {
+				_, err := p.Syscall(p.Leader(), "poll", unix.SYS_POLL, 0, 0, 2000)
+				done <- err
+			}()
+			if !testutil.Poll(time.Second, func() bool {
+				st, err := proc.ThreadState(w.PID, w.PID)
+				return err == nil && st == 'S'
+			}) {
+				t.Fatal("the injected poll never slept")
+			}
+			rs, err := tr.(FinalTracker).FinalDirty(workload.Layout(t, w.PID))
+			if err := <-done; err != nil {
+				t.Fatalf("injected poll: %v", err)
+			}
+			if !said {
+				if err == nil {
+					t.Fatal("FinalDirty with a thread running an injected call, not told the caller holds the process: no error")
+				}
+				t.Logf("not told: %v", err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("FinalDirty with a thread running an injected call: %v", err)
+			}
+			expect(t, "frozen, injecting", rs, []workload.Region{a}, map[string][]int{"A": {2, 9}})
+		})
+	}
+}
