@@ -282,6 +282,54 @@ func TestLiveTreeFork(t *testing.T) {
 	}
 }
 
+// TestLiveTreeRefusedInFlight: a child of the tree opens an fd that
+// cannot move (a pty master) just before the freeze (the pre-freeze hook,
+// after the precheck looked): the frozen window's read phase refuses it
+// with the final round in flight (it starts as soon as the layouts are
+// read, before the fds). The round is stopped and waited for before the
+// rollback: the tree runs on untouched (maps, fds and signal state as at
+// the freeze), untraced, and the target has nothing left.
+func TestLiveTreeRefusedInFlight(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := startServeWith(t, serveOptions{})
+	p, kids := startForker(t, 1)
+	child := kids[0]
+	pty := -1
+	var before []*testutil.Snapshot
+	o := source.MigrateOptions{PID: p.PID, To: s.Addr, Tree: true, Transport: transport.Config{Insecure: true},
+		Logger: testLogger(t), Policy: faultPolicy}
+	o.Hooks, _ = hook.Parse(nil, hook.Source)
+	o.Hooks.AddFunc(hook.PreFreeze, "pty", func(context.Context, map[string]string) error {
+		n := len(p.Lines(t))
+		if err := unix.Kill(child, unix.SIGUSR2); err != nil {
+			return err
+		}
+		line, _ := p.WaitLine(t, short, n, fmt.Sprintf("pty %d ", child))
+		pty, _ = strconv.Atoi(field(t, line, "fd"))
+		before = []*testutil.Snapshot{testutil.Take(t, p.PID), testutil.Take(t, child)}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), long)
+	defer cancel()
+	rep, err := source.Migrate(ctx, o)
+	var ue *source.UnsupportedFDError
+	if !errors.As(err, &ue) || ue.PID != child || ue.FD != pty {
+		t.Fatalf("migration: %v (%T), want an *source.UnsupportedFDError for fd %d of process %d", err, err, pty, child)
+	}
+	t.Logf("refused: %v", err)
+	if rep != nil && rep.Outcome == "resumed" {
+		t.Fatalf("report of a refused migration: %+v", rep)
+	}
+	for i, pid := range []int{p.PID, child} {
+		checkRunningUntraced(t, pid)
+		if diff := before[i].Diff(testutil.Take(t, pid), 1, 2); diff != "" {
+			t.Errorf("process %d changed across the refused migration:\n%s", pid, diff)
+		}
+	}
+	p.WaitTick(t, short, p.LastTick(t)+5)
+	checkNoCopyOnTarget(t, s)
+}
+
 // startForker starts forker with n children, and a cleanup that reaps
 // them (they die with their parent, PR_SET_PDEATHSIG, and come to this
 // test, a subreaper). It returns the children's PIDs.

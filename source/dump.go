@@ -180,6 +180,20 @@ func (s *session) lap(name string) {
 	s.lapped = now
 }
 
+// stepClock laps the steps of work that runs beside the session's, on a
+// clock of its own (session.lap is the session's).
+type stepClock struct {
+	steps  []Step
+	lapped time.Time
+}
+
+// lap records the time since the previous lap as step name.
+func (c *stepClock) lap(name string) {
+	now := time.Now()
+	c.steps = append(c.steps, Step{Name: name, MS: ms(now.Sub(c.lapped))})
+	c.lapped = now
+}
+
 // Stages at which DumpOptions.testHook is called.
 const (
 	stageSeized   = "seized"   // all threads stopped, nothing changed yet

@@ -11,6 +11,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/ptrace"
 	"github.com/procmig/migrate/pagestream"
+	"github.com/procmig/migrate/source/track"
 )
 
 // The state of frozen processes is collected in phases, in this order, by
@@ -34,7 +35,55 @@ import (
 //     System V shared memory segments.
 //
 // What the two callers do differently within a phase is set in the fields
-// of frozenState; the order is collect's alone.
+// of frozenState; the order is collect's alone, but for one overlap: a
+// live migration (overlap) starts its final round, the memory phase, on a
+// goroutine of its own as soon as phase 1 has read every layout, and it
+// runs beside the rest of phase 1, phase 2 and phase 3; phase 4 joins it.
+//
+// Why that round sends what it would send after phase 3:
+//
+//   - It needs nothing ptrace does, only the layouts (read frozen, in
+//     phase 1, after stepOutOfVDSO, the last thing that ran the processes'
+//     own code) and the trackers. The processes stay frozen throughout:
+//     nothing of theirs runs, and what the frozen window itself does to
+//     them after the layouts are read writes only the scratch page. The
+//     injected calls write their results there and nowhere else
+//     (collectInjected, collectInjectedAttrs, collectTimers); the mmap that
+//     maps it and brk(0) change no page of the layout; a queued SIGSTOP
+//     (liveSource.FinalState's injectedDone) writes nothing.
+//   - The scratch page is not in the layouts: its address was free when
+//     they were read, and the round scans and sends the areas of those
+//     layouts only, so a scan before or after the mmap sees the same
+//     pages. The kernel may merge the scratch mmap into an adjacent
+//     private anonymous area (same flags, no userfaultfd context: never an
+//     area uffd-wp tracks, whose VM_UFFD_WP and context differ); the
+//     merged area then shows soft-dirty as a whole (mmap sets VM_SOFTDIRTY
+//     on the area it extends), so a soft-dirty scan after the mmap may send
+//     that area's clean pages too: more pages, never fewer, each as it
+//     reads now. brk(0) moves no break.
+//   - The mmap lock: PAGEMAP_SCAN and the pagemap reads take the process's
+//     mmap lock for reading, the injected mmap and brk for writing, so the
+//     two wait for each other, a process at a time; neither changes what
+//     the other sees. mmGate has the walks wait while such a call is due,
+//     so that it waits for one walk of a few MiB at most.
+//   - The trackers borrow the freeze without looking at the threads
+//     (track.Frozen): a thread running an injected call is in our stop all
+//     the same.
+//   - The round's layout message lists the layouts with smaps' flags:
+//     phase 1 adds them (layoutRead) where the areas are those smaps
+//     showed before the freeze, as they were added after the injected brk
+//     before, so the areas it sends (sentAreas) are those the state lists
+//     and handoff.LeaveOutSame leaves them out of the state as before. The
+//     processes it describes are copies taken as it starts (beforeFinal,
+//     their MM zero: "not collected yet" until the injected brk), for
+//     phases 1 and 3 go on filling in the originals; the state has them
+//     whole.
+//   - Post-copy splits the root's pages (postCopy.split) on the same
+//     layout; the state, built after the join, lists those areas.
+//   - On an error (a refusal in phase 1, an injected call failed, the
+//     target aborted) collect stops the round (its context cancelled) and
+//     waits for it before it returns: the caller's rollback (ResumeOriginal
+//     aborting the sinks and closing the trackers) never runs beside it.
 
 // frozenState collects the state of frozen processes (collect), phase
 // after phase.
@@ -70,6 +119,26 @@ type frozenState struct {
 	// read phase (checkLandlock), a dump's; a live migration tests each
 	// as its tracking starts.
 	landlock *landlockProbes
+	// overlap starts the final round (the memory phase of the tracked
+	// processes) once phase 1 has read every layout, on a goroutine of
+	// its own, joined in phase 4 (see the top of this file). Only with
+	// every process tracked and keepTracking (a live migration).
+	overlap bool
+	// layoutRead, if set, runs on each process's layout as soon as phase 1
+	// read it (on its tracer thread, the processes at the same time).
+	layoutRead func(d *dumper) error
+	// beforeFinal, if set, runs on the collecting goroutine just before
+	// an overlapped final round starts: what the round needs of the
+	// processes that the phases after change, it copies.
+	beforeFinal func() error
+	// refs are the files the layouts map, looked at once for all the
+	// processes (quickLayout).
+	refs *fileRefs
+	// fin is the overlapped final round in flight; mm, while it is,
+	// keeps its walks of a process's page tables out of the way of the
+	// injected calls that take its mmap lock for writing (mmGate).
+	fin *finalRun
+	mm  map[*dumper]*sync.Mutex
 	// steps name the phases in the report (Step); the read and injected
 	// phases are "read state" and "injected calls" for both callers. An
 	// empty name laps nothing: the time goes to the next step. The
@@ -80,16 +149,35 @@ type frozenState struct {
 	memoryStep    string
 
 	// Results: the page stream's counts and the memory phase's time; the
-	// clocks and the XSAVE features, read with the threads.
-	stats   pagestream.Stats
-	memTime time.Duration
-	clocks  *core.Clocks
-	cpu     *core.CPUFeatures
+	// clocks and the XSAVE features, read with the threads; the steps of
+	// an overlapped final round (its own, beside the other phases').
+	stats      pagestream.Stats
+	memTime    time.Duration
+	clocks     *core.Clocks
+	cpu        *core.CPUFeatures
+	finalSteps []Step
+}
+
+// finalRun is a final round running beside phases 1 to 3.
+type finalRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	// Once done is closed: its error, or the counts of each process's
+	// page stream, ended (pageSink.finish).
+	err   error
+	stats []pagestream.Stats
+	steps stepClock
 }
 
 // collect runs the phases in order. On an error the processes are left
-// for the caller's rollback (cu, or its own) to undo.
-func (f *frozenState) collect(ctx context.Context) error {
+// for the caller's rollback (cu, or its own) to undo, and an overlapped
+// final round is over.
+func (f *frozenState) collect(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			f.stopFinal()
+		}
+	}()
 	if err := f.read(ctx); err != nil {
 		return err
 	}
@@ -136,6 +224,7 @@ func (f *frozenState) read(ctx context.Context) error {
 	// threads of its processes (see ptrace.Proc.Pin), the processes of
 	// different tracers at the same time (eachProcess).
 	cpus := tracerCPUs(f.all)
+	f.refs = newFileRefs()
 	err := eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
 		if cpu, ok := cpus[d.p.Tracer()]; ok {
@@ -153,6 +242,11 @@ func (f *frozenState) read(ctx context.Context) error {
 		if err := f.readLayout(d); err != nil {
 			return err
 		}
+		if f.layoutRead != nil {
+			if err := f.layoutRead(d); err != nil {
+				return err
+			}
+		}
 		d.ownLap("read: layout")
 		if err := d.p.FindGadgetIn(codeAreas(d.proc.VMAs)); err != nil {
 			return fmt.Errorf("process %d: %w", d.pid, err)
@@ -162,6 +256,11 @@ func (f *frozenState) read(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if f.overlap {
+		if err := f.startFinal(ctx); err != nil {
+			return err
+		}
 	}
 	// The fds one process after the other, parents first: what the
 	// processes share is found in that order.
@@ -223,7 +322,7 @@ func (f *frozenState) readLayout(d *dumper) error {
 	if !f.quickLayout {
 		return d.collectVMAs()
 	}
-	vmas, err := readVMAsQuick(d.pid)
+	vmas, err := readVMAsQuick(d.pid, f.refs)
 	if err != nil {
 		return err
 	}
@@ -281,7 +380,10 @@ func (f *frozenState) injected(ctx context.Context) error {
 	var mu sync.Mutex // f.cu
 	err := eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
-		if err := d.mapScratch(); err != nil {
+		unlock := f.mmGate(d)
+		err := d.mapScratch()
+		unlock()
+		if err != nil {
 			return err
 		}
 		if f.cu != nil {
@@ -304,7 +406,20 @@ func (f *frozenState) injected(ctx context.Context) error {
 	}
 	err = eachProcess(f.all, func(d *dumper) error {
 		d.ownLapped = time.Now()
-		if err := d.collectInjected(); err != nil {
+		// brk, the first of the injected calls, takes the mmap lock:
+		// mmapDone says it is done.
+		unlock := f.mmGate(d)
+		done := d.mmapDone
+		d.mmapDone = func() {
+			unlock()
+			if done != nil {
+				done()
+			}
+		}
+		err := d.collectInjected()
+		d.mmapDone = done
+		unlock()
+		if err != nil {
 			return err
 		}
 		if !f.keepScratch {
@@ -328,6 +443,23 @@ func (f *frozenState) injected(ctx context.Context) error {
 	return nil
 }
 
+// mmGate keeps the walks of process d's page tables by an overlapped
+// final round waiting, until the returned unlock (which may be called
+// more than once), for an injected call that takes d's mmap lock for
+// writing (the scratch page's mmap, brk): the walks take it for reading,
+// one after the other, and the kernel may let a walk that comes while the
+// call waits for the one before it go first (a reader steals the lock
+// from a waiting writer until a timeout). The call then waits for one
+// walk at most (a few MiB: track's scanChunk).
+func (f *frozenState) mmGate(d *dumper) (unlock func()) {
+	mu := f.mm[d]
+	if mu == nil {
+		return func() {}
+	}
+	mu.Lock()
+	return sync.OnceFunc(mu.Unlock)
+}
+
 // memory is phase 4: the final round of a pre-copy (one for the whole
 // tree), or every page.
 func (f *frozenState) memory(ctx context.Context) error {
@@ -340,8 +472,11 @@ func (f *frozenState) memory(ctx context.Context) error {
 			tracked = append(tracked, d)
 		}
 	}
+	if f.fin != nil {
+		return f.memoryBeside()
+	}
 	if len(tracked) > 0 {
-		if err := f.ss.finalRound(ctx, tracked, f.frozen); err != nil {
+		if err := f.ss.finalRound(ctx, tracked, f.frozen, f.ss.lap, false); err != nil {
 			return err
 		}
 	}
@@ -394,6 +529,100 @@ func (f *frozenState) memory(ctx context.Context) error {
 		f.ss.lap(f.memoryStep)
 	}
 	return nil
+}
+
+// memoryBeside is phase 4 of an overlapped final round: it waits for
+// the round (and the end of the page streams) and records it.
+func (f *frozenState) memoryBeside() error {
+	fin := f.fin
+	if err := f.joinFinal(); err != nil {
+		return err
+	}
+	rounds := len(f.all[0].rounds)
+	for i, d := range f.all {
+		if !f.keepTracking {
+			if err := d.tracker.Close(); err != nil {
+				return err
+			}
+		}
+		st := fin.stats[i]
+		d.recordPages(d.sink, st, rounds)
+		f.stats.Pages += st.Pages
+		f.stats.ZeroPages += st.ZeroPages
+		f.stats.BytesRaw += st.BytesRaw
+		f.stats.BytesWire += st.BytesWire
+	}
+	f.ss.lap("final round: wait")
+	return nil
+}
+
+// startFinal starts the final round of every process (all tracked) on a
+// goroutine of its own: see the top of this file for why it may run
+// beside phases 1 to 3.
+//
+// Preconditions: every process is frozen and its layout read
+// (d.proc.VMAs, which nothing changes until the round is joined).
+func (f *frozenState) startFinal(ctx context.Context) error {
+	for _, d := range f.all {
+		if d.tracker == nil {
+			return nil // (not a live migration's) phase 4 does it all
+		}
+	}
+	if f.beforeFinal != nil {
+		if err := f.beforeFinal(); err != nil {
+			return err
+		}
+	}
+	f.mm = make(map[*dumper]*sync.Mutex, len(f.all))
+	for _, d := range f.all {
+		track.Frozen(d.tracker)
+		mu := &sync.Mutex{}
+		f.mm[d] = mu
+		track.BeforeWalks(d.tracker, func() { mu.Lock(); mu.Unlock() })
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	fin := &finalRun{cancel: cancel, done: make(chan struct{}), steps: stepClock{lapped: time.Now()}}
+	f.fin = fin
+	go func() {
+		defer close(fin.done)
+		if fin.err = f.ss.finalRound(ctx, f.all, f.frozen, fin.steps.lap, true); fin.err != nil {
+			return
+		}
+		// The page streams end here too (their last frames flushed).
+		fin.stats = make([]pagestream.Stats, len(f.all))
+		for i, d := range f.all {
+			if fin.stats[i], fin.err = d.sink.finish(); fin.err != nil {
+				return
+			}
+		}
+		fin.steps.lap("final round: end of the page streams")
+	}()
+	return nil
+}
+
+// joinFinal waits for the overlapped final round and returns its error.
+func (f *frozenState) joinFinal() error {
+	fin := f.fin
+	if fin == nil {
+		return nil
+	}
+	<-fin.done
+	fin.cancel()
+	f.fin = nil
+	f.finalSteps = fin.steps.steps
+	return fin.err
+}
+
+// stopFinal stops an overlapped final round still in flight (an error
+// elsewhere ends the collection) and waits for it to end.
+func (f *frozenState) stopFinal() {
+	if f.fin == nil {
+		return
+	}
+	f.fin.cancel()
+	if err := f.joinFinal(); err != nil {
+		f.ss.log.Debug("the final round in flight stopped", "err", err)
+	}
 }
 
 // blobs is phase 5: file contents and buffers stored as blobs.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,13 +63,56 @@ func readVMAs(pid int) ([]core.VMA, error) {
 // readVMAsQuick reads the layout from /proc/PID/maps, without the flags
 // only smaps has (madvise advice, growsdown): smaps walks the page tables
 // to count pages, a dozen milliseconds for a GiB, which the frozen window
-// should not wait for. addVmFlags adds them.
-func readVMAsQuick(pid int) ([]core.VMA, error) {
+// should not wait for. addVmFlags adds them. refs, if not nil, are the
+// mapped files the layouts of other frozen processes found (fileRefs).
+func readVMAsQuick(pid int, refs *fileRefs) ([]core.VMA, error) {
 	maps, err := proc.ReadMaps(pid)
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
-	return vmasOf(pid, maps)
+	return vmasOfShared(pid, maps, refs)
+}
+
+// mappedFile names a mapped file as maps shows it.
+type mappedFile struct {
+	major, minor uint32
+	inode        uint64
+	path         string
+}
+
+// fileRefs are the files the layouts of frozen processes map, each looked
+// at once (fileRef, a readlink and a stat of its map_files link) for all
+// of them: the processes of a forked tree map the same libraries, and
+// frozen together they see each the same file (its device, inode and path
+// as maps shows them) as it is then. Safe for concurrent use.
+type fileRefs struct {
+	mu sync.Mutex
+	m  map[mappedFile]core.FileRef
+}
+
+func newFileRefs() *fileRefs { return &fileRefs{m: map[mappedFile]core.FileRef{}} }
+
+// of returns the file that area m of process pid maps.
+func (r *fileRefs) of(pid int, m *proc.Mapping) (core.FileRef, error) {
+	key := mappedFile{m.Major, m.Minor, m.Inode, m.Path}
+	if m.Inode != 0 {
+		r.mu.Lock()
+		ref, ok := r.m[key]
+		r.mu.Unlock()
+		if ok {
+			return ref, nil
+		}
+	}
+	ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+	if err != nil {
+		return core.FileRef{}, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, m.Path, err)
+	}
+	if m.Inode != 0 {
+		r.mu.Lock()
+		r.m[key] = *ref
+		r.mu.Unlock()
+	}
+	return *ref, nil
 }
 
 // addVmFlags sets, on a layout read with readVMAsQuick, the flags read from
@@ -199,15 +243,17 @@ func sameAreas(vmas []core.VMA, smaps []proc.Mapping) bool {
 
 // vmasOf turns maps (or smaps) lines into the image's areas.
 func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
+	return vmasOfShared(pid, maps, nil)
+}
+
+// vmasOfShared is vmasOf with the files mapped looked at through refs
+// (nil: its own). The areas of one file (a library has four or five) are
+// the same inode: it is looked at once.
+func vmasOfShared(pid int, maps []proc.Mapping, refs *fileRefs) ([]core.VMA, error) {
 	var vmas []core.VMA
-	// The areas of one file (a library has four or five) are the same
-	// inode: it is looked at once.
-	type fileKey struct {
-		major, minor uint32
-		inode        uint64
-		path         string
+	if refs == nil {
+		refs = newFileRefs()
 	}
-	files := map[fileKey]*core.FileRef{}
 	for i := range maps {
 		m := &maps[i]
 		v := core.VMA{Start: m.Start, End: m.End, Prot: m.Prot, Offset: m.Offset}
@@ -260,17 +306,10 @@ func vmasOf(pid int, maps []proc.Mapping) ([]core.VMA, error) {
 		case m.Shared && m.Deleted && name == "/dev/zero":
 			v.Kind, v.Name = core.VMASharedAnon, name
 		case strings.HasPrefix(name, "/"):
-			key := fileKey{m.Major, m.Minor, m.Inode, name}
-			seen := files[key]
-			if seen == nil || m.Inode == 0 {
-				ref, err := fileRef(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
-				if err != nil {
-					return nil, fmt.Errorf("process %d: mapping %#x-%#x of %s: %w", pid, m.Start, m.End, name, err)
-				}
-				seen = ref
-				files[key] = ref
+			ref, err := refs.of(pid, m)
+			if err != nil {
+				return nil, err
 			}
-			ref := *seen
 			ref.Path = name
 			ref.Deleted = m.Deleted
 			v.File = &ref
@@ -814,6 +853,13 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 	if err != nil {
 		return st, err
 	}
+	d.recordPages(s, st, rounds)
+	return st, nil
+}
+
+// recordPages records in the image the page stream s ended with the
+// counts st: the number of pages each area got, and the stream's.
+func (d *dumper) recordPages(s *pageSink, st pagestream.Stats, rounds int) {
 	for i := range d.proc.VMAs {
 		v := &d.proc.VMAs[i]
 		if holdsPages(v.Kind) {
@@ -823,5 +869,4 @@ func (d *dumper) finishPages(s *pageSink, rounds int) (pagestream.Stats, error) 
 	d.pages.Size = s.n.Load()
 	d.pages.Pages = st.Pages
 	d.pages.Rounds = rounds
-	return st, nil
 }

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"reflect"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -89,7 +90,7 @@ func TestVmFlagsWithScratchMerged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vmas, err := readVMAsQuick(p.PID)
+	vmas, err := readVMAsQuick(p.PID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,5 +125,45 @@ func TestVmFlagsWithScratchMerged(t *testing.T) {
 	}
 	if err := addVmFlags(p.PID, vmas, smaps, 0, 0); err == nil {
 		t.Fatal("the merged area matched the layout read before it: the test shows nothing")
+	}
+}
+
+// TestFileRefsShared: the layouts of two processes that map the same
+// files, read with the files looked at once for both (fileRefs), are
+// those read each on its own.
+func TestFileRefsShared(t *testing.T) {
+	var pids []int
+	for range 2 {
+		p := testutil.Start(t, testutil.Build(t, "sleeper"), "pause")
+		p.WaitLine(t, 2*short, 0, "sleeping")
+		// Stopped: their layouts stay as they are between the reads.
+		if err := unix.Kill(p.PID, unix.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Kill(p.PID, unix.SIGCONT) })
+		pids = append(pids, p.PID)
+	}
+	refs := newFileRefs()
+	files := 0
+	for _, pid := range pids {
+		alone, err := readVMAsQuick(pid, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared, err := readVMAsQuick(pid, refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(alone, shared) {
+			t.Errorf("process %d: the layout read with the files of another differs:\n%+v\nwant\n%+v", pid, shared, alone)
+		}
+		for _, v := range alone {
+			if v.File != nil {
+				files++
+			}
+		}
+	}
+	if files == 0 || len(refs.m) == 0 || len(refs.m) > files/2 {
+		t.Errorf("%d files looked at for %d file areas of two processes of one program: want each file once", len(refs.m), files)
 	}
 }

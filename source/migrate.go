@@ -149,6 +149,10 @@ type MigrateReport struct {
 	// ProcessSteps is where the frozen window's work on each process
 	// went (the read and injected phases), the root first.
 	ProcessSteps []ProcessSteps `json:"process_steps,omitempty"`
+	// FinalRoundSteps is where the final round's time went: it runs
+	// beside the read, network and injected phases, so its steps are not
+	// in FrozenSteps, which has the wait for it ("final round: wait").
+	FinalRoundSteps []Step `json:"final_round_steps,omitempty"`
 	// TargetSteps is where the target's time went (its restore steps, as
 	// it reported them), and Handoff the rest of the downtime: state sent
 	// to ready, commit to resumed, as the source saw it.
@@ -392,6 +396,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 			rep.ProcessSteps = append(rep.ProcessSteps, ProcessSteps{PID: m.pid, Steps: m.ownSteps})
 		}
 	}
+	rep.FinalRoundSteps = a.finalSteps
 	rep.TargetSteps = a.targetSteps
 	rep.Renumbered = a.renumbered
 	rep.Stages = stages(append(slices.Clone(a.all), a.left...), rep.BytesRaw, a.targetApply)
@@ -569,6 +574,13 @@ type liveSource struct {
 	// postCopy, unless nil, may end the migration in post-copy
 	// (MigrateOptions.Mode).
 	postCopy *postCopy
+	// frozenProcs, while the final round runs beside the rest of the
+	// frozen window (FinalState), are the processes (a.all's) as its
+	// layout describes them: copies taken as it started, for the
+	// collection goes on filling in the originals. finalSteps are the
+	// round's steps.
+	frozenProcs []core.Process
+	finalSteps  []Step
 }
 
 // milestone tells notify of a milestone.
@@ -752,7 +764,11 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 		if ll.Clocks, err = readClocks([]int{a.d.pid}); err != nil {
 			return err
 		}
-		ll.Process = *a.d.proc
+		if a.frozenProcs != nil {
+			ll.Process = a.frozenProcs[0]
+		} else {
+			ll.Process = *a.d.proc
+		}
 		ll.Process.VMAs = layouts[0]
 		if ll.CgroupLimits, err = readCgroupLimits(append([]core.Process{ll.Process}, ll.Tree...)); err != nil {
 			return err
@@ -794,11 +810,7 @@ func (a *liveSource) announce(r *handoff.Rounds) {
 				return err
 			}
 		}
-		err = r.Layout(body)
-		if !a.frozen.IsZero() {
-			a.d.lap("final round: layout")
-		}
-		return err
+		return r.Layout(body)
 	}
 	a.d.onRoundEnd = func(rep RoundReport) error {
 		if a.frozen.IsZero() {
@@ -865,12 +877,36 @@ func attachedArea(layouts [][]core.VMA, id int) core.VMA {
 func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
 	var out []core.Process
 	for i, d := range a.all[1:] {
-		p := *d.proc
+		var p core.Process
+		if a.frozenProcs != nil {
+			p = a.frozenProcs[i+1]
+		} else {
+			p = *d.proc
+		}
 		p.VMAs = layouts[i+1]
 		p.FDs = nil
 		out = append(out, p)
 	}
 	return append(out, a.zombies...)
+}
+
+// layoutCopy is a copy of p, without its areas and fds, for a layout
+// built while the collection goes on writing p (frozenState.overlap):
+// nothing of it shares memory with p. Its MM is zero, "not collected
+// yet" (core's validateMM), as in the layouts before the freeze: the
+// injected brk completes it, after the copy.
+func layoutCopy(p *core.Process) (core.Process, error) {
+	c := *p
+	c.VMAs, c.FDs, c.MM = nil, nil, core.MM{}
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return core.Process{}, fmt.Errorf("process %d: %w", p.PID, err)
+	}
+	var out core.Process
+	if err := json.Unmarshal(b, &out); err != nil {
+		return core.Process{}, fmt.Errorf("process %d: %w", p.PID, err)
+	}
+	return out, nil
 }
 
 // identify fills in what the target needs to create process d before the
@@ -1058,19 +1094,34 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	// source's connections and listening ports, which fall silent until
 	// the original is killed, or resumes; the tracker and the scratch page
 	// stay until then: a rollback (ResumeOriginal) undoes them.
+	// The final round goes on beside the rest (frozenState.overlap).
 	f := &frozenState{ss: d.session, all: a.all, frozen: a.frozen,
-		quickLayout: true, keepScratch: true, keepTracking: true,
+		quickLayout: true, keepScratch: true, keepTracking: true, overlap: true,
 		networkStep: "network lock, tcp repair", networkAlways: true, memoryStep: "final round"}
 	defer f.close()
 	f.lockNetwork = a.lockNetwork
-	smaps := make([]func() error, len(a.all))
-	for i, m := range a.all {
-		smaps[i] = a.smapsAfterMmap(m)
+	smaps := make(map[*dumper]*smapsFlags, len(a.all))
+	for _, m := range a.all {
+		smaps[m] = a.smapsAfterMmap(m)
+	}
+	f.layoutRead = func(m *dumper) error { return smaps[m].layoutRead() }
+	f.beforeFinal = func() error {
+		procs := make([]core.Process, len(a.all))
+		for i, m := range a.all {
+			var err error
+			if procs[i], err = layoutCopy(m.proc); err != nil {
+				return err
+			}
+		}
+		a.frozenProcs = procs
+		return nil
 	}
 	defer func() {
 		for _, m := range a.all {
 			m.mmapDone = nil
 		}
+		a.frozenProcs = nil
+		a.finalSteps = f.finalSteps
 	}()
 	// No injection follows the injected calls (but on a rollback): a
 	// SIGSTOP queued then stops the original where it is if this migrate
@@ -1090,8 +1141,8 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	if ids := shmIDs(d.shm); !slices.Equal(ids, a.shmIDs) {
 		return nil, &SysVChangedError{Before: a.shmIDs, Now: ids}
 	}
-	for _, wait := range smaps {
-		if err := wait(); err != nil {
+	for _, m := range a.all {
+		if err := smaps[m].wait(); err != nil {
 			return nil, err
 		}
 	}
@@ -1156,56 +1207,88 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	return json.Marshal(st)
 }
 
+// smapsFlags adds the flags only smaps has to the layout of a process,
+// read quick from maps in the frozen window (see readVMAsQuick).
+type smapsFlags struct {
+	a *liveSource
+	d *dumper
+	// added: the flags are in the layout already (layoutRead).
+	added bool
+	// started: mmapDone ran; c then gets the result.
+	started bool
+	c       chan smapsResult
+}
+
+type smapsResult struct {
+	maps []proc.Mapping
+	// scratch, scratchLen: the scratch page, mapped when maps was read
+	// (see addVmFlags).
+	scratch, scratchLen uint64
+	err                 error
+}
+
 // smapsAfterMmap arranges for the flags only smaps has to be added to the
-// layout of process d, read from another thread while the injected calls
-// and the final round go on (see readVMAsQuick): smaps holds the process's
-// mmap lock, which the injected mmap and brk take, so it starts after
-// them. It returns the wait for them, after the collection.
-func (a *liveSource) smapsAfterMmap(d *dumper) func() error {
-	type smapsResult struct {
-		maps []proc.Mapping
-		// scratch, scratchLen: the scratch page, mapped when maps was
-		// read (see addVmFlags).
-		scratch, scratchLen uint64
-		err                 error
-		added               bool // the flags are in the layout already
+// layout of process d: at once, from the smaps read just before the
+// freeze, when the areas are still those (layoutRead); else from smaps
+// read again on another goroutine while the injected calls and the final
+// round go on: smaps holds the process's mmap lock, which the injected
+// mmap and brk take, so it starts after them (mmapDone). wait waits for
+// it, after the collection.
+func (a *liveSource) smapsAfterMmap(d *dumper) *smapsFlags {
+	s := &smapsFlags{a: a, d: d, c: make(chan smapsResult, 1)}
+	d.mmapDone = s.mmapDone
+	return s
+}
+
+// layoutRead runs as soon as the frozen layout is read (frozenState's
+// layoutRead), before the final round lists it: where the areas are
+// those smaps showed just before the freeze, its flags stand (only a
+// madvise of a whole area in those few milliseconds would change one
+// without changing the layout), and no walk of the page tables competes
+// with the final round's. Added now, they are in the final round's
+// layout too: it lists the areas as the layout before and the State do
+// (handoff.LeaveOutSame).
+func (s *smapsFlags) layoutRead() error {
+	pre, ok := s.a.preSmaps[s.d.pid]
+	if !ok || !sameAreas(s.d.proc.VMAs, pre) {
+		return nil
 	}
-	smapsc := make(chan smapsResult, 1)
-	started := false
-	d.mmapDone = func() {
-		started = true
-		if pre, ok := a.preSmaps[d.pid]; ok && sameAreas(d.proc.VMAs, pre) {
-			// The areas are those smaps showed just before the freeze:
-			// its flags stand (only a madvise of a whole area in those
-			// few milliseconds would change one without changing the
-			// layout), and no walk of the page tables competes with the
-			// final round's. They are added at once, so that the final
-			// round's layout has them too: it lists the areas as the
-			// layout before and the State do (handoff.LeaveOutSame).
-			err := addVmFlags(d.pid, d.proc.VMAs, pre, 0, 0)
-			smapsc <- smapsResult{err: err, added: true}
-			return
-		}
-		d.log.Debug("the layout changed at the freeze: smaps read again", "pid", d.pid)
-		scratch := d.scratch
-		go func() {
-			m, err := proc.ReadSmaps(d.pid)
-			smapsc <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
-		}()
+	if err := addVmFlags(s.d.pid, s.d.proc.VMAs, pre, 0, 0); err != nil {
+		return err
 	}
-	return func() error {
-		if !started {
-			return fmt.Errorf("process %d: smaps not read", d.pid)
-		}
-		sm := <-smapsc
-		if sm.err != nil {
-			return fmt.Errorf("process %d: %w", d.pid, sm.err)
-		}
-		if sm.added {
-			return nil
-		}
-		return addVmFlags(d.pid, d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen)
+	s.added = true
+	return nil
+}
+
+// mmapDone runs once the injected calls that take the mmap lock are done.
+func (s *smapsFlags) mmapDone() {
+	s.started = true
+	if s.added {
+		return
 	}
+	d := s.d
+	d.log.Debug("the layout changed at the freeze: smaps read again", "pid", d.pid)
+	scratch := d.scratch
+	go func() {
+		m, err := proc.ReadSmaps(d.pid)
+		s.c <- smapsResult{maps: m, scratch: scratch, scratchLen: scratchSize, err: err}
+	}()
+}
+
+// wait adds the flags read after the injected calls, if layoutRead did
+// not.
+func (s *smapsFlags) wait() error {
+	if s.added {
+		return nil
+	}
+	if !s.started {
+		return fmt.Errorf("process %d: smaps not read", s.d.pid)
+	}
+	sm := <-s.c
+	if sm.err != nil {
+		return fmt.Errorf("process %d: %w", s.d.pid, sm.err)
+	}
+	return addVmFlags(s.d.pid, s.d.proc.VMAs, sm.maps, sm.scratch, sm.scratchLen)
 }
 
 // ResumeOriginal undoes everything: the original runs on.

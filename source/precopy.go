@@ -415,7 +415,7 @@ func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
 		return err
 	}
 	seized := time.Since(t)
-	vmas, err := readVMAsQuick(d.pid)
+	vmas, err := readVMAsQuick(d.pid, nil)
 	if err == nil && (early == nil || addVmFlags(d.pid, vmas, early, 0, 0) != nil) {
 		vmas, err = readVMAs(d.pid)
 	}
@@ -505,9 +505,13 @@ func clip(ranges []PageRange, vmas []core.VMA, holds func(string) bool) []PageRa
 // dirtied since the last pre-copy round plus those the policy stopped on
 // (its pending set): one round for the tree.
 //
+// Its steps are lapped with lap: the session's (ss.lap), or those of a
+// round that runs beside the rest of the frozen window (frozenState's
+// overlap, beside says so), which must not touch the session's clock.
+//
 // Preconditions: the processes are frozen; each d.proc.VMAs is its
 // layout.
-func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Time) error {
+func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Time, lap func(string), beside bool) error {
 	root := all[0]
 	round := len(root.rounds)
 	if pc := ss.postCopy; pc != nil && pc.active && len(all) > 1 {
@@ -522,12 +526,15 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 	if err := ss.roundStart(layouts); err != nil {
 		return err
 	}
+	if ss.onRoundStart != nil {
+		lap("final round: layout")
+	}
 	m := ss.meter(all, round)
-	ranges, err := finalDirty(all, layouts)
+	ranges, err := finalDirty(all, layouts, beside)
 	if err != nil {
 		return err
 	}
-	ss.lap("final round: dirty pages")
+	lap("final round: dirty pages")
 	if ss.opts.Transfer != nil { // only then: this is downtime
 		var planned uint64
 		for i, d := range all {
@@ -553,7 +560,7 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 		}
 		dirty += n
 	}
-	ss.lap("final round: send")
+	lap("final round: send")
 	for _, d := range all {
 		if err := d.sink.endRound(uint32(round)); err != nil {
 			return err
@@ -575,31 +582,49 @@ func (ss *session) finalRound(ctx context.Context, all []*dumper, frozen time.Ti
 // pages written since its last round, in layouts: each walk of a
 // process's page tables is its own (a tracker each, held by nothing else
 // now), so they go on at the same time, a few at once.
-func finalDirty(all []*dumper, layouts [][]core.VMA) ([][]PageRange, error) {
+//
+// Beside the injected calls (beside), one walk at a time, from the last
+// process to the first: the tracer threads keep the other CPUs, and the
+// injected mmap and brk, which take a process's mmap lock for writing
+// (a walk holds it for reading) and go from the first process to the
+// last, meet the walks about once instead of following them.
+func finalDirty(all []*dumper, layouts [][]core.VMA, beside bool) ([][]PageRange, error) {
 	ranges := make([][]PageRange, len(all))
 	errs := make([]error, len(all))
+	workers := min(runtime.GOMAXPROCS(0), maxTracers, len(all))
+	order := func(n int) int { return n }
+	if beside {
+		workers = 1
+		order = func(n int) int { return len(all) - 1 - n }
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), maxTracers, len(all)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(all) {
-					return
-				}
-				d := all[i]
-				if ft, ok := d.tracker.(track.FinalTracker); ok {
-					ranges[i], errs[i] = ft.FinalDirty(layouts[i])
-				} else {
-					ranges[i], errs[i] = d.tracker.Dirty(layouts[i])
-				}
-				if errs[i] != nil {
-					errs[i] = fmt.Errorf("process %d: final round: %w", d.pid, errs[i])
-				}
+	walk := func() {
+		for {
+			n := int(next.Add(1) - 1)
+			if n >= len(all) {
+				return
 			}
-		})
+			i := order(n)
+			d := all[i]
+			if ft, ok := d.tracker.(track.FinalTracker); ok {
+				ranges[i], errs[i] = ft.FinalDirty(layouts[i])
+			} else {
+				ranges[i], errs[i] = d.tracker.Dirty(layouts[i])
+			}
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("process %d: final round: %w", d.pid, errs[i])
+			}
+		}
 	}
-	wg.Wait()
+	if workers == 1 {
+		walk()
+	} else {
+		for range workers {
+			wg.Go(walk)
+		}
+		wg.Wait()
+	}
 	for _, err := range errs {
 		if err != nil {
 			return nil, err

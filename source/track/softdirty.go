@@ -39,7 +39,11 @@ type softDirtyTracker struct {
 	held   time.Duration
 	ents   []proc.PagemapEntry
 	state  trackerState
+	// frozen: the caller holds the process stopped (Frozen).
+	frozen bool
 }
+
+func (s *softDirtyTracker) callerFrozen() { s.frozen = true }
 
 func newSoftDirtyTracker(pid int) *softDirtyTracker {
 	return &softDirtyTracker{pid: pid}
@@ -162,14 +166,18 @@ func (s *softDirtyTracker) Dirty(vmas []core.VMA) (_ []PageRange, err error) {
 // stop stops every thread of the process, unless the caller already holds
 // it stopped (borrowed), and returns how to let it run on.
 func (s *softDirtyTracker) stop() (resume func() error, borrowed bool, err error) {
-	return pauseProcess(s.pid, &s.tracer, "soft-dirty tracker")
+	return pauseProcess(s.pid, &s.tracer, "soft-dirty tracker", s.frozen)
 }
 
 // pauseProcess stops every thread of pid with the tracer *tr (made on
-// first use), unless the caller already holds it stopped (borrowed), and
-// returns how to let it run on. A thread interrupted in a system call
+// first use), unless the caller already holds it stopped (borrowed: it
+// said so, callerFrozen, or every thread is in a stop of this process's),
+// and returns how to let it run on. A thread interrupted in a system call
 // resumes it as the kernel would (a sleep with the time it has left).
-func pauseProcess(pid int, tr **ptrace.Tracer, who string) (resume func() error, borrowed bool, err error) {
+func pauseProcess(pid int, tr **ptrace.Tracer, who string, callerFrozen bool) (resume func() error, borrowed bool, err error) {
+	if callerFrozen {
+		return func() error { return nil }, true, nil
+	}
 	if frozen, err := frozenByUs(pid); err != nil {
 		return nil, false, err
 	} else if frozen {

@@ -128,6 +128,36 @@ func Longest(t Tracker) time.Duration {
 	return t.Held()
 }
 
+// Frozen tells t that the caller holds the process stopped (every thread
+// seized and kept from running its own code) from now on, until Close: a
+// later Dirty or FinalDirty uses that stop without looking at the
+// threads. Their state would say otherwise while the caller injects a
+// system call (the thread runs the call; see source's frozenState, whose
+// final round scans while the injected calls go on), and a tracker that
+// finds a thread of a process this process traces running fails.
+//
+// Preconditions: called before the Dirty or FinalDirty it applies to,
+// not at the same time.
+func Frozen(t Tracker) {
+	if f, ok := t.(interface{ callerFrozen() }); ok {
+		f.callerFrozen()
+	}
+}
+
+// BeforeWalks has f run before each walk of the page tables of t's later
+// FinalDirty (each at most a few MiB of address space; uffd-wp only, a
+// no-op for the others), outside the kernel's mmap lock: a caller whose
+// other work needs that lock for writing (an injected mmap) makes the
+// walks wait there, rather than wait for them itself (see source's
+// frozenState).
+//
+// Preconditions: called before that FinalDirty, not at the same time.
+func BeforeWalks(t Tracker, f func()) {
+	if b, ok := t.(interface{ setBeforeWalk(func()) }); ok {
+		b.setBeforeWalk(f)
+	}
+}
+
 // FinalTracker is a Tracker that finds the last dirty set (the final
 // round's, after which no Dirty follows) for less than Dirty costs: it
 // re-arms nothing. FinalDirty reports what Dirty would; the tracker is

@@ -920,6 +920,10 @@ func TestTrackFinalDirty(t *testing.T) {
 		e := w.Map("map", "E", 8, 0)
 		w.Call("populate E")
 		u := w.Map("map", "U", 16, 0)
+		// More than one walk of the final scan (scanChunk), written on
+		// both sides of where the first ends.
+		big := w.Map("map", "B", scanChunk/trackPage+52, 0)
+		w.Call("populate B")
 		tr := newTestTracker(t, UffdWP, w)
 		startTracking(t, tr, w)
 		dirty(t, tr, w) // a first round
@@ -932,8 +936,9 @@ func TestTrackFinalDirty(t *testing.T) {
 		w.Call("dontneed F 5")
 		w.Call("dontneed R 2")
 		w.Call("protect E r")
+		w.Call("write B 0 %d %d %d", scanChunk/trackPage-1, scanChunk/trackPage, scanChunk/trackPage+51)
 		g := w.Map("map", "G", 4, 0)
-		regions := []workload.Region{a, s, f, r, e, u, g}
+		regions := []workload.Region{a, s, f, r, e, u, g, big}
 		if !final {
 			return run{regions, dirty(t, tr, w)}
 		}
@@ -961,6 +966,7 @@ func TestTrackFinalDirty(t *testing.T) {
 	}
 	expect(t, "FinalDirty", got.got, got.regions, map[string][]int{
 		"A": {1, 5, 9, 63}, "S": {3}, "F": {2, 5}, "R": {2}, "E": seq(0, 8), "U": {1}, "G": seq(0, 4),
+		"B": {0, scanChunk/trackPage - 1, scanChunk / trackPage, scanChunk/trackPage + 51},
 	})
 }
 
@@ -988,5 +994,63 @@ func TestOnlyArenas(t *testing.T) {
 		if got := onlyArenas(base, c.after); got != c.want {
 			t.Errorf("%s: onlyArenas = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestTrackFrozenInjecting: a caller that holds the process frozen and
+// injects a system call into it (the thread runs the call, out of any
+// ptrace stop) has the final scan use its stop once it said so (Frozen);
+// without that, the tracker refuses a process this process traces with a
+// thread running.
+func TestTrackFrozenInjecting(t *testing.T) {
+	for _, said := range []bool{false, true} {
+		t.Run(fmt.Sprint("frozen=", said), func(t *testing.T) {
+			w := workload.Start(t)
+			a := w.Map("map", "A", 16, 0)
+			w.Call("populate A")
+			tr := newTestTracker(t, UffdWP, w)
+			startTracking(t, tr, w)
+			w.Call("write A 2 9")
+			tracer := ptrace.NewTracer()
+			defer tracer.Close()
+			p, err := tracer.Seize(w.PID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Detach()
+			if err := p.FindGadget(); err != nil {
+				t.Fatal(err)
+			}
+			if said {
+				Frozen(tr)
+			}
+			// poll(NULL, 0, 2000): the leader sleeps in the injected call.
+			done := make(chan error, 1)
+			go func() {
+				_, err := p.Syscall(p.Leader(), "poll", unix.SYS_POLL, 0, 0, 2000)
+				done <- err
+			}()
+			if !testutil.Poll(time.Second, func() bool {
+				st, err := proc.ThreadState(w.PID, w.PID)
+				return err == nil && st == 'S'
+			}) {
+				t.Fatal("the injected poll never slept")
+			}
+			rs, err := tr.(FinalTracker).FinalDirty(workload.Layout(t, w.PID))
+			if err := <-done; err != nil {
+				t.Fatalf("injected poll: %v", err)
+			}
+			if !said {
+				if err == nil {
+					t.Fatal("FinalDirty with a thread running an injected call, not told the caller holds the process: no error")
+				}
+				t.Logf("not told: %v", err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("FinalDirty with a thread running an injected call: %v", err)
+			}
+			expect(t, "frozen, injecting", rs, []workload.Region{a}, map[string][]int{"A": {2, 9}})
+		})
 	}
 }

@@ -65,7 +65,15 @@ type uffdTracker struct {
 	// with armVMAs.
 	pendingArm bool
 	armVMAs    []core.VMA
+	// frozen: the caller holds the process stopped (Frozen).
+	frozen bool
+	// beforeWalk, if set, runs before each walk of a final scan
+	// (BeforeWalks).
+	beforeWalk func()
 }
+
+func (u *uffdTracker) callerFrozen()          { u.frozen = true }
+func (u *uffdTracker) setBeforeWalk(f func()) { u.beforeWalk = f }
 
 // armLater does what startStopped left: see arm1st.
 func (u *uffdTracker) armLater() error {
@@ -341,7 +349,7 @@ func (h *scanHolder) hold() error {
 	if err := h.release(); err != nil {
 		return err
 	}
-	res, borrowed, err := pauseProcess(h.u.pid, &h.u.tracer, "uffd-wp tracker")
+	res, borrowed, err := pauseProcess(h.u.pid, &h.u.tracer, "uffd-wp tracker", h.u.frozen)
 	if err != nil {
 		return err
 	}
@@ -382,7 +390,7 @@ func (h *scanHolder) done(err *error) {
 // and nothing else did.
 func (u *uffdTracker) pause() (resume func(*error), err error) {
 	t0 := time.Now()
-	res, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker")
+	res, borrowed, err := pauseProcess(u.pid, &u.tracer, "uffd-wp tracker", u.frozen)
 	if err != nil {
 		return nil, err
 	}
@@ -456,14 +464,18 @@ func (u *uffdTracker) scanFinal(r PageRange, kind string, writable bool) (writte
 		ret |= raw.PAGE_IS_FILE
 	}
 	for at := r.Start; at < r.End; {
+		stop := min(r.End, at+scanChunk)
+		if u.beforeWalk != nil {
+			u.beforeWalk()
+		}
 		regs, end, err := raw.PagemapScan(u.pm.Fd(), raw.PmScanArg{
 			Start:             at,
-			End:               r.End,
+			End:               stop,
 			CategoryAnyofMask: raw.PAGE_IS_WRITTEN | raw.PAGE_IS_PRESENT | raw.PAGE_IS_SWAPPED,
 			ReturnMask:        ret,
 		}, u.vec)
 		if err != nil {
-			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, r.End, u.pid, err)
+			return nil, nil, fmt.Errorf("uffd-wp tracker: PAGEMAP_SCAN %#x-%#x of process %d: %w", at, stop, u.pid, err)
 		}
 		for _, g := range regs {
 			if writable && g.Categories&raw.PAGE_IS_WRITTEN != 0 && (g.Categories&raw.PAGE_IS_PFNZERO == 0 || shmem(kind)) {
@@ -559,6 +571,14 @@ func isRefusal(err error) bool {
 	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EBUSY) ||
 		errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOENT)
 }
+
+// scanChunk bounds the address space one PAGEMAP_SCAN of the final scan
+// walks: the kernel holds the process's mmap lock for reading across a
+// walk that fills less than its buffer, and (with a kernel that does not
+// preempt) the CPU too. A final scan runs beside the injected calls
+// (source's frozenState), whose mmap and brk wait for that lock and whose
+// tracer threads for that CPU: 8 MiB walk in well under a millisecond.
+const scanChunk = 8 << 20
 
 // scanVec is the number of regions one PAGEMAP_SCAN returns at most.
 const scanVec = 4096

@@ -84,8 +84,12 @@ type Run struct {
 	// ProcessSteps are the live report's steps of each process of the
 	// frozen window's work (its read and injected phases).
 	ProcessSteps []processSteps `json:"process_steps,omitempty"`
-	DumpSteps    []step         `json:"dump_steps,omitempty"`
-	RestoreSteps []step         `json:"restore_steps,omitempty"`
+	// FinalRoundSteps are the live report's steps of the final round,
+	// which runs beside the frozen window's read, network and injected
+	// phases (FrozenSteps has the wait for it).
+	FinalRoundSteps []step `json:"final_round_steps,omitempty"`
+	DumpSteps       []step `json:"dump_steps,omitempty"`
+	RestoreSteps    []step `json:"restore_steps,omitempty"`
 }
 
 type step struct {
@@ -156,10 +160,11 @@ func (r *Run) fromLive(res *cluster.Result) {
 		TargetSteps  []step         `json:"target_steps"`
 		HandoffSteps []step         `json:"handoff_steps"`
 		ProcessSteps []processSteps `json:"process_steps"`
+		FinalRound   []step         `json:"final_round_steps"`
 	}
 	if json.Unmarshal([]byte(res.Stdout), &extra) == nil {
 		r.FrozenSteps, r.TargetSteps, r.HandoffSteps = extra.FrozenSteps, extra.TargetSteps, extra.HandoffSteps
-		r.ProcessSteps = extra.ProcessSteps
+		r.ProcessSteps, r.FinalRoundSteps = extra.ProcessSteps, extra.FinalRound
 	}
 	r.ratios()
 }
@@ -283,6 +288,7 @@ var stepParts = map[string][]struct {
 	"live": {
 		{"source frozen", func(r *Run) []step { return r.FrozenSteps }},
 		{"source frozen, each process's summed", func(r *Run) []step { return summed(r.ProcessSteps) }},
+		{"final round, beside the read, network and injected phases", func(r *Run) []step { return r.FinalRoundSteps }},
 		{"handoff", func(r *Run) []step { return r.HandoffSteps }},
 		{"target", func(r *Run) []step { return r.TargetSteps }},
 	},
