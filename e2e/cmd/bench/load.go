@@ -125,3 +125,31 @@ func (l *reqLoad[C]) conn(ctx context.Context, i int) {
 		l.mu.Unlock()
 	}
 }
+
+// startLoad runs load's requests on w until w stops (stopLoad).
+func (w *workload) startLoad(ctx context.Context, load interface {
+	clientLoad
+	run(context.Context)
+}) {
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		load.run(lctx)
+	}()
+	w.load = load
+	w.stopLoad = func() {
+		cancel()
+		<-done
+	}
+}
+
+// steady waits for the client's first 100 answers, and starts the window
+// of what it sees from then: the start is not the steady state.
+func (w *workload) steady(ctx context.Context) error {
+	if err := w.load.WaitRequests(ctx, 100, 10*time.Second); err != nil {
+		return err
+	}
+	w.load.Window()
+	return nil
+}

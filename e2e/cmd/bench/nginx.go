@@ -115,17 +115,7 @@ http {
 		return nil, fmt.Errorf("%w: %v\n%s", werr, last, data)
 	}
 	load := &reqLoad[*httpConn]{dial: dial, request: (*httpConn).get, conns: *conns, every: *interval}
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		load.run(lctx)
-	}()
-	w.load = load
-	w.stopLoad = func() {
-		cancel()
-		<-done
-	}
+	w.startLoad(ctx, load)
 	w.verify = func(ctx context.Context) error {
 		c, err := dial(ctx)
 		if err != nil {
@@ -134,10 +124,9 @@ http {
 		defer c.Close()
 		return c.get(0, 0)
 	}
-	if err := load.WaitRequests(ctx, 100, 10*time.Second); err != nil {
+	if err := w.steady(ctx); err != nil {
 		return nil, err
 	}
-	load.Window() // the start is not the steady state
 	return w, nil
 }
 

@@ -108,17 +108,7 @@ func startPostgres(ctx context.Context, b *bench, n *cluster.Node) (_ *workload,
 		return nil, err
 	}
 	load := &reqLoad[*pgwire.Conn]{dial: dial, request: pgRequest, conns: *conns, every: *interval}
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		load.run(lctx)
-	}()
-	w.load = load
-	w.stopLoad = func() {
-		cancel()
-		<-done
-	}
+	w.startLoad(ctx, load)
 	w.verify = func(ctx context.Context) error {
 		pc, err := dial(ctx)
 		if err != nil {
@@ -138,10 +128,9 @@ func startPostgres(ctx context.Context, b *bench, n *cluster.Node) (_ *workload,
 		}
 		return nil
 	}
-	if err := load.WaitRequests(ctx, 100, 10*time.Second); err != nil {
+	if err := w.steady(ctx); err != nil {
 		return nil, err
 	}
-	load.Window() // the start is not the steady state
 	return w, nil
 }
 
