@@ -38,9 +38,11 @@ func (u *undo) Clean() {
 // session is the state one dump shares among the processes of the tree.
 type session struct {
 	opts DumpOptions
-	log  *slog.Logger
-	dir  string
-	tr   *ptrace.Tracer
+	// dumpedSocks caches dumpedSockets while the fds are read.
+	dumpedSocks map[uint64]bool
+	log         *slog.Logger
+	dir         string
+	tr          *ptrace.Tracer
 	// tracers are the tracer threads of a tree, tr first (tracerFor),
 	// at most maxTracers of them.
 	tracers    []*ptrace.Tracer

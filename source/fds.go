@@ -320,10 +320,25 @@ func (d *dumper) socketError(err error) error {
 }
 
 // dumpedSockets returns the inodes of the sockets held by the processes
-// of the dump: the root, and with DumpOptions.Tree its descendants.
+// of the dump: the root, and with DumpOptions.Tree its descendants. They
+// are read once for the session's fds (the frozen read, a probe): each
+// unix socket's peer is looked up in them, and the whole tree's fds were
+// read again for each (a third of the fds' time for nginx's three).
 //
-// Preconditions: every process of the dump is frozen.
+// Preconditions: every process of the dump is frozen (a probe takes
+// them as they are).
 func (d *dumper) dumpedSockets() (map[uint64]bool, error) {
+	if d.session.dumpedSocks != nil {
+		return d.session.dumpedSocks, nil
+	}
+	out, err := d.readDumpedSockets()
+	if err == nil {
+		d.session.dumpedSocks = out
+	}
+	return out, err
+}
+
+func (d *dumper) readDumpedSockets() (map[uint64]bool, error) {
 	root := d.opts.PID
 	if root == 0 {
 		root = d.pid

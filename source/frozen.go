@@ -263,7 +263,11 @@ func (f *frozenState) read(ctx context.Context) error {
 		}
 	}
 	// The fds one process after the other, parents first: what the
-	// processes share is found in that order.
+	// processes share is found in that order. The sockets the tree holds
+	// are listed once for all its unix sockets' peers (dumpedSockets):
+	// frozen, it holds the same ones throughout.
+	f.ss.dumpedSocks = nil
+	defer func() { f.ss.dumpedSocks = nil }()
 	for _, d := range f.all {
 		d.ownLapped = time.Now()
 		err := d.p.Tracer().Do(func() error {
