@@ -169,6 +169,7 @@ func RunTarget(ctx context.Context, cfg TargetConfig, act TargetActions, conn Co
 	refuse := func(err error) (TargetResult, error) {
 		log.Warn("handoff: refused", "err", err)
 		conn.Send(&transport.Abort{Reason: transport.ClipText("target: " + err.Error())}) // best effort
+		Linger(ctx, conn, cfg.Linger)
 		return res, &TargetError{Session: cfg.SessionID, Phase: PhaseHello, Err: err}
 	}
 
@@ -376,6 +377,7 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 		}
 		t.out.settle(t.cfg.SessionID, transport.OutcomeAborted)
 		t.conn.Send(&transport.Abort{Reason: transport.ClipText("target: resume failed, the husk is killed: " + err.Error())}) // best effort
+		Linger(ctx, t.conn, t.cfg.Linger)
 		return transport.OutcomeAborted, &TargetError{Session: t.cfg.SessionID, Phase: PhaseResume,
 			Outcome: transport.OutcomeAborted, Err: err}
 	}
@@ -412,6 +414,12 @@ func (t *targetRun) fail(ctx context.Context, phase string, cause error) (transp
 	if derr != nil {
 		t.log.Error("handoff: discarding the husk failed", "err", derr)
 	}
+	// Until the source has read the Abort and closed: a link closed at
+	// once, with the source's pages still coming in unread, is reset by
+	// the kernel, which drops what it had not sent yet, the Abort too, and
+	// the source then knew only that the link was lost
+	// (TestLiveCPUFeatureRefused saw it, 1 run in 10).
+	Linger(ctx, t.conn, t.cfg.Linger)
 	return transport.OutcomeAborted, &TargetError{Session: t.cfg.SessionID, Phase: phase,
 		Outcome: transport.OutcomeAborted, Err: cause, Discard: derr}
 }
