@@ -178,7 +178,7 @@ func pauseProcess(pid int, tr **ptrace.Tracer, who string, callerFrozen bool) (r
 	if callerFrozen {
 		return func() error { return nil }, true, nil
 	}
-	if frozen, err := frozenByUs(pid); err != nil {
+	if frozen, err := frozenByUs(pid, who); err != nil {
 		return nil, false, err
 	} else if frozen {
 		return func() error { return nil }, true, nil
@@ -211,11 +211,11 @@ func pauseProcess(pid int, tr **ptrace.Tracer, who string, callerFrozen bool) (r
 
 // frozenByUs reports whether this process traces pid and holds every one
 // of its threads stopped (the caller's freeze), and fails if it traces the
-// process without holding it stopped.
-func frozenByUs(pid int) (bool, error) {
+// process without holding it stopped. who names the tracker in errors.
+func frozenByUs(pid int, who string) (bool, error) {
 	st, err := proc.ReadStatus(pid)
 	if err != nil {
-		return false, fmt.Errorf("soft-dirty tracker: %w", err)
+		return false, fmt.Errorf("%s: %w", who, err)
 	}
 	// TracerPid is the tracing thread, one of ours if we trace it.
 	if st.TracerPID == 0 {
@@ -226,7 +226,7 @@ func frozenByUs(pid int) (bool, error) {
 	}
 	tids, err := proc.ReadTIDs(pid)
 	if err != nil {
-		return false, fmt.Errorf("soft-dirty tracker: %w", err)
+		return false, fmt.Errorf("%s: %w", who, err)
 	}
 	for _, tid := range tids {
 		state, err := proc.ThreadState(pid, tid)
@@ -234,7 +234,7 @@ func frozenByUs(pid int) (bool, error) {
 			continue // exited meanwhile
 		}
 		if state != 't' {
-			return false, fmt.Errorf("soft-dirty tracker: process %d is traced by this process but thread %d runs (state %c); stop it or detach it before Dirty", pid, tid, state)
+			return false, fmt.Errorf("%s: process %d is traced by this process but thread %d runs (state %c); stop it or detach it before Dirty", who, pid, tid, state)
 		}
 	}
 	return true, nil
