@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/procmig/migrate/core/hook"
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/transport"
@@ -138,4 +141,59 @@ func TestLandlockRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLandlockJoinedAtFreeze: a process that joins a tree as it is frozen
+// (forked after the last pre-copy round: it was never tracked, so never
+// tested as tracking started) and sandboxes itself is refused at the
+// freeze; the tree runs on untouched.
+func TestLandlockJoinedAtFreeze(t *testing.T) {
+	testutil.RequireRoot(t)
+	addr := startServe(t)
+	sleeper := testutil.Build(t, "sleeper")
+	log := filepath.Join(t.TempDir(), "child.log")
+	// The shell forks a sandboxed sleeper on SIGUSR1 (the pre-freeze
+	// hook sends it, and waits until the sleeper is sandboxed); it sleeps
+	// a second at a time meanwhile.
+	p := testutil.Start(t, "/bin/sh", "-c", `trap '"$0" landlock >>"$1" 2>&1 &' USR1; echo ready >>"$1"; while :; do sleep 1; done`, sleeper, log)
+	testutil.WaitFor(t, short, "the shell to set its trap", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "ready")
+	})
+	hooks, err := hook.Parse([]string{fmt.Sprintf(
+		`pre-freeze=kill -USR1 %d; i=0; until grep -q -e sleeping -e skip %s || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done`, p.PID, log)}, hook.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: addr, Tree: true, Transport: transport.Config{Insecure: true},
+		Logger: testLogger(t), Hooks: hooks})
+	b, _ := os.ReadFile(log)
+	if reason, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "skip "); ok {
+		t.Skipf("no Landlock sandbox to test: %s", reason)
+	}
+	child := 0
+	for _, k := range childrenOf(t, p.PID) {
+		if procComm(t, k) == "sleeper" {
+			child = k
+		}
+	}
+	if child == 0 {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("no sleeper among the shell's children %v (migration: %v); its log: %q", childrenOf(t, p.PID), err, b)
+	}
+	var le *source.LandlockError
+	if !errors.As(err, &le) || le.PID != child {
+		t.Fatalf("%v (%T), want a *source.LandlockError for the sleeper %d", err, err, child)
+	}
+	t.Logf("refused: %v", err)
+	checkRunningUntraced(t, p.PID)
+	checkRunningUntraced(t, child)
+	// The sleeper's pause ends by the signal it handles: it ran on untouched.
+	unix.Kill(child, unix.SIGUSR1)
+	testutil.WaitFor(t, short, "the sleeper's pause to end", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "paused rc=-1 errno=4 handled=1")
+	})
 }

@@ -118,14 +118,18 @@ type session struct {
 // dumper holds the state of the dump of one process of the tree.
 type dumper struct {
 	*session
-	pid    int
-	p      *ptrace.Proc
-	proc   *core.Process
-	pages  *core.PagesInfo
-	stat   *proc.Stat
-	status *proc.Status
-	fdset  *fdSet
-	sink   *pageSink
+	pid int
+	// landlockTested: a live migration tested it for Landlock as its
+	// tracking started (a process that joins at the freeze is tested
+	// then).
+	landlockTested bool
+	p              *ptrace.Proc
+	proc           *core.Process
+	pages          *core.PagesInfo
+	stat           *proc.Stat
+	status         *proc.Status
+	fdset          *fdSet
+	sink           *pageSink
 	// scratch is a page mapped in the tracee for results of injected calls.
 	scratch uint64
 	tracker Tracker

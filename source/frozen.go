@@ -115,10 +115,12 @@ type frozenState struct {
 	keepTracking bool
 	// frozen is when the processes were frozen.
 	frozen time.Time
-	// landlock, if set, has every process tested for Landlock after the
-	// read phase (checkLandlock), a dump's; a live migration tests each
-	// as its tracking starts.
-	landlock *landlockProbes
+	// landlock, if set, has the processes tested for Landlock after the
+	// read phase (checkLandlock): a dump's, all of them; a live
+	// migration's, those untracked (landlockTested says which were tested
+	// as their tracking started).
+	landlock       *landlockProbes
+	landlockTested func(*dumper) bool
 	// overlap starts the final round (the memory phase of the tracked
 	// processes) once phase 1 has read every layout, on a goroutine of
 	// its own, joined in phase 4 (see the top of this file). Only with
@@ -369,6 +371,9 @@ func (f *frozenState) testLandlock() error {
 	// its PID namespace).
 	defer f.landlock.close()
 	return eachProcess(f.all, func(d *dumper) error {
+		if f.landlockTested != nil && f.landlockTested(d) {
+			return nil
+		}
 		why, err := checkLandlock(d.p, f.landlock)
 		if why != "" {
 			d.log.Info("Landlock not tested", "pid", d.pid, "reason", why)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -34,17 +35,19 @@ func (e *LandlockError) Error() string {
 // domain (the LSM's ptrace_access_check: the caller's domain must be an
 // ancestor of the target's, or the caller unsandboxed), so kcmp(2) from
 // the thread against a process that is in no domain fails with EPERM.
-// That process is a probe migrate starts (a plain sleep) with the
-// thread's real user and group IDs and no capabilities, in its user
-// namespace: every other check kcmp's PTRACE_MODE_READ_REALCREDS makes
+// That process is a probe migrate starts (probeProgram) with the
+// thread's real user and group IDs and no capabilities, in its user and
+// PID namespaces: every other check kcmp's PTRACE_MODE_READ_REALCREDS makes
 // then passes (the same real IDs, the probe's empty permitted set a
 // subset of any, the probe dumpable: it ran exec with its IDs equal;
 // Yama looks at attaching only), so EPERM is Landlock's alone. (An
 // AppArmor or SELinux label that could deny it too is refused before
 // this, see checkSecurityLabel.) A first kcmp of the process against
 // itself, which no ptrace check refuses, tells whether kcmp can run there
-// at all: a seccomp filter may forbid it (Docker's default profile does
-// without CAP_SYS_PTRACE), and then the test cannot be made.
+// at all (a kernel without CONFIG_KCMP): if not, the test cannot be made.
+// (The process's seccomp filters do not judge injected calls:
+// PTRACE_O_SUSPEND_SECCOMP, without which a process under seccomp is
+// refused.)
 
 // landlockABI is the Landlock ABI version of this kernel, 0 if Landlock
 // is not enabled (then no process can be sandboxed by it).
@@ -64,8 +67,8 @@ const kcmpVM = 1 // KCMP_VM
 // migrate can put it only in its own (a process cannot enter another
 // user namespace once it has threads).
 func landlockUnchecked(pid int) string {
-	mine, err1 := os.Readlink("/proc/self/ns/user")
-	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+	mine, err1 := nsLink("self", "user")
+	its, err2 := nsLink(strconv.Itoa(pid), "user")
 	if err1 != nil || err2 != nil || mine != its {
 		return "in a user namespace of its own"
 	}
@@ -108,7 +111,7 @@ type probeKey struct {
 // get returns the probe in the PID namespace of process pid with real
 // IDs uid and gid, started if need be.
 func (lp *landlockProbes) get(pid int, uid, gid uint32) (*landlockProbe, error) {
-	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	ns, err := nsLink(strconv.Itoa(pid), "pid")
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
@@ -230,7 +233,7 @@ func startLandlockProbe(pid int, ns string, uid, gid uint32) (*landlockProbe, er
 	if _, err := f.Write(probeProgram()); err != nil {
 		return nil, fmt.Errorf("Landlock test: memfd for the probe: %w", err)
 	}
-	mine, _ := os.Readlink("/proc/self/ns/pid")
+	mine, _ := nsLink("self", "pid")
 	pr := &landlockProbe{stop: make(chan struct{}), done: make(chan error, 1)}
 	started := make(chan error, 1)
 	osthread.Go(func() {

@@ -1099,6 +1099,12 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 		quickLayout: true, keepScratch: true, keepTracking: true, overlap: true,
 		networkStep: "network lock, tcp repair", networkAlways: true, memoryStep: "final round"}
 	defer f.close()
+	// Landlock: each tracked process was tested as its tracking started;
+	// one that joined the tree at the freeze is tested now (its probe
+	// started then: there is seldom one).
+	f.landlock = &landlockProbes{}
+	defer f.landlock.close()
+	f.landlockTested = func(d *dumper) bool { return d.landlockTested }
 	f.lockNetwork = a.lockNetwork
 	smaps := make(map[*dumper]*smapsFlags, len(a.all))
 	for _, m := range a.all {

@@ -428,6 +428,7 @@ func (d *dumper) startTracking() ([]core.VMA, time.Duration, error) {
 		if why, err = checkLandlock(p, &lp); why != "" {
 			d.log.Info("Landlock not tested", "pid", d.pid, "reason", why)
 		}
+		d.landlockTested = err == nil
 	}
 	if err == nil {
 		err = track.StartRunning(d.tracker, p, vmas, detach)
