@@ -20,27 +20,8 @@ import (
 func TestDetachUntouchedSigsuspend(t *testing.T) {
 	needRoot(t)
 	for i := range 100 {
-		cmd := exec.Command("/bin/sh", "-c", "sleep 600 & wait")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd, child := shellInSigsuspend(t, i)
 		pid := strconv.Itoa(cmd.Process.Pid)
-		child := 0
-		deadline := time.Now().Add(10 * time.Second)
-		for child == 0 {
-			b, _ := os.ReadFile("/proc/" + pid + "/task/" + pid + "/children")
-			w, _ := os.ReadFile("/proc/" + pid + "/wchan")
-			if f := strings.Fields(string(b)); len(f) == 1 && strings.HasPrefix(string(w), "sigsuspend") {
-				child, _ = strconv.Atoi(f[0])
-				break
-			}
-			if time.Now().After(deadline) {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("run %d: the shell %s did not wait in sigsuspend (wchan %q)", i, pid, w)
-			}
-			time.Sleep(time.Millisecond)
-		}
 		tr := NewTracer()
 		p, err := tr.Seize(cmd.Process.Pid)
 		if err != nil {
@@ -64,6 +45,33 @@ func TestDetachUntouchedSigsuspend(t *testing.T) {
 	}
 }
 
+// shellInSigsuspend starts a shell waiting in sigsuspend for its one
+// child (a sleep), and returns it and the child's PID. Run i names it in
+// failures.
+func shellInSigsuspend(t *testing.T, i int) (*exec.Cmd, int) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", "sleep 600 & wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(cmd.Process.Pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile("/proc/" + pid + "/task/" + pid + "/children")
+		w, _ := os.ReadFile("/proc/" + pid + "/wchan")
+		if f := strings.Fields(string(b)); len(f) == 1 && strings.HasPrefix(string(w), "sigsuspend") {
+			child, _ := strconv.Atoi(f[0])
+			return cmd, child
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("run %d: the shell %s did not wait in sigsuspend (wchan %q)", i, pid, w)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestDetachInjectedSigsuspend: a shell waiting in sigsuspend for its
 // child, seized and injected into (as a dump --leave-running or a rolled
 // back migration leaves it), then detached: with no signal, it waits on
@@ -74,29 +82,11 @@ func TestDetachUntouchedSigsuspend(t *testing.T) {
 func TestDetachInjectedSigsuspend(t *testing.T) {
 	needRoot(t)
 	for i := range 20 {
-		cmd := exec.Command("/bin/sh", "-c", "sleep 600 & wait")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd, child := shellInSigsuspend(t, i)
 		pid := strconv.Itoa(cmd.Process.Pid)
 		inSigsuspend := func() bool {
 			w, _ := os.ReadFile("/proc/" + pid + "/wchan")
 			return strings.HasPrefix(string(w), "sigsuspend")
-		}
-		child := 0
-		deadline := time.Now().Add(10 * time.Second)
-		for child == 0 {
-			b, _ := os.ReadFile("/proc/" + pid + "/task/" + pid + "/children")
-			if f := strings.Fields(string(b)); len(f) == 1 && inSigsuspend() {
-				child, _ = strconv.Atoi(f[0])
-				break
-			}
-			if time.Now().After(deadline) {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("run %d: the shell %s did not wait in sigsuspend", i, pid)
-			}
-			time.Sleep(time.Millisecond)
 		}
 		seizeInject := func() {
 			t.Helper()
