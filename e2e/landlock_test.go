@@ -156,6 +156,17 @@ func TestLandlockJoinedAtFreeze(t *testing.T) {
 	// hook sends it, and waits until the sleeper is sandboxed); it sleeps
 	// a second at a time meanwhile.
 	p := testutil.Start(t, "/bin/sh", "-c", `trap '"$0" landlock >>"$1" 2>&1 &' USR1; echo ready >>"$1"; while :; do sleep 1; done`, sleeper, log)
+	// The shell's children (its sleep, the sleeper) are reaped too: the
+	// shell, stopped so that it forks no more, then killed, leaves them
+	// to the test process.
+	t.Cleanup(func() {
+		unix.Kill(p.PID, unix.SIGSTOP)
+		kids := childrenOf(t, p.PID)
+		p.Kill(t)
+		for _, k := range kids {
+			testutil.ReapOrphan(t, k)
+		}
+	})
 	testutil.WaitFor(t, short, "the shell to set its trap", func() bool {
 		b, _ := os.ReadFile(log)
 		return strings.Contains(string(b), "ready")
