@@ -39,6 +39,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/procmig/migrate/transport"
@@ -298,6 +299,9 @@ func (r *Rounds) live() error {
 type inbound struct {
 	m   transport.Msg
 	err error
+	// early: it came in before the commit was sent, so it cannot answer
+	// the commit.
+	early bool
 }
 
 // sourceRun is one handoff in progress.
@@ -317,6 +321,10 @@ type sourceRun struct {
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
 	readerDone chan struct{} // closed when the reader returns
+	// commitSent is set as the commit goes out; lastEarly says whether
+	// the message take returned last came in before that.
+	commitSent atomic.Bool
+	lastEarly  bool
 }
 
 // RunSource migrates the process cfg.PID to the target at the other end of
@@ -468,7 +476,7 @@ func (s *sourceRun) read(ctx context.Context) {
 	for {
 		m, err := s.conn.Recv(ctx)
 		select {
-		case s.in <- inbound{m, err}:
+		case s.in <- inbound{m, err, !s.commitSent.Load()}:
 		case <-ctx.Done():
 			return
 		}
@@ -501,6 +509,7 @@ const lastWordGrace = time.Second
 
 // take records what the reader delivered: a message, or the link's end.
 func (s *sourceRun) take(r inbound) (transport.Msg, error) {
+	s.lastEarly = r.early
 	if r.err != nil {
 		s.dead = fmt.Errorf("control link lost: %w", r.err)
 		return nil, s.dead
@@ -649,12 +658,17 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 	if c, ok := s.act.(interface{ Committing() }); ok {
 		c.Committing()
 	}
+	s.commitSent.Store(true)
 	why := s.send(&transport.Commit{})
 	if why == nil {
 		m, err := s.next(ctx, s.cfg.ResumedTimeout, "resumed")
 		switch {
 		case err != nil:
 			why = err
+		case s.lastEarly:
+			// Sent before the target had the commit (a hostile or broken
+			// target): not the answer; the target is asked instead.
+			why = unexpected(transport.RoleTarget, m, "resumed, after the commit")
 		default:
 			if r, ok := m.(*transport.Resumed); ok {
 				s.stopReader()
