@@ -17,11 +17,12 @@ import (
 	"github.com/procmig/migrate/source"
 	"github.com/procmig/migrate/target"
 	"github.com/procmig/migrate/transport"
+	"golang.org/x/sys/unix"
 )
 
 // A process restored by a migrate whose clocks differ from the dumping
 // host's (it runs in a time namespace 1000 s ahead in CLOCK_MONOTONIC and
-// 1000 s behind in CLOCK_BOOTTIME, as on another host) keeps its clocks:
+// up to 1000 s behind in CLOCK_BOOTTIME, as on another host) keeps its clocks:
 // it is put in a time namespace of its own, its monotonic and boot-time
 // clocks go on with the real time that passed, its absolute sleeps and
 // timerfd end when due. From another boot (the image's boot id forged)
@@ -39,7 +40,7 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 	mine, _ := os.Readlink("/proc/self/ns/time")
 	for _, tc := range []struct {
 		name       string
-		restorerNS bool // the restorer in a time namespace of +1000 s, -1000 s
+		restorerNS bool // the restorer in a time namespace of +1000 s, boot time set back (backBoottime)
 		forgeBoot  bool
 		ownNS      bool // the process in a time namespace of +500 s, +300 s
 	}{
@@ -75,7 +76,7 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 			if !tc.restorerNS {
 				r, rep = restoreWithReport(t, dir, p.Log)
 			} else {
-				cmd := exec.Command(unshare, "--time", "--monotonic", "1000", "--boottime", "-1000",
+				cmd := exec.Command(unshare, "--time", "--monotonic", "1000", "--boottime", strconv.Itoa(-backBoottime(t)),
 					buildMigrate(t), "restore", "--check", "--json", "--dir", dir)
 				var stderr bytes.Buffer
 				cmd.Stderr = &stderr
@@ -107,6 +108,24 @@ func TestClocksRestoreElsewhere(t *testing.T) {
 			checkClockTicks(t, r.Lines(t))
 		})
 	}
+}
+
+// backBoottime is how many seconds a time namespace may set
+// CLOCK_BOOTTIME back, as a host booted later would show it: 1000, or half
+// the time since this one booted if that is less (the kernel refuses an
+// offset that would make the clock negative, ERANGE: a machine booted
+// minutes ago, as CI's, cannot go 1000 s back).
+func backBoottime(t *testing.T) int {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		t.Fatalf("clock_gettime(CLOCK_BOOTTIME): %v", err)
+	}
+	back := min(1000, int(ts.Sec/2))
+	if back < 1 {
+		t.Fatalf("the boot-time clock reads %d s: too little to set back", ts.Sec)
+	}
+	return back
 }
 
 func absNS(v int64) int64 {
@@ -199,7 +218,7 @@ func forgeImage(t *testing.T, dir string, edit func(map[string]any)) {
 }
 
 // A process migrated live to a service whose clocks differ (it runs in a
-// time namespace +1000 s monotonic, -1000 s boot time) keeps its clocks,
+// time namespace +1000 s monotonic, boot time set back) keeps its clocks,
 // sleeps and timerfd there: the service made it a time namespace at the
 // first layout, from the clocks the layout carried.
 func TestLiveClocks(t *testing.T) {
@@ -207,7 +226,7 @@ func TestLiveClocks(t *testing.T) {
 	if _, err := os.Stat("/proc/self/ns/time"); err != nil {
 		testutil.Unavailable(t, "time namespaces (CONFIG_TIME_NS): %v", err)
 	}
-	s := startServeWith(t, serveOptions{Time: &[2]int{1000, -1000}})
+	s := startServeWith(t, serveOptions{Time: &[2]int{1000, -backBoottime(t)}})
 	p := testutil.Start(t, testutil.Build(t, "clocks"))
 	p.WaitLine(t, short, 0, "ready")
 	p.WaitTick(t, short, 3)
@@ -226,7 +245,7 @@ func TestLiveClocks(t *testing.T) {
 		t.Errorf("migrated process's time offsets %q (%v), want none: the clocks of the host it came from", off, err)
 	}
 	if off, err := os.ReadFile(fmt.Sprintf("/proc/%d/timens_offsets", s.PID)); err != nil || zeroOffsets(string(off)) {
-		t.Errorf("the service's time offsets %q (%v), want +1000 s, -1000 s", off, err)
+		t.Errorf("the service's time offsets %q (%v), want +1000 s monotonic and boot time set back", off, err)
 	}
 	last := testutil.Ticks(testutil.LogLines(t, p.Log))
 	testutil.WaitFor(t, long, "the migrated process to tick on", func() bool {
