@@ -96,7 +96,7 @@ func uclampDefault(s *proc.Sched) bool {
 	if s.Policy != core.SchedFIFO && s.Policy != core.SchedRR {
 		return s.UtilMin == 0
 	}
-	b, err := os.ReadFile("/proc/sys/kernel/sched_util_clamp_min_rt_default")
+	b, err := proc.ReadFile("/proc/sys/kernel/sched_util_clamp_min_rt_default")
 	if err != nil {
 		return false
 	}
@@ -123,7 +123,7 @@ func cpuMask(set *unix.CPUSet) []uint64 {
 //
 // Preconditions: the process is frozen.
 func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
-	adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	adj, err := proc.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
 	if err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj: %w", pid, err)
 	}
@@ -134,7 +134,7 @@ func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
 	if a.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(adj))); err != nil {
 		return nil, 0, fmt.Errorf("process %d: oom_score_adj %q: %w", pid, adj, err)
 	}
-	cdf, err := os.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", pid))
+	cdf, err := proc.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", pid))
 	if err != nil {
 		return nil, 0, fmt.Errorf("process %d: coredump_filter: %w", pid, err)
 	}
@@ -148,7 +148,7 @@ func readProcAttrs(pid int, tids []int) (*core.ProcAttrs, uint64, error) {
 	for i, tid := range tids {
 		// /proc/TID/personality: reading it needs ptrace access, which a
 		// tracer has.
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/personality", pid, tid))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/personality", pid, tid))
 		if err != nil {
 			return nil, 0, fmt.Errorf("thread %d: personality: %w", tid, err)
 		}
@@ -372,7 +372,7 @@ func refuseThreadState(pid, tid int) error {
 // of its session, CONFIG_SCHED_AUTOGROUP) has a nice value of its own: it
 // is the session's, which a restore does not set.
 func refuseAutogroup(pid int) error {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
+	b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
 	if err != nil {
 		return nil // a kernel without autogroups, or the process gone
 	}

@@ -20,7 +20,7 @@ import (
 // readClocks reads the clocks of the processes pids, which share one time
 // namespace (checkTimeNamespaces).
 func readClocks(pids []int) (*core.Clocks, error) {
-	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	id, err := proc.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return nil, fmt.Errorf("boot id: %w", err)
 	}

@@ -489,7 +489,7 @@ func dump(ctx context.Context, opts DumpOptions) (rep *DumpReport, err error) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func kernelRelease() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	b, err := proc.ReadFile("/proc/sys/kernel/osrelease")
 	if err != nil {
 		return ""
 	}

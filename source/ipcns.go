@@ -36,7 +36,7 @@ func readIPC(pid int) (*core.IPCNamespace, error) {
 	ipc := &core.IPCNamespace{Sysctls: map[string]string{}}
 	err := proc.InNamespace(pid, nsIPC, func() error {
 		for _, name := range core.IPCSysctls {
-			b, err := os.ReadFile("/proc/sys/kernel/" + name)
+			b, err := proc.ReadFile("/proc/sys/kernel/" + name)
 			if err != nil {
 				return err
 			}
@@ -219,7 +219,7 @@ func startedAfter(pid int, at int64) bool {
 	if err != nil {
 		return false
 	}
-	b, err := os.ReadFile("/proc/stat")
+	b, err := proc.ReadFile("/proc/stat")
 	if err != nil {
 		return false
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/procmig/migrate/core/proc"
 )
 
 // checkSecurityLabel refuses a process confined by a security module
@@ -33,7 +35,7 @@ func checkSecurityLabel(pid int) error {
 // readLabel reads /proc/PID/attr/current ("" without a security module
 // that has one).
 func readLabel(pid string) (string, error) {
-	b, err := os.ReadFile("/proc/" + pid + "/attr/current")
+	b, err := proc.ReadFile("/proc/" + pid + "/attr/current")
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}

@@ -388,11 +388,11 @@ func (ss *session) readNamespaces(img *core.Image, final bool) (*core.Namespaces
 func readUTS(pid int) (*core.UTSNamespace, error) {
 	u := &core.UTSNamespace{}
 	err := proc.InNamespace(pid, nsUTS, func() error {
-		h, err := os.ReadFile("/proc/sys/kernel/hostname")
+		h, err := proc.ReadFile("/proc/sys/kernel/hostname")
 		if err != nil {
 			return err
 		}
-		d, err := os.ReadFile("/proc/sys/kernel/domainname")
+		d, err := proc.ReadFile("/proc/sys/kernel/domainname")
 		if err != nil {
 			return err
 		}

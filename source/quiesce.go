@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/procmig/migrate/core/netlock"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/source/sockets"
 )
 
@@ -42,7 +43,7 @@ type tcpEntry struct {
 func readTCPTable(pid int) ([]tcpEntry, error) {
 	var out []tcpEntry
 	for _, name := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, name))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, name))
 		if err != nil {
 			if os.IsNotExist(err) && name == "tcp6" {
 				continue // no IPv6

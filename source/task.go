@@ -146,7 +146,7 @@ func (d *dumper) collectThread(th *ptrace.Thread) (core.Thread, error) {
 	}
 	// Signals the freeze took off the queue count as pending.
 	t.Pending = siginfos(append(pend, th.Stolen...))
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", d.pid, th.TID)); err == nil {
+	if b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", d.pid, th.TID)); err == nil {
 		t.Comm = string(trimNL(b))
 	}
 	// get_robust_list works from outside with ptrace access.

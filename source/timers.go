@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 )
 
 // Notification kinds of struct sigevent.
@@ -101,7 +101,7 @@ func parseTimers(data []byte) ([]core.PosixTimer, error) {
 //
 // Preconditions: the process is frozen and the scratch page is mapped.
 func (d *dumper) collectTimers() error {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", d.pid))
+	data, err := proc.ReadFile(fmt.Sprintf("/proc/%d/timers", d.pid))
 	if err != nil {
 		return fmt.Errorf("process %d: %w", d.pid, err)
 	}

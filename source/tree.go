@@ -24,7 +24,7 @@ func childrenOf(pid int) ([]int, error) {
 	}
 	var kids []int
 	for _, tid := range tids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, tid))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, tid))
 		if err != nil {
 			continue // the thread exited
 		}

@@ -67,7 +67,7 @@ func (e *UserNamespaceError) Error() string {
 // pid's user namespace, for a refusal.
 func userNSMaps(pid int) string {
 	read := func(name string) string {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
 		if err != nil {
 			return "unreadable"
 		}
@@ -197,7 +197,7 @@ func readUserNS(pid int) (*core.UserNamespace, error) {
 		name string
 		to   *[]core.IDMap
 	}{{"uid_map", &u.UIDMap}, {"gid_map", &u.GIDMap}} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, m.name))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, m.name))
 		if err != nil {
 			return nil, fmt.Errorf("process %d: user namespace: %w", pid, err)
 		}
@@ -212,7 +212,7 @@ func readUserNS(pid int) (*core.UserNamespace, error) {
 			*m.to = append(*m.to, l)
 		}
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/setgroups", pid))
+	b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/setgroups", pid))
 	if err != nil {
 		return nil, fmt.Errorf("process %d: user namespace: %w", pid, err)
 	}

@@ -18,7 +18,7 @@ func checkAttrs(p *core.Process) error {
 	if p.Attrs == nil {
 		return fmt.Errorf("%w: no process attributes (oom_score_adj, THP, subreaper, membarrier): an image of an older build; dump again", core.ErrInconsistent)
 	}
-	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	b, err := proc.ReadFile("/sys/devices/system/cpu/online")
 	if err != nil {
 		return fmt.Errorf("CPUs of this host: %w", err)
 	}

@@ -152,7 +152,7 @@ func (c *checker) process(p *core.Process, root bool) {
 	}
 	cmp(c, 0, "ignored signals", fmt.Sprintf("%#x", ign), fmt.Sprintf("%#x", status.SigIgn))
 	cmp(c, 0, "caught signals", fmt.Sprintf("%#x", cgt), fmt.Sprintf("%#x", status.SigCgt))
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/personality", c.pid)); err == nil {
+	if b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/personality", c.pid)); err == nil {
 		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64); err == nil {
 			cmp(c, 0, "personality", fmt.Sprintf("%#x", p.Personality), fmt.Sprintf("%#x", v))
 		}
@@ -164,11 +164,11 @@ func (c *checker) process(p *core.Process, root bool) {
 		}
 	}
 	if p.Attrs != nil {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.pid)); err == nil {
+		if b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.pid)); err == nil {
 			cmp(c, 0, "oom_score_adj", strconv.Itoa(p.Attrs.OOMScoreAdj), strings.TrimSpace(string(b)))
 		}
 		if f := p.Attrs.CoredumpFilter; f != nil {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", c.pid)); err == nil {
+			if b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/coredump_filter", c.pid)); err == nil {
 				got, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
 				cmp(c, 0, "coredump_filter", fmt.Sprintf("%#x", *f), fmt.Sprintf("%#x", got))
 			}

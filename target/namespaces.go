@@ -415,7 +415,7 @@ func (b *Builder) checkNamespaces() []Difference {
 				}
 			}
 			for name, want := range ipc.Sysctls {
-				got, err := os.ReadFile("/proc/sys/kernel/" + name)
+				got, err := proc.ReadFile("/proc/sys/kernel/" + name)
 				if err != nil {
 					return err
 				}

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/internal/raw"
 	"github.com/procmig/migrate/pagestream"
@@ -212,7 +213,7 @@ func children(pid int) map[int]bool {
 	out := map[int]bool{}
 	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	for _, t := range tasks {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		b, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
 		for _, f := range strings.Fields(string(b)) {
 			if c, err := strconv.Atoi(f); err == nil {
 				out[c] = true

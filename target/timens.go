@@ -50,7 +50,7 @@ type hostClocks struct {
 // readHostClocks reads this host's clocks.
 func readHostClocks() (hostClocks, error) {
 	var h hostClocks
-	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	id, err := proc.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return h, fmt.Errorf("boot id: %w", err)
 	}

@@ -126,7 +126,7 @@ func taskIs(pid, tid, inner int) bool {
 // strayChild finds the child of process parent that is inner in its
 // innermost PID namespace but is not want outside, or returns 0.
 func strayChild(parent, want, inner int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
+	b, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
 	for _, f := range strings.Fields(string(b)) {
 		c, err := strconv.Atoi(f)
 		if err != nil || c == want {
@@ -235,7 +235,7 @@ func checkUserNS(all []*restorer, u *core.UserNamespace) []Difference {
 		name string
 		want []core.IDMap
 	}{{"uid_map", u.UIDMap}, {"gid_map", u.GIDMap}} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", root, m.name))
+		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/%s", root, m.name))
 		if err != nil {
 			diff("user namespace "+m.name, "readable", err.Error())
 			continue
@@ -249,7 +249,7 @@ func checkUserNS(all []*restorer, u *core.UserNamespace) []Difference {
 		}
 		diff("user namespace "+m.name, strings.Join(want, ", "), strings.Join(got, ", "))
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/setgroups", root))
+	b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/setgroups", root))
 	if err != nil {
 		diff("user namespace setgroups", "readable", err.Error())
 	} else {

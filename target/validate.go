@@ -328,7 +328,7 @@ const zombieWait = 2 * time.Second
 
 // pidTaken is pidFree without the wait.
 func pidTaken(pid int) error {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	b, err := proc.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

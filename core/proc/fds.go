@@ -6,6 +6,8 @@ import (
 	"os"
 	"slices"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // FDLink is one entry of /proc/PID/fd: the fd number and what readlink
@@ -41,11 +43,11 @@ func ReadFDs(pid int) ([]FDLink, error) {
 	if skipped {
 		// Tell "fd closed" from "process gone": the fd directory of an
 		// exited process can no longer be opened.
-		f, err := os.Open(dir)
+		fd, err := openRaw(dir, unix.O_RDONLY|unix.O_DIRECTORY)
 		if err != nil {
 			return nil, err
 		}
-		f.Close()
+		unix.Close(fd)
 	}
 	return out, nil
 }
@@ -63,12 +65,7 @@ func ReadPIDs() ([]int, error) {
 // readDirInts returns the entries of dir whose names are decimal numbers,
 // sorted.
 func readDirInts(dir string) ([]int, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
+	names, err := readDirNames(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -82,6 +79,32 @@ func readDirInts(dir string) ([]int, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// readDirNames lists dir with getdents64 on a descriptor of its own, as
+// File.Readdirnames does but without os.Open's poller calls (see
+// ReadFile). "." and ".." are left out.
+func readDirNames(dir string) ([]string, error) {
+	fd, err := openRaw(dir, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 8192)
+	var names []string
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "readdirent", Path: dir, Err: err}
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }
 
 // ReadCmdline reads /proc/PID/cmdline: the arguments, split at NUL bytes.

@@ -398,20 +398,21 @@ func TestReadFileGone(t *testing.T) {
 	cmd := startChild(t, "sleep", "30")
 	pid := cmd.Process.Pid
 	waitState(t, pid, 'S')
-	f, err := os.Open(pidPath(pid, "stat"))
+	path := pidPath(pid, "stat")
+	fd, err := openRaw(path, unix.O_RDONLY)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer unix.Close(fd)
 	cmd.Process.Kill()
 	cmd.Wait()
-	_, err = readAll(f, f.Name(), 512)
+	_, err = readFD(fd, path, 512)
 	if !errors.Is(err, unix.ESRCH) {
 		t.Errorf("read of stat after exit: %v, want ESRCH", err)
 	}
 	var pe *fs.PathError
-	if !errors.As(err, &pe) || pe.Path != f.Name() {
-		t.Errorf("error %v does not name %s", err, f.Name())
+	if !errors.As(err, &pe) || pe.Path != path {
+		t.Errorf("error %v does not name %s", err, path)
 	}
 }
 
