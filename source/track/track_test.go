@@ -920,6 +920,11 @@ func TestTrackFinalDirty(t *testing.T) {
 		e := w.Map("map", "E", 8, 0)
 		w.Call("populate E")
 		u := w.Map("map", "U", 16, 0)
+		// Shared memory partly populated: uffd-wp leaves pte markers on
+		// the rest, which PAGEMAP_SCAN shows as swapped and pagemap
+		// tells apart (swappedData).
+		pm := w.Map("mapshared", "P", 16, 0)
+		w.Call("write P 0 4 5 11")
 		// More than one walk of the final scan (scanChunk), written on
 		// both sides of where the first ends.
 		big := w.Map("map", "B", scanChunk/trackPage+52, 0)
@@ -937,8 +942,10 @@ func TestTrackFinalDirty(t *testing.T) {
 		w.Call("dontneed R 2")
 		w.Call("protect E r")
 		w.Call("write B 0 %d %d %d", scanChunk/trackPage-1, scanChunk/trackPage, scanChunk/trackPage+51)
+		w.Call("write P 7")
+		w.Call("dontneed P 4")
 		g := w.Map("map", "G", 4, 0)
-		regions := []workload.Region{a, s, f, r, e, u, g, big}
+		regions := []workload.Region{a, s, f, r, e, u, g, big, pm}
 		if !final {
 			return run{regions, dirty(t, tr, w)}
 		}
@@ -967,6 +974,7 @@ func TestTrackFinalDirty(t *testing.T) {
 	expect(t, "FinalDirty", got.got, got.regions, map[string][]int{
 		"A": {1, 5, 9, 63}, "S": {3}, "F": {2, 5}, "R": {2}, "E": seq(0, 8), "U": {1}, "G": seq(0, 4),
 		"B": {0, scanChunk/trackPage - 1, scanChunk / trackPage, scanChunk/trackPage + 51},
+		"P": {4, 7},
 	})
 }
 
