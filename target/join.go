@@ -44,7 +44,7 @@ func (b *Builder) Join(ctx context.Context, p *core.Process) error {
 		return fmt.Errorf("process %d joins the tree: its parent %d is not a running process of it", p.PID, p.PPID)
 	}
 	if p.Zombie == nil {
-		if err := validateLiveProcess(newPathRoot(b.ss.img.Mounts), p); err != nil {
+		if err := validateLiveProcess(newPathRoot(b.ss.img.Mounts), p, mappedFiles{}); err != nil {
 			return err
 		}
 	}
