@@ -140,10 +140,16 @@ func sameLayout(have, want []core.VMA) bool {
 // ordinary returns the areas of vmas that migrate maps itself (not the
 // kernel's [vdso] and [vvar]).
 func ordinary(vmas []core.VMA) []core.VMA {
-	out := make([]core.VMA, 0, len(vmas))
-	for _, v := range vmas {
-		if v.Kind != core.VMAVDSO && v.Kind != core.VMAVVar {
-			out = append(out, v)
+	n := 0
+	for i := range vmas {
+		if k := vmas[i].Kind; k == core.VMAVDSO || k == core.VMAVVar {
+			n++
+		}
+	}
+	out := make([]core.VMA, 0, len(vmas)-n)
+	for i := range vmas {
+		if k := vmas[i].Kind; k != core.VMAVDSO && k != core.VMAVVar {
+			out = append(out, vmas[i])
 		}
 	}
 	return out
@@ -155,18 +161,20 @@ func ordinary(vmas []core.VMA) []core.VMA {
 //
 // Preconditions: the process was laid out (layout), and is stopped.
 func (r *restorer) relayout(want []core.VMA) error {
-	for _, v := range ordinary(want) {
+	want = ordinary(want)
+	for i := range want {
+		v := &want[i]
 		if v.Start < r.vdsoHere.end && r.vdsoHere.start < v.End {
 			return &VDSOMismatchError{Reason: fmt.Sprintf("the process mapped %#x-%#x, where this kernel's vdso was put (%#x-%#x) as its old one's proxy was built",
 				v.Start, v.End, r.vdsoHere.start, r.vdsoHere.end)}
 		}
 	}
-	if sameLayout(r.mapped, ordinary(want)) {
-		r.mapped = ordinary(want)
+	if sameLayout(r.mapped, want) {
+		r.mapped = want
 		return nil
 	}
-	unmap, mapNew := layoutDiff(r.mapped, ordinary(want))
-	for _, o := range opened(r.mapped, ordinary(want)) {
+	unmap, mapNew := layoutDiff(r.mapped, want)
+	for _, o := range opened(r.mapped, want) {
 		if _, err := r.sys("mprotect", unix.SYS_MPROTECT, o.start, o.end-o.start, unix.PROT_READ|unix.PROT_WRITE); err != nil {
 			return fmt.Errorf("open %#x-%#x for writing: %w", o.start, o.end, err)
 		}
@@ -182,6 +190,6 @@ func (r *restorer) relayout(want []core.VMA) error {
 	if err := r.mapAreas(mapNew); err != nil {
 		return err
 	}
-	r.mapped = ordinary(want)
+	r.mapped = want
 	return nil
 }

@@ -241,15 +241,26 @@ func AreasOf(procs []*core.Process) map[int][]core.VMA {
 	return out
 }
 
-// CloneVMAs is a deep copy of vmas.
+// CloneVMAs is a deep copy of vmas. The file references are copied into
+// one array, not one allocation each: a tree's layout is thousands of
+// areas, cloned in the frozen window (AreasOf, FillSame), where fresh
+// memory costs a page fault a page.
 func CloneVMAs(vmas []core.VMA) []core.VMA {
 	out := slices.Clone(vmas)
+	n := 0
+	for i := range out {
+		if out[i].File != nil {
+			n++
+		}
+	}
+	files := make([]core.FileRef, 0, n)
 	for i := range out {
 		v := &out[i]
 		if v.File != nil {
-			f := *v.File
+			files = append(files, *v.File)
+			f := &files[len(files)-1]
 			f.Extents = slices.Clone(f.Extents)
-			v.File = &f
+			v.File = f
 		}
 		v.Madvise = slices.Clone(v.Madvise)
 		v.Code = slices.Clone(v.Code)

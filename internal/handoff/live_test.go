@@ -201,3 +201,30 @@ func TestSameAreaFields(t *testing.T) {
 		t.Error("nil advice and empty advice: the same")
 	}
 }
+
+// CloneVMAs copies deeply: the clone equals the original, and nothing
+// written through the clone (its file references, their extents, advice,
+// code) shows in the original.
+func TestCloneVMAsDeep(t *testing.T) {
+	orig := []core.VMA{
+		{Start: 0x1000, End: 0x2000, Kind: core.VMAFile, File: &core.FileRef{Path: "/lib/a.so", Size: 7, Extents: []core.Extent{{Off: 0, Len: 7}}}, Madvise: []int{1}},
+		{Start: 0x2000, End: 0x3000, Kind: core.VMAAnon},
+		{Start: 0x3000, End: 0x4000, Kind: core.VMAFile, File: &core.FileRef{Path: "/lib/b.so"}, Code: []byte{1, 2}},
+		{Start: 0x4000, End: 0x5000, Kind: core.VMAFile, Madvise: []int{}},
+	}
+	c := CloneVMAs(orig)
+	if !reflect.DeepEqual(c, orig) {
+		t.Fatalf("clone %+v, want %+v", c, orig)
+	}
+	c[0].File.Path = "/lib/changed.so"
+	c[0].File.Extents[0].Len = 99
+	c[0].Madvise[0] = 9
+	c[2].Code[0] = 9
+	c[2].File.Size = 99
+	if orig[0].File.Path != "/lib/a.so" || orig[0].File.Extents[0].Len != 7 || orig[0].Madvise[0] != 1 || orig[2].Code[0] != 1 || orig[2].File.Size != 0 {
+		t.Errorf("a write through the clone shows in the original: %+v %+v", orig[0], orig[2])
+	}
+	if c[1].File != nil || c[3].Madvise == nil || c[1].Madvise != nil {
+		t.Errorf("nil and empty slices or references not kept as they were: %+v %+v", c[1], c[3])
+	}
+}
