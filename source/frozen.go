@@ -234,6 +234,12 @@ func (f *frozenState) read(ctx context.Context) error {
 				ss.log.Debug("threads not pinned", "pid", d.pid, "err", err)
 			}
 		}
+		// The layout first: stepOutOfVDSO finds the vdso in it, and the
+		// threads' registers are read after they left it.
+		if err := f.readLayout(d); err != nil {
+			return err
+		}
+		d.ownLap("read: layout")
 		if err := d.stepOutOfVDSO(); err != nil {
 			return err
 		}
@@ -241,9 +247,6 @@ func (f *frozenState) read(ctx context.Context) error {
 			return err
 		}
 		d.ownLap("read: task")
-		if err := f.readLayout(d); err != nil {
-			return err
-		}
 		if f.layoutRead != nil {
 			if err := f.layoutRead(d); err != nil {
 				return err

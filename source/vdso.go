@@ -3,7 +3,7 @@ package source
 import (
 	"fmt"
 
-	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/core"
 )
 
 // vdsoSteps bounds the instructions a thread frozen inside the vdso is
@@ -22,17 +22,17 @@ const vdsoSteps = 20000
 // instructions): a restore that needs the proxy refuses them (target's
 // threadsOutOfVDSO), one on the same kernel does not care.
 //
-// Preconditions: on the tracer thread; the process is frozen.
+// The [vdso] is looked for in the layout d.proc.VMAs, read frozen: the
+// vdso code the threads are let run maps and unmaps nothing.
+//
+// Preconditions: on the tracer thread; the process is frozen; its layout
+// is read.
 func (d *dumper) stepOutOfVDSO() error {
 	if d.p.Stopped() {
 		return nil
 	}
-	maps, err := proc.ReadMaps(d.pid)
-	if err != nil {
-		return fmt.Errorf("process %d: %w", d.pid, err)
-	}
-	for _, m := range maps {
-		if m.Path != "[vdso]" {
+	for _, m := range d.proc.VMAs {
+		if m.Kind != core.VMAVDSO {
 			continue
 		}
 		for _, th := range d.p.Threads {
