@@ -175,7 +175,9 @@ func (b *Builder) resumeTree() error {
 	levels := byDepth(b.all)
 	for d := len(levels) - 1; d >= 0; d-- {
 		rs := levels[d]
-		err := ptrace.Each(len(rs), func(i int) *ptrace.Tracer { return rs[i].p.Tracer() }, func(i int) error {
+		// Urgent: a process detached preempted its tracer, and the
+		// next process waited until the first had run (EachUrgent).
+		err := ptrace.EachUrgent(len(rs), func(i int) *ptrace.Tracer { return rs[i].p.Tracer() }, func(i int) error {
 			r := rs[i]
 			if r.proc.Stopped {
 				r.p.StopOnDetach()

@@ -211,3 +211,50 @@ func sleepEnds(t *testing.T, cmd *exec.Cmd) {
 		t.Fatal("sleep did not finish after detach")
 	}
 }
+
+// EachUrgent runs the work of each tracer in SCHED_FIFO and gives the
+// tracer thread its class back afterwards; Each leaves the class alone.
+func TestEachUrgent(t *testing.T) {
+	trs := []*Tracer{NewTracer(), NewTracer()}
+	defer trs[0].Close()
+	defer trs[1].Close()
+	policies := make([]uint32, 4)
+	err := EachUrgent(4, func(i int) *Tracer { return trs[i%2] }, func(i int) error {
+		a, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			return err
+		}
+		policies[i] = a.Policy
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if policies[0] != unix.SCHED_FIFO {
+		// Refused here: then EachUrgent is Each, which the rest checks.
+		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 1}, 0); err != nil {
+			t.Skipf("real-time scheduling is refused here (CAP_SYS_NICE or the cgroup's real-time time): %v", err)
+		}
+		unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_NORMAL}, 0)
+		t.Fatalf("work ran in class %d, want SCHED_FIFO, which this thread may take", policies[0])
+	}
+	for i, p := range policies {
+		if p != unix.SCHED_FIFO {
+			t.Errorf("item %d ran in class %d, want SCHED_FIFO", i, p)
+		}
+	}
+	err = Each(2, func(i int) *Tracer { return trs[i] }, func(i int) error {
+		a, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			return err
+		}
+		policies[i] = a.Policy
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if policies[0] != unix.SCHED_NORMAL || policies[1] != unix.SCHED_NORMAL {
+		t.Errorf("after EachUrgent the tracers run in classes %v, want SCHED_NORMAL back", policies[:2])
+	}
+}
