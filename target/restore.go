@@ -191,6 +191,11 @@ const scratchMapped = scratchLen + ptrace.BatchCodeSize
 // injected calls (ptrace.SyscallBatch), after the page of their arguments.
 const batchTable = 4096
 
+// stateArgs is the offset in the scratch area of the arguments of the
+// calls batched with the signal actions (restoreState): past the table of
+// those calls, which is at most 80 entries.
+const stateArgs = 16 << 10
+
 func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 	img, err := core.ReadImage(opts.Dir)
 	if err != nil {

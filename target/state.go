@@ -81,36 +81,30 @@ func (r *restorer) restoreState(context.Context) error {
 			return err
 		}
 	}
-	if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, calls); err != nil {
-		return err
+	// The umask, root, working directory, personality and interval
+	// timers in the same batch, their arguments after its table (a
+	// call each, one by one, was ~0.3 ms a process on a loaded 2-CPU
+	// machine). A call that fails names what it set.
+	args := uint64(stateArgs)
+	put := func(b []byte) (uint64, error) {
+		addr, err := r.put(args, b)
+		args += uint64(len(b)+7) &^ 7
+		return addr, err
 	}
-	if trap != nil {
-		if _, err := r.sys(trap.Name, trap.Nr, trap.Args[:4]...); err != nil {
-			return err
-		}
-	}
-	if _, err := r.sys("umask", unix.SYS_UMASK, uint64(p.Umask)); err != nil {
-		return err
-	}
+	calls = append(calls, ptrace.Call{Name: "umask", Nr: unix.SYS_UMASK, Args: [6]uint64{uint64(p.Umask)}})
 	if p.Root != "/" {
-		addr, err := r.put(0, cstring(p.Root))
+		addr, err := put(cstring(p.Root))
 		if err != nil {
 			return err
 		}
-		if _, err := r.sys("chroot", unix.SYS_CHROOT, addr); err != nil {
-			return fmt.Errorf("chroot %s: %w", p.Root, err)
-		}
+		calls = append(calls, ptrace.Call{Name: "chroot(" + p.Root + ")", Nr: unix.SYS_CHROOT, Args: [6]uint64{addr}})
 	}
-	addr, err := r.put(0, cstring(p.Cwd))
+	addr, err := put(cstring(p.Cwd))
 	if err != nil {
 		return err
 	}
-	if _, err := r.sys("chdir", unix.SYS_CHDIR, addr); err != nil {
-		return fmt.Errorf("chdir %s: %w", p.Cwd, err)
-	}
-	if _, err := r.sys("personality", unix.SYS_PERSONALITY, p.Personality); err != nil {
-		return err
-	}
+	calls = append(calls, ptrace.Call{Name: "chdir(" + p.Cwd + ")", Nr: unix.SYS_CHDIR, Args: [6]uint64{addr}},
+		ptrace.Call{Name: "personality", Nr: unix.SYS_PERSONALITY, Args: [6]uint64{p.Personality}})
 	for _, it := range p.Itimers {
 		var b [32]byte
 		le.PutUint64(b[0:], uint64(it.IntervalUS/1e6))
@@ -121,12 +115,21 @@ func (r *restorer) restoreState(context.Context) error {
 		}
 		le.PutUint64(b[16:], uint64(rem/1e6))
 		le.PutUint64(b[24:], uint64(rem%1e6))
-		addr, err := r.put(0, b[:])
+		addr, err := put(b[:])
 		if err != nil {
 			return err
 		}
-		if _, err := r.sys("setitimer", unix.SYS_SETITIMER, uint64(it.Which), addr, 0); err != nil {
-			return fmt.Errorf("itimer %d: %w", it.Which, err)
+		calls = append(calls, ptrace.Call{Name: "setitimer(" + strconv.Itoa(it.Which) + ")", Nr: unix.SYS_SETITIMER, Args: [6]uint64{uint64(it.Which), addr}})
+	}
+	if off := batchTable + uint64(ptrace.BatchTableSize(len(calls))); off > stateArgs {
+		return fmt.Errorf("%d calls of process state: their table (%d bytes) runs into their arguments", len(calls), off-batchTable)
+	}
+	if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, calls); err != nil {
+		return err
+	}
+	if trap != nil {
+		if _, err := r.sys(trap.Name, trap.Nr, trap.Args[:4]...); err != nil {
+			return err
 		}
 	}
 	for _, l := range p.Rlimits {
