@@ -273,6 +273,10 @@ func restore(ctx context.Context, opts RestoreOptions) (*RestoreReport, error) {
 // rounds, so that the frozen time grows with the last round, not with the
 // size of the process.
 type Builder struct {
+	// connected, if set, runs in Resume once the TCP connections are
+	// live (out of repair mode), before any process runs.
+	connected func()
+
 	ss      *session
 	all     []*restorer // the tree, parents first
 	byPID   map[int]*restorer
@@ -570,6 +574,9 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 		}()
 	}
 	wg.Wait()
+	if b.connected != nil {
+		b.connected()
+	}
 	dropZombieSIGCHLD(b.all)
 	if err := b.resumeTree(); err != nil {
 		return nil, err
