@@ -234,7 +234,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external}); err != nil {
+	if err := precheckFDs(ctx, DumpOptions{PID: opts.PID, live: true, Tree: opts.Tree, External: external, Logger: opts.Logger}); err != nil {
 		return nil, err
 	}
 	mode, err := ParseMode(string(opts.Mode))

@@ -26,9 +26,16 @@ import (
 // the probe is not held against it, and any other failure is left to the
 // dump itself, which reads every fd again once the process is frozen.
 func precheckFDs(ctx context.Context, opts DumpOptions) error {
+	var race error
+	defer func() {
+		if race != nil && opts.Logger != nil {
+			opts.Logger.Debug("fds not probed: left to the freeze", "pid", opts.PID, "err", race)
+		}
+	}()
 	for attempt := 0; attempt < 3; attempt++ {
 		err := probeFDs(ctx, opts)
 		if err == nil || ctx.Err() != nil {
+			race = nil
 			return err
 		}
 		var bt *BadTargetError
@@ -40,8 +47,16 @@ func precheckFDs(ctx context.Context, opts DumpOptions) error {
 		}
 		var ue *UnsupportedFDError
 		if !errors.As(err, &ue) {
-			return nil // a race with the running process: the freeze reads again
+			// A race with the running process (an fd closed or a child
+			// gone under the probe): probed again, and after the third
+			// the freeze reads again. (Once, under load, a unix socket
+			// connected outside went through to the freeze when this gave
+			// up at the first such error, which was not logged then:
+			// TestLiveRefusedBeforePrecopy. It is logged now.)
+			race = err
+			continue
 		}
+		race = nil
 		// The refusal stands if the fd is still what the probe saw.
 		if link, lerr := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", ue.PID, ue.FD)); lerr == nil && link == ue.Kind {
 			return err
