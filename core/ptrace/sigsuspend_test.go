@@ -1,6 +1,7 @@
 package ptrace
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -21,7 +22,6 @@ func TestDetachUntouchedSigsuspend(t *testing.T) {
 	needRoot(t)
 	for i := range 100 {
 		cmd, child := shellInSigsuspend(t, i)
-		pid := strconv.Itoa(cmd.Process.Pid)
 		tr := NewTracer()
 		p, err := tr.Seize(cmd.Process.Pid)
 		if err != nil {
@@ -34,14 +34,22 @@ func TestDetachUntouchedSigsuspend(t *testing.T) {
 		unix.Kill(child, unix.SIGKILL)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			b, _ := os.ReadFile("/proc/" + pid + "/status")
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("run %d: the shell did not wake for its child's death:\n%s", i, b)
-		}
+		shellWakes(t, i, cmd, done)
+	}
+}
+
+// shellWakes waits for the shell of run i to end (done: its cmd.Wait)
+// now that its child is dead, and fails with the shell's status if it
+// sleeps on.
+func shellWakes(t *testing.T, i int, cmd *exec.Cmd, done <-chan error) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("run %d: the shell did not wake for its child's death:\n%s", i, b)
 	}
 }
 
@@ -132,14 +140,7 @@ func TestDetachInjectedSigsuspend(t *testing.T) {
 			}
 			unix.Kill(child, unix.SIGKILL)
 		}
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			b, _ := os.ReadFile("/proc/" + pid + "/status")
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("run %d: the shell did not wake for its child's death:\n%s", i, b)
-		}
+		shellWakes(t, i, cmd, done)
 	}
 }
 
