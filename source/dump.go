@@ -40,9 +40,12 @@ type session struct {
 	opts DumpOptions
 	// dumpedSocks caches dumpedSockets while the fds are read.
 	dumpedSocks map[uint64]bool
-	log         *slog.Logger
-	dir         string
-	tr          *ptrace.Tracer
+	// sockDefaults are a new socket's options of each kind, read once
+	// for all the processes of the session.
+	sockDefaults sockets.Defaults
+	log          *slog.Logger
+	dir          string
+	tr           *ptrace.Tracer
 	// tracers are the tracer threads of a tree, tr first (tracerFor),
 	// at most maxTracers of them.
 	tracers    []*ptrace.Tracer
@@ -129,7 +132,11 @@ type dumper struct {
 	stat           *proc.Stat
 	status         *proc.Status
 	fdset          *fdSet
-	sink           *pageSink
+	// fdsRead are the process's fds and their fdinfo, read while the
+	// frozen tree's processes are read side by side (prefetchFDs), for
+	// collectFDs, which takes them.
+	fdsRead *fdsRead
+	sink    *pageSink
 	// scratch is a page mapped in the tracee for results of injected calls.
 	scratch uint64
 	tracker Tracker

@@ -45,6 +45,9 @@ type pendingBlob struct {
 }
 
 func (s *fdSet) close() {
+	if s.socks != nil {
+		s.socks.Close()
+	}
 	for _, f := range s.dups {
 		f.Close()
 	}
@@ -63,9 +66,14 @@ func (s *fdSet) close() {
 func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 	set := &fdSet{pidfd: -1, dups: map[int]*os.File{}}
 	set.socks = &sockets.Process{PID: d.pid, Probe: d.probe, Tree: d.opts.Tree, Log: d.log,
-		Store: d.copyBlob, Dumped: d.dumpedSockets, Conns: &d.tcp}
-	links, err := proc.ReadFDs(d.pid)
-	if err != nil {
+		Store: d.copyBlob, Dumped: d.dumpedSockets, Conns: &d.tcp, Defaults: &d.session.sockDefaults}
+	pre := d.fdsRead
+	d.fdsRead = nil
+	var links []proc.FDLink
+	var err error
+	if pre != nil {
+		links = pre.links
+	} else if links, err = proc.ReadFDs(d.pid); err != nil {
 		return nil, fmt.Errorf("process %d: %w", d.pid, err)
 	}
 	set.pidfd, err = unix.PidfdOpen(d.pid, 0)
@@ -82,11 +90,16 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		return nil, err
 	}
 	p := d.proc
-	for _, l := range links {
+	for i, l := range links {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		info, err := proc.ReadFDInfo(d.pid, l.FD)
+		var info *proc.FDInfo
+		if pre != nil {
+			info = pre.infos[i]
+		} else {
+			info, err = proc.ReadFDInfo(d.pid, l.FD)
+		}
 		if err != nil {
 			if d.probe && errors.Is(err, fs.ErrNotExist) {
 				continue // closed since the listing: the process runs
@@ -298,11 +311,52 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 
+	set.socks.Close() // its sock_diag socket: the sockets are described
 	if err := set.socks.ReadOptions(); err != nil {
 		return nil, d.socketError(err)
 	}
 	ok = true
 	return set, nil
+}
+
+// fdsRead are a frozen process's fds (proc.ReadFDs) and the fdinfo of
+// each, in the same order.
+type fdsRead struct {
+	links []proc.FDLink
+	infos []*proc.FDInfo
+}
+
+// prefetchFDs reads what collectFDs needs of /proc for the process's fds
+// into d.fdsRead, so that the frozen tree's processes read it side by
+// side on their tracers while collectFDs, which finds what they share,
+// goes through them one after the other. On an error it reads nothing:
+// collectFDs reads again and says what failed.
+//
+// Preconditions: the process is frozen.
+func (d *dumper) prefetchFDs() {
+	d.fdsRead = nil
+	links, err := proc.ReadFDs(d.pid)
+	if err != nil {
+		return
+	}
+	infos := make([]*proc.FDInfo, len(links))
+	for i, l := range links {
+		if infos[i], err = proc.ReadFDInfo(d.pid, l.FD); err != nil {
+			return
+		}
+	}
+	d.fdsRead = &fdsRead{links: links, infos: infos}
+}
+
+// socketInodes are the inodes of the sockets among links.
+func socketInodes(links []proc.FDLink, into map[uint64]bool) {
+	for _, l := range links {
+		if v, ok := strings.CutPrefix(l.Target, "socket:["); ok {
+			if ino, err := strconv.ParseUint(strings.TrimSuffix(v, "]"), 10, 64); err == nil {
+				into[ino] = true
+			}
+		}
+	}
 }
 
 // socketError turns the sockets package's refusal of a socket into an

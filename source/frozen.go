@@ -257,6 +257,8 @@ func (f *frozenState) read(ctx context.Context) error {
 			return fmt.Errorf("process %d: %w", d.pid, err)
 		}
 		d.ownLap("read: gadget")
+		d.prefetchFDs()
+		d.ownLap("read: fds")
 		return nil
 	})
 	if err != nil {
@@ -273,6 +275,15 @@ func (f *frozenState) read(ctx context.Context) error {
 	// frozen, it holds the same ones throughout.
 	f.ss.dumpedSocks = nil
 	defer func() { f.ss.dumpedSocks = nil }()
+	socks := map[uint64]bool{}
+	for _, d := range f.all {
+		if d.fdsRead == nil {
+			socks = nil // dumpedSockets reads them
+			break
+		}
+		socketInodes(d.fdsRead.links, socks)
+	}
+	f.ss.dumpedSocks = socks
 	for _, d := range f.all {
 		d.ownLapped = time.Now()
 		err := d.p.Tracer().Do(func() error {

@@ -47,10 +47,38 @@ type Process struct {
 	// processes of a dump, as they are locked and read together. Required.
 	Conns *Conns
 
-	// jobs are the sockets whose options ReadOptions reads; defaults the
-	// options of new sockets, read once per kind.
+	// Defaults are a new socket's options, read once per kind: one
+	// Defaults may serve every process of a dump. Nil: the process's own.
+	Defaults *Defaults
+
+	// jobs are the sockets whose options ReadOptions reads.
 	jobs     []optJob
-	defaults optDefaults
+	defaults Defaults
+	// diag is the sock_diag socket in the process's network namespace,
+	// opened at the first unix socket and kept until Close.
+	diag *diagConn
+}
+
+// Close lets go of what describing the sockets opened (the sock_diag
+// socket). The Process may describe more afterwards: it opens it again.
+func (p *Process) Close() {
+	if p.diag != nil {
+		p.diag.Close()
+		p.diag = nil
+	}
+}
+
+// diagConn returns the sock_diag socket in the process's network
+// namespace, opening it the first time.
+func (p *Process) diagConn() (*diagConn, error) {
+	if p.diag == nil {
+		dc, err := openDiag(p.PID)
+		if err != nil {
+			return nil, err
+		}
+		p.diag = dc
+	}
+	return p.diag, nil
 }
 
 // UnsupportedError refuses a socket the dump does not take.
@@ -145,7 +173,7 @@ func (sd *sockDump) describe() (*core.Socket, error) {
 }
 
 // readOptions reads the socket's options into s.Options.
-func (sd *sockDump) readOptions(s *core.Socket, defaults *optDefaults) error {
+func (sd *sockDump) readOptions(s *core.Socket, defaults *Defaults) error {
 	opts, err := socketOptions(sd.sfd, s.Family, s.Type, s.Protocol, defaults)
 	if errors.Is(err, errEBPFFilter) {
 		return sd.refuse("%v", err)
@@ -172,6 +200,10 @@ func (p *Process) ReadOptions() error {
 	if len(jobs) == 0 {
 		return nil
 	}
+	defaults := p.Defaults
+	if defaults == nil {
+		defaults = &p.defaults
+	}
 	workers := min(runtime.GOMAXPROCS(0), 4, (len(jobs)+15)/16)
 	errs := make([]error, len(jobs))
 	var next atomic.Int64
@@ -185,7 +217,7 @@ func (p *Process) ReadOptions() error {
 				if i >= len(jobs) {
 					return
 				}
-				errs[i] = jobs[i].sd.readOptions(jobs[i].s, &p.defaults)
+				errs[i] = jobs[i].sd.readOptions(jobs[i].s, defaults)
 			}
 		}()
 	}
@@ -215,11 +247,10 @@ func familyName(f int) string {
 
 // unixSocket fills in a unix socket.
 func (sd *sockDump) unixSocket(s *core.Socket) error {
-	dc, err := openDiag(sd.p.PID)
+	dc, err := sd.p.diagConn()
 	if err != nil {
 		return sd.fail(err)
 	}
-	defer dc.Close()
 	if s.Ino > 0xffffffff {
 		return sd.refuse("socket inode %d does not fit sock_diag's 32 bits", s.Ino)
 	}

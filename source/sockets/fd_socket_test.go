@@ -75,6 +75,9 @@ func (sd *sockDumper) dump(fd int) (*core.Socket, error) {
 	dup := os.NewFile(uintptr(nfd), target)
 	defer dup.Close()
 	f := &core.FD{FD: fd, Kind: core.FDSocket}
+	// As collectFDs: the sock_diag socket is kept for the process's
+	// sockets, let go of once they are described.
+	defer sd.p.Close()
 	if err := sd.p.Describe(f, dup); err != nil {
 		return nil, err
 	}

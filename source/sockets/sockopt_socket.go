@@ -179,9 +179,9 @@ var errEBPFFilter = errors.New("an eBPF socket filter is attached (it cannot be 
 // socketOptions returns the options of the socket fd that differ from
 // those of a new socket of its kind (read once per kind into defaults, if
 // not nil). An option the kernel does not let us read is skipped.
-func socketOptions(fd, family, typ, proto int, defaults *optDefaults) ([]core.SockOpt, error) {
+func socketOptions(fd, family, typ, proto int, defaults *Defaults) ([]core.SockOpt, error) {
 	if defaults == nil {
-		defaults = &optDefaults{}
+		defaults = &Defaults{}
 	}
 	kind, err := defaults.of(family, typ, proto)
 	if err != nil {
@@ -218,11 +218,12 @@ func socketOptions(fd, family, typ, proto int, defaults *optDefaults) ([]core.So
 	return out, nil
 }
 
-// optDefaults are, by family, type and protocol, the options worth
+// Defaults are, by family, type and protocol, the options worth
 // reading and their values on a new socket: read once for all the sockets
 // of a kind (hundreds of connections would each make and read a new socket
-// otherwise). Safe for concurrent use.
-type optDefaults struct {
+// otherwise), and by all the processes of a dump that share one. Safe
+// for concurrent use.
+type Defaults struct {
 	mu    sync.Mutex
 	kinds map[[3]int]*optKindInfo
 }
@@ -241,7 +242,7 @@ type optValue struct {
 }
 
 // of returns the options of a socket kind.
-func (od *optDefaults) of(family, typ, proto int) (*optKindInfo, error) {
+func (od *Defaults) of(family, typ, proto int) (*optKindInfo, error) {
 	key := [3]int{family, typ, proto}
 	od.mu.Lock()
 	defer od.mu.Unlock()
