@@ -24,6 +24,11 @@ const (
 // capsetV3 is the header version of the 64-bit capset.
 const capsetV3 = 0x20080522
 
+// credArgs is the offset in the scratch area of the data of the calls
+// that set a thread's credentials (setCreds), in one batch after the
+// signal actions': two capset structures, then the groups.
+const credArgs = stateArgs
+
 // restoreCreds gives every thread its credentials: ids, groups,
 // capabilities, securebits and no_new_privs, and then the process its
 // dumpable flag. Credentials are per thread in the kernel and a raw system
@@ -64,15 +69,15 @@ func (r *restorer) restoreCreds() error {
 		if !cur.Equal(want) {
 			changed = true
 		}
-		if err := r.setCreds(th, cur, want, last); err != nil {
-			return fmt.Errorf("thread %d: %w", t.TID, err)
+		// The husk is dumpable; changing credentials made the process
+		// fs.suid_dumpable (0 here). PR_SET_DUMPABLE takes 0 and 1
+		// only. In the last thread's batch, after every change.
+		var tail []ptrace.Call
+		if d := r.proc.Dumpable; i == len(r.proc.Threads)-1 && (d == 0 || d == 1) && (changed || d == 0) {
+			tail = append(tail, ptrace.Call{Name: "prctl(PR_SET_DUMPABLE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_SET_DUMPABLE, uint64(d)}})
 		}
-	}
-	// The husk is dumpable; changing credentials made the process
-	// fs.suid_dumpable (0 here). PR_SET_DUMPABLE takes 0 and 1 only.
-	if d := r.proc.Dumpable; (d == 0 || d == 1) && (changed || d == 0) {
-		if _, err := r.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(d)); err != nil {
-			return err
+		if err := r.setCreds(th, cur, want, last, tail); err != nil {
+			return fmt.Errorf("thread %d: %w", t.TID, err)
 		}
 	}
 	return nil
@@ -133,11 +138,12 @@ func capList(mask uint64) string {
 //  7. PR_SET_NO_NEW_PRIVS.
 //
 // A step with nothing to change is not run: a thread that keeps the
-// restorer's credentials costs no system call. Capabilities the restorer
+// restorer's credentials costs no system call. The steps are injected in
+// one batch, with tail after them. Capabilities the restorer
 // does not have cannot be given: they are left out with a warning.
 //
 // cur are the thread's credentials; setCreds keeps them up to date.
-func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) error {
+func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int, tail []ptrace.Call) error {
 	w := *want
 	all := uint64(1)<<(last+1) - 1
 	if lost := (w.CapPrm | w.CapBnd | w.CapInh) &^ all; lost != 0 {
@@ -159,23 +165,31 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 	w.CapEff &= w.CapPrm
 	w.CapAmb &= w.CapPrm & w.CapInh
 
-	call := func(name string, nr uintptr, args ...uint64) error {
-		_, err := r.p.Syscall(th, name, nr, args...)
-		return err
+	// The calls are made in one batch (ptrace.SyscallBatch), their data
+	// at credArgs: a failure anywhere fails the restore, which then never
+	// lets the process run, so the calls after a failed one do no harm.
+	var calls []ptrace.Call
+	var data []byte
+	call := func(name string, nr uintptr, args ...uint64) {
+		c := ptrace.Call{Name: name, Nr: nr}
+		copy(c.Args[:], args)
+		calls = append(calls, c)
 	}
-	securebits := func(v uint32) error {
-		if cur.Securebits == v {
-			return nil
-		}
-		if err := call("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uint64(v)); err != nil {
-			return err
-		}
-		cur.Securebits = v
-		return nil
+	// put adds b to the data and returns its address in the tracee.
+	put := func(b []byte) uint64 {
+		addr := r.scratch + credArgs + uint64(len(data))
+		data = append(data, b...)
+		return addr
 	}
-	capset := func(eff, prm, inh uint64) error {
+	securebits := func(v uint32) {
+		if cur.Securebits != v {
+			call("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uint64(v))
+			cur.Securebits = v
+		}
+	}
+	capset := func(eff, prm, inh uint64) {
 		if cur.CapEff == eff && cur.CapPrm == prm && cur.CapInh == inh {
-			return nil
+			return
 		}
 		var b [8 + 24]byte
 		le := binary.LittleEndian
@@ -184,16 +198,10 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 			le.PutUint32(b[8+4*i:], uint32(v))
 			le.PutUint32(b[8+12+4*i:], uint32(v>>32))
 		}
-		addr, err := r.put(0, b[:])
-		if err != nil {
-			return err
-		}
-		if err := call("capset", unix.SYS_CAPSET, addr, addr+8); err != nil {
-			return err
-		}
+		addr := put(b[:])
+		call("capset", unix.SYS_CAPSET, addr, addr+8)
 		cur.CapEff, cur.CapPrm, cur.CapInh = eff, prm, inh
 		cur.CapAmb &= prm & inh // as the kernel does
-		return nil
 	}
 
 	ids := cur.UID != w.UID || cur.GID != w.GID || cur.FSUID != w.FSUID || cur.FSGID != w.FSGID ||
@@ -213,92 +221,67 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 	}
 	if ids {
 		// 1.
-		if err := securebits(cur.Securebits | secbitNoSetuidFixup | secbitKeepCaps); err != nil {
-			return err
-		}
+		securebits(cur.Securebits | secbitNoSetuidFixup | secbitKeepCaps)
 		// 2.
 		if !slices.Equal(cur.Groups, w.Groups) {
 			groups := make([]byte, 4*len(in.Groups))
 			for i, g := range in.Groups {
 				binary.LittleEndian.PutUint32(groups[4*i:], g)
 			}
-			addr := r.scratch
-			if len(groups) > 0 {
-				var err error
-				if addr, err = r.put(0, groups); err != nil {
-					return err
-				}
-			}
-			if err := call("setgroups", unix.SYS_SETGROUPS, uint64(len(in.Groups)), addr); err != nil {
-				return err
-			}
+			call("setgroups", unix.SYS_SETGROUPS, uint64(len(in.Groups)), put(groups))
 		}
-		if err := call("setresgid", unix.SYS_SETRESGID, uint64(in.GID[0]), uint64(in.GID[1]), uint64(in.GID[2])); err != nil {
-			return err
-		}
-		if err := call("setresuid", unix.SYS_SETRESUID, uint64(in.UID[0]), uint64(in.UID[1]), uint64(in.UID[2])); err != nil {
-			return err
-		}
-		// setfs[ug]id report the old value, not an error: check.
+		call("setresgid", unix.SYS_SETRESGID, uint64(in.GID[0]), uint64(in.GID[1]), uint64(in.GID[2]))
+		call("setresuid", unix.SYS_SETRESUID, uint64(in.UID[0]), uint64(in.UID[1]), uint64(in.UID[2]))
+		// setfs[ug]id report the old value, not an error: the check
+		// below sees what they did.
 		if w.FSGID != w.GID[1] {
 			call("setfsgid", unix.SYS_SETFSGID, uint64(in.FSGID))
 		}
 		if w.FSUID != w.UID[1] {
 			call("setfsuid", unix.SYS_SETFSUID, uint64(in.FSUID))
 		}
-		st, err := proc.ReadTaskStatus(r.pid, th.TID)
-		if err != nil {
-			return fmt.Errorf("credentials: %w", err)
-		}
-		got := st.Creds()
-		if got.UID != w.UID || got.GID != w.GID || got.FSUID != w.FSUID || got.FSGID != w.FSGID {
-			return fmt.Errorf("ids uid %v fsuid %d gid %v fsgid %d after setting them, want uid %v fsuid %d gid %v fsgid %d",
-				got.UID, got.FSUID, got.GID, got.FSGID, w.UID, w.FSUID, w.GID, w.FSGID)
-		}
 	}
 	// 3.
-	if err := capset(cur.CapEff, cur.CapPrm, w.CapInh); err != nil {
-		return err
-	}
+	capset(cur.CapEff, cur.CapPrm, w.CapInh)
 	// 4.
 	if cur.CapAmb != w.CapAmb {
 		if cur.CapAmb&^w.CapAmb != 0 {
-			if err := call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-				return err
-			}
+			call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 			cur.CapAmb = 0
 		}
 		for m := w.CapAmb &^ cur.CapAmb; m != 0; m &= m - 1 {
-			c := uint64(bits.TrailingZeros64(m))
-			if err := call("prctl(PR_CAP_AMBIENT_RAISE)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, c, 0, 0); err != nil {
-				return fmt.Errorf("ambient capability %d: %w", c, err)
-			}
+			c := bits.TrailingZeros64(m)
+			call("prctl(PR_CAP_AMBIENT_RAISE, "+capList(1<<c)+")", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uint64(c), 0, 0)
 		}
 		cur.CapAmb = w.CapAmb
 	}
 	// 5.
 	for m := cur.CapBnd &^ w.CapBnd; m != 0; m &= m - 1 {
-		c := uint64(bits.TrailingZeros64(m))
-		if err := call("prctl(PR_CAPBSET_DROP)", unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, c); err != nil {
-			return fmt.Errorf("bounding capability %d: %w", c, err)
-		}
+		c := bits.TrailingZeros64(m)
+		call("prctl(PR_CAPBSET_DROP, "+capList(1<<c)+")", unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(c))
 	}
 	cur.CapBnd = w.CapBnd
-	if err := securebits(w.Securebits); err != nil {
-		return err
-	}
+	securebits(w.Securebits)
 	// 6.
-	if err := capset(w.CapEff, w.CapPrm, w.CapInh); err != nil {
-		return err
-	}
+	capset(w.CapEff, w.CapPrm, w.CapInh)
 	// 7.
 	if w.NoNewPrivs && !cur.NoNewPrivs {
-		if err := call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return err
-		}
+		call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 		cur.NoNewPrivs = true
 	} else if !w.NoNewPrivs && cur.NoNewPrivs {
 		return fmt.Errorf("no_new_privs is set in the restorer and cannot be cleared")
+	}
+	calls = append(calls, tail...)
+	if len(calls) > 0 {
+		if ptrace.BatchTableSize(len(calls)) > credArgs-batchTable {
+			return fmt.Errorf("%d calls to set the credentials: more than a batch holds", len(calls))
+		}
+		if _, err := r.put(credArgs, data); err != nil {
+			return fmt.Errorf("credentials (%d supplementary groups): %w", len(in.Groups), err)
+		}
+		if _, err := r.p.SyscallBatch(th, r.scratch+batchTable, calls); err != nil {
+			return err
+		}
 	}
 	// What the kernel shows must be what was asked.
 	st, err := proc.ReadTaskStatus(r.pid, th.TID)
@@ -306,6 +289,10 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int) 
 		return fmt.Errorf("credentials: %w", err)
 	}
 	got := st.Creds()
+	if got.UID != w.UID || got.GID != w.GID || got.FSUID != w.FSUID || got.FSGID != w.FSGID {
+		return fmt.Errorf("ids uid %v fsuid %d gid %v fsgid %d after setting them, want uid %v fsuid %d gid %v fsgid %d",
+			got.UID, got.FSUID, got.GID, got.FSGID, w.UID, w.FSUID, w.GID, w.FSGID)
+	}
 	got.Securebits = w.Securebits // not shown in status
 	if !got.Equal(&w) {
 		return fmt.Errorf("credentials %+v after setting them, want %+v", *got, w)
