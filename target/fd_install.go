@@ -64,14 +64,17 @@ func (r *restorer) installFDs(want []pendingFD) error {
 	if err != nil {
 		return fmt.Errorf("the fd-passing socket: %w", err)
 	}
-	child, err := r.sys("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, uint64(tmp), unix.F_DUPFD_CLOEXEC, uint64(top+1))
+	ret, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, []ptrace.Call{
+		{Name: "fcntl(F_DUPFD_CLOEXEC)", Nr: unix.SYS_FCNTL, Args: [6]uint64{uint64(tmp), unix.F_DUPFD_CLOEXEC, uint64(top + 1)}},
+		{Name: "close", Nr: unix.SYS_CLOSE, Args: [6]uint64{uint64(tmp)}},
+	})
 	if err != nil {
-		r.sys("close", unix.SYS_CLOSE, uint64(tmp))
+		if len(ret) > 0 && int64(ret[0]) >= 0 {
+			r.sys("close", unix.SYS_CLOSE, ret[0])
+		}
 		return fmt.Errorf("move the fd-passing socket above fd %d: %w", top, err)
 	}
-	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(tmp)); err != nil {
-		return err
-	}
+	child := ret[0]
 	defer r.sys("close", unix.SYS_CLOSE, child)
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
@@ -99,20 +102,40 @@ func (r *restorer) installFDs(want []pendingFD) error {
 		slots = append(slots, w)
 		next = w.num + 1
 	}
+	// The messages, each of fds with the same close-on-exec flag.
+	var msgs [][]pendingFD
 	for start := 0; start < len(slots); {
 		end := start + 1
 		for end < len(slots) && end-start < maxFDsPerMsg && slots[end].cloexec == slots[start].cloexec {
 			end++
 		}
-		if err := r.installBatch(int(send.Fd()), int(child), slots[start:end]); err != nil {
-			return err
-		}
+		msgs = append(msgs, slots[start:end])
 		start = end
 	}
+	// Then the fillers closed, one close_range a gap.
+	var closes []ptrace.Call
 	for _, g := range gaps {
-		if _, err := r.sys("close_range", unix.SYS_CLOSE_RANGE, uint64(g[0]), uint64(g[1]), 0); err != nil {
-			return fmt.Errorf("close the fillers of fds %d-%d: %w", g[0], g[1], err)
+		closes = append(closes, ptrace.Call{Name: fmt.Sprintf("close_range(%d, %d) of the fillers", g[0], g[1]),
+			Nr: unix.SYS_CLOSE_RANGE, Args: [6]uint64{uint64(g[0]), uint64(g[1])}})
+	}
+	for len(msgs) > 0 {
+		chunk := msgs[:min(len(msgs), maxMsgsPerBatch)]
+		var after *[]ptrace.Call
+		if len(chunk) == len(msgs) {
+			after = &closes // the last messages: the fillers' closes can follow
 		}
+		n, err := r.receiveFDs(int(send.Fd()), int(child), chunk, after)
+		if err != nil {
+			return err
+		}
+		msgs = msgs[n:]
+	}
+	for len(closes) > 0 {
+		n := min(len(closes), maxCallsPerBatch)
+		if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, closes[:n]); err != nil {
+			return err
+		}
+		closes = closes[n:]
 	}
 	for _, w := range alone {
 		if err := r.installBatch(int(send.Fd()), int(child), []pendingFD{w}); err != nil {
@@ -120,6 +143,107 @@ func (r *restorer) installFDs(want []pendingFD) error {
 		}
 	}
 	return nil
+}
+
+// A batch of messages: up to maxMsgsPerBatch queued on the socket (a unix
+// datagram socket queues net.unix.max_dgram_qlen, 10 by default; a send
+// that finds the queue full ends the batch early), received by as many
+// recvmsg in one batch of injected calls (ptrace.SyscallBatch), each
+// message's struct msghdr, iovec, byte and control buffer in a slot of
+// fdMsgSlot bytes of the scratch area from fdMsgs.
+const (
+	maxMsgsPerBatch  = 8
+	maxCallsPerBatch = 150 // the table, from batchTable, stays below fdMsgs
+	fdMsgs           = credArgs
+	fdMsgSlot        = 1280 // ctrlOff + CmsgSpace(4*maxFDsPerMsg), rounded up
+)
+
+// receiveFDs sends msgs (up to maxMsgsPerBatch) over send, lets the
+// child receive them on its socket child in one batch of injected calls
+// and checks that each fd landed at its number. It returns how many
+// messages were passed. If closes is not nil (msgs are the last to pass),
+// as many of its calls as fit follow the messages when all were sent, and
+// are taken out of it.
+func (r *restorer) receiveFDs(send, child int, msgs [][]pendingFD, closes *[]ptrace.Call) (int, error) {
+	fail := func(m []pendingFD, err error) error {
+		if len(m) == 1 {
+			return fmt.Errorf("fd %d: %w", m[0].num, err)
+		}
+		return fmt.Errorf("fds %d-%d: %w", m[0].num, m[len(m)-1].num, err)
+	}
+	le := binary.LittleEndian
+	area := make([]byte, len(msgs)*fdMsgSlot)
+	var calls []ptrace.Call
+	sent := 0
+	for i, m := range msgs {
+		fds := make([]int, len(m))
+		for j, p := range m {
+			fds[j] = int(p.file.Fd())
+		}
+		err := unix.Sendmsg(send, []byte{0}, unix.UnixRights(fds...), nil, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN && i > 0 {
+			break // the queue is full: the rest in the next batch
+		}
+		if err != nil {
+			return 0, fail(m, fmt.Errorf("send to the child: %w", err))
+		}
+		sent++
+		slot := area[i*fdMsgSlot:]
+		addr := r.scratch + fdMsgs + uint64(i*fdMsgSlot)
+		// struct iovec { base, len }
+		le.PutUint64(slot[iovOff:], addr+byteOff)
+		le.PutUint64(slot[iovOff+8:], 1)
+		// struct msghdr on x86-64: name, namelen (+pad), iov, iovlen,
+		// control, controllen, flags (+pad).
+		le.PutUint64(slot[16:], addr+iovOff)
+		le.PutUint64(slot[24:], 1)
+		le.PutUint64(slot[32:], addr+ctrlOff)
+		le.PutUint64(slot[40:], uint64(unix.CmsgSpace(4*len(m))))
+		flags := uint64(unix.MSG_DONTWAIT)
+		if m[0].cloexec {
+			flags |= unix.MSG_CMSG_CLOEXEC
+		}
+		calls = append(calls, ptrace.Call{Name: fmt.Sprintf("recvmsg of fds %d-%d", m[0].num, m[len(m)-1].num),
+			Nr: unix.SYS_RECVMSG, Args: [6]uint64{uint64(child), addr + msgOff, flags}})
+	}
+	msgs, area = msgs[:sent], area[:sent*fdMsgSlot]
+	if _, err := r.put(fdMsgs, area); err != nil {
+		return 0, err
+	}
+	var after []ptrace.Call
+	if closes != nil && sent == len(msgs) {
+		n := min(len(*closes), maxCallsPerBatch-len(calls))
+		after, *closes = (*closes)[:n], (*closes)[n:]
+	}
+	if _, err := r.p.SyscallBatch(r.p.Leader(), r.scratch+batchTable, append(calls, after...)); err != nil {
+		return 0, fmt.Errorf("receive in the child: %w", err)
+	}
+	if _, err := ptrace.ReadMem(r.pid, r.scratch+fdMsgs, area); err != nil {
+		return 0, err
+	}
+	for i, m := range msgs {
+		slot := area[i*fdMsgSlot:]
+		ctrlLen := uint64(unix.CmsgSpace(4 * len(m)))
+		gotLen := le.Uint64(slot[40:])
+		if mflags := le.Uint32(slot[48:]); mflags&unix.MSG_CTRUNC != 0 || gotLen > ctrlLen {
+			return 0, fail(m, fmt.Errorf("the child received a truncated message (flags %#x, %d bytes of control data)", mflags, gotLen))
+		}
+		got, err := receivedFDs(slot[ctrlOff : ctrlOff+gotLen])
+		if err != nil {
+			return 0, fail(m, err)
+		}
+		if len(got) != len(m) {
+			return 0, fail(m, fmt.Errorf("the child received %d fds of %d", len(got), len(m)))
+		}
+		// Every lower number is taken (by an fd or a filler): each fd
+		// took its own.
+		for j := range m {
+			if got[j] != m[j].num {
+				return 0, fail(m, fmt.Errorf("fd %d landed at %d in the child (a number in the way?)", m[j].num, got[j]))
+			}
+		}
+	}
+	return sent, nil
 }
 
 // Where installBatch puts struct msghdr, its iovec, the byte received and

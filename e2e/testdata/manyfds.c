@@ -6,7 +6,8 @@
  * (both ends), FILE, /dev/null, an eventfd, leaving a closed number after
  * every 40th; then moves one /dev/null to fd HIGH, raising its own
  * RLIMIT_NOFILE above it first. An epoll fd watches every pipe's read end
- * (its data: the fd number, marked).
+ * (its data: the fd number, marked). Every fd whose number is a multiple
+ * of 7 is close-on-exec.
  *
  * Lines: "ready pid=P fds=N top=T", "tick N"; on SIGUSR1 "check ok N" once
  * every pipe and socketpair carried a byte (the epoll fd saw each pipe's
@@ -156,6 +157,11 @@ int main(int argc, char **argv)
 		die("dup2 to HIGH");
 	close(fd);
 	note(high, DEVNULL, -1);
+	/* Close-on-exec on some: the restore passes runs of fds with the
+	 * same flag in one message each, here dozens of them. */
+	for (int i = 0; i < MAXFDS; i++)
+		if (used[i] && i % 7 == 0 && fcntl(i, F_SETFD, FD_CLOEXEC))
+			die("F_SETFD");
 	for (int i = 0; i < MAXFDS; i++)
 		if (used[i])
 			top = i;
