@@ -148,7 +148,7 @@ func TestLiveTreePrefork(t *testing.T) {
 		t.Errorf("report: steps of processes %+v, want the root's and its 3 workers'", rep.ProcessSteps)
 	}
 	for _, ps := range rep.ProcessSteps {
-		if !slices.ContainsFunc(ps.Steps, func(s source.Step) bool { return s.Name == "injected: signal actions" && s.MS > 0 }) {
+		if !slices.ContainsFunc(ps.Steps, func(s source.Step) bool { return s.Name == "injected: brk, signal actions, itimers" && s.MS > 0 }) {
 			t.Errorf("report: process %d's steps %+v, without the time of its signal actions", ps.PID, ps.Steps)
 		}
 	}

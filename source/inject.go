@@ -128,29 +128,35 @@ func (d *dumper) collectInjected() error {
 	p := d.proc
 	le := binary.LittleEndian
 	lead := d.p.Leader()
-	// brk first: it takes the mmap lock for writing, the calls after it
-	// do not take it at all (see liveSource.FinalState, which reads smaps
-	// meanwhile).
-	brk, err := d.p.Syscall(lead, "brk", unix.SYS_BRK, 0)
-	if err != nil {
-		return err
+	// One batch on the leader: brk first (it takes the mmap lock for
+	// writing, the calls after it do not take it at all; see
+	// liveSource.FinalState, which reads smaps meanwhile), the 64 signal
+	// actions, each into its 32 bytes of the scratch page, the leader's
+	// own attributes (see threadCalls), the interval timers and the
+	// dumpable flag; the results read back at once.
+	calls := make([]ptrace.Call, 0, 1+64+3+4)
+	calls = append(calls, ptrace.Call{Name: "brk", Nr: unix.SYS_BRK})
+	for sig := 1; sig <= 64; sig++ {
+		calls = append(calls, ptrace.Call{Name: "rt_sigaction(" + strconv.Itoa(sig) + ")", Nr: unix.SYS_RT_SIGACTION,
+			Args: [6]uint64{uint64(sig), 0, d.scratch + 32*uint64(sig-1), 8}})
 	}
-	p.MM.Brk = brk
+	const leaderAt, itimersAt = 64 * 32, 64*32 + 64
+	calls = append(calls, d.threadCalls(leaderAt)...)
+	calls = append(calls,
+		ptrace.Call{Name: "getitimer(ITIMER_REAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{0, d.scratch + itimersAt}},
+		ptrace.Call{Name: "getitimer(ITIMER_VIRTUAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{1, d.scratch + itimersAt + 32}},
+		ptrace.Call{Name: "getitimer(ITIMER_PROF)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{2, d.scratch + itimersAt + 64}},
+		ptrace.Call{Name: "prctl(PR_GET_DUMPABLE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_DUMPABLE}})
+	ret, err := d.batch(lead, calls...)
 	if d.mmapDone != nil {
 		d.mmapDone()
 	}
-	d.ownLap("injected: brk")
-	// The 64 actions, each into its 32 bytes of the scratch page, in one
-	// batch, read back at once.
-	calls := make([]ptrace.Call, 64)
-	for sig := 1; sig <= 64; sig++ {
-		calls[sig-1] = ptrace.Call{Name: "rt_sigaction(" + strconv.Itoa(sig) + ")", Nr: unix.SYS_RT_SIGACTION,
-			Args: [6]uint64{uint64(sig), 0, d.scratch + 32*uint64(sig-1), 8}}
-	}
-	if _, err := d.batch(lead, calls...); err != nil {
+	if err != nil {
 		return err
 	}
-	b, err := d.results(64 * 32)
+	p.MM.Brk = ret[0]
+	p.Dumpable = int(ret[len(ret)-1])
+	b, err := d.results(itimersAt + 3*32)
 	if err != nil {
 		return err
 	}
@@ -159,14 +165,22 @@ func (d *dumper) collectInjected() error {
 		a := b[32*i:]
 		p.Sigactions[i] = core.Sigaction{Handler: le.Uint64(a), Flags: le.Uint64(a[8:]), Restorer: le.Uint64(a[16:]), Mask: le.Uint64(a[24:])}
 	}
-	d.ownLap("injected: signal actions")
+	d.threadResults(0, b[leaderAt:], ret[1+64:])
+	p.Itimers = nil
+	for which := 0; which < 3; which++ {
+		tv := func(o int) int64 { return int64(le.Uint64(b[o:]))*1e6 + int64(le.Uint64(b[o+8:])) }
+		o := itimersAt + 32*which
+		if iv, rem := tv(o), tv(o+16); iv != 0 || rem != 0 {
+			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
+		}
+	}
+	d.ownLap("injected: brk, signal actions, itimers")
+	// The other threads' attributes, each's on itself.
 	for i, th := range d.p.Threads {
-		// Each thread's on itself: its alternate stack at 0, its
-		// clear_child_tid at 32, its securebits the result.
-		ret, err := d.batch(th,
-			ptrace.Call{Name: "sigaltstack", Nr: unix.SYS_SIGALTSTACK, Args: [6]uint64{0, d.scratch}},
-			ptrace.Call{Name: "prctl(PR_GET_TID_ADDRESS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_TID_ADDRESS, d.scratch + 32}},
-			ptrace.Call{Name: "prctl(PR_GET_SECUREBITS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_SECUREBITS}})
+		if i == 0 {
+			continue
+		}
+		ret, err := d.batch(th, d.threadCalls(0)...)
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
@@ -174,35 +188,10 @@ func (d *dumper) collectInjected() error {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.TID, err)
 		}
-		p.Threads[i].AltStack = core.AltStack{SP: le.Uint64(b), Flags: int32(le.Uint32(b[8:])), Size: le.Uint64(b[16:])}
-		p.Threads[i].ClearTID = le.Uint64(b[32:])
-		if c := p.Threads[i].Creds; c != nil {
-			c.Securebits = uint32(ret[2])
-		}
+		d.threadResults(i, b, ret)
 	}
 	foldCreds(p)
 	d.ownLap("injected: threads")
-	p.Itimers = nil
-	ret, err := d.batch(lead,
-		ptrace.Call{Name: "getitimer(ITIMER_REAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{0, d.scratch}},
-		ptrace.Call{Name: "getitimer(ITIMER_VIRTUAL)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{1, d.scratch + 32}},
-		ptrace.Call{Name: "getitimer(ITIMER_PROF)", Nr: unix.SYS_GETITIMER, Args: [6]uint64{2, d.scratch + 64}},
-		ptrace.Call{Name: "prctl(PR_GET_DUMPABLE)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_DUMPABLE}})
-	if err != nil {
-		return err
-	}
-	p.Dumpable = int(ret[3])
-	b, err = d.results(3 * 32)
-	if err != nil {
-		return err
-	}
-	for which := 0; which < 3; which++ {
-		tv := func(o int) int64 { return int64(le.Uint64(b[o:]))*1e6 + int64(le.Uint64(b[o+8:])) }
-		if iv, rem := tv(32*which), tv(32*which+16); iv != 0 || rem != 0 {
-			p.Itimers = append(p.Itimers, core.Itimer{Which: which, IntervalUS: iv, RemainingUS: rem})
-		}
-	}
-	d.ownLap("injected: itimers")
 	if err := d.collectRlimits(lead); err != nil {
 		return err
 	}
@@ -215,6 +204,30 @@ func (d *dumper) collectInjected() error {
 	err = d.collectInjectedAttrs()
 	d.ownLap("injected: attributes")
 	return err
+}
+
+// threadCalls are the calls a thread makes on itself for its attributes
+// that only it can tell, their results at offset at of the scratch page:
+// its alternate stack (24 bytes) at at, its clear_child_tid at at+32, its
+// securebits the third call's result (threadResults reads them).
+func (d *dumper) threadCalls(at uint64) []ptrace.Call {
+	return []ptrace.Call{
+		{Name: "sigaltstack", Nr: unix.SYS_SIGALTSTACK, Args: [6]uint64{0, d.scratch + at}},
+		{Name: "prctl(PR_GET_TID_ADDRESS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_TID_ADDRESS, d.scratch + at + 32}},
+		{Name: "prctl(PR_GET_SECUREBITS)", Nr: unix.SYS_PRCTL, Args: [6]uint64{unix.PR_GET_SECUREBITS}},
+	}
+}
+
+// threadResults takes what thread i's threadCalls gave: b from their
+// offset in the scratch page, ret their results.
+func (d *dumper) threadResults(i int, b []byte, ret []uint64) {
+	le := binary.LittleEndian
+	t := &d.proc.Threads[i]
+	t.AltStack = core.AltStack{SP: le.Uint64(b), Flags: int32(le.Uint32(b[8:])), Size: le.Uint64(b[16:])}
+	t.ClearTID = le.Uint64(b[32:])
+	if c := t.Creds; c != nil {
+		c.Securebits = uint32(ret[2])
+	}
 }
 
 // rlimits is the number of resource limits a process has (RLIM_NLIMITS).
