@@ -29,7 +29,18 @@ var nginxBody = []byte(strings.Repeat("moved live between two nodes with its wor
 // client's load: over -conns keep-alive connections (each to whichever
 // worker accepts it), a GET of the file every -interval on each, the
 // body checked.
-func startNginx(ctx context.Context, b *bench, n *cluster.Node) (_ *workload, err error) {
+func startNginx(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+	return startNginxWith(ctx, b, n, true)
+}
+
+// startNginxSingle starts the same nginx as one process (master_process
+// off: it serves as the root it was started as, no workers), for the
+// nginx tree's downtime next to one process doing the same work.
+func startNginxSingle(ctx context.Context, b *bench, n *cluster.Node) (*workload, error) {
+	return startNginxWith(ctx, b, n, false)
+}
+
+func startNginxWith(ctx context.Context, b *bench, n *cluster.Node, tree bool) (_ *workload, err error) {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
@@ -58,8 +69,11 @@ func startNginx(ctx context.Context, b *bench, n *cluster.Node) (_ *workload, er
 	if err := os.WriteFile(filepath.Join(work, "www", "index.html"), nginxBody, 0o644); err != nil {
 		return nil, err
 	}
-	conf := fmt.Sprintf(`user www-data;
-worker_processes 2;
+	procs := "user www-data;\nworker_processes 2;"
+	if !tree {
+		procs = "master_process off;"
+	}
+	conf := fmt.Sprintf(`%[3]s
 daemon off;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
@@ -78,7 +92,7 @@ http {
 		root %[1]s/www;
 	}
 }
-`, work, net.JoinHostPort(b.c.VIP.String(), nginxPort))
+`, work, net.JoinHostPort(b.c.VIP.String(), nginxPort), procs)
 	confPath := filepath.Join(work, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -135,6 +135,18 @@ var allScenarios = []*scenario{
 			{metric: "client_errors", max: 0, worst: true},
 		},
 	},
+	{
+		// The same nginx as one process (master_process off), with the
+		// same client: what the tree costs next to one process doing
+		// the same work with the same memory.
+		name:   "nginx1",
+		comm:   "nginx",
+		start:  startNginxSingle,
+		client: true,
+		targets: []target{
+			{metric: "client_errors", max: 0, worst: true},
+		},
+	},
 }
 
 // redis200Conns is the redis200 scenario's connections; each sends at
@@ -160,6 +172,8 @@ func (sc *scenario) describe() string {
 		return fmt.Sprintf("PostgreSQL (initdb'd afresh, fsync off), moved as a tree; client on the client node through the service address, %d connection(s), an INSERT and a SELECT count(*) every %v on each", *conns, *interval)
 	case "nginx":
 		return fmt.Sprintf("nginx (a master, 2 workers as www-data), moved as a tree; client on the client node through the service address, %d keep-alive connection(s), a GET of a %d KB file every %v on each", *conns, len(nginxBody)/1000, *interval)
+	case "nginx1":
+		return fmt.Sprintf("the same nginx as one process (master_process off, as root), no workers; the same client: %d keep-alive connection(s), a GET of a %d KB file every %v on each", *conns, len(nginxBody)/1000, *interval)
 	case "redis200":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connections, a SET and a GET of a random key every %v on each (redis's load spread over them)", *keys, redis200Conns, *interval*redis200Conns)
 	}
