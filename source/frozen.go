@@ -74,7 +74,8 @@ import (
 //     showed before the freeze, as they were added after the injected brk
 //     before, so the areas it sends (sentAreas) are those the state lists
 //     and handoff.LeaveOutSame leaves them out of the state as before. The
-//     processes it describes are copies taken as it starts (beforeFinal,
+//     processes it describes are copies taken as each process's task is
+//     read (layoutRead; beforeFinal hands them over as the round starts;
 //     their MM zero: "not collected yet" until the injected brk), for
 //     phases 1 and 3 go on filling in the originals; the state has them
 //     whole.
@@ -227,9 +228,15 @@ func (f *frozenState) read(ctx context.Context) error {
 	for i, d := range f.all {
 		pids[i] = d.pid
 	}
-	if err := precheckHostIPC(pids); err != nil {
-		return err
-	}
+	// Beside the rest of the read (it reads the host's objects, nothing
+	// of the processes), its refusal given before phase 1 ends.
+	hostIPC := make(chan error, 1)
+	go func() { hostIPC <- precheckHostIPC(pids) }()
+	defer func() {
+		if hostIPC != nil {
+			<-hostIPC
+		}
+	}()
 	// The ptrace work runs on the tracer threads, each next to the
 	// threads of its processes (see ptrace.Proc.Pin), the processes of
 	// different tracers at the same time (eachProcess).
@@ -317,6 +324,10 @@ func (f *frozenState) read(ctx context.Context) error {
 		return err
 	}
 	if err := checkFDRefs(f.all); err != nil {
+		return err
+	}
+	err, hostIPC = <-hostIPC, nil
+	if err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

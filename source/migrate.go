@@ -1110,15 +1110,23 @@ func (a *liveSource) FinalState(ctx context.Context, r *handoff.Rounds) (json.Ra
 	for _, m := range a.all {
 		smaps[m] = a.smapsAfterMmap(m)
 	}
-	f.layoutRead = func(m *dumper) error { return smaps[m].layoutRead() }
-	f.beforeFinal = func() error {
-		procs := make([]core.Process, len(a.all))
-		for i, m := range a.all {
-			var err error
-			if procs[i], err = layoutCopy(m.proc); err != nil {
-				return err
-			}
+	// Each process's copy for the final round's layout is taken as soon
+	// as its task is read, on its tracer beside the others' (nothing
+	// changes it before the final round starts).
+	procs := make([]core.Process, len(a.all))
+	index := make(map[*dumper]int, len(a.all))
+	for i, m := range a.all {
+		index[m] = i
+	}
+	f.layoutRead = func(m *dumper) error {
+		if err := smaps[m].layoutRead(); err != nil {
+			return err
 		}
+		var err error
+		procs[index[m]], err = layoutCopy(m.proc)
+		return err
+	}
+	f.beforeFinal = func() error {
 		a.frozenProcs = procs
 		return nil
 	}
