@@ -181,14 +181,6 @@ func (f *frozenState) collect(ctx context.Context) (err error) {
 			f.stopFinal()
 		}
 	}()
-	// The tracers do the frozen window's work: first in line for a CPU.
-	seen := map[*ptrace.Tracer]bool{}
-	for _, d := range f.all {
-		if t := d.p.Tracer(); !seen[t] {
-			seen[t] = true
-			defer t.Urgent()()
-		}
-	}
 	if err := f.read(ctx); err != nil {
 		return err
 	}

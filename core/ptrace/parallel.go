@@ -29,22 +29,6 @@ func EachUrgent(n int, tracerOf func(i int) *Tracer, work func(i int) error) err
 	return each(n, tracerOf, work, true)
 }
 
-// Urgent puts the tracer thread in the real-time class (SCHED_FIFO, the
-// lowest priority) until the function it returns is called: for a phase
-// where every wait for the tracer is downtime (a frozen process read and
-// injected into, one Do after another). A tracer woken by a Do otherwise
-// waits for a CPU behind whatever runs there (the pages being compressed
-// and sent, the target's restore on the same machine), a scheduler slice
-// or more each time. Where real-time scheduling is refused it does
-// nothing.
-func (t *Tracer) Urgent() (restore func()) {
-	back := func() {}
-	if err := t.Do(func() error { back = raise(); return nil }); err != nil {
-		return func() {}
-	}
-	return func() { t.Do(func() error { back(); return nil }) }
-}
-
 // raise puts the calling thread in SCHED_FIFO, priority 1, and returns
 // what puts its class back; it does nothing where that is refused.
 func raise() (restore func()) {

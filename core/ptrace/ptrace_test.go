@@ -214,47 +214,6 @@ func sleepEnds(t *testing.T, cmd *exec.Cmd) {
 
 // EachUrgent runs the work of each tracer in SCHED_FIFO and gives the
 // tracer thread its class back afterwards; Each leaves the class alone.
-// TestTracerUrgent: Urgent puts the tracer thread in SCHED_FIFO for every
-// Do until its restore, work that EachUrgent nests inside it keeps it, and
-// the restore gives the thread its class back.
-func TestTracerUrgent(t *testing.T) {
-	tr := NewTracer()
-	defer tr.Close()
-	class := func() uint32 {
-		var p uint32
-		if err := tr.Do(func() error {
-			a, err := unix.SchedGetAttr(0, 0)
-			if err == nil {
-				p = a.Policy
-			}
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	restore := tr.Urgent()
-	if got := class(); got != unix.SCHED_FIFO {
-		restore()
-		if err := tr.Do(func() error {
-			return unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 1}, 0)
-		}); err != nil {
-			t.Skipf("real-time scheduling is refused here (CAP_SYS_NICE or the cgroup's real-time time): %v", err)
-		}
-		t.Fatalf("the tracer runs in class %d after Urgent, want SCHED_FIFO, which it may take", got)
-	}
-	if err := EachUrgent(2, func(int) *Tracer { return tr }, func(int) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if got := class(); got != unix.SCHED_FIFO {
-		t.Errorf("after EachUrgent inside Urgent the tracer runs in class %d, want SCHED_FIFO still", got)
-	}
-	restore()
-	if got := class(); got != unix.SCHED_NORMAL {
-		t.Errorf("after the restore the tracer runs in class %d, want SCHED_NORMAL back", got)
-	}
-}
-
 func TestEachUrgent(t *testing.T) {
 	trs := []*Tracer{NewTracer(), NewTracer()}
 	defer trs[0].Close()
