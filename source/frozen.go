@@ -214,6 +214,11 @@ func (f *frozenState) close() {
 // injection.
 func (f *frozenState) read(ctx context.Context) error {
 	ss := f.ss
+	defer func() {
+		for _, d := range f.all {
+			d.fdsRead = nil // collectFDs took it, or an error ended the read
+		}
+	}()
 	// The host's System V semaphores and queues the frozen tree used
 	// (precheckMappings looked before pre-copy; this is exact).
 	pids := make([]int, len(f.all))

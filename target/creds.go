@@ -276,8 +276,10 @@ func (r *restorer) setCreds(th *ptrace.Thread, cur, want *core.Creds, last int, 
 		if ptrace.BatchTableSize(len(calls)) > credArgs-batchTable {
 			return fmt.Errorf("%d calls to set the credentials: more than a batch holds", len(calls))
 		}
-		if _, err := r.put(credArgs, data); err != nil {
-			return fmt.Errorf("credentials (%d supplementary groups): %w", len(in.Groups), err)
+		if len(data) > 0 {
+			if _, err := r.put(credArgs, data); err != nil {
+				return fmt.Errorf("credentials (%d supplementary groups): %w", len(in.Groups), err)
+			}
 		}
 		if _, err := r.p.SyscallBatch(th, r.scratch+batchTable, calls); err != nil {
 			return err
