@@ -205,6 +205,16 @@ func (p *Process) ReadOptions() error {
 		defaults = &p.defaults
 	}
 	workers := min(runtime.GOMAXPROCS(0), 4, (len(jobs)+15)/16)
+	if workers <= 1 {
+		// On the caller's thread (a tracer's, in a dump): a goroutine
+		// of its own would wait for a CPU, and the caller for it.
+		for _, j := range jobs {
+			if err := j.sd.readOptions(j.s, defaults); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	errs := make([]error, len(jobs))
 	var next atomic.Int64
 	var wg sync.WaitGroup
