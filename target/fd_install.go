@@ -17,8 +17,9 @@ import (
 // received fds the lowest free numbers, in order: the fds are sent in
 // ascending order, and a gap in their numbers is filled with fillers
 // (duplicates of a spare fd of the agent) closed once all are in, one
-// close_range a gap. So every fd lands at its number: one injected call
-// for a batch instead of one to three an fd, which with hundreds of
+// close_range a gap, and the recvmsg of several messages and the closes
+// go in one batch of injected calls (receiveFDs). So every fd lands at its
+// number: one stop for many fds instead of one to three an fd, which with hundreds of
 // connections were most of the restore of the files. An fd past a gap too
 // wide to fill (maxFill) is received alone and moved (dup3, close).
 
@@ -138,7 +139,7 @@ func (r *restorer) installFDs(want []pendingFD) error {
 		closes = closes[n:]
 	}
 	for _, w := range alone {
-		if err := r.installBatch(int(send.Fd()), int(child), []pendingFD{w}); err != nil {
+		if err := r.installAlone(int(send.Fd()), int(child), w); err != nil {
 			return err
 		}
 	}
@@ -246,7 +247,7 @@ func (r *restorer) receiveFDs(send, child int, msgs [][]pendingFD, closes *[]ptr
 	return sent, nil
 }
 
-// Where installBatch puts struct msghdr, its iovec, the byte received and
+// Where installAlone (passFDs) puts struct msghdr, its iovec, the byte received and
 // the control buffer in the scratch area.
 const (
 	msgOff  = 0
@@ -255,46 +256,26 @@ const (
 	ctrlOff = 128
 )
 
-// installBatch passes batch (all with the same close-on-exec flag) to the
-// child's socket child in one message. Several fds must land at their
-// numbers (every lower number taken); one alone is moved to its number.
-func (r *restorer) installBatch(send, child int, batch []pendingFD) error {
-	first, last := batch[0].num, batch[len(batch)-1].num
-	fail := func(err error) error {
-		if first == last {
-			return fmt.Errorf("fd %d: %w", first, err)
-		}
-		return fmt.Errorf("fds %d-%d: %w", first, last, err)
-	}
-	fds := make([]int, len(batch))
-	for i, p := range batch {
-		fds[i] = int(p.file.Fd())
-	}
-	got, err := r.passFDs(send, child, fds, batch[0].cloexec)
+// installAlone passes w, an fd past a gap too wide to fill, to the
+// child's socket child: it lands at the lowest free number and is moved
+// to its own.
+func (r *restorer) installAlone(send, child int, w pendingFD) error {
+	fail := func(err error) error { return fmt.Errorf("fd %d: %w", w.num, err) }
+	got, err := r.passFDs(send, child, []int{int(w.file.Fd())}, w.cloexec)
 	if err != nil {
 		return fail(err)
 	}
-	if len(got) != len(batch) {
-		return fail(fmt.Errorf("the child received %d fds of %d", len(got), len(batch)))
+	if len(got) != 1 {
+		return fail(fmt.Errorf("the child received %d fds of 1", len(got)))
 	}
-	if len(batch) > 1 {
-		// Every lower number is taken: each fd took its own.
-		for i := range batch {
-			if got[i] != batch[i].num {
-				return fail(fmt.Errorf("fd %d landed at %d in the child (a number in the way?)", batch[i].num, got[i]))
-			}
-		}
-		return nil
-	}
-	// One fd, past a gap: it took the lowest free number.
-	if got[0] == first {
+	if got[0] == w.num {
 		return nil
 	}
 	var cloexec uint64
-	if batch[0].cloexec {
+	if w.cloexec {
 		cloexec = unix.O_CLOEXEC
 	}
-	if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(got[0]), uint64(first), cloexec); err != nil {
+	if _, err := r.sys("dup3", unix.SYS_DUP3, uint64(got[0]), uint64(w.num), cloexec); err != nil {
 		return fail(err)
 	}
 	if _, err := r.sys("close", unix.SYS_CLOSE, uint64(got[0])); err != nil {
