@@ -270,7 +270,7 @@ func (f *frozenState) read(ctx context.Context) error {
 		}
 		d.ownLap("read: gadget")
 		d.prefetchFDs()
-		d.ownLap("read: fds")
+		d.ownLap("read: fds' /proc")
 		return nil
 	})
 	if err != nil {
