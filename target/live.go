@@ -967,7 +967,8 @@ func (t *liveTarget) Resume() error {
 		t.log.Info("packets held during the restore sent on", "held", len(pkts), "sent", n, "no_room", dropped, "err", herr)
 	}
 	t.b.connected = replay
-	_, err := t.b.Resume()
+	// The tracers and files go once the source is told (AfterResumed).
+	_, err := t.b.ResumeHeld()
 	t.lap("resume")
 	replay() // if the resume failed before the connections were live
 	if l != nil {
@@ -993,6 +994,14 @@ func (t *liveTarget) Resume() error {
 		}()
 	}
 	return err
+}
+
+// AfterResumed lets go of what the resume kept for after the source
+// was told (see Builder.ResumeHeld).
+func (t *liveTarget) AfterResumed() {
+	if t.b != nil {
+		t.b.Release()
+	}
 }
 
 func (t *liveTarget) Discard() error {

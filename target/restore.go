@@ -277,16 +277,18 @@ type Builder struct {
 	// live (out of repair mode), before any process runs.
 	connected func()
 
-	ss      *session
-	all     []*restorer // the tree, parents first
-	byPID   map[int]*restorer
-	start   time.Time
-	steps   []Step
-	log     *slog.Logger
-	done    bool // resumed or discarded
-	memTime time.Duration
-	tmp     string // a directory of the builder's own, removed at the end
-	built   int    // processes created, joined ones too (see Join)
+	ss    *session
+	all   []*restorer // the tree, parents first
+	byPID map[int]*restorer
+	start time.Time
+	steps []Step
+	log   *slog.Logger
+	done  bool // resumed or discarded
+	// released: the tracers and files are let go of (release).
+	released bool
+	memTime  time.Duration
+	tmp      string // a directory of the builder's own, removed at the end
+	built    int    // processes created, joined ones too (see Join)
 	// beforeFiles, if set, is waited for before Finish restores the
 	// first fd (a live migration's network lock, installed meanwhile):
 	// a stage of its own, "network lock", the time waited.
@@ -542,9 +544,30 @@ func (b *Builder) adopt(img *core.Image) error {
 	return nil
 }
 
-// Resume lets every process run, children first, and reports.
+// Resume lets every process run, children first, and reports. The
+// tracers and the agent's files are let go of before it returns.
 func (b *Builder) Resume() (*RestoreReport, error) {
 	defer b.release()
+	return b.resume()
+}
+
+// ResumeHeld is Resume for a caller that has something to tell once the
+// processes run (a live migration's source, whose downtime ends there):
+// the tracers, the agent's files and System V attachments are let go of
+// by Release (or Discard), a millisecond or two of a tree's that the
+// processes need not wait for. A failed resume lets go of them itself.
+func (b *Builder) ResumeHeld() (*RestoreReport, error) {
+	rep, err := b.resume()
+	if err != nil {
+		b.release()
+	}
+	return rep, err
+}
+
+// Release lets go of what ResumeHeld kept. It does nothing the second time.
+func (b *Builder) Release() { b.release() }
+
+func (b *Builder) resume() (*RestoreReport, error) {
 	b.done = true
 	root := b.all[0]
 	if b.ss.ownNet() {
@@ -610,6 +633,7 @@ func (b *Builder) Resume() (*RestoreReport, error) {
 // restore runs on.
 func (b *Builder) Discard() {
 	if b.done {
+		b.release() // (resumed: what ResumeHeld kept)
 		return
 	}
 	b.done = true
@@ -621,8 +645,12 @@ func (b *Builder) Discard() {
 	b.release()
 }
 
-// release lets go of the tracer and the agent's files.
+// release lets go of the tracer and the agent's files, once.
 func (b *Builder) release() {
+	if b.released {
+		return
+	}
+	b.released = true
 	b.ss.closeFiles()
 	b.ss.paths.close()
 	b.ss.detachSysV()

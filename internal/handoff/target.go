@@ -68,6 +68,13 @@ type TargetActions interface {
 	Discard() error
 }
 
+// AfterResumer is TargetActions that has work left once the source was
+// told of the resume (or could not be): what the resume kept that the
+// running processes do not need, let go of off the downtime.
+type AfterResumer interface {
+	AfterResumed()
+}
+
 // TargetConfig configures the handling of one control connection. Zero
 // durations take the defaults.
 type TargetConfig struct {
@@ -387,7 +394,11 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 	if rb, ok := t.act.(interface{ ResumedBody() json.RawMessage }); ok {
 		resumed.Body = rb.ResumedBody()
 	}
-	if err := t.send(resumed); err != nil {
+	err := t.send(resumed)
+	if ar, ok := t.act.(AfterResumer); ok {
+		ar.AfterResumed()
+	}
+	if err != nil {
 		t.log.Warn("handoff: could not say resumed; the source will ask", "err", err)
 		return transport.OutcomeResumed, nil
 	}
