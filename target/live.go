@@ -355,6 +355,9 @@ type liveTarget struct {
 	lapped  time.Time
 	img     *core.Image   // the state's image, once restored
 	lock    *netlock.Lock // this side's, on the connections until the resume
+	// ahead is the network lock installed, empty, as the first layout
+	// came (startAhead): the restore puts the connections under it.
+	ahead   *aheadLock
 	hold    *netlock.Hold // what lock drops
 	aborted bool
 	// notify, if set, is told of the session's steps (ServeOptions.OnSession).
@@ -522,6 +525,10 @@ func (t *liveTarget) Layout(ctx context.Context, l *transport.Layout) error {
 			return err
 		}
 		t.b = b
+		if ll.FDs > 0 {
+			path, _ := b.ss.netNS()
+			t.ahead = startAhead(path)
+		}
 		if err := t.acceptPages(ctx, ll); err != nil {
 			return err
 		}
@@ -1002,6 +1009,10 @@ func (t *liveTarget) AfterResumed() {
 	if t.b != nil {
 		t.b.Release()
 	}
+	if a := t.ahead; a != nil {
+		// Not taken: the processes hold no TCP connection.
+		go a.drop(t.log)
+	}
 }
 
 func (t *liveTarget) Discard() error {
@@ -1031,6 +1042,7 @@ func (t *liveTarget) Discard() error {
 		t.hold = nil
 	}
 	t.unlock()
+	t.ahead.drop(t.log)
 	t.mu.Lock()
 	if t.err == nil {
 		t.err = errors.New("discarded")
@@ -1056,9 +1068,22 @@ func (t *liveTarget) unlock() {
 // sockets made by socket). It runs while the restore goes on: it reads
 // nothing of the builder.
 func (t *liveTarget) installLock(netns string, socket netlock.SocketFunc, conns []netlock.Conn) error {
-	l, err := netlock.Install(netns, netlock.Spec{Conns: conns}, netlock.Options{})
+	spec := netlock.Spec{Conns: conns}
+	l, err := t.ahead.take()
 	if err != nil {
-		return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
+		t.log.Debug("no network lock installed ahead", "err", err)
+	}
+	if l != nil {
+		if err := l.Add(spec); err != nil {
+			t.log.Warn("the network lock installed ahead took no connections: another one", "err", err)
+			go l.Unlock()
+			l = nil
+		}
+	}
+	if l == nil {
+		if l, err = netlock.Install(netns, spec, netlock.Options{}); err != nil {
+			return fmt.Errorf("network lock for %d TCP connections here: %w", len(conns), err)
+		}
 	}
 	t.lock = l
 	// What the lock drops is kept and handed to the connections at the
@@ -1068,6 +1093,48 @@ func (t *liveTarget) installLock(netns string, socket netlock.SocketFunc, conns 
 		t.log.Warn("packets dropped by the network lock here are not kept", "err", err)
 	}
 	return nil
+}
+
+// aheadLock is a network lock installed, empty, before the freeze, for
+// the restore to put the connections under (netlock.Lock.Add, one short
+// netlink batch): its install, a table with its chains, sets and rules
+// (~1.5 ms of CPU), is then out of the downtime. Empty, it drops nothing.
+type aheadLock struct {
+	done chan struct{}
+	lock *netlock.Lock
+	err  error
+	once sync.Once
+}
+
+// startAhead installs an empty lock in the network namespace at netns
+// (see netlock.Install) in the background.
+func startAhead(netns string) *aheadLock {
+	a := &aheadLock{done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		a.lock, a.err = netlock.Install(netns, netlock.Spec{}, netlock.Options{})
+	}()
+	return a
+}
+
+// take waits for the install and returns the lock (or why there is
+// none), to the first caller only: later ones get nil.
+func (a *aheadLock) take() (l *netlock.Lock, err error) {
+	if a == nil {
+		return nil, nil
+	}
+	<-a.done
+	a.once.Do(func() { l, err = a.lock, a.err })
+	return l, err
+}
+
+// drop removes the lock installed ahead if no one took it.
+func (a *aheadLock) drop(log *slog.Logger) {
+	if l, _ := a.take(); l != nil {
+		if err := l.Unlock(); err != nil {
+			log.Error("remove the network lock", "table", l.Name(), "err", err)
+		}
+	}
 }
 
 // imageConns lists the TCP connections of the image's processes.

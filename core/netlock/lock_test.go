@@ -520,6 +520,48 @@ func TestLockAdd(t *testing.T) {
 	}
 }
 
+// TestLockEmptyThenAdd: a lock installed empty (a live target's, before
+// the freeze) drops nothing until connections are added to it, and then
+// only theirs.
+func TestLockEmptyThenAdd(t *testing.T) {
+	ns := newNetNS(t)
+	ln := ns.listen(t, "tcp", "127.0.0.1:0")
+	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
+	other, otherServer := ns.connect(t, "127.0.0.2", "tcp4", ln)
+	l, err := Install(ns.path, Spec{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := client.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "before", 5*time.Second); err != nil {
+		t.Fatalf("through the empty lock: %v", err)
+	}
+	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "ping", 400*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("server read after the connection was added: %v, want a timeout", err)
+	}
+	if _, err := other.Write([]byte("free")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(otherServer, "free", 5*time.Second); err != nil {
+		t.Fatalf("a connection not added: %v", err)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := readWithin(server, "ping", 5*time.Second); err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+}
+
 // TestLockLift: a lifted lock drops nothing, its table still there until
 // Unlock.
 func TestLockLift(t *testing.T) {
