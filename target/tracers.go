@@ -173,15 +173,37 @@ func (b *Builder) restoreFiles(ctx context.Context) func() error {
 // first. It stops at the first error.
 func (b *Builder) resumeTree() error {
 	levels := byDepth(b.all)
+	// What the detach of each process does but the detach itself
+	// (registers, signals, CPU masks: ptrace.Proc.PrepareDetach), for the
+	// whole tree at once: then one depth after the other only lets go.
+	// (A single depth, a single process say, is only detached.)
+	var all []*restorer
+	for d := len(levels) - 1; d >= 0 && len(levels) > 1; d-- {
+		all = append(all, levels[d]...)
+	}
+	for _, rs := range levels {
+		for _, r := range rs {
+			if r.proc.Stopped {
+				r.p.StopOnDetach()
+			}
+		}
+	}
+	err := ptrace.EachUrgent(len(all), func(i int) *ptrace.Tracer { return all[i].p.Tracer() }, func(i int) error {
+		r := all[i]
+		if err := r.p.PrepareDetach(); err != nil {
+			return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	for d := len(levels) - 1; d >= 0; d-- {
 		rs := levels[d]
 		// Urgent: a process detached preempted its tracer, and the
 		// next process waited until the first had run (EachUrgent).
 		err := ptrace.EachUrgent(len(rs), func(i int) *ptrace.Tracer { return rs[i].p.Tracer() }, func(i int) error {
 			r := rs[i]
-			if r.proc.Stopped {
-				r.p.StopOnDetach()
-			}
 			if err := r.p.Detach(); err != nil {
 				return fmt.Errorf("restore pid %d: resume: %w", r.pid, err)
 			}

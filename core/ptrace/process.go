@@ -103,6 +103,10 @@ type Proc struct {
 	// back before they run.
 	affinity map[int]unix.CPUSet
 	pinned   unix.CPUSet // the one CPU of a pinned process
+	// prepared: PrepareDetach has put the threads back, and prepErr is
+	// what it met; Detach then only detaches them.
+	prepared bool
+	prepErr  error
 }
 
 // Pin moves every thread of the process, and the tracer thread, to one CPU
@@ -673,6 +677,22 @@ func (p *Proc) Detach() error {
 	return nil
 }
 
+// PrepareDetach does what Detach does but the detach itself: every
+// thread gets its registers, the signals taken from it and its CPU mask
+// back, and stays stopped under the tracer until Detach, which then only
+// lets the threads go. For a tree resumed one depth after the other
+// (children first): the work of every process at the same time, then the
+// short detaches depth by depth. Nothing may be injected in between.
+func (p *Proc) PrepareDetach() error {
+	return p.t.Do(func() error {
+		if !p.prepared {
+			p.prepErr = p.prepareDetach()
+			p.prepared = true
+		}
+		return p.prepErr
+	})
+}
+
 // stateOf returns the state letter of /proc/PID/stat, 0 if it is gone.
 func stateOf(pid int) byte {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -686,8 +706,29 @@ func stateOf(pid int) byte {
 	return b[i+2]
 }
 
-// detachAll detaches every thread. Preconditions: on the tracer thread.
+// detachAll detaches every thread, put back first (prepareDetach) unless
+// PrepareDetach did it. Preconditions: on the tracer thread.
 func (p *Proc) detachAll(_ int) error {
+	first := p.prepErr
+	if !p.prepared {
+		first = p.prepareDetach()
+	}
+	for _, th := range p.Threads {
+		if th.TID == 0 {
+			continue
+		}
+		if err := raw.Ptrace(unix.PTRACE_DETACH, th.TID, 0, 0); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
+			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
+		}
+	}
+	return first
+}
+
+// prepareDetach puts every thread back as Detach lets it go: its
+// registers, the signals taken from it, its CPU mask. The threads stay
+// stopped. It goes on past an error, and returns the first.
+// Preconditions: on the tracer thread.
+func (p *Proc) prepareDetach() error {
 	// A thread injected into (or restored) whose registers are those of
 	// the call the seize interrupted is first taken back into the
 	// kernel's signal delivery (backToRestart), which lets it run to a
@@ -748,9 +789,6 @@ func (p *Proc) detachAll(_ int) error {
 		th.Stolen = nil
 		if th.groupStop != 0 {
 			unix.Tgkill(p.PID, th.TID, th.groupStop)
-		}
-		if err := raw.Ptrace(unix.PTRACE_DETACH, th.TID, 0, 0); err != nil && first == nil && !errors.Is(err, unix.ESRCH) {
-			first = fmt.Errorf("detach thread %d: %w", th.TID, err)
 		}
 	}
 	return first
