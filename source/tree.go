@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/procmig/migrate/core"
@@ -86,14 +87,42 @@ func seizeTree(ss *session, all *[]*dumper) ([]core.Process, error) {
 		return p, err
 	}
 	seen := map[int]bool{}
-	for i, d := range *all {
-		var err error
-		if d.p, err = seize(d.pid); err != nil {
+	// The processes known are seized at the same time, each on its
+	// tracer: the tree stops sooner, and closer to at once.
+	known := *all
+	trs := make([]*ptrace.Tracer, len(known))
+	for i := range known {
+		trs[i] = ss.tracerFor(i)
+	}
+	errs := make([]error, len(known))
+	if len(known) == 1 {
+		known[0].p, errs[0] = trs[0].Seize(known[0].pid)
+	} else {
+		var wg sync.WaitGroup
+		for i, d := range known {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d.p, errs[i] = trs[i].Seize(d.pid)
+			}()
+		}
+		wg.Wait()
+	}
+	for i, d := range known {
+		err := errs[i]
+		if err == nil {
+			seized++
+		}
+		var te *ptrace.TracedError
+		if errors.As(err, &te) {
+			err = &BadTargetError{PID: d.pid, Reason: te.Error()}
+		}
+		if err != nil {
+			d.p = nil
 			if i > 0 && ss.regroup != nil && exited(d.pid) {
 				// It exited since the tree was read: the caller sees
 				// it without a tracee (and, a zombie, among the
 				// zombies).
-				d.p = nil
 				continue
 			}
 			return nil, err
