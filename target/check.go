@@ -103,6 +103,11 @@ type checker struct {
 	status *proc.Status
 	// maps is the process's memory layout as memory read it.
 	maps []proc.Mapping
+	// affinity, if set, returns a thread's CPU mask as it will be when
+	// it runs: the one the restore gave it, kept in the restorer's books
+	// while the process is pinned to its tracer's CPU (ptrace.Proc.Pin).
+	// Nil: the kernel's.
+	affinity func(tid int) (unix.CPUSet, error)
 }
 
 func (c *checker) diff(tid int, what string, want, got any) {
@@ -288,7 +293,12 @@ func (c *checker) thread(p *core.Process, t *core.Thread) {
 		cmp(c, tid, "nice", s.Nice, ps.Nice)
 		cmp(c, tid, "timer slack", s.TimerSlackNS, ps.TimerSlack)
 		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+		if c.affinity != nil {
+			set, err = c.affinity(tid)
+		} else {
+			err = unix.SchedGetaffinity(tid, &set)
+		}
+		if err != nil {
 			c.unreadable(tid, "CPU mask", err)
 			return
 		}
@@ -590,15 +600,11 @@ func (b *Builder) Check() error {
 }
 
 func (b *Builder) check() error {
-	for _, r := range b.all {
-		// The threads' own CPU masks, which they have while pinned only
-		// in the restorer's books (ptrace.Proc.Pin).
-		if r.p != nil && r.proc.Zombie == nil {
-			if err := r.p.Unpin(); err != nil {
-				return err
-			}
-		}
-	}
+	// The processes stay pinned to their tracers' CPUs until the resume
+	// (ptrace.Proc.Pin: a thread the detach wakes runs at once, next to
+	// its tracer); the check takes the threads' own CPU masks from the
+	// restorer's books (checker.affinity), where the restore put the
+	// kernel's answer to each, and which the detach gives them.
 	// Each process is compared with its image from /proc alone: a tree's
 	// at the same time, a few at once, and with them what the processes
 	// share (memory, System V objects, namespaces, mounts, cgroups).
@@ -626,6 +632,9 @@ func (b *Builder) check() error {
 					continue
 				}
 				c := &checker{pid: r.pid}
+				if r.p != nil {
+					c.affinity = r.p.Affinity
+				}
 				c.check(r.proc, i == 0)
 				checkTime(c, tc)
 				found[i], maps[i] = c.diffs, c.maps
