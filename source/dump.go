@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/procmig/migrate/core"
@@ -70,8 +71,10 @@ type session struct {
 	mounts *core.MountNS
 	// blobSums are the blobs stored so far, for Image.Blobs.
 	blobSums map[string]core.Blob
-	steps    []Step
-	lapped   time.Time
+	// blobMu serializes copyBlob.
+	blobMu sync.Mutex
+	steps  []Step
+	lapped time.Time
 	// fds seen so far in the tree, to find open file descriptions shared
 	// between fds and processes, and pipe ends.
 	fds   []fdRecord
@@ -533,8 +536,12 @@ func (d *session) newBlob(kind string) (string, *os.File, error) {
 	return name, f, nil
 }
 
-// copyBlob stores everything r yields as a blob.
+// copyBlob stores everything r yields as a blob. The processes of a
+// tree described at the same time (describeFDs) store their sockets'
+// queues with it: it takes blobMu.
 func (d *session) copyBlob(kind string, r io.Reader) (string, error) {
+	d.blobMu.Lock()
+	defer d.blobMu.Unlock()
 	if d.memBlobs != nil {
 		d.blobs++
 		name := fmt.Sprintf("%s/%s-%d", core.FilesDir, kind, d.blobs)

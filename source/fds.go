@@ -35,6 +35,31 @@ type fdSet struct {
 	blobs []pendingBlob
 	// socks describes the sockets (the sockets package).
 	socks *sockets.Process
+	// What describeFDs found that the session keeps for the whole tree
+	// (mergeFDs moves it there, in the tree's order): the pipe ends and
+	// the TCP connections. Kept apart so that the processes of a tree
+	// can be described at the same time.
+	pipes []pipeRec
+	conns sockets.Conns
+	// prepared are the fds prepareFDs found, for describeFDs.
+	prepared []fdPrep
+}
+
+// pipeRec is a pipe end of the process, for the session's pipes.
+type pipeRec struct {
+	ino uint64
+	end pipeEnd
+}
+
+// fdPrep is what prepareFDs found of one fd: its link and fdinfo, the
+// agent's duplicate, its stat and the open file description it shares
+// with an fd described before (core.FD.Key), if any.
+type fdPrep struct {
+	link proc.FDLink
+	info *proc.FDInfo
+	nfd  int
+	st   unix.Stat_t
+	key  string
 }
 
 type pendingBlob struct {
@@ -48,6 +73,7 @@ func (s *fdSet) close() {
 	if s.socks != nil {
 		s.socks.Close()
 	}
+	s.conns.Close()
 	for _, f := range s.dups {
 		f.Close()
 	}
@@ -64,9 +90,29 @@ func (s *fdSet) close() {
 //
 // Preconditions: the process is frozen.
 func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
+	set, err := d.prepareFDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = d.describeFDs(ctx, set)
+	d.mergeFDs(set)
+	if err != nil {
+		set.close()
+		return nil, err
+	}
+	return set, nil
+}
+
+// prepareFDs is collectFDs's first part, which finds what the fds share
+// with those described before (in this process or another of the tree:
+// d.fds), and so goes one process after the other in the tree's order:
+// the agent's duplicate of each fd, its stat and the description it
+// shares, if any. describeFDs does the rest, which processes may do at
+// the same time.
+func (d *dumper) prepareFDs(ctx context.Context) (*fdSet, error) {
 	set := &fdSet{pidfd: -1, dups: map[int]*os.File{}}
 	set.socks = &sockets.Process{PID: d.pid, Probe: d.probe, Tree: d.opts.Tree, Log: d.log,
-		Store: d.copyBlob, Dumped: d.dumpedSockets, Conns: &d.tcp, Defaults: &d.session.sockDefaults}
+		Store: d.copyBlob, Dumped: d.dumpedSockets, Conns: &set.conns, Defaults: &d.session.sockDefaults}
 	pre := d.fdsRead
 	d.fdsRead = nil
 	var links []proc.FDLink
@@ -89,7 +135,6 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 	if err := d.refuseFDTable(); err != nil {
 		return nil, err
 	}
-	p := d.proc
 	for i, l := range links {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -113,37 +158,68 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			}
 			return nil, fmt.Errorf("process %d: pidfd_getfd of fd %d: %w", d.pid, l.FD, err)
 		}
-		dup := os.NewFile(uintptr(nfd), l.Target)
-		set.dups[l.FD] = dup
-		var st unix.Stat_t
-		if err := unix.Fstat(nfd, &st); err != nil {
+		set.dups[l.FD] = os.NewFile(uintptr(nfd), l.Target)
+		fp := fdPrep{link: l, info: info, nfd: nfd}
+		if err := unix.Fstat(nfd, &fp.st); err != nil {
 			return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 		}
+		// fds sharing one open file description, in this process or another
+		// of the tree, stay shared: the first one names the description.
+		for _, prev := range d.fds {
+			if prev.dev != fp.st.Dev || prev.ino != fp.st.Ino {
+				continue
+			}
+			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(prev.pid), uintptr(d.pid), kcmpFile, uintptr(prev.fd), uintptr(l.FD), 0); e == 0 && r == 0 {
+				fp.key = prev.key
+				break
+			}
+		}
+		rec := fdRecord{pid: d.pid, fd: l.FD, dev: fp.st.Dev, ino: fp.st.Ino, key: fp.key}
+		if rec.key == "" {
+			rec.key = descKey(d.pid, l.FD)
+		}
+		d.fds = append(d.fds, rec)
+		set.prepared = append(set.prepared, fp)
+	}
+	ok = true
+	return set, nil
+}
+
+// mergeFDs moves what describeFDs found of set that the session keeps
+// for the whole tree into it: called for the processes in the tree's
+// order, whatever describeFDs returned (the connections noted are the
+// session's to close).
+func (d *dumper) mergeFDs(set *fdSet) {
+	for _, r := range set.pipes {
+		d.pipes[r.ino] = append(d.pipes[r.ino], r.end)
+	}
+	set.pipes = nil
+	d.tcp.Take(&set.conns)
+}
+
+// describeFDs is collectFDs's second part (see prepareFDs): it describes
+// each fd prepareFDs found, and reads the sockets' options. It touches
+// nothing of the session but through its locks (the sockets' defaults,
+// the blobs): the processes of a tree may be described at the same time.
+func (d *dumper) describeFDs(ctx context.Context, set *fdSet) error {
+	p := d.proc
+	for _, fp := range set.prepared {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l, info, nfd, st := fp.link, fp.info, fp.nfd, &fp.st
+		dup := set.dups[l.FD]
 		fd := core.FD{
 			FD:      l.FD,
 			Flags:   info.Flags &^ unix.O_CLOEXEC,
 			Cloexec: info.Flags&unix.O_CLOEXEC != 0,
 			Pos:     info.Pos,
+			Key:     fp.key,
 		}
-		// fds sharing one open file description, in this process or another
-		// of the tree, stay shared: the first one names the description.
-		for _, prev := range d.fds {
-			if prev.dev != st.Dev || prev.ino != st.Ino {
-				continue
-			}
-			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(prev.pid), uintptr(d.pid), kcmpFile, uintptr(prev.fd), uintptr(l.FD), 0); e == 0 && r == 0 {
-				fd.Key = prev.key
-				break
-			}
-		}
+		var err error
 		if fd.Owner, fd.Signal, err = d.fdOwner(nfd); err != nil {
-			return nil, &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: l.Target, Reason: err.Error()}
+			return &UnsupportedFDError{PID: d.pid, FD: l.FD, Kind: l.Target, Reason: err.Error()}
 		}
-		rec := fdRecord{pid: d.pid, fd: l.FD, dev: st.Dev, ino: st.Ino, key: fd.Key}
-		if rec.key == "" {
-			rec.key = descKey(d.pid, l.FD)
-		}
-		d.fds = append(d.fds, rec)
 		idx := len(p.FDs)
 		target := l.Target
 		unsupported := func(reason string) error {
@@ -153,7 +229,7 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			// Supplied at the restore (--inherit-fd): only its number
 			// and flags are kept.
 			if err := d.externalFD(&fd, nfd, target, info.Locks()); err != nil {
-				return nil, err
+				return err
 			}
 			p.FDs = append(p.FDs, fd)
 			continue
@@ -163,10 +239,10 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 		// or the dump refused.
 		if locks := info.Locks(); len(locks) > 0 {
 			if d.opts.live {
-				return nil, unsupported(fmt.Sprintf("it holds a file lock (%s): the original holds it until it ends, so live migration does not carry file locks yet (migrate dump and restore do)", strings.Join(locks, "; ")))
+				return unsupported(fmt.Sprintf("it holds a file lock (%s): the original holds it until it ends, so live migration does not carry file locks yet (migrate dump and restore do)", strings.Join(locks, "; ")))
 			}
 			if fd.Locks, err = fileLocks(info); err != nil {
-				return nil, unsupported(err.Error())
+				return unsupported(err.Error())
 			}
 		}
 		ref := func() *core.FileRef {
@@ -189,24 +265,24 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				if fd.Key == "" {
 					src, seek, err := set.readable(dup, fd.Flags)
 					if err != nil {
-						return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+						return fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 					}
 					set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "memfd", what: "file", src: sparseFile(src, fd.File, seek)})
 				}
 				break
 			}
 			if isMqueue(nfd) {
-				return nil, unsupported("a POSIX message queue (mq_open): migrate does not carry them")
+				return unsupported("a POSIX message queue (mq_open): migrate does not carry them")
 			}
 			if !strings.HasPrefix(target, "/") {
-				return nil, unsupported("a regular file without a path")
+				return unsupported("a regular file without a path")
 			}
 			fd.Kind = core.FDFile
 			fd.File = ref()
 			if fd.File.Deleted && fd.Key == "" {
 				src, seek, err := set.readable(dup, fd.Flags)
 				if err != nil {
-					return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+					return fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 				}
 				set.blobs = append(set.blobs, pendingBlob{idx: idx, kind: "file", what: "file", src: sparseFile(src, fd.File, seek)})
 			}
@@ -214,14 +290,14 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			fd.Kind = core.FDDir
 			fd.File = ref()
 			if fd.File.Deleted {
-				return nil, unsupported("a deleted directory")
+				return unsupported("a deleted directory")
 			}
 		case unix.S_IFCHR:
 			if !strings.HasPrefix(target, "/dev/") {
-				return nil, unsupported("a character device outside /dev")
+				return unsupported("a character device outside /dev")
 			}
 			if reason := ptyReason(st.Rdev); reason != "" {
-				return nil, unsupported(reason)
+				return unsupported(reason)
 			}
 			fd.Kind = core.FDChar
 			fd.File = ref()
@@ -229,25 +305,25 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			if strings.HasPrefix(target, "pipe:[") {
 				fd.Kind = core.FDPipe
 				fd.Pipe = st.Ino
-				d.pipes[st.Ino] = append(d.pipes[st.Ino], pipeEnd{d, idx, l.FD})
+				set.pipes = append(set.pipes, pipeRec{st.Ino, pipeEnd{d, idx, l.FD}})
 			} else {
 				fd.Kind = core.FDFIFO
 				fd.File = ref()
 				if fd.File.Deleted {
-					return nil, unsupported("a deleted FIFO")
+					return unsupported("a deleted FIFO")
 				}
-				d.pipes[st.Ino] = append(d.pipes[st.Ino], pipeEnd{d, idx, l.FD})
+				set.pipes = append(set.pipes, pipeRec{st.Ino, pipeEnd{d, idx, l.FD}})
 			}
 			sz, err := unix.FcntlInt(uintptr(nfd), unix.F_GETPIPE_SZ, 0)
 			if err != nil {
-				return nil, fmt.Errorf("process %d: fd %d: F_GETPIPE_SZ: %w", d.pid, l.FD, err)
+				return fmt.Errorf("process %d: fd %d: F_GETPIPE_SZ: %w", d.pid, l.FD, err)
 			}
 			fd.PipeSize = sz
 		default:
 			switch {
 			case target == "anon_inode:[eventfd]":
 				if !info.HasEventfd {
-					return nil, unsupported("eventfd without a count in fdinfo")
+					return unsupported("eventfd without a count in fdinfo")
 				}
 				fd.Kind = core.FDEventfd
 				fd.Count = info.EventfdCount
@@ -255,18 +331,18 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			case strings.HasPrefix(target, "socket:"):
 				fd.Kind = core.FDSocket
 				if err := set.socks.Describe(&fd, dup); err != nil {
-					return nil, d.socketError(err)
+					return d.socketError(err)
 				}
 			case target == "anon_inode:inotify":
 				fd.Kind = core.FDInotify
 				if fd.Inotify, err = inotifyWatches(info); err != nil {
-					return nil, unsupported(err.Error())
+					return unsupported(err.Error())
 				}
 			case target == "anon_inode:[eventpoll]":
 				fd.Kind = core.FDEpoll
 				targets, err := info.EpollTargets()
 				if err != nil {
-					return nil, fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
+					return fmt.Errorf("process %d: fd %d: %w", d.pid, l.FD, err)
 				}
 				for _, t := range targets {
 					fd.Epoll = append(fd.Epoll, core.EpollTarget{FD: t.FD, Events: t.Events, Data: t.Data})
@@ -274,12 +350,12 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 			case target == "anon_inode:[timerfd]":
 				tf, err := info.Timerfd()
 				if err != nil {
-					return nil, unsupported("timerfd without its state in fdinfo")
+					return unsupported("timerfd without its state in fdinfo")
 				}
 				ns := func(t proc.Timespec) int64 { return int64(t.Sec)*1e9 + int64(t.Nsec) }
 				if tf.Ticks > 0 && ns(tf.Interval) > 0 && ns(tf.Value) == 0 && !d.probe {
 					if tf, err = settleTimerfd(d.pid, l.FD, nfd, tf); err != nil {
-						return nil, unsupported(err.Error())
+						return unsupported(err.Error())
 					}
 				}
 				fd.Kind = core.FDTimerfd
@@ -290,33 +366,33 @@ func (d *dumper) collectFDs(ctx context.Context) (*fdSet, error) {
 				// checkPidfds), opened again on the restored one.
 				pid, err := strconv.Atoi(strings.TrimSpace(info.Extra["Pid"]))
 				if err != nil || pid <= 0 {
-					return nil, unsupported(fmt.Sprintf("a pidfd of a process that has ended or is outside migrate's PID namespace (Pid: %q)", info.Extra["Pid"]))
+					return unsupported(fmt.Sprintf("a pidfd of a process that has ended or is outside migrate's PID namespace (Pid: %q)", info.Extra["Pid"]))
 				}
 				fd.Kind = core.FDPidfd
 				fd.PidfdPID = pid
 			case target == "anon_inode:[signalfd]":
 				mask, err := info.SignalfdMask()
 				if err != nil {
-					return nil, unsupported("signalfd without its mask in fdinfo")
+					return unsupported("signalfd without its mask in fdinfo")
 				}
 				fd.Kind = core.FDSignalfd
 				fd.SigMask = mask
 			default:
-				return nil, unsupported("this kind of file is not supported yet")
+				return unsupported("this kind of file is not supported yet")
 			}
 		}
 		if len(fd.Locks) > 0 && fd.Kind != core.FDFile && fd.Kind != core.FDDir {
-			return nil, unsupported(fmt.Sprintf("it holds a file lock on a %s, which migrate does not restore", fd.Kind))
+			return unsupported(fmt.Sprintf("it holds a file lock on a %s, which migrate does not restore", fd.Kind))
 		}
 		p.FDs = append(p.FDs, fd)
 	}
 
 	set.socks.Close() // its sock_diag socket: the sockets are described
 	if err := set.socks.ReadOptions(); err != nil {
-		return nil, d.socketError(err)
+		return d.socketError(err)
 	}
-	ok = true
-	return set, nil
+	set.prepared = nil
+	return nil
 }
 
 // fdsRead are a frozen process's fds (proc.ReadFDs) and the fdinfo of

@@ -281,10 +281,9 @@ func (f *frozenState) read(ctx context.Context) error {
 			return err
 		}
 	}
-	// The fds one process after the other, parents first: what the
-	// processes share is found in that order. The sockets the tree holds
-	// are listed once for all its unix sockets' peers (dumpedSockets):
-	// frozen, it holds the same ones throughout.
+	// The sockets the tree holds are listed once for all its unix
+	// sockets' peers (dumpedSockets): frozen, it holds the same ones
+	// throughout.
 	f.ss.dumpedSocks = nil
 	defer func() { f.ss.dumpedSocks = nil }()
 	socks := map[uint64]bool{}
@@ -296,17 +295,8 @@ func (f *frozenState) read(ctx context.Context) error {
 		socketInodes(d.fdsRead.links, socks)
 	}
 	f.ss.dumpedSocks = socks
-	for _, d := range f.all {
-		d.ownLapped = time.Now()
-		err := d.p.Tracer().Do(func() error {
-			var err error
-			d.fdset, err = d.collectFDs(ctx)
-			return err
-		})
-		d.ownLap("read: fds")
-		if err != nil {
-			return err
-		}
+	if err := f.readFDs(ctx, socks != nil); err != nil {
+		return err
 	}
 	if err := f.readClocks(); err != nil {
 		return err
@@ -332,6 +322,68 @@ func (f *frozenState) read(ctx context.Context) error {
 	}
 	ss.lap("read state")
 	return nil
+}
+
+// readFDs describes the fds of the tree's processes (collectFDs): what
+// they share is found one process after the other, parents first
+// (prepareFDs), the rest of the description done by the processes'
+// tracers at the same time (describeFDs), and gathered in the tree's
+// order (mergeFDs). parallel false (the socket inodes of the tree not
+// listed yet, which a description would list) has each process described
+// whole in turn.
+func (f *frozenState) readFDs(ctx context.Context, parallel bool) error {
+	if !parallel || len(f.all) == 1 {
+		for _, d := range f.all {
+			d.ownLapped = time.Now()
+			err := d.p.Tracer().Do(func() error {
+				var err error
+				d.fdset, err = d.collectFDs(ctx)
+				return err
+			})
+			d.ownLap("read: fds")
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sets := make([]*fdSet, len(f.all))
+	defer func() {
+		for _, set := range sets {
+			if set != nil {
+				set.close() // not described: an error
+			}
+		}
+	}()
+	for i, d := range f.all {
+		d.ownLapped = time.Now()
+		set, err := d.prepareFDs(ctx)
+		d.ownLap("read: fds, shared")
+		if err != nil {
+			return err
+		}
+		sets[i] = set
+	}
+	index := make(map[*dumper]int, len(f.all))
+	for i, d := range f.all {
+		index[d] = i
+	}
+	described := make([]bool, len(f.all))
+	err := eachProcess(f.all, func(d *dumper) error {
+		d.ownLapped = time.Now()
+		i := index[d]
+		err := d.describeFDs(ctx, sets[i])
+		d.ownLap("read: fds")
+		described[i] = err == nil
+		return err
+	})
+	for i, d := range f.all {
+		d.mergeFDs(sets[i])
+		if described[i] {
+			d.fdset, sets[i] = sets[i], nil
+		}
+	}
+	return err
 }
 
 // readClocks reads the clocks of the processes' time namespace, which

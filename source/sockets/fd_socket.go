@@ -43,8 +43,9 @@ type Process struct {
 	// the dump: a unix socket's peer must be one of them. Nil: those of
 	// the process alone.
 	Dumped func() (map[uint64]bool, error)
-	// Conns gets the TCP connections noted (see Conns); one for all the
-	// processes of a dump, as they are locked and read together. Required.
+	// Conns gets the TCP connections noted (see Conns). The processes of
+	// a dump described at the same time each have one, gathered into the
+	// dump's (Conns.Take): they are locked and read together. Required.
 	Conns *Conns
 
 	// Defaults are a new socket's options, read once per kind: one

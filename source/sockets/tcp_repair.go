@@ -36,6 +36,14 @@ type Conns struct {
 // Len is how many connections were noted.
 func (cs *Conns) Len() int { return len(cs.list) }
 
+// Take moves the connections noted in o after those of cs: the
+// processes of a dump described at the same time, each into a Conns of
+// its own, gathered in the tree's order.
+func (cs *Conns) Take(o *Conns) {
+	cs.list = append(cs.list, o.list...)
+	o.list = nil
+}
+
 // tcpPending is an established connection noted during the fd dump.
 type tcpPending struct {
 	pid, fd int
