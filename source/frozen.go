@@ -3,7 +3,9 @@ package source
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -326,8 +328,8 @@ func (f *frozenState) read(ctx context.Context) error {
 
 // readFDs describes the fds of the tree's processes (collectFDs): what
 // they share is found one process after the other, parents first
-// (prepareFDs), the rest of the description done by the processes'
-// tracers at the same time (describeFDs), and gathered in the tree's
+// (prepareFDs), the rest of the description done for every process at
+// the same time (describeFDs), and gathered in the tree's
 // order (mergeFDs). parallel false (the socket inodes of the tree not
 // listed yet, which a description would list) has each process described
 // whole in turn.
@@ -364,26 +366,38 @@ func (f *frozenState) readFDs(ctx context.Context, parallel bool) error {
 		}
 		sets[i] = set
 	}
-	index := make(map[*dumper]int, len(f.all))
-	for i, d := range f.all {
-		index[d] = i
+	// On goroutines, not the tracers: nothing of it needs ptrace, and a
+	// tracer bound to its CPU (ptrace.Proc.PinOn) waited for it while the
+	// final round ran there (1.6-5.9 ms for an nginx tree's three
+	// processes, against 1.5-3.5 on goroutines).
+	errs := make([]error, len(f.all))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, len(f.all)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(f.all) {
+					return
+				}
+				d := f.all[i]
+				d.ownLapped = time.Now()
+				errs[i] = d.describeFDs(ctx, sets[i])
+				d.ownLap("read: fds")
+			}
+		})
 	}
-	described := make([]bool, len(f.all))
-	err := eachProcess(f.all, func(d *dumper) error {
-		d.ownLapped = time.Now()
-		i := index[d]
-		err := d.describeFDs(ctx, sets[i])
-		d.ownLap("read: fds")
-		described[i] = err == nil
-		return err
-	})
+	wg.Wait()
+	var first error
 	for i, d := range f.all {
 		d.mergeFDs(sets[i])
-		if described[i] {
+		if errs[i] == nil {
 			d.fdset, sets[i] = sets[i], nil
+		} else if first == nil {
+			first = errs[i] // the first process's in the tree's order
 		}
 	}
-	return err
+	return first
 }
 
 // readClocks reads the clocks of the processes' time namespace, which
