@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"reflect"
+	"strconv"
 )
 
 // Control frame format; the package comment draws the layout.
@@ -56,7 +57,10 @@ func AppendMsg(b []byte, m Msg) ([]byte, error) {
 	if err := m.validate(); err != nil {
 		return b, msgErr(0, t, ErrMsgInvalid, "%v", err)
 	}
-	payload, err := json.Marshal(m)
+	payload, ok, err := appendBodyMsg(nil, m)
+	if !ok {
+		payload, err = json.Marshal(m)
+	}
 	if err != nil {
 		return b, msgErr(0, t, ErrMsgPayload, "encode: %v", err)
 	}
@@ -144,9 +148,119 @@ func readErr(off int64, t MsgType, err error, what string) error {
 	return &MsgError{Offset: off, Type: t, Reason: "reading the " + what, Err: err}
 }
 
+// The state and the layouts are the big messages (tens to hundreds of
+// KiB for a tree), and a live migration sends the last layout and the
+// state in its downtime: their payloads are written and read with their
+// body as it is (appendBodyMsg, readBodyMsg), checked by json.Valid
+// alone, not by the generic encoder and decoder, which went over the
+// body two and three times (encoding compacted it, decoding tokenized and
+// copied it). The payload is the one json.Marshal makes but for the body,
+// which is not compacted; readBodyMsg takes only that exact form and
+// leaves any other to decodeStrict's generic path, with the same result.
+
+const (
+	bodyPrefix  = `{"body":`
+	roundPrefix = `{"round":`
+	roundBody   = `,"body":`
+)
+
+// appendBodyMsg appends the payload of a State or a Layout with a body to
+// b; ok false for another message (or one without a body), which
+// json.Marshal encodes. A body that is not valid JSON is an error, as
+// json.Marshal's.
+func appendBodyMsg(b []byte, m Msg) (_ []byte, ok bool, err error) {
+	var body json.RawMessage
+	switch m := m.(type) {
+	case *State:
+		if body = m.Body; len(body) == 0 {
+			return b, false, nil
+		}
+		b = append(b, bodyPrefix...)
+	case *Layout:
+		if body = m.Body; len(body) == 0 {
+			return b, false, nil
+		}
+		b = append(b, roundPrefix...)
+		b = strconv.AppendUint(b, uint64(m.Round), 10)
+		b = append(b, roundBody...)
+	default:
+		return b, false, nil
+	}
+	if !json.Valid(body) {
+		return b, true, fmt.Errorf("the body is not valid JSON")
+	}
+	b = append(b, body...)
+	return append(b, '}'), true, nil
+}
+
+// readBodyMsg decodes p into m if m is a State or a Layout and p has the
+// form appendBodyMsg writes; ok false leaves it to the generic decoder.
+// The body is p's bytes (ReadMsg gives each message a buffer of its own).
+func readBodyMsg(p []byte, m Msg) (ok bool) {
+	var rest []byte
+	switch m.(type) {
+	case *State:
+		r, found := bytes.CutPrefix(p, []byte(bodyPrefix))
+		if !found {
+			return false
+		}
+		rest = r
+	case *Layout:
+		r, found := bytes.CutPrefix(p, []byte(roundPrefix))
+		if !found {
+			return false
+		}
+		// A JSON number without a sign, fraction, exponent or leading
+		// zero that fits in a uint32.
+		n := 0
+		for n < len(r) && n < 11 && r[n] >= '0' && r[n] <= '9' {
+			n++
+		}
+		if n == 0 || (n > 1 && r[0] == '0') {
+			return false
+		}
+		v, err := strconv.ParseUint(string(r[:n]), 10, 32)
+		if err != nil {
+			return false
+		}
+		r, found = bytes.CutPrefix(r[n:], []byte(roundBody))
+		if !found {
+			return false
+		}
+		m.(*Layout).Round = uint32(v)
+		rest = r
+	default:
+		return false
+	}
+	body, found := bytes.CutSuffix(rest, []byte("}"))
+	if !found || len(body) == 0 || isJSONSpace(body[0]) || isJSONSpace(body[len(body)-1]) || !json.Valid(body) {
+		if l, ok := m.(*Layout); ok {
+			l.Round = 0
+		}
+		return false
+	}
+	switch m := m.(type) {
+	case *State:
+		m.Body = body
+	case *Layout:
+		m.Body = body
+	}
+	return true
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
 // decodeStrict decodes one JSON object into m: an object (not null or
 // another value), no unknown fields, no trailing data.
 func decodeStrict(b []byte, m Msg) error {
+	if readBodyMsg(b, m) {
+		return nil
+	}
+	return decodeGeneric(b, m)
+}
+
+// decodeGeneric is decodeStrict for any payload, by encoding/json.
+func decodeGeneric(b []byte, m Msg) error {
 	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return fmt.Errorf("payload is not a JSON object")
 	}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -83,4 +84,77 @@ func isMsgSentinel(err error) bool {
 		}
 	}
 	return false
+}
+
+// FuzzBodyFastPath checks the fast path of the state and the layouts
+// (readBodyMsg, appendBodyMsg) against encoding/json: a payload the fast
+// path takes decodes to the same message by the generic decoder, and what
+// appendBodyMsg writes of a message the generic decoder reads back the
+// same.
+//
+//	go test -run '^$' -fuzz FuzzBodyFastPath -fuzztime 15s ./transport
+func FuzzBodyFastPath(f *testing.F) {
+	for _, p := range []string{
+		`{"body":{"a":[1,2,{"b":"c"}]}}`, `{"body":null}`, `{"body":1}`, `{"body": 1}`,
+		`{"body":{"a":1},"x":2}`, `{"body":"<&>"}`, `{"body":{}}}`, `{"Body":1}`,
+		`{"round":7,"body":{"vmas":[]}}`, `{"round":07,"body":1}`, `{"round":4294967296,"body":1}`,
+		`{"round":0,"body":[1]}`, `{"round":1,"body":"x"}`, `{"round":1,"body":1,"round":2}`,
+	} {
+		f.Add([]byte(p), false)
+		f.Add([]byte(p), true)
+	}
+	f.Fuzz(func(t *testing.T, p []byte, layout bool) {
+		mk := func() Msg {
+			if layout {
+				return &Layout{}
+			}
+			return &State{}
+		}
+		fast, slow := mk(), mk()
+		if readBodyMsg(p, fast) {
+			if err := decodeGeneric(p, slow); err != nil {
+				t.Fatalf("fast path took %q, the generic decoder refuses it: %v", p, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%q: fast path %#v, generic %#v", p, fast, slow)
+			}
+		} else if !reflect.DeepEqual(fast, mk()) {
+			t.Fatalf("%q: the fast path refused it but left %#v", p, fast)
+		}
+		// Encoding: what the generic decoder accepts is written by the
+		// fast path (or not at all) and read back the same.
+		m := mk()
+		if decodeGeneric(p, m) != nil {
+			return
+		}
+		b, ok, err := appendBodyMsg(nil, m)
+		if !ok || err != nil {
+			return // (no body: json.Marshal writes it)
+		}
+		back := mk()
+		if err := decodeGeneric(b, back); err != nil || !bytes.Equal(mustCompact(t, bodyOf(m)), mustCompact(t, bodyOf(back))) {
+			t.Fatalf("%#v written as %q, read back %#v (%v)", m, b, back, err)
+		}
+		if l, ok := m.(*Layout); ok && l.Round != back.(*Layout).Round {
+			t.Fatalf("round %d written as %q, read back %d", l.Round, b, back.(*Layout).Round)
+		}
+	})
+}
+
+func bodyOf(m Msg) []byte {
+	switch m := m.(type) {
+	case *State:
+		return m.Body
+	case *Layout:
+		return m.Body
+	}
+	return nil
+}
+
+func mustCompact(t *testing.T, b []byte) []byte {
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		t.Fatalf("compact %q: %v", b, err)
+	}
+	return out.Bytes()
 }
