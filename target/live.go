@@ -1069,8 +1069,13 @@ func (t *liveTarget) unlock() {
 // nothing of the builder.
 func (t *liveTarget) installLock(netns string, socket netlock.SocketFunc, conns []netlock.Conn) error {
 	spec := netlock.Spec{Conns: conns}
-	l, err := t.ahead.take()
-	if err != nil {
+	var l *netlock.Lock
+	var err error
+	if t.ahead != nil && t.ahead.netns != netns {
+		// Installed in another namespace than the processes' now (a
+		// container whose PIDs outside were renumbered, say): not used.
+		go t.ahead.drop(t.log)
+	} else if l, err = t.ahead.take(); err != nil {
 		t.log.Debug("no network lock installed ahead", "err", err)
 	}
 	if l != nil {
@@ -1100,16 +1105,17 @@ func (t *liveTarget) installLock(netns string, socket netlock.SocketFunc, conns 
 // netlink batch): its install, a table with its chains, sets and rules
 // (~1.5 ms of CPU), is then out of the downtime. Empty, it drops nothing.
 type aheadLock struct {
-	done chan struct{}
-	lock *netlock.Lock
-	err  error
-	once sync.Once
+	netns string // where it is (netlock.Install's path)
+	done  chan struct{}
+	lock  *netlock.Lock
+	err   error
+	once  sync.Once
 }
 
 // startAhead installs an empty lock in the network namespace at netns
 // (see netlock.Install) in the background.
 func startAhead(netns string) *aheadLock {
-	a := &aheadLock{done: make(chan struct{})}
+	a := &aheadLock{netns: netns, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		a.lock, a.err = netlock.Install(netns, netlock.Spec{}, netlock.Options{})
