@@ -178,10 +178,12 @@ func (b *Builder) restoreFiles(ctx context.Context) func() error {
 // (ptrace.EachUrgent: a process it lets go would preempt it otherwise):
 // first what the detach of each of its processes does but the detach
 // itself (registers, signals taken, CPU masks: ptrace.Proc.PrepareDetach),
-// then the detaches, deepest first, each depth's once every deeper one is
-// detached, which the tracers tell each other. A round trip through
-// migrate's own goroutines between two depths waited for a CPU the
-// processes just let go had taken (0.1-2.8 ms of an nginx tree's).
+// then the detaches, deepest first: the first once every process is put
+// back (a failure there leaves every process stopped, none has run), each
+// depth's once every deeper one is detached, which the tracers tell each
+// other. A round trip through migrate's own goroutines between two
+// depths waited for a CPU the processes just let go had taken (0.1-2.8 ms
+// of an nginx tree's).
 func (b *Builder) resumeTree() error {
 	levels := byDepth(b.all)
 	for _, rs := range levels {
@@ -218,11 +220,31 @@ func (b *Builder) resumeTree() error {
 		left[d].Store(int32(len(levels[d])))
 		done[d] = make(chan struct{})
 	}
+	// preparing counts the processes not put back yet; ready is closed
+	// once there are none.
+	var preparing atomic.Int32
+	ready := make(chan struct{})
+	for _, it := range items {
+		if it.prepare {
+			preparing.Add(1)
+		}
+	}
+	if preparing.Load() == 0 {
+		close(ready)
+	}
 	abort := make(chan struct{})
 	var once sync.Once
 	fail := func(err error) error {
 		once.Do(func() { close(abort) })
 		return err
+	}
+	wait := func(c chan struct{}) bool {
+		select {
+		case <-c:
+			return true
+		case <-abort:
+			return false // another process's error is the one returned
+		}
 	}
 	return ptrace.EachUrgent(len(items), func(i int) *ptrace.Tracer { return items[i].r.p.Tracer() }, func(i int) error {
 		it := items[i]
@@ -230,14 +252,13 @@ func (b *Builder) resumeTree() error {
 			if err := it.r.p.PrepareDetach(); err != nil {
 				return fail(fmt.Errorf("restore pid %d: resume: %w", it.r.pid, err))
 			}
+			if preparing.Add(-1) == 0 {
+				close(ready)
+			}
 			return nil
 		}
-		if it.depth+1 < len(levels) {
-			select {
-			case <-done[it.depth+1]:
-			case <-abort:
-				return nil // another process's error is the one returned
-			}
+		if !wait(ready) || (it.depth+1 < len(levels) && !wait(done[it.depth+1])) {
+			return nil
 		}
 		if err := it.r.p.Detach(); err != nil {
 			return fail(fmt.Errorf("restore pid %d: resume: %w", it.r.pid, err))
