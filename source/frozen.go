@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/par"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/source/track"
 )
@@ -371,23 +371,12 @@ func (f *frozenState) readFDs(ctx context.Context, parallel bool) error {
 	// final round ran there (1.6-5.9 ms for an nginx tree's three
 	// processes, against 1.5-3.5 on goroutines).
 	errs := make([]error, len(f.all))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4, len(f.all)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(f.all) {
-					return
-				}
-				d := f.all[i]
-				d.ownLapped = time.Now()
-				errs[i] = d.describeFDs(ctx, sets[i])
-				d.ownLap("read: fds")
-			}
-		})
-	}
-	wg.Wait()
+	par.Do(len(f.all), min(runtime.GOMAXPROCS(0), 4), func(i int) {
+		d := f.all[i]
+		d.ownLapped = time.Now()
+		errs[i] = d.describeFDs(ctx, sets[i])
+		d.ownLap("read: fds")
+	})
 	var first error
 	for i, d := range f.all {
 		d.mergeFDs(sets[i])

@@ -12,12 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
+	"github.com/procmig/migrate/internal/par"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -614,34 +614,23 @@ func (b *Builder) check() error {
 	sharedFound := make([][]Difference, len(shared))
 	jobs := len(b.all) + len(shared)
 	tc := planTimeCheck(b.ss.img)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4, jobs) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= jobs {
-					return
-				}
-				if i >= len(b.all) {
-					sharedFound[i-len(b.all)] = shared[i-len(b.all)]()
-					continue
-				}
-				r := b.all[i]
-				if r.proc.Zombie != nil {
-					continue
-				}
-				c := &checker{pid: r.pid}
-				if r.p != nil {
-					c.affinity = r.p.Affinity
-				}
-				c.check(r.proc, i == 0)
-				checkTime(c, tc)
-				found[i], maps[i] = c.diffs, c.maps
-			}
-		})
-	}
-	wg.Wait()
+	par.Do(jobs, min(runtime.GOMAXPROCS(0), 4), func(i int) {
+		if i >= len(b.all) {
+			sharedFound[i-len(b.all)] = shared[i-len(b.all)]()
+			return
+		}
+		r := b.all[i]
+		if r.proc.Zombie != nil {
+			return
+		}
+		c := &checker{pid: r.pid}
+		if r.p != nil {
+			c.affinity = r.p.Affinity
+		}
+		c.check(r.proc, i == 0)
+		checkTime(c, tc)
+		found[i], maps[i] = c.diffs, c.maps
+	})
 	var diffs []Difference
 	for _, ds := range found {
 		for _, d := range ds {

@@ -10,13 +10,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/par"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -579,22 +578,9 @@ func (r *restorer) prebuildTCP(ctx context.Context) error {
 	}
 	files := make([]*os.File, len(todo))
 	errs := make([]error, len(todo))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(todo) {
-					return
-				}
-				files[i], errs[i] = r.openFD(ctx, todo[i], nil)
-			}
-		}()
-	}
-	wg.Wait()
+	par.Do(len(todo), min(runtime.GOMAXPROCS(0), 4), func(i int) {
+		files[i], errs[i] = r.openFD(ctx, todo[i], nil)
+	})
 	var first error
 	for i, fd := range todo {
 		if files[i] != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/procmig/migrate/core/netlock"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/par"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -579,24 +580,11 @@ func (b *Builder) resume() (*RestoreReport, error) {
 	// stopped, a few at a time (hundreds take milliseconds one after the
 	// other). A failure leaves that connection dead, not the process.
 	fns := b.ss.atResume
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 4, (len(fns)+15)/16) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(fns) {
-					return
-				}
-				if err := fns[i](); err != nil {
-					b.ss.warn("%v", err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	par.Do(len(fns), min(runtime.GOMAXPROCS(0), 4, (len(fns)+15)/16), func(i int) {
+		if err := fns[i](); err != nil {
+			b.ss.warn("%v", err)
+		}
+	})
 	if b.connected != nil {
 		b.connected()
 	}

@@ -14,12 +14,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/procmig/migrate/core"
+	"github.com/procmig/migrate/internal/par"
 	"github.com/procmig/migrate/internal/raw"
 )
 
@@ -205,34 +204,12 @@ func (p *Process) ReadOptions() error {
 	if defaults == nil {
 		defaults = &p.defaults
 	}
-	workers := min(runtime.GOMAXPROCS(0), 4, (len(jobs)+15)/16)
-	if workers <= 1 {
-		// On the caller's thread (a tracer's, in a dump): a goroutine
-		// of its own would wait for a CPU, and the caller for it.
-		for _, j := range jobs {
-			if err := j.sd.readOptions(j.s, defaults); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	// Fewer than 16 on the caller's thread (a tracer's, in a dump): see
+	// par.Do.
 	errs := make([]error, len(jobs))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(jobs) {
-					return
-				}
-				errs[i] = jobs[i].sd.readOptions(jobs[i].s, defaults)
-			}
-		}()
-	}
-	wg.Wait()
+	par.Do(len(jobs), min(runtime.GOMAXPROCS(0), 4, (len(jobs)+15)/16), func(i int) {
+		errs[i] = jobs[i].sd.readOptions(jobs[i].s, defaults)
+	})
 	for _, err := range errs {
 		if err != nil {
 			return err // the first fd's
