@@ -481,84 +481,62 @@ func redirect(t *testing.T, ns *testNS, from, to uint16) {
 	}
 }
 
-// TestLockAdd: a lock taken on a listening port alone, then given a
-// connection, holds the connection too, and only it.
+// TestLockAdd: connections added to an installed lock (one on the
+// listening ports, as a source's before its freeze, or one installed
+// empty, as a live target's before the freeze, which drops nothing until
+// then) are dropped, and only they.
 func TestLockAdd(t *testing.T) {
-	ns := newNetNS(t)
-	ln := ns.listen(t, "tcp", "127.0.0.1:0")
-	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
-	other, otherServer := ns.connect(t, "127.0.0.2", "tcp4", ln)
-	lp := netip.MustParseAddrPort(ln.Addr().String())
-	l, err := Install(ns.path, Spec{Listeners: []netip.AddrPort{lp}}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Unlock()
-	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err != nil {
-		t.Fatalf("add: %v", err)
-	}
-	if _, err := client.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(server, "ping", 400*time.Millisecond); !isTimeout(err) {
-		t.Fatalf("server read after the connection was added: %v, want a timeout", err)
-	}
-	if _, err := other.Write([]byte("free")); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(otherServer, "free", time.Second); err != nil {
-		t.Fatalf("a connection not added: %v", err)
-	}
-	if err := l.Unlock(); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(server, "ping", 5*time.Second); err != nil {
-		t.Fatalf("after unlock: %v", err)
-	}
-	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err == nil {
-		t.Errorf("add to a released lock: no error")
-	}
-}
-
-// TestLockEmptyThenAdd: a lock installed empty (a live target's, before
-// the freeze) drops nothing until connections are added to it, and then
-// only theirs.
-func TestLockEmptyThenAdd(t *testing.T) {
-	ns := newNetNS(t)
-	ln := ns.listen(t, "tcp", "127.0.0.1:0")
-	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
-	other, otherServer := ns.connect(t, "127.0.0.2", "tcp4", ln)
-	l, err := Install(ns.path, Spec{}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Unlock()
-	if _, err := client.Write([]byte("before")); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(server, "before", 5*time.Second); err != nil {
-		t.Fatalf("through the empty lock: %v", err)
-	}
-	if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err != nil {
-		t.Fatalf("add: %v", err)
-	}
-	if _, err := client.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(server, "ping", 400*time.Millisecond); !isTimeout(err) {
-		t.Fatalf("server read after the connection was added: %v, want a timeout", err)
-	}
-	if _, err := other.Write([]byte("free")); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(otherServer, "free", 5*time.Second); err != nil {
-		t.Fatalf("a connection not added: %v", err)
-	}
-	if err := l.Unlock(); err != nil {
-		t.Fatal(err)
-	}
-	if err := readWithin(server, "ping", 5*time.Second); err != nil {
-		t.Fatalf("after unlock: %v", err)
+	for _, c := range []struct {
+		name  string
+		empty bool
+	}{{"listeners", false}, {"empty", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := newNetNS(t)
+			ln := ns.listen(t, "tcp", "127.0.0.1:0")
+			client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
+			other, otherServer := ns.connect(t, "127.0.0.2", "tcp4", ln)
+			var spec Spec
+			if !c.empty {
+				spec.Listeners = []netip.AddrPort{netip.MustParseAddrPort(ln.Addr().String())}
+			}
+			l, err := Install(ns.path, spec, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Unlock()
+			if c.empty {
+				if _, err := client.Write([]byte("before")); err != nil {
+					t.Fatal(err)
+				}
+				if err := readWithin(server, "before", 5*time.Second); err != nil {
+					t.Fatalf("through the empty lock: %v", err)
+				}
+			}
+			if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err != nil {
+				t.Fatalf("add: %v", err)
+			}
+			if _, err := client.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			if err := readWithin(server, "ping", 400*time.Millisecond); !isTimeout(err) {
+				t.Fatalf("server read after the connection was added: %v, want a timeout", err)
+			}
+			if _, err := other.Write([]byte("free")); err != nil {
+				t.Fatal(err)
+			}
+			if err := readWithin(otherServer, "free", 5*time.Second); err != nil {
+				t.Fatalf("a connection not added: %v", err)
+			}
+			if err := l.Unlock(); err != nil {
+				t.Fatal(err)
+			}
+			if err := readWithin(server, "ping", 5*time.Second); err != nil {
+				t.Fatalf("after unlock: %v", err)
+			}
+			if err := l.Add(Spec{Conns: []Conn{serverSide(server)}}); err == nil {
+				t.Errorf("add to a released lock: no error")
+			}
+		})
 	}
 }
 
