@@ -279,6 +279,7 @@ func TestDumpRefusesDeadline(t *testing.T) {
 		t.Errorf("the refusal does not name the thread: %v", err)
 	}
 	testutil.RequireRunning(t, p.PID)
+	waitPaused(t, p.PID)
 	p.Signal(t, unix.SIGUSR1)
 	if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("the refused process ended with %v, want exit 0", ws)
@@ -404,6 +405,7 @@ func TestDumpRefusesThreadStates(t *testing.T) {
 		}
 		t.Logf("refused: %v", err)
 		checkRunningUntraced(t, p.PID)
+		waitPaused(t, p.PID)
 		p.Signal(t, unix.SIGUSR1)
 		if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 			t.Errorf("the refused process ended with %v, want exit 0", ws)

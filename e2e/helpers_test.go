@@ -135,6 +135,16 @@ func restoreOptsReport(t *testing.T, dir, log string, opts target.RestoreOptions
 	return p, rep
 }
 
+// waitPaused waits until the sleeper pid (modes pause, pause2, landlock,
+// ...) sleeps in pause(). It says "sleeping" just before the call, so a
+// SIGUSR1 sent on that line alone could be handled before the call, which
+// would then wait for ever (a dump that seized it in between made that
+// window wide enough to hit on a loaded machine).
+func waitPaused(t *testing.T, pid int) {
+	t.Helper()
+	testutil.WaitSyscall(t, short, pid, unix.SYS_PAUSE)
+}
+
 // checkRunningUntraced checks that pid runs on its own: not stopped, not
 // traced.
 func checkRunningUntraced(t *testing.T, pid int) {

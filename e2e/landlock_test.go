@@ -53,6 +53,7 @@ func wantLandlockRefusal(t *testing.T, p *testutil.Proc, err error, thread bool)
 	}
 	t.Logf("refused: %v", err)
 	checkRunningUntraced(t, p.PID)
+	waitPaused(t, p.PID)
 	p.Signal(t, unix.SIGUSR1)
 	if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("the refused process ended with %v, want exit 0 (its pause ended by the signal it handles)", ws)
@@ -111,6 +112,7 @@ func TestLandlockRefused(t *testing.T) {
 		for _, pid := range childrenOf(t, init) {
 			t.Errorf("a process %d left in the container", pid)
 		}
+		waitPaused(t, init)
 		unix.Kill(init, unix.SIGUSR1)
 		if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 			t.Errorf("the refused container ended with %v, want exit 0", ws)
@@ -135,6 +137,7 @@ func TestLandlockRefused(t *testing.T) {
 			if _, err := source.Dump(context.Background(), source.DumpOptions{PID: p.PID, Dir: t.TempDir(), LeaveRunning: true, Logger: testLogger(t)}); err != nil {
 				t.Fatalf("dump: %v", err)
 			}
+			waitPaused(t, p.PID)
 			p.Signal(t, unix.SIGUSR1)
 			if ws := p.WaitExit(t, short); !ws.Exited() || ws.ExitStatus() != 0 {
 				t.Errorf("the process ended with %v, want exit 0", ws)
@@ -202,6 +205,7 @@ func TestLandlockJoinedAtFreeze(t *testing.T) {
 	checkRunningUntraced(t, p.PID)
 	checkRunningUntraced(t, child)
 	// The sleeper's pause ends by the signal it handles: it ran on untouched.
+	waitPaused(t, child)
 	unix.Kill(child, unix.SIGUSR1)
 	testutil.WaitFor(t, short, "the sleeper's pause to end", func() bool {
 		b, _ := os.ReadFile(log)

@@ -23,6 +23,8 @@ func TestLiveInterruptedPauseSignalled(t *testing.T) {
 	// pause2: it lives on after the first pause, in a second one.
 	p := testutil.Start(t, testutil.Build(t, "sleeper"), "pause2")
 	p.WaitLine(t, short, 0, "sleeping")
+	// In pause as it is moved: the signal is to end it on the target.
+	waitPaused(t, p.PID)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: s.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
