@@ -81,6 +81,10 @@ func TestCheckFindsDifferences(t *testing.T) {
 			t.Errorf("changed %s: differences %v, none names it", what, diffs)
 		}
 	}
+	// Signalled once it sleeps in pause(): it was dumped on its
+	// "sleeping" line, maybe before the call, which it then makes only
+	// after the restore; a SIGUSR1 handled before it would be lost.
+	waitPaused(t, r.PID)
 	r.Signal(t, 10)
 	r.WaitLine(t, short, 0, "paused")
 }
