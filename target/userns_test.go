@@ -23,10 +23,15 @@ func TestCheckUserNS(t *testing.T) {
 		testutil.Unavailable(t, "unshare (util-linux) is not installed: %v", err)
 	}
 	p := testutil.Start(t, unshare, "--user", "--map-root-user", "--uts", "sleep", "600")
+	// Once it runs sleep: unshare makes the namespace, then writes its
+	// uid_map, setgroups and gid_map, then execs. In the namespace alone,
+	// it could be read with the uid map written and not the gid map (it
+	// was, on a loaded machine).
 	testutil.WaitFor(t, 10*time.Second, "sleep in its user namespace", func() bool {
 		a, _ := proc.NamespaceOf("/proc/self/ns/user")
 		b, err := proc.NamespaceOf("/proc/" + strconv.Itoa(p.PID) + "/ns/user")
-		return err == nil && a != b
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/comm")
+		return err == nil && a != b && string(comm) == "sleep\n"
 	})
 	all := []*restorer{{pid: p.PID, proc: &core.Process{PID: p.PID}}}
 	same := &core.UserNamespace{UIDMap: []core.IDMap{{Inside: 0, Outside: 0, Count: 1}}, GIDMap: []core.IDMap{{Inside: 0, Outside: 0, Count: 1}}, SetGroups: "deny"}
