@@ -57,7 +57,7 @@ func TestContainerUserNSRefusals(t *testing.T) {
 		}
 		p := testutil.Start(t, unshare, "--user", "--map-root-user", "sleep", "600")
 		testutil.WaitFor(t, short, "sleep in its user namespace", func() bool {
-			return userNS(p.PID) != userNS(os.Getpid())
+			return userNS(p.PID) != userNS(os.Getpid()) && execd(p.PID, "sleep")
 		})
 		if ue := refused(t, p.PID, source.UserNSOwn); ue.PID != p.PID {
 			t.Fatalf("refused process %d, want %d", ue.PID, p.PID)
@@ -126,7 +126,7 @@ func TestContainerUserNSRefusals(t *testing.T) {
 		// owned by migrate's user namespace.
 		holder := testutil.Start(t, unshare, "--user", "--map-root-user", "--mount", "sleep", "600")
 		testutil.WaitFor(t, short, "the namespaces' holder", func() bool {
-			return userNS(holder.PID) != userNS(os.Getpid())
+			return userNS(holder.PID) != userNS(os.Getpid()) && execd(holder.PID, "sleep")
 		})
 		p := testutil.Start(t, nsenter, fmt.Sprintf("--mount=/proc/%d/ns/mnt", holder.PID), "--", "sleep", "600")
 		mnt := func(pid int) string { l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); return l }
@@ -256,6 +256,13 @@ func TestContainerUserNSDumpRestore(t *testing.T) {
 			r.WaitExit(t, short)
 		})
 	}
+}
+
+// execd says whether pid runs comm: unshare, which writes its new user
+// namespace's maps after making it, has exec'd the command it was given.
+func execd(pid int, comm string) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return string(b) == comm+"\n"
 }
 
 func userNS(pid int) string {
