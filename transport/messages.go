@@ -163,12 +163,17 @@ type Ready struct {
 
 // Commit tells the target to resume the process.
 type Commit struct {
-	Body json.RawMessage `json:"body,omitempty"`
+	// Nonce is a random value the target's Resumed gives back: that
+	// Resumed answers this commit (one sent before the target had it,
+	// by a broken or hostile target, cannot name it).
+	Nonce string          `json:"nonce,omitempty"`
+	Body  json.RawMessage `json:"body,omitempty"`
 }
 
 // Resumed says the process runs on the target.
 type Resumed struct {
-	Body json.RawMessage `json:"body,omitempty"`
+	Nonce string          `json:"nonce,omitempty"` // the Commit's
+	Body  json.RawMessage `json:"body,omitempty"`
 }
 
 // Abort ends the migration before commit.

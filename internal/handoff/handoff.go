@@ -11,7 +11,7 @@ import (
 
 // Version is the version of the handoff protocol both sides speak
 // (transport.Hello.Version).
-const Version = 1
+const Version = 2
 
 // Phases of the handoff, as SourceError.Phase and TargetError.Phase name
 // them. Each side names the steps it goes through; hello and ready are

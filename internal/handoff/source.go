@@ -20,6 +20,12 @@ package handoff
 // effort), ResumeOriginal, and a *SourceError naming the phase. The
 // target resumes only on a Commit, so nothing runs there.
 //
+// The Commit carries a random nonce that the target's Resumed gives back:
+// a Resumed without it (sent before the target had the commit, by a
+// broken or hostile target) is not the answer, and the target is asked
+// instead. The order in which the source's reader happens to receive it
+// cannot tell: a message sent before the commit may arrive after it.
+//
 // Once the Commit is attempted (even if Send failed: the bytes may have
 // left), the source no longer decides anything. Anything but Resumed
 // closes the link, and QueryOutcome asks the target, on fresh
@@ -659,7 +665,8 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 		c.Committing()
 	}
 	s.commitSent.Store(true)
-	why := s.send(&transport.Commit{})
+	nonce := transport.NewSessionID()
+	why := s.send(&transport.Commit{Nonce: nonce})
 	if why == nil {
 		m, err := s.next(ctx, s.cfg.ResumedTimeout, "resumed")
 		switch {
@@ -669,6 +676,11 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 			// Sent before the target had the commit (a hostile or broken
 			// target): not the answer; the target is asked instead.
 			why = unexpected(transport.RoleTarget, m, "resumed, after the commit")
+		case isResumed(m) && m.(*transport.Resumed).Nonce != nonce:
+			// Not the answer to this commit: sent before the target had
+			// it (which the reader cannot always tell: lastEarly), by a
+			// broken or hostile target. The target is asked instead.
+			why = protocolErr(transport.RoleTarget, "a resumed that does not answer the commit (its nonce %q)", transport.ClipText(m.(*transport.Resumed).Nonce))
 		default:
 			if r, ok := m.(*transport.Resumed); ok {
 				s.stopReader()
@@ -810,4 +822,9 @@ func QueryFiles(ctx context.Context, conn Conn, query json.RawMessage, timeout t
 		return r.Body, nil
 	}
 	return nil, fmt.Errorf("files query: %w", unexpected(transport.RoleTarget, m, "files-reply"))
+}
+
+func isResumed(m transport.Msg) bool {
+	_, ok := m.(*transport.Resumed)
+	return ok
 }

@@ -26,7 +26,14 @@ type hostileScript struct {
 	r     *bytes.Reader
 	conns int      // connections made
 	log   []string // what happened, in order: "send T", "recv T", actions
+	// nonce is the last Commit's: a Resumed of the script whose nonce is
+	// echoNonce gets it, if the commit was sent before (as a target that
+	// answers it would).
+	nonce string
 }
+
+// echoNonce in a scripted Resumed stands for the nonce of the commit.
+const echoNonce = "echo"
 
 func (h *hostileScript) note(ev string) {
 	h.mu.Lock()
@@ -86,7 +93,12 @@ func (c *hostileConn) Send(m transport.Msg) error {
 	if _, err := transport.AppendMsg(nil, m); err != nil {
 		return err
 	}
-	c.h.note("send " + m.MsgType().String())
+	c.h.mu.Lock()
+	if cm, ok := m.(*transport.Commit); ok {
+		c.h.nonce = cm.Nonce
+	}
+	c.h.log = append(c.h.log, "send "+m.MsgType().String())
+	c.h.mu.Unlock()
 	c.mu.Lock()
 	c.sent++
 	c.mu.Unlock()
@@ -130,7 +142,14 @@ func (c *hostileConn) Recv(ctx context.Context) (transport.Msg, error) {
 	if r, ok := m.(*transport.StatusReply); ok {
 		ev += " " + r.Outcome.String()
 	}
-	c.h.note(ev)
+	// The echo and the note under one lock, as the commit's send and
+	// its note: a Resumed noted before the commit cannot have its nonce.
+	c.h.mu.Lock()
+	if r, ok := m.(*transport.Resumed); ok && r.Nonce == echoNonce && c.h.nonce != "" {
+		r.Nonce = c.h.nonce
+	}
+	c.h.log = append(c.h.log, ev)
+	c.h.mu.Unlock()
 	return m, nil
 }
 
@@ -187,7 +206,7 @@ func hostileSeeds(t testing.TB) map[transport.Outcome][][]byte {
 		transport.OutcomeResumed: {
 			// Hello after the source's hello, the answer to round 0 after
 			// its end, ready after the state, resumed after the commit.
-			appendFrames(t, nil, 1, hello, 3, &transport.RoundDone{Round: 0}, 6, &transport.Ready{}, 7, &transport.Resumed{Body: resumedBody}),
+			appendFrames(t, nil, 1, hello, 3, &transport.RoundDone{Round: 0}, 6, &transport.Ready{}, 7, &transport.Resumed{Nonce: echoNonce, Body: resumedBody}),
 			// Silence after the commit; a status question answered resumed.
 			appendFrames(t, nil, 1, hello, 3, &transport.RoundDone{Round: 0}, 6, &transport.Ready{},
 				0x11, &transport.StatusReply{SessionID: testSession, Outcome: transport.OutcomeResumed}),
@@ -202,6 +221,10 @@ func hostileSeeds(t testing.TB) map[transport.Outcome][][]byte {
 		transport.OutcomeUnknown: {
 			// Silence after the commit, and nobody answers questions.
 			appendFrames(t, nil, 1, hello, 3, &transport.RoundDone{Round: 0}, 6, &transport.Ready{}),
+			// A resumed after the commit that does not give its nonce
+			// back (as one sent before the target had the commit): not
+			// the answer; nobody answers the questions.
+			appendFrames(t, nil, 1, hello, 3, &transport.RoundDone{Round: 0}, 6, &transport.Ready{}, 7, &transport.Resumed{Body: resumedBody}),
 		},
 	}
 }

@@ -83,7 +83,7 @@ func (t *fakeTarget) recv(m transport.Msg) ([]transport.Msg, bool) {
 		if t.silent {
 			return nil, false
 		}
-		return []transport.Msg{&transport.Hello{Version: 1, SessionID: testSession, Role: transport.RoleTarget}}, false
+		return []transport.Msg{&transport.Hello{Version: Version, SessionID: testSession, Role: transport.RoleTarget}}, false
 	case tRounds:
 		switch m := m.(type) {
 		case *transport.Layout:
@@ -116,7 +116,8 @@ func (t *fakeTarget) recv(m transport.Msg) ([]transport.Msg, bool) {
 		}
 		return nil, false
 	case tReady:
-		if _, ok := m.(*transport.Commit); !ok {
+		c, ok := m.(*transport.Commit)
+		if !ok {
 			return t.abort("unexpected")
 		}
 		if t.state != transport.OutcomeUnknown {
@@ -128,7 +129,7 @@ func (t *fakeTarget) recv(m transport.Msg) ([]transport.Msg, bool) {
 		t.state, t.phase = transport.OutcomeResumed, tResumed
 		t.resumed++
 		t.rec.add("target resumed")
-		return []transport.Msg{&transport.Resumed{}}, false
+		return []transport.Msg{&transport.Resumed{Nonce: c.Nonce}}, false
 	}
 	panic("unreachable")
 }
@@ -906,7 +907,7 @@ func TestHandoffSourceQueryBackoff(t *testing.T) {
 // handoff before the commit.
 func TestHandoffSourceProtocol(t *testing.T) {
 	hello := func(mod func(*transport.Hello)) transport.Msg {
-		h := &transport.Hello{Version: 1, SessionID: testSession, Role: transport.RoleTarget}
+		h := &transport.Hello{Version: Version, SessionID: testSession, Role: transport.RoleTarget}
 		mod(h)
 		return h
 	}
@@ -916,7 +917,7 @@ func TestHandoffSourceProtocol(t *testing.T) {
 	}{
 		{"role", hello(func(h *transport.Hello) { h.Role = transport.RoleSource })},
 		{"session", hello(func(h *transport.Hello) { h.SessionID = strings.Repeat("a", 32) })},
-		{"version", hello(func(h *transport.Hello) { h.Version = 2 })},
+		{"version", hello(func(h *transport.Hello) { h.Version = Version + 1 })},
 		{"ready", &transport.Ready{}},
 		{"resumed", &transport.Resumed{}},
 		{"status-reply", &transport.StatusReply{SessionID: testSession, Outcome: transport.OutcomeResumed}},

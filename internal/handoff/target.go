@@ -301,10 +301,11 @@ func (t *targetRun) run(ctx context.Context, hello *transport.Hello) (transport.
 	if err != nil {
 		return t.fail(ctx, PhaseReady, err)
 	}
-	if _, ok := m.(*transport.Commit); !ok {
+	c, ok := m.(*transport.Commit)
+	if !ok {
 		return t.fail(ctx, PhaseReady, unexpected(transport.RoleSource, m, "commit"))
 	}
-	return t.commit(ctx)
+	return t.commit(ctx, c.Nonce)
 }
 
 // rounds receives the layouts and rounds of pages, the freeze and the
@@ -368,7 +369,7 @@ func (t *targetRun) rounds(ctx context.Context) (*transport.State, string, error
 
 // commit resumes the process the source asked for. The source's link no
 // longer matters, nor ctx.
-func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
+func (t *targetRun) commit(ctx context.Context, nonce string) (transport.Outcome, error) {
 	if !t.out.commit(t.cfg.SessionID) {
 		return t.fail(ctx, PhaseReady, fmt.Errorf("commit refused: %w", ErrAbortedByQuery))
 	}
@@ -390,7 +391,7 @@ func (t *targetRun) commit(ctx context.Context) (transport.Outcome, error) {
 	}
 	t.out.settle(t.cfg.SessionID, transport.OutcomeResumed)
 	t.log.Info("handoff: resumed")
-	resumed := &transport.Resumed{}
+	resumed := &transport.Resumed{Nonce: nonce}
 	if rb, ok := t.act.(interface{ ResumedBody() json.RawMessage }); ok {
 		resumed.Body = rb.ResumedBody()
 	}

@@ -82,7 +82,7 @@ func FuzzTargetHandoff(f *testing.F) {
 		for _, b := range script {
 			switch b % 8 {
 			case 0:
-				in = append(in, &transport.Hello{Version: 1, SessionID: sess, Role: transport.RoleSource, PID: 42})
+				in = append(in, &transport.Hello{Version: Version, SessionID: sess, Role: transport.RoleSource, PID: 42})
 			case 1:
 				in = append(in, &transport.Layout{Round: round, Body: []byte(`{}`)})
 			case 2:

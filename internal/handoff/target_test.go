@@ -21,7 +21,7 @@ import (
 
 // Messages of a source.
 func hello() *transport.Hello {
-	return &transport.Hello{Version: 1, SessionID: testSession, Role: transport.RoleSource, PID: 42}
+	return &transport.Hello{Version: Version, SessionID: testSession, Role: transport.RoleSource, PID: 42}
 }
 func layout(r uint32) *transport.Layout {
 	return &transport.Layout{Round: r, Body: json.RawMessage(`{"vmas":3}`)}
@@ -457,7 +457,7 @@ func TestHandoffTargetProtocol(t *testing.T) {
 		{"commit-first", commit},
 		{"wrong-role", bad(func(h *transport.Hello) { h.Role = transport.RoleTarget })},
 		{"wrong-session", bad(func(h *transport.Hello) { h.SessionID = strings.Repeat("b", 32) })},
-		{"wrong-version", bad(func(h *transport.Hello) { h.Version = 2 })},
+		{"wrong-version", bad(func(h *transport.Hello) { h.Version = Version + 1 })},
 		{"no-pid", bad(func(h *transport.Hello) { h.PID = 0 })},
 	}
 	for _, c := range refused {
