@@ -45,7 +45,6 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/procmig/migrate/transport"
@@ -305,9 +304,6 @@ func (r *Rounds) live() error {
 type inbound struct {
 	m   transport.Msg
 	err error
-	// early: it came in before the commit was sent, so it cannot answer
-	// the commit.
-	early bool
 }
 
 // sourceRun is one handoff in progress.
@@ -327,10 +323,6 @@ type sourceRun struct {
 	dead       error         // the link failed (the reader has stopped)
 	stopReader func()        // stops the reader and closes conn; idempotent
 	readerDone chan struct{} // closed when the reader returns
-	// commitSent is set as the commit goes out; lastEarly says whether
-	// the message take returned last came in before that.
-	commitSent atomic.Bool
-	lastEarly  bool
 }
 
 // RunSource migrates the process cfg.PID to the target at the other end of
@@ -482,7 +474,7 @@ func (s *sourceRun) read(ctx context.Context) {
 	for {
 		m, err := s.conn.Recv(ctx)
 		select {
-		case s.in <- inbound{m, err, !s.commitSent.Load()}:
+		case s.in <- inbound{m, err}:
 		case <-ctx.Done():
 			return
 		}
@@ -515,7 +507,6 @@ const lastWordGrace = time.Second
 
 // take records what the reader delivered: a message, or the link's end.
 func (s *sourceRun) take(r inbound) (transport.Msg, error) {
-	s.lastEarly = r.early
 	if r.err != nil {
 		s.dead = fmt.Errorf("control link lost: %w", r.err)
 		return nil, s.dead
@@ -664,33 +655,28 @@ func (s *sourceRun) commit(ctx context.Context) (transport.Outcome, error) {
 	if c, ok := s.act.(interface{ Committing() }); ok {
 		c.Committing()
 	}
-	s.commitSent.Store(true)
 	nonce := transport.NewSessionID()
 	why := s.send(&transport.Commit{Nonce: nonce})
 	if why == nil {
 		m, err := s.next(ctx, s.cfg.ResumedTimeout, "resumed")
+		r, ok := m.(*transport.Resumed)
 		switch {
 		case err != nil:
 			why = err
-		case s.lastEarly:
-			// Sent before the target had the commit (a hostile or broken
-			// target): not the answer; the target is asked instead.
-			why = unexpected(transport.RoleTarget, m, "resumed, after the commit")
-		case isResumed(m) && m.(*transport.Resumed).Nonce != nonce:
-			// Not the answer to this commit: sent before the target had
-			// it (which the reader cannot always tell: lastEarly), by a
-			// broken or hostile target. The target is asked instead.
-			why = protocolErr(transport.RoleTarget, "a resumed that does not answer the commit (its nonce %q)", transport.ClipText(m.(*transport.Resumed).Nonce))
-		default:
-			if r, ok := m.(*transport.Resumed); ok {
-				s.stopReader()
-				// Actions that want what the target measured get it.
-				if rb, ok := s.act.(interface{ Resumed(json.RawMessage) }); ok && len(r.Body) > 0 {
-					rb.Resumed(r.Body)
-				}
-				return s.killOriginal()
-			}
+		case !ok:
 			why = unexpected(transport.RoleTarget, m, "resumed")
+		case r.Nonce != nonce:
+			// Not the answer to this commit: sent before the target had
+			// it, by a broken or hostile target. The target is asked
+			// instead.
+			why = protocolErr(transport.RoleTarget, "a resumed that does not answer the commit (its nonce %q)", transport.ClipText(r.Nonce))
+		default:
+			s.stopReader()
+			// Actions that want what the target measured get it.
+			if rb, ok := s.act.(interface{ Resumed(json.RawMessage) }); ok && len(r.Body) > 0 {
+				rb.Resumed(r.Body)
+			}
+			return s.killOriginal()
 		}
 	}
 	s.log.Warn("handoff: outcome of the commit uncertain; asking the target", "err", why)
@@ -822,9 +808,4 @@ func QueryFiles(ctx context.Context, conn Conn, query json.RawMessage, timeout t
 		return r.Body, nil
 	}
 	return nil, fmt.Errorf("files query: %w", unexpected(transport.RoleTarget, m, "files-reply"))
-}
-
-func isResumed(m transport.Msg) bool {
-	_, ok := m.(*transport.Resumed)
-	return ok
 }
