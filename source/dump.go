@@ -134,7 +134,10 @@ type dumper struct {
 	pages          *core.PagesInfo
 	stat           *proc.Stat
 	status         *proc.Status
-	fdset          *fdSet
+	// frozenStatus is status as collectTask read it frozen (nil if it
+	// could not): mapScratch's VmLck before its mmap.
+	frozenStatus *proc.Status
+	fdset        *fdSet
 	// fdsRead are the process's fds and their fdinfo, read while the
 	// frozen tree's processes are read side by side (prefetchFDs), for
 	// collectFDs, which takes them.

@@ -34,10 +34,18 @@ const (
 // does not show: a new area of a process with MCL_FUTURE in effect is
 // locked (it counts in VmLck), and populated at once unless MCL_ONFAULT
 // is set too.
+//
+// The VmLck before the mmap is that of collectTask's read, when there was
+// one: the process has stayed frozen since, and nothing it runs after
+// (stepOutOfVDSO is done by then) locks memory. One read of /proc/PID/status
+// less a process in the frozen window.
 func (d *dumper) mapScratch() error {
-	before, err := proc.ReadStatus(d.pid)
-	if err != nil {
-		return fmt.Errorf("process %d: %w", d.pid, err)
+	before := d.frozenStatus
+	if before == nil {
+		var err error
+		if before, err = proc.ReadStatus(d.pid); err != nil {
+			return fmt.Errorf("process %d: %w", d.pid, err)
+		}
 	}
 	addr, err := d.p.Syscall(d.p.Leader(), "mmap", unix.SYS_MMAP, 0, scratchSize,
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)

@@ -24,6 +24,7 @@ import (
 	"github.com/procmig/migrate/core"
 	"github.com/procmig/migrate/core/proc"
 	"github.com/procmig/migrate/core/ptrace"
+	"github.com/procmig/migrate/internal/deepcopy"
 	"github.com/procmig/migrate/internal/handoff"
 	"github.com/procmig/migrate/pagestream"
 	"github.com/procmig/migrate/source/sockets"
@@ -895,15 +896,15 @@ func (a *liveSource) treeOf(layouts [][]core.VMA) []core.Process {
 // nothing of it shares memory with p. Its MM is zero, "not collected
 // yet" (core's validateMM), as in the layouts before the freeze: the
 // injected brk completes it, after the copy.
+//
+// A deep copy (internal/deepcopy), not a round trip through JSON, which
+// took about 1.3 ms of CPU for an nginx tree's three processes in the
+// frozen window, on the read's critical path (perf at 10 kHz).
 func layoutCopy(p *core.Process) (core.Process, error) {
 	c := *p
 	c.VMAs, c.FDs, c.MM = nil, nil, core.MM{}
-	b, err := json.Marshal(&c)
+	out, err := deepcopy.Of(c)
 	if err != nil {
-		return core.Process{}, fmt.Errorf("process %d: %w", p.PID, err)
-	}
-	var out core.Process
-	if err := json.Unmarshal(b, &out); err != nil {
 		return core.Process{}, fmt.Errorf("process %d: %w", p.PID, err)
 	}
 	return out, nil

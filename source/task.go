@@ -26,8 +26,9 @@ func (d *dumper) collectTask() error {
 	if st, err := proc.ReadStat(d.pid); err == nil {
 		d.stat = st
 	}
+	d.frozenStatus = nil
 	if status, err := proc.ReadStatus(d.pid); err == nil {
-		d.status = status
+		d.status, d.frozenStatus = status, status
 	}
 	st, status := d.stat, d.status
 	p.PID = d.pid
