@@ -974,6 +974,9 @@ func (a *liveSource) Freeze(ctx context.Context) error {
 			a.preSmaps[d.pid] = m
 		}
 	}
+	// The heap the frozen window allocates from, made ready while the
+	// processes still run (warmHeap).
+	warmHeap(len(a.all))
 	if err := a.d.prepareFreezer(a.d.pid); err != nil {
 		return err
 	}
