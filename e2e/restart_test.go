@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/procmig/migrate/internal/testutil"
 	"github.com/procmig/migrate/source"
-	"github.com/procmig/migrate/transport"
 )
 
 // TestLiveInterruptedPauseSignalled: a process waiting in pause(2), moved
@@ -17,6 +14,12 @@ import (
 // target gives the kernel the call as the seize interrupted it
 // (restart_code in the image); given the call rewound, pause ran again
 // after the handler and waited for ever for a signal that had come.
+//
+// The line is the restored process's (migrateLive finds it in the
+// service's PID namespace): the original, killed at the commit, is a
+// zombie of this test by then, and a wait on it failed the test whenever
+// the restored process had not written the line yet (29 of 300 runs
+// under scripts/stress.sh).
 func TestLiveInterruptedPauseSignalled(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := startServeWith(t, serveOptions{Hooks: []string{"pre-resume=kill -USR1 $MIGRATE_PID"}})
@@ -25,17 +28,9 @@ func TestLiveInterruptedPauseSignalled(t *testing.T) {
 	p.WaitLine(t, short, 0, "sleeping")
 	// In pause as it is moved: the signal is to end it on the target.
 	waitPaused(t, p.PID)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	rep, err := source.Migrate(ctx, source.MigrateOptions{PID: p.PID, To: s.Addr, Transport: transport.Config{Insecure: true}, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if rep.Outcome != "resumed" {
-		t.Fatalf("outcome %q", rep.Outcome)
-	}
+	r, _ := migrateLive(t, p, s, source.MigrateOptions{})
 	// The sleeper says how its pause ended.
-	if got, _ := p.WaitLine(t, short, 0, "paused "); got != "paused rc=-1 errno=4 handled=1" {
+	if got, _ := r.WaitLine(t, short, 0, "paused "); got != "paused rc=-1 errno=4 handled=1" {
 		t.Errorf("on the target: %q, want pause ended by the handled signal (rc=-1 errno=4 handled=1)", got)
 	}
 }
