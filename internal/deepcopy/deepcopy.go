@@ -15,7 +15,9 @@ import (
 )
 
 // Of returns a copy of v that shares no memory with it. A type it cannot
-// copy so (see Check) is an error, and nothing is copied.
+// copy so (see Check) is an error, and nothing is copied. v must hold no
+// cycle of pointers (which JSON could not encode either): the copy would
+// not end.
 func Of[T any](v T) (T, error) {
 	var out T
 	rv := reflect.ValueOf(&v).Elem()
