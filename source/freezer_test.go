@@ -355,7 +355,12 @@ func FuzzDecodeFreezerRecord(f *testing.F) {
 // time (each of 4 children of sh forks a subshell that exits, in a loop)
 // is stopped with the cgroup freezer 10 times: every process seized was
 // in the cgroup when it froze (none forked between the first stop and
-// the last; one exiting then may be gone). With ptrace alone, the
+// the last; one exiting then may be gone). A freeze that ran out of
+// freezeTimeout falls back to ptrace, as it should: on a host whose CPUs
+// are all busy (scripts/stress.sh with 2 CPUs kept busy and other
+// packages' tests beside) the churning tasks waited for a CPU longer
+// than that once in ten freezes, so up to 30 freezes are made for the
+// 10 by the cgroup. With ptrace alone, the
 // processes not yet stopped fork on meanwhile (nothing to compare with:
 // it stops the tree, 10 times).
 //
@@ -378,13 +383,14 @@ func TestFreezerStopsChurn(t *testing.T) {
 			root := shellTree(t, dir, 4, tc.script)
 			for _, mode := range tc.modes {
 				by := map[string]int{}
-				for range 10 {
+				n := 0
+				for ; n < 10 || (mode == FreezeCgroup && by["cgroup"] < 10 && n < 30); n++ {
 					by[stopChurn(t, root, mode, dir)]++
 				}
 				if mode == FreezeCgroup && by["cgroup"] < 10 {
-					t.Errorf("--freeze cgroup: stopped by %v", by)
+					t.Errorf("--freeze cgroup: stopped by %v in %d freezes, want the cgroup freezer 10 times", by, n)
 				}
-				t.Logf("--freeze %s: stopped by %v (10 freezes)", mode, by)
+				t.Logf("--freeze %s: stopped by %v (%d freezes)", mode, by, n)
 			}
 		})
 	}
