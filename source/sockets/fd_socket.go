@@ -354,8 +354,18 @@ func (sd *sockDump) agentPath(p string) (string, error) {
 // process, or for a datagram socket, a named socket elsewhere.
 func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 	if m.Peer == 0 {
-		// The peer was closed (sock_diag reports inode 0): a stream socket reads what is left, then
-		// end of file; a datagram socket's next send fails.
+		// sock_diag reports inode 0 for a peer that has none: one that was
+		// closed, or the server's end of a stream connection no one has
+		// accepted yet (it gets its inode at accept). A closed peer shut
+		// this end down both ways; a pending one did not, and its listener
+		// cannot be found from here (a socket of the tree or outside it):
+		// refused, not taken for closed, which would restore a live
+		// connection as ended.
+		if s.Type != unix.SOCK_DGRAM && m.HasShutdown && int(m.Shutdown)&(core.ShutRecv|core.ShutSend) != core.ShutRecv|core.ShutSend {
+			return sd.refuse("connected to a socket no one has accepted yet (still in its listener's queue, inside or outside the process)")
+		}
+		// Closed: a stream socket reads what is left, then end of file; a
+		// datagram socket's next send fails.
 		s.PeerGone = true
 		return nil
 	}

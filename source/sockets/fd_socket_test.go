@@ -196,6 +196,22 @@ func ownFDCount(t *testing.T) int {
 	return len(ents)
 }
 
+// TestDumpUnixPeerClosed: a connected unix socket whose peer was closed
+// (sock_diag: peer inode 0, this end shut down both ways for a stream or
+// seqpacket one) is dumped with PeerGone, not refused: it reads what is
+// left, then end of file (or its next send fails).
+func TestDumpUnixPeerClosed(t *testing.T) {
+	sd := newSockDumper(t)
+	for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_SEQPACKET, unix.SOCK_DGRAM} {
+		p := pair(t, typ)
+		unix.Close(p[1])
+		s := sd.mustDump(p[0])
+		if !s.PeerGone || s.Peer != 0 {
+			t.Errorf("socket type %d, its peer closed: %+v, want PeerGone", typ, s)
+		}
+	}
+}
+
 func TestDumpUnixStreamPair(t *testing.T) {
 	sd := newSockDumper(t)
 	p := pair(t, unix.SOCK_STREAM)
@@ -326,6 +342,13 @@ func TestDumpUnixNamed(t *testing.T) {
 	}
 	_, err := sd.dump(l)
 	requireRefused(t, err, l)
+	// So is the client's end: its peer, not accepted yet, has no inode
+	// (sock_diag says 0, as for a closed peer) and no one can say whose
+	// queue it is in; a closed peer would have shut it down both ways.
+	_, err = sd.dump(c)
+	if ue := requireRefused(t, err, c); !strings.Contains(ue.Reason, "accepted yet") {
+		t.Errorf("client before the accept refused for %q, want its peer not accepted yet", ue.Reason)
+	}
 	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
