@@ -90,6 +90,13 @@ type landlockProbe struct {
 // live.
 var probePIDs sync.Map
 
+// probeStarting is held (write) while a probe is started, from before its
+// fork until probePIDs has it, and (read) by processesIn while it looks:
+// a probe is in its namespace from the fork on, and was taken for a
+// process that entered a container's PID namespace (checkStrays refused
+// the container; 3 of 25 stressed runs of TestContainerLiveChurn).
+var probeStarting sync.RWMutex
+
 // isLandlockProbe says whether pid is a probe of migrate's.
 func isLandlockProbe(pid int) bool {
 	_, ok := probePIDs.Load(pid)
@@ -252,11 +259,14 @@ func startLandlockProbe(pid int, ns string, uid, gid uint32) (*landlockProbe, er
 		// closes it after the kernel opened the program.
 		c := exec.Command(fmt.Sprintf("/proc/self/fd/%d", fd))
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}
+		probeStarting.Lock()
 		if err := c.Start(); err != nil {
+			probeStarting.Unlock()
 			started <- fmt.Errorf("Landlock test: start a probe as uid %d gid %d: %w", uid, gid, err)
 			return
 		}
 		probePIDs.Store(c.Process.Pid, true)
+		probeStarting.Unlock()
 		pr.cmd = c
 		// Reaped as soon as it dies: the end of the PID namespace it is
 		// in kills it too, and the namespace's init waits, as it exits,

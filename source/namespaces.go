@@ -123,6 +123,8 @@ func findInit(ns string) int {
 // migrate's own Landlock probes (a container's PID namespace has one
 // while its processes are tested).
 func processesIn(kind, ns string) []int {
+	probeStarting.RLock() // no probe half started: each is known or not there
+	defer probeStarting.RUnlock()
 	ents, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range ents {
@@ -280,8 +282,13 @@ func checkStrays(root int, tree map[int]bool) error {
 			// exited, is none: the next round takes it in; frozen, the
 			// tree has every descendant.)
 			if !tree[pid] && (pid != launcher || k.name == "pid") && !descendantOf(pid, root) && !exited(pid) {
+				// Its name and parent, for the operator to tell what it is.
+				who := ""
+				if st, err := proc.ReadStat(pid); err == nil {
+					who = fmt.Sprintf(" (%s, parent %d)", st.Comm, st.PPID)
+				}
 				return &NamespaceError{PID: pid, Kinds: []string{k.name}, Reason: fmt.Sprintf(
-					"it is in the %s namespace of container %d but not a descendant of its init (it entered it with setns?): the dump of the container would leave it out", k.name, root)}
+					"it%s is in the %s namespace of container %d but not a descendant of its init (it entered it with setns?): the dump of the container would leave it out", who, k.name, root)}
 			}
 		}
 	}
