@@ -361,7 +361,7 @@ func (sd *sockDump) unixPeer(dc *diagConn, s *core.Socket, m *unixDiag) error {
 		// cannot be found from here (a socket of the tree or outside it):
 		// refused, not taken for closed, which would restore a live
 		// connection as ended.
-		if s.Type != unix.SOCK_DGRAM && m.HasShutdown && int(m.Shutdown)&(core.ShutRecv|core.ShutSend) != core.ShutRecv|core.ShutSend {
+		if s.Type != unix.SOCK_DGRAM && m.HasShutdown && s.Shutdown != core.ShutRecv|core.ShutSend {
 			return sd.refuse("connected to a socket no one has accepted yet (still in its listener's queue, inside or outside the process)")
 		}
 		// Closed: a stream socket reads what is left, then end of file; a
