@@ -137,9 +137,10 @@ var allScenarios = []*scenario{
 	},
 	{
 		// The same nginx as one process (master_process off), with the
-		// same client: what the tree costs next to one process doing
-		// the same work (with about half the tree's resident memory,
-		// 7 MiB to 15: the report sets both next to idle too).
+		// same client and the tree's resident memory (15 MiB, see
+		// nginx1Connections): what the tree costs next to one process
+		// doing the same work (the report sets the tree next to idle
+		// too).
 		name:   "nginx1",
 		comm:   "nginx",
 		start:  startNginxSingle,
@@ -174,7 +175,7 @@ func (sc *scenario) describe() string {
 	case "nginx":
 		return fmt.Sprintf("nginx (a master, 2 workers as www-data), moved as a tree; client on the client node through the service address, %d keep-alive connection(s), a GET of a %d KB file every %v on each", *conns, len(nginxBody)/1000, *interval)
 	case "nginx1":
-		return fmt.Sprintf("the same nginx as one process (master_process off, as root), no workers; the same client: %d keep-alive connection(s), a GET of a %d KB file every %v on each", *conns, len(nginxBody)/1000, *interval)
+		return fmt.Sprintf("the same nginx as one process (master_process off, as root), no workers, %d worker_connections for the tree's resident memory; the same client: %d keep-alive connection(s), a GET of a %d KB file every %v on each", nginx1Connections, *conns, len(nginxBody)/1000, *interval)
 	case "redis200":
 		return fmt.Sprintf("redis-server with %d keys (DEBUG POPULATE); client on the client node through the service address, %d connections, a SET and a GET of a random key every %v on each (redis's load spread over them)", *keys, redis200Conns, *interval*redis200Conns)
 	}
