@@ -659,6 +659,8 @@ func (a *liveSource) Resumed(body json.RawMessage) {
 		Steps      []Step       `json:"target_steps"`
 		ApplyMS    float64      `json:"apply_ms"`
 		Renumbered []Renumbered `json:"renumbered"`
+		// SinceMS is the target's time from the resume to its answer.
+		SinceMS float64 `json:"since_resumed_ms"`
 	}
 	if json.Unmarshal(body, &m) == nil {
 		// A peer's list: sane, or none.
@@ -675,6 +677,15 @@ func (a *liveSource) Resumed(body json.RawMessage) {
 			m.Steps = m.Steps[:64]
 		}
 		a.targetSteps = m.Steps
+		// The downtime ends as the target let the processes go, not
+		// when its answer came: the target's threads may have waited
+		// for a CPU behind the processes in between. A peer's figure:
+		// taken only within the time since the target said ready.
+		since := time.Duration(m.SinceMS * float64(time.Millisecond))
+		if now := time.Now(); a.resumed.IsZero() && since > 0 && !a.ready.IsZero() && since < now.Sub(a.ready) {
+			a.resumed = now.Add(-since)
+			a.milestone(MilestoneResumed, 0)
+		}
 	}
 }
 

@@ -428,7 +428,11 @@ func (t *liveTarget) ResumedBody() json.RawMessage {
 		// Renumbered are the container's processes and threads whose
 		// PIDs outside it are others here.
 		Renumbered []handoff.Renumbered `json:"renumbered,omitempty"`
-	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6, t.renumbered})
+		// SinceResumedMS is the time from the resume to this answer,
+		// for the source to date the resume on its own clock.
+		SinceResumedMS float64 `json:"since_resumed_ms,omitempty"`
+	}{float64(t.resumedAt.Sub(t.stateAt).Microseconds()) / 1000, steps, float64(t.applyNS.Load()) / 1e6, t.renumbered,
+		float64(time.Since(t.resumedAt).Microseconds()) / 1000})
 	return b
 }
 
@@ -803,10 +807,12 @@ func (t *liveTarget) received() (pagestream.Stats, bool) {
 }
 
 // lap ends a step of the downtime.
-func (t *liveTarget) lap(name string) {
-	now := time.Now()
-	t.steps = append(t.steps, Step{Name: name, MS: float64(now.Sub(t.lapped).Microseconds()) / 1000})
-	t.lapped = now
+func (t *liveTarget) lap(name string) { t.lapAt(name, time.Now()) }
+
+// lapAt ends a step of the downtime at at.
+func (t *liveTarget) lapAt(name string, at time.Time) {
+	t.steps = append(t.steps, Step{Name: name, MS: float64(at.Sub(t.lapped).Microseconds()) / 1000})
+	t.lapped = at
 }
 
 func (t *liveTarget) Restore(ctx context.Context, st *transport.State) error {
@@ -976,7 +982,14 @@ func (t *liveTarget) Resume() error {
 	t.b.connected = replay
 	// The tracers and files go once the source is told (AfterResumed).
 	_, err := t.b.ResumeHeld()
-	t.lap("resume")
+	// The resume ends as the last process is let go: what migrate's own
+	// threads do after that, waiting for a CPU the processes took, is not
+	// the processes' downtime.
+	at := t.b.ResumedAt()
+	if err != nil || at.IsZero() {
+		at = time.Now()
+	}
+	t.lapAt("resume", at)
 	replay() // if the resume failed before the connections were live
 	if l != nil {
 		go func() {
@@ -985,8 +998,7 @@ func (t *liveTarget) Resume() error {
 			}
 		}()
 	}
-	t.resumedAt = time.Now()
-	t.lap("held packets")
+	t.resumedAt = at
 	t.sync.close(false)
 	t.sync = nil
 	if err == nil {

@@ -277,6 +277,8 @@ type Builder struct {
 	// connected, if set, runs in Resume once the TCP connections are
 	// live (out of repair mode), before any process runs.
 	connected func()
+	// resumedAt is when the resume let the last process go (the root).
+	resumedAt time.Time
 
 	ss    *session
 	all   []*restorer // the tree, parents first
@@ -564,6 +566,10 @@ func (b *Builder) ResumeHeld() (*RestoreReport, error) {
 	}
 	return rep, err
 }
+
+// ResumedAt returns when the resume let the last process of the tree go,
+// zero before.
+func (b *Builder) ResumedAt() time.Time { return b.resumedAt }
 
 // Release lets go of what ResumeHeld kept. It does nothing the second time.
 func (b *Builder) Release() { b.release() }
