@@ -139,7 +139,7 @@ type MigrateReport struct {
 	Total      time.Duration `json:"-"`
 	Downtime   time.Duration `json:"-"`
 	TotalMS    float64       `json:"total_ms"`
-	DowntimeMS float64       `json:"downtime_ms"` // first thread stopped to resumed, as the source saw it
+	DowntimeMS float64       `json:"downtime_ms"` // first thread stopped to resumed (the target let the last process go), as the source saw it
 	// TargetDowntimeMS is the target's own measure: from the state's
 	// arrival to the process running.
 	TargetDowntimeMS float64 `json:"target_downtime_ms"`

@@ -454,7 +454,7 @@ func (rep *report) print(w io.Writer) {
 		fmt.Fprint(w, " (interrupted)")
 	}
 	fmt.Fprintf(w, "\nmedian (min-max) of %d runs after %d warm-up; live: a fresh process on A or B in turn, migrated to the other node;\n", rep.Runs, rep.Warmup)
-	fmt.Fprintf(w, "live downtime: freeze to resumed as the source saw it = source frozen (freeze to state ready, final round included)\n")
+	fmt.Fprintf(w, "live downtime: freeze to resumed (the last process let go) as the source saw it = source frozen (freeze to state ready, final round included)\n")
 	fmt.Fprintf(w, "  + handoff (the rest: state sent behind the pages still in flight, commit, the target's answer) + the target's measure (state in to running)\n")
 	fmt.Fprintf(w, "offline: a fresh process dumped (migrate dump, image on tmpfs) and restored on its node; downtime = dump frozen + restore\n")
 	const lw, cw, tw = 24, 28, 18
