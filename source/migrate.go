@@ -1385,6 +1385,19 @@ func (a *liveSource) KillOriginal() error {
 		unix.Close(l.fd)
 	}
 	a.released = nil
+	// What the lock held since the freeze goes on at once: with the
+	// service address gone from here (the post-dump hook, before the
+	// target said ready) to the target, where the processes run; it
+	// waited for the originals' teardown below (13-25 ms of a PostgreSQL
+	// tree's, in the client's gap). The lock stays on until then: it
+	// keeps the original's sockets from the peers, and drops these
+	// packets again if the address is still here (the peers send them
+	// again). Not from a network namespace of the tree's own, which
+	// goes with it (leaveNetNS).
+	if a.hold != nil && !a.d.ownNet {
+		n, err := a.hold.Drain()
+		a.d.log.Info("packets held since the freeze sent on before the original's teardown", "sent", n, "err", err)
+	}
 	// Killed in repair mode, its connections close without a word to their
 	// peers; then the lock can go.
 	var err error
