@@ -3,6 +3,7 @@ package netlock
 import (
 	"encoding/binary"
 	"golang.org/x/sys/unix"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -123,9 +124,10 @@ func FuzzParseTCP(f *testing.F) {
 	})
 }
 
-// TestHoldLive holds a real segment sent over loopback in a namespace of
-// the test's own, and finishes at once.
-func TestHoldLive(t *testing.T) {
+// startTestHold starts a hold on a TCP connection over loopback in a
+// namespace of the test's own, and returns it with the connection's ends.
+func startTestHold(t *testing.T) (*Hold, *net.TCPConn, *net.TCPConn) {
+	t.Helper()
 	ns := newNetNS(t)
 	ln := ns.listen(t, "tcp", "127.0.0.1:0")
 	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
@@ -141,6 +143,13 @@ func TestHoldLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, client, server
+}
+
+// TestHoldLive holds a real segment sent over loopback in a namespace of
+// the test's own, and finishes at once.
+func TestHoldLive(t *testing.T) {
+	h, client, server := startTestHold(t)
 	if _, err := client.Write([]byte("held")); err != nil {
 		t.Fatal(err)
 	}
@@ -168,21 +177,7 @@ func TestHoldLive(t *testing.T) {
 // TestHoldDrain: Drain takes what the hold has and sends it on, and the
 // hold goes on holding: Finish then returns only what came after.
 func TestHoldDrain(t *testing.T) {
-	ns := newNetNS(t)
-	ln := ns.listen(t, "tcp", "127.0.0.1:0")
-	client, server := ns.connect(t, "127.0.0.2", "tcp4", ln)
-	conn := serverSide(server)
-	h, err := StartHold(func(d, ty, p int) (fd int, err error) {
-		err = ns.run(func() error {
-			var e error
-			fd, e = unix.Socket(d, ty, p)
-			return e
-		})
-		return fd, err
-	}, []Conn{conn}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, client, server := startTestHold(t)
 	defer h.CloseRaw()
 	with := func(pkts [][]byte, data string) bool {
 		for _, p := range pkts {
