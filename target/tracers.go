@@ -238,8 +238,9 @@ func (b *Builder) resumeTree() error {
 		abort.open()
 		return err
 	}
-	var last atomic.Int64 // when the last process was let go (UnixNano)
-	err := ptrace.EachUrgent(len(items), func(i int) *ptrace.Tracer { return items[i].r.p.Tracer() }, func(i int) error {
+	// (b.resumedAt is set by the tracer that lets the root go, and read
+	// once EachUrgent returns, which waits for every tracer.)
+	return ptrace.EachUrgent(len(items), func(i int) *ptrace.Tracer { return items[i].r.p.Tracer() }, func(i int) error {
 		it := items[i]
 		if it.prepare {
 			if err := it.r.p.PrepareDetach(); err != nil {
@@ -258,16 +259,12 @@ func (b *Builder) resumeTree() error {
 		}
 		if left[it.depth].Add(-1) == 0 {
 			if it.depth == 0 {
-				last.Store(time.Now().UnixNano())
+				b.resumedAt = time.Now() // with its monotonic reading
 			}
 			done[it.depth].open()
 		}
 		return nil
 	})
-	if err == nil {
-		b.resumedAt = time.Unix(0, last.Load())
-	}
-	return err
 }
 
 // latch is a flag that opens once, for the tracers of a resume to tell
